@@ -1,0 +1,14 @@
+//! Types shared by the kernel programs (`weir-ebpf`) and user space
+//! (`weir-agent`, `weir-cni`).
+//!
+//! Every type here is `#[repr(C)]` with explicit padding and a size assertion:
+//! the kernel and user space must agree on the byte layout of every map key and
+//! value, and a silently inserted padding byte would make lookups miss.
+#![no_std]
+
+pub mod endpoint;
+pub mod metrics;
+pub mod pin;
+
+pub use endpoint::{EndpointInfo, EndpointKey};
+pub use metrics::DropReason;

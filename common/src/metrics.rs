@@ -1,0 +1,50 @@
+//! Datapath counters: a per-CPU array indexed by `DropReason`, so that "why was
+//! this packet dropped" has an answer without logging per packet.
+
+/// Why the datapath dropped a packet. The discriminant is the index in the
+/// `DROPS` per-CPU array; index 0 counts packets that passed.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DropReason {
+    /// Not a drop: packets the program let through.
+    Passed = 0,
+    /// The packet came from a pod veth with no endpoint entry (fail closed).
+    UnknownEndpoint = 1,
+    /// The pod sent an IPv4 packet with a source address that is not its own.
+    SourceSpoofed = 2,
+    /// The IPv4 header could not be read.
+    Malformed = 3,
+}
+
+impl DropReason {
+    /// Number of slots in the counters array.
+    pub const COUNT: u32 = 4;
+    pub const ALL: [DropReason; Self::COUNT as usize] = [
+        DropReason::Passed,
+        DropReason::UnknownEndpoint,
+        DropReason::SourceSpoofed,
+        DropReason::Malformed,
+    ];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            DropReason::Passed => "passed",
+            DropReason::UnknownEndpoint => "unknown-endpoint",
+            DropReason::SourceSpoofed => "source-spoofed",
+            DropReason::Malformed => "malformed",
+        }
+    }
+
+    pub const fn describe(self) -> &'static str {
+        match self {
+            DropReason::Passed => "packets the datapath let through",
+            DropReason::UnknownEndpoint => {
+                "the packet came from a pod interface weir has no endpoint entry for"
+            }
+            DropReason::SourceSpoofed => {
+                "the pod sent a packet whose source IP is not the pod's own address"
+            }
+            DropReason::Malformed => "the IPv4 header was truncated",
+        }
+    }
+}

@@ -1,0 +1,20 @@
+//! Names under the bpffs pin directory (`/sys/fs/bpf/weir` on a real node).
+//! The agent pins maps and programs there; `weir-cni` opens them at ADD/DEL.
+
+/// Maps are pinned by name in `<pin dir>/maps/`.
+pub const MAPS_DIR: &str = "maps";
+/// Programs are pinned in `<pin dir>/progs/`.
+pub const PROGS_DIR: &str = "progs";
+/// tcx links (which live only as long as an fd or a pin holds them) are pinned
+/// in `<pin dir>/links/<host veth>`.
+pub const LINKS_DIR: &str = "links";
+
+/// Map names: the same string is the map's symbol in the kernel crate.
+pub const MAP_ENDPOINTS: &str = "WEIR_ENDPOINTS";
+pub const MAP_DROPS: &str = "WEIR_DROPS";
+
+/// Program names: the function names in the kernel crate.
+pub const PROG_FROM_POD: &str = "weir_from_pod";
+
+/// Capacity of the endpoint map: far more than the pods a node can run.
+pub const MAX_ENDPOINTS: u32 = 4096;

@@ -1,0 +1,14 @@
+//! Per-CPU verdict counters, indexed by `DropReason`.
+use aya_ebpf::{macros::map, maps::PerCpuArray};
+use weir_common::DropReason;
+
+#[map]
+static WEIR_DROPS: PerCpuArray<u64> = PerCpuArray::pinned(DropReason::COUNT, 0);
+
+#[inline(always)]
+pub fn count(reason: DropReason) {
+    if let Some(slot) = WEIR_DROPS.get_ptr_mut(reason as u32) {
+        // Per-CPU slot: no other writer, a plain add is enough.
+        unsafe { *slot += 1 };
+    }
+}
