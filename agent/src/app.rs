@@ -1,0 +1,164 @@
+//! The agent's main loop: updates from the source go into the index, the
+//! model computes the desired node state, the node layer applies it.
+use std::collections::BTreeSet;
+
+use anyhow::Context as _;
+use tokio::sync::mpsc;
+use tracing::{error, info, info_span, warn};
+
+use crate::{
+    config::AgentConfig,
+    datapath::Datapath,
+    model::{ClusterIndex, NodePlan, cni_conf, plan},
+    node::{files, masquerade, routes::Routes, sysctl},
+    sources::{self, Change, SourceSpec, Update},
+};
+
+pub const READY_FILE: &str = "agent-ready";
+
+pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
+    let span = info_span!("agent", node = %config.plan.node_name);
+    let _enter = span.enter();
+
+    // Node prerequisites first: nothing below works without them.
+    sysctl::enable_forwarding().context("enabling IPv4 forwarding")?;
+    if config.masquerade {
+        masquerade::ensure(config.plan.cluster_cidr).context("installing masquerade rules")?;
+    }
+    let _datapath = Datapath::load(&config.bpf_pin_dir).context("loading the eBPF datapath")?;
+    let routes = Routes::connect().context("opening netlink")?;
+
+    let (tx, mut rx) = mpsc::channel::<Update>(1024);
+    let source = spawn_source(&config, tx).await?;
+
+    let mut state = Reconciler::new(config, routes);
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    loop {
+        tokio::select! {
+            update = rx.recv() => {
+                let Some(update) = update else {
+                    anyhow::bail!("the object source stopped");
+                };
+                state.apply(update);
+                // Take everything already queued before reconciling once.
+                while let Ok(update) = rx.try_recv() {
+                    state.apply(update);
+                }
+                state.reconcile().await;
+            }
+            _ = tokio::signal::ctrl_c() => break,
+            _ = sigterm.recv() => break,
+        }
+    }
+    // The pinned datapath, routes and CNI config stay: pods keep working
+    // while the agent restarts. `weir-agent cleanup` removes them.
+    source.abort();
+    info!("stopping; node state left in place for the next agent");
+    Ok(())
+}
+
+async fn spawn_source(config: &AgentConfig, tx: mpsc::Sender<Update>) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    Ok(match &config.source {
+        SourceSpec::Dir(dir) => {
+            let src = sources::dir::DirSource::new(dir.clone(), config.dir_poll);
+            tokio::spawn(async move {
+                if let Err(e) = src.run(tx).await {
+                    error!(error = %e, "manifest source failed");
+                }
+            })
+        }
+        SourceSpec::Kube { kubeconfig } => {
+            let client = sources::kube::client(kubeconfig.as_ref()).await?;
+            tokio::spawn(sources::kube::run(client, tx))
+        }
+    })
+}
+
+struct Reconciler {
+    config: AgentConfig,
+    routes: Routes,
+    index: ClusterIndex,
+    /// Problems already reported, so each is logged once while it lasts.
+    reported: BTreeSet<(String, String)>,
+    ready: bool,
+}
+
+impl Reconciler {
+    fn new(config: AgentConfig, routes: Routes) -> Self {
+        Self { config, routes, index: ClusterIndex::default(), reported: BTreeSet::new(), ready: false }
+    }
+
+    fn apply(&mut self, update: Update) {
+        match update {
+            Update::Nodes(Change::Applied(n)) => {
+                self.index.apply_node(n);
+            }
+            Update::Nodes(Change::Deleted(name)) => {
+                self.index.delete_node(&name);
+            }
+            Update::Nodes(Change::Relisted(ns)) => {
+                self.index.reset_nodes(ns);
+            }
+        }
+    }
+
+    async fn reconcile(&mut self) {
+        let plan = plan::plan(&self.index, &self.config.plan);
+        self.report(&plan);
+
+        let mut ok = true;
+        if let Some(conflist) = &plan.conflist {
+            let path = self.config.cni_conf_dir.join(cni_conf::CONFLIST_FILE);
+            match files::write_atomic(&path, conflist.as_bytes()) {
+                Ok(true) => info!(path = %path.display(), "wrote CNI config"),
+                Ok(false) => {}
+                Err(e) => {
+                    error!(error = %e, "CNI config not written");
+                    ok = false;
+                }
+            }
+        }
+
+        let prune = self.index.synced().nodes;
+        match self.routes.sync(&plan.peer_routes, prune).await {
+            Ok(stats) if stats != Default::default() => {
+                info!(set = stats.set, deleted = stats.deleted, total = plan.peer_routes.len(), "peer routes synced")
+            }
+            Ok(_) => {}
+            Err(errors) => {
+                ok = false;
+                for e in errors {
+                    error!(error = %e, "peer route");
+                }
+            }
+        }
+
+        if ok && !self.ready && prune && plan.conflist.is_some() {
+            self.mark_ready(&plan);
+        }
+    }
+
+    fn mark_ready(&mut self, plan: &NodePlan) {
+        let marker = serde_json::json!({
+            "node": self.config.plan.node_name,
+            "podCIDR": plan.pod_cidr.map(|c| c.to_string()),
+            "pid": std::process::id(),
+        });
+        let path = self.config.run_dir.join(READY_FILE);
+        match files::write_atomic(&path, marker.to_string().as_bytes()) {
+            Ok(_) => {
+                self.ready = true;
+                info!(path = %path.display(), "node ready for pods");
+            }
+            Err(e) => error!(error = %e, "cannot write the ready marker"),
+        }
+    }
+
+    fn report(&mut self, plan: &NodePlan) {
+        let now: BTreeSet<_> = plan.problems.iter().map(|p| (p.object.clone(), p.message.clone())).collect();
+        for (object, message) in now.difference(&self.reported) {
+            warn!(%object, "{message}");
+        }
+        self.reported = now;
+    }
+}

@@ -1,0 +1,178 @@
+//! Command line and environment, validated into `AgentConfig` before the agent
+//! touches anything.
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use ipnetwork::Ipv4Network;
+
+use crate::{
+    model::{PlanSettings, cni_conf::CniSettings},
+    sources::SourceSpec,
+};
+
+#[derive(Debug, Parser)]
+#[command(name = "weir-agent", version, about = "weir node agent: pod networking, eBPF Services and NetworkPolicy")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the agent on this node.
+    Run(RunArgs),
+    /// Remove everything the agent made on this node: CNI config, ready
+    /// marker, pinned maps and programs, peer routes, masquerade rules.
+    Cleanup(PathArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PathArgs {
+    /// Where the CNI conflist is written.
+    #[arg(long, env = "WEIR_CNI_CONF_DIR", default_value = "/etc/cni/net.d")]
+    pub cni_conf_dir: PathBuf,
+    /// weir-cni's state (IPAM reservations).
+    #[arg(long, env = "WEIR_CNI_DATA_DIR", default_value = "/var/lib/cni/weir")]
+    pub cni_data_dir: PathBuf,
+    /// Runtime state, including the agent-ready marker weir-cni's STATUS reads.
+    #[arg(long, env = "WEIR_RUN_DIR", default_value = "/run/weir")]
+    pub run_dir: PathBuf,
+    /// bpffs directory for pinned maps, programs and links.
+    #[arg(long, env = "WEIR_BPF_PIN_DIR", default_value = "/sys/fs/bpf/weir")]
+    pub bpf_pin_dir: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// This node's name, as in its Node object (the DaemonSet passes
+    /// spec.nodeName).
+    #[arg(long, env = "NODE_NAME")]
+    pub node_name: String,
+    /// `kube` (in-cluster config or $KUBECONFIG), `kube:<kubeconfig>`, or
+    /// `dir:<manifest directory>`.
+    #[arg(long, env = "WEIR_SOURCE", default_value = "kube")]
+    pub source: SourceSpec,
+    /// The cluster's pod CIDR (IPv4); every node's podCIDR lies inside it.
+    #[arg(long, env = "WEIR_CLUSTER_CIDR")]
+    pub cluster_cidr: Ipv4Network,
+    #[arg(long, env = "WEIR_MTU", default_value_t = 1500)]
+    pub mtu: u32,
+    #[arg(long, env = "WEIR_VETH_PREFIX", default_value = "weir")]
+    pub veth_prefix: String,
+    #[arg(long, env = "WEIR_NETWORK_NAME", default_value = "weir")]
+    pub network_name: String,
+    /// Do not chain the reference portmap plugin (hostPort support).
+    #[arg(long)]
+    pub no_portmap: bool,
+    /// Do not masquerade pod traffic leaving the cluster CIDR.
+    #[arg(long)]
+    pub no_masquerade: bool,
+    /// Manifest directory poll interval, in milliseconds.
+    #[arg(long, default_value_t = 200)]
+    pub dir_poll_ms: u64,
+    #[command(flatten)]
+    pub paths: PathArgs,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("--node-name must not be empty")]
+    NodeName,
+    #[error("--mtu {mtu} is out of range (576..=65535)")]
+    Mtu { mtu: u32 },
+    #[error("--veth-prefix {prefix:?} must be 1 to 4 ASCII letters or digits (host veth names are the prefix plus 11 hex digits, 15 at most)")]
+    VethPrefix { prefix: String },
+    #[error("--cluster-cidr {cidr} is too small to hold node /24s (prefix must be /8 to /24)")]
+    ClusterCidr { cidr: Ipv4Network },
+}
+
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    pub source: SourceSpec,
+    pub plan: PlanSettings,
+    pub masquerade: bool,
+    pub dir_poll: std::time::Duration,
+    pub cni_conf_dir: PathBuf,
+    pub run_dir: PathBuf,
+    pub bpf_pin_dir: PathBuf,
+}
+
+impl RunArgs {
+    pub fn validate(self) -> Result<AgentConfig, ConfigError> {
+        if self.node_name.trim().is_empty() {
+            return Err(ConfigError::NodeName);
+        }
+        if !(576..=65535).contains(&self.mtu) {
+            return Err(ConfigError::Mtu { mtu: self.mtu });
+        }
+        if self.veth_prefix.is_empty()
+            || self.veth_prefix.len() > 4
+            || !self.veth_prefix.chars().all(|c| c.is_ascii_alphanumeric())
+        {
+            return Err(ConfigError::VethPrefix { prefix: self.veth_prefix });
+        }
+        if !(8..=24).contains(&self.cluster_cidr.prefix()) {
+            return Err(ConfigError::ClusterCidr { cidr: self.cluster_cidr });
+        }
+        // Normalise 10.244.1.7/16 to 10.244.0.0/16.
+        let cluster_cidr = Ipv4Network::new(self.cluster_cidr.network(), self.cluster_cidr.prefix())
+            .expect("prefix already validated");
+        Ok(AgentConfig {
+            source: self.source,
+            plan: PlanSettings {
+                node_name: self.node_name,
+                cluster_cidr,
+                cni: CniSettings {
+                    network_name: self.network_name,
+                    mtu: self.mtu,
+                    data_dir: self.paths.cni_data_dir,
+                    run_dir: self.paths.run_dir.clone(),
+                    bpf_pin_dir: self.paths.bpf_pin_dir.clone(),
+                    veth_prefix: self.veth_prefix,
+                    chain_portmap: !self.no_portmap,
+                },
+            },
+            masquerade: !self.no_masquerade,
+            dir_poll: std::time::Duration::from_millis(self.dir_poll_ms.max(10)),
+            cni_conf_dir: self.paths.cni_conf_dir,
+            run_dir: self.paths.run_dir,
+            bpf_pin_dir: self.paths.bpf_pin_dir,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(extra: &[&str]) -> Result<AgentConfig, String> {
+        parse_with_cidr("10.244.3.4/16", extra)
+    }
+
+    fn parse_with_cidr(cidr: &str, extra: &[&str]) -> Result<AgentConfig, String> {
+        let mut args = vec!["weir-agent", "run", "--node-name", "n1", "--cluster-cidr", cidr];
+        args.extend_from_slice(extra);
+        let cli = Cli::try_parse_from(args).map_err(|e| e.to_string())?;
+        let Command::Run(run) = cli.command else { unreachable!() };
+        run.validate().map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn defaults_and_normalisation() {
+        let c = parse(&[]).unwrap();
+        assert_eq!(c.plan.cluster_cidr.to_string(), "10.244.0.0/16");
+        assert_eq!(c.cni_conf_dir, PathBuf::from("/etc/cni/net.d"));
+        assert_eq!(c.bpf_pin_dir, PathBuf::from("/sys/fs/bpf/weir"));
+        assert!(c.masquerade && c.plan.cni.chain_portmap);
+        assert_eq!(c.source, SourceSpec::Kube { kubeconfig: None });
+    }
+
+    #[test]
+    fn rejects_bad_values_with_the_flag_name() {
+        assert!(parse(&["--mtu", "100"]).unwrap_err().contains("--mtu"));
+        assert!(parse(&["--veth-prefix", "toolong"]).unwrap_err().contains("--veth-prefix"));
+        assert!(parse(&["--veth-prefix", "w-"]).unwrap_err().contains("--veth-prefix"));
+        assert!(parse(&["--source", "nope"]).unwrap_err().contains("unknown source"));
+        assert!(parse_with_cidr("10.0.0.0/28", &[]).unwrap_err().contains("--cluster-cidr"));
+    }
+}

@@ -1,0 +1,93 @@
+use std::path::{Path, PathBuf};
+
+use aya::{Ebpf, EbpfLoader, programs::SchedClassifier};
+use tracing::info;
+use weir_common::pin;
+
+/// The kernel programs, built by build.rs for bpfel-unknown-none.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/weir"));
+
+#[derive(Debug, thiserror::Error)]
+pub enum DatapathError {
+    #[error("cannot create pin directory {path}: {source} (is bpffs mounted there?)")]
+    PinDir { path: PathBuf, source: std::io::Error },
+    #[error("cannot load the eBPF object: {source} (an existing pinned map with another layout? run `weir-agent cleanup`)")]
+    Load { source: aya::EbpfError },
+    #[error("program {name} missing from the eBPF object")]
+    MissingProgram { name: &'static str },
+    #[error("program {name}: {source}")]
+    Program { name: &'static str, source: aya::programs::ProgramError },
+    #[error("cannot pin program {name} at {path}: {reason}")]
+    Pin { name: &'static str, path: PathBuf, reason: String },
+}
+
+pub struct Datapath {
+    /// Kept so map handles stay open for the agent's own reads and writes.
+    #[allow(dead_code)]
+    ebpf: Ebpf,
+    pin_dir: PathBuf,
+}
+
+impl Datapath {
+    /// Loads the object, reusing pinned maps, and pins the programs for
+    /// weir-cni.
+    pub fn load(pin_dir: &Path) -> Result<Self, DatapathError> {
+        for sub in [pin::MAPS_DIR, pin::PROGS_DIR, pin::LINKS_DIR] {
+            let path = pin_dir.join(sub);
+            std::fs::create_dir_all(&path).map_err(|source| DatapathError::PinDir { path, source })?;
+        }
+        raise_memlock();
+        let ebpf = EbpfLoader::new()
+            .default_map_pin_directory(pin_dir.join(pin::MAPS_DIR))
+            .load(OBJECT)
+            .map_err(|source| DatapathError::Load { source })?;
+        let mut dp = Self { ebpf, pin_dir: pin_dir.to_path_buf() };
+        dp.pin_classifier(pin::PROG_FROM_POD)?;
+        info!(pin_dir = %pin_dir.display(), "datapath loaded and pinned");
+        Ok(dp)
+    }
+
+    /// Loads a tc program and swaps it into its pin atomically (pin to a
+    /// temp name, rename over the old pin), so a concurrent CNI ADD always
+    /// finds a program. Pods attached earlier keep the program they have.
+    fn pin_classifier(&mut self, name: &'static str) -> Result<(), DatapathError> {
+        let prog: &mut SchedClassifier = self
+            .ebpf
+            .program_mut(name)
+            .ok_or(DatapathError::MissingProgram { name })?
+            .try_into()
+            .map_err(|source| DatapathError::Program { name, source })?;
+        prog.load().map_err(|source| DatapathError::Program { name, source })?;
+        let dir = self.pin_dir.join(pin::PROGS_DIR);
+        // bpffs refuses names with dots (reserved by the kernel).
+        let tmp = dir.join(format!("{name}_new"));
+        let path = dir.join(name);
+        let _ = std::fs::remove_file(&tmp);
+        prog.pin(&tmp)
+            .map_err(|e| DatapathError::Pin { name, path: tmp.clone(), reason: error_chain(&e) })?;
+        std::fs::rename(&tmp, &path)
+            .map_err(|e| DatapathError::Pin { name, path: path.clone(), reason: e.to_string() })?;
+        Ok(())
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        cur = s.source();
+    }
+    text
+}
+
+/// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK.
+fn raise_memlock() {
+    let rlim = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    // Safety: plain syscall with a valid pointer; failure only matters on old kernels.
+    let ret = unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) };
+    if ret != 0 {
+        tracing::debug!("could not raise RLIMIT_MEMLOCK; fine on kernels >= 5.11");
+    }
+}

@@ -1,0 +1,10 @@
+//! The eBPF datapath as the agent sees it: the embedded object, loaded once
+//! and pinned under the pin directory, where weir-cni finds it at ADD.
+//!
+//! Maps are pinned by name and reused across agent restarts (the loader opens
+//! an existing pin instead of creating a new map), so pods keep working while
+//! the agent is down or being upgraded.
+
+pub mod loader;
+
+pub use loader::Datapath;

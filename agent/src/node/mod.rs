@@ -1,0 +1,6 @@
+//! Node plumbing: everything the agent changes on the node besides eBPF maps.
+
+pub mod files;
+pub mod masquerade;
+pub mod routes;
+pub mod sysctl;

@@ -1,0 +1,78 @@
+//! Where cluster objects come from. Two sources feed the same channel with
+//! the same updates, so everything after this point is one code path:
+//! - `kube`: kube-rs watchers against the API server (in-cluster config or a
+//!   kubeconfig);
+//! - `dir`: a directory of YAML manifests, re-read when it changes (the
+//!   sandbox and the tests).
+//!
+//! Sources convert API objects to the model's domain types (`convert`), so
+//! nothing past this module depends on Kubernetes types.
+
+pub mod convert;
+pub mod dir;
+pub mod kube;
+
+use std::path::PathBuf;
+
+use crate::model::NodeInfo;
+
+/// A change to one kind of object.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Change<T> {
+    Applied(T),
+    /// Deleted, by name (`namespace/name` for namespaced kinds).
+    Deleted(String),
+    /// A complete list (initial list or relist): replaces everything of the
+    /// kind, and marks the kind as synced.
+    Relisted(Vec<T>),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Update {
+    Nodes(Change<NodeInfo>),
+}
+
+/// Which source to run, from the command line (`kube` or `dir:<path>`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SourceSpec {
+    Kube { kubeconfig: Option<PathBuf> },
+    Dir(PathBuf),
+}
+
+impl std::str::FromStr for SourceSpec {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s == "kube" {
+            Ok(SourceSpec::Kube { kubeconfig: None })
+        } else if let Some(path) = s.strip_prefix("kube:") {
+            Ok(SourceSpec::Kube { kubeconfig: Some(path.into()) })
+        } else if let Some(path) = s.strip_prefix("dir:") {
+            if path.is_empty() {
+                return Err("dir: needs a path, e.g. dir:/etc/weir/manifests".into());
+            }
+            Ok(SourceSpec::Dir(path.into()))
+        } else {
+            Err(format!(
+                "unknown source {s:?}: use `kube` (in-cluster or $KUBECONFIG), `kube:<kubeconfig>` or `dir:<manifest dir>`"
+            ))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_source_specs() {
+        assert_eq!("kube".parse(), Ok(SourceSpec::Kube { kubeconfig: None }));
+        assert_eq!(
+            "kube:/k".parse(),
+            Ok(SourceSpec::Kube { kubeconfig: Some("/k".into()) })
+        );
+        assert_eq!("dir:/m".parse(), Ok(SourceSpec::Dir("/m".into())));
+        assert!("dir:".parse::<SourceSpec>().is_err());
+        assert!("etcd".parse::<SourceSpec>().is_err());
+    }
+}
