@@ -12,7 +12,7 @@ pub enum DropReason {
     UnknownEndpoint = 1,
     /// The pod sent an IPv4 packet with a source address that is not its own.
     SourceSpoofed = 2,
-    /// The IPv4 header could not be read.
+    /// The IPv4 header was truncated or had a bad version or header length.
     Malformed = 3,
 }
 
@@ -44,7 +44,7 @@ impl DropReason {
             DropReason::SourceSpoofed => {
                 "the pod sent a packet whose source IP is not the pod's own address"
             }
-            DropReason::Malformed => "the IPv4 header was truncated",
+            DropReason::Malformed => "the IPv4 header was truncated or had a bad version or header length",
         }
     }
 }

@@ -40,6 +40,11 @@ fn try_handle(ctx: &TcContext) -> DropReason {
     let Ok(ip) = ctx.load::<Ipv4Hdr>(EthHdr::LEN) else {
         return DropReason::Malformed;
     };
+    // A raw socket in the pod can send anything; later stages read L4
+    // headers at the IHL offset, so refuse headers that lie about it.
+    if ip.version() != 4 || ip.ihl() < Ipv4Hdr::LEN as u8 {
+        return DropReason::Malformed;
+    }
     if ep.flags & EndpointInfo::FLAG_VERIFY_SOURCE != 0
         && u32::from_ne_bytes(ip.src_addr) != ep.ipv4
     {

@@ -1,8 +1,12 @@
 use std::path::{Path, PathBuf};
 
-use aya::{Ebpf, EbpfLoader, programs::SchedClassifier};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{HashMap, MapData, PerCpuArray},
+    programs::SchedClassifier,
+};
 use tracing::info;
-use weir_common::pin;
+use weir_common::{DropReason, EndpointInfo, EndpointKey, pin};
 
 /// The kernel programs, built by build.rs for bpfel-unknown-none.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/weir"));
@@ -19,11 +23,11 @@ pub enum DatapathError {
     Program { name: &'static str, source: aya::programs::ProgramError },
     #[error("cannot pin program {name} at {path}: {reason}")]
     Pin { name: &'static str, path: PathBuf, reason: String },
+    #[error("map {name}: {source}")]
+    Map { name: &'static str, source: aya::maps::MapError },
 }
 
 pub struct Datapath {
-    /// Kept so map handles stay open for the agent's own reads and writes.
-    #[allow(dead_code)]
     ebpf: Ebpf,
     pin_dir: PathBuf,
 }
@@ -42,6 +46,8 @@ impl Datapath {
             .load(OBJECT)
             .map_err(|source| DatapathError::Load { source })?;
         let mut dp = Self { ebpf, pin_dir: pin_dir.to_path_buf() };
+        // Programs loaded, maps created or reopened; the pin dir is the
+        // hand-off to weir-cni.
         dp.pin_classifier(pin::PROG_FROM_POD)?;
         info!(pin_dir = %pin_dir.display(), "datapath loaded and pinned");
         Ok(dp)
@@ -80,6 +86,37 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         cur = s.source();
     }
     text
+}
+
+impl Datapath {
+    /// Packets seen by the datapath, per verdict, summed over CPUs.
+    pub fn verdict_counts(&self) -> Result<Vec<(DropReason, u64)>, DatapathError> {
+        let name = pin::MAP_DROPS;
+        let map = self.ebpf.map(name).ok_or(DatapathError::Map { name, source: aya::maps::MapError::InvalidName { name: name.into() } })?;
+        let drops = PerCpuArray::<&MapData, u64>::try_from(map).map_err(|source| DatapathError::Map { name, source })?;
+        DropReason::ALL
+            .iter()
+            .map(|r| {
+                let per_cpu = drops.get(&(*r as u32), 0).map_err(|source| DatapathError::Map { name, source })?;
+                Ok((*r, per_cpu.iter().sum()))
+            })
+            .collect()
+    }
+
+    /// The local endpoint map (weir-cni writes it; the agent reads it and
+    /// tests write it).
+    pub fn endpoints(&mut self) -> Result<HashMap<&mut MapData, EndpointKey, EndpointInfo>, DatapathError> {
+        let name = pin::MAP_ENDPOINTS;
+        let map = self.ebpf.map_mut(name).ok_or(DatapathError::Map { name, source: aya::maps::MapError::InvalidName { name: name.into() } })?;
+        HashMap::try_from(map).map_err(|source| DatapathError::Map { name, source })
+    }
+
+    #[cfg(test)]
+    pub fn program_fd(&self, name: &str) -> std::os::fd::BorrowedFd<'_> {
+        use std::os::fd::AsFd as _;
+        let prog: &SchedClassifier = self.ebpf.program(name).expect("program").try_into().expect("classifier");
+        prog.fd().expect("loaded").as_fd()
+    }
 }
 
 /// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK.

@@ -8,3 +8,8 @@
 pub mod loader;
 
 pub use loader::Datapath;
+
+#[cfg(test)]
+mod prog_test_run;
+#[cfg(test)]
+mod tests;
