@@ -4,8 +4,10 @@
 
 pub mod cni_conf;
 pub mod index;
+pub mod lb;
 pub mod node;
 pub mod plan;
+pub mod service;
 
 pub use index::ClusterIndex;
 pub use node::NodeInfo;

@@ -1,0 +1,249 @@
+//! Desired load-balancer state: every frontend (address, port, protocol,
+//! scope) this node must answer, with the backends it may pick, following
+//! kube-proxy's rules for traffic policies and endpoint conditions.
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+};
+
+use ipnetwork::Ipv4Network;
+
+use super::{
+    plan::Problem,
+    service::{EndpointSliceInfo, ObjectKey, Protocol, ServiceInfo, ServicePort, ServiceType},
+};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Scope {
+    /// The frontend's own backends (local ones only under
+    /// `externalTrafficPolicy: Local`).
+    Default,
+    /// For `externalTrafficPolicy: Local` frontends only: every backend,
+    /// for clients that are pods on this node.
+    Internal,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Frontend {
+    pub addr: Ipv4Addr,
+    pub port: u16,
+    pub proto: Protocol,
+    pub scope: Scope,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum FrontendKind {
+    ClusterIp,
+    NodePort,
+    ExternalIp,
+    LoadBalancer,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct BackendAddr {
+    pub addr: Ipv4Addr,
+    pub port: u16,
+    pub proto: Protocol,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct BackendRef {
+    pub addr: BackendAddr,
+    pub local: bool,
+    pub terminating: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FrontendState {
+    pub service: ObjectKey,
+    pub kind: FrontendKind,
+    /// Sorted, so equal states compare equal.
+    pub backends: Vec<BackendRef>,
+    /// sessionAffinity ClientIP timeout in seconds; 0 when off.
+    pub affinity_timeout: u32,
+    /// Empty: no restriction.
+    pub source_ranges: Vec<Ipv4Network>,
+    /// externalTrafficPolicy: Local on an external frontend.
+    pub local_only: bool,
+}
+
+/// What the node itself contributes: which endpoints are local, and the
+/// addresses NodePorts listen on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LbNode {
+    pub name: String,
+    pub addrs: Vec<Ipv4Addr>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LbPlan {
+    pub frontends: BTreeMap<Frontend, FrontendState>,
+    /// healthCheckNodePort -> (Service, local endpoint count), served the
+    /// way kube-proxy serves it.
+    pub health_checks: BTreeMap<u16, (ObjectKey, usize)>,
+    pub problems: Vec<Problem>,
+}
+
+pub fn plan<'a>(
+    services: impl IntoIterator<Item = &'a ServiceInfo>,
+    slices: &BTreeMap<ObjectKey, Vec<&'a EndpointSliceInfo>>,
+    node: &LbNode,
+) -> LbPlan {
+    let mut out = LbPlan::default();
+    for svc in services {
+        let problem = |message: String| Problem { object: format!("Service/{}", svc.key), message };
+        out.problems.extend(svc.problems.iter().cloned().map(problem));
+        if svc.type_ == ServiceType::ExternalName || svc.headless {
+            continue;
+        }
+        let svc_slices = slices.get(&svc.key).map(Vec::as_slice).unwrap_or_default();
+        let mut local_endpoints: BTreeSet<Ipv4Addr> = BTreeSet::new();
+        for sp in &svc.ports {
+            let candidates = candidates(sp, svc_slices, &node.name);
+            if let Some(bad) = sctp_remap(sp, &candidates) {
+                out.problems.push(problem(format!(
+                    "SCTP port {} targets port {bad}: weir cannot rewrite SCTP ports (its CRC32c covers them); set targetPort to {}; port skipped",
+                    sp.port, sp.port
+                )));
+                continue;
+            }
+            let all = usable(&candidates, false);
+            let local = usable(&candidates, true);
+            local_endpoints.extend(local.iter().map(|b| b.addr.addr));
+            let affinity_timeout = svc.affinity_timeout.unwrap_or(0);
+            let state = |kind, backends: &Vec<BackendRef>, local_only, source_ranges: &[Ipv4Network]| FrontendState {
+                service: svc.key.clone(),
+                kind,
+                backends: backends.clone(),
+                affinity_timeout,
+                source_ranges: source_ranges.to_vec(),
+                local_only,
+            };
+
+            let cluster_backends = if svc.internal_traffic_local { &local } else { &all };
+            for &ip in &svc.cluster_ips {
+                insert(&mut out, svc, fe(ip, sp.port, sp.protocol, Scope::Default), state(FrontendKind::ClusterIp, cluster_backends, false, &[]));
+            }
+
+            // External frontends: NodePorts on every node address, external
+            // IPs, load-balancer ingress IPs.
+            let mut external: Vec<(Ipv4Addr, u16, FrontendKind, &[Ipv4Network])> = Vec::new();
+            if matches!(svc.type_, ServiceType::NodePort | ServiceType::LoadBalancer)
+                && let Some(np) = sp.node_port
+            {
+                external.extend(node.addrs.iter().map(|&a| (a, np, FrontendKind::NodePort, &[][..])));
+            }
+            external.extend(svc.external_ips.iter().map(|&a| (a, sp.port, FrontendKind::ExternalIp, &[][..])));
+            if svc.type_ == ServiceType::LoadBalancer {
+                external.extend(
+                    svc.lb_ingress_ips.iter().map(|&a| (a, sp.port, FrontendKind::LoadBalancer, svc.lb_source_ranges.as_slice())),
+                );
+            }
+            for (addr, port, kind, ranges) in external {
+                if svc.external_traffic_local {
+                    insert(&mut out, svc, fe(addr, port, sp.protocol, Scope::Default), state(kind, &local, true, ranges));
+                    insert(&mut out, svc, fe(addr, port, sp.protocol, Scope::Internal), state(kind, &all, false, ranges));
+                } else {
+                    insert(&mut out, svc, fe(addr, port, sp.protocol, Scope::Default), state(kind, &all, false, ranges));
+                }
+            }
+        }
+        if svc.external_traffic_local
+            && let Some(port) = svc.health_check_node_port
+        {
+            out.health_checks.insert(port, (svc.key.clone(), local_endpoints.len()));
+        }
+    }
+    out
+}
+
+fn fe(addr: Ipv4Addr, port: u16, proto: Protocol, scope: Scope) -> Frontend {
+    Frontend { addr, port, proto, scope }
+}
+
+/// Two Services may not claim one frontend: the first (by name) keeps it.
+fn insert(out: &mut LbPlan, svc: &ServiceInfo, frontend: Frontend, state: FrontendState) {
+    match out.frontends.get(&frontend) {
+        Some(existing) if existing.service != svc.key => out.problems.push(Problem {
+            object: format!("Service/{}", svc.key),
+            message: format!(
+                "{}:{}/{} is already used by Service/{}; skipped",
+                frontend.addr,
+                frontend.port,
+                frontend.proto.name(),
+                existing.service
+            ),
+        }),
+        _ => {
+            out.frontends.insert(frontend, state);
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Candidate {
+    backend: BackendAddr,
+    local: bool,
+    ready: bool,
+    serving: bool,
+    terminating: bool,
+}
+
+/// Endpoints of every slice of the Service that carry this port, deduplicated
+/// by address (an address listed twice keeps its best conditions).
+fn candidates(sp: &ServicePort, slices: &[&EndpointSliceInfo], node: &str) -> Vec<Candidate> {
+    let mut by_addr: BTreeMap<BackendAddr, Candidate> = BTreeMap::new();
+    for slice in slices {
+        let Some(port) = slice.ports.iter().find(|p| p.name == sp.name && p.protocol == sp.protocol) else {
+            continue;
+        };
+        for ep in &slice.endpoints {
+            // All addresses of one endpoint are the same pod: use the first.
+            let Some(&addr) = ep.addresses.first() else { continue };
+            let backend = BackendAddr { addr, port: port.port, proto: sp.protocol };
+            let c = Candidate {
+                backend,
+                local: ep.node_name.as_deref() == Some(node),
+                ready: ep.ready,
+                serving: ep.serving,
+                terminating: ep.terminating,
+            };
+            by_addr
+                .entry(backend)
+                .and_modify(|old| {
+                    old.ready |= c.ready;
+                    old.serving |= c.serving;
+                    old.terminating &= c.terminating;
+                    old.local |= c.local;
+                })
+                .or_insert(c);
+        }
+    }
+    by_addr.into_values().collect()
+}
+
+/// kube-proxy's rule: ready endpoints; when there are none, the ones that
+/// are serving and terminating.
+fn usable(candidates: &[Candidate], local_only: bool) -> Vec<BackendRef> {
+    let pool = candidates.iter().filter(|c| !local_only || c.local);
+    let ready: Vec<_> = pool.clone().filter(|c| c.ready).collect();
+    let chosen = if ready.is_empty() {
+        pool.filter(|c| c.serving && c.terminating).collect()
+    } else {
+        ready
+    };
+    chosen
+        .into_iter()
+        .map(|c| BackendRef { addr: c.backend, local: c.local, terminating: !c.ready })
+        .collect()
+}
+
+fn sctp_remap(sp: &ServicePort, candidates: &[Candidate]) -> Option<u16> {
+    if sp.protocol != Protocol::Sctp {
+        return None;
+    }
+    candidates.iter().map(|c| c.backend.port).find(|&p| p != sp.port)
+}
+
+#[cfg(test)]
+mod tests;

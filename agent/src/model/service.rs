@@ -1,0 +1,169 @@
+//! Services and EndpointSlices as the load balancer needs them.
+use std::net::Ipv4Addr;
+
+use ipnetwork::Ipv4Network;
+
+/// `namespace/name`.
+pub type ObjectKey = String;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+    Sctp,
+}
+
+impl Protocol {
+    pub fn parse(s: Option<&str>) -> Option<Self> {
+        match s.unwrap_or("TCP") {
+            "TCP" => Some(Protocol::Tcp),
+            "UDP" => Some(Protocol::Udp),
+            "SCTP" => Some(Protocol::Sctp),
+            _ => None,
+        }
+    }
+
+    pub const fn number(self) -> u8 {
+        match self {
+            Protocol::Tcp => weir_common::lb::PROTO_TCP,
+            Protocol::Udp => weir_common::lb::PROTO_UDP,
+            Protocol::Sctp => weir_common::lb::PROTO_SCTP,
+        }
+    }
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "TCP",
+            Protocol::Udp => "UDP",
+            Protocol::Sctp => "SCTP",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ServiceType {
+    ClusterIp,
+    NodePort,
+    LoadBalancer,
+    /// DNS only; nothing for the datapath.
+    ExternalName,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServicePort {
+    /// Matches the EndpointSlice port of the same name (empty for a
+    /// single unnamed port), which carries the resolved target port.
+    pub name: String,
+    pub port: u16,
+    pub protocol: Protocol,
+    pub node_port: Option<u16>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceInfo {
+    pub key: ObjectKey,
+    pub type_: ServiceType,
+    /// IPv4 cluster IPs; empty for headless Services.
+    pub cluster_ips: Vec<Ipv4Addr>,
+    pub headless: bool,
+    pub ports: Vec<ServicePort>,
+    pub external_ips: Vec<Ipv4Addr>,
+    /// `status.loadBalancer.ingress[].ip`.
+    pub lb_ingress_ips: Vec<Ipv4Addr>,
+    pub lb_source_ranges: Vec<Ipv4Network>,
+    /// `sessionAffinity: ClientIP` timeout in seconds.
+    pub affinity_timeout: Option<u32>,
+    pub external_traffic_local: bool,
+    pub internal_traffic_local: bool,
+    pub health_check_node_port: Option<u16>,
+    /// What the converter could not express (bad ports, unsupported
+    /// protocols, ...), reported with the Service's name.
+    pub problems: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SlicePort {
+    pub name: String,
+    pub port: u16,
+    pub protocol: Protocol,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SliceEndpoint {
+    pub addresses: Vec<Ipv4Addr>,
+    /// Conditions with the API's defaults applied (ready: nil means true;
+    /// serving: nil means ready; terminating: nil means false).
+    pub ready: bool,
+    pub serving: bool,
+    pub terminating: bool,
+    pub node_name: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EndpointSliceInfo {
+    pub key: ObjectKey,
+    /// `namespace/<kubernetes.io/service-name label>`.
+    pub service: ObjectKey,
+    pub ports: Vec<SlicePort>,
+    pub endpoints: Vec<SliceEndpoint>,
+}
+
+#[cfg(test)]
+pub mod build {
+    //! Builders for tests.
+    use super::*;
+
+    pub fn service(key: &str, cluster_ip: &str) -> ServiceInfo {
+        ServiceInfo {
+            key: key.into(),
+            type_: ServiceType::ClusterIp,
+            cluster_ips: vec![cluster_ip.parse().unwrap()],
+            headless: false,
+            ports: vec![],
+            external_ips: vec![],
+            lb_ingress_ips: vec![],
+            lb_source_ranges: vec![],
+            affinity_timeout: None,
+            external_traffic_local: false,
+            internal_traffic_local: false,
+            health_check_node_port: None,
+            problems: vec![],
+        }
+    }
+
+    impl ServiceInfo {
+        pub fn port(mut self, name: &str, port: u16, protocol: Protocol) -> Self {
+            self.ports.push(ServicePort { name: name.into(), port, protocol, node_port: None });
+            self
+        }
+        pub fn node_port(mut self, name: &str, port: u16, node_port: u16) -> Self {
+            self.type_ = ServiceType::NodePort;
+            self.ports.push(ServicePort { name: name.into(), port, protocol: Protocol::Tcp, node_port: Some(node_port) });
+            self
+        }
+    }
+
+    pub fn slice(key: &str, service: &str) -> EndpointSliceInfo {
+        EndpointSliceInfo { key: key.into(), service: service.into(), ports: vec![], endpoints: vec![] }
+    }
+
+    impl EndpointSliceInfo {
+        pub fn port(mut self, name: &str, port: u16, protocol: Protocol) -> Self {
+            self.ports.push(SlicePort { name: name.into(), port, protocol });
+            self
+        }
+        pub fn ready(self, ip: &str, node: &str) -> Self {
+            self.endpoint(ip, node, true, true, false)
+        }
+        pub fn endpoint(mut self, ip: &str, node: &str, ready: bool, serving: bool, terminating: bool) -> Self {
+            self.endpoints.push(SliceEndpoint {
+                addresses: vec![ip.parse().unwrap()],
+                ready,
+                serving,
+                terminating,
+                node_name: Some(node.into()),
+            });
+            self
+        }
+    }
+}

@@ -1,0 +1,158 @@
+//! Service load-balancing maps (Cilium's slot layout):
+//! - `WEIR_SVC`: (VIP, port, protocol, scope, slot) -> slot 0 holds the
+//!   backend count and the Service's settings, slots 1..=count hold backend
+//!   IDs. Lookup cost does not depend on the number of Services or backends.
+//! - `WEIR_BACKENDS`: backend ID -> address and port.
+//! - `WEIR_REVNAT`: reverse-NAT ID -> the frontend to put back on replies.
+//! - `WEIR_CT`: connection tracking, so a flow keeps its backend and replies
+//!   can be reverse-translated.
+//! - `WEIR_AFFINITY`: (client, rev-NAT ID) -> backend for sessionAffinity.
+//!
+//! Addresses are in network byte order, ports in network byte order, as they
+//! sit in packets.
+
+/// IP protocol numbers.
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+pub const PROTO_SCTP: u8 = 132;
+
+/// Which clients a frontend applies to: `externalTrafficPolicy: Local`
+/// frontends have a second, internal set of slots with every endpoint, used
+/// for traffic from pods on the node (kube-proxy does the same).
+pub const SCOPE_EXTERNAL: u8 = 0;
+pub const SCOPE_INTERNAL: u8 = 1;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServiceKey {
+    pub addr: u32,
+    pub port: u16,
+    pub slot: u16,
+    pub proto: u8,
+    pub scope: u8,
+    pub _pad: [u8; 2],
+}
+
+impl ServiceKey {
+    pub const fn new(addr: u32, port: u16, proto: u8, scope: u8, slot: u16) -> Self {
+        Self { addr, port, slot, proto, scope, _pad: [0; 2] }
+    }
+    pub const fn with_slot(mut self, slot: u16) -> Self {
+        self.slot = slot;
+        self
+    }
+}
+
+/// Slot 0: `count` backends, settings in `flags`. Slot n: `backend_id`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct ServiceValue {
+    pub backend_id: u32,
+    pub count: u16,
+    pub rev_nat_id: u16,
+    pub flags: u16,
+    pub _pad: u16,
+    /// sessionAffinity timeout in seconds (0: no affinity).
+    pub affinity_timeout: u32,
+}
+
+impl ServiceValue {
+    /// `loadBalancerSourceRanges` apply: the client must match one of the
+    /// ranges in `WEIR_SRC_RANGES` for this rev-NAT ID.
+    pub const FLAG_SOURCE_RANGES: u16 = 1 << 0;
+    /// NodePort frontend (the address is a node address).
+    pub const FLAG_NODEPORT: u16 = 1 << 1;
+    /// External traffic policy Local: keep the client source address.
+    pub const FLAG_LOCAL_ONLY: u16 = 1 << 2;
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Backend {
+    pub addr: u32,
+    pub port: u16,
+    pub proto: u8,
+    pub flags: u8,
+}
+
+impl Backend {
+    /// Terminating but serving: used only when no ready backend exists,
+    /// which the agent resolves before writing slots; kept for inspection.
+    pub const FLAG_TERMINATING: u8 = 1 << 0;
+    /// The backend runs on this node.
+    pub const FLAG_LOCAL: u8 = 1 << 1;
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct RevNat {
+    pub addr: u32,
+    pub port: u16,
+    pub _pad: u16,
+}
+
+/// A connection as seen in one direction (client -> frontend for the
+/// original direction).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct CtKey {
+    pub saddr: u32,
+    pub daddr: u32,
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    /// `CT_DIR_*`.
+    pub dir: u8,
+    pub _pad: [u8; 2],
+}
+
+pub const CT_DIR_ORIGINAL: u8 = 0;
+pub const CT_DIR_REPLY: u8 = 1;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct CtEntry {
+    pub backend_id: u32,
+    pub rev_nat_id: u16,
+    pub flags: u16,
+    /// bpf_ktime_get_ns() / 1e9 of the last packet.
+    pub last_seen: u32,
+    pub _pad: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct AffinityKey {
+    pub client: u32,
+    pub rev_nat_id: u16,
+    pub _pad: u16,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct AffinityValue {
+    pub backend_id: u32,
+    pub last_seen: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<ServiceKey>() == 12);
+const _: () = assert!(core::mem::size_of::<ServiceValue>() == 16);
+const _: () = assert!(core::mem::size_of::<Backend>() == 8);
+const _: () = assert!(core::mem::size_of::<RevNat>() == 8);
+const _: () = assert!(core::mem::size_of::<CtKey>() == 16);
+const _: () = assert!(core::mem::size_of::<CtEntry>() == 16);
+const _: () = assert!(core::mem::size_of::<AffinityKey>() == 8);
+const _: () = assert!(core::mem::size_of::<AffinityValue>() == 8);
+
+#[cfg(feature = "user")]
+mod pod_impls {
+    use super::*;
+    unsafe impl aya::Pod for ServiceKey {}
+    unsafe impl aya::Pod for ServiceValue {}
+    unsafe impl aya::Pod for Backend {}
+    unsafe impl aya::Pod for RevNat {}
+    unsafe impl aya::Pod for CtKey {}
+    unsafe impl aya::Pod for CtEntry {}
+    unsafe impl aya::Pod for AffinityKey {}
+    unsafe impl aya::Pod for AffinityValue {}
+}
