@@ -5,6 +5,8 @@
 //! an existing pin instead of creating a new map), so pods keep working while
 //! the agent is down or being upgraded.
 
+pub mod lb_maps;
+pub mod lb_programmer;
 pub mod loader;
 
 pub use loader::Datapath;

@@ -1,0 +1,275 @@
+//! Turns the desired frontends into map entries, touching only what changed.
+//!
+//! Write order keeps the datapath consistent at every instant: backends
+//! first, then slots 1..n, then slot 0 (the count) last; when a frontend
+//! shrinks, slot 0 first, then the extra slots; backends go once nothing
+//! points at them. A failed write leaves the frontend marked dirty, and the
+//! next pass rewrites it whole.
+use std::{collections::BTreeMap, net::Ipv4Addr};
+
+use weir_common::lb::{Backend, RevNat, SCOPE_EXTERNAL, SCOPE_INTERNAL, ServiceKey, ServiceValue};
+
+use super::lb_maps::{LbDump, LbMapError, LbMaps};
+use crate::model::{
+    lb::{BackendAddr, BackendRef, Frontend, FrontendKind, FrontendState, Scope},
+    service::Protocol,
+};
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Programmed {
+    value: ServiceValue,
+    /// Backend ID per slot (index 0 is slot 1).
+    slots: Vec<u32>,
+    /// False when the map may differ from the above (failed write, or
+    /// odd contents found at restore): rewrite everything next time.
+    clean: bool,
+}
+
+#[derive(Debug, Default)]
+pub struct LbProgrammer {
+    backend_ids: BTreeMap<BackendAddr, (u32, Backend)>,
+    next_backend_id: u32,
+    rev_nat_ids: BTreeMap<(Ipv4Addr, u16), u16>,
+    next_rev_nat_id: u16,
+    /// Keyed by the slot-0 key.
+    programmed: BTreeMap<ServiceKey, Programmed>,
+}
+
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct ApplyReport {
+    pub frontends_written: usize,
+    pub frontends_deleted: usize,
+    pub backends_written: usize,
+    pub backends_deleted: usize,
+    pub errors: Vec<LbMapError>,
+}
+
+pub fn service_key(fe: &Frontend) -> ServiceKey {
+    let scope = match fe.scope {
+        Scope::Default => SCOPE_EXTERNAL,
+        Scope::Internal => SCOPE_INTERNAL,
+    };
+    ServiceKey::new(u32::from_ne_bytes(fe.addr.octets()), fe.port.to_be(), fe.proto.number(), scope, 0)
+}
+
+fn backend_value(b: &BackendRef) -> Backend {
+    let mut flags = 0;
+    if b.local {
+        flags |= Backend::FLAG_LOCAL;
+    }
+    if b.terminating {
+        flags |= Backend::FLAG_TERMINATING;
+    }
+    Backend { addr: u32::from_ne_bytes(b.addr.addr.octets()), port: b.addr.port.to_be(), proto: b.addr.proto.number(), flags }
+}
+
+fn backend_addr(b: &Backend) -> Option<BackendAddr> {
+    let proto = match b.proto {
+        weir_common::lb::PROTO_TCP => Protocol::Tcp,
+        weir_common::lb::PROTO_UDP => Protocol::Udp,
+        weir_common::lb::PROTO_SCTP => Protocol::Sctp,
+        _ => return None,
+    };
+    Some(BackendAddr { addr: Ipv4Addr::from(b.addr.to_ne_bytes()), port: u16::from_be(b.port), proto })
+}
+
+impl LbProgrammer {
+    /// Rebuilds IDs and programmed state from the pinned maps, so that an
+    /// agent restart keeps every backend ID (conntrack entries refer to them)
+    /// and rewrites nothing that is already right.
+    pub fn restore(dump: &LbDump) -> Self {
+        let mut p = LbProgrammer::default();
+        for (&id, b) in &dump.backends {
+            if let Some(addr) = backend_addr(b) {
+                p.backend_ids.insert(addr, (id, *b));
+            }
+            p.next_backend_id = p.next_backend_id.max(id);
+        }
+        for (&id, r) in &dump.rev_nats {
+            p.rev_nat_ids.insert((Ipv4Addr::from(r.addr.to_ne_bytes()), u16::from_be(r.port)), id);
+            p.next_rev_nat_id = p.next_rev_nat_id.max(id);
+        }
+        let mut groups: BTreeMap<ServiceKey, BTreeMap<u16, ServiceValue>> = BTreeMap::new();
+        for (k, v) in &dump.services {
+            groups.entry(k.with_slot(0)).or_default().insert(k.slot, *v);
+        }
+        for (key0, slots) in groups {
+            let head = slots.get(&0).copied();
+            let max_slot = slots.keys().copied().max().unwrap_or(0);
+            let count = head.map(|h| h.count).unwrap_or(0);
+            let ids: Vec<u32> = (1..=max_slot).map(|s| slots.get(&s).map(|v| v.backend_id).unwrap_or(0)).collect();
+            let clean = head.is_some() && max_slot == count && ids.iter().all(|&id| id != 0);
+            p.programmed.insert(key0, Programmed { value: head.unwrap_or_default(), slots: ids, clean });
+        }
+        p
+    }
+
+    pub fn apply(&mut self, desired: &BTreeMap<Frontend, FrontendState>, prune: bool, maps: &mut dyn LbMaps) -> ApplyReport {
+        let mut report = ApplyReport::default();
+        for (fe, state) in desired {
+            if let Err(e) = self.apply_frontend(fe, state, maps, &mut report) {
+                report.errors.push(e);
+            }
+        }
+        if prune {
+            let wanted: std::collections::BTreeSet<ServiceKey> = desired.keys().map(service_key).collect();
+            let stale: Vec<ServiceKey> = self.programmed.keys().filter(|k| !wanted.contains(k)).copied().collect();
+            for key0 in stale {
+                match self.delete_frontend(key0, maps) {
+                    Ok(()) => report.frontends_deleted += 1,
+                    Err(e) => report.errors.push(e),
+                }
+            }
+            self.collect_garbage(maps, &mut report);
+        }
+        report
+    }
+
+    fn apply_frontend(
+        &mut self,
+        fe: &Frontend,
+        state: &FrontendState,
+        maps: &mut dyn LbMaps,
+        report: &mut ApplyReport,
+    ) -> Result<(), LbMapError> {
+        let key0 = service_key(fe);
+        let mut ids = Vec::with_capacity(state.backends.len());
+        for b in &state.backends {
+            ids.push(self.ensure_backend(b, maps, report)?);
+        }
+        let rev_nat_id = self.ensure_rev_nat(fe.addr, fe.port, maps)?;
+        let mut flags = 0;
+        if !state.source_ranges.is_empty() {
+            flags |= ServiceValue::FLAG_SOURCE_RANGES;
+        }
+        if state.kind == FrontendKind::NodePort {
+            flags |= ServiceValue::FLAG_NODEPORT;
+        }
+        if state.local_only {
+            flags |= ServiceValue::FLAG_LOCAL_ONLY;
+        }
+        let count = u16::try_from(ids.len()).unwrap_or(u16::MAX);
+        ids.truncate(count as usize);
+        let target = Programmed {
+            value: ServiceValue { backend_id: 0, count, rev_nat_id, flags, _pad: 0, affinity_timeout: state.affinity_timeout },
+            slots: ids,
+            clean: true,
+        };
+        let old = self.programmed.get(&key0).cloned();
+        if old.as_ref() == Some(&target) {
+            return Ok(());
+        }
+        // Until this write completes the map may hold a mix: dirty.
+        let mut dirty = target.clone();
+        dirty.clean = false;
+        if let Some(o) = &old
+            && o.slots.len() > dirty.slots.len()
+        {
+            dirty.slots.extend_from_slice(&o.slots[target.slots.len()..]);
+        }
+        self.programmed.insert(key0, dirty);
+
+        let old_clean = old.as_ref().filter(|o| o.clean);
+        for (i, &id) in target.slots.iter().enumerate() {
+            if old_clean.and_then(|o| o.slots.get(i)) == Some(&id) {
+                continue;
+            }
+            let slot = ServiceValue { backend_id: id, rev_nat_id, ..Default::default() };
+            maps.set_service(key0.with_slot(i as u16 + 1), slot)?;
+        }
+        if old_clean.map(|o| o.value) != Some(target.value) {
+            maps.set_service(key0, target.value)?;
+        }
+        let old_len = old.as_ref().map(|o| o.slots.len()).unwrap_or(0);
+        for slot in target.slots.len() + 1..=old_len {
+            maps.delete_service(key0.with_slot(slot as u16))?;
+        }
+        self.programmed.insert(key0, target);
+        report.frontends_written += 1;
+        Ok(())
+    }
+
+    fn delete_frontend(&mut self, key0: ServiceKey, maps: &mut dyn LbMaps) -> Result<(), LbMapError> {
+        let Some(p) = self.programmed.get_mut(&key0) else { return Ok(()) };
+        p.clean = false;
+        // Slot 0 first: the datapath stops matching before slots vanish.
+        maps.delete_service(key0)?;
+        for slot in 1..=p.slots.len() {
+            maps.delete_service(key0.with_slot(slot as u16))?;
+        }
+        self.programmed.remove(&key0);
+        Ok(())
+    }
+
+    fn ensure_backend(&mut self, b: &BackendRef, maps: &mut dyn LbMaps, report: &mut ApplyReport) -> Result<u32, LbMapError> {
+        let value = backend_value(b);
+        match self.backend_ids.get(&b.addr) {
+            Some(&(id, current)) if current == value => Ok(id),
+            Some(&(id, _)) => {
+                maps.set_backend(id, value)?;
+                self.backend_ids.insert(b.addr, (id, value));
+                report.backends_written += 1;
+                Ok(id)
+            }
+            None => {
+                // IDs are never reused soon: a conntrack entry that still
+                // names a deleted backend must not find a new one there.
+                self.next_backend_id = self.next_backend_id.wrapping_add(1).max(1);
+                let id = self.next_backend_id;
+                maps.set_backend(id, value)?;
+                self.backend_ids.insert(b.addr, (id, value));
+                report.backends_written += 1;
+                Ok(id)
+            }
+        }
+    }
+
+    fn ensure_rev_nat(&mut self, addr: Ipv4Addr, port: u16, maps: &mut dyn LbMaps) -> Result<u16, LbMapError> {
+        if let Some(&id) = self.rev_nat_ids.get(&(addr, port)) {
+            return Ok(id);
+        }
+        let in_use: std::collections::BTreeSet<u16> = self.rev_nat_ids.values().copied().collect();
+        let mut id = self.next_rev_nat_id;
+        loop {
+            id = id.wrapping_add(1).max(1);
+            if !in_use.contains(&id) {
+                break;
+            }
+        }
+        maps.set_rev_nat(id, RevNat { addr: u32::from_ne_bytes(addr.octets()), port: port.to_be(), _pad: 0 })?;
+        self.next_rev_nat_id = id;
+        self.rev_nat_ids.insert((addr, port), id);
+        Ok(id)
+    }
+
+    /// Deletes backends and reverse-NAT entries nothing refers to.
+    fn collect_garbage(&mut self, maps: &mut dyn LbMaps, report: &mut ApplyReport) {
+        let used_backends: std::collections::BTreeSet<u32> =
+            self.programmed.values().flat_map(|p| p.slots.iter().copied()).collect();
+        let unused: Vec<(BackendAddr, u32)> =
+            self.backend_ids.iter().filter(|(_, (id, _))| !used_backends.contains(id)).map(|(a, (id, _))| (*a, *id)).collect();
+        for (addr, id) in unused {
+            match maps.delete_backend(id) {
+                Ok(()) => {
+                    self.backend_ids.remove(&addr);
+                    report.backends_deleted += 1;
+                }
+                Err(e) => report.errors.push(e),
+            }
+        }
+        let used_rev: std::collections::BTreeSet<u16> = self.programmed.values().map(|p| p.value.rev_nat_id).collect();
+        let unused: Vec<((Ipv4Addr, u16), u16)> =
+            self.rev_nat_ids.iter().filter(|(_, id)| !used_rev.contains(id)).map(|(k, id)| (*k, *id)).collect();
+        for (k, id) in unused {
+            match maps.delete_rev_nat(id) {
+                Ok(()) => {
+                    self.rev_nat_ids.remove(&k);
+                }
+                Err(e) => report.errors.push(e),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,215 @@
+use super::*;
+use crate::datapath::lb_maps::{FakeLbMaps, FaultyLbMaps};
+
+fn backend(ip: &str, port: u16) -> BackendRef {
+    BackendRef { addr: BackendAddr { addr: ip.parse().unwrap(), port, proto: Protocol::Tcp }, local: false, terminating: false }
+}
+
+fn fe(ip: &str, port: u16) -> Frontend {
+    Frontend { addr: ip.parse().unwrap(), port, proto: Protocol::Tcp, scope: Scope::Default }
+}
+
+fn state(svc: &str, backends: &[(&str, u16)]) -> FrontendState {
+    FrontendState {
+        service: svc.into(),
+        kind: FrontendKind::ClusterIp,
+        backends: backends.iter().map(|(ip, p)| backend(ip, *p)).collect(),
+        affinity_timeout: 0,
+        source_ranges: vec![],
+        local_only: false,
+    }
+}
+
+fn desired(entries: &[(Frontend, FrontendState)]) -> BTreeMap<Frontend, FrontendState> {
+    entries.iter().cloned().collect()
+}
+
+/// Every slot 0 with count c has slots 1..=c pointing at existing backends,
+/// and its rev-NAT entry exists. This must hold after every single write.
+fn check_consistent(d: &LbDump) -> Result<(), String> {
+    for (k, v) in d.services.iter().filter(|(k, _)| k.slot == 0) {
+        for s in 1..=v.count {
+            let slot = d.services.get(&k.with_slot(s)).ok_or(format!("{k:?}: slot {s} of {} missing", v.count))?;
+            if !d.backends.contains_key(&slot.backend_id) {
+                return Err(format!("{k:?}: slot {s} points at missing backend {}", slot.backend_id));
+            }
+        }
+        if !d.rev_nats.contains_key(&v.rev_nat_id) {
+            return Err(format!("{k:?}: rev-NAT {} missing", v.rev_nat_id));
+        }
+    }
+    Ok(())
+}
+
+/// Frontend -> backend addresses, independent of IDs.
+fn resolve(d: &LbDump) -> BTreeMap<(u32, u16), Vec<(u32, u16)>> {
+    d.services
+        .iter()
+        .filter(|(k, _)| k.slot == 0)
+        .map(|(k, v)| {
+            let mut bs: Vec<_> = (1..=v.count)
+                .map(|s| d.backends[&d.services[&k.with_slot(s)].backend_id])
+                .map(|b| (b.addr, b.port))
+                .collect();
+            bs.sort();
+            ((k.addr, k.port), bs)
+        })
+        .collect()
+}
+
+#[test]
+fn programs_slots_backends_and_rev_nat() {
+    let mut maps = FakeLbMaps::default();
+    let mut p = LbProgrammer::default();
+    let want = desired(&[(fe("10.96.0.10", 80), state("ns/a", &[("10.244.1.5", 8080), ("10.244.2.7", 8080)]))]);
+    let r = p.apply(&want, true, &mut maps);
+    assert!(r.errors.is_empty());
+    assert_eq!((r.frontends_written, r.backends_written), (1, 2));
+    check_consistent(&maps.maps).unwrap();
+    let key0 = service_key(&fe("10.96.0.10", 80));
+    assert_eq!(maps.maps.services[&key0].count, 2);
+    assert_eq!(key0.port, 80u16.to_be());
+    assert_eq!(maps.maps.rev_nats.len(), 1);
+    // Idempotent: a second pass writes nothing.
+    let before = maps.ops;
+    let r = p.apply(&want, true, &mut maps);
+    assert_eq!((r, maps.ops), (ApplyReport::default(), before));
+}
+
+#[test]
+fn one_endpoint_change_touches_only_its_frontend() {
+    let mut maps = FakeLbMaps::default();
+    let mut p = LbProgrammer::default();
+    let mut want = BTreeMap::new();
+    for i in 0..100u16 {
+        want.insert(fe(&format!("10.96.1.{}", i % 250), 80 + i), state("ns/x", &[("10.244.1.5", 8080), ("10.244.2.7", 8080)]));
+    }
+    let target = fe("10.96.9.9", 443);
+    want.insert(target, state("ns/t", &[("10.244.3.3", 8443)]));
+    p.apply(&want, true, &mut maps);
+    let before = maps.ops;
+    want.insert(target, state("ns/t", &[("10.244.3.3", 8443), ("10.244.3.4", 8443)]));
+    let r = p.apply(&want, true, &mut maps);
+    // New backend, new slot 2, slot 0 count.
+    assert_eq!(maps.ops - before, 3, "{r:?}");
+    check_consistent(&maps.maps).unwrap();
+}
+
+#[test]
+fn shrinking_deletes_extra_slots_and_unused_backends() {
+    let mut maps = FakeLbMaps::default();
+    let mut p = LbProgrammer::default();
+    let a = fe("10.96.0.10", 80);
+    p.apply(&desired(&[(a, state("ns/a", &[("10.244.1.5", 80), ("10.244.1.6", 80), ("10.244.1.7", 80)]))]), true, &mut maps);
+    let r = p.apply(&desired(&[(a, state("ns/a", &[("10.244.1.5", 80)]))]), true, &mut maps);
+    assert!(r.errors.is_empty());
+    assert_eq!(r.backends_deleted, 2);
+    assert_eq!(maps.maps.services.len(), 2, "slot 0 and slot 1 only");
+    assert_eq!(maps.maps.backends.len(), 1);
+    check_consistent(&maps.maps).unwrap();
+}
+
+#[test]
+fn prune_only_after_sync() {
+    let mut maps = FakeLbMaps::default();
+    let mut p = LbProgrammer::default();
+    p.apply(&desired(&[(fe("10.96.0.10", 80), state("ns/a", &[("10.244.1.5", 80)]))]), true, &mut maps);
+    // Before every list has arrived, a missing frontend is kept.
+    p.apply(&BTreeMap::new(), false, &mut maps);
+    assert_eq!(maps.maps.services.len(), 2);
+    let r = p.apply(&BTreeMap::new(), true, &mut maps);
+    assert_eq!(r.frontends_deleted, 1);
+    assert_eq!(maps.maps, LbDump::default());
+}
+
+#[test]
+fn restore_keeps_ids_and_rewrites_nothing() {
+    let mut maps = FakeLbMaps::default();
+    let mut p = LbProgrammer::default();
+    let want = desired(&[
+        (fe("10.96.0.10", 80), state("ns/a", &[("10.244.1.5", 80), ("10.244.2.5", 80)])),
+        (fe("10.96.0.11", 53), state("ns/b", &[("10.244.1.9", 53)])),
+    ]);
+    p.apply(&want, true, &mut maps);
+    let snapshot = maps.maps.clone();
+
+    let mut restarted = LbProgrammer::restore(&maps.dump().unwrap());
+    let before = maps.ops;
+    let r = restarted.apply(&want, true, &mut maps);
+    assert_eq!(r, ApplyReport::default());
+    assert_eq!(maps.ops, before);
+    assert_eq!(maps.maps, snapshot);
+
+    // A new backend after restart gets a fresh ID, not a reused one.
+    let mut more = want.clone();
+    more.insert(fe("10.96.0.12", 80), state("ns/c", &[("10.244.3.1", 80)]));
+    restarted.apply(&more, true, &mut maps);
+    let max_before = snapshot.backends.keys().max().unwrap();
+    assert!(maps.maps.backends.keys().any(|id| id > max_before));
+}
+
+#[test]
+fn restore_cleans_up_half_written_state() {
+    let mut maps = FakeLbMaps::default();
+    // A slot 0 claiming 2 backends with only one slot, and an orphan slot.
+    let k = service_key(&fe("10.96.0.10", 80));
+    maps.maps.backends.insert(1, Backend { addr: 1, port: 80u16.to_be(), proto: 6, flags: 0 });
+    maps.maps.rev_nats.insert(1, RevNat { addr: k.addr, port: k.port, _pad: 0 });
+    maps.maps.services.insert(k, ServiceValue { count: 2, rev_nat_id: 1, ..Default::default() });
+    maps.maps.services.insert(k.with_slot(1), ServiceValue { backend_id: 1, rev_nat_id: 1, ..Default::default() });
+    let orphan = service_key(&fe("10.96.0.99", 99)).with_slot(3);
+    maps.maps.services.insert(orphan, ServiceValue { backend_id: 1, ..Default::default() });
+
+    let mut p = LbProgrammer::restore(&maps.dump().unwrap());
+    let want = desired(&[(fe("10.96.0.10", 80), state("ns/a", &[("10.244.1.5", 80)]))]);
+    let r = p.apply(&want, true, &mut maps);
+    assert!(r.errors.is_empty(), "{r:?}");
+    check_consistent(&maps.maps).unwrap();
+    assert!(!maps.maps.services.contains_key(&orphan));
+    assert_eq!(maps.maps.services.len(), 2);
+    assert_eq!(maps.maps.backends.len(), 1);
+}
+
+/// Fail at every possible write in turn: the maps stay consistent at the
+/// failure, and the next clean pass converges to the right contents.
+#[test]
+fn every_fault_leaves_consistent_maps_and_recovers() {
+    let first = desired(&[
+        (fe("10.96.0.10", 80), state("ns/a", &[("10.244.1.5", 80), ("10.244.1.6", 80), ("10.244.1.7", 80)])),
+        (fe("10.96.0.11", 80), state("ns/b", &[("10.244.2.5", 80)])),
+    ]);
+    let second = desired(&[
+        (fe("10.96.0.10", 80), state("ns/a", &[("10.244.1.6", 80)])),
+        (fe("10.96.0.12", 80), state("ns/c", &[("10.244.3.5", 80), ("10.244.1.6", 80)])),
+    ]);
+    let mut reference = FakeLbMaps::default();
+    let mut rp = LbProgrammer::default();
+    rp.apply(&first, true, &mut reference);
+    rp.apply(&second, true, &mut reference);
+    let expected = resolve(&reference.maps);
+
+    let mut faults_injected = 0;
+    for fail_at in 1..40 {
+        let mut maps = FaultyLbMaps::default();
+        let mut p = LbProgrammer::default();
+        p.apply(&first, true, &mut maps);
+        maps.attempts = 0;
+        maps.fail_from = Some(fail_at);
+        let r = p.apply(&second, true, &mut maps);
+        check_consistent(&maps.inner.maps).unwrap_or_else(|e| panic!("fail_at {fail_at}: {e}"));
+        let failed = !r.errors.is_empty();
+        faults_injected += usize::from(failed);
+        maps.fail_from = None;
+        let r = p.apply(&second, true, &mut maps);
+        assert!(r.errors.is_empty());
+        check_consistent(&maps.inner.maps).unwrap();
+        assert_eq!(resolve(&maps.inner.maps), expected, "fail_at {fail_at}");
+        assert_eq!(maps.inner.maps.backends.len(), reference.maps.backends.len(), "fail_at {fail_at}: leaked backends");
+        assert_eq!(maps.inner.maps.rev_nats.len(), reference.maps.rev_nats.len(), "fail_at {fail_at}: leaked rev-NAT");
+        if !failed {
+            break; // past the last write: every fault position was covered
+        }
+    }
+    // second over first: 2 backends, 1 rev-NAT, slots and counts, deletes.
+    assert!(faults_injected >= 8, "only {faults_injected} fault positions exercised");
+}
