@@ -14,16 +14,23 @@ pub enum DropReason {
     SourceSpoofed = 2,
     /// The IPv4 header was truncated or had a bad version or header length.
     Malformed = 3,
+    /// The packet went to a Service with no usable backend; the client was
+    /// sent ICMP port unreachable.
+    NoBackend = 4,
+    /// A NAT rewrite or checksum update failed in the kernel.
+    RewriteFailed = 5,
 }
 
 impl DropReason {
     /// Number of slots in the counters array.
-    pub const COUNT: u32 = 4;
+    pub const COUNT: u32 = 6;
     pub const ALL: [DropReason; Self::COUNT as usize] = [
         DropReason::Passed,
         DropReason::UnknownEndpoint,
         DropReason::SourceSpoofed,
         DropReason::Malformed,
+        DropReason::NoBackend,
+        DropReason::RewriteFailed,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -32,6 +39,8 @@ impl DropReason {
             DropReason::UnknownEndpoint => "unknown-endpoint",
             DropReason::SourceSpoofed => "source-spoofed",
             DropReason::Malformed => "malformed",
+            DropReason::NoBackend => "service-no-backend",
+            DropReason::RewriteFailed => "rewrite-failed",
         }
     }
 
@@ -45,6 +54,10 @@ impl DropReason {
                 "the pod sent a packet whose source IP is not the pod's own address"
             }
             DropReason::Malformed => "the IPv4 header was truncated or had a bad version or header length",
+            DropReason::NoBackend => {
+                "the Service has no ready (or serving) endpoint; the client got ICMP port unreachable"
+            }
+            DropReason::RewriteFailed => "rewriting the packet for a Service failed in the kernel",
         }
     }
 }

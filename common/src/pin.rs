@@ -12,9 +12,19 @@ pub const LINKS_DIR: &str = "links";
 /// Map names: the same string is the map's symbol in the kernel crate.
 pub const MAP_ENDPOINTS: &str = "WEIR_ENDPOINTS";
 pub const MAP_DROPS: &str = "WEIR_DROPS";
+pub const MAP_SVC: &str = "WEIR_SVC";
+pub const MAP_BACKENDS: &str = "WEIR_BACKENDS";
+pub const MAP_REVNAT: &str = "WEIR_REVNAT";
+pub const MAP_CT: &str = "WEIR_CT";
+pub const MAP_AFFINITY: &str = "WEIR_AFFINITY";
 
 /// Program names: the function names in the kernel crate.
 pub const PROG_FROM_POD: &str = "weir_from_pod";
+pub const PROG_TO_POD: &str = "weir_to_pod";
+
+/// Link pins are `<pin dir>/links/<host veth><suffix>`.
+pub const LINK_SUFFIX_FROM_POD: &str = "_in";
+pub const LINK_SUFFIX_TO_POD: &str = "_out";
 
 /// Capacity of the endpoint map: far more than the pods a node can run.
 pub const MAX_ENDPOINTS: u32 = 4096;

@@ -1,11 +1,18 @@
 //! weir's kernel-side programs. Each attach point has one entry function, a
-//! thin wrapper over a `try_*` function; shared logic lives in modules.
+//! thin wrapper; shared logic lives in modules (packet parsing, conntrack,
+//! NAT, load balancing).
 #![no_std]
 #![no_main]
 
+mod conntrack;
 mod counters;
 mod endpoint;
 mod from_pod;
+mod lb;
+mod nat;
+mod packet;
+mod reject;
+mod to_pod;
 
 use aya_ebpf::{macros::classifier, programs::TcContext};
 
@@ -13,6 +20,12 @@ use aya_ebpf::{macros::classifier, programs::TcContext};
 #[classifier]
 pub fn weir_from_pod(ctx: TcContext) -> i32 {
     from_pod::handle(&ctx)
+}
+
+/// tc egress of a pod's host-side veth: every packet the pod receives.
+#[classifier]
+pub fn weir_to_pod(ctx: TcContext) -> i32 {
+    to_pod::handle(&ctx)
 }
 
 #[cfg(not(test))]

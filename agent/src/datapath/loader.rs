@@ -49,6 +49,7 @@ impl Datapath {
         // Programs loaded, maps created or reopened; the pin dir is the
         // hand-off to weir-cni.
         dp.pin_classifier(pin::PROG_FROM_POD)?;
+        dp.pin_classifier(pin::PROG_TO_POD)?;
         info!(pin_dir = %pin_dir.display(), "datapath loaded and pinned");
         Ok(dp)
     }
@@ -109,6 +110,14 @@ impl Datapath {
         let name = pin::MAP_ENDPOINTS;
         let map = self.ebpf.map_mut(name).ok_or(DatapathError::Map { name, source: aya::maps::MapError::InvalidName { name: name.into() } })?;
         HashMap::try_from(map).map_err(|source| DatapathError::Map { name, source })
+    }
+
+    pub(super) fn ebpf(&self) -> &Ebpf {
+        &self.ebpf
+    }
+
+    pub(super) fn ebpf_mut(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
     }
 
     #[cfg(test)]

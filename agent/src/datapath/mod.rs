@@ -5,6 +5,7 @@
 //! an existing pin instead of creating a new map), so pods keep working while
 //! the agent is down or being upgraded.
 
+mod aya_lb_maps;
 pub mod lb_maps;
 pub mod lb_programmer;
 pub mod loader;
@@ -15,3 +16,5 @@ pub use loader::Datapath;
 mod prog_test_run;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_lb;

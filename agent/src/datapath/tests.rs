@@ -5,18 +5,18 @@ use weir_common::{DropReason, EndpointInfo, EndpointKey, pin};
 
 use super::{Datapath, prog_test_run};
 
-const TC_ACT_OK: u32 = 0;
+pub const TC_ACT_OK: u32 = 0;
 const TC_ACT_SHOT: u32 = 2;
-const LOOPBACK: u32 = 1;
+pub const LOOPBACK: u32 = 1;
 
 /// A datapath pinned in a private bpffs directory, removed on drop.
-struct TestDatapath {
-    dp: Datapath,
+pub struct TestDatapath {
+    pub dp: Datapath,
     dir: std::path::PathBuf,
 }
 
 impl TestDatapath {
-    fn load() -> Self {
+    pub fn load() -> Self {
         assert!(
             nix::unistd::Uid::effective().is_root(),
             "privileged datapath test run without root: use `cargo xtask test` as root"
@@ -37,7 +37,7 @@ impl TestDatapath {
             .retval
     }
 
-    fn count(&self, reason: DropReason) -> u64 {
+    pub fn count(&self, reason: DropReason) -> u64 {
         self.dp.verdict_counts().unwrap().into_iter().find(|(r, _)| *r == reason).unwrap().1
     }
 }
@@ -70,7 +70,7 @@ fn arp_packet() -> Vec<u8> {
     p
 }
 
-fn add_endpoint(t: &mut TestDatapath, ifindex: u32, ip: [u8; 4]) {
+pub fn add_endpoint(t: &mut TestDatapath, ifindex: u32, ip: [u8; 4]) {
     t.dp.endpoints()
         .unwrap()
         .insert(EndpointKey { ifindex }, EndpointInfo::new(ip, EndpointInfo::FLAG_VERIFY_SOURCE), 0)

@@ -1,0 +1,220 @@
+//! Service translation in the kernel, with BPF_PROG_TEST_RUN on crafted
+//! packets: DNAT, reverse NAT, conntrack stickiness, affinity, reject.
+use std::{collections::BTreeMap, net::Ipv4Addr};
+
+use weir_common::pin;
+
+use super::{
+    lb_maps::LbMaps,
+    lb_programmer::LbProgrammer,
+    prog_test_run,
+    tests::{LOOPBACK, TC_ACT_OK, TestDatapath, add_endpoint},
+};
+use crate::model::{
+    lb::{BackendAddr, BackendRef, Frontend, FrontendKind, FrontendState, Scope},
+    service::Protocol,
+};
+
+const TC_ACT_REDIRECT: u32 = 7;
+const CLIENT: [u8; 4] = [10, 244, 1, 5];
+const VIP: [u8; 4] = [10, 96, 0, 10];
+
+fn csum(data: &[u8]) -> u16 {
+    let mut sum: u32 = 0;
+    for chunk in data.chunks(2) {
+        let word = if chunk.len() == 2 { u16::from_be_bytes([chunk[0], chunk[1]]) } else { u16::from_be_bytes([chunk[0], 0]) };
+        sum += word as u32;
+    }
+    while sum >> 16 != 0 {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// Ethernet + IPv4 + TCP SYN or UDP datagram with valid checksums.
+fn packet(proto: u8, src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16) -> Vec<u8> {
+    let l4: Vec<u8> = if proto == 6 {
+        let mut t = Vec::new();
+        t.extend_from_slice(&sport.to_be_bytes());
+        t.extend_from_slice(&dport.to_be_bytes());
+        t.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x02, 0xff, 0xff, 0, 0, 0, 0]);
+        t
+    } else {
+        let mut u = Vec::new();
+        u.extend_from_slice(&sport.to_be_bytes());
+        u.extend_from_slice(&dport.to_be_bytes());
+        u.extend_from_slice(&12u16.to_be_bytes());
+        u.extend_from_slice(&[0, 0, b'p', b'i', b'n', b'g']);
+        u
+    };
+    let total = (20 + l4.len()) as u16;
+    let mut ip = vec![0x45, 0, 0, 0, 0, 1, 0x40, 0, 64, proto, 0, 0];
+    ip[2..4].copy_from_slice(&total.to_be_bytes());
+    ip.extend_from_slice(&src);
+    ip.extend_from_slice(&dst);
+    let c = csum(&ip);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    let mut l4 = l4;
+    let c = l4_csum(&ip, &l4);
+    let off = if proto == 6 { 16 } else { 6 };
+    l4[off..off + 2].copy_from_slice(&c.to_be_bytes());
+    let mut p = vec![0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2, 0x08, 0x00];
+    p.extend_from_slice(&ip);
+    p.extend_from_slice(&l4);
+    p
+}
+
+fn l4_csum(ip: &[u8], l4: &[u8]) -> u16 {
+    let mut pseudo = Vec::new();
+    pseudo.extend_from_slice(&ip[12..20]);
+    pseudo.extend_from_slice(&[0, ip[9]]);
+    pseudo.extend_from_slice(&(l4.len() as u16).to_be_bytes());
+    pseudo.extend_from_slice(l4);
+    csum(&pseudo)
+}
+
+struct Parsed {
+    src: [u8; 4],
+    dst: [u8; 4],
+    sport: u16,
+    dport: u16,
+    proto: u8,
+}
+
+/// Parses and checks both checksums.
+fn parse(p: &[u8]) -> Parsed {
+    let ip = &p[14..34];
+    assert_eq!(csum(ip), 0, "bad IPv4 checksum");
+    let len = u16::from_be_bytes([ip[2], ip[3]]) as usize;
+    let l4 = &p[34..14 + len];
+    if ip[9] != 1 {
+        assert_eq!(l4_csum(ip, l4), 0, "bad L4 checksum");
+    } else {
+        assert_eq!(csum(l4), 0, "bad ICMP checksum");
+    }
+    Parsed {
+        src: ip[12..16].try_into().unwrap(),
+        dst: ip[16..20].try_into().unwrap(),
+        sport: u16::from_be_bytes([l4[0], l4[1]]),
+        dport: u16::from_be_bytes([l4[2], l4[3]]),
+        proto: ip[9],
+    }
+}
+
+fn program(t: &mut TestDatapath, proto: Protocol, backends: &[([u8; 4], u16)], affinity: u32) -> LbProgrammer {
+    let mut p = LbProgrammer::default();
+    apply(t, &mut p, proto, backends, affinity);
+    p
+}
+
+fn apply(t: &mut TestDatapath, p: &mut LbProgrammer, proto: Protocol, backends: &[([u8; 4], u16)], affinity: u32) {
+    let fe = Frontend { addr: Ipv4Addr::from(VIP), port: 80, proto, scope: Scope::Default };
+    let state = FrontendState {
+        service: "ns/web".into(),
+        kind: FrontendKind::ClusterIp,
+        backends: backends
+            .iter()
+            .map(|(a, port)| BackendRef { addr: BackendAddr { addr: Ipv4Addr::from(*a), port: *port, proto }, local: false, terminating: false })
+            .collect(),
+        affinity_timeout: affinity,
+        source_ranges: vec![],
+        local_only: false,
+    };
+    let want: BTreeMap<_, _> = [(fe, state)].into_iter().collect();
+    let maps: &mut dyn LbMaps = &mut t.dp;
+    let report = p.apply(&want, true, maps);
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+}
+
+fn run(t: &TestDatapath, prog: &str, packet: &[u8]) -> (u32, Vec<u8>) {
+    let out = prog_test_run::run(t.dp.program_fd(prog), packet, LOOPBACK).expect("BPF_PROG_TEST_RUN");
+    (out.retval, out.packet)
+}
+
+#[test]
+#[ignore = "privileged: needs root and bpffs; `cargo xtask test` runs it as root"]
+fn cluster_ip_dnat_and_reverse_nat_for_tcp_and_udp() {
+    for (proto, num) in [(Protocol::Tcp, 6u8), (Protocol::Udp, 17u8)] {
+        let mut t = TestDatapath::load();
+        add_endpoint(&mut t, LOOPBACK, CLIENT);
+        program(&mut t, proto, &[([10, 244, 2, 7], 8080)], 0);
+
+        let (rc, out) = run(&t, pin::PROG_FROM_POD, &packet(num, CLIENT, 40000, VIP, 80));
+        assert_eq!(rc, TC_ACT_OK);
+        let p = parse(&out);
+        assert_eq!((p.src, p.sport, p.dst, p.dport, p.proto), (CLIENT, 40000, [10, 244, 2, 7], 8080, num));
+
+        // The backend's reply, on its way into the client pod.
+        let (rc, out) = run(&t, pin::PROG_TO_POD, &packet(num, [10, 244, 2, 7], 8080, CLIENT, 40000));
+        assert_eq!(rc, TC_ACT_OK);
+        let p = parse(&out);
+        assert_eq!((p.src, p.sport, p.dst, p.dport), (VIP, 80, CLIENT, 40000));
+
+        // Traffic that is not a reply of a translated flow is untouched.
+        let unrelated = packet(num, [10, 244, 2, 8], 8080, CLIENT, 40000);
+        let (_, out) = run(&t, pin::PROG_TO_POD, &unrelated);
+        assert_eq!(out, unrelated);
+    }
+}
+
+#[test]
+#[ignore = "privileged: needs root and bpffs; `cargo xtask test` runs it as root"]
+fn flows_keep_their_backend_and_new_flows_spread() {
+    let mut t = TestDatapath::load();
+    add_endpoint(&mut t, LOOPBACK, CLIENT);
+    let backends = [([10, 244, 2, 7], 8080), ([10, 244, 3, 7], 8080), ([10, 244, 4, 7], 8080)];
+    program(&mut t, Protocol::Tcp, &backends, 0);
+
+    let first = parse(&run(&t, pin::PROG_FROM_POD, &packet(6, CLIENT, 40000, VIP, 80)).1).dst;
+    for _ in 0..20 {
+        assert_eq!(parse(&run(&t, pin::PROG_FROM_POD, &packet(6, CLIENT, 40000, VIP, 80)).1).dst, first);
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for sport in 41000..41060 {
+        seen.insert(parse(&run(&t, pin::PROG_FROM_POD, &packet(6, CLIENT, sport, VIP, 80)).1).dst);
+    }
+    assert_eq!(seen.len(), 3, "60 new flows should reach all 3 backends: {seen:?}");
+}
+
+#[test]
+#[ignore = "privileged: needs root and bpffs; `cargo xtask test` runs it as root"]
+fn session_affinity_pins_a_client_to_one_backend() {
+    let mut t = TestDatapath::load();
+    add_endpoint(&mut t, LOOPBACK, CLIENT);
+    let backends = [([10, 244, 2, 7], 8080), ([10, 244, 3, 7], 8080), ([10, 244, 4, 7], 8080)];
+    program(&mut t, Protocol::Tcp, &backends, 10800);
+    let first = parse(&run(&t, pin::PROG_FROM_POD, &packet(6, CLIENT, 40000, VIP, 80)).1).dst;
+    for sport in 41000..41030 {
+        assert_eq!(parse(&run(&t, pin::PROG_FROM_POD, &packet(6, CLIENT, sport, VIP, 80)).1).dst, first);
+    }
+}
+
+#[test]
+#[ignore = "privileged: needs root and bpffs; `cargo xtask test` runs it as root"]
+fn removed_backend_moves_its_udp_flow_to_a_live_one() {
+    let mut t = TestDatapath::load();
+    add_endpoint(&mut t, LOOPBACK, CLIENT);
+    let mut p = program(&mut t, Protocol::Udp, &[([10, 244, 2, 7], 53)], 0);
+    let pkt = packet(17, CLIENT, 5353, VIP, 80);
+    assert_eq!(parse(&run(&t, pin::PROG_FROM_POD, &pkt).1).dst, [10, 244, 2, 7]);
+    apply(&mut t, &mut p, Protocol::Udp, &[([10, 244, 3, 7], 53)], 0);
+    assert_eq!(parse(&run(&t, pin::PROG_FROM_POD, &pkt).1).dst, [10, 244, 3, 7]);
+}
+
+#[test]
+#[ignore = "privileged: needs root and bpffs; `cargo xtask test` runs it as root"]
+fn service_without_backends_answers_icmp_port_unreachable() {
+    let mut t = TestDatapath::load();
+    add_endpoint(&mut t, LOOPBACK, CLIENT);
+    program(&mut t, Protocol::Tcp, &[], 0);
+    let syn = packet(6, CLIENT, 40000, VIP, 80);
+    let (rc, out) = run(&t, pin::PROG_FROM_POD, &syn);
+    assert_eq!(rc, TC_ACT_REDIRECT, "sent back towards the pod");
+    let p = parse(&out);
+    assert_eq!((p.src, p.dst, p.proto), (VIP, CLIENT, 1));
+    assert_eq!(&out[34..36], &[3, 3], "ICMP destination unreachable / port unreachable");
+    assert_eq!(&out[42..62], &syn[14..34], "quotes the original IP header");
+    assert_eq!(&out[62..70], &syn[34..42], "and its first 8 transport bytes");
+    assert_eq!(&out[0..6], &syn[6..12], "addressed to the pod's MAC");
+    assert_eq!(t.count(weir_common::DropReason::NoBackend), 1);
+}

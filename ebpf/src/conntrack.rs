@@ -1,0 +1,46 @@
+//! Connection tracking for translated flows: the original direction keeps
+//! its backend, the reply direction finds its way back to the frontend.
+use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::map, maps::LruHashMap};
+use weir_common::lb::{CT_DIR_ORIGINAL, CT_DIR_REPLY, CtEntry, CtKey};
+
+use crate::packet::Flow;
+
+#[map]
+static WEIR_CT: LruHashMap<CtKey, CtEntry> = LruHashMap::pinned(262_144, 0);
+
+#[inline(always)]
+pub fn now_secs() -> u32 {
+    // Safety: helper without arguments.
+    (unsafe { bpf_ktime_get_ns() } / 1_000_000_000) as u32
+}
+
+#[inline(always)]
+pub fn original_key(flow: &Flow) -> CtKey {
+    CtKey { saddr: flow.saddr, daddr: flow.daddr, sport: flow.sport, dport: flow.dport, proto: flow.proto, dir: CT_DIR_ORIGINAL, _pad: [0; 2] }
+}
+
+/// The key a reply from `backend` to the client will carry.
+#[inline(always)]
+pub fn reply_key(flow: &Flow, backend_addr: u32, backend_port: u16) -> CtKey {
+    CtKey { saddr: backend_addr, daddr: flow.saddr, sport: backend_port, dport: flow.sport, proto: flow.proto, dir: CT_DIR_REPLY, _pad: [0; 2] }
+}
+
+/// The key of a packet travelling in the reply direction.
+#[inline(always)]
+pub fn as_reply(flow: &Flow) -> CtKey {
+    CtKey { saddr: flow.saddr, daddr: flow.daddr, sport: flow.sport, dport: flow.dport, proto: flow.proto, dir: CT_DIR_REPLY, _pad: [0; 2] }
+}
+
+#[inline(always)]
+pub fn lookup(key: &CtKey) -> Option<CtEntry> {
+    // Safety: copied out at once.
+    unsafe { WEIR_CT.get(key) }.copied()
+}
+
+#[inline(always)]
+pub fn create(original: &CtKey, reply: &CtKey, entry: &CtEntry) {
+    // An LRU map evicts instead of failing when full; an insert that still
+    // fails only costs the flow its stickiness, so it is not fatal.
+    let _ = WEIR_CT.insert(original, entry, 0);
+    let _ = WEIR_CT.insert(reply, entry, 0);
+}

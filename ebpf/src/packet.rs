@@ -1,0 +1,77 @@
+//! Header parsing shared by the programs. Loads go through
+//! bpf_skb_load_bytes, so no packet-pointer bounds dance is needed.
+use aya_ebpf::programs::TcContext;
+use network_types::{eth::EthHdr, ip::Ipv4Hdr};
+use weir_common::{
+    DropReason,
+    lb::{PROTO_SCTP, PROTO_TCP, PROTO_UDP},
+};
+
+pub const ETH_P_IP: u16 = 0x0800_u16.to_be();
+pub const IP_OFF: usize = EthHdr::LEN;
+pub const IP_CSUM_OFF: usize = IP_OFF + 10;
+pub const IP_SRC_OFF: usize = IP_OFF + 12;
+pub const IP_DST_OFF: usize = IP_OFF + 16;
+
+/// An IPv4 packet's addresses, and ports for TCP, UDP and SCTP (first
+/// fragment only). Addresses and ports in network byte order.
+#[derive(Clone, Copy)]
+pub struct Flow {
+    pub saddr: u32,
+    pub daddr: u32,
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    /// 0 when the packet has no transport header to translate.
+    pub l4_off: usize,
+}
+
+impl Flow {
+    pub fn has_ports(&self) -> bool {
+        self.l4_off != 0
+    }
+
+    /// Offset of the transport checksum, for protocols with a pseudo-header
+    /// checksum (SCTP's CRC32c covers neither addresses nor, here, changed
+    /// ports: the agent refuses SCTP port remapping).
+    pub fn l4_csum_off(&self) -> Option<usize> {
+        match self.proto {
+            PROTO_TCP => Some(self.l4_off + 16),
+            PROTO_UDP => Some(self.l4_off + 6),
+            _ => None,
+        }
+    }
+}
+
+/// `Ok(None)`: not IPv4.
+#[inline(always)]
+pub fn parse(ctx: &TcContext) -> Result<Option<Flow>, DropReason> {
+    let eth = ctx.load::<EthHdr>(0).map_err(|_| DropReason::Malformed)?;
+    if eth.ether_type != ETH_P_IP {
+        return Ok(None);
+    }
+    let ip = ctx.load::<Ipv4Hdr>(IP_OFF).map_err(|_| DropReason::Malformed)?;
+    // A raw socket can send anything; later stages read transport headers at
+    // the IHL offset, so refuse headers that lie about it.
+    if ip.version() != 4 || ip.ihl() < Ipv4Hdr::LEN as u8 {
+        return Err(DropReason::Malformed);
+    }
+    let mut flow = Flow {
+        saddr: u32::from_ne_bytes(ip.src_addr),
+        daddr: u32::from_ne_bytes(ip.dst_addr),
+        sport: 0,
+        dport: 0,
+        proto: ip.proto as u8,
+        l4_off: 0,
+    };
+    // Only the first fragment carries ports (fragment offset 0).
+    let frag_off = u16::from_be_bytes(ip.frags) & 0x1fff;
+    if frag_off == 0 && matches!(flow.proto, PROTO_TCP | PROTO_UDP | PROTO_SCTP) {
+        let l4_off = IP_OFF + ip.ihl() as usize;
+        let ports = ctx.load::<[u16; 2]>(l4_off).map_err(|_| DropReason::Malformed)?;
+        flow.sport = ports[0];
+        flow.dport = ports[1];
+        flow.l4_off = l4_off;
+    }
+    Ok(Some(flow))
+}

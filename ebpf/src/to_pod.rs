@@ -1,0 +1,27 @@
+//! Packets going to a pod (tc egress on its host veth): replies of
+//! translated flows get their frontend address back.
+use aya_ebpf::{
+    bindings::{TC_ACT_OK, TC_ACT_SHOT},
+    programs::TcContext,
+};
+use weir_common::DropReason;
+
+use crate::{counters, lb, packet};
+
+pub fn handle(ctx: &TcContext) -> i32 {
+    match try_handle(ctx) {
+        Ok(()) => TC_ACT_OK as i32,
+        Err(reason) => {
+            counters::count(reason);
+            TC_ACT_SHOT as i32
+        }
+    }
+}
+
+#[inline(always)]
+fn try_handle(ctx: &TcContext) -> Result<(), DropReason> {
+    if let Some(flow) = packet::parse(ctx)? {
+        lb::reverse(ctx, &flow)?;
+    }
+    Ok(())
+}
