@@ -8,8 +8,8 @@ use tracing::{error, info, info_span, warn};
 
 use crate::{
     config::AgentConfig,
-    datapath::Datapath,
-    model::{ClusterIndex, NodePlan, cni_conf, plan},
+    datapath::{Datapath, lb_maps::LbMaps as _, lb_programmer::LbProgrammer},
+    model::{ClusterIndex, NodePlan, cni_conf, lb, plan},
     node::{files, masquerade, routes::Routes, sysctl},
     sources::{self, Change, SourceSpec, Update},
 };
@@ -25,13 +25,15 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     if config.masquerade {
         masquerade::ensure(config.plan.cluster_cidr).context("installing masquerade rules")?;
     }
-    let _datapath = Datapath::load(&config.bpf_pin_dir).context("loading the eBPF datapath")?;
+    let datapath = Datapath::load(&config.bpf_pin_dir).context("loading the eBPF datapath")?;
+    // IDs from the pinned maps: established flows keep their backends.
+    let lb = LbProgrammer::restore(&datapath.dump().context("reading the pinned service maps")?);
     let routes = Routes::connect().context("opening netlink")?;
 
     let (tx, mut rx) = mpsc::channel::<Update>(1024);
     let source = spawn_source(&config, tx).await?;
 
-    let mut state = Reconciler::new(config, routes);
+    let mut state = Reconciler::new(config, routes, datapath, lb);
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
         tokio::select! {
@@ -77,35 +79,99 @@ async fn spawn_source(config: &AgentConfig, tx: mpsc::Sender<Update>) -> anyhow:
 struct Reconciler {
     config: AgentConfig,
     routes: Routes,
+    datapath: Datapath,
+    lb: LbProgrammer,
     index: ClusterIndex,
+    /// What changed since the last reconcile.
+    nodes_dirty: bool,
+    services_dirty: bool,
     /// Problems already reported, so each is logged once while it lasts.
     reported: BTreeSet<(String, String)>,
     ready: bool,
 }
 
 impl Reconciler {
-    fn new(config: AgentConfig, routes: Routes) -> Self {
-        Self { config, routes, index: ClusterIndex::default(), reported: BTreeSet::new(), ready: false }
+    fn new(config: AgentConfig, routes: Routes, datapath: Datapath, lb: LbProgrammer) -> Self {
+        Self {
+            config,
+            routes,
+            datapath,
+            lb,
+            index: ClusterIndex::default(),
+            nodes_dirty: true,
+            services_dirty: true,
+            reported: BTreeSet::new(),
+            ready: false,
+        }
     }
 
     fn apply(&mut self, update: Update) {
+        fn change<T: crate::model::index::Keyed>(idx: &mut crate::model::index::KindIndex<T>, c: Change<T>) -> bool {
+            match c {
+                Change::Applied(o) => idx.apply(o),
+                Change::Deleted(k) => idx.delete(&k),
+                Change::Relisted(os) => idx.reset(os),
+            }
+        }
         match update {
-            Update::Nodes(Change::Applied(n)) => {
-                self.index.apply_node(n);
+            Update::Nodes(c) => {
+                if change(&mut self.index.nodes, c) {
+                    self.nodes_dirty = true;
+                    // NodePorts listen on this node's addresses.
+                    self.services_dirty = true;
+                }
             }
-            Update::Nodes(Change::Deleted(name)) => {
-                self.index.delete_node(&name);
-            }
-            Update::Nodes(Change::Relisted(ns)) => {
-                self.index.reset_nodes(ns);
-            }
+            Update::Services(c) => self.services_dirty |= change(&mut self.index.services, c),
+            Update::EndpointSlices(c) => self.services_dirty |= change(&mut self.index.slices, c),
         }
     }
 
     async fn reconcile(&mut self) {
-        let plan = plan::plan(&self.index, &self.config.plan);
-        self.report(&plan);
+        let mut problems = Vec::new();
+        if self.nodes_dirty {
+            self.nodes_dirty = false;
+            let plan = plan::plan(&self.index, &self.config.plan);
+            problems.extend(plan.problems.iter().cloned());
+            self.reconcile_node(&plan).await;
+        }
+        if self.services_dirty {
+            self.services_dirty = false;
+            problems.extend(self.reconcile_services());
+        }
+        self.report(problems);
+    }
 
+    fn reconcile_services(&mut self) -> Vec<plan::Problem> {
+        let me = self.index.node(&self.config.plan.node_name);
+        let node = lb::LbNode {
+            name: self.config.plan.node_name.clone(),
+            addrs: me.and_then(|n| n.internal_ip).into_iter().collect(),
+        };
+        let slices = self.index.slices_by_service();
+        let plan = lb::plan(self.index.services.iter(), &slices, &node);
+        let prune = self.index.services_synced();
+        let report = self.lb.apply(&plan.frontends, prune, &mut self.datapath);
+        if report.frontends_written + report.frontends_deleted + report.backends_deleted > 0 {
+            info!(
+                frontends = plan.frontends.len(),
+                written = report.frontends_written,
+                deleted = report.frontends_deleted,
+                backends_written = report.backends_written,
+                backends_deleted = report.backends_deleted,
+                "service maps synced"
+            );
+        }
+        for e in &report.errors {
+            error!(error = %e, "service map write failed; will retry on the next change");
+        }
+        if !report.errors.is_empty() {
+            // Dirty frontends are rewritten whole on the next pass.
+            self.services_dirty = true;
+        }
+        plan.problems
+    }
+
+    async fn reconcile_node(&mut self, plan: &NodePlan) {
         let mut ok = true;
         if let Some(conflist) = &plan.conflist {
             let path = self.config.cni_conf_dir.join(cni_conf::CONFLIST_FILE);
@@ -119,7 +185,7 @@ impl Reconciler {
             }
         }
 
-        let prune = self.index.synced().nodes;
+        let prune = self.index.nodes.synced();
         match self.routes.sync(&plan.peer_routes, prune).await {
             Ok(stats) if stats != Default::default() => {
                 info!(set = stats.set, deleted = stats.deleted, total = plan.peer_routes.len(), "peer routes synced")
@@ -134,7 +200,10 @@ impl Reconciler {
         }
 
         if ok && !self.ready && prune && plan.conflist.is_some() {
-            self.mark_ready(&plan);
+            self.mark_ready(plan);
+        }
+        if !ok {
+            self.nodes_dirty = true;
         }
     }
 
@@ -154,8 +223,8 @@ impl Reconciler {
         }
     }
 
-    fn report(&mut self, plan: &NodePlan) {
-        let now: BTreeSet<_> = plan.problems.iter().map(|p| (p.object.clone(), p.message.clone())).collect();
+    fn report(&mut self, problems: Vec<plan::Problem>) {
+        let now: BTreeSet<_> = problems.into_iter().map(|p| (p.object, p.message)).collect();
         for (object, message) in now.difference(&self.reported) {
             warn!(%object, "{message}");
         }

@@ -24,6 +24,15 @@ pub enum Command {
     /// Remove everything the agent made on this node: CNI config, ready
     /// marker, pinned maps and programs, peer routes, masquerade rules.
     Cleanup(PathArgs),
+    /// Show what the datapath did with packets: passed, and dropped per
+    /// reason, with what each reason means.
+    Drops {
+        #[arg(long, env = "WEIR_BPF_PIN_DIR", default_value = "/sys/fs/bpf/weir")]
+        bpf_pin_dir: PathBuf,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -3,6 +3,7 @@ mod app;
 mod cleanup;
 mod config;
 mod datapath;
+mod inspect;
 mod model;
 mod node;
 mod sources;
@@ -30,6 +31,7 @@ fn main() -> std::process::ExitCode {
         match cli.command {
             config::Command::Run(args) => app::run(args.validate()?).await,
             config::Command::Cleanup(paths) => cleanup::run(paths).await,
+            config::Command::Drops { bpf_pin_dir, json } => inspect::drops(&bpf_pin_dir, json),
         }
     });
     match result {

@@ -31,6 +31,7 @@ pub trait LbMaps {
 }
 
 /// In-memory maps: the reference the programmer is tested against.
+#[cfg(test)]
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct FakeLbMaps {
     pub maps: LbDump,
@@ -39,6 +40,7 @@ pub struct FakeLbMaps {
     pub ops: usize,
 }
 
+#[cfg(test)]
 impl LbMaps for FakeLbMaps {
     fn set_service(&mut self, key: ServiceKey, value: ServiceValue) -> Result<(), LbMapError> {
         self.ops += 1;

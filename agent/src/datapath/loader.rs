@@ -2,11 +2,11 @@ use std::path::{Path, PathBuf};
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap, MapData, PerCpuArray},
+    maps::{MapData, PerCpuArray},
     programs::SchedClassifier,
 };
 use tracing::info;
-use weir_common::{DropReason, EndpointInfo, EndpointKey, pin};
+use weir_common::{DropReason, pin};
 
 /// The kernel programs, built by build.rs for bpfel-unknown-none.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/weir"));
@@ -89,27 +89,32 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     text
 }
 
-impl Datapath {
-    /// Packets seen by the datapath, per verdict, summed over CPUs.
-    pub fn verdict_counts(&self) -> Result<Vec<(DropReason, u64)>, DatapathError> {
-        let name = pin::MAP_DROPS;
-        let map = self.ebpf.map(name).ok_or(DatapathError::Map { name, source: aya::maps::MapError::InvalidName { name: name.into() } })?;
-        let drops = PerCpuArray::<&MapData, u64>::try_from(map).map_err(|source| DatapathError::Map { name, source })?;
-        DropReason::ALL
-            .iter()
-            .map(|r| {
-                let per_cpu = drops.get(&(*r as u32), 0).map_err(|source| DatapathError::Map { name, source })?;
-                Ok((*r, per_cpu.iter().sum()))
-            })
-            .collect()
-    }
+/// Packets seen by the datapath per verdict, summed over CPUs, read from
+/// the pinned counters (works while the agent is down too).
+pub fn verdict_counts(pin_dir: &Path) -> Result<Vec<(DropReason, u64)>, DatapathError> {
+    let name = pin::MAP_DROPS;
+    let path = pin_dir.join(pin::MAPS_DIR).join(name);
+    let data = MapData::from_pin(&path).map_err(|source| DatapathError::Map { name, source })?;
+    let drops = PerCpuArray::<MapData, u64>::try_from(aya::maps::Map::PerCpuArray(data))
+        .map_err(|source| DatapathError::Map { name, source })?;
+    DropReason::ALL
+        .iter()
+        .map(|r| {
+            let per_cpu = drops.get(&(*r as u32), 0).map_err(|source| DatapathError::Map { name, source })?;
+            Ok((*r, per_cpu.iter().sum()))
+        })
+        .collect()
+}
 
-    /// The local endpoint map (weir-cni writes it; the agent reads it and
-    /// tests write it).
-    pub fn endpoints(&mut self) -> Result<HashMap<&mut MapData, EndpointKey, EndpointInfo>, DatapathError> {
+impl Datapath {
+    /// The local endpoint map (weir-cni writes it; tests write it too).
+    #[cfg(test)]
+    pub fn endpoints(
+        &mut self,
+    ) -> Result<aya::maps::HashMap<&mut MapData, weir_common::EndpointKey, weir_common::EndpointInfo>, DatapathError> {
         let name = pin::MAP_ENDPOINTS;
         let map = self.ebpf.map_mut(name).ok_or(DatapathError::Map { name, source: aya::maps::MapError::InvalidName { name: name.into() } })?;
-        HashMap::try_from(map).map_err(|source| DatapathError::Map { name, source })
+        aya::maps::HashMap::try_from(map).map_err(|source| DatapathError::Map { name, source })
     }
 
     pub(super) fn ebpf(&self) -> &Ebpf {

@@ -38,7 +38,7 @@ impl TestDatapath {
     }
 
     pub fn count(&self, reason: DropReason) -> u64 {
-        self.dp.verdict_counts().unwrap().into_iter().find(|(r, _)| *r == reason).unwrap().1
+        super::loader::verdict_counts(&self.dir).unwrap().into_iter().find(|(r, _)| *r == reason).unwrap().1
     }
 }
 

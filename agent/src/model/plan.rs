@@ -135,7 +135,7 @@ mod tests {
 
     fn index(nodes: Vec<crate::model::NodeInfo>) -> ClusterIndex {
         let mut idx = ClusterIndex::default();
-        idx.reset_nodes(nodes);
+        idx.nodes.reset(nodes);
         idx
     }
 

@@ -1,7 +1,167 @@
 //! Kubernetes API objects -> model types.
-use k8s_openapi::api::core::v1::Node;
+use std::net::Ipv4Addr;
 
-use crate::model::NodeInfo;
+use k8s_openapi::api::{
+    core::v1::{Node, Service},
+    discovery::v1::EndpointSlice,
+};
+
+use crate::model::{
+    NodeInfo,
+    service::{EndpointSliceInfo, Protocol, ServiceInfo, ServicePort, ServiceType, SliceEndpoint, SlicePort},
+};
+
+/// `namespace/name` of any object.
+pub fn key(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> String {
+    format!("{}/{}", meta.namespace.as_deref().unwrap_or("default"), meta.name.as_deref().unwrap_or_default())
+}
+
+/// The label EndpointSlices carry to name their Service.
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+const DEFAULT_AFFINITY_TIMEOUT: u32 = 10_800;
+
+fn port(value: i32) -> Option<u16> {
+    u16::try_from(value).ok().filter(|p| *p != 0)
+}
+
+pub fn service(svc: &Service) -> ServiceInfo {
+    let key = key(&svc.metadata);
+    let mut problems = Vec::new();
+    let spec = svc.spec.clone().unwrap_or_default();
+    let type_ = match spec.type_.as_deref().unwrap_or("ClusterIP") {
+        "NodePort" => ServiceType::NodePort,
+        "LoadBalancer" => ServiceType::LoadBalancer,
+        "ExternalName" => ServiceType::ExternalName,
+        "ClusterIP" => ServiceType::ClusterIp,
+        other => {
+            problems.push(format!("unknown type {other:?}; treated as ClusterIP"));
+            ServiceType::ClusterIp
+        }
+    };
+    let raw_ips: Vec<String> = spec.cluster_ips.clone().unwrap_or_default().into_iter().chain(spec.cluster_ip.clone()).collect();
+    let headless = raw_ips.iter().any(|ip| ip == "None");
+    let mut cluster_ips: Vec<Ipv4Addr> = Vec::new();
+    for ip in raw_ips.iter().filter(|ip| *ip != "None" && !ip.is_empty()) {
+        if let Ok(v4) = ip.parse::<Ipv4Addr>()
+            && !cluster_ips.contains(&v4)
+        {
+            cluster_ips.push(v4);
+        }
+    }
+    let mut ports = Vec::new();
+    for sp in spec.ports.clone().unwrap_or_default() {
+        let name = sp.name.clone().unwrap_or_default();
+        let Some(protocol) = Protocol::parse(sp.protocol.as_deref()) else {
+            problems.push(format!("port {name:?}: protocol {:?} is not supported; port skipped", sp.protocol));
+            continue;
+        };
+        let Some(p) = port(sp.port) else {
+            problems.push(format!("port {name:?}: {} is not a valid port; port skipped", sp.port));
+            continue;
+        };
+        let node_port = match sp.node_port {
+            None => None,
+            Some(np) => match port(np) {
+                Some(np) => Some(np),
+                None => {
+                    problems.push(format!("port {name:?}: nodePort {np} is not a valid port; NodePort skipped"));
+                    None
+                }
+            },
+        };
+        ports.push(ServicePort { name, port: p, protocol, node_port });
+    }
+    let v4_list = |list: Option<Vec<String>>, what: &str, problems: &mut Vec<String>| -> Vec<Ipv4Addr> {
+        let mut out = Vec::new();
+        for raw in list.unwrap_or_default() {
+            match raw.parse::<Ipv4Addr>() {
+                Ok(ip) => out.push(ip),
+                Err(_) if raw.contains(':') => {} // IPv6: weir is IPv4-only
+                Err(_) => problems.push(format!("{what} {raw:?} is not an IP address; skipped")),
+            }
+        }
+        out
+    };
+    let external_ips = v4_list(spec.external_ips.clone(), "externalIP", &mut problems);
+    let lb_ingress_ips = v4_list(
+        svc.status.as_ref().and_then(|s| s.load_balancer.as_ref()).and_then(|lb| lb.ingress.as_ref()).map(|ing| ing.iter().filter_map(|i| i.ip.clone()).collect()),
+        "load-balancer ingress IP",
+        &mut problems,
+    );
+    let mut lb_source_ranges = Vec::new();
+    for raw in spec.load_balancer_source_ranges.clone().unwrap_or_default() {
+        match raw.trim().parse() {
+            Ok(net) => lb_source_ranges.push(net),
+            Err(_) if raw.contains(':') => {}
+            Err(_) => problems.push(format!("loadBalancerSourceRanges entry {raw:?} is not a CIDR; skipped")),
+        }
+    }
+    let affinity_timeout = (spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
+        spec.session_affinity_config
+            .as_ref()
+            .and_then(|c| c.client_ip.as_ref())
+            .and_then(|c| c.timeout_seconds)
+            .and_then(|t| u32::try_from(t).ok())
+            .filter(|t| *t > 0)
+            .unwrap_or(DEFAULT_AFFINITY_TIMEOUT)
+    });
+    let external = matches!(type_, ServiceType::NodePort | ServiceType::LoadBalancer) || !external_ips.is_empty();
+    ServiceInfo {
+        key,
+        type_,
+        cluster_ips,
+        headless,
+        ports,
+        external_ips,
+        lb_ingress_ips,
+        lb_source_ranges,
+        affinity_timeout,
+        external_traffic_local: external && spec.external_traffic_policy.as_deref() == Some("Local"),
+        internal_traffic_local: spec.internal_traffic_policy.as_deref() == Some("Local"),
+        health_check_node_port: spec.health_check_node_port.and_then(port),
+        problems,
+    }
+}
+
+/// `None` for slices weir does not use (IPv6 or FQDN, or not owned by a
+/// Service).
+pub fn endpoint_slice(slice: &EndpointSlice) -> Option<EndpointSliceInfo> {
+    if slice.address_type != "IPv4" {
+        return None;
+    }
+    let namespace = slice.metadata.namespace.as_deref().unwrap_or("default");
+    let service = slice.metadata.labels.as_ref()?.get(SERVICE_NAME_LABEL)?;
+    let ports = slice
+        .ports
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|p| {
+            Some(SlicePort {
+                name: p.name.unwrap_or_default(),
+                port: port(p.port?)?,
+                protocol: Protocol::parse(p.protocol.as_deref())?,
+            })
+        })
+        .collect();
+    let endpoints = slice
+        .endpoints
+        .iter()
+        .flatten()
+        .map(|ep| {
+            let c = ep.conditions.clone().unwrap_or_default();
+            let ready = c.ready.unwrap_or(true);
+            SliceEndpoint {
+                addresses: ep.addresses.iter().filter_map(|a| a.parse().ok()).collect(),
+                ready,
+                serving: c.serving.unwrap_or(ready),
+                terminating: c.terminating.unwrap_or(false),
+                node_name: ep.node_name.clone(),
+            }
+        })
+        .collect();
+    Some(EndpointSliceInfo { key: key(&slice.metadata), service: format!("{namespace}/{service}"), ports, endpoints })
+}
 
 pub fn node(node: &Node) -> NodeInfo {
     let name = node.metadata.name.clone().unwrap_or_default();
@@ -45,6 +205,84 @@ mod tests {
         assert_eq!(info.name, "w1");
         assert_eq!(info.pod_cidr.unwrap().to_string(), "10.244.4.0/24");
         assert_eq!(info.internal_ip.unwrap().to_string(), "172.18.0.4");
+    }
+
+    #[test]
+    fn service_with_everything() {
+        let s: Service = serde_json::from_value(serde_json::json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "web", "namespace": "shop"},
+            "spec": {
+                "type": "LoadBalancer",
+                "clusterIP": "10.96.0.10", "clusterIPs": ["10.96.0.10", "fd00::10"],
+                "ports": [
+                    {"name": "http", "port": 80, "targetPort": "web", "nodePort": 30080},
+                    {"name": "dns", "port": 53, "protocol": "UDP"},
+                    {"name": "bad", "port": 70000}
+                ],
+                "externalIPs": ["192.0.2.1", "nope"],
+                "loadBalancerSourceRanges": ["203.0.113.0/24", "junk"],
+                "sessionAffinity": "ClientIP",
+                "externalTrafficPolicy": "Local",
+                "healthCheckNodePort": 32000
+            },
+            "status": {"loadBalancer": {"ingress": [{"ip": "198.51.100.7"}, {"hostname": "lb.example"}]}}
+        }))
+        .unwrap();
+        let info = service(&s);
+        assert_eq!(info.key, "shop/web");
+        assert_eq!(info.type_, ServiceType::LoadBalancer);
+        assert_eq!(info.cluster_ips, ["10.96.0.10".parse::<Ipv4Addr>().unwrap()]);
+        assert_eq!(info.ports.len(), 2);
+        assert_eq!(info.ports[0].node_port, Some(30080));
+        assert_eq!(info.ports[1].protocol, Protocol::Udp);
+        assert_eq!(info.external_ips.len(), 1);
+        assert_eq!(info.lb_ingress_ips, ["198.51.100.7".parse::<Ipv4Addr>().unwrap()]);
+        assert_eq!(info.lb_source_ranges.len(), 1);
+        assert_eq!(info.affinity_timeout, Some(10_800));
+        assert!(info.external_traffic_local);
+        assert_eq!(info.health_check_node_port, Some(32000));
+        assert_eq!(info.problems.len(), 3, "{:?}", info.problems);
+    }
+
+    #[test]
+    fn headless_service() {
+        let s: Service = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "h", "namespace": "x"},
+            "spec": {"clusterIP": "None", "ports": [{"port": 80}]}
+        }))
+        .unwrap();
+        let info = service(&s);
+        assert!(info.headless && info.cluster_ips.is_empty());
+    }
+
+    #[test]
+    fn endpoint_slice_conditions_default_per_api() {
+        let es: EndpointSlice = serde_json::from_value(serde_json::json!({
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": "web-abc", "namespace": "shop", "labels": {"kubernetes.io/service-name": "web"}},
+            "addressType": "IPv4",
+            "ports": [{"name": "http", "port": 8080}],
+            "endpoints": [
+                {"addresses": ["10.244.1.5"], "nodeName": "n1"},
+                {"addresses": ["10.244.1.6"], "conditions": {"ready": false, "serving": true, "terminating": true}}
+            ]
+        }))
+        .unwrap();
+        let info = endpoint_slice(&es).unwrap();
+        assert_eq!(info.service, "shop/web");
+        assert_eq!(info.ports[0].port, 8080);
+        assert_eq!(info.ports[0].protocol, Protocol::Tcp);
+        let e = &info.endpoints;
+        assert!(e[0].ready && e[0].serving && !e[0].terminating);
+        assert!(!e[1].ready && e[1].serving && e[1].terminating);
+
+        let mut v6 = es.clone();
+        v6.address_type = "IPv6".into();
+        assert!(endpoint_slice(&v6).is_none());
+        let mut orphan = es;
+        orphan.metadata.labels = None;
+        assert!(endpoint_slice(&orphan).is_none());
     }
 
     #[test]

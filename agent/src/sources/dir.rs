@@ -12,13 +12,19 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::{
+    core::v1::{Node, Service},
+    discovery::v1::EndpointSlice,
+};
 use serde::Deserialize;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use super::{Change, Update, convert};
-use crate::model::NodeInfo;
+use crate::model::{
+    NodeInfo,
+    service::{EndpointSliceInfo, ServiceInfo},
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DirError {
@@ -30,6 +36,8 @@ pub enum DirError {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct FileObjects {
     pub nodes: Vec<NodeInfo>,
+    pub services: Vec<ServiceInfo>,
+    pub slices: Vec<EndpointSliceInfo>,
 }
 
 /// Parses one manifest file. Unknown kinds are skipped (other tools' objects
@@ -51,7 +59,7 @@ fn collect(value: serde_yaml::Value, doc: usize, out: &mut FileObjects) -> Resul
     }
     let kind = value.get("kind").and_then(|k| k.as_str()).unwrap_or_default().to_string();
     match kind.as_str() {
-        "List" | "NodeList" => {
+        "List" | "NodeList" | "ServiceList" | "EndpointSliceList" => {
             let items = value.get("items").and_then(|i| i.as_sequence()).cloned().unwrap_or_default();
             for item in items {
                 collect(item, doc, out)?;
@@ -64,6 +72,22 @@ fn collect(value: serde_yaml::Value, doc: usize, out: &mut FileObjects) -> Resul
                 return Err(format!("document {doc}: Node without metadata.name"));
             }
             out.nodes.push(convert::node(&node));
+        }
+        "Service" => {
+            let svc: Service = serde_yaml::from_value(value)
+                .map_err(|e| format!("document {doc}: invalid Service: {e}"))?;
+            if svc.metadata.name.as_deref().unwrap_or_default().is_empty() {
+                return Err(format!("document {doc}: Service without metadata.name"));
+            }
+            out.services.push(convert::service(&svc));
+        }
+        "EndpointSlice" => {
+            let slice: EndpointSlice = serde_yaml::from_value(value)
+                .map_err(|e| format!("document {doc}: invalid EndpointSlice: {e}"))?;
+            if slice.metadata.name.as_deref().unwrap_or_default().is_empty() {
+                return Err(format!("document {doc}: EndpointSlice without metadata.name"));
+            }
+            out.slices.extend(convert::endpoint_slice(&slice));
         }
         "" => return Err(format!("document {doc}: no `kind`")),
         other => debug!(kind = other, "manifest dir: kind not used by weir, skipped"),
@@ -83,7 +107,7 @@ pub struct DirSource {
     stamps: BTreeMap<PathBuf, Stamp>,
     /// Last good parse of each file.
     files: BTreeMap<PathBuf, FileObjects>,
-    last_sent: Option<Vec<NodeInfo>>,
+    last_sent: Option<FileObjects>,
 }
 
 impl DirSource {
@@ -98,10 +122,10 @@ impl DirSource {
             match self.scan() {
                 Ok(()) => {
                     warned_missing = false;
-                    if let Some(update) = self.snapshot_if_changed()
-                        && tx.send(update).await.is_err()
-                    {
-                        return Ok(()); // agent is shutting down
+                    for update in self.snapshot_if_changed() {
+                        if tx.send(update).await.is_err() {
+                            return Ok(()); // agent is shutting down
+                        }
                     }
                 }
                 // Not there (yet): that is not an empty cluster, so send nothing.
@@ -149,14 +173,31 @@ impl DirSource {
         Ok(())
     }
 
-    fn snapshot_if_changed(&mut self) -> Option<Update> {
-        let mut nodes: Vec<NodeInfo> = self.files.values().flat_map(|f| f.nodes.iter().cloned()).collect();
-        nodes.sort_by(|a, b| a.name.cmp(&b.name));
-        if self.last_sent.as_ref() == Some(&nodes) {
-            return None;
+    /// One relist per kind whose contents changed (all kinds the first
+    /// time, so each counts as synced).
+    fn snapshot_if_changed(&mut self) -> Vec<Update> {
+        let mut now = FileObjects::default();
+        for f in self.files.values() {
+            now.nodes.extend(f.nodes.iter().cloned());
+            now.services.extend(f.services.iter().cloned());
+            now.slices.extend(f.slices.iter().cloned());
         }
-        self.last_sent = Some(nodes.clone());
-        Some(Update::Nodes(Change::Relisted(nodes)))
+        now.nodes.sort_by(|a, b| a.name.cmp(&b.name));
+        now.services.sort_by(|a, b| a.key.cmp(&b.key));
+        now.slices.sort_by(|a, b| a.key.cmp(&b.key));
+        let last = self.last_sent.take();
+        let mut updates = Vec::new();
+        if last.as_ref().map(|l| &l.nodes) != Some(&now.nodes) {
+            updates.push(Update::Nodes(Change::Relisted(now.nodes.clone())));
+        }
+        if last.as_ref().map(|l| &l.services) != Some(&now.services) {
+            updates.push(Update::Services(Change::Relisted(now.services.clone())));
+        }
+        if last.as_ref().map(|l| &l.slices) != Some(&now.slices) {
+            updates.push(Update::EndpointSlices(Change::Relisted(now.slices.clone())));
+        }
+        self.last_sent = Some(now);
+        updates
     }
 }
 
@@ -198,6 +239,28 @@ items:
     }
 
     #[test]
+    fn parses_services_and_slices() {
+        let objs = parse_file(
+            r#"
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: shop}
+spec: {clusterIP: 10.96.0.10, ports: [{port: 80, targetPort: 8080}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: web-1, namespace: shop, labels: {kubernetes.io/service-name: web}}
+addressType: IPv4
+ports: [{port: 8080}]
+endpoints: [{addresses: [10.244.1.5]}]
+"#,
+        )
+        .unwrap();
+        assert_eq!(objs.services[0].key, "shop/web");
+        assert_eq!(objs.slices[0].service, "shop/web");
+    }
+
+    #[test]
     fn broken_known_kind_fails_the_file() {
         let err = parse_file("kind: Node\nmetadata: {name: x}\nspec: {podCIDR: [1]}\n").unwrap_err();
         assert!(err.contains("invalid Node"), "{err}");
@@ -215,8 +278,10 @@ items:
         let src = DirSource::new(dir.path().to_path_buf(), Duration::from_millis(20));
         let task = tokio::spawn(src.run(tx));
 
-        // Empty dir: an empty relist (so the kind counts as synced).
+        // Empty dir: an empty relist of every kind (so each counts as synced).
         assert_eq!(rx.recv().await.unwrap(), Update::Nodes(Change::Relisted(vec![])));
+        assert_eq!(rx.recv().await.unwrap(), Update::Services(Change::Relisted(vec![])));
+        assert_eq!(rx.recv().await.unwrap(), Update::EndpointSlices(Change::Relisted(vec![])));
 
         std::fs::write(dir.path().join("a.yaml"), NODES).unwrap();
         let Update::Nodes(Change::Relisted(nodes)) = rx.recv().await.unwrap() else { panic!() };

@@ -5,7 +5,10 @@
 use std::{fmt::Debug, path::PathBuf};
 
 use futures::{StreamExt as _, TryStreamExt as _};
-use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::{
+    core::v1::{Node, Service},
+    discovery::v1::EndpointSlice,
+};
 use kube::{
     Api, Client, Config, Resource,
     config::{KubeConfigOptions, Kubeconfig},
@@ -43,10 +46,32 @@ pub async fn client(kubeconfig: Option<&PathBuf>) -> Result<Client, KubeError> {
 
 /// Runs every watcher until the receiver goes away.
 pub async fn run(client: Client, tx: mpsc::Sender<Update>) {
-    let nodes = watch(Api::<Node>::all(client), watcher::Config::default(), tx, |n| {
-        convert::node(n)
-    }, |n| n.metadata.name.clone().unwrap_or_default(), Update::Nodes);
-    nodes.await;
+    let nodes = watch(
+        Api::<Node>::all(client.clone()),
+        watcher::Config::default(),
+        tx.clone(),
+        |n| Some(convert::node(n)),
+        |n| n.metadata.name.clone().unwrap_or_default(),
+        Update::Nodes,
+    );
+    let services = watch(
+        Api::<Service>::all(client.clone()),
+        watcher::Config::default(),
+        tx.clone(),
+        |s| Some(convert::service(s)),
+        |s| convert::key(&s.metadata),
+        Update::Services,
+    );
+    // Only slices that belong to a Service.
+    let slices = watch(
+        Api::<EndpointSlice>::all(client),
+        watcher::Config::default().labels(convert::SERVICE_NAME_LABEL),
+        tx,
+        convert::endpoint_slice,
+        |s| convert::key(&s.metadata),
+        Update::EndpointSlices,
+    );
+    futures::join!(nodes, services, slices);
 }
 
 /// Forwards one kind's watch events as `Update`s.
@@ -54,7 +79,7 @@ async fn watch<K, T>(
     api: Api<K>,
     config: watcher::Config,
     tx: mpsc::Sender<Update>,
-    to_model: impl Fn(&K) -> T,
+    to_model: impl Fn(&K) -> Option<T>,
     key: impl Fn(&K) -> String,
     wrap: impl Fn(Change<T>) -> Update,
 ) where
@@ -81,14 +106,19 @@ async fn watch<K, T>(
                 continue;
             }
             watcher::Event::InitApply(obj) => {
-                relist.push(to_model(&obj));
+                relist.extend(to_model(&obj));
                 continue;
             }
             watcher::Event::InitDone => {
                 info!(%kind, count = relist.len(), "listed");
                 Change::Relisted(std::mem::take(&mut relist))
             }
-            watcher::Event::Apply(obj) => Change::Applied(to_model(&obj)),
+            // An object weir does not use (say an IPv6 slice) counts as
+            // deleted, in case an earlier version of it was used.
+            watcher::Event::Apply(obj) => match to_model(&obj) {
+                Some(m) => Change::Applied(m),
+                None => Change::Deleted(key(&obj)),
+            },
             watcher::Event::Delete(obj) => Change::Deleted(key(&obj)),
         };
         if tx.send(wrap(change)).await.is_err() {

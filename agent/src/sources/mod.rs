@@ -14,7 +14,10 @@ pub mod kube;
 
 use std::path::PathBuf;
 
-use crate::model::NodeInfo;
+use crate::model::{
+    NodeInfo,
+    service::{EndpointSliceInfo, ServiceInfo},
+};
 
 /// A change to one kind of object.
 #[derive(Clone, Debug, PartialEq)]
@@ -30,6 +33,8 @@ pub enum Change<T> {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Update {
     Nodes(Change<NodeInfo>),
+    Services(Change<ServiceInfo>),
+    EndpointSlices(Change<EndpointSliceInfo>),
 }
 
 /// Which source to run, from the command line (`kube` or `dir:<path>`).
