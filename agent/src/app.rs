@@ -35,8 +35,17 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
 
     let mut state = Reconciler::new(config, routes, datapath, lb);
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    // Failed writes leave things dirty; retry them even when nothing new
+    // arrives.
+    let mut retry = tokio::time::interval(std::time::Duration::from_secs(5));
+    retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
+            _ = retry.tick() => {
+                if state.dirty() {
+                    state.reconcile().await;
+                }
+            }
             update = rx.recv() => {
                 let Some(update) = update else {
                     anyhow::bail!("the object source stopped");
@@ -85,6 +94,8 @@ struct Reconciler {
     /// What changed since the last reconcile.
     nodes_dirty: bool,
     services_dirty: bool,
+    /// The uplink the NodePort program is attached to, and the address.
+    uplink: Option<(std::net::Ipv4Addr, String)>,
     /// Problems already reported, so each is logged once while it lasts.
     reported: BTreeSet<(String, String)>,
     ready: bool,
@@ -100,9 +111,14 @@ impl Reconciler {
             index: ClusterIndex::default(),
             nodes_dirty: true,
             services_dirty: true,
+            uplink: None,
             reported: BTreeSet::new(),
             ready: false,
         }
+    }
+
+    fn dirty(&self) -> bool {
+        self.nodes_dirty || self.services_dirty
     }
 
     fn apply(&mut self, update: Update) {
@@ -171,6 +187,34 @@ impl Reconciler {
         plan.problems
     }
 
+    /// NodePorts need the uplink program and the node address for SNAT.
+    async fn reconcile_uplink(&mut self) -> bool {
+        let Some(addr) = self.index.node(&self.config.plan.node_name).and_then(|n| n.internal_ip) else {
+            return true;
+        };
+        if self.uplink.as_ref().is_some_and(|(a, _)| *a == addr) {
+            return true;
+        }
+        let ifname = match crate::datapath::uplink::interface_with(addr).await {
+            Ok(n) => n,
+            Err(e) => {
+                error!(error = %e, "NodePort datapath not attached");
+                return false;
+            }
+        };
+        if let Err(e) = self.datapath.set_node_addr(addr) {
+            error!(error = %e, "cannot set the node address for NodePort SNAT");
+            return false;
+        }
+        if let Err(e) = self.datapath.attach_uplink(&ifname) {
+            error!(error = %e, "NodePort datapath not attached");
+            return false;
+        }
+        info!(%addr, %ifname, "NodePort datapath attached to the uplink");
+        self.uplink = Some((addr, ifname));
+        true
+    }
+
     async fn reconcile_node(&mut self, plan: &NodePlan) {
         let mut ok = true;
         if let Some(conflist) = &plan.conflist {
@@ -185,6 +229,7 @@ impl Reconciler {
             }
         }
 
+        ok &= self.reconcile_uplink().await;
         let prune = self.index.nodes.synced();
         match self.routes.sync(&plan.peer_routes, prune).await {
             Ok(stats) if stats != Default::default() => {

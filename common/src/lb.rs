@@ -115,8 +115,39 @@ pub struct CtEntry {
     pub backend_id: u32,
     pub rev_nat_id: u16,
     pub flags: u16,
-    /// bpf_ktime_get_ns() / 1e9 of the last packet.
-    pub last_seen: u32,
+    /// bpf_ktime_get_ns() / 1e9 when the flow was created.
+    pub created: u32,
+    /// With `FLAG_SNAT`: in the original direction, the address and port the
+    /// client's source was rewritten to; in the reply direction, the
+    /// client's own address and port to put back.
+    pub nat_addr: u32,
+    pub nat_port: u16,
+    pub _pad: [u8; 6],
+}
+
+impl CtEntry {
+    /// The flow entered through the node's uplink and its backend is on
+    /// another node: the source was rewritten to a node address, so replies
+    /// come back here.
+    pub const FLAG_SNAT: u16 = 1 << 0;
+}
+
+/// `loadBalancerSourceRanges`: LPM key of (rev-NAT ID, client address);
+/// `prefixlen` counts the 32 bits of the ID and padding plus the range's.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SourceRangeKey {
+    pub rev_nat_id: u16,
+    pub _pad: u16,
+    pub addr: u32,
+}
+
+/// The uplink program's view of its node (an array of one, written by the
+/// agent): the address used to SNAT flows sent to remote backends.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct NodeConfig {
+    pub node_addr: u32,
     pub _pad: u32,
 }
 
@@ -140,7 +171,9 @@ const _: () = assert!(core::mem::size_of::<ServiceValue>() == 16);
 const _: () = assert!(core::mem::size_of::<Backend>() == 8);
 const _: () = assert!(core::mem::size_of::<RevNat>() == 8);
 const _: () = assert!(core::mem::size_of::<CtKey>() == 16);
-const _: () = assert!(core::mem::size_of::<CtEntry>() == 16);
+const _: () = assert!(core::mem::size_of::<CtEntry>() == 24);
+const _: () = assert!(core::mem::size_of::<SourceRangeKey>() == 8);
+const _: () = assert!(core::mem::size_of::<NodeConfig>() == 8);
 const _: () = assert!(core::mem::size_of::<AffinityKey>() == 8);
 const _: () = assert!(core::mem::size_of::<AffinityValue>() == 8);
 
@@ -155,4 +188,6 @@ mod pod_impls {
     unsafe impl aya::Pod for CtEntry {}
     unsafe impl aya::Pod for AffinityKey {}
     unsafe impl aya::Pod for AffinityValue {}
+    unsafe impl aya::Pod for SourceRangeKey {}
+    unsafe impl aya::Pod for NodeConfig {}
 }

@@ -19,11 +19,17 @@ pub enum DropReason {
     NoBackend = 4,
     /// A NAT rewrite or checksum update failed in the kernel.
     RewriteFailed = 5,
+    /// The client is outside the Service's loadBalancerSourceRanges.
+    SourceRange = 6,
+    /// externalTrafficPolicy: Local and no endpoint on this node.
+    NoLocalBackend = 7,
+    /// No free source port to SNAT a flow to a remote backend.
+    SnatExhausted = 8,
 }
 
 impl DropReason {
     /// Number of slots in the counters array.
-    pub const COUNT: u32 = 6;
+    pub const COUNT: u32 = 9;
     pub const ALL: [DropReason; Self::COUNT as usize] = [
         DropReason::Passed,
         DropReason::UnknownEndpoint,
@@ -31,6 +37,9 @@ impl DropReason {
         DropReason::Malformed,
         DropReason::NoBackend,
         DropReason::RewriteFailed,
+        DropReason::SourceRange,
+        DropReason::NoLocalBackend,
+        DropReason::SnatExhausted,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -41,6 +50,9 @@ impl DropReason {
             DropReason::Malformed => "malformed",
             DropReason::NoBackend => "service-no-backend",
             DropReason::RewriteFailed => "rewrite-failed",
+            DropReason::SourceRange => "source-range",
+            DropReason::NoLocalBackend => "no-local-backend",
+            DropReason::SnatExhausted => "snat-exhausted",
         }
     }
 
@@ -58,6 +70,11 @@ impl DropReason {
                 "the Service has no ready (or serving) endpoint; the client got ICMP port unreachable"
             }
             DropReason::RewriteFailed => "rewriting the packet for a Service failed in the kernel",
+            DropReason::SourceRange => "the client is outside the Service's loadBalancerSourceRanges",
+            DropReason::NoLocalBackend => {
+                "externalTrafficPolicy: Local and no ready endpoint on this node (as kube-proxy, dropped)"
+            }
+            DropReason::SnatExhausted => "no free source port to translate a flow to a backend on another node",
         }
     }
 }

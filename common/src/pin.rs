@@ -17,10 +17,14 @@ pub const MAP_BACKENDS: &str = "WEIR_BACKENDS";
 pub const MAP_REVNAT: &str = "WEIR_REVNAT";
 pub const MAP_CT: &str = "WEIR_CT";
 pub const MAP_AFFINITY: &str = "WEIR_AFFINITY";
+pub const MAP_SRC_RANGES: &str = "WEIR_SRC_RANGE";
+pub const MAP_NODE: &str = "WEIR_NODE";
 
 /// Program names: the function names in the kernel crate.
 pub const PROG_FROM_POD: &str = "weir_from_pod";
 pub const PROG_TO_POD: &str = "weir_to_pod";
+/// tc ingress of the node's uplink (the interface holding its InternalIP).
+pub const PROG_FROM_NETDEV: &str = "weir_from_netdev";
 
 /// Link pins are `<pin dir>/links/<host veth><suffix>`.
 pub const LINK_SUFFIX_FROM_POD: &str = "_in";

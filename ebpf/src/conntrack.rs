@@ -39,8 +39,13 @@ pub fn lookup(key: &CtKey) -> Option<CtEntry> {
 
 #[inline(always)]
 pub fn create(original: &CtKey, reply: &CtKey, entry: &CtEntry) {
+    create_pair(original, entry, reply, entry);
+}
+
+#[inline(always)]
+pub fn create_pair(original: &CtKey, original_entry: &CtEntry, reply: &CtKey, reply_entry: &CtEntry) {
     // An LRU map evicts instead of failing when full; an insert that still
     // fails only costs the flow its stickiness, so it is not fatal.
-    let _ = WEIR_CT.insert(original, entry, 0);
-    let _ = WEIR_CT.insert(reply, entry, 0);
+    let _ = WEIR_CT.insert(original, original_entry, 0);
+    let _ = WEIR_CT.insert(reply, reply_entry, 0);
 }

@@ -35,6 +35,12 @@ fn try_handle(ctx: &TcContext) -> Result<i32, DropReason> {
     if ep.flags & EndpointInfo::FLAG_VERIFY_SOURCE != 0 && flow.saddr != ep.ipv4 {
         return Err(DropReason::SourceSpoofed);
     }
+    // A backend pod answering a translated flow: the client sees the
+    // frontend.
+    if lb::reverse(ctx, &flow)? {
+        counters::count(DropReason::Passed);
+        return Ok(TC_ACT_OK as i32);
+    }
     match lb::from_pod(ctx, &flow)? {
         lb::Outcome::NotService | lb::Outcome::Translated => {
             counters::count(DropReason::Passed);

@@ -1,14 +1,18 @@
 //! Service load balancing for traffic from pods: frontend lookup (slot 0),
 //! backend choice (conntrack, then affinity, then a random slot), DNAT.
 use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
     helpers::bpf_get_prandom_u32,
     macros::map,
-    maps::{HashMap, LruHashMap},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, lpm_trie::Key},
     programs::TcContext,
 };
 use weir_common::{
     DropReason,
-    lb::{AffinityKey, AffinityValue, Backend, CtEntry, RevNat, SCOPE_EXTERNAL, SCOPE_INTERNAL, ServiceKey, ServiceValue},
+    lb::{
+        AffinityKey, AffinityValue, Backend, CtEntry, NodeConfig, RevNat, SCOPE_EXTERNAL, SCOPE_INTERNAL, ServiceKey,
+        ServiceValue, SourceRangeKey,
+    },
 };
 
 use crate::{conntrack, nat, packet::Flow};
@@ -21,6 +25,16 @@ static WEIR_BACKENDS: HashMap<u32, Backend> = HashMap::pinned(131_072, 0);
 static WEIR_REVNAT: HashMap<u16, RevNat> = HashMap::pinned(65_536, 0);
 #[map]
 static WEIR_AFFINITY: LruHashMap<AffinityKey, AffinityValue> = LruHashMap::pinned(65_536, 0);
+#[map]
+static WEIR_SRC_RANGE: LpmTrie<SourceRangeKey, u8> = LpmTrie::pinned(65_536, BPF_F_NO_PREALLOC);
+#[map]
+static WEIR_NODE: Array<NodeConfig> = Array::pinned(1, 0);
+
+/// Source ports tried when translating a flow to a remote backend whose
+/// reply tuple is already taken by another client.
+const SNAT_TRIES: u32 = 8;
+const SNAT_PORT_MIN: u32 = 32_768;
+const SNAT_PORT_SPAN: u32 = 28_232;
 
 pub enum Outcome {
     /// Not addressed to a Service.
@@ -81,7 +95,7 @@ pub fn from_pod(ctx: &TcContext, flow: &Flow) -> Result<Outcome, DropReason> {
     }
 
     let (backend_id, b) = choose(&key, &svc, flow, now).ok_or(DropReason::NoBackend)?;
-    let entry = CtEntry { backend_id, rev_nat_id: svc.rev_nat_id, flags: 0, last_seen: now, _pad: 0 };
+    let entry = CtEntry { backend_id, rev_nat_id: svc.rev_nat_id, created: now, ..CtEntry::default() };
     conntrack::create(&ct_key, &conntrack::reply_key(flow, b.addr, b.port), &entry);
     nat::dnat(ctx, flow, b.addr, b.port)?;
     Ok(Outcome::Translated)
@@ -110,19 +124,134 @@ fn choose(key: &ServiceKey, svc: &ServiceValue, flow: &Flow, now: u32) -> Option
     Some((id, b))
 }
 
-/// Reply of a translated flow, on its way to the client pod: put the
-/// frontend back as the source.
 #[inline(always)]
-pub fn reverse(ctx: &TcContext, flow: &Flow) -> Result<(), DropReason> {
+fn rev_nat(id: u16) -> Option<RevNat> {
+    // Safety: copied out at once.
+    unsafe { WEIR_REVNAT.get(&id) }.copied()
+}
+
+/// Reply of a translated flow that was not source-translated (pod clients,
+/// and external clients of local backends): put the frontend back as the
+/// source. Runs where replies pass: leaving a backend pod, and entering the
+/// client pod.
+#[inline(always)]
+pub fn reverse(ctx: &TcContext, flow: &Flow) -> Result<bool, DropReason> {
     if !flow.has_ports() {
-        return Ok(());
+        return Ok(false);
     }
     let Some(ct) = conntrack::lookup(&conntrack::as_reply(flow)) else {
-        return Ok(());
+        return Ok(false);
     };
-    // Safety: copied out at once.
-    let Some(rn) = (unsafe { WEIR_REVNAT.get(&ct.rev_nat_id) }).copied() else {
-        return Ok(());
+    if ct.flags & CtEntry::FLAG_SNAT != 0 {
+        return Ok(false);
+    }
+    let Some(rn) = rev_nat(ct.rev_nat_id) else {
+        return Ok(false);
     };
-    nat::snat(ctx, flow, rn.addr, rn.port)
+    nat::snat(ctx, flow, rn.addr, rn.port)?;
+    Ok(true)
+}
+
+/// Traffic entering the node from its uplink: replies of flows this node
+/// sent to remote backends, and new flows to NodePorts, external IPs and
+/// load-balancer IPs.
+#[inline(always)]
+pub fn from_netdev(ctx: &TcContext, flow: &Flow) -> Result<Outcome, DropReason> {
+    if !flow.has_ports() {
+        return Ok(Outcome::NotService);
+    }
+    // A remote backend answering: back to the client, from the frontend.
+    if let Some(ct) = conntrack::lookup(&conntrack::as_reply(flow))
+        && ct.flags & CtEntry::FLAG_SNAT != 0
+        && let Some(rn) = rev_nat(ct.rev_nat_id)
+    {
+        nat::dnat(ctx, flow, ct.nat_addr, ct.nat_port)?;
+        nat::snat(ctx, flow, rn.addr, rn.port)?;
+        return Ok(Outcome::Translated);
+    }
+
+    let key = ServiceKey::new(flow.daddr, flow.dport, flow.proto, SCOPE_EXTERNAL, 0);
+    let Some(svc) = service(&key) else {
+        return Ok(Outcome::NotService);
+    };
+    if svc.flags & ServiceValue::FLAG_SOURCE_RANGES != 0 {
+        let probe = Key::new(64, SourceRangeKey { rev_nat_id: svc.rev_nat_id, _pad: 0, addr: flow.saddr });
+        if WEIR_SRC_RANGE.get(&probe).is_none() {
+            return Err(DropReason::SourceRange);
+        }
+    }
+    if svc.count == 0 {
+        if svc.flags & ServiceValue::FLAG_LOCAL_ONLY != 0 {
+            return Err(DropReason::NoLocalBackend);
+        }
+        return Ok(Outcome::NoBackend { frontend_addr: flow.daddr });
+    }
+
+    let ct_key = conntrack::original_key(flow);
+    let now = conntrack::now_secs();
+    if let Some(ct) = conntrack::lookup(&ct_key)
+        && let Some(b) = backend(ct.backend_id)
+    {
+        nat::dnat(ctx, flow, b.addr, b.port)?;
+        if ct.flags & CtEntry::FLAG_SNAT != 0 {
+            nat::snat(ctx, flow, ct.nat_addr, ct.nat_port)?;
+        }
+        return Ok(Outcome::Translated);
+    }
+
+    let (backend_id, b) = choose(&key, &svc, flow, now).ok_or(DropReason::NoBackend)?;
+    let mut entry = CtEntry { backend_id, rev_nat_id: svc.rev_nat_id, created: now, ..CtEntry::default() };
+    // Local backends (always the case under externalTrafficPolicy: Local)
+    // see the client's address, and their replies pass this node anyway.
+    if b.flags & Backend::FLAG_LOCAL != 0 || svc.flags & ServiceValue::FLAG_LOCAL_ONLY != 0 {
+        conntrack::create(&ct_key, &conntrack::reply_key(flow, b.addr, b.port), &entry);
+        nat::dnat(ctx, flow, b.addr, b.port)?;
+        return Ok(Outcome::Translated);
+    }
+
+    // A remote backend: take the node's address as the source so the reply
+    // comes back here, keeping the client's port unless another client
+    // already holds that reply tuple.
+    let node_addr = WEIR_NODE.get(0).map(|n| n.node_addr).unwrap_or(0);
+    if node_addr == 0 {
+        return Err(DropReason::SnatExhausted);
+    }
+    let mut chosen = None;
+    let mut i = 0;
+    while i < SNAT_TRIES {
+        let port = if i == 0 {
+            flow.sport
+        } else {
+            // Safety: helper without arguments.
+            ((SNAT_PORT_MIN + unsafe { bpf_get_prandom_u32() } % SNAT_PORT_SPAN) as u16).to_be()
+        };
+        let reply = weir_common::lb::CtKey {
+            saddr: b.addr,
+            daddr: node_addr,
+            sport: b.port,
+            dport: port,
+            proto: flow.proto,
+            dir: weir_common::lb::CT_DIR_REPLY,
+            _pad: [0; 2],
+        };
+        match conntrack::lookup(&reply) {
+            None => {
+                chosen = Some((port, reply));
+                break;
+            }
+            Some(_) => {}
+        }
+        i += 1;
+    }
+    let Some((port, reply)) = chosen else {
+        return Err(DropReason::SnatExhausted);
+    };
+    entry.flags = CtEntry::FLAG_SNAT;
+    entry.nat_addr = node_addr;
+    entry.nat_port = port;
+    let reply_entry = CtEntry { nat_addr: flow.saddr, nat_port: flow.sport, ..entry };
+    conntrack::create_pair(&ct_key, &entry, &reply, &reply_entry);
+    nat::dnat(ctx, flow, b.addr, b.port)?;
+    nat::snat(ctx, flow, node_addr, port)?;
+    Ok(Outcome::Translated)
 }

@@ -7,6 +7,7 @@
 mod conntrack;
 mod counters;
 mod endpoint;
+mod from_netdev;
 mod from_pod;
 mod lb;
 mod nat;
@@ -20,6 +21,12 @@ use aya_ebpf::{macros::classifier, programs::TcContext};
 #[classifier]
 pub fn weir_from_pod(ctx: TcContext) -> i32 {
     from_pod::handle(&ctx)
+}
+
+/// tc ingress of the node's uplink.
+#[classifier]
+pub fn weir_from_netdev(ctx: TcContext) -> i32 {
+    from_netdev::handle(&ctx)
 }
 
 /// tc egress of a pod's host-side veth: every packet the pod receives.

@@ -22,7 +22,10 @@ pub fn snat(ctx: &TcContext, flow: &Flow, addr: u32, port: u16) -> Result<(), Dr
     rewrite(ctx, flow, Side::Source, addr, port)
 }
 
-#[inline(always)]
+// Not inlined: as one BPF-to-BPF function the verifier sees clean register
+// lifetimes around the helper calls (inlined twice into the uplink program,
+// LLVM spilled a register clobbered by a helper call).
+#[inline(never)]
 fn rewrite(ctx: &TcContext, flow: &Flow, side: Side, addr: u32, port: u16) -> Result<(), DropReason> {
     let (addr_off, old_addr, port_off, old_port) = match side {
         Side::Source => (IP_SRC_OFF, flow.saddr, flow.l4_off, flow.sport),

@@ -1,7 +1,10 @@
 //! `LbMaps` over the real pinned maps.
-use aya::maps::{HashMap, MapData};
+use std::net::Ipv4Addr;
+
+use aya::maps::{Array, HashMap, LpmTrie, MapData, lpm_trie::Key};
+use ipnetwork::Ipv4Network;
 use weir_common::{
-    lb::{Backend, RevNat, ServiceKey, ServiceValue},
+    lb::{Backend, NodeConfig, RevNat, ServiceKey, ServiceValue, SourceRangeKey},
     pin,
 };
 
@@ -30,6 +33,14 @@ impl Datapath {
             .ok_or_else(|| LbMapError { op: "open", map: name, reason: "not in the eBPF object".into() })?;
         HashMap::try_from(map).map_err(err("open", name))
     }
+}
+
+/// LPM key: 32 bits of rev-NAT ID and padding, then the range's prefix.
+fn range_key(rev_nat_id: u16, range: Ipv4Network) -> Key<SourceRangeKey> {
+    Key::new(
+        32 + u32::from(range.prefix()),
+        SourceRangeKey { rev_nat_id, _pad: 0, addr: u32::from_ne_bytes(range.network().octets()) },
+    )
 }
 
 /// Deleting what is already gone is not an error: deletes are retried after
@@ -63,8 +74,37 @@ impl LbMaps for Datapath {
         let mut m: HashMap<_, u16, RevNat> = self.hash_map(pin::MAP_REVNAT)?;
         tolerate_missing(m.remove(&id)).map_err(err("delete", pin::MAP_REVNAT))
     }
+    fn set_source_range(&mut self, rev_nat_id: u16, range: Ipv4Network) -> Result<(), LbMapError> {
+        let name = pin::MAP_SRC_RANGES;
+        let map = self.ebpf_mut().map_mut(name).ok_or_else(|| LbMapError { op: "open", map: name, reason: "missing".into() })?;
+        let mut trie: LpmTrie<_, SourceRangeKey, u8> = LpmTrie::try_from(map).map_err(err("open", name))?;
+        trie.insert(&range_key(rev_nat_id, range), 1, 0).map_err(err("insert", name))
+    }
+    fn delete_source_range(&mut self, rev_nat_id: u16, range: Ipv4Network) -> Result<(), LbMapError> {
+        let name = pin::MAP_SRC_RANGES;
+        let map = self.ebpf_mut().map_mut(name).ok_or_else(|| LbMapError { op: "open", map: name, reason: "missing".into() })?;
+        let mut trie: LpmTrie<_, SourceRangeKey, u8> = LpmTrie::try_from(map).map_err(err("open", name))?;
+        tolerate_missing(trie.remove(&range_key(rev_nat_id, range))).map_err(err("delete", name))
+    }
+    fn set_node_addr(&mut self, addr: Ipv4Addr) -> Result<(), LbMapError> {
+        let name = pin::MAP_NODE;
+        let map = self.ebpf_mut().map_mut(name).ok_or_else(|| LbMapError { op: "open", map: name, reason: "missing".into() })?;
+        let mut arr: Array<_, NodeConfig> = Array::try_from(map).map_err(err("open", name))?;
+        arr.set(0, NodeConfig { node_addr: u32::from_ne_bytes(addr.octets()), _pad: 0 }, 0).map_err(err("set", name))
+    }
     fn dump(&self) -> Result<LbDump, LbMapError> {
         let mut d = LbDump::default();
+        let name = pin::MAP_SRC_RANGES;
+        let map = self.ebpf().map(name).ok_or_else(|| LbMapError { op: "open", map: name, reason: "missing".into() })?;
+        let trie: LpmTrie<_, SourceRangeKey, u8> = LpmTrie::try_from(map).map_err(err("open", name))?;
+        for key in trie.keys() {
+            let key = key.map_err(err("dump", name))?;
+            let data = key.data();
+            let prefix = key.prefix_len().saturating_sub(32).min(32) as u8;
+            if let Ok(net) = Ipv4Network::new(Ipv4Addr::from(data.addr.to_ne_bytes()), prefix) {
+                d.source_ranges.entry(data.rev_nat_id).or_default().insert(net);
+            }
+        }
         let svc: HashMap<_, ServiceKey, ServiceValue> = self.hash_map_ref(pin::MAP_SVC)?;
         for kv in svc.iter() {
             let (k, v) = kv.map_err(err("dump", pin::MAP_SVC))?;

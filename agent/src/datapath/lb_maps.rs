@@ -1,7 +1,11 @@
 //! Access to the load-balancer maps behind a trait, so the programmer can be
 //! tested against a fake (and a faulty fake) as Cilium tests its LBMaps.
-use std::collections::BTreeMap;
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+};
 
+use ipnetwork::Ipv4Network;
 use weir_common::lb::{Backend, RevNat, ServiceKey, ServiceValue};
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -18,6 +22,8 @@ pub struct LbDump {
     pub services: BTreeMap<ServiceKey, ServiceValue>,
     pub backends: BTreeMap<u32, Backend>,
     pub rev_nats: BTreeMap<u16, RevNat>,
+    /// loadBalancerSourceRanges per reverse-NAT ID.
+    pub source_ranges: BTreeMap<u16, BTreeSet<Ipv4Network>>,
 }
 
 pub trait LbMaps {
@@ -27,6 +33,10 @@ pub trait LbMaps {
     fn delete_backend(&mut self, id: u32) -> Result<(), LbMapError>;
     fn set_rev_nat(&mut self, id: u16, rev_nat: RevNat) -> Result<(), LbMapError>;
     fn delete_rev_nat(&mut self, id: u16) -> Result<(), LbMapError>;
+    fn set_source_range(&mut self, rev_nat_id: u16, range: Ipv4Network) -> Result<(), LbMapError>;
+    fn delete_source_range(&mut self, rev_nat_id: u16, range: Ipv4Network) -> Result<(), LbMapError>;
+    /// The address the uplink program SNATs remote-backend flows to.
+    fn set_node_addr(&mut self, addr: Ipv4Addr) -> Result<(), LbMapError>;
     fn dump(&self) -> Result<LbDump, LbMapError>;
 }
 
@@ -38,6 +48,7 @@ pub struct FakeLbMaps {
     /// Number of writes and deletes, to check that unrelated changes touch
     /// nothing.
     pub ops: usize,
+    pub node_addr: Option<Ipv4Addr>,
 }
 
 #[cfg(test)]
@@ -70,6 +81,26 @@ impl LbMaps for FakeLbMaps {
     fn delete_rev_nat(&mut self, id: u16) -> Result<(), LbMapError> {
         self.ops += 1;
         self.maps.rev_nats.remove(&id);
+        Ok(())
+    }
+    fn set_source_range(&mut self, rev_nat_id: u16, range: Ipv4Network) -> Result<(), LbMapError> {
+        self.ops += 1;
+        self.maps.source_ranges.entry(rev_nat_id).or_default().insert(range);
+        Ok(())
+    }
+    fn delete_source_range(&mut self, rev_nat_id: u16, range: Ipv4Network) -> Result<(), LbMapError> {
+        self.ops += 1;
+        if let Some(set) = self.maps.source_ranges.get_mut(&rev_nat_id) {
+            set.remove(&range);
+            if set.is_empty() {
+                self.maps.source_ranges.remove(&rev_nat_id);
+            }
+        }
+        Ok(())
+    }
+    fn set_node_addr(&mut self, addr: Ipv4Addr) -> Result<(), LbMapError> {
+        self.ops += 1;
+        self.node_addr = Some(addr);
         Ok(())
     }
     fn dump(&self) -> Result<LbDump, LbMapError> {
@@ -123,6 +154,18 @@ impl LbMaps for FaultyLbMaps {
     fn delete_rev_nat(&mut self, id: u16) -> Result<(), LbMapError> {
         self.gate("delete_rev_nat")?;
         self.inner.delete_rev_nat(id)
+    }
+    fn set_source_range(&mut self, rev_nat_id: u16, range: Ipv4Network) -> Result<(), LbMapError> {
+        self.gate("set_source_range")?;
+        self.inner.set_source_range(rev_nat_id, range)
+    }
+    fn delete_source_range(&mut self, rev_nat_id: u16, range: Ipv4Network) -> Result<(), LbMapError> {
+        self.gate("delete_source_range")?;
+        self.inner.delete_source_range(rev_nat_id, range)
+    }
+    fn set_node_addr(&mut self, addr: Ipv4Addr) -> Result<(), LbMapError> {
+        self.gate("set_node_addr")?;
+        self.inner.set_node_addr(addr)
     }
     fn dump(&self) -> Result<LbDump, LbMapError> {
         self.inner.dump()

@@ -5,7 +5,12 @@
 //! shrinks, slot 0 first, then the extra slots; backends go once nothing
 //! points at them. A failed write leaves the frontend marked dirty, and the
 //! next pass rewrites it whole.
-use std::{collections::BTreeMap, net::Ipv4Addr};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+};
+
+use ipnetwork::Ipv4Network;
 
 use weir_common::lb::{Backend, RevNat, SCOPE_EXTERNAL, SCOPE_INTERNAL, ServiceKey, ServiceValue};
 
@@ -33,6 +38,8 @@ pub struct LbProgrammer {
     next_rev_nat_id: u16,
     /// Keyed by the slot-0 key.
     programmed: BTreeMap<ServiceKey, Programmed>,
+    /// loadBalancerSourceRanges in the LPM map, per rev-NAT ID.
+    ranges: BTreeMap<u16, BTreeSet<Ipv4Network>>,
 }
 
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -89,6 +96,7 @@ impl LbProgrammer {
             p.rev_nat_ids.insert((Ipv4Addr::from(r.addr.to_ne_bytes()), u16::from_be(r.port)), id);
             p.next_rev_nat_id = p.next_rev_nat_id.max(id);
         }
+        p.ranges = dump.source_ranges.clone();
         let mut groups: BTreeMap<ServiceKey, BTreeMap<u16, ServiceValue>> = BTreeMap::new();
         for (k, v) in &dump.services {
             groups.entry(k.with_slot(0)).or_default().insert(k.slot, *v);
@@ -106,8 +114,13 @@ impl LbProgrammer {
 
     pub fn apply(&mut self, desired: &BTreeMap<Frontend, FrontendState>, prune: bool, maps: &mut dyn LbMaps) -> ApplyReport {
         let mut report = ApplyReport::default();
+        let mut wanted_ranges: BTreeMap<(Ipv4Addr, u16), BTreeSet<Ipv4Network>> = BTreeMap::new();
         for (fe, state) in desired {
-            if let Err(e) = self.apply_frontend(fe, state, maps, &mut report) {
+            wanted_ranges.entry((fe.addr, fe.port)).or_default().extend(state.source_ranges.iter().copied());
+        }
+        for (fe, state) in desired {
+            let ranges = &wanted_ranges[&(fe.addr, fe.port)];
+            if let Err(e) = self.apply_frontend(fe, state, ranges, maps, &mut report) {
                 report.errors.push(e);
             }
         }
@@ -122,6 +135,26 @@ impl LbProgrammer {
             }
             self.collect_garbage(maps, &mut report);
         }
+        // Ranges go after the flags that use them: a frontend whose flag
+        // write failed keeps filtering (fails closed) rather than opening.
+        let wanted_by_id: BTreeMap<u16, &BTreeSet<Ipv4Network>> = wanted_ranges
+            .iter()
+            .filter_map(|(k, set)| self.rev_nat_ids.get(k).map(|id| (*id, set)))
+            .collect();
+        let empty = BTreeSet::new();
+        for (id, have) in self.ranges.clone() {
+            let want = wanted_by_id.get(&id).copied().unwrap_or(&empty);
+            for range in have.difference(want) {
+                match maps.delete_source_range(id, *range) {
+                    Ok(()) => {
+                        let set = self.ranges.entry(id).or_default();
+                        set.remove(range);
+                    }
+                    Err(e) => report.errors.push(e),
+                }
+            }
+        }
+        self.ranges.retain(|_, set| !set.is_empty());
         report
     }
 
@@ -129,6 +162,7 @@ impl LbProgrammer {
         &mut self,
         fe: &Frontend,
         state: &FrontendState,
+        ranges: &BTreeSet<Ipv4Network>,
         maps: &mut dyn LbMaps,
         report: &mut ApplyReport,
     ) -> Result<(), LbMapError> {
@@ -138,6 +172,13 @@ impl LbProgrammer {
             ids.push(self.ensure_backend(b, maps, report)?);
         }
         let rev_nat_id = self.ensure_rev_nat(fe.addr, fe.port, maps)?;
+        // Ranges before the flag that makes the datapath consult them.
+        for range in ranges {
+            if !self.ranges.get(&rev_nat_id).is_some_and(|s| s.contains(range)) {
+                maps.set_source_range(rev_nat_id, *range)?;
+                self.ranges.entry(rev_nat_id).or_default().insert(*range);
+            }
+        }
         let mut flags = 0;
         if !state.source_ranges.is_empty() {
             flags |= ServiceValue::FLAG_SOURCE_RANGES;

@@ -29,7 +29,7 @@ pub enum DatapathError {
 
 pub struct Datapath {
     ebpf: Ebpf,
-    pin_dir: PathBuf,
+    pub(super) pin_dir: PathBuf,
 }
 
 impl Datapath {
@@ -50,6 +50,7 @@ impl Datapath {
         // hand-off to weir-cni.
         dp.pin_classifier(pin::PROG_FROM_POD)?;
         dp.pin_classifier(pin::PROG_TO_POD)?;
+        dp.pin_classifier(pin::PROG_FROM_NETDEV)?;
         info!(pin_dir = %pin_dir.display(), "datapath loaded and pinned");
         Ok(dp)
     }

@@ -9,6 +9,7 @@ mod aya_lb_maps;
 pub mod lb_maps;
 pub mod lb_programmer;
 pub mod loader;
+pub mod uplink;
 
 pub use loader::Datapath;
 
@@ -18,3 +19,5 @@ mod prog_test_run;
 mod tests;
 #[cfg(test)]
 mod tests_lb;
+#[cfg(test)]
+mod tests_netdev;

@@ -32,7 +32,7 @@ fn csum(data: &[u8]) -> u16 {
 }
 
 /// Ethernet + IPv4 + TCP SYN or UDP datagram with valid checksums.
-fn packet(proto: u8, src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16) -> Vec<u8> {
+pub fn packet(proto: u8, src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16) -> Vec<u8> {
     let l4: Vec<u8> = if proto == 6 {
         let mut t = Vec::new();
         t.extend_from_slice(&sport.to_be_bytes());
@@ -73,16 +73,16 @@ fn l4_csum(ip: &[u8], l4: &[u8]) -> u16 {
     csum(&pseudo)
 }
 
-struct Parsed {
-    src: [u8; 4],
-    dst: [u8; 4],
-    sport: u16,
-    dport: u16,
-    proto: u8,
+pub struct Parsed {
+    pub src: [u8; 4],
+    pub dst: [u8; 4],
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
 }
 
 /// Parses and checks both checksums.
-fn parse(p: &[u8]) -> Parsed {
+pub fn parse(p: &[u8]) -> Parsed {
     let ip = &p[14..34];
     assert_eq!(csum(ip), 0, "bad IPv4 checksum");
     let len = u16::from_be_bytes([ip[2], ip[3]]) as usize;
@@ -126,7 +126,7 @@ fn apply(t: &mut TestDatapath, p: &mut LbProgrammer, proto: Protocol, backends: 
     assert!(report.errors.is_empty(), "{:?}", report.errors);
 }
 
-fn run(t: &TestDatapath, prog: &str, packet: &[u8]) -> (u32, Vec<u8>) {
+pub fn run(t: &TestDatapath, prog: &str, packet: &[u8]) -> (u32, Vec<u8>) {
     let out = prog_test_run::run(t.dp.program_fd(prog), packet, LOOPBACK).expect("BPF_PROG_TEST_RUN");
     (out.retval, out.packet)
 }
