@@ -95,7 +95,7 @@ struct Reconciler {
     nodes_dirty: bool,
     services_dirty: bool,
     /// The uplink the NodePort program is attached to, and the address.
-    uplink: Option<(std::net::Ipv4Addr, String)>,
+    uplink: Option<(std::net::Ipv4Addr, std::net::Ipv4Addr, String)>,
     /// Problems already reported, so each is logged once while it lasts.
     reported: BTreeSet<(String, String)>,
     ready: bool,
@@ -187,12 +187,16 @@ impl Reconciler {
         plan.problems
     }
 
-    /// NodePorts need the uplink program and the node address for SNAT.
-    async fn reconcile_uplink(&mut self) -> bool {
+    /// NodePorts need the uplink program and the node address for SNAT;
+    /// hairpin needs the pod gateway address.
+    async fn reconcile_uplink(&mut self, plan: &NodePlan) -> bool {
         let Some(addr) = self.index.node(&self.config.plan.node_name).and_then(|n| n.internal_ip) else {
             return true;
         };
-        if self.uplink.as_ref().is_some_and(|(a, _)| *a == addr) {
+        let Some(gateway) = plan.pod_cidr.and_then(|c| c.nth(1)) else {
+            return true;
+        };
+        if self.uplink.as_ref().is_some_and(|(a, g, _)| *a == addr && *g == gateway) {
             return true;
         }
         let ifname = match crate::datapath::uplink::interface_with(addr).await {
@@ -202,7 +206,7 @@ impl Reconciler {
                 return false;
             }
         };
-        if let Err(e) = self.datapath.set_node_addr(addr) {
+        if let Err(e) = self.datapath.set_node_addrs(addr, gateway) {
             error!(error = %e, "cannot set the node address for NodePort SNAT");
             return false;
         }
@@ -211,7 +215,7 @@ impl Reconciler {
             return false;
         }
         info!(%addr, %ifname, "NodePort datapath attached to the uplink");
-        self.uplink = Some((addr, ifname));
+        self.uplink = Some((addr, gateway, ifname));
         true
     }
 
@@ -229,7 +233,7 @@ impl Reconciler {
             }
         }
 
-        ok &= self.reconcile_uplink().await;
+        ok &= self.reconcile_uplink(plan).await;
         let prune = self.index.nodes.synced();
         match self.routes.sync(&plan.peer_routes, prune).await {
             Ok(stats) if stats != Default::default() => {

@@ -130,6 +130,10 @@ impl CtEntry {
     /// another node: the source was rewritten to a node address, so replies
     /// come back here.
     pub const FLAG_SNAT: u16 = 1 << 0;
+    /// A pod reaching itself through a Service: the source was rewritten to
+    /// the node's pod gateway address (a pod drops packets that claim its
+    /// own address as source).
+    pub const FLAG_HAIRPIN: u16 = 1 << 1;
 }
 
 /// `loadBalancerSourceRanges`: LPM key of (rev-NAT ID, client address);
@@ -148,7 +152,9 @@ pub struct SourceRangeKey {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct NodeConfig {
     pub node_addr: u32,
-    pub _pad: u32,
+    /// The first address of the node's pod CIDR (every pod's gateway), the
+    /// source of hairpinned flows.
+    pub gateway_addr: u32,
 }
 
 #[repr(C)]

@@ -91,11 +91,38 @@ pub fn from_pod(ctx: &TcContext, flow: &Flow) -> Result<Outcome, DropReason> {
         && let Some(b) = backend(ct.backend_id)
     {
         nat::dnat(ctx, flow, b.addr, b.port)?;
+        if ct.flags & CtEntry::FLAG_HAIRPIN != 0 {
+            nat::snat(ctx, flow, ct.nat_addr, ct.nat_port)?;
+        }
         return Ok(Outcome::Translated);
     }
 
     let (backend_id, b) = choose(&key, &svc, flow, now).ok_or(DropReason::NoBackend)?;
-    let entry = CtEntry { backend_id, rev_nat_id: svc.rev_nat_id, created: now, ..CtEntry::default() };
+    let mut entry = CtEntry { backend_id, rev_nat_id: svc.rev_nat_id, created: now, ..CtEntry::default() };
+    if b.addr == flow.saddr {
+        // Hairpin: the pod is its own backend.
+        let gateway = WEIR_NODE.get(0).map(|n| n.gateway_addr).unwrap_or(0);
+        if gateway == 0 {
+            return Err(DropReason::RewriteFailed);
+        }
+        entry.flags = CtEntry::FLAG_HAIRPIN;
+        entry.nat_addr = gateway;
+        entry.nat_port = flow.sport;
+        let reply = weir_common::lb::CtKey {
+            saddr: b.addr,
+            daddr: gateway,
+            sport: b.port,
+            dport: flow.sport,
+            proto: flow.proto,
+            dir: weir_common::lb::CT_DIR_REPLY,
+            _pad: [0; 2],
+        };
+        let reply_entry = CtEntry { nat_addr: flow.saddr, ..entry };
+        conntrack::create_pair(&ct_key, &entry, &reply, &reply_entry);
+        nat::dnat(ctx, flow, b.addr, b.port)?;
+        nat::snat(ctx, flow, gateway, flow.sport)?;
+        return Ok(Outcome::Translated);
+    }
     conntrack::create(&ct_key, &conntrack::reply_key(flow, b.addr, b.port), &entry);
     nat::dnat(ctx, flow, b.addr, b.port)?;
     Ok(Outcome::Translated)
@@ -148,6 +175,10 @@ pub fn reverse(ctx: &TcContext, flow: &Flow) -> Result<bool, DropReason> {
     let Some(rn) = rev_nat(ct.rev_nat_id) else {
         return Ok(false);
     };
+    if ct.flags & CtEntry::FLAG_HAIRPIN != 0 {
+        // Back to the pod itself, from the frontend.
+        nat::dnat(ctx, flow, ct.nat_addr, ct.nat_port)?;
+    }
     nat::snat(ctx, flow, rn.addr, rn.port)?;
     Ok(true)
 }

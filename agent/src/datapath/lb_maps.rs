@@ -35,8 +35,9 @@ pub trait LbMaps {
     fn delete_rev_nat(&mut self, id: u16) -> Result<(), LbMapError>;
     fn set_source_range(&mut self, rev_nat_id: u16, range: Ipv4Network) -> Result<(), LbMapError>;
     fn delete_source_range(&mut self, rev_nat_id: u16, range: Ipv4Network) -> Result<(), LbMapError>;
-    /// The address the uplink program SNATs remote-backend flows to.
-    fn set_node_addr(&mut self, addr: Ipv4Addr) -> Result<(), LbMapError>;
+    /// The address the uplink program SNATs remote-backend flows to, and the
+    /// pod gateway address hairpinned flows are SNATed to.
+    fn set_node_addrs(&mut self, node: Ipv4Addr, gateway: Ipv4Addr) -> Result<(), LbMapError>;
     fn dump(&self) -> Result<LbDump, LbMapError>;
 }
 
@@ -48,7 +49,7 @@ pub struct FakeLbMaps {
     /// Number of writes and deletes, to check that unrelated changes touch
     /// nothing.
     pub ops: usize,
-    pub node_addr: Option<Ipv4Addr>,
+    pub node_addrs: Option<(Ipv4Addr, Ipv4Addr)>,
 }
 
 #[cfg(test)]
@@ -98,9 +99,9 @@ impl LbMaps for FakeLbMaps {
         }
         Ok(())
     }
-    fn set_node_addr(&mut self, addr: Ipv4Addr) -> Result<(), LbMapError> {
+    fn set_node_addrs(&mut self, node: Ipv4Addr, gateway: Ipv4Addr) -> Result<(), LbMapError> {
         self.ops += 1;
-        self.node_addr = Some(addr);
+        self.node_addrs = Some((node, gateway));
         Ok(())
     }
     fn dump(&self) -> Result<LbDump, LbMapError> {
@@ -163,9 +164,9 @@ impl LbMaps for FaultyLbMaps {
         self.gate("delete_source_range")?;
         self.inner.delete_source_range(rev_nat_id, range)
     }
-    fn set_node_addr(&mut self, addr: Ipv4Addr) -> Result<(), LbMapError> {
-        self.gate("set_node_addr")?;
-        self.inner.set_node_addr(addr)
+    fn set_node_addrs(&mut self, node: Ipv4Addr, gateway: Ipv4Addr) -> Result<(), LbMapError> {
+        self.gate("set_node_addrs")?;
+        self.inner.set_node_addrs(node, gateway)
     }
     fn dump(&self) -> Result<LbDump, LbMapError> {
         self.inner.dump()

@@ -218,3 +218,26 @@ fn service_without_backends_answers_icmp_port_unreachable() {
     assert_eq!(&out[0..6], &syn[6..12], "addressed to the pod's MAC");
     assert_eq!(t.count(weir_common::DropReason::NoBackend), 1);
 }
+
+#[test]
+#[ignore = "privileged: needs root and bpffs; `cargo xtask test` runs it as root"]
+fn hairpin_pod_reaches_itself_through_its_service() {
+    let mut t = TestDatapath::load();
+    add_endpoint(&mut t, LOOPBACK, CLIENT);
+    let gateway = [10, 244, 1, 1];
+    {
+        let maps: &mut dyn LbMaps = &mut t.dp;
+        maps.set_node_addrs(Ipv4Addr::new(172, 30, 0, 11), Ipv4Addr::from(gateway)).unwrap();
+    }
+    program(&mut t, Protocol::Tcp, &[(CLIENT, 8080)], 0);
+
+    // Out: to itself, from the gateway (a pod drops its own address as source).
+    let p = parse(&run(&t, pin::PROG_FROM_POD, &packet(6, CLIENT, 40000, VIP, 80)).1);
+    assert_eq!((p.src, p.sport, p.dst, p.dport), (gateway, 40000, CLIENT, 8080));
+    // Its reply to the gateway leaves the pod and becomes VIP -> pod.
+    let p = parse(&run(&t, pin::PROG_FROM_POD, &packet(6, CLIENT, 8080, gateway, 40000)).1);
+    assert_eq!((p.src, p.sport, p.dst, p.dport), (VIP, 80, CLIENT, 40000));
+    // Later packets of the flow keep both translations.
+    let p = parse(&run(&t, pin::PROG_FROM_POD, &packet(6, CLIENT, 40000, VIP, 80)).1);
+    assert_eq!((p.src, p.dst), (gateway, CLIENT));
+}
