@@ -91,6 +91,7 @@ struct Reconciler {
     datapath: Datapath,
     lb: LbProgrammer,
     index: ClusterIndex,
+    health: crate::node::health_check::HealthChecks,
     /// What changed since the last reconcile.
     nodes_dirty: bool,
     services_dirty: bool,
@@ -109,6 +110,7 @@ impl Reconciler {
             datapath,
             lb,
             index: ClusterIndex::default(),
+            health: Default::default(),
             nodes_dirty: true,
             services_dirty: true,
             uplink: None,
@@ -152,12 +154,12 @@ impl Reconciler {
         }
         if self.services_dirty {
             self.services_dirty = false;
-            problems.extend(self.reconcile_services());
+            problems.extend(self.reconcile_services().await);
         }
         self.report(problems);
     }
 
-    fn reconcile_services(&mut self) -> Vec<plan::Problem> {
+    async fn reconcile_services(&mut self) -> Vec<plan::Problem> {
         let me = self.index.node(&self.config.plan.node_name);
         let node = lb::LbNode {
             name: self.config.plan.node_name.clone(),
@@ -184,7 +186,12 @@ impl Reconciler {
             // Dirty frontends are rewritten whole on the next pass.
             self.services_dirty = true;
         }
-        plan.problems
+        let mut problems = plan.problems;
+        for e in self.health.sync(&plan.health_checks).await {
+            problems.push(plan::Problem { object: format!("Service/{}", e.service), message: e.to_string() });
+            self.services_dirty = true;
+        }
+        problems
     }
 
     /// NodePorts need the uplink program and the node address for SNAT;
