@@ -25,7 +25,15 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     if config.masquerade {
         masquerade::ensure(config.plan.cluster_cidr).context("installing masquerade rules")?;
     }
-    let datapath = Datapath::load(&config.bpf_pin_dir).context("loading the eBPF datapath")?;
+    let mut datapath = Datapath::load(&config.bpf_pin_dir).context("loading the eBPF datapath")?;
+    if let Some(cgroup) = &config.socket_lb_cgroup {
+        // Without it pods still reach Services per packet; only processes
+        // on the node itself lose them. Loud, not fatal.
+        match datapath.attach_socket_lb(cgroup) {
+            Ok(()) => info!(cgroup = %cgroup.display(), "connect-time Service load balancing attached"),
+            Err(e) => warn!(error = %e, "connect-time Service load balancing disabled"),
+        }
+    }
     // IDs from the pinned maps: established flows keep their backends.
     let lb = LbProgrammer::restore(&datapath.dump().context("reading the pinned service maps")?);
     let routes = Routes::connect().context("opening netlink")?;

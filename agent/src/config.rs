@@ -76,6 +76,13 @@ pub struct RunArgs {
     /// Do not masquerade pod traffic leaving the cluster CIDR.
     #[arg(long)]
     pub no_masquerade: bool,
+    /// cgroup v2 directory whose processes get connect-time Service load
+    /// balancing (the root cgroup on a real node: pods and host processes).
+    #[arg(long, env = "WEIR_SOCKET_LB_CGROUP", default_value = "/sys/fs/cgroup")]
+    pub socket_lb_cgroup: PathBuf,
+    /// Translate Services per packet only (no connect-time translation).
+    #[arg(long)]
+    pub no_socket_lb: bool,
     /// Manifest directory poll interval, in milliseconds.
     #[arg(long, default_value_t = 200)]
     pub dir_poll_ms: u64,
@@ -100,6 +107,7 @@ pub struct AgentConfig {
     pub source: SourceSpec,
     pub plan: PlanSettings,
     pub masquerade: bool,
+    pub socket_lb_cgroup: Option<PathBuf>,
     pub dir_poll: std::time::Duration,
     pub cni_conf_dir: PathBuf,
     pub run_dir: PathBuf,
@@ -142,6 +150,7 @@ impl RunArgs {
                 },
             },
             masquerade: !self.no_masquerade,
+            socket_lb_cgroup: (!self.no_socket_lb).then_some(self.socket_lb_cgroup),
             dir_poll: std::time::Duration::from_millis(self.dir_poll_ms.max(10)),
             cni_conf_dir: self.paths.cni_conf_dir,
             run_dir: self.paths.run_dir,

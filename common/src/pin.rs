@@ -23,6 +23,14 @@ pub const MAP_NODE: &str = "WEIR_NODE";
 /// Program names: the function names in the kernel crate.
 pub const PROG_FROM_POD: &str = "weir_from_pod";
 pub const PROG_TO_POD: &str = "weir_to_pod";
+/// Socket load balancing, attached to the cgroup (v2) that holds the
+/// node's processes.
+pub const PROG_SOCK_CONNECT4: &str = "weir_sock_connect4";
+pub const PROG_SOCK_SENDMSG4: &str = "weir_sock_sendmsg4";
+pub const PROG_SOCK_RECVMSG4: &str = "weir_sock_recvmsg4";
+pub const PROG_SOCK_GETPEERNAME4: &str = "weir_sock_getpeername4";
+pub const MAP_SOCK_REVNAT: &str = "WEIR_SOCK_REV";
+
 /// tc ingress of the node's uplink (the interface holding its InternalIP).
 pub const PROG_FROM_NETDEV: &str = "weir_from_netdev";
 

@@ -36,6 +36,30 @@ const SNAT_TRIES: u32 = 8;
 const SNAT_PORT_MIN: u32 = 32_768;
 const SNAT_PORT_SPAN: u32 = 28_232;
 
+pub enum SockOutcome {
+    NotService,
+    NoBackend,
+    Backend { addr: u32, port: u16 },
+}
+
+/// Connect-time choice for a socket: sockets are clients inside the
+/// cluster (internal scope), and affinity uses the node address as the
+/// client (the source address is not chosen yet at connect time).
+#[inline(always)]
+pub fn for_socket(daddr: u32, dport: u16, proto: u8) -> SockOutcome {
+    let flow = Flow { saddr: WEIR_NODE.get(0).map(|n| n.node_addr).unwrap_or(0), daddr, sport: 0, dport, proto, l4_off: 0 };
+    let Some((key, svc)) = frontend_for_pod(&flow) else {
+        return SockOutcome::NotService;
+    };
+    if svc.count == 0 {
+        return SockOutcome::NoBackend;
+    }
+    match choose(&key, &svc, &flow, conntrack::now_secs()) {
+        Some((_, b)) => SockOutcome::Backend { addr: b.addr, port: b.port },
+        None => SockOutcome::NoBackend,
+    }
+}
+
 pub enum Outcome {
     /// Not addressed to a Service.
     NotService,

@@ -13,9 +13,13 @@ mod lb;
 mod nat;
 mod packet;
 mod reject;
+mod sock_lb;
 mod to_pod;
 
-use aya_ebpf::{macros::classifier, programs::TcContext};
+use aya_ebpf::{
+    macros::{cgroup_sock_addr, classifier},
+    programs::{SockAddrContext, TcContext},
+};
 
 /// tc ingress of a pod's host-side veth: every packet the pod sends.
 #[classifier]
@@ -33,6 +37,30 @@ pub fn weir_from_netdev(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn weir_to_pod(ctx: TcContext) -> i32 {
     to_pod::handle(&ctx)
+}
+
+/// connect() from a socket in the node's cgroup.
+#[cgroup_sock_addr(connect4)]
+pub fn weir_sock_connect4(ctx: SockAddrContext) -> i32 {
+    sock_lb::translate(&ctx)
+}
+
+/// sendmsg() on an unconnected UDP socket.
+#[cgroup_sock_addr(sendmsg4)]
+pub fn weir_sock_sendmsg4(ctx: SockAddrContext) -> i32 {
+    sock_lb::translate(&ctx)
+}
+
+/// recvmsg() on a UDP socket: the reply's source becomes the Service.
+#[cgroup_sock_addr(recvmsg4)]
+pub fn weir_sock_recvmsg4(ctx: SockAddrContext) -> i32 {
+    sock_lb::reverse(&ctx)
+}
+
+/// getpeername(): the peer is the Service.
+#[cgroup_sock_addr(getpeername4)]
+pub fn weir_sock_getpeername4(ctx: SockAddrContext) -> i32 {
+    sock_lb::reverse(&ctx)
 }
 
 #[cfg(not(test))]

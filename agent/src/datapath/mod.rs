@@ -9,6 +9,7 @@ mod aya_lb_maps;
 pub mod lb_maps;
 pub mod lb_programmer;
 pub mod loader;
+pub mod socket_lb;
 pub mod uplink;
 
 pub use loader::Datapath;
@@ -21,3 +22,5 @@ mod tests;
 mod tests_lb;
 #[cfg(test)]
 mod tests_netdev;
+#[cfg(test)]
+mod tests_socket;

@@ -1,0 +1,108 @@
+//! Connect-time load balancing through a real cgroup: a child process in a
+//! test-only cgroup v2 directory talks to a ClusterIP whose backends listen
+//! on loopback in the test process.
+use std::{
+    collections::BTreeMap,
+    io::Write as _,
+    net::{Ipv4Addr, TcpListener, UdpSocket},
+    path::PathBuf,
+    process::Command,
+};
+
+use super::{lb_maps::LbMaps, lb_programmer::LbProgrammer, tests::TestDatapath};
+use crate::model::{
+    lb::{BackendAddr, BackendRef, Frontend, FrontendKind, FrontendState, Scope},
+    service::Protocol,
+};
+
+/// A cgroup v2 directory of our own, removed on drop.
+struct TestCgroup(PathBuf);
+
+impl TestCgroup {
+    fn new() -> Self {
+        let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
+        let root = mounts
+            .lines()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+            .find(|f| f.get(2) == Some(&"cgroup2"))
+            .map(|f| PathBuf::from(f[1]))
+            .expect("no cgroup v2 mount: the socket load-balancing test needs one");
+        let dir = root.join(format!("weir-unit-sock-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+fn frontend(proto: Protocol, port: u16, backends: &[u16]) -> (Frontend, FrontendState) {
+    (
+        Frontend { addr: Ipv4Addr::new(10, 96, 0, 10), port, proto, scope: Scope::Default },
+        FrontendState {
+            service: "ns/web".into(),
+            kind: FrontendKind::ClusterIp,
+            backends: backends
+                .iter()
+                .map(|p| BackendRef { addr: BackendAddr { addr: Ipv4Addr::LOCALHOST, port: *p, proto }, local: true, terminating: false })
+                .collect(),
+            affinity_timeout: 0,
+            source_ranges: vec![],
+            local_only: false,
+        },
+    )
+}
+
+const CLIENT: &str = r#"
+import os, socket, sys
+open(sys.argv[1] + "/cgroup.procs", "w").write(str(os.getpid()))
+s = socket.create_connection(("10.96.0.10", 80), timeout=3)
+print("tcp", s.recv(5).decode(), s.getpeername())
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+u.settimeout(3)
+u.sendto(b"ping", ("10.96.0.10", 53))
+data, src = u.recvfrom(16)
+print("udp", data.decode(), src)
+try:
+    socket.create_connection(("10.96.0.10", 81), timeout=3)
+    print("empty connected")
+except OSError as e:
+    print("empty refused", e.errno)
+"#;
+
+#[test]
+#[ignore = "privileged: needs root, bpffs and cgroup v2; `cargo xtask test` runs it as root"]
+fn sockets_in_the_cgroup_reach_services_and_see_the_service_address() {
+    let mut t = TestDatapath::load();
+    let cg = TestCgroup::new();
+    t.dp.attach_socket_lb(&cg.0).unwrap();
+
+    let tcp = TcpListener::bind("127.0.0.1:0").unwrap();
+    let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let (tcp_port, udp_port) = (tcp.local_addr().unwrap().port(), udp.local_addr().unwrap().port());
+    let want: BTreeMap<_, _> =
+        [frontend(Protocol::Tcp, 80, &[tcp_port]), frontend(Protocol::Udp, 53, &[udp_port]), frontend(Protocol::Tcp, 81, &[])]
+            .into_iter()
+            .collect();
+    let maps: &mut dyn LbMaps = &mut t.dp;
+    assert!(LbProgrammer::default().apply(&want, true, maps).errors.is_empty());
+
+    let server = std::thread::spawn(move || {
+        let (mut c, _) = tcp.accept().unwrap();
+        c.write_all(b"hello").unwrap();
+        let mut buf = [0u8; 16];
+        let (_, from) = udp.recv_from(&mut buf).unwrap();
+        udp.send_to(b"pong", from).unwrap();
+    });
+    let out = Command::new("python3").arg("-c").arg(CLIENT).arg(&cg.0).output().expect("python3 (cargo xtask setup installs it)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "client failed: {stdout}{}", String::from_utf8_lossy(&out.stderr));
+    server.join().unwrap();
+    assert!(stdout.contains("tcp hello ('10.96.0.10', 80)"), "{stdout}");
+    assert!(stdout.contains("udp pong ('10.96.0.10', 53)"), "{stdout}");
+    // EPERM: refused at once, not a timeout.
+    assert!(stdout.contains("empty refused 1"), "{stdout}");
+}

@@ -1,0 +1,75 @@
+//! Connect-time load balancing for sockets in the node's cgroup: the
+//! destination is translated once per connect (or per UDP sendmsg) instead
+//! of per packet, and without conntrack: the fast path for pod and host
+//! clients, and the only one for processes on the node itself (there is no
+//! route to a ClusterIP for the packet path to catch).
+use aya_ebpf::{
+    helpers::bpf_get_socket_cookie,
+    macros::map,
+    maps::LruHashMap,
+    programs::SockAddrContext,
+};
+use weir_common::lb::{PROTO_TCP, PROTO_UDP, RevNat, SockRevKey};
+
+use crate::lb;
+
+#[map]
+static WEIR_SOCK_REV: LruHashMap<SockRevKey, RevNat> = LruHashMap::pinned(262_144, 0);
+
+/// Verdicts of cgroup sock_addr programs.
+const ALLOW: i32 = 1;
+const REJECT: i32 = 0;
+
+#[inline(always)]
+fn proto(ctx: &SockAddrContext) -> Option<u8> {
+    // Safety: reading plain fields of the kernel's bpf_sock_addr.
+    let p = unsafe { (*ctx.sock_addr).protocol } as u8;
+    matches!(p, PROTO_TCP | PROTO_UDP).then_some(p)
+}
+
+/// connect() and unconnected sendmsg(): point the socket at a backend.
+#[inline(always)]
+pub fn translate(ctx: &SockAddrContext) -> i32 {
+    let Some(proto) = proto(ctx) else { return ALLOW };
+    // Safety: plain field reads.
+    let (addr, port) = unsafe { ((*ctx.sock_addr).user_ip4, (*ctx.sock_addr).user_port as u16) };
+    match lb::for_socket(addr, port, proto) {
+        lb::SockOutcome::NotService => ALLOW,
+        // connect() fails at once (EPERM) instead of hanging.
+        lb::SockOutcome::NoBackend => REJECT,
+        lb::SockOutcome::Backend { addr: baddr, port: bport } => {
+            // Safety: the socket cookie helper takes the program's context.
+            let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr as *mut _) };
+            let key = SockRevKey { cookie, addr: baddr, port: bport, _pad: 0 };
+            let _ = WEIR_SOCK_REV.insert(&key, &RevNat { addr, port, _pad: 0 }, 0);
+            // Safety: user_ip4 and user_port are writable in these hooks.
+            unsafe {
+                (*ctx.sock_addr).user_ip4 = baddr;
+                (*ctx.sock_addr).user_port = bport as u32;
+            }
+            ALLOW
+        }
+    }
+}
+
+/// recvmsg() and getpeername(): show the Service address, not the backend.
+#[inline(always)]
+pub fn reverse(ctx: &SockAddrContext) -> i32 {
+    if proto(ctx).is_none() {
+        return ALLOW;
+    }
+    // Safety: plain field reads and the cookie helper on our context.
+    let (addr, port, cookie) = unsafe {
+        ((*ctx.sock_addr).user_ip4, (*ctx.sock_addr).user_port as u16, bpf_get_socket_cookie(ctx.sock_addr as *mut _))
+    };
+    let key = SockRevKey { cookie, addr, port, _pad: 0 };
+    // Safety: copied out at once.
+    if let Some(rn) = unsafe { WEIR_SOCK_REV.get(&key) }.copied() {
+        // Safety: writable in these hooks.
+        unsafe {
+            (*ctx.sock_addr).user_ip4 = rn.addr;
+            (*ctx.sock_addr).user_port = rn.port as u32;
+        }
+    }
+    ALLOW
+}
