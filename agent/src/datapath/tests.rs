@@ -11,8 +11,20 @@ pub const LOOPBACK: u32 = 1;
 
 /// A datapath pinned in a private bpffs directory, removed on drop.
 pub struct TestDatapath {
+    // Dropped before the directory guard: maps and programs close, then the
+    // pins go.
     pub dp: Datapath,
-    dir: std::path::PathBuf,
+    dir: PinDir,
+}
+
+/// Removes the pin directory on drop, panics included; made before loading,
+/// so a failed load leaves nothing either.
+struct PinDir(std::path::PathBuf);
+
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 impl TestDatapath {
@@ -26,8 +38,9 @@ impl TestDatapath {
             std::process::id(),
             std::thread::current().name().unwrap_or("t").replace("::", "-")
         ));
-        let _ = std::fs::remove_dir_all(&dir);
-        let dp = Datapath::load(&dir).unwrap_or_else(|e| panic!("loading datapath into {}: {e} (bpffs mounted on /sys/fs/bpf? `cargo xtask setup`)", dir.display()));
+        let dir = PinDir(dir);
+        let _ = std::fs::remove_dir_all(&dir.0);
+        let dp = Datapath::load(&dir.0).unwrap_or_else(|e| panic!("loading datapath into {}: {e} (bpffs mounted on /sys/fs/bpf? `cargo xtask setup`)", dir.0.display()));
         Self { dp, dir }
     }
 
@@ -38,15 +51,10 @@ impl TestDatapath {
     }
 
     pub fn count(&self, reason: DropReason) -> u64 {
-        super::loader::verdict_counts(&self.dir).unwrap().into_iter().find(|(r, _)| *r == reason).unwrap().1
+        super::loader::verdict_counts(&self.dir.0).unwrap().into_iter().find(|(r, _)| *r == reason).unwrap().1
     }
 }
 
-impl Drop for TestDatapath {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
 
 /// Ethernet + IPv4 + UDP, checksums not needed by the program.
 fn udp_packet(src: [u8; 4], dst: [u8; 4]) -> Vec<u8> {
@@ -123,7 +131,7 @@ fn reload_reuses_pinned_maps() {
     let mut t = TestDatapath::load();
     add_endpoint(&mut t, 7, [10, 244, 1, 7]);
     // A second load (agent restart) finds the same map contents.
-    let mut again = Datapath::load(&t.dir).unwrap();
+    let mut again = Datapath::load(&t.dir.0).unwrap();
     let got = again.endpoints().unwrap().get(&EndpointKey { ifindex: 7 }, 0).unwrap();
     assert_eq!(got.ipv4_octets(), [10, 244, 1, 7]);
 }
