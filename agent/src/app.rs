@@ -9,9 +9,9 @@ use tracing::{error, info, info_span, warn};
 use crate::{
     config::AgentConfig,
     datapath::{Datapath, lb_maps::LbMaps as _, lb_programmer::LbProgrammer},
-    model::{ClusterIndex, NodePlan, cni_conf, lb, plan},
+    model::{ClusterIndex, NodePlan, cni_conf, lb, plan, service::ObjectKey},
     node::{files, masquerade, routes::Routes, sysctl},
-    sources::{self, Change, SourceSpec, Update},
+    sources::{self, SourceSpec, Update},
 };
 
 pub const READY_FILE: &str = "agent-ready";
@@ -100,9 +100,15 @@ struct Reconciler {
     lb: LbProgrammer,
     index: ClusterIndex,
     health: crate::node::health_check::HealthChecks,
+    /// Desired frontends, updated one Service at a time.
+    desired_lb: lb::DesiredLb,
+    /// The maps have been pruned against a complete desired state.
+    lb_pruned: bool,
     /// What changed since the last reconcile.
     nodes_dirty: bool,
-    services_dirty: bool,
+    dirty_services: BTreeSet<ObjectKey>,
+    /// A map write failed: reprogram every desired frontend.
+    lb_retry: bool,
     /// The uplink the NodePort program is attached to, and the address.
     uplink: Option<(std::net::Ipv4Addr, std::net::Ipv4Addr, String)>,
     /// Problems already reported, so each is logged once while it lasts.
@@ -119,8 +125,11 @@ impl Reconciler {
             lb,
             index: ClusterIndex::default(),
             health: Default::default(),
+            desired_lb: Default::default(),
+            lb_pruned: false,
             nodes_dirty: true,
-            services_dirty: true,
+            dirty_services: BTreeSet::new(),
+            lb_retry: false,
             uplink: None,
             reported: BTreeSet::new(),
             ready: false,
@@ -128,27 +137,34 @@ impl Reconciler {
     }
 
     fn dirty(&self) -> bool {
-        self.nodes_dirty || self.services_dirty
+        self.nodes_dirty || !self.dirty_services.is_empty() || self.lb_retry
     }
 
     fn apply(&mut self, update: Update) {
-        fn change<T: crate::model::index::Keyed>(idx: &mut crate::model::index::KindIndex<T>, c: Change<T>) -> bool {
-            match c {
-                Change::Applied(o) => idx.apply(o),
-                Change::Deleted(k) => idx.delete(&k),
-                Change::Relisted(os) => idx.reset(os),
-            }
-        }
         match update {
             Update::Nodes(c) => {
-                if change(&mut self.index.nodes, c) {
+                let me = self.config.plan.node_name.clone();
+                let changed = self.index.nodes.change(c);
+                if !changed.is_empty() {
                     self.nodes_dirty = true;
-                    // NodePorts listen on this node's addresses.
-                    self.services_dirty = true;
+                }
+                // NodePorts listen on this node's addresses, and which
+                // endpoints are local depends on the node's name only.
+                let mine = changed.iter().any(|(o, n)| {
+                    o.as_ref().is_some_and(|x| x.name == me) || n.as_ref().is_some_and(|x| x.name == me)
+                });
+                if mine {
+                    self.dirty_services.extend(self.index.services.iter().map(|s| s.key.clone()));
                 }
             }
-            Update::Services(c) => self.services_dirty |= change(&mut self.index.services, c),
-            Update::EndpointSlices(c) => self.services_dirty |= change(&mut self.index.slices, c),
+            Update::Services(c) => {
+                let keys = self.index.change_services(c);
+                self.dirty_services.extend(keys);
+            }
+            Update::EndpointSlices(c) => {
+                let keys = self.index.change_slices(c);
+                self.dirty_services.extend(keys);
+            }
         }
     }
 
@@ -160,26 +176,35 @@ impl Reconciler {
             problems.extend(plan.problems.iter().cloned());
             self.reconcile_node(&plan).await;
         }
-        if self.services_dirty {
-            self.services_dirty = false;
-            problems.extend(self.reconcile_services().await);
+        if !self.dirty_services.is_empty() || self.lb_retry || (!self.lb_pruned && self.index.services_synced()) {
+            self.reconcile_services().await;
         }
+        problems.extend(self.desired_lb.problems().cloned());
         self.report(problems);
     }
 
-    async fn reconcile_services(&mut self) -> Vec<plan::Problem> {
+    async fn reconcile_services(&mut self) {
         let me = self.index.node(&self.config.plan.node_name);
         let node = lb::LbNode {
             name: self.config.plan.node_name.clone(),
             addrs: me.and_then(|n| n.internal_ip).into_iter().collect(),
         };
-        let slices = self.index.slices_by_service();
-        let plan = lb::plan(self.index.services.iter(), &slices, &node);
-        let prune = self.index.services_synced();
-        let report = self.lb.apply(&plan.frontends, prune, &mut self.datapath);
+        let dirty = std::mem::take(&mut self.dirty_services);
+        let index = &self.index;
+        let changed = self.desired_lb.update(dirty, |k| index.services.get(k), |k| index.slices_of(k), &node);
+        let full = self.lb_retry || (!self.lb_pruned && self.index.services_synced());
+        let report = if full {
+            // After a failed write, and once every list is in (which prunes
+            // what a previous agent left and nobody wants now).
+            let prune = self.index.services_synced();
+            self.lb_pruned |= prune;
+            self.lb.apply(&self.desired_lb.frontends, prune, &mut self.datapath)
+        } else {
+            self.lb.apply_changed(&self.desired_lb.frontends, &changed, &mut self.datapath)
+        };
         if report.frontends_written + report.frontends_deleted + report.backends_deleted > 0 {
             info!(
-                frontends = plan.frontends.len(),
+                frontends = self.desired_lb.frontends.len(),
                 written = report.frontends_written,
                 deleted = report.frontends_deleted,
                 backends_written = report.backends_written,
@@ -188,18 +213,13 @@ impl Reconciler {
             );
         }
         for e in &report.errors {
-            error!(error = %e, "service map write failed; will retry on the next change");
+            error!(error = %e, "service map write failed; will retry");
         }
-        if !report.errors.is_empty() {
-            // Dirty frontends are rewritten whole on the next pass.
-            self.services_dirty = true;
+        self.lb_retry = !report.errors.is_empty();
+        for e in self.health.sync(&self.desired_lb.health_checks()).await {
+            error!(error = %e, "health check server");
+            self.lb_retry = true;
         }
-        let mut problems = plan.problems;
-        for e in self.health.sync(&plan.health_checks).await {
-            problems.push(plan::Problem { object: format!("Service/{}", e.service), message: e.to_string() });
-            self.services_dirty = true;
-        }
-        problems
     }
 
     /// NodePorts need the uplink program and the node address for SNAT;

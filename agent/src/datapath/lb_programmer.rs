@@ -158,6 +158,64 @@ impl LbProgrammer {
         report
     }
 
+    /// Programs only `changed` frontends (added, changed or removed from
+    /// `desired`), then frees backends nothing refers to: what one
+    /// EndpointSlice change costs, whatever the number of Services.
+    /// Frontends removed here were desired earlier in this run, so deleting
+    /// them is safe before the initial lists are complete.
+    pub fn apply_changed(
+        &mut self,
+        desired: &BTreeMap<Frontend, FrontendState>,
+        changed: &BTreeSet<Frontend>,
+        maps: &mut dyn LbMaps,
+    ) -> ApplyReport {
+        let mut report = ApplyReport::default();
+        let mut touched_ranges: BTreeMap<u16, BTreeSet<Ipv4Network>> = BTreeMap::new();
+        for fe in changed {
+            let result = match desired.get(fe) {
+                Some(state) => {
+                    let ranges: BTreeSet<Ipv4Network> = state.source_ranges.iter().copied().collect();
+                    let r = self.apply_frontend(fe, state, &ranges, maps, &mut report);
+                    if let Some(id) = self.rev_nat_ids.get(&(fe.addr, fe.port)) {
+                        touched_ranges.entry(*id).or_default().extend(ranges);
+                    }
+                    r
+                }
+                None => {
+                    let key0 = service_key(fe);
+                    if let Some(id) = self.programmed.get(&key0).map(|p| p.value.rev_nat_id) {
+                        touched_ranges.entry(id).or_default();
+                    }
+                    let r = self.delete_frontend(key0, maps);
+                    if r.is_ok() && self.programmed.get(&key0).is_none() {
+                        report.frontends_deleted += 1;
+                    }
+                    r
+                }
+            };
+            if let Err(e) = result {
+                report.errors.push(e);
+            }
+        }
+        self.collect_garbage(maps, &mut report);
+        // Stale ranges of touched rev-NAT IDs, after the flags that use them.
+        for (id, want) in touched_ranges {
+            let have = self.ranges.get(&id).cloned().unwrap_or_default();
+            for range in have.difference(&want) {
+                match maps.delete_source_range(id, *range) {
+                    Ok(()) => {
+                        if let Some(set) = self.ranges.get_mut(&id) {
+                            set.remove(range);
+                        }
+                    }
+                    Err(e) => report.errors.push(e),
+                }
+            }
+        }
+        self.ranges.retain(|_, set| !set.is_empty());
+        report
+    }
+
     fn apply_frontend(
         &mut self,
         fe: &Frontend,

@@ -1,6 +1,7 @@
-//! The agent's view of the cluster, updated per kind with apply / delete /
-//! reset (a reset replaces everything of that kind after a relist, so objects
-//! deleted while a watch was down disappear too).
+//! The agent's view of the cluster, updated per kind by applied, deleted and
+//! relisted objects (a relist replaces everything of that kind, so objects
+//! deleted while a watch was down disappear too). Every change reports what
+//! it changed, so the agent recomputes only that.
 use std::collections::BTreeMap;
 
 use super::{
@@ -44,29 +45,52 @@ impl<T> Default for KindIndex<T> {
     }
 }
 
+/// A change as it came from a source.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Change<T> {
+    Applied(T),
+    /// Deleted, by key (`namespace/name` for namespaced kinds).
+    Deleted(String),
+    /// A complete list (initial list or relist): replaces everything of the
+    /// kind, and marks the kind as synced.
+    Relisted(Vec<T>),
+}
+
 impl<T: Keyed> KindIndex<T> {
-    /// Returns whether anything changed.
-    pub fn apply(&mut self, obj: T) -> bool {
-        match self.objects.get(obj.key()) {
-            Some(old) if *old == obj => false,
-            _ => {
-                self.objects.insert(obj.key().to_string(), obj);
-                true
+    /// Applies a change; returns (old, new) for every object that changed.
+    pub fn change(&mut self, change: Change<T>) -> Vec<(Option<T>, Option<T>)> {
+        match change {
+            Change::Applied(obj) => {
+                if self.objects.get(obj.key()) == Some(&obj) {
+                    return vec![];
+                }
+                let old = self.objects.insert(obj.key().to_string(), obj.clone());
+                vec![(old, Some(obj))]
+            }
+            Change::Deleted(key) => self.objects.remove(&key).map(|old| vec![(Some(old), None)]).unwrap_or_default(),
+            Change::Relisted(list) => {
+                let mut fresh: BTreeMap<String, T> = list.into_iter().map(|o| (o.key().to_string(), o)).collect();
+                let mut out = Vec::new();
+                for (k, old) in std::mem::take(&mut self.objects) {
+                    match fresh.remove(&k) {
+                        Some(new) if new == old => {
+                            self.objects.insert(k, new);
+                        }
+                        Some(new) => {
+                            self.objects.insert(k, new.clone());
+                            out.push((Some(old), Some(new)));
+                        }
+                        None => out.push((Some(old), None)),
+                    }
+                }
+                for (k, new) in fresh {
+                    self.objects.insert(k, new.clone());
+                    out.push((None, Some(new)));
+                }
+                self.synced = true;
+                out
             }
         }
-    }
-
-    pub fn delete(&mut self, key: &str) -> bool {
-        self.objects.remove(key).is_some()
-    }
-
-    /// Replace everything with a fresh list and mark the kind as synced.
-    pub fn reset(&mut self, objects: impl IntoIterator<Item = T>) -> bool {
-        let fresh: BTreeMap<_, _> = objects.into_iter().map(|o| (o.key().to_string(), o)).collect();
-        let changed = fresh != self.objects || !self.synced;
-        self.objects = fresh;
-        self.synced = true;
-        changed
     }
 
     pub fn get(&self, key: &str) -> Option<&T> {
@@ -86,7 +110,9 @@ impl<T: Keyed> KindIndex<T> {
 pub struct ClusterIndex {
     pub nodes: KindIndex<NodeInfo>,
     pub services: KindIndex<ServiceInfo>,
-    pub slices: KindIndex<EndpointSliceInfo>,
+    slices: KindIndex<EndpointSliceInfo>,
+    /// Service -> keys of its EndpointSlices.
+    slices_by_service: BTreeMap<ObjectKey, std::collections::BTreeSet<String>>,
 }
 
 impl ClusterIndex {
@@ -98,13 +124,45 @@ impl ClusterIndex {
         self.nodes.iter()
     }
 
-    /// EndpointSlices grouped by the Service they belong to.
-    pub fn slices_by_service(&self) -> BTreeMap<ObjectKey, Vec<&EndpointSliceInfo>> {
-        let mut out: BTreeMap<ObjectKey, Vec<&EndpointSliceInfo>> = BTreeMap::new();
-        for s in self.slices.iter() {
-            out.entry(s.service.clone()).or_default().push(s);
+    /// Applies a Services change; returns the keys of Services that changed.
+    pub fn change_services(&mut self, change: Change<ServiceInfo>) -> Vec<ObjectKey> {
+        self.services
+            .change(change)
+            .into_iter()
+            .filter_map(|(old, new)| new.or(old).map(|s| s.key))
+            .collect()
+    }
+
+    /// Applies an EndpointSlices change; returns the Services whose
+    /// endpoints changed.
+    pub fn change_slices(&mut self, change: Change<EndpointSliceInfo>) -> Vec<ObjectKey> {
+        let mut affected = Vec::new();
+        for (old, new) in self.slices.change(change) {
+            if let Some(old) = old {
+                if let Some(set) = self.slices_by_service.get_mut(&old.service) {
+                    set.remove(&old.key);
+                    if set.is_empty() {
+                        self.slices_by_service.remove(&old.service);
+                    }
+                }
+                affected.push(old.service);
+            }
+            if let Some(new) = new {
+                self.slices_by_service.entry(new.service.clone()).or_default().insert(new.key.clone());
+                affected.push(new.service);
+            }
         }
-        out
+        affected
+    }
+
+    /// The EndpointSlices of one Service.
+    pub fn slices_of(&self, service: &str) -> Vec<&EndpointSliceInfo> {
+        self.slices_by_service
+            .get(service)
+            .into_iter()
+            .flatten()
+            .filter_map(|k| self.slices.get(k))
+            .collect()
     }
 
     /// Services can be pruned from the datapath only once both Services and
@@ -120,46 +178,48 @@ mod tests {
     use crate::model::node::build::node;
 
     #[test]
-    fn apply_reports_changes_only() {
-        let mut idx = KindIndex::default();
-        assert!(idx.apply(node("a").with_pod_cidr("10.244.1.0/24")));
-        assert!(!idx.apply(node("a").with_pod_cidr("10.244.1.0/24")));
-        assert!(idx.apply(node("a").with_pod_cidr("10.244.2.0/24")));
-        assert_eq!(idx.get("a").unwrap().pod_cidr.unwrap().to_string(), "10.244.2.0/24");
-    }
-
-    #[test]
-    fn reset_prunes_objects_missing_from_relist_and_marks_synced() {
-        let mut idx = KindIndex::default();
-        idx.apply(node("a"));
-        idx.apply(node("b"));
+    fn relist_marks_synced_even_when_empty() {
+        let mut idx: KindIndex<NodeInfo> = KindIndex::default();
         assert!(!idx.synced());
-        assert!(idx.reset([node("b")]));
-        assert!(idx.get("a").is_none());
-        assert!(idx.get("b").is_some());
+        assert!(idx.change(Change::Relisted(vec![])).is_empty());
         assert!(idx.synced());
-        // Same list again: nothing changed.
-        assert!(!idx.reset([node("b")]));
-    }
-
-    #[test]
-    fn first_reset_counts_as_change_even_if_empty() {
-        let mut idx: KindIndex<NodeInfo> = KindIndex::default();
-        assert!(idx.reset([]));
-    }
-
-    #[test]
-    fn delete_unknown_is_no_change() {
-        let mut idx: KindIndex<NodeInfo> = KindIndex::default();
-        assert!(!idx.delete("ghost"));
     }
 
     #[test]
     fn services_sync_needs_both_kinds() {
         let mut idx = ClusterIndex::default();
-        idx.services.reset([]);
+        idx.change_services(Change::Relisted(vec![]));
         assert!(!idx.services_synced());
-        idx.slices.reset([]);
+        idx.change_slices(Change::Relisted(vec![]));
         assert!(idx.services_synced());
+    }
+
+    #[test]
+    fn change_reports_old_and_new_and_relist_diffs() {
+        let mut idx = KindIndex::default();
+        assert_eq!(idx.change(Change::Applied(node("a"))).len(), 1);
+        assert!(idx.change(Change::Applied(node("a"))).is_empty());
+        idx.change(Change::Applied(node("b")));
+        let diff = idx.change(Change::Relisted(vec![node("b").with_pod_cidr("10.244.2.0/24"), node("c")]));
+        let summary: Vec<_> = diff
+            .iter()
+            .map(|(o, n)| (o.as_ref().map(|x| x.name.as_str()), n.as_ref().map(|x| x.name.as_str())))
+            .collect();
+        assert_eq!(summary, [(Some("a"), None), (Some("b"), Some("b")), (None, Some("c"))]);
+        assert!(idx.change(Change::Deleted("zzz".into())).is_empty());
+    }
+
+    #[test]
+    fn slices_are_found_by_service_and_moves_affect_both() {
+        use crate::model::service::build::slice;
+        let mut idx = ClusterIndex::default();
+        assert_eq!(idx.change_slices(Change::Applied(slice("ns/s1", "ns/a"))), ["ns/a"]);
+        idx.change_slices(Change::Applied(slice("ns/s2", "ns/a")));
+        assert_eq!(idx.slices_of("ns/a").len(), 2);
+        // Relabelled to another Service: both are affected.
+        assert_eq!(idx.change_slices(Change::Applied(slice("ns/s2", "ns/b"))), ["ns/a", "ns/b"]);
+        assert_eq!(idx.slices_of("ns/a").len(), 1);
+        assert_eq!(idx.change_slices(Change::Deleted("ns/s1".into())), ["ns/a"]);
+        assert!(idx.slices_of("ns/a").is_empty());
     }
 }

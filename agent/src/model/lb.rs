@@ -75,6 +75,8 @@ pub struct LbNode {
     pub addrs: Vec<Ipv4Addr>,
 }
 
+/// The whole plan at once: the reference `DesiredLb` is tested against.
+#[cfg(test)]
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct LbPlan {
     pub frontends: BTreeMap<Frontend, FrontendState>,
@@ -84,6 +86,83 @@ pub struct LbPlan {
     pub problems: Vec<Problem>,
 }
 
+/// One Service's share of the plan.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ServicePlan {
+    pub frontends: Vec<(Frontend, FrontendState)>,
+    /// healthCheckNodePort and the local endpoint count.
+    pub health_check: Option<(u16, usize)>,
+    pub problems: Vec<Problem>,
+}
+
+pub fn plan_service(svc: &ServiceInfo, svc_slices: &[&EndpointSliceInfo], node: &LbNode) -> ServicePlan {
+    let mut out = ServicePlan::default();
+    let problem = |message: String| Problem { object: format!("Service/{}", svc.key), message };
+    out.problems.extend(svc.problems.iter().cloned().map(problem));
+    if svc.type_ == ServiceType::ExternalName || svc.headless {
+        return out;
+    }
+    let mut local_endpoints: BTreeSet<Ipv4Addr> = BTreeSet::new();
+    for sp in &svc.ports {
+        let candidates = candidates(sp, svc_slices, &node.name);
+        if let Some(bad) = sctp_remap(sp, &candidates) {
+            out.problems.push(problem(format!(
+                "SCTP port {} targets port {bad}: weir cannot rewrite SCTP ports (its CRC32c covers them); set targetPort to {}; port skipped",
+                sp.port, sp.port
+            )));
+            continue;
+        }
+        let all = usable(&candidates, false);
+        let local = usable(&candidates, true);
+        local_endpoints.extend(local.iter().map(|b| b.addr.addr));
+        let affinity_timeout = svc.affinity_timeout.unwrap_or(0);
+        let state = |kind, backends: &Vec<BackendRef>, local_only, source_ranges: &[Ipv4Network]| FrontendState {
+            service: svc.key.clone(),
+            kind,
+            backends: backends.clone(),
+            affinity_timeout,
+            source_ranges: source_ranges.to_vec(),
+            local_only,
+        };
+
+        let cluster_backends = if svc.internal_traffic_local { &local } else { &all };
+        for &ip in &svc.cluster_ips {
+            out.frontends.push((fe(ip, sp.port, sp.protocol, Scope::Default), state(FrontendKind::ClusterIp, cluster_backends, false, &[])));
+        }
+
+        // External frontends: NodePorts on every node address, external
+        // IPs, load-balancer ingress IPs.
+        let mut external: Vec<(Ipv4Addr, u16, FrontendKind, &[Ipv4Network])> = Vec::new();
+        if matches!(svc.type_, ServiceType::NodePort | ServiceType::LoadBalancer)
+            && let Some(np) = sp.node_port
+        {
+            external.extend(node.addrs.iter().map(|&a| (a, np, FrontendKind::NodePort, &[][..])));
+        }
+        external.extend(svc.external_ips.iter().map(|&a| (a, sp.port, FrontendKind::ExternalIp, &[][..])));
+        if svc.type_ == ServiceType::LoadBalancer {
+            external.extend(
+                svc.lb_ingress_ips.iter().map(|&a| (a, sp.port, FrontendKind::LoadBalancer, svc.lb_source_ranges.as_slice())),
+            );
+        }
+        for (addr, port, kind, ranges) in external {
+            if svc.external_traffic_local {
+                out.frontends.push((fe(addr, port, sp.protocol, Scope::Default), state(kind, &local, true, ranges)));
+                out.frontends.push((fe(addr, port, sp.protocol, Scope::Internal), state(kind, &all, false, ranges)));
+            } else {
+                out.frontends.push((fe(addr, port, sp.protocol, Scope::Default), state(kind, &all, false, ranges)));
+            }
+        }
+    }
+    if svc.external_traffic_local
+        && let Some(port) = svc.health_check_node_port
+    {
+        out.health_check = Some((port, local_endpoints.len()));
+    }
+    out
+}
+
+/// The whole plan at once: the reference `DesiredLb` is tested against.
+#[cfg(test)]
 pub fn plan<'a>(
     services: impl IntoIterator<Item = &'a ServiceInfo>,
     slices: &BTreeMap<ObjectKey, Vec<&'a EndpointSliceInfo>>,
@@ -91,70 +170,102 @@ pub fn plan<'a>(
 ) -> LbPlan {
     let mut out = LbPlan::default();
     for svc in services {
-        let problem = |message: String| Problem { object: format!("Service/{}", svc.key), message };
-        out.problems.extend(svc.problems.iter().cloned().map(problem));
-        if svc.type_ == ServiceType::ExternalName || svc.headless {
-            continue;
+        let share = plan_service(svc, slices.get(&svc.key).map(Vec::as_slice).unwrap_or_default(), node);
+        out.problems.extend(share.problems);
+        for (frontend, state) in share.frontends {
+            insert(&mut out, svc, frontend, state);
         }
-        let svc_slices = slices.get(&svc.key).map(Vec::as_slice).unwrap_or_default();
-        let mut local_endpoints: BTreeSet<Ipv4Addr> = BTreeSet::new();
-        for sp in &svc.ports {
-            let candidates = candidates(sp, svc_slices, &node.name);
-            if let Some(bad) = sctp_remap(sp, &candidates) {
-                out.problems.push(problem(format!(
-                    "SCTP port {} targets port {bad}: weir cannot rewrite SCTP ports (its CRC32c covers them); set targetPort to {}; port skipped",
-                    sp.port, sp.port
-                )));
-                continue;
-            }
-            let all = usable(&candidates, false);
-            let local = usable(&candidates, true);
-            local_endpoints.extend(local.iter().map(|b| b.addr.addr));
-            let affinity_timeout = svc.affinity_timeout.unwrap_or(0);
-            let state = |kind, backends: &Vec<BackendRef>, local_only, source_ranges: &[Ipv4Network]| FrontendState {
-                service: svc.key.clone(),
-                kind,
-                backends: backends.clone(),
-                affinity_timeout,
-                source_ranges: source_ranges.to_vec(),
-                local_only,
-            };
-
-            let cluster_backends = if svc.internal_traffic_local { &local } else { &all };
-            for &ip in &svc.cluster_ips {
-                insert(&mut out, svc, fe(ip, sp.port, sp.protocol, Scope::Default), state(FrontendKind::ClusterIp, cluster_backends, false, &[]));
-            }
-
-            // External frontends: NodePorts on every node address, external
-            // IPs, load-balancer ingress IPs.
-            let mut external: Vec<(Ipv4Addr, u16, FrontendKind, &[Ipv4Network])> = Vec::new();
-            if matches!(svc.type_, ServiceType::NodePort | ServiceType::LoadBalancer)
-                && let Some(np) = sp.node_port
-            {
-                external.extend(node.addrs.iter().map(|&a| (a, np, FrontendKind::NodePort, &[][..])));
-            }
-            external.extend(svc.external_ips.iter().map(|&a| (a, sp.port, FrontendKind::ExternalIp, &[][..])));
-            if svc.type_ == ServiceType::LoadBalancer {
-                external.extend(
-                    svc.lb_ingress_ips.iter().map(|&a| (a, sp.port, FrontendKind::LoadBalancer, svc.lb_source_ranges.as_slice())),
-                );
-            }
-            for (addr, port, kind, ranges) in external {
-                if svc.external_traffic_local {
-                    insert(&mut out, svc, fe(addr, port, sp.protocol, Scope::Default), state(kind, &local, true, ranges));
-                    insert(&mut out, svc, fe(addr, port, sp.protocol, Scope::Internal), state(kind, &all, false, ranges));
-                } else {
-                    insert(&mut out, svc, fe(addr, port, sp.protocol, Scope::Default), state(kind, &all, false, ranges));
-                }
-            }
-        }
-        if svc.external_traffic_local
-            && let Some(port) = svc.health_check_node_port
-        {
-            out.health_checks.insert(port, (svc.key.clone(), local_endpoints.len()));
+        if let Some((port, local)) = share.health_check {
+            out.health_checks.insert(port, (svc.key.clone(), local));
         }
     }
     out
+}
+
+/// The desired frontends, kept up to date one Service at a time, so a
+/// change costs what that Service costs, whatever the number of Services.
+#[derive(Debug, Default)]
+pub struct DesiredLb {
+    pub frontends: BTreeMap<Frontend, FrontendState>,
+    shares: BTreeMap<ObjectKey, Share>,
+    /// Services that lost a frontend to another Service, re-planned when
+    /// the frontend frees up.
+    waiting: BTreeMap<Frontend, BTreeSet<ObjectKey>>,
+}
+
+#[derive(Debug, Default)]
+struct Share {
+    frontends: Vec<Frontend>,
+    health_check: Option<(u16, usize)>,
+    problems: Vec<Problem>,
+}
+
+impl DesiredLb {
+    /// Re-plans the `dirty` Services; returns every frontend whose desired
+    /// state may have changed (added, changed or removed).
+    pub fn update<'a>(
+        &mut self,
+        mut dirty: BTreeSet<ObjectKey>,
+        service: impl Fn(&str) -> Option<&'a ServiceInfo>,
+        slices_of: impl Fn(&str) -> Vec<&'a EndpointSliceInfo>,
+        node: &LbNode,
+    ) -> BTreeSet<Frontend> {
+        let mut changed = BTreeSet::new();
+        while let Some(key) = dirty.pop_first() {
+            if let Some(old) = self.shares.remove(&key) {
+                for f in old.frontends {
+                    self.frontends.remove(&f);
+                    changed.insert(f);
+                    // Whoever waited for this frontend gets another chance.
+                    if let Some(waiters) = self.waiting.remove(&f) {
+                        dirty.extend(waiters.into_iter().filter(|w| *w != key));
+                    }
+                }
+            }
+            self.waiting.values_mut().for_each(|w| {
+                w.remove(&key);
+            });
+            let Some(svc) = service(&key) else { continue };
+            let plan = plan_service(svc, &slices_of(&key), node);
+            let mut share = Share { frontends: Vec::new(), health_check: plan.health_check, problems: plan.problems };
+            for (frontend, state) in plan.frontends {
+                match self.frontends.get(&frontend) {
+                    Some(existing) if existing.service != key => {
+                        share.problems.push(Problem {
+                            object: format!("Service/{key}"),
+                            message: format!(
+                                "{}:{}/{} is already used by Service/{}; skipped",
+                                frontend.addr,
+                                frontend.port,
+                                frontend.proto.name(),
+                                existing.service
+                            ),
+                        });
+                        self.waiting.entry(frontend).or_default().insert(key.clone());
+                    }
+                    _ => {
+                        self.frontends.insert(frontend, state);
+                        changed.insert(frontend);
+                        share.frontends.push(frontend);
+                    }
+                }
+            }
+            self.shares.insert(key, share);
+        }
+        self.waiting.retain(|_, w| !w.is_empty());
+        changed
+    }
+
+    pub fn health_checks(&self) -> BTreeMap<u16, (ObjectKey, usize)> {
+        self.shares
+            .iter()
+            .filter_map(|(k, s)| s.health_check.map(|(port, n)| (port, (k.clone(), n))))
+            .collect()
+    }
+
+    pub fn problems(&self) -> impl Iterator<Item = &Problem> {
+        self.shares.values().flat_map(|s| s.problems.iter())
+    }
 }
 
 fn fe(addr: Ipv4Addr, port: u16, proto: Protocol, scope: Scope) -> Frontend {
@@ -162,6 +273,7 @@ fn fe(addr: Ipv4Addr, port: u16, proto: Protocol, scope: Scope) -> Frontend {
 }
 
 /// Two Services may not claim one frontend: the first (by name) keeps it.
+#[cfg(test)]
 fn insert(out: &mut LbPlan, svc: &ServiceInfo, frontend: Frontend, state: FrontendState) {
     match out.frontends.get(&frontend) {
         Some(existing) if existing.service != svc.key => out.problems.push(Problem {

@@ -135,7 +135,7 @@ mod tests {
 
     fn index(nodes: Vec<crate::model::NodeInfo>) -> ClusterIndex {
         let mut idx = ClusterIndex::default();
-        idx.nodes.reset(nodes);
+        idx.nodes.change(crate::model::index::Change::Relisted(nodes));
         idx
     }
 

@@ -19,16 +19,7 @@ use crate::model::{
     service::{EndpointSliceInfo, ServiceInfo},
 };
 
-/// A change to one kind of object.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Change<T> {
-    Applied(T),
-    /// Deleted, by name (`namespace/name` for namespaced kinds).
-    Deleted(String),
-    /// A complete list (initial list or relist): replaces everything of the
-    /// kind, and marks the kind as synced.
-    Relisted(Vec<T>),
-}
+pub use crate::model::index::Change;
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum Update {

@@ -213,3 +213,31 @@ fn every_fault_leaves_consistent_maps_and_recovers() {
     // second over first: 2 backends, 1 rev-NAT, slots and counts, deletes.
     assert!(faults_injected >= 8, "only {faults_injected} fault positions exercised");
 }
+
+#[test]
+fn apply_changed_touches_only_the_changed_frontends() {
+    let mut maps = FakeLbMaps::default();
+    let mut p = LbProgrammer::default();
+    let mut want = BTreeMap::new();
+    for i in 0..50u16 {
+        want.insert(fe("10.96.1.1", 1000 + i), state("ns/x", &[("10.244.1.5", 8080)]));
+    }
+    p.apply(&want, true, &mut maps);
+    let before = maps.ops;
+
+    let moved = fe("10.96.1.1", 1007);
+    let gone = fe("10.96.1.1", 1008);
+    want.insert(moved, state("ns/x", &[("10.244.2.5", 8080)]));
+    want.remove(&gone);
+    let changed: BTreeSet<Frontend> = [moved, gone].into_iter().collect();
+    let r = p.apply_changed(&want, &changed, &mut maps);
+    assert!(r.errors.is_empty(), "{r:?}");
+    assert_eq!(r.frontends_deleted, 1);
+    // backend + slot 1 + slot 0 for `moved`; slot 0 + slot 1 for `gone`.
+    assert_eq!(maps.ops - before, 5);
+    check_consistent(&maps.maps).unwrap();
+    // Same result as a full pass over the same desired state.
+    let mut reference = FakeLbMaps::default();
+    LbProgrammer::default().apply(&want, true, &mut reference);
+    assert_eq!(resolve(&maps.maps), resolve(&reference.maps));
+}

@@ -173,3 +173,58 @@ fn conflicting_frontends_keep_the_first_and_report_the_second() {
     assert_eq!(p.problems.len(), 1);
     assert_eq!(p.problems[0].object, "Service/ns/b");
 }
+
+/// The incremental plan equals the whole plan after any sequence of changes.
+#[test]
+fn incremental_plan_matches_full_plan() {
+    let mut services: BTreeMap<String, ServiceInfo> = BTreeMap::new();
+    let mut slices: BTreeMap<String, EndpointSliceInfo> = BTreeMap::new();
+    let mut desired = DesiredLb::default();
+    let node = node();
+
+    let check = |desired: &DesiredLb, services: &BTreeMap<String, ServiceInfo>, slices: &BTreeMap<String, EndpointSliceInfo>| {
+        let mut by_svc: BTreeMap<ObjectKey, Vec<&EndpointSliceInfo>> = BTreeMap::new();
+        for s in slices.values() {
+            by_svc.entry(s.service.clone()).or_default().push(s);
+        }
+        let full = plan(services.values(), &by_svc, &node);
+        assert_eq!(desired.frontends, full.frontends);
+        assert_eq!(desired.health_checks(), full.health_checks);
+    };
+    let step = |desired: &mut DesiredLb, services: &BTreeMap<String, ServiceInfo>, slices: &BTreeMap<String, EndpointSliceInfo>, dirty: &[&str]| {
+        let changed = desired.update(
+            dirty.iter().map(|s| s.to_string()).collect(),
+            |k| services.get(k),
+            |k| slices.values().filter(|s| s.service == k).collect(),
+            &node,
+        );
+        check(desired, services, slices);
+        changed
+    };
+
+    services.insert("ns/a".into(), service("ns/a", "10.96.0.10").port("", 80, Protocol::Tcp));
+    slices.insert("ns/a-1".into(), slice("ns/a-1", "ns/a").port("", 8080, Protocol::Tcp).ready("10.244.1.5", "n1"));
+    assert_eq!(step(&mut desired, &services, &slices, &["ns/a"]).len(), 1);
+
+    let mut b = service("ns/b", "10.96.0.11").port("", 53, Protocol::Udp);
+    b.external_ips = vec!["192.0.2.1".parse().unwrap()];
+    services.insert("ns/b".into(), b);
+    let changed = step(&mut desired, &services, &slices, &["ns/b"]);
+    assert_eq!(changed.len(), 2, "only b's frontends change");
+
+    // An endpoint change in a's slice touches a's frontend only.
+    slices.insert("ns/a-1".into(), slice("ns/a-1", "ns/a").port("", 8080, Protocol::Tcp).ready("10.244.1.6", "n1"));
+    let changed = step(&mut desired, &services, &slices, &["ns/a"]);
+    assert_eq!(changed.into_iter().map(|f| f.port).collect::<Vec<_>>(), [80]);
+
+    // c wants b's external IP:port: it waits, and gets it once b is gone.
+    let mut c = service("ns/c", "10.96.0.12").port("", 53, Protocol::Udp);
+    c.external_ips = vec!["192.0.2.1".parse().unwrap()];
+    services.insert("ns/c".into(), c);
+    step(&mut desired, &services, &slices, &["ns/c"]);
+    assert_eq!(desired.problems().count(), 1);
+    services.remove("ns/b");
+    step(&mut desired, &services, &slices, &["ns/b"]);
+    assert_eq!(desired.problems().count(), 0);
+    assert!(desired.frontends.values().any(|s| s.service == "ns/c" && s.kind == FrontendKind::ExternalIp));
+}
