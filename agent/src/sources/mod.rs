@@ -11,6 +11,8 @@
 pub mod convert;
 pub mod dir;
 pub mod kube;
+#[cfg(test)]
+mod rbac_tests;
 
 use std::path::PathBuf;
 
