@@ -1,0 +1,459 @@
+//! The network configuration on stdin (docs/contracts.md), decoded and
+//! validated into `NetConf` before the plugin touches anything.
+//!
+//! Fields are read one by one from the JSON object rather than through a serde
+//! derive so that every complaint names the key at fault and says what would
+//! be accepted.
+
+use std::path::PathBuf;
+
+use ipnetwork::Ipv4Network;
+use serde_json::{Map, Value};
+
+use crate::{
+    attachment::{Attachment, check_identifier},
+    error::CniError,
+    version::CniVersion,
+    veth::MAX_PREFIX_LEN,
+};
+
+pub const DEFAULT_MTU: u32 = 1500;
+pub const DEFAULT_DATA_DIR: &str = "/var/lib/cni/weir";
+pub const DEFAULT_RUN_DIR: &str = "/run/weir";
+pub const DEFAULT_VETH_PREFIX: &str = "weir";
+const MTU_RANGE: std::ops::RangeInclusive<u64> = 576..=65535;
+const POD_PREFIX_RANGE: std::ops::RangeInclusive<u8> = 16..=30;
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct NetConf {
+    pub cni_version: CniVersion,
+    /// Network name: the IPAM store lives in `<dataDir>/ipam/<name>/`.
+    pub name: String,
+    pub pod_cidr: Ipv4Network,
+    pub cluster_cidr: Ipv4Network,
+    pub mtu: u32,
+    pub data_dir: PathBuf,
+    pub run_dir: PathBuf,
+    pub bpf_pin_dir: Option<PathBuf>,
+    pub veth_prefix: String,
+    /// The previous plugin's (for weir-cni: the runtime's cached ADD) result;
+    /// only CHECK reads it, through `result::PrevResult`.
+    pub prev_result: Option<Value>,
+    /// `cni.dev/valid-attachments` (GC only).
+    pub valid_attachments: Option<Vec<Attachment>>,
+}
+
+/// Decodes stdin into a JSON object (code 6 when it is not one).
+pub fn decode(stdin: &[u8]) -> Result<Map<String, Value>, CniError> {
+    match serde_json::from_slice::<Value>(stdin) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(other) => Err(CniError::Decode {
+            reason: format!("expected a JSON object, got {}", json_kind(&other)),
+        }),
+        Err(e) if stdin.iter().all(u8::is_ascii_whitespace) => Err(CniError::Decode {
+            reason: format!("stdin is empty ({e})"),
+        }),
+        Err(e) => Err(CniError::Decode {
+            reason: e.to_string(),
+        }),
+    }
+}
+
+/// The `cniVersion` of a configuration, for answering in that version.
+pub fn requested_version(conf: &Map<String, Value>) -> Result<CniVersion, CniError> {
+    match conf.get("cniVersion") {
+        None | Some(Value::Null) => Err(CniError::invalid_config(
+            "cniVersion",
+            format!("is required (one of {})", CniVersion::supported_list()),
+        )),
+        Some(Value::String(v)) => {
+            CniVersion::parse(v).ok_or_else(|| CniError::IncompatibleVersion {
+                requested: v.clone(),
+            })
+        }
+        Some(other) => Err(CniError::invalid_config(
+            "cniVersion",
+            format!("must be a string, got {}", json_kind(other)),
+        )),
+    }
+}
+
+impl NetConf {
+    pub fn parse(conf: &Map<String, Value>) -> Result<Self, CniError> {
+        let cni_version = requested_version(conf)?;
+
+        let name =
+            string(conf, "name")?.ok_or_else(|| CniError::invalid_config("name", "is required"))?;
+        check_identifier(&name).map_err(|reason| CniError::invalid_config("name", reason))?;
+
+        let pod_cidr = cidr(conf, "podCIDR")?;
+        if !POD_PREFIX_RANGE.contains(&pod_cidr.prefix()) {
+            return Err(CniError::invalid_config(
+                "podCIDR",
+                format!(
+                    "prefix length of {pod_cidr} must be between /{} and /{}",
+                    POD_PREFIX_RANGE.start(),
+                    POD_PREFIX_RANGE.end()
+                ),
+            ));
+        }
+        let cluster_cidr = cidr(conf, "clusterCIDR")?;
+        if cluster_cidr.prefix() > pod_cidr.prefix() || !cluster_cidr.contains(pod_cidr.network()) {
+            return Err(CniError::invalid_config(
+                "clusterCIDR",
+                format!("{cluster_cidr} must contain podCIDR {pod_cidr}"),
+            ));
+        }
+
+        let mtu = match conf.get("mtu") {
+            None | Some(Value::Null) => DEFAULT_MTU,
+            Some(Value::Number(n)) if n.as_u64().is_some_and(|m| MTU_RANGE.contains(&m)) => n
+                .as_u64()
+                .and_then(|m| u32::try_from(m).ok())
+                .unwrap_or(DEFAULT_MTU),
+            Some(other) => {
+                return Err(CniError::invalid_config(
+                    "mtu",
+                    format!(
+                        "must be an integer between {} and {}, got {other}",
+                        MTU_RANGE.start(),
+                        MTU_RANGE.end()
+                    ),
+                ));
+            }
+        };
+
+        let data_dir = absolute_path(conf, "dataDir")?.unwrap_or_else(|| DEFAULT_DATA_DIR.into());
+        let run_dir = absolute_path(conf, "runDir")?.unwrap_or_else(|| DEFAULT_RUN_DIR.into());
+        let bpf_pin_dir = absolute_path(conf, "bpfPinDir")?;
+
+        let veth_prefix =
+            string(conf, "vethPrefix")?.unwrap_or_else(|| DEFAULT_VETH_PREFIX.to_string());
+        if veth_prefix.is_empty()
+            || veth_prefix.len() > MAX_PREFIX_LEN
+            || !veth_prefix
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(CniError::invalid_config(
+                "vethPrefix",
+                format!(
+                    "{veth_prefix:?} must be 1 to {MAX_PREFIX_LEN} letters, digits, '-' or '_' (host veth names are the prefix plus 11 hex digits, 15 characters at most)"
+                ),
+            ));
+        }
+
+        let prev_result = match conf.get("prevResult") {
+            None | Some(Value::Null) => None,
+            Some(v @ Value::Object(_)) => Some(v.clone()),
+            Some(other) => {
+                return Err(CniError::invalid_config(
+                    "prevResult",
+                    format!("must be an object, got {}", json_kind(other)),
+                ));
+            }
+        };
+
+        // libcni sends both spellings (the spec once used the second one).
+        let valid_attachments = match conf.get("cni.dev/valid-attachments") {
+            Some(v) if !v.is_null() => Some(attachments("cni.dev/valid-attachments", v)?),
+            _ => match conf.get("cni.dev/attachments") {
+                Some(v) if !v.is_null() => Some(attachments("cni.dev/attachments", v)?),
+                _ => None,
+            },
+        };
+
+        Ok(Self {
+            cni_version,
+            name,
+            pod_cidr,
+            cluster_cidr,
+            mtu,
+            data_dir,
+            run_dir,
+            bpf_pin_dir,
+            veth_prefix,
+            prev_result,
+            valid_attachments,
+        })
+    }
+
+    /// `<dataDir>/ipam/<network name>`.
+    pub fn ipam_dir(&self) -> PathBuf {
+        self.data_dir.join("ipam").join(&self.name)
+    }
+
+    /// `<runDir>/agent-ready`.
+    pub fn agent_ready_path(&self) -> PathBuf {
+        self.run_dir.join("agent-ready")
+    }
+}
+
+fn json_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+fn string(conf: &Map<String, Value>, key: &str) -> Result<Option<String>, CniError> {
+    match conf.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(other) => Err(CniError::invalid_config(
+            key,
+            format!("must be a string, got {}", json_kind(other)),
+        )),
+    }
+}
+
+fn cidr(conf: &Map<String, Value>, key: &str) -> Result<Ipv4Network, CniError> {
+    let raw = string(conf, key)?.ok_or_else(|| {
+        CniError::invalid_config(key, "is required (an IPv4 CIDR such as \"10.244.1.0/24\")")
+    })?;
+    let net: Ipv4Network = raw.parse().map_err(|e| {
+        CniError::invalid_config(
+            key,
+            format!("{raw:?} is not an IPv4 CIDR such as \"10.244.1.0/24\": {e}"),
+        )
+    })?;
+    if net.ip() != net.network() {
+        return Err(CniError::invalid_config(
+            key,
+            format!(
+                "{raw} has host bits set; did you mean {}/{}?",
+                net.network(),
+                net.prefix()
+            ),
+        ));
+    }
+    Ok(net)
+}
+
+fn absolute_path(conf: &Map<String, Value>, key: &str) -> Result<Option<PathBuf>, CniError> {
+    match string(conf, key)? {
+        None => Ok(None),
+        Some(p) if p.starts_with('/') => Ok(Some(PathBuf::from(p))),
+        Some(p) => Err(CniError::invalid_config(
+            key,
+            format!("{p:?} must be an absolute path"),
+        )),
+    }
+}
+
+fn attachments(key: &str, value: &Value) -> Result<Vec<Attachment>, CniError> {
+    let Value::Array(items) = value else {
+        return Err(CniError::invalid_config(
+            key,
+            format!(
+                "must be an array of {{\"containerID\", \"ifname\"}} objects, got {}",
+                json_kind(value)
+            ),
+        ));
+    };
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, item)| {
+            let field = |name: &str| match item.get(name) {
+                Some(Value::String(s)) if !s.is_empty() => Ok(s.clone()),
+                _ => Err(CniError::invalid_config(
+                    format!("{key}[{i}].{name}"),
+                    "must be a non-empty string",
+                )),
+            };
+            Ok(Attachment::new(field("containerID")?, field("ifname")?))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn parse(v: Value) -> Result<NetConf, CniError> {
+        NetConf::parse(v.as_object().unwrap())
+    }
+
+    fn base() -> Value {
+        json!({
+            "cniVersion": "1.1.0",
+            "name": "weir",
+            "type": "weir-cni",
+            "podCIDR": "10.244.1.0/24",
+            "clusterCIDR": "10.244.0.0/16",
+        })
+    }
+
+    fn with(key: &str, value: Value) -> Value {
+        let mut v = base();
+        v[key] = value;
+        v
+    }
+
+    fn without(key: &str) -> Value {
+        let mut v = base();
+        v.as_object_mut().unwrap().remove(key);
+        v
+    }
+
+    fn err(v: Value) -> (u32, String) {
+        let e = parse(v).unwrap_err();
+        (e.code(), e.to_string())
+    }
+
+    #[test]
+    fn contract_example_parses_with_defaults() {
+        let conf = parse(base()).unwrap();
+        assert_eq!(conf.cni_version, CniVersion::V1_1_0);
+        assert_eq!(conf.mtu, 1500);
+        assert_eq!(conf.data_dir, PathBuf::from("/var/lib/cni/weir"));
+        assert_eq!(conf.run_dir, PathBuf::from("/run/weir"));
+        assert_eq!(conf.bpf_pin_dir, None);
+        assert_eq!(conf.veth_prefix, "weir");
+        assert_eq!(
+            conf.ipam_dir(),
+            PathBuf::from("/var/lib/cni/weir/ipam/weir")
+        );
+        assert_eq!(
+            conf.agent_ready_path(),
+            PathBuf::from("/run/weir/agent-ready")
+        );
+    }
+
+    #[test]
+    fn all_fields_parse() {
+        let mut v = base();
+        v["mtu"] = json!(9000);
+        v["dataDir"] = json!("/tmp/d");
+        v["runDir"] = json!("/tmp/r");
+        v["bpfPinDir"] = json!("/sys/fs/bpf/weir");
+        v["vethPrefix"] = json!("wr");
+        v["runtimeConfig"] = json!({"portMappings": []});
+        v["args"] = json!({"cni": {"labels": []}});
+        v["prevResult"] = json!({"cniVersion": "1.1.0", "ips": []});
+        v["cni.dev/valid-attachments"] = json!([{"containerID": "c1", "ifname": "eth0"}]);
+        let conf = parse(v).unwrap();
+        assert_eq!(conf.mtu, 9000);
+        assert_eq!(conf.bpf_pin_dir, Some(PathBuf::from("/sys/fs/bpf/weir")));
+        assert_eq!(conf.veth_prefix, "wr");
+        assert!(conf.prev_result.is_some());
+        assert_eq!(
+            conf.valid_attachments,
+            Some(vec![Attachment::new("c1", "eth0")])
+        );
+    }
+
+    #[test]
+    fn legacy_attachments_key_is_accepted() {
+        let conf = parse(with("cni.dev/attachments", json!([]))).unwrap();
+        assert_eq!(conf.valid_attachments, Some(vec![]));
+    }
+
+    #[test]
+    fn version_errors() {
+        assert_eq!(err(with("cniVersion", json!("0.2.0"))).0, 1);
+        assert_eq!(err(with("cniVersion", json!("banana"))).0, 1);
+        assert_eq!(err(with("cniVersion", json!(1))).0, 7);
+        assert_eq!(err(without("cniVersion")).0, 7);
+        for v in CniVersion::SUPPORTED {
+            assert_eq!(
+                parse(with("cniVersion", json!(v.as_str())))
+                    .unwrap()
+                    .cni_version,
+                v
+            );
+        }
+    }
+
+    #[test]
+    fn required_fields() {
+        assert_eq!(
+            err(without("name")),
+            (7, "invalid network configuration: name: is required".into())
+        );
+        let (code, msg) = err(without("podCIDR"));
+        assert_eq!(code, 7);
+        assert!(
+            msg.starts_with("invalid network configuration: podCIDR: is required"),
+            "{msg}"
+        );
+        assert_eq!(err(without("clusterCIDR")).0, 7);
+    }
+
+    #[test]
+    fn cidr_errors_name_the_problem() {
+        let (code, msg) = err(with("podCIDR", json!("10.244.1.5/24")));
+        assert_eq!(code, 7);
+        assert!(msg.contains("did you mean 10.244.1.0/24?"), "{msg}");
+        assert_eq!(err(with("podCIDR", json!("fd00::/64"))).0, 7);
+        assert_eq!(err(with("podCIDR", json!("nonsense"))).0, 7);
+        let (_, msg) = err(with("podCIDR", json!("10.244.0.0/31")));
+        assert!(msg.contains("between /16 and /30"), "{msg}");
+        assert_eq!(err(with("podCIDR", json!("10.0.0.0/8"))).0, 7);
+        let (code, msg) = err(with("clusterCIDR", json!("10.245.0.0/16")));
+        assert_eq!(code, 7);
+        assert!(msg.contains("must contain podCIDR 10.244.1.0/24"), "{msg}");
+        // A cluster CIDR smaller than the pod CIDR cannot contain it.
+        let mut v = with("podCIDR", json!("10.244.0.0/16"));
+        v["clusterCIDR"] = json!("10.244.0.0/24");
+        assert_eq!(err(v).0, 7);
+    }
+
+    #[test]
+    fn mtu_range() {
+        assert_eq!(parse(with("mtu", json!(576))).unwrap().mtu, 576);
+        assert_eq!(parse(with("mtu", json!(65535))).unwrap().mtu, 65535);
+        assert_eq!(err(with("mtu", json!(575))).0, 7);
+        assert_eq!(err(with("mtu", json!(65536))).0, 7);
+        assert_eq!(err(with("mtu", json!(-1))).0, 7);
+        assert_eq!(err(with("mtu", json!(1500.5))).0, 7);
+        let (_, msg) = err(with("mtu", json!("1500")));
+        assert_eq!(
+            msg,
+            "invalid network configuration: mtu: must be an integer between 576 and 65535, got \"1500\""
+        );
+    }
+
+    #[test]
+    fn paths_and_prefix() {
+        assert_eq!(err(with("dataDir", json!("var/lib"))).0, 7);
+        assert_eq!(err(with("runDir", json!(""))).0, 7);
+        assert_eq!(err(with("bpfPinDir", json!(5))).0, 7);
+        assert_eq!(err(with("vethPrefix", json!("weird"))).0, 7);
+        assert_eq!(err(with("vethPrefix", json!(""))).0, 7);
+        assert_eq!(err(with("vethPrefix", json!("w/x"))).0, 7);
+        assert_eq!(err(with("name", json!("../etc"))).0, 7);
+    }
+
+    #[test]
+    fn attachment_list_and_prev_result_shapes() {
+        let (code, msg) = err(with(
+            "cni.dev/valid-attachments",
+            json!([{"containerID": "c1"}]),
+        ));
+        assert_eq!(code, 7);
+        assert!(msg.contains("cni.dev/valid-attachments[0].ifname"), "{msg}");
+        assert_eq!(err(with("cni.dev/valid-attachments", json!({}))).0, 7);
+        assert_eq!(err(with("prevResult", json!([]))).0, 7);
+    }
+
+    #[test]
+    fn decode_failures_are_code_6() {
+        assert_eq!(decode(b"").unwrap_err().code(), 6);
+        assert_eq!(decode(b"{not json").unwrap_err().code(), 6);
+        let e = decode(b"[1]").unwrap_err();
+        assert_eq!(e.code(), 6);
+        assert!(
+            e.to_string()
+                .contains("expected a JSON object, got an array"),
+            "{e}"
+        );
+        assert!(decode(b" {} ").is_ok());
+    }
+}

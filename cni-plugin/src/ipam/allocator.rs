@@ -1,0 +1,341 @@
+//! Allocation policy: round-robin over `.2 ..= broadcast-1` of the podCIDR,
+//! continuing after the last address handed out so that a just-released
+//! address is not given to the next pod (stale conntrack entries, ARP caches
+//! and endpoint lists elsewhere still point at it for a while).
+
+use std::{collections::HashSet, net::Ipv4Addr};
+
+use ipnetwork::Ipv4Network;
+
+use super::{IpamError, Reservation, Store};
+use crate::attachment::Attachment;
+
+/// The addresses of a podCIDR: the first host address is the gateway (held
+/// by every pod's host veth), pods get the rest up to the broadcast address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PodRange {
+    cidr: Ipv4Network,
+}
+
+impl PodRange {
+    /// `cidr` must have a prefix of /30 or shorter (the config enforces
+    /// 16..=30), so there is at least one pod address.
+    pub fn new(cidr: Ipv4Network) -> Self {
+        debug_assert!(cidr.prefix() <= 30);
+        Self { cidr }
+    }
+
+    pub fn cidr(&self) -> Ipv4Network {
+        self.cidr
+    }
+
+    pub fn gateway(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.cidr.network()) + 1)
+    }
+
+    fn first(&self) -> u32 {
+        u32::from(self.cidr.network()) + 2
+    }
+
+    fn last(&self) -> u32 {
+        u32::from(self.cidr.broadcast()) - 1
+    }
+
+    pub fn capacity(&self) -> u32 {
+        self.last() - self.first() + 1
+    }
+
+    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        (self.first()..=self.last()).contains(&u32::from(ip))
+    }
+
+    /// Every pod address, starting right after `cursor` and wrapping around.
+    fn candidates_after(&self, cursor: Option<Ipv4Addr>) -> impl Iterator<Item = Ipv4Addr> + use<> {
+        let first = self.first();
+        let capacity = self.capacity();
+        let start = match cursor {
+            Some(ip) if self.contains(ip) => u32::from(ip) - first + 1,
+            _ => 0,
+        };
+        (0..capacity).map(move |i| Ipv4Addr::from(first + (start + i) % capacity))
+    }
+}
+
+pub struct Allocator<S> {
+    range: PodRange,
+    store: S,
+}
+
+impl<S: Store> Allocator<S> {
+    pub fn new(range: PodRange, store: S) -> Self {
+        Self { range, store }
+    }
+
+    /// Reserves an address for `owner`. An attachment holds one address: a
+    /// second ADD without DEL is an error (as host-local does), since the
+    /// runtime must never do that and it means state went out of sync.
+    pub fn allocate(&self, owner: &Attachment) -> Result<Ipv4Addr, IpamError> {
+        self.store.locked(|store| {
+            let reservations = store.reservations()?;
+            if let Some(held) = reservations
+                .iter()
+                .find(|r| r.owner.as_ref() == Some(owner))
+            {
+                return Err(IpamError::AlreadyReserved {
+                    attachment: owner.clone(),
+                    ip: held.ip,
+                });
+            }
+            let taken: HashSet<Ipv4Addr> = reservations.iter().map(|r| r.ip).collect();
+            for ip in self.range.candidates_after(store.last_reserved()?) {
+                if !taken.contains(&ip) && store.reserve(ip, owner)? {
+                    store.set_last_reserved(ip)?;
+                    return Ok(ip);
+                }
+            }
+            Err(IpamError::Exhausted {
+                pod_cidr: self.range.cidr(),
+                capacity: self.range.capacity(),
+            })
+        })
+    }
+
+    /// `allocate`, returning a guard that gives the address back unless the
+    /// caller keeps it: a failed ADD must not leak its address.
+    pub fn lease(&self, owner: &Attachment) -> Result<Lease<'_, S>, IpamError> {
+        let ip = self.allocate(owner)?;
+        Ok(Lease {
+            allocator: self,
+            owner: owner.clone(),
+            ip,
+            armed: true,
+        })
+    }
+
+    /// The address `owner` holds, if any.
+    pub fn lookup(&self, owner: &Attachment) -> Result<Option<Ipv4Addr>, IpamError> {
+        self.store.locked(|store| {
+            Ok(store
+                .reservations()?
+                .into_iter()
+                .find(|r| r.owner.as_ref() == Some(owner))
+                .map(|r| r.ip))
+        })
+    }
+
+    /// Releases whatever `owner` holds; returns the released addresses
+    /// (empty when it held none, which is fine for an idempotent DEL).
+    pub fn release(&self, owner: &Attachment) -> Result<Vec<Ipv4Addr>, IpamError> {
+        self.store.locked(|store| {
+            let mut released = Vec::new();
+            for r in store.reservations()? {
+                if r.owner.as_ref() == Some(owner) {
+                    store.release(r.ip)?;
+                    released.push(r.ip);
+                }
+            }
+            Ok(released)
+        })
+    }
+
+    /// Releases `ip` if `owner` still holds it.
+    fn release_ip(&self, owner: &Attachment, ip: Ipv4Addr) -> Result<(), IpamError> {
+        self.store.locked(|store| {
+            let held = store
+                .reservations()?
+                .into_iter()
+                .any(|r| r.ip == ip && r.owner.as_ref() == Some(owner));
+            if held { store.release(ip) } else { Ok(()) }
+        })
+    }
+
+    /// GC: releases every reservation whose owner is not in `keep`
+    /// (unreadable records included). Returns what was released.
+    pub fn release_all_except(
+        &self,
+        keep: &HashSet<Attachment>,
+    ) -> Result<Vec<Reservation>, IpamError> {
+        self.store.locked(|store| {
+            let mut released = Vec::new();
+            for r in store.reservations()? {
+                if !r.owner.as_ref().is_some_and(|o| keep.contains(o)) {
+                    store.release(r.ip)?;
+                    released.push(r);
+                }
+            }
+            Ok(released)
+        })
+    }
+}
+
+/// An address reserved by a still-running ADD. Dropped without `keep`, it
+/// releases the address.
+pub struct Lease<'a, S: Store> {
+    allocator: &'a Allocator<S>,
+    owner: Attachment,
+    ip: Ipv4Addr,
+    armed: bool,
+}
+
+impl<S: Store> Lease<'_, S> {
+    pub fn ip(&self) -> Ipv4Addr {
+        self.ip
+    }
+
+    /// ADD succeeded: the address stays reserved until DEL or GC.
+    pub fn keep(mut self) -> Ipv4Addr {
+        self.armed = false;
+        self.ip
+    }
+
+    /// Gives the address back now, reporting failure to the caller.
+    pub fn release(mut self) -> Result<(), IpamError> {
+        self.armed = false;
+        self.allocator.release_ip(&self.owner, self.ip)
+    }
+}
+
+impl<S: Store> Drop for Lease<'_, S> {
+    fn drop(&mut self) {
+        if self.armed
+            && let Err(e) = self.allocator.release_ip(&self.owner, self.ip)
+        {
+            crate::log::warn(format_args!("releasing {} of {}: {e}", self.ip, self.owner));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ipam::memory_store::MemoryStore;
+
+    fn allocator(cidr: &str) -> Allocator<MemoryStore> {
+        Allocator::new(PodRange::new(cidr.parse().unwrap()), MemoryStore::default())
+    }
+
+    fn owner(i: usize) -> Attachment {
+        Attachment::new(format!("c{i}"), "eth0")
+    }
+
+    fn ip(s: &str) -> Ipv4Addr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn range_layout() {
+        let r = PodRange::new("10.244.1.0/24".parse().unwrap());
+        assert_eq!(r.gateway(), ip("10.244.1.1"));
+        assert_eq!(r.capacity(), 253);
+        assert!(!r.contains(ip("10.244.1.1")));
+        assert!(r.contains(ip("10.244.1.2")));
+        assert!(r.contains(ip("10.244.1.254")));
+        assert!(!r.contains(ip("10.244.1.255")));
+        let r30 = PodRange::new("10.0.0.4/30".parse().unwrap());
+        assert_eq!(r30.gateway(), ip("10.0.0.5"));
+        assert_eq!(r30.capacity(), 1);
+    }
+
+    #[test]
+    fn sequential_from_dot_two() {
+        let a = allocator("10.244.1.0/24");
+        assert_eq!(a.allocate(&owner(0)).unwrap(), ip("10.244.1.2"));
+        assert_eq!(a.allocate(&owner(1)).unwrap(), ip("10.244.1.3"));
+        assert_eq!(a.allocate(&owner(2)).unwrap(), ip("10.244.1.4"));
+    }
+
+    #[test]
+    fn released_address_is_not_reused_at_once() {
+        let a = allocator("10.244.1.0/24");
+        let first = a.allocate(&owner(0)).unwrap();
+        a.allocate(&owner(1)).unwrap();
+        assert_eq!(a.release(&owner(0)).unwrap(), vec![first]);
+        // The cursor moves on instead of handing .2 back.
+        assert_eq!(a.allocate(&owner(2)).unwrap(), ip("10.244.1.4"));
+    }
+
+    #[test]
+    fn round_robin_wraps_to_freed_addresses() {
+        let a = allocator("10.0.0.0/29"); // pods .2 ..= .6
+        for i in 0..5 {
+            a.allocate(&owner(i)).unwrap();
+        }
+        a.release(&owner(1)).unwrap(); // frees .3
+        assert_eq!(a.allocate(&owner(9)).unwrap(), ip("10.0.0.3"));
+    }
+
+    #[test]
+    fn exhaustion_names_the_pod_cidr() {
+        let a = allocator("10.0.0.0/29");
+        for i in 0..5 {
+            a.allocate(&owner(i)).unwrap();
+        }
+        let err = a.allocate(&owner(5)).unwrap_err();
+        assert!(matches!(err, IpamError::Exhausted { capacity: 5, .. }));
+        assert!(err.to_string().contains("podCIDR 10.0.0.0/29"), "{err}");
+    }
+
+    #[test]
+    fn second_allocation_for_same_attachment_is_refused() {
+        let a = allocator("10.244.1.0/24");
+        let held = a.allocate(&owner(0)).unwrap();
+        match a.allocate(&owner(0)).unwrap_err() {
+            IpamError::AlreadyReserved { ip, .. } => assert_eq!(ip, held),
+            other => panic!("unexpected {other}"),
+        }
+        // Same container, another interface: a different attachment.
+        assert_ne!(a.allocate(&Attachment::new("c0", "net1")).unwrap(), held);
+    }
+
+    #[test]
+    fn release_and_lookup() {
+        let a = allocator("10.244.1.0/24");
+        let held = a.allocate(&owner(0)).unwrap();
+        assert_eq!(a.lookup(&owner(0)).unwrap(), Some(held));
+        assert_eq!(a.release(&owner(0)).unwrap(), vec![held]);
+        assert_eq!(a.lookup(&owner(0)).unwrap(), None);
+        // Idempotent.
+        assert!(a.release(&owner(0)).unwrap().is_empty());
+    }
+
+    #[test]
+    fn cursor_outside_range_restarts_at_first() {
+        let a = allocator("10.244.1.0/24");
+        a.store.set_last_reserved(ip("192.168.0.9")).unwrap();
+        assert_eq!(a.allocate(&owner(0)).unwrap(), ip("10.244.1.2"));
+    }
+
+    #[test]
+    fn lease_releases_unless_kept() {
+        let a = allocator("10.244.1.0/24");
+        let ip_dropped = {
+            let lease = a.lease(&owner(0)).unwrap();
+            lease.ip()
+        };
+        assert_eq!(
+            a.lookup(&owner(0)).unwrap(),
+            None,
+            "{ip_dropped} should be released"
+        );
+        let kept = a.lease(&owner(1)).unwrap().keep();
+        assert_eq!(a.lookup(&owner(1)).unwrap(), Some(kept));
+        let lease = a.lease(&owner(2)).unwrap();
+        lease.release().unwrap();
+        assert_eq!(a.lookup(&owner(2)).unwrap(), None);
+    }
+
+    #[test]
+    fn gc_releases_everything_not_kept() {
+        let a = allocator("10.244.1.0/24");
+        for i in 0..4 {
+            a.allocate(&owner(i)).unwrap();
+        }
+        let keep: HashSet<_> = [owner(1), owner(3)].into_iter().collect();
+        let released = a.release_all_except(&keep).unwrap();
+        let mut gone: Vec<_> = released.iter().map(|r| r.owner.clone().unwrap()).collect();
+        gone.sort();
+        assert_eq!(gone, vec![owner(0), owner(2)]);
+        assert!(a.lookup(&owner(1)).unwrap().is_some());
+        assert!(a.lookup(&owner(0)).unwrap().is_none());
+    }
+}

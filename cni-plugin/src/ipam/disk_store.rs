@@ -1,0 +1,398 @@
+//! Reservations on disk, compatible in spirit with host-local:
+//!
+//! ```text
+//! <dataDir>/ipam/<network>/10.244.1.7        "containerID\nifname"
+//! <dataDir>/ipam/<network>/last_reserved_ip  round-robin cursor
+//! <dataDir>/ipam/<network>/lock              flock()ed around every change
+//! ```
+//!
+//! Writes are crash-safe: a record is written and synced under a temporary
+//! name, then hard-linked to its final name (atomic, and fails if the name
+//! exists), so a reader never sees a half-written record; the cursor is
+//! replaced by rename.
+
+use std::{
+    fs::{self, File, OpenOptions},
+    io::{self, Write},
+    net::Ipv4Addr,
+    os::unix::fs::OpenOptionsExt,
+    path::{Path, PathBuf},
+};
+
+use nix::{
+    errno::Errno,
+    fcntl::{Flock, FlockArg},
+};
+
+use super::{IpamError, Reservation, Store};
+use crate::attachment::Attachment;
+
+const LOCK_FILE: &str = "lock";
+const CURSOR_FILE: &str = "last_reserved_ip";
+
+pub struct DiskStore {
+    dir: PathBuf,
+}
+
+impl DiskStore {
+    /// Uses `dir`, creating it if needed.
+    pub fn open(dir: &Path) -> Result<Self, IpamError> {
+        fs::create_dir_all(dir).map_err(|source| IpamError::Store {
+            path: dir.to_owned(),
+            op: "create directory",
+            source,
+        })?;
+        Ok(Self {
+            dir: dir.to_owned(),
+        })
+    }
+
+    fn err(&self, path: &Path, op: &'static str) -> impl FnOnce(io::Error) -> IpamError + use<> {
+        let path = path.to_owned();
+        move |source| IpamError::Store { path, op, source }
+    }
+
+    /// Writes `contents` to a temporary file next to `final_name` and syncs
+    /// it; the caller links or renames it into place.
+    fn write_temp(&self, final_name: &str, contents: &[u8]) -> Result<PathBuf, IpamError> {
+        let tmp = self.dir.join(format!(".{final_name}.tmp"));
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(self.err(&tmp, "create"))?;
+        file.write_all(contents).map_err(self.err(&tmp, "write"))?;
+        file.sync_all().map_err(self.err(&tmp, "fsync"))?;
+        Ok(tmp)
+    }
+
+    /// Makes directory entry changes durable.
+    fn sync_dir(&self) -> Result<(), IpamError> {
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(self.err(&self.dir, "fsync directory"))
+    }
+}
+
+/// Parses a record: `containerID`, newline, `ifname` (host-local writes
+/// `\r\n`; tolerate it and trailing whitespace).
+fn parse_record(contents: &str) -> Option<Attachment> {
+    let mut lines = contents.lines().map(str::trim);
+    let container_id = lines.next().filter(|s| !s.is_empty())?;
+    let ifname = lines.next().filter(|s| !s.is_empty())?;
+    Some(Attachment::new(container_id, ifname))
+}
+
+impl Store for DiskStore {
+    fn locked<T>(&self, f: impl FnOnce(&Self) -> Result<T, IpamError>) -> Result<T, IpamError> {
+        let path = self.dir.join(LOCK_FILE);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&path)
+            .map_err(self.err(&path, "open lock file"))?;
+        let mut file = file;
+        // Blocks until no other weir-cni process holds the lock.
+        let _lock = loop {
+            match Flock::lock(file, FlockArg::LockExclusive) {
+                Ok(lock) => break lock,
+                Err((f, Errno::EINTR)) => file = f,
+                Err((_, errno)) => {
+                    return Err(IpamError::Store {
+                        path,
+                        op: "flock",
+                        source: errno.into(),
+                    });
+                }
+            }
+        };
+        f(self)
+    }
+
+    fn reservations(&self) -> Result<Vec<Reservation>, IpamError> {
+        let mut found = Vec::new();
+        for entry in fs::read_dir(&self.dir).map_err(self.err(&self.dir, "list"))? {
+            let entry = entry.map_err(self.err(&self.dir, "list"))?;
+            let Some(ip) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<Ipv4Addr>().ok())
+            else {
+                continue;
+            };
+            let path = entry.path();
+            let owner = match fs::read_to_string(&path) {
+                Ok(contents) => parse_record(&contents),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => {
+                    return Err(IpamError::Store {
+                        path,
+                        op: "read",
+                        source: e,
+                    });
+                }
+            };
+            if owner.is_none() {
+                crate::log::warn(format_args!(
+                    "IPAM record {} is unreadable; keeping {ip} reserved until GC",
+                    path.display()
+                ));
+            }
+            found.push(Reservation { ip, owner });
+        }
+        found.sort_by_key(|r| r.ip);
+        Ok(found)
+    }
+
+    fn reserve(&self, ip: Ipv4Addr, owner: &Attachment) -> Result<bool, IpamError> {
+        let name = ip.to_string();
+        let record = format!("{}\n{}", owner.container_id, owner.ifname);
+        let tmp = self.write_temp(&name, record.as_bytes())?;
+        let path = self.dir.join(&name);
+        let linked = fs::hard_link(&tmp, &path);
+        let _ = fs::remove_file(&tmp);
+        match linked {
+            Ok(()) => {
+                self.sync_dir()?;
+                Ok(true)
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
+            Err(e) => Err(IpamError::Store {
+                path,
+                op: "create reservation",
+                source: e,
+            }),
+        }
+    }
+
+    fn release(&self, ip: Ipv4Addr) -> Result<(), IpamError> {
+        let path = self.dir.join(ip.to_string());
+        match fs::remove_file(&path) {
+            Ok(()) => self.sync_dir(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(IpamError::Store {
+                path,
+                op: "remove reservation",
+                source: e,
+            }),
+        }
+    }
+
+    fn last_reserved(&self) -> Result<Option<Ipv4Addr>, IpamError> {
+        let path = self.dir.join(CURSOR_FILE);
+        match fs::read_to_string(&path) {
+            // A damaged cursor only costs round-robin order: start over.
+            Ok(contents) => Ok(contents.trim().parse().ok()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(IpamError::Store {
+                path,
+                op: "read",
+                source: e,
+            }),
+        }
+    }
+
+    fn set_last_reserved(&self, ip: Ipv4Addr) -> Result<(), IpamError> {
+        let tmp = self.write_temp(CURSOR_FILE, ip.to_string().as_bytes())?;
+        let path = self.dir.join(CURSOR_FILE);
+        fs::rename(&tmp, &path).map_err(self.err(&path, "replace cursor"))?;
+        self.sync_dir()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        collections::HashSet,
+        process::{Command, Stdio},
+        sync::Arc,
+        thread,
+    };
+
+    use super::*;
+    use crate::ipam::{Allocator, PodRange};
+
+    const CHILD_DIR_ENV: &str = "WEIR_CNI_TEST_IPAM_DIR";
+    const CHILD_ID_ENV: &str = "WEIR_CNI_TEST_IPAM_CHILD";
+    const PER_CHILD: usize = 5;
+
+    fn allocator(dir: &Path) -> Allocator<DiskStore> {
+        Allocator::new(
+            PodRange::new("10.244.1.0/24".parse().unwrap()),
+            DiskStore::open(dir).unwrap(),
+        )
+    }
+
+    #[test]
+    fn records_have_the_contract_layout() {
+        let tmp = tempfile::tempdir().unwrap();
+        let a = allocator(tmp.path());
+        let ip = a.allocate(&Attachment::new("abc", "eth0")).unwrap();
+        assert_eq!(ip, Ipv4Addr::new(10, 244, 1, 2));
+        assert_eq!(
+            fs::read_to_string(tmp.path().join("10.244.1.2")).unwrap(),
+            "abc\neth0"
+        );
+        assert_eq!(
+            fs::read_to_string(tmp.path().join("last_reserved_ip")).unwrap(),
+            "10.244.1.2"
+        );
+        assert!(tmp.path().join("lock").exists());
+        // No temporary files left behind.
+        let names: HashSet<String> = fs::read_dir(tmp.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(
+            names,
+            ["10.244.1.2", "last_reserved_ip", "lock"]
+                .map(String::from)
+                .into()
+        );
+    }
+
+    #[test]
+    fn state_survives_reopening_and_release_deletes_the_record() {
+        let tmp = tempfile::tempdir().unwrap();
+        let owner = Attachment::new("abc", "eth0");
+        let ip = allocator(tmp.path()).allocate(&owner).unwrap();
+        let again = allocator(tmp.path());
+        assert_eq!(again.lookup(&owner).unwrap(), Some(ip));
+        // The cursor persisted too: the next pod does not get .2 back.
+        again.release(&owner).unwrap();
+        assert!(!tmp.path().join(ip.to_string()).exists());
+        assert_eq!(
+            again.allocate(&Attachment::new("def", "eth0")).unwrap(),
+            Ipv4Addr::new(10, 244, 1, 3)
+        );
+    }
+
+    #[test]
+    fn host_local_style_and_damaged_records() {
+        let tmp = tempfile::tempdir().unwrap();
+        fs::write(tmp.path().join("10.244.1.2"), "abc\r\neth0").unwrap();
+        fs::write(tmp.path().join("10.244.1.3"), "").unwrap();
+        fs::write(tmp.path().join("last_reserved_ip"), "garbage").unwrap();
+        let a = allocator(tmp.path());
+        assert_eq!(
+            a.lookup(&Attachment::new("abc", "eth0")).unwrap(),
+            Some(Ipv4Addr::new(10, 244, 1, 2))
+        );
+        // The unreadable record still blocks its address.
+        assert_eq!(
+            a.allocate(&Attachment::new("x", "eth0")).unwrap(),
+            Ipv4Addr::new(10, 244, 1, 4)
+        );
+        // GC with nothing valid removes both, unreadable included.
+        let released = a.release_all_except(&HashSet::new()).unwrap();
+        assert_eq!(released.len(), 3);
+        assert!(released.iter().any(|r| r.owner.is_none()));
+    }
+
+    #[test]
+    fn unwritable_store_reports_path() {
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("not-a-dir");
+        fs::write(&file, "").unwrap();
+        let err = DiskStore::open(&file.join("ipam")).err().unwrap();
+        assert!(err.to_string().contains("not-a-dir"), "{err}");
+    }
+
+    #[test]
+    fn concurrent_threads_get_distinct_addresses() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = Arc::new(tmp.path().to_owned());
+        let handles: Vec<_> = (0..50)
+            .map(|i| {
+                let dir = dir.clone();
+                // Each thread opens its own store (and lock file description),
+                // as separate plugin processes would.
+                thread::spawn(move || {
+                    allocator(&dir).allocate(&Attachment::new(format!("t{i}"), "eth0"))
+                })
+            })
+            .collect();
+        let ips: HashSet<Ipv4Addr> = handles
+            .into_iter()
+            .map(|h| h.join().unwrap().unwrap())
+            .collect();
+        assert_eq!(ips.len(), 50);
+        assert_eq!(
+            allocator(&dir)
+                .release_all_except(&HashSet::new())
+                .unwrap()
+                .len(),
+            50
+        );
+    }
+
+    #[test]
+    fn concurrent_processes_get_distinct_addresses() {
+        let tmp = tempfile::tempdir().unwrap();
+        let exe = std::env::current_exe().unwrap();
+        // Spawn every child before waiting on any, so they really race.
+        let mut running: Vec<_> = (0..10)
+            .map(|i| {
+                Command::new(&exe)
+                    .args([
+                        "--exact",
+                        "ipam::disk_store::tests::child_process_allocates",
+                        "--ignored",
+                    ])
+                    .args(["--test-threads", "1", "--quiet"])
+                    .env(CHILD_DIR_ENV, tmp.path())
+                    .env(CHILD_ID_ENV, i.to_string())
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        for child in running.drain(..) {
+            let out = child.wait_with_output().unwrap();
+            assert!(
+                out.status.success(),
+                "child failed: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let reservations = DiskStore::open(tmp.path())
+            .unwrap()
+            .locked(|s| s.reservations())
+            .unwrap();
+        let owners: HashSet<_> = reservations
+            .iter()
+            .map(|r| r.owner.clone().unwrap())
+            .collect();
+        let ips: HashSet<_> = reservations.iter().map(|r| r.ip).collect();
+        assert_eq!(reservations.len(), 10 * PER_CHILD);
+        assert_eq!(owners.len(), 10 * PER_CHILD);
+        assert_eq!(ips.len(), 10 * PER_CHILD);
+    }
+
+    /// Not a test on its own: the body of each child process of
+    /// `concurrent_processes_get_distinct_addresses`, which passes the store
+    /// directory in the environment.
+    #[test]
+    #[ignore = "helper run by concurrent_processes_get_distinct_addresses"]
+    fn child_process_allocates() {
+        let (Some(dir), Some(id)) = (
+            std::env::var_os(CHILD_DIR_ENV),
+            std::env::var_os(CHILD_ID_ENV),
+        ) else {
+            return;
+        };
+        let id = id.into_string().unwrap();
+        for n in 0..PER_CHILD {
+            allocator(Path::new(&dir))
+                .allocate(&Attachment::new(format!("p{id}-{n}"), "eth0"))
+                .unwrap();
+        }
+    }
+}
