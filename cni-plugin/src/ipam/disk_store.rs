@@ -331,8 +331,23 @@ mod tests {
         );
     }
 
+    /// Runs in two roles: as the test, it starts 10 copies of the test
+    /// binary filtered to itself, with the store directory in the
+    /// environment; as such a copy, it allocates and exits.
     #[test]
     fn concurrent_processes_get_distinct_addresses() {
+        if let (Some(dir), Some(id)) = (
+            std::env::var_os(CHILD_DIR_ENV),
+            std::env::var_os(CHILD_ID_ENV),
+        ) {
+            let id = id.into_string().unwrap();
+            for n in 0..PER_CHILD {
+                allocator(Path::new(&dir))
+                    .allocate(&Attachment::new(format!("p{id}-{n}"), "eth0"))
+                    .unwrap();
+            }
+            return;
+        }
         let tmp = tempfile::tempdir().unwrap();
         let exe = std::env::current_exe().unwrap();
         // Spawn every child before waiting on any, so they really race.
@@ -341,8 +356,7 @@ mod tests {
                 Command::new(&exe)
                     .args([
                         "--exact",
-                        "ipam::disk_store::tests::child_process_allocates",
-                        "--ignored",
+                        "ipam::disk_store::tests::concurrent_processes_get_distinct_addresses",
                     ])
                     .args(["--test-threads", "1", "--quiet"])
                     .env(CHILD_DIR_ENV, tmp.path())
@@ -374,25 +388,5 @@ mod tests {
         assert_eq!(reservations.len(), 10 * PER_CHILD);
         assert_eq!(owners.len(), 10 * PER_CHILD);
         assert_eq!(ips.len(), 10 * PER_CHILD);
-    }
-
-    /// Not a test on its own: the body of each child process of
-    /// `concurrent_processes_get_distinct_addresses`, which passes the store
-    /// directory in the environment.
-    #[test]
-    #[ignore = "helper run by concurrent_processes_get_distinct_addresses"]
-    fn child_process_allocates() {
-        let (Some(dir), Some(id)) = (
-            std::env::var_os(CHILD_DIR_ENV),
-            std::env::var_os(CHILD_ID_ENV),
-        ) else {
-            return;
-        };
-        let id = id.into_string().unwrap();
-        for n in 0..PER_CHILD {
-            allocator(Path::new(&dir))
-                .allocate(&Attachment::new(format!("p{id}-{n}"), "eth0"))
-                .unwrap();
-        }
     }
 }
