@@ -26,7 +26,8 @@ fn try_handle(ctx: &TcContext) -> Result<i32, DropReason> {
     };
     match lb::from_netdev(ctx, &flow)? {
         lb::Outcome::NotService => Ok(TC_ACT_OK as i32),
-        lb::Outcome::Translated => {
+        // Hairpin only arises for pods (from_pod).
+        lb::Outcome::Translated | lb::Outcome::Hairpin => {
             counters::count(DropReason::Passed);
             Ok(TC_ACT_OK as i32)
         }

@@ -37,14 +37,25 @@ fn try_handle(ctx: &TcContext) -> Result<i32, DropReason> {
     }
     // A backend pod answering a translated flow: the client sees the
     // frontend.
-    if lb::reverse(ctx, &flow)? {
-        counters::count(DropReason::Passed);
-        return Ok(TC_ACT_OK as i32);
+    match lb::reverse(ctx, &flow)? {
+        lb::Reversed::No => {}
+        lb::Reversed::Yes => {
+            counters::count(DropReason::Passed);
+            return Ok(TC_ACT_OK as i32);
+        }
+        lb::Reversed::Hairpin => {
+            counters::count(DropReason::Passed);
+            return Ok(packet::back_out(ctx, ifindex));
+        }
     }
     match lb::from_pod(ctx, &flow)? {
         lb::Outcome::NotService | lb::Outcome::Translated => {
             counters::count(DropReason::Passed);
             Ok(TC_ACT_OK as i32)
+        }
+        lb::Outcome::Hairpin => {
+            counters::count(DropReason::Passed);
+            Ok(packet::back_out(ctx, ifindex))
         }
         lb::Outcome::NoBackend { frontend_addr } => {
             counters::count(DropReason::NoBackend);

@@ -65,6 +65,10 @@ pub enum Outcome {
     NotService,
     /// DNATed to a backend.
     Translated,
+    /// Translated back to the pod it came from: the caller sends it back out
+    /// of the same veth (routing would drop it: its source is now an address
+    /// of the node).
+    Hairpin,
     /// A Service with no usable backend: the caller rejects the packet.
     NoBackend { frontend_addr: u32 },
 }
@@ -117,6 +121,7 @@ pub fn from_pod(ctx: &TcContext, flow: &Flow) -> Result<Outcome, DropReason> {
         nat::dnat(ctx, flow, b.addr, b.port)?;
         if ct.flags & CtEntry::FLAG_HAIRPIN != 0 {
             nat::snat(ctx, flow, ct.nat_addr, ct.nat_port)?;
+            return Ok(Outcome::Hairpin);
         }
         return Ok(Outcome::Translated);
     }
@@ -145,7 +150,7 @@ pub fn from_pod(ctx: &TcContext, flow: &Flow) -> Result<Outcome, DropReason> {
         conntrack::create_pair(&ct_key, &entry, &reply, &reply_entry);
         nat::dnat(ctx, flow, b.addr, b.port)?;
         nat::snat(ctx, flow, gateway, flow.sport)?;
-        return Ok(Outcome::Translated);
+        return Ok(Outcome::Hairpin);
     }
     conntrack::create(&ct_key, &conntrack::reply_key(flow, b.addr, b.port), &entry);
     nat::dnat(ctx, flow, b.addr, b.port)?;
@@ -181,30 +186,39 @@ fn rev_nat(id: u16) -> Option<RevNat> {
     unsafe { WEIR_REVNAT.get(&id) }.copied()
 }
 
+pub enum Reversed {
+    No,
+    Yes,
+    /// A hairpinned flow's reply: back into the pod it came from.
+    Hairpin,
+}
+
 /// Reply of a translated flow that was not source-translated (pod clients,
 /// and external clients of local backends): put the frontend back as the
 /// source. Runs where replies pass: leaving a backend pod, and entering the
 /// client pod.
 #[inline(always)]
-pub fn reverse(ctx: &TcContext, flow: &Flow) -> Result<bool, DropReason> {
+pub fn reverse(ctx: &TcContext, flow: &Flow) -> Result<Reversed, DropReason> {
     if !flow.has_ports() {
-        return Ok(false);
+        return Ok(Reversed::No);
     }
     let Some(ct) = conntrack::lookup(&conntrack::as_reply(flow)) else {
-        return Ok(false);
+        return Ok(Reversed::No);
     };
     if ct.flags & CtEntry::FLAG_SNAT != 0 {
-        return Ok(false);
+        return Ok(Reversed::No);
     }
     let Some(rn) = rev_nat(ct.rev_nat_id) else {
-        return Ok(false);
+        return Ok(Reversed::No);
     };
     if ct.flags & CtEntry::FLAG_HAIRPIN != 0 {
         // Back to the pod itself, from the frontend.
         nat::dnat(ctx, flow, ct.nat_addr, ct.nat_port)?;
+        nat::snat(ctx, flow, rn.addr, rn.port)?;
+        return Ok(Reversed::Hairpin);
     }
     nat::snat(ctx, flow, rn.addr, rn.port)?;
-    Ok(true)
+    Ok(Reversed::Yes)
 }
 
 /// Traffic entering the node from its uplink: replies of flows this node

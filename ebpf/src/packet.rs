@@ -1,6 +1,6 @@
 //! Header parsing shared by the programs. Loads go through
 //! bpf_skb_load_bytes, so no packet-pointer bounds dance is needed.
-use aya_ebpf::programs::TcContext;
+use aya_ebpf::{bindings::TC_ACT_SHOT, helpers::bpf_redirect, programs::TcContext};
 use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 use weir_common::{
     DropReason,
@@ -74,4 +74,17 @@ pub fn parse(ctx: &TcContext) -> Result<Option<Flow>, DropReason> {
         flow.l4_off = l4_off;
     }
     Ok(Some(flow))
+}
+
+/// Sends the packet back out of the interface it arrived on (into the pod
+/// behind a host veth), with the MAC addresses swapped as a router would.
+#[inline(always)]
+pub fn back_out(ctx: &TcContext, ifindex: u32) -> i32 {
+    let Ok(eth) = ctx.load::<EthHdr>(0) else { return TC_ACT_SHOT as i32 };
+    let swapped = EthHdr { dst_addr: eth.src_addr, src_addr: eth.dst_addr, ether_type: eth.ether_type };
+    if ctx.store(0, &swapped, 0).is_err() {
+        return TC_ACT_SHOT as i32;
+    }
+    // Safety: plain helper call.
+    unsafe { bpf_redirect(ifindex, 0) as i32 }
 }

@@ -231,11 +231,19 @@ fn hairpin_pod_reaches_itself_through_its_service() {
     }
     program(&mut t, Protocol::Tcp, &[(CLIENT, 8080)], 0);
 
-    // Out: to itself, from the gateway (a pod drops its own address as source).
-    let p = parse(&run(&t, pin::PROG_FROM_POD, &packet(6, CLIENT, 40000, VIP, 80)).1);
+    // Out: to itself, from the gateway (a pod drops its own address as
+    // source), sent straight back out of its veth (routing would drop a
+    // packet whose source is the node's own gateway address).
+    let syn = packet(6, CLIENT, 40000, VIP, 80);
+    let (rc, out) = run(&t, pin::PROG_FROM_POD, &syn);
+    assert_eq!(rc, TC_ACT_REDIRECT);
+    assert_eq!((&out[0..6], &out[6..12]), (&syn[6..12], &syn[0..6]), "MACs swapped");
+    let p = parse(&out);
     assert_eq!((p.src, p.sport, p.dst, p.dport), (gateway, 40000, CLIENT, 8080));
-    // Its reply to the gateway leaves the pod and becomes VIP -> pod.
-    let p = parse(&run(&t, pin::PROG_FROM_POD, &packet(6, CLIENT, 8080, gateway, 40000)).1);
+    // Its reply to the gateway leaves the pod and goes back in as VIP -> pod.
+    let (rc, out) = run(&t, pin::PROG_FROM_POD, &packet(6, CLIENT, 8080, gateway, 40000));
+    assert_eq!(rc, TC_ACT_REDIRECT);
+    let p = parse(&out);
     assert_eq!((p.src, p.sport, p.dst, p.dport), (VIP, 80, CLIENT, 40000));
     // Later packets of the flow keep both translations.
     let p = parse(&run(&t, pin::PROG_FROM_POD, &packet(6, CLIENT, 40000, VIP, 80)).1);
