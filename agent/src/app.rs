@@ -9,16 +9,18 @@ use tracing::{error, info, info_span, warn};
 use crate::{
     config::AgentConfig,
     datapath::{Datapath, lb_maps::LbMaps as _, lb_programmer::LbProgrammer},
-    model::{ClusterIndex, NodePlan, cni_conf, lb, plan, service::ObjectKey},
+    model::{ClusterIndex, NodePlan, cni_conf, lb, plan},
+    services::ServiceSync,
     node::{files, masquerade, routes::Routes, sysctl},
     sources::{self, SourceSpec, Update},
 };
 
 pub const READY_FILE: &str = "agent-ready";
 
-pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
+pub async fn run(mut config: AgentConfig) -> anyhow::Result<()> {
     let span = info_span!("agent", node = %config.plan.node_name);
     let _enter = span.enter();
+    settle_cni_chain(&mut config);
 
     // Node prerequisites first: nothing below works without them.
     sysctl::enable_forwarding().context("enabling IPv4 forwarding")?;
@@ -76,6 +78,41 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Asks the chained plugins which cniVersions they speak and writes the
+/// highest common one; a missing portmap is dropped from the chain (hostPort
+/// then does not work, which is said loudly).
+fn settle_cni_chain(config: &mut AgentConfig) {
+    use crate::node::cni_versions;
+    let dirs = &config.cni_bin_dirs;
+    let mut lists = vec![match cni_versions::find(dirs, "weir-cni").map(|p| cni_versions::query(&p)) {
+        Some(Ok(v)) => v,
+        // Not installed yet (the init container races us) or unreadable:
+        // this release's own list.
+        _ => cni_versions::WEIR_CNI_VERSIONS.iter().map(|s| s.to_string()).collect(),
+    }];
+    if config.plan.cni.chain_portmap {
+        match cni_versions::find(dirs, "portmap").map(|p| cni_versions::query(&p)) {
+            Some(Ok(v)) => lists.push(v),
+            Some(Err(e)) => {
+                warn!(error = %e, "portmap unusable: not chained, hostPort will not work");
+                config.plan.cni.chain_portmap = false;
+            }
+            None => {
+                warn!(dirs = ?dirs, "portmap not found: not chained, hostPort will not work");
+                config.plan.cni.chain_portmap = false;
+            }
+        }
+    }
+    match cni_versions::negotiate(&lists) {
+        Some(v) => config.plan.cni.cni_version = v,
+        None => {
+            warn!(?lists, "the chained plugins share no cniVersion with weir-cni: portmap not chained");
+            config.plan.cni.chain_portmap = false;
+        }
+    }
+    info!(cni_version = %config.plan.cni.cni_version, portmap = config.plan.cni.chain_portmap, "CNI chain settled");
+}
+
 async fn spawn_source(config: &AgentConfig, tx: mpsc::Sender<Update>) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     Ok(match &config.source {
         SourceSpec::Dir(dir) => {
@@ -96,19 +133,10 @@ async fn spawn_source(config: &AgentConfig, tx: mpsc::Sender<Update>) -> anyhow:
 struct Reconciler {
     config: AgentConfig,
     routes: Routes,
-    datapath: Datapath,
-    lb: LbProgrammer,
+    services: ServiceSync,
     index: ClusterIndex,
-    health: crate::node::health_check::HealthChecks,
-    /// Desired frontends, updated one Service at a time.
-    desired_lb: lb::DesiredLb,
-    /// The maps have been pruned against a complete desired state.
-    lb_pruned: bool,
-    /// What changed since the last reconcile.
+    /// The node plumbing must be looked at again.
     nodes_dirty: bool,
-    dirty_services: BTreeSet<ObjectKey>,
-    /// A map write failed: reprogram every desired frontend.
-    lb_retry: bool,
     /// The uplink the NodePort program is attached to, and the address.
     uplink: Option<(std::net::Ipv4Addr, std::net::Ipv4Addr, String)>,
     /// Problems already reported, so each is logged once while it lasts.
@@ -121,15 +149,9 @@ impl Reconciler {
         Self {
             config,
             routes,
-            datapath,
-            lb,
+            services: ServiceSync::new(datapath, lb),
             index: ClusterIndex::default(),
-            health: Default::default(),
-            desired_lb: Default::default(),
-            lb_pruned: false,
             nodes_dirty: true,
-            dirty_services: BTreeSet::new(),
-            lb_retry: false,
             uplink: None,
             reported: BTreeSet::new(),
             ready: false,
@@ -137,7 +159,7 @@ impl Reconciler {
     }
 
     fn dirty(&self) -> bool {
-        self.nodes_dirty || !self.dirty_services.is_empty() || self.lb_retry
+        self.nodes_dirty || self.services.needs_work(&self.index)
     }
 
     fn apply(&mut self, update: Update) {
@@ -154,16 +176,16 @@ impl Reconciler {
                     o.as_ref().is_some_and(|x| x.name == me) || n.as_ref().is_some_and(|x| x.name == me)
                 });
                 if mine {
-                    self.dirty_services.extend(self.index.services.iter().map(|s| s.key.clone()));
+                    self.services.mark_dirty(self.index.services.iter().map(|s| s.key.clone()));
                 }
             }
             Update::Services(c) => {
                 let keys = self.index.change_services(c);
-                self.dirty_services.extend(keys);
+                self.services.mark_dirty(keys);
             }
             Update::EndpointSlices(c) => {
                 let keys = self.index.change_slices(c);
-                self.dirty_services.extend(keys);
+                self.services.mark_dirty(keys);
             }
         }
     }
@@ -176,50 +198,16 @@ impl Reconciler {
             problems.extend(plan.problems.iter().cloned());
             self.reconcile_node(&plan).await;
         }
-        if !self.dirty_services.is_empty() || self.lb_retry || (!self.lb_pruned && self.index.services_synced()) {
-            self.reconcile_services().await;
+        if self.services.needs_work(&self.index) {
+            let me = self.index.node(&self.config.plan.node_name);
+            let node = lb::LbNode {
+                name: self.config.plan.node_name.clone(),
+                addrs: me.and_then(|n| n.internal_ip).into_iter().collect(),
+            };
+            self.services.reconcile(&self.index, &node).await;
         }
-        problems.extend(self.desired_lb.problems().cloned());
+        problems.extend(self.services.problems().cloned());
         self.report(problems);
-    }
-
-    async fn reconcile_services(&mut self) {
-        let me = self.index.node(&self.config.plan.node_name);
-        let node = lb::LbNode {
-            name: self.config.plan.node_name.clone(),
-            addrs: me.and_then(|n| n.internal_ip).into_iter().collect(),
-        };
-        let dirty = std::mem::take(&mut self.dirty_services);
-        let index = &self.index;
-        let changed = self.desired_lb.update(dirty, |k| index.services.get(k), |k| index.slices_of(k), &node);
-        let full = self.lb_retry || (!self.lb_pruned && self.index.services_synced());
-        let report = if full {
-            // After a failed write, and once every list is in (which prunes
-            // what a previous agent left and nobody wants now).
-            let prune = self.index.services_synced();
-            self.lb_pruned |= prune;
-            self.lb.apply(&self.desired_lb.frontends, prune, &mut self.datapath)
-        } else {
-            self.lb.apply_changed(&self.desired_lb.frontends, &changed, &mut self.datapath)
-        };
-        if report.frontends_written + report.frontends_deleted + report.backends_deleted > 0 {
-            info!(
-                frontends = self.desired_lb.frontends.len(),
-                written = report.frontends_written,
-                deleted = report.frontends_deleted,
-                backends_written = report.backends_written,
-                backends_deleted = report.backends_deleted,
-                "service maps synced"
-            );
-        }
-        for e in &report.errors {
-            error!(error = %e, "service map write failed; will retry");
-        }
-        self.lb_retry = !report.errors.is_empty();
-        for e in self.health.sync(&self.desired_lb.health_checks()).await {
-            error!(error = %e, "health check server");
-            self.lb_retry = true;
-        }
     }
 
     /// NodePorts need the uplink program and the node address for SNAT;
@@ -241,11 +229,11 @@ impl Reconciler {
                 return false;
             }
         };
-        if let Err(e) = self.datapath.set_node_addrs(addr, gateway) {
+        if let Err(e) = self.services.datapath.set_node_addrs(addr, gateway) {
             error!(error = %e, "cannot set the node address for NodePort SNAT");
             return false;
         }
-        if let Err(e) = self.datapath.attach_uplink(&ifname) {
+        if let Err(e) = self.services.datapath.attach_uplink(&ifname) {
             error!(error = %e, "NodePort datapath not attached");
             return false;
         }

@@ -26,6 +26,18 @@ pub enum Command {
     Cleanup(PathArgs),
     /// Show what the datapath did with packets: passed, and dropped per
     /// reason, with what each reason means.
+    /// Developer benchmark (root): program N synthetic Services into a
+    /// private copy of the maps, then time single EndpointSlice changes.
+    /// Prints one JSON object. `cargo xtask bench services` runs it.
+    #[command(hide = true)]
+    BenchControlPlane {
+        #[arg(long, default_value_t = 10_000)]
+        services: u32,
+        #[arg(long, default_value_t = 4)]
+        endpoints: u32,
+        #[arg(long, default_value_t = 1_000)]
+        changes: u32,
+    },
     Drops {
         #[arg(long, env = "WEIR_BPF_PIN_DIR", default_value = "/sys/fs/bpf/weir")]
         bpf_pin_dir: PathBuf,
@@ -70,6 +82,10 @@ pub struct RunArgs {
     pub veth_prefix: String,
     #[arg(long, env = "WEIR_NETWORK_NAME", default_value = "weir")]
     pub network_name: String,
+    /// Where the runtime finds CNI plugins (colon-separated, like CNI_PATH):
+    /// the agent asks the chained plugins which cniVersions they support.
+    #[arg(long, env = "WEIR_CNI_BIN_DIR", default_value = "/opt/cni/bin")]
+    pub cni_bin_dir: String,
     /// Do not chain the reference portmap plugin (hostPort support).
     #[arg(long)]
     pub no_portmap: bool,
@@ -107,6 +123,7 @@ pub struct AgentConfig {
     pub source: SourceSpec,
     pub plan: PlanSettings,
     pub masquerade: bool,
+    pub cni_bin_dirs: Vec<PathBuf>,
     pub socket_lb_cgroup: Option<PathBuf>,
     pub dir_poll: std::time::Duration,
     pub cni_conf_dir: PathBuf,
@@ -141,6 +158,8 @@ impl RunArgs {
                 cluster_cidr,
                 cni: CniSettings {
                     network_name: self.network_name,
+                    // Settled at start-up by asking the chained plugins.
+                    cni_version: crate::node::cni_versions::PREFERRED.into(),
                     mtu: self.mtu,
                     data_dir: self.paths.cni_data_dir,
                     run_dir: self.paths.run_dir.clone(),
@@ -150,6 +169,7 @@ impl RunArgs {
                 },
             },
             masquerade: !self.no_masquerade,
+            cni_bin_dirs: std::env::split_paths(&self.cni_bin_dir).collect(),
             socket_lb_cgroup: (!self.no_socket_lb).then_some(self.socket_lb_cgroup),
             dir_poll: std::time::Duration::from_millis(self.dir_poll_ms.max(10)),
             cni_conf_dir: self.paths.cni_conf_dir,

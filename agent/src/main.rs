@@ -1,11 +1,13 @@
 //! weir-agent: the per-node DaemonSet agent.
 mod app;
+mod bench;
 mod cleanup;
 mod config;
 mod datapath;
 mod inspect;
 mod model;
 mod node;
+mod services;
 mod sources;
 
 use std::io::IsTerminal as _;
@@ -32,6 +34,11 @@ fn main() -> std::process::ExitCode {
             config::Command::Run(args) => app::run(args.validate()?).await,
             config::Command::Cleanup(paths) => cleanup::run(paths).await,
             config::Command::Drops { bpf_pin_dir, json } => inspect::drops(&bpf_pin_dir, json),
+            config::Command::BenchControlPlane { services, endpoints, changes } => {
+                let report = bench::run(services, endpoints, changes).await?;
+                println!("{}", serde_json::to_string(&report)?);
+                Ok(())
+            }
         }
     });
     match result {

@@ -1,1 +1,53 @@
-fn main() {}
+//! Developer entry points: `cargo xtask <command>` (alias in .cargo/config.toml).
+
+mod bench;
+mod cargo;
+mod matrix;
+mod sandbox;
+mod setup;
+mod test_suite;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "weir developer commands")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install what this machine lacks (apt packages, rust-src for the nightly,
+    /// bpf-linker 0.10.x) and mount bpffs. Idempotent; quick when nothing is missing.
+    Setup,
+    /// Setup, build, then unit tests and (as root) the privileged namespace tests.
+    Test(test_suite::TestArgs),
+    /// A 2-node cluster in network namespaces with agents and pods, and a
+    /// ping + HTTP matrix across it.
+    Sandbox(sandbox::SandboxArgs),
+    /// Benchmarks (print tables; not tests).
+    Bench {
+        #[command(subcommand)]
+        which: bench::Which,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let outcome = match cli.command {
+        Command::Setup => setup::run(setup::Mode::Strict).map(|_| ExitCode::SUCCESS),
+        Command::Test(args) => test_suite::run(args),
+        Command::Sandbox(args) => sandbox::run(args),
+        Command::Bench { which } => bench::run(which).map(|_| ExitCode::SUCCESS),
+    };
+    match outcome {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

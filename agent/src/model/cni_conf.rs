@@ -9,6 +9,8 @@ use serde_json::json;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CniSettings {
     pub network_name: String,
+    /// The list's cniVersion: the highest every chained plugin supports.
+    pub cni_version: String,
     pub mtu: u32,
     pub data_dir: PathBuf,
     pub run_dir: PathBuf,
@@ -41,7 +43,7 @@ pub fn render(settings: &CniSettings, pod_cidr: Ipv4Network, cluster_cidr: Ipv4N
         }));
     }
     let conflist = json!({
-        "cniVersion": "1.1.0",
+        "cniVersion": settings.cni_version,
         "name": settings.network_name,
         "plugins": plugins,
     });
@@ -57,6 +59,7 @@ mod tests {
     fn settings() -> CniSettings {
         CniSettings {
             network_name: "weir".into(),
+            cni_version: "1.1.0".into(),
             mtu: 1450,
             data_dir: "/var/lib/cni/weir".into(),
             run_dir: "/run/weir".into(),

@@ -123,6 +123,7 @@ mod tests {
             cluster_cidr: "10.244.0.0/16".parse().unwrap(),
             cni: CniSettings {
                 network_name: "weir".into(),
+                cni_version: "1.1.0".into(),
                 mtu: 1500,
                 data_dir: "/d".into(),
                 run_dir: "/r".into(),

@@ -1,5 +1,6 @@
 //! Node plumbing: everything the agent changes on the node besides eBPF maps.
 
+pub mod cni_versions;
 pub mod files;
 pub mod health_check;
 pub mod masquerade;

@@ -1,0 +1,544 @@
+//! A cluster in network namespaces: a "switch" namespace holding a bridge,
+//! and one namespace per node joined to it by a veth pair (the node's eth0).
+//! Nothing is created in the root namespace: every link is created from
+//! inside the switch namespace, its peer moved straight into the node's.
+
+use std::{
+    collections::BTreeMap,
+    fs,
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context, Result, bail, ensure};
+
+use crate::{
+    agent::Agent,
+    bins, bpffs,
+    cleanup::{self, BPFFS, RunPrefix},
+    cni::{CniRuntime, Conflist},
+    exec, manifest,
+    netns::NetNs,
+};
+
+/// The whole pod CIDR; node i (from 1) gets 10.244.i.0/24 unless told otherwise.
+pub const CLUSTER_CIDR: &str = "10.244.0.0/16";
+/// The network the nodes' eth0 share: node i is 172.30.0.(10+i)/24.
+pub const NODE_NETWORK_PREFIX_LEN: u8 = 24;
+/// Name of the conflist the agent writes (docs/contracts.md).
+pub const CONFLIST_FILE: &str = "10-weir.conflist";
+/// The host veth name prefix weir-cni uses unless configured otherwise.
+pub const VETH_PREFIX: &str = "weir";
+
+pub struct TopologyBuilder {
+    label: String,
+    nodes: usize,
+    pod_cidrs: BTreeMap<usize, String>,
+    detached: bool,
+}
+
+impl TopologyBuilder {
+    pub fn nodes(mut self, n: usize) -> Self {
+        self.nodes = n;
+        self
+    }
+
+    /// Overrides node `index`'s podCIDR (1-based), e.g. a /28 to test exhaustion.
+    pub fn pod_cidr(mut self, index: usize, cidr: &str) -> Self {
+        self.pod_cidrs.insert(index, cidr.to_string());
+        self
+    }
+
+    /// Processes started for this topology (agents, servers) survive it:
+    /// for a sandbox that is kept up after the command returns.
+    pub fn detached(mut self, detached: bool) -> Self {
+        self.detached = detached;
+        self
+    }
+
+    pub fn build(self) -> Result<Topology> {
+        crate::require_root()?;
+        ensure!(
+            (1..=200).contains(&self.nodes),
+            "a topology has 1 to 200 nodes, not {}",
+            self.nodes
+        );
+        bpffs::ensure_mounted()?;
+        let prefix = RunPrefix::random();
+        cleanup::register(&prefix, &self.label)?;
+        let root = prefix.scratch_dir();
+        // From here on, dropping `topo` removes whatever was made so far.
+        let mut topo = Topology {
+            switch: None,
+            nodes: Vec::new(),
+            manifest_dir: root.join("manifests"),
+            root,
+            prefix,
+            detached: self.detached,
+            kept: false,
+        };
+        fs::create_dir_all(&topo.manifest_dir)
+            .with_context(|| format!("create {}", topo.manifest_dir.display()))?;
+
+        let switch = NetNs::create(&topo.prefix.child("sw"))?;
+        switch.run(&["ip", "link", "add", "br0", "type", "bridge"])?;
+        switch.run(&["ip", "link", "set", "br0", "up"])?;
+        topo.switch = Some(switch);
+
+        for index in 1..=self.nodes {
+            let pod_cidr = self
+                .pod_cidrs
+                .get(&index)
+                .cloned()
+                .unwrap_or_else(|| format!("10.244.{index}.0/24"));
+            let node = topo.add_node(index, &pod_cidr)?;
+            topo.nodes.push(node);
+        }
+        let docs: Vec<String> = topo
+            .nodes
+            .iter()
+            .map(|n| manifest::node_yaml(&n.name, &n.pod_cidr, n.ip))
+            .collect();
+        // Written once complete (temp + rename): the agents poll this dir.
+        let tmp = topo.manifest_dir.join(".nodes.yaml.tmp");
+        fs::write(&tmp, manifest::documents(&docs))?;
+        fs::rename(&tmp, topo.manifest_dir.join("nodes.yaml"))?;
+        Ok(topo)
+    }
+}
+
+/// Per-node directories, all under the run's scratch dir.
+#[derive(Clone, Debug)]
+pub struct NodeDirs {
+    pub root: PathBuf,
+    pub cni_conf: PathBuf,
+    pub cni_data: PathBuf,
+    pub run: PathBuf,
+    /// The mini runtime's result cache.
+    pub cni_cache: PathBuf,
+    pub logs: PathBuf,
+    /// Document roots of the pods' HTTP servers.
+    pub www: PathBuf,
+}
+
+pub struct Node {
+    pub name: String,
+    pub index: usize,
+    /// eth0's address (the Node's InternalIP).
+    pub ip: Ipv4Addr,
+    pub pod_cidr: String,
+    pub netns: NetNs,
+    pub dirs: NodeDirs,
+    /// `/sys/fs/bpf/<prefix>-<node>`: the agent's bpfPinDir.
+    pub pin_dir: PathBuf,
+    prefix: RunPrefix,
+    detached: bool,
+}
+
+impl Node {
+    /// The gateway pods use: the first host address of the podCIDR.
+    pub fn gateway(&self) -> Result<Ipv4Addr> {
+        let (net, _) = parse_cidr(&self.pod_cidr)?;
+        Ok(Ipv4Addr::from(u32::from(net) + 1))
+    }
+
+    pub fn prefix(&self) -> &RunPrefix {
+        &self.prefix
+    }
+
+    pub fn detached(&self) -> bool {
+        self.detached
+    }
+
+    /// A runtime that runs plugins in this node's namespace, with weir-cni's
+    /// directory and the reference plugins in CNI_PATH.
+    pub fn runtime(&self) -> CniRuntime {
+        CniRuntime::new(
+            Some(self.netns.path()),
+            bins::cni_path(),
+            &self.dirs.cni_cache,
+        )
+    }
+
+    pub fn conflist_path(&self) -> PathBuf {
+        self.dirs.cni_conf.join(CONFLIST_FILE)
+    }
+
+    /// The conflist the agent wrote.
+    pub fn agent_conflist(&self) -> Result<Conflist> {
+        Conflist::load(&self.conflist_path())
+    }
+
+    /// The conflist of docs/contracts.md with this node's podCIDR and
+    /// directories, for tests that run weir-cni without (or before) the agent.
+    pub fn contract_conflist(&self) -> Conflist {
+        let value = serde_json::json!({
+            "cniVersion": "1.1.0",
+            "name": "weir",
+            "plugins": [
+                {
+                    "type": "weir-cni",
+                    "podCIDR": self.pod_cidr,
+                    "clusterCIDR": CLUSTER_CIDR,
+                    "mtu": 1500,
+                    "dataDir": self.dirs.cni_data,
+                    "runDir": self.dirs.run,
+                    "bpfPinDir": self.pin_dir,
+                    "vethPrefix": VETH_PREFIX
+                },
+                { "type": "portmap", "capabilities": { "portMappings": true }, "snat": true }
+            ]
+        });
+        Conflist::from_value(value).expect("the contract conflist is well formed")
+    }
+
+    /// weir-cni's IPAM store for a network: `<dataDir>/ipam/<network>/`.
+    pub fn ipam_dir(&self, network: &str) -> PathBuf {
+        self.dirs.cni_data.join("ipam").join(network)
+    }
+
+    /// Addresses reserved in the IPAM store, with their `containerID\nifname`.
+    pub fn reservations(&self, network: &str) -> Result<Vec<Reservation>> {
+        let dir = self.ipam_dir(network);
+        let entries = match fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e).with_context(|| format!("list {}", dir.display())),
+        };
+        let mut out = Vec::new();
+        for entry in entries {
+            let entry = entry?;
+            let Ok(ip) = entry.file_name().to_string_lossy().parse::<Ipv4Addr>() else {
+                continue;
+            };
+            let text = fs::read_to_string(entry.path()).unwrap_or_default();
+            let mut lines = text.lines();
+            out.push(Reservation {
+                ip,
+                container_id: lines.next().unwrap_or_default().trim().to_string(),
+                ifname: lines.next().unwrap_or_default().trim().to_string(),
+            });
+        }
+        out.sort_by_key(|r| r.ip);
+        Ok(out)
+    }
+
+    /// Host-side pod veths in the node namespace (names with weir's prefix).
+    pub fn host_veths(&self) -> Result<Vec<String>> {
+        Ok(self
+            .netns
+            .links()?
+            .into_iter()
+            .filter(|l| l.starts_with(VETH_PREFIX))
+            .collect())
+    }
+
+    /// tcx link pins weir-cni made for pod veths, by file name:
+    /// `<bpfPinDir>/links/<host veth>_in` and `_out` (the agent pins its own
+    /// links, e.g. the uplink's, in the same dir; those are left out).
+    pub fn link_pins(&self) -> Vec<String> {
+        let dir = self.pin_dir.join(weir_common::pin::LINKS_DIR);
+        let mut pins: Vec<String> = fs::read_dir(dir)
+            .map(|es| {
+                es.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n.starts_with(VETH_PREFIX))
+                    .collect()
+            })
+            .unwrap_or_default();
+        pins.sort();
+        pins
+    }
+
+    /// The pins weir-cni makes for one pod's host veth (docs/contracts.md).
+    pub fn expected_link_pins(host_veth: &str) -> Vec<String> {
+        let mut pins = vec![
+            format!("{host_veth}{}", weir_common::pin::LINK_SUFFIX_FROM_POD),
+            format!("{host_veth}{}", weir_common::pin::LINK_SUFFIX_TO_POD),
+        ];
+        pins.sort();
+        pins
+    }
+
+    /// Entries in the endpoint map weir-cni writes (`bpftool map dump`),
+    /// or None when the agent has not pinned the map.
+    pub fn endpoint_entries(&self) -> Result<Option<usize>> {
+        let map = self
+            .pin_dir
+            .join(weir_common::pin::MAPS_DIR)
+            .join(weir_common::pin::MAP_ENDPOINTS);
+        if !map.exists() {
+            return Ok(None);
+        }
+        let map = map.to_str().context("non-UTF-8 pin path")?;
+        let json = exec::run(
+            std::process::Command::new("bpftool").args(["-j", "map", "dump", "pinned", map]),
+            exec::DEFAULT_TIMEOUT,
+        )?;
+        let entries: Vec<serde_json::Value> =
+            serde_json::from_str(&json).context("parse `bpftool -j map dump`")?;
+        Ok(Some(entries.len()))
+    }
+
+    /// What weir-cni leaves on the node per attachment, to compare before
+    /// and after an operation.
+    pub fn snapshot(&self, network: &str) -> Result<NodeSnapshot> {
+        Ok(NodeSnapshot {
+            reservations: self.reservations(network)?,
+            host_veths: {
+                let mut v = self.host_veths()?;
+                v.sort();
+                v
+            },
+            link_pins: self.link_pins(),
+            endpoint_entries: self.endpoint_entries()?,
+        })
+    }
+
+    /// Name of a pod's namespace on this node.
+    pub fn pod_netns_name(&self, pod: &str) -> String {
+        self.prefix.child(&format!("{}-{pod}", self.name))
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeSnapshot {
+    pub reservations: Vec<Reservation>,
+    pub host_veths: Vec<String>,
+    pub link_pins: Vec<String>,
+    pub endpoint_entries: Option<usize>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reservation {
+    pub ip: Ipv4Addr,
+    pub container_id: String,
+    pub ifname: String,
+}
+
+pub struct Topology {
+    prefix: RunPrefix,
+    root: PathBuf,
+    manifest_dir: PathBuf,
+    switch: Option<NetNs>,
+    nodes: Vec<Node>,
+    detached: bool,
+    kept: bool,
+}
+
+impl Topology {
+    /// `label` says what the run is for (a test name, "sandbox", "bench").
+    pub fn builder(label: &str) -> TopologyBuilder {
+        TopologyBuilder {
+            label: label.to_string(),
+            nodes: 2,
+            pod_cidrs: BTreeMap::new(),
+            detached: false,
+        }
+    }
+
+    pub fn prefix(&self) -> &RunPrefix {
+        &self.prefix
+    }
+
+    /// The run's scratch dir (`<tmp>/<prefix>-bed`).
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn manifest_dir(&self) -> &Path {
+        &self.manifest_dir
+    }
+
+    pub fn switch(&self) -> &NetNs {
+        self.switch
+            .as_ref()
+            .expect("built topologies have a switch")
+    }
+
+    pub fn nodes(&self) -> &[Node] {
+        &self.nodes
+    }
+
+    /// Node by name (`n1`, `n2`, ...).
+    pub fn node(&self, name: &str) -> &Node {
+        self.nodes
+            .iter()
+            .find(|n| n.name == name)
+            .unwrap_or_else(|| panic!("no node {name} in this topology"))
+    }
+
+    /// Starts `weir-agent` on a node and waits until it reports ready.
+    pub fn start_agent(&self, node: &str) -> Result<Agent> {
+        let mut agent = Agent::spawn(self.node(node), &self.manifest_dir)?;
+        agent.wait_ready(Agent::ready_timeout())?;
+        Ok(agent)
+    }
+
+    /// Starts an agent on every node (together), then waits for each.
+    pub fn start_agents(&self) -> Result<Vec<Agent>> {
+        let mut agents: Vec<Agent> = self
+            .nodes
+            .iter()
+            .map(|n| Agent::spawn(n, &self.manifest_dir))
+            .collect::<Result<_>>()?;
+        for agent in &mut agents {
+            agent.wait_ready(Agent::ready_timeout())?;
+        }
+        Ok(agents)
+    }
+
+    /// Leaves everything up after this guard goes (see `cargo xtask sandbox --down`).
+    pub fn keep(mut self) -> Result<RunPrefix> {
+        cleanup::mark_kept(&self.prefix)?;
+        self.kept = true;
+        if let Some(s) = self.switch.as_mut() {
+            s.disown();
+        }
+        for n in &mut self.nodes {
+            n.netns.disown();
+        }
+        Ok(self.prefix.clone())
+    }
+
+    fn add_node(&self, index: usize, pod_cidr: &str) -> Result<Node> {
+        parse_cidr(pod_cidr).with_context(|| format!("podCIDR of node {index}"))?;
+        let name = format!("n{index}");
+        let ip = Ipv4Addr::new(172, 30, 0, 10 + index as u8);
+        let netns = NetNs::create(&self.prefix.child(&name))?;
+        let switch = self.switch();
+        // Created inside the switch namespace; the node end goes straight to
+        // the node's namespace under its final name.
+        let port = format!("to-{name}");
+        switch.run(&[
+            "ip",
+            "link",
+            "add",
+            &port,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            netns.name(),
+        ])?;
+        switch.run(&["ip", "link", "set", &port, "master", "br0", "up"])?;
+        netns.run(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{ip}/{NODE_NETWORK_PREFIX_LEN}"),
+            "dev",
+            "eth0",
+        ])?;
+        netns.run(&["ip", "link", "set", "eth0", "up"])?;
+        // The agent's job too; harmless here, and the reference bridge plugin
+        // in the benchmark relies on it.
+        netns.run(&["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])?;
+
+        let root = self.root.join(&name);
+        let dirs = NodeDirs {
+            cni_conf: root.join("cni-conf"),
+            cni_data: root.join("cni-data"),
+            run: root.join("run"),
+            cni_cache: root.join("cni-cache"),
+            logs: root.join("logs"),
+            www: root.join("www"),
+            root,
+        };
+        for d in [
+            &dirs.cni_conf,
+            &dirs.cni_data,
+            &dirs.run,
+            &dirs.cni_cache,
+            &dirs.logs,
+            &dirs.www,
+        ] {
+            fs::create_dir_all(d).with_context(|| format!("create {}", d.display()))?;
+        }
+        let pin_dir = Path::new(BPFFS).join(self.prefix.child(&name));
+        fs::create_dir_all(&pin_dir).with_context(|| format!("create {}", pin_dir.display()))?;
+        Ok(Node {
+            name,
+            index,
+            ip,
+            pod_cidr: pod_cidr.to_string(),
+            netns,
+            dirs,
+            pin_dir,
+            prefix: self.prefix.clone(),
+            detached: self.detached,
+        })
+    }
+}
+
+impl Drop for Topology {
+    fn drop(&mut self) {
+        if self.kept {
+            return;
+        }
+        let report = cleanup::sweep(&self.prefix);
+        if !report.errors.is_empty() {
+            eprintln!(
+                "weir-testbed: cleanup of {} incomplete: {report}",
+                self.prefix
+            );
+        }
+    }
+}
+
+/// "10.244.1.0/24" -> (network address, prefix length); the address must be
+/// the network's first.
+pub fn parse_cidr(cidr: &str) -> Result<(Ipv4Addr, u8)> {
+    let (ip, len) = cidr
+        .split_once('/')
+        .with_context(|| format!("`{cidr}` is not a CIDR"))?;
+    let ip: Ipv4Addr = ip
+        .parse()
+        .with_context(|| format!("`{cidr}`: bad address"))?;
+    let len: u8 = len
+        .parse()
+        .with_context(|| format!("`{cidr}`: bad prefix length"))?;
+    if len > 32 {
+        bail!("`{cidr}`: prefix length over 32");
+    }
+    let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
+    if u32::from(ip) & !mask != 0 {
+        bail!("`{cidr}` has host bits set");
+    }
+    Ok((ip, len))
+}
+
+/// Whether `ip` lies in `cidr`.
+pub fn cidr_contains(cidr: &str, ip: Ipv4Addr) -> bool {
+    parse_cidr(cidr).is_ok_and(|(net, len)| {
+        let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
+        u32::from(ip) & mask == u32::from(net)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cidr_math() {
+        assert_eq!(
+            parse_cidr("10.244.1.0/24").unwrap(),
+            (Ipv4Addr::new(10, 244, 1, 0), 24)
+        );
+        assert!(parse_cidr("10.244.1.1/24").is_err());
+        assert!(parse_cidr("10.244.1.0/33").is_err());
+        assert!(parse_cidr("10.244.1.0").is_err());
+        assert!(cidr_contains(
+            "10.244.1.0/28",
+            Ipv4Addr::new(10, 244, 1, 15)
+        ));
+        assert!(!cidr_contains(
+            "10.244.1.0/28",
+            Ipv4Addr::new(10, 244, 1, 16)
+        ));
+        assert!(cidr_contains(CLUSTER_CIDR, Ipv4Addr::new(10, 244, 200, 3)));
+    }
+}

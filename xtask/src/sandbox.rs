@@ -1,0 +1,292 @@
+//! `cargo xtask sandbox`: two nodes, an agent on each, two pods per node
+//! through the agent-written conflist (weir-cni + portmap), an HTTP server in
+//! every pod and node, and the ping + HTTP matrix between all of them.
+
+use std::{fs, net::Ipv4Addr, process::ExitCode, thread};
+
+use anyhow::{Context, Result};
+use clap::Args;
+use weir_testbed::{
+    Agent, Node, Pod, RunPrefix, Topology, cleanup, netns::NetNs, pod::HTTP_PORT,
+    process::ChildGuard,
+};
+
+use crate::{
+    cargo,
+    matrix::{self, Endpoint, Kind, Probe},
+    setup,
+};
+
+const PODS_PER_NODE: [&str; 2] = ["a", "b"];
+
+#[derive(Args)]
+pub struct SandboxArgs {
+    /// Leave the sandbox up to poke at; prints how to tear it down.
+    #[arg(long, conflicts_with_all = ["down", "list"])]
+    keep: bool,
+    /// Tear down a kept sandbox (its prefix, e.g. wa1b2c3).
+    #[arg(long, value_name = "PREFIX")]
+    down: Option<String>,
+    /// List kept and live runs.
+    #[arg(long)]
+    list: bool,
+    /// Use the binaries already built (in $WEIR_BIN_DIR or target/debug).
+    #[arg(long)]
+    no_build: bool,
+}
+
+pub fn run(args: SandboxArgs) -> Result<ExitCode> {
+    if let Some(prefix) = args.down {
+        let prefix = RunPrefix::parse(&prefix)?;
+        let report = cleanup::sweep(&prefix);
+        println!("sandbox {prefix}: {report}");
+        return Ok(if report.errors.is_empty() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        });
+    }
+    if args.list {
+        for (prefix, m) in cleanup::list_runs() {
+            println!(
+                "{prefix}  {}  pid {}{}",
+                m.label,
+                m.pid,
+                if m.kept { "  (kept)" } else { "" }
+            );
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    setup::run(setup::Mode::Strict)?;
+    if !args.no_build {
+        cargo::build_bins()?;
+    }
+    weir_testbed::check_prerequisites(weir_testbed::tools::BASE)?;
+
+    let topo = Topology::builder("sandbox")
+        .nodes(2)
+        .detached(args.keep)
+        .build()?;
+    println!("sandbox {}: nodes {}", topo.prefix(), node_list(&topo));
+
+    // Both agents start together; readiness is awaited afterwards.
+    let mut agents: Vec<Agent> = topo
+        .nodes()
+        .iter()
+        .map(|n| Agent::spawn(n, topo.manifest_dir()))
+        .collect::<Result<_>>()?;
+    for (agent, node) in agents.iter_mut().zip(topo.nodes()) {
+        agent
+            .wait_ready(Agent::ready_timeout())
+            .with_context(|| format!("agent on {}", node.name))?;
+        println!(
+            "agent on {} ready (log: {})",
+            node.name,
+            agent.log_path().display()
+        );
+    }
+
+    let mut pods = Vec::new();
+    for node in topo.nodes() {
+        let conflist = node.agent_conflist()?;
+        for name in PODS_PER_NODE {
+            let mut pod = Pod::create(node, name, &conflist)?;
+            pod.serve_http()?;
+            println!(
+                "pod {}/{name}: {} (netns {})",
+                node.name,
+                pod.ip,
+                pod.netns.name()
+            );
+            pods.push(pod);
+        }
+    }
+    let node_servers: Vec<ChildGuard> =
+        topo.nodes().iter().map(serve_node).collect::<Result<_>>()?;
+
+    let (endpoints, targets) = endpoints(&topo, &pods);
+    let probes = probe_all(&topo, &pods, &endpoints, &targets);
+    println!("\n{}", matrix::render(&endpoints, &probes));
+    let all_ok = probes.iter().all(Probe::ok);
+    println!(
+        "{}",
+        if all_ok {
+            "all paths work"
+        } else {
+            "SOME PATHS FAIL (see above)"
+        }
+    );
+
+    if args.keep {
+        let prefix = topo.prefix().clone();
+        print_poke_help(&topo, &pods, &agents);
+        for pod in pods {
+            pod.keep();
+        }
+        for s in node_servers {
+            s.forget();
+        }
+        for a in agents {
+            a.keep();
+        }
+        topo.keep()?;
+        println!("\ntear down: cargo xtask sandbox --down {prefix}");
+    } else {
+        drop(pods);
+        drop(node_servers);
+        drop(agents);
+        drop(topo);
+        println!("sandbox torn down");
+    }
+    Ok(if all_ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn node_list(topo: &Topology) -> String {
+    topo.nodes()
+        .iter()
+        .map(|n| format!("{} {} podCIDR {}", n.name, n.ip, n.pod_cidr))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// busybox httpd in the node namespace, so "pod -> node" has HTTP too.
+fn serve_node(node: &Node) -> Result<ChildGuard> {
+    let root = node.dirs.www.join("_node");
+    fs::create_dir_all(&root)?;
+    fs::write(root.join("index.html"), node_body(&node.name))?;
+    node.netns.start_httpd(
+        &root,
+        HTTP_PORT,
+        &node.dirs.logs.join("httpd-node.log"),
+        node.detached(),
+    )
+}
+
+fn node_body(node: &str) -> String {
+    format!("node {node}\n")
+}
+
+/// Where each endpoint is probed: its IP and the body its server answers.
+struct Target {
+    ip: Ipv4Addr,
+    body: String,
+}
+
+fn endpoints(topo: &Topology, pods: &[Pod]) -> (Vec<Endpoint>, Vec<Target>) {
+    let mut eps = Vec::new();
+    let mut targets = Vec::new();
+    for p in pods {
+        eps.push(Endpoint {
+            label: format!("{}/{}", p.node, p.name),
+            node: p.node.clone(),
+            kind: Kind::Pod,
+        });
+        targets.push(Target {
+            ip: p.ip,
+            body: p.http_body(),
+        });
+    }
+    for n in topo.nodes() {
+        eps.push(Endpoint {
+            label: n.name.clone(),
+            node: n.name.clone(),
+            kind: Kind::Node,
+        });
+        targets.push(Target {
+            ip: n.ip,
+            body: node_body(&n.name),
+        });
+    }
+    (eps, targets)
+}
+
+/// Every ordered pair, one thread per source.
+fn probe_all(
+    topo: &Topology,
+    pods: &[Pod],
+    endpoints: &[Endpoint],
+    targets: &[Target],
+) -> Vec<Probe> {
+    let sources: Vec<&NetNs> = pods
+        .iter()
+        .map(|p| &p.netns)
+        .chain(topo.nodes().iter().map(|n| &n.netns))
+        .collect();
+    thread::scope(|s| {
+        let handles: Vec<_> = sources
+            .iter()
+            .enumerate()
+            .map(|(from, ns)| {
+                s.spawn(move || {
+                    (0..endpoints.len())
+                        .filter(|to| *to != from)
+                        .map(|to| probe(ns, from, to, &targets[to]))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("probe thread panicked"))
+            .collect()
+    })
+}
+
+fn probe(ns: &NetNs, from: usize, to: usize, target: &Target) -> Probe {
+    let ping = ns.ping(target.ip).map_err(|e| format!("{e:#}"));
+    let http = ns
+        .curl(&format!("http://{}:{HTTP_PORT}/", target.ip))
+        .map_err(|e| format!("{e:#}"))
+        .and_then(|body| {
+            if body == target.body {
+                Ok(())
+            } else {
+                Err(format!("answered {body:?}, expected {:?}", target.body))
+            }
+        });
+    Probe {
+        from,
+        to,
+        ping,
+        http,
+    }
+}
+
+fn print_poke_help(topo: &Topology, pods: &[Pod], agents: &[Agent]) {
+    println!("\nsandbox {} kept. Poke at it (as root):", topo.prefix());
+    let n1 = &topo.nodes()[0];
+    println!(
+        "  {} ip route                      # node n1's routes",
+        n1.netns.nsenter()
+    );
+    if let (Some(a), Some(b)) = (pods.first(), pods.last()) {
+        println!(
+            "  {} ping -c1 {}        # {}/{} -> {}/{}",
+            a.netns.nsenter(),
+            b.ip,
+            a.node,
+            a.name,
+            b.node,
+            b.name
+        );
+        println!("  {} curl -s {}", a.netns.nsenter(), b.url());
+    }
+    println!(
+        "  {} bpftool net show              # weir_from_pod on each pod veth",
+        n1.netns.nsenter()
+    );
+    println!("  conflist: {}", n1.conflist_path().display());
+    for (agent, node) in agents.iter().zip(topo.nodes()) {
+        println!(
+            "  agent {} (pid {}): log {}",
+            node.name,
+            agent.pid(),
+            agent.log_path().display()
+        );
+    }
+    println!("  namespaces: ip netns list | grep {}", topo.prefix());
+}
