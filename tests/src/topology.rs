@@ -169,6 +169,14 @@ impl Node {
         Conflist::load(&self.conflist_path())
     }
 
+    /// The agent's conflist with weir-cni alone, at 1.1.0: the agent lowers
+    /// the list's version only for what the chained plugins speak (Debian's
+    /// portmap stops at 1.0.0), and runtimes send GC and STATUS to 1.1.0
+    /// lists only.
+    pub fn weir_only_conflist(&self) -> Result<Conflist> {
+        Ok(self.agent_conflist()?.only(&["weir-cni"]).with_version("1.1.0"))
+    }
+
     /// The conflist of docs/contracts.md with this node's podCIDR and
     /// directories, for tests that run weir-cni without (or before) the agent.
     pub fn contract_conflist(&self) -> Conflist {

@@ -11,12 +11,6 @@ use weir_testbed::{
     topology::NodeSnapshot,
 };
 
-fn weir_only(node: &Node) -> Conflist {
-    node.agent_conflist()
-        .expect("the agent wrote its conflist")
-        .only(&["weir-cni"])
-}
-
 /// Runs an ADD that must fail, and checks the node is exactly as before.
 /// Returns the error code.
 fn failing_add(node: &Node, list: &Conflist, netns: &NetNs, what: &str) -> u32 {
@@ -65,7 +59,7 @@ fn add_with_an_existing_ifname_fails_and_leaks_nothing() {
             "ip", "link", "add", POD_IFNAME, "type", "veth", "peer", "name", "other0",
         ])
         .unwrap();
-    failing_add(node, &weir_only(node), &netns, "CNI_IFNAME exists");
+    failing_add(node, &node.weir_only_conflist().expect("the agent wrote its conflist"), &netns, "CNI_IFNAME exists");
     assert!(
         netns.ipv4_addrs(POD_IFNAME).unwrap().is_empty(),
         "the existing eth0 was left alone"
@@ -89,7 +83,7 @@ fn add_without_the_agent_pins_fails_with_try_again_and_leaks_nothing() {
         node.pin_dir.file_name().unwrap().to_string_lossy()
     ));
     fs::create_dir_all(&empty).unwrap();
-    let mut list = weir_only(node);
+    let mut list = node.weir_only_conflist().expect("the agent wrote its conflist");
     list.plugin_mut("weir-cni")
         .unwrap()
         .set("bpfPinDir", serde_json::json!(empty));
@@ -132,7 +126,7 @@ fn add_with_maps_but_no_program_rolls_back_the_endpoint_entry() {
         )
         .unwrap();
     }
-    let mut list = weir_only(node);
+    let mut list = node.weir_only_conflist().expect("the agent wrote its conflist");
     list.plugin_mut("weir-cni")
         .unwrap()
         .set("bpfPinDir", serde_json::json!(partial));
@@ -159,7 +153,7 @@ fn add_with_an_unusable_data_dir_fails_and_leaks_nothing() {
     // dataDir below a regular file: nothing can be created there, even as root.
     let file = node.dirs.root.join("not-a-dir");
     fs::write(&file, "").unwrap();
-    let mut list = weir_only(node);
+    let mut list = node.weir_only_conflist().expect("the agent wrote its conflist");
     list.plugin_mut("weir-cni")
         .unwrap()
         .set("dataDir", serde_json::json!(file.join("data")));
@@ -176,7 +170,7 @@ fn a_second_add_of_the_same_attachment_fails_without_harming_the_first() {
         .unwrap();
     let _agent = topo.start_agent("n1").unwrap();
     let node = topo.node("n1");
-    let list = weir_only(node);
+    let list = node.weir_only_conflist().expect("the agent wrote its conflist");
     let pod = Pod::create(node, "dup", &list).unwrap();
     let before = node.snapshot("weir").unwrap();
 

@@ -3,15 +3,9 @@
 
 use weir_testbed::{
     Agent, Node, Pod, Topology,
-    cni::{Conflist, codes},
+    cni::codes,
     tools,
 };
-
-fn weir_only(node: &Node) -> Conflist {
-    node.agent_conflist()
-        .expect("the agent wrote its conflist")
-        .only(&["weir-cni"])
-}
 
 #[test]
 fn gc_releases_attachments_that_are_not_valid_and_keeps_the_rest() {
@@ -19,7 +13,7 @@ fn gc_releases_attachments_that_are_not_valid_and_keeps_the_rest() {
     let topo = Topology::builder("cni_gc").nodes(1).build().unwrap();
     let _agent = topo.start_agent("n1").unwrap();
     let node = topo.node("n1");
-    let list = weir_only(node);
+    let list = node.weir_only_conflist().expect("the agent wrote its conflist");
 
     let keep = Pod::create(node, "keep", &list).unwrap();
     let mut stale: Vec<Pod> = ["stale1", "stale2"]
@@ -94,6 +88,6 @@ fn status_is_not_ready_before_the_agent_and_ready_after() {
         .status(&list)
         .expect("STATUS once the agent is ready");
     node.runtime()
-        .status(&weir_only(node))
+        .status(&node.weir_only_conflist().expect("the agent wrote its conflist"))
         .expect("STATUS with the agent's own conflist");
 }

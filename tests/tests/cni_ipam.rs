@@ -3,8 +3,8 @@
 use std::{collections::BTreeSet, thread};
 
 use weir_testbed::{
-    Node, Pod, Topology,
-    cni::{Attachment, Conflist},
+    Pod, Topology,
+    cni::Attachment,
     netns::NetNs,
     pod::POD_IFNAME,
     tools,
@@ -13,12 +13,6 @@ use weir_testbed::{
 
 /// weir-cni's own code for "no free address left in podCIDR" (cni-plugin/src/error.rs).
 const IPAM_EXHAUSTED: u32 = 100;
-
-fn weir_only(node: &Node) -> Conflist {
-    node.agent_conflist()
-        .expect("the agent wrote its conflist")
-        .only(&["weir-cni"])
-}
 
 #[test]
 fn fifty_parallel_adds_get_distinct_addresses_and_all_reach_the_node() {
@@ -29,7 +23,7 @@ fn fifty_parallel_adds_get_distinct_addresses_and_all_reach_the_node() {
         .unwrap();
     let _agent = topo.start_agent("n1").unwrap();
     let node = topo.node("n1");
-    let list = weir_only(node);
+    let list = node.weir_only_conflist().expect("the agent wrote its conflist");
 
     let pods: Vec<Pod> = thread::scope(|s| {
         let handles: Vec<_> = (0..50)
@@ -96,7 +90,7 @@ fn a_full_pod_cidr_answers_the_exhaustion_error_and_recovers_after_a_del() {
         .unwrap();
     let _agent = topo.start_agent("n1").unwrap();
     let node = topo.node("n1");
-    let list = weir_only(node);
+    let list = node.weir_only_conflist().expect("the agent wrote its conflist");
     assert_eq!(
         list.plugin("weir-cni").unwrap().get_str("podCIDR"),
         Some("10.244.1.0/28")
@@ -147,7 +141,7 @@ fn a_released_address_is_not_handed_out_again_at_once() {
         .unwrap();
     let _agent = topo.start_agent("n1").unwrap();
     let node = topo.node("n1");
-    let list = weir_only(node);
+    let list = node.weir_only_conflist().expect("the agent wrote its conflist");
 
     let mut first = Pod::create(node, "first", &list).unwrap();
     let released = first.ip;

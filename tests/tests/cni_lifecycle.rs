@@ -6,7 +6,7 @@ use std::net::Ipv4Addr;
 
 use weir_testbed::{
     Node, Pod, Topology, cleanup,
-    cni::{CniResult, Conflist},
+    cni::CniResult,
     pod::POD_IFNAME,
     tools,
     topology::{VETH_PREFIX, cidr_contains},
@@ -15,12 +15,6 @@ use weir_testbed::{
 const VERSIONS: [&str; 3] = ["0.4.0", "1.0.0", "1.1.0"];
 
 /// The agent's conflist reduced to weir-cni (portmap is covered by its own test).
-fn weir_only(node: &Node) -> Conflist {
-    node.agent_conflist()
-        .expect("the agent wrote its conflist")
-        .only(&["weir-cni"])
-}
-
 /// What docs/contracts.md says an ADD result holds, in the version asked for.
 fn assert_result_shape(result: &CniResult, version: &str, node: &Node, pod: &Pod) {
     let gateway = node.gateway().unwrap();
@@ -163,7 +157,7 @@ fn add_check_del_in_every_cni_version() {
         .unwrap();
     let _agent = topo.start_agent("n1").unwrap();
     let node = topo.node("n1");
-    let base = weir_only(node);
+    let base = node.weir_only_conflist().expect("the agent wrote its conflist");
 
     for version in VERSIONS {
         let list = base.with_version(version);
@@ -198,7 +192,7 @@ fn check_reports_what_is_missing() {
         .unwrap();
     let _agent = topo.start_agent("n1").unwrap();
     let node = topo.node("n1");
-    let pod = Pod::create(node, "c", &weir_only(node)).unwrap();
+    let pod = Pod::create(node, "c", &node.weir_only_conflist().expect("the agent wrote its conflist")).unwrap();
     pod.check().unwrap();
 
     // Someone removes the pod's address: CHECK must say so, naming it.
@@ -233,7 +227,7 @@ fn del_twice_and_del_without_netns_succeed() {
         .unwrap();
     let _agent = topo.start_agent("n1").unwrap();
     let node = topo.node("n1");
-    let list = weir_only(node);
+    let list = node.weir_only_conflist().expect("the agent wrote its conflist");
 
     let mut twice = Pod::create(node, "twice", &list).unwrap();
     let (ip, cid, host) = (
