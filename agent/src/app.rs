@@ -229,7 +229,14 @@ impl Reconciler {
                 return false;
             }
         };
-        if let Err(e) = self.services.datapath.set_node_addrs(addr, gateway) {
+        let ifindex = match nix::net::if_::if_nametoindex(ifname.as_str()) {
+            Ok(i) => i,
+            Err(e) => {
+                error!(error = %e, %ifname, "cannot read the uplink's ifindex");
+                return false;
+            }
+        };
+        if let Err(e) = self.services.datapath.set_node_addrs(addr, gateway, ifindex) {
             error!(error = %e, "cannot set the node address for NodePort SNAT");
             return false;
         }

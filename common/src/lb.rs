@@ -155,6 +155,11 @@ pub struct NodeConfig {
     /// The first address of the node's pod CIDR (every pod's gateway), the
     /// source of hairpinned flows.
     pub gateway_addr: u32,
+    /// The uplink's ifindex: packets whose source became a node address are
+    /// handed to it directly (the routing input check would drop them as
+    /// martians: their source is local).
+    pub uplink_ifindex: u32,
+    pub _pad: u32,
 }
 
 #[repr(C)]
@@ -191,7 +196,7 @@ const _: () = assert!(core::mem::size_of::<RevNat>() == 8);
 const _: () = assert!(core::mem::size_of::<CtKey>() == 16);
 const _: () = assert!(core::mem::size_of::<CtEntry>() == 24);
 const _: () = assert!(core::mem::size_of::<SourceRangeKey>() == 8);
-const _: () = assert!(core::mem::size_of::<NodeConfig>() == 8);
+const _: () = assert!(core::mem::size_of::<NodeConfig>() == 16);
 const _: () = assert!(core::mem::size_of::<AffinityKey>() == 8);
 const _: () = assert!(core::mem::size_of::<AffinityValue>() == 8);
 

@@ -31,6 +31,12 @@ fn try_handle(ctx: &TcContext) -> Result<i32, DropReason> {
             counters::count(DropReason::Passed);
             Ok(TC_ACT_OK as i32)
         }
+        lb::Outcome::TranslatedToUplink => {
+            counters::count(DropReason::Passed);
+            // Safety: reading a plain u32 field of the kernel's __sk_buff.
+            let ingress = unsafe { (*ctx.skb.skb).ifindex };
+            Ok(packet::out_via(ingress))
+        }
         lb::Outcome::NoBackend { frontend_addr } => {
             counters::count(DropReason::NoBackend);
             Ok(reject::icmp_port_unreachable(ctx, &flow, frontend_addr))

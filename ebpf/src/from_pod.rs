@@ -47,9 +47,14 @@ fn try_handle(ctx: &TcContext) -> Result<i32, DropReason> {
             counters::count(DropReason::Passed);
             return Ok(packet::back_out(ctx, ifindex));
         }
+        lb::Reversed::ToUplink => {
+            counters::count(DropReason::Passed);
+            return Ok(packet::out_via(lb::uplink_ifindex()));
+        }
     }
     match lb::from_pod(ctx, &flow)? {
-        lb::Outcome::NotService | lb::Outcome::Translated => {
+        // TranslatedVia only arises on the uplink (from_netdev).
+        lb::Outcome::NotService | lb::Outcome::Translated | lb::Outcome::TranslatedToUplink => {
             counters::count(DropReason::Passed);
             Ok(TC_ACT_OK as i32)
         }

@@ -65,6 +65,9 @@ pub enum Outcome {
     NotService,
     /// DNATed to a backend.
     Translated,
+    /// Translated, and the source is now a node address: the caller sends
+    /// it back out of the uplink it came in on (see `packet::out_via`).
+    TranslatedToUplink,
     /// Translated back to the pod it came from: the caller sends it back out
     /// of the same veth (routing would drop it: its source is now an address
     /// of the node).
@@ -189,6 +192,9 @@ fn rev_nat(id: u16) -> Option<RevNat> {
 pub enum Reversed {
     No,
     Yes,
+    /// Reversed to come from a node address (a NodePort reply): out of
+    /// the uplink, past the routing input check (`uplink_ifindex`).
+    ToUplink,
     /// A hairpinned flow's reply: back into the pod it came from.
     Hairpin,
 }
@@ -218,6 +224,9 @@ pub fn reverse(ctx: &TcContext, flow: &Flow) -> Result<Reversed, DropReason> {
         return Ok(Reversed::Hairpin);
     }
     nat::snat(ctx, flow, rn.addr, rn.port)?;
+    if WEIR_NODE.get(0).is_some_and(|node| node.node_addr == rn.addr) {
+        return Ok(Reversed::ToUplink);
+    }
     Ok(Reversed::Yes)
 }
 
@@ -236,7 +245,7 @@ pub fn from_netdev(ctx: &TcContext, flow: &Flow) -> Result<Outcome, DropReason> 
     {
         nat::dnat(ctx, flow, ct.nat_addr, ct.nat_port)?;
         nat::snat(ctx, flow, rn.addr, rn.port)?;
-        return Ok(Outcome::Translated);
+        return Ok(Outcome::TranslatedToUplink);
     }
 
     let key = ServiceKey::new(flow.daddr, flow.dport, flow.proto, SCOPE_EXTERNAL, 0);
@@ -264,6 +273,7 @@ pub fn from_netdev(ctx: &TcContext, flow: &Flow) -> Result<Outcome, DropReason> 
         nat::dnat(ctx, flow, b.addr, b.port)?;
         if ct.flags & CtEntry::FLAG_SNAT != 0 {
             nat::snat(ctx, flow, ct.nat_addr, ct.nat_port)?;
+            return Ok(Outcome::TranslatedToUplink);
         }
         return Ok(Outcome::Translated);
     }
@@ -322,5 +332,12 @@ pub fn from_netdev(ctx: &TcContext, flow: &Flow) -> Result<Outcome, DropReason> 
     conntrack::create_pair(&ct_key, &entry, &reply, &reply_entry);
     nat::dnat(ctx, flow, b.addr, b.port)?;
     nat::snat(ctx, flow, node_addr, port)?;
-    Ok(Outcome::Translated)
+    // Towards the backend's node, back out of the uplink it came in on.
+    Ok(Outcome::TranslatedToUplink)
+}
+
+/// The interface that carries node-address traffic out (set by the agent).
+#[inline(always)]
+pub fn uplink_ifindex() -> u32 {
+    WEIR_NODE.get(0).map(|n| n.uplink_ifindex).unwrap_or(0)
 }

@@ -1,6 +1,10 @@
 //! Header parsing shared by the programs. Loads go through
 //! bpf_skb_load_bytes, so no packet-pointer bounds dance is needed.
-use aya_ebpf::{bindings::TC_ACT_SHOT, helpers::bpf_redirect, programs::TcContext};
+use aya_ebpf::{
+    bindings::TC_ACT_SHOT,
+    helpers::{bpf_redirect, bpf_redirect_neigh},
+    programs::TcContext,
+};
 use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 use weir_common::{
     DropReason,
@@ -87,4 +91,17 @@ pub fn back_out(ctx: &TcContext, ifindex: u32) -> i32 {
     }
     // Safety: plain helper call.
     unsafe { bpf_redirect(ifindex, 0) as i32 }
+}
+
+/// Sends the packet out of `ifindex` towards its destination, with the
+/// next hop and its MAC found by the kernel (FIB and neighbour lookup).
+/// For packets whose source is now one of the node's own addresses, which
+/// the routing input path would drop as martians.
+#[inline(always)]
+pub fn out_via(ifindex: u32) -> i32 {
+    if ifindex == 0 {
+        return TC_ACT_SHOT as i32;
+    }
+    // Safety: no parameters: the kernel does the lookup itself.
+    unsafe { bpf_redirect_neigh(ifindex, core::ptr::null_mut(), 0, 0) as i32 }
 }

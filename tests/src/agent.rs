@@ -114,6 +114,11 @@ impl Agent {
         }
     }
 
+    /// The node this agent runs on.
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
     pub fn is_running(&mut self) -> bool {
         self.guard.try_wait().is_none()
     }

@@ -14,6 +14,7 @@ pub mod bins;
 pub mod bpffs;
 pub mod cleanup;
 pub mod cni;
+pub mod echo;
 pub mod containerd;
 pub mod exec;
 pub mod manifest;

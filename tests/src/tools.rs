@@ -32,6 +32,8 @@ pub const CONNTRACK: Tool = tool("conntrack", "conntrack");
 pub const BPFTOOL: Tool = tool("bpftool", "bpftool");
 pub const MOUNT: Tool = tool("mount", "mount");
 pub const SYSCTL: Tool = tool("sysctl", "procps");
+/// TCP/UDP echo servers and clients in the Service tests.
+pub const PYTHON3: Tool = tool("python3", "python3-minimal");
 
 /// What every topology needs.
 pub const BASE: &[Tool] = &[IP, PING, CURL, BUSYBOX, SYSCTL, MOUNT];
@@ -39,7 +41,7 @@ pub const BASE: &[Tool] = &[IP, PING, CURL, BUSYBOX, SYSCTL, MOUNT];
 /// Everything `cargo xtask setup` makes sure of.
 pub const ALL: &[Tool] = &[
     IP, PING, CURL, NSENTER, UNSHARE, BUSYBOX, PORTMAP, BRIDGE, HOST_LOCAL, CONTAINERD, CTR, RUNC,
-    IPTABLES, IPVSADM, CONNTRACK, BPFTOOL, MOUNT, SYSCTL,
+    IPTABLES, IPVSADM, CONNTRACK, BPFTOOL, MOUNT, SYSCTL, PYTHON3,
 ];
 
 impl Tool {

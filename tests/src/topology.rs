@@ -409,6 +409,27 @@ impl Topology {
         Ok(self.prefix.clone())
     }
 
+    /// Writes (or replaces) a manifest file the agents read, atomically.
+    pub fn write_manifest(&self, file: &str, docs: &[String]) -> Result<()> {
+        let tmp = self.manifest_dir.join(format!(".{file}.tmp"));
+        fs::write(&tmp, manifest::documents(docs)).with_context(|| format!("write {}", tmp.display()))?;
+        fs::rename(&tmp, self.manifest_dir.join(file)).with_context(|| format!("rename {}", tmp.display()))?;
+        Ok(())
+    }
+
+    /// A host on the node network that is not a node (the "external client"
+    /// of NodePort tests): `172.30.0.<host>`, on the switch.
+    pub fn external_host(&self, name: &str, host: u8) -> Result<(NetNs, Ipv4Addr)> {
+        let ip = Ipv4Addr::new(172, 30, 0, host);
+        let netns = NetNs::create(&self.prefix.child(name))?;
+        let port = format!("to-{name}");
+        self.switch().run(&["ip", "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", netns.name()])?;
+        self.switch().run(&["ip", "link", "set", &port, "master", "br0", "up"])?;
+        netns.run(&["ip", "addr", "add", &format!("{ip}/{NODE_NETWORK_PREFIX_LEN}"), "dev", "eth0"])?;
+        netns.run(&["ip", "link", "set", "eth0", "up"])?;
+        Ok((netns, ip))
+    }
+
     fn add_node(&self, index: usize, pod_cidr: &str) -> Result<Node> {
         parse_cidr(pod_cidr).with_context(|| format!("podCIDR of node {index}"))?;
         let name = format!("n{index}");

@@ -86,13 +86,15 @@ impl LbMaps for Datapath {
         let mut trie: LpmTrie<_, SourceRangeKey, u8> = LpmTrie::try_from(map).map_err(err("open", name))?;
         tolerate_missing(trie.remove(&range_key(rev_nat_id, range))).map_err(err("delete", name))
     }
-    fn set_node_addrs(&mut self, node: Ipv4Addr, gateway: Ipv4Addr) -> Result<(), LbMapError> {
+    fn set_node_addrs(&mut self, node: Ipv4Addr, gateway: Ipv4Addr, uplink_ifindex: u32) -> Result<(), LbMapError> {
         let name = pin::MAP_NODE;
         let map = self.ebpf_mut().map_mut(name).ok_or_else(|| LbMapError { op: "open", map: name, reason: "missing".into() })?;
         let mut arr: Array<_, NodeConfig> = Array::try_from(map).map_err(err("open", name))?;
         let cfg = NodeConfig {
             node_addr: u32::from_ne_bytes(node.octets()),
             gateway_addr: u32::from_ne_bytes(gateway.octets()),
+            uplink_ifindex,
+            _pad: 0,
         };
         arr.set(0, cfg, 0).map_err(err("set", name))
     }

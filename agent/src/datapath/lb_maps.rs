@@ -37,7 +37,7 @@ pub trait LbMaps {
     fn delete_source_range(&mut self, rev_nat_id: u16, range: Ipv4Network) -> Result<(), LbMapError>;
     /// The address the uplink program SNATs remote-backend flows to, and the
     /// pod gateway address hairpinned flows are SNATed to.
-    fn set_node_addrs(&mut self, node: Ipv4Addr, gateway: Ipv4Addr) -> Result<(), LbMapError>;
+    fn set_node_addrs(&mut self, node: Ipv4Addr, gateway: Ipv4Addr, uplink_ifindex: u32) -> Result<(), LbMapError>;
     fn dump(&self) -> Result<LbDump, LbMapError>;
 }
 
@@ -99,7 +99,7 @@ impl LbMaps for FakeLbMaps {
         }
         Ok(())
     }
-    fn set_node_addrs(&mut self, node: Ipv4Addr, gateway: Ipv4Addr) -> Result<(), LbMapError> {
+    fn set_node_addrs(&mut self, node: Ipv4Addr, gateway: Ipv4Addr, _uplink_ifindex: u32) -> Result<(), LbMapError> {
         self.ops += 1;
         self.node_addrs = Some((node, gateway));
         Ok(())
@@ -164,9 +164,9 @@ impl LbMaps for FaultyLbMaps {
         self.gate("delete_source_range")?;
         self.inner.delete_source_range(rev_nat_id, range)
     }
-    fn set_node_addrs(&mut self, node: Ipv4Addr, gateway: Ipv4Addr) -> Result<(), LbMapError> {
+    fn set_node_addrs(&mut self, node: Ipv4Addr, gateway: Ipv4Addr, uplink_ifindex: u32) -> Result<(), LbMapError> {
         self.gate("set_node_addrs")?;
-        self.inner.set_node_addrs(node, gateway)
+        self.inner.set_node_addrs(node, gateway, uplink_ifindex)
     }
     fn dump(&self) -> Result<LbDump, LbMapError> {
         self.inner.dump()

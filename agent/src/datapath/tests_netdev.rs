@@ -16,6 +16,9 @@ use crate::model::{
 };
 
 const TC_ACT_SHOT: u32 = 2;
+/// Handed to the uplink directly: the source is now a node address, which
+/// the routing input check would drop as a martian.
+const TC_ACT_REDIRECT: u32 = 7;
 const NODE: [u8; 4] = [172, 30, 0, 11];
 const CLIENT: [u8; 4] = [172, 30, 0, 100];
 const LOCAL_POD: [u8; 4] = [10, 244, 1, 5];
@@ -56,7 +59,7 @@ fn program(t: &mut TestDatapath, fes: &[Fe]) {
         })
         .collect();
     let maps: &mut dyn LbMaps = &mut t.dp;
-    maps.set_node_addrs(Ipv4Addr::from(NODE), Ipv4Addr::new(10, 244, 1, 1)).unwrap();
+    maps.set_node_addrs(Ipv4Addr::from(NODE), Ipv4Addr::new(10, 244, 1, 1), 1).unwrap();
     let report = LbProgrammer::default().apply(&want, true, maps);
     assert!(report.errors.is_empty(), "{:?}", report.errors);
 }
@@ -77,9 +80,10 @@ fn node_port_to_local_backend_keeps_client_address() {
     let p = parse(&out);
     assert_eq!((p.src, p.sport, p.dst, p.dport), (CLIENT, 50000, LOCAL_POD, 8080));
 
-    // The backend pod's reply is translated as it leaves the pod.
+    // The backend pod's reply is translated as it leaves the pod, and goes
+    // straight to the uplink.
     let (rc, out) = run(&t, pin::PROG_FROM_POD, &packet(6, LOCAL_POD, 8080, CLIENT, 50000));
-    assert_eq!(rc, TC_ACT_OK);
+    assert_eq!(rc, TC_ACT_REDIRECT);
     let p = parse(&out);
     assert_eq!((p.src, p.sport, p.dst, p.dport), (NODE, 30080, CLIENT, 50000));
 }
@@ -91,7 +95,7 @@ fn node_port_to_remote_backend_snats_to_the_node_and_reverses_the_reply() {
     program(&mut t, &[node_port(vec![(REMOTE_POD, false)])]);
 
     let (rc, out) = run(&t, pin::PROG_FROM_NETDEV, &packet(6, CLIENT, 50000, NODE, 30080));
-    assert_eq!(rc, TC_ACT_OK);
+    assert_eq!(rc, TC_ACT_REDIRECT);
     let p = parse(&out);
     assert_eq!((p.src, p.sport, p.dst, p.dport), (NODE, 50000, REMOTE_POD, 8080));
 
@@ -101,7 +105,7 @@ fn node_port_to_remote_backend_snats_to_the_node_and_reverses_the_reply() {
 
     // Reply from the other node: back to the client, from the NodePort.
     let (rc, out) = run(&t, pin::PROG_FROM_NETDEV, &packet(6, REMOTE_POD, 8080, NODE, 50000));
-    assert_eq!(rc, TC_ACT_OK);
+    assert_eq!(rc, TC_ACT_REDIRECT);
     let p = parse(&out);
     assert_eq!((p.src, p.sport, p.dst, p.dport), (NODE, 30080, CLIENT, 50000));
 
@@ -125,7 +129,7 @@ fn load_balancer_source_ranges_are_enforced() {
         &[Fe { addr: lb_ip, port: 80, kind: FrontendKind::LoadBalancer, backends: vec![(REMOTE_POD, false)], ranges: vec!["203.0.113.0/24"], local_only: false }],
     );
     let (rc, _) = run(&t, pin::PROG_FROM_NETDEV, &packet(6, [203, 0, 113, 9], 50000, lb_ip, 80));
-    assert_eq!(rc, TC_ACT_OK);
+    assert_eq!(rc, TC_ACT_REDIRECT, "allowed: on to the remote backend");
     let (rc, _) = run(&t, pin::PROG_FROM_NETDEV, &packet(6, [198, 18, 0, 1], 50000, lb_ip, 80));
     assert_eq!(rc, TC_ACT_SHOT);
     assert_eq!(t.count(DropReason::SourceRange), 1);

@@ -1,0 +1,87 @@
+//! TCP and UDP echo servers that name themselves, and one-shot clients: the
+//! Service tests ask "which backend answered, over which protocol".
+
+use std::{net::Ipv4Addr, path::Path, thread, time::Duration};
+
+use anyhow::{Result, bail};
+
+use crate::{NetNs, process::ChildGuard};
+
+/// Answers every TCP line and UDP datagram with `<label> <what came>`.
+const SERVER: &str = r#"
+import socket, sys, threading
+label, port = sys.argv[1].encode(), int(sys.argv[2])
+def tcp():
+    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("0.0.0.0", port)); s.listen(64)
+    def serve(c):
+        with c:
+            while True:
+                d = c.recv(4096)
+                if not d: return
+                c.sendall(label + b" " + d)
+    while True:
+        c, _ = s.accept(); threading.Thread(target=serve, args=(c,), daemon=True).start()
+def udp():
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind(("0.0.0.0", port))
+    while True:
+        d, a = u.recvfrom(4096); u.sendto(label + b" " + d, a)
+threading.Thread(target=udp, daemon=True).start()
+tcp()
+"#;
+
+/// One request, one answer; prints the answer and where it came from (the
+/// address the client's socket saw).
+const CLIENT: &str = r#"
+import socket, sys
+proto, host, port, msg = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4].encode()
+if proto == "tcp":
+    s = socket.create_connection((host, port), timeout=3); s.sendall(msg)
+    print(s.recv(4096).decode(), s.getpeername()[0])
+else:
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.settimeout(3); u.sendto(msg, (host, port))
+    d, a = u.recvfrom(4096); print(d.decode(), a[0])
+"#;
+
+/// Starts the echo server on `port` (TCP and UDP) and waits until it answers.
+pub fn serve(netns: &NetNs, label: &str, port: u16, log: &Path, detached: bool) -> Result<ChildGuard> {
+    let port_s = port.to_string();
+    let mut guard = netns.spawn(&["python3", "-c", SERVER, label, &port_s], &[], log, detached)?;
+    for _ in 0..100 {
+        if let Some(status) = guard.try_wait() {
+            bail!("echo server in {} exited at once ({status}); see {}", netns.name(), log.display());
+        }
+        if ask(netns, "tcp", Ipv4Addr::LOCALHOST, port, "ping").is_ok() {
+            return Ok(guard);
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    bail!("echo server in {} does not answer on port {port}", netns.name())
+}
+
+/// What the server said and the peer address the client saw.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Answer {
+    /// The label of the server that answered.
+    pub server: String,
+    pub peer: Ipv4Addr,
+}
+
+/// One round trip over `proto` ("tcp" or "udp").
+pub fn ask(netns: &NetNs, proto: &str, host: Ipv4Addr, port: u16, msg: &str) -> Result<Answer> {
+    let out = netns.output(&["python3", "-c", CLIENT, proto, &host.to_string(), &port.to_string(), msg])?;
+    if !out.success() {
+        bail!(
+            "{proto} {host}:{port} from {} failed ({}): {}",
+            netns.name(),
+            out.describe_status(),
+            out.stderr_str().trim().lines().last().unwrap_or_default()
+        );
+    }
+    let text = out.stdout_str();
+    let mut words = text.split_whitespace();
+    let (Some(server), Some(_echo), Some(peer)) = (words.next(), words.next(), words.next()) else {
+        bail!("unexpected echo answer {text:?}");
+    };
+    Ok(Answer { server: server.to_string(), peer: peer.parse()? })
+}

@@ -1,0 +1,235 @@
+//! Services through weir's datapath on a two-node cluster in namespaces:
+//! ClusterIP over TCP and UDP from pods on both nodes, NodePort from a host
+//! outside the cluster, backend removal, session affinity, rejection
+//! without endpoints, and an established connection across an agent
+//! restart.
+
+use std::{collections::BTreeSet, net::Ipv4Addr, thread, time::Duration};
+
+use weir_testbed::{
+    Agent, Pod, Topology,
+    echo::{self, Answer},
+    manifest::{SvcPort, endpoint_slice_yaml, service_yaml},
+    process::ChildGuard,
+    tools,
+};
+
+const ECHO_PORT: u16 = 9000;
+const NODE_PORT: u16 = 30090;
+const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
+
+/// Two nodes, two pods on each, every pod running the echo server.
+struct Cluster {
+    // Dropped in this order: servers, pods, agents, then the namespaces.
+    _servers: Vec<ChildGuard>,
+    pods: Vec<Pod>,
+    agents: Vec<Agent>,
+    topo: Topology,
+}
+
+impl Cluster {
+    fn new(label: &str) -> Self {
+        weir_testbed::privileged(&[tools::IP, tools::PYTHON3, tools::PORTMAP]);
+        let topo = Topology::builder(label).nodes(2).build().unwrap();
+        let agents = topo.start_agents().unwrap();
+        let mut pods = Vec::new();
+        let mut servers = Vec::new();
+        for node in topo.nodes() {
+            let list = node.agent_conflist().unwrap();
+            for name in ["a", "b"] {
+                let pod = Pod::create(node, name, &list).unwrap();
+                let log = node.dirs.logs.join(format!("echo-{name}.log"));
+                let label = format!("{}/{name}", node.name);
+                servers.push(echo::serve(&pod.netns, &label, ECHO_PORT, &log, false).unwrap());
+                pods.push(pod);
+            }
+        }
+        Cluster { _servers: servers, pods, agents, topo }
+    }
+
+    fn pod(&self, label: &str) -> &Pod {
+        self.pods.iter().find(|p| format!("{}/{}", p.node, p.name) == label).unwrap()
+    }
+
+    fn endpoints(&self, except: &[&str]) -> Vec<(Ipv4Addr, &str)> {
+        self.pods
+            .iter()
+            .filter(|p| !except.contains(&format!("{}/{}", p.node, p.name).as_str()))
+            .map(|p| (p.ip, p.node.as_str()))
+            .collect()
+    }
+
+    /// The echo Service (TCP and UDP, NodePort for TCP) over `endpoints`.
+    fn publish(&self, name: &str, vip: Ipv4Addr, endpoints: &[(Ipv4Addr, &str)], affinity: bool) {
+        let ports = [
+            SvcPort { name: "tcp", protocol: "TCP", port: ECHO_PORT, target_port: ECHO_PORT, node_port: Some(NODE_PORT) },
+            SvcPort { name: "udp", protocol: "UDP", port: ECHO_PORT, target_port: ECHO_PORT, node_port: None },
+        ];
+        let ports = if affinity { &ports[..1] } else { &ports[..] };
+        let ports: Vec<SvcPort> = ports
+            .iter()
+            .cloned()
+            .map(|p| SvcPort { node_port: if affinity { None } else { p.node_port }, ..p })
+            .collect();
+        let slice_ports: Vec<(&str, &str, u16)> = ports.iter().map(|p| (p.name, p.protocol, ECHO_PORT)).collect();
+        self.topo
+            .write_manifest(
+                &format!("svc-{name}.yaml"),
+                &[service_yaml(name, vip, &ports, affinity), endpoint_slice_yaml(name, &slice_ports, endpoints)],
+            )
+            .unwrap();
+    }
+}
+
+/// Asks until the datapath answers (the agents poll the manifest directory),
+/// then returns that first answer.
+fn first_answer(ns: &weir_testbed::NetNs, proto: &str, host: Ipv4Addr, port: u16) -> Answer {
+    let mut last = None;
+    for _ in 0..60 {
+        match echo::ask(ns, proto, host, port, "hello") {
+            Ok(a) => return a,
+            Err(e) => last = Some(e),
+        }
+        thread::sleep(Duration::from_millis(250));
+    }
+    panic!("{proto} {host}:{port} from {} never answered: {:#}", ns.name(), last.unwrap());
+}
+
+fn servers(answers: &[Answer]) -> BTreeSet<String> {
+    answers.iter().map(|a| a.server.clone()).collect()
+}
+
+#[test]
+fn cluster_ip_over_tcp_and_udp_from_both_nodes_and_backend_removal() {
+    let c = Cluster::new("svc_cip");
+    c.publish("echo", VIP, &c.endpoints(&[]), false);
+
+    for client in ["n1/a", "n2/a"] {
+        let ns = &c.pod(client).netns;
+        first_answer(ns, "tcp", VIP, ECHO_PORT);
+        let tcp: Vec<Answer> = (0..24).map(|_| echo::ask(ns, "tcp", VIP, ECHO_PORT, "t").unwrap()).collect();
+        assert!(tcp.iter().all(|a| a.peer == VIP), "the client must only ever see the Service address: {tcp:?}");
+        assert!(servers(&tcp).len() >= 3, "24 connections from {client} reached only {:?}", servers(&tcp));
+
+        let udp: Vec<Answer> = (0..16).map(|_| echo::ask(ns, "udp", VIP, ECHO_PORT, "u").unwrap()).collect();
+        assert!(udp.iter().all(|a| a.peer == VIP), "UDP replies must come from the Service address: {udp:?}");
+        assert!(servers(&udp).len() >= 2, "16 UDP flows from {client} reached only {:?}", servers(&udp));
+    }
+
+    // n2/b leaves: new connections never reach it.
+    c.publish("echo", VIP, &c.endpoints(&["n2/b"]), false);
+    thread::sleep(Duration::from_secs(2));
+    let ns = &c.pod("n1/a").netns;
+    let after: Vec<Answer> = (0..24).map(|_| echo::ask(ns, "tcp", VIP, ECHO_PORT, "t").unwrap()).collect();
+    assert!(!servers(&after).contains("n2/b"), "removed backend still used: {:?}", servers(&after));
+    assert!(servers(&after).len() >= 2);
+}
+
+#[test]
+fn node_port_from_an_external_client_reaches_local_and_remote_backends() {
+    let c = Cluster::new("svc_np");
+    c.publish("echo", VIP, &c.endpoints(&[]), false);
+    let (client, _) = c.topo.external_host("ext", 100).unwrap();
+    for node in c.topo.nodes() {
+        first_answer(&client, "tcp", node.ip, NODE_PORT);
+        let answers: Vec<Answer> = (0..16).map(|_| echo::ask(&client, "tcp", node.ip, NODE_PORT, "n").unwrap()).collect();
+        assert!(answers.iter().all(|a| a.peer == node.ip), "replies must come from the node port: {answers:?}");
+        let nodes_reached: BTreeSet<&str> = answers.iter().map(|a| &a.server[..2]).collect();
+        assert_eq!(
+            nodes_reached.len(),
+            2,
+            "16 connections to {}:{NODE_PORT} should reach backends on both nodes (local, and remote through SNAT): {:?}",
+            node.ip,
+            servers(&answers)
+        );
+    }
+}
+
+#[test]
+fn session_affinity_and_rejection_without_endpoints() {
+    let c = Cluster::new("svc_aff");
+    let sticky = Ipv4Addr::new(10, 96, 0, 11);
+    let empty = Ipv4Addr::new(10, 96, 0, 12);
+    c.publish("sticky", sticky, &c.endpoints(&[]), true);
+    c.publish("empty", empty, &[], false);
+
+    let ns = &c.pod("n1/a").netns;
+    let first = first_answer(ns, "tcp", sticky, ECHO_PORT);
+    for _ in 0..16 {
+        assert_eq!(echo::ask(ns, "tcp", sticky, ECHO_PORT, "s").unwrap().server, first.server, "ClientIP affinity");
+    }
+
+    // Wait for the empty Service to be programmed: until then the VIP is
+    // not routed and the connect times out instead of being refused.
+    let mut last = String::new();
+    for _ in 0..40 {
+        match echo::ask(ns, "tcp", empty, ECHO_PORT, "e") {
+            Ok(a) => panic!("a Service without endpoints answered: {a:?}"),
+            Err(e) => last = format!("{e:#}"),
+        }
+        if last.contains("ConnectionRefused") {
+            break;
+        }
+        thread::sleep(Duration::from_millis(250));
+    }
+    assert!(last.contains("ConnectionRefused"), "expected an immediate refusal, got: {last}");
+}
+
+/// Connects through the ClusterIP, waits for `go`, then talks again.
+const LONG_CLIENT: &str = r#"
+import os, socket, sys, time
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5)
+s.sendall(b"before"); print(s.recv(100).decode().split()[0], flush=True)
+open(sys.argv[3], "w").write("connected")
+while not os.path.exists(sys.argv[4]): time.sleep(0.05)
+s.sendall(b"after"); print(s.recv(100).decode().split()[0], flush=True)
+"#;
+
+#[test]
+fn an_established_connection_survives_an_agent_restart_with_its_backend() {
+    let mut c = Cluster::new("svc_restart");
+    c.publish("echo", VIP, &c.endpoints(&[]), false);
+    let client_index = c.pods.iter().position(|p| p.node == "n1" && p.name == "a").unwrap();
+    let client = &c.pods[client_index].netns;
+    first_answer(client, "tcp", VIP, ECHO_PORT);
+
+    let dir = c.topo.node("n1").dirs.root.clone();
+    let (connected, go, out) = (dir.join("connected"), dir.join("go"), dir.join("client.out"));
+    let mut long = client
+        .spawn(
+            &["python3", "-c", LONG_CLIENT, &VIP.to_string(), &ECHO_PORT.to_string(), connected.to_str().unwrap(), go.to_str().unwrap()],
+            &[],
+            &out,
+            false,
+        )
+        .unwrap();
+    for _ in 0..100 {
+        if connected.exists() {
+            break;
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    assert!(connected.exists(), "client never connected: {}", std::fs::read_to_string(&out).unwrap_or_default());
+
+    // Stop n1's agent (dropping the guard kills it), start a new one.
+    let index = c.agents.iter().position(|a| a.node() == "n1").unwrap();
+    c.agents.remove(index).stop();
+    let mut agent = c.topo.start_agent("n1").unwrap();
+    agent.wait_ready(Agent::ready_timeout()).unwrap();
+    c.agents.push(agent);
+
+    std::fs::write(&go, "go").unwrap();
+    let mut status = None;
+    for _ in 0..200 {
+        status = long.try_wait();
+        if status.is_some() {
+            break;
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    let text = std::fs::read_to_string(&out).unwrap();
+    assert!(status.is_some_and(|s| s.success()), "client failed or hung after the restart: {text}");
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    assert_eq!(lines[0], lines[1], "the connection changed backend across the restart");
+}
