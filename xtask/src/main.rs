@@ -4,6 +4,7 @@ mod bench;
 mod cargo;
 mod matrix;
 mod sandbox;
+mod sandbox_services;
 mod setup;
 mod test_suite;
 

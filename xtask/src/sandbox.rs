@@ -1,6 +1,7 @@
 //! `cargo xtask sandbox`: two nodes, an agent on each, two pods per node
 //! through the agent-written conflist (weir-cni + portmap), an HTTP server in
-//! every pod and node, and the ping + HTTP matrix between all of them.
+//! every pod and node, the ping + HTTP matrix between all of them, and
+//! Services (ClusterIP, NodePort from outside, one without endpoints).
 
 use std::{fs, net::Ipv4Addr, process::ExitCode, thread};
 
@@ -14,7 +15,7 @@ use weir_testbed::{
 use crate::{
     cargo,
     matrix::{self, Endpoint, Kind, Probe},
-    setup,
+    sandbox_services, setup,
 };
 
 const PODS_PER_NODE: [&str; 2] = ["a", "b"];
@@ -107,7 +108,8 @@ pub fn run(args: SandboxArgs) -> Result<ExitCode> {
     let (endpoints, targets) = endpoints(&topo, &pods);
     let probes = probe_all(&topo, &pods, &endpoints, &targets);
     println!("\n{}", matrix::render(&endpoints, &probes));
-    let all_ok = probes.iter().all(Probe::ok);
+    let (services_ok, mut external) = sandbox_services::demo(&topo, &pods)?;
+    let all_ok = probes.iter().all(Probe::ok) && services_ok;
     println!(
         "{}",
         if all_ok {
@@ -126,12 +128,14 @@ pub fn run(args: SandboxArgs) -> Result<ExitCode> {
         for s in node_servers {
             s.forget();
         }
+        external.disown();
         for a in agents {
             a.keep();
         }
         topo.keep()?;
         println!("\ntear down: cargo xtask sandbox --down {prefix}");
     } else {
+        drop(external);
         drop(pods);
         drop(node_servers);
         drop(agents);
