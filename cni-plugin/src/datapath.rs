@@ -217,7 +217,7 @@ fn attach(
         let _ = tc::qdisc_add_clsact(host_veth);
     }
     let id = prog
-        .attach(host_veth, TcAttachType::Ingress)
+        .attach(host_veth, attach_type)
         .map_err(|e| DatapathError::new(&op, e))?;
     let link = prog.take_link(id).map_err(|e| DatapathError::new(&op, e))?;
 
