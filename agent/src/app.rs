@@ -40,16 +40,24 @@ pub async fn run(mut config: AgentConfig) -> anyhow::Result<()> {
     let lb = LbProgrammer::restore(&datapath.dump().context("reading the pinned service maps")?);
     let routes = Routes::connect().context("opening netlink")?;
 
+    let status = std::sync::Arc::new(crate::status::Status::default());
+    status.beat();
+    let listener = tokio::net::TcpListener::bind(config.status_addr)
+        .await
+        .with_context(|| format!("binding the status endpoint {}", config.status_addr))?;
+    tokio::spawn(crate::status::serve(listener, status.clone(), config.bpf_pin_dir.clone()));
+
     let (tx, mut rx) = mpsc::channel::<Update>(1024);
     let source = spawn_source(&config, tx).await?;
 
-    let mut state = Reconciler::new(config, routes, datapath, lb);
+    let mut state = Reconciler::new(config, routes, datapath, lb, status.clone());
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     // Failed writes leave things dirty; retry them even when nothing new
     // arrives.
     let mut retry = tokio::time::interval(std::time::Duration::from_secs(5));
     retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        status.beat();
         tokio::select! {
             _ = retry.tick() => {
                 if state.dirty() {
@@ -137,6 +145,8 @@ struct Reconciler {
     index: ClusterIndex,
     /// The node plumbing must be looked at again.
     nodes_dirty: bool,
+    status: std::sync::Arc<crate::status::Status>,
+    peer_routes: usize,
     /// The uplink the NodePort program is attached to, and the address.
     uplink: Option<(std::net::Ipv4Addr, std::net::Ipv4Addr, String)>,
     /// Problems already reported, so each is logged once while it lasts.
@@ -145,13 +155,21 @@ struct Reconciler {
 }
 
 impl Reconciler {
-    fn new(config: AgentConfig, routes: Routes, datapath: Datapath, lb: LbProgrammer) -> Self {
+    fn new(
+        config: AgentConfig,
+        routes: Routes,
+        datapath: Datapath,
+        lb: LbProgrammer,
+        status: std::sync::Arc<crate::status::Status>,
+    ) -> Self {
         Self {
             config,
             routes,
             services: ServiceSync::new(datapath, lb),
             index: ClusterIndex::default(),
             nodes_dirty: true,
+            status,
+            peer_routes: 0,
             uplink: None,
             reported: BTreeSet::new(),
             ready: false,
@@ -191,6 +209,7 @@ impl Reconciler {
     }
 
     async fn reconcile(&mut self) {
+        let started = std::time::Instant::now();
         let mut problems = Vec::new();
         if self.nodes_dirty {
             self.nodes_dirty = false;
@@ -208,6 +227,15 @@ impl Reconciler {
         }
         problems.extend(self.services.problems().cloned());
         self.report(problems);
+        let synced = self.index.nodes.synced() && self.index.services_synced();
+        let gauges = crate::status::Gauges {
+            nodes: self.index.nodes().count(),
+            services: self.index.services.iter().count(),
+            endpoint_slices: self.index.slice_count(),
+            frontends: self.services.frontends(),
+            peer_routes: self.peer_routes,
+        };
+        self.status.record_sync(started.elapsed(), !self.dirty(), synced, gauges);
     }
 
     /// NodePorts need the uplink program and the node address for SNAT;
@@ -281,6 +309,7 @@ impl Reconciler {
         if ok && !self.ready && prune && plan.conflist.is_some() {
             self.mark_ready(plan);
         }
+        self.peer_routes = plan.peer_routes.len();
         if !ok {
             self.nodes_dirty = true;
         }
@@ -296,6 +325,7 @@ impl Reconciler {
         match files::write_atomic(&path, marker.to_string().as_bytes()) {
             Ok(_) => {
                 self.ready = true;
+                self.status.set_node_ready(true);
                 info!(path = %path.display(), "node ready for pods");
             }
             Err(e) => error!(error = %e, "cannot write the ready marker"),

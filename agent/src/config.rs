@@ -99,6 +99,9 @@ pub struct RunArgs {
     /// Translate Services per packet only (no connect-time translation).
     #[arg(long)]
     pub no_socket_lb: bool,
+    /// Address of the /healthz, /readyz and /metrics endpoint.
+    #[arg(long, env = "WEIR_STATUS_ADDR", default_value = "0.0.0.0:9878")]
+    pub status_addr: std::net::SocketAddr,
     /// Manifest directory poll interval, in milliseconds.
     #[arg(long, default_value_t = 200)]
     pub dir_poll_ms: u64,
@@ -124,6 +127,7 @@ pub struct AgentConfig {
     pub plan: PlanSettings,
     pub masquerade: bool,
     pub cni_bin_dirs: Vec<PathBuf>,
+    pub status_addr: std::net::SocketAddr,
     pub socket_lb_cgroup: Option<PathBuf>,
     pub dir_poll: std::time::Duration,
     pub cni_conf_dir: PathBuf,
@@ -170,6 +174,7 @@ impl RunArgs {
             },
             masquerade: !self.no_masquerade,
             cni_bin_dirs: std::env::split_paths(&self.cni_bin_dir).collect(),
+            status_addr: self.status_addr,
             socket_lb_cgroup: (!self.no_socket_lb).then_some(self.socket_lb_cgroup),
             dir_poll: std::time::Duration::from_millis(self.dir_poll_ms.max(10)),
             cni_conf_dir: self.paths.cni_conf_dir,

@@ -9,6 +9,7 @@ mod model;
 mod node;
 mod services;
 mod sources;
+mod status;
 
 use std::io::IsTerminal as _;
 

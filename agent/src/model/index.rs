@@ -155,6 +155,10 @@ impl ClusterIndex {
         affected
     }
 
+    pub fn slice_count(&self) -> usize {
+        self.slices.iter().count()
+    }
+
     /// The EndpointSlices of one Service.
     pub fn slices_of(&self, service: &str) -> Vec<&EndpointSliceInfo> {
         self.slices_by_service

@@ -1,0 +1,211 @@
+//! The agent's own HTTP endpoint for the kubelet and Prometheus:
+//! - `/healthz`: the main loop turned within the last 30 s (liveness);
+//! - `/readyz`: the node is set up, every watch has delivered its list and
+//!   the last sync wrote everything (readiness);
+//! - `/metrics`: Prometheus text format.
+use std::{
+    fmt::Write as _,
+    path::PathBuf,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::TcpListener,
+};
+use tracing::{debug, warn};
+
+use crate::datapath::loader::verdict_counts;
+
+const LIVENESS_WINDOW: Duration = Duration::from_secs(30);
+
+#[derive(Default)]
+pub struct Status {
+    /// Unix seconds of the main loop's last turn.
+    heartbeat: AtomicU64,
+    node_ready: AtomicBool,
+    synced: AtomicBool,
+    sync_ok: AtomicBool,
+    gauges: Mutex<Gauges>,
+    syncs: AtomicU64,
+    sync_seconds_total: Mutex<f64>,
+    sync_errors: AtomicU64,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Gauges {
+    pub nodes: usize,
+    pub services: usize,
+    pub endpoint_slices: usize,
+    pub frontends: usize,
+    pub peer_routes: usize,
+}
+
+fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+impl Status {
+    pub fn beat(&self) {
+        self.heartbeat.store(now(), Ordering::Relaxed);
+    }
+
+    pub fn set_node_ready(&self, ready: bool) {
+        self.node_ready.store(ready, Ordering::Relaxed);
+    }
+
+    /// After a reconcile: how long it took, whether it wrote everything,
+    /// whether every watch has listed, and the object counts.
+    pub fn record_sync(&self, took: Duration, ok: bool, synced: bool, gauges: Gauges) {
+        self.syncs.fetch_add(1, Ordering::Relaxed);
+        *self.sync_seconds_total.lock().expect("lock") += took.as_secs_f64();
+        if !ok {
+            self.sync_errors.fetch_add(1, Ordering::Relaxed);
+        }
+        self.sync_ok.store(ok, Ordering::Relaxed);
+        self.synced.store(synced, Ordering::Relaxed);
+        *self.gauges.lock().expect("lock") = gauges;
+    }
+
+    pub fn live(&self) -> bool {
+        now().saturating_sub(self.heartbeat.load(Ordering::Relaxed)) <= LIVENESS_WINDOW.as_secs()
+    }
+
+    /// Why the agent is not ready, or None.
+    pub fn not_ready(&self) -> Option<&'static str> {
+        if !self.node_ready.load(Ordering::Relaxed) {
+            Some("node not set up yet (no podCIDR, routes or CNI config)")
+        } else if !self.synced.load(Ordering::Relaxed) {
+            Some("waiting for the initial lists of Nodes, Services and EndpointSlices")
+        } else if !self.sync_ok.load(Ordering::Relaxed) {
+            Some("the last sync failed to write some state; retrying")
+        } else {
+            None
+        }
+    }
+
+    /// Prometheus text exposition.
+    pub fn metrics(&self, pin_dir: &std::path::Path) -> String {
+        let g = self.gauges.lock().expect("lock").clone();
+        let mut out = String::new();
+        let mut gauge = |name: &str, help: &str, value: String| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
+        };
+        gauge("weir_nodes", "Nodes known to the agent.", g.nodes.to_string());
+        gauge("weir_services", "Services known to the agent.", g.services.to_string());
+        gauge("weir_endpoint_slices", "EndpointSlices known to the agent.", g.endpoint_slices.to_string());
+        gauge("weir_service_frontends", "Service frontends (address, port, protocol) programmed.", g.frontends.to_string());
+        gauge("weir_peer_routes", "Routes to other nodes' pod CIDRs.", g.peer_routes.to_string());
+        gauge("weir_ready", "1 when the agent reports ready.", u8::from(self.not_ready().is_none()).to_string());
+        let _ = writeln!(
+            out,
+            "# HELP weir_syncs_total Reconcile passes.\n# TYPE weir_syncs_total counter\nweir_syncs_total {}",
+            self.syncs.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP weir_sync_seconds_total Time spent reconciling.\n# TYPE weir_sync_seconds_total counter\nweir_sync_seconds_total {}",
+            *self.sync_seconds_total.lock().expect("lock")
+        );
+        let _ = writeln!(
+            out,
+            "# HELP weir_sync_errors_total Reconcile passes that left something unwritten.\n# TYPE weir_sync_errors_total counter\nweir_sync_errors_total {}",
+            self.sync_errors.load(Ordering::Relaxed)
+        );
+        match verdict_counts(pin_dir) {
+            Ok(counts) => {
+                let _ = writeln!(
+                    out,
+                    "# HELP weir_datapath_packets_total Packets per datapath verdict (passed, or why dropped).\n# TYPE weir_datapath_packets_total counter"
+                );
+                for (reason, n) in counts {
+                    let _ = writeln!(out, "weir_datapath_packets_total{{verdict=\"{}\"}} {n}", reason.name());
+                }
+            }
+            Err(e) => debug!(error = %e, "datapath counters unavailable"),
+        }
+        out
+    }
+}
+
+/// Answers one request; returns (status line, content type, body).
+pub fn respond(status: &Status, path: &str, pin_dir: &std::path::Path) -> (&'static str, &'static str, String) {
+    match path {
+        "/healthz" | "/livez" => {
+            if status.live() {
+                ("200 OK", "text/plain", "ok\n".into())
+            } else {
+                ("503 Service Unavailable", "text/plain", "main loop stalled\n".into())
+            }
+        }
+        "/readyz" => match status.not_ready() {
+            None => ("200 OK", "text/plain", "ready\n".into()),
+            Some(why) => ("503 Service Unavailable", "text/plain", format!("{why}\n")),
+        },
+        "/metrics" => ("200 OK", "text/plain; version=0.0.4", status.metrics(pin_dir)),
+        _ => ("404 Not Found", "text/plain", "try /healthz, /readyz or /metrics\n".into()),
+    }
+}
+
+pub async fn serve(listener: TcpListener, status: Arc<Status>, pin_dir: PathBuf) {
+    loop {
+        let Ok((mut conn, _)) = listener.accept().await else { continue };
+        let status = status.clone();
+        let pin_dir = pin_dir.clone();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 2048];
+            let n = match tokio::time::timeout(Duration::from_secs(5), conn.read(&mut buf)).await {
+                Ok(Ok(n)) => n,
+                _ => return,
+            };
+            let request = String::from_utf8_lossy(&buf[..n]);
+            let path = request.split_whitespace().nth(1).unwrap_or("/");
+            let (code, kind, body) = respond(&status, path, &pin_dir);
+            let reply = format!(
+                "HTTP/1.1 {code}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            if let Err(e) = conn.write_all(reply.as_bytes()).await {
+                warn!(error = %e, "status client went away");
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn readiness_needs_node_lists_and_a_clean_sync() {
+        let s = Status::default();
+        s.beat();
+        assert!(s.live());
+        let path = std::path::Path::new("/nonexistent");
+        assert_eq!(respond(&s, "/readyz", path).0, "503 Service Unavailable");
+        s.set_node_ready(true);
+        s.record_sync(Duration::from_millis(3), true, false, Gauges::default());
+        assert!(respond(&s, "/readyz", path).2.contains("initial lists"));
+        s.record_sync(Duration::from_millis(3), false, true, Gauges::default());
+        assert!(respond(&s, "/readyz", path).2.contains("failed"));
+        s.record_sync(Duration::from_millis(3), true, true, Gauges { services: 7, ..Default::default() });
+        assert_eq!(respond(&s, "/readyz", path).0, "200 OK");
+        let (_, _, metrics) = respond(&s, "/metrics", path);
+        assert!(metrics.contains("weir_services 7"), "{metrics}");
+        assert!(metrics.contains("weir_syncs_total 3"));
+        assert!(metrics.contains("weir_sync_errors_total 1"));
+        assert!(metrics.contains("weir_ready 1"));
+        assert_eq!(respond(&s, "/nope", path).0, "404 Not Found");
+    }
+
+    #[test]
+    fn liveness_fails_when_the_loop_stalls() {
+        let s = Status::default();
+        s.heartbeat.store(now() - 120, Ordering::Relaxed);
+        assert_eq!(respond(&s, "/healthz", std::path::Path::new("/x")).0, "503 Service Unavailable");
+    }
+}
