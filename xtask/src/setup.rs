@@ -30,6 +30,7 @@ pub fn run(mode: Mode) -> Result<Report> {
     packages(&mut report)?;
     rust_src(&mut report)?;
     bpf_linker(&mut report)?;
+    manifest_validator(&mut report)?;
     mount_bpffs(&mut report)?;
     if report.done.is_empty() {
         println!("setup: nothing to do, everything is in place");
@@ -129,6 +130,20 @@ fn bpf_linker(report: &mut Report) -> Result<()> {
         "installed bpf-linker {BPF_LINKER_VERSION} (was: {})",
         current.as_deref().map(str::trim).unwrap_or("absent")
     ));
+    Ok(())
+}
+
+/// `kubernetes-validate` (PyPI) carries the Kubernetes API schemas the
+/// manifest test checks manifests/ against.
+fn manifest_validator(report: &mut Report) -> Result<()> {
+    let present = exec::output(Command::new("kubernetes-validate").arg("--version"), None, exec::DEFAULT_TIMEOUT)
+        .ok()
+        .is_some_and(|o| o.success());
+    if present {
+        return Ok(());
+    }
+    crate::cargo::must(Command::new("python3").args(["-m", "pip", "install", "--quiet", "kubernetes-validate"]))?;
+    report.done.push("installed kubernetes-validate (pip)".into());
     Ok(())
 }
 

@@ -55,11 +55,12 @@ pub fn run(args: TestArgs) -> Result<ExitCode> {
                 .args(["--exclude", "weir-testbed", "--"])
                 .args(&args.test_args),
         )?;
-        let testbed = cargo::status(
-            cargo::cargo()
-                .args(["test", "-p", "weir-testbed", "--lib", "--"])
-                .args(&args.test_args),
-        )?;
+        let mut testbed_cmd = cargo::cargo();
+        testbed_cmd.args(["test", "-p", "weir-testbed", "--lib"]);
+        for t in UNPRIVILEGED_TEST_FILES {
+            testbed_cmd.args(["--test", t]);
+        }
+        let testbed = cargo::status(testbed_cmd.arg("--").args(&args.test_args))?;
         others && testbed
     };
 
@@ -129,6 +130,9 @@ fn count_marks(source: &str) -> usize {
     source.matches(PRIVILEGED_MARK).count()
 }
 
+/// tests/tests/*.rs that need no root (they run in every mode).
+const UNPRIVILEGED_TEST_FILES: &[&str] = &["manifests"];
+
 /// tests/tests/*.rs: each is a test binary of namespace tests.
 fn privileged_test_files() -> Vec<String> {
     let dir = bins::workspace_root().join("tests").join("tests");
@@ -137,6 +141,7 @@ fn privileged_test_files() -> Vec<String> {
             es.flatten()
                 .map(|e| e.file_name().to_string_lossy().into_owned())
                 .filter(|n| n.ends_with(".rs"))
+                .filter(|n| !UNPRIVILEGED_TEST_FILES.iter().any(|u| n.as_str() == format!("{u}.rs")))
                 .collect()
         })
         .unwrap_or_default();
