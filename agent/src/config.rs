@@ -24,8 +24,16 @@ pub enum Command {
     /// Remove everything the agent made on this node: CNI config, ready
     /// marker, pinned maps and programs, peer routes, masquerade rules.
     Cleanup(PathArgs),
-    /// Show what the datapath did with packets: passed, and dropped per
-    /// reason, with what each reason means.
+    /// Show what the datapath holds: `services`, `conntrack`, `routes`,
+    /// `drops` (passed and dropped packets, per reason).
+    Inspect {
+        what: crate::inspect::What,
+        #[arg(long, env = "WEIR_BPF_PIN_DIR", default_value = "/sys/fs/bpf/weir")]
+        bpf_pin_dir: PathBuf,
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Developer benchmark (root): program N synthetic Services into a
     /// private copy of the maps, then time single EndpointSlice changes.
     /// Prints one JSON object. `cargo xtask bench services` runs it.
@@ -37,13 +45,6 @@ pub enum Command {
         endpoints: u32,
         #[arg(long, default_value_t = 1_000)]
         changes: u32,
-    },
-    Drops {
-        #[arg(long, env = "WEIR_BPF_PIN_DIR", default_value = "/sys/fs/bpf/weir")]
-        bpf_pin_dir: PathBuf,
-        /// Print JSON instead of a table.
-        #[arg(long)]
-        json: bool,
     },
 }
 

@@ -1,22 +1,232 @@
-//! Read-only views of the datapath for operators.
-use std::path::Path;
+//! Read-only views of the datapath for operators, straight from the pinned
+//! maps and the routing table (they work while the agent is down).
+use std::{
+    net::Ipv4Addr,
+    path::Path,
+};
 
 use anyhow::Context as _;
+use aya::maps::{HashMap, Map, MapData};
+use serde::Serialize;
+use weir_common::{
+    lb::{Backend, CtEntry, CtKey, RevNat, SCOPE_INTERNAL, ServiceKey, ServiceValue, CT_DIR_REPLY},
+    pin,
+};
 
-use crate::datapath::loader::verdict_counts;
+use crate::{datapath::loader::verdict_counts, node::routes::Routes};
 
-pub fn drops(pin_dir: &Path, json: bool) -> anyhow::Result<()> {
-    let counts = verdict_counts(pin_dir).with_context(|| format!("reading counters under {}", pin_dir.display()))?;
-    if json {
-        let rows: Vec<_> = counts
-            .iter()
-            .map(|(r, n)| serde_json::json!({"reason": r.name(), "packets": n, "meaning": r.describe()}))
-            .collect();
-        println!("{}", serde_json::to_string_pretty(&rows)?);
-    } else {
-        println!("{:<20} {:>12}  MEANING", "VERDICT", "PACKETS");
-        for (r, n) in counts {
-            println!("{:<20} {:>12}  {}", r.name(), n, r.describe());
+fn pinned_hash<K: aya::Pod, V: aya::Pod>(pin_dir: &Path, name: &str) -> anyhow::Result<HashMap<MapData, K, V>> {
+    let path = pin_dir.join(pin::MAPS_DIR).join(name);
+    let data = MapData::from_pin(&path).with_context(|| format!("opening {} (is the agent installed on this node?)", path.display()))?;
+    let map = Map::from_map_data(data).with_context(|| format!("{}", path.display()))?;
+    HashMap::try_from(map).with_context(|| format!("{}", path.display()))
+}
+
+fn ip(raw: u32) -> Ipv4Addr {
+    Ipv4Addr::from(raw.to_ne_bytes())
+}
+
+fn proto(p: u8) -> &'static str {
+    match p {
+        6 => "TCP",
+        17 => "UDP",
+        132 => "SCTP",
+        _ => "?",
+    }
+}
+
+#[derive(Serialize)]
+struct ServiceRow {
+    frontend: String,
+    protocol: &'static str,
+    scope: &'static str,
+    flags: Vec<&'static str>,
+    affinity_timeout: u32,
+    backends: Vec<String>,
+}
+
+fn services(pin_dir: &Path) -> anyhow::Result<Vec<ServiceRow>> {
+    let svc: HashMap<_, ServiceKey, ServiceValue> = pinned_hash(pin_dir, pin::MAP_SVC)?;
+    let backends: HashMap<_, u32, Backend> = pinned_hash(pin_dir, pin::MAP_BACKENDS)?;
+    let mut entries: Vec<(ServiceKey, ServiceValue)> = svc.iter().collect::<Result<_, _>>()?;
+    entries.sort_by_key(|(k, _)| (ip(k.addr), u16::from_be(k.port), k.proto, k.scope, k.slot));
+    let lookup = |k: &ServiceKey| entries.iter().find(|(e, _)| e == k).map(|(_, v)| *v);
+    let mut rows = Vec::new();
+    for (k, v) in entries.iter().filter(|(k, _)| k.slot == 0) {
+        let mut list = Vec::new();
+        for slot in 1..=v.count {
+            let line = match lookup(&k.with_slot(slot)).map(|s| (s.backend_id, backends.get(&s.backend_id, 0))) {
+                Some((id, Ok(b))) => {
+                    let mut s = format!("{}:{}", ip(b.addr), u16::from_be(b.port));
+                    if b.flags & Backend::FLAG_LOCAL != 0 {
+                        s.push_str(" (local)");
+                    }
+                    if b.flags & Backend::FLAG_TERMINATING != 0 {
+                        s.push_str(" (terminating)");
+                    }
+                    let _ = id;
+                    s
+                }
+                Some((id, Err(_))) => format!("backend #{id} missing"),
+                None => format!("slot {slot} missing"),
+            };
+            list.push(line);
+        }
+        let mut flags = Vec::new();
+        if v.flags & ServiceValue::FLAG_NODEPORT != 0 {
+            flags.push("nodeport");
+        }
+        if v.flags & ServiceValue::FLAG_LOCAL_ONLY != 0 {
+            flags.push("local-only");
+        }
+        if v.flags & ServiceValue::FLAG_SOURCE_RANGES != 0 {
+            flags.push("source-ranges");
+        }
+        rows.push(ServiceRow {
+            frontend: format!("{}:{}", ip(k.addr), u16::from_be(k.port)),
+            protocol: proto(k.proto),
+            scope: if k.scope == SCOPE_INTERNAL { "internal" } else { "default" },
+            flags,
+            affinity_timeout: v.affinity_timeout,
+            backends: list,
+        });
+    }
+    Ok(rows)
+}
+
+#[derive(Serialize)]
+struct ConntrackRow {
+    direction: &'static str,
+    protocol: &'static str,
+    source: String,
+    destination: String,
+    backend: String,
+    frontend: String,
+    flags: Vec<&'static str>,
+}
+
+fn conntrack(pin_dir: &Path) -> anyhow::Result<Vec<ConntrackRow>> {
+    let ct: HashMap<_, CtKey, CtEntry> = pinned_hash(pin_dir, pin::MAP_CT)?;
+    let backends: HashMap<_, u32, Backend> = pinned_hash(pin_dir, pin::MAP_BACKENDS)?;
+    let rev: HashMap<_, u16, RevNat> = pinned_hash(pin_dir, pin::MAP_REVNAT)?;
+    let mut rows = Vec::new();
+    for kv in ct.iter() {
+        let (k, v) = kv?;
+        let backend = match backends.get(&v.backend_id, 0) {
+            Ok(b) => format!("{}:{}", ip(b.addr), u16::from_be(b.port)),
+            Err(_) => format!("#{} (gone)", v.backend_id),
+        };
+        let frontend = match rev.get(&v.rev_nat_id, 0) {
+            Ok(r) => format!("{}:{}", ip(r.addr), u16::from_be(r.port)),
+            Err(_) => format!("#{} (gone)", v.rev_nat_id),
+        };
+        let mut flags = Vec::new();
+        if v.flags & CtEntry::FLAG_SNAT != 0 {
+            flags.push("snat");
+        }
+        if v.flags & CtEntry::FLAG_HAIRPIN != 0 {
+            flags.push("hairpin");
+        }
+        rows.push(ConntrackRow {
+            direction: if k.dir == CT_DIR_REPLY { "reply" } else { "original" },
+            protocol: proto(k.proto),
+            source: format!("{}:{}", ip(k.saddr), u16::from_be(k.sport)),
+            destination: format!("{}:{}", ip(k.daddr), u16::from_be(k.dport)),
+            backend,
+            frontend,
+            flags,
+        });
+    }
+    rows.sort_by(|a, b| (&a.source, &a.destination).cmp(&(&b.source, &b.destination)));
+    Ok(rows)
+}
+
+#[derive(Serialize)]
+struct RouteRow {
+    pod_cidr: String,
+    via: String,
+}
+
+async fn routes() -> anyhow::Result<Vec<RouteRow>> {
+    let owned = Routes::connect()?.owned().await?;
+    Ok(owned.into_iter().map(|(cidr, (via, _))| RouteRow { pod_cidr: cidr.to_string(), via: via.to_string() }).collect())
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum What {
+    /// Service frontends and their backends, as the datapath has them.
+    Services,
+    /// Translated connections.
+    Conntrack,
+    /// Routes to other nodes' pod CIDRs.
+    Routes,
+    /// Packets passed and dropped, per reason.
+    Drops,
+}
+
+pub async fn run(what: What, pin_dir: &Path, json: bool) -> anyhow::Result<()> {
+    match what {
+        What::Services => {
+            let rows = services(pin_dir)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                println!("{:<22} {:<5} {:<9} {:<24} BACKENDS", "FRONTEND", "PROTO", "SCOPE", "FLAGS");
+                for r in rows {
+                    let mut flags = r.flags.join(",");
+                    if r.affinity_timeout > 0 {
+                        flags = format!("{flags}{}affinity={}s", if flags.is_empty() { "" } else { "," }, r.affinity_timeout);
+                    }
+                    let backends = if r.backends.is_empty() { "(none: rejected)".to_string() } else { r.backends.join(", ") };
+                    println!("{:<22} {:<5} {:<9} {:<24} {backends}", r.frontend, r.protocol, r.scope, flags);
+                }
+            }
+        }
+        What::Conntrack => {
+            let rows = conntrack(pin_dir)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                println!("{:<9} {:<5} {:<22} {:<22} {:<22} {:<22} FLAGS", "DIR", "PROTO", "SOURCE", "DESTINATION", "BACKEND", "FRONTEND");
+                for r in rows {
+                    println!(
+                        "{:<9} {:<5} {:<22} {:<22} {:<22} {:<22} {}",
+                        r.direction,
+                        r.protocol,
+                        r.source,
+                        r.destination,
+                        r.backend,
+                        r.frontend,
+                        r.flags.join(",")
+                    );
+                }
+            }
+        }
+        What::Routes => {
+            let rows = routes().await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                println!("{:<20} VIA", "POD CIDR");
+                for r in rows {
+                    println!("{:<20} {}", r.pod_cidr, r.via);
+                }
+            }
+        }
+        What::Drops => {
+            let counts = verdict_counts(pin_dir).with_context(|| format!("reading counters under {}", pin_dir.display()))?;
+            if json {
+                let rows: Vec<_> = counts
+                    .iter()
+                    .map(|(r, n)| serde_json::json!({"verdict": r.name(), "packets": n, "meaning": r.describe()}))
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                println!("{:<20} {:>12}  MEANING", "VERDICT", "PACKETS");
+                for (r, n) in counts {
+                    println!("{:<20} {:>12}  {}", r.name(), n, r.describe());
+                }
+            }
         }
     }
     Ok(())

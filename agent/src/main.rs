@@ -34,7 +34,13 @@ fn main() -> std::process::ExitCode {
         match cli.command {
             config::Command::Run(args) => app::run(args.validate()?).await,
             config::Command::Cleanup(paths) => cleanup::run(paths).await,
-            config::Command::Drops { bpf_pin_dir, json } => inspect::drops(&bpf_pin_dir, json),
+            config::Command::Inspect { what, bpf_pin_dir, json } => {
+                // A command line tool piped into `head` just stops, as
+                // cat does (Rust ignores SIGPIPE by default).
+                // Safety: restoring the default disposition of one signal.
+                unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+                inspect::run(what, &bpf_pin_dir, json).await
+            }
             config::Command::BenchControlPlane { services, endpoints, changes } => {
                 let report = bench::run(services, endpoints, changes).await?;
                 println!("{}", serde_json::to_string(&report)?);
