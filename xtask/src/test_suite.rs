@@ -36,34 +36,43 @@ pub fn run(args: TestArgs) -> Result<ExitCode> {
     })?;
     cargo::build_bins()?;
 
+    let mut counts = cargo::TestCounts::default();
     let ok = if privileged {
         // Everything: unit tests of every crate, the privileged ones the
         // crates mark `#[ignore = "privileged: ..."]`, the test bed's own,
         // and the namespace tests in tests/tests/.
-        cargo::status(
+        cargo::test_status(
             cargo::cargo()
                 .args(["test", "--workspace", "--no-fail-fast"])
                 .args(EXCLUDE_KERNEL_CRATE)
                 .args(["--", "--include-ignored"])
                 .args(&args.test_args),
+            &mut counts,
         )?
     } else {
-        let others = cargo::status(
+        let others = cargo::test_status(
             cargo::cargo()
                 .args(["test", "--workspace", "--no-fail-fast"])
                 .args(EXCLUDE_KERNEL_CRATE)
                 .args(["--exclude", "weir-testbed", "--"])
                 .args(&args.test_args),
+            &mut counts,
         )?;
         let mut testbed_cmd = cargo::cargo();
         testbed_cmd.args(["test", "-p", "weir-testbed", "--lib"]);
         for t in UNPRIVILEGED_TEST_FILES {
             testbed_cmd.args(["--test", t]);
         }
-        let testbed = cargo::status(testbed_cmd.arg("--").args(&args.test_args))?;
+        let testbed = cargo::test_status(testbed_cmd.arg("--").args(&args.test_args), &mut counts)?;
         others && testbed
     };
 
+    // One closing line for the whole run: cargo's last runner line is often a
+    // crate with no tests, which says nothing about the run.
+    println!(
+        "\nweir: {} passed, {} failed, {} skipped",
+        counts.passed, counts.failed, counts.ignored
+    );
     if !privileged {
         let files = privileged_test_files();
         let ignored = count_privileged_ignored_tests();

@@ -1,6 +1,7 @@
 //! `cargo xtask bench ...`: measurements printed as tables, never asserted.
 
 mod cni;
+mod services;
 mod stats;
 
 use anyhow::Result;
@@ -11,10 +12,23 @@ pub enum Which {
     /// ADD and DEL latency of weir-cni next to the reference bridge +
     /// host-local plugins, sequential and parallel, in the same run.
     Cni(cni::CniBenchArgs),
+    /// New-connection rate and latency through a ClusterIP (weir per-packet
+    /// and socket LB) next to direct pod IP and kube-proxy-style iptables,
+    /// for 1, 1000 and 10000 Services; then the control plane at 10000.
+    Services(services::ServicesBenchArgs),
+    /// Internal: the load generator of `bench services` (one cell).
+    #[command(hide = true)]
+    ServicesLoad(services::LoadArgs),
+    /// Internal: the echo server of `bench services` (one backend pod).
+    #[command(hide = true)]
+    ServicesEcho(services::EchoArgs),
 }
 
 pub fn run(which: Which) -> Result<()> {
     match which {
         Which::Cni(args) => cni::run(args),
+        Which::Services(args) => services::run(args),
+        Which::ServicesLoad(args) => services::load(args),
+        Which::ServicesEcho(args) => services::echo(args),
     }
 }

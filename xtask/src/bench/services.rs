@@ -1,0 +1,1083 @@
+//! New-connection rate and latency through a ClusterIP with weir (per-packet
+//! tc path and connect-time socket load balancing) next to the same backend
+//! by pod IP and the same Services as kube-proxy-style iptables chains, for
+//! 1, 1,000 and 10,000 Services of 4 endpoints each; then the control plane
+//! (`weir-agent bench-control-plane`) against its goals.
+//!
+//! Layout, all inside the run's namespaces:
+//! - n1 (weir): the agent (release build) with connect-time load balancing
+//!   attached to a cgroup v2 directory of this run that holds nothing but the
+//!   socket-LB load generator; every other process uses the per-packet path.
+//!   Pods: `client`, `b0`..`b3` through weir-cni with the datapath.
+//! - n2 (iptables): no agent; pods through weir-cni without `bpfPinDir` (same
+//!   veths, /32 routes and gateway, no eBPF), and the Services as
+//!   KUBE-SERVICES -> KUBE-SVC-* -> KUBE-SEP-* in its nat table, loaded with
+//!   iptables-restore, the measured Service's rule last.
+//! - conntrack: an `-m conntrack` rule in each node namespace's FORWARD chain
+//!   registers netfilter conntrack there, so every configuration pays for
+//!   it as a real node does; the entry count after each cell is printed.
+//!
+//! The load generator and the echo servers are this binary (release build),
+//! re-executed through hidden `bench services-load` / `bench services-echo`
+//! subcommands: the generator enters the client pod's namespace (and, for
+//! socket LB, the cgroup) and pins itself to one CPU, the servers run in the
+//! backend pods pinned to another. One cell: connect, 5-byte request, read
+//! the reply, close; for `--secs` after a `--warmup`. Latency is from socket()
+//! to the reply's first byte.
+
+use std::{
+    collections::BTreeMap,
+    fmt::Write as _,
+    fs,
+    io::{self, Read, Write},
+    net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream},
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    path::{Path, PathBuf},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail, ensure};
+use clap::Args;
+use serde_json::{Value, json};
+use weir_testbed::{
+    Agent, Node, Pod, Topology, bins, cleanup,
+    cni::Conflist,
+    exec,
+    manifest::{SvcPort, endpoint_slice_yaml, service_yaml},
+    netns::NetNs,
+    process::ChildGuard,
+    tools,
+};
+
+use super::stats::Summary;
+use crate::{cargo, setup};
+
+const ENDPOINTS: usize = 4;
+const SVC_PORT: u16 = 80;
+const TARGET_PORT: u16 = 8080;
+const REQUEST: &[u8] = b"ping\n";
+const MANIFEST: &str = "bench-services.yaml";
+/// Goals from issue 3.
+const GOAL_DIRECT_RATIO: f64 = 0.95;
+const GOAL_COLD_MS: f64 = 1000.0;
+const GOAL_CHANGE_P99_US: f64 = 10_000.0;
+const GOAL_RSS_MIB: f64 = 150.0;
+
+#[derive(Args)]
+pub struct ServicesBenchArgs {
+    /// Service counts, measured one after the other (4 endpoints each).
+    #[arg(long, value_delimiter = ',', default_value = "1,1000,10000")]
+    sizes: Vec<usize>,
+    /// Seconds measured per cell, after the warm-up.
+    #[arg(long, default_value_t = 3.0)]
+    secs: f64,
+    /// Seconds of traffic per cell before measuring.
+    #[arg(long, default_value_t = 0.5)]
+    warmup: f64,
+    /// Connections in flight at once (load-generator threads).
+    #[arg(long, default_value_t = 1)]
+    streams: usize,
+    /// CPU of the load generator.
+    #[arg(long, default_value_t = 0)]
+    client_cpu: usize,
+    /// CPU of the echo servers.
+    #[arg(long, default_value_t = 1)]
+    server_cpu: usize,
+    /// Services programmed by the control-plane half.
+    #[arg(long, default_value_t = 10_000)]
+    cp_services: u32,
+    /// EndpointSlice changes timed by the control-plane half.
+    #[arg(long, default_value_t = 1000)]
+    changes: u32,
+    /// Data path only.
+    #[arg(long, conflicts_with = "no_data_path")]
+    no_control_plane: bool,
+    /// Control plane only.
+    #[arg(long)]
+    no_data_path: bool,
+    /// Use the release binaries already in target/release.
+    #[arg(long)]
+    no_build: bool,
+}
+
+/// `bench services-load` (hidden): the load generator of one cell.
+#[derive(Args)]
+pub struct LoadArgs {
+    #[arg(long)]
+    target: SocketAddrV4,
+    #[arg(long)]
+    secs: f64,
+    #[arg(long)]
+    warmup: f64,
+    #[arg(long)]
+    streams: usize,
+    #[arg(long)]
+    cpu: usize,
+    /// A cgroup v2 directory to join before opening any socket.
+    #[arg(long)]
+    cgroup: Option<PathBuf>,
+}
+
+/// `bench services-echo` (hidden): one backend's server.
+#[derive(Args)]
+pub struct EchoArgs {
+    #[arg(long)]
+    label: String,
+    #[arg(long)]
+    port: u16,
+    #[arg(long)]
+    cpu: usize,
+    #[arg(long)]
+    threads: usize,
+}
+
+/// The paths measured at every size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Column {
+    /// Pod IP on the weir node: the limit.
+    Direct,
+    WeirTc,
+    WeirSock,
+    /// Pod IP on the iptables node (its KUBE-SERVICES is walked too).
+    DirectIpt,
+    Iptables,
+}
+
+impl Column {
+    const ALL: [Column; 5] = [Column::Direct, Column::WeirTc, Column::WeirSock, Column::DirectIpt, Column::Iptables];
+
+    fn label(self) -> &'static str {
+        match self {
+            Column::Direct => "direct",
+            Column::WeirTc => "weir tc",
+            Column::WeirSock => "weir sock",
+            Column::DirectIpt => "direct@ipt",
+            Column::Iptables => "iptables",
+        }
+    }
+}
+
+/// What the load generator reported for one cell.
+#[derive(Clone, Debug)]
+struct Load {
+    connections: u64,
+    errors: u64,
+    first_error: Option<String>,
+    elapsed_s: f64,
+    p50_us: f64,
+    p99_us: f64,
+    backends: BTreeMap<String, u64>,
+    /// nf_conntrack_count of the node namespace right after the cell.
+    conntrack: Option<u64>,
+}
+
+impl Load {
+    fn rate(&self) -> f64 {
+        self.connections as f64 / self.elapsed_s
+    }
+}
+
+type Cell = std::result::Result<Load, String>;
+
+pub fn run(args: ServicesBenchArgs) -> Result<()> {
+    ensure!(args.secs > 0.0 && args.warmup >= 0.0, "--secs must be > 0 and --warmup >= 0");
+    ensure!((1..=64).contains(&args.streams), "--streams must be 1..=64");
+    ensure!(args.sizes.iter().all(|&n| (1..=60_000).contains(&n)), "--sizes must be 1..=60000");
+    let cpus = thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    ensure!(
+        args.client_cpu != args.server_cpu && args.client_cpu.max(args.server_cpu) < cpus,
+        "--client-cpu and --server-cpu must be two different CPUs below {cpus}"
+    );
+    setup::run(setup::Mode::Strict)?;
+    if !args.no_build {
+        cargo::must(cargo::cargo().args([
+            "build", "--release", "-p", "weir-agent", "-p", "weir-cni", "-p", "xtask",
+        ]))?;
+    }
+    let release = bins::target_dir().join("release");
+    // SAFETY: no other thread exists yet (the test bed starts its signal
+    // thread when the topology is built, below).
+    unsafe { std::env::set_var("WEIR_BIN_DIR", &release) };
+    let xtask = release.join("xtask");
+    ensure!(xtask.is_file(), "{} missing: run without --no-build", xtask.display());
+    weir_testbed::check_prerequisites(&[tools::IP, tools::IPTABLES, tools::BPFTOOL, tools::SYSCTL])?;
+
+    println!(
+        "bench services: release binaries from {}; load average {}",
+        release.display(),
+        loadavg()
+    );
+    let topo = Topology::builder("bench-services").nodes(2).build()?;
+
+    let control = if args.no_control_plane {
+        None
+    } else {
+        Some(control_plane(&topo, &release, &args))
+    };
+    let data = if args.no_data_path {
+        None
+    } else {
+        Some(data_path(&topo, &xtask, &args)?)
+    };
+
+    if let Some(d) = &data {
+        print_data_path(&args, d);
+    }
+    if let Some(c) = &control {
+        print_control_plane(&args, c);
+    }
+    println!("load average at the end: {}", loadavg());
+    Ok(())
+}
+
+// ---------------------------------------------------------------- data path
+
+struct DataPath {
+    cells: BTreeMap<(usize, Column), Cell>,
+    ipvs: String,
+    socket_lb: std::result::Result<(), String>,
+    /// Per size: manifest-dir programming time (weir), iptables-restore time.
+    programming: BTreeMap<usize, (Option<Duration>, Option<Duration>)>,
+    agent_rss_mib: Option<f64>,
+    iptables_version: String,
+}
+
+/// One node's pods and servers.
+struct Side {
+    client: Pod,
+    backends: Vec<Pod>,
+    _servers: Vec<ChildGuard>,
+}
+
+/// A cgroup v2 directory of this run (`<mount>/<prefix>-socklb`), removed on
+/// drop; the test bed's sweep removes it on the other exit paths.
+struct Cgroup(PathBuf);
+
+impl Drop for Cgroup {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir(&self.0);
+    }
+}
+
+fn data_path(topo: &Topology, xtask: &Path, args: &ServicesBenchArgs) -> Result<DataPath> {
+    let (weir_node, ipt_node) = (topo.node("n1"), topo.node("n2"));
+    let cg_root = cleanup::cgroup2_mount().context("no cgroup v2 mount: socket LB needs one")?;
+    let cgroup = Cgroup(cg_root.join(topo.prefix().child("socklb")));
+    fs::create_dir(&cgroup.0).with_context(|| format!("create cgroup {}", cgroup.0.display()))?;
+
+    let mut agent = Agent::spawn_with(weir_node, topo.manifest_dir(), Some(&cgroup.0))?;
+    agent.wait_ready(Agent::ready_timeout())?;
+    let socket_lb = check_socket_lb(&cgroup.0);
+
+    // conntrack in both node namespaces (see the module doc).
+    for node in [weir_node, ipt_node] {
+        node.netns.run(&[
+            "iptables", "-w", "-t", "filter", "-A", "FORWARD", "-m", "conntrack", "--ctstate",
+            "RELATED,ESTABLISHED", "-m", "comment", "--comment", "bench: conntrack on", "-j", "ACCEPT",
+        ])?;
+    }
+    let ipvs = detect_ipvs(&ipt_node.netns);
+    let iptables_version = ipt_node.netns.run(&["iptables", "-V"]).unwrap_or_default().trim().to_string();
+
+    let weir_list = weir_node.agent_conflist()?.only(&["weir-cni"]);
+    let mut plain_list = ipt_node.contract_conflist().only(&["weir-cni"]);
+    plain_list
+        .plugin_mut("weir-cni")
+        .expect("weir-cni in the contract list")
+        .raw
+        .remove("bpfPinDir");
+    let weir = side(weir_node, &weir_list, xtask, args)?;
+    let ipt = side(ipt_node, &plain_list, xtask, args)?;
+    println!(
+        "n1 (weir, agent pid {}): client {} -> backends {}; n2 (iptables): client {} -> backends {}",
+        agent.pid(),
+        weir.client.ip,
+        ips(&weir.backends),
+        ipt.client.ip,
+        ips(&ipt.backends)
+    );
+
+    let mut cells = BTreeMap::new();
+    let mut programming = BTreeMap::new();
+    for (index, &size) in args.sizes.iter().enumerate() {
+        let vip = Ipv4Addr::new(10, 96, 1, 10 + index as u8);
+        println!("\n== {size} Services (measured: {vip}:{SVC_PORT}, its iptables rule last)");
+
+        let start = Instant::now();
+        topo.write_manifest(MANIFEST, &weir_manifest(size, vip, &weir.backends))?;
+        let weir_ready = probe(&weir.client.netns, SocketAddrV4::new(vip, SVC_PORT), Duration::from_secs(120))
+            .map(|()| start.elapsed());
+        match &weir_ready {
+            Ok(t) => println!("weir: manifest with {size} Services answered after {:.2} s", t.as_secs_f64()),
+            Err(e) => println!("weir: ClusterIP never answered: {e:#}\n{}", agent.log_tail(20)),
+        }
+        let ipt_ready = load_iptables(topo, ipt_node, size, vip, &ipt.backends).and_then(|t| {
+            probe(&ipt.client.netns, SocketAddrV4::new(vip, SVC_PORT), Duration::from_secs(30))?;
+            Ok(t)
+        });
+        match &ipt_ready {
+            Ok(t) => println!("iptables: {} rules restored in {:.2} s", iptables_rules(size), t.as_secs_f64()),
+            Err(e) => println!("iptables: not working: {e:#}"),
+        }
+        programming.insert(size, (weir_ready.as_ref().ok().copied(), ipt_ready.as_ref().ok().copied()));
+
+        for path in Column::ALL {
+            let (side, node, target, cg) = match path {
+                Column::Direct => (&weir, weir_node, SocketAddrV4::new(weir.backends[0].ip, TARGET_PORT), None),
+                Column::WeirTc => (&weir, weir_node, SocketAddrV4::new(vip, SVC_PORT), None),
+                Column::WeirSock => (&weir, weir_node, SocketAddrV4::new(vip, SVC_PORT), Some(&cgroup.0)),
+                Column::DirectIpt => (&ipt, ipt_node, SocketAddrV4::new(ipt.backends[0].ip, TARGET_PORT), None),
+                Column::Iptables => (&ipt, ipt_node, SocketAddrV4::new(vip, SVC_PORT), None),
+            };
+            let cell = match (path, &weir_ready, &ipt_ready, &socket_lb) {
+                (Column::WeirTc | Column::WeirSock, Err(e), _, _) => Err(format!("not programmed: {e:#}")),
+                (Column::Iptables, _, Err(e), _) => Err(format!("not programmed: {e:#}")),
+                (Column::WeirSock, _, _, Err(e)) => Err(e.clone()),
+                _ => measure(xtask, &side.client.netns, target, cg.map(PathBuf::as_path), args)
+                    .map(|mut l| {
+                        l.conntrack = conntrack_count(node);
+                        l
+                    })
+                    .map_err(|e| format!("{e:#}")),
+            };
+            match &cell {
+                Ok(l) => println!(
+                    "  {:<11} {:>9.0} conn/s  p50 {:>7.1} us  p99 {:>7.1} us  errors {}{}",
+                    path.label(),
+                    l.rate(),
+                    l.p50_us,
+                    l.p99_us,
+                    l.errors,
+                    l.first_error.as_ref().map(|e| format!(" (first: {e})")).unwrap_or_default()
+                ),
+                Err(e) => println!("  {:<11} FAILED: {e}", path.label()),
+            }
+            cells.insert((size, path), cell);
+        }
+    }
+    let agent_rss_mib = rss_mib(agent.pid());
+    drop(ipt);
+    drop(weir);
+    agent.stop();
+    drop(cgroup);
+    Ok(DataPath { cells, ipvs, socket_lb, programming, agent_rss_mib, iptables_version })
+}
+
+fn ips(pods: &[Pod]) -> String {
+    pods.iter().map(|p| p.ip.to_string()).collect::<Vec<_>>().join(",")
+}
+
+/// The client pod and four backend pods running the echo server.
+fn side(node: &Node, list: &Conflist, xtask: &Path, args: &ServicesBenchArgs) -> Result<Side> {
+    let client = Pod::create(node, "client", list)?;
+    let mut backends = Vec::new();
+    let mut servers = Vec::new();
+    let xtask = xtask.to_str().context("non-UTF-8 path")?;
+    for i in 0..ENDPOINTS {
+        let pod = Pod::create(node, &format!("b{i}"), list)?;
+        let log = node.dirs.logs.join(format!("echo-b{i}.log"));
+        let label = format!("{}/b{i}", node.name);
+        let (port, cpu, threads) = (TARGET_PORT.to_string(), args.server_cpu.to_string(), args.streams.to_string());
+        let guard = pod.netns.spawn(
+            &[xtask, "bench", "services-echo", "--label", &label, "--port", &port, "--cpu", &cpu, "--threads", &threads],
+            &[],
+            &log,
+            false,
+        )?;
+        servers.push(guard);
+        wait_for_line(&log, "listening", servers.last_mut().expect("just pushed"))?;
+        backends.push(pod);
+    }
+    Ok(Side { client, backends, _servers: servers })
+}
+
+fn wait_for_line(log: &Path, needle: &str, guard: &mut ChildGuard) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if fs::read_to_string(log).unwrap_or_default().contains(needle) {
+            return Ok(());
+        }
+        if let Some(status) = guard.try_wait() {
+            bail!("{} exited ({status}): {}", guard.what(), fs::read_to_string(log).unwrap_or_default());
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    bail!("{} did not start: {}", guard.what(), fs::read_to_string(log).unwrap_or_default())
+}
+
+/// The programs the agent attached to the socket-LB cgroup, or why not.
+fn check_socket_lb(cgroup: &Path) -> std::result::Result<(), String> {
+    let out = exec::output(
+        std::process::Command::new("bpftool").arg("cgroup").arg("show").arg(cgroup),
+        None,
+        exec::DEFAULT_TIMEOUT,
+    )
+    .map_err(|e| format!("bpftool cgroup show: {e:#}"))?;
+    let text = out.stdout_str();
+    if text.contains("connect4") || text.contains("inet4_connect") {
+        Ok(())
+    } else {
+        Err(format!(
+            "not measured: the agent attached no connect4 program to {} (bpftool: {:?})",
+            cgroup.display(),
+            text.trim()
+        ))
+    }
+}
+
+/// "n/a: ..." unless `ipvsadm -Ln` works in the node namespace.
+fn detect_ipvs(netns: &NetNs) -> String {
+    if !tools::IPVSADM.is_present() {
+        return "n/a: ipvsadm not installed".into();
+    }
+    match netns.output(&["ipvsadm", "-Ln"]) {
+        Ok(out) if out.success() => "available".into(),
+        Ok(out) => {
+            let msg = format!("{}{}", out.stderr_str(), out.stdout_str());
+            if msg.contains("Protocol not available") {
+                "n/a: kernel has no IP_VS".into()
+            } else {
+                format!("n/a: ipvsadm -Ln failed: {}", msg.lines().next().unwrap_or_default().trim())
+            }
+        }
+        Err(e) => format!("n/a: {e:#}"),
+    }
+}
+
+/// Service `i` of the others (never the measured one): a VIP of its own and
+/// four endpoint addresses of its own, none of which is ever contacted.
+fn other_vip(i: usize) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 100, 0, 1)) + i as u32)
+}
+
+fn other_endpoint(i: usize, k: usize) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 245, 0, 1)) + (i * ENDPOINTS + k) as u32)
+}
+
+fn weir_manifest(size: usize, vip: Ipv4Addr, backends: &[Pod]) -> Vec<String> {
+    let port = [SvcPort { name: "http", protocol: "TCP", port: SVC_PORT, target_port: TARGET_PORT, node_port: None }];
+    let slice_ports = [("http", "TCP", TARGET_PORT)];
+    let mut docs = Vec::with_capacity(2 * size);
+    for i in 0..size - 1 {
+        let name = format!("s{i}");
+        let eps: Vec<(Ipv4Addr, &str)> = (0..ENDPOINTS).map(|k| (other_endpoint(i, k), "n1")).collect();
+        docs.push(service_yaml(&name, other_vip(i), &port, false));
+        docs.push(endpoint_slice_yaml(&name, &slice_ports, &eps));
+    }
+    // Last in the file, so when it answers the whole file was applied.
+    let name = format!("measured-{size}");
+    let eps: Vec<(Ipv4Addr, &str)> = backends.iter().map(|p| (p.ip, "n1")).collect();
+    docs.push(service_yaml(&name, vip, &port, false));
+    docs.push(endpoint_slice_yaml(&name, &slice_ports, &eps));
+    docs
+}
+
+fn iptables_rules(size: usize) -> usize {
+    // KUBE-SERVICES rule, KUBE-SVC: masq rule + one per endpoint, KUBE-SEP: 2 each.
+    size * (1 + 1 + ENDPOINTS + 2 * ENDPOINTS) + 6
+}
+
+fn chain_id(kind: &str, name: &str) -> String {
+    // FNV-1a, 64 bits, as 16 hex digits: KUBE-SVC- + 16 = 25 of 28 chars.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in kind.bytes().chain(name.bytes()) {
+        h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{h:016X}")
+}
+
+/// The nat table kube-proxy (iptables mode) writes for these Services.
+fn kube_proxy_nat(size: usize, vip: Ipv4Addr, backends: &[Ipv4Addr]) -> String {
+    let cluster = weir_testbed::topology::CLUSTER_CIDR;
+    let mut chains = String::new();
+    let mut rules = String::new();
+    let mut services = String::new();
+    let mut add = |name: &str, vip: Ipv4Addr, eps: &[Ipv4Addr]| {
+        let svc = format!("KUBE-SVC-{}", chain_id("svc", name));
+        let comment = format!("\"default/{name}:http\"");
+        let _ = writeln!(chains, ":{svc} - [0:0]");
+        let _ = writeln!(
+            services,
+            "-A KUBE-SERVICES -d {vip}/32 -p tcp -m comment --comment \"default/{name}:http cluster IP\" -m tcp --dport {SVC_PORT} -j {svc}"
+        );
+        let _ = writeln!(
+            rules,
+            "-A {svc} ! -s {cluster} -d {vip}/32 -p tcp -m comment --comment \"default/{name}:http cluster IP\" -m tcp --dport {SVC_PORT} -j KUBE-MARK-MASQ"
+        );
+        let n = eps.len();
+        for (k, ep) in eps.iter().enumerate() {
+            let sep = format!("KUBE-SEP-{}", chain_id(&format!("sep{k}"), name));
+            let _ = writeln!(chains, ":{sep} - [0:0]");
+            let remaining = n - k;
+            if remaining > 1 {
+                let p = 1.0 / remaining as f64;
+                let _ = writeln!(
+                    rules,
+                    "-A {svc} -m comment --comment \"default/{name}:http -> {ep}:{TARGET_PORT}\" -m statistic --mode random --probability {p:.11} -j {sep}"
+                );
+            } else {
+                let _ = writeln!(rules, "-A {svc} -m comment --comment \"default/{name}:http -> {ep}:{TARGET_PORT}\" -j {sep}");
+            }
+            let _ = writeln!(rules, "-A {sep} -s {ep}/32 -m comment --comment {comment} -j KUBE-MARK-MASQ");
+            let _ = writeln!(
+                rules,
+                "-A {sep} -p tcp -m comment --comment {comment} -m tcp -j DNAT --to-destination {ep}:{TARGET_PORT}"
+            );
+        }
+    };
+    for i in 0..size - 1 {
+        let eps: Vec<Ipv4Addr> = (0..ENDPOINTS).map(|k| other_endpoint(i, k)).collect();
+        add(&format!("s{i}"), other_vip(i), &eps);
+    }
+    add(&format!("measured-{size}"), vip, backends);
+    format!(
+        "*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n\
+         :KUBE-SERVICES - [0:0]\n:KUBE-MARK-MASQ - [0:0]\n:KUBE-POSTROUTING - [0:0]\n{chains}\
+         -A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n\
+         -A OUTPUT -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n\
+         -A POSTROUTING -m comment --comment \"kubernetes postrouting rules\" -j KUBE-POSTROUTING\n\
+         -A KUBE-MARK-MASQ -j MARK --set-xmark 0x4000/0x4000\n\
+         -A KUBE-POSTROUTING -m mark ! --mark 0x4000/0x4000 -j RETURN\n\
+         -A KUBE-POSTROUTING -j MARK --set-xmark 0x4000/0x0\n\
+         -A KUBE-POSTROUTING -m comment --comment \"kubernetes service traffic requiring SNAT\" -j MASQUERADE --random-fully\n\
+         {services}{rules}COMMIT\n"
+    )
+}
+
+/// Replaces the node's nat table; returns how long iptables-restore took.
+fn load_iptables(topo: &Topology, node: &Node, size: usize, vip: Ipv4Addr, backends: &[Pod]) -> Result<Duration> {
+    let eps: Vec<Ipv4Addr> = backends.iter().map(|p| p.ip).collect();
+    let file = topo.root().join(format!("kube-proxy-nat-{size}.rules"));
+    fs::write(&file, kube_proxy_nat(size, vip, &eps)).with_context(|| format!("write {}", file.display()))?;
+    let mut cmd = node.netns.command("iptables-restore")?;
+    cmd.arg("-w").arg(&file);
+    let start = Instant::now();
+    exec::run(&mut cmd, Duration::from_secs(300)).context("iptables-restore")?;
+    Ok(start.elapsed())
+}
+
+fn conntrack_count(node: &Node) -> Option<u64> {
+    node.netns
+        .run(&["cat", "/proc/sys/net/netfilter/nf_conntrack_count"])
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+fn rss_mib(pid: u32) -> Option<f64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb: f64 = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.trim().trim_end_matches("kB").trim().parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+fn loadavg() -> String {
+    fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "?".into())
+}
+
+/// Tries one exchange from `netns` until it works or `timeout` passes.
+fn probe(netns: &NetNs, target: SocketAddrV4, timeout: Duration) -> Result<()> {
+    let ns = fs::File::open(netns.path()).with_context(|| format!("open {}", netns.path().display()))?;
+    thread::scope(|s| {
+        s.spawn(|| -> Result<()> {
+            // SAFETY: setns on this (short-lived, dedicated) thread only.
+            if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                return Err(io::Error::last_os_error()).context("setns");
+            }
+            let deadline = Instant::now() + timeout;
+            let mut buf = [0u8; 256];
+            loop {
+                match exchange(target, Duration::from_millis(500), &mut buf) {
+                    Ok(_) => return Ok(()),
+                    Err(e) if Instant::now() > deadline => {
+                        return Err(e).with_context(|| format!("{target} from {}", netns.name()));
+                    }
+                    Err(_) => thread::sleep(Duration::from_millis(50)),
+                }
+            }
+        })
+        .join()
+        .expect("probe thread panicked")
+    })
+}
+
+/// One cell: the load generator in the client pod (and cgroup, if any).
+fn measure(xtask: &Path, client: &NetNs, target: SocketAddrV4, cgroup: Option<&Path>, args: &ServicesBenchArgs) -> Result<Load> {
+    let mut cmd = client.command(xtask)?;
+    cmd.args(["bench", "services-load", "--target"])
+        .arg(target.to_string())
+        .args(["--secs", &args.secs.to_string(), "--warmup", &args.warmup.to_string()])
+        .args(["--streams", &args.streams.to_string(), "--cpu", &args.client_cpu.to_string()]);
+    if let Some(cg) = cgroup {
+        cmd.arg("--cgroup").arg(cg);
+    }
+    exec::die_with_parent(&mut cmd);
+    let timeout = Duration::from_secs_f64(args.secs + args.warmup + 30.0);
+    let out = exec::output(&mut cmd, None, timeout)?;
+    if !out.success() {
+        bail!("load generator {}: {}", out.describe_status(), out.stderr_str().trim());
+    }
+    let v: Value = serde_json::from_str(out.stdout_str().trim()).context("parse the load generator's JSON")?;
+    let f = |k: &str| v[k].as_f64().with_context(|| format!("no {k} in {v}"));
+    let load = Load {
+        connections: f("connections")? as u64,
+        errors: f("errors")? as u64,
+        first_error: v["first_error"].as_str().map(str::to_string),
+        elapsed_s: f("elapsed_s")?,
+        p50_us: f("p50_us").unwrap_or(f64::NAN),
+        p99_us: f("p99_us").unwrap_or(f64::NAN),
+        backends: v["backends"]
+            .as_object()
+            .map(|m| m.iter().map(|(k, n)| (k.clone(), n.as_u64().unwrap_or(0))).collect())
+            .unwrap_or_default(),
+        conntrack: None,
+    };
+    // A cell where more than 1% of the connections failed is not a result.
+    if load.connections == 0 || load.errors * 100 > load.connections {
+        bail!(
+            "{} of {} connections failed (first: {})",
+            load.errors,
+            load.connections + load.errors,
+            load.first_error.as_deref().unwrap_or("-")
+        );
+    }
+    Ok(load)
+}
+
+// ------------------------------------------------------- hidden subcommands
+
+fn pin_to_cpu(cpu: usize) -> Result<()> {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; sched_setaffinity(0)
+    // applies to the calling thread, whose children inherit it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            return Err(io::Error::last_os_error()).with_context(|| format!("pin to CPU {cpu}"));
+        }
+    }
+    Ok(())
+}
+
+/// A blocking TCP connect with send and receive timeouts set before it (one
+/// setsockopt each: no non-blocking connect + poll dance per connection).
+fn connect(target: SocketAddrV4, timeout: Duration) -> io::Result<TcpStream> {
+    let tv = libc::timeval {
+        tv_sec: timeout.as_secs() as libc::time_t,
+        tv_usec: timeout.subsec_micros() as libc::suseconds_t,
+    };
+    let addr = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: target.port().to_be(),
+        sin_addr: libc::in_addr { s_addr: u32::from(*target.ip()).to_be() },
+        sin_zero: [0; 8],
+    };
+    // SAFETY: plain socket syscalls on a descriptor this function owns.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let sock = OwnedFd::from_raw_fd(fd);
+        for opt in [libc::SO_SNDTIMEO, libc::SO_RCVTIMEO] {
+            let rc = libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                opt,
+                (&tv as *const libc::timeval).cast(),
+                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+            );
+            if rc != 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        let rc = libc::connect(
+            fd,
+            (&addr as *const libc::sockaddr_in).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        );
+        if rc != 0 {
+            let e = io::Error::last_os_error();
+            // A blocking connect that hit SO_SNDTIMEO.
+            if e.raw_os_error() == Some(libc::EINPROGRESS) {
+                return Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out"));
+            }
+            return Err(e);
+        }
+        Ok(TcpStream::from(sock))
+    }
+}
+
+/// connect, request, reply, close: the latency to the reply's first byte and
+/// the reply's length in `buf` (read to EOF: the server closes first).
+fn exchange(target: SocketAddrV4, timeout: Duration, buf: &mut [u8]) -> io::Result<(Duration, usize)> {
+    let start = Instant::now();
+    let mut s = connect(target, timeout)?;
+    s.write_all(REQUEST)?;
+    let mut len = s.read(buf)?;
+    let latency = start.elapsed();
+    if len == 0 {
+        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "closed without a reply"));
+    }
+    loop {
+        match s.read(&mut buf[len..])? {
+            0 => break,
+            n => len += n,
+        }
+        if len == buf.len() {
+            return Err(io::Error::other("reply too long"));
+        }
+    }
+    Ok((latency, len))
+}
+
+#[derive(Default)]
+struct StreamOut {
+    samples: Vec<Duration>,
+    errors: u64,
+    first_error: Option<String>,
+    backends: Vec<(Vec<u8>, u64)>,
+}
+
+fn stream(target: SocketAddrV4, stop: &AtomicBool, keep: bool) -> StreamOut {
+    let mut out = StreamOut { samples: Vec::with_capacity(if keep { 1 << 17 } else { 0 }), ..Default::default() };
+    let mut buf = [0u8; 256];
+    while !stop.load(Ordering::Relaxed) {
+        match exchange(target, Duration::from_secs(2), &mut buf) {
+            Ok((latency, len)) => {
+                if !keep {
+                    continue;
+                }
+                out.samples.push(latency);
+                let label = buf[..len].split(|b| *b == b' ').next().unwrap_or_default();
+                match out.backends.iter_mut().find(|(l, _)| l == label) {
+                    Some((_, n)) => *n += 1,
+                    None => out.backends.push((label.to_vec(), 1)),
+                }
+            }
+            Err(e) => {
+                out.errors += 1;
+                if out.first_error.is_none() {
+                    out.first_error = Some(e.to_string());
+                }
+            }
+        }
+    }
+    out
+}
+
+/// `streams` threads for `secs`; their outputs and the wall time.
+fn phase(target: SocketAddrV4, streams: usize, secs: f64, keep: bool) -> (Vec<StreamOut>, Duration) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let start = Instant::now();
+    let outs = thread::scope(|s| {
+        let handles: Vec<_> = (0..streams).map(|_| s.spawn(|| stream(target, &stop, keep))).collect();
+        thread::sleep(Duration::from_secs_f64(secs));
+        stop.store(true, Ordering::Relaxed);
+        handles.into_iter().map(|h| h.join().expect("load thread panicked")).collect()
+    });
+    (outs, start.elapsed())
+}
+
+/// The load generator: prints one JSON object.
+pub fn load(args: LoadArgs) -> Result<()> {
+    if let Some(cg) = &args.cgroup {
+        // Before any socket exists: socket LB applies per cgroup at connect.
+        fs::write(cg.join("cgroup.procs"), std::process::id().to_string())
+            .with_context(|| format!("join cgroup {}", cg.display()))?;
+    }
+    pin_to_cpu(args.cpu)?;
+    if args.warmup > 0.0 {
+        phase(args.target, args.streams, args.warmup, false);
+    }
+    let (outs, elapsed) = phase(args.target, args.streams, args.secs, true);
+    let mut samples = Vec::new();
+    let mut errors = 0;
+    let mut first_error = None;
+    let mut backends: BTreeMap<String, u64> = BTreeMap::new();
+    for o in outs {
+        samples.extend(o.samples);
+        errors += o.errors;
+        first_error = first_error.or(o.first_error);
+        for (l, n) in o.backends {
+            *backends.entry(String::from_utf8_lossy(&l).into_owned()).or_default() += n;
+        }
+    }
+    let connections = samples.len();
+    let summary = Summary::new(samples);
+    let us = |d: Option<Duration>| d.map(|d| d.as_secs_f64() * 1e6);
+    println!(
+        "{}",
+        json!({
+            "connections": connections,
+            "errors": errors,
+            "first_error": first_error,
+            "elapsed_s": elapsed.as_secs_f64(),
+            "p50_us": us(summary.median()),
+            "p99_us": us(summary.p99()),
+            "backends": backends,
+        })
+    );
+    Ok(())
+}
+
+/// The echo server: answers `<label> <request>` and closes (first, so the
+/// TIME_WAIT lands here and not on the client's ephemeral ports).
+pub fn echo(args: EchoArgs) -> Result<()> {
+    pin_to_cpu(args.cpu)?;
+    let listener = TcpListener::bind((Ipv4Addr::UNSPECIFIED, args.port)).with_context(|| format!("bind :{}", args.port))?;
+    println!("listening: {} on :{}", args.label, args.port);
+    io::stdout().flush()?;
+    let label = Arc::new(args.label.into_bytes());
+    let workers: Vec<_> = (0..args.threads.max(1))
+        .map(|_| {
+            let listener = listener.try_clone()?;
+            let label = Arc::clone(&label);
+            Ok(thread::spawn(move || serve(&listener, &label)))
+        })
+        .collect::<io::Result<_>>()?;
+    for w in workers {
+        let _ = w.join();
+    }
+    Ok(())
+}
+
+fn serve(listener: &TcpListener, label: &[u8]) {
+    let mut buf = [0u8; 512];
+    let mut reply = Vec::with_capacity(600);
+    loop {
+        let Ok((mut s, _)) = listener.accept() else { continue };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+        let Ok(n) = s.read(&mut buf) else { continue };
+        reply.clear();
+        reply.extend_from_slice(label);
+        reply.push(b' ');
+        reply.extend_from_slice(&buf[..n]);
+        let _ = s.write_all(&reply);
+    }
+}
+
+// ------------------------------------------------------------ control plane
+
+struct ControlPlane {
+    report: std::result::Result<Value, String>,
+}
+
+fn control_plane(topo: &Topology, release: &Path, args: &ServicesBenchArgs) -> ControlPlane {
+    let run = || -> Result<Value> {
+        // Its own namespace: it attaches nothing, but nothing of it lands in
+        // the root namespace either way. Pins under /sys/fs/bpf/weir-bench-<pid>,
+        // removed by the agent.
+        let ns = NetNs::create(&topo.prefix().child("cp"))?;
+        let mut cmd = ns.command(release.join("weir-agent"))?;
+        cmd.args(["bench-control-plane", "--services", &args.cp_services.to_string()])
+            .args(["--endpoints", &ENDPOINTS.to_string(), "--changes", &args.changes.to_string()]);
+        exec::die_with_parent(&mut cmd);
+        println!("==> {}", exec::describe(&cmd));
+        let out = exec::output(&mut cmd, None, Duration::from_secs(300))?;
+        if !out.success() {
+            bail!("bench-control-plane {}: {}", out.describe_status(), out.stderr_str().trim());
+        }
+        let text = out.stdout_str();
+        let line = text.lines().rev().find(|l| l.trim_start().starts_with('{')).context("no JSON from bench-control-plane")?;
+        serde_json::from_str(line).context("parse bench-control-plane's JSON")
+    };
+    ControlPlane { report: run().map_err(|e| format!("{e:#}")) }
+}
+
+// ----------------------------------------------------------------- printing
+
+fn verdict(met: bool) -> &'static str {
+    if met { "met" } else { "NOT met" }
+}
+
+fn print_data_path(args: &ServicesBenchArgs, d: &DataPath) {
+    let ipvs_na = d.ipvs != "available";
+    println!(
+        "\nData path: TCP connect + {}-byte request + reply + close, {} stream(s), load generator on CPU {}, \
+         echo servers on CPU {}, {:.1} s per cell after {:.1} s warm-up",
+        REQUEST.len(),
+        args.streams,
+        args.client_cpu,
+        args.server_cpu,
+        args.secs,
+        args.warmup
+    );
+    println!(
+        "direct = backend pod IP on the weir node (the limit); weir tc = ClusterIP, per-packet tc path; weir sock = \
+         ClusterIP, connect-time socket LB; direct@ipt = pod IP on the iptables node; iptables = ClusterIP via \
+         kube-proxy-style chains ({})",
+        d.iptables_version
+    );
+    let rate = |size: usize, p: Column| d.cells.get(&(size, p)).and_then(|c| c.as_ref().ok()).map(Load::rate);
+    let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
+        _ => "-".into(),
+    };
+    let num = |x: Option<f64>| x.map_or_else(|| "FAILED".into(), |x| format!("{x:.0}"));
+    let ipvs_cell = if ipvs_na { d.ipvs.clone() } else { "NOT MEASURED".into() };
+
+    println!("\nNew connections per second (higher is better)");
+    println!(
+        "{:>8} {:>8} {:>8} {:>9} {:>10} {:>8}  {:<25} | {:>7} {:>8} {:>8} {:>8} {:>8}",
+        "services", "direct", "weir tc", "weir sock", "direct@ipt", "iptables", "IPVS",
+        "tc/dir", "sock/dir", "ipt/dir", "sock/ipt", "tc/ipt"
+    );
+    for &size in &args.sizes {
+        let r: BTreeMap<Column, Option<f64>> = Column::ALL.iter().map(|&p| (p, rate(size, p))).collect();
+        println!(
+            "{:>8} {:>8} {:>8} {:>9} {:>10} {:>8}  {:<25} | {:>7} {:>8} {:>8} {:>8} {:>8}",
+            size,
+            num(r[&Column::Direct]),
+            num(r[&Column::WeirTc]),
+            num(r[&Column::WeirSock]),
+            num(r[&Column::DirectIpt]),
+            num(r[&Column::Iptables]),
+            ipvs_cell,
+            ratio(r[&Column::WeirTc], r[&Column::Direct]),
+            ratio(r[&Column::WeirSock], r[&Column::Direct]),
+            ratio(r[&Column::Iptables], r[&Column::Direct]),
+            ratio(r[&Column::WeirSock], r[&Column::Iptables]),
+            ratio(r[&Column::WeirTc], r[&Column::Iptables]),
+        );
+    }
+
+    println!("\nLatency socket() -> first reply byte, p50 / p99 in us (lower is better)");
+    println!(
+        "{:>8} {:>15} {:>15} {:>15} {:>15} {:>15}  {:<25}",
+        "services", "direct", "weir tc", "weir sock", "direct@ipt", "iptables", "IPVS"
+    );
+    for &size in &args.sizes {
+        let lat = |p: Column| match d.cells.get(&(size, p)) {
+            Some(Ok(l)) => format!("{:.0} / {:.0}", l.p50_us, l.p99_us),
+            _ => "FAILED".into(),
+        };
+        println!(
+            "{:>8} {:>15} {:>15} {:>15} {:>15} {:>15}  {:<25}",
+            size,
+            lat(Column::Direct),
+            lat(Column::WeirTc),
+            lat(Column::WeirSock),
+            lat(Column::DirectIpt),
+            lat(Column::Iptables),
+            ipvs_cell
+        );
+    }
+
+    println!("\nChecks per cell: backends that answered / nf_conntrack entries in the node namespace after the cell");
+    for &size in &args.sizes {
+        let mut line = format!("{size:>8}");
+        for p in Column::ALL {
+            let _ = match d.cells.get(&(size, p)) {
+                Some(Ok(l)) => write!(
+                    line,
+                    "  {}: {} bk / ct {}",
+                    p.label(),
+                    l.backends.len(),
+                    l.conntrack.map_or("?".into(), |c| c.to_string())
+                ),
+                Some(Err(_)) | None => write!(line, "  {}: -", p.label()),
+            };
+        }
+        println!("{line}");
+        if let Some((weir, ipt)) = d.programming.get(&size) {
+            let t = |x: &Option<Duration>| x.map_or("-".into(), |d| format!("{:.2} s", d.as_secs_f64()));
+            println!(
+                "{:>8}  programming: weir manifest dir -> ClusterIP answers {}; iptables-restore of {} rules {}",
+                "",
+                t(weir),
+                iptables_rules(size),
+                t(ipt)
+            );
+        }
+    }
+    for ((size, p), c) in &d.cells {
+        if let Err(e) = c {
+            println!("FAILED {size} Services, {}: {e}", p.label());
+        }
+    }
+    if let Err(e) = &d.socket_lb {
+        println!("weir sock: {e}");
+    }
+    if ipvs_na {
+        println!(
+            "IPVS: NOT MEASURED, {} (ipvsadm -Ln in the node namespace: \"Can't initialize ipvs: Protocol not \
+             available\"; CONFIG_IP_VS is not set and this kernel loads no modules). No numbers are shown for it.",
+            d.ipvs
+        );
+    }
+
+    println!("\nGoals (new-connection rate)");
+    for (p, name) in [(Column::WeirSock, "weir socket LB"), (Column::WeirTc, "weir per-packet tc")] {
+        let ratios: Vec<Option<f64>> = args
+            .sizes
+            .iter()
+            .map(|&s| rate(s, p).zip(rate(s, Column::Direct)).map(|(a, b)| a / b))
+            .collect();
+        let met = ratios.iter().all(|r| r.is_some_and(|r| r >= GOAL_DIRECT_RATIO));
+        println!(
+            "  ClusterIP >= {GOAL_DIRECT_RATIO} x direct at every size, {name}: {} -> {}",
+            fmt_ratios(&ratios),
+            verdict(met)
+        );
+        let vs_ipt: Vec<Option<f64>> = args
+            .sizes
+            .iter()
+            .map(|&s| rate(s, p).zip(rate(s, Column::Iptables)).map(|(a, b)| a / b))
+            .collect();
+        let met = vs_ipt.iter().all(|r| r.is_some_and(|r| r > 1.0));
+        println!("  ahead of iptables at every size, {name}: {} -> {}", fmt_ratios(&vs_ipt), verdict(met));
+    }
+    println!(
+        "  ahead of IPVS at every size: {}",
+        if ipvs_na { format!("NOT MEASURED ({})", d.ipvs) } else { "NOT MEASURED".into() }
+    );
+    if let Some(rss) = d.agent_rss_mib {
+        println!(
+            "(info) the live agent on n1 with {} Services via the manifest dir: RSS {rss:.1} MiB",
+            args.sizes.last().copied().unwrap_or(0)
+        );
+    }
+}
+
+fn fmt_ratios(r: &[Option<f64>]) -> String {
+    r.iter().map(|r| r.map_or("-".into(), |r| format!("{r:.2}"))).collect::<Vec<_>>().join(" / ")
+}
+
+fn print_control_plane(args: &ServicesBenchArgs, c: &ControlPlane) {
+    println!(
+        "\nControl plane: weir-agent bench-control-plane --services {} --endpoints {ENDPOINTS} --changes {} (release, real pinned maps)",
+        args.cp_services, args.changes
+    );
+    let v = match &c.report {
+        Ok(v) => v,
+        Err(e) => {
+            println!("  FAILED: {e}");
+            return;
+        }
+    };
+    let f = |k: &str| v[k].as_f64();
+    let row = |what: &str, value: Option<f64>, unit: &str, goal: Option<(f64, &str)>| {
+        let shown = value.map_or("-".into(), |x| format!("{x:.1} {unit}"));
+        match goal {
+            Some((limit, goal_text)) => println!(
+                "  {what:<34} {shown:>14}   goal {goal_text:<12} {}",
+                verdict(value.is_some_and(|x| x < limit))
+            ),
+            None => println!("  {what:<34} {shown:>14}"),
+        }
+    };
+    println!("  frontends programmed: {}", v["frontends"]);
+    row("cold programming", f("cold_ms"), "ms", Some((GOAL_COLD_MS, "< 1 s")));
+    row("EndpointSlice change p50", f("change_p50_us"), "us", None);
+    row("EndpointSlice change p99", f("change_p99_us"), "us", Some((GOAL_CHANGE_P99_US, "< 10 ms")));
+    row("EndpointSlice change max", f("change_max_us"), "us", None);
+    row("resident memory", f("rss_mib"), "MiB", Some((GOAL_RSS_MIB, "< 150 MiB")));
+}
