@@ -29,9 +29,17 @@ impl Agent {
     /// Starts the agent (does not wait; see `wait_ready`). Its output goes to
     /// `<node dir>/logs/agent.log`.
     pub fn spawn(node: &Node, manifest_dir: &Path) -> Result<Self> {
+        Self::spawn_with(node, manifest_dir, None)
+    }
+
+    /// Like `spawn`; with `socket_lb_cgroup`, connect-time Service load
+    /// balancing is attached to that cgroup v2 directory (one the caller
+    /// made, holding only the processes meant to use it) instead of being
+    /// turned off.
+    pub fn spawn_with(node: &Node, manifest_dir: &Path, socket_lb_cgroup: Option<&Path>) -> Result<Self> {
         let binary = bins::weir_agent()?;
         let path = |p: &Path| p.to_str().map(str::to_string).context("non-UTF-8 path");
-        let args: Vec<String> = vec![
+        let mut args: Vec<String> = vec![
             path(&binary)?,
             "run".into(),
             "--node-name".into(),
@@ -52,11 +60,14 @@ impl Agent {
             // cniVersion to write.
             "--cni-bin-dir".into(),
             std::env::join_paths(crate::bins::cni_path())?.into_string().map_err(|p| anyhow::anyhow!("non-UTF-8 CNI path {p:?}"))?,
+        ];
+        match socket_lb_cgroup {
+            Some(cgroup) => args.extend(["--socket-lb-cgroup".into(), path(cgroup)?]),
             // Connect-time load balancing attaches to a cgroup for every
             // process in it; the test bed's nodes share the machine's
             // cgroups, so pods use the per-packet path here.
-            "--no-socket-lb".into(),
-        ];
+            None => args.push("--no-socket-lb".into()),
+        }
         let log = node.dirs.logs.join("agent.log");
         let argv: Vec<&str> = args.iter().map(String::as_str).collect();
         // The caller's WEIR_LOG wins (spawn keeps the environment).

@@ -194,6 +194,8 @@ pub struct SweepReport {
     pub killed: usize,
     pub namespaces: usize,
     pub pin_dirs: usize,
+    /// cgroup v2 directories (the services benchmark's socket-LB cgroup).
+    pub cgroups: usize,
     pub scratch: bool,
     pub errors: Vec<String>,
 }
@@ -208,6 +210,9 @@ impl std::fmt::Display for SweepReport {
             self.pin_dirs,
             if self.scratch { "removed" } else { "absent" }
         )?;
+        if self.cgroups > 0 {
+            write!(f, ", {} cgroups", self.cgroups)?;
+        }
         if !self.errors.is_empty() {
             write!(f, "; errors: {}", self.errors.join("; "))?;
         }
@@ -242,6 +247,18 @@ pub fn sweep(prefix: &RunPrefix) -> SweepReport {
             }
         }
     }
+    if let Some(Ok(entries)) = cgroup2_mount().map(fs::read_dir) {
+        for entry in entries.flatten() {
+            if prefix.owns(&entry.file_name().to_string_lossy()) {
+                match remove_cgroup(&entry.path()) {
+                    Ok(()) => report.cgroups += 1,
+                    Err(e) => report
+                        .errors
+                        .push(format!("remove cgroup {}: {e}", entry.path().display())),
+                }
+            }
+        }
+    }
     let scratch = prefix.scratch_dir();
     if scratch.exists() {
         unmount_under(&scratch);
@@ -255,6 +272,32 @@ pub fn sweep(prefix: &RunPrefix) -> SweepReport {
     let _ = fs::remove_file(Path::new(MARKER_DIR).join(prefix.as_str()));
     LIVE.lock().map(|mut l| l.remove(prefix)).ok();
     report
+}
+
+/// Where the cgroup v2 hierarchy is mounted (`/sys/fs/cgroup` on a unified
+/// host, `/sys/fs/cgroup/unified` on a hybrid one).
+pub fn cgroup2_mount() -> Option<PathBuf> {
+    let info = fs::read_to_string("/proc/self/mountinfo").ok()?;
+    parse_mounts_with_type(&info)
+        .into_iter()
+        .find(|(_, t)| t == "cgroup2")
+        .map(|(p, _)| p)
+}
+
+/// rmdir of a (leaf) cgroup, retried while processes killed just before
+/// are still on their way out (EBUSY).
+fn remove_cgroup(dir: &Path) -> std::io::Result<()> {
+    let mut tries = 0;
+    loop {
+        match fs::remove_dir(dir) {
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) && tries < 50 => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            other => return other,
+        }
+    }
 }
 
 /// The run's namespaces, found by name in /run/netns.

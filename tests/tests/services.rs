@@ -111,6 +111,15 @@ fn cluster_ip_over_tcp_and_udp_from_both_nodes_and_backend_removal() {
         assert!(tcp.iter().all(|a| a.peer == VIP), "the client must only ever see the Service address: {tcp:?}");
         assert!(servers(&tcp).len() >= 3, "24 connections from {client} reached only {:?}", servers(&tcp));
 
+        // Hairpin: the client is one of the backends; with 40 connections
+        // it reaches itself (all but surely: (3/4)^40 < 1e-5), through its
+        // own Service.
+        let more: Vec<Answer> = (0..16).map(|_| echo::ask(ns, "tcp", VIP, ECHO_PORT, "t").unwrap()).collect();
+        assert!(
+            servers(&tcp).contains(client) || servers(&more).contains(client),
+            "{client} never reached itself through the Service in 40 connections"
+        );
+
         let udp: Vec<Answer> = (0..16).map(|_| echo::ask(ns, "udp", VIP, ECHO_PORT, "u").unwrap()).collect();
         assert!(udp.iter().all(|a| a.peer == VIP), "UDP replies must come from the Service address: {udp:?}");
         assert!(servers(&udp).len() >= 2, "16 UDP flows from {client} reached only {:?}", servers(&udp));
