@@ -6,12 +6,16 @@
 use std::{
     fs, io,
     net::Ipv4Addr,
+    os::fd::AsFd,
     path::{Path, PathBuf},
 };
 
 use aya::{
     maps::{HashMap, Map, MapData},
-    programs::{SchedClassifier, TcAttachType, links::FdLink, tc},
+    programs::{
+        SchedClassifier, TcAttachType,
+        tc::{self, NlOptions, TcAttachOptions},
+    },
     util::KernelVersion,
 };
 use weir_common::{EndpointInfo, EndpointKey, pin};
@@ -184,61 +188,181 @@ pub enum Attached {
 }
 
 /// Attaches `weir_from_pod` (tc ingress: what the pod sends) and
-/// `weir_to_pod` (tc egress: what it receives) to `host_veth`, pinning each
-/// tcx link; every pin made is pushed to `pinned` as soon as it exists, so a
-/// failure halfway leaves the caller a complete list to undo.
-pub fn attach_programs(pins: &Pins, host_veth: &str, pinned: &mut Vec<PathBuf>) -> Result<(), DatapathError> {
+/// `weir_to_pod` (tc egress: what it receives) to `host_veth` (interface
+/// index `ifindex`), pinning each tcx link; every pin made is pushed to
+/// `pinned` as soon as it exists, so a failure halfway leaves the caller a
+/// complete list to undo.
+///
+/// On tcx kernels this talks to the kernel directly (get the pinned program,
+/// create the link, pin it: three syscalls per program) rather than through
+/// aya, whose first program handle runs a dozen feature probes (BTF and
+/// program loads) that weir-cni has no use for. Each link creation still
+/// waits for an RCU grace period in the kernel (`tcx_entry_sync`), which is
+/// most of the time ADD takes.
+pub fn attach_programs(
+    pins: &Pins,
+    host_veth: &str,
+    ifindex: u32,
+    pinned: &mut Vec<PathBuf>,
+) -> Result<(), DatapathError> {
     let [pin_in, pin_out] = pins.link_pins(host_veth);
-    for (prog, attach_type, pin_path) in
-        [(pin::PROG_FROM_POD, TcAttachType::Ingress, pin_in), (pin::PROG_TO_POD, TcAttachType::Egress, pin_out)]
-    {
-        if let Attached::TcxLink(path) = attach(pins, prog, attach_type, host_veth, pin_path)? {
+    let tcx = KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0));
+    if tcx {
+        let links_dir = pins.links_dir();
+        fs::create_dir_all(&links_dir)
+            .map_err(|e| DatapathError::new(format!("create {}", links_dir.display()), e))?;
+    }
+    for (prog, attach_type, pin_path) in [
+        (pin::PROG_FROM_POD, TcAttachType::Ingress, pin_in),
+        (pin::PROG_TO_POD, TcAttachType::Egress, pin_out),
+    ] {
+        let attached = if tcx {
+            attach_tcx(pins, prog, attach_type, host_veth, ifindex, pin_path)?
+        } else {
+            attach_cls_bpf(pins, prog, attach_type, host_veth)?
+        };
+        if let Attached::TcxLink(path) = attached {
             pinned.push(path);
         }
     }
     Ok(())
 }
 
-fn attach(
+fn attach_op(pins: &Pins, prog_name: &str, attach_type: TcAttachType, host_veth: &str) -> String {
+    format!(
+        "attach {} to {host_veth} {attach_type:?}",
+        pins.program(prog_name).display()
+    )
+}
+
+fn attach_tcx(
     pins: &Pins,
     prog_name: &str,
     attach_type: TcAttachType,
     host_veth: &str,
+    ifindex: u32,
     pin_path: PathBuf,
 ) -> Result<Attached, DatapathError> {
-    let prog_path = pins.program(prog_name);
-    let op = format!("attach {} to {host_veth} {attach_type:?}", prog_path.display());
-    let mut prog = SchedClassifier::from_pin(&prog_path).map_err(|e| DatapathError::new(&op, e))?;
-
-    let tcx = KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0));
-    if !tcx {
-        // aya falls back to netlink cls_bpf, which needs the clsact qdisc.
-        // "Already there" is fine; any other problem shows up in attach.
-        let _ = tc::qdisc_add_clsact(host_veth);
-    }
-    let id = prog
-        .attach(host_veth, attach_type)
-        .map_err(|e| DatapathError::new(&op, e))?;
-    let link = prog.take_link(id).map_err(|e| DatapathError::new(&op, e))?;
-
-    if <&FdLink>::try_from(&link).is_err() {
-        // A netlink filter: dropping the handle would detach it, and it is
-        // removed with the veth anyway, so let it go without a destructor.
-        std::mem::forget(link);
-        return Ok(Attached::ClsBpf);
-    }
-    let fd_link = FdLink::try_from(link).map_err(|e| DatapathError::new(&op, e))?;
-    let links_dir = pins.links_dir();
-    fs::create_dir_all(&links_dir)
-        .map_err(|e| DatapathError::new(format!("create {}", links_dir.display()), e))?;
+    let op = || attach_op(pins, prog_name, attach_type, host_veth);
+    let prog = sys::obj_get(&pins.program(prog_name)).map_err(|e| DatapathError::new(op(), e))?;
     // The veth was just created, so a pin under its name is a leftover of an
     // earlier attachment with the same (containerID, ifname).
     remove_pin(&pin_path)?;
+    let egress = matches!(attach_type, TcAttachType::Egress);
+    let link = sys::tcx_link_create(prog.as_fd(), ifindex, egress)
+        .map_err(|e| DatapathError::new(format!("{} (tcx link)", op()), e))?;
     // On failure the unpinned link is closed, which detaches it.
-    fd_link
-        .pin(&pin_path)
+    sys::obj_pin(link.as_fd(), &pin_path)
         .map_err(|e| DatapathError::new(format!("pin tcx link at {}", pin_path.display()), e))?;
     Ok(Attached::TcxLink(pin_path))
+}
+
+/// Kernels without tcx: a cls_bpf filter under the clsact qdisc, through
+/// aya's netlink support.
+fn attach_cls_bpf(
+    pins: &Pins,
+    prog_name: &str,
+    attach_type: TcAttachType,
+    host_veth: &str,
+) -> Result<Attached, DatapathError> {
+    let op = attach_op(pins, prog_name, attach_type, host_veth);
+    let mut prog =
+        SchedClassifier::from_pin(pins.program(prog_name)).map_err(|e| DatapathError::new(&op, e))?;
+    // "Already there" is fine; any other problem shows up in attach.
+    let _ = tc::qdisc_add_clsact(host_veth);
+    let id = prog
+        .attach_with_options(
+            host_veth,
+            attach_type,
+            TcAttachOptions::Netlink(NlOptions::default()),
+        )
+        .map_err(|e| DatapathError::new(&op, e))?;
+    let link = prog.take_link(id).map_err(|e| DatapathError::new(&op, e))?;
+    // A netlink filter: dropping the handle would detach it, and it is
+    // removed with the veth anyway, so let it go without a destructor.
+    std::mem::forget(link);
+    Ok(Attached::ClsBpf)
+}
+
+/// The few bpf(2) commands ADD needs, without a library in between.
+mod sys {
+    use std::{
+        ffi::CString,
+        io,
+        os::{
+            fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
+            unix::ffi::OsStrExt,
+        },
+        path::Path,
+    };
+
+    const BPF_OBJ_PIN: libc::c_long = 6;
+    const BPF_OBJ_GET: libc::c_long = 7;
+    const BPF_LINK_CREATE: libc::c_long = 28;
+    const BPF_TCX_INGRESS: u32 = 46;
+    const BPF_TCX_EGRESS: u32 = 47;
+
+    /// `union bpf_attr`, as zeroed 8-byte words: the kernel accepts any size
+    /// up to a page as long as what it does not know is zero.
+    type Attr = [u64; 16];
+
+    fn bpf(cmd: libc::c_long, attr: &mut Attr) -> io::Result<libc::c_long> {
+        // SAFETY: `attr` is a valid, fully initialised bpf_attr of the size
+        // passed; the kernel reads (and for some commands writes) only it.
+        let ret = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                cmd,
+                attr.as_mut_ptr(),
+                std::mem::size_of::<Attr>() as libc::c_uint,
+            )
+        };
+        if ret < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(ret)
+        }
+    }
+
+    fn path_cstring(path: &Path) -> io::Result<CString> {
+        CString::new(path.as_os_str().as_bytes())
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))
+    }
+
+    fn owned(fd: libc::c_long) -> OwnedFd {
+        // SAFETY: the kernel just returned this fd to us and nobody else owns it.
+        unsafe { OwnedFd::from_raw_fd(fd as i32) }
+    }
+
+    /// `BPF_OBJ_GET`: the object pinned at `path`.
+    pub fn obj_get(path: &Path) -> io::Result<OwnedFd> {
+        let path = path_cstring(path)?;
+        let mut attr = Attr::default();
+        attr[0] = path.as_ptr() as u64; // pathname
+        // bpf_fd = 0, file_flags = 0 (read-write)
+        bpf(BPF_OBJ_GET, &mut attr).map(owned)
+    }
+
+    /// `BPF_OBJ_PIN`: pins `fd` at `path`.
+    pub fn obj_pin(fd: BorrowedFd<'_>, path: &Path) -> io::Result<()> {
+        let path = path_cstring(path)?;
+        let mut attr = Attr::default();
+        attr[0] = path.as_ptr() as u64; // pathname
+        attr[1] = fd.as_raw_fd() as u32 as u64; // bpf_fd; file_flags = 0
+        bpf(BPF_OBJ_PIN, &mut attr).map(drop)
+    }
+
+    /// `BPF_LINK_CREATE` of a tcx link: `prog` last on the interface's tc
+    /// ingress or egress.
+    pub fn tcx_link_create(prog: BorrowedFd<'_>, ifindex: u32, egress: bool) -> io::Result<OwnedFd> {
+        let attach_type = if egress { BPF_TCX_EGRESS } else { BPF_TCX_INGRESS };
+        let mut attr = Attr::default();
+        // prog_fd, target_ifindex; attach_type, flags (0: append, no
+        // relative program, any revision).
+        attr[0] = u64::from(prog.as_raw_fd() as u32) | (u64::from(ifindex) << 32);
+        attr[1] = u64::from(attach_type);
+        bpf(BPF_LINK_CREATE, &mut attr).map(owned)
+    }
 }
 
 /// Removes a pin (a tcx link pin detaches its program); `Ok(false)` if there

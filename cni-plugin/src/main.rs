@@ -30,6 +30,7 @@ use serde_json::{Map, Value};
 use crate::{env::Env, error::CniError, version::CniVersion};
 
 fn main() -> ExitCode {
+    log::init_trace();
     let (version, outcome) = run();
     let (reply, code) = match outcome {
         Ok(None) => return ExitCode::SUCCESS,
@@ -48,6 +49,7 @@ fn main() -> ExitCode {
         log::warn(format_args!("cannot write the reply to stdout: {e}"));
         return ExitCode::FAILURE;
     }
+    log::step("reply");
     code
 }
 
@@ -76,7 +78,9 @@ fn run() -> (CniVersion, Result<Option<Value>, CniError>) {
             (env::Command::Version, Err(_)) => Map::new(),
             (_, Err(e)) => return Err(e),
         };
-        commands::run(request::parse(&env, &conf)?)
+        let request = request::parse(&env, &conf)?;
+        log::step("parse request");
+        commands::run(request)
     })();
     (version, outcome)
 }

@@ -1,10 +1,17 @@
 //! ADD: veth pair, address from the podCIDR, routes, datapath hookup.
 //!
 //! Order matters: the pod's interface is brought up last, after its endpoint
-//! entry and the datapath program are in place, so the pod never sends a
+//! entry and the datapath programs are in place, so the pod never sends a
 //! packet the datapath does not know about. A failure at any step undoes
 //! everything done so far (the address through the IPAM lease guard, the rest
 //! through `Teardown`), so a failed ADD leaves nothing behind.
+//!
+//! Where the time goes: creating each tcx link makes the kernel wait for an
+//! RCU grace period while it holds RTNL (`tcx_entry_sync`), two per pod,
+//! which is most of an ADD and what serialises concurrent ADDs (every
+//! netlink request on the node waits for RTNL). Everything else is a few
+//! netlink round trips; the IPAM reservation is made under its lock without
+//! touching the disk, and flushed to disk on another thread meanwhile.
 
 use std::{fs, net::Ipv4Addr};
 
@@ -50,8 +57,10 @@ pub fn add(conf: &NetConf, attachment: &Attachment, netns: &Netns) -> Result<Add
         });
     }
 
+    log::step("preconditions");
     let allocator = super::allocator(conf)?;
     let lease = allocator.lease(attachment)?;
+    log::step("ipam reserve");
     let mut teardown = Teardown::new(pins.clone());
     let setup = Setup {
         conf,
@@ -60,7 +69,18 @@ pub fn add(conf: &NetConf, attachment: &Attachment, netns: &Netns) -> Result<Add
         host_name: &host_name,
         pins: pins.as_ref(),
     };
-    match setup.run(&mut host, &mut pod, lease.ip(), &mut teardown) {
+    // The reservation must be on disk before ADD succeeds, not before the
+    // kernel work starts: the flush runs alongside.
+    let outcome = std::thread::scope(|scope| {
+        let flush = scope.spawn(|| allocator.persist());
+        let result = setup.run(&mut host, &mut pod, lease.ip(), &mut teardown);
+        let flushed = flush
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        log::step("ipam flush joined");
+        result.and_then(|r| flushed.map(|()| r).map_err(CniError::from))
+    });
+    match outcome {
         Ok(result) => {
             teardown.disarm();
             let ip = lease.keep();
@@ -101,6 +121,7 @@ impl Setup<'_> {
         let gateway = PodRange::new(conf.pod_cidr).gateway();
 
         veth::create_pair(host, self.host_name, ifname, self.netns.fd(), conf.mtu)?;
+        log::step("create veth");
         let host_link = lookup(host, self.host_name, "the host veth just created")?;
         teardown.host_veth = Some(host_link.clone());
 
@@ -110,12 +131,20 @@ impl Setup<'_> {
         host.set_link_up(&host_link)?;
         host.add_route(&host_link, &link_route(ip))?;
         enable_ip_forwarding()?;
+        log::step("host side");
 
         if let Some(pins) = self.pins {
             let mut endpoints = EndpointMap::open(pins)?;
             endpoints.insert(host_link.index, ip)?;
             teardown.endpoint = Some(host_link.index);
-            datapath::attach_programs(pins, self.host_name, &mut teardown.link_pins)?;
+            log::step("endpoint entry");
+            datapath::attach_programs(
+                pins,
+                self.host_name,
+                host_link.index,
+                &mut teardown.link_pins,
+            )?;
+            log::step("attach programs");
         }
 
         // Pod side, last: addresses and routes, up only once all is ready.
@@ -140,6 +169,7 @@ impl Setup<'_> {
             })?;
         }
 
+        log::step("pod side");
         let network = |addr: Ipv4Addr, prefix: u8| {
             Ipv4Network::new(addr, prefix).expect("prefix is at most 32")
         };

@@ -1,6 +1,14 @@
 //! DEL: remove what ADD created. Idempotent: whatever is already gone (the
 //! namespace, the interfaces, the reservation) is simply skipped, and every
 //! step is attempted even when an earlier one failed.
+//!
+//! Where the time goes: unpinning a tcx link detaches its program (in a
+//! kernel worker), and deleting a veth that still has programs attached
+//! detaches them; either way the kernel waits for one RCU grace period per
+//! program while holding RTNL. Then it waits again (`rcu_barrier`) before
+//! freeing the device. DEL unpins early, so the detaching overlaps with the
+//! rest of its work. (Returning before the freeing would need a helper
+//! process outliving the plugin; not worth ~20 ms.)
 
 use crate::{
     attachment::Attachment,
@@ -15,18 +23,7 @@ use crate::{
 pub fn del(conf: &NetConf, attachment: &Attachment) -> Result<(), CniError> {
     let host_name = veth::host_veth_name(&conf.veth_prefix, attachment);
     let mut problems = Vec::new();
-
-    let allocator = super::allocator(conf);
-    let ip = match &allocator {
-        Ok(a) => a.lookup(attachment).unwrap_or_else(|e| {
-            problems.push(e.to_string());
-            None
-        }),
-        Err(e) => {
-            problems.push(e.to_string());
-            None
-        }
-    };
+    let pins = conf.bpf_pin_dir.as_deref().map(Pins::new);
 
     // Whether the host veth is known to be gone (or never existed) by the
     // end: only then may its address go back to the pool.
@@ -47,30 +44,47 @@ pub fn del(conf: &NetConf, attachment: &Attachment) -> Result<(), CniError> {
                 None
             }
         });
+    log::step("host veth lookup");
 
-    if let Some(pins) = conf.bpf_pin_dir.as_deref().map(Pins::new) {
+    if let Some(pins) = &pins {
         for pin in pins.link_pins(&host_name) {
             if let Err(e) = datapath::remove_pin(&pin) {
                 problems.push(e.to_string());
             }
         }
-        // No map means the agent has not (re)created the datapath: there is
-        // no entry to remove.
-        if pins.endpoints_map_exists() {
-            let removed = EndpointMap::open(&pins).and_then(|mut map| {
-                if let Some(link) = &host_link {
-                    map.remove(link.index)?;
-                }
-                if let Some(ip) = ip {
-                    map.remove_ip(ip)?;
-                }
-                Ok(())
-            });
-            if let Err(e) = removed {
-                problems.push(e.to_string());
+    }
+    log::step("unpin links");
+
+    let allocator = super::allocator(conf);
+    let ip = match &allocator {
+        Ok(a) => a.lookup(attachment).unwrap_or_else(|e| {
+            problems.push(e.to_string());
+            None
+        }),
+        Err(e) => {
+            problems.push(e.to_string());
+            None
+        }
+    };
+    log::step("ipam lookup");
+
+    // No map means the agent has not (re)created the datapath: there is no
+    // entry to remove.
+    if let Some(pins) = pins.as_ref().filter(|p| p.endpoints_map_exists()) {
+        let removed = EndpointMap::open(pins).and_then(|mut map| {
+            if let Some(link) = &host_link {
+                map.remove(link.index)?;
             }
+            if let Some(ip) = ip {
+                map.remove_ip(ip)?;
+            }
+            Ok(())
+        });
+        if let Err(e) = removed {
+            problems.push(e.to_string());
         }
     }
+    log::step("endpoint entry");
 
     if let (Some(sock), Some(link)) = (host.as_mut(), &host_link) {
         if !link.is_veth() {
@@ -90,6 +104,7 @@ pub fn del(conf: &NetConf, attachment: &Attachment) -> Result<(), CniError> {
             }
         }
     }
+    log::step("delete veth");
 
     // While the old veth still routes the address, handing it to another pod
     // would break both: keep the reservation until a DEL removes the veth.
@@ -108,6 +123,7 @@ pub fn del(conf: &NetConf, attachment: &Attachment) -> Result<(), CniError> {
             ));
         }
     }
+    log::step("ipam release");
 
     if problems.is_empty() {
         Ok(())

@@ -71,10 +71,28 @@ impl<S: Store> Allocator<S> {
         Self { range, store }
     }
 
-    /// Reserves an address for `owner`. An attachment holds one address: a
-    /// second ADD without DEL is an error (as host-local does), since the
-    /// runtime must never do that and it means state went out of sync.
+    #[cfg(test)]
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    /// Reserves an address for `owner`, durably. An attachment holds one
+    /// address: a second ADD without DEL is an error (as host-local does),
+    /// since the runtime must never do that and it means state went out of
+    /// sync.
+    #[cfg(test)]
     pub fn allocate(&self, owner: &Attachment) -> Result<Ipv4Addr, IpamError> {
+        let ip = self.reserve(owner)?;
+        if let Err(e) = self.store.persist() {
+            let _ = self.release_ip(owner, ip);
+            return Err(e);
+        }
+        Ok(ip)
+    }
+
+    /// `allocate` without the flush: the reservation is visible to every
+    /// other allocation at once, and durable after `persist`.
+    fn reserve(&self, owner: &Attachment) -> Result<Ipv4Addr, IpamError> {
         self.store.locked(|store| {
             let reservations = store.reservations()?;
             if let Some(held) = reservations
@@ -100,16 +118,24 @@ impl<S: Store> Allocator<S> {
         })
     }
 
-    /// `allocate`, returning a guard that gives the address back unless the
-    /// caller keeps it: a failed ADD must not leak its address.
+    /// Reserves an address like `allocate`, returning a guard that gives it
+    /// back unless the caller keeps it: a failed ADD must not leak its
+    /// address. The reservation is not durable until `persist` returns,
+    /// which the caller may run while it does other work (ADD does it while
+    /// the kernel wires the veth) but must wait for before keeping it.
     pub fn lease(&self, owner: &Attachment) -> Result<Lease<'_, S>, IpamError> {
-        let ip = self.allocate(owner)?;
+        let ip = self.reserve(owner)?;
         Ok(Lease {
             allocator: self,
             owner: owner.clone(),
             ip,
             armed: true,
         })
+    }
+
+    /// Makes every reservation and release so far durable.
+    pub fn persist(&self) -> Result<(), IpamError> {
+        self.store.persist()
     }
 
     /// The address `owner` holds, if any.
@@ -126,7 +152,7 @@ impl<S: Store> Allocator<S> {
     /// Releases whatever `owner` holds; returns the released addresses
     /// (empty when it held none, which is fine for an idempotent DEL).
     pub fn release(&self, owner: &Attachment) -> Result<Vec<Ipv4Addr>, IpamError> {
-        self.store.locked(|store| {
+        let released = self.store.locked(|store| {
             let mut released = Vec::new();
             for r in store.reservations()? {
                 if r.owner.as_ref() == Some(owner) {
@@ -135,7 +161,9 @@ impl<S: Store> Allocator<S> {
                 }
             }
             Ok(released)
-        })
+        })?;
+        self.store.persist()?;
+        Ok(released)
     }
 
     /// Releases `ip` if `owner` still holds it.
@@ -146,7 +174,8 @@ impl<S: Store> Allocator<S> {
                 .into_iter()
                 .any(|r| r.ip == ip && r.owner.as_ref() == Some(owner));
             if held { store.release(ip) } else { Ok(()) }
-        })
+        })?;
+        self.store.persist()
     }
 
     /// GC: releases every reservation whose owner is not in `keep`
@@ -155,7 +184,7 @@ impl<S: Store> Allocator<S> {
         &self,
         keep: &HashSet<Attachment>,
     ) -> Result<Vec<Reservation>, IpamError> {
-        self.store.locked(|store| {
+        let released = self.store.locked(|store| {
             let mut released = Vec::new();
             for r in store.reservations()? {
                 if !r.owner.as_ref().is_some_and(|o| keep.contains(o)) {
@@ -164,7 +193,9 @@ impl<S: Store> Allocator<S> {
                 }
             }
             Ok(released)
-        })
+        })?;
+        self.store.persist()?;
+        Ok(released)
     }
 }
 
@@ -182,7 +213,8 @@ impl<S: Store> Lease<'_, S> {
         self.ip
     }
 
-    /// ADD succeeded: the address stays reserved until DEL or GC.
+    /// ADD succeeded (and `Allocator::persist` returned since the lease was
+    /// taken): the address stays reserved until DEL or GC.
     pub fn keep(mut self) -> Ipv4Addr {
         self.armed = false;
         self.ip

@@ -6,10 +6,17 @@
 //! <dataDir>/ipam/<network>/lock              flock()ed around every change
 //! ```
 //!
-//! Writes are crash-safe: a record is written and synced under a temporary
-//! name, then hard-linked to its final name (atomic, and fails if the name
-//! exists), so a reader never sees a half-written record; the cursor is
-//! replaced by rename.
+//! Writes are crash-safe: a record is written under a temporary name, then
+//! hard-linked to its final name (atomic, and fails if the name exists), so
+//! a reader never sees a half-written record; the cursor is replaced by
+//! rename. Durability (fsync of the record and of the directory) is left to
+//! `persist`, which runs after the lock is released: concurrent invocations
+//! then wait for each other only for the few page-cache operations of the
+//! allocation itself, and their disk flushes overlap. A crash before
+//! `persist` returned can only lose a reservation whose ADD had not
+//! succeeded yet, or leave an empty record, which keeps its address reserved
+//! until GC. The cursor only orders the round robin and is never synced: a
+//! lost or damaged cursor restarts it.
 
 use std::{
     fs::{self, File, OpenOptions},
@@ -17,6 +24,7 @@ use std::{
     net::Ipv4Addr,
     os::unix::fs::OpenOptionsExt,
     path::{Path, PathBuf},
+    sync::{Mutex, PoisonError},
 };
 
 use nix::{
@@ -32,6 +40,20 @@ const CURSOR_FILE: &str = "last_reserved_ip";
 
 pub struct DiskStore {
     dir: PathBuf,
+    /// What changed under the lock and `persist` still has to flush.
+    pending: Mutex<Pending>,
+}
+
+#[derive(Default)]
+struct Pending {
+    /// Records created since the last `persist`, still open.
+    records: Vec<(PathBuf, File)>,
+    /// Entries of the directory were added or removed.
+    dir: bool,
+    /// Files removed or replaced under the lock, held open so that freeing
+    /// their blocks (which on a filesystem mounted with `discard` waits for
+    /// the device) happens when `persist` closes them, not under the lock.
+    doomed: Vec<File>,
 }
 
 impl DiskStore {
@@ -44,6 +66,7 @@ impl DiskStore {
         })?;
         Ok(Self {
             dir: dir.to_owned(),
+            pending: Mutex::default(),
         })
     }
 
@@ -52,9 +75,13 @@ impl DiskStore {
         move |source| IpamError::Store { path, op, source }
     }
 
-    /// Writes `contents` to a temporary file next to `final_name` and syncs
-    /// it; the caller links or renames it into place.
-    fn write_temp(&self, final_name: &str, contents: &[u8]) -> Result<PathBuf, IpamError> {
+    fn pending(&self) -> std::sync::MutexGuard<'_, Pending> {
+        self.pending.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Writes `contents` to a temporary file next to `final_name` (not
+    /// synced); the caller links or renames it into place.
+    fn write_temp(&self, final_name: &str, contents: &[u8]) -> Result<(PathBuf, File), IpamError> {
         let tmp = self.dir.join(format!(".{final_name}.tmp"));
         let mut file = OpenOptions::new()
             .write(true)
@@ -64,8 +91,7 @@ impl DiskStore {
             .open(&tmp)
             .map_err(self.err(&tmp, "create"))?;
         file.write_all(contents).map_err(self.err(&tmp, "write"))?;
-        file.sync_all().map_err(self.err(&tmp, "fsync"))?;
-        Ok(tmp)
+        Ok((tmp, file))
     }
 
     /// Makes directory entry changes durable.
@@ -152,13 +178,15 @@ impl Store for DiskStore {
     fn reserve(&self, ip: Ipv4Addr, owner: &Attachment) -> Result<bool, IpamError> {
         let name = ip.to_string();
         let record = format!("{}\n{}", owner.container_id, owner.ifname);
-        let tmp = self.write_temp(&name, record.as_bytes())?;
+        let (tmp, file) = self.write_temp(&name, record.as_bytes())?;
         let path = self.dir.join(&name);
         let linked = fs::hard_link(&tmp, &path);
         let _ = fs::remove_file(&tmp);
         match linked {
             Ok(()) => {
-                self.sync_dir()?;
+                let mut pending = self.pending();
+                pending.records.push((path, file));
+                pending.dir = true;
                 Ok(true)
             }
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
@@ -172,8 +200,14 @@ impl Store for DiskStore {
 
     fn release(&self, ip: Ipv4Addr) -> Result<(), IpamError> {
         let path = self.dir.join(ip.to_string());
+        let held = File::open(&path).ok();
         match fs::remove_file(&path) {
-            Ok(()) => self.sync_dir(),
+            Ok(()) => {
+                let mut pending = self.pending();
+                pending.dir = true;
+                pending.doomed.extend(held);
+                Ok(())
+            }
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(IpamError::Store {
                 path,
@@ -198,10 +232,25 @@ impl Store for DiskStore {
     }
 
     fn set_last_reserved(&self, ip: Ipv4Addr) -> Result<(), IpamError> {
-        let tmp = self.write_temp(CURSOR_FILE, ip.to_string().as_bytes())?;
+        let (tmp, file) = self.write_temp(CURSOR_FILE, ip.to_string().as_bytes())?;
+        drop(file);
         let path = self.dir.join(CURSOR_FILE);
+        let old = File::open(&path).ok();
         fs::rename(&tmp, &path).map_err(self.err(&path, "replace cursor"))?;
-        self.sync_dir()
+        self.pending().doomed.extend(old);
+        Ok(())
+    }
+
+    fn persist(&self) -> Result<(), IpamError> {
+        let pending = std::mem::take(&mut *self.pending());
+        for (path, file) in &pending.records {
+            file.sync_data().map_err(self.err(path, "fsync"))?;
+        }
+        if pending.dir {
+            self.sync_dir()?;
+        }
+        // Closing `pending.doomed` frees what the lock holders replaced.
+        Ok(())
     }
 }
 
@@ -292,6 +341,29 @@ mod tests {
         let released = a.release_all_except(&HashSet::new()).unwrap();
         assert_eq!(released.len(), 3);
         assert!(released.iter().any(|r| r.owner.is_none()));
+    }
+
+    #[test]
+    fn a_lease_is_visible_at_once_and_flushed_by_persist() {
+        let tmp = tempfile::tempdir().unwrap();
+        let a = allocator(tmp.path());
+        let lease = a.lease(&Attachment::new("abc", "eth0")).unwrap();
+        // Another process sees the reservation before it is flushed.
+        let other = allocator(tmp.path());
+        assert_eq!(
+            other.allocate(&Attachment::new("def", "eth0")).unwrap(),
+            Ipv4Addr::new(10, 244, 1, 3)
+        );
+        assert_eq!(
+            fs::read_to_string(tmp.path().join("10.244.1.2")).unwrap(),
+            "abc\neth0"
+        );
+        assert_eq!(a.store().pending().records.len(), 1);
+        a.persist().unwrap();
+        let pending = a.store().pending();
+        assert!(pending.records.is_empty() && !pending.dir);
+        drop(pending);
+        assert_eq!(lease.keep(), Ipv4Addr::new(10, 244, 1, 2));
     }
 
     #[test]

@@ -67,4 +67,8 @@ impl Store for MemoryStore {
         self.state().last = Some(ip);
         Ok(())
     }
+
+    fn persist(&self) -> Result<(), IpamError> {
+        Ok(())
+    }
 }

@@ -50,8 +50,14 @@ pub struct Reservation {
     pub owner: Option<Attachment>,
 }
 
-/// Persistence for reservations. Every method except `locked` must be called
-/// from inside `locked`, which gives exclusive access across processes.
+/// Persistence for reservations. Every method except `locked` and `persist`
+/// must be called from inside `locked`, which gives exclusive access across
+/// processes.
+///
+/// Changes made under the lock are visible to every other process at once
+/// (the lock orders them); `persist` makes them durable and is called after
+/// the lock is released, so slow disk flushes do not serialise concurrent
+/// plugin invocations.
 pub trait Store {
     fn locked<T>(&self, f: impl FnOnce(&Self) -> Result<T, IpamError>) -> Result<T, IpamError>;
     fn reservations(&self) -> Result<Vec<Reservation>, IpamError>;
@@ -62,4 +68,7 @@ pub trait Store {
     /// The round-robin cursor: the last address handed out.
     fn last_reserved(&self) -> Result<Option<Ipv4Addr>, IpamError>;
     fn set_last_reserved(&self, ip: Ipv4Addr) -> Result<(), IpamError>;
+    /// Makes the reservations and releases made so far durable (the cursor
+    /// is advisory and need not be). Call outside `locked`.
+    fn persist(&self) -> Result<(), IpamError>;
 }

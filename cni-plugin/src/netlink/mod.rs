@@ -108,13 +108,9 @@ impl NetlinkSocket {
         self.request(op, msg, NLM_F_DUMP, true)
     }
 
-    fn request(
-        &mut self,
-        op: &str,
-        msg: RouteNetlinkMessage,
-        flags: u16,
-        is_dump: bool,
-    ) -> Result<Vec<RouteNetlinkMessage>, NetlinkError> {
+    /// Serializes `msg` as the next request of this socket; returns its
+    /// sequence number and bytes.
+    fn encode(&mut self, msg: RouteNetlinkMessage, flags: u16) -> (u32, Vec<u8>) {
         self.seq = self.seq.wrapping_add(1);
         let seq = self.seq;
         let mut header = NetlinkHeader::default();
@@ -124,58 +120,84 @@ impl NetlinkSocket {
         packet.finalize();
         let mut buf = vec![0u8; packet.buffer_len()];
         packet.serialize(&mut buf);
+        (seq, buf)
+    }
+
+    fn request(
+        &mut self,
+        op: &str,
+        msg: RouteNetlinkMessage,
+        flags: u16,
+        is_dump: bool,
+    ) -> Result<Vec<RouteNetlinkMessage>, NetlinkError> {
+        let (seq, buf) = self.encode(msg, flags);
         self.socket
             .send(&buf, 0)
             .map_err(|e| NetlinkError::io(format!("{op}: send"), e))?;
 
-        // A dump ends with NLMSG_DONE and gets no ack; anything else ends
-        // with its ack. (Not derivable from `flags`: NLM_F_DUMP shares a bit
-        // with NLM_F_EXCL.)
         let mut replies = Vec::new();
         loop {
             let (datagram, _) = self
                 .socket
                 .recv_from_full()
                 .map_err(|e| NetlinkError::io(format!("{op}: receive"), e))?;
-            let mut offset = 0;
-            while offset < datagram.len() {
-                let chunk = &datagram[offset..];
-                let len = NetlinkBuffer::new_checked(chunk)
-                    .map(|b| b.length() as usize)
-                    .map_err(|e| decode_error(op, e))?;
-                if len == 0 || len > chunk.len() {
-                    return Err(decode_error(op, "bad netlink message length"));
-                }
-                let reply = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&chunk[..len])
-                    .map_err(|e| decode_error(op, e))?;
-                offset += (len + 3) & !3;
-                if reply.header.sequence_number != seq {
-                    // A late answer to an earlier request; not ours.
-                    continue;
-                }
-                let reply_flags = reply.header.flags;
-                match reply.payload {
-                    NetlinkPayload::InnerMessage(inner) => replies.push(inner),
-                    NetlinkPayload::Done(_) => return Ok(replies),
-                    NetlinkPayload::Error(err) => match err.code {
-                        None if !is_dump => return Ok(replies),
-                        None => {}
-                        Some(_) => {
-                            return Err(NetlinkError {
-                                op: op.to_string(),
-                                source: err.to_io(),
-                                kernel_msg: extack_message(&err.header, reply_flags),
-                            });
-                        }
-                    },
-                    NetlinkPayload::Overrun(_) => {
-                        return Err(decode_error(op, "netlink overrun"));
-                    }
-                    _ => {}
-                }
+            if parse_replies(op, seq, is_dump, &datagram, &mut replies)? {
+                return Ok(replies);
             }
         }
     }
+}
+
+/// Parses one datagram of the kernel's answer to request `seq`, adding the
+/// objects it carries to `replies`; `Ok(true)` once the answer is complete.
+/// A dump ends with NLMSG_DONE and gets no ack; anything else ends with its
+/// ack. (Not derivable from the request flags: NLM_F_DUMP shares a bit with
+/// NLM_F_EXCL.)
+fn parse_replies(
+    op: &str,
+    seq: u32,
+    is_dump: bool,
+    datagram: &[u8],
+    replies: &mut Vec<RouteNetlinkMessage>,
+) -> Result<bool, NetlinkError> {
+    let mut offset = 0;
+    while offset < datagram.len() {
+        let chunk = &datagram[offset..];
+        let len = NetlinkBuffer::new_checked(chunk)
+            .map(|b| b.length() as usize)
+            .map_err(|e| decode_error(op, e))?;
+        if len == 0 || len > chunk.len() {
+            return Err(decode_error(op, "bad netlink message length"));
+        }
+        let reply = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&chunk[..len])
+            .map_err(|e| decode_error(op, e))?;
+        offset += (len + 3) & !3;
+        if reply.header.sequence_number != seq {
+            // A late answer to an earlier request; not ours.
+            continue;
+        }
+        let reply_flags = reply.header.flags;
+        match reply.payload {
+            NetlinkPayload::InnerMessage(inner) => replies.push(inner),
+            NetlinkPayload::Done(_) => return Ok(true),
+            NetlinkPayload::Error(err) => match err.code {
+                None if !is_dump => return Ok(true),
+                None => {}
+                Some(_) => {
+                    return Err(NetlinkError {
+                        op: op.to_string(),
+                        source: err.to_io(),
+                        kernel_msg: extack_message(&err.header, reply_flags),
+                    });
+                }
+            },
+            NetlinkPayload::Overrun(_) => {
+                return Err(decode_error(op, "netlink overrun"));
+            }
+            _ => {}
+        }
+    }
+    Ok(false)
 }
 
 fn decode_error(op: &str, e: impl std::fmt::Display) -> NetlinkError {
