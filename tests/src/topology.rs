@@ -164,6 +164,18 @@ impl Node {
         self.dirs.cni_conf.join(CONFLIST_FILE)
     }
 
+    /// The routes weir's agent made (routing protocol 87), as `ip route`
+    /// prints them.
+    pub fn routes_of_weir(&self) -> Result<Vec<String>> {
+        Ok(self
+            .netns
+            .run(&["ip", "-4", "route", "show", "proto", "87"])?
+            .lines()
+            .map(|l| l.trim().to_string())
+            .filter(|l| !l.is_empty())
+            .collect())
+    }
+
     /// The conflist the agent wrote.
     pub fn agent_conflist(&self) -> Result<Conflist> {
         Conflist::load(&self.conflist_path())
