@@ -35,6 +35,9 @@ tcp()
 const CLIENT: &str = r#"
 import socket, sys
 proto, host, port, msg = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4].encode()
+if len(sys.argv) > 5:
+    # Join a cgroup first (connect-time load balancing is per cgroup).
+    open(sys.argv[5] + "/cgroup.procs", "w").write("0")
 if proto == "tcp":
     s = socket.create_connection((host, port), timeout=3); s.sendall(msg)
     print(s.recv(4096).decode(), s.getpeername()[0])
@@ -69,7 +72,26 @@ pub struct Answer {
 
 /// One round trip over `proto` ("tcp" or "udp").
 pub fn ask(netns: &NetNs, proto: &str, host: Ipv4Addr, port: u16, msg: &str) -> Result<Answer> {
-    let out = netns.output(&["python3", "-c", CLIENT, proto, &host.to_string(), &port.to_string(), msg])?;
+    ask_from(netns, None, proto, host, port, msg)
+}
+
+/// Like `ask`, from a process that first joins `cgroup` (a cgroup v2
+/// directory).
+pub fn ask_from(
+    netns: &NetNs,
+    cgroup: Option<&Path>,
+    proto: &str,
+    host: Ipv4Addr,
+    port: u16,
+    msg: &str,
+) -> Result<Answer> {
+    let (host, port) = (host.to_string(), port.to_string());
+    let mut args = vec!["python3", "-c", CLIENT, proto, &host, &port, msg];
+    let cg = cgroup.map(|c| c.to_string_lossy().into_owned());
+    if let Some(cg) = &cg {
+        args.push(cg);
+    }
+    let out = netns.output(&args)?;
     if !out.success() {
         bail!(
             "{proto} {host}:{port} from {} failed ({}): {}",

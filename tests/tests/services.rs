@@ -242,3 +242,51 @@ fn an_established_connection_survives_an_agent_restart_with_its_backend() {
     assert_eq!(lines.len(), 2, "{text}");
     assert_eq!(lines[0], lines[1], "the connection changed backend across the restart");
 }
+
+/// A process on the node itself (no pod, no veth: nothing per-packet sees
+/// it) reaches a ClusterIP, over TCP and UDP, through connect-time load
+/// balancing on the node's cgroup; replies come from the Service address.
+#[test]
+fn processes_on_the_node_reach_a_cluster_ip() {
+    weir_testbed::privileged(&[tools::IP, tools::PYTHON3, tools::PORTMAP]);
+    let topo = Topology::builder("svc_host").nodes(1).build().unwrap();
+    let cg_root = weir_testbed::cleanup::cgroup2_mount().expect("a cgroup v2 mount (socket load balancing needs one)");
+    let cgroup = cg_root.join(topo.prefix().child("n1-host"));
+    std::fs::create_dir(&cgroup).unwrap();
+    let node = topo.node("n1");
+    let mut agent = Agent::spawn_with(node, topo.manifest_dir(), Some(&cgroup)).unwrap();
+    agent.wait_ready(Agent::ready_timeout()).unwrap();
+
+    let list = node.agent_conflist().unwrap();
+    let backend = Pod::create(node, "b", &list).unwrap();
+    let _server = echo::serve(&backend.netns, "n1/b", ECHO_PORT, &node.dirs.logs.join("echo-b.log"), false).unwrap();
+    let ports = [
+        SvcPort { name: "tcp", protocol: "TCP", port: ECHO_PORT, target_port: ECHO_PORT, node_port: None },
+        SvcPort { name: "udp", protocol: "UDP", port: ECHO_PORT, target_port: ECHO_PORT, node_port: None },
+    ];
+    topo.write_manifest(
+        "svc-echo.yaml",
+        &[
+            service_yaml("echo", VIP, &ports, false),
+            endpoint_slice_yaml("echo", &[("tcp", "TCP", ECHO_PORT), ("udp", "UDP", ECHO_PORT)], &[(backend.ip, "n1")]),
+        ],
+    )
+    .unwrap();
+
+    let mut last = None;
+    for _ in 0..40 {
+        match echo::ask_from(&node.netns, Some(&cgroup), "tcp", VIP, ECHO_PORT, "h") {
+            Ok(a) => {
+                last = None;
+                assert_eq!(a, Answer { server: "n1/b".into(), peer: VIP });
+                break;
+            }
+            Err(e) => last = Some(e),
+        }
+        thread::sleep(Duration::from_millis(250));
+    }
+    assert!(last.is_none(), "the node never reached the ClusterIP: {:#}", last.unwrap());
+    let udp = echo::ask_from(&node.netns, Some(&cgroup), "udp", VIP, ECHO_PORT, "u").unwrap();
+    assert_eq!(udp, Answer { server: "n1/b".into(), peer: VIP }, "UDP replies must come from the Service address");
+    drop(agent);
+}
