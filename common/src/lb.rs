@@ -134,6 +134,11 @@ impl CtEntry {
     /// the node's pod gateway address (a pod drops packets that claim its
     /// own address as source).
     pub const FLAG_HAIRPIN: u16 = 1 << 1;
+    /// The client is a pod on this node: its replies are reverse-translated
+    /// as they enter the client's veth (tc egress), after the node's
+    /// netfilter has seen them untranslated, so netfilter's own conntrack
+    /// sees both directions of one flow instead of two half-flows.
+    pub const FLAG_POD_CLIENT: u16 = 1 << 2;
 }
 
 /// `loadBalancerSourceRanges`: LPM key of (rev-NAT ID, client address);

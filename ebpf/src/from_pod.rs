@@ -37,7 +37,7 @@ fn try_handle(ctx: &TcContext) -> Result<i32, DropReason> {
     }
     // A backend pod answering a translated flow: the client sees the
     // frontend.
-    match lb::reverse(ctx, &flow)? {
+    match lb::reverse(ctx, &flow, lb::ReplyHook::FromBackend)? {
         lb::Reversed::No => {}
         lb::Reversed::Yes => {
             counters::count(DropReason::Passed);

@@ -155,6 +155,7 @@ pub fn from_pod(ctx: &TcContext, flow: &Flow) -> Result<Outcome, DropReason> {
         nat::snat(ctx, flow, gateway, flow.sport)?;
         return Ok(Outcome::Hairpin);
     }
+    entry.flags = CtEntry::FLAG_POD_CLIENT;
     conntrack::create(&ct_key, &conntrack::reply_key(flow, b.addr, b.port), &entry);
     nat::dnat(ctx, flow, b.addr, b.port)?;
     Ok(Outcome::Translated)
@@ -199,12 +200,20 @@ pub enum Reversed {
     Hairpin,
 }
 
-/// Reply of a translated flow that was not source-translated (pod clients,
-/// and external clients of local backends): put the frontend back as the
-/// source. Runs where replies pass: leaving a backend pod, and entering the
-/// client pod.
+/// Where a reply is reverse-translated.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum ReplyHook {
+    /// Leaving a backend pod (tc ingress of its veth): replies to external
+    /// clients of local backends, and hairpinned flows.
+    FromBackend,
+    /// Entering the client pod (tc egress of its veth): replies to pods.
+    ToClient,
+}
+
+/// Reply of a translated flow that was not source-translated on the
+/// uplink: put the frontend back as the source.
 #[inline(always)]
-pub fn reverse(ctx: &TcContext, flow: &Flow) -> Result<Reversed, DropReason> {
+pub fn reverse(ctx: &TcContext, flow: &Flow, hook: ReplyHook) -> Result<Reversed, DropReason> {
     if !flow.has_ports() {
         return Ok(Reversed::No);
     }
@@ -212,6 +221,11 @@ pub fn reverse(ctx: &TcContext, flow: &Flow) -> Result<Reversed, DropReason> {
         return Ok(Reversed::No);
     };
     if ct.flags & CtEntry::FLAG_SNAT != 0 {
+        return Ok(Reversed::No);
+    }
+    // Pod clients get their replies translated at their own veth.
+    let pod_client = ct.flags & CtEntry::FLAG_POD_CLIENT != 0;
+    if hook == ReplyHook::FromBackend && pod_client {
         return Ok(Reversed::No);
     }
     let Some(rn) = rev_nat(ct.rev_nat_id) else {

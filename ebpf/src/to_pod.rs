@@ -23,7 +23,7 @@ fn try_handle(ctx: &TcContext) -> Result<(), DropReason> {
     if let Some(flow) = packet::parse(ctx)? {
         // A hairpin reply never comes this way (from_pod sends it back out
         // directly), so any reversal here is a plain one.
-        lb::reverse(ctx, &flow)?;
+        lb::reverse(ctx, &flow, lb::ReplyHook::ToClient)?;
     }
     Ok(())
 }

@@ -144,6 +144,17 @@ fn cluster_ip_dnat_and_reverse_nat_for_tcp_and_udp() {
         let p = parse(&out);
         assert_eq!((p.src, p.sport, p.dst, p.dport, p.proto), (CLIENT, 40000, [10, 244, 2, 7], 8080, num));
 
+        // Leaving the backend (same node), the reply is left alone: it is
+        // translated at the client's veth, after the node's netfilter saw
+        // both directions of one flow.
+        // (test-run always uses one interface: make it the backend's.)
+        add_endpoint(&mut t, LOOPBACK, [10, 244, 2, 7]);
+        let reply = packet(num, [10, 244, 2, 7], 8080, CLIENT, 40000);
+        let (rc, out) = run(&t, pin::PROG_FROM_POD, &reply);
+        assert_eq!(rc, TC_ACT_OK);
+        assert_eq!(out, reply, "a pod client's reply must not be translated as it leaves the backend");
+        add_endpoint(&mut t, LOOPBACK, CLIENT);
+
         // The backend's reply, on its way into the client pod.
         let (rc, out) = run(&t, pin::PROG_TO_POD, &packet(num, [10, 244, 2, 7], 8080, CLIENT, 40000));
         assert_eq!(rc, TC_ACT_OK);

@@ -2,28 +2,36 @@
 //! tc path and connect-time socket load balancing) next to the same backend
 //! by pod IP and the same Services as kube-proxy-style iptables chains, for
 //! 1, 1,000 and 10,000 Services of 4 endpoints each; then the control plane
-//! (`weir-agent bench-control-plane`) against its goals.
+//! (`weir-agent bench-control-plane`) against its goals. IPVS is detected
+//! and reported as not measurable when the kernel lacks it (never faked).
 //!
 //! Layout, all inside the run's namespaces:
 //! - n1 (weir): the agent (release build) with connect-time load balancing
 //!   attached to a cgroup v2 directory of this run that holds nothing but the
 //!   socket-LB load generator; every other process uses the per-packet path.
-//!   Pods: `client`, `b0`..`b3` through weir-cni with the datapath.
+//!   Pods through weir-cni with the datapath.
 //! - n2 (iptables): no agent; pods through weir-cni without `bpfPinDir` (same
 //!   veths, /32 routes and gateway, no eBPF), and the Services as
-//!   KUBE-SERVICES -> KUBE-SVC-* -> KUBE-SEP-* in its nat table, loaded with
-//!   iptables-restore, the measured Service's rule last.
+//!   KUBE-SERVICES -> KUBE-SVC-* -> KUBE-SEP-* in its nat table (PREROUTING
+//!   and OUTPUT jump to it), loaded with iptables-restore, the measured
+//!   Service's rule last.
+//! - The measured Service has a VIP of its own per size; the other Services
+//!   have distinct VIPs and endpoint addresses that are never contacted.
+//!   Four backend pods per node run the echo server; every (size, column)
+//!   gets a fresh client pod.
 //! - conntrack: an `-m conntrack` rule in each node namespace's FORWARD chain
-//!   registers netfilter conntrack there, so every configuration pays for
-//!   it as a real node does; the entry count after each cell is printed.
+//!   registers netfilter conntrack there, so every column pays for it as a
+//!   real node does (weir's agent adds a MASQUERADE rule on n1 as well).
 //!
 //! The load generator and the echo servers are this binary (release build),
 //! re-executed through hidden `bench services-load` / `bench services-echo`
 //! subcommands: the generator enters the client pod's namespace (and, for
 //! socket LB, the cgroup) and pins itself to one CPU, the servers run in the
-//! backend pods pinned to another. One cell: connect, 5-byte request, read
-//! the reply, close; for `--secs` after a `--warmup`. Latency is from socket()
-//! to the reply's first byte.
+//! backend pods pinned to another, both reniced. One connection: socket,
+//! connect, 5-byte request, reply, the server closes, the client closes.
+//! Each cell gets `--secs` of traffic in `--rounds` slices interleaved with
+//! the other columns, so changing machine load hits all columns alike.
+//! Latency is from socket() to the reply's first byte.
 
 use std::{
     collections::BTreeMap,
@@ -62,6 +70,8 @@ const SVC_PORT: u16 = 80;
 const TARGET_PORT: u16 = 8080;
 const REQUEST: &[u8] = b"ping\n";
 const MANIFEST: &str = "bench-services.yaml";
+/// The other Services' endpoints fill 10.245.0.0/16 at most.
+const MAX_SERVICES: usize = 16_000;
 /// Goals from issue 3.
 const GOAL_DIRECT_RATIO: f64 = 0.95;
 const GOAL_COLD_MS: f64 = 1000.0;
@@ -73,12 +83,21 @@ pub struct ServicesBenchArgs {
     /// Service counts, measured one after the other (4 endpoints each).
     #[arg(long, value_delimiter = ',', default_value = "1,1000,10000")]
     sizes: Vec<usize>,
-    /// Seconds measured per cell, after the warm-up.
+    /// Seconds measured per cell (split over the rounds).
     #[arg(long, default_value_t = 3.0)]
     secs: f64,
-    /// Seconds of traffic per cell before measuring.
+    /// Rounds per size: each runs every column for secs/rounds in turn, so
+    /// a change in machine load (2 shared cores) hits every column alike.
+    #[arg(long, default_value_t = 6)]
+    rounds: usize,
+    /// Seconds of unmeasured traffic before a column's first slice at each
+    /// size (later slices get a tenth of it).
     #[arg(long, default_value_t = 0.5)]
     warmup: f64,
+    /// Nice value of the load generator and echo servers (the 2 cores are
+    /// shared with other work; 0 leaves the priority alone).
+    #[arg(long, default_value_t = -10, allow_hyphen_values = true)]
+    nice: i32,
     /// Connections in flight at once (load-generator threads).
     #[arg(long, default_value_t = 1)]
     streams: usize,
@@ -100,6 +119,11 @@ pub struct ServicesBenchArgs {
     /// Control plane only.
     #[arg(long)]
     no_data_path: bool,
+    /// Keep weir-agent running during the cells (by default it is paused
+    /// with SIGSTOP once the Services answer, like kube-proxy idling: its
+    /// manifest-dir source burns CPU on every poll at 10,000 Services).
+    #[arg(long)]
+    agent_running: bool,
     /// Use the release binaries already in target/release.
     #[arg(long)]
     no_build: bool,
@@ -118,6 +142,8 @@ pub struct LoadArgs {
     streams: usize,
     #[arg(long)]
     cpu: usize,
+    #[arg(long, default_value_t = 0, allow_hyphen_values = true)]
+    nice: i32,
     /// A cgroup v2 directory to join before opening any socket.
     #[arg(long)]
     cgroup: Option<PathBuf>,
@@ -134,6 +160,8 @@ pub struct EchoArgs {
     cpu: usize,
     #[arg(long)]
     threads: usize,
+    #[arg(long, default_value_t = 0, allow_hyphen_values = true)]
+    nice: i32,
 }
 
 /// The paths measured at every size.
@@ -149,7 +177,13 @@ enum Column {
 }
 
 impl Column {
-    const ALL: [Column; 5] = [Column::Direct, Column::WeirTc, Column::WeirSock, Column::DirectIpt, Column::Iptables];
+    const ALL: [Column; 5] = [
+        Column::Direct,
+        Column::WeirTc,
+        Column::WeirSock,
+        Column::DirectIpt,
+        Column::Iptables,
+    ];
 
     fn label(self) -> &'static str {
         match self {
@@ -163,32 +197,77 @@ impl Column {
 }
 
 /// What the load generator reported for one cell.
-#[derive(Clone, Debug)]
+/// One cell, summed over its rounds.
+#[derive(Clone, Debug, Default)]
 struct Load {
-    connections: u64,
     errors: u64,
     first_error: Option<String>,
-    elapsed_s: f64,
-    p50_us: f64,
-    p99_us: f64,
+    elapsed: Duration,
+    /// Per connection: socket() to the reply's first byte.
+    samples: Vec<Duration>,
     backends: BTreeMap<String, u64>,
-    /// nf_conntrack_count of the node namespace right after the cell.
-    conntrack: Option<u64>,
+    /// Connections per second of each slice (the spread shows the noise).
+    slice_rates: Vec<f64>,
+    /// Entries from this cell's client pod in the node namespace's
+    /// conntrack table after its last slice.
+    conntrack: Option<usize>,
 }
 
 impl Load {
     fn rate(&self) -> f64 {
-        self.connections as f64 / self.elapsed_s
+        self.samples.len() as f64 / self.elapsed.as_secs_f64()
+    }
+
+    fn merge(&mut self, other: Load) {
+        self.errors += other.errors;
+        self.first_error = self.first_error.take().or(other.first_error);
+        self.elapsed += other.elapsed;
+        self.samples.extend(other.samples);
+        for (k, n) in other.backends {
+            *self.backends.entry(k).or_default() += n;
+        }
+        self.slice_rates.extend(other.slice_rates);
+        self.conntrack = other.conntrack.or(self.conntrack);
+    }
+
+    /// Half the min-max range of the slice rates, relative to their mean.
+    fn spread(&self) -> Option<f64> {
+        let (min, max) = self
+            .slice_rates
+            .iter()
+            .fold((f64::MAX, f64::MIN), |(a, b), &r| (a.min(r), b.max(r)));
+        let mean = self.slice_rates.iter().sum::<f64>() / self.slice_rates.len() as f64;
+        (self.slice_rates.len() > 1 && mean > 0.0).then(|| (max - min) / 2.0 / mean)
+    }
+
+    /// (p50, p99) in microseconds.
+    fn latency_us(&self) -> (f64, f64) {
+        let s = Summary::new(self.samples.clone());
+        let us = |d: Option<Duration>| d.map_or(f64::NAN, |d| d.as_secs_f64() * 1e6);
+        (us(s.median()), us(s.p99()))
     }
 }
 
 type Cell = std::result::Result<Load, String>;
 
 pub fn run(args: ServicesBenchArgs) -> Result<()> {
-    ensure!(args.secs > 0.0 && args.warmup >= 0.0, "--secs must be > 0 and --warmup >= 0");
+    ensure!(
+        args.secs > 0.0 && args.warmup >= 0.0,
+        "--secs must be > 0 and --warmup >= 0"
+    );
     ensure!((1..=64).contains(&args.streams), "--streams must be 1..=64");
-    ensure!(args.sizes.iter().all(|&n| (1..=60_000).contains(&n)), "--sizes must be 1..=60000");
-    let cpus = thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    ensure!((1..=20).contains(&args.rounds), "--rounds must be 1..=20");
+    ensure!(
+        (1..=20).contains(&args.sizes.len()),
+        "--sizes takes 1 to 20 counts"
+    );
+    ensure!(
+        args.sizes.iter().all(|&n| (1..=MAX_SERVICES).contains(&n)),
+        "--sizes must be 1..={MAX_SERVICES}"
+    );
+    let cpus = thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     ensure!(
         args.client_cpu != args.server_cpu && args.client_cpu.max(args.server_cpu) < cpus,
         "--client-cpu and --server-cpu must be two different CPUs below {cpus}"
@@ -196,7 +275,14 @@ pub fn run(args: ServicesBenchArgs) -> Result<()> {
     setup::run(setup::Mode::Strict)?;
     if !args.no_build {
         cargo::must(cargo::cargo().args([
-            "build", "--release", "-p", "weir-agent", "-p", "weir-cni", "-p", "xtask",
+            "build",
+            "--release",
+            "-p",
+            "weir-agent",
+            "-p",
+            "weir-cni",
+            "-p",
+            "xtask",
         ]))?;
     }
     let release = bins::target_dir().join("release");
@@ -204,8 +290,18 @@ pub fn run(args: ServicesBenchArgs) -> Result<()> {
     // thread when the topology is built, below).
     unsafe { std::env::set_var("WEIR_BIN_DIR", &release) };
     let xtask = release.join("xtask");
-    ensure!(xtask.is_file(), "{} missing: run without --no-build", xtask.display());
-    weir_testbed::check_prerequisites(&[tools::IP, tools::IPTABLES, tools::BPFTOOL, tools::SYSCTL])?;
+    ensure!(
+        xtask.is_file(),
+        "{} missing: run without --no-build",
+        xtask.display()
+    );
+    weir_testbed::check_prerequisites(&[
+        tools::IP,
+        tools::IPTABLES,
+        tools::CONNTRACK,
+        tools::BPFTOOL,
+        tools::SYSCTL,
+    ])?;
 
     println!(
         "bench services: release binaries from {}; load average {}",
@@ -243,15 +339,44 @@ struct DataPath {
     socket_lb: std::result::Result<(), String>,
     /// Per size: manifest-dir programming time (weir), iptables-restore time.
     programming: BTreeMap<usize, (Option<Duration>, Option<Duration>)>,
+    /// Per size: the agent's CPU use while nothing changes, in % of a core.
+    agent_idle_cpu: BTreeMap<usize, Option<f64>>,
     agent_rss_mib: Option<f64>,
     iptables_version: String,
+    /// Per node: (entries, entries never answered in their own direction).
+    conntrack_end: Vec<(String, Option<(usize, usize)>)>,
 }
 
-/// One node's pods and servers.
-struct Side {
-    client: Pod,
+/// One node's four backend pods with their echo servers.
+struct Side<'a> {
+    node: &'a Node,
+    list: Conflist,
     backends: Vec<Pod>,
     _servers: Vec<ChildGuard>,
+}
+
+/// A fresh client pod per column and size: a client never reuses a source
+/// port towards a backend it reached before through another path or VIP.
+/// (weir's conntrack keeps reply entries after a flow ends, and TCP
+/// timestamps offsets differ per destination address: both make a reused
+/// 4-tuple misbehave, which would measure the bench, not the path.)
+struct Clients(Vec<Pod>);
+
+impl Clients {
+    fn new(side: &Side, size_index: usize, names: &[&str]) -> Result<Self> {
+        names
+            .iter()
+            .map(|n| Pod::create(side.node, &format!("{n}{size_index}"), &side.list))
+            .collect::<Result<Vec<_>>>()
+            .map(Self)
+    }
+
+    fn get(&self, name: &str) -> &Pod {
+        self.0
+            .iter()
+            .find(|p| p.name.starts_with(name))
+            .expect("client pod made by Clients::new")
+    }
 }
 
 /// A cgroup v2 directory of this run (`<mount>/<prefix>-socklb`), removed on
@@ -274,15 +399,42 @@ fn data_path(topo: &Topology, xtask: &Path, args: &ServicesBenchArgs) -> Result<
     agent.wait_ready(Agent::ready_timeout())?;
     let socket_lb = check_socket_lb(&cgroup.0);
 
-    // conntrack in both node namespaces (see the module doc).
+    // conntrack in both node namespaces (see the module doc). TIME_WAIT
+    // entries last 10 s instead of 120 s: a run opens up to ~250,000
+    // connections per node and the table (262,144, a global limit not settable here)
+    // must never fill, which would drop SYNs in whichever column came last.
     for node in [weir_node, ipt_node] {
         node.netns.run(&[
-            "iptables", "-w", "-t", "filter", "-A", "FORWARD", "-m", "conntrack", "--ctstate",
-            "RELATED,ESTABLISHED", "-m", "comment", "--comment", "bench: conntrack on", "-j", "ACCEPT",
+            "iptables",
+            "-t",
+            "filter",
+            "-A",
+            "FORWARD",
+            "-m",
+            "conntrack",
+            "--ctstate",
+            "RELATED,ESTABLISHED",
+            "-m",
+            "comment",
+            "--comment",
+            "bench: conntrack on",
+            "-j",
+            "ACCEPT",
+        ])?;
+        node.netns.run(&[
+            "sysctl",
+            "-q",
+            "-w",
+            "net.netfilter.nf_conntrack_tcp_timeout_time_wait=10",
         ])?;
     }
     let ipvs = detect_ipvs(&ipt_node.netns);
-    let iptables_version = ipt_node.netns.run(&["iptables", "-V"]).unwrap_or_default().trim().to_string();
+    let iptables_version = ipt_node
+        .netns
+        .run(&["iptables", "-V"])
+        .unwrap_or_default()
+        .trim()
+        .to_string();
 
     let weir_list = weir_node.agent_conflist()?.only(&["weir-cni"]);
     let mut plain_list = ipt_node.contract_conflist().only(&["weir-cni"]);
@@ -291,100 +443,228 @@ fn data_path(topo: &Topology, xtask: &Path, args: &ServicesBenchArgs) -> Result<
         .expect("weir-cni in the contract list")
         .raw
         .remove("bpfPinDir");
-    let weir = side(weir_node, &weir_list, xtask, args)?;
-    let ipt = side(ipt_node, &plain_list, xtask, args)?;
+    let weir = side(weir_node, weir_list, xtask, args)?;
+    let ipt = side(ipt_node, plain_list, xtask, args)?;
     println!(
-        "n1 (weir, agent pid {}): client {} -> backends {}; n2 (iptables): client {} -> backends {}",
+        "n1 (weir, agent pid {}): backends {}; n2 (iptables): backends {}",
         agent.pid(),
-        weir.client.ip,
         ips(&weir.backends),
-        ipt.client.ip,
         ips(&ipt.backends)
     );
 
     let mut cells = BTreeMap::new();
     let mut programming = BTreeMap::new();
+    let mut agent_idle_cpu = BTreeMap::new();
     for (index, &size) in args.sizes.iter().enumerate() {
         let vip = Ipv4Addr::new(10, 96, 1, 10 + index as u8);
         println!("\n== {size} Services (measured: {vip}:{SVC_PORT}, its iptables rule last)");
+        let weir_clients = Clients::new(&weir, index, &["cd", "ct", "cs"])?;
+        let ipt_clients = Clients::new(&ipt, index, &["cd", "ci"])?;
 
         let start = Instant::now();
         topo.write_manifest(MANIFEST, &weir_manifest(size, vip, &weir.backends))?;
-        let weir_ready = probe(&weir.client.netns, SocketAddrV4::new(vip, SVC_PORT), Duration::from_secs(120))
-            .map(|()| start.elapsed());
+        let weir_ready = probe(
+            &weir_clients.get("ct").netns,
+            SocketAddrV4::new(vip, SVC_PORT),
+            Duration::from_secs(120),
+        )
+        .map(|()| start.elapsed());
         match &weir_ready {
-            Ok(t) => println!("weir: manifest with {size} Services answered after {:.2} s", t.as_secs_f64()),
-            Err(e) => println!("weir: ClusterIP never answered: {e:#}\n{}", agent.log_tail(20)),
+            Ok(t) => println!(
+                "weir: manifest with {size} Services answered after {:.2} s",
+                t.as_secs_f64()
+            ),
+            Err(e) => println!(
+                "weir: ClusterIP never answered: {e:#}\n{}",
+                agent.log_tail(20)
+            ),
         }
         let ipt_ready = load_iptables(topo, ipt_node, size, vip, &ipt.backends).and_then(|t| {
-            probe(&ipt.client.netns, SocketAddrV4::new(vip, SVC_PORT), Duration::from_secs(30))?;
+            probe(
+                &ipt_clients.get("ci").netns,
+                SocketAddrV4::new(vip, SVC_PORT),
+                Duration::from_secs(30),
+            )?;
             Ok(t)
         });
         match &ipt_ready {
-            Ok(t) => println!("iptables: {} rules restored in {:.2} s", iptables_rules(size), t.as_secs_f64()),
+            Ok(t) => println!(
+                "iptables: {} rules restored in {:.2} s",
+                iptables_rules(size),
+                t.as_secs_f64()
+            ),
             Err(e) => println!("iptables: not working: {e:#}"),
         }
-        programming.insert(size, (weir_ready.as_ref().ok().copied(), ipt_ready.as_ref().ok().copied()));
+        programming.insert(
+            size,
+            (
+                weir_ready.as_ref().ok().copied(),
+                ipt_ready.as_ref().ok().copied(),
+            ),
+        );
+        agent_idle_cpu.insert(size, cpu_percent(agent.pid(), Duration::from_secs(1)));
+        // The datapath runs on pinned maps and links without the agent; the
+        // agent's own CPU use (its manifest-dir source re-snapshots every
+        // object at each poll) would otherwise land on the measured cores.
+        let _paused = (!args.agent_running).then(|| Paused::new(agent.pid()));
 
-        for path in Column::ALL {
-            let (side, node, target, cg) = match path {
-                Column::Direct => (&weir, weir_node, SocketAddrV4::new(weir.backends[0].ip, TARGET_PORT), None),
-                Column::WeirTc => (&weir, weir_node, SocketAddrV4::new(vip, SVC_PORT), None),
-                Column::WeirSock => (&weir, weir_node, SocketAddrV4::new(vip, SVC_PORT), Some(&cgroup.0)),
-                Column::DirectIpt => (&ipt, ipt_node, SocketAddrV4::new(ipt.backends[0].ip, TARGET_PORT), None),
-                Column::Iptables => (&ipt, ipt_node, SocketAddrV4::new(vip, SVC_PORT), None),
-            };
-            let cell = match (path, &weir_ready, &ipt_ready, &socket_lb) {
-                (Column::WeirTc | Column::WeirSock, Err(e), _, _) => Err(format!("not programmed: {e:#}")),
-                (Column::Iptables, _, Err(e), _) => Err(format!("not programmed: {e:#}")),
-                (Column::WeirSock, _, _, Err(e)) => Err(e.clone()),
-                _ => measure(xtask, &side.client.netns, target, cg.map(PathBuf::as_path), args)
+        let mut sums: BTreeMap<Column, Cell> = BTreeMap::new();
+        for round in 0..args.rounds {
+            for col in Column::ALL {
+                let (client, node, target, cg) = match col {
+                    Column::Direct => (
+                        weir_clients.get("cd"),
+                        weir_node,
+                        SocketAddrV4::new(weir.backends[0].ip, TARGET_PORT),
+                        None,
+                    ),
+                    Column::WeirTc => (
+                        weir_clients.get("ct"),
+                        weir_node,
+                        SocketAddrV4::new(vip, SVC_PORT),
+                        None,
+                    ),
+                    Column::WeirSock => (
+                        weir_clients.get("cs"),
+                        weir_node,
+                        SocketAddrV4::new(vip, SVC_PORT),
+                        Some(&cgroup.0),
+                    ),
+                    Column::DirectIpt => (
+                        ipt_clients.get("cd"),
+                        ipt_node,
+                        SocketAddrV4::new(ipt.backends[0].ip, TARGET_PORT),
+                        None,
+                    ),
+                    Column::Iptables => (
+                        ipt_clients.get("ci"),
+                        ipt_node,
+                        SocketAddrV4::new(vip, SVC_PORT),
+                        None,
+                    ),
+                };
+                if matches!(sums.get(&col), Some(Err(_))) {
+                    continue;
+                }
+                let result = match (col, &weir_ready, &ipt_ready, &socket_lb) {
+                    (Column::WeirTc | Column::WeirSock, Err(e), _, _) => {
+                        Err(format!("not programmed: {e:#}"))
+                    }
+                    (Column::Iptables, _, Err(e), _) => Err(format!("not programmed: {e:#}")),
+                    (Column::WeirSock, _, _, Err(e)) => Err(e.clone()),
+                    _ => measure(
+                        xtask,
+                        &client.netns,
+                        target,
+                        cg.map(PathBuf::as_path),
+                        round == 0,
+                        args,
+                    )
                     .map(|mut l| {
-                        l.conntrack = conntrack_count(node);
+                        if round + 1 == args.rounds {
+                            l.conntrack = conntrack_from(node, client.ip);
+                        }
                         l
                     })
-                    .map_err(|e| format!("{e:#}")),
-            };
-            match &cell {
-                Ok(l) => println!(
-                    "  {:<11} {:>9.0} conn/s  p50 {:>7.1} us  p99 {:>7.1} us  errors {}{}",
-                    path.label(),
-                    l.rate(),
-                    l.p50_us,
-                    l.p99_us,
-                    l.errors,
-                    l.first_error.as_ref().map(|e| format!(" (first: {e})")).unwrap_or_default()
-                ),
-                Err(e) => println!("  {:<11} FAILED: {e}", path.label()),
+                    .map_err(|e| format!("round {}: {e:#}", round + 1)),
+                };
+                match (sums.get_mut(&col), result) {
+                    (_, Err(e)) => {
+                        sums.insert(col, Err(e));
+                    }
+                    (Some(Ok(sum)), Ok(l)) => sum.merge(l),
+                    (_, Ok(l)) => {
+                        sums.insert(col, Ok(l));
+                    }
+                }
             }
-            cells.insert((size, path), cell);
+        }
+        for (col, cell) in sums {
+            match &cell {
+                Ok(l) => {
+                    let (p50, p99) = l.latency_us();
+                    println!(
+                        "  {:<11} {:>9.0} conn/s  p50 {:>7.1} us  p99 {:>7.1} us  errors {}{}",
+                        col.label(),
+                        l.rate(),
+                        p50,
+                        p99,
+                        l.errors,
+                        l.first_error
+                            .as_ref()
+                            .map(|e| format!(" (first: {e})"))
+                            .unwrap_or_default()
+                    )
+                }
+                Err(e) => println!("  {:<11} FAILED: {e}", col.label()),
+            }
+            cells.insert((size, col), cell);
         }
     }
     let agent_rss_mib = rss_mib(agent.pid());
+    let conntrack_end = [weir_node, ipt_node]
+        .iter()
+        .map(|n| (n.name.clone(), conntrack_states(n)))
+        .collect();
     drop(ipt);
     drop(weir);
     agent.stop();
     drop(cgroup);
-    Ok(DataPath { cells, ipvs, socket_lb, programming, agent_rss_mib, iptables_version })
+    Ok(DataPath {
+        cells,
+        ipvs,
+        socket_lb,
+        programming,
+        agent_idle_cpu,
+        agent_rss_mib,
+        iptables_version,
+        conntrack_end,
+    })
 }
 
 fn ips(pods: &[Pod]) -> String {
-    pods.iter().map(|p| p.ip.to_string()).collect::<Vec<_>>().join(",")
+    pods.iter()
+        .map(|p| p.ip.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
-/// The client pod and four backend pods running the echo server.
-fn side(node: &Node, list: &Conflist, xtask: &Path, args: &ServicesBenchArgs) -> Result<Side> {
-    let client = Pod::create(node, "client", list)?;
+/// Four backend pods running the echo server.
+fn side<'a>(
+    node: &'a Node,
+    list: Conflist,
+    xtask: &Path,
+    args: &ServicesBenchArgs,
+) -> Result<Side<'a>> {
     let mut backends = Vec::new();
     let mut servers = Vec::new();
     let xtask = xtask.to_str().context("non-UTF-8 path")?;
     for i in 0..ENDPOINTS {
-        let pod = Pod::create(node, &format!("b{i}"), list)?;
+        let pod = Pod::create(node, &format!("b{i}"), &list)?;
         let log = node.dirs.logs.join(format!("echo-b{i}.log"));
         let label = format!("{}/b{i}", node.name);
-        let (port, cpu, threads) = (TARGET_PORT.to_string(), args.server_cpu.to_string(), args.streams.to_string());
+        let (port, cpu, threads) = (
+            TARGET_PORT.to_string(),
+            args.server_cpu.to_string(),
+            args.streams.to_string(),
+        );
+        let nice = args.nice.to_string();
         let guard = pod.netns.spawn(
-            &[xtask, "bench", "services-echo", "--label", &label, "--port", &port, "--cpu", &cpu, "--threads", &threads],
+            &[
+                xtask,
+                "bench",
+                "services-echo",
+                "--label",
+                &label,
+                "--port",
+                &port,
+                "--cpu",
+                &cpu,
+                "--threads",
+                &threads,
+                "--nice",
+                &nice,
+            ],
             &[],
             &log,
             false,
@@ -393,7 +673,12 @@ fn side(node: &Node, list: &Conflist, xtask: &Path, args: &ServicesBenchArgs) ->
         wait_for_line(&log, "listening", servers.last_mut().expect("just pushed"))?;
         backends.push(pod);
     }
-    Ok(Side { client, backends, _servers: servers })
+    Ok(Side {
+        node,
+        list,
+        backends,
+        _servers: servers,
+    })
 }
 
 fn wait_for_line(log: &Path, needle: &str, guard: &mut ChildGuard) -> Result<()> {
@@ -403,17 +688,28 @@ fn wait_for_line(log: &Path, needle: &str, guard: &mut ChildGuard) -> Result<()>
             return Ok(());
         }
         if let Some(status) = guard.try_wait() {
-            bail!("{} exited ({status}): {}", guard.what(), fs::read_to_string(log).unwrap_or_default());
+            bail!(
+                "{} exited ({status}): {}",
+                guard.what(),
+                fs::read_to_string(log).unwrap_or_default()
+            );
         }
         thread::sleep(Duration::from_millis(20));
     }
-    bail!("{} did not start: {}", guard.what(), fs::read_to_string(log).unwrap_or_default())
+    bail!(
+        "{} did not start: {}",
+        guard.what(),
+        fs::read_to_string(log).unwrap_or_default()
+    )
 }
 
 /// The programs the agent attached to the socket-LB cgroup, or why not.
 fn check_socket_lb(cgroup: &Path) -> std::result::Result<(), String> {
     let out = exec::output(
-        std::process::Command::new("bpftool").arg("cgroup").arg("show").arg(cgroup),
+        std::process::Command::new("bpftool")
+            .arg("cgroup")
+            .arg("show")
+            .arg(cgroup),
         None,
         exec::DEFAULT_TIMEOUT,
     )
@@ -442,7 +738,10 @@ fn detect_ipvs(netns: &NetNs) -> String {
             if msg.contains("Protocol not available") {
                 "n/a: kernel has no IP_VS".into()
             } else {
-                format!("n/a: ipvsadm -Ln failed: {}", msg.lines().next().unwrap_or_default().trim())
+                format!(
+                    "n/a: ipvsadm -Ln failed: {}",
+                    msg.lines().next().unwrap_or_default().trim()
+                )
             }
         }
         Err(e) => format!("n/a: {e:#}"),
@@ -460,12 +759,20 @@ fn other_endpoint(i: usize, k: usize) -> Ipv4Addr {
 }
 
 fn weir_manifest(size: usize, vip: Ipv4Addr, backends: &[Pod]) -> Vec<String> {
-    let port = [SvcPort { name: "http", protocol: "TCP", port: SVC_PORT, target_port: TARGET_PORT, node_port: None }];
+    let port = [SvcPort {
+        name: "http",
+        protocol: "TCP",
+        port: SVC_PORT,
+        target_port: TARGET_PORT,
+        node_port: None,
+    }];
     let slice_ports = [("http", "TCP", TARGET_PORT)];
     let mut docs = Vec::with_capacity(2 * size);
     for i in 0..size - 1 {
         let name = format!("s{i}");
-        let eps: Vec<(Ipv4Addr, &str)> = (0..ENDPOINTS).map(|k| (other_endpoint(i, k), "n1")).collect();
+        let eps: Vec<(Ipv4Addr, &str)> = (0..ENDPOINTS)
+            .map(|k| (other_endpoint(i, k), "n1"))
+            .collect();
         docs.push(service_yaml(&name, other_vip(i), &port, false));
         docs.push(endpoint_slice_yaml(&name, &slice_ports, &eps));
     }
@@ -478,8 +785,9 @@ fn weir_manifest(size: usize, vip: Ipv4Addr, backends: &[Pod]) -> Vec<String> {
 }
 
 fn iptables_rules(size: usize) -> usize {
-    // KUBE-SERVICES rule, KUBE-SVC: masq rule + one per endpoint, KUBE-SEP: 2 each.
-    size * (1 + 1 + ENDPOINTS + 2 * ENDPOINTS) + 6
+    // KUBE-SERVICES rule, KUBE-SVC: masq rule + one per endpoint, KUBE-SEP: 2
+    // each; plus the jumps, KUBE-MARK-MASQ and KUBE-POSTROUTING.
+    size * (1 + 1 + ENDPOINTS + 2 * ENDPOINTS) + 7
 }
 
 fn chain_id(kind: &str, name: &str) -> String {
@@ -521,9 +829,15 @@ fn kube_proxy_nat(size: usize, vip: Ipv4Addr, backends: &[Ipv4Addr]) -> String {
                     "-A {svc} -m comment --comment \"default/{name}:http -> {ep}:{TARGET_PORT}\" -m statistic --mode random --probability {p:.11} -j {sep}"
                 );
             } else {
-                let _ = writeln!(rules, "-A {svc} -m comment --comment \"default/{name}:http -> {ep}:{TARGET_PORT}\" -j {sep}");
+                let _ = writeln!(
+                    rules,
+                    "-A {svc} -m comment --comment \"default/{name}:http -> {ep}:{TARGET_PORT}\" -j {sep}"
+                );
             }
-            let _ = writeln!(rules, "-A {sep} -s {ep}/32 -m comment --comment {comment} -j KUBE-MARK-MASQ");
+            let _ = writeln!(
+                rules,
+                "-A {sep} -s {ep}/32 -m comment --comment {comment} -j KUBE-MARK-MASQ"
+            );
             let _ = writeln!(
                 rules,
                 "-A {sep} -p tcp -m comment --comment {comment} -m tcp -j DNAT --to-destination {ep}:{TARGET_PORT}"
@@ -550,29 +864,107 @@ fn kube_proxy_nat(size: usize, vip: Ipv4Addr, backends: &[Ipv4Addr]) -> String {
 }
 
 /// Replaces the node's nat table; returns how long iptables-restore took.
-fn load_iptables(topo: &Topology, node: &Node, size: usize, vip: Ipv4Addr, backends: &[Pod]) -> Result<Duration> {
+fn load_iptables(
+    topo: &Topology,
+    node: &Node,
+    size: usize,
+    vip: Ipv4Addr,
+    backends: &[Pod],
+) -> Result<Duration> {
     let eps: Vec<Ipv4Addr> = backends.iter().map(|p| p.ip).collect();
     let file = topo.root().join(format!("kube-proxy-nat-{size}.rules"));
-    fs::write(&file, kube_proxy_nat(size, vip, &eps)).with_context(|| format!("write {}", file.display()))?;
+    fs::write(&file, kube_proxy_nat(size, vip, &eps))
+        .with_context(|| format!("write {}", file.display()))?;
     let mut cmd = node.netns.command("iptables-restore")?;
-    cmd.arg("-w").arg(&file);
+    cmd.arg(&file);
     let start = Instant::now();
     exec::run(&mut cmd, Duration::from_secs(300)).context("iptables-restore")?;
-    Ok(start.elapsed())
+    let took = start.elapsed();
+    let saved = node.netns.run(&["iptables-save", "-t", "nat"])?;
+    let services = saved
+        .lines()
+        .filter(|l| l.starts_with("-A KUBE-SERVICES "))
+        .count();
+    let last = saved
+        .lines()
+        .rfind(|l| l.starts_with("-A KUBE-SERVICES "))
+        .unwrap_or_default();
+    ensure!(
+        services == size && last.contains(&format!("-d {vip}/32")),
+        "nat table after iptables-restore: {services} KUBE-SERVICES rules (want {size}), last: {last}"
+    );
+    Ok(took)
 }
 
-fn conntrack_count(node: &Node) -> Option<u64> {
-    node.netns
-        .run(&["cat", "/proc/sys/net/netfilter/nf_conntrack_count"])
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
+/// TCP entries whose original source is `client` in the node's table.
+fn conntrack_from(node: &Node, client: Ipv4Addr) -> Option<usize> {
+    let mut cmd = node.netns.command("conntrack").ok()?;
+    cmd.args(["-L", "-p", "tcp", "-s", &client.to_string()]);
+    let out = exec::output(&mut cmd, None, Duration::from_secs(60)).ok()?;
+    Some(
+        out.stdout_str()
+            .lines()
+            .filter(|l| l.starts_with("tcp"))
+            .count(),
+    )
+}
+
+/// `conntrack -L` in the node namespace: (entries, [UNREPLIED] entries).
+fn conntrack_states(node: &Node) -> Option<(usize, usize)> {
+    let mut cmd = node.netns.command("conntrack").ok()?;
+    cmd.arg("-L");
+    let out = exec::output(&mut cmd, None, Duration::from_secs(60)).ok()?;
+    let text = out.stdout_str();
+    let lines = text.lines().filter(|l| l.starts_with("tcp")).count();
+    let unreplied = text.lines().filter(|l| l.contains("[UNREPLIED]")).count();
+    Some((lines, unreplied))
+}
+
+/// SIGSTOPs a process this run started until dropped (SIGCONT).
+struct Paused(u32);
+
+impl Paused {
+    fn new(pid: u32) -> Self {
+        // SAFETY: kill with the pid of our own child (the agent).
+        unsafe { libc::kill(pid as libc::pid_t, libc::SIGSTOP) };
+        Self(pid)
+    }
+}
+
+impl Drop for Paused {
+    fn drop(&mut self) {
+        // SAFETY: as above.
+        unsafe { libc::kill(self.0 as libc::pid_t, libc::SIGCONT) };
+    }
+}
+
+/// CPU time (user + system) of `pid` over `window`, in % of one core.
+fn cpu_percent(pid: u32, window: Duration) -> Option<f64> {
+    let ticks = || -> Option<u64> {
+        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let rest = &stat[stat.rfind(')')? + 2..];
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        // Fields 14 and 15 of stat; `rest` starts at field 3.
+        Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+    };
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let (t0, start) = (ticks()?, Instant::now());
+    thread::sleep(window);
+    let used = (ticks()? - t0) as f64 / hz;
+    Some(used / start.elapsed().as_secs_f64() * 100.0)
 }
 
 fn rss_mib(pid: u32) -> Option<f64> {
     let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let kb: f64 = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.trim().trim_end_matches("kB").trim().parse().ok()?;
+    let kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
     Some(kb / 1024.0)
 }
 
@@ -584,7 +976,8 @@ fn loadavg() -> String {
 
 /// Tries one exchange from `netns` until it works or `timeout` passes.
 fn probe(netns: &NetNs, target: SocketAddrV4, timeout: Duration) -> Result<()> {
-    let ns = fs::File::open(netns.path()).with_context(|| format!("open {}", netns.path().display()))?;
+    let ns =
+        fs::File::open(netns.path()).with_context(|| format!("open {}", netns.path().display()))?;
     thread::scope(|s| {
         s.spawn(|| -> Result<()> {
             // SAFETY: setns on this (short-lived, dedicated) thread only.
@@ -609,42 +1002,76 @@ fn probe(netns: &NetNs, target: SocketAddrV4, timeout: Duration) -> Result<()> {
 }
 
 /// One cell: the load generator in the client pod (and cgroup, if any).
-fn measure(xtask: &Path, client: &NetNs, target: SocketAddrV4, cgroup: Option<&Path>, args: &ServicesBenchArgs) -> Result<Load> {
+fn measure(
+    xtask: &Path,
+    client: &NetNs,
+    target: SocketAddrV4,
+    cgroup: Option<&Path>,
+    first: bool,
+    args: &ServicesBenchArgs,
+) -> Result<Load> {
     let mut cmd = client.command(xtask)?;
+    let secs = args.secs / args.rounds as f64;
+    let warmup = if first {
+        args.warmup
+    } else {
+        args.warmup / 10.0
+    };
     cmd.args(["bench", "services-load", "--target"])
         .arg(target.to_string())
-        .args(["--secs", &args.secs.to_string(), "--warmup", &args.warmup.to_string()])
-        .args(["--streams", &args.streams.to_string(), "--cpu", &args.client_cpu.to_string()]);
+        .args(["--secs", &secs.to_string(), "--warmup", &warmup.to_string()])
+        .args([
+            "--streams",
+            &args.streams.to_string(),
+            "--cpu",
+            &args.client_cpu.to_string(),
+        ])
+        .args(["--nice", &args.nice.to_string()]);
     if let Some(cg) = cgroup {
         cmd.arg("--cgroup").arg(cg);
     }
     exec::die_with_parent(&mut cmd);
-    let timeout = Duration::from_secs_f64(args.secs + args.warmup + 30.0);
+    let timeout = Duration::from_secs_f64(secs + warmup + 30.0);
     let out = exec::output(&mut cmd, None, timeout)?;
     if !out.success() {
-        bail!("load generator {}: {}", out.describe_status(), out.stderr_str().trim());
+        bail!(
+            "load generator {}: {}",
+            out.describe_status(),
+            out.stderr_str().trim()
+        );
     }
-    let v: Value = serde_json::from_str(out.stdout_str().trim()).context("parse the load generator's JSON")?;
+    let v: Value =
+        serde_json::from_str(out.stdout_str().trim()).context("parse the load generator's JSON")?;
     let f = |k: &str| v[k].as_f64().with_context(|| format!("no {k} in {v}"));
-    let load = Load {
-        connections: f("connections")? as u64,
+    let mut load = Load {
         errors: f("errors")? as u64,
         first_error: v["first_error"].as_str().map(str::to_string),
-        elapsed_s: f("elapsed_s")?,
-        p50_us: f("p50_us").unwrap_or(f64::NAN),
-        p99_us: f("p99_us").unwrap_or(f64::NAN),
+        elapsed: Duration::from_secs_f64(f("elapsed_s")?),
+        samples: v["samples_ns"]
+            .as_array()
+            .context("no samples_ns")?
+            .iter()
+            .map(|n| Duration::from_nanos(n.as_u64().unwrap_or(0)))
+            .collect(),
         backends: v["backends"]
             .as_object()
-            .map(|m| m.iter().map(|(k, n)| (k.clone(), n.as_u64().unwrap_or(0))).collect())
+            .map(|m| {
+                m.iter()
+                    .map(|(k, n)| (k.clone(), n.as_u64().unwrap_or(0)))
+                    .collect()
+            })
             .unwrap_or_default(),
+        slice_rates: vec![],
         conntrack: None,
     };
-    // A cell where more than 1% of the connections failed is not a result.
-    if load.connections == 0 || load.errors * 100 > load.connections {
+    load.slice_rates.push(load.rate());
+    // A slice where more than 1% of the connections failed is not a result.
+    let ok = load.samples.len() as u64;
+    if ok == 0 || load.errors * 100 > ok {
         bail!(
             "{} of {} connections failed (first: {})",
             load.errors,
-            load.connections + load.errors,
+            ok + load.errors,
             load.first_error.as_deref().unwrap_or("-")
         );
     }
@@ -652,6 +1079,18 @@ fn measure(xtask: &Path, client: &NetNs, target: SocketAddrV4, cgroup: Option<&P
 }
 
 // ------------------------------------------------------- hidden subcommands
+
+/// Pins the calling thread (and the threads it starts later) to `cpu` and
+/// sets the process's nice value.
+fn pin(cpu: usize, nice: i32) -> Result<()> {
+    if nice != 0 {
+        // SAFETY: setpriority on this process.
+        if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) } != 0 {
+            return Err(io::Error::last_os_error()).with_context(|| format!("nice {nice}"));
+        }
+    }
+    pin_to_cpu(cpu)
+}
 
 fn pin_to_cpu(cpu: usize) -> Result<()> {
     // SAFETY: a zeroed cpu_set_t is a valid empty set; sched_setaffinity(0)
@@ -676,7 +1115,9 @@ fn connect(target: SocketAddrV4, timeout: Duration) -> io::Result<TcpStream> {
     let addr = libc::sockaddr_in {
         sin_family: libc::AF_INET as libc::sa_family_t,
         sin_port: target.port().to_be(),
-        sin_addr: libc::in_addr { s_addr: u32::from(*target.ip()).to_be() },
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(*target.ip()).to_be(),
+        },
         sin_zero: [0; 8],
     };
     // SAFETY: plain socket syscalls on a descriptor this function owns.
@@ -717,14 +1158,21 @@ fn connect(target: SocketAddrV4, timeout: Duration) -> io::Result<TcpStream> {
 
 /// connect, request, reply, close: the latency to the reply's first byte and
 /// the reply's length in `buf` (read to EOF: the server closes first).
-fn exchange(target: SocketAddrV4, timeout: Duration, buf: &mut [u8]) -> io::Result<(Duration, usize)> {
+fn exchange(
+    target: SocketAddrV4,
+    timeout: Duration,
+    buf: &mut [u8],
+) -> io::Result<(Duration, usize)> {
     let start = Instant::now();
     let mut s = connect(target, timeout)?;
     s.write_all(REQUEST)?;
     let mut len = s.read(buf)?;
     let latency = start.elapsed();
     if len == 0 {
-        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "closed without a reply"));
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "closed without a reply",
+        ));
     }
     loop {
         match s.read(&mut buf[len..])? {
@@ -747,7 +1195,10 @@ struct StreamOut {
 }
 
 fn stream(target: SocketAddrV4, stop: &AtomicBool, keep: bool) -> StreamOut {
-    let mut out = StreamOut { samples: Vec::with_capacity(if keep { 1 << 17 } else { 0 }), ..Default::default() };
+    let mut out = StreamOut {
+        samples: Vec::with_capacity(if keep { 1 << 17 } else { 0 }),
+        ..Default::default()
+    };
     let mut buf = [0u8; 256];
     while !stop.load(Ordering::Relaxed) {
         match exchange(target, Duration::from_secs(2), &mut buf) {
@@ -774,14 +1225,24 @@ fn stream(target: SocketAddrV4, stop: &AtomicBool, keep: bool) -> StreamOut {
 }
 
 /// `streams` threads for `secs`; their outputs and the wall time.
-fn phase(target: SocketAddrV4, streams: usize, secs: f64, keep: bool) -> (Vec<StreamOut>, Duration) {
+fn phase(
+    target: SocketAddrV4,
+    streams: usize,
+    secs: f64,
+    keep: bool,
+) -> (Vec<StreamOut>, Duration) {
     let stop = Arc::new(AtomicBool::new(false));
     let start = Instant::now();
     let outs = thread::scope(|s| {
-        let handles: Vec<_> = (0..streams).map(|_| s.spawn(|| stream(target, &stop, keep))).collect();
+        let handles: Vec<_> = (0..streams)
+            .map(|_| s.spawn(|| stream(target, &stop, keep)))
+            .collect();
         thread::sleep(Duration::from_secs_f64(secs));
         stop.store(true, Ordering::Relaxed);
-        handles.into_iter().map(|h| h.join().expect("load thread panicked")).collect()
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("load thread panicked"))
+            .collect()
     });
     (outs, start.elapsed())
 }
@@ -793,7 +1254,7 @@ pub fn load(args: LoadArgs) -> Result<()> {
         fs::write(cg.join("cgroup.procs"), std::process::id().to_string())
             .with_context(|| format!("join cgroup {}", cg.display()))?;
     }
-    pin_to_cpu(args.cpu)?;
+    pin(args.cpu, args.nice)?;
     if args.warmup > 0.0 {
         phase(args.target, args.streams, args.warmup, false);
     }
@@ -807,21 +1268,19 @@ pub fn load(args: LoadArgs) -> Result<()> {
         errors += o.errors;
         first_error = first_error.or(o.first_error);
         for (l, n) in o.backends {
-            *backends.entry(String::from_utf8_lossy(&l).into_owned()).or_default() += n;
+            *backends
+                .entry(String::from_utf8_lossy(&l).into_owned())
+                .or_default() += n;
         }
     }
-    let connections = samples.len();
-    let summary = Summary::new(samples);
-    let us = |d: Option<Duration>| d.map(|d| d.as_secs_f64() * 1e6);
+    let samples_ns: Vec<u64> = samples.iter().map(|d| d.as_nanos() as u64).collect();
     println!(
         "{}",
         json!({
-            "connections": connections,
             "errors": errors,
             "first_error": first_error,
             "elapsed_s": elapsed.as_secs_f64(),
-            "p50_us": us(summary.median()),
-            "p99_us": us(summary.p99()),
+            "samples_ns": samples_ns,
             "backends": backends,
         })
     );
@@ -831,8 +1290,9 @@ pub fn load(args: LoadArgs) -> Result<()> {
 /// The echo server: answers `<label> <request>` and closes (first, so the
 /// TIME_WAIT lands here and not on the client's ephemeral ports).
 pub fn echo(args: EchoArgs) -> Result<()> {
-    pin_to_cpu(args.cpu)?;
-    let listener = TcpListener::bind((Ipv4Addr::UNSPECIFIED, args.port)).with_context(|| format!("bind :{}", args.port))?;
+    pin(args.cpu, args.nice)?;
+    let listener = TcpListener::bind((Ipv4Addr::UNSPECIFIED, args.port))
+        .with_context(|| format!("bind :{}", args.port))?;
     println!("listening: {} on :{}", args.label, args.port);
     io::stdout().flush()?;
     let label = Arc::new(args.label.into_bytes());
@@ -853,7 +1313,9 @@ fn serve(listener: &TcpListener, label: &[u8]) {
     let mut buf = [0u8; 512];
     let mut reply = Vec::with_capacity(600);
     loop {
-        let Ok((mut s, _)) = listener.accept() else { continue };
+        let Ok((mut s, _)) = listener.accept() else {
+            continue;
+        };
         let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
         let Ok(n) = s.read(&mut buf) else { continue };
         reply.clear();
@@ -877,19 +1339,38 @@ fn control_plane(topo: &Topology, release: &Path, args: &ServicesBenchArgs) -> C
         // removed by the agent.
         let ns = NetNs::create(&topo.prefix().child("cp"))?;
         let mut cmd = ns.command(release.join("weir-agent"))?;
-        cmd.args(["bench-control-plane", "--services", &args.cp_services.to_string()])
-            .args(["--endpoints", &ENDPOINTS.to_string(), "--changes", &args.changes.to_string()]);
+        cmd.args([
+            "bench-control-plane",
+            "--services",
+            &args.cp_services.to_string(),
+        ])
+        .args([
+            "--endpoints",
+            &ENDPOINTS.to_string(),
+            "--changes",
+            &args.changes.to_string(),
+        ]);
         exec::die_with_parent(&mut cmd);
         println!("==> {}", exec::describe(&cmd));
         let out = exec::output(&mut cmd, None, Duration::from_secs(300))?;
         if !out.success() {
-            bail!("bench-control-plane {}: {}", out.describe_status(), out.stderr_str().trim());
+            bail!(
+                "bench-control-plane {}: {}",
+                out.describe_status(),
+                out.stderr_str().trim()
+            );
         }
         let text = out.stdout_str();
-        let line = text.lines().rev().find(|l| l.trim_start().starts_with('{')).context("no JSON from bench-control-plane")?;
+        let line = text
+            .lines()
+            .rev()
+            .find(|l| l.trim_start().starts_with('{'))
+            .context("no JSON from bench-control-plane")?;
         serde_json::from_str(line).context("parse bench-control-plane's JSON")
     };
-    ControlPlane { report: run().map_err(|e| format!("{e:#}")) }
+    ControlPlane {
+        report: run().map_err(|e| format!("{e:#}")),
+    }
 }
 
 // ----------------------------------------------------------------- printing
@@ -901,13 +1382,15 @@ fn verdict(met: bool) -> &'static str {
 fn print_data_path(args: &ServicesBenchArgs, d: &DataPath) {
     let ipvs_na = d.ipvs != "available";
     println!(
-        "\nData path: TCP connect + {}-byte request + reply + close, {} stream(s), load generator on CPU {}, \
-         echo servers on CPU {}, {:.1} s per cell after {:.1} s warm-up",
+        "\nData path: TCP connect + {}-byte request + reply + close, {} stream(s); load generator on CPU {}, \
+         echo servers on CPU {} (nice {}); {:.1} s per cell in {} interleaved slices, {:.2} s warm-up first",
         REQUEST.len(),
         args.streams,
         args.client_cpu,
         args.server_cpu,
+        args.nice,
         args.secs,
+        args.rounds,
         args.warmup
     );
     println!(
@@ -916,22 +1399,42 @@ fn print_data_path(args: &ServicesBenchArgs, d: &DataPath) {
          kube-proxy-style chains ({})",
         d.iptables_version
     );
-    let rate = |size: usize, p: Column| d.cells.get(&(size, p)).and_then(|c| c.as_ref().ok()).map(Load::rate);
+    let rate = |size: usize, p: Column| {
+        d.cells
+            .get(&(size, p))
+            .and_then(|c| c.as_ref().ok())
+            .map(Load::rate)
+    };
     let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
         (Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
         _ => "-".into(),
     };
     let num = |x: Option<f64>| x.map_or_else(|| "FAILED".into(), |x| format!("{x:.0}"));
-    let ipvs_cell = if ipvs_na { d.ipvs.clone() } else { "NOT MEASURED".into() };
+    let ipvs_cell = if ipvs_na {
+        d.ipvs.clone()
+    } else {
+        "NOT MEASURED".into()
+    };
 
     println!("\nNew connections per second (higher is better)");
     println!(
         "{:>8} {:>8} {:>8} {:>9} {:>10} {:>8}  {:<25} | {:>7} {:>8} {:>8} {:>8} {:>8}",
-        "services", "direct", "weir tc", "weir sock", "direct@ipt", "iptables", "IPVS",
-        "tc/dir", "sock/dir", "ipt/dir", "sock/ipt", "tc/ipt"
+        "services",
+        "direct",
+        "weir tc",
+        "weir sock",
+        "direct@ipt",
+        "iptables",
+        "IPVS",
+        "tc/dir",
+        "sock/dir",
+        "ipt/dir",
+        "sock/ipt",
+        "tc/ipt"
     );
     for &size in &args.sizes {
-        let r: BTreeMap<Column, Option<f64>> = Column::ALL.iter().map(|&p| (p, rate(size, p))).collect();
+        let r: BTreeMap<Column, Option<f64>> =
+            Column::ALL.iter().map(|&p| (p, rate(size, p))).collect();
         println!(
             "{:>8} {:>8} {:>8} {:>9} {:>10} {:>8}  {:<25} | {:>7} {:>8} {:>8} {:>8} {:>8}",
             size,
@@ -956,7 +1459,10 @@ fn print_data_path(args: &ServicesBenchArgs, d: &DataPath) {
     );
     for &size in &args.sizes {
         let lat = |p: Column| match d.cells.get(&(size, p)) {
-            Some(Ok(l)) => format!("{:.0} / {:.0}", l.p50_us, l.p99_us),
+            Some(Ok(l)) => {
+                let (p50, p99) = l.latency_us();
+                format!("{p50:.0} / {p99:.0}")
+            }
             _ => "FAILED".into(),
         };
         println!(
@@ -971,30 +1477,45 @@ fn print_data_path(args: &ServicesBenchArgs, d: &DataPath) {
         );
     }
 
-    println!("\nChecks per cell: backends that answered / nf_conntrack entries in the node namespace after the cell");
+    println!(
+        "\nChecks per cell: backends that answered / conntrack entries from the cell's client pod in its node's \
+         table at the end (tracked in every column) / slice-to-slice spread of the rate"
+    );
     for &size in &args.sizes {
         let mut line = format!("{size:>8}");
         for p in Column::ALL {
             let _ = match d.cells.get(&(size, p)) {
                 Some(Ok(l)) => write!(
                     line,
-                    "  {}: {} bk / ct {}",
+                    "  {}: {} bk / ct {} / ±{}",
                     p.label(),
                     l.backends.len(),
-                    l.conntrack.map_or("?".into(), |c| c.to_string())
+                    l.conntrack.map_or("?".into(), |c| c.to_string()),
+                    l.spread()
+                        .map_or("-".into(), |s| format!("{:.0}%", s * 100.0))
                 ),
                 Some(Err(_)) | None => write!(line, "  {}: -", p.label()),
             };
         }
         println!("{line}");
         if let Some((weir, ipt)) = d.programming.get(&size) {
-            let t = |x: &Option<Duration>| x.map_or("-".into(), |d| format!("{:.2} s", d.as_secs_f64()));
+            let t = |x: &Option<Duration>| {
+                x.map_or("-".into(), |d| format!("{:.2} s", d.as_secs_f64()))
+            };
+            let idle = d.agent_idle_cpu.get(&size).copied().flatten();
             println!(
-                "{:>8}  programming: weir manifest dir -> ClusterIP answers {}; iptables-restore of {} rules {}",
+                "{:>8}  programming: weir manifest dir -> ClusterIP answers {}; iptables-restore of {} rules {}; \
+                 weir-agent idle afterwards: {} of a core{}",
                 "",
                 t(weir),
                 iptables_rules(size),
-                t(ipt)
+                t(ipt),
+                idle.map_or("?".into(), |c| format!("{c:.1}%")),
+                if args.agent_running {
+                    ""
+                } else {
+                    " (paused with SIGSTOP during the cells)"
+                }
             );
         }
     }
@@ -1006,6 +1527,14 @@ fn print_data_path(args: &ServicesBenchArgs, d: &DataPath) {
     if let Err(e) = &d.socket_lb {
         println!("weir sock: {e}");
     }
+    for (node, ct) in &d.conntrack_end {
+        if let Some((all, unreplied)) = ct {
+            println!(
+                "conntrack on {node} at the end: {all} TCP entries, {unreplied} [UNREPLIED] (never matched by a reply: \
+                 the flow was seen translated in one direction only)"
+            );
+        }
+    }
     if ipvs_na {
         println!(
             "IPVS: NOT MEASURED, {} (ipvsadm -Ln in the node namespace: \"Can't initialize ipvs: Protocol not \
@@ -1015,13 +1544,18 @@ fn print_data_path(args: &ServicesBenchArgs, d: &DataPath) {
     }
 
     println!("\nGoals (new-connection rate)");
-    for (p, name) in [(Column::WeirSock, "weir socket LB"), (Column::WeirTc, "weir per-packet tc")] {
+    for (p, name) in [
+        (Column::WeirSock, "weir socket LB"),
+        (Column::WeirTc, "weir per-packet tc"),
+    ] {
         let ratios: Vec<Option<f64>> = args
             .sizes
             .iter()
             .map(|&s| rate(s, p).zip(rate(s, Column::Direct)).map(|(a, b)| a / b))
             .collect();
-        let met = ratios.iter().all(|r| r.is_some_and(|r| r >= GOAL_DIRECT_RATIO));
+        let met = ratios
+            .iter()
+            .all(|r| r.is_some_and(|r| r >= GOAL_DIRECT_RATIO));
         println!(
             "  ClusterIP >= {GOAL_DIRECT_RATIO} x direct at every size, {name}: {} -> {}",
             fmt_ratios(&ratios),
@@ -1030,14 +1564,26 @@ fn print_data_path(args: &ServicesBenchArgs, d: &DataPath) {
         let vs_ipt: Vec<Option<f64>> = args
             .sizes
             .iter()
-            .map(|&s| rate(s, p).zip(rate(s, Column::Iptables)).map(|(a, b)| a / b))
+            .map(|&s| {
+                rate(s, p)
+                    .zip(rate(s, Column::Iptables))
+                    .map(|(a, b)| a / b)
+            })
             .collect();
         let met = vs_ipt.iter().all(|r| r.is_some_and(|r| r > 1.0));
-        println!("  ahead of iptables at every size, {name}: {} -> {}", fmt_ratios(&vs_ipt), verdict(met));
+        println!(
+            "  ahead of iptables at every size, {name}: {} -> {}",
+            fmt_ratios(&vs_ipt),
+            verdict(met)
+        );
     }
     println!(
         "  ahead of IPVS at every size: {}",
-        if ipvs_na { format!("NOT MEASURED ({})", d.ipvs) } else { "NOT MEASURED".into() }
+        if ipvs_na {
+            format!("NOT MEASURED ({})", d.ipvs)
+        } else {
+            "NOT MEASURED".into()
+        }
     );
     if let Some(rss) = d.agent_rss_mib {
         println!(
@@ -1048,7 +1594,10 @@ fn print_data_path(args: &ServicesBenchArgs, d: &DataPath) {
 }
 
 fn fmt_ratios(r: &[Option<f64>]) -> String {
-    r.iter().map(|r| r.map_or("-".into(), |r| format!("{r:.2}"))).collect::<Vec<_>>().join(" / ")
+    r.iter()
+        .map(|r| r.map_or("-".into(), |r| format!("{r:.2}")))
+        .collect::<Vec<_>>()
+        .join(" / ")
 }
 
 fn print_control_plane(args: &ServicesBenchArgs, c: &ControlPlane) {
@@ -1075,9 +1624,77 @@ fn print_control_plane(args: &ServicesBenchArgs, c: &ControlPlane) {
         }
     };
     println!("  frontends programmed: {}", v["frontends"]);
-    row("cold programming", f("cold_ms"), "ms", Some((GOAL_COLD_MS, "< 1 s")));
+    row(
+        "cold programming",
+        f("cold_ms"),
+        "ms",
+        Some((GOAL_COLD_MS, "< 1 s")),
+    );
     row("EndpointSlice change p50", f("change_p50_us"), "us", None);
-    row("EndpointSlice change p99", f("change_p99_us"), "us", Some((GOAL_CHANGE_P99_US, "< 10 ms")));
+    row(
+        "EndpointSlice change p99",
+        f("change_p99_us"),
+        "us",
+        Some((GOAL_CHANGE_P99_US, "< 10 ms")),
+    );
     row("EndpointSlice change max", f("change_max_us"), "us", None);
-    row("resident memory", f("rss_mib"), "MiB", Some((GOAL_RSS_MIB, "< 150 MiB")));
+    row(
+        "resident memory",
+        f("rss_mib"),
+        "MiB",
+        Some((GOAL_RSS_MIB, "< 150 MiB")),
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kube_proxy_rules_put_the_measured_service_last_with_kube_proxy_probabilities() {
+        let vip = Ipv4Addr::new(10, 96, 1, 10);
+        let eps: Vec<Ipv4Addr> = (2..6).map(|i| Ipv4Addr::new(10, 244, 2, i)).collect();
+        let rules = kube_proxy_nat(3, vip, &eps);
+        let services: Vec<&str> = rules
+            .lines()
+            .filter(|l| l.starts_with("-A KUBE-SERVICES "))
+            .collect();
+        assert_eq!(services.len(), 3);
+        assert!(services[2].contains("-d 10.96.1.10/32"), "{}", services[2]);
+        assert!(services[0].contains(&format!("-d {}/32", other_vip(0))));
+        for p in ["0.25000000000", "0.33333333333", "0.50000000000"] {
+            assert_eq!(
+                rules.matches(&format!("--probability {p} ")).count(),
+                3,
+                "{p}"
+            );
+        }
+        assert!(rules.contains("-j DNAT --to-destination 10.244.2.5:8080"));
+        assert!(rules.contains("-A PREROUTING ") && rules.contains("-A OUTPUT "));
+        assert_eq!(
+            rules.lines().filter(|l| l.starts_with("-A ")).count(),
+            iptables_rules(3)
+        );
+        // iptables chain names: 28 characters at most, all distinct.
+        let chains: Vec<&str> = rules
+            .lines()
+            .filter_map(|l| l.strip_prefix(':'))
+            .map(|l| l.split(' ').next().unwrap())
+            .collect();
+        assert!(chains.iter().all(|c| c.len() <= 28));
+        let mut unique = chains.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), chains.len());
+    }
+
+    #[test]
+    fn other_services_never_overlap_the_measured_one_or_the_pods() {
+        let last = other_endpoint(MAX_SERVICES - 2, ENDPOINTS - 1);
+        assert!(last.octets()[..2] == [10, 245], "{last}");
+        assert_eq!(other_vip(MAX_SERVICES - 2).octets()[..2], [10, 100]);
+        let docs = weir_manifest(3, Ipv4Addr::new(10, 96, 1, 10), &[]);
+        assert_eq!(docs.len(), 6);
+        assert!(docs[4].contains("clusterIP: 10.96.1.10"));
+    }
 }
