@@ -120,8 +120,14 @@ impl DirSource {
         let mut warned_missing = false;
         loop {
             match self.scan() {
-                Ok(()) => {
+                Ok(changed) => {
                     warned_missing = false;
+                    // Rebuilding the snapshot costs as much as the whole
+                    // directory: only when a file changed.
+                    if !changed && self.last_sent.is_some() {
+                        tokio::time::sleep(self.poll).await;
+                        continue;
+                    }
                     for update in self.snapshot_if_changed() {
                         if tx.send(update).await.is_err() {
                             return Ok(()); // agent is shutting down
@@ -141,8 +147,9 @@ impl DirSource {
         }
     }
 
-    /// Re-reads files whose size or mtime changed, forgets removed ones.
-    fn scan(&mut self) -> Result<(), DirError> {
+    /// Re-reads files whose size or mtime changed, forgets removed ones;
+    /// returns whether anything changed.
+    fn scan(&mut self) -> Result<bool, DirError> {
         let list_err = |source| DirError::List { dir: self.dir.clone(), source };
         let mut seen = BTreeMap::new();
         for entry in std::fs::read_dir(&self.dir).map_err(list_err)? {
@@ -169,8 +176,9 @@ impl DirSource {
             }
         }
         self.files.retain(|p, _| seen.contains_key(p));
+        let changed = self.stamps != seen;
         self.stamps = seen;
-        Ok(())
+        Ok(changed)
     }
 
     /// One relist per kind whose contents changed (all kinds the first
