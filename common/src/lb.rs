@@ -139,6 +139,22 @@ impl CtEntry {
     /// netfilter has seen them untranslated, so netfilter's own conntrack
     /// sees both directions of one flow instead of two half-flows.
     pub const FLAG_POD_CLIENT: u16 = 1 << 2;
+    /// The client sent FIN: the flow ends `CLOSE_GRACE_SECS` after
+    /// `created` (reset to the time of the FIN).
+    pub const FLAG_CLOSING: u16 = 1 << 3;
+    /// The client sent RST: the flow is over.
+    pub const FLAG_RESET: u16 = 1 << 4;
+
+    /// How long a closing flow keeps its translation (the last ACKs and
+    /// retransmitted FINs).
+    pub const CLOSE_GRACE_SECS: u32 = 10;
+
+    /// Whether the flow is over at `now` (seconds): its entries may be
+    /// dropped and its tuple reused for another connection.
+    pub const fn is_over(&self, now: u32) -> bool {
+        self.flags & Self::FLAG_RESET != 0
+            || (self.flags & Self::FLAG_CLOSING != 0 && now.wrapping_sub(self.created) > Self::CLOSE_GRACE_SECS)
+    }
 }
 
 /// `loadBalancerSourceRanges`: LPM key of (rev-NAT ID, client address);

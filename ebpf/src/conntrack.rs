@@ -3,7 +3,7 @@
 use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::map, maps::LruHashMap};
 use weir_common::lb::{CT_DIR_ORIGINAL, CT_DIR_REPLY, CtEntry, CtKey};
 
-use crate::packet::Flow;
+use crate::packet::{Flow, TCP_FIN, TCP_RST};
 
 #[map]
 static WEIR_CT: LruHashMap<CtKey, CtEntry> = LruHashMap::pinned(262_144, 0);
@@ -35,6 +35,24 @@ pub fn as_reply(flow: &Flow) -> CtKey {
 pub fn lookup(key: &CtKey) -> Option<CtEntry> {
     // Safety: copied out at once.
     unsafe { WEIR_CT.get(key) }.copied()
+}
+
+/// A client packet of a tracked flow: FIN or RST mark the flow as ending.
+#[inline(always)]
+pub fn observe_client(key: &CtKey, entry: &CtEntry, flow: &Flow, now: u32) {
+    let mark = if flow.tcp_flags & TCP_RST != 0 {
+        CtEntry::FLAG_RESET
+    } else if flow.tcp_flags & TCP_FIN != 0 && entry.flags & CtEntry::FLAG_CLOSING == 0 {
+        CtEntry::FLAG_CLOSING
+    } else {
+        return;
+    };
+    let updated = CtEntry { flags: entry.flags | mark, created: now, ..*entry };
+    let _ = WEIR_CT.insert(key, &updated, 0);
+}
+
+pub fn remove(key: &CtKey) {
+    let _ = WEIR_CT.remove(key);
 }
 
 #[inline(always)]

@@ -47,7 +47,7 @@ pub enum SockOutcome {
 /// client (the source address is not chosen yet at connect time).
 #[inline(always)]
 pub fn for_socket(daddr: u32, dport: u16, proto: u8) -> SockOutcome {
-    let flow = Flow { saddr: WEIR_NODE.get(0).map(|n| n.node_addr).unwrap_or(0), daddr, sport: 0, dport, proto, l4_off: 0 };
+    let flow = Flow { saddr: WEIR_NODE.get(0).map(|n| n.node_addr).unwrap_or(0), daddr, sport: 0, dport, proto, l4_off: 0, tcp_flags: 0 };
     let Some((key, svc)) = frontend_for_pod(&flow) else {
         return SockOutcome::NotService;
     };
@@ -119,8 +119,10 @@ pub fn from_pod(ctx: &TcContext, flow: &Flow) -> Result<Outcome, DropReason> {
 
     // An existing flow keeps its backend while that backend exists.
     if let Some(ct) = conntrack::lookup(&ct_key)
+        && !ct.is_over(now)
         && let Some(b) = backend(ct.backend_id)
     {
+        conntrack::observe_client(&ct_key, &ct, flow, now);
         nat::dnat(ctx, flow, b.addr, b.port)?;
         if ct.flags & CtEntry::FLAG_HAIRPIN != 0 {
             nat::snat(ctx, flow, ct.nat_addr, ct.nat_port)?;
@@ -231,6 +233,17 @@ pub fn reverse(ctx: &TcContext, flow: &Flow, hook: ReplyHook) -> Result<Reversed
     let Some(rn) = rev_nat(ct.rev_nat_id) else {
         return Ok(Reversed::No);
     };
+    // Only while the flow lives: a later connection that reuses the tuple
+    // (a direct one to the same backend, say) must not be rewritten.
+    let (client, client_port) = if ct.flags & CtEntry::FLAG_HAIRPIN != 0 {
+        (ct.nat_addr, ct.nat_port)
+    } else {
+        (flow.daddr, flow.dport)
+    };
+    if flow_is_over(client, client_port, &rn, flow.proto) {
+        conntrack::remove(&conntrack::as_reply(flow));
+        return Ok(Reversed::No);
+    }
     if ct.flags & CtEntry::FLAG_HAIRPIN != 0 {
         // Back to the pod itself, from the frontend.
         nat::dnat(ctx, flow, ct.nat_addr, ct.nat_port)?;
@@ -256,6 +269,7 @@ pub fn from_netdev(ctx: &TcContext, flow: &Flow) -> Result<Outcome, DropReason> 
     if let Some(ct) = conntrack::lookup(&conntrack::as_reply(flow))
         && ct.flags & CtEntry::FLAG_SNAT != 0
         && let Some(rn) = rev_nat(ct.rev_nat_id)
+        && !flow_is_over(ct.nat_addr, ct.nat_port, &rn, flow.proto)
     {
         nat::dnat(ctx, flow, ct.nat_addr, ct.nat_port)?;
         nat::snat(ctx, flow, rn.addr, rn.port)?;
@@ -282,8 +296,10 @@ pub fn from_netdev(ctx: &TcContext, flow: &Flow) -> Result<Outcome, DropReason> 
     let ct_key = conntrack::original_key(flow);
     let now = conntrack::now_secs();
     if let Some(ct) = conntrack::lookup(&ct_key)
+        && !ct.is_over(now)
         && let Some(b) = backend(ct.backend_id)
     {
+        conntrack::observe_client(&ct_key, &ct, flow, now);
         nat::dnat(ctx, flow, b.addr, b.port)?;
         if ct.flags & CtEntry::FLAG_SNAT != 0 {
             nat::snat(ctx, flow, ct.nat_addr, ct.nat_port)?;
@@ -348,6 +364,25 @@ pub fn from_netdev(ctx: &TcContext, flow: &Flow) -> Result<Outcome, DropReason> 
     nat::snat(ctx, flow, node_addr, port)?;
     // Towards the backend's node, back out of the uplink it came in on.
     Ok(Outcome::TranslatedToUplink)
+}
+
+/// Whether the flow from `client` to frontend `rn` is over (its original
+/// entry is gone or closed): then its reply entry must not translate.
+#[inline(always)]
+fn flow_is_over(client: u32, client_port: u16, rn: &RevNat, proto: u8) -> bool {
+    let original = weir_common::lb::CtKey {
+        saddr: client,
+        daddr: rn.addr,
+        sport: client_port,
+        dport: rn.port,
+        proto,
+        dir: weir_common::lb::CT_DIR_ORIGINAL,
+        _pad: [0; 2],
+    };
+    match conntrack::lookup(&original) {
+        Some(ct) => ct.is_over(conntrack::now_secs()),
+        None => true,
+    }
 }
 
 /// The interface that carries node-address traffic out (set by the agent).

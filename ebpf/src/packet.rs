@@ -28,7 +28,12 @@ pub struct Flow {
     pub proto: u8,
     /// 0 when the packet has no transport header to translate.
     pub l4_off: usize,
+    /// TCP flags byte (0 for other protocols).
+    pub tcp_flags: u8,
 }
+
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_RST: u8 = 0x04;
 
 impl Flow {
     pub fn has_ports(&self) -> bool {
@@ -67,6 +72,7 @@ pub fn parse(ctx: &TcContext) -> Result<Option<Flow>, DropReason> {
         dport: 0,
         proto: ip.proto as u8,
         l4_off: 0,
+        tcp_flags: 0,
     };
     // Only the first fragment carries ports (fragment offset 0).
     let frag_off = u16::from_be_bytes(ip.frags) & 0x1fff;
@@ -76,6 +82,9 @@ pub fn parse(ctx: &TcContext) -> Result<Option<Flow>, DropReason> {
         flow.sport = ports[0];
         flow.dport = ports[1];
         flow.l4_off = l4_off;
+        if flow.proto == PROTO_TCP {
+            flow.tcp_flags = ctx.load::<u8>(l4_off + 13).map_err(|_| DropReason::Malformed)?;
+        }
     }
     Ok(Some(flow))
 }

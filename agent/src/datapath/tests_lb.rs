@@ -33,11 +33,16 @@ fn csum(data: &[u8]) -> u16 {
 
 /// Ethernet + IPv4 + TCP SYN or UDP datagram with valid checksums.
 pub fn packet(proto: u8, src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16) -> Vec<u8> {
+    packet_with_flags(proto, src, sport, dst, dport, 0x02)
+}
+
+/// Like `packet`, with these TCP flags.
+pub fn packet_with_flags(proto: u8, src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16, tcp_flags: u8) -> Vec<u8> {
     let l4: Vec<u8> = if proto == 6 {
         let mut t = Vec::new();
         t.extend_from_slice(&sport.to_be_bytes());
         t.extend_from_slice(&dport.to_be_bytes());
-        t.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x02, 0xff, 0xff, 0, 0, 0, 0]);
+        t.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0x50, tcp_flags, 0xff, 0xff, 0, 0, 0, 0]);
         t
     } else {
         let mut u = Vec::new();
@@ -259,4 +264,29 @@ fn hairpin_pod_reaches_itself_through_its_service() {
     // Later packets of the flow keep both translations.
     let p = parse(&run(&t, pin::PROG_FROM_POD, &packet(6, CLIENT, 40000, VIP, 80)).1);
     assert_eq!((p.src, p.dst), (gateway, CLIENT));
+}
+
+#[test]
+#[ignore = "privileged: needs root and bpffs; `cargo xtask test` runs it as root"]
+fn replies_stop_being_translated_once_the_client_resets_the_flow() {
+    let mut t = TestDatapath::load();
+    add_endpoint(&mut t, LOOPBACK, CLIENT);
+    program(&mut t, Protocol::Tcp, &[([10, 244, 2, 7], 8080)], 0);
+    let reply = packet_with_flags(6, [10, 244, 2, 7], 8080, CLIENT, 40000, 0x12);
+
+    run(&t, pin::PROG_FROM_POD, &packet(6, CLIENT, 40000, VIP, 80));
+    // FIN from the client: the closing handshake is still translated.
+    run(&t, pin::PROG_FROM_POD, &packet_with_flags(6, CLIENT, 40000, VIP, 80, 0x11));
+    assert_eq!(parse(&run(&t, pin::PROG_TO_POD, &reply).1).src, VIP, "replies within the close grace period");
+
+    // RST: the flow is over. A later connection on the same tuple (a
+    // direct one to the backend) must see the backend's own address.
+    run(&t, pin::PROG_FROM_POD, &packet_with_flags(6, CLIENT, 40000, VIP, 80, 0x04));
+    let (rc, out) = run(&t, pin::PROG_TO_POD, &reply);
+    assert_eq!(rc, TC_ACT_OK);
+    assert_eq!(out, reply, "a reply of a finished flow must not be rewritten");
+    // A new connection through the Service on the same tuple works again.
+    let p = parse(&run(&t, pin::PROG_FROM_POD, &packet(6, CLIENT, 40000, VIP, 80)).1);
+    assert_eq!((p.dst, p.dport), ([10, 244, 2, 7], 8080));
+    assert_eq!(parse(&run(&t, pin::PROG_TO_POD, &reply).1).src, VIP);
 }
