@@ -140,7 +140,8 @@ impl CtEntry {
     /// sees both directions of one flow instead of two half-flows.
     pub const FLAG_POD_CLIENT: u16 = 1 << 2;
     /// The client sent FIN: the flow ends `CLOSE_GRACE_SECS` after
-    /// `created` (reset to the time of the FIN).
+    /// `created`, which the FIN and every later reply reset (a half-closed
+    /// flow lives while the server still sends).
     pub const FLAG_CLOSING: u16 = 1 << 3;
     /// The client sent RST: the flow is over.
     pub const FLAG_RESET: u16 = 1 << 4;

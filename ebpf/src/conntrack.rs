@@ -51,6 +51,14 @@ pub fn observe_client(key: &CtKey, entry: &CtEntry, flow: &Flow, now: u32) {
     let _ = WEIR_CT.insert(key, &updated, 0);
 }
 
+/// Restarts a closing flow's grace period.
+#[inline(always)]
+pub fn refresh(key: &CtKey, entry: &CtEntry, now: u32) {
+    if entry.created != now {
+        let _ = WEIR_CT.insert(key, &CtEntry { created: now, ..*entry }, 0);
+    }
+}
+
 pub fn remove(key: &CtKey) {
     let _ = WEIR_CT.remove(key);
 }

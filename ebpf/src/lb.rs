@@ -367,7 +367,8 @@ pub fn from_netdev(ctx: &TcContext, flow: &Flow) -> Result<Outcome, DropReason> 
 }
 
 /// Whether the flow from `client` to frontend `rn` is over (its original
-/// entry is gone or closed): then its reply entry must not translate.
+/// entry is gone, reset, or closed for longer than the grace period): then
+/// its reply entry must not translate.
 #[inline(always)]
 fn flow_is_over(client: u32, client_port: u16, rn: &RevNat, proto: u8) -> bool {
     let original = weir_common::lb::CtKey {
@@ -379,8 +380,17 @@ fn flow_is_over(client: u32, client_port: u16, rn: &RevNat, proto: u8) -> bool {
         dir: weir_common::lb::CT_DIR_ORIGINAL,
         _pad: [0; 2],
     };
+    let now = conntrack::now_secs();
     match conntrack::lookup(&original) {
-        Some(ct) => ct.is_over(conntrack::now_secs()),
+        Some(ct) if ct.is_over(now) => true,
+        Some(ct) => {
+            // A half-closed flow (the client sent FIN, the server still
+            // sends): the grace counts from the last reply.
+            if ct.flags & CtEntry::FLAG_CLOSING != 0 {
+                conntrack::refresh(&original, &ct, now);
+            }
+            false
+        }
         None => true,
     }
 }
