@@ -1,5 +1,5 @@
 //! Per-CPU verdict counters, indexed by `DropReason`.
-use aya_ebpf::{macros::map, maps::PerCpuArray};
+use aya_ebpf::{bindings::TC_ACT_SHOT, macros::map, maps::PerCpuArray};
 use weir_common::DropReason;
 
 #[map]
@@ -10,5 +10,17 @@ pub fn count(reason: DropReason) {
     if let Some(slot) = WEIR_DROPS.get_ptr_mut(reason as u32) {
         // Per-CPU slot: no other writer, a plain add is enough.
         unsafe { *slot += 1 };
+    }
+}
+
+/// The tc action for a program's result; a drop is counted by its reason.
+#[inline(always)]
+pub fn finish(result: Result<i32, DropReason>) -> i32 {
+    match result {
+        Ok(action) => action,
+        Err(reason) => {
+            count(reason);
+            TC_ACT_SHOT as i32
+        }
     }
 }

@@ -1,7 +1,7 @@
 //! Packets entering the node through its uplink: NodePort, external IP and
 //! load-balancer traffic, and replies of flows sent to remote backends.
 use aya_ebpf::{
-    bindings::{TC_ACT_OK, TC_ACT_SHOT},
+    bindings::TC_ACT_OK,
     programs::TcContext,
 };
 use weir_common::DropReason;
@@ -9,13 +9,7 @@ use weir_common::DropReason;
 use crate::{counters, lb, packet, reject};
 
 pub fn handle(ctx: &TcContext) -> i32 {
-    match try_handle(ctx) {
-        Ok(action) => action,
-        Err(reason) => {
-            counters::count(reason);
-            TC_ACT_SHOT as i32
-        }
-    }
+    counters::finish(try_handle(ctx))
 }
 
 #[inline(always)]

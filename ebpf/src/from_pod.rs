@@ -4,7 +4,7 @@
 //! Fails closed: a veth with no endpoint entry passes nothing but ARP, so the
 //! program can be attached before anything else is ready.
 use aya_ebpf::{
-    bindings::{TC_ACT_OK, TC_ACT_SHOT},
+    bindings::TC_ACT_OK,
     programs::TcContext,
 };
 use weir_common::{DropReason, EndpointInfo};
@@ -12,13 +12,7 @@ use weir_common::{DropReason, EndpointInfo};
 use crate::{counters, endpoint, lb, packet, reject};
 
 pub fn handle(ctx: &TcContext) -> i32 {
-    match try_handle(ctx) {
-        Ok(action) => action,
-        Err(reason) => {
-            counters::count(reason);
-            TC_ACT_SHOT as i32
-        }
-    }
+    counters::finish(try_handle(ctx))
 }
 
 #[inline(always)]

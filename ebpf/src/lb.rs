@@ -10,7 +10,7 @@ use aya_ebpf::{
 use weir_common::{
     DropReason,
     lb::{
-        AffinityKey, AffinityValue, Backend, CtEntry, NodeConfig, RevNat, SCOPE_EXTERNAL, SCOPE_INTERNAL, ServiceKey,
+        AffinityKey, AffinityValue, Backend, CtEntry, CtKey, NodeConfig, RevNat, SCOPE_EXTERNAL, SCOPE_INTERNAL, ServiceKey,
         ServiceValue, SourceRangeKey,
     },
 };
@@ -117,18 +117,8 @@ pub fn from_pod(ctx: &TcContext, flow: &Flow) -> Result<Outcome, DropReason> {
     let ct_key = conntrack::original_key(flow);
     let now = conntrack::now_secs();
 
-    // An existing flow keeps its backend while that backend exists.
-    if let Some(ct) = conntrack::lookup(&ct_key)
-        && !ct.is_over(now)
-        && let Some(b) = backend(ct.backend_id)
-    {
-        conntrack::observe_client(&ct_key, &ct, flow, now);
-        nat::dnat(ctx, flow, b.addr, b.port)?;
-        if ct.flags & CtEntry::FLAG_HAIRPIN != 0 {
-            nat::snat(ctx, flow, ct.nat_addr, ct.nat_port)?;
-            return Ok(Outcome::Hairpin);
-        }
-        return Ok(Outcome::Translated);
+    if let Some(flags) = continue_flow(ctx, flow, &ct_key, now)? {
+        return Ok(if flags & CtEntry::FLAG_HAIRPIN != 0 { Outcome::Hairpin } else { Outcome::Translated });
     }
 
     let (backend_id, b) = choose(&key, &svc, flow, now).ok_or(DropReason::NoBackend)?;
@@ -161,6 +151,24 @@ pub fn from_pod(ctx: &TcContext, flow: &Flow) -> Result<Outcome, DropReason> {
     conntrack::create(&ct_key, &conntrack::reply_key(flow, b.addr, b.port), &entry);
     nat::dnat(ctx, flow, b.addr, b.port)?;
     Ok(Outcome::Translated)
+}
+
+/// An existing, live flow keeps its backend while that backend exists:
+/// DNAT to it, plus the source translation the flow was given (hairpin,
+/// SNAT to the node). Returns the flow's flags, or None for a new flow.
+#[inline(always)]
+fn continue_flow(ctx: &TcContext, flow: &Flow, ct_key: &CtKey, now: u32) -> Result<Option<u16>, DropReason> {
+    let Some(ct) = conntrack::lookup(ct_key) else { return Ok(None) };
+    if ct.is_over(now) {
+        return Ok(None);
+    }
+    let Some(b) = backend(ct.backend_id) else { return Ok(None) };
+    conntrack::observe_client(ct_key, &ct, flow, now);
+    nat::dnat(ctx, flow, b.addr, b.port)?;
+    if ct.flags & (CtEntry::FLAG_HAIRPIN | CtEntry::FLAG_SNAT) != 0 {
+        nat::snat(ctx, flow, ct.nat_addr, ct.nat_port)?;
+    }
+    Ok(Some(ct.flags))
 }
 
 #[inline(always)]
@@ -295,17 +303,8 @@ pub fn from_netdev(ctx: &TcContext, flow: &Flow) -> Result<Outcome, DropReason> 
 
     let ct_key = conntrack::original_key(flow);
     let now = conntrack::now_secs();
-    if let Some(ct) = conntrack::lookup(&ct_key)
-        && !ct.is_over(now)
-        && let Some(b) = backend(ct.backend_id)
-    {
-        conntrack::observe_client(&ct_key, &ct, flow, now);
-        nat::dnat(ctx, flow, b.addr, b.port)?;
-        if ct.flags & CtEntry::FLAG_SNAT != 0 {
-            nat::snat(ctx, flow, ct.nat_addr, ct.nat_port)?;
-            return Ok(Outcome::TranslatedToUplink);
-        }
-        return Ok(Outcome::Translated);
+    if let Some(flags) = continue_flow(ctx, flow, &ct_key, now)? {
+        return Ok(if flags & CtEntry::FLAG_SNAT != 0 { Outcome::TranslatedToUplink } else { Outcome::Translated });
     }
 
     let (backend_id, b) = choose(&key, &svc, flow, now).ok_or(DropReason::NoBackend)?;
