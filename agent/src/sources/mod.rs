@@ -12,6 +12,8 @@ pub mod convert;
 pub mod dir;
 pub mod kube;
 #[cfg(test)]
+mod kube_tests;
+#[cfg(test)]
 mod rbac_tests;
 
 use std::path::PathBuf;
