@@ -205,6 +205,7 @@ impl Reconciler {
                 let keys = self.index.change_slices(c);
                 self.services.mark_dirty(keys);
             }
+            Update::Reachable { kind, ok } => self.status.set_reachable(&kind, ok),
         }
     }
 

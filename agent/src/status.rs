@@ -31,6 +31,8 @@ pub struct Status {
     synced: AtomicBool,
     sync_ok: AtomicBool,
     gauges: Mutex<Gauges>,
+    /// Kinds whose watch cannot reach the API server right now.
+    unreachable: Mutex<std::collections::BTreeSet<String>>,
     syncs: AtomicU64,
     sync_seconds_total: Mutex<f64>,
     sync_errors: AtomicU64,
@@ -71,18 +73,34 @@ impl Status {
         *self.gauges.lock().expect("lock") = gauges;
     }
 
+    pub fn set_reachable(&self, kind: &str, ok: bool) {
+        let mut set = self.unreachable.lock().expect("lock");
+        if ok {
+            set.remove(kind);
+        } else {
+            set.insert(kind.to_string());
+        }
+    }
+
     pub fn live(&self) -> bool {
         now().saturating_sub(self.heartbeat.load(Ordering::Relaxed)) <= LIVENESS_WINDOW.as_secs()
     }
 
     /// Why the agent is not ready, or None.
-    pub fn not_ready(&self) -> Option<&'static str> {
+    pub fn not_ready(&self) -> Option<String> {
+        let unreachable = self.unreachable.lock().expect("lock");
+        if !unreachable.is_empty() {
+            return Some(format!(
+                "cannot reach the API server (watching {}); the datapath keeps its last state",
+                unreachable.iter().cloned().collect::<Vec<_>>().join(", ")
+            ));
+        }
         if !self.node_ready.load(Ordering::Relaxed) {
-            Some("node not set up yet (no podCIDR, routes or CNI config)")
+            Some("node not set up yet (no podCIDR, routes or CNI config)".into())
         } else if !self.synced.load(Ordering::Relaxed) {
-            Some("waiting for the initial lists of Nodes, Services and EndpointSlices")
+            Some("waiting for the initial lists of Nodes, Services and EndpointSlices".into())
         } else if !self.sync_ok.load(Ordering::Relaxed) {
-            Some("the last sync failed to write some state; retrying")
+            Some("the last sync failed to write some state; retrying".into())
         } else {
             None
         }
@@ -200,6 +218,13 @@ mod tests {
         assert!(metrics.contains("weir_sync_errors_total 1"));
         assert!(metrics.contains("weir_ready 1"));
         assert_eq!(respond(&s, "/nope", path).0, "404 Not Found");
+
+        s.set_reachable("Service", false);
+        let (code, _, why) = respond(&s, "/readyz", path);
+        assert_eq!(code, "503 Service Unavailable");
+        assert!(why.contains("watching Service"), "{why}");
+        s.set_reachable("Service", true);
+        assert_eq!(respond(&s, "/readyz", path).0, "200 OK");
     }
 
     #[test]

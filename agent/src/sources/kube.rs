@@ -89,6 +89,7 @@ async fn watch<K, T>(
     let kind = K::kind(&K::DynamicType::default()).to_string();
     let mut stream = watcher(api, config).default_backoff().boxed();
     let mut relist: Vec<T> = Vec::new();
+    let mut reachable = true;
     loop {
         let event = match stream.try_next().await {
             Ok(Some(event)) => event,
@@ -97,9 +98,23 @@ async fn watch<K, T>(
                 // The backoff already delays the retry; the datapath keeps
                 // its last state meanwhile.
                 warn!(%kind, error = %e, "watch failed; retrying");
+                // 410 Gone (and other errors the API server sends inside a
+                // watch) mean it answered: relist, no outage.
+                if reachable && !matches!(e, watcher::Error::WatchError(_)) {
+                    reachable = false;
+                    if tx.send(Update::Reachable { kind: kind.clone(), ok: false }).await.is_err() {
+                        return;
+                    }
+                }
                 continue;
             }
         };
+        if !reachable {
+            reachable = true;
+            if tx.send(Update::Reachable { kind: kind.clone(), ok: true }).await.is_err() {
+                return;
+            }
+        }
         let change = match event {
             watcher::Event::Init => {
                 relist.clear();

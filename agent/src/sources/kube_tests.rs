@@ -112,10 +112,12 @@ async fn relists_after_410_retries_after_500_and_rewatches_after_a_stream_ends()
     let mut node_updates = Vec::new();
     let (mut services_listed, mut slices_listed) = (false, false);
     let mut nodes_done_before_slices = false;
+    let mut service_reachability = Vec::new();
     while node_updates.len() < 3 || !services_listed || !slices_listed {
         match next(&mut rx).await {
             Update::Nodes(c) => node_updates.push(c),
             Update::Services(Change::Relisted(v)) => services_listed = v.is_empty(),
+            Update::Reachable { kind, ok } if kind == "Service" => service_reachability.push(ok),
             Update::EndpointSlices(Change::Relisted(v)) => {
                 slices_listed = v.is_empty();
                 nodes_done_before_slices = node_updates.len() == 3;
@@ -124,6 +126,8 @@ async fn relists_after_410_retries_after_500_and_rewatches_after_a_stream_ends()
         }
     }
     assert!(nodes_done_before_slices, "the slow EndpointSlice list held up the Node watch");
+    // The 500 made the Service watch unreachable until its retry worked.
+    assert_eq!(service_reachability, [false, true]);
     let names = |c: &Change<crate::model::NodeInfo>| match c {
         Change::Relisted(v) => format!("relist {}", v.iter().map(|n| n.name.as_str()).collect::<Vec<_>>().join(",")),
         Change::Applied(n) => format!("apply {}", n.name),

@@ -30,6 +30,9 @@ pub enum Update {
     Nodes(Change<NodeInfo>),
     Services(Change<ServiceInfo>),
     EndpointSlices(Change<EndpointSliceInfo>),
+    /// Whether the watch of one kind reaches the API server (sent when it
+    /// changes). The datapath keeps its state either way; readiness says so.
+    Reachable { kind: String, ok: bool },
 }
 
 /// Which source to run, from the command line (`kube` or `dir:<path>`).
