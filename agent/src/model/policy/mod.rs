@@ -3,6 +3,7 @@
 //! which policies". The evaluator is the reference the datapath's verdicts
 //! are tested against, and what an operator asks through the agent.
 
+pub mod convert;
 pub mod evaluate;
 pub mod selector;
 pub mod types;

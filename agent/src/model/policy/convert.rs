@@ -1,0 +1,247 @@
+//! Kubernetes Pods, Namespaces and NetworkPolicies -> the policy model.
+//! What cannot be expressed is reported with the object's name; a policy
+//! with an unusable part is never read more permissively than written.
+use std::net::Ipv4Addr;
+
+use k8s_openapi::{
+    api::{
+        core::v1::{Namespace, Pod},
+        networking::v1::{NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort},
+    },
+    apimachinery::pkg::{apis::meta::v1 as meta, util::intstr::IntOrString},
+};
+
+use super::{
+    selector::{LabelSelector, Labels, Requirement},
+    types::{NamespaceInfo, NetworkPolicyInfo, PodInfo, PolicyPeer, PolicyPort, PolicyRule, PortRef},
+};
+use crate::model::service::Protocol;
+
+fn labels(meta: &meta::ObjectMeta) -> Labels {
+    meta.labels.clone().unwrap_or_default().into_iter().collect()
+}
+
+pub fn namespace(ns: &Namespace) -> NamespaceInfo {
+    NamespaceInfo { name: ns.metadata.name.clone().unwrap_or_default(), labels: labels(&ns.metadata) }
+}
+
+pub fn pod(pod: &Pod) -> PodInfo {
+    let namespace = pod.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+    let status = pod.status.as_ref();
+    let ip = status
+        .and_then(|s| s.pod_ips.clone())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|p| p.ip)
+        .chain(status.and_then(|s| s.pod_ip.clone()))
+        .find_map(|ip| ip.parse::<Ipv4Addr>().ok());
+    let spec = pod.spec.as_ref();
+    let named_ports = spec
+        .map(|s| s.containers.iter().flat_map(|c| c.ports.clone().unwrap_or_default()).collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|p| {
+            let name = p.name?;
+            let proto = Protocol::parse(p.protocol.as_deref())?;
+            Some((name, proto, u16::try_from(p.container_port).ok()?))
+        })
+        .collect();
+    PodInfo {
+        key: format!("{namespace}/{}", pod.metadata.name.as_deref().unwrap_or_default()),
+        namespace,
+        labels: labels(&pod.metadata),
+        ip,
+        node: spec.and_then(|s| s.node_name.clone()),
+        named_ports,
+    }
+}
+
+fn selector(sel: &meta::LabelSelector) -> Result<LabelSelector, String> {
+    let mut out = LabelSelector { match_labels: sel.match_labels.clone().unwrap_or_default().into_iter().collect(), expressions: vec![] };
+    for e in sel.match_expressions.clone().unwrap_or_default() {
+        let values = e.values.unwrap_or_default();
+        out.expressions.push(match e.operator.as_str() {
+            "In" => Requirement::In(e.key, values),
+            "NotIn" => Requirement::NotIn(e.key, values),
+            "Exists" => Requirement::Exists(e.key),
+            "DoesNotExist" => Requirement::DoesNotExist(e.key),
+            other => return Err(format!("label selector operator {other:?} is not valid")),
+        });
+    }
+    Ok(out)
+}
+
+fn peer(p: &NetworkPolicyPeer) -> Result<PolicyPeer, String> {
+    if let Some(block) = &p.ip_block {
+        if p.pod_selector.is_some() || p.namespace_selector.is_some() {
+            return Err("a peer with ipBlock may not have selectors".into());
+        }
+        if block.cidr.contains(':') {
+            return Err(format!("ipBlock {} is IPv6; weir is IPv4-only", block.cidr));
+        }
+        let cidr = block.cidr.parse().map_err(|_| format!("ipBlock cidr {:?} is not a CIDR", block.cidr))?;
+        let except = block
+            .except
+            .clone()
+            .unwrap_or_default()
+            .iter()
+            .filter(|e| !e.contains(':'))
+            .map(|e| e.parse().map_err(|_| format!("ipBlock except {e:?} is not a CIDR")))
+            .collect::<Result<_, _>>()?;
+        return Ok(PolicyPeer::IpBlock { cidr, except });
+    }
+    if p.pod_selector.is_none() && p.namespace_selector.is_none() {
+        return Err("an empty peer selects nothing valid: give podSelector, namespaceSelector or ipBlock".into());
+    }
+    Ok(PolicyPeer::Pods {
+        namespaces: p.namespace_selector.as_ref().map(selector).transpose()?,
+        pods: p.pod_selector.as_ref().map(selector).transpose()?,
+    })
+}
+
+fn port(p: &NetworkPolicyPort) -> Result<PolicyPort, String> {
+    let protocol = Protocol::parse(p.protocol.as_deref()).ok_or_else(|| format!("protocol {:?} is not supported", p.protocol))?;
+    let port = match &p.port {
+        None => None,
+        Some(IntOrString::Int(n)) => Some(PortRef::Number(u16::try_from(*n).ok().filter(|n| *n != 0).ok_or(format!("port {n} is out of range"))?)),
+        Some(IntOrString::String(name)) => Some(PortRef::Name(name.clone())),
+    };
+    let end_port = match (p.end_port, &port) {
+        (None, _) => None,
+        (Some(end), Some(PortRef::Number(start))) => {
+            let end = u16::try_from(end).ok().filter(|e| *e >= *start).ok_or(format!("endPort {end} is not a port at or after {start}"))?;
+            Some(end)
+        }
+        (Some(_), _) => return Err("endPort needs a numeric port".into()),
+    };
+    Ok(PolicyPort { protocol, port, end_port })
+}
+
+/// The policy, or what makes it unusable. A policy that cannot be read in
+/// full is not applied partially: the caller reports it and keeps the pods
+/// it selects isolated with no rule (deny), the only reading that never
+/// allows more than written.
+pub fn network_policy(np: &NetworkPolicy) -> Result<NetworkPolicyInfo, String> {
+    let namespace = np.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+    let key = format!("{namespace}/{}", np.metadata.name.as_deref().unwrap_or_default());
+    let spec = np.spec.clone().unwrap_or_default();
+    let types = spec.policy_types.clone();
+    let (ingress_enabled, egress_enabled) = match &types {
+        Some(t) => (t.iter().any(|x| x == "Ingress"), t.iter().any(|x| x == "Egress")),
+        // Upstream default: Ingress always, Egress when there is an egress
+        // section.
+        None => (true, spec.egress.is_some()),
+    };
+    let rules = |peers: Vec<Vec<NetworkPolicyPeer>>, ports: Vec<Vec<NetworkPolicyPort>>| -> Result<Vec<PolicyRule>, String> {
+        peers
+            .into_iter()
+            .zip(ports)
+            .map(|(pe, po)| {
+                Ok(PolicyRule {
+                    peers: pe.iter().map(peer).collect::<Result<_, _>>()?,
+                    ports: po.iter().map(port).collect::<Result<_, _>>()?,
+                })
+            })
+            .collect()
+    };
+    let ingress = spec.ingress.clone().unwrap_or_default();
+    let egress = spec.egress.clone().unwrap_or_default();
+    Ok(NetworkPolicyInfo {
+        key,
+        namespace,
+        pod_selector: selector(&spec.pod_selector.clone().unwrap_or_default())?,
+        ingress_enabled,
+        egress_enabled,
+        ingress: rules(
+            ingress.iter().map(|r| r.from.clone().unwrap_or_default()).collect(),
+            ingress.iter().map(|r| r.ports.clone().unwrap_or_default()).collect(),
+        )?,
+        egress: rules(
+            egress.iter().map(|r| r.to.clone().unwrap_or_default()).collect(),
+            egress.iter().map(|r| r.ports.clone().unwrap_or_default()).collect(),
+        )?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn np(spec: serde_json::Value) -> NetworkPolicy {
+        serde_json::from_value(json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+            "metadata": {"name": "p", "namespace": "x"}, "spec": spec}))
+        .unwrap()
+    }
+
+    #[test]
+    fn policy_types_default_per_upstream() {
+        let p = network_policy(&np(json!({"podSelector": {}}))).unwrap();
+        assert!(p.ingress_enabled && !p.egress_enabled);
+        assert!(p.ingress.is_empty(), "no rules: deny all ingress");
+        let p = network_policy(&np(json!({"podSelector": {}, "egress": []}))).unwrap();
+        assert!(p.ingress_enabled && p.egress_enabled);
+        let p = network_policy(&np(json!({"podSelector": {}, "policyTypes": ["Egress"]}))).unwrap();
+        assert!(!p.ingress_enabled && p.egress_enabled);
+    }
+
+    #[test]
+    fn peers_ports_and_selectors() {
+        let p = network_policy(&np(json!({
+            "podSelector": {"matchLabels": {"pod": "a"}},
+            "ingress": [
+                {"from": [
+                    {"namespaceSelector": {"matchExpressions": [{"key": "ns", "operator": "In", "values": ["y"]}]},
+                     "podSelector": {"matchLabels": {"pod": "b"}}},
+                    {"ipBlock": {"cidr": "10.0.0.0/8", "except": ["10.1.0.0/16", "fd00::/8"]}}
+                 ],
+                 "ports": [{"port": 80}, {"protocol": "UDP", "port": "dns"}, {"port": 8000, "endPort": 8080}]},
+                {}
+            ]
+        })))
+        .unwrap();
+        assert_eq!(p.ingress.len(), 2);
+        let r = &p.ingress[0];
+        assert!(matches!(&r.peers[0], PolicyPeer::Pods { namespaces: Some(_), pods: Some(_) }));
+        assert!(matches!(&r.peers[1], PolicyPeer::IpBlock { except, .. } if except.len() == 1));
+        assert_eq!(r.ports[0], PolicyPort { protocol: Protocol::Tcp, port: Some(PortRef::Number(80)), end_port: None });
+        assert_eq!(r.ports[1].port, Some(PortRef::Name("dns".into())));
+        assert_eq!(r.ports[2].end_port, Some(8080));
+        assert_eq!(p.ingress[1], PolicyRule::default(), "an empty rule allows everything");
+    }
+
+    #[test]
+    fn unusable_parts_are_errors_not_guesses() {
+        for spec in [
+            json!({"podSelector": {"matchExpressions": [{"key": "a", "operator": "Near"}]}}),
+            json!({"podSelector": {}, "ingress": [{"ports": [{"port": 70000}]}]}),
+            json!({"podSelector": {}, "ingress": [{"ports": [{"port": 90, "endPort": 80}]}]}),
+            json!({"podSelector": {}, "ingress": [{"ports": [{"port": "http", "endPort": 80}]}]}),
+            json!({"podSelector": {}, "ingress": [{"from": [{"ipBlock": {"cidr": "nonsense"}}]}]}),
+            json!({"podSelector": {}, "ingress": [{"ports": [{"protocol": "ICMP"}]}]}),
+        ] {
+            assert!(network_policy(&np(spec.clone())).is_err(), "{spec}");
+        }
+    }
+
+    #[test]
+    fn pods_and_namespaces() {
+        let p: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "a", "namespace": "x", "labels": {"pod": "a"}},
+            "spec": {"nodeName": "n1", "containers": [{"name": "c", "ports": [
+                {"name": "serve-80-tcp", "containerPort": 80},
+                {"name": "serve-81-udp", "containerPort": 81, "protocol": "UDP"},
+                {"containerPort": 9000}
+            ]}]},
+            "status": {"podIP": "fd00::1", "podIPs": [{"ip": "fd00::1"}, {"ip": "10.244.1.5"}]}
+        }))
+        .unwrap();
+        let info = pod(&p);
+        assert_eq!(info.key, "x/a");
+        assert_eq!(info.ip, Some(Ipv4Addr::new(10, 244, 1, 5)));
+        assert_eq!(info.node.as_deref(), Some("n1"));
+        assert_eq!(info.named_ports, [("serve-80-tcp".to_string(), Protocol::Tcp, 80), ("serve-81-udp".to_string(), Protocol::Udp, 81)]);
+        let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": "x", "labels": {"ns": "x"}}})).unwrap();
+        assert_eq!(namespace(&ns).labels.get("ns").map(String::as_str), Some("x"));
+    }
+}
