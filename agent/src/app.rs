@@ -36,6 +36,8 @@ pub async fn run(mut config: AgentConfig) -> anyhow::Result<()> {
             Err(e) => warn!(error = %e, "connect-time Service load balancing disabled"),
         }
     }
+    // Pods attached by a previous agent move to these programs.
+    datapath.reattach_pods();
     // IDs from the pinned maps: established flows keep their backends.
     let lb = LbProgrammer::restore(&datapath.dump().context("reading the pinned service maps")?);
     let routes = Routes::connect().context("opening netlink")?;

@@ -103,7 +103,10 @@ impl Agent {
     pub fn wait_ready(&mut self, timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;
         loop {
-            if self.ready_file.exists() {
+            // The marker of this agent: a restarted agent finds its
+            // predecessor's still there (kept on purpose, so the node stays
+            // ready across restarts), with the predecessor's pid in it.
+            if self.marker_is_mine() {
                 return Ok(());
             }
             if let Some(status) = self.guard.try_wait() {
@@ -123,6 +126,14 @@ impl Agent {
             }
             thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    fn marker_is_mine(&self) -> bool {
+        fs::read(&self.ready_file)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .and_then(|v| v["pid"].as_u64())
+            == Some(u64::from(self.pid()))
     }
 
     /// The node this agent runs on.

@@ -29,7 +29,7 @@ struct Cluster {
 
 impl Cluster {
     fn new(label: &str) -> Self {
-        weir_testbed::privileged(&[tools::IP, tools::PYTHON3, tools::PORTMAP]);
+        weir_testbed::privileged(&[tools::IP, tools::PYTHON3, tools::PORTMAP, tools::BPFTOOL]);
         let topo = Topology::builder(label).nodes(2).build().unwrap();
         let agents = topo.start_agents().unwrap();
         let mut pods = Vec::new();
@@ -226,6 +226,34 @@ fn an_established_connection_survives_an_agent_restart_with_its_backend() {
     let mut agent = c.topo.start_agent("n1").unwrap();
     agent.wait_ready(Agent::ready_timeout()).unwrap();
     c.agents.push(agent);
+
+    // Every pod link now runs the programs the new agent pinned.
+    let pins = c.topo.node("n1").pin_dir.clone();
+    let prog_id = |args: &[&str]| -> String {
+        let out = std::process::Command::new("bpftool").args(args).output().expect("bpftool (cargo xtask setup)");
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        // "123: sched_cls  name ..." or "45: type 11  prog 123" / "prog 123"
+        match text.split_whitespace().position(|w| w == "prog") {
+            Some(i) => text.split_whitespace().nth(i + 1).unwrap_or_default().to_string(),
+            None => text.split(':').next().unwrap_or_default().trim().to_string(),
+        }
+    };
+    let mut links = 0;
+    for entry in std::fs::read_dir(pins.join("links")).unwrap().flatten() {
+        let name = entry.file_name().into_string().unwrap();
+        let prog = if name.ends_with("_in") {
+            "weir_from_pod"
+        } else if name.ends_with("_out") {
+            "weir_to_pod"
+        } else {
+            continue;
+        };
+        let want = prog_id(&["prog", "show", "pinned", pins.join("progs").join(prog).to_str().unwrap()]);
+        let got = prog_id(&["link", "show", "pinned", entry.path().to_str().unwrap()]);
+        assert!(!want.is_empty() && want == got, "{name} runs program {got}, the new agent's {prog} is {want}");
+        links += 1;
+    }
+    assert_eq!(links, 4, "two pods on n1, two links each");
 
     std::fs::write(&go, "go").unwrap();
     let mut status = None;

@@ -9,6 +9,7 @@ mod aya_lb_maps;
 pub mod lb_maps;
 pub mod lb_programmer;
 pub mod loader;
+pub mod reattach;
 pub mod socket_lb;
 pub mod uplink;
 
