@@ -232,8 +232,8 @@ impl Reconciler {
         self.report(problems);
         let synced = self.index.nodes.synced() && self.index.services_synced();
         let gauges = crate::status::Gauges {
-            nodes: self.index.nodes().count(),
-            services: self.index.services.iter().count(),
+            nodes: self.index.nodes.len(),
+            services: self.index.services.len(),
             endpoint_slices: self.index.slice_count(),
             frontends: self.services.frontends(),
             peer_routes: self.peer_routes,

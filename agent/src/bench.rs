@@ -16,7 +16,7 @@ use crate::{
         ClusterIndex,
         index::Change,
         lb::LbNode,
-        service::{EndpointSliceInfo, Protocol, ServiceInfo, ServicePort, ServiceType, SliceEndpoint, SlicePort},
+        service::{EndpointSliceInfo, Protocol, ServiceInfo, ServicePort, SliceEndpoint, SlicePort},
     },
     services::ServiceSync,
 };
@@ -35,21 +35,10 @@ pub struct Report {
 }
 
 fn service(i: u32) -> ServiceInfo {
-    ServiceInfo {
-        key: format!("bench/svc-{i}"),
-        type_: ServiceType::ClusterIp,
-        cluster_ips: vec![Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 96, 0, 1)) + i)],
-        headless: false,
-        ports: vec![ServicePort { name: "http".into(), port: 80, protocol: Protocol::Tcp, node_port: None }],
-        external_ips: vec![],
-        lb_ingress_ips: vec![],
-        lb_source_ranges: vec![],
-        affinity_timeout: None,
-        external_traffic_local: false,
-        internal_traffic_local: false,
-        health_check_node_port: None,
-        problems: vec![],
-    }
+    let ip = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 96, 0, 1)) + i);
+    let mut svc = ServiceInfo::cluster_ip(&format!("bench/svc-{i}"), ip);
+    svc.ports.push(ServicePort { name: "http".into(), port: 80, protocol: Protocol::Tcp, node_port: None });
+    svc
 }
 
 fn slice(i: u32, endpoints: u32, generation: u32) -> EndpointSliceInfo {

@@ -80,7 +80,7 @@ impl ServiceSync {
             error!(error = %e, "service map write failed; will retry");
         }
         self.retry = !report.errors.is_empty();
-        for e in self.health.sync(&self.desired.health_checks()).await {
+        for e in self.health.sync(self.desired.health_checks()).await {
             error!(error = %e, "health check server");
             self.retry = true;
         }

@@ -421,6 +421,15 @@ impl Topology {
         Ok(self.prefix.clone())
     }
 
+    /// A one-node cluster with its agent ready, the start of most CNI
+    /// tests; fails the test when root or a base tool is missing.
+    pub fn one_node_with_agent(label: &str) -> (Topology, Agent) {
+        crate::privileged(crate::tools::BASE);
+        let topo = Topology::builder(label).nodes(1).build().expect("topology");
+        let agent = topo.start_agent("n1").expect("agent on n1");
+        (topo, agent)
+    }
+
     /// Writes (or replaces) a manifest file the agents read, atomically.
     pub fn write_manifest(&self, file: &str, docs: &[String]) -> Result<()> {
         let tmp = self.manifest_dir.join(format!(".{file}.tmp"));

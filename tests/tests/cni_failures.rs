@@ -44,12 +44,7 @@ fn failing_add(node: &Node, list: &Conflist, netns: &NetNs, what: &str) -> u32 {
 
 #[test]
 fn add_with_an_existing_ifname_fails_and_leaks_nothing() {
-    weir_testbed::privileged(tools::BASE);
-    let topo = Topology::builder("cni_failures-ifname")
-        .nodes(1)
-        .build()
-        .unwrap();
-    let _agent = topo.start_agent("n1").unwrap();
+    let (topo, _agent) = Topology::one_node_with_agent("cni_failures-ifname");
     let node = topo.node("n1");
 
     let netns = NetNs::create(&node.pod_netns_name("taken")).unwrap();
@@ -69,12 +64,7 @@ fn add_with_an_existing_ifname_fails_and_leaks_nothing() {
 
 #[test]
 fn add_without_the_agent_pins_fails_with_try_again_and_leaks_nothing() {
-    weir_testbed::privileged(tools::BASE);
-    let topo = Topology::builder("cni_failures-pins")
-        .nodes(1)
-        .build()
-        .unwrap();
-    let _agent = topo.start_agent("n1").unwrap();
+    let (topo, _agent) = Topology::one_node_with_agent("cni_failures-pins");
     let node = topo.node("n1");
 
     // A pin dir the agent never filled: no maps, no programs.
@@ -142,12 +132,7 @@ fn add_with_maps_but_no_program_rolls_back_the_endpoint_entry() {
 
 #[test]
 fn add_with_an_unusable_data_dir_fails_and_leaks_nothing() {
-    weir_testbed::privileged(tools::BASE);
-    let topo = Topology::builder("cni_failures-datadir")
-        .nodes(1)
-        .build()
-        .unwrap();
-    let _agent = topo.start_agent("n1").unwrap();
+    let (topo, _agent) = Topology::one_node_with_agent("cni_failures-datadir");
     let node = topo.node("n1");
 
     // dataDir below a regular file: nothing can be created there, even as root.
@@ -163,12 +148,7 @@ fn add_with_an_unusable_data_dir_fails_and_leaks_nothing() {
 
 #[test]
 fn a_second_add_of_the_same_attachment_fails_without_harming_the_first() {
-    weir_testbed::privileged(tools::BASE);
-    let topo = Topology::builder("cni_failures-dup")
-        .nodes(1)
-        .build()
-        .unwrap();
-    let _agent = topo.start_agent("n1").unwrap();
+    let (topo, _agent) = Topology::one_node_with_agent("cni_failures-dup");
     let node = topo.node("n1");
     let list = node.weir_only_conflist().expect("the agent wrote its conflist");
     let pod = Pod::create(node, "dup", &list).unwrap();

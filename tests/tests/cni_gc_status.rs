@@ -9,9 +9,7 @@ use weir_testbed::{
 
 #[test]
 fn gc_releases_attachments_that_are_not_valid_and_keeps_the_rest() {
-    weir_testbed::privileged(tools::BASE);
-    let topo = Topology::builder("cni_gc").nodes(1).build().unwrap();
-    let _agent = topo.start_agent("n1").unwrap();
+    let (topo, _agent) = Topology::one_node_with_agent("cni_gc");
     let node = topo.node("n1");
     let list = node.weir_only_conflist().expect("the agent wrote its conflist");
 

@@ -16,12 +16,7 @@ const IPAM_EXHAUSTED: u32 = 100;
 
 #[test]
 fn fifty_parallel_adds_get_distinct_addresses_and_all_reach_the_node() {
-    weir_testbed::privileged(tools::BASE);
-    let topo = Topology::builder("cni_ipam-parallel")
-        .nodes(1)
-        .build()
-        .unwrap();
-    let _agent = topo.start_agent("n1").unwrap();
+    let (topo, _agent) = Topology::one_node_with_agent("cni_ipam-parallel");
     let node = topo.node("n1");
     let list = node.weir_only_conflist().expect("the agent wrote its conflist");
 
@@ -134,12 +129,7 @@ fn a_full_pod_cidr_answers_the_exhaustion_error_and_recovers_after_a_del() {
 
 #[test]
 fn a_released_address_is_not_handed_out_again_at_once() {
-    weir_testbed::privileged(tools::BASE);
-    let topo = Topology::builder("cni_ipam-reuse")
-        .nodes(1)
-        .build()
-        .unwrap();
-    let _agent = topo.start_agent("n1").unwrap();
+    let (topo, _agent) = Topology::one_node_with_agent("cni_ipam-reuse");
     let node = topo.node("n1");
     let list = node.weir_only_conflist().expect("the agent wrote its conflist");
 

@@ -8,7 +8,6 @@ use weir_testbed::{
     Node, Pod, Topology, cleanup,
     cni::CniResult,
     pod::POD_IFNAME,
-    tools,
     topology::{VETH_PREFIX, cidr_contains},
 };
 
@@ -150,12 +149,7 @@ fn assert_released(node: &Node, ip: Ipv4Addr, container_id: &str, host_veth: &st
 
 #[test]
 fn add_check_del_in_every_cni_version() {
-    weir_testbed::privileged(tools::BASE);
-    let topo = Topology::builder("cni_lifecycle-versions")
-        .nodes(1)
-        .build()
-        .unwrap();
-    let _agent = topo.start_agent("n1").unwrap();
+    let (topo, _agent) = Topology::one_node_with_agent("cni_lifecycle-versions");
     let node = topo.node("n1");
     let base = node.weir_only_conflist().expect("the agent wrote its conflist");
 
@@ -185,12 +179,7 @@ fn add_check_del_in_every_cni_version() {
 
 #[test]
 fn check_reports_what_is_missing() {
-    weir_testbed::privileged(tools::BASE);
-    let topo = Topology::builder("cni_lifecycle-check")
-        .nodes(1)
-        .build()
-        .unwrap();
-    let _agent = topo.start_agent("n1").unwrap();
+    let (topo, _agent) = Topology::one_node_with_agent("cni_lifecycle-check");
     let node = topo.node("n1");
     let pod = Pod::create(node, "c", &node.weir_only_conflist().expect("the agent wrote its conflist")).unwrap();
     pod.check().unwrap();
@@ -220,12 +209,7 @@ fn check_reports_what_is_missing() {
 
 #[test]
 fn del_twice_and_del_without_netns_succeed() {
-    weir_testbed::privileged(tools::BASE);
-    let topo = Topology::builder("cni_lifecycle-del")
-        .nodes(1)
-        .build()
-        .unwrap();
-    let _agent = topo.start_agent("n1").unwrap();
+    let (topo, _agent) = Topology::one_node_with_agent("cni_lifecycle-del");
     let node = topo.node("n1");
     let list = node.weir_only_conflist().expect("the agent wrote its conflist");
 

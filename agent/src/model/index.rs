@@ -101,6 +101,10 @@ impl<T: Keyed> KindIndex<T> {
         self.objects.values()
     }
 
+    pub fn len(&self) -> usize {
+        self.objects.len()
+    }
+
     pub fn synced(&self) -> bool {
         self.synced
     }
@@ -156,7 +160,7 @@ impl ClusterIndex {
     }
 
     pub fn slice_count(&self) -> usize {
-        self.slices.iter().count()
+        self.slices.len()
     }
 
     /// The EndpointSlices of one Service.

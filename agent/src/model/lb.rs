@@ -191,13 +191,16 @@ pub struct DesiredLb {
     /// Services that lost a frontend to another Service, re-planned when
     /// the frontend frees up.
     waiting: BTreeMap<Frontend, BTreeSet<ObjectKey>>,
+    /// healthCheckNodePort -> (Service, local endpoint count).
+    health_checks: BTreeMap<u16, (ObjectKey, usize)>,
+    /// Services with something to report (only those).
+    problems: BTreeMap<ObjectKey, Vec<Problem>>,
 }
 
 #[derive(Debug, Default)]
 struct Share {
     frontends: Vec<Frontend>,
-    health_check: Option<(u16, usize)>,
-    problems: Vec<Problem>,
+    health_port: Option<u16>,
 }
 
 impl DesiredLb {
@@ -212,7 +215,13 @@ impl DesiredLb {
     ) -> BTreeSet<Frontend> {
         let mut changed = BTreeSet::new();
         while let Some(key) = dirty.pop_first() {
+            self.problems.remove(&key);
             if let Some(old) = self.shares.remove(&key) {
+                if let Some(port) = old.health_port
+                    && self.health_checks.get(&port).is_some_and(|(owner, _)| *owner == key)
+                {
+                    self.health_checks.remove(&port);
+                }
                 for f in old.frontends {
                     self.frontends.remove(&f);
                     changed.insert(f);
@@ -227,20 +236,15 @@ impl DesiredLb {
             });
             let Some(svc) = service(&key) else { continue };
             let plan = plan_service(svc, &slices_of(&key), node);
-            let mut share = Share { frontends: Vec::new(), health_check: plan.health_check, problems: plan.problems };
+            let mut problems = plan.problems;
+            let mut share = Share { frontends: Vec::new(), health_port: plan.health_check.map(|(port, _)| port) };
+            if let Some((port, local)) = plan.health_check {
+                self.health_checks.insert(port, (key.clone(), local));
+            }
             for (frontend, state) in plan.frontends {
                 match self.frontends.get(&frontend) {
                     Some(existing) if existing.service != key => {
-                        share.problems.push(Problem {
-                            object: format!("Service/{key}"),
-                            message: format!(
-                                "{}:{}/{} is already used by Service/{}; skipped",
-                                frontend.addr,
-                                frontend.port,
-                                frontend.proto.name(),
-                                existing.service
-                            ),
-                        });
+                        problems.push(conflict(&key, &frontend, &existing.service));
                         self.waiting.entry(frontend).or_default().insert(key.clone());
                     }
                     _ => {
@@ -250,21 +254,34 @@ impl DesiredLb {
                     }
                 }
             }
+            if !problems.is_empty() {
+                self.problems.insert(key.clone(), problems);
+            }
             self.shares.insert(key, share);
         }
         self.waiting.retain(|_, w| !w.is_empty());
         changed
     }
 
-    pub fn health_checks(&self) -> BTreeMap<u16, (ObjectKey, usize)> {
-        self.shares
-            .iter()
-            .filter_map(|(k, s)| s.health_check.map(|(port, n)| (port, (k.clone(), n))))
-            .collect()
+    pub fn health_checks(&self) -> &BTreeMap<u16, (ObjectKey, usize)> {
+        &self.health_checks
     }
 
     pub fn problems(&self) -> impl Iterator<Item = &Problem> {
-        self.shares.values().flat_map(|s| s.problems.iter())
+        self.problems.values().flatten()
+    }
+}
+
+/// Two Services may not claim one frontend.
+fn conflict(service: &str, frontend: &Frontend, owner: &str) -> Problem {
+    Problem {
+        object: format!("Service/{service}"),
+        message: format!(
+            "{}:{}/{} is already used by Service/{owner}; skipped",
+            frontend.addr,
+            frontend.port,
+            frontend.proto.name()
+        ),
     }
 }
 
@@ -276,16 +293,9 @@ fn fe(addr: Ipv4Addr, port: u16, proto: Protocol, scope: Scope) -> Frontend {
 #[cfg(test)]
 fn insert(out: &mut LbPlan, svc: &ServiceInfo, frontend: Frontend, state: FrontendState) {
     match out.frontends.get(&frontend) {
-        Some(existing) if existing.service != svc.key => out.problems.push(Problem {
-            object: format!("Service/{}", svc.key),
-            message: format!(
-                "{}:{}/{} is already used by Service/{}; skipped",
-                frontend.addr,
-                frontend.port,
-                frontend.proto.name(),
-                existing.service
-            ),
-        }),
+        Some(existing) if existing.service != svc.key => {
+            out.problems.push(conflict(&svc.key, &frontend, &existing.service))
+        }
         _ => {
             out.frontends.insert(frontend, state);
         }

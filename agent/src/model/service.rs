@@ -81,6 +81,27 @@ pub struct ServiceInfo {
     pub problems: Vec<String>,
 }
 
+impl ServiceInfo {
+    /// A plain ClusterIP Service with no ports yet.
+    pub fn cluster_ip(key: &str, ip: Ipv4Addr) -> Self {
+        ServiceInfo {
+            key: key.into(),
+            type_: ServiceType::ClusterIp,
+            cluster_ips: vec![ip],
+            headless: false,
+            ports: vec![],
+            external_ips: vec![],
+            lb_ingress_ips: vec![],
+            lb_source_ranges: vec![],
+            affinity_timeout: None,
+            external_traffic_local: false,
+            internal_traffic_local: false,
+            health_check_node_port: None,
+            problems: vec![],
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SlicePort {
     pub name: String,
@@ -114,21 +135,7 @@ pub mod build {
     use super::*;
 
     pub fn service(key: &str, cluster_ip: &str) -> ServiceInfo {
-        ServiceInfo {
-            key: key.into(),
-            type_: ServiceType::ClusterIp,
-            cluster_ips: vec![cluster_ip.parse().unwrap()],
-            headless: false,
-            ports: vec![],
-            external_ips: vec![],
-            lb_ingress_ips: vec![],
-            lb_source_ranges: vec![],
-            affinity_timeout: None,
-            external_traffic_local: false,
-            internal_traffic_local: false,
-            health_check_node_port: None,
-            problems: vec![],
-        }
+        ServiceInfo::cluster_ip(key, cluster_ip.parse().unwrap())
     }
 
     impl ServiceInfo {

@@ -189,7 +189,7 @@ fn incremental_plan_matches_full_plan() {
         }
         let full = plan(services.values(), &by_svc, &node);
         assert_eq!(desired.frontends, full.frontends);
-        assert_eq!(desired.health_checks(), full.health_checks);
+        assert_eq!(desired.health_checks(), &full.health_checks);
     };
     let step = |desired: &mut DesiredLb, services: &BTreeMap<String, ServiceInfo>, slices: &BTreeMap<String, EndpointSliceInfo>, dirty: &[&str]| {
         let changed = desired.update(
@@ -226,5 +226,16 @@ fn incremental_plan_matches_full_plan() {
     services.remove("ns/b");
     step(&mut desired, &services, &slices, &["ns/b"]);
     assert_eq!(desired.problems().count(), 0);
+
+    // A healthCheckNodePort comes and goes with its Service.
+    let mut h = service("ns/h", "10.96.0.13").node_port("", 80, 30080);
+    h.external_traffic_local = true;
+    h.health_check_node_port = Some(32000);
+    services.insert("ns/h".into(), h);
+    step(&mut desired, &services, &slices, &["ns/h"]);
+    assert_eq!(desired.health_checks().len(), 1);
+    services.remove("ns/h");
+    step(&mut desired, &services, &slices, &["ns/h"]);
+    assert!(desired.health_checks().is_empty());
     assert!(desired.frontends.values().any(|s| s.service == "ns/c" && s.kind == FrontendKind::ExternalIp));
 }
