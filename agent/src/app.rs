@@ -8,10 +8,11 @@ use tracing::{error, info, info_span, warn};
 
 use crate::{
     config::AgentConfig,
-    datapath::{Datapath, lb_maps::LbMaps as _, lb_programmer::LbProgrammer},
+    datapath::{Datapath, lb_maps::LbMaps as _, lb_programmer::LbProgrammer, policy_maps::PolicyMaps, policy_programmer::PolicyProgrammer},
     model::{ClusterIndex, NodePlan, cni_conf, lb, plan},
     services::ServiceSync,
-    node::{files, masquerade, routes::Routes, sysctl},
+    policy_sync::PolicySync,
+    node::{files, masquerade, policy_socket, routes::Routes, sysctl},
     sources::{self, SourceSpec, Update},
 };
 
@@ -40,6 +41,9 @@ pub async fn run(mut config: AgentConfig) -> anyhow::Result<()> {
     datapath.reattach_pods();
     // IDs from the pinned maps: established flows keep their backends.
     let lb = LbProgrammer::restore(&datapath.dump().context("reading the pinned service maps")?);
+    // What the pinned policy maps hold: the first pass rewrites only what
+    // changed while no agent ran.
+    let policy = PolicyProgrammer::restore(datapath.dump_policy().context("reading the pinned policy maps")?);
     let routes = Routes::connect().context("opening netlink")?;
 
     let status = std::sync::Arc::new(crate::status::Status::default());
@@ -49,10 +53,25 @@ pub async fn run(mut config: AgentConfig) -> anyhow::Result<()> {
         .with_context(|| format!("binding the status endpoint {}", config.status_addr))?;
     tokio::spawn(crate::status::serve(listener, status.clone(), config.bpf_pin_dir.clone()));
 
+    // weir-cni's hand-off for new pods (see policy_sync).
+    let (handoff_listener, _) = policy_socket::bind(&config.run_dir)
+        .with_context(|| format!("binding the policy hand-off socket in {}", config.run_dir.display()))?;
+    let (handoff_tx, mut handoffs) = mpsc::channel::<policy_socket::Handoff>(256);
+    let handoff_server = tokio::spawn(policy_socket::serve(handoff_listener, handoff_tx));
+    // weir-cni's per-command reports, for /metrics. Loud, not fatal.
+    let cni_metrics_server = match crate::node::cni_metrics::bind(&config.run_dir) {
+        Ok((socket, _)) => Some(tokio::spawn(crate::node::cni_metrics::serve(socket, status.cni_metrics()))),
+        Err(e) => {
+            warn!(error = %e, dir = %config.run_dir.display(), "CNI metrics socket not bound: no weir_cni_* samples");
+            None
+        }
+    };
+
     let (tx, mut rx) = mpsc::channel::<Update>(1024);
     let source = spawn_source(&config, tx).await?;
 
-    let mut state = Reconciler::new(config, routes, datapath, lb, status.clone());
+    let policy = PolicySync::new(policy, config.plan.node_name.clone(), &config.run_dir);
+    let mut state = Reconciler::new(config, routes, datapath, lb, policy, status.clone());
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     // Failed writes leave things dirty; retry them even when nothing new
     // arrives.
@@ -60,11 +79,23 @@ pub async fn run(mut config: AgentConfig) -> anyhow::Result<()> {
     retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         status.beat();
+        // Wake up for held hand-offs that run out.
+        let hold_deadline = state.policy.next_deadline().map(tokio::time::Instant::from_std);
         tokio::select! {
             _ = retry.tick() => {
                 if state.dirty() {
                     state.reconcile().await;
                 }
+            }
+            Some(h) = handoffs.recv() => {
+                state.policy.handoff(h);
+                while let Ok(h) = handoffs.try_recv() {
+                    state.policy.handoff(h);
+                }
+                state.reconcile().await;
+            }
+            _ = async { tokio::time::sleep_until(hold_deadline.unwrap_or_else(tokio::time::Instant::now)).await }, if hold_deadline.is_some() => {
+                state.policy.tick();
             }
             update = rx.recv() => {
                 let Some(update) = update else {
@@ -84,6 +115,10 @@ pub async fn run(mut config: AgentConfig) -> anyhow::Result<()> {
     // The pinned datapath, routes and CNI config stay: pods keep working
     // while the agent restarts. `weir-agent cleanup` removes them.
     source.abort();
+    handoff_server.abort();
+    if let Some(server) = cni_metrics_server {
+        server.abort();
+    }
     info!("stopping; node state left in place for the next agent");
     Ok(())
 }
@@ -144,6 +179,7 @@ struct Reconciler {
     config: AgentConfig,
     routes: Routes,
     services: ServiceSync,
+    policy: PolicySync,
     index: ClusterIndex,
     /// The node plumbing must be looked at again.
     nodes_dirty: bool,
@@ -162,12 +198,14 @@ impl Reconciler {
         routes: Routes,
         datapath: Datapath,
         lb: LbProgrammer,
+        policy: PolicySync,
         status: std::sync::Arc<crate::status::Status>,
     ) -> Self {
         Self {
             config,
             routes,
             services: ServiceSync::new(datapath, lb),
+            policy,
             index: ClusterIndex::default(),
             nodes_dirty: true,
             status,
@@ -179,7 +217,7 @@ impl Reconciler {
     }
 
     fn dirty(&self) -> bool {
-        self.nodes_dirty || self.services.needs_work(&self.index)
+        self.nodes_dirty || self.services.needs_work(&self.index) || self.policy.needs_work(&self.index)
     }
 
     fn apply(&mut self, update: Update) {
@@ -207,7 +245,25 @@ impl Reconciler {
                 let keys = self.index.change_slices(c);
                 self.services.mark_dirty(keys);
             }
+            // Policy is recompiled as a whole and applied as a diff: only
+            // the entries that change are written.
+            Update::Pods(c) => {
+                if !self.index.pods.change(c).is_empty() {
+                    self.policy.mark_dirty();
+                }
+            }
+            Update::Namespaces(c) => {
+                if !self.index.namespaces.change(c).is_empty() {
+                    self.policy.mark_dirty();
+                }
+            }
+            Update::NetworkPolicies(c) => {
+                if !self.index.policies.change(c).is_empty() {
+                    self.policy.mark_dirty();
+                }
+            }
             Update::Reachable { kind, ok } => self.status.set_reachable(&kind, ok),
+            Update::Problems { kind, count } => self.status.set_problems(&kind, count),
         }
     }
 
@@ -229,14 +285,20 @@ impl Reconciler {
             self.services.reconcile(&self.index, &node).await;
         }
         problems.extend(self.services.problems().cloned());
+        if self.policy.needs_work(&self.index) {
+            self.policy.reconcile(&self.index, &mut self.services.datapath);
+            let (slots, pods) = self.policy.names(&self.index);
+            self.status.set_policy_names(slots, pods);
+        }
         self.report(problems);
-        let synced = self.index.nodes.synced() && self.index.services_synced();
+        let synced = self.index.nodes.synced() && self.index.services_synced() && self.index.policy_synced();
         let gauges = crate::status::Gauges {
             nodes: self.index.nodes.len(),
             services: self.index.services.len(),
             endpoint_slices: self.index.slice_count(),
             frontends: self.services.frontends(),
             peer_routes: self.peer_routes,
+            policy: self.policy.gauges(&self.index),
         };
         self.status.record_sync(started.elapsed(), !self.dirty(), synced, gauges);
     }

@@ -8,7 +8,13 @@ use crate::{app::READY_FILE, config::PathArgs, model::cni_conf::CONFLIST_FILE, n
 pub async fn run(paths: PathArgs) -> anyhow::Result<()> {
     let mut errors: Vec<String> = Vec::new();
 
-    for path in [paths.cni_conf_dir.join(CONFLIST_FILE), paths.run_dir.join(READY_FILE)] {
+    for path in [
+        paths.cni_conf_dir.join(CONFLIST_FILE),
+        paths.run_dir.join(READY_FILE),
+        paths.run_dir.join(crate::node::policy_socket::SOCKET_FILE),
+        paths.run_dir.join(crate::node::cni_metrics::SOCKET_FILE),
+        paths.run_dir.join(crate::policy_sync::NAMES_FILE),
+    ] {
         match files::remove_if_exists(&path) {
             Ok(true) => info!(path = %path.display(), "removed"),
             Ok(false) => {}

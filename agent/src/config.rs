@@ -33,6 +33,18 @@ pub enum Command {
         /// JSON instead of a table.
         #[arg(long)]
         json: bool,
+        /// The agent's run dir (names of policies and identities).
+        #[arg(long, env = "WEIR_RUN_DIR", default_value = "/run/weir")]
+        run_dir: PathBuf,
+        /// `verdict`: the client address.
+        #[arg(long)]
+        from: Option<std::net::Ipv4Addr>,
+        /// `verdict`: the server address (a pod, after Service translation).
+        #[arg(long)]
+        to: Option<std::net::Ipv4Addr>,
+        /// `verdict`: destination port and protocol, e.g. 80/tcp.
+        #[arg(long, default_value = "80/tcp")]
+        port: String,
     },
     /// Developer benchmark (root): program N synthetic Services into a
     /// private copy of the maps, then time single EndpointSlice changes.
@@ -46,6 +58,24 @@ pub enum Command {
         #[arg(long, default_value_t = 1_000)]
         changes: u32,
     },
+    /// Developer benchmark (root): compile and program N synthetic
+    /// policies over M pods (100 of them local) into a private copy of the
+    /// maps, then time single label and policy changes. Prints one JSON
+    /// object. `cargo xtask bench policy` runs it.
+    #[command(hide = true)]
+    BenchPolicyControlPlane {
+        #[arg(long, default_value_t = 1_000)]
+        pods: usize,
+        #[arg(long, default_value_t = 1_000)]
+        policies: usize,
+        #[arg(long, default_value_t = 400)]
+        changes: usize,
+    },
+    /// Developer tool: a fake Kubernetes API server (plain HTTP, read-only)
+    /// serving a manifest directory to the kube source. The test bed and
+    /// `cargo xtask sandbox --source kube` run it.
+    #[command(hide = true)]
+    FakeApiserver(crate::fake_api::Args),
 }
 
 #[derive(Debug, Args)]

@@ -162,10 +162,43 @@ pub enum What {
     Routes,
     /// Packets passed and dropped, per reason.
     Drops,
+    /// Local pods: policy state, entries and verdict counters; allowed
+    /// flows per policy.
+    Policy,
+    /// Would --from reach --to on --port, and which policy says so (from
+    /// the live maps, checks of pods on this node).
+    Verdict,
 }
 
-pub async fn run(what: What, pin_dir: &Path, json: bool) -> anyhow::Result<()> {
+/// Arguments of `inspect policy` and `inspect verdict`.
+pub struct PolicyQuery {
+    pub run_dir: std::path::PathBuf,
+    pub from: Option<Ipv4Addr>,
+    pub to: Option<Ipv4Addr>,
+    pub port: String,
+}
+
+pub async fn run(what: What, pin_dir: &Path, json: bool, query: &PolicyQuery) -> anyhow::Result<()> {
     match what {
+        What::Policy => {
+            let r = crate::inspect_policy::report(pin_dir, &query.run_dir)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                crate::inspect_policy::print_report(&r);
+            }
+        }
+        What::Verdict => {
+            let (Some(from), Some(to)) = (query.from, query.to) else {
+                anyhow::bail!("inspect verdict needs --from <ip> --to <ip> [--port 80/tcp]");
+            };
+            let v = crate::inspect_policy::verdict(pin_dir, &query.run_dir, from, to, &query.port)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                crate::inspect_policy::print_verdict(&v);
+            }
+        }
         What::Services => {
             let rows = services(pin_dir)?;
             if json {

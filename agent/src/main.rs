@@ -1,15 +1,5 @@
 //! weir-agent: the per-node DaemonSet agent.
-mod app;
-mod bench;
-mod cleanup;
-mod config;
-mod datapath;
-mod inspect;
-mod model;
-mod node;
-mod services;
-mod sources;
-mod status;
+use weir_agent::{app, bench, bench_policy, cleanup, config, fake_api, inspect};
 
 use std::io::IsTerminal as _;
 
@@ -34,15 +24,22 @@ fn main() -> std::process::ExitCode {
         match cli.command {
             config::Command::Run(args) => app::run(args.validate()?).await,
             config::Command::Cleanup(paths) => cleanup::run(paths).await,
-            config::Command::Inspect { what, bpf_pin_dir, json } => {
+            config::Command::Inspect { what, bpf_pin_dir, json, run_dir, from, to, port } => {
                 // A command line tool piped into `head` just stops, as
                 // cat does (Rust ignores SIGPIPE by default).
                 // Safety: restoring the default disposition of one signal.
                 unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
-                inspect::run(what, &bpf_pin_dir, json).await
+                let query = inspect::PolicyQuery { run_dir, from, to, port };
+                inspect::run(what, &bpf_pin_dir, json, &query).await
             }
             config::Command::BenchControlPlane { services, endpoints, changes } => {
                 let report = bench::run(services, endpoints, changes).await?;
+                println!("{}", serde_json::to_string(&report)?);
+                Ok(())
+            }
+            config::Command::FakeApiserver(args) => fake_api::run(args).await,
+            config::Command::BenchPolicyControlPlane { pods, policies, changes } => {
+                let report = bench_policy::run(pods, policies, changes)?;
                 println!("{}", serde_json::to_string(&report)?);
                 Ok(())
             }

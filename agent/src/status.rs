@@ -4,6 +4,7 @@
 //!   the last sync wrote everything (readiness);
 //! - `/metrics`: Prometheus text format.
 use std::{
+    collections::BTreeMap,
     fmt::Write as _,
     path::PathBuf,
     sync::{
@@ -33,9 +34,16 @@ pub struct Status {
     gauges: Mutex<Gauges>,
     /// Kinds whose watch cannot reach the API server right now.
     unreachable: Mutex<std::collections::BTreeSet<String>>,
+    /// Objects per kind that could not be read as written.
+    problems: Mutex<std::collections::BTreeMap<String, usize>>,
     syncs: AtomicU64,
     sync_seconds_total: Mutex<f64>,
     sync_errors: AtomicU64,
+    /// Policy slot -> `namespace/name`, and endpoint ifindex -> pod, to
+    /// label the datapath's policy counters.
+    policy_names: Mutex<(BTreeMap<u32, String>, BTreeMap<u32, String>)>,
+    /// weir-cni's per-command reports (`node::cni_metrics`).
+    cni: Arc<crate::node::cni_metrics::CniMetrics>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -45,6 +53,7 @@ pub struct Gauges {
     pub endpoint_slices: usize,
     pub frontends: usize,
     pub peer_routes: usize,
+    pub policy: crate::policy_sync::PolicyGauges,
 }
 
 fn now() -> u64 {
@@ -73,6 +82,15 @@ impl Status {
         *self.gauges.lock().expect("lock") = gauges;
     }
 
+    pub fn set_policy_names(&self, slots: BTreeMap<u32, String>, endpoints: BTreeMap<u32, String>) {
+        *self.policy_names.lock().expect("lock") = (slots, endpoints);
+    }
+
+    /// Where the CNI metrics socket records weir-cni's reports.
+    pub fn cni_metrics(&self) -> Arc<crate::node::cni_metrics::CniMetrics> {
+        self.cni.clone()
+    }
+
     pub fn set_reachable(&self, kind: &str, ok: bool) {
         let mut set = self.unreachable.lock().expect("lock");
         if ok {
@@ -80,6 +98,12 @@ impl Status {
         } else {
             set.insert(kind.to_string());
         }
+    }
+
+    /// How many objects of a kind the source could not read as written
+    /// (an unreadable NetworkPolicy stands as deny-all meanwhile).
+    pub fn set_problems(&self, kind: &str, count: usize) {
+        self.problems.lock().expect("lock").insert(kind.to_string(), count);
     }
 
     pub fn live(&self) -> bool {
@@ -98,7 +122,7 @@ impl Status {
         if !self.node_ready.load(Ordering::Relaxed) {
             Some("node not set up yet (no podCIDR, routes or CNI config)".into())
         } else if !self.synced.load(Ordering::Relaxed) {
-            Some("waiting for the initial lists of Nodes, Services and EndpointSlices".into())
+            Some("waiting for the initial lists of Nodes, Services, EndpointSlices, Pods, Namespaces and NetworkPolicies".into())
         } else if !self.sync_ok.load(Ordering::Relaxed) {
             Some("the last sync failed to write some state; retrying".into())
         } else {
@@ -118,7 +142,22 @@ impl Status {
         gauge("weir_endpoint_slices", "EndpointSlices known to the agent.", g.endpoint_slices.to_string());
         gauge("weir_service_frontends", "Service frontends (address, port, protocol) programmed.", g.frontends.to_string());
         gauge("weir_peer_routes", "Routes to other nodes' pod CIDRs.", g.peer_routes.to_string());
+        gauge("weir_network_policies", "NetworkPolicies known to the agent.", g.policy.policies.to_string());
+        gauge("weir_policy_identities", "Identities in the ipcache (distinct label sets and address blocks).", g.policy.identities.to_string());
+        gauge("weir_policy_map_entries", "Entries in the per-pod policy map.", g.policy.rules.to_string());
+        gauge("weir_policy_enforced_pods", "Local pods isolated by a NetworkPolicy in at least one direction.", g.policy.enforced_endpoints.to_string());
+        gauge("weir_policy_pending_pods", "Local pods waiting for their policy (isolated meanwhile).", g.policy.pending_endpoints.to_string());
         gauge("weir_ready", "1 when the agent reports ready.", u8::from(self.not_ready().is_none()).to_string());
+        let mut problems = self.problems.lock().expect("lock").clone();
+        // Always there, so an alert on it needs no absent() twin.
+        problems.entry("NetworkPolicy".into()).or_insert(0);
+        let _ = writeln!(
+            out,
+            "# HELP weir_object_problems Objects that could not be read as written (each is logged once); an unreadable NetworkPolicy is enforced as deny-all.\n# TYPE weir_object_problems gauge"
+        );
+        for (kind, n) in problems {
+            let _ = writeln!(out, "weir_object_problems{{kind=\"{kind}\"}} {n}");
+        }
         let _ = writeln!(
             out,
             "# HELP weir_syncs_total Reconcile passes.\n# TYPE weir_syncs_total counter\nweir_syncs_total {}",
@@ -134,6 +173,7 @@ impl Status {
             "# HELP weir_sync_errors_total Reconcile passes that left something unwritten.\n# TYPE weir_sync_errors_total counter\nweir_sync_errors_total {}",
             self.sync_errors.load(Ordering::Relaxed)
         );
+        self.cni.render(&mut out);
         match verdict_counts(pin_dir) {
             Ok(counts) => {
                 let _ = writeln!(
@@ -145,6 +185,38 @@ impl Status {
                 }
             }
             Err(e) => debug!(error = %e, "datapath counters unavailable"),
+        }
+        let (slots, pods) = self.policy_names.lock().expect("lock").clone();
+        if let Ok(hits) = crate::datapath::policy_stats::policy_hits(pin_dir) {
+            let _ = writeln!(
+                out,
+                "# HELP weir_policy_allowed_flows_total New flows a NetworkPolicy allowed, by the policy that allowed them (own-node: the pod's node, always allowed).\n# TYPE weir_policy_allowed_flows_total counter"
+            );
+            for (slot, n) in hits {
+                let name = if slot == weir_common::policy::POLICY_SLOT_OWN_NODE {
+                    "own-node".to_string()
+                } else {
+                    slots.get(&slot).cloned().unwrap_or_else(|| format!("slot-{slot}"))
+                };
+                let _ = writeln!(out, "weir_policy_allowed_flows_total{{policy=\"{name}\"}} {n}");
+            }
+        }
+        if let Ok(stats) = crate::datapath::policy_stats::endpoint_stats(pin_dir) {
+            let _ = writeln!(
+                out,
+                "# HELP weir_pod_policy_flows_total New flows judged by NetworkPolicy at a local pod, by direction and verdict.\n# TYPE weir_pod_policy_flows_total counter"
+            );
+            for (ifindex, st) in stats {
+                let pod = pods.get(&ifindex).cloned().unwrap_or_else(|| format!("ifindex-{ifindex}"));
+                for (dir, verdict, n) in [
+                    ("ingress", "allowed", st.ingress_allowed),
+                    ("ingress", "denied", st.ingress_denied),
+                    ("egress", "allowed", st.egress_allowed),
+                    ("egress", "denied", st.egress_denied),
+                ] {
+                    let _ = writeln!(out, "weir_pod_policy_flows_total{{pod=\"{pod}\",direction=\"{dir}\",verdict=\"{verdict}\"}} {n}");
+                }
+            }
         }
         out
     }
@@ -217,6 +289,9 @@ mod tests {
         assert!(metrics.contains("weir_syncs_total 3"));
         assert!(metrics.contains("weir_sync_errors_total 1"));
         assert!(metrics.contains("weir_ready 1"));
+        assert!(metrics.contains("weir_object_problems{kind=\"NetworkPolicy\"} 0"), "{metrics}");
+        s.set_problems("NetworkPolicy", 2);
+        assert!(respond(&s, "/metrics", path).2.contains("weir_object_problems{kind=\"NetworkPolicy\"} 2"));
         assert_eq!(respond(&s, "/nope", path).0, "404 Not Found");
 
         s.set_reachable("Service", false);

@@ -117,8 +117,11 @@ impl EndpointMap {
         Ok(Self { map })
     }
 
-    pub fn insert(&mut self, ifindex: u32, ip: Ipv4Addr) -> Result<(), DatapathError> {
-        let value = EndpointInfo::new(ip.octets(), EndpointInfo::FLAG_VERIFY_SOURCE);
+    /// `policy_pending`: the pod passes nothing but ARP until the agent has
+    /// put its NetworkPolicy in place (see `policy_handoff`).
+    pub fn insert(&mut self, ifindex: u32, ip: Ipv4Addr, policy_pending: bool) -> Result<(), DatapathError> {
+        let pending = if policy_pending { EndpointInfo::FLAG_POLICY_PENDING } else { 0 };
+        let value = EndpointInfo::new(ip.octets(), EndpointInfo::FLAG_VERIFY_SOURCE | pending);
         self.map
             .insert(EndpointKey { ifindex }, value, 0)
             .map_err(|e| {

@@ -152,6 +152,17 @@ impl Env {
         })
     }
 
+    /// The Kubernetes pod, when the runtime says which (CNI_ARGS).
+    pub fn pod_ref(&self) -> Option<crate::policy_handoff::PodRef> {
+        let get = |k: &str| self.args.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone());
+        match (get("K8S_POD_NAMESPACE"), get("K8S_POD_NAME")) {
+            (Some(namespace), Some(name)) if !namespace.is_empty() && !name.is_empty() => {
+                Some(crate::policy_handoff::PodRef { namespace, name })
+            }
+            _ => None,
+        }
+    }
+
     /// A short description of the pod for log lines.
     pub fn pod_label(&self) -> Option<String> {
         let get = |k: &str| {

@@ -13,8 +13,10 @@ mod env;
 mod error;
 mod ipam;
 mod log;
+mod metrics_report;
 mod netlink;
 mod netns;
+mod policy_handoff;
 mod request;
 mod result;
 mod version;
@@ -30,8 +32,14 @@ use serde_json::{Map, Value};
 use crate::{env::Env, error::CniError, version::CniVersion};
 
 fn main() -> ExitCode {
+    let started = std::time::Instant::now();
     log::init_trace();
-    let (version, outcome) = run();
+    let (version, report, outcome) = run();
+    // To the agent's metrics; never blocks (see metrics_report).
+    if let Some(report) = report {
+        report.send(outcome.as_ref().err().map(CniError::code), started.elapsed());
+        log::step("metrics report");
+    }
     let (reply, code) = match outcome {
         Ok(None) => return ExitCode::SUCCESS,
         Ok(Some(result)) => (result, ExitCode::SUCCESS),
@@ -54,8 +62,13 @@ fn main() -> ExitCode {
 }
 
 /// Runs the command; also returns the spec version to answer errors in (the
-/// configuration's, when it names one weir-cni speaks).
-fn run() -> (CniVersion, Result<Option<Value>, CniError>) {
+/// configuration's, when it names one weir-cni speaks) and where to report
+/// the outcome (None without a command or a configuration to tell where).
+fn run() -> (
+    CniVersion,
+    Option<metrics_report::Target>,
+    Result<Option<Value>, CniError>,
+) {
     let mut stdin = Vec::new();
     let read = io::stdin().read_to_end(&mut stdin);
     let conf = config::decode(&stdin);
@@ -65,6 +78,7 @@ fn run() -> (CniVersion, Result<Option<Value>, CniError>) {
         .and_then(|c| config::requested_version(c).ok())
         .unwrap_or(CniVersion::LATEST);
 
+    let mut report = None;
     let outcome = (|| {
         read.map_err(|source| CniError::Io {
             what: "stdin",
@@ -72,6 +86,10 @@ fn run() -> (CniVersion, Result<Option<Value>, CniError>) {
         })?;
         let env = Env::from_vars(std::env::vars_os())?;
         log::set_context(context(&env));
+        report = conf
+            .as_ref()
+            .ok()
+            .and_then(|c| metrics_report::Target::new(env.command, c));
         let conf = match (env.command, conf) {
             (_, Ok(conf)) => conf,
             // VERSION may come with an empty or partial stdin.
@@ -82,7 +100,7 @@ fn run() -> (CniVersion, Result<Option<Value>, CniError>) {
         log::step("parse request");
         commands::run(request)
     })();
-    (version, outcome)
+    (version, report, outcome)
 }
 
 fn context(env: &Env) -> String {

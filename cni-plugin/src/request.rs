@@ -25,6 +25,9 @@ pub enum Request {
         conf: NetConf,
         attachment: Attachment,
         netns: Netns,
+        /// The Kubernetes pod (from CNI_ARGS): its endpoint starts "policy
+        /// pending" until the agent has its policy in place.
+        pod: Option<crate::policy_handoff::PodRef>,
     },
     Del {
         conf: NetConf,
@@ -70,6 +73,7 @@ pub fn parse(env: &Env, conf: &Map<String, Value>) -> Result<Request, CniError> 
                 netns: Netns::open(netns_path)?,
                 conf,
                 attachment,
+                pod: env.pod_ref(),
             })
         }
         Command::Del => {

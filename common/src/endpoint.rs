@@ -23,6 +23,18 @@ pub struct EndpointInfo {
 impl EndpointInfo {
     /// Drop packets from the pod whose source address is not `ipv4`.
     pub const FLAG_VERIFY_SOURCE: u32 = 1 << 0;
+    /// Written by weir-cni at ADD for a Kubernetes pod: nothing but ARP
+    /// passes until the agent has put the pod's policy in place and clears
+    /// the bit, so a pod a policy selects is never open, not even at start.
+    pub const FLAG_POLICY_PENDING: u32 = 1 << 1;
+    /// A policy selects the pod for ingress: new flows to it are checked.
+    pub const FLAG_INGRESS_ENFORCED: u32 = 1 << 2;
+    /// A policy selects the pod for egress: new flows from it are checked.
+    pub const FLAG_EGRESS_ENFORCED: u32 = 1 << 3;
+    /// Either direction enforced: flows are tracked so replies pass.
+    pub const FLAGS_ENFORCED: u32 = Self::FLAG_INGRESS_ENFORCED | Self::FLAG_EGRESS_ENFORCED;
+    /// The bits the agent owns (weir-cni owns the rest).
+    pub const FLAGS_POLICY: u32 = Self::FLAG_POLICY_PENDING | Self::FLAGS_ENFORCED;
 
     pub const fn new(ipv4_octets: [u8; 4], flags: u32) -> Self {
         Self {

@@ -10,6 +10,7 @@ pub mod endpoint;
 pub mod lb;
 pub mod metrics;
 pub mod pin;
+pub mod policy;
 
 pub use endpoint::{EndpointInfo, EndpointKey};
 pub use metrics::DropReason;

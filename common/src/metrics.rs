@@ -25,11 +25,19 @@ pub enum DropReason {
     NoLocalBackend = 7,
     /// No free source port to SNAT a flow to a remote backend.
     SnatExhausted = 8,
+    /// The pod's policy was not in place yet (just after its CNI ADD).
+    PolicyPending = 9,
+    /// A NetworkPolicy isolates the destination pod for ingress and no
+    /// rule allows the flow.
+    PolicyIngress = 10,
+    /// A NetworkPolicy isolates the source pod for egress and no rule
+    /// allows the flow.
+    PolicyEgress = 11,
 }
 
 impl DropReason {
     /// Number of slots in the counters array.
-    pub const COUNT: u32 = 9;
+    pub const COUNT: u32 = 12;
     pub const ALL: [DropReason; Self::COUNT as usize] = [
         DropReason::Passed,
         DropReason::UnknownEndpoint,
@@ -40,6 +48,9 @@ impl DropReason {
         DropReason::SourceRange,
         DropReason::NoLocalBackend,
         DropReason::SnatExhausted,
+        DropReason::PolicyPending,
+        DropReason::PolicyIngress,
+        DropReason::PolicyEgress,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -53,6 +64,9 @@ impl DropReason {
             DropReason::SourceRange => "source-range",
             DropReason::NoLocalBackend => "no-local-backend",
             DropReason::SnatExhausted => "snat-exhausted",
+            DropReason::PolicyPending => "policy-pending",
+            DropReason::PolicyIngress => "policy-denied-ingress",
+            DropReason::PolicyEgress => "policy-denied-egress",
         }
     }
 
@@ -75,6 +89,9 @@ impl DropReason {
                 "externalTrafficPolicy: Local and no ready endpoint on this node (as kube-proxy, dropped)"
             }
             DropReason::SnatExhausted => "no free source port to translate a flow to a backend on another node",
+            DropReason::PolicyPending => "the pod had just started and its NetworkPolicy was not in place yet",
+            DropReason::PolicyIngress => "a NetworkPolicy isolates the destination pod for ingress and no rule allows this flow",
+            DropReason::PolicyEgress => "a NetworkPolicy isolates the source pod for egress and no rule allows this flow",
         }
     }
 }

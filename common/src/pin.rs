@@ -19,6 +19,12 @@ pub const MAP_CT: &str = "WEIR_CT";
 pub const MAP_AFFINITY: &str = "WEIR_AFFINITY";
 pub const MAP_SRC_RANGES: &str = "WEIR_SRC_RANGE";
 pub const MAP_NODE: &str = "WEIR_NODE";
+/// NetworkPolicy (names stay under the kernel's 15 characters).
+pub const MAP_IPCACHE: &str = "WEIR_IPCACHE";
+pub const MAP_POLICY: &str = "WEIR_POLICY";
+pub const MAP_POLICY_CT: &str = "WEIR_POLICY_CT";
+pub const MAP_POLICY_HITS: &str = "WEIR_POL_HITS";
+pub const MAP_EP_POLICY_STATS: &str = "WEIR_EP_POLSTAT";
 
 /// Program names: the function names in the kernel crate.
 pub const PROG_FROM_POD: &str = "weir_from_pod";

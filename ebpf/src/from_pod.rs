@@ -1,5 +1,6 @@
-//! Packets leaving a pod (tc ingress on its host veth): source check, then
-//! Service translation.
+//! Packets leaving a pod (tc ingress on its host veth): source check,
+//! Service translation, then the pod's egress policy on the translated
+//! packet (the policy sees the real backend).
 //!
 //! Fails closed: a veth with no endpoint entry passes nothing but ARP, so the
 //! program can be attached before anything else is ready.
@@ -9,7 +10,9 @@ use aya_ebpf::{
 };
 use weir_common::{DropReason, EndpointInfo};
 
-use crate::{counters, endpoint, lb, packet, reject};
+use weir_common::policy::DIR_EGRESS;
+
+use crate::{counters, endpoint, lb, packet, policy, reject};
 
 pub fn handle(ctx: &TcContext) -> i32 {
     counters::finish(try_handle(ctx))
@@ -26,11 +29,15 @@ fn try_handle(ctx: &TcContext) -> Result<i32, DropReason> {
     // Safety: reading a plain u32 field of the kernel's __sk_buff.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     let ep = endpoint::by_ifindex(ifindex).ok_or(DropReason::UnknownEndpoint)?;
+    if ep.flags & EndpointInfo::FLAG_POLICY_PENDING != 0 {
+        return Err(DropReason::PolicyPending);
+    }
     if ep.flags & EndpointInfo::FLAG_VERIFY_SOURCE != 0 && flow.saddr != ep.ipv4 {
         return Err(DropReason::SourceSpoofed);
     }
+    let check_policy = policy::active(&ep) && !policy::tracked(ifindex, &flow);
     // A backend pod answering a translated flow: the client sees the
-    // frontend.
+    // frontend. (A reply: its flow passed this pod's ingress check.)
     match lb::reverse(ctx, &flow, lb::ReplyHook::FromBackend)? {
         lb::Reversed::No => {}
         lb::Reversed::Yes => {
@@ -46,8 +53,15 @@ fn try_handle(ctx: &TcContext) -> Result<i32, DropReason> {
             return Ok(packet::out_via(lb::uplink_ifindex()));
         }
     }
-    match lb::from_pod(ctx, &flow)? {
-        // TranslatedVia only arises on the uplink (from_netdev).
+    let outcome = lb::from_pod(ctx, &flow)?;
+    let translated = !matches!(outcome, lb::Outcome::NotService);
+    if check_policy && !matches!(outcome, lb::Outcome::NoBackend { .. }) {
+        // Judge the packet as it now is: a translated one goes to a backend.
+        let seen = if translated { packet::parse(ctx)?.unwrap_or(flow) } else { flow };
+        policy::check_new(ifindex, &ep, DIR_EGRESS, &seen, &flow)?;
+    }
+    match outcome {
+        // TranslatedToUplink only arises on the uplink (from_netdev).
         lb::Outcome::NotService | lb::Outcome::Translated | lb::Outcome::TranslatedToUplink => {
             counters::count(DropReason::Passed);
             Ok(TC_ACT_OK as i32)

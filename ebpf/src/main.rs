@@ -12,6 +12,7 @@ mod from_pod;
 mod lb;
 mod nat;
 mod packet;
+mod policy;
 mod reject;
 mod sock_lb;
 mod to_pod;

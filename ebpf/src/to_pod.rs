@@ -1,12 +1,13 @@
 //! Packets going to a pod (tc egress on its host veth): replies of
-//! translated flows get their frontend address back.
+//! translated flows get their frontend address back, and new flows meet the
+//! pod's ingress policy.
 use aya_ebpf::{
     bindings::TC_ACT_OK,
     programs::TcContext,
 };
-use weir_common::DropReason;
+use weir_common::{DropReason, EndpointInfo, policy::DIR_INGRESS};
 
-use crate::{counters, lb, packet};
+use crate::{counters, endpoint, lb, packet, policy};
 
 pub fn handle(ctx: &TcContext) -> i32 {
     counters::finish(try_handle(ctx))
@@ -14,10 +15,29 @@ pub fn handle(ctx: &TcContext) -> i32 {
 
 #[inline(always)]
 fn try_handle(ctx: &TcContext) -> Result<i32, DropReason> {
-    if let Some(flow) = packet::parse(ctx)? {
-        // A hairpin reply never comes this way (from_pod sends it back out
-        // directly), so any reversal here is a plain one.
-        lb::reverse(ctx, &flow, lb::ReplyHook::ToClient)?;
+    let Some(flow) = packet::parse(ctx)? else {
+        return Ok(TC_ACT_OK as i32);
+    };
+    // Safety: reading a plain u32 field of the kernel's __sk_buff (on
+    // egress, the device the packet leaves by: the pod's host veth).
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    let ep = endpoint::by_ifindex(ifindex);
+    if let Some(ep) = &ep
+        && ep.flags & EndpointInfo::FLAG_POLICY_PENDING != 0
+    {
+        return Err(DropReason::PolicyPending);
+    }
+    let check_policy = ep.as_ref().is_some_and(|ep| policy::active(ep) && !policy::tracked(ifindex, &flow));
+    // A hairpin reply never comes this way (from_pod sends it back out
+    // directly), so any reversal here is a plain one.
+    let reversed = lb::reverse(ctx, &flow, lb::ReplyHook::ToClient)?;
+    if check_policy
+        && matches!(reversed, lb::Reversed::No)
+        && let Some(ep) = &ep
+    {
+        // (A reversed packet is a reply of a Service flow this pod opened,
+        // which its egress check already saw.)
+        policy::check_new(ifindex, ep, DIR_INGRESS, &flow, &flow)?;
     }
     Ok(TC_ACT_OK as i32)
 }

@@ -46,6 +46,81 @@ else:
     d, a = u.recvfrom(4096); print(d.decode(), a[0])
 "#;
 
+/// Like SERVER, on every port given, in one process; says `ready` once every
+/// socket listens.
+const MULTI_SERVER: &str = r#"
+import socket, sys, threading
+label, ports = sys.argv[1].encode(), [int(p) for p in sys.argv[2:]]
+def tcp(s):
+    def serve(c):
+        try:
+            with c:
+                c.settimeout(30)
+                while True:
+                    d = c.recv(4096)
+                    if not d: return
+                    c.sendall(label + b" " + d)
+        except OSError:
+            pass
+    while True:
+        c, _ = s.accept(); threading.Thread(target=serve, args=(c,), daemon=True).start()
+def udp(u):
+    while True:
+        d, a = u.recvfrom(4096)
+        try: u.sendto(label + b" " + d, a)
+        except OSError: pass
+threads = []
+for port in ports:
+    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("0.0.0.0", port)); s.listen(512)
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind(("0.0.0.0", port))
+    threads += [threading.Thread(target=tcp, args=(s,), daemon=True), threading.Thread(target=udp, args=(u,), daemon=True)]
+for t in threads: t.start()
+print("ready", label.decode(), flush=True)
+threading.Event().wait()
+"#;
+
+/// Starts one echo server answering TCP and UDP on every port of `ports`
+/// (`<label> <what came>`), and waits until it listens on all of them.
+pub fn serve_ports(netns: &NetNs, label: &str, ports: &[u16], log: &Path, detached: bool) -> Result<ChildGuard> {
+    let mut all = serve_ports_many(&[(netns, label, log)], ports, detached)?;
+    Ok(all.remove(0))
+}
+
+/// `serve_ports` for several (namespace, label, log) at once: all are
+/// started, then waited for. Call it from the thread that keeps the
+/// guards: a server dies with the thread that started it (see
+/// `exec::die_with_parent`).
+pub fn serve_ports_many(servers: &[(&NetNs, &str, &Path)], ports: &[u16], detached: bool) -> Result<Vec<ChildGuard>> {
+    let ports: Vec<String> = ports.iter().map(u16::to_string).collect();
+    let mut started = Vec::new();
+    for (netns, label, log) in servers {
+        let mut args = vec!["python3", "-c", MULTI_SERVER, label];
+        args.extend(ports.iter().map(String::as_str));
+        let ready = format!("ready {label}");
+        let already = std::fs::read_to_string(log).map(|t| t.matches(&ready).count()).unwrap_or(0);
+        started.push((netns.spawn(&args, &[], log, detached)?, ready, already));
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut guards = Vec::new();
+    for ((mut guard, ready, already), (netns, _, log)) in started.into_iter().zip(servers) {
+        loop {
+            if let Some(status) = guard.try_wait() {
+                bail!("echo server in {} exited at once ({status}); see {}", netns.name(), log.display());
+            }
+            if std::fs::read_to_string(log).is_ok_and(|t| t.matches(&ready).count() > already) {
+                break;
+            }
+            if std::time::Instant::now() > deadline {
+                bail!("echo server in {} not listening on {ports:?} after 20 s; see {}", netns.name(), log.display());
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        guards.push(guard);
+    }
+    Ok(guards)
+}
+
 /// Starts the echo server on `port` (TCP and UDP) and waits until it answers.
 pub fn serve(netns: &NetNs, label: &str, port: u16, log: &Path, detached: bool) -> Result<ChildGuard> {
     let port_s = port.to_string();

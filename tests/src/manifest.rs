@@ -1,6 +1,6 @@
 //! The Kubernetes objects the agents read from their manifest directory.
 
-use std::net::Ipv4Addr;
+use std::{collections::BTreeMap, net::Ipv4Addr};
 
 /// One Node object as YAML: name, podCIDR, InternalIP.
 pub fn node_yaml(name: &str, pod_cidr: &str, internal_ip: Ipv4Addr) -> String {
@@ -82,6 +82,150 @@ pub fn endpoint_slice_yaml(service: &str, ports: &[(&str, &str, u16)], endpoints
     lines.join("\n") + "\n"
 }
 
+/// A YAML scalar that reads back as exactly `s`, whatever it holds
+/// ("true", "80", ": " ...): JSON string syntax is YAML's double-quoted style.
+pub fn quote(s: &str) -> String {
+    serde_json::to_string(s).expect("a string serialises")
+}
+
+/// `labels:` (at `indent`) with every key and value quoted; nothing when empty.
+fn labels_block(labels: &BTreeMap<String, String>, indent: &str) -> Vec<String> {
+    if labels.is_empty() {
+        return Vec::new();
+    }
+    let mut lines = vec![format!("{indent}labels:")];
+    for (k, v) in labels {
+        lines.push(format!("{indent}  {}: {}", quote(k), quote(v)));
+    }
+    lines
+}
+
+/// A Namespace with `labels` and the `kubernetes.io/metadata.name` label the
+/// API server sets on every namespace (namespaceSelectors may use it).
+pub fn namespace_yaml(name: &str, labels: &BTreeMap<String, String>) -> String {
+    let mut all = labels.clone();
+    all.insert("kubernetes.io/metadata.name".into(), name.into());
+    let mut lines = vec![
+        "apiVersion: v1".to_string(),
+        "kind: Namespace".into(),
+        "metadata:".into(),
+        format!("  name: {}", quote(name)),
+    ];
+    lines.extend(labels_block(&all, "  "));
+    lines.join("\n") + "\n"
+}
+
+/// A NetworkPolicy; `spec` is the YAML of its spec (a block mapping at
+/// column 0, or a flow mapping), indented here under `spec:`.
+pub fn network_policy_yaml(namespace: &str, name: &str, spec: &str) -> String {
+    let mut lines = vec![
+        "apiVersion: networking.k8s.io/v1".to_string(),
+        "kind: NetworkPolicy".into(),
+        "metadata:".into(),
+        format!("  name: {}", quote(name)),
+        format!("  namespace: {}", quote(namespace)),
+        "spec:".into(),
+    ];
+    lines.extend(spec.lines().filter(|l| !l.trim().is_empty() && l.trim() != "---").map(|l| format!("  {l}")));
+    lines.join("\n") + "\n"
+}
+
+/// A named container port of a Pod (what named ports in policies resolve to).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ContainerPort {
+    pub name: String,
+    /// "TCP", "UDP" or "SCTP".
+    pub protocol: String,
+    pub port: u16,
+}
+
+/// The Kubernetes side of a test pod: what its Pod object says. The test
+/// bed writes it to the manifest directory before ADD (as the API server
+/// has it before kubelet calls the runtime) and adds the status (podIP)
+/// from the CNI result after.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodObject {
+    pub namespace: String,
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub ports: Vec<ContainerPort>,
+}
+
+/// What kubelet reports in a Pod's status once its sandbox is up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PodStatus {
+    pub pod_ip: Ipv4Addr,
+    pub host_ip: Ipv4Addr,
+}
+
+impl PodObject {
+    pub fn new(namespace: &str, name: &str) -> Self {
+        Self { namespace: namespace.into(), name: name.into(), labels: BTreeMap::new(), ports: Vec::new() }
+    }
+
+    pub fn label(mut self, key: &str, value: &str) -> Self {
+        self.labels.insert(key.into(), value.into());
+        self
+    }
+
+    /// A named container port; `protocol` is "TCP", "UDP" or "SCTP".
+    pub fn port(mut self, name: &str, protocol: &str, port: u16) -> Self {
+        self.ports.push(ContainerPort { name: name.into(), protocol: protocol.into(), port });
+        self
+    }
+
+    /// `namespace/name`, as the agent keys pods.
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+
+    /// The manifest file of this pod (`_` appears in neither a namespace
+    /// nor a pod name, so no two pods share one).
+    pub fn file_name(&self) -> String {
+        format!("pod_{}_{}.yaml", self.namespace, self.name)
+    }
+
+    /// The Pod object on node `node`: `Pending` without a status, `Running`
+    /// with its podIP(s) once `status` is given.
+    pub fn yaml(&self, node: &str, status: Option<PodStatus>) -> String {
+        let mut lines = vec![
+            "apiVersion: v1".to_string(),
+            "kind: Pod".into(),
+            "metadata:".into(),
+            format!("  name: {}", quote(&self.name)),
+            format!("  namespace: {}", quote(&self.namespace)),
+        ];
+        lines.extend(labels_block(&self.labels, "  "));
+        lines.extend([
+            "spec:".into(),
+            format!("  nodeName: {}", quote(node)),
+            "  containers:".into(),
+            "  - name: main".into(),
+            "    image: busybox".into(),
+        ]);
+        if !self.ports.is_empty() {
+            lines.push("    ports:".into());
+            for p in &self.ports {
+                lines.push(format!("    - name: {}", quote(&p.name)));
+                lines.push(format!("      containerPort: {}", p.port));
+                lines.push(format!("      protocol: {}", p.protocol));
+            }
+        }
+        lines.push("status:".into());
+        match status {
+            None => lines.push("  phase: Pending".into()),
+            Some(s) => lines.extend([
+                "  phase: Running".into(),
+                format!("  hostIP: \"{}\"", s.host_ip),
+                format!("  hostIPs: [{{ip: \"{}\"}}]", s.host_ip),
+                format!("  podIP: \"{}\"", s.pod_ip),
+                format!("  podIPs: [{{ip: \"{}\"}}]", s.pod_ip),
+            ]),
+        }
+        lines.join("\n") + "\n"
+    }
+}
+
 /// Several objects as one multi-document YAML file.
 pub fn documents(docs: &[String]) -> String {
     docs.iter().map(|d| format!("---\n{d}")).collect()
@@ -121,5 +265,33 @@ mod tests {
         let empty = endpoint_slice_yaml("web", &[("http", "TCP", 8080)], &[]);
         let v: serde_yaml::Value = serde_yaml::from_str(&empty).unwrap();
         assert_eq!(v["endpoints"].as_sequence().map(|s| s.len()), Some(0));
+    }
+
+    #[test]
+    fn pod_namespace_and_policy_yaml_parse_as_yaml() {
+        let pod = PodObject::new("x", "a").label("pod", "a").label("flag", "true").port("serve-80-tcp", "TCP", 80);
+        let pending: serde_yaml::Value = serde_yaml::from_str(&pod.yaml("n1", None)).unwrap();
+        assert_eq!(pending["metadata"]["namespace"].as_str(), Some("x"));
+        assert_eq!(pending["metadata"]["labels"]["flag"].as_str(), Some("true"), "label values stay strings");
+        assert_eq!(pending["spec"]["nodeName"].as_str(), Some("n1"));
+        assert_eq!(pending["spec"]["containers"][0]["ports"][0]["name"].as_str(), Some("serve-80-tcp"));
+        assert!(pending["status"]["podIP"].is_null());
+        let status = PodStatus { pod_ip: Ipv4Addr::new(10, 244, 1, 5), host_ip: Ipv4Addr::new(172, 30, 0, 11) };
+        let running: serde_yaml::Value = serde_yaml::from_str(&pod.yaml("n1", Some(status))).unwrap();
+        assert_eq!(running["status"]["podIP"].as_str(), Some("10.244.1.5"));
+        assert_eq!(running["status"]["podIPs"][0]["ip"].as_str(), Some("10.244.1.5"));
+        assert_eq!(pod.file_name(), "pod_x_a.yaml");
+
+        let ns: serde_yaml::Value =
+            serde_yaml::from_str(&namespace_yaml("y", &BTreeMap::from([("ns".to_string(), "y".to_string())]))).unwrap();
+        assert_eq!(ns["metadata"]["labels"]["ns"].as_str(), Some("y"));
+        assert_eq!(ns["metadata"]["labels"]["kubernetes.io/metadata.name"].as_str(), Some("y"));
+
+        let np = network_policy_yaml("x", "deny", "podSelector: {}\npolicyTypes:\n- Ingress\n");
+        let v: serde_yaml::Value = serde_yaml::from_str(&np).unwrap();
+        assert_eq!(v["spec"]["policyTypes"][0].as_str(), Some("Ingress"));
+        assert!(v["spec"]["podSelector"].is_mapping());
+        let flow: serde_yaml::Value = serde_yaml::from_str(&network_policy_yaml("x", "f", "{podSelector: {}}")).unwrap();
+        assert!(flow["spec"]["podSelector"].is_mapping());
     }
 }

@@ -100,9 +100,12 @@ impl TopologyBuilder {
             .map(|n| manifest::node_yaml(&n.name, &n.pod_cidr, n.ip))
             .collect();
         // Written once complete (temp + rename): the agents poll this dir.
-        let tmp = topo.manifest_dir.join(".nodes.yaml.tmp");
-        fs::write(&tmp, manifest::documents(&docs))?;
-        fs::rename(&tmp, topo.manifest_dir.join("nodes.yaml"))?;
+        topo.write_manifest("nodes.yaml", &docs)?;
+        // The namespace `Pod::create`'s pods live in, as in every cluster.
+        topo.write_manifest(
+            "namespace_default.yaml",
+            &[manifest::namespace_yaml("default", &BTreeMap::new())],
+        )?;
         Ok(topo)
     }
 }
@@ -131,6 +134,9 @@ pub struct Node {
     pub dirs: NodeDirs,
     /// `/sys/fs/bpf/<prefix>-<node>`: the agent's bpfPinDir.
     pub pin_dir: PathBuf,
+    /// The topology's manifest directory (what the agents read): pods
+    /// created on this node publish their Pod object there.
+    pub manifest_dir: PathBuf,
     prefix: RunPrefix,
     detached: bool,
 }
@@ -432,10 +438,12 @@ impl Topology {
 
     /// Writes (or replaces) a manifest file the agents read, atomically.
     pub fn write_manifest(&self, file: &str, docs: &[String]) -> Result<()> {
-        let tmp = self.manifest_dir.join(format!(".{file}.tmp"));
-        fs::write(&tmp, manifest::documents(docs)).with_context(|| format!("write {}", tmp.display()))?;
-        fs::rename(&tmp, self.manifest_dir.join(file)).with_context(|| format!("rename {}", tmp.display()))?;
-        Ok(())
+        write_manifest_file(&self.manifest_dir, file, docs)
+    }
+
+    /// Removes a manifest file (the objects in it are deleted); absent is fine.
+    pub fn remove_manifest(&self, file: &str) -> Result<()> {
+        remove_manifest_file(&self.manifest_dir, file)
     }
 
     /// A host on the node network that is not a node (the "external client"
@@ -517,6 +525,7 @@ impl Topology {
             netns,
             dirs,
             pin_dir,
+            manifest_dir: self.manifest_dir.clone(),
             prefix: self.prefix.clone(),
             detached: self.detached,
         })
@@ -535,6 +544,25 @@ impl Drop for Topology {
                 self.prefix
             );
         }
+    }
+}
+
+/// Writes `docs` as `<dir>/<file>` in one step (temp file + rename; the
+/// agents' manifest source skips the `.tmp` name), so an agent never reads
+/// half a file.
+pub fn write_manifest_file(dir: &Path, file: &str, docs: &[String]) -> Result<()> {
+    let tmp = dir.join(format!(".{file}.tmp"));
+    fs::write(&tmp, manifest::documents(docs)).with_context(|| format!("write {}", tmp.display()))?;
+    fs::rename(&tmp, dir.join(file)).with_context(|| format!("rename {}", tmp.display()))?;
+    Ok(())
+}
+
+/// Removes `<dir>/<file>`; a file already gone is fine.
+pub fn remove_manifest_file(dir: &Path, file: &str) -> Result<()> {
+    match fs::remove_file(dir.join(file)) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("remove {}", dir.join(file).display())),
     }
 }
 

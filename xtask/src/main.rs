@@ -2,6 +2,7 @@
 
 mod bench;
 mod cargo;
+mod kind_e2e;
 mod matrix;
 mod sandbox;
 mod sandbox_services;
@@ -34,6 +35,10 @@ enum Command {
         #[command(subcommand)]
         which: bench::Which,
     },
+    /// weir on a kind cluster (docker, kind, kubectl): build the image,
+    /// create the cluster, install, check pods, Services, NetworkPolicy.
+    /// Exits 2 without testing anything when a prerequisite is missing.
+    KindE2e(kind_e2e::KindE2eArgs),
 }
 
 fn main() -> ExitCode {
@@ -43,6 +48,7 @@ fn main() -> ExitCode {
         Command::Test(args) => test_suite::run(args),
         Command::Sandbox(args) => sandbox::run(args),
         Command::Bench { which } => bench::run(which).map(|_| ExitCode::SUCCESS),
+        Command::KindE2e(args) => kind_e2e::run(args),
     };
     match outcome {
         Ok(code) => code,

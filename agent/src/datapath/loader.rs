@@ -108,9 +108,16 @@ pub fn verdict_counts(pin_dir: &Path) -> Result<Vec<(DropReason, u64)>, Datapath
 }
 
 impl Datapath {
-    /// The local endpoint map (weir-cni writes it; tests write it too).
+    /// The local endpoint map (weir-cni writes it; tests and benchmarks
+    /// write it too).
     #[cfg(test)]
     pub fn endpoints(
+        &mut self,
+    ) -> Result<aya::maps::HashMap<&mut MapData, weir_common::EndpointKey, weir_common::EndpointInfo>, DatapathError> {
+        self.endpoints_map()
+    }
+
+    pub fn endpoints_map(
         &mut self,
     ) -> Result<aya::maps::HashMap<&mut MapData, weir_common::EndpointKey, weir_common::EndpointInfo>, DatapathError> {
         let name = pin::MAP_ENDPOINTS;

@@ -6,9 +6,13 @@
 //! the agent is down or being upgraded.
 
 mod aya_lb_maps;
+mod aya_policy_maps;
 pub mod lb_maps;
 pub mod lb_programmer;
 pub mod loader;
+pub mod policy_maps;
+pub mod policy_programmer;
+pub mod policy_stats;
 pub mod reattach;
 pub mod socket_lb;
 pub mod uplink;
@@ -23,5 +27,7 @@ mod tests;
 mod tests_lb;
 #[cfg(test)]
 mod tests_netdev;
+#[cfg(test)]
+mod tests_policy;
 #[cfg(test)]
 mod tests_socket;

@@ -50,6 +50,10 @@ impl TestDatapath {
             .retval
     }
 
+    pub fn pin_dir(&self) -> &std::path::Path {
+        &self.dir.0
+    }
+
     pub fn count(&self, reason: DropReason) -> u64 {
         super::loader::verdict_counts(&self.dir.0).unwrap().into_iter().find(|(r, _)| *r == reason).unwrap().1
     }

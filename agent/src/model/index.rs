@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use super::{
     NodeInfo,
+    policy::types::{NamespaceInfo, NetworkPolicyInfo, PodInfo},
     service::{EndpointSliceInfo, ObjectKey, ServiceInfo},
 };
 
@@ -25,6 +26,23 @@ impl Keyed for ServiceInfo {
     }
 }
 impl Keyed for EndpointSliceInfo {
+    fn key(&self) -> &str {
+        &self.key
+    }
+}
+/// `namespace/name`.
+impl Keyed for PodInfo {
+    fn key(&self) -> &str {
+        &self.key
+    }
+}
+impl Keyed for NamespaceInfo {
+    fn key(&self) -> &str {
+        &self.name
+    }
+}
+/// `namespace/name`.
+impl Keyed for NetworkPolicyInfo {
     fn key(&self) -> &str {
         &self.key
     }
@@ -105,6 +123,15 @@ impl<T: Keyed> KindIndex<T> {
         self.objects.len()
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.objects.is_empty()
+    }
+
+    /// Every object by key (what the policy compiler takes).
+    pub fn map(&self) -> &BTreeMap<String, T> {
+        &self.objects
+    }
+
     pub fn synced(&self) -> bool {
         self.synced
     }
@@ -117,6 +144,11 @@ pub struct ClusterIndex {
     slices: KindIndex<EndpointSliceInfo>,
     /// Service -> keys of its EndpointSlices.
     slices_by_service: BTreeMap<ObjectKey, std::collections::BTreeSet<String>>,
+    /// Every Pod of the cluster, not only this node's: policy peers are
+    /// matched by labels wherever the peer runs.
+    pub pods: KindIndex<PodInfo>,
+    pub namespaces: KindIndex<NamespaceInfo>,
+    pub policies: KindIndex<NetworkPolicyInfo>,
 }
 
 impl ClusterIndex {
@@ -178,6 +210,13 @@ impl ClusterIndex {
     pub fn services_synced(&self) -> bool {
         self.services.synced() && self.slices.synced()
     }
+
+    /// Policy state can be computed (and stale entries pruned) only once
+    /// Pods, Namespaces and NetworkPolicies have all been listed: before
+    /// that, a pod's policies or a peer's labels may merely be missing.
+    pub fn policy_synced(&self) -> bool {
+        self.pods.synced() && self.namespaces.synced() && self.policies.synced()
+    }
 }
 
 #[cfg(test)]
@@ -215,6 +254,45 @@ mod tests {
             .collect();
         assert_eq!(summary, [(Some("a"), None), (Some("b"), Some("b")), (None, Some("c"))]);
         assert!(idx.change(Change::Deleted("zzz".into())).is_empty());
+    }
+
+    #[test]
+    fn policy_kinds_are_keyed_and_sync_needs_all_three() {
+        use crate::model::policy::{
+            selector::LabelSelector,
+            types::{NamespaceInfo, NetworkPolicyInfo, PodInfo},
+        };
+        let pod = PodInfo {
+            key: "x/a".into(),
+            namespace: "x".into(),
+            labels: Default::default(),
+            ip: None,
+            node: None,
+            named_ports: vec![],
+        };
+        let ns = NamespaceInfo { name: "x".into(), labels: Default::default() };
+        let np = NetworkPolicyInfo {
+            key: "x/deny".into(),
+            namespace: "x".into(),
+            pod_selector: LabelSelector::default(),
+            ingress_enabled: true,
+            egress_enabled: false,
+            ingress: vec![],
+            egress: vec![],
+        };
+        let mut idx = ClusterIndex::default();
+        idx.pods.change(Change::Relisted(vec![pod]));
+        idx.namespaces.change(Change::Relisted(vec![ns]));
+        assert!(!idx.policy_synced());
+        idx.policies.change(Change::Applied(np));
+        assert!(!idx.policy_synced(), "an applied object is not a list");
+        idx.policies.change(Change::Relisted(vec![]));
+        assert!(idx.policy_synced());
+        assert!(idx.pods.map().contains_key("x/a"));
+        assert!(idx.namespaces.map().contains_key("x"));
+        assert!(idx.policies.is_empty());
+        idx.pods.change(Change::Deleted("x/a".into()));
+        assert!(idx.pods.map().is_empty());
     }
 
     #[test]

@@ -1,8 +1,10 @@
 //! Node plumbing: everything the agent changes on the node besides eBPF maps.
 
+pub mod cni_metrics;
 pub mod cni_versions;
 pub mod files;
 pub mod health_check;
 pub mod masquerade;
+pub mod policy_socket;
 pub mod routes;
 pub mod sysctl;

@@ -2,12 +2,17 @@
 use std::net::Ipv4Addr;
 
 use k8s_openapi::api::{
-    core::v1::{Node, Service},
+    core::v1::{Node, Pod, Service},
     discovery::v1::EndpointSlice,
 };
 
+// Namespaces and NetworkPolicies convert in the policy model (tested there);
+// a NetworkPolicy that cannot be read in full arrives as its deny-all
+// reading, never dropped.
+pub use crate::model::policy::convert::{namespace, network_policy_or_deny};
 use crate::model::{
     NodeInfo,
+    policy::{self, types::PodInfo},
     service::{EndpointSliceInfo, Protocol, ServiceInfo, ServicePort, ServiceType, SliceEndpoint, SlicePort},
 };
 
@@ -163,6 +168,33 @@ pub fn endpoint_slice(slice: &EndpointSlice) -> Option<EndpointSliceInfo> {
     Some(EndpointSliceInfo { key: key(&slice.metadata), service: format!("{namespace}/{service}"), ports, endpoints })
 }
 
+/// Pod phases after which the pod's address is gone (and may be reused).
+const FINISHED_PHASES: [&str; 2] = ["Succeeded", "Failed"];
+
+/// Leaves finished Pods out on the API server's side (the watch then says
+/// DELETED when a pod finishes); `pod` checks again.
+pub const POD_FIELD_SELECTOR: &str = "status.phase!=Succeeded,status.phase!=Failed";
+
+/// A Pod as the policy model sees it, or `None` for those it must not see:
+/// - finished Pods (Succeeded, Failed) keep `status.podIP` after the CNI
+///   released the address, which another pod may already have;
+/// - host-network Pods: their address is the node's, so to policies they
+///   are the node (as in Cilium and Calico), and they have no pod veth to
+///   enforce at.
+///
+/// Pods without an address yet are kept: the agent knows a pod's policy by
+/// name before weir-cni gives it an address.
+pub fn pod(pod: &Pod) -> Option<PodInfo> {
+    let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+    if phase.is_some_and(|p| FINISHED_PHASES.contains(&p)) {
+        return None;
+    }
+    if pod.spec.as_ref().and_then(|s| s.host_network) == Some(true) {
+        return None;
+    }
+    Some(policy::convert::pod(pod))
+}
+
 pub fn node(node: &Node) -> NodeInfo {
     let name = node.metadata.name.clone().unwrap_or_default();
     let spec = node.spec.as_ref();
@@ -283,6 +315,30 @@ mod tests {
         let mut orphan = es;
         orphan.metadata.labels = None;
         assert!(endpoint_slice(&orphan).is_none());
+    }
+
+    #[test]
+    fn finished_and_host_network_pods_are_not_policy_pods() {
+        let p = |extra: serde_json::Value| -> Pod {
+            let mut v = serde_json::json!({
+                "metadata": {"name": "a", "namespace": "x", "labels": {"app": "a"}},
+                "spec": {"containers": [{"name": "c"}]},
+                "status": {"phase": "Running", "podIP": "10.244.1.5"}
+            });
+            for (k, val) in extra.as_object().unwrap() {
+                v[k].as_object_mut().unwrap().extend(val.as_object().unwrap().clone());
+            }
+            serde_json::from_value(v).unwrap()
+        };
+        let running = pod(&p(serde_json::json!({}))).unwrap();
+        assert_eq!((running.key.as_str(), running.ip), ("x/a", Some(Ipv4Addr::new(10, 244, 1, 5))));
+        // Pending, no address yet: known by name already.
+        let pending = pod(&p(serde_json::json!({"status": {"phase": "Pending", "podIP": null}}))).unwrap();
+        assert_eq!(pending.ip, None);
+        assert!(pod(&p(serde_json::json!({"status": {"phase": "Succeeded"}}))).is_none());
+        assert!(pod(&p(serde_json::json!({"status": {"phase": "Failed"}}))).is_none());
+        assert!(pod(&p(serde_json::json!({"spec": {"hostNetwork": true}}))).is_none());
+        assert!(pod(&p(serde_json::json!({"spec": {"hostNetwork": false}}))).is_some());
     }
 
     #[test]

@@ -5,7 +5,12 @@
 //! turns into the minimal set of changes.
 //!
 //! A file that fails to parse is reported and its last good contents are
-//! kept, so a half-written or broken file never deletes objects.
+//! kept, so a half-written or broken file never deletes objects. A
+//! NetworkPolicy that parses but cannot be read in full is not a file
+//! error: it stands as its deny-all reading and is reported on its own.
+//!
+//! Pods carry their addresses in `status.podIP` / `status.podIPs`, as the
+//! API server would have them.
 use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
@@ -13,16 +18,18 @@ use std::{
 };
 
 use k8s_openapi::api::{
-    core::v1::{Node, Service},
+    core::v1::{Namespace, Node, Pod, Service},
     discovery::v1::EndpointSlice,
+    networking::v1::NetworkPolicy,
 };
 use serde::Deserialize;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
-use super::{Change, Update, convert};
+use super::{Change, ProblemLog, Update, convert};
 use crate::model::{
     NodeInfo,
+    policy::types::{NamespaceInfo, NetworkPolicyInfo, PodInfo},
     service::{EndpointSliceInfo, ServiceInfo},
 };
 
@@ -38,6 +45,12 @@ pub struct FileObjects {
     pub nodes: Vec<NodeInfo>,
     pub services: Vec<ServiceInfo>,
     pub slices: Vec<EndpointSliceInfo>,
+    pub pods: Vec<PodInfo>,
+    pub namespaces: Vec<NamespaceInfo>,
+    /// Unreadable policies are here as their deny-all reading...
+    pub policies: Vec<NetworkPolicyInfo>,
+    /// ... with (policy key, problem) here.
+    pub policy_problems: Vec<(String, String)>,
 }
 
 /// Parses one manifest file. Unknown kinds are skipped (other tools' objects
@@ -59,7 +72,7 @@ fn collect(value: serde_yaml::Value, doc: usize, out: &mut FileObjects) -> Resul
     }
     let kind = value.get("kind").and_then(|k| k.as_str()).unwrap_or_default().to_string();
     match kind.as_str() {
-        "List" | "NodeList" | "ServiceList" | "EndpointSliceList" => {
+        "List" | "NodeList" | "ServiceList" | "EndpointSliceList" | "PodList" | "NamespaceList" | "NetworkPolicyList" => {
             let items = value.get("items").and_then(|i| i.as_sequence()).cloned().unwrap_or_default();
             for item in items {
                 collect(item, doc, out)?;
@@ -89,10 +102,55 @@ fn collect(value: serde_yaml::Value, doc: usize, out: &mut FileObjects) -> Resul
             }
             out.slices.extend(convert::endpoint_slice(&slice));
         }
+        // The same kind name in another API group (Calico's
+        // projectcalico.org NetworkPolicy, say) is another tool's object.
+        "Pod" | "Namespace" if !api_version_is(&value, "v1") => {
+            debug!(kind, api_version = ?value.get("apiVersion"), "manifest dir: not the Kubernetes kind weir reads, skipped");
+        }
+        "NetworkPolicy" if !api_version_is(&value, "networking.k8s.io/v1") => {
+            debug!(kind, api_version = ?value.get("apiVersion"), "manifest dir: not the Kubernetes kind weir reads, skipped");
+        }
+        "Pod" => {
+            let pod: Pod = serde_yaml::from_value(value)
+                .map_err(|e| format!("document {doc}: invalid Pod: {e}"))?;
+            if pod.metadata.name.as_deref().unwrap_or_default().is_empty() {
+                return Err(format!("document {doc}: Pod without metadata.name"));
+            }
+            // Finished and host-network pods are not policy pods.
+            out.pods.extend(convert::pod(&pod));
+        }
+        "Namespace" => {
+            let ns: Namespace = serde_yaml::from_value(value)
+                .map_err(|e| format!("document {doc}: invalid Namespace: {e}"))?;
+            if ns.metadata.name.as_deref().unwrap_or_default().is_empty() {
+                return Err(format!("document {doc}: Namespace without metadata.name"));
+            }
+            out.namespaces.push(convert::namespace(&ns));
+        }
+        "NetworkPolicy" => {
+            let np: NetworkPolicy = serde_yaml::from_value(value)
+                .map_err(|e| format!("document {doc}: invalid NetworkPolicy: {e}"))?;
+            if np.metadata.name.as_deref().unwrap_or_default().is_empty() {
+                return Err(format!("document {doc}: NetworkPolicy without metadata.name"));
+            }
+            let (policy, problem) = convert::network_policy_or_deny(&np);
+            if let Some(problem) = problem {
+                out.policy_problems.push((policy.key.clone(), problem));
+            }
+            out.policies.push(policy);
+        }
         "" => return Err(format!("document {doc}: no `kind`")),
         other => debug!(kind = other, "manifest dir: kind not used by weir, skipped"),
     }
     Ok(())
+}
+
+/// Whether a document's apiVersion is `expected` (absent counts as yes).
+fn api_version_is(value: &serde_yaml::Value, expected: &str) -> bool {
+    match value.get("apiVersion") {
+        None | Some(serde_yaml::Value::Null) => true,
+        Some(v) => v.as_str() == Some(expected),
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -108,11 +166,19 @@ pub struct DirSource {
     /// Last good parse of each file.
     files: BTreeMap<PathBuf, FileObjects>,
     last_sent: Option<FileObjects>,
+    policy_problems: ProblemLog,
 }
 
 impl DirSource {
     pub fn new(dir: PathBuf, poll: Duration) -> Self {
-        Self { dir, poll, stamps: BTreeMap::new(), files: BTreeMap::new(), last_sent: None }
+        Self {
+            dir,
+            poll,
+            stamps: BTreeMap::new(),
+            files: BTreeMap::new(),
+            last_sent: None,
+            policy_problems: ProblemLog::new("NetworkPolicy"),
+        }
     }
 
     pub async fn run(mut self, tx: mpsc::Sender<Update>) -> Result<(), DirError> {
@@ -189,10 +255,18 @@ impl DirSource {
             now.nodes.extend(f.nodes.iter().cloned());
             now.services.extend(f.services.iter().cloned());
             now.slices.extend(f.slices.iter().cloned());
+            now.pods.extend(f.pods.iter().cloned());
+            now.namespaces.extend(f.namespaces.iter().cloned());
+            now.policies.extend(f.policies.iter().cloned());
+            now.policy_problems.extend(f.policy_problems.iter().cloned());
         }
         now.nodes.sort_by(|a, b| a.name.cmp(&b.name));
         now.services.sort_by(|a, b| a.key.cmp(&b.key));
         now.slices.sort_by(|a, b| a.key.cmp(&b.key));
+        now.pods.sort_by(|a, b| a.key.cmp(&b.key));
+        now.namespaces.sort_by(|a, b| a.name.cmp(&b.name));
+        now.policies.sort_by(|a, b| a.key.cmp(&b.key));
+        now.policy_problems.sort();
         let last = self.last_sent.take();
         let mut updates = Vec::new();
         if last.as_ref().map(|l| &l.nodes) != Some(&now.nodes) {
@@ -204,6 +278,17 @@ impl DirSource {
         if last.as_ref().map(|l| &l.slices) != Some(&now.slices) {
             updates.push(Update::EndpointSlices(Change::Relisted(now.slices.clone())));
         }
+        if last.as_ref().map(|l| &l.pods) != Some(&now.pods) {
+            updates.push(Update::Pods(Change::Relisted(now.pods.clone())));
+        }
+        if last.as_ref().map(|l| &l.namespaces) != Some(&now.namespaces) {
+            updates.push(Update::Namespaces(Change::Relisted(now.namespaces.clone())));
+        }
+        if last.as_ref().map(|l| &l.policies) != Some(&now.policies) {
+            updates.push(Update::NetworkPolicies(Change::Relisted(now.policies.clone())));
+        }
+        self.policy_problems.relisted(now.policy_problems.iter().cloned().collect());
+        updates.extend(self.policy_problems.update());
         self.last_sent = Some(now);
         updates
     }
@@ -290,6 +375,9 @@ endpoints: [{addresses: [10.244.1.5]}]
         assert_eq!(rx.recv().await.unwrap(), Update::Nodes(Change::Relisted(vec![])));
         assert_eq!(rx.recv().await.unwrap(), Update::Services(Change::Relisted(vec![])));
         assert_eq!(rx.recv().await.unwrap(), Update::EndpointSlices(Change::Relisted(vec![])));
+        assert_eq!(rx.recv().await.unwrap(), Update::Pods(Change::Relisted(vec![])));
+        assert_eq!(rx.recv().await.unwrap(), Update::Namespaces(Change::Relisted(vec![])));
+        assert_eq!(rx.recv().await.unwrap(), Update::NetworkPolicies(Change::Relisted(vec![])));
 
         std::fs::write(dir.path().join("a.yaml"), NODES).unwrap();
         let Update::Nodes(Change::Relisted(nodes)) = rx.recv().await.unwrap() else { panic!() };
@@ -306,6 +394,139 @@ endpoints: [{addresses: [10.244.1.5]}]
         let Update::Nodes(Change::Relisted(nodes)) = rx.recv().await.unwrap() else { panic!() };
         let names: Vec<_> = nodes.iter().map(|n| n.name.as_str()).collect();
         assert_eq!(names, ["n3"]);
+        task.abort();
+    }
+
+    const POLICY_OBJECTS: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: shop, labels: {team: a}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web-1, namespace: shop, labels: {app: web}}
+spec:
+  nodeName: n1
+  containers: [{name: c, ports: [{name: http, containerPort: 8080}]}]
+status: {phase: Running, podIP: 10.244.1.5, podIPs: [{ip: 10.244.1.5}]}
+---
+apiVersion: v1
+kind: PodList
+items:
+- apiVersion: v1
+  kind: Pod
+  metadata: {name: pending, namespace: shop}
+  spec: {containers: [{name: c}]}
+- apiVersion: v1
+  kind: Pod
+  metadata: {name: done, namespace: shop}
+  spec: {containers: [{name: c}]}
+  status: {phase: Succeeded, podIP: 10.244.1.6}
+- apiVersion: v1
+  kind: Pod
+  metadata: {name: host, namespace: kube-system}
+  spec: {hostNetwork: true, containers: [{name: c}]}
+  status: {phase: Running, podIP: 172.30.0.11}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: web, namespace: shop}
+spec:
+  podSelector: {matchLabels: {app: web}}
+  ingress: [{from: [{namespaceSelector: {matchLabels: {team: a}}}], ports: [{port: http}]}]
+---
+apiVersion: projectcalico.org/v3
+kind: NetworkPolicy
+metadata: {name: calico, namespace: shop}
+spec: {selector: all(), types: [Ingress]}
+"#;
+
+    #[test]
+    fn parses_pods_namespaces_and_policies() {
+        let objs = parse_file(POLICY_OBJECTS).unwrap();
+        assert_eq!(objs.namespaces.len(), 1);
+        assert_eq!(objs.namespaces[0].labels.get("team").map(String::as_str), Some("a"));
+        assert_eq!(objs.namespaces[0].labels.get("kubernetes.io/metadata.name").map(String::as_str), Some("shop"));
+        let pods: Vec<_> = objs.pods.iter().map(|p| (p.key.as_str(), p.ip.map(|ip| ip.to_string()))).collect();
+        // The finished and the host-network pods are not policy pods.
+        assert_eq!(pods, [("shop/web-1", Some("10.244.1.5".to_string())), ("shop/pending", None)]);
+        assert_eq!(objs.pods[0].node.as_deref(), Some("n1"));
+        assert_eq!(objs.pods[0].named_ports.len(), 1);
+        // Calico's NetworkPolicy is not ours.
+        assert_eq!(objs.policies.len(), 1);
+        let p = &objs.policies[0];
+        assert_eq!(p.key, "shop/web");
+        assert!(p.ingress_enabled && !p.egress_enabled);
+        assert_eq!(p.ingress.len(), 1);
+        assert!(objs.policy_problems.is_empty());
+    }
+
+    #[test]
+    fn unreadable_policy_is_deny_all_not_a_file_error() {
+        let objs = parse_file(
+            r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: typo, namespace: shop}
+spec:
+  podSelector: {matchLabels: {app: web}}
+  policyTypes: [Ingress, Egress]
+  ingress: [{ports: [{port: 80, endPort: 70}]}]
+  egress: [{}]
+"#,
+        )
+        .unwrap();
+        let p = &objs.policies[0];
+        assert_eq!(p.key, "shop/typo");
+        assert!(p.ingress_enabled && p.egress_enabled && p.ingress.is_empty() && p.egress.is_empty());
+        assert_eq!(objs.policy_problems.len(), 1);
+        assert_eq!(objs.policy_problems[0].0, "shop/typo");
+        assert!(objs.policy_problems[0].1.contains("endPort"), "{:?}", objs.policy_problems);
+    }
+
+    #[test]
+    fn broken_policy_kinds_fail_the_file() {
+        for (text, want) in [
+            ("apiVersion: v1\nkind: Pod\nmetadata: {name: a}\nspec: {containers: 3}\n", "invalid Pod"),
+            ("apiVersion: v1\nkind: Pod\nmetadata: {namespace: x}\n", "Pod without metadata.name"),
+            ("apiVersion: v1\nkind: Namespace\nmetadata: {labels: {a: b}}\n", "Namespace without metadata.name"),
+            ("apiVersion: v1\nkind: Namespace\nmetadata: {name: [x]}\n", "invalid Namespace"),
+            ("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p}\nspec: {podSelector: 3}\n", "invalid NetworkPolicy"),
+            ("kind: NetworkPolicy\nmetadata: {namespace: x}\nspec: {podSelector: {}}\n", "NetworkPolicy without metadata.name"),
+        ] {
+            let err = parse_file(text).unwrap_err();
+            assert!(err.contains(want), "{text}: {err}");
+        }
+    }
+
+    #[tokio::test]
+    async fn policy_problems_are_counted_until_fixed() {
+        let dir = tempfile::tempdir().unwrap();
+        let bad = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p, namespace: x}\nspec: {podSelector: {}, ingress: [{ports: [{port: 0}]}]}\n";
+        std::fs::write(dir.path().join("p.yaml"), bad).unwrap();
+        let (tx, mut rx) = mpsc::channel(16);
+        let task = tokio::spawn(DirSource::new(dir.path().to_path_buf(), Duration::from_millis(20)).run(tx));
+        let mut policies = None;
+        loop {
+            match rx.recv().await.unwrap() {
+                Update::NetworkPolicies(Change::Relisted(v)) => policies = Some(v),
+                Update::Problems { kind, count } => {
+                    assert_eq!((kind.as_str(), count), ("NetworkPolicy", 1));
+                    break;
+                }
+                _ => {}
+            }
+        }
+        let policies = policies.expect("policies before their problems");
+        assert_eq!(policies.len(), 1);
+        assert!(policies[0].ingress_enabled && policies[0].ingress.is_empty(), "deny-all: {policies:?}");
+
+        // Fixed, in one step (a rename: never seen half-written).
+        std::fs::write(dir.path().join("p.tmp"), bad.replace("port: 0", "port: 8080")).unwrap();
+        std::fs::rename(dir.path().join("p.tmp"), dir.path().join("p.yaml")).unwrap();
+        let Update::NetworkPolicies(Change::Relisted(v)) = rx.recv().await.unwrap() else { panic!() };
+        assert_eq!(v[0].ingress.len(), 1);
+        assert_eq!(rx.recv().await.unwrap(), Update::Problems { kind: "NetworkPolicy".into(), count: 0 });
         task.abort();
     }
 }

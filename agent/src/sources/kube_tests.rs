@@ -83,6 +83,10 @@ async fn serve(mut handle: tower_test::mock::Handle<Request<Body>, Response<Body
                 delay = Duration::from_secs(3);
                 list("EndpointSliceList", "5", vec![])
             }
+            // The policy kinds: empty here (their own tests below).
+            ("/api/v1/pods" | "/api/v1/namespaces" | "/apis/networking.k8s.io/v1/networkpolicies", false) => {
+                list("List", "5", vec![])
+            }
             (_, true) => {
                 delay = Duration::from_secs(30);
                 events(vec![])
@@ -122,6 +126,9 @@ async fn relists_after_410_retries_after_500_and_rewatches_after_a_stream_ends()
                 slices_listed = v.is_empty();
                 nodes_done_before_slices = node_updates.len() == 3;
             }
+            Update::Pods(Change::Relisted(v)) if v.is_empty() => {}
+            Update::Namespaces(Change::Relisted(v)) if v.is_empty() => {}
+            Update::NetworkPolicies(Change::Relisted(v)) if v.is_empty() => {}
             other => panic!("unexpected update {other:?}"),
         }
     }
@@ -138,4 +145,182 @@ async fn relists_after_410_retries_after_500_and_rewatches_after_a_stream_ends()
     // deleted meanwhile), then the watch goes on.
     assert_eq!(seen, ["relist n1", "relist n1,n2", "apply n3"]);
     source.abort();
+}
+
+/// One kind's part in a scripted fake API server: its list, then the
+/// events of its first watch (later watches stay quiet).
+struct Script {
+    path: &'static str,
+    items: Vec<serde_json::Value>,
+    events: Vec<serde_json::Value>,
+}
+
+/// A fake API server that plays `scripts` and lists every other kind as
+/// empty; records each request's path and query.
+async fn serve_scripts(
+    mut handle: tower_test::mock::Handle<Request<Body>, Response<Body>>,
+    scripts: Vec<Script>,
+    requests: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+) {
+    let mut watched = std::collections::BTreeSet::new();
+    while let Some((req, send)) = handle.next_request().await {
+        let path = req.uri().path().to_string();
+        let query = req.uri().query().unwrap_or_default().to_string();
+        requests.lock().unwrap().push(format!("{path}?{query}"));
+        let watch = query.contains("watch=true");
+        let script = scripts.iter().find(|s| s.path == path);
+        let mut delay = Duration::ZERO;
+        let response = match (script, watch) {
+            (Some(s), false) => list("List", "10", s.items.clone()),
+            (Some(s), true) if watched.insert(path.clone()) => events(s.events.clone()),
+            (None, false) => list("List", "10", vec![]),
+            (_, true) => {
+                delay = Duration::from_secs(30);
+                events(vec![])
+            }
+        };
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            send.send_response(response);
+        });
+    }
+}
+
+/// Runs the kube source against the scripted server; returns the updates
+/// `pick` keeps (others are dropped) once `want` of them arrived, and the
+/// requests made.
+async fn run_scripted<T>(scripts: Vec<Script>, want: usize, pick: impl Fn(Update) -> Option<T>) -> (Vec<T>, Vec<String>) {
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let requests = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    tokio::spawn(serve_scripts(handle, scripts, requests.clone()));
+    let (tx, mut rx) = mpsc::channel(64);
+    let source = tokio::spawn(super::kube::run(Client::new(service, "default"), tx));
+    let mut out = Vec::new();
+    while out.len() < want {
+        match next(&mut rx).await {
+            Update::Reachable { kind, ok } => panic!("{kind} reachable={ok}: the fake server answers every kind"),
+            u => out.extend(pick(u)),
+        }
+    }
+    source.abort();
+    let requests = requests.lock().unwrap().clone();
+    (out, requests)
+}
+
+fn event(type_: &str, object: serde_json::Value) -> serde_json::Value {
+    json!({"type": type_, "object": object})
+}
+
+fn pod(ns: &str, name: &str, rv: &str, labels: serde_json::Value, node: &str, phase: &str, ip: Option<&str>) -> serde_json::Value {
+    let mut status = json!({"phase": phase});
+    if let Some(ip) = ip {
+        status["podIP"] = json!(ip);
+        status["podIPs"] = json!([{"ip": ip}]);
+    }
+    json!({"apiVersion": "v1", "kind": "Pod",
+           "metadata": {"name": name, "namespace": ns, "resourceVersion": rv, "labels": labels},
+           "spec": {"nodeName": node, "containers": [{"name": "c", "ports": [{"name": "http", "containerPort": 8080}]}]},
+           "status": status})
+}
+
+fn change_summary<T>(c: &Change<T>, key: impl Fn(&T) -> String) -> String {
+    match c {
+        Change::Relisted(v) => format!("relist {}", v.iter().map(&key).collect::<Vec<_>>().join(",")),
+        Change::Applied(x) => format!("apply {}", key(x)),
+        Change::Deleted(k) => format!("delete {k}"),
+    }
+}
+
+#[tokio::test]
+async fn pods_of_every_node_are_listed_and_watched() {
+    use crate::model::policy::types::PodInfo;
+    let mut host = pod("kube-system", "h", "3", json!({}), "n1", "Running", Some("172.30.0.11"));
+    host["spec"]["hostNetwork"] = json!(true);
+    let scripts = vec![Script {
+        path: "/api/v1/pods",
+        items: vec![
+            pod("x", "a", "1", json!({"app": "a"}), "n1", "Running", Some("10.244.1.5")),
+            // Another node's pod: a policy peer all the same.
+            pod("x", "b", "2", json!({"app": "b"}), "n2", "Running", Some("10.244.2.7")),
+            host,
+        ],
+        events: vec![
+            event("MODIFIED", pod("x", "a", "11", json!({"app": "a", "v": "2"}), "n1", "Running", Some("10.244.1.5"))),
+            // Finished: its address may go to another pod.
+            event("MODIFIED", pod("x", "b", "12", json!({"app": "b"}), "n2", "Succeeded", Some("10.244.2.7"))),
+            // Known by name before it has an address.
+            event("ADDED", pod("y", "c", "13", json!({"app": "c"}), "n1", "Pending", None)),
+            event("DELETED", pod("x", "a", "14", json!({"app": "a"}), "n1", "Running", Some("10.244.1.5"))),
+        ],
+    }];
+    let (updates, requests) = run_scripted(scripts, 5, |u| match u {
+        Update::Pods(c) => Some(c),
+        _ => None,
+    })
+    .await;
+    let summary = |p: &PodInfo| format!("{}@{}", p.key, p.ip.map(|ip| ip.to_string()).unwrap_or_default());
+    let seen: Vec<_> = updates.iter().map(|c| change_summary(c, summary)).collect();
+    assert_eq!(seen, ["relist x/a@10.244.1.5,x/b@10.244.2.7", "apply x/a@10.244.1.5", "delete x/b", "apply y/c@", "delete x/a"]);
+    let Change::Applied(a) = &updates[1] else { unreachable!() };
+    assert_eq!(a.labels.get("v").map(String::as_str), Some("2"));
+    assert_eq!(a.node.as_deref(), Some("n1"));
+    assert_eq!(a.named_ports.len(), 1);
+    // All namespaces, finished pods left out by the server, the list from
+    // its watch cache.
+    let list = requests.iter().find(|r| r.starts_with("/api/v1/pods?") && !r.contains("watch=true")).expect("a pod list");
+    assert!(list.contains("fieldSelector=status.phase"), "{list}");
+    assert!(list.contains("resourceVersion=0"), "{list}");
+}
+
+#[tokio::test]
+async fn namespaces_are_listed_and_watched() {
+    let ns = |name: &str, rv: &str, labels: serde_json::Value| {
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "resourceVersion": rv, "labels": labels}})
+    };
+    let scripts = vec![Script {
+        path: "/api/v1/namespaces",
+        items: vec![ns("x", "1", json!({"team": "a"}))],
+        events: vec![event("ADDED", ns("y", "11", json!({"team": "b"}))), event("DELETED", ns("x", "12", json!({})))],
+    }];
+    let (updates, _) = run_scripted(scripts, 3, |u| match u {
+        Update::Namespaces(c) => Some(c),
+        _ => None,
+    })
+    .await;
+    let seen: Vec<_> = updates.iter().map(|c| change_summary(c, |n| n.name.clone())).collect();
+    assert_eq!(seen, ["relist x", "apply y", "delete x"]);
+    let Change::Relisted(v) = &updates[0] else { unreachable!() };
+    assert_eq!(v[0].labels.get("team").map(String::as_str), Some("a"));
+}
+
+#[tokio::test]
+async fn network_policies_fail_closed_and_their_problems_are_counted() {
+    let np = |name: &str, rv: &str, port: u32| {
+        json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+               "metadata": {"name": name, "namespace": "x", "resourceVersion": rv},
+               "spec": {"podSelector": {"matchLabels": {"app": name}}, "ingress": [{"ports": [{"port": port}]}]}})
+    };
+    let scripts = vec![Script {
+        path: "/apis/networking.k8s.io/v1/networkpolicies",
+        // 70000 is no port: that policy must deny, not vanish.
+        items: vec![np("allow", "1", 80), np("typo", "2", 70000)],
+        events: vec![event("MODIFIED", np("typo", "11", 8080)), event("DELETED", np("allow", "12", 80))],
+    }];
+    let (updates, _) = run_scripted(scripts, 5, |u| match u {
+        u @ (Update::NetworkPolicies(_) | Update::Problems { .. }) => Some(u),
+        _ => None,
+    })
+    .await;
+    let Update::NetworkPolicies(Change::Relisted(listed)) = &updates[0] else { panic!("{updates:?}") };
+    let keys: Vec<_> = listed.iter().map(|p| p.key.as_str()).collect();
+    assert_eq!(keys, ["x/allow", "x/typo"]);
+    assert_eq!(listed[0].ingress.len(), 1);
+    let typo = &listed[1];
+    assert!(typo.ingress_enabled && typo.ingress.is_empty(), "deny-all for what it selects: {typo:?}");
+    assert_eq!(typo.pod_selector.match_labels.get("app").map(String::as_str), Some("typo"));
+    assert_eq!(updates[1], Update::Problems { kind: "NetworkPolicy".into(), count: 1 });
+    let Update::NetworkPolicies(Change::Applied(fixed)) = &updates[2] else { panic!("{updates:?}") };
+    assert_eq!((fixed.key.as_str(), fixed.ingress.len()), ("x/typo", 1));
+    assert_eq!(updates[3], Update::Problems { kind: "NetworkPolicy".into(), count: 0 });
+    assert_eq!(updates[4], Update::NetworkPolicies(Change::Deleted("x/allow".into())));
 }

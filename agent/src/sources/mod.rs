@@ -16,10 +16,13 @@ mod kube_tests;
 #[cfg(test)]
 mod rbac_tests;
 
-use std::path::PathBuf;
+use std::{collections::BTreeMap, path::PathBuf};
+
+use tracing::{info, warn};
 
 use crate::model::{
     NodeInfo,
+    policy::types::{NamespaceInfo, NetworkPolicyInfo, PodInfo},
     service::{EndpointSliceInfo, ServiceInfo},
 };
 
@@ -30,9 +33,72 @@ pub enum Update {
     Nodes(Change<NodeInfo>),
     Services(Change<ServiceInfo>),
     EndpointSlices(Change<EndpointSliceInfo>),
+    /// Every Pod of the cluster that has (or will have) a pod-network
+    /// address: finished and host-network Pods are left out (see
+    /// `convert::pod`).
+    Pods(Change<PodInfo>),
+    Namespaces(Change<NamespaceInfo>),
+    /// NetworkPolicies, failing closed: one that cannot be read in full
+    /// arrives as its deny-all reading (and is counted in `Problems`).
+    NetworkPolicies(Change<NetworkPolicyInfo>),
     /// Whether the watch of one kind reaches the API server (sent when it
     /// changes). The datapath keeps its state either way; readiness says so.
     Reachable { kind: String, ok: bool },
+    /// How many objects of one kind could not be read as written (sent
+    /// when it changes; each is logged by the source once).
+    Problems { kind: String, count: usize },
+}
+
+/// Objects of one kind that a source could not read as written, by key:
+/// each problem is logged once (again only if it changes), and the count
+/// goes to the status.
+#[derive(Debug)]
+pub(crate) struct ProblemLog {
+    kind: String,
+    current: BTreeMap<String, String>,
+    sent: usize,
+}
+
+impl ProblemLog {
+    pub(crate) fn new(kind: impl Into<String>) -> Self {
+        Self { kind: kind.into(), current: BTreeMap::new(), sent: 0 }
+    }
+
+    /// One object's problem now (None: it has none, or it is gone).
+    pub(crate) fn set(&mut self, key: &str, problem: Option<String>) {
+        match problem {
+            Some(p) => {
+                if self.current.get(key) != Some(&p) {
+                    warn!(kind = %self.kind, object = %key, "{p}");
+                    self.current.insert(key.to_string(), p);
+                }
+            }
+            None => {
+                if self.current.remove(key).is_some() {
+                    info!(kind = %self.kind, object = %key, "no longer has a problem (fixed or deleted)");
+                }
+            }
+        }
+    }
+
+    /// The problems of a complete list: objects not in it have none.
+    pub(crate) fn relisted(&mut self, problems: BTreeMap<String, String>) {
+        let gone: Vec<String> = self.current.keys().filter(|k| !problems.contains_key(*k)).cloned().collect();
+        for key in gone {
+            self.set(&key, None);
+        }
+        for (key, p) in problems {
+            self.set(&key, Some(p));
+        }
+    }
+
+    /// `Update::Problems` if the count changed since the last one.
+    pub(crate) fn update(&mut self) -> Option<Update> {
+        (self.current.len() != self.sent).then(|| {
+            self.sent = self.current.len();
+            Update::Problems { kind: self.kind.clone(), count: self.sent }
+        })
+    }
 }
 
 /// Which source to run, from the command line (`kube` or `dir:<path>`).
@@ -77,5 +143,24 @@ mod tests {
         assert_eq!("dir:/m".parse(), Ok(SourceSpec::Dir("/m".into())));
         assert!("dir:".parse::<SourceSpec>().is_err());
         assert!("etcd".parse::<SourceSpec>().is_err());
+    }
+
+    #[test]
+    fn problem_log_counts_changes_only() {
+        let mut log = ProblemLog::new("NetworkPolicy");
+        assert_eq!(log.update(), None, "nothing to say at first");
+        log.set("x/a", Some("bad port".into()));
+        log.set("x/a", Some("bad port".into()));
+        log.set("x/b", Some("bad cidr".into()));
+        assert_eq!(log.update(), Some(Update::Problems { kind: "NetworkPolicy".into(), count: 2 }));
+        assert_eq!(log.update(), None);
+        // Another problem for the same object: same count.
+        log.set("x/a", Some("bad selector".into()));
+        assert_eq!(log.update(), None);
+        // A relist: what it does not name has no problem any more.
+        log.relisted([("x/c".to_string(), "bad".to_string())].into());
+        assert_eq!(log.update(), Some(Update::Problems { kind: "NetworkPolicy".into(), count: 1 }));
+        log.set("x/c", None);
+        assert_eq!(log.update(), Some(Update::Problems { kind: "NetworkPolicy".into(), count: 0 }));
     }
 }

@@ -26,13 +26,14 @@ use crate::{
     log,
     netlink::{NetlinkSocket, link::Link, route::Route},
     netns::Netns,
+    policy_handoff::{self, PodRef},
     result::{AddResult, Interface, IpConfig, RouteConfig},
     veth,
 };
 
 const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
 
-pub fn add(conf: &NetConf, attachment: &Attachment, netns: &Netns) -> Result<AddResult, CniError> {
+pub fn add(conf: &NetConf, attachment: &Attachment, netns: &Netns, k8s_pod: Option<&PodRef>) -> Result<AddResult, CniError> {
     let host_name = veth::host_veth_name(&conf.veth_prefix, attachment);
     let pins = conf.bpf_pin_dir.as_deref().map(Pins::new);
 
@@ -68,6 +69,7 @@ pub fn add(conf: &NetConf, attachment: &Attachment, netns: &Netns) -> Result<Add
         netns,
         host_name: &host_name,
         pins: pins.as_ref(),
+        policy_pending: k8s_pod.is_some(),
     };
     // The reservation must be on disk before ADD succeeds, not before the
     // kernel work starts: the flush runs alongside.
@@ -82,9 +84,21 @@ pub fn add(conf: &NetConf, attachment: &Attachment, netns: &Netns) -> Result<Add
     });
     match outcome {
         Ok(result) => {
+            let host_ifindex = teardown.endpoint;
             teardown.disarm();
             let ip = lease.keep();
             log::info(format_args!("got {ip} on host veth {host_name}"));
+            if let (Some(pod), Some(ifindex)) = (k8s_pod, host_ifindex) {
+                match policy_handoff::request(&conf.run_dir, ifindex, ip, pod, &attachment.container_id, policy_handoff::WAIT) {
+                    policy_handoff::Outcome::Ready => log::step("policy in place"),
+                    // The pod is wired and isolated; the agent opens it once
+                    // its policy is in place. Not a failure of ADD.
+                    policy_handoff::Outcome::Pending(why) => log::warn(format_args!(
+                        "pod {}/{} starts isolated until weir-agent puts its NetworkPolicy in place: {why}",
+                        pod.namespace, pod.name
+                    )),
+                }
+            }
             Ok(result)
         }
         Err(cause) => {
@@ -106,6 +120,7 @@ struct Setup<'a> {
     netns: &'a Netns,
     host_name: &'a str,
     pins: Option<&'a Pins>,
+    policy_pending: bool,
 }
 
 impl Setup<'_> {
@@ -135,7 +150,7 @@ impl Setup<'_> {
 
         if let Some(pins) = self.pins {
             let mut endpoints = EndpointMap::open(pins)?;
-            endpoints.insert(host_link.index, ip)?;
+            endpoints.insert(host_link.index, ip, self.policy_pending)?;
             teardown.endpoint = Some(host_link.index);
             log::step("endpoint entry");
             datapath::attach_programs(

@@ -24,7 +24,8 @@ pub fn run(request: Request) -> Result<Option<Value>, CniError> {
             conf,
             attachment,
             netns,
-        } => add::add(&conf, &attachment, &netns)
+            pod,
+        } => add::add(&conf, &attachment, &netns, pod.as_ref())
             .map(|result| Some(result.to_json(conf.cni_version))),
         Request::Del { conf, attachment } => del::del(&conf, &attachment).map(|()| None),
         Request::Check {

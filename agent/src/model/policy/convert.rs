@@ -6,7 +6,7 @@ use std::net::Ipv4Addr;
 use k8s_openapi::{
     api::{
         core::v1::{Namespace, Pod},
-        networking::v1::{NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort},
+        networking::v1::{NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort, NetworkPolicySpec},
     },
     apimachinery::pkg::{apis::meta::v1 as meta, util::intstr::IntOrString},
 };
@@ -21,8 +21,18 @@ fn labels(meta: &meta::ObjectMeta) -> Labels {
     meta.labels.clone().unwrap_or_default().into_iter().collect()
 }
 
+/// The label the API server sets on every Namespace (1.21+), which
+/// policies use to select a namespace by name.
+pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
+
+/// The API server's own `kubernetes.io/metadata.name` label is added when
+/// missing (a manifest directory may omit it), so namespaceSelectors on it
+/// match as they do in a cluster.
 pub fn namespace(ns: &Namespace) -> NamespaceInfo {
-    NamespaceInfo { name: ns.metadata.name.clone().unwrap_or_default(), labels: labels(&ns.metadata) }
+    let name = ns.metadata.name.clone().unwrap_or_default();
+    let mut labels = labels(&ns.metadata);
+    labels.insert(NAMESPACE_NAME_LABEL.into(), name.clone());
+    NamespaceInfo { name, labels }
 }
 
 pub fn pod(pod: &Pod) -> PodInfo {
@@ -117,6 +127,21 @@ fn port(p: &NetworkPolicyPort) -> Result<PolicyPort, String> {
     Ok(PolicyPort { protocol, port, end_port })
 }
 
+/// (ingress, egress) enforced. Upstream default when policyTypes is absent
+/// or empty (the API server fills it in the same way): Ingress always,
+/// Egress when there is an egress section.
+fn directions(spec: &NetworkPolicySpec) -> Result<(bool, bool), String> {
+    match spec.policy_types.as_deref() {
+        None | Some([]) => Ok((true, spec.egress.is_some())),
+        Some(types) => {
+            if let Some(other) = types.iter().find(|t| *t != "Ingress" && *t != "Egress") {
+                return Err(format!("policyType {other:?} is not Ingress or Egress"));
+            }
+            Ok((types.iter().any(|t| t == "Ingress"), types.iter().any(|t| t == "Egress")))
+        }
+    }
+}
+
 /// The policy, or what makes it unusable. A policy that cannot be read in
 /// full is not applied partially: the caller reports it and keeps the pods
 /// it selects isolated with no rule (deny), the only reading that never
@@ -125,13 +150,7 @@ pub fn network_policy(np: &NetworkPolicy) -> Result<NetworkPolicyInfo, String> {
     let namespace = np.metadata.namespace.clone().unwrap_or_else(|| "default".into());
     let key = format!("{namespace}/{}", np.metadata.name.as_deref().unwrap_or_default());
     let spec = np.spec.clone().unwrap_or_default();
-    let types = spec.policy_types.clone();
-    let (ingress_enabled, egress_enabled) = match &types {
-        Some(t) => (t.iter().any(|x| x == "Ingress"), t.iter().any(|x| x == "Egress")),
-        // Upstream default: Ingress always, Egress when there is an egress
-        // section.
-        None => (true, spec.egress.is_some()),
-    };
+    let (ingress_enabled, egress_enabled) = directions(&spec)?;
     let rules = |peers: Vec<Vec<NetworkPolicyPeer>>, ports: Vec<Vec<NetworkPolicyPort>>| -> Result<Vec<PolicyRule>, String> {
         peers
             .into_iter()
@@ -161,6 +180,39 @@ pub fn network_policy(np: &NetworkPolicy) -> Result<NetworkPolicyInfo, String> {
             egress.iter().map(|r| r.ports.clone().unwrap_or_default()).collect(),
         )?,
     })
+}
+
+/// `network_policy`, failing closed: a policy that cannot be read in full
+/// is not dropped (that would open the pods it selects to everything) but
+/// read as deny-all: the pods it selects are isolated, with no rule, in the
+/// directions it declares. Returns the problem with it, for the source to
+/// report.
+///
+/// The deny-all reading selects by the policy's podSelector when that
+/// parses, and otherwise every pod of its namespace: a selector matching
+/// nothing would leave the pods it meant to isolate open. Likewise both
+/// directions are enforced when the policyTypes themselves are unreadable.
+pub fn network_policy_or_deny(np: &NetworkPolicy) -> (NetworkPolicyInfo, Option<String>) {
+    match network_policy(np) {
+        Ok(p) => (p, None),
+        Err(problem) => {
+            let namespace = np.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+            let key = format!("{namespace}/{}", np.metadata.name.as_deref().unwrap_or_default());
+            let spec = np.spec.clone().unwrap_or_default();
+            let (ingress_enabled, egress_enabled) = directions(&spec).unwrap_or((true, true));
+            let pod_selector = selector(&spec.pod_selector.clone().unwrap_or_default()).unwrap_or_default();
+            let deny = NetworkPolicyInfo {
+                key,
+                namespace,
+                pod_selector,
+                ingress_enabled,
+                egress_enabled,
+                ingress: vec![],
+                egress: vec![],
+            };
+            (deny, Some(format!("{problem}; enforced as deny-all for the pods it selects until fixed")))
+        }
+    }
 }
 
 #[cfg(test)]
@@ -225,6 +277,72 @@ mod tests {
     }
 
     #[test]
+    fn empty_or_unknown_policy_types() {
+        // Empty is absent: the API server defaults it.
+        let p = network_policy(&np(json!({"podSelector": {}, "policyTypes": []}))).unwrap();
+        assert!(p.ingress_enabled && !p.egress_enabled);
+        assert!(network_policy(&np(json!({"podSelector": {}, "policyTypes": ["ingress"]}))).is_err());
+    }
+
+    #[test]
+    fn readable_policies_pass_through_the_fail_closed_reading() {
+        let spec = json!({"podSelector": {"matchLabels": {"pod": "a"}}, "ingress": [{"ports": [{"port": 80}]}]});
+        let (p, problem) = network_policy_or_deny(&np(spec.clone()));
+        assert_eq!(problem, None);
+        assert_eq!(p, network_policy(&np(spec)).unwrap());
+    }
+
+    #[test]
+    fn unreadable_policies_deny_what_they_select() {
+        // A bad rule: the pods the selector picks are isolated, no rule.
+        let (p, problem) = network_policy_or_deny(&np(json!({
+            "podSelector": {"matchLabels": {"pod": "a"}},
+            "policyTypes": ["Ingress", "Egress"],
+            "ingress": [{"ports": [{"port": 70000}]}],
+            "egress": [{}]
+        })));
+        let problem = problem.expect("a problem");
+        assert!(problem.contains("70000") && problem.contains("deny-all"), "{problem}");
+        assert_eq!(p.key, "x/p");
+        assert_eq!(p.namespace, "x");
+        assert_eq!(p.pod_selector.match_labels.get("pod").map(String::as_str), Some("a"));
+        assert!(p.ingress_enabled && p.egress_enabled);
+        assert!(p.ingress.is_empty() && p.egress.is_empty(), "no rule may survive: {p:?}");
+
+        // Only the declared directions (the upstream default here: Ingress).
+        let (p, problem) = network_policy_or_deny(&np(json!({
+            "podSelector": {}, "ingress": [{"from": [{"ipBlock": {"cidr": "nonsense"}}]}]
+        })));
+        assert!(problem.is_some());
+        assert!(p.ingress_enabled && !p.egress_enabled);
+
+        // The selector itself is unreadable: every pod of the namespace,
+        // never none.
+        let (p, problem) = network_policy_or_deny(&np(json!({
+            "podSelector": {"matchExpressions": [{"key": "a", "operator": "Near"}]},
+            "policyTypes": ["Egress"],
+            "egress": [{}]
+        })));
+        assert!(problem.unwrap().contains("Near"));
+        assert_eq!(p.pod_selector, LabelSelector::default());
+        let pod = |ns: &str, labels: &[(&str, &str)]| PodInfo {
+            key: format!("{ns}/q"),
+            namespace: ns.into(),
+            labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            ip: None,
+            node: None,
+            named_ports: vec![],
+        };
+        assert!(p.selects(&pod("x", &[])) && p.selects(&pod("x", &[("a", "b")])));
+        assert!(!p.selects(&pod("y", &[])), "other namespaces are not this policy's");
+        assert!(!p.ingress_enabled && p.egress_enabled && p.egress.is_empty());
+
+        // Unreadable policyTypes: both directions.
+        let (p, _) = network_policy_or_deny(&np(json!({"podSelector": {}, "policyTypes": ["Sideways"]})));
+        assert!(p.ingress_enabled && p.egress_enabled);
+    }
+
+    #[test]
     fn pods_and_namespaces() {
         let p: Pod = serde_json::from_value(json!({
             "metadata": {"name": "a", "namespace": "x", "labels": {"pod": "a"}},
@@ -243,5 +361,6 @@ mod tests {
         assert_eq!(info.named_ports, [("serve-80-tcp".to_string(), Protocol::Tcp, 80), ("serve-81-udp".to_string(), Protocol::Udp, 81)]);
         let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": "x", "labels": {"ns": "x"}}})).unwrap();
         assert_eq!(namespace(&ns).labels.get("ns").map(String::as_str), Some("x"));
+        assert_eq!(namespace(&ns).labels.get(NAMESPACE_NAME_LABEL).map(String::as_str), Some("x"));
     }
 }

@@ -3,7 +3,12 @@
 //! which policies". The evaluator is the reference the datapath's verdicts
 //! are tested against, and what an operator asks through the agent.
 
+pub mod compile;
 pub mod convert;
 pub mod evaluate;
+pub mod identity;
+pub mod keys;
+pub mod numbering;
 pub mod selector;
+pub mod simulate;
 pub mod types;

@@ -1,0 +1,141 @@
+//! Access to the NetworkPolicy maps behind a trait, so the programmer's
+//! write order can be tested against a fake and a faulty fake.
+use std::{collections::BTreeMap, net::Ipv4Addr};
+
+use ipnetwork::Ipv4Network;
+use weir_common::{EndpointInfo, policy::PolicyKey};
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{op} on map {map}: {reason}")]
+pub struct PolicyMapError {
+    pub op: &'static str,
+    pub map: &'static str,
+    pub reason: String,
+}
+
+/// A policy map entry: (prefix length, key).
+pub type RuleKey = (u32, PolicyKey);
+
+/// What the maps hold.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PolicyDump {
+    pub rules: BTreeMap<RuleKey, u32>,
+    pub ipcache: BTreeMap<Ipv4Network, u32>,
+}
+
+pub trait PolicyMaps {
+    fn set_rule(&mut self, key: RuleKey, slot: u32) -> Result<(), PolicyMapError>;
+    fn delete_rule(&mut self, key: RuleKey) -> Result<(), PolicyMapError>;
+    fn set_identity(&mut self, net: Ipv4Network, identity: u32) -> Result<(), PolicyMapError>;
+    fn delete_identity(&mut self, net: Ipv4Network) -> Result<(), PolicyMapError>;
+    /// The local endpoints weir-cni wrote: ifindex -> entry.
+    fn local_endpoints(&self) -> Result<BTreeMap<u32, EndpointInfo>, PolicyMapError>;
+    /// Replaces the policy bits of an existing endpoint entry (never
+    /// creates one: a pod deleted meanwhile stays deleted). `Ok(false)` when
+    /// the entry is gone or holds another address (the interface index was
+    /// reused by a new pod).
+    fn set_endpoint_policy_flags(&mut self, ifindex: u32, ip: Ipv4Addr, flags: u32) -> Result<bool, PolicyMapError>;
+    fn dump_policy(&self) -> Result<PolicyDump, PolicyMapError>;
+}
+
+/// In-memory maps: the reference the programmer is tested against.
+#[cfg(test)]
+#[derive(Clone, Debug, Default)]
+pub struct FakePolicyMaps {
+    pub maps: PolicyDump,
+    pub endpoints: BTreeMap<u32, EndpointInfo>,
+    /// Every write and delete, in order (for order and "touches nothing
+    /// else" checks).
+    pub log: Vec<String>,
+}
+
+#[cfg(test)]
+impl PolicyMaps for FakePolicyMaps {
+    fn set_rule(&mut self, key: RuleKey, slot: u32) -> Result<(), PolicyMapError> {
+        self.log.push(format!("rule+ {}/{:?} {slot}", key.0, key.1));
+        self.maps.rules.insert(key, slot);
+        Ok(())
+    }
+    fn delete_rule(&mut self, key: RuleKey) -> Result<(), PolicyMapError> {
+        self.log.push(format!("rule- {}/{:?}", key.0, key.1));
+        self.maps.rules.remove(&key);
+        Ok(())
+    }
+    fn set_identity(&mut self, net: Ipv4Network, identity: u32) -> Result<(), PolicyMapError> {
+        self.log.push(format!("ip+ {net} {identity}"));
+        self.maps.ipcache.insert(net, identity);
+        Ok(())
+    }
+    fn delete_identity(&mut self, net: Ipv4Network) -> Result<(), PolicyMapError> {
+        self.log.push(format!("ip- {net}"));
+        self.maps.ipcache.remove(&net);
+        Ok(())
+    }
+    fn local_endpoints(&self) -> Result<BTreeMap<u32, EndpointInfo>, PolicyMapError> {
+        Ok(self.endpoints.clone())
+    }
+    fn set_endpoint_policy_flags(&mut self, ifindex: u32, ip: Ipv4Addr, flags: u32) -> Result<bool, PolicyMapError> {
+        self.log.push(format!("ep {ifindex} {flags:#x}"));
+        match self.endpoints.get_mut(&ifindex) {
+            Some(ep) if ep.ipv4_octets() == ip.octets() => {
+                ep.flags = (ep.flags & !EndpointInfo::FLAGS_POLICY) | (flags & EndpointInfo::FLAGS_POLICY);
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+    fn dump_policy(&self) -> Result<PolicyDump, PolicyMapError> {
+        Ok(self.maps.clone())
+    }
+}
+
+/// A fake whose `fail_at`-th write or delete fails (counting from 0).
+#[cfg(test)]
+#[derive(Default)]
+pub struct FaultyPolicyMaps {
+    pub inner: FakePolicyMaps,
+    pub fail_at: Option<usize>,
+    pub ops: usize,
+}
+
+#[cfg(test)]
+impl FaultyPolicyMaps {
+    fn tick(&mut self, op: &'static str) -> Result<(), PolicyMapError> {
+        let n = self.ops;
+        self.ops += 1;
+        if self.fail_at == Some(n) {
+            return Err(PolicyMapError { op, map: "fake", reason: "injected fault".into() });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+impl PolicyMaps for FaultyPolicyMaps {
+    fn set_rule(&mut self, key: RuleKey, slot: u32) -> Result<(), PolicyMapError> {
+        self.tick("insert")?;
+        self.inner.set_rule(key, slot)
+    }
+    fn delete_rule(&mut self, key: RuleKey) -> Result<(), PolicyMapError> {
+        self.tick("delete")?;
+        self.inner.delete_rule(key)
+    }
+    fn set_identity(&mut self, net: Ipv4Network, identity: u32) -> Result<(), PolicyMapError> {
+        self.tick("insert")?;
+        self.inner.set_identity(net, identity)
+    }
+    fn delete_identity(&mut self, net: Ipv4Network) -> Result<(), PolicyMapError> {
+        self.tick("delete")?;
+        self.inner.delete_identity(net)
+    }
+    fn local_endpoints(&self) -> Result<BTreeMap<u32, EndpointInfo>, PolicyMapError> {
+        self.inner.local_endpoints()
+    }
+    fn set_endpoint_policy_flags(&mut self, ifindex: u32, ip: Ipv4Addr, flags: u32) -> Result<bool, PolicyMapError> {
+        self.tick("update")?;
+        self.inner.set_endpoint_policy_flags(ifindex, ip, flags)
+    }
+    fn dump_policy(&self) -> Result<PolicyDump, PolicyMapError> {
+        self.inner.dump_policy()
+    }
+}

@@ -1,0 +1,264 @@
+//! `weir-agent inspect policy` and `inspect verdict`: NetworkPolicy as the
+//! datapath holds it, from the pinned maps (the same lookups the kernel
+//! does), with names from the agent's `policy-names.json`.
+use std::{collections::BTreeMap, net::Ipv4Addr, path::Path};
+
+use anyhow::{Context as _, bail};
+use aya::maps::{HashMap, LpmTrie, Map, MapData, lpm_trie::Key};
+use serde::Serialize;
+use weir_common::{
+    EndpointInfo, EndpointKey, pin,
+    policy::{DIR_EGRESS, DIR_INGRESS, IDENTITY_ANY, IDENTITY_WORLD, IpcacheEntry, IpcacheKey, POLICY_SLOT_OWN_NODE, PolicyEntry, PolicyKey},
+};
+
+use crate::{datapath::policy_stats, policy_sync::NAMES_FILE};
+
+fn map_data(pin_dir: &Path, name: &str) -> anyhow::Result<MapData> {
+    let path = pin_dir.join(pin::MAPS_DIR).join(name);
+    MapData::from_pin(&path).with_context(|| format!("opening {} (is the agent installed on this node?)", path.display()))
+}
+
+struct Live {
+    endpoints: BTreeMap<u32, EndpointInfo>,
+    ipcache: LpmTrie<MapData, IpcacheKey, IpcacheEntry>,
+    rules: LpmTrie<MapData, PolicyKey, PolicyEntry>,
+    names: Names,
+}
+
+#[derive(Default, serde::Deserialize)]
+struct Names {
+    #[serde(default)]
+    slots: BTreeMap<String, String>,
+    #[serde(default)]
+    identities: BTreeMap<String, String>,
+    #[serde(default)]
+    endpoints: BTreeMap<String, String>,
+}
+
+impl Names {
+    fn slot(&self, slot: u32) -> String {
+        if slot == POLICY_SLOT_OWN_NODE {
+            return "(the pod's own node)".into();
+        }
+        self.slots.get(&slot.to_string()).cloned().unwrap_or_else(|| format!("policy slot {slot}"))
+    }
+    fn identity(&self, id: u32) -> String {
+        match id {
+            IDENTITY_WORLD => "world".into(),
+            _ => self.identities.get(&id.to_string()).cloned().unwrap_or_else(|| format!("identity {id}")),
+        }
+    }
+    fn pod(&self, ifindex: u32) -> Option<String> {
+        self.endpoints.get(&ifindex.to_string()).cloned()
+    }
+}
+
+impl Live {
+    fn open(pin_dir: &Path, run_dir: &Path) -> anyhow::Result<Self> {
+        let eps: HashMap<MapData, EndpointKey, EndpointInfo> =
+            HashMap::try_from(Map::HashMap(map_data(pin_dir, pin::MAP_ENDPOINTS)?))?;
+        let endpoints = eps.iter().map(|kv| kv.map(|(k, v)| (k.ifindex, v))).collect::<Result<_, _>>()?;
+        let ipcache = LpmTrie::try_from(Map::LpmTrie(map_data(pin_dir, pin::MAP_IPCACHE)?))?;
+        let rules = LpmTrie::try_from(Map::LpmTrie(map_data(pin_dir, pin::MAP_POLICY)?))?;
+        let names = match std::fs::read(run_dir.join(NAMES_FILE)) {
+            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_default(),
+            Err(_) => Names::default(),
+        };
+        Ok(Self { endpoints, ipcache, rules, names })
+    }
+
+    fn endpoint_of(&self, ip: Ipv4Addr) -> Option<(u32, EndpointInfo)> {
+        self.endpoints.iter().find(|(_, e)| e.ipv4_octets() == ip.octets()).map(|(i, e)| (*i, *e))
+    }
+
+    fn identity(&self, ip: Ipv4Addr) -> u32 {
+        self.ipcache
+            .get(&Key::new(32, IpcacheKey { addr: u32::from_ne_bytes(ip.octets()) }), 0)
+            .map_or(IDENTITY_WORLD, |e| e.identity)
+    }
+
+    /// The kernel's lookup: the peer's identity, then the wildcard.
+    fn lookup(&self, ifindex: u32, dir: u8, identity: u32, proto: u8, port: u16) -> Option<u32> {
+        let key = PolicyKey { ifindex, identity, dir, proto, port: port.to_be() };
+        let get = |k: PolicyKey| self.rules.get(&Key::new(PolicyKey::PREFIX_FULL, k), 0).ok().map(|e| e.policy_slot);
+        get(key).or_else(|| get(PolicyKey { identity: IDENTITY_ANY, ..key }))
+    }
+}
+
+#[derive(Serialize)]
+pub struct Side {
+    /// "egress at <pod>" or "ingress at <pod>".
+    pub check: String,
+    pub enforced: bool,
+    pub pending: bool,
+    pub peer_identity: String,
+    pub allowed: bool,
+    pub allowed_by: Option<String>,
+}
+
+#[derive(Serialize)]
+pub struct VerdictReport {
+    pub from: Ipv4Addr,
+    pub to: Ipv4Addr,
+    pub port: u16,
+    pub protocol: String,
+    pub allowed: bool,
+    /// Checks on this node (a pod on another node is checked there).
+    pub checks: Vec<Side>,
+}
+
+pub fn parse_port(s: &str) -> anyhow::Result<(u16, u8, String)> {
+    let (port, proto) = s.split_once('/').unwrap_or((s, "tcp"));
+    let port: u16 = port.parse().with_context(|| format!("port {port:?}"))?;
+    let (num, name) = match proto.to_ascii_lowercase().as_str() {
+        "tcp" => (6, "TCP"),
+        "udp" => (17, "UDP"),
+        "sctp" => (132, "SCTP"),
+        other => bail!("protocol {other:?}: use tcp, udp or sctp"),
+    };
+    Ok((port, num, name.into()))
+}
+
+pub fn verdict(pin_dir: &Path, run_dir: &Path, from: Ipv4Addr, to: Ipv4Addr, port: &str) -> anyhow::Result<VerdictReport> {
+    let (port, proto, proto_name) = parse_port(port)?;
+    let live = Live::open(pin_dir, run_dir)?;
+    let mut checks = Vec::new();
+    for (dir, me, peer) in [(DIR_EGRESS, from, to), (DIR_INGRESS, to, from)] {
+        let Some((ifindex, ep)) = live.endpoint_of(me) else { continue };
+        let pod = live.names.pod(ifindex).unwrap_or_else(|| me.to_string());
+        let enforced_bit = if dir == DIR_INGRESS { EndpointInfo::FLAG_INGRESS_ENFORCED } else { EndpointInfo::FLAG_EGRESS_ENFORCED };
+        let pending = ep.flags & EndpointInfo::FLAG_POLICY_PENDING != 0;
+        let enforced = ep.flags & enforced_bit != 0;
+        let identity = live.identity(peer);
+        let slot = if enforced { live.lookup(ifindex, dir, identity, proto, port) } else { None };
+        checks.push(Side {
+            check: format!("{} at {pod}", if dir == DIR_INGRESS { "ingress" } else { "egress" }),
+            enforced,
+            pending,
+            peer_identity: live.names.identity(identity),
+            allowed: !pending && (!enforced || slot.is_some()),
+            allowed_by: match (pending, enforced, slot) {
+                (true, _, _) => None,
+                (false, false, _) => Some("not isolated in this direction".into()),
+                (false, true, Some(s)) => Some(live.names.slot(s)),
+                (false, true, None) => None,
+            },
+        });
+    }
+    if checks.is_empty() {
+        bail!("neither {from} nor {to} is a pod on this node: ask the agent on the node of either");
+    }
+    Ok(VerdictReport { from, to, port, protocol: proto_name, allowed: checks.iter().all(|c| c.allowed), checks })
+}
+
+#[derive(Serialize)]
+pub struct EndpointRow {
+    pub ifindex: u32,
+    pub ip: Ipv4Addr,
+    pub pod: Option<String>,
+    pub state: Vec<&'static str>,
+    pub rules: usize,
+    pub ingress_allowed: u64,
+    pub ingress_denied: u64,
+    pub egress_allowed: u64,
+    pub egress_denied: u64,
+}
+
+#[derive(Serialize)]
+pub struct PolicyRow {
+    pub policy: String,
+    pub allowed_flows: u64,
+}
+
+#[derive(Serialize)]
+pub struct PolicyReport {
+    pub endpoints: Vec<EndpointRow>,
+    pub policies: Vec<PolicyRow>,
+}
+
+pub fn report(pin_dir: &Path, run_dir: &Path) -> anyhow::Result<PolicyReport> {
+    let live = Live::open(pin_dir, run_dir)?;
+    let mut per_ep: BTreeMap<u32, usize> = BTreeMap::new();
+    for key in live.rules.keys() {
+        *per_ep.entry(key?.data().ifindex).or_default() += 1;
+    }
+    let stats = policy_stats::endpoint_stats(pin_dir)?;
+    let endpoints = live
+        .endpoints
+        .iter()
+        .map(|(ifindex, ep)| {
+            let mut state = Vec::new();
+            if ep.flags & EndpointInfo::FLAG_POLICY_PENDING != 0 {
+                state.push("pending");
+            }
+            if ep.flags & EndpointInfo::FLAG_INGRESS_ENFORCED != 0 {
+                state.push("ingress-isolated");
+            }
+            if ep.flags & EndpointInfo::FLAG_EGRESS_ENFORCED != 0 {
+                state.push("egress-isolated");
+            }
+            if state.is_empty() {
+                state.push("open");
+            }
+            let s = stats.get(ifindex).copied().unwrap_or_default();
+            EndpointRow {
+                ifindex: *ifindex,
+                ip: Ipv4Addr::from(ep.ipv4_octets()),
+                pod: live.names.pod(*ifindex),
+                state,
+                rules: per_ep.get(ifindex).copied().unwrap_or(0),
+                ingress_allowed: s.ingress_allowed,
+                ingress_denied: s.ingress_denied,
+                egress_allowed: s.egress_allowed,
+                egress_denied: s.egress_denied,
+            }
+        })
+        .collect();
+    let policies = policy_stats::policy_hits(pin_dir)?
+        .into_iter()
+        .map(|(slot, n)| PolicyRow { policy: live.names.slot(slot), allowed_flows: n })
+        .collect();
+    Ok(PolicyReport { endpoints, policies })
+}
+
+pub fn print_report(r: &PolicyReport) {
+    println!("{:<8} {:<16} {:<28} {:<34} {:>6} {:>21} {:>21}", "IFINDEX", "IP", "POD", "STATE", "RULES", "INGRESS ALLOW/DENY", "EGRESS ALLOW/DENY");
+    for e in &r.endpoints {
+        println!(
+            "{:<8} {:<16} {:<28} {:<34} {:>6} {:>21} {:>21}",
+            e.ifindex,
+            e.ip.to_string(),
+            e.pod.as_deref().unwrap_or("-"),
+            e.state.join(","),
+            e.rules,
+            format!("{}/{}", e.ingress_allowed, e.ingress_denied),
+            format!("{}/{}", e.egress_allowed, e.egress_denied),
+        );
+    }
+    if !r.policies.is_empty() {
+        println!();
+        println!("{:<48} ALLOWED NEW FLOWS", "POLICY");
+        for p in &r.policies {
+            println!("{:<48} {}", p.policy, p.allowed_flows);
+        }
+    }
+}
+
+pub fn print_verdict(v: &VerdictReport) {
+    println!(
+        "{} -> {}:{}/{}: {}",
+        v.from,
+        v.to,
+        v.port,
+        v.protocol,
+        if v.allowed { "ALLOWED" } else { "DENIED" }
+    );
+    for c in &v.checks {
+        let why = match (&c.allowed_by, c.pending) {
+            (_, true) => "the pod's policy is not in place yet (pending)".to_string(),
+            (Some(by), _) => format!("allowed by {by}"),
+            (None, _) => "no rule allows it".to_string(),
+        };
+        println!("  {:<40} peer {:<36} {}", c.check, c.peer_identity, why);
+    }
+}

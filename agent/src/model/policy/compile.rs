@@ -1,0 +1,503 @@
+//! NetworkPolicies -> the desired contents of the datapath's policy maps.
+//!
+//! The datapath, for a new flow at a local endpoint in one direction,
+//! skips the check unless the endpoint's flags say that direction is
+//! enforced; otherwise it looks the peer's address up in the ipcache (miss:
+//! `world`) and then (endpoint, identity, direction, protocol, destination
+//! port) in the policy LPM map, then the same with `IDENTITY_ANY`: a hit
+//! allows (and names the policy slot), a miss denies. [`simulate`] does
+//! exactly that on a [`DesiredPolicy`], and the tests hold it to the
+//! evaluator's answer.
+//!
+//! A compile reuses what the previous one worked out wherever its inputs
+//! are unchanged (the peers of a policy's rules, the entries of an
+//! endpoint), so that one label or policy change costs what it touches
+//! rather than every rule against every identity for every endpoint. The
+//! result is exactly that of a compile from scratch (tested).
+//!
+//! [`simulate`]: super::simulate::simulate
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    net::Ipv4Addr,
+};
+
+use ipnetwork::Ipv4Network;
+use weir_common::{
+    EndpointInfo,
+    policy::{IDENTITY_ANY, IDENTITY_FIRST_DYNAMIC, IDENTITY_WORLD, MAX_POLICY_SLOTS, POLICY_SLOT_OWN_NODE},
+};
+
+use super::{
+    evaluate::Direction,
+    identity::{Blocks, IdentityKey, Subject, prefix_of},
+    keys::{PortMatch, RuleKey, any_proto_entry, port_entry},
+    numbering::Numbering,
+    types::{NamespaceInfo, NetworkPolicyInfo, PodInfo, PolicyRule},
+};
+use crate::model::service::Protocol;
+
+/// A pod interface on this node, as the endpoint map has it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LocalEndpoint {
+    /// The host-side veth.
+    pub ifindex: u32,
+    /// Authoritative for the pod's address: the Pod's status may lag.
+    pub ip: Ipv4Addr,
+    /// `namespace/name` of the pod (weir-cni knows it from CNI_ARGS);
+    /// `None`: not a Kubernetes pod.
+    pub pod: Option<String>,
+    /// The endpoint currently has `FLAG_POLICY_PENDING`. Only decides for
+    /// an endpoint with no pod (kept); a pod's endpoint is pending exactly
+    /// while its Pod object is unknown.
+    pub pending: bool,
+}
+
+/// The cluster as far as policy goes, keyed by `namespace/name` (pods,
+/// policies) or name (namespaces).
+#[derive(Clone, Copy, Debug)]
+pub struct CompileInput<'a> {
+    pub pods: &'a BTreeMap<String, PodInfo>,
+    pub namespaces: &'a BTreeMap<String, NamespaceInfo>,
+    pub policies: &'a BTreeMap<String, NetworkPolicyInfo>,
+    /// This node's own addresses.
+    pub host_addrs: &'a [Ipv4Addr],
+    pub endpoints: &'a [LocalEndpoint],
+}
+
+/// What the policy maps should hold.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DesiredPolicy {
+    /// Address prefix -> identity.
+    pub ipcache: BTreeMap<Ipv4Network, u32>,
+    /// (prefix length, key) -> the slot of the policy that allows it (the
+    /// lowest when several do; `POLICY_SLOT_OWN_NODE` for the node's own
+    /// access). Keys have every bit past the prefix length cleared.
+    pub rules: BTreeMap<RuleKey, u32>,
+    /// Endpoint ifindex -> its `EndpointInfo::FLAGS_POLICY` bits (the other
+    /// bits are weir-cni's).
+    pub endpoint_flags: BTreeMap<u32, u32>,
+    /// Identity -> what it is, for operators (every identity the ipcache
+    /// uses).
+    pub identities: BTreeMap<u32, String>,
+}
+
+/// Compiles policies, keeping identity numbers and policy slots stable
+/// from one compile to the next.
+#[derive(Clone, Debug)]
+pub struct PolicyCompiler {
+    identities: Numbering<IdentityKey>,
+    slots: Numbering<String>,
+    /// The last compile's work, reused where its inputs are unchanged.
+    cache: Cache,
+}
+
+impl Default for PolicyCompiler {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// What the last compile worked out, with what it depended on.
+#[derive(Clone, Debug, Default)]
+struct Cache {
+    /// The identities in use: number -> key.
+    identities: BTreeMap<u32, IdentityKey>,
+    /// The namespaces the peers were resolved against.
+    namespaces: BTreeMap<String, NamespaceInfo>,
+    /// Every policy of the last compile, by its key in the input.
+    policies: HashMap<String, ResolvedPolicy>,
+    /// By ifindex: every endpoint of the last compile with a known pod.
+    endpoints: HashMap<u32, EndpointEntries>,
+    /// The last `ResolvedPolicy::version` handed out.
+    version: u64,
+}
+
+/// A policy with the peers of its rules resolved to identities.
+#[derive(Clone, Debug)]
+struct ResolvedPolicy {
+    policy: NetworkPolicyInfo,
+    ingress: Vec<ResolvedRule>,
+    egress: Vec<ResolvedRule>,
+    /// New (never handed out before) whenever the entries the policy gives
+    /// may have changed, so that an endpoint knows when to recompute.
+    version: u64,
+}
+
+/// A rule with its peers resolved to identities (`None`: every peer).
+#[derive(Clone, Debug)]
+struct ResolvedRule {
+    /// Sorted.
+    peers: Option<Vec<u32>>,
+    ports: Vec<PortMatch>,
+}
+
+/// The policy entries of one endpoint, and what they were computed from.
+#[derive(Clone, Debug)]
+struct EndpointEntries {
+    inputs: EndpointInputs,
+    /// Sorted by key.
+    entries: Vec<(RuleKey, u32)>,
+}
+
+/// Everything an endpoint's entries depend on besides its ifindex.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct EndpointInputs {
+    /// Per direction (ingress, egress): the slot and version of every
+    /// policy selecting the pod.
+    policies: [Vec<(u32, u64)>; 2],
+    /// The pod's own, for named ports in ingress rules.
+    named_ports: Vec<(String, Protocol, u16)>,
+    /// This node's identities.
+    hosts: Vec<u32>,
+}
+
+const DIRECTIONS: [(Direction, u32); 2] =
+    [(Direction::Ingress, EndpointInfo::FLAG_INGRESS_ENFORCED), (Direction::Egress, EndpointInfo::FLAG_EGRESS_ENFORCED)];
+
+impl PolicyCompiler {
+    pub fn new() -> Self {
+        Self {
+            identities: Numbering::new(IDENTITY_FIRST_DYNAMIC, u32::MAX),
+            // Slots past the counters' capacity still enforce; only their
+            // hits go uncounted.
+            slots: Numbering::new(POLICY_SLOT_OWN_NODE + 1, MAX_POLICY_SLOTS),
+            cache: Cache::default(),
+        }
+    }
+
+    /// The policy (`namespace/name`) a slot belongs to.
+    pub fn policy_of_slot(&self, slot: u32) -> Option<&str> {
+        self.slots.key(slot).map(String::as_str)
+    }
+
+    /// Every slot with its policy, by slot.
+    pub fn slots(&self) -> impl Iterator<Item = (u32, &str)> {
+        self.slots.iter().map(|(slot, policy)| (slot, policy.as_str()))
+    }
+
+    pub fn slot_of(&self, policy: &str) -> Option<u32> {
+        self.slots.get(&policy.to_string())
+    }
+
+    /// What an identity stands for.
+    pub fn identity_key(&self, identity: u32) -> Option<&IdentityKey> {
+        self.identities.key(identity)
+    }
+
+    pub fn compile(&mut self, input: &CompileInput<'_>) -> DesiredPolicy {
+        let live_slots: BTreeSet<u32> = input.policies.values().map(|p| self.slots.assign(&p.key)).collect();
+        self.slots.retain(&live_slots);
+
+        let endpoints = unique_endpoints(input.endpoints);
+        let blocks = Blocks::of(input.policies.values());
+        let mut out = DesiredPolicy::default();
+        let mut identities: BTreeMap<u32, IdentityKey> = BTreeMap::new();
+        for (net, key) in ipcache_keys(input, &endpoints, &blocks) {
+            let id = if key == IdentityKey::address(None) { IDENTITY_WORLD } else { self.identities.assign(&key) };
+            out.ipcache.insert(net, id);
+            identities.insert(id, key);
+        }
+        self.identities.retain(&identities.keys().copied().collect());
+        out.identities = identities.iter().map(|(id, key)| (*id, key.describe())).collect();
+        self.cache.resolve_policies(input, identities);
+
+        let identities = &self.cache.identities;
+        let hosts: Vec<u32> = identities.iter().filter(|(_, key)| key.subject == Subject::Host).map(|(id, _)| *id).collect();
+        // A policy selects pods of its own namespace only.
+        let mut by_namespace: BTreeMap<&str, Vec<&ResolvedPolicy>> = BTreeMap::new();
+        for (key, p) in input.policies {
+            by_namespace.entry(p.namespace.as_str()).or_default().push(&self.cache.policies[key]);
+        }
+        let mut previous = std::mem::take(&mut self.cache.endpoints);
+        let mut rules = Vec::new();
+        for ep in &endpoints {
+            let pod = match &ep.pod {
+                // Not a Kubernetes pod: no policy applies. A pending bit
+                // weir-cni set stays (it knows better than a missing name).
+                None => {
+                    out.endpoint_flags.insert(ep.ifindex, if ep.pending { EndpointInfo::FLAG_POLICY_PENDING } else { 0 });
+                    continue;
+                }
+                Some(key) => match input.pods.get(key) {
+                    Some(pod) => pod,
+                    // The Pod object has not arrived (or is gone): isolated
+                    // until it does, never open.
+                    None => {
+                        out.endpoint_flags.insert(ep.ifindex, EndpointInfo::FLAG_POLICY_PENDING);
+                        continue;
+                    }
+                },
+            };
+            let candidates = by_namespace.get(pod.namespace.as_str()).map_or(&[][..], Vec::as_slice);
+            let mut flags = 0;
+            let selecting = DIRECTIONS.map(|(dir, flag)| {
+                let selecting: Vec<(&ResolvedPolicy, u32)> = candidates
+                    .iter()
+                    .filter(|p| p.policy.selects(pod) && enabled(&p.policy, dir))
+                    .map(|p| (*p, self.slots.get(&p.policy.key).expect("every policy has a slot")))
+                    .collect();
+                if !selecting.is_empty() {
+                    flags |= flag;
+                }
+                selecting
+            });
+            out.endpoint_flags.insert(ep.ifindex, flags);
+            let inputs = EndpointInputs {
+                policies: selecting.each_ref().map(|ps| ps.iter().map(|(p, slot)| (*slot, p.version)).collect()),
+                named_ports: pod.named_ports.clone(),
+                hosts: hosts.clone(),
+            };
+            let computed = match previous.remove(&ep.ifindex) {
+                Some(e) if e.inputs == inputs => e,
+                _ => EndpointEntries { entries: endpoint_entries(ep.ifindex, pod, &selecting, &hosts, identities), inputs },
+            };
+            rules.extend_from_slice(&computed.entries);
+            self.cache.endpoints.insert(ep.ifindex, computed);
+        }
+        out.rules = rules.into_iter().collect();
+        out
+    }
+}
+
+impl Cache {
+    /// Takes over the identities now in use and brings every policy's
+    /// peers up to date with them, resolving again only what changed.
+    fn resolve_policies(&mut self, input: &CompileInput<'_>, identities: BTreeMap<u32, IdentityKey>) {
+        let previous = std::mem::replace(&mut self.identities, identities);
+        // Identities that appeared, went, or (a number handed out again)
+        // stand for something else now.
+        let mut changed: BTreeSet<u32> =
+            self.identities.iter().filter(|(id, key)| previous.get(id) != Some(key)).map(|(id, _)| *id).collect();
+        changed.extend(previous.iter().filter(|(id, key)| self.identities.get(id) != Some(key)).map(|(id, _)| *id));
+        if self.namespaces != *input.namespaces {
+            // namespaceSelectors may match other namespaces now.
+            self.namespaces = input.namespaces.clone();
+            self.policies.clear();
+        }
+        self.policies.retain(|key, _| input.policies.contains_key(key));
+        for (key, policy) in input.policies {
+            match self.policies.get_mut(key) {
+                Some(p) if p.policy == *policy => {
+                    if !changed.is_empty() && p.refresh(&changed, &self.identities, &self.namespaces) {
+                        self.version += 1;
+                        p.version = self.version;
+                    }
+                }
+                _ => {
+                    self.version += 1;
+                    let resolved = ResolvedPolicy::new(policy, &self.identities, &self.namespaces, self.version);
+                    self.policies.insert(key.clone(), resolved);
+                }
+            }
+        }
+    }
+}
+
+impl ResolvedPolicy {
+    fn new(
+        policy: &NetworkPolicyInfo,
+        identities: &BTreeMap<u32, IdentityKey>,
+        namespaces: &BTreeMap<String, NamespaceInfo>,
+        version: u64,
+    ) -> Self {
+        let resolve = |rules: &[PolicyRule]| -> Vec<ResolvedRule> {
+            rules
+                .iter()
+                .map(|rule| ResolvedRule {
+                    peers: (!rule.peers.is_empty()).then(|| {
+                        identities.iter().filter(|(_, key)| matches_rule(key, policy, rule, namespaces)).map(|(id, _)| *id).collect()
+                    }),
+                    ports: PortMatch::of_rule(&rule.ports),
+                })
+                .collect()
+        };
+        Self { policy: policy.clone(), ingress: resolve(&policy.ingress), egress: resolve(&policy.egress), version }
+    }
+
+    fn rules(&self, dir: Direction) -> &[ResolvedRule] {
+        match dir {
+            Direction::Ingress => &self.ingress,
+            Direction::Egress => &self.egress,
+        }
+    }
+
+    /// Resolves the `changed` identities again (every other identity is
+    /// still what it was); whether the entries the policy gives may differ.
+    fn refresh(
+        &mut self,
+        changed: &BTreeSet<u32>,
+        identities: &BTreeMap<u32, IdentityKey>,
+        namespaces: &BTreeMap<String, NamespaceInfo>,
+    ) -> bool {
+        let policy = &self.policy;
+        let mut differs = false;
+        for (dir, rules, resolved) in [(Direction::Ingress, &policy.ingress, &mut self.ingress), (Direction::Egress, &policy.egress, &mut self.egress)] {
+            for (rule, r) in rules.iter().zip(resolved.iter_mut()) {
+                let Some(peers) = &mut r.peers else {
+                    // Every peer: no identity in the entries, except for an
+                    // egress named port, resolved per pod identity.
+                    differs |= dir == Direction::Egress && r.ports.iter().any(|m| matches!(m, PortMatch::Named { .. }));
+                    continue;
+                };
+                let before = peers.len();
+                peers.retain(|id| !changed.contains(id));
+                let removed = peers.len() != before;
+                let added = changed.iter().filter(|id| identities.get(id).is_some_and(|key| matches_rule(key, policy, rule, namespaces)));
+                peers.extend(added.copied());
+                if removed || peers.len() != before {
+                    peers.sort_unstable();
+                    differs = true;
+                }
+            }
+        }
+        differs
+    }
+}
+
+/// Does any peer of `rule`, in `policy`, match the identity?
+fn matches_rule(key: &IdentityKey, policy: &NetworkPolicyInfo, rule: &PolicyRule, namespaces: &BTreeMap<String, NamespaceInfo>) -> bool {
+    rule.peers.iter().any(|peer| key.matches_peer(policy, peer, namespaces))
+}
+
+/// The entries of one endpoint (its pod `pod`), given the policies
+/// selecting the pod per direction with their slots.
+fn endpoint_entries(
+    ifindex: u32,
+    pod: &PodInfo,
+    selecting: &[Vec<(&ResolvedPolicy, u32)>; 2],
+    hosts: &[u32],
+    identities: &BTreeMap<u32, IdentityKey>,
+) -> Vec<(RuleKey, u32)> {
+    let mut out = BTreeMap::new();
+    let mut rules = Rules { identities, out: &mut out };
+    for ((dir, _), policies) in DIRECTIONS.iter().zip(selecting) {
+        for (policy, slot) in policies {
+            for rule in policy.rules(*dir) {
+                rules.add(ifindex, pod, *dir, rule, *slot);
+            }
+        }
+    }
+    if !selecting[0].is_empty() {
+        // The node's own traffic (kubelet probes) always reaches its pods.
+        for id in hosts {
+            rules.insert(any_proto_entry(ifindex, *id, Direction::Ingress), POLICY_SLOT_OWN_NODE);
+        }
+    }
+    out.into_iter().collect()
+}
+
+fn enabled(p: &NetworkPolicyInfo, dir: Direction) -> bool {
+    match dir {
+        Direction::Ingress => p.ingress_enabled,
+        Direction::Egress => p.egress_enabled,
+    }
+}
+
+/// One endpoint per ifindex (the first given), in ifindex order, so that
+/// every choice below is deterministic.
+fn unique_endpoints(endpoints: &[LocalEndpoint]) -> Vec<LocalEndpoint> {
+    let mut by_ifindex: BTreeMap<u32, &LocalEndpoint> = BTreeMap::new();
+    for ep in endpoints {
+        by_ifindex.entry(ep.ifindex).or_insert(ep);
+    }
+    by_ifindex.into_values().cloned().collect()
+}
+
+/// The ipcache by key: every ipBlock prefix and `0.0.0.0/0` as addresses,
+/// then pods (this node's first, by endpoint address), then this node's
+/// addresses over anything else at the same /32 (host-network pods have
+/// the node's address, and are the node's traffic).
+fn ipcache_keys(input: &CompileInput<'_>, endpoints: &[LocalEndpoint], blocks: &Blocks) -> BTreeMap<Ipv4Network, IdentityKey> {
+    let mut out = BTreeMap::new();
+    let everything = prefix_of(Ipv4Addr::UNSPECIFIED, 0);
+    out.insert(everything, IdentityKey::address(blocks.most_specific(everything)));
+    for b in blocks.iter() {
+        out.insert(b, IdentityKey::address(Some(b)));
+    }
+    // Address -> pod. Two pods at one address (a stale status): the local
+    // endpoint's pod, else the first by key.
+    let mut pods: BTreeMap<Ipv4Addr, &PodInfo> = BTreeMap::new();
+    let mut local_pods = BTreeSet::new();
+    for ep in endpoints {
+        if let Some(pod) = ep.pod.as_ref().and_then(|k| input.pods.get(k)) {
+            pods.entry(ep.ip).or_insert(pod);
+            local_pods.insert(pod.key.as_str());
+        }
+    }
+    for pod in input.pods.values() {
+        // A local pod's status address is not trusted over its endpoint's.
+        if let Some(ip) = pod.ip
+            && !local_pods.contains(pod.key.as_str())
+        {
+            pods.entry(ip).or_insert(pod);
+        }
+    }
+    for (ip, pod) in pods {
+        out.insert(prefix_of(ip, 32), IdentityKey::pod(pod, blocks.of_addr(ip)));
+    }
+    for ip in input.host_addrs {
+        out.insert(prefix_of(*ip, 32), IdentityKey { subject: Subject::Host, block: blocks.of_addr(*ip) });
+    }
+    out
+}
+
+/// The policy entries being built.
+struct Rules<'a> {
+    identities: &'a BTreeMap<u32, IdentityKey>,
+    out: &'a mut BTreeMap<RuleKey, u32>,
+}
+
+impl Rules<'_> {
+    /// Keeps the lowest slot when several rules give the same entry.
+    fn insert(&mut self, key: RuleKey, slot: u32) {
+        self.out.entry(key).and_modify(|s| *s = (*s).min(slot)).or_insert(slot);
+    }
+
+    /// The entries of one rule of a policy (in `slot`) selecting `pod`.
+    fn add(&mut self, ifindex: u32, pod: &PodInfo, dir: Direction, rule: &ResolvedRule, slot: u32) {
+        let any = [IDENTITY_ANY];
+        let peers: &[u32] = rule.peers.as_deref().unwrap_or(&any);
+        for m in &rule.ports {
+            match m {
+                PortMatch::AnyProto => {
+                    for id in peers {
+                        self.insert(any_proto_entry(ifindex, *id, dir), slot);
+                    }
+                }
+                PortMatch::Prefix { proto, port, bits } => {
+                    for id in peers {
+                        self.insert(port_entry(ifindex, *id, dir, *proto, *port, *bits), slot);
+                    }
+                }
+                // Ingress: the port is this pod's own.
+                PortMatch::Named { proto, name } if dir == Direction::Ingress => {
+                    for (_, _, port) in pod.named_ports.iter().filter(|(n, p, _)| n == name && p == proto) {
+                        for id in peers {
+                            self.insert(port_entry(ifindex, *id, dir, *proto, *port, 16), slot);
+                        }
+                    }
+                }
+                // Egress: the destination's, so per peer identity; "every
+                // peer" becomes every pod identity (nothing else has named
+                // ports).
+                PortMatch::Named { proto, name } => {
+                    let candidates: Vec<u32> = match &rule.peers {
+                        Some(ids) => ids.clone(),
+                        None => self.identities.iter().filter(|(_, k)| k.is_pod()).map(|(id, _)| *id).collect(),
+                    };
+                    for id in candidates {
+                        let ports: Vec<u16> = self.identities.get(&id).into_iter().flat_map(|k| k.named_port(name, *proto)).collect();
+                        for port in ports {
+                            self.insert(port_entry(ifindex, id, dir, *proto, port, 16), slot);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod agreement;
+#[cfg(test)]
+mod tests;

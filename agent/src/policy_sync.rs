@@ -1,0 +1,312 @@
+//! Keeping the NetworkPolicy maps equal to the cluster's Pods, Namespaces
+//! and NetworkPolicies, and answering weir-cni's hand-off for new pods.
+//!
+//! Local endpoints come from the endpoint map weir-cni writes; each is bound
+//! to its Pod either by the hand-off (namespace/name, before the Pod's
+//! status has an IP) or by the Pod's IP. Nothing is computed before all
+//! three kinds are listed: a policy not listed yet would leave its pods
+//! open, so until then new pods simply stay pending.
+use std::{
+    collections::BTreeMap,
+    net::Ipv4Addr,
+    path::PathBuf,
+    time::Instant,
+};
+
+use tracing::{error, info, warn};
+use weir_common::EndpointInfo;
+
+use crate::{
+    datapath::{
+        policy_maps::PolicyMaps,
+        policy_programmer::{ApplyStats, PolicyProgrammer, PolicyTarget},
+    },
+    model::{
+        ClusterIndex,
+        policy::compile::{CompileInput, DesiredPolicy, LocalEndpoint, PolicyCompiler},
+    },
+    node::{
+        files,
+        policy_socket::{HOLD, Handoff, HandoffAnswer},
+    },
+};
+
+/// Names behind the numbers in the maps, for `weir-agent inspect policy`
+/// (a separate process): `<run dir>/policy-names.json`.
+pub const NAMES_FILE: &str = "policy-names.json";
+
+struct Waiter {
+    ifindex: u32,
+    pod: String,
+    deadline: Instant,
+    reply: tokio::sync::oneshot::Sender<HandoffAnswer>,
+}
+
+pub struct PolicySync {
+    compiler: PolicyCompiler,
+    programmer: PolicyProgrammer,
+    /// ifindex -> (IP, pod key), as weir-cni announced them.
+    bindings: BTreeMap<u32, (Ipv4Addr, String)>,
+    waiters: Vec<Waiter>,
+    node_name: String,
+    names_path: PathBuf,
+    dirty: bool,
+    /// The last compiled state (for status and names).
+    last: Option<DesiredPolicy>,
+    last_stats: ApplyStats,
+    /// What the names file was last written from.
+    names_written: Option<Names>,
+    endpoint_pods: BTreeMap<u32, String>,
+}
+
+/// The names behind the numbers in the maps: slot -> policy, identity ->
+/// what it is, endpoint -> pod.
+#[derive(Debug, PartialEq, Eq)]
+struct Names {
+    slots: BTreeMap<u32, String>,
+    identities: BTreeMap<u32, String>,
+    endpoints: BTreeMap<u32, String>,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PolicyGauges {
+    pub policies: usize,
+    pub identities: usize,
+    pub rules: usize,
+    pub enforced_endpoints: usize,
+    pub pending_endpoints: usize,
+}
+
+impl PolicySync {
+    pub fn new(programmer: PolicyProgrammer, node_name: String, run_dir: &std::path::Path) -> Self {
+        Self {
+            compiler: PolicyCompiler::new(),
+            programmer,
+            bindings: BTreeMap::new(),
+            waiters: Vec::new(),
+            node_name,
+            names_path: run_dir.join(NAMES_FILE),
+            dirty: true,
+            last: None,
+            last_stats: ApplyStats::default(),
+            names_written: None,
+            endpoint_pods: BTreeMap::new(),
+        }
+    }
+
+    pub fn mark_dirty(&mut self) {
+        self.dirty = true;
+    }
+
+    pub fn needs_work(&self, index: &ClusterIndex) -> bool {
+        (self.dirty || !self.waiters.is_empty()) && index.policy_synced()
+    }
+
+    /// weir-cni announces a new pod; the answer goes out once the pod's
+    /// policy is in place (or the hold time runs out).
+    pub fn handoff(&mut self, h: Handoff) {
+        let r = h.request;
+        info!(pod = %r.pod_key(), ifindex = r.ifindex, ip = %r.ip, "new pod announced by weir-cni");
+        self.bindings.insert(r.ifindex, (r.ip, r.pod_key()));
+        self.waiters.push(Waiter { ifindex: r.ifindex, pod: r.pod_key(), deadline: Instant::now() + HOLD, reply: h.reply });
+        self.dirty = true;
+    }
+
+    /// The earliest hold deadline, so the main loop wakes up for it.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.waiters.iter().map(|w| w.deadline).min()
+    }
+
+    pub fn gauges(&self, index: &ClusterIndex) -> PolicyGauges {
+        let Some(d) = &self.last else { return PolicyGauges { policies: index.policies.len(), ..Default::default() } };
+        let flags = d.endpoint_flags.values();
+        PolicyGauges {
+            policies: index.policies.len(),
+            identities: d.identities.len(),
+            rules: d.rules.len(),
+            enforced_endpoints: flags.clone().filter(|f| *f & EndpointInfo::FLAGS_ENFORCED != 0).count(),
+            pending_endpoints: flags.filter(|f| *f & EndpointInfo::FLAG_POLICY_PENDING != 0).count(),
+        }
+    }
+
+    pub fn last_stats(&self) -> ApplyStats {
+        self.last_stats
+    }
+
+    /// Slot -> policy, and local endpoint -> pod, for labelling counters.
+    pub fn names(&self, index: &ClusterIndex) -> (BTreeMap<u32, String>, BTreeMap<u32, String>) {
+        let slots = index.policies.map().keys().filter_map(|k| Some((self.compiler.slot_of(k)?, k.clone()))).collect();
+        (slots, self.endpoint_pods.clone())
+    }
+
+    pub fn reconcile(&mut self, index: &ClusterIndex, maps: &mut impl PolicyMaps) {
+        if !index.policy_synced() {
+            self.expire_waiters("the agent has not listed Pods, Namespaces and NetworkPolicies yet");
+            return;
+        }
+        self.dirty = false;
+        let t0 = Instant::now();
+        let endpoints = match maps.local_endpoints() {
+            Ok(e) => e,
+            Err(e) => {
+                error!(error = %e, "cannot read the endpoint map; policy not updated");
+                self.dirty = true;
+                return;
+            }
+        };
+        // Announcements for interfaces that are gone, or now hold another
+        // pod, no longer count.
+        self.bindings.retain(|ifindex, (ip, _)| endpoints.get(ifindex).is_some_and(|ep| ep.ipv4_octets() == ip.octets()));
+        let by_ip: BTreeMap<Ipv4Addr, &str> = index
+            .pods
+            .iter()
+            .filter(|p| p.node.as_deref() == Some(self.node_name.as_str()))
+            .filter_map(|p| Some((p.ip?, p.key.as_str())))
+            .collect();
+        let local: Vec<LocalEndpoint> = endpoints
+            .iter()
+            .map(|(ifindex, ep)| {
+                let ip = Ipv4Addr::from(ep.ipv4_octets());
+                let pod = match self.bindings.get(ifindex) {
+                    Some((_, key)) => Some(key.clone()),
+                    None => by_ip.get(&ip).map(|k| k.to_string()),
+                };
+                LocalEndpoint { ifindex: *ifindex, ip, pod, pending: ep.flags & EndpointInfo::FLAG_POLICY_PENDING != 0 }
+            })
+            .collect();
+        self.endpoint_pods = local.iter().filter_map(|e| Some((e.ifindex, e.pod.clone()?))).collect();
+        let t1 = Instant::now();
+        let host_addrs = host_addrs();
+        let t2 = Instant::now();
+        let desired = self.compiler.compile(&CompileInput {
+            pods: index.pods.map(),
+            namespaces: index.namespaces.map(),
+            policies: index.policies.map(),
+            host_addrs: &host_addrs,
+            endpoints: &local,
+        });
+        let t3 = Instant::now();
+        let target = PolicyTarget { rules: &desired.rules, ipcache: &desired.ipcache, endpoint_flags: &desired.endpoint_flags };
+        match self.programmer.apply(maps, &target, &endpoints) {
+            Ok(stats) => {
+                let t4 = Instant::now();
+                if stats.writes() > 0 {
+                    info!(
+                        rules_set = stats.rules_set,
+                        rules_deleted = stats.rules_deleted,
+                        ipcache_set = stats.ipcache_set,
+                        ipcache_deleted = stats.ipcache_deleted,
+                        endpoints = stats.endpoints_updated,
+                        rules = desired.rules.len(),
+                        identities = desired.identities.len(),
+                        "policy maps updated"
+                    );
+                }
+                self.write_names(&desired);
+                self.last_stats = stats;
+                self.answer_waiters(&desired, index);
+                let t5 = Instant::now();
+                eprintln!("TIMING eps {:?} host {:?} compile {:?} apply {:?} names {:?} stats {:?}", t1-t0, t2-t1, t3-t2, t4-t3, t5-t4, stats);
+            }
+            Err(e) => {
+                error!(error = %e, "policy maps only partly updated; retrying");
+                self.dirty = true;
+            }
+        }
+        self.last = Some(desired);
+        self.expire_waiters_of_unknown_pods();
+    }
+
+    fn answer_waiters(&mut self, desired: &DesiredPolicy, index: &ClusterIndex) {
+        let mut keep = Vec::new();
+        for w in std::mem::take(&mut self.waiters) {
+            let pending = desired.endpoint_flags.get(&w.ifindex).is_none_or(|f| f & EndpointInfo::FLAG_POLICY_PENDING != 0);
+            if !pending {
+                let _ = w.reply.send(HandoffAnswer::Ready);
+            } else if index.pods.get(&w.pod).is_none() {
+                keep.push(w);
+            } else {
+                // Known pod but still pending: its endpoint entry is gone.
+                let _ = w.reply.send(HandoffAnswer::Pending(format!("no endpoint entry for ifindex {}", w.ifindex)));
+            }
+        }
+        self.waiters = keep;
+    }
+
+    fn expire_waiters_of_unknown_pods(&mut self) {
+        let now = Instant::now();
+        let (done, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.waiters).into_iter().partition(|w| w.deadline <= now);
+        self.waiters = keep;
+        for w in done {
+            warn!(pod = %w.pod, "pod starts isolated: the agent does not know its Pod object yet");
+            let _ = w.reply.send(HandoffAnswer::Pending(format!(
+                "the agent has not seen Pod {} within {:?}; it stays isolated until then",
+                w.pod, HOLD
+            )));
+        }
+    }
+
+    fn expire_waiters(&mut self, why: &str) {
+        let now = Instant::now();
+        let (done, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.waiters).into_iter().partition(|w| w.deadline <= now);
+        self.waiters = keep;
+        for w in done {
+            let _ = w.reply.send(HandoffAnswer::Pending(why.to_string()));
+        }
+    }
+
+    /// Expires held hand-offs without recomputing (timer tick).
+    pub fn tick(&mut self) {
+        self.expire_waiters_of_unknown_pods();
+    }
+
+    /// Writes the names file if the names changed (a label or policy
+    /// change rarely renames anything, and the file is not small).
+    fn write_names(&mut self, desired: &DesiredPolicy) {
+        // The compiler has a slot for every policy and for nothing else.
+        let unchanged = self.names_written.as_ref().is_some_and(|w| {
+            w.identities == desired.identities
+                && w.endpoints == self.endpoint_pods
+                && w.slots.iter().map(|(slot, policy)| (*slot, policy.as_str())).eq(self.compiler.slots())
+        });
+        if unchanged {
+            return;
+        }
+        let names = Names {
+            slots: self.compiler.slots().map(|(slot, policy)| (slot, policy.to_string())).collect(),
+            identities: desired.identities.clone(),
+            endpoints: self.endpoint_pods.clone(),
+        };
+        let text_keys = |m: &BTreeMap<u32, String>| m.iter().map(|(k, v)| (k.to_string(), v.clone())).collect::<BTreeMap<_, _>>();
+        let doc = serde_json::json!({
+            "slots": text_keys(&names.slots),
+            "identities": text_keys(&names.identities),
+            "endpoints": text_keys(&names.endpoints),
+        })
+        .to_string();
+        if let Err(e) = files::write_atomic(&self.names_path, doc.as_bytes()) {
+            warn!(error = %e, path = %self.names_path.display(), "policy names not written (inspect shows numbers only)");
+        } else {
+            self.names_written = Some(names);
+        }
+    }
+}
+
+/// Every IPv4 address of the node's own namespace: traffic from these is
+/// the pod's own node (kubelet probes), which always reaches it.
+fn host_addrs() -> Vec<Ipv4Addr> {
+    match nix::ifaddrs::getifaddrs() {
+        Ok(addrs) => {
+            let mut out: Vec<Ipv4Addr> = addrs
+                .filter_map(|a| a.address.and_then(|s| s.as_sockaddr_in().map(|sin| sin.ip())))
+                .collect();
+            out.sort();
+            out.dedup();
+            out
+        }
+        Err(e) => {
+            warn!(error = %e, "cannot list the node's addresses");
+            Vec::new()
+        }
+    }
+}

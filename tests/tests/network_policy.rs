@@ -1,0 +1,1738 @@
+//! NetworkPolicy truth tables in network namespaces, in the style of the
+//! upstream netpol e2e suite: Kubernetes namespaces x, y, z (labelled
+//! `ns=<name>`), pods a, b, c in each (`pod=<name>`) spread over two nodes
+//! with agents, every pod serving TCP and UDP on ports 80 and 81 (named
+//! container ports `serve-80-tcp` ...). Each scenario writes Namespaces,
+//! Pods and NetworkPolicies to the agents' manifest directory and probes
+//! the 9x9 matrix per (port, protocol) until what answers equals what the
+//! oracle expects, or a deadline passes.
+//!
+//! The oracle is the agent's own policy model (`weir_agent::model::policy`)
+//! fed the very YAML the agents read, so the two cannot drift; a pod always
+//! reaches itself (upstream's AllowLoopback: the traffic never leaves the
+//! pod).
+//!
+//! Every scenario runs even when one fails; the test fails at the end with
+//! the list. `WEIR_NETPOL_SCENARIOS=name,name` runs only scenarios whose
+//! name contains one of the words; `WEIR_NETPOL_DEADLINE_SECS` (10) is how
+//! long a step may take to converge.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fmt::Write as _,
+    net::Ipv4Addr,
+    sync::Mutex,
+    thread,
+    time::{Duration, Instant},
+};
+
+use k8s_openapi::api::{
+    core::v1::{Namespace, Pod as K8sPod},
+    networking::v1::NetworkPolicy,
+};
+use serde_json::{Value, json};
+use weir_agent::model::{
+    policy::{
+        convert,
+        evaluate::{Peer, PolicyView, evaluate},
+        types::{NamespaceInfo, NetworkPolicyInfo, PodInfo},
+    },
+    service::Protocol,
+};
+use weir_testbed::{
+    Agent, NetNs, Pod, Topology, echo,
+    manifest::{self, PodObject, PodStatus, SvcPort},
+    probe::{self, Outcome, Probe, Prober, Proto, SourcePorts},
+    process::ChildGuard,
+    tools,
+};
+
+const NAMESPACES: [&str; 3] = ["x", "y", "z"];
+const POD_NAMES: [&str; 3] = ["a", "b", "c"];
+const PORTS: [u16; 2] = [80, 81];
+const PROTOS: [Proto; 2] = [Proto::Tcp, Proto::Udp];
+const CLUSTER_CIDR: &str = weir_testbed::topology::CLUSTER_CIDR;
+/// The ClusterIP of the Service scenario, and its backend.
+const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 80);
+const SVC_BACKEND: &str = "x/a";
+/// Per socket operation of a probe.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+/// Between writing manifests and the first probe: the agents poll the
+/// directory every 200 ms.
+const SETTLE: Duration = Duration::from_millis(400);
+
+/// The privileged tests share the 2-core machine badly: one at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+type Labels = BTreeMap<String, String>;
+
+fn labels(kv: &[(&str, &str)]) -> Labels {
+    kv.iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// All pods, `ns/name`, in matrix order.
+fn pod_keys() -> Vec<String> {
+    NAMESPACES
+        .iter()
+        .flat_map(|ns| POD_NAMES.iter().map(move |p| format!("{ns}/{p}")))
+        .collect()
+}
+
+fn deadline() -> Duration {
+    let secs = std::env::var("WEIR_NETPOL_DEADLINE_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10.0);
+    Duration::from_secs_f64(secs)
+}
+
+// ---------------------------------------------------------------------------
+// Desired cluster state: what the manifest directory holds.
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct State {
+    /// Namespace -> labels (the API server's kubernetes.io/metadata.name is
+    /// added when written).
+    namespaces: BTreeMap<String, Labels>,
+    /// `ns/pod` -> labels.
+    pods: BTreeMap<String, Labels>,
+    /// (namespace, name) -> spec as YAML.
+    policies: BTreeMap<(String, String), String>,
+    /// The ClusterIP Service over x/a.
+    service: bool,
+}
+
+impl State {
+    fn baseline() -> Self {
+        let namespaces = NAMESPACES
+            .iter()
+            .map(|ns| {
+                let mut l = labels(&[("ns", ns)]);
+                // For Exists / DoesNotExist selectors.
+                if *ns == "y" {
+                    l.insert("team".into(), "red".into());
+                }
+                (ns.to_string(), l)
+            })
+            .collect();
+        let pods = pod_keys()
+            .into_iter()
+            .map(|k| {
+                let p = k.split_once('/').unwrap().1.to_string();
+                (k, labels(&[("pod", &p)]))
+            })
+            .collect();
+        State {
+            namespaces,
+            pods,
+            policies: BTreeMap::new(),
+            service: false,
+        }
+    }
+
+    fn policy(&mut self, ns: &str, name: &str, spec: Value) {
+        let yaml = serde_yaml::to_string(&spec).expect("a JSON value is YAML");
+        self.policies.insert((ns.into(), name.into()), yaml);
+    }
+
+    fn remove_policy(&mut self, ns: &str, name: &str) {
+        assert!(
+            self.policies
+                .remove(&(ns.to_string(), name.to_string()))
+                .is_some(),
+            "no policy {ns}/{name}"
+        );
+    }
+
+    fn pod_labels(&mut self, key: &str, kv: &[(&str, &str)]) {
+        assert!(self.pods.contains_key(key), "no pod {key}");
+        self.pods.insert(key.into(), labels(kv));
+    }
+
+    fn namespace_labels(&mut self, ns: &str, kv: &[(&str, &str)]) {
+        assert!(self.namespaces.contains_key(ns), "no namespace {ns}");
+        self.namespaces.insert(ns.into(), labels(kv));
+    }
+
+    fn namespace_file(ns: &str) -> String {
+        format!("namespace_{ns}.yaml")
+    }
+
+    fn namespace_yaml(&self, ns: &str) -> String {
+        manifest::namespace_yaml(ns, &self.namespaces[ns])
+    }
+
+    fn policy_file(ns: &str, name: &str) -> String {
+        format!("netpol_{ns}_{name}.yaml")
+    }
+
+    /// Every NetworkPolicy as (file, YAML).
+    fn policy_docs(&self) -> BTreeMap<String, String> {
+        self.policies
+            .iter()
+            .map(|((ns, name), spec)| {
+                (
+                    Self::policy_file(ns, name),
+                    manifest::network_policy_yaml(ns, name, spec),
+                )
+            })
+            .collect()
+    }
+}
+
+/// What a pod's manifest says, for a state (labels) and an address.
+fn pod_object(key: &str, labels: &Labels) -> PodObject {
+    let (ns, name) = key.split_once('/').unwrap();
+    let mut o = PodObject::new(ns, name);
+    o.labels = labels.clone();
+    for port in PORTS {
+        for proto in PROTOS {
+            o = o.port(&format!("serve-{port}-{proto}"), proto.k8s(), port);
+        }
+    }
+    o
+}
+
+// ---------------------------------------------------------------------------
+// Scenarios: a name, what it shows, and steps; each step changes the state
+// of the step before (the first, the baseline).
+
+struct Step {
+    name: String,
+    state: State,
+}
+
+struct Scenario {
+    name: String,
+    about: String,
+    steps: Vec<Step>,
+}
+
+impl Scenario {
+    fn new(name: &str, about: &str) -> Self {
+        Scenario {
+            name: name.into(),
+            about: about.into(),
+            steps: Vec::new(),
+        }
+    }
+
+    fn step(mut self, name: &str, change: impl FnOnce(&mut State)) -> Self {
+        let mut state = self
+            .steps
+            .last()
+            .map(|s| s.state.clone())
+            .unwrap_or_else(State::baseline);
+        change(&mut state);
+        self.steps.push(Step {
+            name: name.into(),
+            state,
+        });
+        self
+    }
+
+    /// A one-step scenario.
+    fn one(name: &str, about: &str, change: impl FnOnce(&mut State)) -> Self {
+        Self::new(name, about).step("policies applied", change)
+    }
+}
+
+fn ns_is(ns: &str) -> Value {
+    json!({"matchLabels": {"ns": ns}})
+}
+
+fn pod_is(pod: &str) -> Value {
+    json!({"matchLabels": {"pod": pod}})
+}
+
+fn deny_ingress() -> Value {
+    json!({"podSelector": {}})
+}
+
+/// The scenarios, for a cluster whose pods have `ips` (`ns/pod` -> IP).
+fn scenarios(ips: &BTreeMap<String, Ipv4Addr>) -> Vec<Scenario> {
+    let ip = |k: &str| ips[k];
+    vec![
+        Scenario::one("no-policy", "nothing isolated: every pod reaches every pod", |_| {}),
+        Scenario::one(
+            "deny-ingress-x",
+            "default-deny ingress in x; x's own connections out still work, so their replies, which enter x through the \
+             denied direction, pass (stateful)",
+            |s| s.policy("x", "deny-ingress", deny_ingress()),
+        ),
+        Scenario::one(
+            "deny-egress-x",
+            "default-deny egress in x; connections into x still work, so their replies, which leave x through the denied \
+             direction, pass (stateful)",
+            |s| s.policy("x", "deny-egress", json!({"podSelector": {}, "policyTypes": ["Egress"]})),
+        ),
+        Scenario::one("deny-all-x", "default-deny ingress and egress in x", |s| {
+            s.policy("x", "deny-all", json!({"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}))
+        }),
+        Scenario::one("deny-ingress-x+allow-all-ingress", "an empty ingress rule allows everything, whatever else denies", |s| {
+            s.policy("x", "deny-ingress", deny_ingress());
+            s.policy("x", "allow-all", json!({"podSelector": {}, "ingress": [{}]}));
+        }),
+        Scenario::one("deny-egress-x+allow-all-egress", "an empty egress rule allows everything", |s| {
+            s.policy("x", "deny-egress", json!({"podSelector": {}, "policyTypes": ["Egress"]}));
+            s.policy("x", "allow-all-egress", json!({"podSelector": {}, "policyTypes": ["Egress"], "egress": [{}]}));
+        }),
+        Scenario::one("allow-from-namespace-y", "x accepts only namespace y (namespaceSelector)", |s| {
+            s.policy("x", "from-y", json!({"podSelector": {}, "ingress": [{"from": [{"namespaceSelector": ns_is("y")}]}]}))
+        }),
+        Scenario::one("allow-from-y/b-one-peer", "both selectors in one peer: pod b of namespace y only (AND)", |s| {
+            s.policy(
+                "x",
+                "from-y-b",
+                json!({"podSelector": {}, "ingress": [{"from": [{"namespaceSelector": ns_is("y"), "podSelector": pod_is("b")}]}]}),
+            )
+        }),
+        Scenario::one(
+            "allow-from-namespace-y-or-pod-b-two-peers",
+            "two peers (OR): all of namespace y, and pod b of x itself (a podSelector alone means the policy's namespace)",
+            |s| {
+                s.policy(
+                    "x",
+                    "from-y-or-b",
+                    json!({"podSelector": {}, "ingress": [{"from": [{"namespaceSelector": ns_is("y")}, {"podSelector": pod_is("b")}]}]}),
+                )
+            },
+        ),
+        Scenario::one("allow-from-pods-in-a-b", "matchExpressions In: pods a and b of every namespace", |s| {
+            s.policy(
+                "x",
+                "from-a-b",
+                json!({"podSelector": {}, "ingress": [{"from": [{"namespaceSelector": {},
+                    "podSelector": {"matchExpressions": [{"key": "pod", "operator": "In", "values": ["a", "b"]}]}}]}]}),
+            )
+        }),
+        Scenario::one("allow-from-namespaces-not-in-y", "matchExpressions NotIn: namespaces x and z", |s| {
+            s.policy(
+                "x",
+                "from-not-y",
+                json!({"podSelector": {}, "ingress": [{"from": [{"namespaceSelector":
+                    {"matchExpressions": [{"key": "ns", "operator": "NotIn", "values": ["y"]}]}}]}]}),
+            )
+        }),
+        Scenario::one("allow-from-namespaces-with-team", "matchExpressions Exists: only y has a team label", |s| {
+            s.policy(
+                "x",
+                "from-team",
+                json!({"podSelector": {}, "ingress": [{"from": [{"namespaceSelector":
+                    {"matchExpressions": [{"key": "team", "operator": "Exists"}]}}]}]}),
+            )
+        }),
+        Scenario::one(
+            "allow-to-x/a-from-namespaces-without-team",
+            "matchExpressions DoesNotExist (x and z), on a policy selecting x/a only",
+            |s| {
+                s.policy(
+                    "x",
+                    "a-from-no-team",
+                    json!({"podSelector": pod_is("a"), "ingress": [{"from": [{"namespaceSelector":
+                        {"matchExpressions": [{"key": "team", "operator": "DoesNotExist"}]}}]}]}),
+                )
+            },
+        ),
+        Scenario::one(
+            "allow-to-x/b-from-pods-without-pod-label",
+            "a peer that selects no pod (pod DoesNotExist): x/b accepts nobody",
+            |s| {
+                s.policy(
+                    "x",
+                    "b-from-nobody",
+                    json!({"podSelector": pod_is("b"), "ingress": [{"from": [{"namespaceSelector": {},
+                        "podSelector": {"matchExpressions": [{"key": "pod", "operator": "DoesNotExist"}]}}]}]}),
+                )
+            },
+        ),
+        Scenario::one(
+            "allow-from-pod-a-same-namespace-only",
+            "a podSelector-only peer: x/a, not y/a or z/a",
+            |s| s.policy("x", "from-a", json!({"podSelector": {}, "ingress": [{"from": [{"podSelector": pod_is("a")}]}]})),
+        ),
+        Scenario::one("allow-from-pods-c-all-namespaces", "an empty namespaceSelector with a podSelector: pods c anywhere", |s| {
+            s.policy(
+                "x",
+                "from-c",
+                json!({"podSelector": {}, "ingress": [{"from": [{"namespaceSelector": {}, "podSelector": pod_is("c")}]}]}),
+            )
+        }),
+        Scenario::one("ingress-tcp-80-only", "x accepts TCP 80 from anyone, nothing else", |s| {
+            s.policy("x", "tcp-80", json!({"podSelector": {}, "ingress": [{"ports": [{"protocol": "TCP", "port": 80}]}]}))
+        }),
+        Scenario::one("ingress-named-port-serve-81-tcp", "a named port: the target's container port serve-81-tcp", |s| {
+            s.policy("x", "named-81", json!({"podSelector": {}, "ingress": [{"ports": [{"port": "serve-81-tcp"}]}]}))
+        }),
+        Scenario::one("ingress-udp-only", "a port entry with a protocol and no port: every UDP port", |s| {
+            s.policy("x", "udp", json!({"podSelector": {}, "ingress": [{"ports": [{"protocol": "UDP"}]}]}))
+        }),
+        Scenario::one(
+            "ingress-named-port-protocol-mismatch",
+            "port serve-81-udp with protocol TCP names no container port: nothing allowed",
+            |s| {
+                s.policy(
+                    "x",
+                    "named-mismatch",
+                    json!({"podSelector": {}, "ingress": [{"ports": [{"protocol": "TCP", "port": "serve-81-udp"}]}]}),
+                )
+            },
+        ),
+        Scenario::one("ingress-tcp-port-range-80-81", "endPort: TCP 80-81", |s| {
+            s.policy(
+                "x",
+                "tcp-80-81",
+                json!({"podSelector": {}, "ingress": [{"ports": [{"protocol": "TCP", "port": 80, "endPort": 81}]}]}),
+            )
+        }),
+        Scenario::one("ingress-udp-port-range-81-90", "endPort: UDP 81-90 (81 only of the served ports)", |s| {
+            s.policy(
+                "x",
+                "udp-81-90",
+                json!({"podSelector": {}, "ingress": [{"ports": [{"protocol": "UDP", "port": 81, "endPort": 90}]}]}),
+            )
+        }),
+        Scenario::one("ingress-empty-from-udp-80", "an empty `from` list is every peer; with a port: UDP 80", |s| {
+            s.policy("x", "udp-80", json!({"podSelector": {}, "ingress": [{"from": [], "ports": [{"protocol": "UDP", "port": 80}]}]}))
+        }),
+        Scenario::one(
+            "ingress-ipblock-cluster-except-y/b",
+            "x/a accepts the cluster CIDR except y/b's /32",
+            |s| {
+                s.policy(
+                    "x",
+                    "a-ipblock",
+                    json!({"podSelector": pod_is("a"), "ingress": [{"from": [{"ipBlock":
+                        {"cidr": CLUSTER_CIDR, "except": [format!("{}/32", ip("y/b"))]}}]}]}),
+                )
+            },
+        ),
+        Scenario::one("egress-ipblock-cluster-except-z/c", "x sends to the cluster CIDR except z/c's /32", |s| {
+            s.policy(
+                "x",
+                "egress-ipblock",
+                json!({"podSelector": {}, "policyTypes": ["Egress"], "egress": [{"to": [{"ipBlock":
+                    {"cidr": CLUSTER_CIDR, "except": [format!("{}/32", ip("z/c"))]}}]}]}),
+            )
+        }),
+        Scenario::one("egress-to-namespace-y-only", "x sends only to namespace y", |s| {
+            s.policy(
+                "x",
+                "to-y",
+                json!({"podSelector": {}, "policyTypes": ["Egress"], "egress": [{"to": [{"namespaceSelector": ns_is("y")}]}]}),
+            )
+        }),
+        Scenario::one("egress-to-pods-a-all-namespaces", "x sends only to pods a, in every namespace", |s| {
+            s.policy(
+                "x",
+                "to-a",
+                json!({"podSelector": {}, "policyTypes": ["Egress"],
+                    "egress": [{"to": [{"namespaceSelector": {}, "podSelector": pod_is("a")}]}]}),
+            )
+        }),
+        Scenario::one("egress-to-namespace-y-tcp-81", "x sends only TCP 81 to namespace y", |s| {
+            s.policy(
+                "x",
+                "to-y-81",
+                json!({"podSelector": {}, "policyTypes": ["Egress"],
+                    "egress": [{"to": [{"namespaceSelector": ns_is("y")}], "ports": [{"port": 81}]}]}),
+            )
+        }),
+        Scenario::one("ingress-and-egress-in-one-policy", "x talks to namespace y only, both ways", |s| {
+            s.policy(
+                "x",
+                "y-only",
+                json!({"podSelector": {}, "policyTypes": ["Ingress", "Egress"],
+                    "ingress": [{"from": [{"namespaceSelector": ns_is("y")}]}],
+                    "egress": [{"to": [{"namespaceSelector": ns_is("y")}]}]}),
+            )
+        }),
+        Scenario::one("two-policies-union-on-x/a", "x/a: from namespace y (one policy) or TCP 81 from z (another)", |s| {
+            s.policy("x", "a-from-y", json!({"podSelector": pod_is("a"), "ingress": [{"from": [{"namespaceSelector": ns_is("y")}]}]}));
+            s.policy(
+                "x",
+                "a-from-z-81",
+                json!({"podSelector": pod_is("a"), "ingress": [{"from": [{"namespaceSelector": ns_is("z")}], "ports": [{"port": 81}]}]}),
+            );
+        }),
+        Scenario::one("policy-selects-only-x/a", "deny ingress to x/a; x/b and x/c are not isolated", |s| {
+            s.policy("x", "deny-a", json!({"podSelector": pod_is("a")}))
+        }),
+        Scenario::one(
+            "policy-in-y-applies-to-y-only",
+            "a policy of namespace y selecting pod=a isolates y/a only (x/a and z/a carry the same label); its \
+             podSelector-only peer admits y's pods a",
+            |s| s.policy("y", "a-from-a", json!({"podSelector": pod_is("a"), "ingress": [{"from": [{"podSelector": pod_is("a")}]}]})),
+        ),
+        Scenario::one(
+            "policy-types-egress-ignores-ingress-rules",
+            "policyTypes [Egress] with ingress rules: ingress is not enforced, egress goes to x only",
+            |s| {
+                s.policy(
+                    "x",
+                    "egress-only",
+                    json!({"podSelector": {}, "policyTypes": ["Egress"],
+                        "ingress": [{"from": [{"namespaceSelector": ns_is("y")}]}],
+                        "egress": [{"to": [{"namespaceSelector": ns_is("x")}]}]}),
+                )
+            },
+        ),
+        Scenario::one(
+            "policy-types-ingress-ignores-egress-rules",
+            "policyTypes [Ingress] with an empty egress list: egress is not enforced, ingress from x only",
+            |s| {
+                s.policy(
+                    "x",
+                    "ingress-only",
+                    json!({"podSelector": {}, "policyTypes": ["Ingress"],
+                        "ingress": [{"from": [{"namespaceSelector": ns_is("x")}]}], "egress": []}),
+                )
+            },
+        ),
+        Scenario::new("update-policy-in-place", "one policy rewritten under the same name, then deleted")
+            .step("x from namespace y", |s| {
+                s.policy("x", "allow", json!({"podSelector": {}, "ingress": [{"from": [{"namespaceSelector": ns_is("y")}]}]}))
+            })
+            .step("changed: x from namespace z", |s| {
+                s.policy("x", "allow", json!({"podSelector": {}, "ingress": [{"from": [{"namespaceSelector": ns_is("z")}]}]}))
+            })
+            .step("changed: x from namespace z on UDP only", |s| {
+                s.policy(
+                    "x",
+                    "allow",
+                    json!({"podSelector": {}, "ingress": [{"from": [{"namespaceSelector": ns_is("z")}], "ports": [{"protocol": "UDP"}]}]}),
+                )
+            })
+            .step("deleted", |s| s.remove_policy("x", "allow")),
+        Scenario::new("delete-one-of-two-policies", "the union shrinks, then isolation ends")
+            .step("deny ingress in x + allow from y", |s| {
+                s.policy("x", "deny-ingress", deny_ingress());
+                s.policy("x", "from-y", json!({"podSelector": {}, "ingress": [{"from": [{"namespaceSelector": ns_is("y")}]}]}));
+            })
+            .step("allow from y deleted", |s| s.remove_policy("x", "from-y"))
+            .step("deny deleted", |s| s.remove_policy("x", "deny-ingress")),
+        Scenario::new("pod-label-change", "labels of a peer and of a selected pod change under a policy")
+            .step("x/a accepts pods b", |s| {
+                s.policy(
+                    "x",
+                    "a-from-b",
+                    json!({"podSelector": pod_is("a"), "ingress": [{"from": [{"namespaceSelector": {}, "podSelector": pod_is("b")}]}]}),
+                )
+            })
+            .step("z/c relabelled pod=b: now a peer", |s| s.pod_labels("z/c", &[("pod", "b")]))
+            .step("x/a relabelled pod=a2: no longer selected", |s| s.pod_labels("x/a", &[("pod", "a2")]))
+            .step("x/b relabelled pod=a: now selected", |s| s.pod_labels("x/b", &[("pod", "a")])),
+        Scenario::new("namespace-label-change", "namespace labels change under a namespaceSelector")
+            .step("x accepts ns=y", |s| {
+                s.policy("x", "from-y", json!({"podSelector": {}, "ingress": [{"from": [{"namespaceSelector": ns_is("y")}]}]}))
+            })
+            .step("z relabelled ns=y", |s| s.namespace_labels("z", &[("ns", "y")]))
+            .step("y relabelled ns=other", |s| s.namespace_labels("y", &[("ns", "other"), ("team", "red")])),
+        Scenario::new(
+            "service-backend-egress",
+            "a ClusterIP over x/a (column svc): policies see the backend, not the ClusterIP (translation first)",
+        )
+        .step("Service, no policy", |s| s.service = true)
+        .step("y sends only to pods a, z only to pods b", |s| {
+            s.policy(
+                "y",
+                "to-a",
+                json!({"podSelector": {}, "policyTypes": ["Egress"],
+                    "egress": [{"to": [{"namespaceSelector": {}, "podSelector": pod_is("a")}]}]}),
+            );
+            s.policy(
+                "z",
+                "to-b",
+                json!({"podSelector": {}, "policyTypes": ["Egress"],
+                    "egress": [{"to": [{"namespaceSelector": {}, "podSelector": pod_is("b")}]}]}),
+            );
+        })
+        .step("instead x/a accepts only namespace z", |s| {
+            s.remove_policy("y", "to-a");
+            s.remove_policy("z", "to-b");
+            s.policy("x", "a-from-z", json!({"podSelector": pod_is("a"), "ingress": [{"from": [{"namespaceSelector": ns_is("z")}]}]}));
+        }),
+    ]
+}
+
+// ---------------------------------------------------------------------------
+// The oracle: the agent's policy model over the YAML the agents read.
+
+struct Oracle {
+    pods: BTreeMap<String, PodInfo>,
+    namespaces: BTreeMap<String, NamespaceInfo>,
+    policies: Vec<NetworkPolicyInfo>,
+    nodes: BTreeMap<String, Ipv4Addr>,
+}
+
+impl Oracle {
+    /// From manifests (multi-document strings allowed), as the API would
+    /// have them; kinds other than Pod, Namespace and NetworkPolicy are
+    /// skipped.
+    fn new(docs: &[String], nodes: BTreeMap<String, Ipv4Addr>) -> Result<Self, String> {
+        use serde::Deserialize;
+        let mut o = Oracle {
+            pods: BTreeMap::new(),
+            namespaces: BTreeMap::new(),
+            policies: Vec::new(),
+            nodes,
+        };
+        for text in docs {
+            for doc in serde_yaml::Deserializer::from_str(text) {
+                o.add(
+                    serde_yaml::Value::deserialize(doc).map_err(|e| format!("{e}: {text}"))?,
+                    text,
+                )?;
+            }
+        }
+        Ok(o)
+    }
+
+    fn add(&mut self, value: serde_yaml::Value, doc: &str) -> Result<(), String> {
+        match value.get("kind").and_then(|k| k.as_str()) {
+            Some("Pod") => {
+                let pod: K8sPod =
+                    serde_yaml::from_value(value).map_err(|e| format!("Pod: {e}: {doc}"))?;
+                let info = convert::pod(&pod);
+                self.pods.insert(info.key.clone(), info);
+            }
+            Some("Namespace") => {
+                let ns: Namespace =
+                    serde_yaml::from_value(value).map_err(|e| format!("Namespace: {e}: {doc}"))?;
+                let info = convert::namespace(&ns);
+                self.namespaces.insert(info.name.clone(), info);
+            }
+            Some("NetworkPolicy") => {
+                let np: NetworkPolicy = serde_yaml::from_value(value)
+                    .map_err(|e| format!("NetworkPolicy: {e}: {doc}"))?;
+                self.policies.push(
+                    convert::network_policy(&np)
+                        .map_err(|e| format!("NetworkPolicy: {e}: {doc}"))?,
+                );
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn view(&self) -> PolicyView<'_> {
+        PolicyView {
+            policies: &self.policies,
+            namespaces: &self.namespaces,
+            node_addrs: &self.nodes,
+        }
+    }
+
+    fn protocol(proto: Proto) -> Protocol {
+        match proto {
+            Proto::Tcp => Protocol::Tcp,
+            Proto::Udp => Protocol::Udp,
+        }
+    }
+
+    fn pod(&self, key: &str) -> &PodInfo {
+        self.pods
+            .get(key)
+            .unwrap_or_else(|| panic!("oracle: no pod {key}"))
+    }
+
+    /// Pod to pod (through a Service: to its backend). A pod reaches
+    /// itself without leaving its namespace: always allowed.
+    fn allowed(&self, src: &str, dst: &str, proto: Proto, port: u16, direct: bool) -> bool {
+        if direct && src == dst {
+            return true;
+        }
+        evaluate(
+            &self.view(),
+            Peer::Pod(self.pod(src)),
+            Peer::Pod(self.pod(dst)),
+            Self::protocol(proto),
+            port,
+        )
+        .allowed
+    }
+
+    /// From an address that is not a pod (a node) to a pod.
+    fn allowed_from_address(&self, src: Ipv4Addr, dst: &str, proto: Proto, port: u16) -> bool {
+        evaluate(
+            &self.view(),
+            Peer::Address(src),
+            Peer::Pod(self.pod(dst)),
+            Self::protocol(proto),
+            port,
+        )
+        .allowed
+    }
+
+    fn reason(&self, src: &str, dst: &str, proto: Proto, port: u16) -> String {
+        let d = evaluate(
+            &self.view(),
+            Peer::Pod(self.pod(src)),
+            Peer::Pod(self.pod(dst)),
+            Self::protocol(proto),
+            port,
+        );
+        let mut parts = Vec::new();
+        if let Some(e) = d.egress {
+            parts.push(format!("egress: {}", e.reason));
+        }
+        if let Some(i) = d.ingress {
+            parts.push(format!("ingress: {}", i.reason));
+        }
+        parts.join("; ")
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Matrices.
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Cell {
+    Allowed,
+    Blocked,
+    /// Answered by another server than the one meant.
+    Wrong(String),
+    /// The probe could not run.
+    Broken(String),
+    /// Not probed (a pod to itself through the Service).
+    Skipped,
+}
+
+impl Cell {
+    fn symbol(&self) -> char {
+        match self {
+            Cell::Allowed => '.',
+            Cell::Blocked => 'X',
+            Cell::Wrong(_) => '!',
+            Cell::Broken(_) => '?',
+            Cell::Skipped => '-',
+        }
+    }
+
+    fn expected(allowed: bool) -> Self {
+        if allowed {
+            Cell::Allowed
+        } else {
+            Cell::Blocked
+        }
+    }
+}
+
+/// A column: a pod, or the Service (its backend answers).
+#[derive(Clone, Debug)]
+struct Target {
+    label: String,
+    ip: Ipv4Addr,
+    /// The pod whose server answers (and whose policy applies).
+    backend: String,
+    direct: bool,
+}
+
+/// (port, protocol) -> rows (clients) x columns (targets).
+type Matrix = BTreeMap<(u16, Proto), Vec<Vec<Cell>>>;
+
+/// One probe of a round, for the report.
+struct Seen {
+    client: String,
+    target: String,
+    port: u16,
+    proto: Proto,
+    outcome: Outcome,
+}
+
+fn matrix_legend() -> String {
+    format!(
+        "legend: rows are clients, columns servers (svc: ClusterIP {VIP} over {SVC_BACKEND}); \
+         '.' answered, 'X' no answer, '!' answered by the wrong server, '?' probe broken, '-' not probed; \
+         in `observed`, cells that differ from `expected` are in brackets"
+    )
+}
+
+fn render(rows: &[String], targets: &[Target], expected: &Matrix, observed: &Matrix) -> String {
+    let mut out = String::new();
+    let header: String = targets.iter().map(|t| format!("{:>4}", t.label)).collect();
+    let width = 6 + 4 * targets.len();
+    for (key, exp) in expected {
+        let (port, proto) = key;
+        let obs = &observed[key];
+        let _ = writeln!(
+            out,
+            "{:<width$}   {port}/{proto} observed",
+            format!("{port}/{proto} expected")
+        );
+        let _ = writeln!(out, "{:<6}{header}   {:<6}{header}", "", "");
+        for (r, row) in rows.iter().enumerate() {
+            let e: String = exp[r]
+                .iter()
+                .map(|c| format!("  {} ", c.symbol()))
+                .collect();
+            let o: String = obs[r]
+                .iter()
+                .zip(&exp[r])
+                .map(|(o, e)| {
+                    if o == e {
+                        format!("  {} ", o.symbol())
+                    } else {
+                        format!(" [{}]", o.symbol())
+                    }
+                })
+                .collect();
+            let _ = writeln!(out, "{row:<6}{e}   {row:<6}{o}");
+        }
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------
+// The cluster: two nodes with agents, nine pods with servers.
+
+struct Cluster {
+    // Dropped in this order: probers, servers, pods, agents, then the
+    // namespaces.
+    /// One per pod, in `pod_keys()` order.
+    probers: Vec<Prober>,
+    _servers: Vec<ChildGuard>,
+    /// In `pod_keys()` order.
+    pods: Vec<Pod>,
+    _agents: Vec<Agent>,
+    topo: Topology,
+    /// What the manifest directory holds (besides the pods).
+    applied: State,
+    /// File -> the YAML written there (namespaces, policies, the Service).
+    written: BTreeMap<String, String>,
+    ports: SourcePorts,
+    /// Expected matrix of the last step checked.
+    last_expected: Option<Matrix>,
+    stats: Stats,
+}
+
+#[derive(Default)]
+struct Stats {
+    rounds: usize,
+    probes: usize,
+    round_time: Duration,
+    slowest_round: Duration,
+}
+
+impl Cluster {
+    fn new(label: &str) -> Self {
+        weir_testbed::privileged(&[tools::IP, tools::PYTHON3, tools::PORTMAP, tools::BPFTOOL]);
+        let t0 = Instant::now();
+        let topo = Topology::builder(label).nodes(2).build().unwrap();
+        let agents = topo.start_agents().unwrap();
+        eprintln!("netpol: topology and agents up in {:.1?}", t0.elapsed());
+        let base = State::baseline();
+        let mut written = BTreeMap::new();
+        for ns in NAMESPACES {
+            let (file, yaml) = (State::namespace_file(ns), base.namespace_yaml(ns));
+            topo.write_manifest(&file, std::slice::from_ref(&yaml))
+                .unwrap();
+            written.insert(file, yaml);
+        }
+        let t1 = Instant::now();
+        let keys = pod_keys();
+        let lists: Vec<_> = topo
+            .nodes()
+            .iter()
+            .map(|n| n.agent_conflist().unwrap())
+            .collect();
+        // Created in parallel, spread over the nodes: x/a on n1, x/b on n2, ...
+        let pods: Vec<Pod> = thread::scope(|s| {
+            let handles: Vec<_> = keys
+                .iter()
+                .enumerate()
+                .map(|(i, key)| {
+                    let node = &topo.nodes()[i % 2];
+                    let list = &lists[i % 2];
+                    let object = pod_object(key, &base.pods[key]);
+                    s.spawn(move || Pod::create_k8s(node, &key.replace('/', "-"), object, list))
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap().unwrap())
+                .collect()
+        });
+        eprintln!(
+            "netpol: 9 pods created (ADD, in parallel) in {:.1?}",
+            t1.elapsed()
+        );
+        let t2 = Instant::now();
+        // From this thread: a server dies with the thread that started it.
+        let logs: Vec<_> = pods
+            .iter()
+            .map(|p| {
+                topo.node(&p.node)
+                    .dirs
+                    .logs
+                    .join(format!("serve-{}.log", p.name))
+            })
+            .collect();
+        let servers: Vec<(&NetNs, &str, &std::path::Path)> = pods
+            .iter()
+            .zip(&keys)
+            .zip(&logs)
+            .map(|((p, k), l)| (&p.netns, k.as_str(), l.as_path()))
+            .collect();
+        let servers = echo::serve_ports_many(&servers, &PORTS, false).unwrap();
+        let probers = pods
+            .iter()
+            .map(|p| Prober::start(&p.netns).unwrap())
+            .collect();
+        eprintln!("netpol: servers listening in {:.1?}", t2.elapsed());
+        Cluster {
+            probers,
+            _servers: servers,
+            pods,
+            _agents: agents,
+            topo,
+            applied: base,
+            written,
+            ports: SourcePorts::new(),
+            last_expected: None,
+            stats: Stats::default(),
+        }
+    }
+
+    fn ips(&self) -> BTreeMap<String, Ipv4Addr> {
+        pod_keys()
+            .into_iter()
+            .zip(&self.pods)
+            .map(|(k, p)| (k, p.ip))
+            .collect()
+    }
+
+    fn pod(&self, key: &str) -> &Pod {
+        let i = pod_keys()
+            .iter()
+            .position(|k| k == key)
+            .unwrap_or_else(|| panic!("no pod {key}"));
+        &self.pods[i]
+    }
+
+    fn node_addrs(&self) -> BTreeMap<String, Ipv4Addr> {
+        self.topo
+            .nodes()
+            .iter()
+            .map(|n| (n.name.clone(), n.ip))
+            .collect()
+    }
+
+    /// Makes the manifest directory say `state`: only what changed is
+    /// rewritten.
+    fn apply(&mut self, state: &State) {
+        for ns in NAMESPACES {
+            if state.namespaces[ns] != self.applied.namespaces[ns] {
+                self.write(&State::namespace_file(ns), state.namespace_yaml(ns));
+            }
+        }
+        for (i, key) in pod_keys().iter().enumerate() {
+            if state.pods[key] != self.applied.pods[key] {
+                let kv: Vec<(&str, &str)> = state.pods[key]
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str()))
+                    .collect();
+                self.pods[i].set_labels(kv).unwrap();
+            }
+        }
+        let (old, new) = (self.applied.policy_docs(), state.policy_docs());
+        for file in old.keys().filter(|f| !new.contains_key(*f)) {
+            self.topo.remove_manifest(file).unwrap();
+            self.written.remove(file);
+        }
+        for (file, yaml) in &new {
+            if old.get(file) != Some(yaml) {
+                self.write(file, yaml.clone());
+            }
+        }
+        if state.service != self.applied.service {
+            let file = "svc_web.yaml";
+            if state.service {
+                let backend = self.pod(SVC_BACKEND);
+                let mut ports = Vec::new();
+                let mut slice_ports = Vec::new();
+                for port in PORTS {
+                    for proto in PROTOS {
+                        let name = match (proto, port) {
+                            (Proto::Tcp, 80) => "tcp-80",
+                            (Proto::Udp, 80) => "udp-80",
+                            (Proto::Tcp, _) => "tcp-81",
+                            (Proto::Udp, _) => "udp-81",
+                        };
+                        ports.push(SvcPort {
+                            name,
+                            protocol: proto.k8s(),
+                            port,
+                            target_port: port,
+                            node_port: None,
+                        });
+                        slice_ports.push((name, proto.k8s(), port));
+                    }
+                }
+                let docs = [
+                    manifest::service_yaml("web", VIP, &ports, false),
+                    manifest::endpoint_slice_yaml(
+                        "web",
+                        &slice_ports,
+                        &[(backend.ip, backend.node.as_str())],
+                    ),
+                ];
+                self.topo.write_manifest(file, &docs).unwrap();
+                self.written.insert(file.into(), manifest::documents(&docs));
+            } else {
+                self.topo.remove_manifest(file).unwrap();
+                self.written.remove(file);
+            }
+        }
+        self.applied = state.clone();
+    }
+
+    fn write(&mut self, file: &str, yaml: String) {
+        self.topo
+            .write_manifest(file, std::slice::from_ref(&yaml))
+            .unwrap();
+        self.written.insert(file.into(), yaml);
+    }
+
+    /// The oracle over exactly what the manifest directory holds.
+    fn oracle(&self) -> Oracle {
+        let mut docs: Vec<String> = self.written.values().cloned().collect();
+        docs.extend(
+            self.pods
+                .iter()
+                .map(|p| p.manifest_yaml().expect("every pod has an object")),
+        );
+        Oracle::new(&docs, self.node_addrs()).unwrap()
+    }
+
+    /// The oracle over what the manifest directory would hold in `state`
+    /// (to plan; checks use `oracle`).
+    fn oracle_for(&self, state: &State) -> Oracle {
+        let mut docs: Vec<String> = NAMESPACES
+            .iter()
+            .map(|ns| state.namespace_yaml(ns))
+            .collect();
+        for (key, pod) in pod_keys().iter().zip(&self.pods) {
+            let status = PodStatus {
+                pod_ip: pod.ip,
+                host_ip: self.topo.node(&pod.node).ip,
+            };
+            docs.push(pod_object(key, &state.pods[key]).yaml(&pod.node, Some(status)));
+        }
+        docs.extend(state.policy_docs().into_values());
+        Oracle::new(&docs, self.node_addrs()).unwrap()
+    }
+
+    fn targets(&self) -> Vec<Target> {
+        self.targets_for(&self.applied)
+    }
+
+    fn targets_for(&self, state: &State) -> Vec<Target> {
+        let mut t: Vec<Target> = pod_keys()
+            .into_iter()
+            .map(|k| Target {
+                label: k.clone(),
+                ip: self.pod(&k).ip,
+                backend: k,
+                direct: true,
+            })
+            .collect();
+        if state.service {
+            t.push(Target {
+                label: "svc".into(),
+                ip: VIP,
+                backend: SVC_BACKEND.into(),
+                direct: false,
+            });
+        }
+        t
+    }
+
+    /// Whether `client` probes `target` (not itself through the Service).
+    fn probed(client: &str, target: &Target) -> bool {
+        target.direct || client != target.backend
+    }
+
+    fn expected(&self, oracle: &Oracle, targets: &[Target]) -> Matrix {
+        let mut m = Matrix::new();
+        for port in PORTS {
+            for proto in PROTOS {
+                let rows = pod_keys()
+                    .iter()
+                    .map(|c| {
+                        targets
+                            .iter()
+                            .map(|t| {
+                                if !Self::probed(c, t) {
+                                    Cell::Skipped
+                                } else {
+                                    Cell::expected(
+                                        oracle.allowed(c, &t.backend, proto, port, t.direct),
+                                    )
+                                }
+                            })
+                            .collect()
+                    })
+                    .collect();
+                m.insert((port, proto), rows);
+            }
+        }
+        m
+    }
+
+    /// One round: every client probes every target on every (port,
+    /// protocol), all at once.
+    fn observe(&mut self, targets: &[Target]) -> (Matrix, Vec<Seen>) {
+        let keys = pod_keys();
+        let mut plan: Vec<Vec<(usize, u16, Proto)>> = Vec::new();
+        let mut batches: Vec<(&mut Prober, Vec<Probe>)> = Vec::new();
+        for (key, prober) in keys.iter().zip(self.probers.iter_mut()) {
+            let mut probes = Vec::new();
+            let mut meta = Vec::new();
+            for port in PORTS {
+                for proto in PROTOS {
+                    for (t, target) in targets.iter().enumerate() {
+                        if Self::probed(key, target) {
+                            probes.push(Probe {
+                                dst: target.ip,
+                                port,
+                                proto,
+                                src_port: self.ports.next(key),
+                            });
+                            meta.push((t, port, proto));
+                        }
+                    }
+                }
+            }
+            batches.push((prober, probes));
+            plan.push(meta);
+        }
+        let t0 = Instant::now();
+        let outcomes = probe::run_batches(&mut batches, PROBE_TIMEOUT).unwrap();
+        let took = t0.elapsed();
+        self.stats.rounds += 1;
+        self.stats.probes += batches.iter().map(|(_, p)| p.len()).sum::<usize>();
+        self.stats.round_time += took;
+        self.stats.slowest_round = self.stats.slowest_round.max(took);
+
+        let mut m = Matrix::new();
+        for port in PORTS {
+            for proto in PROTOS {
+                m.insert(
+                    (port, proto),
+                    vec![vec![Cell::Skipped; targets.len()]; keys.len()],
+                );
+            }
+        }
+        let mut details = Vec::new();
+        for (c, (meta, outs)) in plan.iter().zip(outcomes).enumerate() {
+            for (&(t, port, proto), out) in meta.iter().zip(outs) {
+                let cell = match &out {
+                    Outcome::Answered(by) if *by == targets[t].backend => Cell::Allowed,
+                    Outcome::Answered(by) => Cell::Wrong(by.clone()),
+                    Outcome::Blocked(_) => Cell::Blocked,
+                    Outcome::Broken(why) => Cell::Broken(why.clone()),
+                };
+                m.get_mut(&(port, proto)).unwrap()[c][t] = cell;
+                details.push(Seen {
+                    client: keys[c].clone(),
+                    target: targets[t].label.clone(),
+                    port,
+                    proto,
+                    outcome: out,
+                });
+            }
+        }
+        (m, details)
+    }
+
+    /// Applies `state`, then probes until the matrix is the oracle's, or
+    /// the deadline. Err: the report.
+    fn check(&mut self, what: &str, state: &State) -> Result<String, String> {
+        self.apply(state);
+        let oracle = self.oracle();
+        let targets = self.targets();
+        let expected = self.expected(&oracle, &targets);
+        // The harness itself: what was written is what the state says.
+        assert!(
+            expected == self.expected(&self.oracle_for(state), &targets),
+            "{what}: the manifest directory does not say what the state does"
+        );
+        if self.last_expected.as_ref() == Some(&expected) {
+            eprintln!("netpol: note: {what} expects what the step before expected");
+        }
+        thread::sleep(SETTLE);
+        let start = Instant::now();
+        let mut rounds = 0;
+        loop {
+            let (observed, details) = self.observe(&targets);
+            rounds += 1;
+            if observed == expected {
+                self.last_expected = Some(expected);
+                return Ok(format!(
+                    "converged in {:.1?} ({rounds} rounds)",
+                    start.elapsed() + SETTLE
+                ));
+            }
+            if start.elapsed() >= deadline() {
+                self.last_expected = Some(expected.clone());
+                let rows = pod_keys();
+                let mut report = format!(
+                    "{what}: observed != expected after {:.1?} ({rounds} rounds)\n{}\n{}",
+                    start.elapsed() + SETTLE,
+                    matrix_legend(),
+                    render(&rows, &targets, &expected, &observed)
+                );
+                let wrong: Vec<String> = details
+                    .iter()
+                    .filter_map(|Seen { client: c, target: t, port, proto, outcome }| {
+                        let ti = targets.iter().position(|x| &x.label == t).unwrap();
+                        let ci = rows.iter().position(|r| r == c).unwrap();
+                        let (e, o) = (&expected[&(*port, *proto)][ci][ti], &observed[&(*port, *proto)][ci][ti]);
+                        (e != o).then(|| {
+                            format!(
+                                "  {c} -> {t} {port}/{proto}: expected {}, saw {outcome:?}; oracle: {}",
+                                if *e == Cell::Allowed { "an answer" } else { "none" },
+                                oracle.reason(c, &targets[ti].backend, *proto, *port)
+                            )
+                        })
+                    })
+                    .collect();
+                let _ = writeln!(report, "{} probes differ, e.g.:", wrong.len());
+                for w in wrong.iter().take(8) {
+                    let _ = writeln!(report, "{w}");
+                }
+                let _ = writeln!(report, "manifests (besides Pods and Namespaces):");
+                for (file, yaml) in &self.written {
+                    if !file.starts_with("namespace_") {
+                        let _ = writeln!(report, "# {file}\n{yaml}");
+                    }
+                }
+                return Err(report);
+            }
+            thread::sleep(Duration::from_millis(150));
+        }
+    }
+
+    /// Runs a scenario's steps, then puts the baseline back. Failed steps
+    /// as (name, report).
+    fn run(&mut self, scenario: &Scenario) -> Vec<(String, String)> {
+        let mut failed = Vec::new();
+        let t0 = Instant::now();
+        eprintln!("netpol: == {}: {}", scenario.name, scenario.about);
+        let baseline = State::baseline();
+        // Starting from what the last scenario left (the baseline, on
+        // paper): if the first step expects what that scenario's last step
+        // expected, a datapath stuck in the old state would pass. See the
+        // baseline take effect first.
+        if let Some(first) = scenario.steps.first() {
+            let first_expected = self.expected(
+                &self.oracle_for(&first.state),
+                &self.targets_for(&first.state),
+            );
+            let base_expected =
+                self.expected(&self.oracle_for(&baseline), &self.targets_for(&first.state));
+            if self.last_expected.as_ref() == Some(&first_expected)
+                && first_expected != base_expected
+            {
+                let what = format!("{} (baseline first)", scenario.name);
+                if let Err(report) = self.check(&what, &baseline) {
+                    eprintln!("netpol: FAILED {report}");
+                    failed.push((what, report));
+                }
+            }
+        }
+        for step in &scenario.steps {
+            let what = format!("{} / {}", scenario.name, step.name);
+            match self.check(&what, &step.state) {
+                Ok(how) => eprintln!("netpol:   ok   {what}: {how}"),
+                Err(report) => {
+                    eprintln!("netpol: FAILED {report}");
+                    failed.push((what, report));
+                }
+            }
+        }
+        self.apply(&baseline);
+        eprintln!("netpol:   {} took {:.1?}", scenario.name, t0.elapsed());
+        failed
+    }
+}
+
+fn selected(name: &str) -> bool {
+    match std::env::var("WEIR_NETPOL_SCENARIOS") {
+        Ok(filter) if !filter.trim().is_empty() => {
+            filter.split(',').any(|w| name.contains(w.trim()))
+        }
+        _ => true,
+    }
+}
+
+#[test]
+#[ignore = "privileged: needs root and bpffs (network namespaces, weir-cni, weir-agent)"]
+fn network_policy_truth_tables() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let t0 = Instant::now();
+    let mut cluster = Cluster::new("netpol");
+    let setup = t0.elapsed();
+    let all = scenarios(&cluster.ips());
+    let mut failed = Vec::new();
+    let mut ran = 0;
+    for scenario in all.iter().filter(|s| selected(&s.name)) {
+        ran += 1;
+        failed.extend(cluster.run(scenario));
+    }
+    let s = &cluster.stats;
+    eprintln!(
+        "netpol: {ran} scenarios, {} probe rounds ({} probes), mean round {:.2?}, slowest {:.2?}; setup {:.1?}, total {:.1?}",
+        s.rounds,
+        s.probes,
+        s.round_time / s.rounds.max(1) as u32,
+        s.slowest_round,
+        setup,
+        t0.elapsed()
+    );
+    assert!(ran > 0, "WEIR_NETPOL_SCENARIOS selects no scenario");
+    if !failed.is_empty() {
+        let mut msg = format!("{} of the scenario steps failed:\n", failed.len());
+        for (name, _) in &failed {
+            let _ = writeln!(msg, "  {name}");
+        }
+        msg.push_str("(the matrices of each are printed above)");
+        panic!("{msg}");
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Pod start and the node.
+
+/// A client that probes an address that is not known yet: it waits for
+/// `<file>` to hold it (so it is running before the pod exists), then
+/// connects to it over TCP and UDP, each time from a new port, for
+/// `seconds`, and prints every answer.
+const WATCHER: &str = r#"
+import os, socket, sys, time
+path, port, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+while not os.path.exists(path) or not open(path).read().strip():
+    time.sleep(0.0005)
+host = open(path).read().strip()
+start, n, answers = time.monotonic(), 0, 0
+while time.monotonic() - start < seconds:
+    for proto in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+        s = socket.socket(socket.AF_INET, proto); s.settimeout(0.1)
+        try:
+            if proto == socket.SOCK_STREAM:
+                s.connect((host, port)); s.sendall(b"early"); d = s.recv(100)
+            else:
+                s.sendto(b"early", (host, port)); d = s.recv(100)
+            if d:
+                answers += 1
+                print("answer %.3f %s %s" % (time.monotonic() - start, "tcp" if proto == socket.SOCK_STREAM else "udp", d.decode()), flush=True)
+        except OSError:
+            pass
+        finally:
+            s.close()
+        n += 1
+print("probes %d answers %d" % (n, answers), flush=True)
+"#;
+
+/// Probes (fresh probes each round) until whether each answers is `want`,
+/// or the deadline; the last outcomes.
+fn converge(
+    ns: &NetNs,
+    mut probes: impl FnMut() -> Vec<Probe>,
+    want: &[bool],
+) -> (bool, Vec<Outcome>) {
+    let start = Instant::now();
+    loop {
+        let out = probe::run(ns, &probes(), PROBE_TIMEOUT).unwrap();
+        let ok = out
+            .iter()
+            .zip(want)
+            .all(|(o, w)| o.answered_by().is_some() == *w);
+        if ok || start.elapsed() > deadline() {
+            return (ok, out);
+        }
+        thread::sleep(Duration::from_millis(150));
+    }
+}
+
+#[test]
+#[ignore = "privileged: needs root and bpffs (network namespaces, weir-cni, weir-agent)"]
+fn pods_start_isolated_and_their_own_node_reaches_them() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    weir_testbed::privileged(&[tools::IP, tools::PYTHON3, tools::BPFTOOL]);
+    let topo = Topology::builder("netpol_start").nodes(2).build().unwrap();
+    let _agents = topo.start_agents().unwrap();
+    let (n1, n2) = (topo.node("n1"), topo.node("n2"));
+    let mut failures: Vec<String> = Vec::new();
+    let mut docs: BTreeMap<String, String> = BTreeMap::new();
+    for ns in ["x", "y"] {
+        let yaml = manifest::namespace_yaml(ns, &labels(&[("ns", ns)]));
+        topo.write_manifest(&State::namespace_file(ns), std::slice::from_ref(&yaml))
+            .unwrap();
+        docs.insert(State::namespace_file(ns), yaml);
+    }
+    let list1 = n1.agent_conflist().unwrap();
+    let list2 = n2.agent_conflist().unwrap();
+    let serve = |pod: &Pod, label: &str| {
+        let log = topo
+            .node(&pod.node)
+            .dirs
+            .logs
+            .join(format!("serve-{}.log", pod.name));
+        echo::serve_ports(&pod.netns, label, &[80], &log, false).unwrap()
+    };
+    let client = Pod::create_k8s(
+        n2,
+        "y-client",
+        PodObject::new("y", "client").label("pod", "client"),
+        &list2,
+    )
+    .unwrap();
+    let old = Pod::create_k8s(
+        n1,
+        "x-old",
+        pod_object("x/old", &labels(&[("pod", "old")])),
+        &list1,
+    )
+    .unwrap();
+    let _old_server = serve(&old, "x/old");
+    let mut ports = SourcePorts::new();
+    let mut tcp_udp = |ns: &str, dst: Ipv4Addr, from_port: bool| -> Vec<Probe> {
+        PROTOS
+            .iter()
+            .map(|&proto| Probe {
+                dst,
+                port: 80,
+                proto,
+                src_port: if from_port { ports.next(ns) } else { 0 },
+            })
+            .collect()
+    };
+
+    // 1. Default-deny ingress in x, seen in effect on n1 (x/old stops
+    // answering y/client).
+    let deny = manifest::network_policy_yaml(
+        "x",
+        "deny-ingress",
+        "podSelector: {}\npolicyTypes: [Ingress]\n",
+    );
+    topo.write_manifest("netpol_x_deny-ingress.yaml", std::slice::from_ref(&deny))
+        .unwrap();
+    docs.insert("netpol_x_deny-ingress.yaml".into(), deny);
+    let (ok, out) = converge(
+        &client.netns,
+        || tcp_udp("client", old.ip, true),
+        &[false, false],
+    );
+    if !ok {
+        failures.push(format!(
+            "default-deny ingress in x never took effect: y/client -> x/old still answered: {out:?}"
+        ));
+    }
+
+    // 2. A pod created under that policy is isolated from its first packet:
+    // its server listens before ADD, a watcher in y/client is already
+    // running and learns the address the moment ADD returns.
+    let target = n1.dirs.root.join("new-pod-ip");
+    let watch_log = n2.dirs.logs.join("watcher.log");
+    let mut watcher = client
+        .netns
+        .spawn(
+            &[
+                "python3",
+                "-c",
+                WATCHER,
+                target.to_str().unwrap(),
+                "80",
+                "3",
+            ],
+            &[],
+            &watch_log,
+            false,
+        )
+        .unwrap();
+    let mut new_server = None;
+    let t_add = Instant::now();
+    let new = Pod::builder(n1, "x-new")
+        .object(pod_object("x/new", &labels(&[("pod", "new")])))
+        .before_add(|netns| {
+            let log = n1.dirs.logs.join("serve-x-new.log");
+            new_server = Some(echo::serve_ports(netns, "x/new", &[80], &log, false)?);
+            Ok(())
+        })
+        .create(&list1)
+        .unwrap();
+    let add_took = t_add.elapsed();
+    std::fs::write(&target, new.ip.to_string()).unwrap();
+    eprintln!("netpol: x/new ADD (server already listening) took {add_took:.1?}");
+    let mut status = None;
+    for _ in 0..200 {
+        status = watcher.try_wait();
+        if status.is_some() {
+            break;
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    let watched = std::fs::read_to_string(&watch_log).unwrap_or_default();
+    eprintln!("netpol: watcher: {}", watched.trim());
+    if !status.is_some_and(|s| s.success()) || !watched.contains("probes ") {
+        failures.push(format!("the watcher did not finish: {watched}"));
+    } else if watched.lines().any(|l| l.starts_with("answer")) {
+        failures.push(format!(
+            "x/new, created under default-deny ingress, answered y/client right after ADD (must never):\n{watched}"
+        ));
+    }
+
+    // 3. Its own node reaches it (kubelet probes), the other node does not
+    // (per the oracle), and neither does y/client.
+    let pod_docs = [
+        new.manifest_yaml().unwrap(),
+        old.manifest_yaml().unwrap(),
+        client.manifest_yaml().unwrap(),
+    ];
+    let all_docs: Vec<String> = docs.values().cloned().chain(pod_docs).collect();
+    let nodes: BTreeMap<String, Ipv4Addr> = topo
+        .nodes()
+        .iter()
+        .map(|n| (n.name.clone(), n.ip))
+        .collect();
+    let oracle = Oracle::new(&all_docs, nodes).unwrap();
+    for node in [n1, n2] {
+        for pod in ["x/new", "x/old"] {
+            let ip = if pod == "x/new" { new.ip } else { old.ip };
+            let want: Vec<bool> = PROTOS
+                .iter()
+                .map(|&p| oracle.allowed_from_address(node.ip, pod, p, 80))
+                .collect();
+            let (ok, out) = converge(&node.netns, || tcp_udp(&node.name, ip, false), &want);
+            eprintln!(
+                "netpol: node {} -> {pod}: expected {want:?}, {}",
+                node.name,
+                if ok { "ok" } else { "MISMATCH" }
+            );
+            if !ok {
+                failures.push(format!(
+                    "node {} -> {pod} (tcp, udp): expected answers {want:?}, saw {out:?}",
+                    node.name
+                ));
+            }
+        }
+    }
+    let want: Vec<bool> = PROTOS
+        .iter()
+        .map(|&p| oracle.allowed("y/client", "x/new", p, 80, true))
+        .collect();
+    let (ok, out) = converge(&client.netns, || tcp_udp("client", new.ip, true), &want);
+    if !ok {
+        failures.push(format!(
+            "y/client -> x/new: expected answers {want:?}, saw {out:?}"
+        ));
+    }
+
+    // 4. A pod whose Pod object the agent does not know stays isolated
+    // (both ways, although no policy selects it) until the object appears.
+    let t_add = Instant::now();
+    let mut ghost = Pod::builder(n1, "y-ghost")
+        .object(pod_object("y/ghost", &labels(&[("pod", "ghost")])))
+        .unpublished()
+        .create(&list1)
+        .unwrap();
+    eprintln!(
+        "netpol: y/ghost ADD without its Pod object took {:.1?}",
+        t_add.elapsed()
+    );
+    let _ghost_server = serve(&ghost, "y/ghost");
+    let client_server = serve(&client, "y/client");
+    let t_watch = Instant::now();
+    while t_watch.elapsed() < Duration::from_secs(2) {
+        let into = probe::run(
+            &client.netns,
+            &tcp_udp("client", ghost.ip, true),
+            PROBE_TIMEOUT,
+        )
+        .unwrap();
+        let from = probe::run(
+            &ghost.netns,
+            &tcp_udp("ghost", client.ip, true),
+            PROBE_TIMEOUT,
+        )
+        .unwrap();
+        if into.iter().chain(&from).any(|o| o.answered_by().is_some()) {
+            failures.push(format!(
+                "y/ghost, whose Pod object the agent does not know, passed traffic: into it {into:?}, out of it {from:?}"
+            ));
+            break;
+        }
+    }
+    ghost.publish().unwrap();
+    let (ok, out) = converge(
+        &client.netns,
+        || tcp_udp("client", ghost.ip, true),
+        &[true, true],
+    );
+    if !ok {
+        failures.push(format!(
+            "y/ghost never answered once its Pod object was published: {out:?}"
+        ));
+    }
+    let (ok, out) = converge(
+        &ghost.netns,
+        || tcp_udp("ghost", client.ip, true),
+        &[true, true],
+    );
+    if !ok {
+        failures.push(format!(
+            "y/ghost never reached y/client once its Pod object was published: {out:?}"
+        ));
+    }
+    drop(client_server);
+
+    assert!(
+        failures.is_empty(),
+        "{} checks failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Without privileges: the scenarios themselves.
+
+/// Nine pods on two nodes at made-up addresses.
+fn paper_cluster() -> (BTreeMap<String, Ipv4Addr>, BTreeMap<String, Ipv4Addr>) {
+    let ips = pod_keys()
+        .into_iter()
+        .enumerate()
+        .map(|(i, k)| (k, Ipv4Addr::new(10, 244, (i % 2 + 1) as u8, (i + 2) as u8)))
+        .collect();
+    let nodes = BTreeMap::from([
+        ("n1".to_string(), Ipv4Addr::new(172, 30, 0, 11)),
+        ("n2".to_string(), Ipv4Addr::new(172, 30, 0, 12)),
+    ]);
+    (ips, nodes)
+}
+
+fn paper_docs(state: &State, ips: &BTreeMap<String, Ipv4Addr>) -> Vec<String> {
+    let mut docs: Vec<String> = NAMESPACES
+        .iter()
+        .map(|ns| state.namespace_yaml(ns))
+        .collect();
+    for (i, key) in pod_keys().iter().enumerate() {
+        let node = if i % 2 == 0 { "n1" } else { "n2" };
+        let host_ip = Ipv4Addr::new(172, 30, 0, 11 + (i % 2) as u8);
+        docs.push(pod_object(key, &state.pods[key]).yaml(
+            node,
+            Some(PodStatus {
+                pod_ip: ips[key],
+                host_ip,
+            }),
+        ));
+    }
+    docs.extend(state.policy_docs().into_values());
+    docs
+}
+
+/// The 9x9 pod matrices a state expects, as text.
+fn paper_matrix(
+    state: &State,
+    ips: &BTreeMap<String, Ipv4Addr>,
+    nodes: &BTreeMap<String, Ipv4Addr>,
+) -> String {
+    let oracle = Oracle::new(&paper_docs(state, ips), nodes.clone()).unwrap();
+    let mut out = String::new();
+    for port in PORTS {
+        for proto in PROTOS {
+            for c in pod_keys() {
+                for d in pod_keys() {
+                    out.push(if oracle.allowed(&c, &d, proto, port, true) {
+                        '.'
+                    } else {
+                        'X'
+                    });
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Every object the scenarios write is a valid Kubernetes object (strict
+/// API schema), converts in the agent's model without error, and every
+/// step changes what is expected (or it would prove nothing); there are
+/// enough scenarios.
+#[test]
+fn scenarios_are_valid_and_every_step_changes_the_expectation() {
+    let (ips, nodes) = paper_cluster();
+    let all = scenarios(&ips);
+    let steps: usize = all.iter().map(|s| s.steps.len()).sum();
+    assert!(all.len() >= 30, "only {} scenarios", all.len());
+    let mut names = BTreeSet::new();
+    let mut unique_docs = BTreeSet::new();
+    let baseline = paper_matrix(&State::baseline(), &ips, &nodes);
+    let mut policy_scenarios_all_allowed = Vec::new();
+    for s in &all {
+        assert!(
+            names.insert(s.name.clone()),
+            "two scenarios named {}",
+            s.name
+        );
+        let mut previous = baseline.clone();
+        for (i, step) in s.steps.iter().enumerate() {
+            unique_docs.extend(paper_docs(&step.state, &ips));
+            let m = paper_matrix(&step.state, &ips, &nodes);
+            if i > 0 {
+                assert_ne!(
+                    m, previous,
+                    "{} / {} expects what the step before expected",
+                    s.name, step.name
+                );
+            }
+            if i == 0 && m == baseline && !step.state.policies.is_empty() {
+                policy_scenarios_all_allowed.push(s.name.clone());
+            }
+            previous = m;
+        }
+    }
+    eprintln!(
+        "{} scenarios, {steps} steps; with policies yet all allowed: {policy_scenarios_all_allowed:?}",
+        all.len()
+    );
+    assert!(
+        policy_scenarios_all_allowed.len() <= 3,
+        "too many policy scenarios expect everything allowed: {policy_scenarios_all_allowed:?}"
+    );
+
+    let dir = std::env::temp_dir().join(format!("weir-netpol-validate-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("objects.yaml");
+    std::fs::write(
+        &file,
+        manifest::documents(&unique_docs.into_iter().collect::<Vec<_>>()),
+    )
+    .unwrap();
+    let out = std::process::Command::new("kubernetes-validate")
+        .arg("--strict")
+        .arg(&file)
+        .output()
+        .expect("kubernetes-validate is missing: run `cargo xtask setup` (pip install kubernetes-validate)");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        out.status.success(),
+        "scenario objects are not valid:\n{text}"
+    );
+    assert!(!text.contains("ERROR") && !text.contains("WARN"), "{text}");
+    for kind in ["pod", "namespace", "networkpolicy"] {
+        assert!(
+            text.contains(&format!("passed for resource {kind}")),
+            "no {kind} validated:\n{text}"
+        );
+    }
+}
