@@ -254,10 +254,11 @@ pub fn print_verdict(v: &VerdictReport) {
         if v.allowed { "ALLOWED" } else { "DENIED" }
     );
     for c in &v.checks {
-        let why = match (&c.allowed_by, c.pending) {
-            (_, true) => "the pod's policy is not in place yet (pending)".to_string(),
-            (Some(by), _) => format!("allowed by {by}"),
-            (None, _) => "no rule allows it".to_string(),
+        let why = match (&c.allowed_by, c.pending, c.enforced) {
+            (_, true, _) => "DENIED: the pod's policy is not in place yet (pending)".to_string(),
+            (_, false, false) => "passes: no policy isolates the pod in this direction".to_string(),
+            (Some(by), false, true) => format!("passes: allowed by {by}"),
+            (None, false, true) => "DENIED: isolated, and no rule allows it".to_string(),
         };
         println!("  {:<40} peer {:<36} {}", c.check, c.peer_identity, why);
     }

@@ -1,4 +1,7 @@
-//! `weir-agent` running in a node namespace on the manifest-dir source.
+//! `weir-agent` running in a node namespace on the manifest-dir source, or
+//! (opt-in, `Source::Kube`) on the kube source against a fake API server
+//! (`weir-agent fake-apiserver`) that serves the same manifest dir from
+//! 127.0.0.1 inside the node's namespace.
 
 use std::{
     fs,
@@ -18,8 +21,52 @@ use crate::{
 /// Written by the agent once the node is set up (docs/contracts.md).
 pub const READY_FILE: &str = "agent-ready";
 
+/// Where a node's fake API server listens, inside the node's namespace (its
+/// own loopback: the traffic never leaves the node namespace).
+pub const FAKE_API_ADDR: &str = "127.0.0.1:6443";
+/// The kubeconfig for it, in the node's dir (written by the server once
+/// it listens).
+pub const KUBECONFIG_FILE: &str = "kubeconfig";
+const FAKE_API_START_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Where an agent started by the test bed reads the cluster's objects.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Source {
+    /// `--source dir:<manifest dir>`.
+    #[default]
+    Dir,
+    /// `--source kube:<node dir>/kubeconfig`: kube-rs watches against a fake
+    /// API server serving the manifest dir, one per node (started before the
+    /// agent, stopped after it, with it in every way the agent is).
+    Kube,
+}
+
+impl std::str::FromStr for Source {
+    type Err = anyhow::Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "dir" => Ok(Source::Dir),
+            "kube" => Ok(Source::Kube),
+            other => bail!("unknown agent source {other:?}: `dir` or `kube`"),
+        }
+    }
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Source::Dir => "dir",
+            Source::Kube => "kube",
+        })
+    }
+}
+
 pub struct Agent {
+    // Dropped in this order: the agent, then its API server.
     guard: ChildGuard,
+    /// `Source::Kube`: the fake API server and its log.
+    api: Option<(ChildGuard, PathBuf)>,
     node: String,
     log: PathBuf,
     ready_file: PathBuf,
@@ -37,15 +84,43 @@ impl Agent {
     /// made, holding only the processes meant to use it) instead of being
     /// turned off.
     pub fn spawn_with(node: &Node, manifest_dir: &Path, socket_lb_cgroup: Option<&Path>) -> Result<Self> {
+        Self::spawn_from(node, manifest_dir, Source::Dir, socket_lb_cgroup)
+    }
+
+    /// Starts the agent on the kube source: first a fake API server over
+    /// `manifest_dir` in the node's namespace (waits until it listens),
+    /// then the agent with a kubeconfig for it. Does not wait for the agent.
+    pub fn spawn_kube(node: &Node, manifest_dir: &Path) -> Result<Self> {
+        Self::spawn_from(node, manifest_dir, Source::Kube, None)
+    }
+
+    /// `spawn_with` for either source.
+    pub fn spawn_from(node: &Node, manifest_dir: &Path, source: Source, socket_lb_cgroup: Option<&Path>) -> Result<Self> {
         let binary = bins::weir_agent()?;
         let path = |p: &Path| p.to_str().map(str::to_string).context("non-UTF-8 path");
+        // The caller's WEIR_LOG wins (spawn keeps the environment).
+        let mut env: Vec<(&str, &str)> = if std::env::var_os("WEIR_LOG").is_none() {
+            vec![("WEIR_LOG", "info")]
+        } else {
+            vec![]
+        };
+        let (source_arg, api) = match source {
+            Source::Dir => (format!("dir:{}", path(manifest_dir)?), None),
+            Source::Kube => {
+                let (api, kubeconfig) = start_fake_api(node, &binary, manifest_dir, &env)?;
+                // kube-rs would send a plain-HTTP loopback request through
+                // $HTTPS_PROXY (empty values count as unset).
+                env.extend([("HTTPS_PROXY", ""), ("https_proxy", "")]);
+                (format!("kube:{}", path(&kubeconfig)?), Some(api))
+            }
+        };
         let mut args: Vec<String> = vec![
             path(&binary)?,
             "run".into(),
             "--node-name".into(),
             node.name.clone(),
             "--source".into(),
-            format!("dir:{}", path(manifest_dir)?),
+            source_arg,
             "--cluster-cidr".into(),
             CLUSTER_CIDR.into(),
             "--cni-conf-dir".into(),
@@ -70,19 +145,15 @@ impl Agent {
         }
         let log = node.dirs.logs.join("agent.log");
         let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-        // The caller's WEIR_LOG wins (spawn keeps the environment).
-        let env: &[(&str, &str)] = if std::env::var_os("WEIR_LOG").is_none() {
-            &[("WEIR_LOG", "info")]
-        } else {
-            &[]
-        };
-        let guard = node.netns.spawn(&argv, env, &log, node.detached())?;
-        Ok(Self::new(guard, node, log))
+        // On an error here `api` is dropped: its server stops.
+        let guard = node.netns.spawn(&argv, &env, &log, node.detached())?;
+        Ok(Self::new(guard, api, node, log))
     }
 
-    fn new(guard: ChildGuard, node: &Node, log: PathBuf) -> Self {
+    fn new(guard: ChildGuard, api: Option<(ChildGuard, PathBuf)>, node: &Node, log: PathBuf) -> Self {
         Self {
             guard,
+            api,
             node: node.name.clone(),
             log,
             ready_file: node.dirs.run.join(READY_FILE),
@@ -111,17 +182,26 @@ impl Agent {
             }
             if let Some(status) = self.guard.try_wait() {
                 bail!(
-                    "weir-agent on {} exited before it was ready ({status}); last log lines:\n{}",
+                    "weir-agent on {} exited before it was ready ({status}); last log lines:\n{}{}",
                     self.node,
-                    self.log_tail(40)
+                    self.log_tail(40),
+                    self.api_log_tail(20)
+                );
+            }
+            if let Some(status) = self.api.as_mut().and_then(|(api, _)| api.try_wait()) {
+                bail!(
+                    "the fake API server of {} exited ({status}); the agent cannot list anything{}",
+                    self.node,
+                    self.api_log_tail(40)
                 );
             }
             if Instant::now() > deadline {
                 bail!(
-                    "weir-agent on {} not ready after {timeout:?} (no {}); last log lines:\n{}",
+                    "weir-agent on {} not ready after {timeout:?} (no {}); last log lines:\n{}{}",
                     self.node,
                     self.ready_file.display(),
-                    self.log_tail(40)
+                    self.log_tail(40),
+                    self.api_log_tail(20)
                 );
             }
             thread::sleep(Duration::from_millis(50));
@@ -154,19 +234,91 @@ impl Agent {
     }
 
     pub fn log_tail(&self, lines: usize) -> String {
-        let text = fs::read_to_string(&self.log)
-            .unwrap_or_else(|e| format!("(cannot read {}: {e})", self.log.display()));
-        let all: Vec<&str> = text.lines().collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
+        tail(&self.log, lines)
     }
 
-    /// Stops the agent now (SIGTERM, then SIGKILL).
+    /// Which source the agent reads.
+    pub fn source(&self) -> Source {
+        if self.api.is_some() { Source::Kube } else { Source::Dir }
+    }
+
+    /// `Source::Kube`: the fake API server's pid and log.
+    pub fn fake_api(&self) -> Option<(u32, &Path)> {
+        self.api.as_ref().map(|(g, log)| (g.id(), log.as_path()))
+    }
+
+    /// "\nlast lines of the fake API server's log: ..." (empty for `Source::Dir`).
+    fn api_log_tail(&self, lines: usize) -> String {
+        match &self.api {
+            Some((_, log)) => format!("\nlast lines of the fake API server's log ({}):\n{}", log.display(), tail(log, lines)),
+            None => String::new(),
+        }
+    }
+
+    /// Stops the agent now (SIGTERM, then SIGKILL), then its API server.
     pub fn stop(mut self) {
         self.guard.stop();
+        if let Some((api, _)) = self.api.as_mut() {
+            api.stop();
+        }
     }
 
-    /// Leaves the agent running (a kept sandbox).
+    /// Leaves the agent (and its API server) running (a kept sandbox).
     pub fn keep(self) {
         self.guard.forget();
+        if let Some((api, _)) = self.api {
+            api.forget();
+        }
     }
+}
+
+fn tail(log: &Path, lines: usize) -> String {
+    let text = fs::read_to_string(log).unwrap_or_else(|e| format!("(cannot read {}: {e})", log.display()));
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// Starts `weir-agent fake-apiserver` over `manifest_dir` in the node's
+/// namespace on `FAKE_API_ADDR`, and waits for the kubeconfig it writes
+/// once it listens (`<node dir>/kubeconfig`). Output goes to
+/// `<node dir>/logs/fake-apiserver.log`.
+fn start_fake_api(node: &Node, binary: &Path, manifest_dir: &Path, env: &[(&str, &str)]) -> Result<((ChildGuard, PathBuf), PathBuf)> {
+    let kubeconfig = node.dirs.root.join(KUBECONFIG_FILE);
+    // A restart: wait for the new server's, not the old one's.
+    match fs::remove_file(&kubeconfig) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(e).with_context(|| format!("remove {}", kubeconfig.display()));
+        }
+        _ => {}
+    }
+    let log = node.dirs.logs.join("fake-apiserver.log");
+    let s = |p: &Path| p.to_str().map(str::to_string).context("non-UTF-8 path");
+    let args = [
+        s(binary)?,
+        "fake-apiserver".into(),
+        "--dir".into(),
+        s(manifest_dir)?,
+        "--listen".into(),
+        FAKE_API_ADDR.into(),
+        "--write-kubeconfig".into(),
+        s(&kubeconfig)?,
+    ];
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut guard = node.netns.spawn(&argv, env, &log, node.detached())?;
+    let deadline = Instant::now() + FAKE_API_START_TIMEOUT;
+    while !kubeconfig.exists() {
+        if let Some(status) = guard.try_wait() {
+            bail!("the fake API server on {} exited ({status}); last log lines:\n{}", node.name, tail(&log, 20));
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "the fake API server on {} wrote no {} within {FAKE_API_START_TIMEOUT:?}; last log lines:\n{}",
+                node.name,
+                kubeconfig.display(),
+                tail(&log, 20)
+            );
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    Ok(((guard, log), kubeconfig))
 }

@@ -414,6 +414,20 @@ impl Topology {
         Ok(agents)
     }
 
+    /// Like `start_agents`, with every agent reading `source`
+    /// (`agent::Source::Kube`: through a fake API server per node).
+    pub fn start_agents_with(&self, source: crate::agent::Source) -> Result<Vec<Agent>> {
+        let mut agents: Vec<Agent> = self
+            .nodes
+            .iter()
+            .map(|n| Agent::spawn_from(n, &self.manifest_dir, source, None))
+            .collect::<Result<_>>()?;
+        for agent in &mut agents {
+            agent.wait_ready(Agent::ready_timeout())?;
+        }
+        Ok(agents)
+    }
+
     /// Leaves everything up after this guard goes (see `cargo xtask sandbox --down`).
     pub fn keep(mut self) -> Result<RunPrefix> {
         cleanup::mark_kept(&self.prefix)?;

@@ -814,6 +814,8 @@ struct Stats {
     probes: usize,
     round_time: Duration,
     slowest_round: Duration,
+    /// Pairs checked with `inspect verdict` so far.
+    inspected: usize,
 }
 
 impl Cluster {
@@ -1171,10 +1173,9 @@ impl Cluster {
             rounds += 1;
             if observed == expected {
                 self.last_expected = Some(expected);
-                return Ok(format!(
-                    "converged in {:.1?} ({rounds} rounds)",
-                    start.elapsed() + SETTLE
-                ));
+                let took = start.elapsed() + SETTLE;
+                self.inspect_agrees(what, &oracle)?;
+                return Ok(format!("converged in {took:.1?} ({rounds} rounds); inspect verdict agrees"));
             }
             if start.elapsed() >= deadline() {
                 self.last_expected = Some(expected.clone());
@@ -1213,6 +1214,62 @@ impl Cluster {
                 return Err(report);
             }
             thread::sleep(Duration::from_millis(150));
+        }
+    }
+
+    /// `weir-agent inspect verdict`, asked on the client's node and on the
+    /// server's node, answers what the oracle does for a rotating sample of
+    /// pod pairs (every pair over the whole suite).
+    fn inspect_agrees(&mut self, what: &str, oracle: &Oracle) -> Result<(), String> {
+        let keys = pod_keys();
+        let agent = weir_testbed::bins::weir_agent().map_err(|e| e.to_string())?;
+        let agent = agent.to_str().ok_or("non-UTF-8 path")?.to_string();
+        let mut mismatches = Vec::new();
+        for k in 0..4 {
+            let n = self.stats.inspected + k;
+            let (src, dst) = (&keys[n % keys.len()], &keys[(n / keys.len() + n + 1) % keys.len()]);
+            if src == dst {
+                continue;
+            }
+            let (port, proto) = (PORTS[n % 2], PROTOS[(n / 2) % 2]);
+            let (from, to) = (self.pod(src), self.pod(dst));
+            let mut allowed = true;
+            let mut said = Vec::new();
+            for node in BTreeSet::from([from.node.clone(), to.node.clone()]) {
+                let node = self.topo.node(&node);
+                let (pins, run) = (node.pin_dir.to_string_lossy().into_owned(), node.dirs.run.to_string_lossy().into_owned());
+                let (f, t, p) = (from.ip.to_string(), to.ip.to_string(), format!("{port}/{}", proto.as_str()));
+                let out = node
+                    .netns
+                    .output(&[
+                        &agent, "inspect", "verdict", "--bpf-pin-dir", &pins, "--run-dir", &run, "--from", &f, "--to", &t,
+                        "--port", &p, "--json",
+                    ])
+                    .map_err(|e| e.to_string())?;
+                if !out.success() {
+                    return Err(format!("{what}: inspect verdict failed: {}", out.stderr_str().trim()));
+                }
+                let v: Value = serde_json::from_str(out.stdout_str().trim()).map_err(|e| format!("inspect verdict JSON: {e}"))?;
+                allowed &= v["allowed"].as_bool().ok_or("inspect verdict: no `allowed`")?;
+                said.push(v["checks"].to_string());
+            }
+            let want = oracle.allowed(src, dst, proto, port, true);
+            if allowed != want {
+                mismatches.push(format!(
+                    "  {src} -> {dst} {port}/{}: inspect says {}, oracle {} ({}); inspect: {}",
+                    proto.as_str(),
+                    if allowed { "allowed" } else { "denied" },
+                    if want { "allowed" } else { "denied" },
+                    oracle.reason(src, dst, proto, port),
+                    said.join(" | ")
+                ));
+            }
+        }
+        self.stats.inspected += 4;
+        if mismatches.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("{what}: the datapath matched, but `inspect verdict` disagrees with the oracle:\n{}", mismatches.join("\n")))
         }
     }
 

@@ -5,6 +5,7 @@ mod cargo;
 mod kind_e2e;
 mod matrix;
 mod sandbox;
+mod sandbox_policy;
 mod sandbox_services;
 mod setup;
 mod test_suite;

@@ -1,14 +1,21 @@
 //! `cargo xtask sandbox`: two nodes, an agent on each, two pods per node
 //! through the agent-written conflist (weir-cni + portmap), an HTTP server in
 //! every pod and node, the ping + HTTP matrix between all of them, and
-//! Services (ClusterIP, NodePort from outside, one without endpoints).
+//! Services (ClusterIP, NodePort from outside, one without endpoints), then
+//! a NetworkPolicy (who may reach one pod, and `inspect verdict` on why).
+//!
+//! `--source` picks what the agents read: the manifest directory (`dir`),
+//! kube-rs watches against a fake API server per node that serves that
+//! directory from 127.0.0.1 inside the node's namespace (`kube`), or one of
+//! each (`mixed`, the default: n1 dir, n2 kube, same cluster, so one run
+//! shows both sources).
 
 use std::{fs, net::Ipv4Addr, process::ExitCode, thread};
 
 use anyhow::{Context, Result};
-use clap::Args;
+use clap::{Args, ValueEnum};
 use weir_testbed::{
-    Agent, Node, Pod, RunPrefix, Topology, cleanup, netns::NetNs, pod::HTTP_PORT,
+    Agent, Node, Pod, RunPrefix, Topology, agent::Source, cleanup, netns::NetNs, pod::HTTP_PORT,
     process::ChildGuard,
 };
 
@@ -34,6 +41,30 @@ pub struct SandboxArgs {
     /// Use the binaries already built (in $WEIR_BIN_DIR or target/debug).
     #[arg(long)]
     no_build: bool,
+    /// What the agents read the cluster from: the manifest directory, the
+    /// kube source against a fake API server per node (serving that
+    /// directory), or n1 the one and n2 the other.
+    #[arg(long, value_enum, default_value_t = SandboxSource::Mixed)]
+    source: SandboxSource,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum SandboxSource {
+    Dir,
+    Kube,
+    Mixed,
+}
+
+impl SandboxSource {
+    /// The source of node `index` (0-based).
+    fn for_node(self, index: usize) -> Source {
+        match self {
+            SandboxSource::Dir => Source::Dir,
+            SandboxSource::Kube => Source::Kube,
+            SandboxSource::Mixed if index.is_multiple_of(2) => Source::Dir,
+            SandboxSource::Mixed => Source::Kube,
+        }
+    }
 }
 
 pub fn run(args: SandboxArgs) -> Result<ExitCode> {
@@ -74,15 +105,17 @@ pub fn run(args: SandboxArgs) -> Result<ExitCode> {
     let mut agents: Vec<Agent> = topo
         .nodes()
         .iter()
-        .map(|n| Agent::spawn(n, topo.manifest_dir()))
+        .enumerate()
+        .map(|(i, n)| Agent::spawn_from(n, topo.manifest_dir(), args.source.for_node(i), None))
         .collect::<Result<_>>()?;
     for (agent, node) in agents.iter_mut().zip(topo.nodes()) {
         agent
             .wait_ready(Agent::ready_timeout())
             .with_context(|| format!("agent on {}", node.name))?;
         println!(
-            "agent on {} ready (log: {})",
+            "agent on {} ready, {} (log: {})",
             node.name,
+            source_note(agent),
             agent.log_path().display()
         );
     }
@@ -109,7 +142,8 @@ pub fn run(args: SandboxArgs) -> Result<ExitCode> {
     let probes = probe_all(&topo, &pods, &endpoints, &targets);
     println!("\n{}", matrix::render(&endpoints, &probes));
     let (services_ok, mut external) = sandbox_services::demo(&topo, &pods)?;
-    let all_ok = probes.iter().all(Probe::ok) && services_ok;
+    let policy_ok = crate::sandbox_policy::demo(&topo, &mut pods)?;
+    let all_ok = probes.iter().all(Probe::ok) && services_ok && policy_ok;
     println!(
         "{}",
         if all_ok {
@@ -147,6 +181,16 @@ pub fn run(args: SandboxArgs) -> Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+fn source_note(agent: &Agent) -> String {
+    match agent.fake_api() {
+        None => "reading the manifest directory".into(),
+        Some((pid, _)) => format!(
+            "kube source: watching a fake API server (pid {pid}) on {} in the node's namespace",
+            weir_testbed::agent::FAKE_API_ADDR
+        ),
+    }
 }
 
 fn node_list(topo: &Topology) -> String {
@@ -291,6 +335,20 @@ fn print_poke_help(topo: &Topology, pods: &[Pod], agents: &[Agent]) {
             agent.pid(),
             agent.log_path().display()
         );
+        if let Some((pid, log)) = agent.fake_api() {
+            println!(
+                "  fake API of {} (pid {pid}): log {}; kubeconfig {}",
+                node.name,
+                log.display(),
+                node.dirs.root.join(weir_testbed::agent::KUBECONFIG_FILE).display()
+            );
+            println!(
+                "  {} curl -s http://{}/api/v1/pods   # what {}'s agent watches",
+                node.netns.nsenter(),
+                weir_testbed::agent::FAKE_API_ADDR,
+                node.name
+            );
+        }
     }
     println!("  namespaces: ip netns list | grep {}", topo.prefix());
 }

@@ -391,7 +391,16 @@ async fn the_kube_source_lists_and_watches_through_it() {
     write(&dir, "web.yaml", SERVICE);
     write(&dir, "policy.yaml", POLICY);
     let kubeconfig = start(&dir).await;
-    let client = crate::sources::kube::client(Some(&kubeconfig)).await.unwrap();
+    // Built in a task of its own to tell one known failure apart.
+    let client = match tokio::spawn(async move { crate::sources::kube::client(Some(&kubeconfig)).await }).await {
+        Ok(client) => client.unwrap(),
+        Err(e) if e.is_panic() => panic!(
+            "building the kube client panicked (see above). If rustls could not pick a CryptoProvider: kube is \
+             built without one (its `ring` or `aws-lc-rs` feature), so `weir-agent run --source kube` panics \
+             the same way against any API server; `cargo test -p weir-agent --features kube/ring` runs this test"
+        ),
+        Err(e) => panic!("{e}"),
+    };
     let (tx, mut rx) = mpsc::channel(64);
     let source = tokio::spawn(crate::sources::kube::run(client, tx));
 

@@ -1,6 +1,7 @@
 //! `cargo xtask bench ...`: measurements printed as tables, never asserted.
 
 mod cni;
+mod policy;
 mod services;
 mod stats;
 
@@ -16,6 +17,10 @@ pub enum Which {
     /// and socket LB) next to direct pod IP and kube-proxy-style iptables,
     /// for 1, 1000 and 10000 Services; then the control plane at 10000.
     Services(services::ServicesBenchArgs),
+    /// New-connection rate to a pod with 0, 100 and 1,000 NetworkPolicies
+    /// side by side; then compile-and-program time and change-to-enforcement
+    /// latency for 1,000 policies over 1,000 pods.
+    Policy(policy::PolicyBenchArgs),
     /// Internal: the load generator of `bench services` (one cell).
     #[command(hide = true)]
     ServicesLoad(services::LoadArgs),
@@ -28,6 +33,7 @@ pub fn run(which: Which) -> Result<()> {
     match which {
         Which::Cni(args) => cni::run(args),
         Which::Services(args) => services::run(args),
+        Which::Policy(args) => policy::run(args),
         Which::ServicesLoad(args) => services::load(args),
         Which::ServicesEcho(args) => services::echo(args),
     }

@@ -199,7 +199,7 @@ impl Column {
 /// What the load generator reported for one cell.
 /// One cell, summed over its rounds.
 #[derive(Clone, Debug, Default)]
-struct Load {
+pub(super) struct Load {
     errors: u64,
     first_error: Option<String>,
     elapsed: Duration,
@@ -214,11 +214,11 @@ struct Load {
 }
 
 impl Load {
-    fn rate(&self) -> f64 {
+    pub(super) fn rate(&self) -> f64 {
         self.samples.len() as f64 / self.elapsed.as_secs_f64()
     }
 
-    fn merge(&mut self, other: Load) {
+    pub(super) fn merge(&mut self, other: Load) {
         self.errors += other.errors;
         self.first_error = self.first_error.take().or(other.first_error);
         self.elapsed += other.elapsed;
@@ -231,7 +231,7 @@ impl Load {
     }
 
     /// Half the min-max range of the slice rates, relative to their mean.
-    fn spread(&self) -> Option<f64> {
+    pub(super) fn spread(&self) -> Option<f64> {
         let (min, max) = self
             .slice_rates
             .iter()
@@ -241,7 +241,7 @@ impl Load {
     }
 
     /// (p50, p99) in microseconds.
-    fn latency_us(&self) -> (f64, f64) {
+    pub(super) fn latency_us(&self) -> (f64, f64) {
         let s = Summary::new(self.samples.clone());
         let us = |d: Option<Duration>| d.map_or(f64::NAN, |d| d.as_secs_f64() * 1e6);
         (us(s.median()), us(s.p99()))
@@ -641,36 +641,9 @@ fn side<'a>(
     let xtask = xtask.to_str().context("non-UTF-8 path")?;
     for i in 0..ENDPOINTS {
         let pod = Pod::create(node, &format!("b{i}"), &list)?;
-        let log = node.dirs.logs.join(format!("echo-b{i}.log"));
         let label = format!("{}/b{i}", node.name);
-        let (port, cpu, threads) = (
-            TARGET_PORT.to_string(),
-            args.server_cpu.to_string(),
-            args.streams.to_string(),
-        );
-        let nice = args.nice.to_string();
-        let guard = pod.netns.spawn(
-            &[
-                xtask,
-                "bench",
-                "services-echo",
-                "--label",
-                &label,
-                "--port",
-                &port,
-                "--cpu",
-                &cpu,
-                "--threads",
-                &threads,
-                "--nice",
-                &nice,
-            ],
-            &[],
-            &log,
-            false,
-        )?;
-        servers.push(guard);
-        wait_for_line(&log, "listening", servers.last_mut().expect("just pushed"))?;
+        let params = EchoParams { port: TARGET_PORT, cpu: args.server_cpu, threads: args.streams, nice: args.nice };
+        servers.push(spawn_echo(node, &pod, xtask, &label, &params)?);
         backends.push(pod);
     }
     Ok(Side {
@@ -679,6 +652,31 @@ fn side<'a>(
         backends,
         _servers: servers,
     })
+}
+
+/// How a backend's echo server runs.
+pub(super) struct EchoParams {
+    pub port: u16,
+    pub cpu: usize,
+    pub threads: usize,
+    pub nice: i32,
+}
+
+/// Starts `bench services-echo` in `pod` and waits until it listens.
+pub(super) fn spawn_echo(node: &Node, pod: &Pod, xtask: &str, label: &str, p: &EchoParams) -> Result<ChildGuard> {
+    let log = node.dirs.logs.join(format!("echo-{}.log", label.replace('/', "-")));
+    let (port, cpu, threads, nice) = (p.port.to_string(), p.cpu.to_string(), p.threads.to_string(), p.nice.to_string());
+    let mut guard = pod.netns.spawn(
+        &[
+            xtask, "bench", "services-echo", "--label", label, "--port", &port, "--cpu", &cpu, "--threads", &threads,
+            "--nice", &nice,
+        ],
+        &[],
+        &log,
+        false,
+    )?;
+    wait_for_line(&log, "listening", &mut guard)?;
+    Ok(guard)
 }
 
 fn wait_for_line(log: &Path, needle: &str, guard: &mut ChildGuard) -> Result<()> {
@@ -968,7 +966,7 @@ fn rss_mib(pid: u32) -> Option<f64> {
     Some(kb / 1024.0)
 }
 
-fn loadavg() -> String {
+pub(super) fn loadavg() -> String {
     fs::read_to_string("/proc/loadavg")
         .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
         .unwrap_or_else(|_| "?".into())
@@ -1010,28 +1008,51 @@ fn measure(
     first: bool,
     args: &ServicesBenchArgs,
 ) -> Result<Load> {
-    let mut cmd = client.command(xtask)?;
     let secs = args.secs / args.rounds as f64;
     let warmup = if first {
         args.warmup
     } else {
         args.warmup / 10.0
     };
+    let params = LoadParams {
+        secs,
+        warmup,
+        streams: args.streams,
+        cpu: args.client_cpu,
+        nice: args.nice,
+    };
+    run_load(xtask, client, target, cgroup, &params)
+}
+
+/// How one slice of load is generated.
+pub(super) struct LoadParams {
+    pub secs: f64,
+    pub warmup: f64,
+    pub streams: usize,
+    pub cpu: usize,
+    pub nice: i32,
+}
+
+/// Runs the load generator (`bench services-load`) in `client` against
+/// `target` for one slice.
+pub(super) fn run_load(
+    xtask: &Path,
+    client: &NetNs,
+    target: SocketAddrV4,
+    cgroup: Option<&Path>,
+    p: &LoadParams,
+) -> Result<Load> {
+    let mut cmd = client.command(xtask)?;
     cmd.args(["bench", "services-load", "--target"])
         .arg(target.to_string())
-        .args(["--secs", &secs.to_string(), "--warmup", &warmup.to_string()])
-        .args([
-            "--streams",
-            &args.streams.to_string(),
-            "--cpu",
-            &args.client_cpu.to_string(),
-        ])
-        .args(["--nice", &args.nice.to_string()]);
+        .args(["--secs", &p.secs.to_string(), "--warmup", &p.warmup.to_string()])
+        .args(["--streams", &p.streams.to_string(), "--cpu", &p.cpu.to_string()])
+        .args(["--nice", &p.nice.to_string()]);
     if let Some(cg) = cgroup {
         cmd.arg("--cgroup").arg(cg);
     }
     exec::die_with_parent(&mut cmd);
-    let timeout = Duration::from_secs_f64(secs + warmup + 30.0);
+    let timeout = Duration::from_secs_f64(p.secs + p.warmup + 30.0);
     let out = exec::output(&mut cmd, None, timeout)?;
     if !out.success() {
         bail!(
