@@ -20,6 +20,8 @@ use serde_json::json;
 use weir_testbed::{
     Node, Pod, Topology, bins,
     cni::{Attachment, CniRuntime, Conflist},
+    manifest::PodObject,
+    topology::write_manifest_file,
     netns::NetNs,
     tools,
 };
@@ -198,14 +200,31 @@ fn reference_conflist(node: &Node) -> Result<Conflist> {
     }))
 }
 
+/// Pod namespaces and attachments. For weir, the Pod objects are published
+/// first, as kubelet only starts sandboxes of pods the API server has: each
+/// ADD then includes the policy hand-off with the agent (the pod's policy
+/// put in place before ADD returns), as on a real node.
 fn prepare(side: &Side, tag: &str, n: usize) -> Result<Vec<Slot>> {
-    (0..n)
+    let slots: Vec<Slot> = (0..n)
         .map(|i| {
             let netns = NetNs::create(&side.node.pod_netns_name(&format!("{tag}{i}")))?;
             let att = Pod::attachment_for(side.node, &format!("{tag}{i}"), &netns);
             Ok(Slot { netns, att })
         })
-        .collect()
+        .collect::<Result<_>>()?;
+    if side.label == "weir" {
+        let docs: Vec<String> = slots
+            .iter()
+            .filter_map(|s| {
+                let arg = |k: &str| s.att.cni_args.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone());
+                Some(PodObject::new(&arg("K8S_POD_NAMESPACE")?, &arg("K8S_POD_NAME")?).yaml(&side.node.name, None))
+            })
+            .collect();
+        write_manifest_file(&side.node.manifest_dir, &format!("bench-cni-{tag}.yaml"), &docs)?;
+        // The agent polls its manifest directory every 200 ms.
+        thread::sleep(Duration::from_secs(1));
+    }
+    Ok(slots)
 }
 
 fn timed_add(side: &Side, slot: &Slot) -> Result<Duration> {
