@@ -88,10 +88,10 @@ fn policy(i: usize, generation: usize) -> NetworkPolicyInfo {
             PolicyPort { protocol: Protocol::Tcp, port: Some(PortRef::Number(9000 + generation as u16)), end_port: Some(9100) },
         ],
     }];
-    if i % 10 == 0 {
+    if i.is_multiple_of(10) {
         ingress.clear(); // deny all ingress
     }
-    let egress = if i % 4 == 0 {
+    let egress = if i.is_multiple_of(4) {
         vec![PolicyRule {
             peers: vec![PolicyPeer::IpBlock { cidr: "10.0.0.0/8".parse().unwrap(), except: vec!["10.244.3.0/24".parse().unwrap()] }],
             ports: vec![PolicyPort { protocol: Protocol::Udp, port: Some(PortRef::Number(53)), end_port: None }],

@@ -9,7 +9,7 @@
 use std::{
     collections::BTreeMap,
     net::Ipv4Addr,
-    path::PathBuf,
+    path::{Path, PathBuf},
     time::Instant,
 };
 
@@ -25,10 +25,7 @@ use crate::{
         ClusterIndex,
         policy::compile::{CompileInput, DesiredPolicy, LocalEndpoint, PolicyCompiler},
     },
-    node::{
-        files,
-        policy_socket::{HOLD, Handoff, HandoffAnswer},
-    },
+    node::policy_socket::{HOLD, Handoff, HandoffAnswer},
 };
 
 /// Names behind the numbers in the maps, for `weir-agent inspect policy`
@@ -57,6 +54,8 @@ pub struct PolicySync {
     /// What the names file was last written from.
     names_written: Option<Names>,
     endpoint_pods: BTreeMap<u32, String>,
+    /// The endpoints the per-pod counters were last pruned against.
+    stats_endpoints: Option<Vec<u32>>,
 }
 
 /// The names behind the numbers in the maps: slot -> policy, identity ->
@@ -91,6 +90,7 @@ impl PolicySync {
             last_stats: ApplyStats::default(),
             names_written: None,
             endpoint_pods: BTreeMap::new(),
+            stats_endpoints: None,
         }
     }
 
@@ -145,7 +145,6 @@ impl PolicySync {
             return;
         }
         self.dirty = false;
-        let t0 = Instant::now();
         let endpoints = match maps.local_endpoints() {
             Ok(e) => e,
             Err(e) => {
@@ -175,9 +174,7 @@ impl PolicySync {
             })
             .collect();
         self.endpoint_pods = local.iter().filter_map(|e| Some((e.ifindex, e.pod.clone()?))).collect();
-        let t1 = Instant::now();
         let host_addrs = host_addrs();
-        let t2 = Instant::now();
         let desired = self.compiler.compile(&CompileInput {
             pods: index.pods.map(),
             namespaces: index.namespaces.map(),
@@ -185,11 +182,9 @@ impl PolicySync {
             host_addrs: &host_addrs,
             endpoints: &local,
         });
-        let t3 = Instant::now();
         let target = PolicyTarget { rules: &desired.rules, ipcache: &desired.ipcache, endpoint_flags: &desired.endpoint_flags };
         match self.programmer.apply(maps, &target, &endpoints) {
             Ok(stats) => {
-                let t4 = Instant::now();
                 if stats.writes() > 0 {
                     info!(
                         rules_set = stats.rules_set,
@@ -205,8 +200,7 @@ impl PolicySync {
                 self.write_names(&desired);
                 self.last_stats = stats;
                 self.answer_waiters(&desired, index);
-                let t5 = Instant::now();
-                eprintln!("TIMING eps {:?} host {:?} compile {:?} apply {:?} names {:?} stats {:?}", t1-t0, t2-t1, t3-t2, t4-t3, t5-t4, stats);
+                self.prune_stats(maps, &endpoints);
             }
             Err(e) => {
                 error!(error = %e, "policy maps only partly updated; retrying");
@@ -215,6 +209,19 @@ impl PolicySync {
         }
         self.last = Some(desired);
         self.expire_waiters_of_unknown_pods();
+    }
+
+    /// Counters of endpoints that are gone would fill the map over time;
+    /// dropped whenever the set of endpoints changes.
+    fn prune_stats(&mut self, maps: &mut impl PolicyMaps, endpoints: &BTreeMap<u32, EndpointInfo>) {
+        let now: Vec<u32> = endpoints.keys().copied().collect();
+        if self.stats_endpoints.as_ref() == Some(&now) {
+            return;
+        }
+        match maps.prune_endpoint_stats(endpoints) {
+            Ok(_) => self.stats_endpoints = Some(now),
+            Err(e) => warn!(error = %e, "cannot prune the counters of deleted pods; retrying later"),
+        }
     }
 
     fn answer_waiters(&mut self, desired: &DesiredPolicy, index: &ClusterIndex) {
@@ -284,12 +291,28 @@ impl PolicySync {
             "endpoints": text_keys(&names.endpoints),
         })
         .to_string();
-        if let Err(e) = files::write_atomic(&self.names_path, doc.as_bytes()) {
+        if let Err(e) = replace_unsynced(&self.names_path, doc.as_bytes()) {
             warn!(error = %e, path = %self.names_path.display(), "policy names not written (inspect shows numbers only)");
         } else {
             self.names_written = Some(names);
         }
     }
+}
+
+/// Replaces a file whole (readers see the old or the new contents), without
+/// waiting for the disk: for the names file, which describes the pinned
+/// maps (gone after a reboot too) and is written afresh by a starting
+/// agent, a sync would only hold up every pass that changes a name.
+fn replace_unsynced(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    std::fs::write(&tmp, contents)?;
+    std::fs::rename(&tmp, path).inspect_err(|_| {
+        let _ = std::fs::remove_file(&tmp);
+    })
 }
 
 /// Every IPv4 address of the node's own namespace: traffic from these is

@@ -68,8 +68,7 @@ impl Cluster {
         let ports = if affinity { &ports[..1] } else { &ports[..] };
         let ports: Vec<SvcPort> = ports
             .iter()
-            .cloned()
-            .map(|p| SvcPort { node_port: if affinity { None } else { p.node_port }, ..p })
+            .map(|p| SvcPort { node_port: if affinity { None } else { p.node_port }, ..p.clone() })
             .collect();
         let slice_ports: Vec<(&str, &str, u16)> = ports.iter().map(|p| (p.name, p.protocol, ECHO_PORT)).collect();
         self.topo

@@ -1,12 +1,12 @@
 //! `PolicyMaps` over the real pinned maps.
 use std::{collections::BTreeMap, net::Ipv4Addr};
 
-use aya::maps::{HashMap, LpmTrie, MapData, lpm_trie::Key};
+use aya::maps::{HashMap, LpmTrie, MapData, PerCpuHashMap, lpm_trie::Key};
 use ipnetwork::Ipv4Network;
 use weir_common::{
     EndpointInfo, EndpointKey,
     pin,
-    policy::{IpcacheEntry, IpcacheKey, PolicyEntry, PolicyKey},
+    policy::{EndpointPolicyStats, IpcacheEntry, IpcacheKey, PolicyEntry, PolicyKey},
 };
 
 use super::{
@@ -103,6 +103,21 @@ impl PolicyMaps for Datapath {
             Err(aya::maps::MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(false),
             Err(e) => Err(err("update", name)(e)),
         }
+    }
+    fn prune_endpoint_stats(&mut self, keep: &BTreeMap<u32, EndpointInfo>) -> Result<usize, PolicyMapError> {
+        let name = pin::MAP_EP_POLICY_STATS;
+        let map = self.ebpf_mut().map_mut(name).ok_or_else(|| missing(name))?;
+        let mut stats: PerCpuHashMap<_, EndpointKey, EndpointPolicyStats> =
+            PerCpuHashMap::try_from(map).map_err(err("open", name))?;
+        let gone: Vec<EndpointKey> = stats
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !keep.contains_key(&k.ifindex))
+            .collect();
+        for key in &gone {
+            tolerate_missing(stats.remove(key)).map_err(err("delete", name))?;
+        }
+        Ok(gone.len())
     }
     fn dump_policy(&self) -> Result<PolicyDump, PolicyMapError> {
         let mut d = PolicyDump::default();

@@ -187,7 +187,7 @@ impl LbProgrammer {
                         touched_ranges.entry(id).or_default();
                     }
                     let r = self.delete_frontend(key0, maps);
-                    if r.is_ok() && self.programmed.get(&key0).is_none() {
+                    if r.is_ok() && !self.programmed.contains_key(&key0) {
                         report.frontends_deleted += 1;
                     }
                     r

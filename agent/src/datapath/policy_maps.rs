@@ -36,6 +36,10 @@ pub trait PolicyMaps {
     /// reused by a new pod).
     fn set_endpoint_policy_flags(&mut self, ifindex: u32, ip: Ipv4Addr, flags: u32) -> Result<bool, PolicyMapError>;
     fn dump_policy(&self) -> Result<PolicyDump, PolicyMapError>;
+    /// Drops the verdict counters of endpoints that are gone (the kernel
+    /// creates them on an endpoint's first verdict; nothing else removes
+    /// them). Returns how many went.
+    fn prune_endpoint_stats(&mut self, keep: &BTreeMap<u32, EndpointInfo>) -> Result<usize, PolicyMapError>;
 }
 
 /// In-memory maps: the reference the programmer is tested against.
@@ -87,6 +91,9 @@ impl PolicyMaps for FakePolicyMaps {
     fn dump_policy(&self) -> Result<PolicyDump, PolicyMapError> {
         Ok(self.maps.clone())
     }
+    fn prune_endpoint_stats(&mut self, _keep: &BTreeMap<u32, EndpointInfo>) -> Result<usize, PolicyMapError> {
+        Ok(0)
+    }
 }
 
 /// A fake whose `fail_at`-th write or delete fails (counting from 0).
@@ -137,5 +144,8 @@ impl PolicyMaps for FaultyPolicyMaps {
     }
     fn dump_policy(&self) -> Result<PolicyDump, PolicyMapError> {
         self.inner.dump_policy()
+    }
+    fn prune_endpoint_stats(&mut self, keep: &BTreeMap<u32, EndpointInfo>) -> Result<usize, PolicyMapError> {
+        self.inner.prune_endpoint_stats(keep)
     }
 }

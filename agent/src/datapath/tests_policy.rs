@@ -190,3 +190,17 @@ fn egress_is_judged_on_the_service_backend() {
     assert_eq!(from_pod(&t, &packet(TCP, POD, 40001, vip, 80)), TC_ACT_SHOT);
     assert_eq!(t.count(DropReason::PolicyEgress), 1);
 }
+
+#[test]
+#[ignore = "privileged: needs root and bpffs; `cargo xtask test` runs it as root"]
+fn counters_of_deleted_pods_are_pruned() {
+    let mut t = TestDatapath::load();
+    endpoint(&mut t, EndpointInfo::FLAG_INGRESS_ENFORCED);
+    identities(&mut t);
+    assert_eq!(to_pod(&t, &packet(TCP, FRIEND, 40000, POD, 80)), TC_ACT_SHOT);
+    assert!(policy_stats::endpoint_stats(t.pin_dir()).unwrap().contains_key(&LOOPBACK));
+    let live = t.dp.local_endpoints().unwrap();
+    assert_eq!(t.dp.prune_endpoint_stats(&live).unwrap(), 0, "a live endpoint keeps its counters");
+    assert_eq!(t.dp.prune_endpoint_stats(&Default::default()).unwrap(), 1);
+    assert!(policy_stats::endpoint_stats(t.pin_dir()).unwrap().is_empty());
+}

@@ -63,17 +63,15 @@ impl Datapath {
             .map_err(|e: aya::programs::ProgramError| fail(e.to_string()))?;
         let id = classifier.attach(ifname, TcAttachType::Ingress).map_err(|e| fail(e.to_string()))?;
         let link = classifier.take_link(id).map_err(|e| fail(e.to_string()))?;
-        match FdLink::try_from(link) {
-            Ok(fd_link) => {
-                // bpffs refuses dots in names.
-                let tmp = links.join(format!("uplink_{ifname}_new"));
-                let path = links.join(format!("uplink_{ifname}"));
-                let _ = std::fs::remove_file(&tmp);
-                fd_link.pin(&tmp).map_err(|e| fail(e.to_string()))?;
-                std::fs::rename(&tmp, &path).map_err(|e| fail(e.to_string()))?;
-            }
-            // Kernels before 6.6: a netlink filter, which persists by itself.
-            Err(_) => {}
+        // Kernels before 6.6 give a netlink filter, which persists by
+        // itself; a tcx link lives only while pinned.
+        if let Ok(fd_link) = FdLink::try_from(link) {
+            // bpffs refuses dots in names.
+            let tmp = links.join(format!("uplink_{ifname}_new"));
+            let path = links.join(format!("uplink_{ifname}"));
+            let _ = std::fs::remove_file(&tmp);
+            fd_link.pin(&tmp).map_err(|e| fail(e.to_string()))?;
+            std::fs::rename(&tmp, &path).map_err(|e| fail(e.to_string()))?;
         }
         Ok(())
     }

@@ -69,7 +69,7 @@ mod tests {
     #[test]
     fn picks_the_highest_common_version() {
         let weir = l(WEIR_CNI_VERSIONS);
-        assert_eq!(negotiate(&[weir.clone()]).as_deref(), Some("1.1.0"));
+        assert_eq!(negotiate(std::slice::from_ref(&weir)).as_deref(), Some("1.1.0"));
         let portmap = l(&["0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0"]);
         assert_eq!(negotiate(&[weir.clone(), portmap]).as_deref(), Some("1.0.0"));
         assert_eq!(negotiate(&[weir.clone(), l(&["0.3.1", "0.4.0"])]).as_deref(), Some("0.4.0"));

@@ -63,14 +63,14 @@ fn ready_endpoints_only_then_serving_terminating_fallback() {
         .ready("10.244.1.5", "n1")
         .endpoint("10.244.1.6", "n1", false, true, true) // serving, terminating
         .endpoint("10.244.1.7", "n1", false, false, false); // not ready
-    assert_eq!(table(&run(&[svc.clone()], &[mixed])), ["10.96.0.10:80/TCP -> [10.244.1.5:80]"]);
+    assert_eq!(table(&run(std::slice::from_ref(&svc), &[mixed])), ["10.96.0.10:80/TCP -> [10.244.1.5:80]"]);
 
     let draining = slice("ns/web-a", "ns/web")
         .port("", 80, Protocol::Tcp)
         .endpoint("10.244.1.6", "n1", false, true, true)
         .endpoint("10.244.1.8", "n1", false, false, true) // terminating, not serving
         .endpoint("10.244.1.7", "n1", false, false, false);
-    let p = run(&[svc.clone()], &[draining]);
+    let p = run(std::slice::from_ref(&svc), &[draining]);
     assert_eq!(table(&p), ["10.96.0.10:80/TCP -> [10.244.1.6:80]"]);
     assert!(p.frontends.values().next().unwrap().backends[0].terminating);
 

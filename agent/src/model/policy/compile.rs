@@ -102,14 +102,26 @@ impl Default for PolicyCompiler {
 struct Cache {
     /// The identities in use: number -> key.
     identities: BTreeMap<u32, IdentityKey>,
+    /// By pod key: every pod in the ipcache, with its identity.
+    pods: HashMap<String, NumberedPod>,
     /// The namespaces the peers were resolved against.
     namespaces: BTreeMap<String, NamespaceInfo>,
-    /// Every policy of the last compile, by its key in the input.
-    policies: HashMap<String, ResolvedPolicy>,
+    /// Every policy of the last compile with its key in the input, in
+    /// the input's order.
+    policies: Vec<(String, ResolvedPolicy)>,
     /// By ifindex: every endpoint of the last compile with a known pod.
     endpoints: HashMap<u32, EndpointEntries>,
     /// The last `ResolvedPolicy::version` handed out.
     version: u64,
+}
+
+/// A pod's identity, and what it was worked out from.
+#[derive(Clone, Debug)]
+struct NumberedPod {
+    pod: PodInfo,
+    block: Option<Ipv4Network>,
+    key: IdentityKey,
+    id: u32,
 }
 
 /// A policy with the peers of its rules resolved to identities.
@@ -124,7 +136,7 @@ struct ResolvedPolicy {
 }
 
 /// A rule with its peers resolved to identities (`None`: every peer).
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct ResolvedRule {
     /// Sorted.
     peers: Option<Vec<u32>>,
@@ -185,32 +197,70 @@ impl PolicyCompiler {
     }
 
     pub fn compile(&mut self, input: &CompileInput<'_>) -> DesiredPolicy {
-        let live_slots: BTreeSet<u32> = input.policies.values().map(|p| self.slots.assign(&p.key)).collect();
-        self.slots.retain(&live_slots);
-
-        let endpoints = unique_endpoints(input.endpoints);
-        let blocks = Blocks::of(input.policies.values());
-        let mut out = DesiredPolicy::default();
-        let mut identities: BTreeMap<u32, IdentityKey> = BTreeMap::new();
-        for (net, key) in ipcache_keys(input, &endpoints, &blocks) {
-            let id = if key == IdentityKey::address(None) { IDENTITY_WORLD } else { self.identities.assign(&key) };
-            out.ipcache.insert(net, id);
-            identities.insert(id, key);
+        // Policies rarely come or go: nothing to number then.
+        if !input.policies.values().map(|p| &p.key).eq(self.slots.keys()) {
+            let live_slots: BTreeSet<u32> = input.policies.values().map(|p| self.slots.assign(&p.key)).collect();
+            self.slots.retain(&live_slots);
         }
+        let endpoints = unique_endpoints(input.endpoints);
+        let mut out = DesiredPolicy::default();
+        let identities = self.number_identities(input, &endpoints, &mut out);
+        self.cache.resolve_policies(input, identities);
+        self.endpoint_entries(input, &endpoints, &mut out);
+        out
+    }
+
+    /// The ipcache and the identities it uses (returned), numbered.
+    fn number_identities(&mut self, input: &CompileInput<'_>, endpoints: &[LocalEndpoint], out: &mut DesiredPolicy) -> BTreeMap<u32, IdentityKey> {
+        let blocks = Blocks::of(input.policies.values());
+        let mut identities: BTreeMap<u32, IdentityKey> = BTreeMap::new();
+        let mut ipcache = Vec::new();
+        let mut previous = std::mem::replace(&mut self.cache.pods, HashMap::with_capacity(input.pods.len()));
+        for (net, holder) in ipcache_holders(input, endpoints, &blocks) {
+            let id = match holder {
+                Holder::Pod { pod, block } => {
+                    // Most pods are as they were: their number is known
+                    // without building and looking up their key.
+                    let (name, numbered) = match previous.remove_entry(&pod.key) {
+                        Some((name, known)) if known.pod == *pod && known.block == block => (name, known),
+                        _ => {
+                            let key = IdentityKey::pod(pod, block);
+                            let id = self.identities.assign(&key);
+                            (pod.key.clone(), NumberedPod { pod: pod.clone(), block, key, id })
+                        }
+                    };
+                    identities.entry(numbered.id).or_insert_with(|| numbered.key.clone());
+                    let id = numbered.id;
+                    self.cache.pods.insert(name, numbered);
+                    id
+                }
+                Holder::Other(key) => {
+                    let id = if key == IdentityKey::address(None) { IDENTITY_WORLD } else { self.identities.assign(&key) };
+                    identities.insert(id, key);
+                    id
+                }
+            };
+            ipcache.push((net, id));
+        }
+        out.ipcache = ipcache.into_iter().collect();
         self.identities.retain(&identities.keys().copied().collect());
         out.identities = identities.iter().map(|(id, key)| (*id, key.describe())).collect();
-        self.cache.resolve_policies(input, identities);
+        identities
+    }
 
+    /// Endpoint flags and policy entries, reusing the entries of every
+    /// endpoint whose inputs are as they were.
+    fn endpoint_entries(&mut self, input: &CompileInput<'_>, endpoints: &[LocalEndpoint], out: &mut DesiredPolicy) {
         let identities = &self.cache.identities;
         let hosts: Vec<u32> = identities.iter().filter(|(_, key)| key.subject == Subject::Host).map(|(id, _)| *id).collect();
         // A policy selects pods of its own namespace only.
-        let mut by_namespace: BTreeMap<&str, Vec<&ResolvedPolicy>> = BTreeMap::new();
-        for (key, p) in input.policies {
-            by_namespace.entry(p.namespace.as_str()).or_default().push(&self.cache.policies[key]);
+        let mut by_namespace: BTreeMap<&str, Vec<(&ResolvedPolicy, u32)>> = BTreeMap::new();
+        for (_, p) in &self.cache.policies {
+            let slot = self.slots.get(&p.policy.key).expect("every policy has a slot");
+            by_namespace.entry(p.policy.namespace.as_str()).or_default().push((p, slot));
         }
-        let mut previous = std::mem::take(&mut self.cache.endpoints);
-        let mut rules = Vec::new();
-        for ep in &endpoints {
+        let mut previous = std::mem::replace(&mut self.cache.endpoints, HashMap::with_capacity(endpoints.len()));
+        for ep in endpoints {
             let pod = match &ep.pod {
                 // Not a Kubernetes pod: no policy applies. A pending bit
                 // weir-cni set stays (it knows better than a missing name).
@@ -229,34 +279,41 @@ impl PolicyCompiler {
                 },
             };
             let candidates = by_namespace.get(pod.namespace.as_str()).map_or(&[][..], Vec::as_slice);
-            let mut flags = 0;
-            let selecting = DIRECTIONS.map(|(dir, flag)| {
-                let selecting: Vec<(&ResolvedPolicy, u32)> = candidates
-                    .iter()
-                    .filter(|p| p.policy.selects(pod) && enabled(&p.policy, dir))
-                    .map(|p| (*p, self.slots.get(&p.policy.key).expect("every policy has a slot")))
-                    .collect();
-                if !selecting.is_empty() {
-                    flags |= flag;
-                }
-                selecting
-            });
+            let selecting: Vec<(&ResolvedPolicy, u32)> = candidates.iter().filter(|(p, _)| p.policy.selects(pod)).copied().collect();
+            let selecting = DIRECTIONS.map(|(dir, _)| selecting.iter().filter(|(p, _)| enabled(&p.policy, dir)).copied().collect::<Vec<_>>());
+            let flags = DIRECTIONS.iter().zip(&selecting).filter(|(_, ps)| !ps.is_empty()).fold(0, |flags, ((_, flag), _)| flags | flag);
             out.endpoint_flags.insert(ep.ifindex, flags);
             let inputs = EndpointInputs {
                 policies: selecting.each_ref().map(|ps| ps.iter().map(|(p, slot)| (*slot, p.version)).collect()),
                 named_ports: pod.named_ports.clone(),
                 hosts: hosts.clone(),
             };
-            let computed = match previous.remove(&ep.ifindex) {
+            let entries = match previous.remove(&ep.ifindex) {
                 Some(e) if e.inputs == inputs => e,
-                _ => EndpointEntries { entries: endpoint_entries(ep.ifindex, pod, &selecting, &hosts, identities), inputs },
+                _ => EndpointEntries { entries: entries_of(ep.ifindex, pod, &selecting, &hosts, identities), inputs },
             };
-            rules.extend_from_slice(&computed.entries);
-            self.cache.endpoints.insert(ep.ifindex, computed);
+            self.cache.endpoints.insert(ep.ifindex, entries);
         }
-        out.rules = rules.into_iter().collect();
-        out
+        let mut runs: Vec<&[(RuleKey, u32)]> =
+            endpoints.iter().filter_map(|ep| self.cache.endpoints.get(&ep.ifindex)).map(|e| e.entries.as_slice()).collect();
+        out.rules = merge_by_prefix_length(&mut runs).into_iter().collect();
     }
+}
+
+/// The entries of every endpoint (each endpoint's sorted, endpoints in
+/// ifindex order), sorted, so that the map is built without sorting them
+/// again: keys order by prefix length first, then endpoint, so this takes
+/// each length's entries of every endpoint in turn.
+fn merge_by_prefix_length(runs: &mut [&[(RuleKey, u32)]]) -> Vec<(RuleKey, u32)> {
+    let mut out = Vec::with_capacity(runs.iter().map(|r| r.len()).sum());
+    while let Some(len) = runs.iter().filter_map(|r| r.first()).map(|((len, _), _)| *len).min() {
+        for run in runs.iter_mut() {
+            let n = run.iter().take_while(|((l, _), _)| *l == len).count();
+            out.extend_from_slice(&run[..n]);
+            *run = &run[n..];
+        }
+    }
+    out
 }
 
 impl Cache {
@@ -269,26 +326,31 @@ impl Cache {
         let mut changed: BTreeSet<u32> =
             self.identities.iter().filter(|(id, key)| previous.get(id) != Some(key)).map(|(id, _)| *id).collect();
         changed.extend(previous.iter().filter(|(id, key)| self.identities.get(id) != Some(key)).map(|(id, _)| *id));
+        let mut previous = std::mem::take(&mut self.policies);
         if self.namespaces != *input.namespaces {
             // namespaceSelectors may match other namespaces now.
             self.namespaces = input.namespaces.clone();
-            self.policies.clear();
+            previous.clear();
         }
-        self.policies.retain(|key, _| input.policies.contains_key(key));
+        self.policies.reserve(input.policies.len());
+        // Both in key order: a merge.
+        let mut previous = previous.into_iter().peekable();
         for (key, policy) in input.policies {
-            match self.policies.get_mut(key) {
-                Some(p) if p.policy == *policy => {
+            while previous.next_if(|(k, _)| k < key).is_some() {}
+            let (key, resolved) = match previous.next_if(|(k, _)| k == key) {
+                Some((key, mut p)) if p.policy == *policy => {
                     if !changed.is_empty() && p.refresh(&changed, &self.identities, &self.namespaces) {
                         self.version += 1;
                         p.version = self.version;
                     }
+                    (key, p)
                 }
                 _ => {
                     self.version += 1;
-                    let resolved = ResolvedPolicy::new(policy, &self.identities, &self.namespaces, self.version);
-                    self.policies.insert(key.clone(), resolved);
+                    (key.clone(), ResolvedPolicy::new(policy, &self.identities, &self.namespaces, self.version))
                 }
-            }
+            };
+            self.policies.push((key, resolved));
         }
     }
 }
@@ -331,7 +393,8 @@ impl ResolvedPolicy {
     ) -> bool {
         let policy = &self.policy;
         let mut differs = false;
-        for (dir, rules, resolved) in [(Direction::Ingress, &policy.ingress, &mut self.ingress), (Direction::Egress, &policy.egress, &mut self.egress)] {
+        let by_direction = [(Direction::Ingress, &policy.ingress, &mut self.ingress), (Direction::Egress, &policy.egress, &mut self.egress)];
+        for (dir, rules, resolved) in by_direction {
             for (rule, r) in rules.iter().zip(resolved.iter_mut()) {
                 let Some(peers) = &mut r.peers else {
                     // Every peer: no identity in the entries, except for an
@@ -361,7 +424,7 @@ fn matches_rule(key: &IdentityKey, policy: &NetworkPolicyInfo, rule: &PolicyRule
 
 /// The entries of one endpoint (its pod `pod`), given the policies
 /// selecting the pod per direction with their slots.
-fn endpoint_entries(
+fn entries_of(
     ifindex: u32,
     pod: &PodInfo,
     selecting: &[Vec<(&ResolvedPolicy, u32)>; 2],
@@ -371,10 +434,16 @@ fn endpoint_entries(
     let mut out = BTreeMap::new();
     let mut rules = Rules { identities, out: &mut out };
     for ((dir, _), policies) in DIRECTIONS.iter().zip(selecting) {
+        // Policies often repeat a rule (the same peers and ports): each
+        // distinct one is expanded once, with the lowest slot giving it.
+        let mut distinct: HashMap<&ResolvedRule, u32> = HashMap::new();
         for (policy, slot) in policies {
             for rule in policy.rules(*dir) {
-                rules.add(ifindex, pod, *dir, rule, *slot);
+                distinct.entry(rule).and_modify(|s| *s = (*s).min(*slot)).or_insert(*slot);
             }
+        }
+        for (rule, slot) in distinct {
+            rules.add(ifindex, pod, *dir, rule, slot);
         }
     }
     if !selecting[0].is_empty() {
@@ -403,16 +472,23 @@ fn unique_endpoints(endpoints: &[LocalEndpoint]) -> Vec<LocalEndpoint> {
     by_ifindex.into_values().cloned().collect()
 }
 
-/// The ipcache by key: every ipBlock prefix and `0.0.0.0/0` as addresses,
-/// then pods (this node's first, by endpoint address), then this node's
-/// addresses over anything else at the same /32 (host-network pods have
-/// the node's address, and are the node's traffic).
-fn ipcache_keys(input: &CompileInput<'_>, endpoints: &[LocalEndpoint], blocks: &Blocks) -> BTreeMap<Ipv4Network, IdentityKey> {
+/// What an ipcache prefix stands for, before it has a number.
+enum Holder<'a> {
+    /// A pod, in the most specific ipBlock prefix around its address.
+    Pod { pod: &'a PodInfo, block: Option<Ipv4Network> },
+    Other(IdentityKey),
+}
+
+/// The ipcache by holder: every ipBlock prefix and `0.0.0.0/0` as
+/// addresses, then pods (this node's first, by endpoint address), then this
+/// node's addresses over anything else at the same /32 (host-network pods
+/// have the node's address, and are the node's traffic).
+fn ipcache_holders<'a>(input: &CompileInput<'a>, endpoints: &[LocalEndpoint], blocks: &Blocks) -> BTreeMap<Ipv4Network, Holder<'a>> {
     let mut out = BTreeMap::new();
     let everything = prefix_of(Ipv4Addr::UNSPECIFIED, 0);
-    out.insert(everything, IdentityKey::address(blocks.most_specific(everything)));
+    out.insert(everything, Holder::Other(IdentityKey::address(blocks.most_specific(everything))));
     for b in blocks.iter() {
-        out.insert(b, IdentityKey::address(Some(b)));
+        out.insert(b, Holder::Other(IdentityKey::address(Some(b))));
     }
     // Address -> pod. Two pods at one address (a stale status): the local
     // endpoint's pod, else the first by key.
@@ -433,10 +509,10 @@ fn ipcache_keys(input: &CompileInput<'_>, endpoints: &[LocalEndpoint], blocks: &
         }
     }
     for (ip, pod) in pods {
-        out.insert(prefix_of(ip, 32), IdentityKey::pod(pod, blocks.of_addr(ip)));
+        out.insert(prefix_of(ip, 32), Holder::Pod { pod, block: blocks.of_addr(ip) });
     }
     for ip in input.host_addrs {
-        out.insert(prefix_of(*ip, 32), IdentityKey { subject: Subject::Host, block: blocks.of_addr(*ip) });
+        out.insert(prefix_of(*ip, 32), Holder::Other(IdentityKey { subject: Subject::Host, block: blocks.of_addr(*ip) }));
     }
     out
 }

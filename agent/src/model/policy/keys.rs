@@ -20,7 +20,7 @@ pub const fn dir_code(dir: Direction) -> u8 {
 }
 
 /// What one entry of a rule's `ports` allows, before peers are known.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum PortMatch {
     /// Every protocol and port (a rule with no `ports`).
     AnyProto,

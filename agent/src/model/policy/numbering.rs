@@ -37,6 +37,11 @@ impl<K: Ord + Clone> Numbering<K> {
         self.by_number.get(&number)
     }
 
+    /// Every key in use, in order.
+    pub fn keys(&self) -> impl Iterator<Item = &K> {
+        self.by_key.keys()
+    }
+
     /// Every number in use with its key, by number.
     pub fn iter(&self) -> impl Iterator<Item = (u32, &K)> {
         self.by_number.iter().map(|(n, k)| (*n, k))

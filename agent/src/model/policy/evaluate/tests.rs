@@ -36,8 +36,8 @@ fn world() -> World {
                 ip: Some(Ipv4Addr::new(10, 244, 1, (n * 10 + i + 2) as u8)),
                 node: Some("n1".into()),
                 named_ports: vec![
-                    (format!("serve-80-tcp"), Protocol::Tcp, 80),
-                    (format!("serve-81-udp"), Protocol::Udp, 81),
+                    ("serve-80-tcp".to_string(), Protocol::Tcp, 80),
+                    ("serve-81-udp".to_string(), Protocol::Udp, 81),
                 ],
             });
         }
