@@ -10,7 +10,10 @@
 //! no rule allows, proves that enforcement is on before a cell is measured.
 //! Every round runs every size in turn (the policy set is rewritten between
 //! cells), so machine load hits all columns alike; the result is the ratio
-//! to the no-policy rate of the same run.
+//! to the no-policy rate of the same run. As in `bench services`, the agent
+//! is paused (SIGSTOP) while a cell runs, once its maps are written: its
+//! manifest-dir source polls files, which a kube-source agent would not;
+//! its idle CPU with each policy set is reported instead.
 //!
 //! Control plane: `weir-agent bench-policy-control-plane` (1,000 policies
 //! over 1,000 pods, 100 of them local, into a private copy of the maps):
@@ -38,7 +41,7 @@ use weir_testbed::{
     exec, tools,
 };
 
-use super::services::{EchoParams, Load, LoadParams, loadavg, run_load, spawn_echo};
+use super::services::{EchoParams, Load, LoadParams, Paused, cpu_percent, loadavg, run_load, spawn_echo};
 use crate::{cargo, setup};
 
 const SERVER_PORT: u16 = 8080;
@@ -122,6 +125,8 @@ struct DataPath {
     cells: BTreeMap<usize, std::result::Result<Load, String>>,
     /// Per size: (policy map entries, identities) as the agent reported.
     maps: BTreeMap<usize, (u64, u64)>,
+    /// Per size: the agent's CPU (% of a core) over 1 s once enforced.
+    idle_cpu: BTreeMap<usize, Option<f64>>,
 }
 
 fn namespaces() -> Vec<String> {
@@ -245,6 +250,7 @@ fn data_path(topo: &Topology, xtask: &Path, args: &PolicyBenchArgs) -> Result<Da
 
     let mut cells: BTreeMap<usize, std::result::Result<Load, String>> = BTreeMap::new();
     let mut maps = BTreeMap::new();
+    let mut idle_cpu = BTreeMap::new();
     let slice = args.secs / args.rounds as f64;
     for round in 0..args.rounds {
         for &size in &args.sizes {
@@ -253,6 +259,10 @@ fn data_path(topo: &Topology, xtask: &Path, args: &PolicyBenchArgs) -> Result<Da
             }
             let (took, m) = apply(topo, &node.netns, &outsider.netns, target, size)?;
             maps.insert(size, m);
+            if round == 0 {
+                idle_cpu.insert(size, cpu_percent(agent.pid(), Duration::from_secs(1)));
+            }
+            let paused = Paused::new(agent.pid());
             let params = LoadParams {
                 secs: slice,
                 warmup: if round == 0 { args.warmup * 2.0 } else { args.warmup },
@@ -261,6 +271,7 @@ fn data_path(topo: &Topology, xtask: &Path, args: &PolicyBenchArgs) -> Result<Da
                 nice: args.nice,
             };
             let cell = run_load(xtask, &client.netns, target, None, &params);
+            drop(paused);
             let slot = cells.entry(size).or_insert_with(|| Ok(Load::default()));
             match cell {
                 Ok(l) => {
@@ -277,31 +288,33 @@ fn data_path(topo: &Topology, xtask: &Path, args: &PolicyBenchArgs) -> Result<Da
         println!("round {}/{} done", round + 1, args.rounds);
     }
     drop(agent);
-    Ok(DataPath { cells, maps })
+    Ok(DataPath { cells, maps, idle_cpu })
 }
 
 fn print_data_path(args: &PolicyBenchArgs, d: &DataPath) {
     let base = d.cells.get(&0).and_then(|c| c.as_ref().ok()).map(Load::rate);
     let mut out = String::new();
     let _ = writeln!(out, "\nNew connections to a pod by IP (one client, connect + request + close), {} s per cell in {} rounds:", args.secs, args.rounds);
-    let _ = writeln!(out, "| policies | conn/s | ratio to 0 | spread | p50 us | p99 us | map entries | identities |");
-    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(out, "| policies | conn/s | ratio to 0 | spread | p50 us | p99 us | map entries | identities | agent idle CPU |");
+    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|");
     for &size in &args.sizes {
         let (entries, ids) = d.maps.get(&size).copied().unwrap_or_default();
         match d.cells.get(&size) {
             Some(Ok(l)) => {
                 let (p50, p99) = l.latency_us();
                 let ratio = base.map(|b| l.rate() / b);
+                let cpu = d.idle_cpu.get(&size).copied().flatten();
                 let _ = writeln!(
                     out,
-                    "| {size} | {:.0} | {} | {} | {p50:.0} | {p99:.0} | {entries} | {ids} |",
+                    "| {size} | {:.0} | {} | {} | {p50:.0} | {p99:.0} | {entries} | {ids} | {} |",
                     l.rate(),
                     ratio.map_or("-".into(), |r| format!("{r:.2}")),
                     l.spread().map_or("-".into(), |s| format!("±{:.0}%", s * 100.0)),
+                    cpu.map_or("-".into(), |c| format!("{c:.1}%")),
                 );
             }
             Some(Err(e)) => {
-                let _ = writeln!(out, "| {size} | failed: {e} | | | | | | |");
+                let _ = writeln!(out, "| {size} | failed: {e} | | | | | | | |");
             }
             None => {}
         }

@@ -919,10 +919,10 @@ fn conntrack_states(node: &Node) -> Option<(usize, usize)> {
 }
 
 /// SIGSTOPs a process this run started until dropped (SIGCONT).
-struct Paused(u32);
+pub(super) struct Paused(u32);
 
 impl Paused {
-    fn new(pid: u32) -> Self {
+    pub(super) fn new(pid: u32) -> Self {
         // SAFETY: kill with the pid of our own child (the agent).
         unsafe { libc::kill(pid as libc::pid_t, libc::SIGSTOP) };
         Self(pid)
@@ -937,7 +937,7 @@ impl Drop for Paused {
 }
 
 /// CPU time (user + system) of `pid` over `window`, in % of one core.
-fn cpu_percent(pid: u32, window: Duration) -> Option<f64> {
+pub(super) fn cpu_percent(pid: u32, window: Duration) -> Option<f64> {
     let ticks = || -> Option<u64> {
         let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
         let rest = &stat[stat.rfind(')')? + 2..];
