@@ -333,3 +333,132 @@ fn host_addrs() -> Vec<Ipv4Addr> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+    use crate::{
+        datapath::policy_maps::FakePolicyMaps,
+        model::{
+            index::Change,
+            policy::{
+                selector::{LabelSelector, Labels},
+                types::{NamespaceInfo, NetworkPolicyInfo, PodInfo, PolicyPeer, PolicyRule},
+            },
+        },
+    };
+
+    fn labels(kv: &[(&str, &str)]) -> Labels {
+        kv.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    fn pod(key: &str, ip: [u8; 4], node: &str, kv: &[(&str, &str)]) -> PodInfo {
+        PodInfo {
+            key: key.into(),
+            namespace: key.split_once('/').unwrap().0.into(),
+            labels: labels(kv),
+            ip: Some(Ipv4Addr::from(ip)),
+            node: Some(node.into()),
+            named_ports: vec![],
+        }
+    }
+
+    /// x/a and x/b on this node; x admits only pods labelled pod=a.
+    fn cluster() -> (ClusterIndex, FakePolicyMaps) {
+        let mut index = ClusterIndex::default();
+        index.namespaces.change(Change::Relisted(vec![
+            NamespaceInfo { name: "x".into(), labels: labels(&[("ns", "x")]) },
+            NamespaceInfo { name: "y".into(), labels: labels(&[("ns", "y")]) },
+        ]));
+        index.pods.change(Change::Relisted(vec![
+            pod("x/a", [10, 244, 1, 5], "me", &[("pod", "a")]),
+            pod("x/b", [10, 244, 1, 6], "me", &[("pod", "b")]),
+            pod("y/c", [10, 244, 2, 9], "other", &[("pod", "c")]),
+        ]));
+        index.policies.change(Change::Relisted(vec![NetworkPolicyInfo {
+            key: "x/from-a".into(),
+            namespace: "x".into(),
+            pod_selector: LabelSelector::default(),
+            ingress_enabled: true,
+            egress_enabled: false,
+            ingress: vec![PolicyRule {
+                peers: vec![PolicyPeer::Pods {
+                    namespaces: None,
+                    pods: Some(LabelSelector { match_labels: labels(&[("pod", "a")]), expressions: vec![] }),
+                }],
+                ports: vec![],
+            }],
+            egress: vec![],
+        }]));
+        let mut maps = FakePolicyMaps::default();
+        for (ifindex, last) in [(7, 5), (8, 6)] {
+            maps.endpoints.insert(
+                ifindex,
+                EndpointInfo::new([10, 244, 1, last], EndpointInfo::FLAG_VERIFY_SOURCE | EndpointInfo::FLAG_POLICY_PENDING),
+            );
+        }
+        (index, maps)
+    }
+
+    #[test]
+    fn a_change_writes_only_what_it_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut index, mut maps) = cluster();
+        let mut sync = PolicySync::new(PolicyProgrammer::default(), "me".into(), dir.path());
+        sync.reconcile(&index, &mut maps);
+        for ifindex in [7, 8] {
+            assert_eq!(maps.endpoints[&ifindex].flags & EndpointInfo::FLAGS_POLICY, EndpointInfo::FLAG_INGRESS_ENFORCED);
+        }
+
+        // A pod elsewhere that no rule names changes its labels: its own
+        // ipcache entry is all that is written.
+        maps.log.clear();
+        index.pods.change(Change::Applied(pod("y/c", [10, 244, 2, 9], "other", &[("pod", "d")])));
+        sync.mark_dirty();
+        sync.reconcile(&index, &mut maps);
+        assert!(!maps.log.is_empty() && maps.log.iter().all(|l| l.starts_with("ip+ 10.244.2.9/32")), "{:?}", maps.log);
+
+        // y/c becomes a peer (pod=a, but in y: still not admitted by a
+        // podSelector-only peer of x): again only its own entry.
+        maps.log.clear();
+        index.pods.change(Change::Applied(pod("y/c", [10, 244, 2, 9], "other", &[("pod", "a")])));
+        sync.mark_dirty();
+        sync.reconcile(&index, &mut maps);
+        assert!(maps.log.iter().all(|l| l.starts_with("ip+ 10.244.2.9/32")), "{:?}", maps.log);
+
+        // x/b relabelled pod=a: both pods of x now admit it. Entries are
+        // added for its identity; neither endpoint's flags are rewritten.
+        maps.log.clear();
+        index.pods.change(Change::Applied(pod("x/b", [10, 244, 1, 6], "me", &[("pod", "a"), ("v", "2")])));
+        sync.mark_dirty();
+        sync.reconcile(&index, &mut maps);
+        assert!(maps.log.iter().any(|l| l.starts_with("rule+")), "{:?}", maps.log);
+        assert!(!maps.log.iter().any(|l| l.starts_with("ep ")), "endpoint flags rewritten: {:?}", maps.log);
+        assert!(
+            maps.log.iter().filter(|l| l.starts_with("ip")).all(|l| l.contains("10.244.1.6/32")),
+            "only x/b's address moves: {:?}",
+            maps.log
+        );
+        // Nothing changed: nothing written.
+        maps.log.clear();
+        sync.mark_dirty();
+        sync.reconcile(&index, &mut maps);
+        assert!(maps.log.is_empty(), "{:?}", maps.log);
+    }
+
+    #[test]
+    fn nothing_is_computed_before_every_kind_is_listed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, mut maps) = cluster();
+        let mut index = ClusterIndex::default();
+        index.pods.change(Change::Relisted(vec![]));
+        index.namespaces.change(Change::Relisted(vec![]));
+        let mut sync = PolicySync::new(PolicyProgrammer::default(), "me".into(), dir.path());
+        assert!(!sync.needs_work(&index));
+        sync.reconcile(&index, &mut maps);
+        assert!(maps.log.is_empty(), "{:?}", maps.log);
+        assert!(maps.endpoints.values().all(|e| e.flags & EndpointInfo::FLAG_POLICY_PENDING != 0));
+    }
+}
