@@ -186,6 +186,23 @@ impl Status {
             }
             Err(e) => debug!(error = %e, "datapath counters unavailable"),
         }
+        let fill = crate::datapath::map_fill::fill_levels(pin_dir);
+        if !fill.is_empty() {
+            let _ = writeln!(
+                out,
+                "# HELP weir_bpf_map_entries Entries in each pinned eBPF map.\n# TYPE weir_bpf_map_entries gauge"
+            );
+            for (map, n, _) in &fill {
+                let _ = writeln!(out, "weir_bpf_map_entries{{map=\"{map}\"}} {n}");
+            }
+            let _ = writeln!(
+                out,
+                "# HELP weir_bpf_map_capacity Capacity (max_entries) of each pinned eBPF map.\n# TYPE weir_bpf_map_capacity gauge"
+            );
+            for (map, _, cap) in &fill {
+                let _ = writeln!(out, "weir_bpf_map_capacity{{map=\"{map}\"}} {cap}");
+            }
+        }
         let (slots, pods) = self.policy_names.lock().expect("lock").clone();
         if let Ok(hits) = crate::datapath::policy_stats::policy_hits(pin_dir) {
             let _ = writeln!(

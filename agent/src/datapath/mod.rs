@@ -10,6 +10,7 @@ mod aya_policy_maps;
 pub mod lb_maps;
 pub mod lb_programmer;
 pub mod loader;
+pub mod map_fill;
 pub mod policy_maps;
 pub mod policy_programmer;
 pub mod policy_stats;

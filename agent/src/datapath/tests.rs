@@ -131,6 +131,19 @@ fn from_pod_drops_ipv4_with_bad_header_length() {
 
 #[test]
 #[ignore = "privileged: needs root and bpffs; `cargo xtask test` runs it as root"]
+fn fill_levels_count_entries_and_show_capacity() {
+    let mut t = TestDatapath::load();
+    add_endpoint(&mut t, 7, [10, 244, 1, 7]);
+    add_endpoint(&mut t, 8, [10, 244, 1, 8]);
+    let fill = super::map_fill::fill_levels(t.pin_dir());
+    assert_eq!(fill.len(), super::map_fill::MAPS.len(), "{fill:?}");
+    let endpoints = fill.iter().find(|(m, _, _)| *m == pin::MAP_ENDPOINTS).unwrap();
+    assert_eq!((endpoints.1, endpoints.2), (2, pin::MAX_ENDPOINTS));
+    assert!(fill.iter().filter(|(m, _, _)| *m != pin::MAP_ENDPOINTS).all(|(_, n, cap)| *n == 0 && *cap > 0), "{fill:?}");
+}
+
+#[test]
+#[ignore = "privileged: needs root and bpffs; `cargo xtask test` runs it as root"]
 fn reload_reuses_pinned_maps() {
     let mut t = TestDatapath::load();
     add_endpoint(&mut t, 7, [10, 244, 1, 7]);
