@@ -61,7 +61,7 @@ fn slice(i: u32, endpoints: u32, generation: u32) -> EndpointSliceInfo {
     }
 }
 
-fn rss_mib() -> f64 {
+pub(crate) fn rss_mib() -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     status
         .lines()
@@ -71,7 +71,8 @@ fn rss_mib() -> f64 {
         .unwrap_or(f64::NAN)
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> f64 {
+/// The `p` quantile of sorted samples, in microseconds.
+pub(crate) fn percentile(sorted: &[Duration], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
     }
@@ -79,8 +80,8 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
     sorted[idx].as_secs_f64() * 1e6
 }
 
-/// Removes the private pin directory however the bench ends.
-struct PinDir(PathBuf);
+/// Removes a private directory (pins, run dir) however the bench ends.
+pub(crate) struct PinDir(pub(crate) PathBuf);
 impl Drop for PinDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);

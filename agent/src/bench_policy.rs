@@ -23,6 +23,7 @@ use crate::{
         },
         service::Protocol,
     },
+    bench::{PinDir, percentile, rss_mib},
     policy_sync::PolicySync,
 };
 
@@ -110,32 +111,6 @@ fn policy(i: usize, generation: usize) -> NetworkPolicyInfo {
     }
 }
 
-fn rss_mib() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map(|kb| kb / 1024.0)
-        .unwrap_or(f64::NAN)
-}
-
-fn percentile_us(samples: &[Duration], p: f64) -> f64 {
-    let mut sorted = samples.to_vec();
-    sorted.sort();
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize].as_secs_f64() * 1e6
-}
-
-struct PinDir(PathBuf);
-impl Drop for PinDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 pub fn run(pods: usize, policies: usize, changes: usize) -> anyhow::Result<Report> {
     let dir = PinDir(PathBuf::from(format!("/sys/fs/bpf/weir-bench-policy-{}", std::process::id())));
     let run_dir = tempfile_dir()?;
@@ -201,15 +176,15 @@ pub fn run(pods: usize, policies: usize, changes: usize) -> anyhow::Result<Repor
     })
 }
 
-struct RunDir(PathBuf);
-impl Drop for RunDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn tempfile_dir() -> anyhow::Result<RunDir> {
+fn tempfile_dir() -> anyhow::Result<PinDir> {
     let path = std::env::temp_dir().join(format!("weir-bench-policy-run-{}", std::process::id()));
     std::fs::create_dir_all(&path)?;
-    Ok(RunDir(path))
+    Ok(PinDir(path))
+}
+
+/// The `p` quantile of unsorted samples, in microseconds.
+fn percentile_us(samples: &[Duration], p: f64) -> f64 {
+    let mut sorted = samples.to_vec();
+    sorted.sort();
+    percentile(&sorted, p)
 }

@@ -158,13 +158,7 @@ impl CniMetrics {
 /// Binds `<run_dir>/cni-metrics.sock`, replacing a stale one from an earlier
 /// agent. Needs a tokio runtime.
 pub fn bind(run_dir: &Path) -> std::io::Result<(UnixDatagram, PathBuf)> {
-    std::fs::create_dir_all(run_dir)?;
-    let path = run_dir.join(SOCKET_FILE);
-    match std::fs::remove_file(&path) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e),
-    }
+    let path = super::files::socket_path(run_dir, SOCKET_FILE)?;
     Ok((UnixDatagram::bind(&path)?, path))
 }
 

@@ -40,6 +40,15 @@ fn tempfile_in(dir: &Path) -> std::io::Result<(PathBuf, std::fs::File)> {
     Ok((path, file))
 }
 
+/// `<dir>/<file>` made ready for a socket to be bound there: the directory
+/// exists and a stale socket of an earlier agent is gone.
+pub fn socket_path(dir: &Path, file: &str) -> std::io::Result<std::path::PathBuf> {
+    std::fs::create_dir_all(dir)?;
+    let path = dir.join(file);
+    remove_if_exists(&path)?;
+    Ok(path)
+}
+
 pub fn remove_if_exists(path: &Path) -> std::io::Result<bool> {
     match std::fs::remove_file(path) {
         Ok(()) => Ok(true),

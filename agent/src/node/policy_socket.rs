@@ -46,13 +46,7 @@ pub struct Handoff {
 
 /// Binds the socket (replacing a stale one from an earlier agent).
 pub fn bind(run_dir: &std::path::Path) -> std::io::Result<(UnixListener, PathBuf)> {
-    std::fs::create_dir_all(run_dir)?;
-    let path = run_dir.join(SOCKET_FILE);
-    match std::fs::remove_file(&path) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e),
-    }
+    let path = super::files::socket_path(run_dir, SOCKET_FILE)?;
     Ok((UnixListener::bind(&path)?, path))
 }
 

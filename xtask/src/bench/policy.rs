@@ -35,14 +35,13 @@ use anyhow::{Context, Result, bail, ensure};
 use clap::Args;
 use serde_json::Value;
 use weir_testbed::{
-    Agent, Pod, Topology, bins,
+    Agent, Pod, Topology,
     manifest::{PodObject, documents, namespace_yaml, network_policy_yaml},
     netns::NetNs,
     exec, tools,
 };
 
-use super::services::{EchoParams, Load, LoadParams, Paused, cpu_percent, loadavg, run_load, spawn_echo};
-use crate::{cargo, setup};
+use super::services::{EchoParams, Load, LoadParams, Paused, cpu_percent, loadavg, release_bins, run_load, spawn_echo};
 
 const SERVER_PORT: u16 = 8080;
 const MANIFEST: &str = "bench-policy.yaml";
@@ -93,16 +92,7 @@ pub fn run(args: PolicyBenchArgs) -> Result<()> {
     ensure!((1..=20).contains(&args.rounds), "--rounds must be 1..=20");
     ensure!(args.sizes.first() == Some(&0), "--sizes must start with 0 (the baseline)");
     ensure!(args.sizes.iter().all(|&n| n <= 5000), "--sizes must be at most 5000");
-    setup::run(setup::Mode::Strict)?;
-    if !args.no_build {
-        cargo::must(cargo::cargo().args(["build", "--release", "-p", "weir-agent", "-p", "weir-cni", "-p", "xtask"]))?;
-    }
-    let release = bins::target_dir().join("release");
-    // SAFETY: no other thread exists yet (the test bed starts its signal
-    // thread when the topology is built, below).
-    unsafe { std::env::set_var("WEIR_BIN_DIR", &release) };
-    let xtask = release.join("xtask");
-    ensure!(xtask.is_file(), "{} missing: run without --no-build", xtask.display());
+    let (release, xtask) = release_bins(args.no_build)?;
     weir_testbed::check_prerequisites(&[tools::IP, tools::BPFTOOL, tools::SYSCTL])?;
     println!("bench policy: release binaries from {}; load average {}", release.display(), loadavg());
 

@@ -272,29 +272,7 @@ pub fn run(args: ServicesBenchArgs) -> Result<()> {
         args.client_cpu != args.server_cpu && args.client_cpu.max(args.server_cpu) < cpus,
         "--client-cpu and --server-cpu must be two different CPUs below {cpus}"
     );
-    setup::run(setup::Mode::Strict)?;
-    if !args.no_build {
-        cargo::must(cargo::cargo().args([
-            "build",
-            "--release",
-            "-p",
-            "weir-agent",
-            "-p",
-            "weir-cni",
-            "-p",
-            "xtask",
-        ]))?;
-    }
-    let release = bins::target_dir().join("release");
-    // SAFETY: no other thread exists yet (the test bed starts its signal
-    // thread when the topology is built, below).
-    unsafe { std::env::set_var("WEIR_BIN_DIR", &release) };
-    let xtask = release.join("xtask");
-    ensure!(
-        xtask.is_file(),
-        "{} missing: run without --no-build",
-        xtask.display()
-    );
+    let (release, xtask) = release_bins(args.no_build)?;
     weir_testbed::check_prerequisites(&[
         tools::IP,
         tools::IPTABLES,
@@ -329,6 +307,23 @@ pub fn run(args: ServicesBenchArgs) -> Result<()> {
     }
     println!("load average at the end: {}", loadavg());
     Ok(())
+}
+
+/// Installs what is missing, builds the release binaries (unless
+/// `no_build`) and points the test bed at them: (release dir, xtask).
+/// Call it before any other thread exists (it sets WEIR_BIN_DIR).
+pub(super) fn release_bins(no_build: bool) -> Result<(PathBuf, PathBuf)> {
+    setup::run(setup::Mode::Strict)?;
+    if !no_build {
+        cargo::must(cargo::cargo().args(["build", "--release", "-p", "weir-agent", "-p", "weir-cni", "-p", "xtask"]))?;
+    }
+    let release = bins::target_dir().join("release");
+    // SAFETY: no other thread exists yet (the test bed starts its signal
+    // thread when the topology is built).
+    unsafe { std::env::set_var("WEIR_BIN_DIR", &release) };
+    let xtask = release.join("xtask");
+    ensure!(xtask.is_file(), "{} missing: run without --no-build", xtask.display());
+    Ok((release, xtask))
 }
 
 // ---------------------------------------------------------------- data path
