@@ -3,7 +3,7 @@
 //! scanner. No I/O but the scanner's file reads; the HTTP side is in `mod.rs`.
 use std::{
     collections::{BTreeMap, VecDeque},
-    path::{Path, PathBuf},
+    path::PathBuf,
     sync::Arc,
     time::SystemTime,
 };
@@ -16,6 +16,8 @@ use k8s_openapi::api::{
 use serde::{Deserialize, de::DeserializeOwned};
 use serde_json::{Value, json};
 use tracing::{debug, warn};
+
+use crate::sources::manifest_files::ManifestFiles;
 
 /// The kinds the agent watches, and where the API serves them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -650,67 +652,30 @@ fn collect(mut value: Value, doc: usize, out: &mut Vec<(Key, Value)>) -> Result<
     Ok(())
 }
 
-fn is_manifest(path: &Path) -> bool {
-    matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml" | "json"))
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct Stamp {
-    modified: Option<SystemTime>,
-    len: u64,
-}
-
-/// Re-reads the files of a manifest directory that changed (size or
-/// mtime), keeping each file's last good contents when it stops parsing.
+/// Re-reads the files of a manifest directory that changed, keeping each
+/// file's last good contents when it stops parsing.
 #[derive(Debug)]
 pub struct Scanner {
-    dir: PathBuf,
-    stamps: BTreeMap<PathBuf, Stamp>,
-    files: BTreeMap<PathBuf, Vec<(Key, Value)>>,
+    files: ManifestFiles<Vec<(Key, Value)>>,
     scanned: bool,
 }
 
 impl Scanner {
     pub fn new(dir: PathBuf) -> Self {
-        Self { dir, stamps: BTreeMap::new(), files: BTreeMap::new(), scanned: false }
+        Self { files: ManifestFiles::new(dir), scanned: false }
     }
 
     /// All objects when something changed since the last scan (or at the
     /// first), None otherwise. An object defined in two files: the last
     /// file by name wins.
     pub fn scan(&mut self) -> std::io::Result<Option<BTreeMap<Key, Value>>> {
-        let mut seen = BTreeMap::new();
-        for entry in std::fs::read_dir(&self.dir)? {
-            let entry = entry?;
-            let path = entry.path();
-            if !is_manifest(&path) {
-                continue;
-            }
-            let Ok(meta) = entry.metadata() else { continue };
-            if meta.is_file() {
-                seen.insert(path, Stamp { modified: meta.modified().ok(), len: meta.len() });
-            }
-        }
-        for (path, stamp) in &seen {
-            if self.stamps.get(path) == Some(stamp) {
-                continue;
-            }
-            match std::fs::read_to_string(path).map_err(|e| e.to_string()).and_then(|t| parse_manifests(&t)) {
-                Ok(objects) => {
-                    self.files.insert(path.clone(), objects);
-                }
-                Err(e) => warn!(file = %path.display(), error = %e, "manifest skipped; serving its last good contents"),
-            }
-        }
-        self.files.retain(|p, _| seen.contains_key(p));
-        let changed = self.stamps != seen || !self.scanned;
-        self.stamps = seen;
+        let changed = self.files.scan(parse_manifests)? || !self.scanned;
         self.scanned = true;
         if !changed {
             return Ok(None);
         }
         let mut all = BTreeMap::new();
-        for (path, objects) in &self.files {
+        for (path, objects) in self.files.files() {
             for (key, value) in objects {
                 if all.insert(key.clone(), value.clone()).is_some() {
                     warn!(file = %path.display(), kind = key.0.kind(), namespace = %key.1, name = %key.2,

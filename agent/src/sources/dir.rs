@@ -11,11 +11,7 @@
 //!
 //! Pods carry their addresses in `status.podIP` / `status.podIPs`, as the
 //! API server would have them.
-use std::{
-    collections::BTreeMap,
-    path::{Path, PathBuf},
-    time::{Duration, SystemTime},
-};
+use std::{path::PathBuf, time::Duration};
 
 use k8s_openapi::api::{
     core::v1::{Namespace, Node, Pod, Service},
@@ -26,7 +22,7 @@ use serde::Deserialize;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
-use super::{Change, ProblemLog, Update, convert};
+use super::{Change, ProblemLog, Update, convert, manifest_files::ManifestFiles};
 use crate::model::{
     NodeInfo,
     policy::types::{NamespaceInfo, NetworkPolicyInfo, PodInfo},
@@ -153,18 +149,9 @@ fn api_version_is(value: &serde_yaml::Value, expected: &str) -> bool {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct Stamp {
-    modified: Option<SystemTime>,
-    len: u64,
-}
-
 pub struct DirSource {
-    dir: PathBuf,
     poll: Duration,
-    stamps: BTreeMap<PathBuf, Stamp>,
-    /// Last good parse of each file.
-    files: BTreeMap<PathBuf, FileObjects>,
+    files: ManifestFiles<FileObjects>,
     last_sent: Option<FileObjects>,
     policy_problems: ProblemLog,
 }
@@ -172,17 +159,15 @@ pub struct DirSource {
 impl DirSource {
     pub fn new(dir: PathBuf, poll: Duration) -> Self {
         Self {
-            dir,
             poll,
-            stamps: BTreeMap::new(),
-            files: BTreeMap::new(),
+            files: ManifestFiles::new(dir),
             last_sent: None,
             policy_problems: ProblemLog::new("NetworkPolicy"),
         }
     }
 
     pub async fn run(mut self, tx: mpsc::Sender<Update>) -> Result<(), DirError> {
-        info!(dir = %self.dir.display(), "watching manifest directory");
+        info!(dir = %self.files.dir().display(), "watching manifest directory");
         let mut warned_missing = false;
         loop {
             match self.scan() {
@@ -203,7 +188,7 @@ impl DirSource {
                 // Not there (yet): that is not an empty cluster, so send nothing.
                 Err(DirError::List { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
                     if !warned_missing {
-                        warn!(dir = %self.dir.display(), "manifest directory does not exist yet");
+                        warn!(dir = %self.files.dir().display(), "manifest directory does not exist yet");
                         warned_missing = true;
                     }
                 }
@@ -216,42 +201,14 @@ impl DirSource {
     /// Re-reads files whose size or mtime changed, forgets removed ones;
     /// returns whether anything changed.
     fn scan(&mut self) -> Result<bool, DirError> {
-        let list_err = |source| DirError::List { dir: self.dir.clone(), source };
-        let mut seen = BTreeMap::new();
-        for entry in std::fs::read_dir(&self.dir).map_err(list_err)? {
-            let entry = entry.map_err(|source| DirError::List { dir: self.dir.clone(), source })?;
-            let path = entry.path();
-            if !is_manifest(&path) {
-                continue;
-            }
-            let Ok(meta) = entry.metadata() else { continue };
-            if !meta.is_file() {
-                continue;
-            }
-            seen.insert(path, Stamp { modified: meta.modified().ok(), len: meta.len() });
-        }
-        for (path, stamp) in &seen {
-            if self.stamps.get(path) == Some(stamp) {
-                continue;
-            }
-            match std::fs::read_to_string(path).map_err(|e| e.to_string()).and_then(|t| parse_file(&t)) {
-                Ok(objects) => {
-                    self.files.insert(path.clone(), objects);
-                }
-                Err(e) => warn!(file = %path.display(), error = %e, "manifest skipped; keeping its last good contents"),
-            }
-        }
-        self.files.retain(|p, _| seen.contains_key(p));
-        let changed = self.stamps != seen;
-        self.stamps = seen;
-        Ok(changed)
+        self.files.scan(parse_file).map_err(|source| DirError::List { dir: self.files.dir().to_path_buf(), source })
     }
 
     /// One relist per kind whose contents changed (all kinds the first
     /// time, so each counts as synced).
     fn snapshot_if_changed(&mut self) -> Vec<Update> {
         let mut now = FileObjects::default();
-        for f in self.files.values() {
+        for f in self.files.files().values() {
             now.nodes.extend(f.nodes.iter().cloned());
             now.services.extend(f.services.iter().cloned());
             now.slices.extend(f.slices.iter().cloned());
@@ -292,10 +249,6 @@ impl DirSource {
         self.last_sent = Some(now);
         updates
     }
-}
-
-fn is_manifest(path: &Path) -> bool {
-    matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml" | "json"))
 }
 
 #[cfg(test)]

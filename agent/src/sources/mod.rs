@@ -11,6 +11,7 @@
 pub mod convert;
 pub mod dir;
 pub mod kube;
+pub mod manifest_files;
 #[cfg(test)]
 mod kube_tests;
 #[cfg(test)]
