@@ -214,7 +214,8 @@ pub fn report(pin_dir: &Path, run_dir: &Path) -> anyhow::Result<PolicyReport> {
             }
         })
         .collect();
-    let policies = policy_stats::policy_hits(pin_dir)?
+    let known = std::iter::once(POLICY_SLOT_OWN_NODE).chain(live.names.slots.keys().filter_map(|s| s.parse().ok()));
+    let policies = policy_stats::policy_hits(pin_dir, known)?
         .into_iter()
         .map(|(slot, n)| PolicyRow { policy: live.names.slot(slot), allowed_flows: n })
         .collect();

@@ -141,7 +141,7 @@ impl PolicySync {
 
     pub fn reconcile(&mut self, index: &ClusterIndex, maps: &mut impl PolicyMaps) {
         if !index.policy_synced() {
-            self.expire_waiters("the agent has not listed Pods, Namespaces and NetworkPolicies yet");
+            self.expire_waiters();
             return;
         }
         self.dirty = false;
@@ -208,7 +208,7 @@ impl PolicySync {
             }
         }
         self.last = Some(desired);
-        self.expire_waiters_of_unknown_pods();
+        self.expire_waiters();
     }
 
     /// Counters of endpoints that are gone would fill the map over time;
@@ -240,31 +240,25 @@ impl PolicySync {
         self.waiters = keep;
     }
 
-    fn expire_waiters_of_unknown_pods(&mut self) {
+    /// Answers the hand-offs held past their deadline: the pod starts
+    /// isolated and is opened once its policy is in place.
+    fn expire_waiters(&mut self) {
         let now = Instant::now();
         let (done, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.waiters).into_iter().partition(|w| w.deadline <= now);
         self.waiters = keep;
         for w in done {
-            warn!(pod = %w.pod, "pod starts isolated: the agent does not know its Pod object yet");
+            warn!(pod = %w.pod, "pod starts isolated: its policy is not known yet");
             let _ = w.reply.send(HandoffAnswer::Pending(format!(
-                "the agent has not seen Pod {} within {:?}; it stays isolated until then",
-                w.pod, HOLD
+                "no policy for Pod {} within {HOLD:?} (the Pod, or the first lists of Pods, Namespaces and \
+                 NetworkPolicies, not seen yet); it stays isolated until then",
+                w.pod
             )));
-        }
-    }
-
-    fn expire_waiters(&mut self, why: &str) {
-        let now = Instant::now();
-        let (done, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.waiters).into_iter().partition(|w| w.deadline <= now);
-        self.waiters = keep;
-        for w in done {
-            let _ = w.reply.send(HandoffAnswer::Pending(why.to_string()));
         }
     }
 
     /// Expires held hand-offs without recomputing (timer tick).
     pub fn tick(&mut self) {
-        self.expire_waiters_of_unknown_pods();
+        self.expire_waiters();
     }
 
     /// Writes the names file if the names changed (a label or policy

@@ -204,7 +204,8 @@ impl Status {
             }
         }
         let (slots, pods) = self.policy_names.lock().expect("lock").clone();
-        if let Ok(hits) = crate::datapath::policy_stats::policy_hits(pin_dir) {
+        let known = std::iter::once(weir_common::policy::POLICY_SLOT_OWN_NODE).chain(slots.keys().copied());
+        if let Ok(hits) = crate::datapath::policy_stats::policy_hits(pin_dir, known) {
             let _ = writeln!(
                 out,
                 "# HELP weir_policy_allowed_flows_total New flows a NetworkPolicy allowed, by the policy that allowed them (own-node: the pod's node, always allowed).\n# TYPE weir_policy_allowed_flows_total counter"

@@ -22,22 +22,20 @@ fn try_handle(ctx: &TcContext) -> Result<i32, DropReason> {
     // egress, the device the packet leaves by: the pod's host veth).
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     let ep = endpoint::by_ifindex(ifindex);
-    if let Some(ep) = &ep
-        && ep.flags & EndpointInfo::FLAG_POLICY_PENDING != 0
-    {
+    if ep.is_some_and(|ep| ep.flags & EndpointInfo::FLAG_POLICY_PENDING != 0) {
         return Err(DropReason::PolicyPending);
     }
-    let check_policy = ep.as_ref().is_some_and(|ep| policy::active(ep) && !policy::tracked(ifindex, &flow));
+    // New flows of a pod under policy (judged after any reply translation).
+    let judge = ep.filter(|ep| policy::active(ep) && !policy::tracked(ifindex, &flow));
     // A hairpin reply never comes this way (from_pod sends it back out
     // directly), so any reversal here is a plain one.
     let reversed = lb::reverse(ctx, &flow, lb::ReplyHook::ToClient)?;
-    if check_policy
+    // (A reversed packet is a reply of a Service flow this pod opened,
+    // which its egress check already saw.)
+    if let Some(ep) = judge
         && matches!(reversed, lb::Reversed::No)
-        && let Some(ep) = &ep
     {
-        // (A reversed packet is a reply of a Service flow this pod opened,
-        // which its egress check already saw.)
-        policy::check_new(ifindex, ep, DIR_INGRESS, &flow, &flow)?;
+        policy::check_new(ifindex, &ep, DIR_INGRESS, &flow, &flow)?;
     }
     Ok(TC_ACT_OK as i32)
 }

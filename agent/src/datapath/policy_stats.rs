@@ -14,13 +14,14 @@ fn open(pin_dir: &Path, name: &'static str) -> Result<MapData, DatapathError> {
     MapData::from_pin(pin_dir.join(pin::MAPS_DIR).join(name)).map_err(|source| DatapathError::Map { name, source })
 }
 
-/// Allowed new flows per policy slot (slots with none are left out).
-pub fn policy_hits(pin_dir: &Path) -> Result<BTreeMap<u32, u64>, DatapathError> {
+/// Allowed new flows of the given policy slots (one lookup each; slots
+/// with none are left out).
+pub fn policy_hits(pin_dir: &Path, slots: impl IntoIterator<Item = u32>) -> Result<BTreeMap<u32, u64>, DatapathError> {
     let name = pin::MAP_POLICY_HITS;
     let hits = PerCpuArray::<MapData, u64>::try_from(aya::maps::Map::PerCpuArray(open(pin_dir, name)?))
         .map_err(|source| DatapathError::Map { name, source })?;
     let mut out = BTreeMap::new();
-    for slot in 0..MAX_POLICY_SLOTS {
+    for slot in slots.into_iter().filter(|s| *s < MAX_POLICY_SLOTS) {
         let per_cpu = hits.get(&slot, 0).map_err(|source| DatapathError::Map { name, source })?;
         let total: u64 = per_cpu.iter().sum();
         if total != 0 {

@@ -91,7 +91,7 @@ fn ingress_allows_by_identity_protocol_and_port() {
     // Egress is not enforced: the pod sends anywhere.
     assert_eq!(from_pod(&t, &packet(TCP, POD, 40008, STRANGER, 9999)), TC_ACT_OK);
 
-    let hits = policy_stats::policy_hits(t.pin_dir()).unwrap();
+    let hits = policy_stats::policy_hits(t.pin_dir(), [0, 1, 2, 3]).unwrap();
     assert_eq!(hits.get(&1), Some(&1));
     assert_eq!(hits.get(&2), Some(&2));
     let eps = policy_stats::endpoint_stats(t.pin_dir()).unwrap();
