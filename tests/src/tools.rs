@@ -35,13 +35,17 @@ pub const SYSCTL: Tool = tool("sysctl", "procps");
 /// TCP/UDP echo servers and clients in the Service tests.
 pub const PYTHON3: Tool = tool("python3", "python3-minimal");
 
+/// The C compiler the build needs: rustc links with it, and `ring` (the
+/// kube client's TLS crypto) compiles C and assembly with it.
+pub const CC: Tool = tool("cc", "gcc");
+
 /// What every topology needs.
 pub const BASE: &[Tool] = &[IP, PING, CURL, BUSYBOX, SYSCTL, MOUNT];
 
 /// Everything `cargo xtask setup` makes sure of.
 pub const ALL: &[Tool] = &[
     IP, PING, CURL, NSENTER, UNSHARE, BUSYBOX, PORTMAP, BRIDGE, HOST_LOCAL, CONTAINERD, CTR, RUNC,
-    IPTABLES, IPVSADM, CONNTRACK, BPFTOOL, MOUNT, SYSCTL, PYTHON3,
+    IPTABLES, IPVSADM, CONNTRACK, BPFTOOL, MOUNT, SYSCTL, PYTHON3, CC,
 ];
 
 impl Tool {
