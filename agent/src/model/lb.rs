@@ -114,7 +114,11 @@ pub fn plan_service(svc: &ServiceInfo, svc_slices: &[&EndpointSliceInfo], node: 
         }
         let all = usable(&candidates, false);
         let local = usable(&candidates, true);
-        local_endpoints.extend(local.iter().map(|b| b.addr.addr));
+        // The health check counts ready local endpoints only, by address
+        // (kube-proxy's LocalReadyEndpoints): a node whose only endpoints
+        // are terminating answers 503 so load balancers drain it, while
+        // traffic that still arrives goes on to those endpoints (KEP-1669).
+        local_endpoints.extend(candidates.iter().filter(|c| c.local && c.ready).map(|c| c.backend.addr));
         let affinity_timeout = svc.affinity_timeout.unwrap_or(0);
         let state = |kind, backends: &Vec<BackendRef>, local_only, source_ranges: &[Ipv4Network]| FrontendState {
             service: svc.key.clone(),

@@ -133,6 +133,38 @@ fn external_traffic_policy_local_uses_local_endpoints_and_keeps_internal_scope()
     assert_eq!(p.health_checks.get(&32000), Some(&("ns/web".to_string(), 1)));
 }
 
+/// Upstream e2e `test/e2e/network/service.go` "should fail health check
+/// node port if there are only terminating endpoints" and kube-proxy's
+/// `EndpointsMap.LocalReadyEndpoints` (pkg/proxy): the healthCheckNodePort
+/// counts ready local endpoints, by address; a node whose only local
+/// endpoint is terminating (still serving) reports 0 (503), while the
+/// NodePort keeps sending what still arrives to that endpoint.
+#[test]
+fn health_check_counts_ready_local_endpoints_only() {
+    let mut svc = service("ns/web", "10.96.0.10").node_port("", 80, 30080).port("alt", 81, Protocol::Tcp);
+    svc.external_traffic_local = true;
+    svc.health_check_node_port = Some(32000);
+    let terminating = slice("ns/web-a", "ns/web")
+        .port("", 8080, Protocol::Tcp)
+        .port("alt", 8081, Protocol::Tcp)
+        .endpoint("10.244.1.6", "n1", false, true, true) // serving, terminating
+        .ready("10.244.2.7", "n2");
+    let p = run(std::slice::from_ref(&svc), &[terminating]);
+    assert_eq!(p.health_checks.get(&32000), Some(&("ns/web".to_string(), 0)));
+    let np = p.frontends.iter().find(|(f, _)| f.port == 30080 && f.scope == Scope::Default).unwrap().1;
+    assert_eq!(np.backends.len(), 1, "traffic that still arrives goes to the terminating endpoint");
+    assert!(np.backends[0].terminating);
+
+    // One ready local pod serving two ports is one endpoint, not two.
+    let ready = slice("ns/web-a", "ns/web")
+        .port("", 8080, Protocol::Tcp)
+        .port("alt", 8081, Protocol::Tcp)
+        .ready("10.244.1.5", "n1")
+        .endpoint("10.244.1.6", "n1", false, true, true);
+    let p = run(&[svc], &[ready]);
+    assert_eq!(p.health_checks.get(&32000), Some(&("ns/web".to_string(), 1)));
+}
+
 #[test]
 fn internal_traffic_policy_local_restricts_cluster_ip() {
     let mut svc = service("ns/web", "10.96.0.10").port("", 80, Protocol::Tcp);
