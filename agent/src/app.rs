@@ -169,7 +169,7 @@ async fn spawn_source(config: &AgentConfig, tx: mpsc::Sender<Update>) -> anyhow:
             })
         }
         SourceSpec::Kube { kubeconfig } => {
-            let client = sources::kube::client(kubeconfig.as_ref()).await?;
+            let client = sources::kube::client(kubeconfig.as_ref(), &config.in_cluster).await?;
             tokio::spawn(sources::kube::run(client, tx))
         }
     })

@@ -7,7 +7,7 @@ use ipnetwork::Ipv4Network;
 
 use crate::{
     model::{PlanSettings, cni_conf::CniSettings},
-    sources::SourceSpec,
+    sources::{SourceSpec, kube::InClusterSettings},
 };
 
 #[derive(Debug, Parser)]
@@ -135,6 +135,25 @@ pub struct RunArgs {
     /// Address of the /healthz, /readyz and /metrics endpoint.
     #[arg(long, env = "WEIR_STATUS_ADDR", default_value = "0.0.0.0:9878")]
     pub status_addr: std::net::SocketAddr,
+    /// The API server's own address for the agent's client (`--source
+    /// kube` in a pod): the `kubernetes` Service's ClusterIP, which
+    /// in-cluster configuration names, is served by weir itself and so not
+    /// before weir runs. The ConfigMap's `k8s-service-host`.
+    #[arg(long, env = "WEIR_K8S_SERVICE_HOST")]
+    pub k8s_service_host: Option<String>,
+    /// Port of `--k8s-service-host` (6443 if not given). The ConfigMap's
+    /// `k8s-service-port`.
+    #[arg(long, env = "WEIR_K8S_SERVICE_PORT")]
+    pub k8s_service_port: Option<String>,
+    /// A kubeconfig whose server is the API server's address when no
+    /// setting is given and the ClusterIP does not answer (only its server
+    /// is read, never its credentials).
+    #[arg(long, env = "WEIR_KUBELET_KUBECONFIG", default_value = crate::sources::api_server::KUBELET_KUBECONFIG)]
+    pub kubelet_kubeconfig: PathBuf,
+    /// The service account's token, ca.crt and namespace (what a pod
+    /// mounts; the test bed points it elsewhere).
+    #[arg(long, env = "WEIR_SERVICEACCOUNT_DIR", default_value = crate::sources::api_server::SERVICE_ACCOUNT_DIR)]
+    pub serviceaccount_dir: PathBuf,
     /// Manifest directory poll interval, in milliseconds.
     #[arg(long, default_value_t = 200)]
     pub dir_poll_ms: u64,
@@ -152,6 +171,8 @@ pub enum ConfigError {
     VethPrefix { prefix: String },
     #[error("--cluster-cidr {cidr} is too small to hold node /24s (prefix must be /8 to /24)")]
     ClusterCidr { cidr: Ipv4Network },
+    #[error("--k8s-service-port (WEIR_K8S_SERVICE_PORT): {message}")]
+    K8sServicePort { message: String },
 }
 
 #[derive(Clone, Debug)]
@@ -163,6 +184,7 @@ pub struct AgentConfig {
     pub status_addr: std::net::SocketAddr,
     pub socket_lb_cgroup: Option<PathBuf>,
     pub dir_poll: std::time::Duration,
+    pub in_cluster: InClusterSettings,
     pub cni_conf_dir: PathBuf,
     pub run_dir: PathBuf,
     pub bpf_pin_dir: PathBuf,
@@ -185,6 +207,12 @@ impl RunArgs {
         if !(8..=24).contains(&self.cluster_cidr.prefix()) {
             return Err(ConfigError::ClusterCidr { cidr: self.cluster_cidr });
         }
+        let setting = crate::sources::api_server::host_port(
+            self.k8s_service_host.as_deref(),
+            self.k8s_service_port.as_deref(),
+            6443,
+        )
+        .map_err(|message| ConfigError::K8sServicePort { message })?;
         // Normalise 10.244.1.7/16 to 10.244.0.0/16.
         let cluster_cidr = Ipv4Network::new(self.cluster_cidr.network(), self.cluster_cidr.prefix())
             .expect("prefix already validated");
@@ -210,6 +238,11 @@ impl RunArgs {
             status_addr: self.status_addr,
             socket_lb_cgroup: (!self.no_socket_lb).then_some(self.socket_lb_cgroup),
             dir_poll: std::time::Duration::from_millis(self.dir_poll_ms.max(10)),
+            in_cluster: InClusterSettings {
+                setting,
+                kubelet_kubeconfig: self.kubelet_kubeconfig,
+                service_account_dir: self.serviceaccount_dir,
+            },
             cni_conf_dir: self.paths.cni_conf_dir,
             run_dir: self.paths.run_dir,
             bpf_pin_dir: self.paths.bpf_pin_dir,
@@ -250,5 +283,17 @@ mod tests {
         assert!(parse(&["--veth-prefix", "w-"]).unwrap_err().contains("--veth-prefix"));
         assert!(parse(&["--source", "nope"]).unwrap_err().contains("unknown source"));
         assert!(parse_with_cidr("10.0.0.0/28", &[]).unwrap_err().contains("--cluster-cidr"));
+        assert!(parse(&["--k8s-service-host", "cp", "--k8s-service-port", "x"]).unwrap_err().contains("--k8s-service-port"));
+    }
+
+    #[test]
+    fn api_server_setting() {
+        let c = parse(&[]).unwrap();
+        assert_eq!(c.in_cluster, InClusterSettings::default());
+        let c = parse(&["--k8s-service-host", "172.18.0.2"]).unwrap();
+        let setting = c.in_cluster.setting.unwrap();
+        assert_eq!((setting.host.as_str(), setting.port), ("172.18.0.2", 6443));
+        let c = parse(&["--k8s-service-host", "cp.example", "--k8s-service-port", "443"]).unwrap();
+        assert_eq!(c.in_cluster.setting.unwrap().port, 443);
     }
 }

@@ -392,7 +392,7 @@ async fn the_kube_source_lists_and_watches_through_it() {
     write(&dir, "policy.yaml", POLICY);
     let kubeconfig = start(&dir).await;
     // Built in a task of its own to tell one known failure apart.
-    let client = match tokio::spawn(async move { crate::sources::kube::client(Some(&kubeconfig)).await }).await {
+    let client = match tokio::spawn(async move { crate::sources::kube::client(Some(&kubeconfig), &Default::default()).await }).await {
         Ok(client) => client.unwrap(),
         Err(e) if e.is_panic() => panic!(
             "building the kube client panicked (see above). If rustls could not pick a CryptoProvider: kube is \

@@ -72,6 +72,10 @@ pub enum Change<T> {
     /// A complete list (initial list or relist): replaces everything of the
     /// kind, and marks the kind as synced.
     Relisted(Vec<T>),
+    /// A complete list in which the objects named in `keep` could not be
+    /// read: those keep the version the index has (if any), the rest is as
+    /// `Relisted`.
+    RelistedKeeping { objects: Vec<T>, keep: Vec<String> },
 }
 
 impl<T: Keyed> KindIndex<T> {
@@ -86,29 +90,35 @@ impl<T: Keyed> KindIndex<T> {
                 vec![(old, Some(obj))]
             }
             Change::Deleted(key) => self.objects.remove(&key).map(|old| vec![(Some(old), None)]).unwrap_or_default(),
-            Change::Relisted(list) => {
-                let mut fresh: BTreeMap<String, T> = list.into_iter().map(|o| (o.key().to_string(), o)).collect();
-                let mut out = Vec::new();
-                for (k, old) in std::mem::take(&mut self.objects) {
-                    match fresh.remove(&k) {
-                        Some(new) if new == old => {
-                            self.objects.insert(k, new);
-                        }
-                        Some(new) => {
-                            self.objects.insert(k, new.clone());
-                            out.push((Some(old), Some(new)));
-                        }
-                        None => out.push((Some(old), None)),
-                    }
+            Change::Relisted(objects) => self.relist(objects, &[]),
+            Change::RelistedKeeping { objects, keep } => self.relist(objects, &keep),
+        }
+    }
+
+    fn relist(&mut self, list: Vec<T>, keep: &[String]) -> Vec<(Option<T>, Option<T>)> {
+        let mut fresh: BTreeMap<String, T> = list.into_iter().map(|o| (o.key().to_string(), o)).collect();
+        let mut out = Vec::new();
+        for (k, old) in std::mem::take(&mut self.objects) {
+            match fresh.remove(&k) {
+                None if keep.contains(&k) => {
+                    self.objects.insert(k, old);
                 }
-                for (k, new) in fresh {
+                Some(new) if new == old => {
+                    self.objects.insert(k, new);
+                }
+                Some(new) => {
                     self.objects.insert(k, new.clone());
-                    out.push((None, Some(new)));
+                    out.push((Some(old), Some(new)));
                 }
-                self.synced = true;
-                out
+                None => out.push((Some(old), None)),
             }
         }
+        for (k, new) in fresh {
+            self.objects.insert(k, new.clone());
+            out.push((None, Some(new)));
+        }
+        self.synced = true;
+        out
     }
 
     pub fn get(&self, key: &str) -> Option<&T> {
@@ -254,6 +264,22 @@ mod tests {
             .collect();
         assert_eq!(summary, [(Some("a"), None), (Some("b"), Some("b")), (None, Some("c"))]);
         assert!(idx.change(Change::Deleted("zzz".into())).is_empty());
+    }
+
+    #[test]
+    fn a_relist_keeps_the_last_version_of_objects_it_could_not_read() {
+        let mut idx = KindIndex::default();
+        idx.change(Change::Applied(node("a").with_pod_cidr("10.244.1.0/24")));
+        idx.change(Change::Applied(node("b")));
+        // "a" was in the list but unreadable; "z" too, and never known.
+        let diff = idx.change(Change::RelistedKeeping { objects: vec![node("c")], keep: vec!["a".into(), "z".into()] });
+        let summary: Vec<_> = diff
+            .iter()
+            .map(|(o, n)| (o.as_ref().map(|x| x.name.as_str()), n.as_ref().map(|x| x.name.as_str())))
+            .collect();
+        assert_eq!(summary, [(Some("b"), None), (None, Some("c"))]);
+        assert_eq!(idx.get("a").and_then(|n| n.pod_cidr).map(|c| c.to_string()).as_deref(), Some("10.244.1.0/24"));
+        assert!(idx.get("z").is_none() && idx.synced());
     }
 
     #[test]

@@ -23,13 +23,38 @@ pub fn key(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) ->
 
 /// The label EndpointSlices carry to name their Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+/// Services (and their EndpointSlices, which carry the Service's labels)
+/// that the default Service proxy leaves alone, as kube-proxy selects its
+/// informers (cmd/kube-proxy/app/server.go): `service.kubernetes.io/headless`
+/// marks a headless Service, `service.kubernetes.io/service-proxy-name`
+/// hands a Service to another proxy. Either label, whatever its value.
+pub const NOT_PROXIED_LABELS: [&str; 2] = ["service.kubernetes.io/headless", "service.kubernetes.io/service-proxy-name"];
+
+/// The label selector of the Service watch: `!headless,!service-proxy-name`.
+/// The API server then sends DELETED when a Service gains either label and
+/// ADDED when it loses it, so the frontends follow at run time.
+pub fn proxied_selector() -> String {
+    NOT_PROXIED_LABELS.iter().map(|l| format!("!{l}")).collect::<Vec<_>>().join(",")
+}
+
+/// Whether the default proxy serves objects with this metadata (the
+/// sources check it too: the manifest-dir source has no selectors, and a
+/// watch's selector is only as good as the server applying it).
+pub fn is_proxied(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> bool {
+    meta.labels.as_ref().is_none_or(|labels| !NOT_PROXIED_LABELS.iter().any(|l| labels.contains_key(*l)))
+}
 const DEFAULT_AFFINITY_TIMEOUT: u32 = 10_800;
 
 fn port(value: i32) -> Option<u16> {
     u16::try_from(value).ok().filter(|p| *p != 0)
 }
 
-pub fn service(svc: &Service) -> ServiceInfo {
+/// `None` for a Service the default proxy must not serve (`is_proxied`).
+pub fn service(svc: &Service) -> Option<ServiceInfo> {
+    if !is_proxied(&svc.metadata) {
+        return None;
+    }
     let key = key(&svc.metadata);
     let mut problems = Vec::new();
     let spec = svc.spec.clone().unwrap_or_default();
@@ -111,7 +136,7 @@ pub fn service(svc: &Service) -> ServiceInfo {
             .unwrap_or(DEFAULT_AFFINITY_TIMEOUT)
     });
     let external = matches!(type_, ServiceType::NodePort | ServiceType::LoadBalancer) || !external_ips.is_empty();
-    ServiceInfo {
+    Some(ServiceInfo {
         key,
         type_,
         cluster_ips,
@@ -125,13 +150,13 @@ pub fn service(svc: &Service) -> ServiceInfo {
         internal_traffic_local: spec.internal_traffic_policy.as_deref() == Some("Local"),
         health_check_node_port: spec.health_check_node_port.and_then(port),
         problems,
-    }
+    })
 }
 
-/// `None` for slices weir does not use (IPv6 or FQDN, or not owned by a
-/// Service).
+/// `None` for slices weir does not use (IPv6 or FQDN, not owned by a
+/// Service, or of a Service the default proxy leaves alone).
 pub fn endpoint_slice(slice: &EndpointSlice) -> Option<EndpointSliceInfo> {
-    if slice.address_type != "IPv4" {
+    if slice.address_type != "IPv4" || !is_proxied(&slice.metadata) {
         return None;
     }
     let namespace = slice.metadata.namespace.as_deref().unwrap_or("default");
@@ -261,7 +286,7 @@ mod tests {
             "status": {"loadBalancer": {"ingress": [{"ip": "198.51.100.7"}, {"hostname": "lb.example"}]}}
         }))
         .unwrap();
-        let info = service(&s);
+        let info = service(&s).unwrap();
         assert_eq!(info.key, "shop/web");
         assert_eq!(info.type_, ServiceType::LoadBalancer);
         assert_eq!(info.cluster_ips, ["10.96.0.10".parse::<Ipv4Addr>().unwrap()]);
@@ -284,8 +309,40 @@ mod tests {
             "spec": {"clusterIP": "None", "ports": [{"port": 80}]}
         }))
         .unwrap();
-        let info = service(&s);
+        let info = service(&s).unwrap();
         assert!(info.headless && info.cluster_ips.is_empty());
+    }
+
+    /// Upstream e2e `test/e2e/network/service.go` "should implement
+    /// service.kubernetes.io/headless" and "... service-proxy-name": a
+    /// Service (and its slices) carrying either label, whatever its value,
+    /// is not the default proxy's.
+    #[test]
+    fn labelled_services_and_slices_are_not_proxied() {
+        for label in NOT_PROXIED_LABELS {
+            for value in ["", "foo-bar"] {
+                let s: Service = serde_json::from_value(serde_json::json!({
+                    "metadata": {"name": "web", "namespace": "x", "labels": {label: value, "app": "web"}},
+                    "spec": {"clusterIP": "10.96.0.10", "ports": [{"port": 80}]}
+                }))
+                .unwrap();
+                assert_eq!(service(&s), None, "{label}={value:?}");
+                let es: EndpointSlice = serde_json::from_value(serde_json::json!({
+                    "metadata": {"name": "web-a", "namespace": "x", "labels": {SERVICE_NAME_LABEL: "web", label: value}},
+                    "addressType": "IPv4",
+                    "endpoints": [{"addresses": ["10.244.1.5"]}]
+                }))
+                .unwrap();
+                assert_eq!(endpoint_slice(&es), None, "{label}={value:?}");
+            }
+        }
+        let plain: Service = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web", "namespace": "x", "labels": {"service.kubernetes.io/other": "x"}},
+            "spec": {"clusterIP": "10.96.0.10", "ports": [{"port": 80}]}
+        }))
+        .unwrap();
+        assert!(service(&plain).is_some());
+        assert_eq!(proxied_selector(), "!service.kubernetes.io/headless,!service.kubernetes.io/service-proxy-name");
     }
 
     #[test]

@@ -88,7 +88,7 @@ fn collect(value: serde_yaml::Value, doc: usize, out: &mut FileObjects) -> Resul
             if svc.metadata.name.as_deref().unwrap_or_default().is_empty() {
                 return Err(format!("document {doc}: Service without metadata.name"));
             }
-            out.services.push(convert::service(&svc));
+            out.services.extend(convert::service(&svc));
         }
         "EndpointSlice" => {
             let slice: EndpointSlice = serde_yaml::from_value(value)

@@ -23,7 +23,13 @@ use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
-use super::{Change, ProblemLog, Update, convert};
+use super::{
+    Change, ProblemLog, Update,
+    api_server::{self, ApiAddressError, Candidates, HostPort},
+    convert,
+    lenient::Lenient,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 #[derive(Debug, thiserror::Error)]
 pub enum KubeError {
@@ -33,47 +39,130 @@ pub enum KubeError {
     Infer { source: kube::Error },
     #[error("cannot build the API client: {source}")]
     Client { source: kube::Error },
+    #[error("{variable}: {message}")]
+    Environment { variable: &'static str, message: String },
+    #[error(transparent)]
+    Address(#[from] ApiAddressError),
+    #[error("cannot read the service account's {path}: {source}")]
+    ServiceAccount { path: PathBuf, source: std::io::Error },
+    #[error("the service account's {path} holds no PEM certificate")]
+    NoCertificate { path: PathBuf },
 }
 
-pub async fn client(kubeconfig: Option<&PathBuf>) -> Result<Client, KubeError> {
-    match kubeconfig {
-        None => Client::try_default().await.map_err(|source| KubeError::Infer { source }),
-        Some(path) => {
-            let kc = Kubeconfig::read_from(path)
-                .map_err(|source| KubeError::Kubeconfig { path: path.clone(), source })?;
-            let config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
-                .await
-                .map_err(|source| KubeError::Kubeconfig { path: path.clone(), source })?;
-            Client::try_from(config).map_err(|source| KubeError::Client { source })
+/// How the agent's client finds the API server when it runs in a pod (see
+/// `api_server`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InClusterSettings {
+    /// `k8s-service-host`/`k8s-service-port`.
+    pub setting: Option<HostPort>,
+    pub kubelet_kubeconfig: PathBuf,
+    /// token, ca.crt and namespace, as a pod's service account mounts them.
+    pub service_account_dir: PathBuf,
+}
+
+impl Default for InClusterSettings {
+    fn default() -> Self {
+        Self {
+            setting: None,
+            kubelet_kubeconfig: api_server::KUBELET_KUBECONFIG.into(),
+            service_account_dir: api_server::SERVICE_ACCOUNT_DIR.into(),
         }
     }
+}
+
+/// The API client: from a kubeconfig when one is named; in a pod (a
+/// service account token is mounted), in-cluster at the address
+/// `api_server` chooses; otherwise as kube-rs infers it ($KUBECONFIG).
+pub async fn client(kubeconfig: Option<&PathBuf>, in_cluster: &InClusterSettings) -> Result<Client, KubeError> {
+    if let Some(path) = kubeconfig {
+        let kc = Kubeconfig::read_from(path).map_err(|source| KubeError::Kubeconfig { path: path.clone(), source })?;
+        let config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+            .await
+            .map_err(|source| KubeError::Kubeconfig { path: path.clone(), source })?;
+        return Client::try_from(config).map_err(|source| KubeError::Client { source });
+    }
+    if !in_cluster.service_account_dir.join("token").exists() {
+        return Client::try_default().await.map_err(|source| KubeError::Infer { source });
+    }
+    let config = in_cluster_config(in_cluster).await?;
+    Client::try_from(config).map_err(|source| KubeError::Client { source })
+}
+
+async fn in_cluster_config(settings: &InClusterSettings) -> Result<Config, KubeError> {
+    let env = |name: &str| std::env::var(name).ok();
+    let in_cluster = api_server::host_port(env("KUBERNETES_SERVICE_HOST").as_deref(), env("KUBERNETES_SERVICE_PORT").as_deref(), 443)
+        .map_err(|message| KubeError::Environment { variable: "KUBERNETES_SERVICE_PORT", message })?;
+    let kubelet_path = &settings.kubelet_kubeconfig;
+    let kubelet = if kubelet_path.exists() {
+        api_server::kubeconfig_server(kubelet_path)
+    } else {
+        Err("not found (mount the node's /etc/kubernetes read-only to use it)".to_string())
+    };
+    let candidates = Candidates { setting: settings.setting.clone(), in_cluster, kubelet: Some((kubelet_path.clone(), kubelet)) };
+    let (address, origin) = api_server::choose(&candidates, |hp| api_server::answers(hp, api_server::PROBE_TIMEOUT)).await?;
+    info!(api_server = %address, from = %origin, "API server address");
+
+    let sa = &settings.service_account_dir;
+    let read = |file: &str| {
+        let path = sa.join(file);
+        std::fs::read(&path).map_err(|source| KubeError::ServiceAccount { path, source })
+    };
+    let ca_path = sa.join("ca.crt");
+    let certs: Vec<Vec<u8>> = pem::parse_many(read("ca.crt")?)
+        .map_err(|_| KubeError::NoCertificate { path: ca_path.clone() })?
+        .into_iter()
+        .filter(|p| p.tag() == "CERTIFICATE")
+        .map(pem::Pem::into_contents)
+        .collect();
+    if certs.is_empty() {
+        return Err(KubeError::NoCertificate { path: ca_path });
+    }
+    let url = address
+        .url()
+        .parse()
+        .map_err(|e: http::uri::InvalidUri| KubeError::Environment { variable: "WEIR_K8S_SERVICE_HOST", message: e.to_string() })?;
+    let mut config = Config::new(url);
+    config.default_namespace = read("namespace")
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "default".into());
+    config.root_cert = Some(certs);
+    // Re-read as kube-rs does in-cluster: survives CA rotation.
+    config.root_cert_file = Some(ca_path);
+    config.auth_info.token_file = Some(sa.join("token").to_string_lossy().into_owned());
+    Ok(config)
 }
 
 /// Runs every watcher until the receiver goes away.
 pub async fn run(client: Client, tx: mpsc::Sender<Update>) {
     let nodes = watch(
-        Api::<Node>::all(client.clone()),
+        Api::<Lenient<Node>>::all(client.clone()),
         watcher::Config::default(),
         tx.clone(),
         |n| Some((convert::node(n), None)),
-        |n| n.metadata.name.clone().unwrap_or_default(),
+        |m| m.name.clone().unwrap_or_default(),
         Update::Nodes,
     );
+    // Services the default proxy serves, selected as kube-proxy selects
+    // them: a label added at run time arrives as DELETED.
     let services = watch(
-        Api::<Service>::all(client.clone()),
-        watcher::Config::default(),
+        Api::<Lenient<Service>>::all(client.clone()),
+        watcher::Config::default().labels(&convert::proxied_selector()),
         tx.clone(),
-        |s| Some((convert::service(s), None)),
-        |s| convert::key(&s.metadata),
+        |s| convert::service(s).map(|s| (s, None)),
+        convert::key,
         Update::Services,
     );
-    // Only slices that belong to a Service.
+    // Only slices that belong to a Service the default proxy serves.
+    let slice_selector = format!("{},{}", convert::SERVICE_NAME_LABEL, convert::proxied_selector());
     let slices = watch(
-        Api::<EndpointSlice>::all(client.clone()),
-        watcher::Config::default().labels(convert::SERVICE_NAME_LABEL),
+        Api::<Lenient<EndpointSlice>>::all(client.clone()),
+        watcher::Config::default().labels(&slice_selector),
         tx.clone(),
         |s| convert::endpoint_slice(s).map(|s| (s, None)),
-        |s| convert::key(&s.metadata),
+        convert::key,
         Update::EndpointSlices,
     );
     // Every Pod of the cluster, not only this node's: a policy's peers
@@ -97,29 +186,29 @@ pub async fn run(client: Client, tx: mpsc::Sender<Update>) {
     let mut pod_config = watcher::Config::default().fields(convert::POD_FIELD_SELECTOR).any_semantic();
     pod_config.page_size = None;
     let pods = watch(
-        Api::<Pod>::all(client.clone()),
+        Api::<Lenient<Pod>>::all(client.clone()),
         pod_config,
         tx.clone(),
         |p| convert::pod(p).map(|p| (p, None)),
-        |p| convert::key(&p.metadata),
+        convert::key,
         Update::Pods,
     );
     let namespaces = watch(
-        Api::<Namespace>::all(client.clone()),
+        Api::<Lenient<Namespace>>::all(client.clone()),
         watcher::Config::default(),
         tx.clone(),
         |n| Some((convert::namespace(n), None)),
-        |n| n.metadata.name.clone().unwrap_or_default(),
+        |m| m.name.clone().unwrap_or_default(),
         Update::Namespaces,
     );
     // Fail closed: a policy that cannot be read in full still isolates
     // what it selects (deny-all), and is reported.
     let policies = watch(
-        Api::<NetworkPolicy>::all(client),
+        Api::<Lenient<NetworkPolicy>>::all(client),
         watcher::Config::default(),
         tx,
         |p| Some(convert::network_policy_or_deny(p)),
-        |p| convert::key(&p.metadata),
+        convert::key,
         Update::NetworkPolicies,
     );
     futures::join!(nodes, services, slices, pods, namespaces, policies);
@@ -129,21 +218,24 @@ pub async fn run(client: Client, tx: mpsc::Sender<Update>) {
 /// model object (None: weir does not use it) and what could not be read as
 /// written, which is logged once per object and counted
 /// (`Update::Problems`).
+///
+/// Objects are decoded one by one (`Lenient`): one the typed decoder
+/// refuses is reported by name and keeps its last readable version, in a
+/// watch event as in a relist, instead of failing the watch.
 async fn watch<K, T>(
-    api: Api<K>,
+    api: Api<Lenient<K>>,
     config: watcher::Config,
     tx: mpsc::Sender<Update>,
     to_model: impl Fn(&K) -> Option<(T, Option<String>)>,
-    key: impl Fn(&K) -> String,
+    key: impl Fn(&ObjectMeta) -> String,
     wrap: impl Fn(Change<T>) -> Update,
 ) where
-    K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
-    K::DynamicType: Default,
+    K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    K::DynamicType: Default + Clone + Eq + std::hash::Hash,
 {
     let kind = K::kind(&K::DynamicType::default()).to_string();
     let mut stream = watcher(api, config).default_backoff().boxed();
-    let mut relist: Vec<T> = Vec::new();
-    let mut relist_problems: BTreeMap<String, String> = BTreeMap::new();
+    let mut relist = Relist::default();
     let mut problems = ProblemLog::new(kind.clone());
     let mut reachable = true;
     loop {
@@ -173,39 +265,64 @@ async fn watch<K, T>(
         }
         let change = match event {
             watcher::Event::Init => {
-                relist.clear();
-                relist_problems.clear();
+                relist = Relist::default();
                 continue;
             }
             watcher::Event::InitApply(obj) => {
-                if let Some((m, problem)) = to_model(&obj) {
-                    if let Some(p) = problem {
-                        relist_problems.insert(key(&obj), p);
+                let k = key(obj.meta());
+                match &obj.object {
+                    Ok(o) => {
+                        if let Some((m, problem)) = to_model(o) {
+                            if let Some(p) = problem {
+                                relist.problems.insert(k, p);
+                            }
+                            relist.objects.push(m);
+                        }
                     }
-                    relist.push(m);
+                    Err(e) => {
+                        relist.problems.insert(k.clone(), unreadable(e));
+                        relist.keep.push(k);
+                    }
                 }
                 continue;
             }
             watcher::Event::InitDone => {
-                info!(%kind, count = relist.len(), "listed");
-                problems.relisted(std::mem::take(&mut relist_problems));
-                Change::Relisted(std::mem::take(&mut relist))
+                let Relist { objects, keep, problems: found } = std::mem::take(&mut relist);
+                info!(%kind, count = objects.len(), unreadable = keep.len(), "listed");
+                problems.relisted(found);
+                if keep.is_empty() { Change::Relisted(objects) } else { Change::RelistedKeeping { objects, keep } }
             }
-            // An object weir does not use (say an IPv6 slice) counts as
-            // deleted, in case an earlier version of it was used.
-            watcher::Event::Apply(obj) => match to_model(&obj) {
-                Some((m, problem)) => {
-                    problems.set(&key(&obj), problem);
-                    Change::Applied(m)
+            watcher::Event::Apply(obj) => {
+                let k = key(obj.meta());
+                match &obj.object {
+                    // An object weir does not use (say an IPv6 slice) counts
+                    // as deleted, in case an earlier version of it was used.
+                    Ok(o) => match to_model(o) {
+                        Some((m, problem)) => {
+                            problems.set(&k, problem);
+                            Change::Applied(m)
+                        }
+                        None => {
+                            problems.set(&k, None);
+                            Change::Deleted(k)
+                        }
+                    },
+                    // The last readable version stays.
+                    Err(e) => {
+                        problems.set(&k, Some(unreadable(e)));
+                        if let Some(update) = problems.update()
+                            && tx.send(update).await.is_err()
+                        {
+                            return;
+                        }
+                        continue;
+                    }
                 }
-                None => {
-                    problems.set(&key(&obj), None);
-                    Change::Deleted(key(&obj))
-                }
-            },
+            }
             watcher::Event::Delete(obj) => {
-                problems.set(&key(&obj), None);
-                Change::Deleted(key(&obj))
+                let k = key(obj.meta());
+                problems.set(&k, None);
+                Change::Deleted(k)
             }
         };
         if tx.send(wrap(change)).await.is_err() {
@@ -217,4 +334,22 @@ async fn watch<K, T>(
             return;
         }
     }
+}
+
+/// A list being received (`Init` .. `InitDone`).
+struct Relist<T> {
+    objects: Vec<T>,
+    /// Objects that could not be decoded: their last readable version stays.
+    keep: Vec<String>,
+    problems: BTreeMap<String, String>,
+}
+
+impl<T> Default for Relist<T> {
+    fn default() -> Self {
+        Self { objects: Vec::new(), keep: Vec::new(), problems: BTreeMap::new() }
+    }
+}
+
+fn unreadable(error: &str) -> String {
+    format!("cannot be decoded ({error}); its last readable version stays in effect")
 }

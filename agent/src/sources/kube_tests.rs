@@ -135,11 +135,7 @@ async fn relists_after_410_retries_after_500_and_rewatches_after_a_stream_ends()
     assert!(nodes_done_before_slices, "the slow EndpointSlice list held up the Node watch");
     // The 500 made the Service watch unreachable until its retry worked.
     assert_eq!(service_reachability, [false, true]);
-    let names = |c: &Change<crate::model::NodeInfo>| match c {
-        Change::Relisted(v) => format!("relist {}", v.iter().map(|n| n.name.as_str()).collect::<Vec<_>>().join(",")),
-        Change::Applied(n) => format!("apply {}", n.name),
-        Change::Deleted(k) => format!("delete {k}"),
-    };
+    let names = |c: &Change<crate::model::NodeInfo>| change_summary(c, |n| n.name.clone());
     let seen: Vec<String> = node_updates.iter().map(names).collect();
     // 410 Gone on the watch: a full relist (which also drops whatever was
     // deleted meanwhile), then the watch goes on.
@@ -226,6 +222,9 @@ fn pod(ns: &str, name: &str, rv: &str, labels: serde_json::Value, node: &str, ph
 fn change_summary<T>(c: &Change<T>, key: impl Fn(&T) -> String) -> String {
     match c {
         Change::Relisted(v) => format!("relist {}", v.iter().map(&key).collect::<Vec<_>>().join(",")),
+        Change::RelistedKeeping { objects, keep } => {
+            format!("relist {} keep {}", objects.iter().map(&key).collect::<Vec<_>>().join(","), keep.join(","))
+        }
         Change::Applied(x) => format!("apply {}", key(x)),
         Change::Deleted(k) => format!("delete {k}"),
     }
@@ -323,4 +322,63 @@ async fn network_policies_fail_closed_and_their_problems_are_counted() {
     assert_eq!((fixed.key.as_str(), fixed.ingress.len()), ("x/typo", 1));
     assert_eq!(updates[3], Update::Problems { kind: "NetworkPolicy".into(), count: 0 });
     assert_eq!(updates[4], Update::NetworkPolicies(Change::Deleted("x/allow".into())));
+}
+
+/// The Service watch as it met upstream's e2e suites: the Conformance test
+/// "should complete a service status lifecycle" (test/e2e/network/
+/// service.go) leaves a Service whose status condition has
+/// `lastTransitionTime: null`, which the typed decoder refuses. Such an
+/// object must neither fail the list nor the watch (each failure relisted,
+/// and the watch error made the kind look unreachable): it is read for what
+/// the agent uses, and one that still cannot be decoded is reported by name
+/// and keeps its last readable version. The watch also asks only for the
+/// Services the default proxy serves (`service.kubernetes.io/headless` and
+/// `service.kubernetes.io/service-proxy-name` left out, as kube-proxy does).
+#[tokio::test]
+async fn unreadable_services_cost_only_themselves() {
+    let svc = |name: &str, rv: &str, ip: &str| {
+        json!({"apiVersion": "v1", "kind": "Service",
+               "metadata": {"name": name, "namespace": "x", "resourceVersion": rv},
+               "spec": {"clusterIP": ip, "ports": [{"port": 80}]}})
+    };
+    let mut lifecycle = svc("lifecycle", "2", "10.96.0.12");
+    lifecycle["status"] = json!({"loadBalancer": {"ingress": [{"ip": "203.0.113.1"}]},
+        "conditions": [{"type": "StatusUpdate", "status": "True", "lastTransitionTime": null, "reason": "E2E", "message": "Set from e2e test"}]});
+    let mut broken = svc("odd", "3", "10.96.0.13");
+    broken["spec"]["ports"] = json!("not a list");
+    let mut broken_later = svc("web", "11", "10.96.0.99");
+    broken_later["spec"]["ports"] = json!(7);
+    let scripts = vec![Script {
+        path: "/api/v1/services",
+        items: vec![svc("web", "1", "10.96.0.11"), lifecycle, broken],
+        events: vec![event("MODIFIED", broken_later), event("MODIFIED", svc("web", "12", "10.96.0.21"))],
+    }];
+    let (updates, requests) = run_scripted(scripts, 5, |u| match u {
+        u @ (Update::Services(_) | Update::Problems { .. }) => Some(u),
+        _ => None,
+    })
+    .await;
+    let summaries: Vec<String> = updates
+        .iter()
+        .map(|u| match u {
+            Update::Services(c) => change_summary(c, |s| format!("{}@{}", s.key, s.cluster_ips[0])),
+            other => format!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        summaries,
+        [
+            "relist x/web@10.96.0.11,x/lifecycle@10.96.0.12 keep x/odd",
+            "Problems { kind: \"Service\", count: 1 }",
+            // The unreadable MODIFIED of x/web: reported, nothing applied.
+            "Problems { kind: \"Service\", count: 2 }",
+            "apply x/web@10.96.0.21",
+            "Problems { kind: \"Service\", count: 1 }",
+        ]
+    );
+    let selector = "labelSelector=%21service.kubernetes.io%2Fheadless%2C%21service.kubernetes.io%2Fservice-proxy-name";
+    let service_requests: Vec<_> = requests.iter().filter(|r| r.starts_with("/api/v1/services?")).collect();
+    assert!(!service_requests.is_empty() && service_requests.iter().all(|r| r.contains(selector)), "{service_requests:?}");
+    let slice_requests: Vec<_> = requests.iter().filter(|r| r.contains("endpointslices?")).collect();
+    assert!(slice_requests.iter().all(|r| r.contains("kubernetes.io%2Fservice-name%2C%21service.kubernetes.io%2Fheadless")), "{slice_requests:?}");
 }

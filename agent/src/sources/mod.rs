@@ -8,9 +8,11 @@
 //! Sources convert API objects to the model's domain types (`convert`), so
 //! nothing past this module depends on Kubernetes types.
 
+pub mod api_server;
 pub mod convert;
 pub mod dir;
 pub mod kube;
+pub mod lenient;
 pub mod manifest_files;
 #[cfg(test)]
 mod kube_tests;
