@@ -1,10 +1,16 @@
 //! `weir-agent` running in a node namespace on the manifest-dir source, or
-//! (opt-in, `Source::Kube`) on the kube source against a fake API server
-//! (`weir-agent fake-apiserver`) that serves the same manifest dir from
-//! 127.0.0.1 inside the node's namespace.
+//! (opt-in, `Source::Kube`) on the kube source started as a DaemonSet
+//! starts it: in-cluster configuration against a fake API server
+//! (`weir-agent fake-apiserver`) that serves the same manifest dir over
+//! https with a bearer token on the node's address (its service account
+//! files in the node's dir), `KUBERNETES_SERVICE_HOST` naming the
+//! `kubernetes` Service's ClusterIP that nothing serves at a cold start, and
+//! the API server's own address given as the ConfigMap gives it
+//! (`WEIR_K8S_SERVICE_HOST`/`PORT`), or found in a kubelet kubeconfig.
 
 use std::{
     fs,
+    net::Ipv4Addr,
     path::{Path, PathBuf},
     thread,
     time::{Duration, Instant},
@@ -21,12 +27,32 @@ use crate::{
 /// Written by the agent once the node is set up (docs/contracts.md).
 pub const READY_FILE: &str = "agent-ready";
 
-/// Where a node's fake API server listens, inside the node's namespace (its
-/// own loopback: the traffic never leaves the node namespace).
-pub const FAKE_API_ADDR: &str = "127.0.0.1:6443";
-/// The kubeconfig for it, in the node's dir (written by the server once
-/// it listens).
+/// The port a node's fake API server listens on, at the node's address
+/// (reachable from the other nodes and the pods, as a control plane is).
+pub const FAKE_API_PORT: u16 = 6443;
+/// The `kubernetes` Service's ClusterIP and port: what in-cluster
+/// configuration names (`KUBERNETES_SERVICE_HOST`/`PORT`).
+pub const KUBERNETES_SERVICE_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 1);
+pub const KUBERNETES_SERVICE_PORT: u16 = 443;
+/// A kubeconfig for the fake API server, in the node's dir (written by the
+/// server once it listens and its service account files are there).
 pub const KUBECONFIG_FILE: &str = "kubeconfig";
+/// The node's service account files (token, ca.crt, namespace).
+pub const SERVICE_ACCOUNT_DIR: &str = "serviceaccount";
+/// Where the agent looks for a kubelet kubeconfig (`WEIR_KUBELET_KUBECONFIG`).
+pub const KUBELET_KUBECONFIG_FILE: &str = "kubelet.conf";
+
+/// How an agent on the kube source learns the API server's own address.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ApiAddress {
+    /// `WEIR_K8S_SERVICE_HOST`/`PORT`, as the ConfigMap sets them.
+    #[default]
+    Setting,
+    /// Only the kubelet kubeconfig in the node's dir (the caller writes it).
+    KubeletKubeconfig,
+    /// Nothing but the in-cluster ClusterIP (a misconfigured cold start).
+    InClusterOnly,
+}
 const FAKE_API_START_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Where an agent started by the test bed reads the cluster's objects.
@@ -35,9 +61,9 @@ pub enum Source {
     /// `--source dir:<manifest dir>`.
     #[default]
     Dir,
-    /// `--source kube:<node dir>/kubeconfig`: kube-rs watches against a fake
-    /// API server serving the manifest dir, one per node (started before the
-    /// agent, stopped after it, with it in every way the agent is).
+    /// `--source kube` in-cluster: kube-rs watches against a fake API server
+    /// serving the manifest dir, one per node (started before the agent,
+    /// stopped after it, with it in every way the agent is).
     Kube,
 }
 
@@ -96,22 +122,36 @@ impl Agent {
 
     /// `spawn_with` for either source.
     pub fn spawn_from(node: &Node, manifest_dir: &Path, source: Source, socket_lb_cgroup: Option<&Path>) -> Result<Self> {
+        Self::spawn_full(node, manifest_dir, source, ApiAddress::Setting, socket_lb_cgroup)
+    }
+
+    /// The kube source with the API server's address found as `address` says.
+    pub fn spawn_in_cluster(node: &Node, manifest_dir: &Path, address: ApiAddress) -> Result<Self> {
+        Self::spawn_full(node, manifest_dir, Source::Kube, address, None)
+    }
+
+    fn spawn_full(
+        node: &Node,
+        manifest_dir: &Path,
+        source: Source,
+        address: ApiAddress,
+        socket_lb_cgroup: Option<&Path>,
+    ) -> Result<Self> {
         let binary = bins::weir_agent()?;
         let path = |p: &Path| p.to_str().map(str::to_string).context("non-UTF-8 path");
         // The caller's WEIR_LOG wins (spawn keeps the environment).
-        let mut env: Vec<(&str, &str)> = if std::env::var_os("WEIR_LOG").is_none() {
-            vec![("WEIR_LOG", "info")]
+        let mut env: Vec<(&str, String)> = if std::env::var_os("WEIR_LOG").is_none() {
+            vec![("WEIR_LOG", "info".into())]
         } else {
             vec![]
         };
         let (source_arg, api) = match source {
             Source::Dir => (format!("dir:{}", path(manifest_dir)?), None),
             Source::Kube => {
-                let (api, kubeconfig) = start_fake_api(node, &binary, manifest_dir, &env)?;
-                // kube-rs would send a plain-HTTP loopback request through
-                // $HTTPS_PROXY (empty values count as unset).
-                env.extend([("HTTPS_PROXY", ""), ("https_proxy", "")]);
-                (format!("kube:{}", path(&kubeconfig)?), Some(api))
+                let borrowed: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+                let api = start_fake_api(node, &binary, manifest_dir, &borrowed)?;
+                env.extend(in_cluster_env(node, address)?);
+                ("kube".to_string(), Some(api))
             }
         };
         let mut args: Vec<String> = vec![
@@ -145,6 +185,7 @@ impl Agent {
         }
         let log = node.dirs.logs.join("agent.log");
         let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
         // On an error here `api` is dropped: its server stops.
         let guard = node.netns.spawn(&argv, &env, &log, node.detached())?;
         Ok(Self::new(guard, api, node, log))
@@ -278,11 +319,50 @@ fn tail(log: &Path, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
+/// What the kubelet puts in a pod's environment, and the DaemonSet's
+/// ConfigMap settings: the agent reads the service account files of the
+/// node's dir and no kubeconfig.
+fn in_cluster_env(node: &Node, address: ApiAddress) -> Result<Vec<(&'static str, String)>> {
+    let s = |p: PathBuf| p.to_str().map(str::to_string).context("non-UTF-8 path");
+    let mut env = vec![
+        ("KUBERNETES_SERVICE_HOST", KUBERNETES_SERVICE_IP.to_string()),
+        ("KUBERNETES_SERVICE_PORT", KUBERNETES_SERVICE_PORT.to_string()),
+        ("WEIR_SERVICEACCOUNT_DIR", s(node.dirs.root.join(SERVICE_ACCOUNT_DIR))?),
+        ("WEIR_KUBELET_KUBECONFIG", s(node.dirs.root.join(KUBELET_KUBECONFIG_FILE))?),
+        // kube-rs would send the request through $HTTPS_PROXY (empty
+        // values count as unset).
+        ("HTTPS_PROXY", String::new()),
+        ("https_proxy", String::new()),
+    ];
+    if address == ApiAddress::Setting {
+        env.push(("WEIR_K8S_SERVICE_HOST", node.ip.to_string()));
+        env.push(("WEIR_K8S_SERVICE_PORT", FAKE_API_PORT.to_string()));
+    }
+    Ok(env)
+}
+
+/// A kubelet kubeconfig (as kubeadm writes one) whose server is the node's
+/// fake API server, in the node's dir.
+pub fn write_kubelet_kubeconfig(node: &Node) -> Result<PathBuf> {
+    let path = node.dirs.root.join(KUBELET_KUBECONFIG_FILE);
+    let text = format!(
+        "apiVersion: v1\nkind: Config\ncurrent-context: system:node:{n}@weir\nclusters:\n- name: weir\n  cluster:\n    \
+         certificate-authority: /etc/kubernetes/pki/ca.crt\n    server: https://{ip}:{FAKE_API_PORT}\ncontexts:\n\
+         - name: system:node:{n}@weir\n  context:\n    cluster: weir\n    user: system:node:{n}\nusers:\n- name: system:node:{n}\n  \
+         user:\n    client-certificate: /var/lib/kubelet/pki/kubelet-client-current.pem\n",
+        n = node.name,
+        ip = node.ip
+    );
+    fs::write(&path, text).with_context(|| format!("write {}", path.display()))?;
+    Ok(path)
+}
+
 /// Starts `weir-agent fake-apiserver` over `manifest_dir` in the node's
-/// namespace on `FAKE_API_ADDR`, and waits for the kubeconfig it writes
-/// once it listens (`<node dir>/kubeconfig`). Output goes to
-/// `<node dir>/logs/fake-apiserver.log`.
-fn start_fake_api(node: &Node, binary: &Path, manifest_dir: &Path, env: &[(&str, &str)]) -> Result<((ChildGuard, PathBuf), PathBuf)> {
+/// namespace on `<node ip>:FAKE_API_PORT` (https, service account files in
+/// the node's dir, the `kubernetes` ClusterIP in its certificate), and
+/// waits for the kubeconfig it writes once it listens (`<node
+/// dir>/kubeconfig`). Output goes to `<node dir>/logs/fake-apiserver.log`.
+fn start_fake_api(node: &Node, binary: &Path, manifest_dir: &Path, env: &[(&str, &str)]) -> Result<(ChildGuard, PathBuf)> {
     let kubeconfig = node.dirs.root.join(KUBECONFIG_FILE);
     // A restart: wait for the new server's, not the old one's.
     match fs::remove_file(&kubeconfig) {
@@ -299,7 +379,11 @@ fn start_fake_api(node: &Node, binary: &Path, manifest_dir: &Path, env: &[(&str,
         "--dir".into(),
         s(manifest_dir)?,
         "--listen".into(),
-        FAKE_API_ADDR.into(),
+        format!("{}:{FAKE_API_PORT}", node.ip),
+        "--service-account-dir".into(),
+        s(&node.dirs.root.join(SERVICE_ACCOUNT_DIR))?,
+        "--tls-san".into(),
+        KUBERNETES_SERVICE_IP.to_string(),
         "--write-kubeconfig".into(),
         s(&kubeconfig)?,
     ];
@@ -320,5 +404,5 @@ fn start_fake_api(node: &Node, binary: &Path, manifest_dir: &Path, env: &[(&str,
         }
         thread::sleep(Duration::from_millis(20));
     }
-    Ok(((guard, log), kubeconfig))
+    Ok((guard, log))
 }

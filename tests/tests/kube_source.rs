@@ -1,7 +1,8 @@
 //! The agents' kube source (kube-rs lists and watches), not the manifest
 //! dir: each node runs `weir-agent fake-apiserver` over the topology's
-//! manifest directory on 127.0.0.1 inside its own namespace, and its agent
-//! runs with `--source kube:<kubeconfig>`. Pods on both nodes reach each
+//! manifest directory on the node's address (https, a service account in
+//! the node's dir), and its agent runs with `--source kube` in-cluster, as
+//! a DaemonSet starts it (the API server's address from the setting). Pods on both nodes reach each
 //! other and a ClusterIP Service; then a backend leaves the EndpointSlice
 //! and the agents see it through their watches (no relist).
 
@@ -57,11 +58,13 @@ fn agents_on_the_kube_source_route_pods_serve_a_service_and_follow_a_slice_chang
     let agents = topo.start_agents_with(Source::Kube).unwrap();
 
     // Each agent reads its own node's fake API server, not the directory.
-    for agent in &agents {
+    for (agent, node) in agents.iter().zip(topo.nodes()) {
         assert_eq!(agent.source(), Source::Kube);
         let (_, api_log) = agent.fake_api().expect("a fake API server");
-        assert!(log(api_log).contains("fake API server listening addr=127.0.0.1:6443"), "{}", log(api_log));
+        let addr = format!("{}:{}", node.ip, weir_testbed::agent::FAKE_API_PORT);
+        assert!(log(api_log).contains(&format!("fake API server listening addr={addr}")), "{}", log(api_log));
         let text = log(agent.log_path());
+        assert!(text.lines().any(|l| l.contains("API server address") && l.contains(&addr)), "{}: {text}", agent.node());
         assert!(!text.contains("watching manifest directory"), "{} runs the dir source:\n{text}", agent.node());
         for kind in ["Node", "Service", "EndpointSlice", "Pod", "Namespace", "NetworkPolicy"] {
             assert_eq!(lists_of(agent, kind), 1, "{}: one list of {kind}:\n{text}", agent.node());

@@ -301,8 +301,15 @@ fn on_cluster(cluster: &Cluster, args: &KindE2eArgs, root: &Path, steps: &mut St
         ]))?;
     }
 
-    steps.next("kubectl apply -f manifests/weir.yaml");
-    must(cluster.kubectl().arg("apply").arg("-f").arg(root.join("manifests/weir.yaml")))?;
+    // Without kube-proxy nothing serves the `kubernetes` ClusterIP before
+    // weir runs: the agent gets the API server's own address, as the
+    // README's kind section shows (the control-plane node, port 6443).
+    let api_host = format!("{}-control-plane", cluster.name);
+    steps.next(&format!("kubectl apply -f manifests/weir.yaml (k8s-service-host {api_host}, k8s-service-port 6443)"));
+    let manifest = std::fs::read_to_string(root.join("manifests/weir.yaml")).context("reading manifests/weir.yaml")?;
+    let applied = root.join("target").join(format!("weir-{}.yaml", cluster.name));
+    std::fs::write(&applied, with_api_server(&manifest, &api_host, 6443)?).with_context(|| format!("writing {}", applied.display()))?;
+    must(cluster.kubectl().arg("apply").arg("-f").arg(&applied))?;
 
     steps.next("wait for the weir-agent DaemonSet rollout");
     must(cluster.kubectl().args([
@@ -875,6 +882,17 @@ fn build_image(root: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The manifest with the ConfigMap's API server address filled in.
+fn with_api_server(manifest: &str, host: &str, port: u16) -> Result<String> {
+    let (host_key, port_key) = ("  k8s-service-host: \"\"", "  k8s-service-port: \"\"");
+    if !manifest.contains(host_key) || !manifest.contains(port_key) {
+        bail!("manifests/weir.yaml has no empty k8s-service-host/k8s-service-port in its ConfigMap");
+    }
+    Ok(manifest
+        .replacen(host_key, &format!("  k8s-service-host: \"{host}\""), 1)
+        .replacen(port_key, &format!("  k8s-service-port: \"{port}\""), 1))
+}
+
 #[cfg(test)]
 mod tests {
     use std::cell::Cell;
@@ -943,5 +961,14 @@ mod tests {
         assert!(yaml.contains("name: other\n  namespace: weir-e2e\n  labels: {role: other}\nspec:\n  nodeSelector: {kubernetes.io/hostname: w2}"), "{yaml}");
         assert!(yaml.contains("type: NodePort"));
         assert!(allow_client().contains("port: 8080"));
+    }
+
+    #[test]
+    fn the_api_server_address_goes_into_the_configmap() {
+        let manifest = std::fs::read_to_string(weir_testbed::bins::workspace_root().join("manifests/weir.yaml")).unwrap();
+        let filled = with_api_server(&manifest, "weir-e2e-control-plane", 6443).unwrap();
+        assert!(filled.contains("  k8s-service-host: \"weir-e2e-control-plane\"\n"));
+        assert!(filled.contains("  k8s-service-port: \"6443\"\n"));
+        assert!(with_api_server("kind: ConfigMap\n", "x", 1).is_err());
     }
 }

@@ -115,7 +115,7 @@ pub fn run(args: SandboxArgs) -> Result<ExitCode> {
         println!(
             "agent on {} ready, {} (log: {})",
             node.name,
-            source_note(agent),
+            source_note(agent, node),
             agent.log_path().display()
         );
     }
@@ -183,12 +183,16 @@ pub fn run(args: SandboxArgs) -> Result<ExitCode> {
     })
 }
 
-fn source_note(agent: &Agent) -> String {
+fn source_note(agent: &Agent, node: &weir_testbed::Node) -> String {
     match agent.fake_api() {
         None => "reading the manifest directory".into(),
         Some((pid, _)) => format!(
-            "kube source: watching a fake API server (pid {pid}) on {} in the node's namespace",
-            weir_testbed::agent::FAKE_API_ADDR
+            "kube source, started as a DaemonSet starts it: in-cluster service account, https to a fake API \
+             server (pid {pid}) on {}:{}, the address from WEIR_K8S_SERVICE_HOST/PORT (KUBERNETES_SERVICE_HOST \
+             names {}, which nothing serves before weir runs)",
+            node.ip,
+            weir_testbed::agent::FAKE_API_PORT,
+            weir_testbed::agent::KUBERNETES_SERVICE_IP,
         ),
     }
 }
@@ -342,10 +346,14 @@ fn print_poke_help(topo: &Topology, pods: &[Pod], agents: &[Agent]) {
                 log.display(),
                 node.dirs.root.join(weir_testbed::agent::KUBECONFIG_FILE).display()
             );
+            let sa = node.dirs.root.join(weir_testbed::agent::SERVICE_ACCOUNT_DIR);
             println!(
-                "  {} curl -s http://{}/api/v1/pods   # what {}'s agent watches",
+                "  {} curl -s --cacert {}/ca.crt -H \"Authorization: Bearer $(cat {}/token)\" https://{}:{}/api/v1/pods   # what {}'s agent watches",
                 node.netns.nsenter(),
-                weir_testbed::agent::FAKE_API_ADDR,
+                sa.display(),
+                sa.display(),
+                node.ip,
+                weir_testbed::agent::FAKE_API_PORT,
                 node.name
             );
         }

@@ -29,6 +29,7 @@
 pub mod store;
 #[cfg(test)]
 mod tests;
+pub mod tls;
 
 use std::{
     collections::BTreeMap,
@@ -56,9 +57,20 @@ pub struct Args {
     /// The manifest directory to serve (read as the `dir:` source reads it).
     #[arg(long)]
     pub dir: PathBuf,
-    /// Address to listen on (plain HTTP, no authentication).
+    /// Address to listen on (plain HTTP and no authentication, unless
+    /// `--service-account-dir` is given).
     #[arg(long, default_value = "127.0.0.1:6443")]
     pub listen: SocketAddr,
+    /// Serve https with a CA and certificate made at start, require a
+    /// bearer token, and write `token`, `ca.crt` and `namespace` here as a
+    /// pod's service account volume holds them: the agent then starts with
+    /// in-cluster configuration, as a DaemonSet starts it.
+    #[arg(long)]
+    pub service_account_dir: Option<PathBuf>,
+    /// More addresses the certificate names (the `kubernetes` Service's
+    /// ClusterIP, through which pods reach this server).
+    #[arg(long)]
+    pub tls_san: Vec<std::net::IpAddr>,
     /// Directory poll interval, in milliseconds.
     #[arg(long, default_value_t = 200)]
     pub poll_ms: u64,
@@ -117,34 +129,65 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
     let listener = TcpListener::bind(args.listen).await.with_context(|| format!("listen on {}", args.listen))?;
     let addr = listener.local_addr()?;
+    // The service account files are written before anything else says
+    // the server is up, so a client that finds them can connect.
+    let secure = match &args.service_account_dir {
+        None => None,
+        Some(dir) => {
+            let mut ips = vec![addr.ip()];
+            ips.extend(&args.tls_san);
+            let tls = tls::server_tls(&ips)?;
+            let token = tls::new_token()?;
+            tls::write_service_account(dir, &token, &tls.ca_pem)?;
+            info!(dir = %dir.display(), "service account written (https, bearer token required)");
+            Some(Arc::new(Secure { acceptor: tls.acceptor, authorization: format!("Bearer {token}") }))
+        }
+    };
     let (objects, resource_version) = {
         let store = shared.store();
         (store.len(), store.resource_version())
     };
     info!(%addr, dir = %args.dir.display(), objects, resource_version, "fake API server listening");
     if let Some(path) = &args.write_kubeconfig {
-        write_kubeconfig(path, addr)?;
+        write_kubeconfig(path, addr, args.service_account_dir.as_deref())?;
         info!(path = %path.display(), "kubeconfig written");
     }
     tokio::spawn(poll(scanner, shared.clone(), Duration::from_millis(args.poll_ms.max(10))));
-    serve(listener, shared).await;
+    serve_with(listener, shared, secure).await;
     Ok(())
 }
 
-/// A kubeconfig for `http://<addr>` (no credentials), written in one step
-/// (temp file + rename) so a reader never sees half of it.
-pub fn write_kubeconfig(path: &Path, addr: SocketAddr) -> anyhow::Result<()> {
-    let text = kubeconfig(addr);
+/// https and the token every request must carry.
+pub struct Secure {
+    acceptor: tokio_rustls::TlsAcceptor,
+    /// The whole expected `Authorization` header value.
+    authorization: String,
+}
+
+/// A kubeconfig for the server at `addr`, written in one step (temp file +
+/// rename) so a reader never sees half of it: `http://` without
+/// credentials, or with a service account dir, `https://` with its CA and
+/// token.
+pub fn write_kubeconfig(path: &Path, addr: SocketAddr, service_account: Option<&Path>) -> anyhow::Result<()> {
+    let text = kubeconfig(addr, service_account);
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, text).with_context(|| format!("write {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("rename {} to {}", tmp.display(), path.display()))?;
     Ok(())
 }
 
-pub fn kubeconfig(addr: SocketAddr) -> String {
+pub fn kubeconfig(addr: SocketAddr, service_account: Option<&Path>) -> String {
+    let (server, ca, user) = match service_account {
+        None => (format!("http://{addr}"), String::new(), "{}".to_string()),
+        Some(dir) => (
+            format!("https://{addr}"),
+            format!("\n    certificate-authority: {}", dir.join("ca.crt").display()),
+            format!("\n    tokenFile: {}", dir.join("token").display()),
+        ),
+    };
     format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: weir-fake\n  cluster:\n    server: http://{addr}\n\
-         users:\n- name: weir-fake\n  user: {{}}\ncontexts:\n- name: weir-fake\n  context:\n    cluster: weir-fake\n    user: weir-fake\n\
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: weir-fake\n  cluster:\n    server: {server}{ca}\n\
+         users:\n- name: weir-fake\n  user: {user}\ncontexts:\n- name: weir-fake\n  context:\n    cluster: weir-fake\n    user: weir-fake\n\
          current-context: weir-fake\n"
     )
 }
@@ -173,6 +216,11 @@ async fn poll(mut scanner: Scanner, shared: Arc<Shared>, every: Duration) {
 }
 
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
+    serve_with(listener, shared, None).await
+}
+
+/// `serve`, over https with a bearer token when `secure` is given.
+pub async fn serve_with(listener: TcpListener, shared: Arc<Shared>, secure: Option<Arc<Secure>>) {
     loop {
         let (conn, peer) = match listener.accept().await {
             Ok(c) => c,
@@ -183,9 +231,22 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
             }
         };
         let shared = shared.clone();
+        let secure = secure.clone();
         tokio::spawn(async move {
-            let (rd, wr) = conn.into_split();
-            if let Err(e) = connection(rd, wr, &shared).await {
+            let result = match secure {
+                None => {
+                    let (rd, wr) = conn.into_split();
+                    connection(rd, wr, &shared, None).await
+                }
+                Some(secure) => match secure.acceptor.accept(conn).await {
+                    Ok(tls) => {
+                        let (rd, wr) = tokio::io::split(tls);
+                        connection(rd, wr, &shared, Some(&secure.authorization)).await
+                    }
+                    Err(e) => Err(e),
+                },
+            };
+            if let Err(e) = result {
                 debug!(%peer, error = %e, "connection ended");
             }
         });
@@ -200,11 +261,13 @@ struct Request {
     path: String,
     query: BTreeMap<String, String>,
     close: bool,
+    authorization: Option<String>,
 }
 
 /// HTTP/1.1 with keep-alive: requests one after the other on a connection
 /// (kube-rs's hyper pools them).
-async fn connection<R, W>(mut rd: R, mut wr: W, shared: &Shared) -> std::io::Result<()>
+/// With `authorization`, a request without that exact header gets 401.
+async fn connection<R, W>(mut rd: R, mut wr: W, shared: &Shared, authorization: Option<&str>) -> std::io::Result<()>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -213,7 +276,13 @@ where
     loop {
         let Some(req) = read_request(&mut rd, &mut buf).await? else { return Ok(()) };
         debug!(method = %req.method, path = %req.path, query = ?req.query, "request");
-        match route(&req, shared) {
+        let answer = match authorization {
+            Some(expected) if req.authorization.as_deref() != Some(expected) => {
+                ApiError::new(401, "Unauthorized", "a valid bearer token is required").into()
+            }
+            _ => route(&req, shared),
+        };
+        match answer {
             Answer::Json(code, body) => {
                 let body = serde_json::to_vec(&body).expect("JSON");
                 let head = format!(
@@ -274,6 +343,7 @@ async fn read_request<R: AsyncRead + Unpin>(rd: &mut R, buf: &mut Vec<u8>) -> st
     );
     let mut close = version == "HTTP/1.0";
     let mut body_len = 0usize;
+    let mut authorization = None;
     for line in lines {
         let Some((name, value)) = line.split_once(':') else { continue };
         let value = value.trim();
@@ -281,6 +351,8 @@ async fn read_request<R: AsyncRead + Unpin>(rd: &mut R, buf: &mut Vec<u8>) -> st
             close = value.eq_ignore_ascii_case("close");
         } else if name.eq_ignore_ascii_case("content-length") {
             body_len = value.parse().unwrap_or(0);
+        } else if name.eq_ignore_ascii_case("authorization") {
+            authorization = Some(value.to_string());
         }
     }
     // A body (there is none in a GET): read and dropped.
@@ -302,7 +374,7 @@ async fn read_request<R: AsyncRead + Unpin>(rd: &mut R, buf: &mut Vec<u8>) -> st
             (percent_decode(k), percent_decode(v))
         })
         .collect();
-    Ok(Some(Request { method, path: percent_decode(path), query, close }))
+    Ok(Some(Request { method, path: percent_decode(path), query, close, authorization }))
 }
 
 /// `application/x-www-form-urlencoded` decoding (`+` is a space).
@@ -335,6 +407,7 @@ fn reason_phrase(code: u16) -> &'static str {
         200 => "OK",
         400 => "Bad Request",
         404 => "Not Found",
+        401 => "Unauthorized",
         405 => "Method Not Allowed",
         410 => "Gone",
         503 => "Service Unavailable",

@@ -244,6 +244,8 @@ async fn start(dir: &Path) -> std::path::PathBuf {
         listen: "127.0.0.1:0".parse().unwrap(),
         poll_ms: 50,
         write_kubeconfig: Some(kubeconfig.clone()),
+        service_account_dir: None,
+        tls_san: vec![],
     };
     tokio::spawn(async move { run(args).await.unwrap() });
     for _ in 0..200 {
@@ -443,4 +445,64 @@ async fn the_kube_source_lists_and_watches_through_it() {
     seen.sort();
     assert_eq!(seen, ["pod deleted default/a", "slice default/web-1:1"]);
     source.abort();
+}
+
+/// The agent's client as a DaemonSet pod builds it (in-cluster files:
+/// token, ca.crt, namespace; https; the address from the
+/// k8s-service-host setting) against the server in its secure mode; a
+/// wrong token is refused with 401.
+#[tokio::test]
+async fn in_cluster_configuration_over_https_with_a_token() {
+    use k8s_openapi::api::core::v1::Node;
+
+    use crate::sources::{api_server::HostPort, kube::InClusterSettings};
+
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("m");
+    std::fs::create_dir(&dir).unwrap();
+    write(&dir, "nodes.yaml", NODES);
+    let sa = tmp.path().join("serviceaccount");
+    let kubeconfig = tmp.path().join("kubeconfig");
+    let args = Args {
+        dir: dir.clone(),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        poll_ms: 50,
+        write_kubeconfig: Some(kubeconfig.clone()),
+        service_account_dir: Some(sa.clone()),
+        tls_san: vec!["10.96.0.1".parse().unwrap()],
+    };
+    tokio::spawn(async move { run(args).await.unwrap() });
+    for _ in 0..500 {
+        if kubeconfig.exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let text = std::fs::read_to_string(&kubeconfig).expect("kubeconfig written");
+    let server = text.lines().find_map(|l| l.trim().strip_prefix("server: https://")).expect("https server").to_string();
+    let (host, port) = server.rsplit_once(':').unwrap();
+    for file in ["token", "ca.crt", "namespace"] {
+        assert!(sa.join(file).is_file(), "{file} written");
+    }
+    let settings = InClusterSettings {
+        setting: Some(HostPort { host: host.into(), port: port.parse().unwrap() }),
+        kubelet_kubeconfig: tmp.path().join("no-kubelet.conf"),
+        service_account_dir: sa.clone(),
+    };
+    let client = crate::sources::kube::client(None, &settings).await.unwrap();
+    let nodes = kube::Api::<Node>::all(client).list(&Default::default()).await.unwrap();
+    assert_eq!(nodes.items.len(), 2);
+
+    // The same, with a token the server did not issue.
+    let wrong = tmp.path().join("wrong-sa");
+    std::fs::create_dir(&wrong).unwrap();
+    for file in ["ca.crt", "namespace"] {
+        std::fs::copy(sa.join(file), wrong.join(file)).unwrap();
+    }
+    std::fs::write(wrong.join("token"), "not-the-token").unwrap();
+    let client = crate::sources::kube::client(None, &InClusterSettings { service_account_dir: wrong, ..settings }).await.unwrap();
+    match kube::Api::<Node>::all(client).list(&Default::default()).await {
+        Err(kube::Error::Api(status)) => assert_eq!(status.code, 401),
+        other => panic!("expected 401, got {other:?}"),
+    }
 }
