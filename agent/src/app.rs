@@ -29,13 +29,23 @@ pub async fn run(mut config: AgentConfig) -> anyhow::Result<()> {
         masquerade::ensure(config.plan.cluster_cidr).context("installing masquerade rules")?;
     }
     let mut datapath = Datapath::load(&config.bpf_pin_dir).context("loading the eBPF datapath")?;
-    if let Some(cgroup) = &config.socket_lb_cgroup {
-        // Without it pods still reach Services per packet; only processes
-        // on the node itself lose them. Loud, not fatal.
-        match datapath.attach_socket_lb(cgroup) {
-            Ok(()) => info!(cgroup = %cgroup.display(), "connect-time Service load balancing attached"),
-            Err(e) => warn!(error = %e, "connect-time Service load balancing disabled"),
-        }
+    // Without it pods still reach Services per packet; host-network pods
+    // and processes on the node itself lose them. Loud (log, /readyz,
+    // weir_socket_lb_enabled), not fatal.
+    let socket_lb = match &config.socket_lb_cgroup {
+        None => Err("turned off (--no-socket-lb)".to_string()),
+        Some(configured) => match crate::node::cgroup2::resolve(configured, &config.run_dir, &crate::node::cgroup2::HostFs) {
+            Err(e) => Err(e.to_string()),
+            Ok(root) => {
+                info!(cgroup = %root.path.display(), configured = %configured.display(), why = %root.found, "cgroup v2 root for connect-time Service load balancing");
+                datapath.attach_socket_lb(&root.path).map(|()| root.path.display().to_string()).map_err(|e| e.to_string())
+            }
+        },
+    };
+    match &socket_lb {
+        Ok(cgroup) => info!(%cgroup, "connect-time Service load balancing attached"),
+        Err(e) if config.socket_lb_cgroup.is_none() => info!(why = %e, "connect-time Service load balancing off"),
+        Err(e) => warn!(error = %e, "connect-time Service load balancing disabled"),
     }
     // Pods attached by a previous agent move to these programs.
     datapath.reattach_pods();
@@ -48,6 +58,7 @@ pub async fn run(mut config: AgentConfig) -> anyhow::Result<()> {
 
     let status = std::sync::Arc::new(crate::status::Status::default());
     status.beat();
+    status.set_socket_lb(socket_lb);
     let listener = tokio::net::TcpListener::bind(config.status_addr)
         .await
         .with_context(|| format!("binding the status endpoint {}", config.status_addr))?;

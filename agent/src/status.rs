@@ -44,6 +44,9 @@ pub struct Status {
     policy_names: Mutex<(BTreeMap<u32, String>, BTreeMap<u32, String>)>,
     /// weir-cni's per-command reports (`node::cni_metrics`).
     cni: Arc<crate::node::cni_metrics::CniMetrics>,
+    /// Connect-time Service load balancing: Ok(the cgroup it is attached
+    /// to) or Err(why it is off). Shown, never a reason to be unready.
+    socket_lb: Mutex<Option<Result<String, String>>>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -89,6 +92,20 @@ impl Status {
     /// Where the CNI metrics socket records weir-cni's reports.
     pub fn cni_metrics(&self) -> Arc<crate::node::cni_metrics::CniMetrics> {
         self.cni.clone()
+    }
+
+    pub fn set_socket_lb(&self, state: Result<String, String>) {
+        *self.socket_lb.lock().expect("lock") = Some(state);
+    }
+
+    /// The /readyz line about connect-time load balancing.
+    fn socket_lb_line(&self) -> Option<String> {
+        Some(match self.socket_lb.lock().expect("lock").as_ref()? {
+            Ok(cgroup) => format!("connect-time Service load balancing: on (cgroup {cgroup})"),
+            Err(why) => format!(
+                "connect-time Service load balancing: off ({why}); host-network pods and node processes cannot reach ClusterIPs"
+            ),
+        })
     }
 
     pub fn set_reachable(&self, kind: &str, ok: bool) {
@@ -148,6 +165,12 @@ impl Status {
         gauge("weir_policy_enforced_pods", "Local pods isolated by a NetworkPolicy in at least one direction.", g.policy.enforced_endpoints.to_string());
         gauge("weir_policy_pending_pods", "Local pods waiting for their policy (isolated meanwhile).", g.policy.pending_endpoints.to_string());
         gauge("weir_ready", "1 when the agent reports ready.", u8::from(self.not_ready().is_none()).to_string());
+        let socket_lb = matches!(*self.socket_lb.lock().expect("lock"), Some(Ok(_)));
+        gauge(
+            "weir_socket_lb_enabled",
+            "1 when connect-time Service load balancing is attached (without it host-network pods and node processes cannot reach ClusterIPs).",
+            u8::from(socket_lb).to_string(),
+        );
         let mut problems = self.problems.lock().expect("lock").clone();
         // Always there, so an alert on it needs no absent() twin.
         problems.entry("NetworkPolicy".into()).or_insert(0);
@@ -250,10 +273,13 @@ pub fn respond(status: &Status, path: &str, pin_dir: &std::path::Path) -> (&'sta
                 ("503 Service Unavailable", "text/plain", "main loop stalled\n".into())
             }
         }
-        "/readyz" => match status.not_ready() {
-            None => ("200 OK", "text/plain", "ready\n".into()),
-            Some(why) => ("503 Service Unavailable", "text/plain", format!("{why}\n")),
-        },
+        "/readyz" => {
+            let socket_lb = status.socket_lb_line().map(|l| format!("{l}\n")).unwrap_or_default();
+            match status.not_ready() {
+                None => ("200 OK", "text/plain", format!("ready\n{socket_lb}")),
+                Some(why) => ("503 Service Unavailable", "text/plain", format!("{why}\n{socket_lb}")),
+            }
+        }
         "/metrics" => ("200 OK", "text/plain; version=0.0.4", status.metrics(pin_dir)),
         _ => ("404 Not Found", "text/plain", "try /healthz, /readyz or /metrics\n".into()),
     }
@@ -311,6 +337,16 @@ mod tests {
         s.set_problems("NetworkPolicy", 2);
         assert!(respond(&s, "/metrics", path).2.contains("weir_object_problems{kind=\"NetworkPolicy\"} 2"));
         assert_eq!(respond(&s, "/nope", path).0, "404 Not Found");
+
+        // Connect-time load balancing off: visible, still ready.
+        assert!(respond(&s, "/metrics", path).2.contains("weir_socket_lb_enabled 0"));
+        s.set_socket_lb(Err("/sys/fs/cgroup is not a cgroup v2 mount".into()));
+        let (code, _, body) = respond(&s, "/readyz", path);
+        assert_eq!(code, "200 OK");
+        assert!(body.starts_with("ready\n") && body.contains("load balancing: off (/sys/fs/cgroup is not"), "{body}");
+        s.set_socket_lb(Ok("/sys/fs/cgroup/unified".into()));
+        assert!(respond(&s, "/readyz", path).2.contains("load balancing: on (cgroup /sys/fs/cgroup/unified)"));
+        assert!(respond(&s, "/metrics", path).2.contains("weir_socket_lb_enabled 1"));
 
         s.set_reachable("Service", false);
         let (code, _, why) = respond(&s, "/readyz", path);

@@ -4,7 +4,7 @@
 //! clients, and the only one for processes on the node itself (there is no
 //! route to a ClusterIP for the packet path to catch).
 use aya_ebpf::{
-    helpers::bpf_get_socket_cookie,
+    helpers::{bpf_get_socket_cookie, bpf_set_retval},
     macros::map,
     maps::LruHashMap,
     programs::SockAddrContext,
@@ -19,6 +19,9 @@ static WEIR_SOCK_REV: LruHashMap<SockRevKey, RevNat> = LruHashMap::pinned(262_14
 /// Verdicts of cgroup sock_addr programs.
 const ALLOW: i32 = 1;
 const REJECT: i32 = 0;
+/// What a refused connect()/sendmsg() returns: what kube-proxy's REJECT
+/// rule (and our per-packet ICMP port unreachable) make the client see.
+const ECONNREFUSED: i32 = 111;
 
 #[inline(always)]
 fn proto(ctx: &SockAddrContext) -> Option<u8> {
@@ -35,8 +38,15 @@ pub fn translate(ctx: &SockAddrContext) -> i32 {
     let (addr, port) = unsafe { ((*ctx.sock_addr).user_ip4, (*ctx.sock_addr).user_port as u16) };
     match lb::for_socket(addr, port, proto) {
         lb::SockOutcome::NotService => ALLOW,
-        // connect() fails at once (EPERM) instead of hanging.
-        lb::SockOutcome::NoBackend => REJECT,
+        lb::SockOutcome::NoBackend => {
+            // connect() and sendmsg() fail at once with ECONNREFUSED, as
+            // under kube-proxy. A rejecting verdict alone would be EPERM:
+            // the kernel returns the retval the programs set (5.18+, for
+            // these hooks), -EPERM if none did.
+            // Safety: helper on the current program run, no pointers.
+            unsafe { bpf_set_retval(-ECONNREFUSED) };
+            REJECT
+        }
         lb::SockOutcome::Backend { addr: baddr, port: bport } => {
             // Safety: the socket cookie helper takes the program's context.
             let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr as *mut _) };

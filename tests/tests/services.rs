@@ -317,3 +317,150 @@ fn processes_on_the_node_reach_a_cluster_ip() {
     assert_eq!(udp, Answer { server: "n1/b".into(), peer: VIP }, "UDP replies must come from the Service address");
     drop(agent);
 }
+
+/// Upstream's "[sig-network] Services should be rejected when no endpoints
+/// exist" (and "... for evicted pods (no endpoints exist)") in
+/// test/e2e/network/service.go: `agnhost connect --timeout=3s` to a
+/// Service without endpoints must fail with an error containing REFUSED,
+/// i.e. connect(2) returns ECONNREFUSED, not a timeout and not EPERM. Here
+/// through connect-time load balancing, where the per-packet path's ICMP
+/// cannot help (a node process has no veth; an unconnected UDP socket
+/// never hears of ICMP errors), from a process on the node and one in a
+/// pod, both in the cgroup it is attached to: TCP connect() and UDP
+/// sendto() fail with errno 111 exactly; once the Service has an endpoint,
+/// the same clients reach it.
+#[test]
+fn connect_time_balancing_refuses_services_without_endpoints() {
+    weir_testbed::privileged(&[tools::IP, tools::PYTHON3, tools::PORTMAP]);
+    let topo = Topology::builder("svc_sock_refuse").nodes(1).build().unwrap();
+    let cg_root = weir_testbed::cleanup::cgroup2_mount().expect("a cgroup v2 mount (socket load balancing needs one)");
+    let cgroup = cg_root.join(topo.prefix().child("n1-clients"));
+    std::fs::create_dir(&cgroup).unwrap();
+    let node = topo.node("n1");
+    let mut agent = Agent::spawn_with(node, topo.manifest_dir(), Some(&cgroup)).unwrap();
+    agent.wait_ready(Agent::ready_timeout()).unwrap();
+    let list = node.agent_conflist().unwrap();
+    let client_pod = Pod::create(node, "client", &list).unwrap();
+    let backend = Pod::create(node, "b", &list).unwrap();
+    let _server = echo::serve(&backend.netns, "n1/b", ECHO_PORT, &node.dirs.logs.join("echo-b.log"), false).unwrap();
+
+    let ports = [
+        SvcPort { name: "tcp", protocol: "TCP", port: ECHO_PORT, target_port: ECHO_PORT, node_port: None },
+        SvcPort { name: "udp", protocol: "UDP", port: ECHO_PORT, target_port: ECHO_PORT, node_port: None },
+    ];
+    let slice_ports = [("tcp", "TCP", ECHO_PORT), ("udp", "UDP", ECHO_PORT)];
+    let publish = |endpoints: &[(Ipv4Addr, &str)]| {
+        topo.write_manifest("svc-no-pods.yaml", &[service_yaml("no-pods", VIP, &ports, false), endpoint_slice_yaml("no-pods", &slice_ports, endpoints)])
+            .unwrap()
+    };
+    publish(&[]);
+
+    const ECONNREFUSED: &str = "[Errno 111]";
+    let clients = [("the node", &node.netns), ("a pod", &client_pod.netns)];
+    for (who, ns) in clients {
+        // Until the agent programs the Service: ENETUNREACH from the node
+        // (no route to the VIP), a timeout or ICMP from the pod.
+        let mut last = String::new();
+        for _ in 0..40 {
+            match echo::ask_from(ns, Some(&cgroup), "tcp", VIP, ECHO_PORT, "e") {
+                Ok(a) => panic!("a Service without endpoints answered {who}: {a:?}"),
+                Err(e) => last = format!("{e:#}"),
+            }
+            if last.contains(ECONNREFUSED) {
+                break;
+            }
+            thread::sleep(Duration::from_millis(250));
+        }
+        assert!(last.contains(&format!("ConnectionRefusedError: {ECONNREFUSED}")), "TCP connect from {who}: want ECONNREFUSED, got: {last}");
+        // sendto() itself fails: nothing else could report ECONNREFUSED to
+        // an unconnected UDP socket (recvfrom would time out).
+        let udp = echo::ask_from(ns, Some(&cgroup), "udp", VIP, ECHO_PORT, "e").unwrap_err();
+        let udp = format!("{udp:#}");
+        assert!(udp.contains(&format!("ConnectionRefusedError: {ECONNREFUSED}")), "UDP sendto from {who}: want ECONNREFUSED, got: {udp}");
+    }
+
+    // One endpoint: the same clients, in the same cgroup, get through.
+    publish(&[(backend.ip, "n1")]);
+    for (who, ns) in clients {
+        let mut last = None;
+        for _ in 0..40 {
+            match echo::ask_from(ns, Some(&cgroup), "tcp", VIP, ECHO_PORT, "t") {
+                Ok(a) => {
+                    assert_eq!(a, Answer { server: "n1/b".into(), peer: VIP }, "TCP from {who}");
+                    last = None;
+                    break;
+                }
+                Err(e) => last = Some(e),
+            }
+            thread::sleep(Duration::from_millis(250));
+        }
+        assert!(last.is_none(), "{who} never reached the Service once it had an endpoint: {:#}", last.unwrap());
+        let udp = echo::ask_from(ns, Some(&cgroup), "udp", VIP, ECHO_PORT, "u").unwrap();
+        assert_eq!(udp, Answer { server: "n1/b".into(), peer: VIP }, "UDP from {who}");
+    }
+    drop(agent);
+}
+
+/// A hybrid (cgroup v1) host's layout, as the DaemonSet sees it: the
+/// configured `--socket-lb-cgroup` is not cgroup v2, its `unified/` is.
+/// The agent attaches there instead of running without connect-time
+/// balancing, says so (log, /metrics, /readyz), and a process in that
+/// cgroup reaches a ClusterIP. The "host" here is a plain directory with a
+/// private cgroup bound at its `unified/`, under the test's scratch dir.
+#[test]
+fn connect_time_balancing_attaches_below_unified_on_a_hybrid_host() {
+    weir_testbed::privileged(&[tools::IP, tools::PYTHON3, tools::PORTMAP]);
+    let topo = Topology::builder("svc_sock_hybrid").nodes(1).build().unwrap();
+    let cg_root = weir_testbed::cleanup::cgroup2_mount().expect("a cgroup v2 mount (socket load balancing needs one)");
+    let cgroup = cg_root.join(topo.prefix().child("n1-unified"));
+    std::fs::create_dir(&cgroup).unwrap();
+    let host_cgroup = topo.root().join("host-sys-fs-cgroup");
+    let unified = host_cgroup.join("unified");
+    std::fs::create_dir_all(&unified).unwrap();
+    let bind = std::process::Command::new("mount").arg("--bind").arg(&cgroup).arg(&unified).status().unwrap();
+    assert!(bind.success(), "mount --bind {} {}", cgroup.display(), unified.display());
+    // Unmounted by the topology's cleanup too (everything under its root).
+    struct Unmount<'a>(&'a std::path::Path);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg("-l").arg(self.0).status();
+        }
+    }
+    let _unmount = Unmount(&unified);
+
+    let node = topo.node("n1");
+    let mut agent = Agent::spawn_with(node, topo.manifest_dir(), Some(&host_cgroup)).unwrap();
+    agent.wait_ready(Agent::ready_timeout()).unwrap();
+    let log = std::fs::read_to_string(agent.log_path()).unwrap();
+    assert!(log.contains("its unified/ is") && log.contains(&*unified.to_string_lossy()), "the log must say where and why: {log}");
+
+    let list = node.agent_conflist().unwrap();
+    let backend = Pod::create(node, "b", &list).unwrap();
+    let _server = echo::serve(&backend.netns, "n1/b", ECHO_PORT, &node.dirs.logs.join("echo-b.log"), false).unwrap();
+    let ports = [SvcPort { name: "tcp", protocol: "TCP", port: ECHO_PORT, target_port: ECHO_PORT, node_port: None }];
+    topo.write_manifest(
+        "svc-echo.yaml",
+        &[service_yaml("echo", VIP, &ports, false), endpoint_slice_yaml("echo", &[("tcp", "TCP", ECHO_PORT)], &[(backend.ip, "n1")])],
+    )
+    .unwrap();
+    let mut last = None;
+    for _ in 0..40 {
+        // Joins the cgroup through the "host's" unified/ path.
+        match echo::ask_from(&node.netns, Some(&unified), "tcp", VIP, ECHO_PORT, "h") {
+            Ok(a) => {
+                assert_eq!(a, Answer { server: "n1/b".into(), peer: VIP });
+                last = None;
+                break;
+            }
+            Err(e) => last = Some(e),
+        }
+        thread::sleep(Duration::from_millis(250));
+    }
+    assert!(last.is_none(), "the node never reached the ClusterIP: {:#}", last.unwrap());
+
+    let metrics = node.netns.curl("http://127.0.0.1:9878/metrics").unwrap();
+    assert!(metrics.contains("\nweir_socket_lb_enabled 1\n"), "{metrics}");
+    let ready = node.netns.curl("http://127.0.0.1:9878/readyz").unwrap();
+    assert!(ready.contains(&format!("load balancing: on (cgroup {})", unified.display())), "{ready}");
+    drop(agent);
+}

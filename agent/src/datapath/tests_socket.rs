@@ -1,10 +1,15 @@
 //! Connect-time load balancing through a real cgroup: a child process in a
 //! test-only cgroup v2 directory talks to a ClusterIP whose backends listen
-//! on loopback in the test process.
+//! on loopback in the test process. Not BPF_PROG_TEST_RUN: the kernel has
+//! no test run for cgroup sock_addr programs (their prog ops are empty:
+//! `bpf(BPF_PROG_TEST_RUN)` answers ENOTSUPP), so the verdicts, and the
+//! errno a refused connect()/sendmsg() returns, are seen from a real
+//! socket.
 use std::{
     collections::BTreeMap,
     io::Write as _,
     net::{Ipv4Addr, TcpListener, UdpSocket},
+    os::fd::AsFd as _,
     path::PathBuf,
     process::Command,
 };
@@ -71,6 +76,11 @@ try:
     print("empty connected")
 except OSError as e:
     print("empty refused", e.errno)
+try:
+    u.sendto(b"ping", ("10.96.0.10", 81))
+    print("empty udp sent")
+except OSError as e:
+    print("empty udp refused", e.errno)
 "#;
 
 #[test]
@@ -80,13 +90,23 @@ fn sockets_in_the_cgroup_reach_services_and_see_the_service_address() {
     let cg = TestCgroup::new();
     t.dp.attach_socket_lb(&cg.0).unwrap();
 
+    // Why this test uses a real socket: no test run for these programs.
+    let prog = t.dp.ebpf().program(weir_common::pin::PROG_SOCK_CONNECT4).unwrap();
+    let fd = prog.fd().unwrap().as_fd();
+    let err = super::prog_test_run::run(fd, &[0u8; 64], 1).err().map(|e| e.raw_os_error());
+    assert_eq!(err, Some(Some(524)), "BPF_PROG_TEST_RUN on a cgroup sock_addr program: want ENOTSUPP");
+
     let tcp = TcpListener::bind("127.0.0.1:0").unwrap();
     let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
     let (tcp_port, udp_port) = (tcp.local_addr().unwrap().port(), udp.local_addr().unwrap().port());
-    let want: BTreeMap<_, _> =
-        [frontend(Protocol::Tcp, 80, &[tcp_port]), frontend(Protocol::Udp, 53, &[udp_port]), frontend(Protocol::Tcp, 81, &[])]
-            .into_iter()
-            .collect();
+    let want: BTreeMap<_, _> = [
+        frontend(Protocol::Tcp, 80, &[tcp_port]),
+        frontend(Protocol::Udp, 53, &[udp_port]),
+        frontend(Protocol::Tcp, 81, &[]),
+        frontend(Protocol::Udp, 81, &[]),
+    ]
+    .into_iter()
+    .collect();
     let maps: &mut dyn LbMaps = &mut t.dp;
     assert!(LbProgrammer::default().apply(&want, true, maps).errors.is_empty());
 
@@ -103,6 +123,9 @@ fn sockets_in_the_cgroup_reach_services_and_see_the_service_address() {
     server.join().unwrap();
     assert!(stdout.contains("tcp hello ('10.96.0.10', 80)"), "{stdout}");
     assert!(stdout.contains("udp pong ('10.96.0.10', 53)"), "{stdout}");
-    // EPERM: refused at once, not a timeout.
-    assert!(stdout.contains("empty refused 1"), "{stdout}");
+    // ECONNREFUSED (111) from connect() and from an unconnected sendto(),
+    // as kube-proxy gives: at once, not a timeout, and not the EPERM a
+    // bare rejecting verdict would give.
+    assert!(stdout.contains("empty refused 111\n"), "{stdout}");
+    assert!(stdout.contains("empty udp refused 111\n"), "{stdout}");
 }
