@@ -9,11 +9,11 @@ use tracing::{error, info, info_span, warn};
 use crate::{
     config::AgentConfig,
     datapath::{Datapath, lb_maps::LbMaps as _, lb_programmer::LbProgrammer, policy_maps::PolicyMaps, policy_programmer::PolicyProgrammer},
-    model::{ClusterIndex, NodePlan, cni_conf, lb, plan},
+    model::{ClusterIndex, NodePlan, cni_conf, lb, plan, service::EndpointSliceInfo},
     services::ServiceSync,
     policy_sync::PolicySync,
     node::{files, masquerade, policy_socket, routes::Routes, sysctl},
-    sources::{self, SourceSpec, Update},
+    sources::{self, Change, SourceSpec, Update},
 };
 
 pub const READY_FILE: &str = "agent-ready";
@@ -201,6 +201,8 @@ struct Reconciler {
     /// Problems already reported, so each is logged once while it lasts.
     reported: BTreeSet<(String, String)>,
     ready: bool,
+    /// EndpointSlice changes not yet programmed (network programming latency).
+    programming: crate::status::ProgrammingClock,
 }
 
 impl Reconciler {
@@ -224,6 +226,7 @@ impl Reconciler {
             uplink: None,
             reported: BTreeSet::new(),
             ready: false,
+            programming: crate::status::ProgrammingClock::new(std::time::SystemTime::now()),
         }
     }
 
@@ -253,6 +256,18 @@ impl Reconciler {
                 self.services.mark_dirty(keys);
             }
             Update::EndpointSlices(c) => {
+                // A change's trigger time, once (a relist repeats the
+                // versions already programmed).
+                let new_versions: &[EndpointSliceInfo] = match &c {
+                    Change::Applied(slice) => std::slice::from_ref(slice),
+                    Change::Relisted(slices) | Change::RelistedKeeping { objects: slices, .. } => slices,
+                    Change::Deleted(_) => &[],
+                };
+                for slice in new_versions {
+                    if self.index.slice(&slice.key).map(|old| old.trigger_time) != Some(slice.trigger_time) {
+                        self.programming.note(slice.trigger_time);
+                    }
+                }
                 let keys = self.index.change_slices(c);
                 self.services.mark_dirty(keys);
             }
@@ -294,6 +309,9 @@ impl Reconciler {
                 addrs: me.and_then(|n| n.internal_ip).into_iter().collect(),
             };
             self.services.reconcile(&self.index, &node).await;
+        }
+        if !self.services.needs_work(&self.index) {
+            self.status.observe_programming(&self.programming.programmed(std::time::SystemTime::now()));
         }
         problems.extend(self.services.problems().cloned());
         if self.policy.needs_work(&self.index) {

@@ -58,6 +58,7 @@ fn slice(i: u32, endpoints: u32, generation: u32) -> EndpointSliceInfo {
                 SliceEndpoint { addresses: vec![addr], ready: true, serving: true, terminating: false, node_name: Some("bench-node".into()) }
             })
             .collect(),
+        trigger_time: None,
     }
 }
 

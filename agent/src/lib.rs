@@ -8,6 +8,7 @@ pub mod cleanup;
 pub mod config;
 pub mod datapath;
 pub mod fake_api;
+pub mod histogram;
 pub mod inspect;
 pub mod inspect_policy;
 pub mod model;

@@ -20,7 +20,7 @@ use tokio::{
 };
 use tracing::{debug, warn};
 
-use crate::datapath::loader::verdict_counts;
+use crate::{datapath::loader::verdict_counts, histogram::Histogram};
 
 const LIVENESS_WINDOW: Duration = Duration::from_secs(30);
 
@@ -47,6 +47,51 @@ pub struct Status {
     /// Connect-time Service load balancing: Ok(the cgroup it is attached
     /// to) or Err(why it is off). Shown, never a reason to be unready.
     socket_lb: Mutex<Option<Result<String, String>>>,
+    /// Unix milliseconds of the last reconcile that wrote everything.
+    last_clean_sync_ms: AtomicU64,
+    programming: Mutex<ProgrammingLatency>,
+}
+
+/// Buckets of `weir_network_programming_duration_seconds`: kube-proxy's
+/// `network_programming_duration_seconds` covers 0.25 s to 5 min; these
+/// start lower, since writing maps takes milliseconds.
+pub const PROGRAMMING_BUCKETS: [f64; 13] = [0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0];
+
+struct ProgrammingLatency(Histogram);
+
+impl Default for ProgrammingLatency {
+    fn default() -> Self {
+        Self(Histogram::new(&PROGRAMMING_BUCKETS))
+    }
+}
+
+/// EndpointSlice changes waiting for the datapath write that makes them
+/// effective: the time from each change (its
+/// `endpoints.kubernetes.io/last-change-trigger-time`) to the end of the
+/// first reconcile after it that left nothing unwritten, as kube-proxy
+/// measures network programming latency. Changes from before the agent
+/// started are not counted (their wait includes the agent's absence).
+#[derive(Debug)]
+pub struct ProgrammingClock {
+    started: SystemTime,
+    pending: Vec<SystemTime>,
+}
+
+impl ProgrammingClock {
+    pub fn new(started: SystemTime) -> Self {
+        Self { started, pending: Vec::new() }
+    }
+
+    pub fn note(&mut self, trigger_time: Option<SystemTime>) {
+        if let Some(t) = trigger_time.filter(|t| *t >= self.started) {
+            self.pending.push(t);
+        }
+    }
+
+    /// The latencies of every pending change, programmed at `now`.
+    pub fn programmed(&mut self, now: SystemTime) -> Vec<f64> {
+        self.pending.drain(..).map(|t| now.duration_since(t).unwrap_or_default().as_secs_f64()).collect()
+    }
 }
 
 #[derive(Clone, Debug, Default)]
@@ -81,8 +126,20 @@ impl Status {
             self.sync_errors.fetch_add(1, Ordering::Relaxed);
         }
         self.sync_ok.store(ok, Ordering::Relaxed);
+        if ok {
+            let ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+            self.last_clean_sync_ms.store(ms, Ordering::Relaxed);
+        }
         self.synced.store(synced, Ordering::Relaxed);
         *self.gauges.lock().expect("lock") = gauges;
+    }
+
+    /// Network programming latencies, in seconds (see `ProgrammingClock`).
+    pub fn observe_programming(&self, seconds: &[f64]) {
+        let mut h = self.programming.lock().expect("lock");
+        for s in seconds {
+            h.0.observe(*s);
+        }
     }
 
     pub fn set_policy_names(&self, slots: BTreeMap<u32, String>, endpoints: BTreeMap<u32, String>) {
@@ -195,6 +252,21 @@ impl Status {
             out,
             "# HELP weir_sync_errors_total Reconcile passes that left something unwritten.\n# TYPE weir_sync_errors_total counter\nweir_sync_errors_total {}",
             self.sync_errors.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP weir_sync_last_success_timestamp_seconds When a reconcile last wrote everything (Unix time; 0: never yet).\n# TYPE weir_sync_last_success_timestamp_seconds gauge\nweir_sync_last_success_timestamp_seconds {}",
+            self.last_clean_sync_ms.load(Ordering::Relaxed) as f64 / 1000.0
+        );
+        let _ = writeln!(
+            out,
+            "# HELP weir_network_programming_duration_seconds From an EndpointSlice change (its last-change-trigger-time) to the datapath write that makes it effective.\n# TYPE weir_network_programming_duration_seconds histogram"
+        );
+        self.programming.lock().expect("lock").0.render(&mut out, "weir_network_programming_duration_seconds", "");
+        let _ = writeln!(
+            out,
+            "# HELP weir_build_info The running agent's version (always 1).\n# TYPE weir_build_info gauge\nweir_build_info{{version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
         );
         self.cni.render(&mut out);
         match verdict_counts(pin_dir) {
@@ -354,6 +426,46 @@ mod tests {
         assert!(why.contains("watching Service"), "{why}");
         s.set_reachable("Service", true);
         assert_eq!(respond(&s, "/readyz", path).0, "200 OK");
+    }
+
+    /// What kube-proxy users look for on /metrics: the programming latency
+    /// histogram (kube-proxy's network_programming_duration_seconds), the
+    /// last successful sync, build info.
+    #[test]
+    fn programming_latency_last_sync_and_build_info() {
+        let start = UNIX_EPOCH + Duration::from_secs(1_000);
+        let mut clock = ProgrammingClock::new(start);
+        clock.note(Some(start - Duration::from_secs(5))); // before the agent: not counted
+        clock.note(None);
+        clock.note(Some(start + Duration::from_secs(10)));
+        clock.note(Some(start + Duration::from_millis(10_700)));
+        let seconds = clock.programmed(start + Duration::from_secs(11));
+        assert_eq!(seconds.len(), 2);
+        assert!((seconds[0] - 1.0).abs() < 1e-9 && (seconds[1] - 0.3).abs() < 1e-9, "{seconds:?}");
+        assert!(clock.programmed(start + Duration::from_secs(12)).is_empty(), "each change counts once");
+
+        let s = Status::default();
+        let path = std::path::Path::new("/nonexistent");
+        let metrics = respond(&s, "/metrics", path).2;
+        assert!(metrics.contains("weir_sync_last_success_timestamp_seconds 0\n"), "{metrics}");
+        assert!(metrics.contains("weir_network_programming_duration_seconds_count 0"), "{metrics}");
+        s.observe_programming(&seconds);
+        s.record_sync(Duration::from_millis(3), false, true, Gauges::default());
+        assert!(respond(&s, "/metrics", path).2.contains("weir_sync_last_success_timestamp_seconds 0\n"), "a failed sync is no success");
+        s.record_sync(Duration::from_millis(3), true, true, Gauges::default());
+        let metrics = respond(&s, "/metrics", path).2;
+        let last: f64 = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("weir_sync_last_success_timestamp_seconds "))
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((last - now() as f64).abs() < 5.0, "{last}");
+        assert!(metrics.contains("weir_network_programming_duration_seconds_bucket{le=\"0.25\"} 0"), "{metrics}");
+        assert!(metrics.contains("weir_network_programming_duration_seconds_bucket{le=\"0.5\"} 1"), "{metrics}");
+        assert!(metrics.contains("weir_network_programming_duration_seconds_bucket{le=\"1\"} 2"), "{metrics}");
+        assert!(metrics.contains("weir_network_programming_duration_seconds_count 2"), "{metrics}");
+        assert!(metrics.contains(&format!("weir_build_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION"))), "{metrics}");
     }
 
     #[test]

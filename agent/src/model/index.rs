@@ -205,6 +205,10 @@ impl ClusterIndex {
         self.slices.len()
     }
 
+    pub fn slice(&self, key: &str) -> Option<&EndpointSliceInfo> {
+        self.slices.get(key)
+    }
+
     /// The EndpointSlices of one Service.
     pub fn slices_of(&self, service: &str) -> Vec<&EndpointSliceInfo> {
         self.slices_by_service

@@ -127,6 +127,11 @@ pub struct EndpointSliceInfo {
     pub service: ObjectKey,
     pub ports: Vec<SlicePort>,
     pub endpoints: Vec<SliceEndpoint>,
+    /// When the change that made this version happened (the
+    /// `endpoints.kubernetes.io/last-change-trigger-time` annotation the
+    /// EndpointSlice controller sets): the start of the network
+    /// programming latency.
+    pub trigger_time: Option<std::time::SystemTime>,
 }
 
 #[cfg(test)]
@@ -151,7 +156,7 @@ pub mod build {
     }
 
     pub fn slice(key: &str, service: &str) -> EndpointSliceInfo {
-        EndpointSliceInfo { key: key.into(), service: service.into(), ports: vec![], endpoints: vec![] }
+        EndpointSliceInfo { key: key.into(), service: service.into(), ports: vec![], endpoints: vec![], trigger_time: None }
     }
 
     impl EndpointSliceInfo {

@@ -20,6 +20,8 @@ use std::{
 };
 
 use tokio::net::UnixDatagram;
+
+use crate::histogram::Histogram;
 use tracing::{debug, warn};
 
 pub const SOCKET_FILE: &str = "cni-metrics.sock";
@@ -64,23 +66,6 @@ pub fn parse(datagram: &[u8]) -> Result<Report, String> {
     Ok(report)
 }
 
-#[derive(Clone, Debug, Default, PartialEq)]
-struct Histogram {
-    /// Observations per bucket (not cumulative); the last slot is +Inf.
-    buckets: [u64; BUCKETS.len() + 1],
-    count: u64,
-    sum: f64,
-}
-
-impl Histogram {
-    fn observe(&mut self, seconds: f64) {
-        let slot = BUCKETS.iter().position(|&le| seconds <= le).unwrap_or(BUCKETS.len());
-        self.buckets[slot] += 1;
-        self.count += 1;
-        self.sum += seconds;
-    }
-}
-
 #[derive(Debug, Default)]
 struct Aggregate {
     operations: BTreeMap<(String, &'static str), u64>,
@@ -100,7 +85,7 @@ impl CniMetrics {
         let mut a = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let result = if report.ok() { "ok" } else { "error" };
         *a.operations.entry((report.command.clone(), result)).or_default() += 1;
-        a.durations.entry(report.command.clone()).or_default().observe(report.seconds);
+        a.durations.entry(report.command.clone()).or_insert_with(|| Histogram::new(&BUCKETS)).observe(report.seconds);
         if !report.ok() {
             *a.errors.entry((report.command.clone(), report.code)).or_default() += 1;
         }
@@ -126,19 +111,7 @@ impl CniMetrics {
             "# HELP weir_cni_operation_duration_seconds How long weir-cni took per command, from start to outcome.\n# TYPE weir_cni_operation_duration_seconds histogram"
         );
         for (command, h) in &a.durations {
-            let mut cumulative = 0;
-            for (le, n) in BUCKETS.iter().zip(&h.buckets) {
-                cumulative += n;
-                let _ = writeln!(
-                    out,
-                    "weir_cni_operation_duration_seconds_bucket{{command=\"{command}\",le=\"{le}\"}} {cumulative}"
-                );
-            }
-            let _ = writeln!(
-                out,
-                "weir_cni_operation_duration_seconds_bucket{{command=\"{command}\",le=\"+Inf\"}} {}\nweir_cni_operation_duration_seconds_sum{{command=\"{command}\"}} {}\nweir_cni_operation_duration_seconds_count{{command=\"{command}\"}} {}",
-                h.count, h.sum, h.count
-            );
+            h.render(out, "weir_cni_operation_duration_seconds", &format!("command=\"{command}\""));
         }
         let _ = writeln!(
             out,

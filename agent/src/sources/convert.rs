@@ -21,6 +21,10 @@ pub fn key(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) ->
     format!("{}/{}", meta.namespace.as_deref().unwrap_or("default"), meta.name.as_deref().unwrap_or_default())
 }
 
+/// When the change behind an EndpointSlice's current version happened
+/// (RFC 3339), set by the EndpointSlice controller.
+pub const LAST_CHANGE_TRIGGER_TIME: &str = "endpoints.kubernetes.io/last-change-trigger-time";
+
 /// The label EndpointSlices carry to name their Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
@@ -190,7 +194,14 @@ pub fn endpoint_slice(slice: &EndpointSlice) -> Option<EndpointSliceInfo> {
             }
         })
         .collect();
-    Some(EndpointSliceInfo { key: key(&slice.metadata), service: format!("{namespace}/{service}"), ports, endpoints })
+    let trigger_time = slice
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(LAST_CHANGE_TRIGGER_TIME))
+        .and_then(|t| t.parse::<k8s_openapi::jiff::Timestamp>().ok())
+        .map(std::time::SystemTime::from);
+    Some(EndpointSliceInfo { key: key(&slice.metadata), service: format!("{namespace}/{service}"), ports, endpoints, trigger_time })
 }
 
 /// Pod phases after which the pod's address is gone (and may be reused).
@@ -349,7 +360,8 @@ mod tests {
     fn endpoint_slice_conditions_default_per_api() {
         let es: EndpointSlice = serde_json::from_value(serde_json::json!({
             "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-            "metadata": {"name": "web-abc", "namespace": "shop", "labels": {"kubernetes.io/service-name": "web"}},
+            "metadata": {"name": "web-abc", "namespace": "shop", "labels": {"kubernetes.io/service-name": "web"},
+                         "annotations": {"endpoints.kubernetes.io/last-change-trigger-time": "2026-12-05T19:13:07Z"}},
             "addressType": "IPv4",
             "ports": [{"name": "http", "port": 8080}],
             "endpoints": [
@@ -360,6 +372,8 @@ mod tests {
         .unwrap();
         let info = endpoint_slice(&es).unwrap();
         assert_eq!(info.service, "shop/web");
+        let t = info.trigger_time.unwrap().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+        assert_eq!(t, 1_796_497_987, "2026-12-05T19:13:07Z");
         assert_eq!(info.ports[0].port, 8080);
         assert_eq!(info.ports[0].protocol, Protocol::Tcp);
         let e = &info.endpoints;
