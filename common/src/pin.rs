@@ -39,6 +39,8 @@ pub const MAP_SOCK_REVNAT: &str = "WEIR_SOCK_REV";
 
 /// tc ingress of the node's uplink (the interface holding its InternalIP).
 pub const PROG_FROM_NETDEV: &str = "weir_from_netdev";
+/// tc egress of the uplink: replies of backends on the node's own stack.
+pub const PROG_TO_NETDEV: &str = "weir_to_netdev";
 
 /// Link pins are `<pin dir>/links/<host veth><suffix>`.
 pub const LINK_SUFFIX_FROM_POD: &str = "_in";

@@ -218,6 +218,10 @@ pub enum ReplyHook {
     FromBackend,
     /// Entering the client pod (tc egress of its veth): replies to pods.
     ToClient,
+    /// Leaving the node by its uplink (tc egress): replies to external
+    /// clients of backends on the node's own network stack (endpoints whose
+    /// address is the node's: hostNetwork pods), which cross no veth.
+    FromHost,
 }
 
 /// Reply of a translated flow that was not source-translated on the
@@ -233,17 +237,21 @@ pub fn reverse(ctx: &TcContext, flow: &Flow, hook: ReplyHook) -> Result<Reversed
     if ct.flags & CtEntry::FLAG_SNAT != 0 {
         return Ok(Reversed::No);
     }
-    // Pod clients get their replies translated at their own veth.
+    // Pod clients get their replies translated at their own veth; a
+    // hairpinned flow never leaves the node.
     let pod_client = ct.flags & CtEntry::FLAG_POD_CLIENT != 0;
-    if hook == ReplyHook::FromBackend && pod_client {
-        return Ok(Reversed::No);
+    let hairpin = ct.flags & CtEntry::FLAG_HAIRPIN != 0;
+    match hook {
+        ReplyHook::FromBackend if pod_client => return Ok(Reversed::No),
+        ReplyHook::FromHost if pod_client || hairpin => return Ok(Reversed::No),
+        _ => {}
     }
     let Some(rn) = rev_nat(ct.rev_nat_id) else {
         return Ok(Reversed::No);
     };
     // Only while the flow lives: a later connection that reuses the tuple
     // (a direct one to the same backend, say) must not be rewritten.
-    let (client, client_port) = if ct.flags & CtEntry::FLAG_HAIRPIN != 0 {
+    let (client, client_port) = if hairpin {
         (ct.nat_addr, ct.nat_port)
     } else {
         (flow.daddr, flow.dport)
@@ -252,13 +260,17 @@ pub fn reverse(ctx: &TcContext, flow: &Flow, hook: ReplyHook) -> Result<Reversed
         conntrack::remove(&conntrack::as_reply(flow));
         return Ok(Reversed::No);
     }
-    if ct.flags & CtEntry::FLAG_HAIRPIN != 0 {
+    if hairpin {
         // Back to the pod itself, from the frontend.
         nat::dnat(ctx, flow, ct.nat_addr, ct.nat_port)?;
         nat::snat(ctx, flow, rn.addr, rn.port)?;
         return Ok(Reversed::Hairpin);
     }
     nat::snat(ctx, flow, rn.addr, rn.port)?;
+    // Already routed out of the uplink: the caller lets it go.
+    if hook == ReplyHook::FromHost {
+        return Ok(Reversed::Yes);
+    }
     if WEIR_NODE.get(0).is_some_and(|node| node.node_addr == rn.addr) {
         return Ok(Reversed::ToUplink);
     }

@@ -15,6 +15,7 @@ mod packet;
 mod policy;
 mod reject;
 mod sock_lb;
+mod to_netdev;
 mod to_pod;
 
 use aya_ebpf::{
@@ -32,6 +33,12 @@ pub fn weir_from_pod(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn weir_from_netdev(ctx: TcContext) -> i32 {
     from_netdev::handle(&ctx)
+}
+
+/// tc egress of the node's uplink: replies of host-network backends.
+#[classifier]
+pub fn weir_to_netdev(ctx: TcContext) -> i32 {
+    to_netdev::handle(&ctx)
 }
 
 /// tc egress of a pod's host-side veth: every packet the pod receives.

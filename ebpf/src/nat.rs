@@ -47,7 +47,9 @@ fn rewrite(ctx: &TcContext, flow: &Flow, side: Side, addr: u32, port: u16) -> Re
         ctx.l3_csum_replace(IP_CSUM_OFF, old_addr as u64, addr as u64, 4).map_err(fail)?;
         ctx.store(addr_off, &addr, 0).map_err(fail)?;
     }
-    if old_port != port {
+    // A later fragment has no transport header: its address is all there
+    // is to rewrite.
+    if old_port != port && flow.l4_off != 0 {
         ctx.store(port_off, &port, 0).map_err(fail)?;
     }
     Ok(())

@@ -3,6 +3,8 @@
 use aya_ebpf::{
     bindings::TC_ACT_SHOT,
     helpers::{bpf_redirect, bpf_redirect_neigh},
+    macros::map,
+    maps::LruHashMap,
     programs::TcContext,
 };
 use network_types::{eth::EthHdr, ip::Ipv4Hdr};
@@ -16,9 +18,37 @@ pub const IP_OFF: usize = EthHdr::LEN;
 pub const IP_CSUM_OFF: usize = IP_OFF + 10;
 pub const IP_SRC_OFF: usize = IP_OFF + 12;
 pub const IP_DST_OFF: usize = IP_OFF + 16;
+/// IPv4 flags and fragment offset (host order): more fragments follow;
+/// the offset of this fragment in 8-byte units.
+const MORE_FRAGMENTS: u16 = 0x2000;
+const FRAG_OFFSET_MASK: u16 = 0x1fff;
 
-/// An IPv4 packet's addresses, and ports for TCP, UDP and SCTP (first
-/// fragment only). Addresses and ports in network byte order.
+/// A fragmented datagram as one hook sees it: (source, destination, IP ID,
+/// protocol), the fields that tie its fragments together.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct FragKey {
+    saddr: u32,
+    daddr: u32,
+    id: u16,
+    proto: u8,
+    _pad: u8,
+}
+
+/// The ports of fragmented datagrams, recorded from their first fragment
+/// (the only one with a transport header) for the fragments that follow:
+/// these must be translated like the first, or the receiver cannot put the
+/// datagram together again (a large UDP request to a Service, or its
+/// reply). Entries live until the LRU needs the room: every hook that sees
+/// a first fragment rewrites its entry, and a datagram's fragments pass in
+/// a moment. Not pinned: a restart loses only datagrams in flight.
+#[map]
+static WEIR_FRAGS: LruHashMap<FragKey, [u16; 2]> = LruHashMap::with_max_entries(8192, 0);
+
+/// An IPv4 packet's addresses, and ports for TCP, UDP and SCTP (a later
+/// fragment has the ports of its datagram's first fragment, when this hook
+/// saw it, but no transport header). Addresses and ports in network byte
+/// order.
 #[derive(Clone, Copy)]
 pub struct Flow {
     pub saddr: u32,
@@ -26,7 +56,8 @@ pub struct Flow {
     pub sport: u16,
     pub dport: u16,
     pub proto: u8,
-    /// 0 when the packet has no transport header to translate.
+    /// 0 when the packet has no transport header to translate (a later
+    /// fragment, or a protocol without ports).
     pub l4_off: usize,
     /// TCP flags byte (0 for other protocols).
     pub tcp_flags: u8,
@@ -38,14 +69,22 @@ pub const TCP_SYN: u8 = 0x02;
 pub const TCP_ACK: u8 = 0x10;
 
 impl Flow {
+    /// Whether the ports are known: from the transport header, or for a
+    /// later fragment from its first one (port 0 is no port: nothing listens
+    /// there).
     pub fn has_ports(&self) -> bool {
-        self.l4_off != 0
+        self.l4_off != 0 || self.sport != 0 || self.dport != 0
     }
 
     /// Offset of the transport checksum, for protocols with a pseudo-header
     /// checksum (SCTP's CRC32c covers neither addresses nor, here, changed
-    /// ports: the agent refuses SCTP port remapping).
+    /// ports: the agent refuses SCTP port remapping). None without a
+    /// transport header (a later fragment: the first one carries the
+    /// datagram's checksum).
     pub fn l4_csum_off(&self) -> Option<usize> {
+        if self.l4_off == 0 {
+            return None;
+        }
         match self.proto {
             PROTO_TCP => Some(self.l4_off + 16),
             PROTO_UDP => Some(self.l4_off + 6),
@@ -76,17 +115,35 @@ pub fn parse(ctx: &TcContext) -> Result<Option<Flow>, DropReason> {
         l4_off: 0,
         tcp_flags: 0,
     };
-    // Only the first fragment carries ports (fragment offset 0).
-    let frag_off = u16::from_be_bytes(ip.frags) & 0x1fff;
-    if frag_off == 0 && matches!(flow.proto, PROTO_TCP | PROTO_UDP | PROTO_SCTP) {
-        let l4_off = IP_OFF + ip.ihl() as usize;
-        let ports = ctx.load::<[u16; 2]>(l4_off).map_err(|_| DropReason::Malformed)?;
-        flow.sport = ports[0];
-        flow.dport = ports[1];
-        flow.l4_off = l4_off;
-        if flow.proto == PROTO_TCP {
-            flow.tcp_flags = ctx.load::<u8>(l4_off + 13).map_err(|_| DropReason::Malformed)?;
+    if !matches!(flow.proto, PROTO_TCP | PROTO_UDP | PROTO_SCTP) {
+        return Ok(Some(flow));
+    }
+    // Only the first fragment (offset 0) carries ports; the others get
+    // them from it.
+    let frags = u16::from_be_bytes(ip.frags);
+    let frag_off = frags & FRAG_OFFSET_MASK;
+    let fragmented = frag_off != 0 || frags & MORE_FRAGMENTS != 0;
+    let key = FragKey { saddr: flow.saddr, daddr: flow.daddr, id: u16::from_ne_bytes(ip.id), proto: flow.proto, _pad: 0 };
+    if frag_off != 0 {
+        // Safety: copied out at once.
+        if let Some(ports) = unsafe { WEIR_FRAGS.get(&key) }.copied() {
+            flow.sport = ports[0];
+            flow.dport = ports[1];
         }
+        return Ok(Some(flow));
+    }
+    let l4_off = IP_OFF + ip.ihl() as usize;
+    let ports = ctx.load::<[u16; 2]>(l4_off).map_err(|_| DropReason::Malformed)?;
+    flow.sport = ports[0];
+    flow.dport = ports[1];
+    flow.l4_off = l4_off;
+    if flow.proto == PROTO_TCP {
+        flow.tcp_flags = ctx.load::<u8>(l4_off + 13).map_err(|_| DropReason::Malformed)?;
+    }
+    if fragmented {
+        // An LRU map evicts instead of failing; a lost entry costs only
+        // this datagram.
+        let _ = WEIR_FRAGS.insert(&key, &ports, 0);
     }
     Ok(Some(flow))
 }

@@ -51,6 +51,7 @@ impl Datapath {
         dp.pin_classifier(pin::PROG_FROM_POD)?;
         dp.pin_classifier(pin::PROG_TO_POD)?;
         dp.pin_classifier(pin::PROG_FROM_NETDEV)?;
+        dp.pin_classifier(pin::PROG_TO_NETDEV)?;
         info!(pin_dir = %pin_dir.display(), "datapath loaded and pinned");
         Ok(dp)
     }

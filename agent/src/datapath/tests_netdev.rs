@@ -155,3 +155,80 @@ fn uplink_leaves_other_traffic_alone() {
         assert_eq!((rc, out), (TC_ACT_OK, pkt));
     }
 }
+
+/// A backend on the node's own stack: a hostNetwork endpoint, whose address
+/// is the node's. Its replies cross no veth; they leave by the uplink, whose
+/// egress program puts the NodePort back.
+#[test]
+#[ignore = "privileged: needs root and bpffs; `cargo xtask test` runs it as root"]
+fn node_port_to_a_host_network_backend_is_reversed_on_the_uplink_egress() {
+    let mut t = TestDatapath::load();
+    program(&mut t, &[node_port(vec![(NODE, true), (REMOTE_POD, false)])]);
+
+    // Until one flow lands on the host backend (the other is remote).
+    let mut sport = 50000;
+    let out = loop {
+        let (rc, out) = run(&t, pin::PROG_FROM_NETDEV, &packet(6, CLIENT, sport, NODE, 30080));
+        if rc == TC_ACT_OK {
+            break out;
+        }
+        assert_eq!(rc, TC_ACT_REDIRECT, "the remote backend, through SNAT");
+        sport += 1;
+        assert!(sport < 50064, "64 flows never chose the host backend");
+    };
+    let p = parse(&out);
+    assert_eq!((p.src, p.sport, p.dst, p.dport), (CLIENT, sport, NODE, 8080), "on to the node's own stack");
+
+    // The node's reply, leaving by the uplink, comes from the NodePort.
+    let (rc, out) = run(&t, pin::PROG_TO_NETDEV, &packet(6, NODE, 8080, CLIENT, sport));
+    assert_eq!(rc, TC_ACT_OK, "already routed: it goes on");
+    let p = parse(&out);
+    assert_eq!((p.src, p.sport, p.dst, p.dport), (NODE, 30080, CLIENT, sport));
+
+    // The node's own traffic, and replies translated earlier, pass as they are.
+    for pkt in [packet(6, NODE, 8080, CLIENT, sport + 100), packet(6, NODE, 30080, CLIENT, sport), packet(17, NODE, 53, CLIENT, 40000)] {
+        assert_eq!(run(&t, pin::PROG_TO_NETDEV, &pkt), (TC_ACT_OK, pkt));
+    }
+
+    // Once the client resets the flow, a new connection on the same tuple
+    // (to the host directly) is not rewritten.
+    run(&t, pin::PROG_FROM_NETDEV, &super::tests_lb::packet_with_flags(6, CLIENT, sport, NODE, 30080, 0x04));
+    let reply = packet(6, NODE, 8080, CLIENT, sport);
+    assert_eq!(run(&t, pin::PROG_TO_NETDEV, &reply), (TC_ACT_OK, reply));
+}
+
+/// Replies that are someone else's to translate are left alone on the
+/// uplink: a local pod's flow to a host-network backend (translated at the
+/// pod's veth) and a NodePort flow to a local pod (translated as it left
+/// the pod).
+#[test]
+#[ignore = "privileged: needs root and bpffs; `cargo xtask test` runs it as root"]
+fn uplink_egress_leaves_pod_client_and_pod_backend_replies_alone() {
+    let mut t = TestDatapath::load();
+    add_endpoint(&mut t, LOOPBACK, LOCAL_POD);
+    let vip = [10, 96, 0, 10];
+    program(
+        &mut t,
+        &[
+            Fe { addr: vip, port: 80, kind: FrontendKind::ClusterIp, backends: vec![(NODE, true)], ranges: vec![], local_only: false },
+            node_port(vec![(LOCAL_POD, true)]),
+        ],
+    );
+
+    // A pod on this node to the ClusterIP, whose backend is the node.
+    let p = parse(&run(&t, pin::PROG_FROM_POD, &packet(6, LOCAL_POD, 40000, vip, 80)).1);
+    assert_eq!((p.dst, p.dport), (NODE, 8080));
+    let reply = packet(6, NODE, 8080, LOCAL_POD, 40000);
+    assert_eq!(run(&t, pin::PROG_TO_NETDEV, &reply), (TC_ACT_OK, reply.clone()), "a pod client's reply is translated at its veth");
+    let p = parse(&run(&t, pin::PROG_TO_POD, &reply).1);
+    assert_eq!((p.src, p.sport), (vip, 80));
+
+    // An external client to the NodePort, whose backend is the local pod:
+    // reversed as it leaves the pod, then untouched on the uplink.
+    run(&t, pin::PROG_FROM_NETDEV, &packet(6, CLIENT, 50000, NODE, 30080));
+    let (rc, out) = run(&t, pin::PROG_FROM_POD, &packet(6, LOCAL_POD, 8080, CLIENT, 50000));
+    assert_eq!(rc, TC_ACT_REDIRECT);
+    assert_eq!(run(&t, pin::PROG_TO_NETDEV, &out), (TC_ACT_OK, out.clone()));
+    let p = parse(&out);
+    assert_eq!((p.src, p.sport, p.dst, p.dport), (NODE, 30080, CLIENT, 50000));
+}
