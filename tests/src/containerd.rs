@@ -127,6 +127,33 @@ impl Containerd {
         self.dir.join("runc")
     }
 
+    /// A `ctr run ...` command (args after `run`) without CNI: the
+    /// container gets a network namespace of its own holding only
+    /// loopback, inside the node's (nothing reaches the root namespace).
+    pub fn ctr_run(&self, run_args: &[&str]) -> Result<Command> {
+        let mut cmd = self.ctr_command()?;
+        cmd.args(["run", "--snapshotter", "native", "--runc-root"])
+            .arg(self.runc_root())
+            .args(run_args);
+        Ok(cmd)
+    }
+
+    /// `ctr images ls`: (name, manifest digest) of every image.
+    pub fn images(&self) -> Result<Vec<(String, String)>> {
+        let out = self.ctr(&["images", "ls"], Duration::from_secs(30))?;
+        Ok(out
+            .lines()
+            .skip(1)
+            .filter_map(|l| {
+                let mut cols = l.split_whitespace();
+                let name = cols.next()?;
+                let _media_type = cols.next()?;
+                let digest = cols.next()?;
+                Some((name.to_string(), digest.to_string()))
+            })
+            .collect())
+    }
+
     /// A `ctr run --cni ...` command (args after `run`), inside a private
     /// mount namespace where `conf_dir` is /etc/cni/net.d and `bin_dir` is
     /// /opt/cni/bin.

@@ -43,9 +43,12 @@ pub const CC: Tool = tool("cc", "gcc");
 pub const BASE: &[Tool] = &[IP, PING, CURL, BUSYBOX, SYSCTL, MOUNT];
 
 /// Everything `cargo xtask setup` makes sure of.
+/// The CA bundle `cargo xtask image` puts in the image.
+pub const CA_CERTIFICATES: Tool = tool("/etc/ssl/certs/ca-certificates.crt", "ca-certificates");
+
 pub const ALL: &[Tool] = &[
     IP, PING, CURL, NSENTER, UNSHARE, BUSYBOX, PORTMAP, BRIDGE, HOST_LOCAL, CONTAINERD, CTR, RUNC,
-    IPTABLES, IPVSADM, CONNTRACK, BPFTOOL, MOUNT, SYSCTL, PYTHON3, CC,
+    IPTABLES, IPVSADM, CONNTRACK, BPFTOOL, MOUNT, SYSCTL, PYTHON3, CC, CA_CERTIFICATES,
 ];
 
 impl Tool {

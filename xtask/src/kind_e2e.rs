@@ -1,9 +1,10 @@
 //! `cargo xtask kind-e2e`: weir on a real Kubernetes cluster (kind).
 //!
-//! Builds the image from manifests/Dockerfile, creates a kind cluster from
-//! manifests/kind-config.yaml (a control plane and two workers, no default
-//! CNI, no kube-proxy), loads the image into the nodes, applies
-//! manifests/weir.yaml, waits for the DaemonSet and the nodes, then checks
+//! Builds the image archive (`cargo xtask image`, no docker build), creates a
+//! kind cluster from manifests/kind-config.yaml (a control plane and two
+//! workers, no default CNI, no kube-proxy), loads the image into the nodes
+//! (`kind load image-archive`), applies manifests/weir.yaml with the API
+//! server's address in its ConfigMap, waits for the DaemonSet and the nodes, then checks
 //! on the cluster: pods on two nodes, ping and HTTP between them, a
 //! ClusterIP Service (by address and by DNS name), a NodePort from other
 //! nodes, and NetworkPolicy (default-deny ingress blocks, an allow policy
@@ -20,7 +21,7 @@
 use std::{
     collections::BTreeSet,
     path::Path,
-    process::{Command, ExitCode, Stdio},
+    process::{Command, ExitCode},
     thread,
     time::{Duration, Instant},
 };
@@ -50,7 +51,8 @@ pub struct KindE2eArgs {
     /// Name of the kind cluster (must not exist yet).
     #[arg(long, default_value = "weir-e2e")]
     name: String,
-    /// Do not build the weir image: use the one already in the local docker.
+    /// Do not build the weir image: use the archive an earlier run (or
+    /// `cargo xtask image`) left at <target dir>/weir-image.tar.
     #[arg(long)]
     no_build: bool,
     /// Image of the test pods: needs sh, httpd, wget and ping (busybox).
@@ -196,13 +198,17 @@ pub fn run(args: KindE2eArgs) -> Result<ExitCode> {
     };
     let mut steps = Steps::default();
 
+    // The image is an OCI archive built without docker (`cargo xtask
+    // image`), loaded into the nodes with `kind load image-archive`.
+    let archive = bins::target_dir().join("weir-image.tar");
     if args.no_build {
-        steps.next(&format!("use the existing image {WEIR_IMAGE} (--no-build)"));
-        must(Command::new("docker").args(["image", "inspect", "--format", "{{.Id}}", WEIR_IMAGE]))
-            .with_context(|| format!("{WEIR_IMAGE} is not in the local docker; run without --no-build"))?;
+        steps.next(&format!("use the existing image archive {} (--no-build)", archive.display()));
+        if !archive.is_file() {
+            bail!("{} does not exist; run without --no-build (or `cargo xtask image`)", archive.display());
+        }
     } else {
-        steps.next(&format!("build {WEIR_IMAGE} from manifests/Dockerfile"));
-        build_image(&root)?;
+        steps.next(&format!("build {WEIR_IMAGE} as {} (cargo xtask image)", archive.display()));
+        crate::image::build_default(&archive)?;
     }
 
     steps.next(&format!("make the test pod image {} available", args.test_image));
@@ -285,9 +291,9 @@ pub fn run(args: KindE2eArgs) -> Result<ExitCode> {
 /// are all tried and collected.
 fn on_cluster(cluster: &Cluster, args: &KindE2eArgs, root: &Path, steps: &mut Steps) -> Result<Vec<Check>> {
     steps.next("load the images into the kind nodes");
-    for image in [WEIR_IMAGE, args.test_image.as_str()] {
-        must(Command::new("kind").args(["load", "docker-image", image, "--name", &cluster.name]))?;
-    }
+    let archive = bins::target_dir().join("weir-image.tar");
+    must(Command::new("kind").arg("load").arg("image-archive").arg(&archive).args(["--name", &cluster.name]))?;
+    must(Command::new("kind").args(["load", "docker-image", args.test_image.as_str(), "--name", &cluster.name]))?;
 
     steps.next("mount bpffs on every node (kind nodes start without it)");
     let nodes = exec::run(Command::new("kind").args(["get", "nodes", "--name", &cluster.name]), SHORT)?;
@@ -856,30 +862,6 @@ impl Steps {
 /// Runs with the output on the terminal; a non-zero exit is an error.
 fn must(cmd: &mut Command) -> Result<()> {
     crate::cargo::must(cmd)
-}
-
-/// `docker build` with the workspace (less target/ and .git, which can be
-/// many GB) streamed as the build context.
-fn build_image(root: &Path) -> Result<()> {
-    let mut tar = Command::new("tar");
-    tar.args(["-c", "--exclude=./target", "--exclude-vcs", "-C"])
-        .arg(root)
-        .arg(".")
-        .stdout(Stdio::piped());
-    let mut build = Command::new("docker");
-    build.args(["build", "-f", "manifests/Dockerfile", "-t", WEIR_IMAGE, "-"]);
-    println!("==> {} | {}", exec::describe(&tar), exec::describe(&build));
-    let mut tar_child = tar.spawn().context("cannot start tar")?;
-    let context = tar_child.stdout.take().expect("piped stdout");
-    let built = build.stdin(context).status().context("cannot start docker build")?;
-    let packed = tar_child.wait().context("waiting for tar")?;
-    if !packed.success() {
-        bail!("tar of the build context failed ({packed})");
-    }
-    if !built.success() {
-        bail!("docker build failed ({built})");
-    }
-    Ok(())
 }
 
 /// The manifest with the ConfigMap's API server address filled in.

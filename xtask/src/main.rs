@@ -2,6 +2,7 @@
 
 mod bench;
 mod cargo;
+mod image;
 mod kind_e2e;
 mod matrix;
 mod sandbox;
@@ -36,6 +37,11 @@ enum Command {
         #[command(subcommand)]
         which: bench::Which,
     },
+    /// weir's container image as an archive, without a Docker engine: an OCI
+    /// layout (+ docker's manifest.json) from the release binaries, iptables,
+    /// busybox and CA certificates of this host. `ctr images import`,
+    /// `kind load image-archive` and `docker load` take it.
+    Image(image::ImageArgs),
     /// weir on a kind cluster (docker, kind, kubectl): build the image,
     /// create the cluster, install, check pods, Services, NetworkPolicy.
     /// Exits 2 without testing anything when a prerequisite is missing.
@@ -49,6 +55,7 @@ fn main() -> ExitCode {
         Command::Test(args) => test_suite::run(args),
         Command::Sandbox(args) => sandbox::run(args),
         Command::Bench { which } => bench::run(which).map(|_| ExitCode::SUCCESS),
+        Command::Image(args) => image::run(args),
         Command::KindE2e(args) => kind_e2e::run(args),
     };
     match outcome {
