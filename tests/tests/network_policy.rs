@@ -31,9 +31,9 @@ use k8s_openapi::api::{
     networking::v1::NetworkPolicy,
 };
 use serde_json::{Value, json};
+use weir_agent::sources::convert::policy as convert;
 use weir_agent::model::{
     policy::{
-        convert,
         evaluate::{Peer, PolicyView, evaluate},
         types::{NamespaceInfo, NetworkPolicyInfo, PodInfo},
     },

@@ -7,7 +7,6 @@ pub mod index;
 pub mod lb;
 pub mod node;
 pub mod plan;
-#[allow(dead_code)] // wired into the agent with the datapath (issue 4)
 pub mod policy;
 pub mod service;
 

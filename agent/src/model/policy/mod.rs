@@ -4,7 +4,6 @@
 //! are tested against, and what an operator asks through the agent.
 
 pub mod compile;
-pub mod convert;
 pub mod evaluate;
 pub mod identity;
 pub mod keys;

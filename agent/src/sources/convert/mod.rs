@@ -6,13 +6,14 @@ use k8s_openapi::api::{
     discovery::v1::EndpointSlice,
 };
 
-// Namespaces and NetworkPolicies convert in the policy model (tested there);
-// a NetworkPolicy that cannot be read in full arrives as its deny-all
+pub mod policy;
+
+// A NetworkPolicy that cannot be read in full arrives as its deny-all
 // reading, never dropped.
-pub use crate::model::policy::convert::{namespace, network_policy_or_deny};
+pub use policy::{namespace, network_policy_or_deny};
 use crate::model::{
     NodeInfo,
-    policy::{self, types::PodInfo},
+    policy::types::PodInfo,
     service::{EndpointSliceInfo, Protocol, ServiceInfo, ServicePort, ServiceType, SliceEndpoint, SlicePort},
 };
 
@@ -228,7 +229,7 @@ pub fn pod(pod: &Pod) -> Option<PodInfo> {
     if pod.spec.as_ref().and_then(|s| s.host_network) == Some(true) {
         return None;
     }
-    Some(policy::convert::pod(pod))
+    Some(policy::pod(pod))
 }
 
 pub fn node(node: &Node) -> NodeInfo {

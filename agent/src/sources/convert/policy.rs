@@ -11,11 +11,13 @@ use k8s_openapi::{
     apimachinery::pkg::{apis::meta::v1 as meta, util::intstr::IntOrString},
 };
 
-use super::{
-    selector::{LabelSelector, Labels, Requirement},
-    types::{NamespaceInfo, NetworkPolicyInfo, PodInfo, PolicyPeer, PolicyPort, PolicyRule, PortRef},
+use crate::model::{
+    policy::{
+        selector::{LabelSelector, Labels, Requirement},
+        types::{NamespaceInfo, NetworkPolicyInfo, PodInfo, PolicyPeer, PolicyPort, PolicyRule, PortRef},
+    },
+    service::Protocol,
 };
-use crate::model::service::Protocol;
 
 fn labels(meta: &meta::ObjectMeta) -> Labels {
     meta.labels.clone().unwrap_or_default().into_iter().collect()
