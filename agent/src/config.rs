@@ -48,36 +48,6 @@ pub enum Command {
         #[arg(long, default_value = "80/tcp")]
         port: String,
     },
-    /// Developer benchmark (root): program N synthetic Services into a
-    /// private copy of the maps, then time single EndpointSlice changes.
-    /// Prints one JSON object. `cargo xtask bench services` runs it.
-    #[command(hide = true)]
-    BenchControlPlane {
-        #[arg(long, default_value_t = 10_000)]
-        services: u32,
-        #[arg(long, default_value_t = 4)]
-        endpoints: u32,
-        #[arg(long, default_value_t = 1_000)]
-        changes: u32,
-    },
-    /// Developer benchmark (root): compile and program N synthetic
-    /// policies over M pods (100 of them local) into a private copy of the
-    /// maps, then time single label and policy changes. Prints one JSON
-    /// object. `cargo xtask bench policy` runs it.
-    #[command(hide = true)]
-    BenchPolicyControlPlane {
-        #[arg(long, default_value_t = 1_000)]
-        pods: usize,
-        #[arg(long, default_value_t = 1_000)]
-        policies: usize,
-        #[arg(long, default_value_t = 400)]
-        changes: usize,
-    },
-    /// Developer tool: a fake Kubernetes API server (plain HTTP, read-only)
-    /// serving a manifest directory to the kube source. The test bed and
-    /// `cargo xtask sandbox --source kube` run it.
-    #[command(hide = true)]
-    FakeApiserver(crate::fake_api::Args),
 }
 
 #[derive(Debug, Args)]

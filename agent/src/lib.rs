@@ -1,13 +1,12 @@
 //! weir-agent as a library: the binary (`main.rs`) is a thin command line
-//! over these modules, and the test bed uses the pure model (the policy
-//! evaluator is the oracle of the NetworkPolicy truth-table tests).
+//! over these modules, the test bed uses the pure model (the policy
+//! evaluator is the oracle of the NetworkPolicy truth-table tests), and the
+//! development tools (`weir-dev`, in `devtools/`) run the kube source, the
+//! datapath and the syncs outside the agent binary.
 pub mod app;
-pub mod bench;
-pub mod bench_policy;
 pub mod cleanup;
 pub mod config;
 pub mod datapath;
-pub mod fake_api;
 pub mod histogram;
 pub mod inspect;
 pub mod inspect_policy;

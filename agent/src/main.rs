@@ -1,5 +1,5 @@
 //! weir-agent: the per-node DaemonSet agent.
-use weir_agent::{app, bench, bench_policy, cleanup, config, fake_api, inspect};
+use weir_agent::{app, cleanup, config, inspect};
 
 use std::io::IsTerminal as _;
 
@@ -31,17 +31,6 @@ fn main() -> std::process::ExitCode {
                 unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
                 let query = inspect::PolicyQuery { run_dir, from, to, port };
                 inspect::run(what, &bpf_pin_dir, json, &query).await
-            }
-            config::Command::BenchControlPlane { services, endpoints, changes } => {
-                let report = bench::run(services, endpoints, changes).await?;
-                println!("{}", serde_json::to_string(&report)?);
-                Ok(())
-            }
-            config::Command::FakeApiserver(args) => fake_api::run(args).await,
-            config::Command::BenchPolicyControlPlane { pods, policies, changes } => {
-                let report = bench_policy::run(pods, policies, changes)?;
-                println!("{}", serde_json::to_string(&report)?);
-                Ok(())
             }
         }
     });

@@ -1,7 +1,7 @@
 //! `weir-agent` running in a node namespace on the manifest-dir source, or
 //! (opt-in, `Source::Kube`) on the kube source started as a DaemonSet
 //! starts it: in-cluster configuration against a fake API server
-//! (`weir-agent fake-apiserver`) that serves the same manifest dir over
+//! (`weir-dev fake-apiserver`) that serves the same manifest dir over
 //! https with a bearer token on the node's address (its service account
 //! files in the node's dir), `KUBERNETES_SERVICE_HOST` naming the
 //! `kubernetes` Service's ClusterIP that nothing serves at a cold start, and
@@ -149,7 +149,7 @@ impl Agent {
             Source::Dir => (format!("dir:{}", path(manifest_dir)?), None),
             Source::Kube => {
                 let borrowed: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-                let api = start_fake_api(node, &binary, manifest_dir, &borrowed)?;
+                let api = start_fake_api(node, &bins::weir_dev()?, manifest_dir, &borrowed)?;
                 env.extend(in_cluster_env(node, address)?);
                 ("kube".to_string(), Some(api))
             }
@@ -357,7 +357,7 @@ pub fn write_kubelet_kubeconfig(node: &Node) -> Result<PathBuf> {
     Ok(path)
 }
 
-/// Starts `weir-agent fake-apiserver` over `manifest_dir` in the node's
+/// Starts `weir-dev fake-apiserver` over `manifest_dir` in the node's
 /// namespace on `<node ip>:FAKE_API_PORT` (https, service account files in
 /// the node's dir, the `kubernetes` ClusterIP in its certificate), and
 /// waits for the kubeconfig it writes once it listens (`<node

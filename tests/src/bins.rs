@@ -56,6 +56,12 @@ pub fn weir_agent() -> Result<PathBuf> {
     binary("weir-agent")
 }
 
+/// The development tools (`devtools/`): the fake API server the kube
+/// source runs against here, and the control-plane benchmarks.
+pub fn weir_dev() -> Result<PathBuf> {
+    binary("weir-dev")
+}
+
 /// CNI_PATH for weir's conflist: weir-cni's directory, then the reference plugins.
 pub fn cni_path() -> Vec<PathBuf> {
     vec![bin_dir(), PathBuf::from(REFERENCE_PLUGIN_DIR)]

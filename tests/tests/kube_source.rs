@@ -1,5 +1,5 @@
 //! The agents' kube source (kube-rs lists and watches), not the manifest
-//! dir: each node runs `weir-agent fake-apiserver` over the topology's
+//! dir: each node runs `weir-dev fake-apiserver` over the topology's
 //! manifest directory on the node's address (https, a service account in
 //! the node's dir), and its agent runs with `--source kube` in-cluster, as
 //! a DaemonSet starts it (the API server's address from the setting). Pods on both nodes reach each

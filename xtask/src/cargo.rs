@@ -81,7 +81,8 @@ pub fn must(cmd: &mut Command) -> Result<()> {
 }
 
 /// `cargo build --workspace --bins` (less the kernel crate): weir-cni,
-/// weir-agent (which embeds the kernel programs) and the tools.
+/// weir-agent (which embeds the kernel programs), weir-dev (the fake API
+/// server the kube-source tests and the sandbox run) and xtask.
 pub fn build_bins() -> Result<()> {
     must(
         cargo()

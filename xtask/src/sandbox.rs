@@ -5,10 +5,10 @@
 //! a NetworkPolicy (who may reach one pod, and `inspect verdict` on why).
 //!
 //! `--source` picks what the agents read: the manifest directory (`dir`),
-//! kube-rs watches against a fake API server per node that serves that
-//! directory from 127.0.0.1 inside the node's namespace (`kube`), or one of
-//! each (`mixed`, the default: n1 dir, n2 kube, same cluster, so one run
-//! shows both sources).
+//! kube-rs watches against a fake API server per node (`weir-dev
+//! fake-apiserver`) that serves that directory from 127.0.0.1 inside the
+//! node's namespace (`kube`), or one of each (`mixed`, the default: n1 dir,
+//! n2 kube, same cluster, so one run shows both sources).
 
 use std::{fs, net::Ipv4Addr, process::ExitCode, thread};
 
@@ -94,6 +94,10 @@ pub fn run(args: SandboxArgs) -> Result<ExitCode> {
         cargo::build_bins()?;
     }
     weir_testbed::check_prerequisites(weir_testbed::tools::BASE)?;
+    if args.source != SandboxSource::Dir {
+        // The kube source's fake API server.
+        weir_testbed::bins::weir_dev()?;
+    }
 
     let topo = Topology::builder("sandbox")
         .nodes(2)

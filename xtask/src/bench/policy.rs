@@ -15,7 +15,7 @@
 //! manifest-dir source polls files, which a kube-source agent would not;
 //! its idle CPU with each policy set is reported instead.
 //!
-//! Control plane: `weir-agent bench-policy-control-plane` (1,000 policies
+//! Control plane: `weir-dev bench-policy-control-plane` (1,000 policies
 //! over 1,000 pods, 100 of them local, into a private copy of the maps):
 //! cold compile-and-program time, and p50/p99 from one label or policy
 //! change to the last map write.
@@ -327,7 +327,7 @@ fn print_data_path(args: &PolicyBenchArgs, d: &DataPath) {
 fn control_plane(topo: &Topology, release: &Path, args: &PolicyBenchArgs) -> std::result::Result<Value, String> {
     let run = || -> Result<Value> {
         let ns = NetNs::create(&topo.prefix().child("cp"))?;
-        let mut cmd = ns.command(release.join("weir-agent"))?;
+        let mut cmd = ns.command(release.join("weir-dev"))?;
         cmd.args(["bench-policy-control-plane", "--pods", &args.cp_pods.to_string()])
             .args(["--policies", &args.cp_policies.to_string(), "--changes", &args.changes.to_string()])
             .env("WEIR_LOG", "warn");

@@ -2,7 +2,7 @@
 //! tc path and connect-time socket load balancing) next to the same backend
 //! by pod IP and the same Services as kube-proxy-style iptables chains, for
 //! 1, 1,000 and 10,000 Services of 4 endpoints each; then the control plane
-//! (`weir-agent bench-control-plane`) against its goals. IPVS is detected
+//! (`weir-dev bench-control-plane`) against its goals. IPVS is detected
 //! and reported as not measurable when the kernel lacks it (never faked).
 //!
 //! Layout, all inside the run's namespaces:
@@ -315,7 +315,7 @@ pub fn run(args: ServicesBenchArgs) -> Result<()> {
 pub(super) fn release_bins(no_build: bool) -> Result<(PathBuf, PathBuf)> {
     setup::run(setup::Mode::Strict)?;
     if !no_build {
-        cargo::must(cargo::cargo().args(["build", "--release", "-p", "weir-agent", "-p", "weir-cni", "-p", "xtask"]))?;
+        cargo::must(cargo::cargo().args(["build", "--release", "-p", "weir-agent", "-p", "weir-cni", "-p", "weir-devtools", "-p", "xtask"]))?;
     }
     let release = bins::target_dir().join("release");
     // SAFETY: no other thread exists yet (the test bed starts its signal
@@ -1352,9 +1352,9 @@ fn control_plane(topo: &Topology, release: &Path, args: &ServicesBenchArgs) -> C
     let run = || -> Result<Value> {
         // Its own namespace: it attaches nothing, but nothing of it lands in
         // the root namespace either way. Pins under /sys/fs/bpf/weir-bench-<pid>,
-        // removed by the agent.
+        // removed by weir-dev.
         let ns = NetNs::create(&topo.prefix().child("cp"))?;
-        let mut cmd = ns.command(release.join("weir-agent"))?;
+        let mut cmd = ns.command(release.join("weir-dev"))?;
         cmd.args([
             "bench-control-plane",
             "--services",
@@ -1618,7 +1618,7 @@ fn fmt_ratios(r: &[Option<f64>]) -> String {
 
 fn print_control_plane(args: &ServicesBenchArgs, c: &ControlPlane) {
     println!(
-        "\nControl plane: weir-agent bench-control-plane --services {} --endpoints {ENDPOINTS} --changes {} (release, real pinned maps)",
+        "\nControl plane: weir-dev bench-control-plane --services {} --endpoints {ENDPOINTS} --changes {} (release, real pinned maps)",
         args.cp_services, args.changes
     );
     let v = match &c.report {

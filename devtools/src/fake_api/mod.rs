@@ -1,7 +1,7 @@
 //! A small fake Kubernetes API server over a manifest directory, so the
 //! agent's real kube-rs source (`--source kube:<kubeconfig>`) can run without
-//! a cluster: `weir-agent fake-apiserver --dir <manifests> --listen
-//! 127.0.0.1:6443 [--write-kubeconfig <path>]` (hidden subcommand; the test
+//! a cluster: `weir-dev fake-apiserver --dir <manifests> --listen
+//! 127.0.0.1:6443 [--write-kubeconfig <path>]` (a development tool; the test
 //! bed and `cargo xtask sandbox --source kube` run one per node namespace).
 //!
 //! It serves, read-only and as JSON, the raw objects of the kinds the agent
@@ -51,7 +51,7 @@ use tracing::{debug, info, warn};
 
 pub use store::{ApiError, EventType, Filter, Resource, Scanner, Store};
 
-/// `weir-agent fake-apiserver`.
+/// `weir-dev fake-apiserver`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The manifest directory to serve (read as the `dir:` source reads it).

@@ -1,4 +1,4 @@
-//! `weir-agent bench-policy-control-plane`: the control-plane half of
+//! `weir-dev bench-policy-control-plane`: the control-plane half of
 //! `cargo xtask bench policy`, in-process against the real maps (in a
 //! private pin directory): a synthetic cluster of pods, namespaces and
 //! policies is compiled and programmed cold, then single label and policy
@@ -12,7 +12,7 @@ use std::{
 use anyhow::Context as _;
 use weir_common::{EndpointInfo, EndpointKey};
 
-use crate::{
+use weir_agent::{
     datapath::{Datapath, policy_programmer::PolicyProgrammer},
     model::{
         ClusterIndex,
@@ -23,9 +23,10 @@ use crate::{
         },
         service::Protocol,
     },
-    bench::{PinDir, percentile, rss_mib},
     policy_sync::PolicySync,
 };
+
+use crate::bench::{PinDir, percentile, rss_mib};
 
 const NODE: &str = "bench-node";
 const NAMESPACES: usize = 10;

@@ -1,4 +1,4 @@
-//! `weir-agent bench-control-plane`: the control-plane half of
+//! `weir-dev bench-control-plane`: the control-plane half of
 //! `cargo xtask bench services`, run in-process against the real maps (in a
 //! private pin directory): the path one EndpointSlice event takes from the
 //! API watch to the datapath, without the API server around it.
@@ -10,7 +10,7 @@ use std::{
 
 use anyhow::Context as _;
 
-use crate::{
+use weir_agent::{
     datapath::{Datapath, lb_programmer::LbProgrammer},
     model::{
         ClusterIndex,

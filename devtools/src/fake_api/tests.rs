@@ -13,7 +13,7 @@ use super::{
     store::{self, EventType, Filter, Key, Resource, Store},
     *,
 };
-use crate::sources::{Change, Update};
+use weir_agent::sources::{Change, Update};
 
 const NODES: &str = "
 apiVersion: v1
@@ -394,17 +394,17 @@ async fn the_kube_source_lists_and_watches_through_it() {
     write(&dir, "policy.yaml", POLICY);
     let kubeconfig = start(&dir).await;
     // Built in a task of its own to tell one known failure apart.
-    let client = match tokio::spawn(async move { crate::sources::kube::client(Some(&kubeconfig), &Default::default()).await }).await {
+    let client = match tokio::spawn(async move { weir_agent::sources::kube::client(Some(&kubeconfig), &Default::default()).await }).await {
         Ok(client) => client.unwrap(),
         Err(e) if e.is_panic() => panic!(
             "building the kube client panicked (see above). If rustls could not pick a CryptoProvider: kube is \
              built without one (its `ring` or `aws-lc-rs` feature), so `weir-agent run --source kube` panics \
-             the same way against any API server; `cargo test -p weir-agent --features kube/ring` runs this test"
+             the same way against any API server; `cargo test -p weir-devtools --features kube/ring` runs this test"
         ),
         Err(e) => panic!("{e}"),
     };
     let (tx, mut rx) = mpsc::channel(64);
-    let source = tokio::spawn(crate::sources::kube::run(client, tx));
+    let source = tokio::spawn(weir_agent::sources::kube::run(client, tx));
 
     let mut listed = BTreeMap::new();
     while listed.len() < 6 {
@@ -455,7 +455,7 @@ async fn the_kube_source_lists_and_watches_through_it() {
 async fn in_cluster_configuration_over_https_with_a_token() {
     use k8s_openapi::api::core::v1::Node;
 
-    use crate::sources::{api_server::HostPort, kube::InClusterSettings};
+    use weir_agent::sources::{api_server::HostPort, kube::InClusterSettings};
 
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("m");
@@ -489,7 +489,7 @@ async fn in_cluster_configuration_over_https_with_a_token() {
         kubelet_kubeconfig: tmp.path().join("no-kubelet.conf"),
         service_account_dir: sa.clone(),
     };
-    let client = crate::sources::kube::client(None, &settings).await.unwrap();
+    let client = weir_agent::sources::kube::client(None, &settings).await.unwrap();
     let nodes = kube::Api::<Node>::all(client).list(&Default::default()).await.unwrap();
     assert_eq!(nodes.items.len(), 2);
 
@@ -500,7 +500,7 @@ async fn in_cluster_configuration_over_https_with_a_token() {
         std::fs::copy(sa.join(file), wrong.join(file)).unwrap();
     }
     std::fs::write(wrong.join("token"), "not-the-token").unwrap();
-    let client = crate::sources::kube::client(None, &InClusterSettings { service_account_dir: wrong, ..settings }).await.unwrap();
+    let client = weir_agent::sources::kube::client(None, &InClusterSettings { service_account_dir: wrong, ..settings }).await.unwrap();
     match kube::Api::<Node>::all(client).list(&Default::default()).await {
         Err(kube::Error::Api(status)) => assert_eq!(status.code, 401),
         other => panic!("expected 401, got {other:?}"),

@@ -17,7 +17,7 @@ use serde::{Deserialize, de::DeserializeOwned};
 use serde_json::{Value, json};
 use tracing::{debug, warn};
 
-use crate::sources::manifest_files::ManifestFiles;
+use weir_agent::sources::manifest_files::ManifestFiles;
 
 /// The kinds the agent watches, and where the API serves them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
