@@ -11,6 +11,29 @@
 //! Addresses are in network byte order, ports in network byte order, as they
 //! sit in packets.
 
+// Map capacities (`max_entries`): the kernel crate's `#[map]` definitions
+// and the agent read them from here.
+
+/// `WEIR_SVC`: frontend slots (slot 0 and one per backend, of every scope).
+pub const MAX_SVC_ENTRIES: u32 = 262_144;
+/// `WEIR_BACKENDS`: backends of every Service.
+pub const MAX_BACKENDS: u32 = 131_072;
+/// `WEIR_REVNAT`: one per frontend (address, port); every `u16` ID.
+pub const MAX_REVNAT_ENTRIES: u32 = 65_536;
+/// `WEIR_AFFINITY` (LRU): sessionAffinity clients.
+pub const MAX_AFFINITY_ENTRIES: u32 = 65_536;
+/// `WEIR_SRC_RANGE` (LPM, allocated as used): loadBalancerSourceRanges.
+pub const MAX_SRC_RANGE_ENTRIES: u32 = 65_536;
+/// `WEIR_CT` (LRU): two entries per translated flow.
+pub const MAX_CT_ENTRIES: u32 = 262_144;
+/// `WEIR_SOCK_REV` (LRU): one per socket translated at connect time.
+pub const MAX_SOCK_REV_ENTRIES: u32 = 262_144;
+/// `WEIR_NODE`: an array of one `NodeConfig`.
+pub const NODE_CONFIG_ENTRIES: u32 = 1;
+/// `WEIR_FRAGS` (LRU, kernel side only, not pinned): the ports of
+/// fragmented datagrams in flight.
+pub const MAX_FRAG_ENTRIES: u32 = 8192;
+
 /// IP protocol numbers.
 pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;

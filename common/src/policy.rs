@@ -73,6 +73,8 @@ pub const MAX_POLICY_SLOTS: u32 = 16_384;
 pub const MAX_POLICY_ENTRIES: u32 = 262_144;
 /// Capacity of the ipcache LPM trie (pods of the cluster, nodes, ipBlocks).
 pub const MAX_IPCACHE_ENTRIES: u32 = 131_072;
+/// Capacity of the policy conntrack (LRU): flows allowed at an endpoint.
+pub const MAX_POLICY_CT_ENTRIES: u32 = 262_144;
 
 /// A flow as one endpoint saw it allowed: `ifindex` is the endpoint, the
 /// tuple is the packet that created the entry. A packet matching it as is

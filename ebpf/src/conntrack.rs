@@ -1,12 +1,12 @@
 //! Connection tracking for translated flows: the original direction keeps
 //! its backend, the reply direction finds its way back to the frontend.
 use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::map, maps::LruHashMap};
-use weir_common::lb::{CT_DIR_ORIGINAL, CT_DIR_REPLY, CtEntry, CtKey};
+use weir_common::lb::{CT_DIR_ORIGINAL, CT_DIR_REPLY, CtEntry, CtKey, MAX_CT_ENTRIES};
 
 use crate::packet::{Flow, TCP_FIN, TCP_RST};
 
 #[map]
-static WEIR_CT: LruHashMap<CtKey, CtEntry> = LruHashMap::pinned(262_144, 0);
+static WEIR_CT: LruHashMap<CtKey, CtEntry> = LruHashMap::pinned(MAX_CT_ENTRIES, 0);
 
 #[inline(always)]
 pub fn now_secs() -> u32 {

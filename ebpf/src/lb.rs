@@ -10,25 +10,26 @@ use aya_ebpf::{
 use weir_common::{
     DropReason,
     lb::{
-        AffinityKey, AffinityValue, Backend, CtEntry, CtKey, NodeConfig, RevNat, SCOPE_EXTERNAL, SCOPE_INTERNAL, ServiceKey,
-        ServiceValue, SourceRangeKey,
+        AffinityKey, AffinityValue, Backend, CtEntry, CtKey, MAX_AFFINITY_ENTRIES, MAX_BACKENDS, MAX_REVNAT_ENTRIES,
+        MAX_SRC_RANGE_ENTRIES, MAX_SVC_ENTRIES, NODE_CONFIG_ENTRIES, NodeConfig, RevNat, SCOPE_EXTERNAL, SCOPE_INTERNAL,
+        ServiceKey, ServiceValue, SourceRangeKey,
     },
 };
 
 use crate::{conntrack, nat, packet::Flow};
 
 #[map]
-static WEIR_SVC: HashMap<ServiceKey, ServiceValue> = HashMap::pinned(262_144, 0);
+static WEIR_SVC: HashMap<ServiceKey, ServiceValue> = HashMap::pinned(MAX_SVC_ENTRIES, 0);
 #[map]
-static WEIR_BACKENDS: HashMap<u32, Backend> = HashMap::pinned(131_072, 0);
+static WEIR_BACKENDS: HashMap<u32, Backend> = HashMap::pinned(MAX_BACKENDS, 0);
 #[map]
-static WEIR_REVNAT: HashMap<u16, RevNat> = HashMap::pinned(65_536, 0);
+static WEIR_REVNAT: HashMap<u16, RevNat> = HashMap::pinned(MAX_REVNAT_ENTRIES, 0);
 #[map]
-static WEIR_AFFINITY: LruHashMap<AffinityKey, AffinityValue> = LruHashMap::pinned(65_536, 0);
+static WEIR_AFFINITY: LruHashMap<AffinityKey, AffinityValue> = LruHashMap::pinned(MAX_AFFINITY_ENTRIES, 0);
 #[map]
-static WEIR_SRC_RANGE: LpmTrie<SourceRangeKey, u8> = LpmTrie::pinned(65_536, BPF_F_NO_PREALLOC);
+static WEIR_SRC_RANGE: LpmTrie<SourceRangeKey, u8> = LpmTrie::pinned(MAX_SRC_RANGE_ENTRIES, BPF_F_NO_PREALLOC);
 #[map]
-static WEIR_NODE: Array<NodeConfig> = Array::pinned(1, 0);
+static WEIR_NODE: Array<NodeConfig> = Array::pinned(NODE_CONFIG_ENTRIES, 0);
 
 /// Source ports tried when translating a flow to a remote backend whose
 /// reply tuple is already taken by another client.

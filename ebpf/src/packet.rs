@@ -10,7 +10,7 @@ use aya_ebpf::{
 use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 use weir_common::{
     DropReason,
-    lb::{PROTO_SCTP, PROTO_TCP, PROTO_UDP},
+    lb::{MAX_FRAG_ENTRIES, PROTO_SCTP, PROTO_TCP, PROTO_UDP},
 };
 
 pub const ETH_P_IP: u16 = 0x0800_u16.to_be();
@@ -43,7 +43,7 @@ struct FragKey {
 /// a first fragment rewrites its entry, and a datagram's fragments pass in
 /// a moment. Not pinned: a restart loses only datagrams in flight.
 #[map]
-static WEIR_FRAGS: LruHashMap<FragKey, [u16; 2]> = LruHashMap::with_max_entries(8192, 0);
+static WEIR_FRAGS: LruHashMap<FragKey, [u16; 2]> = LruHashMap::with_max_entries(MAX_FRAG_ENTRIES, 0);
 
 /// An IPv4 packet's addresses, and ports for TCP, UDP and SCTP (a later
 /// fragment has the ports of its datagram's first fragment, when this hook

@@ -17,7 +17,7 @@ use weir_common::{
     pin::MAX_ENDPOINTS,
     policy::{
         DIR_EGRESS, DIR_INGRESS, EndpointPolicyStats, IDENTITY_ANY, IDENTITY_WORLD, IpcacheEntry,
-        IpcacheKey, MAX_IPCACHE_ENTRIES, MAX_POLICY_ENTRIES, MAX_POLICY_SLOTS, PolicyCtEntry,
+        IpcacheKey, MAX_IPCACHE_ENTRIES, MAX_POLICY_CT_ENTRIES, MAX_POLICY_ENTRIES, MAX_POLICY_SLOTS, PolicyCtEntry,
         PolicyCtKey, PolicyEntry, PolicyKey,
     },
 };
@@ -34,7 +34,7 @@ static WEIR_IPCACHE: LpmTrie<IpcacheKey, IpcacheEntry> = LpmTrie::pinned(MAX_IPC
 static WEIR_POLICY: LpmTrie<PolicyKey, PolicyEntry> = LpmTrie::pinned(MAX_POLICY_ENTRIES, 0);
 
 #[map]
-static WEIR_POLICY_CT: LruHashMap<PolicyCtKey, PolicyCtEntry> = LruHashMap::pinned(262_144, 0);
+static WEIR_POLICY_CT: LruHashMap<PolicyCtKey, PolicyCtEntry> = LruHashMap::pinned(MAX_POLICY_CT_ENTRIES, 0);
 
 /// Allowed new flows per policy slot.
 #[map]

@@ -9,12 +9,12 @@ use aya_ebpf::{
     maps::LruHashMap,
     programs::SockAddrContext,
 };
-use weir_common::lb::{PROTO_TCP, PROTO_UDP, RevNat, SockRevKey};
+use weir_common::lb::{MAX_SOCK_REV_ENTRIES, PROTO_TCP, PROTO_UDP, RevNat, SockRevKey};
 
 use crate::lb;
 
 #[map]
-static WEIR_SOCK_REV: LruHashMap<SockRevKey, RevNat> = LruHashMap::pinned(262_144, 0);
+static WEIR_SOCK_REV: LruHashMap<SockRevKey, RevNat> = LruHashMap::pinned(MAX_SOCK_REV_ENTRIES, 0);
 
 /// Verdicts of cgroup sock_addr programs.
 const ALLOW: i32 = 1;

@@ -1,7 +1,7 @@
 //! Verdict tests for the kernel programs, run in the kernel with
 //! BPF_PROG_TEST_RUN on crafted packets. Privileged (root + bpffs):
 //! `cargo xtask test` runs them with `--include-ignored` when it is root.
-use weir_common::{DropReason, EndpointInfo, EndpointKey, pin};
+use weir_common::{DropReason, EndpointInfo, EndpointKey, lb, pin, policy};
 
 use super::{Datapath, prog_test_run};
 
@@ -140,6 +140,23 @@ fn fill_levels_count_entries_and_show_capacity() {
     let endpoints = fill.iter().find(|(m, _, _)| *m == pin::MAP_ENDPOINTS).unwrap();
     assert_eq!((endpoints.1, endpoints.2), (2, pin::MAX_ENDPOINTS));
     assert!(fill.iter().filter(|(m, _, _)| *m != pin::MAP_ENDPOINTS).all(|(_, n, cap)| *n == 0 && *cap > 0), "{fill:?}");
+    // The capacities the kernel reports are the ones `weir_common` names.
+    let named = [
+        (pin::MAP_ENDPOINTS, pin::MAX_ENDPOINTS),
+        (pin::MAP_SVC, lb::MAX_SVC_ENTRIES),
+        (pin::MAP_BACKENDS, lb::MAX_BACKENDS),
+        (pin::MAP_REVNAT, lb::MAX_REVNAT_ENTRIES),
+        (pin::MAP_CT, lb::MAX_CT_ENTRIES),
+        (pin::MAP_AFFINITY, lb::MAX_AFFINITY_ENTRIES),
+        (pin::MAP_SRC_RANGES, lb::MAX_SRC_RANGE_ENTRIES),
+        (pin::MAP_SOCK_REVNAT, lb::MAX_SOCK_REV_ENTRIES),
+        (pin::MAP_IPCACHE, policy::MAX_IPCACHE_ENTRIES),
+        (pin::MAP_POLICY, policy::MAX_POLICY_ENTRIES),
+        (pin::MAP_POLICY_CT, policy::MAX_POLICY_CT_ENTRIES),
+        (pin::MAP_EP_POLICY_STATS, pin::MAX_ENDPOINTS),
+    ];
+    let caps: Vec<_> = fill.iter().map(|(m, _, cap)| (*m, *cap)).collect();
+    assert_eq!(caps, named);
 }
 
 #[test]
