@@ -132,6 +132,20 @@ pub struct CtKey {
 pub const CT_DIR_ORIGINAL: u8 = 0;
 pub const CT_DIR_REPLY: u8 = 1;
 
+impl CtKey {
+    /// `saddr:sport -> daddr:dport` in the original direction (client to
+    /// frontend).
+    pub const fn original(saddr: u32, sport: u16, daddr: u32, dport: u16, proto: u8) -> Self {
+        Self { saddr, daddr, sport, dport, proto, dir: CT_DIR_ORIGINAL, _pad: [0; 2] }
+    }
+
+    /// `saddr:sport -> daddr:dport` in the reply direction (backend to
+    /// client, or to the address the client's source became).
+    pub const fn reply(saddr: u32, sport: u16, daddr: u32, dport: u16, proto: u8) -> Self {
+        Self { saddr, daddr, sport, dport, proto, dir: CT_DIR_REPLY, _pad: [0; 2] }
+    }
+}
+
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct CtEntry {

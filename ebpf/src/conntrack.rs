@@ -1,7 +1,7 @@
 //! Connection tracking for translated flows: the original direction keeps
 //! its backend, the reply direction finds its way back to the frontend.
 use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::map, maps::LruHashMap};
-use weir_common::lb::{CT_DIR_ORIGINAL, CT_DIR_REPLY, CtEntry, CtKey, MAX_CT_ENTRIES};
+use weir_common::lb::{Backend, CtEntry, CtKey, MAX_CT_ENTRIES};
 
 use crate::packet::{Flow, TCP_FIN, TCP_RST};
 
@@ -14,21 +14,23 @@ pub fn now_secs() -> u32 {
     (unsafe { bpf_ktime_get_ns() } / 1_000_000_000) as u32
 }
 
+/// The key of a client packet, in the original direction.
 #[inline(always)]
 pub fn original_key(flow: &Flow) -> CtKey {
-    CtKey { saddr: flow.saddr, daddr: flow.daddr, sport: flow.sport, dport: flow.dport, proto: flow.proto, dir: CT_DIR_ORIGINAL, _pad: [0; 2] }
+    CtKey::original(flow.saddr, flow.sport, flow.daddr, flow.dport, flow.proto)
 }
 
-/// The key a reply from `backend` to the client will carry.
+/// The key a reply from backend `b` to `addr:port` will carry (the client,
+/// or the address its source was translated to).
 #[inline(always)]
-pub fn reply_key(flow: &Flow, backend_addr: u32, backend_port: u16) -> CtKey {
-    CtKey { saddr: backend_addr, daddr: flow.saddr, sport: backend_port, dport: flow.sport, proto: flow.proto, dir: CT_DIR_REPLY, _pad: [0; 2] }
+pub fn reply_key(b: &Backend, addr: u32, port: u16, proto: u8) -> CtKey {
+    CtKey::reply(b.addr, b.port, addr, port, proto)
 }
 
 /// The key of a packet travelling in the reply direction.
 #[inline(always)]
 pub fn as_reply(flow: &Flow) -> CtKey {
-    CtKey { saddr: flow.saddr, daddr: flow.daddr, sport: flow.sport, dport: flow.dport, proto: flow.proto, dir: CT_DIR_REPLY, _pad: [0; 2] }
+    CtKey::reply(flow.saddr, flow.sport, flow.daddr, flow.dport, flow.proto)
 }
 
 #[inline(always)]

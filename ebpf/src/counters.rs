@@ -1,5 +1,9 @@
 //! Per-CPU verdict counters, indexed by `DropReason`.
-use aya_ebpf::{bindings::TC_ACT_SHOT, macros::map, maps::PerCpuArray};
+use aya_ebpf::{
+    bindings::{TC_ACT_OK, TC_ACT_SHOT},
+    macros::map,
+    maps::PerCpuArray,
+};
 use weir_common::DropReason;
 
 #[map]
@@ -11,6 +15,16 @@ pub fn count(reason: DropReason) {
         // Per-CPU slot: no other writer, a plain add is enough.
         unsafe { *slot += 1 };
     }
+}
+
+/// tc's action for a packet that goes on its way.
+pub const TC_OK: i32 = TC_ACT_OK as i32;
+
+/// A packet let through with tc action `action`: counted as passed.
+#[inline(always)]
+pub fn pass(action: i32) -> i32 {
+    count(DropReason::Passed);
+    action
 }
 
 /// The tc action for a program's result; a drop is counted by its reason.

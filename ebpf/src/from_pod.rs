@@ -4,15 +4,13 @@
 //!
 //! Fails closed: a veth with no endpoint entry passes nothing but ARP, so the
 //! program can be attached before anything else is ready.
-use aya_ebpf::{
-    bindings::TC_ACT_OK,
-    programs::TcContext,
+use aya_ebpf::programs::TcContext;
+use weir_common::{DropReason, EndpointInfo, policy::DIR_EGRESS};
+
+use crate::{
+    counters::{self, TC_OK},
+    endpoint, lb, node, packet, policy, reject,
 };
-use weir_common::{DropReason, EndpointInfo};
-
-use weir_common::policy::DIR_EGRESS;
-
-use crate::{counters, endpoint, lb, packet, policy, reject};
 
 pub fn handle(ctx: &TcContext) -> i32 {
     counters::finish(try_handle(ctx))
@@ -23,11 +21,9 @@ fn try_handle(ctx: &TcContext) -> Result<i32, DropReason> {
     // ARP must flow for the pod to find its gateway; IPv6 is not configured
     // on weir pods and the host side does not route it.
     let Some(flow) = packet::parse(ctx)? else {
-        counters::count(DropReason::Passed);
-        return Ok(TC_ACT_OK as i32);
+        return Ok(counters::pass(TC_OK));
     };
-    // Safety: reading a plain u32 field of the kernel's __sk_buff.
-    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    let ifindex = packet::ifindex(ctx);
     let ep = endpoint::by_ifindex(ifindex).ok_or(DropReason::UnknownEndpoint)?;
     if ep.flags & EndpointInfo::FLAG_POLICY_PENDING != 0 {
         return Err(DropReason::PolicyPending);
@@ -40,18 +36,9 @@ fn try_handle(ctx: &TcContext) -> Result<i32, DropReason> {
     // frontend. (A reply: its flow passed this pod's ingress check.)
     match lb::reverse(ctx, &flow, lb::ReplyHook::FromBackend)? {
         lb::Reversed::No => {}
-        lb::Reversed::Yes => {
-            counters::count(DropReason::Passed);
-            return Ok(TC_ACT_OK as i32);
-        }
-        lb::Reversed::Hairpin => {
-            counters::count(DropReason::Passed);
-            return Ok(packet::back_out(ctx, ifindex));
-        }
-        lb::Reversed::ToUplink => {
-            counters::count(DropReason::Passed);
-            return Ok(packet::out_via(lb::uplink_ifindex()));
-        }
+        lb::Reversed::Yes => return Ok(counters::pass(TC_OK)),
+        lb::Reversed::Hairpin => return Ok(counters::pass(packet::back_out(ctx, ifindex))),
+        lb::Reversed::ToUplink => return Ok(counters::pass(packet::out_via(node::uplink_ifindex()))),
     }
     let outcome = lb::from_pod(ctx, &flow)?;
     let translated = !matches!(outcome, lb::Outcome::NotService);
@@ -62,14 +49,8 @@ fn try_handle(ctx: &TcContext) -> Result<i32, DropReason> {
     }
     match outcome {
         // TranslatedToUplink only arises on the uplink (from_netdev).
-        lb::Outcome::NotService | lb::Outcome::Translated | lb::Outcome::TranslatedToUplink => {
-            counters::count(DropReason::Passed);
-            Ok(TC_ACT_OK as i32)
-        }
-        lb::Outcome::Hairpin => {
-            counters::count(DropReason::Passed);
-            Ok(packet::back_out(ctx, ifindex))
-        }
+        lb::Outcome::NotService | lb::Outcome::Translated | lb::Outcome::TranslatedToUplink => Ok(counters::pass(TC_OK)),
+        lb::Outcome::Hairpin => Ok(counters::pass(packet::back_out(ctx, ifindex))),
         lb::Outcome::NoBackend { frontend_addr } => {
             counters::count(DropReason::NoBackend);
             Ok(reject::icmp_port_unreachable(ctx, &flow, frontend_addr))

@@ -4,19 +4,19 @@ use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     helpers::bpf_get_prandom_u32,
     macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, lpm_trie::Key},
+    maps::{HashMap, LpmTrie, LruHashMap, lpm_trie::Key},
     programs::TcContext,
 };
 use weir_common::{
     DropReason,
     lb::{
         AffinityKey, AffinityValue, Backend, CtEntry, CtKey, MAX_AFFINITY_ENTRIES, MAX_BACKENDS, MAX_REVNAT_ENTRIES,
-        MAX_SRC_RANGE_ENTRIES, MAX_SVC_ENTRIES, NODE_CONFIG_ENTRIES, NodeConfig, RevNat, SCOPE_EXTERNAL, SCOPE_INTERNAL,
-        ServiceKey, ServiceValue, SourceRangeKey,
+        MAX_SRC_RANGE_ENTRIES, MAX_SVC_ENTRIES, RevNat, SCOPE_EXTERNAL, SCOPE_INTERNAL, ServiceKey, ServiceValue,
+        SourceRangeKey,
     },
 };
 
-use crate::{conntrack, nat, packet::Flow};
+use crate::{conntrack, nat, node, packet::Flow};
 
 #[map]
 static WEIR_SVC: HashMap<ServiceKey, ServiceValue> = HashMap::pinned(MAX_SVC_ENTRIES, 0);
@@ -28,8 +28,6 @@ static WEIR_REVNAT: HashMap<u16, RevNat> = HashMap::pinned(MAX_REVNAT_ENTRIES, 0
 static WEIR_AFFINITY: LruHashMap<AffinityKey, AffinityValue> = LruHashMap::pinned(MAX_AFFINITY_ENTRIES, 0);
 #[map]
 static WEIR_SRC_RANGE: LpmTrie<SourceRangeKey, u8> = LpmTrie::pinned(MAX_SRC_RANGE_ENTRIES, BPF_F_NO_PREALLOC);
-#[map]
-static WEIR_NODE: Array<NodeConfig> = Array::pinned(NODE_CONFIG_ENTRIES, 0);
 
 /// Source ports tried when translating a flow to a remote backend whose
 /// reply tuple is already taken by another client.
@@ -48,7 +46,7 @@ pub enum SockOutcome {
 /// client (the source address is not chosen yet at connect time).
 #[inline(always)]
 pub fn for_socket(daddr: u32, dport: u16, proto: u8) -> SockOutcome {
-    let flow = Flow { saddr: WEIR_NODE.get(0).map(|n| n.node_addr).unwrap_or(0), daddr, sport: 0, dport, proto, l4_off: 0, tcp_flags: 0 };
+    let flow = Flow { saddr: node::addr(), daddr, sport: 0, dport, proto, l4_off: 0, tcp_flags: 0 };
     let Some((key, svc)) = frontend_for_pod(&flow) else {
         return SockOutcome::NotService;
     };
@@ -126,22 +124,14 @@ pub fn from_pod(ctx: &TcContext, flow: &Flow) -> Result<Outcome, DropReason> {
     let mut entry = CtEntry { backend_id, rev_nat_id: svc.rev_nat_id, created: now, ..CtEntry::default() };
     if b.addr == flow.saddr {
         // Hairpin: the pod is its own backend.
-        let gateway = WEIR_NODE.get(0).map(|n| n.gateway_addr).unwrap_or(0);
+        let gateway = node::gateway();
         if gateway == 0 {
             return Err(DropReason::RewriteFailed);
         }
         entry.flags = CtEntry::FLAG_HAIRPIN;
         entry.nat_addr = gateway;
         entry.nat_port = flow.sport;
-        let reply = weir_common::lb::CtKey {
-            saddr: b.addr,
-            daddr: gateway,
-            sport: b.port,
-            dport: flow.sport,
-            proto: flow.proto,
-            dir: weir_common::lb::CT_DIR_REPLY,
-            _pad: [0; 2],
-        };
+        let reply = conntrack::reply_key(&b, gateway, flow.sport, flow.proto);
         let reply_entry = CtEntry { nat_addr: flow.saddr, ..entry };
         conntrack::create_pair(&ct_key, &entry, &reply, &reply_entry);
         nat::dnat(ctx, flow, b.addr, b.port)?;
@@ -149,7 +139,7 @@ pub fn from_pod(ctx: &TcContext, flow: &Flow) -> Result<Outcome, DropReason> {
         return Ok(Outcome::Hairpin);
     }
     entry.flags = CtEntry::FLAG_POD_CLIENT;
-    conntrack::create(&ct_key, &conntrack::reply_key(flow, b.addr, b.port), &entry);
+    conntrack::create(&ct_key, &conntrack::reply_key(&b, flow.saddr, flow.sport, flow.proto), &entry);
     nat::dnat(ctx, flow, b.addr, b.port)?;
     Ok(Outcome::Translated)
 }
@@ -272,7 +262,7 @@ pub fn reverse(ctx: &TcContext, flow: &Flow, hook: ReplyHook) -> Result<Reversed
     if hook == ReplyHook::FromHost {
         return Ok(Reversed::Yes);
     }
-    if WEIR_NODE.get(0).is_some_and(|node| node.node_addr == rn.addr) {
+    if node::addr() == rn.addr {
         return Ok(Reversed::ToUplink);
     }
     Ok(Reversed::Yes)
@@ -325,7 +315,7 @@ pub fn from_netdev(ctx: &TcContext, flow: &Flow) -> Result<Outcome, DropReason> 
     // Local backends (always the case under externalTrafficPolicy: Local)
     // see the client's address, and their replies pass this node anyway.
     if b.flags & Backend::FLAG_LOCAL != 0 || svc.flags & ServiceValue::FLAG_LOCAL_ONLY != 0 {
-        conntrack::create(&ct_key, &conntrack::reply_key(flow, b.addr, b.port), &entry);
+        conntrack::create(&ct_key, &conntrack::reply_key(&b, flow.saddr, flow.sport, flow.proto), &entry);
         nat::dnat(ctx, flow, b.addr, b.port)?;
         return Ok(Outcome::Translated);
     }
@@ -333,7 +323,7 @@ pub fn from_netdev(ctx: &TcContext, flow: &Flow) -> Result<Outcome, DropReason> 
     // A remote backend: take the node's address as the source so the reply
     // comes back here, keeping the client's port unless another client
     // already holds that reply tuple.
-    let node_addr = WEIR_NODE.get(0).map(|n| n.node_addr).unwrap_or(0);
+    let node_addr = node::addr();
     if node_addr == 0 {
         return Err(DropReason::SnatExhausted);
     }
@@ -346,15 +336,7 @@ pub fn from_netdev(ctx: &TcContext, flow: &Flow) -> Result<Outcome, DropReason> 
             // Safety: helper without arguments.
             ((SNAT_PORT_MIN + unsafe { bpf_get_prandom_u32() } % SNAT_PORT_SPAN) as u16).to_be()
         };
-        let reply = weir_common::lb::CtKey {
-            saddr: b.addr,
-            daddr: node_addr,
-            sport: b.port,
-            dport: port,
-            proto: flow.proto,
-            dir: weir_common::lb::CT_DIR_REPLY,
-            _pad: [0; 2],
-        };
+        let reply = conntrack::reply_key(&b, node_addr, port, flow.proto);
         match conntrack::lookup(&reply) {
             None => {
                 chosen = Some((port, reply));
@@ -383,15 +365,7 @@ pub fn from_netdev(ctx: &TcContext, flow: &Flow) -> Result<Outcome, DropReason> 
 /// its reply entry must not translate.
 #[inline(always)]
 fn flow_is_over(client: u32, client_port: u16, rn: &RevNat, proto: u8) -> bool {
-    let original = weir_common::lb::CtKey {
-        saddr: client,
-        daddr: rn.addr,
-        sport: client_port,
-        dport: rn.port,
-        proto,
-        dir: weir_common::lb::CT_DIR_ORIGINAL,
-        _pad: [0; 2],
-    };
+    let original = CtKey::original(client, client_port, rn.addr, rn.port, proto);
     let now = conntrack::now_secs();
     match conntrack::lookup(&original) {
         Some(ct) if ct.is_over(now) => true,
@@ -405,10 +379,4 @@ fn flow_is_over(client: u32, client_port: u16, rn: &RevNat, proto: u8) -> bool {
         }
         None => true,
     }
-}
-
-/// The interface that carries node-address traffic out (set by the agent).
-#[inline(always)]
-pub fn uplink_ifindex() -> u32 {
-    WEIR_NODE.get(0).map(|n| n.uplink_ifindex).unwrap_or(0)
 }

@@ -11,6 +11,7 @@ mod from_netdev;
 mod from_pod;
 mod lb;
 mod nat;
+mod node;
 mod packet;
 mod policy;
 mod reject;

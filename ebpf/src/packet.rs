@@ -93,6 +93,14 @@ impl Flow {
     }
 }
 
+/// The skb's interface: on tc ingress the one the packet arrived on, on
+/// egress the one it leaves by.
+#[inline(always)]
+pub fn ifindex(ctx: &TcContext) -> u32 {
+    // Safety: reading a plain u32 field of the kernel's __sk_buff.
+    unsafe { (*ctx.skb.skb).ifindex }
+}
+
 /// `Ok(None)`: not IPv4.
 #[inline(always)]
 pub fn parse(ctx: &TcContext) -> Result<Option<Flow>, DropReason> {

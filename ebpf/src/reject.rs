@@ -8,7 +8,7 @@ use aya_ebpf::{
 };
 use network_types::eth::EthHdr;
 
-use crate::packet::{Flow, IP_OFF};
+use crate::packet::{self, Flow, IP_OFF};
 
 const IP_LEN: usize = 20;
 const ICMP_LEN: usize = 8;
@@ -73,9 +73,7 @@ pub fn icmp_port_unreachable(ctx: &TcContext, flow: &Flow, frontend_addr: u32) -
     {
         return TC_ACT_SHOT as i32;
     }
-    // Safety: reading a plain field of the program's __sk_buff.
-    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     // Back out of the host veth: the pod receives it on eth0.
     // Safety: plain helper call.
-    unsafe { bpf_redirect(ifindex, 0) as i32 }
+    unsafe { bpf_redirect(packet::ifindex(ctx), 0) as i32 }
 }

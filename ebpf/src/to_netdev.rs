@@ -5,10 +5,13 @@
 //! Such a backend has no veth, so no earlier program sees its replies; this
 //! is the one place they pass. Replies of pod backends are reversed as they
 //! leave the pod (`from_pod`) and pass here untouched.
-use aya_ebpf::{bindings::TC_ACT_OK, programs::TcContext};
+use aya_ebpf::programs::TcContext;
 use weir_common::DropReason;
 
-use crate::{counters, lb, packet};
+use crate::{
+    counters::{self, TC_OK},
+    lb, packet,
+};
 
 pub fn handle(ctx: &TcContext) -> i32 {
     counters::finish(try_handle(ctx))
@@ -18,12 +21,12 @@ pub fn handle(ctx: &TcContext) -> i32 {
 fn try_handle(ctx: &TcContext) -> Result<i32, DropReason> {
     // Not IPv4, or not parseable: the node's own traffic, left alone.
     let Ok(Some(flow)) = packet::parse(ctx) else {
-        return Ok(TC_ACT_OK as i32);
+        return Ok(TC_OK);
     };
     // Routed already (the client is reached through this interface, and the
     // source stays a node address): the packet goes on as it is.
     if !matches!(lb::reverse(ctx, &flow, lb::ReplyHook::FromHost)?, lb::Reversed::No) {
         counters::count(DropReason::Passed);
     }
-    Ok(TC_ACT_OK as i32)
+    Ok(TC_OK)
 }

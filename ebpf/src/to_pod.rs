@@ -1,13 +1,13 @@
 //! Packets going to a pod (tc egress on its host veth): replies of
 //! translated flows get their frontend address back, and new flows meet the
 //! pod's ingress policy.
-use aya_ebpf::{
-    bindings::TC_ACT_OK,
-    programs::TcContext,
-};
+use aya_ebpf::programs::TcContext;
 use weir_common::{DropReason, EndpointInfo, policy::DIR_INGRESS};
 
-use crate::{counters, endpoint, lb, packet, policy};
+use crate::{
+    counters::{self, TC_OK},
+    endpoint, lb, packet, policy,
+};
 
 pub fn handle(ctx: &TcContext) -> i32 {
     counters::finish(try_handle(ctx))
@@ -16,11 +16,10 @@ pub fn handle(ctx: &TcContext) -> i32 {
 #[inline(always)]
 fn try_handle(ctx: &TcContext) -> Result<i32, DropReason> {
     let Some(flow) = packet::parse(ctx)? else {
-        return Ok(TC_ACT_OK as i32);
+        return Ok(TC_OK);
     };
-    // Safety: reading a plain u32 field of the kernel's __sk_buff (on
-    // egress, the device the packet leaves by: the pod's host veth).
-    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    // On egress, the device the packet leaves by: the pod's host veth.
+    let ifindex = packet::ifindex(ctx);
     let ep = endpoint::by_ifindex(ifindex);
     if ep.is_some_and(|ep| ep.flags & EndpointInfo::FLAG_POLICY_PENDING != 0) {
         return Err(DropReason::PolicyPending);
@@ -37,5 +36,5 @@ fn try_handle(ctx: &TcContext) -> Result<i32, DropReason> {
     {
         policy::check_new(ifindex, &ep, DIR_INGRESS, &flow, &flow)?;
     }
-    Ok(TC_ACT_OK as i32)
+    Ok(TC_OK)
 }
