@@ -18,7 +18,7 @@ fn try_handle(ctx: &TcContext) -> Result<i32, DropReason> {
     let Ok(Some(flow)) = packet::parse(ctx) else {
         return Ok(TC_OK);
     };
-    match lb::from_netdev(ctx, &flow)? {
+    match lb::netdev::translate(ctx, &flow)? {
         lb::Outcome::NotService => Ok(TC_OK),
         // Hairpin only arises for pods (from_pod).
         lb::Outcome::Translated | lb::Outcome::Hairpin => Ok(counters::pass(TC_OK)),

@@ -34,13 +34,13 @@ fn try_handle(ctx: &TcContext) -> Result<i32, DropReason> {
     let check_policy = policy::active(&ep) && !policy::tracked(ifindex, &flow);
     // A backend pod answering a translated flow: the client sees the
     // frontend. (A reply: its flow passed this pod's ingress check.)
-    match lb::reverse(ctx, &flow, lb::ReplyHook::FromBackend)? {
-        lb::Reversed::No => {}
-        lb::Reversed::Yes => return Ok(counters::pass(TC_OK)),
-        lb::Reversed::Hairpin => return Ok(counters::pass(packet::back_out(ctx, ifindex))),
-        lb::Reversed::ToUplink => return Ok(counters::pass(packet::out_via(node::uplink_ifindex()))),
+    match lb::reverse::reverse(ctx, &flow, lb::reverse::ReplyHook::FromBackend)? {
+        lb::reverse::Reversed::No => {}
+        lb::reverse::Reversed::Yes => return Ok(counters::pass(TC_OK)),
+        lb::reverse::Reversed::Hairpin => return Ok(counters::pass(packet::back_out(ctx, ifindex))),
+        lb::reverse::Reversed::ToUplink => return Ok(counters::pass(packet::out_via(node::uplink_ifindex()))),
     }
-    let outcome = lb::from_pod(ctx, &flow)?;
+    let outcome = lb::pod::translate(ctx, &flow)?;
     let translated = !matches!(outcome, lb::Outcome::NotService);
     if check_policy && !matches!(outcome, lb::Outcome::NoBackend { .. }) {
         // Judge the packet as it now is: a translated one goes to a backend.

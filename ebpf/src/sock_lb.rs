@@ -5,16 +5,11 @@
 //! route to a ClusterIP for the packet path to catch).
 use aya_ebpf::{
     helpers::{bpf_get_socket_cookie, bpf_set_retval},
-    macros::map,
-    maps::LruHashMap,
     programs::SockAddrContext,
 };
-use weir_common::lb::{MAX_SOCK_REV_ENTRIES, PROTO_TCP, PROTO_UDP, RevNat, SockRevKey};
+use weir_common::lb::{PROTO_TCP, PROTO_UDP, RevNat};
 
-use crate::lb;
-
-#[map]
-static WEIR_SOCK_REV: LruHashMap<SockRevKey, RevNat> = LruHashMap::pinned(MAX_SOCK_REV_ENTRIES, 0);
+use crate::lb::socket::{self, Outcome};
 
 /// Verdicts of cgroup sock_addr programs.
 const ALLOW: i32 = 1;
@@ -36,9 +31,9 @@ pub fn translate(ctx: &SockAddrContext) -> i32 {
     let Some(proto) = proto(ctx) else { return ALLOW };
     // Safety: plain field reads.
     let (addr, port) = unsafe { ((*ctx.sock_addr).user_ip4, (*ctx.sock_addr).user_port as u16) };
-    match lb::for_socket(addr, port, proto) {
-        lb::SockOutcome::NotService => ALLOW,
-        lb::SockOutcome::NoBackend => {
+    match socket::translate(addr, port, proto) {
+        Outcome::NotService => ALLOW,
+        Outcome::NoBackend => {
             // connect() and sendmsg() fail at once with ECONNREFUSED, as
             // under kube-proxy. A rejecting verdict alone would be EPERM:
             // the kernel returns the retval the programs set (5.18+, for
@@ -47,11 +42,10 @@ pub fn translate(ctx: &SockAddrContext) -> i32 {
             unsafe { bpf_set_retval(-ECONNREFUSED) };
             REJECT
         }
-        lb::SockOutcome::Backend { addr: baddr, port: bport } => {
+        Outcome::Backend { addr: baddr, port: bport } => {
             // Safety: the socket cookie helper takes the program's context.
             let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr as *mut _) };
-            let key = SockRevKey { cookie, addr: baddr, port: bport, _pad: 0 };
-            let _ = WEIR_SOCK_REV.insert(&key, &RevNat { addr, port, _pad: 0 }, 0);
+            socket::remember(cookie, baddr, bport, &RevNat { addr, port, _pad: 0 });
             // Safety: user_ip4 and user_port are writable in these hooks.
             unsafe {
                 (*ctx.sock_addr).user_ip4 = baddr;
@@ -72,9 +66,7 @@ pub fn reverse(ctx: &SockAddrContext) -> i32 {
     let (addr, port, cookie) = unsafe {
         ((*ctx.sock_addr).user_ip4, (*ctx.sock_addr).user_port as u16, bpf_get_socket_cookie(ctx.sock_addr as *mut _))
     };
-    let key = SockRevKey { cookie, addr, port, _pad: 0 };
-    // Safety: copied out at once.
-    if let Some(rn) = unsafe { WEIR_SOCK_REV.get(&key) }.copied() {
+    if let Some(rn) = socket::recall(cookie, addr, port) {
         // Safety: writable in these hooks.
         unsafe {
             (*ctx.sock_addr).user_ip4 = rn.addr;

@@ -25,7 +25,7 @@ fn try_handle(ctx: &TcContext) -> Result<i32, DropReason> {
     };
     // Routed already (the client is reached through this interface, and the
     // source stays a node address): the packet goes on as it is.
-    if !matches!(lb::reverse(ctx, &flow, lb::ReplyHook::FromHost)?, lb::Reversed::No) {
+    if !matches!(lb::reverse::reverse(ctx, &flow, lb::reverse::ReplyHook::FromHost)?, lb::reverse::Reversed::No) {
         counters::count(DropReason::Passed);
     }
     Ok(TC_OK)

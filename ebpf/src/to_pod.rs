@@ -28,11 +28,11 @@ fn try_handle(ctx: &TcContext) -> Result<i32, DropReason> {
     let judge = ep.filter(|ep| policy::active(ep) && !policy::tracked(ifindex, &flow));
     // A hairpin reply never comes this way (from_pod sends it back out
     // directly), so any reversal here is a plain one.
-    let reversed = lb::reverse(ctx, &flow, lb::ReplyHook::ToClient)?;
+    let reversed = lb::reverse::reverse(ctx, &flow, lb::reverse::ReplyHook::ToClient)?;
     // (A reversed packet is a reply of a Service flow this pod opened,
     // which its egress check already saw.)
     if let Some(ep) = judge
-        && matches!(reversed, lb::Reversed::No)
+        && matches!(reversed, lb::reverse::Reversed::No)
     {
         policy::check_new(ifindex, &ep, DIR_INGRESS, &flow, &flow)?;
     }

@@ -1,0 +1,152 @@
+//! Service load balancing, one module per path:
+//! - `socket`: connect-time choice for sockets in the node's cgroup;
+//! - `pod`: packets from pods (DNAT, hairpin);
+//! - `netdev`: packets entering through the uplink (NodePorts, external
+//!   and load-balancer IPs: DNAT, SNAT to remote backends, their replies);
+//! - `reverse`: replies of translated flows get their frontend back.
+//!
+//! Shared here: the Service maps, frontend lookup (slot 0), backend choice
+//! (conntrack, then affinity, then a random slot), and whether a flow is over.
+use aya_ebpf::{
+    helpers::bpf_get_prandom_u32,
+    macros::map,
+    maps::{HashMap, LruHashMap},
+    programs::TcContext,
+};
+use weir_common::{
+    DropReason,
+    lb::{
+        AffinityKey, AffinityValue, Backend, CtEntry, CtKey, MAX_AFFINITY_ENTRIES, MAX_BACKENDS, MAX_REVNAT_ENTRIES,
+        MAX_SVC_ENTRIES, RevNat, SCOPE_EXTERNAL, SCOPE_INTERNAL, ServiceKey, ServiceValue,
+    },
+};
+
+use crate::{conntrack, nat, packet::Flow};
+
+pub mod netdev;
+pub mod pod;
+pub mod reverse;
+pub mod socket;
+
+#[map]
+static WEIR_SVC: HashMap<ServiceKey, ServiceValue> = HashMap::pinned(MAX_SVC_ENTRIES, 0);
+#[map]
+static WEIR_BACKENDS: HashMap<u32, Backend> = HashMap::pinned(MAX_BACKENDS, 0);
+#[map]
+static WEIR_REVNAT: HashMap<u16, RevNat> = HashMap::pinned(MAX_REVNAT_ENTRIES, 0);
+#[map]
+static WEIR_AFFINITY: LruHashMap<AffinityKey, AffinityValue> = LruHashMap::pinned(MAX_AFFINITY_ENTRIES, 0);
+
+pub enum Outcome {
+    /// Not addressed to a Service.
+    NotService,
+    /// DNATed to a backend.
+    Translated,
+    /// Translated, and the source is now a node address: the caller sends
+    /// it back out of the uplink it came in on (see `packet::out_via`).
+    TranslatedToUplink,
+    /// Translated back to the pod it came from: the caller sends it back out
+    /// of the same veth (routing would drop it: its source is now an address
+    /// of the node).
+    Hairpin,
+    /// A Service with no usable backend: the caller rejects the packet.
+    NoBackend { frontend_addr: u32 },
+}
+
+#[inline(always)]
+fn service(key: &ServiceKey) -> Option<ServiceValue> {
+    // Safety: copied out at once.
+    unsafe { WEIR_SVC.get(key) }.copied()
+}
+
+#[inline(always)]
+fn backend(id: u32) -> Option<Backend> {
+    // Safety: copied out at once.
+    unsafe { WEIR_BACKENDS.get(&id) }.copied()
+}
+
+#[inline(always)]
+fn rev_nat(id: u16) -> Option<RevNat> {
+    // Safety: copied out at once.
+    unsafe { WEIR_REVNAT.get(&id) }.copied()
+}
+
+/// Pods (and sockets) are internal clients: an `externalTrafficPolicy:
+/// Local` frontend sends them to every backend (its internal scope), as
+/// kube-proxy does.
+#[inline(always)]
+fn internal_frontend(flow: &Flow) -> Option<(ServiceKey, ServiceValue)> {
+    let key = ServiceKey::new(flow.daddr, flow.dport, flow.proto, SCOPE_EXTERNAL, 0);
+    let svc = service(&key)?;
+    if svc.flags & ServiceValue::FLAG_LOCAL_ONLY != 0 {
+        let internal = ServiceKey::new(flow.daddr, flow.dport, flow.proto, SCOPE_INTERNAL, 0);
+        if let Some(isvc) = service(&internal) {
+            return Some((internal, isvc));
+        }
+    }
+    Some((key, svc))
+}
+
+/// An existing, live flow keeps its backend while that backend exists:
+/// DNAT to it, plus the source translation the flow was given (hairpin,
+/// SNAT to the node). Returns the flow's flags, or None for a new flow.
+#[inline(always)]
+fn continue_flow(ctx: &TcContext, flow: &Flow, ct_key: &CtKey, now: u32) -> Result<Option<u16>, DropReason> {
+    let Some(ct) = conntrack::lookup(ct_key) else { return Ok(None) };
+    if ct.is_over(now) {
+        return Ok(None);
+    }
+    let Some(b) = backend(ct.backend_id) else { return Ok(None) };
+    conntrack::observe_client(ct_key, &ct, flow, now);
+    nat::dnat(ctx, flow, b.addr, b.port)?;
+    if ct.flags & (CtEntry::FLAG_HAIRPIN | CtEntry::FLAG_SNAT) != 0 {
+        nat::snat(ctx, flow, ct.nat_addr, ct.nat_port)?;
+    }
+    Ok(Some(ct.flags))
+}
+
+/// A new flow's backend: the client's affinity while it lasts, else a
+/// random slot.
+#[inline(always)]
+fn choose(key: &ServiceKey, svc: &ServiceValue, flow: &Flow, now: u32) -> Option<(u32, Backend)> {
+    let aff_key = AffinityKey { client: flow.saddr, rev_nat_id: svc.rev_nat_id, _pad: 0 };
+    if svc.affinity_timeout != 0 {
+        // Safety: copied out at once.
+        if let Some(a) = unsafe { WEIR_AFFINITY.get(&aff_key) }.copied()
+            && now.wrapping_sub(a.last_seen) <= svc.affinity_timeout
+            && let Some(b) = backend(a.backend_id)
+        {
+            let _ = WEIR_AFFINITY.insert(&aff_key, &AffinityValue { backend_id: a.backend_id, last_seen: now }, 0);
+            return Some((a.backend_id, b));
+        }
+    }
+    // Safety: helper without arguments.
+    let slot = (unsafe { bpf_get_prandom_u32() } % svc.count as u32) as u16 + 1;
+    let id = service(&key.with_slot(slot))?.backend_id;
+    let b = backend(id)?;
+    if svc.affinity_timeout != 0 {
+        let _ = WEIR_AFFINITY.insert(&aff_key, &AffinityValue { backend_id: id, last_seen: now }, 0);
+    }
+    Some((id, b))
+}
+
+/// Whether the flow from `client` to frontend `rn` is over (its original
+/// entry is gone, reset, or closed for longer than the grace period): then
+/// its reply entry must not translate.
+#[inline(always)]
+fn flow_is_over(client: u32, client_port: u16, rn: &RevNat, proto: u8) -> bool {
+    let original = CtKey::original(client, client_port, rn.addr, rn.port, proto);
+    let now = conntrack::now_secs();
+    match conntrack::lookup(&original) {
+        Some(ct) if ct.is_over(now) => true,
+        Some(ct) => {
+            // A half-closed flow (the client sent FIN, the server still
+            // sends): the grace counts from the last reply.
+            if ct.flags & CtEntry::FLAG_CLOSING != 0 {
+                conntrack::refresh(&original, &ct, now);
+            }
+            false
+        }
+        None => true,
+    }
+}

@@ -1,0 +1,53 @@
+//! Connect-time balancing: a socket's destination is chosen once per
+//! connect (or unconnected UDP sendmsg), without conntrack; what the socket
+//! was pointed at is remembered so it can be shown the Service address.
+use aya_ebpf::{macros::map, maps::LruHashMap};
+use weir_common::lb::{MAX_SOCK_REV_ENTRIES, RevNat, SockRevKey};
+
+use super::{choose, internal_frontend};
+use crate::{conntrack, node, packet::Flow};
+
+#[map]
+static WEIR_SOCK_REV: LruHashMap<SockRevKey, RevNat> = LruHashMap::pinned(MAX_SOCK_REV_ENTRIES, 0);
+
+pub enum Outcome {
+    NotService,
+    NoBackend,
+    Backend { addr: u32, port: u16 },
+}
+
+/// The backend for a socket connecting to `daddr:dport`: sockets are
+/// clients inside the cluster (internal scope), and affinity uses the node
+/// address as the client (the source address is not chosen yet at connect
+/// time).
+#[inline(always)]
+pub fn translate(daddr: u32, dport: u16, proto: u8) -> Outcome {
+    let flow = Flow { saddr: node::addr(), daddr, sport: 0, dport, proto, l4_off: 0, tcp_flags: 0 };
+    let Some((key, svc)) = internal_frontend(&flow) else {
+        return Outcome::NotService;
+    };
+    if svc.count == 0 {
+        return Outcome::NoBackend;
+    }
+    match choose(&key, &svc, &flow, conntrack::now_secs()) {
+        Some((_, b)) => Outcome::Backend { addr: b.addr, port: b.port },
+        None => Outcome::NoBackend,
+    }
+}
+
+/// Remembers that the socket `cookie`, pointed at backend `addr:port`,
+/// asked for `frontend`.
+#[inline(always)]
+pub fn remember(cookie: u64, addr: u32, port: u16, frontend: &RevNat) {
+    let key = SockRevKey { cookie, addr, port, _pad: 0 };
+    let _ = WEIR_SOCK_REV.insert(&key, frontend, 0);
+}
+
+/// The frontend the socket `cookie` asked for when it was pointed at
+/// backend `addr:port`, if it was.
+#[inline(always)]
+pub fn recall(cookie: u64, addr: u32, port: u16) -> Option<RevNat> {
+    let key = SockRevKey { cookie, addr, port, _pad: 0 };
+    // Safety: copied out at once.
+    unsafe { WEIR_SOCK_REV.get(&key) }.copied()
+}
