@@ -5,7 +5,8 @@ use weir_common::DropReason;
 
 use crate::{
     counters::{self, TC_OK},
-    lb, packet, reject,
+    lb::netdev::{self, Outcome},
+    packet, reject,
 };
 
 pub fn handle(ctx: &TcContext) -> i32 {
@@ -18,12 +19,11 @@ fn try_handle(ctx: &TcContext) -> Result<i32, DropReason> {
     let Ok(Some(flow)) = packet::parse(ctx) else {
         return Ok(TC_OK);
     };
-    match lb::netdev::translate(ctx, &flow)? {
-        lb::Outcome::NotService => Ok(TC_OK),
-        // Hairpin only arises for pods (from_pod).
-        lb::Outcome::Translated | lb::Outcome::Hairpin => Ok(counters::pass(TC_OK)),
-        lb::Outcome::TranslatedToUplink => Ok(counters::pass(packet::out_via(packet::ifindex(ctx)))),
-        lb::Outcome::NoBackend { frontend_addr } => {
+    match netdev::translate(ctx, &flow)? {
+        Outcome::NotService => Ok(TC_OK),
+        Outcome::Translated => Ok(counters::pass(TC_OK)),
+        Outcome::TranslatedToUplink => Ok(counters::pass(packet::out_via(packet::ifindex(ctx)))),
+        Outcome::NoBackend { frontend_addr } => {
             counters::count(DropReason::NoBackend);
             Ok(reject::icmp_port_unreachable(ctx, &flow, frontend_addr))
         }

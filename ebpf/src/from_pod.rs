@@ -9,7 +9,9 @@ use weir_common::{DropReason, EndpointInfo, policy::DIR_EGRESS};
 
 use crate::{
     counters::{self, TC_OK},
-    endpoint, lb, node, packet, policy, reject,
+    endpoint,
+    lb::{pod, reverse},
+    node, packet, policy, reject,
 };
 
 pub fn handle(ctx: &TcContext) -> i32 {
@@ -34,24 +36,23 @@ fn try_handle(ctx: &TcContext) -> Result<i32, DropReason> {
     let check_policy = policy::active(&ep) && !policy::tracked(ifindex, &flow);
     // A backend pod answering a translated flow: the client sees the
     // frontend. (A reply: its flow passed this pod's ingress check.)
-    match lb::reverse::reverse(ctx, &flow, lb::reverse::ReplyHook::FromBackend)? {
-        lb::reverse::Reversed::No => {}
-        lb::reverse::Reversed::Yes => return Ok(counters::pass(TC_OK)),
-        lb::reverse::Reversed::Hairpin => return Ok(counters::pass(packet::back_out(ctx, ifindex))),
-        lb::reverse::Reversed::ToUplink => return Ok(counters::pass(packet::out_via(node::uplink_ifindex()))),
+    match reverse::from_backend(ctx, &flow)? {
+        reverse::FromBackend::NotReply => {}
+        reverse::FromBackend::Reversed => return Ok(counters::pass(TC_OK)),
+        reverse::FromBackend::Hairpin => return Ok(counters::pass(packet::back_out(ctx, ifindex))),
+        reverse::FromBackend::ToUplink => return Ok(counters::pass(packet::out_via(node::uplink_ifindex()))),
     }
-    let outcome = lb::pod::translate(ctx, &flow)?;
-    let translated = !matches!(outcome, lb::Outcome::NotService);
-    if check_policy && !matches!(outcome, lb::Outcome::NoBackend { .. }) {
+    let outcome = pod::translate(ctx, &flow)?;
+    let translated = !matches!(outcome, pod::Outcome::NotService);
+    if check_policy && !matches!(outcome, pod::Outcome::NoBackend { .. }) {
         // Judge the packet as it now is: a translated one goes to a backend.
         let seen = if translated { packet::parse(ctx)?.unwrap_or(flow) } else { flow };
         policy::check_new(ifindex, &ep, DIR_EGRESS, &seen, &flow)?;
     }
     match outcome {
-        // TranslatedToUplink only arises on the uplink (from_netdev).
-        lb::Outcome::NotService | lb::Outcome::Translated | lb::Outcome::TranslatedToUplink => Ok(counters::pass(TC_OK)),
-        lb::Outcome::Hairpin => Ok(counters::pass(packet::back_out(ctx, ifindex))),
-        lb::Outcome::NoBackend { frontend_addr } => {
+        pod::Outcome::NotService | pod::Outcome::Translated => Ok(counters::pass(TC_OK)),
+        pod::Outcome::Hairpin => Ok(counters::pass(packet::back_out(ctx, ifindex))),
+        pod::Outcome::NoBackend { frontend_addr } => {
             counters::count(DropReason::NoBackend);
             Ok(reject::icmp_port_unreachable(ctx, &flow, frontend_addr))
         }

@@ -10,7 +10,7 @@ use weir_common::DropReason;
 
 use crate::{
     counters::{self, TC_OK},
-    lb, packet,
+    lb::reverse, packet,
 };
 
 pub fn handle(ctx: &TcContext) -> i32 {
@@ -25,7 +25,7 @@ fn try_handle(ctx: &TcContext) -> Result<i32, DropReason> {
     };
     // Routed already (the client is reached through this interface, and the
     // source stays a node address): the packet goes on as it is.
-    if !matches!(lb::reverse::reverse(ctx, &flow, lb::reverse::ReplyHook::FromHost)?, lb::reverse::Reversed::No) {
+    if reverse::from_host(ctx, &flow)? {
         counters::count(DropReason::Passed);
     }
     Ok(TC_OK)

@@ -6,7 +6,9 @@ use weir_common::{DropReason, EndpointInfo, policy::DIR_INGRESS};
 
 use crate::{
     counters::{self, TC_OK},
-    endpoint, lb, packet, policy,
+    endpoint,
+    lb::reverse,
+    packet, policy,
 };
 
 pub fn handle(ctx: &TcContext) -> i32 {
@@ -28,12 +30,10 @@ fn try_handle(ctx: &TcContext) -> Result<i32, DropReason> {
     let judge = ep.filter(|ep| policy::active(ep) && !policy::tracked(ifindex, &flow));
     // A hairpin reply never comes this way (from_pod sends it back out
     // directly), so any reversal here is a plain one.
-    let reversed = lb::reverse::reverse(ctx, &flow, lb::reverse::ReplyHook::ToClient)?;
+    let reversed = reverse::to_client(ctx, &flow)?;
     // (A reversed packet is a reply of a Service flow this pod opened,
     // which its egress check already saw.)
-    if let Some(ep) = judge
-        && matches!(reversed, lb::reverse::Reversed::No)
-    {
+    if let Some(ep) = judge && !reversed {
         policy::check_new(ifindex, &ep, DIR_INGRESS, &flow, &flow)?;
     }
     Ok(TC_OK)

@@ -37,22 +37,6 @@ static WEIR_REVNAT: HashMap<u16, RevNat> = HashMap::pinned(MAX_REVNAT_ENTRIES, 0
 #[map]
 static WEIR_AFFINITY: LruHashMap<AffinityKey, AffinityValue> = LruHashMap::pinned(MAX_AFFINITY_ENTRIES, 0);
 
-pub enum Outcome {
-    /// Not addressed to a Service.
-    NotService,
-    /// DNATed to a backend.
-    Translated,
-    /// Translated, and the source is now a node address: the caller sends
-    /// it back out of the uplink it came in on (see `packet::out_via`).
-    TranslatedToUplink,
-    /// Translated back to the pod it came from: the caller sends it back out
-    /// of the same veth (routing would drop it: its source is now an address
-    /// of the node).
-    Hairpin,
-    /// A Service with no usable backend: the caller rejects the packet.
-    NoBackend { frontend_addr: u32 },
-}
-
 #[inline(always)]
 fn service(key: &ServiceKey) -> Option<ServiceValue> {
     // Safety: copied out at once.

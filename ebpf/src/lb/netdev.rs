@@ -13,7 +13,7 @@ use weir_common::{
     lb::{Backend, CtEntry, CtKey, MAX_SRC_RANGE_ENTRIES, SCOPE_EXTERNAL, ServiceKey, ServiceValue, SourceRangeKey},
 };
 
-use super::{Outcome, choose, continue_flow, flow_is_over, rev_nat, service};
+use super::{choose, continue_flow, flow_is_over, rev_nat, service};
 use crate::{conntrack, nat, node, packet::Flow};
 
 #[map]
@@ -24,6 +24,20 @@ static WEIR_SRC_RANGE: LpmTrie<SourceRangeKey, u8> = LpmTrie::pinned(MAX_SRC_RAN
 const SNAT_TRIES: u32 = 8;
 const SNAT_PORT_MIN: u32 = 32_768;
 const SNAT_PORT_SPAN: u32 = 28_232;
+
+/// What a packet from the uplink became.
+pub enum Outcome {
+    /// Not addressed to a Service, nor a reply of one.
+    NotService,
+    /// DNATed to a local backend.
+    Translated,
+    /// Translated, and the source is now a node address (SNATed to a remote
+    /// backend, or a remote backend's reply reversed): the caller sends it
+    /// back out of the uplink it came in on (see `packet::out_via`).
+    TranslatedToUplink,
+    /// A Service with no usable backend: the caller rejects the packet.
+    NoBackend { frontend_addr: u32 },
+}
 
 #[inline(always)]
 pub fn translate(ctx: &TcContext, flow: &Flow) -> Result<Outcome, DropReason> {

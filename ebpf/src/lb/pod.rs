@@ -7,8 +7,22 @@ use weir_common::{
     lb::{Backend, CtEntry, CtKey},
 };
 
-use super::{Outcome, choose, continue_flow, internal_frontend};
+use super::{choose, continue_flow, internal_frontend};
 use crate::{conntrack, nat, node, packet::Flow};
+
+/// What a pod's packet became.
+pub enum Outcome {
+    /// Not addressed to a Service.
+    NotService,
+    /// DNATed to a backend.
+    Translated,
+    /// Translated back to the pod it came from: the caller sends it back out
+    /// of the same veth (routing would drop it: its source is now an address
+    /// of the node).
+    Hairpin,
+    /// A Service with no usable backend: the caller rejects the packet.
+    NoBackend { frontend_addr: u32 },
+}
 
 #[inline(always)]
 pub fn translate(ctx: &TcContext, flow: &Flow) -> Result<Outcome, DropReason> {

@@ -1,14 +1,20 @@
 //! Replies of translated flows get their frontend back as their source,
-//! at the one hook each kind of reply passes.
+//! at the one hook each kind of reply passes (replies of flows SNATed to a
+//! remote backend excepted: `netdev` reverses those as they come back).
 use aya_ebpf::programs::TcContext;
-use weir_common::{DropReason, lb::CtEntry};
+use weir_common::{
+    DropReason,
+    lb::{CtEntry, RevNat},
+};
 
 use super::{flow_is_over, rev_nat};
 use crate::{conntrack, nat, node, packet::Flow};
 
-pub enum Reversed {
-    No,
-    Yes,
+/// A packet leaving a backend pod (tc ingress of its veth).
+pub enum FromBackend {
+    /// Not a reply this hook reverses.
+    NotReply,
+    Reversed,
     /// Reversed to come from a node address (a NodePort reply): out of
     /// the uplink, past the routing input check (`node::uplink_ifindex`).
     ToUplink,
@@ -16,11 +22,11 @@ pub enum Reversed {
     Hairpin,
 }
 
-/// Where a reply is reverse-translated.
+/// Which replies each hook reverses.
 #[derive(Clone, Copy, PartialEq, Eq)]
-pub enum ReplyHook {
-    /// Leaving a backend pod (tc ingress of its veth): replies to external
-    /// clients of local backends, and hairpinned flows.
+enum Hook {
+    /// Leaving a backend pod: replies to external clients of local
+    /// backends, and hairpinned flows.
     FromBackend,
     /// Entering the client pod (tc egress of its veth): replies to pods.
     ToClient,
@@ -30,31 +36,69 @@ pub enum ReplyHook {
     FromHost,
 }
 
-/// Reply of a translated flow that was not source-translated on the
-/// uplink: put the frontend back as the source.
+/// A reply to reverse: its flow's reply entry and the frontend to put back.
+struct Reply {
+    ct: CtEntry,
+    frontend: RevNat,
+}
+
+/// A reply of a translated flow at a pod's veth on its way out: to an
+/// external client of a local backend, or of a hairpinned flow.
 #[inline(always)]
-pub fn reverse(ctx: &TcContext, flow: &Flow, hook: ReplyHook) -> Result<Reversed, DropReason> {
-    if !flow.has_ports() {
-        return Ok(Reversed::No);
-    }
-    let Some(ct) = conntrack::lookup(&conntrack::as_reply(flow)) else {
-        return Ok(Reversed::No);
+pub fn from_backend(ctx: &TcContext, flow: &Flow) -> Result<FromBackend, DropReason> {
+    let Some(reply) = find(flow, Hook::FromBackend) else {
+        return Ok(FromBackend::NotReply);
     };
+    if rewrite(ctx, flow, &reply)? {
+        return Ok(FromBackend::Hairpin);
+    }
+    if node::addr() == reply.frontend.addr {
+        return Ok(FromBackend::ToUplink);
+    }
+    Ok(FromBackend::Reversed)
+}
+
+/// A reply entering a client pod's veth: whether it was one (and is now
+/// reversed).
+#[inline(always)]
+pub fn to_client(ctx: &TcContext, flow: &Flow) -> Result<bool, DropReason> {
+    let Some(reply) = find(flow, Hook::ToClient) else { return Ok(false) };
+    rewrite(ctx, flow, &reply)?;
+    Ok(true)
+}
+
+/// A reply of a backend on the node's own stack leaving by the uplink:
+/// whether it was one (and is now reversed). Routed already (the client is
+/// reached through this interface, the source stays a node address).
+#[inline(always)]
+pub fn from_host(ctx: &TcContext, flow: &Flow) -> Result<bool, DropReason> {
+    // Never a hairpinned flow here (`find` leaves them out).
+    let Some(reply) = find(flow, Hook::FromHost) else { return Ok(false) };
+    rewrite(ctx, flow, &reply)?;
+    Ok(true)
+}
+
+/// The reply of a live translated flow that `hook` reverses, if `flow` is
+/// one.
+#[inline(always)]
+fn find(flow: &Flow, hook: Hook) -> Option<Reply> {
+    if !flow.has_ports() {
+        return None;
+    }
+    let ct = conntrack::lookup(&conntrack::as_reply(flow))?;
     if ct.flags & CtEntry::FLAG_SNAT != 0 {
-        return Ok(Reversed::No);
+        return None;
     }
     // Pod clients get their replies translated at their own veth; a
     // hairpinned flow never leaves the node.
     let pod_client = ct.flags & CtEntry::FLAG_POD_CLIENT != 0;
     let hairpin = ct.flags & CtEntry::FLAG_HAIRPIN != 0;
     match hook {
-        ReplyHook::FromBackend if pod_client => return Ok(Reversed::No),
-        ReplyHook::FromHost if pod_client || hairpin => return Ok(Reversed::No),
+        Hook::FromBackend if pod_client => return None,
+        Hook::FromHost if pod_client || hairpin => return None,
         _ => {}
     }
-    let Some(rn) = rev_nat(ct.rev_nat_id) else {
-        return Ok(Reversed::No);
-    };
+    let frontend = rev_nat(ct.rev_nat_id)?;
     // Only while the flow lives: a later connection that reuses the tuple
     // (a direct one to the same backend, say) must not be rewritten.
     let (client, client_port) = if hairpin {
@@ -62,23 +106,23 @@ pub fn reverse(ctx: &TcContext, flow: &Flow, hook: ReplyHook) -> Result<Reversed
     } else {
         (flow.daddr, flow.dport)
     };
-    if flow_is_over(client, client_port, &rn, flow.proto) {
+    if flow_is_over(client, client_port, &frontend, flow.proto) {
         conntrack::remove(&conntrack::as_reply(flow));
-        return Ok(Reversed::No);
+        return None;
     }
-    if hairpin {
-        // Back to the pod itself, from the frontend.
-        nat::dnat(ctx, flow, ct.nat_addr, ct.nat_port)?;
+    Some(Reply { ct, frontend })
+}
+
+/// Puts the frontend back as the source; a hairpinned flow's reply also
+/// goes back to the pod itself. Whether it was hairpinned.
+#[inline(always)]
+fn rewrite(ctx: &TcContext, flow: &Flow, reply: &Reply) -> Result<bool, DropReason> {
+    let rn = &reply.frontend;
+    if reply.ct.flags & CtEntry::FLAG_HAIRPIN != 0 {
+        nat::dnat(ctx, flow, reply.ct.nat_addr, reply.ct.nat_port)?;
         nat::snat(ctx, flow, rn.addr, rn.port)?;
-        return Ok(Reversed::Hairpin);
+        return Ok(true);
     }
     nat::snat(ctx, flow, rn.addr, rn.port)?;
-    // Already routed out of the uplink: the caller lets it go.
-    if hook == ReplyHook::FromHost {
-        return Ok(Reversed::Yes);
-    }
-    if node::addr() == rn.addr {
-        return Ok(Reversed::ToUplink);
-    }
-    Ok(Reversed::Yes)
+    Ok(false)
 }
