@@ -11,7 +11,7 @@ use weir_common::{
     policy::{DIR_EGRESS, DIR_INGRESS, IDENTITY_ANY, IDENTITY_WORLD, IpcacheEntry, IpcacheKey, POLICY_SLOT_OWN_NODE, PolicyEntry, PolicyKey},
 };
 
-use crate::{datapath::policy_stats, policy_sync::NAMES_FILE};
+use crate::{datapath::policy_stats, sync::names::NAMES_FILE};
 
 fn map_data(pin_dir: &Path, name: &str) -> anyhow::Result<MapData> {
     let path = pin_dir.join(pin::MAPS_DIR).join(name);

@@ -101,7 +101,7 @@ pub struct Gauges {
     pub endpoint_slices: usize,
     pub frontends: usize,
     pub peer_routes: usize,
-    pub policy: crate::policy_sync::PolicyGauges,
+    pub policy: crate::sync::policy::PolicyGauges,
 }
 
 fn now() -> u64 {

@@ -18,7 +18,7 @@ use weir_agent::{
         lb::LbNode,
         service::{EndpointSliceInfo, Protocol, ServiceInfo, ServicePort, SliceEndpoint, SlicePort},
     },
-    services::ServiceSync,
+    sync::services::ServiceSync,
 };
 
 #[derive(Debug, serde::Serialize)]
@@ -91,8 +91,8 @@ impl Drop for PinDir {
 
 pub async fn run(services: u32, endpoints: u32, changes: u32) -> anyhow::Result<Report> {
     let dir = PinDir(PathBuf::from(format!("/sys/fs/bpf/weir-bench-{}", std::process::id())));
-    let datapath = Datapath::load(&dir.0).context("loading the datapath (root and bpffs needed)")?;
-    let mut sync = ServiceSync::new(datapath, LbProgrammer::default());
+    let mut datapath = Datapath::load(&dir.0).context("loading the datapath (root and bpffs needed)")?;
+    let mut sync = ServiceSync::new(LbProgrammer::default());
     let mut index = ClusterIndex::default();
     let node = LbNode { name: "bench-node".into(), addrs: vec![] };
 
@@ -104,7 +104,7 @@ pub async fn run(services: u32, endpoints: u32, changes: u32) -> anyhow::Result<
     let mut dirty = index.change_services(Change::Relisted(all_services));
     dirty.extend(index.change_slices(Change::Relisted(all_slices)));
     sync.mark_dirty(dirty);
-    sync.reconcile(&index, &node).await;
+    sync.reconcile(&index, &node, &mut datapath).await;
     let cold = start.elapsed();
     let frontends = sync.frontends();
     anyhow::ensure!(frontends == services as usize, "expected {services} frontends, got {frontends}");
@@ -117,7 +117,7 @@ pub async fn run(services: u32, endpoints: u32, changes: u32) -> anyhow::Result<
         let start = Instant::now();
         let dirty = index.change_slices(Change::Applied(changed));
         sync.mark_dirty(dirty);
-        sync.reconcile(&index, &node).await;
+        sync.reconcile(&index, &node, &mut datapath).await;
         samples.push(start.elapsed());
     }
     samples.sort();

@@ -23,7 +23,7 @@ use weir_agent::{
         },
         service::Protocol,
     },
-    policy_sync::PolicySync,
+    sync::policy::PolicySync,
 };
 
 use crate::bench::{PinDir, percentile, rss_mib};

@@ -5,6 +5,7 @@ pub mod cni_metrics;
 pub mod cni_versions;
 pub mod files;
 pub mod health_check;
+pub mod host_addrs;
 pub mod masquerade;
 pub mod policy_socket;
 pub mod routes;

@@ -11,7 +11,6 @@ use crate::{
 };
 
 pub struct ServiceSync {
-    pub datapath: Datapath,
     lb: LbProgrammer,
     health: HealthChecks,
     /// Desired frontends, updated one Service at a time.
@@ -25,9 +24,8 @@ pub struct ServiceSync {
 
 impl ServiceSync {
     /// `lb` carries the IDs restored from the pinned maps.
-    pub fn new(datapath: Datapath, lb: LbProgrammer) -> Self {
+    pub fn new(lb: LbProgrammer) -> Self {
         Self {
-            datapath,
             lb,
             health: HealthChecks::default(),
             desired: lb::DesiredLb::default(),
@@ -53,7 +51,7 @@ impl ServiceSync {
         self.desired.frontends.len()
     }
 
-    pub async fn reconcile(&mut self, index: &ClusterIndex, node: &lb::LbNode) {
+    pub async fn reconcile(&mut self, index: &ClusterIndex, node: &lb::LbNode, datapath: &mut Datapath) {
         let dirty = std::mem::take(&mut self.dirty);
         let changed = self.desired.update(dirty, |k| index.services.get(k), |k| index.slices_of(k), node);
         let full = self.retry || (!self.pruned && index.services_synced());
@@ -62,9 +60,9 @@ impl ServiceSync {
             // what a previous agent left and nobody wants now).
             let prune = index.services_synced();
             self.pruned |= prune;
-            self.lb.apply(&self.desired.frontends, prune, &mut self.datapath)
+            self.lb.apply(&self.desired.frontends, prune, datapath)
         } else {
-            self.lb.apply_changed(&self.desired.frontends, &changed, &mut self.datapath)
+            self.lb.apply_changed(&self.desired.frontends, &changed, datapath)
         };
         if report.frontends_written + report.frontends_deleted + report.backends_deleted > 0 {
             info!(

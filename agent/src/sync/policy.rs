@@ -1,17 +1,13 @@
 //! Keeping the NetworkPolicy maps equal to the cluster's Pods, Namespaces
-//! and NetworkPolicies, and answering weir-cni's hand-off for new pods.
+//! and NetworkPolicies; weir-cni's requests for new pods are held in
+//! `handoff` and answered once a pass has written their entries.
 //!
 //! Local endpoints come from the endpoint map weir-cni writes; each is bound
 //! to its Pod either by the hand-off (namespace/name, before the Pod's
 //! status has an IP) or by the Pod's IP. Nothing is computed before all
 //! three kinds are listed: a policy not listed yet would leave its pods
 //! open, so until then new pods simply stay pending.
-use std::{
-    collections::BTreeMap,
-    net::Ipv4Addr,
-    path::{Path, PathBuf},
-    time::Instant,
-};
+use std::{collections::BTreeMap, net::Ipv4Addr, time::Instant};
 
 use tracing::{error, info, warn};
 use weir_common::EndpointInfo;
@@ -25,46 +21,27 @@ use crate::{
         ClusterIndex,
         policy::compile::{CompileInput, DesiredPolicy, LocalEndpoint, PolicyCompiler},
     },
-    node::policy_socket::{HOLD, Handoff, HandoffAnswer},
+    node::policy_socket::Handoff,
 };
 
-/// Names behind the numbers in the maps, for `weir-agent inspect policy`
-/// (a separate process): `<run dir>/policy-names.json`.
-pub const NAMES_FILE: &str = "policy-names.json";
-
-struct Waiter {
-    ifindex: u32,
-    pod: String,
-    deadline: Instant,
-    reply: tokio::sync::oneshot::Sender<HandoffAnswer>,
-}
+use super::{
+    handoff::Handoffs,
+    names::{Names, NamesFile},
+};
 
 pub struct PolicySync {
     compiler: PolicyCompiler,
     programmer: PolicyProgrammer,
-    /// ifindex -> (IP, pod key), as weir-cni announced them.
-    bindings: BTreeMap<u32, (Ipv4Addr, String)>,
-    waiters: Vec<Waiter>,
+    handoffs: Handoffs,
     node_name: String,
-    names_path: PathBuf,
+    names: NamesFile,
     dirty: bool,
     /// The last compiled state (for status and names).
     last: Option<DesiredPolicy>,
     last_stats: ApplyStats,
-    /// What the names file was last written from.
-    names_written: Option<Names>,
     endpoint_pods: BTreeMap<u32, String>,
     /// The endpoints the per-pod counters were last pruned against.
     stats_endpoints: Option<Vec<u32>>,
-}
-
-/// The names behind the numbers in the maps: slot -> policy, identity ->
-/// what it is, endpoint -> pod.
-#[derive(Debug, PartialEq, Eq)]
-struct Names {
-    slots: BTreeMap<u32, String>,
-    identities: BTreeMap<u32, String>,
-    endpoints: BTreeMap<u32, String>,
 }
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -81,14 +58,12 @@ impl PolicySync {
         Self {
             compiler: PolicyCompiler::new(),
             programmer,
-            bindings: BTreeMap::new(),
-            waiters: Vec::new(),
+            handoffs: Handoffs::default(),
             node_name,
-            names_path: run_dir.join(NAMES_FILE),
+            names: NamesFile::new(run_dir),
             dirty: true,
             last: None,
             last_stats: ApplyStats::default(),
-            names_written: None,
             endpoint_pods: BTreeMap::new(),
             stats_endpoints: None,
         }
@@ -99,22 +74,19 @@ impl PolicySync {
     }
 
     pub fn needs_work(&self, index: &ClusterIndex) -> bool {
-        (self.dirty || !self.waiters.is_empty()) && index.policy_synced()
+        (self.dirty || self.handoffs.waiting()) && index.policy_synced()
     }
 
     /// weir-cni announces a new pod; the answer goes out once the pod's
     /// policy is in place (or the hold time runs out).
     pub fn handoff(&mut self, h: Handoff) {
-        let r = h.request;
-        info!(pod = %r.pod_key(), ifindex = r.ifindex, ip = %r.ip, "new pod announced by weir-cni");
-        self.bindings.insert(r.ifindex, (r.ip, r.pod_key()));
-        self.waiters.push(Waiter { ifindex: r.ifindex, pod: r.pod_key(), deadline: Instant::now() + HOLD, reply: h.reply });
+        self.handoffs.announce(h);
         self.dirty = true;
     }
 
     /// The earliest hold deadline, so the main loop wakes up for it.
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.waiters.iter().map(|w| w.deadline).min()
+        self.handoffs.next_deadline()
     }
 
     pub fn gauges(&self, index: &ClusterIndex) -> PolicyGauges {
@@ -141,7 +113,7 @@ impl PolicySync {
 
     pub fn reconcile(&mut self, index: &ClusterIndex, maps: &mut impl PolicyMaps) {
         if !index.policy_synced() {
-            self.expire_waiters();
+            self.handoffs.expire();
             return;
         }
         self.dirty = false;
@@ -153,9 +125,7 @@ impl PolicySync {
                 return;
             }
         };
-        // Announcements for interfaces that are gone, or now hold another
-        // pod, no longer count.
-        self.bindings.retain(|ifindex, (ip, _)| endpoints.get(ifindex).is_some_and(|ep| ep.ipv4_octets() == ip.octets()));
+        self.handoffs.retain_live(&endpoints);
         let by_ip: BTreeMap<Ipv4Addr, &str> = index
             .pods
             .iter()
@@ -166,15 +136,12 @@ impl PolicySync {
             .iter()
             .map(|(ifindex, ep)| {
                 let ip = Ipv4Addr::from(ep.ipv4_octets());
-                let pod = match self.bindings.get(ifindex) {
-                    Some((_, key)) => Some(key.clone()),
-                    None => by_ip.get(&ip).map(|k| k.to_string()),
-                };
+                let pod = self.handoffs.pod_of(*ifindex).or_else(|| by_ip.get(&ip).copied()).map(str::to_string);
                 LocalEndpoint { ifindex: *ifindex, ip, pod, pending: ep.flags & EndpointInfo::FLAG_POLICY_PENDING != 0 }
             })
             .collect();
         self.endpoint_pods = local.iter().filter_map(|e| Some((e.ifindex, e.pod.clone()?))).collect();
-        let host_addrs = host_addrs();
+        let host_addrs = crate::node::host_addrs::ipv4();
         let desired = self.compiler.compile(&CompileInput {
             pods: index.pods.map(),
             namespaces: index.namespaces.map(),
@@ -199,7 +166,7 @@ impl PolicySync {
                 }
                 self.write_names(&desired);
                 self.last_stats = stats;
-                self.answer_waiters(&desired, index);
+                self.handoffs.answer(&desired, index);
                 self.prune_stats(maps, &endpoints);
             }
             Err(e) => {
@@ -208,7 +175,7 @@ impl PolicySync {
             }
         }
         self.last = Some(desired);
-        self.expire_waiters();
+        self.handoffs.expire();
     }
 
     /// Counters of endpoints that are gone would fill the map over time;
@@ -224,107 +191,21 @@ impl PolicySync {
         }
     }
 
-    fn answer_waiters(&mut self, desired: &DesiredPolicy, index: &ClusterIndex) {
-        let mut keep = Vec::new();
-        for w in std::mem::take(&mut self.waiters) {
-            let pending = desired.endpoint_flags.get(&w.ifindex).is_none_or(|f| f & EndpointInfo::FLAG_POLICY_PENDING != 0);
-            if !pending {
-                let _ = w.reply.send(HandoffAnswer::Ready);
-            } else if index.pods.get(&w.pod).is_none() {
-                keep.push(w);
-            } else {
-                // Known pod but still pending: its endpoint entry is gone.
-                let _ = w.reply.send(HandoffAnswer::Pending(format!("no endpoint entry for ifindex {}", w.ifindex)));
-            }
-        }
-        self.waiters = keep;
-    }
-
-    /// Answers the hand-offs held past their deadline: the pod starts
-    /// isolated and is opened once its policy is in place.
-    fn expire_waiters(&mut self) {
-        let now = Instant::now();
-        let (done, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.waiters).into_iter().partition(|w| w.deadline <= now);
-        self.waiters = keep;
-        for w in done {
-            warn!(pod = %w.pod, "pod starts isolated: its policy is not known yet");
-            let _ = w.reply.send(HandoffAnswer::Pending(format!(
-                "no policy for Pod {} within {HOLD:?} (the Pod, or the first lists of Pods, Namespaces and \
-                 NetworkPolicies, not seen yet); it stays isolated until then",
-                w.pod
-            )));
-        }
-    }
-
     /// Expires held hand-offs without recomputing (timer tick).
     pub fn tick(&mut self) {
-        self.expire_waiters();
+        self.handoffs.expire();
     }
 
-    /// Writes the names file if the names changed (a label or policy
-    /// change rarely renames anything, and the file is not small).
     fn write_names(&mut self, desired: &DesiredPolicy) {
         // The compiler has a slot for every policy and for nothing else.
-        let unchanged = self.names_written.as_ref().is_some_and(|w| {
-            w.identities == desired.identities
-                && w.endpoints == self.endpoint_pods
-                && w.slots.iter().map(|(slot, policy)| (*slot, policy.as_str())).eq(self.compiler.slots())
-        });
-        if unchanged {
+        if self.names.unchanged(self.compiler.slots(), &desired.identities, &self.endpoint_pods) {
             return;
         }
-        let names = Names {
+        self.names.write(Names {
             slots: self.compiler.slots().map(|(slot, policy)| (slot, policy.to_string())).collect(),
             identities: desired.identities.clone(),
             endpoints: self.endpoint_pods.clone(),
-        };
-        let text_keys = |m: &BTreeMap<u32, String>| m.iter().map(|(k, v)| (k.to_string(), v.clone())).collect::<BTreeMap<_, _>>();
-        let doc = serde_json::json!({
-            "slots": text_keys(&names.slots),
-            "identities": text_keys(&names.identities),
-            "endpoints": text_keys(&names.endpoints),
-        })
-        .to_string();
-        if let Err(e) = replace_unsynced(&self.names_path, doc.as_bytes()) {
-            warn!(error = %e, path = %self.names_path.display(), "policy names not written (inspect shows numbers only)");
-        } else {
-            self.names_written = Some(names);
-        }
-    }
-}
-
-/// Replaces a file whole (readers see the old or the new contents), without
-/// waiting for the disk: for the names file, which describes the pinned
-/// maps (gone after a reboot too) and is written afresh by a starting
-/// agent, a sync would only hold up every pass that changes a name.
-fn replace_unsynced(path: &Path, contents: &[u8]) -> std::io::Result<()> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    std::fs::write(&tmp, contents)?;
-    std::fs::rename(&tmp, path).inspect_err(|_| {
-        let _ = std::fs::remove_file(&tmp);
-    })
-}
-
-/// Every IPv4 address of the node's own namespace: traffic from these is
-/// the pod's own node (kubelet probes), which always reaches it.
-fn host_addrs() -> Vec<Ipv4Addr> {
-    match nix::ifaddrs::getifaddrs() {
-        Ok(addrs) => {
-            let mut out: Vec<Ipv4Addr> = addrs
-                .filter_map(|a| a.address.and_then(|s| s.as_sockaddr_in().map(|sin| sin.ip())))
-                .collect();
-            out.sort();
-            out.dedup();
-            out
-        }
-        Err(e) => {
-            warn!(error = %e, "cannot list the node's addresses");
-            Vec::new()
-        }
+        });
     }
 }
 

@@ -1,0 +1,268 @@
+//! The reconcile loop's state: the cluster index the sources feed, and the
+//! node plumbing, service sync and policy sync that make the node match it,
+//! through the one datapath this module owns.
+use std::collections::BTreeSet;
+
+use tracing::{error, info, warn};
+
+use crate::{
+    app::READY_FILE,
+    config::AgentConfig,
+    datapath::{Datapath, lb_maps::LbMaps as _, lb_programmer::LbProgrammer},
+    model::{ClusterIndex, NodePlan, cni_conf, lb, plan, service::EndpointSliceInfo},
+    node::{files, routes::Routes},
+    sources::{Change, Update},
+    sync::{policy::PolicySync, services::ServiceSync},
+};
+
+pub struct Reconciler {
+    config: AgentConfig,
+    routes: Routes,
+    /// The eBPF datapath: the service and policy syncs write through it.
+    datapath: Datapath,
+    services: ServiceSync,
+    pub policy: PolicySync,
+    index: ClusterIndex,
+    /// The node plumbing must be looked at again.
+    nodes_dirty: bool,
+    status: std::sync::Arc<crate::status::Status>,
+    peer_routes: usize,
+    /// The uplink the NodePort program is attached to, and the address.
+    uplink: Option<(std::net::Ipv4Addr, std::net::Ipv4Addr, String)>,
+    /// Problems already reported, so each is logged once while it lasts.
+    reported: BTreeSet<(String, String)>,
+    ready: bool,
+    /// EndpointSlice changes not yet programmed (network programming latency).
+    programming: crate::status::ProgrammingClock,
+}
+
+impl Reconciler {
+    pub fn new(
+        config: AgentConfig,
+        routes: Routes,
+        datapath: Datapath,
+        lb: LbProgrammer,
+        policy: PolicySync,
+        status: std::sync::Arc<crate::status::Status>,
+    ) -> Self {
+        Self {
+            config,
+            routes,
+            datapath,
+            services: ServiceSync::new(lb),
+            policy,
+            index: ClusterIndex::default(),
+            nodes_dirty: true,
+            status,
+            peer_routes: 0,
+            uplink: None,
+            reported: BTreeSet::new(),
+            ready: false,
+            programming: crate::status::ProgrammingClock::new(std::time::SystemTime::now()),
+        }
+    }
+
+    pub fn dirty(&self) -> bool {
+        self.nodes_dirty || self.services.needs_work(&self.index) || self.policy.needs_work(&self.index)
+    }
+
+    pub fn apply(&mut self, update: Update) {
+        match update {
+            Update::Nodes(c) => {
+                let me = self.config.plan.node_name.clone();
+                let changed = self.index.nodes.change(c);
+                if !changed.is_empty() {
+                    self.nodes_dirty = true;
+                }
+                // NodePorts listen on this node's addresses, and which
+                // endpoints are local depends on the node's name only.
+                let mine = changed.iter().any(|(o, n)| {
+                    o.as_ref().is_some_and(|x| x.name == me) || n.as_ref().is_some_and(|x| x.name == me)
+                });
+                if mine {
+                    self.services.mark_dirty(self.index.services.iter().map(|s| s.key.clone()));
+                }
+            }
+            Update::Services(c) => {
+                let keys = self.index.change_services(c);
+                self.services.mark_dirty(keys);
+            }
+            Update::EndpointSlices(c) => {
+                // A change's trigger time, once (a relist repeats the
+                // versions already programmed).
+                let new_versions: &[EndpointSliceInfo] = match &c {
+                    Change::Applied(slice) => std::slice::from_ref(slice),
+                    Change::Relisted(slices) | Change::RelistedKeeping { objects: slices, .. } => slices,
+                    Change::Deleted(_) => &[],
+                };
+                for slice in new_versions {
+                    if self.index.slice(&slice.key).map(|old| old.trigger_time) != Some(slice.trigger_time) {
+                        self.programming.note(slice.trigger_time);
+                    }
+                }
+                let keys = self.index.change_slices(c);
+                self.services.mark_dirty(keys);
+            }
+            // Policy is recompiled as a whole and applied as a diff: only
+            // the entries that change are written.
+            Update::Pods(c) => {
+                if !self.index.pods.change(c).is_empty() {
+                    self.policy.mark_dirty();
+                }
+            }
+            Update::Namespaces(c) => {
+                if !self.index.namespaces.change(c).is_empty() {
+                    self.policy.mark_dirty();
+                }
+            }
+            Update::NetworkPolicies(c) => {
+                if !self.index.policies.change(c).is_empty() {
+                    self.policy.mark_dirty();
+                }
+            }
+            Update::Reachable { kind, ok } => self.status.set_reachable(&kind, ok),
+            Update::Problems { kind, count } => self.status.set_problems(&kind, count),
+        }
+    }
+
+    pub async fn reconcile(&mut self) {
+        let started = std::time::Instant::now();
+        let mut problems = Vec::new();
+        if self.nodes_dirty {
+            self.nodes_dirty = false;
+            let plan = plan::plan(&self.index, &self.config.plan);
+            problems.extend(plan.problems.iter().cloned());
+            self.reconcile_node(&plan).await;
+        }
+        if self.services.needs_work(&self.index) {
+            let me = self.index.node(&self.config.plan.node_name);
+            let node = lb::LbNode {
+                name: self.config.plan.node_name.clone(),
+                addrs: me.and_then(|n| n.internal_ip).into_iter().collect(),
+            };
+            self.services.reconcile(&self.index, &node, &mut self.datapath).await;
+        }
+        if !self.services.needs_work(&self.index) {
+            self.status.observe_programming(&self.programming.programmed(std::time::SystemTime::now()));
+        }
+        problems.extend(self.services.problems().cloned());
+        if self.policy.needs_work(&self.index) {
+            self.policy.reconcile(&self.index, &mut self.datapath);
+            let (slots, pods) = self.policy.names(&self.index);
+            self.status.set_policy_names(slots, pods);
+        }
+        self.report(problems);
+        let synced = self.index.nodes.synced() && self.index.services_synced() && self.index.policy_synced();
+        let gauges = crate::status::Gauges {
+            nodes: self.index.nodes.len(),
+            services: self.index.services.len(),
+            endpoint_slices: self.index.slice_count(),
+            frontends: self.services.frontends(),
+            peer_routes: self.peer_routes,
+            policy: self.policy.gauges(&self.index),
+        };
+        self.status.record_sync(started.elapsed(), !self.dirty(), synced, gauges);
+    }
+
+    /// NodePorts need the uplink program and the node address for SNAT;
+    /// hairpin needs the pod gateway address.
+    async fn reconcile_uplink(&mut self, plan: &NodePlan) -> bool {
+        let Some(addr) = self.index.node(&self.config.plan.node_name).and_then(|n| n.internal_ip) else {
+            return true;
+        };
+        let Some(gateway) = plan.pod_cidr.and_then(|c| c.nth(1)) else {
+            return true;
+        };
+        if self.uplink.as_ref().is_some_and(|(a, g, _)| *a == addr && *g == gateway) {
+            return true;
+        }
+        let ifname = match crate::datapath::uplink::interface_with(addr).await {
+            Ok(n) => n,
+            Err(e) => {
+                error!(error = %e, "NodePort datapath not attached");
+                return false;
+            }
+        };
+        let ifindex = match nix::net::if_::if_nametoindex(ifname.as_str()) {
+            Ok(i) => i,
+            Err(e) => {
+                error!(error = %e, %ifname, "cannot read the uplink's ifindex");
+                return false;
+            }
+        };
+        if let Err(e) = self.datapath.set_node_addrs(addr, gateway, ifindex) {
+            error!(error = %e, "cannot set the node address for NodePort SNAT");
+            return false;
+        }
+        if let Err(e) = self.datapath.attach_uplink(&ifname) {
+            error!(error = %e, "NodePort datapath not attached");
+            return false;
+        }
+        info!(%addr, %ifname, "NodePort datapath attached to the uplink");
+        self.uplink = Some((addr, gateway, ifname));
+        true
+    }
+
+    async fn reconcile_node(&mut self, plan: &NodePlan) {
+        let mut ok = true;
+        if let Some(conflist) = &plan.conflist {
+            let path = self.config.cni_conf_dir.join(cni_conf::CONFLIST_FILE);
+            match files::write_atomic(&path, conflist.as_bytes()) {
+                Ok(true) => info!(path = %path.display(), "wrote CNI config"),
+                Ok(false) => {}
+                Err(e) => {
+                    error!(error = %e, "CNI config not written");
+                    ok = false;
+                }
+            }
+        }
+
+        ok &= self.reconcile_uplink(plan).await;
+        let prune = self.index.nodes.synced();
+        match self.routes.sync(&plan.peer_routes, prune).await {
+            Ok(stats) if stats != Default::default() => {
+                info!(set = stats.set, deleted = stats.deleted, total = plan.peer_routes.len(), "peer routes synced")
+            }
+            Ok(_) => {}
+            Err(errors) => {
+                ok = false;
+                for e in errors {
+                    error!(error = %e, "peer route");
+                }
+            }
+        }
+
+        if ok && !self.ready && prune && plan.conflist.is_some() {
+            self.mark_ready(plan);
+        }
+        self.peer_routes = plan.peer_routes.len();
+        if !ok {
+            self.nodes_dirty = true;
+        }
+    }
+
+    fn mark_ready(&mut self, plan: &NodePlan) {
+        let marker = serde_json::json!({
+            "node": self.config.plan.node_name,
+            "podCIDR": plan.pod_cidr.map(|c| c.to_string()),
+            "pid": std::process::id(),
+        });
+        let path = self.config.run_dir.join(READY_FILE);
+        match files::write_atomic(&path, marker.to_string().as_bytes()) {
+            Ok(_) => {
+                self.ready = true;
+                self.status.set_node_ready(true);
+                info!(path = %path.display(), "node ready for pods");
+            }
+            Err(e) => error!(error = %e, "cannot write the ready marker"),
+        }
+    }
+
+    fn report(&mut self, problems: Vec<plan::Problem>) {
+        let now: BTreeSet<_> = problems.into_iter().map(|p| (p.object, p.message)).collect();
+        for (object, message) in now.difference(&self.reported) {
+            warn!(%object, "{message}");
+        }
+        self.reported = now;
+    }
+}

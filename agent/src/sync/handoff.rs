@@ -1,0 +1,93 @@
+//! weir-cni's hand-off for a new pod: its request is held until the pod's
+//! policy entries are written (answered Ready), or its time runs out
+//! (answered Pending: the pod starts isolated and opens once its policy is
+//! in place).
+use std::{collections::BTreeMap, net::Ipv4Addr, time::Instant};
+
+use tracing::{info, warn};
+use weir_common::EndpointInfo;
+
+use crate::{
+    model::{ClusterIndex, policy::compile::DesiredPolicy},
+    node::policy_socket::{HOLD, Handoff, HandoffAnswer},
+};
+
+struct Waiter {
+    ifindex: u32,
+    pod: String,
+    deadline: Instant,
+    reply: tokio::sync::oneshot::Sender<HandoffAnswer>,
+}
+
+/// The pods weir-cni announced: which interface is which pod, and the
+/// requests still waiting for an answer.
+#[derive(Default)]
+pub struct Handoffs {
+    /// ifindex -> (IP, pod key), as weir-cni announced them.
+    bindings: BTreeMap<u32, (Ipv4Addr, String)>,
+    waiters: Vec<Waiter>,
+}
+
+impl Handoffs {
+    /// weir-cni announces a new pod; the answer goes out once the pod's
+    /// policy is in place (or the hold time runs out).
+    pub fn announce(&mut self, h: Handoff) {
+        let r = h.request;
+        info!(pod = %r.pod_key(), ifindex = r.ifindex, ip = %r.ip, "new pod announced by weir-cni");
+        self.bindings.insert(r.ifindex, (r.ip, r.pod_key()));
+        self.waiters.push(Waiter { ifindex: r.ifindex, pod: r.pod_key(), deadline: Instant::now() + HOLD, reply: h.reply });
+    }
+
+    pub fn waiting(&self) -> bool {
+        !self.waiters.is_empty()
+    }
+
+    /// The earliest hold deadline, so the main loop wakes up for it.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.waiters.iter().map(|w| w.deadline).min()
+    }
+
+    /// Announcements for interfaces that are gone, or now hold another
+    /// pod, no longer count.
+    pub fn retain_live(&mut self, endpoints: &BTreeMap<u32, EndpointInfo>) {
+        self.bindings.retain(|ifindex, (ip, _)| endpoints.get(ifindex).is_some_and(|ep| ep.ipv4_octets() == ip.octets()));
+    }
+
+    /// The pod weir-cni announced on `ifindex`.
+    pub fn pod_of(&self, ifindex: u32) -> Option<&str> {
+        self.bindings.get(&ifindex).map(|(_, key)| key.as_str())
+    }
+
+    /// Answers every request whose pod is no longer pending in `desired`.
+    pub fn answer(&mut self, desired: &DesiredPolicy, index: &ClusterIndex) {
+        let mut keep = Vec::new();
+        for w in std::mem::take(&mut self.waiters) {
+            let pending = desired.endpoint_flags.get(&w.ifindex).is_none_or(|f| f & EndpointInfo::FLAG_POLICY_PENDING != 0);
+            if !pending {
+                let _ = w.reply.send(HandoffAnswer::Ready);
+            } else if index.pods.get(&w.pod).is_none() {
+                keep.push(w);
+            } else {
+                // Known pod but still pending: its endpoint entry is gone.
+                let _ = w.reply.send(HandoffAnswer::Pending(format!("no endpoint entry for ifindex {}", w.ifindex)));
+            }
+        }
+        self.waiters = keep;
+    }
+
+    /// Answers the requests held past their deadline: the pod starts
+    /// isolated and is opened once its policy is in place.
+    pub fn expire(&mut self) {
+        let now = Instant::now();
+        let (done, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.waiters).into_iter().partition(|w| w.deadline <= now);
+        self.waiters = keep;
+        for w in done {
+            warn!(pod = %w.pod, "pod starts isolated: its policy is not known yet");
+            let _ = w.reply.send(HandoffAnswer::Pending(format!(
+                "no policy for Pod {} within {HOLD:?} (the Pod, or the first lists of Pods, Namespaces and \
+                 NetworkPolicies, not seen yet); it stays isolated until then",
+                w.pod
+            )));
+        }
+    }
+}
