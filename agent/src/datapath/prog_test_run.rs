@@ -1,31 +1,11 @@
-//! BPF_PROG_TEST_RUN for tc programs, through the raw syscall: aya 0.14 does
-//! not expose it. Runs a program once on a packet and returns its verdict
-//! and the packet as the program left it.
-use std::os::fd::{AsRawFd as _, BorrowedFd};
+//! BPF_PROG_TEST_RUN for the tc programs, through aya's `TestRun`: runs a
+//! program once on a packet, as if it had arrived on `ifindex`, and returns
+//! its verdict and the packet as the program left it.
+use aya::programs::{ProgramError, SchedClassifier, TestRun as _, TestRunOptions};
 
-const BPF_PROG_TEST_RUN: libc::c_long = 10;
+use weir_common::pin;
 
-/// The `test` member of `union bpf_attr` (include/uapi/linux/bpf.h).
-#[repr(C)]
-#[derive(Default)]
-struct TestRunAttr {
-    prog_fd: u32,
-    retval: u32,
-    data_size_in: u32,
-    data_size_out: u32,
-    data_in: u64,
-    data_out: u64,
-    repeat: u32,
-    duration: u32,
-    ctx_size_in: u32,
-    ctx_size_out: u32,
-    ctx_in: u64,
-    ctx_out: u64,
-    flags: u32,
-    cpu: u32,
-    batch_size: u32,
-    _pad: u32,
-}
+use super::Datapath;
 
 /// `struct __sk_buff` is 192 bytes; the kernel accepts a prefix of it and
 /// only a few writable fields, all left zero here except `ifindex`.
@@ -37,35 +17,34 @@ pub struct Outcome {
     pub packet: Vec<u8>,
 }
 
-/// `ifindex` 1 (loopback) always exists; the kernel refuses an ifindex that
-/// names no device in the caller's namespace.
-pub fn run(prog: BorrowedFd<'_>, packet: &[u8], ifindex: u32) -> std::io::Result<Outcome> {
+/// Runs the tc program `name` of `dp`. `ifindex` 1 (loopback) always
+/// exists; the kernel refuses an ifindex that names no device in the
+/// caller's namespace.
+pub fn run(dp: &Datapath, name: &str, packet: &[u8], ifindex: u32) -> Result<Outcome, ProgramError> {
+    let prog: &SchedClassifier = dp.ebpf().program(name).expect("program in the object").try_into()?;
     let mut out = vec![0u8; packet.len() + 256];
     let mut ctx = [0u8; SK_BUFF_SIZE];
     ctx[SK_BUFF_IFINDEX_OFFSET..SK_BUFF_IFINDEX_OFFSET + 4].copy_from_slice(&ifindex.to_ne_bytes());
-    let mut attr = TestRunAttr {
-        prog_fd: prog.as_raw_fd() as u32,
-        data_size_in: packet.len() as u32,
-        data_size_out: out.len() as u32,
-        data_in: packet.as_ptr() as u64,
-        data_out: out.as_mut_ptr() as u64,
-        repeat: 1,
-        ctx_size_in: ctx.len() as u32,
-        ctx_in: ctx.as_ptr() as u64,
-        ..Default::default()
-    };
-    // Safety: attr points at buffers that outlive the call; sizes match.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_PROG_TEST_RUN,
-            &mut attr as *mut TestRunAttr,
-            std::mem::size_of::<TestRunAttr>() as u32,
-        )
-    };
-    if ret < 0 {
-        return Err(std::io::Error::last_os_error());
+    let opts = TestRunOptions { data_in: Some(packet), data_out: Some(&mut out), ctx_in: Some(&ctx), ..TestRunOptions::new() };
+    let result = prog.test_run(opts)?;
+    out.truncate(result.data_size_out as usize);
+    Ok(Outcome { retval: result.return_value, packet: out })
+}
+
+/// The errno BPF_PROG_TEST_RUN answers for the (loaded) program `name`,
+/// whatever its type. aya implements `TestRun` only for the program types
+/// the kernel can test-run, which cgroup sock_addr programs are not; to ask
+/// the kernel all the same, the program is pinned and opened again as a
+/// classifier, a handle that has `test_run` (the kernel goes by the
+/// program's real type).
+pub fn errno_of(dp: &mut Datapath, name: &str) -> Option<i32> {
+    let path = dp.pin_dir.join(pin::PROGS_DIR).join(format!("{name}_test_run"));
+    dp.ebpf_mut().program_mut(name).expect("program in the object").pin(&path).expect("pin");
+    let handle = SchedClassifier::from_pin(&path).expect("open the pin");
+    let _ = std::fs::remove_file(&path);
+    match handle.test_run(TestRunOptions { data_in: Some(&[0u8; 64]), ..TestRunOptions::new() }) {
+        Ok(_) => None,
+        Err(ProgramError::SyscallError(e)) => e.io_error.raw_os_error(),
+        Err(e) => panic!("test run of {name}: {e}"),
     }
-    out.truncate(attr.data_size_out as usize);
-    Ok(Outcome { retval: attr.retval, packet: out })
 }

@@ -45,7 +45,7 @@ impl TestDatapath {
     }
 
     fn run(&self, packet: &[u8]) -> u32 {
-        prog_test_run::run(self.dp.program_fd(pin::PROG_FROM_POD), packet, LOOPBACK)
+        prog_test_run::run(&self.dp, pin::PROG_FROM_POD, packet, LOOPBACK)
             .expect("BPF_PROG_TEST_RUN")
             .retval
     }
@@ -58,7 +58,6 @@ impl TestDatapath {
         super::loader::verdict_counts(&self.dir.0).unwrap().into_iter().find(|(r, _)| *r == reason).unwrap().1
     }
 }
-
 
 /// Ethernet + IPv4 + UDP, checksums not needed by the program.
 fn udp_packet(src: [u8; 4], dst: [u8; 4]) -> Vec<u8> {

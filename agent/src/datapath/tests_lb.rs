@@ -132,7 +132,7 @@ fn apply(t: &mut TestDatapath, p: &mut LbProgrammer, proto: Protocol, backends: 
 }
 
 pub fn run(t: &TestDatapath, prog: &str, packet: &[u8]) -> (u32, Vec<u8>) {
-    let out = prog_test_run::run(t.dp.program_fd(prog), packet, LOOPBACK).expect("BPF_PROG_TEST_RUN");
+    let out = prog_test_run::run(&t.dp, prog, packet, LOOPBACK).expect("BPF_PROG_TEST_RUN");
     (out.retval, out.packet)
 }
 

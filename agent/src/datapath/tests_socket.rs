@@ -9,7 +9,6 @@ use std::{
     collections::BTreeMap,
     io::Write as _,
     net::{Ipv4Addr, TcpListener, UdpSocket},
-    os::fd::AsFd as _,
     path::PathBuf,
     process::Command,
 };
@@ -91,10 +90,8 @@ fn sockets_in_the_cgroup_reach_services_and_see_the_service_address() {
     t.dp.attach_socket_lb(&cg.0).unwrap();
 
     // Why this test uses a real socket: no test run for these programs.
-    let prog = t.dp.ebpf().program(weir_common::pin::PROG_SOCK_CONNECT4).unwrap();
-    let fd = prog.fd().unwrap().as_fd();
-    let err = super::prog_test_run::run(fd, &[0u8; 64], 1).err().map(|e| e.raw_os_error());
-    assert_eq!(err, Some(Some(524)), "BPF_PROG_TEST_RUN on a cgroup sock_addr program: want ENOTSUPP");
+    let err = super::prog_test_run::errno_of(&mut t.dp, weir_common::pin::PROG_SOCK_CONNECT4);
+    assert_eq!(err, Some(524), "BPF_PROG_TEST_RUN on a cgroup sock_addr program: want ENOTSUPP");
 
     let tcp = TcpListener::bind("127.0.0.1:0").unwrap();
     let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
