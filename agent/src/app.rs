@@ -7,7 +7,7 @@ use tracing::{error, info, info_span, warn};
 
 use crate::{
     config::AgentConfig,
-    datapath::{Datapath, lb_maps::LbMaps as _, lb_programmer::LbProgrammer, policy_maps::PolicyMaps, policy_programmer::PolicyProgrammer},
+    datapath::{Datapath, lb::maps::LbMaps as _, lb::programmer::LbProgrammer, policy::maps::PolicyMaps, policy::programmer::PolicyProgrammer},
     node::{masquerade, policy_socket, routes::Routes, sysctl},
     sources::{self, SourceSpec, Update},
     sync::policy::PolicySync,

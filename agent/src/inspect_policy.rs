@@ -11,7 +11,7 @@ use weir_common::{
     policy::{DIR_EGRESS, DIR_INGRESS, IDENTITY_ANY, IDENTITY_WORLD, IpcacheEntry, IpcacheKey, POLICY_SLOT_OWN_NODE, PolicyEntry, PolicyKey},
 };
 
-use crate::{datapath::policy_stats, sync::names::NAMES_FILE};
+use crate::{datapath::policy::stats, sync::names::NAMES_FILE};
 
 fn map_data(pin_dir: &Path, name: &str) -> anyhow::Result<MapData> {
     let path = pin_dir.join(pin::MAPS_DIR).join(name);
@@ -182,7 +182,7 @@ pub fn report(pin_dir: &Path, run_dir: &Path) -> anyhow::Result<PolicyReport> {
     for key in live.rules.keys() {
         *per_ep.entry(key?.data().ifindex).or_default() += 1;
     }
-    let stats = policy_stats::endpoint_stats(pin_dir)?;
+    let stats = stats::endpoint_stats(pin_dir)?;
     let endpoints = live
         .endpoints
         .iter()
@@ -215,7 +215,7 @@ pub fn report(pin_dir: &Path, run_dir: &Path) -> anyhow::Result<PolicyReport> {
         })
         .collect();
     let known = std::iter::once(POLICY_SLOT_OWN_NODE).chain(live.names.slots.keys().filter_map(|s| s.parse().ok()));
-    let policies = policy_stats::policy_hits(pin_dir, known)?
+    let policies = stats::policy_hits(pin_dir, known)?
         .into_iter()
         .map(|(slot, n)| PolicyRow { policy: live.names.slot(slot), allowed_flows: n })
         .collect();

@@ -8,7 +8,7 @@ use tracing::{error, info, warn};
 use crate::{
     app::READY_FILE,
     config::AgentConfig,
-    datapath::{Datapath, lb_maps::LbMaps as _, lb_programmer::LbProgrammer},
+    datapath::{Datapath, lb::maps::LbMaps as _, lb::programmer::LbProgrammer},
     model::{ClusterIndex, NodePlan, cni_conf, lb, plan, service::EndpointSliceInfo},
     node::{files, routes::Routes},
     sources::{Change, Update},

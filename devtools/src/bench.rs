@@ -11,7 +11,7 @@ use std::{
 use anyhow::Context as _;
 
 use weir_agent::{
-    datapath::{Datapath, lb_programmer::LbProgrammer},
+    datapath::{Datapath, lb::programmer::LbProgrammer},
     model::{
         ClusterIndex,
         index::Change,

@@ -13,7 +13,7 @@ use anyhow::Context as _;
 use weir_common::{EndpointInfo, EndpointKey};
 
 use weir_agent::{
-    datapath::{Datapath, policy_programmer::PolicyProgrammer},
+    datapath::{Datapath, policy::programmer::PolicyProgrammer},
     model::{
         ClusterIndex,
         index::Change,

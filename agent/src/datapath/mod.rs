@@ -5,17 +5,11 @@
 //! an existing pin instead of creating a new map), so pods keep working while
 //! the agent is down or being upgraded.
 
-mod aya_lb_maps;
-mod aya_policy_maps;
-pub mod lb_maps;
-pub mod lb_programmer;
+pub mod lb;
 pub mod loader;
 pub mod map_fill;
-pub mod policy_maps;
-pub mod policy_programmer;
-pub mod policy_stats;
+pub mod policy;
 pub mod reattach;
-pub mod socket_lb;
 pub mod uplink;
 
 pub use loader::Datapath;
@@ -24,11 +18,3 @@ pub use loader::Datapath;
 mod prog_test_run;
 #[cfg(test)]
 mod tests;
-#[cfg(test)]
-mod tests_lb;
-#[cfg(test)]
-mod tests_netdev;
-#[cfg(test)]
-mod tests_policy;
-#[cfg(test)]
-mod tests_socket;

@@ -14,8 +14,8 @@ use weir_common::EndpointInfo;
 
 use crate::{
     datapath::{
-        policy_maps::PolicyMaps,
-        policy_programmer::{ApplyStats, PolicyProgrammer, PolicyTarget},
+        policy::maps::PolicyMaps,
+        policy::programmer::{ApplyStats, PolicyProgrammer, PolicyTarget},
     },
     model::{
         ClusterIndex,
@@ -215,7 +215,7 @@ mod tests {
 
     use super::*;
     use crate::{
-        datapath::policy_maps::FakePolicyMaps,
+        datapath::policy::maps::FakePolicyMaps,
         model::{
             index::Change,
             policy::{

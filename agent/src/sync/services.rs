@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use tracing::{error, info};
 
 use crate::{
-    datapath::{Datapath, lb_programmer::LbProgrammer},
+    datapath::{Datapath, lb::programmer::LbProgrammer},
     model::{ClusterIndex, lb, service::ObjectKey},
     node::health_check::HealthChecks,
 };

@@ -10,11 +10,11 @@ use weir_common::{
     policy::{DIR_EGRESS, DIR_INGRESS, IDENTITY_ANY, PolicyKey},
 };
 
-use super::{
-    policy_maps::PolicyMaps as _,
-    policy_stats,
-    tests::{LOOPBACK, TC_ACT_OK, TestDatapath},
-    tests_lb::{packet, packet_with_flags, run},
+use crate::datapath::{
+    policy::maps::PolicyMaps as _,
+    policy::stats,
+    tests::harness::{LOOPBACK, TC_ACT_OK, TestDatapath},
+    tests::lb::{packet, packet_with_flags, run},
 };
 
 const TC_ACT_SHOT: u32 = 2;
@@ -91,10 +91,10 @@ fn ingress_allows_by_identity_protocol_and_port() {
     // Egress is not enforced: the pod sends anywhere.
     assert_eq!(from_pod(&t, &packet(TCP, POD, 40008, STRANGER, 9999)), TC_ACT_OK);
 
-    let hits = policy_stats::policy_hits(t.pin_dir(), [0, 1, 2, 3]).unwrap();
+    let hits = stats::policy_hits(t.pin_dir(), [0, 1, 2, 3]).unwrap();
     assert_eq!(hits.get(&1), Some(&1));
     assert_eq!(hits.get(&2), Some(&2));
-    let eps = policy_stats::endpoint_stats(t.pin_dir()).unwrap();
+    let eps = stats::endpoint_stats(t.pin_dir()).unwrap();
     let s = eps[&LOOPBACK];
     assert_eq!((s.ingress_allowed, s.ingress_denied, s.egress_allowed, s.egress_denied), (3, 5, 0, 0));
 }
@@ -135,7 +135,7 @@ fn replies_of_allowed_flows_pass_and_new_connections_are_always_checked() {
     // Nor does a mid-stream packet of an unknown flow get in.
     assert_eq!(to_pod(&t, &packet_with_flags(TCP, FRIEND, 5001, POD, 80, ACK)), TC_ACT_SHOT);
     assert_eq!(t.count(DropReason::PolicyIngress), 3);
-    let eps = policy_stats::endpoint_stats(t.pin_dir()).unwrap();
+    let eps = stats::endpoint_stats(t.pin_dir()).unwrap();
     assert_eq!(eps[&LOOPBACK].egress_allowed, 1, "one new flow judged; the rest rode on conntrack");
 }
 
@@ -154,7 +154,7 @@ fn an_ingress_only_pod_still_tracks_what_it_opens() {
 #[test]
 #[ignore = "privileged: needs root and bpffs; `cargo xtask test` runs it as root"]
 fn egress_is_judged_on_the_service_backend() {
-    use super::{lb_maps::LbMaps, lb_programmer::LbProgrammer};
+    use crate::datapath::{lb::maps::LbMaps, lb::programmer::LbProgrammer};
     use crate::model::{
         lb::{BackendAddr, BackendRef, Frontend, FrontendKind, FrontendState, Scope},
         service::Protocol,
@@ -198,9 +198,9 @@ fn counters_of_deleted_pods_are_pruned() {
     endpoint(&mut t, EndpointInfo::FLAG_INGRESS_ENFORCED);
     identities(&mut t);
     assert_eq!(to_pod(&t, &packet(TCP, FRIEND, 40000, POD, 80)), TC_ACT_SHOT);
-    assert!(policy_stats::endpoint_stats(t.pin_dir()).unwrap().contains_key(&LOOPBACK));
+    assert!(stats::endpoint_stats(t.pin_dir()).unwrap().contains_key(&LOOPBACK));
     let live = t.dp.local_endpoints().unwrap();
     assert_eq!(t.dp.prune_endpoint_stats(&live).unwrap(), 0, "a live endpoint keeps its counters");
     assert_eq!(t.dp.prune_endpoint_stats(&Default::default()).unwrap(), 1);
-    assert!(policy_stats::endpoint_stats(t.pin_dir()).unwrap().is_empty());
+    assert!(stats::endpoint_stats(t.pin_dir()).unwrap().is_empty());
 }

@@ -4,11 +4,11 @@ use std::{collections::BTreeMap, net::Ipv4Addr};
 
 use weir_common::{DropReason, pin};
 
-use super::{
-    lb_maps::LbMaps,
-    lb_programmer::LbProgrammer,
-    tests::{LOOPBACK, TC_ACT_OK, TestDatapath, add_endpoint},
-    tests_lb::{packet, parse, run},
+use crate::datapath::{
+    lb::maps::LbMaps,
+    lb::programmer::LbProgrammer,
+    tests::harness::{LOOPBACK, TC_ACT_OK, TestDatapath, add_endpoint},
+    tests::lb::{packet, parse, run},
 };
 use crate::model::{
     lb::{BackendAddr, BackendRef, Frontend, FrontendKind, FrontendState, Scope},
@@ -192,7 +192,7 @@ fn node_port_to_a_host_network_backend_is_reversed_on_the_uplink_egress() {
 
     // Once the client resets the flow, a new connection on the same tuple
     // (to the host directly) is not rewritten.
-    run(&t, pin::PROG_FROM_NETDEV, &super::tests_lb::packet_with_flags(6, CLIENT, sport, NODE, 30080, 0x04));
+    run(&t, pin::PROG_FROM_NETDEV, &crate::datapath::tests::lb::packet_with_flags(6, CLIENT, sport, NODE, 30080, 0x04));
     let reply = packet(6, NODE, 8080, CLIENT, sport);
     assert_eq!(run(&t, pin::PROG_TO_NETDEV, &reply), (TC_ACT_OK, reply));
 }

@@ -8,9 +8,9 @@ use weir_common::{
     pin,
 };
 
-use super::{
+use crate::datapath::{
     Datapath,
-    lb_maps::{LbDump, LbMapError, LbMaps},
+    lb::maps::{LbDump, LbMapError, LbMaps},
 };
 
 fn err(op: &'static str, map: &'static str) -> impl Fn(aya::maps::MapError) -> LbMapError {

@@ -9,9 +9,9 @@ use weir_common::{
     policy::{EndpointPolicyStats, IpcacheEntry, IpcacheKey, PolicyEntry, PolicyKey},
 };
 
-use super::{
+use crate::datapath::{
     Datapath,
-    policy_maps::{PolicyDump, PolicyMapError, PolicyMaps, RuleKey},
+    policy::maps::{PolicyDump, PolicyMapError, PolicyMaps, RuleKey},
 };
 
 /// bpf(2) update flag: only replace an existing entry.

@@ -7,7 +7,7 @@ use aya::programs::{CgroupAttachMode, CgroupSockAddr, links::FdLink};
 use nix::sys::statfs::{CGROUP2_SUPER_MAGIC, statfs};
 use weir_common::pin;
 
-use super::Datapath;
+use crate::datapath::Datapath;
 
 const PROGRAMS: [&str; 4] = [pin::PROG_SOCK_CONNECT4, pin::PROG_SOCK_SENDMSG4, pin::PROG_SOCK_RECVMSG4, pin::PROG_SOCK_GETPEERNAME4];
 
@@ -46,7 +46,7 @@ impl Datapath {
             // bpf_link_create takes no attach flags: cgroup links always
             // coexist with other links (that is what lets the next agent
             // attach before this one's links go).
-            let id = p.attach(&dir, CgroupAttachMode::Single).map_err(|e| fail(super::loader::error_chain(&e)))?;
+            let id = p.attach(&dir, CgroupAttachMode::Single).map_err(|e| fail(crate::datapath::loader::error_chain(&e)))?;
             let link = p.take_link(id).map_err(|e| fail(e.to_string()))?;
             let fd_link = FdLink::try_from(link).map_err(|e| fail(e.to_string()))?;
             let tmp = links.join(format!("{prog}_new"));

@@ -10,7 +10,7 @@ use kube::{Client, client::Body};
 use serde_json::json;
 use tokio::sync::mpsc;
 
-use super::{Change, Update};
+use crate::sources::{Change, Update};
 
 fn node(name: &str, cidr: &str) -> serde_json::Value {
     json!({"apiVersion": "v1", "kind": "Node",
@@ -111,7 +111,7 @@ async fn relists_after_410_retries_after_500_and_rewatches_after_a_stream_ends()
     tokio::spawn(serve(handle));
     let client = Client::new(service, "default");
     let (tx, mut rx) = mpsc::channel(64);
-    let source = tokio::spawn(super::kube::run(client, tx));
+    let source = tokio::spawn(crate::sources::kube::run(client, tx));
 
     let mut node_updates = Vec::new();
     let (mut services_listed, mut slices_listed) = (false, false);
@@ -190,7 +190,7 @@ async fn run_scripted<T>(scripts: Vec<Script>, want: usize, pick: impl Fn(Update
     let requests = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     tokio::spawn(serve_scripts(handle, scripts, requests.clone()));
     let (tx, mut rx) = mpsc::channel(64);
-    let source = tokio::spawn(super::kube::run(Client::new(service, "default"), tx));
+    let source = tokio::spawn(crate::sources::kube::run(Client::new(service, "default"), tx));
     let mut out = Vec::new();
     while out.len() < want {
         match next(&mut rx).await {

@@ -24,7 +24,7 @@ fn rust_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
         let path = entry.unwrap().path();
         if path.is_dir() {
             rust_files(&path, out);
-        } else if path.extension().is_some_and(|e| e == "rs") && !path.ends_with("rbac_tests.rs") {
+        } else if path.extension().is_some_and(|e| e == "rs") && !path.ends_with("tests/rbac.rs") {
             out.push(path);
         }
     }

@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 use ipnetwork::Ipv4Network;
 use weir_common::EndpointInfo;
 
-use super::policy_maps::{PolicyDump, PolicyMapError, PolicyMaps, RuleKey};
+use crate::datapath::policy::maps::{PolicyDump, PolicyMapError, PolicyMaps, RuleKey};
 
 /// The maps' desired contents (from the policy compiler).
 pub struct PolicyTarget<'a> {
@@ -144,7 +144,7 @@ mod tests {
     use weir_common::policy::{DIR_INGRESS, PolicyKey};
 
     use super::*;
-    use crate::datapath::policy_maps::{FakePolicyMaps, FaultyPolicyMaps};
+    use crate::datapath::policy::maps::{FakePolicyMaps, FaultyPolicyMaps};
 
     const PENDING: u32 = EndpointInfo::FLAG_POLICY_PENDING;
     const INGRESS: u32 = EndpointInfo::FLAG_INGRESS_ENFORCED;

@@ -13,7 +13,7 @@ use std::{
     process::Command,
 };
 
-use super::{lb_maps::LbMaps, lb_programmer::LbProgrammer, tests::TestDatapath};
+use crate::datapath::{lb::maps::LbMaps, lb::programmer::LbProgrammer, tests::harness::TestDatapath};
 use crate::model::{
     lb::{BackendAddr, BackendRef, Frontend, FrontendKind, FrontendState, Scope},
     service::Protocol,
@@ -90,7 +90,7 @@ fn sockets_in_the_cgroup_reach_services_and_see_the_service_address() {
     t.dp.attach_socket_lb(&cg.0).unwrap();
 
     // Why this test uses a real socket: no test run for these programs.
-    let err = super::prog_test_run::errno_of(&mut t.dp, weir_common::pin::PROG_SOCK_CONNECT4);
+    let err = crate::datapath::prog_test_run::errno_of(&mut t.dp, weir_common::pin::PROG_SOCK_CONNECT4);
     assert_eq!(err, Some(524), "BPF_PROG_TEST_RUN on a cgroup sock_addr program: want ENOTSUPP");
 
     let tcp = TcpListener::bind("127.0.0.1:0").unwrap();

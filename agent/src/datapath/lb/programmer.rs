@@ -14,7 +14,7 @@ use ipnetwork::Ipv4Network;
 
 use weir_common::lb::{Backend, RevNat, SCOPE_EXTERNAL, SCOPE_INTERNAL, ServiceKey, ServiceValue};
 
-use super::lb_maps::{LbDump, LbMapError, LbMaps};
+use crate::datapath::lb::maps::{LbDump, LbMapError, LbMaps};
 use crate::model::{
     lb::{BackendAddr, BackendRef, Frontend, FrontendKind, FrontendState, Scope},
     service::Protocol,

@@ -1,5 +1,5 @@
 use super::*;
-use crate::datapath::lb_maps::{FakeLbMaps, FaultyLbMaps};
+use crate::datapath::lb::maps::{FakeLbMaps, FaultyLbMaps};
 
 fn backend(ip: &str, port: u16) -> BackendRef {
     BackendRef { addr: BackendAddr { addr: ip.parse().unwrap(), port, proto: Protocol::Tcp }, local: false, terminating: false }

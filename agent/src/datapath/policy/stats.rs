@@ -8,7 +8,7 @@ use weir_common::{
     policy::{EndpointPolicyStats, MAX_POLICY_SLOTS},
 };
 
-use super::loader::DatapathError;
+use crate::datapath::loader::DatapathError;
 
 fn open(pin_dir: &Path, name: &'static str) -> Result<MapData, DatapathError> {
     MapData::from_pin(pin_dir.join(pin::MAPS_DIR).join(name)).map_err(|source| DatapathError::Map { name, source })

@@ -4,11 +4,11 @@ use std::{collections::BTreeMap, net::Ipv4Addr};
 
 use weir_common::pin;
 
-use super::{
-    lb_maps::LbMaps,
-    lb_programmer::LbProgrammer,
+use crate::datapath::{
+    lb::maps::LbMaps,
+    lb::programmer::LbProgrammer,
     prog_test_run,
-    tests::{LOOPBACK, TC_ACT_OK, TestDatapath, add_endpoint},
+    tests::harness::{LOOPBACK, TC_ACT_OK, TestDatapath, add_endpoint},
 };
 use crate::model::{
     lb::{BackendAddr, BackendRef, Frontend, FrontendKind, FrontendState, Scope},
