@@ -300,7 +300,7 @@ impl Status {
         }
         let (slots, pods) = self.policy_names.lock().expect("lock").clone();
         let known = std::iter::once(weir_common::policy::POLICY_SLOT_OWN_NODE).chain(slots.keys().copied());
-        if let Ok(hits) = crate::datapath::policy_stats::policy_hits(pin_dir, known) {
+        if let Ok(hits) = crate::datapath::policy::stats::policy_hits(pin_dir, known) {
             let _ = writeln!(
                 out,
                 "# HELP weir_policy_allowed_flows_total New flows a NetworkPolicy allowed, by the policy that allowed them (own-node: the pod's node, always allowed).\n# TYPE weir_policy_allowed_flows_total counter"
@@ -314,7 +314,7 @@ impl Status {
                 let _ = writeln!(out, "weir_policy_allowed_flows_total{{policy=\"{name}\"}} {n}");
             }
         }
-        if let Ok(stats) = crate::datapath::policy_stats::endpoint_stats(pin_dir) {
+        if let Ok(stats) = crate::datapath::policy::stats::endpoint_stats(pin_dir) {
             let _ = writeln!(
                 out,
                 "# HELP weir_pod_policy_flows_total New flows judged by NetworkPolicy at a local pod, by direction and verdict.\n# TYPE weir_pod_policy_flows_total counter"
