@@ -2,7 +2,12 @@
 //! - `/healthz`: the main loop turned within the last 30 s (liveness);
 //! - `/readyz`: the node is set up, every watch has delivered its list and
 //!   the last sync wrote everything (readiness);
-//! - `/metrics`: Prometheus text format.
+//! - `/metrics`: Prometheus text format. What it shows from the pinned maps
+//!   is read off the async runtime and cached (`map_samples`): a scrape
+//!   never walks a map on a runtime worker, and /healthz and /readyz never
+//!   touch one.
+mod map_samples;
+
 use std::{
     collections::BTreeMap,
     fmt::Write as _,
@@ -18,9 +23,10 @@ use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::TcpListener,
 };
-use tracing::{debug, warn};
+use tracing::warn;
 
-use crate::{datapath::loader::verdict_counts, histogram::Histogram};
+pub use self::map_samples::{MapCache, MapSamples, MapScan};
+use crate::{datapath::map_fill::Walk, histogram::Histogram};
 
 const LIVENESS_WINDOW: Duration = Duration::from_secs(30);
 
@@ -204,8 +210,32 @@ impl Status {
         }
     }
 
-    /// Prometheus text exposition.
+    /// Prometheus text exposition, reading the maps now in this thread
+    /// (tests; the server reads them off the runtime, see `map_samples`).
     pub fn metrics(&self, pin_dir: &std::path::Path) -> String {
+        self.render(Some(&MapSamples::read(pin_dir, &self.policy_slots(), Walk::Batched)))
+    }
+
+    /// Prometheus text exposition; what comes from the pinned maps is
+    /// taken from `samples` (None: left out).
+    pub fn render(&self, samples: Option<&MapSamples>) -> String {
+        let mut out = self.render_agent();
+        if let Some(samples) = samples {
+            let (slots, pods) = self.policy_names.lock().expect("lock").clone();
+            samples.render(&mut out, &slots, &pods);
+        }
+        out
+    }
+
+    /// The policy counter slots worth reading: the own node's and every
+    /// named policy's.
+    pub fn policy_slots(&self) -> Vec<u32> {
+        let names = self.policy_names.lock().expect("lock");
+        std::iter::once(weir_common::policy::POLICY_SLOT_OWN_NODE).chain(names.0.keys().copied()).collect()
+    }
+
+    /// The agent's own state (no map read).
+    fn render_agent(&self) -> String {
         let g = self.gauges.lock().expect("lock").clone();
         let mut out = String::new();
         let mut gauge = |name: &str, help: &str, value: String| {
@@ -269,74 +299,23 @@ impl Status {
             env!("CARGO_PKG_VERSION")
         );
         self.cni.render(&mut out);
-        match verdict_counts(pin_dir) {
-            Ok(counts) => {
-                let _ = writeln!(
-                    out,
-                    "# HELP weir_datapath_packets_total Packets per datapath verdict (passed, or why dropped).\n# TYPE weir_datapath_packets_total counter"
-                );
-                for (reason, n) in counts {
-                    let _ = writeln!(out, "weir_datapath_packets_total{{verdict=\"{}\"}} {n}", reason.name());
-                }
-            }
-            Err(e) => debug!(error = %e, "datapath counters unavailable"),
-        }
-        let fill = crate::datapath::map_fill::fill_levels(pin_dir);
-        if !fill.is_empty() {
-            let _ = writeln!(
-                out,
-                "# HELP weir_bpf_map_entries Entries in each pinned eBPF map.\n# TYPE weir_bpf_map_entries gauge"
-            );
-            for (map, n, _) in &fill {
-                let _ = writeln!(out, "weir_bpf_map_entries{{map=\"{map}\"}} {n}");
-            }
-            let _ = writeln!(
-                out,
-                "# HELP weir_bpf_map_capacity Capacity (max_entries) of each pinned eBPF map.\n# TYPE weir_bpf_map_capacity gauge"
-            );
-            for (map, _, cap) in &fill {
-                let _ = writeln!(out, "weir_bpf_map_capacity{{map=\"{map}\"}} {cap}");
-            }
-        }
-        let (slots, pods) = self.policy_names.lock().expect("lock").clone();
-        let known = std::iter::once(weir_common::policy::POLICY_SLOT_OWN_NODE).chain(slots.keys().copied());
-        if let Ok(hits) = crate::datapath::policy::stats::policy_hits(pin_dir, known) {
-            let _ = writeln!(
-                out,
-                "# HELP weir_policy_allowed_flows_total New flows a NetworkPolicy allowed, by the policy that allowed them (own-node: the pod's node, always allowed).\n# TYPE weir_policy_allowed_flows_total counter"
-            );
-            for (slot, n) in hits {
-                let name = if slot == weir_common::policy::POLICY_SLOT_OWN_NODE {
-                    "own-node".to_string()
-                } else {
-                    slots.get(&slot).cloned().unwrap_or_else(|| format!("slot-{slot}"))
-                };
-                let _ = writeln!(out, "weir_policy_allowed_flows_total{{policy=\"{name}\"}} {n}");
-            }
-        }
-        if let Ok(stats) = crate::datapath::policy::stats::endpoint_stats(pin_dir) {
-            let _ = writeln!(
-                out,
-                "# HELP weir_pod_policy_flows_total New flows judged by NetworkPolicy at a local pod, by direction and verdict.\n# TYPE weir_pod_policy_flows_total counter"
-            );
-            for (ifindex, st) in stats {
-                let pod = pods.get(&ifindex).cloned().unwrap_or_else(|| format!("ifindex-{ifindex}"));
-                for (dir, verdict, n) in [
-                    ("ingress", "allowed", st.ingress_allowed),
-                    ("ingress", "denied", st.ingress_denied),
-                    ("egress", "allowed", st.egress_allowed),
-                    ("egress", "denied", st.egress_denied),
-                ] {
-                    let _ = writeln!(out, "weir_pod_policy_flows_total{{pod=\"{pod}\",direction=\"{dir}\",verdict=\"{verdict}\"}} {n}");
-                }
-            }
-        }
         out
     }
 }
 
-/// Answers one request; returns (status line, content type, body).
+const METRICS_TYPE: &str = "text/plain; version=0.0.4";
+
+/// Answers one request, reading the maps for /metrics in this thread
+/// (tests); returns (status line, content type, body).
 pub fn respond(status: &Status, path: &str, pin_dir: &std::path::Path) -> (&'static str, &'static str, String) {
+    match path {
+        "/metrics" => ("200 OK", METRICS_TYPE, status.metrics(pin_dir)),
+        _ => probe(status, path),
+    }
+}
+
+/// Every answer but /metrics: from memory, no map read.
+fn probe(status: &Status, path: &str) -> (&'static str, &'static str, String) {
     match path {
         "/healthz" | "/livez" => {
             if status.live() {
@@ -352,16 +331,21 @@ pub fn respond(status: &Status, path: &str, pin_dir: &std::path::Path) -> (&'sta
                 Some(why) => ("503 Service Unavailable", "text/plain", format!("{why}\n{socket_lb}")),
             }
         }
-        "/metrics" => ("200 OK", "text/plain; version=0.0.4", status.metrics(pin_dir)),
         _ => ("404 Not Found", "text/plain", "try /healthz, /readyz or /metrics\n".into()),
     }
 }
 
+/// Serves the status endpoint; the map samples of /metrics are refreshed
+/// as `map_samples` says (`WEIR_METRICS_REFRESH_MS`).
 pub async fn serve(listener: TcpListener, status: Arc<Status>, pin_dir: PathBuf) {
+    let scan = {
+        let status = status.clone();
+        MapScan::from_env(pin_dir, move || status.policy_slots())
+    };
     loop {
         let Ok((mut conn, _)) = listener.accept().await else { continue };
         let status = status.clone();
-        let pin_dir = pin_dir.clone();
+        let scan = scan.clone();
         tokio::spawn(async move {
             let mut buf = [0u8; 2048];
             let n = match tokio::time::timeout(Duration::from_secs(5), conn.read(&mut buf)).await {
@@ -370,7 +354,12 @@ pub async fn serve(listener: TcpListener, status: Arc<Status>, pin_dir: PathBuf)
             };
             let request = String::from_utf8_lossy(&buf[..n]);
             let path = request.split_whitespace().nth(1).unwrap_or("/");
-            let (code, kind, body) = respond(&status, path, &pin_dir);
+            let (code, kind, body) = if path == "/metrics" {
+                let samples = scan.samples(&status.policy_slots()).await;
+                ("200 OK", METRICS_TYPE, status.render(samples.as_deref()))
+            } else {
+                probe(&status, path)
+            };
             let reply = format!(
                 "HTTP/1.1 {code}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
                 body.len()
@@ -466,6 +455,29 @@ mod tests {
         assert!(metrics.contains("weir_network_programming_duration_seconds_bucket{le=\"1\"} 2"), "{metrics}");
         assert!(metrics.contains("weir_network_programming_duration_seconds_count 2"), "{metrics}");
         assert!(metrics.contains(&format!("weir_build_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION"))), "{metrics}");
+    }
+
+    /// The server end to end: probes and /metrics (its map part from the
+    /// background read: here of a pin dir with nothing in it).
+    #[tokio::test]
+    async fn the_server_answers_probes_and_metrics() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let s = Arc::new(Status::default());
+        s.beat();
+        tokio::spawn(serve(listener, s.clone(), PathBuf::from("/nonexistent")));
+        for (path, want) in [
+            ("/healthz", "200 OK"),
+            ("/readyz", "503 Service Unavailable"),
+            ("/metrics", "weir_metrics_map_scan_age_seconds "),
+            ("/metrics", "weir_ready 0\n"),
+        ] {
+            let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+            conn.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes()).await.unwrap();
+            let mut reply = String::new();
+            conn.read_to_string(&mut reply).await.unwrap();
+            assert!(reply.contains(want), "{path}: {reply}");
+        }
     }
 
     #[test]

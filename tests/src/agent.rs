@@ -145,6 +145,13 @@ impl Agent {
         } else {
             vec![]
         };
+        // Counters on /metrics exact right after traffic: each scrape waits
+        // for a map read of its own (off the agent's runtime; milliseconds
+        // at test sizes) instead of the 5 s background snapshot. The
+        // caller's setting wins here too.
+        if std::env::var_os("WEIR_METRICS_REFRESH_MS").is_none() {
+            env.push(("WEIR_METRICS_REFRESH_MS", "0".into()));
+        }
         let (source_arg, api) = match source {
             Source::Dir => (format!("dir:{}", path(manifest_dir)?), None),
             Source::Kube => {
