@@ -1,6 +1,7 @@
 //! `cargo xtask bench ...`: measurements printed as tables, never asserted.
 
 mod cni;
+mod metrics;
 mod policy;
 mod services;
 mod stats;
@@ -15,8 +16,14 @@ pub enum Which {
     Cni(cni::CniBenchArgs),
     /// New-connection rate and latency through a ClusterIP (weir per-packet
     /// and socket LB) next to direct pod IP and kube-proxy-style iptables,
-    /// for 1, 1000 and 10000 Services; then the control plane at 10000.
+    /// for 1, 1000 and 10000 Services; then the control plane at 10000;
+    /// then /metrics under load (see `bench metrics`).
     Services(services::ServicesBenchArgs),
+    /// Scrape latency of /metrics and the agent's /healthz latency while
+    /// scrapes run, at 10,000 Services with a full conntrack map: map
+    /// samples read inside the request (as before issue 10) next to the
+    /// cached background read. The last part of `bench services`, alone.
+    Metrics(metrics::MetricsBenchArgs),
     /// New-connection rate to a pod with 0, 100 and 1,000 NetworkPolicies
     /// side by side; then compile-and-program time and change-to-enforcement
     /// latency for 1,000 policies over 1,000 pods.
@@ -33,6 +40,7 @@ pub fn run(which: Which) -> Result<()> {
     match which {
         Which::Cni(args) => cni::run(args),
         Which::Services(args) => services::run(args),
+        Which::Metrics(args) => metrics::run(args),
         Which::Policy(args) => policy::run(args),
         Which::ServicesLoad(args) => services::load(args),
         Which::ServicesEcho(args) => services::echo(args),

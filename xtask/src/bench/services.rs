@@ -2,8 +2,9 @@
 //! tc path and connect-time socket load balancing) next to the same backend
 //! by pod IP and the same Services as kube-proxy-style iptables chains, for
 //! 1, 1,000 and 10,000 Services of 4 endpoints each; then the control plane
-//! (`weir-dev bench-control-plane`) against its goals. IPVS is detected
-//! and reported as not measurable when the kernel lacks it (never faked).
+//! (`weir-dev bench-control-plane`) against its goals; last, /metrics under
+//! load (`metrics.rs`). IPVS is detected and reported as not measurable
+//! when the kernel lacks it (never faked).
 //!
 //! Layout, all inside the run's namespaces:
 //! - n1 (weir): the agent (release build) with connect-time load balancing
@@ -127,6 +128,8 @@ pub struct ServicesBenchArgs {
     /// Use the release binaries already in target/release.
     #[arg(long)]
     no_build: bool,
+    #[command(flatten)]
+    metrics: super::metrics::MetricsArgs,
 }
 
 /// `bench services-load` (hidden): the load generator of one cell.
@@ -304,6 +307,14 @@ pub fn run(args: ServicesBenchArgs) -> Result<()> {
     }
     if let Some(c) = &control {
         print_control_plane(&args, c);
+    }
+    // Last, on a topology of its own.
+    drop(topo);
+    if !args.metrics.no_metrics {
+        match super::metrics::measure(&args.metrics) {
+            Ok(report) => super::metrics::print(&args.metrics, &report),
+            Err(e) => println!("\n/metrics under load: not measured: {e:#}"),
+        }
     }
     println!("load average at the end: {}", loadavg());
     Ok(())
