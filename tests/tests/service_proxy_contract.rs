@@ -156,14 +156,19 @@ fn proxy_labels_health_check_and_programming_latency() {
     until("200 once the local endpoint is ready", want("200"));
 
     // --- network programming latency ---
-    let metrics = node.netns.curl("http://127.0.0.1:9878/metrics").unwrap();
-    let count: u64 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("weir_network_programming_duration_seconds_count "))
-        .unwrap_or_else(|| panic!("no programming latency in:\n{metrics}"))
-        .parse()
-        .unwrap();
-    assert!(count >= 3, "the slice changes with a trigger time were not counted ({count}):\n{metrics}");
+    // Recorded at the end of the reconcile that wrote the last change (the
+    // health check above may answer a moment before).
+    let mut metrics = String::new();
+    until("the slice changes with a trigger time are counted", || {
+        metrics = node.netns.curl("http://127.0.0.1:9878/metrics").map_err(|e| format!("{e:#}"))?;
+        let count: u64 = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("weir_network_programming_duration_seconds_count "))
+            .ok_or("no programming latency in /metrics")?
+            .parse()
+            .map_err(|e| format!("{e}"))?;
+        if count >= 3 { Ok(()) } else { Err(format!("{count} observations")) }
+    });
     assert!(metrics.contains("weir_build_info{version="), "{metrics}");
     for a in agents.drain(..) {
         a.stop();
