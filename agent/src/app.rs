@@ -53,13 +53,13 @@ pub async fn run(mut config: AgentConfig) -> anyhow::Result<()> {
     let policy = PolicyProgrammer::restore(datapath.dump_policy().context("reading the pinned policy maps")?);
     let routes = Routes::connect().context("opening netlink")?;
 
-    let status = std::sync::Arc::new(crate::status::Status::default());
+    let status = std::sync::Arc::new(crate::observe::status::Status::default());
     status.beat();
     status.set_socket_lb(socket_lb);
     let listener = tokio::net::TcpListener::bind(config.status_addr)
         .await
         .with_context(|| format!("binding the status endpoint {}", config.status_addr))?;
-    tokio::spawn(crate::status::serve(listener, status.clone(), config.bpf_pin_dir.clone()));
+    tokio::spawn(crate::observe::status::serve(listener, status.clone(), config.bpf_pin_dir.clone()));
 
     // weir-cni's hand-off for new pods (see policy_sync).
     let (handoff_listener, _) = policy_socket::bind(&config.run_dir)
@@ -67,8 +67,8 @@ pub async fn run(mut config: AgentConfig) -> anyhow::Result<()> {
     let (handoff_tx, mut handoffs) = mpsc::channel::<policy_socket::Handoff>(256);
     let handoff_server = tokio::spawn(policy_socket::serve(handoff_listener, handoff_tx));
     // weir-cni's per-command reports, for /metrics. Loud, not fatal.
-    let cni_metrics_server = match crate::node::cni_metrics::bind(&config.run_dir) {
-        Ok((socket, _)) => Some(tokio::spawn(crate::node::cni_metrics::serve(socket, status.cni_metrics()))),
+    let cni_metrics_server = match crate::observe::cni_metrics::bind(&config.run_dir) {
+        Ok((socket, _)) => Some(tokio::spawn(crate::observe::cni_metrics::serve(socket, status.cni_metrics()))),
         Err(e) => {
             warn!(error = %e, dir = %config.run_dir.display(), "CNI metrics socket not bound: no weir_cni_* samples");
             None

@@ -29,7 +29,7 @@ pub enum Command {
     /// Show what the datapath holds: `services`, `conntrack`, `routes`,
     /// `drops` (passed and dropped packets, per reason).
     Inspect {
-        what: crate::inspect::What,
+        what: crate::observe::inspect::What,
         #[arg(long, env = "WEIR_BPF_PIN_DIR", default_value = "/sys/fs/bpf/weir")]
         bpf_pin_dir: PathBuf,
         /// JSON instead of a table.

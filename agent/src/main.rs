@@ -1,5 +1,5 @@
 //! weir-agent: the per-node DaemonSet agent.
-use weir_agent::{app, cleanup, config, inspect};
+use weir_agent::{app, cleanup, config, observe::inspect};
 
 use std::io::IsTerminal as _;
 

@@ -25,7 +25,7 @@ pub struct Reconciler {
     index: ClusterIndex,
     /// The node plumbing must be looked at again.
     nodes_dirty: bool,
-    status: std::sync::Arc<crate::status::Status>,
+    status: std::sync::Arc<crate::observe::status::Status>,
     peer_routes: usize,
     /// The uplink the NodePort program is attached to, and the address.
     uplink: Option<(std::net::Ipv4Addr, std::net::Ipv4Addr, String)>,
@@ -33,7 +33,7 @@ pub struct Reconciler {
     reported: BTreeSet<(String, String)>,
     ready: bool,
     /// EndpointSlice changes not yet programmed (network programming latency).
-    programming: crate::status::ProgrammingClock,
+    programming: crate::observe::status::ProgrammingClock,
 }
 
 impl Reconciler {
@@ -43,7 +43,7 @@ impl Reconciler {
         datapath: Datapath,
         lb: LbProgrammer,
         policy: PolicySync,
-        status: std::sync::Arc<crate::status::Status>,
+        status: std::sync::Arc<crate::observe::status::Status>,
     ) -> Self {
         Self {
             config,
@@ -58,7 +58,7 @@ impl Reconciler {
             uplink: None,
             reported: BTreeSet::new(),
             ready: false,
-            programming: crate::status::ProgrammingClock::new(std::time::SystemTime::now()),
+            programming: crate::observe::status::ProgrammingClock::new(std::time::SystemTime::now()),
         }
     }
 
@@ -153,7 +153,7 @@ impl Reconciler {
         }
         self.report(problems);
         let synced = self.index.nodes.synced() && self.index.services_synced() && self.index.policy_synced();
-        let gauges = crate::status::Gauges {
+        let gauges = crate::observe::status::Gauges {
             nodes: self.index.nodes.len(),
             services: self.index.services.len(),
             endpoint_slices: self.index.slice_count(),

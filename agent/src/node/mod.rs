@@ -1,7 +1,6 @@
 //! Node plumbing: everything the agent changes on the node besides eBPF maps.
 
 pub mod cgroup2;
-pub mod cni_metrics;
 pub mod cni_versions;
 pub mod files;
 pub mod health_check;

@@ -26,7 +26,7 @@ use tokio::{
 use tracing::warn;
 
 pub use self::map_samples::{MapCache, MapSamples, MapScan};
-use crate::{datapath::map_fill::Walk, histogram::Histogram};
+use crate::{datapath::map_fill::Walk, observe::histogram::Histogram};
 
 const LIVENESS_WINDOW: Duration = Duration::from_secs(30);
 
@@ -49,7 +49,7 @@ pub struct Status {
     /// label the datapath's policy counters.
     policy_names: Mutex<(BTreeMap<u32, String>, BTreeMap<u32, String>)>,
     /// weir-cni's per-command reports (`node::cni_metrics`).
-    cni: Arc<crate::node::cni_metrics::CniMetrics>,
+    cni: Arc<crate::observe::cni_metrics::CniMetrics>,
     /// Connect-time Service load balancing: Ok(the cgroup it is attached
     /// to) or Err(why it is off). Shown, never a reason to be unready.
     socket_lb: Mutex<Option<Result<String, String>>>,
@@ -153,7 +153,7 @@ impl Status {
     }
 
     /// Where the CNI metrics socket records weir-cni's reports.
-    pub fn cni_metrics(&self) -> Arc<crate::node::cni_metrics::CniMetrics> {
+    pub fn cni_metrics(&self) -> Arc<crate::observe::cni_metrics::CniMetrics> {
         self.cni.clone()
     }
 

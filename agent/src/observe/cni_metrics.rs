@@ -21,7 +21,7 @@ use std::{
 
 use tokio::net::UnixDatagram;
 
-use crate::histogram::Histogram;
+use crate::observe::histogram::Histogram;
 use tracing::{debug, warn};
 
 pub const SOCKET_FILE: &str = "cni-metrics.sock";
@@ -131,7 +131,7 @@ impl CniMetrics {
 /// Binds `<run_dir>/cni-metrics.sock`, replacing a stale one from an earlier
 /// agent. Needs a tokio runtime.
 pub fn bind(run_dir: &Path) -> std::io::Result<(UnixDatagram, PathBuf)> {
-    let path = super::files::socket_path(run_dir, SOCKET_FILE)?;
+    let path = crate::node::files::socket_path(run_dir, SOCKET_FILE)?;
     Ok((UnixDatagram::bind(&path)?, path))
 }
 
@@ -255,9 +255,9 @@ mod tests {
 
     #[test]
     fn the_agents_metrics_endpoint_serves_them() {
-        let status = crate::status::Status::default();
+        let status = crate::observe::status::Status::default();
         status.cni_metrics().record(&report("ADD", "ok", 0, 0.03));
-        let (code, _, body) = crate::status::respond(&status, "/metrics", Path::new("/nonexistent"));
+        let (code, _, body) = crate::observe::status::respond(&status, "/metrics", Path::new("/nonexistent"));
         assert_eq!(code, "200 OK");
         assert!(body.lines().any(|l| l == "weir_cni_operations_total{command=\"ADD\",result=\"ok\"} 1"), "{body}");
         assert!(body.lines().any(|l| l == "weir_cni_operation_duration_seconds_bucket{command=\"ADD\",le=\"0.05\"} 1"), "{body}");

@@ -181,22 +181,22 @@ pub struct PolicyQuery {
 pub async fn run(what: What, pin_dir: &Path, json: bool, query: &PolicyQuery) -> anyhow::Result<()> {
     match what {
         What::Policy => {
-            let r = crate::inspect_policy::report(pin_dir, &query.run_dir)?;
+            let r = crate::observe::inspect_policy::report(pin_dir, &query.run_dir)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&r)?);
             } else {
-                crate::inspect_policy::print_report(&r);
+                crate::observe::inspect_policy::print_report(&r);
             }
         }
         What::Verdict => {
             let (Some(from), Some(to)) = (query.from, query.to) else {
                 anyhow::bail!("inspect verdict needs --from <ip> --to <ip> [--port 80/tcp]");
             };
-            let v = crate::inspect_policy::verdict(pin_dir, &query.run_dir, from, to, &query.port)?;
+            let v = crate::observe::inspect_policy::verdict(pin_dir, &query.run_dir, from, to, &query.port)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
-                crate::inspect_policy::print_verdict(&v);
+                crate::observe::inspect_policy::print_verdict(&v);
             }
         }
         What::Services => {
