@@ -7,7 +7,10 @@ use tracing::{error, info, info_span, warn};
 
 use crate::{
     config::AgentConfig,
-    datapath::{Datapath, lb::maps::LbMaps as _, lb::programmer::LbProgrammer, policy::maps::PolicyMaps, policy::programmer::PolicyProgrammer},
+    datapath::{
+        Datapath, lb::maps::LbMaps as _, lb::programmer::LbProgrammer, policy::maps::PolicyMaps,
+        policy::programmer::PolicyProgrammer,
+    },
     node::{masquerade, policy_socket, routes::Routes, sysctl},
     sources::{self, SourceSpec, Update},
     sync::policy::PolicySync,
@@ -31,13 +34,18 @@ pub async fn run(mut config: AgentConfig) -> anyhow::Result<()> {
     // weir_socket_lb_enabled), not fatal.
     let socket_lb = match &config.socket_lb_cgroup {
         None => Err("turned off (--no-socket-lb)".to_string()),
-        Some(configured) => match crate::node::cgroup2::resolve(configured, &config.run_dir, &crate::node::cgroup2::HostFs) {
-            Err(e) => Err(e.to_string()),
-            Ok(root) => {
-                info!(cgroup = %root.path.display(), configured = %configured.display(), why = %root.found, "cgroup v2 root for connect-time Service load balancing");
-                datapath.attach_socket_lb(&root.path).map(|()| root.path.display().to_string()).map_err(|e| e.to_string())
+        Some(configured) => {
+            match crate::node::cgroup2::resolve(configured, &config.run_dir, &crate::node::cgroup2::HostFs) {
+                Err(e) => Err(e.to_string()),
+                Ok(root) => {
+                    info!(cgroup = %root.path.display(), configured = %configured.display(), why = %root.found, "cgroup v2 root for connect-time Service load balancing");
+                    datapath
+                        .attach_socket_lb(&root.path)
+                        .map(|()| root.path.display().to_string())
+                        .map_err(|e| e.to_string())
+                }
             }
-        },
+        }
     };
     match &socket_lb {
         Ok(cgroup) => info!(%cgroup, "connect-time Service load balancing attached"),

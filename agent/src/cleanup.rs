@@ -3,7 +3,12 @@
 use anyhow::anyhow;
 use tracing::{info, warn};
 
-use crate::{app::READY_FILE, config::PathArgs, model::cni_conf::CONFLIST_FILE, node::{files, masquerade, routes::Routes}};
+use crate::{
+    app::READY_FILE,
+    config::PathArgs,
+    model::cni_conf::CONFLIST_FILE,
+    node::{files, masquerade, routes::Routes},
+};
 
 pub async fn run(paths: PathArgs) -> anyhow::Result<()> {
     let mut errors: Vec<String> = Vec::new();

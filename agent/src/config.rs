@@ -137,7 +137,9 @@ pub enum ConfigError {
     NodeName,
     #[error("--mtu {mtu} is out of range (576..=65535)")]
     Mtu { mtu: u32 },
-    #[error("--veth-prefix {prefix:?} must be 1 to 4 ASCII letters or digits (host veth names are the prefix plus 11 hex digits, 15 at most)")]
+    #[error(
+        "--veth-prefix {prefix:?} must be 1 to 4 ASCII letters or digits (host veth names are the prefix plus 11 hex digits, 15 at most)"
+    )]
     VethPrefix { prefix: String },
     #[error("--cluster-cidr {cidr} is too small to hold node /24s (prefix must be /8 to /24)")]
     ClusterCidr { cidr: Ipv4Network },
@@ -253,7 +255,9 @@ mod tests {
         assert!(parse(&["--veth-prefix", "w-"]).unwrap_err().contains("--veth-prefix"));
         assert!(parse(&["--source", "nope"]).unwrap_err().contains("unknown source"));
         assert!(parse_with_cidr("10.0.0.0/28", &[]).unwrap_err().contains("--cluster-cidr"));
-        assert!(parse(&["--k8s-service-host", "cp", "--k8s-service-port", "x"]).unwrap_err().contains("--k8s-service-port"));
+        assert!(
+            parse(&["--k8s-service-host", "cp", "--k8s-service-port", "x"]).unwrap_err().contains("--k8s-service-port")
+        );
     }
 
     #[test]

@@ -76,9 +76,9 @@ impl Reconciler {
                 }
                 // NodePorts listen on this node's addresses, and which
                 // endpoints are local depends on the node's name only.
-                let mine = changed.iter().any(|(o, n)| {
-                    o.as_ref().is_some_and(|x| x.name == me) || n.as_ref().is_some_and(|x| x.name == me)
-                });
+                let mine = changed
+                    .iter()
+                    .any(|(o, n)| o.as_ref().is_some_and(|x| x.name == me) || n.as_ref().is_some_and(|x| x.name == me));
                 if mine {
                     self.services.mark_dirty(self.index.services.iter().map(|s| s.key.clone()));
                 }

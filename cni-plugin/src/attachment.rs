@@ -12,10 +12,7 @@ pub struct Attachment {
 
 impl Attachment {
     pub fn new(container_id: impl Into<String>, ifname: impl Into<String>) -> Self {
-        Self {
-            container_id: container_id.into(),
-            ifname: ifname.into(),
-        }
+        Self { container_id: container_id.into(), ifname: ifname.into() }
     }
 }
 
@@ -37,11 +34,8 @@ pub fn check_identifier(value: &str) -> Result<(), String> {
         }
         Some(_) => {}
     }
-    if let Some(bad) = chars.find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')))
-    {
-        return Err(format!(
-            "{value:?} contains {bad:?}; only letters, digits, '_', '.' and '-' are allowed"
-        ));
+    if let Some(bad) = chars.find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))) {
+        return Err(format!("{value:?} contains {bad:?}; only letters, digits, '_', '.' and '-' are allowed"));
     }
     Ok(())
 }
@@ -53,21 +47,13 @@ pub fn check_ifname(value: &str) -> Result<(), String> {
         return Err("must not be empty".into());
     }
     if value.len() > 15 {
-        return Err(format!(
-            "{value:?} is {} bytes long; interface names have at most 15",
-            value.len()
-        ));
+        return Err(format!("{value:?} is {} bytes long; interface names have at most 15", value.len()));
     }
     if value == "." || value == ".." {
         return Err(format!("{value:?} is not a valid interface name"));
     }
-    if let Some(bad) = value
-        .chars()
-        .find(|c| *c == '/' || *c == ':' || c.is_whitespace())
-    {
-        return Err(format!(
-            "{value:?} contains {bad:?}, which interface names cannot contain"
-        ));
+    if let Some(bad) = value.chars().find(|c| *c == '/' || *c == ':' || c.is_whitespace()) {
+        return Err(format!("{value:?} contains {bad:?}, which interface names cannot contain"));
     }
     Ok(())
 }

@@ -47,15 +47,11 @@ pub struct NetConf {
 pub fn decode(stdin: &[u8]) -> Result<Map<String, Value>, CniError> {
     match serde_json::from_slice::<Value>(stdin) {
         Ok(Value::Object(map)) => Ok(map),
-        Ok(other) => Err(CniError::Decode {
-            reason: format!("expected a JSON object, got {}", json_kind(&other)),
-        }),
-        Err(e) if stdin.iter().all(u8::is_ascii_whitespace) => Err(CniError::Decode {
-            reason: format!("stdin is empty ({e})"),
-        }),
-        Err(e) => Err(CniError::Decode {
-            reason: e.to_string(),
-        }),
+        Ok(other) => Err(CniError::Decode { reason: format!("expected a JSON object, got {}", json_kind(&other)) }),
+        Err(e) if stdin.iter().all(u8::is_ascii_whitespace) => {
+            Err(CniError::Decode { reason: format!("stdin is empty ({e})") })
+        }
+        Err(e) => Err(CniError::Decode { reason: e.to_string() }),
     }
 }
 
@@ -67,14 +63,11 @@ pub fn requested_version(conf: &Map<String, Value>) -> Result<CniVersion, CniErr
             format!("is required (one of {})", CniVersion::supported_list()),
         )),
         Some(Value::String(v)) => {
-            CniVersion::parse(v).ok_or_else(|| CniError::IncompatibleVersion {
-                requested: v.clone(),
-            })
+            CniVersion::parse(v).ok_or_else(|| CniError::IncompatibleVersion { requested: v.clone() })
         }
-        Some(other) => Err(CniError::invalid_config(
-            "cniVersion",
-            format!("must be a string, got {}", json_kind(other)),
-        )),
+        Some(other) => {
+            Err(CniError::invalid_config("cniVersion", format!("must be a string, got {}", json_kind(other))))
+        }
     }
 }
 
@@ -82,8 +75,7 @@ impl NetConf {
     pub fn parse(conf: &Map<String, Value>) -> Result<Self, CniError> {
         let cni_version = requested_version(conf)?;
 
-        let name =
-            string(conf, "name")?.ok_or_else(|| CniError::invalid_config("name", "is required"))?;
+        let name = string(conf, "name")?.ok_or_else(|| CniError::invalid_config("name", "is required"))?;
         check_identifier(&name).map_err(|reason| CniError::invalid_config("name", reason))?;
 
         let pod_cidr = cidr(conf, "podCIDR")?;
@@ -107,18 +99,13 @@ impl NetConf {
 
         let mtu = match conf.get("mtu") {
             None | Some(Value::Null) => DEFAULT_MTU,
-            Some(Value::Number(n)) if n.as_u64().is_some_and(|m| MTU_RANGE.contains(&m)) => n
-                .as_u64()
-                .and_then(|m| u32::try_from(m).ok())
-                .unwrap_or(DEFAULT_MTU),
+            Some(Value::Number(n)) if n.as_u64().is_some_and(|m| MTU_RANGE.contains(&m)) => {
+                n.as_u64().and_then(|m| u32::try_from(m).ok()).unwrap_or(DEFAULT_MTU)
+            }
             Some(other) => {
                 return Err(CniError::invalid_config(
                     "mtu",
-                    format!(
-                        "must be an integer between {} and {}, got {other}",
-                        MTU_RANGE.start(),
-                        MTU_RANGE.end()
-                    ),
+                    format!("must be an integer between {} and {}, got {other}", MTU_RANGE.start(), MTU_RANGE.end()),
                 ));
             }
         };
@@ -127,13 +114,10 @@ impl NetConf {
         let run_dir = absolute_path(conf, "runDir")?.unwrap_or_else(|| DEFAULT_RUN_DIR.into());
         let bpf_pin_dir = absolute_path(conf, "bpfPinDir")?;
 
-        let veth_prefix =
-            string(conf, "vethPrefix")?.unwrap_or_else(|| DEFAULT_VETH_PREFIX.to_string());
+        let veth_prefix = string(conf, "vethPrefix")?.unwrap_or_else(|| DEFAULT_VETH_PREFIX.to_string());
         if veth_prefix.is_empty()
             || veth_prefix.len() > MAX_PREFIX_LEN
-            || !veth_prefix
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            || !veth_prefix.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         {
             return Err(CniError::invalid_config(
                 "vethPrefix",
@@ -204,31 +188,20 @@ fn string(conf: &Map<String, Value>, key: &str) -> Result<Option<String>, CniErr
     match conf.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s.clone())),
-        Some(other) => Err(CniError::invalid_config(
-            key,
-            format!("must be a string, got {}", json_kind(other)),
-        )),
+        Some(other) => Err(CniError::invalid_config(key, format!("must be a string, got {}", json_kind(other)))),
     }
 }
 
 fn cidr(conf: &Map<String, Value>, key: &str) -> Result<Ipv4Network, CniError> {
-    let raw = string(conf, key)?.ok_or_else(|| {
-        CniError::invalid_config(key, "is required (an IPv4 CIDR such as \"10.244.1.0/24\")")
-    })?;
+    let raw = string(conf, key)?
+        .ok_or_else(|| CniError::invalid_config(key, "is required (an IPv4 CIDR such as \"10.244.1.0/24\")"))?;
     let net: Ipv4Network = raw.parse().map_err(|e| {
-        CniError::invalid_config(
-            key,
-            format!("{raw:?} is not an IPv4 CIDR such as \"10.244.1.0/24\": {e}"),
-        )
+        CniError::invalid_config(key, format!("{raw:?} is not an IPv4 CIDR such as \"10.244.1.0/24\": {e}"))
     })?;
     if net.ip() != net.network() {
         return Err(CniError::invalid_config(
             key,
-            format!(
-                "{raw} has host bits set; did you mean {}/{}?",
-                net.network(),
-                net.prefix()
-            ),
+            format!("{raw} has host bits set; did you mean {}/{}?", net.network(), net.prefix()),
         ));
     }
     Ok(net)
@@ -238,10 +211,7 @@ fn absolute_path(conf: &Map<String, Value>, key: &str) -> Result<Option<PathBuf>
     match string(conf, key)? {
         None => Ok(None),
         Some(p) if p.starts_with('/') => Ok(Some(PathBuf::from(p))),
-        Some(p) => Err(CniError::invalid_config(
-            key,
-            format!("{p:?} must be an absolute path"),
-        )),
+        Some(p) => Err(CniError::invalid_config(key, format!("{p:?} must be an absolute path"))),
     }
 }
 
@@ -249,10 +219,7 @@ fn attachments(key: &str, value: &Value) -> Result<Vec<Attachment>, CniError> {
     let Value::Array(items) = value else {
         return Err(CniError::invalid_config(
             key,
-            format!(
-                "must be an array of {{\"containerID\", \"ifname\"}} objects, got {}",
-                json_kind(value)
-            ),
+            format!("must be an array of {{\"containerID\", \"ifname\"}} objects, got {}", json_kind(value)),
         ));
     };
     items
@@ -261,10 +228,7 @@ fn attachments(key: &str, value: &Value) -> Result<Vec<Attachment>, CniError> {
         .map(|(i, item)| {
             let field = |name: &str| match item.get(name) {
                 Some(Value::String(s)) if !s.is_empty() => Ok(s.clone()),
-                _ => Err(CniError::invalid_config(
-                    format!("{key}[{i}].{name}"),
-                    "must be a non-empty string",
-                )),
+                _ => Err(CniError::invalid_config(format!("{key}[{i}].{name}"), "must be a non-empty string")),
             };
             Ok(Attachment::new(field("containerID")?, field("ifname")?))
         })
@@ -316,14 +280,8 @@ mod tests {
         assert_eq!(conf.run_dir, PathBuf::from("/run/weir"));
         assert_eq!(conf.bpf_pin_dir, None);
         assert_eq!(conf.veth_prefix, "weir");
-        assert_eq!(
-            conf.ipam_dir(),
-            PathBuf::from("/var/lib/cni/weir/ipam/weir")
-        );
-        assert_eq!(
-            conf.agent_ready_path(),
-            PathBuf::from("/run/weir/agent-ready")
-        );
+        assert_eq!(conf.ipam_dir(), PathBuf::from("/var/lib/cni/weir/ipam/weir"));
+        assert_eq!(conf.agent_ready_path(), PathBuf::from("/run/weir/agent-ready"));
     }
 
     #[test]
@@ -343,10 +301,7 @@ mod tests {
         assert_eq!(conf.bpf_pin_dir, Some(PathBuf::from("/sys/fs/bpf/weir")));
         assert_eq!(conf.veth_prefix, "wr");
         assert!(conf.prev_result.is_some());
-        assert_eq!(
-            conf.valid_attachments,
-            Some(vec![Attachment::new("c1", "eth0")])
-        );
+        assert_eq!(conf.valid_attachments, Some(vec![Attachment::new("c1", "eth0")]));
     }
 
     #[test]
@@ -362,27 +317,16 @@ mod tests {
         assert_eq!(err(with("cniVersion", json!(1))).0, 7);
         assert_eq!(err(without("cniVersion")).0, 7);
         for v in CniVersion::SUPPORTED {
-            assert_eq!(
-                parse(with("cniVersion", json!(v.as_str())))
-                    .unwrap()
-                    .cni_version,
-                v
-            );
+            assert_eq!(parse(with("cniVersion", json!(v.as_str()))).unwrap().cni_version, v);
         }
     }
 
     #[test]
     fn required_fields() {
-        assert_eq!(
-            err(without("name")),
-            (7, "invalid network configuration: name: is required".into())
-        );
+        assert_eq!(err(without("name")), (7, "invalid network configuration: name: is required".into()));
         let (code, msg) = err(without("podCIDR"));
         assert_eq!(code, 7);
-        assert!(
-            msg.starts_with("invalid network configuration: podCIDR: is required"),
-            "{msg}"
-        );
+        assert!(msg.starts_with("invalid network configuration: podCIDR: is required"), "{msg}");
         assert_eq!(err(without("clusterCIDR")).0, 7);
     }
 
@@ -414,10 +358,7 @@ mod tests {
         assert_eq!(err(with("mtu", json!(-1))).0, 7);
         assert_eq!(err(with("mtu", json!(1500.5))).0, 7);
         let (_, msg) = err(with("mtu", json!("1500")));
-        assert_eq!(
-            msg,
-            "invalid network configuration: mtu: must be an integer between 576 and 65535, got \"1500\""
-        );
+        assert_eq!(msg, "invalid network configuration: mtu: must be an integer between 576 and 65535, got \"1500\"");
     }
 
     #[test]
@@ -433,10 +374,7 @@ mod tests {
 
     #[test]
     fn attachment_list_and_prev_result_shapes() {
-        let (code, msg) = err(with(
-            "cni.dev/valid-attachments",
-            json!([{"containerID": "c1"}]),
-        ));
+        let (code, msg) = err(with("cni.dev/valid-attachments", json!([{"containerID": "c1"}])));
         assert_eq!(code, 7);
         assert!(msg.contains("cni.dev/valid-attachments[0].ifname"), "{msg}");
         assert_eq!(err(with("cni.dev/valid-attachments", json!({}))).0, 7);
@@ -449,11 +387,7 @@ mod tests {
         assert_eq!(decode(b"{not json").unwrap_err().code(), 6);
         let e = decode(b"[1]").unwrap_err();
         assert_eq!(e.code(), 6);
-        assert!(
-            e.to_string()
-                .contains("expected a JSON object, got an array"),
-            "{e}"
-        );
+        assert!(e.to_string().contains("expected a JSON object, got an array"), "{e}");
         assert!(decode(b" {} ").is_ok());
     }
 }

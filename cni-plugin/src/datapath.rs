@@ -37,10 +37,7 @@ impl DatapathError {
             text.push_str(&format!(": {cause}"));
             source = cause.source();
         }
-        Self {
-            op: op.into(),
-            reason: text,
-        }
+        Self { op: op.into(), reason: text }
     }
 }
 
@@ -52,9 +49,7 @@ pub struct Pins {
 
 impl Pins {
     pub fn new(root: &Path) -> Self {
-        Self {
-            root: root.to_owned(),
-        }
+        Self { root: root.to_owned() }
     }
 
     pub fn endpoints_map(&self) -> PathBuf {
@@ -79,9 +74,7 @@ impl Pins {
 
     /// The host veth a link pin belongs to.
     pub fn host_veth_of_pin(pin_name: &str) -> Option<&str> {
-        pin_name
-            .strip_suffix(pin::LINK_SUFFIX_FROM_POD)
-            .or_else(|| pin_name.strip_suffix(pin::LINK_SUFFIX_TO_POD))
+        pin_name.strip_suffix(pin::LINK_SUFFIX_FROM_POD).or_else(|| pin_name.strip_suffix(pin::LINK_SUFFIX_TO_POD))
     }
 
     /// The first of the agent's pins that is missing, if any: ADD cannot wire
@@ -124,19 +117,14 @@ impl EndpointMap {
         let value = EndpointInfo::new(ip.octets(), EndpointInfo::FLAG_VERIFY_SOURCE | pending);
         self.map
             .insert(EndpointKey { ifindex }, value, 0)
-            .map_err(|e| {
-                DatapathError::new(format!("insert endpoint ifindex {ifindex} -> {ip}"), e)
-            })
+            .map_err(|e| DatapathError::new(format!("insert endpoint ifindex {ifindex} -> {ip}"), e))
     }
 
     pub fn get(&self, ifindex: u32) -> Result<Option<EndpointInfo>, DatapathError> {
         match self.map.get(&EndpointKey { ifindex }, 0) {
             Ok(info) => Ok(Some(info)),
             Err(aya::maps::MapError::KeyNotFound) => Ok(None),
-            Err(e) => Err(DatapathError::new(
-                format!("look up endpoint ifindex {ifindex}"),
-                e,
-            )),
+            Err(e) => Err(DatapathError::new(format!("look up endpoint ifindex {ifindex}"), e)),
         }
     }
 
@@ -145,10 +133,7 @@ impl EndpointMap {
         match self.map.remove(&EndpointKey { ifindex }) {
             Ok(()) => Ok(true),
             Err(aya::maps::MapError::KeyNotFound) => Ok(false),
-            Err(e) => Err(DatapathError::new(
-                format!("remove endpoint ifindex {ifindex}"),
-                e,
-            )),
+            Err(e) => Err(DatapathError::new(format!("remove endpoint ifindex {ifindex}"), e)),
         }
     }
 
@@ -167,12 +152,7 @@ impl EndpointMap {
     /// is gone its ifindex is unknown, but the address still identifies the
     /// pod's entry while the address is reserved.
     pub fn remove_ip(&mut self, ip: Ipv4Addr) -> Result<usize, DatapathError> {
-        let stale: Vec<u32> = self
-            .entries()?
-            .into_iter()
-            .filter(|(_, v)| *v == ip)
-            .map(|(k, _)| k)
-            .collect();
+        let stale: Vec<u32> = self.entries()?.into_iter().filter(|(_, v)| *v == ip).map(|(k, _)| k).collect();
         for ifindex in &stale {
             self.remove(*ifindex)?;
         }
@@ -212,13 +192,11 @@ pub fn attach_programs(
     let tcx = KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0));
     if tcx {
         let links_dir = pins.links_dir();
-        fs::create_dir_all(&links_dir)
-            .map_err(|e| DatapathError::new(format!("create {}", links_dir.display()), e))?;
+        fs::create_dir_all(&links_dir).map_err(|e| DatapathError::new(format!("create {}", links_dir.display()), e))?;
     }
-    for (prog, attach_type, pin_path) in [
-        (pin::PROG_FROM_POD, TcAttachType::Ingress, pin_in),
-        (pin::PROG_TO_POD, TcAttachType::Egress, pin_out),
-    ] {
+    for (prog, attach_type, pin_path) in
+        [(pin::PROG_FROM_POD, TcAttachType::Ingress, pin_in), (pin::PROG_TO_POD, TcAttachType::Egress, pin_out)]
+    {
         let attached = if tcx {
             attach_tcx(pins, prog, attach_type, host_veth, ifindex, pin_path)?
         } else {
@@ -232,10 +210,7 @@ pub fn attach_programs(
 }
 
 fn attach_op(pins: &Pins, prog_name: &str, attach_type: TcAttachType, host_veth: &str) -> String {
-    format!(
-        "attach {} to {host_veth} {attach_type:?}",
-        pins.program(prog_name).display()
-    )
+    format!("attach {} to {host_veth} {attach_type:?}", pins.program(prog_name).display())
 }
 
 fn attach_tcx(
@@ -269,16 +244,11 @@ fn attach_cls_bpf(
     host_veth: &str,
 ) -> Result<Attached, DatapathError> {
     let op = attach_op(pins, prog_name, attach_type, host_veth);
-    let mut prog =
-        SchedClassifier::from_pin(pins.program(prog_name)).map_err(|e| DatapathError::new(&op, e))?;
+    let mut prog = SchedClassifier::from_pin(pins.program(prog_name)).map_err(|e| DatapathError::new(&op, e))?;
     // "Already there" is fine; any other problem shows up in attach.
     let _ = tc::qdisc_add_clsact(host_veth);
     let id = prog
-        .attach_with_options(
-            host_veth,
-            attach_type,
-            TcAttachOptions::Netlink(NlOptions::default()),
-        )
+        .attach_with_options(host_veth, attach_type, TcAttachOptions::Netlink(NlOptions::default()))
         .map_err(|e| DatapathError::new(&op, e))?;
     let link = prog.take_link(id).map_err(|e| DatapathError::new(&op, e))?;
     // A netlink filter: dropping the handle would detach it, and it is
@@ -313,23 +283,13 @@ mod sys {
         // SAFETY: `attr` is a valid, fully initialised bpf_attr of the size
         // passed; the kernel reads (and for some commands writes) only it.
         let ret = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                cmd,
-                attr.as_mut_ptr(),
-                std::mem::size_of::<Attr>() as libc::c_uint,
-            )
+            libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), std::mem::size_of::<Attr>() as libc::c_uint)
         };
-        if ret < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(ret)
-        }
+        if ret < 0 { Err(io::Error::last_os_error()) } else { Ok(ret) }
     }
 
     fn path_cstring(path: &Path) -> io::Result<CString> {
-        CString::new(path.as_os_str().as_bytes())
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))
+        CString::new(path.as_os_str().as_bytes()).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))
     }
 
     fn owned(fd: libc::c_long) -> OwnedFd {
@@ -385,20 +345,11 @@ mod tests {
     #[test]
     fn pin_paths_follow_the_contract() {
         let pins = Pins::new(Path::new("/sys/fs/bpf/weir"));
-        assert_eq!(
-            pins.endpoints_map(),
-            PathBuf::from("/sys/fs/bpf/weir/maps/WEIR_ENDPOINTS")
-        );
-        assert_eq!(
-            pins.program(pin::PROG_FROM_POD),
-            PathBuf::from("/sys/fs/bpf/weir/progs/weir_from_pod")
-        );
+        assert_eq!(pins.endpoints_map(), PathBuf::from("/sys/fs/bpf/weir/maps/WEIR_ENDPOINTS"));
+        assert_eq!(pins.program(pin::PROG_FROM_POD), PathBuf::from("/sys/fs/bpf/weir/progs/weir_from_pod"));
         assert_eq!(
             pins.link_pins("weirabc"),
-            [
-                PathBuf::from("/sys/fs/bpf/weir/links/weirabc_in"),
-                PathBuf::from("/sys/fs/bpf/weir/links/weirabc_out")
-            ]
+            [PathBuf::from("/sys/fs/bpf/weir/links/weirabc_in"), PathBuf::from("/sys/fs/bpf/weir/links/weirabc_out")]
         );
         assert_eq!(Pins::host_veth_of_pin("weirabc_out"), Some("weirabc"));
         assert_eq!(Pins::host_veth_of_pin("uplink_eth0"), None);

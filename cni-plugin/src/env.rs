@@ -47,9 +47,7 @@ pub struct Env {
 impl Env {
     /// Reads the variables from `vars` (the process environment in `main`).
     /// An empty variable counts as unset, as in the reference implementation.
-    pub fn from_vars(
-        vars: impl IntoIterator<Item = (OsString, OsString)>,
-    ) -> Result<Self, CniError> {
+    pub fn from_vars(vars: impl IntoIterator<Item = (OsString, OsString)>) -> Result<Self, CniError> {
         let mut command = None;
         let mut container_id = None;
         let mut netns = None;
@@ -64,10 +62,9 @@ impl Env {
                 Some("CNI_ARGS") => (&mut args, "CNI_ARGS"),
                 _ => continue,
             };
-            let value = value.into_string().map_err(|_| CniError::InvalidEnv {
-                var: slot.1,
-                reason: "is not valid UTF-8".into(),
-            })?;
+            let value = value
+                .into_string()
+                .map_err(|_| CniError::InvalidEnv { var: slot.1, reason: "is not valid UTF-8".into() })?;
             if !value.is_empty() {
                 *slot.0 = Some(value);
             }
@@ -89,9 +86,7 @@ impl Env {
             Some(other) => {
                 return Err(CniError::InvalidEnv {
                     var: "CNI_COMMAND",
-                    reason: format!(
-                        "{other:?} is not a CNI command; expected ADD, DEL, CHECK, STATUS, GC or VERSION"
-                    ),
+                    reason: format!("{other:?} is not a CNI command; expected ADD, DEL, CHECK, STATUS, GC or VERSION"),
                 });
             }
         };
@@ -100,36 +95,17 @@ impl Env {
             container_id,
             netns: netns.map(PathBuf::from),
             ifname,
-            args: args
-                .as_deref()
-                .map(parse_args)
-                .transpose()?
-                .unwrap_or_default(),
+            args: args.as_deref().map(parse_args).transpose()?.unwrap_or_default(),
         })
     }
 
     /// `CNI_CONTAINERID` and `CNI_IFNAME`, both required and validated.
     pub fn attachment(&self) -> Result<Attachment, CniError> {
-        let missing = |var| CniError::InvalidEnv {
-            var,
-            reason: format!("is required for {}", self.command.as_str()),
-        };
-        let container_id = self
-            .container_id
-            .as_deref()
-            .ok_or_else(|| missing("CNI_CONTAINERID"))?;
-        check_identifier(container_id).map_err(|reason| CniError::InvalidEnv {
-            var: "CNI_CONTAINERID",
-            reason,
-        })?;
-        let ifname = self
-            .ifname
-            .as_deref()
-            .ok_or_else(|| missing("CNI_IFNAME"))?;
-        check_ifname(ifname).map_err(|reason| CniError::InvalidEnv {
-            var: "CNI_IFNAME",
-            reason,
-        })?;
+        let missing = |var| CniError::InvalidEnv { var, reason: format!("is required for {}", self.command.as_str()) };
+        let container_id = self.container_id.as_deref().ok_or_else(|| missing("CNI_CONTAINERID"))?;
+        check_identifier(container_id).map_err(|reason| CniError::InvalidEnv { var: "CNI_CONTAINERID", reason })?;
+        let ifname = self.ifname.as_deref().ok_or_else(|| missing("CNI_IFNAME"))?;
+        check_ifname(ifname).map_err(|reason| CniError::InvalidEnv { var: "CNI_IFNAME", reason })?;
         Ok(Attachment::new(container_id, ifname))
     }
 
@@ -165,12 +141,7 @@ impl Env {
 
     /// A short description of the pod for log lines.
     pub fn pod_label(&self) -> Option<String> {
-        let get = |k: &str| {
-            self.args
-                .iter()
-                .find(|(key, _)| key == k)
-                .map(|(_, v)| v.as_str())
-        };
+        let get = |k: &str| self.args.iter().find(|(key, _)| key == k).map(|(_, v)| v.as_str());
         match (get("K8S_POD_NAMESPACE"), get("K8S_POD_NAME")) {
             (Some(ns), Some(name)) => Some(format!("{ns}/{name}")),
             _ => None,
@@ -197,11 +168,7 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> Result<Env, CniError> {
-        Env::from_vars(
-            pairs
-                .iter()
-                .map(|(k, v)| (OsString::from(k), OsString::from(v))),
-        )
+        Env::from_vars(pairs.iter().map(|(k, v)| (OsString::from(k), OsString::from(v))))
     }
 
     #[test]
@@ -211,10 +178,7 @@ mod tests {
             ("CNI_CONTAINERID", "abc"),
             ("CNI_NETNS", "/run/netns/x"),
             ("CNI_IFNAME", "eth0"),
-            (
-                "CNI_ARGS",
-                "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=web",
-            ),
+            ("CNI_ARGS", "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=web"),
             ("CNI_PATH", "/opt/cni/bin"),
             ("HOME", "/root"),
         ])
@@ -231,10 +195,7 @@ mod tests {
         assert_eq!(env(&[("CNI_COMMAND", "")]).unwrap_err().code(), 4);
         let err = env(&[("CNI_COMMAND", "INIT")]).unwrap_err();
         assert_eq!(err.code(), 4);
-        assert!(
-            err.to_string().contains("\"INIT\" is not a CNI command"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("\"INIT\" is not a CNI command"), "{err}");
     }
 
     #[test]
@@ -242,31 +203,14 @@ mod tests {
         let e = env(&[("CNI_COMMAND", "DEL"), ("CNI_IFNAME", "eth0")]).unwrap();
         let err = e.attachment().unwrap_err();
         assert_eq!(err.code(), 4);
-        assert_eq!(
-            err.to_string(),
-            "environment variable CNI_CONTAINERID: is required for DEL"
-        );
+        assert_eq!(err.to_string(), "environment variable CNI_CONTAINERID: is required for DEL");
 
-        let e = env(&[
-            ("CNI_COMMAND", "ADD"),
-            ("CNI_CONTAINERID", "c1"),
-            ("CNI_IFNAME", "eth0:1"),
-        ])
-        .unwrap();
+        let e = env(&[("CNI_COMMAND", "ADD"), ("CNI_CONTAINERID", "c1"), ("CNI_IFNAME", "eth0:1")]).unwrap();
         let err = e.attachment().unwrap_err();
         assert_eq!(err.code(), 4);
-        assert!(
-            err.to_string()
-                .starts_with("environment variable CNI_IFNAME:"),
-            "{err}"
-        );
+        assert!(err.to_string().starts_with("environment variable CNI_IFNAME:"), "{err}");
 
-        let e = env(&[
-            ("CNI_COMMAND", "ADD"),
-            ("CNI_CONTAINERID", "../x"),
-            ("CNI_IFNAME", "eth0"),
-        ])
-        .unwrap();
+        let e = env(&[("CNI_COMMAND", "ADD"), ("CNI_CONTAINERID", "../x"), ("CNI_IFNAME", "eth0")]).unwrap();
         assert_eq!(e.attachment().unwrap_err().code(), 4);
     }
 
@@ -283,14 +227,8 @@ mod tests {
     fn malformed_cni_args_is_code_4() {
         let err = env(&[("CNI_COMMAND", "ADD"), ("CNI_ARGS", "A=1;oops")]).unwrap_err();
         assert_eq!(err.code(), 4);
-        assert!(
-            err.to_string().contains("\"oops\" is not a KEY=VALUE pair"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("\"oops\" is not a KEY=VALUE pair"), "{err}");
         let e = env(&[("CNI_COMMAND", "ADD"), ("CNI_ARGS", "A=1;;B=x=y;")]).unwrap();
-        assert_eq!(
-            e.args,
-            vec![("A".into(), "1".into()), ("B".into(), "x=y".into())]
-        );
+        assert_eq!(e.args, vec![("A".into(), "1".into()), ("B".into(), "x=y".into())]);
     }
 }

@@ -28,8 +28,8 @@ use std::path::PathBuf;
 use serde_json::{Value, json};
 
 use crate::{
-    attachment::Attachment, datapath::DatapathError, ipam::IpamError, netlink::NetlinkError,
-    netns::NetnsError, version::CniVersion,
+    attachment::Attachment, datapath::DatapathError, ipam::IpamError, netlink::NetlinkError, netns::NetnsError,
+    version::CniVersion,
 };
 
 pub mod code {
@@ -55,26 +55,14 @@ pub mod code {
 
 #[derive(Debug, thiserror::Error)]
 pub enum CniError {
-    #[error(
-        "cniVersion {requested:?} is not supported; weir-cni supports {}",
-        CniVersion::supported_list()
-    )]
+    #[error("cniVersion {requested:?} is not supported; weir-cni supports {}", CniVersion::supported_list())]
     IncompatibleVersion { requested: String },
-    #[error(
-        "{command} needs cniVersion {minimum} or later, but the configuration has {configured}"
-    )]
-    CommandNeedsVersion {
-        command: &'static str,
-        minimum: CniVersion,
-        configured: CniVersion,
-    },
+    #[error("{command} needs cniVersion {minimum} or later, but the configuration has {configured}")]
+    CommandNeedsVersion { command: &'static str, minimum: CniVersion, configured: CniVersion },
     #[error("environment variable {var}: {reason}")]
     InvalidEnv { var: &'static str, reason: String },
     #[error("cannot read {what}: {source}")]
-    Io {
-        what: &'static str,
-        source: std::io::Error,
-    },
+    Io { what: &'static str, source: std::io::Error },
     #[error("cannot decode the network configuration on stdin: {reason}")]
     Decode { reason: String },
     #[error("invalid network configuration: {field}: {reason}")]
@@ -98,47 +86,30 @@ pub enum CniError {
     #[error(
         "host interface {name} of {attachment} already exists: an earlier ADD was not cleaned up; run DEL for this container and interface first"
     )]
-    HostVethExists {
-        name: String,
-        attachment: Attachment,
-    },
+    HostVethExists { name: String, attachment: Attachment },
     #[error(transparent)]
     Netlink(#[from] NetlinkError),
     #[error(transparent)]
     Datapath(#[from] DatapathError),
     #[error("CHECK of {attachment} failed: {}", problems.join("; "))]
-    CheckFailed {
-        attachment: Attachment,
-        problems: Vec<String>,
-    },
+    CheckFailed { attachment: Attachment, problems: Vec<String> },
     #[error("{command} could not remove everything: {}", problems.join("; "))]
-    Cleanup {
-        command: &'static str,
-        problems: Vec<String>,
-    },
+    Cleanup { command: &'static str, problems: Vec<String> },
     /// ADD failed and undid what it had done; `rollback_problems` lists what
     /// could not be undone.
     #[error("{cause}")]
-    RolledBack {
-        cause: Box<CniError>,
-        rollback_problems: Vec<String>,
-    },
+    RolledBack { cause: Box<CniError>, rollback_problems: Vec<String> },
 }
 
 impl CniError {
     pub fn invalid_config(field: impl Into<String>, reason: impl Into<String>) -> Self {
-        Self::InvalidConfig {
-            field: field.into(),
-            reason: reason.into(),
-        }
+        Self::InvalidConfig { field: field.into(), reason: reason.into() }
     }
 
     pub fn code(&self) -> u32 {
         use code::*;
         match self {
-            Self::IncompatibleVersion { .. } | Self::CommandNeedsVersion { .. } => {
-                INCOMPATIBLE_VERSION
-            }
+            Self::IncompatibleVersion { .. } | Self::CommandNeedsVersion { .. } => INCOMPATIBLE_VERSION,
             Self::InvalidEnv { .. } => INVALID_ENV,
             Self::Io { .. } => IO_FAILURE,
             Self::Decode { .. } => DECODE_FAILURE,
@@ -164,14 +135,10 @@ impl CniError {
 
     pub fn details(&self) -> Option<String> {
         match self {
-            Self::RolledBack {
-                rollback_problems, ..
-            } if rollback_problems.is_empty() => {
+            Self::RolledBack { rollback_problems, .. } if rollback_problems.is_empty() => {
                 Some("everything this ADD had set up was removed again".into())
             }
-            Self::RolledBack {
-                rollback_problems, ..
-            } => Some(format!(
+            Self::RolledBack { rollback_problems, .. } => Some(format!(
                 "undoing the failed ADD also failed, these may be left behind: {}",
                 rollback_problems.join("; ")
             )),
@@ -211,10 +178,7 @@ mod tests {
     #[test]
     fn rolled_back_error_keeps_cause_code_and_lists_leftovers() {
         let err = CniError::RolledBack {
-            cause: Box::new(CniError::InterfaceExists {
-                ifname: "eth0".into(),
-                netns: "/run/netns/p".into(),
-            }),
+            cause: Box::new(CniError::InterfaceExists { ifname: "eth0".into(), netns: "/run/netns/p".into() }),
             rollback_problems: vec!["delete link weirabc: EBUSY".into()],
         };
         let reply = err.to_json(CniVersion::V1_0_0);
@@ -231,27 +195,11 @@ mod tests {
 
     #[test]
     fn well_known_codes() {
-        assert_eq!(
-            CniError::IncompatibleVersion {
-                requested: "0.2.0".into()
-            }
-            .code(),
-            1
-        );
-        assert_eq!(
-            CniError::InvalidEnv {
-                var: "CNI_IFNAME",
-                reason: "x".into()
-            }
-            .code(),
-            4
-        );
+        assert_eq!(CniError::IncompatibleVersion { requested: "0.2.0".into() }.code(), 1);
+        assert_eq!(CniError::InvalidEnv { var: "CNI_IFNAME", reason: "x".into() }.code(), 4);
         assert_eq!(CniError::Decode { reason: "x".into() }.code(), 6);
         assert_eq!(CniError::DatapathNotReady { path: "/x".into() }.code(), 11);
         assert_eq!(CniError::NotAvailable { reason: "x".into() }.code(), 50);
-        assert_eq!(
-            CniError::Netns(NetnsError::NotFound { path: "/x".into() }).code(),
-            3
-        );
+        assert_eq!(CniError::Netns(NetnsError::NotFound { path: "/x".into() }).code(), 3);
     }
 }

@@ -42,12 +42,10 @@ pub fn warn(args: fmt::Arguments<'_>) {
 /// empty; call once, early.
 pub fn init_trace() {
     TRACE.get_or_init(|| {
-        std::env::var_os("WEIR_CNI_TRACE")
-            .filter(|v| !v.is_empty() && v != "0")
-            .map(|_| {
-                let now = Instant::now();
-                Mutex::new((now, now))
-            })
+        std::env::var_os("WEIR_CNI_TRACE").filter(|v| !v.is_empty() && v != "0").map(|_| {
+            let now = Instant::now();
+            Mutex::new((now, now))
+        })
     });
 }
 
@@ -65,10 +63,6 @@ pub fn step(name: &str) {
     };
     line(
         "trace",
-        format_args!(
-            "{name}: {:.3} ms (at {:.3} ms)",
-            since_last.as_secs_f64() * 1e3,
-            since_start.as_secs_f64() * 1e3
-        ),
+        format_args!("{name}: {:.3} ms (at {:.3} ms)", since_last.as_secs_f64() * 1e3, since_start.as_secs_f64() * 1e3),
     );
 }

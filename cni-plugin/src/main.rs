@@ -64,32 +64,18 @@ fn main() -> ExitCode {
 /// Runs the command; also returns the spec version to answer errors in (the
 /// configuration's, when it names one weir-cni speaks) and where to report
 /// the outcome (None without a command or a configuration to tell where).
-fn run() -> (
-    CniVersion,
-    Option<metrics_report::Target>,
-    Result<Option<Value>, CniError>,
-) {
+fn run() -> (CniVersion, Option<metrics_report::Target>, Result<Option<Value>, CniError>) {
     let mut stdin = Vec::new();
     let read = io::stdin().read_to_end(&mut stdin);
     let conf = config::decode(&stdin);
-    let version = conf
-        .as_ref()
-        .ok()
-        .and_then(|c| config::requested_version(c).ok())
-        .unwrap_or(CniVersion::LATEST);
+    let version = conf.as_ref().ok().and_then(|c| config::requested_version(c).ok()).unwrap_or(CniVersion::LATEST);
 
     let mut report = None;
     let outcome = (|| {
-        read.map_err(|source| CniError::Io {
-            what: "stdin",
-            source,
-        })?;
+        read.map_err(|source| CniError::Io { what: "stdin", source })?;
         let env = Env::from_vars(std::env::vars_os())?;
         log::set_context(context(&env));
-        report = conf
-            .as_ref()
-            .ok()
-            .and_then(|c| metrics_report::Target::new(env.command, c));
+        report = conf.as_ref().ok().and_then(|c| metrics_report::Target::new(env.command, c));
         let conf = match (env.command, conf) {
             (_, Ok(conf)) => conf,
             // VERSION may come with an empty or partial stdin.

@@ -46,10 +46,7 @@ impl Target {
             Some(Value::String(s)) if Path::new(s).is_absolute() => PathBuf::from(s),
             Some(_) => return None,
         };
-        Some(Self {
-            command: command.as_str(),
-            socket: run_dir.join(SOCKET_FILE),
-        })
+        Some(Self { command: command.as_str(), socket: run_dir.join(SOCKET_FILE) })
     }
 
     /// Sends the report; `error_code` is the CNI error code of a failed
@@ -81,9 +78,7 @@ mod tests {
     use super::*;
 
     fn conf(run_dir: &Path) -> Map<String, Value> {
-        let Value::Object(map) = json!({"cniVersion": "1.1.0", "runDir": run_dir}) else {
-            unreachable!()
-        };
+        let Value::Object(map) = json!({"cniVersion": "1.1.0", "runDir": run_dir}) else { unreachable!() };
         map
     }
 
@@ -100,9 +95,7 @@ mod tests {
         let got: Value = serde_json::from_slice(&buf[..n]).unwrap();
         assert_eq!(got, json!({"command": "ADD", "result": "ok", "code": 0, "seconds": 0.012}));
 
-        Target::new(Command::Del, &conf(dir.path()))
-            .unwrap()
-            .send(Some(109), Duration::from_micros(2500));
+        Target::new(Command::Del, &conf(dir.path())).unwrap().send(Some(109), Duration::from_micros(2500));
         let n = rx.recv(&mut buf).unwrap();
         let got: Value = serde_json::from_slice(&buf[..n]).unwrap();
         assert_eq!(got, json!({"command": "DEL", "result": "error", "code": 109, "seconds": 0.0025}));
@@ -150,10 +143,7 @@ mod tests {
     #[test]
     fn where_reports_go() {
         let empty = Map::new();
-        assert_eq!(
-            Target::new(Command::Add, &empty).unwrap().socket,
-            PathBuf::from("/run/weir/cni-metrics.sock")
-        );
+        assert_eq!(Target::new(Command::Add, &empty).unwrap().socket, PathBuf::from("/run/weir/cni-metrics.sock"));
         assert_eq!(Target::new(Command::Version, &conf(Path::new("/tmp/r"))), None);
         let mut relative = Map::new();
         relative.insert("runDir".into(), json!("run/weir"));

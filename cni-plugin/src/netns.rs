@@ -49,23 +49,14 @@ impl Netns {
     /// wrong `CNI_NETNS` is reported before anything is changed.
     pub fn open(path: &Path) -> Result<Self, NetnsError> {
         let file = File::open(path).map_err(|source| match source.kind() {
-            io::ErrorKind::NotFound => NetnsError::NotFound {
-                path: path.to_owned(),
-            },
-            _ => NetnsError::Open {
-                path: path.to_owned(),
-                source,
-            },
+            io::ErrorKind::NotFound => NetnsError::NotFound { path: path.to_owned() },
+            _ => NetnsError::Open { path: path.to_owned(), source },
         })?;
-        let not_netns = |reason: String| NetnsError::NotANetns {
-            path: path.to_owned(),
-            reason,
-        };
+        let not_netns = |reason: String| NetnsError::NotANetns { path: path.to_owned(), reason };
         let fs = fstatfs(&file).map_err(|e| not_netns(format!("fstatfs: {e}")))?;
         if fs.filesystem_type() != NSFS_MAGIC {
             return Err(not_netns(
-                "it is not a namespace file (expected /proc/<pid>/ns/net or a bind mount of it)"
-                    .into(),
+                "it is not a namespace file (expected /proc/<pid>/ns/net or a bind mount of it)".into(),
             ));
         }
         // SAFETY: NS_GET_NSTYPE takes no argument and only reads the fd.
@@ -74,14 +65,9 @@ impl Netns {
             return Err(not_netns(format!("NS_GET_NSTYPE: {}", Errno::last())));
         }
         if nstype != libc::CLONE_NEWNET {
-            return Err(not_netns(format!(
-                "it is a namespace of another type ({nstype:#x})"
-            )));
+            return Err(not_netns(format!("it is a namespace of another type ({nstype:#x})")));
         }
-        Ok(Self {
-            path: path.to_owned(),
-            file,
-        })
+        Ok(Self { path: path.to_owned(), file })
     }
 
     pub fn path(&self) -> &Path {
@@ -97,16 +83,9 @@ impl Netns {
         std::thread::scope(|scope| {
             scope
                 .spawn(|| {
-                    setns(self.file.as_fd(), CloneFlags::CLONE_NEWNET).map_err(|source| {
-                        NetnsError::Enter {
-                            path: self.path.clone(),
-                            source,
-                        }
-                    })?;
-                    NetlinkSocket::open().map_err(|source| NetnsError::Netlink {
-                        path: self.path.clone(),
-                        source,
-                    })
+                    setns(self.file.as_fd(), CloneFlags::CLONE_NEWNET)
+                        .map_err(|source| NetnsError::Enter { path: self.path.clone(), source })?;
+                    NetlinkSocket::open().map_err(|source| NetnsError::Netlink { path: self.path.clone(), source })
                 })
                 .join()
                 .unwrap_or_else(|panic| std::panic::resume_unwind(panic))

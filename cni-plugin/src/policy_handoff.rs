@@ -43,7 +43,14 @@ pub enum Outcome {
     Pending(String),
 }
 
-pub fn request(run_dir: &Path, ifindex: u32, ip: Ipv4Addr, pod: &PodRef, container_id: &str, wait: Duration) -> Outcome {
+pub fn request(
+    run_dir: &Path,
+    ifindex: u32,
+    ip: Ipv4Addr,
+    pod: &PodRef,
+    container_id: &str,
+    wait: Duration,
+) -> Outcome {
     let path = run_dir.join(SOCKET_FILE);
     let attempt = || -> std::io::Result<Outcome> {
         let mut stream = UnixStream::connect(&path)?;
@@ -97,7 +104,10 @@ mod tests {
         let out = request(dir.path(), 12, Ipv4Addr::new(10, 244, 1, 5), &pod(), "c1", WAIT);
         assert_eq!(out, Outcome::Ready);
         let req = server.join().unwrap();
-        assert_eq!(req, serde_json::json!({"ifindex": 12, "ip": "10.244.1.5", "namespace": "x", "name": "a", "containerId": "c1"}));
+        assert_eq!(
+            req,
+            serde_json::json!({"ifindex": 12, "ip": "10.244.1.5", "namespace": "x", "name": "a", "containerId": "c1"})
+        );
     }
 
     #[test]

@@ -54,11 +54,7 @@ pub fn parse(env: &Env, conf: &Map<String, Value>) -> Result<Request, CniError> 
     let command = env.command;
     let needs = |conf: &NetConf, minimum: CniVersion| {
         if conf.cni_version < minimum {
-            Err(CniError::CommandNeedsVersion {
-                command: command.as_str(),
-                minimum,
-                configured: conf.cni_version,
-            })
+            Err(CniError::CommandNeedsVersion { command: command.as_str(), minimum, configured: conf.cni_version })
         } else {
             Ok(())
         }
@@ -69,22 +65,14 @@ pub fn parse(env: &Env, conf: &Map<String, Value>) -> Result<Request, CniError> 
             let attachment = env.attachment()?;
             let netns_path = env.required_netns_path()?;
             let conf = NetConf::parse(conf)?;
-            Ok(Request::Add {
-                netns: Netns::open(netns_path)?,
-                conf,
-                attachment,
-                pod: env.pod_ref(),
-            })
+            Ok(Request::Add { netns: Netns::open(netns_path)?, conf, attachment, pod: env.pod_ref() })
         }
         Command::Del => {
             let attachment = env.attachment()?;
             // Checked for shape only: deleting the host end of the veth
             // removes the pod end, so DEL never enters the namespace.
             env.netns_path()?;
-            Ok(Request::Del {
-                conf: NetConf::parse(conf)?,
-                attachment,
-            })
+            Ok(Request::Del { conf: NetConf::parse(conf)?, attachment })
         }
         Command::Check => {
             let attachment = env.attachment()?;
@@ -92,18 +80,10 @@ pub fn parse(env: &Env, conf: &Map<String, Value>) -> Result<Request, CniError> 
             let conf = NetConf::parse(conf)?;
             needs(&conf, CniVersion::V0_4_0)?;
             let prev = conf.prev_result.as_ref().ok_or_else(|| {
-                CniError::invalid_config(
-                    "prevResult",
-                    "is required for CHECK (the result of the ADD being checked)",
-                )
+                CniError::invalid_config("prevResult", "is required for CHECK (the result of the ADD being checked)")
             })?;
             let prev = PrevResult::parse(prev)?;
-            Ok(Request::Check {
-                netns: Netns::open(netns_path)?,
-                conf,
-                attachment,
-                prev,
-            })
+            Ok(Request::Check { netns: Netns::open(netns_path)?, conf, attachment, prev })
         }
         Command::Status => {
             let conf = NetConf::parse(conf)?;
@@ -125,10 +105,7 @@ pub fn parse(env: &Env, conf: &Map<String, Value>) -> Result<Request, CniError> 
                     "is required for GC (the attachments to keep; [] removes all)",
                 )
             })?;
-            Ok(Request::Gc {
-                keep: keep.into_iter().collect(),
-                conf,
-            })
+            Ok(Request::Gc { keep: keep.into_iter().collect(), conf })
         }
     }
 }
@@ -142,12 +119,7 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> Env {
-        Env::from_vars(
-            pairs
-                .iter()
-                .map(|(k, v)| (OsString::from(k), OsString::from(v))),
-        )
-        .unwrap()
+        Env::from_vars(pairs.iter().map(|(k, v)| (OsString::from(k), OsString::from(v)))).unwrap()
     }
 
     fn conf(version: &str) -> Value {
@@ -174,17 +146,10 @@ mod tests {
         ]);
         let err = parse_err(&e, conf("0.3.1"));
         assert_eq!(err.code(), 1);
-        assert_eq!(
-            err.to_string(),
-            "CHECK needs cniVersion 0.4.0 or later, but the configuration has 0.3.1"
-        );
+        assert_eq!(err.to_string(), "CHECK needs cniVersion 0.4.0 or later, but the configuration has 0.3.1");
         let err = parse_err(&e, conf("1.0.0"));
         assert_eq!(err.code(), 7);
-        assert!(
-            err.to_string()
-                .contains("prevResult: is required for CHECK"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("prevResult: is required for CHECK"), "{err}");
     }
 
     #[test]
@@ -194,10 +159,7 @@ mod tests {
             assert_eq!(err.code(), 1, "{cmd}");
         }
         assert!(matches!(
-            parse(
-                &env(&[("CNI_COMMAND", "STATUS")]),
-                conf("1.1.0").as_object().unwrap()
-            ),
+            parse(&env(&[("CNI_COMMAND", "STATUS")]), conf("1.1.0").as_object().unwrap()),
             Ok(Request::Status { .. })
         ));
     }
@@ -206,10 +168,7 @@ mod tests {
     fn gc_without_attachment_list_is_refused() {
         let err = parse_err(&env(&[("CNI_COMMAND", "GC")]), conf("1.1.0"));
         assert_eq!(err.code(), 7);
-        assert!(
-            err.to_string().contains("cni.dev/valid-attachments"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("cni.dev/valid-attachments"), "{err}");
         let mut c = conf("1.1.0");
         c["cni.dev/valid-attachments"] = json!([{"containerID": "a", "ifname": "eth0"}]);
         match parse(&env(&[("CNI_COMMAND", "GC")]), c.as_object().unwrap()).unwrap() {
@@ -220,11 +179,7 @@ mod tests {
 
     #[test]
     fn add_validates_env_before_config() {
-        let e = env(&[
-            ("CNI_COMMAND", "ADD"),
-            ("CNI_CONTAINERID", "c1"),
-            ("CNI_IFNAME", "eth0"),
-        ]);
+        let e = env(&[("CNI_COMMAND", "ADD"), ("CNI_CONTAINERID", "c1"), ("CNI_IFNAME", "eth0")]);
         // Both the netns and the config are wrong: the environment is reported.
         let err = parse_err(&e, json!({}));
         assert_eq!(err.code(), 4);
@@ -241,10 +196,7 @@ mod tests {
         ]);
         let err = parse_err(&e, conf("1.1.0"));
         assert_eq!(err.code(), 3);
-        assert_eq!(
-            err.to_string(),
-            "network namespace /nonexistent/weir-test-netns does not exist"
-        );
+        assert_eq!(err.to_string(), "network namespace /nonexistent/weir-test-netns does not exist");
     }
 
     #[test]
@@ -258,22 +210,12 @@ mod tests {
         ]);
         let err = parse_err(&e, conf("1.1.0"));
         assert_eq!(err.code(), 4);
-        assert!(
-            err.to_string().contains("is not a network namespace"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("is not a network namespace"), "{err}");
     }
 
     #[test]
     fn del_needs_no_netns() {
-        let e = env(&[
-            ("CNI_COMMAND", "DEL"),
-            ("CNI_CONTAINERID", "c1"),
-            ("CNI_IFNAME", "eth0"),
-        ]);
-        assert!(matches!(
-            parse(&e, conf("0.3.0").as_object().unwrap()),
-            Ok(Request::Del { .. })
-        ));
+        let e = env(&[("CNI_COMMAND", "DEL"), ("CNI_CONTAINERID", "c1"), ("CNI_IFNAME", "eth0")]);
+        assert!(matches!(parse(&e, conf("0.3.0").as_object().unwrap()), Ok(Request::Del { .. })));
     }
 }

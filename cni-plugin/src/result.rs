@@ -163,8 +163,8 @@ impl PrevResult {
         let mut prev = PrevResult::default();
         for (i, item) in list("interfaces")?.iter().enumerate() {
             let field = format!("prevResult.interfaces[{i}]");
-            let name = string(item, field.clone(), "name")?
-                .ok_or_else(|| bad(format!("{field}.name"), "is required"))?;
+            let name =
+                string(item, field.clone(), "name")?.ok_or_else(|| bad(format!("{field}.name"), "is required"))?;
             prev.interfaces.push(PrevInterface {
                 name,
                 mac: string(item, field.clone(), "mac")?,
@@ -175,12 +175,8 @@ impl PrevResult {
             let field = format!("prevResult.ips[{i}]");
             let address = string(item, field.clone(), "address")?
                 .ok_or_else(|| bad(format!("{field}.address"), "is required"))?;
-            let address: IpNetwork = address.parse().map_err(|_| {
-                bad(
-                    format!("{field}.address"),
-                    "must be an address in CIDR notation",
-                )
-            })?;
+            let address: IpNetwork =
+                address.parse().map_err(|_| bad(format!("{field}.address"), "must be an address in CIDR notation"))?;
             let IpNetwork::V4(address) = address else {
                 continue;
             };
@@ -196,19 +192,12 @@ impl PrevResult {
                         .ok_or_else(|| bad(format!("{field}.interface"), "must be an index"))?,
                 ),
             };
-            prev.ips.push(PrevIp {
-                address,
-                gateway,
-                interface,
-            });
+            prev.ips.push(PrevIp { address, gateway, interface });
         }
         for (i, item) in list("routes")?.iter().enumerate() {
             let field = format!("prevResult.routes[{i}]");
-            let dst = string(item, field.clone(), "dst")?
-                .ok_or_else(|| bad(format!("{field}.dst"), "is required"))?;
-            let dst: IpNetwork = dst
-                .parse()
-                .map_err(|_| bad(format!("{field}.dst"), "must be a CIDR"))?;
+            let dst = string(item, field.clone(), "dst")?.ok_or_else(|| bad(format!("{field}.dst"), "is required"))?;
+            let dst: IpNetwork = dst.parse().map_err(|_| bad(format!("{field}.dst"), "must be a CIDR"))?;
             let IpNetwork::V4(dst) = dst else { continue };
             let gw = string(item, field.clone(), "gw")?
                 .map(|g| g.parse::<Ipv4Addr>())
@@ -241,22 +230,10 @@ mod tests {
                     sandbox: Some("/run/netns/pod".into()),
                 },
             ],
-            ips: vec![IpConfig {
-                address: "10.244.1.2/32".parse().unwrap(),
-                gateway: gw,
-                interface: 1,
-            }],
+            ips: vec![IpConfig { address: "10.244.1.2/32".parse().unwrap(), gateway: gw, interface: 1 }],
             routes: vec![
-                RouteConfig {
-                    dst: "10.244.1.1/32".parse().unwrap(),
-                    gw: None,
-                    link_scope: true,
-                },
-                RouteConfig {
-                    dst: "0.0.0.0/0".parse().unwrap(),
-                    gw: Some(gw),
-                    link_scope: false,
-                },
+                RouteConfig { dst: "10.244.1.1/32".parse().unwrap(), gw: None, link_scope: true },
+                RouteConfig { dst: "0.0.0.0/0".parse().unwrap(), gw: Some(gw), link_scope: false },
             ],
         }
     }
@@ -324,10 +301,7 @@ mod tests {
         for v in CniVersion::SUPPORTED {
             let prev = PrevResult::parse(&sample().to_json(v)).unwrap();
             assert_eq!(prev.interfaces.len(), 2);
-            assert_eq!(
-                prev.interfaces[1].sandbox.as_deref(),
-                Some("/run/netns/pod")
-            );
+            assert_eq!(prev.interfaces[1].sandbox.as_deref(), Some("/run/netns/pod"));
             assert_eq!(prev.interfaces[0].sandbox, None);
             assert_eq!(
                 prev.ips,
@@ -348,10 +322,7 @@ mod tests {
         assert_eq!(e.code(), 7);
         assert!(e.to_string().contains("prevResult.ips[0].address"), "{e}");
         let e = PrevResult::parse(&json!({"interfaces": [{"mac": "x"}]})).unwrap_err();
-        assert!(
-            e.to_string().contains("prevResult.interfaces[0].name"),
-            "{e}"
-        );
+        assert!(e.to_string().contains("prevResult.interfaces[0].name"), "{e}");
         let e = PrevResult::parse(&json!({"routes": "x"})).unwrap_err();
         assert!(e.to_string().contains("prevResult.routes"), "{e}");
     }

@@ -12,13 +12,7 @@ pub enum CniVersion {
 }
 
 impl CniVersion {
-    pub const SUPPORTED: [CniVersion; 5] = [
-        Self::V0_3_0,
-        Self::V0_3_1,
-        Self::V0_4_0,
-        Self::V1_0_0,
-        Self::V1_1_0,
-    ];
+    pub const SUPPORTED: [CniVersion; 5] = [Self::V0_3_0, Self::V0_3_1, Self::V0_4_0, Self::V1_0_0, Self::V1_1_0];
     pub const LATEST: CniVersion = Self::V1_1_0;
 
     pub fn parse(s: &str) -> Option<Self> {

@@ -29,17 +29,14 @@ pub fn host_veth_name(prefix: &str, attachment: &Attachment) -> String {
 
 /// Whether `name` has the shape of a host veth name made with `prefix`.
 pub fn is_host_veth_name(prefix: &str, name: &str) -> bool {
-    name.strip_prefix(prefix).is_some_and(|rest| {
-        rest.len() == HASH_DIGITS && rest.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-    })
+    name.strip_prefix(prefix)
+        .is_some_and(|rest| rest.len() == HASH_DIGITS && rest.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
 }
 
 fn fnv1a_64(bytes: &[u8]) -> u64 {
     const OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
     const PRIME: u64 = 0x0000_0100_0000_01b3;
-    bytes.iter().fold(OFFSET_BASIS, |hash, &b| {
-        (hash ^ u64::from(b)).wrapping_mul(PRIME)
-    })
+    bytes.iter().fold(OFFSET_BASIS, |hash, &b| (hash ^ u64::from(b)).wrapping_mul(PRIME))
 }
 
 /// Creates the pair in one request: `host_name` in the socket's namespace and
@@ -55,15 +52,12 @@ pub fn create_pair(
     mtu: u32,
 ) -> Result<(), NetlinkError> {
     let mut peer = LinkMessage::default();
-    peer.attributes
-        .push(LinkAttribute::IfName(pod_ifname.to_string()));
+    peer.attributes.push(LinkAttribute::IfName(pod_ifname.to_string()));
     peer.attributes.push(LinkAttribute::Mtu(mtu));
-    peer.attributes
-        .push(LinkAttribute::NetNsFd(pod_netns.as_raw_fd()));
+    peer.attributes.push(LinkAttribute::NetNsFd(pod_netns.as_raw_fd()));
 
     let mut msg = LinkMessage::default();
-    msg.attributes
-        .push(LinkAttribute::IfName(host_name.to_string()));
+    msg.attributes.push(LinkAttribute::IfName(host_name.to_string()));
     msg.attributes.push(LinkAttribute::Mtu(mtu));
     msg.attributes.push(LinkAttribute::LinkInfo(vec![
         LinkInfo::Kind(InfoKind::Veth),

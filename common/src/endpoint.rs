@@ -37,10 +37,7 @@ impl EndpointInfo {
     pub const FLAGS_POLICY: u32 = Self::FLAG_POLICY_PENDING | Self::FLAGS_ENFORCED;
 
     pub const fn new(ipv4_octets: [u8; 4], flags: u32) -> Self {
-        Self {
-            ipv4: u32::from_ne_bytes(ipv4_octets),
-            flags,
-        }
+        Self { ipv4: u32::from_ne_bytes(ipv4_octets), flags }
     }
 
     pub const fn ipv4_octets(&self) -> [u8; 4] {

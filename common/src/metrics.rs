@@ -73,12 +73,8 @@ impl DropReason {
     pub const fn describe(self) -> &'static str {
         match self {
             DropReason::Passed => "packets the datapath let through",
-            DropReason::UnknownEndpoint => {
-                "the packet came from a pod interface weir has no endpoint entry for"
-            }
-            DropReason::SourceSpoofed => {
-                "the pod sent a packet whose source IP is not the pod's own address"
-            }
+            DropReason::UnknownEndpoint => "the packet came from a pod interface weir has no endpoint entry for",
+            DropReason::SourceSpoofed => "the pod sent a packet whose source IP is not the pod's own address",
             DropReason::Malformed => "the IPv4 header was truncated or had a bad version or header length",
             DropReason::NoBackend => {
                 "the Service has no ready (or serving) endpoint; the client got ICMP port unreachable"
@@ -90,8 +86,12 @@ impl DropReason {
             }
             DropReason::SnatExhausted => "no free source port to translate a flow to a backend on another node",
             DropReason::PolicyPending => "the pod had just started and its NetworkPolicy was not in place yet",
-            DropReason::PolicyIngress => "a NetworkPolicy isolates the destination pod for ingress and no rule allows this flow",
-            DropReason::PolicyEgress => "a NetworkPolicy isolates the source pod for egress and no rule allows this flow",
+            DropReason::PolicyIngress => {
+                "a NetworkPolicy isolates the destination pod for ingress and no rule allows this flow"
+            }
+            DropReason::PolicyEgress => {
+                "a NetworkPolicy isolates the source pod for egress and no rule allows this flow"
+            }
         }
     }
 }

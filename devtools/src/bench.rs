@@ -55,7 +55,13 @@ fn slice(i: u32, endpoints: u32, generation: u32) -> EndpointSliceInfo {
                 } else {
                     Ipv4Addr::from(base + k)
                 };
-                SliceEndpoint { addresses: vec![addr], ready: true, serving: true, terminating: false, node_name: Some("bench-node".into()) }
+                SliceEndpoint {
+                    addresses: vec![addr],
+                    ready: true,
+                    serving: true,
+                    terminating: false,
+                    node_name: Some("bench-node".into()),
+                }
             })
             .collect(),
         trigger_time: None,

@@ -87,7 +87,11 @@ fn policy(i: usize, generation: usize) -> NetworkPolicyInfo {
         ],
         ports: vec![
             PolicyPort { protocol: Protocol::Tcp, port: Some(PortRef::Name("http".into())), end_port: None },
-            PolicyPort { protocol: Protocol::Tcp, port: Some(PortRef::Number(9000 + generation as u16)), end_port: Some(9100) },
+            PolicyPort {
+                protocol: Protocol::Tcp,
+                port: Some(PortRef::Number(9000 + generation as u16)),
+                end_port: Some(9100),
+            },
         ],
     }];
     if i.is_multiple_of(10) {
@@ -95,7 +99,10 @@ fn policy(i: usize, generation: usize) -> NetworkPolicyInfo {
     }
     let egress = if i.is_multiple_of(4) {
         vec![PolicyRule {
-            peers: vec![PolicyPeer::IpBlock { cidr: "10.0.0.0/8".parse().unwrap(), except: vec!["10.244.3.0/24".parse().unwrap()] }],
+            peers: vec![PolicyPeer::IpBlock {
+                cidr: "10.0.0.0/8".parse().unwrap(),
+                except: vec!["10.244.3.0/24".parse().unwrap()],
+            }],
             ports: vec![PolicyPort { protocol: Protocol::Udp, port: Some(PortRef::Number(53)), end_port: None }],
         }]
     } else {
@@ -119,7 +126,10 @@ pub fn run(pods: usize, policies: usize, changes: usize) -> anyhow::Result<Repor
     {
         let mut eps = datapath.endpoints_map()?;
         for j in 0..LOCAL.min(pods) {
-            let ep = EndpointInfo::new(pod_ip(j).octets(), EndpointInfo::FLAG_VERIFY_SOURCE | EndpointInfo::FLAG_POLICY_PENDING);
+            let ep = EndpointInfo::new(
+                pod_ip(j).octets(),
+                EndpointInfo::FLAG_VERIFY_SOURCE | EndpointInfo::FLAG_POLICY_PENDING,
+            );
             eps.insert(EndpointKey { ifindex: 10_000 + j as u32 }, ep, 0)?;
         }
     }
@@ -137,7 +147,11 @@ pub fn run(pods: usize, policies: usize, changes: usize) -> anyhow::Result<Repor
     sync.reconcile(&index, &mut datapath);
     let cold = start.elapsed();
     let gauges = sync.gauges(&index);
-    anyhow::ensure!(gauges.pending_endpoints == 0, "{} endpoints still pending after the cold pass", gauges.pending_endpoints);
+    anyhow::ensure!(
+        gauges.pending_endpoints == 0,
+        "{} endpoints still pending after the cold pass",
+        gauges.pending_endpoints
+    );
 
     let (mut all, mut label, mut pol) = (Vec::new(), Vec::new(), Vec::new());
     for c in 0..changes {

@@ -3,7 +3,11 @@
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "weir-dev", version, about = "weir development tools: a fake Kubernetes API server, control-plane benchmarks")]
+#[command(
+    name = "weir-dev",
+    version,
+    about = "weir development tools: a fake Kubernetes API server, control-plane benchmarks"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

@@ -3,8 +3,7 @@ use aya_ebpf::{macros::map, maps::HashMap};
 use weir_common::{EndpointInfo, EndpointKey, pin::MAX_ENDPOINTS};
 
 #[map]
-static WEIR_ENDPOINTS: HashMap<EndpointKey, EndpointInfo> =
-    HashMap::pinned(MAX_ENDPOINTS, 0);
+static WEIR_ENDPOINTS: HashMap<EndpointKey, EndpointInfo> = HashMap::pinned(MAX_ENDPOINTS, 0);
 
 #[inline(always)]
 pub fn by_ifindex(ifindex: u32) -> Option<EndpointInfo> {

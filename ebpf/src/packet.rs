@@ -131,7 +131,8 @@ pub fn parse(ctx: &TcContext) -> Result<Option<Flow>, DropReason> {
     let frags = u16::from_be_bytes(ip.frags);
     let frag_off = frags & FRAG_OFFSET_MASK;
     let fragmented = frag_off != 0 || frags & MORE_FRAGMENTS != 0;
-    let key = FragKey { saddr: flow.saddr, daddr: flow.daddr, id: u16::from_ne_bytes(ip.id), proto: flow.proto, _pad: 0 };
+    let key =
+        FragKey { saddr: flow.saddr, daddr: flow.daddr, id: u16::from_ne_bytes(ip.id), proto: flow.proto, _pad: 0 };
     if frag_off != 0 {
         // Safety: copied out at once.
         if let Some(ports) = unsafe { WEIR_FRAGS.get(&key) }.copied() {

@@ -16,9 +16,9 @@ use weir_common::{
     lb::PROTO_TCP,
     pin::MAX_ENDPOINTS,
     policy::{
-        DIR_EGRESS, DIR_INGRESS, EndpointPolicyStats, IDENTITY_ANY, IDENTITY_WORLD, IpcacheEntry,
-        IpcacheKey, MAX_IPCACHE_ENTRIES, MAX_POLICY_CT_ENTRIES, MAX_POLICY_ENTRIES, MAX_POLICY_SLOTS, PolicyCtEntry,
-        PolicyCtKey, PolicyEntry, PolicyKey,
+        DIR_EGRESS, DIR_INGRESS, EndpointPolicyStats, IDENTITY_ANY, IDENTITY_WORLD, IpcacheEntry, IpcacheKey,
+        MAX_IPCACHE_ENTRIES, MAX_POLICY_CT_ENTRIES, MAX_POLICY_ENTRIES, MAX_POLICY_SLOTS, PolicyCtEntry, PolicyCtKey,
+        PolicyEntry, PolicyKey,
     },
 };
 
@@ -41,8 +41,7 @@ static WEIR_POLICY_CT: LruHashMap<PolicyCtKey, PolicyCtEntry> = LruHashMap::pinn
 static WEIR_POL_HITS: PerCpuArray<u64> = PerCpuArray::pinned(MAX_POLICY_SLOTS, 0);
 
 #[map]
-static WEIR_EP_POLSTAT: PerCpuHashMap<EndpointKey, EndpointPolicyStats> =
-    PerCpuHashMap::pinned(MAX_ENDPOINTS, 0);
+static WEIR_EP_POLSTAT: PerCpuHashMap<EndpointKey, EndpointPolicyStats> = PerCpuHashMap::pinned(MAX_ENDPOINTS, 0);
 
 /// Does the endpoint check or track anything at all?
 #[inline(always)]
@@ -89,9 +88,7 @@ fn alive(key: &PolicyCtKey, proto: u8, now: u32) -> bool {
 /// The policy slot that allows `peer` on this flow at the endpoint, if any.
 #[inline(always)]
 fn lookup(ifindex: u32, dir: u8, peer: u32, flow: &Flow) -> Option<u32> {
-    let identity = WEIR_IPCACHE
-        .get(Key::new(32, IpcacheKey { addr: peer }))
-        .map_or(IDENTITY_WORLD, |e| e.identity);
+    let identity = WEIR_IPCACHE.get(Key::new(32, IpcacheKey { addr: peer })).map_or(IDENTITY_WORLD, |e| e.identity);
     let key = PolicyKey { ifindex, identity, dir, proto: flow.proto, port: flow.dport };
     if let Some(hit) = WEIR_POLICY.get(Key::new(PolicyKey::PREFIX_FULL, key)) {
         return Some(hit.policy_slot);

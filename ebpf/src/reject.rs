@@ -42,8 +42,26 @@ pub fn icmp_port_unreachable(ctx: &TcContext, flow: &Flow, frontend_addr: u32) -
     let src = frontend_addr.to_ne_bytes();
     let dst = flow.saddr.to_ne_bytes();
     let mut ip: [u8; IP_LEN] = [
-        0x45, 0xc0, total_len[0], total_len[1], 0, 0, 0, 0, 64, 1, 0, 0, //
-        src[0], src[1], src[2], src[3], dst[0], dst[1], dst[2], dst[3],
+        0x45,
+        0xc0,
+        total_len[0],
+        total_len[1],
+        0,
+        0,
+        0,
+        0,
+        64,
+        1,
+        0,
+        0, //
+        src[0],
+        src[1],
+        src[2],
+        src[3],
+        dst[0],
+        dst[1],
+        dst[2],
+        dst[3],
     ];
     // Safety: stack buffers of the sizes given.
     let ip_sum = unsafe { bpf_csum_diff(core::ptr::null_mut(), 0, ip.as_mut_ptr() as *mut u32, IP_LEN as u32, 0) };
@@ -61,8 +79,9 @@ pub fn icmp_port_unreachable(ctx: &TcContext, flow: &Flow, frontend_addr: u32) -
         i += 1;
     }
     // Safety: stack buffer of the size given.
-    let icmp_sum =
-        unsafe { bpf_csum_diff(core::ptr::null_mut(), 0, icmp.as_mut_ptr() as *mut u32, (ICMP_LEN + QUOTE_LEN) as u32, 0) };
+    let icmp_sum = unsafe {
+        bpf_csum_diff(core::ptr::null_mut(), 0, icmp.as_mut_ptr() as *mut u32, (ICMP_LEN + QUOTE_LEN) as u32, 0)
+    };
     let icmp_csum = fold(icmp_sum as u64).to_ne_bytes();
     icmp[2] = icmp_csum[0];
     icmp[3] = icmp_csum[1];

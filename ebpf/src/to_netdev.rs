@@ -10,7 +10,8 @@ use weir_common::DropReason;
 
 use crate::{
     counters::{self, TC_OK},
-    lb::reverse, packet,
+    lb::reverse,
+    packet,
 };
 
 pub fn handle(ctx: &TcContext) -> i32 {

@@ -33,7 +33,9 @@ fn try_handle(ctx: &TcContext) -> Result<i32, DropReason> {
     let reversed = reverse::to_client(ctx, &flow)?;
     // (A reversed packet is a reply of a Service flow this pod opened,
     // which its egress check already saw.)
-    if let Some(ep) = judge && !reversed {
+    if let Some(ep) = judge
+        && !reversed
+    {
         policy::check_new(ifindex, &ep, DIR_INGRESS, &flow, &flow)?;
     }
     Ok(TC_OK)

@@ -121,7 +121,12 @@ impl Agent {
     }
 
     /// `spawn_with` for either source.
-    pub fn spawn_from(node: &Node, manifest_dir: &Path, source: Source, socket_lb_cgroup: Option<&Path>) -> Result<Self> {
+    pub fn spawn_from(
+        node: &Node,
+        manifest_dir: &Path,
+        source: Source,
+        socket_lb_cgroup: Option<&Path>,
+    ) -> Result<Self> {
         Self::spawn_full(node, manifest_dir, source, ApiAddress::Setting, socket_lb_cgroup)
     }
 
@@ -140,11 +145,8 @@ impl Agent {
         let binary = bins::weir_agent()?;
         let path = |p: &Path| p.to_str().map(str::to_string).context("non-UTF-8 path");
         // The caller's WEIR_LOG wins (spawn keeps the environment).
-        let mut env: Vec<(&str, String)> = if std::env::var_os("WEIR_LOG").is_none() {
-            vec![("WEIR_LOG", "info".into())]
-        } else {
-            vec![]
-        };
+        let mut env: Vec<(&str, String)> =
+            if std::env::var_os("WEIR_LOG").is_none() { vec![("WEIR_LOG", "info".into())] } else { vec![] };
         // Counters on /metrics exact right after traffic: each scrape waits
         // for a map read of its own (off the agent's runtime; milliseconds
         // at test sizes) instead of the 5 s background snapshot. The
@@ -181,7 +183,9 @@ impl Agent {
             // Where the chained plugins are: the agent asks them which
             // cniVersion to write.
             "--cni-bin-dir".into(),
-            std::env::join_paths(crate::bins::cni_path())?.into_string().map_err(|p| anyhow::anyhow!("non-UTF-8 CNI path {p:?}"))?,
+            std::env::join_paths(crate::bins::cni_path())?
+                .into_string()
+                .map_err(|p| anyhow::anyhow!("non-UTF-8 CNI path {p:?}"))?,
         ];
         match socket_lb_cgroup {
             Some(cgroup) => args.extend(["--socket-lb-cgroup".into(), path(cgroup)?]),
@@ -199,22 +203,13 @@ impl Agent {
     }
 
     fn new(guard: ChildGuard, api: Option<(ChildGuard, PathBuf)>, node: &Node, log: PathBuf) -> Self {
-        Self {
-            guard,
-            api,
-            node: node.name.clone(),
-            log,
-            ready_file: node.dirs.run.join(READY_FILE),
-        }
+        Self { guard, api, node: node.name.clone(), log, ready_file: node.dirs.run.join(READY_FILE) }
     }
 
     /// `$WEIR_AGENT_READY_TIMEOUT` seconds, 60 by default: building the
     /// datapath on a loaded 2-core machine takes a while.
     pub fn ready_timeout() -> Duration {
-        let secs = std::env::var("WEIR_AGENT_READY_TIMEOUT")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(60);
+        let secs = std::env::var("WEIR_AGENT_READY_TIMEOUT").ok().and_then(|s| s.parse().ok()).unwrap_or(60);
         Duration::from_secs(secs)
     }
 
@@ -298,7 +293,9 @@ impl Agent {
     /// "\nlast lines of the fake API server's log: ..." (empty for `Source::Dir`).
     fn api_log_tail(&self, lines: usize) -> String {
         match &self.api {
-            Some((_, log)) => format!("\nlast lines of the fake API server's log ({}):\n{}", log.display(), tail(log, lines)),
+            Some((_, log)) => {
+                format!("\nlast lines of the fake API server's log ({}):\n{}", log.display(), tail(log, lines))
+            }
             None => String::new(),
         }
     }
@@ -369,7 +366,12 @@ pub fn write_kubelet_kubeconfig(node: &Node) -> Result<PathBuf> {
 /// the node's dir, the `kubernetes` ClusterIP in its certificate), and
 /// waits for the kubeconfig it writes once it listens (`<node
 /// dir>/kubeconfig`). Output goes to `<node dir>/logs/fake-apiserver.log`.
-fn start_fake_api(node: &Node, binary: &Path, manifest_dir: &Path, env: &[(&str, &str)]) -> Result<(ChildGuard, PathBuf)> {
+fn start_fake_api(
+    node: &Node,
+    binary: &Path,
+    manifest_dir: &Path,
+    env: &[(&str, &str)],
+) -> Result<(ChildGuard, PathBuf)> {
     let kubeconfig = node.dirs.root.join(KUBECONFIG_FILE);
     // A restart: wait for the new server's, not the old one's.
     match fs::remove_file(&kubeconfig) {

@@ -12,9 +12,7 @@ use crate::{
 
 pub fn is_mounted() -> Result<bool> {
     let info = fs::read_to_string("/proc/self/mountinfo").context("read /proc/self/mountinfo")?;
-    Ok(cleanup::parse_mounts_with_type(&info)
-        .iter()
-        .any(|(p, t)| p == Path::new(BPFFS) && t == "bpf"))
+    Ok(cleanup::parse_mounts_with_type(&info).iter().any(|(p, t)| p == Path::new(BPFFS) && t == "bpf"))
 }
 
 /// Mounts bpffs on /sys/fs/bpf unless it is there; true if it mounted it.
@@ -22,10 +20,7 @@ pub fn ensure_mounted() -> Result<bool> {
     if is_mounted()? {
         return Ok(false);
     }
-    exec::run(
-        Command::new("mount").args(["-t", "bpf", "bpf", BPFFS]),
-        exec::DEFAULT_TIMEOUT,
-    )
-    .context("mount bpffs on /sys/fs/bpf")?;
+    exec::run(Command::new("mount").args(["-t", "bpf", "bpf", BPFFS]), exec::DEFAULT_TIMEOUT)
+        .context("mount bpffs on /sys/fs/bpf")?;
     Ok(true)
 }

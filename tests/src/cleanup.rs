@@ -35,9 +35,7 @@ pub struct RunPrefix(String);
 impl RunPrefix {
     pub fn random() -> Self {
         let mut bytes = [0u8; 3];
-        fs::File::open("/dev/urandom")
-            .and_then(|mut f| f.read_exact(&mut bytes))
-            .expect("read /dev/urandom");
+        fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes)).expect("read /dev/urandom");
         Self(format!("w{:02x}{:02x}{:02x}", bytes[0], bytes[1], bytes[2]))
     }
 
@@ -46,13 +44,9 @@ impl RunPrefix {
     pub fn parse(s: &str) -> Result<Self> {
         let ok = s.len() == 7
             && s.starts_with('w')
-            && s[1..]
-                .bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+            && s[1..].bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
         if !ok {
-            bail!(
-                "`{s}` is not a run prefix (expected `w` and 6 lowercase hex digits, e.g. wa1b2c3)"
-            );
+            bail!("`{s}` is not a run prefix (expected `w` and 6 lowercase hex digits, e.g. wa1b2c3)");
         }
         Ok(Self(s.to_string()))
     }
@@ -67,8 +61,7 @@ impl RunPrefix {
     }
 
     fn owns(&self, name: &str) -> bool {
-        name.strip_prefix(self.0.as_str())
-            .is_some_and(|rest| rest.starts_with('-'))
+        name.strip_prefix(self.0.as_str()).is_some_and(|rest| rest.starts_with('-'))
     }
 
     pub fn scratch_dir(&self) -> PathBuf {
@@ -131,8 +124,7 @@ pub fn mark_kept(prefix: &RunPrefix) -> Result<()> {
 
 fn write_marker(prefix: &RunPrefix, marker: &Marker) -> Result<()> {
     let path = Path::new(MARKER_DIR).join(prefix.as_str());
-    fs::write(&path, serde_json::to_vec(marker)?)
-        .with_context(|| format!("write {}", path.display()))
+    fs::write(&path, serde_json::to_vec(marker)?).with_context(|| format!("write {}", path.display()))
 }
 
 fn read_marker(prefix: &RunPrefix) -> Option<Marker> {
@@ -159,10 +151,7 @@ pub fn sweep_stale() {
     for (prefix, marker) in list_runs() {
         if !marker.kept && !marker.owner_alive() {
             let report = sweep(&prefix);
-            eprintln!(
-                "weir-testbed: removed leftovers of dead run {prefix} ({}): {report}",
-                marker.label
-            );
+            eprintln!("weir-testbed: removed leftovers of dead run {prefix} ({}): {report}", marker.label);
         }
     }
 }
@@ -170,10 +159,7 @@ pub fn sweep_stale() {
 fn install_signal_handler() {
     HANDLER.call_once(|| {
         let installed = ctrlc::set_handler(|| {
-            let live: Vec<RunPrefix> = LIVE
-                .lock()
-                .map(|l| l.iter().cloned().collect())
-                .unwrap_or_default();
+            let live: Vec<RunPrefix> = LIVE.lock().map(|l| l.iter().cloned().collect()).unwrap_or_default();
             for prefix in live {
                 let report = sweep(&prefix);
                 eprintln!("\nweir-testbed: interrupted, removed run {prefix}: {report}");
@@ -240,9 +226,7 @@ pub fn sweep(prefix: &RunPrefix) -> SweepReport {
             if prefix.owns(&entry.file_name().to_string_lossy()) {
                 match fs::remove_dir_all(entry.path()) {
                     Ok(()) => report.pin_dirs += 1,
-                    Err(e) => report
-                        .errors
-                        .push(format!("remove {}: {e}", entry.path().display())),
+                    Err(e) => report.errors.push(format!("remove {}: {e}", entry.path().display())),
                 }
             }
         }
@@ -252,9 +236,7 @@ pub fn sweep(prefix: &RunPrefix) -> SweepReport {
             if prefix.owns(&entry.file_name().to_string_lossy()) {
                 match remove_cgroup(&entry.path()) {
                     Ok(()) => report.cgroups += 1,
-                    Err(e) => report
-                        .errors
-                        .push(format!("remove cgroup {}: {e}", entry.path().display())),
+                    Err(e) => report.errors.push(format!("remove cgroup {}: {e}", entry.path().display())),
                 }
             }
         }
@@ -264,9 +246,7 @@ pub fn sweep(prefix: &RunPrefix) -> SweepReport {
         unmount_under(&scratch);
         match fs::remove_dir_all(&scratch) {
             Ok(()) => report.scratch = true,
-            Err(e) => report
-                .errors
-                .push(format!("remove {}: {e}", scratch.display())),
+            Err(e) => report.errors.push(format!("remove {}: {e}", scratch.display())),
         }
     }
     let _ = fs::remove_file(Path::new(MARKER_DIR).join(prefix.as_str()));
@@ -278,10 +258,7 @@ pub fn sweep(prefix: &RunPrefix) -> SweepReport {
 /// host, `/sys/fs/cgroup/unified` on a hybrid one).
 pub fn cgroup2_mount() -> Option<PathBuf> {
     let info = fs::read_to_string("/proc/self/mountinfo").ok()?;
-    parse_mounts_with_type(&info)
-        .into_iter()
-        .find(|(_, t)| t == "cgroup2")
-        .map(|(p, _)| p)
+    parse_mounts_with_type(&info).into_iter().find(|(_, t)| t == "cgroup2").map(|(p, _)| p)
 }
 
 /// rmdir of a (leaf) cgroup, retried while processes killed just before
@@ -305,11 +282,8 @@ pub fn netns_names(prefix: &RunPrefix) -> Vec<String> {
     let Ok(entries) = fs::read_dir(NETNS_DIR) else {
         return Vec::new();
     };
-    let mut names: Vec<String> = entries
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| prefix.owns(n))
-        .collect();
+    let mut names: Vec<String> =
+        entries.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| prefix.owns(n)).collect();
     names.sort();
     names
 }
@@ -319,10 +293,7 @@ pub fn delete_netns(name: &str) -> Result<()> {
     if !path.exists() {
         return Ok(());
     }
-    exec::run(
-        Command::new("ip").args(["netns", "delete", name]),
-        exec::DEFAULT_TIMEOUT,
-    )?;
+    exec::run(Command::new("ip").args(["netns", "delete", name]), exec::DEFAULT_TIMEOUT)?;
     Ok(())
 }
 
@@ -339,11 +310,7 @@ pub fn kill_processes_in(netns: &Path) -> usize {
         return 0;
     };
     for entry in procs.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
             continue;
         };
         if pid == me {
@@ -368,10 +335,7 @@ fn unmount_under(dir: &Path) {
     let Ok(info) = fs::read_to_string("/proc/self/mountinfo") else {
         return;
     };
-    let mut points: Vec<PathBuf> = parse_mount_points(&info)
-        .into_iter()
-        .filter(|p| p.starts_with(dir))
-        .collect();
+    let mut points: Vec<PathBuf> = parse_mount_points(&info).into_iter().filter(|p| p.starts_with(dir)).collect();
     points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
     for p in points {
         if let Ok(c) = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()) {
@@ -383,11 +347,7 @@ fn unmount_under(dir: &Path) {
 
 /// Mount points (field 5) of /proc/self/mountinfo, with octal escapes decoded.
 pub fn parse_mount_points(mountinfo: &str) -> Vec<PathBuf> {
-    mountinfo
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .map(|p| PathBuf::from(unescape_octal(p)))
-        .collect()
+    mountinfo.lines().filter_map(|l| l.split(' ').nth(4)).map(|p| PathBuf::from(unescape_octal(p))).collect()
 }
 
 /// Filesystem type of each mount point in /proc/self/mountinfo.
@@ -408,10 +368,7 @@ fn unescape_octal(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
+        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
             out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
             i += 4;
         } else {
@@ -447,9 +404,7 @@ mod tests {
     fn prefixes_are_strict() {
         let p = RunPrefix::random();
         assert_eq!(RunPrefix::parse(p.as_str()).unwrap(), p);
-        for bad in [
-            "", "w12345", "w1234567", "x123456", "w12345G", "wsmk103", "w../../",
-        ] {
+        for bad in ["", "w12345", "w1234567", "x123456", "w12345G", "wsmk103", "w../../"] {
             assert!(RunPrefix::parse(bad).is_err(), "{bad}");
         }
     }
@@ -469,11 +424,7 @@ mod tests {
         let stat = "1234 (my (odd) cmd) S 1 1234 1234 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 10";
         assert_eq!(parse_stat_start_time(stat), Some(987654));
         let zombie = stat.replace(") S ", ") Z ");
-        assert_eq!(
-            parse_stat_start_time(&zombie),
-            None,
-            "a zombie owner counts as dead"
-        );
+        assert_eq!(parse_stat_start_time(&zombie), None, "a zombie owner counts as dead");
         assert!(process_start_time(std::process::id()).is_some());
     }
 
@@ -483,14 +434,8 @@ mod tests {
                     30 22 8:1 / /tmp/with\\040space rw - ext4 /dev/sda1 rw\n";
         assert_eq!(
             parse_mounts_with_type(info),
-            vec![
-                (PathBuf::from("/sys/fs/bpf"), "bpf".into()),
-                (PathBuf::from("/tmp/with space"), "ext4".into())
-            ]
+            vec![(PathBuf::from("/sys/fs/bpf"), "bpf".into()), (PathBuf::from("/tmp/with space"), "ext4".into())]
         );
-        assert_eq!(
-            parse_mount_points(info)[1],
-            PathBuf::from("/tmp/with space")
-        );
+        assert_eq!(parse_mount_points(info)[1], PathBuf::from("/tmp/with space"));
     }
 }

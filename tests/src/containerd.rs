@@ -40,20 +40,12 @@ impl Containerd {
         let dir = node.dirs.root.join("containerd");
         fs::create_dir_all(&dir)?;
         let config = dir.join("config.toml");
-        fs::write(&config, config_toml(&dir))
-            .with_context(|| format!("write {}", config.display()))?;
+        fs::write(&config, config_toml(&dir)).with_context(|| format!("write {}", config.display()))?;
         let log = node.dirs.logs.join("containerd.log");
         let cfg = config.to_str().context("non-UTF-8 path")?;
-        let guard =
-            node.netns
-                .spawn(&["containerd", "--config", cfg], &[], &log, node.detached())?;
-        let mut me = Self {
-            guard,
-            socket: dir.join("containerd.sock"),
-            dir,
-            netns_path: node.netns.path().into(),
-            log,
-        };
+        let guard = node.netns.spawn(&["containerd", "--config", cfg], &[], &log, node.detached())?;
+        let mut me =
+            Self { guard, socket: dir.join("containerd.sock"), dir, netns_path: node.netns.path().into(), log };
         me.wait_ready(&node.netns)?;
         Ok(me)
     }
@@ -62,10 +54,7 @@ impl Containerd {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(status) = self.guard.try_wait() {
-                bail!(
-                    "containerd exited at start ({status}); log:\n{}",
-                    self.log_tail()
-                );
+                bail!("containerd exited at start ({status}); log:\n{}", self.log_tail());
             }
             if self.socket.exists() {
                 let mut cmd = self.ctr_command()?;
@@ -115,10 +104,7 @@ impl Containerd {
     /// (a copy per container: no overlay mounts to leak).
     pub fn import(&self, tar: &Path) -> Result<()> {
         let tar = tar.to_str().context("non-UTF-8 path")?;
-        self.ctr(
-            &["images", "import", "--snapshotter", "native", tar],
-            Duration::from_secs(120),
-        )?;
+        self.ctr(&["images", "import", "--snapshotter", "native", tar], Duration::from_secs(120))?;
         Ok(())
     }
 
@@ -132,9 +118,7 @@ impl Containerd {
     /// loopback, inside the node's (nothing reaches the root namespace).
     pub fn ctr_run(&self, run_args: &[&str]) -> Result<Command> {
         let mut cmd = self.ctr_command()?;
-        cmd.args(["run", "--snapshotter", "native", "--runc-root"])
-            .arg(self.runc_root())
-            .args(run_args);
+        cmd.args(["run", "--snapshotter", "native", "--runc-root"]).arg(self.runc_root()).args(run_args);
         Ok(cmd)
     }
 
@@ -157,43 +141,21 @@ impl Containerd {
     /// A `ctr run --cni ...` command (args after `run`), inside a private
     /// mount namespace where `conf_dir` is /etc/cni/net.d and `bin_dir` is
     /// /opt/cni/bin.
-    pub fn ctr_run_with_cni(
-        &self,
-        conf_dir: &Path,
-        bin_dir: &Path,
-        run_args: &[&str],
-    ) -> Result<Command> {
+    pub fn ctr_run_with_cni(&self, conf_dir: &Path, bin_dir: &Path, run_args: &[&str]) -> Result<Command> {
         let scratch = self.dir.join("mount-scratch");
         fs::create_dir_all(&scratch)?;
         let mut cmd = Command::new("unshare");
         exec::enter_netns(&mut cmd, &self.netns_path)?;
-        cmd.args([
-            "--mount",
-            "--propagation",
-            "private",
-            "--",
-            "sh",
-            "-euc",
-            PRIVATE_CNI_DIRS_SCRIPT,
-            "sh",
-        ])
-        .env("WEIR_CNI_CONF", conf_dir)
-        .env("WEIR_CNI_BIN", bin_dir)
-        .env("WEIR_SCRATCH", &scratch)
-        .arg("ctr")
-        .arg("-a")
-        .arg(&self.socket)
-        .args([
-            "-n",
-            CTR_NAMESPACE,
-            "run",
-            "--cni",
-            "--snapshotter",
-            "native",
-            "--runc-root",
-        ])
-        .arg(self.runc_root())
-        .args(run_args);
+        cmd.args(["--mount", "--propagation", "private", "--", "sh", "-euc", PRIVATE_CNI_DIRS_SCRIPT, "sh"])
+            .env("WEIR_CNI_CONF", conf_dir)
+            .env("WEIR_CNI_BIN", bin_dir)
+            .env("WEIR_SCRATCH", &scratch)
+            .arg("ctr")
+            .arg("-a")
+            .arg(&self.socket)
+            .args(["-n", CTR_NAMESPACE, "run", "--cni", "--snapshotter", "native", "--runc-root"])
+            .arg(self.runc_root())
+            .args(run_args);
         Ok(cmd)
     }
 }
@@ -222,10 +184,7 @@ impl Drop for Containerd {
         // shims; their processes are in namespaces runc made, not the run's.
         if let Ok(list) = self.ctr(&["tasks", "ls", "-q"], Duration::from_secs(10)) {
             for id in list.lines().map(str::trim).filter(|l| !l.is_empty()) {
-                let _ = self.ctr(
-                    &["tasks", "kill", "-s", "SIGKILL", id],
-                    Duration::from_secs(10),
-                );
+                let _ = self.ctr(&["tasks", "kill", "-s", "SIGKILL", id], Duration::from_secs(10));
                 let _ = self.ctr(&["tasks", "delete", "-f", id], Duration::from_secs(10));
             }
         }

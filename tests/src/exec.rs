@@ -65,11 +65,7 @@ pub fn describe(cmd: &Command) -> String {
         .chain(cmd.get_args())
         .map(|a| {
             let s = a.to_string_lossy();
-            if s.is_empty() || s.contains(char::is_whitespace) {
-                format!("'{s}'")
-            } else {
-                s.into_owned()
-            }
+            if s.is_empty() || s.contains(char::is_whitespace) { format!("'{s}'") } else { s.into_owned() }
         })
         .collect::<Vec<_>>()
         .join(" ")
@@ -79,8 +75,7 @@ pub fn describe(cmd: &Command) -> String {
 pub fn enter_netns(cmd: &mut Command, netns: &Path) -> Result<()> {
     // Opened in the parent (O_CLOEXEC, so the program never inherits it); the
     // closure owns the file, which closes when `cmd` is dropped.
-    let ns =
-        File::open(netns).with_context(|| format!("open network namespace {}", netns.display()))?;
+    let ns = File::open(netns).with_context(|| format!("open network namespace {}", netns.display()))?;
     // SAFETY: setns is a plain syscall, async-signal-safe, and touches no
     // memory of the (single-threaded) forked child.
     unsafe {
@@ -102,14 +97,7 @@ pub fn die_with_parent(cmd: &mut Command) {
     // SAFETY: prctl is a plain syscall.
     unsafe {
         cmd.pre_exec(|| {
-            if libc::prctl(
-                libc::PR_SET_PDEATHSIG,
-                libc::SIGKILL as libc::c_ulong,
-                0,
-                0,
-                0,
-            ) != 0
-            {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
                 return Err(io::Error::last_os_error());
             }
             Ok(())
@@ -135,16 +123,10 @@ pub fn detach(cmd: &mut Command) {
 /// buffer, which CNI configs do), collects stdout and stderr, and kills the
 /// command when `timeout` passes.
 pub fn output(cmd: &mut Command, stdin: Option<&[u8]>, timeout: Duration) -> Result<Output> {
-    cmd.stdin(if stdin.is_some() {
-        Stdio::piped()
-    } else {
-        Stdio::null()
-    })
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
-    let mut child = cmd
-        .spawn()
-        .with_context(|| format!("cannot start `{}`", describe(cmd)))?;
+    cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().with_context(|| format!("cannot start `{}`", describe(cmd)))?;
     if let Some(data) = stdin {
         let mut pipe = child.stdin.take().expect("stdin is piped");
         // A child that exits without reading its stdin is not our error.
@@ -166,11 +148,7 @@ pub fn run(cmd: &mut Command, timeout: Duration) -> Result<String> {
             describe(cmd),
             out.describe_status(),
             out.stderr_str().trim(),
-            if out.stderr.is_empty() {
-                out.stdout_str()
-            } else {
-                String::new()
-            }
+            if out.stderr.is_empty() { out.stdout_str() } else { String::new() }
         );
     }
     Ok(out.stdout_str())
@@ -194,11 +172,7 @@ fn collect(mut child: Child, timeout: Duration) -> Result<Output> {
         }
         let remaining = deadline.saturating_duration_since(Instant::now());
         // Once the child is gone, only drain what is already in the pipes.
-        let wait_ms = if exited {
-            0
-        } else {
-            remaining.as_millis().min(i32::MAX as u128) as i32
-        };
+        let wait_ms = if exited { 0 } else { remaining.as_millis().min(i32::MAX as u128) as i32 };
         let mut fds = [
             pollfd(if out_open { stdout.as_raw_fd() } else { -1 }),
             pollfd(if err_open { stderr.as_raw_fd() } else { -1 }),
@@ -236,20 +210,11 @@ fn collect(mut child: Child, timeout: Duration) -> Result<Output> {
         }
     }
     let status = child.wait().context("wait for command")?;
-    Ok(Output {
-        status,
-        stdout: out,
-        stderr: err,
-        timed_out,
-    })
+    Ok(Output { status, stdout: out, stderr: err, timed_out })
 }
 
 fn pollfd(fd: RawFd) -> libc::pollfd {
-    libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    }
+    libc::pollfd { fd, events: libc::POLLIN, revents: 0 }
 }
 
 /// Reads what is available; false at end of file.
@@ -314,11 +279,7 @@ mod tests {
 
     #[test]
     fn run_quotes_stderr_on_failure() {
-        let err = run(
-            Command::new("sh").args(["-c", "echo boom >&2; exit 1"]),
-            DEFAULT_TIMEOUT,
-        )
-        .unwrap_err();
+        let err = run(Command::new("sh").args(["-c", "echo boom >&2; exit 1"]), DEFAULT_TIMEOUT).unwrap_err();
         let msg = format!("{err:#}");
         assert!(msg.contains("boom") && msg.contains("exit code 1"), "{msg}");
     }

@@ -291,7 +291,8 @@ mod tests {
         let v: serde_yaml::Value = serde_yaml::from_str(&np).unwrap();
         assert_eq!(v["spec"]["policyTypes"][0].as_str(), Some("Ingress"));
         assert!(v["spec"]["podSelector"].is_mapping());
-        let flow: serde_yaml::Value = serde_yaml::from_str(&network_policy_yaml("x", "f", "{podSelector: {}}")).unwrap();
+        let flow: serde_yaml::Value =
+            serde_yaml::from_str(&network_policy_yaml("x", "f", "{podSelector: {}}")).unwrap();
         assert!(flow["spec"]["podSelector"].is_mapping());
     }
 }

@@ -32,16 +32,9 @@ impl NetNs {
     /// `ip netns add <name>`, then brings `lo` up (what a runtime's loopback
     /// plugin does for a pod).
     pub fn create(name: &str) -> Result<Self> {
-        exec::run(
-            Command::new("ip").args(["netns", "add", name]),
-            DEFAULT_TIMEOUT,
-        )
-        .with_context(|| format!("create network namespace {name}"))?;
-        let ns = Self {
-            name: name.to_string(),
-            path: Path::new(NETNS_DIR).join(name),
-            owned: true,
-        };
+        exec::run(Command::new("ip").args(["netns", "add", name]), DEFAULT_TIMEOUT)
+            .with_context(|| format!("create network namespace {name}"))?;
+        let ns = Self { name: name.to_string(), path: Path::new(NETNS_DIR).join(name), owned: true };
         ns.run(&["ip", "link", "set", "lo", "up"])?;
         Ok(ns)
     }
@@ -81,19 +74,12 @@ impl NetNs {
 
     /// Runs `args` inside the namespace; a non-zero exit is an error.
     pub fn run(&self, args: &[&str]) -> Result<String> {
-        exec::run(&mut self.argv(args)?, DEFAULT_TIMEOUT)
-            .with_context(|| format!("in network namespace {}", self.name))
+        exec::run(&mut self.argv(args)?, DEFAULT_TIMEOUT).with_context(|| format!("in network namespace {}", self.name))
     }
 
     /// Starts a long-running command inside the namespace, output appended
     /// to `log`, with `env` added to the environment.
-    pub fn spawn(
-        &self,
-        args: &[&str],
-        env: &[(&str, &str)],
-        log: &Path,
-        detached: bool,
-    ) -> Result<ChildGuard> {
+    pub fn spawn(&self, args: &[&str], env: &[(&str, &str)], log: &Path, detached: bool) -> Result<ChildGuard> {
         let mut cmd = self.argv(args)?;
         cmd.envs(env.iter().copied());
         // Appended to: an agent restarted within a test keeps one log.
@@ -102,21 +88,14 @@ impl NetNs {
             .append(true)
             .open(log)
             .with_context(|| format!("open {}", log.display()))?;
-        cmd.stdin(Stdio::null())
-            .stdout(out.try_clone()?)
-            .stderr(out);
+        cmd.stdin(Stdio::null()).stdout(out.try_clone()?).stderr(out);
         if detached {
             exec::detach(&mut cmd);
         } else {
             exec::die_with_parent(&mut cmd);
         }
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("start `{}` in {}", exec::describe(&cmd), self.name))?;
-        Ok(ChildGuard::new(
-            child,
-            format!("{} in {}", args.join(" "), self.name),
-        ))
+        let child = cmd.spawn().with_context(|| format!("start `{}` in {}", exec::describe(&cmd), self.name))?;
+        Ok(ChildGuard::new(child, format!("{} in {}", args.join(" "), self.name)))
     }
 
     /// Interface names (`ip -j link show`).
@@ -132,8 +111,7 @@ impl NetNs {
     /// IPv4 addresses with prefix length on `dev`.
     pub fn ipv4_addrs(&self, dev: &str) -> Result<Vec<(Ipv4Addr, u8)>> {
         let json = self.run(&["ip", "-j", "-4", "addr", "show", "dev", dev])?;
-        let ifaces: Vec<AddrIface> =
-            serde_json::from_str(&json).context("parse `ip -j addr show`")?;
+        let ifaces: Vec<AddrIface> = serde_json::from_str(&json).context("parse `ip -j addr show`")?;
         Ok(ifaces
             .into_iter()
             .flat_map(|i| i.addr_info)
@@ -143,11 +121,7 @@ impl NetNs {
 
     /// `ip -4 route show` lines, for assertions and failure messages.
     pub fn routes(&self) -> Result<Vec<String>> {
-        Ok(self
-            .run(&["ip", "-4", "route", "show"])?
-            .lines()
-            .map(|l| l.trim().to_string())
-            .collect())
+        Ok(self.run(&["ip", "-4", "route", "show"])?.lines().map(|l| l.trim().to_string()).collect())
     }
 
     /// One `ping -c1 -W1`, tried up to three times (the first packet of a
@@ -163,61 +137,28 @@ impl NetNs {
             last = Some(out);
         }
         let out = last.expect("tried at least once");
-        bail!(
-            "ping {dst} from {} failed 3 times: {}{}",
-            self.name,
-            out.stdout_str().trim(),
-            out.stderr_str().trim()
-        )
+        bail!("ping {dst} from {} failed 3 times: {}{}", self.name, out.stdout_str().trim(), out.stderr_str().trim())
     }
 
     /// An HTTP GET with short timeouts; the body on success.
     pub fn curl(&self, url: &str) -> Result<String> {
-        let out = self.output(&[
-            "curl",
-            "-sS",
-            "--connect-timeout",
-            "2",
-            "--max-time",
-            "4",
-            url,
-        ])?;
+        let out = self.output(&["curl", "-sS", "--connect-timeout", "2", "--max-time", "4", url])?;
         if !out.success() {
-            bail!(
-                "curl {url} from {} failed ({}): {}",
-                self.name,
-                out.describe_status(),
-                out.stderr_str().trim()
-            );
+            bail!("curl {url} from {} failed ({}): {}", self.name, out.describe_status(), out.stderr_str().trim());
         }
         Ok(out.stdout_str())
     }
 
     /// Serves `docroot` with busybox httpd on `port` and waits until it answers.
-    pub fn start_httpd(
-        &self,
-        docroot: &Path,
-        port: u16,
-        log: &Path,
-        detached: bool,
-    ) -> Result<ChildGuard> {
+    pub fn start_httpd(&self, docroot: &Path, port: u16, log: &Path, detached: bool) -> Result<ChildGuard> {
         let root = docroot.to_str().context("docroot path is not UTF-8")?;
         let port_s = port.to_string();
-        let mut guard = self.spawn(
-            &["busybox", "httpd", "-f", "-p", &port_s, "-h", root],
-            &[],
-            log,
-            detached,
-        )?;
+        let mut guard = self.spawn(&["busybox", "httpd", "-f", "-p", &port_s, "-h", root], &[], log, detached)?;
         let url = format!("http://127.0.0.1:{port}/");
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             if let Some(status) = guard.try_wait() {
-                bail!(
-                    "busybox httpd in {} exited at once ({status}); see {}",
-                    self.name,
-                    log.display()
-                );
+                bail!("busybox httpd in {} exited at once ({status}); see {}", self.name, log.display());
             }
             match self.output(&["curl", "-sS", "--max-time", "1", &url]) {
                 Ok(out) if out.success() => return Ok(guard),

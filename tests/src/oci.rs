@@ -30,12 +30,8 @@ const MEDIA_LAYER: &str = "application/vnd.oci.image.layer.v1.tar";
 pub fn write_busybox_image(busybox: &Path, image_name: &str, out: &Path) -> Result<()> {
     let bytes = fs::read(busybox).with_context(|| format!("read {}", busybox.display()))?;
     let list = exec::run(Command::new(busybox).arg("--list"), exec::DEFAULT_TIMEOUT)?;
-    let applets: Vec<String> = list
-        .lines()
-        .map(str::trim)
-        .filter(|a| !a.is_empty() && *a != "busybox")
-        .map(String::from)
-        .collect();
+    let applets: Vec<String> =
+        list.lines().map(str::trim).filter(|a| !a.is_empty() && *a != "busybox").map(String::from).collect();
     if applets.is_empty() {
         bail!("{} --list printed no applets", busybox.display());
     }
@@ -79,19 +75,9 @@ pub fn image_layout(busybox: &[u8], applets: &[String], image_name: &str) -> Res
     append_dir(&mut tar, "blobs/")?;
     append_dir(&mut tar, "blobs/sha256/")?;
     for blob in [&layer, &config, &manifest] {
-        append_file(
-            &mut tar,
-            &format!("blobs/sha256/{}", hex(blob)),
-            blob,
-            0o644,
-        )?;
+        append_file(&mut tar, &format!("blobs/sha256/{}", hex(blob)), blob, 0o644)?;
     }
-    append_file(
-        &mut tar,
-        "oci-layout",
-        br#"{"imageLayoutVersion":"1.0.0"}"#,
-        0o644,
-    )?;
+    append_file(&mut tar, "oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#, 0o644)?;
     append_file(&mut tar, "index.json", &index, 0o644)?;
     Ok(tar.into_inner()?)
 }
@@ -100,9 +86,7 @@ pub fn image_layout(busybox: &[u8], applets: &[String], image_name: &str) -> Res
 /// directories runc mounts onto.
 fn layer(busybox: &[u8], applets: &[String]) -> Result<Vec<u8>> {
     let mut tar = tar::Builder::new(Vec::new());
-    for dir in [
-        "bin/", "dev/", "etc/", "proc/", "sys/", "tmp/", "root/", "run/",
-    ] {
+    for dir in ["bin/", "dev/", "etc/", "proc/", "sys/", "tmp/", "root/", "run/"] {
         append_dir(&mut tar, dir)?;
     }
     append_file(&mut tar, "bin/busybox", busybox, 0o755)?;
@@ -133,17 +117,13 @@ pub struct LayerWriter {
 impl LayerWriter {
     pub fn create(path: &Path) -> Result<Self> {
         let file = fs::File::create(path).with_context(|| format!("create {}", path.display()))?;
-        Ok(Self {
-            tar: tar::Builder::new(BufWriter::new(file)),
-            path: path.to_path_buf(),
-        })
+        Ok(Self { tar: tar::Builder::new(BufWriter::new(file)), path: path.to_path_buf() })
     }
 
     /// `path` relative to the root, without a trailing slash.
     pub fn dir(&mut self, path: &str, mode: u32) -> Result<()> {
         let mut h = header(tar::EntryType::Directory, mode, 0);
-        self.tar
-            .append_data(&mut h, format!("{path}/"), std::io::empty())?;
+        self.tar.append_data(&mut h, format!("{path}/"), std::io::empty())?;
         Ok(())
     }
 
@@ -151,13 +131,8 @@ impl LayerWriter {
     /// a file that changed size while being read is an error).
     pub fn file(&mut self, path: &str, mode: u32, size: u64, data: impl Read) -> Result<()> {
         let mut h = header(tar::EntryType::Regular, mode, size);
-        let mut counted = CountingReader {
-            inner: data.take(size),
-            n: 0,
-        };
-        self.tar
-            .append_data(&mut h, path, &mut counted)
-            .with_context(|| format!("append {path}"))?;
+        let mut counted = CountingReader { inner: data.take(size), n: 0 };
+        self.tar.append_data(&mut h, path, &mut counted).with_context(|| format!("append {path}"))?;
         if counted.n != size {
             bail!("{path}: expected {size} bytes, read {}", counted.n);
         }
@@ -166,9 +141,7 @@ impl LayerWriter {
 
     pub fn symlink(&mut self, path: &str, target: &str) -> Result<()> {
         let mut h = header(tar::EntryType::Symlink, 0o777, 0);
-        self.tar
-            .append_link(&mut h, path, target)
-            .with_context(|| format!("append {path} -> {target}"))?;
+        self.tar.append_link(&mut h, path, target).with_context(|| format!("append {path} -> {target}"))?;
         Ok(())
     }
 
@@ -223,23 +196,18 @@ impl ImageRef {
         let tag_ok = !tag.is_empty()
             && tag.len() <= 128
             && !tag.starts_with(['.', '-'])
-            && tag
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
+            && tag.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
         if !tag_ok {
             bail!("{name:?}: invalid tag {tag:?}");
         }
         let repo_ok = !repo.is_empty()
             && repo.split('/').all(|part| !part.is_empty())
-            && repo
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "._-/:".contains(c));
+            && repo.chars().all(|c| c.is_ascii_alphanumeric() || "._-/:".contains(c));
         if !repo_ok {
             bail!("{name:?}: invalid repository {repo:?}");
         }
         let first = repo.split('/').next().unwrap_or_default();
-        let has_registry = repo.contains('/')
-            && (first.contains('.') || first.contains(':') || first == "localhost");
+        let has_registry = repo.contains('/') && (first.contains('.') || first.contains(':') || first == "localhost");
         let full_repo = if has_registry {
             repo.to_string()
         } else if repo.contains('/') {
@@ -255,11 +223,7 @@ impl ImageRef {
             .or_else(|| full_repo.strip_prefix("docker.io/"))
             .unwrap_or(&full_repo)
             .to_string();
-        Ok(Self {
-            full: format!("{full_repo}:{tag}"),
-            familiar_repo,
-            tag: tag.to_string(),
-        })
+        Ok(Self { full: format!("{full_repo}:{tag}"), familiar_repo, tag: tag.to_string() })
     }
 
     /// `weir:dev` for docker.io/library/weir:dev (what `docker save` writes).
@@ -291,27 +255,17 @@ pub struct ArchiveDigests {
 /// `blobs/sha256/*`, and docker's `manifest.json` and `repositories`
 /// pointing at the same blobs. containerd reads the OCI layout and ignores
 /// the rest; docker before 25 reads `manifest.json`.
-pub fn write_image_archive(
-    name: &ImageRef,
-    config: Value,
-    layer: &Path,
-    out: &Path,
-) -> Result<ArchiveDigests> {
+pub fn write_image_archive(name: &ImageRef, config: Value, layer: &Path, out: &Path) -> Result<ArchiveDigests> {
     let (layer_hex, layer_size) = hash_file(layer)?;
     let layer_digest = format!("sha256:{layer_hex}");
     let mut config = config;
-    let obj = config
-        .as_object_mut()
-        .context("the image config must be a JSON object")?;
+    let obj = config.as_object_mut().context("the image config must be a JSON object")?;
     for key in ["architecture", "os", "config"] {
         if !obj.contains_key(key) {
             bail!("the image config lacks {key:?}");
         }
     }
-    obj.insert(
-        "rootfs".into(),
-        json!({ "type": "layers", "diff_ids": [layer_digest] }),
-    );
+    obj.insert("rootfs".into(), json!({ "type": "layers", "diff_ids": [layer_digest] }));
     let platform = json!({ "architecture": obj["architecture"], "os": obj["os"] });
     let config = serde_json::to_vec(&config)?;
     let manifest = serde_json::to_vec(&json!({
@@ -341,34 +295,26 @@ pub fn write_image_archive(
         name.familiar_repo.clone(): { name.tag.clone(): layer_hex }
     }))?;
 
-    let tmp = out.with_file_name(format!(
-        ".{}.tmp",
-        out.file_name()
-            .context("output has no file name")?
-            .to_string_lossy()
-    ));
+    let tmp =
+        out.with_file_name(format!(".{}.tmp", out.file_name().context("output has no file name")?.to_string_lossy()));
     let file = fs::File::create(&tmp).with_context(|| format!("create {}", tmp.display()))?;
     let mut tar = tar::Builder::new(BufWriter::new(file));
-    let mut small: Vec<(String, &[u8])> = vec![
-        (format!("blobs/sha256/{config_hex}"), &config),
-        (format!("blobs/sha256/{manifest_hex}"), &manifest),
-    ];
+    let mut small: Vec<(String, &[u8])> =
+        vec![(format!("blobs/sha256/{config_hex}"), &config), (format!("blobs/sha256/{manifest_hex}"), &manifest)];
     small.sort();
     let write = |tar: &mut tar::Builder<BufWriter<fs::File>>| -> Result<()> {
         append_dir(tar, "blobs/")?;
         append_dir(tar, "blobs/sha256/")?;
         // Blobs in digest order, the layer streamed from its file.
         let layer_name = format!("blobs/sha256/{layer_hex}");
-        let mut blobs: Vec<(&str, Option<&[u8]>)> =
-            small.iter().map(|(n, d)| (n.as_str(), Some(*d))).collect();
+        let mut blobs: Vec<(&str, Option<&[u8]>)> = small.iter().map(|(n, d)| (n.as_str(), Some(*d))).collect();
         blobs.push((&layer_name, None));
         blobs.sort_by(|a, b| a.0.cmp(b.0));
         for (blob_name, data) in blobs {
             match data {
                 Some(d) => append_file(tar, blob_name, d, 0o644)?,
                 None => {
-                    let f = fs::File::open(layer)
-                        .with_context(|| format!("open {}", layer.display()))?;
+                    let f = fs::File::open(layer).with_context(|| format!("open {}", layer.display()))?;
                     let mut h = header(tar::EntryType::Regular, 0o644, layer_size);
                     tar.append_data(&mut h, blob_name, f.take(layer_size))?;
                 }
@@ -376,12 +322,7 @@ pub fn write_image_archive(
         }
         append_file(tar, "index.json", &index, 0o644)?;
         append_file(tar, "manifest.json", &docker_manifest, 0o644)?;
-        append_file(
-            tar,
-            "oci-layout",
-            br#"{"imageLayoutVersion":"1.0.0"}"#,
-            0o644,
-        )?;
+        append_file(tar, "oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#, 0o644)?;
         append_file(tar, "repositories", &repositories, 0o644)?;
         Ok(())
     };
@@ -432,11 +373,7 @@ pub fn tar_entries(bytes: &[u8]) -> Result<Vec<TarEntry>> {
     for e in tar::Archive::new(bytes).entries()? {
         let mut e = e?;
         let h = e.header().clone();
-        let path = e
-            .path()?
-            .to_string_lossy()
-            .trim_end_matches('/')
-            .to_string();
+        let path = e.path()?.to_string_lossy().trim_end_matches('/').to_string();
         let link = e.link_name()?.map(|l| l.to_string_lossy().into_owned());
         let mut data = Vec::new();
         e.read_to_end(&mut data)?;
@@ -446,16 +383,7 @@ pub fn tar_entries(bytes: &[u8]) -> Result<Vec<TarEntry>> {
             tar::EntryType::Symlink => EntryKind::Symlink,
             _ => EntryKind::Other,
         };
-        out.push(TarEntry {
-            path,
-            kind,
-            data,
-            link,
-            mode: h.mode()?,
-            mtime: h.mtime()?,
-            uid: h.uid()?,
-            gid: h.gid()?,
-        });
+        out.push(TarEntry { path, kind, data, link, mode: h.mode()?, mtime: h.mtime()?, uid: h.uid()?, gid: h.gid()? });
     }
     Ok(out)
 }
@@ -467,20 +395,14 @@ pub fn hash_file(path: &Path) -> Result<(String, u64)> {
     let mut buf = vec![0u8; 1 << 20];
     let mut size = 0u64;
     loop {
-        let n = f
-            .read(&mut buf)
-            .with_context(|| format!("read {}", path.display()))?;
+        let n = f.read(&mut buf).with_context(|| format!("read {}", path.display()))?;
         if n == 0 {
             break;
         }
         hasher.update(&buf[..n]);
         size += n as u64;
     }
-    let hex = hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let hex = hasher.finalize().iter().map(|b| format!("{b:02x}")).collect();
     Ok((hex, size))
 }
 
@@ -501,22 +423,14 @@ fn append_dir<W: Write>(tar: &mut tar::Builder<W>, path: &str) -> Result<()> {
     Ok(())
 }
 
-fn append_file<W: Write>(
-    tar: &mut tar::Builder<W>,
-    path: &str,
-    data: &[u8],
-    mode: u32,
-) -> Result<()> {
+fn append_file<W: Write>(tar: &mut tar::Builder<W>, path: &str, data: &[u8], mode: u32) -> Result<()> {
     let mut h = header(tar::EntryType::Regular, mode, data.len() as u64);
     tar.append_data(&mut h, path, data)?;
     Ok(())
 }
 
 fn hex(data: &[u8]) -> String {
-    Sha256::digest(data)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    Sha256::digest(data).iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn digest(data: &[u8]) -> String {
@@ -540,10 +454,7 @@ mod tests {
             let mut e = e.unwrap();
             let path = e.path().unwrap().to_string_lossy().into_owned();
             let kind = e.header().entry_type();
-            let link = e
-                .link_name()
-                .unwrap()
-                .map(|l| l.to_string_lossy().into_owned());
+            let link = e.link_name().unwrap().map(|l| l.to_string_lossy().into_owned());
             let mut data = Vec::new();
             e.read_to_end(&mut data).unwrap();
             out.insert(path, (kind, data, link));
@@ -553,37 +464,24 @@ mod tests {
 
     #[test]
     fn layout_digests_chain_from_index_to_layer() {
-        let tar = image_layout(
-            b"\x7fELF fake busybox",
-            &["sh".into(), "ip".into()],
-            "docker.io/library/t:v1",
-        )
-        .unwrap();
+        let tar = image_layout(b"\x7fELF fake busybox", &["sh".into(), "ip".into()], "docker.io/library/t:v1").unwrap();
         let files = entries(&tar);
         assert_eq!(files["oci-layout"].1, br#"{"imageLayoutVersion":"1.0.0"}"#);
         let blob = |d: &Value| {
             let digest = d["digest"].as_str().unwrap();
-            let data =
-                &files[&format!("blobs/sha256/{}", digest.strip_prefix("sha256:").unwrap())].1;
+            let data = &files[&format!("blobs/sha256/{}", digest.strip_prefix("sha256:").unwrap())].1;
             assert_eq!(digest, super::digest(data), "digest matches content");
             assert_eq!(d["size"].as_u64().unwrap(), data.len() as u64);
             data.clone()
         };
         let index: Value = serde_json::from_slice(&files["index.json"].1).unwrap();
         let m = &index["manifests"][0];
-        assert_eq!(
-            m["annotations"]["io.containerd.image.name"],
-            "docker.io/library/t:v1"
-        );
+        assert_eq!(m["annotations"]["io.containerd.image.name"], "docker.io/library/t:v1");
         assert_eq!(m["annotations"]["org.opencontainers.image.ref.name"], "v1");
         let manifest: Value = serde_json::from_slice(&blob(m)).unwrap();
         let config: Value = serde_json::from_slice(&blob(&manifest["config"])).unwrap();
         let layer = blob(&manifest["layers"][0]);
-        assert_eq!(
-            config["rootfs"]["diff_ids"][0],
-            super::digest(&layer),
-            "uncompressed layer: diff_id = digest"
-        );
+        assert_eq!(config["rootfs"]["diff_ids"][0], super::digest(&layer), "uncompressed layer: diff_id = digest");
 
         let rootfs = entries(&layer);
         assert_eq!(rootfs["bin/busybox"].1, b"\x7fELF fake busybox");
@@ -598,29 +496,16 @@ mod tests {
         assert_eq!(r.full, "docker.io/library/weir:latest");
         assert_eq!(r.familiar(), "weir:latest");
         let r = ImageRef::parse("docker.io/library/weir:dev").unwrap();
-        assert_eq!(
-            (r.full.as_str(), r.familiar().as_str()),
-            ("docker.io/library/weir:dev", "weir:dev")
-        );
+        assert_eq!((r.full.as_str(), r.familiar().as_str()), ("docker.io/library/weir:dev", "weir:dev"));
         let r = ImageRef::parse("ghcr.io/weir-net/weir:latest").unwrap();
         assert_eq!(r.full, "ghcr.io/weir-net/weir:latest");
         assert_eq!(r.familiar(), "ghcr.io/weir-net/weir:latest");
         assert_eq!(r.tag, "latest");
         let r = ImageRef::parse("someone/weir:1.2").unwrap();
-        assert_eq!(
-            (r.full.as_str(), r.familiar().as_str()),
-            ("docker.io/someone/weir:1.2", "someone/weir:1.2")
-        );
+        assert_eq!((r.full.as_str(), r.familiar().as_str()), ("docker.io/someone/weir:1.2", "someone/weir:1.2"));
         let r = ImageRef::parse("localhost:5000/weir").unwrap();
         assert_eq!(r.full, "localhost:5000/weir:latest");
-        for bad in [
-            "weir@sha256:00",
-            "Weir:dev",
-            "weir:",
-            "weir:-x",
-            "/weir",
-            "weir//x:1",
-        ] {
+        for bad in ["weir@sha256:00", "Weir:dev", "weir:", "weir:-x", "/weir", "weir//x:1"] {
             assert!(ImageRef::parse(bad).is_err(), "{bad} accepted");
         }
     }
@@ -629,8 +514,7 @@ mod tests {
         let path = dir.join("layer.tar");
         let mut w = LayerWriter::create(&path).unwrap();
         w.dir("usr", 0o755).unwrap();
-        w.file("usr/x", 0o755, content.len() as u64, content)
-            .unwrap();
+        w.file("usr/x", 0o755, content.len() as u64, content).unwrap();
         w.symlink("usr/y", "x").unwrap();
         w.finish().unwrap()
     }
@@ -653,22 +537,14 @@ mod tests {
         let d = write_image_archive(&name, config.clone(), &layer, &out).unwrap();
         let bytes = fs::read(&out).unwrap();
         let files = entries(&bytes);
-        let blob = |digest: &str| {
-            &files[&format!("blobs/sha256/{}", digest.strip_prefix("sha256:").unwrap())].1
-        };
+        let blob = |digest: &str| &files[&format!("blobs/sha256/{}", digest.strip_prefix("sha256:").unwrap())].1;
 
         let index: Value = serde_json::from_slice(&files["index.json"].1).unwrap();
         let m = &index["manifests"][0];
         assert_eq!(m["digest"], d.manifest);
-        assert_eq!(
-            m["annotations"]["io.containerd.image.name"],
-            "docker.io/library/weir:dev"
-        );
+        assert_eq!(m["annotations"]["io.containerd.image.name"], "docker.io/library/weir:dev");
         assert_eq!(m["annotations"]["org.opencontainers.image.ref.name"], "dev");
-        assert_eq!(
-            m["platform"],
-            json!({"architecture": "amd64", "os": "linux"})
-        );
+        assert_eq!(m["platform"], json!({"architecture": "amd64", "os": "linux"}));
         let manifest: Value = serde_json::from_slice(blob(&d.manifest)).unwrap();
         assert_eq!(manifest["config"]["digest"], d.config);
         assert_eq!(manifest["layers"][0]["digest"], d.layer);
@@ -684,14 +560,8 @@ mod tests {
 
         let docker: Value = serde_json::from_slice(&files["manifest.json"].1).unwrap();
         assert_eq!(docker[0]["RepoTags"], json!(["weir:dev"]));
-        assert_eq!(
-            docker[0]["Config"],
-            format!("blobs/sha256/{}", d.config.strip_prefix("sha256:").unwrap())
-        );
-        assert_eq!(
-            docker[0]["Layers"][0],
-            format!("blobs/sha256/{}", d.layer.strip_prefix("sha256:").unwrap())
-        );
+        assert_eq!(docker[0]["Config"], format!("blobs/sha256/{}", d.config.strip_prefix("sha256:").unwrap()));
+        assert_eq!(docker[0]["Layers"][0], format!("blobs/sha256/{}", d.layer.strip_prefix("sha256:").unwrap()));
         let repos: Value = serde_json::from_slice(&files["repositories"].1).unwrap();
         assert!(repos["weir"]["dev"].is_string());
         assert!(files.contains_key("oci-layout"));
@@ -699,17 +569,11 @@ mod tests {
         // Same inputs, same bytes; another tag, another manifest digest but
         // the same config and layer.
         let again = dir.join("again.tar");
-        assert_eq!(
-            write_image_archive(&name, config.clone(), &layer, &again).unwrap(),
-            d
-        );
+        assert_eq!(write_image_archive(&name, config.clone(), &layer, &again).unwrap(), d);
         assert_eq!(fs::read(&again).unwrap(), bytes);
         let other = ImageRef::parse("weir:other").unwrap();
         let d2 = write_image_archive(&other, config, &layer, &again).unwrap();
-        assert_eq!(
-            (d2.config.as_str(), d2.layer.as_str()),
-            (d.config.as_str(), d.layer.as_str())
-        );
+        assert_eq!((d2.config.as_str(), d2.layer.as_str()), (d.config.as_str(), d.layer.as_str()));
         assert!(!dir.join(".image.tar.tmp").exists());
         fs::remove_dir_all(&dir).unwrap();
     }

@@ -174,10 +174,7 @@ impl Pod {
         fs::create_dir_all(&self.docroot)?;
         fs::write(self.docroot.join("index.html"), self.http_body())?;
         let log = self.logs.join(format!("httpd-{}.log", self.name));
-        self.httpd = Some(
-            self.netns
-                .start_httpd(&self.docroot, HTTP_PORT, &log, self.detached)?,
-        );
+        self.httpd = Some(self.netns.start_httpd(&self.docroot, HTTP_PORT, &log, self.detached)?);
         Ok(())
     }
 
@@ -346,11 +343,8 @@ impl<'a> PodBuilder<'a> {
                 anyhow::bail!("ADD of pod {name} returned no IPv4 address: {}", result.raw);
             }
         };
-        let manifest = object.as_ref().map(|_| PodManifest {
-            dir: node.manifest_dir.clone(),
-            host_ip: node.ip,
-            published,
-        });
+        let manifest =
+            object.as_ref().map(|_| PodManifest { dir: node.manifest_dir.clone(), host_ip: node.ip, published });
         let mut pod = Pod {
             docroot: node.dirs.www.join(&name),
             name,
@@ -386,4 +380,3 @@ fn set_arg(att: &mut Attachment, key: &str, value: &str) {
         None => att.cni_args.push((key.to_string(), value.to_string())),
     }
 }
-

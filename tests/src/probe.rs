@@ -131,15 +131,7 @@ impl Outcome {
 }
 
 /// Local errors of the probing process, not verdicts of the network.
-const LOCAL_ERRORS: &[&str] = &[
-    "EADDRINUSE",
-    "EADDRNOTAVAIL",
-    "EMFILE",
-    "ENFILE",
-    "ENOBUFS",
-    "EINVAL",
-    "notrun",
-];
+const LOCAL_ERRORS: &[&str] = &["EADDRINUSE", "EADDRNOTAVAIL", "EMFILE", "ENFILE", "ENOBUFS", "EINVAL", "notrun"];
 
 fn parse(line: &str) -> Option<(usize, Outcome)> {
     let mut words = line.splitn(3, ' ');
@@ -162,43 +154,27 @@ pub fn run(netns: &NetNs, probes: &[Probe], timeout: Duration) -> Result<Vec<Out
         return Ok(Vec::new());
     }
     let mut cmd = netns.command("python3")?;
-    cmd.arg("-c")
-        .arg(PROBER)
-        .arg(format!("{}", timeout.as_secs_f64()))
-        .args(specs(probes));
+    cmd.arg("-c").arg(PROBER).arg(format!("{}", timeout.as_secs_f64())).args(specs(probes));
     // Two socket operations per probe at most, plus python's start.
     let out = exec::output(&mut cmd, None, timeout * 2 + Duration::from_secs(20))?;
     if !out.success() {
-        bail!(
-            "prober in {} failed ({}): {}",
-            netns.name(),
-            out.describe_status(),
-            out.stderr_str().trim()
-        );
+        bail!("prober in {} failed ({}): {}", netns.name(), out.describe_status(), out.stderr_str().trim());
     }
     let mut outcomes: Vec<Option<Outcome>> = vec![None; probes.len()];
     for line in out.stdout_str().lines() {
-        let (i, o) = parse(line)
-            .with_context(|| format!("prober in {}: unexpected line {line:?}", netns.name()))?;
-        let slot = outcomes
-            .get_mut(i)
-            .with_context(|| format!("prober in {}: no probe {i}", netns.name()))?;
+        let (i, o) = parse(line).with_context(|| format!("prober in {}: unexpected line {line:?}", netns.name()))?;
+        let slot = outcomes.get_mut(i).with_context(|| format!("prober in {}: no probe {i}", netns.name()))?;
         *slot = Some(o);
     }
     outcomes
         .into_iter()
         .enumerate()
-        .map(|(i, o)| {
-            o.with_context(|| format!("prober in {}: no outcome for probe {i}", netns.name()))
-        })
+        .map(|(i, o)| o.with_context(|| format!("prober in {}: no outcome for probe {i}", netns.name())))
         .collect()
 }
 
 fn specs(probes: &[Probe]) -> Vec<String> {
-    probes
-        .iter()
-        .map(|p| format!("{},{},{},{}", p.proto, p.dst, p.port, p.src_port))
-        .collect()
+    probes.iter().map(|p| format!("{},{},{},{}", p.proto, p.dst, p.port, p.src_port)).collect()
 }
 
 /// A prober process kept running in a client namespace (killed on drop).
@@ -215,33 +191,19 @@ pub struct Prober {
 impl Prober {
     pub fn start(netns: &NetNs) -> Result<Self> {
         let mut cmd = netns.command("python3")?;
-        cmd.arg("-c")
-            .arg(PROBER)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
+        cmd.arg("-c").arg(PROBER).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::inherit());
         exec::die_with_parent(&mut cmd);
-        let mut child = cmd
-            .spawn()
-            .with_context(|| format!("start the prober in {}", netns.name()))?;
+        let mut child = cmd.spawn().with_context(|| format!("start the prober in {}", netns.name()))?;
         let stdin = child.stdin.take().expect("piped");
         let stdout = child.stdout.take().expect("piped");
         let what = format!("prober in {}", netns.name());
-        Ok(Self {
-            stdin,
-            stdout,
-            pending: Vec::new(),
-            guard: ChildGuard::new(child, what.clone()),
-            what,
-        })
+        Ok(Self { stdin, stdout, pending: Vec::new(), guard: ChildGuard::new(child, what.clone()), what })
     }
 
     /// Hands over a batch; the process starts probing at once.
     pub fn send(&mut self, probes: &[Probe], timeout: Duration) -> Result<()> {
         let line = format!("{} {}\n", timeout.as_secs_f64(), specs(probes).join(" "));
-        self.stdin
-            .write_all(line.as_bytes())
-            .with_context(|| format!("{}: write a batch", self.what))?;
+        self.stdin.write_all(line.as_bytes()).with_context(|| format!("{}: write a batch", self.what))?;
         self.stdin.flush()?;
         Ok(())
     }
@@ -262,20 +224,12 @@ impl Prober {
             if left.is_zero() {
                 bail!("{}: no answer by the deadline", self.what);
             }
-            let mut fds = [libc::pollfd {
-                fd: self.stdout.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            }];
+            let mut fds = [libc::pollfd { fd: self.stdout.as_raw_fd(), events: libc::POLLIN, revents: 0 }];
             // SAFETY: one valid pollfd for the duration of the call.
-            let ready =
-                unsafe { libc::poll(fds.as_mut_ptr(), 1, left.as_millis().min(1000) as i32) };
+            let ready = unsafe { libc::poll(fds.as_mut_ptr(), 1, left.as_millis().min(1000) as i32) };
             if ready > 0 {
                 let mut chunk = [0u8; 16 * 1024];
-                let got = self
-                    .stdout
-                    .read(&mut chunk)
-                    .with_context(|| format!("{}: read", self.what))?;
+                let got = self.stdout.read(&mut chunk).with_context(|| format!("{}: read", self.what))?;
                 if got == 0 {
                     bail!("{} closed its output", self.what);
                 }
@@ -284,11 +238,8 @@ impl Prober {
         };
         let mut outcomes: Vec<Option<Outcome>> = vec![None; n];
         for line in text.lines() {
-            let (i, o) =
-                parse(line).with_context(|| format!("{}: unexpected line {line:?}", self.what))?;
-            *outcomes
-                .get_mut(i)
-                .with_context(|| format!("{}: no probe {i}", self.what))? = Some(o);
+            let (i, o) = parse(line).with_context(|| format!("{}: unexpected line {line:?}", self.what))?;
+            *outcomes.get_mut(i).with_context(|| format!("{}: no probe {i}", self.what))? = Some(o);
         }
         outcomes
             .into_iter()
@@ -299,26 +250,17 @@ impl Prober {
 
     pub fn run(&mut self, probes: &[Probe], timeout: Duration) -> Result<Vec<Outcome>> {
         self.send(probes, timeout)?;
-        self.receive(
-            probes.len(),
-            Instant::now() + timeout * 2 + Duration::from_secs(20),
-        )
+        self.receive(probes.len(), Instant::now() + timeout * 2 + Duration::from_secs(20))
     }
 }
 
 /// One batch per prober, all probing at once; outcomes per prober.
-pub fn run_batches(
-    batches: &mut [(&mut Prober, Vec<Probe>)],
-    timeout: Duration,
-) -> Result<Vec<Vec<Outcome>>> {
+pub fn run_batches(batches: &mut [(&mut Prober, Vec<Probe>)], timeout: Duration) -> Result<Vec<Vec<Outcome>>> {
     for (prober, probes) in batches.iter_mut() {
         prober.send(probes, timeout)?;
     }
     let deadline = Instant::now() + timeout * 2 + Duration::from_secs(20);
-    batches
-        .iter_mut()
-        .map(|(prober, probes)| prober.receive(probes.len(), deadline))
-        .collect()
+    batches.iter_mut().map(|(prober, probes)| prober.receive(probes.len(), deadline)).collect()
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
@@ -362,26 +304,11 @@ mod tests {
 
     #[test]
     fn prober_lines_parse() {
-        assert_eq!(
-            parse("3 ok x/a"),
-            Some((3, Outcome::Answered("x/a".into())))
-        );
-        assert_eq!(
-            parse("0 fail timeout"),
-            Some((0, Outcome::Blocked("timeout".into())))
-        );
-        assert_eq!(
-            parse("1 fail ECONNREFUSED"),
-            Some((1, Outcome::Blocked("ECONNREFUSED".into())))
-        );
-        assert_eq!(
-            parse("2 fail EADDRINUSE"),
-            Some((2, Outcome::Broken("EADDRINUSE".into())))
-        );
-        assert!(matches!(
-            parse("4 bad b'junk'"),
-            Some((4, Outcome::Broken(_)))
-        ));
+        assert_eq!(parse("3 ok x/a"), Some((3, Outcome::Answered("x/a".into()))));
+        assert_eq!(parse("0 fail timeout"), Some((0, Outcome::Blocked("timeout".into()))));
+        assert_eq!(parse("1 fail ECONNREFUSED"), Some((1, Outcome::Blocked("ECONNREFUSED".into()))));
+        assert_eq!(parse("2 fail EADDRINUSE"), Some((2, Outcome::Broken("EADDRINUSE".into()))));
+        assert!(matches!(parse("4 bad b'junk'"), Some((4, Outcome::Broken(_)))));
         assert_eq!(parse("nonsense"), None);
     }
 
@@ -394,9 +321,6 @@ mod tests {
         sorted.dedup();
         assert_eq!(sorted.len(), 1000);
         assert_eq!(ports.next("b"), SourcePorts::FIRST);
-        assert!(
-            a.iter()
-                .all(|p| (SourcePorts::FIRST..=SourcePorts::LAST).contains(p))
-        );
+        assert!(a.iter().all(|p| (SourcePorts::FIRST..=SourcePorts::LAST).contains(p)));
     }
 }

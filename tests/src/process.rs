@@ -17,10 +17,7 @@ pub struct ChildGuard {
 
 impl ChildGuard {
     pub fn new(child: Child, what: impl Into<String>) -> Self {
-        Self {
-            child: Some(child),
-            what: what.into(),
-        }
+        Self { child: Some(child), what: what.into() }
     }
 
     pub fn id(&self) -> u32 {
@@ -33,9 +30,7 @@ impl ChildGuard {
 
     /// The exit status if the child has already exited.
     pub fn try_wait(&mut self) -> Option<std::process::ExitStatus> {
-        self.child
-            .as_mut()
-            .and_then(|c| c.try_wait().ok().flatten())
+        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
     }
 
     /// Stops the child now; returns its exit status.

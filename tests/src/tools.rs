@@ -47,8 +47,27 @@ pub const BASE: &[Tool] = &[IP, PING, CURL, BUSYBOX, SYSCTL, MOUNT];
 pub const CA_CERTIFICATES: Tool = tool("/etc/ssl/certs/ca-certificates.crt", "ca-certificates");
 
 pub const ALL: &[Tool] = &[
-    IP, PING, CURL, NSENTER, UNSHARE, BUSYBOX, PORTMAP, BRIDGE, HOST_LOCAL, CONTAINERD, CTR, RUNC,
-    IPTABLES, IPVSADM, CONNTRACK, BPFTOOL, MOUNT, SYSCTL, PYTHON3, CC, CA_CERTIFICATES,
+    IP,
+    PING,
+    CURL,
+    NSENTER,
+    UNSHARE,
+    BUSYBOX,
+    PORTMAP,
+    BRIDGE,
+    HOST_LOCAL,
+    CONTAINERD,
+    CTR,
+    RUNC,
+    IPTABLES,
+    IPVSADM,
+    CONNTRACK,
+    BPFTOOL,
+    MOUNT,
+    SYSCTL,
+    PYTHON3,
+    CC,
+    CA_CERTIFICATES,
 ];
 
 impl Tool {
@@ -59,9 +78,7 @@ impl Tool {
         let path = std::env::var_os("PATH").unwrap_or_default();
         // Root's tools live in sbin, which a non-login PATH may lack.
         let extra = ["/usr/local/sbin", "/usr/sbin", "/sbin"].map(std::path::PathBuf::from);
-        std::env::split_paths(&path)
-            .chain(extra)
-            .any(|d| d.join(self.binary).is_file())
+        std::env::split_paths(&path).chain(extra).any(|d| d.join(self.binary).is_file())
     }
 }
 
@@ -72,14 +89,8 @@ pub fn missing(tools: &[Tool]) -> Vec<Tool> {
 }
 
 pub fn missing_message(missing: &[Tool]) -> String {
-    let list: Vec<String> = missing
-        .iter()
-        .map(|t| format!("{} (package {})", t.binary, t.package))
-        .collect();
-    format!(
-        "missing tools: {}. Run `cargo xtask setup` (as root) to install them.",
-        list.join(", ")
-    )
+    let list: Vec<String> = missing.iter().map(|t| format!("{} (package {})", t.binary, t.package)).collect();
+    format!("missing tools: {}. Run `cargo xtask setup` (as root) to install them.", list.join(", "))
 }
 
 #[cfg(test)]
@@ -93,9 +104,6 @@ mod tests {
         let m = missing(&[ghost, ghost_in_path, tool("sh", "dash")]);
         assert_eq!(m, vec![ghost, ghost_in_path]);
         let msg = missing_message(&m);
-        assert!(
-            msg.contains("weir-ghost-pkg") && msg.contains("cargo xtask setup"),
-            "{msg}"
-        );
+        assert!(msg.contains("weir-ghost-pkg") && msg.contains("cargo xtask setup"), "{msg}");
     }
 }

@@ -58,11 +58,7 @@ impl TopologyBuilder {
 
     pub fn build(self) -> Result<Topology> {
         crate::require_root()?;
-        ensure!(
-            (1..=200).contains(&self.nodes),
-            "a topology has 1 to 200 nodes, not {}",
-            self.nodes
-        );
+        ensure!((1..=200).contains(&self.nodes), "a topology has 1 to 200 nodes, not {}", self.nodes);
         bpffs::ensure_mounted()?;
         let prefix = RunPrefix::random();
         cleanup::register(&prefix, &self.label)?;
@@ -77,8 +73,7 @@ impl TopologyBuilder {
             detached: self.detached,
             kept: false,
         };
-        fs::create_dir_all(&topo.manifest_dir)
-            .with_context(|| format!("create {}", topo.manifest_dir.display()))?;
+        fs::create_dir_all(&topo.manifest_dir).with_context(|| format!("create {}", topo.manifest_dir.display()))?;
 
         let switch = NetNs::create(&topo.prefix.child("sw"))?;
         switch.run(&["ip", "link", "add", "br0", "type", "bridge"])?;
@@ -86,26 +81,15 @@ impl TopologyBuilder {
         topo.switch = Some(switch);
 
         for index in 1..=self.nodes {
-            let pod_cidr = self
-                .pod_cidrs
-                .get(&index)
-                .cloned()
-                .unwrap_or_else(|| format!("10.244.{index}.0/24"));
+            let pod_cidr = self.pod_cidrs.get(&index).cloned().unwrap_or_else(|| format!("10.244.{index}.0/24"));
             let node = topo.add_node(index, &pod_cidr)?;
             topo.nodes.push(node);
         }
-        let docs: Vec<String> = topo
-            .nodes
-            .iter()
-            .map(|n| manifest::node_yaml(&n.name, &n.pod_cidr, n.ip))
-            .collect();
+        let docs: Vec<String> = topo.nodes.iter().map(|n| manifest::node_yaml(&n.name, &n.pod_cidr, n.ip)).collect();
         // Written once complete (temp + rename): the agents poll this dir.
         topo.write_manifest("nodes.yaml", &docs)?;
         // The namespace `Pod::create`'s pods live in, as in every cluster.
-        topo.write_manifest(
-            "namespace_default.yaml",
-            &[manifest::namespace_yaml("default", &BTreeMap::new())],
-        )?;
+        topo.write_manifest("namespace_default.yaml", &[manifest::namespace_yaml("default", &BTreeMap::new())])?;
         Ok(topo)
     }
 }
@@ -159,11 +143,7 @@ impl Node {
     /// A runtime that runs plugins in this node's namespace, with weir-cni's
     /// directory and the reference plugins in CNI_PATH.
     pub fn runtime(&self) -> CniRuntime {
-        CniRuntime::new(
-            Some(self.netns.path()),
-            bins::cni_path(),
-            &self.dirs.cni_cache,
-        )
+        CniRuntime::new(Some(self.netns.path()), bins::cni_path(), &self.dirs.cni_cache)
     }
 
     pub fn conflist_path(&self) -> PathBuf {
@@ -251,12 +231,7 @@ impl Node {
 
     /// Host-side pod veths in the node namespace (names with weir's prefix).
     pub fn host_veths(&self) -> Result<Vec<String>> {
-        Ok(self
-            .netns
-            .links()?
-            .into_iter()
-            .filter(|l| l.starts_with(VETH_PREFIX))
-            .collect())
+        Ok(self.netns.links()?.into_iter().filter(|l| l.starts_with(VETH_PREFIX)).collect())
     }
 
     /// tcx link pins weir-cni made for pod veths, by file name:
@@ -289,10 +264,7 @@ impl Node {
     /// Entries in the endpoint map weir-cni writes (`bpftool map dump`),
     /// or None when the agent has not pinned the map.
     pub fn endpoint_entries(&self) -> Result<Option<usize>> {
-        let map = self
-            .pin_dir
-            .join(weir_common::pin::MAPS_DIR)
-            .join(weir_common::pin::MAP_ENDPOINTS);
+        let map = self.pin_dir.join(weir_common::pin::MAPS_DIR).join(weir_common::pin::MAP_ENDPOINTS);
         if !map.exists() {
             return Ok(None);
         }
@@ -301,8 +273,7 @@ impl Node {
             std::process::Command::new("bpftool").args(["-j", "map", "dump", "pinned", map]),
             exec::DEFAULT_TIMEOUT,
         )?;
-        let entries: Vec<serde_json::Value> =
-            serde_json::from_str(&json).context("parse `bpftool -j map dump`")?;
+        let entries: Vec<serde_json::Value> = serde_json::from_str(&json).context("parse `bpftool -j map dump`")?;
         Ok(Some(entries.len()))
     }
 
@@ -355,12 +326,7 @@ pub struct Topology {
 impl Topology {
     /// `label` says what the run is for (a test name, "sandbox", "bench").
     pub fn builder(label: &str) -> TopologyBuilder {
-        TopologyBuilder {
-            label: label.to_string(),
-            nodes: 2,
-            pod_cidrs: BTreeMap::new(),
-            detached: false,
-        }
+        TopologyBuilder { label: label.to_string(), nodes: 2, pod_cidrs: BTreeMap::new(), detached: false }
     }
 
     pub fn prefix(&self) -> &RunPrefix {
@@ -377,9 +343,7 @@ impl Topology {
     }
 
     pub fn switch(&self) -> &NetNs {
-        self.switch
-            .as_ref()
-            .expect("built topologies have a switch")
+        self.switch.as_ref().expect("built topologies have a switch")
     }
 
     pub fn nodes(&self) -> &[Node] {
@@ -388,10 +352,7 @@ impl Topology {
 
     /// Node by name (`n1`, `n2`, ...).
     pub fn node(&self, name: &str) -> &Node {
-        self.nodes
-            .iter()
-            .find(|n| n.name == name)
-            .unwrap_or_else(|| panic!("no node {name} in this topology"))
+        self.nodes.iter().find(|n| n.name == name).unwrap_or_else(|| panic!("no node {name} in this topology"))
     }
 
     /// Starts `weir-agent` on a node and waits until it reports ready.
@@ -403,11 +364,8 @@ impl Topology {
 
     /// Starts an agent on every node (together), then waits for each.
     pub fn start_agents(&self) -> Result<Vec<Agent>> {
-        let mut agents: Vec<Agent> = self
-            .nodes
-            .iter()
-            .map(|n| Agent::spawn(n, &self.manifest_dir))
-            .collect::<Result<_>>()?;
+        let mut agents: Vec<Agent> =
+            self.nodes.iter().map(|n| Agent::spawn(n, &self.manifest_dir)).collect::<Result<_>>()?;
         for agent in &mut agents {
             agent.wait_ready(Agent::ready_timeout())?;
         }
@@ -417,11 +375,8 @@ impl Topology {
     /// Like `start_agents`, with every agent reading `source`
     /// (`agent::Source::Kube`: through a fake API server per node).
     pub fn start_agents_with(&self, source: crate::agent::Source) -> Result<Vec<Agent>> {
-        let mut agents: Vec<Agent> = self
-            .nodes
-            .iter()
-            .map(|n| Agent::spawn_from(n, &self.manifest_dir, source, None))
-            .collect::<Result<_>>()?;
+        let mut agents: Vec<Agent> =
+            self.nodes.iter().map(|n| Agent::spawn_from(n, &self.manifest_dir, source, None)).collect::<Result<_>>()?;
         for agent in &mut agents {
             agent.wait_ready(Agent::ready_timeout())?;
         }
@@ -466,7 +421,19 @@ impl Topology {
         let ip = Ipv4Addr::new(172, 30, 0, host);
         let netns = NetNs::create(&self.prefix.child(name))?;
         let port = format!("to-{name}");
-        self.switch().run(&["ip", "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", netns.name()])?;
+        self.switch().run(&[
+            "ip",
+            "link",
+            "add",
+            &port,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            netns.name(),
+        ])?;
         self.switch().run(&["ip", "link", "set", &port, "master", "br0", "up"])?;
         netns.run(&["ip", "addr", "add", &format!("{ip}/{NODE_NETWORK_PREFIX_LEN}"), "dev", "eth0"])?;
         netns.run(&["ip", "link", "set", "eth0", "up"])?;
@@ -482,28 +449,9 @@ impl Topology {
         // Created inside the switch namespace; the node end goes straight to
         // the node's namespace under its final name.
         let port = format!("to-{name}");
-        switch.run(&[
-            "ip",
-            "link",
-            "add",
-            &port,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            netns.name(),
-        ])?;
+        switch.run(&["ip", "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", netns.name()])?;
         switch.run(&["ip", "link", "set", &port, "master", "br0", "up"])?;
-        netns.run(&[
-            "ip",
-            "addr",
-            "add",
-            &format!("{ip}/{NODE_NETWORK_PREFIX_LEN}"),
-            "dev",
-            "eth0",
-        ])?;
+        netns.run(&["ip", "addr", "add", &format!("{ip}/{NODE_NETWORK_PREFIX_LEN}"), "dev", "eth0"])?;
         netns.run(&["ip", "link", "set", "eth0", "up"])?;
         // The agent's job too; harmless here, and the reference bridge plugin
         // in the benchmark relies on it.
@@ -519,14 +467,7 @@ impl Topology {
             www: root.join("www"),
             root,
         };
-        for d in [
-            &dirs.cni_conf,
-            &dirs.cni_data,
-            &dirs.run,
-            &dirs.cni_cache,
-            &dirs.logs,
-            &dirs.www,
-        ] {
+        for d in [&dirs.cni_conf, &dirs.cni_data, &dirs.run, &dirs.cni_cache, &dirs.logs, &dirs.www] {
             fs::create_dir_all(d).with_context(|| format!("create {}", d.display()))?;
         }
         let pin_dir = Path::new(BPFFS).join(self.prefix.child(&name));
@@ -553,10 +494,7 @@ impl Drop for Topology {
         }
         let report = cleanup::sweep(&self.prefix);
         if !report.errors.is_empty() {
-            eprintln!(
-                "weir-testbed: cleanup of {} incomplete: {report}",
-                self.prefix
-            );
+            eprintln!("weir-testbed: cleanup of {} incomplete: {report}", self.prefix);
         }
     }
 }
@@ -583,15 +521,9 @@ pub fn remove_manifest_file(dir: &Path, file: &str) -> Result<()> {
 /// "10.244.1.0/24" -> (network address, prefix length); the address must be
 /// the network's first.
 pub fn parse_cidr(cidr: &str) -> Result<(Ipv4Addr, u8)> {
-    let (ip, len) = cidr
-        .split_once('/')
-        .with_context(|| format!("`{cidr}` is not a CIDR"))?;
-    let ip: Ipv4Addr = ip
-        .parse()
-        .with_context(|| format!("`{cidr}`: bad address"))?;
-    let len: u8 = len
-        .parse()
-        .with_context(|| format!("`{cidr}`: bad prefix length"))?;
+    let (ip, len) = cidr.split_once('/').with_context(|| format!("`{cidr}` is not a CIDR"))?;
+    let ip: Ipv4Addr = ip.parse().with_context(|| format!("`{cidr}`: bad address"))?;
+    let len: u8 = len.parse().with_context(|| format!("`{cidr}`: bad prefix length"))?;
     if len > 32 {
         bail!("`{cidr}`: prefix length over 32");
     }
@@ -616,21 +548,12 @@ mod tests {
 
     #[test]
     fn cidr_math() {
-        assert_eq!(
-            parse_cidr("10.244.1.0/24").unwrap(),
-            (Ipv4Addr::new(10, 244, 1, 0), 24)
-        );
+        assert_eq!(parse_cidr("10.244.1.0/24").unwrap(), (Ipv4Addr::new(10, 244, 1, 0), 24));
         assert!(parse_cidr("10.244.1.1/24").is_err());
         assert!(parse_cidr("10.244.1.0/33").is_err());
         assert!(parse_cidr("10.244.1.0").is_err());
-        assert!(cidr_contains(
-            "10.244.1.0/28",
-            Ipv4Addr::new(10, 244, 1, 15)
-        ));
-        assert!(!cidr_contains(
-            "10.244.1.0/28",
-            Ipv4Addr::new(10, 244, 1, 16)
-        ));
+        assert!(cidr_contains("10.244.1.0/28", Ipv4Addr::new(10, 244, 1, 15)));
+        assert!(!cidr_contains("10.244.1.0/28", Ipv4Addr::new(10, 244, 1, 16)));
         assert!(cidr_contains(CLUSTER_CIDR, Ipv4Addr::new(10, 244, 200, 3)));
     }
 }

@@ -23,18 +23,8 @@ const IMAGE: &str = "docker.io/library/weir-busybox:test";
 
 #[test]
 fn ctr_run_with_cni_gets_a_weir_address_and_reaches_the_node() {
-    weir_testbed::privileged(&[
-        tools::IP,
-        tools::BUSYBOX,
-        tools::CONTAINERD,
-        tools::CTR,
-        tools::RUNC,
-        tools::UNSHARE,
-    ]);
-    let topo = Topology::builder("containerd_runtime")
-        .nodes(1)
-        .build()
-        .unwrap();
+    weir_testbed::privileged(&[tools::IP, tools::BUSYBOX, tools::CONTAINERD, tools::CTR, tools::RUNC, tools::UNSHARE]);
+    let topo = Topology::builder("containerd_runtime").nodes(1).build().unwrap();
     let _agent = topo.start_agent("n1").unwrap();
     let node = topo.node("n1");
 
@@ -42,12 +32,7 @@ fn ctr_run_with_cni_gets_a_weir_address_and_reaches_the_node() {
     let tar = node.dirs.root.join("busybox-image.tar");
     oci::write_busybox_image(Path::new(tools::BUSYBOX.binary), IMAGE, &tar).unwrap();
     containerd.import(&tar).unwrap();
-    assert!(
-        containerd
-            .ctr(&["images", "ls", "-q"], Duration::from_secs(30))
-            .unwrap()
-            .contains(IMAGE)
-    );
+    assert!(containerd.ctr(&["images", "ls", "-q"], Duration::from_secs(30)).unwrap().contains(IMAGE));
 
     // ctr's CNI dirs: the agent's weir-cni entry as the only network, and a
     // bin dir with the plugins it may call. containerd 1.6's libcni predates
@@ -56,11 +41,7 @@ fn ctr_run_with_cni_gets_a_weir_address_and_reaches_the_node() {
     let bin_dir = node.dirs.root.join("ctr-cni/bin");
     fs::create_dir_all(&conf_dir).unwrap();
     fs::create_dir_all(&bin_dir).unwrap();
-    let list = node
-        .agent_conflist()
-        .unwrap()
-        .only(&["weir-cni"])
-        .with_version("1.0.0");
+    let list = node.agent_conflist().unwrap().only(&["weir-cni"]).with_version("1.0.0");
     fs::write(conf_dir.join("10-weir.conflist"), list.to_json_pretty()).unwrap();
     symlink(bins::weir_cni().unwrap(), bin_dir.join("weir-cni")).unwrap();
 
@@ -76,33 +57,20 @@ fn ctr_run_with_cni_gets_a_weir_address_and_reaches_the_node() {
         node_ip = node.ip
     );
     let id = format!("{}-c1", topo.prefix());
-    let mount = format!(
-        "type=bind,src={},dst=/shared,options=rbind:rw",
-        shared.display()
-    );
+    let mount = format!("type=bind,src={},dst=/shared,options=rbind:rw", shared.display());
     let mut ctr = containerd
-        .ctr_run_with_cni(
-            &conf_dir,
-            &bin_dir,
-            &["--rm", "--mount", &mount, IMAGE, &id, "sh", "-c", &script],
-        )
+        .ctr_run_with_cni(&conf_dir, &bin_dir, &["--rm", "--mount", &mount, IMAGE, &id, "sh", "-c", &script])
         .unwrap();
     let cni_container_id = format!("{CTR_NAMESPACE}-{id}");
 
     let run = thread::scope(|s| {
         let ctr_run = s.spawn(move || exec::output(&mut ctr, None, Duration::from_secs(300)));
         let deadline = Instant::now() + Duration::from_secs(240);
-        while !shared.join("ready").exists() && !ctr_run.is_finished() && Instant::now() < deadline
-        {
+        while !shared.join("ready").exists() && !ctr_run.is_finished() && Instant::now() < deadline {
             thread::sleep(Duration::from_millis(100));
         }
         let seen = shared.join("ready").exists();
-        let during = seen.then(|| {
-            (
-                node.reservations("weir").unwrap(),
-                node.host_veths().unwrap(),
-            )
-        });
+        let during = seen.then(|| (node.reservations("weir").unwrap(), node.host_veths().unwrap()));
         fs::write(shared.join("go"), "").unwrap();
         (ctr_run.join().unwrap(), during)
     });
@@ -117,8 +85,7 @@ fn ctr_run_with_cni_gets_a_weir_address_and_reaches_the_node() {
             containerd.log_tail()
         )
     };
-    let (reservations, veths) =
-        during.unwrap_or_else(|| panic!("the container never reported; {}", diag()));
+    let (reservations, veths) = during.unwrap_or_else(|| panic!("the container never reported; {}", diag()));
     assert!(out.success(), "{}", diag());
 
     let addr = fs::read_to_string(shared.join("addr")).unwrap();
@@ -129,26 +96,14 @@ fn ctr_run_with_cni_gets_a_weir_address_and_reaches_the_node() {
         .and_then(|a| a.split('/').next())
         .and_then(|a| a.parse().ok())
         .unwrap_or_else(|| panic!("no IPv4 address on the container's {POD_IFNAME}: {addr:?}"));
+    assert!(cidr_contains(&node.pod_cidr, ip), "{ip} is not from {}", node.pod_cidr);
     assert!(
-        cidr_contains(&node.pod_cidr, ip),
-        "{ip} is not from {}",
-        node.pod_cidr
-    );
-    assert!(
-        reservations
-            .iter()
-            .any(|r| r.ip == ip && r.container_id == cni_container_id),
+        reservations.iter().any(|r| r.ip == ip && r.container_id == cni_container_id),
         "weir reserved {ip} for {cni_container_id}: {reservations:?}"
     );
+    assert_eq!(veths.len(), 1, "one host veth while the container ran: {veths:?}");
     assert_eq!(
-        veths.len(),
-        1,
-        "one host veth while the container ran: {veths:?}"
-    );
-    assert_eq!(
-        fs::read_to_string(shared.join("ping-status"))
-            .unwrap()
-            .trim(),
+        fs::read_to_string(shared.join("ping-status")).unwrap().trim(),
         "ok",
         "container -> node {}: {}",
         node.ip,
@@ -156,16 +111,7 @@ fn ctr_run_with_cni_gets_a_weir_address_and_reaches_the_node() {
     );
 
     // `--rm` ran DEL after the task (and its netns) went away.
-    assert!(
-        node.reservations("weir").unwrap().is_empty(),
-        "address released after ctr run --rm"
-    );
-    assert!(
-        node.host_veths().unwrap().is_empty(),
-        "host veth gone after ctr run --rm"
-    );
-    assert!(
-        node.link_pins().is_empty(),
-        "link pin gone after ctr run --rm"
-    );
+    assert!(node.reservations("weir").unwrap().is_empty(), "address released after ctr run --rm");
+    assert!(node.host_veths().unwrap().is_empty(), "host veth gone after ctr run --rm");
+    assert!(node.link_pins().is_empty(), "link pin gone after ctr run --rm");
 }

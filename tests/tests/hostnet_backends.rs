@@ -94,7 +94,8 @@ threading.Event().wait()
 fn serve_on_host(node: &Node) -> ChildGuard {
     let log = node.dirs.logs.join("echo-host.log");
     let (addr, tport, uport) = (node.ip.to_string(), HTTP_TARGET.to_string(), UDP_TARGET.to_string());
-    let mut guard = node.netns.spawn(&["python3", "-c", HOST_SERVER, &node.name, &addr, &tport, &uport], &[], &log, false).unwrap();
+    let mut guard =
+        node.netns.spawn(&["python3", "-c", HOST_SERVER, &node.name, &addr, &tport, &uport], &[], &log, false).unwrap();
     for _ in 0..400 {
         if let Some(status) = guard.try_wait() {
             panic!("server on {} exited ({status}); see {}", node.name, log.display());
@@ -133,7 +134,14 @@ struct Answer {
     peer: (Ipv4Addr, u16),
 }
 
-fn ask(netns: &NetNs, cgroup: Option<&PathBuf>, proto: &str, host: Ipv4Addr, port: u16, msg: &str) -> anyhow::Result<Answer> {
+fn ask(
+    netns: &NetNs,
+    cgroup: Option<&PathBuf>,
+    proto: &str,
+    host: Ipv4Addr,
+    port: u16,
+    msg: &str,
+) -> anyhow::Result<Answer> {
     let (host, port) = (host.to_string(), port.to_string());
     let mut args = vec!["python3", "-c", CLIENT, proto, &host, &port, msg];
     let cg = cgroup.map(|c| c.to_string_lossy().into_owned());
@@ -153,7 +161,11 @@ fn ask(netns: &NetNs, cgroup: Option<&PathBuf>, proto: &str, host: Ipv4Addr, por
 enum Client<'a> {
     Pod(&'a Pod),
     /// The node's own namespace, from a process in the agent's socket-LB cgroup.
-    Node { name: &'a str, netns: &'a NetNs, cgroup: &'a PathBuf },
+    Node {
+        name: &'a str,
+        netns: &'a NetNs,
+        cgroup: &'a PathBuf,
+    },
     External(&'a NetNs),
 }
 
@@ -258,12 +270,25 @@ fn host_network_endpoints_reachable_through_every_frontend_from_every_client() {
     // The endpoints: one server per node, in the node's own namespace,
     // answering with the node's name (upstream: the node's hostname).
     let _servers: Vec<ChildGuard> = topo.nodes().iter().map(serve_on_host).collect();
-    let pods: Vec<Pod> = topo.nodes().iter().map(|n| Pod::create(n, "c", &n.agent_conflist().unwrap()).unwrap()).collect();
+    let pods: Vec<Pod> =
+        topo.nodes().iter().map(|n| Pod::create(n, "c", &n.agent_conflist().unwrap()).unwrap()).collect();
     let (ext_ns, _) = topo.external_host("ext", 100).unwrap();
 
     let ports = [
-        SvcPort { name: "http", protocol: "TCP", port: HTTP_PORT, target_port: HTTP_TARGET, node_port: Some(HTTP_NODE_PORT) },
-        SvcPort { name: "udp", protocol: "UDP", port: UDP_PORT, target_port: UDP_TARGET, node_port: Some(UDP_NODE_PORT) },
+        SvcPort {
+            name: "http",
+            protocol: "TCP",
+            port: HTTP_PORT,
+            target_port: HTTP_TARGET,
+            node_port: Some(HTTP_NODE_PORT),
+        },
+        SvcPort {
+            name: "udp",
+            protocol: "UDP",
+            port: UDP_PORT,
+            target_port: UDP_TARGET,
+            node_port: Some(UDP_NODE_PORT),
+        },
     ];
     let endpoints: Vec<(Ipv4Addr, &str)> = topo.nodes().iter().map(|n| (n.ip, n.name.as_str())).collect();
     topo.write_manifest(
@@ -276,9 +301,11 @@ fn host_network_endpoints_reachable_through_every_frontend_from_every_client() {
     .unwrap();
 
     let mut clients: Vec<Client> = pods.iter().map(Client::Pod).collect();
-    clients.extend(
-        topo.nodes().iter().zip(&cgroups).map(|(n, cg)| Client::Node { name: n.name.as_str(), netns: &n.netns, cgroup: cg }),
-    );
+    clients.extend(topo.nodes().iter().zip(&cgroups).map(|(n, cg)| Client::Node {
+        name: n.name.as_str(),
+        netns: &n.netns,
+        cgroup: cg,
+    }));
     let external = Client::External(&ext_ns);
 
     // Every agent has programmed the Service once a pod on its node and the
@@ -307,7 +334,13 @@ fn host_network_endpoints_reachable_through_every_frontend_from_every_client() {
     }
     // Large requests, as upstream: from the pods, through the ClusterIP.
     for client in &clients[..2] {
-        paths.push(Path { client, frontend: (VIP, HTTP_PORT), what: "ClusterIP", proto: "tcp", msg: "42".repeat(1000) });
+        paths.push(Path {
+            client,
+            frontend: (VIP, HTTP_PORT),
+            what: "ClusterIP",
+            proto: "tcp",
+            msg: "42".repeat(1000),
+        });
         paths.push(Path {
             client,
             frontend: (VIP, UDP_PORT),

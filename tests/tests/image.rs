@@ -36,26 +36,13 @@ fn xtask() -> PathBuf {
 /// Runs `xtask image` and returns the manifest digest it printed.
 fn build_image(bin_dir: &Path, out: &Path) -> String {
     let mut cmd = Command::new(xtask());
-    cmd.args(["image", "--tag", IMAGE, "--bin-dir"])
-        .arg(bin_dir)
-        .arg("--output")
-        .arg(out);
+    cmd.args(["image", "--tag", IMAGE, "--bin-dir"]).arg(bin_dir).arg("--output").arg(out);
     let o = exec::output(&mut cmd, None, Duration::from_secs(600)).unwrap();
-    assert!(
-        o.success(),
-        "xtask image {}:\n{}\n{}",
-        o.describe_status(),
-        o.stdout_str(),
-        o.stderr_str()
-    );
+    assert!(o.success(), "xtask image {}:\n{}\n{}", o.describe_status(), o.stdout_str(), o.stderr_str());
     let stdout = o.stdout_str();
     stdout
         .lines()
-        .find_map(|l| {
-            l.trim()
-                .strip_prefix("manifest")
-                .map(|d| d.trim().to_string())
-        })
+        .find_map(|l| l.trim().strip_prefix("manifest").map(|d| d.trim().to_string()))
         .unwrap_or_else(|| panic!("no manifest digest in:\n{stdout}"))
 }
 
@@ -75,13 +62,7 @@ fn daemonset_containers() -> (Vec<Value>, Vec<Value>) {
 }
 
 fn strings(v: &Value) -> Vec<String> {
-    v.as_sequence()
-        .map(|s| {
-            s.iter()
-                .filter_map(|x| x.as_str().map(String::from))
-                .collect()
-        })
-        .unwrap_or_default()
+    v.as_sequence().map(|s| s.iter().filter_map(|x| x.as_str().map(String::from)).collect()).unwrap_or_default()
 }
 
 /// One `ctr run --rm` of the image; panics with everything known when it
@@ -89,25 +70,14 @@ fn strings(v: &Value) -> Vec<String> {
 fn run(containerd: &Containerd, args: &[&str]) -> exec::Output {
     let mut cmd = containerd.ctr_run(args).unwrap();
     let out = exec::output(&mut cmd, None, RUN_TIMEOUT).unwrap();
-    assert!(
-        !out.timed_out,
-        "ctr run {args:?} timed out; containerd log:\n{}",
-        containerd.log_tail()
-    );
+    assert!(!out.timed_out, "ctr run {args:?} timed out; containerd log:\n{}", containerd.log_tail());
     out
 }
 
 #[test]
 #[ignore = "privileged: needs root (containerd, runc, network namespaces)"]
 fn image_archive_imports_into_containerd_and_runs_what_the_daemonset_runs() {
-    weir_testbed::privileged(&[
-        tools::IP,
-        tools::CONTAINERD,
-        tools::CTR,
-        tools::RUNC,
-        tools::BUSYBOX,
-        tools::IPTABLES,
-    ]);
+    weir_testbed::privileged(&[tools::IP, tools::CONTAINERD, tools::CTR, tools::RUNC, tools::BUSYBOX, tools::IPTABLES]);
     let topo = Topology::builder("image").nodes(1).build().unwrap();
     let node = topo.node("n1");
     let root = node.dirs.root.clone();
@@ -121,16 +91,8 @@ fn image_archive_imports_into_containerd_and_runs_what_the_daemonset_runs() {
     fs::copy(&weir_cni, bin_dir.join("weir-cni")).unwrap();
     let (a, b) = (root.join("weir-image-a.tar"), root.join("weir-image-b.tar"));
     let digest = build_image(&bin_dir, &a);
-    assert_eq!(
-        build_image(&bin_dir, &b),
-        digest,
-        "two builds, two manifest digests"
-    );
-    assert_eq!(
-        oci::hash_file(&a).unwrap(),
-        oci::hash_file(&b).unwrap(),
-        "two builds, two archives"
-    );
+    assert_eq!(build_image(&bin_dir, &b), digest, "two builds, two manifest digests");
+    assert_eq!(oci::hash_file(&a).unwrap(), oci::hash_file(&b).unwrap(), "two builds, two archives");
     fs::remove_file(&b).unwrap();
 
     let containerd = Containerd::start(node).unwrap();
@@ -145,32 +107,17 @@ fn image_archive_imports_into_containerd_and_runs_what_the_daemonset_runs() {
     // The entrypoint: weir-agent, which without a command prints its usage.
     let out = run(&containerd, &["--rm", IMAGE, &id("entrypoint")]);
     let text = format!("{}{}", out.stdout_str(), out.stderr_str());
-    assert!(
-        text.contains("Usage: weir-agent"),
-        "entrypoint ({}):\n{text}",
-        out.describe_status()
-    );
+    assert!(text.contains("Usage: weir-agent"), "entrypoint ({}):\n{text}", out.describe_status());
 
     // install-cni exactly as the manifest runs it, onto a host directory.
     let (init, containers) = daemonset_containers();
-    let install = init
-        .iter()
-        .find(|c| c["name"] == "install-cni")
-        .expect("weir.yaml has an install-cni init container");
+    let install =
+        init.iter().find(|c| c["name"] == "install-cni").expect("weir.yaml has an install-cni init container");
     let cni_bin = root.join("host-cni-bin");
     fs::create_dir_all(&cni_bin).unwrap();
-    let mount_path = install["volumeMounts"][0]["mountPath"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let mount = format!(
-        "type=bind,src={},dst={mount_path},options=rbind:rw",
-        cni_bin.display()
-    );
-    let argv: Vec<String> = strings(&install["command"])
-        .into_iter()
-        .chain(strings(&install["args"]))
-        .collect();
+    let mount_path = install["volumeMounts"][0]["mountPath"].as_str().unwrap().to_string();
+    let mount = format!("type=bind,src={},dst={mount_path},options=rbind:rw", cni_bin.display());
+    let argv: Vec<String> = strings(&install["command"]).into_iter().chain(strings(&install["args"])).collect();
     assert!(!argv.is_empty(), "install-cni has no command");
     let mut args: Vec<&str> = vec!["--rm", "--mount", &mount, IMAGE];
     let install_id = id("install-cni");
@@ -191,26 +138,13 @@ fn image_archive_imports_into_containerd_and_runs_what_the_daemonset_runs() {
         "{} is not weir-cni",
         installed.display()
     );
-    let leftovers: Vec<_> = fs::read_dir(&cni_bin)
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .collect();
-    assert_eq!(
-        leftovers.len(),
-        1,
-        "only weir-cni is left in the CNI bin dir: {leftovers:?}"
-    );
+    let leftovers: Vec<_> = fs::read_dir(&cni_bin).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(leftovers.len(), 1, "only weir-cni is left in the CNI bin dir: {leftovers:?}");
 
     // The rest in one container with NET_ADMIN in its own network namespace:
     // each check prints a section and its exit code.
-    let agent = containers
-        .iter()
-        .find(|c| c["name"] == "weir-agent")
-        .expect("weir-agent container");
-    let agent_cmd = strings(&agent["command"])
-        .into_iter()
-        .next()
-        .expect("the agent's command");
+    let agent = containers.iter().find(|c| c["name"] == "weir-agent").expect("weir-agent container");
+    let agent_cmd = strings(&agent["command"]).into_iter().next().expect("the agent's command");
     let cidr = "10.244.0.0/16";
     let rules = weir_agent::node::masquerade::rules(cidr.parse().unwrap());
     let chain = weir_agent::node::masquerade::CHAIN;
@@ -218,15 +152,9 @@ fn image_archive_imports_into_containerd_and_runs_what_the_daemonset_runs() {
         ("agent", format!("{agent_cmd} --version")),
         ("cni", "CNI_COMMAND=VERSION weir-cni </dev/null".into()),
         ("iptables", "iptables --version".into()),
-        (
-            "legacy",
-            "iptables-legacy --version && iptables-legacy -w -t nat -L -n".into(),
-        ),
+        ("legacy", "iptables-legacy --version && iptables-legacy -w -t nat -L -n".into()),
         // What agent/src/node/masquerade.rs runs.
-        (
-            "restore",
-            "printf '%s' \"$WEIR_RULES\" | iptables-restore -w --noflush".into(),
-        ),
+        ("restore", "printf '%s' \"$WEIR_RULES\" | iptables-restore -w --noflush".into()),
         (
             "jump",
             format!(
@@ -234,48 +162,23 @@ fn image_archive_imports_into_containerd_and_runs_what_the_daemonset_runs() {
             ),
         ),
         ("rules", "iptables-save -t nat".into()),
-        (
-            "certs",
-            "grep -c 'BEGIN CERTIFICATE' /etc/ssl/certs/ca-certificates.crt".into(),
-        ),
+        ("certs", "grep -c 'BEGIN CERTIFICATE' /etc/ssl/certs/ca-certificates.crt".into()),
         ("tools", "ls /bin/sh /bin/cp /bin/mv && id -un".into()),
     ];
-    let script: String = checks
-        .iter()
-        .map(|(name, cmd)| format!("echo '== {name}'; ( {cmd} ) 2>&1; echo \"== rc=$?\"\n"))
-        .collect();
+    let script: String =
+        checks.iter().map(|(name, cmd)| format!("echo '== {name}'; ( {cmd} ) 2>&1; echo \"== rc=$?\"\n")).collect();
     let env = format!("WEIR_RULES={rules}");
     let checks_id = id("checks");
     let out = run(
         &containerd,
-        &[
-            "--rm",
-            "--cap-add",
-            "CAP_NET_ADMIN",
-            "--env",
-            &env,
-            IMAGE,
-            &checks_id,
-            "/bin/sh",
-            "-c",
-            &script,
-        ],
+        &["--rm", "--cap-add", "CAP_NET_ADMIN", "--env", &env, IMAGE, &checks_id, "/bin/sh", "-c", &script],
     );
     let text = out.stdout_str();
-    assert!(
-        out.success(),
-        "checks ({}):\n{text}{}",
-        out.describe_status(),
-        out.stderr_str()
-    );
+    assert!(out.success(), "checks ({}):\n{text}{}", out.describe_status(), out.stderr_str());
     let section = |name: &str| -> String {
-        let start = text
-            .find(&format!("== {name}\n"))
-            .unwrap_or_else(|| panic!("no section {name} in:\n{text}"));
+        let start = text.find(&format!("== {name}\n")).unwrap_or_else(|| panic!("no section {name} in:\n{text}"));
         let body = &text[start + name.len() + 4..];
-        let end = body
-            .find("== rc=")
-            .unwrap_or_else(|| panic!("section {name} unfinished:\n{text}"));
+        let end = body.find("== rc=").unwrap_or_else(|| panic!("section {name} unfinished:\n{text}"));
         let rc = body[end + 6..].lines().next().unwrap_or_default().trim();
         assert_eq!(rc, "0", "{name} failed in the image:\n{}", &body[..end]);
         body[..end].to_string()
@@ -283,20 +186,11 @@ fn image_archive_imports_into_containerd_and_runs_what_the_daemonset_runs() {
     let v = section("agent");
     assert!(v.starts_with("weir-agent "), "{v}");
     let v = section("cni");
-    assert!(
-        v.contains("\"supportedVersions\"") && v.contains("1.1.0"),
-        "{v}"
-    );
+    assert!(v.contains("\"supportedVersions\"") && v.contains("1.1.0"), "{v}");
     let v = section("iptables");
-    assert!(
-        v.contains("nf_tables"),
-        "iptables is the nf_tables backend: {v}"
-    );
+    assert!(v.contains("nf_tables"), "iptables is the nf_tables backend: {v}");
     let v = section("legacy");
-    assert!(
-        v.contains("legacy") && v.contains("Chain POSTROUTING"),
-        "{v}"
-    );
+    assert!(v.contains("legacy") && v.contains("Chain POSTROUTING"), "{v}");
     section("restore");
     section("jump");
     let v = section("rules");
@@ -308,10 +202,7 @@ fn image_archive_imports_into_containerd_and_runs_what_the_daemonset_runs() {
         assert!(v.contains(&rule), "{rule:?} not in:\n{v}");
     }
     let v = section("certs");
-    assert!(
-        v.trim().parse::<u32>().is_ok_and(|n| n > 50),
-        "CA bundle: {v}"
-    );
+    assert!(v.trim().parse::<u32>().is_ok_and(|n| n > 50), "CA bundle: {v}");
     let v = section("tools");
     assert!(v.contains("root"), "{v}");
 }

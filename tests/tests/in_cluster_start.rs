@@ -16,7 +16,10 @@ use std::{fs, net::Ipv4Addr, thread, time::Duration};
 
 use weir_testbed::{
     Agent, Pod, Topology,
-    agent::{ApiAddress, FAKE_API_PORT, KUBERNETES_SERVICE_IP, KUBERNETES_SERVICE_PORT, SERVICE_ACCOUNT_DIR, write_kubelet_kubeconfig},
+    agent::{
+        ApiAddress, FAKE_API_PORT, KUBERNETES_SERVICE_IP, KUBERNETES_SERVICE_PORT, SERVICE_ACCOUNT_DIR,
+        write_kubelet_kubeconfig,
+    },
     manifest::{SvcPort, endpoint_slice_yaml, service_yaml},
     tools,
 };
@@ -37,7 +40,9 @@ fn a_cold_start_without_the_api_address_names_the_setting_and_exits() {
     let topo = Topology::builder("incl-cold").nodes(1).build().unwrap();
     let node = topo.node("n1");
     let mut agent = Agent::spawn_in_cluster(node, topo.manifest_dir(), ApiAddress::InClusterOnly).unwrap();
-    let err = agent.wait_ready(Agent::ready_timeout()).expect_err("the agent must not get ready without an API server address");
+    let err = agent
+        .wait_ready(Agent::ready_timeout())
+        .expect_err("the agent must not get ready without an API server address");
     assert!(!agent.is_running(), "the agent exits instead of retrying a ClusterIP nothing serves: {err:#}");
     let log = agent_log(&agent);
     for needle in [
@@ -72,7 +77,13 @@ fn with_the_setting_the_agent_starts_and_serves_the_kubernetes_service() {
     // The `kubernetes` Service as the API server publishes it: its
     // endpoints are the API servers' own addresses (here one per node).
     let api_servers: Vec<(Ipv4Addr, &str)> = topo.nodes().iter().map(|n| (n.ip, n.name.as_str())).collect();
-    let port = SvcPort { name: "https", protocol: "TCP", port: KUBERNETES_SERVICE_PORT, target_port: FAKE_API_PORT, node_port: None };
+    let port = SvcPort {
+        name: "https",
+        protocol: "TCP",
+        port: KUBERNETES_SERVICE_PORT,
+        target_port: FAKE_API_PORT,
+        node_port: None,
+    };
     topo.write_manifest(
         "kubernetes.yaml",
         &[
@@ -129,6 +140,10 @@ fn with_the_setting_the_agent_starts_and_serves_the_kubernetes_service() {
             }
             thread::sleep(Duration::from_millis(100));
         }
-        assert!(verified >= 2, "pod on {} did not reach the API server through {KUBERNETES_SERVICE_IP}: {last}", node.name);
+        assert!(
+            verified >= 2,
+            "pod on {} did not reach the API server through {KUBERNETES_SERVICE_IP}: {last}",
+            node.name
+        );
     }
 }

@@ -64,7 +64,11 @@ fn agents_on_the_kube_source_route_pods_serve_a_service_and_follow_a_slice_chang
         let addr = format!("{}:{}", node.ip, weir_testbed::agent::FAKE_API_PORT);
         assert!(log(api_log).contains(&format!("fake API server listening addr={addr}")), "{}", log(api_log));
         let text = log(agent.log_path());
-        assert!(text.lines().any(|l| l.contains("API server address") && l.contains(&addr)), "{}: {text}", agent.node());
+        assert!(
+            text.lines().any(|l| l.contains("API server address") && l.contains(&addr)),
+            "{}: {text}",
+            agent.node()
+        );
         assert!(!text.contains("watching manifest directory"), "{} runs the dir source:\n{text}", agent.node());
         for kind in ["Node", "Service", "EndpointSlice", "Pod", "Namespace", "NetworkPolicy"] {
             assert_eq!(lists_of(agent, kind), 1, "{}: one list of {kind}:\n{text}", agent.node());
@@ -87,7 +91,8 @@ fn agents_on_the_kube_source_route_pods_serve_a_service_and_follow_a_slice_chang
         for name in ["a", "b"] {
             let pod = Pod::create(node, name, &list).unwrap();
             let log = node.dirs.logs.join(format!("echo-{name}.log"));
-            echo_servers.push(echo::serve(&pod.netns, &format!("{}/{name}", node.name), ECHO_PORT, &log, false).unwrap());
+            echo_servers
+                .push(echo::serve(&pod.netns, &format!("{}/{name}", node.name), ECHO_PORT, &log, false).unwrap());
             pods.push(pod);
         }
     }
@@ -97,7 +102,10 @@ fn agents_on_the_kube_source_route_pods_serve_a_service_and_follow_a_slice_chang
     for (from, to) in [("n1/a", "n2/a"), ("n2/b", "n1/b")] {
         let (from, to) = (pod(from), pod(to));
         from.ping(to.ip).unwrap();
-        assert_eq!(echo::ask(&from.netns, "tcp", to.ip, ECHO_PORT, "x").unwrap().server, format!("{}/{}", to.node, to.name));
+        assert_eq!(
+            echo::ask(&from.netns, "tcp", to.ip, ECHO_PORT, "x").unwrap().server,
+            format!("{}/{}", to.node, to.name)
+        );
     }
 
     // A ClusterIP Service over the four pods.
@@ -107,10 +115,14 @@ fn agents_on_the_kube_source_route_pods_serve_a_service_and_follow_a_slice_chang
             .filter(|p| !except.contains(&format!("{}/{}", p.node, p.name).as_str()))
             .map(|p| (p.ip, p.node.as_str()))
             .collect();
-        let ports = [SvcPort { name: "tcp", protocol: "TCP", port: ECHO_PORT, target_port: ECHO_PORT, node_port: None }];
+        let ports =
+            [SvcPort { name: "tcp", protocol: "TCP", port: ECHO_PORT, target_port: ECHO_PORT, node_port: None }];
         topo.write_manifest(
             "svc-echo.yaml",
-            &[service_yaml("echo", VIP, &ports, false), endpoint_slice_yaml("echo", &[("tcp", "TCP", ECHO_PORT)], &endpoints)],
+            &[
+                service_yaml("echo", VIP, &ports, false),
+                endpoint_slice_yaml("echo", &[("tcp", "TCP", ECHO_PORT)], &endpoints),
+            ],
         )
         .unwrap();
     };

@@ -31,7 +31,6 @@ use k8s_openapi::api::{
     networking::v1::NetworkPolicy,
 };
 use serde_json::{Value, json};
-use weir_agent::sources::convert::policy as convert;
 use weir_agent::model::{
     policy::{
         evaluate::{Peer, PolicyView, evaluate},
@@ -39,6 +38,7 @@ use weir_agent::model::{
     },
     service::Protocol,
 };
+use weir_agent::sources::convert::policy as convert;
 use weir_testbed::{
     Agent, NetNs, Pod, Topology, echo,
     manifest::{self, PodObject, PodStatus, SvcPort},
@@ -67,24 +67,16 @@ static SERIAL: Mutex<()> = Mutex::new(());
 type Labels = BTreeMap<String, String>;
 
 fn labels(kv: &[(&str, &str)]) -> Labels {
-    kv.iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
+    kv.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
 }
 
 /// All pods, `ns/name`, in matrix order.
 fn pod_keys() -> Vec<String> {
-    NAMESPACES
-        .iter()
-        .flat_map(|ns| POD_NAMES.iter().map(move |p| format!("{ns}/{p}")))
-        .collect()
+    NAMESPACES.iter().flat_map(|ns| POD_NAMES.iter().map(move |p| format!("{ns}/{p}"))).collect()
 }
 
 fn deadline() -> Duration {
-    let secs = std::env::var("WEIR_NETPOL_DEADLINE_SECS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(10.0);
+    let secs = std::env::var("WEIR_NETPOL_DEADLINE_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(10.0);
     Duration::from_secs_f64(secs)
 }
 
@@ -124,12 +116,7 @@ impl State {
                 (k, labels(&[("pod", &p)]))
             })
             .collect();
-        State {
-            namespaces,
-            pods,
-            policies: BTreeMap::new(),
-            service: false,
-        }
+        State { namespaces, pods, policies: BTreeMap::new(), service: false }
     }
 
     fn policy(&mut self, ns: &str, name: &str, spec: Value) {
@@ -138,12 +125,7 @@ impl State {
     }
 
     fn remove_policy(&mut self, ns: &str, name: &str) {
-        assert!(
-            self.policies
-                .remove(&(ns.to_string(), name.to_string()))
-                .is_some(),
-            "no policy {ns}/{name}"
-        );
+        assert!(self.policies.remove(&(ns.to_string(), name.to_string())).is_some(), "no policy {ns}/{name}");
     }
 
     fn pod_labels(&mut self, key: &str, kv: &[(&str, &str)]) {
@@ -172,12 +154,7 @@ impl State {
     fn policy_docs(&self) -> BTreeMap<String, String> {
         self.policies
             .iter()
-            .map(|((ns, name), spec)| {
-                (
-                    Self::policy_file(ns, name),
-                    manifest::network_policy_yaml(ns, name, spec),
-                )
-            })
+            .map(|((ns, name), spec)| (Self::policy_file(ns, name), manifest::network_policy_yaml(ns, name, spec)))
             .collect()
     }
 }
@@ -212,24 +189,13 @@ struct Scenario {
 
 impl Scenario {
     fn new(name: &str, about: &str) -> Self {
-        Scenario {
-            name: name.into(),
-            about: about.into(),
-            steps: Vec::new(),
-        }
+        Scenario { name: name.into(), about: about.into(), steps: Vec::new() }
     }
 
     fn step(mut self, name: &str, change: impl FnOnce(&mut State)) -> Self {
-        let mut state = self
-            .steps
-            .last()
-            .map(|s| s.state.clone())
-            .unwrap_or_else(State::baseline);
+        let mut state = self.steps.last().map(|s| s.state.clone()).unwrap_or_else(State::baseline);
         change(&mut state);
-        self.steps.push(Step {
-            name: name.into(),
-            state,
-        });
+        self.steps.push(Step { name: name.into(), state });
         self
     }
 
@@ -573,18 +539,10 @@ impl Oracle {
     /// skipped.
     fn new(docs: &[String], nodes: BTreeMap<String, Ipv4Addr>) -> Result<Self, String> {
         use serde::Deserialize;
-        let mut o = Oracle {
-            pods: BTreeMap::new(),
-            namespaces: BTreeMap::new(),
-            policies: Vec::new(),
-            nodes,
-        };
+        let mut o = Oracle { pods: BTreeMap::new(), namespaces: BTreeMap::new(), policies: Vec::new(), nodes };
         for text in docs {
             for doc in serde_yaml::Deserializer::from_str(text) {
-                o.add(
-                    serde_yaml::Value::deserialize(doc).map_err(|e| format!("{e}: {text}"))?,
-                    text,
-                )?;
+                o.add(serde_yaml::Value::deserialize(doc).map_err(|e| format!("{e}: {text}"))?, text)?;
             }
         }
         Ok(o)
@@ -593,24 +551,19 @@ impl Oracle {
     fn add(&mut self, value: serde_yaml::Value, doc: &str) -> Result<(), String> {
         match value.get("kind").and_then(|k| k.as_str()) {
             Some("Pod") => {
-                let pod: K8sPod =
-                    serde_yaml::from_value(value).map_err(|e| format!("Pod: {e}: {doc}"))?;
+                let pod: K8sPod = serde_yaml::from_value(value).map_err(|e| format!("Pod: {e}: {doc}"))?;
                 let info = convert::pod(&pod);
                 self.pods.insert(info.key.clone(), info);
             }
             Some("Namespace") => {
-                let ns: Namespace =
-                    serde_yaml::from_value(value).map_err(|e| format!("Namespace: {e}: {doc}"))?;
+                let ns: Namespace = serde_yaml::from_value(value).map_err(|e| format!("Namespace: {e}: {doc}"))?;
                 let info = convert::namespace(&ns);
                 self.namespaces.insert(info.name.clone(), info);
             }
             Some("NetworkPolicy") => {
-                let np: NetworkPolicy = serde_yaml::from_value(value)
-                    .map_err(|e| format!("NetworkPolicy: {e}: {doc}"))?;
-                self.policies.push(
-                    convert::network_policy(&np)
-                        .map_err(|e| format!("NetworkPolicy: {e}: {doc}"))?,
-                );
+                let np: NetworkPolicy =
+                    serde_yaml::from_value(value).map_err(|e| format!("NetworkPolicy: {e}: {doc}"))?;
+                self.policies.push(convert::network_policy(&np).map_err(|e| format!("NetworkPolicy: {e}: {doc}"))?);
             }
             _ => {}
         }
@@ -618,11 +571,7 @@ impl Oracle {
     }
 
     fn view(&self) -> PolicyView<'_> {
-        PolicyView {
-            policies: &self.policies,
-            namespaces: &self.namespaces,
-            node_addrs: &self.nodes,
-        }
+        PolicyView { policies: &self.policies, namespaces: &self.namespaces, node_addrs: &self.nodes }
     }
 
     fn protocol(proto: Proto) -> Protocol {
@@ -633,9 +582,7 @@ impl Oracle {
     }
 
     fn pod(&self, key: &str) -> &PodInfo {
-        self.pods
-            .get(key)
-            .unwrap_or_else(|| panic!("oracle: no pod {key}"))
+        self.pods.get(key).unwrap_or_else(|| panic!("oracle: no pod {key}"))
     }
 
     /// Pod to pod (through a Service: to its backend). A pod reaches
@@ -644,36 +591,16 @@ impl Oracle {
         if direct && src == dst {
             return true;
         }
-        evaluate(
-            &self.view(),
-            Peer::Pod(self.pod(src)),
-            Peer::Pod(self.pod(dst)),
-            Self::protocol(proto),
-            port,
-        )
-        .allowed
+        evaluate(&self.view(), Peer::Pod(self.pod(src)), Peer::Pod(self.pod(dst)), Self::protocol(proto), port).allowed
     }
 
     /// From an address that is not a pod (a node) to a pod.
     fn allowed_from_address(&self, src: Ipv4Addr, dst: &str, proto: Proto, port: u16) -> bool {
-        evaluate(
-            &self.view(),
-            Peer::Address(src),
-            Peer::Pod(self.pod(dst)),
-            Self::protocol(proto),
-            port,
-        )
-        .allowed
+        evaluate(&self.view(), Peer::Address(src), Peer::Pod(self.pod(dst)), Self::protocol(proto), port).allowed
     }
 
     fn reason(&self, src: &str, dst: &str, proto: Proto, port: u16) -> String {
-        let d = evaluate(
-            &self.view(),
-            Peer::Pod(self.pod(src)),
-            Peer::Pod(self.pod(dst)),
-            Self::protocol(proto),
-            port,
-        );
+        let d = evaluate(&self.view(), Peer::Pod(self.pod(src)), Peer::Pod(self.pod(dst)), Self::protocol(proto), port);
         let mut parts = Vec::new();
         if let Some(e) = d.egress {
             parts.push(format!("egress: {}", e.reason));
@@ -712,11 +639,7 @@ impl Cell {
     }
 
     fn expected(allowed: bool) -> Self {
-        if allowed {
-            Cell::Allowed
-        } else {
-            Cell::Blocked
-        }
+        if allowed { Cell::Allowed } else { Cell::Blocked }
     }
 }
 
@@ -757,27 +680,14 @@ fn render(rows: &[String], targets: &[Target], expected: &Matrix, observed: &Mat
     for (key, exp) in expected {
         let (port, proto) = key;
         let obs = &observed[key];
-        let _ = writeln!(
-            out,
-            "{:<width$}   {port}/{proto} observed",
-            format!("{port}/{proto} expected")
-        );
+        let _ = writeln!(out, "{:<width$}   {port}/{proto} observed", format!("{port}/{proto} expected"));
         let _ = writeln!(out, "{:<6}{header}   {:<6}{header}", "", "");
         for (r, row) in rows.iter().enumerate() {
-            let e: String = exp[r]
-                .iter()
-                .map(|c| format!("  {} ", c.symbol()))
-                .collect();
+            let e: String = exp[r].iter().map(|c| format!("  {} ", c.symbol())).collect();
             let o: String = obs[r]
                 .iter()
                 .zip(&exp[r])
-                .map(|(o, e)| {
-                    if o == e {
-                        format!("  {} ", o.symbol())
-                    } else {
-                        format!(" [{}]", o.symbol())
-                    }
-                })
+                .map(|(o, e)| if o == e { format!("  {} ", o.symbol()) } else { format!(" [{}]", o.symbol()) })
                 .collect();
             let _ = writeln!(out, "{row:<6}{e}   {row:<6}{o}");
         }
@@ -829,17 +739,12 @@ impl Cluster {
         let mut written = BTreeMap::new();
         for ns in NAMESPACES {
             let (file, yaml) = (State::namespace_file(ns), base.namespace_yaml(ns));
-            topo.write_manifest(&file, std::slice::from_ref(&yaml))
-                .unwrap();
+            topo.write_manifest(&file, std::slice::from_ref(&yaml)).unwrap();
             written.insert(file, yaml);
         }
         let t1 = Instant::now();
         let keys = pod_keys();
-        let lists: Vec<_> = topo
-            .nodes()
-            .iter()
-            .map(|n| n.agent_conflist().unwrap())
-            .collect();
+        let lists: Vec<_> = topo.nodes().iter().map(|n| n.agent_conflist().unwrap()).collect();
         // Created in parallel, spread over the nodes: x/a on n1, x/b on n2, ...
         let pods: Vec<Pod> = thread::scope(|s| {
             let handles: Vec<_> = keys
@@ -852,37 +757,17 @@ impl Cluster {
                     s.spawn(move || Pod::create_k8s(node, &key.replace('/', "-"), object, list))
                 })
                 .collect();
-            handles
-                .into_iter()
-                .map(|h| h.join().unwrap().unwrap())
-                .collect()
+            handles.into_iter().map(|h| h.join().unwrap().unwrap()).collect()
         });
-        eprintln!(
-            "netpol: 9 pods created (ADD, in parallel) in {:.1?}",
-            t1.elapsed()
-        );
+        eprintln!("netpol: 9 pods created (ADD, in parallel) in {:.1?}", t1.elapsed());
         let t2 = Instant::now();
         // From this thread: a server dies with the thread that started it.
-        let logs: Vec<_> = pods
-            .iter()
-            .map(|p| {
-                topo.node(&p.node)
-                    .dirs
-                    .logs
-                    .join(format!("serve-{}.log", p.name))
-            })
-            .collect();
-        let servers: Vec<(&NetNs, &str, &std::path::Path)> = pods
-            .iter()
-            .zip(&keys)
-            .zip(&logs)
-            .map(|((p, k), l)| (&p.netns, k.as_str(), l.as_path()))
-            .collect();
+        let logs: Vec<_> =
+            pods.iter().map(|p| topo.node(&p.node).dirs.logs.join(format!("serve-{}.log", p.name))).collect();
+        let servers: Vec<(&NetNs, &str, &std::path::Path)> =
+            pods.iter().zip(&keys).zip(&logs).map(|((p, k), l)| (&p.netns, k.as_str(), l.as_path())).collect();
         let servers = echo::serve_ports_many(&servers, &PORTS, false).unwrap();
-        let probers = pods
-            .iter()
-            .map(|p| Prober::start(&p.netns).unwrap())
-            .collect();
+        let probers = pods.iter().map(|p| Prober::start(&p.netns).unwrap()).collect();
         eprintln!("netpol: servers listening in {:.1?}", t2.elapsed());
         Cluster {
             probers,
@@ -899,27 +784,16 @@ impl Cluster {
     }
 
     fn ips(&self) -> BTreeMap<String, Ipv4Addr> {
-        pod_keys()
-            .into_iter()
-            .zip(&self.pods)
-            .map(|(k, p)| (k, p.ip))
-            .collect()
+        pod_keys().into_iter().zip(&self.pods).map(|(k, p)| (k, p.ip)).collect()
     }
 
     fn pod(&self, key: &str) -> &Pod {
-        let i = pod_keys()
-            .iter()
-            .position(|k| k == key)
-            .unwrap_or_else(|| panic!("no pod {key}"));
+        let i = pod_keys().iter().position(|k| k == key).unwrap_or_else(|| panic!("no pod {key}"));
         &self.pods[i]
     }
 
     fn node_addrs(&self) -> BTreeMap<String, Ipv4Addr> {
-        self.topo
-            .nodes()
-            .iter()
-            .map(|n| (n.name.clone(), n.ip))
-            .collect()
+        self.topo.nodes().iter().map(|n| (n.name.clone(), n.ip)).collect()
     }
 
     /// Makes the manifest directory say `state`: only what changed is
@@ -932,10 +806,7 @@ impl Cluster {
         }
         for (i, key) in pod_keys().iter().enumerate() {
             if state.pods[key] != self.applied.pods[key] {
-                let kv: Vec<(&str, &str)> = state.pods[key]
-                    .iter()
-                    .map(|(k, v)| (k.as_str(), v.as_str()))
-                    .collect();
+                let kv: Vec<(&str, &str)> = state.pods[key].iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
                 self.pods[i].set_labels(kv).unwrap();
             }
         }
@@ -963,23 +834,13 @@ impl Cluster {
                             (Proto::Tcp, _) => "tcp-81",
                             (Proto::Udp, _) => "udp-81",
                         };
-                        ports.push(SvcPort {
-                            name,
-                            protocol: proto.k8s(),
-                            port,
-                            target_port: port,
-                            node_port: None,
-                        });
+                        ports.push(SvcPort { name, protocol: proto.k8s(), port, target_port: port, node_port: None });
                         slice_ports.push((name, proto.k8s(), port));
                     }
                 }
                 let docs = [
                     manifest::service_yaml("web", VIP, &ports, false),
-                    manifest::endpoint_slice_yaml(
-                        "web",
-                        &slice_ports,
-                        &[(backend.ip, backend.node.as_str())],
-                    ),
+                    manifest::endpoint_slice_yaml("web", &slice_ports, &[(backend.ip, backend.node.as_str())]),
                 ];
                 self.topo.write_manifest(file, &docs).unwrap();
                 self.written.insert(file.into(), manifest::documents(&docs));
@@ -992,35 +853,23 @@ impl Cluster {
     }
 
     fn write(&mut self, file: &str, yaml: String) {
-        self.topo
-            .write_manifest(file, std::slice::from_ref(&yaml))
-            .unwrap();
+        self.topo.write_manifest(file, std::slice::from_ref(&yaml)).unwrap();
         self.written.insert(file.into(), yaml);
     }
 
     /// The oracle over exactly what the manifest directory holds.
     fn oracle(&self) -> Oracle {
         let mut docs: Vec<String> = self.written.values().cloned().collect();
-        docs.extend(
-            self.pods
-                .iter()
-                .map(|p| p.manifest_yaml().expect("every pod has an object")),
-        );
+        docs.extend(self.pods.iter().map(|p| p.manifest_yaml().expect("every pod has an object")));
         Oracle::new(&docs, self.node_addrs()).unwrap()
     }
 
     /// The oracle over what the manifest directory would hold in `state`
     /// (to plan; checks use `oracle`).
     fn oracle_for(&self, state: &State) -> Oracle {
-        let mut docs: Vec<String> = NAMESPACES
-            .iter()
-            .map(|ns| state.namespace_yaml(ns))
-            .collect();
+        let mut docs: Vec<String> = NAMESPACES.iter().map(|ns| state.namespace_yaml(ns)).collect();
         for (key, pod) in pod_keys().iter().zip(&self.pods) {
-            let status = PodStatus {
-                pod_ip: pod.ip,
-                host_ip: self.topo.node(&pod.node).ip,
-            };
+            let status = PodStatus { pod_ip: pod.ip, host_ip: self.topo.node(&pod.node).ip };
             docs.push(pod_object(key, &state.pods[key]).yaml(&pod.node, Some(status)));
         }
         docs.extend(state.policy_docs().into_values());
@@ -1034,20 +883,10 @@ impl Cluster {
     fn targets_for(&self, state: &State) -> Vec<Target> {
         let mut t: Vec<Target> = pod_keys()
             .into_iter()
-            .map(|k| Target {
-                label: k.clone(),
-                ip: self.pod(&k).ip,
-                backend: k,
-                direct: true,
-            })
+            .map(|k| Target { label: k.clone(), ip: self.pod(&k).ip, backend: k, direct: true })
             .collect();
         if state.service {
-            t.push(Target {
-                label: "svc".into(),
-                ip: VIP,
-                backend: SVC_BACKEND.into(),
-                direct: false,
-            });
+            t.push(Target { label: "svc".into(), ip: VIP, backend: SVC_BACKEND.into(), direct: false });
         }
         t
     }
@@ -1070,9 +909,7 @@ impl Cluster {
                                 if !Self::probed(c, t) {
                                     Cell::Skipped
                                 } else {
-                                    Cell::expected(
-                                        oracle.allowed(c, &t.backend, proto, port, t.direct),
-                                    )
+                                    Cell::expected(oracle.allowed(c, &t.backend, proto, port, t.direct))
                                 }
                             })
                             .collect()
@@ -1097,12 +934,7 @@ impl Cluster {
                 for proto in PROTOS {
                     for (t, target) in targets.iter().enumerate() {
                         if Self::probed(key, target) {
-                            probes.push(Probe {
-                                dst: target.ip,
-                                port,
-                                proto,
-                                src_port: self.ports.next(key),
-                            });
+                            probes.push(Probe { dst: target.ip, port, proto, src_port: self.ports.next(key) });
                             meta.push((t, port, proto));
                         }
                     }
@@ -1122,10 +954,7 @@ impl Cluster {
         let mut m = Matrix::new();
         for port in PORTS {
             for proto in PROTOS {
-                m.insert(
-                    (port, proto),
-                    vec![vec![Cell::Skipped; targets.len()]; keys.len()],
-                );
+                m.insert((port, proto), vec![vec![Cell::Skipped; targets.len()]; keys.len()]);
             }
         }
         let mut details = Vec::new();
@@ -1237,19 +1066,33 @@ impl Cluster {
             let mut said = Vec::new();
             for node in BTreeSet::from([from.node.clone(), to.node.clone()]) {
                 let node = self.topo.node(&node);
-                let (pins, run) = (node.pin_dir.to_string_lossy().into_owned(), node.dirs.run.to_string_lossy().into_owned());
+                let (pins, run) =
+                    (node.pin_dir.to_string_lossy().into_owned(), node.dirs.run.to_string_lossy().into_owned());
                 let (f, t, p) = (from.ip.to_string(), to.ip.to_string(), format!("{port}/{}", proto.as_str()));
                 let out = node
                     .netns
                     .output(&[
-                        &agent, "inspect", "verdict", "--bpf-pin-dir", &pins, "--run-dir", &run, "--from", &f, "--to", &t,
-                        "--port", &p, "--json",
+                        &agent,
+                        "inspect",
+                        "verdict",
+                        "--bpf-pin-dir",
+                        &pins,
+                        "--run-dir",
+                        &run,
+                        "--from",
+                        &f,
+                        "--to",
+                        &t,
+                        "--port",
+                        &p,
+                        "--json",
                     ])
                     .map_err(|e| e.to_string())?;
                 if !out.success() {
                     return Err(format!("{what}: inspect verdict failed: {}", out.stderr_str().trim()));
                 }
-                let v: Value = serde_json::from_str(out.stdout_str().trim()).map_err(|e| format!("inspect verdict JSON: {e}"))?;
+                let v: Value =
+                    serde_json::from_str(out.stdout_str().trim()).map_err(|e| format!("inspect verdict JSON: {e}"))?;
                 allowed &= v["allowed"].as_bool().ok_or("inspect verdict: no `allowed`")?;
                 said.push(v["checks"].to_string());
             }
@@ -1269,7 +1112,10 @@ impl Cluster {
         if mismatches.is_empty() {
             Ok(())
         } else {
-            Err(format!("{what}: the datapath matched, but `inspect verdict` disagrees with the oracle:\n{}", mismatches.join("\n")))
+            Err(format!(
+                "{what}: the datapath matched, but `inspect verdict` disagrees with the oracle:\n{}",
+                mismatches.join("\n")
+            ))
         }
     }
 
@@ -1285,15 +1131,9 @@ impl Cluster {
         // expected, a datapath stuck in the old state would pass. See the
         // baseline take effect first.
         if let Some(first) = scenario.steps.first() {
-            let first_expected = self.expected(
-                &self.oracle_for(&first.state),
-                &self.targets_for(&first.state),
-            );
-            let base_expected =
-                self.expected(&self.oracle_for(&baseline), &self.targets_for(&first.state));
-            if self.last_expected.as_ref() == Some(&first_expected)
-                && first_expected != base_expected
-            {
+            let first_expected = self.expected(&self.oracle_for(&first.state), &self.targets_for(&first.state));
+            let base_expected = self.expected(&self.oracle_for(&baseline), &self.targets_for(&first.state));
+            if self.last_expected.as_ref() == Some(&first_expected) && first_expected != base_expected {
                 let what = format!("{} (baseline first)", scenario.name);
                 if let Err(report) = self.check(&what, &baseline) {
                     eprintln!("netpol: FAILED {report}");
@@ -1319,9 +1159,7 @@ impl Cluster {
 
 fn selected(name: &str) -> bool {
     match std::env::var("WEIR_NETPOL_SCENARIOS") {
-        Ok(filter) if !filter.trim().is_empty() => {
-            filter.split(',').any(|w| name.contains(w.trim()))
-        }
+        Ok(filter) if !filter.trim().is_empty() => filter.split(',').any(|w| name.contains(w.trim())),
         _ => true,
     }
 }
@@ -1388,7 +1226,11 @@ fn policy_and_allowed_connections_survive_agent_restarts() {
     let mut held = client.netns.spawn(&["python3", "-c", &script], &[], &log, false).unwrap();
     let started = Instant::now();
     while !std::fs::read_to_string(&log).unwrap_or_default().contains("before") {
-        assert!(started.elapsed() < Duration::from_secs(10), "held connection never answered: {}", std::fs::read_to_string(&log).unwrap_or_default());
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "held connection never answered: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
         thread::sleep(Duration::from_millis(20));
     }
 
@@ -1428,10 +1270,20 @@ fn policy_and_allowed_connections_survive_agent_restarts() {
         thread::sleep(Duration::from_millis(20));
     }
     let said = std::fs::read_to_string(&log).unwrap_or_default();
-    assert!(said.contains("before") && said.contains("after"), "the allowed connection did not survive the restart: {said:?}");
+    assert!(
+        said.contains("before") && said.contains("after"),
+        "the allowed connection did not survive the restart: {said:?}"
+    );
     assert!(leaks.1 >= 3, "the denied client probed only {} times during the restart", leaks.1);
-    assert_eq!(leaks.0, 0, "{} of {} probes from a denied pod got through while the agents restarted", leaks.0, leaks.1);
-    eprintln!("netpol-restart: {} denied probes during the restart, none answered; the held connection carried on", leaks.1);
+    assert_eq!(
+        leaks.0, 0,
+        "{} of {} probes from a denied pod got through while the agents restarted",
+        leaks.0, leaks.1
+    );
+    eprintln!(
+        "netpol-restart: {} denied probes during the restart, none answered; the held connection carried on",
+        leaks.1
+    );
 
     // The new agents enforce the same, and follow changes.
     cluster.check("from-y after the restart", &state).unwrap_or_else(|r| panic!("{r}"));
@@ -1475,18 +1327,11 @@ print("probes %d answers %d" % (n, answers), flush=True)
 
 /// Probes (fresh probes each round) until whether each answers is `want`,
 /// or the deadline; the last outcomes.
-fn converge(
-    ns: &NetNs,
-    mut probes: impl FnMut() -> Vec<Probe>,
-    want: &[bool],
-) -> (bool, Vec<Outcome>) {
+fn converge(ns: &NetNs, mut probes: impl FnMut() -> Vec<Probe>, want: &[bool]) -> (bool, Vec<Outcome>) {
     let start = Instant::now();
     loop {
         let out = probe::run(ns, &probes(), PROBE_TIMEOUT).unwrap();
-        let ok = out
-            .iter()
-            .zip(want)
-            .all(|(o, w)| o.answered_by().is_some() == *w);
+        let ok = out.iter().zip(want).all(|(o, w)| o.answered_by().is_some() == *w);
         if ok || start.elapsed() > deadline() {
             return (ok, out);
         }
@@ -1506,67 +1351,35 @@ fn pods_start_isolated_and_their_own_node_reaches_them() {
     let mut docs: BTreeMap<String, String> = BTreeMap::new();
     for ns in ["x", "y"] {
         let yaml = manifest::namespace_yaml(ns, &labels(&[("ns", ns)]));
-        topo.write_manifest(&State::namespace_file(ns), std::slice::from_ref(&yaml))
-            .unwrap();
+        topo.write_manifest(&State::namespace_file(ns), std::slice::from_ref(&yaml)).unwrap();
         docs.insert(State::namespace_file(ns), yaml);
     }
     let list1 = n1.agent_conflist().unwrap();
     let list2 = n2.agent_conflist().unwrap();
     let serve = |pod: &Pod, label: &str| {
-        let log = topo
-            .node(&pod.node)
-            .dirs
-            .logs
-            .join(format!("serve-{}.log", pod.name));
+        let log = topo.node(&pod.node).dirs.logs.join(format!("serve-{}.log", pod.name));
         echo::serve_ports(&pod.netns, label, &[80], &log, false).unwrap()
     };
-    let client = Pod::create_k8s(
-        n2,
-        "y-client",
-        PodObject::new("y", "client").label("pod", "client"),
-        &list2,
-    )
-    .unwrap();
-    let old = Pod::create_k8s(
-        n1,
-        "x-old",
-        pod_object("x/old", &labels(&[("pod", "old")])),
-        &list1,
-    )
-    .unwrap();
+    let client = Pod::create_k8s(n2, "y-client", PodObject::new("y", "client").label("pod", "client"), &list2).unwrap();
+    let old = Pod::create_k8s(n1, "x-old", pod_object("x/old", &labels(&[("pod", "old")])), &list1).unwrap();
     let _old_server = serve(&old, "x/old");
     let mut ports = SourcePorts::new();
     let mut tcp_udp = |ns: &str, dst: Ipv4Addr, from_port: bool| -> Vec<Probe> {
         PROTOS
             .iter()
-            .map(|&proto| Probe {
-                dst,
-                port: 80,
-                proto,
-                src_port: if from_port { ports.next(ns) } else { 0 },
-            })
+            .map(|&proto| Probe { dst, port: 80, proto, src_port: if from_port { ports.next(ns) } else { 0 } })
             .collect()
     };
 
     // 1. Default-deny ingress in x, seen in effect on n1 (x/old stops
     // answering y/client).
-    let deny = manifest::network_policy_yaml(
-        "x",
-        "deny-ingress",
-        "podSelector: {}\npolicyTypes: [Ingress]\n",
-    );
-    topo.write_manifest("netpol_x_deny-ingress.yaml", std::slice::from_ref(&deny))
-        .unwrap();
+    let deny = manifest::network_policy_yaml("x", "deny-ingress", "podSelector: {}\npolicyTypes: [Ingress]\n");
+    topo.write_manifest("netpol_x_deny-ingress.yaml", std::slice::from_ref(&deny)).unwrap();
     docs.insert("netpol_x_deny-ingress.yaml".into(), deny);
-    let (ok, out) = converge(
-        &client.netns,
-        || tcp_udp("client", old.ip, true),
-        &[false, false],
-    );
+    let (ok, out) = converge(&client.netns, || tcp_udp("client", old.ip, true), &[false, false]);
     if !ok {
-        failures.push(format!(
-            "default-deny ingress in x never took effect: y/client -> x/old still answered: {out:?}"
-        ));
+        failures
+            .push(format!("default-deny ingress in x never took effect: y/client -> x/old still answered: {out:?}"));
     }
 
     // 2. A pod created under that policy is isolated from its first packet:
@@ -1576,19 +1389,7 @@ fn pods_start_isolated_and_their_own_node_reaches_them() {
     let watch_log = n2.dirs.logs.join("watcher.log");
     let mut watcher = client
         .netns
-        .spawn(
-            &[
-                "python3",
-                "-c",
-                WATCHER,
-                target.to_str().unwrap(),
-                "80",
-                "3",
-            ],
-            &[],
-            &watch_log,
-            false,
-        )
+        .spawn(&["python3", "-c", WATCHER, target.to_str().unwrap(), "80", "3"], &[], &watch_log, false)
         .unwrap();
     let mut new_server = None;
     let t_add = Instant::now();
@@ -1624,48 +1425,26 @@ fn pods_start_isolated_and_their_own_node_reaches_them() {
 
     // 3. Its own node reaches it (kubelet probes), the other node does not
     // (per the oracle), and neither does y/client.
-    let pod_docs = [
-        new.manifest_yaml().unwrap(),
-        old.manifest_yaml().unwrap(),
-        client.manifest_yaml().unwrap(),
-    ];
+    let pod_docs = [new.manifest_yaml().unwrap(), old.manifest_yaml().unwrap(), client.manifest_yaml().unwrap()];
     let all_docs: Vec<String> = docs.values().cloned().chain(pod_docs).collect();
-    let nodes: BTreeMap<String, Ipv4Addr> = topo
-        .nodes()
-        .iter()
-        .map(|n| (n.name.clone(), n.ip))
-        .collect();
+    let nodes: BTreeMap<String, Ipv4Addr> = topo.nodes().iter().map(|n| (n.name.clone(), n.ip)).collect();
     let oracle = Oracle::new(&all_docs, nodes).unwrap();
     for node in [n1, n2] {
         for pod in ["x/new", "x/old"] {
             let ip = if pod == "x/new" { new.ip } else { old.ip };
-            let want: Vec<bool> = PROTOS
-                .iter()
-                .map(|&p| oracle.allowed_from_address(node.ip, pod, p, 80))
-                .collect();
+            let want: Vec<bool> = PROTOS.iter().map(|&p| oracle.allowed_from_address(node.ip, pod, p, 80)).collect();
             let (ok, out) = converge(&node.netns, || tcp_udp(&node.name, ip, false), &want);
-            eprintln!(
-                "netpol: node {} -> {pod}: expected {want:?}, {}",
-                node.name,
-                if ok { "ok" } else { "MISMATCH" }
-            );
+            eprintln!("netpol: node {} -> {pod}: expected {want:?}, {}", node.name, if ok { "ok" } else { "MISMATCH" });
             if !ok {
-                failures.push(format!(
-                    "node {} -> {pod} (tcp, udp): expected answers {want:?}, saw {out:?}",
-                    node.name
-                ));
+                failures
+                    .push(format!("node {} -> {pod} (tcp, udp): expected answers {want:?}, saw {out:?}", node.name));
             }
         }
     }
-    let want: Vec<bool> = PROTOS
-        .iter()
-        .map(|&p| oracle.allowed("y/client", "x/new", p, 80, true))
-        .collect();
+    let want: Vec<bool> = PROTOS.iter().map(|&p| oracle.allowed("y/client", "x/new", p, 80, true)).collect();
     let (ok, out) = converge(&client.netns, || tcp_udp("client", new.ip, true), &want);
     if !ok {
-        failures.push(format!(
-            "y/client -> x/new: expected answers {want:?}, saw {out:?}"
-        ));
+        failures.push(format!("y/client -> x/new: expected answers {want:?}, saw {out:?}"));
     }
 
     // 4. A pod whose Pod object the agent does not know stays isolated
@@ -1676,26 +1455,13 @@ fn pods_start_isolated_and_their_own_node_reaches_them() {
         .unpublished()
         .create(&list1)
         .unwrap();
-    eprintln!(
-        "netpol: y/ghost ADD without its Pod object took {:.1?}",
-        t_add.elapsed()
-    );
+    eprintln!("netpol: y/ghost ADD without its Pod object took {:.1?}", t_add.elapsed());
     let _ghost_server = serve(&ghost, "y/ghost");
     let client_server = serve(&client, "y/client");
     let t_watch = Instant::now();
     while t_watch.elapsed() < Duration::from_secs(2) {
-        let into = probe::run(
-            &client.netns,
-            &tcp_udp("client", ghost.ip, true),
-            PROBE_TIMEOUT,
-        )
-        .unwrap();
-        let from = probe::run(
-            &ghost.netns,
-            &tcp_udp("ghost", client.ip, true),
-            PROBE_TIMEOUT,
-        )
-        .unwrap();
+        let into = probe::run(&client.netns, &tcp_udp("client", ghost.ip, true), PROBE_TIMEOUT).unwrap();
+        let from = probe::run(&ghost.netns, &tcp_udp("ghost", client.ip, true), PROBE_TIMEOUT).unwrap();
         if into.iter().chain(&from).any(|o| o.answered_by().is_some()) {
             failures.push(format!(
                 "y/ghost, whose Pod object the agent does not know, passed traffic: into it {into:?}, out of it {from:?}"
@@ -1704,34 +1470,17 @@ fn pods_start_isolated_and_their_own_node_reaches_them() {
         }
     }
     ghost.publish().unwrap();
-    let (ok, out) = converge(
-        &client.netns,
-        || tcp_udp("client", ghost.ip, true),
-        &[true, true],
-    );
+    let (ok, out) = converge(&client.netns, || tcp_udp("client", ghost.ip, true), &[true, true]);
     if !ok {
-        failures.push(format!(
-            "y/ghost never answered once its Pod object was published: {out:?}"
-        ));
+        failures.push(format!("y/ghost never answered once its Pod object was published: {out:?}"));
     }
-    let (ok, out) = converge(
-        &ghost.netns,
-        || tcp_udp("ghost", client.ip, true),
-        &[true, true],
-    );
+    let (ok, out) = converge(&ghost.netns, || tcp_udp("ghost", client.ip, true), &[true, true]);
     if !ok {
-        failures.push(format!(
-            "y/ghost never reached y/client once its Pod object was published: {out:?}"
-        ));
+        failures.push(format!("y/ghost never reached y/client once its Pod object was published: {out:?}"));
     }
     drop(client_server);
 
-    assert!(
-        failures.is_empty(),
-        "{} checks failed:\n{}",
-        failures.len(),
-        failures.join("\n")
-    );
+    assert!(failures.is_empty(), "{} checks failed:\n{}", failures.len(), failures.join("\n"));
 }
 
 // ---------------------------------------------------------------------------
@@ -1752,42 +1501,25 @@ fn paper_cluster() -> (BTreeMap<String, Ipv4Addr>, BTreeMap<String, Ipv4Addr>) {
 }
 
 fn paper_docs(state: &State, ips: &BTreeMap<String, Ipv4Addr>) -> Vec<String> {
-    let mut docs: Vec<String> = NAMESPACES
-        .iter()
-        .map(|ns| state.namespace_yaml(ns))
-        .collect();
+    let mut docs: Vec<String> = NAMESPACES.iter().map(|ns| state.namespace_yaml(ns)).collect();
     for (i, key) in pod_keys().iter().enumerate() {
         let node = if i % 2 == 0 { "n1" } else { "n2" };
         let host_ip = Ipv4Addr::new(172, 30, 0, 11 + (i % 2) as u8);
-        docs.push(pod_object(key, &state.pods[key]).yaml(
-            node,
-            Some(PodStatus {
-                pod_ip: ips[key],
-                host_ip,
-            }),
-        ));
+        docs.push(pod_object(key, &state.pods[key]).yaml(node, Some(PodStatus { pod_ip: ips[key], host_ip })));
     }
     docs.extend(state.policy_docs().into_values());
     docs
 }
 
 /// The 9x9 pod matrices a state expects, as text.
-fn paper_matrix(
-    state: &State,
-    ips: &BTreeMap<String, Ipv4Addr>,
-    nodes: &BTreeMap<String, Ipv4Addr>,
-) -> String {
+fn paper_matrix(state: &State, ips: &BTreeMap<String, Ipv4Addr>, nodes: &BTreeMap<String, Ipv4Addr>) -> String {
     let oracle = Oracle::new(&paper_docs(state, ips), nodes.clone()).unwrap();
     let mut out = String::new();
     for port in PORTS {
         for proto in PROTOS {
             for c in pod_keys() {
                 for d in pod_keys() {
-                    out.push(if oracle.allowed(&c, &d, proto, port, true) {
-                        '.'
-                    } else {
-                        'X'
-                    });
+                    out.push(if oracle.allowed(&c, &d, proto, port, true) { '.' } else { 'X' });
                 }
             }
         }
@@ -1810,21 +1542,13 @@ fn scenarios_are_valid_and_every_step_changes_the_expectation() {
     let baseline = paper_matrix(&State::baseline(), &ips, &nodes);
     let mut policy_scenarios_all_allowed = Vec::new();
     for s in &all {
-        assert!(
-            names.insert(s.name.clone()),
-            "two scenarios named {}",
-            s.name
-        );
+        assert!(names.insert(s.name.clone()), "two scenarios named {}", s.name);
         let mut previous = baseline.clone();
         for (i, step) in s.steps.iter().enumerate() {
             unique_docs.extend(paper_docs(&step.state, &ips));
             let m = paper_matrix(&step.state, &ips, &nodes);
             if i > 0 {
-                assert_ne!(
-                    m, previous,
-                    "{} / {} expects what the step before expected",
-                    s.name, step.name
-                );
+                assert_ne!(m, previous, "{} / {} expects what the step before expected", s.name, step.name);
             }
             if i == 0 && m == baseline && !step.state.policies.is_empty() {
                 policy_scenarios_all_allowed.push(s.name.clone());
@@ -1844,31 +1568,17 @@ fn scenarios_are_valid_and_every_step_changes_the_expectation() {
     let dir = std::env::temp_dir().join(format!("weir-netpol-validate-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("objects.yaml");
-    std::fs::write(
-        &file,
-        manifest::documents(&unique_docs.into_iter().collect::<Vec<_>>()),
-    )
-    .unwrap();
+    std::fs::write(&file, manifest::documents(&unique_docs.into_iter().collect::<Vec<_>>())).unwrap();
     let out = std::process::Command::new("kubernetes-validate")
         .arg("--strict")
         .arg(&file)
         .output()
         .expect("kubernetes-validate is missing: run `cargo xtask setup` (pip install kubernetes-validate)");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     let _ = std::fs::remove_dir_all(&dir);
-    assert!(
-        out.status.success(),
-        "scenario objects are not valid:\n{text}"
-    );
+    assert!(out.status.success(), "scenario objects are not valid:\n{text}");
     assert!(!text.contains("ERROR") && !text.contains("WARN"), "{text}");
     for kind in ["pod", "namespace", "networkpolicy"] {
-        assert!(
-            text.contains(&format!("passed for resource {kind}")),
-            "no {kind} validated:\n{text}"
-        );
+        assert!(text.contains(&format!("passed for resource {kind}")), "no {kind} validated:\n{text}");
     }
 }

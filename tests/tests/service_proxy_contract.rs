@@ -104,12 +104,17 @@ fn proxy_labels_health_check_and_programming_latency() {
     let publish = |labels: &[(&str, &str)]| {
         topo.write_manifest(
             "labelled.yaml",
-            &[service("labelled", vip, labels, ""), slice("labelled", server.ip, "n1", (true, true, false), &[("tcp", PORT)])],
+            &[
+                service("labelled", vip, labels, ""),
+                slice("labelled", server.ip, "n1", (true, true, false), &[("tcp", PORT)]),
+            ],
         )
         .unwrap()
     };
     publish(&[]);
-    until("the unlabelled Service is proxied", || reachable().and_then(|s| if s == "n1/server" { Ok(()) } else { Err(s) }));
+    until("the unlabelled Service is proxied", || {
+        reachable().and_then(|s| if s == "n1/server" { Ok(()) } else { Err(s) })
+    });
     let agent_bin = weir_testbed::bins::weir_agent().unwrap();
     let inspect_services = || {
         node.netns
@@ -131,28 +136,42 @@ fn proxy_labels_health_check_and_programming_latency() {
 
     // --- healthCheckNodePort with only a terminating local endpoint ---
     let (np, hc) = (30400, 30401);
-    let local = format!(
-        "  type: NodePort\n  externalTrafficPolicy: Local\n  healthCheckNodePort: {hc}\n"
-    );
-    let local_svc = service("local", Ipv4Addr::new(10, 96, 0, 41), &[], &local).replace(
-        &format!("    targetPort: {PORT}\n"),
-        &format!("    targetPort: {PORT}\n    nodePort: {np}\n"),
-    );
+    let local = format!("  type: NodePort\n  externalTrafficPolicy: Local\n  healthCheckNodePort: {hc}\n");
+    let local_svc = service("local", Ipv4Addr::new(10, 96, 0, 41), &[], &local)
+        .replace(&format!("    targetPort: {PORT}\n"), &format!("    targetPort: {PORT}\n    nodePort: {np}\n"));
     let health = || {
         let out = node
             .netns
-            .output(&["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "2", &format!("http://{}:{hc}/healthz", node.ip)])
+            .output(&[
+                "curl",
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "--max-time",
+                "2",
+                &format!("http://{}:{hc}/healthz", node.ip),
+            ])
             .map_err(|e| format!("{e:#}"))?;
         Ok::<String, String>(String::from_utf8_lossy(&out.stdout).trim().to_string())
     };
     let want = |code: &'static str| move || health().and_then(|c| if c == code { Ok(()) } else { Err(c) });
-    topo.write_manifest("local.yaml", &[local_svc.clone(), slice("local", server.ip, "n1", (false, true, true), &[("tcp", PORT)])]).unwrap();
+    topo.write_manifest(
+        "local.yaml",
+        &[local_svc.clone(), slice("local", server.ip, "n1", (false, true, true), &[("tcp", PORT)])],
+    )
+    .unwrap();
     until("503 with only a terminating local endpoint", want("503"));
     // Traffic that still arrives keeps going to the terminating endpoint.
     until("the NodePort still reaches the terminating endpoint", || {
         echo::ask(&client.netns, "tcp", node.ip, np, "x").map(|_| ()).map_err(|e| format!("{e:#}"))
     });
-    topo.write_manifest("local.yaml", &[local_svc, slice("local", server.ip, "n1", (true, true, false), &[("tcp", PORT)])]).unwrap();
+    topo.write_manifest(
+        "local.yaml",
+        &[local_svc, slice("local", server.ip, "n1", (true, true, false), &[("tcp", PORT)])],
+    )
+    .unwrap();
     until("200 once the local endpoint is ready", want("200"));
 
     // --- network programming latency ---

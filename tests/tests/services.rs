@@ -62,7 +62,13 @@ impl Cluster {
     /// The echo Service (TCP and UDP, NodePort for TCP) over `endpoints`.
     fn publish(&self, name: &str, vip: Ipv4Addr, endpoints: &[(Ipv4Addr, &str)], affinity: bool) {
         let ports = [
-            SvcPort { name: "tcp", protocol: "TCP", port: ECHO_PORT, target_port: ECHO_PORT, node_port: Some(NODE_PORT) },
+            SvcPort {
+                name: "tcp",
+                protocol: "TCP",
+                port: ECHO_PORT,
+                target_port: ECHO_PORT,
+                node_port: Some(NODE_PORT),
+            },
             SvcPort { name: "udp", protocol: "UDP", port: ECHO_PORT, target_port: ECHO_PORT, node_port: None },
         ];
         let ports = if affinity { &ports[..1] } else { &ports[..] };
@@ -140,7 +146,8 @@ fn node_port_from_an_external_client_reaches_local_and_remote_backends() {
     let (client, _) = c.topo.external_host("ext", 100).unwrap();
     for node in c.topo.nodes() {
         first_answer(&client, "tcp", node.ip, NODE_PORT);
-        let answers: Vec<Answer> = (0..16).map(|_| echo::ask(&client, "tcp", node.ip, NODE_PORT, "n").unwrap()).collect();
+        let answers: Vec<Answer> =
+            (0..16).map(|_| echo::ask(&client, "tcp", node.ip, NODE_PORT, "n").unwrap()).collect();
         assert!(answers.iter().all(|a| a.peer == node.ip), "replies must come from the node port: {answers:?}");
         let nodes_reached: BTreeSet<&str> = answers.iter().map(|a| &a.server[..2]).collect();
         assert_eq!(
@@ -205,7 +212,15 @@ fn an_established_connection_survives_an_agent_restart_with_its_backend() {
     let (connected, go, out) = (dir.join("connected"), dir.join("go"), dir.join("client.out"));
     let mut long = client
         .spawn(
-            &["python3", "-c", LONG_CLIENT, &VIP.to_string(), &ECHO_PORT.to_string(), connected.to_str().unwrap(), go.to_str().unwrap()],
+            &[
+                "python3",
+                "-c",
+                LONG_CLIENT,
+                &VIP.to_string(),
+                &ECHO_PORT.to_string(),
+                connected.to_str().unwrap(),
+                go.to_str().unwrap(),
+            ],
             &[],
             &out,
             false,
@@ -350,8 +365,11 @@ fn connect_time_balancing_refuses_services_without_endpoints() {
     ];
     let slice_ports = [("tcp", "TCP", ECHO_PORT), ("udp", "UDP", ECHO_PORT)];
     let publish = |endpoints: &[(Ipv4Addr, &str)]| {
-        topo.write_manifest("svc-no-pods.yaml", &[service_yaml("no-pods", VIP, &ports, false), endpoint_slice_yaml("no-pods", &slice_ports, endpoints)])
-            .unwrap()
+        topo.write_manifest(
+            "svc-no-pods.yaml",
+            &[service_yaml("no-pods", VIP, &ports, false), endpoint_slice_yaml("no-pods", &slice_ports, endpoints)],
+        )
+        .unwrap()
     };
     publish(&[]);
 
@@ -371,12 +389,18 @@ fn connect_time_balancing_refuses_services_without_endpoints() {
             }
             thread::sleep(Duration::from_millis(250));
         }
-        assert!(last.contains(&format!("ConnectionRefusedError: {ECONNREFUSED}")), "TCP connect from {who}: want ECONNREFUSED, got: {last}");
+        assert!(
+            last.contains(&format!("ConnectionRefusedError: {ECONNREFUSED}")),
+            "TCP connect from {who}: want ECONNREFUSED, got: {last}"
+        );
         // sendto() itself fails: nothing else could report ECONNREFUSED to
         // an unconnected UDP socket (recvfrom would time out).
         let udp = echo::ask_from(ns, Some(&cgroup), "udp", VIP, ECHO_PORT, "e").unwrap_err();
         let udp = format!("{udp:#}");
-        assert!(udp.contains(&format!("ConnectionRefusedError: {ECONNREFUSED}")), "UDP sendto from {who}: want ECONNREFUSED, got: {udp}");
+        assert!(
+            udp.contains(&format!("ConnectionRefusedError: {ECONNREFUSED}")),
+            "UDP sendto from {who}: want ECONNREFUSED, got: {udp}"
+        );
     }
 
     // One endpoint: the same clients, in the same cgroup, get through.
@@ -432,7 +456,10 @@ fn connect_time_balancing_attaches_below_unified_on_a_hybrid_host() {
     let mut agent = Agent::spawn_with(node, topo.manifest_dir(), Some(&host_cgroup)).unwrap();
     agent.wait_ready(Agent::ready_timeout()).unwrap();
     let log = std::fs::read_to_string(agent.log_path()).unwrap();
-    assert!(log.contains("its unified/ is") && log.contains(&*unified.to_string_lossy()), "the log must say where and why: {log}");
+    assert!(
+        log.contains("its unified/ is") && log.contains(&*unified.to_string_lossy()),
+        "the log must say where and why: {log}"
+    );
 
     let list = node.agent_conflist().unwrap();
     let backend = Pod::create(node, "b", &list).unwrap();
@@ -440,7 +467,10 @@ fn connect_time_balancing_attaches_below_unified_on_a_hybrid_host() {
     let ports = [SvcPort { name: "tcp", protocol: "TCP", port: ECHO_PORT, target_port: ECHO_PORT, node_port: None }];
     topo.write_manifest(
         "svc-echo.yaml",
-        &[service_yaml("echo", VIP, &ports, false), endpoint_slice_yaml("echo", &[("tcp", "TCP", ECHO_PORT)], &[(backend.ip, "n1")])],
+        &[
+            service_yaml("echo", VIP, &ports, false),
+            endpoint_slice_yaml("echo", &[("tcp", "TCP", ECHO_PORT)], &[(backend.ip, "n1")]),
+        ],
     )
     .unwrap();
     let mut last = None;

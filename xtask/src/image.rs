@@ -87,22 +87,10 @@ pub struct HostFile {
     pub package: &'static str,
 }
 
-const BUSYBOX: HostFile = HostFile {
-    path: "/bin/busybox",
-    package: "busybox-static",
-};
-const XTABLES_NFT: HostFile = HostFile {
-    path: "/usr/sbin/xtables-nft-multi",
-    package: "iptables",
-};
-const XTABLES_LEGACY: HostFile = HostFile {
-    path: "/usr/sbin/xtables-legacy-multi",
-    package: "iptables",
-};
-const CA_BUNDLE: HostFile = HostFile {
-    path: "/etc/ssl/certs/ca-certificates.crt",
-    package: "ca-certificates",
-};
+const BUSYBOX: HostFile = HostFile { path: "/bin/busybox", package: "busybox-static" };
+const XTABLES_NFT: HostFile = HostFile { path: "/usr/sbin/xtables-nft-multi", package: "iptables" };
+const XTABLES_LEGACY: HostFile = HostFile { path: "/usr/sbin/xtables-legacy-multi", package: "iptables" };
+const CA_BUNDLE: HostFile = HostFile { path: "/etc/ssl/certs/ca-certificates.crt", package: "ca-certificates" };
 /// Copied when present: iptables falls back to built-in names without them.
 const OPTIONAL: [&str; 3] = ["/etc/protocols", "/etc/services", "/etc/ethertypes"];
 
@@ -137,10 +125,7 @@ pub fn run(args: ImageArgs) -> Result<ExitCode> {
             bins::target_dir().join("release")
         }
     };
-    let output = args
-        .output
-        .clone()
-        .unwrap_or_else(|| bins::target_dir().join("weir-image.tar"));
+    let output = args.output.clone().unwrap_or_else(|| bins::target_dir().join("weir-image.tar"));
     if let Some(parent) = output.parent().filter(|p| !p.as_os_str().is_empty()) {
         fs::create_dir_all(parent).with_context(|| format!("create {}", parent.display()))?;
     }
@@ -169,10 +154,7 @@ pub fn run(args: ImageArgs) -> Result<ExitCode> {
         "load it with one of:\n  ctr -n k8s.io images import {out}\n  kind load image-archive {out} --name <cluster>\n  docker load -i {out}"
     );
     if name.full != DEFAULT_TAG {
-        println!(
-            "(manifests/weir.yaml runs {DEFAULT_TAG}: point it at {} to use this one)",
-            name.full
-        );
+        println!("(manifests/weir.yaml runs {DEFAULT_TAG}: point it at {} to use this one)", name.full);
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -180,7 +162,13 @@ pub fn run(args: ImageArgs) -> Result<ExitCode> {
 /// `cargo xtask image --output <output>` with the default name (what
 /// manifests/weir.yaml runs), from freshly built release binaries.
 pub fn build_default(output: &Path) -> Result<()> {
-    let args = ImageArgs { output: Some(output.to_path_buf()), tag: DEFAULT_TAG.into(), no_build: false, bin_dir: None, list: false };
+    let args = ImageArgs {
+        output: Some(output.to_path_buf()),
+        tag: DEFAULT_TAG.into(),
+        no_build: false,
+        bin_dir: None,
+        list: false,
+    };
     match run(args)? {
         c if c == ExitCode::SUCCESS => Ok(()),
         _ => bail!("building the image archive {} failed", output.display()),
@@ -189,15 +177,7 @@ pub fn build_default(output: &Path) -> Result<()> {
 
 fn build_release() -> Result<()> {
     let mut cmd = cargo::cargo();
-    cmd.args([
-        "build",
-        "--release",
-        "--bins",
-        "-p",
-        "weir-agent",
-        "-p",
-        "weir-cni",
-    ]);
+    cmd.args(["build", "--release", "--bins", "-p", "weir-agent", "-p", "weir-cni"]);
     cargo::must(&mut cmd).context(
         "building the release binaries failed; the agent embeds eBPF programs built on the \
          nightly with rust-src and bpf-linker 0.10.x, which `cargo xtask setup` installs",
@@ -217,10 +197,7 @@ fn binary_version(agent: &Path) -> Result<String> {
         .with_context(|| format!("{} --version", agent.display()))?;
     match out.split_whitespace().collect::<Vec<_>>().as_slice() {
         ["weir-agent", v] => Ok(v.to_string()),
-        _ => bail!(
-            "{} --version printed {out:?}, not \"weir-agent <version>\"",
-            agent.display()
-        ),
+        _ => bail!("{} --version printed {out:?}, not \"weir-agent <version>\"", agent.display()),
     }
 }
 
@@ -254,11 +231,7 @@ pub fn weir_rootfs(bin_dir: &Path) -> Result<Rootfs> {
         packages.dedup();
         bail!(
             "the image copies these from this host and they are missing: {}. Install them: `apt-get install {}` (or `cargo xtask setup`)",
-            missing
-                .iter()
-                .map(|(p, _)| p.as_str())
-                .collect::<Vec<_>>()
-                .join(", "),
+            missing.iter().map(|(p, _)| p.as_str()).collect::<Vec<_>>().join(", "),
             packages.join(" ")
         );
     }
@@ -276,23 +249,13 @@ pub fn weir_rootfs(bin_dir: &Path) -> Result<Rootfs> {
     // tools for `kubectl exec` (every applet is a link to it).
     let busybox = r.host(Path::new(BUSYBOX.path))?;
     let busybox_name = busybox.rsplit('/').next().unwrap_or("busybox").to_string();
-    let list = exec::run(
-        Command::new(BUSYBOX.path).arg("--list"),
-        exec::DEFAULT_TIMEOUT,
-    )?;
-    let mut applets: Vec<&str> = list
-        .lines()
-        .map(str::trim)
-        .filter(|a| !a.is_empty() && *a != busybox_name)
-        .collect();
+    let list = exec::run(Command::new(BUSYBOX.path).arg("--list"), exec::DEFAULT_TIMEOUT)?;
+    let mut applets: Vec<&str> = list.lines().map(str::trim).filter(|a| !a.is_empty() && *a != busybox_name).collect();
     applets.sort();
     if applets.is_empty() {
         bail!("{} --list printed no applets", BUSYBOX.path);
     }
-    let applet_dir = busybox
-        .rsplit_once('/')
-        .map_or("usr/bin", |(d, _)| d)
-        .to_string();
+    let applet_dir = busybox.rsplit_once('/').map_or("usr/bin", |(d, _)| d).to_string();
     for applet in applets {
         r.symlink(&format!("{applet_dir}/{applet}"), &busybox_name)?;
     }
@@ -303,10 +266,7 @@ pub fn weir_rootfs(bin_dir: &Path) -> Result<Rootfs> {
     // whatever this host selected: the image must not depend on it.
     r.host(Path::new(XTABLES_NFT.path))?;
     r.host(Path::new(XTABLES_LEGACY.path))?;
-    let multis = [
-        fs::canonicalize(XTABLES_NFT.path)?,
-        fs::canonicalize(XTABLES_LEGACY.path)?,
-    ];
+    let multis = [fs::canonicalize(XTABLES_NFT.path)?, fs::canonicalize(XTABLES_LEGACY.path)?];
     for entry in sorted_dir(Path::new("/usr/sbin"))? {
         let Ok(link) = fs::read_link(&entry) else {
             continue;
@@ -318,10 +278,7 @@ pub fn weir_rootfs(bin_dir: &Path) -> Result<Rootfs> {
             continue;
         }
         if link.starts_with("/etc/alternatives") {
-            let name = entry
-                .file_name()
-                .and_then(|n| n.to_str())
-                .context("non-UTF-8 name")?;
+            let name = entry.file_name().and_then(|n| n.to_str()).context("non-UTF-8 name")?;
             r.symlink(&format!("usr/sbin/{name}"), "xtables-nft-multi")?;
         } else {
             r.host(&entry)?;
@@ -335,36 +292,27 @@ pub fn weir_rootfs(bin_dir: &Path) -> Result<Rootfs> {
     for path in OPTIONAL.map(Path::new).into_iter().filter(|p| p.exists()) {
         r.host(path)?;
     }
-    r.bytes("etc/passwd", "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n", 0o644)?;
+    r.bytes(
+        "etc/passwd",
+        "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n",
+        0o644,
+    )?;
     r.bytes("etc/group", "root:x:0:\nnogroup:x:65534:\n", 0o644)?;
     r.bytes(
         "etc/nsswitch.conf",
         "passwd: files\ngroup: files\nshadow: files\nhosts: files dns\nnetworks: files\nprotocols: files\nservices: files\nethers: files\nrpc: files\n",
         0o644,
     )?;
-    r.bytes(
-        "etc/hosts",
-        "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n",
-        0o644,
-    )?;
+    r.bytes("etc/hosts", "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n", 0o644)?;
 
     r.add_dependencies()?;
     r.check()?;
     let mut absent: Vec<String> = MUST_HAVE.iter().map(|p| p.to_string()).collect();
-    absent.extend(
-        MUST_HAVE_XTABLES
-            .iter()
-            .map(|m| format!("usr/lib/{multiarch}/xtables/{m}")),
-    );
-    absent.retain(|p| {
-        r.resolve(p)
-            .is_none_or(|real| !matches!(r.entries().get(&real), Some(rootfs::Node::File { .. })))
-    });
+    absent.extend(MUST_HAVE_XTABLES.iter().map(|m| format!("usr/lib/{multiarch}/xtables/{m}")));
+    absent
+        .retain(|p| r.resolve(p).is_none_or(|real| !matches!(r.entries().get(&real), Some(rootfs::Node::File { .. }))));
     if !absent.is_empty() {
-        bail!(
-            "the image lacks what the DaemonSet runs: /{}",
-            absent.join(", /")
-        );
+        bail!("the image lacks what the DaemonSet runs: /{}", absent.join(", /"));
     }
     Ok(r)
 }
@@ -398,20 +346,11 @@ pub fn image_config(version: &str) -> Result<Value> {
 }
 
 /// Writes the layer beside `out`, then the archive; the layer file goes.
-pub fn write_archive(
-    rootfs: &Rootfs,
-    name: &ImageRef,
-    version: &str,
-    out: &Path,
-) -> Result<ArchiveDigests> {
-    let file_name = out
-        .file_name()
-        .context("output has no file name")?
-        .to_string_lossy();
+pub fn write_archive(rootfs: &Rootfs, name: &ImageRef, version: &str, out: &Path) -> Result<ArchiveDigests> {
+    let file_name = out.file_name().context("output has no file name")?.to_string_lossy();
     let layer = out.with_file_name(format!(".{file_name}.layer.tmp"));
-    let result = rootfs
-        .write_layer(&layer)
-        .and_then(|()| oci::write_image_archive(name, image_config(version)?, &layer, out));
+    let result =
+        rootfs.write_layer(&layer).and_then(|()| oci::write_image_archive(name, image_config(version)?, &layer, out));
     let _ = fs::remove_file(&layer);
     result
 }
@@ -457,39 +396,20 @@ mod tests {
         let r = weir_rootfs(&bins).unwrap();
         let list = r.listing().unwrap().join("\n");
         let is_file = |p: &str| {
-            r.resolve(p).is_some_and(|real| {
-                matches!(r.entries().get(&real), Some(rootfs::Node::File { .. }))
-            })
+            r.resolve(p).is_some_and(|real| matches!(r.entries().get(&real), Some(rootfs::Node::File { .. })))
         };
         for p in MUST_HAVE {
             assert!(is_file(p), "/{p} missing:\n{list}");
         }
         assert_eq!(r.resolve("bin/sh").as_deref(), Some("usr/bin/busybox"));
-        assert_eq!(
-            r.resolve("usr/sbin/iptables").as_deref(),
-            Some("usr/sbin/xtables-nft-multi")
-        );
-        assert_eq!(
-            r.resolve("usr/sbin/iptables-legacy").as_deref(),
-            Some("usr/sbin/xtables-legacy-multi")
-        );
+        assert_eq!(r.resolve("usr/sbin/iptables").as_deref(), Some("usr/sbin/xtables-nft-multi"));
+        assert_eq!(r.resolve("usr/sbin/iptables-legacy").as_deref(), Some("usr/sbin/xtables-legacy-multi"));
         let ma = multiarch().unwrap();
-        let modules = r
-            .entries()
-            .keys()
-            .filter(|k| k.starts_with(&format!("usr/lib/{ma}/xtables/")))
-            .count();
+        let modules = r.entries().keys().filter(|k| k.starts_with(&format!("usr/lib/{ma}/xtables/"))).count();
         assert!(modules > 50, "{modules} xtables modules");
-        assert!(is_file(&format!(
-            "usr/lib/{ma}/xtables/libxt_MASQUERADE.so"
-        )));
+        assert!(is_file(&format!("usr/lib/{ma}/xtables/libxt_MASQUERADE.so")));
         // The libraries iptables loads, and the loader.
-        for lib in [
-            "libxtables.so.12",
-            "libnftnl.so.11",
-            "libmnl.so.0",
-            "libc.so.6",
-        ] {
+        for lib in ["libxtables.so.12", "libnftnl.so.11", "libmnl.so.0", "libc.so.6"] {
             assert!(list.contains(lib), "{lib} missing:\n{list}");
         }
         assert!(!list.contains("/etc/alternatives"), "{list}");
@@ -517,36 +437,22 @@ mod tests {
         assert_eq!(da, db);
         let bytes = fs::read(&a).unwrap();
         assert!(bytes == fs::read(&b).unwrap(), "two builds, two archives");
-        assert!(
-            !bins.join(".a.tar.layer.tmp").exists(),
-            "the layer file is removed"
-        );
+        assert!(!bins.join(".a.tar.layer.tmp").exists(), "the layer file is removed");
 
         let files = tar_entries(&bytes).unwrap();
         let files: BTreeMap<&str, &TarEntry> = files.iter().map(|e| (e.path.as_str(), e)).collect();
-        let blob = |d: &str| {
-            files[format!("blobs/sha256/{}", d.strip_prefix("sha256:").unwrap()).as_str()]
-                .data
-                .clone()
-        };
+        let blob =
+            |d: &str| files[format!("blobs/sha256/{}", d.strip_prefix("sha256:").unwrap()).as_str()].data.clone();
         let config: Value = serde_json::from_slice(&blob(&da.config)).unwrap();
         assert_eq!(config["config"]["Entrypoint"], json!([ENTRYPOINT]));
         assert_eq!(config["config"]["Env"], json!([PATH_ENV]));
-        assert_eq!(
-            config["config"]["Labels"]["org.opencontainers.image.version"],
-            "9.9.9-test"
-        );
+        assert_eq!(config["config"]["Labels"]["org.opencontainers.image.version"], "9.9.9-test");
         assert_eq!(config["os"], "linux");
         let docker: Value = serde_json::from_slice(&files["manifest.json"].data).unwrap();
         assert_eq!(docker[0]["RepoTags"], json!(["weir:dev"]));
 
         let layer = tar_entries(&blob(&da.layer)).unwrap();
-        assert!(
-            layer
-                .iter()
-                .all(|e| e.mtime == 0 && e.uid == 0 && e.gid == 0),
-            "normalised headers"
-        );
+        assert!(layer.iter().all(|e| e.mtime == 0 && e.uid == 0 && e.gid == 0), "normalised headers");
         let order: Vec<&str> = layer.iter().map(|e| e.path.as_str()).collect();
         let mut sorted = order.clone();
         sorted.sort();
@@ -558,10 +464,7 @@ mod tests {
         assert_eq!((agent.kind, agent.mode), (EntryKind::File, 0o755));
         assert_eq!(layer["bin"].link.as_deref(), Some("usr/bin"));
         assert_eq!(layer["usr/bin/sh"].link.as_deref(), Some("busybox"));
-        assert_eq!(
-            (layer["tmp"].kind, layer["tmp"].mode),
-            (EntryKind::Dir, 0o1777)
-        );
+        assert_eq!((layer["tmp"].kind, layer["tmp"].mode), (EntryKind::Dir, 0o1777));
         fs::remove_dir_all(&bins).unwrap();
     }
 }

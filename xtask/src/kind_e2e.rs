@@ -153,10 +153,7 @@ fn find_in_path(name: &str) -> Option<String> {
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path)
         .map(|d| d.join(name))
-        .find(|p| {
-            p.metadata()
-                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        })
+        .find(|p| p.metadata().is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0))
         .map(|p| p.display().to_string())
 }
 
@@ -164,18 +161,11 @@ fn docker_info() -> Result<String, String> {
     let mut cmd = Command::new("docker");
     cmd.args(["info", "--format", "{{.ServerVersion}}"]);
     match exec::output(&mut cmd, None, Duration::from_secs(30)) {
-        Ok(out) if out.success() => Ok(format!(
-            "reachable (server {})",
-            out.stdout_str().trim()
-        )),
+        Ok(out) if out.success() => Ok(format!("reachable (server {})", out.stdout_str().trim())),
         Ok(out) => {
             let text = format!("{}{}", out.stderr_str(), out.stdout_str());
             let first: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty()).take(2).collect();
-            Err(format!(
-                "`docker info` failed ({}): {}",
-                out.describe_status(),
-                first.join(" / ")
-            ))
+            Err(format!("`docker info` failed ({}): {}", out.describe_status(), first.join(" / ")))
         }
         Err(e) => Err(format!("`docker info` did not run: {e:#}")),
     }
@@ -193,9 +183,7 @@ pub fn run(args: KindE2eArgs) -> Result<ExitCode> {
     }
 
     let root = bins::workspace_root();
-    let cluster = Cluster {
-        name: args.name.clone(),
-    };
+    let cluster = Cluster { name: args.name.clone() };
     let mut steps = Steps::default();
 
     // The image is an OCI archive built without docker (`cargo xtask
@@ -237,10 +225,7 @@ pub fn run(args: KindE2eArgs) -> Result<ExitCode> {
             .args(["create", "cluster", "--name", &cluster.name, "--config"])
             .arg(root.join("manifests/kind-config.yaml")),
     )?;
-    println!(
-        "    (if this run is interrupted: `kind delete cluster --name {}`)",
-        cluster.name
-    );
+    println!("    (if this run is interrupted: `kind delete cluster --name {}`)", cluster.name);
 
     let outcome = on_cluster(&cluster, &args, &root, &mut steps);
     let failed = match &outcome {
@@ -314,36 +299,28 @@ fn on_cluster(cluster: &Cluster, args: &KindE2eArgs, root: &Path, steps: &mut St
     steps.next(&format!("kubectl apply -f manifests/weir.yaml (k8s-service-host {api_host}, k8s-service-port 6443)"));
     let manifest = std::fs::read_to_string(root.join("manifests/weir.yaml")).context("reading manifests/weir.yaml")?;
     let applied = root.join("target").join(format!("weir-{}.yaml", cluster.name));
-    std::fs::write(&applied, with_api_server(&manifest, &api_host, 6443)?).with_context(|| format!("writing {}", applied.display()))?;
+    std::fs::write(&applied, with_api_server(&manifest, &api_host, 6443)?)
+        .with_context(|| format!("writing {}", applied.display()))?;
     must(cluster.kubectl().arg("apply").arg("-f").arg(&applied))?;
 
     steps.next("wait for the weir-agent DaemonSet rollout");
-    must(cluster.kubectl().args([
-        "-n",
-        "kube-system",
-        "rollout",
-        "status",
-        "daemonset/weir-agent",
-        "--timeout=6m",
-    ]))?;
+    must(cluster.kubectl().args(["-n", "kube-system", "rollout", "status", "daemonset/weir-agent", "--timeout=6m"]))?;
 
     steps.next("wait for every node to be Ready");
     must(cluster.kubectl().args(["wait", "--for=condition=Ready", "node", "--all", "--timeout=3m"]))?;
 
     steps.next("wait for CoreDNS (its first pods need the CNI)");
-    must(cluster.kubectl().args([
-        "-n",
-        "kube-system",
-        "rollout",
-        "status",
-        "deployment/coredns",
-        "--timeout=3m",
-    ]))?;
+    must(cluster.kubectl().args(["-n", "kube-system", "rollout", "status", "deployment/coredns", "--timeout=3m"]))?;
 
     let nodes = Nodes::read(cluster)?;
     println!(
         "    workers {} ({}) and {} ({}); control plane {} ({})",
-        nodes.workers[0].0, nodes.workers[0].1, nodes.workers[1].0, nodes.workers[1].1, nodes.control_plane.0, nodes.control_plane.1
+        nodes.workers[0].0,
+        nodes.workers[0].1,
+        nodes.workers[1].0,
+        nodes.workers[1].1,
+        nodes.control_plane.0,
+        nodes.control_plane.1
     );
 
     steps.next(&format!(
@@ -352,15 +329,7 @@ fn on_cluster(cluster: &Cluster, args: &KindE2eArgs, root: &Path, steps: &mut St
     ));
     let objects = test_objects(&args.test_image, &nodes.workers[0].0, &nodes.workers[1].0);
     apply_stdin(cluster, &objects)?;
-    must(cluster.kubectl().args([
-        "-n",
-        NAMESPACE,
-        "wait",
-        "--for=condition=Ready",
-        "pod",
-        "--all",
-        "--timeout=3m",
-    ]))?;
+    must(cluster.kubectl().args(["-n", NAMESPACE, "wait", "--for=condition=Ready", "pod", "--all", "--timeout=3m"]))?;
     let pods = Pods::read(cluster)?;
     let cluster_ip = cluster.get_json(&["-n", NAMESPACE, "get", "service", "web", "-o", "json"])?["spec"]["clusterIP"]
         .as_str()
@@ -489,20 +458,13 @@ impl Check {
             Ok(detail) => println!("    PASS {name} ({took:.1} s){}", detail_suffix(detail)),
             Err(e) => println!("    FAIL {name} ({took:.1} s): {e:#}"),
         }
-        Self {
-            name: name.to_string(),
-            ok: outcome.is_ok(),
-        }
+        Self { name: name.to_string(), ok: outcome.is_ok() }
     }
 }
 
 fn detail_suffix(detail: &str) -> String {
     let detail = detail.trim();
-    if detail.is_empty() || detail.contains('\n') {
-        String::new()
-    } else {
-        format!(": {detail}")
-    }
+    if detail.is_empty() || detail.contains('\n') { String::new() } else { format!(": {detail}") }
 }
 
 /// Retries `f` until it succeeds or `within` passes.
@@ -614,10 +576,7 @@ impl Cluster {
 
     /// A command in a test pod; its stdout, or an error quoting stderr.
     fn exec_in(&self, pod: &str, command: &[&str]) -> Result<String> {
-        exec::run(
-            self.kubectl().args(["-n", NAMESPACE, "exec", pod, "--"]).args(command),
-            SHORT,
-        )
+        exec::run(self.kubectl().args(["-n", NAMESPACE, "exec", pod, "--"]).args(command), SHORT)
     }
 
     /// GET / from a test pod (busybox wget, 3 s deadline): the body.
@@ -657,10 +616,7 @@ impl Nodes {
         let workers: [(String, String); 2] = workers
             .try_into()
             .map_err(|_| anyhow::anyhow!("expected 2 worker nodes (manifests/kind-config.yaml), found {n}"))?;
-        Ok(Self {
-            control_plane: control_plane.context("no control-plane node")?,
-            workers,
-        })
+        Ok(Self { control_plane: control_plane.context("no control-plane node")?, workers })
     }
 }
 
@@ -826,15 +782,7 @@ fn diagnostics(cluster: &Cluster) {
         &["get", "nodes", "-o", "wide"],
         &["get", "pods", "-A", "-o", "wide"],
         &["-n", NAMESPACE, "get", "events", "--sort-by=.lastTimestamp"],
-        &[
-            "-n",
-            "kube-system",
-            "logs",
-            "-l",
-            "app.kubernetes.io/name=weir-agent",
-            "--prefix",
-            "--tail=40",
-        ],
+        &["-n", "kube-system", "logs", "-l", "app.kubernetes.io/name=weir-agent", "--prefix", "--tail=40"],
     ];
     for args in show {
         let mut cmd = cluster.kubectl();
@@ -870,9 +818,11 @@ fn with_api_server(manifest: &str, host: &str, port: u16) -> Result<String> {
     if !manifest.contains(host_key) || !manifest.contains(port_key) {
         bail!("manifests/weir.yaml has no empty k8s-service-host/k8s-service-port in its ConfigMap");
     }
-    Ok(manifest
-        .replacen(host_key, &format!("  k8s-service-host: \"{host}\""), 1)
-        .replacen(port_key, &format!("  k8s-service-port: \"{port}\""), 1))
+    Ok(manifest.replacen(host_key, &format!("  k8s-service-host: \"{host}\""), 1).replacen(
+        port_key,
+        &format!("  k8s-service-port: \"{port}\""),
+        1,
+    ))
 }
 
 #[cfg(test)]
@@ -887,7 +837,8 @@ mod tests {
 
     #[test]
     fn everything_present_means_go() {
-        let states = check_prerequisites(found(&["docker", "kind", "kubectl"]), || Ok("reachable (server 27.0)".into()));
+        let states =
+            check_prerequisites(found(&["docker", "kind", "kubectl"]), || Ok("reachable (server 27.0)".into()));
         assert!(states.iter().all(|(_, s)| s.is_ok()), "{states:?}");
         let (text, ok) = prerequisites_report(&states);
         assert!(ok);
@@ -927,7 +878,8 @@ mod tests {
     #[test]
     fn only_wget_reporting_a_failure_counts_as_blocked() {
         let err = |text: &str| Err(anyhow::anyhow!("{text}"));
-        let timed_out = "`kubectl exec` failed (exit code 1): wget: download timed out\ncommand terminated with exit code 1";
+        let timed_out =
+            "`kubectl exec` failed (exit code 1): wget: download timed out\ncommand terminated with exit code 1";
         assert_eq!(blocked(err(timed_out)).unwrap(), Ok("wget: download timed out".to_string()));
         assert_eq!(blocked(Ok("web-a\n".into())).unwrap(), Err("web-a\n".to_string()));
         assert!(blocked(err("`kubectl exec` failed (exit code 1): error: pod client not found")).is_err());
@@ -947,7 +899,8 @@ mod tests {
 
     #[test]
     fn the_api_server_address_goes_into_the_configmap() {
-        let manifest = std::fs::read_to_string(weir_testbed::bins::workspace_root().join("manifests/weir.yaml")).unwrap();
+        let manifest =
+            std::fs::read_to_string(weir_testbed::bins::workspace_root().join("manifests/weir.yaml")).unwrap();
         let filled = with_api_server(&manifest, "weir-e2e-control-plane", 6443).unwrap();
         assert!(filled.contains("  k8s-service-host: \"weir-e2e-control-plane\"\n"));
         assert!(filled.contains("  k8s-service-port: \"6443\"\n"));

@@ -51,12 +51,7 @@ fn mark(r: &Result<(), String>) -> char {
 
 /// The grid (cells "ping http"), a per-category summary and the failures.
 pub fn render(endpoints: &[Endpoint], probes: &[Probe]) -> String {
-    let width = endpoints
-        .iter()
-        .map(|e| e.label.chars().count())
-        .max()
-        .unwrap_or(4)
-        .max(9);
+    let width = endpoints.iter().map(|e| e.label.chars().count()).max().unwrap_or(4).max(9);
     let mut out = String::new();
     let _ = write!(out, "{:<width$}", "from \\ to");
     for e in endpoints {
@@ -84,10 +79,8 @@ pub fn render(endpoints: &[Endpoint], probes: &[Probe]) -> String {
         }
     }
     for c in categories {
-        let in_cat: Vec<&Probe> = probes
-            .iter()
-            .filter(|p| category(&endpoints[p.from], &endpoints[p.to]) == c)
-            .collect();
+        let in_cat: Vec<&Probe> =
+            probes.iter().filter(|p| category(&endpoints[p.from], &endpoints[p.to]) == c).collect();
         let passed = in_cat.iter().filter(|p| p.ok()).count();
         let m = if passed == in_cat.len() { '✔' } else { '✘' };
         let _ = writeln!(out, "{m} {c:<26} {passed}/{} ok", in_cat.len());
@@ -99,11 +92,7 @@ pub fn render(endpoints: &[Endpoint], probes: &[Probe]) -> String {
             let (f, t) = (&endpoints[p.from].label, &endpoints[p.to].label);
             [("ping", &p.ping), ("http", &p.http)]
                 .into_iter()
-                .filter_map(move |(what, r)| {
-                    r.as_ref()
-                        .err()
-                        .map(|e| format!("  {what} {f} -> {t}: {e}"))
-                })
+                .filter_map(move |(what, r)| r.as_ref().err().map(|e| format!("  {what} {f} -> {t}: {e}")))
         })
         .collect();
     if !failures.is_empty() {
@@ -121,11 +110,7 @@ mod tests {
     use super::*;
 
     fn ep(label: &str, node: &str, kind: Kind) -> Endpoint {
-        Endpoint {
-            label: label.into(),
-            node: node.into(),
-            kind,
-        }
+        Endpoint { label: label.into(), node: node.into(), kind }
     }
 
     #[test]
@@ -136,10 +121,7 @@ mod tests {
             ep("n1", "n1", Kind::Node),
             ep("n2", "n2", Kind::Node),
         );
-        assert_eq!(
-            category(&a, &ep("n1/b", "n1", Kind::Pod)),
-            "pod -> pod, same node"
-        );
+        assert_eq!(category(&a, &ep("n1/b", "n1", Kind::Pod)), "pod -> pod, same node");
         assert_eq!(category(&a, &b), "pod -> pod, cross node");
         assert_eq!(category(&a, &n1), "pod -> own node");
         assert_eq!(category(&n2, &a), "node -> other node's pod");
@@ -150,18 +132,8 @@ mod tests {
     fn renders_marks_summary_and_failures() {
         let eps = vec![ep("n1/a", "n1", Kind::Pod), ep("n2/a", "n2", Kind::Pod)];
         let probes = vec![
-            Probe {
-                from: 0,
-                to: 1,
-                ping: Ok(()),
-                http: Ok(()),
-            },
-            Probe {
-                from: 1,
-                to: 0,
-                ping: Ok(()),
-                http: Err("timeout".into()),
-            },
+            Probe { from: 0, to: 1, ping: Ok(()), http: Ok(()) },
+            Probe { from: 1, to: 0, ping: Ok(()), http: Err("timeout".into()) },
         ];
         let text = render(&eps, &probes);
         assert!(text.contains("✔ ✔"), "{text}");

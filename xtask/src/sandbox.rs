@@ -15,8 +15,7 @@ use std::{fs, net::Ipv4Addr, process::ExitCode, thread};
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
 use weir_testbed::{
-    Agent, Node, Pod, RunPrefix, Topology, agent::Source, cleanup, netns::NetNs, pod::HTTP_PORT,
-    process::ChildGuard,
+    Agent, Node, Pod, RunPrefix, Topology, agent::Source, cleanup, netns::NetNs, pod::HTTP_PORT, process::ChildGuard,
 };
 
 use crate::{
@@ -72,20 +71,11 @@ pub fn run(args: SandboxArgs) -> Result<ExitCode> {
         let prefix = RunPrefix::parse(&prefix)?;
         let report = cleanup::sweep(&prefix);
         println!("sandbox {prefix}: {report}");
-        return Ok(if report.errors.is_empty() {
-            ExitCode::SUCCESS
-        } else {
-            ExitCode::FAILURE
-        });
+        return Ok(if report.errors.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE });
     }
     if args.list {
         for (prefix, m) in cleanup::list_runs() {
-            println!(
-                "{prefix}  {}  pid {}{}",
-                m.label,
-                m.pid,
-                if m.kept { "  (kept)" } else { "" }
-            );
+            println!("{prefix}  {}  pid {}{}", m.label, m.pid, if m.kept { "  (kept)" } else { "" });
         }
         return Ok(ExitCode::SUCCESS);
     }
@@ -99,10 +89,7 @@ pub fn run(args: SandboxArgs) -> Result<ExitCode> {
         weir_testbed::bins::weir_dev()?;
     }
 
-    let topo = Topology::builder("sandbox")
-        .nodes(2)
-        .detached(args.keep)
-        .build()?;
+    let topo = Topology::builder("sandbox").nodes(2).detached(args.keep).build()?;
     println!("sandbox {}: nodes {}", topo.prefix(), node_list(&topo));
 
     // Both agents start together; readiness is awaited afterwards.
@@ -113,15 +100,8 @@ pub fn run(args: SandboxArgs) -> Result<ExitCode> {
         .map(|(i, n)| Agent::spawn_from(n, topo.manifest_dir(), args.source.for_node(i), None))
         .collect::<Result<_>>()?;
     for (agent, node) in agents.iter_mut().zip(topo.nodes()) {
-        agent
-            .wait_ready(Agent::ready_timeout())
-            .with_context(|| format!("agent on {}", node.name))?;
-        println!(
-            "agent on {} ready, {} (log: {})",
-            node.name,
-            source_note(agent, node),
-            agent.log_path().display()
-        );
+        agent.wait_ready(Agent::ready_timeout()).with_context(|| format!("agent on {}", node.name))?;
+        println!("agent on {} ready, {} (log: {})", node.name, source_note(agent, node), agent.log_path().display());
     }
 
     let mut pods = Vec::new();
@@ -130,17 +110,11 @@ pub fn run(args: SandboxArgs) -> Result<ExitCode> {
         for name in PODS_PER_NODE {
             let mut pod = Pod::create(node, name, &conflist)?;
             pod.serve_http()?;
-            println!(
-                "pod {}/{name}: {} (netns {})",
-                node.name,
-                pod.ip,
-                pod.netns.name()
-            );
+            println!("pod {}/{name}: {} (netns {})", node.name, pod.ip, pod.netns.name());
             pods.push(pod);
         }
     }
-    let node_servers: Vec<ChildGuard> =
-        topo.nodes().iter().map(serve_node).collect::<Result<_>>()?;
+    let node_servers: Vec<ChildGuard> = topo.nodes().iter().map(serve_node).collect::<Result<_>>()?;
 
     let (endpoints, targets) = endpoints(&topo, &pods);
     let probes = probe_all(&topo, &pods, &endpoints, &targets);
@@ -148,14 +122,7 @@ pub fn run(args: SandboxArgs) -> Result<ExitCode> {
     let (services_ok, mut external) = sandbox_services::demo(&topo, &pods)?;
     let policy_ok = crate::sandbox_policy::demo(&topo, &mut pods)?;
     let all_ok = probes.iter().all(Probe::ok) && services_ok && policy_ok;
-    println!(
-        "{}",
-        if all_ok {
-            "all paths work"
-        } else {
-            "SOME PATHS FAIL (see above)"
-        }
-    );
+    println!("{}", if all_ok { "all paths work" } else { "SOME PATHS FAIL (see above)" });
 
     if args.keep {
         let prefix = topo.prefix().clone();
@@ -180,11 +147,7 @@ pub fn run(args: SandboxArgs) -> Result<ExitCode> {
         drop(topo);
         println!("sandbox torn down");
     }
-    Ok(if all_ok {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    Ok(if all_ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
 fn source_note(agent: &Agent, node: &weir_testbed::Node) -> String {
@@ -202,11 +165,7 @@ fn source_note(agent: &Agent, node: &weir_testbed::Node) -> String {
 }
 
 fn node_list(topo: &Topology) -> String {
-    topo.nodes()
-        .iter()
-        .map(|n| format!("{} {} podCIDR {}", n.name, n.ip, n.pod_cidr))
-        .collect::<Vec<_>>()
-        .join(", ")
+    topo.nodes().iter().map(|n| format!("{} {} podCIDR {}", n.name, n.ip, n.pod_cidr)).collect::<Vec<_>>().join(", ")
 }
 
 /// busybox httpd in the node namespace, so "pod -> node" has HTTP too.
@@ -214,12 +173,7 @@ fn serve_node(node: &Node) -> Result<ChildGuard> {
     let root = node.dirs.www.join("_node");
     fs::create_dir_all(&root)?;
     fs::write(root.join("index.html"), node_body(&node.name))?;
-    node.netns.start_httpd(
-        &root,
-        HTTP_PORT,
-        &node.dirs.logs.join("httpd-node.log"),
-        node.detached(),
-    )
+    node.netns.start_httpd(&root, HTTP_PORT, &node.dirs.logs.join("httpd-node.log"), node.detached())
 }
 
 fn node_body(node: &str) -> String {
@@ -236,42 +190,19 @@ fn endpoints(topo: &Topology, pods: &[Pod]) -> (Vec<Endpoint>, Vec<Target>) {
     let mut eps = Vec::new();
     let mut targets = Vec::new();
     for p in pods {
-        eps.push(Endpoint {
-            label: format!("{}/{}", p.node, p.name),
-            node: p.node.clone(),
-            kind: Kind::Pod,
-        });
-        targets.push(Target {
-            ip: p.ip,
-            body: p.http_body(),
-        });
+        eps.push(Endpoint { label: format!("{}/{}", p.node, p.name), node: p.node.clone(), kind: Kind::Pod });
+        targets.push(Target { ip: p.ip, body: p.http_body() });
     }
     for n in topo.nodes() {
-        eps.push(Endpoint {
-            label: n.name.clone(),
-            node: n.name.clone(),
-            kind: Kind::Node,
-        });
-        targets.push(Target {
-            ip: n.ip,
-            body: node_body(&n.name),
-        });
+        eps.push(Endpoint { label: n.name.clone(), node: n.name.clone(), kind: Kind::Node });
+        targets.push(Target { ip: n.ip, body: node_body(&n.name) });
     }
     (eps, targets)
 }
 
 /// Every ordered pair, one thread per source.
-fn probe_all(
-    topo: &Topology,
-    pods: &[Pod],
-    endpoints: &[Endpoint],
-    targets: &[Target],
-) -> Vec<Probe> {
-    let sources: Vec<&NetNs> = pods
-        .iter()
-        .map(|p| &p.netns)
-        .chain(topo.nodes().iter().map(|n| &n.netns))
-        .collect();
+fn probe_all(topo: &Topology, pods: &[Pod], endpoints: &[Endpoint], targets: &[Target]) -> Vec<Probe> {
+    let sources: Vec<&NetNs> = pods.iter().map(|p| &p.netns).chain(topo.nodes().iter().map(|n| &n.netns)).collect();
     thread::scope(|s| {
         let handles: Vec<_> = sources
             .iter()
@@ -285,64 +216,30 @@ fn probe_all(
                 })
             })
             .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| h.join().expect("probe thread panicked"))
-            .collect()
+        handles.into_iter().flat_map(|h| h.join().expect("probe thread panicked")).collect()
     })
 }
 
 fn probe(ns: &NetNs, from: usize, to: usize, target: &Target) -> Probe {
     let ping = ns.ping(target.ip).map_err(|e| format!("{e:#}"));
-    let http = ns
-        .curl(&format!("http://{}:{HTTP_PORT}/", target.ip))
-        .map_err(|e| format!("{e:#}"))
-        .and_then(|body| {
-            if body == target.body {
-                Ok(())
-            } else {
-                Err(format!("answered {body:?}, expected {:?}", target.body))
-            }
-        });
-    Probe {
-        from,
-        to,
-        ping,
-        http,
-    }
+    let http = ns.curl(&format!("http://{}:{HTTP_PORT}/", target.ip)).map_err(|e| format!("{e:#}")).and_then(|body| {
+        if body == target.body { Ok(()) } else { Err(format!("answered {body:?}, expected {:?}", target.body)) }
+    });
+    Probe { from, to, ping, http }
 }
 
 fn print_poke_help(topo: &Topology, pods: &[Pod], agents: &[Agent]) {
     println!("\nsandbox {} kept. Poke at it (as root):", topo.prefix());
     let n1 = &topo.nodes()[0];
-    println!(
-        "  {} ip route                      # node n1's routes",
-        n1.netns.nsenter()
-    );
+    println!("  {} ip route                      # node n1's routes", n1.netns.nsenter());
     if let (Some(a), Some(b)) = (pods.first(), pods.last()) {
-        println!(
-            "  {} ping -c1 {}        # {}/{} -> {}/{}",
-            a.netns.nsenter(),
-            b.ip,
-            a.node,
-            a.name,
-            b.node,
-            b.name
-        );
+        println!("  {} ping -c1 {}        # {}/{} -> {}/{}", a.netns.nsenter(), b.ip, a.node, a.name, b.node, b.name);
         println!("  {} curl -s {}", a.netns.nsenter(), b.url());
     }
-    println!(
-        "  {} bpftool net show              # weir_from_pod on each pod veth",
-        n1.netns.nsenter()
-    );
+    println!("  {} bpftool net show              # weir_from_pod on each pod veth", n1.netns.nsenter());
     println!("  conflist: {}", n1.conflist_path().display());
     for (agent, node) in agents.iter().zip(topo.nodes()) {
-        println!(
-            "  agent {} (pid {}): log {}",
-            node.name,
-            agent.pid(),
-            agent.log_path().display()
-        );
+        println!("  agent {} (pid {}): log {}", node.name, agent.pid(), agent.log_path().display());
         if let Some((pid, log)) = agent.fake_api() {
             println!(
                 "  fake API of {} (pid {pid}): log {}; kubeconfig {}",

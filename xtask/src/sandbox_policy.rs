@@ -22,7 +22,9 @@ pub fn demo(topo: &Topology, pods: &mut [Pod]) -> Result<bool> {
     topo.write_manifest(POLICY_FILE, &[network_policy_yaml("default", "db-from-web", POLICY)])?;
     let db_ip = pods[db].ip;
     let url = format!("http://{db_ip}:{HTTP_PORT}/");
-    println!("\nNetworkPolicy default/db-from-web: pod n1/a ({db_ip}, role=db) accepts TCP 80 only from role=web (n2/a)");
+    println!(
+        "\nNetworkPolicy default/db-from-web: pod n1/a ({db_ip}, role=db) accepts TCP 80 only from role=web (n2/a)"
+    );
 
     // Expected: (who, allowed). The agents poll their manifests: retry
     // until the picture is as expected or 15 s pass.
@@ -60,7 +62,8 @@ pub fn demo(topo: &Topology, pods: &mut [Pod]) -> Result<bool> {
 
 /// Whether each other pod, then each node, gets the db pod's page.
 fn probe(topo: &Topology, pods: &[Pod], db: usize, url: &str) -> Vec<bool> {
-    let mut seen: Vec<bool> = pods.iter().enumerate().filter(|(i, _)| *i != db).map(|(_, p)| p.curl(url).is_ok()).collect();
+    let mut seen: Vec<bool> =
+        pods.iter().enumerate().filter(|(i, _)| *i != db).map(|(_, p)| p.curl(url).is_ok()).collect();
     for node in topo.nodes() {
         seen.push(node.netns.curl(url).is_ok());
     }
@@ -74,8 +77,25 @@ fn explain(topo: &Topology, from: &Pod, to: &Pod) {
     let (pins, run) = (node.pin_dir.display().to_string(), node.dirs.run.display().to_string());
     let (f, t) = (from.ip.to_string(), to.ip.to_string());
     let agent = agent.display().to_string();
-    let args = [&agent[..], "inspect", "verdict", "--bpf-pin-dir", &pins, "--run-dir", &run, "--from", &f, "--to", &t, "--port", "80/tcp"];
-    println!("\nwhy is {}/{} refused? weir-agent inspect verdict --from {f} --to {t} --port 80/tcp (on {}):", from.node, from.name, to.node);
+    let args = [
+        &agent[..],
+        "inspect",
+        "verdict",
+        "--bpf-pin-dir",
+        &pins,
+        "--run-dir",
+        &run,
+        "--from",
+        &f,
+        "--to",
+        &t,
+        "--port",
+        "80/tcp",
+    ];
+    println!(
+        "\nwhy is {}/{} refused? weir-agent inspect verdict --from {f} --to {t} --port 80/tcp (on {}):",
+        from.node, from.name, to.node
+    );
     match node.netns.output(&args) {
         Ok(out) if out.success() => print!("{}", out.stdout_str()),
         Ok(out) => println!("  (inspect failed: {})", out.stderr_str().trim()),

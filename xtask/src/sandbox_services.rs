@@ -19,7 +19,8 @@ const TRIES: usize = 8;
 /// Publishes the Services, probes them, prints a table; true when all work.
 /// The external host is returned so a kept sandbox keeps it.
 pub fn demo(topo: &Topology, pods: &[Pod]) -> Result<(bool, NetNs)> {
-    let http = |node_port| SvcPort { name: "http", protocol: "TCP", port: HTTP_PORT, target_port: HTTP_PORT, node_port };
+    let http =
+        |node_port| SvcPort { name: "http", protocol: "TCP", port: HTTP_PORT, target_port: HTTP_PORT, node_port };
     let endpoints: Vec<(Ipv4Addr, &str)> = pods.iter().map(|p| (p.ip, p.node.as_str())).collect();
     topo.write_manifest(
         "services.yaml",
@@ -31,7 +32,9 @@ pub fn demo(topo: &Topology, pods: &[Pod]) -> Result<(bool, NetNs)> {
         ],
     )?;
     let (external, external_ip) = topo.external_host("ext", 100)?;
-    println!("\nServices: web {WEB_VIP}:{HTTP_PORT} (NodePort {NODE_PORT}) over all 4 pods; empty {EMPTY_VIP}:{HTTP_PORT} with no endpoints; external client {external_ip}");
+    println!(
+        "\nServices: web {WEB_VIP}:{HTTP_PORT} (NodePort {NODE_PORT}) over all 4 pods; empty {EMPTY_VIP}:{HTTP_PORT} with no endpoints; external client {external_ip}"
+    );
 
     // The agents poll their manifest directory: wait for the first answer.
     let first = &pods[0].netns;

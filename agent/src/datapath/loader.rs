@@ -15,7 +15,9 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/we
 pub enum DatapathError {
     #[error("cannot create pin directory {path}: {source} (is bpffs mounted there?)")]
     PinDir { path: PathBuf, source: std::io::Error },
-    #[error("cannot load the eBPF object: {source} (an existing pinned map with another layout? run `weir-agent cleanup`)")]
+    #[error(
+        "cannot load the eBPF object: {source} (an existing pinned map with another layout? run `weir-agent cleanup`)"
+    )]
     Load { source: aya::EbpfError },
     #[error("program {name} missing from the eBPF object")]
     MissingProgram { name: &'static str },
@@ -72,10 +74,12 @@ impl Datapath {
         let tmp = dir.join(format!("{name}_new"));
         let path = dir.join(name);
         let _ = std::fs::remove_file(&tmp);
-        prog.pin(&tmp)
-            .map_err(|e| DatapathError::Pin { name, path: tmp.clone(), reason: error_chain(&e) })?;
-        std::fs::rename(&tmp, &path)
-            .map_err(|e| DatapathError::Pin { name, path: path.clone(), reason: e.to_string() })?;
+        prog.pin(&tmp).map_err(|e| DatapathError::Pin { name, path: tmp.clone(), reason: error_chain(&e) })?;
+        std::fs::rename(&tmp, &path).map_err(|e| DatapathError::Pin {
+            name,
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
         Ok(())
     }
 }
@@ -114,15 +118,20 @@ impl Datapath {
     #[cfg(test)]
     pub fn endpoints(
         &mut self,
-    ) -> Result<aya::maps::HashMap<&mut MapData, weir_common::EndpointKey, weir_common::EndpointInfo>, DatapathError> {
+    ) -> Result<aya::maps::HashMap<&mut MapData, weir_common::EndpointKey, weir_common::EndpointInfo>, DatapathError>
+    {
         self.endpoints_map()
     }
 
     pub fn endpoints_map(
         &mut self,
-    ) -> Result<aya::maps::HashMap<&mut MapData, weir_common::EndpointKey, weir_common::EndpointInfo>, DatapathError> {
+    ) -> Result<aya::maps::HashMap<&mut MapData, weir_common::EndpointKey, weir_common::EndpointInfo>, DatapathError>
+    {
         let name = pin::MAP_ENDPOINTS;
-        let map = self.ebpf.map_mut(name).ok_or(DatapathError::Map { name, source: aya::maps::MapError::InvalidName { name: name.into() } })?;
+        let map = self
+            .ebpf
+            .map_mut(name)
+            .ok_or(DatapathError::Map { name, source: aya::maps::MapError::InvalidName { name: name.into() } })?;
         aya::maps::HashMap::try_from(map).map_err(|source| DatapathError::Map { name, source })
     }
 

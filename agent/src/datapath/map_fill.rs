@@ -141,7 +141,12 @@ fn count_batched(fd: RawFd, key_size: usize, value_size: usize) -> Option<u64> {
         // values of the sizes the map reported, and two position buffers at
         // least as large as a key; the kernel writes back `count`.
         let ret = unsafe {
-            libc::syscall(libc::SYS_bpf, BPF_MAP_LOOKUP_BATCH, &mut attr as *mut BatchAttr, std::mem::size_of::<BatchAttr>())
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_MAP_LOOKUP_BATCH,
+                &mut attr as *mut BatchAttr,
+                std::mem::size_of::<BatchAttr>(),
+            )
         };
         if ret == 0 {
             n += u64::from(attr.count);
@@ -180,7 +185,12 @@ fn count(fd: RawFd, key_size: usize) -> u64 {
         };
         // Safety: the attr points at two live buffers of the map's key size.
         let ret = unsafe {
-            libc::syscall(libc::SYS_bpf, BPF_MAP_GET_NEXT_KEY, &attr as *const NextKeyAttr, std::mem::size_of::<NextKeyAttr>())
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_MAP_GET_NEXT_KEY,
+                &attr as *const NextKeyAttr,
+                std::mem::size_of::<NextKeyAttr>(),
+            )
         };
         if ret != 0 {
             return n;
@@ -226,17 +236,32 @@ mod tests {
     fn create(map_type: u32, key_size: u32, value_size: u32, max_entries: u32, map_flags: u32) -> OwnedFd {
         let attr = CreateAttr { map_type, key_size, value_size, max_entries, map_flags };
         // Safety: a map-create attr; the kernel zero-extends the rest.
-        let fd = unsafe { libc::syscall(libc::SYS_bpf, BPF_MAP_CREATE, &attr as *const CreateAttr, std::mem::size_of::<CreateAttr>()) };
+        let fd = unsafe {
+            libc::syscall(libc::SYS_bpf, BPF_MAP_CREATE, &attr as *const CreateAttr, std::mem::size_of::<CreateAttr>())
+        };
         assert!(fd >= 0, "BPF_MAP_CREATE type {map_type}: {}", std::io::Error::last_os_error());
         // Safety: a fresh fd we own.
         unsafe { OwnedFd::from_raw_fd(fd as RawFd) }
     }
 
     fn put(fd: &OwnedFd, key: &[u8], value: &[u8]) {
-        let attr = UpdateAttr { map_fd: fd.as_raw_fd() as u32, _pad: 0, key: key.as_ptr() as u64, value: value.as_ptr() as u64, flags: 0 };
+        let attr = UpdateAttr {
+            map_fd: fd.as_raw_fd() as u32,
+            _pad: 0,
+            key: key.as_ptr() as u64,
+            value: value.as_ptr() as u64,
+            flags: 0,
+        };
         // Safety: key and value buffers of the map's sizes (per-CPU maps
         // take one value per possible CPU, which `value` holds).
-        let ret = unsafe { libc::syscall(libc::SYS_bpf, BPF_MAP_UPDATE_ELEM, &attr as *const UpdateAttr, std::mem::size_of::<UpdateAttr>()) };
+        let ret = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_MAP_UPDATE_ELEM,
+                &attr as *const UpdateAttr,
+                std::mem::size_of::<UpdateAttr>(),
+            )
+        };
         assert_eq!(ret, 0, "BPF_MAP_UPDATE_ELEM: {}", std::io::Error::last_os_error());
     }
 
@@ -247,15 +272,24 @@ mod tests {
     #[ignore = "privileged: needs root (BPF_MAP_CREATE); `cargo xtask test` runs it as root"]
     fn batched_and_key_by_key_counts_agree() {
         let cpus = aya::util::nr_cpus().unwrap();
-        for (map_type, flags, value_size, entries) in
-            [(HASH, 0, 12, 5000), (LRU_HASH, 0, 24, 3000), (PERCPU_HASH, 0, 16, 1500), (LPM_TRIE, NO_PREALLOC, 1, 2500), (HASH, 0, 4, 0)]
-        {
+        for (map_type, flags, value_size, entries) in [
+            (HASH, 0, 12, 5000),
+            (LRU_HASH, 0, 24, 3000),
+            (PERCPU_HASH, 0, 16, 1500),
+            (LPM_TRIE, NO_PREALLOC, 1, 2500),
+            (HASH, 0, 4, 0),
+        ] {
             let per_cpu = map_type == PERCPU_HASH;
             let fd = create(map_type, 8, value_size, 8192, flags);
-            let value = vec![7u8; if per_cpu { (value_size as usize).next_multiple_of(8) * cpus } else { value_size as usize }];
+            let value =
+                vec![7u8; if per_cpu { (value_size as usize).next_multiple_of(8) * cpus } else { value_size as usize }];
             for i in 0..entries as u32 {
                 // LPM keys: a /32 prefix length, then the address.
-                let key = if map_type == LPM_TRIE { [32u32.to_ne_bytes(), (0x0a00_0000 + i).to_be_bytes()].concat() } else { u64::from(i).to_ne_bytes().to_vec() };
+                let key = if map_type == LPM_TRIE {
+                    [32u32.to_ne_bytes(), (0x0a00_0000 + i).to_be_bytes()].concat()
+                } else {
+                    u64::from(i).to_ne_bytes().to_vec()
+                };
                 put(&fd, &key, &value);
             }
             let raw = fd.as_raw_fd();

@@ -25,7 +25,8 @@ pub fn run(dp: &Datapath, name: &str, packet: &[u8], ifindex: u32) -> Result<Out
     let mut out = vec![0u8; packet.len() + 256];
     let mut ctx = [0u8; SK_BUFF_SIZE];
     ctx[SK_BUFF_IFINDEX_OFFSET..SK_BUFF_IFINDEX_OFFSET + 4].copy_from_slice(&ifindex.to_ne_bytes());
-    let opts = TestRunOptions { data_in: Some(packet), data_out: Some(&mut out), ctx_in: Some(&ctx), ..TestRunOptions::new() };
+    let opts =
+        TestRunOptions { data_in: Some(packet), data_out: Some(&mut out), ctx_in: Some(&ctx), ..TestRunOptions::new() };
     let result = prog.test_run(opts)?;
     out.truncate(result.data_size_out as usize);
     Ok(Outcome { retval: result.return_value, packet: out })

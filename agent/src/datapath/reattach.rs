@@ -4,11 +4,7 @@
 //! veth's tcx chain (it ends the chain, so the old one stops seeing
 //! packets), then its link replaces the old one's pin, which detaches the
 //! old program. No packet passes unprocessed in between.
-use aya::programs::{
-    LinkOrder, SchedClassifier, TcAttachType,
-    links::FdLink,
-    tc::TcAttachOptions,
-};
+use aya::programs::{LinkOrder, SchedClassifier, TcAttachType, links::FdLink, tc::TcAttachOptions};
 use tracing::{info, warn};
 use weir_common::pin;
 
@@ -61,7 +57,13 @@ impl Datapath {
         out
     }
 
-    fn swap_link(&mut self, prog: &'static str, attach_type: TcAttachType, veth: &str, pin_path: &std::path::Path) -> Result<(), String> {
+    fn swap_link(
+        &mut self,
+        prog: &'static str,
+        attach_type: TcAttachType,
+        veth: &str,
+        pin_path: &std::path::Path,
+    ) -> Result<(), String> {
         let classifier: &mut SchedClassifier = self
             .ebpf_mut()
             .program_mut(prog)
@@ -74,10 +76,8 @@ impl Datapath {
         let link = classifier.take_link(id).map_err(|e| e.to_string())?;
         let fd_link = FdLink::try_from(link).map_err(|e| e.to_string())?;
         // bpffs refuses dots in names.
-        let tmp = pin_path.with_file_name(format!(
-            "{}_new",
-            pin_path.file_name().and_then(|n| n.to_str()).unwrap_or("link")
-        ));
+        let tmp =
+            pin_path.with_file_name(format!("{}_new", pin_path.file_name().and_then(|n| n.to_str()).unwrap_or("link")));
         let _ = std::fs::remove_file(&tmp);
         fd_link.pin(&tmp).map_err(|e| e.to_string())?;
         std::fs::rename(&tmp, pin_path).map_err(|e| e.to_string())

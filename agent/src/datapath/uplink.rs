@@ -61,7 +61,13 @@ impl Datapath {
         self.attach_uplink_one(pin::PROG_TO_NETDEV, ifname, TcAttachType::Egress, &format!("uplink_{ifname}_egress"))
     }
 
-    fn attach_uplink_one(&mut self, prog: &'static str, ifname: &str, direction: TcAttachType, pin_name: &str) -> Result<(), UplinkError> {
+    fn attach_uplink_one(
+        &mut self,
+        prog: &'static str,
+        ifname: &str,
+        direction: TcAttachType,
+        pin_name: &str,
+    ) -> Result<(), UplinkError> {
         let fail = |reason: String| UplinkError::Attach { prog, ifname: ifname.to_string(), reason };
         let links = self.pin_dir.join(pin::LINKS_DIR);
         let classifier: &mut SchedClassifier = self

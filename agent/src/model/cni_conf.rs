@@ -71,11 +71,7 @@ mod tests {
 
     #[test]
     fn renders_contract_fields() {
-        let text = render(
-            &settings(),
-            "10.244.3.0/24".parse().unwrap(),
-            "10.244.0.0/16".parse().unwrap(),
-        );
+        let text = render(&settings(), "10.244.3.0/24".parse().unwrap(), "10.244.0.0/16".parse().unwrap());
         let v: serde_json::Value = serde_json::from_str(&text).unwrap();
         assert_eq!(v["cniVersion"], "1.1.0");
         assert_eq!(v["name"], "weir");
@@ -93,12 +89,9 @@ mod tests {
     fn portmap_is_optional() {
         let mut s = settings();
         s.chain_portmap = false;
-        let v: serde_json::Value = serde_json::from_str(&render(
-            &s,
-            "10.244.3.0/24".parse().unwrap(),
-            "10.244.0.0/16".parse().unwrap(),
-        ))
-        .unwrap();
+        let v: serde_json::Value =
+            serde_json::from_str(&render(&s, "10.244.3.0/24".parse().unwrap(), "10.244.0.0/16".parse().unwrap()))
+                .unwrap();
         assert_eq!(v["plugins"].as_array().unwrap().len(), 1);
     }
 }

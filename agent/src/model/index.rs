@@ -75,7 +75,10 @@ pub enum Change<T> {
     /// A complete list in which the objects named in `keep` could not be
     /// read: those keep the version the index has (if any), the rest is as
     /// `Relisted`.
-    RelistedKeeping { objects: Vec<T>, keep: Vec<String> },
+    RelistedKeeping {
+        objects: Vec<T>,
+        keep: Vec<String>,
+    },
 }
 
 impl<T: Keyed> KindIndex<T> {
@@ -172,11 +175,7 @@ impl ClusterIndex {
 
     /// Applies a Services change; returns the keys of Services that changed.
     pub fn change_services(&mut self, change: Change<ServiceInfo>) -> Vec<ObjectKey> {
-        self.services
-            .change(change)
-            .into_iter()
-            .filter_map(|(old, new)| new.or(old).map(|s| s.key))
-            .collect()
+        self.services.change(change).into_iter().filter_map(|(old, new)| new.or(old).map(|s| s.key)).collect()
     }
 
     /// Applies an EndpointSlices change; returns the Services whose
@@ -211,12 +210,7 @@ impl ClusterIndex {
 
     /// The EndpointSlices of one Service.
     pub fn slices_of(&self, service: &str) -> Vec<&EndpointSliceInfo> {
-        self.slices_by_service
-            .get(service)
-            .into_iter()
-            .flatten()
-            .filter_map(|k| self.slices.get(k))
-            .collect()
+        self.slices_by_service.get(service).into_iter().flatten().filter_map(|k| self.slices.get(k)).collect()
     }
 
     /// Services can be pruned from the datapath only once both Services and

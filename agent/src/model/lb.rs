@@ -131,7 +131,10 @@ pub fn plan_service(svc: &ServiceInfo, svc_slices: &[&EndpointSliceInfo], node: 
 
         let cluster_backends = if svc.internal_traffic_local { &local } else { &all };
         for &ip in &svc.cluster_ips {
-            out.frontends.push((fe(ip, sp.port, sp.protocol, Scope::Default), state(FrontendKind::ClusterIp, cluster_backends, false, &[])));
+            out.frontends.push((
+                fe(ip, sp.port, sp.protocol, Scope::Default),
+                state(FrontendKind::ClusterIp, cluster_backends, false, &[]),
+            ));
         }
 
         // External frontends: NodePorts on every node address, external
@@ -145,7 +148,9 @@ pub fn plan_service(svc: &ServiceInfo, svc_slices: &[&EndpointSliceInfo], node: 
         external.extend(svc.external_ips.iter().map(|&a| (a, sp.port, FrontendKind::ExternalIp, &[][..])));
         if svc.type_ == ServiceType::LoadBalancer {
             external.extend(
-                svc.lb_ingress_ips.iter().map(|&a| (a, sp.port, FrontendKind::LoadBalancer, svc.lb_source_ranges.as_slice())),
+                svc.lb_ingress_ips
+                    .iter()
+                    .map(|&a| (a, sp.port, FrontendKind::LoadBalancer, svc.lb_source_ranges.as_slice())),
             );
         }
         for (addr, port, kind, ranges) in external {
@@ -353,15 +358,8 @@ fn candidates(sp: &ServicePort, slices: &[&EndpointSliceInfo], node: &str) -> Ve
 fn usable(candidates: &[Candidate], local_only: bool) -> Vec<BackendRef> {
     let pool = candidates.iter().filter(|c| !local_only || c.local);
     let ready: Vec<_> = pool.clone().filter(|c| c.ready).collect();
-    let chosen = if ready.is_empty() {
-        pool.filter(|c| c.serving && c.terminating).collect()
-    } else {
-        ready
-    };
-    chosen
-        .into_iter()
-        .map(|c| BackendRef { addr: c.backend, local: c.local, terminating: !c.ready })
-        .collect()
+    let chosen = if ready.is_empty() { pool.filter(|c| c.serving && c.terminating).collect() } else { ready };
+    chosen.into_iter().map(|c| BackendRef { addr: c.backend, local: c.local, terminating: !c.ready }).collect()
 }
 
 fn sctp_remap(sp: &ServicePort, candidates: &[Candidate]) -> Option<u16> {

@@ -18,11 +18,7 @@ pub mod build {
     use super::*;
 
     pub fn node(name: &str) -> NodeInfo {
-        NodeInfo {
-            name: name.to_string(),
-            pod_cidr: None,
-            internal_ip: None,
-        }
+        NodeInfo { name: name.to_string(), pod_cidr: None, internal_ip: None }
     }
 
     impl NodeInfo {

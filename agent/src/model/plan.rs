@@ -4,7 +4,10 @@ use std::{collections::BTreeMap, net::Ipv4Addr};
 
 use ipnetwork::Ipv4Network;
 
-use super::{ClusterIndex, cni_conf::{self, CniSettings}};
+use super::{
+    ClusterIndex,
+    cni_conf::{self, CniSettings},
+};
 
 #[derive(Clone, Debug)]
 pub struct PlanSettings {
@@ -41,7 +44,8 @@ pub fn plan(index: &ClusterIndex, settings: &PlanSettings) -> NodePlan {
         Some(me) => match me.pod_cidr {
             None => out.problems.push(Problem {
                 object: format!("Node/{}", me.name),
-                message: "this node has no IPv4 spec.podCIDR yet (is the controller manager allocating node CIDRs?)".into(),
+                message: "this node has no IPv4 spec.podCIDR yet (is the controller manager allocating node CIDRs?)"
+                    .into(),
             }),
             Some(cidr) if !contains(cluster, cidr) => out.problems.push(Problem {
                 object: format!("Node/{}", me.name),
@@ -182,19 +186,13 @@ mod tests {
         );
         assert!(p.peer_routes.is_empty(), "{:?}", p.peer_routes);
         let objects: Vec<_> = p.problems.iter().map(|x| x.object.as_str()).collect();
-        assert_eq!(
-            objects,
-            ["Node/dup1", "Node/dup2", "Node/noip", "Node/outside", "Node/overlap"]
-        );
+        assert_eq!(objects, ["Node/dup1", "Node/dup2", "Node/noip", "Node/outside", "Node/overlap"]);
     }
 
     #[test]
     fn own_cidr_outside_cluster_or_too_small_gives_no_conflist() {
         for bad in ["10.0.0.0/24", "10.244.1.0/31", "10.244.0.0/15"] {
-            let p = plan(
-                &index(vec![node("n1").with_pod_cidr(bad).with_internal_ip("172.30.0.11")]),
-                &settings(),
-            );
+            let p = plan(&index(vec![node("n1").with_pod_cidr(bad).with_internal_ip("172.30.0.11")]), &settings());
             assert_eq!(p.conflist, None, "{bad}");
             assert_eq!(p.problems.len(), 1, "{bad}");
         }

@@ -150,13 +150,24 @@ pub mod build {
         }
         pub fn node_port(mut self, name: &str, port: u16, node_port: u16) -> Self {
             self.type_ = ServiceType::NodePort;
-            self.ports.push(ServicePort { name: name.into(), port, protocol: Protocol::Tcp, node_port: Some(node_port) });
+            self.ports.push(ServicePort {
+                name: name.into(),
+                port,
+                protocol: Protocol::Tcp,
+                node_port: Some(node_port),
+            });
             self
         }
     }
 
     pub fn slice(key: &str, service: &str) -> EndpointSliceInfo {
-        EndpointSliceInfo { key: key.into(), service: service.into(), ports: vec![], endpoints: vec![], trigger_time: None }
+        EndpointSliceInfo {
+            key: key.into(),
+            service: service.into(),
+            ports: vec![],
+            endpoints: vec![],
+            trigger_time: None,
+        }
     }
 
     impl EndpointSliceInfo {

@@ -62,7 +62,9 @@ pub struct Cgroup2Root {
 pub enum Cgroup2Error {
     #[error("{path} does not exist (--socket-lb-cgroup): {source}")]
     Missing { path: String, source: io::Error },
-    #[error("no cgroup v2 at {configured} or its unified/, none mounted, and mounting one at {target} failed: {source}")]
+    #[error(
+        "no cgroup v2 at {configured} or its unified/, none mounted, and mounting one at {target} failed: {source}"
+    )]
     Mount { configured: String, target: String, source: io::Error },
     #[error("mounted cgroup2 at {target}, but it does not read back as cgroup v2")]
     NotAfterMount { target: String },
@@ -101,8 +103,14 @@ impl CgroupFs for HostFs {
     fn mount_cgroup2(&self, target: &Path) -> io::Result<()> {
         use nix::mount::{MsFlags, mount};
         std::fs::create_dir_all(target)?;
-        mount(Some("cgroup2"), target, Some("cgroup2"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC, None::<&str>)
-            .map_err(io::Error::from)
+        mount(
+            Some("cgroup2"),
+            target,
+            Some("cgroup2"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+            None::<&str>,
+        )
+        .map_err(io::Error::from)
     }
 }
 
@@ -243,7 +251,11 @@ mod tests {
 
     impl CgroupFs for Fake {
         fn exists(&self, path: &Path) -> io::Result<()> {
-            if self.dirs.contains(path) || self.cgroup2.borrow().contains(path) { Ok(()) } else { Err(io::ErrorKind::NotFound.into()) }
+            if self.dirs.contains(path) || self.cgroup2.borrow().contains(path) {
+                Ok(())
+            } else {
+                Err(io::ErrorKind::NotFound.into())
+            }
         }
         fn is_cgroup2(&self, path: &Path) -> bool {
             self.cgroup2.borrow().contains(path)
@@ -270,7 +282,10 @@ mod tests {
     #[test]
     fn a_unified_host_uses_the_configured_path() {
         let fs = Fake::new(&[], &["/sys/fs/cgroup"], Some(UNIFIED));
-        assert_eq!(resolve(Path::new("/sys/fs/cgroup"), Path::new(RUN), &fs).unwrap(), root("/sys/fs/cgroup", Found::Configured));
+        assert_eq!(
+            resolve(Path::new("/sys/fs/cgroup"), Path::new(RUN), &fs).unwrap(),
+            root("/sys/fs/cgroup", Found::Configured)
+        );
         // A cgroup below the root (the test bed's private ones) is as good.
         let fs = Fake::new(&[], &["/sys/fs/cgroup/unified/t1"], Some(HYBRID));
         let got = resolve(Path::new("/sys/fs/cgroup/unified/t1"), Path::new(RUN), &fs).unwrap();
@@ -282,7 +297,8 @@ mod tests {
     fn a_hybrid_host_uses_unified_below_the_configured_path() {
         // The DaemonSet's view: the host's /sys/fs/cgroup (a tmpfs) bound
         // at /run/weir/cgroupv2, its submounts with it.
-        let fs = Fake::new(&["/run/weir/cgroupv2"], &["/run/weir/cgroupv2/unified", "/sys/fs/cgroup/unified"], Some(HYBRID));
+        let fs =
+            Fake::new(&["/run/weir/cgroupv2"], &["/run/weir/cgroupv2/unified", "/sys/fs/cgroup/unified"], Some(HYBRID));
         let got = resolve(Path::new("/run/weir/cgroupv2"), Path::new(RUN), &fs).unwrap();
         assert_eq!(got, root("/run/weir/cgroupv2/unified", Found::Unified));
         assert!(fs.mounted.borrow().is_empty());
@@ -308,11 +324,20 @@ mod tests {
         assert_eq!(got, root("/run/weir/cgroupv2", Found::Mounted));
         assert_eq!(*fs.mounted.borrow(), vec![PathBuf::from("/run/weir/cgroupv2")]);
         // The next agent finds it (in mountinfo, or, unreadable, by statfs).
-        let again =
-            Fake::new(&["/sys/fs/cgroup"], &["/run/weir/cgroupv2"], Some("50 27 0:38 / /run/weir/cgroupv2 rw - cgroup2 cgroup2 rw\n"));
-        assert_eq!(resolve(Path::new("/sys/fs/cgroup"), Path::new(RUN), &again).unwrap(), root("/run/weir/cgroupv2", Found::Reused));
+        let again = Fake::new(
+            &["/sys/fs/cgroup"],
+            &["/run/weir/cgroupv2"],
+            Some("50 27 0:38 / /run/weir/cgroupv2 rw - cgroup2 cgroup2 rw\n"),
+        );
+        assert_eq!(
+            resolve(Path::new("/sys/fs/cgroup"), Path::new(RUN), &again).unwrap(),
+            root("/run/weir/cgroupv2", Found::Reused)
+        );
         let again = Fake::new(&["/sys/fs/cgroup"], &["/run/weir/cgroupv2"], None);
-        assert_eq!(resolve(Path::new("/sys/fs/cgroup"), Path::new(RUN), &again).unwrap(), root("/run/weir/cgroupv2", Found::Reused));
+        assert_eq!(
+            resolve(Path::new("/sys/fs/cgroup"), Path::new(RUN), &again).unwrap(),
+            root("/run/weir/cgroupv2", Found::Reused)
+        );
         assert!(again.mounted.borrow().is_empty());
     }
 
@@ -361,11 +386,13 @@ mod tests {
             // A thread may unshare its mount namespace (it gets its own
             // fs_struct); the namespace goes with the thread.
             unshare(CloneFlags::CLONE_NEWNS).map_err(|e| format!("unshare: {e}"))?;
-            mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>).map_err(|e| e.to_string())?;
+            mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
+                .map_err(|e| e.to_string())?;
             for d in [&fake_root, &run, &other] {
                 std::fs::create_dir_all(d).map_err(|e| e.to_string())?;
             }
-            mount(Some("tmpfs"), &fake_root, Some("tmpfs"), MsFlags::empty(), Some("mode=755")).map_err(|e| e.to_string())?;
+            mount(Some("tmpfs"), &fake_root, Some("tmpfs"), MsFlags::empty(), Some("mode=755"))
+                .map_err(|e| e.to_string())?;
             let unified = fake_root.join("unified");
             std::fs::create_dir(&unified).map_err(|e| e.to_string())?;
             HostFs.mount_cgroup2(&unified).map_err(|e| format!("mounting cgroup2: {e}"))?;

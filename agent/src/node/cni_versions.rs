@@ -50,8 +50,9 @@ pub fn query(binary: &Path) -> Result<Vec<String>, String> {
         .write_all(br#"{"cniVersion":"1.0.0"}"#)
         .map_err(|e| format!("{}: {e}", binary.display()))?;
     let out = child.wait_with_output().map_err(|e| format!("{}: {e}", binary.display()))?;
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
-        .map_err(|e| format!("{} VERSION answered no JSON ({e}): {}", binary.display(), String::from_utf8_lossy(&out.stdout)))?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| {
+        format!("{} VERSION answered no JSON ({e}): {}", binary.display(), String::from_utf8_lossy(&out.stdout))
+    })?;
     v["supportedVersions"]
         .as_array()
         .map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_string)).collect())

@@ -8,9 +8,8 @@ use tracing::warn;
 pub fn ipv4() -> Vec<Ipv4Addr> {
     match nix::ifaddrs::getifaddrs() {
         Ok(addrs) => {
-            let mut out: Vec<Ipv4Addr> = addrs
-                .filter_map(|a| a.address.and_then(|s| s.as_sockaddr_in().map(|sin| sin.ip())))
-                .collect();
+            let mut out: Vec<Ipv4Addr> =
+                addrs.filter_map(|a| a.address.and_then(|s| s.as_sockaddr_in().map(|sin| sin.ip()))).collect();
             out.sort();
             out.dedup();
             out

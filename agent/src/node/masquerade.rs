@@ -2,7 +2,10 @@
 //! with iptables in the node's network namespace. The rules live in a chain
 //! of our own, written in one `iptables-restore --noflush` transaction, so
 //! other rules on the node are never touched and cleanup is one chain.
-use std::{io::Write as _, process::{Command, Stdio}};
+use std::{
+    io::Write as _,
+    process::{Command, Stdio},
+};
 
 use ipnetwork::Ipv4Network;
 

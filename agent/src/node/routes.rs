@@ -67,13 +67,11 @@ impl Routes {
             .gateway(via)
             .protocol(RouteProtocol::Other(PROTO_WEIR))
             .build();
-        self.handle
-            .route()
-            .add(msg)
-            .replace()
-            .execute()
-            .await
-            .map_err(|source| RouteError::Replace { cidr, via, source })
+        self.handle.route().add(msg).replace().execute().await.map_err(|source| RouteError::Replace {
+            cidr,
+            via,
+            source,
+        })
     }
 
     pub async fn delete(&self, cidr: Ipv4Network, msg: RouteMessage) -> Result<(), RouteError> {
@@ -83,7 +81,11 @@ impl Routes {
     /// Makes our routes equal `desired`. With `prune` false (before every
     /// Node has been listed) routes are only added or changed, never removed.
     /// Every route is attempted; all errors are returned.
-    pub async fn sync(&self, desired: &BTreeMap<Ipv4Network, Ipv4Addr>, prune: bool) -> Result<SyncStats, Vec<RouteError>> {
+    pub async fn sync(
+        &self,
+        desired: &BTreeMap<Ipv4Network, Ipv4Addr>,
+        prune: bool,
+    ) -> Result<SyncStats, Vec<RouteError>> {
         let current = self.owned().await.map_err(|e| vec![e])?;
         let mut errors = Vec::new();
         let mut stats = SyncStats::default();

@@ -260,7 +260,10 @@ mod tests {
         let (code, _, body) = crate::observe::status::respond(&status, "/metrics", Path::new("/nonexistent"));
         assert_eq!(code, "200 OK");
         assert!(body.lines().any(|l| l == "weir_cni_operations_total{command=\"ADD\",result=\"ok\"} 1"), "{body}");
-        assert!(body.lines().any(|l| l == "weir_cni_operation_duration_seconds_bucket{command=\"ADD\",le=\"0.05\"} 1"), "{body}");
+        assert!(
+            body.lines().any(|l| l == "weir_cni_operation_duration_seconds_bucket{command=\"ADD\",le=\"0.05\"} 1"),
+            "{body}"
+        );
     }
 
     #[tokio::test]

@@ -1,15 +1,12 @@
 //! Read-only views of the datapath for operators, straight from the pinned
 //! maps and the routing table (they work while the agent is down).
-use std::{
-    net::Ipv4Addr,
-    path::Path,
-};
+use std::{net::Ipv4Addr, path::Path};
 
 use anyhow::Context as _;
 use aya::maps::{HashMap, Map, MapData};
 use serde::Serialize;
 use weir_common::{
-    lb::{Backend, CtEntry, CtKey, RevNat, SCOPE_INTERNAL, ServiceKey, ServiceValue, CT_DIR_REPLY},
+    lb::{Backend, CT_DIR_REPLY, CtEntry, CtKey, RevNat, SCOPE_INTERNAL, ServiceKey, ServiceValue},
     pin,
 };
 
@@ -17,7 +14,8 @@ use crate::{datapath::loader::verdict_counts, node::routes::Routes};
 
 fn pinned_hash<K: aya::Pod, V: aya::Pod>(pin_dir: &Path, name: &str) -> anyhow::Result<HashMap<MapData, K, V>> {
     let path = pin_dir.join(pin::MAPS_DIR).join(name);
-    let data = MapData::from_pin(&path).with_context(|| format!("opening {} (is the agent installed on this node?)", path.display()))?;
+    let data = MapData::from_pin(&path)
+        .with_context(|| format!("opening {} (is the agent installed on this node?)", path.display()))?;
     let map = Map::from_map_data(data).with_context(|| format!("{}", path.display()))?;
     HashMap::try_from(map).with_context(|| format!("{}", path.display()))
 }
@@ -149,7 +147,10 @@ struct RouteRow {
 
 async fn routes() -> anyhow::Result<Vec<RouteRow>> {
     let owned = Routes::connect()?.owned().await?;
-    Ok(owned.into_iter().map(|(cidr, (via, _))| RouteRow { pod_cidr: cidr.to_string(), via: via.to_string() }).collect())
+    Ok(owned
+        .into_iter()
+        .map(|(cidr, (via, _))| RouteRow { pod_cidr: cidr.to_string(), via: via.to_string() })
+        .collect())
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -208,9 +209,14 @@ pub async fn run(what: What, pin_dir: &Path, json: bool, query: &PolicyQuery) ->
                 for r in rows {
                     let mut flags = r.flags.join(",");
                     if r.affinity_timeout > 0 {
-                        flags = format!("{flags}{}affinity={}s", if flags.is_empty() { "" } else { "," }, r.affinity_timeout);
+                        flags = format!(
+                            "{flags}{}affinity={}s",
+                            if flags.is_empty() { "" } else { "," },
+                            r.affinity_timeout
+                        );
                     }
-                    let backends = if r.backends.is_empty() { "(none: rejected)".to_string() } else { r.backends.join(", ") };
+                    let backends =
+                        if r.backends.is_empty() { "(none: rejected)".to_string() } else { r.backends.join(", ") };
                     println!("{:<22} {:<5} {:<9} {:<24} {backends}", r.frontend, r.protocol, r.scope, flags);
                 }
             }
@@ -220,7 +226,10 @@ pub async fn run(what: What, pin_dir: &Path, json: bool, query: &PolicyQuery) ->
             if json {
                 println!("{}", serde_json::to_string_pretty(&rows)?);
             } else {
-                println!("{:<9} {:<5} {:<22} {:<22} {:<22} {:<22} FLAGS", "DIR", "PROTO", "SOURCE", "DESTINATION", "BACKEND", "FRONTEND");
+                println!(
+                    "{:<9} {:<5} {:<22} {:<22} {:<22} {:<22} FLAGS",
+                    "DIR", "PROTO", "SOURCE", "DESTINATION", "BACKEND", "FRONTEND"
+                );
                 for r in rows {
                     println!(
                         "{:<9} {:<5} {:<22} {:<22} {:<22} {:<22} {}",
@@ -247,7 +256,8 @@ pub async fn run(what: What, pin_dir: &Path, json: bool, query: &PolicyQuery) ->
             }
         }
         What::Drops => {
-            let counts = verdict_counts(pin_dir).with_context(|| format!("reading counters under {}", pin_dir.display()))?;
+            let counts =
+                verdict_counts(pin_dir).with_context(|| format!("reading counters under {}", pin_dir.display()))?;
             if json {
                 let rows: Vec<_> = counts
                     .iter()

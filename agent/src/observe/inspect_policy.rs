@@ -8,14 +8,18 @@ use aya::maps::{HashMap, LpmTrie, Map, MapData, lpm_trie::Key};
 use serde::Serialize;
 use weir_common::{
     EndpointInfo, EndpointKey, pin,
-    policy::{DIR_EGRESS, DIR_INGRESS, IDENTITY_ANY, IDENTITY_WORLD, IpcacheEntry, IpcacheKey, POLICY_SLOT_OWN_NODE, PolicyEntry, PolicyKey},
+    policy::{
+        DIR_EGRESS, DIR_INGRESS, IDENTITY_ANY, IDENTITY_WORLD, IpcacheEntry, IpcacheKey, POLICY_SLOT_OWN_NODE,
+        PolicyEntry, PolicyKey,
+    },
 };
 
 use crate::{datapath::policy::stats, sync::names::NAMES_FILE};
 
 fn map_data(pin_dir: &Path, name: &str) -> anyhow::Result<MapData> {
     let path = pin_dir.join(pin::MAPS_DIR).join(name);
-    MapData::from_pin(&path).with_context(|| format!("opening {} (is the agent installed on this node?)", path.display()))
+    MapData::from_pin(&path)
+        .with_context(|| format!("opening {} (is the agent installed on this node?)", path.display()))
 }
 
 struct Live {
@@ -119,14 +123,21 @@ pub fn parse_port(s: &str) -> anyhow::Result<(u16, u8, String)> {
     Ok((port, num, name.into()))
 }
 
-pub fn verdict(pin_dir: &Path, run_dir: &Path, from: Ipv4Addr, to: Ipv4Addr, port: &str) -> anyhow::Result<VerdictReport> {
+pub fn verdict(
+    pin_dir: &Path,
+    run_dir: &Path,
+    from: Ipv4Addr,
+    to: Ipv4Addr,
+    port: &str,
+) -> anyhow::Result<VerdictReport> {
     let (port, proto, proto_name) = parse_port(port)?;
     let live = Live::open(pin_dir, run_dir)?;
     let mut checks = Vec::new();
     for (dir, me, peer) in [(DIR_EGRESS, from, to), (DIR_INGRESS, to, from)] {
         let Some((ifindex, ep)) = live.endpoint_of(me) else { continue };
         let pod = live.names.pod(ifindex).unwrap_or_else(|| me.to_string());
-        let enforced_bit = if dir == DIR_INGRESS { EndpointInfo::FLAG_INGRESS_ENFORCED } else { EndpointInfo::FLAG_EGRESS_ENFORCED };
+        let enforced_bit =
+            if dir == DIR_INGRESS { EndpointInfo::FLAG_INGRESS_ENFORCED } else { EndpointInfo::FLAG_EGRESS_ENFORCED };
         let pending = ep.flags & EndpointInfo::FLAG_POLICY_PENDING != 0;
         let enforced = ep.flags & enforced_bit != 0;
         let identity = live.identity(peer);
@@ -223,7 +234,10 @@ pub fn report(pin_dir: &Path, run_dir: &Path) -> anyhow::Result<PolicyReport> {
 }
 
 pub fn print_report(r: &PolicyReport) {
-    println!("{:<8} {:<16} {:<28} {:<34} {:>6} {:>21} {:>21}", "IFINDEX", "IP", "POD", "STATE", "RULES", "INGRESS ALLOW/DENY", "EGRESS ALLOW/DENY");
+    println!(
+        "{:<8} {:<16} {:<28} {:<34} {:>6} {:>21} {:>21}",
+        "IFINDEX", "IP", "POD", "STATE", "RULES", "INGRESS ALLOW/DENY", "EGRESS ALLOW/DENY"
+    );
     for e in &r.endpoints {
         println!(
             "{:<8} {:<16} {:<28} {:<34} {:>6} {:>21} {:>21}",
@@ -246,14 +260,7 @@ pub fn print_report(r: &PolicyReport) {
 }
 
 pub fn print_verdict(v: &VerdictReport) {
-    println!(
-        "{} -> {}:{}/{}: {}",
-        v.from,
-        v.to,
-        v.port,
-        v.protocol,
-        if v.allowed { "ALLOWED" } else { "DENIED" }
-    );
+    println!("{} -> {}:{}/{}: {}", v.from, v.to, v.port, v.protocol, if v.allowed { "ALLOWED" } else { "DENIED" });
     for c in &v.checks {
         let why = match (&c.allowed_by, c.pending, c.enforced) {
             (_, true, _) => "DENIED: the pod's policy is not in place yet (pending)".to_string(),

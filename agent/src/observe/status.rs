@@ -244,13 +244,29 @@ impl Status {
         gauge("weir_nodes", "Nodes known to the agent.", g.nodes.to_string());
         gauge("weir_services", "Services known to the agent.", g.services.to_string());
         gauge("weir_endpoint_slices", "EndpointSlices known to the agent.", g.endpoint_slices.to_string());
-        gauge("weir_service_frontends", "Service frontends (address, port, protocol) programmed.", g.frontends.to_string());
+        gauge(
+            "weir_service_frontends",
+            "Service frontends (address, port, protocol) programmed.",
+            g.frontends.to_string(),
+        );
         gauge("weir_peer_routes", "Routes to other nodes' pod CIDRs.", g.peer_routes.to_string());
         gauge("weir_network_policies", "NetworkPolicies known to the agent.", g.policy.policies.to_string());
-        gauge("weir_policy_identities", "Identities in the ipcache (distinct label sets and address blocks).", g.policy.identities.to_string());
+        gauge(
+            "weir_policy_identities",
+            "Identities in the ipcache (distinct label sets and address blocks).",
+            g.policy.identities.to_string(),
+        );
         gauge("weir_policy_map_entries", "Entries in the per-pod policy map.", g.policy.rules.to_string());
-        gauge("weir_policy_enforced_pods", "Local pods isolated by a NetworkPolicy in at least one direction.", g.policy.enforced_endpoints.to_string());
-        gauge("weir_policy_pending_pods", "Local pods waiting for their policy (isolated meanwhile).", g.policy.pending_endpoints.to_string());
+        gauge(
+            "weir_policy_enforced_pods",
+            "Local pods isolated by a NetworkPolicy in at least one direction.",
+            g.policy.enforced_endpoints.to_string(),
+        );
+        gauge(
+            "weir_policy_pending_pods",
+            "Local pods waiting for their policy (isolated meanwhile).",
+            g.policy.pending_endpoints.to_string(),
+        );
         gauge("weir_ready", "1 when the agent reports ready.", u8::from(self.not_ready().is_none()).to_string());
         let socket_lb = matches!(*self.socket_lb.lock().expect("lock"), Some(Ok(_)));
         gauge(
@@ -440,7 +456,10 @@ mod tests {
         assert!(metrics.contains("weir_network_programming_duration_seconds_count 0"), "{metrics}");
         s.observe_programming(&seconds);
         s.record_sync(Duration::from_millis(3), false, true, Gauges::default());
-        assert!(respond(&s, "/metrics", path).2.contains("weir_sync_last_success_timestamp_seconds 0\n"), "a failed sync is no success");
+        assert!(
+            respond(&s, "/metrics", path).2.contains("weir_sync_last_success_timestamp_seconds 0\n"),
+            "a failed sync is no success"
+        );
         s.record_sync(Duration::from_millis(3), true, true, Gauges::default());
         let metrics = respond(&s, "/metrics", path).2;
         let last: f64 = metrics
@@ -454,7 +473,10 @@ mod tests {
         assert!(metrics.contains("weir_network_programming_duration_seconds_bucket{le=\"0.5\"} 1"), "{metrics}");
         assert!(metrics.contains("weir_network_programming_duration_seconds_bucket{le=\"1\"} 2"), "{metrics}");
         assert!(metrics.contains("weir_network_programming_duration_seconds_count 2"), "{metrics}");
-        assert!(metrics.contains(&format!("weir_build_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION"))), "{metrics}");
+        assert!(
+            metrics.contains(&format!("weir_build_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION"))),
+            "{metrics}"
+        );
     }
 
     /// The server end to end: probes and /metrics (its map part from the

@@ -67,7 +67,9 @@ pub enum Origin {
 impl fmt::Display for Origin {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Origin::Setting => f.write_str("the k8s-service-host/k8s-service-port setting (WEIR_K8S_SERVICE_HOST/PORT)"),
+            Origin::Setting => {
+                f.write_str("the k8s-service-host/k8s-service-port setting (WEIR_K8S_SERVICE_HOST/PORT)")
+            }
             Origin::InClusterService => {
                 f.write_str("the in-cluster `kubernetes` Service (KUBERNETES_SERVICE_HOST/PORT), which answers")
             }
@@ -227,7 +229,8 @@ mod tests {
             kubelet: Some(("/etc/kubernetes/kubelet.conf".into(), Err("No such file or directory".into()))),
         };
         let e = pick(&c, false).await.unwrap_err().to_string();
-        for needle in ["10.96.0.1:443", "k8s-service-host", "WEIR_K8S_SERVICE_HOST", "does not answer", "No such file"] {
+        for needle in ["10.96.0.1:443", "k8s-service-host", "WEIR_K8S_SERVICE_HOST", "does not answer", "No such file"]
+        {
             assert!(e.contains(needle), "{needle:?} not in: {e}");
         }
         let none = pick(&Candidates::default(), false).await.unwrap_err();

@@ -55,8 +55,8 @@ pub struct FileObjects {
 pub fn parse_file(text: &str) -> Result<FileObjects, String> {
     let mut out = FileObjects::default();
     for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
-        let value = serde_yaml::Value::deserialize(doc)
-            .map_err(|e| format!("document {}: not valid YAML: {e}", i + 1))?;
+        let value =
+            serde_yaml::Value::deserialize(doc).map_err(|e| format!("document {}: not valid YAML: {e}", i + 1))?;
         collect(value, i + 1, &mut out)?;
     }
     Ok(out)
@@ -68,31 +68,31 @@ fn collect(value: serde_yaml::Value, doc: usize, out: &mut FileObjects) -> Resul
     }
     let kind = value.get("kind").and_then(|k| k.as_str()).unwrap_or_default().to_string();
     match kind.as_str() {
-        "List" | "NodeList" | "ServiceList" | "EndpointSliceList" | "PodList" | "NamespaceList" | "NetworkPolicyList" => {
+        "List" | "NodeList" | "ServiceList" | "EndpointSliceList" | "PodList" | "NamespaceList"
+        | "NetworkPolicyList" => {
             let items = value.get("items").and_then(|i| i.as_sequence()).cloned().unwrap_or_default();
             for item in items {
                 collect(item, doc, out)?;
             }
         }
         "Node" => {
-            let node: Node = serde_yaml::from_value(value)
-                .map_err(|e| format!("document {doc}: invalid Node: {e}"))?;
+            let node: Node = serde_yaml::from_value(value).map_err(|e| format!("document {doc}: invalid Node: {e}"))?;
             if node.metadata.name.as_deref().unwrap_or_default().is_empty() {
                 return Err(format!("document {doc}: Node without metadata.name"));
             }
             out.nodes.push(convert::node(&node));
         }
         "Service" => {
-            let svc: Service = serde_yaml::from_value(value)
-                .map_err(|e| format!("document {doc}: invalid Service: {e}"))?;
+            let svc: Service =
+                serde_yaml::from_value(value).map_err(|e| format!("document {doc}: invalid Service: {e}"))?;
             if svc.metadata.name.as_deref().unwrap_or_default().is_empty() {
                 return Err(format!("document {doc}: Service without metadata.name"));
             }
             out.services.extend(convert::service(&svc));
         }
         "EndpointSlice" => {
-            let slice: EndpointSlice = serde_yaml::from_value(value)
-                .map_err(|e| format!("document {doc}: invalid EndpointSlice: {e}"))?;
+            let slice: EndpointSlice =
+                serde_yaml::from_value(value).map_err(|e| format!("document {doc}: invalid EndpointSlice: {e}"))?;
             if slice.metadata.name.as_deref().unwrap_or_default().is_empty() {
                 return Err(format!("document {doc}: EndpointSlice without metadata.name"));
             }
@@ -107,8 +107,7 @@ fn collect(value: serde_yaml::Value, doc: usize, out: &mut FileObjects) -> Resul
             debug!(kind, api_version = ?value.get("apiVersion"), "manifest dir: not the Kubernetes kind weir reads, skipped");
         }
         "Pod" => {
-            let pod: Pod = serde_yaml::from_value(value)
-                .map_err(|e| format!("document {doc}: invalid Pod: {e}"))?;
+            let pod: Pod = serde_yaml::from_value(value).map_err(|e| format!("document {doc}: invalid Pod: {e}"))?;
             if pod.metadata.name.as_deref().unwrap_or_default().is_empty() {
                 return Err(format!("document {doc}: Pod without metadata.name"));
             }
@@ -116,16 +115,16 @@ fn collect(value: serde_yaml::Value, doc: usize, out: &mut FileObjects) -> Resul
             out.pods.extend(convert::pod(&pod));
         }
         "Namespace" => {
-            let ns: Namespace = serde_yaml::from_value(value)
-                .map_err(|e| format!("document {doc}: invalid Namespace: {e}"))?;
+            let ns: Namespace =
+                serde_yaml::from_value(value).map_err(|e| format!("document {doc}: invalid Namespace: {e}"))?;
             if ns.metadata.name.as_deref().unwrap_or_default().is_empty() {
                 return Err(format!("document {doc}: Namespace without metadata.name"));
             }
             out.namespaces.push(convert::namespace(&ns));
         }
         "NetworkPolicy" => {
-            let np: NetworkPolicy = serde_yaml::from_value(value)
-                .map_err(|e| format!("document {doc}: invalid NetworkPolicy: {e}"))?;
+            let np: NetworkPolicy =
+                serde_yaml::from_value(value).map_err(|e| format!("document {doc}: invalid NetworkPolicy: {e}"))?;
             if np.metadata.name.as_deref().unwrap_or_default().is_empty() {
                 return Err(format!("document {doc}: NetworkPolicy without metadata.name"));
             }
@@ -444,8 +443,14 @@ spec:
             ("apiVersion: v1\nkind: Pod\nmetadata: {namespace: x}\n", "Pod without metadata.name"),
             ("apiVersion: v1\nkind: Namespace\nmetadata: {labels: {a: b}}\n", "Namespace without metadata.name"),
             ("apiVersion: v1\nkind: Namespace\nmetadata: {name: [x]}\n", "invalid Namespace"),
-            ("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p}\nspec: {podSelector: 3}\n", "invalid NetworkPolicy"),
-            ("kind: NetworkPolicy\nmetadata: {namespace: x}\nspec: {podSelector: {}}\n", "NetworkPolicy without metadata.name"),
+            (
+                "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p}\nspec: {podSelector: 3}\n",
+                "invalid NetworkPolicy",
+            ),
+            (
+                "kind: NetworkPolicy\nmetadata: {namespace: x}\nspec: {podSelector: {}}\n",
+                "NetworkPolicy without metadata.name",
+            ),
         ] {
             let err = parse_file(text).unwrap_err();
             assert!(err.contains(want), "{text}: {err}");

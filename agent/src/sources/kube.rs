@@ -90,16 +90,22 @@ pub async fn client(kubeconfig: Option<&PathBuf>, in_cluster: &InClusterSettings
 
 async fn in_cluster_config(settings: &InClusterSettings) -> Result<Config, KubeError> {
     let env = |name: &str| std::env::var(name).ok();
-    let in_cluster = api_server::host_port(env("KUBERNETES_SERVICE_HOST").as_deref(), env("KUBERNETES_SERVICE_PORT").as_deref(), 443)
-        .map_err(|message| KubeError::Environment { variable: "KUBERNETES_SERVICE_PORT", message })?;
+    let in_cluster = api_server::host_port(
+        env("KUBERNETES_SERVICE_HOST").as_deref(),
+        env("KUBERNETES_SERVICE_PORT").as_deref(),
+        443,
+    )
+    .map_err(|message| KubeError::Environment { variable: "KUBERNETES_SERVICE_PORT", message })?;
     let kubelet_path = &settings.kubelet_kubeconfig;
     let kubelet = if kubelet_path.exists() {
         api_server::kubeconfig_server(kubelet_path)
     } else {
         Err("not found (mount the node's /etc/kubernetes read-only to use it)".to_string())
     };
-    let candidates = Candidates { setting: settings.setting.clone(), in_cluster, kubelet: Some((kubelet_path.clone(), kubelet)) };
-    let (address, origin) = api_server::choose(&candidates, |hp| api_server::answers(hp, api_server::PROBE_TIMEOUT)).await?;
+    let candidates =
+        Candidates { setting: settings.setting.clone(), in_cluster, kubelet: Some((kubelet_path.clone(), kubelet)) };
+    let (address, origin) =
+        api_server::choose(&candidates, |hp| api_server::answers(hp, api_server::PROBE_TIMEOUT)).await?;
     info!(api_server = %address, from = %origin, "API server address");
 
     let sa = &settings.service_account_dir;
@@ -117,10 +123,10 @@ async fn in_cluster_config(settings: &InClusterSettings) -> Result<Config, KubeE
     if certs.is_empty() {
         return Err(KubeError::NoCertificate { path: ca_path });
     }
-    let url = address
-        .url()
-        .parse()
-        .map_err(|e: http::uri::InvalidUri| KubeError::Environment { variable: "WEIR_K8S_SERVICE_HOST", message: e.to_string() })?;
+    let url = address.url().parse().map_err(|e: http::uri::InvalidUri| KubeError::Environment {
+        variable: "WEIR_K8S_SERVICE_HOST",
+        message: e.to_string(),
+    })?;
     let mut config = Config::new(url);
     config.default_namespace = read("namespace")
         .ok()

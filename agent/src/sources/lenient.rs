@@ -153,7 +153,11 @@ mod tests {
             WatchEvent::Error(s) => assert_eq!(s.code, 410),
             other => panic!("{other:?}"),
         }
-        let bookmark = r#"{"type":"BOOKMARK","object":{"kind":"Service","apiVersion":"v1","metadata":{"resourceVersion":"12"}}}"#;
-        assert!(matches!(serde_json::from_str::<WatchEvent<Lenient<Service>>>(bookmark).unwrap(), WatchEvent::Bookmark(_)));
+        let bookmark =
+            r#"{"type":"BOOKMARK","object":{"kind":"Service","apiVersion":"v1","metadata":{"resourceVersion":"12"}}}"#;
+        assert!(matches!(
+            serde_json::from_str::<WatchEvent<Lenient<Service>>>(bookmark).unwrap(),
+            WatchEvent::Bookmark(_)
+        ));
     }
 }

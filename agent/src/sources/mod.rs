@@ -42,10 +42,16 @@ pub enum Update {
     NetworkPolicies(Change<NetworkPolicyInfo>),
     /// Whether the watch of one kind reaches the API server (sent when it
     /// changes). The datapath keeps its state either way; readiness says so.
-    Reachable { kind: String, ok: bool },
+    Reachable {
+        kind: String,
+        ok: bool,
+    },
     /// How many objects of one kind could not be read as written (sent
     /// when it changes; each is logged by the source once).
-    Problems { kind: String, count: usize },
+    Problems {
+        kind: String,
+        count: usize,
+    },
 }
 
 /// Objects of one kind that a source could not read as written, by key:

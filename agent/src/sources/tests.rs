@@ -9,10 +9,7 @@ use super::*;
 #[test]
 fn parses_source_specs() {
     assert_eq!("kube".parse(), Ok(SourceSpec::Kube { kubeconfig: None }));
-    assert_eq!(
-        "kube:/k".parse(),
-        Ok(SourceSpec::Kube { kubeconfig: Some("/k".into()) })
-    );
+    assert_eq!("kube:/k".parse(), Ok(SourceSpec::Kube { kubeconfig: Some("/k".into()) }));
     assert_eq!("dir:/m".parse(), Ok(SourceSpec::Dir("/m".into())));
     assert!("dir:".parse::<SourceSpec>().is_err());
     assert!("etcd".parse::<SourceSpec>().is_err());

@@ -35,7 +35,12 @@ impl Handoffs {
         let r = h.request;
         info!(pod = %r.pod_key(), ifindex = r.ifindex, ip = %r.ip, "new pod announced by weir-cni");
         self.bindings.insert(r.ifindex, (r.ip, r.pod_key()));
-        self.waiters.push(Waiter { ifindex: r.ifindex, pod: r.pod_key(), deadline: Instant::now() + HOLD, reply: h.reply });
+        self.waiters.push(Waiter {
+            ifindex: r.ifindex,
+            pod: r.pod_key(),
+            deadline: Instant::now() + HOLD,
+            reply: h.reply,
+        });
     }
 
     pub fn waiting(&self) -> bool {
@@ -50,7 +55,8 @@ impl Handoffs {
     /// Announcements for interfaces that are gone, or now hold another
     /// pod, no longer count.
     pub fn retain_live(&mut self, endpoints: &BTreeMap<u32, EndpointInfo>) {
-        self.bindings.retain(|ifindex, (ip, _)| endpoints.get(ifindex).is_some_and(|ep| ep.ipv4_octets() == ip.octets()));
+        self.bindings
+            .retain(|ifindex, (ip, _)| endpoints.get(ifindex).is_some_and(|ep| ep.ipv4_octets() == ip.octets()));
     }
 
     /// The pod weir-cni announced on `ifindex`.
@@ -62,7 +68,8 @@ impl Handoffs {
     pub fn answer(&mut self, desired: &DesiredPolicy, index: &ClusterIndex) {
         let mut keep = Vec::new();
         for w in std::mem::take(&mut self.waiters) {
-            let pending = desired.endpoint_flags.get(&w.ifindex).is_none_or(|f| f & EndpointInfo::FLAG_POLICY_PENDING != 0);
+            let pending =
+                desired.endpoint_flags.get(&w.ifindex).is_none_or(|f| f & EndpointInfo::FLAG_POLICY_PENDING != 0);
             if !pending {
                 let _ = w.reply.send(HandoffAnswer::Ready);
             } else if index.pods.get(&w.pod).is_none() {
@@ -79,7 +86,8 @@ impl Handoffs {
     /// isolated and is opened once its policy is in place.
     pub fn expire(&mut self) {
         let now = Instant::now();
-        let (done, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.waiters).into_iter().partition(|w| w.deadline <= now);
+        let (done, keep): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.waiters).into_iter().partition(|w| w.deadline <= now);
         self.waiters = keep;
         for w in done {
             warn!(pod = %w.pod, "pod starts isolated: its policy is not known yet");

@@ -52,7 +52,8 @@ impl NamesFile {
     }
 
     pub fn write(&mut self, names: Names) {
-        let text_keys = |m: &BTreeMap<u32, String>| m.iter().map(|(k, v)| (k.to_string(), v.clone())).collect::<BTreeMap<_, _>>();
+        let text_keys =
+            |m: &BTreeMap<u32, String>| m.iter().map(|(k, v)| (k.to_string(), v.clone())).collect::<BTreeMap<_, _>>();
         let doc = serde_json::json!({
             "slots": text_keys(&names.slots),
             "identities": text_keys(&names.identities),

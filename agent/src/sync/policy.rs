@@ -149,7 +149,8 @@ impl PolicySync {
             host_addrs: &host_addrs,
             endpoints: &local,
         });
-        let target = PolicyTarget { rules: &desired.rules, ipcache: &desired.ipcache, endpoint_flags: &desired.endpoint_flags };
+        let target =
+            PolicyTarget { rules: &desired.rules, ipcache: &desired.ipcache, endpoint_flags: &desired.endpoint_flags };
         match self.programmer.apply(maps, &target, &endpoints) {
             Ok(stats) => {
                 if stats.writes() > 0 {
@@ -271,7 +272,10 @@ mod tests {
         for (ifindex, last) in [(7, 5), (8, 6)] {
             maps.endpoints.insert(
                 ifindex,
-                EndpointInfo::new([10, 244, 1, last], EndpointInfo::FLAG_VERIFY_SOURCE | EndpointInfo::FLAG_POLICY_PENDING),
+                EndpointInfo::new(
+                    [10, 244, 1, last],
+                    EndpointInfo::FLAG_VERIFY_SOURCE | EndpointInfo::FLAG_POLICY_PENDING,
+                ),
             );
         }
         (index, maps)
@@ -284,7 +288,10 @@ mod tests {
         let mut sync = PolicySync::new(PolicyProgrammer::default(), "me".into(), dir.path());
         sync.reconcile(&index, &mut maps);
         for ifindex in [7, 8] {
-            assert_eq!(maps.endpoints[&ifindex].flags & EndpointInfo::FLAGS_POLICY, EndpointInfo::FLAG_INGRESS_ENFORCED);
+            assert_eq!(
+                maps.endpoints[&ifindex].flags & EndpointInfo::FLAGS_POLICY,
+                EndpointInfo::FLAG_INGRESS_ENFORCED
+            );
         }
 
         // A pod elsewhere that no rule names changes its labels: its own

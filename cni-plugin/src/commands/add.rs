@@ -33,7 +33,12 @@ use crate::{
 
 const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
 
-pub fn add(conf: &NetConf, attachment: &Attachment, netns: &Netns, k8s_pod: Option<&PodRef>) -> Result<AddResult, CniError> {
+pub fn add(
+    conf: &NetConf,
+    attachment: &Attachment,
+    netns: &Netns,
+    k8s_pod: Option<&PodRef>,
+) -> Result<AddResult, CniError> {
     let host_name = veth::host_veth_name(&conf.veth_prefix, attachment);
     let pins = conf.bpf_pin_dir.as_deref().map(Pins::new);
 
@@ -46,16 +51,10 @@ pub fn add(conf: &NetConf, attachment: &Attachment, netns: &Netns, k8s_pod: Opti
     let mut host = NetlinkSocket::open()?;
     let mut pod = netns.netlink()?;
     if pod.link_by_name(&attachment.ifname)?.is_some() {
-        return Err(CniError::InterfaceExists {
-            ifname: attachment.ifname.clone(),
-            netns: netns.path().to_owned(),
-        });
+        return Err(CniError::InterfaceExists { ifname: attachment.ifname.clone(), netns: netns.path().to_owned() });
     }
     if host.link_by_name(&host_name)?.is_some() {
-        return Err(CniError::HostVethExists {
-            name: host_name,
-            attachment: attachment.clone(),
-        });
+        return Err(CniError::HostVethExists { name: host_name, attachment: attachment.clone() });
     }
 
     log::step("preconditions");
@@ -76,9 +75,7 @@ pub fn add(conf: &NetConf, attachment: &Attachment, netns: &Netns, k8s_pod: Opti
     let outcome = std::thread::scope(|scope| {
         let flush = scope.spawn(|| allocator.persist());
         let result = setup.run(&mut host, &mut pod, lease.ip(), &mut teardown);
-        let flushed = flush
-            .join()
-            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        let flushed = flush.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
         log::step("ipam flush joined");
         result.and_then(|r| flushed.map(|()| r).map_err(CniError::from))
     });
@@ -89,7 +86,14 @@ pub fn add(conf: &NetConf, attachment: &Attachment, netns: &Netns, k8s_pod: Opti
             let ip = lease.keep();
             log::info(format_args!("got {ip} on host veth {host_name}"));
             if let (Some(pod), Some(ifindex)) = (k8s_pod, host_ifindex) {
-                match policy_handoff::request(&conf.run_dir, ifindex, ip, pod, &attachment.container_id, policy_handoff::WAIT) {
+                match policy_handoff::request(
+                    &conf.run_dir,
+                    ifindex,
+                    ip,
+                    pod,
+                    &attachment.container_id,
+                    policy_handoff::WAIT,
+                ) {
                     policy_handoff::Outcome::Ready => log::step("policy in place"),
                     // The pod is wired and isolated; the agent opens it once
                     // its policy is in place. Not a failure of ADD.
@@ -106,10 +110,7 @@ pub fn add(conf: &NetConf, attachment: &Attachment, netns: &Netns, k8s_pod: Opti
             if let Err(e) = lease.release() {
                 rollback_problems.push(e.to_string());
             }
-            Err(CniError::RolledBack {
-                cause: Box::new(cause),
-                rollback_problems,
-            })
+            Err(CniError::RolledBack { cause: Box::new(cause), rollback_problems })
         }
     }
 }
@@ -153,12 +154,7 @@ impl Setup<'_> {
             endpoints.insert(host_link.index, ip, self.policy_pending)?;
             teardown.endpoint = Some(host_link.index);
             log::step("endpoint entry");
-            datapath::attach_programs(
-                pins,
-                self.host_name,
-                host_link.index,
-                &mut teardown.link_pins,
-            )?;
+            datapath::attach_programs(pins, self.host_name, host_link.index, &mut teardown.link_pins)?;
             log::step("attach programs");
         }
 
@@ -166,13 +162,8 @@ impl Setup<'_> {
         let pod_link = lookup(pod, ifname, "the pod interface just created")?;
         pod.add_address(&pod_link, ip, 32)?;
         pod.set_link_up(&pod_link)?;
-        let default_route = Route {
-            dst: Ipv4Addr::UNSPECIFIED,
-            prefix_len: 0,
-            gateway: Some(gateway),
-            oif: None,
-            link_scope: false,
-        };
+        let default_route =
+            Route { dst: Ipv4Addr::UNSPECIFIED, prefix_len: 0, gateway: Some(gateway), oif: None, link_scope: false };
         for route in [link_route(gateway), default_route] {
             pod.add_route(&pod_link, &route).map_err(|mut e| {
                 if e.errno() == Some(libc::EEXIST) {
@@ -185,17 +176,10 @@ impl Setup<'_> {
         }
 
         log::step("pod side");
-        let network = |addr: Ipv4Addr, prefix: u8| {
-            Ipv4Network::new(addr, prefix).expect("prefix is at most 32")
-        };
+        let network = |addr: Ipv4Addr, prefix: u8| Ipv4Network::new(addr, prefix).expect("prefix is at most 32");
         Ok(AddResult {
             interfaces: vec![
-                Interface {
-                    name: host_link.name.clone(),
-                    mac: host_link.mac.clone(),
-                    mtu: conf.mtu,
-                    sandbox: None,
-                },
+                Interface { name: host_link.name.clone(), mac: host_link.mac.clone(), mtu: conf.mtu, sandbox: None },
                 Interface {
                     name: pod_link.name.clone(),
                     mac: pod_link.mac.clone(),
@@ -203,22 +187,10 @@ impl Setup<'_> {
                     sandbox: Some(self.netns.path().display().to_string()),
                 },
             ],
-            ips: vec![IpConfig {
-                address: network(ip, 32),
-                gateway,
-                interface: 1,
-            }],
+            ips: vec![IpConfig { address: network(ip, 32), gateway, interface: 1 }],
             routes: vec![
-                RouteConfig {
-                    dst: network(gateway, 32),
-                    gw: None,
-                    link_scope: true,
-                },
-                RouteConfig {
-                    dst: network(Ipv4Addr::UNSPECIFIED, 0),
-                    gw: Some(gateway),
-                    link_scope: false,
-                },
+                RouteConfig { dst: network(gateway, 32), gw: None, link_scope: true },
+                RouteConfig { dst: network(Ipv4Addr::UNSPECIFIED, 0), gw: Some(gateway), link_scope: false },
             ],
         })
     }
@@ -226,13 +198,7 @@ impl Setup<'_> {
 
 /// `ip/32 scope link`: a directly attached peer.
 fn link_route(ip: Ipv4Addr) -> Route {
-    Route {
-        dst: ip,
-        prefix_len: 32,
-        gateway: None,
-        oif: None,
-        link_scope: true,
-    }
+    Route { dst: ip, prefix_len: 32, gateway: None, oif: None, link_scope: true }
 }
 
 fn lookup(sock: &mut NetlinkSocket, name: &str, what: &str) -> Result<Link, CniError> {
@@ -248,10 +214,7 @@ fn lookup(sock: &mut NetlinkSocket, name: &str, what: &str) -> Result<Link, CniE
 /// Pods reach each other and the outside through the node, as with the ptp
 /// plugin, so the node namespace must forward IPv4.
 fn enable_ip_forwarding() -> Result<(), CniError> {
-    let io_err = |source| CniError::Io {
-        what: IP_FORWARD,
-        source,
-    };
+    let io_err = |source| CniError::Io { what: IP_FORWARD, source };
     if fs::read_to_string(IP_FORWARD).map_err(io_err)?.trim() == "1" {
         return Ok(());
     }
@@ -270,13 +233,7 @@ struct Teardown {
 
 impl Teardown {
     fn new(pins: Option<Pins>) -> Self {
-        Self {
-            pins,
-            host_veth: None,
-            endpoint: None,
-            link_pins: Vec::new(),
-            disarmed: false,
-        }
+        Self { pins, host_veth: None, endpoint: None, link_pins: Vec::new(), disarmed: false }
     }
 
     fn disarm(&mut self) {

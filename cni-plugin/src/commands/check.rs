@@ -15,37 +15,19 @@ use crate::{
     veth,
 };
 
-pub fn check(
-    conf: &NetConf,
-    attachment: &Attachment,
-    netns: &Netns,
-    prev: &PrevResult,
-) -> Result<(), CniError> {
+pub fn check(conf: &NetConf, attachment: &Attachment, netns: &Netns, prev: &PrevResult) -> Result<(), CniError> {
     let mut problems = Vec::new();
     let host_name = veth::host_veth_name(&conf.veth_prefix, attachment);
     let gateway = PodRange::new(conf.pod_cidr).gateway();
 
     // What prevResult says about our interface and its address.
-    let pod_iface = prev
-        .interfaces
-        .iter()
-        .position(|i| i.name == attachment.ifname && i.sandbox.is_some());
+    let pod_iface = prev.interfaces.iter().position(|i| i.name == attachment.ifname && i.sandbox.is_some());
     if pod_iface.is_none() {
-        problems.push(format!(
-            "prevResult lists no interface {} with a sandbox",
-            attachment.ifname
-        ));
+        problems.push(format!("prevResult lists no interface {} with a sandbox", attachment.ifname));
     }
-    let ips: Vec<_> = prev
-        .ips
-        .iter()
-        .filter(|ip| ip.interface == pod_iface && pod_iface.is_some())
-        .collect();
+    let ips: Vec<_> = prev.ips.iter().filter(|ip| ip.interface == pod_iface && pod_iface.is_some()).collect();
     if pod_iface.is_some() && ips.is_empty() {
-        problems.push(format!(
-            "prevResult lists no IPv4 address for {}",
-            attachment.ifname
-        ));
+        problems.push(format!("prevResult lists no IPv4 address for {}", attachment.ifname));
     }
     let pod_ip: Option<Ipv4Addr> = ips.first().map(|ip| ip.address.ip());
 
@@ -72,23 +54,13 @@ pub fn check(
             }
             let addrs = host.addresses(link)?;
             if !addrs.contains(&(gateway, 32)) {
-                problems.push(format!(
-                    "host veth {host_name} lacks the gateway address {gateway}/32"
-                ));
+                problems.push(format!("host veth {host_name} lacks the gateway address {gateway}/32"));
             }
             if let Some(ip) = pod_ip {
                 let routes = host.routes()?;
-                let want = Route {
-                    dst: ip,
-                    prefix_len: 32,
-                    gateway: None,
-                    oif: Some(link.index),
-                    link_scope: true,
-                };
+                let want = Route { dst: ip, prefix_len: 32, gateway: None, oif: Some(link.index), link_scope: true };
                 if !routes.contains(&want) {
-                    problems.push(format!(
-                        "node route {ip}/32 dev {host_name} scope link is missing"
-                    ));
+                    problems.push(format!("node route {ip}/32 dev {host_name} scope link is missing"));
                 }
             }
         }
@@ -97,20 +69,11 @@ pub fn check(
     // Pod side.
     let mut pod = netns.netlink()?;
     match pod.link_by_name(&attachment.ifname)? {
-        None => problems.push(format!(
-            "interface {} does not exist in {}",
-            attachment.ifname,
-            netns.path().display()
-        )),
+        None => problems.push(format!("interface {} does not exist in {}", attachment.ifname, netns.path().display())),
         Some(link) => {
             check_link(&link, conf.mtu, "pod interface", &mut problems);
             if let Some(i) = pod_iface {
-                check_mac(
-                    &link,
-                    prev.interfaces[i].mac.as_deref(),
-                    "pod interface",
-                    &mut problems,
-                );
+                check_mac(&link, prev.interfaces[i].mac.as_deref(), "pod interface", &mut problems);
             }
             let addrs = pod.addresses(&link)?;
             for ip in &ips {
@@ -127,14 +90,7 @@ pub fn check(
         check_datapath(&pins, &host_name, host_link.as_ref(), pod_ip, &mut problems);
     }
 
-    if problems.is_empty() {
-        Ok(())
-    } else {
-        Err(CniError::CheckFailed {
-            attachment: attachment.clone(),
-            problems,
-        })
-    }
+    if problems.is_empty() { Ok(()) } else { Err(CniError::CheckFailed { attachment: attachment.clone(), problems }) }
 }
 
 fn check_link(link: &Link, mtu: u32, what: &str, problems: &mut Vec<String>) {
@@ -145,14 +101,8 @@ fn check_link(link: &Link, mtu: u32, what: &str, problems: &mut Vec<String>) {
         problems.push(format!("{what} {} is down", link.name));
     }
     if link.mtu != Some(mtu) {
-        let actual = link
-            .mtu
-            .map(|m| m.to_string())
-            .unwrap_or_else(|| "unknown".into());
-        problems.push(format!(
-            "{what} {} has MTU {actual}, expected {mtu}",
-            link.name
-        ));
+        let actual = link.mtu.map(|m| m.to_string()).unwrap_or_else(|| "unknown".into());
+        problems.push(format!("{what} {} has MTU {actual}, expected {mtu}", link.name));
     }
 }
 
@@ -180,22 +130,14 @@ fn check_pod_routes(
 ) -> Result<(), CniError> {
     let routes = pod.routes()?;
     let on_link = |r: &Route| r.oif == Some(link.index);
-    if !routes.iter().any(|r| {
-        on_link(r) && r.dst == gateway && r.prefix_len == 32 && r.gateway.is_none() && r.link_scope
-    }) {
-        problems.push(format!(
-            "route {gateway}/32 dev {} scope link is missing",
-            link.name
-        ));
-    }
     if !routes
         .iter()
-        .any(|r| on_link(r) && r.prefix_len == 0 && r.gateway == Some(gateway))
+        .any(|r| on_link(r) && r.dst == gateway && r.prefix_len == 32 && r.gateway.is_none() && r.link_scope)
     {
-        problems.push(format!(
-            "default route via {gateway} dev {} is missing",
-            link.name
-        ));
+        problems.push(format!("route {gateway}/32 dev {} scope link is missing", link.name));
+    }
+    if !routes.iter().any(|r| on_link(r) && r.prefix_len == 0 && r.gateway == Some(gateway)) {
+        problems.push(format!("default route via {gateway} dev {} is missing", link.name));
     }
     let ours = |want: &&crate::result::PrevRoute| {
         let dst = (want.dst.network(), want.dst.prefix());
@@ -209,10 +151,7 @@ fn check_pod_routes(
         });
         if !found {
             let via = want.gw.map(|gw| format!(" via {gw}")).unwrap_or_default();
-            problems.push(format!(
-                "route {}{via} from prevResult is missing",
-                want.dst
-            ));
+            problems.push(format!("route {}{via} from prevResult is missing", want.dst));
         }
     }
     Ok(())
@@ -242,14 +181,10 @@ fn check_datapath(
     }
     // tcx kernels keep the program attached through this pin; older kernels
     // use a cls_bpf filter and have no pin to check.
-    let tcx = aya::util::KernelVersion::current()
-        .is_ok_and(|v| v >= aya::util::KernelVersion::new(6, 6, 0));
+    let tcx = aya::util::KernelVersion::current().is_ok_and(|v| v >= aya::util::KernelVersion::new(6, 6, 0));
     for pin in pins.link_pins(host_name) {
         if tcx && !pin.exists() {
-            problems.push(format!(
-                "tcx link pin {} is missing: the datapath program is not attached",
-                pin.display()
-            ));
+            problems.push(format!("tcx link pin {} is missing: the datapath program is not attached", pin.display()));
         }
     }
 }

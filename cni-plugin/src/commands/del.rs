@@ -28,22 +28,18 @@ pub fn del(conf: &NetConf, attachment: &Attachment) -> Result<(), CniError> {
     // Whether the host veth is known to be gone (or never existed) by the
     // end: only then may its address go back to the pool.
     let mut veth_gone = true;
-    let mut host = NetlinkSocket::open()
-        .map_err(|e| problems.push(e.to_string()))
-        .ok();
+    let mut host = NetlinkSocket::open().map_err(|e| problems.push(e.to_string())).ok();
     if host.is_none() {
         veth_gone = false;
     }
-    let host_link = host
-        .as_mut()
-        .and_then(|sock| match sock.link_by_name(&host_name) {
-            Ok(link) => link,
-            Err(e) => {
-                veth_gone = false;
-                problems.push(e.to_string());
-                None
-            }
-        });
+    let host_link = host.as_mut().and_then(|sock| match sock.link_by_name(&host_name) {
+        Ok(link) => link,
+        Err(e) => {
+            veth_gone = false;
+            problems.push(e.to_string());
+            None
+        }
+    });
     log::step("host veth lookup");
 
     if let Some(pins) = &pins {
@@ -118,19 +114,10 @@ pub fn del(conf: &NetConf, attachment: &Attachment) -> Result<(), CniError> {
                 Err(e) => problems.push(e.to_string()),
             }
         } else if let Some(ip) = ip {
-            problems.push(format!(
-                "{ip} stays reserved until {host_name} can be deleted"
-            ));
+            problems.push(format!("{ip} stays reserved until {host_name} can be deleted"));
         }
     }
     log::step("ipam release");
 
-    if problems.is_empty() {
-        Ok(())
-    } else {
-        Err(CniError::Cleanup {
-            command: "DEL",
-            problems,
-        })
-    }
+    if problems.is_empty() { Ok(()) } else { Err(CniError::Cleanup { command: "DEL", problems }) }
 }

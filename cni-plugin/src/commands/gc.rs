@@ -18,10 +18,7 @@ use crate::{
 
 pub fn gc(conf: &NetConf, keep: &HashSet<Attachment>) -> Result<(), CniError> {
     let mut problems = Vec::new();
-    let keep_names: HashSet<String> = keep
-        .iter()
-        .map(|a| veth::host_veth_name(&conf.veth_prefix, a))
-        .collect();
+    let keep_names: HashSet<String> = keep.iter().map(|a| veth::host_veth_name(&conf.veth_prefix, a)).collect();
     let pins = conf.bpf_pin_dir.as_deref().map(Pins::new);
 
     // Reservations.
@@ -33,11 +30,7 @@ pub fn gc(conf: &NetConf, keep: &HashSet<Attachment>) -> Result<(), CniError> {
         }
     };
     for r in &released {
-        let owner = r
-            .owner
-            .as_ref()
-            .map(ToString::to_string)
-            .unwrap_or_else(|| "unknown".into());
+        let owner = r.owner.as_ref().map(ToString::to_string).unwrap_or_else(|| "unknown".into());
         log::info(format_args!("released {} of {owner}", r.ip));
     }
 
@@ -55,9 +48,7 @@ pub fn gc(conf: &NetConf, keep: &HashSet<Attachment>) -> Result<(), CniError> {
                     });
                     for link in stale {
                         match host.delete_link(link) {
-                            Ok(()) => {
-                                log::info(format_args!("deleted stale host veth {}", link.name))
-                            }
+                            Ok(()) => log::info(format_args!("deleted stale host veth {}", link.name)),
                             Err(e) if e.is_not_found() => {}
                             Err(e) => problems.push(e.to_string()),
                         }
@@ -76,23 +67,11 @@ pub fn gc(conf: &NetConf, keep: &HashSet<Attachment>) -> Result<(), CniError> {
         gc_link_pins(pins, conf, &keep_names, &mut problems);
     }
 
-    if problems.is_empty() {
-        Ok(())
-    } else {
-        Err(CniError::Cleanup {
-            command: "GC",
-            problems,
-        })
-    }
+    if problems.is_empty() { Ok(()) } else { Err(CniError::Cleanup { command: "GC", problems }) }
 }
 
 /// Removes link pins named like a host veth that is not kept.
-fn gc_link_pins(
-    pins: &Pins,
-    conf: &NetConf,
-    keep_names: &HashSet<String>,
-    problems: &mut Vec<String>,
-) {
+fn gc_link_pins(pins: &Pins, conf: &NetConf, keep_names: &HashSet<String>, problems: &mut Vec<String>) {
     let dir = pins.links_dir();
     let entries = match fs::read_dir(&dir) {
         Ok(entries) => entries,
@@ -124,18 +103,11 @@ fn gc_link_pins(
 fn gc_endpoints(pins: &Pins, host: &mut NetlinkSocket) -> Result<(), String> {
     let mut map = EndpointMap::open(pins).map_err(|e| e.to_string())?;
     let entries = map.entries().map_err(|e| e.to_string())?;
-    let live: HashSet<u32> = host
-        .links()
-        .map_err(|e| e.to_string())?
-        .into_iter()
-        .map(|l| l.index)
-        .collect();
+    let live: HashSet<u32> = host.links().map_err(|e| e.to_string())?.into_iter().map(|l| l.index).collect();
     for (ifindex, ip) in entries {
         if !live.contains(&ifindex) {
             map.remove(ifindex).map_err(|e| e.to_string())?;
-            log::info(format_args!(
-                "removed endpoint entry of {ip} (ifindex {ifindex} is gone)"
-            ));
+            log::info(format_args!("removed endpoint entry of {ip} (ifindex {ifindex} is gone)"));
         }
     }
     Ok(())

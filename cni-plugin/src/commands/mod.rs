@@ -20,20 +20,13 @@ use crate::{
 pub fn run(request: Request) -> Result<Option<Value>, CniError> {
     match request {
         Request::Version { version } => Ok(Some(version_json(version))),
-        Request::Add {
-            conf,
-            attachment,
-            netns,
-            pod,
-        } => add::add(&conf, &attachment, &netns, pod.as_ref())
-            .map(|result| Some(result.to_json(conf.cni_version))),
+        Request::Add { conf, attachment, netns, pod } => {
+            add::add(&conf, &attachment, &netns, pod.as_ref()).map(|result| Some(result.to_json(conf.cni_version)))
+        }
         Request::Del { conf, attachment } => del::del(&conf, &attachment).map(|()| None),
-        Request::Check {
-            conf,
-            attachment,
-            netns,
-            prev,
-        } => check::check(&conf, &attachment, &netns, &prev).map(|()| None),
+        Request::Check { conf, attachment, netns, prev } => {
+            check::check(&conf, &attachment, &netns, &prev).map(|()| None)
+        }
         Request::Status { conf } => status::status(&conf).map(|()| None),
         Request::Gc { conf, keep } => gc::gc(&conf, &keep).map(|()| None),
     }
@@ -41,8 +34,5 @@ pub fn run(request: Request) -> Result<Option<Value>, CniError> {
 
 /// The allocator over this network's on-disk store.
 fn allocator(conf: &NetConf) -> Result<Allocator<DiskStore>, CniError> {
-    Ok(Allocator::new(
-        PodRange::new(conf.pod_cidr),
-        DiskStore::open(&conf.ipam_dir())?,
-    ))
+    Ok(Allocator::new(PodRange::new(conf.pod_cidr), DiskStore::open(&conf.ipam_dir())?))
 }

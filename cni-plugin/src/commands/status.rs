@@ -22,10 +22,7 @@ pub fn status(conf: &NetConf) -> Result<(), CniError> {
         }
         Err(e) => {
             return Err(CniError::NotAvailable {
-                reason: format!(
-                    "cannot tell whether weir-agent is ready: {}: {e}",
-                    ready.display()
-                ),
+                reason: format!("cannot tell whether weir-agent is ready: {}: {e}", ready.display()),
             });
         }
     }
@@ -34,9 +31,7 @@ pub fn status(conf: &NetConf) -> Result<(), CniError> {
     // directory exists (or can be created) and the lock file is writable.
     DiskStore::open(&conf.ipam_dir())
         .and_then(|store| store.locked(|_| Ok(())))
-        .map_err(|e| CniError::NotAvailable {
-            reason: format!("the IPAM store is not usable: {e}"),
-        })
+        .map_err(|e| CniError::NotAvailable { reason: format!("the IPAM store is not usable: {e}") })
 }
 
 #[cfg(test)]
@@ -69,17 +64,10 @@ mod tests {
         let c = conf(&tmp.path().join("data"), &tmp.path().join("run"));
         let err = status(&c).unwrap_err();
         assert_eq!(err.code(), 50);
-        assert!(
-            err.to_string().contains("agent-ready does not exist"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("agent-ready does not exist"), "{err}");
 
         fs::create_dir_all(tmp.path().join("run")).unwrap();
-        fs::write(
-            tmp.path().join("run/agent-ready"),
-            r#"{"podCIDR":"10.244.1.0/24"}"#,
-        )
-        .unwrap();
+        fs::write(tmp.path().join("run/agent-ready"), r#"{"podCIDR":"10.244.1.0/24"}"#).unwrap();
         status(&c).unwrap();
         assert!(tmp.path().join("data/ipam/weir/lock").exists());
     }
@@ -92,9 +80,6 @@ mod tests {
         fs::write(tmp.path().join("data"), "").unwrap();
         let err = status(&conf(&tmp.path().join("data"), tmp.path())).unwrap_err();
         assert_eq!(err.code(), 50);
-        assert!(
-            err.to_string().starts_with("the IPAM store is not usable"),
-            "{err}"
-        );
+        assert!(err.to_string().starts_with("the IPAM store is not usable"), "{err}");
     }
 }

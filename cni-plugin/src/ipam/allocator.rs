@@ -95,14 +95,8 @@ impl<S: Store> Allocator<S> {
     fn reserve(&self, owner: &Attachment) -> Result<Ipv4Addr, IpamError> {
         self.store.locked(|store| {
             let reservations = store.reservations()?;
-            if let Some(held) = reservations
-                .iter()
-                .find(|r| r.owner.as_ref() == Some(owner))
-            {
-                return Err(IpamError::AlreadyReserved {
-                    attachment: owner.clone(),
-                    ip: held.ip,
-                });
+            if let Some(held) = reservations.iter().find(|r| r.owner.as_ref() == Some(owner)) {
+                return Err(IpamError::AlreadyReserved { attachment: owner.clone(), ip: held.ip });
             }
             let taken: HashSet<Ipv4Addr> = reservations.iter().map(|r| r.ip).collect();
             for ip in self.range.candidates_after(store.last_reserved()?) {
@@ -111,10 +105,7 @@ impl<S: Store> Allocator<S> {
                     return Ok(ip);
                 }
             }
-            Err(IpamError::Exhausted {
-                pod_cidr: self.range.cidr(),
-                capacity: self.range.capacity(),
-            })
+            Err(IpamError::Exhausted { pod_cidr: self.range.cidr(), capacity: self.range.capacity() })
         })
     }
 
@@ -125,12 +116,7 @@ impl<S: Store> Allocator<S> {
     /// the kernel wires the veth) but must wait for before keeping it.
     pub fn lease(&self, owner: &Attachment) -> Result<Lease<'_, S>, IpamError> {
         let ip = self.reserve(owner)?;
-        Ok(Lease {
-            allocator: self,
-            owner: owner.clone(),
-            ip,
-            armed: true,
-        })
+        Ok(Lease { allocator: self, owner: owner.clone(), ip, armed: true })
     }
 
     /// Makes every reservation and release so far durable.
@@ -141,11 +127,7 @@ impl<S: Store> Allocator<S> {
     /// The address `owner` holds, if any.
     pub fn lookup(&self, owner: &Attachment) -> Result<Option<Ipv4Addr>, IpamError> {
         self.store.locked(|store| {
-            Ok(store
-                .reservations()?
-                .into_iter()
-                .find(|r| r.owner.as_ref() == Some(owner))
-                .map(|r| r.ip))
+            Ok(store.reservations()?.into_iter().find(|r| r.owner.as_ref() == Some(owner)).map(|r| r.ip))
         })
     }
 
@@ -169,10 +151,7 @@ impl<S: Store> Allocator<S> {
     /// Releases `ip` if `owner` still holds it.
     fn release_ip(&self, owner: &Attachment, ip: Ipv4Addr) -> Result<(), IpamError> {
         self.store.locked(|store| {
-            let held = store
-                .reservations()?
-                .into_iter()
-                .any(|r| r.ip == ip && r.owner.as_ref() == Some(owner));
+            let held = store.reservations()?.into_iter().any(|r| r.ip == ip && r.owner.as_ref() == Some(owner));
             if held { store.release(ip) } else { Ok(()) }
         })?;
         self.store.persist()
@@ -180,10 +159,7 @@ impl<S: Store> Allocator<S> {
 
     /// GC: releases every reservation whose owner is not in `keep`
     /// (unreadable records included). Returns what was released.
-    pub fn release_all_except(
-        &self,
-        keep: &HashSet<Attachment>,
-    ) -> Result<Vec<Reservation>, IpamError> {
+    pub fn release_all_except(&self, keep: &HashSet<Attachment>) -> Result<Vec<Reservation>, IpamError> {
         let released = self.store.locked(|store| {
             let mut released = Vec::new();
             for r in store.reservations()? {
@@ -344,11 +320,7 @@ mod tests {
             let lease = a.lease(&owner(0)).unwrap();
             lease.ip()
         };
-        assert_eq!(
-            a.lookup(&owner(0)).unwrap(),
-            None,
-            "{ip_dropped} should be released"
-        );
+        assert_eq!(a.lookup(&owner(0)).unwrap(), None, "{ip_dropped} should be released");
         let kept = a.lease(&owner(1)).unwrap().keep();
         assert_eq!(a.lookup(&owner(1)).unwrap(), Some(kept));
         let lease = a.lease(&owner(2)).unwrap();

@@ -64,10 +64,7 @@ impl DiskStore {
             op: "create directory",
             source,
         })?;
-        Ok(Self {
-            dir: dir.to_owned(),
-            pending: Mutex::default(),
-        })
+        Ok(Self { dir: dir.to_owned(), pending: Mutex::default() })
     }
 
     fn err(&self, path: &Path, op: &'static str) -> impl FnOnce(io::Error) -> IpamError + use<> {
@@ -96,9 +93,7 @@ impl DiskStore {
 
     /// Makes directory entry changes durable.
     fn sync_dir(&self) -> Result<(), IpamError> {
-        File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(self.err(&self.dir, "fsync directory"))
+        File::open(&self.dir).and_then(|d| d.sync_all()).map_err(self.err(&self.dir, "fsync directory"))
     }
 }
 
@@ -129,11 +124,7 @@ impl Store for DiskStore {
                 Ok(lock) => break lock,
                 Err((f, Errno::EINTR)) => file = f,
                 Err((_, errno)) => {
-                    return Err(IpamError::Store {
-                        path,
-                        op: "flock",
-                        source: errno.into(),
-                    });
+                    return Err(IpamError::Store { path, op: "flock", source: errno.into() });
                 }
             }
         };
@@ -144,11 +135,7 @@ impl Store for DiskStore {
         let mut found = Vec::new();
         for entry in fs::read_dir(&self.dir).map_err(self.err(&self.dir, "list"))? {
             let entry = entry.map_err(self.err(&self.dir, "list"))?;
-            let Some(ip) = entry
-                .file_name()
-                .to_str()
-                .and_then(|n| n.parse::<Ipv4Addr>().ok())
-            else {
+            let Some(ip) = entry.file_name().to_str().and_then(|n| n.parse::<Ipv4Addr>().ok()) else {
                 continue;
             };
             let path = entry.path();
@@ -156,11 +143,7 @@ impl Store for DiskStore {
                 Ok(contents) => parse_record(&contents),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
                 Err(e) => {
-                    return Err(IpamError::Store {
-                        path,
-                        op: "read",
-                        source: e,
-                    });
+                    return Err(IpamError::Store { path, op: "read", source: e });
                 }
             };
             if owner.is_none() {
@@ -190,11 +173,7 @@ impl Store for DiskStore {
                 Ok(true)
             }
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
-            Err(e) => Err(IpamError::Store {
-                path,
-                op: "create reservation",
-                source: e,
-            }),
+            Err(e) => Err(IpamError::Store { path, op: "create reservation", source: e }),
         }
     }
 
@@ -209,11 +188,7 @@ impl Store for DiskStore {
                 Ok(())
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(IpamError::Store {
-                path,
-                op: "remove reservation",
-                source: e,
-            }),
+            Err(e) => Err(IpamError::Store { path, op: "remove reservation", source: e }),
         }
     }
 
@@ -223,11 +198,7 @@ impl Store for DiskStore {
             // A damaged cursor only costs round-robin order: start over.
             Ok(contents) => Ok(contents.trim().parse().ok()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(IpamError::Store {
-                path,
-                op: "read",
-                source: e,
-            }),
+            Err(e) => Err(IpamError::Store { path, op: "read", source: e }),
         }
     }
 
@@ -271,10 +242,7 @@ mod tests {
     const PER_CHILD: usize = 5;
 
     fn allocator(dir: &Path) -> Allocator<DiskStore> {
-        Allocator::new(
-            PodRange::new("10.244.1.0/24".parse().unwrap()),
-            DiskStore::open(dir).unwrap(),
-        )
+        Allocator::new(PodRange::new("10.244.1.0/24".parse().unwrap()), DiskStore::open(dir).unwrap())
     }
 
     #[test]
@@ -283,26 +251,13 @@ mod tests {
         let a = allocator(tmp.path());
         let ip = a.allocate(&Attachment::new("abc", "eth0")).unwrap();
         assert_eq!(ip, Ipv4Addr::new(10, 244, 1, 2));
-        assert_eq!(
-            fs::read_to_string(tmp.path().join("10.244.1.2")).unwrap(),
-            "abc\neth0"
-        );
-        assert_eq!(
-            fs::read_to_string(tmp.path().join("last_reserved_ip")).unwrap(),
-            "10.244.1.2"
-        );
+        assert_eq!(fs::read_to_string(tmp.path().join("10.244.1.2")).unwrap(), "abc\neth0");
+        assert_eq!(fs::read_to_string(tmp.path().join("last_reserved_ip")).unwrap(), "10.244.1.2");
         assert!(tmp.path().join("lock").exists());
         // No temporary files left behind.
-        let names: HashSet<String> = fs::read_dir(tmp.path())
-            .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .collect();
-        assert_eq!(
-            names,
-            ["10.244.1.2", "last_reserved_ip", "lock"]
-                .map(String::from)
-                .into()
-        );
+        let names: HashSet<String> =
+            fs::read_dir(tmp.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        assert_eq!(names, ["10.244.1.2", "last_reserved_ip", "lock"].map(String::from).into());
     }
 
     #[test]
@@ -315,10 +270,7 @@ mod tests {
         // The cursor persisted too: the next pod does not get .2 back.
         again.release(&owner).unwrap();
         assert!(!tmp.path().join(ip.to_string()).exists());
-        assert_eq!(
-            again.allocate(&Attachment::new("def", "eth0")).unwrap(),
-            Ipv4Addr::new(10, 244, 1, 3)
-        );
+        assert_eq!(again.allocate(&Attachment::new("def", "eth0")).unwrap(), Ipv4Addr::new(10, 244, 1, 3));
     }
 
     #[test]
@@ -328,15 +280,9 @@ mod tests {
         fs::write(tmp.path().join("10.244.1.3"), "").unwrap();
         fs::write(tmp.path().join("last_reserved_ip"), "garbage").unwrap();
         let a = allocator(tmp.path());
-        assert_eq!(
-            a.lookup(&Attachment::new("abc", "eth0")).unwrap(),
-            Some(Ipv4Addr::new(10, 244, 1, 2))
-        );
+        assert_eq!(a.lookup(&Attachment::new("abc", "eth0")).unwrap(), Some(Ipv4Addr::new(10, 244, 1, 2)));
         // The unreadable record still blocks its address.
-        assert_eq!(
-            a.allocate(&Attachment::new("x", "eth0")).unwrap(),
-            Ipv4Addr::new(10, 244, 1, 4)
-        );
+        assert_eq!(a.allocate(&Attachment::new("x", "eth0")).unwrap(), Ipv4Addr::new(10, 244, 1, 4));
         // GC with nothing valid removes both, unreadable included.
         let released = a.release_all_except(&HashSet::new()).unwrap();
         assert_eq!(released.len(), 3);
@@ -350,14 +296,8 @@ mod tests {
         let lease = a.lease(&Attachment::new("abc", "eth0")).unwrap();
         // Another process sees the reservation before it is flushed.
         let other = allocator(tmp.path());
-        assert_eq!(
-            other.allocate(&Attachment::new("def", "eth0")).unwrap(),
-            Ipv4Addr::new(10, 244, 1, 3)
-        );
-        assert_eq!(
-            fs::read_to_string(tmp.path().join("10.244.1.2")).unwrap(),
-            "abc\neth0"
-        );
+        assert_eq!(other.allocate(&Attachment::new("def", "eth0")).unwrap(), Ipv4Addr::new(10, 244, 1, 3));
+        assert_eq!(fs::read_to_string(tmp.path().join("10.244.1.2")).unwrap(), "abc\neth0");
         assert_eq!(a.store().pending().records.len(), 1);
         a.persist().unwrap();
         let pending = a.store().pending();
@@ -384,23 +324,12 @@ mod tests {
                 let dir = dir.clone();
                 // Each thread opens its own store (and lock file description),
                 // as separate plugin processes would.
-                thread::spawn(move || {
-                    allocator(&dir).allocate(&Attachment::new(format!("t{i}"), "eth0"))
-                })
+                thread::spawn(move || allocator(&dir).allocate(&Attachment::new(format!("t{i}"), "eth0")))
             })
             .collect();
-        let ips: HashSet<Ipv4Addr> = handles
-            .into_iter()
-            .map(|h| h.join().unwrap().unwrap())
-            .collect();
+        let ips: HashSet<Ipv4Addr> = handles.into_iter().map(|h| h.join().unwrap().unwrap()).collect();
         assert_eq!(ips.len(), 50);
-        assert_eq!(
-            allocator(&dir)
-                .release_all_except(&HashSet::new())
-                .unwrap()
-                .len(),
-            50
-        );
+        assert_eq!(allocator(&dir).release_all_except(&HashSet::new()).unwrap().len(), 50);
     }
 
     /// Runs in two roles: as the test, it starts 10 copies of the test
@@ -408,15 +337,10 @@ mod tests {
     /// environment; as such a copy, it allocates and exits.
     #[test]
     fn concurrent_processes_get_distinct_addresses() {
-        if let (Some(dir), Some(id)) = (
-            std::env::var_os(CHILD_DIR_ENV),
-            std::env::var_os(CHILD_ID_ENV),
-        ) {
+        if let (Some(dir), Some(id)) = (std::env::var_os(CHILD_DIR_ENV), std::env::var_os(CHILD_ID_ENV)) {
             let id = id.into_string().unwrap();
             for n in 0..PER_CHILD {
-                allocator(Path::new(&dir))
-                    .allocate(&Attachment::new(format!("p{id}-{n}"), "eth0"))
-                    .unwrap();
+                allocator(Path::new(&dir)).allocate(&Attachment::new(format!("p{id}-{n}"), "eth0")).unwrap();
             }
             return;
         }
@@ -426,10 +350,7 @@ mod tests {
         let mut running: Vec<_> = (0..10)
             .map(|i| {
                 Command::new(&exe)
-                    .args([
-                        "--exact",
-                        "ipam::disk_store::tests::concurrent_processes_get_distinct_addresses",
-                    ])
+                    .args(["--exact", "ipam::disk_store::tests::concurrent_processes_get_distinct_addresses"])
                     .args(["--test-threads", "1", "--quiet"])
                     .env(CHILD_DIR_ENV, tmp.path())
                     .env(CHILD_ID_ENV, i.to_string())
@@ -448,14 +369,8 @@ mod tests {
                 String::from_utf8_lossy(&out.stderr)
             );
         }
-        let reservations = DiskStore::open(tmp.path())
-            .unwrap()
-            .locked(|s| s.reservations())
-            .unwrap();
-        let owners: HashSet<_> = reservations
-            .iter()
-            .map(|r| r.owner.clone().unwrap())
-            .collect();
+        let reservations = DiskStore::open(tmp.path()).unwrap().locked(|s| s.reservations()).unwrap();
+        let owners: HashSet<_> = reservations.iter().map(|r| r.owner.clone().unwrap()).collect();
         let ips: HashSet<_> = reservations.iter().map(|r| r.ip).collect();
         assert_eq!(reservations.len(), 10 * PER_CHILD);
         assert_eq!(owners.len(), 10 * PER_CHILD);

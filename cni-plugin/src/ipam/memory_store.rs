@@ -38,10 +38,7 @@ impl Store for MemoryStore {
             .state()
             .reserved
             .iter()
-            .map(|(ip, owner)| Reservation {
-                ip: *ip,
-                owner: Some(owner.clone()),
-            })
+            .map(|(ip, owner)| Reservation { ip: *ip, owner: Some(owner.clone()) })
             .collect())
     }
 

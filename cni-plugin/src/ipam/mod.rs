@@ -23,23 +23,13 @@ pub enum IpamError {
     #[error(
         "no free address left in podCIDR {pod_cidr}: its {capacity} pod address(es) are all reserved; delete unused pods, run GC, or give the node a larger podCIDR"
     )]
-    Exhausted {
-        pod_cidr: Ipv4Network,
-        capacity: u32,
-    },
+    Exhausted { pod_cidr: Ipv4Network, capacity: u32 },
     #[error(
         "{attachment} already holds {ip}; the runtime must DEL this container and interface before adding it again"
     )]
-    AlreadyReserved {
-        attachment: Attachment,
-        ip: Ipv4Addr,
-    },
+    AlreadyReserved { attachment: Attachment, ip: Ipv4Addr },
     #[error("IPAM store {}: {op}: {source}", path.display())]
-    Store {
-        path: PathBuf,
-        op: &'static str,
-        source: io::Error,
-    },
+    Store { path: PathBuf, op: &'static str, source: io::Error },
 }
 
 /// One reserved address and who holds it (`None` when the record cannot be

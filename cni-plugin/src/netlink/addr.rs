@@ -12,20 +12,14 @@ use super::{NetlinkError, NetlinkSocket, link::Link};
 
 impl NetlinkSocket {
     /// Adds `ip/prefix_len` to `link` (fails if it is already there).
-    pub fn add_address(
-        &mut self,
-        link: &Link,
-        ip: Ipv4Addr,
-        prefix_len: u8,
-    ) -> Result<(), NetlinkError> {
+    pub fn add_address(&mut self, link: &Link, ip: Ipv4Addr, prefix_len: u8) -> Result<(), NetlinkError> {
         let mut msg = AddressMessage::default();
         msg.header.family = AddressFamily::Inet;
         msg.header.prefix_len = prefix_len;
         msg.header.scope = AddressScope::Universe;
         msg.header.index = link.index;
         msg.attributes.push(AddressAttribute::Local(IpAddr::V4(ip)));
-        msg.attributes
-            .push(AddressAttribute::Address(IpAddr::V4(ip)));
+        msg.attributes.push(AddressAttribute::Address(IpAddr::V4(ip)));
         self.execute(
             &format!("add address {ip}/{prefix_len} to {}", link.name),
             RouteNetlinkMessage::NewAddress(msg),
@@ -38,10 +32,7 @@ impl NetlinkSocket {
         let mut msg = AddressMessage::default();
         msg.header.family = AddressFamily::Inet;
         msg.header.index = link.index;
-        let replies = self.dump(
-            &format!("list addresses of {}", link.name),
-            RouteNetlinkMessage::GetAddress(msg),
-        )?;
+        let replies = self.dump(&format!("list addresses of {}", link.name), RouteNetlinkMessage::GetAddress(msg))?;
         let mut found = Vec::new();
         for reply in replies {
             let RouteNetlinkMessage::NewAddress(msg) = reply else {

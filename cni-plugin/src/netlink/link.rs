@@ -55,11 +55,7 @@ impl Link {
 }
 
 pub fn format_mac(bytes: &[u8]) -> String {
-    bytes
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
+    bytes.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
 }
 
 impl NetlinkSocket {
@@ -67,10 +63,7 @@ impl NetlinkSocket {
     pub fn link_by_name(&mut self, name: &str) -> Result<Option<Link>, NetlinkError> {
         let mut msg = LinkMessage::default();
         msg.attributes.push(LinkAttribute::IfName(name.to_string()));
-        match self.get(
-            &format!("get link {name}"),
-            RouteNetlinkMessage::GetLink(msg),
-        ) {
+        match self.get(&format!("get link {name}"), RouteNetlinkMessage::GetLink(msg)) {
             Ok(replies) => Ok(replies.into_iter().find_map(|reply| match reply {
                 RouteNetlinkMessage::NewLink(msg) => Some(Link::from_message(msg)),
                 _ => None,
@@ -82,10 +75,7 @@ impl NetlinkSocket {
 
     /// Every interface of the namespace.
     pub fn links(&mut self) -> Result<Vec<Link>, NetlinkError> {
-        let replies = self.dump(
-            "list links",
-            RouteNetlinkMessage::GetLink(LinkMessage::default()),
-        )?;
+        let replies = self.dump("list links", RouteNetlinkMessage::GetLink(LinkMessage::default()))?;
         Ok(replies
             .into_iter()
             .filter_map(|reply| match reply {
@@ -100,11 +90,7 @@ impl NetlinkSocket {
         msg.header.index = link.index;
         msg.header.flags = LinkFlags::Up;
         msg.header.change_mask = LinkFlags::Up;
-        self.execute(
-            &format!("set {} up", link.name),
-            RouteNetlinkMessage::SetLink(msg),
-            0,
-        )
+        self.execute(&format!("set {} up", link.name), RouteNetlinkMessage::SetLink(msg), 0)
     }
 
     /// Deletes an interface by index. Deleting one end of a veth pair deletes
@@ -112,11 +98,7 @@ impl NetlinkSocket {
     pub fn delete_link(&mut self, link: &Link) -> Result<(), NetlinkError> {
         let mut msg = LinkMessage::default();
         msg.header.index = link.index;
-        self.execute(
-            &format!("delete link {}", link.name),
-            RouteNetlinkMessage::DelLink(msg),
-            0,
-        )
+        self.execute(&format!("delete link {}", link.name), RouteNetlinkMessage::DelLink(msg), 0)
     }
 }
 
@@ -126,9 +108,6 @@ mod tests {
 
     #[test]
     fn mac_is_lowercase_colon_separated() {
-        assert_eq!(
-            format_mac(&[0x0a, 0xBC, 0, 1, 2, 0xff]),
-            "0a:bc:00:01:02:ff"
-        );
+        assert_eq!(format_mac(&[0x0a, 0xBC, 0, 1, 2, 0xff]), "0a:bc:00:01:02:ff");
     }
 }

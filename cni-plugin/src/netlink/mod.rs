@@ -13,8 +13,8 @@ pub mod route;
 use std::io;
 
 use netlink_packet_core::{
-    NLM_F_ACK, NLM_F_CAPPED, NLM_F_DUMP, NLM_F_REQUEST, NetlinkBuffer, NetlinkHeader,
-    NetlinkMessage, NetlinkPayload, NlasIterator,
+    NLM_F_ACK, NLM_F_CAPPED, NLM_F_DUMP, NLM_F_REQUEST, NetlinkBuffer, NetlinkHeader, NetlinkMessage, NetlinkPayload,
+    NlasIterator,
 };
 use netlink_packet_route::RouteNetlinkMessage;
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
@@ -38,11 +38,7 @@ pub struct NetlinkError {
 
 impl NetlinkError {
     fn io(op: impl Into<String>, source: io::Error) -> Self {
-        Self {
-            op: op.into(),
-            source,
-            kernel_msg: None,
-        }
+        Self { op: op.into(), source, kernel_msg: None }
     }
 
     pub fn errno(&self) -> Option<i32> {
@@ -52,10 +48,7 @@ impl NetlinkError {
     /// The object the request named does not exist (no such device, address
     /// or route).
     pub fn is_not_found(&self) -> bool {
-        matches!(
-            self.errno(),
-            Some(libc::ENODEV | libc::ENOENT | libc::ESRCH | libc::EADDRNOTAVAIL)
-        )
+        matches!(self.errno(), Some(libc::ENODEV | libc::ENOENT | libc::ESRCH | libc::EADDRNOTAVAIL))
     }
 }
 
@@ -81,30 +74,17 @@ impl NetlinkSocket {
     }
 
     /// Sends a request that changes something and waits for the kernel's ack.
-    pub fn execute(
-        &mut self,
-        op: &str,
-        msg: RouteNetlinkMessage,
-        flags: u16,
-    ) -> Result<(), NetlinkError> {
+    pub fn execute(&mut self, op: &str, msg: RouteNetlinkMessage, flags: u16) -> Result<(), NetlinkError> {
         self.request(op, msg, flags, false).map(drop)
     }
 
     /// Sends a request for one object and returns the kernel's replies.
-    pub fn get(
-        &mut self,
-        op: &str,
-        msg: RouteNetlinkMessage,
-    ) -> Result<Vec<RouteNetlinkMessage>, NetlinkError> {
+    pub fn get(&mut self, op: &str, msg: RouteNetlinkMessage) -> Result<Vec<RouteNetlinkMessage>, NetlinkError> {
         self.request(op, msg, 0, false)
     }
 
     /// Sends a dump request and returns every object of the reply.
-    pub fn dump(
-        &mut self,
-        op: &str,
-        msg: RouteNetlinkMessage,
-    ) -> Result<Vec<RouteNetlinkMessage>, NetlinkError> {
+    pub fn dump(&mut self, op: &str, msg: RouteNetlinkMessage) -> Result<Vec<RouteNetlinkMessage>, NetlinkError> {
         self.request(op, msg, NLM_F_DUMP, true)
     }
 
@@ -131,16 +111,12 @@ impl NetlinkSocket {
         is_dump: bool,
     ) -> Result<Vec<RouteNetlinkMessage>, NetlinkError> {
         let (seq, buf) = self.encode(msg, flags);
-        self.socket
-            .send(&buf, 0)
-            .map_err(|e| NetlinkError::io(format!("{op}: send"), e))?;
+        self.socket.send(&buf, 0).map_err(|e| NetlinkError::io(format!("{op}: send"), e))?;
 
         let mut replies = Vec::new();
         loop {
-            let (datagram, _) = self
-                .socket
-                .recv_from_full()
-                .map_err(|e| NetlinkError::io(format!("{op}: receive"), e))?;
+            let (datagram, _) =
+                self.socket.recv_from_full().map_err(|e| NetlinkError::io(format!("{op}: receive"), e))?;
             if parse_replies(op, seq, is_dump, &datagram, &mut replies)? {
                 return Ok(replies);
             }
@@ -163,14 +139,12 @@ fn parse_replies(
     let mut offset = 0;
     while offset < datagram.len() {
         let chunk = &datagram[offset..];
-        let len = NetlinkBuffer::new_checked(chunk)
-            .map(|b| b.length() as usize)
-            .map_err(|e| decode_error(op, e))?;
+        let len = NetlinkBuffer::new_checked(chunk).map(|b| b.length() as usize).map_err(|e| decode_error(op, e))?;
         if len == 0 || len > chunk.len() {
             return Err(decode_error(op, "bad netlink message length"));
         }
-        let reply = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&chunk[..len])
-            .map_err(|e| decode_error(op, e))?;
+        let reply =
+            NetlinkMessage::<RouteNetlinkMessage>::deserialize(&chunk[..len]).map_err(|e| decode_error(op, e))?;
         offset += (len + 3) & !3;
         if reply.header.sequence_number != seq {
             // A late answer to an earlier request; not ours.
@@ -201,10 +175,7 @@ fn parse_replies(
 }
 
 fn decode_error(op: &str, e: impl std::fmt::Display) -> NetlinkError {
-    NetlinkError::io(
-        op,
-        io::Error::new(io::ErrorKind::InvalidData, e.to_string()),
-    )
+    NetlinkError::io(op, io::Error::new(io::ErrorKind::InvalidData, e.to_string()))
 }
 
 /// Pulls `NLMSGERR_ATTR_MSG` out of an error reply's payload: the echoed
@@ -221,15 +192,13 @@ fn extack_message(payload: &[u8], flags: u16) -> Option<String> {
         (len + 3) & !3
     };
     let attrs = payload.get(echoed..)?;
-    NlasIterator::new(attrs)
-        .filter_map(Result::ok)
-        .find_map(|nla| {
-            (nla.kind() == NLMSGERR_ATTR_MSG).then(|| {
-                let value = nla.value();
-                let end = value.iter().position(|&b| b == 0).unwrap_or(value.len());
-                String::from_utf8_lossy(&value[..end]).into_owned()
-            })
+    NlasIterator::new(attrs).filter_map(Result::ok).find_map(|nla| {
+        (nla.kind() == NLMSGERR_ATTR_MSG).then(|| {
+            let value = nla.value();
+            let end = value.iter().position(|&b| b == 0).unwrap_or(value.len());
+            String::from_utf8_lossy(&value[..end]).into_owned()
         })
+    })
 }
 
 #[cfg(test)]
@@ -243,13 +212,7 @@ mod tests {
         payload.extend_from_slice(&9u16.to_ne_bytes());
         payload.extend_from_slice(&NLMSGERR_ATTR_MSG.to_ne_bytes());
         payload.extend_from_slice(b"oops\0\0\0\0");
-        assert_eq!(
-            extack_message(&payload, NLM_F_CAPPED).as_deref(),
-            Some("oops")
-        );
-        assert_eq!(
-            extack_message(&payload[..NLMSG_HDR_LEN], NLM_F_CAPPED),
-            None
-        );
+        assert_eq!(extack_message(&payload, NLM_F_CAPPED).as_deref(), Some("oops"));
+        assert_eq!(extack_message(&payload[..NLMSG_HDR_LEN], NLM_F_CAPPED), None);
     }
 }

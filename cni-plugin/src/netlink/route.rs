@@ -5,10 +5,7 @@ use std::net::Ipv4Addr;
 use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL};
 use netlink_packet_route::{
     AddressFamily, RouteNetlinkMessage,
-    route::{
-        RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope,
-        RouteType,
-    },
+    route::{RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType},
 };
 
 use super::{NetlinkError, NetlinkSocket, link::Link};
@@ -47,19 +44,13 @@ impl NetlinkSocket {
         msg.header.table = RouteHeader::RT_TABLE_MAIN;
         // What `ip route add` uses: "installed by an administrator/tool".
         msg.header.protocol = RouteProtocol::Boot;
-        msg.header.scope = if route.link_scope {
-            RouteScope::Link
-        } else {
-            RouteScope::Universe
-        };
+        msg.header.scope = if route.link_scope { RouteScope::Link } else { RouteScope::Universe };
         msg.header.kind = RouteType::Unicast;
         if route.prefix_len > 0 {
-            msg.attributes
-                .push(RouteAttribute::Destination(RouteAddress::Inet(route.dst)));
+            msg.attributes.push(RouteAttribute::Destination(RouteAddress::Inet(route.dst)));
         }
         if let Some(gw) = route.gateway {
-            msg.attributes
-                .push(RouteAttribute::Gateway(RouteAddress::Inet(gw)));
+            msg.attributes.push(RouteAttribute::Gateway(RouteAddress::Inet(gw)));
         }
         msg.attributes.push(RouteAttribute::Oif(link.index));
         self.execute(
@@ -96,9 +87,7 @@ impl NetlinkSocket {
                     _ => {}
                 }
             }
-            if table == u32::from(RouteHeader::RT_TABLE_MAIN)
-                && msg.header.kind == RouteType::Unicast
-            {
+            if table == u32::from(RouteHeader::RT_TABLE_MAIN) && msg.header.kind == RouteType::Unicast {
                 routes.push(route);
             }
         }

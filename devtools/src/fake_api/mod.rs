@@ -125,7 +125,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             shared.replace_all(objects);
         }
         Ok(None) => {}
-        Err(e) => warn!(dir = %args.dir.display(), error = %e, "cannot read the manifest directory yet; answering 503 until it can"),
+        Err(e) => {
+            warn!(dir = %args.dir.display(), error = %e, "cannot read the manifest directory yet; answering 503 until it can")
+        }
     }
     let listener = TcpListener::bind(args.listen).await.with_context(|| format!("listen on {}", args.listen))?;
     let addr = listener.local_addr()?;
@@ -472,7 +474,10 @@ fn route(req: &Request, shared: &Shared) -> Answer {
     match req.path.as_str() {
         "/healthz" | "/livez" | "/readyz" => return Answer::Json(200, json!("ok")),
         "/version" => {
-            return Answer::Json(200, json!({"major": "1", "minor": "34", "gitVersion": "v1.34.0-weir-fake", "platform": "linux/amd64"}));
+            return Answer::Json(
+                200,
+                json!({"major": "1", "minor": "34", "gitVersion": "v1.34.0-weir-fake", "platform": "linux/amd64"}),
+            );
         }
         _ => {}
     }
@@ -480,7 +485,12 @@ fn route(req: &Request, shared: &Shared) -> Answer {
         return ApiError::new(404, "NotFound", format!("the server could not find the requested resource ({}); this fake API serves nodes, services, endpointslices, pods, namespaces and networkpolicies", req.path)).into();
     };
     if req.method != "GET" {
-        return ApiError::new(405, "MethodNotAllowed", "the fake API server is read-only: change the manifest directory instead").into();
+        return ApiError::new(
+            405,
+            "MethodNotAllowed",
+            "the fake API server is read-only: change the manifest directory instead",
+        )
+        .into();
     }
     let q = |k: &str| req.query.get(k).map(String::as_str);
     let store = shared.store();
@@ -503,7 +513,9 @@ fn route(req: &Request, shared: &Shared) -> Answer {
         let from = match rv.map(str::parse::<u64>) {
             None => None,
             Some(Ok(n)) => Some(n),
-            Some(Err(_)) => return ApiError::bad_request(format!("invalid resourceVersion {:?}", rv.unwrap_or_default())).into(),
+            Some(Err(_)) => {
+                return ApiError::bad_request(format!("invalid resourceVersion {:?}", rv.unwrap_or_default())).into();
+            }
         };
         let initial_events_end = q("sendInitialEvents") == Some("true");
         return Answer::Watch(WatchRequest {
@@ -537,7 +549,10 @@ fn bookmark(resource: Resource, rv: u64, initial_events_end: bool) -> Vec<u8> {
     if initial_events_end {
         metadata["annotations"] = json!({"k8s.io/initial-events-end": "true"});
     }
-    event_line("BOOKMARK", &json!({"kind": resource.kind(), "apiVersion": resource.api_version(), "metadata": metadata}))
+    event_line(
+        "BOOKMARK",
+        &json!({"kind": resource.kind(), "apiVersion": resource.api_version(), "metadata": metadata}),
+    )
 }
 
 async fn write_chunk<W: AsyncWrite + Unpin>(wr: &mut W, data: &[u8]) -> std::io::Result<()> {
@@ -548,7 +563,13 @@ async fn write_chunk<W: AsyncWrite + Unpin>(wr: &mut W, data: &[u8]) -> std::io:
 }
 
 /// Streams one watch until its timeout; false if the client went away.
-async fn stream_watch<R, W>(w: WatchRequest, shared: &Shared, rd: &mut R, wr: &mut W, buf: &mut Vec<u8>) -> std::io::Result<bool>
+async fn stream_watch<R, W>(
+    w: WatchRequest,
+    shared: &Shared,
+    rd: &mut R,
+    wr: &mut W,
+    buf: &mut Vec<u8>,
+) -> std::io::Result<bool>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,

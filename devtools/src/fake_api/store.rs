@@ -235,10 +235,7 @@ pub struct Store {
 /// of the previous process is told 410 Gone and relists, instead of being
 /// served from a number that means something else now.
 pub fn start_resource_version() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or(1)
+    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(1)
 }
 
 impl Store {
@@ -377,7 +374,11 @@ impl Store {
                         )));
                     }
                     if asked > self.rv {
-                        return Err(ApiError::new(504, "Timeout", format!("Too large resource version: {asked}, current: {}", self.rv)));
+                        return Err(ApiError::new(
+                            504,
+                            "Timeout",
+                            format!("Too large resource version: {asked}, current: {}", self.rv),
+                        ));
                     }
                 }
             }
@@ -430,10 +431,7 @@ impl Store {
 
 fn last_key(object: &Value) -> (String, String) {
     let meta = &object["metadata"];
-    (
-        meta["namespace"].as_str().unwrap_or_default().to_string(),
-        meta["name"].as_str().unwrap_or_default().to_string(),
-    )
+    (meta["namespace"].as_str().unwrap_or_default().to_string(), meta["name"].as_str().unwrap_or_default().to_string())
 }
 
 // ---------------------------------------------------------------- selectors

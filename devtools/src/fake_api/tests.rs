@@ -56,7 +56,9 @@ fn loaded(texts: &[&str]) -> Store {
 fn names(items: &[std::sync::Arc<Value>]) -> Vec<String> {
     items
         .iter()
-        .map(|i| format!("{}/{}", i["metadata"]["namespace"].as_str().unwrap_or(""), i["metadata"]["name"].as_str().unwrap()))
+        .map(|i| {
+            format!("{}/{}", i["metadata"]["namespace"].as_str().unwrap_or(""), i["metadata"]["name"].as_str().unwrap())
+        })
         .collect()
 }
 
@@ -102,7 +104,8 @@ fn manifests_are_read_as_the_dir_source_reads_them() {
     let keys: Vec<_> = objs.iter().map(|(k, _)| k.clone()).collect();
     assert_eq!(keys, [(Resource::Namespace, String::new(), "x".to_string())]);
     // A served kind that does not read as that kind fails the file.
-    let err = store::parse_manifests("apiVersion: v1\nkind: Node\nmetadata: {name: n}\nspec: {podCIDR: [1]}\n").unwrap_err();
+    let err =
+        store::parse_manifests("apiVersion: v1\nkind: Node\nmetadata: {name: n}\nspec: {podCIDR: [1]}\n").unwrap_err();
     assert!(err.contains("invalid Node n"), "{err}");
     assert!(store::parse_manifests("metadata: {name: n}\n").unwrap_err().contains("no `kind`"));
     assert!(store::parse_manifests("kind: Pod\nmetadata: {}\n").unwrap_err().contains("without metadata.name"));
@@ -123,7 +126,11 @@ fn changes_are_events_with_their_own_resource_versions() {
     let seen: Vec<_> = events.iter().map(|e| (e.event, e.object["metadata"]["name"].as_str().unwrap(), e.rv)).collect();
     assert_eq!(
         seen,
-        [(EventType::Deleted, "n2", start + 1), (EventType::Modified, "n1", start + 2), (EventType::Added, "n3", start + 3)]
+        [
+            (EventType::Deleted, "n2", start + 1),
+            (EventType::Modified, "n1", start + 2),
+            (EventType::Added, "n3", start + 3)
+        ]
     );
     for e in &events {
         assert_eq!(e.object["metadata"]["resourceVersion"], json!(e.rv.to_string()), "{:?}", e.event);
@@ -156,7 +163,10 @@ fn watches_from_too_old_or_unknown_resource_versions_get_410() {
     // An exact list of an old version is gone too; a newer one is a 504.
     let all = Filter::default();
     assert_eq!(s.list(Resource::Node, &all, Some(&start.to_string()), true, None, None).unwrap_err().code, 410);
-    assert_eq!(s.list(Resource::Node, &all, Some(&(start + 100).to_string()), false, None, None).unwrap_err().code, 504);
+    assert_eq!(
+        s.list(Resource::Node, &all, Some(&(start + 100).to_string()), false, None, None).unwrap_err().code,
+        504
+    );
     assert!(s.list(Resource::Node, &all, Some(&start.to_string()), false, None, None).is_ok());
 }
 
@@ -189,7 +199,8 @@ fn selectors_filter_lists_and_turn_changes_into_adds_and_deletes() {
     s.replace_all(objects(&[&PODS.replace("phase: Running", "phase: Failed")]));
     s.replace_all(objects(&[PODS]));
     let (events, _) = s.events_since(Resource::Pod, start).unwrap();
-    let through = |f: &Filter| -> Vec<EventType> { events.iter().filter_map(|e| e.seen_through(f).map(|(t, _)| t)).collect() };
+    let through =
+        |f: &Filter| -> Vec<EventType> { events.iter().filter_map(|e| e.seen_through(f).map(|(t, _)| t)).collect() };
     assert_eq!(through(&running), [EventType::Deleted, EventType::Added]);
     assert_eq!(through(&Filter::default()), [EventType::Modified, EventType::Modified]);
     assert_eq!(through(&on_n2), []);
@@ -222,7 +233,10 @@ fn paths_name_collections_namespaces_and_objects() {
     assert_eq!(t("/api/v1/namespaces/x/pods"), Some((Resource::Pod, Some("x".into()), None)));
     assert_eq!(t("/api/v1/namespaces/x/pods/a"), Some((Resource::Pod, Some("x".into()), Some("a".into()))));
     assert_eq!(t("/apis/discovery.k8s.io/v1/endpointslices"), Some((Resource::EndpointSlice, None, None)));
-    assert_eq!(t("/apis/networking.k8s.io/v1/namespaces/x/networkpolicies"), Some((Resource::NetworkPolicy, Some("x".into()), None)));
+    assert_eq!(
+        t("/apis/networking.k8s.io/v1/namespaces/x/networkpolicies"),
+        Some((Resource::NetworkPolicy, Some("x".into()), None))
+    );
     assert_eq!(t("/api/v1/namespaces/x/nodes"), None, "cluster-scoped");
     assert_eq!(t("/apis/apps/v1/deployments"), None);
     assert_eq!(percent_decode("status.phase%21%3DSucceeded+x%2"), "status.phase!=Succeeded x%2");
@@ -307,10 +321,14 @@ async fn http_lists_watches_and_410s() {
     // watch ends after timeoutSeconds.
     write(&dir, "nodes.yaml", &NODES.replace("name: n2", "name: n3"));
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let response = get(&addr, &format!("/api/v1/nodes?watch=true&timeoutSeconds=1&allowWatchBookmarks=true&resourceVersion={rv}")).await;
+    let response =
+        get(&addr, &format!("/api/v1/nodes?watch=true&timeoutSeconds=1&allowWatchBookmarks=true&resourceVersion={rv}"))
+            .await;
     let events: Vec<(String, String)> = watch_lines(&response)
         .iter()
-        .map(|e| (e["type"].as_str().unwrap().to_string(), e["object"]["metadata"]["name"].as_str().unwrap().to_string()))
+        .map(|e| {
+            (e["type"].as_str().unwrap().to_string(), e["object"]["metadata"]["name"].as_str().unwrap().to_string())
+        })
         .collect();
     assert_eq!(events, [("DELETED".into(), "n2".into()), ("ADDED".into(), "n3".into())]);
 
@@ -375,7 +393,11 @@ spec: {podSelector: {}, policyTypes: [Ingress]}
 ";
 
 async fn next(rx: &mut mpsc::Receiver<Update>) -> Update {
-    match tokio::time::timeout(Duration::from_secs(20), rx.recv()).await.expect("an update in time").expect("source alive") {
+    match tokio::time::timeout(Duration::from_secs(20), rx.recv())
+        .await
+        .expect("an update in time")
+        .expect("source alive")
+    {
         Update::Reachable { kind, ok } => panic!("{kind} reachable={ok}: the fake API server answers every kind"),
         u => u,
     }
@@ -394,24 +416,36 @@ async fn the_kube_source_lists_and_watches_through_it() {
     write(&dir, "policy.yaml", POLICY);
     let kubeconfig = start(&dir).await;
     // Built in a task of its own to tell one known failure apart.
-    let client = match tokio::spawn(async move { weir_agent::sources::kube::client(Some(&kubeconfig), &Default::default()).await }).await {
-        Ok(client) => client.unwrap(),
-        Err(e) if e.is_panic() => panic!(
-            "building the kube client panicked (see above). If rustls could not pick a CryptoProvider: kube is \
+    let client =
+        match tokio::spawn(
+            async move { weir_agent::sources::kube::client(Some(&kubeconfig), &Default::default()).await },
+        )
+        .await
+        {
+            Ok(client) => client.unwrap(),
+            Err(e) if e.is_panic() => panic!(
+                "building the kube client panicked (see above). If rustls could not pick a CryptoProvider: kube is \
              built without one (its `ring` or `aws-lc-rs` feature), so `weir-agent run --source kube` panics \
              the same way against any API server; `cargo test -p weir-devtools --features kube/ring` runs this test"
-        ),
-        Err(e) => panic!("{e}"),
-    };
+            ),
+            Err(e) => panic!("{e}"),
+        };
     let (tx, mut rx) = mpsc::channel(64);
     let source = tokio::spawn(weir_agent::sources::kube::run(client, tx));
 
     let mut listed = BTreeMap::new();
     while listed.len() < 6 {
         let (kind, summary) = match next(&mut rx).await {
-            Update::Nodes(Change::Relisted(v)) => ("nodes", v.iter().map(|n| format!("{}@{:?}", n.name, n.pod_cidr.map(|c| c.to_string()))).collect::<Vec<_>>()),
-            Update::Services(Change::Relisted(v)) => ("services", v.iter().map(|s| format!("{}@{:?}", s.key, s.cluster_ips)).collect()),
-            Update::EndpointSlices(Change::Relisted(v)) => ("slices", v.iter().map(|s| format!("{}:{}", s.key, s.endpoints.len())).collect()),
+            Update::Nodes(Change::Relisted(v)) => (
+                "nodes",
+                v.iter().map(|n| format!("{}@{:?}", n.name, n.pod_cidr.map(|c| c.to_string()))).collect::<Vec<_>>(),
+            ),
+            Update::Services(Change::Relisted(v)) => {
+                ("services", v.iter().map(|s| format!("{}@{:?}", s.key, s.cluster_ips)).collect())
+            }
+            Update::EndpointSlices(Change::Relisted(v)) => {
+                ("slices", v.iter().map(|s| format!("{}:{}", s.key, s.endpoints.len())).collect())
+            }
             Update::Pods(Change::Relisted(v)) => ("pods", v.iter().map(|p| p.key.clone()).collect()),
             Update::Namespaces(Change::Relisted(v)) => ("namespaces", v.iter().map(|n| n.name.clone()).collect()),
             Update::NetworkPolicies(Change::Relisted(v)) => ("policies", v.iter().map(|p| p.key.clone()).collect()),
@@ -479,7 +513,8 @@ async fn in_cluster_configuration_over_https_with_a_token() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let text = std::fs::read_to_string(&kubeconfig).expect("kubeconfig written");
-    let server = text.lines().find_map(|l| l.trim().strip_prefix("server: https://")).expect("https server").to_string();
+    let server =
+        text.lines().find_map(|l| l.trim().strip_prefix("server: https://")).expect("https server").to_string();
     let (host, port) = server.rsplit_once(':').unwrap();
     for file in ["token", "ca.crt", "namespace"] {
         assert!(sa.join(file).is_file(), "{file} written");
@@ -500,7 +535,9 @@ async fn in_cluster_configuration_over_https_with_a_token() {
         std::fs::copy(sa.join(file), wrong.join(file)).unwrap();
     }
     std::fs::write(wrong.join("token"), "not-the-token").unwrap();
-    let client = weir_agent::sources::kube::client(None, &InClusterSettings { service_account_dir: wrong, ..settings }).await.unwrap();
+    let client = weir_agent::sources::kube::client(None, &InClusterSettings { service_account_dir: wrong, ..settings })
+        .await
+        .unwrap();
     match kube::Api::<Node>::all(client).list(&Default::default()).await {
         Err(kube::Error::Api(status)) => assert_eq!(status.code, 401),
         other => panic!("expected 401, got {other:?}"),

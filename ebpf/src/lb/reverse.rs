@@ -101,11 +101,7 @@ fn find(flow: &Flow, hook: Hook) -> Option<Reply> {
     let frontend = rev_nat(ct.rev_nat_id)?;
     // Only while the flow lives: a later connection that reuses the tuple
     // (a direct one to the same backend, say) must not be rewritten.
-    let (client, client_port) = if hairpin {
-        (ct.nat_addr, ct.nat_port)
-    } else {
-        (flow.daddr, flow.dport)
-    };
+    let (client, client_port) = if hairpin { (ct.nat_addr, ct.nat_port) } else { (flow.daddr, flow.dport) };
     if flow_is_over(client, client_port, &frontend, flow.proto) {
         conntrack::remove(&conntrack::as_reply(flow));
         return None;

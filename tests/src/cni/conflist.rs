@@ -26,9 +26,7 @@ pub struct PluginConf {
 
 impl PluginConf {
     pub fn from_value(value: Value) -> Result<Self> {
-        let Value::Object(raw) = value else {
-            bail!("a plugin entry is not a JSON object")
-        };
+        let Value::Object(raw) = value else { bail!("a plugin entry is not a JSON object") };
         let plugin_type = raw
             .get("type")
             .and_then(Value::as_str)
@@ -37,15 +35,10 @@ impl PluginConf {
             .to_string();
         let capabilities = match raw.get("capabilities") {
             None => BTreeMap::new(),
-            Some(c) => serde_json::from_value(c.clone()).with_context(|| {
-                format!("plugin {plugin_type}: `capabilities` is not a map of booleans")
-            })?,
+            Some(c) => serde_json::from_value(c.clone())
+                .with_context(|| format!("plugin {plugin_type}: `capabilities` is not a map of booleans"))?,
         };
-        Ok(Self {
-            plugin_type,
-            capabilities,
-            raw,
-        })
+        Ok(Self { plugin_type, capabilities, raw })
     }
 
     /// Sets (or replaces) a key of this plugin's config.
@@ -74,38 +67,19 @@ impl Conflist {
     }
 
     pub fn from_value(value: Value) -> Result<Self> {
-        let name = value
-            .get("name")
-            .and_then(Value::as_str)
-            .filter(|n| !n.is_empty());
+        let name = value.get("name").and_then(Value::as_str).filter(|n| !n.is_empty());
         let name = name.context("conflist has no `name`")?.to_string();
-        let cni_version = value
-            .get("cniVersion")
-            .and_then(Value::as_str)
-            .context("conflist has no `cniVersion`")?;
-        let plugins = value
-            .get("plugins")
-            .and_then(Value::as_array)
-            .context("conflist has no `plugins` list")?;
+        let cni_version = value.get("cniVersion").and_then(Value::as_str).context("conflist has no `cniVersion`")?;
+        let plugins = value.get("plugins").and_then(Value::as_array).context("conflist has no `plugins` list")?;
         if plugins.is_empty() {
             bail!("conflist {name}: `plugins` is empty");
         }
         Ok(Self {
             name,
             cni_version: cni_version.to_string(),
-            disable_check: value
-                .get("disableCheck")
-                .and_then(Value::as_bool)
-                .unwrap_or(false),
-            disable_gc: value
-                .get("disableGC")
-                .and_then(Value::as_bool)
-                .unwrap_or(false),
-            plugins: plugins
-                .iter()
-                .cloned()
-                .map(PluginConf::from_value)
-                .collect::<Result<_>>()?,
+            disable_check: value.get("disableCheck").and_then(Value::as_bool).unwrap_or(false),
+            disable_gc: value.get("disableGC").and_then(Value::as_bool).unwrap_or(false),
+            plugins: plugins.iter().cloned().map(PluginConf::from_value).collect::<Result<_>>()?,
         })
     }
 
@@ -130,24 +104,13 @@ impl Conflist {
 
     /// The same list with another cniVersion.
     pub fn with_version(&self, version: &str) -> Self {
-        Self {
-            cni_version: version.to_string(),
-            ..self.clone()
-        }
+        Self { cni_version: version.to_string(), ..self.clone() }
     }
 
     /// The same list reduced to the plugins of the given types, in list order.
     pub fn only(&self, types: &[&str]) -> Self {
-        let plugins = self
-            .plugins
-            .iter()
-            .filter(|p| types.contains(&p.plugin_type.as_str()))
-            .cloned()
-            .collect();
-        Self {
-            plugins,
-            ..self.clone()
-        }
+        let plugins = self.plugins.iter().filter(|p| types.contains(&p.plugin_type.as_str())).cloned().collect();
+        Self { plugins, ..self.clone() }
     }
 
     pub fn plugin(&self, plugin_type: &str) -> Option<&PluginConf> {
@@ -155,9 +118,7 @@ impl Conflist {
     }
 
     pub fn plugin_mut(&mut self, plugin_type: &str) -> Option<&mut PluginConf> {
-        self.plugins
-            .iter_mut()
-            .find(|p| p.plugin_type == plugin_type)
+        self.plugins.iter_mut().find(|p| p.plugin_type == plugin_type)
     }
 
     /// The config a plugin reads on stdin: its own keys, plus the list's
@@ -216,18 +177,11 @@ mod tests {
         let list = Conflist::parse(AGENT_CONFLIST.as_bytes()).unwrap();
         assert_eq!(list.name, "weir");
         assert_eq!(list.cni_version, "1.1.0");
-        let types: Vec<_> = list
-            .plugins
-            .iter()
-            .map(|p| p.plugin_type.as_str())
-            .collect();
+        let types: Vec<_> = list.plugins.iter().map(|p| p.plugin_type.as_str()).collect();
         assert_eq!(types, ["weir-cni", "portmap"]);
         assert!(list.plugins[1].has_capability("portMappings"));
         assert!(!list.plugins[0].has_capability("portMappings"));
-        assert_eq!(
-            list.plugin("weir-cni").unwrap().get_str("podCIDR"),
-            Some("10.244.1.0/24")
-        );
+        assert_eq!(list.plugin("weir-cni").unwrap().get_str("podCIDR"), Some("10.244.1.0/24"));
         // Round trip.
         assert_eq!(Conflist::from_value(list.to_value()).unwrap(), list);
     }
@@ -238,10 +192,7 @@ mod tests {
             (r#"{"cniVersion":"1.0.0","plugins":[{"type":"x"}]}"#, "name"),
             (r#"{"name":"n","plugins":[{"type":"x"}]}"#, "cniVersion"),
             (r#"{"name":"n","cniVersion":"1.0.0","plugins":[]}"#, "empty"),
-            (
-                r#"{"name":"n","cniVersion":"1.0.0","plugins":[{"mtu":1}]}"#,
-                "type",
-            ),
+            (r#"{"name":"n","cniVersion":"1.0.0","plugins":[{"mtu":1}]}"#, "type"),
             (
                 r#"{"name":"n","cniVersion":"1.0.0","plugins":[{"type":"x","capabilities":{"a":"yes"}}]}"#,
                 "capabilities",
@@ -256,10 +207,7 @@ mod tests {
     fn plugin_config_injects_name_version_prev_result_and_declared_capabilities_only() {
         let list = Conflist::parse(AGENT_CONFLIST.as_bytes()).unwrap();
         let mut caps = Map::new();
-        caps.insert(
-            "portMappings".into(),
-            json!([{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}]),
-        );
+        caps.insert("portMappings".into(), json!([{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}]));
         caps.insert("bandwidth".into(), json!({"ingressRate": 1}));
 
         let first = list.plugin_config(&list.plugins[0], None, &caps);
@@ -267,19 +215,13 @@ mod tests {
         assert_eq!(first["cniVersion"], "1.1.0");
         assert_eq!(first["podCIDR"], "10.244.1.0/24");
         assert!(first.get("prevResult").is_none());
-        assert!(
-            first.get("runtimeConfig").is_none(),
-            "weir-cni declared no capability"
-        );
+        assert!(first.get("runtimeConfig").is_none(), "weir-cni declared no capability");
 
         let prev = json!({"cniVersion": "1.1.0", "ips": [{"address": "10.244.1.2/32"}]});
         let second = list.plugin_config(&list.plugins[1], Some(&prev), &caps);
         assert_eq!(second["prevResult"], prev);
         assert_eq!(second["runtimeConfig"]["portMappings"][0]["hostPort"], 8080);
-        assert!(
-            second["runtimeConfig"].get("bandwidth").is_none(),
-            "not a declared capability"
-        );
+        assert!(second["runtimeConfig"].get("bandwidth").is_none(), "not a declared capability");
         assert_eq!(second["snat"], true);
     }
 

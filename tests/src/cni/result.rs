@@ -103,17 +103,13 @@ impl CniResult {
     }
 
     pub fn from_value(raw: Value) -> Result<Self> {
-        let wire: ResultWire = serde_json::from_value(raw.clone())
-            .context("result does not have the CNI result shape")?;
+        let wire: ResultWire =
+            serde_json::from_value(raw.clone()).context("result does not have the CNI result shape")?;
         for ip in &wire.ips {
             if let Some(i) = ip.interface
                 && i >= wire.interfaces.len()
             {
-                bail!(
-                    "ips entry {} points at interface {i}, but there are {}",
-                    ip.address,
-                    wire.interfaces.len()
-                );
+                bail!("ips entry {} points at interface {i}, but there are {}", ip.address, wire.interfaces.len());
             }
         }
         Ok(Self {
@@ -128,16 +124,12 @@ impl CniResult {
 
     /// The interface inside the pod (the one with a `sandbox`).
     pub fn sandbox_interface(&self) -> Option<&Interface> {
-        self.interfaces
-            .iter()
-            .find(|i| i.sandbox.as_deref().is_some_and(|s| !s.is_empty()))
+        self.interfaces.iter().find(|i| i.sandbox.as_deref().is_some_and(|s| !s.is_empty()))
     }
 
     /// The host-side interface (no `sandbox`).
     pub fn host_interface(&self) -> Option<&Interface> {
-        self.interfaces
-            .iter()
-            .find(|i| i.sandbox.as_deref().is_none_or(str::is_empty))
+        self.interfaces.iter().find(|i| i.sandbox.as_deref().is_none_or(str::is_empty))
     }
 
     /// The pod's IPv4 address: the first IPv4 entry on a sandbox interface,
@@ -148,12 +140,7 @@ impl CniResult {
                 .and_then(|i| self.interfaces.get(i))
                 .is_some_and(|i| i.sandbox.as_deref().is_some_and(|s| !s.is_empty()))
         };
-        self.ips
-            .iter()
-            .filter(on_sandbox)
-            .chain(self.ips.iter())
-            .find_map(|ip| ip.ipv4())
-            .map(|(ip, _)| ip)
+        self.ips.iter().filter(on_sandbox).chain(self.ips.iter()).find_map(|ip| ip.ipv4()).map(|(ip, _)| ip)
     }
 }
 
@@ -249,23 +236,15 @@ mod tests {
     #[test]
     fn rejects_results_that_do_not_hold_together() {
         assert!(CniResult::parse(b"not json").is_err());
-        assert!(
-            CniResult::parse(br#"{"ips": []}"#).is_err(),
-            "cniVersion is required"
-        );
+        assert!(CniResult::parse(br#"{"ips": []}"#).is_err(), "cniVersion is required");
         let dangling = r#"{"cniVersion":"1.0.0","interfaces":[],"ips":[{"address":"10.0.0.2/32","interface":0}]}"#;
-        assert!(
-            format!("{:#}", CniResult::parse(dangling.as_bytes()).unwrap_err())
-                .contains("interface 0")
-        );
+        assert!(format!("{:#}", CniResult::parse(dangling.as_bytes()).unwrap_err()).contains("interface 0"));
     }
 
     #[test]
     fn parses_errors() {
-        let e = CniError::parse(
-            br#"{"cniVersion":"1.1.0","code":50,"msg":"not ready","details":"no agent-ready"}"#,
-        )
-        .unwrap();
+        let e = CniError::parse(br#"{"cniVersion":"1.1.0","code":50,"msg":"not ready","details":"no agent-ready"}"#)
+            .unwrap();
         assert_eq!(e.code, codes::NOT_READY);
         assert_eq!(e.to_string(), "code 50: not ready (no agent-ready)");
         assert!(CniError::parse(b"panic at the disco").is_none());

@@ -38,11 +38,7 @@ pub struct Attachment {
 }
 
 impl Attachment {
-    pub fn new(
-        container_id: impl Into<String>,
-        netns: impl Into<PathBuf>,
-        ifname: impl Into<String>,
-    ) -> Self {
+    pub fn new(container_id: impl Into<String>, netns: impl Into<PathBuf>, ifname: impl Into<String>) -> Self {
         Self {
             container_id: container_id.into(),
             netns: netns.into(),
@@ -53,28 +49,16 @@ impl Attachment {
     }
 
     /// Adds a `portMappings` entry (what kubelet derives from a hostPort).
-    pub fn with_port_mapping(
-        mut self,
-        host_port: u16,
-        container_port: u16,
-        protocol: &str,
-    ) -> Self {
-        let list = self
-            .capability_args
-            .entry("portMappings")
-            .or_insert_with(|| json!([]));
-        list.as_array_mut().expect("portMappings is a list").push(
-            json!({"hostPort": host_port, "containerPort": container_port, "protocol": protocol}),
-        );
+    pub fn with_port_mapping(mut self, host_port: u16, container_port: u16, protocol: &str) -> Self {
+        let list = self.capability_args.entry("portMappings").or_insert_with(|| json!([]));
+        list.as_array_mut()
+            .expect("portMappings is a list")
+            .push(json!({"hostPort": host_port, "containerPort": container_port, "protocol": protocol}));
         self
     }
 
     fn cni_args_env(&self) -> String {
-        self.cni_args
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect::<Vec<_>>()
-            .join(";")
+        self.cni_args.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(";")
     }
 }
 
@@ -95,11 +79,7 @@ pub enum FailureKind {
     /// The plugin could not be run, or was killed at the deadline.
     Exec(String),
     /// The plugin's output was not what the spec says.
-    BadOutput {
-        status: String,
-        stdout: String,
-        reason: String,
-    },
+    BadOutput { status: String, stdout: String, reason: String },
     /// Not in CNI_PATH.
     NotFound(Vec<PathBuf>),
     /// CHECK without a cached ADD result.
@@ -126,11 +106,9 @@ impl std::fmt::Display for CniFailure {
         match &self.kind {
             FailureKind::Plugin(e) => write!(f, "{e}")?,
             FailureKind::Exec(e) => write!(f, "{e}")?,
-            FailureKind::BadOutput {
-                status,
-                stdout,
-                reason,
-            } => write!(f, "{reason} ({status}); stdout: {:?}", stdout)?,
+            FailureKind::BadOutput { status, stdout, reason } => {
+                write!(f, "{reason} ({status}); stdout: {:?}", stdout)?
+            }
             FailureKind::NotFound(path) => write!(f, "not found in CNI_PATH {path:?}")?,
             FailureKind::NoCachedResult => write!(f, "no cached ADD result for this attachment")?,
         }
@@ -157,11 +135,7 @@ pub struct CniRuntime {
 }
 
 impl CniRuntime {
-    pub fn new(
-        exec_netns: Option<&Path>,
-        cni_path: Vec<PathBuf>,
-        cache_dir: impl Into<PathBuf>,
-    ) -> Self {
+    pub fn new(exec_netns: Option<&Path>, cni_path: Vec<PathBuf>, cache_dir: impl Into<PathBuf>) -> Self {
         Self {
             exec_netns: exec_netns.map(Path::to_path_buf),
             cni_path,
@@ -194,11 +168,7 @@ impl CniRuntime {
         let raw = prev.expect("a conflist has at least one plugin");
         let result = CniResult::from_value(raw.clone()).map_err(|e| CniFailure {
             command: "ADD",
-            plugin: list
-                .plugins
-                .last()
-                .map(|p| p.plugin_type.clone())
-                .unwrap_or_default(),
+            plugin: list.plugins.last().map(|p| p.plugin_type.clone()).unwrap_or_default(),
             kind: FailureKind::BadOutput {
                 status: "exit code 0".into(),
                 stdout: raw.to_string(),
@@ -260,10 +230,7 @@ impl CniRuntime {
         if !at_least_1_1(&list.cni_version) || list.disable_gc {
             return Ok(());
         }
-        let attachments: Vec<Value> = valid
-            .iter()
-            .map(|(c, i)| json!({"containerID": c, "ifname": i}))
-            .collect();
+        let attachments: Vec<Value> = valid.iter().map(|(c, i)| json!({"containerID": c, "ifname": i})).collect();
         let mut first_failure = None;
         for plugin in &list.plugins {
             let mut conf = list.plugin_config(plugin, None, &Map::new());
@@ -280,14 +247,8 @@ impl CniRuntime {
 
     /// VERSION of one plugin: its answer as JSON.
     pub fn version(&self, plugin_type: &str, cni_version: &str) -> CniOutcome<Value> {
-        let plugin =
-            PluginConf::from_value(json!({"type": plugin_type})).expect("a type is enough");
-        let out = self.invoke(
-            "VERSION",
-            &plugin,
-            &json!({"cniVersion": cni_version}),
-            None,
-        )?;
+        let plugin = PluginConf::from_value(json!({"type": plugin_type})).expect("a type is enough");
+        let out = self.invoke("VERSION", &plugin, &json!({"cniVersion": cni_version}), None)?;
         serde_json::from_slice(&out.stdout).map_err(|e| CniFailure {
             command: "VERSION",
             plugin: plugin_type.to_string(),
@@ -302,10 +263,7 @@ impl CniRuntime {
 
     /// The path of a plugin binary as CNI_PATH resolves it.
     pub fn find_plugin(&self, plugin_type: &str) -> Option<PathBuf> {
-        self.cni_path
-            .iter()
-            .map(|d| d.join(plugin_type))
-            .find(|p| p.is_file())
+        self.cni_path.iter().map(|d| d.join(plugin_type)).find(|p| p.is_file())
     }
 
     fn invoke(
@@ -328,15 +286,9 @@ impl CniRuntime {
         // Plugins see the CNI variables and a PATH (portmap runs iptables),
         // not the test's whole environment.
         cmd.env_clear()
-            .env(
-                "PATH",
-                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-            )
+            .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
             .env("CNI_COMMAND", command)
-            .env(
-                "CNI_PATH",
-                std::env::join_paths(&self.cni_path).expect("CNI_PATH entries have no ':'"),
-            );
+            .env("CNI_PATH", std::env::join_paths(&self.cni_path).expect("CNI_PATH entries have no ':'"));
         if let Some(att) = att {
             cmd.env("CNI_CONTAINERID", &att.container_id)
                 .env("CNI_NETNS", &att.netns)
@@ -344,17 +296,13 @@ impl CniRuntime {
                 .env("CNI_ARGS", att.cni_args_env());
         }
         if let Some(ns) = &self.exec_netns {
-            exec::enter_netns(&mut cmd, ns)
-                .map_err(|e| failure(FailureKind::Exec(format!("{e:#}")), b""))?;
+            exec::enter_netns(&mut cmd, ns).map_err(|e| failure(FailureKind::Exec(format!("{e:#}")), b""))?;
         }
         let stdin = serde_json::to_vec(config).expect("a JSON value serializes");
         let out = exec::output(&mut cmd, Some(&stdin), self.timeout)
             .map_err(|e| failure(FailureKind::Exec(format!("{e:#}")), b""))?;
         if out.timed_out {
-            return Err(failure(
-                FailureKind::Exec(format!("killed after {:?}", self.timeout)),
-                &out.stderr,
-            ));
+            return Err(failure(FailureKind::Exec(format!("killed after {:?}", self.timeout)), &out.stderr));
         }
         if !out.status.success() {
             let kind = match CniError::parse(&out.stdout) {
@@ -371,9 +319,7 @@ impl CniRuntime {
     }
 
     fn cache_path(&self, list: &Conflist, att: &Attachment) -> PathBuf {
-        self.cache_dir
-            .join("results")
-            .join(format!("{}-{}-{}", list.name, att.container_id, att.ifname))
+        self.cache_dir.join("results").join(format!("{}-{}-{}", list.name, att.container_id, att.ifname))
     }
 
     pub fn cached_result(&self, list: &Conflist, att: &Attachment) -> Option<Value> {
@@ -408,15 +354,8 @@ impl CniRuntime {
             let Ok(v) = serde_json::from_slice::<Value>(&bytes) else {
                 continue;
             };
-            let field = |k: &str| {
-                v.get(k)
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .to_string()
-            };
-            if field("networkName") == list.name
-                && !valid.contains(&(field("containerId"), field("ifName")))
-            {
+            let field = |k: &str| v.get(k).and_then(Value::as_str).unwrap_or_default().to_string();
+            if field("networkName") == list.name && !valid.contains(&(field("containerId"), field("ifName"))) {
                 let _ = fs::remove_file(entry.path());
             }
         }
@@ -449,10 +388,7 @@ mod tests {
             .with_port_mapping(5353, 53, "udp");
         let pm = att.capability_args["portMappings"].as_array().unwrap();
         assert_eq!(pm.len(), 2);
-        assert_eq!(
-            pm[1],
-            json!({"hostPort": 5353, "containerPort": 53, "protocol": "udp"})
-        );
+        assert_eq!(pm[1], json!({"hostPort": 5353, "containerPort": 53, "protocol": "udp"}));
     }
 
     /// The runtime against fake plugins (shell scripts): chaining, caching,
@@ -464,12 +400,8 @@ mod tests {
         fs::create_dir_all(&bin).unwrap();
         let log = dir.join("log");
         // Both answer a result and log their command and stdin.
-        let script = |body: &str| {
-            format!(
-                "#!/bin/sh\nin=$(cat)\necho \"$CNI_COMMAND $0 $in\" >> {}\n{body}\n",
-                log.display()
-            )
-        };
+        let script =
+            |body: &str| format!("#!/bin/sh\nin=$(cat)\necho \"$CNI_COMMAND $0 $in\" >> {}\n{body}\n", log.display());
         let write = |name: &str, body: &str| {
             let p = bin.join(name);
             fs::write(&p, script(body)).unwrap();
@@ -484,10 +416,7 @@ mod tests {
             "second",
             r#"[ "$CNI_COMMAND" = ADD ] && echo '{"cniVersion":"1.1.0","interfaces":[{"name":"eth0","sandbox":"/x"}],"ips":[{"address":"10.0.0.3/32","interface":0}]}'; exit 0"#,
         );
-        write(
-            "failing",
-            r#"echo '{"cniVersion":"1.1.0","code":7,"msg":"bad config"}'; echo oops >&2; exit 1"#,
-        );
+        write("failing", r#"echo '{"cniVersion":"1.1.0","code":7,"msg":"bad config"}'; echo oops >&2; exit 1"#);
 
         let rt = CniRuntime::new(None, vec![bin.clone()], dir.join("cache"));
         let list = Conflist::parse(
@@ -496,18 +425,11 @@ mod tests {
         .unwrap();
         let att = Attachment::new("cid", "/run/netns/none", "eth0").with_port_mapping(1, 2, "tcp");
         let result = rt.add(&list, &att).unwrap();
-        assert_eq!(
-            result.pod_ipv4(),
-            Some("10.0.0.3".parse().unwrap()),
-            "the last plugin's result is the list's"
-        );
+        assert_eq!(result.pod_ipv4(), Some("10.0.0.3".parse().unwrap()), "the last plugin's result is the list's");
         assert!(rt.cached_result(&list, &att).is_some());
         rt.check(&list, &att).unwrap();
         rt.del(&list, &att).unwrap();
-        assert!(
-            rt.cached_result(&list, &att).is_none(),
-            "DEL drops the cache entry"
-        );
+        assert!(rt.cached_result(&list, &att).is_none(), "DEL drops the cache entry");
 
         let calls: Vec<String> = fs::read_to_string(&log)
             .unwrap()
@@ -515,64 +437,25 @@ mod tests {
             .map(|l| {
                 let mut w = l.split_whitespace();
                 let cmd = w.next().unwrap().to_string();
-                let plugin = Path::new(w.next().unwrap())
-                    .file_name()
-                    .unwrap()
-                    .to_string_lossy()
-                    .into_owned();
+                let plugin = Path::new(w.next().unwrap()).file_name().unwrap().to_string_lossy().into_owned();
                 format!("{cmd} {plugin}")
             })
             .collect();
-        assert_eq!(
-            calls,
-            [
-                "ADD first",
-                "ADD second",
-                "CHECK first",
-                "CHECK second",
-                "DEL second",
-                "DEL first"
-            ]
-        );
+        assert_eq!(calls, ["ADD first", "ADD second", "CHECK first", "CHECK second", "DEL second", "DEL first"]);
         let log_text = fs::read_to_string(&log).unwrap();
-        let second_add = log_text
-            .lines()
-            .find(|l| l.starts_with("ADD") && l.contains("/second "))
-            .unwrap();
-        assert!(
-            second_add.contains(r#""runtimeConfig":{"portMappings""#),
-            "second has the capability: {second_add}"
-        );
-        assert!(
-            second_add.contains(r#""prevResult":{"cniVersion":"1.1.0""#),
-            "{second_add}"
-        );
-        assert!(
-            second_add.contains("10.0.0.2/32"),
-            "first's result is second's prevResult: {second_add}"
-        );
-        let del_first = log_text
-            .lines()
-            .find(|l| l.starts_with("DEL") && l.contains("/first "))
-            .unwrap();
-        assert!(
-            del_first.contains("10.0.0.3/32"),
-            "DEL gets the cached final result: {del_first}"
-        );
+        let second_add = log_text.lines().find(|l| l.starts_with("ADD") && l.contains("/second ")).unwrap();
+        assert!(second_add.contains(r#""runtimeConfig":{"portMappings""#), "second has the capability: {second_add}");
+        assert!(second_add.contains(r#""prevResult":{"cniVersion":"1.1.0""#), "{second_add}");
+        assert!(second_add.contains("10.0.0.2/32"), "first's result is second's prevResult: {second_add}");
+        let del_first = log_text.lines().find(|l| l.starts_with("DEL") && l.contains("/first ")).unwrap();
+        assert!(del_first.contains("10.0.0.3/32"), "DEL gets the cached final result: {del_first}");
 
-        let failing =
-            Conflist::parse(br#"{"cniVersion":"1.1.0","name":"t","plugins":[{"type":"failing"}]}"#)
-                .unwrap();
+        let failing = Conflist::parse(br#"{"cniVersion":"1.1.0","name":"t","plugins":[{"type":"failing"}]}"#).unwrap();
         let err = rt.add(&failing, &att).unwrap_err();
         assert_eq!(err.code(), Some(7));
         assert_eq!(err.stderr.trim(), "oops");
-        let missing =
-            Conflist::parse(br#"{"cniVersion":"1.1.0","name":"t","plugins":[{"type":"nope"}]}"#)
-                .unwrap();
-        assert!(matches!(
-            rt.status(&missing).unwrap_err().kind,
-            FailureKind::NotFound(_)
-        ));
+        let missing = Conflist::parse(br#"{"cniVersion":"1.1.0","name":"t","plugins":[{"type":"nope"}]}"#).unwrap();
+        assert!(matches!(rt.status(&missing).unwrap_err().kind, FailureKind::NotFound(_)));
         fs::remove_dir_all(&dir).unwrap();
     }
 }

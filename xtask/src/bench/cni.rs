@@ -21,9 +21,9 @@ use weir_testbed::{
     Node, Pod, Topology, bins,
     cni::{Attachment, CniRuntime, Conflist},
     manifest::PodObject,
-    topology::write_manifest_file,
     netns::NetNs,
     tools,
+    topology::write_manifest_file,
 };
 
 use super::stats::{Summary, ms, ratio};
@@ -80,14 +80,7 @@ pub fn run(args: CniBenchArgs) -> Result<()> {
     let weir_cni_dir = if args.debug || args.no_build {
         bins::bin_dir()
     } else {
-        cargo::must(cargo::cargo().args([
-            "build",
-            "--release",
-            "-p",
-            "weir-cni",
-            "--bin",
-            "weir-cni",
-        ]))?;
+        cargo::must(cargo::cargo().args(["build", "--release", "-p", "weir-cni", "--bin", "weir-cni"]))?;
         bins::target_dir().join("release")
     };
 
@@ -102,10 +95,7 @@ pub fn run(args: CniBenchArgs) -> Result<()> {
         conflist: weir_node.agent_conflist()?.only(&["weir-cni"]),
         runtime: CniRuntime::new(
             Some(weir_node.netns.path()),
-            vec![
-                weir_cni_dir.clone(),
-                PathBuf::from(bins::REFERENCE_PLUGIN_DIR),
-            ],
+            vec![weir_cni_dir.clone(), PathBuf::from(bins::REFERENCE_PLUGIN_DIR)],
             &weir_node.dirs.cni_cache,
         ),
     };
@@ -149,17 +139,10 @@ pub fn run(args: CniBenchArgs) -> Result<()> {
     drop(agent);
 
     print_table(&[
-        (
-            format!("sequential x{}", args.sequential),
-            &seq_weir,
-            &seq_ref,
-        ),
+        (format!("sequential x{}", args.sequential), &seq_weir, &seq_ref),
         (format!("parallel x{}", args.parallel), &par_weir, &par_ref),
     ]);
-    let goal_ratio = ratio(
-        Summary::new(seq_weir.add.clone()).median(),
-        Summary::new(seq_ref.add.clone()).median(),
-    );
+    let goal_ratio = ratio(Summary::new(seq_weir.add.clone()).median(), Summary::new(seq_ref.add.clone()).median());
     let par_p99 = Summary::new(par_weir.add.clone()).p99();
     println!(
         "goal: weir median ADD <= 0.5 x reference (sequential): {} -> {}",
@@ -229,17 +212,13 @@ fn prepare(side: &Side, tag: &str, n: usize) -> Result<Vec<Slot>> {
 
 fn timed_add(side: &Side, slot: &Slot) -> Result<Duration> {
     let start = Instant::now();
-    side.runtime
-        .add(&side.conflist, &slot.att)
-        .with_context(|| format!("{} ADD {}", side.label, slot.netns.name()))?;
+    side.runtime.add(&side.conflist, &slot.att).with_context(|| format!("{} ADD {}", side.label, slot.netns.name()))?;
     Ok(start.elapsed())
 }
 
 fn timed_del(side: &Side, slot: &Slot) -> Result<Duration> {
     let start = Instant::now();
-    side.runtime
-        .del(&side.conflist, &slot.att)
-        .with_context(|| format!("{} DEL {}", side.label, slot.netns.name()))?;
+    side.runtime.del(&side.conflist, &slot.att).with_context(|| format!("{} DEL {}", side.label, slot.netns.name()))?;
     Ok(start.elapsed())
 }
 
@@ -259,10 +238,7 @@ fn parallel(side: &Side, n: usize) -> Result<Samples> {
                     })
                 })
                 .collect();
-            handles
-                .into_iter()
-                .map(|h| h.join().expect("bench thread panicked"))
-                .collect()
+            handles.into_iter().map(|h| h.join().expect("bench thread panicked")).collect()
         })
     };
     let add = run_all(timed_add)?;

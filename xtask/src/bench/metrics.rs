@@ -82,10 +82,7 @@ pub struct MetricsBenchArgs {
 }
 
 pub fn run(args: MetricsBenchArgs) -> Result<()> {
-    ensure!(
-        !args.metrics.no_metrics,
-        "--no-metrics leaves nothing to measure"
-    );
+    ensure!(!args.metrics.no_metrics, "--no-metrics leaves nothing to measure");
     super::services::release_bins(args.no_build)?;
     let report = measure(&args.metrics)?;
     print(&args.metrics, &report);
@@ -132,77 +129,47 @@ struct Loaded {
 }
 
 pub fn measure(args: &MetricsArgs) -> Result<Report> {
-    ensure!(
-        (1..=16_000).contains(&args.metrics_services),
-        "--metrics-services must be 1..=16000"
-    );
-    ensure!(
-        (0.5..=600.0).contains(&args.metrics_secs),
-        "--metrics-secs must be 0.5..=600"
-    );
+    ensure!((1..=16_000).contains(&args.metrics_services), "--metrics-services must be 1..=16000");
+    ensure!((0.5..=600.0).contains(&args.metrics_secs), "--metrics-secs must be 0.5..=600");
     let topo = Topology::builder("bench-metrics").nodes(1).build()?;
     let node = topo.node("n1");
     topo.write_manifest(MANIFEST, &manifest(args.metrics_services))?;
     let mut modes = Vec::new();
     let mut last = String::new();
     for mode in [Mode::Before, Mode::After] {
-        println!(
-            "\n== /metrics, {mode:?}: weir-agent with {} Services",
-            args.metrics_services
-        );
+        println!("\n== /metrics, {mode:?}: weir-agent with {} Services", args.metrics_services);
         let mut agent = spawn_agent(node, mode)?;
         wait_ready(node, &mut agent)?;
         if mode == Mode::Before && !args.metrics_no_ct_fill {
             let map = node.pin_dir.join(CT_PIN);
             let (n, took) = fill_map(&map)?;
-            println!(
-                "wrote {n} entries into {} in {:.2} s",
-                map.display(),
-                took.as_secs_f64()
-            );
+            println!("wrote {n} entries into {} in {:.2} s", map.display(), took.as_secs_f64());
         }
         let report = measure_mode(node, args)?;
-        last = in_node(node, || get("/metrics"))
-            .map(|(_, body)| body)
-            .unwrap_or_default();
+        last = in_node(node, || get("/metrics")).map(|(_, body)| body).unwrap_or_default();
         modes.push((
             mode,
-            ModeReport {
-                scan_seconds: sample(&last, "weir_metrics_map_scan_duration_seconds"),
-                ..report
-            },
+            ModeReport { scan_seconds: sample(&last, "weir_metrics_map_scan_duration_seconds"), ..report },
         ));
         agent.stop();
     }
     let ct = sample(&last, "weir_bpf_map_entries{map=\"WEIR_CT\"}")
         .zip(sample(&last, "weir_bpf_map_capacity{map=\"WEIR_CT\"}"));
-    Ok(Report {
-        modes,
-        ct,
-        svc_entries: sample(&last, "weir_bpf_map_entries{map=\"WEIR_SVC\"}"),
-    })
+    Ok(Report { modes, ct, svc_entries: sample(&last, "weir_bpf_map_entries{map=\"WEIR_SVC\"}") })
 }
 
 fn manifest(services: usize) -> Vec<String> {
-    let port = [SvcPort {
-        name: "http",
-        protocol: "TCP",
-        port: 80,
-        target_port: 8080,
-        node_port: None,
-    }];
+    let port = [SvcPort { name: "http", protocol: "TCP", port: 80, target_port: 8080, node_port: None }];
     let slice_ports = [("http", "TCP", 8080)];
     let mut docs = Vec::with_capacity(2 * services);
     for i in 0..services {
         let name = format!("m{i}");
-        let vip =
-            std::net::Ipv4Addr::from(u32::from(std::net::Ipv4Addr::new(10, 100, 0, 1)) + i as u32);
+        let vip = std::net::Ipv4Addr::from(u32::from(std::net::Ipv4Addr::new(10, 100, 0, 1)) + i as u32);
         let eps: Vec<(std::net::Ipv4Addr, &str)> = (0..ENDPOINTS)
             .map(|k| {
                 (
                     std::net::Ipv4Addr::from(
-                        u32::from(std::net::Ipv4Addr::new(10, 245, 0, 1))
-                            + (i * ENDPOINTS + k) as u32,
+                        u32::from(std::net::Ipv4Addr::new(10, 245, 0, 1)) + (i * ENDPOINTS + k) as u32,
                     ),
                     "n1",
                 )
@@ -249,14 +216,7 @@ fn spawn_agent(node: &Node, mode: Mode) -> Result<ChildGuard> {
     let log = node.dirs.logs.join("agent.log");
     let mut env = vec![("WEIR_LOG", "info")];
     env.extend_from_slice(mode.env());
-    println!(
-        "==> {} {}",
-        env.iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect::<Vec<_>>()
-            .join(" "),
-        argv.join(" ")
-    );
+    println!("==> {} {}", env.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" "), argv.join(" "));
     node.netns.spawn(&argv, &env, &log, node.detached())
 }
 
@@ -275,10 +235,7 @@ fn wait_ready(node: &Node, agent: &mut ChildGuard) -> Result<()> {
                 node.dirs.logs.join("agent.log").display()
             );
         }
-        ensure!(
-            start.elapsed() < READY_TIMEOUT,
-            "weir-agent not ready after {READY_TIMEOUT:?}"
-        );
+        ensure!(start.elapsed() < READY_TIMEOUT, "weir-agent not ready after {READY_TIMEOUT:?}");
         thread::sleep(Duration::from_millis(100));
     }
 }
@@ -301,9 +258,7 @@ fn measure_mode(node: &Node, args: &MetricsArgs) -> Result<ModeReport> {
         let stop = AtomicBool::new(false);
         let (scrapes, probes) = thread::scope(|s| -> Result<_> {
             let prober = s.spawn(|| probe_until(node, &stop));
-            let workers: Vec<_> = (0..scrapers)
-                .map(|_| s.spawn(|| scrape_for(node, window)))
-                .collect();
+            let workers: Vec<_> = (0..scrapers).map(|_| s.spawn(|| scrape_for(node, window))).collect();
             let mut scrapes = Vec::new();
             for w in workers {
                 scrapes.extend(w.join().expect("scraper")?);
@@ -321,11 +276,7 @@ fn measure_mode(node: &Node, args: &MetricsArgs) -> Result<ModeReport> {
             failed,
         });
     }
-    Ok(ModeReport {
-        idle: Summary::new(idle.0),
-        loaded,
-        scan_seconds: None,
-    })
+    Ok(ModeReport { idle: Summary::new(idle.0), loaded, scan_seconds: None })
 }
 
 /// GET /metrics every SCRAPE_EVERY (back to back when slower) for `window`.
@@ -335,11 +286,7 @@ fn scrape_for(node: &Node, window: Duration) -> Result<Vec<Duration>> {
     let mut times = Vec::new();
     while start.elapsed() < window {
         let (t, reply) = get("/metrics")?;
-        ensure!(
-            reply.starts_with("HTTP/1.1 200"),
-            "/metrics: {}",
-            reply.lines().next().unwrap_or_default()
-        );
+        ensure!(reply.starts_with("HTTP/1.1 200"), "/metrics: {}", reply.lines().next().unwrap_or_default());
         times.push(t);
         thread::sleep(SCRAPE_EVERY.saturating_sub(t));
     }
@@ -374,15 +321,10 @@ fn in_node<T: Send>(node: &Node, f: impl FnOnce() -> Result<T> + Send) -> Result
 
 /// Moves the calling thread into the node's network namespace.
 fn enter(node: &Node) -> Result<()> {
-    let ns = File::open(node.netns.path())
-        .with_context(|| format!("open {}", node.netns.path().display()))?;
+    let ns = File::open(node.netns.path()).with_context(|| format!("open {}", node.netns.path().display()))?;
     // SAFETY: setns on an open namespace fd; it changes this thread only.
     if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-        bail!(
-            "setns into {}: {}",
-            node.netns.name(),
-            std::io::Error::last_os_error()
-        );
+        bail!("setns into {}: {}", node.netns.name(), std::io::Error::last_os_error());
     }
     Ok(())
 }
@@ -394,9 +336,7 @@ fn get(path: &str) -> Result<(Duration, String)> {
     let start = Instant::now();
     let mut conn = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
     conn.set_read_timeout(Some(Duration::from_secs(60)))?;
-    conn.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: {STATUS}\r\nConnection: close\r\n\r\n").as_bytes(),
-    )?;
+    conn.write_all(format!("GET {path} HTTP/1.1\r\nHost: {STATUS}\r\nConnection: close\r\n\r\n").as_bytes())?;
     let mut reply = String::new();
     conn.read_to_string(&mut reply)?;
     Ok((start.elapsed(), reply))
@@ -404,8 +344,7 @@ fn get(path: &str) -> Result<(Duration, String)> {
 
 /// The value of the sample `name` (with its labels, if any) on a page.
 fn sample(page: &str, name: &str) -> Option<f64> {
-    page.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+    page.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
 // ------------------------------------------------------------- conntrack fill
@@ -428,26 +367,10 @@ fn fill_map(pin: &Path) -> Result<(u32, Duration)> {
         bpf_fd: u32,
         file_flags: u32,
     }
-    let attr = ObjGet {
-        pathname: path.as_ptr() as u64,
-        bpf_fd: 0,
-        file_flags: 0,
-    };
+    let attr = ObjGet { pathname: path.as_ptr() as u64, bpf_fd: 0, file_flags: 0 };
     // SAFETY: the attr points at a NUL-terminated path that outlives the call.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_OBJ_GET,
-            &attr as *const ObjGet,
-            size_of::<ObjGet>(),
-        )
-    };
-    ensure!(
-        fd >= 0,
-        "open pinned map {}: {}",
-        pin.display(),
-        std::io::Error::last_os_error()
-    );
+    let fd = unsafe { libc::syscall(libc::SYS_bpf, BPF_OBJ_GET, &attr as *const ObjGet, size_of::<ObjGet>()) };
+    ensure!(fd >= 0, "open pinned map {}: {}", pin.display(), std::io::Error::last_os_error());
     // SAFETY: a fresh fd this function owns.
     let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) };
     // bpf_map_info's first fields: type, id, key_size, value_size, max_entries.
@@ -458,26 +381,13 @@ fn fill_map(pin: &Path) -> Result<(u32, Duration)> {
         info_len: u32,
         info: u64,
     }
-    let attr = InfoAttr {
-        bpf_fd: fd.as_raw_fd() as u32,
-        info_len: size_of_val(&info) as u32,
-        info: info.as_mut_ptr() as u64,
-    };
+    let attr =
+        InfoAttr { bpf_fd: fd.as_raw_fd() as u32, info_len: size_of_val(&info) as u32, info: info.as_mut_ptr() as u64 };
     // SAFETY: info_len bytes of `info` are writable.
     let ret = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_OBJ_GET_INFO_BY_FD,
-            &attr as *const InfoAttr,
-            size_of::<InfoAttr>(),
-        )
+        libc::syscall(libc::SYS_bpf, BPF_OBJ_GET_INFO_BY_FD, &attr as *const InfoAttr, size_of::<InfoAttr>())
     };
-    ensure!(
-        ret == 0,
-        "map info of {}: {}",
-        pin.display(),
-        std::io::Error::last_os_error()
-    );
+    ensure!(ret == 0, "map info of {}: {}", pin.display(), std::io::Error::last_os_error());
     let [map_type, _, key_size, value_size, max_entries, _] = info;
     ensure!(
         matches!(map_type, BPF_MAP_TYPE_HASH | BPF_MAP_TYPE_LRU_HASH) && key_size >= 8,
@@ -506,19 +416,9 @@ fn fill_map(pin: &Path) -> Result<(u32, Duration)> {
         };
         // SAFETY: key and value buffers of the sizes the map reported.
         let ret = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_MAP_UPDATE_ELEM,
-                &attr as *const UpdateAttr,
-                size_of::<UpdateAttr>(),
-            )
+            libc::syscall(libc::SYS_bpf, BPF_MAP_UPDATE_ELEM, &attr as *const UpdateAttr, size_of::<UpdateAttr>())
         };
-        ensure!(
-            ret == 0,
-            "write entry {i} into {}: {}",
-            pin.display(),
-            std::io::Error::last_os_error()
-        );
+        ensure!(ret == 0, "write entry {i} into {}: {}", pin.display(), std::io::Error::last_os_error());
     }
     Ok((max_entries, start.elapsed()))
 }
@@ -527,96 +427,42 @@ fn fill_map(pin: &Path) -> Result<(u32, Duration)> {
 
 pub fn print(args: &MetricsArgs, r: &Report) {
     let (before, after) = (&r.modes[0].1, &r.modes[1].1);
-    let ct = r.ct.map_or_else(
-        || "unknown".into(),
-        |(n, cap)| format!("{n:.0} of {cap:.0}"),
-    );
+    let ct = r.ct.map_or_else(|| "unknown".into(), |(n, cap)| format!("{n:.0} of {cap:.0}"));
     println!(
         "\n/metrics under load: {} Services x {ENDPOINTS} endpoints (WEIR_SVC {} entries), WEIR_CT {ct} entries; weir-agent release, 2 runtime workers",
         args.metrics_services,
-        r.svc_entries
-            .map_or_else(|| "?".into(), |n| format!("{n:.0}")),
+        r.svc_entries.map_or_else(|| "?".into(), |n| format!("{n:.0}")),
     );
     println!(
         "before: map samples read inside the request, key by key (WEIR_METRICS_SCAN=inline, the code before issue 10)"
     );
-    println!(
-        "after:  map samples read on a blocking thread every 5 s, batched; a scrape renders the snapshot"
-    );
+    println!("after:  map samples read on a blocking thread every 5 s, batched; a scrape renders the snapshot");
     println!(
         "scrapers start a scrape every {} ms (back to back when slower) for {} s; /healthz probed every {} ms meanwhile",
         SCRAPE_EVERY.as_millis(),
         args.metrics_secs,
         PROBE_EVERY.as_millis()
     );
-    println!(
-        "{:<42} {:>12} {:>12} {:>13}",
-        "", "before", "after", "after/before"
-    );
+    println!("{:<42} {:>12} {:>12} {:>13}", "", "before", "after", "after/before");
     let row = |label: String, b: Option<Duration>, a: Option<Duration>| {
-        println!(
-            "{label:<42} {:>12} {:>12} {:>13}",
-            fmt_ms(b),
-            fmt_ms(a),
-            fmt_ratio(ratio(a, b))
-        );
+        println!("{label:<42} {:>12} {:>12} {:>13}", fmt_ms(b), fmt_ms(a), fmt_ratio(ratio(a, b)));
     };
     let count = |label: String, b: usize, a: usize| println!("{label:<42} {b:>12} {a:>12}");
     let secs = |s: Option<f64>| s.map(Duration::from_secs_f64);
-    row(
-        "map read, the last one (ms)".into(),
-        secs(before.scan_seconds),
-        secs(after.scan_seconds),
-    );
-    row(
-        "idle: /healthz p50 (ms)".into(),
-        before.idle.median(),
-        after.idle.median(),
-    );
-    row(
-        "idle: /healthz p99 (ms)".into(),
-        before.idle.p99(),
-        after.idle.p99(),
-    );
+    row("map read, the last one (ms)".into(), secs(before.scan_seconds), secs(after.scan_seconds));
+    row("idle: /healthz p50 (ms)".into(), before.idle.median(), after.idle.median());
+    row("idle: /healthz p99 (ms)".into(), before.idle.p99(), after.idle.p99());
     for (b, a) in before.loaded.iter().zip(&after.loaded) {
         let n = b.scrapers;
         count(format!("{n} scraper(s): scrapes"), b.scrapes, a.scrapes);
-        row(
-            format!("{n} scraper(s): scrape p50 (ms)"),
-            b.scrape.median(),
-            a.scrape.median(),
-        );
-        row(
-            format!("{n} scraper(s): scrape p99 (ms)"),
-            b.scrape.p99(),
-            a.scrape.p99(),
-        );
-        count(
-            format!("{n} scraper(s): /healthz probes"),
-            b.probes,
-            a.probes,
-        );
-        row(
-            format!("{n} scraper(s): /healthz p50 (ms)"),
-            b.probe.median(),
-            a.probe.median(),
-        );
-        row(
-            format!("{n} scraper(s): /healthz p99 (ms)"),
-            b.probe.p99(),
-            a.probe.p99(),
-        );
-        row(
-            format!("{n} scraper(s): /healthz max (ms)"),
-            b.probe.percentile(100.0),
-            a.probe.percentile(100.0),
-        );
+        row(format!("{n} scraper(s): scrape p50 (ms)"), b.scrape.median(), a.scrape.median());
+        row(format!("{n} scraper(s): scrape p99 (ms)"), b.scrape.p99(), a.scrape.p99());
+        count(format!("{n} scraper(s): /healthz probes"), b.probes, a.probes);
+        row(format!("{n} scraper(s): /healthz p50 (ms)"), b.probe.median(), a.probe.median());
+        row(format!("{n} scraper(s): /healthz p99 (ms)"), b.probe.p99(), a.probe.p99());
+        row(format!("{n} scraper(s): /healthz max (ms)"), b.probe.percentile(100.0), a.probe.percentile(100.0));
         if b.failed + a.failed > 0 {
-            count(
-                format!("{n} scraper(s): /healthz failed"),
-                b.failed,
-                a.failed,
-            );
+            count(format!("{n} scraper(s): /healthz failed"), b.failed, a.failed);
         }
     }
 }

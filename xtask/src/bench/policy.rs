@@ -35,10 +35,10 @@ use anyhow::{Context, Result, bail, ensure};
 use clap::Args;
 use serde_json::Value;
 use weir_testbed::{
-    Agent, Pod, Topology,
+    Agent, Pod, Topology, exec,
     manifest::{PodObject, documents, namespace_yaml, network_policy_yaml},
     netns::NetNs,
-    exec, tools,
+    tools,
 };
 
 use super::services::{EchoParams, Load, LoadParams, Paused, cpu_percent, loadavg, release_bins, run_load, spawn_echo};
@@ -134,7 +134,10 @@ fn remote_pods() -> Vec<String> {
             let obj = PodObject::new(&format!("peer-{}", j % 10), &format!("peer-{j}"))
                 .label("app", &format!("app-{}", j % 40))
                 .label("tier", ["fe", "be", "db"][j % 3]);
-            obj.yaml("remote-node", Some(weir_testbed::manifest::PodStatus { pod_ip: ip, host_ip: Ipv4Addr::new(192, 168, 99, 1) }))
+            obj.yaml(
+                "remote-node",
+                Some(weir_testbed::manifest::PodStatus { pod_ip: ip, host_ip: Ipv4Addr::new(192, 168, 99, 1) }),
+            )
         })
         .collect()
 }
@@ -199,7 +202,13 @@ fn reaches(client: &NetNs, target: SocketAddrV4) -> Result<bool> {
 }
 
 /// Writes the policy set for `size` and waits until the agent enforces it.
-fn apply(topo: &Topology, node: &NetNs, outsider: &NetNs, server: SocketAddrV4, size: usize) -> Result<(Duration, (u64, u64))> {
+fn apply(
+    topo: &Topology,
+    node: &NetNs,
+    outsider: &NetNs,
+    server: SocketAddrV4,
+    size: usize,
+) -> Result<(Duration, (u64, u64))> {
     let mut docs = namespaces();
     docs.extend(remote_pods());
     docs.extend(policies(size));
@@ -216,7 +225,9 @@ fn apply(topo: &Topology, node: &NetNs, outsider: &NetNs, server: SocketAddrV4, 
             return Ok((start.elapsed(), (entries, ids)));
         }
         if Instant::now() > deadline {
-            bail!("the agent did not enforce {size} policies within 60 s (metrics: policies {policies}, pending {pending})");
+            bail!(
+                "the agent did not enforce {size} policies within 60 s (metrics: policies {policies}, pending {pending})"
+            );
         }
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -284,8 +295,15 @@ fn data_path(topo: &Topology, xtask: &Path, args: &PolicyBenchArgs) -> Result<Da
 fn print_data_path(args: &PolicyBenchArgs, d: &DataPath) {
     let base = d.cells.get(&0).and_then(|c| c.as_ref().ok()).map(Load::rate);
     let mut out = String::new();
-    let _ = writeln!(out, "\nNew connections to a pod by IP (one client, connect + request + close), {} s per cell in {} rounds:", args.secs, args.rounds);
-    let _ = writeln!(out, "| policies | conn/s | ratio to 0 | spread | p50 us | p99 us | map entries | identities | agent idle CPU |");
+    let _ = writeln!(
+        out,
+        "\nNew connections to a pod by IP (one client, connect + request + close), {} s per cell in {} rounds:",
+        args.secs, args.rounds
+    );
+    let _ = writeln!(
+        out,
+        "| policies | conn/s | ratio to 0 | spread | p50 us | p99 us | map entries | identities | agent idle CPU |"
+    );
     let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|");
     for &size in &args.sizes {
         let (entries, ids) = d.maps.get(&size).copied().unwrap_or_default();
@@ -338,14 +356,18 @@ fn control_plane(topo: &Topology, release: &Path, args: &PolicyBenchArgs) -> std
             bail!("bench-policy-control-plane {}: {}", out.describe_status(), out.stderr_str().trim());
         }
         let text = out.stdout_str();
-        let line = text.lines().rev().find(|l| l.trim_start().starts_with('{')).context("no JSON from the benchmark")?;
+        let line =
+            text.lines().rev().find(|l| l.trim_start().starts_with('{')).context("no JSON from the benchmark")?;
         serde_json::from_str(line).context("parse the benchmark's JSON")
     };
     run().map_err(|e| format!("{e:#}"))
 }
 
 fn print_control_plane(args: &PolicyBenchArgs, c: &std::result::Result<Value, String>) {
-    println!("\nControl plane ({} policies over {} pods, 100 local, real maps in a private pin dir):", args.cp_policies, args.cp_pods);
+    println!(
+        "\nControl plane ({} policies over {} pods, 100 local, real maps in a private pin dir):",
+        args.cp_policies, args.cp_pods
+    );
     match c {
         Err(e) => println!("  failed: {e}"),
         Ok(v) => {

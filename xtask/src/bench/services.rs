@@ -180,13 +180,7 @@ enum Column {
 }
 
 impl Column {
-    const ALL: [Column; 5] = [
-        Column::Direct,
-        Column::WeirTc,
-        Column::WeirSock,
-        Column::DirectIpt,
-        Column::Iptables,
-    ];
+    const ALL: [Column; 5] = [Column::Direct, Column::WeirTc, Column::WeirSock, Column::DirectIpt, Column::Iptables];
 
     fn label(self) -> &'static str {
         match self {
@@ -235,10 +229,7 @@ impl Load {
 
     /// Half the min-max range of the slice rates, relative to their mean.
     pub(super) fn spread(&self) -> Option<f64> {
-        let (min, max) = self
-            .slice_rates
-            .iter()
-            .fold((f64::MAX, f64::MIN), |(a, b), &r| (a.min(r), b.max(r)));
+        let (min, max) = self.slice_rates.iter().fold((f64::MAX, f64::MIN), |(a, b), &r| (a.min(r), b.max(r)));
         let mean = self.slice_rates.iter().sum::<f64>() / self.slice_rates.len() as f64;
         (self.slice_rates.len() > 1 && mean > 0.0).then(|| (max - min) / 2.0 / mean)
     }
@@ -254,53 +245,24 @@ impl Load {
 type Cell = std::result::Result<Load, String>;
 
 pub fn run(args: ServicesBenchArgs) -> Result<()> {
-    ensure!(
-        args.secs > 0.0 && args.warmup >= 0.0,
-        "--secs must be > 0 and --warmup >= 0"
-    );
+    ensure!(args.secs > 0.0 && args.warmup >= 0.0, "--secs must be > 0 and --warmup >= 0");
     ensure!((1..=64).contains(&args.streams), "--streams must be 1..=64");
     ensure!((1..=20).contains(&args.rounds), "--rounds must be 1..=20");
-    ensure!(
-        (1..=20).contains(&args.sizes.len()),
-        "--sizes takes 1 to 20 counts"
-    );
-    ensure!(
-        args.sizes.iter().all(|&n| (1..=MAX_SERVICES).contains(&n)),
-        "--sizes must be 1..={MAX_SERVICES}"
-    );
-    let cpus = thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
+    ensure!((1..=20).contains(&args.sizes.len()), "--sizes takes 1 to 20 counts");
+    ensure!(args.sizes.iter().all(|&n| (1..=MAX_SERVICES).contains(&n)), "--sizes must be 1..={MAX_SERVICES}");
+    let cpus = thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     ensure!(
         args.client_cpu != args.server_cpu && args.client_cpu.max(args.server_cpu) < cpus,
         "--client-cpu and --server-cpu must be two different CPUs below {cpus}"
     );
     let (release, xtask) = release_bins(args.no_build)?;
-    weir_testbed::check_prerequisites(&[
-        tools::IP,
-        tools::IPTABLES,
-        tools::CONNTRACK,
-        tools::BPFTOOL,
-        tools::SYSCTL,
-    ])?;
+    weir_testbed::check_prerequisites(&[tools::IP, tools::IPTABLES, tools::CONNTRACK, tools::BPFTOOL, tools::SYSCTL])?;
 
-    println!(
-        "bench services: release binaries from {}; load average {}",
-        release.display(),
-        loadavg()
-    );
+    println!("bench services: release binaries from {}; load average {}", release.display(), loadavg());
     let topo = Topology::builder("bench-services").nodes(2).build()?;
 
-    let control = if args.no_control_plane {
-        None
-    } else {
-        Some(control_plane(&topo, &release, &args))
-    };
-    let data = if args.no_data_path {
-        None
-    } else {
-        Some(data_path(&topo, &xtask, &args)?)
-    };
+    let control = if args.no_control_plane { None } else { Some(control_plane(&topo, &release, &args)) };
+    let data = if args.no_data_path { None } else { Some(data_path(&topo, &xtask, &args)?) };
 
     if let Some(d) = &data {
         print_data_path(&args, d);
@@ -326,7 +288,18 @@ pub fn run(args: ServicesBenchArgs) -> Result<()> {
 pub(super) fn release_bins(no_build: bool) -> Result<(PathBuf, PathBuf)> {
     setup::run(setup::Mode::Strict)?;
     if !no_build {
-        cargo::must(cargo::cargo().args(["build", "--release", "-p", "weir-agent", "-p", "weir-cni", "-p", "weir-devtools", "-p", "xtask"]))?;
+        cargo::must(cargo::cargo().args([
+            "build",
+            "--release",
+            "-p",
+            "weir-agent",
+            "-p",
+            "weir-cni",
+            "-p",
+            "weir-devtools",
+            "-p",
+            "xtask",
+        ]))?;
     }
     let release = bins::target_dir().join("release");
     // SAFETY: no other thread exists yet (the test bed starts its signal
@@ -378,10 +351,7 @@ impl Clients {
     }
 
     fn get(&self, name: &str) -> &Pod {
-        self.0
-            .iter()
-            .find(|p| p.name.starts_with(name))
-            .expect("client pod made by Clients::new")
+        self.0.iter().find(|p| p.name.starts_with(name)).expect("client pod made by Clients::new")
     }
 }
 
@@ -427,28 +397,14 @@ fn data_path(topo: &Topology, xtask: &Path, args: &ServicesBenchArgs) -> Result<
             "-j",
             "ACCEPT",
         ])?;
-        node.netns.run(&[
-            "sysctl",
-            "-q",
-            "-w",
-            "net.netfilter.nf_conntrack_tcp_timeout_time_wait=10",
-        ])?;
+        node.netns.run(&["sysctl", "-q", "-w", "net.netfilter.nf_conntrack_tcp_timeout_time_wait=10"])?;
     }
     let ipvs = detect_ipvs(&ipt_node.netns);
-    let iptables_version = ipt_node
-        .netns
-        .run(&["iptables", "-V"])
-        .unwrap_or_default()
-        .trim()
-        .to_string();
+    let iptables_version = ipt_node.netns.run(&["iptables", "-V"]).unwrap_or_default().trim().to_string();
 
     let weir_list = weir_node.agent_conflist()?.only(&["weir-cni"]);
     let mut plain_list = ipt_node.contract_conflist().only(&["weir-cni"]);
-    plain_list
-        .plugin_mut("weir-cni")
-        .expect("weir-cni in the contract list")
-        .raw
-        .remove("bpfPinDir");
+    plain_list.plugin_mut("weir-cni").expect("weir-cni in the contract list").raw.remove("bpfPinDir");
     let weir = side(weir_node, weir_list, xtask, args)?;
     let ipt = side(ipt_node, plain_list, xtask, args)?;
     println!(
@@ -469,45 +425,22 @@ fn data_path(topo: &Topology, xtask: &Path, args: &ServicesBenchArgs) -> Result<
 
         let start = Instant::now();
         topo.write_manifest(MANIFEST, &weir_manifest(size, vip, &weir.backends))?;
-        let weir_ready = probe(
-            &weir_clients.get("ct").netns,
-            SocketAddrV4::new(vip, SVC_PORT),
-            Duration::from_secs(120),
-        )
-        .map(|()| start.elapsed());
+        let weir_ready =
+            probe(&weir_clients.get("ct").netns, SocketAddrV4::new(vip, SVC_PORT), Duration::from_secs(120))
+                .map(|()| start.elapsed());
         match &weir_ready {
-            Ok(t) => println!(
-                "weir: manifest with {size} Services answered after {:.2} s",
-                t.as_secs_f64()
-            ),
-            Err(e) => println!(
-                "weir: ClusterIP never answered: {e:#}\n{}",
-                agent.log_tail(20)
-            ),
+            Ok(t) => println!("weir: manifest with {size} Services answered after {:.2} s", t.as_secs_f64()),
+            Err(e) => println!("weir: ClusterIP never answered: {e:#}\n{}", agent.log_tail(20)),
         }
         let ipt_ready = load_iptables(topo, ipt_node, size, vip, &ipt.backends).and_then(|t| {
-            probe(
-                &ipt_clients.get("ci").netns,
-                SocketAddrV4::new(vip, SVC_PORT),
-                Duration::from_secs(30),
-            )?;
+            probe(&ipt_clients.get("ci").netns, SocketAddrV4::new(vip, SVC_PORT), Duration::from_secs(30))?;
             Ok(t)
         });
         match &ipt_ready {
-            Ok(t) => println!(
-                "iptables: {} rules restored in {:.2} s",
-                iptables_rules(size),
-                t.as_secs_f64()
-            ),
+            Ok(t) => println!("iptables: {} rules restored in {:.2} s", iptables_rules(size), t.as_secs_f64()),
             Err(e) => println!("iptables: not working: {e:#}"),
         }
-        programming.insert(
-            size,
-            (
-                weir_ready.as_ref().ok().copied(),
-                ipt_ready.as_ref().ok().copied(),
-            ),
-        );
+        programming.insert(size, (weir_ready.as_ref().ok().copied(), ipt_ready.as_ref().ok().copied()));
         agent_idle_cpu.insert(size, cpu_percent(agent.pid(), Duration::from_secs(1)));
         // The datapath runs on pinned maps and links without the agent; the
         // agent's own CPU use (its manifest-dir source re-snapshots every
@@ -518,61 +451,33 @@ fn data_path(topo: &Topology, xtask: &Path, args: &ServicesBenchArgs) -> Result<
         for round in 0..args.rounds {
             for col in Column::ALL {
                 let (client, node, target, cg) = match col {
-                    Column::Direct => (
-                        weir_clients.get("cd"),
-                        weir_node,
-                        SocketAddrV4::new(weir.backends[0].ip, TARGET_PORT),
-                        None,
-                    ),
-                    Column::WeirTc => (
-                        weir_clients.get("ct"),
-                        weir_node,
-                        SocketAddrV4::new(vip, SVC_PORT),
-                        None,
-                    ),
-                    Column::WeirSock => (
-                        weir_clients.get("cs"),
-                        weir_node,
-                        SocketAddrV4::new(vip, SVC_PORT),
-                        Some(&cgroup.0),
-                    ),
-                    Column::DirectIpt => (
-                        ipt_clients.get("cd"),
-                        ipt_node,
-                        SocketAddrV4::new(ipt.backends[0].ip, TARGET_PORT),
-                        None,
-                    ),
-                    Column::Iptables => (
-                        ipt_clients.get("ci"),
-                        ipt_node,
-                        SocketAddrV4::new(vip, SVC_PORT),
-                        None,
-                    ),
+                    Column::Direct => {
+                        (weir_clients.get("cd"), weir_node, SocketAddrV4::new(weir.backends[0].ip, TARGET_PORT), None)
+                    }
+                    Column::WeirTc => (weir_clients.get("ct"), weir_node, SocketAddrV4::new(vip, SVC_PORT), None),
+                    Column::WeirSock => {
+                        (weir_clients.get("cs"), weir_node, SocketAddrV4::new(vip, SVC_PORT), Some(&cgroup.0))
+                    }
+                    Column::DirectIpt => {
+                        (ipt_clients.get("cd"), ipt_node, SocketAddrV4::new(ipt.backends[0].ip, TARGET_PORT), None)
+                    }
+                    Column::Iptables => (ipt_clients.get("ci"), ipt_node, SocketAddrV4::new(vip, SVC_PORT), None),
                 };
                 if matches!(sums.get(&col), Some(Err(_))) {
                     continue;
                 }
                 let result = match (col, &weir_ready, &ipt_ready, &socket_lb) {
-                    (Column::WeirTc | Column::WeirSock, Err(e), _, _) => {
-                        Err(format!("not programmed: {e:#}"))
-                    }
+                    (Column::WeirTc | Column::WeirSock, Err(e), _, _) => Err(format!("not programmed: {e:#}")),
                     (Column::Iptables, _, Err(e), _) => Err(format!("not programmed: {e:#}")),
                     (Column::WeirSock, _, _, Err(e)) => Err(e.clone()),
-                    _ => measure(
-                        xtask,
-                        &client.netns,
-                        target,
-                        cg.map(PathBuf::as_path),
-                        round == 0,
-                        args,
-                    )
-                    .map(|mut l| {
-                        if round + 1 == args.rounds {
-                            l.conntrack = conntrack_from(node, client.ip);
-                        }
-                        l
-                    })
-                    .map_err(|e| format!("round {}: {e:#}", round + 1)),
+                    _ => measure(xtask, &client.netns, target, cg.map(PathBuf::as_path), round == 0, args)
+                        .map(|mut l| {
+                            if round + 1 == args.rounds {
+                                l.conntrack = conntrack_from(node, client.ip);
+                            }
+                            l
+                        })
+                        .map_err(|e| format!("round {}: {e:#}", round + 1)),
                 };
                 match (sums.get_mut(&col), result) {
                     (_, Err(e)) => {
@@ -596,10 +501,7 @@ fn data_path(topo: &Topology, xtask: &Path, args: &ServicesBenchArgs) -> Result<
                         p50,
                         p99,
                         l.errors,
-                        l.first_error
-                            .as_ref()
-                            .map(|e| format!(" (first: {e})"))
-                            .unwrap_or_default()
+                        l.first_error.as_ref().map(|e| format!(" (first: {e})")).unwrap_or_default()
                     )
                 }
                 Err(e) => println!("  {:<11} FAILED: {e}", col.label()),
@@ -608,40 +510,20 @@ fn data_path(topo: &Topology, xtask: &Path, args: &ServicesBenchArgs) -> Result<
         }
     }
     let agent_rss_mib = rss_mib(agent.pid());
-    let conntrack_end = [weir_node, ipt_node]
-        .iter()
-        .map(|n| (n.name.clone(), conntrack_states(n)))
-        .collect();
+    let conntrack_end = [weir_node, ipt_node].iter().map(|n| (n.name.clone(), conntrack_states(n))).collect();
     drop(ipt);
     drop(weir);
     agent.stop();
     drop(cgroup);
-    Ok(DataPath {
-        cells,
-        ipvs,
-        socket_lb,
-        programming,
-        agent_idle_cpu,
-        agent_rss_mib,
-        iptables_version,
-        conntrack_end,
-    })
+    Ok(DataPath { cells, ipvs, socket_lb, programming, agent_idle_cpu, agent_rss_mib, iptables_version, conntrack_end })
 }
 
 fn ips(pods: &[Pod]) -> String {
-    pods.iter()
-        .map(|p| p.ip.to_string())
-        .collect::<Vec<_>>()
-        .join(",")
+    pods.iter().map(|p| p.ip.to_string()).collect::<Vec<_>>().join(",")
 }
 
 /// Four backend pods running the echo server.
-fn side<'a>(
-    node: &'a Node,
-    list: Conflist,
-    xtask: &Path,
-    args: &ServicesBenchArgs,
-) -> Result<Side<'a>> {
+fn side<'a>(node: &'a Node, list: Conflist, xtask: &Path, args: &ServicesBenchArgs) -> Result<Side<'a>> {
     let mut backends = Vec::new();
     let mut servers = Vec::new();
     let xtask = xtask.to_str().context("non-UTF-8 path")?;
@@ -652,12 +534,7 @@ fn side<'a>(
         servers.push(spawn_echo(node, &pod, xtask, &label, &params)?);
         backends.push(pod);
     }
-    Ok(Side {
-        node,
-        list,
-        backends,
-        _servers: servers,
-    })
+    Ok(Side { node, list, backends, _servers: servers })
 }
 
 /// How a backend's echo server runs.
@@ -674,8 +551,19 @@ pub(super) fn spawn_echo(node: &Node, pod: &Pod, xtask: &str, label: &str, p: &E
     let (port, cpu, threads, nice) = (p.port.to_string(), p.cpu.to_string(), p.threads.to_string(), p.nice.to_string());
     let mut guard = pod.netns.spawn(
         &[
-            xtask, "bench", "services-echo", "--label", label, "--port", &port, "--cpu", &cpu, "--threads", &threads,
-            "--nice", &nice,
+            xtask,
+            "bench",
+            "services-echo",
+            "--label",
+            label,
+            "--port",
+            &port,
+            "--cpu",
+            &cpu,
+            "--threads",
+            &threads,
+            "--nice",
+            &nice,
         ],
         &[],
         &log,
@@ -692,28 +580,17 @@ fn wait_for_line(log: &Path, needle: &str, guard: &mut ChildGuard) -> Result<()>
             return Ok(());
         }
         if let Some(status) = guard.try_wait() {
-            bail!(
-                "{} exited ({status}): {}",
-                guard.what(),
-                fs::read_to_string(log).unwrap_or_default()
-            );
+            bail!("{} exited ({status}): {}", guard.what(), fs::read_to_string(log).unwrap_or_default());
         }
         thread::sleep(Duration::from_millis(20));
     }
-    bail!(
-        "{} did not start: {}",
-        guard.what(),
-        fs::read_to_string(log).unwrap_or_default()
-    )
+    bail!("{} did not start: {}", guard.what(), fs::read_to_string(log).unwrap_or_default())
 }
 
 /// The programs the agent attached to the socket-LB cgroup, or why not.
 fn check_socket_lb(cgroup: &Path) -> std::result::Result<(), String> {
     let out = exec::output(
-        std::process::Command::new("bpftool")
-            .arg("cgroup")
-            .arg("show")
-            .arg(cgroup),
+        std::process::Command::new("bpftool").arg("cgroup").arg("show").arg(cgroup),
         None,
         exec::DEFAULT_TIMEOUT,
     )
@@ -742,10 +619,7 @@ fn detect_ipvs(netns: &NetNs) -> String {
             if msg.contains("Protocol not available") {
                 "n/a: kernel has no IP_VS".into()
             } else {
-                format!(
-                    "n/a: ipvsadm -Ln failed: {}",
-                    msg.lines().next().unwrap_or_default().trim()
-                )
+                format!("n/a: ipvsadm -Ln failed: {}", msg.lines().next().unwrap_or_default().trim())
             }
         }
         Err(e) => format!("n/a: {e:#}"),
@@ -763,20 +637,12 @@ fn other_endpoint(i: usize, k: usize) -> Ipv4Addr {
 }
 
 fn weir_manifest(size: usize, vip: Ipv4Addr, backends: &[Pod]) -> Vec<String> {
-    let port = [SvcPort {
-        name: "http",
-        protocol: "TCP",
-        port: SVC_PORT,
-        target_port: TARGET_PORT,
-        node_port: None,
-    }];
+    let port = [SvcPort { name: "http", protocol: "TCP", port: SVC_PORT, target_port: TARGET_PORT, node_port: None }];
     let slice_ports = [("http", "TCP", TARGET_PORT)];
     let mut docs = Vec::with_capacity(2 * size);
     for i in 0..size - 1 {
         let name = format!("s{i}");
-        let eps: Vec<(Ipv4Addr, &str)> = (0..ENDPOINTS)
-            .map(|k| (other_endpoint(i, k), "n1"))
-            .collect();
+        let eps: Vec<(Ipv4Addr, &str)> = (0..ENDPOINTS).map(|k| (other_endpoint(i, k), "n1")).collect();
         docs.push(service_yaml(&name, other_vip(i), &port, false));
         docs.push(endpoint_slice_yaml(&name, &slice_ports, &eps));
     }
@@ -838,10 +704,7 @@ fn kube_proxy_nat(size: usize, vip: Ipv4Addr, backends: &[Ipv4Addr]) -> String {
                     "-A {svc} -m comment --comment \"default/{name}:http -> {ep}:{TARGET_PORT}\" -j {sep}"
                 );
             }
-            let _ = writeln!(
-                rules,
-                "-A {sep} -s {ep}/32 -m comment --comment {comment} -j KUBE-MARK-MASQ"
-            );
+            let _ = writeln!(rules, "-A {sep} -s {ep}/32 -m comment --comment {comment} -j KUBE-MARK-MASQ");
             let _ = writeln!(
                 rules,
                 "-A {sep} -p tcp -m comment --comment {comment} -m tcp -j DNAT --to-destination {ep}:{TARGET_PORT}"
@@ -868,31 +731,18 @@ fn kube_proxy_nat(size: usize, vip: Ipv4Addr, backends: &[Ipv4Addr]) -> String {
 }
 
 /// Replaces the node's nat table; returns how long iptables-restore took.
-fn load_iptables(
-    topo: &Topology,
-    node: &Node,
-    size: usize,
-    vip: Ipv4Addr,
-    backends: &[Pod],
-) -> Result<Duration> {
+fn load_iptables(topo: &Topology, node: &Node, size: usize, vip: Ipv4Addr, backends: &[Pod]) -> Result<Duration> {
     let eps: Vec<Ipv4Addr> = backends.iter().map(|p| p.ip).collect();
     let file = topo.root().join(format!("kube-proxy-nat-{size}.rules"));
-    fs::write(&file, kube_proxy_nat(size, vip, &eps))
-        .with_context(|| format!("write {}", file.display()))?;
+    fs::write(&file, kube_proxy_nat(size, vip, &eps)).with_context(|| format!("write {}", file.display()))?;
     let mut cmd = node.netns.command("iptables-restore")?;
     cmd.arg(&file);
     let start = Instant::now();
     exec::run(&mut cmd, Duration::from_secs(300)).context("iptables-restore")?;
     let took = start.elapsed();
     let saved = node.netns.run(&["iptables-save", "-t", "nat"])?;
-    let services = saved
-        .lines()
-        .filter(|l| l.starts_with("-A KUBE-SERVICES "))
-        .count();
-    let last = saved
-        .lines()
-        .rfind(|l| l.starts_with("-A KUBE-SERVICES "))
-        .unwrap_or_default();
+    let services = saved.lines().filter(|l| l.starts_with("-A KUBE-SERVICES ")).count();
+    let last = saved.lines().rfind(|l| l.starts_with("-A KUBE-SERVICES ")).unwrap_or_default();
     ensure!(
         services == size && last.contains(&format!("-d {vip}/32")),
         "nat table after iptables-restore: {services} KUBE-SERVICES rules (want {size}), last: {last}"
@@ -905,12 +755,7 @@ fn conntrack_from(node: &Node, client: Ipv4Addr) -> Option<usize> {
     let mut cmd = node.netns.command("conntrack").ok()?;
     cmd.args(["-L", "-p", "tcp", "-s", &client.to_string()]);
     let out = exec::output(&mut cmd, None, Duration::from_secs(60)).ok()?;
-    Some(
-        out.stdout_str()
-            .lines()
-            .filter(|l| l.starts_with("tcp"))
-            .count(),
-    )
+    Some(out.stdout_str().lines().filter(|l| l.starts_with("tcp")).count())
 }
 
 /// `conntrack -L` in the node namespace: (entries, [UNREPLIED] entries).
@@ -961,14 +806,8 @@ pub(super) fn cpu_percent(pid: u32, window: Duration) -> Option<f64> {
 
 fn rss_mib(pid: u32) -> Option<f64> {
     let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let kb: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()?;
+    let kb: f64 =
+        status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.trim().trim_end_matches("kB").trim().parse().ok()?;
     Some(kb / 1024.0)
 }
 
@@ -980,8 +819,7 @@ pub(super) fn loadavg() -> String {
 
 /// Tries one exchange from `netns` until it works or `timeout` passes.
 fn probe(netns: &NetNs, target: SocketAddrV4, timeout: Duration) -> Result<()> {
-    let ns =
-        fs::File::open(netns.path()).with_context(|| format!("open {}", netns.path().display()))?;
+    let ns = fs::File::open(netns.path()).with_context(|| format!("open {}", netns.path().display()))?;
     thread::scope(|s| {
         s.spawn(|| -> Result<()> {
             // SAFETY: setns on this (short-lived, dedicated) thread only.
@@ -1015,18 +853,8 @@ fn measure(
     args: &ServicesBenchArgs,
 ) -> Result<Load> {
     let secs = args.secs / args.rounds as f64;
-    let warmup = if first {
-        args.warmup
-    } else {
-        args.warmup / 10.0
-    };
-    let params = LoadParams {
-        secs,
-        warmup,
-        streams: args.streams,
-        cpu: args.client_cpu,
-        nice: args.nice,
-    };
+    let warmup = if first { args.warmup } else { args.warmup / 10.0 };
+    let params = LoadParams { secs, warmup, streams: args.streams, cpu: args.client_cpu, nice: args.nice };
     run_load(xtask, client, target, cgroup, &params)
 }
 
@@ -1061,14 +889,9 @@ pub(super) fn run_load(
     let timeout = Duration::from_secs_f64(p.secs + p.warmup + 30.0);
     let out = exec::output(&mut cmd, None, timeout)?;
     if !out.success() {
-        bail!(
-            "load generator {}: {}",
-            out.describe_status(),
-            out.stderr_str().trim()
-        );
+        bail!("load generator {}: {}", out.describe_status(), out.stderr_str().trim());
     }
-    let v: Value =
-        serde_json::from_str(out.stdout_str().trim()).context("parse the load generator's JSON")?;
+    let v: Value = serde_json::from_str(out.stdout_str().trim()).context("parse the load generator's JSON")?;
     let f = |k: &str| v[k].as_f64().with_context(|| format!("no {k} in {v}"));
     let mut load = Load {
         errors: f("errors")? as u64,
@@ -1082,11 +905,7 @@ pub(super) fn run_load(
             .collect(),
         backends: v["backends"]
             .as_object()
-            .map(|m| {
-                m.iter()
-                    .map(|(k, n)| (k.clone(), n.as_u64().unwrap_or(0)))
-                    .collect()
-            })
+            .map(|m| m.iter().map(|(k, n)| (k.clone(), n.as_u64().unwrap_or(0))).collect())
             .unwrap_or_default(),
         slice_rates: vec![],
         conntrack: None,
@@ -1142,9 +961,7 @@ fn connect(target: SocketAddrV4, timeout: Duration) -> io::Result<TcpStream> {
     let addr = libc::sockaddr_in {
         sin_family: libc::AF_INET as libc::sa_family_t,
         sin_port: target.port().to_be(),
-        sin_addr: libc::in_addr {
-            s_addr: u32::from(*target.ip()).to_be(),
-        },
+        sin_addr: libc::in_addr { s_addr: u32::from(*target.ip()).to_be() },
         sin_zero: [0; 8],
     };
     // SAFETY: plain socket syscalls on a descriptor this function owns.
@@ -1185,21 +1002,14 @@ fn connect(target: SocketAddrV4, timeout: Duration) -> io::Result<TcpStream> {
 
 /// connect, request, reply, close: the latency to the reply's first byte and
 /// the reply's length in `buf` (read to EOF: the server closes first).
-fn exchange(
-    target: SocketAddrV4,
-    timeout: Duration,
-    buf: &mut [u8],
-) -> io::Result<(Duration, usize)> {
+fn exchange(target: SocketAddrV4, timeout: Duration, buf: &mut [u8]) -> io::Result<(Duration, usize)> {
     let start = Instant::now();
     let mut s = connect(target, timeout)?;
     s.write_all(REQUEST)?;
     let mut len = s.read(buf)?;
     let latency = start.elapsed();
     if len == 0 {
-        return Err(io::Error::new(
-            io::ErrorKind::UnexpectedEof,
-            "closed without a reply",
-        ));
+        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "closed without a reply"));
     }
     loop {
         match s.read(&mut buf[len..])? {
@@ -1222,10 +1032,7 @@ struct StreamOut {
 }
 
 fn stream(target: SocketAddrV4, stop: &AtomicBool, keep: bool) -> StreamOut {
-    let mut out = StreamOut {
-        samples: Vec::with_capacity(if keep { 1 << 17 } else { 0 }),
-        ..Default::default()
-    };
+    let mut out = StreamOut { samples: Vec::with_capacity(if keep { 1 << 17 } else { 0 }), ..Default::default() };
     let mut buf = [0u8; 256];
     while !stop.load(Ordering::Relaxed) {
         match exchange(target, Duration::from_secs(2), &mut buf) {
@@ -1252,24 +1059,14 @@ fn stream(target: SocketAddrV4, stop: &AtomicBool, keep: bool) -> StreamOut {
 }
 
 /// `streams` threads for `secs`; their outputs and the wall time.
-fn phase(
-    target: SocketAddrV4,
-    streams: usize,
-    secs: f64,
-    keep: bool,
-) -> (Vec<StreamOut>, Duration) {
+fn phase(target: SocketAddrV4, streams: usize, secs: f64, keep: bool) -> (Vec<StreamOut>, Duration) {
     let stop = Arc::new(AtomicBool::new(false));
     let start = Instant::now();
     let outs = thread::scope(|s| {
-        let handles: Vec<_> = (0..streams)
-            .map(|_| s.spawn(|| stream(target, &stop, keep)))
-            .collect();
+        let handles: Vec<_> = (0..streams).map(|_| s.spawn(|| stream(target, &stop, keep))).collect();
         thread::sleep(Duration::from_secs_f64(secs));
         stop.store(true, Ordering::Relaxed);
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("load thread panicked"))
-            .collect()
+        handles.into_iter().map(|h| h.join().expect("load thread panicked")).collect()
     });
     (outs, start.elapsed())
 }
@@ -1295,9 +1092,7 @@ pub fn load(args: LoadArgs) -> Result<()> {
         errors += o.errors;
         first_error = first_error.or(o.first_error);
         for (l, n) in o.backends {
-            *backends
-                .entry(String::from_utf8_lossy(&l).into_owned())
-                .or_default() += n;
+            *backends.entry(String::from_utf8_lossy(&l).into_owned()).or_default() += n;
         }
     }
     let samples_ns: Vec<u64> = samples.iter().map(|d| d.as_nanos() as u64).collect();
@@ -1318,8 +1113,8 @@ pub fn load(args: LoadArgs) -> Result<()> {
 /// TIME_WAIT lands here and not on the client's ephemeral ports).
 pub fn echo(args: EchoArgs) -> Result<()> {
     pin(args.cpu, args.nice)?;
-    let listener = TcpListener::bind((Ipv4Addr::UNSPECIFIED, args.port))
-        .with_context(|| format!("bind :{}", args.port))?;
+    let listener =
+        TcpListener::bind((Ipv4Addr::UNSPECIFIED, args.port)).with_context(|| format!("bind :{}", args.port))?;
     println!("listening: {} on :{}", args.label, args.port);
     io::stdout().flush()?;
     let label = Arc::new(args.label.into_bytes());
@@ -1366,12 +1161,7 @@ fn control_plane(topo: &Topology, release: &Path, args: &ServicesBenchArgs) -> C
         // removed by weir-dev.
         let ns = NetNs::create(&topo.prefix().child("cp"))?;
         let mut cmd = ns.command(release.join("weir-dev"))?;
-        cmd.args([
-            "bench-control-plane",
-            "--services",
-            &args.cp_services.to_string(),
-        ])
-        .args([
+        cmd.args(["bench-control-plane", "--services", &args.cp_services.to_string()]).args([
             "--endpoints",
             &ENDPOINTS.to_string(),
             "--changes",
@@ -1381,23 +1171,14 @@ fn control_plane(topo: &Topology, release: &Path, args: &ServicesBenchArgs) -> C
         println!("==> {}", exec::describe(&cmd));
         let out = exec::output(&mut cmd, None, Duration::from_secs(300))?;
         if !out.success() {
-            bail!(
-                "bench-control-plane {}: {}",
-                out.describe_status(),
-                out.stderr_str().trim()
-            );
+            bail!("bench-control-plane {}: {}", out.describe_status(), out.stderr_str().trim());
         }
         let text = out.stdout_str();
-        let line = text
-            .lines()
-            .rev()
-            .find(|l| l.trim_start().starts_with('{'))
-            .context("no JSON from bench-control-plane")?;
+        let line =
+            text.lines().rev().find(|l| l.trim_start().starts_with('{')).context("no JSON from bench-control-plane")?;
         serde_json::from_str(line).context("parse bench-control-plane's JSON")
     };
-    ControlPlane {
-        report: run().map_err(|e| format!("{e:#}")),
-    }
+    ControlPlane { report: run().map_err(|e| format!("{e:#}")) }
 }
 
 // ----------------------------------------------------------------- printing
@@ -1426,22 +1207,13 @@ fn print_data_path(args: &ServicesBenchArgs, d: &DataPath) {
          kube-proxy-style chains ({})",
         d.iptables_version
     );
-    let rate = |size: usize, p: Column| {
-        d.cells
-            .get(&(size, p))
-            .and_then(|c| c.as_ref().ok())
-            .map(Load::rate)
-    };
+    let rate = |size: usize, p: Column| d.cells.get(&(size, p)).and_then(|c| c.as_ref().ok()).map(Load::rate);
     let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
         (Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
         _ => "-".into(),
     };
     let num = |x: Option<f64>| x.map_or_else(|| "FAILED".into(), |x| format!("{x:.0}"));
-    let ipvs_cell = if ipvs_na {
-        d.ipvs.clone()
-    } else {
-        "NOT MEASURED".into()
-    };
+    let ipvs_cell = if ipvs_na { d.ipvs.clone() } else { "NOT MEASURED".into() };
 
     println!("\nNew connections per second (higher is better)");
     println!(
@@ -1460,8 +1232,7 @@ fn print_data_path(args: &ServicesBenchArgs, d: &DataPath) {
         "tc/ipt"
     );
     for &size in &args.sizes {
-        let r: BTreeMap<Column, Option<f64>> =
-            Column::ALL.iter().map(|&p| (p, rate(size, p))).collect();
+        let r: BTreeMap<Column, Option<f64>> = Column::ALL.iter().map(|&p| (p, rate(size, p))).collect();
         println!(
             "{:>8} {:>8} {:>8} {:>9} {:>10} {:>8}  {:<25} | {:>7} {:>8} {:>8} {:>8} {:>8}",
             size,
@@ -1518,17 +1289,14 @@ fn print_data_path(args: &ServicesBenchArgs, d: &DataPath) {
                     p.label(),
                     l.backends.len(),
                     l.conntrack.map_or("?".into(), |c| c.to_string()),
-                    l.spread()
-                        .map_or("-".into(), |s| format!("{:.0}%", s * 100.0))
+                    l.spread().map_or("-".into(), |s| format!("{:.0}%", s * 100.0))
                 ),
                 Some(Err(_)) | None => write!(line, "  {}: -", p.label()),
             };
         }
         println!("{line}");
         if let Some((weir, ipt)) = d.programming.get(&size) {
-            let t = |x: &Option<Duration>| {
-                x.map_or("-".into(), |d| format!("{:.2} s", d.as_secs_f64()))
-            };
+            let t = |x: &Option<Duration>| x.map_or("-".into(), |d| format!("{:.2} s", d.as_secs_f64()));
             let idle = d.agent_idle_cpu.get(&size).copied().flatten();
             println!(
                 "{:>8}  programming: weir manifest dir -> ClusterIP answers {}; iptables-restore of {} rules {}; \
@@ -1538,11 +1306,7 @@ fn print_data_path(args: &ServicesBenchArgs, d: &DataPath) {
                 iptables_rules(size),
                 t(ipt),
                 idle.map_or("?".into(), |c| format!("{c:.1}%")),
-                if args.agent_running {
-                    ""
-                } else {
-                    " (paused with SIGSTOP during the cells)"
-                }
+                if args.agent_running { "" } else { " (paused with SIGSTOP during the cells)" }
             );
         }
     }
@@ -1571,46 +1335,23 @@ fn print_data_path(args: &ServicesBenchArgs, d: &DataPath) {
     }
 
     println!("\nGoals (new-connection rate)");
-    for (p, name) in [
-        (Column::WeirSock, "weir socket LB"),
-        (Column::WeirTc, "weir per-packet tc"),
-    ] {
-        let ratios: Vec<Option<f64>> = args
-            .sizes
-            .iter()
-            .map(|&s| rate(s, p).zip(rate(s, Column::Direct)).map(|(a, b)| a / b))
-            .collect();
-        let met = ratios
-            .iter()
-            .all(|r| r.is_some_and(|r| r >= GOAL_DIRECT_RATIO));
+    for (p, name) in [(Column::WeirSock, "weir socket LB"), (Column::WeirTc, "weir per-packet tc")] {
+        let ratios: Vec<Option<f64>> =
+            args.sizes.iter().map(|&s| rate(s, p).zip(rate(s, Column::Direct)).map(|(a, b)| a / b)).collect();
+        let met = ratios.iter().all(|r| r.is_some_and(|r| r >= GOAL_DIRECT_RATIO));
         println!(
             "  ClusterIP >= {GOAL_DIRECT_RATIO} x direct at every size, {name}: {} -> {}",
             fmt_ratios(&ratios),
             verdict(met)
         );
-        let vs_ipt: Vec<Option<f64>> = args
-            .sizes
-            .iter()
-            .map(|&s| {
-                rate(s, p)
-                    .zip(rate(s, Column::Iptables))
-                    .map(|(a, b)| a / b)
-            })
-            .collect();
+        let vs_ipt: Vec<Option<f64>> =
+            args.sizes.iter().map(|&s| rate(s, p).zip(rate(s, Column::Iptables)).map(|(a, b)| a / b)).collect();
         let met = vs_ipt.iter().all(|r| r.is_some_and(|r| r > 1.0));
-        println!(
-            "  ahead of iptables at every size, {name}: {} -> {}",
-            fmt_ratios(&vs_ipt),
-            verdict(met)
-        );
+        println!("  ahead of iptables at every size, {name}: {} -> {}", fmt_ratios(&vs_ipt), verdict(met));
     }
     println!(
         "  ahead of IPVS at every size: {}",
-        if ipvs_na {
-            format!("NOT MEASURED ({})", d.ipvs)
-        } else {
-            "NOT MEASURED".into()
-        }
+        if ipvs_na { format!("NOT MEASURED ({})", d.ipvs) } else { "NOT MEASURED".into() }
     );
     if let Some(rss) = d.agent_rss_mib {
         println!(
@@ -1621,10 +1362,7 @@ fn print_data_path(args: &ServicesBenchArgs, d: &DataPath) {
 }
 
 fn fmt_ratios(r: &[Option<f64>]) -> String {
-    r.iter()
-        .map(|r| r.map_or("-".into(), |r| format!("{r:.2}")))
-        .collect::<Vec<_>>()
-        .join(" / ")
+    r.iter().map(|r| r.map_or("-".into(), |r| format!("{r:.2}"))).collect::<Vec<_>>().join(" / ")
 }
 
 fn print_control_plane(args: &ServicesBenchArgs, c: &ControlPlane) {
@@ -1651,26 +1389,11 @@ fn print_control_plane(args: &ServicesBenchArgs, c: &ControlPlane) {
         }
     };
     println!("  frontends programmed: {}", v["frontends"]);
-    row(
-        "cold programming",
-        f("cold_ms"),
-        "ms",
-        Some((GOAL_COLD_MS, "< 1 s")),
-    );
+    row("cold programming", f("cold_ms"), "ms", Some((GOAL_COLD_MS, "< 1 s")));
     row("EndpointSlice change p50", f("change_p50_us"), "us", None);
-    row(
-        "EndpointSlice change p99",
-        f("change_p99_us"),
-        "us",
-        Some((GOAL_CHANGE_P99_US, "< 10 ms")),
-    );
+    row("EndpointSlice change p99", f("change_p99_us"), "us", Some((GOAL_CHANGE_P99_US, "< 10 ms")));
     row("EndpointSlice change max", f("change_max_us"), "us", None);
-    row(
-        "resident memory",
-        f("rss_mib"),
-        "MiB",
-        Some((GOAL_RSS_MIB, "< 150 MiB")),
-    );
+    row("resident memory", f("rss_mib"), "MiB", Some((GOAL_RSS_MIB, "< 150 MiB")));
 }
 
 #[cfg(test)]
@@ -1682,32 +1405,19 @@ mod tests {
         let vip = Ipv4Addr::new(10, 96, 1, 10);
         let eps: Vec<Ipv4Addr> = (2..6).map(|i| Ipv4Addr::new(10, 244, 2, i)).collect();
         let rules = kube_proxy_nat(3, vip, &eps);
-        let services: Vec<&str> = rules
-            .lines()
-            .filter(|l| l.starts_with("-A KUBE-SERVICES "))
-            .collect();
+        let services: Vec<&str> = rules.lines().filter(|l| l.starts_with("-A KUBE-SERVICES ")).collect();
         assert_eq!(services.len(), 3);
         assert!(services[2].contains("-d 10.96.1.10/32"), "{}", services[2]);
         assert!(services[0].contains(&format!("-d {}/32", other_vip(0))));
         for p in ["0.25000000000", "0.33333333333", "0.50000000000"] {
-            assert_eq!(
-                rules.matches(&format!("--probability {p} ")).count(),
-                3,
-                "{p}"
-            );
+            assert_eq!(rules.matches(&format!("--probability {p} ")).count(), 3, "{p}");
         }
         assert!(rules.contains("-j DNAT --to-destination 10.244.2.5:8080"));
         assert!(rules.contains("-A PREROUTING ") && rules.contains("-A OUTPUT "));
-        assert_eq!(
-            rules.lines().filter(|l| l.starts_with("-A ")).count(),
-            iptables_rules(3)
-        );
+        assert_eq!(rules.lines().filter(|l| l.starts_with("-A ")).count(), iptables_rules(3));
         // iptables chain names: 28 characters at most, all distinct.
-        let chains: Vec<&str> = rules
-            .lines()
-            .filter_map(|l| l.strip_prefix(':'))
-            .map(|l| l.split(' ').next().unwrap())
-            .collect();
+        let chains: Vec<&str> =
+            rules.lines().filter_map(|l| l.strip_prefix(':')).map(|l| l.split(' ').next().unwrap()).collect();
         assert!(chains.iter().all(|c| c.len() <= 28));
         let mut unique = chains.clone();
         unique.sort();

@@ -41,10 +41,7 @@ pub fn ratio(a: Option<Duration>, b: Option<Duration>) -> Option<f64> {
 }
 
 pub fn ms(d: Option<Duration>) -> String {
-    d.map_or_else(
-        || "-".into(),
-        |d| format!("{:.1}", d.as_secs_f64() * 1000.0),
-    )
+    d.map_or_else(|| "-".into(), |d| format!("{:.1}", d.as_secs_f64() * 1000.0))
 }
 
 #[cfg(test)]
@@ -79,25 +76,10 @@ mod tests {
     fn edge_cases() {
         assert_eq!(Summary::new(vec![]).median(), None);
         let one = Summary::new(millis(&[7]));
-        assert_eq!(
-            (one.median(), one.p99()),
-            (
-                Some(Duration::from_millis(7)),
-                Some(Duration::from_millis(7))
-            )
-        );
+        assert_eq!((one.median(), one.p99()), (Some(Duration::from_millis(7)), Some(Duration::from_millis(7))));
         assert_eq!(one.percentile(101.0), None);
-        assert_eq!(
-            ratio(
-                Some(Duration::from_millis(5)),
-                Some(Duration::from_millis(10))
-            ),
-            Some(0.5)
-        );
-        assert_eq!(
-            ratio(Some(Duration::from_millis(5)), Some(Duration::ZERO)),
-            None
-        );
+        assert_eq!(ratio(Some(Duration::from_millis(5)), Some(Duration::from_millis(10))), Some(0.5));
+        assert_eq!(ratio(Some(Duration::from_millis(5)), Some(Duration::ZERO)), None);
         assert_eq!(ms(Some(Duration::from_micros(12_345))), "12.3");
         assert_eq!(ms(None), "-");
     }

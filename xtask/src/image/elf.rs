@@ -36,14 +36,11 @@ pub fn read(path: &Path) -> Result<Option<Dynamic>> {
     if len < 64 {
         return Ok(None);
     }
-    f.read_exact_at(&mut ident, 0)
-        .with_context(|| format!("read {}", path.display()))?;
+    f.read_exact_at(&mut ident, 0).with_context(|| format!("read {}", path.display()))?;
     if &ident[..4] != b"\x7fELF" {
         return Ok(None);
     }
-    parse(&f, &ident, len)
-        .map(Some)
-        .with_context(|| format!("ELF {}", path.display()))
+    parse(&f, &ident, len).map(Some).with_context(|| format!("ELF {}", path.display()))
 }
 
 fn parse(f: &File, h: &[u8; 64], len: u64) -> Result<Dynamic> {
@@ -59,8 +56,7 @@ fn parse(f: &File, h: &[u8; 64], len: u64) -> Result<Dynamic> {
     let mut dynamic = None; // (offset, filesz)
     for i in 0..phnum as usize {
         let p = &table[i * phentsize as usize..];
-        let (p_type, offset, vaddr, filesz) =
-            (u32_at(p, 0), u64_at(p, 8), u64_at(p, 16), u64_at(p, 32));
+        let (p_type, offset, vaddr, filesz) = (u32_at(p, 0), u64_at(p, 8), u64_at(p, 16), u64_at(p, 32));
         match p_type {
             PT_LOAD => loads.push((vaddr, offset, filesz)),
             PT_DYNAMIC => dynamic = Some((offset, filesz)),
@@ -76,8 +72,7 @@ fn parse(f: &File, h: &[u8; 64], len: u64) -> Result<Dynamic> {
         return Ok(out);
     };
     let entries = read_at(f, dyn_off, dyn_size, len)?;
-    let (mut needed, mut strtab, mut strsz, mut rpath, mut runpath) =
-        (Vec::new(), None, None, None, None);
+    let (mut needed, mut strtab, mut strsz, mut rpath, mut runpath) = (Vec::new(), None, None, None, None);
     for e in entries.chunks_exact(16) {
         let (tag, val) = (u64_at(e, 0), u64_at(e, 8));
         match tag {
@@ -97,18 +92,14 @@ fn parse(f: &File, h: &[u8; 64], len: u64) -> Result<Dynamic> {
         bail!("DT_NEEDED without DT_STRTAB/DT_STRSZ");
     };
     // DT_STRTAB is an address: the PT_LOAD segment holding it gives its offset.
-    let Some(&(vaddr, offset, _)) = loads
-        .iter()
-        .find(|(vaddr, _, filesz)| strtab >= *vaddr && strtab < vaddr + filesz)
+    let Some(&(vaddr, offset, _)) = loads.iter().find(|(vaddr, _, filesz)| strtab >= *vaddr && strtab < vaddr + filesz)
     else {
         bail!("DT_STRTAB {strtab:#x} is in no PT_LOAD segment");
     };
     ensure!(strsz <= 64 << 20, "DT_STRSZ {strsz} too large");
     let strings = read_at(f, strtab - vaddr + offset, strsz, len)?;
     let string = |off: u64| -> Result<String> {
-        let s = strings
-            .get(off as usize..)
-            .context("string offset past DT_STRSZ")?;
+        let s = strings.get(off as usize..).context("string offset past DT_STRSZ")?;
         let s = s.split(|&b| b == 0).next().unwrap_or_default();
         Ok(String::from_utf8(s.to_vec())?)
     };
@@ -116,11 +107,7 @@ fn parse(f: &File, h: &[u8; 64], len: u64) -> Result<Dynamic> {
         out.needed.push(string(n)?);
     }
     if let Some(p) = runpath.or(rpath) {
-        out.runpath = string(p)?
-            .split(':')
-            .filter(|s| !s.is_empty())
-            .map(String::from)
-            .collect();
+        out.runpath = string(p)?.split(':').filter(|s| !s.is_empty()).map(String::from).collect();
     }
     Ok(out)
 }
@@ -166,26 +153,15 @@ mod tests {
         // libc names the loader and has no interpreter of its own... as a
         // library; glibc's libc.so.6 does carry PT_INTERP (it is runnable),
         // so only DT_NEEDED is checked.
-        let libc = [
-            "/lib/x86_64-linux-gnu/libc.so.6",
-            "/lib/aarch64-linux-gnu/libc.so.6",
-        ]
-        .into_iter()
-        .map(Path::new)
-        .find(|p| p.exists())
-        .expect("glibc's libc.so.6");
+        let libc = ["/lib/x86_64-linux-gnu/libc.so.6", "/lib/aarch64-linux-gnu/libc.so.6"]
+            .into_iter()
+            .map(Path::new)
+            .find(|p| p.exists())
+            .expect("glibc's libc.so.6");
         let d = read(libc).unwrap().unwrap();
-        assert!(
-            d.needed.iter().any(|n| n.starts_with("ld-linux")),
-            "{:?}",
-            d.needed
-        );
+        assert!(d.needed.iter().any(|n| n.starts_with("ld-linux")), "{:?}", d.needed);
         let script = std::env::temp_dir().join(format!("weir-elf-test-{}", std::process::id()));
-        std::fs::write(
-            &script,
-            "#!/bin/sh\necho this is not an ELF file at all, just text\n",
-        )
-        .unwrap();
+        std::fs::write(&script, "#!/bin/sh\necho this is not an ELF file at all, just text\n").unwrap();
         assert_eq!(read(&script).unwrap(), None);
         std::fs::remove_file(&script).unwrap();
     }

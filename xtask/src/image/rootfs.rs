@@ -28,17 +28,9 @@ pub enum Source {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Node {
-    Dir {
-        mode: u32,
-    },
-    File {
-        source: Source,
-        mode: u32,
-        elf: Option<Dynamic>,
-    },
-    Symlink {
-        target: String,
-    },
+    Dir { mode: u32 },
+    File { source: Source, mode: u32, elf: Option<Dynamic> },
+    Symlink { target: String },
 }
 
 /// Top-level names that are links into /usr (Debian's merged /usr).
@@ -58,13 +50,8 @@ impl Rootfs {
     /// The skeleton: merged-/usr links and the directories a container
     /// runtime mounts onto. `multiarch` is e.g. `x86_64-linux-gnu`.
     pub fn new(multiarch: &str) -> Result<Self> {
-        let lib_dirs: Vec<String> = [
-            format!("lib/{multiarch}"),
-            format!("usr/lib/{multiarch}"),
-            "lib".into(),
-            "usr/lib".into(),
-        ]
-        .into();
+        let lib_dirs: Vec<String> =
+            [format!("lib/{multiarch}"), format!("usr/lib/{multiarch}"), "lib".into(), "usr/lib".into()].into();
         let mut me = Self {
             entries: BTreeMap::new(),
             host_lib_dirs: lib_dirs.iter().map(|d| Path::new("/").join(d)).collect(),
@@ -74,16 +61,7 @@ impl Rootfs {
             me.dir(&format!("usr/{top}"), 0o755)?;
             me.symlink(top, &format!("usr/{top}"))?;
         }
-        for dir in [
-            "dev",
-            "etc",
-            "proc",
-            "sys",
-            "run",
-            "var",
-            "usr/local/bin",
-            "usr/local/sbin",
-        ] {
+        for dir in ["dev", "etc", "proc", "sys", "run", "var", "usr/local/bin", "usr/local/sbin"] {
             me.dir(dir, 0o755)?;
         }
         me.dir("root", 0o700)?;
@@ -102,29 +80,16 @@ impl Rootfs {
     }
 
     pub fn symlink(&mut self, path: &str, target: &str) -> Result<()> {
-        self.insert(
-            path,
-            Node::Symlink {
-                target: target.into(),
-            },
-        )
+        self.insert(path, Node::Symlink { target: target.into() })
     }
 
     pub fn bytes(&mut self, path: &str, data: impl Into<Vec<u8>>, mode: u32) -> Result<()> {
-        self.insert(
-            path,
-            Node::File {
-                source: Source::Bytes(data.into()),
-                mode,
-                elf: None,
-            },
-        )
+        self.insert(path, Node::File { source: Source::Bytes(data.into()), mode, elf: None })
     }
 
     /// The host file `host` (followed if a symlink) at `path` in the image.
     pub fn host_file_at(&mut self, path: &str, host: &Path) -> Result<()> {
-        let real =
-            fs::canonicalize(host).with_context(|| format!("{} is missing", host.display()))?;
+        let real = fs::canonicalize(host).with_context(|| format!("{} is missing", host.display()))?;
         let meta = fs::metadata(&real)?;
         if !meta.is_file() {
             bail!("{} is not a regular file", real.display());
@@ -150,21 +115,19 @@ impl Rootfs {
                 (Some(p), Some(n)) => (p, n),
                 _ => bail!("{}: not a file path", host.display()),
             };
-            let real_parent = fs::canonicalize(parent)
-                .with_context(|| format!("{} is missing", parent.display()))?;
+            let real_parent = fs::canonicalize(parent).with_context(|| format!("{} is missing", parent.display()))?;
             let here = real_parent.join(name);
             let (asked, placed) = (image_path(&host)?, image_path(&here)?);
             if asked != placed {
                 self.symlink(&asked, &format!("/{placed}"))?;
             }
-            let meta = fs::symlink_metadata(&here)
-                .with_context(|| format!("{} is missing", here.display()))?;
+            let meta = fs::symlink_metadata(&here).with_context(|| format!("{} is missing", here.display()))?;
             if meta.file_type().is_symlink() {
                 let target = fs::read_link(&here)?;
                 if target.starts_with("/etc/alternatives") {
                     // Not in the image: point at what the host resolves it to.
-                    let real = fs::canonicalize(&here)
-                        .with_context(|| format!("{} is a dangling link", here.display()))?;
+                    let real =
+                        fs::canonicalize(&here).with_context(|| format!("{} is a dangling link", here.display()))?;
                     self.symlink(&placed, &format!("/{}", image_path(&real)?))?;
                     host = real;
                 } else {
@@ -197,13 +160,10 @@ impl Rootfs {
             let parent = parts[..i].join("/");
             match self.entries.get(&parent) {
                 None => {
-                    self.entries
-                        .insert(parent.clone(), Node::Dir { mode: 0o755 });
+                    self.entries.insert(parent.clone(), Node::Dir { mode: 0o755 });
                 }
                 Some(Node::Dir { .. }) => {}
-                Some(other) => bail!(
-                    "/{path}: its parent /{parent} is not a directory in the image ({other:?})"
-                ),
+                Some(other) => bail!("/{path}: its parent /{parent} is not a directory in the image ({other:?})"),
             }
         }
         match self.entries.get(&path) {
@@ -258,8 +218,7 @@ impl Rootfs {
     }
 
     fn is_file(&self, path: &str) -> bool {
-        self.resolve(path)
-            .is_some_and(|p| matches!(self.entries.get(&p), Some(Node::File { .. })))
+        self.resolve(path).is_some_and(|p| matches!(self.entries.get(&p), Some(Node::File { .. })))
     }
 
     /// Adds, from the host, every interpreter and library an ELF file of the
@@ -294,21 +253,15 @@ impl Rootfs {
                 let host = if what.contains('/') {
                     Some(PathBuf::from(&what))
                 } else {
-                    let mut dirs: Vec<PathBuf> = runpath
-                        .iter()
-                        .filter(|d| d.starts_with('/'))
-                        .map(PathBuf::from)
-                        .collect();
+                    let mut dirs: Vec<PathBuf> =
+                        runpath.iter().filter(|d| d.starts_with('/')).map(PathBuf::from).collect();
                     dirs.extend(self.host_lib_dirs.iter().cloned());
-                    dirs.into_iter()
-                        .map(|d| d.join(&what))
-                        .find(|p| p.is_file())
+                    dirs.into_iter().map(|d| d.join(&what)).find(|p| p.is_file())
                 };
                 let Some(host) = host.filter(|p| p.exists()) else {
                     bail!("/{who} needs {what}, which is neither in the image nor on this host");
                 };
-                self.host(&host)
-                    .with_context(|| format!("/{who} needs {what}"))?;
+                self.host(&host).with_context(|| format!("/{who} needs {what}"))?;
                 progress = true;
             }
             if !progress {
@@ -326,10 +279,7 @@ impl Rootfs {
         let origin = who.rsplit_once('/').map_or("", |(d, _)| d);
         runpath
             .iter()
-            .map(|d| {
-                d.replace("${ORIGIN}", &format!("/{origin}"))
-                    .replace("$ORIGIN", &format!("/{origin}"))
-            })
+            .map(|d| d.replace("${ORIGIN}", &format!("/{origin}")).replace("$ORIGIN", &format!("/{origin}")))
             .chain(self.lib_dirs.iter().cloned())
             .map(|d| format!("{}/{lib}", d.trim_end_matches('/')))
             .find(|p| self.is_file(p))
@@ -341,11 +291,7 @@ impl Rootfs {
         let mut problems = Vec::new();
         for (path, node) in &self.entries {
             match node {
-                Node::Symlink { target }
-                    if self
-                        .resolve(path)
-                        .is_none_or(|p| !self.entries.contains_key(&p)) =>
-                {
+                Node::Symlink { target } if self.resolve(path).is_none_or(|p| !self.entries.contains_key(&p)) => {
                     problems.push(format!("/{path} -> {target} leads nowhere"));
                 }
                 Node::File { elf: Some(d), .. } => {
@@ -392,16 +338,10 @@ impl Rootfs {
             match node {
                 Node::Dir { mode } => w.dir(path, *mode)?,
                 Node::Symlink { target } => w.symlink(path, target)?,
-                Node::File {
-                    source: Source::Bytes(b),
-                    mode,
-                    ..
-                } => w.file(path, *mode, b.len() as u64, b.as_slice())?,
-                Node::File {
-                    source: Source::Host(h),
-                    mode,
-                    ..
-                } => {
+                Node::File { source: Source::Bytes(b), mode, .. } => {
+                    w.file(path, *mode, b.len() as u64, b.as_slice())?
+                }
+                Node::File { source: Source::Host(h), mode, .. } => {
                     let f = fs::File::open(h).with_context(|| format!("open {}", h.display()))?;
                     let size = f.metadata()?.len();
                     w.file(path, *mode, size, std::io::BufReader::new(f))?
@@ -416,9 +356,7 @@ impl Rootfs {
 fn source_len(source: &Source) -> Result<u64> {
     Ok(match source {
         Source::Bytes(b) => b.len() as u64,
-        Source::Host(h) => fs::metadata(h)
-            .with_context(|| format!("stat {}", h.display()))?
-            .len(),
+        Source::Host(h) => fs::metadata(h).with_context(|| format!("stat {}", h.display()))?.len(),
     })
 }
 
@@ -433,19 +371,12 @@ fn image_path(host: &Path) -> Result<String> {
     let s = host.to_str().context("non-UTF-8 path")?;
     let rel = clean(s)?;
     let (top, rest) = rel.split_once('/').unwrap_or((rel.as_str(), ""));
-    Ok(if MERGED.contains(&top) && !rest.is_empty() {
-        format!("usr/{rel}")
-    } else {
-        rel
-    })
+    Ok(if MERGED.contains(&top) && !rest.is_empty() { format!("usr/{rel}") } else { rel })
 }
 
 /// `/a//b/./c` -> `a/b/c`; `..` is refused (entries are never relative).
 fn clean(path: &str) -> Result<String> {
-    let parts: Vec<&str> = path
-        .split('/')
-        .filter(|p| !p.is_empty() && *p != ".")
-        .collect();
+    let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty() && *p != ".").collect();
     if parts.is_empty() || parts.contains(&"..") {
         bail!("{path:?} is not a path inside the image");
     }
@@ -462,37 +393,20 @@ mod tests {
             image_path(Path::new("/lib/x86_64-linux-gnu/libc.so.6")).unwrap(),
             "usr/lib/x86_64-linux-gnu/libc.so.6"
         );
-        assert_eq!(
-            image_path(Path::new("/bin/busybox")).unwrap(),
-            "usr/bin/busybox"
-        );
-        assert_eq!(
-            image_path(Path::new("/usr/sbin/iptables")).unwrap(),
-            "usr/sbin/iptables"
-        );
-        assert_eq!(
-            image_path(Path::new("/etc/ssl/certs/x")).unwrap(),
-            "etc/ssl/certs/x"
-        );
+        assert_eq!(image_path(Path::new("/bin/busybox")).unwrap(), "usr/bin/busybox");
+        assert_eq!(image_path(Path::new("/usr/sbin/iptables")).unwrap(), "usr/sbin/iptables");
+        assert_eq!(image_path(Path::new("/etc/ssl/certs/x")).unwrap(), "etc/ssl/certs/x");
         assert!(image_path(Path::new("/a/../b")).is_err());
     }
 
     #[test]
     fn links_resolve_inside_the_image() {
         let mut r = Rootfs::new("x86_64-linux-gnu").unwrap();
-        r.bytes("usr/lib/x86_64-linux-gnu/ld.so", "x", 0o755)
-            .unwrap();
-        r.symlink(
-            "usr/lib64/ld-linux-x86-64.so.2",
-            "/lib/x86_64-linux-gnu/ld.so",
-        )
-        .unwrap();
+        r.bytes("usr/lib/x86_64-linux-gnu/ld.so", "x", 0o755).unwrap();
+        r.symlink("usr/lib64/ld-linux-x86-64.so.2", "/lib/x86_64-linux-gnu/ld.so").unwrap();
         r.symlink("usr/bin/sh", "busybox").unwrap();
         r.bytes("usr/bin/busybox", "b", 0o755).unwrap();
-        assert_eq!(
-            r.resolve("lib64/ld-linux-x86-64.so.2").as_deref(),
-            Some("usr/lib/x86_64-linux-gnu/ld.so")
-        );
+        assert_eq!(r.resolve("lib64/ld-linux-x86-64.so.2").as_deref(), Some("usr/lib/x86_64-linux-gnu/ld.so"));
         assert_eq!(r.resolve("/bin/sh").as_deref(), Some("usr/bin/busybox"));
         assert_eq!(r.resolve("var/run/../etc").as_deref(), Some("etc"));
         assert_eq!(r.resolve("bin/nope"), None);
@@ -520,14 +434,9 @@ mod tests {
         assert!(r.check().is_err(), "libc is not there yet");
         r.add_dependencies().unwrap();
         r.check().unwrap();
-        let Some(Node::File { elf: Some(d), .. }) = r.entries().get("usr/local/bin/me") else {
-            panic!()
-        };
+        let Some(Node::File { elf: Some(d), .. }) = r.entries().get("usr/local/bin/me") else { panic!() };
         let interp = d.interp.clone().unwrap();
         assert!(r.is_file(&interp), "{interp}");
-        assert!(
-            r.find_library("usr/local/bin/me", "libc.so.6", &[])
-                .is_some()
-        );
+        assert!(r.find_library("usr/local/bin/me", "libc.so.6", &[]).is_some());
     }
 }

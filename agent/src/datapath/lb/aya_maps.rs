@@ -18,19 +18,27 @@ fn err(op: &'static str, map: &'static str) -> impl Fn(aya::maps::MapError) -> L
 }
 
 impl Datapath {
-    fn hash_map<K: aya::Pod, V: aya::Pod>(&mut self, name: &'static str) -> Result<HashMap<&mut MapData, K, V>, LbMapError> {
-        let map = self
-            .ebpf_mut()
-            .map_mut(name)
-            .ok_or_else(|| LbMapError { op: "open", map: name, reason: "not in the eBPF object".into() })?;
+    fn hash_map<K: aya::Pod, V: aya::Pod>(
+        &mut self,
+        name: &'static str,
+    ) -> Result<HashMap<&mut MapData, K, V>, LbMapError> {
+        let map = self.ebpf_mut().map_mut(name).ok_or_else(|| LbMapError {
+            op: "open",
+            map: name,
+            reason: "not in the eBPF object".into(),
+        })?;
         HashMap::try_from(map).map_err(err("open", name))
     }
 
-    fn hash_map_ref<K: aya::Pod, V: aya::Pod>(&self, name: &'static str) -> Result<HashMap<&MapData, K, V>, LbMapError> {
-        let map = self
-            .ebpf()
-            .map(name)
-            .ok_or_else(|| LbMapError { op: "open", map: name, reason: "not in the eBPF object".into() })?;
+    fn hash_map_ref<K: aya::Pod, V: aya::Pod>(
+        &self,
+        name: &'static str,
+    ) -> Result<HashMap<&MapData, K, V>, LbMapError> {
+        let map = self.ebpf().map(name).ok_or_else(|| LbMapError {
+            op: "open",
+            map: name,
+            reason: "not in the eBPF object".into(),
+        })?;
         HashMap::try_from(map).map_err(err("open", name))
     }
 }
@@ -76,19 +84,31 @@ impl LbMaps for Datapath {
     }
     fn set_source_range(&mut self, rev_nat_id: u16, range: Ipv4Network) -> Result<(), LbMapError> {
         let name = pin::MAP_SRC_RANGES;
-        let map = self.ebpf_mut().map_mut(name).ok_or_else(|| LbMapError { op: "open", map: name, reason: "missing".into() })?;
+        let map = self.ebpf_mut().map_mut(name).ok_or_else(|| LbMapError {
+            op: "open",
+            map: name,
+            reason: "missing".into(),
+        })?;
         let mut trie: LpmTrie<_, SourceRangeKey, u8> = LpmTrie::try_from(map).map_err(err("open", name))?;
         trie.insert(&range_key(rev_nat_id, range), 1, 0).map_err(err("insert", name))
     }
     fn delete_source_range(&mut self, rev_nat_id: u16, range: Ipv4Network) -> Result<(), LbMapError> {
         let name = pin::MAP_SRC_RANGES;
-        let map = self.ebpf_mut().map_mut(name).ok_or_else(|| LbMapError { op: "open", map: name, reason: "missing".into() })?;
+        let map = self.ebpf_mut().map_mut(name).ok_or_else(|| LbMapError {
+            op: "open",
+            map: name,
+            reason: "missing".into(),
+        })?;
         let mut trie: LpmTrie<_, SourceRangeKey, u8> = LpmTrie::try_from(map).map_err(err("open", name))?;
         tolerate_missing(trie.remove(&range_key(rev_nat_id, range))).map_err(err("delete", name))
     }
     fn set_node_addrs(&mut self, node: Ipv4Addr, gateway: Ipv4Addr, uplink_ifindex: u32) -> Result<(), LbMapError> {
         let name = pin::MAP_NODE;
-        let map = self.ebpf_mut().map_mut(name).ok_or_else(|| LbMapError { op: "open", map: name, reason: "missing".into() })?;
+        let map = self.ebpf_mut().map_mut(name).ok_or_else(|| LbMapError {
+            op: "open",
+            map: name,
+            reason: "missing".into(),
+        })?;
         let mut arr: Array<_, NodeConfig> = Array::try_from(map).map_err(err("open", name))?;
         let cfg = NodeConfig {
             node_addr: u32::from_ne_bytes(node.octets()),
@@ -101,7 +121,8 @@ impl LbMaps for Datapath {
     fn dump(&self) -> Result<LbDump, LbMapError> {
         let mut d = LbDump::default();
         let name = pin::MAP_SRC_RANGES;
-        let map = self.ebpf().map(name).ok_or_else(|| LbMapError { op: "open", map: name, reason: "missing".into() })?;
+        let map =
+            self.ebpf().map(name).ok_or_else(|| LbMapError { op: "open", map: name, reason: "missing".into() })?;
         let trie: LpmTrie<_, SourceRangeKey, u8> = LpmTrie::try_from(map).map_err(err("open", name))?;
         for key in trie.keys() {
             let key = key.map_err(err("dump", name))?;

@@ -67,7 +67,12 @@ fn backend_value(b: &BackendRef) -> Backend {
     if b.terminating {
         flags |= Backend::FLAG_TERMINATING;
     }
-    Backend { addr: u32::from_ne_bytes(b.addr.addr.octets()), port: b.addr.port.to_be(), proto: b.addr.proto.number(), flags }
+    Backend {
+        addr: u32::from_ne_bytes(b.addr.addr.octets()),
+        port: b.addr.port.to_be(),
+        proto: b.addr.proto.number(),
+        flags,
+    }
 }
 
 fn backend_addr(b: &Backend) -> Option<BackendAddr> {
@@ -112,7 +117,12 @@ impl LbProgrammer {
         p
     }
 
-    pub fn apply(&mut self, desired: &BTreeMap<Frontend, FrontendState>, prune: bool, maps: &mut dyn LbMaps) -> ApplyReport {
+    pub fn apply(
+        &mut self,
+        desired: &BTreeMap<Frontend, FrontendState>,
+        prune: bool,
+        maps: &mut dyn LbMaps,
+    ) -> ApplyReport {
         let mut report = ApplyReport::default();
         let mut wanted_ranges: BTreeMap<(Ipv4Addr, u16), BTreeSet<Ipv4Network>> = BTreeMap::new();
         for (fe, state) in desired {
@@ -137,10 +147,8 @@ impl LbProgrammer {
         }
         // Ranges go after the flags that use them: a frontend whose flag
         // write failed keeps filtering (fails closed) rather than opening.
-        let wanted_by_id: BTreeMap<u16, &BTreeSet<Ipv4Network>> = wanted_ranges
-            .iter()
-            .filter_map(|(k, set)| self.rev_nat_ids.get(k).map(|id| (*id, set)))
-            .collect();
+        let wanted_by_id: BTreeMap<u16, &BTreeSet<Ipv4Network>> =
+            wanted_ranges.iter().filter_map(|(k, set)| self.rev_nat_ids.get(k).map(|id| (*id, set))).collect();
         let empty = BTreeSet::new();
         for (id, have) in self.ranges.clone() {
             let want = wanted_by_id.get(&id).copied().unwrap_or(&empty);
@@ -250,7 +258,14 @@ impl LbProgrammer {
         let count = u16::try_from(ids.len()).unwrap_or(u16::MAX);
         ids.truncate(count as usize);
         let target = Programmed {
-            value: ServiceValue { backend_id: 0, count, rev_nat_id, flags, _pad: 0, affinity_timeout: state.affinity_timeout },
+            value: ServiceValue {
+                backend_id: 0,
+                count,
+                rev_nat_id,
+                flags,
+                _pad: 0,
+                affinity_timeout: state.affinity_timeout,
+            },
             slots: ids,
             clean: true,
         };
@@ -300,7 +315,12 @@ impl LbProgrammer {
         Ok(())
     }
 
-    fn ensure_backend(&mut self, b: &BackendRef, maps: &mut dyn LbMaps, report: &mut ApplyReport) -> Result<u32, LbMapError> {
+    fn ensure_backend(
+        &mut self,
+        b: &BackendRef,
+        maps: &mut dyn LbMaps,
+        report: &mut ApplyReport,
+    ) -> Result<u32, LbMapError> {
         let value = backend_value(b);
         match self.backend_ids.get(&b.addr) {
             Some(&(id, current)) if current == value => Ok(id),
@@ -345,8 +365,12 @@ impl LbProgrammer {
     fn collect_garbage(&mut self, maps: &mut dyn LbMaps, report: &mut ApplyReport) {
         let used_backends: std::collections::BTreeSet<u32> =
             self.programmed.values().flat_map(|p| p.slots.iter().copied()).collect();
-        let unused: Vec<(BackendAddr, u32)> =
-            self.backend_ids.iter().filter(|(_, (id, _))| !used_backends.contains(id)).map(|(a, (id, _))| (*a, *id)).collect();
+        let unused: Vec<(BackendAddr, u32)> = self
+            .backend_ids
+            .iter()
+            .filter(|(_, (id, _))| !used_backends.contains(id))
+            .map(|(a, (id, _))| (*a, *id))
+            .collect();
         for (addr, id) in unused {
             match maps.delete_backend(id) {
                 Ok(()) => {

@@ -9,11 +9,14 @@ use weir_common::pin;
 
 use crate::datapath::Datapath;
 
-const PROGRAMS: [&str; 4] = [pin::PROG_SOCK_CONNECT4, pin::PROG_SOCK_SENDMSG4, pin::PROG_SOCK_RECVMSG4, pin::PROG_SOCK_GETPEERNAME4];
+const PROGRAMS: [&str; 4] =
+    [pin::PROG_SOCK_CONNECT4, pin::PROG_SOCK_SENDMSG4, pin::PROG_SOCK_RECVMSG4, pin::PROG_SOCK_GETPEERNAME4];
 
 #[derive(Debug, thiserror::Error)]
 pub enum SocketLbError {
-    #[error("{path} is not a cgroup v2 mount or directory; socket load balancing needs cgroup v2 (host processes cannot reach Services without it)")]
+    #[error(
+        "{path} is not a cgroup v2 mount or directory; socket load balancing needs cgroup v2 (host processes cannot reach Services without it)"
+    )]
     NotCgroup2 { path: String },
     #[error("{prog} on {path}: {reason}")]
     Attach { prog: &'static str, path: String, reason: String },
@@ -46,7 +49,8 @@ impl Datapath {
             // bpf_link_create takes no attach flags: cgroup links always
             // coexist with other links (that is what lets the next agent
             // attach before this one's links go).
-            let id = p.attach(&dir, CgroupAttachMode::Single).map_err(|e| fail(crate::datapath::loader::error_chain(&e)))?;
+            let id =
+                p.attach(&dir, CgroupAttachMode::Single).map_err(|e| fail(crate::datapath::loader::error_chain(&e)))?;
             let link = p.take_link(id).map_err(|e| fail(e.to_string()))?;
             let fd_link = FdLink::try_from(link).map_err(|e| fail(e.to_string()))?;
             let tmp = links.join(format!("{prog}_new"));

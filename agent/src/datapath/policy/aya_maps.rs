@@ -4,8 +4,7 @@ use std::{collections::BTreeMap, net::Ipv4Addr};
 use aya::maps::{HashMap, LpmTrie, MapData, PerCpuHashMap, lpm_trie::Key};
 use ipnetwork::Ipv4Network;
 use weir_common::{
-    EndpointInfo, EndpointKey,
-    pin,
+    EndpointInfo, EndpointKey, pin,
     policy::{EndpointPolicyStats, IpcacheEntry, IpcacheKey, PolicyEntry, PolicyKey},
 };
 
@@ -109,11 +108,8 @@ impl PolicyMaps for Datapath {
         let map = self.ebpf_mut().map_mut(name).ok_or_else(|| missing(name))?;
         let mut stats: PerCpuHashMap<_, EndpointKey, EndpointPolicyStats> =
             PerCpuHashMap::try_from(map).map_err(err("open", name))?;
-        let gone: Vec<EndpointKey> = stats
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| !keep.contains_key(&k.ifindex))
-            .collect();
+        let gone: Vec<EndpointKey> =
+            stats.keys().filter_map(Result::ok).filter(|k| !keep.contains_key(&k.ifindex)).collect();
         for key in &gone {
             tolerate_missing(stats.remove(key)).map_err(err("delete", name))?;
         }

@@ -91,12 +91,9 @@ impl PolicyProgrammer {
         }
         for (ifindex, ep) in endpoints {
             let current = ep.flags & EndpointInfo::FLAGS_POLICY;
-            let want = target
-                .endpoint_flags
-                .get(ifindex)
-                .copied()
-                .unwrap_or(current & EndpointInfo::FLAG_POLICY_PENDING)
-                & EndpointInfo::FLAGS_POLICY;
+            let want =
+                target.endpoint_flags.get(ifindex).copied().unwrap_or(current & EndpointInfo::FLAG_POLICY_PENDING)
+                    & EndpointInfo::FLAGS_POLICY;
             if current == want {
                 continue;
             }
@@ -129,7 +126,8 @@ impl PolicyProgrammer {
             self.written.ipcache.remove(&net);
             stats.ipcache_deleted += 1;
         }
-        let stale: Vec<RuleKey> = self.written.rules.keys().filter(|k| !target.rules.contains_key(k)).copied().collect();
+        let stale: Vec<RuleKey> =
+            self.written.rules.keys().filter(|k| !target.rules.contains_key(k)).copied().collect();
         for key in stale {
             maps.delete_rule(key)?;
             self.written.rules.remove(&key);

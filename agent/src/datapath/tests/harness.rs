@@ -40,14 +40,14 @@ impl TestDatapath {
         ));
         let dir = PinDir(dir);
         let _ = std::fs::remove_dir_all(&dir.0);
-        let dp = Datapath::load(&dir.0).unwrap_or_else(|e| panic!("loading datapath into {}: {e} (bpffs mounted on /sys/fs/bpf? `cargo xtask setup`)", dir.0.display()));
+        let dp = Datapath::load(&dir.0).unwrap_or_else(|e| {
+            panic!("loading datapath into {}: {e} (bpffs mounted on /sys/fs/bpf? `cargo xtask setup`)", dir.0.display())
+        });
         Self { dp, dir }
     }
 
     fn run(&self, packet: &[u8]) -> u32 {
-        prog_test_run::run(&self.dp, pin::PROG_FROM_POD, packet, LOOPBACK)
-            .expect("BPF_PROG_TEST_RUN")
-            .retval
+        prog_test_run::run(&self.dp, pin::PROG_FROM_POD, packet, LOOPBACK).expect("BPF_PROG_TEST_RUN").retval
     }
 
     pub fn pin_dir(&self) -> &std::path::Path {
@@ -138,7 +138,10 @@ fn fill_levels_count_entries_and_show_capacity() {
     assert_eq!(fill.len(), crate::datapath::map_fill::MAPS.len(), "{fill:?}");
     let endpoints = fill.iter().find(|(m, _, _)| *m == pin::MAP_ENDPOINTS).unwrap();
     assert_eq!((endpoints.1, endpoints.2), (2, pin::MAX_ENDPOINTS));
-    assert!(fill.iter().filter(|(m, _, _)| *m != pin::MAP_ENDPOINTS).all(|(_, n, cap)| *n == 0 && *cap > 0), "{fill:?}");
+    assert!(
+        fill.iter().filter(|(m, _, _)| *m != pin::MAP_ENDPOINTS).all(|(_, n, cap)| *n == 0 && *cap > 0),
+        "{fill:?}"
+    );
     // The capacities the kernel reports are the ones `weir_common` names.
     let named = [
         (pin::MAP_ENDPOINTS, pin::MAX_ENDPOINTS),
@@ -168,4 +171,3 @@ fn reload_reuses_pinned_maps() {
     let got = again.endpoints().unwrap().get(&EndpointKey { ifindex: 7 }, 0).unwrap();
     assert_eq!(got.ipv4_octets(), [10, 244, 1, 7]);
 }
-

@@ -22,7 +22,8 @@ const VIP: [u8; 4] = [10, 96, 0, 10];
 fn csum(data: &[u8]) -> u16 {
     let mut sum: u32 = 0;
     for chunk in data.chunks(2) {
-        let word = if chunk.len() == 2 { u16::from_be_bytes([chunk[0], chunk[1]]) } else { u16::from_be_bytes([chunk[0], 0]) };
+        let word =
+            if chunk.len() == 2 { u16::from_be_bytes([chunk[0], chunk[1]]) } else { u16::from_be_bytes([chunk[0], 0]) };
         sum += word as u32;
     }
     while sum >> 16 != 0 {
@@ -119,7 +120,11 @@ fn apply(t: &mut TestDatapath, p: &mut LbProgrammer, proto: Protocol, backends: 
         kind: FrontendKind::ClusterIp,
         backends: backends
             .iter()
-            .map(|(a, port)| BackendRef { addr: BackendAddr { addr: Ipv4Addr::from(*a), port: *port, proto }, local: false, terminating: false })
+            .map(|(a, port)| BackendRef {
+                addr: BackendAddr { addr: Ipv4Addr::from(*a), port: *port, proto },
+                local: false,
+                terminating: false,
+            })
             .collect(),
         affinity_timeout: affinity,
         source_ranges: vec![],
@@ -332,7 +337,11 @@ fn reassemble(first: &[u8], second: &[u8]) -> Parsed {
     let (ip1, ip2) = (&first[14..34], &second[14..34]);
     assert_eq!(csum(ip1), 0, "bad IPv4 checksum, first fragment");
     assert_eq!(csum(ip2), 0, "bad IPv4 checksum, second fragment");
-    assert_eq!((&ip1[4..6], &ip1[12..20]), (&ip2[4..6], &ip2[12..20]), "fragments of one datagram must agree on ID and addresses");
+    assert_eq!(
+        (&ip1[4..6], &ip1[12..20]),
+        (&ip2[4..6], &ip2[12..20]),
+        "fragments of one datagram must agree on ID and addresses"
+    );
     let mut udp = first[34..].to_vec();
     udp.extend_from_slice(&second[34..]);
     assert_eq!(l4_csum(ip1, &udp), 0, "bad UDP checksum over the datagram");

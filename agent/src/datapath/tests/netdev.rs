@@ -126,7 +126,14 @@ fn load_balancer_source_ranges_are_enforced() {
     let lb_ip = [198, 51, 100, 7];
     program(
         &mut t,
-        &[Fe { addr: lb_ip, port: 80, kind: FrontendKind::LoadBalancer, backends: vec![(REMOTE_POD, false)], ranges: vec!["203.0.113.0/24"], local_only: false }],
+        &[Fe {
+            addr: lb_ip,
+            port: 80,
+            kind: FrontendKind::LoadBalancer,
+            backends: vec![(REMOTE_POD, false)],
+            ranges: vec!["203.0.113.0/24"],
+            local_only: false,
+        }],
     );
     let (rc, _) = run(&t, pin::PROG_FROM_NETDEV, &packet(6, [203, 0, 113, 9], 50000, lb_ip, 80));
     assert_eq!(rc, TC_ACT_REDIRECT, "allowed: on to the remote backend");
@@ -186,7 +193,11 @@ fn node_port_to_a_host_network_backend_is_reversed_on_the_uplink_egress() {
     assert_eq!((p.src, p.sport, p.dst, p.dport), (NODE, 30080, CLIENT, sport));
 
     // The node's own traffic, and replies translated earlier, pass as they are.
-    for pkt in [packet(6, NODE, 8080, CLIENT, sport + 100), packet(6, NODE, 30080, CLIENT, sport), packet(17, NODE, 53, CLIENT, 40000)] {
+    for pkt in [
+        packet(6, NODE, 8080, CLIENT, sport + 100),
+        packet(6, NODE, 30080, CLIENT, sport),
+        packet(17, NODE, 53, CLIENT, 40000),
+    ] {
         assert_eq!(run(&t, pin::PROG_TO_NETDEV, &pkt), (TC_ACT_OK, pkt));
     }
 
@@ -210,7 +221,14 @@ fn uplink_egress_leaves_pod_client_and_pod_backend_replies_alone() {
     program(
         &mut t,
         &[
-            Fe { addr: vip, port: 80, kind: FrontendKind::ClusterIp, backends: vec![(NODE, true)], ranges: vec![], local_only: false },
+            Fe {
+                addr: vip,
+                port: 80,
+                kind: FrontendKind::ClusterIp,
+                backends: vec![(NODE, true)],
+                ranges: vec![],
+                local_only: false,
+            },
             node_port(vec![(LOCAL_POD, true)]),
         ],
     );
@@ -219,7 +237,11 @@ fn uplink_egress_leaves_pod_client_and_pod_backend_replies_alone() {
     let p = parse(&run(&t, pin::PROG_FROM_POD, &packet(6, LOCAL_POD, 40000, vip, 80)).1);
     assert_eq!((p.dst, p.dport), (NODE, 8080));
     let reply = packet(6, NODE, 8080, LOCAL_POD, 40000);
-    assert_eq!(run(&t, pin::PROG_TO_NETDEV, &reply), (TC_ACT_OK, reply.clone()), "a pod client's reply is translated at its veth");
+    assert_eq!(
+        run(&t, pin::PROG_TO_NETDEV, &reply),
+        (TC_ACT_OK, reply.clone()),
+        "a pod client's reply is translated at its veth"
+    );
     let p = parse(&run(&t, pin::PROG_TO_POD, &reply).1);
     assert_eq!((p.src, p.sport), (vip, 80));
 

@@ -51,7 +51,11 @@ fn frontend(proto: Protocol, port: u16, backends: &[u16]) -> (Frontend, Frontend
             kind: FrontendKind::ClusterIp,
             backends: backends
                 .iter()
-                .map(|p| BackendRef { addr: BackendAddr { addr: Ipv4Addr::LOCALHOST, port: *p, proto }, local: true, terminating: false })
+                .map(|p| BackendRef {
+                    addr: BackendAddr { addr: Ipv4Addr::LOCALHOST, port: *p, proto },
+                    local: true,
+                    terminating: false,
+                })
                 .collect(),
             affinity_timeout: 0,
             source_ranges: vec![],
@@ -114,7 +118,12 @@ fn sockets_in_the_cgroup_reach_services_and_see_the_service_address() {
         let (_, from) = udp.recv_from(&mut buf).unwrap();
         udp.send_to(b"pong", from).unwrap();
     });
-    let out = Command::new("python3").arg("-c").arg(CLIENT).arg(&cg.0).output().expect("python3 (cargo xtask setup installs it)");
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(CLIENT)
+        .arg(&cg.0)
+        .output()
+        .expect("python3 (cargo xtask setup installs it)");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "client failed: {stdout}{}", String::from_utf8_lossy(&out.stderr));
     server.join().unwrap();

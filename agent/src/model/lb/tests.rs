@@ -50,7 +50,8 @@ fn cluster_ip_multi_port_with_named_target_ports() {
 fn endpoints_split_over_slices_are_merged_and_deduplicated() {
     let svc = service("ns/web", "10.96.0.10").port("", 80, Protocol::Tcp);
     let a = slice("ns/web-a", "ns/web").port("", 8080, Protocol::Tcp).ready("10.244.1.5", "n1");
-    let b = slice("ns/web-b", "ns/web").port("", 8080, Protocol::Tcp).ready("10.244.2.7", "n2").ready("10.244.1.5", "n1");
+    let b =
+        slice("ns/web-b", "ns/web").port("", 8080, Protocol::Tcp).ready("10.244.2.7", "n2").ready("10.244.1.5", "n1");
     let other = slice("ns/other-a", "ns/other").port("", 8080, Protocol::Tcp).ready("10.244.9.9", "n1");
     assert_eq!(table(&run(&[svc], &[a, b, other])), ["10.96.0.10:80/TCP -> [10.244.1.5:8080 10.244.2.7:8080]"]);
 }
@@ -76,7 +77,8 @@ fn ready_endpoints_only_then_serving_terminating_fallback() {
 
     // No usable endpoint: the frontend exists with no backends, so the
     // datapath rejects instead of letting traffic hit the VIP.
-    let dead = slice("ns/web-a", "ns/web").port("", 80, Protocol::Tcp).endpoint("10.244.1.7", "n1", false, false, false);
+    let dead =
+        slice("ns/web-a", "ns/web").port("", 80, Protocol::Tcp).endpoint("10.244.1.7", "n1", false, false, false);
     assert_eq!(table(&run(&[svc], &[dead])), ["10.96.0.10:80/TCP -> []"]);
 }
 
@@ -98,7 +100,8 @@ fn node_port_external_ips_and_load_balancer() {
     svc.external_ips = vec!["192.0.2.10".parse().unwrap()];
     svc.lb_ingress_ips = vec!["198.51.100.7".parse().unwrap()];
     svc.lb_source_ranges = vec!["203.0.113.0/24".parse().unwrap()];
-    let sl = slice("ns/web-a", "ns/web").port("", 8080, Protocol::Tcp).ready("10.244.1.5", "n1").ready("10.244.2.7", "n2");
+    let sl =
+        slice("ns/web-a", "ns/web").port("", 8080, Protocol::Tcp).ready("10.244.1.5", "n1").ready("10.244.2.7", "n2");
     let p = run(&[svc], &[sl]);
     assert_eq!(
         table(&p),
@@ -118,7 +121,8 @@ fn external_traffic_policy_local_uses_local_endpoints_and_keeps_internal_scope()
     let mut svc = service("ns/web", "10.96.0.10").node_port("", 80, 30080);
     svc.external_traffic_local = true;
     svc.health_check_node_port = Some(32000);
-    let sl = slice("ns/web-a", "ns/web").port("", 8080, Protocol::Tcp).ready("10.244.1.5", "n1").ready("10.244.2.7", "n2");
+    let sl =
+        slice("ns/web-a", "ns/web").port("", 8080, Protocol::Tcp).ready("10.244.1.5", "n1").ready("10.244.2.7", "n2");
     let p = run(&[svc], &[sl]);
     assert_eq!(
         table(&p),
@@ -169,7 +173,8 @@ fn health_check_counts_ready_local_endpoints_only() {
 fn internal_traffic_policy_local_restricts_cluster_ip() {
     let mut svc = service("ns/web", "10.96.0.10").port("", 80, Protocol::Tcp);
     svc.internal_traffic_local = true;
-    let sl = slice("ns/web-a", "ns/web").port("", 80, Protocol::Tcp).ready("10.244.1.5", "n1").ready("10.244.2.7", "n2");
+    let sl =
+        slice("ns/web-a", "ns/web").port("", 80, Protocol::Tcp).ready("10.244.1.5", "n1").ready("10.244.2.7", "n2");
     assert_eq!(table(&run(&[svc], &[sl])), ["10.96.0.10:80/TCP -> [10.244.1.5:80]"]);
 }
 
@@ -214,7 +219,9 @@ fn incremental_plan_matches_full_plan() {
     let mut desired = DesiredLb::default();
     let node = node();
 
-    let check = |desired: &DesiredLb, services: &BTreeMap<String, ServiceInfo>, slices: &BTreeMap<String, EndpointSliceInfo>| {
+    let check = |desired: &DesiredLb,
+                 services: &BTreeMap<String, ServiceInfo>,
+                 slices: &BTreeMap<String, EndpointSliceInfo>| {
         let mut by_svc: BTreeMap<ObjectKey, Vec<&EndpointSliceInfo>> = BTreeMap::new();
         for s in slices.values() {
             by_svc.entry(s.service.clone()).or_default().push(s);
@@ -223,7 +230,10 @@ fn incremental_plan_matches_full_plan() {
         assert_eq!(desired.frontends, full.frontends);
         assert_eq!(desired.health_checks(), &full.health_checks);
     };
-    let step = |desired: &mut DesiredLb, services: &BTreeMap<String, ServiceInfo>, slices: &BTreeMap<String, EndpointSliceInfo>, dirty: &[&str]| {
+    let step = |desired: &mut DesiredLb,
+                services: &BTreeMap<String, ServiceInfo>,
+                slices: &BTreeMap<String, EndpointSliceInfo>,
+                dirty: &[&str]| {
         let changed = desired.update(
             dirty.iter().map(|s| s.to_string()).collect(),
             |k| services.get(k),

@@ -163,8 +163,10 @@ struct EndpointInputs {
     hosts: Vec<u32>,
 }
 
-const DIRECTIONS: [(Direction, u32); 2] =
-    [(Direction::Ingress, EndpointInfo::FLAG_INGRESS_ENFORCED), (Direction::Egress, EndpointInfo::FLAG_EGRESS_ENFORCED)];
+const DIRECTIONS: [(Direction, u32); 2] = [
+    (Direction::Ingress, EndpointInfo::FLAG_INGRESS_ENFORCED),
+    (Direction::Egress, EndpointInfo::FLAG_EGRESS_ENFORCED),
+];
 
 impl PolicyCompiler {
     pub fn new() -> Self {
@@ -211,7 +213,12 @@ impl PolicyCompiler {
     }
 
     /// The ipcache and the identities it uses (returned), numbered.
-    fn number_identities(&mut self, input: &CompileInput<'_>, endpoints: &[LocalEndpoint], out: &mut DesiredPolicy) -> BTreeMap<u32, IdentityKey> {
+    fn number_identities(
+        &mut self,
+        input: &CompileInput<'_>,
+        endpoints: &[LocalEndpoint],
+        out: &mut DesiredPolicy,
+    ) -> BTreeMap<u32, IdentityKey> {
         let blocks = Blocks::of(input.policies.values());
         let mut identities: BTreeMap<u32, IdentityKey> = BTreeMap::new();
         let mut ipcache = Vec::new();
@@ -235,7 +242,8 @@ impl PolicyCompiler {
                     id
                 }
                 Holder::Other(key) => {
-                    let id = if key == IdentityKey::address(None) { IDENTITY_WORLD } else { self.identities.assign(&key) };
+                    let id =
+                        if key == IdentityKey::address(None) { IDENTITY_WORLD } else { self.identities.assign(&key) };
                     identities.insert(id, key);
                     id
                 }
@@ -252,7 +260,8 @@ impl PolicyCompiler {
     /// endpoint whose inputs are as they were.
     fn endpoint_entries(&mut self, input: &CompileInput<'_>, endpoints: &[LocalEndpoint], out: &mut DesiredPolicy) {
         let identities = &self.cache.identities;
-        let hosts: Vec<u32> = identities.iter().filter(|(_, key)| key.subject == Subject::Host).map(|(id, _)| *id).collect();
+        let hosts: Vec<u32> =
+            identities.iter().filter(|(_, key)| key.subject == Subject::Host).map(|(id, _)| *id).collect();
         // A policy selects pods of its own namespace only.
         let mut by_namespace: BTreeMap<&str, Vec<(&ResolvedPolicy, u32)>> = BTreeMap::new();
         for (_, p) in &self.cache.policies {
@@ -265,7 +274,8 @@ impl PolicyCompiler {
                 // Not a Kubernetes pod: no policy applies. A pending bit
                 // weir-cni set stays (it knows better than a missing name).
                 None => {
-                    out.endpoint_flags.insert(ep.ifindex, if ep.pending { EndpointInfo::FLAG_POLICY_PENDING } else { 0 });
+                    out.endpoint_flags
+                        .insert(ep.ifindex, if ep.pending { EndpointInfo::FLAG_POLICY_PENDING } else { 0 });
                     continue;
                 }
                 Some(key) => match input.pods.get(key) {
@@ -279,9 +289,15 @@ impl PolicyCompiler {
                 },
             };
             let candidates = by_namespace.get(pod.namespace.as_str()).map_or(&[][..], Vec::as_slice);
-            let selecting: Vec<(&ResolvedPolicy, u32)> = candidates.iter().filter(|(p, _)| p.policy.selects(pod)).copied().collect();
-            let selecting = DIRECTIONS.map(|(dir, _)| selecting.iter().filter(|(p, _)| enabled(&p.policy, dir)).copied().collect::<Vec<_>>());
-            let flags = DIRECTIONS.iter().zip(&selecting).filter(|(_, ps)| !ps.is_empty()).fold(0, |flags, ((_, flag), _)| flags | flag);
+            let selecting: Vec<(&ResolvedPolicy, u32)> =
+                candidates.iter().filter(|(p, _)| p.policy.selects(pod)).copied().collect();
+            let selecting = DIRECTIONS
+                .map(|(dir, _)| selecting.iter().filter(|(p, _)| enabled(&p.policy, dir)).copied().collect::<Vec<_>>());
+            let flags = DIRECTIONS
+                .iter()
+                .zip(&selecting)
+                .filter(|(_, ps)| !ps.is_empty())
+                .fold(0, |flags, ((_, flag), _)| flags | flag);
             out.endpoint_flags.insert(ep.ifindex, flags);
             let inputs = EndpointInputs {
                 policies: selecting.each_ref().map(|ps| ps.iter().map(|(p, slot)| (*slot, p.version)).collect()),
@@ -294,8 +310,11 @@ impl PolicyCompiler {
             };
             self.cache.endpoints.insert(ep.ifindex, entries);
         }
-        let mut runs: Vec<&[(RuleKey, u32)]> =
-            endpoints.iter().filter_map(|ep| self.cache.endpoints.get(&ep.ifindex)).map(|e| e.entries.as_slice()).collect();
+        let mut runs: Vec<&[(RuleKey, u32)]> = endpoints
+            .iter()
+            .filter_map(|ep| self.cache.endpoints.get(&ep.ifindex))
+            .map(|e| e.entries.as_slice())
+            .collect();
         out.rules = merge_by_prefix_length(&mut runs).into_iter().collect();
     }
 }
@@ -367,7 +386,11 @@ impl ResolvedPolicy {
                 .iter()
                 .map(|rule| ResolvedRule {
                     peers: (!rule.peers.is_empty()).then(|| {
-                        identities.iter().filter(|(_, key)| matches_rule(key, policy, rule, namespaces)).map(|(id, _)| *id).collect()
+                        identities
+                            .iter()
+                            .filter(|(_, key)| matches_rule(key, policy, rule, namespaces))
+                            .map(|(id, _)| *id)
+                            .collect()
                     }),
                     ports: PortMatch::of_rule(&rule.ports),
                 })
@@ -393,7 +416,10 @@ impl ResolvedPolicy {
     ) -> bool {
         let policy = &self.policy;
         let mut differs = false;
-        let by_direction = [(Direction::Ingress, &policy.ingress, &mut self.ingress), (Direction::Egress, &policy.egress, &mut self.egress)];
+        let by_direction = [
+            (Direction::Ingress, &policy.ingress, &mut self.ingress),
+            (Direction::Egress, &policy.egress, &mut self.egress),
+        ];
         for (dir, rules, resolved) in by_direction {
             for (rule, r) in rules.iter().zip(resolved.iter_mut()) {
                 let Some(peers) = &mut r.peers else {
@@ -405,7 +431,9 @@ impl ResolvedPolicy {
                 let before = peers.len();
                 peers.retain(|id| !changed.contains(id));
                 let removed = peers.len() != before;
-                let added = changed.iter().filter(|id| identities.get(id).is_some_and(|key| matches_rule(key, policy, rule, namespaces)));
+                let added = changed
+                    .iter()
+                    .filter(|id| identities.get(id).is_some_and(|key| matches_rule(key, policy, rule, namespaces)));
                 peers.extend(added.copied());
                 if removed || peers.len() != before {
                     peers.sort_unstable();
@@ -418,7 +446,12 @@ impl ResolvedPolicy {
 }
 
 /// Does any peer of `rule`, in `policy`, match the identity?
-fn matches_rule(key: &IdentityKey, policy: &NetworkPolicyInfo, rule: &PolicyRule, namespaces: &BTreeMap<String, NamespaceInfo>) -> bool {
+fn matches_rule(
+    key: &IdentityKey,
+    policy: &NetworkPolicyInfo,
+    rule: &PolicyRule,
+    namespaces: &BTreeMap<String, NamespaceInfo>,
+) -> bool {
     rule.peers.iter().any(|peer| key.matches_peer(policy, peer, namespaces))
 }
 
@@ -475,7 +508,10 @@ fn unique_endpoints(endpoints: &[LocalEndpoint]) -> Vec<LocalEndpoint> {
 /// What an ipcache prefix stands for, before it has a number.
 enum Holder<'a> {
     /// A pod, in the most specific ipBlock prefix around its address.
-    Pod { pod: &'a PodInfo, block: Option<Ipv4Network> },
+    Pod {
+        pod: &'a PodInfo,
+        block: Option<Ipv4Network>,
+    },
     Other(IdentityKey),
 }
 
@@ -483,7 +519,11 @@ enum Holder<'a> {
 /// addresses, then pods (this node's first, by endpoint address), then this
 /// node's addresses over anything else at the same /32 (host-network pods
 /// have the node's address, and are the node's traffic).
-fn ipcache_holders<'a>(input: &CompileInput<'a>, endpoints: &[LocalEndpoint], blocks: &Blocks) -> BTreeMap<Ipv4Network, Holder<'a>> {
+fn ipcache_holders<'a>(
+    input: &CompileInput<'a>,
+    endpoints: &[LocalEndpoint],
+    blocks: &Blocks,
+) -> BTreeMap<Ipv4Network, Holder<'a>> {
     let mut out = BTreeMap::new();
     let everything = prefix_of(Ipv4Addr::UNSPECIFIED, 0);
     out.insert(everything, Holder::Other(IdentityKey::address(blocks.most_specific(everything))));
@@ -512,7 +552,10 @@ fn ipcache_holders<'a>(input: &CompileInput<'a>, endpoints: &[LocalEndpoint], bl
         out.insert(prefix_of(ip, 32), Holder::Pod { pod, block: blocks.of_addr(ip) });
     }
     for ip in input.host_addrs {
-        out.insert(prefix_of(*ip, 32), Holder::Other(IdentityKey { subject: Subject::Host, block: blocks.of_addr(*ip) }));
+        out.insert(
+            prefix_of(*ip, 32),
+            Holder::Other(IdentityKey { subject: Subject::Host, block: blocks.of_addr(*ip) }),
+        );
     }
     out
 }
@@ -562,7 +605,8 @@ impl Rules<'_> {
                         None => self.identities.iter().filter(|(_, k)| k.is_pod()).map(|(id, _)| *id).collect(),
                     };
                     for id in candidates {
-                        let ports: Vec<u16> = self.identities.get(&id).into_iter().flat_map(|k| k.named_port(name, *proto)).collect();
+                        let ports: Vec<u16> =
+                            self.identities.get(&id).into_iter().flat_map(|k| k.named_port(name, *proto)).collect();
                         for port in ports {
                             self.insert(port_entry(ifindex, id, dir, *proto, port, 16), slot);
                         }

@@ -97,10 +97,20 @@ fn direction(
         && view.node_addrs.get(node) == Some(&addr)
         && !matches!(peer, Peer::Pod(_))
     {
-        return Verdict { allowed: true, selecting: names(&selecting), allowed_by: vec![], reason: "from the pod's own node".into() };
+        return Verdict {
+            allowed: true,
+            selecting: names(&selecting),
+            allowed_by: vec![],
+            reason: "from the pod's own node".into(),
+        };
     }
     if selecting.is_empty() {
-        return Verdict { allowed: true, selecting: vec![], allowed_by: vec![], reason: format!("no policy isolates {} for {dir:?}", pod.key) };
+        return Verdict {
+            allowed: true,
+            selecting: vec![],
+            allowed_by: vec![],
+            reason: format!("no policy isolates {} for {dir:?}", pod.key),
+        };
     }
     let allowed_by: Vec<&NetworkPolicyInfo> = selecting
         .iter()

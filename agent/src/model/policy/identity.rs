@@ -49,7 +49,10 @@ impl IdentityKey {
         let mut named_ports = pod.named_ports.clone();
         named_ports.sort();
         named_ports.dedup();
-        Self { subject: Subject::Pod { namespace: pod.namespace.clone(), labels: pod.labels.clone(), named_ports }, block }
+        Self {
+            subject: Subject::Pod { namespace: pod.namespace.clone(), labels: pod.labels.clone(), named_ports },
+            block,
+        }
     }
 
     pub fn is_pod(&self) -> bool {
@@ -68,7 +71,12 @@ impl IdentityKey {
 
     /// Does `peer`, in a rule of `policy`, match this identity (as the
     /// evaluator matches the addresses behind it)?
-    pub fn matches_peer(&self, policy: &NetworkPolicyInfo, peer: &PolicyPeer, namespaces: &BTreeMap<String, NamespaceInfo>) -> bool {
+    pub fn matches_peer(
+        &self,
+        policy: &NetworkPolicyInfo,
+        peer: &PolicyPeer,
+        namespaces: &BTreeMap<String, NamespaceInfo>,
+    ) -> bool {
         match peer {
             PolicyPeer::IpBlock { cidr, except } => {
                 // Both are in the block set, so "cidr contains the address"
@@ -94,7 +102,8 @@ impl IdentityKey {
                 let labels: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
                 let mut s = format!("pod {namespace} {{{}}}", labels.join(","));
                 if !named_ports.is_empty() {
-                    let ports: Vec<String> = named_ports.iter().map(|(n, p, port)| format!("{n}/{}/{port}", p.name())).collect();
+                    let ports: Vec<String> =
+                        named_ports.iter().map(|(n, p, port)| format!("{n}/{}/{port}", p.name())).collect();
                     s += &format!(" ports [{}]", ports.join(","));
                 }
                 s

@@ -44,7 +44,11 @@ impl PortMatch {
             match (&p.port, p.end_port) {
                 (None, _) => out.push(PortMatch::Prefix { proto, port: 0, bits: 0 }),
                 (Some(PortRef::Number(start)), Some(end)) => {
-                    out.extend(port_prefixes(*start, end).into_iter().map(|(port, bits)| PortMatch::Prefix { proto, port, bits }))
+                    out.extend(port_prefixes(*start, end).into_iter().map(|(port, bits)| PortMatch::Prefix {
+                        proto,
+                        port,
+                        bits,
+                    }))
                 }
                 (Some(PortRef::Number(port)), None) => out.push(PortMatch::Prefix { proto, port: *port, bits: 16 }),
                 // endPort with a name is invalid upstream; the evaluator

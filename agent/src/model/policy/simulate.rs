@@ -43,14 +43,23 @@ impl DesiredPolicy {
     /// `PREFIX_ANY_PROTO` are tried.
     pub fn lookup(&self, ifindex: u32, identity: u32, dir: Direction, proto: u8, port: u16) -> Option<u32> {
         let key = PolicyKey { ifindex, identity, dir: dir_code(dir), proto, port: port.to_be() };
-        (PolicyKey::PREFIX_ANY_PROTO..=PolicyKey::PREFIX_FULL).rev().find_map(|len| self.rules.get(&(len, masked(key, len))).copied())
+        (PolicyKey::PREFIX_ANY_PROTO..=PolicyKey::PREFIX_FULL)
+            .rev()
+            .find_map(|len| self.rules.get(&(len, masked(key, len))).copied())
     }
 }
 
 /// A new flow at endpoint `ifindex` with `peer` (ingress: its source;
 /// egress: its destination after Service translation) to destination
 /// `port`.
-pub fn simulate(desired: &DesiredPolicy, ifindex: u32, dir: Direction, peer: Ipv4Addr, proto: Protocol, port: u16) -> Simulated {
+pub fn simulate(
+    desired: &DesiredPolicy,
+    ifindex: u32,
+    dir: Direction,
+    peer: Ipv4Addr,
+    proto: Protocol,
+    port: u16,
+) -> Simulated {
     let flags = desired.endpoint_flags.get(&ifindex).copied().unwrap_or(0);
     let identity = desired.identity_of(peer);
     if flags & EndpointInfo::FLAG_POLICY_PENDING != 0 {

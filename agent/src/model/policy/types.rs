@@ -44,8 +44,14 @@ pub struct PolicyPort {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PolicyPeer {
     /// `podSelector` and/or `namespaceSelector` (None: not given).
-    Pods { namespaces: Option<LabelSelector>, pods: Option<LabelSelector> },
-    IpBlock { cidr: Ipv4Network, except: Vec<Ipv4Network> },
+    Pods {
+        namespaces: Option<LabelSelector>,
+        pods: Option<LabelSelector>,
+    },
+    IpBlock {
+        cidr: Ipv4Network,
+        except: Vec<Ipv4Network>,
+    },
 }
 
 /// One ingress or egress rule. Empty `peers`: every peer; empty `ports`:

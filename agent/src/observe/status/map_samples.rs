@@ -82,7 +82,10 @@ impl MapSamples {
             }
         }
         if !self.fill.is_empty() {
-            let _ = writeln!(out, "# HELP weir_bpf_map_entries Entries in each pinned eBPF map.\n# TYPE weir_bpf_map_entries gauge");
+            let _ = writeln!(
+                out,
+                "# HELP weir_bpf_map_entries Entries in each pinned eBPF map.\n# TYPE weir_bpf_map_entries gauge"
+            );
             for (map, n, _) in &self.fill {
                 let _ = writeln!(out, "weir_bpf_map_entries{{map=\"{map}\"}} {n}");
             }
@@ -121,7 +124,10 @@ impl MapSamples {
                     ("egress", "allowed", st.egress_allowed),
                     ("egress", "denied", st.egress_denied),
                 ] {
-                    let _ = writeln!(out, "weir_pod_policy_flows_total{{pod=\"{pod}\",direction=\"{dir}\",verdict=\"{verdict}\"}} {n}");
+                    let _ = writeln!(
+                        out,
+                        "weir_pod_policy_flows_total{{pod=\"{pod}\",direction=\"{dir}\",verdict=\"{verdict}\"}} {n}"
+                    );
                 }
             }
         }
@@ -349,7 +355,10 @@ mod tests {
         assert!(out.contains("weir_bpf_map_capacity{map=\"WEIR_CT\"} 262144\n"), "{out}");
         assert!(out.contains("weir_policy_allowed_flows_total{policy=\"own-node\"} 3\n"), "{out}");
         assert!(out.contains("weir_policy_allowed_flows_total{policy=\"ns/allow-web\"} 4\n"), "{out}");
-        assert!(out.contains("# TYPE weir_metrics_map_scan_age_seconds gauge\nweir_metrics_map_scan_age_seconds "), "{out}");
+        assert!(
+            out.contains("# TYPE weir_metrics_map_scan_age_seconds gauge\nweir_metrics_map_scan_age_seconds "),
+            "{out}"
+        );
         assert!(out.contains("weir_metrics_map_scan_duration_seconds 0.002000\n"), "{out}");
         assert!(!out.contains("# TYPE weir_datapath_packets_total"), "unreadable counters are left out: {out}");
     }

@@ -10,12 +10,12 @@ pub mod policy;
 
 // A NetworkPolicy that cannot be read in full arrives as its deny-all
 // reading, never dropped.
-pub use policy::{namespace, network_policy_or_deny};
 use crate::model::{
     NodeInfo,
     policy::types::PodInfo,
     service::{EndpointSliceInfo, Protocol, ServiceInfo, ServicePort, ServiceType, SliceEndpoint, SlicePort},
 };
+pub use policy::{namespace, network_policy_or_deny};
 
 /// `namespace/name` of any object.
 pub fn key(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> String {
@@ -34,7 +34,8 @@ pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 /// informers (cmd/kube-proxy/app/server.go): `service.kubernetes.io/headless`
 /// marks a headless Service, `service.kubernetes.io/service-proxy-name`
 /// hands a Service to another proxy. Either label, whatever its value.
-pub const NOT_PROXIED_LABELS: [&str; 2] = ["service.kubernetes.io/headless", "service.kubernetes.io/service-proxy-name"];
+pub const NOT_PROXIED_LABELS: [&str; 2] =
+    ["service.kubernetes.io/headless", "service.kubernetes.io/service-proxy-name"];
 
 /// The label selector of the Service watch: `!headless,!service-proxy-name`.
 /// The API server then sends DELETED when a Service gains either label and
@@ -73,7 +74,8 @@ pub fn service(svc: &Service) -> Option<ServiceInfo> {
             ServiceType::ClusterIp
         }
     };
-    let raw_ips: Vec<String> = spec.cluster_ips.clone().unwrap_or_default().into_iter().chain(spec.cluster_ip.clone()).collect();
+    let raw_ips: Vec<String> =
+        spec.cluster_ips.clone().unwrap_or_default().into_iter().chain(spec.cluster_ip.clone()).collect();
     let headless = raw_ips.iter().any(|ip| ip == "None");
     let mut cluster_ips: Vec<Ipv4Addr> = Vec::new();
     for ip in raw_ips.iter().filter(|ip| *ip != "None" && !ip.is_empty()) {
@@ -119,7 +121,11 @@ pub fn service(svc: &Service) -> Option<ServiceInfo> {
     };
     let external_ips = v4_list(spec.external_ips.clone(), "externalIP", &mut problems);
     let lb_ingress_ips = v4_list(
-        svc.status.as_ref().and_then(|s| s.load_balancer.as_ref()).and_then(|lb| lb.ingress.as_ref()).map(|ing| ing.iter().filter_map(|i| i.ip.clone()).collect()),
+        svc.status
+            .as_ref()
+            .and_then(|s| s.load_balancer.as_ref())
+            .and_then(|lb| lb.ingress.as_ref())
+            .map(|ing| ing.iter().filter_map(|i| i.ip.clone()).collect()),
         "load-balancer ingress IP",
         &mut problems,
     );
@@ -202,7 +208,13 @@ pub fn endpoint_slice(slice: &EndpointSlice) -> Option<EndpointSliceInfo> {
         .and_then(|a| a.get(LAST_CHANGE_TRIGGER_TIME))
         .and_then(|t| t.parse::<k8s_openapi::jiff::Timestamp>().ok())
         .map(std::time::SystemTime::from);
-    Some(EndpointSliceInfo { key: key(&slice.metadata), service: format!("{namespace}/{service}"), ports, endpoints, trigger_time })
+    Some(EndpointSliceInfo {
+        key: key(&slice.metadata),
+        service: format!("{namespace}/{service}"),
+        ports,
+        endpoints,
+        trigger_time,
+    })
 }
 
 /// Pod phases after which the pod's address is gone (and may be reused).

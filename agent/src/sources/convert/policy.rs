@@ -69,7 +69,10 @@ pub fn pod(pod: &Pod) -> PodInfo {
 }
 
 fn selector(sel: &meta::LabelSelector) -> Result<LabelSelector, String> {
-    let mut out = LabelSelector { match_labels: sel.match_labels.clone().unwrap_or_default().into_iter().collect(), expressions: vec![] };
+    let mut out = LabelSelector {
+        match_labels: sel.match_labels.clone().unwrap_or_default().into_iter().collect(),
+        expressions: vec![],
+    };
     for e in sel.match_expressions.clone().unwrap_or_default() {
         let values = e.values.unwrap_or_default();
         out.expressions.push(match e.operator.as_str() {
@@ -112,16 +115,22 @@ fn peer(p: &NetworkPolicyPeer) -> Result<PolicyPeer, String> {
 }
 
 fn port(p: &NetworkPolicyPort) -> Result<PolicyPort, String> {
-    let protocol = Protocol::parse(p.protocol.as_deref()).ok_or_else(|| format!("protocol {:?} is not supported", p.protocol))?;
+    let protocol =
+        Protocol::parse(p.protocol.as_deref()).ok_or_else(|| format!("protocol {:?} is not supported", p.protocol))?;
     let port = match &p.port {
         None => None,
-        Some(IntOrString::Int(n)) => Some(PortRef::Number(u16::try_from(*n).ok().filter(|n| *n != 0).ok_or(format!("port {n} is out of range"))?)),
+        Some(IntOrString::Int(n)) => Some(PortRef::Number(
+            u16::try_from(*n).ok().filter(|n| *n != 0).ok_or(format!("port {n} is out of range"))?,
+        )),
         Some(IntOrString::String(name)) => Some(PortRef::Name(name.clone())),
     };
     let end_port = match (p.end_port, &port) {
         (None, _) => None,
         (Some(end), Some(PortRef::Number(start))) => {
-            let end = u16::try_from(end).ok().filter(|e| *e >= *start).ok_or(format!("endPort {end} is not a port at or after {start}"))?;
+            let end = u16::try_from(end)
+                .ok()
+                .filter(|e| *e >= *start)
+                .ok_or(format!("endPort {end} is not a port at or after {start}"))?;
             Some(end)
         }
         (Some(_), _) => return Err("endPort needs a numeric port".into()),
@@ -153,18 +162,19 @@ pub fn network_policy(np: &NetworkPolicy) -> Result<NetworkPolicyInfo, String> {
     let key = format!("{namespace}/{}", np.metadata.name.as_deref().unwrap_or_default());
     let spec = np.spec.clone().unwrap_or_default();
     let (ingress_enabled, egress_enabled) = directions(&spec)?;
-    let rules = |peers: Vec<Vec<NetworkPolicyPeer>>, ports: Vec<Vec<NetworkPolicyPort>>| -> Result<Vec<PolicyRule>, String> {
-        peers
-            .into_iter()
-            .zip(ports)
-            .map(|(pe, po)| {
-                Ok(PolicyRule {
-                    peers: pe.iter().map(peer).collect::<Result<_, _>>()?,
-                    ports: po.iter().map(port).collect::<Result<_, _>>()?,
+    let rules =
+        |peers: Vec<Vec<NetworkPolicyPeer>>, ports: Vec<Vec<NetworkPolicyPort>>| -> Result<Vec<PolicyRule>, String> {
+            peers
+                .into_iter()
+                .zip(ports)
+                .map(|(pe, po)| {
+                    Ok(PolicyRule {
+                        peers: pe.iter().map(peer).collect::<Result<_, _>>()?,
+                        ports: po.iter().map(port).collect::<Result<_, _>>()?,
+                    })
                 })
-            })
-            .collect()
-    };
+                .collect()
+        };
     let ingress = spec.ingress.clone().unwrap_or_default();
     let egress = spec.egress.clone().unwrap_or_default();
     Ok(NetworkPolicyInfo {
@@ -360,7 +370,10 @@ mod tests {
         assert_eq!(info.key, "x/a");
         assert_eq!(info.ip, Some(Ipv4Addr::new(10, 244, 1, 5)));
         assert_eq!(info.node.as_deref(), Some("n1"));
-        assert_eq!(info.named_ports, [("serve-80-tcp".to_string(), Protocol::Tcp, 80), ("serve-81-udp".to_string(), Protocol::Udp, 81)]);
+        assert_eq!(
+            info.named_ports,
+            [("serve-80-tcp".to_string(), Protocol::Tcp, 80), ("serve-81-udp".to_string(), Protocol::Udp, 81)]
+        );
         let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": "x", "labels": {"ns": "x"}}})).unwrap();
         assert_eq!(namespace(&ns).labels.get("ns").map(String::as_str), Some("x"));
         assert_eq!(namespace(&ns).labels.get(NAMESPACE_NAME_LABEL).map(String::as_str), Some("x"));

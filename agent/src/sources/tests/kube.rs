@@ -61,7 +61,9 @@ async fn serve(mut handle: tower_test::mock::Handle<Request<Body>, Response<Body
                 node_watches += 1;
                 match node_watches {
                     // The resourceVersion expired while we were away.
-                    1 => events(vec![json!({"type": "ERROR", "object": {"apiVersion": "v1", "kind": "Status", "status": "Failure", "reason": "Expired", "message": "too old resource version", "code": 410}})]),
+                    1 => events(vec![
+                        json!({"type": "ERROR", "object": {"apiVersion": "v1", "kind": "Status", "status": "Failure", "reason": "Expired", "message": "too old resource version", "code": 410}}),
+                    ]),
                     2 => events(vec![json!({"type": "ADDED", "object": node("n3", "10.244.3.0/24")})]),
                     // Then the stream ends; later watches stay quiet.
                     _ => {
@@ -185,7 +187,11 @@ async fn serve_scripts(
 /// Runs the kube source against the scripted server; returns the updates
 /// `pick` keeps (others are dropped) once `want` of them arrived, and the
 /// requests made.
-async fn run_scripted<T>(scripts: Vec<Script>, want: usize, pick: impl Fn(Update) -> Option<T>) -> (Vec<T>, Vec<String>) {
+async fn run_scripted<T>(
+    scripts: Vec<Script>,
+    want: usize,
+    pick: impl Fn(Update) -> Option<T>,
+) -> (Vec<T>, Vec<String>) {
     let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let requests = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     tokio::spawn(serve_scripts(handle, scripts, requests.clone()));
@@ -207,7 +213,15 @@ fn event(type_: &str, object: serde_json::Value) -> serde_json::Value {
     json!({"type": type_, "object": object})
 }
 
-fn pod(ns: &str, name: &str, rv: &str, labels: serde_json::Value, node: &str, phase: &str, ip: Option<&str>) -> serde_json::Value {
+fn pod(
+    ns: &str,
+    name: &str,
+    rv: &str,
+    labels: serde_json::Value,
+    node: &str,
+    phase: &str,
+    ip: Option<&str>,
+) -> serde_json::Value {
     let mut status = json!({"phase": phase});
     if let Some(ip) = ip {
         status["podIP"] = json!(ip);
@@ -259,23 +273,25 @@ async fn pods_of_every_node_are_listed_and_watched() {
     .await;
     let summary = |p: &PodInfo| format!("{}@{}", p.key, p.ip.map(|ip| ip.to_string()).unwrap_or_default());
     let seen: Vec<_> = updates.iter().map(|c| change_summary(c, summary)).collect();
-    assert_eq!(seen, ["relist x/a@10.244.1.5,x/b@10.244.2.7", "apply x/a@10.244.1.5", "delete x/b", "apply y/c@", "delete x/a"]);
+    assert_eq!(
+        seen,
+        ["relist x/a@10.244.1.5,x/b@10.244.2.7", "apply x/a@10.244.1.5", "delete x/b", "apply y/c@", "delete x/a"]
+    );
     let Change::Applied(a) = &updates[1] else { unreachable!() };
     assert_eq!(a.labels.get("v").map(String::as_str), Some("2"));
     assert_eq!(a.node.as_deref(), Some("n1"));
     assert_eq!(a.named_ports.len(), 1);
     // All namespaces, finished pods left out by the server, the list from
     // its watch cache.
-    let list = requests.iter().find(|r| r.starts_with("/api/v1/pods?") && !r.contains("watch=true")).expect("a pod list");
+    let list =
+        requests.iter().find(|r| r.starts_with("/api/v1/pods?") && !r.contains("watch=true")).expect("a pod list");
     assert!(list.contains("fieldSelector=status.phase"), "{list}");
     assert!(list.contains("resourceVersion=0"), "{list}");
 }
 
 #[tokio::test]
 async fn namespaces_are_listed_and_watched() {
-    let ns = |name: &str, rv: &str, labels: serde_json::Value| {
-        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "resourceVersion": rv, "labels": labels}})
-    };
+    let ns = |name: &str, rv: &str, labels: serde_json::Value| json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "resourceVersion": rv, "labels": labels}});
     let scripts = vec![Script {
         path: "/api/v1/namespaces",
         items: vec![ns("x", "1", json!({"team": "a"}))],
@@ -378,7 +394,13 @@ async fn unreadable_services_cost_only_themselves() {
     );
     let selector = "labelSelector=%21service.kubernetes.io%2Fheadless%2C%21service.kubernetes.io%2Fservice-proxy-name";
     let service_requests: Vec<_> = requests.iter().filter(|r| r.starts_with("/api/v1/services?")).collect();
-    assert!(!service_requests.is_empty() && service_requests.iter().all(|r| r.contains(selector)), "{service_requests:?}");
+    assert!(
+        !service_requests.is_empty() && service_requests.iter().all(|r| r.contains(selector)),
+        "{service_requests:?}"
+    );
     let slice_requests: Vec<_> = requests.iter().filter(|r| r.contains("endpointslices?")).collect();
-    assert!(slice_requests.iter().all(|r| r.contains("kubernetes.io%2Fservice-name%2C%21service.kubernetes.io%2Fheadless")), "{slice_requests:?}");
+    assert!(
+        slice_requests.iter().all(|r| r.contains("kubernetes.io%2Fservice-name%2C%21service.kubernetes.io%2Fheadless")),
+        "{slice_requests:?}"
+    );
 }

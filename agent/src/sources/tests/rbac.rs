@@ -41,8 +41,9 @@ fn used_by_code() -> BTreeSet<(String, String)> {
             // `Api::<Lenient<Pod>>` opens Pods.
             let rest = text[i + 6..].strip_prefix("Lenient<").unwrap_or(&text[i + 6..]);
             let kind: String = rest.chars().take_while(|c| c.is_alphanumeric()).collect();
-            let (group, resource) = resource_of(&kind)
-                .unwrap_or_else(|| panic!("{}: Api::<{kind}>: add it to resource_of and to the ClusterRole", file.display()));
+            let (group, resource) = resource_of(&kind).unwrap_or_else(|| {
+                panic!("{}: Api::<{kind}>: add it to resource_of and to the ClusterRole", file.display())
+            });
             used.insert((group.to_string(), resource.to_string()));
         }
     }

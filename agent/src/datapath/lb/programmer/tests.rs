@@ -2,7 +2,11 @@ use super::*;
 use crate::datapath::lb::maps::{FakeLbMaps, FaultyLbMaps};
 
 fn backend(ip: &str, port: u16) -> BackendRef {
-    BackendRef { addr: BackendAddr { addr: ip.parse().unwrap(), port, proto: Protocol::Tcp }, local: false, terminating: false }
+    BackendRef {
+        addr: BackendAddr { addr: ip.parse().unwrap(), port, proto: Protocol::Tcp },
+        local: false,
+        terminating: false,
+    }
 }
 
 fn fe(ip: &str, port: u16) -> Frontend {
@@ -82,7 +86,10 @@ fn one_endpoint_change_touches_only_its_frontend() {
     let mut p = LbProgrammer::default();
     let mut want = BTreeMap::new();
     for i in 0..100u16 {
-        want.insert(fe(&format!("10.96.1.{}", i % 250), 80 + i), state("ns/x", &[("10.244.1.5", 8080), ("10.244.2.7", 8080)]));
+        want.insert(
+            fe(&format!("10.96.1.{}", i % 250), 80 + i),
+            state("ns/x", &[("10.244.1.5", 8080), ("10.244.2.7", 8080)]),
+        );
     }
     let target = fe("10.96.9.9", 443);
     want.insert(target, state("ns/t", &[("10.244.3.3", 8443)]));
@@ -100,7 +107,11 @@ fn shrinking_deletes_extra_slots_and_unused_backends() {
     let mut maps = FakeLbMaps::default();
     let mut p = LbProgrammer::default();
     let a = fe("10.96.0.10", 80);
-    p.apply(&desired(&[(a, state("ns/a", &[("10.244.1.5", 80), ("10.244.1.6", 80), ("10.244.1.7", 80)]))]), true, &mut maps);
+    p.apply(
+        &desired(&[(a, state("ns/a", &[("10.244.1.5", 80), ("10.244.1.6", 80), ("10.244.1.7", 80)]))]),
+        true,
+        &mut maps,
+    );
     let r = p.apply(&desired(&[(a, state("ns/a", &[("10.244.1.5", 80)]))]), true, &mut maps);
     assert!(r.errors.is_empty());
     assert_eq!(r.backends_deleted, 2);

@@ -140,7 +140,9 @@ fn gen_rule(rng: &mut Rng, anchors: &[Ipv4Addr]) -> PolicyRule {
             let (port, end_port) = match rng.below(10) {
                 0 => (None, None),
                 1..=3 => (Some(PortRef::Number(rng.pick(&[79, 80, 81, 1000]))), None),
-                4 | 5 => (Some(PortRef::Number(rng.pick(&[1, 79, 80, 81]))), Some(rng.pick(&[80, 81, 1000, 65535, 78]))),
+                4 | 5 => {
+                    (Some(PortRef::Number(rng.pick(&[1, 79, 80, 81]))), Some(rng.pick(&[80, 81, 1000, 65535, 78])))
+                }
                 _ => (Some(PortRef::Name(rng.pick(&["http", "dns", "alt", "nope"]).to_string())), None),
             };
             rule.ports.push(PolicyPort { protocol, port, end_port });
@@ -177,7 +179,8 @@ fn gen_case(rng: &mut Rng) -> Case {
             if rng.chance(40) {
                 l.insert("app".into(), rng.pick(&["web", "db"]).into());
             }
-            let named_ports = (0..rng.below(3)).map(|_| rng.pick(&NAMED)).map(|(n, p, port)| (n.to_string(), p, port)).collect();
+            let named_ports =
+                (0..rng.below(3)).map(|_| rng.pick(&NAMED)).map(|(n, p, port)| (n.to_string(), p, port)).collect();
             let key = format!("{ns}/p{i}");
             let is_local = rng.chance(50);
             let pod = PodInfo {
@@ -191,7 +194,12 @@ fn gen_case(rng: &mut Rng) -> Case {
             eval_pods.insert(key.clone(), pod.clone());
             let mut compiled = pod;
             if is_local {
-                endpoints.push(LocalEndpoint { ifindex: 100 + endpoints.len() as u32, ip, pod: Some(key.clone()), pending: rng.chance(50) });
+                endpoints.push(LocalEndpoint {
+                    ifindex: 100 + endpoints.len() as u32,
+                    ip,
+                    pod: Some(key.clone()),
+                    pending: rng.chance(50),
+                });
                 // The status lags: the endpoint's address is the truth.
                 if rng.chance(30) {
                     compiled.ip = None;
@@ -208,16 +216,37 @@ fn gen_case(rng: &mut Rng) -> Case {
         let key = format!("{ns}/np{i}");
         let (ingress_enabled, egress_enabled) = rng.pick(&[(true, false), (false, true), (true, true)]);
         let rules = |enabled: bool, rng: &mut Rng| {
-            if enabled || rng.chance(20) { (0..rng.below(3)).map(|_| gen_rule(rng, &anchors)).collect() } else { vec![] }
+            if enabled || rng.chance(20) {
+                (0..rng.below(3)).map(|_| gen_rule(rng, &anchors)).collect()
+            } else {
+                vec![]
+            }
         };
         let ingress = rules(ingress_enabled, rng);
         let egress = rules(egress_enabled, rng);
         let pod_selector = if rng.chance(30) { LabelSelector::default() } else { gen_selector(rng, POD_KEYS) };
-        policies.insert(key.clone(), NetworkPolicyInfo { key, namespace: ns.into(), pod_selector, ingress_enabled, egress_enabled, ingress, egress });
+        policies.insert(
+            key.clone(),
+            NetworkPolicyInfo {
+                key,
+                namespace: ns.into(),
+                pod_selector,
+                ingress_enabled,
+                egress_enabled,
+                ingress,
+                egress,
+            },
+        );
     }
     // Peers that are not pods: this node, another node, outside, an unused
     // cluster address, and both ends of every ipBlock prefix.
-    let mut addresses = vec![HOST, REMOTE_NODE, Ipv4Addr::new(8, 8, 8, 8), Ipv4Addr::new(10, 244, 1, 200), Ipv4Addr::new(192, 168, 0, 1)];
+    let mut addresses = vec![
+        HOST,
+        REMOTE_NODE,
+        Ipv4Addr::new(8, 8, 8, 8),
+        Ipv4Addr::new(10, 244, 1, 200),
+        Ipv4Addr::new(192, 168, 0, 1),
+    ];
     for p in policies.values() {
         for rule in p.ingress.iter().chain(&p.egress) {
             for peer in &rule.peers {
@@ -284,7 +313,8 @@ fn check(seed: u64, case: &Case, compiler: &mut PolicyCompiler, counts: &mut Cou
                             None => true,
                             Some(POLICY_SLOT_OWN_NODE) => from_node,
                             Some(s) => compiler.policy_of_slot(s).is_some_and(|p| {
-                                expected.allowed_by.iter().any(|a| a == p) || (from_node && expected.selecting.iter().any(|a| a == p))
+                                expected.allowed_by.iter().any(|a| a == p)
+                                    || (from_node && expected.selecting.iter().any(|a| a == p))
                             }),
                         };
                         if got.allowed != expected.allowed || !slot_ok {
@@ -332,7 +362,10 @@ fn compiled_maps_agree_with_the_evaluator() {
         "{} verdicts agreed over {seeds} clusters ({policies} policies); enforced: {} allowed, {} denied",
         counts.checks, counts.allowed, counts.denied
     );
-    assert!(counts.denied > counts.checks / 10 && counts.allowed > counts.checks / 20, "the cases have stopped exercising the policies");
+    assert!(
+        counts.denied > counts.checks / 10 && counts.allowed > counts.checks / 20,
+        "the cases have stopped exercising the policies"
+    );
 }
 
 /// One change of the kind the agent sees, taking the new objects from
@@ -437,7 +470,10 @@ fn large_input() -> Large {
     let mut namespaces = BTreeMap::new();
     for n in 0..10 {
         let name = format!("ns{n}");
-        namespaces.insert(name.clone(), NamespaceInfo { name: name.clone(), labels: labels(&[("team", if n % 2 == 0 { "red" } else { "blue" })]) });
+        namespaces.insert(
+            name.clone(),
+            NamespaceInfo { name: name.clone(), labels: labels(&[("team", if n % 2 == 0 { "red" } else { "blue" })]) },
+        );
     }
     let mut pods = BTreeMap::new();
     let mut endpoints = Vec::new();
@@ -469,7 +505,8 @@ fn large_input() -> Large {
         let key = format!("{ns}/policy{i}");
         // 100 policies per namespace, 5 per app.
         let a = i / 10;
-        let app = |n: u32| LabelSelector { match_labels: labels(&[("app", &format!("app{}", n % 20))]), expressions: vec![] };
+        let app =
+            |n: u32| LabelSelector { match_labels: labels(&[("app", &format!("app{}", n % 20))]), expressions: vec![] };
         policies.insert(
             key.clone(),
             NetworkPolicyInfo {
@@ -481,16 +518,33 @@ fn large_input() -> Large {
                 ingress: vec![PolicyRule {
                     peers: vec![
                         PolicyPeer::Pods { namespaces: None, pods: Some(app(a * 7)) },
-                        PolicyPeer::Pods { namespaces: Some(LabelSelector { match_labels: labels(&[("team", "red")]), expressions: vec![] }), pods: Some(app(a + 1)) },
+                        PolicyPeer::Pods {
+                            namespaces: Some(LabelSelector {
+                                match_labels: labels(&[("team", "red")]),
+                                expressions: vec![],
+                            }),
+                            pods: Some(app(a + 1)),
+                        },
                     ],
                     ports: vec![
                         PolicyPort { protocol: Protocol::Tcp, port: Some(PortRef::Number(8000)), end_port: Some(8100) },
-                        PolicyPort { protocol: Protocol::Tcp, port: Some(PortRef::Name("http".into())), end_port: None },
+                        PolicyPort {
+                            protocol: Protocol::Tcp,
+                            port: Some(PortRef::Name("http".into())),
+                            end_port: None,
+                        },
                     ],
                 }],
                 egress: vec![PolicyRule {
-                    peers: vec![PolicyPeer::IpBlock { cidr: "10.0.0.0/8".parse().unwrap(), except: vec![format!("10.{}.0.0/16", i % 4).parse().unwrap()] }],
-                    ports: vec![PolicyPort { protocol: Protocol::Tcp, port: Some(PortRef::Number(443)), end_port: None }],
+                    peers: vec![PolicyPeer::IpBlock {
+                        cidr: "10.0.0.0/8".parse().unwrap(),
+                        except: vec![format!("10.{}.0.0/16", i % 4).parse().unwrap()],
+                    }],
+                    ports: vec![PolicyPort {
+                        protocol: Protocol::Tcp,
+                        port: Some(PortRef::Number(443)),
+                        end_port: None,
+                    }],
                 }],
             },
         );
@@ -501,7 +555,13 @@ fn large_input() -> Large {
 #[test]
 fn a_thousand_policies_over_a_thousand_pods_stay_small() {
     let Large { pods, namespaces, policies, endpoints } = large_input();
-    let input = CompileInput { pods: &pods, namespaces: &namespaces, policies: &policies, host_addrs: &[HOST], endpoints: &endpoints };
+    let input = CompileInput {
+        pods: &pods,
+        namespaces: &namespaces,
+        policies: &policies,
+        host_addrs: &[HOST],
+        endpoints: &endpoints,
+    };
     let mut compiler = PolicyCompiler::new();
     let start = Instant::now();
     let desired = compiler.compile(&input);

@@ -42,7 +42,13 @@ struct World {
 
 impl World {
     fn new() -> Self {
-        let mut w = World { pods: BTreeMap::new(), namespaces: BTreeMap::new(), policies: BTreeMap::new(), endpoints: vec![], hosts: vec![HOST] };
+        let mut w = World {
+            pods: BTreeMap::new(),
+            namespaces: BTreeMap::new(),
+            policies: BTreeMap::new(),
+            endpoints: vec![],
+            hosts: vec![HOST],
+        };
         for ns in ["x", "y"] {
             w.namespaces.insert(ns.into(), NamespaceInfo { name: ns.into(), labels: labels(&[("ns", ns)]) });
         }
@@ -68,7 +74,13 @@ impl World {
         );
     }
 
-    fn policy(&mut self, key: &str, pods: LabelSelector, ingress: Option<Vec<PolicyRule>>, egress: Option<Vec<PolicyRule>>) {
+    fn policy(
+        &mut self,
+        key: &str,
+        pods: LabelSelector,
+        ingress: Option<Vec<PolicyRule>>,
+        egress: Option<Vec<PolicyRule>>,
+    ) {
         let (ns, _) = key.split_once('/').unwrap();
         self.policies.insert(
             key.into(),
@@ -160,8 +172,14 @@ fn port_ranges_and_protocol_only_entries_in_the_map() {
     }
     // 8 range prefixes and one protocol entry, with the wildcard identity.
     assert_eq!(d.rules.keys().filter(|(_, k)| k.ifindex == 2 && k.identity == IDENTITY_ANY).count(), 9);
-    assert!(d.rules.contains_key(&(PolicyKey::PREFIX_ANY_PORT, PolicyKey { ifindex: 2, identity: IDENTITY_ANY, dir: DIR_INGRESS, proto: 17, port: 0 })));
-    assert!(d.rules.contains_key(&(PolicyKey::PREFIX_ANY_PORT + 13, PolicyKey { ifindex: 2, identity: IDENTITY_ANY, dir: DIR_INGRESS, proto: 6, port: 1000u16.to_be() })));
+    assert!(d.rules.contains_key(&(
+        PolicyKey::PREFIX_ANY_PORT,
+        PolicyKey { ifindex: 2, identity: IDENTITY_ANY, dir: DIR_INGRESS, proto: 17, port: 0 }
+    )));
+    assert!(d.rules.contains_key(&(
+        PolicyKey::PREFIX_ANY_PORT + 13,
+        PolicyKey { ifindex: 2, identity: IDENTITY_ANY, dir: DIR_INGRESS, proto: 6, port: 1000u16.to_be() }
+    )));
 }
 
 #[test]
@@ -282,11 +300,17 @@ fn ip_block_except_carves_out_pods_and_addresses() {
         "x/cidr",
         sel(&[("pod", "a")]),
         Some(vec![PolicyRule {
-            peers: vec![PolicyPeer::IpBlock { cidr: "10.244.1.0/24".parse().unwrap(), except: vec!["10.244.1.12/31".parse().unwrap()] }],
+            peers: vec![PolicyPeer::IpBlock {
+                cidr: "10.244.1.0/24".parse().unwrap(),
+                except: vec!["10.244.1.12/31".parse().unwrap()],
+            }],
             ports: vec![],
         }]),
         Some(vec![PolicyRule {
-            peers: vec![PolicyPeer::IpBlock { cidr: "0.0.0.0/0".parse().unwrap(), except: vec!["10.0.0.1/8".parse().unwrap()] }],
+            peers: vec![PolicyPeer::IpBlock {
+                cidr: "0.0.0.0/0".parse().unwrap(),
+                except: vec!["10.0.0.1/8".parse().unwrap()],
+            }],
             ports: vec![port(Protocol::Tcp, PortRef::Number(443), None)],
         }]),
     );
@@ -314,7 +338,8 @@ fn named_ports_resolve_on_the_destination_in_both_directions() {
     // y/a's "http" is 8080; x/b has no "http".
     w.pods.get_mut("y/a").unwrap().named_ports = vec![("http".into(), Protocol::Tcp, 8080)];
     w.pods.get_mut("x/b").unwrap().named_ports = vec![];
-    let named = |name: &str| PolicyRule { peers: vec![], ports: vec![port(Protocol::Tcp, PortRef::Name(name.into()), None)] };
+    let named =
+        |name: &str| PolicyRule { peers: vec![], ports: vec![port(Protocol::Tcp, PortRef::Name(name.into()), None)] };
     w.policy("x/named", LabelSelector::default(), Some(vec![named("http")]), Some(vec![named("http")]));
     let d = w.compile(&mut PolicyCompiler::new());
     // Ingress: the endpoint's own port.
@@ -327,7 +352,10 @@ fn named_ports_resolve_on_the_destination_in_both_directions() {
     assert!(!allowed(&d, 2, Direction::Egress, ip(12), Protocol::Tcp, 80));
     assert!(allowed(&d, 3, Direction::Egress, ip(2), Protocol::Tcp, 80));
     assert!(!allowed(&d, 2, Direction::Egress, ip(3), Protocol::Tcp, 80), "x/b has no such port");
-    assert!(!allowed(&d, 2, Direction::Egress, Ipv4Addr::new(8, 8, 8, 8), Protocol::Tcp, 80), "addresses have no named ports");
+    assert!(
+        !allowed(&d, 2, Direction::Egress, Ipv4Addr::new(8, 8, 8, 8), Protocol::Tcp, 80),
+        "addresses have no named ports"
+    );
 }
 
 #[test]

@@ -42,7 +42,12 @@ fn world() -> World {
             });
         }
     }
-    World { pods, namespaces, nodes: BTreeMap::from([("n1".to_string(), Ipv4Addr::new(172, 30, 0, 11))]), policies: vec![] }
+    World {
+        pods,
+        namespaces,
+        nodes: BTreeMap::from([("n1".to_string(), Ipv4Addr::new(172, 30, 0, 11))]),
+        policies: vec![],
+    }
 }
 
 impl World {
@@ -64,7 +69,12 @@ impl World {
     }
 }
 
-fn policy(key: &str, pods: LabelSelector, ingress: Option<Vec<PolicyRule>>, egress: Option<Vec<PolicyRule>>) -> NetworkPolicyInfo {
+fn policy(
+    key: &str,
+    pods: LabelSelector,
+    ingress: Option<Vec<PolicyRule>>,
+    egress: Option<Vec<PolicyRule>>,
+) -> NetworkPolicyInfo {
     let (ns, _) = key.split_once('/').unwrap();
     NetworkPolicyInfo {
         key: key.into(),
@@ -138,7 +148,10 @@ fn pod_selector_alone_means_the_policy_namespace() {
     w.policies.push(policy(
         "x/allow",
         sel(&[("pod", "a")]),
-        Some(vec![PolicyRule { peers: vec![PolicyPeer::Pods { namespaces: None, pods: Some(sel(&[("pod", "b")])) }], ports: vec![] }]),
+        Some(vec![PolicyRule {
+            peers: vec![PolicyPeer::Pods { namespaces: None, pods: Some(sel(&[("pod", "b")])) }],
+            ports: vec![],
+        }]),
         None,
     ));
     assert!(w.allowed("x/b", "x/a", Protocol::Tcp, 80));
@@ -156,7 +169,10 @@ fn ip_block_with_except() {
         "x/cidr",
         sel(&[("pod", "a")]),
         Some(vec![PolicyRule {
-            peers: vec![PolicyPeer::IpBlock { cidr: "10.244.1.0/24".parse().unwrap(), except: vec!["10.244.1.12/31".parse().unwrap()] }],
+            peers: vec![PolicyPeer::IpBlock {
+                cidr: "10.244.1.0/24".parse().unwrap(),
+                except: vec!["10.244.1.12/31".parse().unwrap()],
+            }],
             ports: vec![],
         }]),
         None,
@@ -175,7 +191,11 @@ fn named_ports_end_ports_and_protocols() {
         sel(&[("pod", "a")]),
         Some(vec![PolicyRule {
             peers: vec![],
-            ports: vec![PolicyPort { protocol: Protocol::Tcp, port: Some(PortRef::Name("serve-80-tcp".into())), end_port: None }],
+            ports: vec![PolicyPort {
+                protocol: Protocol::Tcp,
+                port: Some(PortRef::Name("serve-80-tcp".into())),
+                end_port: None,
+            }],
         }]),
         None,
     ));
@@ -183,7 +203,8 @@ fn named_ports_end_ports_and_protocols() {
     assert!(!w.allowed("y/a", "x/a", Protocol::Tcp, 81));
     assert!(!w.allowed("y/a", "x/a", Protocol::Udp, 80), "the named port is TCP");
 
-    w.policies[0].ingress[0].ports = vec![PolicyPort { protocol: Protocol::Udp, port: Some(PortRef::Number(80)), end_port: Some(81) }];
+    w.policies[0].ingress[0].ports =
+        vec![PolicyPort { protocol: Protocol::Udp, port: Some(PortRef::Number(80)), end_port: Some(81) }];
     assert!(w.allowed("y/a", "x/a", Protocol::Udp, 80));
     assert!(w.allowed("y/a", "x/a", Protocol::Udp, 81));
     assert!(!w.allowed("y/a", "x/a", Protocol::Udp, 82));
@@ -199,7 +220,11 @@ fn egress_named_port_resolves_on_the_destination() {
         None,
         Some(vec![PolicyRule {
             peers: vec![],
-            ports: vec![PolicyPort { protocol: Protocol::Udp, port: Some(PortRef::Name("serve-81-udp".into())), end_port: None }],
+            ports: vec![PolicyPort {
+                protocol: Protocol::Udp,
+                port: Some(PortRef::Name("serve-81-udp".into())),
+                end_port: None,
+            }],
         }]),
     ));
     assert!(w.allowed("x/a", "y/b", Protocol::Udp, 81));
@@ -209,7 +234,10 @@ fn egress_named_port_resolves_on_the_destination() {
 #[test]
 fn union_of_policies_and_empty_rule_allows_all() {
     let mut w = world();
-    let from = |ns: &str| PolicyRule { peers: vec![PolicyPeer::Pods { namespaces: Some(sel(&[("ns", ns)])), pods: None }], ports: vec![tcp(80)] };
+    let from = |ns: &str| PolicyRule {
+        peers: vec![PolicyPeer::Pods { namespaces: Some(sel(&[("ns", ns)])), pods: None }],
+        ports: vec![tcp(80)],
+    };
     w.policies.push(policy("x/one", sel(&[("pod", "a")]), Some(vec![from("y")]), None));
     w.policies.push(policy("x/two", sel(&[("pod", "a")]), Some(vec![from("z")]), None));
     assert!(w.allowed("y/a", "x/a", Protocol::Tcp, 80));
@@ -233,9 +261,11 @@ fn the_pods_own_node_always_reaches_it_and_verdicts_name_the_policies() {
     let mut w = world();
     w.policies.push(policy("x/deny", LabelSelector::default(), Some(vec![]), None));
     let view = PolicyView { policies: &w.policies, namespaces: &w.namespaces, node_addrs: &w.nodes };
-    let from_node = evaluate(&view, Peer::Address(Ipv4Addr::new(172, 30, 0, 11)), Peer::Pod(w.pod("x/a")), Protocol::Tcp, 8080);
+    let from_node =
+        evaluate(&view, Peer::Address(Ipv4Addr::new(172, 30, 0, 11)), Peer::Pod(w.pod("x/a")), Protocol::Tcp, 8080);
     assert!(from_node.allowed);
-    let from_outside = evaluate(&view, Peer::Address(Ipv4Addr::new(192, 0, 2, 1)), Peer::Pod(w.pod("x/a")), Protocol::Tcp, 80);
+    let from_outside =
+        evaluate(&view, Peer::Address(Ipv4Addr::new(192, 0, 2, 1)), Peer::Pod(w.pod("x/a")), Protocol::Tcp, 80);
     assert!(!from_outside.allowed);
     let v = from_outside.ingress.unwrap();
     assert_eq!(v.selecting, ["x/deny"]);
@@ -250,7 +280,10 @@ fn match_expressions_in_peers() {
         sel(&[("pod", "a")]),
         Some(vec![PolicyRule {
             peers: vec![PolicyPeer::Pods {
-                namespaces: Some(LabelSelector { match_labels: Labels::new(), expressions: vec![Requirement::NotIn("ns".into(), vec!["y".into()])] }),
+                namespaces: Some(LabelSelector {
+                    match_labels: Labels::new(),
+                    expressions: vec![Requirement::NotIn("ns".into(), vec!["y".into()])],
+                }),
                 pods: None,
             }],
             ports: vec![],
