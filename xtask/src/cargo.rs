@@ -20,9 +20,7 @@ pub fn cargo() -> Command {
 pub fn status(cmd: &mut Command) -> Result<bool> {
     let line = weir_testbed::exec::describe(cmd);
     println!("==> {line}");
-    let status = cmd
-        .status()
-        .with_context(|| format!("cannot start `{line}`"))?;
+    let status = cmd.status().with_context(|| format!("cannot start `{line}`"))?;
     Ok(status.success())
 }
 
@@ -59,10 +57,8 @@ pub fn test_status(cmd: &mut Command, counts: &mut TestCounts) -> Result<bool> {
     use std::io::{BufRead as _, BufReader};
     let line = weir_testbed::exec::describe(cmd);
     println!("==> {line}");
-    let mut child = cmd
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .with_context(|| format!("cannot start `{line}`"))?;
+    let mut child =
+        cmd.stdout(std::process::Stdio::piped()).spawn().with_context(|| format!("cannot start `{line}`"))?;
     let stdout = child.stdout.take().expect("piped stdout");
     for l in BufReader::new(stdout).lines() {
         let l = l.with_context(|| format!("reading the output of `{line}`"))?;
@@ -84,11 +80,27 @@ pub fn must(cmd: &mut Command) -> Result<()> {
 /// weir-agent (which embeds the kernel programs), weir-dev (the fake API
 /// server the kube-source tests and the sandbox run) and xtask.
 pub fn build_bins() -> Result<()> {
-    must(
+    must(cargo().args(["build", "--workspace", "--bins"]).args(EXCLUDE_KERNEL_CRATE))
+}
+
+/// The formatting and lint gate: `cargo fmt --check` over every crate
+/// (the kernel one included: rustfmt needs no target), then clippy with
+/// warnings as errors over the host crates. Every check runs; the names of
+/// the failed ones come back.
+pub fn lint_gate() -> Result<Vec<&'static str>> {
+    let mut failed = Vec::new();
+    if !status(cargo().args(["fmt", "--all", "--check"]))? {
+        failed.push("cargo fmt --all --check (run `cargo fmt --all`)");
+    }
+    if !status(
         cargo()
-            .args(["build", "--workspace", "--bins"])
-            .args(EXCLUDE_KERNEL_CRATE),
-    )
+            .args(["clippy", "--workspace", "--all-targets"])
+            .args(EXCLUDE_KERNEL_CRATE)
+            .args(["--", "-D", "warnings"]),
+    )? {
+        failed.push("cargo clippy --workspace --all-targets -- -D warnings");
+    }
+    Ok(failed)
 }
 
 #[cfg(test)]

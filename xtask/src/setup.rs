@@ -29,6 +29,7 @@ pub fn run(mode: Mode) -> Result<Report> {
     let mut report = Report::default();
     packages(&mut report)?;
     rust_src(&mut report)?;
+    lint_tools(&mut report)?;
     bpf_linker(&mut report)?;
     manifest_validator(&mut report)?;
     mount_bpffs(&mut report)?;
@@ -49,15 +50,10 @@ pub fn run(mode: Mode) -> Result<Report> {
 }
 
 fn packages(report: &mut Report) -> Result<()> {
-    let mut needed: BTreeSet<&str> = tools::missing(tools::ALL)
-        .iter()
-        .map(|t| t.package)
-        .collect();
+    let mut needed: BTreeSet<&str> = tools::missing(tools::ALL).iter().map(|t| t.package).collect();
     // The containerd test's image needs a static busybox: Debian's plain
     // `busybox` package installs a dynamic one at the same path.
-    if Path::new(tools::BUSYBOX.binary).is_file()
-        && !is_static_elf(Path::new(tools::BUSYBOX.binary))?
-    {
+    if Path::new(tools::BUSYBOX.binary).is_file() && !is_static_elf(Path::new(tools::BUSYBOX.binary))? {
         needed.insert(tools::BUSYBOX.package);
     }
     if needed.is_empty() {
@@ -65,9 +61,7 @@ fn packages(report: &mut Report) -> Result<()> {
     }
     let list: Vec<&str> = needed.into_iter().collect();
     if !is_root() {
-        report
-            .unmet
-            .push(format!("apt packages {} (run as root)", list.join(" ")));
+        report.unmet.push(format!("apt packages {} (run as root)", list.join(" ")));
         return Ok(());
     }
     let apt = |args: &[&str]| -> Result<()> {
@@ -79,43 +73,43 @@ fn packages(report: &mut Report) -> Result<()> {
     let mut args = vec!["install", "-y", "-q", "--no-install-recommends"];
     args.extend(&list);
     apt(&args)?;
-    report
-        .done
-        .push(format!("installed apt packages: {}", list.join(" ")));
+    report.done.push(format!("installed apt packages: {}", list.join(" ")));
     Ok(())
 }
 
 fn rust_src(report: &mut Report) -> Result<()> {
+    component("nightly", "rust-src", report)
+}
+
+/// rustfmt and clippy on the toolchain that builds user space: the lint
+/// gate of `cargo xtask test` runs them.
+fn lint_tools(report: &mut Report) -> Result<()> {
+    component("stable", "rustfmt", report)?;
+    component("stable", "clippy", report)
+}
+
+/// Adds `name` to `toolchain` unless it is installed.
+fn component(toolchain: &str, name: &str, report: &mut Report) -> Result<()> {
     let installed = exec::run(
-        Command::new("rustup").args(["component", "list", "--toolchain", "nightly", "--installed"]),
+        Command::new("rustup").args(["component", "list", "--toolchain", toolchain, "--installed"]),
         exec::DEFAULT_TIMEOUT,
     )
-    .context("list the nightly's components (is rustup and a nightly toolchain installed?)")?;
-    if installed.lines().any(|l| l.trim().starts_with("rust-src")) {
+    .with_context(|| {
+        format!("list the {toolchain} toolchain's components (is rustup and that toolchain installed?)")
+    })?;
+    if installed.lines().any(|l| l.trim().starts_with(name)) {
         return Ok(());
     }
-    crate::cargo::must(Command::new("rustup").args([
-        "component",
-        "add",
-        "rust-src",
-        "--toolchain",
-        "nightly",
-    ]))?;
-    report
-        .done
-        .push("added rust-src to the nightly toolchain".into());
+    crate::cargo::must(Command::new("rustup").args(["component", "add", name, "--toolchain", toolchain]))?;
+    report.done.push(format!("added {name} to the {toolchain} toolchain"));
     Ok(())
 }
 
 fn bpf_linker(report: &mut Report) -> Result<()> {
-    let current = exec::output(
-        Command::new("bpf-linker").arg("--version"),
-        None,
-        exec::DEFAULT_TIMEOUT,
-    )
-    .ok()
-    .filter(|o| o.success())
-    .map(|o| o.stdout_str());
+    let current = exec::output(Command::new("bpf-linker").arg("--version"), None, exec::DEFAULT_TIMEOUT)
+        .ok()
+        .filter(|o| o.success())
+        .map(|o| o.stdout_str());
     if current.as_deref().is_some_and(is_bpf_linker_0_10) {
         return Ok(());
     }
@@ -149,10 +143,7 @@ fn manifest_validator(report: &mut Report) -> Result<()> {
 
 /// `bpf-linker --version` prints e.g. "bpf-linker 0.10.4".
 fn is_bpf_linker_0_10(version_output: &str) -> bool {
-    version_output
-        .split_whitespace()
-        .nth(1)
-        .is_some_and(|v| v.starts_with("0.10."))
+    version_output.split_whitespace().nth(1).is_some_and(|v| v.starts_with("0.10."))
 }
 
 fn mount_bpffs(report: &mut Report) -> Result<()> {
@@ -160,9 +151,7 @@ fn mount_bpffs(report: &mut Report) -> Result<()> {
         return Ok(());
     }
     if !is_root() {
-        report
-            .unmet
-            .push("bpffs on /sys/fs/bpf (run as root)".into());
+        report.unmet.push("bpffs on /sys/fs/bpf (run as root)".into());
         return Ok(());
     }
     bpffs::ensure_mounted()?;
@@ -174,8 +163,7 @@ fn mount_bpffs(report: &mut Report) -> Result<()> {
 /// statically linked.
 fn is_static_elf(path: &Path) -> Result<bool> {
     let bytes = std::fs::read(path).with_context(|| format!("read {}", path.display()))?;
-    elf_has_no_interpreter(&bytes)
-        .with_context(|| format!("{} is not a 64-bit little-endian ELF", path.display()))
+    elf_has_no_interpreter(&bytes).with_context(|| format!("{} is not a 64-bit little-endian ELF", path.display()))
 }
 
 fn elf_has_no_interpreter(b: &[u8]) -> Option<bool> {

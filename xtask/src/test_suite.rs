@@ -21,6 +21,10 @@ pub struct TestArgs {
     /// Run only the unit tests (no root needed); exits 0 if they pass.
     #[arg(long)]
     unit_only: bool,
+    /// Skip the formatting and lint gate (`cargo fmt --check`, clippy with
+    /// warnings as errors), e.g. while iterating on one test.
+    #[arg(long)]
+    no_lint: bool,
     /// Passed to every `cargo test` after `--` (e.g. a test name filter).
     #[arg(last = true)]
     test_args: Vec<String>,
@@ -29,12 +33,11 @@ pub struct TestArgs {
 pub fn run(args: TestArgs) -> Result<ExitCode> {
     let root = is_root();
     let privileged = root && !args.unit_only;
-    setup::run(if privileged {
-        setup::Mode::Strict
-    } else {
-        setup::Mode::BestEffort
-    })?;
+    setup::run(if privileged { setup::Mode::Strict } else { setup::Mode::BestEffort })?;
     cargo::build_bins()?;
+    // Formatting and lints first: cheap, and a red gate is a failed run
+    // whatever the tests say.
+    let lint_failures = if args.no_lint { Vec::new() } else { cargo::lint_gate()? };
 
     let mut counts = cargo::TestCounts::default();
     let ok = if privileged {
@@ -69,18 +72,15 @@ pub fn run(args: TestArgs) -> Result<ExitCode> {
 
     // One closing line for the whole run: cargo's last runner line is often a
     // crate with no tests, which says nothing about the run.
-    println!(
-        "\nweir: {} passed, {} failed, {} skipped",
-        counts.passed, counts.failed, counts.ignored
-    );
+    println!("\nweir: {} passed, {} failed, {} skipped", counts.passed, counts.failed, counts.ignored);
+    for gate in &lint_failures {
+        eprintln!("FAILED lint gate: {gate}");
+    }
+    let ok = ok && lint_failures.is_empty();
     if !privileged {
         let files = privileged_test_files();
         let ignored = count_privileged_ignored_tests();
-        let why = if root {
-            "--unit-only was given"
-        } else {
-            "they need root"
-        };
+        let why = if root { "--unit-only was given" } else { "they need root" };
         let bar = "!".repeat(78);
         eprintln!(
             "\n{bar}\nSKIPPED: {} privileged test files ({}) and {ignored} tests marked \
@@ -95,17 +95,9 @@ pub fn run(args: TestArgs) -> Result<ExitCode> {
         if !ok {
             return Ok(ExitCode::FAILURE);
         }
-        return Ok(if args.unit_only {
-            ExitCode::SUCCESS
-        } else {
-            ExitCode::from(EXIT_SKIPPED)
-        });
+        return Ok(if args.unit_only { ExitCode::SUCCESS } else { ExitCode::from(EXIT_SKIPPED) });
     }
-    Ok(if ok {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
 /// Tests the crates mark `#[ignore = "privileged: ..."]` (run as root with
