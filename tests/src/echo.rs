@@ -23,9 +23,9 @@ def tcp():
     while True:
         c, _ = s.accept(); threading.Thread(target=serve, args=(c,), daemon=True).start()
 def udp():
-    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind(("0.0.0.0", port))
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind((udp_addr, port))
     while True:
-        d, a = u.recvfrom(4096); u.sendto(label + b" " + d, a)
+        d, a = u.recvfrom(65535); u.sendto(label + b" " + d, a)
 threading.Thread(target=udp, daemon=True).start()
 tcp()
 "#;
@@ -47,10 +47,12 @@ else:
 "#;
 
 /// Like SERVER, on every port given, in one process; says `ready` once every
-/// socket listens.
+/// socket listens. UDP binds `$ECHO_UDP_ADDR` when set (see
+/// `serve_host_network`).
 const MULTI_SERVER: &str = r#"
-import socket, sys, threading
+import os, socket, sys, threading
 label, ports = sys.argv[1].encode(), [int(p) for p in sys.argv[2:]]
+udp_addr = os.environ.get("ECHO_UDP_ADDR", "0.0.0.0")
 def tcp(s):
     def serve(c):
         try:
@@ -66,14 +68,14 @@ def tcp(s):
         c, _ = s.accept(); threading.Thread(target=serve, args=(c,), daemon=True).start()
 def udp(u):
     while True:
-        d, a = u.recvfrom(4096)
+        d, a = u.recvfrom(65535)
         try: u.sendto(label + b" " + d, a)
         except OSError: pass
 threads = []
 for port in ports:
     s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     s.bind(("0.0.0.0", port)); s.listen(512)
-    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind(("0.0.0.0", port))
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind((udp_addr, port))
     threads += [threading.Thread(target=tcp, args=(s,), daemon=True), threading.Thread(target=udp, args=(u,), daemon=True)]
 for t in threads: t.start()
 print("ready", label.decode(), flush=True)
@@ -92,6 +94,32 @@ pub fn serve_ports(netns: &NetNs, label: &str, ports: &[u16], log: &Path, detach
 /// guards: a server dies with the thread that started it (see
 /// `exec::die_with_parent`).
 pub fn serve_ports_many(servers: &[(&NetNs, &str, &Path)], ports: &[u16], detached: bool) -> Result<Vec<ChildGuard>> {
+    start_multi(servers, ports, &[], detached)
+}
+
+/// An endpoint on a node's host network, as upstream's netexec runs there:
+/// TCP on every address, UDP on `udp_addr` only
+/// (`--udp-listen-addresses=$(HOST_IP)`: a socket bound to 0.0.0.0 answers a
+/// pod from the pod gateway's address, the local route's source, not the
+/// address it was asked on).
+pub fn serve_host_network(
+    netns: &NetNs,
+    label: &str,
+    udp_addr: std::net::Ipv4Addr,
+    ports: &[u16],
+    log: &Path,
+) -> Result<ChildGuard> {
+    let addr = udp_addr.to_string();
+    let mut all = start_multi(&[(netns, label, log)], ports, &[("ECHO_UDP_ADDR", addr.as_str())], false)?;
+    Ok(all.remove(0))
+}
+
+fn start_multi(
+    servers: &[(&NetNs, &str, &Path)],
+    ports: &[u16],
+    env: &[(&str, &str)],
+    detached: bool,
+) -> Result<Vec<ChildGuard>> {
     let ports: Vec<String> = ports.iter().map(u16::to_string).collect();
     let mut started = Vec::new();
     for (netns, label, log) in servers {
@@ -99,7 +127,7 @@ pub fn serve_ports_many(servers: &[(&NetNs, &str, &Path)], ports: &[u16], detach
         args.extend(ports.iter().map(String::as_str));
         let ready = format!("ready {label}");
         let already = std::fs::read_to_string(log).map(|t| t.matches(&ready).count()).unwrap_or(0);
-        started.push((netns.spawn(&args, &[], log, detached)?, ready, already));
+        started.push((netns.spawn(&args, env, log, detached)?, ready, already));
     }
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     let mut guards = Vec::new();

@@ -33,7 +33,7 @@
 use std::{collections::BTreeSet, net::Ipv4Addr, path::PathBuf, thread, time::Duration};
 
 use weir_testbed::{
-    Agent, NetNs, Node, Pod, Topology,
+    Agent, NetNs, Node, Pod, Topology, echo,
     manifest::{SvcPort, endpoint_slice_yaml, service_yaml},
     process::ChildGuard,
     tools,
@@ -54,58 +54,12 @@ const MAX_TRIES: usize = 24;
 /// A path that failed this often is broken: stop asking it.
 const MAX_ERRORS: usize = 3;
 
-/// An endpoint on the host network, as upstream's netexec runs it there:
-/// TCP on every address, UDP on the node's own address only
-/// (`--udp-listen-addresses=$(HOST_IP)`: a socket bound to 0.0.0.0 would
-/// answer a pod from the pod gateway's address, the local route's source,
-/// not the address it was asked on). Answers `<label> <what came>`.
-const HOST_SERVER: &str = r#"
-import socket, sys, threading
-label, addr, tport, uport = sys.argv[1].encode(), sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("0.0.0.0", tport)); s.listen(512)
-u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind((addr, uport))
-def serve(c):
-    try:
-        with c:
-            c.settimeout(30)
-            while True:
-                d = c.recv(4096)
-                if not d: return
-                c.sendall(label + b" " + d)
-    except OSError:
-        pass
-def tcp():
-    while True:
-        c, _ = s.accept(); threading.Thread(target=serve, args=(c,), daemon=True).start()
-def udp():
-    while True:
-        d, a = u.recvfrom(65535)
-        try: u.sendto(label + b" " + d, a)
-        except OSError: pass
-threading.Thread(target=tcp, daemon=True).start()
-threading.Thread(target=udp, daemon=True).start()
-print("ready", flush=True)
-threading.Event().wait()
-"#;
-
-/// Starts `HOST_SERVER` in the node's namespace, named after the node
-/// (upstream: the node's hostname), and waits until it listens.
+/// Starts the echo server in the node's namespace (its host network),
+/// named after the node (upstream: the node's hostname), UDP bound to the
+/// node's address as netexec is there, and waits until it listens.
 fn serve_on_host(node: &Node) -> ChildGuard {
     let log = node.dirs.logs.join("echo-host.log");
-    let (addr, tport, uport) = (node.ip.to_string(), HTTP_TARGET.to_string(), UDP_TARGET.to_string());
-    let mut guard =
-        node.netns.spawn(&["python3", "-c", HOST_SERVER, &node.name, &addr, &tport, &uport], &[], &log, false).unwrap();
-    for _ in 0..400 {
-        if let Some(status) = guard.try_wait() {
-            panic!("server on {} exited ({status}); see {}", node.name, log.display());
-        }
-        if std::fs::read_to_string(&log).is_ok_and(|t| t.contains("ready")) {
-            return guard;
-        }
-        thread::sleep(Duration::from_millis(50));
-    }
-    panic!("server on {} not listening after 20 s; see {}", node.name, log.display());
+    echo::serve_host_network(&node.netns, &node.name, node.ip, &[HTTP_TARGET, UDP_TARGET], &log).unwrap()
 }
 
 /// One request, one answer, over a connected socket as upstream's clients
