@@ -1,8 +1,10 @@
 //! The agent's start-up and main loop: node prerequisites, the datapath,
 //! the status and hand-off sockets, the object source; then updates from
 //! the source go into the `Reconciler`, which makes the node match them.
+use std::sync::Arc;
+
 use anyhow::Context as _;
-use tokio::sync::mpsc;
+use tokio::{sync::mpsc, task::JoinHandle};
 use tracing::{error, info, info_span, warn};
 
 use crate::{
@@ -12,6 +14,8 @@ use crate::{
         policy::programmer::PolicyProgrammer,
     },
     node::{masquerade, policy_socket, routes::Routes, sysctl},
+    observe::status::Status,
+    reconcile::Reconciler,
     sources::{self, SourceSpec, Update},
     sync::policy::PolicySync,
 };
@@ -24,14 +28,47 @@ pub async fn run(mut config: AgentConfig) -> anyhow::Result<()> {
     settle_cni_chain(&mut config);
 
     // Node prerequisites first: nothing below works without them.
+    prepare_node(&config)?;
+    let mut datapath = Datapath::load(&config.bpf_pin_dir).context("loading the eBPF datapath")?;
+    let socket_lb = attach_socket_lb(&config, &mut datapath);
+    let (lb, policy) = take_over_pinned_state(&mut datapath)?;
+    let routes = Routes::connect().context("opening netlink")?;
+
+    let status = Arc::new(Status::default());
+    status.beat();
+    status.set_socket_lb(socket_lb);
+    serve_status(&config, &status).await?;
+    let mut sockets = CniSockets::bind(&config, &status)?;
+
+    let (tx, mut updates) = mpsc::channel::<Update>(1024);
+    let source = spawn_source(&config, tx).await?;
+
+    let policy = PolicySync::new(policy, config.plan.node_name.clone(), &config.run_dir);
+    let mut state = Reconciler::new(config, routes, datapath, lb, policy, status.clone());
+    main_loop(&mut state, &mut updates, &mut sockets.handoffs, &status).await?;
+    // The pinned datapath, routes and CNI config stay: pods keep working
+    // while the agent restarts. `weir-agent cleanup` removes them.
+    source.abort();
+    sockets.abort();
+    info!("stopping; node state left in place for the next agent");
+    Ok(())
+}
+
+fn prepare_node(config: &AgentConfig) -> anyhow::Result<()> {
     sysctl::enable_forwarding().context("enabling IPv4 forwarding")?;
     if config.masquerade {
         masquerade::ensure(config.plan.cluster_cidr).context("installing masquerade rules")?;
     }
-    let mut datapath = Datapath::load(&config.bpf_pin_dir).context("loading the eBPF datapath")?;
-    // Without it pods still reach Services per packet; host-network pods
-    // and processes on the node itself lose them. Loud (log, /readyz,
-    // weir_socket_lb_enabled), not fatal.
+    Ok(())
+}
+
+/// Connect-time Service load balancing: Ok(the cgroup it is attached to)
+/// or Err(why it is off).
+///
+/// Without it pods still reach Services per packet; host-network pods and
+/// processes on the node itself lose them. Loud (log, /readyz,
+/// weir_socket_lb_enabled), not fatal.
+fn attach_socket_lb(config: &AgentConfig, datapath: &mut Datapath) -> Result<String, String> {
     let socket_lb = match &config.socket_lb_cgroup {
         None => Err("turned off (--no-socket-lb)".to_string()),
         Some(configured) => {
@@ -52,6 +89,11 @@ pub async fn run(mut config: AgentConfig) -> anyhow::Result<()> {
         Err(e) if config.socket_lb_cgroup.is_none() => info!(why = %e, "connect-time Service load balancing off"),
         Err(e) => warn!(error = %e, "connect-time Service load balancing disabled"),
     }
+    socket_lb
+}
+
+/// Carries on from what a previous agent left pinned.
+fn take_over_pinned_state(datapath: &mut Datapath) -> anyhow::Result<(LbProgrammer, PolicyProgrammer)> {
     // Pods attached by a previous agent move to these programs.
     datapath.reattach_pods();
     // IDs from the pinned maps: established flows keep their backends.
@@ -59,35 +101,62 @@ pub async fn run(mut config: AgentConfig) -> anyhow::Result<()> {
     // What the pinned policy maps hold: the first pass rewrites only what
     // changed while no agent ran.
     let policy = PolicyProgrammer::restore(datapath.dump_policy().context("reading the pinned policy maps")?);
-    let routes = Routes::connect().context("opening netlink")?;
+    Ok((lb, policy))
+}
 
-    let status = std::sync::Arc::new(crate::observe::status::Status::default());
-    status.beat();
-    status.set_socket_lb(socket_lb);
+/// Binds the status endpoint (health, readiness, metrics) and serves it in
+/// the background.
+async fn serve_status(config: &AgentConfig, status: &Arc<Status>) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.status_addr)
         .await
         .with_context(|| format!("binding the status endpoint {}", config.status_addr))?;
     tokio::spawn(crate::observe::status::serve(listener, status.clone(), config.bpf_pin_dir.clone()));
+    Ok(())
+}
 
-    // weir-cni's hand-off for new pods (see policy_sync).
-    let (handoff_listener, _) = policy_socket::bind(&config.run_dir)
-        .with_context(|| format!("binding the policy hand-off socket in {}", config.run_dir.display()))?;
-    let (handoff_tx, mut handoffs) = mpsc::channel::<policy_socket::Handoff>(256);
-    let handoff_server = tokio::spawn(policy_socket::serve(handoff_listener, handoff_tx));
-    // weir-cni's per-command reports, for /metrics. Loud, not fatal.
-    let cni_metrics_server = match crate::observe::cni_metrics::bind(&config.run_dir) {
-        Ok((socket, _)) => Some(tokio::spawn(crate::observe::cni_metrics::serve(socket, status.cni_metrics()))),
-        Err(e) => {
-            warn!(error = %e, dir = %config.run_dir.display(), "CNI metrics socket not bound: no weir_cni_* samples");
-            None
+/// The sockets weir-cni talks to, each served in the background.
+struct CniSockets {
+    /// New pods' hand-offs from weir-cni (see policy_sync).
+    handoffs: mpsc::Receiver<policy_socket::Handoff>,
+    handoff_server: JoinHandle<()>,
+    /// weir-cni's per-command reports, for /metrics; None when the socket
+    /// could not be bound.
+    cni_metrics_server: Option<JoinHandle<()>>,
+}
+
+impl CniSockets {
+    fn bind(config: &AgentConfig, status: &Status) -> anyhow::Result<Self> {
+        let (handoff_listener, _) = policy_socket::bind(&config.run_dir)
+            .with_context(|| format!("binding the policy hand-off socket in {}", config.run_dir.display()))?;
+        let (handoff_tx, handoffs) = mpsc::channel::<policy_socket::Handoff>(256);
+        let handoff_server = tokio::spawn(policy_socket::serve(handoff_listener, handoff_tx));
+        // Loud, not fatal: only the weir_cni_* samples are missing.
+        let cni_metrics_server = match crate::observe::cni_metrics::bind(&config.run_dir) {
+            Ok((socket, _)) => Some(tokio::spawn(crate::observe::cni_metrics::serve(socket, status.cni_metrics()))),
+            Err(e) => {
+                warn!(error = %e, dir = %config.run_dir.display(), "CNI metrics socket not bound: no weir_cni_* samples");
+                None
+            }
+        };
+        Ok(Self { handoffs, handoff_server, cni_metrics_server })
+    }
+
+    fn abort(&self) {
+        self.handoff_server.abort();
+        if let Some(server) = &self.cni_metrics_server {
+            server.abort();
         }
-    };
+    }
+}
 
-    let (tx, mut rx) = mpsc::channel::<Update>(1024);
-    let source = spawn_source(&config, tx).await?;
-
-    let policy = PolicySync::new(policy, config.plan.node_name.clone(), &config.run_dir);
-    let mut state = crate::reconcile::Reconciler::new(config, routes, datapath, lb, policy, status.clone());
+/// Feeds updates and hand-offs into `state` and reconciles, until SIGTERM
+/// or Ctrl-C (Ok) or the object source stops (Err).
+async fn main_loop(
+    state: &mut Reconciler,
+    updates: &mut mpsc::Receiver<Update>,
+    handoffs: &mut mpsc::Receiver<policy_socket::Handoff>,
+    status: &Status,
+) -> anyhow::Result<()> {
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     // Failed writes leave things dirty; retry them even when nothing new
     // arrives.
@@ -113,30 +182,21 @@ pub async fn run(mut config: AgentConfig) -> anyhow::Result<()> {
             _ = async { tokio::time::sleep_until(hold_deadline.unwrap_or_else(tokio::time::Instant::now)).await }, if hold_deadline.is_some() => {
                 state.policy.tick();
             }
-            update = rx.recv() => {
+            update = updates.recv() => {
                 let Some(update) = update else {
                     anyhow::bail!("the object source stopped");
                 };
                 state.apply(update);
                 // Take everything already queued before reconciling once.
-                while let Ok(update) = rx.try_recv() {
+                while let Ok(update) = updates.try_recv() {
                     state.apply(update);
                 }
                 state.reconcile().await;
             }
-            _ = tokio::signal::ctrl_c() => break,
-            _ = sigterm.recv() => break,
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+            _ = sigterm.recv() => return Ok(()),
         }
     }
-    // The pinned datapath, routes and CNI config stay: pods keep working
-    // while the agent restarts. `weir-agent cleanup` removes them.
-    source.abort();
-    handoff_server.abort();
-    if let Some(server) = cni_metrics_server {
-        server.abort();
-    }
-    info!("stopping; node state left in place for the next agent");
-    Ok(())
 }
 
 /// Asks the chained plugins which cniVersions they speak and writes the

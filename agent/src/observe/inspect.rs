@@ -180,96 +180,85 @@ pub struct PolicyQuery {
 }
 
 pub async fn run(what: What, pin_dir: &Path, json: bool, query: &PolicyQuery) -> anyhow::Result<()> {
+    use crate::observe::inspect_policy;
     match what {
-        What::Policy => {
-            let r = crate::observe::inspect_policy::report(pin_dir, &query.run_dir)?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&r)?);
-            } else {
-                crate::observe::inspect_policy::print_report(&r);
-            }
-        }
+        What::Policy => show(json, &inspect_policy::report(pin_dir, &query.run_dir)?, inspect_policy::print_report),
         What::Verdict => {
             let (Some(from), Some(to)) = (query.from, query.to) else {
                 anyhow::bail!("inspect verdict needs --from <ip> --to <ip> [--port 80/tcp]");
             };
-            let v = crate::observe::inspect_policy::verdict(pin_dir, &query.run_dir, from, to, &query.port)?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&v)?);
-            } else {
-                crate::observe::inspect_policy::print_verdict(&v);
-            }
+            let v = inspect_policy::verdict(pin_dir, &query.run_dir, from, to, &query.port)?;
+            show(json, &v, inspect_policy::print_verdict)
         }
-        What::Services => {
-            let rows = services(pin_dir)?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&rows)?);
-            } else {
-                println!("{:<22} {:<5} {:<9} {:<24} BACKENDS", "FRONTEND", "PROTO", "SCOPE", "FLAGS");
-                for r in rows {
-                    let mut flags = r.flags.join(",");
-                    if r.affinity_timeout > 0 {
-                        flags = format!(
-                            "{flags}{}affinity={}s",
-                            if flags.is_empty() { "" } else { "," },
-                            r.affinity_timeout
-                        );
-                    }
-                    let backends =
-                        if r.backends.is_empty() { "(none: rejected)".to_string() } else { r.backends.join(", ") };
-                    println!("{:<22} {:<5} {:<9} {:<24} {backends}", r.frontend, r.protocol, r.scope, flags);
-                }
-            }
+        What::Services => show(json, &services(pin_dir)?[..], print_services),
+        What::Conntrack => show(json, &conntrack(pin_dir)?[..], print_conntrack),
+        What::Routes => show(json, &routes().await?[..], print_routes),
+        What::Drops => drops(pin_dir, json),
+    }
+}
+
+/// Prints `value` as pretty JSON with `--json`, else as `table` lays it out.
+fn show<T: Serialize + ?Sized>(json: bool, value: &T, table: impl FnOnce(&T)) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(value)?);
+    } else {
+        table(value);
+    }
+    Ok(())
+}
+
+fn print_services(rows: &[ServiceRow]) {
+    println!("{:<22} {:<5} {:<9} {:<24} BACKENDS", "FRONTEND", "PROTO", "SCOPE", "FLAGS");
+    for r in rows {
+        let mut flags = r.flags.join(",");
+        if r.affinity_timeout > 0 {
+            flags = format!("{flags}{}affinity={}s", if flags.is_empty() { "" } else { "," }, r.affinity_timeout);
         }
-        What::Conntrack => {
-            let rows = conntrack(pin_dir)?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&rows)?);
-            } else {
-                println!(
-                    "{:<9} {:<5} {:<22} {:<22} {:<22} {:<22} FLAGS",
-                    "DIR", "PROTO", "SOURCE", "DESTINATION", "BACKEND", "FRONTEND"
-                );
-                for r in rows {
-                    println!(
-                        "{:<9} {:<5} {:<22} {:<22} {:<22} {:<22} {}",
-                        r.direction,
-                        r.protocol,
-                        r.source,
-                        r.destination,
-                        r.backend,
-                        r.frontend,
-                        r.flags.join(",")
-                    );
-                }
-            }
-        }
-        What::Routes => {
-            let rows = routes().await?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&rows)?);
-            } else {
-                println!("{:<20} VIA", "POD CIDR");
-                for r in rows {
-                    println!("{:<20} {}", r.pod_cidr, r.via);
-                }
-            }
-        }
-        What::Drops => {
-            let counts =
-                verdict_counts(pin_dir).with_context(|| format!("reading counters under {}", pin_dir.display()))?;
-            if json {
-                let rows: Vec<_> = counts
-                    .iter()
-                    .map(|(r, n)| serde_json::json!({"verdict": r.name(), "packets": n, "meaning": r.describe()}))
-                    .collect();
-                println!("{}", serde_json::to_string_pretty(&rows)?);
-            } else {
-                println!("{:<20} {:>12}  MEANING", "VERDICT", "PACKETS");
-                for (r, n) in counts {
-                    println!("{:<20} {:>12}  {}", r.name(), n, r.describe());
-                }
-            }
+        let backends = if r.backends.is_empty() { "(none: rejected)".to_string() } else { r.backends.join(", ") };
+        println!("{:<22} {:<5} {:<9} {:<24} {backends}", r.frontend, r.protocol, r.scope, flags);
+    }
+}
+
+fn print_conntrack(rows: &[ConntrackRow]) {
+    println!(
+        "{:<9} {:<5} {:<22} {:<22} {:<22} {:<22} FLAGS",
+        "DIR", "PROTO", "SOURCE", "DESTINATION", "BACKEND", "FRONTEND"
+    );
+    for r in rows {
+        println!(
+            "{:<9} {:<5} {:<22} {:<22} {:<22} {:<22} {}",
+            r.direction,
+            r.protocol,
+            r.source,
+            r.destination,
+            r.backend,
+            r.frontend,
+            r.flags.join(",")
+        );
+    }
+}
+
+fn print_routes(rows: &[RouteRow]) {
+    println!("{:<20} VIA", "POD CIDR");
+    for r in rows {
+        println!("{:<20} {}", r.pod_cidr, r.via);
+    }
+}
+
+/// The datapath's verdict counters; the JSON form carries each verdict's
+/// meaning too, so it reads without this table's header.
+fn drops(pin_dir: &Path, json: bool) -> anyhow::Result<()> {
+    let counts = verdict_counts(pin_dir).with_context(|| format!("reading counters under {}", pin_dir.display()))?;
+    if json {
+        let rows: Vec<_> = counts
+            .iter()
+            .map(|(r, n)| serde_json::json!({"verdict": r.name(), "packets": n, "meaning": r.describe()}))
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else {
+        println!("{:<20} {:>12}  MEANING", "VERDICT", "PACKETS");
+        for (r, n) in counts {
+            println!("{:<20} {:>12}  {}", r.name(), n, r.describe());
         }
     }
     Ok(())

@@ -236,44 +236,65 @@ impl Status {
 
     /// The agent's own state (no map read).
     fn render_agent(&self) -> String {
-        let g = self.gauges.lock().expect("lock").clone();
         let mut out = String::new();
-        let mut gauge = |name: &str, help: &str, value: String| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
-        };
-        gauge("weir_nodes", "Nodes known to the agent.", g.nodes.to_string());
-        gauge("weir_services", "Services known to the agent.", g.services.to_string());
-        gauge("weir_endpoint_slices", "EndpointSlices known to the agent.", g.endpoint_slices.to_string());
-        gauge(
+        self.render_object_gauges(&mut out);
+        self.render_state_gauges(&mut out);
+        self.render_object_problems(&mut out);
+        self.render_sync_counters(&mut out);
+        self.render_programming_and_build(&mut out);
+        self.cni.render(&mut out);
+        out
+    }
+
+    /// How many objects of each kind the agent knows and has programmed.
+    fn render_object_gauges(&self, out: &mut String) {
+        let g = self.gauges.lock().expect("lock").clone();
+        write_gauge(out, "weir_nodes", "Nodes known to the agent.", g.nodes);
+        write_gauge(out, "weir_services", "Services known to the agent.", g.services);
+        write_gauge(out, "weir_endpoint_slices", "EndpointSlices known to the agent.", g.endpoint_slices);
+        write_gauge(
+            out,
             "weir_service_frontends",
             "Service frontends (address, port, protocol) programmed.",
-            g.frontends.to_string(),
+            g.frontends,
         );
-        gauge("weir_peer_routes", "Routes to other nodes' pod CIDRs.", g.peer_routes.to_string());
-        gauge("weir_network_policies", "NetworkPolicies known to the agent.", g.policy.policies.to_string());
-        gauge(
+        write_gauge(out, "weir_peer_routes", "Routes to other nodes' pod CIDRs.", g.peer_routes);
+        write_gauge(out, "weir_network_policies", "NetworkPolicies known to the agent.", g.policy.policies);
+        write_gauge(
+            out,
             "weir_policy_identities",
             "Identities in the ipcache (distinct label sets and address blocks).",
-            g.policy.identities.to_string(),
+            g.policy.identities,
         );
-        gauge("weir_policy_map_entries", "Entries in the per-pod policy map.", g.policy.rules.to_string());
-        gauge(
+        write_gauge(out, "weir_policy_map_entries", "Entries in the per-pod policy map.", g.policy.rules);
+        write_gauge(
+            out,
             "weir_policy_enforced_pods",
             "Local pods isolated by a NetworkPolicy in at least one direction.",
-            g.policy.enforced_endpoints.to_string(),
+            g.policy.enforced_endpoints,
         );
-        gauge(
+        write_gauge(
+            out,
             "weir_policy_pending_pods",
             "Local pods waiting for their policy (isolated meanwhile).",
-            g.policy.pending_endpoints.to_string(),
+            g.policy.pending_endpoints,
         );
-        gauge("weir_ready", "1 when the agent reports ready.", u8::from(self.not_ready().is_none()).to_string());
+    }
+
+    /// Readiness and whether connect-time load balancing is on, as 0/1.
+    fn render_state_gauges(&self, out: &mut String) {
+        write_gauge(out, "weir_ready", "1 when the agent reports ready.", u8::from(self.not_ready().is_none()));
         let socket_lb = matches!(*self.socket_lb.lock().expect("lock"), Some(Ok(_)));
-        gauge(
+        write_gauge(
+            out,
             "weir_socket_lb_enabled",
             "1 when connect-time Service load balancing is attached (without it host-network pods and node processes cannot reach ClusterIPs).",
-            u8::from(socket_lb).to_string(),
+            u8::from(socket_lb),
         );
+    }
+
+    /// Objects per kind that could not be read as written.
+    fn render_object_problems(&self, out: &mut String) {
         let mut problems = self.problems.lock().expect("lock").clone();
         // Always there, so an alert on it needs no absent() twin.
         problems.entry("NetworkPolicy".into()).or_insert(0);
@@ -284,6 +305,11 @@ impl Status {
         for (kind, n) in problems {
             let _ = writeln!(out, "weir_object_problems{{kind=\"{kind}\"}} {n}");
         }
+    }
+
+    /// Reconcile passes: how many, how long in all, how many failed, and
+    /// when one last wrote everything.
+    fn render_sync_counters(&self, out: &mut String) {
         let _ = writeln!(
             out,
             "# HELP weir_syncs_total Reconcile passes.\n# TYPE weir_syncs_total counter\nweir_syncs_total {}",
@@ -304,19 +330,26 @@ impl Status {
             "# HELP weir_sync_last_success_timestamp_seconds When a reconcile last wrote everything (Unix time; 0: never yet).\n# TYPE weir_sync_last_success_timestamp_seconds gauge\nweir_sync_last_success_timestamp_seconds {}",
             self.last_clean_sync_ms.load(Ordering::Relaxed) as f64 / 1000.0
         );
+    }
+
+    /// The network programming latency histogram and the build info.
+    fn render_programming_and_build(&self, out: &mut String) {
         let _ = writeln!(
             out,
             "# HELP weir_network_programming_duration_seconds From an EndpointSlice change (its last-change-trigger-time) to the datapath write that makes it effective.\n# TYPE weir_network_programming_duration_seconds histogram"
         );
-        self.programming.lock().expect("lock").0.render(&mut out, "weir_network_programming_duration_seconds", "");
+        self.programming.lock().expect("lock").0.render(out, "weir_network_programming_duration_seconds", "");
         let _ = writeln!(
             out,
             "# HELP weir_build_info The running agent's version (always 1).\n# TYPE weir_build_info gauge\nweir_build_info{{version=\"{}\"}} 1",
             env!("CARGO_PKG_VERSION")
         );
-        self.cni.render(&mut out);
-        out
     }
+}
+
+/// One gauge with its HELP and TYPE lines.
+fn write_gauge(out: &mut String, name: &str, help: &str, value: impl std::fmt::Display) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
 }
 
 const METRICS_TYPE: &str = "text/plain; version=0.0.4";

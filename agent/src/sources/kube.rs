@@ -171,29 +171,9 @@ pub async fn run(client: Client, tx: mpsc::Sender<Update>) {
         convert::key,
         Update::EndpointSlices,
     );
-    // Every Pod of the cluster, not only this node's: a policy's peers
-    // (podSelector / namespaceSelector in from/to) match pods wherever they
-    // run, so egress from a local pod and ingress to it need every remote
-    // pod's labels and address (the IP-to-identity map covers every pod IP
-    // of the cluster), and named ports in egress rules resolve on the remote
-    // destination pod. A `spec.nodeName` field selector would see only the
-    // pods this node enforces at, not their peers.
-    //
-    // Finished pods are left out by the API server (their address may
-    // already be another pod's). The list is served from the API server's
-    // watch cache (`any_semantic`: resourceVersion=0, as client-go
-    // informers list): every agent lists every pod, and a quorum read from
-    // etcd per node would cost the control plane the most of all our
-    // watches; the watch that follows brings a list that is a little behind
-    // up to date. That list is unpaged: kube-rs leaves resourceVersion=0 out
-    // of a paged request (the watch cache ignores limits with it anyway),
-    // so a page size would turn it back into an etcd read. The agent holds
-    // one full PodList in memory while it converts it, as informers do.
-    let mut pod_config = watcher::Config::default().fields(convert::POD_FIELD_SELECTOR).any_semantic();
-    pod_config.page_size = None;
     let pods = watch(
         Api::<Lenient<Pod>>::all(client.clone()),
-        pod_config,
+        pod_watch_config(),
         tx.clone(),
         |p| convert::pod(p).map(|p| (p, None)),
         convert::key,
@@ -220,6 +200,30 @@ pub async fn run(client: Client, tx: mpsc::Sender<Update>) {
     futures::join!(nodes, services, slices, pods, namespaces, policies);
 }
 
+/// The Pod watch sees every Pod of the cluster, not only this node's: a
+/// policy's peers (podSelector / namespaceSelector in from/to) match pods
+/// wherever they run, so egress from a local pod and ingress to it need
+/// every remote pod's labels and address (the IP-to-identity map covers
+/// every pod IP of the cluster), and named ports in egress rules resolve on
+/// the remote destination pod. A `spec.nodeName` field selector would see
+/// only the pods this node enforces at, not their peers.
+///
+/// Finished pods are left out by the API server (their address may
+/// already be another pod's). The list is served from the API server's
+/// watch cache (`any_semantic`: resourceVersion=0, as client-go
+/// informers list): every agent lists every pod, and a quorum read from
+/// etcd per node would cost the control plane the most of all our
+/// watches; the watch that follows brings a list that is a little behind
+/// up to date. That list is unpaged: kube-rs leaves resourceVersion=0 out
+/// of a paged request (the watch cache ignores limits with it anyway),
+/// so a page size would turn it back into an etcd read. The agent holds
+/// one full PodList in memory while it converts it, as informers do.
+fn pod_watch_config() -> watcher::Config {
+    let mut config = watcher::Config::default().fields(convert::POD_FIELD_SELECTOR).any_semantic();
+    config.page_size = None;
+    config
+}
+
 /// Forwards one kind's watch events as `Update`s. `to_model` gives the
 /// model object (None: weir does not use it) and what could not be read as
 /// written, which is logged once per object and counted
@@ -241,104 +245,178 @@ async fn watch<K, T>(
 {
     let kind = K::kind(&K::DynamicType::default()).to_string();
     let mut stream = watcher(api, config).default_backoff().boxed();
-    let mut relist = Relist::default();
-    let mut problems = ProblemLog::new(kind.clone());
-    let mut reachable = true;
+    let mut state = KindWatch::new(kind);
     loop {
         let event = match stream.try_next().await {
             Ok(Some(event)) => event,
             Ok(None) => return,
             Err(e) => {
-                // The backoff already delays the retry; the datapath keeps
-                // its last state meanwhile.
-                warn!(%kind, error = %e, "watch failed; retrying");
-                // 410 Gone (and other errors the API server sends inside a
-                // watch) mean it answered: relist, no outage.
-                if reachable && !matches!(e, watcher::Error::WatchError(_)) {
-                    reachable = false;
-                    if tx.send(Update::Reachable { kind: kind.clone(), ok: false }).await.is_err() {
-                        return;
-                    }
+                if state.failed(&e, &tx).await.is_err() {
+                    return;
                 }
                 continue;
             }
         };
-        if !reachable {
-            reachable = true;
-            if tx.send(Update::Reachable { kind: kind.clone(), ok: true }).await.is_err() {
-                return;
-            }
+        if state.answered(&tx).await.is_err() {
+            return;
         }
-        let change = match event {
+        let change = match state.step(event, &to_model, &key) {
+            Step::Buffered => continue,
+            Step::Change(change) => Some(wrap(change)),
+            Step::ProblemOnly => None,
+        };
+        if state.forward(change, &tx).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// The receiver of the updates has gone away: the watch ends.
+struct ReceiverGone;
+
+/// What one watch event leads to.
+enum Step<T> {
+    /// Part of a relist still being received: nothing to send yet.
+    Buffered,
+    /// A change to forward (then any new problems).
+    Change(Change<T>),
+    /// An object that could not be decoded: only its problem to report.
+    ProblemOnly,
+}
+
+/// One kind's watch between events: the relist being received, what could
+/// not be read, and whether the API server answers.
+struct KindWatch<T> {
+    kind: String,
+    relist: Relist<T>,
+    problems: ProblemLog,
+    reachable: bool,
+}
+
+impl<T> KindWatch<T> {
+    fn new(kind: String) -> Self {
+        Self { problems: ProblemLog::new(kind.clone()), kind, relist: Relist::default(), reachable: true }
+    }
+
+    /// A watch error: says the API server is unreachable unless it answered.
+    async fn failed(&mut self, e: &watcher::Error, tx: &mpsc::Sender<Update>) -> Result<(), ReceiverGone> {
+        // The backoff already delays the retry; the datapath keeps its last
+        // state meanwhile.
+        warn!(kind = %self.kind, error = %e, "watch failed; retrying");
+        // 410 Gone (and other errors the API server sends inside a watch)
+        // mean it answered: relist, no outage.
+        if self.reachable && !matches!(e, watcher::Error::WatchError(_)) {
+            self.reachable = false;
+            tx.send(Update::Reachable { kind: self.kind.clone(), ok: false }).await.map_err(|_| ReceiverGone)?;
+        }
+        Ok(())
+    }
+
+    /// An event arrived: the API server is reachable (again).
+    async fn answered(&mut self, tx: &mpsc::Sender<Update>) -> Result<(), ReceiverGone> {
+        if !self.reachable {
+            self.reachable = true;
+            tx.send(Update::Reachable { kind: self.kind.clone(), ok: true }).await.map_err(|_| ReceiverGone)?;
+        }
+        Ok(())
+    }
+
+    fn step<K>(
+        &mut self,
+        event: watcher::Event<Lenient<K>>,
+        to_model: &impl Fn(&K) -> Option<(T, Option<String>)>,
+        key: &impl Fn(&ObjectMeta) -> String,
+    ) -> Step<T>
+    where
+        Lenient<K>: Resource,
+    {
+        match event {
             watcher::Event::Init => {
-                relist = Relist::default();
-                continue;
+                self.relist = Relist::default();
+                Step::Buffered
             }
             watcher::Event::InitApply(obj) => {
-                let k = key(obj.meta());
-                match &obj.object {
-                    Ok(o) => {
-                        if let Some((m, problem)) = to_model(o) {
-                            if let Some(p) = problem {
-                                relist.problems.insert(k, p);
-                            }
-                            relist.objects.push(m);
-                        }
-                    }
-                    Err(e) => {
-                        relist.problems.insert(k.clone(), unreadable(e));
-                        relist.keep.push(k);
-                    }
-                }
-                continue;
+                self.listed(key(obj.meta()), &obj.object, to_model);
+                Step::Buffered
             }
-            watcher::Event::InitDone => {
-                let Relist { objects, keep, problems: found } = std::mem::take(&mut relist);
-                info!(%kind, count = objects.len(), unreadable = keep.len(), "listed");
-                problems.relisted(found);
-                if keep.is_empty() { Change::Relisted(objects) } else { Change::RelistedKeeping { objects, keep } }
-            }
-            watcher::Event::Apply(obj) => {
-                let k = key(obj.meta());
-                match &obj.object {
-                    // An object weir does not use (say an IPv6 slice) counts
-                    // as deleted, in case an earlier version of it was used.
-                    Ok(o) => match to_model(o) {
-                        Some((m, problem)) => {
-                            problems.set(&k, problem);
-                            Change::Applied(m)
-                        }
-                        None => {
-                            problems.set(&k, None);
-                            Change::Deleted(k)
-                        }
-                    },
-                    // The last readable version stays.
-                    Err(e) => {
-                        problems.set(&k, Some(unreadable(e)));
-                        if let Some(update) = problems.update()
-                            && tx.send(update).await.is_err()
-                        {
-                            return;
-                        }
-                        continue;
-                    }
-                }
-            }
+            watcher::Event::InitDone => Step::Change(self.relisted()),
+            watcher::Event::Apply(obj) => self.applied(key(obj.meta()), &obj.object, to_model),
             watcher::Event::Delete(obj) => {
                 let k = key(obj.meta());
-                problems.set(&k, None);
-                Change::Deleted(k)
+                self.problems.set(&k, None);
+                Step::Change(Change::Deleted(k))
             }
-        };
-        if tx.send(wrap(change)).await.is_err() {
-            return;
         }
-        if let Some(update) = problems.update()
-            && tx.send(update).await.is_err()
-        {
-            return;
+    }
+
+    /// One object of the relist being received.
+    fn listed<K>(
+        &mut self,
+        k: String,
+        object: &Result<K, String>,
+        to_model: &impl Fn(&K) -> Option<(T, Option<String>)>,
+    ) {
+        match object {
+            Ok(o) => {
+                if let Some((m, problem)) = to_model(o) {
+                    if let Some(p) = problem {
+                        self.relist.problems.insert(k, p);
+                    }
+                    self.relist.objects.push(m);
+                }
+            }
+            Err(e) => {
+                self.relist.problems.insert(k.clone(), unreadable(e));
+                self.relist.keep.push(k);
+            }
         }
+    }
+
+    /// The relist is complete: everything it brought, as one change.
+    fn relisted(&mut self) -> Change<T> {
+        let Relist { objects, keep, problems: found } = std::mem::take(&mut self.relist);
+        info!(kind = %self.kind, count = objects.len(), unreadable = keep.len(), "listed");
+        self.problems.relisted(found);
+        if keep.is_empty() { Change::Relisted(objects) } else { Change::RelistedKeeping { objects, keep } }
+    }
+
+    /// An object added or modified outside a relist.
+    fn applied<K>(
+        &mut self,
+        k: String,
+        object: &Result<K, String>,
+        to_model: &impl Fn(&K) -> Option<(T, Option<String>)>,
+    ) -> Step<T> {
+        match object {
+            // An object weir does not use (say an IPv6 slice) counts as
+            // deleted, in case an earlier version of it was used.
+            Ok(o) => match to_model(o) {
+                Some((m, problem)) => {
+                    self.problems.set(&k, problem);
+                    Step::Change(Change::Applied(m))
+                }
+                None => {
+                    self.problems.set(&k, None);
+                    Step::Change(Change::Deleted(k))
+                }
+            },
+            // The last readable version stays.
+            Err(e) => {
+                self.problems.set(&k, Some(unreadable(e)));
+                Step::ProblemOnly
+            }
+        }
+    }
+
+    /// Sends `update` (if any), then what changed in the problems.
+    async fn forward(&mut self, update: Option<Update>, tx: &mpsc::Sender<Update>) -> Result<(), ReceiverGone> {
+        if let Some(update) = update {
+            tx.send(update).await.map_err(|_| ReceiverGone)?;
+        }
+        if let Some(update) = self.problems.update() {
+            tx.send(update).await.map_err(|_| ReceiverGone)?;
+        }
+        Ok(())
     }
 }
 

@@ -1,8 +1,9 @@
 //! Kubernetes API objects -> model types.
 use std::net::Ipv4Addr;
 
+use ipnetwork::Ipv4Network;
 use k8s_openapi::api::{
-    core::v1::{Node, Pod, Service},
+    core::v1::{Node, Pod, Service, ServiceSpec},
     discovery::v1::EndpointSlice,
 };
 
@@ -57,6 +58,9 @@ fn port(value: i32) -> Option<u16> {
 }
 
 /// `None` for a Service the default proxy must not serve (`is_proxied`).
+///
+/// What cannot be read as written is skipped and said in `problems`, in
+/// the order of the fields below.
 pub fn service(svc: &Service) -> Option<ServiceInfo> {
     if !is_proxied(&svc.metadata) {
         return None;
@@ -64,7 +68,33 @@ pub fn service(svc: &Service) -> Option<ServiceInfo> {
     let key = key(&svc.metadata);
     let mut problems = Vec::new();
     let spec = svc.spec.clone().unwrap_or_default();
-    let type_ = match spec.type_.as_deref().unwrap_or("ClusterIP") {
+    let type_ = service_type(spec.type_.as_deref(), &mut problems);
+    let (cluster_ips, headless) = cluster_ips(&spec);
+    let ports = service_ports(spec.ports.clone().unwrap_or_default(), &mut problems);
+    let external_ips = ipv4_list(spec.external_ips.clone(), "externalIP", &mut problems);
+    let lb_ingress_ips = ipv4_list(lb_ingress_addresses(svc), "load-balancer ingress IP", &mut problems);
+    let lb_source_ranges = source_ranges(spec.load_balancer_source_ranges.clone(), &mut problems);
+    let external = matches!(type_, ServiceType::NodePort | ServiceType::LoadBalancer) || !external_ips.is_empty();
+    Some(ServiceInfo {
+        key,
+        type_,
+        cluster_ips,
+        headless,
+        ports,
+        external_ips,
+        lb_ingress_ips,
+        lb_source_ranges,
+        affinity_timeout: affinity_timeout(&spec),
+        external_traffic_local: external && spec.external_traffic_policy.as_deref() == Some("Local"),
+        internal_traffic_local: spec.internal_traffic_policy.as_deref() == Some("Local"),
+        health_check_node_port: spec.health_check_node_port.and_then(port),
+        problems,
+    })
+}
+
+/// `spec.type`; an unknown one is served as ClusterIP.
+fn service_type(raw: Option<&str>, problems: &mut Vec<String>) -> ServiceType {
+    match raw.unwrap_or("ClusterIP") {
         "NodePort" => ServiceType::NodePort,
         "LoadBalancer" => ServiceType::LoadBalancer,
         "ExternalName" => ServiceType::ExternalName,
@@ -73,7 +103,12 @@ pub fn service(svc: &Service) -> Option<ServiceInfo> {
             problems.push(format!("unknown type {other:?}; treated as ClusterIP"));
             ServiceType::ClusterIp
         }
-    };
+    }
+}
+
+/// The IPv4 cluster IPs (from `clusterIPs` and `clusterIP`, each once) and
+/// whether the Service is headless (`None`).
+fn cluster_ips(spec: &ServiceSpec) -> (Vec<Ipv4Addr>, bool) {
     let raw_ips: Vec<String> =
         spec.cluster_ips.clone().unwrap_or_default().into_iter().chain(spec.cluster_ip.clone()).collect();
     let headless = raw_ips.iter().any(|ip| ip == "None");
@@ -85,59 +120,79 @@ pub fn service(svc: &Service) -> Option<ServiceInfo> {
             cluster_ips.push(v4);
         }
     }
-    let mut ports = Vec::new();
-    for sp in spec.ports.clone().unwrap_or_default() {
-        let name = sp.name.clone().unwrap_or_default();
-        let Some(protocol) = Protocol::parse(sp.protocol.as_deref()) else {
-            problems.push(format!("port {name:?}: protocol {:?} is not supported; port skipped", sp.protocol));
-            continue;
-        };
-        let Some(p) = port(sp.port) else {
-            problems.push(format!("port {name:?}: {} is not a valid port; port skipped", sp.port));
-            continue;
-        };
-        let node_port = match sp.node_port {
-            None => None,
-            Some(np) => match port(np) {
-                Some(np) => Some(np),
-                None => {
-                    problems.push(format!("port {name:?}: nodePort {np} is not a valid port; NodePort skipped"));
-                    None
-                }
-            },
-        };
-        ports.push(ServicePort { name, port: p, protocol, node_port });
-    }
-    let v4_list = |list: Option<Vec<String>>, what: &str, problems: &mut Vec<String>| -> Vec<Ipv4Addr> {
-        let mut out = Vec::new();
-        for raw in list.unwrap_or_default() {
-            match raw.parse::<Ipv4Addr>() {
-                Ok(ip) => out.push(ip),
-                Err(_) if raw.contains(':') => {} // IPv6: weir is IPv4-only
-                Err(_) => problems.push(format!("{what} {raw:?} is not an IP address; skipped")),
-            }
-        }
-        out
+    (cluster_ips, headless)
+}
+
+fn service_ports(raw: Vec<k8s_openapi::api::core::v1::ServicePort>, problems: &mut Vec<String>) -> Vec<ServicePort> {
+    raw.into_iter().filter_map(|sp| service_port(sp, problems)).collect()
+}
+
+/// One port; `None` (and a problem) for an unsupported protocol or an
+/// invalid port. An invalid nodePort drops only the NodePort.
+fn service_port(sp: k8s_openapi::api::core::v1::ServicePort, problems: &mut Vec<String>) -> Option<ServicePort> {
+    let name = sp.name.clone().unwrap_or_default();
+    let Some(protocol) = Protocol::parse(sp.protocol.as_deref()) else {
+        problems.push(format!("port {name:?}: protocol {:?} is not supported; port skipped", sp.protocol));
+        return None;
     };
-    let external_ips = v4_list(spec.external_ips.clone(), "externalIP", &mut problems);
-    let lb_ingress_ips = v4_list(
-        svc.status
-            .as_ref()
-            .and_then(|s| s.load_balancer.as_ref())
-            .and_then(|lb| lb.ingress.as_ref())
-            .map(|ing| ing.iter().filter_map(|i| i.ip.clone()).collect()),
-        "load-balancer ingress IP",
-        &mut problems,
-    );
-    let mut lb_source_ranges = Vec::new();
-    for raw in spec.load_balancer_source_ranges.clone().unwrap_or_default() {
+    let Some(p) = port(sp.port) else {
+        problems.push(format!("port {name:?}: {} is not a valid port; port skipped", sp.port));
+        return None;
+    };
+    let node_port = match sp.node_port {
+        None => None,
+        Some(np) => match port(np) {
+            Some(np) => Some(np),
+            None => {
+                problems.push(format!("port {name:?}: nodePort {np} is not a valid port; NodePort skipped"));
+                None
+            }
+        },
+    };
+    Some(ServicePort { name, port: p, protocol, node_port })
+}
+
+/// The IPv4 addresses of a list of `what`; IPv6 ones are skipped quietly
+/// (weir is IPv4-only), anything else with a problem.
+fn ipv4_list(list: Option<Vec<String>>, what: &str, problems: &mut Vec<String>) -> Vec<Ipv4Addr> {
+    let mut out = Vec::new();
+    for raw in list.unwrap_or_default() {
+        match raw.parse::<Ipv4Addr>() {
+            Ok(ip) => out.push(ip),
+            Err(_) if raw.contains(':') => {} // IPv6: weir is IPv4-only
+            Err(_) => problems.push(format!("{what} {raw:?} is not an IP address; skipped")),
+        }
+    }
+    out
+}
+
+/// The `ip`s of `status.loadBalancer.ingress` (hostname-only entries have
+/// none).
+fn lb_ingress_addresses(svc: &Service) -> Option<Vec<String>> {
+    svc.status
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|lb| lb.ingress.as_ref())
+        .map(|ing| ing.iter().filter_map(|i| i.ip.clone()).collect())
+}
+
+/// `loadBalancerSourceRanges`: IPv4 CIDRs; IPv6 ones skipped quietly.
+fn source_ranges(list: Option<Vec<String>>, problems: &mut Vec<String>) -> Vec<Ipv4Network> {
+    let mut ranges = Vec::new();
+    for raw in list.unwrap_or_default() {
         match raw.trim().parse() {
-            Ok(net) => lb_source_ranges.push(net),
+            Ok(net) => ranges.push(net),
             Err(_) if raw.contains(':') => {}
             Err(_) => problems.push(format!("loadBalancerSourceRanges entry {raw:?} is not a CIDR; skipped")),
         }
     }
-    let affinity_timeout = (spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
+    ranges
+}
+
+/// The ClientIP affinity timeout in seconds, `None` without ClientIP
+/// affinity; a missing or non-positive timeout is the API's default.
+fn affinity_timeout(spec: &ServiceSpec) -> Option<u32> {
+    (spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
         spec.session_affinity_config
             .as_ref()
             .and_then(|c| c.client_ip.as_ref())
@@ -145,22 +200,6 @@ pub fn service(svc: &Service) -> Option<ServiceInfo> {
             .and_then(|t| u32::try_from(t).ok())
             .filter(|t| *t > 0)
             .unwrap_or(DEFAULT_AFFINITY_TIMEOUT)
-    });
-    let external = matches!(type_, ServiceType::NodePort | ServiceType::LoadBalancer) || !external_ips.is_empty();
-    Some(ServiceInfo {
-        key,
-        type_,
-        cluster_ips,
-        headless,
-        ports,
-        external_ips,
-        lb_ingress_ips,
-        lb_source_ranges,
-        affinity_timeout,
-        external_traffic_local: external && spec.external_traffic_policy.as_deref() == Some("Local"),
-        internal_traffic_local: spec.internal_traffic_policy.as_deref() == Some("Local"),
-        health_check_node_port: spec.health_check_node_port.and_then(port),
-        problems,
     })
 }
 
