@@ -10,6 +10,7 @@ pub mod datapath;
 pub mod model;
 pub mod node;
 pub mod observe;
+pub mod process;
 pub mod reconcile;
 pub mod sources;
 pub mod sync;
