@@ -7,12 +7,14 @@
 
 pub mod lb;
 pub mod loader;
+mod map_error;
 pub mod map_fill;
 pub mod policy;
 pub mod reattach;
 pub mod uplink;
 
 pub use loader::Datapath;
+pub use map_error::MapError;
 
 #[cfg(test)]
 mod prog_test_run;

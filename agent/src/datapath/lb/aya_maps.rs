@@ -9,20 +9,20 @@ use weir_common::{
 };
 
 use crate::datapath::{
-    Datapath,
-    lb::maps::{LbDump, LbMapError, LbMaps},
+    Datapath, MapError,
+    lb::maps::{LbDump, LbMaps},
 };
 
-fn err(op: &'static str, map: &'static str) -> impl Fn(aya::maps::MapError) -> LbMapError {
-    move |e| LbMapError { op, map, reason: e.to_string() }
+fn err(op: &'static str, map: &'static str) -> impl Fn(aya::maps::MapError) -> MapError {
+    move |e| MapError { op, map, reason: e.to_string() }
 }
 
 impl Datapath {
     fn hash_map<K: aya::Pod, V: aya::Pod>(
         &mut self,
         name: &'static str,
-    ) -> Result<HashMap<&mut MapData, K, V>, LbMapError> {
-        let map = self.ebpf_mut().map_mut(name).ok_or_else(|| LbMapError {
+    ) -> Result<HashMap<&mut MapData, K, V>, MapError> {
+        let map = self.ebpf_mut().map_mut(name).ok_or_else(|| MapError {
             op: "open",
             map: name,
             reason: "not in the eBPF object".into(),
@@ -30,11 +30,8 @@ impl Datapath {
         HashMap::try_from(map).map_err(err("open", name))
     }
 
-    fn hash_map_ref<K: aya::Pod, V: aya::Pod>(
-        &self,
-        name: &'static str,
-    ) -> Result<HashMap<&MapData, K, V>, LbMapError> {
-        let map = self.ebpf().map(name).ok_or_else(|| LbMapError {
+    fn hash_map_ref<K: aya::Pod, V: aya::Pod>(&self, name: &'static str) -> Result<HashMap<&MapData, K, V>, MapError> {
+        let map = self.ebpf().map(name).ok_or_else(|| MapError {
             op: "open",
             map: name,
             reason: "not in the eBPF object".into(),
@@ -61,30 +58,30 @@ fn tolerate_missing(r: Result<(), aya::maps::MapError>) -> Result<(), aya::maps:
 }
 
 impl LbMaps for Datapath {
-    fn set_service(&mut self, key: ServiceKey, value: ServiceValue) -> Result<(), LbMapError> {
+    fn set_service(&mut self, key: ServiceKey, value: ServiceValue) -> Result<(), MapError> {
         self.hash_map(pin::MAP_SVC)?.insert(key, value, 0).map_err(err("insert", pin::MAP_SVC))
     }
-    fn delete_service(&mut self, key: ServiceKey) -> Result<(), LbMapError> {
+    fn delete_service(&mut self, key: ServiceKey) -> Result<(), MapError> {
         let mut m: HashMap<_, ServiceKey, ServiceValue> = self.hash_map(pin::MAP_SVC)?;
         tolerate_missing(m.remove(&key)).map_err(err("delete", pin::MAP_SVC))
     }
-    fn set_backend(&mut self, id: u32, backend: Backend) -> Result<(), LbMapError> {
+    fn set_backend(&mut self, id: u32, backend: Backend) -> Result<(), MapError> {
         self.hash_map(pin::MAP_BACKENDS)?.insert(id, backend, 0).map_err(err("insert", pin::MAP_BACKENDS))
     }
-    fn delete_backend(&mut self, id: u32) -> Result<(), LbMapError> {
+    fn delete_backend(&mut self, id: u32) -> Result<(), MapError> {
         let mut m: HashMap<_, u32, Backend> = self.hash_map(pin::MAP_BACKENDS)?;
         tolerate_missing(m.remove(&id)).map_err(err("delete", pin::MAP_BACKENDS))
     }
-    fn set_rev_nat(&mut self, id: u16, rev_nat: RevNat) -> Result<(), LbMapError> {
+    fn set_rev_nat(&mut self, id: u16, rev_nat: RevNat) -> Result<(), MapError> {
         self.hash_map(pin::MAP_REVNAT)?.insert(id, rev_nat, 0).map_err(err("insert", pin::MAP_REVNAT))
     }
-    fn delete_rev_nat(&mut self, id: u16) -> Result<(), LbMapError> {
+    fn delete_rev_nat(&mut self, id: u16) -> Result<(), MapError> {
         let mut m: HashMap<_, u16, RevNat> = self.hash_map(pin::MAP_REVNAT)?;
         tolerate_missing(m.remove(&id)).map_err(err("delete", pin::MAP_REVNAT))
     }
-    fn set_source_range(&mut self, rev_nat_id: u16, range: Ipv4Network) -> Result<(), LbMapError> {
+    fn set_source_range(&mut self, rev_nat_id: u16, range: Ipv4Network) -> Result<(), MapError> {
         let name = pin::MAP_SRC_RANGES;
-        let map = self.ebpf_mut().map_mut(name).ok_or_else(|| LbMapError {
+        let map = self.ebpf_mut().map_mut(name).ok_or_else(|| MapError {
             op: "open",
             map: name,
             reason: "missing".into(),
@@ -92,9 +89,9 @@ impl LbMaps for Datapath {
         let mut trie: LpmTrie<_, SourceRangeKey, u8> = LpmTrie::try_from(map).map_err(err("open", name))?;
         trie.insert(&range_key(rev_nat_id, range), 1, 0).map_err(err("insert", name))
     }
-    fn delete_source_range(&mut self, rev_nat_id: u16, range: Ipv4Network) -> Result<(), LbMapError> {
+    fn delete_source_range(&mut self, rev_nat_id: u16, range: Ipv4Network) -> Result<(), MapError> {
         let name = pin::MAP_SRC_RANGES;
-        let map = self.ebpf_mut().map_mut(name).ok_or_else(|| LbMapError {
+        let map = self.ebpf_mut().map_mut(name).ok_or_else(|| MapError {
             op: "open",
             map: name,
             reason: "missing".into(),
@@ -102,9 +99,9 @@ impl LbMaps for Datapath {
         let mut trie: LpmTrie<_, SourceRangeKey, u8> = LpmTrie::try_from(map).map_err(err("open", name))?;
         tolerate_missing(trie.remove(&range_key(rev_nat_id, range))).map_err(err("delete", name))
     }
-    fn set_node_addrs(&mut self, node: Ipv4Addr, gateway: Ipv4Addr, uplink_ifindex: u32) -> Result<(), LbMapError> {
+    fn set_node_addrs(&mut self, node: Ipv4Addr, gateway: Ipv4Addr, uplink_ifindex: u32) -> Result<(), MapError> {
         let name = pin::MAP_NODE;
-        let map = self.ebpf_mut().map_mut(name).ok_or_else(|| LbMapError {
+        let map = self.ebpf_mut().map_mut(name).ok_or_else(|| MapError {
             op: "open",
             map: name,
             reason: "missing".into(),
@@ -118,11 +115,10 @@ impl LbMaps for Datapath {
         };
         arr.set(0, cfg, 0).map_err(err("set", name))
     }
-    fn dump(&self) -> Result<LbDump, LbMapError> {
+    fn dump(&self) -> Result<LbDump, MapError> {
         let mut d = LbDump::default();
         let name = pin::MAP_SRC_RANGES;
-        let map =
-            self.ebpf().map(name).ok_or_else(|| LbMapError { op: "open", map: name, reason: "missing".into() })?;
+        let map = self.ebpf().map(name).ok_or_else(|| MapError { op: "open", map: name, reason: "missing".into() })?;
         let trie: LpmTrie<_, SourceRangeKey, u8> = LpmTrie::try_from(map).map_err(err("open", name))?;
         for key in trie.keys() {
             let key = key.map_err(err("dump", name))?;

@@ -8,13 +8,7 @@ use std::{
 use ipnetwork::Ipv4Network;
 use weir_common::lb::{Backend, RevNat, ServiceKey, ServiceValue};
 
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("{op} on map {map}: {reason}")]
-pub struct LbMapError {
-    pub op: &'static str,
-    pub map: &'static str,
-    pub reason: String,
-}
+use crate::datapath::MapError;
 
 /// What the maps hold, for restoring IDs after an agent restart.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -27,18 +21,18 @@ pub struct LbDump {
 }
 
 pub trait LbMaps {
-    fn set_service(&mut self, key: ServiceKey, value: ServiceValue) -> Result<(), LbMapError>;
-    fn delete_service(&mut self, key: ServiceKey) -> Result<(), LbMapError>;
-    fn set_backend(&mut self, id: u32, backend: Backend) -> Result<(), LbMapError>;
-    fn delete_backend(&mut self, id: u32) -> Result<(), LbMapError>;
-    fn set_rev_nat(&mut self, id: u16, rev_nat: RevNat) -> Result<(), LbMapError>;
-    fn delete_rev_nat(&mut self, id: u16) -> Result<(), LbMapError>;
-    fn set_source_range(&mut self, rev_nat_id: u16, range: Ipv4Network) -> Result<(), LbMapError>;
-    fn delete_source_range(&mut self, rev_nat_id: u16, range: Ipv4Network) -> Result<(), LbMapError>;
+    fn set_service(&mut self, key: ServiceKey, value: ServiceValue) -> Result<(), MapError>;
+    fn delete_service(&mut self, key: ServiceKey) -> Result<(), MapError>;
+    fn set_backend(&mut self, id: u32, backend: Backend) -> Result<(), MapError>;
+    fn delete_backend(&mut self, id: u32) -> Result<(), MapError>;
+    fn set_rev_nat(&mut self, id: u16, rev_nat: RevNat) -> Result<(), MapError>;
+    fn delete_rev_nat(&mut self, id: u16) -> Result<(), MapError>;
+    fn set_source_range(&mut self, rev_nat_id: u16, range: Ipv4Network) -> Result<(), MapError>;
+    fn delete_source_range(&mut self, rev_nat_id: u16, range: Ipv4Network) -> Result<(), MapError>;
     /// The address the uplink program SNATs remote-backend flows to, and the
     /// pod gateway address hairpinned flows are SNATed to.
-    fn set_node_addrs(&mut self, node: Ipv4Addr, gateway: Ipv4Addr, uplink_ifindex: u32) -> Result<(), LbMapError>;
-    fn dump(&self) -> Result<LbDump, LbMapError>;
+    fn set_node_addrs(&mut self, node: Ipv4Addr, gateway: Ipv4Addr, uplink_ifindex: u32) -> Result<(), MapError>;
+    fn dump(&self) -> Result<LbDump, MapError>;
 }
 
 /// In-memory maps: the reference the programmer is tested against.
@@ -54,42 +48,42 @@ pub struct FakeLbMaps {
 
 #[cfg(test)]
 impl LbMaps for FakeLbMaps {
-    fn set_service(&mut self, key: ServiceKey, value: ServiceValue) -> Result<(), LbMapError> {
+    fn set_service(&mut self, key: ServiceKey, value: ServiceValue) -> Result<(), MapError> {
         self.ops += 1;
         self.maps.services.insert(key, value);
         Ok(())
     }
-    fn delete_service(&mut self, key: ServiceKey) -> Result<(), LbMapError> {
+    fn delete_service(&mut self, key: ServiceKey) -> Result<(), MapError> {
         self.ops += 1;
         self.maps.services.remove(&key);
         Ok(())
     }
-    fn set_backend(&mut self, id: u32, backend: Backend) -> Result<(), LbMapError> {
+    fn set_backend(&mut self, id: u32, backend: Backend) -> Result<(), MapError> {
         self.ops += 1;
         self.maps.backends.insert(id, backend);
         Ok(())
     }
-    fn delete_backend(&mut self, id: u32) -> Result<(), LbMapError> {
+    fn delete_backend(&mut self, id: u32) -> Result<(), MapError> {
         self.ops += 1;
         self.maps.backends.remove(&id);
         Ok(())
     }
-    fn set_rev_nat(&mut self, id: u16, rev_nat: RevNat) -> Result<(), LbMapError> {
+    fn set_rev_nat(&mut self, id: u16, rev_nat: RevNat) -> Result<(), MapError> {
         self.ops += 1;
         self.maps.rev_nats.insert(id, rev_nat);
         Ok(())
     }
-    fn delete_rev_nat(&mut self, id: u16) -> Result<(), LbMapError> {
+    fn delete_rev_nat(&mut self, id: u16) -> Result<(), MapError> {
         self.ops += 1;
         self.maps.rev_nats.remove(&id);
         Ok(())
     }
-    fn set_source_range(&mut self, rev_nat_id: u16, range: Ipv4Network) -> Result<(), LbMapError> {
+    fn set_source_range(&mut self, rev_nat_id: u16, range: Ipv4Network) -> Result<(), MapError> {
         self.ops += 1;
         self.maps.source_ranges.entry(rev_nat_id).or_default().insert(range);
         Ok(())
     }
-    fn delete_source_range(&mut self, rev_nat_id: u16, range: Ipv4Network) -> Result<(), LbMapError> {
+    fn delete_source_range(&mut self, rev_nat_id: u16, range: Ipv4Network) -> Result<(), MapError> {
         self.ops += 1;
         if let Some(set) = self.maps.source_ranges.get_mut(&rev_nat_id) {
             set.remove(&range);
@@ -99,12 +93,12 @@ impl LbMaps for FakeLbMaps {
         }
         Ok(())
     }
-    fn set_node_addrs(&mut self, node: Ipv4Addr, gateway: Ipv4Addr, _uplink_ifindex: u32) -> Result<(), LbMapError> {
+    fn set_node_addrs(&mut self, node: Ipv4Addr, gateway: Ipv4Addr, _uplink_ifindex: u32) -> Result<(), MapError> {
         self.ops += 1;
         self.node_addrs = Some((node, gateway));
         Ok(())
     }
-    fn dump(&self) -> Result<LbDump, LbMapError> {
+    fn dump(&self) -> Result<LbDump, MapError> {
         Ok(self.maps.clone())
     }
 }
@@ -121,10 +115,10 @@ pub struct FaultyLbMaps {
 
 #[cfg(test)]
 impl FaultyLbMaps {
-    fn gate(&mut self, op: &'static str) -> Result<(), LbMapError> {
+    fn gate(&mut self, op: &'static str) -> Result<(), MapError> {
         self.attempts += 1;
         match self.fail_from {
-            Some(n) if self.attempts >= n => Err(LbMapError { op, map: "fake", reason: "injected fault".into() }),
+            Some(n) if self.attempts >= n => Err(MapError { op, map: "fake", reason: "injected fault".into() }),
             _ => Ok(()),
         }
     }
@@ -132,43 +126,43 @@ impl FaultyLbMaps {
 
 #[cfg(test)]
 impl LbMaps for FaultyLbMaps {
-    fn set_service(&mut self, key: ServiceKey, value: ServiceValue) -> Result<(), LbMapError> {
+    fn set_service(&mut self, key: ServiceKey, value: ServiceValue) -> Result<(), MapError> {
         self.gate("set_service")?;
         self.inner.set_service(key, value)
     }
-    fn delete_service(&mut self, key: ServiceKey) -> Result<(), LbMapError> {
+    fn delete_service(&mut self, key: ServiceKey) -> Result<(), MapError> {
         self.gate("delete_service")?;
         self.inner.delete_service(key)
     }
-    fn set_backend(&mut self, id: u32, backend: Backend) -> Result<(), LbMapError> {
+    fn set_backend(&mut self, id: u32, backend: Backend) -> Result<(), MapError> {
         self.gate("set_backend")?;
         self.inner.set_backend(id, backend)
     }
-    fn delete_backend(&mut self, id: u32) -> Result<(), LbMapError> {
+    fn delete_backend(&mut self, id: u32) -> Result<(), MapError> {
         self.gate("delete_backend")?;
         self.inner.delete_backend(id)
     }
-    fn set_rev_nat(&mut self, id: u16, rev_nat: RevNat) -> Result<(), LbMapError> {
+    fn set_rev_nat(&mut self, id: u16, rev_nat: RevNat) -> Result<(), MapError> {
         self.gate("set_rev_nat")?;
         self.inner.set_rev_nat(id, rev_nat)
     }
-    fn delete_rev_nat(&mut self, id: u16) -> Result<(), LbMapError> {
+    fn delete_rev_nat(&mut self, id: u16) -> Result<(), MapError> {
         self.gate("delete_rev_nat")?;
         self.inner.delete_rev_nat(id)
     }
-    fn set_source_range(&mut self, rev_nat_id: u16, range: Ipv4Network) -> Result<(), LbMapError> {
+    fn set_source_range(&mut self, rev_nat_id: u16, range: Ipv4Network) -> Result<(), MapError> {
         self.gate("set_source_range")?;
         self.inner.set_source_range(rev_nat_id, range)
     }
-    fn delete_source_range(&mut self, rev_nat_id: u16, range: Ipv4Network) -> Result<(), LbMapError> {
+    fn delete_source_range(&mut self, rev_nat_id: u16, range: Ipv4Network) -> Result<(), MapError> {
         self.gate("delete_source_range")?;
         self.inner.delete_source_range(rev_nat_id, range)
     }
-    fn set_node_addrs(&mut self, node: Ipv4Addr, gateway: Ipv4Addr, uplink_ifindex: u32) -> Result<(), LbMapError> {
+    fn set_node_addrs(&mut self, node: Ipv4Addr, gateway: Ipv4Addr, uplink_ifindex: u32) -> Result<(), MapError> {
         self.gate("set_node_addrs")?;
         self.inner.set_node_addrs(node, gateway, uplink_ifindex)
     }
-    fn dump(&self) -> Result<LbDump, LbMapError> {
+    fn dump(&self) -> Result<LbDump, MapError> {
         self.inner.dump()
     }
 }

@@ -14,7 +14,10 @@ use ipnetwork::Ipv4Network;
 
 use weir_common::lb::{Backend, RevNat, SCOPE_EXTERNAL, SCOPE_INTERNAL, ServiceKey, ServiceValue};
 
-use crate::datapath::lb::maps::{LbDump, LbMapError, LbMaps};
+use crate::datapath::{
+    MapError,
+    lb::maps::{LbDump, LbMaps},
+};
 use crate::model::{
     lb::{BackendAddr, BackendRef, Frontend, FrontendKind, FrontendState, Scope},
     service::Protocol,
@@ -48,7 +51,7 @@ pub struct ApplyReport {
     pub frontends_deleted: usize,
     pub backends_written: usize,
     pub backends_deleted: usize,
-    pub errors: Vec<LbMapError>,
+    pub errors: Vec<MapError>,
 }
 
 pub fn service_key(fe: &Frontend) -> ServiceKey {
@@ -231,7 +234,7 @@ impl LbProgrammer {
         ranges: &BTreeSet<Ipv4Network>,
         maps: &mut dyn LbMaps,
         report: &mut ApplyReport,
-    ) -> Result<(), LbMapError> {
+    ) -> Result<(), MapError> {
         let key0 = service_key(fe);
         let mut ids = Vec::with_capacity(state.backends.len());
         for b in &state.backends {
@@ -303,7 +306,7 @@ impl LbProgrammer {
         Ok(())
     }
 
-    fn delete_frontend(&mut self, key0: ServiceKey, maps: &mut dyn LbMaps) -> Result<(), LbMapError> {
+    fn delete_frontend(&mut self, key0: ServiceKey, maps: &mut dyn LbMaps) -> Result<(), MapError> {
         let Some(p) = self.programmed.get_mut(&key0) else { return Ok(()) };
         p.clean = false;
         // Slot 0 first: the datapath stops matching before slots vanish.
@@ -320,7 +323,7 @@ impl LbProgrammer {
         b: &BackendRef,
         maps: &mut dyn LbMaps,
         report: &mut ApplyReport,
-    ) -> Result<u32, LbMapError> {
+    ) -> Result<u32, MapError> {
         let value = backend_value(b);
         match self.backend_ids.get(&b.addr) {
             Some(&(id, current)) if current == value => Ok(id),
@@ -343,7 +346,7 @@ impl LbProgrammer {
         }
     }
 
-    fn ensure_rev_nat(&mut self, addr: Ipv4Addr, port: u16, maps: &mut dyn LbMaps) -> Result<u16, LbMapError> {
+    fn ensure_rev_nat(&mut self, addr: Ipv4Addr, port: u16, maps: &mut dyn LbMaps) -> Result<u16, MapError> {
         if let Some(&id) = self.rev_nat_ids.get(&(addr, port)) {
             return Ok(id);
         }

@@ -9,19 +9,19 @@ use weir_common::{
 };
 
 use crate::datapath::{
-    Datapath,
-    policy::maps::{PolicyDump, PolicyMapError, PolicyMaps, RuleKey},
+    Datapath, MapError,
+    policy::maps::{PolicyDump, PolicyMaps, RuleKey},
 };
 
 /// bpf(2) update flag: only replace an existing entry.
 const BPF_EXIST: u64 = 2;
 
-fn err(op: &'static str, map: &'static str) -> impl Fn(aya::maps::MapError) -> PolicyMapError {
-    move |e| PolicyMapError { op, map, reason: e.to_string() }
+fn err(op: &'static str, map: &'static str) -> impl Fn(aya::maps::MapError) -> MapError {
+    move |e| MapError { op, map, reason: e.to_string() }
 }
 
-fn missing(map: &'static str) -> PolicyMapError {
-    PolicyMapError { op: "open", map, reason: "not in the eBPF object".into() }
+fn missing(map: &'static str) -> MapError {
+    MapError { op: "open", map, reason: "not in the eBPF object".into() }
 }
 
 /// Deleting what is already gone is not an error (deletes are retried).
@@ -37,17 +37,17 @@ fn ipcache_key(net: Ipv4Network) -> Key<IpcacheKey> {
 }
 
 impl Datapath {
-    fn rules_mut(&mut self) -> Result<LpmTrie<&mut MapData, PolicyKey, PolicyEntry>, PolicyMapError> {
+    fn rules_mut(&mut self) -> Result<LpmTrie<&mut MapData, PolicyKey, PolicyEntry>, MapError> {
         let name = pin::MAP_POLICY;
         let map = self.ebpf_mut().map_mut(name).ok_or_else(|| missing(name))?;
         LpmTrie::try_from(map).map_err(err("open", name))
     }
-    fn ipcache_mut(&mut self) -> Result<LpmTrie<&mut MapData, IpcacheKey, IpcacheEntry>, PolicyMapError> {
+    fn ipcache_mut(&mut self) -> Result<LpmTrie<&mut MapData, IpcacheKey, IpcacheEntry>, MapError> {
         let name = pin::MAP_IPCACHE;
         let map = self.ebpf_mut().map_mut(name).ok_or_else(|| missing(name))?;
         LpmTrie::try_from(map).map_err(err("open", name))
     }
-    fn endpoints_mut(&mut self) -> Result<HashMap<&mut MapData, EndpointKey, EndpointInfo>, PolicyMapError> {
+    fn endpoints_mut(&mut self) -> Result<HashMap<&mut MapData, EndpointKey, EndpointInfo>, MapError> {
         let name = pin::MAP_ENDPOINTS;
         let map = self.ebpf_mut().map_mut(name).ok_or_else(|| missing(name))?;
         HashMap::try_from(map).map_err(err("open", name))
@@ -55,29 +55,29 @@ impl Datapath {
 }
 
 impl PolicyMaps for Datapath {
-    fn set_rule(&mut self, key: RuleKey, slot: u32) -> Result<(), PolicyMapError> {
+    fn set_rule(&mut self, key: RuleKey, slot: u32) -> Result<(), MapError> {
         self.rules_mut()?
             .insert(&Key::new(key.0, key.1), PolicyEntry { policy_slot: slot }, 0)
             .map_err(err("insert", pin::MAP_POLICY))
     }
-    fn delete_rule(&mut self, key: RuleKey) -> Result<(), PolicyMapError> {
+    fn delete_rule(&mut self, key: RuleKey) -> Result<(), MapError> {
         tolerate_missing(self.rules_mut()?.remove(&Key::new(key.0, key.1))).map_err(err("delete", pin::MAP_POLICY))
     }
-    fn set_identity(&mut self, net: Ipv4Network, identity: u32) -> Result<(), PolicyMapError> {
+    fn set_identity(&mut self, net: Ipv4Network, identity: u32) -> Result<(), MapError> {
         self.ipcache_mut()?
             .insert(&ipcache_key(net), IpcacheEntry { identity }, 0)
             .map_err(err("insert", pin::MAP_IPCACHE))
     }
-    fn delete_identity(&mut self, net: Ipv4Network) -> Result<(), PolicyMapError> {
+    fn delete_identity(&mut self, net: Ipv4Network) -> Result<(), MapError> {
         tolerate_missing(self.ipcache_mut()?.remove(&ipcache_key(net))).map_err(err("delete", pin::MAP_IPCACHE))
     }
-    fn local_endpoints(&self) -> Result<BTreeMap<u32, EndpointInfo>, PolicyMapError> {
+    fn local_endpoints(&self) -> Result<BTreeMap<u32, EndpointInfo>, MapError> {
         let name = pin::MAP_ENDPOINTS;
         let map = self.ebpf().map(name).ok_or_else(|| missing(name))?;
         let eps: HashMap<_, EndpointKey, EndpointInfo> = HashMap::try_from(map).map_err(err("open", name))?;
         eps.iter().map(|kv| kv.map(|(k, v)| (k.ifindex, v)).map_err(err("dump", name))).collect()
     }
-    fn set_endpoint_policy_flags(&mut self, ifindex: u32, ip: Ipv4Addr, flags: u32) -> Result<bool, PolicyMapError> {
+    fn set_endpoint_policy_flags(&mut self, ifindex: u32, ip: Ipv4Addr, flags: u32) -> Result<bool, MapError> {
         let name = pin::MAP_ENDPOINTS;
         let mut eps = self.endpoints_mut()?;
         let key = EndpointKey { ifindex };
@@ -103,7 +103,7 @@ impl PolicyMaps for Datapath {
             Err(e) => Err(err("update", name)(e)),
         }
     }
-    fn prune_endpoint_stats(&mut self, keep: &BTreeMap<u32, EndpointInfo>) -> Result<usize, PolicyMapError> {
+    fn prune_endpoint_stats(&mut self, keep: &BTreeMap<u32, EndpointInfo>) -> Result<usize, MapError> {
         let name = pin::MAP_EP_POLICY_STATS;
         let map = self.ebpf_mut().map_mut(name).ok_or_else(|| missing(name))?;
         let mut stats: PerCpuHashMap<_, EndpointKey, EndpointPolicyStats> =
@@ -115,7 +115,7 @@ impl PolicyMaps for Datapath {
         }
         Ok(gone.len())
     }
-    fn dump_policy(&self) -> Result<PolicyDump, PolicyMapError> {
+    fn dump_policy(&self) -> Result<PolicyDump, MapError> {
         let mut d = PolicyDump::default();
         let name = pin::MAP_POLICY;
         let map = self.ebpf().map(name).ok_or_else(|| missing(name))?;

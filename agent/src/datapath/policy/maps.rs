@@ -5,13 +5,7 @@ use std::{collections::BTreeMap, net::Ipv4Addr};
 use ipnetwork::Ipv4Network;
 use weir_common::{EndpointInfo, policy::PolicyKey};
 
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("{op} on map {map}: {reason}")]
-pub struct PolicyMapError {
-    pub op: &'static str,
-    pub map: &'static str,
-    pub reason: String,
-}
+use crate::datapath::MapError;
 
 /// A policy map entry: (prefix length, key).
 pub type RuleKey = (u32, PolicyKey);
@@ -24,22 +18,22 @@ pub struct PolicyDump {
 }
 
 pub trait PolicyMaps {
-    fn set_rule(&mut self, key: RuleKey, slot: u32) -> Result<(), PolicyMapError>;
-    fn delete_rule(&mut self, key: RuleKey) -> Result<(), PolicyMapError>;
-    fn set_identity(&mut self, net: Ipv4Network, identity: u32) -> Result<(), PolicyMapError>;
-    fn delete_identity(&mut self, net: Ipv4Network) -> Result<(), PolicyMapError>;
+    fn set_rule(&mut self, key: RuleKey, slot: u32) -> Result<(), MapError>;
+    fn delete_rule(&mut self, key: RuleKey) -> Result<(), MapError>;
+    fn set_identity(&mut self, net: Ipv4Network, identity: u32) -> Result<(), MapError>;
+    fn delete_identity(&mut self, net: Ipv4Network) -> Result<(), MapError>;
     /// The local endpoints weir-cni wrote: ifindex -> entry.
-    fn local_endpoints(&self) -> Result<BTreeMap<u32, EndpointInfo>, PolicyMapError>;
+    fn local_endpoints(&self) -> Result<BTreeMap<u32, EndpointInfo>, MapError>;
     /// Replaces the policy bits of an existing endpoint entry (never
     /// creates one: a pod deleted meanwhile stays deleted). `Ok(false)` when
     /// the entry is gone or holds another address (the interface index was
     /// reused by a new pod).
-    fn set_endpoint_policy_flags(&mut self, ifindex: u32, ip: Ipv4Addr, flags: u32) -> Result<bool, PolicyMapError>;
-    fn dump_policy(&self) -> Result<PolicyDump, PolicyMapError>;
+    fn set_endpoint_policy_flags(&mut self, ifindex: u32, ip: Ipv4Addr, flags: u32) -> Result<bool, MapError>;
+    fn dump_policy(&self) -> Result<PolicyDump, MapError>;
     /// Drops the verdict counters of endpoints that are gone (the kernel
     /// creates them on an endpoint's first verdict; nothing else removes
     /// them). Returns how many went.
-    fn prune_endpoint_stats(&mut self, keep: &BTreeMap<u32, EndpointInfo>) -> Result<usize, PolicyMapError>;
+    fn prune_endpoint_stats(&mut self, keep: &BTreeMap<u32, EndpointInfo>) -> Result<usize, MapError>;
 }
 
 /// In-memory maps: the reference the programmer is tested against.
@@ -55,30 +49,30 @@ pub struct FakePolicyMaps {
 
 #[cfg(test)]
 impl PolicyMaps for FakePolicyMaps {
-    fn set_rule(&mut self, key: RuleKey, slot: u32) -> Result<(), PolicyMapError> {
+    fn set_rule(&mut self, key: RuleKey, slot: u32) -> Result<(), MapError> {
         self.log.push(format!("rule+ {}/{:?} {slot}", key.0, key.1));
         self.maps.rules.insert(key, slot);
         Ok(())
     }
-    fn delete_rule(&mut self, key: RuleKey) -> Result<(), PolicyMapError> {
+    fn delete_rule(&mut self, key: RuleKey) -> Result<(), MapError> {
         self.log.push(format!("rule- {}/{:?}", key.0, key.1));
         self.maps.rules.remove(&key);
         Ok(())
     }
-    fn set_identity(&mut self, net: Ipv4Network, identity: u32) -> Result<(), PolicyMapError> {
+    fn set_identity(&mut self, net: Ipv4Network, identity: u32) -> Result<(), MapError> {
         self.log.push(format!("ip+ {net} {identity}"));
         self.maps.ipcache.insert(net, identity);
         Ok(())
     }
-    fn delete_identity(&mut self, net: Ipv4Network) -> Result<(), PolicyMapError> {
+    fn delete_identity(&mut self, net: Ipv4Network) -> Result<(), MapError> {
         self.log.push(format!("ip- {net}"));
         self.maps.ipcache.remove(&net);
         Ok(())
     }
-    fn local_endpoints(&self) -> Result<BTreeMap<u32, EndpointInfo>, PolicyMapError> {
+    fn local_endpoints(&self) -> Result<BTreeMap<u32, EndpointInfo>, MapError> {
         Ok(self.endpoints.clone())
     }
-    fn set_endpoint_policy_flags(&mut self, ifindex: u32, ip: Ipv4Addr, flags: u32) -> Result<bool, PolicyMapError> {
+    fn set_endpoint_policy_flags(&mut self, ifindex: u32, ip: Ipv4Addr, flags: u32) -> Result<bool, MapError> {
         self.log.push(format!("ep {ifindex} {flags:#x}"));
         match self.endpoints.get_mut(&ifindex) {
             Some(ep) if ep.ipv4_octets() == ip.octets() => {
@@ -88,10 +82,10 @@ impl PolicyMaps for FakePolicyMaps {
             _ => Ok(false),
         }
     }
-    fn dump_policy(&self) -> Result<PolicyDump, PolicyMapError> {
+    fn dump_policy(&self) -> Result<PolicyDump, MapError> {
         Ok(self.maps.clone())
     }
-    fn prune_endpoint_stats(&mut self, _keep: &BTreeMap<u32, EndpointInfo>) -> Result<usize, PolicyMapError> {
+    fn prune_endpoint_stats(&mut self, _keep: &BTreeMap<u32, EndpointInfo>) -> Result<usize, MapError> {
         Ok(0)
     }
 }
@@ -107,11 +101,11 @@ pub struct FaultyPolicyMaps {
 
 #[cfg(test)]
 impl FaultyPolicyMaps {
-    fn tick(&mut self, op: &'static str) -> Result<(), PolicyMapError> {
+    fn tick(&mut self, op: &'static str) -> Result<(), MapError> {
         let n = self.ops;
         self.ops += 1;
         if self.fail_at == Some(n) {
-            return Err(PolicyMapError { op, map: "fake", reason: "injected fault".into() });
+            return Err(MapError { op, map: "fake", reason: "injected fault".into() });
         }
         Ok(())
     }
@@ -119,33 +113,33 @@ impl FaultyPolicyMaps {
 
 #[cfg(test)]
 impl PolicyMaps for FaultyPolicyMaps {
-    fn set_rule(&mut self, key: RuleKey, slot: u32) -> Result<(), PolicyMapError> {
+    fn set_rule(&mut self, key: RuleKey, slot: u32) -> Result<(), MapError> {
         self.tick("insert")?;
         self.inner.set_rule(key, slot)
     }
-    fn delete_rule(&mut self, key: RuleKey) -> Result<(), PolicyMapError> {
+    fn delete_rule(&mut self, key: RuleKey) -> Result<(), MapError> {
         self.tick("delete")?;
         self.inner.delete_rule(key)
     }
-    fn set_identity(&mut self, net: Ipv4Network, identity: u32) -> Result<(), PolicyMapError> {
+    fn set_identity(&mut self, net: Ipv4Network, identity: u32) -> Result<(), MapError> {
         self.tick("insert")?;
         self.inner.set_identity(net, identity)
     }
-    fn delete_identity(&mut self, net: Ipv4Network) -> Result<(), PolicyMapError> {
+    fn delete_identity(&mut self, net: Ipv4Network) -> Result<(), MapError> {
         self.tick("delete")?;
         self.inner.delete_identity(net)
     }
-    fn local_endpoints(&self) -> Result<BTreeMap<u32, EndpointInfo>, PolicyMapError> {
+    fn local_endpoints(&self) -> Result<BTreeMap<u32, EndpointInfo>, MapError> {
         self.inner.local_endpoints()
     }
-    fn set_endpoint_policy_flags(&mut self, ifindex: u32, ip: Ipv4Addr, flags: u32) -> Result<bool, PolicyMapError> {
+    fn set_endpoint_policy_flags(&mut self, ifindex: u32, ip: Ipv4Addr, flags: u32) -> Result<bool, MapError> {
         self.tick("update")?;
         self.inner.set_endpoint_policy_flags(ifindex, ip, flags)
     }
-    fn dump_policy(&self) -> Result<PolicyDump, PolicyMapError> {
+    fn dump_policy(&self) -> Result<PolicyDump, MapError> {
         self.inner.dump_policy()
     }
-    fn prune_endpoint_stats(&mut self, keep: &BTreeMap<u32, EndpointInfo>) -> Result<usize, PolicyMapError> {
+    fn prune_endpoint_stats(&mut self, keep: &BTreeMap<u32, EndpointInfo>) -> Result<usize, MapError> {
         self.inner.prune_endpoint_stats(keep)
     }
 }

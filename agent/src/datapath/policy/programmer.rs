@@ -19,7 +19,10 @@ use std::collections::BTreeMap;
 use ipnetwork::Ipv4Network;
 use weir_common::EndpointInfo;
 
-use crate::datapath::policy::maps::{PolicyDump, PolicyMapError, PolicyMaps, RuleKey};
+use crate::datapath::{
+    MapError,
+    policy::maps::{PolicyDump, PolicyMaps, RuleKey},
+};
 
 /// The maps' desired contents (from the policy compiler).
 pub struct PolicyTarget<'a> {
@@ -73,7 +76,7 @@ impl PolicyProgrammer {
         maps: &mut impl PolicyMaps,
         target: &PolicyTarget<'_>,
         endpoints: &BTreeMap<u32, EndpointInfo>,
-    ) -> Result<ApplyStats, PolicyMapError> {
+    ) -> Result<ApplyStats, MapError> {
         let mut stats = ApplyStats::default();
         for (key, slot) in target.rules {
             if self.written.rules.get(key) != Some(slot) {
