@@ -11,6 +11,8 @@ pub mod lb;
 pub mod metrics;
 pub mod pin;
 pub mod policy;
+#[cfg(feature = "stats")]
+pub mod stats;
 
 pub use endpoint::{EndpointInfo, EndpointKey};
 pub use metrics::DropReason;

@@ -78,13 +78,13 @@ pub(crate) fn rss_mib() -> f64 {
         .unwrap_or(f64::NAN)
 }
 
-/// The `p` quantile of sorted samples, in microseconds.
-pub(crate) fn percentile(sorted: &[Duration], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[idx].as_secs_f64() * 1e6
+/// The nearest-rank `p`th percentile (`weir_common::stats::percentile`, the
+/// statistic of every bench table) of unsorted samples, in microseconds;
+/// NaN when there are none.
+pub(crate) fn percentile_us(samples: &[Duration], p: f64) -> f64 {
+    let mut sorted = samples.to_vec();
+    sorted.sort_unstable();
+    weir_common::stats::percentile(&sorted, p).map_or(f64::NAN, |d| d.as_secs_f64() * 1e6)
 }
 
 /// Removes a private directory (pins, run dir) however the bench ends.
@@ -126,16 +126,15 @@ pub async fn run(services: u32, endpoints: u32, changes: u32) -> anyhow::Result<
         sync.reconcile(&index, &node, &mut datapath).await;
         samples.push(start.elapsed());
     }
-    samples.sort();
     Ok(Report {
         services: services as usize,
         endpoints_per_service: endpoints as usize,
         frontends,
         cold_ms: cold.as_secs_f64() * 1e3,
         changes: changes as usize,
-        change_p50_us: percentile(&samples, 0.50),
-        change_p99_us: percentile(&samples, 0.99),
-        change_max_us: samples.last().map(|d| d.as_secs_f64() * 1e6).unwrap_or(f64::NAN),
+        change_p50_us: percentile_us(&samples, 50.0),
+        change_p99_us: percentile_us(&samples, 99.0),
+        change_max_us: percentile_us(&samples, 100.0),
         rss_mib: rss_mib(),
     })
 }

@@ -3,11 +3,7 @@
 //! private pin directory): a synthetic cluster of pods, namespaces and
 //! policies is compiled and programmed cold, then single label and policy
 //! changes are timed from the event to the last map write.
-use std::{
-    net::Ipv4Addr,
-    path::PathBuf,
-    time::{Duration, Instant},
-};
+use std::{net::Ipv4Addr, path::PathBuf, time::Instant};
 
 use anyhow::Context as _;
 use weir_common::{EndpointInfo, EndpointKey};
@@ -26,7 +22,7 @@ use weir_agent::{
     sync::policy::PolicySync,
 };
 
-use crate::bench::{PinDir, percentile, rss_mib};
+use crate::bench::{PinDir, percentile_us, rss_mib};
 
 const NODE: &str = "bench-node";
 const NAMESPACES: usize = 10;
@@ -173,7 +169,6 @@ pub fn run(pods: usize, policies: usize, changes: usize) -> anyhow::Result<Repor
         all.push(started.elapsed());
     }
     let gauges = sync.gauges(&index);
-    let max = all.iter().max().map(|d| d.as_secs_f64() * 1e6).unwrap_or(f64::NAN);
     Ok(Report {
         pods,
         local_pods: LOCAL.min(pods),
@@ -182,11 +177,11 @@ pub fn run(pods: usize, policies: usize, changes: usize) -> anyhow::Result<Repor
         rules: gauges.rules,
         cold_ms: cold.as_secs_f64() * 1e3,
         changes,
-        change_p50_us: percentile_us(&all, 0.50),
-        change_p99_us: percentile_us(&all, 0.99),
-        change_max_us: max,
-        label_change_p99_us: percentile_us(&label, 0.99),
-        policy_change_p99_us: percentile_us(&pol, 0.99),
+        change_p50_us: percentile_us(&all, 50.0),
+        change_p99_us: percentile_us(&all, 99.0),
+        change_max_us: percentile_us(&all, 100.0),
+        label_change_p99_us: percentile_us(&label, 99.0),
+        policy_change_p99_us: percentile_us(&pol, 99.0),
         rss_mib: rss_mib(),
     })
 }
@@ -195,11 +190,4 @@ fn tempfile_dir() -> anyhow::Result<PinDir> {
     let path = std::env::temp_dir().join(format!("weir-bench-policy-run-{}", std::process::id()));
     std::fs::create_dir_all(&path)?;
     Ok(PinDir(path))
-}
-
-/// The `p` quantile of unsorted samples, in microseconds.
-fn percentile_us(samples: &[Duration], p: f64) -> f64 {
-    let mut sorted = samples.to_vec();
-    sorted.sort();
-    percentile(&sorted, p)
 }

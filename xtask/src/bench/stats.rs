@@ -1,4 +1,5 @@
-//! Latency statistics: nearest-rank percentiles over the samples of one run.
+//! Latency statistics: nearest-rank percentiles over the samples of one run
+//! (`weir_common::stats::percentile`, the statistic weir-dev's tables use too).
 
 use std::time::Duration;
 
@@ -14,15 +15,10 @@ impl Summary {
         Self { sorted: samples }
     }
 
-    /// Nearest-rank percentile: the smallest sample with at least `p`% of
-    /// the samples at or below it. p99 of 30 samples is therefore the
-    /// largest one: with so few samples nothing finer is honest.
+    /// Nearest-rank percentile (`weir_common::stats::percentile`): the
+    /// smallest sample with at least `p`% of the samples at or below it.
     pub fn percentile(&self, p: f64) -> Option<Duration> {
-        if self.sorted.is_empty() || !(0.0..=100.0).contains(&p) {
-            return None;
-        }
-        let rank = ((p / 100.0) * self.sorted.len() as f64).ceil() as usize;
-        Some(self.sorted[rank.clamp(1, self.sorted.len()) - 1])
+        weir_common::stats::percentile(&self.sorted, p)
     }
 
     pub fn median(&self) -> Option<Duration> {
