@@ -10,13 +10,16 @@
 //! rest of its work. (Returning before the freeing would need a helper
 //! process outliving the plugin; not worth ~20 ms.)
 
+use std::net::Ipv4Addr;
+
 use crate::{
     attachment::Attachment,
     config::NetConf,
     datapath::{self, EndpointMap, Pins},
     error::CniError,
+    ipam::{Allocator, DiskStore},
     log,
-    netlink::NetlinkSocket,
+    netlink::{NetlinkSocket, link::Link},
     veth,
 };
 
@@ -25,34 +28,108 @@ pub fn del(conf: &NetConf, attachment: &Attachment) -> Result<(), CniError> {
     let mut problems = Vec::new();
     let pins = conf.bpf_pin_dir.as_deref().map(Pins::new);
 
-    // Whether the host veth is known to be gone (or never existed) by the
-    // end: only then may its address go back to the pool.
-    let mut veth_gone = true;
-    let mut host = NetlinkSocket::open().map_err(|e| problems.push(e.to_string())).ok();
-    if host.is_none() {
-        veth_gone = false;
-    }
-    let host_link = host.as_mut().and_then(|sock| match sock.link_by_name(&host_name) {
-        Ok(link) => link,
-        Err(e) => {
-            veth_gone = false;
-            problems.push(e.to_string());
-            None
-        }
-    });
+    let mut host = HostVeth::look_up(&host_name, &mut problems);
     log::step("host veth lookup");
 
     if let Some(pins) = &pins {
-        for pin in pins.link_pins(&host_name) {
-            if let Err(e) = datapath::remove_pin(&pin) {
-                problems.push(e.to_string());
-            }
-        }
+        unpin_links(pins, &host_name, &mut problems);
     }
     log::step("unpin links");
 
     let allocator = super::allocator(conf);
-    let ip = match &allocator {
+    let ip = reserved_ip(&allocator, attachment, &mut problems);
+    log::step("ipam lookup");
+
+    // No map means the agent has not (re)created the datapath: there is no
+    // entry to remove.
+    if let Some(pins) = pins.as_ref().filter(|p| p.endpoints_map_exists()) {
+        remove_endpoint_entry(pins, host.link.as_ref(), ip, &mut problems);
+    }
+    log::step("endpoint entry");
+
+    host.delete(&host_name, &mut problems);
+    log::step("delete veth");
+
+    if let Ok(allocator) = &allocator {
+        release_address(allocator, attachment, &host, ip, &host_name, &mut problems);
+    }
+    log::step("ipam release");
+
+    if problems.is_empty() { Ok(()) } else { Err(CniError::Cleanup { command: "DEL", problems }) }
+}
+
+/// The host end of the pod's veth pair, as DEL finds it.
+struct HostVeth {
+    /// The node namespace's netlink socket; `None` if it could not be opened.
+    sock: Option<NetlinkSocket>,
+    link: Option<Link>,
+    /// Whether the host veth is known to be gone (or never existed) by the
+    /// end: only then may its address go back to the pool.
+    gone: bool,
+}
+
+impl HostVeth {
+    /// Looks the host veth up by name. A failure to ask (no socket, a failed
+    /// lookup) is a problem, and the veth then counts as possibly present.
+    fn look_up(host_name: &str, problems: &mut Vec<String>) -> Self {
+        let mut gone = true;
+        let mut sock = NetlinkSocket::open().map_err(|e| problems.push(e.to_string())).ok();
+        if sock.is_none() {
+            gone = false;
+        }
+        let link = sock.as_mut().and_then(|sock| match sock.link_by_name(host_name) {
+            Ok(link) => link,
+            Err(e) => {
+                gone = false;
+                problems.push(e.to_string());
+                None
+            }
+        });
+        Self { sock, link, gone }
+    }
+
+    /// Deletes the host veth (which takes the pod end with it), if it is one.
+    fn delete(&mut self, host_name: &str, problems: &mut Vec<String>) {
+        let (Some(sock), Some(link)) = (self.sock.as_mut(), &self.link) else {
+            return;
+        };
+        if !link.is_veth() {
+            // Not ours: failing DEL for it would block the pod's removal forever.
+            log::warn(format_args!(
+                "{host_name} is not a veth ({:?}); weir-cni did not create it and leaves it alone",
+                link.kind
+            ));
+            return;
+        }
+        match sock.delete_link(link) {
+            Ok(()) => {}
+            Err(e) if e.is_not_found() => {}
+            Err(e) => {
+                self.gone = false;
+                problems.push(e.to_string());
+            }
+        }
+    }
+}
+
+/// Removes the tcx link pins of the host veth. Unpinning detaches the
+/// programs in a kernel worker, so doing it early overlaps that with the
+/// rest of DEL (see the module comment).
+fn unpin_links(pins: &Pins, host_name: &str, problems: &mut Vec<String>) {
+    for pin in pins.link_pins(host_name) {
+        if let Err(e) = datapath::remove_pin(&pin) {
+            problems.push(e.to_string());
+        }
+    }
+}
+
+/// The address reserved for the attachment, if any and if it can be read.
+fn reserved_ip(
+    allocator: &Result<Allocator<DiskStore>, CniError>,
+    attachment: &Attachment,
+    problems: &mut Vec<String>,
+) -> Option<Ipv4Addr> {
+    match allocator {
         Ok(a) => a.lookup(attachment).unwrap_or_else(|e| {
             problems.push(e.to_string());
             None
@@ -61,63 +138,47 @@ pub fn del(conf: &NetConf, attachment: &Attachment) -> Result<(), CniError> {
             problems.push(e.to_string());
             None
         }
-    };
-    log::step("ipam lookup");
-
-    // No map means the agent has not (re)created the datapath: there is no
-    // entry to remove.
-    if let Some(pins) = pins.as_ref().filter(|p| p.endpoints_map_exists()) {
-        let removed = EndpointMap::open(pins).and_then(|mut map| {
-            if let Some(link) = &host_link {
-                map.remove(link.index)?;
-            }
-            if let Some(ip) = ip {
-                map.remove_ip(ip)?;
-            }
-            Ok(())
-        });
-        if let Err(e) = removed {
-            problems.push(e.to_string());
-        }
     }
-    log::step("endpoint entry");
+}
 
-    if let (Some(sock), Some(link)) = (host.as_mut(), &host_link) {
-        if !link.is_veth() {
-            // Not ours: failing DEL for it would block the pod's removal forever.
-            log::warn(format_args!(
-                "{host_name} is not a veth ({:?}); weir-cni did not create it and leaves it alone",
-                link.kind
-            ));
-        } else {
-            match sock.delete_link(link) {
-                Ok(()) => {}
-                Err(e) if e.is_not_found() => {}
-                Err(e) => {
-                    veth_gone = false;
-                    problems.push(e.to_string());
-                }
-            }
+/// Removes the endpoint entry, by the host veth's ifindex and by the pod's
+/// address, whichever of the two is known.
+fn remove_endpoint_entry(pins: &Pins, host_link: Option<&Link>, ip: Option<Ipv4Addr>, problems: &mut Vec<String>) {
+    let removed = EndpointMap::open(pins).and_then(|mut map| {
+        if let Some(link) = host_link {
+            map.remove(link.index)?;
         }
+        if let Some(ip) = ip {
+            map.remove_ip(ip)?;
+        }
+        Ok(())
+    });
+    if let Err(e) = removed {
+        problems.push(e.to_string());
     }
-    log::step("delete veth");
+}
 
+/// Gives the attachment's address back to the pool, once the host veth is
+/// known to be gone.
+fn release_address(
+    allocator: &Allocator<DiskStore>,
+    attachment: &Attachment,
+    host: &HostVeth,
+    ip: Option<Ipv4Addr>,
+    host_name: &str,
+    problems: &mut Vec<String>,
+) {
     // While the old veth still routes the address, handing it to another pod
     // would break both: keep the reservation until a DEL removes the veth.
-    if let Ok(allocator) = &allocator {
-        if veth_gone {
-            match allocator.release(attachment) {
-                Ok(released) if !released.is_empty() => {
-                    log::info(format_args!("released {released:?}"));
-                }
-                Ok(_) => {}
-                Err(e) => problems.push(e.to_string()),
+    if host.gone {
+        match allocator.release(attachment) {
+            Ok(released) if !released.is_empty() => {
+                log::info(format_args!("released {released:?}"));
             }
-        } else if let Some(ip) = ip {
-            problems.push(format!("{ip} stays reserved until {host_name} can be deleted"));
+            Ok(_) => {}
+            Err(e) => problems.push(e.to_string()),
         }
+    } else if let Some(ip) = ip {
+        problems.push(format!("{ip} stays reserved until {host_name} can be deleted"));
     }
-    log::step("ipam release");
-
-    if problems.is_empty() { Ok(()) } else { Err(CniError::Cleanup { command: "DEL", problems }) }
 }
