@@ -73,79 +73,19 @@ pub fn requested_version(conf: &Map<String, Value>) -> Result<CniVersion, CniErr
 
 impl NetConf {
     pub fn parse(conf: &Map<String, Value>) -> Result<Self, CniError> {
+        // One key at a time, in this order: with several bad keys, the
+        // complaint is always about the first of them here.
         let cni_version = requested_version(conf)?;
-
-        let name = string(conf, "name")?.ok_or_else(|| CniError::invalid_config("name", "is required"))?;
-        check_identifier(&name).map_err(|reason| CniError::invalid_config("name", reason))?;
-
-        let pod_cidr = cidr(conf, "podCIDR")?;
-        if !POD_PREFIX_RANGE.contains(&pod_cidr.prefix()) {
-            return Err(CniError::invalid_config(
-                "podCIDR",
-                format!(
-                    "prefix length of {pod_cidr} must be between /{} and /{}",
-                    POD_PREFIX_RANGE.start(),
-                    POD_PREFIX_RANGE.end()
-                ),
-            ));
-        }
-        let cluster_cidr = cidr(conf, "clusterCIDR")?;
-        if cluster_cidr.prefix() > pod_cidr.prefix() || !cluster_cidr.contains(pod_cidr.network()) {
-            return Err(CniError::invalid_config(
-                "clusterCIDR",
-                format!("{cluster_cidr} must contain podCIDR {pod_cidr}"),
-            ));
-        }
-
-        let mtu = match conf.get("mtu") {
-            None | Some(Value::Null) => DEFAULT_MTU,
-            Some(Value::Number(n)) if n.as_u64().is_some_and(|m| MTU_RANGE.contains(&m)) => {
-                n.as_u64().and_then(|m| u32::try_from(m).ok()).unwrap_or(DEFAULT_MTU)
-            }
-            Some(other) => {
-                return Err(CniError::invalid_config(
-                    "mtu",
-                    format!("must be an integer between {} and {}, got {other}", MTU_RANGE.start(), MTU_RANGE.end()),
-                ));
-            }
-        };
-
+        let name = checked_name(conf)?;
+        let pod_cidr = checked_pod_cidr(conf)?;
+        let cluster_cidr = checked_cluster_cidr(conf, pod_cidr)?;
+        let mtu = checked_mtu(conf)?;
         let data_dir = absolute_path(conf, "dataDir")?.unwrap_or_else(|| DEFAULT_DATA_DIR.into());
         let run_dir = absolute_path(conf, "runDir")?.unwrap_or_else(|| DEFAULT_RUN_DIR.into());
         let bpf_pin_dir = absolute_path(conf, "bpfPinDir")?;
-
-        let veth_prefix = string(conf, "vethPrefix")?.unwrap_or_else(|| DEFAULT_VETH_PREFIX.to_string());
-        if veth_prefix.is_empty()
-            || veth_prefix.len() > MAX_PREFIX_LEN
-            || !veth_prefix.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        {
-            return Err(CniError::invalid_config(
-                "vethPrefix",
-                format!(
-                    "{veth_prefix:?} must be 1 to {MAX_PREFIX_LEN} letters, digits, '-' or '_' (host veth names are the prefix plus 11 hex digits, 15 characters at most)"
-                ),
-            ));
-        }
-
-        let prev_result = match conf.get("prevResult") {
-            None | Some(Value::Null) => None,
-            Some(v @ Value::Object(_)) => Some(v.clone()),
-            Some(other) => {
-                return Err(CniError::invalid_config(
-                    "prevResult",
-                    format!("must be an object, got {}", json_kind(other)),
-                ));
-            }
-        };
-
-        // libcni sends both spellings (the spec once used the second one).
-        let valid_attachments = match conf.get("cni.dev/valid-attachments") {
-            Some(v) if !v.is_null() => Some(attachments("cni.dev/valid-attachments", v)?),
-            _ => match conf.get("cni.dev/attachments") {
-                Some(v) if !v.is_null() => Some(attachments("cni.dev/attachments", v)?),
-                _ => None,
-            },
-        };
+        let veth_prefix = checked_veth_prefix(conf)?;
+        let prev_result = checked_prev_result(conf)?;
+        let valid_attachments = checked_valid_attachments(conf)?;
 
         Ok(Self {
             cni_version,
@@ -170,6 +110,93 @@ impl NetConf {
     /// `<runDir>/agent-ready`.
     pub fn agent_ready_path(&self) -> PathBuf {
         self.run_dir.join("agent-ready")
+    }
+}
+
+/// `name`: required, and safe as a directory name (the IPAM store).
+fn checked_name(conf: &Map<String, Value>) -> Result<String, CniError> {
+    let name = string(conf, "name")?.ok_or_else(|| CniError::invalid_config("name", "is required"))?;
+    check_identifier(&name).map_err(|reason| CniError::invalid_config("name", reason))?;
+    Ok(name)
+}
+
+/// `podCIDR`: required, with a prefix length in `POD_PREFIX_RANGE`.
+fn checked_pod_cidr(conf: &Map<String, Value>) -> Result<Ipv4Network, CniError> {
+    let pod_cidr = cidr(conf, "podCIDR")?;
+    if !POD_PREFIX_RANGE.contains(&pod_cidr.prefix()) {
+        return Err(CniError::invalid_config(
+            "podCIDR",
+            format!(
+                "prefix length of {pod_cidr} must be between /{} and /{}",
+                POD_PREFIX_RANGE.start(),
+                POD_PREFIX_RANGE.end()
+            ),
+        ));
+    }
+    Ok(pod_cidr)
+}
+
+/// `clusterCIDR`: required, and containing the node's `podCIDR`.
+fn checked_cluster_cidr(conf: &Map<String, Value>, pod_cidr: Ipv4Network) -> Result<Ipv4Network, CniError> {
+    let cluster_cidr = cidr(conf, "clusterCIDR")?;
+    if cluster_cidr.prefix() > pod_cidr.prefix() || !cluster_cidr.contains(pod_cidr.network()) {
+        return Err(CniError::invalid_config("clusterCIDR", format!("{cluster_cidr} must contain podCIDR {pod_cidr}")));
+    }
+    Ok(cluster_cidr)
+}
+
+/// `mtu`: an integer in `MTU_RANGE`, `DEFAULT_MTU` when absent.
+fn checked_mtu(conf: &Map<String, Value>) -> Result<u32, CniError> {
+    match conf.get("mtu") {
+        None | Some(Value::Null) => Ok(DEFAULT_MTU),
+        Some(Value::Number(n)) if n.as_u64().is_some_and(|m| MTU_RANGE.contains(&m)) => {
+            Ok(n.as_u64().and_then(|m| u32::try_from(m).ok()).unwrap_or(DEFAULT_MTU))
+        }
+        Some(other) => Err(CniError::invalid_config(
+            "mtu",
+            format!("must be an integer between {} and {}, got {other}", MTU_RANGE.start(), MTU_RANGE.end()),
+        )),
+    }
+}
+
+/// `vethPrefix`: short enough that every host veth name fits in an
+/// interface name, `DEFAULT_VETH_PREFIX` when absent.
+fn checked_veth_prefix(conf: &Map<String, Value>) -> Result<String, CniError> {
+    let veth_prefix = string(conf, "vethPrefix")?.unwrap_or_else(|| DEFAULT_VETH_PREFIX.to_string());
+    if veth_prefix.is_empty()
+        || veth_prefix.len() > MAX_PREFIX_LEN
+        || !veth_prefix.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return Err(CniError::invalid_config(
+            "vethPrefix",
+            format!(
+                "{veth_prefix:?} must be 1 to {MAX_PREFIX_LEN} letters, digits, '-' or '_' (host veth names are the prefix plus 11 hex digits, 15 characters at most)"
+            ),
+        ));
+    }
+    Ok(veth_prefix)
+}
+
+/// `prevResult`: an object if present.
+fn checked_prev_result(conf: &Map<String, Value>) -> Result<Option<Value>, CniError> {
+    match conf.get("prevResult") {
+        None | Some(Value::Null) => Ok(None),
+        Some(v @ Value::Object(_)) => Ok(Some(v.clone())),
+        Some(other) => {
+            Err(CniError::invalid_config("prevResult", format!("must be an object, got {}", json_kind(other))))
+        }
+    }
+}
+
+/// `cni.dev/valid-attachments`, if present.
+fn checked_valid_attachments(conf: &Map<String, Value>) -> Result<Option<Vec<Attachment>>, CniError> {
+    // libcni sends both spellings (the spec once used the second one).
+    match conf.get("cni.dev/valid-attachments") {
+        Some(v) if !v.is_null() => Ok(Some(attachments("cni.dev/valid-attachments", v)?)),
+        _ => match conf.get("cni.dev/attachments") {
+            Some(v) if !v.is_null() => Ok(Some(attachments("cni.dev/attachments", v)?)),
+            _ => Ok(None),
+        },
     }
 }
 
