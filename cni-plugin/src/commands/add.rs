@@ -22,7 +22,7 @@ use crate::{
     config::NetConf,
     datapath::{self, EndpointMap, Pins},
     error::CniError,
-    ipam::PodRange,
+    ipam::{Allocator, DiskStore, PodRange},
     log,
     netlink::{NetlinkSocket, link::Link, route::Route},
     netns::Netns,
@@ -41,24 +41,12 @@ pub fn add(
 ) -> Result<AddResult, CniError> {
     let host_name = veth::host_veth_name(&conf.veth_prefix, attachment);
     let pins = conf.bpf_pin_dir.as_deref().map(Pins::new);
-
-    // Preconditions, checked before anything is changed.
-    if let Some(pins) = &pins
-        && let Some(path) = pins.first_missing()?
-    {
-        return Err(CniError::DatapathNotReady { path });
-    }
-    let mut host = NetlinkSocket::open()?;
-    let mut pod = netns.netlink()?;
-    if pod.link_by_name(&attachment.ifname)?.is_some() {
-        return Err(CniError::InterfaceExists { ifname: attachment.ifname.clone(), netns: netns.path().to_owned() });
-    }
-    if host.link_by_name(&host_name)?.is_some() {
-        return Err(CniError::HostVethExists { name: host_name, attachment: attachment.clone() });
-    }
-
+    let (mut host, mut pod) = check_preconditions(attachment, netns, &host_name, pins.as_ref())?;
     log::step("preconditions");
+
     let allocator = super::allocator(conf)?;
+    // From here on every failed path gives the address back: explicitly
+    // below, or through the lease's drop on a panic.
     let lease = allocator.lease(attachment)?;
     log::step("ipam reserve");
     let mut teardown = Teardown::new(pins.clone());
@@ -70,38 +58,14 @@ pub fn add(
         pins: pins.as_ref(),
         policy_pending: k8s_pod.is_some(),
     };
-    // The reservation must be on disk before ADD succeeds, not before the
-    // kernel work starts: the flush runs alongside.
-    let outcome = std::thread::scope(|scope| {
-        let flush = scope.spawn(|| allocator.persist());
-        let result = setup.run(&mut host, &mut pod, lease.ip(), &mut teardown);
-        let flushed = flush.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-        log::step("ipam flush joined");
-        result.and_then(|r| flushed.map(|()| r).map_err(CniError::from))
-    });
-    match outcome {
+    match setup.run_alongside_flush(&allocator, &mut host, &mut pod, lease.ip(), &mut teardown) {
         Ok(result) => {
             let host_ifindex = teardown.endpoint;
             teardown.disarm();
             let ip = lease.keep();
             log::info(format_args!("got {ip} on host veth {host_name}"));
             if let (Some(pod), Some(ifindex)) = (k8s_pod, host_ifindex) {
-                match policy_handoff::request(
-                    &conf.run_dir,
-                    ifindex,
-                    ip,
-                    pod,
-                    &attachment.container_id,
-                    policy_handoff::WAIT,
-                ) {
-                    policy_handoff::Outcome::Ready => log::step("policy in place"),
-                    // The pod is wired and isolated; the agent opens it once
-                    // its policy is in place. Not a failure of ADD.
-                    policy_handoff::Outcome::Pending(why) => log::warn(format_args!(
-                        "pod {}/{} starts isolated until weir-agent puts its NetworkPolicy in place: {why}",
-                        pod.namespace, pod.name
-                    )),
-                }
+                hand_off_policy(conf, attachment, pod, ifindex, ip);
             }
             Ok(result)
         }
@@ -115,6 +79,45 @@ pub fn add(
     }
 }
 
+/// Opens the node's and the pod's netlink sockets and checks, before
+/// anything is changed, that the datapath is ready and that neither end of
+/// the veth pair exists yet.
+fn check_preconditions(
+    attachment: &Attachment,
+    netns: &Netns,
+    host_name: &str,
+    pins: Option<&Pins>,
+) -> Result<(NetlinkSocket, NetlinkSocket), CniError> {
+    if let Some(pins) = pins
+        && let Some(path) = pins.first_missing()?
+    {
+        return Err(CniError::DatapathNotReady { path });
+    }
+    let mut host = NetlinkSocket::open()?;
+    let mut pod = netns.netlink()?;
+    if pod.link_by_name(&attachment.ifname)?.is_some() {
+        return Err(CniError::InterfaceExists { ifname: attachment.ifname.clone(), netns: netns.path().to_owned() });
+    }
+    if host.link_by_name(host_name)?.is_some() {
+        return Err(CniError::HostVethExists { name: host_name.to_owned(), attachment: attachment.clone() });
+    }
+    Ok((host, pod))
+}
+
+/// Asks weir-agent to put the new pod's NetworkPolicy in place (see
+/// `policy_handoff`). Never fails ADD: at worst the pod starts isolated.
+fn hand_off_policy(conf: &NetConf, attachment: &Attachment, pod: &PodRef, ifindex: u32, ip: Ipv4Addr) {
+    match policy_handoff::request(&conf.run_dir, ifindex, ip, pod, &attachment.container_id, policy_handoff::WAIT) {
+        policy_handoff::Outcome::Ready => log::step("policy in place"),
+        // The pod is wired and isolated; the agent opens it once
+        // its policy is in place. Not a failure of ADD.
+        policy_handoff::Outcome::Pending(why) => log::warn(format_args!(
+            "pod {}/{} starts isolated until weir-agent puts its NetworkPolicy in place: {why}",
+            pod.namespace, pod.name
+        )),
+    }
+}
+
 struct Setup<'a> {
     conf: &'a NetConf,
     attachment: &'a Attachment,
@@ -125,6 +128,28 @@ struct Setup<'a> {
 }
 
 impl Setup<'_> {
+    /// Runs the kernel steps while the IPAM reservation is flushed to disk.
+    /// The reservation must be on disk before ADD succeeds, not before the
+    /// kernel work starts: the flush runs alongside.
+    fn run_alongside_flush(
+        &self,
+        allocator: &Allocator<DiskStore>,
+        host: &mut NetlinkSocket,
+        pod: &mut NetlinkSocket,
+        ip: Ipv4Addr,
+        teardown: &mut Teardown,
+    ) -> Result<AddResult, CniError> {
+        std::thread::scope(|scope| {
+            let flush = scope.spawn(|| allocator.persist());
+            let result = self.run(host, pod, ip, teardown);
+            let flushed = flush.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            log::step("ipam flush joined");
+            result.and_then(|r| flushed.map(|()| r).map_err(CniError::from))
+        })
+    }
+
+    /// The kernel steps, in the order the module comment explains; what they
+    /// create is recorded in `teardown`.
     fn run(
         &self,
         host: &mut NetlinkSocket,
@@ -159,7 +184,14 @@ impl Setup<'_> {
         }
 
         // Pod side, last: addresses and routes, up only once all is ready.
-        let pod_link = lookup(pod, ifname, "the pod interface just created")?;
+        let pod_link = self.pod_side(pod, ip, gateway)?;
+        log::step("pod side");
+        Ok(self.result(&host_link, &pod_link, ip, gateway))
+    }
+
+    /// Addresses, link up and routes on the pod's interface.
+    fn pod_side(&self, pod: &mut NetlinkSocket, ip: Ipv4Addr, gateway: Ipv4Addr) -> Result<Link, CniError> {
+        let pod_link = lookup(pod, &self.attachment.ifname, "the pod interface just created")?;
         pod.add_address(&pod_link, ip, 32)?;
         pod.set_link_up(&pod_link)?;
         let default_route =
@@ -174,16 +206,20 @@ impl Setup<'_> {
                 e
             })?;
         }
+        Ok(pod_link)
+    }
 
-        log::step("pod side");
+    /// The CNI result describing what `run` created.
+    fn result(&self, host_link: &Link, pod_link: &Link, ip: Ipv4Addr, gateway: Ipv4Addr) -> AddResult {
+        let mtu = self.conf.mtu;
         let network = |addr: Ipv4Addr, prefix: u8| Ipv4Network::new(addr, prefix).expect("prefix is at most 32");
-        Ok(AddResult {
+        AddResult {
             interfaces: vec![
-                Interface { name: host_link.name.clone(), mac: host_link.mac.clone(), mtu: conf.mtu, sandbox: None },
+                Interface { name: host_link.name.clone(), mac: host_link.mac.clone(), mtu, sandbox: None },
                 Interface {
                     name: pod_link.name.clone(),
                     mac: pod_link.mac.clone(),
-                    mtu: conf.mtu,
+                    mtu,
                     sandbox: Some(self.netns.path().display().to_string()),
                 },
             ],
@@ -192,7 +228,7 @@ impl Setup<'_> {
                 RouteConfig { dst: network(gateway, 32), gw: None, link_scope: true },
                 RouteConfig { dst: network(Ipv4Addr::UNSPECIFIED, 0), gw: Some(gateway), link_scope: false },
             ],
-        })
+        }
     }
 }
 
