@@ -90,20 +90,26 @@ mod tests {
         PodRef { namespace: "x".into(), name: "a".into() }
     }
 
-    #[test]
-    fn ready_answer_and_request_shape() {
-        let dir = tempfile::tempdir().unwrap();
-        let listener = UnixListener::bind(dir.path().join(SOCKET_FILE)).unwrap();
-        let server = std::thread::spawn(move || {
+    /// A fake agent on `dir`'s socket: accepts one connection, reads the
+    /// request line, answers `answer`; joining it gives the request line.
+    fn agent_answering(dir: &Path, answer: &'static [u8]) -> std::thread::JoinHandle<String> {
+        let listener = UnixListener::bind(dir.join(SOCKET_FILE)).unwrap();
+        std::thread::spawn(move || {
             let (mut s, _) = listener.accept().unwrap();
             let mut line = String::new();
             BufReader::new(&s).read_line(&mut line).unwrap();
-            s.write_all(b"{\"ready\":true}\n").unwrap();
-            serde_json::from_str::<serde_json::Value>(&line).unwrap()
-        });
+            s.write_all(answer).unwrap();
+            line
+        })
+    }
+
+    #[test]
+    fn ready_answer_and_request_shape() {
+        let dir = tempfile::tempdir().unwrap();
+        let server = agent_answering(dir.path(), b"{\"ready\":true}\n");
         let out = request(dir.path(), 12, Ipv4Addr::new(10, 244, 1, 5), &pod(), "c1", WAIT);
         assert_eq!(out, Outcome::Ready);
-        let req = server.join().unwrap();
+        let req = serde_json::from_str::<serde_json::Value>(&server.join().unwrap()).unwrap();
         assert_eq!(
             req,
             serde_json::json!({"ifindex": 12, "ip": "10.244.1.5", "namespace": "x", "name": "a", "containerId": "c1"})
@@ -131,13 +137,7 @@ mod tests {
     #[test]
     fn a_refusal_carries_the_agents_reason() {
         let dir = tempfile::tempdir().unwrap();
-        let listener = UnixListener::bind(dir.path().join(SOCKET_FILE)).unwrap();
-        let server = std::thread::spawn(move || {
-            let (mut s, _) = listener.accept().unwrap();
-            let mut line = String::new();
-            BufReader::new(&s).read_line(&mut line).unwrap();
-            s.write_all(b"{\"ready\":false,\"reason\":\"pod x/a unknown\"}\n").unwrap();
-        });
+        let server = agent_answering(dir.path(), b"{\"ready\":false,\"reason\":\"pod x/a unknown\"}\n");
         let out = request(dir.path(), 12, Ipv4Addr::new(10, 244, 1, 5), &pod(), "c1", WAIT);
         assert_eq!(out, Outcome::Pending("pod x/a unknown".into()));
         server.join().unwrap();
