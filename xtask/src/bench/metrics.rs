@@ -76,14 +76,13 @@ pub struct MetricsArgs {
 pub struct MetricsBenchArgs {
     #[command(flatten)]
     metrics: MetricsArgs,
-    /// Use the release binaries already in target/release.
-    #[arg(long)]
-    no_build: bool,
+    #[command(flatten)]
+    build: super::ReleaseArgs,
 }
 
 pub fn run(args: MetricsBenchArgs) -> Result<()> {
     ensure!(!args.metrics.no_metrics, "--no-metrics leaves nothing to measure");
-    super::services::release_bins(args.no_build)?;
+    super::services::release_bins(args.build.no_build)?;
     let report = measure(&args.metrics)?;
     print(&args.metrics, &report);
     Ok(())

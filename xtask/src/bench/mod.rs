@@ -1,5 +1,6 @@
 //! `cargo xtask bench ...`: measurements printed as tables, never asserted.
 
+mod args;
 mod cni;
 mod metrics;
 mod policy;
@@ -8,6 +9,8 @@ mod stats;
 
 use anyhow::Result;
 use clap::Subcommand;
+
+pub use args::{CommonBenchArgs, ReleaseArgs};
 
 #[derive(Subcommand)]
 pub enum Which {

@@ -57,20 +57,11 @@ pub struct PolicyBenchArgs {
     /// Policy counts, measured side by side (0 is the baseline).
     #[arg(long, value_delimiter = ',', default_value = "0,100,1000")]
     sizes: Vec<usize>,
-    /// Seconds measured per cell (split over the rounds).
-    #[arg(long, default_value_t = 3.0)]
-    secs: f64,
-    #[arg(long, default_value_t = 6)]
-    rounds: usize,
+    #[command(flatten)]
+    common: super::CommonBenchArgs,
     /// Unmeasured traffic before each slice.
     #[arg(long, default_value_t = 0.2)]
     warmup: f64,
-    #[arg(long, default_value_t = -10, allow_hyphen_values = true)]
-    nice: i32,
-    #[arg(long, default_value_t = 0)]
-    client_cpu: usize,
-    #[arg(long, default_value_t = 1)]
-    server_cpu: usize,
     /// Pods and policies of the control-plane half.
     #[arg(long, default_value_t = 1000)]
     cp_pods: usize,
@@ -78,27 +69,19 @@ pub struct PolicyBenchArgs {
     cp_policies: usize,
     #[arg(long, default_value_t = 400)]
     changes: usize,
-    #[arg(long, conflicts_with = "no_data_path")]
-    no_control_plane: bool,
-    #[arg(long)]
-    no_data_path: bool,
-    /// Use the release binaries already in target/release.
-    #[arg(long)]
-    no_build: bool,
 }
 
 pub fn run(args: PolicyBenchArgs) -> Result<()> {
-    ensure!(args.secs > 0.0 && args.warmup >= 0.0, "--secs must be > 0 and --warmup >= 0");
-    ensure!((1..=20).contains(&args.rounds), "--rounds must be 1..=20");
+    args.common.check(args.warmup)?;
     ensure!(args.sizes.first() == Some(&0), "--sizes must start with 0 (the baseline)");
     ensure!(args.sizes.iter().all(|&n| n <= 5000), "--sizes must be at most 5000");
-    let (release, xtask) = release_bins(args.no_build)?;
+    let (release, xtask) = release_bins(args.common.build.no_build)?;
     weir_testbed::check_prerequisites(&[tools::IP, tools::BPFTOOL, tools::SYSCTL])?;
     println!("bench policy: release binaries from {}; load average {}", release.display(), loadavg());
 
     let topo = Topology::builder("bench-policy").nodes(1).build()?;
-    let control = (!args.no_control_plane).then(|| control_plane(&topo, &release, &args));
-    let data = if args.no_data_path { None } else { Some(data_path(&topo, &xtask, &args)?) };
+    let control = (!args.common.no_control_plane).then(|| control_plane(&topo, &release, &args));
+    let data = if args.common.no_data_path { None } else { Some(data_path(&topo, &xtask, &args)?) };
     if let Some(d) = &data {
         print_data_path(&args, d);
     }
@@ -242,7 +225,7 @@ fn data_path(topo: &Topology, xtask: &Path, args: &PolicyBenchArgs) -> Result<Da
     let client = Pod::create_k8s(node, "cli", PodObject::new(NAMESPACE, "client").label("app", "client"), &list)?;
     let outsider = Pod::create_k8s(node, "out", PodObject::new(NAMESPACE, "outsider").label("app", "outsider"), &list)?;
     let xtask_s = xtask.to_str().context("non-UTF-8 path")?;
-    let echo = EchoParams { port: SERVER_PORT, cpu: args.server_cpu, threads: 1, nice: args.nice };
+    let echo = EchoParams { port: SERVER_PORT, cpu: args.common.server_cpu, threads: 1, nice: args.common.nice };
     let _server = spawn_echo(node, &server, xtask_s, "n1/server", &echo)?;
     let target = SocketAddrV4::new(server.ip, SERVER_PORT);
     println!("n1: agent pid {}, server {target}, client {}, outsider {}", agent.pid(), client.ip, outsider.ip);
@@ -252,8 +235,8 @@ fn data_path(topo: &Topology, xtask: &Path, args: &PolicyBenchArgs) -> Result<Da
     let mut cells: BTreeMap<usize, std::result::Result<Load, String>> = BTreeMap::new();
     let mut maps = BTreeMap::new();
     let mut idle_cpu = BTreeMap::new();
-    let slice = args.secs / args.rounds as f64;
-    for round in 0..args.rounds {
+    let slice = args.common.secs / args.common.rounds as f64;
+    for round in 0..args.common.rounds {
         for &size in &args.sizes {
             if matches!(cells.get(&size), Some(Err(_))) {
                 continue;
@@ -268,8 +251,8 @@ fn data_path(topo: &Topology, xtask: &Path, args: &PolicyBenchArgs) -> Result<Da
                 secs: slice,
                 warmup: if round == 0 { args.warmup * 2.0 } else { args.warmup },
                 streams: 1,
-                cpu: args.client_cpu,
-                nice: args.nice,
+                cpu: args.common.client_cpu,
+                nice: args.common.nice,
             };
             let cell = run_load(xtask, &client.netns, target, None, &params);
             drop(paused);
@@ -286,7 +269,7 @@ fn data_path(topo: &Topology, xtask: &Path, args: &PolicyBenchArgs) -> Result<Da
                 println!("  {size:>5} policies enforced {took:?} after the manifest was written");
             }
         }
-        println!("round {}/{} done", round + 1, args.rounds);
+        println!("round {}/{} done", round + 1, args.common.rounds);
     }
     drop(agent);
     Ok(DataPath { cells, maps, idle_cpu })
@@ -298,7 +281,7 @@ fn print_data_path(args: &PolicyBenchArgs, d: &DataPath) {
     let _ = writeln!(
         out,
         "\nNew connections to a pod by IP (one client, connect + request + close), {} s per cell in {} rounds:",
-        args.secs, args.rounds
+        args.common.secs, args.common.rounds
     );
     let _ = writeln!(
         out,

@@ -84,50 +84,26 @@ pub struct ServicesBenchArgs {
     /// Service counts, measured one after the other (4 endpoints each).
     #[arg(long, value_delimiter = ',', default_value = "1,1000,10000")]
     sizes: Vec<usize>,
-    /// Seconds measured per cell (split over the rounds).
-    #[arg(long, default_value_t = 3.0)]
-    secs: f64,
-    /// Rounds per size: each runs every column for secs/rounds in turn, so
-    /// a change in machine load (2 shared cores) hits every column alike.
-    #[arg(long, default_value_t = 6)]
-    rounds: usize,
+    #[command(flatten)]
+    common: super::CommonBenchArgs,
     /// Seconds of unmeasured traffic before a column's first slice at each
     /// size (later slices get a tenth of it).
     #[arg(long, default_value_t = 0.5)]
     warmup: f64,
-    /// Nice value of the load generator and echo servers (the 2 cores are
-    /// shared with other work; 0 leaves the priority alone).
-    #[arg(long, default_value_t = -10, allow_hyphen_values = true)]
-    nice: i32,
     /// Connections in flight at once (load-generator threads).
     #[arg(long, default_value_t = 1)]
     streams: usize,
-    /// CPU of the load generator.
-    #[arg(long, default_value_t = 0)]
-    client_cpu: usize,
-    /// CPU of the echo servers.
-    #[arg(long, default_value_t = 1)]
-    server_cpu: usize,
     /// Services programmed by the control-plane half.
     #[arg(long, default_value_t = 10_000)]
     cp_services: u32,
     /// EndpointSlice changes timed by the control-plane half.
     #[arg(long, default_value_t = 1000)]
     changes: u32,
-    /// Data path only.
-    #[arg(long, conflicts_with = "no_data_path")]
-    no_control_plane: bool,
-    /// Control plane only.
-    #[arg(long)]
-    no_data_path: bool,
     /// Keep weir-agent running during the cells (by default it is paused
     /// with SIGSTOP once the Services answer, like kube-proxy idling: its
     /// manifest-dir source burns CPU on every poll at 10,000 Services).
     #[arg(long)]
     agent_running: bool,
-    /// Use the release binaries already in target/release.
-    #[arg(long)]
-    no_build: bool,
     #[command(flatten)]
     metrics: super::metrics::MetricsArgs,
 }
@@ -245,24 +221,23 @@ impl Load {
 type Cell = std::result::Result<Load, String>;
 
 pub fn run(args: ServicesBenchArgs) -> Result<()> {
-    ensure!(args.secs > 0.0 && args.warmup >= 0.0, "--secs must be > 0 and --warmup >= 0");
+    args.common.check(args.warmup)?;
     ensure!((1..=64).contains(&args.streams), "--streams must be 1..=64");
-    ensure!((1..=20).contains(&args.rounds), "--rounds must be 1..=20");
     ensure!((1..=20).contains(&args.sizes.len()), "--sizes takes 1 to 20 counts");
     ensure!(args.sizes.iter().all(|&n| (1..=MAX_SERVICES).contains(&n)), "--sizes must be 1..={MAX_SERVICES}");
     let cpus = thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     ensure!(
-        args.client_cpu != args.server_cpu && args.client_cpu.max(args.server_cpu) < cpus,
+        args.common.client_cpu != args.common.server_cpu && args.common.client_cpu.max(args.common.server_cpu) < cpus,
         "--client-cpu and --server-cpu must be two different CPUs below {cpus}"
     );
-    let (release, xtask) = release_bins(args.no_build)?;
+    let (release, xtask) = release_bins(args.common.build.no_build)?;
     weir_testbed::check_prerequisites(&[tools::IP, tools::IPTABLES, tools::CONNTRACK, tools::BPFTOOL, tools::SYSCTL])?;
 
     println!("bench services: release binaries from {}; load average {}", release.display(), loadavg());
     let topo = Topology::builder("bench-services").nodes(2).build()?;
 
-    let control = if args.no_control_plane { None } else { Some(control_plane(&topo, &release, &args)) };
-    let data = if args.no_data_path { None } else { Some(data_path(&topo, &xtask, &args)?) };
+    let control = if args.common.no_control_plane { None } else { Some(control_plane(&topo, &release, &args)) };
+    let data = if args.common.no_data_path { None } else { Some(data_path(&topo, &xtask, &args)?) };
 
     if let Some(d) = &data {
         print_data_path(&args, d);
@@ -448,7 +423,7 @@ fn data_path(topo: &Topology, xtask: &Path, args: &ServicesBenchArgs) -> Result<
         let _paused = (!args.agent_running).then(|| Paused::new(agent.pid()));
 
         let mut sums: BTreeMap<Column, Cell> = BTreeMap::new();
-        for round in 0..args.rounds {
+        for round in 0..args.common.rounds {
             for col in Column::ALL {
                 let (client, node, target, cg) = match col {
                     Column::Direct => {
@@ -472,7 +447,7 @@ fn data_path(topo: &Topology, xtask: &Path, args: &ServicesBenchArgs) -> Result<
                     (Column::WeirSock, _, _, Err(e)) => Err(e.clone()),
                     _ => measure(xtask, &client.netns, target, cg.map(PathBuf::as_path), round == 0, args)
                         .map(|mut l| {
-                            if round + 1 == args.rounds {
+                            if round + 1 == args.common.rounds {
                                 l.conntrack = conntrack_from(node, client.ip);
                             }
                             l
@@ -530,7 +505,12 @@ fn side<'a>(node: &'a Node, list: Conflist, xtask: &Path, args: &ServicesBenchAr
     for i in 0..ENDPOINTS {
         let pod = Pod::create(node, &format!("b{i}"), &list)?;
         let label = format!("{}/b{i}", node.name);
-        let params = EchoParams { port: TARGET_PORT, cpu: args.server_cpu, threads: args.streams, nice: args.nice };
+        let params = EchoParams {
+            port: TARGET_PORT,
+            cpu: args.common.server_cpu,
+            threads: args.streams,
+            nice: args.common.nice,
+        };
         servers.push(spawn_echo(node, &pod, xtask, &label, &params)?);
         backends.push(pod);
     }
@@ -852,9 +832,10 @@ fn measure(
     first: bool,
     args: &ServicesBenchArgs,
 ) -> Result<Load> {
-    let secs = args.secs / args.rounds as f64;
+    let secs = args.common.secs / args.common.rounds as f64;
     let warmup = if first { args.warmup } else { args.warmup / 10.0 };
-    let params = LoadParams { secs, warmup, streams: args.streams, cpu: args.client_cpu, nice: args.nice };
+    let params =
+        LoadParams { secs, warmup, streams: args.streams, cpu: args.common.client_cpu, nice: args.common.nice };
     run_load(xtask, client, target, cgroup, &params)
 }
 
@@ -1194,11 +1175,11 @@ fn print_data_path(args: &ServicesBenchArgs, d: &DataPath) {
          echo servers on CPU {} (nice {}); {:.1} s per cell in {} interleaved slices, {:.2} s warm-up first",
         REQUEST.len(),
         args.streams,
-        args.client_cpu,
-        args.server_cpu,
-        args.nice,
-        args.secs,
-        args.rounds,
+        args.common.client_cpu,
+        args.common.server_cpu,
+        args.common.nice,
+        args.common.secs,
+        args.common.rounds,
         args.warmup
     );
     println!(
