@@ -1,0 +1,356 @@
+//! The data-path half: two nodes (weir, iptables) with four echo backends
+//! each, then for every size the Services programmed both ways and every
+//! column measured in interleaved rounds.
+
+use std::{
+    collections::BTreeMap,
+    fs, io,
+    net::{Ipv4Addr, SocketAddrV4},
+    os::fd::AsRawFd,
+    path::{Path, PathBuf},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result};
+use weir_testbed::{
+    Agent, Node, Pod, Topology, cleanup, cni::Conflist, exec, netns::NetNs, process::ChildGuard, tools,
+};
+
+use super::{
+    Cell, Column, ENDPOINTS, MANIFEST, SVC_PORT, ServicesBenchArgs, TARGET_PORT,
+    host::{Paused, cpu_percent, rss_mib},
+    load::{EchoParams, Load, LoadParams, run_load, spawn_echo},
+    manifests::{iptables_rules, load_iptables, weir_manifest},
+    subcommands::exchange,
+};
+
+pub(super) struct DataPath {
+    pub(super) cells: BTreeMap<(usize, Column), Cell>,
+    pub(super) ipvs: String,
+    pub(super) socket_lb: std::result::Result<(), String>,
+    /// Per size: manifest-dir programming time (weir), iptables-restore time.
+    pub(super) programming: BTreeMap<usize, (Option<Duration>, Option<Duration>)>,
+    /// Per size: the agent's CPU use while nothing changes, in % of a core.
+    pub(super) agent_idle_cpu: BTreeMap<usize, Option<f64>>,
+    pub(super) agent_rss_mib: Option<f64>,
+    pub(super) iptables_version: String,
+    /// Per node: (entries, entries never answered in their own direction).
+    pub(super) conntrack_end: Vec<(String, Option<(usize, usize)>)>,
+}
+
+/// One node's four backend pods with their echo servers.
+struct Side<'a> {
+    node: &'a Node,
+    list: Conflist,
+    backends: Vec<Pod>,
+    _servers: Vec<ChildGuard>,
+}
+
+/// A fresh client pod per column and size: a client never reuses a source
+/// port towards a backend it reached before through another path or VIP.
+/// (weir's conntrack keeps reply entries after a flow ends, and TCP
+/// timestamps offsets differ per destination address: both make a reused
+/// 4-tuple misbehave, which would measure the bench, not the path.)
+struct Clients(Vec<Pod>);
+
+impl Clients {
+    fn new(side: &Side, size_index: usize, names: &[&str]) -> Result<Self> {
+        names
+            .iter()
+            .map(|n| Pod::create(side.node, &format!("{n}{size_index}"), &side.list))
+            .collect::<Result<Vec<_>>>()
+            .map(Self)
+    }
+
+    fn get(&self, name: &str) -> &Pod {
+        self.0.iter().find(|p| p.name.starts_with(name)).expect("client pod made by Clients::new")
+    }
+}
+
+/// A cgroup v2 directory of this run (`<mount>/<prefix>-socklb`), removed on
+/// drop; the test bed's sweep removes it on the other exit paths.
+struct Cgroup(PathBuf);
+
+impl Drop for Cgroup {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir(&self.0);
+    }
+}
+
+pub(super) fn data_path(topo: &Topology, xtask: &Path, args: &ServicesBenchArgs) -> Result<DataPath> {
+    let (weir_node, ipt_node) = (topo.node("n1"), topo.node("n2"));
+    let cg_root = cleanup::cgroup2_mount().context("no cgroup v2 mount: socket LB needs one")?;
+    let cgroup = Cgroup(cg_root.join(topo.prefix().child("socklb")));
+    fs::create_dir(&cgroup.0).with_context(|| format!("create cgroup {}", cgroup.0.display()))?;
+
+    let mut agent = Agent::spawn_with(weir_node, topo.manifest_dir(), Some(&cgroup.0))?;
+    agent.wait_ready(Agent::ready_timeout())?;
+    let socket_lb = check_socket_lb(&cgroup.0);
+
+    // conntrack in both node namespaces (see the module doc). TIME_WAIT
+    // entries last 10 s instead of 120 s: a run opens up to ~250,000
+    // connections per node and the table (262,144, a global limit not settable here)
+    // must never fill, which would drop SYNs in whichever column came last.
+    for node in [weir_node, ipt_node] {
+        node.netns.run(&[
+            "iptables",
+            "-t",
+            "filter",
+            "-A",
+            "FORWARD",
+            "-m",
+            "conntrack",
+            "--ctstate",
+            "RELATED,ESTABLISHED",
+            "-m",
+            "comment",
+            "--comment",
+            "bench: conntrack on",
+            "-j",
+            "ACCEPT",
+        ])?;
+        node.netns.run(&["sysctl", "-q", "-w", "net.netfilter.nf_conntrack_tcp_timeout_time_wait=10"])?;
+    }
+    let ipvs = detect_ipvs(&ipt_node.netns);
+    let iptables_version = ipt_node.netns.run(&["iptables", "-V"]).unwrap_or_default().trim().to_string();
+
+    let weir_list = weir_node.agent_conflist()?.only(&["weir-cni"]);
+    let mut plain_list = ipt_node.contract_conflist().only(&["weir-cni"]);
+    plain_list.plugin_mut("weir-cni").expect("weir-cni in the contract list").raw.remove("bpfPinDir");
+    let weir = side(weir_node, weir_list, xtask, args)?;
+    let ipt = side(ipt_node, plain_list, xtask, args)?;
+    println!(
+        "n1 (weir, agent pid {}): backends {}; n2 (iptables): backends {}",
+        agent.pid(),
+        ips(&weir.backends),
+        ips(&ipt.backends)
+    );
+
+    let mut cells = BTreeMap::new();
+    let mut programming = BTreeMap::new();
+    let mut agent_idle_cpu = BTreeMap::new();
+    for (index, &size) in args.sizes.iter().enumerate() {
+        let vip = Ipv4Addr::new(10, 96, 1, 10 + index as u8);
+        println!("\n== {size} Services (measured: {vip}:{SVC_PORT}, its iptables rule last)");
+        let weir_clients = Clients::new(&weir, index, &["cd", "ct", "cs"])?;
+        let ipt_clients = Clients::new(&ipt, index, &["cd", "ci"])?;
+
+        let start = Instant::now();
+        topo.write_manifest(MANIFEST, &weir_manifest(size, vip, &weir.backends))?;
+        let weir_ready =
+            probe(&weir_clients.get("ct").netns, SocketAddrV4::new(vip, SVC_PORT), Duration::from_secs(120))
+                .map(|()| start.elapsed());
+        match &weir_ready {
+            Ok(t) => println!("weir: manifest with {size} Services answered after {:.2} s", t.as_secs_f64()),
+            Err(e) => println!("weir: ClusterIP never answered: {e:#}\n{}", agent.log_tail(20)),
+        }
+        let ipt_ready = load_iptables(topo, ipt_node, size, vip, &ipt.backends).and_then(|t| {
+            probe(&ipt_clients.get("ci").netns, SocketAddrV4::new(vip, SVC_PORT), Duration::from_secs(30))?;
+            Ok(t)
+        });
+        match &ipt_ready {
+            Ok(t) => println!("iptables: {} rules restored in {:.2} s", iptables_rules(size), t.as_secs_f64()),
+            Err(e) => println!("iptables: not working: {e:#}"),
+        }
+        programming.insert(size, (weir_ready.as_ref().ok().copied(), ipt_ready.as_ref().ok().copied()));
+        agent_idle_cpu.insert(size, cpu_percent(agent.pid(), Duration::from_secs(1)));
+        // The datapath runs on pinned maps and links without the agent; the
+        // agent's own CPU use (its manifest-dir source re-snapshots every
+        // object at each poll) would otherwise land on the measured cores.
+        let _paused = (!args.agent_running).then(|| Paused::new(agent.pid()));
+
+        let mut sums: BTreeMap<Column, Cell> = BTreeMap::new();
+        for round in 0..args.common.rounds {
+            for col in Column::ALL {
+                let (client, node, target, cg) = match col {
+                    Column::Direct => {
+                        (weir_clients.get("cd"), weir_node, SocketAddrV4::new(weir.backends[0].ip, TARGET_PORT), None)
+                    }
+                    Column::WeirTc => (weir_clients.get("ct"), weir_node, SocketAddrV4::new(vip, SVC_PORT), None),
+                    Column::WeirSock => {
+                        (weir_clients.get("cs"), weir_node, SocketAddrV4::new(vip, SVC_PORT), Some(&cgroup.0))
+                    }
+                    Column::DirectIpt => {
+                        (ipt_clients.get("cd"), ipt_node, SocketAddrV4::new(ipt.backends[0].ip, TARGET_PORT), None)
+                    }
+                    Column::Iptables => (ipt_clients.get("ci"), ipt_node, SocketAddrV4::new(vip, SVC_PORT), None),
+                };
+                if matches!(sums.get(&col), Some(Err(_))) {
+                    continue;
+                }
+                let result = match (col, &weir_ready, &ipt_ready, &socket_lb) {
+                    (Column::WeirTc | Column::WeirSock, Err(e), _, _) => Err(format!("not programmed: {e:#}")),
+                    (Column::Iptables, _, Err(e), _) => Err(format!("not programmed: {e:#}")),
+                    (Column::WeirSock, _, _, Err(e)) => Err(e.clone()),
+                    _ => measure(xtask, &client.netns, target, cg.map(PathBuf::as_path), round == 0, args)
+                        .map(|mut l| {
+                            if round + 1 == args.common.rounds {
+                                l.conntrack = conntrack_from(node, client.ip);
+                            }
+                            l
+                        })
+                        .map_err(|e| format!("round {}: {e:#}", round + 1)),
+                };
+                match (sums.get_mut(&col), result) {
+                    (_, Err(e)) => {
+                        sums.insert(col, Err(e));
+                    }
+                    (Some(Ok(sum)), Ok(l)) => sum.merge(l),
+                    (_, Ok(l)) => {
+                        sums.insert(col, Ok(l));
+                    }
+                }
+            }
+        }
+        for (col, cell) in sums {
+            match &cell {
+                Ok(l) => {
+                    let (p50, p99) = l.latency_us();
+                    println!(
+                        "  {:<11} {:>9.0} conn/s  p50 {:>7.1} us  p99 {:>7.1} us  errors {}{}",
+                        col.label(),
+                        l.rate(),
+                        p50,
+                        p99,
+                        l.errors,
+                        l.first_error.as_ref().map(|e| format!(" (first: {e})")).unwrap_or_default()
+                    )
+                }
+                Err(e) => println!("  {:<11} FAILED: {e}", col.label()),
+            }
+            cells.insert((size, col), cell);
+        }
+    }
+    let agent_rss_mib = rss_mib(agent.pid());
+    let conntrack_end = [weir_node, ipt_node].iter().map(|n| (n.name.clone(), conntrack_states(n))).collect();
+    drop(ipt);
+    drop(weir);
+    agent.stop();
+    drop(cgroup);
+    Ok(DataPath { cells, ipvs, socket_lb, programming, agent_idle_cpu, agent_rss_mib, iptables_version, conntrack_end })
+}
+
+fn ips(pods: &[Pod]) -> String {
+    pods.iter().map(|p| p.ip.to_string()).collect::<Vec<_>>().join(",")
+}
+
+/// Four backend pods running the echo server.
+fn side<'a>(node: &'a Node, list: Conflist, xtask: &Path, args: &ServicesBenchArgs) -> Result<Side<'a>> {
+    let mut backends = Vec::new();
+    let mut servers = Vec::new();
+    let xtask = xtask.to_str().context("non-UTF-8 path")?;
+    for i in 0..ENDPOINTS {
+        let pod = Pod::create(node, &format!("b{i}"), &list)?;
+        let label = format!("{}/b{i}", node.name);
+        let params = EchoParams {
+            port: TARGET_PORT,
+            cpu: args.common.server_cpu,
+            threads: args.streams,
+            nice: args.common.nice,
+        };
+        servers.push(spawn_echo(node, &pod, xtask, &label, &params)?);
+        backends.push(pod);
+    }
+    Ok(Side { node, list, backends, _servers: servers })
+}
+
+/// The programs the agent attached to the socket-LB cgroup, or why not.
+fn check_socket_lb(cgroup: &Path) -> std::result::Result<(), String> {
+    let out = exec::output(
+        std::process::Command::new("bpftool").arg("cgroup").arg("show").arg(cgroup),
+        None,
+        exec::DEFAULT_TIMEOUT,
+    )
+    .map_err(|e| format!("bpftool cgroup show: {e:#}"))?;
+    let text = out.stdout_str();
+    if text.contains("connect4") || text.contains("inet4_connect") {
+        Ok(())
+    } else {
+        Err(format!(
+            "not measured: the agent attached no connect4 program to {} (bpftool: {:?})",
+            cgroup.display(),
+            text.trim()
+        ))
+    }
+}
+
+/// "n/a: ..." unless `ipvsadm -Ln` works in the node namespace.
+fn detect_ipvs(netns: &NetNs) -> String {
+    if !tools::IPVSADM.is_present() {
+        return "n/a: ipvsadm not installed".into();
+    }
+    match netns.output(&["ipvsadm", "-Ln"]) {
+        Ok(out) if out.success() => "available".into(),
+        Ok(out) => {
+            let msg = format!("{}{}", out.stderr_str(), out.stdout_str());
+            if msg.contains("Protocol not available") {
+                "n/a: kernel has no IP_VS".into()
+            } else {
+                format!("n/a: ipvsadm -Ln failed: {}", msg.lines().next().unwrap_or_default().trim())
+            }
+        }
+        Err(e) => format!("n/a: {e:#}"),
+    }
+}
+
+/// TCP entries whose original source is `client` in the node's table.
+fn conntrack_from(node: &Node, client: Ipv4Addr) -> Option<usize> {
+    let mut cmd = node.netns.command("conntrack").ok()?;
+    cmd.args(["-L", "-p", "tcp", "-s", &client.to_string()]);
+    let out = exec::output(&mut cmd, None, Duration::from_secs(60)).ok()?;
+    Some(out.stdout_str().lines().filter(|l| l.starts_with("tcp")).count())
+}
+
+/// `conntrack -L` in the node namespace: (entries, [UNREPLIED] entries).
+fn conntrack_states(node: &Node) -> Option<(usize, usize)> {
+    let mut cmd = node.netns.command("conntrack").ok()?;
+    cmd.arg("-L");
+    let out = exec::output(&mut cmd, None, Duration::from_secs(60)).ok()?;
+    let text = out.stdout_str();
+    let lines = text.lines().filter(|l| l.starts_with("tcp")).count();
+    let unreplied = text.lines().filter(|l| l.contains("[UNREPLIED]")).count();
+    Some((lines, unreplied))
+}
+
+/// Tries one exchange from `netns` until it works or `timeout` passes.
+fn probe(netns: &NetNs, target: SocketAddrV4, timeout: Duration) -> Result<()> {
+    let ns = fs::File::open(netns.path()).with_context(|| format!("open {}", netns.path().display()))?;
+    thread::scope(|s| {
+        s.spawn(|| -> Result<()> {
+            // SAFETY: setns on this (short-lived, dedicated) thread only.
+            if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                return Err(io::Error::last_os_error()).context("setns");
+            }
+            let deadline = Instant::now() + timeout;
+            let mut buf = [0u8; 256];
+            loop {
+                match exchange(target, Duration::from_millis(500), &mut buf) {
+                    Ok(_) => return Ok(()),
+                    Err(e) if Instant::now() > deadline => {
+                        return Err(e).with_context(|| format!("{target} from {}", netns.name()));
+                    }
+                    Err(_) => thread::sleep(Duration::from_millis(50)),
+                }
+            }
+        })
+        .join()
+        .expect("probe thread panicked")
+    })
+}
+
+/// One cell: the load generator in the client pod (and cgroup, if any).
+fn measure(
+    xtask: &Path,
+    client: &NetNs,
+    target: SocketAddrV4,
+    cgroup: Option<&Path>,
+    first: bool,
+    args: &ServicesBenchArgs,
+) -> Result<Load> {
+    let secs = args.common.secs / args.common.rounds as f64;
+    let warmup = if first { args.warmup } else { args.warmup / 10.0 };
+    let params =
+        LoadParams { secs, warmup, streams: args.streams, cpu: args.common.client_cpu, nice: args.common.nice };
+    run_load(xtask, client, target, cgroup, &params)
+}
