@@ -17,6 +17,9 @@ pub use loader::Datapath;
 pub use map_error::MapError;
 
 #[cfg(test)]
+pub mod fault;
+
+#[cfg(test)]
 mod prog_test_run;
 #[cfg(test)]
 mod tests;

@@ -1,5 +1,6 @@
-//! The Service maps: what they hold (`maps`, behind a trait with fake and
-//! faulty implementations for tests; `aya_maps` for the pinned ones), how
+//! The Service maps: what they hold (`maps`, behind a trait with a fake
+//! for tests, failing writes through `datapath::fault`; `aya_maps` for the
+//! pinned ones), how
 //! desired frontends are written into them (`programmer`), and the
 //! connect-time programs' attachment (`socket`).
 mod aya_maps;

@@ -1,11 +1,15 @@
 //! Access to the NetworkPolicy maps behind a trait, so the programmer's
-//! write order can be tested against a fake and a faulty fake.
+//! write order can be tested against a fake (failing writes on demand).
 use std::{collections::BTreeMap, net::Ipv4Addr};
 
 use ipnetwork::Ipv4Network;
 use weir_common::{EndpointInfo, policy::PolicyKey};
 
 use crate::datapath::MapError;
+#[cfg(test)]
+use crate::datapath::fault::Faults;
+#[cfg(test)]
+use weir_common::pin;
 
 /// A policy map entry: (prefix length, key).
 pub type RuleKey = (u32, PolicyKey);
@@ -36,35 +40,41 @@ pub trait PolicyMaps {
     fn prune_endpoint_stats(&mut self, keep: &BTreeMap<u32, EndpointInfo>) -> Result<usize, MapError>;
 }
 
-/// In-memory maps: the reference the programmer is tested against.
+/// In-memory maps: the reference the programmer is tested against, with
+/// writes failing as `faults` says, for error paths.
 #[cfg(test)]
 #[derive(Clone, Debug, Default)]
 pub struct FakePolicyMaps {
     pub maps: PolicyDump,
     pub endpoints: BTreeMap<u32, EndpointInfo>,
-    /// Every write and delete, in order (for order and "touches nothing
-    /// else" checks).
+    /// Every write and delete that went through, in order (for order and
+    /// "touches nothing else" checks).
     pub log: Vec<String>,
+    pub faults: Faults,
 }
 
 #[cfg(test)]
 impl PolicyMaps for FakePolicyMaps {
     fn set_rule(&mut self, key: RuleKey, slot: u32) -> Result<(), MapError> {
+        self.faults.write("insert", pin::MAP_POLICY)?;
         self.log.push(format!("rule+ {}/{:?} {slot}", key.0, key.1));
         self.maps.rules.insert(key, slot);
         Ok(())
     }
     fn delete_rule(&mut self, key: RuleKey) -> Result<(), MapError> {
+        self.faults.write("delete", pin::MAP_POLICY)?;
         self.log.push(format!("rule- {}/{:?}", key.0, key.1));
         self.maps.rules.remove(&key);
         Ok(())
     }
     fn set_identity(&mut self, net: Ipv4Network, identity: u32) -> Result<(), MapError> {
+        self.faults.write("insert", pin::MAP_IPCACHE)?;
         self.log.push(format!("ip+ {net} {identity}"));
         self.maps.ipcache.insert(net, identity);
         Ok(())
     }
     fn delete_identity(&mut self, net: Ipv4Network) -> Result<(), MapError> {
+        self.faults.write("delete", pin::MAP_IPCACHE)?;
         self.log.push(format!("ip- {net}"));
         self.maps.ipcache.remove(&net);
         Ok(())
@@ -73,6 +83,7 @@ impl PolicyMaps for FakePolicyMaps {
         Ok(self.endpoints.clone())
     }
     fn set_endpoint_policy_flags(&mut self, ifindex: u32, ip: Ipv4Addr, flags: u32) -> Result<bool, MapError> {
+        self.faults.write("update", pin::MAP_ENDPOINTS)?;
         self.log.push(format!("ep {ifindex} {flags:#x}"));
         match self.endpoints.get_mut(&ifindex) {
             Some(ep) if ep.ipv4_octets() == ip.octets() => {
@@ -87,59 +98,5 @@ impl PolicyMaps for FakePolicyMaps {
     }
     fn prune_endpoint_stats(&mut self, _keep: &BTreeMap<u32, EndpointInfo>) -> Result<usize, MapError> {
         Ok(0)
-    }
-}
-
-/// A fake whose `fail_at`-th write or delete fails (counting from 0).
-#[cfg(test)]
-#[derive(Default)]
-pub struct FaultyPolicyMaps {
-    pub inner: FakePolicyMaps,
-    pub fail_at: Option<usize>,
-    pub ops: usize,
-}
-
-#[cfg(test)]
-impl FaultyPolicyMaps {
-    fn tick(&mut self, op: &'static str) -> Result<(), MapError> {
-        let n = self.ops;
-        self.ops += 1;
-        if self.fail_at == Some(n) {
-            return Err(MapError { op, map: "fake", reason: "injected fault".into() });
-        }
-        Ok(())
-    }
-}
-
-#[cfg(test)]
-impl PolicyMaps for FaultyPolicyMaps {
-    fn set_rule(&mut self, key: RuleKey, slot: u32) -> Result<(), MapError> {
-        self.tick("insert")?;
-        self.inner.set_rule(key, slot)
-    }
-    fn delete_rule(&mut self, key: RuleKey) -> Result<(), MapError> {
-        self.tick("delete")?;
-        self.inner.delete_rule(key)
-    }
-    fn set_identity(&mut self, net: Ipv4Network, identity: u32) -> Result<(), MapError> {
-        self.tick("insert")?;
-        self.inner.set_identity(net, identity)
-    }
-    fn delete_identity(&mut self, net: Ipv4Network) -> Result<(), MapError> {
-        self.tick("delete")?;
-        self.inner.delete_identity(net)
-    }
-    fn local_endpoints(&self) -> Result<BTreeMap<u32, EndpointInfo>, MapError> {
-        self.inner.local_endpoints()
-    }
-    fn set_endpoint_policy_flags(&mut self, ifindex: u32, ip: Ipv4Addr, flags: u32) -> Result<bool, MapError> {
-        self.tick("update")?;
-        self.inner.set_endpoint_policy_flags(ifindex, ip, flags)
-    }
-    fn dump_policy(&self) -> Result<PolicyDump, MapError> {
-        self.inner.dump_policy()
-    }
-    fn prune_endpoint_stats(&mut self, keep: &BTreeMap<u32, EndpointInfo>) -> Result<usize, MapError> {
-        self.inner.prune_endpoint_stats(keep)
     }
 }

@@ -1,5 +1,6 @@
 //! The NetworkPolicy maps: what they hold (`maps`, behind a trait with a
-//! fake for tests; `aya_maps` for the pinned ones), how a compiled policy
+//! fake for tests, failing writes through `datapath::fault`; `aya_maps` for
+//! the pinned ones), how a compiled policy
 //! is written into them (`programmer`), and the counters read back from
 //! them (`stats`).
 mod aya_maps;

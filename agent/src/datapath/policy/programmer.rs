@@ -145,7 +145,7 @@ mod tests {
     use weir_common::policy::{DIR_INGRESS, PolicyKey};
 
     use super::*;
-    use crate::datapath::policy::maps::{FakePolicyMaps, FaultyPolicyMaps};
+    use crate::datapath::{fault::FailPlan, policy::maps::FakePolicyMaps};
 
     const PENDING: u32 = EndpointInfo::FLAG_POLICY_PENDING;
     const INGRESS: u32 = EndpointInfo::FLAG_INGRESS_ENFORCED;
@@ -264,33 +264,34 @@ mod tests {
             [(7, ep([10, 244, 1, 5], INGRESS)), (8, ep([10, 244, 1, 9], PENDING))].into();
         let mut position = 0;
         loop {
-            let mut maps = FaultyPolicyMaps::default();
-            maps.inner.endpoints = [(7, ep([10, 244, 1, 5], 0)), (8, ep([10, 244, 1, 6], 0))].into();
+            let mut maps = FakePolicyMaps {
+                endpoints: [(7, ep([10, 244, 1, 5], 0)), (8, ep([10, 244, 1, 6], 0))].into(),
+                ..Default::default()
+            };
             let mut p = PolicyProgrammer::default();
             let t1 = first();
-            let eps = maps.inner.endpoints.clone();
+            let eps = maps.endpoints.clone();
             p.apply(&mut maps, &t1.get(), &eps).unwrap();
-            maps.inner.endpoints.insert(8, endpoints[&8]);
-            maps.ops = 0;
-            maps.fail_at = Some(position);
+            maps.endpoints.insert(8, endpoints[&8]);
+            maps.faults.set(FailPlan::Nth(position));
             let t2 = second();
-            let eps = maps.inner.endpoints.clone();
+            let eps = maps.endpoints.clone();
             let result = p.apply(&mut maps, &t2.get(), &eps);
             // Pod on 8 never sees pod 8's old entry once out of pending.
-            let e8 = maps.inner.endpoints[&8].flags;
+            let e8 = maps.endpoints[&8].flags;
             if e8 & PENDING == 0 {
-                assert!(!maps.inner.maps.rules.contains_key(&rule(8, 301)), "position {position}");
-                assert!(maps.inner.maps.rules.contains_key(&rule(8, 302)), "position {position}");
+                assert!(!maps.maps.rules.contains_key(&rule(8, 301)), "position {position}");
+                assert!(maps.maps.rules.contains_key(&rule(8, 302)), "position {position}");
             }
             // Whatever 10.244.1.5 maps to, pod 7 allows exactly that.
-            let id = maps.inner.maps.ipcache[&net("10.244.1.5/32")];
-            assert!(maps.inner.maps.rules.contains_key(&rule(7, id)), "position {position}");
-            maps.fail_at = None;
-            let eps = maps.inner.endpoints.clone();
+            let id = maps.maps.ipcache[&net("10.244.1.5/32")];
+            assert!(maps.maps.rules.contains_key(&rule(7, id)), "position {position}");
+            maps.faults.set(FailPlan::Never);
+            let eps = maps.endpoints.clone();
             p.apply(&mut maps, &t2.get(), &eps).unwrap();
-            assert_eq!(maps.inner.maps.rules, t2.rules);
-            assert_eq!(maps.inner.maps.ipcache, t2.ipcache);
-            assert_eq!(maps.inner.endpoints[&8].flags & EndpointInfo::FLAGS_POLICY, INGRESS);
+            assert_eq!(maps.maps.rules, t2.rules);
+            assert_eq!(maps.maps.ipcache, t2.ipcache);
+            assert_eq!(maps.endpoints[&8].flags & EndpointInfo::FLAGS_POLICY, INGRESS);
             if result.is_ok() {
                 break;
             }

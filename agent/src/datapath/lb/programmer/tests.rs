@@ -1,5 +1,5 @@
 use super::*;
-use crate::datapath::lb::maps::{FakeLbMaps, FaultyLbMaps};
+use crate::datapath::{fault::FailPlan, lb::maps::FakeLbMaps};
 
 fn backend(ip: &str, port: u16) -> BackendRef {
     BackendRef {
@@ -200,23 +200,22 @@ fn every_fault_leaves_consistent_maps_and_recovers() {
     let expected = resolve(&reference.maps);
 
     let mut faults_injected = 0;
-    for fail_at in 1..40 {
-        let mut maps = FaultyLbMaps::default();
+    for fail_at in 0..39 {
+        let mut maps = FakeLbMaps::default();
         let mut p = LbProgrammer::default();
         p.apply(&first, true, &mut maps);
-        maps.attempts = 0;
-        maps.fail_from = Some(fail_at);
+        maps.faults.set(FailPlan::FromNth(fail_at));
         let r = p.apply(&second, true, &mut maps);
-        check_consistent(&maps.inner.maps).unwrap_or_else(|e| panic!("fail_at {fail_at}: {e}"));
+        check_consistent(&maps.maps).unwrap_or_else(|e| panic!("fail_at {fail_at}: {e}"));
         let failed = !r.errors.is_empty();
         faults_injected += usize::from(failed);
-        maps.fail_from = None;
+        maps.faults.set(FailPlan::Never);
         let r = p.apply(&second, true, &mut maps);
         assert!(r.errors.is_empty());
-        check_consistent(&maps.inner.maps).unwrap();
-        assert_eq!(resolve(&maps.inner.maps), expected, "fail_at {fail_at}");
-        assert_eq!(maps.inner.maps.backends.len(), reference.maps.backends.len(), "fail_at {fail_at}: leaked backends");
-        assert_eq!(maps.inner.maps.rev_nats.len(), reference.maps.rev_nats.len(), "fail_at {fail_at}: leaked rev-NAT");
+        check_consistent(&maps.maps).unwrap();
+        assert_eq!(resolve(&maps.maps), expected, "fail_at {fail_at}");
+        assert_eq!(maps.maps.backends.len(), reference.maps.backends.len(), "fail_at {fail_at}: leaked backends");
+        assert_eq!(maps.maps.rev_nats.len(), reference.maps.rev_nats.len(), "fail_at {fail_at}: leaked rev-NAT");
         if !failed {
             break; // past the last write: every fault position was covered
         }
