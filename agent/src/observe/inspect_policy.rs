@@ -1,6 +1,7 @@
 //! `weir-agent inspect policy` and `inspect verdict`: NetworkPolicy as the
-//! datapath holds it, from the pinned maps (the same lookups the kernel
-//! does), with names from the agent's `policy-names.json`.
+//! datapath holds it, from the pinned maps (looked up by the model's
+//! [`simulate`], the same lookups the kernel does), with names from the
+//! agent's `policy-names.json`.
 use std::{collections::BTreeMap, net::Ipv4Addr, path::Path};
 
 use anyhow::{Context as _, bail};
@@ -8,13 +9,20 @@ use aya::maps::{HashMap, LpmTrie, Map, MapData, lpm_trie::Key};
 use serde::Serialize;
 use weir_common::{
     EndpointInfo, EndpointKey, pin,
-    policy::{
-        DIR_EGRESS, DIR_INGRESS, IDENTITY_ANY, IDENTITY_WORLD, IpcacheEntry, IpcacheKey, POLICY_SLOT_OWN_NODE,
-        PolicyEntry, PolicyKey,
-    },
+    policy::{IDENTITY_WORLD, IpcacheEntry, IpcacheKey, POLICY_SLOT_OWN_NODE, PolicyEntry, PolicyKey},
 };
 
-use crate::{datapath::policy::stats, sync::names::NAMES_FILE};
+use crate::{
+    datapath::policy::stats,
+    model::{
+        policy::{
+            evaluate::Direction,
+            simulate::{PolicyMaps, enforced_flag, simulate},
+        },
+        service::Protocol,
+    },
+    sync::names::NAMES_FILE,
+};
 
 fn map_data(pin_dir: &Path, name: &str) -> anyhow::Result<MapData> {
     let path = pin_dir.join(pin::MAPS_DIR).join(name);
@@ -74,18 +82,24 @@ impl Live {
     fn endpoint_of(&self, ip: Ipv4Addr) -> Option<(u32, EndpointInfo)> {
         self.endpoints.iter().find(|(_, e)| e.ipv4_octets() == ip.octets()).map(|(i, e)| (*i, *e))
     }
+}
 
-    fn identity(&self, ip: Ipv4Addr) -> u32 {
-        self.ipcache
-            .get(&Key::new(32, IpcacheKey { addr: u32::from_ne_bytes(ip.octets()) }), 0)
-            .map_or(IDENTITY_WORLD, |e| e.identity)
+/// The pinned maps, looked up as the kernel does (by the one user-space
+/// copy of its lookup, [`simulate`]).
+impl PolicyMaps for Live {
+    fn endpoint_flags(&self, ifindex: u32) -> u32 {
+        self.endpoints.get(&ifindex).map_or(0, |e| e.flags)
     }
 
-    /// The kernel's lookup: the peer's identity, then the wildcard.
-    fn lookup(&self, ifindex: u32, dir: u8, identity: u32, proto: u8, port: u16) -> Option<u32> {
-        let key = PolicyKey { ifindex, identity, dir, proto, port: port.to_be() };
-        let get = |k: PolicyKey| self.rules.get(&Key::new(PolicyKey::PREFIX_FULL, k), 0).ok().map(|e| e.policy_slot);
-        get(key).or_else(|| get(PolicyKey { identity: IDENTITY_ANY, ..key }))
+    fn ipcache(&self, addr: Ipv4Addr) -> Option<u32> {
+        self.ipcache
+            .get(&Key::new(32, IpcacheKey { addr: u32::from_ne_bytes(addr.octets()) }), 0)
+            .ok()
+            .map(|e| e.identity)
+    }
+
+    fn policy(&self, key: PolicyKey) -> Option<u32> {
+        self.rules.get(&Key::new(PolicyKey::PREFIX_FULL, key), 0).ok().map(|e| e.policy_slot)
     }
 }
 
@@ -111,16 +125,16 @@ pub struct VerdictReport {
     pub checks: Vec<Side>,
 }
 
-pub fn parse_port(s: &str) -> anyhow::Result<(u16, u8, String)> {
+pub fn parse_port(s: &str) -> anyhow::Result<(u16, Protocol)> {
     let (port, proto) = s.split_once('/').unwrap_or((s, "tcp"));
     let port: u16 = port.parse().with_context(|| format!("port {port:?}"))?;
-    let (num, name) = match proto.to_ascii_lowercase().as_str() {
-        "tcp" => (6, "TCP"),
-        "udp" => (17, "UDP"),
-        "sctp" => (132, "SCTP"),
+    let proto = match proto.to_ascii_lowercase().as_str() {
+        "tcp" => Protocol::Tcp,
+        "udp" => Protocol::Udp,
+        "sctp" => Protocol::Sctp,
         other => bail!("protocol {other:?}: use tcp, udp or sctp"),
     };
-    Ok((port, num, name.into()))
+    Ok((port, proto))
 }
 
 pub fn verdict(
@@ -130,25 +144,22 @@ pub fn verdict(
     to: Ipv4Addr,
     port: &str,
 ) -> anyhow::Result<VerdictReport> {
-    let (port, proto, proto_name) = parse_port(port)?;
+    let (port, proto) = parse_port(port)?;
     let live = Live::open(pin_dir, run_dir)?;
     let mut checks = Vec::new();
-    for (dir, me, peer) in [(DIR_EGRESS, from, to), (DIR_INGRESS, to, from)] {
+    for (dir, me, peer) in [(Direction::Egress, from, to), (Direction::Ingress, to, from)] {
         let Some((ifindex, ep)) = live.endpoint_of(me) else { continue };
         let pod = live.names.pod(ifindex).unwrap_or_else(|| me.to_string());
-        let enforced_bit =
-            if dir == DIR_INGRESS { EndpointInfo::FLAG_INGRESS_ENFORCED } else { EndpointInfo::FLAG_EGRESS_ENFORCED };
-        let pending = ep.flags & EndpointInfo::FLAG_POLICY_PENDING != 0;
-        let enforced = ep.flags & enforced_bit != 0;
-        let identity = live.identity(peer);
-        let slot = if enforced { live.lookup(ifindex, dir, identity, proto, port) } else { None };
+        let sim = simulate(&live, ifindex, dir, peer, proto, port);
+        // As the flags have it (a pending endpoint may be isolated or not).
+        let enforced = ep.flags & enforced_flag(dir) != 0;
         checks.push(Side {
-            check: format!("{} at {pod}", if dir == DIR_INGRESS { "ingress" } else { "egress" }),
+            check: format!("{} at {pod}", if dir == Direction::Ingress { "ingress" } else { "egress" }),
             enforced,
-            pending,
-            peer_identity: live.names.identity(identity),
-            allowed: !pending && (!enforced || slot.is_some()),
-            allowed_by: match (pending, enforced, slot) {
+            pending: sim.pending,
+            peer_identity: live.names.identity(sim.identity),
+            allowed: sim.allowed,
+            allowed_by: match (sim.pending, enforced, sim.slot) {
                 (true, _, _) => None,
                 (false, false, _) => Some("not isolated in this direction".into()),
                 (false, true, Some(s)) => Some(live.names.slot(s)),
@@ -159,7 +170,8 @@ pub fn verdict(
     if checks.is_empty() {
         bail!("neither {from} nor {to} is a pod on this node: ask the agent on the node of either");
     }
-    Ok(VerdictReport { from, to, port, protocol: proto_name, allowed: checks.iter().all(|c| c.allowed), checks })
+    let protocol = proto.name().to_string();
+    Ok(VerdictReport { from, to, port, protocol, allowed: checks.iter().all(|c| c.allowed), checks })
 }
 
 #[derive(Serialize)]

@@ -1,6 +1,7 @@
-//! What the datapath does with the policy maps, on a [`DesiredPolicy`]:
-//! the same LPM lookups in the same order. For tests (held to the
-//! evaluator) and for `inspect policy` (answered from the maps).
+//! What the datapath does with the policy maps: the same LPM lookups in the
+//! same order, on any [`PolicyMaps`]. One copy in user space: the tests
+//! feed it a [`DesiredPolicy`] (held to the evaluator), `inspect verdict`
+//! feeds it the pinned maps.
 use std::net::Ipv4Addr;
 
 use weir_common::{
@@ -16,6 +17,18 @@ use super::{
 };
 use crate::model::service::Protocol;
 
+/// Where the policy maps are read from: the three lookups the datapath
+/// makes, each as the kernel's map answers it.
+pub trait PolicyMaps {
+    /// The endpoint's flags (0: no such endpoint).
+    fn endpoint_flags(&self, ifindex: u32) -> u32;
+    /// The ipcache: the identity of the longest prefix containing `addr`.
+    fn ipcache(&self, addr: Ipv4Addr) -> Option<u32>;
+    /// The policy map: the slot of the longest entry matching the full
+    /// `key` (port in network byte order).
+    fn policy(&self, key: PolicyKey) -> Option<u32>;
+}
+
 /// The datapath's answer for a new flow at one endpoint in one direction.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Simulated {
@@ -30,50 +43,77 @@ pub struct Simulated {
     pub slot: Option<u32>,
 }
 
-impl DesiredPolicy {
-    /// The ipcache lookup: the longest prefix containing `addr`, `world`
-    /// on a miss.
-    pub fn identity_of(&self, addr: Ipv4Addr) -> u32 {
-        (0..=32).rev().find_map(|len| self.ipcache.get(&prefix_of(addr, len)).copied()).unwrap_or(IDENTITY_WORLD)
+impl PolicyMaps for DesiredPolicy {
+    fn endpoint_flags(&self, ifindex: u32) -> u32 {
+        self.endpoint_flags.get(&ifindex).copied().unwrap_or(0)
     }
 
-    /// The policy map lookup for one identity: the slot of the longest
-    /// matching entry. `port` in host byte order. Entries never cut into
-    /// the endpoint, identity or direction, so only prefixes from
-    /// `PREFIX_ANY_PROTO` are tried.
-    pub fn lookup(&self, ifindex: u32, identity: u32, dir: Direction, proto: u8, port: u16) -> Option<u32> {
-        let key = PolicyKey { ifindex, identity, dir: dir_code(dir), proto, port: port.to_be() };
+    fn ipcache(&self, addr: Ipv4Addr) -> Option<u32> {
+        (0..=32).rev().find_map(|len| self.ipcache.get(&prefix_of(addr, len)).copied())
+    }
+
+    /// Entries never cut into the endpoint, identity or direction, so only
+    /// prefixes from `PREFIX_ANY_PROTO` are tried.
+    fn policy(&self, key: PolicyKey) -> Option<u32> {
         (PolicyKey::PREFIX_ANY_PROTO..=PolicyKey::PREFIX_FULL)
             .rev()
             .find_map(|len| self.rules.get(&(len, masked(key, len))).copied())
     }
 }
 
+impl DesiredPolicy {
+    /// The ipcache lookup: the longest prefix containing `addr`, `world`
+    /// on a miss.
+    pub fn identity_of(&self, addr: Ipv4Addr) -> u32 {
+        identity_of(self, addr)
+    }
+}
+
+/// The ipcache lookup: `world` on a miss.
+pub fn identity_of<M: PolicyMaps + ?Sized>(maps: &M, addr: Ipv4Addr) -> u32 {
+    maps.ipcache(addr).unwrap_or(IDENTITY_WORLD)
+}
+
+/// The policy map lookup for one identity. `port` in host byte order.
+pub fn lookup<M: PolicyMaps + ?Sized>(
+    maps: &M,
+    ifindex: u32,
+    identity: u32,
+    dir: Direction,
+    proto: u8,
+    port: u16,
+) -> Option<u32> {
+    maps.policy(PolicyKey { ifindex, identity, dir: dir_code(dir), proto, port: port.to_be() })
+}
+
 /// A new flow at endpoint `ifindex` with `peer` (ingress: its source;
 /// egress: its destination after Service translation) to destination
 /// `port`.
-pub fn simulate(
-    desired: &DesiredPolicy,
+pub fn simulate<M: PolicyMaps + ?Sized>(
+    maps: &M,
     ifindex: u32,
     dir: Direction,
     peer: Ipv4Addr,
     proto: Protocol,
     port: u16,
 ) -> Simulated {
-    let flags = desired.endpoint_flags.get(&ifindex).copied().unwrap_or(0);
-    let identity = desired.identity_of(peer);
+    let flags = maps.endpoint_flags(ifindex);
+    let identity = identity_of(maps, peer);
     if flags & EndpointInfo::FLAG_POLICY_PENDING != 0 {
         return Simulated { enforced: true, pending: true, allowed: false, identity, slot: None };
     }
-    let enforced_bit = match dir {
-        Direction::Ingress => EndpointInfo::FLAG_INGRESS_ENFORCED,
-        Direction::Egress => EndpointInfo::FLAG_EGRESS_ENFORCED,
-    };
-    if flags & enforced_bit == 0 {
+    if flags & enforced_flag(dir) == 0 {
         return Simulated { enforced: false, pending: false, allowed: true, identity, slot: None };
     }
-    let slot = desired
-        .lookup(ifindex, identity, dir, proto.number(), port)
-        .or_else(|| desired.lookup(ifindex, IDENTITY_ANY, dir, proto.number(), port));
+    let slot = lookup(maps, ifindex, identity, dir, proto.number(), port)
+        .or_else(|| lookup(maps, ifindex, IDENTITY_ANY, dir, proto.number(), port));
     Simulated { enforced: true, pending: false, allowed: slot.is_some(), identity, slot }
+}
+
+/// The endpoint flag that says `dir` is checked.
+pub const fn enforced_flag(dir: Direction) -> u32 {
+    match dir {
+        Direction::Ingress => EndpointInfo::FLAG_INGRESS_ENFORCED,
+        Direction::Egress => EndpointInfo::FLAG_EGRESS_ENFORCED,
+    }
 }
