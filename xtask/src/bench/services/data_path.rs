@@ -88,29 +88,8 @@ pub(super) fn data_path(topo: &Topology, xtask: &Path, args: &ServicesBenchArgs)
     agent.wait_ready(Agent::ready_timeout())?;
     let socket_lb = check_socket_lb(&cgroup.0);
 
-    // conntrack in both node namespaces (see the module doc). TIME_WAIT
-    // entries last 10 s instead of 120 s: a run opens up to ~250,000
-    // connections per node and the table (262,144, a global limit not settable here)
-    // must never fill, which would drop SYNs in whichever column came last.
     for node in [weir_node, ipt_node] {
-        node.netns.run(&[
-            "iptables",
-            "-t",
-            "filter",
-            "-A",
-            "FORWARD",
-            "-m",
-            "conntrack",
-            "--ctstate",
-            "RELATED,ESTABLISHED",
-            "-m",
-            "comment",
-            "--comment",
-            "bench: conntrack on",
-            "-j",
-            "ACCEPT",
-        ])?;
-        node.netns.run(&["sysctl", "-q", "-w", "net.netfilter.nf_conntrack_tcp_timeout_time_wait=10"])?;
+        track_connections(node)?;
     }
     let ipvs = detect_ipvs(&ipt_node.netns);
     let iptables_version = ipt_node.netns.run(&["iptables", "-V"]).unwrap_or_default().trim().to_string();
@@ -135,90 +114,30 @@ pub(super) fn data_path(topo: &Topology, xtask: &Path, args: &ServicesBenchArgs)
         println!("\n== {size} Services (measured: {vip}:{SVC_PORT}, its iptables rule last)");
         let weir_clients = Clients::new(&weir, index, &["cd", "ct", "cs"])?;
         let ipt_clients = Clients::new(&ipt, index, &["cd", "ci"])?;
-
-        let start = Instant::now();
-        topo.write_manifest(MANIFEST, &weir_manifest(size, vip, &weir.backends))?;
-        let weir_ready =
-            probe(&weir_clients.get("ct").netns, SocketAddrV4::new(vip, SVC_PORT), Duration::from_secs(120))
-                .map(|()| start.elapsed());
-        match &weir_ready {
-            Ok(t) => println!("weir: manifest with {size} Services answered after {:.2} s", t.as_secs_f64()),
-            Err(e) => println!("weir: ClusterIP never answered: {e:#}\n{}", agent.log_tail(20)),
-        }
-        let ipt_ready = load_iptables(topo, ipt_node, size, vip, &ipt.backends).and_then(|t| {
-            probe(&ipt_clients.get("ci").netns, SocketAddrV4::new(vip, SVC_PORT), Duration::from_secs(30))?;
-            Ok(t)
-        });
-        match &ipt_ready {
-            Ok(t) => println!("iptables: {} rules restored in {:.2} s", iptables_rules(size), t.as_secs_f64()),
-            Err(e) => println!("iptables: not working: {e:#}"),
-        }
+        let weir_ready = program_weir(topo, &agent, size, vip, &weir.backends, weir_clients.get("ct"));
+        let ipt_ready = program_iptables(topo, ipt_node, size, vip, &ipt.backends, ipt_clients.get("ci"));
         programming.insert(size, (weir_ready.as_ref().ok().copied(), ipt_ready.as_ref().ok().copied()));
         agent_idle_cpu.insert(size, cpu_percent(agent.pid(), Duration::from_secs(1)));
+        let size_run = SizeRun {
+            args,
+            xtask,
+            vip,
+            weir: &weir,
+            ipt: &ipt,
+            ipt_clients,
+            weir_clients,
+            cgroup: &cgroup.0,
+            socket_lb: &socket_lb,
+            weir_ready,
+            ipt_ready,
+        };
         // The datapath runs on pinned maps and links without the agent; the
         // agent's own CPU use (its manifest-dir source re-snapshots every
         // object at each poll) would otherwise land on the measured cores.
         let _paused = (!args.agent_running).then(|| Paused::new(agent.pid()));
 
-        let mut sums: BTreeMap<Column, Cell> = BTreeMap::new();
-        for round in 0..args.common.rounds {
-            for col in Column::ALL {
-                let (client, node, target, cg) = match col {
-                    Column::Direct => {
-                        (weir_clients.get("cd"), weir_node, SocketAddrV4::new(weir.backends[0].ip, TARGET_PORT), None)
-                    }
-                    Column::WeirTc => (weir_clients.get("ct"), weir_node, SocketAddrV4::new(vip, SVC_PORT), None),
-                    Column::WeirSock => {
-                        (weir_clients.get("cs"), weir_node, SocketAddrV4::new(vip, SVC_PORT), Some(&cgroup.0))
-                    }
-                    Column::DirectIpt => {
-                        (ipt_clients.get("cd"), ipt_node, SocketAddrV4::new(ipt.backends[0].ip, TARGET_PORT), None)
-                    }
-                    Column::Iptables => (ipt_clients.get("ci"), ipt_node, SocketAddrV4::new(vip, SVC_PORT), None),
-                };
-                if matches!(sums.get(&col), Some(Err(_))) {
-                    continue;
-                }
-                let result = match (col, &weir_ready, &ipt_ready, &socket_lb) {
-                    (Column::WeirTc | Column::WeirSock, Err(e), _, _) => Err(format!("not programmed: {e:#}")),
-                    (Column::Iptables, _, Err(e), _) => Err(format!("not programmed: {e:#}")),
-                    (Column::WeirSock, _, _, Err(e)) => Err(e.clone()),
-                    _ => measure(xtask, &client.netns, target, cg.map(PathBuf::as_path), round == 0, args)
-                        .map(|mut l| {
-                            if round + 1 == args.common.rounds {
-                                l.conntrack = conntrack_from(node, client.ip);
-                            }
-                            l
-                        })
-                        .map_err(|e| format!("round {}: {e:#}", round + 1)),
-                };
-                match (sums.get_mut(&col), result) {
-                    (_, Err(e)) => {
-                        sums.insert(col, Err(e));
-                    }
-                    (Some(Ok(sum)), Ok(l)) => sum.merge(l),
-                    (_, Ok(l)) => {
-                        sums.insert(col, Ok(l));
-                    }
-                }
-            }
-        }
-        for (col, cell) in sums {
-            match &cell {
-                Ok(l) => {
-                    let (p50, p99) = l.latency_us();
-                    println!(
-                        "  {:<11} {:>9.0} conn/s  p50 {:>7.1} us  p99 {:>7.1} us  errors {}{}",
-                        col.label(),
-                        l.rate(),
-                        p50,
-                        p99,
-                        l.errors,
-                        l.first_error.as_ref().map(|e| format!(" (first: {e})")).unwrap_or_default()
-                    )
-                }
-                Err(e) => println!("  {:<11} FAILED: {e}", col.label()),
-            }
+        for (col, cell) in size_run.rounds() {
+            print_cell(col, &cell);
             cells.insert((size, col), cell);
         }
     }
@@ -229,6 +148,171 @@ pub(super) fn data_path(topo: &Topology, xtask: &Path, args: &ServicesBenchArgs)
     agent.stop();
     drop(cgroup);
     Ok(DataPath { cells, ipvs, socket_lb, programming, agent_idle_cpu, agent_rss_mib, iptables_version, conntrack_end })
+}
+
+/// conntrack in a node namespace (see the module doc). TIME_WAIT entries
+/// last 10 s instead of 120 s: a run opens up to ~250,000 connections per
+/// node and the table (262,144, a global limit not settable here) must
+/// never fill, which would drop SYNs in whichever column came last.
+fn track_connections(node: &Node) -> Result<()> {
+    node.netns.run(&[
+        "iptables",
+        "-t",
+        "filter",
+        "-A",
+        "FORWARD",
+        "-m",
+        "conntrack",
+        "--ctstate",
+        "RELATED,ESTABLISHED",
+        "-m",
+        "comment",
+        "--comment",
+        "bench: conntrack on",
+        "-j",
+        "ACCEPT",
+    ])?;
+    node.netns.run(&["sysctl", "-q", "-w", "net.netfilter.nf_conntrack_tcp_timeout_time_wait=10"])?;
+    Ok(())
+}
+
+/// Writes the manifest of `size` Services; how long until the measured
+/// ClusterIP answered `client`.
+fn program_weir(
+    topo: &Topology,
+    agent: &Agent,
+    size: usize,
+    vip: Ipv4Addr,
+    backends: &[Pod],
+    client: &Pod,
+) -> Result<Duration> {
+    let start = Instant::now();
+    topo.write_manifest(MANIFEST, &weir_manifest(size, vip, backends))?;
+    let ready =
+        probe(&client.netns, SocketAddrV4::new(vip, SVC_PORT), Duration::from_secs(120)).map(|()| start.elapsed());
+    match &ready {
+        Ok(t) => println!("weir: manifest with {size} Services answered after {:.2} s", t.as_secs_f64()),
+        Err(e) => println!("weir: ClusterIP never answered: {e:#}\n{}", agent.log_tail(20)),
+    }
+    ready
+}
+
+/// Restores the nat table of `size` Services; how long iptables-restore
+/// took, once the measured ClusterIP answers `client`.
+fn program_iptables(
+    topo: &Topology,
+    node: &Node,
+    size: usize,
+    vip: Ipv4Addr,
+    backends: &[Pod],
+    client: &Pod,
+) -> Result<Duration> {
+    let ready = load_iptables(topo, node, size, vip, backends).and_then(|t| {
+        probe(&client.netns, SocketAddrV4::new(vip, SVC_PORT), Duration::from_secs(30))?;
+        Ok(t)
+    });
+    match &ready {
+        Ok(t) => println!("iptables: {} rules restored in {:.2} s", iptables_rules(size), t.as_secs_f64()),
+        Err(e) => println!("iptables: not working: {e:#}"),
+    }
+    ready
+}
+
+/// One size once programmed: its client pods, whether each side got
+/// programmed, and what a cell needs besides.
+struct SizeRun<'a> {
+    args: &'a ServicesBenchArgs,
+    xtask: &'a Path,
+    vip: Ipv4Addr,
+    weir: &'a Side<'a>,
+    ipt: &'a Side<'a>,
+    // Dropped in this order (pods deleted), as when they were locals.
+    ipt_clients: Clients,
+    weir_clients: Clients,
+    cgroup: &'a Path,
+    socket_lb: &'a std::result::Result<(), String>,
+    weir_ready: Result<Duration>,
+    ipt_ready: Result<Duration>,
+}
+
+impl SizeRun<'_> {
+    /// Every column in turn, `--rounds` times; a column that failed once is
+    /// not measured again.
+    fn rounds(&self) -> BTreeMap<Column, Cell> {
+        let mut sums: BTreeMap<Column, Cell> = BTreeMap::new();
+        for round in 0..self.args.common.rounds {
+            for col in Column::ALL {
+                if matches!(sums.get(&col), Some(Err(_))) {
+                    continue;
+                }
+                match (sums.get_mut(&col), self.cell(col, round)) {
+                    (_, Err(e)) => {
+                        sums.insert(col, Err(e));
+                    }
+                    (Some(Ok(sum)), Ok(l)) => sum.merge(l),
+                    (_, Ok(l)) => {
+                        sums.insert(col, Ok(l));
+                    }
+                }
+            }
+        }
+        sums
+    }
+
+    /// One slice of one column, or why it cannot be measured.
+    fn cell(&self, col: Column, round: usize) -> Cell {
+        let (client, node, target, cg) = self.path(col);
+        match (col, &self.weir_ready, &self.ipt_ready, self.socket_lb) {
+            (Column::WeirTc | Column::WeirSock, Err(e), _, _) => Err(format!("not programmed: {e:#}")),
+            (Column::Iptables, _, Err(e), _) => Err(format!("not programmed: {e:#}")),
+            (Column::WeirSock, _, _, Err(e)) => Err(e.clone()),
+            _ => measure(self.xtask, &client.netns, target, cg, round == 0, self.args)
+                .map(|mut l| {
+                    if round + 1 == self.args.common.rounds {
+                        l.conntrack = conntrack_from(node, client.ip);
+                    }
+                    l
+                })
+                .map_err(|e| format!("round {}: {e:#}", round + 1)),
+        }
+    }
+
+    /// The column's client pod, its node, the address it connects to and
+    /// the socket-LB cgroup it joins, if any.
+    fn path(&self, col: Column) -> (&Pod, &Node, SocketAddrV4, Option<&Path>) {
+        let (weir_node, ipt_node) = (self.weir.node, self.ipt.node);
+        let vip = SocketAddrV4::new(self.vip, SVC_PORT);
+        match col {
+            Column::Direct => {
+                (self.weir_clients.get("cd"), weir_node, SocketAddrV4::new(self.weir.backends[0].ip, TARGET_PORT), None)
+            }
+            Column::WeirTc => (self.weir_clients.get("ct"), weir_node, vip, None),
+            Column::WeirSock => (self.weir_clients.get("cs"), weir_node, vip, Some(self.cgroup)),
+            Column::DirectIpt => {
+                (self.ipt_clients.get("cd"), ipt_node, SocketAddrV4::new(self.ipt.backends[0].ip, TARGET_PORT), None)
+            }
+            Column::Iptables => (self.ipt_clients.get("ci"), ipt_node, vip, None),
+        }
+    }
+}
+
+/// One column's line once its rounds are done.
+fn print_cell(col: Column, cell: &Cell) {
+    match cell {
+        Ok(l) => {
+            let (p50, p99) = l.latency_us();
+            println!(
+                "  {:<11} {:>9.0} conn/s  p50 {:>7.1} us  p99 {:>7.1} us  errors {}{}",
+                col.label(),
+                l.rate(),
+                p50,
+                p99,
+                l.errors,
+                l.first_error.as_ref().map(|e| format!(" (first: {e})")).unwrap_or_default()
+            )
+        }
+        Err(e) => println!("  {:<11} FAILED: {e}", col.label()),
+    }
 }
 
 fn ips(pods: &[Pod]) -> String {

@@ -12,7 +12,30 @@ fn verdict(met: bool) -> &'static str {
 }
 
 pub(super) fn print_data_path(args: &ServicesBenchArgs, d: &DataPath) {
-    let ipvs_na = d.ipvs != "available";
+    print_setup(args, d);
+    print_rates(args, d);
+    print_latencies(args, d);
+    print_checks(args, d);
+    print_failures(d);
+    print_goals(args, d);
+}
+
+/// The connection rate of one cell, if it was measured.
+fn rate(d: &DataPath, size: usize, col: Column) -> Option<f64> {
+    d.cells.get(&(size, col)).and_then(|c| c.as_ref().ok()).map(Load::rate)
+}
+
+fn ipvs_na(d: &DataPath) -> bool {
+    d.ipvs != "available"
+}
+
+/// The IPVS column: why it is not measured (never a number).
+fn ipvs_cell(d: &DataPath) -> String {
+    if ipvs_na(d) { d.ipvs.clone() } else { "NOT MEASURED".into() }
+}
+
+/// What one connection is, where the processes run, what the columns are.
+fn print_setup(args: &ServicesBenchArgs, d: &DataPath) {
     println!(
         "\nData path: TCP connect + {}-byte request + reply + close, {} stream(s); load generator on CPU {}, \
          echo servers on CPU {} (nice {}); {:.1} s per cell in {} interleaved slices, {:.2} s warm-up first",
@@ -31,13 +54,16 @@ pub(super) fn print_data_path(args: &ServicesBenchArgs, d: &DataPath) {
          kube-proxy-style chains ({})",
         d.iptables_version
     );
-    let rate = |size: usize, p: Column| d.cells.get(&(size, p)).and_then(|c| c.as_ref().ok()).map(Load::rate);
+}
+
+/// The new-connection rate table, with its ratios.
+fn print_rates(args: &ServicesBenchArgs, d: &DataPath) {
     let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
         (Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
         _ => "-".into(),
     };
     let num = |x: Option<f64>| x.map_or_else(|| "FAILED".into(), |x| format!("{x:.0}"));
-    let ipvs_cell = if ipvs_na { d.ipvs.clone() } else { "NOT MEASURED".into() };
+    let ipvs_cell = ipvs_cell(d);
 
     println!("\nNew connections per second (higher is better)");
     println!(
@@ -56,7 +82,7 @@ pub(super) fn print_data_path(args: &ServicesBenchArgs, d: &DataPath) {
         "tc/ipt"
     );
     for &size in &args.sizes {
-        let r: BTreeMap<Column, Option<f64>> = Column::ALL.iter().map(|&p| (p, rate(size, p))).collect();
+        let r: BTreeMap<Column, Option<f64>> = Column::ALL.iter().map(|&p| (p, rate(d, size, p))).collect();
         println!(
             "{:>8} {:>8} {:>8} {:>9} {:>10} {:>8}  {:<25} | {:>7} {:>8} {:>8} {:>8} {:>8}",
             size,
@@ -73,7 +99,11 @@ pub(super) fn print_data_path(args: &ServicesBenchArgs, d: &DataPath) {
             ratio(r[&Column::WeirTc], r[&Column::Iptables]),
         );
     }
+}
 
+/// The p50 / p99 latency table.
+fn print_latencies(args: &ServicesBenchArgs, d: &DataPath) {
+    let ipvs_cell = ipvs_cell(d);
     println!("\nLatency socket() -> first reply byte, p50 / p99 in us (lower is better)");
     println!(
         "{:>8} {:>15} {:>15} {:>15} {:>15} {:>15}  {:<25}",
@@ -98,7 +128,11 @@ pub(super) fn print_data_path(args: &ServicesBenchArgs, d: &DataPath) {
             ipvs_cell
         );
     }
+}
 
+/// Per size: each cell's backends, conntrack entries and spread; then how
+/// long programming took and the agent's idle CPU.
+fn print_checks(args: &ServicesBenchArgs, d: &DataPath) {
     println!(
         "\nChecks per cell: backends that answered / conntrack entries from the cell's client pod in its node's \
          table at the end (tracked in every column) / slice-to-slice spread of the rate"
@@ -134,6 +168,10 @@ pub(super) fn print_data_path(args: &ServicesBenchArgs, d: &DataPath) {
             );
         }
     }
+}
+
+/// Failed cells, socket LB not attached, conntrack at the end, IPVS.
+fn print_failures(d: &DataPath) {
     for ((size, p), c) in &d.cells {
         if let Err(e) = c {
             println!("FAILED {size} Services, {}: {e}", p.label());
@@ -150,14 +188,18 @@ pub(super) fn print_data_path(args: &ServicesBenchArgs, d: &DataPath) {
             );
         }
     }
-    if ipvs_na {
+    if ipvs_na(d) {
         println!(
             "IPVS: NOT MEASURED, {} (ipvsadm -Ln in the node namespace: \"Can't initialize ipvs: Protocol not \
              available\"; CONFIG_IP_VS is not set and this kernel loads no modules). No numbers are shown for it.",
             d.ipvs
         );
     }
+}
 
+/// The new-connection rate goals, met or not.
+fn print_goals(args: &ServicesBenchArgs, d: &DataPath) {
+    let rate = |size: usize, p: Column| rate(d, size, p);
     println!("\nGoals (new-connection rate)");
     for (p, name) in [(Column::WeirSock, "weir socket LB"), (Column::WeirTc, "weir per-packet tc")] {
         let ratios: Vec<Option<f64>> =
@@ -175,7 +217,7 @@ pub(super) fn print_data_path(args: &ServicesBenchArgs, d: &DataPath) {
     }
     println!(
         "  ahead of IPVS at every size: {}",
-        if ipvs_na { format!("NOT MEASURED ({})", d.ipvs) } else { "NOT MEASURED".into() }
+        if ipvs_na(d) { format!("NOT MEASURED ({})", d.ipvs) } else { "NOT MEASURED".into() }
     );
     if let Some(rss) = d.agent_rss_mib {
         println!(
