@@ -9,6 +9,7 @@ pub mod lb;
 pub mod loader;
 mod map_error;
 pub mod map_fill;
+mod object_maps;
 pub mod policy;
 pub mod reattach;
 pub mod uplink;
