@@ -21,6 +21,7 @@ pub mod manifest;
 pub mod netns;
 pub mod oci;
 pub mod pod;
+pub mod policy_cluster;
 pub mod probe;
 pub mod process;
 pub mod tools;

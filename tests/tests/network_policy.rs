@@ -16,12 +16,20 @@
 //! the list. `WEIR_NETPOL_SCENARIOS=name,name` runs only scenarios whose
 //! name contains one of the words; `WEIR_NETPOL_DEADLINE_SECS` (10) is how
 //! long a step may take to converge.
+//!
+//! The cluster, the probing and the matrices are the test bed's
+//! `policy_cluster` harness; this file holds the scenarios, the oracle and
+//! the tests.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
     fmt::Write as _,
     net::Ipv4Addr,
-    sync::Mutex,
+    path::Path,
+    sync::{
+        Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
     thread,
     time::{Duration, Instant},
 };
@@ -40,170 +48,31 @@ use weir_agent::model::{
 };
 use weir_agent::sources::convert::policy as convert;
 use weir_testbed::{
-    Agent, NetNs, Pod, Topology, echo,
-    manifest::{self, PodObject, PodStatus, SvcPort},
-    probe::{self, Outcome, Probe, Prober, Proto, SourcePorts},
+    Agent, NetNs, Node, Pod, Topology,
+    cni::Conflist,
+    echo,
+    manifest::{self, PodObject, PodStatus},
+    policy_cluster::{
+        Cluster as Harness, NAMESPACES, PORTS, PROBE_TIMEOUT, PROTOS, PolicyOracle, Scenario, State, deadline, labels,
+        pod_keys, pod_object,
+    },
+    probe::{self, Outcome, Probe, Proto, SourcePorts},
     process::ChildGuard,
     tools,
 };
 
-const NAMESPACES: [&str; 3] = ["x", "y", "z"];
-const POD_NAMES: [&str; 3] = ["a", "b", "c"];
-const PORTS: [u16; 2] = [80, 81];
-const PROTOS: [Proto; 2] = [Proto::Tcp, Proto::Udp];
 const CLUSTER_CIDR: &str = weir_testbed::topology::CLUSTER_CIDR;
-/// The ClusterIP of the Service scenario, and its backend.
-const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 80);
-const SVC_BACKEND: &str = "x/a";
-/// Per socket operation of a probe.
-const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
-/// Between writing manifests and the first probe: the agents poll the
-/// directory every 200 ms.
-const SETTLE: Duration = Duration::from_millis(400);
 
 /// The privileged tests share the 2-core machine badly: one at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
 
-type Labels = BTreeMap<String, String>;
-
-fn labels(kv: &[(&str, &str)]) -> Labels {
-    kv.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
-}
-
-/// All pods, `ns/name`, in matrix order.
-fn pod_keys() -> Vec<String> {
-    NAMESPACES.iter().flat_map(|ns| POD_NAMES.iter().map(move |p| format!("{ns}/{p}"))).collect()
-}
-
-fn deadline() -> Duration {
-    let secs = std::env::var("WEIR_NETPOL_DEADLINE_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(10.0);
-    Duration::from_secs_f64(secs)
-}
-
-// ---------------------------------------------------------------------------
-// Desired cluster state: what the manifest directory holds.
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct State {
-    /// Namespace -> labels (the API server's kubernetes.io/metadata.name is
-    /// added when written).
-    namespaces: BTreeMap<String, Labels>,
-    /// `ns/pod` -> labels.
-    pods: BTreeMap<String, Labels>,
-    /// (namespace, name) -> spec as YAML.
-    policies: BTreeMap<(String, String), String>,
-    /// The ClusterIP Service over x/a.
-    service: bool,
-}
-
-impl State {
-    fn baseline() -> Self {
-        let namespaces = NAMESPACES
-            .iter()
-            .map(|ns| {
-                let mut l = labels(&[("ns", ns)]);
-                // For Exists / DoesNotExist selectors.
-                if *ns == "y" {
-                    l.insert("team".into(), "red".into());
-                }
-                (ns.to_string(), l)
-            })
-            .collect();
-        let pods = pod_keys()
-            .into_iter()
-            .map(|k| {
-                let p = k.split_once('/').unwrap().1.to_string();
-                (k, labels(&[("pod", &p)]))
-            })
-            .collect();
-        State { namespaces, pods, policies: BTreeMap::new(), service: false }
-    }
-
-    fn policy(&mut self, ns: &str, name: &str, spec: Value) {
-        let yaml = serde_yaml::to_string(&spec).expect("a JSON value is YAML");
-        self.policies.insert((ns.into(), name.into()), yaml);
-    }
-
-    fn remove_policy(&mut self, ns: &str, name: &str) {
-        assert!(self.policies.remove(&(ns.to_string(), name.to_string())).is_some(), "no policy {ns}/{name}");
-    }
-
-    fn pod_labels(&mut self, key: &str, kv: &[(&str, &str)]) {
-        assert!(self.pods.contains_key(key), "no pod {key}");
-        self.pods.insert(key.into(), labels(kv));
-    }
-
-    fn namespace_labels(&mut self, ns: &str, kv: &[(&str, &str)]) {
-        assert!(self.namespaces.contains_key(ns), "no namespace {ns}");
-        self.namespaces.insert(ns.into(), labels(kv));
-    }
-
-    fn namespace_file(ns: &str) -> String {
-        format!("namespace_{ns}.yaml")
-    }
-
-    fn namespace_yaml(&self, ns: &str) -> String {
-        manifest::namespace_yaml(ns, &self.namespaces[ns])
-    }
-
-    fn policy_file(ns: &str, name: &str) -> String {
-        format!("netpol_{ns}_{name}.yaml")
-    }
-
-    /// Every NetworkPolicy as (file, YAML).
-    fn policy_docs(&self) -> BTreeMap<String, String> {
-        self.policies
-            .iter()
-            .map(|((ns, name), spec)| (Self::policy_file(ns, name), manifest::network_policy_yaml(ns, name, spec)))
-            .collect()
-    }
-}
-
-/// What a pod's manifest says, for a state (labels) and an address.
-fn pod_object(key: &str, labels: &Labels) -> PodObject {
-    let (ns, name) = key.split_once('/').unwrap();
-    let mut o = PodObject::new(ns, name);
-    o.labels = labels.clone();
-    for port in PORTS {
-        for proto in PROTOS {
-            o = o.port(&format!("serve-{port}-{proto}"), proto.k8s(), port);
-        }
-    }
-    o
-}
+/// The cluster harness (`weir_testbed::policy_cluster`) with the agent's
+/// policy model as its oracle.
+type Cluster = Harness<Oracle>;
 
 // ---------------------------------------------------------------------------
 // Scenarios: a name, what it shows, and steps; each step changes the state
 // of the step before (the first, the baseline).
-
-struct Step {
-    name: String,
-    state: State,
-}
-
-struct Scenario {
-    name: String,
-    about: String,
-    steps: Vec<Step>,
-}
-
-impl Scenario {
-    fn new(name: &str, about: &str) -> Self {
-        Scenario { name: name.into(), about: about.into(), steps: Vec::new() }
-    }
-
-    fn step(mut self, name: &str, change: impl FnOnce(&mut State)) -> Self {
-        let mut state = self.steps.last().map(|s| s.state.clone()).unwrap_or_else(State::baseline);
-        change(&mut state);
-        self.steps.push(Step { name: name.into(), state });
-        self
-    }
-
-    /// A one-step scenario.
-    fn one(name: &str, about: &str, change: impl FnOnce(&mut State)) -> Self {
-        Self::new(name, about).step("policies applied", change)
-    }
-}
 
 fn ns_is(ns: &str) -> Value {
     json!({"matchLabels": {"ns": ns}})
@@ -612,550 +481,22 @@ impl Oracle {
     }
 }
 
-// ---------------------------------------------------------------------------
-// Matrices.
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum Cell {
-    Allowed,
-    Blocked,
-    /// Answered by another server than the one meant.
-    Wrong(String),
-    /// The probe could not run.
-    Broken(String),
-    /// Not probed (a pod to itself through the Service).
-    Skipped,
-}
-
-impl Cell {
-    fn symbol(&self) -> char {
-        match self {
-            Cell::Allowed => '.',
-            Cell::Blocked => 'X',
-            Cell::Wrong(_) => '!',
-            Cell::Broken(_) => '?',
-            Cell::Skipped => '-',
-        }
+impl PolicyOracle for Oracle {
+    fn from_docs(docs: &[String], nodes: BTreeMap<String, Ipv4Addr>) -> Result<Self, String> {
+        Oracle::new(docs, nodes)
     }
 
-    fn expected(allowed: bool) -> Self {
-        if allowed { Cell::Allowed } else { Cell::Blocked }
+    fn allowed(&self, src: &str, dst: &str, proto: Proto, port: u16, direct: bool) -> bool {
+        Oracle::allowed(self, src, dst, proto, port, direct)
     }
-}
 
-/// A column: a pod, or the Service (its backend answers).
-#[derive(Clone, Debug)]
-struct Target {
-    label: String,
-    ip: Ipv4Addr,
-    /// The pod whose server answers (and whose policy applies).
-    backend: String,
-    direct: bool,
-}
-
-/// (port, protocol) -> rows (clients) x columns (targets).
-type Matrix = BTreeMap<(u16, Proto), Vec<Vec<Cell>>>;
-
-/// One probe of a round, for the report.
-struct Seen {
-    client: String,
-    target: String,
-    port: u16,
-    proto: Proto,
-    outcome: Outcome,
-}
-
-fn matrix_legend() -> String {
-    format!(
-        "legend: rows are clients, columns servers (svc: ClusterIP {VIP} over {SVC_BACKEND}); \
-         '.' answered, 'X' no answer, '!' answered by the wrong server, '?' probe broken, '-' not probed; \
-         in `observed`, cells that differ from `expected` are in brackets"
-    )
-}
-
-fn render(rows: &[String], targets: &[Target], expected: &Matrix, observed: &Matrix) -> String {
-    let mut out = String::new();
-    let header: String = targets.iter().map(|t| format!("{:>4}", t.label)).collect();
-    let width = 6 + 4 * targets.len();
-    for (key, exp) in expected {
-        let (port, proto) = key;
-        let obs = &observed[key];
-        let _ = writeln!(out, "{:<width$}   {port}/{proto} observed", format!("{port}/{proto} expected"));
-        let _ = writeln!(out, "{:<6}{header}   {:<6}{header}", "", "");
-        for (r, row) in rows.iter().enumerate() {
-            let e: String = exp[r].iter().map(|c| format!("  {} ", c.symbol())).collect();
-            let o: String = obs[r]
-                .iter()
-                .zip(&exp[r])
-                .map(|(o, e)| if o == e { format!("  {} ", o.symbol()) } else { format!(" [{}]", o.symbol()) })
-                .collect();
-            let _ = writeln!(out, "{row:<6}{e}   {row:<6}{o}");
-        }
+    fn reason(&self, src: &str, dst: &str, proto: Proto, port: u16) -> String {
+        Oracle::reason(self, src, dst, proto, port)
     }
-    out
 }
 
 // ---------------------------------------------------------------------------
-// The cluster: two nodes with agents, nine pods with servers.
-
-struct Cluster {
-    // Dropped in this order: probers, servers, pods, agents, then the
-    // namespaces.
-    /// One per pod, in `pod_keys()` order.
-    probers: Vec<Prober>,
-    _servers: Vec<ChildGuard>,
-    /// In `pod_keys()` order.
-    pods: Vec<Pod>,
-    _agents: Vec<Agent>,
-    topo: Topology,
-    /// What the manifest directory holds (besides the pods).
-    applied: State,
-    /// File -> the YAML written there (namespaces, policies, the Service).
-    written: BTreeMap<String, String>,
-    ports: SourcePorts,
-    /// Expected matrix of the last step checked.
-    last_expected: Option<Matrix>,
-    stats: Stats,
-}
-
-#[derive(Default)]
-struct Stats {
-    rounds: usize,
-    probes: usize,
-    round_time: Duration,
-    slowest_round: Duration,
-    /// Pairs checked with `inspect verdict` so far.
-    inspected: usize,
-}
-
-impl Cluster {
-    fn new(label: &str) -> Self {
-        weir_testbed::privileged(&[tools::IP, tools::PYTHON3, tools::PORTMAP, tools::BPFTOOL]);
-        let t0 = Instant::now();
-        let topo = Topology::builder(label).nodes(2).build().unwrap();
-        let agents = topo.start_agents().unwrap();
-        eprintln!("netpol: topology and agents up in {:.1?}", t0.elapsed());
-        let base = State::baseline();
-        let mut written = BTreeMap::new();
-        for ns in NAMESPACES {
-            let (file, yaml) = (State::namespace_file(ns), base.namespace_yaml(ns));
-            topo.write_manifest(&file, std::slice::from_ref(&yaml)).unwrap();
-            written.insert(file, yaml);
-        }
-        let t1 = Instant::now();
-        let keys = pod_keys();
-        let lists: Vec<_> = topo.nodes().iter().map(|n| n.agent_conflist().unwrap()).collect();
-        // Created in parallel, spread over the nodes: x/a on n1, x/b on n2, ...
-        let pods: Vec<Pod> = thread::scope(|s| {
-            let handles: Vec<_> = keys
-                .iter()
-                .enumerate()
-                .map(|(i, key)| {
-                    let node = &topo.nodes()[i % 2];
-                    let list = &lists[i % 2];
-                    let object = pod_object(key, &base.pods[key]);
-                    s.spawn(move || Pod::create_k8s(node, &key.replace('/', "-"), object, list))
-                })
-                .collect();
-            handles.into_iter().map(|h| h.join().unwrap().unwrap()).collect()
-        });
-        eprintln!("netpol: 9 pods created (ADD, in parallel) in {:.1?}", t1.elapsed());
-        let t2 = Instant::now();
-        // From this thread: a server dies with the thread that started it.
-        let logs: Vec<_> =
-            pods.iter().map(|p| topo.node(&p.node).dirs.logs.join(format!("serve-{}.log", p.name))).collect();
-        let servers: Vec<(&NetNs, &str, &std::path::Path)> =
-            pods.iter().zip(&keys).zip(&logs).map(|((p, k), l)| (&p.netns, k.as_str(), l.as_path())).collect();
-        let servers = echo::serve_ports_many(&servers, &PORTS, false).unwrap();
-        let probers = pods.iter().map(|p| Prober::start(&p.netns).unwrap()).collect();
-        eprintln!("netpol: servers listening in {:.1?}", t2.elapsed());
-        Cluster {
-            probers,
-            _servers: servers,
-            pods,
-            _agents: agents,
-            topo,
-            applied: base,
-            written,
-            ports: SourcePorts::new(),
-            last_expected: None,
-            stats: Stats::default(),
-        }
-    }
-
-    fn ips(&self) -> BTreeMap<String, Ipv4Addr> {
-        pod_keys().into_iter().zip(&self.pods).map(|(k, p)| (k, p.ip)).collect()
-    }
-
-    fn pod(&self, key: &str) -> &Pod {
-        let i = pod_keys().iter().position(|k| k == key).unwrap_or_else(|| panic!("no pod {key}"));
-        &self.pods[i]
-    }
-
-    fn node_addrs(&self) -> BTreeMap<String, Ipv4Addr> {
-        self.topo.nodes().iter().map(|n| (n.name.clone(), n.ip)).collect()
-    }
-
-    /// Makes the manifest directory say `state`: only what changed is
-    /// rewritten.
-    fn apply(&mut self, state: &State) {
-        for ns in NAMESPACES {
-            if state.namespaces[ns] != self.applied.namespaces[ns] {
-                self.write(&State::namespace_file(ns), state.namespace_yaml(ns));
-            }
-        }
-        for (i, key) in pod_keys().iter().enumerate() {
-            if state.pods[key] != self.applied.pods[key] {
-                let kv: Vec<(&str, &str)> = state.pods[key].iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-                self.pods[i].set_labels(kv).unwrap();
-            }
-        }
-        let (old, new) = (self.applied.policy_docs(), state.policy_docs());
-        for file in old.keys().filter(|f| !new.contains_key(*f)) {
-            self.topo.remove_manifest(file).unwrap();
-            self.written.remove(file);
-        }
-        for (file, yaml) in &new {
-            if old.get(file) != Some(yaml) {
-                self.write(file, yaml.clone());
-            }
-        }
-        if state.service != self.applied.service {
-            let file = "svc_web.yaml";
-            if state.service {
-                let backend = self.pod(SVC_BACKEND);
-                let mut ports = Vec::new();
-                let mut slice_ports = Vec::new();
-                for port in PORTS {
-                    for proto in PROTOS {
-                        let name = match (proto, port) {
-                            (Proto::Tcp, 80) => "tcp-80",
-                            (Proto::Udp, 80) => "udp-80",
-                            (Proto::Tcp, _) => "tcp-81",
-                            (Proto::Udp, _) => "udp-81",
-                        };
-                        ports.push(SvcPort { name, protocol: proto.k8s(), port, target_port: port, node_port: None });
-                        slice_ports.push((name, proto.k8s(), port));
-                    }
-                }
-                let docs = [
-                    manifest::service_yaml("web", VIP, &ports, false),
-                    manifest::endpoint_slice_yaml("web", &slice_ports, &[(backend.ip, backend.node.as_str())]),
-                ];
-                self.topo.write_manifest(file, &docs).unwrap();
-                self.written.insert(file.into(), manifest::documents(&docs));
-            } else {
-                self.topo.remove_manifest(file).unwrap();
-                self.written.remove(file);
-            }
-        }
-        self.applied = state.clone();
-    }
-
-    fn write(&mut self, file: &str, yaml: String) {
-        self.topo.write_manifest(file, std::slice::from_ref(&yaml)).unwrap();
-        self.written.insert(file.into(), yaml);
-    }
-
-    /// The oracle over exactly what the manifest directory holds.
-    fn oracle(&self) -> Oracle {
-        let mut docs: Vec<String> = self.written.values().cloned().collect();
-        docs.extend(self.pods.iter().map(|p| p.manifest_yaml().expect("every pod has an object")));
-        Oracle::new(&docs, self.node_addrs()).unwrap()
-    }
-
-    /// The oracle over what the manifest directory would hold in `state`
-    /// (to plan; checks use `oracle`).
-    fn oracle_for(&self, state: &State) -> Oracle {
-        let mut docs: Vec<String> = NAMESPACES.iter().map(|ns| state.namespace_yaml(ns)).collect();
-        for (key, pod) in pod_keys().iter().zip(&self.pods) {
-            let status = PodStatus { pod_ip: pod.ip, host_ip: self.topo.node(&pod.node).ip };
-            docs.push(pod_object(key, &state.pods[key]).yaml(&pod.node, Some(status)));
-        }
-        docs.extend(state.policy_docs().into_values());
-        Oracle::new(&docs, self.node_addrs()).unwrap()
-    }
-
-    fn targets(&self) -> Vec<Target> {
-        self.targets_for(&self.applied)
-    }
-
-    fn targets_for(&self, state: &State) -> Vec<Target> {
-        let mut t: Vec<Target> = pod_keys()
-            .into_iter()
-            .map(|k| Target { label: k.clone(), ip: self.pod(&k).ip, backend: k, direct: true })
-            .collect();
-        if state.service {
-            t.push(Target { label: "svc".into(), ip: VIP, backend: SVC_BACKEND.into(), direct: false });
-        }
-        t
-    }
-
-    /// Whether `client` probes `target` (not itself through the Service).
-    fn probed(client: &str, target: &Target) -> bool {
-        target.direct || client != target.backend
-    }
-
-    fn expected(&self, oracle: &Oracle, targets: &[Target]) -> Matrix {
-        let mut m = Matrix::new();
-        for port in PORTS {
-            for proto in PROTOS {
-                let rows = pod_keys()
-                    .iter()
-                    .map(|c| {
-                        targets
-                            .iter()
-                            .map(|t| {
-                                if !Self::probed(c, t) {
-                                    Cell::Skipped
-                                } else {
-                                    Cell::expected(oracle.allowed(c, &t.backend, proto, port, t.direct))
-                                }
-                            })
-                            .collect()
-                    })
-                    .collect();
-                m.insert((port, proto), rows);
-            }
-        }
-        m
-    }
-
-    /// One round: every client probes every target on every (port,
-    /// protocol), all at once.
-    fn observe(&mut self, targets: &[Target]) -> (Matrix, Vec<Seen>) {
-        let keys = pod_keys();
-        let mut plan: Vec<Vec<(usize, u16, Proto)>> = Vec::new();
-        let mut batches: Vec<(&mut Prober, Vec<Probe>)> = Vec::new();
-        for (key, prober) in keys.iter().zip(self.probers.iter_mut()) {
-            let mut probes = Vec::new();
-            let mut meta = Vec::new();
-            for port in PORTS {
-                for proto in PROTOS {
-                    for (t, target) in targets.iter().enumerate() {
-                        if Self::probed(key, target) {
-                            probes.push(Probe { dst: target.ip, port, proto, src_port: self.ports.next(key) });
-                            meta.push((t, port, proto));
-                        }
-                    }
-                }
-            }
-            batches.push((prober, probes));
-            plan.push(meta);
-        }
-        let t0 = Instant::now();
-        let outcomes = probe::run_batches(&mut batches, PROBE_TIMEOUT).unwrap();
-        let took = t0.elapsed();
-        self.stats.rounds += 1;
-        self.stats.probes += batches.iter().map(|(_, p)| p.len()).sum::<usize>();
-        self.stats.round_time += took;
-        self.stats.slowest_round = self.stats.slowest_round.max(took);
-
-        let mut m = Matrix::new();
-        for port in PORTS {
-            for proto in PROTOS {
-                m.insert((port, proto), vec![vec![Cell::Skipped; targets.len()]; keys.len()]);
-            }
-        }
-        let mut details = Vec::new();
-        for (c, (meta, outs)) in plan.iter().zip(outcomes).enumerate() {
-            for (&(t, port, proto), out) in meta.iter().zip(outs) {
-                let cell = match &out {
-                    Outcome::Answered(by) if *by == targets[t].backend => Cell::Allowed,
-                    Outcome::Answered(by) => Cell::Wrong(by.clone()),
-                    Outcome::Blocked(_) => Cell::Blocked,
-                    Outcome::Broken(why) => Cell::Broken(why.clone()),
-                };
-                m.get_mut(&(port, proto)).unwrap()[c][t] = cell;
-                details.push(Seen {
-                    client: keys[c].clone(),
-                    target: targets[t].label.clone(),
-                    port,
-                    proto,
-                    outcome: out,
-                });
-            }
-        }
-        (m, details)
-    }
-
-    /// Applies `state`, then probes until the matrix is the oracle's, or
-    /// the deadline. Err: the report.
-    fn check(&mut self, what: &str, state: &State) -> Result<String, String> {
-        self.apply(state);
-        let oracle = self.oracle();
-        let targets = self.targets();
-        let expected = self.expected(&oracle, &targets);
-        // The harness itself: what was written is what the state says.
-        assert!(
-            expected == self.expected(&self.oracle_for(state), &targets),
-            "{what}: the manifest directory does not say what the state does"
-        );
-        if self.last_expected.as_ref() == Some(&expected) {
-            eprintln!("netpol: note: {what} expects what the step before expected");
-        }
-        thread::sleep(SETTLE);
-        let start = Instant::now();
-        let mut rounds = 0;
-        loop {
-            let (observed, details) = self.observe(&targets);
-            rounds += 1;
-            if observed == expected {
-                self.last_expected = Some(expected);
-                let took = start.elapsed() + SETTLE;
-                self.inspect_agrees(what, &oracle)?;
-                return Ok(format!("converged in {took:.1?} ({rounds} rounds); inspect verdict agrees"));
-            }
-            if start.elapsed() >= deadline() {
-                self.last_expected = Some(expected.clone());
-                let rows = pod_keys();
-                let mut report = format!(
-                    "{what}: observed != expected after {:.1?} ({rounds} rounds)\n{}\n{}",
-                    start.elapsed() + SETTLE,
-                    matrix_legend(),
-                    render(&rows, &targets, &expected, &observed)
-                );
-                let wrong: Vec<String> = details
-                    .iter()
-                    .filter_map(|Seen { client: c, target: t, port, proto, outcome }| {
-                        let ti = targets.iter().position(|x| &x.label == t).unwrap();
-                        let ci = rows.iter().position(|r| r == c).unwrap();
-                        let (e, o) = (&expected[&(*port, *proto)][ci][ti], &observed[&(*port, *proto)][ci][ti]);
-                        (e != o).then(|| {
-                            format!(
-                                "  {c} -> {t} {port}/{proto}: expected {}, saw {outcome:?}; oracle: {}",
-                                if *e == Cell::Allowed { "an answer" } else { "none" },
-                                oracle.reason(c, &targets[ti].backend, *proto, *port)
-                            )
-                        })
-                    })
-                    .collect();
-                let _ = writeln!(report, "{} probes differ, e.g.:", wrong.len());
-                for w in wrong.iter().take(8) {
-                    let _ = writeln!(report, "{w}");
-                }
-                let _ = writeln!(report, "manifests (besides Pods and Namespaces):");
-                for (file, yaml) in &self.written {
-                    if !file.starts_with("namespace_") {
-                        let _ = writeln!(report, "# {file}\n{yaml}");
-                    }
-                }
-                return Err(report);
-            }
-            thread::sleep(Duration::from_millis(150));
-        }
-    }
-
-    /// `weir-agent inspect verdict`, asked on the client's node and on the
-    /// server's node, answers what the oracle does for a rotating sample of
-    /// pod pairs (every pair over the whole suite).
-    fn inspect_agrees(&mut self, what: &str, oracle: &Oracle) -> Result<(), String> {
-        let keys = pod_keys();
-        let agent = weir_testbed::bins::weir_agent().map_err(|e| e.to_string())?;
-        let agent = agent.to_str().ok_or("non-UTF-8 path")?.to_string();
-        let mut mismatches = Vec::new();
-        for k in 0..4 {
-            let n = self.stats.inspected + k;
-            let (src, dst) = (&keys[n % keys.len()], &keys[(n / keys.len() + n + 1) % keys.len()]);
-            if src == dst {
-                continue;
-            }
-            let (port, proto) = (PORTS[n % 2], PROTOS[(n / 2) % 2]);
-            let (from, to) = (self.pod(src), self.pod(dst));
-            let mut allowed = true;
-            let mut said = Vec::new();
-            for node in BTreeSet::from([from.node.clone(), to.node.clone()]) {
-                let node = self.topo.node(&node);
-                let (pins, run) =
-                    (node.pin_dir.to_string_lossy().into_owned(), node.dirs.run.to_string_lossy().into_owned());
-                let (f, t, p) = (from.ip.to_string(), to.ip.to_string(), format!("{port}/{}", proto.as_str()));
-                let out = node
-                    .netns
-                    .output(&[
-                        &agent,
-                        "inspect",
-                        "verdict",
-                        "--bpf-pin-dir",
-                        &pins,
-                        "--run-dir",
-                        &run,
-                        "--from",
-                        &f,
-                        "--to",
-                        &t,
-                        "--port",
-                        &p,
-                        "--json",
-                    ])
-                    .map_err(|e| e.to_string())?;
-                if !out.success() {
-                    return Err(format!("{what}: inspect verdict failed: {}", out.stderr_str().trim()));
-                }
-                let v: Value =
-                    serde_json::from_str(out.stdout_str().trim()).map_err(|e| format!("inspect verdict JSON: {e}"))?;
-                allowed &= v["allowed"].as_bool().ok_or("inspect verdict: no `allowed`")?;
-                said.push(v["checks"].to_string());
-            }
-            let want = oracle.allowed(src, dst, proto, port, true);
-            if allowed != want {
-                mismatches.push(format!(
-                    "  {src} -> {dst} {port}/{}: inspect says {}, oracle {} ({}); inspect: {}",
-                    proto.as_str(),
-                    if allowed { "allowed" } else { "denied" },
-                    if want { "allowed" } else { "denied" },
-                    oracle.reason(src, dst, proto, port),
-                    said.join(" | ")
-                ));
-            }
-        }
-        self.stats.inspected += 4;
-        if mismatches.is_empty() {
-            Ok(())
-        } else {
-            Err(format!(
-                "{what}: the datapath matched, but `inspect verdict` disagrees with the oracle:\n{}",
-                mismatches.join("\n")
-            ))
-        }
-    }
-
-    /// Runs a scenario's steps, then puts the baseline back. Failed steps
-    /// as (name, report).
-    fn run(&mut self, scenario: &Scenario) -> Vec<(String, String)> {
-        let mut failed = Vec::new();
-        let t0 = Instant::now();
-        eprintln!("netpol: == {}: {}", scenario.name, scenario.about);
-        let baseline = State::baseline();
-        // Starting from what the last scenario left (the baseline, on
-        // paper): if the first step expects what that scenario's last step
-        // expected, a datapath stuck in the old state would pass. See the
-        // baseline take effect first.
-        if let Some(first) = scenario.steps.first() {
-            let first_expected = self.expected(&self.oracle_for(&first.state), &self.targets_for(&first.state));
-            let base_expected = self.expected(&self.oracle_for(&baseline), &self.targets_for(&first.state));
-            if self.last_expected.as_ref() == Some(&first_expected) && first_expected != base_expected {
-                let what = format!("{} (baseline first)", scenario.name);
-                if let Err(report) = self.check(&what, &baseline) {
-                    eprintln!("netpol: FAILED {report}");
-                    failed.push((what, report));
-                }
-            }
-        }
-        for step in &scenario.steps {
-            let what = format!("{} / {}", scenario.name, step.name);
-            match self.check(&what, &step.state) {
-                Ok(how) => eprintln!("netpol:   ok   {what}: {how}"),
-                Err(report) => {
-                    eprintln!("netpol: FAILED {report}");
-                    failed.push((what, report));
-                }
-            }
-        }
-        self.apply(&baseline);
-        eprintln!("netpol:   {} took {:.1?}", scenario.name, t0.elapsed());
-        failed
-    }
-}
+// The truth tables, and agent restarts.
 
 fn selected(name: &str) -> bool {
     match std::env::var("WEIR_NETPOL_SCENARIOS") {
@@ -1208,68 +549,17 @@ fn policy_and_allowed_connections_survive_agent_restarts() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let mut cluster = Cluster::new("netpol-restart");
     // Taken out now; stopped and replaced while the pods are probed.
-    let old_agents = std::mem::take(&mut cluster._agents);
+    let old_agents = std::mem::take(&mut cluster.agents);
     let mut state = State::baseline();
     state.policy("x", "from-y", json!({"podSelector": {}, "ingress": [{"from": [{"namespaceSelector": ns_is("y")}]}]}));
     cluster.check("from-y before the restart", &state).unwrap_or_else(|r| panic!("{r}"));
 
-    // y/a holds a TCP connection to x/a open across the restart.
-    let (client, server) = (cluster.pod("y/a"), cluster.pod("x/a"));
-    let server_ip = server.ip;
     let flag = cluster.topo.root().join("restart-done");
     let log = cluster.topo.root().join("held-connection.log");
-    let script = format!(
-        "import socket, os, time\ns = socket.create_connection(('{}', 80), timeout=5)\ns.sendall(b'before\\n'); print(s.recv(100).decode().strip(), flush=True)\nwhile not os.path.exists('{}'): time.sleep(0.05)\ns.sendall(b'after\\n'); print(s.recv(100).decode().strip(), flush=True)\n",
-        server.ip,
-        flag.display()
-    );
-    let mut held = client.netns.spawn(&["python3", "-c", &script], &[], &log, false).unwrap();
-    let started = Instant::now();
-    while !std::fs::read_to_string(&log).unwrap_or_default().contains("before") {
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "held connection never answered: {}",
-            std::fs::read_to_string(&log).unwrap_or_default()
-        );
-        thread::sleep(Duration::from_millis(20));
-    }
-
-    // z/a, denied, keeps trying while the agents go away and come back.
-    let denied = cluster.pod("z/a");
-    let stop = std::sync::atomic::AtomicBool::new(false);
-    let topo = &cluster.topo;
-    let (leaks, new_agents) = thread::scope(|scope| {
-        let prober = scope.spawn(|| {
-            let mut leaks = 0;
-            let mut tries = 0;
-            let mut ports = SourcePorts::new();
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let probes = [Probe { dst: server_ip, port: 80, proto: Proto::Tcp, src_port: ports.next("z/a") }];
-                if let Ok(out) = probe::run(&denied.netns, &probes, Duration::from_millis(300)) {
-                    tries += 1;
-                    leaks += out.iter().filter(|o| matches!(o, Outcome::Answered(_))).count();
-                }
-            }
-            (leaks, tries)
-        });
-        for a in old_agents {
-            a.stop();
-        }
-        // No agent at all for a while: the pinned maps alone enforce.
-        thread::sleep(Duration::from_millis(1500));
-        let agents = topo.start_agents().unwrap();
-        thread::sleep(Duration::from_millis(500));
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        (prober.join().unwrap(), agents)
-    });
-    cluster._agents = new_agents;
-    std::fs::write(&flag, "").unwrap();
-    let started = Instant::now();
-    while held.try_wait().is_none() {
-        assert!(started.elapsed() < Duration::from_secs(10), "held connection hangs after the restart");
-        thread::sleep(Duration::from_millis(20));
-    }
-    let said = std::fs::read_to_string(&log).unwrap_or_default();
+    let mut held = hold_connection(&cluster, &flag, &log);
+    let (leaks, new_agents) = restart_agents_while_denied_probes(&cluster, old_agents);
+    cluster.agents = new_agents;
+    let said = finish_held_connection(&mut held, &flag, &log);
     assert!(
         said.contains("before") && said.contains("after"),
         "the allowed connection did not survive the restart: {said:?}"
@@ -1290,6 +580,73 @@ fn policy_and_allowed_connections_survive_agent_restarts() {
     state.remove_policy("x", "from-y");
     state.policy("x", "from-z", json!({"podSelector": {}, "ingress": [{"from": [{"namespaceSelector": ns_is("z")}]}]}));
     cluster.check("from-z after the restart", &state).unwrap_or_else(|r| panic!("{r}"));
+}
+
+/// y/a holds a TCP connection to x/a open across the restart: it says
+/// "before" now (waited for) and "after" once `flag` exists.
+fn hold_connection(cluster: &Cluster, flag: &Path, log: &Path) -> ChildGuard {
+    let (client, server) = (cluster.pod("y/a"), cluster.pod("x/a"));
+    let script = format!(
+        "import socket, os, time\ns = socket.create_connection(('{}', 80), timeout=5)\ns.sendall(b'before\\n'); print(s.recv(100).decode().strip(), flush=True)\nwhile not os.path.exists('{}'): time.sleep(0.05)\ns.sendall(b'after\\n'); print(s.recv(100).decode().strip(), flush=True)\n",
+        server.ip,
+        flag.display()
+    );
+    let held = client.netns.spawn(&["python3", "-c", &script], &[], log, false).unwrap();
+    let started = Instant::now();
+    while !std::fs::read_to_string(log).unwrap_or_default().contains("before") {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "held connection never answered: {}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+    held
+}
+
+/// Stops `old_agents`, leaves the nodes without an agent for a while (the
+/// pinned maps alone enforce), starts new ones, while z/a, denied, keeps
+/// trying x/a. ((answered, tries), the new agents).
+fn restart_agents_while_denied_probes(cluster: &Cluster, old_agents: Vec<Agent>) -> ((usize, usize), Vec<Agent>) {
+    let server_ip = cluster.pod("x/a").ip;
+    let denied = cluster.pod("z/a");
+    let stop = AtomicBool::new(false);
+    let topo = &cluster.topo;
+    thread::scope(|scope| {
+        let prober = scope.spawn(|| {
+            let mut leaks = 0;
+            let mut tries = 0;
+            let mut ports = SourcePorts::new();
+            while !stop.load(Ordering::Relaxed) {
+                let probes = [Probe { dst: server_ip, port: 80, proto: Proto::Tcp, src_port: ports.next("z/a") }];
+                if let Ok(out) = probe::run(&denied.netns, &probes, Duration::from_millis(300)) {
+                    tries += 1;
+                    leaks += out.iter().filter(|o| matches!(o, Outcome::Answered(_))).count();
+                }
+            }
+            (leaks, tries)
+        });
+        for a in old_agents {
+            a.stop();
+        }
+        // No agent at all for a while: the pinned maps alone enforce.
+        thread::sleep(Duration::from_millis(1500));
+        let agents = topo.start_agents().unwrap();
+        thread::sleep(Duration::from_millis(500));
+        stop.store(true, Ordering::Relaxed);
+        (prober.join().unwrap(), agents)
+    })
+}
+
+/// Lets the held connection send its second line; what it printed.
+fn finish_held_connection(held: &mut ChildGuard, flag: &Path, log: &Path) -> String {
+    std::fs::write(flag, "").unwrap();
+    let started = Instant::now();
+    while held.try_wait().is_none() {
+        assert!(started.elapsed() < Duration::from_secs(10), "held connection hangs after the restart");
+        thread::sleep(Duration::from_millis(20));
+    }
+    std::fs::read_to_string(log).unwrap_or_default()
 }
 
 // ---------------------------------------------------------------------------
@@ -1356,35 +713,75 @@ fn pods_start_isolated_and_their_own_node_reaches_them() {
     }
     let list1 = n1.agent_conflist().unwrap();
     let list2 = n2.agent_conflist().unwrap();
-    let serve = |pod: &Pod, label: &str| {
-        let log = topo.node(&pod.node).dirs.logs.join(format!("serve-{}.log", pod.name));
-        echo::serve_ports(&pod.netns, label, &[80], &log, false).unwrap()
-    };
     let client = Pod::create_k8s(n2, "y-client", PodObject::new("y", "client").label("pod", "client"), &list2).unwrap();
     let old = Pod::create_k8s(n1, "x-old", pod_object("x/old", &labels(&[("pod", "old")])), &list1).unwrap();
-    let _old_server = serve(&old, "x/old");
+    let _old_server = serve(&topo, &old, "x/old");
     let mut ports = SourcePorts::new();
-    let mut tcp_udp = |ns: &str, dst: Ipv4Addr, from_port: bool| -> Vec<Probe> {
-        PROTOS
-            .iter()
-            .map(|&proto| Probe { dst, port: 80, proto, src_port: if from_port { ports.next(ns) } else { 0 } })
-            .collect()
-    };
 
     // 1. Default-deny ingress in x, seen in effect on n1 (x/old stops
     // answering y/client).
+    deny_ingress_in_x(&topo, &mut docs, &client, &old, &mut ports, &mut failures);
+    // 2. A pod created under that policy is isolated from its first packet.
+    let (new, _new_server) = new_pod_isolated_from_first_packet(n1, n2, &client, &list1, &mut failures);
+    // 3. Its own node reaches it (kubelet probes), the other node does not
+    // (per the oracle), and neither does y/client.
+    let pod_docs = [new.manifest_yaml().unwrap(), old.manifest_yaml().unwrap(), client.manifest_yaml().unwrap()];
+    let all_docs: Vec<String> = docs.values().cloned().chain(pod_docs).collect();
+    let nodes: BTreeMap<String, Ipv4Addr> = topo.nodes().iter().map(|n| (n.name.clone(), n.ip)).collect();
+    let oracle = Oracle::new(&all_docs, nodes).unwrap();
+    nodes_reach_as_the_oracle_says(&topo, &oracle, &client, &new, &old, &mut ports, &mut failures);
+    // 4. A pod whose Pod object the agent does not know stays isolated
+    // (both ways, although no policy selects it) until the object appears.
+    unknown_pod_isolated_until_published(&topo, &client, &list1, &mut ports, &mut failures);
+
+    assert!(failures.is_empty(), "{} checks failed:\n{}", failures.len(), failures.join("\n"));
+}
+
+/// A server on port 80 in `pod`, logging on its node.
+fn serve(topo: &Topology, pod: &Pod, label: &str) -> ChildGuard {
+    let log = topo.node(&pod.node).dirs.logs.join(format!("serve-{}.log", pod.name));
+    echo::serve_ports(&pod.netns, label, &[80], &log, false).unwrap()
+}
+
+/// A TCP and a UDP probe of `dst` port 80, from fresh source ports of
+/// `ns` if `from_port` (else any).
+fn tcp_udp(ports: &mut SourcePorts, ns: &str, dst: Ipv4Addr, from_port: bool) -> Vec<Probe> {
+    PROTOS
+        .iter()
+        .map(|&proto| Probe { dst, port: 80, proto, src_port: if from_port { ports.next(ns) } else { 0 } })
+        .collect()
+}
+
+/// Step 1: default-deny ingress in x; x/old stops answering y/client.
+fn deny_ingress_in_x(
+    topo: &Topology,
+    docs: &mut BTreeMap<String, String>,
+    client: &Pod,
+    old: &Pod,
+    ports: &mut SourcePorts,
+    failures: &mut Vec<String>,
+) {
     let deny = manifest::network_policy_yaml("x", "deny-ingress", "podSelector: {}\npolicyTypes: [Ingress]\n");
     topo.write_manifest("netpol_x_deny-ingress.yaml", std::slice::from_ref(&deny)).unwrap();
     docs.insert("netpol_x_deny-ingress.yaml".into(), deny);
-    let (ok, out) = converge(&client.netns, || tcp_udp("client", old.ip, true), &[false, false]);
+    let (ok, out) = converge(&client.netns, || tcp_udp(ports, "client", old.ip, true), &[false, false]);
     if !ok {
         failures
             .push(format!("default-deny ingress in x never took effect: y/client -> x/old still answered: {out:?}"));
     }
+}
 
-    // 2. A pod created under that policy is isolated from its first packet:
-    // its server listens before ADD, a watcher in y/client is already
-    // running and learns the address the moment ADD returns.
+/// Step 2: x/new, created under default-deny ingress, never answers
+/// y/client: its server listens before ADD, a watcher in y/client is
+/// already running and learns the address the moment ADD returns. The pod
+/// and its server.
+fn new_pod_isolated_from_first_packet(
+    n1: &Node,
+    n2: &Node,
+    client: &Pod,
+    list1: &Conflist,
+    failures: &mut Vec<String>,
+) -> (Pod, Option<ChildGuard>) {
     let target = n1.dirs.root.join("new-pod-ip");
     let watch_log = n2.dirs.logs.join("watcher.log");
     let mut watcher = client
@@ -1400,7 +797,7 @@ fn pods_start_isolated_and_their_own_node_reaches_them() {
             new_server = Some(echo::serve_ports(netns, "x/new", &[80], &log, false)?);
             Ok(())
         })
-        .create(&list1)
+        .create(list1)
         .unwrap();
     let add_took = t_add.elapsed();
     std::fs::write(&target, new.ip.to_string()).unwrap();
@@ -1422,18 +819,25 @@ fn pods_start_isolated_and_their_own_node_reaches_them() {
             "x/new, created under default-deny ingress, answered y/client right after ADD (must never):\n{watched}"
         ));
     }
+    (new, new_server)
+}
 
-    // 3. Its own node reaches it (kubelet probes), the other node does not
-    // (per the oracle), and neither does y/client.
-    let pod_docs = [new.manifest_yaml().unwrap(), old.manifest_yaml().unwrap(), client.manifest_yaml().unwrap()];
-    let all_docs: Vec<String> = docs.values().cloned().chain(pod_docs).collect();
-    let nodes: BTreeMap<String, Ipv4Addr> = topo.nodes().iter().map(|n| (n.name.clone(), n.ip)).collect();
-    let oracle = Oracle::new(&all_docs, nodes).unwrap();
-    for node in [n1, n2] {
+/// Step 3: each node reaches x/new and x/old as the oracle says (its own
+/// node does, for kubelet probes), and y/client reaches x/new as it says.
+fn nodes_reach_as_the_oracle_says(
+    topo: &Topology,
+    oracle: &Oracle,
+    client: &Pod,
+    new: &Pod,
+    old: &Pod,
+    ports: &mut SourcePorts,
+    failures: &mut Vec<String>,
+) {
+    for node in [topo.node("n1"), topo.node("n2")] {
         for pod in ["x/new", "x/old"] {
             let ip = if pod == "x/new" { new.ip } else { old.ip };
             let want: Vec<bool> = PROTOS.iter().map(|&p| oracle.allowed_from_address(node.ip, pod, p, 80)).collect();
-            let (ok, out) = converge(&node.netns, || tcp_udp(&node.name, ip, false), &want);
+            let (ok, out) = converge(&node.netns, || tcp_udp(ports, &node.name, ip, false), &want);
             eprintln!("netpol: node {} -> {pod}: expected {want:?}, {}", node.name, if ok { "ok" } else { "MISMATCH" });
             if !ok {
                 failures
@@ -1442,26 +846,34 @@ fn pods_start_isolated_and_their_own_node_reaches_them() {
         }
     }
     let want: Vec<bool> = PROTOS.iter().map(|&p| oracle.allowed("y/client", "x/new", p, 80, true)).collect();
-    let (ok, out) = converge(&client.netns, || tcp_udp("client", new.ip, true), &want);
+    let (ok, out) = converge(&client.netns, || tcp_udp(ports, "client", new.ip, true), &want);
     if !ok {
         failures.push(format!("y/client -> x/new: expected answers {want:?}, saw {out:?}"));
     }
+}
 
-    // 4. A pod whose Pod object the agent does not know stays isolated
-    // (both ways, although no policy selects it) until the object appears.
+/// Step 4: y/ghost, added without its Pod object, passes no traffic either
+/// way for 2 s; once published, it reaches y/client and y/client reaches it.
+fn unknown_pod_isolated_until_published(
+    topo: &Topology,
+    client: &Pod,
+    list1: &Conflist,
+    ports: &mut SourcePorts,
+    failures: &mut Vec<String>,
+) {
     let t_add = Instant::now();
-    let mut ghost = Pod::builder(n1, "y-ghost")
+    let mut ghost = Pod::builder(topo.node("n1"), "y-ghost")
         .object(pod_object("y/ghost", &labels(&[("pod", "ghost")])))
         .unpublished()
-        .create(&list1)
+        .create(list1)
         .unwrap();
     eprintln!("netpol: y/ghost ADD without its Pod object took {:.1?}", t_add.elapsed());
-    let _ghost_server = serve(&ghost, "y/ghost");
-    let client_server = serve(&client, "y/client");
+    let _ghost_server = serve(topo, &ghost, "y/ghost");
+    let client_server = serve(topo, client, "y/client");
     let t_watch = Instant::now();
     while t_watch.elapsed() < Duration::from_secs(2) {
-        let into = probe::run(&client.netns, &tcp_udp("client", ghost.ip, true), PROBE_TIMEOUT).unwrap();
-        let from = probe::run(&ghost.netns, &tcp_udp("ghost", client.ip, true), PROBE_TIMEOUT).unwrap();
+        let into = probe::run(&client.netns, &tcp_udp(ports, "client", ghost.ip, true), PROBE_TIMEOUT).unwrap();
+        let from = probe::run(&ghost.netns, &tcp_udp(ports, "ghost", client.ip, true), PROBE_TIMEOUT).unwrap();
         if into.iter().chain(&from).any(|o| o.answered_by().is_some()) {
             failures.push(format!(
                 "y/ghost, whose Pod object the agent does not know, passed traffic: into it {into:?}, out of it {from:?}"
@@ -1470,17 +882,15 @@ fn pods_start_isolated_and_their_own_node_reaches_them() {
         }
     }
     ghost.publish().unwrap();
-    let (ok, out) = converge(&client.netns, || tcp_udp("client", ghost.ip, true), &[true, true]);
+    let (ok, out) = converge(&client.netns, || tcp_udp(ports, "client", ghost.ip, true), &[true, true]);
     if !ok {
         failures.push(format!("y/ghost never answered once its Pod object was published: {out:?}"));
     }
-    let (ok, out) = converge(&ghost.netns, || tcp_udp("ghost", client.ip, true), &[true, true]);
+    let (ok, out) = converge(&ghost.netns, || tcp_udp(ports, "ghost", client.ip, true), &[true, true]);
     if !ok {
         failures.push(format!("y/ghost never reached y/client once its Pod object was published: {out:?}"));
     }
     drop(client_server);
-
-    assert!(failures.is_empty(), "{} checks failed:\n{}", failures.len(), failures.join("\n"));
 }
 
 // ---------------------------------------------------------------------------
