@@ -7,7 +7,9 @@
 use std::{thread, time::Duration};
 
 use anyhow::{Context, Result};
-use weir_testbed::{Pod, Topology, bins, manifest::network_policy_yaml, pod::HTTP_PORT};
+use weir_testbed::{
+    Pod, Topology, bins, manifest::network_policy_yaml, pod::HTTP_PORT, policy_cluster::inspect_verdict,
+};
 
 const POLICY_FILE: &str = "sandbox-policy.yaml";
 const POLICY: &str = "podSelector: {matchLabels: {role: db}}\npolicyTypes: [Ingress]\ningress:\n- from:\n  - podSelector: {matchLabels: {role: web}}\n  ports:\n  - {protocol: TCP, port: 80}\n";
@@ -73,30 +75,15 @@ fn probe(topo: &Topology, pods: &[Pod], db: usize, url: &str) -> Vec<bool> {
 /// `weir-agent inspect verdict` on the db pod's node, as an operator would.
 fn explain(topo: &Topology, from: &Pod, to: &Pod) {
     let node = topo.node(&to.node);
-    let Ok(agent) = bins::weir_agent() else { return };
-    let (pins, run) = (node.pin_dir.display().to_string(), node.dirs.run.display().to_string());
+    if bins::weir_agent().is_err() {
+        return;
+    }
     let (f, t) = (from.ip.to_string(), to.ip.to_string());
-    let agent = agent.display().to_string();
-    let args = [
-        &agent[..],
-        "inspect",
-        "verdict",
-        "--bpf-pin-dir",
-        &pins,
-        "--run-dir",
-        &run,
-        "--from",
-        &f,
-        "--to",
-        &t,
-        "--port",
-        "80/tcp",
-    ];
     println!(
         "\nwhy is {}/{} refused? weir-agent inspect verdict --from {f} --to {t} --port 80/tcp (on {}):",
         from.node, from.name, to.node
     );
-    match node.netns.output(&args) {
+    match inspect_verdict(node, from.ip, to.ip, "80/tcp", false) {
         Ok(out) if out.success() => print!("{}", out.stdout_str()),
         Ok(out) => println!("  (inspect failed: {})", out.stderr_str().trim()),
         Err(e) => println!("  (inspect failed: {e:#})"),
