@@ -8,6 +8,8 @@ use aya::{
 use tracing::info;
 use weir_common::{DropReason, pin};
 
+use crate::datapath::pinned;
+
 /// The kernel programs, built by build.rs for bpfel-unknown-none.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/weir"));
 
@@ -27,6 +29,8 @@ pub enum DatapathError {
     Pin { name: &'static str, path: PathBuf, reason: String },
     #[error("map {name}: {source}")]
     Map { name: &'static str, source: aya::maps::MapError },
+    #[error("cannot open pinned map {path}: {source} (is the agent installed on this node?)")]
+    Pinned { path: PathBuf, source: aya::maps::MapError },
 }
 
 pub struct Datapath {
@@ -99,10 +103,7 @@ pub(super) fn error_chain(e: &dyn std::error::Error) -> String {
 /// the pinned counters (works while the agent is down too).
 pub fn verdict_counts(pin_dir: &Path) -> Result<Vec<(DropReason, u64)>, DatapathError> {
     let name = pin::MAP_DROPS;
-    let path = pin_dir.join(pin::MAPS_DIR).join(name);
-    let data = MapData::from_pin(&path).map_err(|source| DatapathError::Map { name, source })?;
-    let drops = PerCpuArray::<MapData, u64>::try_from(aya::maps::Map::PerCpuArray(data))
-        .map_err(|source| DatapathError::Map { name, source })?;
+    let drops: PerCpuArray<MapData, u64> = pinned::open(pin_dir, name)?;
     DropReason::ALL
         .iter()
         .map(|r| {

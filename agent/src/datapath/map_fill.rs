@@ -15,8 +15,10 @@ use std::{
     path::Path,
 };
 
-use aya::maps::{MapData, MapType};
+use aya::maps::MapType;
 use weir_common::pin;
+
+use crate::datapath::pinned;
 
 const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
@@ -81,7 +83,7 @@ pub fn fill_levels(pin_dir: &Path) -> Vec<(&'static str, u64, u32)> {
 pub fn fill_levels_with(pin_dir: &Path, walk: Walk) -> Vec<(&'static str, u64, u32)> {
     MAPS.iter()
         .filter_map(|name| {
-            let data = MapData::from_pin(pin_dir.join(pin::MAPS_DIR).join(name)).ok()?;
+            let data = pinned::open_data(pin_dir, name).ok()?;
             let info = data.info().ok()?;
             let fd = data.fd().as_fd().as_raw_fd();
             let key_size = info.key_size() as usize;

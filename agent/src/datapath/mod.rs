@@ -10,6 +10,7 @@ pub mod loader;
 mod map_error;
 pub mod map_fill;
 mod object_maps;
+pub mod pinned;
 pub mod policy;
 pub mod reattach;
 pub mod uplink;

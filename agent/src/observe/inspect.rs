@@ -3,22 +3,17 @@
 use std::{net::Ipv4Addr, path::Path};
 
 use anyhow::Context as _;
-use aya::maps::{HashMap, Map, MapData};
+use aya::maps::HashMap;
 use serde::Serialize;
 use weir_common::{
     lb::{Backend, CT_DIR_REPLY, CtEntry, CtKey, RevNat, SCOPE_INTERNAL, ServiceKey, ServiceValue},
     pin,
 };
 
-use crate::{datapath::loader::verdict_counts, node::routes::Routes};
-
-fn pinned_hash<K: aya::Pod, V: aya::Pod>(pin_dir: &Path, name: &str) -> anyhow::Result<HashMap<MapData, K, V>> {
-    let path = pin_dir.join(pin::MAPS_DIR).join(name);
-    let data = MapData::from_pin(&path)
-        .with_context(|| format!("opening {} (is the agent installed on this node?)", path.display()))?;
-    let map = Map::from_map_data(data).with_context(|| format!("{}", path.display()))?;
-    HashMap::try_from(map).with_context(|| format!("{}", path.display()))
-}
+use crate::{
+    datapath::{loader::verdict_counts, pinned},
+    node::routes::Routes,
+};
 
 fn ip(raw: u32) -> Ipv4Addr {
     Ipv4Addr::from(raw.to_ne_bytes())
@@ -44,8 +39,8 @@ struct ServiceRow {
 }
 
 fn services(pin_dir: &Path) -> anyhow::Result<Vec<ServiceRow>> {
-    let svc: HashMap<_, ServiceKey, ServiceValue> = pinned_hash(pin_dir, pin::MAP_SVC)?;
-    let backends: HashMap<_, u32, Backend> = pinned_hash(pin_dir, pin::MAP_BACKENDS)?;
+    let svc: HashMap<_, ServiceKey, ServiceValue> = pinned::open(pin_dir, pin::MAP_SVC)?;
+    let backends: HashMap<_, u32, Backend> = pinned::open(pin_dir, pin::MAP_BACKENDS)?;
     let mut entries: Vec<(ServiceKey, ServiceValue)> = svc.iter().collect::<Result<_, _>>()?;
     entries.sort_by_key(|(k, _)| (ip(k.addr), u16::from_be(k.port), k.proto, k.scope, k.slot));
     let lookup = |k: &ServiceKey| entries.iter().find(|(e, _)| e == k).map(|(_, v)| *v);
@@ -104,9 +99,9 @@ struct ConntrackRow {
 }
 
 fn conntrack(pin_dir: &Path) -> anyhow::Result<Vec<ConntrackRow>> {
-    let ct: HashMap<_, CtKey, CtEntry> = pinned_hash(pin_dir, pin::MAP_CT)?;
-    let backends: HashMap<_, u32, Backend> = pinned_hash(pin_dir, pin::MAP_BACKENDS)?;
-    let rev: HashMap<_, u16, RevNat> = pinned_hash(pin_dir, pin::MAP_REVNAT)?;
+    let ct: HashMap<_, CtKey, CtEntry> = pinned::open(pin_dir, pin::MAP_CT)?;
+    let backends: HashMap<_, u32, Backend> = pinned::open(pin_dir, pin::MAP_BACKENDS)?;
+    let rev: HashMap<_, u16, RevNat> = pinned::open(pin_dir, pin::MAP_REVNAT)?;
     let mut rows = Vec::new();
     for kv in ct.iter() {
         let (k, v) = kv?;

@@ -5,7 +5,7 @@
 use std::{collections::BTreeMap, net::Ipv4Addr, path::Path};
 
 use anyhow::{Context as _, bail};
-use aya::maps::{HashMap, LpmTrie, Map, MapData, lpm_trie::Key};
+use aya::maps::{HashMap, LpmTrie, MapData, lpm_trie::Key};
 use serde::Serialize;
 use weir_common::{
     EndpointInfo, EndpointKey, pin,
@@ -13,7 +13,7 @@ use weir_common::{
 };
 
 use crate::{
-    datapath::policy::stats,
+    datapath::{pinned, policy::stats},
     model::{
         policy::{
             evaluate::Direction,
@@ -23,12 +23,6 @@ use crate::{
     },
     sync::names::NAMES_FILE,
 };
-
-fn map_data(pin_dir: &Path, name: &str) -> anyhow::Result<MapData> {
-    let path = pin_dir.join(pin::MAPS_DIR).join(name);
-    MapData::from_pin(&path)
-        .with_context(|| format!("opening {} (is the agent installed on this node?)", path.display()))
-}
 
 struct Live {
     endpoints: BTreeMap<u32, EndpointInfo>,
@@ -67,11 +61,10 @@ impl Names {
 
 impl Live {
     fn open(pin_dir: &Path, run_dir: &Path) -> anyhow::Result<Self> {
-        let eps: HashMap<MapData, EndpointKey, EndpointInfo> =
-            HashMap::try_from(Map::HashMap(map_data(pin_dir, pin::MAP_ENDPOINTS)?))?;
+        let eps: HashMap<MapData, EndpointKey, EndpointInfo> = pinned::open(pin_dir, pin::MAP_ENDPOINTS)?;
         let endpoints = eps.iter().map(|kv| kv.map(|(k, v)| (k.ifindex, v))).collect::<Result<_, _>>()?;
-        let ipcache = LpmTrie::try_from(Map::LpmTrie(map_data(pin_dir, pin::MAP_IPCACHE)?))?;
-        let rules = LpmTrie::try_from(Map::LpmTrie(map_data(pin_dir, pin::MAP_POLICY)?))?;
+        let ipcache = pinned::open(pin_dir, pin::MAP_IPCACHE)?;
+        let rules = pinned::open(pin_dir, pin::MAP_POLICY)?;
         let names = match std::fs::read(run_dir.join(NAMES_FILE)) {
             Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_default(),
             Err(_) => Names::default(),

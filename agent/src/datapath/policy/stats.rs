@@ -8,18 +8,13 @@ use weir_common::{
     policy::{EndpointPolicyStats, MAX_POLICY_SLOTS},
 };
 
-use crate::datapath::loader::DatapathError;
-
-fn open(pin_dir: &Path, name: &'static str) -> Result<MapData, DatapathError> {
-    MapData::from_pin(pin_dir.join(pin::MAPS_DIR).join(name)).map_err(|source| DatapathError::Map { name, source })
-}
+use crate::datapath::{loader::DatapathError, pinned};
 
 /// Allowed new flows of the given policy slots (one lookup each; slots
 /// with none are left out).
 pub fn policy_hits(pin_dir: &Path, slots: impl IntoIterator<Item = u32>) -> Result<BTreeMap<u32, u64>, DatapathError> {
     let name = pin::MAP_POLICY_HITS;
-    let hits = PerCpuArray::<MapData, u64>::try_from(aya::maps::Map::PerCpuArray(open(pin_dir, name)?))
-        .map_err(|source| DatapathError::Map { name, source })?;
+    let hits: PerCpuArray<MapData, u64> = pinned::open(pin_dir, name)?;
     let mut out = BTreeMap::new();
     for slot in slots.into_iter().filter(|s| *s < MAX_POLICY_SLOTS) {
         let per_cpu = hits.get(&slot, 0).map_err(|source| DatapathError::Map { name, source })?;
@@ -34,10 +29,7 @@ pub fn policy_hits(pin_dir: &Path, slots: impl IntoIterator<Item = u32>) -> Resu
 /// Verdicts on new flows per endpoint (host veth ifindex).
 pub fn endpoint_stats(pin_dir: &Path) -> Result<BTreeMap<u32, EndpointPolicyStats>, DatapathError> {
     let name = pin::MAP_EP_POLICY_STATS;
-    let map = PerCpuHashMap::<MapData, EndpointKey, EndpointPolicyStats>::try_from(aya::maps::Map::PerCpuHashMap(
-        open(pin_dir, name)?,
-    ))
-    .map_err(|source| DatapathError::Map { name, source })?;
+    let map: PerCpuHashMap<MapData, EndpointKey, EndpointPolicyStats> = pinned::open(pin_dir, name)?;
     let mut out = BTreeMap::new();
     for kv in map.iter() {
         let (key, per_cpu) = kv.map_err(|source| DatapathError::Map { name, source })?;
