@@ -7,14 +7,13 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use tokio::{
-    io::{AsyncReadExt as _, AsyncWriteExt as _},
-    net::TcpListener,
-    task::JoinHandle,
-};
+use tokio::{net::TcpListener, task::JoinHandle};
 use tracing::{debug, info};
 
-use crate::model::service::ObjectKey;
+use crate::{model::service::ObjectKey, observe::http};
+
+/// The longest request head read (the request is not looked at).
+const MAX_HEAD: usize = 4096;
 
 #[derive(Debug, thiserror::Error)]
 #[error("cannot serve healthCheckNodePort {port} for Service/{service}: {source}")]
@@ -83,15 +82,13 @@ async fn serve(listener: TcpListener, shared: Shared) {
         tokio::spawn(async move {
             // The request itself does not matter (kube-proxy answers any
             // path); read what arrives so the client sees a clean close.
-            let mut buf = [0u8; 1024];
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(2), conn.read(&mut buf)).await;
+            let _ = http::read_one_head(&mut conn, MAX_HEAD, std::time::Duration::from_secs(2)).await;
             let (service, local) = shared.lock().expect("health state lock").clone();
             let (status, body) = response(&service, local);
-            let reply = format!(
-                "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nX-Content-Type-Options: nosniff\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            if let Err(e) = conn.write_all(reply.as_bytes()).await {
+            let headers = [("X-Content-Type-Options", "nosniff")];
+            if let Err(e) =
+                http::write_response(&mut conn, status, "application/json", &headers, body.as_bytes(), true).await
+            {
                 debug!(error = %e, "health check client went away");
             }
         });
@@ -100,6 +97,8 @@ async fn serve(listener: TcpListener, shared: Shared) {
 
 #[cfg(test)]
 mod tests {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
     use super::*;
 
     #[test]

@@ -19,16 +19,18 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use tokio::{
-    io::{AsyncReadExt as _, AsyncWriteExt as _},
-    net::TcpListener,
-};
+use tokio::net::TcpListener;
 use tracing::warn;
 
 pub use self::map_samples::{MapCache, MapSamples, MapScan};
-use crate::{datapath::map_fill::Walk, observe::histogram::Histogram};
+use crate::{
+    datapath::map_fill::Walk,
+    observe::{histogram::Histogram, http},
+};
 
 const LIVENESS_WINDOW: Duration = Duration::from_secs(30);
+/// The longest request head the status server reads.
+const MAX_HEAD: usize = 16 * 1024;
 
 #[derive(Default)]
 pub struct Status {
@@ -396,24 +398,15 @@ pub async fn serve(listener: TcpListener, status: Arc<Status>, pin_dir: PathBuf)
         let status = status.clone();
         let scan = scan.clone();
         tokio::spawn(async move {
-            let mut buf = [0u8; 2048];
-            let n = match tokio::time::timeout(Duration::from_secs(5), conn.read(&mut buf)).await {
-                Ok(Ok(n)) => n,
-                _ => return,
-            };
-            let request = String::from_utf8_lossy(&buf[..n]);
-            let path = request.split_whitespace().nth(1).unwrap_or("/");
+            let Some(head) = http::read_one_head(&mut conn, MAX_HEAD, Duration::from_secs(5)).await else { return };
+            let path = http::target(&head);
             let (code, kind, body) = if path == "/metrics" {
                 let samples = scan.samples(&status.policy_slots()).await;
                 ("200 OK", METRICS_TYPE, status.render(samples.as_deref()))
             } else {
                 probe(&status, path)
             };
-            let reply = format!(
-                "HTTP/1.1 {code}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            if let Err(e) = conn.write_all(reply.as_bytes()).await {
+            if let Err(e) = http::write_response(&mut conn, code, kind, &[], body.as_bytes(), true).await {
                 warn!(error = %e, "status client went away");
             }
         });
@@ -422,6 +415,8 @@ pub async fn serve(listener: TcpListener, status: Arc<Status>, pin_dir: PathBuf)
 
 #[cfg(test)]
 mod tests {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
     use super::*;
 
     #[test]

@@ -26,6 +26,12 @@
 //! The directory is polled (every 200 ms by default); each object that
 //! appeared, changed or went away is one change with its own
 //! resourceVersion, pushed to the open watches of its kind.
+//!
+//! HTTP: request heads are read and responses written by the agent's
+//! `observe::http` (the helpers the status and health check servers use);
+//! what only this server needs stays here: keep-alive (the head reader
+//! leaves the next request in the buffer), request bodies skipped,
+//! chunked watch streams, and TLS (`tls`).
 pub mod store;
 #[cfg(test)]
 mod tests;
@@ -50,6 +56,7 @@ use tokio::{
 use tracing::{debug, info, warn};
 
 pub use store::{ApiError, EventType, Filter, Resource, Scanner, Store};
+use weir_agent::observe::http;
 
 /// `weir-dev fake-apiserver`.
 #[derive(Debug, clap::Args)]
@@ -287,21 +294,12 @@ where
         match answer {
             Answer::Json(code, body) => {
                 let body = serde_json::to_vec(&body).expect("JSON");
-                let head = format!(
-                    "HTTP/1.1 {code} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{}\r\n",
-                    reason_phrase(code),
-                    body.len(),
-                    if req.close { "Connection: close\r\n" } else { "" }
-                );
-                wr.write_all(head.as_bytes()).await?;
-                wr.write_all(&body).await?;
-                wr.flush().await?;
+                let status = format!("{code} {}", reason_phrase(code));
+                http::write_response(&mut wr, &status, "application/json", &[], &body, req.close).await?;
             }
             Answer::Watch(w) => {
-                let head = format!(
-                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n{}\r\n",
-                    if req.close { "Connection: close\r\n" } else { "" }
-                );
+                let head =
+                    http::head("200 OK", "application/json", &[("Transfer-Encoding", "chunked")], None, req.close);
                 wr.write_all(head.as_bytes()).await?;
                 wr.flush().await?;
                 if !stream_watch(w, shared, &mut rd, &mut wr, &mut buf).await? {
@@ -317,24 +315,10 @@ where
     }
 }
 
-/// Reads one request head (and skips a body); None at a clean end.
+/// Reads one request head (the agent's `observe::http::read_head`, kept
+/// for keep-alive) and skips a body; None at a clean end.
 async fn read_request<R: AsyncRead + Unpin>(rd: &mut R, buf: &mut Vec<u8>) -> std::io::Result<Option<Request>> {
-    let end = loop {
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i;
-        }
-        if buf.len() > MAX_HEAD {
-            return Err(std::io::Error::other("request head too large"));
-        }
-        let mut chunk = [0u8; 4096];
-        let n = rd.read(&mut chunk).await?;
-        if n == 0 {
-            return if buf.is_empty() { Ok(None) } else { Err(std::io::ErrorKind::UnexpectedEof.into()) };
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    };
-    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
-    buf.drain(..end + 4);
+    let Some(head) = http::read_head(rd, buf, MAX_HEAD).await? else { return Ok(None) };
     let mut lines = head.split("\r\n");
     let request_line = lines.next().unwrap_or_default();
     let mut parts = request_line.split_whitespace();
