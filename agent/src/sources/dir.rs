@@ -13,16 +13,15 @@
 //! API server would have them.
 use std::{path::PathBuf, time::Duration};
 
-use k8s_openapi::api::{
-    core::v1::{Namespace, Node, Pod, Service},
-    discovery::v1::EndpointSlice,
-    networking::v1::NetworkPolicy,
-};
 use serde::Deserialize;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
-use super::{Change, ProblemLog, Update, convert, manifest_files::ManifestFiles};
+use super::{
+    Change, ProblemLog, Update,
+    kinds::{self, EndpointSlices, Kind, Namespaces, NetworkPolicies, Nodes, Pods, Services},
+    manifest_files::ManifestFiles,
+};
 use crate::model::{
     NodeInfo,
     policy::types::{NamespaceInfo, NetworkPolicyInfo, PodInfo},
@@ -67,77 +66,59 @@ fn collect(value: serde_yaml::Value, doc: usize, out: &mut FileObjects) -> Resul
         return Ok(()); // empty document, e.g. a trailing `---`
     }
     let kind = value.get("kind").and_then(|k| k.as_str()).unwrap_or_default().to_string();
-    match kind.as_str() {
-        "List" | "NodeList" | "ServiceList" | "EndpointSliceList" | "PodList" | "NamespaceList"
-        | "NetworkPolicyList" => {
-            let items = value.get("items").and_then(|i| i.as_sequence()).cloned().unwrap_or_default();
-            for item in items {
-                collect(item, doc, out)?;
-            }
+    if kind == "List" || kind.strip_suffix("List").is_some_and(|k| kinds::NAMES.contains(&k)) {
+        let items = value.get("items").and_then(|i| i.as_sequence()).cloned().unwrap_or_default();
+        for item in items {
+            collect(item, doc, out)?;
         }
-        "Node" => {
-            let node: Node = serde_yaml::from_value(value).map_err(|e| format!("document {doc}: invalid Node: {e}"))?;
-            if node.metadata.name.as_deref().unwrap_or_default().is_empty() {
-                return Err(format!("document {doc}: Node without metadata.name"));
-            }
-            out.nodes.push(convert::node(&node));
-        }
-        "Service" => {
-            let svc: Service =
-                serde_yaml::from_value(value).map_err(|e| format!("document {doc}: invalid Service: {e}"))?;
-            if svc.metadata.name.as_deref().unwrap_or_default().is_empty() {
-                return Err(format!("document {doc}: Service without metadata.name"));
-            }
-            out.services.extend(convert::service(&svc));
-        }
-        "EndpointSlice" => {
-            let slice: EndpointSlice =
-                serde_yaml::from_value(value).map_err(|e| format!("document {doc}: invalid EndpointSlice: {e}"))?;
-            if slice.metadata.name.as_deref().unwrap_or_default().is_empty() {
-                return Err(format!("document {doc}: EndpointSlice without metadata.name"));
-            }
-            out.slices.extend(convert::endpoint_slice(&slice));
-        }
-        // The same kind name in another API group (Calico's
-        // projectcalico.org NetworkPolicy, say) is another tool's object.
-        "Pod" | "Namespace" if !api_version_is(&value, "v1") => {
-            debug!(kind, api_version = ?value.get("apiVersion"), "manifest dir: not the Kubernetes kind weir reads, skipped");
-        }
-        "NetworkPolicy" if !api_version_is(&value, "networking.k8s.io/v1") => {
-            debug!(kind, api_version = ?value.get("apiVersion"), "manifest dir: not the Kubernetes kind weir reads, skipped");
-        }
-        "Pod" => {
-            let pod: Pod = serde_yaml::from_value(value).map_err(|e| format!("document {doc}: invalid Pod: {e}"))?;
-            if pod.metadata.name.as_deref().unwrap_or_default().is_empty() {
-                return Err(format!("document {doc}: Pod without metadata.name"));
-            }
-            // Finished and host-network pods are not policy pods.
-            out.pods.extend(convert::pod(&pod));
-        }
-        "Namespace" => {
-            let ns: Namespace =
-                serde_yaml::from_value(value).map_err(|e| format!("document {doc}: invalid Namespace: {e}"))?;
-            if ns.metadata.name.as_deref().unwrap_or_default().is_empty() {
-                return Err(format!("document {doc}: Namespace without metadata.name"));
-            }
-            out.namespaces.push(convert::namespace(&ns));
-        }
-        "NetworkPolicy" => {
-            let np: NetworkPolicy =
-                serde_yaml::from_value(value).map_err(|e| format!("document {doc}: invalid NetworkPolicy: {e}"))?;
-            if np.metadata.name.as_deref().unwrap_or_default().is_empty() {
-                return Err(format!("document {doc}: NetworkPolicy without metadata.name"));
-            }
-            let (policy, problem) = convert::network_policy_or_deny(&np);
-            if let Some(problem) = problem {
-                out.policy_problems.push((policy.key.clone(), problem));
-            }
-            out.policies.push(policy);
-        }
-        "" => return Err(format!("document {doc}: no `kind`")),
-        other => debug!(kind = other, "manifest dir: kind not used by weir, skipped"),
+        return Ok(());
+    }
+    if kind.is_empty() {
+        return Err(format!("document {doc}: no `kind`"));
+    }
+    // Only NetworkPolicies have problems.
+    let problems = &mut out.policy_problems;
+    let known = read::<Nodes>(&kind, &value, doc, &mut out.nodes, problems)?
+        || read::<Services>(&kind, &value, doc, &mut out.services, problems)?
+        || read::<EndpointSlices>(&kind, &value, doc, &mut out.slices, problems)?
+        || read::<Pods>(&kind, &value, doc, &mut out.pods, problems)?
+        || read::<Namespaces>(&kind, &value, doc, &mut out.namespaces, problems)?
+        || read::<NetworkPolicies>(&kind, &value, doc, &mut out.policies, problems)?;
+    if !known {
+        debug!(kind, "manifest dir: kind not used by weir, skipped");
     }
     Ok(())
+}
+
+/// Reads a document of kind `K` (false: `kind` is not `K`'s name) into
+/// `into`, with any problem into `problems`.
+fn read<K: Kind>(
+    kind: &str,
+    value: &serde_yaml::Value,
+    doc: usize,
+    into: &mut Vec<K::Model>,
+    problems: &mut Vec<(String, String)>,
+) -> Result<bool, String> {
+    if kind != kinds::name::<K>() {
+        return Ok(false);
+    }
+    if K::CHECK_API_VERSION && !api_version_is(value, kinds::api_version::<K>()) {
+        debug!(kind, api_version = ?value.get("apiVersion"), "manifest dir: not the Kubernetes kind weir reads, skipped");
+        return Ok(true);
+    }
+    let object: K::Object =
+        serde_yaml::from_value(value.clone()).map_err(|e| format!("document {doc}: invalid {kind}: {e}"))?;
+    let meta = kube::Resource::meta(&object);
+    if meta.name.as_deref().unwrap_or_default().is_empty() {
+        return Err(format!("document {doc}: {kind} without metadata.name"));
+    }
+    if let Some((model, problem)) = K::convert(&object) {
+        if let Some(problem) = problem {
+            problems.push((K::key(meta), problem));
+        }
+        into.push(model);
+    }
+    Ok(true)
 }
 
 /// Whether a document's apiVersion is `expected` (absent counts as yes).

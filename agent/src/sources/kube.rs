@@ -6,20 +6,14 @@
 //! The watched objects are converted at once and dropped (there is no
 //! reflector store), so their bulk (managedFields, Pod specs) costs only
 //! the decoding: there is nothing to strip from a cache.
-use std::{collections::BTreeMap, fmt::Debug, path::PathBuf};
+use std::{collections::BTreeMap, path::PathBuf};
 
 use futures::{StreamExt as _, TryStreamExt as _};
-use k8s_openapi::api::{
-    core::v1::{Namespace, Node, Pod, Service},
-    discovery::v1::EndpointSlice,
-    networking::v1::NetworkPolicy,
-};
 use kube::{
     Api, Client, Config, Resource,
     config::{KubeConfigOptions, Kubeconfig},
     runtime::{WatchStreamExt as _, watcher},
 };
-use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
@@ -27,6 +21,7 @@ use super::{
     Change, ProblemLog, Update,
     api_server::{self, ApiAddressError, Candidates, HostPort},
     convert,
+    kinds::{self, EndpointSlices, Kind, Namespaces, NetworkPolicies, Nodes, Pods, Services},
     lenient::Lenient,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -141,63 +136,17 @@ async fn in_cluster_config(settings: &InClusterSettings) -> Result<Config, KubeE
     Ok(config)
 }
 
-/// Runs every watcher until the receiver goes away.
+/// Runs every watcher (one per kind of the `kinds` table) until the
+/// receiver goes away.
 pub async fn run(client: Client, tx: mpsc::Sender<Update>) {
-    let nodes = watch(
-        Api::<Lenient<Node>>::all(client.clone()),
-        watcher::Config::default(),
-        tx.clone(),
-        |n| Some((convert::node(n), None)),
-        |m| m.name.clone().unwrap_or_default(),
-        Update::Nodes,
+    futures::join!(
+        watch::<Nodes>(client.clone(), tx.clone()),
+        watch::<Services>(client.clone(), tx.clone()),
+        watch::<EndpointSlices>(client.clone(), tx.clone()),
+        watch::<Pods>(client.clone(), tx.clone()),
+        watch::<Namespaces>(client.clone(), tx.clone()),
+        watch::<NetworkPolicies>(client, tx),
     );
-    // Services the default proxy serves, selected as kube-proxy selects
-    // them: a label added at run time arrives as DELETED.
-    let services = watch(
-        Api::<Lenient<Service>>::all(client.clone()),
-        watcher::Config::default().labels(&convert::proxied_selector()),
-        tx.clone(),
-        |s| convert::service(s).map(|s| (s, None)),
-        convert::key,
-        Update::Services,
-    );
-    // Only slices that belong to a Service the default proxy serves.
-    let slice_selector = format!("{},{}", convert::SERVICE_NAME_LABEL, convert::proxied_selector());
-    let slices = watch(
-        Api::<Lenient<EndpointSlice>>::all(client.clone()),
-        watcher::Config::default().labels(&slice_selector),
-        tx.clone(),
-        |s| convert::endpoint_slice(s).map(|s| (s, None)),
-        convert::key,
-        Update::EndpointSlices,
-    );
-    let pods = watch(
-        Api::<Lenient<Pod>>::all(client.clone()),
-        pod_watch_config(),
-        tx.clone(),
-        |p| convert::pod(p).map(|p| (p, None)),
-        convert::key,
-        Update::Pods,
-    );
-    let namespaces = watch(
-        Api::<Lenient<Namespace>>::all(client.clone()),
-        watcher::Config::default(),
-        tx.clone(),
-        |n| Some((convert::namespace(n), None)),
-        |m| m.name.clone().unwrap_or_default(),
-        Update::Namespaces,
-    );
-    // Fail closed: a policy that cannot be read in full still isolates
-    // what it selects (deny-all), and is reported.
-    let policies = watch(
-        Api::<Lenient<NetworkPolicy>>::all(client),
-        watcher::Config::default(),
-        tx,
-        |p| Some(convert::network_policy_or_deny(p)),
-        convert::key,
-        Update::NetworkPolicies,
-    );
-    futures::join!(nodes, services, slices, pods, namespaces, policies);
 }
 
 /// The Pod watch sees every Pod of the cluster, not only this node's: a
@@ -218,34 +167,24 @@ pub async fn run(client: Client, tx: mpsc::Sender<Update>) {
 /// of a paged request (the watch cache ignores limits with it anyway),
 /// so a page size would turn it back into an etcd read. The agent holds
 /// one full PodList in memory while it converts it, as informers do.
-fn pod_watch_config() -> watcher::Config {
+pub(super) fn pod_watch_config() -> watcher::Config {
     let mut config = watcher::Config::default().fields(convert::POD_FIELD_SELECTOR).any_semantic();
     config.page_size = None;
     config
 }
 
-/// Forwards one kind's watch events as `Update`s. `to_model` gives the
-/// model object (None: weir does not use it) and what could not be read as
-/// written, which is logged once per object and counted
+/// Forwards one kind's watch events as `Update`s. The kind's converter
+/// gives the model object (None: weir does not use it) and what could not
+/// be read as written, which is logged once per object and counted
 /// (`Update::Problems`).
 ///
 /// Objects are decoded one by one (`Lenient`): one the typed decoder
 /// refuses is reported by name and keeps its last readable version, in a
 /// watch event as in a relist, instead of failing the watch.
-async fn watch<K, T>(
-    api: Api<Lenient<K>>,
-    config: watcher::Config,
-    tx: mpsc::Sender<Update>,
-    to_model: impl Fn(&K) -> Option<(T, Option<String>)>,
-    key: impl Fn(&ObjectMeta) -> String,
-    wrap: impl Fn(Change<T>) -> Update,
-) where
-    K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
-    K::DynamicType: Default + Clone + Eq + std::hash::Hash,
-{
-    let kind = K::kind(&K::DynamicType::default()).to_string();
-    let mut stream = watcher(api, config).default_backoff().boxed();
-    let mut state = KindWatch::new(kind);
+async fn watch<K: Kind>(client: Client, tx: mpsc::Sender<Update>) {
+    let api = Api::<Lenient<K::Object>>::all(client);
+    let mut stream = watcher(api, K::watch_config()).default_backoff().boxed();
+    let mut state = KindWatch::new(kinds::name::<K>().to_string());
     loop {
         let event = match stream.try_next().await {
             Ok(Some(event)) => event,
@@ -260,9 +199,9 @@ async fn watch<K, T>(
         if state.answered(&tx).await.is_err() {
             return;
         }
-        let change = match state.step(event, &to_model, &key) {
+        let change = match state.step(event, &K::convert, &K::key) {
             Step::Buffered => continue,
-            Step::Change(change) => Some(wrap(change)),
+            Step::Change(change) => Some(K::update(change)),
             Step::ProblemOnly => None,
         };
         if state.forward(change, &tx).await.is_err() {

@@ -6,11 +6,13 @@
 //!   sandbox and the tests).
 //!
 //! Sources convert API objects to the model's domain types (`convert`), so
-//! nothing past this module depends on Kubernetes types.
+//! nothing past this module depends on Kubernetes types; the kinds read,
+//! with their converters, are one table both use (`kinds`).
 
 pub mod api_server;
 pub mod convert;
 pub mod dir;
+pub mod kinds;
 pub mod kube;
 pub mod lenient;
 pub mod manifest_files;
