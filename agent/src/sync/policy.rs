@@ -220,15 +220,11 @@ mod tests {
         model::{
             index::Change,
             policy::{
-                selector::{LabelSelector, Labels},
+                selector::{LabelSelector, labels},
                 types::{NamespaceInfo, NetworkPolicyInfo, PodInfo, PolicyPeer, PolicyRule},
             },
         },
     };
-
-    fn labels(kv: &[(&str, &str)]) -> Labels {
-        kv.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
-    }
 
     fn pod(key: &str, ip: [u8; 4], node: &str, kv: &[(&str, &str)]) -> PodInfo {
         PodInfo {

@@ -4,6 +4,12 @@ use std::collections::BTreeMap;
 
 pub type Labels = BTreeMap<String, String>;
 
+/// Labels from (key, value) pairs: `labels(&[("app", "web")])` (tests,
+/// benchmarks).
+pub fn labels(kv: &[(&str, &str)]) -> Labels {
+    kv.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Requirement {
     In(String, Vec<String>),
@@ -34,10 +40,6 @@ impl LabelSelector {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn labels(kv: &[(&str, &str)]) -> Labels {
-        kv.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
-    }
 
     #[test]
     fn empty_selector_matches_everything() {

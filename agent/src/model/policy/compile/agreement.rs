@@ -9,7 +9,7 @@ use super::*;
 use crate::model::{
     policy::{
         evaluate::{Peer, PolicyView, Verdict, evaluate},
-        selector::{LabelSelector, Labels, Requirement},
+        selector::{LabelSelector, Requirement, labels},
         simulate::simulate,
         types::{PolicyPeer, PolicyPort, PortRef},
     },
@@ -52,10 +52,6 @@ const NAMED: [(&str, Protocol, u16); 6] = [
     ("alt", Protocol::Tcp, 1000),
     ("alt", Protocol::Sctp, 80),
 ];
-
-fn labels(kv: &[(&str, &str)]) -> Labels {
-    kv.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
-}
 
 /// One random cluster: what the compiler gets, and the evaluator's view of
 /// the same (local pods with their endpoint's address filled in).

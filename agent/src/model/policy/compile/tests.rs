@@ -8,7 +8,7 @@ use super::*;
 use crate::model::{
     policy::{
         keys::port_prefixes,
-        selector::{LabelSelector, Labels},
+        selector::{LabelSelector, labels},
         simulate::simulate,
         types::{PolicyPeer, PolicyPort, PortRef},
     },
@@ -16,10 +16,6 @@ use crate::model::{
 };
 
 const HOST: Ipv4Addr = Ipv4Addr::new(172, 30, 0, 11);
-
-fn labels(kv: &[(&str, &str)]) -> Labels {
-    kv.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
-}
 
 fn sel(kv: &[(&str, &str)]) -> LabelSelector {
     LabelSelector { match_labels: labels(kv), expressions: vec![] }

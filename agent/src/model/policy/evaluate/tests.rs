@@ -4,13 +4,9 @@ use std::collections::BTreeMap;
 
 use super::*;
 use crate::model::policy::{
-    selector::{LabelSelector, Labels, Requirement},
+    selector::{LabelSelector, Labels, Requirement, labels},
     types::{NamespaceInfo, NetworkPolicyInfo, PodInfo, PolicyPeer, PolicyPort, PolicyRule, PortRef},
 };
-
-fn labels(kv: &[(&str, &str)]) -> Labels {
-    kv.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
-}
 
 fn sel(kv: &[(&str, &str)]) -> LabelSelector {
     LabelSelector { match_labels: labels(kv), expressions: vec![] }
