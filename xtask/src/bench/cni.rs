@@ -70,19 +70,7 @@ pub fn run(args: CniBenchArgs) -> Result<()> {
     if args.sequential == 0 || args.parallel == 0 || args.sequential.max(args.parallel) > 250 {
         bail!("--sequential and --parallel must be 1..=250 (each node has one /24)");
     }
-    setup::run(setup::Mode::Strict)?;
-    if !args.no_build {
-        cargo::build_bins()?;
-    }
-    weir_testbed::check_prerequisites(&[tools::IP, tools::BRIDGE, tools::HOST_LOCAL])?;
-    // The agent (not timed) runs from the debug build; the timed plugin
-    // from a release build unless --debug.
-    let weir_cni_dir = if args.debug || args.no_build {
-        bins::bin_dir()
-    } else {
-        cargo::must(cargo::cargo().args(["build", "--release", "-p", "weir-cni", "--bin", "weir-cni"]))?;
-        bins::target_dir().join("release")
-    };
+    let weir_cni_dir = build(&args)?;
 
     let topo = Topology::builder("bench-cni").nodes(2).build()?;
     let agent = topo.start_agent("n1")?;
@@ -121,19 +109,7 @@ pub fn run(args: CniBenchArgs) -> Result<()> {
         timed_del(side, &slot)?;
     }
 
-    let (mut seq_weir, mut seq_ref) = (Samples::default(), Samples::default());
-    {
-        let weir_slots = prepare(&weir, "s", args.sequential)?;
-        let ref_slots = prepare(&reference, "s", args.sequential)?;
-        for (w, r) in weir_slots.iter().zip(&ref_slots) {
-            seq_weir.add.push(timed_add(&weir, w)?);
-            seq_ref.add.push(timed_add(&reference, r)?);
-        }
-        for (w, r) in weir_slots.iter().zip(&ref_slots) {
-            seq_weir.del.push(timed_del(&weir, w)?);
-            seq_ref.del.push(timed_del(&reference, r)?);
-        }
-    }
+    let (seq_weir, seq_ref) = sequential(&weir, &reference, args.sequential)?;
     let par_weir = parallel(&weir, args.parallel)?;
     let par_ref = parallel(&reference, args.parallel)?;
     drop(agent);
@@ -142,6 +118,44 @@ pub fn run(args: CniBenchArgs) -> Result<()> {
         (format!("sequential x{}", args.sequential), &seq_weir, &seq_ref),
         (format!("parallel x{}", args.parallel), &par_weir, &par_ref),
     ]);
+    print_goals(&args, &seq_weir, &seq_ref, &par_weir);
+    Ok(())
+}
+
+/// Makes sure of the tools and builds what is timed: the agent (not timed)
+/// runs from the debug build; the timed plugin from a release build unless
+/// --debug. The directory weir-cni is taken from.
+fn build(args: &CniBenchArgs) -> Result<PathBuf> {
+    setup::run(setup::Mode::Strict)?;
+    if !args.no_build {
+        cargo::build_bins()?;
+    }
+    weir_testbed::check_prerequisites(&[tools::IP, tools::BRIDGE, tools::HOST_LOCAL])?;
+    Ok(if args.debug || args.no_build {
+        bins::bin_dir()
+    } else {
+        cargo::must(cargo::cargo().args(["build", "--release", "-p", "weir-cni", "--bin", "weir-cni"]))?;
+        bins::target_dir().join("release")
+    })
+}
+
+/// `n` ADDs on each side, alternating, then `n` DELs alike.
+fn sequential(weir: &Side, reference: &Side, n: usize) -> Result<(Samples, Samples)> {
+    let (mut seq_weir, mut seq_ref) = (Samples::default(), Samples::default());
+    let weir_slots = prepare(weir, "s", n)?;
+    let ref_slots = prepare(reference, "s", n)?;
+    for (w, r) in weir_slots.iter().zip(&ref_slots) {
+        seq_weir.add.push(timed_add(weir, w)?);
+        seq_ref.add.push(timed_add(reference, r)?);
+    }
+    for (w, r) in weir_slots.iter().zip(&ref_slots) {
+        seq_weir.del.push(timed_del(weir, w)?);
+        seq_ref.del.push(timed_del(reference, r)?);
+    }
+    Ok((seq_weir, seq_ref))
+}
+
+fn print_goals(args: &CniBenchArgs, seq_weir: &Samples, seq_ref: &Samples, par_weir: &Samples) {
     let goal_ratio = ratio(Summary::new(seq_weir.add.clone()).median(), Summary::new(seq_ref.add.clone()).median());
     let par_p99 = Summary::new(par_weir.add.clone()).p99();
     println!(
@@ -155,7 +169,6 @@ pub fn run(args: CniBenchArgs) -> Result<()> {
         ms(par_p99),
         verdict(par_p99.is_some_and(|p| p < Duration::from_millis(100)))
     );
-    Ok(())
 }
 
 fn verdict(met: bool) -> &'static str {
