@@ -14,7 +14,7 @@ use weir_agent::{
         ClusterIndex,
         index::Change,
         policy::{
-            selector::{LabelSelector, Labels},
+            selector::{LabelSelector, labels},
             types::{NamespaceInfo, NetworkPolicyInfo, PodInfo, PolicyPeer, PolicyPort, PolicyRule, PortRef},
         },
         service::Protocol,
@@ -43,10 +43,6 @@ pub struct Report {
     pub label_change_p99_us: f64,
     pub policy_change_p99_us: f64,
     pub rss_mib: f64,
-}
-
-fn labels(kv: &[(&str, String)]) -> Labels {
-    kv.iter().map(|(k, v)| (k.to_string(), v.clone())).collect()
 }
 
 fn pod_ip(j: usize) -> Ipv4Addr {

@@ -6,8 +6,8 @@ pub type Labels = BTreeMap<String, String>;
 
 /// Labels from (key, value) pairs: `labels(&[("app", "web")])` (tests,
 /// benchmarks).
-pub fn labels(kv: &[(&str, &str)]) -> Labels {
-    kv.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+pub fn labels<V: AsRef<str>>(kv: &[(&str, V)]) -> Labels {
+    kv.iter().map(|(k, v)| (k.to_string(), v.as_ref().to_string())).collect()
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -43,7 +43,7 @@ mod tests {
 
     #[test]
     fn empty_selector_matches_everything() {
-        assert!(LabelSelector::default().matches(&labels(&[])));
+        assert!(LabelSelector::default().matches(&Labels::new()));
         assert!(LabelSelector::default().matches(&labels(&[("a", "b")])));
     }
 
