@@ -23,9 +23,9 @@ def tcp():
     while True:
         c, _ = s.accept(); threading.Thread(target=serve, args=(c,), daemon=True).start()
 def udp():
-    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind((udp_addr, port))
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind(("0.0.0.0", port))
     while True:
-        d, a = u.recvfrom(65535); u.sendto(label + b" " + d, a)
+        d, a = u.recvfrom(4096); u.sendto(label + b" " + d, a)
 threading.Thread(target=udp, daemon=True).start()
 tcp()
 "#;
