@@ -6,6 +6,7 @@ mod metrics;
 mod policy;
 mod services;
 mod stats;
+mod weir_dev;
 
 use anyhow::Result;
 use clap::Subcommand;

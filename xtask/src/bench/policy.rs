@@ -35,7 +35,7 @@ use anyhow::{Context, Result, bail, ensure};
 use clap::Args;
 use serde_json::Value;
 use weir_testbed::{
-    Agent, Pod, Topology, exec,
+    Agent, Pod, Topology,
     manifest::{PodObject, documents, namespace_yaml, network_policy_yaml},
     netns::NetNs,
     tools,
@@ -326,24 +326,10 @@ fn print_data_path(args: &PolicyBenchArgs, d: &DataPath) {
 // ------------------------------------------------------------ control plane
 
 fn control_plane(topo: &Topology, release: &Path, args: &PolicyBenchArgs) -> std::result::Result<Value, String> {
-    let run = || -> Result<Value> {
-        let ns = NetNs::create(&topo.prefix().child("cp"))?;
-        let mut cmd = ns.command(release.join("weir-dev"))?;
-        cmd.args(["bench-policy-control-plane", "--pods", &args.cp_pods.to_string()])
-            .args(["--policies", &args.cp_policies.to_string(), "--changes", &args.changes.to_string()])
-            .env("WEIR_LOG", "warn");
-        exec::die_with_parent(&mut cmd);
-        println!("==> {}", exec::describe(&cmd));
-        let out = exec::output(&mut cmd, None, Duration::from_secs(600))?;
-        if !out.success() {
-            bail!("bench-policy-control-plane {}: {}", out.describe_status(), out.stderr_str().trim());
-        }
-        let text = out.stdout_str();
-        let line =
-            text.lines().rev().find(|l| l.trim_start().starts_with('{')).context("no JSON from the benchmark")?;
-        serde_json::from_str(line).context("parse the benchmark's JSON")
-    };
-    run().map_err(|e| format!("{e:#}"))
+    let (pods, policies, changes) = (args.cp_pods.to_string(), args.cp_policies.to_string(), args.changes.to_string());
+    let cmd = ["bench-policy-control-plane", "--pods", &pods, "--policies", &policies, "--changes", &changes];
+    super::weir_dev::report(topo, release, &cmd, &[("WEIR_LOG", "warn")], Duration::from_secs(600))
+        .map_err(|e| format!("{e:#}"))
 }
 
 fn print_control_plane(args: &PolicyBenchArgs, c: &std::result::Result<Value, String>) {
