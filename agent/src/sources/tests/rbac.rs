@@ -41,10 +41,19 @@ fn used_by_code() -> BTreeSet<(String, String)> {
             // `Api::<Lenient<Pod>>` opens Pods.
             let rest = text[i + 6..].strip_prefix("Lenient<").unwrap_or(&text[i + 6..]);
             let kind: String = rest.chars().take_while(|c| c.is_alphanumeric()).collect();
-            let (group, resource) = resource_of(&kind).unwrap_or_else(|| {
-                panic!("{}: Api::<{kind}>: add it to resource_of and to the ClusterRole", file.display())
-            });
-            used.insert((group.to_string(), resource.to_string()));
+            // `Api::<Lenient<K::Object>>`: the kube source's watch, opened
+            // for every kind of the `kinds` table.
+            let kinds = if rest.starts_with("K::Object") {
+                crate::sources::kinds::NAMES.iter().map(|k| k.to_string()).collect()
+            } else {
+                vec![kind]
+            };
+            for kind in kinds {
+                let (group, resource) = resource_of(&kind).unwrap_or_else(|| {
+                    panic!("{}: Api::<{kind}>: add it to resource_of and to the ClusterRole", file.display())
+                });
+                used.insert((group.to_string(), resource.to_string()));
+            }
         }
     }
     used
