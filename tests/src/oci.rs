@@ -256,77 +256,94 @@ pub struct ArchiveDigests {
 /// pointing at the same blobs. containerd reads the OCI layout and ignores
 /// the rest; docker before 25 reads `manifest.json`.
 pub fn write_image_archive(name: &ImageRef, config: Value, layer: &Path, out: &Path) -> Result<ArchiveDigests> {
-    let (layer_hex, layer_size) = hash_file(layer)?;
-    let layer_digest = format!("sha256:{layer_hex}");
-    let mut config = config;
-    let obj = config.as_object_mut().context("the image config must be a JSON object")?;
-    for key in ["architecture", "os", "config"] {
-        if !obj.contains_key(key) {
-            bail!("the image config lacks {key:?}");
-        }
-    }
-    obj.insert("rootfs".into(), json!({ "type": "layers", "diff_ids": [layer_digest] }));
-    let platform = json!({ "architecture": obj["architecture"], "os": obj["os"] });
-    let config = serde_json::to_vec(&config)?;
-    let manifest = serde_json::to_vec(&json!({
-        "schemaVersion": 2,
-        "mediaType": MEDIA_MANIFEST,
-        "config": descriptor(MEDIA_CONFIG, &config),
-        "layers": [{ "mediaType": MEDIA_LAYER, "digest": layer_digest, "size": layer_size }]
-    }))?;
-    let mut manifest_desc = descriptor(MEDIA_MANIFEST, &manifest);
-    manifest_desc["platform"] = platform;
-    manifest_desc["annotations"] = json!({
-        "io.containerd.image.name": name.full,
-        "org.opencontainers.image.ref.name": name.tag,
-    });
-    let index = serde_json::to_vec(&json!({
-        "schemaVersion": 2,
-        "mediaType": MEDIA_INDEX,
-        "manifests": [manifest_desc]
-    }))?;
-    let (config_hex, manifest_hex) = (hex(&config), hex(&manifest));
-    let docker_manifest = serde_json::to_vec(&json!([{
-        "Config": format!("blobs/sha256/{config_hex}"),
-        "RepoTags": [name.familiar()],
-        "Layers": [format!("blobs/sha256/{layer_hex}")]
-    }]))?;
-    let repositories = serde_json::to_vec(&json!({
-        name.familiar_repo.clone(): { name.tag.clone(): layer_hex }
-    }))?;
+    let (layer_hex, size) = hash_file(layer)?;
+    let layer = LayerBlob { path: layer, hex: layer_hex, size };
+    let docs = ArchiveDocs::new(name, config, &layer)?;
+    write_through_tmp(out, |tar| append_archive(tar, &docs, &layer))?;
+    Ok(ArchiveDigests {
+        manifest: digest(&docs.manifest),
+        config: digest(&docs.config),
+        layer: layer.digest(),
+        layer_size: layer.size,
+    })
+}
 
+/// The uncompressed layer on disk, as the archive names it.
+struct LayerBlob<'p> {
+    path: &'p Path,
+    hex: String,
+    size: u64,
+}
+
+impl LayerBlob<'_> {
+    fn digest(&self) -> String {
+        format!("sha256:{}", self.hex)
+    }
+}
+
+/// The archive's JSON documents, serialised: the image config (with
+/// `rootfs`), the OCI manifest and index, docker's `manifest.json` and
+/// `repositories`.
+struct ArchiveDocs {
+    config: Vec<u8>,
+    manifest: Vec<u8>,
+    index: Vec<u8>,
+    docker_manifest: Vec<u8>,
+    repositories: Vec<u8>,
+}
+
+impl ArchiveDocs {
+    fn new(name: &ImageRef, mut config: Value, layer: &LayerBlob) -> Result<Self> {
+        let layer_digest = layer.digest();
+        let obj = config.as_object_mut().context("the image config must be a JSON object")?;
+        for key in ["architecture", "os", "config"] {
+            if !obj.contains_key(key) {
+                bail!("the image config lacks {key:?}");
+            }
+        }
+        obj.insert("rootfs".into(), json!({ "type": "layers", "diff_ids": [layer_digest] }));
+        let platform = json!({ "architecture": obj["architecture"], "os": obj["os"] });
+        let config = serde_json::to_vec(&config)?;
+        let manifest = serde_json::to_vec(&json!({
+            "schemaVersion": 2,
+            "mediaType": MEDIA_MANIFEST,
+            "config": descriptor(MEDIA_CONFIG, &config),
+            "layers": [{ "mediaType": MEDIA_LAYER, "digest": layer_digest, "size": layer.size }]
+        }))?;
+        let mut manifest_desc = descriptor(MEDIA_MANIFEST, &manifest);
+        manifest_desc["platform"] = platform;
+        manifest_desc["annotations"] = json!({
+            "io.containerd.image.name": name.full,
+            "org.opencontainers.image.ref.name": name.tag,
+        });
+        let index = serde_json::to_vec(&json!({
+            "schemaVersion": 2,
+            "mediaType": MEDIA_INDEX,
+            "manifests": [manifest_desc]
+        }))?;
+        let docker_manifest = serde_json::to_vec(&json!([{
+            "Config": format!("blobs/sha256/{}", hex(&config)),
+            "RepoTags": [name.familiar()],
+            "Layers": [format!("blobs/sha256/{}", layer.hex)]
+        }]))?;
+        let repositories = serde_json::to_vec(&json!({
+            name.familiar_repo.clone(): { name.tag.clone(): layer.hex }
+        }))?;
+        Ok(ArchiveDocs { config, manifest, index, docker_manifest, repositories })
+    }
+}
+
+/// Writes a tar to `out` through a temporary file beside it, synced, then
+/// renamed over `out`; on failure the temporary file is removed.
+fn write_through_tmp(
+    out: &Path,
+    fill: impl FnOnce(&mut tar::Builder<BufWriter<fs::File>>) -> Result<()>,
+) -> Result<()> {
     let tmp =
         out.with_file_name(format!(".{}.tmp", out.file_name().context("output has no file name")?.to_string_lossy()));
     let file = fs::File::create(&tmp).with_context(|| format!("create {}", tmp.display()))?;
     let mut tar = tar::Builder::new(BufWriter::new(file));
-    let mut small: Vec<(String, &[u8])> =
-        vec![(format!("blobs/sha256/{config_hex}"), &config), (format!("blobs/sha256/{manifest_hex}"), &manifest)];
-    small.sort();
-    let write = |tar: &mut tar::Builder<BufWriter<fs::File>>| -> Result<()> {
-        append_dir(tar, "blobs/")?;
-        append_dir(tar, "blobs/sha256/")?;
-        // Blobs in digest order, the layer streamed from its file.
-        let layer_name = format!("blobs/sha256/{layer_hex}");
-        let mut blobs: Vec<(&str, Option<&[u8]>)> = small.iter().map(|(n, d)| (n.as_str(), Some(*d))).collect();
-        blobs.push((&layer_name, None));
-        blobs.sort_by(|a, b| a.0.cmp(b.0));
-        for (blob_name, data) in blobs {
-            match data {
-                Some(d) => append_file(tar, blob_name, d, 0o644)?,
-                None => {
-                    let f = fs::File::open(layer).with_context(|| format!("open {}", layer.display()))?;
-                    let mut h = header(tar::EntryType::Regular, 0o644, layer_size);
-                    tar.append_data(&mut h, blob_name, f.take(layer_size))?;
-                }
-            }
-        }
-        append_file(tar, "index.json", &index, 0o644)?;
-        append_file(tar, "manifest.json", &docker_manifest, 0o644)?;
-        append_file(tar, "oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#, 0o644)?;
-        append_file(tar, "repositories", &repositories, 0o644)?;
-        Ok(())
-    };
-    let done = write(&mut tar).and_then(|()| {
+    let done = fill(&mut tar).and_then(|()| {
         let mut w = tar.into_inner()?;
         w.flush()?;
         w.into_inner().map_err(|e| e.into_error())?.sync_all()?;
@@ -337,12 +354,36 @@ pub fn write_image_archive(name: &ImageRef, config: Value, layer: &Path, out: &P
         let _ = fs::remove_file(&tmp);
         return Err(e.context(format!("write {}", out.display())));
     }
-    Ok(ArchiveDigests {
-        manifest: format!("sha256:{manifest_hex}"),
-        config: format!("sha256:{config_hex}"),
-        layer: layer_digest,
-        layer_size,
-    })
+    Ok(())
+}
+
+/// The archive's entries: the blobs in digest order (the layer streamed from
+/// its file), then `index.json`, `manifest.json`, `oci-layout` and
+/// `repositories`.
+fn append_archive<W: Write>(tar: &mut tar::Builder<W>, docs: &ArchiveDocs, layer: &LayerBlob) -> Result<()> {
+    append_dir(tar, "blobs/")?;
+    append_dir(tar, "blobs/sha256/")?;
+    let mut blobs: Vec<(String, Option<&[u8]>)> = vec![
+        (format!("blobs/sha256/{}", hex(&docs.config)), Some(docs.config.as_slice())),
+        (format!("blobs/sha256/{}", hex(&docs.manifest)), Some(docs.manifest.as_slice())),
+        (format!("blobs/sha256/{}", layer.hex), None),
+    ];
+    blobs.sort_by(|a, b| a.0.cmp(&b.0));
+    for (blob_name, data) in blobs {
+        match data {
+            Some(d) => append_file(tar, &blob_name, d, 0o644)?,
+            None => {
+                let f = fs::File::open(layer.path).with_context(|| format!("open {}", layer.path.display()))?;
+                let mut h = header(tar::EntryType::Regular, 0o644, layer.size);
+                tar.append_data(&mut h, &blob_name, f.take(layer.size))?;
+            }
+        }
+    }
+    append_file(tar, "index.json", &docs.index, 0o644)?;
+    append_file(tar, "manifest.json", &docs.docker_manifest, 0o644)?;
+    append_file(tar, "oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#, 0o644)?;
+    append_file(tar, "repositories", &docs.repositories, 0o644)?;
+    Ok(())
 }
 
 /// One entry of a tar archive, as tests look at it.
