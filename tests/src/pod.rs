@@ -287,24 +287,9 @@ impl<'a> PodBuilder<'a> {
     pub fn create(self, conflist: &Conflist) -> Result<Pod> {
         let PodBuilder { node, name, object, publish_before_add, adjust, before_add } = self;
         let netns = NetNs::create(&node.pod_netns_name(&name))?;
-        let mut attachment = Pod::attachment_for(node, &name, &netns);
-        if let Some(o) = &object {
-            set_arg(&mut attachment, "K8S_POD_NAMESPACE", &o.namespace);
-            set_arg(&mut attachment, "K8S_POD_NAME", &o.name);
-        }
-        if let Some(adjust) = adjust {
-            attachment = adjust(attachment);
-        }
+        let attachment = attachment(node, &name, &netns, object.as_ref(), adjust);
         // The object the runtime's CNI_ARGS name is the one that must exist.
-        let object = match (arg(&attachment, "K8S_POD_NAMESPACE"), arg(&attachment, "K8S_POD_NAME")) {
-            (Some(ns), Some(pod)) => {
-                let mut o = object.unwrap_or_else(|| PodObject::new(ns, pod));
-                o.namespace = ns.to_string();
-                o.name = pod.to_string();
-                Some(o)
-            }
-            _ => None,
-        };
+        let object = named_object(&attachment, object);
         let mut published = false;
         if let Some(o) = &object
             && publish_before_add
@@ -313,8 +298,8 @@ impl<'a> PodBuilder<'a> {
                 .with_context(|| format!("publish Pod {} before ADD", o.key()))?;
             published = true;
         }
-        let unpublish = |o: &Option<PodObject>| {
-            if let Some(o) = o
+        let unpublish = || {
+            if let Some(o) = &object
                 && published
             {
                 let _ = topology::remove_manifest_file(&node.manifest_dir, &o.file_name());
@@ -323,24 +308,15 @@ impl<'a> PodBuilder<'a> {
         if let Some(f) = before_add
             && let Err(e) = f(&netns)
         {
-            unpublish(&object);
+            unpublish();
             return Err(e.context(format!("before ADD of pod {name} on {}", node.name)));
         }
         let runtime = node.runtime();
-        let result = match runtime.add(conflist, &attachment) {
-            Ok(r) => r,
+        let (result, ip) = match add(&runtime, conflist, &attachment, &name, &node.name) {
+            Ok(added) => added,
             Err(e) => {
-                let _ = runtime.del(conflist, &attachment);
-                unpublish(&object);
-                return Err(anyhow::Error::new(e).context(format!("ADD of pod {name} on {}", node.name)));
-            }
-        };
-        let ip = match result.pod_ipv4() {
-            Some(ip) => ip,
-            None => {
-                let _ = runtime.del(conflist, &attachment);
-                unpublish(&object);
-                anyhow::bail!("ADD of pod {name} returned no IPv4 address: {}", result.raw);
+                unpublish();
+                return Err(e);
             }
         };
         let manifest =
@@ -367,6 +343,65 @@ impl<'a> PodBuilder<'a> {
             pod.publish().with_context(|| format!("publish the status of pod {}", pod.name))?;
         }
         Ok(pod)
+    }
+}
+
+/// The attachment for pod `name` on `node`: CNI_ARGS name `object` (else
+/// `default/<node>-<name>`), then `adjust` may change it.
+fn attachment(
+    node: &Node,
+    name: &str,
+    netns: &NetNs,
+    object: Option<&PodObject>,
+    adjust: Option<AdjustFn<'_>>,
+) -> Attachment {
+    let mut attachment = Pod::attachment_for(node, name, netns);
+    if let Some(o) = object {
+        set_arg(&mut attachment, "K8S_POD_NAMESPACE", &o.namespace);
+        set_arg(&mut attachment, "K8S_POD_NAME", &o.name);
+    }
+    if let Some(adjust) = adjust {
+        attachment = adjust(attachment);
+    }
+    attachment
+}
+
+/// The Pod object the attachment's CNI_ARGS name (`object`, renamed to
+/// match, or a new one), or none if they name none.
+fn named_object(attachment: &Attachment, object: Option<PodObject>) -> Option<PodObject> {
+    match (arg(attachment, "K8S_POD_NAMESPACE"), arg(attachment, "K8S_POD_NAME")) {
+        (Some(ns), Some(pod)) => {
+            let mut o = object.unwrap_or_else(|| PodObject::new(ns, pod));
+            o.namespace = ns.to_string();
+            o.name = pod.to_string();
+            Some(o)
+        }
+        _ => None,
+    }
+}
+
+/// ADD of pod `name` on `node`, and the pod's IPv4 address from the result.
+/// On failure (no address included) DEL runs, as containerd's CRI does.
+fn add(
+    runtime: &CniRuntime,
+    conflist: &Conflist,
+    attachment: &Attachment,
+    name: &str,
+    node: &str,
+) -> Result<(CniResult, Ipv4Addr)> {
+    let result = match runtime.add(conflist, attachment) {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = runtime.del(conflist, attachment);
+            return Err(anyhow::Error::new(e).context(format!("ADD of pod {name} on {node}")));
+        }
+    };
+    match result.pod_ipv4() {
+        Some(ip) => Ok((result, ip)),
+        None => {
+            let _ = runtime.del(conflist, attachment);
+            anyhow::bail!("ADD of pod {name} returned no IPv4 address: {}", result.raw);
+        }
     }
 }
 
