@@ -4,10 +4,17 @@
 //! without endpoints, and an established connection across an agent
 //! restart.
 
-use std::{collections::BTreeSet, net::Ipv4Addr, thread, time::Duration};
+use std::{
+    collections::BTreeSet,
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    process::ExitStatus,
+    thread,
+    time::Duration,
+};
 
 use weir_testbed::{
-    Agent, Pod, Topology,
+    Agent, NetNs, Pod, Topology,
     echo::{self, Answer},
     manifest::{SvcPort, endpoint_slice_yaml, service_yaml},
     process::ChildGuard,
@@ -200,58 +207,83 @@ while not os.path.exists(sys.argv[4]): time.sleep(0.05)
 s.sendall(b"after"); print(s.recv(100).decode().split()[0], flush=True)
 "#;
 
-#[test]
-fn an_established_connection_survives_an_agent_restart_with_its_backend() {
-    let mut c = Cluster::new("svc_restart");
-    c.publish("echo", VIP, &c.endpoints(&[]), false);
-    let client_index = c.pods.iter().position(|p| p.node == "n1" && p.name == "a").unwrap();
-    let client = &c.pods[client_index].netns;
-    first_answer(client, "tcp", VIP, ECHO_PORT);
+/// LONG_CLIENT running in a pod, and the files it reports through.
+struct LongClient {
+    child: ChildGuard,
+    go: PathBuf,
+    out: PathBuf,
+}
 
-    let dir = c.topo.node("n1").dirs.root.clone();
-    let (connected, go, out) = (dir.join("connected"), dir.join("go"), dir.join("client.out"));
-    let mut long = client
-        .spawn(
-            &[
-                "python3",
-                "-c",
-                LONG_CLIENT,
-                &VIP.to_string(),
-                &ECHO_PORT.to_string(),
-                connected.to_str().unwrap(),
-                go.to_str().unwrap(),
-            ],
-            &[],
-            &out,
-            false,
-        )
-        .unwrap();
-    for _ in 0..100 {
-        if connected.exists() {
-            break;
+impl LongClient {
+    /// Starts LONG_CLIENT in `ns` against the Service (its files in `dir`)
+    /// and waits until it has connected and had its first answer.
+    fn start(ns: &NetNs, dir: &Path) -> Self {
+        let (connected, go, out) = (dir.join("connected"), dir.join("go"), dir.join("client.out"));
+        let child = ns
+            .spawn(
+                &[
+                    "python3",
+                    "-c",
+                    LONG_CLIENT,
+                    &VIP.to_string(),
+                    &ECHO_PORT.to_string(),
+                    connected.to_str().unwrap(),
+                    go.to_str().unwrap(),
+                ],
+                &[],
+                &out,
+                false,
+            )
+            .unwrap();
+        for _ in 0..100 {
+            if connected.exists() {
+                break;
+            }
+            thread::sleep(Duration::from_millis(50));
         }
-        thread::sleep(Duration::from_millis(50));
+        assert!(connected.exists(), "client never connected: {}", std::fs::read_to_string(&out).unwrap_or_default());
+        LongClient { child, go, out }
     }
-    assert!(connected.exists(), "client never connected: {}", std::fs::read_to_string(&out).unwrap_or_default());
 
-    // Stop n1's agent (dropping the guard kills it), start a new one.
-    let index = c.agents.iter().position(|a| a.node() == "n1").unwrap();
+    /// Lets it ask again over the same connection; how it exited (none if it
+    /// had not within 10 s) and what it printed.
+    fn finish(&mut self) -> (Option<ExitStatus>, String) {
+        std::fs::write(&self.go, "go").unwrap();
+        let mut status = None;
+        for _ in 0..200 {
+            status = self.child.try_wait();
+            if status.is_some() {
+                break;
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        (status, std::fs::read_to_string(&self.out).unwrap())
+    }
+}
+
+/// Stops `node`'s agent (dropping the guard kills it) and starts a new one.
+fn restart_agent(c: &mut Cluster, node: &str) {
+    let index = c.agents.iter().position(|a| a.node() == node).unwrap();
     c.agents.remove(index).stop();
-    let mut agent = c.topo.start_agent("n1").unwrap();
+    let mut agent = c.topo.start_agent(node).unwrap();
     agent.wait_ready(Agent::ready_timeout()).unwrap();
     c.agents.push(agent);
+}
 
-    // Every pod link now runs the programs the new agent pinned.
-    let pins = c.topo.node("n1").pin_dir.clone();
-    let prog_id = |args: &[&str]| -> String {
-        let out = std::process::Command::new("bpftool").args(args).output().expect("bpftool (cargo xtask setup)");
-        let text = String::from_utf8_lossy(&out.stdout).to_string();
-        // "123: sched_cls  name ..." or "45: type 11  prog 123" / "prog 123"
-        match text.split_whitespace().position(|w| w == "prog") {
-            Some(i) => text.split_whitespace().nth(i + 1).unwrap_or_default().to_string(),
-            None => text.split(':').next().unwrap_or_default().trim().to_string(),
-        }
-    };
+/// The program ID bpftool prints for `args`.
+fn prog_id(args: &[&str]) -> String {
+    let out = std::process::Command::new("bpftool").args(args).output().expect("bpftool (cargo xtask setup)");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    // "123: sched_cls  name ..." or "45: type 11  prog 123" / "prog 123"
+    match text.split_whitespace().position(|w| w == "prog") {
+        Some(i) => text.split_whitespace().nth(i + 1).unwrap_or_default().to_string(),
+        None => text.split(':').next().unwrap_or_default().trim().to_string(),
+    }
+}
+
+/// Every pod link pinned under `pins` runs the program pinned there now;
+/// returns how many links there are.
+fn links_running_pinned_programs(pins: &Path) -> usize {
     let mut links = 0;
     for entry in std::fs::read_dir(pins.join("links")).unwrap().flatten() {
         let name = entry.file_name().into_string().unwrap();
@@ -267,18 +299,28 @@ fn an_established_connection_survives_an_agent_restart_with_its_backend() {
         assert!(!want.is_empty() && want == got, "{name} runs program {got}, the new agent's {prog} is {want}");
         links += 1;
     }
+    links
+}
+
+#[test]
+fn an_established_connection_survives_an_agent_restart_with_its_backend() {
+    let mut c = Cluster::new("svc_restart");
+    c.publish("echo", VIP, &c.endpoints(&[]), false);
+    let client_index = c.pods.iter().position(|p| p.node == "n1" && p.name == "a").unwrap();
+    let client = &c.pods[client_index].netns;
+    first_answer(client, "tcp", VIP, ECHO_PORT);
+
+    let dir = c.topo.node("n1").dirs.root.clone();
+    let mut long = LongClient::start(client, &dir);
+
+    // Stop n1's agent (dropping the guard kills it), start a new one.
+    restart_agent(&mut c, "n1");
+
+    // Every pod link now runs the programs the new agent pinned.
+    let links = links_running_pinned_programs(&c.topo.node("n1").pin_dir);
     assert_eq!(links, 4, "two pods on n1, two links each");
 
-    std::fs::write(&go, "go").unwrap();
-    let mut status = None;
-    for _ in 0..200 {
-        status = long.try_wait();
-        if status.is_some() {
-            break;
-        }
-        thread::sleep(Duration::from_millis(50));
-    }
-    let text = std::fs::read_to_string(&out).unwrap();
+    let (status, text) = long.finish();
     assert!(status.is_some_and(|s| s.success()), "client failed or hung after the restart: {text}");
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines.len(), 2, "{text}");
