@@ -66,6 +66,10 @@ fn serve_on_host(node: &Node) -> ChildGuard {
 /// use (netexec's dial, `nc -u`, curl): a UDP reply from any other address
 /// or port than the one asked is dropped by the kernel, as a TCP SYN-ACK
 /// would be. Prints who answered and the peer the socket sees.
+/// It differs from `echo::ask`'s client on purpose: that one sends UDP with
+/// `sendto` and takes a reply from any address (the Service tests assert on
+/// the address it came from), where this one must see what upstream's
+/// connected clients see, and also reports the peer's port.
 const CLIENT: &str = r#"
 import socket, sys
 proto, host, port, msg = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4].encode()
@@ -196,38 +200,37 @@ fn wait_programmed(client: &Client, proto: &str, host: Ipv4Addr, port: u16) {
     panic!("{} -> {host}:{port}/{proto} never answered: {:#}", client.describe(), last.unwrap());
 }
 
-#[test]
-#[ignore = "privileged: needs root, bpffs and cgroup v2 (network namespaces, weir-cni, weir-agent)"]
-fn host_network_endpoints_reachable_through_every_frontend_from_every_client() {
-    weir_testbed::privileged(&[tools::IP, tools::PYTHON3, tools::PORTMAP]);
-    let topo = Topology::builder("hostnet_be").nodes(2).build().unwrap();
+/// A cgroup per node for the node's own processes (the agent's socket-LB
+/// cgroup), under the cgroup v2 mount.
+fn host_cgroups(topo: &Topology) -> Vec<PathBuf> {
     let cg_root = weir_testbed::cleanup::cgroup2_mount().expect("a cgroup v2 mount (socket load balancing needs one)");
-    let cgroups: Vec<PathBuf> = topo
-        .nodes()
+    topo.nodes()
         .iter()
         .map(|n| {
             let cg = cg_root.join(topo.prefix().child(&format!("{}-host", n.name)));
             std::fs::create_dir(&cg).unwrap();
             cg
         })
-        .collect();
+        .collect()
+}
+
+/// An agent per node, balancing connections from its node's cgroup; ready.
+fn start_agents(topo: &Topology, cgroups: &[PathBuf]) -> Vec<Agent> {
     let mut agents: Vec<Agent> = topo
         .nodes()
         .iter()
-        .zip(&cgroups)
+        .zip(cgroups)
         .map(|(n, cg)| Agent::spawn_with(n, topo.manifest_dir(), Some(cg)).unwrap())
         .collect();
     for a in &mut agents {
         a.wait_ready(Agent::ready_timeout()).unwrap();
     }
+    agents
+}
 
-    // The endpoints: one server per node, in the node's own namespace,
-    // answering with the node's name (upstream: the node's hostname).
-    let _servers: Vec<ChildGuard> = topo.nodes().iter().map(serve_on_host).collect();
-    let pods: Vec<Pod> =
-        topo.nodes().iter().map(|n| Pod::create(n, "c", &n.agent_conflist().unwrap()).unwrap()).collect();
-    let (ext_ns, _) = topo.external_host("ext", 100).unwrap();
-
+/// The NodePort Service (http 80 -> 8083, udp 90 -> 8081) whose endpoints
+/// are the nodes' own addresses.
+fn publish_service(topo: &Topology) {
     let ports = [
         SvcPort {
             name: "http",
@@ -253,32 +256,34 @@ fn host_network_endpoints_reachable_through_every_frontend_from_every_client() {
         ],
     )
     .unwrap();
+}
 
+/// The clients inside the cluster: the pods (one per node), then the nodes.
+fn cluster_clients<'a>(topo: &'a Topology, pods: &'a [Pod], cgroups: &'a [PathBuf]) -> Vec<Client<'a>> {
     let mut clients: Vec<Client> = pods.iter().map(Client::Pod).collect();
-    clients.extend(topo.nodes().iter().zip(&cgroups).map(|(n, cg)| Client::Node {
+    clients.extend(topo.nodes().iter().zip(cgroups).map(|(n, cg)| Client::Node {
         name: n.name.as_str(),
         netns: &n.netns,
         cgroup: cg,
     }));
-    let external = Client::External(&ext_ns);
+    clients
+}
 
-    // Every agent has programmed the Service once a pod on its node and the
-    // outside reach its frontends.
-    for (pod, node) in clients[..2].iter().zip(topo.nodes()) {
-        wait_programmed(pod, "tcp", VIP, HTTP_PORT);
-        wait_programmed(&external, "tcp", node.ip, HTTP_NODE_PORT);
-    }
+/// The frontends for `proto`: the ClusterIP, and the NodePort on each node.
+fn frontends(topo: &Topology, proto: &str) -> Vec<(Ipv4Addr, u16, &'static str)> {
+    let (port, node_port) = if proto == "tcp" { (HTTP_PORT, HTTP_NODE_PORT) } else { (UDP_PORT, UDP_NODE_PORT) };
+    let mut f = vec![(VIP, port, "ClusterIP")];
+    f.extend(topo.nodes().iter().map(|n| (n.ip, node_port, "NodePort")));
+    f
+}
 
+/// Every client to every frontend it can reach (the external host: the
+/// NodePorts only) over TCP and UDP, then the large requests from the pods.
+fn paths<'a>(topo: &Topology, clients: &'a [Client<'a>], external: &'a Client<'a>) -> Vec<Path<'a>> {
     let mut paths: Vec<Path> = Vec::new();
-    let frontends = |proto: &str| -> Vec<(Ipv4Addr, u16, &'static str)> {
-        let (port, node_port) = if proto == "tcp" { (HTTP_PORT, HTTP_NODE_PORT) } else { (UDP_PORT, UDP_NODE_PORT) };
-        let mut f = vec![(VIP, port, "ClusterIP")];
-        f.extend(topo.nodes().iter().map(|n| (n.ip, node_port, "NodePort")));
-        f
-    };
-    for client in clients.iter().chain([&external]) {
+    for client in clients.iter().chain([external]) {
         for proto in ["tcp", "udp"] {
-            for (addr, port, what) in frontends(proto) {
+            for (addr, port, what) in frontends(topo, proto) {
                 if matches!(client, Client::External(_)) && what == "ClusterIP" {
                     continue;
                 }
@@ -303,13 +308,16 @@ fn host_network_endpoints_reachable_through_every_frontend_from_every_client() {
             msg: format!("n{}", "o".repeat(1999)),
         });
     }
+    paths
+}
 
-    let want: BTreeSet<String> = topo.nodes().iter().map(|n| n.name.clone()).collect();
+/// Runs every path, prints a line for each, and returns the failed ones'.
+fn run_paths(paths: &[Path], want: &BTreeSet<String>) -> Vec<String> {
     let mut report = Vec::new();
     let mut failed = Vec::new();
-    for path in &paths {
-        let out = path.run(&want);
-        let ok = out.servers == want && out.wrong_peers.is_empty() && out.errors.is_empty();
+    for path in paths {
+        let out = path.run(want);
+        let ok = out.servers == *want && out.wrong_peers.is_empty() && out.errors.is_empty();
         let mut line = format!(
             "{} {}: reached {:?} in {} tries",
             if ok { "ok  " } else { "FAIL" },
@@ -329,5 +337,37 @@ fn host_network_endpoints_reachable_through_every_frontend_from_every_client() {
         report.push(line);
     }
     eprintln!("{} paths:\n{}", report.len(), report.join("\n"));
+    failed
+}
+
+#[test]
+#[ignore = "privileged: needs root, bpffs and cgroup v2 (network namespaces, weir-cni, weir-agent)"]
+fn host_network_endpoints_reachable_through_every_frontend_from_every_client() {
+    weir_testbed::privileged(&[tools::IP, tools::PYTHON3, tools::PORTMAP]);
+    let topo = Topology::builder("hostnet_be").nodes(2).build().unwrap();
+    let cgroups = host_cgroups(&topo);
+    let _agents = start_agents(&topo, &cgroups);
+
+    // The endpoints: one server per node, in the node's own namespace,
+    // answering with the node's name (upstream: the node's hostname).
+    let _servers: Vec<ChildGuard> = topo.nodes().iter().map(serve_on_host).collect();
+    let pods: Vec<Pod> =
+        topo.nodes().iter().map(|n| Pod::create(n, "c", &n.agent_conflist().unwrap()).unwrap()).collect();
+    let (ext_ns, _) = topo.external_host("ext", 100).unwrap();
+    publish_service(&topo);
+
+    let clients = cluster_clients(&topo, &pods, &cgroups);
+    let external = Client::External(&ext_ns);
+
+    // Every agent has programmed the Service once a pod on its node and the
+    // outside reach its frontends.
+    for (pod, node) in clients[..2].iter().zip(topo.nodes()) {
+        wait_programmed(pod, "tcp", VIP, HTTP_PORT);
+        wait_programmed(&external, "tcp", node.ip, HTTP_NODE_PORT);
+    }
+
+    let paths = paths(&topo, &clients, &external);
+    let want: BTreeSet<String> = topo.nodes().iter().map(|n| n.name.clone()).collect();
+    let failed = run_paths(&paths, &want);
     assert!(failed.is_empty(), "{} of {} paths failed:\n{}", failed.len(), paths.len(), failed.join("\n"));
 }
