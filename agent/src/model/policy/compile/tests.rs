@@ -7,19 +7,16 @@ use weir_common::policy::{DIR_INGRESS, PolicyKey};
 use super::*;
 use crate::model::{
     policy::{
+        build::{self, ip_block, sel},
         keys::port_prefixes,
         selector::{LabelSelector, labels},
         simulate::simulate,
-        types::{PolicyPeer, PolicyPort, PortRef},
+        types::{PolicyPort, PortRef},
     },
     service::Protocol,
 };
 
 const HOST: Ipv4Addr = Ipv4Addr::new(172, 30, 0, 11);
-
-fn sel(kv: &[(&str, &str)]) -> LabelSelector {
-    LabelSelector { match_labels: labels(kv), expressions: vec![] }
-}
 
 fn ip(last: u8) -> Ipv4Addr {
     Ipv4Addr::new(10, 244, 1, last)
@@ -77,19 +74,7 @@ impl World {
         ingress: Option<Vec<PolicyRule>>,
         egress: Option<Vec<PolicyRule>>,
     ) {
-        let (ns, _) = key.split_once('/').unwrap();
-        self.policies.insert(
-            key.into(),
-            NetworkPolicyInfo {
-                key: key.into(),
-                namespace: ns.into(),
-                pod_selector: pods,
-                ingress_enabled: ingress.is_some(),
-                egress_enabled: egress.is_some(),
-                ingress: ingress.unwrap_or_default(),
-                egress: egress.unwrap_or_default(),
-            },
-        );
+        self.policies.insert(key.into(), build::policy(key, pods, ingress, egress));
     }
 
     fn compile(&self, c: &mut PolicyCompiler) -> DesiredPolicy {
@@ -295,18 +280,9 @@ fn ip_block_except_carves_out_pods_and_addresses() {
     w.policy(
         "x/cidr",
         sel(&[("pod", "a")]),
+        Some(vec![PolicyRule { peers: vec![ip_block("10.244.1.0/24", &["10.244.1.12/31"])], ports: vec![] }]),
         Some(vec![PolicyRule {
-            peers: vec![PolicyPeer::IpBlock {
-                cidr: "10.244.1.0/24".parse().unwrap(),
-                except: vec!["10.244.1.12/31".parse().unwrap()],
-            }],
-            ports: vec![],
-        }]),
-        Some(vec![PolicyRule {
-            peers: vec![PolicyPeer::IpBlock {
-                cidr: "0.0.0.0/0".parse().unwrap(),
-                except: vec!["10.0.0.1/8".parse().unwrap()],
-            }],
+            peers: vec![ip_block("0.0.0.0/0", &["10.0.0.1/8"])],
             ports: vec![port(Protocol::Tcp, PortRef::Number(443), None)],
         }]),
     );

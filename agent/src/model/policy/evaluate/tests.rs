@@ -4,13 +4,10 @@ use std::collections::BTreeMap;
 
 use super::*;
 use crate::model::policy::{
+    build::{ip_block, policy, sel},
     selector::{LabelSelector, Labels, Requirement, labels},
     types::{NamespaceInfo, NetworkPolicyInfo, PodInfo, PolicyPeer, PolicyPort, PolicyRule, PortRef},
 };
-
-fn sel(kv: &[(&str, &str)]) -> LabelSelector {
-    LabelSelector { match_labels: labels(kv), expressions: vec![] }
-}
 
 struct World {
     pods: Vec<PodInfo>,
@@ -62,24 +59,6 @@ impl World {
                 self.pods.iter().map(|d| if self.allowed(&s.key, &d.key, proto, port) { '.' } else { 'X' }).collect()
             })
             .collect()
-    }
-}
-
-fn policy(
-    key: &str,
-    pods: LabelSelector,
-    ingress: Option<Vec<PolicyRule>>,
-    egress: Option<Vec<PolicyRule>>,
-) -> NetworkPolicyInfo {
-    let (ns, _) = key.split_once('/').unwrap();
-    NetworkPolicyInfo {
-        key: key.into(),
-        namespace: ns.into(),
-        pod_selector: pods,
-        ingress_enabled: ingress.is_some(),
-        egress_enabled: egress.is_some(),
-        ingress: ingress.unwrap_or_default(),
-        egress: egress.unwrap_or_default(),
     }
 }
 
@@ -164,13 +143,7 @@ fn ip_block_with_except() {
     w.policies.push(policy(
         "x/cidr",
         sel(&[("pod", "a")]),
-        Some(vec![PolicyRule {
-            peers: vec![PolicyPeer::IpBlock {
-                cidr: "10.244.1.0/24".parse().unwrap(),
-                except: vec!["10.244.1.12/31".parse().unwrap()],
-            }],
-            ports: vec![],
-        }]),
+        Some(vec![PolicyRule { peers: vec![ip_block("10.244.1.0/24", &["10.244.1.12/31"])], ports: vec![] }]),
         None,
     ));
     // y/a is 10.244.1.12, y/b 10.244.1.13: excepted; y/c .14 allowed.
