@@ -8,6 +8,7 @@ use std::{collections::BTreeMap, time::Instant};
 use super::*;
 use crate::model::{
     policy::{
+        build::sel,
         evaluate::{Peer, PolicyView, Verdict, evaluate},
         selector::{LabelSelector, Requirement, labels},
         simulate::simulate,
@@ -148,6 +149,18 @@ fn gen_rule(rng: &mut Rng, anchors: &[Ipv4Addr]) -> PolicyRule {
 }
 
 fn gen_case(rng: &mut Rng) -> Case {
+    let namespaces = gen_namespaces(rng);
+    let PodSet { pods, eval_pods, endpoints, used } = gen_pods(rng);
+    let mut anchors = used;
+    anchors.push(Ipv4Addr::new(10, 244, 1, 200));
+    let policies: BTreeMap<_, _> =
+        (0..1 + rng.below(4)).map(|i| gen_policy(rng, i, &anchors)).map(|p| (p.key.clone(), p)).collect();
+    let addresses = peer_addresses(&policies, &eval_pods);
+    Case { pods, eval_pods, namespaces, policies, endpoints, addresses }
+}
+
+/// x, y and z, each labelled with its name and maybe a team.
+fn gen_namespaces(rng: &mut Rng) -> BTreeMap<String, NamespaceInfo> {
     let mut namespaces = BTreeMap::new();
     for ns in ["x", "y", "z"] {
         let mut l = labels(&[("ns", ns)]);
@@ -156,86 +169,97 @@ fn gen_case(rng: &mut Rng) -> Case {
         }
         namespaces.insert(ns.to_string(), NamespaceInfo { name: ns.into(), labels: l });
     }
-    let mut pods = BTreeMap::new();
-    let mut eval_pods = BTreeMap::new();
-    let mut endpoints = Vec::new();
-    let mut used = vec![HOST, REMOTE_NODE];
+    namespaces
+}
+
+/// The pods of a case as the compiler and the evaluator see them, the
+/// local endpoints among them, and every address in use (the nodes' too).
+struct PodSet {
+    pods: BTreeMap<String, PodInfo>,
+    eval_pods: BTreeMap<String, PodInfo>,
+    endpoints: Vec<LocalEndpoint>,
+    used: Vec<Ipv4Addr>,
+}
+
+fn gen_pods(rng: &mut Rng) -> PodSet {
+    let mut out = PodSet {
+        pods: BTreeMap::new(),
+        eval_pods: BTreeMap::new(),
+        endpoints: Vec::new(),
+        used: vec![HOST, REMOTE_NODE],
+    };
     // "w" has pods but no Namespace object: no namespaceSelector matches.
     let pod_namespaces = if rng.chance(20) { vec!["x", "y", "z", "w"] } else { vec!["x", "y", "z"] };
     for ns in pod_namespaces {
         for i in 0..3 + rng.below(2) {
-            let ip = loop {
-                let ip = Ipv4Addr::new(10, 244, rng.below(2) as u8, rng.below(64) as u8);
-                if !used.contains(&ip) {
-                    break ip;
-                }
-            };
-            used.push(ip);
-            let mut l = labels(&[("pod", rng.pick(&["a", "b", "c"]))]);
-            if rng.chance(40) {
-                l.insert("app".into(), rng.pick(&["web", "db"]).into());
-            }
-            let named_ports =
-                (0..rng.below(3)).map(|_| rng.pick(&NAMED)).map(|(n, p, port)| (n.to_string(), p, port)).collect();
-            let key = format!("{ns}/p{i}");
-            let is_local = rng.chance(50);
-            let pod = PodInfo {
-                key: key.clone(),
-                namespace: ns.into(),
-                labels: l,
-                ip: Some(ip),
-                node: Some(if is_local { "n1" } else { "n2" }.into()),
-                named_ports,
-            };
-            eval_pods.insert(key.clone(), pod.clone());
-            let mut compiled = pod;
-            if is_local {
-                endpoints.push(LocalEndpoint {
-                    ifindex: 100 + endpoints.len() as u32,
-                    ip,
-                    pod: Some(key.clone()),
-                    pending: rng.chance(50),
-                });
-                // The status lags: the endpoint's address is the truth.
-                if rng.chance(30) {
-                    compiled.ip = None;
-                }
-            }
-            pods.insert(key, compiled);
+            gen_pod(rng, ns, i, &mut out);
         }
     }
-    let mut anchors = used.clone();
-    anchors.push(Ipv4Addr::new(10, 244, 1, 200));
-    let mut policies = BTreeMap::new();
-    for i in 0..1 + rng.below(4) {
-        let ns = rng.pick(&["x", "y", "z"]);
-        let key = format!("{ns}/np{i}");
-        let (ingress_enabled, egress_enabled) = rng.pick(&[(true, false), (false, true), (true, true)]);
-        let rules = |enabled: bool, rng: &mut Rng| {
-            if enabled || rng.chance(20) {
-                (0..rng.below(3)).map(|_| gen_rule(rng, &anchors)).collect()
-            } else {
-                vec![]
-            }
-        };
-        let ingress = rules(ingress_enabled, rng);
-        let egress = rules(egress_enabled, rng);
-        let pod_selector = if rng.chance(30) { LabelSelector::default() } else { gen_selector(rng, POD_KEYS) };
-        policies.insert(
-            key.clone(),
-            NetworkPolicyInfo {
-                key,
-                namespace: ns.into(),
-                pod_selector,
-                ingress_enabled,
-                egress_enabled,
-                ingress,
-                egress,
-            },
-        );
+    out
+}
+
+/// Pod `p{i}` of `ns` at an unused address, on this node or the other.
+fn gen_pod(rng: &mut Rng, ns: &str, i: usize, out: &mut PodSet) {
+    let ip = loop {
+        let ip = Ipv4Addr::new(10, 244, rng.below(2) as u8, rng.below(64) as u8);
+        if !out.used.contains(&ip) {
+            break ip;
+        }
+    };
+    out.used.push(ip);
+    let mut l = labels(&[("pod", rng.pick(&["a", "b", "c"]))]);
+    if rng.chance(40) {
+        l.insert("app".into(), rng.pick(&["web", "db"]).into());
     }
-    // Peers that are not pods: this node, another node, outside, an unused
-    // cluster address, and both ends of every ipBlock prefix.
+    let named_ports =
+        (0..rng.below(3)).map(|_| rng.pick(&NAMED)).map(|(n, p, port)| (n.to_string(), p, port)).collect();
+    let key = format!("{ns}/p{i}");
+    let is_local = rng.chance(50);
+    let pod = PodInfo {
+        key: key.clone(),
+        namespace: ns.into(),
+        labels: l,
+        ip: Some(ip),
+        node: Some(if is_local { "n1" } else { "n2" }.into()),
+        named_ports,
+    };
+    out.eval_pods.insert(key.clone(), pod.clone());
+    let mut compiled = pod;
+    if is_local {
+        out.endpoints.push(LocalEndpoint {
+            ifindex: 100 + out.endpoints.len() as u32,
+            ip,
+            pod: Some(key.clone()),
+            pending: rng.chance(50),
+        });
+        // The status lags: the endpoint's address is the truth.
+        if rng.chance(30) {
+            compiled.ip = None;
+        }
+    }
+    out.pods.insert(key, compiled);
+}
+
+/// Policy `np{i}` in a random namespace, ipBlocks around `anchors`.
+fn gen_policy(rng: &mut Rng, i: usize, anchors: &[Ipv4Addr]) -> NetworkPolicyInfo {
+    let ns = rng.pick(&["x", "y", "z"]);
+    let key = format!("{ns}/np{i}");
+    let (ingress_enabled, egress_enabled) = rng.pick(&[(true, false), (false, true), (true, true)]);
+    let rules = |enabled: bool, rng: &mut Rng| {
+        if enabled || rng.chance(20) { (0..rng.below(3)).map(|_| gen_rule(rng, anchors)).collect() } else { vec![] }
+    };
+    let ingress = rules(ingress_enabled, rng);
+    let egress = rules(egress_enabled, rng);
+    let pod_selector = if rng.chance(30) { LabelSelector::default() } else { gen_selector(rng, POD_KEYS) };
+    NetworkPolicyInfo { key, namespace: ns.into(), pod_selector, ingress_enabled, egress_enabled, ingress, egress }
+}
+
+/// Peers that are not pods: this node, another node, outside, an unused
+/// cluster address, and both ends of every ipBlock prefix.
+fn peer_addresses(
+    policies: &BTreeMap<String, NetworkPolicyInfo>,
+    eval_pods: &BTreeMap<String, PodInfo>,
+) -> Vec<Ipv4Addr> {
     let mut addresses = vec![
         HOST,
         REMOTE_NODE,
@@ -257,7 +281,7 @@ fn gen_case(rng: &mut Rng) -> Case {
     addresses.retain(|a| !eval_pods.values().any(|p| p.ip == Some(*a)));
     addresses.sort();
     addresses.dedup();
-    Case { pods, eval_pods, namespaces, policies, endpoints, addresses }
+    addresses
 }
 
 /// How many checks, and of the enforced ones how many were allowed and
@@ -463,89 +487,78 @@ struct Large {
 }
 
 fn large_input() -> Large {
-    let mut namespaces = BTreeMap::new();
-    for n in 0..10 {
-        let name = format!("ns{n}");
-        namespaces.insert(
-            name.clone(),
-            NamespaceInfo { name: name.clone(), labels: labels(&[("team", if n % 2 == 0 { "red" } else { "blue" })]) },
-        );
-    }
+    let namespaces = (0..10).map(large_namespace).map(|n| (n.name.clone(), n)).collect();
     let mut pods = BTreeMap::new();
     let mut endpoints = Vec::new();
     for i in 0..1000u32 {
-        let ns = format!("ns{}", i % 10);
-        let app = format!("app{}", (i / 10) % 20);
-        let key = format!("{ns}/pod{i}");
-        let ip = Ipv4Addr::new(10, 244, (i / 250) as u8, (i % 250) as u8 + 1);
-        // 10 per hundred, over every namespace and app.
-        let local = i % 10 == i / 100;
-        pods.insert(
-            key.clone(),
-            PodInfo {
-                key: key.clone(),
-                namespace: ns,
-                labels: labels(&[("app", &app)]),
-                ip: Some(ip),
-                node: Some(if local { "n1" } else { "n2" }.into()),
-                named_ports: vec![("http".into(), Protocol::Tcp, 8080)],
-            },
-        );
-        if local {
-            endpoints.push(LocalEndpoint { ifindex: 1000 + i, ip, pod: Some(key), pending: false });
-        }
+        let (pod, endpoint) = large_pod(i);
+        endpoints.extend(endpoint);
+        pods.insert(pod.key.clone(), pod);
     }
-    let mut policies = BTreeMap::new();
-    for i in 0..1000u32 {
-        let ns = format!("ns{}", i % 10);
-        let key = format!("{ns}/policy{i}");
-        // 100 policies per namespace, 5 per app.
-        let a = i / 10;
-        let app =
-            |n: u32| LabelSelector { match_labels: labels(&[("app", &format!("app{}", n % 20))]), expressions: vec![] };
-        policies.insert(
-            key.clone(),
-            NetworkPolicyInfo {
-                key,
-                namespace: ns,
-                pod_selector: app(a),
-                ingress_enabled: true,
-                egress_enabled: true,
-                ingress: vec![PolicyRule {
-                    peers: vec![
-                        PolicyPeer::Pods { namespaces: None, pods: Some(app(a * 7)) },
-                        PolicyPeer::Pods {
-                            namespaces: Some(LabelSelector {
-                                match_labels: labels(&[("team", "red")]),
-                                expressions: vec![],
-                            }),
-                            pods: Some(app(a + 1)),
-                        },
-                    ],
-                    ports: vec![
-                        PolicyPort { protocol: Protocol::Tcp, port: Some(PortRef::Number(8000)), end_port: Some(8100) },
-                        PolicyPort {
-                            protocol: Protocol::Tcp,
-                            port: Some(PortRef::Name("http".into())),
-                            end_port: None,
-                        },
-                    ],
-                }],
-                egress: vec![PolicyRule {
-                    peers: vec![PolicyPeer::IpBlock {
-                        cidr: "10.0.0.0/8".parse().unwrap(),
-                        except: vec![format!("10.{}.0.0/16", i % 4).parse().unwrap()],
-                    }],
-                    ports: vec![PolicyPort {
-                        protocol: Protocol::Tcp,
-                        port: Some(PortRef::Number(443)),
-                        end_port: None,
-                    }],
-                }],
-            },
-        );
-    }
+    let policies = (0..1000u32).map(large_policy).map(|p| (p.key.clone(), p)).collect();
     Large { pods, namespaces, policies, endpoints }
+}
+
+/// `ns{n}`, of team red or blue in turn.
+fn large_namespace(n: u32) -> NamespaceInfo {
+    let name = format!("ns{n}");
+    NamespaceInfo { name, labels: labels(&[("team", if n.is_multiple_of(2) { "red" } else { "blue" })]) }
+}
+
+/// Pod `i`, and its endpoint if it is local.
+fn large_pod(i: u32) -> (PodInfo, Option<LocalEndpoint>) {
+    let ns = format!("ns{}", i % 10);
+    let app = format!("app{}", (i / 10) % 20);
+    let key = format!("{ns}/pod{i}");
+    let ip = Ipv4Addr::new(10, 244, (i / 250) as u8, (i % 250) as u8 + 1);
+    // 10 per hundred, over every namespace and app.
+    let local = i % 10 == i / 100;
+    let pod = PodInfo {
+        key: key.clone(),
+        namespace: ns,
+        labels: labels(&[("app", &app)]),
+        ip: Some(ip),
+        node: Some(if local { "n1" } else { "n2" }.into()),
+        named_ports: vec![("http".into(), Protocol::Tcp, 8080)],
+    };
+    let endpoint = local.then(|| LocalEndpoint { ifindex: 1000 + i, ip, pod: Some(key), pending: false });
+    (pod, endpoint)
+}
+
+/// The selector of app `n % 20`.
+fn large_app(n: u32) -> LabelSelector {
+    sel(&[("app", &format!("app{}", n % 20))])
+}
+
+/// Policy `i`: 100 policies per namespace, 5 per app.
+fn large_policy(i: u32) -> NetworkPolicyInfo {
+    let ns = format!("ns{}", i % 10);
+    let key = format!("{ns}/policy{i}");
+    let a = i / 10;
+    NetworkPolicyInfo {
+        key,
+        namespace: ns,
+        pod_selector: large_app(a),
+        ingress_enabled: true,
+        egress_enabled: true,
+        ingress: vec![PolicyRule {
+            peers: vec![
+                PolicyPeer::Pods { namespaces: None, pods: Some(large_app(a * 7)) },
+                PolicyPeer::Pods { namespaces: Some(sel(&[("team", "red")])), pods: Some(large_app(a + 1)) },
+            ],
+            ports: vec![
+                PolicyPort { protocol: Protocol::Tcp, port: Some(PortRef::Number(8000)), end_port: Some(8100) },
+                PolicyPort { protocol: Protocol::Tcp, port: Some(PortRef::Name("http".into())), end_port: None },
+            ],
+        }],
+        egress: vec![PolicyRule {
+            peers: vec![PolicyPeer::IpBlock {
+                cidr: "10.0.0.0/8".parse().unwrap(),
+                except: vec![format!("10.{}.0.0/16", i % 4).parse().unwrap()],
+            }],
+            ports: vec![PolicyPort { protocol: Protocol::Tcp, port: Some(PortRef::Number(443)), end_port: None }],
+        }],
+    }
 }
 
 #[test]
