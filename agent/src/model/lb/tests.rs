@@ -7,11 +7,32 @@ fn node() -> LbNode {
 }
 
 fn run(services: &[ServiceInfo], slices: &[EndpointSliceInfo]) -> LbPlan {
+    plan(services, &by_service(slices), &node())
+}
+
+/// The slices grouped by the Service they belong to.
+fn by_service<'a>(
+    slices: impl IntoIterator<Item = &'a EndpointSliceInfo>,
+) -> BTreeMap<ObjectKey, Vec<&'a EndpointSliceInfo>> {
     let mut by_svc: BTreeMap<ObjectKey, Vec<&EndpointSliceInfo>> = BTreeMap::new();
     for s in slices {
         by_svc.entry(s.service.clone()).or_default().push(s);
     }
-    plan(services, &by_svc, &node())
+    by_svc
+}
+
+/// ns/web's slice: target port `port` of a ready endpoint on each node
+/// (10.244.1.5 on n1, 10.244.2.7 on n2).
+fn web_slice(port: u16) -> EndpointSliceInfo {
+    slice("ns/web-a", "ns/web").port("", port, Protocol::Tcp).ready("10.244.1.5", "n1").ready("10.244.2.7", "n2")
+}
+
+/// The plan of ns/web, a NodePort Service (port 80, node port 30080) as
+/// `edit` leaves it, over `web_slice(8080)`.
+fn web_node_port_plan(edit: impl FnOnce(&mut ServiceInfo)) -> LbPlan {
+    let mut svc = service("ns/web", "10.96.0.10").node_port("", 80, 30080);
+    edit(&mut svc);
+    run(&[svc], &[web_slice(8080)])
 }
 
 /// `addr:port/proto[scope]` -> sorted `ip:port` backends.
@@ -95,14 +116,12 @@ fn headless_and_external_name_are_left_alone() {
 
 #[test]
 fn node_port_external_ips_and_load_balancer() {
-    let mut svc = service("ns/web", "10.96.0.10").node_port("", 80, 30080);
-    svc.type_ = ServiceType::LoadBalancer;
-    svc.external_ips = vec!["192.0.2.10".parse().unwrap()];
-    svc.lb_ingress_ips = vec!["198.51.100.7".parse().unwrap()];
-    svc.lb_source_ranges = vec!["203.0.113.0/24".parse().unwrap()];
-    let sl =
-        slice("ns/web-a", "ns/web").port("", 8080, Protocol::Tcp).ready("10.244.1.5", "n1").ready("10.244.2.7", "n2");
-    let p = run(&[svc], &[sl]);
+    let p = web_node_port_plan(|svc| {
+        svc.type_ = ServiceType::LoadBalancer;
+        svc.external_ips = vec!["192.0.2.10".parse().unwrap()];
+        svc.lb_ingress_ips = vec!["198.51.100.7".parse().unwrap()];
+        svc.lb_source_ranges = vec!["203.0.113.0/24".parse().unwrap()];
+    });
     assert_eq!(
         table(&p),
         [
@@ -118,12 +137,10 @@ fn node_port_external_ips_and_load_balancer() {
 
 #[test]
 fn external_traffic_policy_local_uses_local_endpoints_and_keeps_internal_scope() {
-    let mut svc = service("ns/web", "10.96.0.10").node_port("", 80, 30080);
-    svc.external_traffic_local = true;
-    svc.health_check_node_port = Some(32000);
-    let sl =
-        slice("ns/web-a", "ns/web").port("", 8080, Protocol::Tcp).ready("10.244.1.5", "n1").ready("10.244.2.7", "n2");
-    let p = run(&[svc], &[sl]);
+    let p = web_node_port_plan(|svc| {
+        svc.external_traffic_local = true;
+        svc.health_check_node_port = Some(32000);
+    });
     assert_eq!(
         table(&p),
         [
@@ -173,9 +190,7 @@ fn health_check_counts_ready_local_endpoints_only() {
 fn internal_traffic_policy_local_restricts_cluster_ip() {
     let mut svc = service("ns/web", "10.96.0.10").port("", 80, Protocol::Tcp);
     svc.internal_traffic_local = true;
-    let sl =
-        slice("ns/web-a", "ns/web").port("", 80, Protocol::Tcp).ready("10.244.1.5", "n1").ready("10.244.2.7", "n2");
-    assert_eq!(table(&run(&[svc], &[sl])), ["10.96.0.10:80/TCP -> [10.244.1.5:80]"]);
+    assert_eq!(table(&run(&[svc], &[web_slice(80)])), ["10.96.0.10:80/TCP -> [10.244.1.5:80]"]);
 }
 
 #[test]
@@ -222,11 +237,7 @@ fn incremental_plan_matches_full_plan() {
     let check = |desired: &DesiredLb,
                  services: &BTreeMap<String, ServiceInfo>,
                  slices: &BTreeMap<String, EndpointSliceInfo>| {
-        let mut by_svc: BTreeMap<ObjectKey, Vec<&EndpointSliceInfo>> = BTreeMap::new();
-        for s in slices.values() {
-            by_svc.entry(s.service.clone()).or_default().push(s);
-        }
-        let full = plan(services.values(), &by_svc, &node);
+        let full = plan(services.values(), &by_service(slices.values()), &node);
         assert_eq!(desired.frontends, full.frontends);
         assert_eq!(desired.health_checks(), &full.health_checks);
     };
