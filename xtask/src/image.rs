@@ -219,10 +219,27 @@ fn arch() -> Result<(&'static str, &'static str)> {
 pub fn weir_rootfs(bin_dir: &Path) -> Result<Rootfs> {
     let multiarch = multiarch()?;
     let xtables_dir = format!("/usr/lib/{multiarch}/xtables");
+    check_host_files(&xtables_dir)?;
+
+    let mut r = Rootfs::new(multiarch)?;
+    add_binaries(&mut r, bin_dir)?;
+    add_busybox(&mut r)?;
+    add_iptables(&mut r, &xtables_dir)?;
+    add_etc(&mut r)?;
+
+    r.add_dependencies()?;
+    r.check()?;
+    check_must_have(&r, multiarch)?;
+    Ok(r)
+}
+
+/// Fails, naming the Debian packages to install, when a file the image
+/// copies from this host is missing.
+fn check_host_files(xtables_dir: &str) -> Result<()> {
     let missing: Vec<(String, &str)> = [BUSYBOX, XTABLES_NFT, XTABLES_LEGACY, CA_BUNDLE]
         .into_iter()
         .map(|f| (f.path.to_string(), f.package))
-        .chain([(xtables_dir.clone(), "iptables")])
+        .chain([(xtables_dir.to_string(), "iptables")])
         .filter(|(path, _)| !Path::new(path).exists())
         .collect();
     if !missing.is_empty() {
@@ -235,8 +252,11 @@ pub fn weir_rootfs(bin_dir: &Path) -> Result<Rootfs> {
             packages.join(" ")
         );
     }
+    Ok(())
+}
 
-    let mut r = Rootfs::new(multiarch)?;
+/// weir-agent and weir-cni from `bin_dir`, in /usr/local/bin.
+fn add_binaries(r: &mut Rootfs, bin_dir: &Path) -> Result<()> {
     for bin in BINARIES {
         let path = bin_dir.join(bin);
         if !path.is_file() {
@@ -244,9 +264,12 @@ pub fn weir_rootfs(bin_dir: &Path) -> Result<Rootfs> {
         }
         r.host_file_at(&format!("usr/local/bin/{bin}"), &path)?;
     }
+    Ok(())
+}
 
-    // busybox: the shell, cp and mv of the install step, and the usual
-    // tools for `kubectl exec` (every applet is a link to it).
+/// busybox: the shell, cp and mv of the install step, and the usual
+/// tools for `kubectl exec` (every applet is a link to it).
+fn add_busybox(r: &mut Rootfs) -> Result<()> {
     let busybox = r.host(Path::new(BUSYBOX.path))?;
     let busybox_name = busybox.rsplit('/').next().unwrap_or("busybox").to_string();
     let list = exec::run(Command::new(BUSYBOX.path).arg("--list"), exec::DEFAULT_TIMEOUT)?;
@@ -259,11 +282,15 @@ pub fn weir_rootfs(bin_dir: &Path) -> Result<Rootfs> {
     for applet in applets {
         r.symlink(&format!("{applet_dir}/{applet}"), &busybox_name)?;
     }
+    Ok(())
+}
 
-    // iptables: both multi-call binaries and every name the host links to
-    // them. Names Debian switches with update-alternatives (iptables,
-    // iptables-restore, ip6tables, ebtables, ...) are nf_tables here,
-    // whatever this host selected: the image must not depend on it.
+/// iptables: both multi-call binaries and every name the host links to
+/// them, and every xtables extension module. Names Debian switches with
+/// update-alternatives (iptables, iptables-restore, ip6tables, ebtables,
+/// ...) are nf_tables here, whatever this host selected: the image must
+/// not depend on it.
+fn add_iptables(r: &mut Rootfs, xtables_dir: &str) -> Result<()> {
     r.host(Path::new(XTABLES_NFT.path))?;
     r.host(Path::new(XTABLES_LEGACY.path))?;
     let multis = [fs::canonicalize(XTABLES_NFT.path)?, fs::canonicalize(XTABLES_LEGACY.path)?];
@@ -284,10 +311,15 @@ pub fn weir_rootfs(bin_dir: &Path) -> Result<Rootfs> {
             r.host(&entry)?;
         }
     }
-    for module in sorted_dir(Path::new(&xtables_dir))? {
+    for module in sorted_dir(Path::new(xtables_dir))? {
         r.host(&module)?;
     }
+    Ok(())
+}
 
+/// /etc: the CA bundle and the optional files from this host, minimal
+/// passwd, group, nsswitch.conf and hosts written here.
+fn add_etc(r: &mut Rootfs) -> Result<()> {
     r.host(Path::new(CA_BUNDLE.path))?;
     for path in OPTIONAL.map(Path::new).into_iter().filter(|p| p.exists()) {
         r.host(path)?;
@@ -304,9 +336,12 @@ pub fn weir_rootfs(bin_dir: &Path) -> Result<Rootfs> {
         0o644,
     )?;
     r.bytes("etc/hosts", "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n", 0o644)?;
+    Ok(())
+}
 
-    r.add_dependencies()?;
-    r.check()?;
+/// Fails unless every path of MUST_HAVE and every module of
+/// MUST_HAVE_XTABLES resolves to a file in the image.
+fn check_must_have(r: &Rootfs, multiarch: &str) -> Result<()> {
     let mut absent: Vec<String> = MUST_HAVE.iter().map(|p| p.to_string()).collect();
     absent.extend(MUST_HAVE_XTABLES.iter().map(|m| format!("usr/lib/{multiarch}/xtables/{m}")));
     absent
@@ -314,7 +349,7 @@ pub fn weir_rootfs(bin_dir: &Path) -> Result<Rootfs> {
     if !absent.is_empty() {
         bail!("the image lacks what the DaemonSet runs: /{}", absent.join(", /"));
     }
-    Ok(r)
+    Ok(())
 }
 
 /// The image config (what the Dockerfile's image records: entrypoint,
