@@ -19,7 +19,7 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use weir_testbed::{Agent, Pod, Topology, agent::Source, echo, tools};
+use weir_testbed::{Agent, Node, Pod, Topology, agent::Source, echo, tools};
 
 const PORT: u16 = 9000;
 const CONVERGE: Duration = Duration::from_secs(20);
@@ -86,19 +86,9 @@ fn rfc3339_of_known_instants() {
     assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
 }
 
-#[test]
-#[ignore = "privileged: network namespaces, bpffs, weir-cni, weir-agent on the kube source"]
-fn proxy_labels_health_check_and_programming_latency() {
-    weir_testbed::privileged(&[tools::IP, tools::PYTHON3, tools::BPFTOOL, tools::CURL]);
-    let topo = Topology::builder("proxy-contract").nodes(1).build().unwrap();
-    let node = topo.node("n1");
-    let mut agents: Vec<Agent> = topo.start_agents_with(Source::Kube).unwrap();
-    let list = node.agent_conflist().unwrap();
-    let server = Pod::create(node, "server", &list).unwrap();
-    let client = Pod::create(node, "client", &list).unwrap();
-    let _echo = echo::serve(&server.netns, "n1/server", PORT, &node.dirs.logs.join("echo.log"), false).unwrap();
-
-    // --- service.kubernetes.io/service-proxy-name and .../headless ---
+/// service.kubernetes.io/service-proxy-name and .../headless: a labelled
+/// Service is not proxied; removing the label restores its frontend.
+fn check_proxy_labels(topo: &Topology, node: &Node, server: &Pod, client: &Pod) {
     let vip = Ipv4Addr::new(10, 96, 0, 40);
     let reachable = || echo::ask(&client.netns, "tcp", vip, PORT, "x").map(|a| a.server).map_err(|e| format!("{e:#}"));
     let publish = |labels: &[(&str, &str)]| {
@@ -133,30 +123,35 @@ fn proxy_labels_health_check_and_programming_latency() {
         publish(&[]);
         until(&format!("removing {label} restores the frontend"), || reachable().map(|_| ()));
     }
+}
 
-    // --- healthCheckNodePort with only a terminating local endpoint ---
+/// The HTTP status the node's healthCheckNodePort `hc` answers.
+fn health(node: &Node, hc: u16) -> Result<String, String> {
+    let out = node
+        .netns
+        .output(&[
+            "curl",
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            "2",
+            &format!("http://{}:{hc}/healthz", node.ip),
+        ])
+        .map_err(|e| format!("{e:#}"))?;
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// healthCheckNodePort with only a terminating local endpoint: 503, while
+/// the NodePort still reaches it; 200 once it is ready.
+fn check_health_check_node_port(topo: &Topology, node: &Node, server: &Pod, client: &Pod) {
     let (np, hc) = (30400, 30401);
     let local = format!("  type: NodePort\n  externalTrafficPolicy: Local\n  healthCheckNodePort: {hc}\n");
     let local_svc = service("local", Ipv4Addr::new(10, 96, 0, 41), &[], &local)
         .replace(&format!("    targetPort: {PORT}\n"), &format!("    targetPort: {PORT}\n    nodePort: {np}\n"));
-    let health = || {
-        let out = node
-            .netns
-            .output(&[
-                "curl",
-                "-s",
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{http_code}",
-                "--max-time",
-                "2",
-                &format!("http://{}:{hc}/healthz", node.ip),
-            ])
-            .map_err(|e| format!("{e:#}"))?;
-        Ok::<String, String>(String::from_utf8_lossy(&out.stdout).trim().to_string())
-    };
-    let want = |code: &'static str| move || health().and_then(|c| if c == code { Ok(()) } else { Err(c) });
+    let want = |code: &'static str| move || health(node, hc).and_then(|c| if c == code { Ok(()) } else { Err(c) });
     topo.write_manifest(
         "local.yaml",
         &[local_svc.clone(), slice("local", server.ip, "n1", (false, true, true), &[("tcp", PORT)])],
@@ -173,10 +168,12 @@ fn proxy_labels_health_check_and_programming_latency() {
     )
     .unwrap();
     until("200 once the local endpoint is ready", want("200"));
+}
 
-    // --- network programming latency ---
-    // Recorded at the end of the reconcile that wrote the last change (the
-    // health check above may answer a moment before).
+/// Network programming latency: the slice changes with a trigger time are
+/// counted. Recorded at the end of the reconcile that wrote the last change
+/// (the health check may answer a moment before).
+fn check_programming_latency(node: &Node) {
     let mut metrics = String::new();
     until("the slice changes with a trigger time are counted", || {
         metrics = node.netns.curl("http://127.0.0.1:9878/metrics").map_err(|e| format!("{e:#}"))?;
@@ -189,6 +186,26 @@ fn proxy_labels_health_check_and_programming_latency() {
         if count >= 3 { Ok(()) } else { Err(format!("{count} observations")) }
     });
     assert!(metrics.contains("weir_build_info{version="), "{metrics}");
+}
+
+#[test]
+#[ignore = "privileged: network namespaces, bpffs, weir-cni, weir-agent on the kube source"]
+fn proxy_labels_health_check_and_programming_latency() {
+    weir_testbed::privileged(&[tools::IP, tools::PYTHON3, tools::BPFTOOL, tools::CURL]);
+    let topo = Topology::builder("proxy-contract").nodes(1).build().unwrap();
+    let node = topo.node("n1");
+    let mut agents: Vec<Agent> = topo.start_agents_with(Source::Kube).unwrap();
+    let list = node.agent_conflist().unwrap();
+    let server = Pod::create(node, "server", &list).unwrap();
+    let client = Pod::create(node, "client", &list).unwrap();
+    let _echo = echo::serve(&server.netns, "n1/server", PORT, &node.dirs.logs.join("echo.log"), false).unwrap();
+
+    // --- service.kubernetes.io/service-proxy-name and .../headless ---
+    check_proxy_labels(&topo, node, &server, &client);
+    // --- healthCheckNodePort with only a terminating local endpoint ---
+    check_health_check_node_port(&topo, node, &server, &client);
+    // --- network programming latency ---
+    check_programming_latency(node);
     for a in agents.drain(..) {
         a.stop();
     }
