@@ -3,8 +3,11 @@ use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_SHOT},
     macros::map,
     maps::PerCpuArray,
+    programs::TcContext,
 };
 use weir_common::DropReason;
+
+use crate::packet::{self, Flow};
 
 #[map]
 static WEIR_DROPS: PerCpuArray<u64> = PerCpuArray::pinned(DropReason::COUNT, 0);
@@ -37,4 +40,15 @@ pub fn finish(result: Result<i32, DropReason>) -> i32 {
             TC_ACT_SHOT as i32
         }
     }
+}
+
+/// The tc action of an uplink program: a packet that is not IPv4, or does
+/// not parse, is the node's own and goes on as it is, uncounted; any other
+/// is `handle`d, and finished as `finish` does.
+#[inline(always)]
+pub fn finish_parsed(ctx: &TcContext, handle: impl FnOnce(&TcContext, &Flow) -> Result<i32, DropReason>) -> i32 {
+    let Ok(Some(flow)) = packet::parse(ctx) else {
+        return TC_OK;
+    };
+    finish(handle(ctx, &flow))
 }

@@ -6,26 +6,24 @@ use weir_common::DropReason;
 use crate::{
     counters::{self, TC_OK},
     lb::netdev::{self, Outcome},
-    packet, reject,
+    packet::{self, Flow},
+    reject,
 };
 
 pub fn handle(ctx: &TcContext) -> i32 {
-    counters::finish(try_handle(ctx))
+    // Not IPv4, or not parseable: the node's own stack decides.
+    counters::finish_parsed(ctx, try_handle)
 }
 
 #[inline(always)]
-fn try_handle(ctx: &TcContext) -> Result<i32, DropReason> {
-    // Not IPv4, or not parseable: the node's own stack decides.
-    let Ok(Some(flow)) = packet::parse(ctx) else {
-        return Ok(TC_OK);
-    };
-    match netdev::translate(ctx, &flow)? {
+fn try_handle(ctx: &TcContext, flow: &Flow) -> Result<i32, DropReason> {
+    match netdev::translate(ctx, flow)? {
         Outcome::NotService => Ok(TC_OK),
         Outcome::Translated => Ok(counters::pass(TC_OK)),
         Outcome::TranslatedToUplink => Ok(counters::pass(packet::out_via(packet::ifindex(ctx)))),
         Outcome::NoBackend { frontend_addr } => {
             counters::count(DropReason::NoBackend);
-            Ok(reject::icmp_port_unreachable(ctx, &flow, frontend_addr))
+            Ok(reject::icmp_port_unreachable(ctx, flow, frontend_addr))
         }
     }
 }

@@ -11,22 +11,19 @@ use weir_common::DropReason;
 use crate::{
     counters::{self, TC_OK},
     lb::reverse,
-    packet,
+    packet::Flow,
 };
 
 pub fn handle(ctx: &TcContext) -> i32 {
-    counters::finish(try_handle(ctx))
+    // Not IPv4, or not parseable: the node's own traffic, left alone.
+    counters::finish_parsed(ctx, try_handle)
 }
 
 #[inline(always)]
-fn try_handle(ctx: &TcContext) -> Result<i32, DropReason> {
-    // Not IPv4, or not parseable: the node's own traffic, left alone.
-    let Ok(Some(flow)) = packet::parse(ctx) else {
-        return Ok(TC_OK);
-    };
+fn try_handle(ctx: &TcContext, flow: &Flow) -> Result<i32, DropReason> {
     // Routed already (the client is reached through this interface, and the
     // source stays a node address): the packet goes on as it is.
-    if reverse::from_host(ctx, &flow)? {
+    if reverse::from_host(ctx, flow)? {
         counters::count(DropReason::Passed);
     }
     Ok(TC_OK)
