@@ -17,9 +17,12 @@ use std::{
 
 use serde::Deserialize as _;
 use serde_yaml::Value;
+use weir_agent::node::masquerade;
 use weir_testbed::{Topology, bins, containerd::Containerd, exec, oci, tools};
 
 const IMAGE: &str = "docker.io/library/weir:image-test";
+/// The cluster CIDR the agent's masquerade rules are written for.
+const CLUSTER_CIDR: &str = "10.244.0.0/16";
 const RUN_TIMEOUT: Duration = Duration::from_secs(180);
 
 /// The xtask binary `cargo xtask test` builds along with everything else.
@@ -74,16 +77,10 @@ fn run(containerd: &Containerd, args: &[&str]) -> exec::Output {
     out
 }
 
-#[test]
-#[ignore = "privileged: needs root (containerd, runc, network namespaces)"]
-fn image_archive_imports_into_containerd_and_runs_what_the_daemonset_runs() {
-    weir_testbed::privileged(&[tools::IP, tools::CONTAINERD, tools::CTR, tools::RUNC, tools::BUSYBOX, tools::IPTABLES]);
-    let topo = Topology::builder("image").nodes(1).build().unwrap();
-    let node = topo.node("n1");
-    let root = node.dirs.root.clone();
-
-    // The binaries as they are now (other builds may replace target/debug's
-    // while this runs), built into an archive twice: same bytes.
+/// The binaries as they are now (other builds may replace target/debug's
+/// while this runs), built into an archive twice: same bytes. Returns the
+/// archive, its manifest digest and the weir-cni it was built from.
+fn build_twice(root: &Path) -> (PathBuf, String, PathBuf) {
     let bin_dir = root.join("image-bins");
     fs::create_dir_all(&bin_dir).unwrap();
     let weir_cni = bins::weir_cni().unwrap();
@@ -94,23 +91,12 @@ fn image_archive_imports_into_containerd_and_runs_what_the_daemonset_runs() {
     assert_eq!(build_image(&bin_dir, &b), digest, "two builds, two manifest digests");
     assert_eq!(oci::hash_file(&a).unwrap(), oci::hash_file(&b).unwrap(), "two builds, two archives");
     fs::remove_file(&b).unwrap();
+    (a, digest, weir_cni)
+}
 
-    let containerd = Containerd::start(node).unwrap();
-    containerd.import(&a).unwrap();
-    let images = containerd.images().unwrap();
-    assert!(
-        images.iter().any(|(name, d)| name == IMAGE && *d == digest),
-        "{IMAGE} @ {digest} not among the imported images: {images:?}"
-    );
-    let id = |what: &str| format!("{}-{what}", topo.prefix());
-
-    // The entrypoint: weir-agent, which without a command prints its usage.
-    let out = run(&containerd, &["--rm", IMAGE, &id("entrypoint")]);
-    let text = format!("{}{}", out.stdout_str(), out.stderr_str());
-    assert!(text.contains("Usage: weir-agent"), "entrypoint ({}):\n{text}", out.describe_status());
-
-    // install-cni exactly as the manifest runs it, onto a host directory.
-    let (init, containers) = daemonset_containers();
+/// Runs install-cni exactly as the manifest does, onto a host directory,
+/// and checks it left only `weir_cni` there.
+fn install_cni(containerd: &Containerd, root: &Path, init: &[Value], id: &str, weir_cni: &Path) {
     let install =
         init.iter().find(|c| c["name"] == "install-cni").expect("weir.yaml has an install-cni init container");
     let cni_bin = root.join("host-cni-bin");
@@ -119,11 +105,9 @@ fn image_archive_imports_into_containerd_and_runs_what_the_daemonset_runs() {
     let mount = format!("type=bind,src={},dst={mount_path},options=rbind:rw", cni_bin.display());
     let argv: Vec<String> = strings(&install["command"]).into_iter().chain(strings(&install["args"])).collect();
     assert!(!argv.is_empty(), "install-cni has no command");
-    let mut args: Vec<&str> = vec!["--rm", "--mount", &mount, IMAGE];
-    let install_id = id("install-cni");
-    args.push(&install_id);
+    let mut args: Vec<&str> = vec!["--rm", "--mount", &mount, IMAGE, id];
     args.extend(argv.iter().map(String::as_str));
-    let out = run(&containerd, &args);
+    let out = run(containerd, &args);
     assert!(
         out.success(),
         "install-cni {argv:?} ({}):\n{}{}",
@@ -134,21 +118,18 @@ fn image_archive_imports_into_containerd_and_runs_what_the_daemonset_runs() {
     let installed = cni_bin.join("weir-cni");
     assert_eq!(
         oci::hash_file(&installed).unwrap(),
-        oci::hash_file(&weir_cni).unwrap(),
+        oci::hash_file(weir_cni).unwrap(),
         "{} is not weir-cni",
         installed.display()
     );
     let leftovers: Vec<_> = fs::read_dir(&cni_bin).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(leftovers.len(), 1, "only weir-cni is left in the CNI bin dir: {leftovers:?}");
+}
 
-    // The rest in one container with NET_ADMIN in its own network namespace:
-    // each check prints a section and its exit code.
-    let agent = containers.iter().find(|c| c["name"] == "weir-agent").expect("weir-agent container");
-    let agent_cmd = strings(&agent["command"]).into_iter().next().expect("the agent's command");
-    let cidr = "10.244.0.0/16";
-    let rules = weir_agent::node::masquerade::rules(cidr.parse().unwrap());
-    let chain = weir_agent::node::masquerade::CHAIN;
-    let checks: Vec<(&str, String)> = vec![
+/// The checks run in the image, by section name.
+fn checks(agent_cmd: &str) -> Vec<(&'static str, String)> {
+    let chain = masquerade::CHAIN;
+    vec![
         ("agent", format!("{agent_cmd} --version")),
         ("cni", "CNI_COMMAND=VERSION weir-cni </dev/null".into()),
         ("iptables", "iptables --version".into()),
@@ -164,36 +145,49 @@ fn image_archive_imports_into_containerd_and_runs_what_the_daemonset_runs() {
         ("rules", "iptables-save -t nat".into()),
         ("certs", "grep -c 'BEGIN CERTIFICATE' /etc/ssl/certs/ca-certificates.crt".into()),
         ("tools", "ls /bin/sh /bin/cp /bin/mv && id -un".into()),
-    ];
-    let script: String =
-        checks.iter().map(|(name, cmd)| format!("echo '== {name}'; ( {cmd} ) 2>&1; echo \"== rc=$?\"\n")).collect();
+    ]
+}
+
+/// Runs every check in one container with NET_ADMIN in its own network
+/// namespace; each prints a section and its exit code. Returns the output.
+fn run_checks(containerd: &Containerd, id: &str, agent_cmd: &str) -> String {
+    let rules = masquerade::rules(CLUSTER_CIDR.parse().unwrap());
+    let script: String = checks(agent_cmd)
+        .iter()
+        .map(|(name, cmd)| format!("echo '== {name}'; ( {cmd} ) 2>&1; echo \"== rc=$?\"\n"))
+        .collect();
     let env = format!("WEIR_RULES={rules}");
-    let checks_id = id("checks");
-    let out = run(
-        &containerd,
-        &["--rm", "--cap-add", "CAP_NET_ADMIN", "--env", &env, IMAGE, &checks_id, "/bin/sh", "-c", &script],
-    );
+    let out =
+        run(containerd, &["--rm", "--cap-add", "CAP_NET_ADMIN", "--env", &env, IMAGE, id, "/bin/sh", "-c", &script]);
     let text = out.stdout_str();
     assert!(out.success(), "checks ({}):\n{text}{}", out.describe_status(), out.stderr_str());
-    let section = |name: &str| -> String {
-        let start = text.find(&format!("== {name}\n")).unwrap_or_else(|| panic!("no section {name} in:\n{text}"));
-        let body = &text[start + name.len() + 4..];
-        let end = body.find("== rc=").unwrap_or_else(|| panic!("section {name} unfinished:\n{text}"));
-        let rc = body[end + 6..].lines().next().unwrap_or_default().trim();
-        assert_eq!(rc, "0", "{name} failed in the image:\n{}", &body[..end]);
-        body[..end].to_string()
-    };
-    let v = section("agent");
+    text
+}
+
+/// The output of check `name`, which must have exited 0.
+fn section(text: &str, name: &str) -> String {
+    let start = text.find(&format!("== {name}\n")).unwrap_or_else(|| panic!("no section {name} in:\n{text}"));
+    let body = &text[start + name.len() + 4..];
+    let end = body.find("== rc=").unwrap_or_else(|| panic!("section {name} unfinished:\n{text}"));
+    let rc = body[end + 6..].lines().next().unwrap_or_default().trim();
+    assert_eq!(rc, "0", "{name} failed in the image:\n{}", &body[..end]);
+    body[..end].to_string()
+}
+
+/// What each check must have printed.
+fn assert_checks(text: &str) {
+    let (chain, cidr) = (masquerade::CHAIN, CLUSTER_CIDR);
+    let v = section(text, "agent");
     assert!(v.starts_with("weir-agent "), "{v}");
-    let v = section("cni");
+    let v = section(text, "cni");
     assert!(v.contains("\"supportedVersions\"") && v.contains("1.1.0"), "{v}");
-    let v = section("iptables");
+    let v = section(text, "iptables");
     assert!(v.contains("nf_tables"), "iptables is the nf_tables backend: {v}");
-    let v = section("legacy");
+    let v = section(text, "legacy");
     assert!(v.contains("legacy") && v.contains("Chain POSTROUTING"), "{v}");
-    section("restore");
-    section("jump");
-    let v = section("rules");
+    section(text, "restore");
+    section(text, "jump");
+    let v = section(text, "rules");
     for rule in [
         format!("-A {chain} -d {cidr} -j RETURN"),
         format!("-A {chain} -s {cidr} -j MASQUERADE --random-fully"),
@@ -201,8 +195,43 @@ fn image_archive_imports_into_containerd_and_runs_what_the_daemonset_runs() {
     ] {
         assert!(v.contains(&rule), "{rule:?} not in:\n{v}");
     }
-    let v = section("certs");
+    let v = section(text, "certs");
     assert!(v.trim().parse::<u32>().is_ok_and(|n| n > 50), "CA bundle: {v}");
-    let v = section("tools");
+    let v = section(text, "tools");
     assert!(v.contains("root"), "{v}");
+}
+
+#[test]
+#[ignore = "privileged: needs root (containerd, runc, network namespaces)"]
+fn image_archive_imports_into_containerd_and_runs_what_the_daemonset_runs() {
+    weir_testbed::privileged(&[tools::IP, tools::CONTAINERD, tools::CTR, tools::RUNC, tools::BUSYBOX, tools::IPTABLES]);
+    let topo = Topology::builder("image").nodes(1).build().unwrap();
+    let node = topo.node("n1");
+    let root = node.dirs.root.clone();
+    let (archive, digest, weir_cni) = build_twice(&root);
+
+    let containerd = Containerd::start(node).unwrap();
+    containerd.import(&archive).unwrap();
+    let images = containerd.images().unwrap();
+    assert!(
+        images.iter().any(|(name, d)| name == IMAGE && *d == digest),
+        "{IMAGE} @ {digest} not among the imported images: {images:?}"
+    );
+    let id = |what: &str| format!("{}-{what}", topo.prefix());
+
+    // The entrypoint: weir-agent, which without a command prints its usage.
+    let out = run(&containerd, &["--rm", IMAGE, &id("entrypoint")]);
+    let text = format!("{}{}", out.stdout_str(), out.stderr_str());
+    assert!(text.contains("Usage: weir-agent"), "entrypoint ({}):\n{text}", out.describe_status());
+
+    // install-cni exactly as the manifest runs it, onto a host directory.
+    let (init, containers) = daemonset_containers();
+    install_cni(&containerd, &root, &init, &id("install-cni"), &weir_cni);
+
+    // The rest in one container with NET_ADMIN in its own network namespace:
+    // each check prints a section and its exit code.
+    let agent = containers.iter().find(|c| c["name"] == "weir-agent").expect("weir-agent container");
+    let agent_cmd = strings(&agent["command"]).into_iter().next().expect("the agent's command");
+    let text = run_checks(&containerd, &id("checks"), &agent_cmd);
+    assert_checks(&text);
 }
