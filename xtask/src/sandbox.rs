@@ -68,17 +68,48 @@ impl SandboxSource {
 
 pub fn run(args: SandboxArgs) -> Result<ExitCode> {
     if let Some(prefix) = args.down {
-        let prefix = RunPrefix::parse(&prefix)?;
-        let report = cleanup::sweep(&prefix);
-        println!("sandbox {prefix}: {report}");
-        return Ok(if report.errors.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE });
+        return down(&prefix);
     }
     if args.list {
-        for (prefix, m) in cleanup::list_runs() {
-            println!("{prefix}  {}  pid {}{}", m.label, m.pid, if m.kept { "  (kept)" } else { "" });
-        }
+        list();
         return Ok(ExitCode::SUCCESS);
     }
+    prepare(&args)?;
+
+    let topo = Topology::builder("sandbox").nodes(2).detached(args.keep).build()?;
+    println!("sandbox {}: nodes {}", topo.prefix(), node_list(&topo));
+    let agents = start_agents(&topo, args.source)?;
+    let mut pods = create_pods(&topo)?;
+    let node_servers: Vec<ChildGuard> = topo.nodes().iter().map(serve_node).collect::<Result<_>>()?;
+
+    let (all_ok, external) = check_paths(&topo, &mut pods)?;
+    println!("{}", if all_ok { "all paths work" } else { "SOME PATHS FAIL (see above)" });
+
+    if args.keep {
+        keep(topo, pods, node_servers, external, agents)?;
+    } else {
+        tear_down(topo, pods, node_servers, external, agents);
+    }
+    Ok(if all_ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// `--down PREFIX`: tears down a kept sandbox.
+fn down(prefix: &str) -> Result<ExitCode> {
+    let prefix = RunPrefix::parse(prefix)?;
+    let report = cleanup::sweep(&prefix);
+    println!("sandbox {prefix}: {report}");
+    Ok(if report.errors.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// `--list`: kept and live runs.
+fn list() {
+    for (prefix, m) in cleanup::list_runs() {
+        println!("{prefix}  {}  pid {}{}", m.label, m.pid, if m.kept { "  (kept)" } else { "" });
+    }
+}
+
+/// The host's setup, the binaries and the tools a run needs.
+fn prepare(args: &SandboxArgs) -> Result<()> {
     setup::run(setup::Mode::Strict)?;
     if !args.no_build {
         cargo::build_bins()?;
@@ -88,22 +119,28 @@ pub fn run(args: SandboxArgs) -> Result<ExitCode> {
         // The kube source's fake API server.
         weir_testbed::bins::weir_dev()?;
     }
+    Ok(())
+}
 
-    let topo = Topology::builder("sandbox").nodes(2).detached(args.keep).build()?;
-    println!("sandbox {}: nodes {}", topo.prefix(), node_list(&topo));
-
+/// An agent on every node, each reading from its node's `source`.
+fn start_agents(topo: &Topology, source: SandboxSource) -> Result<Vec<Agent>> {
     // Both agents start together; readiness is awaited afterwards.
     let mut agents: Vec<Agent> = topo
         .nodes()
         .iter()
         .enumerate()
-        .map(|(i, n)| Agent::spawn_from(n, topo.manifest_dir(), args.source.for_node(i), None))
+        .map(|(i, n)| Agent::spawn_from(n, topo.manifest_dir(), source.for_node(i), None))
         .collect::<Result<_>>()?;
     for (agent, node) in agents.iter_mut().zip(topo.nodes()) {
         agent.wait_ready(Agent::ready_timeout()).with_context(|| format!("agent on {}", node.name))?;
         println!("agent on {} ready, {} (log: {})", node.name, source_note(agent, node), agent.log_path().display());
     }
+    Ok(agents)
+}
 
+/// PODS_PER_NODE pods on every node through its agent's conflist, each
+/// serving HTTP.
+fn create_pods(topo: &Topology) -> Result<Vec<Pod>> {
     let mut pods = Vec::new();
     for node in topo.nodes() {
         let conflist = node.agent_conflist()?;
@@ -114,40 +151,54 @@ pub fn run(args: SandboxArgs) -> Result<ExitCode> {
             pods.push(pod);
         }
     }
-    let node_servers: Vec<ChildGuard> = topo.nodes().iter().map(serve_node).collect::<Result<_>>()?;
+    Ok(pods)
+}
 
-    let (endpoints, targets) = endpoints(&topo, &pods);
-    let probes = probe_all(&topo, &pods, &endpoints, &targets);
+/// The ping + HTTP matrix, the Services demo and the NetworkPolicy demo:
+/// whether all passed, and the Services demo's outside namespace.
+fn check_paths(topo: &Topology, pods: &mut [Pod]) -> Result<(bool, NetNs)> {
+    let (endpoints, targets) = endpoints(topo, pods);
+    let probes = probe_all(topo, pods, &endpoints, &targets);
     println!("\n{}", matrix::render(&endpoints, &probes));
-    let (services_ok, mut external) = sandbox_services::demo(&topo, &pods)?;
-    let policy_ok = crate::sandbox_policy::demo(&topo, &mut pods)?;
-    let all_ok = probes.iter().all(Probe::ok) && services_ok && policy_ok;
-    println!("{}", if all_ok { "all paths work" } else { "SOME PATHS FAIL (see above)" });
+    let (services_ok, external) = sandbox_services::demo(topo, pods)?;
+    let policy_ok = crate::sandbox_policy::demo(topo, pods)?;
+    Ok((probes.iter().all(Probe::ok) && services_ok && policy_ok, external))
+}
 
-    if args.keep {
-        let prefix = topo.prefix().clone();
-        print_poke_help(&topo, &pods, &agents);
-        for pod in pods {
-            pod.keep();
-        }
-        for s in node_servers {
-            s.forget();
-        }
-        external.disown();
-        for a in agents {
-            a.keep();
-        }
-        topo.keep()?;
-        println!("\ntear down: cargo xtask sandbox --down {prefix}");
-    } else {
-        drop(external);
-        drop(pods);
-        drop(node_servers);
-        drop(agents);
-        drop(topo);
-        println!("sandbox torn down");
+/// `--keep`: leaves everything up and says how to poke at it and tear it
+/// down.
+fn keep(
+    topo: Topology,
+    pods: Vec<Pod>,
+    node_servers: Vec<ChildGuard>,
+    mut external: NetNs,
+    agents: Vec<Agent>,
+) -> Result<()> {
+    let prefix = topo.prefix().clone();
+    print_poke_help(&topo, &pods, &agents);
+    for pod in pods {
+        pod.keep();
     }
-    Ok(if all_ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    for s in node_servers {
+        s.forget();
+    }
+    external.disown();
+    for a in agents {
+        a.keep();
+    }
+    topo.keep()?;
+    println!("\ntear down: cargo xtask sandbox --down {prefix}");
+    Ok(())
+}
+
+/// Tears everything down, outside in.
+fn tear_down(topo: Topology, pods: Vec<Pod>, node_servers: Vec<ChildGuard>, external: NetNs, agents: Vec<Agent>) {
+    drop(external);
+    drop(pods);
+    drop(node_servers);
+    drop(agents);
+    drop(topo);
+    println!("sandbox torn down");
 }
 
 fn source_note(agent: &Agent, node: &weir_testbed::Node) -> String {
