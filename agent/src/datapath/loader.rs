@@ -143,13 +143,6 @@ impl Datapath {
     pub(super) fn ebpf_mut(&mut self) -> &mut Ebpf {
         &mut self.ebpf
     }
-
-    #[cfg(test)]
-    pub fn program_fd(&self, name: &str) -> std::os::fd::BorrowedFd<'_> {
-        use std::os::fd::AsFd as _;
-        let prog: &SchedClassifier = self.ebpf.program(name).expect("program").try_into().expect("classifier");
-        prog.fd().expect("loaded").as_fd()
-    }
 }
 
 /// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK.
