@@ -234,10 +234,11 @@ impl Node {
         Ok(self.netns.links()?.into_iter().filter(|l| l.starts_with(VETH_PREFIX)).collect())
     }
 
-    /// tcx link pins weir-cni made for pod veths, by file name:
-    /// `<bpfPinDir>/links/<host veth>_in` and `_out` (the agent pins its own
-    /// links, e.g. the uplink's, in the same dir; those are left out).
-    pub fn link_pins(&self) -> Vec<String> {
+    /// Legacy tcx link pins of pod veths, by file name:
+    /// `<bpfPinDir>/links/<host veth>_in` and `_out`, what weir-cni made
+    /// before pods moved to cls_bpf filters (the agent pins its own links,
+    /// e.g. the uplink's, in the same dir; those are left out).
+    pub fn legacy_link_pins(&self) -> Vec<String> {
         let dir = self.pin_dir.join(weir_common::pin::LINKS_DIR);
         let mut pins: Vec<String> = fs::read_dir(dir)
             .map(|es| {
@@ -251,14 +252,69 @@ impl Node {
         pins
     }
 
-    /// The pins weir-cni makes for one pod's host veth (docs/contracts.md).
-    pub fn expected_link_pins(host_veth: &str) -> Vec<String> {
-        let mut pins = vec![
-            format!("{host_veth}{}", weir_common::pin::LINK_SUFFIX_FROM_POD),
-            format!("{host_veth}{}", weir_common::pin::LINK_SUFFIX_TO_POD),
-        ];
-        pins.sort();
-        pins
+    /// A pod veth's legacy link pin for one direction (`<bpfPinDir>/links/<veth>_in|_out`).
+    pub fn legacy_link_pin(&self, host_veth: &str, direction: Direction) -> PathBuf {
+        self.pin_dir.join(weir_common::pin::LINKS_DIR).join(format!("{host_veth}{}", direction.link_suffix()))
+    }
+
+    /// Where the agent pins a pod program (`<bpfPinDir>/progs/<name>`).
+    pub fn prog_pin(&self, direction: Direction) -> PathBuf {
+        self.pin_dir.join(weir_common::pin::PROGS_DIR).join(direction.program())
+    }
+
+    /// The ID of the program the agent pinned for `direction`.
+    pub fn pinned_prog_id(&self, direction: Direction) -> Result<u32> {
+        bpffs::pinned_prog_id(&self.prog_pin(direction))
+    }
+
+    /// The tc BPF filters on the pod veths (host veths with weir's prefix),
+    /// both directions, sorted by veth and direction.
+    pub fn pod_filters(&self) -> Result<Vec<PodFilter>> {
+        let mut veths = self.host_veths()?;
+        veths.sort();
+        let mut out = Vec::new();
+        for veth in veths {
+            match self.tc_filters(&veth) {
+                Ok(f) => out.extend(f),
+                // Deleted since it was listed (a DEL or GC running).
+                Err(_) if !self.host_veths()?.contains(&veth) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
+    }
+
+    /// The tc BPF filters of one interface, ingress then egress
+    /// (`tc -j filter show dev <veth> ingress|egress` in the node namespace).
+    pub fn tc_filters(&self, dev: &str) -> Result<Vec<PodFilter>> {
+        let mut out = Vec::new();
+        for direction in [Direction::Ingress, Direction::Egress] {
+            let json = self.netns.run(&["tc", "-j", "filter", "show", "dev", dev, direction.tc_name()])?;
+            out.extend(parse_tc_filters(dev, direction, &json)?);
+        }
+        Ok(out)
+    }
+
+    /// What docs/contracts.md says a pod veth carries: one direct-action
+    /// cls_bpf filter per direction at (`POD_FILTER_PRIORITY`,
+    /// `POD_FILTER_HANDLE`), protocol all, named after and running the
+    /// program the agent pinned now.
+    pub fn expected_pod_filters(&self, host_veth: &str) -> Result<Vec<PodFilter>> {
+        [Direction::Ingress, Direction::Egress]
+            .into_iter()
+            .map(|direction| {
+                Ok(PodFilter {
+                    veth: host_veth.to_string(),
+                    direction,
+                    priority: u32::from(weir_common::pin::POD_FILTER_PRIORITY),
+                    handle: weir_common::pin::POD_FILTER_HANDLE,
+                    protocol: "all".to_string(),
+                    direct_action: true,
+                    name: direction.program().to_string(),
+                    prog_id: self.pinned_prog_id(direction)?,
+                })
+            })
+            .collect()
     }
 
     /// Entries in the endpoint map weir-cni writes (`bpftool map dump`),
@@ -287,7 +343,8 @@ impl Node {
                 v.sort();
                 v
             },
-            link_pins: self.link_pins(),
+            pod_filters: self.pod_filters()?,
+            legacy_link_pins: self.legacy_link_pins(),
             endpoint_entries: self.endpoint_entries()?,
         })
     }
@@ -302,8 +359,97 @@ impl Node {
 pub struct NodeSnapshot {
     pub reservations: Vec<Reservation>,
     pub host_veths: Vec<String>,
-    pub link_pins: Vec<String>,
+    /// The tc BPF filters of the pod veths.
+    pub pod_filters: Vec<PodFilter>,
+    pub legacy_link_pins: Vec<String>,
     pub endpoint_entries: Option<usize>,
+}
+
+/// A pod veth's tc hook: ingress runs `weir_from_pod`, egress `weir_to_pod`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Direction {
+    Ingress,
+    Egress,
+}
+
+impl Direction {
+    pub fn program(self) -> &'static str {
+        match self {
+            Self::Ingress => weir_common::pin::PROG_FROM_POD,
+            Self::Egress => weir_common::pin::PROG_TO_POD,
+        }
+    }
+
+    /// `tc filter show dev <veth> <this>`.
+    pub fn tc_name(self) -> &'static str {
+        match self {
+            Self::Ingress => "ingress",
+            Self::Egress => "egress",
+        }
+    }
+
+    /// The suffix of the legacy tcx link pin.
+    pub fn link_suffix(self) -> &'static str {
+        match self {
+            Self::Ingress => weir_common::pin::LINK_SUFFIX_FROM_POD,
+            Self::Egress => weir_common::pin::LINK_SUFFIX_TO_POD,
+        }
+    }
+
+    pub fn is_egress(self) -> bool {
+        self == Self::Egress
+    }
+}
+
+/// One tc BPF filter (cls_bpf) on a pod veth, as `tc -j filter show` tells it.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct PodFilter {
+    pub veth: String,
+    pub direction: Direction,
+    /// `pref`.
+    pub priority: u32,
+    pub handle: u32,
+    /// "all" for ETH_P_ALL.
+    pub protocol: String,
+    pub direct_action: bool,
+    /// The filter's name (what the attacher called it: the program's name).
+    pub name: String,
+    pub prog_id: u32,
+}
+
+/// The BPF filters in `tc -j filter show dev <dev> <direction>` output. tc
+/// prints each filter's priority line once without options; the entries
+/// with options are the filters.
+pub fn parse_tc_filters(dev: &str, direction: Direction, json: &str) -> Result<Vec<PodFilter>> {
+    if json.trim().is_empty() {
+        return Ok(Vec::new());
+    }
+    let entries: Vec<serde_json::Value> =
+        serde_json::from_str(json).with_context(|| format!("parse `tc -j filter show`: {json}"))?;
+    let mut out = Vec::new();
+    for e in entries {
+        if e["kind"] != "bpf" {
+            continue;
+        }
+        let Some(options) = e.get("options") else { continue };
+        let handle = match &options["handle"] {
+            serde_json::Value::Number(n) => n.as_u64().unwrap_or(0) as u32,
+            serde_json::Value::String(s) => u32::from_str_radix(s.trim_start_matches("0x"), 16)
+                .with_context(|| format!("filter handle {s:?} in {json}"))?,
+            _ => 0,
+        };
+        out.push(PodFilter {
+            veth: dev.to_string(),
+            direction,
+            priority: e["pref"].as_u64().unwrap_or(0) as u32,
+            handle,
+            protocol: e["protocol"].as_str().unwrap_or_default().to_string(),
+            direct_action: options["direct-action"].as_bool().unwrap_or(false),
+            name: options["bpf_name"].as_str().unwrap_or_default().to_string(),
+            prog_id: options["prog"]["id"].as_u64().unwrap_or(0) as u32,
+        });
+    }
+    Ok(out)
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -1,7 +1,7 @@
 //! GC (CNI 1.1) releases what is not in `cni.dev/valid-attachments`; STATUS
 //! answers 50 until the agent has set the node up.
 
-use weir_testbed::{Agent, Node, Pod, Topology, cni::codes, tools};
+use weir_testbed::{Agent, Pod, Topology, cni::codes, tools};
 
 #[test]
 fn gc_releases_attachments_that_are_not_valid_and_keeps_the_rest() {
@@ -22,7 +22,9 @@ fn gc_releases_attachments_that_are_not_valid_and_keeps_the_rest() {
     let reserved: Vec<_> = snap.reservations.iter().map(|r| r.container_id.as_str()).collect();
     assert_eq!(reserved, [keep.container_id()], "only the valid attachment keeps its address");
     assert_eq!(snap.host_veths, std::slice::from_ref(&keep_veth), "stale host veths removed");
-    assert_eq!(snap.link_pins, Node::expected_link_pins(&keep_veth), "stale link pins removed");
+    // The stale veths' filters went with them; the valid one keeps its own.
+    assert_eq!(snap.pod_filters, node.expected_pod_filters(&keep_veth).unwrap(), "only the valid pod's filters left");
+    assert!(snap.legacy_link_pins.is_empty(), "no tcx link pins: {:?}", snap.legacy_link_pins);
     if let Some(before) = endpoints_before {
         assert_eq!(snap.endpoint_entries, Some(before - 2), "stale endpoint entries removed");
     }

@@ -59,10 +59,11 @@ fn assert_plumbed(node: &Node, pod: &Pod) {
     assert!(node.host_veths().unwrap().contains(&host), "host veth {host} exists");
     let node_routes = node.netns.routes().unwrap();
     assert!(node_routes.iter().any(|r| r.starts_with(&format!("{} dev {host}", pod.ip))), "{node_routes:#?}");
-    let pins = node.link_pins();
-    for pin in Node::expected_link_pins(&host) {
-        assert!(pins.contains(&pin), "tcx link {pin} pinned under bpfPinDir/links: {pins:?}");
-    }
+    // Both programs the agent pinned, as cls_bpf filters at the contract's
+    // priority and handle; no tcx link pins any more.
+    assert_eq!(node.tc_filters(&host).unwrap(), node.expected_pod_filters(&host).unwrap(), "filters on {host}");
+    let legacy = node.legacy_link_pins();
+    assert!(!legacy.iter().any(|p| p.starts_with(&host)), "no tcx link pins for {host}: {legacy:?}");
     let reserved: Vec<_> = node.reservations("weir").unwrap();
     assert!(
         reserved.iter().any(|r| r.ip == pod.ip && r.container_id == pod.container_id() && r.ifname == POD_IFNAME),
@@ -77,7 +78,9 @@ fn assert_released(node: &Node, ip: Ipv4Addr, container_id: &str, host_veth: &st
     let snap = node.snapshot("weir").unwrap();
     assert!(!snap.reservations.iter().any(|r| r.ip == ip || r.container_id == container_id), "{snap:?}");
     assert!(!snap.host_veths.iter().any(|v| v == host_veth), "{snap:?}");
-    assert!(!snap.link_pins.iter().any(|v| v.starts_with(host_veth)), "{snap:?}");
+    // The filters went with the veth.
+    assert!(!snap.pod_filters.iter().any(|f| f.veth == host_veth), "{snap:?}");
+    assert!(!snap.legacy_link_pins.iter().any(|v| v.starts_with(host_veth)), "{snap:?}");
     let routes = node.netns.routes().unwrap();
     assert!(!routes.iter().any(|r| r.starts_with(&format!("{ip} "))), "route to {ip} left: {routes:#?}");
 }

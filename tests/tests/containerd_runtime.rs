@@ -18,7 +18,7 @@ use weir_testbed::{
     exec, oci,
     pod::POD_IFNAME,
     tools,
-    topology::{Reservation, cidr_contains},
+    topology::{PodFilter, Reservation, cidr_contains},
 };
 
 const IMAGE: &str = "docker.io/library/weir-busybox:test";
@@ -59,8 +59,10 @@ fn container_script(node_ip: Ipv4Addr) -> String {
     )
 }
 
-/// The node's reservations and host veths while the container ran.
-type During = (Vec<Reservation>, Vec<String>);
+/// The node's reservations, host veths, and their tc filters (what there
+/// is, and what docs/contracts.md says there should be) while the
+/// container ran.
+type During = (Vec<Reservation>, Vec<String>, Vec<PodFilter>, Vec<PodFilter>);
 
 /// Runs `ctr` to completion; once the container reported ready, looks at
 /// the node (none if it never did), then lets it finish.
@@ -72,7 +74,14 @@ fn run_and_look(node: &Node, mut ctr: Command, shared: &Path) -> (anyhow::Result
             thread::sleep(Duration::from_millis(100));
         }
         let seen = shared.join("ready").exists();
-        let during = seen.then(|| (node.reservations("weir").unwrap(), node.host_veths().unwrap()));
+        let during = seen.then(|| {
+            let veths = node.host_veths().unwrap();
+            let mut expected = Vec::new();
+            for veth in &veths {
+                expected.extend(node.expected_pod_filters(veth).unwrap());
+            }
+            (node.reservations("weir").unwrap(), veths, node.pod_filters().unwrap(), expected)
+        });
         fs::write(shared.join("go"), "").unwrap();
         (ctr_run.join().unwrap(), during)
     })
@@ -120,7 +129,8 @@ fn ctr_run_with_cni_gets_a_weir_address_and_reaches_the_node() {
             containerd.log_tail()
         )
     };
-    let (reservations, veths) = during.unwrap_or_else(|| panic!("the container never reported; {}", diag()));
+    let (reservations, veths, filters, expected_filters) =
+        during.unwrap_or_else(|| panic!("the container never reported; {}", diag()));
     assert!(out.success(), "{}", diag());
 
     let ip = container_ip(&fs::read_to_string(shared.join("addr")).unwrap());
@@ -130,6 +140,7 @@ fn ctr_run_with_cni_gets_a_weir_address_and_reaches_the_node() {
         "weir reserved {ip} for {cni_container_id}: {reservations:?}"
     );
     assert_eq!(veths.len(), 1, "one host veth while the container ran: {veths:?}");
+    assert_eq!(filters, expected_filters, "the pinned programs as cls_bpf filters on {veths:?}");
     assert_eq!(
         fs::read_to_string(shared.join("ping-status")).unwrap().trim(),
         "ok",
@@ -141,5 +152,6 @@ fn ctr_run_with_cni_gets_a_weir_address_and_reaches_the_node() {
     // `--rm` ran DEL after the task (and its netns) went away.
     assert!(node.reservations("weir").unwrap().is_empty(), "address released after ctr run --rm");
     assert!(node.host_veths().unwrap().is_empty(), "host veth gone after ctr run --rm");
-    assert!(node.link_pins().is_empty(), "link pin gone after ctr run --rm");
+    assert!(node.pod_filters().unwrap().is_empty(), "filters gone with the veth after ctr run --rm");
+    assert!(node.legacy_link_pins().is_empty(), "no tcx link pins");
 }

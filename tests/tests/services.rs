@@ -14,11 +14,12 @@ use std::{
 };
 
 use weir_testbed::{
-    Agent, NetNs, Pod, Topology,
+    Agent, NetNs, Node, Pod, Topology,
     echo::{self, Answer},
     manifest::{SvcPort, endpoint_slice_yaml, service_yaml},
     process::ChildGuard,
     tools,
+    topology::Direction,
 };
 
 const ECHO_PORT: u16 = 9000;
@@ -270,36 +271,17 @@ fn restart_agent(c: &mut Cluster, node: &str) {
     c.agents.push(agent);
 }
 
-/// The program ID bpftool prints for `args`.
-fn prog_id(args: &[&str]) -> String {
-    let out = std::process::Command::new("bpftool").args(args).output().expect("bpftool (cargo xtask setup)");
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    // "123: sched_cls  name ..." or "45: type 11  prog 123" / "prog 123"
-    match text.split_whitespace().position(|w| w == "prog") {
-        Some(i) => text.split_whitespace().nth(i + 1).unwrap_or_default().to_string(),
-        None => text.split(':').next().unwrap_or_default().trim().to_string(),
+/// Every pod veth on `node` carries its two cls_bpf filters, running the
+/// programs pinned there now; returns how many filters there are.
+fn filters_running_pinned_programs(node: &Node) -> usize {
+    let filters = node.pod_filters().unwrap();
+    let mut expected = Vec::new();
+    for veth in node.host_veths().unwrap() {
+        expected.extend(node.expected_pod_filters(&veth).unwrap());
     }
-}
-
-/// Every pod link pinned under `pins` runs the program pinned there now;
-/// returns how many links there are.
-fn links_running_pinned_programs(pins: &Path) -> usize {
-    let mut links = 0;
-    for entry in std::fs::read_dir(pins.join("links")).unwrap().flatten() {
-        let name = entry.file_name().into_string().unwrap();
-        let prog = if name.ends_with("_in") {
-            "weir_from_pod"
-        } else if name.ends_with("_out") {
-            "weir_to_pod"
-        } else {
-            continue;
-        };
-        let want = prog_id(&["prog", "show", "pinned", pins.join("progs").join(prog).to_str().unwrap()]);
-        let got = prog_id(&["link", "show", "pinned", entry.path().to_str().unwrap()]);
-        assert!(!want.is_empty() && want == got, "{name} runs program {got}, the new agent's {prog} is {want}");
-        links += 1;
-    }
-    links
+    expected.sort();
+    assert_eq!(filters, expected, "the pod filters run the programs pinned now");
+    filters.len()
 }
 
 #[test]
@@ -312,13 +294,21 @@ fn an_established_connection_survives_an_agent_restart_with_its_backend() {
 
     let dir = c.topo.node("n1").dirs.root.clone();
     let mut long = LongClient::start(client, &dir);
+    let before = c.topo.node("n1").pinned_prog_id(Direction::Ingress).unwrap();
+    assert_eq!(filters_running_pinned_programs(c.topo.node("n1")), 4, "two pods on n1, two filters each");
 
     // Stop n1's agent (dropping the guard kills it), start a new one.
     restart_agent(&mut c, "n1");
 
-    // Every pod link now runs the programs the new agent pinned.
-    let links = links_running_pinned_programs(&c.topo.node("n1").pin_dir);
-    assert_eq!(links, 4, "two pods on n1, two links each");
+    // Every pod filter now runs the programs the new agent loaded and pinned.
+    assert_ne!(
+        c.topo.node("n1").pinned_prog_id(Direction::Ingress).unwrap(),
+        before,
+        "the new agent pinned new programs"
+    );
+    let filters = filters_running_pinned_programs(c.topo.node("n1"));
+    assert_eq!(filters, 4, "two pods on n1, two filters each");
+    assert!(c.topo.node("n1").legacy_link_pins().is_empty(), "no tcx link pins");
 
     let (status, text) = long.finish();
     assert!(status.is_some_and(|s| s.success()), "client failed or hung after the restart: {text}");
