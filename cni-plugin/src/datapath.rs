@@ -1,7 +1,7 @@
 //! The pinned BPF objects weir-cni wires each pod into (docs/contracts.md):
 //! the endpoint map entry for the pod's host veth, `weir_from_pod` on that
-//! veth's tc ingress and `weir_to_pod` on its tc egress, each held by a
-//! pinned tcx link.
+//! veth's tc ingress and `weir_to_pod` on its tc egress, each a cls_bpf
+//! filter that lives with the veth.
 
 use std::{
     fs, io,
@@ -10,15 +10,10 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use aya::{
-    maps::{HashMap, Map, MapData},
-    programs::{
-        SchedClassifier, TcAttachType,
-        tc::{self, NlOptions, TcAttachOptions},
-    },
-    util::KernelVersion,
-};
+use aya::maps::{HashMap, Map, MapData};
 use weir_common::{EndpointInfo, EndpointKey, pin};
+
+use crate::netlink::{NetlinkSocket, link::Link, tc::Direction};
 
 #[derive(Debug, thiserror::Error)]
 #[error("{op}: {reason}")]
@@ -64,7 +59,9 @@ impl Pins {
         self.root.join(pin::LINKS_DIR)
     }
 
-    /// The link pins of one pod: ingress (`_in`) and egress (`_out`).
+    /// The tcx link pins a pod got from weir versions before cls_bpf:
+    /// ingress (`_in`) and egress (`_out`). The agent migrates them at
+    /// start; DEL and GC remove any left.
     pub fn link_pins(&self, host_veth: &str) -> [PathBuf; 2] {
         [
             self.links_dir().join(format!("{host_veth}{}", pin::LINK_SUFFIX_FROM_POD)),
@@ -160,101 +157,103 @@ impl EndpointMap {
     }
 }
 
-/// How the program ended up attached.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Attached {
-    /// A tcx link (kernel 6.6+), alive as long as its pin at this path.
-    TcxLink(PathBuf),
-    /// A cls_bpf filter under clsact (older kernels): it lives as long as the
-    /// veth and needs no pin.
-    ClsBpf,
-}
-
 /// Attaches `weir_from_pod` (tc ingress: what the pod sends) and
-/// `weir_to_pod` (tc egress: what it receives) to `host_veth` (interface
-/// index `ifindex`), pinning each tcx link; every pin made is pushed to
-/// `pinned` as soon as it exists, so a failure halfway leaves the caller a
-/// complete list to undo.
+/// `weir_to_pod` (tc egress: what it receives) to the host veth `link` as
+/// direct-action cls_bpf filters under its clsact qdisc, at the priority and
+/// handle of the contract (`pin::POD_FILTER_*`). The filters live as long as
+/// the veth: nothing to pin, nothing for DEL to detach.
 ///
-/// On tcx kernels this talks to the kernel directly (get the pinned program,
-/// create the link, pin it: three syscalls per program) rather than through
-/// aya, whose first program handle runs a dozen feature probes (BTF and
-/// program loads) that weir-cni has no use for. Each link creation still
-/// waits for an RCU grace period in the kernel (`tcx_entry_sync`), which is
-/// most of the time ADD takes.
-pub fn attach_programs(
-    pins: &Pins,
-    host_veth: &str,
-    ifindex: u32,
-    pinned: &mut Vec<PathBuf>,
-) -> Result<(), DatapathError> {
-    let [pin_in, pin_out] = pins.link_pins(host_veth);
-    let tcx = KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0));
-    if tcx {
-        let links_dir = pins.links_dir();
-        fs::create_dir_all(&links_dir).map_err(|e| DatapathError::new(format!("create {}", links_dir.display()), e))?;
-    }
-    for (prog, attach_type, pin_path) in
-        [(pin::PROG_FROM_POD, TcAttachType::Ingress, pin_in), (pin::PROG_TO_POD, TcAttachType::Egress, pin_out)]
-    {
-        let attached = if tcx {
-            attach_tcx(pins, prog, attach_type, host_veth, ifindex, pin_path)?
-        } else {
-            attach_cls_bpf(pins, prog, attach_type, host_veth)?
-        };
-        if let Attached::TcxLink(path) = attached {
-            pinned.push(path);
+/// This talks to the kernel directly (get the pinned program, one netlink
+/// request per filter) rather than through aya, whose first program handle
+/// runs a dozen feature probes (BTF and program loads) that weir-cni has no
+/// use for. No step waits for an RCU grace period, unlike tcx links.
+///
+/// An agent starting meanwhile pins new programs and then moves every pod
+/// in the endpoint map to them (this pod's entry is written before this
+/// call); if it re-pinned after we opened the old program, we would attach
+/// a program about to be replaced, so the attachment is checked against
+/// the pins afterwards and redone with the new programs when they changed.
+pub fn attach_programs(pins: &Pins, host: &mut NetlinkSocket, link: &Link) -> Result<(), DatapathError> {
+    let op = |what: &str| format!("{what} {} on {}", pins.root.join(pin::PROGS_DIR).display(), link.name);
+    host.add_clsact(link).map_err(|e| DatapathError::new(op("add clsact for"), e))?;
+    // Twice at most: a second agent start within one ADD is not a thing.
+    for _ in 0..2 {
+        let progs = POD_PROGRAMS.map(|(name, _)| sys::obj_get(&pins.program(name)));
+        let mut attached = Vec::with_capacity(2);
+        for ((name, direction), prog) in POD_PROGRAMS.into_iter().zip(progs) {
+            let prog = prog.map_err(|e| DatapathError::new(format!("open {}", pins.program(name).display()), e))?;
+            host.attach_bpf_filter(
+                link,
+                direction,
+                pin::POD_FILTER_PRIORITY,
+                pin::POD_FILTER_HANDLE,
+                prog.as_fd(),
+                name,
+            )
+            .map_err(|e| DatapathError::new(op("attach"), e))?;
+            attached.push((name, sys::prog_id(prog.as_fd()).map_err(|e| DatapathError::new(op("read id of"), e))?));
+        }
+        let mut current = true;
+        for (name, id) in attached {
+            if pinned_prog_id(pins, name)? != id {
+                current = false;
+            }
+        }
+        if current {
+            return Ok(());
         }
     }
     Ok(())
 }
 
-fn attach_op(pins: &Pins, prog_name: &str, attach_type: TcAttachType, host_veth: &str) -> String {
-    format!("attach {} to {host_veth} {attach_type:?}", pins.program(prog_name).display())
+/// The pod programs and where each runs on the host veth.
+const POD_PROGRAMS: [(&str, Direction); 2] =
+    [(pin::PROG_FROM_POD, Direction::Ingress), (pin::PROG_TO_POD, Direction::Egress)];
+
+/// The kernel's ID of the program pinned as `name`.
+pub fn pinned_prog_id(pins: &Pins, name: &str) -> Result<u32, DatapathError> {
+    let path = pins.program(name);
+    let op = || format!("read id of {}", path.display());
+    let prog = sys::obj_get(&path).map_err(|e| DatapathError::new(op(), e))?;
+    sys::prog_id(prog.as_fd()).map_err(|e| DatapathError::new(op(), e))
 }
 
-fn attach_tcx(
-    pins: &Pins,
-    prog_name: &str,
-    attach_type: TcAttachType,
-    host_veth: &str,
-    ifindex: u32,
-    pin_path: PathBuf,
-) -> Result<Attached, DatapathError> {
-    let op = || attach_op(pins, prog_name, attach_type, host_veth);
-    let prog = sys::obj_get(&pins.program(prog_name)).map_err(|e| DatapathError::new(op(), e))?;
-    // The veth was just created, so a pin under its name is a leftover of an
-    // earlier attachment with the same (containerID, ifname).
-    remove_pin(&pin_path)?;
-    let egress = matches!(attach_type, TcAttachType::Egress);
-    let link = sys::tcx_link_create(prog.as_fd(), ifindex, egress)
-        .map_err(|e| DatapathError::new(format!("{} (tcx link)", op()), e))?;
-    // On failure the unpinned link is closed, which detaches it.
-    sys::obj_pin(link.as_fd(), &pin_path)
-        .map_err(|e| DatapathError::new(format!("pin tcx link at {}", pin_path.display()), e))?;
-    Ok(Attached::TcxLink(pin_path))
-}
-
-/// Kernels without tcx: a cls_bpf filter under the clsact qdisc, through
-/// aya's netlink support.
-fn attach_cls_bpf(
-    pins: &Pins,
-    prog_name: &str,
-    attach_type: TcAttachType,
-    host_veth: &str,
-) -> Result<Attached, DatapathError> {
-    let op = attach_op(pins, prog_name, attach_type, host_veth);
-    let mut prog = SchedClassifier::from_pin(pins.program(prog_name)).map_err(|e| DatapathError::new(&op, e))?;
-    // "Already there" is fine; any other problem shows up in attach.
-    let _ = tc::qdisc_add_clsact(host_veth);
-    let id = prog
-        .attach_with_options(host_veth, attach_type, TcAttachOptions::Netlink(NlOptions::default()))
-        .map_err(|e| DatapathError::new(&op, e))?;
-    let link = prog.take_link(id).map_err(|e| DatapathError::new(&op, e))?;
-    // A netlink filter: dropping the handle would detach it, and it is
-    // removed with the veth anyway, so let it go without a destructor.
-    std::mem::forget(link);
-    Ok(Attached::ClsBpf)
+/// What CHECK verifies on the host veth: on each side, our filter, running
+/// the program pinned now. Returns the problems found.
+pub fn check_programs(pins: &Pins, host: &mut NetlinkSocket, link: &Link) -> Vec<String> {
+    let mut problems = Vec::new();
+    for (name, direction) in POD_PROGRAMS {
+        let want = match pinned_prog_id(pins, name) {
+            Ok(id) => id,
+            Err(e) => {
+                problems.push(e.to_string());
+                continue;
+            }
+        };
+        let filters = match host.bpf_filters(link, direction) {
+            Ok(filters) => filters,
+            Err(e) => {
+                problems.push(e.to_string());
+                continue;
+            }
+        };
+        let ours =
+            filters.iter().find(|f| f.priority == pin::POD_FILTER_PRIORITY && f.handle == pin::POD_FILTER_HANDLE);
+        match ours {
+            None => problems.push(format!(
+                "{} {direction:?} has no cls_bpf filter at prio {} handle {}: {name} is not attached",
+                link.name,
+                pin::POD_FILTER_PRIORITY,
+                pin::POD_FILTER_HANDLE
+            )),
+            Some(f) if f.prog_id != Some(want) || !f.direct_action => problems.push(format!(
+                "{} {direction:?} runs program {:?} (direct action: {}), not {name} (id {want})",
+                link.name, f.prog_id, f.direct_action
+            )),
+            Some(_) => {}
+        }
+    }
+    problems
 }
 
 /// The few bpf(2) commands ADD needs, without a library in between.
@@ -269,11 +268,8 @@ mod sys {
         path::Path,
     };
 
-    const BPF_OBJ_PIN: libc::c_long = 6;
     const BPF_OBJ_GET: libc::c_long = 7;
-    const BPF_LINK_CREATE: libc::c_long = 28;
-    const BPF_TCX_INGRESS: u32 = 46;
-    const BPF_TCX_EGRESS: u32 = 47;
+    const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 
     /// `union bpf_attr`, as zeroed 8-byte words: the kernel accepts any size
     /// up to a page as long as what it does not know is zero.
@@ -281,7 +277,8 @@ mod sys {
 
     fn bpf(cmd: libc::c_long, attr: &mut Attr) -> io::Result<libc::c_long> {
         // SAFETY: `attr` is a valid, fully initialised bpf_attr of the size
-        // passed; the kernel reads (and for some commands writes) only it.
+        // passed; the kernel reads (and for some commands writes) only it
+        // and the buffers it points to, which outlive the call.
         let ret = unsafe {
             libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), std::mem::size_of::<Attr>() as libc::c_uint)
         };
@@ -292,39 +289,26 @@ mod sys {
         CString::new(path.as_os_str().as_bytes()).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))
     }
 
-    fn owned(fd: libc::c_long) -> OwnedFd {
-        // SAFETY: the kernel just returned this fd to us and nobody else owns it.
-        unsafe { OwnedFd::from_raw_fd(fd as i32) }
-    }
-
     /// `BPF_OBJ_GET`: the object pinned at `path`.
     pub fn obj_get(path: &Path) -> io::Result<OwnedFd> {
         let path = path_cstring(path)?;
         let mut attr = Attr::default();
         attr[0] = path.as_ptr() as u64; // pathname
         // bpf_fd = 0, file_flags = 0 (read-write)
-        bpf(BPF_OBJ_GET, &mut attr).map(owned)
+        // SAFETY: the kernel just returned this fd to us and nobody else owns it.
+        bpf(BPF_OBJ_GET, &mut attr).map(|fd| unsafe { OwnedFd::from_raw_fd(fd as i32) })
     }
 
-    /// `BPF_OBJ_PIN`: pins `fd` at `path`.
-    pub fn obj_pin(fd: BorrowedFd<'_>, path: &Path) -> io::Result<()> {
-        let path = path_cstring(path)?;
+    /// `BPF_OBJ_GET_INFO_BY_FD` on a program: its ID (the second field of
+    /// `struct bpf_prog_info`; the kernel fills only as much as asked).
+    pub fn prog_id(prog: BorrowedFd<'_>) -> io::Result<u32> {
+        let mut info = [0u32; 2]; // type, id
         let mut attr = Attr::default();
-        attr[0] = path.as_ptr() as u64; // pathname
-        attr[1] = fd.as_raw_fd() as u32 as u64; // bpf_fd; file_flags = 0
-        bpf(BPF_OBJ_PIN, &mut attr).map(drop)
-    }
-
-    /// `BPF_LINK_CREATE` of a tcx link: `prog` last on the interface's tc
-    /// ingress or egress.
-    pub fn tcx_link_create(prog: BorrowedFd<'_>, ifindex: u32, egress: bool) -> io::Result<OwnedFd> {
-        let attach_type = if egress { BPF_TCX_EGRESS } else { BPF_TCX_INGRESS };
-        let mut attr = Attr::default();
-        // prog_fd, target_ifindex; attach_type, flags (0: append, no
-        // relative program, any revision).
-        attr[0] = u64::from(prog.as_raw_fd() as u32) | (u64::from(ifindex) << 32);
-        attr[1] = u64::from(attach_type);
-        bpf(BPF_LINK_CREATE, &mut attr).map(owned)
+        // bpf_fd, info_len; info
+        attr[0] = u64::from(prog.as_raw_fd() as u32) | (u64::from(std::mem::size_of_val(&info) as u32) << 32);
+        attr[1] = info.as_mut_ptr() as u64;
+        bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+        Ok(info[1])
     }
 }
 

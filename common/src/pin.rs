@@ -6,7 +6,9 @@ pub const MAPS_DIR: &str = "maps";
 /// Programs are pinned in `<pin dir>/progs/`.
 pub const PROGS_DIR: &str = "progs";
 /// tcx links (which live only as long as an fd or a pin holds them) are pinned
-/// in `<pin dir>/links/<host veth>`.
+/// in `<pin dir>/links/`: the agent's own (uplink, sockets), and, from weir
+/// versions before pods moved to cls_bpf, `<host veth>_in` / `_out`, which
+/// the agent migrates at start.
 pub const LINKS_DIR: &str = "links";
 
 /// Map names: the same string is the map's symbol in the kernel crate.
@@ -42,7 +44,16 @@ pub const PROG_FROM_NETDEV: &str = "weir_from_netdev";
 /// tc egress of the uplink: replies of backends on the node's own stack.
 pub const PROG_TO_NETDEV: &str = "weir_to_netdev";
 
-/// Link pins are `<pin dir>/links/<host veth><suffix>`.
+/// How weir-cni attaches `weir_from_pod` (tc ingress of the host veth) and
+/// `weir_to_pod` (tc egress): a direct-action cls_bpf filter under the
+/// veth's clsact qdisc, at this priority and handle, for every protocol
+/// (`ETH_P_ALL`). The filter lives as long as the veth (no pin). The agent
+/// replaces the program of the filter at the same priority and handle to
+/// move a pod to new programs atomically, so both sides must agree on these.
+pub const POD_FILTER_PRIORITY: u16 = 1;
+pub const POD_FILTER_HANDLE: u32 = 1;
+
+/// Legacy link pins (tcx, before cls_bpf): `<pin dir>/links/<host veth><suffix>`.
 pub const LINK_SUFFIX_FROM_POD: &str = "_in";
 pub const LINK_SUFFIX_TO_POD: &str = "_out";
 

@@ -6,11 +6,10 @@
 //! everything done so far (the address through the IPAM lease guard, the rest
 //! through `Teardown`), so a failed ADD leaves nothing behind.
 //!
-//! Where the time goes: creating each tcx link makes the kernel wait for an
-//! RCU grace period while it holds RTNL (`tcx_entry_sync`), two per pod,
-//! which is most of an ADD and what serialises concurrent ADDs (every
-//! netlink request on the node waits for RTNL). Everything else is a few
-//! netlink round trips; the IPAM reservation is made under its lock without
+//! Where the time goes: a dozen netlink round trips (the veth, addresses,
+//! routes, the clsact qdisc and two cls_bpf filters), none of which waits
+//! for an RCU grace period (tcx links did, twice per pod, under RTNL: see
+//! docs/design.md); the IPAM reservation is made under its lock without
 //! touching the disk, and flushed to disk on another thread meanwhile.
 
 use std::{fs, net::Ipv4Addr};
@@ -179,7 +178,7 @@ impl Setup<'_> {
             endpoints.insert(host_link.index, ip, self.policy_pending)?;
             teardown.endpoint = Some(host_link.index);
             log::step("endpoint entry");
-            datapath::attach_programs(pins, self.host_name, host_link.index, &mut teardown.link_pins)?;
+            datapath::attach_programs(pins, host, &host_link)?;
             log::step("attach programs");
         }
 
@@ -263,13 +262,12 @@ struct Teardown {
     pins: Option<Pins>,
     host_veth: Option<Link>,
     endpoint: Option<u32>,
-    link_pins: Vec<std::path::PathBuf>,
     disarmed: bool,
 }
 
 impl Teardown {
     fn new(pins: Option<Pins>) -> Self {
-        Self { pins, host_veth: None, endpoint: None, link_pins: Vec::new(), disarmed: false }
+        Self { pins, host_veth: None, endpoint: None, disarmed: false }
     }
 
     fn disarm(&mut self) {
@@ -280,11 +278,6 @@ impl Teardown {
     fn run(&mut self) -> Vec<String> {
         self.disarmed = true;
         let mut problems = Vec::new();
-        for pin in std::mem::take(&mut self.link_pins) {
-            if let Err(e) = datapath::remove_pin(&pin) {
-                problems.push(e.to_string());
-            }
-        }
         if let (Some(ifindex), Some(pins)) = (self.endpoint.take(), &self.pins)
             && let Err(e) = EndpointMap::open(pins).and_then(|mut m| m.remove(ifindex))
         {
@@ -292,7 +285,7 @@ impl Teardown {
         }
         if let Some(link) = self.host_veth.take() {
             // Deleting the host end removes the pod end, with its addresses
-            // and routes, and the routes via the host end.
+            // and routes, the routes via the host end and its filters.
             let deleted = NetlinkSocket::open().and_then(|mut s| s.delete_link(&link));
             match deleted {
                 Ok(()) => {}

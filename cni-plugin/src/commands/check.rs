@@ -6,7 +6,7 @@ use std::net::Ipv4Addr;
 use crate::{
     attachment::Attachment,
     config::NetConf,
-    datapath::{EndpointMap, Pins},
+    datapath::{self, EndpointMap, Pins},
     error::CniError,
     ipam::PodRange,
     netlink::{NetlinkSocket, link::Link, route::Route},
@@ -179,12 +179,8 @@ fn check_datapath(
         )),
         Err(e) => problems.push(e.to_string()),
     }
-    // tcx kernels keep the program attached through this pin; older kernels
-    // use a cls_bpf filter and have no pin to check.
-    let tcx = aya::util::KernelVersion::current().is_ok_and(|v| v >= aya::util::KernelVersion::new(6, 6, 0));
-    for pin in pins.link_pins(host_name) {
-        if tcx && !pin.exists() {
-            problems.push(format!("tcx link pin {} is missing: the datapath program is not attached", pin.display()));
-        }
+    match NetlinkSocket::open() {
+        Ok(mut host) => problems.extend(datapath::check_programs(pins, &mut host, link)),
+        Err(e) => problems.push(e.to_string()),
     }
 }

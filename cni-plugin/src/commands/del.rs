@@ -2,13 +2,13 @@
 //! namespace, the interfaces, the reservation) is simply skipped, and every
 //! step is attempted even when an earlier one failed.
 //!
-//! Where the time goes: unpinning a tcx link detaches its program (in a
-//! kernel worker), and deleting a veth that still has programs attached
-//! detaches them; either way the kernel waits for one RCU grace period per
-//! program while holding RTNL. Then it waits again (`rcu_barrier`) before
-//! freeing the device. DEL unpins early, so the detaching overlaps with the
-//! rest of its work. (Returning before the freeing would need a helper
-//! process outliving the plugin; not worth ~20 ms.)
+//! Where the time goes: deleting the veth. The kernel unregisters it in
+//! well under a millisecond, then waits for an RCU grace period
+//! (`rcu_barrier`, 13-20 ms) before freeing it and answering. DEL returns
+//! once the veth is unregistered (its name, address and routes are free
+//! then) and leaves the wait to a detached child (`delete_link_detached`).
+//! The programs go with the veth (cls_bpf filters, nothing to detach); tcx
+//! link pins of older weir versions are removed if any are left.
 
 use std::net::Ipv4Addr;
 
@@ -101,7 +101,7 @@ impl HostVeth {
             ));
             return;
         }
-        match sock.delete_link(link) {
+        match sock.delete_link_detached(link) {
             Ok(()) => {}
             Err(e) if e.is_not_found() => {}
             Err(e) => {
@@ -112,9 +112,8 @@ impl HostVeth {
     }
 }
 
-/// Removes the tcx link pins of the host veth. Unpinning detaches the
-/// programs in a kernel worker, so doing it early overlaps that with the
-/// rest of DEL (see the module comment).
+/// Removes tcx link pins an older weir version made for the host veth (the
+/// agent migrates them at start; one may be left if the pod went first).
 fn unpin_links(pins: &Pins, host_name: &str, problems: &mut Vec<String>) {
     for pin in pins.link_pins(host_name) {
         if let Err(e) = datapath::remove_pin(&pin) {

@@ -1,6 +1,6 @@
 //! GC: remove whatever weir-cni holds for attachments the runtime no longer
 //! knows (`cni.dev/valid-attachments`): reservations, host veths, endpoint
-//! entries and tcx link pins. Everything is attempted; all failures are
+//! entries and tcx link pins left by older versions. Everything is attempted; all failures are
 //! reported together.
 
 use std::collections::HashSet;

@@ -7,8 +7,10 @@
 //! moving the main thread (see `netns.rs`).
 
 pub mod addr;
+mod detached_delete;
 pub mod link;
 pub mod route;
+pub mod tc;
 
 use std::io;
 

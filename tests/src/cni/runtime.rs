@@ -284,11 +284,15 @@ impl CniRuntime {
         };
         let mut cmd = Command::new(&binary);
         // Plugins see the CNI variables and a PATH (portmap runs iptables),
-        // not the test's whole environment.
+        // not the test's whole environment; and weir-cni's step trace when
+        // asked for (`WEIR_CNI_TRACE=<file>`, e.g. around `bench cni`).
         cmd.env_clear()
             .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
             .env("CNI_COMMAND", command)
             .env("CNI_PATH", std::env::join_paths(&self.cni_path).expect("CNI_PATH entries have no ':'"));
+        if let Some(trace) = std::env::var_os("WEIR_CNI_TRACE") {
+            cmd.env("WEIR_CNI_TRACE", trace);
+        }
         if let Some(att) = att {
             cmd.env("CNI_CONTAINERID", &att.container_id)
                 .env("CNI_NETNS", &att.netns)
