@@ -45,14 +45,31 @@ pub fn pinned_prog_id(path: &Path) -> Result<u32> {
 /// `link_pin` (the link lives as long as the pin).
 pub fn pin_tcx_link(netns: &Path, ifname: &str, egress: bool, prog_pin: &Path, link_pin: &Path) -> Result<()> {
     let prog = sys::obj_get(prog_pin).with_context(|| format!("open pinned program {}", prog_pin.display()))?;
+    let link = in_netns(netns, ifname, |ifindex| {
+        sys::tcx_link_create(prog.as_fd(), ifindex, egress)
+            .with_context(|| format!("tcx link of {} on {ifname}", prog_pin.display()))
+    })?;
+    // A bpffs path: the same whatever the network namespace.
+    sys::obj_pin(link.as_fd(), link_pin).with_context(|| format!("pin tcx link at {}", link_pin.display()))
+}
+
+/// How many programs run on `ifname`'s tcx ingress or egress (in the
+/// network namespace bound at `netns`).
+pub fn tcx_prog_count(netns: &Path, ifname: &str, egress: bool) -> Result<u32> {
+    in_netns(netns, ifname, |ifindex| {
+        sys::tcx_prog_count(ifindex, egress).with_context(|| format!("query tcx programs of {ifname}"))
+    })
+}
+
+/// Runs `f` with the index of `ifname` on a thread inside the network
+/// namespace bound at `netns` (setns changes the calling thread's
+/// namespace only; the thread ends with `f`).
+fn in_netns<T: Send>(netns: &Path, ifname: &str, f: impl FnOnce(u32) -> Result<T> + Send) -> Result<T> {
     let ns = fs::File::open(netns).with_context(|| format!("open network namespace {}", netns.display()))?;
     let ifname_c = std::ffi::CString::new(ifname).context("interface name")?;
-    // setns changes the calling thread's namespace only: a thread of its own
-    // enters, resolves the interface and creates the link (the link's pin
-    // is a bpffs path, which does not depend on the network namespace).
-    let link = std::thread::scope(|s| {
-        s.spawn(|| -> Result<std::os::fd::OwnedFd> {
-            // SAFETY: plain syscalls on valid fds and a NUL-terminated name.
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            // SAFETY: plain syscalls on a valid fd and a NUL-terminated name.
             if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
                 return Err(std::io::Error::last_os_error()).context("setns");
             }
@@ -60,13 +77,11 @@ pub fn pin_tcx_link(netns: &Path, ifname: &str, egress: bool, prog_pin: &Path, l
             if ifindex == 0 {
                 return Err(std::io::Error::last_os_error()).with_context(|| format!("no interface {ifname}"));
             }
-            sys::tcx_link_create(prog.as_fd(), ifindex, egress)
-                .with_context(|| format!("tcx link of {} on {ifname}", prog_pin.display()))
+            f(ifindex)
         })
         .join()
-        .map_err(|_| anyhow::anyhow!("the tcx attach thread panicked"))?
-    })?;
-    sys::obj_pin(link.as_fd(), link_pin).with_context(|| format!("pin tcx link at {}", link_pin.display()))
+        .map_err(|_| anyhow::anyhow!("the thread in {} panicked", netns.display()))?
+    })
 }
 
 /// The few bpf(2) commands the test bed needs, without a library.
@@ -84,6 +99,7 @@ mod sys {
     const BPF_OBJ_PIN: libc::c_long = 6;
     const BPF_OBJ_GET: libc::c_long = 7;
     const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+    const BPF_PROG_QUERY: libc::c_long = 16;
     const BPF_LINK_CREATE: libc::c_long = 28;
     const BPF_TCX_INGRESS: u32 = 46;
     const BPF_TCX_EGRESS: u32 = 47;
@@ -145,5 +161,17 @@ mod sys {
         attr[0] = u64::from(prog.as_raw_fd() as u32) | (u64::from(ifindex) << 32);
         attr[1] = u64::from(attach_type);
         bpf(BPF_LINK_CREATE, &mut attr).map(owned)
+    }
+
+    /// `BPF_PROG_QUERY` of the interface's tcx ingress or egress: how many
+    /// programs are attached (no IDs asked for, only the count).
+    pub fn tcx_prog_count(ifindex: u32, egress: bool) -> io::Result<u32> {
+        let attach_type = if egress { BPF_TCX_EGRESS } else { BPF_TCX_INGRESS };
+        let mut attr = Attr::default();
+        // target_ifindex, attach_type; query_flags, attach_flags; prog_ids
+        // (none); prog_cnt (the kernel writes the count)
+        attr[0] = u64::from(ifindex) | (u64::from(attach_type) << 32);
+        bpf(BPF_PROG_QUERY, &mut attr)?;
+        Ok(attr[3] as u32)
     }
 }

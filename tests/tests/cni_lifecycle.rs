@@ -5,7 +5,7 @@
 use std::net::Ipv4Addr;
 
 use weir_testbed::{
-    Node, Pod, Topology, cleanup,
+    Node, Pod, Topology, bpffs, cleanup,
     cni::CniResult,
     pod::POD_IFNAME,
     topology::{VETH_PREFIX, cidr_contains},
@@ -62,6 +62,10 @@ fn assert_plumbed(node: &Node, pod: &Pod) {
     // Both programs the agent pinned, as cls_bpf filters at the contract's
     // priority and handle; no tcx link pins any more.
     assert_eq!(node.tc_filters(&host).unwrap(), node.expected_pod_filters(&host).unwrap(), "filters on {host}");
+    for egress in [false, true] {
+        let tcx = bpffs::tcx_prog_count(node.netns.path(), &host, egress).unwrap();
+        assert_eq!(tcx, 0, "no tcx programs on {host} (egress: {egress})");
+    }
     let legacy = node.legacy_link_pins();
     assert!(!legacy.iter().any(|p| p.starts_with(&host)), "no tcx link pins for {host}: {legacy:?}");
     let reserved: Vec<_> = node.reservations("weir").unwrap();

@@ -4,6 +4,11 @@
 //! moves every pod to the programs it just loaded, including pods wired by
 //! weir versions that pinned a tcx link per veth and direction.
 
+use std::{
+    thread,
+    time::{Duration, Instant},
+};
+
 use weir_testbed::{
     Node, Pod, Topology, bpffs,
     topology::{Direction, PodFilter},
@@ -31,6 +36,11 @@ fn make_legacy(node: &Node, veth: &str) {
     }
     node.netns.run(&["tc", "qdisc", "del", "dev", veth, "clsact"]).unwrap();
     assert_eq!(node.tc_filters(veth).unwrap(), vec![], "{veth} has no filter left");
+}
+
+/// Programs on the veth's tcx ingress and egress.
+fn tcx_counts(node: &Node, veth: &str) -> [u32; 2] {
+    DIRECTIONS.map(|d| bpffs::tcx_prog_count(node.netns.path(), veth, d.is_egress()).unwrap())
 }
 
 fn pinned_ids(node: &Node) -> Vec<u32> {
@@ -102,6 +112,7 @@ fn an_agent_moves_legacy_tcx_pods_to_cls_bpf_filters() {
             assert!(pins.contains(&pin), "{pin} pinned: {pins:?}");
         }
     }
+    assert_eq!(tcx_counts(node, &vl), [1, 1], "the legacy pod runs tcx programs, both ways");
     legacy.ping(node.ip).expect("the legacy pod answers through its tcx links");
     legacy.ping(current.ip).expect("legacy pod -> current pod");
 
@@ -112,11 +123,24 @@ fn an_agent_moves_legacy_tcx_pods_to_cls_bpf_filters() {
     let agent = topo.start_agent("n1").unwrap();
     assert_eq!(node.legacy_link_pins(), Vec::<String>::new(), "legacy pins moved or (veth gone) removed");
     assert_filters_run_pinned_programs(node, &vl, "legacy pod after the upgrade");
+    // Removing the pin released the link; the kernel detaches it from a
+    // work queue, so shortly after.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while tcx_counts(node, &vl) != [0, 0] && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(tcx_counts(node, &vl), [0, 0], "the legacy tcx programs are detached");
     assert_filters_run_pinned_programs(node, &vc, "current pod after the upgrade");
     legacy.ping(node.ip).expect("legacy pod -> node after the upgrade");
     legacy.ping(current.ip).expect("legacy pod -> current pod after the upgrade");
     current.ping(legacy.ip).expect("current pod -> legacy pod after the upgrade");
     let log = agent.log_tail(400);
+    // Two pods' filters moved (current and legacy), two link pins replaced,
+    // two of a veth that is gone removed.
+    assert!(
+        log.lines().any(|l| l.contains("moved=4") && l.contains("legacy_tcx_links=2") && l.contains("stale=2")),
+        "the agent reports what it moved:\n{log}"
+    );
     assert!(!log.contains("not moved"), "the agent moved every pod:\n{log}");
 
     agent.stop();

@@ -14,7 +14,8 @@
 //! Pods come from the endpoint map (an entry for every pod weir-cni wired,
 //! keyed by host veth ifindex) and from legacy tcx link pins
 //! (`<pin dir>/links/<veth>_in` / `_out`, weir versions before cls_bpf). A
-//! legacy pod gets its cls_bpf filter first (it runs only once tcx stops
+//! pod without the filter gets one (see `replace_filter`). A legacy pod
+//! gets its cls_bpf filter first (it runs only once tcx stops
 //! answering: a tcx program's verdict ends tc processing), and only then
 //! is its link pin removed, which detaches the tcx program: no packet
 //! passes unprocessed in between. Pins of veths that no longer exist are
@@ -65,16 +66,10 @@ impl Datapath {
         for (veth, pod) in &pods {
             for (i, (prog, attach_type, _)) in DIRECTIONS.iter().enumerate() {
                 let legacy = pod.legacy_pins[i].as_deref();
-                match self.replace_filter(prog, *attach_type, veth, legacy.is_some()) {
-                    Ok(Replaced::Yes) => out.moved += 1,
-                    Ok(Replaced::NoFilter) => {
-                        // An endpoint without a filter and without a legacy
-                        // pin: weir-cni is wiring it right now (endpoint
-                        // entry first, filter next; it creates the filter
-                        // exclusively, so it must not find one of ours).
-                        info!(%veth, direction = ?attach_type, "pod has no filter yet; weir-cni attaches the pinned program");
-                        continue;
-                    }
+                match self.replace_filter(prog, *attach_type, veth) {
+                    Ok(()) => out.moved += 1,
+                    // Deleted meanwhile (a DEL or GC running).
+                    Err(_) if nix::net::if_::if_nametoindex(veth.as_str()).is_err() => break,
                     Err(e) => {
                         // A legacy pod keeps its tcx link (and its program).
                         out.errors.push(format!("{veth} {attach_type:?}: {e}"));
@@ -155,15 +150,14 @@ impl Datapath {
         }
     }
 
-    /// Points the veth's pod filter at this agent's `prog`, in place; when
-    /// there is no such filter and `create` (a legacy tcx pod), creates it.
-    fn replace_filter(
-        &mut self,
-        prog: &'static str,
-        attach_type: TcAttachType,
-        veth: &str,
-        create: bool,
-    ) -> Result<Replaced, String> {
+    /// Points the veth's pod filter at this agent's `prog`, in place, or
+    /// creates it when there is none: a legacy tcx pod; a pod weir-cni is
+    /// wiring right now (it writes the endpoint entry first, then creates or
+    /// replaces the filter with the pinned program, and checks it attached
+    /// the program pinned last); or a pod of a weir version that attached
+    /// cls_bpf at another priority on kernels without tcx (the new filter
+    /// runs first and its verdict ends classification).
+    fn replace_filter(&mut self, prog: &'static str, attach_type: TcAttachType, veth: &str) -> Result<(), String> {
         let classifier: &mut SchedClassifier = self
             .ebpf_mut()
             .program_mut(prog)
@@ -171,23 +165,27 @@ impl Datapath {
             .try_into()
             .map_err(|e: ProgramError| e.to_string())?;
         let handle = TcHandle::from(pin::POD_FILTER_HANDLE);
-        let existing = SchedClassifierLink::attached(veth, attach_type, pin::POD_FILTER_PRIORITY, handle, None)
-            .map_err(|e| e.to_string())?;
-        // Without NLM_F_CREATE: the kernel changes the program of the filter
-        // at that priority and handle, or answers ENOENT (no such filter) or
-        // EINVAL (no clsact qdisc at all).
-        let id = match classifier.attach_to_link(existing) {
+        let replace = |classifier: &mut SchedClassifier| {
+            let existing = SchedClassifierLink::attached(veth, attach_type, pin::POD_FILTER_PRIORITY, handle, None)
+                .map_err(ProgramError::from)?;
+            // Without NLM_F_CREATE: the kernel changes the program of the
+            // filter at that priority and handle, or answers ENOENT (no such
+            // filter) or EINVAL (no clsact qdisc at all).
+            classifier.attach_to_link(existing)
+        };
+        let id = match replace(classifier) {
             Ok(id) => id,
-            Err(e) if is_missing(&e) => {
-                if !create {
-                    return Ok(Replaced::NoFilter);
-                }
+            Err(e) if errno(&e).is_some_and(|e| e == libc::ENOENT || e == libc::EINVAL) => {
                 // "Exists" is fine; any other problem shows up in attach.
                 let _ = tc::qdisc_add_clsact(veth);
                 let options = NlOptions { priority: pin::POD_FILTER_PRIORITY, handle, ..Default::default() };
-                classifier
-                    .attach_with_options(veth, attach_type, TcAttachOptions::Netlink(options))
-                    .map_err(|e| format!("creating the cls_bpf filter: {}", super::loader::error_chain(&e)))?
+                match classifier.attach_with_options(veth, attach_type, TcAttachOptions::Netlink(options)) {
+                    Ok(id) => id,
+                    // weir-cni created it meanwhile (an ADD in flight).
+                    Err(e) if errno(&e) == Some(libc::EEXIST) => replace(classifier)
+                        .map_err(|e| format!("replacing the cls_bpf program: {}", super::loader::error_chain(&e)))?,
+                    Err(e) => return Err(format!("creating the cls_bpf filter: {}", super::loader::error_chain(&e))),
+                }
             }
             Err(e) => return Err(format!("replacing the cls_bpf program: {}", super::loader::error_chain(&e))),
         };
@@ -195,22 +193,14 @@ impl Datapath {
         // dropped (agent exit): the filter belongs to the veth, let it go.
         let link = classifier.take_link(id).map_err(|e| e.to_string())?;
         std::mem::forget(link);
-        Ok(Replaced::Yes)
+        Ok(())
     }
 }
 
-enum Replaced {
-    Yes,
-    /// No filter at the pod priority and handle (and none created).
-    NoFilter,
-}
-
-/// ENOENT (no filter at that priority and handle) or EINVAL (no clsact
-/// qdisc) from the in-place replace.
-fn is_missing(e: &ProgramError) -> bool {
-    let errno = match e {
+/// The errno of a failed netlink request.
+fn errno(e: &ProgramError) -> Option<i32> {
+    match e {
         ProgramError::TcError(TcError::NetlinkError(e)) | ProgramError::NetlinkError(e) => e.raw_os_error(),
         _ => None,
-    };
-    matches!(errno, Some(libc::ENOENT) | Some(libc::EINVAL))
+    }
 }
