@@ -153,6 +153,8 @@ impl PolicySync {
             PolicyTarget { rules: &desired.rules, ipcache: &desired.ipcache, endpoint_flags: &desired.endpoint_flags };
         match self.programmer.apply(maps, &target, &endpoints) {
             Ok(stats) => {
+                // First, as weir-cni's ADD waits for it: the maps are written.
+                self.handoffs.answer(&desired, index);
                 if stats.writes() > 0 {
                     info!(
                         rules_set = stats.rules_set,
@@ -167,7 +169,6 @@ impl PolicySync {
                 }
                 self.write_names(&desired);
                 self.last_stats = stats;
-                self.handoffs.answer(&desired, index);
                 self.prune_stats(maps, &endpoints);
             }
             Err(e) => {

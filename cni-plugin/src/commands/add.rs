@@ -57,15 +57,19 @@ pub fn add(
         pins: pins.as_ref(),
         policy_pending: k8s_pod.is_some(),
     };
-    match setup.run_alongside_flush(&allocator, &mut host, &mut pod, lease.ip(), &mut teardown) {
+    // The hand-off runs while the reservation is flushed (both wait on
+    // others: the agent, the disk); a failed flush still rolls back, and
+    // the agent forgets the pod when its endpoint entry goes.
+    let hand_off = |ifindex: Option<u32>, ip: Ipv4Addr| {
+        if let (Some(pod), Some(ifindex)) = (k8s_pod, ifindex) {
+            hand_off_policy(conf, attachment, pod, ifindex, ip);
+        }
+    };
+    match setup.run_alongside_flush(&allocator, &mut host, &mut pod, lease.ip(), &mut teardown, hand_off) {
         Ok(result) => {
-            let host_ifindex = teardown.endpoint;
             teardown.disarm();
             let ip = lease.keep();
             log::info(format_args!("got {ip} on host veth {host_name}"));
-            if let (Some(pod), Some(ifindex)) = (k8s_pod, host_ifindex) {
-                hand_off_policy(conf, attachment, pod, ifindex, ip);
-            }
             Ok(result)
         }
         Err(cause) => {
@@ -127,8 +131,9 @@ struct Setup<'a> {
 }
 
 impl Setup<'_> {
-    /// Runs the kernel steps while the IPAM reservation is flushed to disk.
-    /// The reservation must be on disk before ADD succeeds, not before the
+    /// Runs the kernel steps, then `hand_off` (with the host veth's ifindex
+    /// once wired), while the IPAM reservation is flushed to disk. The
+    /// reservation must be on disk before ADD succeeds, not before the
     /// kernel work starts: the flush runs alongside.
     fn run_alongside_flush(
         &self,
@@ -137,10 +142,14 @@ impl Setup<'_> {
         pod: &mut NetlinkSocket,
         ip: Ipv4Addr,
         teardown: &mut Teardown,
+        hand_off: impl FnOnce(Option<u32>, Ipv4Addr),
     ) -> Result<AddResult, CniError> {
         std::thread::scope(|scope| {
             let flush = scope.spawn(|| allocator.persist());
             let result = self.run(host, pod, ip, teardown);
+            if result.is_ok() {
+                hand_off(teardown.endpoint, ip);
+            }
             let flushed = flush.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
             log::step("ipam flush joined");
             result.and_then(|r| flushed.map(|()| r).map_err(CniError::from))

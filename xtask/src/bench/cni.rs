@@ -1,5 +1,6 @@
-//! ADD+DEL latency: weir-cni (on node n1, agent running, so the tcx attach
-//! through bpfPinDir is included) against two reference plugins, each on its
+//! ADD+DEL latency: weir-cni (on node n1, agent running, so the programs'
+//! attachment through bpfPinDir and the policy hand-off with the agent are
+//! included; both release builds) against two reference plugins, each on its
 //! own node with its own config, measured in the same run: `bridge` +
 //! `host-local` (n2) and `ptp` + `host-local` (n3).
 //!
@@ -42,8 +43,9 @@ pub struct CniBenchArgs {
     /// Pods created at once in the second, larger parallel phase.
     #[arg(long, default_value_t = 100)]
     parallel_large: usize,
-    /// Time the debug build of weir-cni instead of a release build (the
-    /// reference plugins are optimized Go binaries: debug is not comparable).
+    /// Time the debug builds of weir-cni and the agent instead of release
+    /// builds (the reference plugins are optimized Go binaries: debug is not
+    /// comparable).
     #[arg(long)]
     debug: bool,
     /// Use the binaries already built (implies --debug).
@@ -153,9 +155,10 @@ pub fn run(args: CniBenchArgs) -> Result<()> {
     Ok(())
 }
 
-/// Makes sure of the tools and builds what is timed: the agent (not timed)
-/// runs from the debug build; the timed plugin from a release build unless
-/// --debug. The directory weir-cni is taken from.
+/// Makes sure of the tools and builds what is timed: weir-cni and the agent
+/// from a release build unless --debug (the agent is part of an ADD: it puts
+/// the new pod's policy in place before ADD returns, as on a real node).
+/// The directory weir-cni is taken from.
 fn build(args: &CniBenchArgs) -> Result<PathBuf> {
     setup::run(setup::Mode::Strict)?;
     if !args.no_build {
@@ -171,12 +174,15 @@ fn build(args: &CniBenchArgs) -> Result<PathBuf> {
             tools::BRIDGE.package
         );
     }
-    Ok(if args.debug || args.no_build {
-        bins::bin_dir()
-    } else {
-        cargo::must(cargo::cargo().args(["build", "--release", "-p", "weir-cni", "--bin", "weir-cni"]))?;
-        bins::target_dir().join("release")
-    })
+    if args.debug || args.no_build {
+        return Ok(bins::bin_dir());
+    }
+    cargo::must(cargo::cargo().args(["build", "--release", "-p", "weir-cni", "-p", "weir-agent", "--bins"]))?;
+    let release = bins::target_dir().join("release");
+    // SAFETY: no other thread exists yet (the test bed starts its signal
+    // thread when the topology is built).
+    unsafe { std::env::set_var("WEIR_BIN_DIR", &release) };
+    Ok(release)
 }
 
 /// `n` ADDs on each side, alternating weir/bridge/ptp per pod, then `n` DELs
