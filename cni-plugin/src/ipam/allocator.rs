@@ -94,11 +94,10 @@ impl<S: Store> Allocator<S> {
     /// other allocation at once, and durable after `persist`.
     fn reserve(&self, owner: &Attachment) -> Result<Ipv4Addr, IpamError> {
         self.store.locked(|store| {
-            let reservations = store.reservations()?;
-            if let Some(held) = reservations.iter().find(|r| r.owner.as_ref() == Some(owner)) {
-                return Err(IpamError::AlreadyReserved { attachment: owner.clone(), ip: held.ip });
+            if let Some(ip) = store.held_by(owner)? {
+                return Err(IpamError::AlreadyReserved { attachment: owner.clone(), ip });
             }
-            let taken: HashSet<Ipv4Addr> = reservations.iter().map(|r| r.ip).collect();
+            let taken = store.taken()?;
             for ip in self.range.candidates_after(store.last_reserved()?) {
                 if !taken.contains(&ip) && store.reserve(ip, owner)? {
                     store.set_last_reserved(ip)?;
@@ -126,8 +125,10 @@ impl<S: Store> Allocator<S> {
 
     /// The address `owner` holds, if any.
     pub fn lookup(&self, owner: &Attachment) -> Result<Option<Ipv4Addr>, IpamError> {
-        self.store.locked(|store| {
-            Ok(store.reservations()?.into_iter().find(|r| r.owner.as_ref() == Some(owner)).map(|r| r.ip))
+        self.store.locked(|store| match store.held_by(owner)? {
+            Some(ip) => Ok(Some(ip)),
+            // Not indexed (a record from before the index): read them all.
+            None => Ok(store.reservations()?.into_iter().find(|r| r.owner.as_ref() == Some(owner)).map(|r| r.ip)),
         })
     }
 
@@ -135,6 +136,10 @@ impl<S: Store> Allocator<S> {
     /// (empty when it held none, which is fine for an idempotent DEL).
     pub fn release(&self, owner: &Attachment) -> Result<Vec<Ipv4Addr>, IpamError> {
         let released = self.store.locked(|store| {
+            if let Some(ip) = store.held_by(owner)? {
+                store.release(ip)?;
+                return Ok(vec![ip]);
+            }
             let mut released = Vec::new();
             for r in store.reservations()? {
                 if r.owner.as_ref() == Some(owner) {

@@ -2,9 +2,19 @@
 //!
 //! ```text
 //! <dataDir>/ipam/<network>/10.244.1.7        "containerID\nifname"
+//! <dataDir>/ipam/<network>/owner:<containerID>:<ifname> -> 10.244.1.7
 //! <dataDir>/ipam/<network>/last_reserved_ip  round-robin cursor
 //! <dataDir>/ipam/<network>/lock              flock()ed around every change
 //! ```
+//!
+//! The `owner:` symlinks index the records by attachment, so an ADD, under
+//! the lock, lists the directory and reads one link instead of every record
+//! (at a hundred pods, reading them all was the longest hold of the lock).
+//! The record stays the truth: a link is believed only when the record it
+//! names holds the same attachment; DEL and GC read the records. Records of
+//! versions before the index have no link: a second ADD of such an
+//! attachment without DEL is then not refused here (the host veth, which
+//! still exists, refuses it first).
 //!
 //! Writes are crash-safe: a record is written under a temporary name, then
 //! hard-linked to its final name (atomic, and fails if the name exists), so
@@ -19,6 +29,7 @@
 //! lost or damaged cursor restarts it.
 
 use std::{
+    collections::HashSet,
     fs::{self, File, OpenOptions},
     io::{self, Write},
     net::Ipv4Addr,
@@ -37,6 +48,15 @@ use crate::attachment::Attachment;
 
 const LOCK_FILE: &str = "lock";
 const CURSOR_FILE: &str = "last_reserved_ip";
+const OWNER_PREFIX: &str = "owner:";
+
+/// The index link of `owner`: neither container IDs nor interface names
+/// contain `:` (see `attachment.rs`), so the name is unambiguous. `None`
+/// when it would be longer than a file name may be.
+fn owner_link(owner: &Attachment) -> Option<String> {
+    let name = format!("{OWNER_PREFIX}{}:{}", owner.container_id, owner.ifname);
+    (name.len() <= 255).then_some(name)
+}
 
 pub struct DiskStore {
     dir: PathBuf,
@@ -89,6 +109,16 @@ impl DiskStore {
             .map_err(self.err(&tmp, "create"))?;
         file.write_all(contents).map_err(self.err(&tmp, "write"))?;
         Ok((tmp, file))
+    }
+
+    /// Points `owner`'s index link at `ip_name`, replacing a stale one.
+    fn link_owner(&self, owner: &Attachment, ip_name: &str) -> Result<(), IpamError> {
+        let Some(name) = owner_link(owner) else { return Ok(()) };
+        let link = self.dir.join(&name);
+        let tmp = self.dir.join(format!(".{name}.tmp"));
+        let _ = fs::remove_file(&tmp);
+        std::os::unix::fs::symlink(ip_name, &tmp).map_err(self.err(&tmp, "create owner link"))?;
+        fs::rename(&tmp, &link).map_err(self.err(&link, "create owner link"))
     }
 
     /// Makes directory entry changes durable.
@@ -158,6 +188,37 @@ impl Store for DiskStore {
         Ok(found)
     }
 
+    fn taken(&self) -> Result<HashSet<Ipv4Addr>, IpamError> {
+        let mut taken = HashSet::new();
+        for entry in fs::read_dir(&self.dir).map_err(self.err(&self.dir, "list"))? {
+            let entry = entry.map_err(self.err(&self.dir, "list"))?;
+            taken.extend(entry.file_name().to_str().and_then(|n| n.parse::<Ipv4Addr>().ok()));
+        }
+        Ok(taken)
+    }
+
+    fn held_by(&self, owner: &Attachment) -> Result<Option<Ipv4Addr>, IpamError> {
+        let Some(name) = owner_link(owner) else {
+            return Ok(self.reservations()?.into_iter().find(|r| r.owner.as_ref() == Some(owner)).map(|r| r.ip));
+        };
+        let link = self.dir.join(name);
+        let target = match fs::read_link(&link) {
+            Ok(target) => target,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(IpamError::Store { path: link, op: "read link", source: e }),
+        };
+        let Some(ip) = target.to_str().and_then(|t| t.parse::<Ipv4Addr>().ok()) else {
+            return Ok(None);
+        };
+        match fs::read_to_string(self.dir.join(ip.to_string())) {
+            Ok(record) if parse_record(&record).as_ref() == Some(owner) => Ok(Some(ip)),
+            // A link left by a release or a crash: not a reservation.
+            Ok(_) => Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(IpamError::Store { path: self.dir.join(ip.to_string()), op: "read", source: e }),
+        }
+    }
+
     fn reserve(&self, ip: Ipv4Addr, owner: &Attachment) -> Result<bool, IpamError> {
         let name = ip.to_string();
         let record = format!("{}\n{}", owner.container_id, owner.ifname);
@@ -170,6 +231,8 @@ impl Store for DiskStore {
                 let mut pending = self.pending();
                 pending.records.push((path, file));
                 pending.dir = true;
+                drop(pending);
+                self.link_owner(owner, &name)?;
                 Ok(true)
             }
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
@@ -179,6 +242,12 @@ impl Store for DiskStore {
 
     fn release(&self, ip: Ipv4Addr) -> Result<(), IpamError> {
         let path = self.dir.join(ip.to_string());
+        if let Some(link) = fs::read_to_string(&path).ok().and_then(|r| parse_record(&r)).and_then(|o| owner_link(&o)) {
+            let link = self.dir.join(link);
+            if fs::read_link(&link).is_ok_and(|t| t.as_os_str() == ip.to_string().as_str()) {
+                fs::remove_file(&link).map_err(self.err(&link, "remove owner link"))?;
+            }
+        }
         let held = File::open(&path).ok();
         match fs::remove_file(&path) {
             Ok(()) => {
@@ -257,7 +326,44 @@ mod tests {
         // No temporary files left behind.
         let names: HashSet<String> =
             fs::read_dir(tmp.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
-        assert_eq!(names, ["10.244.1.2", "last_reserved_ip", "lock"].map(String::from).into());
+        assert_eq!(names, ["10.244.1.2", "last_reserved_ip", "lock", "owner:abc:eth0"].map(String::from).into());
+        assert_eq!(fs::read_link(tmp.path().join("owner:abc:eth0")).unwrap(), Path::new("10.244.1.2"));
+    }
+
+    /// The owner index: a second ADD is refused through it, a release
+    /// removes it, and a link that does not match its record (left by a
+    /// crash, or pointing at another attachment's record) is not believed.
+    #[test]
+    fn the_owner_index_follows_the_records() {
+        let tmp = tempfile::tempdir().unwrap();
+        let a = allocator(tmp.path());
+        let (abc, def) = (Attachment::new("abc", "eth0"), Attachment::new("def", "eth0"));
+        let ip = a.allocate(&abc).unwrap();
+        assert!(matches!(a.allocate(&abc), Err(IpamError::AlreadyReserved { ip: held, .. }) if held == ip));
+        a.release(&abc).unwrap();
+        assert!(!tmp.path().join("owner:abc:eth0").exists(), "release removes the link");
+
+        // def now holds some address; a stale link claims abc holds it.
+        let def_ip = a.allocate(&def).unwrap();
+        std::os::unix::fs::symlink(def_ip.to_string(), tmp.path().join("owner:abc:eth0")).unwrap();
+        let again = a.allocate(&abc).expect("a link to another attachment's record is not a reservation");
+        assert_ne!(again, def_ip);
+        assert_eq!(fs::read_link(tmp.path().join("owner:abc:eth0")).unwrap(), Path::new(&again.to_string()));
+        // A link to a record that is gone, likewise.
+        a.release(&def).unwrap();
+        std::os::unix::fs::symlink("10.244.1.200", tmp.path().join("owner:def:eth0")).unwrap();
+        assert!(a.allocate(&def).is_ok());
+    }
+
+    /// Records written before the index (no link) still count as taken, and
+    /// DEL still finds and releases them.
+    #[test]
+    fn records_without_a_link_are_taken_and_released() {
+        let tmp = tempfile::tempdir().unwrap();
+        fs::write(tmp.path().join("10.244.1.2"), "old\neth0").unwrap();
+        let a = allocator(tmp.path());
+        assert_eq!(a.allocate(&Attachment::new("new", "eth0")).unwrap(), Ipv4Addr::new(10, 244, 1, 3));
+        assert_eq!(a.release(&Attachment::new("old", "eth0")).unwrap(), vec![Ipv4Addr::new(10, 244, 1, 2)]);
     }
 
     #[test]

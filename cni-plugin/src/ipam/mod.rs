@@ -9,7 +9,7 @@ pub mod disk_store;
 #[cfg(test)]
 pub mod memory_store;
 
-use std::{io, net::Ipv4Addr, path::PathBuf};
+use std::{collections::HashSet, io, net::Ipv4Addr, path::PathBuf};
 
 use ipnetwork::Ipv4Network;
 
@@ -51,6 +51,16 @@ pub struct Reservation {
 pub trait Store {
     fn locked<T>(&self, f: impl FnOnce(&Self) -> Result<T, IpamError>) -> Result<T, IpamError>;
     fn reservations(&self) -> Result<Vec<Reservation>, IpamError>;
+    /// The addresses held by anyone. A store that can list them without
+    /// reading every record should: ADD asks under the lock.
+    fn taken(&self) -> Result<HashSet<Ipv4Addr>, IpamError> {
+        Ok(self.reservations()?.into_iter().map(|r| r.ip).collect())
+    }
+    /// The address `owner` holds. A store that can find it without reading
+    /// every record should: ADD asks under the lock.
+    fn held_by(&self, owner: &Attachment) -> Result<Option<Ipv4Addr>, IpamError> {
+        Ok(self.reservations()?.into_iter().find(|r| r.owner.as_ref() == Some(owner)).map(|r| r.ip))
+    }
     /// Records `ip` as held by `owner`; `Ok(false)` when `ip` is already held.
     fn reserve(&self, ip: Ipv4Addr, owner: &Attachment) -> Result<bool, IpamError>;
     /// Forgets `ip`; releasing a free address is not an error.
