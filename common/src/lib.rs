@@ -7,6 +7,7 @@
 #![no_std]
 
 pub mod endpoint;
+pub mod flow;
 pub mod lb;
 pub mod metrics;
 pub mod pin;

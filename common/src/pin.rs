@@ -27,6 +27,11 @@ pub const MAP_POLICY: &str = "WEIR_POLICY";
 pub const MAP_POLICY_CT: &str = "WEIR_POLICY_CT";
 pub const MAP_POLICY_HITS: &str = "WEIR_POL_HITS";
 pub const MAP_EP_POLICY_STATS: &str = "WEIR_EP_POLSTAT";
+/// Flow events (`flow.rs`): the ring buffer, its per-CPU rate limit (the
+/// agent writes the rate into each CPU's entry), and events it held back.
+pub const MAP_FLOWS: &str = "WEIR_FLOWS";
+pub const MAP_FLOW_RATE: &str = "WEIR_FLOW_RATE";
+pub const MAP_FLOW_LOST: &str = "WEIR_FLOW_LOST";
 
 /// Program names: the function names in the kernel crate.
 pub const PROG_FROM_POD: &str = "weir_from_pod";
