@@ -178,10 +178,10 @@ pub fn attach_programs(pins: &Pins, host: &mut NetlinkSocket, link: &Link) -> Re
     host.add_clsact(link).map_err(|e| DatapathError::new(op("add clsact for"), e))?;
     // Twice at most: a second agent start within one ADD is not a thing.
     for _ in 0..2 {
-        let progs = POD_PROGRAMS.map(|(name, _)| sys::obj_get(&pins.program(name)));
-        let mut attached = Vec::with_capacity(2);
-        for ((name, direction), prog) in POD_PROGRAMS.into_iter().zip(progs) {
-            let prog = prog.map_err(|e| DatapathError::new(format!("open {}", pins.program(name).display()), e))?;
+        let mut attached = Vec::with_capacity(POD_PROGRAMS.len());
+        for (name, direction) in POD_PROGRAMS {
+            let path = pins.program(name);
+            let prog = sys::obj_get(&path).map_err(|e| DatapathError::new(format!("open {}", path.display()), e))?;
             host.attach_bpf_filter(
                 link,
                 direction,
@@ -195,12 +195,10 @@ pub fn attach_programs(pins: &Pins, host: &mut NetlinkSocket, link: &Link) -> Re
         }
         let mut current = true;
         for (name, id) in attached {
-            if pinned_prog_id(pins, name)? != id {
-                current = false;
-            }
+            current &= pinned_prog_id(pins, name)? == id;
         }
         if current {
-            return Ok(());
+            break;
         }
     }
     Ok(())
