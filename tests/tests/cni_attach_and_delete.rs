@@ -2,7 +2,10 @@
 //! filters, which CHECK verifies; and DEL returning once the veth is
 //! unregistered, leaving the kernel's final wait to a detached child. The
 //! contract is docs/contracts.md ("the host veth's clsact qdisc") and
-//! docs/design.md ("Pod wiring").
+//! docs/design.md ("Pod wiring"). The CNI SPEC's CHECK: "The plugin must
+//! return an error if the container's networking is not as expected" (here
+//! the datapath programs); DEL: the attachment's resources are released, so
+//! the runtime may ADD the same (containerID, ifname) again.
 
 use std::{thread, time::Duration};
 
