@@ -1,4 +1,5 @@
-//! Per-CPU verdict counters, indexed by `DropReason`.
+//! Per-CPU verdict counters, indexed by `DropReason`; every drop counted
+//! here is also a flow event (`flow::dropped`).
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_SHOT},
     macros::map,
@@ -7,7 +8,10 @@ use aya_ebpf::{
 };
 use weir_common::DropReason;
 
-use crate::packet::{self, Flow};
+use crate::{
+    flow,
+    packet::{self, Flow},
+};
 
 #[map]
 static WEIR_DROPS: PerCpuArray<u64> = PerCpuArray::pinned(DropReason::COUNT, 0);
@@ -30,13 +34,24 @@ pub fn pass(action: i32) -> i32 {
     action
 }
 
-/// The tc action for a program's result; a drop is counted by its reason.
+/// The packet `flow`, going `dir` (`FLOW_DIR_*`) through the program's
+/// interface, is dropped for `reason` (or answered in its place, as a
+/// Service without backends is): counted, and told to the flow log.
 #[inline(always)]
-pub fn finish(result: Result<i32, DropReason>) -> i32 {
+pub fn dropped(ctx: &TcContext, reason: DropReason, flow: &Flow, dir: u8) {
+    count(reason);
+    flow::dropped(flow, reason, dir, packet::ifindex(ctx));
+}
+
+/// The tc action for a program's result; a drop is counted by its reason
+/// and reported with `flow`, the packet as far as the program had read it
+/// (`Flow::NONE` if not even its addresses), going `dir`.
+#[inline(always)]
+pub fn finish(ctx: &TcContext, result: Result<i32, DropReason>, flow: &Flow, dir: u8) -> i32 {
     match result {
         Ok(action) => action,
         Err(reason) => {
-            count(reason);
+            dropped(ctx, reason, flow, dir);
             TC_ACT_SHOT as i32
         }
     }
@@ -46,9 +61,13 @@ pub fn finish(result: Result<i32, DropReason>) -> i32 {
 /// not parse, is the node's own and goes on as it is, uncounted; any other
 /// is `handle`d, and finished as `finish` does.
 #[inline(always)]
-pub fn finish_parsed(ctx: &TcContext, handle: impl FnOnce(&TcContext, &Flow) -> Result<i32, DropReason>) -> i32 {
+pub fn finish_parsed(
+    ctx: &TcContext,
+    dir: u8,
+    handle: impl FnOnce(&TcContext, &Flow) -> Result<i32, DropReason>,
+) -> i32 {
     let Ok(Some(flow)) = packet::parse(ctx) else {
         return TC_OK;
     };
-    finish(handle(ctx, &flow))
+    finish(ctx, handle(ctx, &flow), &flow, dir)
 }

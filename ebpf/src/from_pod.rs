@@ -5,26 +5,33 @@
 //! Fails closed: a veth with no endpoint entry passes nothing but ARP, so the
 //! program can be attached before anything else is ready.
 use aya_ebpf::programs::TcContext;
-use weir_common::{DropReason, EndpointInfo, policy::DIR_EGRESS};
+use weir_common::{DropReason, EndpointInfo, flow::FLOW_DIR_EGRESS, policy::DIR_EGRESS};
 
 use crate::{
     counters::{self, TC_OK},
     endpoint,
     lb::{pod, reverse},
-    node, packet, policy, reject,
+    node,
+    packet::{self, Flow},
+    policy, reject,
 };
 
 pub fn handle(ctx: &TcContext) -> i32 {
-    counters::finish(try_handle(ctx))
+    // What a drop reports: the packet as far as it was read, and as the
+    // policy judged it.
+    let mut seen = Flow::NONE;
+    let result = try_handle(ctx, &mut seen);
+    counters::finish(ctx, result, &seen, FLOW_DIR_EGRESS)
 }
 
 #[inline(always)]
-fn try_handle(ctx: &TcContext) -> Result<i32, DropReason> {
+fn try_handle(ctx: &TcContext, seen: &mut Flow) -> Result<i32, DropReason> {
     // ARP must flow for the pod to find its gateway; IPv6 is not configured
     // on weir pods and the host side does not route it.
     let Some(flow) = packet::parse(ctx)? else {
         return Ok(counters::pass(TC_OK));
     };
+    *seen = flow;
     let ifindex = packet::ifindex(ctx);
     let ep = endpoint::by_ifindex(ifindex).ok_or(DropReason::UnknownEndpoint)?;
     if ep.flags & EndpointInfo::FLAG_POLICY_PENDING != 0 {
@@ -46,14 +53,16 @@ fn try_handle(ctx: &TcContext) -> Result<i32, DropReason> {
     let translated = !matches!(outcome, pod::Outcome::NotService);
     if check_policy && !matches!(outcome, pod::Outcome::NoBackend { .. }) {
         // Judge the packet as it now is: a translated one goes to a backend.
-        let seen = if translated { packet::parse(ctx)?.unwrap_or(flow) } else { flow };
-        policy::check_new(ifindex, &ep, DIR_EGRESS, &seen, &flow)?;
+        if translated {
+            *seen = packet::parse(ctx)?.unwrap_or(flow);
+        }
+        policy::check_new(ifindex, &ep, DIR_EGRESS, seen, &flow)?;
     }
     match outcome {
         pod::Outcome::NotService | pod::Outcome::Translated => Ok(counters::pass(TC_OK)),
         pod::Outcome::Hairpin => Ok(counters::pass(packet::back_out(ctx, ifindex))),
         pod::Outcome::NoBackend { frontend_addr } => {
-            counters::count(DropReason::NoBackend);
+            counters::dropped(ctx, DropReason::NoBackend, &flow, FLOW_DIR_EGRESS);
             Ok(reject::icmp_port_unreachable(ctx, &flow, frontend_addr))
         }
     }

@@ -7,6 +7,7 @@
 mod conntrack;
 mod counters;
 mod endpoint;
+mod flow;
 mod from_netdev;
 mod from_pod;
 mod lb;

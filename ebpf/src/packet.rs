@@ -63,6 +63,11 @@ pub struct Flow {
     pub tcp_flags: u8,
 }
 
+impl Flow {
+    /// No packet read yet: what a drop before parsing reports.
+    pub const NONE: Flow = Flow { saddr: 0, daddr: 0, sport: 0, dport: 0, proto: 0, l4_off: 0, tcp_flags: 0 };
+}
+
 pub const TCP_FIN: u8 = 0x01;
 pub const TCP_RST: u8 = 0x04;
 pub const TCP_SYN: u8 = 0x02;

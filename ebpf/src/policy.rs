@@ -13,6 +13,7 @@ use aya_ebpf::{
 };
 use weir_common::{
     DropReason, EndpointInfo, EndpointKey,
+    flow::{FLOW_DIR_EGRESS, FLOW_DIR_INGRESS},
     lb::PROTO_TCP,
     pin::MAX_ENDPOINTS,
     policy::{
@@ -24,6 +25,7 @@ use weir_common::{
 
 use crate::{
     conntrack::now_secs,
+    flow,
     packet::{Flow, TCP_ACK, TCP_SYN},
 };
 
@@ -101,8 +103,9 @@ fn lookup(ifindex: u32, dir: u8, peer: u32, flow: &Flow) -> Option<u32> {
 /// `dir`. `seen` is the packet as the policy judges it (for egress, after
 /// Service translation: the real backend and port); `tracked_as` is the
 /// packet as it arrived, which is what later packets of the flow look like
-/// here. An allowed flow is tracked; a denial is counted and returned as the
-/// drop reason.
+/// here. An allowed flow is tracked and told to the flow log (as `seen`,
+/// with the slot that allowed it, 0 if none is enforced in `dir`); a denial
+/// is counted and returned as the drop reason.
 #[inline(always)]
 pub fn check_new(ifindex: u32, ep: &EndpointInfo, dir: u8, seen: &Flow, tracked_as: &Flow) -> Result<(), DropReason> {
     let (enforced_bit, peer) = if dir == DIR_INGRESS {
@@ -110,7 +113,8 @@ pub fn check_new(ifindex: u32, ep: &EndpointInfo, dir: u8, seen: &Flow, tracked_
     } else {
         (EndpointInfo::FLAG_EGRESS_ENFORCED, seen.daddr)
     };
-    let slot = if ep.flags & enforced_bit != 0 {
+    let enforced = ep.flags & enforced_bit != 0;
+    let slot = if enforced {
         let Some(slot) = lookup(ifindex, dir, peer, seen) else {
             count_endpoint(ifindex, dir, false);
             return Err(if dir == DIR_EGRESS { DropReason::PolicyEgress } else { DropReason::PolicyIngress });
@@ -129,6 +133,8 @@ pub fn check_new(ifindex: u32, ep: &EndpointInfo, dir: u8, seen: &Flow, tracked_
     let f = tracked_as;
     let key = ct_key(ifindex, f.saddr, f.daddr, f.sport, f.dport, f.proto);
     let _ = WEIR_POLICY_CT.insert(&key, &PolicyCtEntry { last_seen: now_secs(), policy_slot: slot }, 0);
+    let flow_dir = if dir == DIR_INGRESS { FLOW_DIR_INGRESS } else { FLOW_DIR_EGRESS };
+    flow::allowed(seen, flow_dir, ifindex, if enforced { slot } else { 0 });
     Ok(())
 }
 

@@ -6,7 +6,7 @@
 //! is the one place they pass. Replies of pod backends are reversed as they
 //! leave the pod (`from_pod`) and pass here untouched.
 use aya_ebpf::programs::TcContext;
-use weir_common::DropReason;
+use weir_common::{DropReason, flow::FLOW_DIR_EGRESS};
 
 use crate::{
     counters::{self, TC_OK},
@@ -16,7 +16,7 @@ use crate::{
 
 pub fn handle(ctx: &TcContext) -> i32 {
     // Not IPv4, or not parseable: the node's own traffic, left alone.
-    counters::finish_parsed(ctx, try_handle)
+    counters::finish_parsed(ctx, FLOW_DIR_EGRESS, try_handle)
 }
 
 #[inline(always)]

@@ -2,24 +2,29 @@
 //! translated flows get their frontend address back, and new flows meet the
 //! pod's ingress policy.
 use aya_ebpf::programs::TcContext;
-use weir_common::{DropReason, EndpointInfo, policy::DIR_INGRESS};
+use weir_common::{DropReason, EndpointInfo, flow::FLOW_DIR_INGRESS, policy::DIR_INGRESS};
 
 use crate::{
     counters::{self, TC_OK},
     endpoint,
     lb::reverse,
-    packet, policy,
+    packet::{self, Flow},
+    policy,
 };
 
 pub fn handle(ctx: &TcContext) -> i32 {
-    counters::finish(try_handle(ctx))
+    // What a drop reports: the packet as far as it was read.
+    let mut seen = Flow::NONE;
+    let result = try_handle(ctx, &mut seen);
+    counters::finish(ctx, result, &seen, FLOW_DIR_INGRESS)
 }
 
 #[inline(always)]
-fn try_handle(ctx: &TcContext) -> Result<i32, DropReason> {
+fn try_handle(ctx: &TcContext, seen: &mut Flow) -> Result<i32, DropReason> {
     let Some(flow) = packet::parse(ctx)? else {
         return Ok(TC_OK);
     };
+    *seen = flow;
     // On egress, the device the packet leaves by: the pod's host veth.
     let ifindex = packet::ifindex(ctx);
     let ep = endpoint::by_ifindex(ifindex);

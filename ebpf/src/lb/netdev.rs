@@ -10,11 +10,15 @@ use aya_ebpf::{
 };
 use weir_common::{
     DropReason,
+    flow::FLOW_DIR_INGRESS,
     lb::{Backend, CtEntry, CtKey, MAX_SRC_RANGE_ENTRIES, SCOPE_EXTERNAL, ServiceKey, ServiceValue, SourceRangeKey},
 };
 
 use super::{choose, continue_flow, flow_is_over, rev_nat, service};
-use crate::{conntrack, nat, node, packet::Flow};
+use crate::{
+    conntrack, flow, nat, node,
+    packet::{self, Flow},
+};
 
 #[map]
 static WEIR_SRC_RANGE: LpmTrie<SourceRangeKey, u8> = LpmTrie::pinned(MAX_SRC_RANGE_ENTRIES, BPF_F_NO_PREALLOC);
@@ -72,14 +76,18 @@ pub fn translate(ctx: &TcContext, flow: &Flow) -> Result<Outcome, DropReason> {
     let entry = CtEntry { backend_id, rev_nat_id: svc.rev_nat_id, created: now, ..CtEntry::default() };
     // Local backends (always the case under externalTrafficPolicy: Local)
     // see the client's address, and their replies pass this node anyway.
-    if b.flags & Backend::FLAG_LOCAL != 0 || svc.flags & ServiceValue::FLAG_LOCAL_ONLY != 0 {
+    let outcome = if b.flags & Backend::FLAG_LOCAL != 0 || svc.flags & ServiceValue::FLAG_LOCAL_ONLY != 0 {
         conntrack::create(&ct_key, &conntrack::reply_key(&b, flow.saddr, flow.sport, flow.proto), &entry);
         nat::dnat(ctx, flow, b.addr, b.port)?;
-        return Ok(Outcome::Translated);
-    }
-    to_remote(ctx, flow, &ct_key, entry, &b)?;
-    // Towards the backend's node, back out of the uplink it came in on.
-    Ok(Outcome::TranslatedToUplink)
+        Outcome::Translated
+    } else {
+        to_remote(ctx, flow, &ct_key, entry, &b)?;
+        // Towards the backend's node, back out of the uplink it came in on.
+        Outcome::TranslatedToUplink
+    };
+    // A new flow (later packets take `continue_flow` above).
+    flow::translated(flow, FLOW_DIR_INGRESS, packet::ifindex(ctx), b.addr, b.port);
+    Ok(outcome)
 }
 
 /// A remote backend answering a flow this node SNATed: back to the client,

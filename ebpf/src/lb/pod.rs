@@ -4,11 +4,15 @@
 use aya_ebpf::programs::TcContext;
 use weir_common::{
     DropReason,
+    flow::FLOW_DIR_EGRESS,
     lb::{Backend, CtEntry, CtKey},
 };
 
 use super::{choose, continue_flow, internal_frontend};
-use crate::{conntrack, nat, node, packet::Flow};
+use crate::{
+    conntrack, flow, nat, node,
+    packet::{self, Flow},
+};
 
 /// What a pod's packet became.
 pub enum Outcome {
@@ -44,14 +48,18 @@ pub fn translate(ctx: &TcContext, flow: &Flow) -> Result<Outcome, DropReason> {
 
     let (backend_id, b) = choose(&key, &svc, flow, now).ok_or(DropReason::NoBackend)?;
     let entry = CtEntry { backend_id, rev_nat_id: svc.rev_nat_id, created: now, ..CtEntry::default() };
-    if b.addr == flow.saddr {
+    let outcome = if b.addr == flow.saddr {
         hairpin(ctx, flow, &ct_key, entry, &b)?;
-        return Ok(Outcome::Hairpin);
-    }
-    let entry = CtEntry { flags: CtEntry::FLAG_POD_CLIENT, ..entry };
-    conntrack::create(&ct_key, &conntrack::reply_key(&b, flow.saddr, flow.sport, flow.proto), &entry);
-    nat::dnat(ctx, flow, b.addr, b.port)?;
-    Ok(Outcome::Translated)
+        Outcome::Hairpin
+    } else {
+        let entry = CtEntry { flags: CtEntry::FLAG_POD_CLIENT, ..entry };
+        conntrack::create(&ct_key, &conntrack::reply_key(&b, flow.saddr, flow.sport, flow.proto), &entry);
+        nat::dnat(ctx, flow, b.addr, b.port)?;
+        Outcome::Translated
+    };
+    // A new flow (later packets take `continue_flow` above).
+    flow::translated(flow, FLOW_DIR_EGRESS, packet::ifindex(ctx), b.addr, b.port);
+    Ok(outcome)
 }
 
 /// The pod is its own backend: its source becomes the pod gateway (a pod
