@@ -14,7 +14,10 @@ use crate::{
         policy::programmer::PolicyProgrammer,
     },
     node::{masquerade, policy_socket, routes::Routes, sysctl},
-    observe::status::Status,
+    observe::{
+        flows::{self, Hub, NameTable, sink::FlowLog},
+        status::Status,
+    },
     reconcile::Reconciler,
     sources::{self, SourceSpec, Update},
     sync::policy::PolicySync,
@@ -37,19 +40,23 @@ pub async fn run(mut config: AgentConfig) -> anyhow::Result<()> {
     let status = Arc::new(Status::default());
     status.beat();
     status.set_socket_lb(socket_lb);
+    let flows = start_flows(&config, &status);
     serve_status(&config, &status).await?;
     let mut sockets = CniSockets::bind(&config, &status)?;
 
     let (tx, mut updates) = mpsc::channel::<Update>(1024);
     let source = spawn_source(&config, tx).await?;
 
-    let policy = PolicySync::new(policy, config.plan.node_name.clone(), &config.run_dir);
+    let node_name = config.plan.node_name.clone();
+    let policy = PolicySync::new(policy, node_name.clone(), &config.run_dir);
     let mut state = Reconciler::new(config, routes, datapath, lb, policy, status.clone());
-    main_loop(&mut state, &mut updates, &mut sockets.handoffs, &status).await?;
+    let names = FlowNames { hub: flows.hub.clone(), node: node_name };
+    main_loop(&mut state, &mut updates, &mut sockets.handoffs, &status, &names).await?;
     // The pinned datapath, routes and CNI config stay: pods keep working
     // while the agent restarts. `weir-agent cleanup` removes them.
     source.abort();
     sockets.abort();
+    flows.abort();
     info!("stopping; node state left in place for the next agent");
     Ok(())
 }
@@ -114,6 +121,65 @@ async fn serve_status(config: &AgentConfig, status: &Arc<Status>) -> anyhow::Res
     Ok(())
 }
 
+/// Flow events: the rate limit written, the ring buffer read, the flows
+/// socket served, all in the background. Loud, not fatal: without them
+/// the node's networking is the same.
+struct Flows {
+    hub: Arc<Hub>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Flows {
+    fn abort(&self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+fn start_flows(config: &AgentConfig, status: &Arc<Status>) -> Flows {
+    let settings = &config.flows;
+    match flows::reader::set_rate(&config.bpf_pin_dir, settings.events_per_sec, settings.burst) {
+        Ok(()) if settings.events_per_sec == 0 => info!("flow events turned off (--flow-events-per-sec 0)"),
+        Ok(()) => info!(per_cpu_per_sec = settings.events_per_sec, burst = settings.burst, "flow events on"),
+        Err(e) => warn!(error = %format!("{e:#}"), "flow event rate not set: the datapath has no flow events"),
+    }
+    let log = settings.log.as_ref().and_then(|target| match FlowLog::start(target, settings.log_max_bytes) {
+        Ok(log) => Some(log),
+        Err(e) => {
+            warn!(error = %e, target = ?target, "flow log not started");
+            None
+        }
+    });
+    let hub = Arc::new(Hub::new(settings.buffer, log));
+    status.set_flows(hub.clone());
+    let mut tasks = Vec::new();
+    if settings.events_per_sec > 0 {
+        tasks.push(tokio::spawn(flows::reader::run(config.bpf_pin_dir.clone(), hub.clone())));
+    }
+    match flows::server::bind(&config.run_dir) {
+        Ok((listener, path)) => {
+            info!(path = %path.display(), "serving flows for weir-agent observe");
+            tasks.push(tokio::spawn(flows::server::serve(listener, hub.clone())));
+        }
+        Err(e) => warn!(error = %e, dir = %config.run_dir.display(), "flows socket not bound: no weir-agent observe"),
+    }
+    Flows { hub, tasks }
+}
+
+/// Keeps the flows' name table as the last reconcile left the cluster.
+struct FlowNames {
+    hub: Arc<Hub>,
+    node: String,
+}
+
+impl FlowNames {
+    fn refresh(&self, state: &Reconciler) {
+        let (slots, endpoints) = state.policy.names(state.index());
+        self.hub.set_names(NameTable::build(state.index(), &self.node, slots, endpoints));
+    }
+}
+
 /// The sockets weir-cni talks to, each served in the background.
 struct CniSockets {
     /// New pods' hand-offs from weir-cni (see policy_sync).
@@ -156,6 +222,7 @@ async fn main_loop(
     updates: &mut mpsc::Receiver<Update>,
     handoffs: &mut mpsc::Receiver<policy_socket::Handoff>,
     status: &Status,
+    names: &FlowNames,
 ) -> anyhow::Result<()> {
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     // Failed writes leave things dirty; retry them even when nothing new
@@ -170,6 +237,7 @@ async fn main_loop(
             _ = retry.tick() => {
                 if state.dirty() {
                     state.reconcile().await;
+                    names.refresh(state);
                 }
             }
             Some(h) = handoffs.recv() => {
@@ -178,6 +246,7 @@ async fn main_loop(
                     state.policy.handoff(h);
                 }
                 state.reconcile().await;
+                names.refresh(state);
             }
             _ = async { tokio::time::sleep_until(hold_deadline.unwrap_or_else(tokio::time::Instant::now)).await }, if hold_deadline.is_some() => {
                 state.policy.tick();
@@ -192,6 +261,7 @@ async fn main_loop(
                     state.apply(update);
                 }
                 state.reconcile().await;
+                names.refresh(state);
             }
             _ = tokio::signal::ctrl_c() => return Ok(()),
             _ = sigterm.recv() => return Ok(()),

@@ -48,6 +48,10 @@ pub enum Command {
         #[arg(long, default_value = "80/tcp")]
         port: String,
     },
+    /// Show the flows the datapath reports (new flows allowed, drops,
+    /// Service translations) with pod, Service and policy names, from the
+    /// agent on this node.
+    Observe(crate::observe::flows::cli::ObserveArgs),
 }
 
 #[derive(Debug, Args)]
@@ -127,6 +131,25 @@ pub struct RunArgs {
     /// Manifest directory poll interval, in milliseconds.
     #[arg(long, default_value_t = 200)]
     pub dir_poll_ms: u64,
+    /// Flow events each CPU's datapath may send per second (0: no flow
+    /// events). The ConfigMap's `flow-events-per-sec`.
+    #[arg(long, env = "WEIR_FLOW_EVENTS_PER_SEC", default_value_t = weir_common::flow::FLOW_RATE_DEFAULT_PER_SEC)]
+    pub flow_events_per_sec: u64,
+    /// Most flow events a CPU may send at once (the bucket's size).
+    #[arg(long, env = "WEIR_FLOW_EVENTS_BURST", default_value_t = weir_common::flow::FLOW_RATE_DEFAULT_BURST)]
+    pub flow_events_burst: u64,
+    /// Flows the agent keeps in memory for `weir-agent observe` (the oldest
+    /// go first). The ConfigMap's `flow-buffer`.
+    #[arg(long, env = "WEIR_FLOW_BUFFER", default_value_t = crate::observe::flows::DEFAULT_BUFFER)]
+    pub flow_buffer: usize,
+    /// Log every flow as a JSON line: `stdout` or a file path (empty or
+    /// `off`: no log). The ConfigMap's `flow-log`.
+    #[arg(long, env = "WEIR_FLOW_LOG", default_value = "")]
+    pub flow_log: String,
+    /// Size at which the flow log file is moved to `<file>.1` (one old file
+    /// kept); 0: never. The ConfigMap's `flow-log-max-bytes`.
+    #[arg(long, env = "WEIR_FLOW_LOG_MAX_BYTES", default_value_t = crate::observe::flows::DEFAULT_LOG_MAX_BYTES)]
+    pub flow_log_max_bytes: u64,
     #[command(flatten)]
     pub paths: PathArgs,
 }
@@ -145,7 +168,12 @@ pub enum ConfigError {
     ClusterCidr { cidr: Ipv4Network },
     #[error("--k8s-service-port (WEIR_K8S_SERVICE_PORT): {message}")]
     K8sServicePort { message: String },
+    #[error("--flow-buffer {size} is too large (at most {max})")]
+    FlowBuffer { size: usize, max: usize },
 }
+
+/// The most flows the history may hold (about 1 KiB each).
+pub const MAX_FLOW_BUFFER: usize = 1 << 20;
 
 #[derive(Clone, Debug)]
 pub struct AgentConfig {
@@ -160,6 +188,7 @@ pub struct AgentConfig {
     pub cni_conf_dir: PathBuf,
     pub run_dir: PathBuf,
     pub bpf_pin_dir: PathBuf,
+    pub flows: crate::observe::flows::FlowSettings,
 }
 
 impl RunArgs {
@@ -185,6 +214,19 @@ impl RunArgs {
             6443,
         )
         .map_err(|message| ConfigError::K8sServicePort { message })?;
+        if self.flow_buffer > MAX_FLOW_BUFFER {
+            return Err(ConfigError::FlowBuffer { size: self.flow_buffer, max: MAX_FLOW_BUFFER });
+        }
+        let flows = crate::observe::flows::FlowSettings {
+            events_per_sec: self.flow_events_per_sec,
+            burst: self.flow_events_burst,
+            buffer: self.flow_buffer,
+            log: match self.flow_log.trim() {
+                "" | "off" | "none" => None,
+                target => target.parse().ok(),
+            },
+            log_max_bytes: self.flow_log_max_bytes,
+        };
         // Normalise 10.244.1.7/16 to 10.244.0.0/16.
         let cluster_cidr = Ipv4Network::new(self.cluster_cidr.network(), self.cluster_cidr.prefix())
             .expect("prefix already validated");
@@ -218,6 +260,7 @@ impl RunArgs {
             cni_conf_dir: self.paths.cni_conf_dir,
             run_dir: self.paths.run_dir,
             bpf_pin_dir: self.paths.bpf_pin_dir,
+            flows,
         })
     }
 }
@@ -246,6 +289,45 @@ mod tests {
         assert_eq!(c.bpf_pin_dir, PathBuf::from("/sys/fs/bpf/weir"));
         assert!(c.masquerade && c.plan.cni.chain_portmap);
         assert_eq!(c.source, SourceSpec::Kube { kubeconfig: None });
+        assert_eq!(c.flows, crate::observe::flows::FlowSettings::default());
+        assert!(c.flows.log.is_none() && c.flows.events_per_sec > 0);
+    }
+
+    #[test]
+    fn flow_settings() {
+        use crate::observe::flows::sink::LogTarget;
+        let c = parse(&["--flow-events-per-sec", "0", "--flow-buffer", "10", "--flow-log", "stdout"]).unwrap();
+        assert_eq!((c.flows.events_per_sec, c.flows.buffer), (0, 10));
+        assert_eq!(c.flows.log, Some(LogTarget::Stdout));
+        let c = parse(&["--flow-log", "/var/log/weir/flows.log", "--flow-log-max-bytes", "1000"]).unwrap();
+        assert_eq!(c.flows.log, Some(LogTarget::File("/var/log/weir/flows.log".into())));
+        assert_eq!(c.flows.log_max_bytes, 1000);
+        assert!(parse(&["--flow-log", "off"]).unwrap().flows.log.is_none());
+        assert!(parse(&["--flow-buffer", "100000000"]).unwrap_err().contains("--flow-buffer"));
+    }
+
+    #[test]
+    fn observe_arguments() {
+        let cli = Cli::try_parse_from([
+            "weir-agent",
+            "observe",
+            "-f",
+            "--pod",
+            "y/b",
+            "--verdict",
+            "dropped",
+            "--since",
+            "5m",
+            "--json",
+            "--run-dir",
+            "/tmp/x",
+        ])
+        .unwrap();
+        let Command::Observe(args) = cli.command else { panic!("not observe") };
+        assert!(args.follow && args.json);
+        assert_eq!(args.since, Some(300_000));
+        assert_eq!(args.run_dir, PathBuf::from("/tmp/x"));
+        assert!(Cli::try_parse_from(["weir-agent", "observe", "--since", "5x"]).is_err());
     }
 
     #[test]

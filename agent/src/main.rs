@@ -1,5 +1,8 @@
 //! weir-agent: the per-node DaemonSet agent.
-use weir_agent::{app, cleanup, config, observe::inspect};
+use weir_agent::{
+    app, cleanup, config,
+    observe::{flows, inspect},
+};
 
 use clap::Parser as _;
 
@@ -16,6 +19,11 @@ fn main() -> std::process::ExitCode {
                 unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
                 let query = inspect::PolicyQuery { run_dir, from, to, port };
                 inspect::run(what, &bpf_pin_dir, json, &query).await
+            }
+            config::Command::Observe(args) => {
+                // Safety: as for inspect, piped into `head`.
+                unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+                flows::cli::run(args).await
             }
         }
     })

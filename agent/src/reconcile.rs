@@ -62,6 +62,11 @@ impl Reconciler {
         }
     }
 
+    /// The cluster as the sources last said (names for the flow log).
+    pub fn index(&self) -> &ClusterIndex {
+        &self.index
+    }
+
     pub fn dirty(&self) -> bool {
         self.nodes_dirty || self.services.needs_work(&self.index) || self.policy.needs_work(&self.index)
     }

@@ -58,6 +58,8 @@ pub struct Status {
     /// Unix milliseconds of the last reconcile that wrote everything.
     last_clean_sync_ms: AtomicU64,
     programming: Mutex<ProgrammingLatency>,
+    /// Flow events (`weir_flow*`), once the agent reads them.
+    flows: std::sync::OnceLock<Arc<crate::observe::flows::Hub>>,
 }
 
 /// Buckets of `weir_network_programming_duration_seconds`: kube-proxy's
@@ -154,6 +156,11 @@ impl Status {
         *self.policy_names.lock().expect("lock") = (slots, endpoints);
     }
 
+    /// Where the flow samples come from.
+    pub fn set_flows(&self, hub: Arc<crate::observe::flows::Hub>) {
+        let _ = self.flows.set(hub);
+    }
+
     /// Where the CNI metrics socket records weir-cni's reports.
     pub fn cni_metrics(&self) -> Arc<crate::observe::cni_metrics::CniMetrics> {
         self.cni.clone()
@@ -245,6 +252,9 @@ impl Status {
         self.render_sync_counters(&mut out);
         self.render_programming_and_build(&mut out);
         self.cni.render(&mut out);
+        if let Some(flows) = self.flows.get() {
+            flows.render(&mut out);
+        }
         out
     }
 

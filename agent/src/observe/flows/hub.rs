@@ -1,0 +1,258 @@
+//! Where flows go once named: the counters of /metrics, the log, the
+//! bounded history and the clients following live flows. The history is
+//! appended and the followers are sent to under one lock, so a client that
+//! takes the history and subscribes under it misses nothing and sees
+//! nothing twice.
+use std::{
+    fmt::Write as _,
+    sync::{
+        Arc, Mutex, RwLock,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+};
+
+use tokio::sync::broadcast;
+use weir_common::{
+    DropReason,
+    flow::{FLOW_DIR_EGRESS, FLOW_DIR_INGRESS, FlowEvent},
+};
+
+use super::{
+    buffer::FlowBuffer,
+    filter::Request,
+    flow::{Clock, Flow, direction_name, reason_name},
+    names::NameTable,
+    sink::FlowLog,
+};
+
+/// Flows a follower may fall behind by before it misses some.
+const LIVE_QUEUE: usize = 4096;
+
+const VERDICTS: usize = 4; // unknown, allowed, dropped, translated
+const DIRECTIONS: usize = 3; // unknown, ingress, egress
+const REASONS: usize = DropReason::COUNT as usize + 1; // the last: unknown
+
+pub struct Hub {
+    names: RwLock<Arc<NameTable>>,
+    history: Mutex<FlowBuffer>,
+    live: broadcast::Sender<Arc<Flow>>,
+    log: Option<FlowLog>,
+    flows: [[AtomicU64; DIRECTIONS]; VERDICTS],
+    drops: [[AtomicU64; DIRECTIONS]; REASONS],
+    /// The datapath's held back events (`WEIR_FLOW_LOST`), as last read.
+    lost: AtomicU64,
+    /// Whether the ring buffer is being read.
+    reading: AtomicBool,
+}
+
+impl Hub {
+    pub fn new(buffer: usize, log: Option<FlowLog>) -> Self {
+        Self {
+            names: RwLock::new(Arc::new(NameTable::default())),
+            history: Mutex::new(FlowBuffer::new(buffer)),
+            live: broadcast::channel(LIVE_QUEUE).0,
+            log,
+            flows: Default::default(),
+            drops: Default::default(),
+            lost: AtomicU64::new(0),
+            reading: AtomicBool::new(false),
+        }
+    }
+
+    /// Swaps in the names of the last reconcile.
+    pub fn set_names(&self, names: NameTable) {
+        *self.names.write().expect("lock") = Arc::new(names);
+    }
+
+    pub fn names(&self) -> Arc<NameTable> {
+        self.names.read().expect("lock").clone()
+    }
+
+    pub fn set_lost(&self, lost: u64) {
+        self.lost.store(lost, Ordering::Relaxed);
+    }
+
+    pub fn set_reading(&self, reading: bool) {
+        self.reading.store(reading, Ordering::Relaxed);
+    }
+
+    /// Names, counts, logs and keeps a batch of events.
+    pub fn ingest(&self, events: &[FlowEvent], clock: &Clock) {
+        if events.is_empty() {
+            return;
+        }
+        let names = self.names();
+        let flows: Vec<Arc<Flow>> = events
+            .iter()
+            .map(|ev| {
+                self.count(ev);
+                Arc::new(names.enrich(ev, clock))
+            })
+            .collect();
+        if let Some(log) = &self.log {
+            for f in &flows {
+                log.send(f);
+            }
+        }
+        self.keep(flows);
+    }
+
+    /// Appends to the history and sends to the followers.
+    pub fn keep(&self, flows: Vec<Arc<Flow>>) {
+        let mut history = self.history.lock().expect("lock");
+        for f in flows {
+            history.push(f.clone());
+            // No follower: nothing to do.
+            let _ = self.live.send(f);
+        }
+    }
+
+    /// The history a request asks for, and the live flows after it if it
+    /// follows.
+    pub fn subscribe(&self, req: &Request) -> (Vec<Arc<Flow>>, Option<broadcast::Receiver<Arc<Flow>>>) {
+        let since = req.since_ms.map(|ms| super::flow::unix_now_ns().saturating_sub(ms.saturating_mul(1_000_000)));
+        let history = self.history.lock().expect("lock");
+        let past = history.query(&req.filter, since, req.last);
+        (past, req.follow.then(|| self.live.subscribe()))
+    }
+
+    fn count(&self, ev: &FlowEvent) {
+        let dir = usize::from(ev.direction).min(DIRECTIONS - 1);
+        let verdict = usize::from(ev.verdict).min(VERDICTS - 1);
+        let verdict = if weir_common::flow::FlowVerdict::from_u8(ev.verdict).is_some() { verdict } else { 0 };
+        self.flows[verdict][dir].fetch_add(1, Ordering::Relaxed);
+        if ev.verdict == weir_common::flow::FlowVerdict::Dropped as u8 {
+            let reason = usize::from(ev.reason);
+            let reason = if reason == 0 || reason >= REASONS - 1 { REASONS - 1 } else { reason };
+            self.drops[reason][dir].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The flow samples of /metrics (labels from fixed lists only).
+    pub fn render(&self, out: &mut String) {
+        let dirs = [0u8, FLOW_DIR_INGRESS, FLOW_DIR_EGRESS];
+        let _ = writeln!(
+            out,
+            "# HELP weir_flows_total Flow events the agent received, per verdict and direction.\n# TYPE weir_flows_total counter"
+        );
+        for v in 1..VERDICTS {
+            for d in dirs {
+                let n = self.flows[v][usize::from(d)].load(Ordering::Relaxed);
+                let _ = writeln!(
+                    out,
+                    "weir_flows_total{{verdict=\"{}\",direction=\"{}\"}} {n}",
+                    super::flow::verdict_name(v as u8),
+                    direction_name(d)
+                );
+            }
+        }
+        let _ = writeln!(
+            out,
+            "# HELP weir_flow_drops_total Dropped flow events, per drop reason and direction.\n# TYPE weir_flow_drops_total counter"
+        );
+        for r in 1..REASONS {
+            let name = if r == REASONS - 1 { "unknown" } else { reason_name(r as u8) };
+            for d in dirs {
+                let n = self.drops[r][usize::from(d)].load(Ordering::Relaxed);
+                if n > 0 || r < REASONS - 1 {
+                    let _ = writeln!(
+                        out,
+                        "weir_flow_drops_total{{reason=\"{name}\",direction=\"{}\"}} {n}",
+                        direction_name(d)
+                    );
+                }
+            }
+        }
+        let _ = writeln!(
+            out,
+            "# HELP weir_flow_events_lost_total Flow events the datapath held back (rate limit, full ring buffer), summed over CPUs.\n# TYPE weir_flow_events_lost_total counter\nweir_flow_events_lost_total {}",
+            self.lost.load(Ordering::Relaxed)
+        );
+        let (fill, bound) = {
+            let h = self.history.lock().expect("lock");
+            (h.len(), h.bound())
+        };
+        let _ = writeln!(
+            out,
+            "# HELP weir_flow_buffer_flows Flows held in the agent's history for weir-agent observe.\n# TYPE weir_flow_buffer_flows gauge\nweir_flow_buffer_flows {fill}"
+        );
+        let _ = writeln!(
+            out,
+            "# HELP weir_flow_buffer_capacity Most flows the history holds.\n# TYPE weir_flow_buffer_capacity gauge\nweir_flow_buffer_capacity {bound}"
+        );
+        let _ = writeln!(
+            out,
+            "# HELP weir_flow_events_reading 1 when the agent reads the datapath's flow events.\n# TYPE weir_flow_events_reading gauge\nweir_flow_events_reading {}",
+            u8::from(self.reading.load(Ordering::Relaxed))
+        );
+        if let Some(log) = &self.log {
+            let _ = writeln!(
+                out,
+                "# HELP weir_flow_log_dropped_total Flows not written to the flow log (queue full or write failed).\n# TYPE weir_flow_log_dropped_total counter\nweir_flow_log_dropped_total {}",
+                log.dropped.load(Ordering::Relaxed)
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use weir_common::flow::FlowVerdict;
+
+    use super::*;
+
+    #[test]
+    fn counts_by_verdict_direction_and_reason() {
+        let hub = Hub::new(2, None);
+        let clock = Clock::from_pair(0, 0);
+        let ev = |verdict: FlowVerdict, reason: DropReason, direction: u8| FlowEvent {
+            verdict: verdict as u8,
+            reason: if verdict == FlowVerdict::Dropped { reason as u8 } else { 0 },
+            direction,
+            ..Default::default()
+        };
+        hub.ingest(
+            &[
+                ev(FlowVerdict::Allowed, DropReason::Passed, FLOW_DIR_EGRESS),
+                ev(FlowVerdict::Dropped, DropReason::PolicyIngress, FLOW_DIR_INGRESS),
+                ev(FlowVerdict::Dropped, DropReason::PolicyIngress, FLOW_DIR_INGRESS),
+                FlowEvent { verdict: 2, reason: 99, ..Default::default() },
+            ],
+            &clock,
+        );
+        hub.set_lost(12);
+        let mut out = String::new();
+        hub.render(&mut out);
+        for want in [
+            "weir_flows_total{verdict=\"allowed\",direction=\"egress\"} 1\n",
+            "weir_flows_total{verdict=\"dropped\",direction=\"ingress\"} 2\n",
+            "weir_flows_total{verdict=\"dropped\",direction=\"unknown\"} 1\n",
+            "weir_flows_total{verdict=\"translated\",direction=\"ingress\"} 0\n",
+            "weir_flow_drops_total{reason=\"policy-denied-ingress\",direction=\"ingress\"} 2\n",
+            "weir_flow_drops_total{reason=\"unknown\",direction=\"unknown\"} 1\n",
+            "weir_flow_events_lost_total 12\n",
+            "weir_flow_buffer_flows 2\n",
+            "weir_flow_buffer_capacity 2\n",
+        ] {
+            assert!(out.contains(want), "{want} in\n{out}");
+        }
+        assert!(!out.contains("reason=\"passed\""));
+        assert!(!out.contains("reason=\"unknown\",direction=\"ingress\""), "unknown only when seen");
+    }
+
+    #[tokio::test]
+    async fn followers_get_the_history_then_live_flows() {
+        let hub = Hub::new(10, None);
+        let flow = |v: &str| Arc::new(crate::observe::flows::filter::tests::flow("x/a", "y/b", v));
+        hub.keep(vec![flow("allowed"), flow("dropped")]);
+        let req = Request::parse(r#"{"follow":true,"filter":{"verdict":"dropped"}}"#).unwrap();
+        let (past, live) = hub.subscribe(&req);
+        assert_eq!(past.len(), 1);
+        let mut live = live.unwrap();
+        hub.keep(vec![flow("translated")]);
+        assert_eq!(live.recv().await.unwrap().verdict, "translated", "filtered by the server, not the channel");
+        let (past, live) = hub.subscribe(&Request::default());
+        assert_eq!(past.len(), 3);
+        assert!(live.is_none());
+    }
+}

@@ -1,0 +1,333 @@
+//! The names behind a flow's numbers, in one table the reconcile loop
+//! rebuilds after each pass and swaps in whole; the reader names every
+//! flow from the table it holds, without locks or recomputation per flow.
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::Ipv4Addr,
+};
+
+use weir_common::{
+    DropReason,
+    flow::{FLOW_DIR_EGRESS, FLOW_DIR_INGRESS, FlowEvent, FlowVerdict},
+};
+
+use super::flow::{Clock, Flow, Peer, direction_name, protocol_name, reason_name, rfc3339, verdict_name};
+use crate::model::ClusterIndex;
+
+#[derive(Clone, Debug, Default)]
+pub struct NameTable {
+    pub node: String,
+    /// Pod address -> `namespace/name` (pods of every node).
+    pods_by_ip: HashMap<Ipv4Addr, String>,
+    /// Local endpoint (host veth ifindex) -> `namespace/name`.
+    endpoints: BTreeMap<u32, String>,
+    /// Node address -> node name.
+    nodes_by_ip: HashMap<Ipv4Addr, String>,
+    /// (frontend address, port, protocol) -> Service `namespace/name`.
+    frontends: HashMap<(Ipv4Addr, u16, u8), String>,
+    /// (nodePort, protocol) -> Service.
+    node_ports: HashMap<(u16, u8), String>,
+    /// Policy slot -> policy `namespace/name`.
+    slots: BTreeMap<u32, String>,
+    /// Local pod -> (policies isolating it for ingress, for egress).
+    isolating: HashMap<String, (Vec<String>, Vec<String>)>,
+}
+
+impl NameTable {
+    /// The table for `index`: `slots` and `endpoints` as the policy sync
+    /// knows them (`PolicySync::names`).
+    pub fn build(
+        index: &ClusterIndex,
+        node: &str,
+        slots: BTreeMap<u32, String>,
+        endpoints: BTreeMap<u32, String>,
+    ) -> Self {
+        let nodes_by_ip: HashMap<_, _> = index.nodes().filter_map(|n| Some((n.internal_ip?, n.name.clone()))).collect();
+        // A host-network pod has its node's address: that names the node.
+        let pods_by_ip = index
+            .pods
+            .iter()
+            .filter_map(|p| Some((p.ip?, p.key.clone())))
+            .filter(|(ip, _)| !nodes_by_ip.contains_key(ip))
+            .collect();
+        let mut frontends = HashMap::new();
+        let mut node_ports = HashMap::new();
+        for svc in index.services.iter() {
+            for port in &svc.ports {
+                let proto = port.protocol.number();
+                for ip in svc.cluster_ips.iter().chain(&svc.external_ips).chain(&svc.lb_ingress_ips) {
+                    frontends.insert((*ip, port.port, proto), svc.key.clone());
+                }
+                if let Some(np) = port.node_port {
+                    node_ports.insert((np, proto), svc.key.clone());
+                }
+            }
+        }
+        let mut isolating = HashMap::new();
+        for key in endpoints.values() {
+            let Some(pod) = index.pods.get(key) else { continue };
+            let (mut ingress, mut egress) = (Vec::new(), Vec::new());
+            for policy in index.policies.iter().filter(|p| p.selects(pod)) {
+                if policy.ingress_enabled {
+                    ingress.push(policy.key.clone());
+                }
+                if policy.egress_enabled {
+                    egress.push(policy.key.clone());
+                }
+            }
+            isolating.insert(key.clone(), (ingress, egress));
+        }
+        Self { node: node.to_string(), pods_by_ip, endpoints, nodes_by_ip, frontends, node_ports, slots, isolating }
+    }
+
+    /// `ip:port`, named by address.
+    fn peer(&self, ip: Ipv4Addr, port: u16) -> Peer {
+        let mut peer = Peer::new(ip, port).with_pod(self.pods_by_ip.get(&ip).map(String::as_str));
+        if peer.pod.is_none() {
+            peer.node = self.nodes_by_ip.get(&ip).cloned();
+        }
+        peer
+    }
+
+    /// The local endpoint's peer: named by its interface when the datapath
+    /// saw the packet on a pod's veth, else by address.
+    fn local_peer(&self, ip: Ipv4Addr, port: u16, ifindex: u32) -> Peer {
+        match self.endpoints.get(&ifindex) {
+            Some(pod) => Peer::new(ip, port).with_pod(Some(pod)),
+            None => self.peer(ip, port),
+        }
+    }
+
+    /// The Service of a translated frontend.
+    fn service(&self, addr: Ipv4Addr, port: u16, proto: u8) -> Option<String> {
+        self.frontends.get(&(addr, port, proto)).or_else(|| self.node_ports.get(&(port, proto))).cloned()
+    }
+
+    /// The flow of `ev`, named.
+    pub fn enrich(&self, ev: &FlowEvent, clock: &Clock) -> Flow {
+        let (saddr, daddr) = (Ipv4Addr::from(ev.saddr), Ipv4Addr::from(ev.daddr));
+        let verdict = FlowVerdict::from_u8(ev.verdict);
+        let translated = verdict == Some(FlowVerdict::Translated);
+        let source = match ev.direction {
+            FLOW_DIR_EGRESS => self.local_peer(saddr, ev.sport, ev.ifindex),
+            _ => self.peer(saddr, ev.sport),
+        };
+        let destination = match ev.direction {
+            FLOW_DIR_INGRESS if !translated => self.local_peer(daddr, ev.dport, ev.ifindex),
+            _ if translated => Peer::new(daddr, ev.dport),
+            _ => self.peer(daddr, ev.dport),
+        };
+        let (service, backend) = if translated {
+            (self.service(daddr, ev.dport, ev.protocol), Some(self.peer(Ipv4Addr::from(ev.xlate_addr), ev.xlate_port)))
+        } else {
+            (None, None)
+        };
+        let isolating = |peer: &Peer, egress: bool| -> Vec<String> {
+            peer.name()
+                .and_then(|key| self.isolating.get(&key))
+                .map(|(i, e)| if egress { e.clone() } else { i.clone() })
+                .unwrap_or_default()
+        };
+        let (reason, policies) = match verdict {
+            Some(FlowVerdict::Dropped) => {
+                let policies = if ev.reason == DropReason::PolicyIngress as u8 {
+                    isolating(&destination, false)
+                } else if ev.reason == DropReason::PolicyEgress as u8 {
+                    isolating(&source, true)
+                } else {
+                    Vec::new()
+                };
+                (Some(reason_name(ev.reason).to_string()), policies)
+            }
+            Some(FlowVerdict::Allowed) if ev.policy_slot != 0 => (
+                None,
+                vec![
+                    self.slots
+                        .get(&ev.policy_slot)
+                        .cloned()
+                        .unwrap_or_else(|| format!("policy slot {}", ev.policy_slot)),
+                ],
+            ),
+            _ => (None, Vec::new()),
+        };
+        let time_unix_ns = clock.wall(ev.timestamp_ns);
+        Flow {
+            time: rfc3339(time_unix_ns),
+            time_unix_ns,
+            node: self.node.clone(),
+            verdict: verdict_name(ev.verdict).into(),
+            reason,
+            direction: direction_name(ev.direction).into(),
+            protocol: protocol_name(ev.protocol),
+            source,
+            destination,
+            service,
+            backend,
+            policies,
+            ifindex: ev.ifindex,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use weir_common::flow::FLOW_DIR_UNKNOWN;
+
+    use super::*;
+    use crate::model::{
+        NodeInfo,
+        index::Change,
+        policy::{
+            selector::{LabelSelector, labels},
+            types::{NetworkPolicyInfo, PodInfo},
+        },
+        service::{Protocol, ServiceInfo, ServicePort, ServiceType},
+    };
+
+    fn pod(key: &str, ip: [u8; 4], app: &str) -> PodInfo {
+        PodInfo {
+            key: key.into(),
+            namespace: key.split_once('/').unwrap().0.into(),
+            labels: labels(&[("app", app)]),
+            ip: Some(Ipv4Addr::from(ip)),
+            node: None,
+            named_ports: vec![],
+        }
+    }
+
+    fn index() -> ClusterIndex {
+        let mut idx = ClusterIndex::default();
+        idx.nodes.change(Change::Relisted(vec![NodeInfo {
+            name: "n1".into(),
+            pod_cidr: None,
+            internal_ip: Some(Ipv4Addr::new(172, 18, 0, 2)),
+        }]));
+        idx.pods.change(Change::Relisted(vec![
+            pod("x/a", [10, 244, 1, 5], "a"),
+            pod("y/b", [10, 244, 2, 7], "web"),
+            pod("kube-system/agent", [172, 18, 0, 2], "agent"),
+        ]));
+        let mut svc = ServiceInfo::cluster_ip("y/web", Ipv4Addr::new(10, 96, 0, 10));
+        svc.type_ = ServiceType::NodePort;
+        svc.ports =
+            vec![ServicePort { name: String::new(), port: 80, protocol: Protocol::Tcp, node_port: Some(30080) }];
+        idx.change_services(Change::Relisted(vec![svc]));
+        idx.policies.change(Change::Relisted(vec![NetworkPolicyInfo {
+            key: "y/deny-all".into(),
+            namespace: "y".into(),
+            pod_selector: LabelSelector::default(),
+            ingress_enabled: true,
+            egress_enabled: false,
+            ingress: vec![],
+            egress: vec![],
+        }]));
+        idx
+    }
+
+    fn table() -> NameTable {
+        NameTable::build(
+            &index(),
+            "n1",
+            BTreeMap::from([(3, "y/allow-web".into())]),
+            BTreeMap::from([(21, "y/b".into()), (20, "x/a".into())]),
+        )
+    }
+
+    fn event(verdict: FlowVerdict, direction: u8) -> FlowEvent {
+        FlowEvent {
+            timestamp_ns: 2_000,
+            saddr: [10, 244, 1, 5],
+            daddr: [10, 244, 2, 7],
+            sport: 40000,
+            dport: 80,
+            protocol: 6,
+            verdict: verdict as u8,
+            direction,
+            ifindex: 21,
+            ..Default::default()
+        }
+    }
+
+    const CLOCK: Clock = Clock::from_pair(1_000, 1_796_509_474_000_000_000);
+
+    #[test]
+    fn a_policy_drop_names_both_pods_and_the_isolating_policy() {
+        let mut ev = event(FlowVerdict::Dropped, FLOW_DIR_INGRESS);
+        ev.reason = DropReason::PolicyIngress as u8;
+        let f = table().enrich(&ev, &CLOCK);
+        assert_eq!(f.time, "2026-12-05T22:24:34.000001000Z");
+        assert_eq!((f.verdict.as_str(), f.direction.as_str(), f.protocol.as_str()), ("dropped", "ingress", "TCP"));
+        assert_eq!(f.reason.as_deref(), Some("policy-denied-ingress"));
+        assert_eq!(f.source.name().as_deref(), Some("x/a"));
+        assert_eq!(f.destination.name().as_deref(), Some("y/b"));
+        assert_eq!(f.policies, ["y/deny-all"]);
+        assert_eq!(f.node, "n1");
+        assert_eq!(
+            f.line(),
+            "22:24:34.000 x/a 10.244.1.5:40000 -> y/b 10.244.2.7:80 TCP DROPPED policy-denied-ingress (policy: y/deny-all)"
+        );
+        // Egress drops name the source's egress policies: none here.
+        ev.reason = DropReason::PolicyEgress as u8;
+        ev.direction = FLOW_DIR_EGRESS;
+        ev.ifindex = 20;
+        assert!(table().enrich(&ev, &CLOCK).policies.is_empty());
+    }
+
+    #[test]
+    fn an_allowed_flow_names_its_policy_slot_and_the_local_pod_by_interface() {
+        let mut ev = event(FlowVerdict::Allowed, FLOW_DIR_INGRESS);
+        ev.policy_slot = 3;
+        // The address is unknown, the interface is y/b's.
+        ev.daddr = [10, 244, 2, 99];
+        let f = table().enrich(&ev, &CLOCK);
+        assert_eq!(f.policies, ["y/allow-web"]);
+        assert_eq!(f.destination.name().as_deref(), Some("y/b"));
+        assert!(f.reason.is_none());
+        ev.policy_slot = 0;
+        assert!(table().enrich(&ev, &CLOCK).policies.is_empty());
+        ev.policy_slot = 77;
+        assert_eq!(table().enrich(&ev, &CLOCK).policies, ["policy slot 77"]);
+    }
+
+    #[test]
+    fn a_translated_flow_names_the_service_and_the_backend() {
+        let mut ev = event(FlowVerdict::Translated, FLOW_DIR_EGRESS);
+        ev.ifindex = 20;
+        ev.daddr = [10, 96, 0, 10];
+        ev.xlate_addr = [10, 244, 2, 7];
+        ev.xlate_port = 8080;
+        let f = table().enrich(&ev, &CLOCK);
+        assert_eq!(f.service.as_deref(), Some("y/web"));
+        assert_eq!(f.backend.as_ref().and_then(Peer::name).as_deref(), Some("y/b"));
+        assert_eq!(f.destination.name(), None);
+        assert_eq!(
+            f.line(),
+            "22:24:34.000 x/a 10.244.1.5:40000 -> service y/web 10.96.0.10:80 => y/b 10.244.2.7:8080 TCP TRANSLATED"
+        );
+        // NodePort, on the uplink: any node address, the nodePort.
+        ev.direction = FLOW_DIR_INGRESS;
+        ev.ifindex = 2;
+        ev.saddr = [192, 168, 1, 1];
+        ev.daddr = [172, 18, 0, 2];
+        ev.dport = 30080;
+        let f = table().enrich(&ev, &CLOCK);
+        assert_eq!(f.service.as_deref(), Some("y/web"));
+        assert_eq!(f.destination.node.as_deref(), None, "the frontend is not named");
+        assert_eq!(f.source.name(), None);
+    }
+
+    #[test]
+    fn node_addresses_name_the_node_not_host_network_pods() {
+        let mut ev = event(FlowVerdict::Dropped, FLOW_DIR_UNKNOWN);
+        ev.saddr = [172, 18, 0, 2];
+        ev.protocol = 1;
+        ev.sport = 0;
+        ev.reason = DropReason::SourceSpoofed as u8;
+        let f = table().enrich(&ev, &CLOCK);
+        assert_eq!(f.source.name().as_deref(), Some("node/n1"));
+        assert_eq!(f.source.address(), "172.18.0.2");
+        assert_eq!((f.direction.as_str(), f.protocol.as_str()), ("unknown", "ICMP"));
+        assert_eq!(f.reason.as_deref(), Some("source-spoofed"));
+        assert!(f.policies.is_empty());
+    }
+}
