@@ -93,12 +93,12 @@ fn count_lost() {
     }
 }
 
-// Not inlined: one BPF-to-BPF function per program, whatever the number of
-// call sites, so the verifier walks the ring buffer code once per call
-// instead of the programs growing by a copy at each site. Five arguments,
-// the most a BPF call takes: `tag` is verdict | reason << 8 | direction
-// << 16, `xlate` the backend's address | port << 32.
-#[inline(never)]
+// Inlined at each call site. As a BPF-to-BPF function it was smaller, but
+// the verifier walked it once per path reaching a call, and could not prune
+// the caller's paths after it: weir_from_pod went from 38k to 87k verified
+// instructions (6.18), against 40k inlined. `tag` is verdict | reason << 8 |
+// direction << 16, `xlate` the backend's address | port << 32.
+#[inline(always)]
 fn emit(flow: &Flow, tag: u32, ifindex: u32, policy_slot: u32, xlate: u64) {
     // Safety: helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
