@@ -3,12 +3,17 @@
 //! appended and the followers are sent to under one lock, so a client that
 //! takes the history and subscribes under it misses nothing and sees
 //! nothing twice.
+//!
+//! A flow naming a policy slot the name table does not know yet (allowed
+//! by a policy the reconcile loop wrote moments ago, before it swapped in
+//! the names) waits for the next table, or at most `HOLD`.
 use std::{
     fmt::Write as _,
     sync::{
         Arc, Mutex, RwLock,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
+    time::{Duration, Instant},
 };
 
 use tokio::sync::broadcast;
@@ -27,13 +32,20 @@ use super::{
 
 /// Flows a follower may fall behind by before it misses some.
 const LIVE_QUEUE: usize = 4096;
+/// The longest a flow waits for names, and the most flows waiting.
+pub const HOLD: Duration = Duration::from_secs(1);
+const MAX_HELD: usize = 1024;
 
 const VERDICTS: usize = 4; // unknown, allowed, dropped, translated
 const DIRECTIONS: usize = 3; // unknown, ingress, egress
 const REASONS: usize = DropReason::COUNT as usize + 1; // the last: unknown
 
 pub struct Hub {
+    /// CLOCK_MONOTONIC to wall time.
+    clock: Clock,
     names: RwLock<Arc<NameTable>>,
+    /// Events waiting for names, with when they came.
+    held: Mutex<Vec<(FlowEvent, Instant)>>,
     history: Mutex<FlowBuffer>,
     live: broadcast::Sender<Arc<Flow>>,
     log: Option<FlowLog>,
@@ -47,8 +59,14 @@ pub struct Hub {
 
 impl Hub {
     pub fn new(buffer: usize, log: Option<FlowLog>) -> Self {
+        Self::with_clock(buffer, log, Clock::now())
+    }
+
+    pub fn with_clock(buffer: usize, log: Option<FlowLog>, clock: Clock) -> Self {
         Self {
+            clock,
             names: RwLock::new(Arc::new(NameTable::default())),
+            held: Mutex::new(Vec::new()),
             history: Mutex::new(FlowBuffer::new(buffer)),
             live: broadcast::channel(LIVE_QUEUE).0,
             log,
@@ -59,9 +77,30 @@ impl Hub {
         }
     }
 
-    /// Swaps in the names of the last reconcile.
+    /// Swaps in the names of the last reconcile; the flows waiting for
+    /// names go on with these.
     pub fn set_names(&self, names: NameTable) {
-        *self.names.write().expect("lock") = Arc::new(names);
+        let names = Arc::new(names);
+        *self.names.write().expect("lock") = names.clone();
+        let held = std::mem::take(&mut *self.held.lock().expect("lock"));
+        if !held.is_empty() {
+            let events: Vec<FlowEvent> = held.into_iter().map(|(ev, _)| ev).collect();
+            self.publish(&names, &events);
+        }
+    }
+
+    /// Lets flows that waited `HOLD` for names go on with the names there
+    /// are (the reader calls this on a timer).
+    pub fn release_held(&self, now: Instant) {
+        let due: Vec<FlowEvent> = {
+            let mut held = self.held.lock().expect("lock");
+            let (due, keep): (Vec<_>, Vec<_>) = held.drain(..).partition(|(_, at)| now.duration_since(*at) >= HOLD);
+            *held = keep;
+            due.into_iter().map(|(ev, _)| ev).collect()
+        };
+        if !due.is_empty() {
+            self.publish(&self.names(), &due);
+        }
     }
 
     pub fn names(&self) -> Arc<NameTable> {
@@ -76,19 +115,35 @@ impl Hub {
         self.reading.store(reading, Ordering::Relaxed);
     }
 
-    /// Names, counts, logs and keeps a batch of events.
-    pub fn ingest(&self, events: &[FlowEvent], clock: &Clock) {
+    /// Counts a batch of events, and names, logs and keeps those whose
+    /// names are known (the others wait, see `set_names`).
+    pub fn ingest(&self, events: &[FlowEvent]) {
         if events.is_empty() {
             return;
         }
         let names = self.names();
-        let flows: Vec<Arc<Flow>> = events
-            .iter()
-            .map(|ev| {
+        let mut ready = Vec::with_capacity(events.len());
+        {
+            let mut held = self.held.lock().expect("lock");
+            let now = Instant::now();
+            for ev in events {
                 self.count(ev);
-                Arc::new(names.enrich(ev, clock))
-            })
-            .collect();
+                if names.knows(ev) || held.len() >= MAX_HELD {
+                    ready.push(*ev);
+                } else {
+                    held.push((*ev, now));
+                }
+            }
+        }
+        self.publish(&names, &ready);
+    }
+
+    /// Names, logs and keeps events.
+    fn publish(&self, names: &NameTable, events: &[FlowEvent]) {
+        if events.is_empty() {
+            return;
+        }
+        let flows: Vec<Arc<Flow>> = events.iter().map(|ev| Arc::new(names.enrich(ev, &self.clock))).collect();
         if let Some(log) = &self.log {
             for f in &flows {
                 log.send(f);
@@ -203,23 +258,19 @@ mod tests {
 
     #[test]
     fn counts_by_verdict_direction_and_reason() {
-        let hub = Hub::new(2, None);
-        let clock = Clock::from_pair(0, 0);
+        let hub = Hub::with_clock(2, None, Clock::from_pair(0, 0));
         let ev = |verdict: FlowVerdict, reason: DropReason, direction: u8| FlowEvent {
             verdict: verdict as u8,
             reason: if verdict == FlowVerdict::Dropped { reason as u8 } else { 0 },
             direction,
             ..Default::default()
         };
-        hub.ingest(
-            &[
-                ev(FlowVerdict::Allowed, DropReason::Passed, FLOW_DIR_EGRESS),
-                ev(FlowVerdict::Dropped, DropReason::PolicyIngress, FLOW_DIR_INGRESS),
-                ev(FlowVerdict::Dropped, DropReason::PolicyIngress, FLOW_DIR_INGRESS),
-                FlowEvent { verdict: 2, reason: 99, ..Default::default() },
-            ],
-            &clock,
-        );
+        hub.ingest(&[
+            ev(FlowVerdict::Allowed, DropReason::Passed, FLOW_DIR_EGRESS),
+            ev(FlowVerdict::Dropped, DropReason::PolicyIngress, FLOW_DIR_INGRESS),
+            ev(FlowVerdict::Dropped, DropReason::PolicyIngress, FLOW_DIR_INGRESS),
+            FlowEvent { verdict: 2, reason: 99, ..Default::default() },
+        ]);
         hub.set_lost(12);
         let mut out = String::new();
         hub.render(&mut out);
@@ -238,6 +289,39 @@ mod tests {
         }
         assert!(!out.contains("reason=\"passed\""));
         assert!(!out.contains("reason=\"unknown\",direction=\"ingress\""), "unknown only when seen");
+    }
+
+    #[test]
+    fn flows_with_a_slot_not_named_yet_wait_for_the_names() {
+        use std::collections::BTreeMap;
+
+        use crate::model::ClusterIndex;
+        let hub = Hub::with_clock(10, None, Clock::from_pair(0, 0));
+        let allowed = |slot| FlowEvent {
+            verdict: FlowVerdict::Allowed as u8,
+            direction: FLOW_DIR_INGRESS,
+            policy_slot: slot,
+            ..Default::default()
+        };
+        hub.ingest(&[allowed(0), allowed(4)]);
+        let all = || hub.subscribe(&Request::default()).0;
+        assert_eq!(all().len(), 1, "slot 4 waits");
+        let mut out = String::new();
+        hub.render(&mut out);
+        assert!(out.contains("weir_flows_total{verdict=\"allowed\",direction=\"ingress\"} 2"), "counted at once");
+        let names =
+            |slots: BTreeMap<u32, String>| NameTable::build(&ClusterIndex::default(), "n1", slots, BTreeMap::new());
+        hub.set_names(names(BTreeMap::from([(4, "y/web".to_string())])));
+        let flows = all();
+        assert_eq!(flows.len(), 2);
+        assert_eq!(flows[1].policies, ["y/web"]);
+
+        // A slot no table names goes on after HOLD, numbered.
+        hub.ingest(&[allowed(9)]);
+        hub.release_held(Instant::now());
+        assert_eq!(all().len(), 2);
+        hub.release_held(Instant::now() + HOLD);
+        assert_eq!(all().last().unwrap().policies, ["policy slot 9"]);
     }
 
     #[tokio::test]

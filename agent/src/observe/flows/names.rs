@@ -80,6 +80,31 @@ impl NameTable {
         Self { node: node.to_string(), pods_by_ip, endpoints, nodes_by_ip, frontends, node_ports, slots, isolating }
     }
 
+    /// Whether the table is recent enough for `ev`: it names the policy
+    /// slot, and for a drop by policy it knows policies isolating the pod
+    /// in that direction. A flow allowed or dropped under a policy the
+    /// reconcile loop has just written reaches the agent before the table
+    /// naming it is swapped in.
+    pub fn knows(&self, ev: &FlowEvent) -> bool {
+        if ev.policy_slot != 0 && !self.slots.contains_key(&ev.policy_slot) {
+            return false;
+        }
+        if ev.verdict != FlowVerdict::Dropped as u8 {
+            return true;
+        }
+        let isolated = |egress: bool| {
+            self.endpoints
+                .get(&ev.ifindex)
+                .and_then(|pod| self.isolating.get(pod))
+                .is_some_and(|(i, e)| !if egress { e } else { i }.is_empty())
+        };
+        match ev.reason {
+            r if r == DropReason::PolicyIngress as u8 => isolated(false),
+            r if r == DropReason::PolicyEgress as u8 => isolated(true),
+            _ => true,
+        }
+    }
+
     /// `ip:port`, named by address.
     fn peer(&self, ip: Ipv4Addr, port: u16) -> Peer {
         let mut peer = Peer::new(ip, port).with_pod(self.pods_by_ip.get(&ip).map(String::as_str));
@@ -254,6 +279,7 @@ mod tests {
     fn a_policy_drop_names_both_pods_and_the_isolating_policy() {
         let mut ev = event(FlowVerdict::Dropped, FLOW_DIR_INGRESS);
         ev.reason = DropReason::PolicyIngress as u8;
+        assert!(table().knows(&ev));
         let f = table().enrich(&ev, &CLOCK);
         assert_eq!(f.time, "2026-12-05T22:24:34.000001000Z");
         assert_eq!((f.verdict.as_str(), f.direction.as_str(), f.protocol.as_str()), ("dropped", "ingress", "TCP"));
@@ -270,7 +296,10 @@ mod tests {
         ev.reason = DropReason::PolicyEgress as u8;
         ev.direction = FLOW_DIR_EGRESS;
         ev.ifindex = 20;
+        assert!(!table().knows(&ev), "x/a is isolated for egress by no policy the table knows: too old");
         assert!(table().enrich(&ev, &CLOCK).policies.is_empty());
+        ev.reason = DropReason::SourceSpoofed as u8;
+        assert!(table().knows(&ev));
     }
 
     #[test]
@@ -285,7 +314,9 @@ mod tests {
         assert!(f.reason.is_none());
         ev.policy_slot = 0;
         assert!(table().enrich(&ev, &CLOCK).policies.is_empty());
+        assert!(table().knows(&ev));
         ev.policy_slot = 77;
+        assert!(!table().knows(&ev));
         assert_eq!(table().enrich(&ev, &CLOCK).policies, ["policy slot 77"]);
     }
 

@@ -13,14 +13,12 @@ use weir_common::{
     pin,
 };
 
-use super::{
-    flow::{Clock, parse_event},
-    hub::Hub,
-};
+use super::{flow::parse_event, hub::Hub};
 use crate::datapath::pinned;
 
-/// How often the held back events are read.
-const LOST_EVERY: Duration = Duration::from_secs(5);
+/// How often the held back events are read, and flows waiting for names
+/// let go (see `hub`).
+const TICK: Duration = Duration::from_secs(1);
 
 /// `FlowRate` as aya reads and writes it (the common crate's type does not
 /// implement aya's `Pod`).
@@ -85,8 +83,7 @@ pub async fn run(pin_dir: std::path::PathBuf, hub: Arc<Hub>) {
         };
     hub.set_reading(true);
     info!("reading flow events");
-    let clock = Clock::now();
-    let mut tick = tokio::time::interval(LOST_EVERY);
+    let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut batch: Vec<FlowEvent> = Vec::with_capacity(256);
     loop {
@@ -107,13 +104,14 @@ pub async fn run(pin_dir: std::path::PathBuf, hub: Arc<Hub>) {
                     }
                 }
                 guard.clear_ready();
-                hub.ingest(&batch, &clock);
+                hub.ingest(&batch);
                 batch.clear();
             }
             _ = tick.tick() => {
                 if let Some(n) = lost_map.as_ref().and_then(lost) {
                     hub.set_lost(n);
                 }
+                hub.release_held(std::time::Instant::now());
             }
         }
     }

@@ -1,0 +1,185 @@
+//! Flow events end to end (issue #13): one node with its agent, pods x/a
+//! and y/b, a NetworkPolicy in y letting x/a reach y/b on TCP 80 only, and
+//! a ClusterIP Service over y/b. x/a connects to y/b on 80 (allowed), on 81
+//! (denied) and to the Service; `weir-agent observe`, run as an operator
+//! runs it on the node (in its namespace, against its run dir), shows all
+//! three with pod, policy and Service names.
+
+use std::{
+    net::Ipv4Addr,
+    thread,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+use weir_testbed::{
+    Node, Pod, Topology, echo,
+    manifest::{self, PodObject, SvcPort},
+    policy_cluster::labels,
+    probe::{Outcome, Probe, Prober, Proto},
+    tools,
+};
+
+const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 90);
+const POLICY: &str = "allow-a-80";
+
+const POLICY_SPEC: &str = "
+podSelector:
+  matchLabels: {pod: b}
+policyTypes: [Ingress]
+ingress:
+- from:
+  - namespaceSelector: {matchLabels: {ns: x}}
+    podSelector: {matchLabels: {pod: a}}
+  ports:
+  - {protocol: TCP, port: 80}
+";
+
+/// `weir-agent observe <args>` in the node's namespace; its stdout.
+fn observe(node: &Node, args: &[&str]) -> String {
+    let agent = weir_testbed::bins::weir_agent().unwrap().display().to_string();
+    let run = node.dirs.run.display().to_string();
+    let mut argv = vec![agent.as_str(), "observe", "--run-dir", run.as_str()];
+    argv.extend_from_slice(args);
+    let out = node.netns.output(&argv).unwrap();
+    assert!(out.success(), "weir-agent observe {args:?}: {}", out.stderr_str());
+    out.stdout_str().to_string()
+}
+
+fn flows(node: &Node) -> Vec<Value> {
+    observe(node, &["--json", "--last", "100"])
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
+}
+
+fn pod_of(peer: &Value) -> String {
+    format!("{}/{}", peer["namespace"].as_str().unwrap_or("?"), peer["pod"].as_str().unwrap_or("?"))
+}
+
+/// What x/a's three connections should have left in the flow log.
+#[derive(Debug, Default)]
+struct Seen {
+    allowed: Option<Value>,
+    denied: Option<Value>,
+    translated: Option<Value>,
+}
+
+fn find(flows: &[Value], b: Ipv4Addr) -> Seen {
+    let mut seen = Seen::default();
+    let b = b.to_string();
+    for f in flows {
+        let (src, dst) = (&f["source"], &f["destination"]);
+        if pod_of(src) != "x/a" || f["protocol"] != "TCP" {
+            continue;
+        }
+        match f["verdict"].as_str() {
+            // The policy's check at y/b (x/a's own egress is not isolated:
+            // its allowed flow names no policy).
+            Some("allowed") if dst["ip"] == b.as_str() && dst["port"] == 80 && f["direction"] == "ingress" => {
+                seen.allowed = Some(f.clone())
+            }
+            Some("dropped") if dst["ip"] == b.as_str() && dst["port"] == 81 => seen.denied = Some(f.clone()),
+            Some("translated") if dst["ip"] == VIP.to_string().as_str() => seen.translated = Some(f.clone()),
+            _ => {}
+        }
+    }
+    seen
+}
+
+#[test]
+fn denied_allowed_and_translated_flows_are_observed_with_names() {
+    weir_testbed::privileged(&[tools::IP, tools::PYTHON3]);
+    let (topo, agent) = Topology::one_node_with_agent("flow_observe");
+    let node = topo.node("n1");
+    for ns in ["x", "y"] {
+        let yaml = manifest::namespace_yaml(ns, &labels(&[("ns", ns)]));
+        topo.write_manifest(&format!("namespace_{ns}.yaml"), &[yaml]).unwrap();
+    }
+    let list = node.agent_conflist().unwrap();
+    let a = Pod::create_k8s(node, "x-a", PodObject::new("x", "a").label("pod", "a"), &list).unwrap();
+    let b = Pod::create_k8s(node, "y-b", PodObject::new("y", "b").label("pod", "b"), &list).unwrap();
+    let log = node.dirs.logs.join("serve-y-b.log");
+    let _servers = echo::serve_ports(&b.netns, "y/b", &[80, 81], &log, false).unwrap();
+    let mut prober = Prober::start(&a.netns).unwrap();
+
+    topo.write_manifest("netpol.yaml", &[manifest::network_policy_yaml("y", POLICY, POLICY_SPEC)]).unwrap();
+    let ports = [SvcPort { name: "http", protocol: "TCP", port: 80, target_port: 80, node_port: None }];
+    let svc = [
+        manifest::service_yaml("web", VIP, &ports, false),
+        manifest::endpoint_slice_yaml("web", &[("http", "TCP", 80)], &[(b.ip, node.name.as_str())]),
+    ];
+    topo.write_manifest("svc_web.yaml", &svc).unwrap();
+
+    // Until the policy and the Service are in place: 80 and the Service
+    // answer, 81 does not.
+    let probes = [
+        Probe { dst: b.ip, port: 80, proto: Proto::Tcp, src_port: 0 },
+        Probe { dst: b.ip, port: 81, proto: Proto::Tcp, src_port: 0 },
+        Probe { dst: VIP, port: 80, proto: Proto::Tcp, src_port: 0 },
+    ];
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = prober.run(&probes, Duration::from_secs(1)).unwrap();
+        let want = matches!(&out[0], Outcome::Answered(by) if by == "y/b")
+            && matches!(out[1], Outcome::Blocked(_))
+            && matches!(&out[2], Outcome::Answered(by) if by == "y/b");
+        if want {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the policy and the Service never took effect: {out:?}");
+        thread::sleep(Duration::from_millis(200));
+    }
+
+    // Once more, all under the policy and the Service: the last flows of
+    // each kind are these.
+    let out = prober.run(&probes, Duration::from_secs(1)).unwrap();
+    assert!(matches!(out[1], Outcome::Blocked(_)), "{out:?}");
+
+    // The events reach the agent within moments of the probes.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let seen = loop {
+        let all = flows(node);
+        let seen = find(&all, b.ip);
+        if seen.allowed.is_some() && seen.denied.is_some() && seen.translated.is_some() {
+            break seen;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "flows missing: {seen:?}\nall flows:\n{}\nagent log:\n{}",
+            all.iter().map(Value::to_string).collect::<Vec<_>>().join("\n"),
+            agent.log_tail(40)
+        );
+        thread::sleep(Duration::from_millis(200));
+    };
+
+    let allowed = seen.allowed.unwrap();
+    assert_eq!(pod_of(&allowed["destination"]), "y/b", "{allowed}");
+    assert_eq!(allowed["policies"], serde_json::json!([format!("y/{POLICY}")]), "{allowed}\n{}", agent.log_tail(30));
+    assert_eq!(allowed["node"], node.name.as_str(), "{allowed}");
+
+    let denied = seen.denied.unwrap();
+    assert_eq!(pod_of(&denied["destination"]), "y/b", "{denied}");
+    assert_eq!(denied["reason"], "policy-denied-ingress", "{denied}");
+    assert_eq!(denied["direction"], "ingress", "{denied}");
+    assert_eq!(denied["policies"], serde_json::json!([format!("y/{POLICY}")]), "{denied}");
+
+    let translated = seen.translated.unwrap();
+    assert_eq!(translated["service"], "default/web", "{translated}");
+    assert_eq!(pod_of(&translated["backend"]), "y/b", "{translated}");
+    assert_eq!(translated["backend"]["port"], 80, "{translated}");
+
+    // Filters, and the readable form.
+    let dropped = observe(node, &["--verdict", "dropped", "--pod", "y/b", "--port", "81", "--last", "100"]);
+    let want = format!("x/a {}:", a.ip);
+    let line = dropped.lines().find(|l| l.contains(&want)).unwrap_or_else(|| panic!("no x/a line in\n{dropped}"));
+    assert!(
+        line.contains(&format!("-> y/b {}:81 TCP DROPPED policy-denied-ingress (policy: y/{POLICY})", b.ip)),
+        "{line}"
+    );
+    assert!(!dropped.contains("ALLOWED") && !dropped.contains("TRANSLATED"), "{dropped}");
+    let by_service = observe(node, &["--service", "default/web", "--json", "--last", "100"]);
+    assert!(!by_service.is_empty() && by_service.lines().all(|l| l.contains("\"service\":\"default/web\"")));
+    let nothing = observe(node, &["--namespace", "nowhere", "--json", "--last", "100"]);
+    assert!(nothing.is_empty(), "{nothing}");
+}
