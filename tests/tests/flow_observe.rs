@@ -89,7 +89,7 @@ fn find(flows: &[Value], b: Ipv4Addr) -> Seen {
 
 #[test]
 fn denied_allowed_and_translated_flows_are_observed_with_names() {
-    weir_testbed::privileged(&[tools::IP, tools::PYTHON3]);
+    weir_testbed::privileged(&[tools::IP, tools::PYTHON3, tools::CURL]);
     let (topo, agent) = Topology::one_node_with_agent("flow_observe");
     let node = topo.node("n1");
     for ns in ["x", "y"] {
@@ -182,4 +182,17 @@ fn denied_allowed_and_translated_flows_are_observed_with_names() {
     assert!(!by_service.is_empty() && by_service.lines().all(|l| l.contains("\"service\":\"default/web\"")));
     let nothing = observe(node, &["--namespace", "nowhere", "--json", "--last", "100"]);
     assert!(nothing.is_empty(), "{nothing}");
+
+    // /metrics counts them (the agent's status endpoint in the node).
+    let metrics = node.netns.run(&["curl", "-sf", "http://127.0.0.1:9878/metrics"]).unwrap();
+    let sample = |name: &str| -> f64 {
+        let line = metrics.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("no {name} in\n{metrics}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    assert!(sample("weir_flows_total{verdict=\"dropped\",direction=\"ingress\"}") >= 1.0);
+    assert!(sample("weir_flows_total{verdict=\"translated\",direction=\"egress\"}") >= 1.0);
+    assert!(sample("weir_flow_drops_total{reason=\"policy-denied-ingress\",direction=\"ingress\"}") >= 1.0);
+    assert!(sample("weir_flow_buffer_flows ") >= 3.0);
+    assert_eq!(sample("weir_flow_events_reading "), 1.0);
+    sample("weir_flow_events_lost_total ");
 }

@@ -541,6 +541,25 @@ mod tests {
     }
 
     #[test]
+    fn flow_samples_once_flows_are_read() {
+        let s = Status::default();
+        let path = std::path::Path::new("/nonexistent");
+        assert!(!respond(&s, "/metrics", path).2.contains("weir_flow"));
+        let hub = Arc::new(crate::observe::flows::Hub::new(8, None));
+        hub.set_lost(3);
+        s.set_flows(hub);
+        let metrics = respond(&s, "/metrics", path).2;
+        for want in [
+            "weir_flows_total{verdict=\"dropped\",direction=\"ingress\"} 0\n",
+            "weir_flow_drops_total{reason=\"policy-denied-egress\",direction=\"egress\"} 0\n",
+            "weir_flow_events_lost_total 3\n",
+            "weir_flow_buffer_flows 0\n",
+        ] {
+            assert!(metrics.contains(want), "{want} in\n{metrics}");
+        }
+    }
+
+    #[test]
     fn liveness_fails_when_the_loop_stalls() {
         let s = Status::default();
         s.heartbeat.store(now() - 120, Ordering::Relaxed);
