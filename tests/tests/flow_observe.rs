@@ -22,6 +22,7 @@ use weir_testbed::{
 
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 90);
 const POLICY: &str = "allow-a-80";
+const LOG_MAX_BYTES: u64 = 8192;
 
 const POLICY_SPEC: &str = "
 podSelector:
@@ -90,8 +91,17 @@ fn find(flows: &[Value], b: Ipv4Addr) -> Seen {
 #[test]
 fn denied_allowed_and_translated_flows_are_observed_with_names() {
     weir_testbed::privileged(&[tools::IP, tools::PYTHON3, tools::CURL]);
-    let (topo, agent) = Topology::one_node_with_agent("flow_observe");
+    let topo = Topology::builder("flow_observe").nodes(1).build().unwrap();
     let node = topo.node("n1");
+    // The flow log, as the ConfigMap's flow-log turns it on, small enough
+    // to rotate during the test (the agent keeps the environment).
+    let flow_log = node.dirs.logs.join("flows.log");
+    // Safety: no other thread of this test process reads the environment.
+    unsafe {
+        std::env::set_var("WEIR_FLOW_LOG", &flow_log);
+        std::env::set_var("WEIR_FLOW_LOG_MAX_BYTES", LOG_MAX_BYTES.to_string());
+    }
+    let agent = topo.start_agent("n1").unwrap();
     for ns in ["x", "y"] {
         let yaml = manifest::namespace_yaml(ns, &labels(&[("ns", ns)]));
         topo.write_manifest(&format!("namespace_{ns}.yaml"), &[yaml]).unwrap();
@@ -195,4 +205,22 @@ fn denied_allowed_and_translated_flows_are_observed_with_names() {
     assert!(sample("weir_flow_buffer_flows ") >= 3.0);
     assert_eq!(sample("weir_flow_events_reading "), 1.0);
     sample("weir_flow_events_lost_total ");
+
+    // The flow log: JSON lines, rotated to one old file by size; the
+    // denied flow is in it.
+    let rotated = flow_log.with_extension("log.1");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut lines = Vec::new();
+        for path in [&rotated, &flow_log] {
+            let text = std::fs::read_to_string(path).unwrap_or_default();
+            assert!(text.len() as u64 <= LOG_MAX_BYTES, "{} has {} bytes", path.display(), text.len());
+            lines.extend(text.lines().map(|l| serde_json::from_str::<Value>(l).unwrap_or_else(|e| panic!("{e}: {l}"))));
+        }
+        if find(&lines, b.ip).denied.is_some() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no denied flow in the flow log {}:\n{lines:#?}", flow_log.display());
+        thread::sleep(Duration::from_millis(200));
+    }
 }
