@@ -18,6 +18,7 @@ pub async fn run(paths: PathArgs) -> anyhow::Result<()> {
         paths.run_dir.join(READY_FILE),
         paths.run_dir.join(crate::node::policy_socket::SOCKET_FILE),
         paths.run_dir.join(crate::observe::cni_metrics::SOCKET_FILE),
+        paths.run_dir.join(crate::observe::flows::SOCKET_FILE),
         paths.run_dir.join(crate::sync::names::NAMES_FILE),
     ] {
         match files::remove_if_exists(&path) {

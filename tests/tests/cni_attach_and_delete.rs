@@ -62,15 +62,14 @@ fn the_same_attachment_can_be_added_again_right_after_del() {
     let list = node.weir_only_conflist().expect("the agent wrote its conflist");
     let runtime = node.runtime();
 
-    let mut pod = Pod::create(node, "again", &list).unwrap();
+    let pod = Pod::create(node, "again", &list).unwrap();
     let host = pod.result.host_interface().unwrap().name.clone();
     let attachment = pod.attachment.clone();
     for round in 0..5 {
-        if round == 0 {
-            pod.delete().unwrap();
-        } else {
-            runtime.del(&list, &attachment).unwrap_or_else(|e| panic!("DEL {round}: {e}"));
-        }
+        // Through the runtime, not `Pod::delete`, which would also remove
+        // the Pod object: the re-added pod would then wait for its policy
+        // (and start isolated), as a pod the API server does not know.
+        runtime.del(&list, &attachment).unwrap_or_else(|e| panic!("DEL {round}: {e}"));
         assert!(!node.host_veths().unwrap().contains(&host), "{host} still listed when DEL returned");
         assert!(pod.netns.links().unwrap().iter().all(|l| l == "lo"), "the pod's {POD_IFNAME} went with DEL");
         // No pause: the name and the pod's interface name are free already.
