@@ -168,7 +168,11 @@ struct Flood {
     /// The agent's CPU over the flood, in cores.
     cores: Option<f64>,
     rss_before: Option<f64>,
+    /// Midway through the flood: whether it still grows.
+    rss_mid: Option<f64>,
     rss_after: Option<f64>,
+    /// weir_flow_buffer_flows before and after, and the capacity.
+    history: [Option<f64>; 3],
     /// weir_flow_events_lost_total before, midway, after.
     lost: [Option<f64>; 3],
     /// weir_flow_drops_total (all reasons) before and after.
@@ -548,7 +552,7 @@ fn flood(bed: &Bed, server: &Pod, args: &PolicyBenchArgs, size: usize) -> Result
     let (t0, start) = (cpu_ticks(pid), Instant::now());
     let senders = flood::start(bed.outsider.path(), target, args.flood_pps, args.flood_threads, args.flood_secs)?;
     let mut observes = Vec::new();
-    let mut lost_mid = None;
+    let (mut lost_mid, mut rss_mid) = (None, None);
     // About once a second: does the agent still answer?
     let mut next = start + Duration::from_millis(700);
     while !senders.is_finished() {
@@ -556,6 +560,7 @@ fn flood(bed: &Bed, server: &Pod, args: &PolicyBenchArgs, size: usize) -> Result
             observes.push(observe_last(bed.node));
             if lost_mid.is_none() && start.elapsed().as_secs_f64() > args.flood_secs / 2.0 {
                 lost_mid = metrics(node).ok().and_then(|m| sample(&m, "weir_flow_events_lost_total"));
+                rss_mid = rss_mib(pid);
             }
             next = Instant::now() + Duration::from_secs(1);
         }
@@ -570,7 +575,13 @@ fn flood(bed: &Bed, server: &Pod, args: &PolicyBenchArgs, size: usize) -> Result
         sent,
         cores,
         rss_before,
+        rss_mid,
         rss_after,
+        history: [
+            sample(&before, "weir_flow_buffer_flows"),
+            sample(&after, "weir_flow_buffer_flows"),
+            sample(&after, "weir_flow_buffer_capacity"),
+        ],
         lost: [sample(&before, "weir_flow_events_lost_total"), lost_mid, sample(&after, "weir_flow_events_lost_total")],
         drops: [sample(&before, "weir_flow_drops_total"), sample(&after, "weir_flow_drops_total")],
         observes,
@@ -714,7 +725,8 @@ fn print_flow_events(args: &PolicyBenchArgs, d: &DataPath) {
                 (Some(b), Some(a)) => {
                     let _ = writeln!(
                         out,
-                        "  agent RSS: {b:.1} MiB before, {a:.1} MiB after ({:+.1} MiB). Goal: RSS bounded (after - before < {GOAL_FLOOD_RSS_MIB} MiB): {}.",
+                        "  agent RSS: {b:.1} MiB before, {} MiB midway, {a:.1} MiB after ({:+.1} MiB). Goal: RSS bounded (after - before < {GOAL_FLOOD_RSS_MIB} MiB): {}.",
+                        f.rss_mid.map_or("?".into(), |m| format!("{m:.1}")),
                         a - b,
                         verdict(a - b < GOAL_FLOOD_RSS_MIB)
                     );
@@ -724,6 +736,13 @@ fn print_flow_events(args: &PolicyBenchArgs, d: &DataPath) {
                 }
             }
             let show = |v: Option<f64>| v.map_or("?".into(), |v| format!("{v:.0}"));
+            let _ = writeln!(
+                out,
+                "  the agent's flow history (weir_flow_buffer_flows): {} flows before, {} after, of {} at most",
+                show(f.history[0]),
+                show(f.history[1]),
+                show(f.history[2])
+            );
             let rose = matches!(f.lost, [Some(b), _, Some(a)] if a > b);
             let _ = writeln!(
                 out,
