@@ -57,6 +57,8 @@ fn try_handle(ctx: &TcContext, seen: &mut Flow) -> Result<i32, DropReason> {
             *seen = packet::parse(ctx)?.unwrap_or(flow);
         }
         policy::check_new(ifindex, &ep, DIR_EGRESS, seen, &flow)?;
+    } else if !matches!(outcome, pod::Outcome::NoBackend { .. }) {
+        policy::report_unenforced(ifindex, &ep, FLOW_DIR_EGRESS, &flow);
     }
     match outcome {
         pod::Outcome::NotService | pod::Outcome::Translated => Ok(counters::pass(TC_OK)),

@@ -87,6 +87,18 @@ fn alive(key: &PolicyCtKey, proto: u8, now: u32) -> bool {
     true
 }
 
+/// A new TCP connection (a SYN without ACK) at an endpoint that enforces no
+/// policy at all, told to the flow log as allowed with no policy (slot 0).
+/// Such endpoints keep no per-flow state, so other protocols have no first
+/// packet to report; endpoints under policy report every new flow from
+/// `check_new`.
+#[inline(always)]
+pub fn report_unenforced(ifindex: u32, ep: &EndpointInfo, flow_dir: u8, flow: &Flow) {
+    if !active(ep) && flow.proto == PROTO_TCP && flow.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
+        flow::allowed(flow, flow_dir, ifindex, 0);
+    }
+}
+
 /// The policy slot that allows `peer` on this flow at the endpoint, if any.
 #[inline(always)]
 fn lookup(ifindex: u32, dir: u8, peer: u32, flow: &Flow) -> Option<u32> {

@@ -42,6 +42,10 @@ fn try_handle(ctx: &TcContext, seen: &mut Flow) -> Result<i32, DropReason> {
         && !reversed
     {
         policy::check_new(ifindex, &ep, DIR_INGRESS, &flow, &flow)?;
+    } else if let Some(ep) = ep
+        && !reversed
+    {
+        policy::report_unenforced(ifindex, &ep, FLOW_DIR_INGRESS, &flow);
     }
     Ok(TC_OK)
 }

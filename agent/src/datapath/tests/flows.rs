@@ -262,6 +262,32 @@ fn a_new_flow_allowed_by_policy_is_reported_once_with_its_slot() {
     f.none();
 }
 
+/// A pod under no policy keeps no per-flow state: its new TCP connections
+/// (a SYN without ACK), both ways, are reported allowed with no policy; the
+/// rest of the connection and other protocols are not.
+#[test]
+#[ignore = "privileged: needs root and bpffs; `cargo xtask test` runs it as root"]
+fn new_tcp_connections_of_a_pod_without_policy_are_reported_once() {
+    let mut f = Flows::on();
+    endpoint(&mut f.t, 0);
+    assert_eq!(f.pod_sends(&packet_with_flags(TCP, POD, 40000, FRIEND, 443, SYN)), TC_ACT_OK);
+    let e = f.one();
+    assert_eq!(what(&e), (Some(FlowVerdict::Allowed), 0, FLOW_DIR_EGRESS, LOOPBACK));
+    assert_eq!(tuple(&e), (POD, 40000, FRIEND, 443, TCP));
+    assert_eq!(e.policy_slot, 0);
+    assert_eq!(f.pod_gets(&packet_with_flags(TCP, FRIEND, 443, POD, 40000, SYN | ACK)), TC_ACT_OK);
+    assert_eq!(f.pod_sends(&packet_with_flags(TCP, POD, 40000, FRIEND, 443, ACK)), TC_ACT_OK);
+    assert_eq!(f.pod_sends(&packet(UDP, POD, 40001, FRIEND, 53)), TC_ACT_OK);
+    f.none();
+
+    assert_eq!(f.pod_gets(&packet_with_flags(TCP, STRANGER, 50000, POD, 80, SYN)), TC_ACT_OK);
+    let e = f.one();
+    assert_eq!(what(&e), (Some(FlowVerdict::Allowed), 0, FLOW_DIR_INGRESS, LOOPBACK));
+    assert_eq!(tuple(&e), (STRANGER, 50000, POD, 80, TCP));
+    assert_eq!(f.pod_gets(&packet_with_flags(TCP, STRANGER, 50000, POD, 80, ACK)), TC_ACT_OK);
+    f.none();
+}
+
 #[test]
 #[ignore = "privileged: needs root and bpffs; `cargo xtask test` runs it as root"]
 fn a_new_service_flow_is_reported_translated_once_with_its_backend() {
@@ -272,7 +298,12 @@ fn a_new_service_flow_is_reported_translated_once_with_its_backend() {
     let (rc, out) = run(&f.t, pin::PROG_FROM_POD, &packet(TCP, POD, 40000, VIP, 80));
     assert_eq!(rc, TC_ACT_OK);
     let p = parse(&out);
-    let e = f.one();
+    // The translation, then the new connection of a pod without policy.
+    let events = f.events();
+    assert_eq!(events.len(), 2, "{events:#?}");
+    assert_eq!(what(&events[1]), (Some(FlowVerdict::Allowed), 0, FLOW_DIR_EGRESS, LOOPBACK));
+    assert_eq!(tuple(&events[1]), (POD, 40000, VIP, 80, TCP));
+    let e = events[0];
     assert_eq!(what(&e), (Some(FlowVerdict::Translated), 0, FLOW_DIR_EGRESS, LOOPBACK));
     assert_eq!(tuple(&e), (POD, 40000, VIP, 80, TCP), "the frontend, as the client asked");
     assert_eq!((e.xlate_addr, e.xlate_port), (p.dst, p.dport), "the backend the packet went to");
