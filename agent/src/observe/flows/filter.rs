@@ -131,7 +131,7 @@ fn names_match(want: &str, namespace: Option<&str>, have: &str) -> bool {
 
 #[cfg(test)]
 pub(crate) mod tests {
-    use std::net::Ipv4Addr;
+    use std::{net::Ipv4Addr, sync::Arc};
 
     use super::*;
 
@@ -149,7 +149,7 @@ pub(crate) mod tests {
             destination: Peer::new(Ipv4Addr::new(10, 0, 0, 2), 80).with_pod(Some(dst)),
             service: None,
             backend: None,
-            policies: vec![],
+            policies: Arc::from([]),
             ifindex: 5,
         }
     }

@@ -1,6 +1,6 @@
 //! A flow as the agent shows it: the datapath's record with names, a wall
 //! clock time, and words for the numbers.
-use std::net::Ipv4Addr;
+use std::{net::Ipv4Addr, sync::Arc};
 
 use serde::{Deserialize, Serialize};
 use weir_common::{
@@ -88,11 +88,21 @@ pub struct Flow {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backend: Option<Peer>,
     /// `allowed`: the policy that allowed the flow; `dropped` by policy:
-    /// the policies isolating the pod in that direction.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub policies: Vec<String>,
+    /// the policies isolating the pod in that direction. Shared with the
+    /// name table: a flood of drops at a pod selected by hundreds of
+    /// policies must not copy their names into every flow it keeps.
+    #[serde(default = "no_policies", skip_serializing_if = "no_policy")]
+    pub policies: Arc<[String]>,
     /// The interface the datapath saw the packet on.
     pub ifindex: u32,
+}
+
+fn no_policies() -> Arc<[String]> {
+    Arc::from([])
+}
+
+fn no_policy(policies: &Arc<[String]>) -> bool {
+    policies.is_empty()
 }
 
 pub fn verdict_name(v: u8) -> &'static str {

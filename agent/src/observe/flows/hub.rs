@@ -314,14 +314,14 @@ mod tests {
         hub.set_names(names(BTreeMap::from([(4, "y/web".to_string())])));
         let flows = all();
         assert_eq!(flows.len(), 2);
-        assert_eq!(flows[1].policies, ["y/web"]);
+        assert_eq!(*flows[1].policies, ["y/web"]);
 
         // A slot no table names goes on after HOLD, numbered.
         hub.ingest(&[allowed(9)]);
         hub.release_held(Instant::now());
         assert_eq!(all().len(), 2);
         hub.release_held(Instant::now() + HOLD);
-        assert_eq!(all().last().unwrap().policies, ["policy slot 9"]);
+        assert_eq!(*all().last().unwrap().policies, ["policy slot 9"]);
     }
 
     #[tokio::test]

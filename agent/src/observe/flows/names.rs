@@ -4,6 +4,7 @@
 use std::{
     collections::{BTreeMap, HashMap},
     net::Ipv4Addr,
+    sync::Arc,
 };
 
 use weir_common::{
@@ -29,8 +30,11 @@ pub struct NameTable {
     node_ports: HashMap<(u16, u8), String>,
     /// Policy slot -> policy `namespace/name`.
     slots: BTreeMap<u32, String>,
-    /// Local pod -> (policies isolating it for ingress, for egress).
-    isolating: HashMap<String, (Vec<String>, Vec<String>)>,
+    /// Local pod -> (policies isolating it for ingress, for egress), shared
+    /// with every flow that names them.
+    isolating: HashMap<String, (Arc<[String]>, Arc<[String]>)>,
+    /// Policy slot -> the same name, shared with the flows it allowed.
+    slot_names: HashMap<u32, Arc<[String]>>,
 }
 
 impl NameTable {
@@ -75,9 +79,20 @@ impl NameTable {
                     egress.push(policy.key.clone());
                 }
             }
-            isolating.insert(key.clone(), (ingress, egress));
+            isolating.insert(key.clone(), (Arc::from(ingress), Arc::from(egress)));
         }
-        Self { node: node.to_string(), pods_by_ip, endpoints, nodes_by_ip, frontends, node_ports, slots, isolating }
+        let slot_names = slots.iter().map(|(slot, name)| (*slot, Arc::from([name.clone()]))).collect();
+        Self {
+            node: node.to_string(),
+            pods_by_ip,
+            endpoints,
+            nodes_by_ip,
+            frontends,
+            node_ports,
+            slots,
+            isolating,
+            slot_names,
+        }
     }
 
     /// Whether the table is recent enough for `ev`: it names the policy
@@ -147,11 +162,11 @@ impl NameTable {
         } else {
             (None, None)
         };
-        let isolating = |peer: &Peer, egress: bool| -> Vec<String> {
+        let none = || Arc::from([]);
+        let isolating = |peer: &Peer, egress: bool| -> Arc<[String]> {
             peer.name()
                 .and_then(|key| self.isolating.get(&key))
-                .map(|(i, e)| if egress { e.clone() } else { i.clone() })
-                .unwrap_or_default()
+                .map_or_else(none, |(i, e)| if egress { e.clone() } else { i.clone() })
         };
         let (reason, policies) = match verdict {
             Some(FlowVerdict::Dropped) => {
@@ -160,20 +175,18 @@ impl NameTable {
                 } else if ev.reason == DropReason::PolicyEgress as u8 {
                     isolating(&source, true)
                 } else {
-                    Vec::new()
+                    none()
                 };
                 (Some(reason_name(ev.reason).to_string()), policies)
             }
             Some(FlowVerdict::Allowed) if ev.policy_slot != 0 => (
                 None,
-                vec![
-                    self.slots
-                        .get(&ev.policy_slot)
-                        .cloned()
-                        .unwrap_or_else(|| format!("policy slot {}", ev.policy_slot)),
-                ],
+                self.slot_names
+                    .get(&ev.policy_slot)
+                    .cloned()
+                    .unwrap_or_else(|| Arc::from([format!("policy slot {}", ev.policy_slot)])),
             ),
-            _ => (None, Vec::new()),
+            _ => (None, none()),
         };
         let time_unix_ns = clock.wall(ev.timestamp_ns);
         Flow {
@@ -286,7 +299,7 @@ mod tests {
         assert_eq!(f.reason.as_deref(), Some("policy-denied-ingress"));
         assert_eq!(f.source.name().as_deref(), Some("x/a"));
         assert_eq!(f.destination.name().as_deref(), Some("y/b"));
-        assert_eq!(f.policies, ["y/deny-all"]);
+        assert_eq!(*f.policies, ["y/deny-all"]);
         assert_eq!(f.node, "n1");
         assert_eq!(
             f.line(),
@@ -309,7 +322,7 @@ mod tests {
         // The address is unknown, the interface is y/b's.
         ev.daddr = [10, 244, 2, 99];
         let f = table().enrich(&ev, &CLOCK);
-        assert_eq!(f.policies, ["y/allow-web"]);
+        assert_eq!(*f.policies, ["y/allow-web"]);
         assert_eq!(f.destination.name().as_deref(), Some("y/b"));
         assert!(f.reason.is_none());
         ev.policy_slot = 0;
@@ -317,7 +330,7 @@ mod tests {
         assert!(table().knows(&ev));
         ev.policy_slot = 77;
         assert!(!table().knows(&ev));
-        assert_eq!(table().enrich(&ev, &CLOCK).policies, ["policy slot 77"]);
+        assert_eq!(*table().enrich(&ev, &CLOCK).policies, ["policy slot 77"]);
     }
 
     #[test]
