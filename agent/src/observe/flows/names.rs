@@ -15,6 +15,9 @@ use weir_common::{
 use super::flow::{Clock, Flow, Peer, direction_name, protocol_name, reason_name, rfc3339, verdict_name};
 use crate::model::ClusterIndex;
 
+/// The policies isolating a pod for ingress and for egress.
+type Isolating = (Arc<[String]>, Arc<[String]>);
+
 #[derive(Clone, Debug, Default)]
 pub struct NameTable {
     pub node: String,
@@ -32,7 +35,7 @@ pub struct NameTable {
     slots: BTreeMap<u32, String>,
     /// Local pod -> (policies isolating it for ingress, for egress), shared
     /// with every flow that names them.
-    isolating: HashMap<String, (Arc<[String]>, Arc<[String]>)>,
+    isolating: HashMap<String, Isolating>,
     /// Policy slot -> the same name, shared with the flows it allowed.
     slot_names: HashMap<u32, Arc<[String]>>,
 }
