@@ -19,6 +19,8 @@ use crate::datapath::pinned;
 /// How often the held back events are read, and flows waiting for names
 /// let go (see `hub`).
 const TICK: Duration = Duration::from_secs(1);
+/// How often the ring is drained without a wake-up from the datapath.
+const DRAIN: Duration = Duration::from_millis(100);
 
 /// `FlowRate` as aya reads and writes it (the common crate's type does not
 /// implement aya's `Pod`).
@@ -85,7 +87,21 @@ pub async fn run(pin_dir: std::path::PathBuf, hub: Arc<Hub>) {
     info!("reading flow events");
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The datapath wakes the reader only when the ring fills past a quarter
+    // (a wake-up per event would cost every new flow a context switch);
+    // otherwise it is drained on this shorter timer.
+    let mut drain = tokio::time::interval(DRAIN);
+    drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut batch: Vec<FlowEvent> = Vec::with_capacity(256);
+    let read_all = |ring: &mut RingBuf<MapData>, batch: &mut Vec<FlowEvent>| {
+        while let Some(item) = ring.next() {
+            if let Some(ev) = parse_event(&item) {
+                batch.push(ev);
+            }
+        }
+        hub.ingest(batch);
+        batch.clear();
+    };
     loop {
         tokio::select! {
             ready = ring.readable_mut() => {
@@ -97,16 +113,10 @@ pub async fn run(pin_dir: std::path::PathBuf, hub: Arc<Hub>) {
                         return;
                     }
                 };
-                let ring = guard.get_inner_mut();
-                while let Some(item) = ring.next() {
-                    if let Some(ev) = parse_event(&item) {
-                        batch.push(ev);
-                    }
-                }
+                read_all(guard.get_inner_mut(), &mut batch);
                 guard.clear_ready();
-                hub.ingest(&batch);
-                batch.clear();
             }
+            _ = drain.tick() => read_all(ring.get_mut(), &mut batch),
             _ = tick.tick() => {
                 if let Some(n) = lost_map.as_ref().and_then(lost) {
                     hub.set_lost(n);
