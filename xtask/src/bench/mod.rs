@@ -29,8 +29,10 @@ pub enum Which {
     /// cached background read. The last part of `bench services`, alone.
     Metrics(metrics::MetricsBenchArgs),
     /// New-connection rate to a pod with 0, 100 and 1,000 NetworkPolicies
-    /// side by side; then compile-and-program time and change-to-enforcement
-    /// latency for 1,000 policies over 1,000 pods.
+    /// side by side; flow events on vs off; a denied flood (agent CPU and
+    /// memory, events held back, observe answering); then
+    /// compile-and-program time and change-to-enforcement latency for 1,000
+    /// policies over 1,000 pods.
     Policy(policy::PolicyBenchArgs),
     /// Internal: the load generator of `bench services` (one cell).
     #[command(hide = true)]
