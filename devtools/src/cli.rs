@@ -38,6 +38,12 @@ pub enum Command {
         #[arg(long, default_value_t = 400)]
         changes: usize,
     },
+    /// Developer benchmark (root, in a node namespace of its own): the
+    /// agent on its kube source against a fake API server loaded with a
+    /// synthetic cluster; start to ready, RSS, label change to the policy
+    /// maps, CPU and bytes per pod change, a forced relist. Prints one
+    /// JSON object. `cargo xtask bench scale` runs it.
+    BenchScale(crate::bench_scale::Args),
     /// A fake Kubernetes API server (plain HTTP, read-only) serving a
     /// manifest directory to the kube source. The test bed and
     /// `cargo xtask sandbox --source kube` run it.

@@ -3,5 +3,6 @@
 //! the DaemonSet image carries `weir-agent` and `weir-cni` only.
 pub mod bench;
 pub mod bench_policy;
+pub mod bench_scale;
 pub mod cli;
 pub mod fake_api;

@@ -41,7 +41,10 @@ use std::{
     collections::BTreeMap,
     net::SocketAddr,
     path::{Path, PathBuf},
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
     time::Duration,
 };
 
@@ -100,12 +103,34 @@ pub struct Shared {
     store: Mutex<Store>,
     /// The resourceVersion after each change (watches wait on it).
     changes: watch::Sender<u64>,
+    /// Bytes of list bodies and watch events sent, per `Resource::ALL` index.
+    sent: [AtomicU64; Resource::ALL.len()],
 }
 
 impl Shared {
     pub fn new(store: Store) -> Arc<Self> {
         let rv = store.resource_version();
-        Arc::new(Self { store: Mutex::new(store), changes: watch::channel(rv).0 })
+        Arc::new(Self { store: Mutex::new(store), changes: watch::channel(rv).0, sent: Default::default() })
+    }
+
+    /// Runs `change` on the store, then wakes the watches.
+    pub fn update<T>(&self, change: impl FnOnce(&mut Store) -> T) -> T {
+        let (out, rv) = {
+            let mut store = self.store.lock().expect("lock");
+            let out = change(&mut store);
+            (out, store.resource_version())
+        };
+        self.changes.send_replace(rv);
+        out
+    }
+
+    /// Bytes sent so far of `resource` (list bodies and watch events).
+    pub fn sent_bytes(&self, resource: Resource) -> u64 {
+        self.sent[resource.index()].load(Ordering::Relaxed)
+    }
+
+    fn count(&self, resource: Resource, bytes: usize) {
+        self.sent[resource.index()].fetch_add(bytes as u64, Ordering::Relaxed);
     }
 
     /// Replaces the contents (one directory scan); wakes the watches.
@@ -292,6 +317,10 @@ where
             _ => route(&req, shared),
         };
         match answer {
+            Answer::List(resource, body) => {
+                shared.count(resource, body.len());
+                http::write_response(&mut wr, "200 OK", "application/json", &[], &body, req.close).await?;
+            }
             Answer::Json(code, body) => {
                 let body = serde_json::to_vec(&body).expect("JSON");
                 let status = format!("{code} {}", reason_phrase(code));
@@ -404,6 +433,8 @@ fn reason_phrase(code: u16) -> &'static str {
 
 enum Answer {
     Json(u16, Value),
+    /// A list body, serialized.
+    List(Resource, Vec<u8>),
     Watch(WatchRequest),
 }
 
@@ -517,7 +548,7 @@ fn route(req: &Request, shared: &Shared) -> Answer {
     let limit = q("limit").and_then(|l| l.parse().ok());
     let exact = q("resourceVersionMatch") == Some("Exact");
     match store.list(target.resource, &filter, q("resourceVersion"), exact, limit, q("continue")) {
-        Ok(page) => Answer::Json(200, page.to_json(target.resource)),
+        Ok(page) => Answer::List(target.resource, page.to_bytes(target.resource)),
         Err(e) => e.into(),
     }
 }
@@ -546,6 +577,17 @@ async fn write_chunk<W: AsyncWrite + Unpin>(wr: &mut W, data: &[u8]) -> std::io:
     wr.write_all(&out).await
 }
 
+/// `write_chunk`, counted as sent for `resource`.
+async fn write_counted<W: AsyncWrite + Unpin>(
+    wr: &mut W,
+    shared: &Shared,
+    resource: Resource,
+    data: &[u8],
+) -> std::io::Result<()> {
+    shared.count(resource, data.len());
+    write_chunk(wr, data).await
+}
+
 /// Streams one watch until its timeout; false if the client went away.
 async fn stream_watch<R, W>(
     w: WatchRequest,
@@ -570,10 +612,10 @@ where
                 (store.current(w.resource, &w.filter), store.resource_version())
             };
             for obj in objects {
-                write_chunk(wr, &event_line("ADDED", &obj)).await?;
+                write_counted(wr, shared, w.resource, &event_line("ADDED", &obj)).await?;
             }
             if w.initial_events_end {
-                write_chunk(wr, &bookmark(w.resource, rv, true)).await?;
+                write_counted(wr, shared, w.resource, &bookmark(w.resource, rv, true)).await?;
             }
             wr.flush().await?;
             rv
@@ -586,7 +628,7 @@ where
         match batch {
             Err(e) => {
                 debug!(kind = w.resource.kind(), from = last, "watch too old: 410 Gone");
-                write_chunk(wr, &event_line("ERROR", &e.status())).await?;
+                write_counted(wr, shared, w.resource, &event_line("ERROR", &e.status())).await?;
                 wr.flush().await?;
                 return Ok(true);
             }
@@ -594,13 +636,13 @@ where
                 let mut sent = false;
                 for e in &events {
                     if let Some((t, obj)) = e.seen_through(&w.filter) {
-                        write_chunk(wr, &event_line(t.as_str(), obj)).await?;
+                        write_counted(wr, shared, w.resource, &event_line(t.as_str(), obj)).await?;
                         sent = true;
                     }
                 }
                 if w.bookmarks && (sent || Instant::now() >= bookmark_due) {
                     if !sent {
-                        write_chunk(wr, &bookmark(w.resource, rv, false)).await?;
+                        write_counted(wr, shared, w.resource, &bookmark(w.resource, rv, false)).await?;
                     }
                     bookmark_due = Instant::now() + BOOKMARK_EVERY;
                 }

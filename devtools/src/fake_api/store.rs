@@ -40,6 +40,11 @@ impl Resource {
         Resource::NetworkPolicy,
     ];
 
+    /// The position in `ALL`.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
     pub fn kind(self) -> &'static str {
         match self {
             Resource::Node => "Node",
@@ -199,15 +204,40 @@ pub struct ListPage {
 }
 
 impl ListPage {
-    pub fn to_json(&self, resource: Resource) -> Value {
+    /// `to_json` serialized, without copying the items into one value
+    /// first (a list of 150,000 Pods would be held twice).
+    pub fn to_bytes(&self, resource: Resource) -> Vec<u8> {
+        let mut out = Vec::with_capacity(64 + self.items.len() * 2048);
+        out.extend_from_slice(b"{\"kind\":");
+        serde_json::to_writer(&mut out, &format!("{}List", resource.kind())).expect("JSON");
+        out.extend_from_slice(b",\"apiVersion\":");
+        serde_json::to_writer(&mut out, resource.api_version()).expect("JSON");
+        out.extend_from_slice(b",\"metadata\":");
+        serde_json::to_writer(&mut out, &self.metadata()).expect("JSON");
+        out.extend_from_slice(b",\"items\":[");
+        for (i, item) in self.items.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            serde_json::to_writer(&mut out, &**item).expect("JSON");
+        }
+        out.extend_from_slice(b"]}");
+        out
+    }
+
+    fn metadata(&self) -> Value {
         let mut metadata = json!({"resourceVersion": self.resource_version.to_string()});
         if let Some(token) = &self.continue_token {
             metadata["continue"] = json!(token);
         }
+        metadata
+    }
+
+    pub fn to_json(&self, resource: Resource) -> Value {
         json!({
             "kind": format!("{}List", resource.kind()),
             "apiVersion": resource.api_version(),
-            "metadata": metadata,
+            "metadata": self.metadata(),
             "items": self.items.iter().map(|i| (**i).clone()).collect::<Vec<_>>(),
         })
     }
@@ -275,33 +305,10 @@ impl Store {
         let gone: Vec<Key> = self.objects.keys().filter(|k| !objects.contains_key(*k)).cloned().collect();
         let mut changes = 0;
         for key in gone {
-            let old = self.objects.remove(&key).expect("listed above");
-            self.rv += 1;
-            let mut object = (*old.served).clone();
-            object["metadata"]["resourceVersion"] = json!(self.rv.to_string());
-            self.push(Logged {
-                rv: self.rv,
-                resource: key.0,
-                event: EventType::Deleted,
-                object: Arc::new(object),
-                previous: Some(old.served),
-            });
-            changes += 1;
+            changes += usize::from(self.remove(&key));
         }
         for (key, raw) in objects {
-            let previous = match self.objects.get(&key) {
-                Some(old) if old.raw == raw => continue,
-                Some(old) => Some(old.served.clone()),
-                None => None,
-            };
-            self.rv += 1;
-            let mut served = raw.clone();
-            served["metadata"]["resourceVersion"] = json!(self.rv.to_string());
-            let served = Arc::new(served);
-            let event = if previous.is_some() { EventType::Modified } else { EventType::Added };
-            self.push(Logged { rv: self.rv, resource: key.0, event, object: served.clone(), previous });
-            self.objects.insert(key, Stored { raw, served });
-            changes += 1;
+            changes += usize::from(self.upsert(key, raw));
         }
         if !self.loaded {
             self.loaded = true;
@@ -309,6 +316,54 @@ impl Store {
             self.oldest = self.rv;
         }
         changes
+    }
+
+    /// Adds or replaces one object (defaults already filled in); false if
+    /// it is unchanged.
+    pub fn upsert(&mut self, key: Key, raw: Value) -> bool {
+        let previous = match self.objects.get(&key) {
+            Some(old) if old.raw == raw => return false,
+            Some(old) => Some(old.served.clone()),
+            None => None,
+        };
+        self.rv += 1;
+        let mut served = raw.clone();
+        served["metadata"]["resourceVersion"] = json!(self.rv.to_string());
+        let served = Arc::new(served);
+        let event = if previous.is_some() { EventType::Modified } else { EventType::Added };
+        self.push(Logged { rv: self.rv, resource: key.0, event, object: served.clone(), previous });
+        self.objects.insert(key, Stored { raw, served });
+        true
+    }
+
+    /// Deletes one object; false if there was none.
+    pub fn remove(&mut self, key: &Key) -> bool {
+        let Some(old) = self.objects.remove(key) else { return false };
+        self.rv += 1;
+        let mut object = (*old.served).clone();
+        object["metadata"]["resourceVersion"] = json!(self.rv.to_string());
+        self.push(Logged {
+            rv: self.rv,
+            resource: key.0,
+            event: EventType::Deleted,
+            object: Arc::new(object),
+            previous: Some(old.served),
+        });
+        true
+    }
+
+    /// The object as stored (without its resourceVersion).
+    pub fn raw(&self, key: &Key) -> Option<&Value> {
+        self.objects.get(key).map(|s| &s.raw)
+    }
+
+    /// Forgets the event log, as an etcd compaction that overtook every
+    /// watch: each open watch gets 410 Gone at its next change, and its
+    /// client relists. Lists and watches started afterwards are served.
+    pub fn compact(&mut self) {
+        self.rv += 1;
+        self.log.clear();
+        self.oldest = self.rv;
     }
 
     fn push(&mut self, event: Logged) {

@@ -4,6 +4,7 @@ mod args;
 mod cni;
 mod metrics;
 mod policy;
+mod scale;
 mod services;
 mod stats;
 mod weir_dev;
@@ -34,6 +35,11 @@ pub enum Which {
     /// compile-and-program time and change-to-enforcement latency for 1,000
     /// policies over 1,000 pods.
     Policy(policy::PolicyBenchArgs),
+    /// One agent's view of a large cluster (the fake API server serving a
+    /// synthetic one): start to ready, RSS, label change to the policy
+    /// maps, CPU and bytes per pod change, a forced relist; at 500 and
+    /// 5,000 nodes.
+    Scale(scale::ScaleBenchArgs),
     /// Internal: the load generator of `bench services` (one cell).
     #[command(hide = true)]
     ServicesLoad(services::LoadArgs),
@@ -48,6 +54,7 @@ pub fn run(which: Which) -> Result<()> {
         Which::Services(args) => services::run(args),
         Which::Metrics(args) => metrics::run(args),
         Which::Policy(args) => policy::run(args),
+        Which::Scale(args) => scale::run(args),
         Which::ServicesLoad(args) => services::load(args),
         Which::ServicesEcho(args) => services::echo(args),
     }
