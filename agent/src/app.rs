@@ -50,7 +50,7 @@ pub async fn run(mut config: AgentConfig) -> anyhow::Result<()> {
     let node_name = config.plan.node_name.clone();
     let policy = PolicySync::new(policy, node_name.clone(), &config.run_dir);
     let mut state = Reconciler::new(config, routes, datapath, lb, policy, status.clone());
-    let names = FlowNames { hub: flows.hub.clone(), node: node_name };
+    let names = FlowNames::new(flows.hub.clone(), node_name);
     main_loop(&mut state, &mut updates, &mut sockets.handoffs, &status, &names).await?;
     // The pinned datapath, routes and CNI config stay: pods keep working
     // while the agent restarts. `weir-agent cleanup` removes them.
@@ -167,16 +167,47 @@ fn start_flows(config: &AgentConfig, status: &Arc<Status>) -> Flows {
     Flows { hub, tasks }
 }
 
-/// Keeps the flows' name table as the last reconcile left the cluster.
+/// Keeps the flows' name table as the last reconcile left the cluster, at
+/// most every `NAMES_EVERY`: the table covers every pod and Service of the
+/// cluster, and rebuilding it after each pass was a tenth of the agent's
+/// CPU under pod churn at 15,000 pods. Flows wait for names up to
+/// `flows::hub::HOLD`, longer than this.
 struct FlowNames {
     hub: Arc<Hub>,
     node: String,
+    built: std::cell::Cell<Option<std::time::Instant>>,
+    /// A pass ran since the last build.
+    stale: std::cell::Cell<bool>,
 }
 
+const NAMES_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
+
 impl FlowNames {
+    fn new(hub: Arc<Hub>, node: String) -> Self {
+        Self { hub, node, built: std::cell::Cell::new(None), stale: std::cell::Cell::new(false) }
+    }
+
+    /// After a reconcile pass: builds now, or marks the table stale.
     fn refresh(&self, state: &Reconciler) {
+        match self.due() {
+            Some(at) if at > std::time::Instant::now() => self.stale.set(true),
+            _ => self.build(state),
+        }
+    }
+
+    /// When a stale table is to be rebuilt (None: it is not stale).
+    fn due(&self) -> Option<std::time::Instant> {
+        match self.built.get() {
+            None => Some(std::time::Instant::now()),
+            Some(t) => self.stale.get().then_some(t + NAMES_EVERY),
+        }
+    }
+
+    fn build(&self, state: &Reconciler) {
         let (slots, endpoints) = state.policy.names(state.index());
         self.hub.set_names(NameTable::build(state.index(), &self.node, slots, endpoints));
+        self.built.set(Some(std::time::Instant::now()));
+        self.stale.set(false);
     }
 }
 
@@ -233,6 +264,7 @@ async fn main_loop(
         status.beat();
         // Wake up for held hand-offs that run out.
         let hold_deadline = state.policy.next_deadline().map(tokio::time::Instant::from_std);
+        let names_due = if names.stale.get() { names.due().map(tokio::time::Instant::from_std) } else { None };
         tokio::select! {
             _ = retry.tick() => {
                 if state.dirty() {
@@ -251,17 +283,25 @@ async fn main_loop(
             _ = async { tokio::time::sleep_until(hold_deadline.unwrap_or_else(tokio::time::Instant::now)).await }, if hold_deadline.is_some() => {
                 state.policy.tick();
             }
+            _ = async { tokio::time::sleep_until(names_due.unwrap_or_else(tokio::time::Instant::now)).await }, if names_due.is_some() => {
+                names.build(state);
+            }
             update = updates.recv() => {
                 let Some(update) = update else {
                     anyhow::bail!("the object source stopped");
                 };
+                let mut relisted = update.is_relist();
                 state.apply(update);
                 // Take everything already queued before reconciling once.
                 while let Ok(update) = updates.try_recv() {
+                    relisted |= update.is_relist();
                     state.apply(update);
                 }
                 state.reconcile().await;
                 names.refresh(state);
+                if relisted {
+                    crate::process::release_freed_memory();
+                }
             }
             _ = tokio::signal::ctrl_c() => return Ok(()),
             _ = sigterm.recv() => return Ok(()),

@@ -17,7 +17,7 @@
 /// `WEIR_SVC`: frontend slots (slot 0 and one per backend, of every scope).
 pub const MAX_SVC_ENTRIES: u32 = 262_144;
 /// `WEIR_BACKENDS`: backends of every Service.
-pub const MAX_BACKENDS: u32 = 131_072;
+pub const MAX_BACKENDS: u32 = 262_144;
 /// `WEIR_REVNAT`: one per frontend (address, port); every `u16` ID.
 pub const MAX_REVNAT_ENTRIES: u32 = 65_536;
 /// `WEIR_AFFINITY` (LRU): sessionAffinity clients.

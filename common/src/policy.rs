@@ -72,7 +72,7 @@ pub const MAX_POLICY_SLOTS: u32 = 16_384;
 /// Capacity of the policy LPM trie (allocated as used).
 pub const MAX_POLICY_ENTRIES: u32 = 262_144;
 /// Capacity of the ipcache LPM trie (pods of the cluster, nodes, ipBlocks).
-pub const MAX_IPCACHE_ENTRIES: u32 = 131_072;
+pub const MAX_IPCACHE_ENTRIES: u32 = 524_288;
 /// Capacity of the policy conntrack (LRU): flows allowed at an endpoint.
 pub const MAX_POLICY_CT_ENTRIES: u32 = 262_144;
 

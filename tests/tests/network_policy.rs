@@ -34,10 +34,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use k8s_openapi::api::{
-    core::v1::{Namespace, Pod as K8sPod},
-    networking::v1::NetworkPolicy,
-};
+use k8s_openapi::api::{core::v1::Namespace, networking::v1::NetworkPolicy};
 use serde_json::{Value, json};
 use weir_agent::model::{
     policy::{
@@ -47,6 +44,7 @@ use weir_agent::model::{
     service::Protocol,
 };
 use weir_agent::sources::convert::policy as convert;
+use weir_agent::sources::pod_view::PodView;
 use weir_testbed::{
     Agent, NetNs, Node, Pod, Topology,
     cni::Conflist,
@@ -420,7 +418,7 @@ impl Oracle {
     fn add(&mut self, value: serde_yaml::Value, doc: &str) -> Result<(), String> {
         match value.get("kind").and_then(|k| k.as_str()) {
             Some("Pod") => {
-                let pod: K8sPod = serde_yaml::from_value(value).map_err(|e| format!("Pod: {e}: {doc}"))?;
+                let pod: PodView = serde_yaml::from_value(value).map_err(|e| format!("Pod: {e}: {doc}"))?;
                 let info = convert::pod(&pod);
                 self.pods.insert(info.key.clone(), info);
             }

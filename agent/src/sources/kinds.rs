@@ -8,7 +8,7 @@ use std::fmt::Debug;
 
 use k8s_openapi::{
     api::{
-        core::v1::{Namespace, Node, Pod, Service},
+        core::v1::{Namespace, Node, Service},
         discovery::v1::EndpointSlice,
         networking::v1::NetworkPolicy,
     },
@@ -17,7 +17,7 @@ use k8s_openapi::{
 use kube::runtime::watcher;
 use serde::de::DeserializeOwned;
 
-use super::{Change, Update, convert};
+use super::{Change, Update, convert, pod_view::PodView};
 use crate::model::{
     NodeInfo,
     policy::types::{NamespaceInfo, NetworkPolicyInfo, PodInfo},
@@ -132,11 +132,12 @@ impl Kind for EndpointSlices {
 pub struct Pods;
 
 impl Kind for Pods {
-    type Object = Pod;
+    /// Only what the converter reads (see `pod_view`).
+    type Object = PodView;
     type Model = PodInfo;
     const CHECK_API_VERSION: bool = true;
     /// Finished and host-network pods are not policy pods.
-    fn convert(object: &Pod) -> Option<(PodInfo, Option<String>)> {
+    fn convert(object: &PodView) -> Option<(PodInfo, Option<String>)> {
         convert::pod(object).map(|p| (p, None))
     }
     fn update(change: Change<PodInfo>) -> Update {

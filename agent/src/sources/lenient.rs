@@ -55,7 +55,21 @@ impl<'de, K: DeserializeOwned> Deserialize<'de> for Lenient<K> {
             return Err(serde::de::Error::custom("a Kubernetes object must be a JSON object"));
         }
         prune(&mut value);
-        let meta = value.get("metadata").and_then(|m| ObjectMeta::deserialize(m).ok()).unwrap_or_default();
+        // What the watcher and the source read of it: the object itself
+        // carries the rest (a second copy of every pod's labels would be
+        // held for a whole list page).
+        let meta = value
+            .get("metadata")
+            .and_then(|m| ObjectMeta::deserialize(m).ok())
+            .map(|m| ObjectMeta {
+                name: m.name,
+                namespace: m.namespace,
+                resource_version: m.resource_version,
+                uid: m.uid,
+                deletion_timestamp: m.deletion_timestamp,
+                ..ObjectMeta::default()
+            })
+            .unwrap_or_default();
         let object = K::deserialize(&value).map_err(|e| e.to_string());
         Ok(Self { meta, object })
     }

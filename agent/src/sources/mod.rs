@@ -16,6 +16,7 @@ pub mod kinds;
 pub mod kube;
 pub mod lenient;
 pub mod manifest_files;
+pub mod pod_view;
 
 use std::{collections::BTreeMap, path::PathBuf};
 
@@ -54,6 +55,25 @@ pub enum Update {
         kind: String,
         count: usize,
     },
+}
+
+impl Update {
+    /// A whole list of one kind (the first, or one after a watch lost its
+    /// place): the source freed a list page's worth of memory.
+    pub fn is_relist(&self) -> bool {
+        fn relist<T>(c: &Change<T>) -> bool {
+            matches!(c, Change::Relisted(_) | Change::RelistedKeeping { .. })
+        }
+        match self {
+            Update::Nodes(c) => relist(c),
+            Update::Services(c) => relist(c),
+            Update::EndpointSlices(c) => relist(c),
+            Update::Pods(c) => relist(c),
+            Update::Namespaces(c) => relist(c),
+            Update::NetworkPolicies(c) => relist(c),
+            Update::Reachable { .. } | Update::Problems { .. } => false,
+        }
+    }
 }
 
 /// Objects of one kind that a source could not read as written, by key:

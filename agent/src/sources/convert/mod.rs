@@ -3,7 +3,7 @@ use std::net::Ipv4Addr;
 
 use ipnetwork::Ipv4Network;
 use k8s_openapi::api::{
-    core::v1::{Node, Pod, Service, ServiceSpec},
+    core::v1::{Node, Service, ServiceSpec},
     discovery::v1::EndpointSlice,
 };
 
@@ -16,6 +16,7 @@ use crate::model::{
     policy::types::PodInfo,
     service::{EndpointSliceInfo, Protocol, ServiceInfo, ServicePort, ServiceType, SliceEndpoint, SlicePort},
 };
+use crate::sources::pod_view::PodView;
 pub use policy::{namespace, network_policy_or_deny};
 
 /// `namespace/name` of any object.
@@ -272,7 +273,7 @@ pub const POD_FIELD_SELECTOR: &str = "status.phase!=Succeeded,status.phase!=Fail
 ///
 /// Pods without an address yet are kept: the agent knows a pod's policy by
 /// name before weir-cni gives it an address.
-pub fn pod(pod: &Pod) -> Option<PodInfo> {
+pub fn pod(pod: &PodView) -> Option<PodInfo> {
     let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
     if phase.is_some_and(|p| FINISHED_PHASES.contains(&p)) {
         return None;
@@ -442,7 +443,7 @@ mod tests {
 
     #[test]
     fn finished_and_host_network_pods_are_not_policy_pods() {
-        let p = |extra: serde_json::Value| -> Pod {
+        let p = |extra: serde_json::Value| -> PodView {
             let mut v = serde_json::json!({
                 "metadata": {"name": "a", "namespace": "x", "labels": {"app": "a"}},
                 "spec": {"containers": [{"name": "c"}]},

@@ -5,7 +5,7 @@ use std::net::Ipv4Addr;
 
 use k8s_openapi::{
     api::{
-        core::v1::{Namespace, Pod},
+        core::v1::Namespace,
         networking::v1::{NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort, NetworkPolicySpec},
     },
     apimachinery::pkg::{apis::meta::v1 as meta, util::intstr::IntOrString},
@@ -18,6 +18,7 @@ use crate::model::{
     },
     service::Protocol,
 };
+use crate::sources::pod_view::PodView;
 
 fn labels(meta: &meta::ObjectMeta) -> Labels {
     meta.labels.clone().unwrap_or_default().into_iter().collect()
@@ -37,7 +38,7 @@ pub fn namespace(ns: &Namespace) -> NamespaceInfo {
     NamespaceInfo { name, labels }
 }
 
-pub fn pod(pod: &Pod) -> PodInfo {
+pub fn pod(pod: &PodView) -> PodInfo {
     let namespace = pod.metadata.namespace.clone().unwrap_or_else(|| "default".into());
     let status = pod.status.as_ref();
     let ip = status
@@ -356,7 +357,7 @@ mod tests {
 
     #[test]
     fn pods_and_namespaces() {
-        let p: Pod = serde_json::from_value(json!({
+        let p: PodView = serde_json::from_value(json!({
             "metadata": {"name": "a", "namespace": "x", "labels": {"pod": "a"}},
             "spec": {"nodeName": "n1", "containers": [{"name": "c", "ports": [
                 {"name": "serve-80-tcp", "containerPort": 80},
