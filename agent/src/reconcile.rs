@@ -111,18 +111,19 @@ impl Reconciler {
             // Policy is recompiled as a whole and applied as a diff: only
             // the entries that change are written.
             Update::Pods(c) => {
-                if !self.index.pods.change(c).is_empty() {
-                    self.policy.mark_dirty();
+                let changed = self.index.pods.change(c);
+                if !changed.is_empty() {
+                    self.policy.pods_changed(changed.into_iter().filter_map(|(old, new)| Some(new.or(old)?.key)));
                 }
             }
             Update::Namespaces(c) => {
                 if !self.index.namespaces.change(c).is_empty() {
-                    self.policy.mark_dirty();
+                    self.policy.policies_changed();
                 }
             }
             Update::NetworkPolicies(c) => {
                 if !self.index.policies.change(c).is_empty() {
-                    self.policy.mark_dirty();
+                    self.policy.policies_changed();
                 }
             }
             Update::Reachable { kind, ok } => self.status.set_reachable(&kind, ok),

@@ -7,7 +7,11 @@
 //! status has an IP) or by the Pod's IP. Nothing is computed before all
 //! three kinds are listed: a policy not listed yet would leave its pods
 //! open, so until then new pods simply stay pending.
-use std::{collections::BTreeMap, net::Ipv4Addr, time::Instant};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+    time::Instant,
+};
 
 use tracing::{error, info, warn};
 use weir_common::EndpointInfo;
@@ -29,6 +33,9 @@ use super::{
     names::{Names, NamesFile},
 };
 
+/// Beyond this many changed pods a compile looks at every pod (a relist).
+const CHANGED_PODS_MAX: usize = 10_000;
+
 pub struct PolicySync {
     compiler: PolicyCompiler,
     programmer: PolicyProgrammer,
@@ -40,6 +47,10 @@ pub struct PolicySync {
     last: Option<DesiredPolicy>,
     last_stats: ApplyStats,
     endpoint_pods: BTreeMap<u32, String>,
+    /// Pods changed (by key) since the last compile; None: not known (at
+    /// start, or more than `CHANGED_PODS_MAX`), so the next compile looks
+    /// at every pod.
+    changed_pods: Option<BTreeSet<String>>,
     /// The endpoints the per-pod counters were last pruned against.
     stats_endpoints: Option<Vec<u32>>,
 }
@@ -65,12 +76,32 @@ impl PolicySync {
             last: None,
             last_stats: ApplyStats::default(),
             endpoint_pods: BTreeMap::new(),
+            changed_pods: None,
             stats_endpoints: None,
         }
     }
 
+    /// Anything may have changed: the next compile looks at every pod.
     pub fn mark_dirty(&mut self) {
         self.dirty = true;
+        self.changed_pods = None;
+    }
+
+    /// Namespaces or NetworkPolicies changed (pods did not).
+    pub fn policies_changed(&mut self) {
+        self.dirty = true;
+    }
+
+    /// Pods (by key) came, went or changed: the next compile updates the
+    /// ipcache for them only.
+    pub fn pods_changed(&mut self, keys: impl IntoIterator<Item = String>) {
+        self.dirty = true;
+        if let Some(set) = &mut self.changed_pods {
+            set.extend(keys);
+            if set.len() > CHANGED_PODS_MAX {
+                self.changed_pods = None;
+            }
+        }
     }
 
     pub fn needs_work(&self, index: &ClusterIndex) -> bool {
@@ -142,13 +173,15 @@ impl PolicySync {
             .collect();
         self.endpoint_pods = local.iter().filter_map(|e| Some((e.ifindex, e.pod.clone()?))).collect();
         let host_addrs = crate::node::host_addrs::ipv4();
-        let desired = self.compiler.compile(&CompileInput {
+        let input = CompileInput {
             pods: index.pods.map(),
             namespaces: index.namespaces.map(),
             policies: index.policies.map(),
             host_addrs: &host_addrs,
             endpoints: &local,
-        });
+        };
+        let desired = self.compiler.compile_after(&input, self.changed_pods.as_ref());
+        self.changed_pods = Some(BTreeSet::new());
         let target =
             PolicyTarget { rules: &desired.rules, ipcache: &desired.ipcache, endpoint_flags: &desired.endpoint_flags };
         match self.programmer.apply(maps, &target, &endpoints) {

@@ -111,6 +111,8 @@ struct Cache {
     policies: Vec<(String, ResolvedPolicy)>,
     /// By ifindex: every endpoint of the last compile with a known pod.
     endpoints: HashMap<u32, EndpointEntries>,
+    /// What the ipcache was derived from, for updates after pod changes.
+    ipcache: ipcache::IpcacheState,
     /// The last `ResolvedPolicy::version` handed out.
     version: u64,
 }
@@ -199,6 +201,19 @@ impl PolicyCompiler {
     }
 
     pub fn compile(&mut self, input: &CompileInput<'_>) -> DesiredPolicy {
+        self.compile_after(input, None)
+    }
+
+    /// `compile`, told which pods changed (by key) since the previous
+    /// compile: the ipcache is then updated for those pods' addresses only
+    /// (see `ipcache`), unless this node's addresses or the policies'
+    /// ipBlock prefixes changed too. `None`: not known, every pod is
+    /// looked at.
+    pub fn compile_after(
+        &mut self,
+        input: &CompileInput<'_>,
+        changed_pods: Option<&BTreeSet<String>>,
+    ) -> DesiredPolicy {
         // Policies rarely come or go: nothing to number then.
         if !input.policies.values().map(|p| &p.key).eq(self.slots.keys()) {
             let live_slots: BTreeSet<u32> = input.policies.values().map(|p| self.slots.assign(&p.key)).collect();
@@ -206,8 +221,26 @@ impl PolicyCompiler {
         }
         let endpoints = unique_endpoints(input.endpoints);
         let mut out = DesiredPolicy::default();
-        let identities = self.number_identities(input, &endpoints, &mut out);
-        self.cache.resolve_policies(input, identities);
+        let blocks = Blocks::of(input.policies.values());
+        match changed_pods.filter(|_| self.cache.ipcache_usable(&blocks, input.host_addrs)) {
+            Some(changed) => {
+                let changed_ids =
+                    self.update_ipcache(input.pods, &endpoints, changed, &mut out.ipcache, &mut out.identities);
+                self.cache.refresh_policies(input, &changed_ids);
+            }
+            None => {
+                let identities = self.number_identities(input, &endpoints, &blocks, &mut out);
+                self.cache.ipcache = ipcache::IpcacheState::rebuild(
+                    input.pods,
+                    input.host_addrs,
+                    &endpoints,
+                    &blocks,
+                    &out.ipcache,
+                    &out.identities,
+                );
+                self.cache.resolve_policies(input, identities);
+            }
+        }
         self.endpoint_entries(input, &endpoints, &mut out);
         out
     }
@@ -217,19 +250,28 @@ impl PolicyCompiler {
         &mut self,
         input: &CompileInput<'_>,
         endpoints: &[LocalEndpoint],
+        blocks: &Blocks,
         out: &mut DesiredPolicy,
     ) -> BTreeMap<u32, IdentityKey> {
-        let blocks = Blocks::of(input.policies.values());
         let mut identities: BTreeMap<u32, IdentityKey> = BTreeMap::new();
         let mut ipcache = Vec::new();
         let mut previous = std::mem::replace(&mut self.cache.pods, HashMap::with_capacity(input.pods.len()));
-        for (net, holder) in ipcache_holders(input, endpoints, &blocks) {
+        for (net, holder) in ipcache_holders(input, endpoints, blocks) {
             let id = match holder {
                 Holder::Pod { pod, block } => {
                     // Most pods are as they were: their number is known
                     // without building and looking up their key.
                     let (name, numbered) = match previous.remove_entry(&pod.key) {
-                        Some((name, known)) if known.pod == *pod && known.block == block => (name, known),
+                        // (Updates after pod changes leave the entries of
+                        // pods that lost their address: the number must
+                        // still be theirs.)
+                        Some((name, known))
+                            if known.pod == *pod
+                                && known.block == block
+                                && self.identities.key(known.id) == Some(&known.key) =>
+                        {
+                            (name, known)
+                        }
                         _ => {
                             let key = IdentityKey::pod(pod, block);
                             let id = self.identities.assign(&key);
@@ -345,6 +387,12 @@ impl Cache {
         let mut changed: BTreeSet<u32> =
             self.identities.iter().filter(|(id, key)| previous.get(id) != Some(key)).map(|(id, _)| *id).collect();
         changed.extend(previous.iter().filter(|(id, key)| self.identities.get(id) != Some(key)).map(|(id, _)| *id));
+        self.refresh_policies(input, &changed);
+    }
+
+    /// Brings every policy's peers up to date with `self.identities`, of
+    /// which `changed` are new or gone since the policies were resolved.
+    fn refresh_policies(&mut self, input: &CompileInput<'_>, changed: &BTreeSet<u32>) {
         let mut previous = std::mem::take(&mut self.policies);
         if self.namespaces != *input.namespaces {
             // namespaceSelectors may match other namespaces now.
@@ -358,7 +406,7 @@ impl Cache {
             while previous.next_if(|(k, _)| k < key).is_some() {}
             let (key, resolved) = match previous.next_if(|(k, _)| k == key) {
                 Some((key, mut p)) if p.policy == *policy => {
-                    if !changed.is_empty() && p.refresh(&changed, &self.identities, &self.namespaces) {
+                    if !changed.is_empty() && p.refresh(changed, &self.identities, &self.namespaces) {
                         self.version += 1;
                         p.version = self.version;
                     }
@@ -616,6 +664,8 @@ impl Rules<'_> {
         }
     }
 }
+
+mod ipcache;
 
 #[cfg(test)]
 mod agreement;

@@ -124,7 +124,7 @@ impl IdentityKey {
 }
 
 /// Every prefix (cidr and except) of every ipBlock of every policy.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Blocks {
     prefixes: std::collections::BTreeSet<Ipv4Network>,
     /// Bit n set: some prefix is a /n (a lookup tries only those lengths).

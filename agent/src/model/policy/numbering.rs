@@ -65,6 +65,13 @@ impl<K: Ord + Clone> Numbering<K> {
         self.by_key.retain(|_, n| keep.contains(n));
     }
 
+    /// Releases one number (and its key).
+    pub fn release(&mut self, number: u32) {
+        if let Some(key) = self.by_number.remove(&number) {
+            self.by_key.remove(&key);
+        }
+    }
+
     fn free_number(&self) -> u32 {
         let free_in = |from: u32, to: u32| (from..to).find(|n| !self.by_number.contains_key(n));
         free_in(self.next.max(self.first), self.wrap)

@@ -3,7 +3,10 @@
 //! peer, a few ports and every protocol, both directions. A compile that
 //! reuses the previous one's work against one from scratch, through random
 //! changes. And the size and time of a large input.
-use std::{collections::BTreeMap, time::Instant};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    time::Instant,
+};
 
 use super::*;
 use crate::model::{
@@ -460,6 +463,7 @@ fn compiles_reusing_earlier_work_equal_compiles_from_scratch() {
         let mut case = gen_case(&mut rng);
         let mut hosts = vec![HOST];
         let mut compiler = PolicyCompiler::new();
+        let mut before: Option<BTreeMap<String, PodInfo>> = None;
         for step in 0..20 {
             let input = CompileInput {
                 pods: &case.pods,
@@ -468,9 +472,20 @@ fn compiles_reusing_earlier_work_equal_compiles_from_scratch() {
                 host_addrs: &hosts,
                 endpoints: &case.endpoints,
             };
+            // As the agent tells it: the pods that changed since the
+            // previous compile (every other step, none: not known).
+            let changed: Option<BTreeSet<String>> =
+                before.as_ref().filter(|_| step % 2 == 1 || seed % 3 != 0).map(|b| {
+                    b.keys().chain(case.pods.keys()).filter(|k| b.get(*k) != case.pods.get(*k)).cloned().collect()
+                });
             // The same numbering, none of the previous compile's work.
             let mut fresh = PolicyCompiler { cache: Cache::default(), ..compiler.clone() };
-            assert_eq!(compiler.compile(&input), fresh.compile(&input), "seed {seed}, step {step}");
+            assert_eq!(
+                compiler.compile_after(&input, changed.as_ref()),
+                fresh.compile(&input),
+                "seed {seed}, step {step}, changed pods {changed:?}"
+            );
+            before = Some(case.pods.clone());
             change(&mut rng, &mut case, &mut hosts);
         }
     }

@@ -1,0 +1,244 @@
+//! The ipcache after pod changes, worked out for the addresses they touch.
+//!
+//! A compile from the whole input walks every pod of the cluster to number
+//! identities and build the ipcache: at 150,000 pods that was half a second
+//! per pass, so one label change took that long to reach the maps. What an
+//! address holds depends only on the pods that claim it (their status
+//! address), the local endpoints at it, this node's addresses and the
+//! ipBlock prefixes; with the last two unchanged, a compile that knows which
+//! pods changed since the previous one redoes only their old and new
+//! addresses (and every address of a local endpoint that came, went or
+//! moved). The result is exactly the full compile's, numbering included:
+//! new numbers are handed out in address order, as the full walk does
+//! (tested against it in `agreement`).
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    net::Ipv4Addr,
+};
+
+use super::{Cache, LocalEndpoint, NumberedPod, PolicyCompiler};
+use crate::model::policy::{
+    identity::{Blocks, IdentityKey, prefix_of},
+    types::PodInfo,
+};
+use ipnetwork::Ipv4Network;
+
+/// What the last compile's ipcache was derived from.
+#[derive(Clone, Debug, Default)]
+pub(super) struct IpcacheState {
+    /// Set by a full compile; the state below describes its input.
+    valid: bool,
+    blocks: Blocks,
+    hosts: Vec<Ipv4Addr>,
+    endpoints: Vec<LocalEndpoint>,
+    /// Pods not bound to a local endpoint, by their status address.
+    claims: HashMap<Ipv4Addr, BTreeSet<String>>,
+    claimed: HashMap<String, Ipv4Addr>,
+    ipcache: BTreeMap<Ipv4Network, u32>,
+    /// Identity -> how many ipcache entries hold it.
+    users: HashMap<u32, u32>,
+    /// Identity -> what it is (`DesiredPolicy::identities`).
+    described: BTreeMap<u32, String>,
+}
+
+/// The pods bound to local endpoints (their status address is not trusted
+/// over the endpoint's).
+fn bound(endpoints: &[LocalEndpoint]) -> BTreeSet<&str> {
+    endpoints.iter().filter_map(|e| e.pod.as_deref()).collect()
+}
+
+impl IpcacheState {
+    /// After a full compile: its input and output, for the next update.
+    pub(super) fn rebuild(
+        input_pods: &BTreeMap<String, PodInfo>,
+        hosts: &[Ipv4Addr],
+        endpoints: &[LocalEndpoint],
+        blocks: &Blocks,
+        ipcache: &BTreeMap<Ipv4Network, u32>,
+        described: &BTreeMap<u32, String>,
+    ) -> Self {
+        let local = bound(endpoints);
+        let mut claims: HashMap<Ipv4Addr, BTreeSet<String>> = HashMap::new();
+        let mut claimed = HashMap::with_capacity(input_pods.len());
+        for pod in input_pods.values() {
+            if let Some(ip) = pod.ip
+                && !local.contains(pod.key.as_str())
+            {
+                claims.entry(ip).or_default().insert(pod.key.clone());
+                claimed.insert(pod.key.clone(), ip);
+            }
+        }
+        let mut users: HashMap<u32, u32> = HashMap::new();
+        for id in ipcache.values() {
+            *users.entry(*id).or_default() += 1;
+        }
+        Self {
+            valid: true,
+            blocks: blocks.clone(),
+            hosts: hosts.to_vec(),
+            endpoints: endpoints.to_vec(),
+            claims,
+            claimed,
+            ipcache: ipcache.clone(),
+            users,
+            described: described.clone(),
+        }
+    }
+
+    /// Whether an update from this state gives what a full compile would.
+    pub(super) fn usable(&self, blocks: &Blocks, hosts: &[Ipv4Addr]) -> bool {
+        self.valid && self.blocks == *blocks && self.hosts == hosts
+    }
+}
+
+impl PolicyCompiler {
+    /// The ipcache and identities after `changed` pods (and any change of
+    /// the local endpoints) on top of the last compile; requires
+    /// `IpcacheState::usable`. Returns the identities that appeared or
+    /// went (their number now stands for something else).
+    pub(super) fn update_ipcache(
+        &mut self,
+        pods: &BTreeMap<String, PodInfo>,
+        endpoints: &[LocalEndpoint],
+        changed: &BTreeSet<String>,
+        ipcache: &mut BTreeMap<Ipv4Network, u32>,
+        described: &mut BTreeMap<u32, String>,
+    ) -> BTreeSet<u32> {
+        let mut state = std::mem::take(&mut self.cache.ipcache);
+        let new_bound = bound(endpoints);
+        let mut affected: BTreeSet<Ipv4Addr> = BTreeSet::new();
+        let mut keys: BTreeSet<&str> = changed.iter().map(String::as_str).collect();
+        if state.endpoints != endpoints {
+            // Few: every address of every local endpoint, before and after.
+            affected.extend(state.endpoints.iter().chain(endpoints).map(|e| e.ip));
+            // Pods bound or unbound: their status address counts or not.
+            let old_bound = bound(&state.endpoints);
+            keys.extend(old_bound.symmetric_difference(&new_bound).copied());
+        }
+        for key in &keys {
+            if let Some(ip) = state.claimed.remove(*key) {
+                if let Some(set) = state.claims.get_mut(&ip) {
+                    set.remove(*key);
+                    if set.is_empty() {
+                        state.claims.remove(&ip);
+                    }
+                }
+                affected.insert(ip);
+            }
+            match pods.get(*key) {
+                Some(pod) => {
+                    if let Some(ip) = pod.ip {
+                        if !new_bound.contains(key) {
+                            state.claims.entry(ip).or_default().insert(key.to_string());
+                            state.claimed.insert(key.to_string(), ip);
+                        }
+                        affected.insert(ip);
+                    }
+                }
+                None => {
+                    self.cache.pods.remove(*key);
+                }
+            }
+            // A local pod holds its endpoints' addresses (before and after).
+            affected.extend(
+                state.endpoints.iter().chain(endpoints).filter(|e| e.pod.as_deref() == Some(*key)).map(|e| e.ip),
+            );
+        }
+
+        let blocks = state.blocks.clone();
+        let (mut appeared, mut vanished) = (BTreeSet::new(), BTreeSet::new());
+        for addr in affected {
+            if state.hosts.contains(&addr) {
+                // This node's address: the host identity, whoever claims it.
+                continue;
+            }
+            let net = prefix_of(addr, 32);
+            let holder = endpoints
+                .iter()
+                .filter(|e| e.ip == addr)
+                .find_map(|e| e.pod.as_ref().and_then(|k| pods.get(k)))
+                .or_else(|| state.claims.get(&addr).and_then(|keys| keys.iter().find_map(|k| pods.get(k))));
+            let new_id = match holder {
+                Some(pod) => Some(self.pod_identity(pod, blocks.of_addr(addr))),
+                // A /32 ipBlock prefix holds the address when no pod does.
+                None if blocks.iter().any(|b| b == net) => {
+                    Some(self.identities.assign(&IdentityKey::address(Some(net))))
+                }
+                None => None,
+            };
+            let old_id = state.ipcache.get(&net).copied();
+            if old_id == new_id {
+                continue;
+            }
+            match new_id {
+                Some(id) => {
+                    state.ipcache.insert(net, id);
+                    let n = state.users.entry(id).or_default();
+                    *n += 1;
+                    if *n == 1 {
+                        appeared.insert(id);
+                    }
+                }
+                None => {
+                    state.ipcache.remove(&net);
+                }
+            }
+            if let Some(id) = old_id
+                && let Some(n) = state.users.get_mut(&id)
+            {
+                *n -= 1;
+                if *n == 0 {
+                    state.users.remove(&id);
+                    vanished.insert(id);
+                }
+            }
+        }
+
+        let mut changed_ids = BTreeSet::new();
+        for id in vanished {
+            if state.users.contains_key(&id) {
+                continue; // went from one address to another
+            }
+            self.identities.release(id);
+            self.cache.identities.remove(&id);
+            state.described.remove(&id);
+            changed_ids.insert(id);
+        }
+        for id in appeared {
+            if self.cache.identities.contains_key(&id) || !state.users.contains_key(&id) {
+                continue;
+            }
+            let key = self.identities.key(id).expect("an identity in the ipcache has a number").clone();
+            state.described.insert(id, key.describe());
+            self.cache.identities.insert(id, key);
+            changed_ids.insert(id);
+        }
+        state.endpoints = endpoints.to_vec();
+        ipcache.clone_from(&state.ipcache);
+        described.clone_from(&state.described);
+        self.cache.ipcache = state;
+        changed_ids
+    }
+
+    /// A pod's identity at an address in `block`: the last compile's when
+    /// the pod is as it was and its number still stands for it.
+    fn pod_identity(&mut self, pod: &PodInfo, block: Option<Ipv4Network>) -> u32 {
+        if let Some(known) = self.cache.pods.get(&pod.key)
+            && known.pod == *pod
+            && known.block == block
+            && self.identities.key(known.id) == Some(&known.key)
+        {
+            return known.id;
+        }
+        let key = IdentityKey::pod(pod, block);
+        let id = self.identities.assign(&key);
+        self.cache.pods.insert(pod.key.clone(), NumberedPod { pod: pod.clone(), block, key, id });
+        id
+    }
+}
+
+impl Cache {
+    pub(super) fn ipcache_usable(&self, blocks: &Blocks, hosts: &[Ipv4Addr]) -> bool {
+        self.ipcache.usable(blocks, hosts)
+    }
+}
