@@ -205,7 +205,7 @@ impl FlowNames {
 
     fn build(&self, state: &Reconciler) {
         let (slots, endpoints) = state.policy.names(state.index());
-        self.hub.set_names(NameTable::build(state.index(), &self.node, slots, endpoints));
+        self.hub.set_names(NameTable::build_with(state.index(), state.pod_addresses(), &self.node, slots, endpoints));
         self.built.set(Some(std::time::Instant::now()));
         self.stale.set(false);
     }

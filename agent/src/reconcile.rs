@@ -11,6 +11,7 @@ use crate::{
     datapath::{Datapath, lb::maps::LbMaps as _, lb::programmer::LbProgrammer},
     model::{ClusterIndex, NodePlan, cni_conf, lb, plan, service::EndpointSliceInfo},
     node::{files, routes::Routes},
+    observe::flows::names::PodAddresses,
     sources::{Change, Update},
     sync::{policy::PolicySync, services::ServiceSync},
 };
@@ -34,6 +35,8 @@ pub struct Reconciler {
     ready: bool,
     /// EndpointSlice changes not yet programmed (network programming latency).
     programming: crate::observe::status::ProgrammingClock,
+    /// Every pod's address, for the flows' name tables.
+    pod_addresses: PodAddresses,
 }
 
 impl Reconciler {
@@ -59,12 +62,18 @@ impl Reconciler {
             reported: BTreeSet::new(),
             ready: false,
             programming: crate::observe::status::ProgrammingClock::new(std::time::SystemTime::now()),
+            pod_addresses: PodAddresses::default(),
         }
     }
 
     /// The cluster as the sources last said (names for the flow log).
     pub fn index(&self) -> &ClusterIndex {
         &self.index
+    }
+
+    /// Every pod's address (names for the flow log).
+    pub fn pod_addresses(&self) -> &PodAddresses {
+        &self.pod_addresses
     }
 
     pub fn dirty(&self) -> bool {
@@ -112,6 +121,9 @@ impl Reconciler {
             // the entries that change are written.
             Update::Pods(c) => {
                 let changed = self.index.pods.change(c);
+                for (old, new) in &changed {
+                    self.pod_addresses.change(old.as_ref(), new.as_ref());
+                }
                 if !changed.is_empty() {
                     self.policy.pods_changed(changed.into_iter().filter_map(|(old, new)| Some(new.or(old)?.key)));
                 }

@@ -33,6 +33,9 @@ use super::{
     names::{Names, NamesFile},
 };
 
+/// The names file is rewritten at most this often.
+const NAMES_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
+
 /// Beyond this many changed pods a compile looks at every pod (a relist).
 const CHANGED_PODS_MAX: usize = 10_000;
 
@@ -51,6 +54,9 @@ pub struct PolicySync {
     /// start, or more than `CHANGED_PODS_MAX`), so the next compile looks
     /// at every pod.
     changed_pods: Option<BTreeSet<String>>,
+    /// When the names file was last written, and when a newer one is due.
+    names_written: Option<Instant>,
+    names_due: Option<Instant>,
     /// The endpoints the per-pod counters were last pruned against.
     stats_endpoints: Option<Vec<u32>>,
 }
@@ -77,6 +83,8 @@ impl PolicySync {
             last_stats: ApplyStats::default(),
             endpoint_pods: BTreeMap::new(),
             changed_pods: None,
+            names_written: None,
+            names_due: None,
             stats_endpoints: None,
         }
     }
@@ -115,9 +123,13 @@ impl PolicySync {
         self.dirty = true;
     }
 
-    /// The earliest hold deadline, so the main loop wakes up for it.
+    /// The earliest hold deadline (or names file write), so the main loop
+    /// wakes up for it.
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.handoffs.next_deadline()
+        match (self.handoffs.next_deadline(), self.names_due) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     pub fn gauges(&self, index: &ClusterIndex) -> PolicyGauges {
@@ -226,16 +238,35 @@ impl PolicySync {
         }
     }
 
-    /// Expires held hand-offs without recomputing (timer tick).
+    /// Expires held hand-offs without recomputing, and writes the names
+    /// file when it is due (timer tick).
     pub fn tick(&mut self) {
         self.handoffs.expire();
+        if self.names_due.is_some_and(|due| Instant::now() >= due)
+            && let Some(desired) = self.last.take()
+        {
+            self.write_names(&desired);
+            self.last = Some(desired);
+        }
     }
 
     fn write_names(&mut self, desired: &DesiredPolicy) {
         // The compiler has a slot for every policy and for nothing else.
         if self.names.unchanged(self.compiler.slots(), &desired.identities, &self.endpoint_pods) {
+            self.names_due = None;
             return;
         }
+        // The file lists every identity of the cluster: under pod churn it
+        // changes with nearly every pass. `inspect` may lag a little.
+        let now = Instant::now();
+        if let Some(last) = self.names_written
+            && now < last + NAMES_EVERY
+        {
+            self.names_due = Some(last + NAMES_EVERY);
+            return;
+        }
+        self.names_due = None;
+        self.names_written = Some(now);
         self.names.write(Names {
             slots: self.compiler.slots().map(|(slot, policy)| (slot, policy.to_string())).collect(),
             identities: desired.identities.clone(),

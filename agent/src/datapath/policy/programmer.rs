@@ -78,19 +78,15 @@ impl PolicyProgrammer {
         endpoints: &BTreeMap<u32, EndpointInfo>,
     ) -> Result<ApplyStats, MapError> {
         let mut stats = ApplyStats::default();
-        for (key, slot) in target.rules {
-            if self.written.rules.get(key) != Some(slot) {
-                maps.set_rule(*key, *slot)?;
-                self.written.rules.insert(*key, *slot);
-                stats.rules_set += 1;
-            }
+        for (key, slot) in differing(target.rules, &self.written.rules) {
+            maps.set_rule(key, slot)?;
+            self.written.rules.insert(key, slot);
+            stats.rules_set += 1;
         }
-        for (net, identity) in target.ipcache {
-            if self.written.ipcache.get(net) != Some(identity) {
-                maps.set_identity(*net, *identity)?;
-                self.written.ipcache.insert(*net, *identity);
-                stats.ipcache_set += 1;
-            }
+        for (net, identity) in differing(target.ipcache, &self.written.ipcache) {
+            maps.set_identity(net, identity)?;
+            self.written.ipcache.insert(net, identity);
+            stats.ipcache_set += 1;
         }
         for (ifindex, ep) in endpoints {
             let current = ep.flags & EndpointInfo::FLAGS_POLICY;
@@ -122,16 +118,12 @@ impl PolicyProgrammer {
                 stats.endpoints_updated += 1;
             }
         }
-        let stale: Vec<Ipv4Network> =
-            self.written.ipcache.keys().filter(|n| !target.ipcache.contains_key(n)).copied().collect();
-        for net in stale {
+        for net in missing(&self.written.ipcache, target.ipcache) {
             maps.delete_identity(net)?;
             self.written.ipcache.remove(&net);
             stats.ipcache_deleted += 1;
         }
-        let stale: Vec<RuleKey> =
-            self.written.rules.keys().filter(|k| !target.rules.contains_key(k)).copied().collect();
-        for key in stale {
+        for key in missing(&self.written.rules, target.rules) {
             maps.delete_rule(key)?;
             self.written.rules.remove(&key);
             stats.rules_deleted += 1;
@@ -140,12 +132,50 @@ impl PolicyProgrammer {
     }
 }
 
+/// The entries of `want` that `have` lacks or holds otherwise, in order:
+/// one walk over both sorted maps (a lookup per entry cost a tenth of a
+/// pass at 15,000 pods, most of it for an ipcache that did not change).
+fn differing<K: Ord + Copy, V: PartialEq + Copy>(want: &BTreeMap<K, V>, have: &BTreeMap<K, V>) -> Vec<(K, V)> {
+    let mut have = have.iter().peekable();
+    let mut out = Vec::new();
+    for (k, v) in want {
+        while have.next_if(|(h, _)| *h < k).is_some() {}
+        match have.next_if(|(h, _)| *h == k) {
+            Some((_, hv)) if hv == v => {}
+            _ => out.push((*k, *v)),
+        }
+    }
+    out
+}
+
+/// The keys of `have` that `want` lacks, in order.
+fn missing<K: Ord + Copy, V>(have: &BTreeMap<K, V>, want: &BTreeMap<K, V>) -> Vec<K> {
+    let mut want = want.keys().peekable();
+    let mut out = Vec::new();
+    for k in have.keys() {
+        while want.next_if(|w| *w < k).is_some() {}
+        if want.next_if(|w| *w == k).is_none() {
+            out.push(*k);
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use weir_common::policy::{DIR_INGRESS, PolicyKey};
 
     use super::*;
     use crate::datapath::{fault::FailPlan, policy::maps::FakePolicyMaps};
+
+    #[test]
+    fn differing_and_missing_walk_both_maps() {
+        let have: BTreeMap<u32, u32> = [(1, 10), (2, 20), (4, 40), (6, 60)].into();
+        let want: BTreeMap<u32, u32> = [(0, 1), (2, 20), (4, 41), (5, 50), (7, 70)].into();
+        assert_eq!(differing(&want, &have), vec![(0, 1), (4, 41), (5, 50), (7, 70)]);
+        assert_eq!(missing(&have, &want), vec![1, 6]);
+        assert!(differing(&have, &have).is_empty() && missing(&have, &have).is_empty());
+    }
 
     const PENDING: u32 = EndpointInfo::FLAG_POLICY_PENDING;
     const INGRESS: u32 = EndpointInfo::FLAG_INGRESS_ENFORCED;
