@@ -33,6 +33,51 @@ use super::{
     names::{Names, NamesFile},
 };
 
+/// This node's pods by their status address (pods bind to endpoints by
+/// address when no hand-off named them), kept up to date from the pods
+/// that changed instead of a walk over every pod of the cluster per pass.
+#[derive(Debug, Default)]
+struct LocalPods {
+    /// None: rebuild from the index.
+    by_ip: Option<BTreeMap<Ipv4Addr, BTreeSet<String>>>,
+    ip_of: BTreeMap<String, Ipv4Addr>,
+}
+
+impl LocalPods {
+    fn update(&mut self, index: &ClusterIndex, node: &str, changed: Option<&BTreeSet<String>>) {
+        let keys: Vec<&str> = match (changed, self.by_ip.is_some()) {
+            (Some(changed), true) => changed.iter().map(String::as_str).collect(),
+            _ => {
+                *self = Self { by_ip: Some(BTreeMap::new()), ip_of: BTreeMap::new() };
+                index.pods.iter().map(|p| p.key.as_str()).collect()
+            }
+        };
+        let by_ip = self.by_ip.get_or_insert_default();
+        for key in keys {
+            if let Some(ip) = self.ip_of.remove(key)
+                && let Some(set) = by_ip.get_mut(&ip)
+            {
+                set.remove(key);
+                if set.is_empty() {
+                    by_ip.remove(&ip);
+                }
+            }
+            if let Some(pod) = index.pods.get(key)
+                && pod.node.as_deref() == Some(node)
+                && let Some(ip) = pod.ip
+            {
+                by_ip.entry(ip).or_default().insert(key.to_string());
+                self.ip_of.insert(key.to_string(), ip);
+            }
+        }
+    }
+
+    /// The pod at `ip` (two claiming it: the last by key).
+    fn at(&self, ip: Ipv4Addr) -> Option<&str> {
+        self.by_ip.as_ref()?.get(&ip)?.last().map(String::as_str)
+    }
+}
+
 /// The names file is rewritten at most this often.
 const NAMES_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
 
@@ -54,6 +99,8 @@ pub struct PolicySync {
     /// start, or more than `CHANGED_PODS_MAX`), so the next compile looks
     /// at every pod.
     changed_pods: Option<BTreeSet<String>>,
+    /// This node's pods by status address.
+    local_pods: LocalPods,
     /// When the names file was last written, and when a newer one is due.
     names_written: Option<Instant>,
     names_due: Option<Instant>,
@@ -83,6 +130,7 @@ impl PolicySync {
             last_stats: ApplyStats::default(),
             endpoint_pods: BTreeMap::new(),
             changed_pods: None,
+            local_pods: LocalPods::default(),
             names_written: None,
             names_due: None,
             stats_endpoints: None,
@@ -169,17 +217,12 @@ impl PolicySync {
             }
         };
         self.handoffs.retain_live(&endpoints);
-        let by_ip: BTreeMap<Ipv4Addr, &str> = index
-            .pods
-            .iter()
-            .filter(|p| p.node.as_deref() == Some(self.node_name.as_str()))
-            .filter_map(|p| Some((p.ip?, p.key.as_str())))
-            .collect();
+        self.local_pods.update(index, &self.node_name, self.changed_pods.as_ref());
         let local: Vec<LocalEndpoint> = endpoints
             .iter()
             .map(|(ifindex, ep)| {
                 let ip = Ipv4Addr::from(ep.ipv4_octets());
-                let pod = self.handoffs.pod_of(*ifindex).or_else(|| by_ip.get(&ip).copied()).map(str::to_string);
+                let pod = self.handoffs.pod_of(*ifindex).or_else(|| self.local_pods.at(ip)).map(str::to_string);
                 LocalEndpoint { ifindex: *ifindex, ip, pod, pending: ep.flags & EndpointInfo::FLAG_POLICY_PENDING != 0 }
             })
             .collect();
@@ -221,7 +264,9 @@ impl PolicySync {
                 self.dirty = true;
             }
         }
-        self.last = Some(desired);
+        // Without the ipcache: the compiler updates its own in place, and a
+        // second holder would make it copy every pod's entry per pass.
+        self.last = Some(DesiredPolicy { ipcache: Default::default(), ..desired });
         self.handoffs.expire();
     }
 

@@ -19,6 +19,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
     net::Ipv4Addr,
+    sync::Arc,
 };
 
 use ipnetwork::Ipv4Network;
@@ -67,8 +68,10 @@ pub struct CompileInput<'a> {
 /// What the policy maps should hold.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DesiredPolicy {
-    /// Address prefix -> identity.
-    pub ipcache: BTreeMap<Ipv4Network, u32>,
+    /// Address prefix -> identity; shared with the compiler, which updates
+    /// it in place after pod changes (whoever still holds the previous
+    /// compile's makes it copy the whole map).
+    pub ipcache: Arc<BTreeMap<Ipv4Network, u32>>,
     /// (prefix length, key) -> the slot of the policy that allows it (the
     /// lowest when several do; `POLICY_SLOT_OWN_NODE` for the node's own
     /// access). Keys have every bit past the prefix length cleared.
@@ -117,13 +120,22 @@ struct Cache {
     version: u64,
 }
 
-/// A pod's identity, and what it was worked out from.
-#[derive(Clone, Debug)]
+/// A pod's identity number, and the ipBlock prefix it was worked out in;
+/// whether the pod still has it is asked of the numbering (holding a copy
+/// of every pod and its key here cost 1.2 KB per pod of the cluster).
+#[derive(Clone, Copy, Debug)]
 struct NumberedPod {
-    pod: PodInfo,
     block: Option<Ipv4Network>,
-    key: IdentityKey,
     id: u32,
+}
+
+impl PolicyCompiler {
+    /// The known number, if `pod` in `block` still has it.
+    fn known_identity(&self, known: Option<&NumberedPod>, pod: &PodInfo, block: Option<Ipv4Network>) -> Option<u32> {
+        let known = known?;
+        (known.block == block && self.identities.key(known.id).is_some_and(|k| k.block == block && k.is_of(pod)))
+            .then_some(known.id)
+    }
 }
 
 /// A policy with the peers of its rules resolved to identities.
@@ -261,26 +273,15 @@ impl PolicyCompiler {
                 Holder::Pod { pod, block } => {
                     // Most pods are as they were: their number is known
                     // without building and looking up their key.
-                    let (name, numbered) = match previous.remove_entry(&pod.key) {
-                        // (Updates after pod changes leave the entries of
-                        // pods that lost their address: the number must
-                        // still be theirs.)
-                        Some((name, known))
-                            if known.pod == *pod
-                                && known.block == block
-                                && self.identities.key(known.id) == Some(&known.key) =>
-                        {
-                            (name, known)
-                        }
-                        _ => {
-                            let key = IdentityKey::pod(pod, block);
-                            let id = self.identities.assign(&key);
-                            (pod.key.clone(), NumberedPod { pod: pod.clone(), block, key, id })
-                        }
+                    let known = previous.remove_entry(&pod.key);
+                    let (name, id) = match self.known_identity(known.as_ref().map(|(_, k)| k), pod, block) {
+                        Some(id) => (known.expect("known").0, id),
+                        None => (pod.key.clone(), self.identities.assign(&IdentityKey::pod(pod, block))),
                     };
-                    identities.entry(numbered.id).or_insert_with(|| numbered.key.clone());
-                    let id = numbered.id;
-                    self.cache.pods.insert(name, numbered);
+                    if let std::collections::btree_map::Entry::Vacant(e) = identities.entry(id) {
+                        e.insert(self.identities.key(id).expect("numbered above").clone());
+                    }
+                    self.cache.pods.insert(name, NumberedPod { block, id });
                     id
                 }
                 Holder::Other(key) => {
@@ -292,7 +293,7 @@ impl PolicyCompiler {
             };
             ipcache.push((net, id));
         }
-        out.ipcache = ipcache.into_iter().collect();
+        out.ipcache = Arc::new(ipcache.into_iter().collect());
         self.identities.retain(&identities.keys().copied().collect());
         out.identities = identities.iter().map(|(id, key)| (*id, key.describe())).collect();
         identities

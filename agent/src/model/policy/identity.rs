@@ -55,6 +55,23 @@ impl IdentityKey {
         }
     }
 
+    /// Whether this is `pod`'s key (in whatever block), without building
+    /// one.
+    pub fn is_of(&self, pod: &PodInfo) -> bool {
+        let Subject::Pod { namespace, labels, named_ports } = &self.subject else { return false };
+        if *namespace != pod.namespace || *labels != pod.labels {
+            return false;
+        }
+        if pod.named_ports.is_sorted_by(|a, b| a < b) {
+            *named_ports == pod.named_ports
+        } else {
+            let mut ports = pod.named_ports.clone();
+            ports.sort();
+            ports.dedup();
+            *named_ports == ports
+        }
+    }
+
     pub fn is_pod(&self) -> bool {
         matches!(self.subject, Subject::Pod { .. })
     }

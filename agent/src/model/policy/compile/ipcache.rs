@@ -14,6 +14,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
     net::Ipv4Addr,
+    sync::Arc,
 };
 
 use super::{Cache, LocalEndpoint, NumberedPod, PolicyCompiler};
@@ -34,7 +35,7 @@ pub(super) struct IpcacheState {
     /// Pods not bound to a local endpoint, by their status address.
     claims: HashMap<Ipv4Addr, BTreeSet<String>>,
     claimed: HashMap<String, Ipv4Addr>,
-    ipcache: BTreeMap<Ipv4Network, u32>,
+    ipcache: Arc<BTreeMap<Ipv4Network, u32>>,
     /// Identity -> how many ipcache entries hold it.
     users: HashMap<u32, u32>,
     /// Identity -> what it is (`DesiredPolicy::identities`).
@@ -54,7 +55,7 @@ impl IpcacheState {
         hosts: &[Ipv4Addr],
         endpoints: &[LocalEndpoint],
         blocks: &Blocks,
-        ipcache: &BTreeMap<Ipv4Network, u32>,
+        ipcache: &Arc<BTreeMap<Ipv4Network, u32>>,
         described: &BTreeMap<u32, String>,
     ) -> Self {
         let local = bound(endpoints);
@@ -101,7 +102,7 @@ impl PolicyCompiler {
         pods: &BTreeMap<String, PodInfo>,
         endpoints: &[LocalEndpoint],
         changed: &BTreeSet<String>,
-        ipcache: &mut BTreeMap<Ipv4Network, u32>,
+        ipcache: &mut Arc<BTreeMap<Ipv4Network, u32>>,
         described: &mut BTreeMap<u32, String>,
     ) -> BTreeSet<u32> {
         let mut state = std::mem::take(&mut self.cache.ipcache);
@@ -172,7 +173,7 @@ impl PolicyCompiler {
             }
             match new_id {
                 Some(id) => {
-                    state.ipcache.insert(net, id);
+                    Arc::make_mut(&mut state.ipcache).insert(net, id);
                     let n = state.users.entry(id).or_default();
                     *n += 1;
                     if *n == 1 {
@@ -180,7 +181,7 @@ impl PolicyCompiler {
                     }
                 }
                 None => {
-                    state.ipcache.remove(&net);
+                    Arc::make_mut(&mut state.ipcache).remove(&net);
                 }
             }
             if let Some(id) = old_id
@@ -214,7 +215,7 @@ impl PolicyCompiler {
             changed_ids.insert(id);
         }
         state.endpoints = endpoints.to_vec();
-        ipcache.clone_from(&state.ipcache);
+        *ipcache = state.ipcache.clone();
         described.clone_from(&state.described);
         self.cache.ipcache = state;
         changed_ids
@@ -223,16 +224,11 @@ impl PolicyCompiler {
     /// A pod's identity at an address in `block`: the last compile's when
     /// the pod is as it was and its number still stands for it.
     fn pod_identity(&mut self, pod: &PodInfo, block: Option<Ipv4Network>) -> u32 {
-        if let Some(known) = self.cache.pods.get(&pod.key)
-            && known.pod == *pod
-            && known.block == block
-            && self.identities.key(known.id) == Some(&known.key)
-        {
-            return known.id;
+        if let Some(id) = self.known_identity(self.cache.pods.get(&pod.key), pod, block) {
+            return id;
         }
-        let key = IdentityKey::pod(pod, block);
-        let id = self.identities.assign(&key);
-        self.cache.pods.insert(pod.key.clone(), NumberedPod { pod: pod.clone(), block, key, id });
+        let id = self.identities.assign(&IdentityKey::pod(pod, block));
+        self.cache.pods.insert(pod.key.clone(), NumberedPod { block, id });
         id
     }
 }
