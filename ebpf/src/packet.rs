@@ -61,11 +61,14 @@ pub struct Flow {
     pub l4_off: usize,
     /// TCP flags byte (0 for other protocols).
     pub tcp_flags: u8,
+    /// The IP header checksum as it was read (as stored: network order).
+    pub ip_csum: u16,
 }
 
 impl Flow {
     /// No packet read yet: what a drop before parsing reports.
-    pub const NONE: Flow = Flow { saddr: 0, daddr: 0, sport: 0, dport: 0, proto: 0, l4_off: 0, tcp_flags: 0 };
+    pub const NONE: Flow =
+        Flow { saddr: 0, daddr: 0, sport: 0, dport: 0, proto: 0, l4_off: 0, tcp_flags: 0, ip_csum: 0 };
 }
 
 pub const TCP_FIN: u8 = 0x01;
@@ -127,6 +130,7 @@ pub fn parse(ctx: &TcContext) -> Result<Option<Flow>, DropReason> {
         proto: ip.proto as u8,
         l4_off: 0,
         tcp_flags: 0,
+        ip_csum: u16::from_ne_bytes(ip.check),
     };
     if !matches!(flow.proto, PROTO_TCP | PROTO_UDP | PROTO_SCTP) {
         return Ok(Some(flow));
