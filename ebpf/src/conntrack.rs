@@ -1,5 +1,7 @@
 //! Connection tracking for translated flows: the original direction keeps
 //! its backend, the reply direction finds its way back to the frontend.
+use core::ptr::write_volatile;
+
 use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::map, maps::LruHashMap};
 use weir_common::lb::{Backend, CtEntry, CtKey, MAX_CT_ENTRIES};
 
@@ -40,6 +42,10 @@ pub fn lookup(key: &CtKey) -> Option<CtEntry> {
 }
 
 /// A client packet of a tracked flow: FIN or RST mark the flow as ending.
+///
+/// Entries change in place, as `refresh` does: an insert over an existing
+/// key replaces its element, which in an LRU map takes a free node and
+/// frees the old one (the LRU lists' locks), on a path every flow takes.
 #[inline(always)]
 pub fn observe_client(key: &CtKey, entry: &CtEntry, flow: &Flow, now: u32) {
     let mark = if flow.tcp_flags & TCP_RST != 0 {
@@ -49,15 +55,24 @@ pub fn observe_client(key: &CtKey, entry: &CtEntry, flow: &Flow, now: u32) {
     } else {
         return;
     };
-    let updated = CtEntry { flags: entry.flags | mark, created: now, ..*entry };
-    let _ = WEIR_CT.insert(key, &updated, 0);
+    let Some(ct) = WEIR_CT.get_ptr_mut(key) else { return };
+    // Safety: the map's value for `key`, live while this program runs.
+    // The time first, then the flag that makes it count, each one store
+    // (a reader on another CPU sees a closing flow with its new time).
+    unsafe {
+        write_volatile(&raw mut (*ct).created, now);
+        write_volatile(&raw mut (*ct).flags, entry.flags | mark);
+    }
 }
 
-/// Restarts a closing flow's grace period.
+/// Restarts a closing flow's grace period (in place, one store).
 #[inline(always)]
 pub fn refresh(key: &CtKey, entry: &CtEntry, now: u32) {
-    if entry.created != now {
-        let _ = WEIR_CT.insert(key, &CtEntry { created: now, ..*entry }, 0);
+    if entry.created != now
+        && let Some(ct) = WEIR_CT.get_ptr_mut(key)
+    {
+        // Safety: as in `observe_client`.
+        unsafe { write_volatile(&raw mut (*ct).created, now) };
     }
 }
 

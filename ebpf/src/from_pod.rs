@@ -41,15 +41,25 @@ fn try_handle(ctx: &TcContext, seen: &mut Flow) -> Result<i32, DropReason> {
         return Err(DropReason::SourceSpoofed);
     }
     let check_policy = policy::active(&ep) && !policy::tracked(ifindex, &flow);
-    // A backend pod answering a translated flow: the client sees the
-    // frontend. (A reply: its flow passed this pod's ingress check.)
-    match reverse::from_backend(ctx, &flow)? {
-        reverse::FromBackend::NotReply => {}
-        reverse::FromBackend::Reversed => return Ok(counters::pass(TC_OK)),
-        reverse::FromBackend::Hairpin => return Ok(counters::pass(packet::back_out(ctx, ifindex))),
-        reverse::FromBackend::ToUplink => return Ok(counters::pass(packet::out_via(node::uplink_ifindex()))),
-    }
-    let outcome = pod::translate(ctx, &flow)?;
+    // The Service maps first: a packet of a live Service flow goes on
+    // translated (it is never a reply `from_backend` reverses: `pod::lookup`
+    // says why). Otherwise a backend pod answering a translated flow: the
+    // client sees the frontend. (A reply: its flow passed this pod's
+    // ingress check.)
+    let outcome = match pod::lookup(ctx, &flow)? {
+        pod::Lookup::Continued(outcome) => outcome,
+        lookup => match reverse::from_backend(ctx, &flow)? {
+            reverse::FromBackend::NotReply => match lookup {
+                pod::Lookup::New { key, svc } => pod::start(ctx, &flow, &key, &svc)?,
+                _ => pod::Outcome::NotService,
+            },
+            // Going to a pod, not to a Service.
+            reverse::FromBackend::ToPodClient => pod::Outcome::NotService,
+            reverse::FromBackend::Reversed => return Ok(counters::pass(TC_OK)),
+            reverse::FromBackend::Hairpin => return Ok(counters::pass(packet::back_out(ctx, ifindex))),
+            reverse::FromBackend::ToUplink => return Ok(counters::pass(packet::out_via(node::uplink_ifindex()))),
+        },
+    };
     let translated = !matches!(outcome, pod::Outcome::NotService);
     if check_policy && !matches!(outcome, pod::Outcome::NoBackend { .. }) {
         // Judge the packet as it now is: a translated one goes to a backend.

@@ -82,9 +82,10 @@ fn continue_flow(ctx: &TcContext, flow: &Flow, ct_key: &CtKey, now: u32) -> Resu
     }
     let Some(b) = backend(ct.backend_id) else { return Ok(None) };
     conntrack::observe_client(ct_key, &ct, flow, now);
-    nat::dnat(ctx, flow, b.addr, b.port)?;
     if ct.flags & (CtEntry::FLAG_HAIRPIN | CtEntry::FLAG_SNAT) != 0 {
-        nat::snat(ctx, flow, ct.nat_addr, ct.nat_port)?;
+        nat::both(ctx, flow, (b.addr, b.port), (ct.nat_addr, ct.nat_port))?;
+    } else {
+        nat::dnat(ctx, flow, b.addr, b.port)?;
     }
     Ok(Some(ct.flags))
 }

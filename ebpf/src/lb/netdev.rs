@@ -99,8 +99,7 @@ fn reply_of_remote(ctx: &TcContext, flow: &Flow) -> Result<bool, DropReason> {
         && let Some(rn) = rev_nat(ct.rev_nat_id)
         && !flow_is_over(ct.nat_addr, ct.nat_port, &rn, flow.proto)
     {
-        nat::dnat(ctx, flow, ct.nat_addr, ct.nat_port)?;
-        nat::snat(ctx, flow, rn.addr, rn.port)?;
+        nat::both(ctx, flow, (ct.nat_addr, ct.nat_port), (rn.addr, rn.port))?;
         return Ok(true);
     }
     Ok(false)
@@ -125,8 +124,7 @@ fn to_remote(ctx: &TcContext, flow: &Flow, ct_key: &CtKey, entry: CtEntry, b: &B
     let entry = CtEntry { flags: CtEntry::FLAG_SNAT, nat_addr: node_addr, nat_port: port, ..entry };
     let reply_entry = CtEntry { nat_addr: flow.saddr, nat_port: flow.sport, ..entry };
     conntrack::create_pair(ct_key, &entry, &reply, &reply_entry);
-    nat::dnat(ctx, flow, b.addr, b.port)?;
-    nat::snat(ctx, flow, node_addr, port)
+    nat::both(ctx, flow, (b.addr, b.port), (node_addr, port))
 }
 
 /// The source port for a flow SNATed to `node_addr`, and the reply key it

@@ -5,7 +5,7 @@ use aya_ebpf::programs::TcContext;
 use weir_common::{
     DropReason,
     flow::FLOW_DIR_EGRESS,
-    lb::{Backend, CtEntry, CtKey},
+    lb::{Backend, CtEntry, CtKey, ServiceKey, ServiceValue},
 };
 
 use super::{choose, continue_flow, internal_frontend};
@@ -28,25 +28,50 @@ pub enum Outcome {
     NoBackend { frontend_addr: u32 },
 }
 
+/// A pod's packet, as far as the Service maps know it.
+pub enum Lookup {
+    /// Not addressed to a Service.
+    NotService,
+    /// A packet of a live Service flow, translated as the flow was.
+    Continued(Outcome),
+    /// Addressed to this frontend, with no live flow: `start` one (or
+    /// reject it, without backends).
+    New { key: ServiceKey, svc: ServiceValue },
+}
+
+/// The Service maps' part for a pod's packet, done first: the frontend,
+/// then the flow's conntrack entry. A packet of a live Service flow goes
+/// on translated; only the others need `reverse::from_backend`'s lookup
+/// (a reply entry for the same tuple would be a backend answering a client
+/// whose address and port are a Service frontend's). That lookup missed on
+/// every packet a pod sent to a Service: a cold conntrack bucket each.
 #[inline(always)]
-pub fn translate(ctx: &TcContext, flow: &Flow) -> Result<Outcome, DropReason> {
+pub fn lookup(ctx: &TcContext, flow: &Flow) -> Result<Lookup, DropReason> {
     if !flow.has_ports() {
-        return Ok(Outcome::NotService);
+        return Ok(Lookup::NotService);
     }
     let Some((key, svc)) = internal_frontend(flow) else {
-        return Ok(Outcome::NotService);
+        return Ok(Lookup::NotService);
     };
+    if svc.count != 0
+        && let Some(flags) = continue_flow(ctx, flow, &conntrack::original_key(flow), conntrack::now_secs())?
+    {
+        let outcome = if flags & CtEntry::FLAG_HAIRPIN != 0 { Outcome::Hairpin } else { Outcome::Translated };
+        return Ok(Lookup::Continued(outcome));
+    }
+    Ok(Lookup::New { key, svc })
+}
+
+/// A new flow to the frontend `key`: a backend chosen, DNAT (and hairpin)
+/// and conntrack entries; or, without backends, `NoBackend`.
+#[inline(always)]
+pub fn start(ctx: &TcContext, flow: &Flow, key: &ServiceKey, svc: &ServiceValue) -> Result<Outcome, DropReason> {
     if svc.count == 0 {
         return Ok(Outcome::NoBackend { frontend_addr: flow.daddr });
     }
     let ct_key = conntrack::original_key(flow);
     let now = conntrack::now_secs();
-
-    if let Some(flags) = continue_flow(ctx, flow, &ct_key, now)? {
-        return Ok(if flags & CtEntry::FLAG_HAIRPIN != 0 { Outcome::Hairpin } else { Outcome::Translated });
-    }
-
-    let (backend_id, b) = choose(&key, &svc, flow, now).ok_or(DropReason::NoBackend)?;
+    let (backend_id, b) = choose(key, svc, flow, now).ok_or(DropReason::NoBackend)?;
     let entry = CtEntry { backend_id, rev_nat_id: svc.rev_nat_id, created: now, ..CtEntry::default() };
     let outcome = if b.addr == flow.saddr {
         hairpin(ctx, flow, &ct_key, entry, &b)?;
@@ -74,6 +99,5 @@ fn hairpin(ctx: &TcContext, flow: &Flow, ct_key: &CtKey, entry: CtEntry, b: &Bac
     let reply = conntrack::reply_key(b, gateway, flow.sport, flow.proto);
     let reply_entry = CtEntry { nat_addr: flow.saddr, ..entry };
     conntrack::create_pair(ct_key, &entry, &reply, &reply_entry);
-    nat::dnat(ctx, flow, b.addr, b.port)?;
-    nat::snat(ctx, flow, gateway, flow.sport)
+    nat::both(ctx, flow, (b.addr, b.port), (gateway, flow.sport))
 }

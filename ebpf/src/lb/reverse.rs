@@ -14,6 +14,9 @@ use crate::{conntrack, nat, node, packet::Flow};
 pub enum FromBackend {
     /// Not a reply this hook reverses.
     NotReply,
+    /// A reply to a pod client, reversed as it enters the client's veth:
+    /// on its way as it is (and, going to a pod, never to a Service).
+    ToPodClient,
     Reversed,
     /// Reversed to come from a node address (a NodePort reply): out of
     /// the uplink, past the routing input check (`node::uplink_ifindex`).
@@ -42,12 +45,23 @@ struct Reply {
     frontend: RevNat,
 }
 
+/// What `find` made of a packet.
+enum Found {
+    /// Not a reply of a live translated flow that the hook reverses.
+    No,
+    /// A reply of a pod client's flow, at a hook that leaves it alone.
+    PodClient,
+    Reply(Reply),
+}
+
 /// A reply of a translated flow at a pod's veth on its way out: to an
 /// external client of a local backend, or of a hairpinned flow.
 #[inline(always)]
 pub fn from_backend(ctx: &TcContext, flow: &Flow) -> Result<FromBackend, DropReason> {
-    let Some(reply) = find(flow, Hook::FromBackend) else {
-        return Ok(FromBackend::NotReply);
+    let reply = match find(flow, Hook::FromBackend) {
+        Found::No => return Ok(FromBackend::NotReply),
+        Found::PodClient => return Ok(FromBackend::ToPodClient),
+        Found::Reply(reply) => reply,
     };
     if rewrite(ctx, flow, &reply)? {
         return Ok(FromBackend::Hairpin);
@@ -62,7 +76,7 @@ pub fn from_backend(ctx: &TcContext, flow: &Flow) -> Result<FromBackend, DropRea
 /// reversed).
 #[inline(always)]
 pub fn to_client(ctx: &TcContext, flow: &Flow) -> Result<bool, DropReason> {
-    let Some(reply) = find(flow, Hook::ToClient) else { return Ok(false) };
+    let Found::Reply(reply) = find(flow, Hook::ToClient) else { return Ok(false) };
     rewrite(ctx, flow, &reply)?;
     Ok(true)
 }
@@ -73,7 +87,7 @@ pub fn to_client(ctx: &TcContext, flow: &Flow) -> Result<bool, DropReason> {
 #[inline(always)]
 pub fn from_host(ctx: &TcContext, flow: &Flow) -> Result<bool, DropReason> {
     // Never a hairpinned flow here (`find` leaves them out).
-    let Some(reply) = find(flow, Hook::FromHost) else { return Ok(false) };
+    let Found::Reply(reply) = find(flow, Hook::FromHost) else { return Ok(false) };
     rewrite(ctx, flow, &reply)?;
     Ok(true)
 }
@@ -81,32 +95,32 @@ pub fn from_host(ctx: &TcContext, flow: &Flow) -> Result<bool, DropReason> {
 /// The reply of a live translated flow that `hook` reverses, if `flow` is
 /// one.
 #[inline(always)]
-fn find(flow: &Flow, hook: Hook) -> Option<Reply> {
+fn find(flow: &Flow, hook: Hook) -> Found {
     if !flow.has_ports() {
-        return None;
+        return Found::No;
     }
-    let ct = conntrack::lookup(&conntrack::as_reply(flow))?;
+    let Some(ct) = conntrack::lookup(&conntrack::as_reply(flow)) else { return Found::No };
     if ct.flags & CtEntry::FLAG_SNAT != 0 {
-        return None;
+        return Found::No;
     }
     // Pod clients get their replies translated at their own veth; a
     // hairpinned flow never leaves the node.
     let pod_client = ct.flags & CtEntry::FLAG_POD_CLIENT != 0;
     let hairpin = ct.flags & CtEntry::FLAG_HAIRPIN != 0;
     match hook {
-        Hook::FromBackend if pod_client => return None,
-        Hook::FromHost if pod_client || hairpin => return None,
+        Hook::FromBackend if pod_client => return Found::PodClient,
+        Hook::FromHost if pod_client || hairpin => return Found::No,
         _ => {}
     }
-    let frontend = rev_nat(ct.rev_nat_id)?;
+    let Some(frontend) = rev_nat(ct.rev_nat_id) else { return Found::No };
     // Only while the flow lives: a later connection that reuses the tuple
     // (a direct one to the same backend, say) must not be rewritten.
     let (client, client_port) = if hairpin { (ct.nat_addr, ct.nat_port) } else { (flow.daddr, flow.dport) };
     if flow_is_over(client, client_port, &frontend, flow.proto) {
         conntrack::remove(&conntrack::as_reply(flow));
-        return None;
+        return Found::No;
     }
-    Some(Reply { ct, frontend })
+    Found::Reply(Reply { ct, frontend })
 }
 
 /// Puts the frontend back as the source; a hairpinned flow's reply also
@@ -115,8 +129,7 @@ fn find(flow: &Flow, hook: Hook) -> Option<Reply> {
 fn rewrite(ctx: &TcContext, flow: &Flow, reply: &Reply) -> Result<bool, DropReason> {
     let rn = &reply.frontend;
     if reply.ct.flags & CtEntry::FLAG_HAIRPIN != 0 {
-        nat::dnat(ctx, flow, reply.ct.nat_addr, reply.ct.nat_port)?;
-        nat::snat(ctx, flow, rn.addr, rn.port)?;
+        nat::both(ctx, flow, (reply.ct.nat_addr, reply.ct.nat_port), (rn.addr, rn.port))?;
         return Ok(true);
     }
     nat::snat(ctx, flow, rn.addr, rn.port)?;

@@ -337,7 +337,7 @@ fn data_path(topo: &Topology, xtask: &Path, args: &PolicyBenchArgs) -> Result<Da
                 cpu: args.common.client_cpu,
                 nice: args.common.nice,
             };
-            let cell = run_load(xtask, &client.netns, target, None, &params);
+            let cell = run_load(xtask, &client.netns, &[target], None, &params);
             drop(paused);
             let slot = cells.entry(size).or_insert_with(|| Ok(Load::default()));
             match cell {
@@ -500,7 +500,7 @@ fn flow_compare(bed: &mut Bed, args: &PolicyBenchArgs, size: usize) -> Result<Fl
                 nice: args.common.nice,
             };
             let (t0, start) = (cpu_ticks(pid), Instant::now());
-            let cell = run_load(bed.xtask, bed.client, bed.target, None, &params);
+            let cell = run_load(bed.xtask, bed.client, &[bed.target], None, &params);
             let cpu = cores(t0, cpu_ticks(pid), start.elapsed());
             let (slot, cpus) = if on { (&mut fc.on, &mut fc.cpu_on) } else { (&mut fc.off, &mut fc.cpu_off) };
             cpus.extend(cpu.map(|c| c * 100.0));

@@ -261,12 +261,12 @@ impl SizeRun<'_> {
 
     /// One slice of one column, or why it cannot be measured.
     fn cell(&self, col: Column, round: usize) -> Cell {
-        let (client, node, target, cg) = self.path(col);
+        let (client, node, targets, cg) = self.path(col);
         match (col, &self.weir_ready, &self.ipt_ready, self.socket_lb) {
             (Column::WeirTc | Column::WeirSock, Err(e), _, _) => Err(format!("not programmed: {e:#}")),
             (Column::Iptables, _, Err(e), _) => Err(format!("not programmed: {e:#}")),
             (Column::WeirSock, _, _, Err(e)) => Err(e.clone()),
-            _ => measure(self.xtask, &client.netns, target, cg, round == 0, self.args)
+            _ => measure(self.xtask, &client.netns, &targets, cg, round == 0, self.args)
                 .map(|mut l| {
                     if round + 1 == self.args.common.rounds {
                         l.conntrack = conntrack_from(node, client.ip);
@@ -277,20 +277,21 @@ impl SizeRun<'_> {
         }
     }
 
-    /// The column's client pod, its node, the address it connects to and
-    /// the socket-LB cgroup it joins, if any.
-    fn path(&self, col: Column) -> (&Pod, &Node, SocketAddrV4, Option<&Path>) {
+    /// The column's client pod, its node, the addresses it connects to (in
+    /// turn, one per connection) and the socket-LB cgroup it joins, if any.
+    /// The direct columns go to the same four backends the Service balances
+    /// over: one backend alone would compare a path that wakes one hot echo
+    /// server and piles all TIME_WAITs in one namespace with one that
+    /// spreads over four.
+    fn path(&self, col: Column) -> (&Pod, &Node, Vec<SocketAddrV4>, Option<&Path>) {
         let (weir_node, ipt_node) = (self.weir.node, self.ipt.node);
-        let vip = SocketAddrV4::new(self.vip, SVC_PORT);
+        let vip = vec![SocketAddrV4::new(self.vip, SVC_PORT)];
+        let pod_ips = |side: &Side| side.backends.iter().map(|b| SocketAddrV4::new(b.ip, TARGET_PORT)).collect();
         match col {
-            Column::Direct => {
-                (self.weir_clients.get("cd"), weir_node, SocketAddrV4::new(self.weir.backends[0].ip, TARGET_PORT), None)
-            }
+            Column::Direct => (self.weir_clients.get("cd"), weir_node, pod_ips(self.weir), None),
             Column::WeirTc => (self.weir_clients.get("ct"), weir_node, vip, None),
             Column::WeirSock => (self.weir_clients.get("cs"), weir_node, vip, Some(self.cgroup)),
-            Column::DirectIpt => {
-                (self.ipt_clients.get("cd"), ipt_node, SocketAddrV4::new(self.ipt.backends[0].ip, TARGET_PORT), None)
-            }
+            Column::DirectIpt => (self.ipt_clients.get("cd"), ipt_node, pod_ips(self.ipt), None),
             Column::Iptables => (self.ipt_clients.get("ci"), ipt_node, vip, None),
         }
     }
@@ -427,7 +428,7 @@ fn probe(netns: &NetNs, target: SocketAddrV4, timeout: Duration) -> Result<()> {
 fn measure(
     xtask: &Path,
     client: &NetNs,
-    target: SocketAddrV4,
+    targets: &[SocketAddrV4],
     cgroup: Option<&Path>,
     first: bool,
     args: &ServicesBenchArgs,
@@ -436,5 +437,5 @@ fn measure(
     let warmup = if first { args.warmup } else { args.warmup / 10.0 };
     let params =
         LoadParams { secs, warmup, streams: args.streams, cpu: args.common.client_cpu, nice: args.common.nice };
-    run_load(xtask, client, target, cgroup, &params)
+    run_load(xtask, client, targets, cgroup, &params)
 }

@@ -132,17 +132,18 @@ pub(in crate::bench) struct LoadParams {
 }
 
 /// Runs the load generator (`bench services-load`) in `client` against
-/// `target` for one slice.
+/// `targets` (one per connection, in turn) for one slice.
 pub(in crate::bench) fn run_load(
     xtask: &Path,
     client: &NetNs,
-    target: SocketAddrV4,
+    targets: &[SocketAddrV4],
     cgroup: Option<&Path>,
     p: &LoadParams,
 ) -> Result<Load> {
     let mut cmd = client.command(xtask)?;
+    let targets: Vec<String> = targets.iter().map(SocketAddrV4::to_string).collect();
     cmd.args(["bench", "services-load", "--target"])
-        .arg(target.to_string())
+        .arg(targets.join(","))
         .args(["--secs", &p.secs.to_string(), "--warmup", &p.warmup.to_string()])
         .args(["--streams", &p.streams.to_string(), "--cpu", &p.cpu.to_string()])
         .args(["--nice", &p.nice.to_string()]);

@@ -1,9 +1,9 @@
 //! New-connection rate and latency through a ClusterIP with weir (per-packet
-//! tc path and connect-time socket load balancing) next to the same backend
-//! by pod IP and the same Services as kube-proxy-style iptables chains, for
-//! 1, 1,000 and 10,000 Services of 4 endpoints each; then the control plane
-//! (`weir-dev bench-control-plane`) against its goals; last, /metrics under
-//! load (`metrics.rs`). IPVS is detected and reported as not measurable
+//! tc path and connect-time socket load balancing) next to the same backends
+//! by pod IP (the four in turn) and the same Services as kube-proxy-style
+//! iptables chains, for 1, 1,000 and 10,000 Services of 4 endpoints each;
+//! then the control plane (`weir-dev bench-control-plane`) against its
+//! goals; last, /metrics under load (`metrics.rs`). IPVS is detected and reported as not measurable
 //! when the kernel lacks it (never faked).
 //!
 //! Layout, all inside the run's namespaces:
@@ -102,11 +102,12 @@ pub struct ServicesBenchArgs {
 /// The paths measured at every size.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Column {
-    /// Pod IP on the weir node: the limit.
+    /// The backends' pod IPs on the weir node, in turn: the limit.
     Direct,
     WeirTc,
     WeirSock,
-    /// Pod IP on the iptables node (its KUBE-SERVICES is walked too).
+    /// The backends' pod IPs on the iptables node, in turn (its
+    /// KUBE-SERVICES is walked too).
     DirectIpt,
     Iptables,
 }

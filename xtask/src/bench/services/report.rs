@@ -49,9 +49,9 @@ fn print_setup(args: &ServicesBenchArgs, d: &DataPath) {
         args.warmup
     );
     println!(
-        "direct = backend pod IP on the weir node (the limit); weir tc = ClusterIP, per-packet tc path; weir sock = \
-         ClusterIP, connect-time socket LB; direct@ipt = pod IP on the iptables node; iptables = ClusterIP via \
-         kube-proxy-style chains ({})",
+        "direct = the Service's {ENDPOINTS} backend pods by IP, one per connection in turn, on the weir node (the \
+         limit); weir tc = ClusterIP, per-packet tc path; weir sock = ClusterIP, connect-time socket LB; direct@ipt \
+         = the same on the iptables node; iptables = ClusterIP via kube-proxy-style chains ({})",
         d.iptables_version
     );
 }

@@ -26,8 +26,10 @@ use super::REQUEST;
 /// `bench services-load` (hidden): the load generator of one cell.
 #[derive(Args)]
 pub struct LoadArgs {
-    #[arg(long)]
-    target: SocketAddrV4,
+    /// Where to connect; several (comma-separated) are taken in turn, one
+    /// per connection.
+    #[arg(long, value_delimiter = ',', required = true)]
+    target: Vec<SocketAddrV4>,
     #[arg(long)]
     secs: f64,
     #[arg(long)]
@@ -163,10 +165,13 @@ struct StreamOut {
     backends: Vec<(Vec<u8>, u64)>,
 }
 
-fn stream(target: SocketAddrV4, stop: &AtomicBool, keep: bool) -> StreamOut {
+fn stream(targets: &[SocketAddrV4], stop: &AtomicBool, keep: bool) -> StreamOut {
     let mut out = StreamOut { samples: Vec::with_capacity(if keep { 1 << 17 } else { 0 }), ..Default::default() };
     let mut buf = [0u8; 256];
+    let mut next = 0;
     while !stop.load(Ordering::Relaxed) {
+        let target = targets[next % targets.len()];
+        next += 1;
         match exchange(target, Duration::from_secs(2), &mut buf) {
             Ok((latency, len)) => {
                 if !keep {
@@ -191,11 +196,11 @@ fn stream(target: SocketAddrV4, stop: &AtomicBool, keep: bool) -> StreamOut {
 }
 
 /// `streams` threads for `secs`; their outputs and the wall time.
-fn phase(target: SocketAddrV4, streams: usize, secs: f64, keep: bool) -> (Vec<StreamOut>, Duration) {
+fn phase(targets: &[SocketAddrV4], streams: usize, secs: f64, keep: bool) -> (Vec<StreamOut>, Duration) {
     let stop = Arc::new(AtomicBool::new(false));
     let start = Instant::now();
     let outs = thread::scope(|s| {
-        let handles: Vec<_> = (0..streams).map(|_| s.spawn(|| stream(target, &stop, keep))).collect();
+        let handles: Vec<_> = (0..streams).map(|_| s.spawn(|| stream(targets, &stop, keep))).collect();
         thread::sleep(Duration::from_secs_f64(secs));
         stop.store(true, Ordering::Relaxed);
         handles.into_iter().map(|h| h.join().expect("load thread panicked")).collect()
@@ -212,9 +217,9 @@ pub fn load(args: LoadArgs) -> Result<()> {
     }
     pin(args.cpu, args.nice)?;
     if args.warmup > 0.0 {
-        phase(args.target, args.streams, args.warmup, false);
+        phase(&args.target, args.streams, args.warmup, false);
     }
-    let (outs, elapsed) = phase(args.target, args.streams, args.secs, true);
+    let (outs, elapsed) = phase(&args.target, args.streams, args.secs, true);
     let mut samples = Vec::new();
     let mut errors = 0;
     let mut first_error = None;
