@@ -119,6 +119,23 @@ pub fn detach(cmd: &mut Command) {
     }
 }
 
+/// `cmd.spawn()`, tried again a few times on ETXTBSY: a program written
+/// just before (a test's fake plugin) is "busy" while another thread's
+/// child, between its fork and exec, still holds the writer's descriptor
+/// (Go's os/exec and containerd retry the same way).
+fn spawn_retrying(cmd: &mut Command) -> io::Result<std::process::Child> {
+    let mut tries = 0;
+    loop {
+        match cmd.spawn() {
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && tries < 20 => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(10 * tries));
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Runs `cmd` to completion: writes `stdin` (small: it must fit the pipe
 /// buffer, which CNI configs do), collects stdout and stderr, and kills the
 /// command when `timeout` passes.
@@ -126,7 +143,7 @@ pub fn output(cmd: &mut Command, stdin: Option<&[u8]>, timeout: Duration) -> Res
     cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let mut child = cmd.spawn().with_context(|| format!("cannot start `{}`", describe(cmd)))?;
+    let mut child = spawn_retrying(cmd).with_context(|| format!("cannot start `{}`", describe(cmd)))?;
     if let Some(data) = stdin {
         let mut pipe = child.stdin.take().expect("stdin is piped");
         // A child that exits without reading its stdin is not our error.
