@@ -189,18 +189,16 @@ impl FlowNames {
 
     /// After a reconcile pass: builds now, or marks the table stale.
     fn refresh(&self, state: &Reconciler) {
-        match self.due() {
-            Some(at) if at > std::time::Instant::now() => self.stale.set(true),
-            _ => self.build(state),
+        if self.built.get().is_some_and(|t| t + NAMES_EVERY > std::time::Instant::now()) {
+            self.stale.set(true);
+        } else {
+            self.build(state);
         }
     }
 
     /// When a stale table is to be rebuilt (None: it is not stale).
     fn due(&self) -> Option<std::time::Instant> {
-        match self.built.get() {
-            None => Some(std::time::Instant::now()),
-            Some(t) => self.stale.get().then_some(t + NAMES_EVERY),
-        }
+        self.stale.get().then(|| self.built.get().map_or_else(std::time::Instant::now, |t| t + NAMES_EVERY))
     }
 
     fn build(&self, state: &Reconciler) {
@@ -264,7 +262,7 @@ async fn main_loop(
         status.beat();
         // Wake up for held hand-offs that run out.
         let hold_deadline = state.policy.next_deadline().map(tokio::time::Instant::from_std);
-        let names_due = if names.stale.get() { names.due().map(tokio::time::Instant::from_std) } else { None };
+        let names_due = names.due().map(tokio::time::Instant::from_std);
         tokio::select! {
             _ = retry.tick() => {
                 if state.dirty() {

@@ -135,12 +135,7 @@ impl Shared {
 
     /// Replaces the contents (one directory scan); wakes the watches.
     pub fn replace_all(&self, objects: BTreeMap<store::Key, Value>) -> usize {
-        let (changes, rv) = {
-            let mut store = self.store.lock().expect("lock");
-            (store.replace_all(objects), store.resource_version())
-        };
-        self.changes.send_replace(rv);
-        changes
+        self.update(|store| store.replace_all(objects))
     }
 
     fn store(&self) -> std::sync::MutexGuard<'_, Store> {

@@ -106,7 +106,7 @@ struct Cache {
     /// The identities in use: number -> key.
     identities: BTreeMap<u32, IdentityKey>,
     /// By pod key: every pod in the ipcache, with its identity.
-    pods: HashMap<String, NumberedPod>,
+    pods: HashMap<String, u32>,
     /// The namespaces the peers were resolved against.
     namespaces: BTreeMap<String, NamespaceInfo>,
     /// Every policy of the last compile with its key in the input, in
@@ -120,21 +120,13 @@ struct Cache {
     version: u64,
 }
 
-/// A pod's identity number, and the ipBlock prefix it was worked out in;
-/// whether the pod still has it is asked of the numbering (holding a copy
-/// of every pod and its key here cost 1.2 KB per pod of the cluster).
-#[derive(Clone, Copy, Debug)]
-struct NumberedPod {
-    block: Option<Ipv4Network>,
-    id: u32,
-}
-
 impl PolicyCompiler {
-    /// The known number, if `pod` in `block` still has it.
-    fn known_identity(&self, known: Option<&NumberedPod>, pod: &PodInfo, block: Option<Ipv4Network>) -> Option<u32> {
-        let known = known?;
-        (known.block == block && self.identities.key(known.id).is_some_and(|k| k.block == block && k.is_of(pod)))
-            .then_some(known.id)
+    /// The pod's number from the last compile, if `pod` in `block` still
+    /// has it: asked of the numbering (the cache holds the number only; a
+    /// copy of every pod and its key cost 1.2 KB per pod of the cluster).
+    fn known_identity(&self, known: Option<u32>, pod: &PodInfo, block: Option<Ipv4Network>) -> Option<u32> {
+        let id = known?;
+        self.identities.key(id).is_some_and(|k| k.block == block && k.is_of(pod)).then_some(id)
     }
 }
 
@@ -234,7 +226,7 @@ impl PolicyCompiler {
         let endpoints = unique_endpoints(input.endpoints);
         let mut out = DesiredPolicy::default();
         let blocks = Blocks::of(input.policies.values());
-        match changed_pods.filter(|_| self.cache.ipcache_usable(&blocks, input.host_addrs)) {
+        match changed_pods.filter(|_| self.cache.ipcache.usable(&blocks, input.host_addrs)) {
             Some(changed) => {
                 let changed_ids =
                     self.update_ipcache(input.pods, &endpoints, changed, &mut out.ipcache, &mut out.identities);
@@ -274,14 +266,14 @@ impl PolicyCompiler {
                     // Most pods are as they were: their number is known
                     // without building and looking up their key.
                     let known = previous.remove_entry(&pod.key);
-                    let (name, id) = match self.known_identity(known.as_ref().map(|(_, k)| k), pod, block) {
+                    let (name, id) = match self.known_identity(known.as_ref().map(|(_, id)| *id), pod, block) {
                         Some(id) => (known.expect("known").0, id),
                         None => (pod.key.clone(), self.identities.assign(&IdentityKey::pod(pod, block))),
                     };
                     if let std::collections::btree_map::Entry::Vacant(e) = identities.entry(id) {
                         e.insert(self.identities.key(id).expect("numbered above").clone());
                     }
-                    self.cache.pods.insert(name, NumberedPod { block, id });
+                    self.cache.pods.insert(name, id);
                     id
                 }
                 Holder::Other(key) => {

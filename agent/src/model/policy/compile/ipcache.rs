@@ -17,7 +17,7 @@ use std::{
     sync::Arc,
 };
 
-use super::{Cache, LocalEndpoint, NumberedPod, PolicyCompiler};
+use super::{LocalEndpoint, PolicyCompiler};
 use crate::model::policy::{
     identity::{Blocks, IdentityKey, prefix_of},
     types::PodInfo,
@@ -224,17 +224,11 @@ impl PolicyCompiler {
     /// A pod's identity at an address in `block`: the last compile's when
     /// the pod is as it was and its number still stands for it.
     fn pod_identity(&mut self, pod: &PodInfo, block: Option<Ipv4Network>) -> u32 {
-        if let Some(id) = self.known_identity(self.cache.pods.get(&pod.key), pod, block) {
+        if let Some(id) = self.known_identity(self.cache.pods.get(&pod.key).copied(), pod, block) {
             return id;
         }
         let id = self.identities.assign(&IdentityKey::pod(pod, block));
-        self.cache.pods.insert(pod.key.clone(), NumberedPod { block, id });
+        self.cache.pods.insert(pod.key.clone(), id);
         id
-    }
-}
-
-impl Cache {
-    pub(super) fn ipcache_usable(&self, blocks: &Blocks, hosts: &[Ipv4Addr]) -> bool {
-        self.ipcache.usable(blocks, hosts)
     }
 }
