@@ -125,7 +125,8 @@ impl Reconciler {
                     self.pod_addresses.change(old.as_ref(), new.as_ref());
                 }
                 if !changed.is_empty() {
-                    self.policy.pods_changed(changed.into_iter().filter_map(|(old, new)| Some(new.or(old)?.key)));
+                    self.policy
+                        .pods_changed(changed.into_iter().filter_map(|(old, new)| Some(new.or(old)?.key.to_string())));
                 }
             }
             Update::Namespaces(c) => {

@@ -52,12 +52,12 @@ fn pod_ip(j: usize) -> Ipv4Addr {
 fn pod(j: usize, app: usize) -> PodInfo {
     let ns = format!("ns-{}", j % NAMESPACES);
     PodInfo {
-        key: format!("{ns}/pod-{j}"),
+        key: format!("{ns}/pod-{j}").into(),
         namespace: ns,
-        labels: labels(&[("app", format!("app-{app}")), ("tier", ["fe", "be", "db"][j % 3].to_string())]),
+        labels: labels(&[("app", format!("app-{app}")), ("tier", ["fe", "be", "db"][j % 3].to_string())]).into(),
         ip: Some(pod_ip(j)),
         node: Some(if j < LOCAL { NODE.into() } else { format!("node-{}", j % 9) }),
-        named_ports: vec![("http".into(), Protocol::Tcp, 8080)],
+        named_ports: vec![("http".into(), Protocol::Tcp, 8080)].into(),
     }
 }
 

@@ -420,7 +420,7 @@ impl Oracle {
             Some("Pod") => {
                 let pod: PodView = serde_yaml::from_value(value).map_err(|e| format!("Pod: {e}: {doc}"))?;
                 let info = convert::pod(&pod);
-                self.pods.insert(info.key.clone(), info);
+                self.pods.insert(info.key.to_string(), info);
             }
             Some("Namespace") => {
                 let ns: Namespace = serde_yaml::from_value(value).map_err(|e| format!("Namespace: {e}: {doc}"))?;

@@ -292,7 +292,7 @@ mod tests {
             labels: Default::default(),
             ip: None,
             node: None,
-            named_ports: vec![],
+            named_ports: vec![].into(),
         };
         let ns = NamespaceInfo { name: "x".into(), labels: Default::default() };
         let np = NetworkPolicyInfo {

@@ -4,6 +4,7 @@
 
 pub mod cni_conf;
 pub mod index;
+pub mod intern;
 pub mod lb;
 pub mod node;
 pub mod plan;

@@ -380,7 +380,7 @@ spec: {selector: all(), types: [Ingress]}
         assert_eq!(objs.namespaces.len(), 1);
         assert_eq!(objs.namespaces[0].labels.get("team").map(String::as_str), Some("a"));
         assert_eq!(objs.namespaces[0].labels.get("kubernetes.io/metadata.name").map(String::as_str), Some("shop"));
-        let pods: Vec<_> = objs.pods.iter().map(|p| (p.key.as_str(), p.ip.map(|ip| ip.to_string()))).collect();
+        let pods: Vec<_> = objs.pods.iter().map(|p| (&*p.key, p.ip.map(|ip| ip.to_string()))).collect();
         // The finished and the host-network pods are not policy pods.
         assert_eq!(pods, [("shop/web-1", Some("10.244.1.5".to_string())), ("shop/pending", None)]);
         assert_eq!(objs.pods[0].node.as_deref(), Some("n1"));

@@ -111,6 +111,7 @@ impl kube::Resource for PodView {
 mod tests {
     use super::*;
     use crate::{model::service::Protocol, sources::convert};
+    use std::sync::Arc;
 
     /// A pod as the API server sends it, with what the view leaves out.
     fn pod_json() -> serde_json::Value {
@@ -143,14 +144,18 @@ mod tests {
     fn converts_to_the_policy_pod() {
         let view: PodView = serde_json::from_value(pod_json()).unwrap();
         let pod = convert::pod(&view).unwrap();
-        assert_eq!(pod.key, "shop/web-1");
+        assert_eq!(&*pod.key, "shop/web-1");
         assert_eq!(pod.labels.get("app").map(String::as_str), Some("web"));
         assert_eq!(pod.node.as_deref(), Some("n1"));
         assert_eq!(pod.ip, Some("10.244.1.5".parse().unwrap()));
-        // Unnamed ports are no named ports.
+        // Unnamed ports are no named ports; sorted, as identities keep them.
         assert_eq!(
-            pod.named_ports,
-            vec![("http".to_string(), Protocol::Tcp, 8080), ("dns".to_string(), Protocol::Udp, 53)]
+            *pod.named_ports,
+            vec![("dns".to_string(), Protocol::Udp, 53), ("http".to_string(), Protocol::Tcp, 8080)]
         );
+        // Another pod of the workload shares its labels and ports.
+        let twin = convert::pod(&view).unwrap();
+        assert!(Arc::ptr_eq(&pod.labels, &twin.labels));
+        assert!(Arc::ptr_eq(&pod.named_ports, &twin.named_ports));
     }
 }

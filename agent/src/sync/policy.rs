@@ -49,7 +49,7 @@ impl LocalPods {
             (Some(changed), true) => changed.iter().map(String::as_str).collect(),
             _ => {
                 *self = Self { by_ip: Some(BTreeMap::new()), ip_of: BTreeMap::new() };
-                index.pods.iter().map(|p| p.key.as_str()).collect()
+                index.pods.iter().map(|p| &*p.key).collect()
             }
         };
         let by_ip = self.by_ip.get_or_insert_default();
@@ -340,10 +340,10 @@ mod tests {
         PodInfo {
             key: key.into(),
             namespace: key.split_once('/').unwrap().0.into(),
-            labels: labels(kv),
+            labels: labels(kv).into(),
             ip: Some(Ipv4Addr::from(ip)),
             node: Some(node.into()),
-            named_ports: vec![],
+            named_ports: vec![].into(),
         }
     }
 

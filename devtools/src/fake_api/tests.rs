@@ -446,7 +446,7 @@ async fn the_kube_source_lists_and_watches_through_it() {
             Update::EndpointSlices(Change::Relisted(v)) => {
                 ("slices", v.iter().map(|s| format!("{}:{}", s.key, s.endpoints.len())).collect())
             }
-            Update::Pods(Change::Relisted(v)) => ("pods", v.iter().map(|p| p.key.clone()).collect()),
+            Update::Pods(Change::Relisted(v)) => ("pods", v.iter().map(|p| p.key.to_string()).collect()),
             Update::Namespaces(Change::Relisted(v)) => ("namespaces", v.iter().map(|n| n.name.clone()).collect()),
             Update::NetworkPolicies(Change::Relisted(v)) => ("policies", v.iter().map(|p| p.key.clone()).collect()),
             Update::Problems { count: 0, .. } => continue,

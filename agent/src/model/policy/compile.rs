@@ -33,9 +33,8 @@ use super::{
     identity::{Blocks, IdentityKey, Subject, prefix_of},
     keys::{PortMatch, RuleKey, any_proto_entry, port_entry},
     numbering::Numbering,
-    types::{NamespaceInfo, NetworkPolicyInfo, PodInfo, PolicyRule},
+    types::{NamedPort, NamespaceInfo, NetworkPolicyInfo, PodInfo, PolicyRule},
 };
-use crate::model::service::Protocol;
 
 /// A pod interface on this node, as the endpoint map has it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -106,7 +105,7 @@ struct Cache {
     /// The identities in use: number -> key.
     identities: BTreeMap<u32, IdentityKey>,
     /// By pod key: every pod in the ipcache, with its identity.
-    pods: HashMap<String, u32>,
+    pods: HashMap<Arc<str>, u32>,
     /// The namespaces the peers were resolved against.
     namespaces: BTreeMap<String, NamespaceInfo>,
     /// Every policy of the last compile with its key in the input, in
@@ -164,7 +163,7 @@ struct EndpointInputs {
     /// policy selecting the pod.
     policies: [Vec<(u32, u64)>; 2],
     /// The pod's own, for named ports in ingress rules.
-    named_ports: Vec<(String, Protocol, u16)>,
+    named_ports: Arc<Vec<NamedPort>>,
     /// This node's identities.
     hosts: Vec<u32>,
 }
@@ -578,13 +577,13 @@ fn ipcache_holders<'a>(
     for ep in endpoints {
         if let Some(pod) = ep.pod.as_ref().and_then(|k| input.pods.get(k)) {
             pods.entry(ep.ip).or_insert(pod);
-            local_pods.insert(pod.key.as_str());
+            local_pods.insert(&*pod.key);
         }
     }
     for pod in input.pods.values() {
         // A local pod's status address is not trusted over its endpoint's.
         if let Some(ip) = pod.ip
-            && !local_pods.contains(pod.key.as_str())
+            && !local_pods.contains(&*pod.key)
         {
             pods.entry(ip).or_insert(pod);
         }

@@ -6,21 +6,23 @@
 //! Two addresses share an identity exactly when every rule of every policy
 //! treats them alike: same subject (the same pod labels, namespace and named
 //! ports; this node; or anything else) and the same ipBlock membership.
-use std::{collections::BTreeMap, net::Ipv4Addr};
+use std::{collections::BTreeMap, net::Ipv4Addr, sync::Arc};
 
 use ipnetwork::Ipv4Network;
 
 use super::{
     selector::Labels,
-    types::{NamespaceInfo, NetworkPolicyInfo, PodInfo, PolicyPeer},
+    types::{NamedPort, NamespaceInfo, NetworkPolicyInfo, PodInfo, PolicyPeer},
 };
 use crate::model::service::Protocol;
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Subject {
     /// Named ports are part of the key so that an egress rule with a named
-    /// port resolves exactly per identity (the port is the destination's).
-    Pod { namespace: String, labels: Labels, named_ports: Vec<(String, Protocol, u16)> },
+    /// port resolves exactly per identity (the port is the destination's),
+    /// sorted and without duplicates. Labels and ports are the pods' own,
+    /// shared.
+    Pod { namespace: String, labels: Arc<Labels>, named_ports: Arc<Vec<NamedPort>> },
     /// This node's own addresses (always reach the node's pods).
     Host,
     /// Anything else: other nodes, outside the cluster, pods not known yet.
@@ -46,9 +48,15 @@ impl IdentityKey {
     }
 
     pub fn pod(pod: &PodInfo, block: Option<Ipv4Network>) -> Self {
-        let mut named_ports = pod.named_ports.clone();
-        named_ports.sort();
-        named_ports.dedup();
+        // The converter hands them out sorted; other sources may not.
+        let named_ports = if pod.named_ports.is_sorted_by(|a, b| a < b) {
+            pod.named_ports.clone()
+        } else {
+            let mut ports = pod.named_ports.to_vec();
+            ports.sort();
+            ports.dedup();
+            Arc::new(ports)
+        };
         Self {
             subject: Subject::Pod { namespace: pod.namespace.clone(), labels: pod.labels.clone(), named_ports },
             block,
@@ -65,10 +73,10 @@ impl IdentityKey {
         if pod.named_ports.is_sorted_by(|a, b| a < b) {
             *named_ports == pod.named_ports
         } else {
-            let mut ports = pod.named_ports.clone();
+            let mut ports = pod.named_ports.to_vec();
             ports.sort();
             ports.dedup();
-            *named_ports == ports
+            **named_ports == ports
         }
     }
 

@@ -1,6 +1,6 @@
 //! What the policy model needs to know about Pods, Namespaces and
 //! NetworkPolicies.
-use std::net::Ipv4Addr;
+use std::{net::Ipv4Addr, sync::Arc};
 
 use ipnetwork::Ipv4Network;
 
@@ -9,15 +9,19 @@ use crate::model::service::Protocol;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PodInfo {
-    /// `namespace/name`.
-    pub key: String,
+    /// `namespace/name`; shared with what the policy compile keeps per pod.
+    pub key: Arc<str>,
     pub namespace: String,
-    pub labels: Labels,
+    /// Shared by the pods that have the same (`model::intern`).
+    pub labels: Arc<Labels>,
     pub ip: Option<Ipv4Addr>,
     pub node: Option<String>,
-    /// Named container ports: (name, protocol, port).
-    pub named_ports: Vec<(String, Protocol, u16)>,
+    /// Named container ports: (name, protocol, port). Shared as `labels`.
+    pub named_ports: Arc<Vec<NamedPort>>,
 }
+
+/// A named container port: (name, protocol, port).
+pub type NamedPort = (String, Protocol, u16);
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NamespaceInfo {

@@ -69,7 +69,7 @@ impl PodAddresses {
         if let Some(new) = new
             && let Some(ip) = new.ip
         {
-            map.insert(ip, Arc::from(new.key.as_str()));
+            map.insert(ip, new.key.clone());
         }
     }
 }
@@ -270,10 +270,10 @@ mod tests {
         PodInfo {
             key: key.into(),
             namespace: key.split_once('/').unwrap().0.into(),
-            labels: labels(&[("app", app)]),
+            labels: labels(&[("app", app)]).into(),
             ip: Some(Ipv4Addr::from(ip)),
             node: None,
-            named_ports: vec![],
+            named_ports: vec![].into(),
         }
     }
 

@@ -455,7 +455,7 @@ mod tests {
             serde_json::from_value(v).unwrap()
         };
         let running = pod(&p(serde_json::json!({}))).unwrap();
-        assert_eq!((running.key.as_str(), running.ip), ("x/a", Some(Ipv4Addr::new(10, 244, 1, 5))));
+        assert_eq!((&*running.key, running.ip), ("x/a", Some(Ipv4Addr::new(10, 244, 1, 5))));
         // Pending, no address yet: known by name already.
         let pending = pod(&p(serde_json::json!({"status": {"phase": "Pending", "podIP": null}}))).unwrap();
         assert_eq!(pending.ip, None);

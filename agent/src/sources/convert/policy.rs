@@ -1,7 +1,10 @@
 //! Kubernetes Pods, Namespaces and NetworkPolicies -> the policy model.
 //! What cannot be expressed is reported with the object's name; a policy
 //! with an unusable part is never read more permissively than written.
-use std::net::Ipv4Addr;
+use std::{
+    net::Ipv4Addr,
+    sync::{Arc, LazyLock},
+};
 
 use k8s_openapi::{
     api::{
@@ -12,9 +15,10 @@ use k8s_openapi::{
 };
 
 use crate::model::{
+    intern::Interner,
     policy::{
         selector::{LabelSelector, Labels, Requirement},
-        types::{NamespaceInfo, NetworkPolicyInfo, PodInfo, PolicyPeer, PolicyPort, PolicyRule, PortRef},
+        types::{NamedPort, NamespaceInfo, NetworkPolicyInfo, PodInfo, PolicyPeer, PolicyPort, PolicyRule, PortRef},
     },
     service::Protocol,
 };
@@ -38,6 +42,17 @@ pub fn namespace(ns: &Namespace) -> NamespaceInfo {
     NamespaceInfo { name, labels }
 }
 
+/// Pods' label sets and named ports: a workload's pods share theirs.
+static POD_LABELS: LazyLock<Interner<Labels>> = LazyLock::new(Interner::new);
+static POD_PORTS: LazyLock<Interner<Vec<NamedPort>>> = LazyLock::new(Interner::new);
+
+fn pod_labels(meta: &meta::ObjectMeta) -> Arc<Labels> {
+    match &meta.labels {
+        Some(labels) => POD_LABELS.intern_ref(labels),
+        None => POD_LABELS.intern(Labels::new()),
+    }
+}
+
 pub fn pod(pod: &PodView) -> PodInfo {
     let namespace = pod.metadata.namespace.clone().unwrap_or_else(|| "default".into());
     let status = pod.status.as_ref();
@@ -49,7 +64,7 @@ pub fn pod(pod: &PodView) -> PodInfo {
         .chain(status.and_then(|s| s.pod_ip.clone()))
         .find_map(|ip| ip.parse::<Ipv4Addr>().ok());
     let spec = pod.spec.as_ref();
-    let named_ports = spec
+    let mut named_ports: Vec<NamedPort> = spec
         .map(|s| s.containers.iter().flat_map(|c| c.ports.clone().unwrap_or_default()).collect::<Vec<_>>())
         .unwrap_or_default()
         .into_iter()
@@ -59,13 +74,16 @@ pub fn pod(pod: &PodView) -> PodInfo {
             Some((name, proto, u16::try_from(p.container_port).ok()?))
         })
         .collect();
+    // Sorted, as identities keep them, so an identity shares the pod's.
+    named_ports.sort();
+    named_ports.dedup();
     PodInfo {
-        key: format!("{namespace}/{}", pod.metadata.name.as_deref().unwrap_or_default()),
+        key: format!("{namespace}/{}", pod.metadata.name.as_deref().unwrap_or_default()).into(),
         namespace,
-        labels: labels(&pod.metadata),
+        labels: pod_labels(&pod.metadata),
         ip,
         node: spec.and_then(|s| s.node_name.clone()),
-        named_ports,
+        named_ports: POD_PORTS.intern(named_ports),
     }
 }
 
@@ -339,12 +357,12 @@ mod tests {
         assert!(problem.unwrap().contains("Near"));
         assert_eq!(p.pod_selector, LabelSelector::default());
         let pod = |ns: &str, labels: &[(&str, &str)]| PodInfo {
-            key: format!("{ns}/q"),
+            key: format!("{ns}/q").into(),
             namespace: ns.into(),
-            labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            labels: Arc::new(labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()),
             ip: None,
             node: None,
-            named_ports: vec![],
+            named_ports: vec![].into(),
         };
         assert!(p.selects(&pod("x", &[])) && p.selects(&pod("x", &[("a", "b")])));
         assert!(!p.selects(&pod("y", &[])), "other namespaces are not this policy's");
@@ -368,11 +386,11 @@ mod tests {
         }))
         .unwrap();
         let info = pod(&p);
-        assert_eq!(info.key, "x/a");
+        assert_eq!(&*info.key, "x/a");
         assert_eq!(info.ip, Some(Ipv4Addr::new(10, 244, 1, 5)));
         assert_eq!(info.node.as_deref(), Some("n1"));
         assert_eq!(
-            info.named_ports,
+            *info.named_ports,
             [("serve-80-tcp".to_string(), Protocol::Tcp, 80), ("serve-81-udp".to_string(), Protocol::Udp, 81)]
         );
         let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": "x", "labels": {"ns": "x"}}})).unwrap();

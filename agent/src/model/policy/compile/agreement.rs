@@ -214,17 +214,17 @@ fn gen_pod(rng: &mut Rng, ns: &str, i: usize, out: &mut PodSet) {
     if rng.chance(40) {
         l.insert("app".into(), rng.pick(&["web", "db"]).into());
     }
-    let named_ports =
+    let named_ports: Vec<_> =
         (0..rng.below(3)).map(|_| rng.pick(&NAMED)).map(|(n, p, port)| (n.to_string(), p, port)).collect();
     let key = format!("{ns}/p{i}");
     let is_local = rng.chance(50);
     let pod = PodInfo {
-        key: key.clone(),
+        key: key.as_str().into(),
         namespace: ns.into(),
-        labels: l,
+        labels: l.into(),
         ip: Some(ip),
         node: Some(if is_local { "n1" } else { "n2" }.into()),
-        named_ports,
+        named_ports: named_ports.into(),
     };
     out.eval_pods.insert(key.clone(), pod.clone());
     let mut compiled = pod;
@@ -313,7 +313,7 @@ fn check(seed: u64, case: &Case, compiler: &mut PolicyCompiler, counts: &mut Cou
     let peers: Vec<(Peer<'_>, Ipv4Addr, String)> = case
         .eval_pods
         .values()
-        .map(|p| (Peer::Pod(p), p.ip.unwrap(), p.key.clone()))
+        .map(|p| (Peer::Pod(p), p.ip.unwrap(), p.key.to_string()))
         .chain(case.addresses.iter().map(|a| (Peer::Address(*a), *a, a.to_string())))
         .collect();
     for ep in &case.endpoints {
@@ -508,7 +508,7 @@ fn large_input() -> Large {
     for i in 0..1000u32 {
         let (pod, endpoint) = large_pod(i);
         endpoints.extend(endpoint);
-        pods.insert(pod.key.clone(), pod);
+        pods.insert(pod.key.to_string(), pod);
     }
     let policies = (0..1000u32).map(large_policy).map(|p| (p.key.clone(), p)).collect();
     Large { pods, namespaces, policies, endpoints }
@@ -529,12 +529,12 @@ fn large_pod(i: u32) -> (PodInfo, Option<LocalEndpoint>) {
     // 10 per hundred, over every namespace and app.
     let local = i % 10 == i / 100;
     let pod = PodInfo {
-        key: key.clone(),
+        key: key.as_str().into(),
         namespace: ns,
-        labels: labels(&[("app", &app)]),
+        labels: labels(&[("app", &app)]).into(),
         ip: Some(ip),
         node: Some(if local { "n1" } else { "n2" }.into()),
-        named_ports: vec![("http".into(), Protocol::Tcp, 8080)],
+        named_ports: vec![("http".into(), Protocol::Tcp, 8080)].into(),
     };
     let endpoint = local.then(|| LocalEndpoint { ifindex: 1000 + i, ip, pod: Some(key), pending: false });
     (pod, endpoint)

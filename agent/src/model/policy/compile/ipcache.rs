@@ -33,13 +33,32 @@ pub(super) struct IpcacheState {
     hosts: Vec<Ipv4Addr>,
     endpoints: Vec<LocalEndpoint>,
     /// Pods not bound to a local endpoint, by their status address.
-    claims: HashMap<Ipv4Addr, BTreeSet<String>>,
-    claimed: HashMap<String, Ipv4Addr>,
+    claims: HashMap<Ipv4Addr, Claimants>,
+    claimed: HashMap<Arc<str>, Ipv4Addr>,
     ipcache: Arc<BTreeMap<Ipv4Network, u32>>,
     /// Identity -> how many ipcache entries hold it.
     users: HashMap<u32, u32>,
     /// Identity -> what it is (`DesiredPolicy::identities`).
     described: BTreeMap<u32, String>,
+}
+
+/// The pods claiming one address, in key order (the first one known
+/// holds it). Almost always one: a set per address cost a tree node each.
+#[derive(Clone, Debug, Default)]
+struct Claimants(Vec<Arc<str>>);
+
+impl Claimants {
+    fn insert(&mut self, key: &Arc<str>) {
+        if let Err(at) = self.0.binary_search(key) {
+            self.0.insert(at, key.clone());
+        }
+    }
+
+    fn remove(&mut self, key: &str) {
+        if let Ok(at) = self.0.binary_search_by(|k| (**k).cmp(key)) {
+            self.0.remove(at);
+        }
+    }
 }
 
 /// The pods bound to local endpoints (their status address is not trusted
@@ -59,13 +78,13 @@ impl IpcacheState {
         described: &BTreeMap<u32, String>,
     ) -> Self {
         let local = bound(endpoints);
-        let mut claims: HashMap<Ipv4Addr, BTreeSet<String>> = HashMap::new();
+        let mut claims: HashMap<Ipv4Addr, Claimants> = HashMap::new();
         let mut claimed = HashMap::with_capacity(input_pods.len());
         for pod in input_pods.values() {
             if let Some(ip) = pod.ip
-                && !local.contains(pod.key.as_str())
+                && !local.contains(&*pod.key)
             {
-                claims.entry(ip).or_default().insert(pod.key.clone());
+                claims.entry(ip).or_default().insert(&pod.key);
                 claimed.insert(pod.key.clone(), ip);
             }
         }
@@ -119,8 +138,8 @@ impl PolicyCompiler {
         for key in &keys {
             if let Some(ip) = state.claimed.remove(*key) {
                 if let Some(set) = state.claims.get_mut(&ip) {
-                    set.remove(*key);
-                    if set.is_empty() {
+                    set.remove(key);
+                    if set.0.is_empty() {
                         state.claims.remove(&ip);
                     }
                 }
@@ -130,8 +149,8 @@ impl PolicyCompiler {
                 Some(pod) => {
                     if let Some(ip) = pod.ip {
                         if !new_bound.contains(key) {
-                            state.claims.entry(ip).or_default().insert(key.to_string());
-                            state.claimed.insert(key.to_string(), ip);
+                            state.claims.entry(ip).or_default().insert(&pod.key);
+                            state.claimed.insert(pod.key.clone(), ip);
                         }
                         affected.insert(ip);
                     }
@@ -158,7 +177,7 @@ impl PolicyCompiler {
                 .iter()
                 .filter(|e| e.ip == addr)
                 .find_map(|e| e.pod.as_ref().and_then(|k| pods.get(k)))
-                .or_else(|| state.claims.get(&addr).and_then(|keys| keys.iter().find_map(|k| pods.get(k))));
+                .or_else(|| state.claims.get(&addr).and_then(|keys| keys.0.iter().find_map(|k| pods.get(&**k))));
             let new_id = match holder {
                 Some(pod) => Some(self.pod_identity(pod, blocks.of_addr(addr))),
                 // A /32 ipBlock prefix holds the address when no pod does.

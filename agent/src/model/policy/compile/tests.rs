@@ -59,10 +59,10 @@ impl World {
             PodInfo {
                 key: key.into(),
                 namespace: ns.into(),
-                labels: labels(&[("pod", name)]),
+                labels: labels(&[("pod", name)]).into(),
                 ip: Some(addr),
                 node: Some(node.into()),
-                named_ports: vec![("http".into(), Protocol::Tcp, 80), ("dns".into(), Protocol::Udp, 53)],
+                named_ports: vec![("http".into(), Protocol::Tcp, 80), ("dns".into(), Protocol::Udp, 53)].into(),
             },
         );
     }
@@ -178,7 +178,7 @@ fn identities_are_stable_across_compiles_and_released_when_unused() {
 
     // A new pod, a relabelled one: the others keep their numbers.
     w.pod("y/c", ip(14), "n2");
-    w.pods.get_mut("x/b").unwrap().labels = labels(&[("pod", "b2")]);
+    w.pods.get_mut("x/b").unwrap().labels = labels(&[("pod", "b2")]).into();
     let xb = d1.identity_of(ip(3));
     let d2 = w.compile(&mut c);
     assert_eq!(d2.identity_of(ip(12)), ya);
@@ -188,7 +188,7 @@ fn identities_are_stable_across_compiles_and_released_when_unused() {
     assert!(c.identity_key(xb).is_none(), "released after the compile");
     // Pods with the same namespace, labels and named ports share one.
     w.pod("y/a2", ip(13), "n2");
-    w.pods.get_mut("y/a2").unwrap().labels = labels(&[("pod", "a")]);
+    w.pods.get_mut("y/a2").unwrap().labels = labels(&[("pod", "a")]).into();
     let d3 = w.compile(&mut c);
     assert_eq!(d3.identity_of(ip(13)), ya);
     // ... and the same compile again changes nothing.
@@ -308,8 +308,8 @@ fn ip_block_except_carves_out_pods_and_addresses() {
 fn named_ports_resolve_on_the_destination_in_both_directions() {
     let mut w = World::new();
     // y/a's "http" is 8080; x/b has no "http".
-    w.pods.get_mut("y/a").unwrap().named_ports = vec![("http".into(), Protocol::Tcp, 8080)];
-    w.pods.get_mut("x/b").unwrap().named_ports = vec![];
+    w.pods.get_mut("y/a").unwrap().named_ports = vec![("http".into(), Protocol::Tcp, 8080)].into();
+    w.pods.get_mut("x/b").unwrap().named_ports = vec![].into();
     let named =
         |name: &str| PolicyRule { peers: vec![], ports: vec![port(Protocol::Tcp, PortRef::Name(name.into()), None)] };
     w.policy("x/named", LabelSelector::default(), Some(vec![named("http")]), Some(vec![named("http")]));

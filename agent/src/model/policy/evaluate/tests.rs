@@ -23,15 +23,16 @@ fn world() -> World {
         namespaces.insert(ns.to_string(), NamespaceInfo { name: ns.to_string(), labels: labels(&[("ns", ns)]) });
         for (i, p) in ["a", "b", "c"].iter().enumerate() {
             pods.push(PodInfo {
-                key: format!("{ns}/{p}"),
+                key: format!("{ns}/{p}").into(),
                 namespace: ns.to_string(),
-                labels: labels(&[("pod", p)]),
+                labels: labels(&[("pod", p)]).into(),
                 ip: Some(Ipv4Addr::new(10, 244, 1, (n * 10 + i + 2) as u8)),
                 node: Some("n1".into()),
                 named_ports: vec![
                     ("serve-80-tcp".to_string(), Protocol::Tcp, 80),
                     ("serve-81-udp".to_string(), Protocol::Udp, 81),
-                ],
+                ]
+                .into(),
             });
         }
     }
@@ -45,7 +46,7 @@ fn world() -> World {
 
 impl World {
     fn pod(&self, key: &str) -> &PodInfo {
-        self.pods.iter().find(|p| p.key == key).unwrap()
+        self.pods.iter().find(|p| &*p.key == key).unwrap()
     }
     fn allowed(&self, src: &str, dst: &str, proto: Protocol, port: u16) -> bool {
         let view = PolicyView { policies: &self.policies, namespaces: &self.namespaces, node_addrs: &self.nodes };
