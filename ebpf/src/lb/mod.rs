@@ -21,7 +21,10 @@ use weir_common::{
     },
 };
 
-use crate::{conntrack, nat, packet::Flow};
+use crate::{
+    conntrack, nat,
+    packet::{Flow, TCP_ACK, TCP_SYN},
+};
 
 pub mod netdev;
 pub mod pod;
@@ -77,7 +80,7 @@ fn internal_frontend(flow: &Flow) -> Option<(ServiceKey, ServiceValue)> {
 #[inline(always)]
 fn continue_flow(ctx: &TcContext, flow: &Flow, ct_key: &CtKey, now: u32) -> Result<Option<u16>, DropReason> {
     let Some(ct) = conntrack::lookup(ct_key) else { return Ok(None) };
-    if ct.is_over(now) {
+    if ct.is_over(now) || reopens(flow, &ct) {
         return Ok(None);
     }
     let Some(b) = backend(ct.backend_id) else { return Ok(None) };
@@ -88,6 +91,16 @@ fn continue_flow(ctx: &TcContext, flow: &Flow, ct_key: &CtKey, now: u32) -> Resu
         nat::dnat(ctx, flow, b.addr, b.port)?;
     }
     Ok(Some(ct.flags))
+}
+
+/// A SYN on the tuple of a closing flow: the client reused its port within
+/// the close grace period (within seconds at a few thousand connections a
+/// second) for a new connection, which is balanced afresh, as netfilter
+/// reopens a conntrack entry in TIME_WAIT. Continuing the old flow pinned
+/// every such connection to the old backend.
+#[inline(always)]
+fn reopens(flow: &Flow, ct: &CtEntry) -> bool {
+    ct.flags & CtEntry::FLAG_CLOSING != 0 && flow.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
 }
 
 /// A new flow's backend: the client's affinity while it lasts, else a

@@ -296,6 +296,32 @@ fn replies_stop_being_translated_once_the_client_resets_the_flow() {
     assert_eq!(parse(&run(&t, pin::PROG_TO_POD, &reply).1).src, VIP);
 }
 
+#[test]
+#[ignore = "privileged: needs root and bpffs; `cargo xtask test` runs it as root"]
+fn a_syn_reusing_a_closing_flows_port_is_balanced_afresh() {
+    let mut t = TestDatapath::load();
+    add_endpoint(&mut t, LOOPBACK, CLIENT);
+    let first = ([10, 244, 2, 7], 8080);
+    let mut p = program(&mut t, Protocol::Tcp, &[first], 0);
+    let ports = 41000..41040;
+    for sport in ports.clone() {
+        run(&t, pin::PROG_FROM_POD, &packet(6, CLIENT, sport, VIP, 80));
+        // The client's FIN: the flow is closing, within its grace period.
+        run(&t, pin::PROG_FROM_POD, &packet_with_flags(6, CLIENT, sport, VIP, 80, 0x11));
+    }
+    apply(&mut t, &mut p, Protocol::Tcp, &[first, ([10, 244, 3, 7], 8080), ([10, 244, 4, 7], 8080)], 0);
+    // The closing handshake's last ACK still goes to the flow's backend.
+    let ack = parse(&run(&t, pin::PROG_FROM_POD, &packet_with_flags(6, CLIENT, 41000, VIP, 80, 0x10)).1);
+    assert_eq!(ack.dst, first.0);
+    // A new connection on each tuple: spread over the three backends (40
+    // in a row on the old one would be chance with odds of 3^-40).
+    let mut seen = std::collections::BTreeSet::new();
+    for sport in ports {
+        seen.insert(parse(&run(&t, pin::PROG_FROM_POD, &packet(6, CLIENT, sport, VIP, 80)).1).dst);
+    }
+    assert_eq!(seen.len(), 3, "SYNs on closing tuples must be balanced afresh: {seen:?}");
+}
+
 /// A UDP datagram of `payload` bytes with its checksum, in two IPv4
 /// fragments (ID `id`): the first with the UDP header and 24 bytes, the
 /// second (offset 32 bytes) with the rest.
