@@ -1,0 +1,130 @@
+//! Dual-stack and IPv6-only pods across two nodes (issue #12): the agents
+//! write both families into the conflist and route each peer's IPv6 pod
+//! CIDR via its IPv6 InternalIP; weir-cni gives every pod an address of each
+//! configured family (IPv6 without a tentative delay); pods ping each other
+//! over both families (`ping -6`), CHECK passes, DEL and GC release both.
+//! ULA addresses, inside the test's namespaces only.
+
+use std::net::IpAddr;
+
+use serde_json::json;
+use weir_testbed::{
+    Pod, Topology,
+    cni::Conflist,
+    tools,
+    topology::{CLUSTER_CIDR_V6, Families, Node},
+};
+
+/// `conflist` with its weir-cni entry narrowed to IPv6: what an IPv6-only
+/// node's agent writes.
+fn ipv6_only(conflist: &Conflist, node: &Node) -> Conflist {
+    let mut list = conflist.clone();
+    let weir = list.plugin_mut("weir-cni").expect("weir-cni in the conflist");
+    weir.raw.remove("podCIDR");
+    weir.raw.remove("clusterCIDR");
+    weir.set("podCIDRs", json!([node.pod_cidr_v6.clone().unwrap()]));
+    weir.set("clusterCIDRs", json!([CLUSTER_CIDR_V6]));
+    list
+}
+
+/// The pod's IPv6 address is usable at once: not tentative.
+fn assert_not_tentative(pod: &Pod) {
+    let addrs = pod.netns.run(&["ip", "-6", "addr", "show", "dev", "eth0"]).unwrap();
+    let ip = pod.ipv6.unwrap().to_string();
+    let line = addrs.lines().find(|l| l.contains(&ip)).unwrap_or_else(|| panic!("{ip} not on eth0: {addrs}"));
+    assert!(!line.contains("tentative"), "{line}");
+}
+
+#[test]
+fn dual_stack_and_ipv6_only_pods_on_two_nodes_ping_over_both_families() {
+    weir_testbed::privileged(tools::BASE);
+    let topo = Topology::builder("dual_stack").nodes(2).families(Families::DualStack).build().unwrap();
+    let _agents = topo.start_agents().unwrap();
+    let (n1, n2) = (topo.node("n1"), topo.node("n2"));
+
+    // Each agent routes the peer's IPv6 pod CIDR via its IPv6 InternalIP,
+    // as it does for IPv4, and forwards IPv6.
+    for (node, peer) in [(n1, n2), (n2, n1)] {
+        let routes = node.netns.routes6().unwrap();
+        let want = format!("{} via {}", peer.pod_cidr_v6.as_deref().unwrap(), peer.ip6.unwrap());
+        assert!(
+            routes.iter().any(|r| r.starts_with(&want) && r.contains("proto 87")),
+            "{}: no `{want}` in {routes:#?}",
+            node.name
+        );
+        let fwd = node.netns.run(&["sysctl", "-n", "net.ipv6.conf.all.forwarding"]).unwrap();
+        assert_eq!(fwd.trim(), "1", "{}", node.name);
+    }
+
+    let c1 = n1.agent_conflist().unwrap().only(&["weir-cni"]);
+    let c2 = n2.agent_conflist().unwrap().only(&["weir-cni"]);
+    let weir = c1.plugin("weir-cni").unwrap();
+    assert_eq!(weir.raw["podCIDRs"], json!([n1.pod_cidr, n1.pod_cidr_v6.clone().unwrap()]), "{}", c1.to_json_pretty());
+    assert_eq!(weir.get_str("podCIDR"), Some(n1.pod_cidr.as_str()));
+
+    // Dual-stack pods on both nodes; an IPv6-only pod on n1.
+    let a = Pod::create(n1, "a", &c1).unwrap();
+    let b = Pod::create(n2, "b", &c2).unwrap();
+    let v6 = ipv6_only(&c1, n1);
+    let c = Pod::create(n1, "c", &v6).unwrap();
+    for pod in [&a, &b] {
+        assert!(!pod.ip.is_unspecified(), "{}: {}", pod.name, pod.result.raw);
+        assert!(pod.ipv6.is_some(), "{}: {}", pod.name, pod.result.raw);
+        assert_eq!(pod.result.ips.len(), 2, "{}", pod.result.raw);
+    }
+    assert!(c.ip.is_unspecified() && c.ipv6.is_some(), "{}", c.result.raw);
+    assert_eq!(c.result.ips.len(), 1, "{}", c.result.raw);
+    for pod in [&a, &b, &c] {
+        assert_not_tentative(pod);
+        pod.check().unwrap();
+    }
+
+    let (a6, b6, c6) = (a.ipv6.unwrap().into(), b.ipv6.unwrap().into(), c.ipv6.unwrap().into());
+    // Across nodes over both families, and the IPv6-only pod both ways.
+    for (from, to) in [(&a, b.ip.into()), (&b, a.ip.into()), (&a, b6), (&b, a6), (&c, b6), (&b, c6), (&c, a6)] {
+        from.ping_ip(to).unwrap_or_else(|e| panic!("{} -> {to}: {e:#}", from.name));
+    }
+    // A pod reaches the other node's IPv6 InternalIP too.
+    a.ping_ip(IpAddr::V6(n2.ip6.unwrap())).unwrap();
+
+    // DEL releases both families.
+    let (mut a, mut c) = (a, c);
+    a.delete().unwrap();
+    c.delete().unwrap();
+    let v6_dir = n1.ipam_dir("weir").join("ipv6");
+    let left: Vec<_> = std::fs::read_dir(&v6_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.contains(':') && !n.starts_with("owner:"))
+        .collect();
+    assert!(left.is_empty(), "IPv6 reservations left on n1: {left:?}");
+    assert!(n1.reservations("weir").unwrap().is_empty());
+}
+
+#[test]
+fn ipv6_only_cluster_pods_ping_across_nodes() {
+    weir_testbed::privileged(tools::BASE);
+    let topo = Topology::builder("ipv6_only").nodes(2).families(Families::Ipv6).build().unwrap();
+    let _agents = topo.start_agents().unwrap();
+    let (n1, n2) = (topo.node("n1"), topo.node("n2"));
+
+    let c1 = n1.agent_conflist().unwrap().only(&["weir-cni"]);
+    let c2 = n2.agent_conflist().unwrap().only(&["weir-cni"]);
+    let weir = c1.plugin("weir-cni").unwrap();
+    assert_eq!(weir.get_str("podCIDR"), None, "{}", c1.to_json_pretty());
+    assert_eq!(weir.raw["podCIDRs"], json!([n1.pod_cidr_v6.clone().unwrap()]));
+    // No IPv4 route to the peer: the cluster has no IPv4.
+    assert!(n1.routes_of_weir().unwrap().is_empty());
+
+    let a = Pod::create(n1, "a", &c1).unwrap();
+    let b = Pod::create(n2, "b", &c2).unwrap();
+    for pod in [&a, &b] {
+        assert!(pod.ip.is_unspecified(), "{}", pod.result.raw);
+        assert_not_tentative(pod);
+        pod.check().unwrap();
+        // Only IPv6 on eth0 (besides nothing of IPv4).
+        assert!(pod.netns.ipv4_addrs("eth0").unwrap().is_empty());
+    }
+    a.ping_ip(b.ipv6.unwrap().into()).unwrap();
+    b.ping_ip(a.ipv6.unwrap().into()).unwrap();
+}
