@@ -128,3 +128,114 @@ fn ipv6_only_cluster_pods_ping_across_nodes() {
     a.ping_ip(b.ipv6.unwrap().into()).unwrap();
     b.ping_ip(a.ipv6.unwrap().into()).unwrap();
 }
+
+/// Packets `node`'s datapath dropped as `verdict`, from `weir-agent inspect
+/// drops --json`, as an operator reads them.
+fn drops(node: &Node, verdict: &str) -> u64 {
+    let agent = weir_testbed::bins::weir_agent().unwrap().display().to_string();
+    let pins = node.pin_dir.display().to_string();
+    let json = node.netns.run(&[&agent, "inspect", "drops", "--bpf-pin-dir", &pins, "--json"]).unwrap();
+    let rows: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let row = rows.as_array().unwrap().iter().find(|r| r["verdict"] == verdict);
+    let row = row.unwrap_or_else(|| panic!("no {verdict} in {json}"));
+    assert!(row["meaning"].as_str().unwrap().starts_with("IPv6 under NetworkPolicy not supported yet"), "{row}");
+    row["packets"].as_u64().unwrap()
+}
+
+/// Retries `f` for up to 10 s (policy changes reach the datapath after the
+/// agents see the manifest).
+fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !f() {
+        assert!(std::time::Instant::now() < deadline, "never: {what}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn ipv6_of_pods_under_network_policy_fails_closed() {
+    weir_testbed::privileged(tools::BASE);
+    let topo = Topology::builder("dual_stack_policy").nodes(2).families(Families::DualStack).build().unwrap();
+    let _agents = topo.start_agents().unwrap();
+    let (n1, n2) = (topo.node("n1"), topo.node("n2"));
+    let a = Pod::create(n1, "a", &n1.agent_conflist().unwrap().only(&["weir-cni"])).unwrap();
+    let b = Pod::create(n2, "b", &n2.agent_conflist().unwrap().only(&["weir-cni"])).unwrap();
+    let (b4, b6): (IpAddr, IpAddr) = (b.ip.into(), b.ipv6.unwrap().into());
+    a.ping_ip(b6).unwrap();
+
+    // A policy that allows every ingress, selecting every pod of the
+    // namespace: IPv4 still flows, IPv6 cannot be judged and is dropped.
+    let allow_all = weir_testbed::manifest::network_policy_yaml(
+        "default",
+        "allow-all-ingress",
+        "podSelector: {}\npolicyTypes: [Ingress]\ningress:\n- {}\n",
+    );
+    topo.write_manifest("netpol_allow_all.yaml", &[allow_all]).unwrap();
+    eventually("IPv6 dropped under policy", || a.ping_ip(b6).is_err());
+    a.ping_ip(b4).unwrap();
+    assert!(drops(n1, "ipv6-under-policy") + drops(n2, "ipv6-under-policy") > 0);
+
+    // No policy any more: IPv6 flows again.
+    topo.remove_manifest("netpol_allow_all.yaml").unwrap();
+    eventually("IPv6 back once no policy selects the pods", || a.ping_ip(b6).is_ok());
+}
+
+/// IPv6 reservation records left in `node`'s IPv6 IPAM store.
+fn ipv6_reservations(node: &Node) -> Vec<String> {
+    match std::fs::read_dir(node.ipam_dir("weir").join("ipv6")) {
+        Err(_) => Vec::new(),
+        Ok(entries) => entries
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.parse::<std::net::Ipv6Addr>().is_ok())
+            .collect(),
+    }
+}
+
+#[test]
+fn a_failed_or_refused_dual_stack_add_leaves_nothing_behind() {
+    weir_testbed::privileged(tools::BASE);
+    let topo = Topology::builder("dual_stack_fail").nodes(1).families(Families::DualStack).build().unwrap();
+    let _agent = topo.start_agent("n1").unwrap();
+    let n1 = topo.node("n1");
+    let conf = n1.agent_conflist().unwrap().only(&["weir-cni"]);
+    let runtime = n1.runtime();
+    let netns = weir_testbed::NetNs::create(&n1.pod_netns_name("x")).unwrap();
+    let attachment = Pod::attachment_for(n1, "x", &netns);
+
+    // IPv6 disabled in the pod's namespace: the IPv6 address cannot be
+    // added after both families were reserved and the veth made. ADD
+    // itself (no DEL after it) must give back both addresses.
+    for key in ["net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1"] {
+        netns.run(&["sysctl", "-q", "-w", key]).unwrap();
+    }
+    let failure = runtime.add(&conf, &attachment).expect_err("ADD must fail without IPv6 in the pod");
+    assert_eq!(failure.code(), Some(105), "{failure:?}");
+    assert!(n1.reservations("weir").unwrap().is_empty(), "IPv4 address leaked");
+    assert!(ipv6_reservations(n1).is_empty(), "IPv6 address leaked: {:?}", ipv6_reservations(n1));
+    assert!(n1.host_veths().unwrap().is_empty(), "{:?}", n1.host_veths());
+
+    // Bad input is refused before anything is touched, with code 7.
+    let v6 = n1.pod_cidr_v6.clone().unwrap();
+    let bad: [(&str, serde_json::Value); 3] = [
+        ("podCIDR", json!(v6)),
+        ("podCIDRs", json!([n1.pod_cidr, "10.244.99.0/24"])),
+        ("podCIDRs", json!([n1.pod_cidr, "fd00:10:244:1::/127"])),
+    ];
+    for (key, value) in bad {
+        let mut list = conf.clone();
+        list.plugin_mut("weir-cni").unwrap().set(key, value.clone());
+        let failure = runtime.add(&list, &attachment).err().unwrap_or_else(|| panic!("{key}={value} accepted"));
+        assert_eq!(failure.code(), Some(7), "{key}={value}: {failure:?}");
+        assert!(n1.reservations("weir").unwrap().is_empty() && ipv6_reservations(n1).is_empty());
+        assert!(n1.host_veths().unwrap().is_empty());
+    }
+
+    // With IPv6 back, the same attachment gets both families.
+    netns.run(&["sysctl", "-q", "-w", "net.ipv6.conf.all.disable_ipv6=0"]).unwrap();
+    drop(netns);
+    let mut pod = Pod::create(n1, "y", &conf).unwrap();
+    assert!(pod.ipv6.is_some() && !pod.ip.is_unspecified());
+    assert_eq!(ipv6_reservations(n1).len(), 1);
+    pod.delete().unwrap();
+    assert!(ipv6_reservations(n1).is_empty());
+}
