@@ -105,7 +105,7 @@ fn dual_stack_and_ipv6_only_pods_on_two_nodes_ping_over_both_families() {
 fn ipv6_only_cluster_pods_ping_across_nodes() {
     weir_testbed::privileged(tools::BASE);
     let topo = Topology::builder("ipv6_only").nodes(2).families(Families::Ipv6).build().unwrap();
-    let _agents = topo.start_agents().unwrap();
+    let agents = topo.start_agents().unwrap();
     let (n1, n2) = (topo.node("n1"), topo.node("n2"));
 
     let c1 = n1.agent_conflist().unwrap().only(&["weir-cni"]);
@@ -127,6 +127,23 @@ fn ipv6_only_cluster_pods_ping_across_nodes() {
     }
     a.ping_ip(b.ipv6.unwrap().into()).unwrap();
     b.ping_ip(a.ipv6.unwrap().into()).unwrap();
+
+    // n1's agent restarts: it finds its IPv6-only pod (no IPv4 address to
+    // find it by) in the names the previous agent left, so the pod stays
+    // open, and a policy selecting it still closes its IPv6.
+    let mut agents = agents;
+    drop(agents.remove(0));
+    let _n1_agent = topo.start_agent("n1").unwrap();
+    a.ping_ip(b.ipv6.unwrap().into()).unwrap();
+    let before = drops(n1, "ipv6-under-policy");
+    let allow_all = weir_testbed::manifest::network_policy_yaml(
+        "default",
+        "allow-all-ingress",
+        "podSelector: {}\npolicyTypes: [Ingress]\ningress:\n- {}\n",
+    );
+    topo.write_manifest("netpol_allow_all.yaml", &[allow_all]).unwrap();
+    eventually("IPv6 dropped under policy", || a.ping_ip(b.ipv6.unwrap().into()).is_err());
+    assert!(drops(n1, "ipv6-under-policy") > before);
 }
 
 /// Packets `node`'s datapath dropped as `verdict`, from `weir-agent inspect
