@@ -54,6 +54,10 @@ fn dual_stack_and_ipv6_only_pods_on_two_nodes_ping_over_both_families() {
         );
         let fwd = node.netns.run(&["sysctl", "-n", "net.ipv6.conf.all.forwarding"]).unwrap();
         assert_eq!(fwd.trim(), "1", "{}", node.name);
+        // Pod IPv6 leaving the IPv6 cluster CIDR is masqueraded, as IPv4 is.
+        let rules = node.netns.run(&["ip6tables", "-w", "-t", "nat", "-S", "WEIR-MASQUERADE"]).unwrap();
+        let want = format!("-A WEIR-MASQUERADE -s {CLUSTER_CIDR_V6} -j MASQUERADE");
+        assert!(rules.contains(&want), "{}: no `{want}` in {rules}", node.name);
     }
 
     let c1 = n1.agent_conflist().unwrap().only(&["weir-cni"]);
@@ -255,4 +259,13 @@ fn a_failed_or_refused_dual_stack_add_leaves_nothing_behind() {
     assert_eq!(ipv6_reservations(n1).len(), 1);
     pod.delete().unwrap();
     assert!(ipv6_reservations(n1).is_empty());
+
+    // GC releases both families of attachments the runtime no longer has.
+    let pod = Pod::create(n1, "z", &conf).unwrap();
+    assert_eq!((n1.reservations("weir").unwrap().len(), ipv6_reservations(n1).len()), (1, 1));
+    pod.keep();
+    runtime.gc(&conf.with_version("1.1.0"), &[]).unwrap();
+    assert!(n1.reservations("weir").unwrap().is_empty());
+    assert!(ipv6_reservations(n1).is_empty(), "{:?}", ipv6_reservations(n1));
+    assert!(n1.host_veths().unwrap().is_empty());
 }
