@@ -168,7 +168,7 @@ pub enum ConfigError {
     VethPrefix { prefix: String },
     #[error("--cluster-cidr {cidr} is too small to hold node /24s (prefix must be /8 to /24)")]
     ClusterCidr { cidr: Ipv4Network },
-    #[error("--cluster-cidr {cidr} is too small to hold node /64s (prefix must be /16 to /64)")]
+    #[error("--cluster-cidr {cidr} is too small to hold node slices (an IPv6 prefix must be /16 to /120)")]
     ClusterCidrV6 { cidr: ipnetwork::Ipv6Network },
     #[error("--k8s-service-port (WEIR_K8S_SERVICE_PORT): {message}")]
     K8sServicePort { message: String },
@@ -212,7 +212,8 @@ impl RunArgs {
         if let Some(cidr) = self.cluster_cidr.v4.filter(|c| !(8..=24).contains(&c.prefix())) {
             return Err(ConfigError::ClusterCidr { cidr });
         }
-        if let Some(cidr) = self.cluster_cidr.v6.filter(|c| !(16..=64).contains(&c.prefix())) {
+        // Nodes usually get /64s; anything down to weir-cni's /126 works.
+        if let Some(cidr) = self.cluster_cidr.v6.filter(|c| !(16..=120).contains(&c.prefix())) {
             return Err(ConfigError::ClusterCidrV6 { cidr });
         }
         let setting = crate::sources::api_server::host_port(
@@ -351,7 +352,9 @@ mod tests {
         assert!(parse(&["--veth-prefix", "w-"]).unwrap_err().contains("--veth-prefix"));
         assert!(parse(&["--source", "nope"]).unwrap_err().contains("unknown source"));
         assert!(parse_with_cidr("10.0.0.0/28", &[]).unwrap_err().contains("--cluster-cidr"));
-        assert!(parse_with_cidr("fd00::/96", &[]).unwrap_err().contains("--cluster-cidr"));
+        assert!(parse_with_cidr("fd00::/121", &[]).unwrap_err().contains("--cluster-cidr"));
+        assert!(parse_with_cidr("fd00::/8", &[]).unwrap_err().contains("--cluster-cidr"));
+        assert!(parse_with_cidr("fd00::/96", &[]).is_ok());
         assert!(parse_with_cidr("10.244.0.0/16,10.245.0.0/16", &[]).unwrap_err().contains("--cluster-cidr"));
         assert!(parse_with_cidr("10.244.0.0/16,banana", &[]).unwrap_err().contains("--cluster-cidr"));
         assert!(
