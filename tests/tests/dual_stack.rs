@@ -91,6 +91,18 @@ fn dual_stack_and_ipv6_only_pods_on_two_nodes_ping_over_both_families() {
     // A pod reaches the other node's IPv6 InternalIP too.
     a.ping_ip(IpAddr::V6(n2.ip6.unwrap())).unwrap();
 
+    // CHECK covers the IPv6 side too: a pod that lost its IPv6 default
+    // route, or its IPv6 address, is reported.
+    let gw6 = format!("{}1", n1.pod_cidr_v6.as_deref().unwrap().trim_end_matches("/64"));
+    a.netns.run(&["ip", "-6", "route", "del", "default", "via", &gw6, "dev", "eth0"]).unwrap();
+    let failure = a.check().expect_err("CHECK must see the missing IPv6 default route");
+    assert_eq!(failure.code(), Some(108), "{failure:?}");
+    let msg = &failure.cni_error().unwrap().msg;
+    assert!(msg.contains(&format!("default route via {gw6} dev eth0 is missing")), "{msg}");
+    c.netns.run(&["ip", "-6", "addr", "del", &format!("{c6}/128"), "dev", "eth0"]).unwrap();
+    let msg = c.check().expect_err("CHECK must see the missing IPv6 address").cni_error().unwrap().msg.clone();
+    assert!(msg.contains(&format!("address {c6}/128 is not on eth0")), "{msg}");
+
     // DEL releases both families.
     let (mut a, mut c) = (a, c);
     a.delete().unwrap();
