@@ -62,9 +62,13 @@ pub async fn run(mut config: AgentConfig) -> anyhow::Result<()> {
 }
 
 fn prepare_node(config: &AgentConfig) -> anyhow::Result<()> {
-    sysctl::enable_forwarding().context("enabling IPv4 forwarding")?;
+    let cidrs = config.plan.cluster_cidrs;
+    sysctl::enable_forwarding(cidrs.v4.is_some(), cidrs.v6.is_some()).context("enabling forwarding")?;
     if config.masquerade {
-        masquerade::ensure(config.plan.cluster_cidr).context("installing masquerade rules")?;
+        let families = cidrs.v4.map(ipnetwork::IpNetwork::V4).into_iter().chain(cidrs.v6.map(ipnetwork::IpNetwork::V6));
+        for cidr in families {
+            masquerade::ensure(cidr).with_context(|| format!("installing masquerade rules for {cidr}"))?;
+        }
     }
     Ok(())
 }

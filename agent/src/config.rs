@@ -6,7 +6,7 @@ use clap::{Args, Parser, Subcommand};
 use ipnetwork::Ipv4Network;
 
 use crate::{
-    model::{PlanSettings, cni_conf::CniSettings},
+    model::{PlanSettings, cni_conf::CniSettings, plan::ClusterCidrs},
     sources::{SourceSpec, kube::InClusterSettings},
 };
 
@@ -80,9 +80,11 @@ pub struct RunArgs {
     /// `dir:<manifest directory>`.
     #[arg(long, env = "WEIR_SOURCE", default_value = "kube")]
     pub source: SourceSpec,
-    /// The cluster's pod CIDR (IPv4); every node's podCIDR lies inside it.
+    /// The cluster's pod CIDRs, one per family, comma-separated as for
+    /// kube-controller-manager (`10.244.0.0/16,fd00:10:244::/56`); every
+    /// node's podCIDRs lie inside them.
     #[arg(long, env = "WEIR_CLUSTER_CIDR")]
-    pub cluster_cidr: Ipv4Network,
+    pub cluster_cidr: ClusterCidrs,
     #[arg(long, env = "WEIR_MTU", default_value_t = 1500)]
     pub mtu: u32,
     #[arg(long, env = "WEIR_VETH_PREFIX", default_value = "weir")]
@@ -166,6 +168,8 @@ pub enum ConfigError {
     VethPrefix { prefix: String },
     #[error("--cluster-cidr {cidr} is too small to hold node /24s (prefix must be /8 to /24)")]
     ClusterCidr { cidr: Ipv4Network },
+    #[error("--cluster-cidr {cidr} is too small to hold node slices (an IPv6 prefix must be /16 to /120)")]
+    ClusterCidrV6 { cidr: ipnetwork::Ipv6Network },
     #[error("--k8s-service-port (WEIR_K8S_SERVICE_PORT): {message}")]
     K8sServicePort { message: String },
     #[error("--flow-buffer {size} is too large (at most {max})")]
@@ -205,8 +209,12 @@ impl RunArgs {
         {
             return Err(ConfigError::VethPrefix { prefix: self.veth_prefix });
         }
-        if !(8..=24).contains(&self.cluster_cidr.prefix()) {
-            return Err(ConfigError::ClusterCidr { cidr: self.cluster_cidr });
+        if let Some(cidr) = self.cluster_cidr.v4.filter(|c| !(8..=24).contains(&c.prefix())) {
+            return Err(ConfigError::ClusterCidr { cidr });
+        }
+        // Nodes usually get /64s; anything down to weir-cni's /126 works.
+        if let Some(cidr) = self.cluster_cidr.v6.filter(|c| !(16..=120).contains(&c.prefix())) {
+            return Err(ConfigError::ClusterCidrV6 { cidr });
         }
         let setting = crate::sources::api_server::host_port(
             self.k8s_service_host.as_deref(),
@@ -227,14 +235,12 @@ impl RunArgs {
             },
             log_max_bytes: self.flow_log_max_bytes,
         };
-        // Normalise 10.244.1.7/16 to 10.244.0.0/16.
-        let cluster_cidr = Ipv4Network::new(self.cluster_cidr.network(), self.cluster_cidr.prefix())
-            .expect("prefix already validated");
         Ok(AgentConfig {
             source: self.source,
             plan: PlanSettings {
                 node_name: self.node_name,
-                cluster_cidr,
+                // Normalised by its parser (10.244.1.7/16 is 10.244.0.0/16).
+                cluster_cidrs: self.cluster_cidr,
                 cni: CniSettings {
                     network_name: self.network_name,
                     // Settled at start-up by asking the chained plugins.
@@ -284,13 +290,22 @@ mod tests {
     #[test]
     fn defaults_and_normalisation() {
         let c = parse(&[]).unwrap();
-        assert_eq!(c.plan.cluster_cidr.to_string(), "10.244.0.0/16");
+        assert_eq!(c.plan.cluster_cidrs.to_string(), "10.244.0.0/16");
         assert_eq!(c.cni_conf_dir, PathBuf::from("/etc/cni/net.d"));
         assert_eq!(c.bpf_pin_dir, PathBuf::from("/sys/fs/bpf/weir"));
         assert!(c.masquerade && c.plan.cni.chain_portmap);
         assert_eq!(c.source, SourceSpec::Kube { kubeconfig: None });
         assert_eq!(c.flows, crate::observe::flows::FlowSettings::default());
         assert!(c.flows.log.is_none() && c.flows.events_per_sec > 0);
+    }
+
+    #[test]
+    fn cluster_cidr_takes_one_per_family() {
+        let c = parse_with_cidr("10.244.0.0/16,fd00:10:244::/56", &[]).unwrap();
+        assert_eq!(c.plan.cluster_cidrs.to_string(), "10.244.0.0/16,fd00:10:244::/56");
+        let c = parse_with_cidr("fd00:10:244::7/56", &[]).unwrap();
+        assert_eq!(c.plan.cluster_cidrs.to_string(), "fd00:10:244::/56");
+        assert_eq!(c.plan.cluster_cidrs.v4, None);
     }
 
     #[test]
@@ -337,6 +352,11 @@ mod tests {
         assert!(parse(&["--veth-prefix", "w-"]).unwrap_err().contains("--veth-prefix"));
         assert!(parse(&["--source", "nope"]).unwrap_err().contains("unknown source"));
         assert!(parse_with_cidr("10.0.0.0/28", &[]).unwrap_err().contains("--cluster-cidr"));
+        assert!(parse_with_cidr("fd00::/121", &[]).unwrap_err().contains("--cluster-cidr"));
+        assert!(parse_with_cidr("fd00::/8", &[]).unwrap_err().contains("--cluster-cidr"));
+        assert!(parse_with_cidr("fd00::/96", &[]).is_ok());
+        assert!(parse_with_cidr("10.244.0.0/16,10.245.0.0/16", &[]).unwrap_err().contains("--cluster-cidr"));
+        assert!(parse_with_cidr("10.244.0.0/16,banana", &[]).unwrap_err().contains("--cluster-cidr"));
         assert!(
             parse(&["--k8s-service-host", "cp", "--k8s-service-port", "x"]).unwrap_err().contains("--k8s-service-port")
         );

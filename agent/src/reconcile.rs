@@ -264,6 +264,7 @@ impl Reconciler {
         let marker = serde_json::json!({
             "node": self.config.plan.node_name,
             "podCIDR": plan.pod_cidr.map(|c| c.to_string()),
+            "podCIDRv6": plan.pod_cidr_v6.map(|c| c.to_string()),
             "pid": std::process::id(),
         });
         let path = self.config.run_dir.join(READY_FILE);

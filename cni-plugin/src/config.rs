@@ -7,7 +7,7 @@
 
 use std::path::PathBuf;
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::{IpNetwork, Ipv4Network};
 use serde_json::{Map, Value};
 
 use crate::{
@@ -23,14 +23,30 @@ pub const DEFAULT_RUN_DIR: &str = "/run/weir";
 pub const DEFAULT_VETH_PREFIX: &str = "weir";
 const MTU_RANGE: std::ops::RangeInclusive<u64> = 576..=65535;
 const POD_PREFIX_RANGE: std::ops::RangeInclusive<u8> = 16..=30;
+/// An IPv6 slice keeps at least two pod addresses after its subnet-router
+/// anycast and gateway addresses (/126); Kubernetes hands out /64 by default.
+const POD_PREFIX_RANGE_V6: std::ops::RangeInclusive<u8> = 48..=126;
+
+/// One address family's ranges: the node's slice and the whole cluster's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FamilyRanges {
+    pub pod: IpNetwork,
+    pub cluster: IpNetwork,
+}
+
+impl FamilyRanges {
+    pub fn is_ipv6(&self) -> bool {
+        self.pod.is_ipv6()
+    }
+}
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct NetConf {
     pub cni_version: CniVersion,
     /// Network name: the IPAM store lives in `<dataDir>/ipam/<name>/`.
     pub name: String,
-    pub pod_cidr: Ipv4Network,
-    pub cluster_cidr: Ipv4Network,
+    /// One entry per configured family, IPv4 first; never empty.
+    pub ranges: Vec<FamilyRanges>,
     pub mtu: u32,
     pub data_dir: PathBuf,
     pub run_dir: PathBuf,
@@ -77,8 +93,7 @@ impl NetConf {
         // complaint is always about the first of them here.
         let cni_version = requested_version(conf)?;
         let name = checked_name(conf)?;
-        let pod_cidr = checked_pod_cidr(conf)?;
-        let cluster_cidr = checked_cluster_cidr(conf, pod_cidr)?;
+        let ranges = checked_ranges(conf)?;
         let mtu = checked_mtu(conf)?;
         let data_dir = absolute_path(conf, "dataDir")?.unwrap_or_else(|| DEFAULT_DATA_DIR.into());
         let run_dir = absolute_path(conf, "runDir")?.unwrap_or_else(|| DEFAULT_RUN_DIR.into());
@@ -90,8 +105,7 @@ impl NetConf {
         Ok(Self {
             cni_version,
             name,
-            pod_cidr,
-            cluster_cidr,
+            ranges,
             mtu,
             data_dir,
             run_dir,
@@ -111,6 +125,118 @@ impl NetConf {
     pub fn agent_ready_path(&self) -> PathBuf {
         self.run_dir.join("agent-ready")
     }
+
+    /// The IPv4 ranges, if the network has IPv4.
+    pub fn ipv4(&self) -> Option<&FamilyRanges> {
+        self.ranges.iter().find(|r| !r.is_ipv6())
+    }
+}
+
+fn family(net: &IpNetwork) -> &'static str {
+    if net.is_ipv6() { "IPv6" } else { "IPv4" }
+}
+
+/// Pod and cluster ranges, one of each per family: from `podCIDRs` and
+/// `clusterCIDRs` (lists, one CIDR per family), and from `podCIDR` and
+/// `clusterCIDR` (IPv4 only: the keys of configurations before dual-stack).
+/// Both spellings may be present if they agree.
+fn checked_ranges(conf: &Map<String, Value>) -> Result<Vec<FamilyRanges>, CniError> {
+    let pods = per_family(conf, "podCIDRs", "podCIDR")?;
+    let clusters = per_family(conf, "clusterCIDRs", "clusterCIDR")?;
+    if pods.iter().all(Option::is_none) {
+        return Err(CniError::invalid_config(
+            "podCIDR",
+            "is required (an IPv4 CIDR such as \"10.244.1.0/24\"), or podCIDRs with one CIDR per family (such as [\"10.244.1.0/24\", \"fd00:10:244:1::/64\"])",
+        ));
+    }
+    let mut ranges = Vec::new();
+    for (pod, cluster) in pods.into_iter().zip(clusters) {
+        match (pod, cluster) {
+            (None, None) => {}
+            (Some(pod), None) => {
+                let key = if pod.is_ipv6() { "clusterCIDRs" } else { "clusterCIDR" };
+                return Err(CniError::invalid_config(
+                    key,
+                    format!("is required: podCIDR {pod} needs an {} cluster CIDR containing it", family(&pod)),
+                ));
+            }
+            (None, Some(cluster)) => {
+                return Err(CniError::invalid_config(
+                    "clusterCIDRs",
+                    format!("{cluster} is an {} range but the pod ranges have none of that family", family(&cluster)),
+                ));
+            }
+            (Some(pod), Some(cluster)) => ranges.push(checked_family(pod, cluster)?),
+        }
+    }
+    Ok(ranges)
+}
+
+/// The prefix length of `pod` and `cluster` containing it.
+fn checked_family(pod: IpNetwork, cluster: IpNetwork) -> Result<FamilyRanges, CniError> {
+    let (key, allowed) = if pod.is_ipv6() { ("podCIDRs", POD_PREFIX_RANGE_V6) } else { ("podCIDR", POD_PREFIX_RANGE) };
+    if !allowed.contains(&pod.prefix()) {
+        return Err(CniError::invalid_config(
+            key,
+            format!("prefix length of {pod} must be between /{} and /{}", allowed.start(), allowed.end()),
+        ));
+    }
+    if cluster.prefix() > pod.prefix() || !cluster.contains(pod.network()) {
+        let key = if pod.is_ipv6() { "clusterCIDRs" } else { "clusterCIDR" };
+        return Err(CniError::invalid_config(key, format!("{cluster} must contain podCIDR {pod}")));
+    }
+    Ok(FamilyRanges { pod, cluster })
+}
+
+/// `[IPv4, IPv6]` ranges from the list key `list_key` and the IPv4-only key
+/// `v4_key`: at most one per family, and the two spellings agreeing.
+fn per_family(conf: &Map<String, Value>, list_key: &str, v4_key: &str) -> Result<[Option<IpNetwork>; 2], CniError> {
+    let mut found: [Option<IpNetwork>; 2] = [None, None];
+    match conf.get(list_key) {
+        None | Some(Value::Null) => {}
+        Some(Value::Array(items)) => {
+            if items.is_empty() || items.len() > 2 {
+                return Err(CniError::invalid_config(
+                    list_key,
+                    format!("must list one or two CIDRs (one per family), got {}", items.len()),
+                ));
+            }
+            for (i, item) in items.iter().enumerate() {
+                let field = format!("{list_key}[{i}]");
+                let Value::String(raw) = item else {
+                    return Err(CniError::invalid_config(field, format!("must be a string, got {}", json_kind(item))));
+                };
+                let net = parse_cidr(&field, raw, "a CIDR such as \"10.244.1.0/24\" or \"fd00:10:244:1::/64\"")?;
+                let slot = &mut found[usize::from(net.is_ipv6())];
+                if let Some(first) = slot {
+                    return Err(CniError::invalid_config(
+                        field,
+                        format!("{net} is a second {} range after {first}; give one range per family", family(&net)),
+                    ));
+                }
+                *slot = Some(net);
+            }
+        }
+        Some(other) => {
+            return Err(CniError::invalid_config(
+                list_key,
+                format!("must be an array of CIDR strings, got {}", json_kind(other)),
+            ));
+        }
+    }
+    if let Some(raw) = string(conf, v4_key)? {
+        let v4 = IpNetwork::V4(cidr_v4(v4_key, &raw)?);
+        match found[0] {
+            Some(listed) if listed != v4 => {
+                return Err(CniError::invalid_config(
+                    v4_key,
+                    format!("{v4} disagrees with the IPv4 range {listed} of {list_key}"),
+                ));
+            }
+            _ => found[0] = Some(v4),
+        }
+    }
+    Ok(found)
 }
 
 /// `name`: required, and safe as a directory name (the IPAM store).
@@ -118,31 +244,6 @@ fn checked_name(conf: &Map<String, Value>) -> Result<String, CniError> {
     let name = string(conf, "name")?.ok_or_else(|| CniError::invalid_config("name", "is required"))?;
     check_identifier(&name).map_err(|reason| CniError::invalid_config("name", reason))?;
     Ok(name)
-}
-
-/// `podCIDR`: required, with a prefix length in `POD_PREFIX_RANGE`.
-fn checked_pod_cidr(conf: &Map<String, Value>) -> Result<Ipv4Network, CniError> {
-    let pod_cidr = cidr(conf, "podCIDR")?;
-    if !POD_PREFIX_RANGE.contains(&pod_cidr.prefix()) {
-        return Err(CniError::invalid_config(
-            "podCIDR",
-            format!(
-                "prefix length of {pod_cidr} must be between /{} and /{}",
-                POD_PREFIX_RANGE.start(),
-                POD_PREFIX_RANGE.end()
-            ),
-        ));
-    }
-    Ok(pod_cidr)
-}
-
-/// `clusterCIDR`: required, and containing the node's `podCIDR`.
-fn checked_cluster_cidr(conf: &Map<String, Value>, pod_cidr: Ipv4Network) -> Result<Ipv4Network, CniError> {
-    let cluster_cidr = cidr(conf, "clusterCIDR")?;
-    if cluster_cidr.prefix() > pod_cidr.prefix() || !cluster_cidr.contains(pod_cidr.network()) {
-        return Err(CniError::invalid_config("clusterCIDR", format!("{cluster_cidr} must contain podCIDR {pod_cidr}")));
-    }
-    Ok(cluster_cidr)
 }
 
 /// `mtu`: an integer in `MTU_RANGE`, `DEFAULT_MTU` when absent.
@@ -219,12 +320,22 @@ fn string(conf: &Map<String, Value>, key: &str) -> Result<Option<String>, CniErr
     }
 }
 
-fn cidr(conf: &Map<String, Value>, key: &str) -> Result<Ipv4Network, CniError> {
-    let raw = string(conf, key)?
-        .ok_or_else(|| CniError::invalid_config(key, "is required (an IPv4 CIDR such as \"10.244.1.0/24\")"))?;
-    let net: Ipv4Network = raw.parse().map_err(|e| {
-        CniError::invalid_config(key, format!("{raw:?} is not an IPv4 CIDR such as \"10.244.1.0/24\": {e}"))
-    })?;
+/// An IPv4 CIDR for the IPv4-only key `key`.
+fn cidr_v4(key: &str, raw: &str) -> Result<Ipv4Network, CniError> {
+    let example = "an IPv4 CIDR such as \"10.244.1.0/24\"";
+    match parse_cidr(key, raw, example)? {
+        IpNetwork::V4(net) => Ok(net),
+        IpNetwork::V6(_) => Err(CniError::invalid_config(
+            key,
+            format!("{raw:?} is not {example} (IPv6 ranges go in the lists podCIDRs and clusterCIDRs)"),
+        )),
+    }
+}
+
+/// A CIDR of either family, without host bits.
+fn parse_cidr(key: &str, raw: &str, example: &str) -> Result<IpNetwork, CniError> {
+    let net: IpNetwork =
+        raw.parse().map_err(|e| CniError::invalid_config(key, format!("{raw:?} is not {example}: {e}")))?;
     if net.ip() != net.network() {
         return Err(CniError::invalid_config(
             key,
@@ -374,6 +485,109 @@ mod tests {
         let mut v = with("podCIDR", json!("10.244.0.0/16"));
         v["clusterCIDR"] = json!("10.244.0.0/24");
         assert_eq!(err(v).0, 7);
+    }
+
+    fn dual(pods: Value, clusters: Value) -> Value {
+        let mut v = without("podCIDR");
+        v.as_object_mut().unwrap().remove("clusterCIDR");
+        v["podCIDRs"] = pods;
+        v["clusterCIDRs"] = clusters;
+        v
+    }
+
+    fn ranges(conf: &NetConf) -> Vec<(String, String)> {
+        conf.ranges.iter().map(|r| (r.pod.to_string(), r.cluster.to_string())).collect()
+    }
+
+    #[test]
+    fn dual_stack_lists_parse_ipv4_first() {
+        let conf =
+            parse(dual(json!(["fd00:10:244:1::/64", "10.244.1.0/24"]), json!(["10.244.0.0/16", "fd00:10:244::/56"])))
+                .unwrap();
+        assert_eq!(
+            ranges(&conf),
+            [
+                ("10.244.1.0/24".into(), "10.244.0.0/16".into()),
+                ("fd00:10:244:1::/64".into(), "fd00:10:244::/56".into())
+            ]
+        );
+        assert!(conf.ipv4().is_some());
+        // The single-IPv4 keys alongside, agreeing: fine (what the agent writes).
+        let mut v = dual(json!(["10.244.1.0/24", "fd00:10:244:1::/64"]), json!(["10.244.0.0/16", "fd00:10:244::/56"]));
+        v["podCIDR"] = json!("10.244.1.0/24");
+        v["clusterCIDR"] = json!("10.244.0.0/16");
+        assert_eq!(parse(v).unwrap().ranges.len(), 2);
+        // IPv6 from the list, IPv4 from the old keys.
+        let mut v = base();
+        v["podCIDRs"] = json!(["fd00:10:244:1::/64"]);
+        v["clusterCIDRs"] = json!(["fd00:10:244::/56"]);
+        assert_eq!(parse(v).unwrap().ranges.len(), 2);
+        // The old keys alone: IPv4 only, as before.
+        assert_eq!(ranges(&parse(base()).unwrap()), [("10.244.1.0/24".into(), "10.244.0.0/16".into())]);
+    }
+
+    #[test]
+    fn ipv6_only_parses() {
+        let conf = parse(dual(json!(["fd00:10:244:2::/64"]), json!(["fd00:10:244::/56"]))).unwrap();
+        assert_eq!(conf.ranges.len(), 1);
+        assert!(conf.ranges[0].is_ipv6());
+        assert!(conf.ipv4().is_none());
+        assert!(parse(dual(json!(["fd00::/126"]), json!(["fd00::/64"]))).is_ok());
+    }
+
+    #[test]
+    fn dual_stack_errors_are_code_7_and_name_the_key() {
+        let cases = [
+            // Two ranges of one family.
+            (dual(json!(["10.244.1.0/24", "10.244.2.0/24"]), json!(["10.244.0.0/16"])), "podCIDRs[1]", "second IPv4"),
+            (dual(json!(["fd00:1::/64", "fd00:2::/64"]), json!(["fd00::/48"])), "podCIDRs[1]", "one range per family"),
+            (
+                dual(json!(["10.244.1.0/24"]), json!(["10.244.0.0/16", "10.245.0.0/16"])),
+                "clusterCIDRs[1]",
+                "second IPv4",
+            ),
+            // An IPv6 CIDR in an IPv4 field.
+            (with("podCIDR", json!("fd00:10:244:1::/64")), "podCIDR", "IPv6 ranges go in the lists"),
+            (with("clusterCIDR", json!("fd00::/48")), "clusterCIDR", "not an IPv4 CIDR"),
+            // Prefixes: too small a slice, too large a slice.
+            (dual(json!(["fd00::/127"]), json!(["fd00::/64"])), "podCIDRs", "between /48 and /126"),
+            (dual(json!(["fd00::/32"]), json!(["fd00::/16"])), "podCIDRs", "between /48 and /126"),
+            // Containment, host bits, shapes.
+            (dual(json!(["fd00:1::/64"]), json!(["fd00:2::/48"])), "clusterCIDRs", "must contain podCIDR fd00:1::/64"),
+            (dual(json!(["fd00:1::1/64"]), json!(["fd00::/16"])), "podCIDRs[0]", "host bits set"),
+            (dual(json!([]), json!(["fd00::/16"])), "podCIDRs", "one or two CIDRs"),
+            (dual(json!(["a", "b", "c"]), json!(["fd00::/16"])), "podCIDRs", "one or two CIDRs"),
+            (dual(json!("fd00:1::/64"), json!(["fd00::/16"])), "podCIDRs", "must be an array"),
+            (dual(json!([64]), json!(["fd00::/16"])), "podCIDRs[0]", "must be a string"),
+            (dual(json!(["nonsense"]), json!(["fd00::/16"])), "podCIDRs[0]", "is not a CIDR"),
+            // A family with a pod range and no cluster range, or the reverse.
+            (dual(json!(["10.244.1.0/24", "fd00:1::/64"]), json!(["10.244.0.0/16"])), "clusterCIDRs", "is required"),
+            (
+                dual(json!(["10.244.1.0/24"]), json!(["10.244.0.0/16", "fd00::/48"])),
+                "clusterCIDRs",
+                "none of that family",
+            ),
+            // The two spellings disagreeing.
+            (
+                {
+                    let mut v = dual(json!(["10.244.1.0/24"]), json!(["10.244.0.0/16"]));
+                    v["podCIDR"] = json!("10.244.2.0/24");
+                    v
+                },
+                "podCIDR",
+                "disagrees with the IPv4 range 10.244.1.0/24 of podCIDRs",
+            ),
+        ];
+        for (conf, key, text) in cases {
+            let (code, msg) = err(conf.clone());
+            assert_eq!(code, 7, "{msg}");
+            assert!(msg.starts_with(&format!("invalid network configuration: {key}: ")), "{key}: {msg}");
+            assert!(msg.contains(text), "{text:?} not in {msg}");
+        }
+        // No pod range at all.
+        let (code, msg) = err(dual(Value::Null, json!(["fd00::/16"])));
+        assert_eq!(code, 7);
+        assert!(msg.starts_with("invalid network configuration: podCIDR: is required"), "{msg}");
     }
 
     #[test]

@@ -1,9 +1,9 @@
 //! Success results: ADD's result in each spec version, VERSION's answer, and
 //! the `prevResult` CHECK reads back.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
-use ipnetwork::{IpNetwork, Ipv4Network};
+use ipnetwork::IpNetwork;
 use serde_json::{Map, Value, json};
 
 use crate::{error::CniError, version::CniVersion};
@@ -22,16 +22,16 @@ pub struct Interface {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct IpConfig {
-    pub address: Ipv4Network,
-    pub gateway: Ipv4Addr,
+    pub address: IpNetwork,
+    pub gateway: IpAddr,
     /// Index into `interfaces`.
     pub interface: usize,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RouteConfig {
-    pub dst: Ipv4Network,
-    pub gw: Option<Ipv4Addr>,
+    pub dst: IpNetwork,
+    pub gw: Option<IpAddr>,
     /// `scope link`: only expressible from 1.1.0 on (before, a route without
     /// `gw` meant "via the default gateway"), so older results leave it out.
     pub link_scope: bool,
@@ -70,7 +70,7 @@ impl AddResult {
             .map(|ip| {
                 let mut o = Map::new();
                 if version.ips_carry_version() {
-                    o.insert("version".into(), json!("4"));
+                    o.insert("version".into(), json!(if ip.address.is_ipv6() { "6" } else { "4" }));
                 }
                 o.insert("address".into(), json!(ip.address.to_string()));
                 o.insert("gateway".into(), json!(ip.gateway.to_string()));
@@ -121,20 +121,20 @@ pub struct PrevInterface {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PrevIp {
-    pub address: Ipv4Network,
-    pub gateway: Option<Ipv4Addr>,
+    pub address: IpNetwork,
+    pub gateway: Option<IpAddr>,
     pub interface: Option<usize>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PrevRoute {
-    pub dst: Ipv4Network,
-    pub gw: Option<Ipv4Addr>,
+    pub dst: IpNetwork,
+    pub gw: Option<IpAddr>,
 }
 
 /// The parts of a `prevResult` that CHECK compares with the system. Any
-/// version's layout is accepted (`ips[].version` is ignored); IPv6 entries
-/// are skipped since weir-cni never creates them.
+/// version's layout is accepted (`ips[].version` is ignored: the address
+/// says its family).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PrevResult {
     pub interfaces: Vec<PrevInterface>,
@@ -177,13 +177,10 @@ impl PrevResult {
                 .ok_or_else(|| bad(format!("{field}.address"), "is required"))?;
             let address: IpNetwork =
                 address.parse().map_err(|_| bad(format!("{field}.address"), "must be an address in CIDR notation"))?;
-            let IpNetwork::V4(address) = address else {
-                continue;
-            };
             let gateway = string(item, field.clone(), "gateway")?
-                .map(|g| g.parse::<Ipv4Addr>())
+                .map(|g| same_family(&g, address.ip()))
                 .transpose()
-                .map_err(|_| bad(format!("{field}.gateway"), "must be an IPv4 address"))?;
+                .map_err(|reason| bad(format!("{field}.gateway"), reason))?;
             let interface = match item.get("interface") {
                 None | Some(Value::Null) => None,
                 Some(v) => Some(
@@ -198,14 +195,22 @@ impl PrevResult {
             let field = format!("prevResult.routes[{i}]");
             let dst = string(item, field.clone(), "dst")?.ok_or_else(|| bad(format!("{field}.dst"), "is required"))?;
             let dst: IpNetwork = dst.parse().map_err(|_| bad(format!("{field}.dst"), "must be a CIDR"))?;
-            let IpNetwork::V4(dst) = dst else { continue };
             let gw = string(item, field.clone(), "gw")?
-                .map(|g| g.parse::<Ipv4Addr>())
+                .map(|g| same_family(&g, dst.ip()))
                 .transpose()
-                .map_err(|_| bad(format!("{field}.gw"), "must be an IPv4 address"))?;
+                .map_err(|reason| bad(format!("{field}.gw"), reason))?;
             prev.routes.push(PrevRoute { dst, gw });
         }
         Ok(prev)
+    }
+}
+
+/// `raw` as an address of `like`'s family.
+fn same_family(raw: &str, like: IpAddr) -> Result<IpAddr, &'static str> {
+    match raw.parse::<IpAddr>() {
+        Ok(ip) if ip.is_ipv6() == like.is_ipv6() => Ok(ip),
+        Ok(_) => Err("must be an address of the same family as the destination or address it goes with"),
+        Err(_) => Err("must be an IP address"),
     }
 }
 
@@ -214,7 +219,7 @@ mod tests {
     use super::*;
 
     fn sample() -> AddResult {
-        let gw: Ipv4Addr = "10.244.1.1".parse().unwrap();
+        let gw: IpAddr = "10.244.1.1".parse().unwrap();
         AddResult {
             interfaces: vec![
                 Interface {
@@ -327,14 +332,55 @@ mod tests {
         assert!(e.to_string().contains("prevResult.routes"), "{e}");
     }
 
+    fn dual_stack() -> AddResult {
+        let mut r = sample();
+        let gw6: IpAddr = "fd00:10:244:1::1".parse().unwrap();
+        r.ips.push(IpConfig { address: "fd00:10:244:1::2/128".parse().unwrap(), gateway: gw6, interface: 1 });
+        r.routes.push(RouteConfig { dst: "fd00:10:244:1::1/128".parse().unwrap(), gw: None, link_scope: true });
+        r.routes.push(RouteConfig { dst: "::/0".parse().unwrap(), gw: Some(gw6), link_scope: false });
+        r
+    }
+
     #[test]
-    fn prev_result_skips_ipv6() {
+    fn dual_stack_results_list_both_families() {
+        let v040 = dual_stack().to_json(CniVersion::V0_4_0);
+        assert_eq!(
+            v040["ips"],
+            json!([
+                {"version": "4", "address": "10.244.1.2/32", "gateway": "10.244.1.1", "interface": 1},
+                {"version": "6", "address": "fd00:10:244:1::2/128", "gateway": "fd00:10:244:1::1", "interface": 1}
+            ])
+        );
+        assert_eq!(
+            v040["routes"],
+            json!([{"dst": "0.0.0.0/0", "gw": "10.244.1.1"}, {"dst": "::/0", "gw": "fd00:10:244:1::1"}])
+        );
+        let v110 = dual_stack().to_json(CniVersion::V1_1_0);
+        assert_eq!(
+            v110["ips"][1],
+            json!({"address": "fd00:10:244:1::2/128", "gateway": "fd00:10:244:1::1", "interface": 1})
+        );
+        assert_eq!(v110["routes"][2], json!({"dst": "fd00:10:244:1::1/128", "scope": 253}));
+        for v in CniVersion::SUPPORTED {
+            let prev = PrevResult::parse(&dual_stack().to_json(v)).unwrap();
+            assert_eq!(prev.ips.len(), 2, "{v}");
+            assert_eq!(prev.ips[1].address, "fd00:10:244:1::2/128".parse::<IpNetwork>().unwrap());
+            assert_eq!(prev.ips[1].gateway, Some("fd00:10:244:1::1".parse().unwrap()));
+        }
+    }
+
+    #[test]
+    fn prev_result_reads_ipv6_and_refuses_mixed_families() {
         let prev = PrevResult::parse(&json!({
             "ips": [{"address": "fd00::2/64"}],
-            "routes": [{"dst": "::/0"}]
+            "routes": [{"dst": "::/0", "gw": "fd00::1"}]
         }))
         .unwrap();
-        assert!(prev.ips.is_empty());
-        assert!(prev.routes.is_empty());
+        assert_eq!(prev.ips.len(), 1);
+        assert_eq!(prev.routes[0].gw, Some("fd00::1".parse().unwrap()));
+        let e = PrevResult::parse(&json!({"ips": [{"address": "fd00::2/64", "gateway": "10.0.0.1"}]})).unwrap_err();
+        assert!(e.to_string().contains("prevResult.ips[0].gateway"), "{e}");
+        let e = PrevResult::parse(&json!({"routes": [{"dst": "0.0.0.0/0", "gw": "fd00::1"}]})).unwrap_err();
+        assert!(e.to_string().contains("prevResult.routes[0].gw"), "{e}");
     }
 }

@@ -33,11 +33,15 @@ pub enum DropReason {
     /// A NetworkPolicy isolates the source pod for egress and no rule
     /// allows the flow.
     PolicyEgress = 11,
+    /// IPv6 to or from a pod a NetworkPolicy selects: policy is enforced
+    /// for IPv4 only so far, so such a pod's IPv6 is dropped (fail closed)
+    /// rather than let through unjudged. Neighbour discovery still passes.
+    Ipv6UnderPolicy = 12,
 }
 
 impl DropReason {
     /// Number of slots in the counters array.
-    pub const COUNT: u32 = 12;
+    pub const COUNT: u32 = 13;
     pub const ALL: [DropReason; Self::COUNT as usize] = [
         DropReason::Passed,
         DropReason::UnknownEndpoint,
@@ -51,6 +55,7 @@ impl DropReason {
         DropReason::PolicyPending,
         DropReason::PolicyIngress,
         DropReason::PolicyEgress,
+        DropReason::Ipv6UnderPolicy,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -67,6 +72,7 @@ impl DropReason {
             DropReason::PolicyPending => "policy-pending",
             DropReason::PolicyIngress => "policy-denied-ingress",
             DropReason::PolicyEgress => "policy-denied-egress",
+            DropReason::Ipv6UnderPolicy => "ipv6-under-policy",
         }
     }
 
@@ -91,6 +97,9 @@ impl DropReason {
             }
             DropReason::PolicyEgress => {
                 "a NetworkPolicy isolates the source pod for egress and no rule allows this flow"
+            }
+            DropReason::Ipv6UnderPolicy => {
+                "IPv6 under NetworkPolicy not supported yet: a NetworkPolicy selects the pod and weir enforces policy for IPv4 only, so the pod's IPv6 is dropped (neighbour discovery passes)"
             }
         }
     }

@@ -2,14 +2,15 @@
 //! Service translation, then the pod's egress policy on the translated
 //! packet (the policy sees the real backend).
 //!
-//! Fails closed: a veth with no endpoint entry passes nothing but ARP, so the
-//! program can be attached before anything else is ready.
+//! Fails closed: a veth with no endpoint entry passes nothing but ARP (and
+//! IPv6 neighbour discovery), so the program can be attached before
+//! anything else is ready.
 use aya_ebpf::programs::TcContext;
 use weir_common::{DropReason, EndpointInfo, flow::FLOW_DIR_EGRESS, policy::DIR_EGRESS};
 
 use crate::{
     counters::{self, TC_OK},
-    endpoint,
+    endpoint, ipv6,
     lb::{pod, reverse},
     node,
     packet::{self, Flow},
@@ -26,9 +27,11 @@ pub fn handle(ctx: &TcContext) -> i32 {
 
 #[inline(always)]
 fn try_handle(ctx: &TcContext, seen: &mut Flow) -> Result<i32, DropReason> {
-    // ARP must flow for the pod to find its gateway; IPv6 is not configured
-    // on weir pods and the host side does not route it.
+    // ARP must flow for the pod to find its gateway; IPv6 passes only for
+    // a pod under no policy (see `ipv6`).
     let Some(flow) = packet::parse(ctx)? else {
+        let ep = || endpoint::by_ifindex(packet::ifindex(ctx));
+        ipv6::judge(ctx, ep, Some(DropReason::UnknownEndpoint), seen)?;
         return Ok(counters::pass(TC_OK));
     };
     *seen = flow;

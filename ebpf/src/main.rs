@@ -10,6 +10,7 @@ mod endpoint;
 mod flow;
 mod from_netdev;
 mod from_pod;
+mod ipv6;
 mod lb;
 mod nat;
 mod node;

@@ -6,7 +6,7 @@ use weir_common::{DropReason, EndpointInfo, flow::FLOW_DIR_INGRESS, policy::DIR_
 
 use crate::{
     counters::{self, TC_OK},
-    endpoint,
+    endpoint, ipv6,
     lb::reverse,
     packet::{self, Flow},
     policy,
@@ -22,6 +22,9 @@ pub fn handle(ctx: &TcContext) -> i32 {
 #[inline(always)]
 fn try_handle(ctx: &TcContext, seen: &mut Flow) -> Result<i32, DropReason> {
     let Some(flow) = packet::parse(ctx)? else {
+        // IPv6 reaches only a pod under no policy (see `ipv6`).
+        let ep = || endpoint::by_ifindex(packet::ifindex(ctx));
+        ipv6::judge(ctx, ep, None, seen)?;
         return Ok(TC_OK);
     };
     *seen = flow;

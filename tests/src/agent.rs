@@ -18,11 +18,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
-use crate::{
-    bins,
-    process::ChildGuard,
-    topology::{CLUSTER_CIDR, Node},
-};
+use crate::{bins, process::ChildGuard, topology::Node};
 
 /// Written by the agent once the node is set up (docs/contracts.md).
 pub const READY_FILE: &str = "agent-ready";
@@ -171,7 +167,7 @@ impl Agent {
             "--source".into(),
             source_arg,
             "--cluster-cidr".into(),
-            CLUSTER_CIDR.into(),
+            node.cluster_cidr.clone(),
             "--cni-conf-dir".into(),
             path(&node.dirs.cni_conf)?,
             "--cni-data-dir".into(),

@@ -4,12 +4,23 @@ use std::{collections::BTreeMap, net::Ipv4Addr};
 
 /// One Node object as YAML: name, podCIDR, InternalIP.
 pub fn node_yaml(name: &str, pod_cidr: &str, internal_ip: Ipv4Addr) -> String {
+    node_yaml_families(name, &[pod_cidr], &[internal_ip.into()])
+}
+
+/// A Node with a pod CIDR and an InternalIP per family (dual-stack: IPv4
+/// first, as Kubernetes lists them; IPv6-only: just the IPv6 ones).
+pub fn node_yaml_families(name: &str, pod_cidrs: &[&str], internal_ips: &[std::net::IpAddr]) -> String {
+    let first = pod_cidrs.first().copied().unwrap_or_default();
+    let list: Vec<String> = pod_cidrs.iter().map(|c| format!("\"{c}\"")).collect();
+    let addresses: String =
+        internal_ips.iter().map(|ip| format!("  - type: InternalIP\n    address: {ip}\n")).collect();
     format!(
         "apiVersion: v1\n\
          kind: Node\n\
          metadata:\n  name: {name}\n\
-         spec:\n  podCIDR: {pod_cidr}\n  podCIDRs: [\"{pod_cidr}\"]\n\
-         status:\n  addresses:\n  - type: InternalIP\n    address: {internal_ip}\n  - type: Hostname\n    address: {name}\n"
+         spec:\n  podCIDR: {first}\n  podCIDRs: [{}]\n\
+         status:\n  addresses:\n{addresses}  - type: Hostname\n    address: {name}\n",
+        list.join(", ")
     )
 }
 
@@ -188,6 +199,12 @@ impl PodObject {
     /// The Pod object on node `node`: `Pending` without a status, `Running`
     /// with its podIP(s) once `status` is given.
     pub fn yaml(&self, node: &str, status: Option<PodStatus>) -> String {
+        self.yaml_ips(node, status.map(|s| (s.host_ip, vec![s.pod_ip.into()])))
+    }
+
+    /// `yaml` with every address of the pod (`status.podIPs`, one per
+    /// family, the first also `podIP`), given with the host IP.
+    pub fn yaml_ips(&self, node: &str, status: Option<(Ipv4Addr, Vec<std::net::IpAddr>)>) -> String {
         let mut lines = vec![
             "apiVersion: v1".to_string(),
             "kind: Pod".into(),
@@ -214,13 +231,17 @@ impl PodObject {
         lines.push("status:".into());
         match status {
             None => lines.push("  phase: Pending".into()),
-            Some(s) => lines.extend([
-                "  phase: Running".into(),
-                format!("  hostIP: \"{}\"", s.host_ip),
-                format!("  hostIPs: [{{ip: \"{}\"}}]", s.host_ip),
-                format!("  podIP: \"{}\"", s.pod_ip),
-                format!("  podIPs: [{{ip: \"{}\"}}]", s.pod_ip),
-            ]),
+            Some((host_ip, pod_ips)) => {
+                let first = pod_ips.first().map(ToString::to_string).unwrap_or_default();
+                let list: Vec<String> = pod_ips.iter().map(|ip| format!("{{ip: \"{ip}\"}}")).collect();
+                lines.extend([
+                    "  phase: Running".into(),
+                    format!("  hostIP: \"{host_ip}\""),
+                    format!("  hostIPs: [{{ip: \"{host_ip}\"}}]"),
+                    format!("  podIP: \"{first}\""),
+                    format!("  podIPs: [{}]", list.join(", ")),
+                ])
+            }
         }
         lines.join("\n") + "\n"
     }
@@ -244,6 +265,14 @@ mod tests {
         assert!(y.contains("  - type: InternalIP\n    address: 172.30.0.11\n"));
         let two = documents(&[y.clone(), y]);
         assert_eq!(two.matches("---\n").count(), 2);
+        let dual = node_yaml_families(
+            "n2",
+            &["10.244.2.0/24", "fd00:10:244:2::/64"],
+            &["172.30.0.12".parse().unwrap(), "fd00:172:30::12".parse().unwrap()],
+        );
+        let v: serde_yaml::Value = serde_yaml::from_str(&dual).unwrap();
+        assert_eq!(v["spec"]["podCIDRs"][1].as_str(), Some("fd00:10:244:2::/64"));
+        assert_eq!(v["status"]["addresses"][1]["address"].as_str(), Some("fd00:172:30::12"));
     }
 
     #[test]

@@ -124,13 +124,24 @@ impl NetNs {
         Ok(self.run(&["ip", "-4", "route", "show"])?.lines().map(|l| l.trim().to_string()).collect())
     }
 
+    /// `ip -6 route show` lines.
+    pub fn routes6(&self) -> Result<Vec<String>> {
+        Ok(self.run(&["ip", "-6", "route", "show"])?.lines().map(|l| l.trim().to_string()).collect())
+    }
+
     /// One `ping -c1 -W1`, tried up to three times (the first packet of a
     /// fresh path may wait on neighbour resolution).
     pub fn ping(&self, dst: Ipv4Addr) -> Result<()> {
+        self.ping_ip(dst.into())
+    }
+
+    /// `ping` for either family (`ping -6` for IPv6).
+    pub fn ping_ip(&self, dst: std::net::IpAddr) -> Result<()> {
+        let family = if dst.is_ipv6() { "-6" } else { "-4" };
         let dst = dst.to_string();
         let mut last = None;
         for _ in 0..3 {
-            let out = self.output(&["ping", "-n", "-c1", "-W1", &dst])?;
+            let out = self.output(&["ping", family, "-n", "-c1", "-W1", &dst])?;
             if out.success() {
                 return Ok(());
             }

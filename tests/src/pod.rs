@@ -18,7 +18,7 @@ use anyhow::{Context, Result};
 
 use crate::{
     cni::{Attachment, CniOutcome, CniResult, CniRuntime, Conflist},
-    manifest::{PodObject, PodStatus},
+    manifest::PodObject,
     netns::NetNs,
     process::ChildGuard,
     topology::{self, Node},
@@ -35,7 +35,10 @@ pub struct Pod {
     pub netns: NetNs,
     pub attachment: Attachment,
     pub result: CniResult,
+    /// The pod's IPv4 address; `0.0.0.0` for an IPv6-only pod.
     pub ip: Ipv4Addr,
+    /// The pod's IPv6 address, on a dual-stack or IPv6-only network.
+    pub ipv6: Option<std::net::Ipv6Addr>,
     /// The Pod object, when the attachment names one (CNI_ARGS
     /// `K8S_POD_NAMESPACE` and `K8S_POD_NAME`).
     pub object: Option<PodObject>,
@@ -108,7 +111,13 @@ impl Pod {
     /// created `unpublished`): with its status, i.e. its IP.
     pub fn manifest_yaml(&self) -> Option<String> {
         let (object, m) = (self.object.as_ref()?, self.manifest.as_ref()?);
-        Some(object.yaml(&self.node, Some(PodStatus { pod_ip: self.ip, host_ip: m.host_ip })))
+        // As kubelet reports them: one address per family, IPv4 first.
+        let ips: Vec<std::net::IpAddr> = (!self.ip.is_unspecified())
+            .then_some(self.ip.into())
+            .into_iter()
+            .chain(self.ipv6.map(Into::into))
+            .collect();
+        Some(object.yaml_ips(&self.node, Some((m.host_ip, ips))))
     }
 
     /// The Pod object's manifest file (whether published or not).
@@ -180,6 +189,11 @@ impl Pod {
 
     pub fn ping(&self, dst: Ipv4Addr) -> Result<()> {
         self.netns.ping(dst)
+    }
+
+    /// `ping -6` (or `-4`) to `dst`.
+    pub fn ping_ip(&self, dst: std::net::IpAddr) -> Result<()> {
+        self.netns.ping_ip(dst)
     }
 
     pub fn curl(&self, url: &str) -> Result<String> {
@@ -312,7 +326,7 @@ impl<'a> PodBuilder<'a> {
             return Err(e.context(format!("before ADD of pod {name} on {}", node.name)));
         }
         let runtime = node.runtime();
-        let (result, ip) = match add(&runtime, conflist, &attachment, &name, &node.name) {
+        let (result, ip, ipv6) = match add(&runtime, conflist, &attachment, &name, &node.name) {
             Ok(added) => added,
             Err(e) => {
                 unpublish();
@@ -329,6 +343,7 @@ impl<'a> PodBuilder<'a> {
             attachment,
             result,
             ip,
+            ipv6,
             object,
             manifest,
             runtime,
@@ -380,15 +395,16 @@ fn named_object(attachment: &Attachment, object: Option<PodObject>) -> Option<Po
     }
 }
 
-/// ADD of pod `name` on `node`, and the pod's IPv4 address from the result.
-/// On failure (no address included) DEL runs, as containerd's CRI does.
+/// ADD of pod `name` on `node`, and the pod's addresses from the result:
+/// IPv4 (`0.0.0.0` when the network is IPv6-only) and IPv6 if any. On
+/// failure (no address included) DEL runs, as containerd's CRI does.
 fn add(
     runtime: &CniRuntime,
     conflist: &Conflist,
     attachment: &Attachment,
     name: &str,
     node: &str,
-) -> Result<(CniResult, Ipv4Addr)> {
+) -> Result<(CniResult, Ipv4Addr, Option<std::net::Ipv6Addr>)> {
     let result = match runtime.add(conflist, attachment) {
         Ok(r) => r,
         Err(e) => {
@@ -396,13 +412,12 @@ fn add(
             return Err(anyhow::Error::new(e).context(format!("ADD of pod {name} on {node}")));
         }
     };
-    match result.pod_ipv4() {
-        Some(ip) => Ok((result, ip)),
-        None => {
-            let _ = runtime.del(conflist, attachment);
-            anyhow::bail!("ADD of pod {name} returned no IPv4 address: {}", result.raw);
-        }
+    let (ip, ipv6) = (result.pod_ipv4(), result.pod_ipv6());
+    if ip.is_none() && ipv6.is_none() {
+        let _ = runtime.del(conflist, attachment);
+        anyhow::bail!("ADD of pod {name} returned no address: {}", result.raw);
     }
+    Ok((result, ip.unwrap_or(Ipv4Addr::UNSPECIFIED), ipv6))
 }
 
 fn arg<'s>(att: &'s Attachment, key: &str) -> Option<&'s str> {

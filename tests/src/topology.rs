@@ -6,7 +6,7 @@
 use std::{
     collections::BTreeMap,
     fs,
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
 };
 
@@ -25,6 +25,23 @@ use crate::{
 pub const CLUSTER_CIDR: &str = "10.244.0.0/16";
 /// The network the nodes' eth0 share: node i is 172.30.0.(10+i)/24.
 pub const NODE_NETWORK_PREFIX_LEN: u8 = 24;
+/// The IPv6 pod CIDR of a dual-stack or IPv6-only topology (ULA, inside the
+/// test's namespaces only): node i gets fd00:10:244:i::/64.
+pub const CLUSTER_CIDR_V6: &str = "fd00:10:244::/56";
+/// The node network's IPv6 prefix: node i's eth0 also has fd00:172:30::(10+i)/64.
+pub const NODE_NETWORK_V6: &str = "fd00:172:30::";
+
+/// The address families of a topology's cluster.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Families {
+    #[default]
+    Ipv4,
+    /// Every node has an IPv4 and an IPv6 pod CIDR and InternalIP.
+    DualStack,
+    /// Nodes have IPv6 pod CIDRs and InternalIPs only (their eth0 keeps its
+    /// IPv4 address, which no Node object names).
+    Ipv6,
+}
 /// Name of the conflist the agent writes (docs/contracts.md).
 pub const CONFLIST_FILE: &str = "10-weir.conflist";
 /// The host veth name prefix weir-cni uses unless configured otherwise.
@@ -35,9 +52,16 @@ pub struct TopologyBuilder {
     nodes: usize,
     pod_cidrs: BTreeMap<usize, String>,
     detached: bool,
+    families: Families,
 }
 
 impl TopologyBuilder {
+    /// The cluster's address families (IPv4 unless told).
+    pub fn families(mut self, families: Families) -> Self {
+        self.families = families;
+        self
+    }
+
     pub fn nodes(mut self, n: usize) -> Self {
         self.nodes = n;
         self
@@ -82,10 +106,10 @@ impl TopologyBuilder {
 
         for index in 1..=self.nodes {
             let pod_cidr = self.pod_cidrs.get(&index).cloned().unwrap_or_else(|| format!("10.244.{index}.0/24"));
-            let node = topo.add_node(index, &pod_cidr)?;
+            let node = topo.add_node(index, &pod_cidr, self.families)?;
             topo.nodes.push(node);
         }
-        let docs: Vec<String> = topo.nodes.iter().map(|n| manifest::node_yaml(&n.name, &n.pod_cidr, n.ip)).collect();
+        let docs: Vec<String> = topo.nodes.iter().map(Node::yaml).collect();
         // Written once complete (temp + rename): the agents poll this dir.
         topo.write_manifest("nodes.yaml", &docs)?;
         // The namespace `Pod::create`'s pods live in, as in every cluster.
@@ -113,7 +137,15 @@ pub struct Node {
     pub index: usize,
     /// eth0's address (the Node's InternalIP).
     pub ip: Ipv4Addr,
+    /// The IPv4 pod CIDR (not in the Node object of an IPv6-only topology).
     pub pod_cidr: String,
+    /// eth0's IPv6 address and the IPv6 pod CIDR, in a dual-stack or
+    /// IPv6-only topology.
+    pub ip6: Option<Ipv6Addr>,
+    pub pod_cidr_v6: Option<String>,
+    pub families: Families,
+    /// The agent's `--cluster-cidr`: one CIDR per family of the topology.
+    pub cluster_cidr: String,
     pub netns: NetNs,
     pub dirs: NodeDirs,
     /// `/sys/fs/bpf/<prefix>-<node>`: the agent's bpfPinDir.
@@ -126,6 +158,19 @@ pub struct Node {
 }
 
 impl Node {
+    /// The Node object the agents read.
+    pub fn yaml(&self) -> String {
+        let (v6_cidr, v6_ip) = (self.pod_cidr_v6.as_deref(), self.ip6.map(IpAddr::V6));
+        let (cidrs, ips): (Vec<&str>, Vec<IpAddr>) = match self.families {
+            Families::Ipv4 => (vec![&self.pod_cidr], vec![self.ip.into()]),
+            Families::DualStack => {
+                (vec![&self.pod_cidr, v6_cidr.unwrap_or_default()], vec![self.ip.into(), v6_ip.expect("IPv6 node")])
+            }
+            Families::Ipv6 => (vec![v6_cidr.unwrap_or_default()], vec![v6_ip.expect("IPv6 node")]),
+        };
+        manifest::node_yaml_families(&self.name, &cidrs, &ips)
+    }
+
     /// The gateway pods use: the first host address of the podCIDR.
     pub fn gateway(&self) -> Result<Ipv4Addr> {
         let (net, _) = parse_cidr(&self.pod_cidr)?;
@@ -472,7 +517,13 @@ pub struct Topology {
 impl Topology {
     /// `label` says what the run is for (a test name, "sandbox", "bench").
     pub fn builder(label: &str) -> TopologyBuilder {
-        TopologyBuilder { label: label.to_string(), nodes: 2, pod_cidrs: BTreeMap::new(), detached: false }
+        TopologyBuilder {
+            label: label.to_string(),
+            nodes: 2,
+            pod_cidrs: BTreeMap::new(),
+            detached: false,
+            families: Families::Ipv4,
+        }
     }
 
     pub fn prefix(&self) -> &RunPrefix {
@@ -586,7 +637,7 @@ impl Topology {
         Ok((netns, ip))
     }
 
-    fn add_node(&self, index: usize, pod_cidr: &str) -> Result<Node> {
+    fn add_node(&self, index: usize, pod_cidr: &str, families: Families) -> Result<Node> {
         parse_cidr(pod_cidr).with_context(|| format!("podCIDR of node {index}"))?;
         let name = format!("n{index}");
         let ip = Ipv4Addr::new(172, 30, 0, 10 + index as u8);
@@ -602,6 +653,18 @@ impl Topology {
         // The agent's job too; harmless here, and the reference bridge plugin
         // in the benchmark relies on it.
         netns.run(&["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])?;
+        let with_v6 = families != Families::Ipv4;
+        let ip6: Option<Ipv6Addr> = with_v6.then(|| format!("{NODE_NETWORK_V6}{}", 10 + index).parse()).transpose()?;
+        if let Some(ip6) = ip6 {
+            // No duplicate address detection: usable at once.
+            netns.run(&["ip", "-6", "addr", "add", &format!("{ip6}/64"), "dev", "eth0", "nodad"])?;
+        }
+        let pod_cidr_v6 = with_v6.then(|| format!("fd00:10:244:{index:x}::/64"));
+        let cluster_cidr = match families {
+            Families::Ipv4 => CLUSTER_CIDR.to_string(),
+            Families::DualStack => format!("{CLUSTER_CIDR},{CLUSTER_CIDR_V6}"),
+            Families::Ipv6 => CLUSTER_CIDR_V6.to_string(),
+        };
 
         let root = self.root.join(&name);
         let dirs = NodeDirs {
@@ -623,6 +686,10 @@ impl Topology {
             index,
             ip,
             pod_cidr: pod_cidr.to_string(),
+            ip6,
+            pod_cidr_v6,
+            families,
+            cluster_cidr,
             netns,
             dirs,
             pin_dir,

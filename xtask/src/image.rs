@@ -96,7 +96,7 @@ const OPTIONAL: [&str; 3] = ["/etc/protocols", "/etc/services", "/etc/ethertypes
 
 /// Paths that must resolve to a file in the image, whatever else changes:
 /// what weir.yaml and the agent run.
-pub const MUST_HAVE: [&str; 13] = [
+pub const MUST_HAVE: [&str; 15] = [
     "usr/local/bin/weir-agent",
     "usr/local/bin/weir-cni",
     "bin/sh",
@@ -104,6 +104,9 @@ pub const MUST_HAVE: [&str; 13] = [
     "bin/mv",
     "usr/sbin/iptables",
     "usr/sbin/iptables-restore",
+    // IPv6 masquerade on dual-stack and IPv6-only nodes.
+    "usr/sbin/ip6tables",
+    "usr/sbin/ip6tables-restore",
     "usr/sbin/iptables-save",
     "usr/sbin/iptables-nft",
     "usr/sbin/iptables-legacy",

@@ -100,13 +100,20 @@ pub(super) fn error_chain(e: &dyn std::error::Error) -> String {
 }
 
 /// Packets seen by the datapath per verdict, summed over CPUs, read from
-/// the pinned counters (works while the agent is down too).
+/// the pinned counters (works while the agent is down too). A counter array
+/// pinned by an older version has no slot for a newer reason: that one
+/// reads 0 (the programs skip a missing slot too) until `weir-agent
+/// cleanup` lets the array be made again.
 pub fn verdict_counts(pin_dir: &Path) -> Result<Vec<(DropReason, u64)>, DatapathError> {
     let name = pin::MAP_DROPS;
     let drops: PerCpuArray<MapData, u64> = pinned::open(pin_dir, name)?;
+    let slots = drops.len();
     DropReason::ALL
         .iter()
         .map(|r| {
+            if *r as u32 >= slots {
+                return Ok((*r, 0));
+            }
             let per_cpu = drops.get(&(*r as u32), 0).map_err(|source| DatapathError::Map { name, source })?;
             Ok((*r, per_cpu.iter().sum()))
         })

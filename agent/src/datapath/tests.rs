@@ -5,6 +5,7 @@
 //! `--include-ignored` when it is root.
 mod flows;
 mod harness;
+mod ipv6;
 mod lb;
 mod netdev;
 mod policy;

@@ -22,7 +22,14 @@ pub fn set(key: &str, value: &str) -> Result<(), SysctlError> {
     std::fs::write(&p, value).map_err(|source| SysctlError { key: key.into(), source })
 }
 
-/// Pods reach each other and other nodes through the node's routing table.
-pub fn enable_forwarding() -> Result<(), SysctlError> {
-    set("net.ipv4.ip_forward", "1")
+/// Pods reach each other and other nodes through the node's routing table,
+/// in every family the cluster has.
+pub fn enable_forwarding(ipv4: bool, ipv6: bool) -> Result<(), SysctlError> {
+    if ipv4 {
+        set("net.ipv4.ip_forward", "1")?;
+    }
+    if ipv6 {
+        set("net.ipv6.conf.all.forwarding", "1")?;
+    }
+    Ok(())
 }

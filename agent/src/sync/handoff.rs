@@ -43,6 +43,16 @@ impl Handoffs {
         });
     }
 
+    /// Bindings a previous agent knew (`names::read_endpoints`), taken as
+    /// endpoints without an IPv4 address (IPv6-only pods, whose entry holds
+    /// 0.0.0.0): the only ones not found by address. `retain_live` drops
+    /// those whose entry has an address.
+    pub fn restore(&mut self, endpoints: BTreeMap<u32, String>) {
+        for (ifindex, pod) in endpoints {
+            self.bindings.entry(ifindex).or_insert((Ipv4Addr::UNSPECIFIED, pod));
+        }
+    }
+
     pub fn waiting(&self) -> bool {
         !self.waiters.is_empty()
     }
@@ -97,5 +107,27 @@ impl Handoffs {
                 w.pod
             )));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(ip: [u8; 4]) -> EndpointInfo {
+        EndpointInfo::new(ip, EndpointInfo::FLAG_VERIFY_SOURCE)
+    }
+
+    #[test]
+    fn restored_bindings_name_ipv6_only_endpoints_only() {
+        let mut h = Handoffs::default();
+        h.restore([(7, "x/v6only".to_string()), (8, "x/dual".to_string()), (9, "x/gone".to_string())].into());
+        // 7: an IPv6-only pod (0.0.0.0); 8: has an IPv4 address (found by
+        // it, not by a stale name); 9: no longer an endpoint.
+        let live: BTreeMap<u32, EndpointInfo> = [(7, entry([0; 4])), (8, entry([10, 244, 1, 5]))].into();
+        h.retain_live(&live);
+        assert_eq!(h.pod_of(7), Some("x/v6only"));
+        assert_eq!(h.pod_of(8), None);
+        assert_eq!(h.pod_of(9), None);
     }
 }

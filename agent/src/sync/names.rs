@@ -68,6 +68,20 @@ impl NamesFile {
     }
 }
 
+/// The endpoint -> pod names a previous agent wrote (none if there is no
+/// readable file): how a starting agent knows pods it cannot find by IPv4
+/// address (IPv6-only pods) until weir-cni announces new ones.
+pub fn read_endpoints(run_dir: &Path) -> BTreeMap<u32, String> {
+    let Ok(text) = std::fs::read(run_dir.join(NAMES_FILE)) else { return BTreeMap::new() };
+    let Ok(doc) = serde_json::from_slice::<serde_json::Value>(&text) else { return BTreeMap::new() };
+    doc["endpoints"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter_map(|(ifindex, pod)| Some((ifindex.parse().ok()?, pod.as_str()?.to_string())))
+        .collect()
+}
+
 /// Replaces a file whole (readers see the old or the new contents), without
 /// waiting for the disk: for the names file, which describes the pinned
 /// maps (gone after a reboot too) and is written afresh by a starting

@@ -122,7 +122,11 @@ impl PolicySync {
         Self {
             compiler: PolicyCompiler::new(),
             programmer,
-            handoffs: Handoffs::default(),
+            handoffs: {
+                let mut h = Handoffs::default();
+                h.restore(super::names::read_endpoints(run_dir));
+                h
+            },
             node_name,
             names: NamesFile::new(run_dir),
             dirty: true,
@@ -223,7 +227,13 @@ impl PolicySync {
             .map(|(ifindex, ep)| {
                 let ip = Ipv4Addr::from(ep.ipv4_octets());
                 let pod = self.handoffs.pod_of(*ifindex).or_else(|| self.local_pods.at(ip)).map(str::to_string);
-                LocalEndpoint { ifindex: *ifindex, ip, pod, pending: ep.flags & EndpointInfo::FLAG_POLICY_PENDING != 0 }
+                // An IPv6-only pod (no IPv4 in its entry) this agent cannot
+                // name: not announced since it started, not in the names a
+                // previous agent left. A policy may select it: isolated
+                // rather than open.
+                let unknown_ipv6_only = ip.is_unspecified() && pod.is_none();
+                let pending = ep.flags & EndpointInfo::FLAG_POLICY_PENDING != 0 || unknown_ipv6_only;
+                LocalEndpoint { ifindex: *ifindex, ip, pod, pending }
             })
             .collect();
         self.endpoint_pods = local.iter().filter_map(|e| Some((e.ifindex, e.pod.clone()?))).collect();

@@ -1,10 +1,17 @@
-//! ADD: veth pair, address from the podCIDR, routes, datapath hookup.
+//! ADD: veth pair, an address from each family's pod range, routes,
+//! datapath hookup.
 //!
 //! Order matters: the pod's interface is brought up last, after its endpoint
 //! entry and the datapath programs are in place, so the pod never sends a
 //! packet the datapath does not know about. A failure at any step undoes
-//! everything done so far (the address through the IPAM lease guard, the rest
-//! through `Teardown`), so a failed ADD leaves nothing behind.
+//! everything done so far (the addresses through the IPAM lease guards, one
+//! per family, the rest through `Teardown`), so a failed ADD leaves nothing
+//! behind.
+//!
+//! IPv6 is wired like IPv4 (ptp style): the pod holds `ip/128`, the host
+//! veth the range's gateway `/128`, the pod routes `gateway/128 dev eth0`
+//! and `::/0 via gateway`. Addresses skip duplicate address detection, so
+//! the pod is not left with a tentative address for its first seconds.
 //!
 //! Where the time goes: a dozen netlink round trips (the veth, addresses,
 //! routes, the clsact qdisc and two cls_bpf filters), none of which waits
@@ -12,16 +19,19 @@
 //! docs/design.md); the IPAM reservation is made under its lock without
 //! touching the disk, and flushed to disk on another thread meanwhile.
 
-use std::{fs, net::Ipv4Addr};
+use std::{
+    fs,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::IpNetwork;
 
 use crate::{
     attachment::Attachment,
     config::NetConf,
     datapath::{self, EndpointMap, Pins},
     error::CniError,
-    ipam::{Allocator, DiskStore, PodRange},
+    ipam::{DiskStore, FamilyIpam, PodRange},
     log,
     netlink::{NetlinkSocket, link::Link, route::Route},
     netns::Netns,
@@ -31,6 +41,35 @@ use crate::{
 };
 
 const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
+const IPV6_FORWARDING: &str = "/proc/sys/net/ipv6/conf/all/forwarding";
+
+/// One of the pod's addresses, with its family's gateway.
+#[derive(Clone, Copy, Debug)]
+struct PodAddr {
+    ip: IpAddr,
+    gateway: IpAddr,
+    /// 32 or 128: the pod and the gateway each hold a single address.
+    host_prefix: u8,
+}
+
+impl PodAddr {
+    fn network(&self, ip: IpAddr) -> IpNetwork {
+        IpNetwork::new(ip, self.host_prefix).expect("a host prefix is valid for its family")
+    }
+}
+
+/// The pod's IPv4 address as the endpoint map and the policy hand-off carry
+/// it; `0.0.0.0` for an IPv6-only pod (the map has no IPv6 field yet: such a
+/// pod's IPv4, which it has none of, fails the source check).
+fn endpoint_ipv4(addrs: &[PodAddr]) -> Ipv4Addr {
+    addrs
+        .iter()
+        .find_map(|a| match a.ip {
+            IpAddr::V4(v4) => Some(v4),
+            IpAddr::V6(_) => None,
+        })
+        .unwrap_or(Ipv4Addr::UNSPECIFIED)
+}
 
 pub fn add(
     conf: &NetConf,
@@ -43,11 +82,20 @@ pub fn add(
     let (mut host, mut pod) = check_preconditions(attachment, netns, &host_name, pins.as_ref())?;
     log::step("preconditions");
 
-    let allocator = super::allocator(conf)?;
-    // From here on every failed path gives the address back: explicitly
-    // below, or through the lease's drop on a panic.
-    let lease = allocator.lease(attachment)?;
+    let ipam = super::ipam(conf)?;
+    // From here on every failed path gives the addresses back: explicitly
+    // below, or through the leases' drop on a panic.
+    let leases = ipam.lease(attachment)?;
     log::step("ipam reserve");
+    let addrs: Vec<PodAddr> = conf
+        .ranges
+        .iter()
+        .zip(leases.ips())
+        .map(|(r, ip)| {
+            let range = PodRange::new(r.pod);
+            PodAddr { ip, gateway: range.gateway(), host_prefix: range.host_prefix() }
+        })
+        .collect();
     let mut teardown = Teardown::new(pins.clone());
     let setup = Setup {
         conf,
@@ -65,18 +113,16 @@ pub fn add(
             hand_off_policy(conf, attachment, pod, ifindex, ip);
         }
     };
-    match setup.run_alongside_flush(&allocator, &mut host, &mut pod, lease.ip(), &mut teardown, hand_off) {
+    match setup.run_alongside_flush(&ipam, &mut host, &mut pod, &addrs, &mut teardown, hand_off) {
         Ok(result) => {
             teardown.disarm();
-            let ip = lease.keep();
-            log::info(format_args!("got {ip} on host veth {host_name}"));
+            let ips = leases.keep();
+            log::info(format_args!("got {ips:?} on host veth {host_name}"));
             Ok(result)
         }
         Err(cause) => {
             let mut rollback_problems = teardown.run();
-            if let Err(e) = lease.release() {
-                rollback_problems.push(e.to_string());
-            }
+            rollback_problems.extend(leases.release().into_iter().map(|e| e.to_string()));
             Err(CniError::RolledBack { cause: Box::new(cause), rollback_problems })
         }
     }
@@ -137,18 +183,18 @@ impl Setup<'_> {
     /// kernel work starts: the flush runs alongside.
     fn run_alongside_flush(
         &self,
-        allocator: &Allocator<DiskStore>,
+        ipam: &FamilyIpam<DiskStore>,
         host: &mut NetlinkSocket,
         pod: &mut NetlinkSocket,
-        ip: Ipv4Addr,
+        addrs: &[PodAddr],
         teardown: &mut Teardown,
         hand_off: impl FnOnce(Option<u32>, Ipv4Addr),
     ) -> Result<AddResult, CniError> {
         std::thread::scope(|scope| {
-            let flush = scope.spawn(|| allocator.persist());
-            let result = self.run(host, pod, ip, teardown);
+            let flush = scope.spawn(|| ipam.persist());
+            let result = self.run(host, pod, addrs, teardown);
             if result.is_ok() {
-                hand_off(teardown.endpoint, ip);
+                hand_off(teardown.endpoint, endpoint_ipv4(addrs));
             }
             let flushed = flush.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
             log::step("ipam flush joined");
@@ -162,29 +208,33 @@ impl Setup<'_> {
         &self,
         host: &mut NetlinkSocket,
         pod: &mut NetlinkSocket,
-        ip: Ipv4Addr,
+        addrs: &[PodAddr],
         teardown: &mut Teardown,
     ) -> Result<AddResult, CniError> {
         let conf = self.conf;
         let ifname = &self.attachment.ifname;
-        let gateway = PodRange::new(conf.pod_cidr).gateway();
 
         veth::create_pair(host, self.host_name, ifname, self.netns.fd(), conf.mtu)?;
         log::step("create veth");
         let host_link = lookup(host, self.host_name, "the host veth just created")?;
         teardown.host_veth = Some(host_link.clone());
 
-        // Node side: the gateway address answers the pod's ARP for its
-        // default gateway; the /32 route sends the pod's traffic down its veth.
-        host.add_address(&host_link, gateway, 32)?;
+        // Node side: the gateway address answers the pod's ARP (neighbour
+        // solicitation) for its default gateway; the /32 (/128) route sends
+        // the pod's traffic down its veth.
+        for a in addrs {
+            host.add_address(&host_link, a.gateway, a.host_prefix)?;
+        }
         host.set_link_up(&host_link)?;
-        host.add_route(&host_link, &link_route(ip))?;
-        enable_ip_forwarding()?;
+        for a in addrs {
+            host.add_route(&host_link, &Route::to_host(a.ip))?;
+        }
+        enable_forwarding(addrs)?;
         log::step("host side");
 
         if let Some(pins) = self.pins {
             let mut endpoints = EndpointMap::open(pins)?;
-            endpoints.insert(host_link.index, ip, self.policy_pending)?;
+            endpoints.insert(host_link.index, endpoint_ipv4(addrs), self.policy_pending)?;
             teardown.endpoint = Some(host_link.index);
             log::step("endpoint entry");
             datapath::attach_programs(pins, host, &host_link)?;
@@ -192,19 +242,20 @@ impl Setup<'_> {
         }
 
         // Pod side, last: addresses and routes, up only once all is ready.
-        let pod_link = self.pod_side(pod, ip, gateway)?;
+        let pod_link = self.pod_side(pod, addrs)?;
         log::step("pod side");
-        Ok(self.result(&host_link, &pod_link, ip, gateway))
+        Ok(self.result(&host_link, &pod_link, addrs))
     }
 
     /// Addresses, link up and routes on the pod's interface.
-    fn pod_side(&self, pod: &mut NetlinkSocket, ip: Ipv4Addr, gateway: Ipv4Addr) -> Result<Link, CniError> {
+    fn pod_side(&self, pod: &mut NetlinkSocket, addrs: &[PodAddr]) -> Result<Link, CniError> {
         let pod_link = lookup(pod, &self.attachment.ifname, "the pod interface just created")?;
-        pod.add_address(&pod_link, ip, 32)?;
+        for a in addrs {
+            pod.add_address(&pod_link, a.ip, a.host_prefix)?;
+        }
         pod.set_link_up(&pod_link)?;
-        let default_route =
-            Route { dst: Ipv4Addr::UNSPECIFIED, prefix_len: 0, gateway: Some(gateway), oif: None, link_scope: false };
-        for route in [link_route(gateway), default_route] {
+        let routes = addrs.iter().flat_map(|a| [Route::to_host(a.gateway), Route::default_via(a.gateway)]);
+        for route in routes {
             pod.add_route(&pod_link, &route).map_err(|mut e| {
                 if e.errno() == Some(libc::EEXIST) {
                     e.op.push_str(
@@ -218,9 +269,8 @@ impl Setup<'_> {
     }
 
     /// The CNI result describing what `run` created.
-    fn result(&self, host_link: &Link, pod_link: &Link, ip: Ipv4Addr, gateway: Ipv4Addr) -> AddResult {
+    fn result(&self, host_link: &Link, pod_link: &Link, addrs: &[PodAddr]) -> AddResult {
         let mtu = self.conf.mtu;
-        let network = |addr: Ipv4Addr, prefix: u8| Ipv4Network::new(addr, prefix).expect("prefix is at most 32");
         AddResult {
             interfaces: vec![
                 Interface { name: host_link.name.clone(), mac: host_link.mac.clone(), mtu, sandbox: None },
@@ -231,18 +281,26 @@ impl Setup<'_> {
                     sandbox: Some(self.netns.path().display().to_string()),
                 },
             ],
-            ips: vec![IpConfig { address: network(ip, 32), gateway, interface: 1 }],
-            routes: vec![
-                RouteConfig { dst: network(gateway, 32), gw: None, link_scope: true },
-                RouteConfig { dst: network(Ipv4Addr::UNSPECIFIED, 0), gw: Some(gateway), link_scope: false },
-            ],
+            ips: addrs
+                .iter()
+                .map(|a| IpConfig { address: a.network(a.ip), gateway: a.gateway, interface: 1 })
+                .collect(),
+            routes: addrs
+                .iter()
+                .flat_map(|a| {
+                    let any: IpAddr =
+                        if a.ip.is_ipv6() { Ipv6Addr::UNSPECIFIED.into() } else { Ipv4Addr::UNSPECIFIED.into() };
+                    let default = IpNetwork::new(any, 0).expect("/0 is valid");
+                    [
+                        // On-link (IPv6 routes have no scope, but "no
+                        // gateway needed" is what the 1.1 scope says).
+                        RouteConfig { dst: a.network(a.gateway), gw: None, link_scope: true },
+                        RouteConfig { dst: default, gw: Some(a.gateway), link_scope: false },
+                    ]
+                })
+                .collect(),
         }
     }
-}
-
-/// `ip/32 scope link`: a directly attached peer.
-fn link_route(ip: Ipv4Addr) -> Route {
-    Route { dst: ip, prefix_len: 32, gateway: None, oif: None, link_scope: true }
 }
 
 fn lookup(sock: &mut NetlinkSocket, name: &str, what: &str) -> Result<Link, CniError> {
@@ -256,13 +314,23 @@ fn lookup(sock: &mut NetlinkSocket, name: &str, what: &str) -> Result<Link, CniE
 }
 
 /// Pods reach each other and the outside through the node, as with the ptp
-/// plugin, so the node namespace must forward IPv4.
-fn enable_ip_forwarding() -> Result<(), CniError> {
-    let io_err = |source| CniError::Io { what: IP_FORWARD, source };
-    if fs::read_to_string(IP_FORWARD).map_err(io_err)?.trim() == "1" {
+/// plugin, so the node namespace must forward every family pods have.
+fn enable_forwarding(addrs: &[PodAddr]) -> Result<(), CniError> {
+    if addrs.iter().any(|a| !a.ip.is_ipv6()) {
+        enable_sysctl(IP_FORWARD)?;
+    }
+    if addrs.iter().any(|a| a.ip.is_ipv6()) {
+        enable_sysctl(IPV6_FORWARDING)?;
+    }
+    Ok(())
+}
+
+fn enable_sysctl(path: &'static str) -> Result<(), CniError> {
+    let io_err = |source| CniError::Io { what: path, source };
+    if fs::read_to_string(path).map_err(io_err)?.trim() == "1" {
         return Ok(());
     }
-    fs::write(IP_FORWARD, "1").map_err(io_err)
+    fs::write(path, "1").map_err(io_err)
 }
 
 /// What a failed ADD has to undo, in reverse order of creation. Also runs on

@@ -1,7 +1,7 @@
 //! CHECK: is the attachment still as ADD left it? Every problem found is
 //! reported, not just the first, so an operator sees the whole picture.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use crate::{
     attachment::Attachment,
@@ -18,27 +18,43 @@ use crate::{
 pub fn check(conf: &NetConf, attachment: &Attachment, netns: &Netns, prev: &PrevResult) -> Result<(), CniError> {
     let mut problems = Vec::new();
     let host_name = veth::host_veth_name(&conf.veth_prefix, attachment);
-    let gateway = PodRange::new(conf.pod_cidr).gateway();
+    let ranges: Vec<PodRange> = conf.ranges.iter().map(|r| PodRange::new(r.pod)).collect();
 
-    // What prevResult says about our interface and its address.
+    // What prevResult says about our interface and its addresses: one per
+    // configured family.
     let pod_iface = prev.interfaces.iter().position(|i| i.name == attachment.ifname && i.sandbox.is_some());
     if pod_iface.is_none() {
         problems.push(format!("prevResult lists no interface {} with a sandbox", attachment.ifname));
     }
     let ips: Vec<_> = prev.ips.iter().filter(|ip| ip.interface == pod_iface && pod_iface.is_some()).collect();
-    if pod_iface.is_some() && ips.is_empty() {
-        problems.push(format!("prevResult lists no IPv4 address for {}", attachment.ifname));
+    // The address of each configured family, as prevResult has it.
+    let mut pod_ips: Vec<IpAddr> = Vec::new();
+    for range in &ranges {
+        match ips.iter().find(|ip| ip.address.is_ipv6() == range.is_ipv6()) {
+            Some(ip) => pod_ips.push(ip.address.ip()),
+            None if pod_iface.is_some() => problems.push(format!(
+                "prevResult lists no {} address for {}",
+                if range.is_ipv6() { "IPv6" } else { "IPv4" },
+                attachment.ifname
+            )),
+            None => {}
+        }
     }
-    let pod_ip: Option<Ipv4Addr> = ips.first().map(|ip| ip.address.ip());
 
-    // IPAM reservation.
-    match super::allocator(conf).and_then(|a| a.lookup(attachment).map_err(CniError::from)) {
-        Ok(Some(held)) if Some(held) == pod_ip || pod_ip.is_none() => {}
-        Ok(Some(held)) => problems.push(format!(
-            "IPAM reservation of {attachment} is {held}, but prevResult says {}",
-            pod_ip.map(|ip| ip.to_string()).unwrap_or_default()
-        )),
-        Ok(None) => problems.push(format!("{attachment} holds no IPAM reservation")),
+    // IPAM reservations.
+    match super::ipam(conf).and_then(|a| a.lookup(attachment).map_err(CniError::from)) {
+        Ok(held) => {
+            for range in &ranges {
+                let held_here = held.iter().find(|ip| ip.is_ipv6() == range.is_ipv6());
+                let listed = pod_ips.iter().find(|ip| ip.is_ipv6() == range.is_ipv6());
+                match (held_here, listed) {
+                    (None, _) => problems.push(format!("{attachment} holds no IPAM reservation in {}", range.cidr())),
+                    (Some(held), Some(listed)) if held != listed => problems
+                        .push(format!("IPAM reservation of {attachment} is {held}, but prevResult says {listed}")),
+                    _ => {}
+                }
+            }
+        }
         Err(e) => problems.push(e.to_string()),
     }
 
@@ -52,15 +68,16 @@ pub fn check(conf: &NetConf, attachment: &Attachment, netns: &Netns, prev: &Prev
             if let Some(expected) = prev.interfaces.iter().find(|i| i.name == host_name) {
                 check_mac(link, expected.mac.as_deref(), "host veth", &mut problems);
             }
-            let addrs = host.addresses(link)?;
-            if !addrs.contains(&(gateway, 32)) {
-                problems.push(format!("host veth {host_name} lacks the gateway address {gateway}/32"));
-            }
-            if let Some(ip) = pod_ip {
-                let routes = host.routes()?;
-                let want = Route { dst: ip, prefix_len: 32, gateway: None, oif: Some(link.index), link_scope: true };
-                if !routes.contains(&want) {
-                    problems.push(format!("node route {ip}/32 dev {host_name} scope link is missing"));
+            for range in &ranges {
+                let (gateway, prefix) = (range.gateway(), range.host_prefix());
+                if !host.addresses(link, range.is_ipv6())?.contains(&(gateway, prefix)) {
+                    problems.push(format!("host veth {host_name} lacks the gateway address {gateway}/{prefix}"));
+                }
+                if let Some(ip) = pod_ips.iter().find(|ip| ip.is_ipv6() == range.is_ipv6()) {
+                    let want = Route { oif: Some(link.index), ..Route::to_host(*ip) };
+                    if !host.routes(range.is_ipv6())?.contains(&want) {
+                        problems.push(format!("node route {ip}/{prefix} dev {host_name} is missing"));
+                    }
                 }
             }
         }
@@ -75,19 +92,33 @@ pub fn check(conf: &NetConf, attachment: &Attachment, netns: &Netns, prev: &Prev
             if let Some(i) = pod_iface {
                 check_mac(&link, prev.interfaces[i].mac.as_deref(), "pod interface", &mut problems);
             }
-            let addrs = pod.addresses(&link)?;
-            for ip in &ips {
-                if !addrs.contains(&(ip.address.ip(), ip.address.prefix())) {
-                    problems.push(format!("address {} is not on {}", ip.address, link.name));
+            for ipv6 in [false, true] {
+                let listed: Vec<_> = ips.iter().filter(|ip| ip.address.is_ipv6() == ipv6).collect();
+                if listed.is_empty() {
+                    continue;
+                }
+                let addrs = pod.addresses(&link, ipv6)?;
+                for ip in listed {
+                    if !addrs.contains(&(ip.address.ip(), ip.address.prefix())) {
+                        problems.push(format!("address {} is not on {}", ip.address, link.name));
+                    }
                 }
             }
-            check_pod_routes(&mut pod, &link, gateway, prev, &mut problems)?;
+            for range in &ranges {
+                check_pod_routes(&mut pod, &link, range, prev, &mut problems)?;
+            }
         }
     }
 
     // Datapath.
     if let Some(pins) = conf.bpf_pin_dir.as_deref().map(Pins::new) {
-        check_datapath(&pins, &host_name, host_link.as_ref(), pod_ip, &mut problems);
+        let pod_ipv4 = pod_ips.iter().find_map(|ip| match ip {
+            IpAddr::V4(v4) => Some(*v4),
+            IpAddr::V6(_) => None,
+        });
+        // An IPv6-only pod's entry holds 0.0.0.0 (see ADD).
+        let want = if conf.ipv4().is_some() { pod_ipv4 } else { Some(Ipv4Addr::UNSPECIFIED) };
+        check_datapath(&pins, &host_name, host_link.as_ref(), want, &mut problems);
     }
 
     if problems.is_empty() { Ok(()) } else { Err(CniError::CheckFailed { attachment: attachment.clone(), problems }) }
@@ -118,32 +149,34 @@ fn check_mac(link: &Link, expected: Option<&str>, what: &str, problems: &mut Vec
     }
 }
 
-/// The routes ADD created (whatever version the result was in), plus any
-/// other IPv4 route listed in prevResult (chained plugins may add routes;
-/// those can leave through any interface).
+/// The routes ADD created for `range`'s family (whatever version the
+/// result was in), plus any other route of that family listed in
+/// prevResult (chained plugins may add routes; those can leave through any
+/// interface).
 fn check_pod_routes(
     pod: &mut NetlinkSocket,
     link: &Link,
-    gateway: Ipv4Addr,
+    range: &PodRange,
     prev: &PrevResult,
     problems: &mut Vec<String>,
 ) -> Result<(), CniError> {
-    let routes = pod.routes()?;
+    let gateway = range.gateway();
+    let host_prefix = range.host_prefix();
+    let routes = pod.routes(range.is_ipv6())?;
     let on_link = |r: &Route| r.oif == Some(link.index);
-    if !routes
-        .iter()
-        .any(|r| on_link(r) && r.dst == gateway && r.prefix_len == 32 && r.gateway.is_none() && r.link_scope)
-    {
-        problems.push(format!("route {gateway}/32 dev {} scope link is missing", link.name));
+    let to_gateway = Route { oif: Some(link.index), ..Route::to_host(gateway) };
+    if !routes.contains(&to_gateway) {
+        problems.push(format!("route {gateway}/{host_prefix} dev {} is missing", link.name));
     }
     if !routes.iter().any(|r| on_link(r) && r.prefix_len == 0 && r.gateway == Some(gateway)) {
         problems.push(format!("default route via {gateway} dev {} is missing", link.name));
     }
     let ours = |want: &&crate::result::PrevRoute| {
         let dst = (want.dst.network(), want.dst.prefix());
-        dst == (gateway, 32) || (dst == (Ipv4Addr::UNSPECIFIED, 0) && want.gw == Some(gateway))
+        dst == (gateway, host_prefix) || (want.dst.prefix() == 0 && want.gw == Some(gateway))
     };
-    for want in prev.routes.iter().filter(|w| !ours(w)) {
+    let family = prev.routes.iter().filter(|w| w.dst.is_ipv6() == range.is_ipv6());
+    for want in family.filter(|w| !ours(w)) {
         let found = routes.iter().any(|r| {
             r.dst == want.dst.network()
                 && r.prefix_len == want.dst.prefix()

@@ -10,14 +10,14 @@
 //! The programs go with the veth (cls_bpf filters, nothing to detach); tcx
 //! link pins of older weir versions are removed if any are left.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use crate::{
     attachment::Attachment,
     config::NetConf,
     datapath::{self, EndpointMap, Pins},
     error::CniError,
-    ipam::{Allocator, DiskStore},
+    ipam::{DiskStore, FamilyIpam},
     log,
     netlink::{NetlinkSocket, link::Link},
     veth,
@@ -36,22 +36,22 @@ pub fn del(conf: &NetConf, attachment: &Attachment) -> Result<(), CniError> {
     }
     log::step("unpin links");
 
-    let allocator = super::allocator(conf);
-    let ip = reserved_ip(&allocator, attachment, &mut problems);
+    let ipam = super::ipam(conf);
+    let ips = reserved_ips(&ipam, attachment, &mut problems);
     log::step("ipam lookup");
 
     // No map means the agent has not (re)created the datapath: there is no
     // entry to remove.
     if let Some(pins) = pins.as_ref().filter(|p| p.endpoints_map_exists()) {
-        remove_endpoint_entry(pins, host.link.as_ref(), ip, &mut problems);
+        remove_endpoint_entry(pins, host.link.as_ref(), &ips, &mut problems);
     }
     log::step("endpoint entry");
 
     host.delete(&host_name, &mut problems);
     log::step("delete veth");
 
-    if let Ok(allocator) = &allocator {
-        release_address(allocator, attachment, &host, ip, &host_name, &mut problems);
+    if let Ok(ipam) = &ipam {
+        release_addresses(ipam, attachment, &host, &ips, &host_name, &mut problems);
     }
     log::step("ipam release");
 
@@ -122,32 +122,38 @@ fn unpin_links(pins: &Pins, host_name: &str, problems: &mut Vec<String>) {
     }
 }
 
-/// The address reserved for the attachment, if any and if it can be read.
-fn reserved_ip(
-    allocator: &Result<Allocator<DiskStore>, CniError>,
+/// The addresses reserved for the attachment (any family), as far as they
+/// can be read.
+fn reserved_ips(
+    ipam: &Result<FamilyIpam<DiskStore>, CniError>,
     attachment: &Attachment,
     problems: &mut Vec<String>,
-) -> Option<Ipv4Addr> {
-    match allocator {
+) -> Vec<IpAddr> {
+    match ipam {
         Ok(a) => a.lookup(attachment).unwrap_or_else(|e| {
             problems.push(e.to_string());
-            None
+            Vec::new()
         }),
         Err(e) => {
             problems.push(e.to_string());
-            None
+            Vec::new()
         }
     }
 }
 
 /// Removes the endpoint entry, by the host veth's ifindex and by the pod's
-/// address, whichever of the two is known.
-fn remove_endpoint_entry(pins: &Pins, host_link: Option<&Link>, ip: Option<Ipv4Addr>, problems: &mut Vec<String>) {
+/// IPv4 address, whichever of the two is known. (An IPv6-only pod's entry
+/// holds 0.0.0.0, shared by every such pod: only its ifindex names it.)
+fn remove_endpoint_entry(pins: &Pins, host_link: Option<&Link>, ips: &[IpAddr], problems: &mut Vec<String>) {
+    let ipv4 = ips.iter().find_map(|ip| match ip {
+        IpAddr::V4(v4) if !v4.is_unspecified() => Some(*v4),
+        _ => None,
+    });
     let removed = EndpointMap::open(pins).and_then(|mut map| {
         if let Some(link) = host_link {
             map.remove(link.index)?;
         }
-        if let Some(ip) = ip {
+        if let Some(ip) = ipv4 {
             map.remove_ip(ip)?;
         }
         Ok(())
@@ -157,27 +163,29 @@ fn remove_endpoint_entry(pins: &Pins, host_link: Option<&Link>, ip: Option<Ipv4A
     }
 }
 
-/// Gives the attachment's address back to the pool, once the host veth is
-/// known to be gone.
-fn release_address(
-    allocator: &Allocator<DiskStore>,
+/// Gives the attachment's addresses (every family) back to the pool, once
+/// the host veth is known to be gone.
+fn release_addresses(
+    ipam: &FamilyIpam<DiskStore>,
     attachment: &Attachment,
     host: &HostVeth,
-    ip: Option<Ipv4Addr>,
+    ips: &[IpAddr],
     host_name: &str,
     problems: &mut Vec<String>,
 ) {
     // While the old veth still routes the address, handing it to another pod
     // would break both: keep the reservation until a DEL removes the veth.
     if host.gone {
-        match allocator.release(attachment) {
+        match ipam.release(attachment) {
             Ok(released) if !released.is_empty() => {
                 log::info(format_args!("released {released:?}"));
             }
             Ok(_) => {}
             Err(e) => problems.push(e.to_string()),
         }
-    } else if let Some(ip) = ip {
-        problems.push(format!("{ip} stays reserved until {host_name} can be deleted"));
+    } else {
+        for ip in ips {
+            problems.push(format!("{ip} stays reserved until {host_name} can be deleted"));
+        }
     }
 }

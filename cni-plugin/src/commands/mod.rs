@@ -12,7 +12,7 @@ use serde_json::Value;
 use crate::{
     config::NetConf,
     error::CniError,
-    ipam::{Allocator, DiskStore, PodRange},
+    ipam::{DiskStore, FamilyIpam},
     request::Request,
     result::version_json,
 };
@@ -32,7 +32,8 @@ pub fn run(request: Request) -> Result<Option<Value>, CniError> {
     }
 }
 
-/// The allocator over this network's on-disk store.
-fn allocator(conf: &NetConf) -> Result<Allocator<DiskStore>, CniError> {
-    Ok(Allocator::new(PodRange::new(conf.pod_cidr), DiskStore::open(&conf.ipam_dir())?))
+/// The allocators of every configured family, over this network's on-disk
+/// stores.
+fn ipam(conf: &NetConf) -> Result<FamilyIpam<DiskStore>, CniError> {
+    Ok(FamilyIpam::open(&conf.ipam_dir(), &conf.ranges)?)
 }

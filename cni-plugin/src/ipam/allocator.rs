@@ -1,63 +1,103 @@
-//! Allocation policy: round-robin over `.2 ..= broadcast-1` of the podCIDR,
-//! continuing after the last address handed out so that a just-released
-//! address is not given to the next pod (stale conntrack entries, ARP caches
-//! and endpoint lists elsewhere still point at it for a while).
+//! Allocation policy: round-robin over the pod addresses of a range (IPv4:
+//! `.2 ..= broadcast-1`; IPv6: `::2 ..=` the last address), continuing after
+//! the last address handed out so that a just-released address is not given
+//! to the next pod (stale conntrack entries, ARP and neighbour caches and
+//! endpoint lists elsewhere still point at it for a while).
 
-use std::{collections::HashSet, net::Ipv4Addr};
+use std::{
+    collections::HashSet,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::IpNetwork;
 
 use super::{IpamError, Reservation, Store};
 use crate::attachment::Attachment;
 
-/// The addresses of a podCIDR: the first host address is the gateway (held
-/// by every pod's host veth), pods get the rest up to the broadcast address.
+/// The addresses of a pod range: the first host address is the gateway
+/// (held by every pod's host veth), pods get the rest up to the broadcast
+/// address (IPv4) or the last address (IPv6, which has no broadcast).
+/// Arithmetic is on u128 so both families share it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PodRange {
-    cidr: Ipv4Network,
+    cidr: IpNetwork,
 }
 
 impl PodRange {
-    /// `cidr` must have a prefix of /30 or shorter (the config enforces
-    /// 16..=30), so there is at least one pod address.
-    pub fn new(cidr: Ipv4Network) -> Self {
-        debug_assert!(cidr.prefix() <= 30);
+    /// `cidr` must leave at least one pod address: a prefix of /30 or
+    /// shorter for IPv4, /126 for IPv6 (the config enforces it).
+    pub fn new(cidr: IpNetwork) -> Self {
+        debug_assert!(cidr.prefix() <= if cidr.is_ipv6() { 126 } else { 30 });
         Self { cidr }
     }
 
-    pub fn cidr(&self) -> Ipv4Network {
+    pub fn cidr(&self) -> IpNetwork {
         self.cidr
     }
 
-    pub fn gateway(&self) -> Ipv4Addr {
-        Ipv4Addr::from(u32::from(self.cidr.network()) + 1)
+    pub fn is_ipv6(&self) -> bool {
+        self.cidr.is_ipv6()
     }
 
-    fn first(&self) -> u32 {
-        u32::from(self.cidr.network()) + 2
+    /// The prefix length of one address of the family: 32 or 128.
+    pub fn host_prefix(&self) -> u8 {
+        if self.is_ipv6() { 128 } else { 32 }
     }
 
-    fn last(&self) -> u32 {
-        u32::from(self.cidr.broadcast()) - 1
+    fn network(&self) -> u128 {
+        to_u128(self.cidr.network())
     }
 
-    pub fn capacity(&self) -> u32 {
+    fn addr(&self, n: u128) -> IpAddr {
+        match self.cidr {
+            // In range by construction: the network is IPv4.
+            IpNetwork::V4(_) => IpAddr::V4(Ipv4Addr::from(u32::try_from(n).unwrap_or(u32::MAX))),
+            IpNetwork::V6(_) => IpAddr::V6(Ipv6Addr::from(n)),
+        }
+    }
+
+    pub fn gateway(&self) -> IpAddr {
+        self.addr(self.network() + 1)
+    }
+
+    fn first(&self) -> u128 {
+        self.network() + 2
+    }
+
+    fn last(&self) -> u128 {
+        let host_bits = u32::from(self.host_prefix() - self.cidr.prefix());
+        // At least 2 host bits (the config's prefix limits), at most 128.
+        let top = self.network() | (u128::MAX >> (128 - host_bits));
+        // IPv4 keeps its broadcast address out.
+        if self.is_ipv6() { top } else { top - 1 }
+    }
+
+    pub fn capacity(&self) -> u128 {
         self.last() - self.first() + 1
     }
 
-    pub fn contains(&self, ip: Ipv4Addr) -> bool {
-        (self.first()..=self.last()).contains(&u32::from(ip))
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        ip.is_ipv6() == self.is_ipv6() && (self.first()..=self.last()).contains(&to_u128(ip))
     }
 
-    /// Every pod address, starting right after `cursor` and wrapping around.
-    fn candidates_after(&self, cursor: Option<Ipv4Addr>) -> impl Iterator<Item = Ipv4Addr> + use<> {
+    /// Every pod address, starting right after `cursor` and wrapping around
+    /// (lazily: an IPv6 range has far more than anyone walks).
+    fn candidates_after(&self, cursor: Option<IpAddr>) -> impl Iterator<Item = IpAddr> + use<> {
+        let range = *self;
         let first = self.first();
         let capacity = self.capacity();
         let start = match cursor {
-            Some(ip) if self.contains(ip) => u32::from(ip) - first + 1,
+            Some(ip) if self.contains(ip) => to_u128(ip) - first + 1,
             _ => 0,
         };
-        (0..capacity).map(move |i| Ipv4Addr::from(first + (start + i) % capacity))
+        (0..capacity).map(move |i| range.addr(first + (start + i) % capacity))
+    }
+}
+
+fn to_u128(ip: IpAddr) -> u128 {
+    match ip {
+        IpAddr::V4(v4) => u128::from(u32::from(v4)),
+        IpAddr::V6(v6) => u128::from(v6),
     }
 }
 
@@ -81,7 +121,7 @@ impl<S: Store> Allocator<S> {
     /// since the runtime must never do that and it means state went out of
     /// sync.
     #[cfg(test)]
-    pub fn allocate(&self, owner: &Attachment) -> Result<Ipv4Addr, IpamError> {
+    pub fn allocate(&self, owner: &Attachment) -> Result<IpAddr, IpamError> {
         let ip = self.reserve(owner)?;
         if let Err(e) = self.store.persist() {
             let _ = self.release_ip(owner, ip);
@@ -92,7 +132,7 @@ impl<S: Store> Allocator<S> {
 
     /// `allocate` without the flush: the reservation is visible to every
     /// other allocation at once, and durable after `persist`.
-    fn reserve(&self, owner: &Attachment) -> Result<Ipv4Addr, IpamError> {
+    fn reserve(&self, owner: &Attachment) -> Result<IpAddr, IpamError> {
         self.store.locked(|store| {
             if let Some(ip) = store.held_by(owner)? {
                 return Err(IpamError::AlreadyReserved { attachment: owner.clone(), ip });
@@ -124,7 +164,7 @@ impl<S: Store> Allocator<S> {
     }
 
     /// The address `owner` holds, if any.
-    pub fn lookup(&self, owner: &Attachment) -> Result<Option<Ipv4Addr>, IpamError> {
+    pub fn lookup(&self, owner: &Attachment) -> Result<Option<IpAddr>, IpamError> {
         self.store.locked(|store| match store.held_by(owner)? {
             Some(ip) => Ok(Some(ip)),
             // Not indexed (a record from before the index): read them all.
@@ -134,7 +174,7 @@ impl<S: Store> Allocator<S> {
 
     /// Releases whatever `owner` holds; returns the released addresses
     /// (empty when it held none, which is fine for an idempotent DEL).
-    pub fn release(&self, owner: &Attachment) -> Result<Vec<Ipv4Addr>, IpamError> {
+    pub fn release(&self, owner: &Attachment) -> Result<Vec<IpAddr>, IpamError> {
         let released = self.store.locked(|store| {
             if let Some(ip) = store.held_by(owner)? {
                 store.release(ip)?;
@@ -154,7 +194,7 @@ impl<S: Store> Allocator<S> {
     }
 
     /// Releases `ip` if `owner` still holds it.
-    fn release_ip(&self, owner: &Attachment, ip: Ipv4Addr) -> Result<(), IpamError> {
+    fn release_ip(&self, owner: &Attachment, ip: IpAddr) -> Result<(), IpamError> {
         self.store.locked(|store| {
             let held = store.reservations()?.into_iter().any(|r| r.ip == ip && r.owner.as_ref() == Some(owner));
             if held { store.release(ip) } else { Ok(()) }
@@ -185,18 +225,18 @@ impl<S: Store> Allocator<S> {
 pub struct Lease<'a, S: Store> {
     allocator: &'a Allocator<S>,
     owner: Attachment,
-    ip: Ipv4Addr,
+    ip: IpAddr,
     armed: bool,
 }
 
 impl<S: Store> Lease<'_, S> {
-    pub fn ip(&self) -> Ipv4Addr {
+    pub fn ip(&self) -> IpAddr {
         self.ip
     }
 
     /// ADD succeeded (and `Allocator::persist` returned since the lease was
     /// taken): the address stays reserved until DEL or GC.
-    pub fn keep(mut self) -> Ipv4Addr {
+    pub fn keep(mut self) -> IpAddr {
         self.armed = false;
         self.ip
     }
@@ -231,7 +271,7 @@ mod tests {
         Attachment::new(format!("c{i}"), "eth0")
     }
 
-    fn ip(s: &str) -> Ipv4Addr {
+    fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
     }
 

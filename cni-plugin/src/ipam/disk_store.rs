@@ -5,7 +5,11 @@
 //! <dataDir>/ipam/<network>/owner:<containerID>:<ifname> -> 10.244.1.7
 //! <dataDir>/ipam/<network>/last_reserved_ip  round-robin cursor
 //! <dataDir>/ipam/<network>/lock              flock()ed around every change
+//! <dataDir>/ipam/<network>/ipv6/...          the same for IPv6 (fd00::7, ...)
 //! ```
+//!
+//! A store holds one family; the IPv6 store's directory sits inside the
+//! IPv4 one, where no listing of the IPv4 store takes it for a record.
 //!
 //! The `owner:` symlinks index the records by attachment, so an ADD, under
 //! the lock, lists the directory and reads one link instead of every record
@@ -32,7 +36,7 @@ use std::{
     collections::HashSet,
     fs::{self, File, OpenOptions},
     io::{self, Write},
-    net::Ipv4Addr,
+    net::IpAddr,
     os::unix::fs::OpenOptionsExt,
     path::{Path, PathBuf},
     sync::{Mutex, PoisonError},
@@ -165,7 +169,7 @@ impl Store for DiskStore {
         let mut found = Vec::new();
         for entry in fs::read_dir(&self.dir).map_err(self.err(&self.dir, "list"))? {
             let entry = entry.map_err(self.err(&self.dir, "list"))?;
-            let Some(ip) = entry.file_name().to_str().and_then(|n| n.parse::<Ipv4Addr>().ok()) else {
+            let Some(ip) = entry.file_name().to_str().and_then(|n| n.parse::<IpAddr>().ok()) else {
                 continue;
             };
             let path = entry.path();
@@ -188,16 +192,16 @@ impl Store for DiskStore {
         Ok(found)
     }
 
-    fn taken(&self) -> Result<HashSet<Ipv4Addr>, IpamError> {
+    fn taken(&self) -> Result<HashSet<IpAddr>, IpamError> {
         let mut taken = HashSet::new();
         for entry in fs::read_dir(&self.dir).map_err(self.err(&self.dir, "list"))? {
             let entry = entry.map_err(self.err(&self.dir, "list"))?;
-            taken.extend(entry.file_name().to_str().and_then(|n| n.parse::<Ipv4Addr>().ok()));
+            taken.extend(entry.file_name().to_str().and_then(|n| n.parse::<IpAddr>().ok()));
         }
         Ok(taken)
     }
 
-    fn held_by(&self, owner: &Attachment) -> Result<Option<Ipv4Addr>, IpamError> {
+    fn held_by(&self, owner: &Attachment) -> Result<Option<IpAddr>, IpamError> {
         let Some(name) = owner_link(owner) else {
             return Ok(self.reservations()?.into_iter().find(|r| r.owner.as_ref() == Some(owner)).map(|r| r.ip));
         };
@@ -207,7 +211,7 @@ impl Store for DiskStore {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(IpamError::Store { path: link, op: "read link", source: e }),
         };
-        let Some(ip) = target.to_str().and_then(|t| t.parse::<Ipv4Addr>().ok()) else {
+        let Some(ip) = target.to_str().and_then(|t| t.parse::<IpAddr>().ok()) else {
             return Ok(None);
         };
         match fs::read_to_string(self.dir.join(ip.to_string())) {
@@ -219,7 +223,7 @@ impl Store for DiskStore {
         }
     }
 
-    fn reserve(&self, ip: Ipv4Addr, owner: &Attachment) -> Result<bool, IpamError> {
+    fn reserve(&self, ip: IpAddr, owner: &Attachment) -> Result<bool, IpamError> {
         let name = ip.to_string();
         let record = format!("{}\n{}", owner.container_id, owner.ifname);
         let (tmp, file) = self.write_temp(&name, record.as_bytes())?;
@@ -240,7 +244,7 @@ impl Store for DiskStore {
         }
     }
 
-    fn release(&self, ip: Ipv4Addr) -> Result<(), IpamError> {
+    fn release(&self, ip: IpAddr) -> Result<(), IpamError> {
         let path = self.dir.join(ip.to_string());
         if let Some(link) = fs::read_to_string(&path).ok().and_then(|r| parse_record(&r)).and_then(|o| owner_link(&o)) {
             let link = self.dir.join(link);
@@ -261,7 +265,7 @@ impl Store for DiskStore {
         }
     }
 
-    fn last_reserved(&self) -> Result<Option<Ipv4Addr>, IpamError> {
+    fn last_reserved(&self) -> Result<Option<IpAddr>, IpamError> {
         let path = self.dir.join(CURSOR_FILE);
         match fs::read_to_string(&path) {
             // A damaged cursor only costs round-robin order: start over.
@@ -271,7 +275,7 @@ impl Store for DiskStore {
         }
     }
 
-    fn set_last_reserved(&self, ip: Ipv4Addr) -> Result<(), IpamError> {
+    fn set_last_reserved(&self, ip: IpAddr) -> Result<(), IpamError> {
         let (tmp, file) = self.write_temp(CURSOR_FILE, ip.to_string().as_bytes())?;
         drop(file);
         let path = self.dir.join(CURSOR_FILE);
@@ -304,6 +308,10 @@ mod tests {
     };
 
     use super::*;
+
+    fn v4(a: u8, b: u8, c: u8, d: u8) -> IpAddr {
+        IpAddr::from([a, b, c, d])
+    }
     use crate::ipam::{Allocator, PodRange};
 
     const CHILD_DIR_ENV: &str = "WEIR_CNI_TEST_IPAM_DIR";
@@ -319,7 +327,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let a = allocator(tmp.path());
         let ip = a.allocate(&Attachment::new("abc", "eth0")).unwrap();
-        assert_eq!(ip, Ipv4Addr::new(10, 244, 1, 2));
+        assert_eq!(ip, v4(10, 244, 1, 2));
         assert_eq!(fs::read_to_string(tmp.path().join("10.244.1.2")).unwrap(), "abc\neth0");
         assert_eq!(fs::read_to_string(tmp.path().join("last_reserved_ip")).unwrap(), "10.244.1.2");
         assert!(tmp.path().join("lock").exists());
@@ -362,8 +370,8 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         fs::write(tmp.path().join("10.244.1.2"), "old\neth0").unwrap();
         let a = allocator(tmp.path());
-        assert_eq!(a.allocate(&Attachment::new("new", "eth0")).unwrap(), Ipv4Addr::new(10, 244, 1, 3));
-        assert_eq!(a.release(&Attachment::new("old", "eth0")).unwrap(), vec![Ipv4Addr::new(10, 244, 1, 2)]);
+        assert_eq!(a.allocate(&Attachment::new("new", "eth0")).unwrap(), v4(10, 244, 1, 3));
+        assert_eq!(a.release(&Attachment::new("old", "eth0")).unwrap(), vec![v4(10, 244, 1, 2)]);
     }
 
     #[test]
@@ -376,7 +384,7 @@ mod tests {
         // The cursor persisted too: the next pod does not get .2 back.
         again.release(&owner).unwrap();
         assert!(!tmp.path().join(ip.to_string()).exists());
-        assert_eq!(again.allocate(&Attachment::new("def", "eth0")).unwrap(), Ipv4Addr::new(10, 244, 1, 3));
+        assert_eq!(again.allocate(&Attachment::new("def", "eth0")).unwrap(), v4(10, 244, 1, 3));
     }
 
     #[test]
@@ -386,9 +394,9 @@ mod tests {
         fs::write(tmp.path().join("10.244.1.3"), "").unwrap();
         fs::write(tmp.path().join("last_reserved_ip"), "garbage").unwrap();
         let a = allocator(tmp.path());
-        assert_eq!(a.lookup(&Attachment::new("abc", "eth0")).unwrap(), Some(Ipv4Addr::new(10, 244, 1, 2)));
+        assert_eq!(a.lookup(&Attachment::new("abc", "eth0")).unwrap(), Some(v4(10, 244, 1, 2)));
         // The unreadable record still blocks its address.
-        assert_eq!(a.allocate(&Attachment::new("x", "eth0")).unwrap(), Ipv4Addr::new(10, 244, 1, 4));
+        assert_eq!(a.allocate(&Attachment::new("x", "eth0")).unwrap(), v4(10, 244, 1, 4));
         // GC with nothing valid removes both, unreadable included.
         let released = a.release_all_except(&HashSet::new()).unwrap();
         assert_eq!(released.len(), 3);
@@ -402,14 +410,14 @@ mod tests {
         let lease = a.lease(&Attachment::new("abc", "eth0")).unwrap();
         // Another process sees the reservation before it is flushed.
         let other = allocator(tmp.path());
-        assert_eq!(other.allocate(&Attachment::new("def", "eth0")).unwrap(), Ipv4Addr::new(10, 244, 1, 3));
+        assert_eq!(other.allocate(&Attachment::new("def", "eth0")).unwrap(), v4(10, 244, 1, 3));
         assert_eq!(fs::read_to_string(tmp.path().join("10.244.1.2")).unwrap(), "abc\neth0");
         assert_eq!(a.store().pending().records.len(), 1);
         a.persist().unwrap();
         let pending = a.store().pending();
         assert!(pending.records.is_empty() && !pending.dir);
         drop(pending);
-        assert_eq!(lease.keep(), Ipv4Addr::new(10, 244, 1, 2));
+        assert_eq!(lease.keep(), v4(10, 244, 1, 2));
     }
 
     #[test]
@@ -433,7 +441,7 @@ mod tests {
                 thread::spawn(move || allocator(&dir).allocate(&Attachment::new(format!("t{i}"), "eth0")))
             })
             .collect();
-        let ips: HashSet<Ipv4Addr> = handles.into_iter().map(|h| h.join().unwrap().unwrap()).collect();
+        let ips: HashSet<IpAddr> = handles.into_iter().map(|h| h.join().unwrap().unwrap()).collect();
         assert_eq!(ips.len(), 50);
         assert_eq!(allocator(&dir).release_all_except(&HashSet::new()).unwrap().len(), 50);
     }

@@ -2,7 +2,7 @@
 
 use std::{
     collections::BTreeMap,
-    net::Ipv4Addr,
+    net::IpAddr,
     sync::{Mutex, PoisonError},
 };
 
@@ -17,8 +17,8 @@ pub struct MemoryStore {
 
 #[derive(Default)]
 struct State {
-    reserved: BTreeMap<Ipv4Addr, Attachment>,
-    last: Option<Ipv4Addr>,
+    reserved: BTreeMap<IpAddr, Attachment>,
+    last: Option<IpAddr>,
 }
 
 impl MemoryStore {
@@ -42,7 +42,7 @@ impl Store for MemoryStore {
             .collect())
     }
 
-    fn reserve(&self, ip: Ipv4Addr, owner: &Attachment) -> Result<bool, IpamError> {
+    fn reserve(&self, ip: IpAddr, owner: &Attachment) -> Result<bool, IpamError> {
         let mut state = self.state();
         if state.reserved.contains_key(&ip) {
             return Ok(false);
@@ -51,16 +51,16 @@ impl Store for MemoryStore {
         Ok(true)
     }
 
-    fn release(&self, ip: Ipv4Addr) -> Result<(), IpamError> {
+    fn release(&self, ip: IpAddr) -> Result<(), IpamError> {
         self.state().reserved.remove(&ip);
         Ok(())
     }
 
-    fn last_reserved(&self) -> Result<Option<Ipv4Addr>, IpamError> {
+    fn last_reserved(&self) -> Result<Option<IpAddr>, IpamError> {
         Ok(self.state().last)
     }
 
-    fn set_last_reserved(&self, ip: Ipv4Addr) -> Result<(), IpamError> {
+    fn set_last_reserved(&self, ip: IpAddr) -> Result<(), IpamError> {
         self.state().last = Some(ip);
         Ok(())
     }

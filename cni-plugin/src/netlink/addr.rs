@@ -1,25 +1,36 @@
-//! IPv4 address requests.
+//! Address requests, IPv4 and IPv6.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 
 use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL};
 use netlink_packet_route::{
     AddressFamily, RouteNetlinkMessage,
-    address::{AddressAttribute, AddressMessage, AddressScope},
+    address::{AddressAttribute, AddressFlags, AddressMessage, AddressScope},
 };
 
 use super::{NetlinkError, NetlinkSocket, link::Link};
 
+fn family(ip: IpAddr) -> AddressFamily {
+    if ip.is_ipv6() { AddressFamily::Inet6 } else { AddressFamily::Inet }
+}
+
 impl NetlinkSocket {
-    /// Adds `ip/prefix_len` to `link` (fails if it is already there).
-    pub fn add_address(&mut self, link: &Link, ip: Ipv4Addr, prefix_len: u8) -> Result<(), NetlinkError> {
+    /// Adds `ip/prefix_len` to `link` (fails if it is already there). An
+    /// IPv6 address skips duplicate address detection (`IFA_F_NODAD`): it
+    /// is usable at once instead of tentative for a second or more, and the
+    /// IPAM already guarantees it is unique (the gateway address is on
+    /// every host veth on purpose, each its own link).
+    pub fn add_address(&mut self, link: &Link, ip: IpAddr, prefix_len: u8) -> Result<(), NetlinkError> {
         let mut msg = AddressMessage::default();
-        msg.header.family = AddressFamily::Inet;
+        msg.header.family = family(ip);
         msg.header.prefix_len = prefix_len;
         msg.header.scope = AddressScope::Universe;
         msg.header.index = link.index;
-        msg.attributes.push(AddressAttribute::Local(IpAddr::V4(ip)));
-        msg.attributes.push(AddressAttribute::Address(IpAddr::V4(ip)));
+        msg.attributes.push(AddressAttribute::Local(ip));
+        msg.attributes.push(AddressAttribute::Address(ip));
+        if ip.is_ipv6() {
+            msg.attributes.push(AddressAttribute::Flags(AddressFlags::Nodad));
+        }
         self.execute(
             &format!("add address {ip}/{prefix_len} to {}", link.name),
             RouteNetlinkMessage::NewAddress(msg),
@@ -27,10 +38,11 @@ impl NetlinkSocket {
         )
     }
 
-    /// The IPv4 addresses (with prefix length) configured on `link`.
-    pub fn addresses(&mut self, link: &Link) -> Result<Vec<(Ipv4Addr, u8)>, NetlinkError> {
+    /// The addresses (with prefix length) of family `ipv6` configured on
+    /// `link` (IPv6 link-local ones included).
+    pub fn addresses(&mut self, link: &Link, ipv6: bool) -> Result<Vec<(IpAddr, u8)>, NetlinkError> {
         let mut msg = AddressMessage::default();
-        msg.header.family = AddressFamily::Inet;
+        msg.header.family = if ipv6 { AddressFamily::Inet6 } else { AddressFamily::Inet };
         msg.header.index = link.index;
         let replies = self.dump(&format!("list addresses of {}", link.name), RouteNetlinkMessage::GetAddress(msg))?;
         let mut found = Vec::new();
@@ -43,11 +55,11 @@ impl NetlinkSocket {
                 continue;
             }
             let local = msg.attributes.iter().find_map(|a| match a {
-                AddressAttribute::Local(IpAddr::V4(ip)) => Some(*ip),
+                AddressAttribute::Local(ip) if ip.is_ipv6() == ipv6 => Some(*ip),
                 _ => None,
             });
             let address = msg.attributes.iter().find_map(|a| match a {
-                AddressAttribute::Address(IpAddr::V4(ip)) => Some(*ip),
+                AddressAttribute::Address(ip) if ip.is_ipv6() == ipv6 => Some(*ip),
                 _ => None,
             });
             if let Some(ip) = local.or(address) {

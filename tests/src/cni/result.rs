@@ -50,6 +50,12 @@ impl IpConfig {
         let (ip, len) = self.address.split_once('/')?;
         Some((ip.parse().ok()?, len.parse().ok().filter(|l| *l <= 32)?))
     }
+
+    /// The address and prefix length, when it is IPv6.
+    pub fn ipv6(&self) -> Option<(std::net::Ipv6Addr, u8)> {
+        let (ip, len) = self.address.split_once('/')?;
+        Some((ip.parse().ok()?, len.parse().ok().filter(|l| *l <= 128)?))
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Deserialize)]
@@ -141,6 +147,17 @@ impl CniResult {
                 .is_some_and(|i| i.sandbox.as_deref().is_some_and(|s| !s.is_empty()))
         };
         self.ips.iter().filter(on_sandbox).chain(self.ips.iter()).find_map(|ip| ip.ipv4()).map(|(ip, _)| ip)
+    }
+
+    /// The pod's IPv6 address (dual-stack or IPv6-only), found as
+    /// `pod_ipv4` finds the IPv4 one.
+    pub fn pod_ipv6(&self) -> Option<std::net::Ipv6Addr> {
+        let on_sandbox = |ip: &&IpConfig| {
+            ip.interface
+                .and_then(|i| self.interfaces.get(i))
+                .is_some_and(|i| i.sandbox.as_deref().is_some_and(|s| !s.is_empty()))
+        };
+        self.ips.iter().filter(on_sandbox).chain(self.ips.iter()).find_map(|ip| ip.ipv6()).map(|(ip, _)| ip)
     }
 }
 

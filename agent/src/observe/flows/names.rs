@@ -283,6 +283,8 @@ mod tests {
             name: "n1".into(),
             pod_cidr: None,
             internal_ip: Some(Ipv4Addr::new(172, 18, 0, 2)),
+            pod_cidr_v6: None,
+            internal_ip_v6: None,
         }]));
         idx.pods.change(Change::Relisted(vec![
             pod("x/a", [10, 244, 1, 5], "a"),

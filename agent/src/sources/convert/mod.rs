@@ -287,22 +287,32 @@ pub fn pod(pod: &PodView) -> Option<PodInfo> {
 pub fn node(node: &Node) -> NodeInfo {
     let name = node.metadata.name.clone().unwrap_or_default();
     let spec = node.spec.as_ref();
-    // Dual-stack nodes list both families in podCIDRs; weir is IPv4-only.
-    let pod_cidr = spec
+    // Dual-stack nodes list both families in podCIDRs: the first of each.
+    let pod_cidrs: Vec<ipnetwork::IpNetwork> = spec
         .and_then(|s| s.pod_cidrs.clone())
         .unwrap_or_default()
         .into_iter()
         .chain(spec.and_then(|s| s.pod_cidr.clone()))
-        .find_map(|c| c.parse().ok());
-    let internal_ip = node
+        .filter_map(|c| c.parse().ok())
+        .collect();
+    let internal_ips: Vec<std::net::IpAddr> = node
         .status
         .as_ref()
         .and_then(|s| s.addresses.as_ref())
         .into_iter()
         .flatten()
         .filter(|a| a.type_ == "InternalIP")
-        .find_map(|a| a.address.parse().ok());
-    NodeInfo { name, pod_cidr, internal_ip }
+        .filter_map(|a| a.address.parse().ok())
+        .collect();
+    use ipnetwork::IpNetwork::{V4, V6};
+    use std::net::IpAddr;
+    NodeInfo {
+        name,
+        pod_cidr: pod_cidrs.iter().find_map(|c| if let V4(n) = c { Some(*n) } else { None }),
+        internal_ip: internal_ips.iter().find_map(|a| if let IpAddr::V4(a) = a { Some(*a) } else { None }),
+        pod_cidr_v6: pod_cidrs.iter().find_map(|c| if let V6(n) = c { Some(*n) } else { None }),
+        internal_ip_v6: internal_ips.iter().find_map(|a| if let IpAddr::V6(a) = a { Some(*a) } else { None }),
+    }
 }
 
 #[cfg(test)]
@@ -326,6 +336,9 @@ mod tests {
         assert_eq!(info.name, "w1");
         assert_eq!(info.pod_cidr.unwrap().to_string(), "10.244.4.0/24");
         assert_eq!(info.internal_ip.unwrap().to_string(), "172.18.0.4");
+        // And the IPv6 family of the dual-stack node.
+        assert_eq!(info.pod_cidr_v6.unwrap().to_string(), "fd00::/64");
+        assert_eq!(info.internal_ip_v6.unwrap().to_string(), "fc00::4");
     }
 
     #[test]

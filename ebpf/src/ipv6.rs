@@ -1,0 +1,56 @@
+//! IPv6 at a pod's host veth. Pods get IPv6 addresses (dual-stack and
+//! IPv6-only nodes), but Service translation and NetworkPolicy are IPv4-only
+//! so far: IPv6 of a pod no policy selects goes on untouched, while a pod
+//! under policy (or whose policy is not in place yet) gets no IPv6 at all,
+//! so a policy is never bypassed over the other family. Neighbour discovery
+//! always passes: without it the pod cannot even reach its gateway.
+use aya_ebpf::programs::TcContext;
+use network_types::eth::EthHdr;
+use weir_common::{DropReason, EndpointInfo};
+
+use crate::{packet::Flow, policy};
+
+const ETH_P_IPV6: u16 = 0x86DD_u16.to_be();
+/// Offset of the IPv6 next-header field, and of what follows the fixed
+/// 40-byte header.
+const NEXT_HEADER_OFF: usize = EthHdr::LEN + 6;
+const L4_OFF: usize = EthHdr::LEN + 40;
+const IPPROTO_ICMPV6: u8 = 58;
+/// ICMPv6 router solicitation ..= redirect (RFC 4861).
+const NDP_TYPES: core::ops::RangeInclusive<u8> = 133..=137;
+
+/// Judges a packet `packet::parse` found not to be IPv4 (`Ok`: it passes),
+/// for the endpoint `ep` behind the veth (`None`: no entry). `missing` is the drop for an
+/// IPv6 packet of a veth with no entry (`None`: pass it, as the ingress
+/// side does for IPv4). `seen` gets the transport protocol of a dropped
+/// packet, for the flow log.
+#[inline(always)]
+pub fn judge(
+    ctx: &TcContext,
+    ep: impl FnOnce() -> Option<EndpointInfo>,
+    missing: Option<DropReason>,
+    seen: &mut Flow,
+) -> Result<(), DropReason> {
+    let ether_type = ctx.load::<EthHdr>(0).map_err(|_| DropReason::Malformed)?.ether_type;
+    if ether_type != ETH_P_IPV6 {
+        return Ok(());
+    }
+    let next_header = ctx.load::<u8>(NEXT_HEADER_OFF).map_err(|_| DropReason::Malformed)?;
+    if next_header == IPPROTO_ICMPV6 && ctx.load::<u8>(L4_OFF).is_ok_and(|icmp_type| NDP_TYPES.contains(&icmp_type)) {
+        return Ok(());
+    }
+    seen.proto = next_header;
+    let Some(ep) = ep() else {
+        return match missing {
+            Some(reason) => Err(reason),
+            None => Ok(()),
+        };
+    };
+    if ep.flags & EndpointInfo::FLAG_POLICY_PENDING != 0 {
+        return Err(DropReason::PolicyPending);
+    }
+    if policy::active(&ep) {
+        return Err(DropReason::Ipv6UnderPolicy);
+    }
+    Ok(())
+}
