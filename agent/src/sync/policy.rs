@@ -247,8 +247,12 @@ impl PolicySync {
         };
         let desired = self.compiler.compile_after(&input, self.changed_pods.as_ref());
         self.changed_pods = Some(BTreeSet::new());
-        let target =
-            PolicyTarget { rules: &desired.rules, ipcache: &desired.ipcache, endpoint_flags: &desired.endpoint_flags };
+        let target = PolicyTarget {
+            rules: &desired.rules,
+            ipcache: &desired.ipcache,
+            endpoint_flags: &desired.endpoint_flags,
+            ipcache_delta: &desired.ipcache_delta,
+        };
         match self.programmer.apply(maps, &target, &endpoints) {
             Ok(stats) => {
                 // First, as weir-cni's ADD waits for it: the maps are written.

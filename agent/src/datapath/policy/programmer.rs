@@ -19,9 +19,12 @@ use std::collections::BTreeMap;
 use ipnetwork::Ipv4Network;
 use weir_common::EndpointInfo;
 
-use crate::datapath::{
-    MapError,
-    policy::maps::{PolicyDump, PolicyMaps, RuleKey},
+use crate::{
+    datapath::{
+        MapError,
+        policy::maps::{PolicyDump, PolicyMaps, RuleKey},
+    },
+    model::policy::compile::IpcacheDelta,
 };
 
 /// The maps' desired contents (from the policy compiler).
@@ -31,6 +34,9 @@ pub struct PolicyTarget<'a> {
     /// ifindex -> policy bits (`EndpointInfo::FLAGS_POLICY`). Endpoints
     /// not listed keep "pending" if they have it and lose the other bits.
     pub endpoint_flags: &'a BTreeMap<u32, u32>,
+    /// Which ipcache `ipcache` is: when it says what changed since the
+    /// one last written in full, only that is compared.
+    pub ipcache_delta: &'a IpcacheDelta,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -52,13 +58,16 @@ impl ApplyStats {
 #[derive(Debug, Default)]
 pub struct PolicyProgrammer {
     written: PolicyDump,
+    /// The version of the target ipcache the last pass wrote in full
+    /// (`written.ipcache` is that ipcache).
+    ipcache_version: Option<u64>,
 }
 
 impl PolicyProgrammer {
     /// Starts from what the pinned maps hold (after an agent restart the
     /// first pass rewrites only what changed while it was away).
     pub fn restore(dump: PolicyDump) -> Self {
-        Self { written: dump }
+        Self { written: dump, ipcache_version: None }
     }
 
     pub fn rules(&self) -> usize {
@@ -78,12 +87,25 @@ impl PolicyProgrammer {
         endpoints: &BTreeMap<u32, EndpointInfo>,
     ) -> Result<ApplyStats, MapError> {
         let mut stats = ApplyStats::default();
+        // Only what changed since the ipcache written in full, if known.
+        let changed_nets = match (&target.ipcache_delta.since, self.ipcache_version.take()) {
+            (Some((since, nets)), Some(written)) if *since == written => Some(nets.as_slice()),
+            _ => None,
+        };
         for (key, slot) in differing(target.rules, &self.written.rules) {
             maps.set_rule(key, slot)?;
             self.written.rules.insert(key, slot);
             stats.rules_set += 1;
         }
-        for (net, identity) in differing(target.ipcache, &self.written.ipcache) {
+        let ipcache_sets = match changed_nets {
+            Some(nets) => nets
+                .iter()
+                .filter_map(|net| Some((*net, *target.ipcache.get(net)?)))
+                .filter(|(net, id)| self.written.ipcache.get(net) != Some(id))
+                .collect(),
+            None => differing(target.ipcache, &self.written.ipcache),
+        };
+        for (net, identity) in ipcache_sets {
             maps.set_identity(net, identity)?;
             self.written.ipcache.insert(net, identity);
             stats.ipcache_set += 1;
@@ -118,11 +140,20 @@ impl PolicyProgrammer {
                 stats.endpoints_updated += 1;
             }
         }
-        for net in missing(&self.written.ipcache, target.ipcache) {
+        let ipcache_deletes = match changed_nets {
+            Some(nets) => nets
+                .iter()
+                .filter(|net| !target.ipcache.contains_key(net) && self.written.ipcache.contains_key(net))
+                .copied()
+                .collect(),
+            None => missing(&self.written.ipcache, target.ipcache),
+        };
+        for net in ipcache_deletes {
             maps.delete_identity(net)?;
             self.written.ipcache.remove(&net);
             stats.ipcache_deleted += 1;
         }
+        self.ipcache_version = Some(target.ipcache_delta.version);
         for key in missing(&self.written.rules, target.rules) {
             maps.delete_rule(key)?;
             self.written.rules.remove(&key);
@@ -192,11 +223,17 @@ mod tests {
         rules: BTreeMap<RuleKey, u32>,
         ipcache: BTreeMap<Ipv4Network, u32>,
         flags: BTreeMap<u32, u32>,
+        delta: IpcacheDelta,
     }
 
     impl Target {
         fn get(&self) -> PolicyTarget<'_> {
-            PolicyTarget { rules: &self.rules, ipcache: &self.ipcache, endpoint_flags: &self.flags }
+            PolicyTarget {
+                rules: &self.rules,
+                ipcache: &self.ipcache,
+                endpoint_flags: &self.flags,
+                ipcache_delta: &self.delta,
+            }
         }
     }
 
@@ -210,6 +247,7 @@ mod tests {
             rules: [(rule(7, 300), 1), (rule(8, 301), 2)].into(),
             ipcache: [(net("10.244.1.5/32"), 300), (net("10.244.1.6/32"), 301), (net("0.0.0.0/0"), 256)].into(),
             flags: [(7, INGRESS), (8, INGRESS)].into(),
+            delta: IpcacheDelta::default(),
         }
     }
 
@@ -220,6 +258,7 @@ mod tests {
             rules: [(rule(7, 303), 1), (rule(8, 302), 3)].into(),
             ipcache: [(net("10.244.1.5/32"), 303), (net("10.244.1.9/32"), 302), (net("0.0.0.0/0"), 256)].into(),
             flags: [(7, INGRESS), (8, INGRESS)].into(),
+            delta: IpcacheDelta::default(),
         }
     }
 
@@ -257,13 +296,60 @@ mod tests {
     }
 
     #[test]
+    fn an_ipcache_delta_is_compared_alone_unless_it_follows_another_ipcache() {
+        let mut maps = FakePolicyMaps::default();
+        maps.endpoints.insert(7, ep([10, 244, 1, 5], 0));
+        maps.endpoints.insert(8, ep([10, 244, 1, 6], 0));
+        let eps = maps.endpoints.clone();
+        let mut p = PolicyProgrammer::default();
+        let mut t = first();
+        t.delta = IpcacheDelta { version: 1, since: None };
+        p.apply(&mut maps, &t.get(), &eps).unwrap();
+
+        // Version 2: .6 moved to 302, .5 went; those two are compared.
+        t.ipcache.insert(net("10.244.1.6/32"), 302);
+        t.ipcache.remove(&net("10.244.1.5/32"));
+        t.delta = IpcacheDelta { version: 2, since: Some((1, vec![net("10.244.1.5/32"), net("10.244.1.6/32")])) };
+        maps.log.clear();
+        let stats = p.apply(&mut maps, &t.get(), &eps).unwrap();
+        assert_eq!((stats.ipcache_set, stats.ipcache_deleted), (1, 1));
+        let ipcache_log: Vec<&String> = maps.log.iter().filter(|l| l.starts_with("ip")).collect();
+        assert_eq!(ipcache_log, ["ip+ 10.244.1.6/32 302", "ip- 10.244.1.5/32"]);
+        assert_eq!(maps.maps.ipcache, t.ipcache);
+
+        // A delta since a version this programmer did not write (a pass
+        // it missed): the whole map is compared, unlisted changes too.
+        t.ipcache.insert(net("10.244.1.7/32"), 303);
+        t.delta = IpcacheDelta { version: 4, since: Some((3, vec![])) };
+        p.apply(&mut maps, &t.get(), &eps).unwrap();
+        assert_eq!(maps.maps.ipcache, t.ipcache);
+
+        // A failed pass leaves no version behind: the next delta, though it
+        // follows the failed target, is not trusted either.
+        t.ipcache.insert(net("10.244.1.8/32"), 304);
+        t.delta = IpcacheDelta { version: 5, since: Some((4, vec![net("10.244.1.8/32")])) };
+        maps.faults.set(FailPlan::Nth(0));
+        assert!(p.apply(&mut maps, &t.get(), &eps).is_err());
+        maps.faults.set(FailPlan::Never);
+        t.ipcache.insert(net("10.244.1.9/32"), 305);
+        t.delta = IpcacheDelta { version: 6, since: Some((5, vec![net("10.244.1.9/32")])) };
+        p.apply(&mut maps, &t.get(), &eps).unwrap();
+        assert_eq!(maps.maps.ipcache, t.ipcache, ".8 is written although only .9 was listed");
+    }
+
+    #[test]
     fn unknown_endpoints_stay_pending_and_others_lose_enforcement() {
         let mut maps = FakePolicyMaps::default();
         maps.endpoints.insert(7, ep([10, 244, 1, 5], PENDING));
         maps.endpoints.insert(9, ep([10, 244, 1, 7], INGRESS));
         let empty = BTreeMap::new();
         let mut p = PolicyProgrammer::default();
-        let t = PolicyTarget { rules: &empty, ipcache: &BTreeMap::new(), endpoint_flags: &BTreeMap::new() };
+        let t = PolicyTarget {
+            rules: &empty,
+            ipcache: &BTreeMap::new(),
+            endpoint_flags: &BTreeMap::new(),
+            ipcache_delta: &IpcacheDelta::default(),
+        };
         let eps = maps.endpoints.clone();
         p.apply(&mut maps, &t, &eps).unwrap();
         assert_eq!(maps.endpoints[&7].flags & EndpointInfo::FLAGS_POLICY, PENDING);

@@ -64,8 +64,9 @@ pub struct CompileInput<'a> {
     pub endpoints: &'a [LocalEndpoint],
 }
 
-/// What the policy maps should hold.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// What the policy maps should hold. Two are equal when they hold the
+/// same; `ipcache_delta` (how the compiler got there) is not compared.
+#[derive(Clone, Debug, Default)]
 pub struct DesiredPolicy {
     /// Address prefix -> identity; shared with the compiler, which updates
     /// it in place after pod changes (whoever still holds the previous
@@ -81,6 +82,32 @@ pub struct DesiredPolicy {
     /// Identity -> what it is, for operators (every identity the ipcache
     /// uses).
     pub identities: BTreeMap<u32, String>,
+    /// Which ipcache this is, and what changed since an earlier one: at
+    /// 150,000 pods comparing the whole map with the written one was a
+    /// large part of each pass.
+    pub ipcache_delta: IpcacheDelta,
+}
+
+impl PartialEq for DesiredPolicy {
+    fn eq(&self, other: &Self) -> bool {
+        self.ipcache == other.ipcache
+            && self.rules == other.rules
+            && self.endpoint_flags == other.endpoint_flags
+            && self.identities == other.identities
+    }
+}
+
+impl Eq for DesiredPolicy {}
+
+/// The ipcache's version (the compiler counts every compile's) and, after
+/// an update for changed pods, the prefixes whose entry differs from the
+/// version before.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct IpcacheDelta {
+    pub version: u64,
+    /// (the previous version, the prefixes that changed since), or None
+    /// when anything may have changed (a compile from scratch).
+    pub since: Option<(u64, Vec<Ipv4Network>)>,
 }
 
 /// Compiles policies, keeping identity numbers and policy slots stable
@@ -91,6 +118,8 @@ pub struct PolicyCompiler {
     slots: Numbering<String>,
     /// The last compile's work, reused where its inputs are unchanged.
     cache: Cache,
+    /// The last compile's `IpcacheDelta::version`.
+    ipcache_version: u64,
 }
 
 impl Default for PolicyCompiler {
@@ -181,6 +210,7 @@ impl PolicyCompiler {
             // hits go uncounted.
             slots: Numbering::new(POLICY_SLOT_OWN_NODE + 1, MAX_POLICY_SLOTS),
             cache: Cache::default(),
+            ipcache_version: 0,
         }
     }
 
@@ -227,9 +257,10 @@ impl PolicyCompiler {
         let blocks = Blocks::of(input.policies.values());
         match changed_pods.filter(|_| self.cache.ipcache.usable(&blocks, input.host_addrs)) {
             Some(changed) => {
-                let changed_ids =
+                let (changed_ids, changed_nets) =
                     self.update_ipcache(input.pods, &endpoints, changed, &mut out.ipcache, &mut out.identities);
                 self.cache.refresh_policies(input, &changed_ids);
+                out.ipcache_delta.since = Some((self.ipcache_version, changed_nets));
             }
             None => {
                 let identities = self.number_identities(input, &endpoints, &blocks, &mut out);
@@ -244,6 +275,8 @@ impl PolicyCompiler {
                 self.cache.resolve_policies(input, identities);
             }
         }
+        self.ipcache_version += 1;
+        out.ipcache_delta.version = self.ipcache_version;
         self.endpoint_entries(input, &endpoints, &mut out);
         out
     }

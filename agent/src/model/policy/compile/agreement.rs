@@ -464,6 +464,7 @@ fn compiles_reusing_earlier_work_equal_compiles_from_scratch() {
         let mut hosts = vec![HOST];
         let mut compiler = PolicyCompiler::new();
         let mut before: Option<BTreeMap<String, PodInfo>> = None;
+        let mut last_ipcache = None;
         for step in 0..20 {
             let input = CompileInput {
                 pods: &case.pods,
@@ -480,11 +481,22 @@ fn compiles_reusing_earlier_work_equal_compiles_from_scratch() {
                 });
             // The same numbering, none of the previous compile's work.
             let mut fresh = PolicyCompiler { cache: Cache::default(), ..compiler.clone() };
-            assert_eq!(
-                compiler.compile_after(&input, changed.as_ref()),
-                fresh.compile(&input),
-                "seed {seed}, step {step}, changed pods {changed:?}"
-            );
+            let desired = compiler.compile_after(&input, changed.as_ref());
+            assert_eq!(desired, fresh.compile(&input), "seed {seed}, step {step}, changed pods {changed:?}");
+            // What the programmer is told changed since the previous
+            // ipcache is everything that did.
+            if let (Some((since, nets)), Some((version, previous))) = (&desired.ipcache_delta.since, &last_ipcache) {
+                assert_eq!(since, version, "seed {seed}, step {step}: a delta since the previous compile");
+                let previous: &BTreeMap<Ipv4Network, u32> = previous;
+                let differing = previous
+                    .keys()
+                    .chain(desired.ipcache.keys())
+                    .filter(|n| previous.get(*n) != desired.ipcache.get(*n))
+                    .collect::<BTreeSet<_>>();
+                let listed = nets.iter().collect::<BTreeSet<_>>();
+                assert!(differing.is_subset(&listed), "seed {seed}, step {step}: {differing:?} not all in {listed:?}");
+            }
+            last_ipcache = Some((desired.ipcache_delta.version, (*desired.ipcache).clone()));
             before = Some(case.pods.clone());
             change(&mut rng, &mut case, &mut hosts);
         }

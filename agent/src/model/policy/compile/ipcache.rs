@@ -115,7 +115,8 @@ impl PolicyCompiler {
     /// The ipcache and identities after `changed` pods (and any change of
     /// the local endpoints) on top of the last compile; requires
     /// `IpcacheState::usable`. Returns the identities that appeared or
-    /// went (their number now stands for something else).
+    /// went (their number now stands for something else), and the
+    /// prefixes whose entry changed.
     pub(super) fn update_ipcache(
         &mut self,
         pods: &BTreeMap<String, PodInfo>,
@@ -123,7 +124,7 @@ impl PolicyCompiler {
         changed: &BTreeSet<String>,
         ipcache: &mut Arc<BTreeMap<Ipv4Network, u32>>,
         described: &mut BTreeMap<u32, String>,
-    ) -> BTreeSet<u32> {
+    ) -> (BTreeSet<u32>, Vec<Ipv4Network>) {
         let mut state = std::mem::take(&mut self.cache.ipcache);
         let new_bound = bound(endpoints);
         let mut affected: BTreeSet<Ipv4Addr> = BTreeSet::new();
@@ -167,6 +168,7 @@ impl PolicyCompiler {
 
         let blocks = state.blocks.clone();
         let (mut appeared, mut vanished) = (BTreeSet::new(), BTreeSet::new());
+        let mut changed_nets = Vec::new();
         for addr in affected {
             if state.hosts.contains(&addr) {
                 // This node's address: the host identity, whoever claims it.
@@ -190,6 +192,7 @@ impl PolicyCompiler {
             if old_id == new_id {
                 continue;
             }
+            changed_nets.push(net);
             match new_id {
                 Some(id) => {
                     Arc::make_mut(&mut state.ipcache).insert(net, id);
@@ -237,7 +240,7 @@ impl PolicyCompiler {
         *ipcache = state.ipcache.clone();
         described.clone_from(&state.described);
         self.cache.ipcache = state;
-        changed_ids
+        (changed_ids, changed_nets)
     }
 
     /// A pod's identity at an address in `block`: the last compile's when
