@@ -371,7 +371,8 @@ fn print_poke_help(topo: &Topology, pods: &[Pod], agents: &[Agent]) {
         }
         if let Some(b6) = b.ipv6 {
             println!("  {} ping -6 -c1 {b6}   # over IPv6", a.netns.nsenter());
-            println!("  {} curl -s {}", a.netns.nsenter(), sandbox_family::url(b6.into(), HTTP_PORT));
+            // Quoted: the brackets are shell glob characters.
+            println!("  {} curl -s '{}'", a.netns.nsenter(), sandbox_family::url(b6.into(), HTTP_PORT));
         }
     }
     println!("  {} bpftool net show              # weir_from_pod on each pod veth", n1.netns.nsenter());
