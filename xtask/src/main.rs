@@ -6,7 +6,9 @@ mod image;
 mod kind_e2e;
 mod matrix;
 mod sandbox;
+mod sandbox_family;
 mod sandbox_policy;
+mod sandbox_policy_v6;
 mod sandbox_services;
 mod setup;
 mod test_suite;
@@ -29,8 +31,9 @@ enum Command {
     Setup,
     /// Setup, build, then unit tests and (as root) the privileged namespace tests.
     Test(test_suite::TestArgs),
-    /// A 2-node cluster in network namespaces with agents and pods, and a
-    /// ping + HTTP matrix across it.
+    /// A 2-node cluster in network namespaces (dual-stack unless
+    /// --ip-family says otherwise) with agents and pods, a ping + HTTP
+    /// matrix across it per family, and the Service and policy demos.
     Sandbox(sandbox::SandboxArgs),
     /// Benchmarks (print tables; not tests).
     Bench {

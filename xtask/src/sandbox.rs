@@ -4,23 +4,30 @@
 //! Services (ClusterIP, NodePort from outside, one without endpoints), then
 //! a NetworkPolicy (who may reach one pod, and `inspect verdict` on why).
 //!
+//! `--ip-family` picks the cluster's families (`dual` by default: ULA IPv6
+//! pod CIDRs and InternalIPs beside IPv4, inside the sandbox's namespaces
+//! only). The matrix runs once per family; the Service and policy demos are
+//! IPv4 only, as Services and policy over IPv6 are not built yet.
+//!
 //! `--source` picks what the agents read: the manifest directory (`dir`),
 //! kube-rs watches against a fake API server per node (`weir-dev
 //! fake-apiserver`) that serves that directory from 127.0.0.1 inside the
 //! node's namespace (`kube`), or one of each (`mixed`, the default: n1 dir,
 //! n2 kube, same cluster, so one run shows both sources).
 
-use std::{fs, net::Ipv4Addr, process::ExitCode, thread};
+use std::{fs, net::IpAddr, process::ExitCode, thread};
 
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
 use weir_testbed::{
     Agent, Node, Pod, RunPrefix, Topology, agent::Source, cleanup, netns::NetNs, pod::HTTP_PORT, process::ChildGuard,
+    topology::Families,
 };
 
 use crate::{
     cargo,
     matrix::{self, Endpoint, Kind, Probe},
+    sandbox_family::{self, Family, IpFamily},
     sandbox_services, setup,
 };
 
@@ -45,6 +52,11 @@ pub struct SandboxArgs {
     /// directory), or n1 the one and n2 the other.
     #[arg(long, value_enum, default_value_t = SandboxSource::Mixed)]
     source: SandboxSource,
+    /// The cluster's address families: IPv4 and IPv6 pod CIDRs on every
+    /// node (`dual`), or one family. Services and NetworkPolicy are shown
+    /// over IPv4 only (not supported over IPv6 yet).
+    #[arg(long, value_enum, default_value_t = IpFamily::Dual)]
+    ip_family: IpFamily,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -76,13 +88,15 @@ pub fn run(args: SandboxArgs) -> Result<ExitCode> {
     }
     prepare(&args)?;
 
-    let topo = Topology::builder("sandbox").nodes(2).detached(args.keep).build()?;
+    // Everything below lives in guards (topology, agents, pods, servers):
+    // an early return drops them, which tears the sandbox down.
+    let topo = Topology::builder("sandbox").nodes(2).families(args.ip_family.families()).detached(args.keep).build()?;
     println!("sandbox {}: nodes {}", topo.prefix(), node_list(&topo));
     let agents = start_agents(&topo, args.source)?;
     let mut pods = create_pods(&topo)?;
     let node_servers: Vec<ChildGuard> = topo.nodes().iter().map(serve_node).collect::<Result<_>>()?;
 
-    let (all_ok, external) = check_paths(&topo, &mut pods)?;
+    let (all_ok, external) = check_paths(&topo, &mut pods, args.ip_family)?;
     println!("{}", if all_ok { "all paths work" } else { "SOME PATHS FAIL (see above)" });
 
     if args.keep {
@@ -147,22 +161,37 @@ fn create_pods(topo: &Topology) -> Result<Vec<Pod>> {
         for name in PODS_PER_NODE {
             let mut pod = Pod::create(node, name, &conflist)?;
             pod.serve_http()?;
-            println!("pod {}/{name}: {} (netns {})", node.name, pod.ip, pod.netns.name());
+            println!("pod {}/{name}: {} (netns {})", node.name, pod_addresses(&pod), pod.netns.name());
             pods.push(pod);
         }
     }
     Ok(pods)
 }
 
-/// The ping + HTTP matrix, the Services demo and the NetworkPolicy demo:
-/// whether all passed, and the Services demo's outside namespace.
-fn check_paths(topo: &Topology, pods: &mut [Pod]) -> Result<(bool, NetNs)> {
-    let (endpoints, targets) = endpoints(topo, pods);
-    let probes = probe_all(topo, pods, &endpoints, &targets);
-    println!("\n{}", matrix::render(&endpoints, &probes));
+/// The ping + HTTP matrix per family, then (with IPv4) the Services demo
+/// and the NetworkPolicy demo: whether all passed, and the Services demo's
+/// outside namespace (none in an IPv6-only run).
+fn check_paths(topo: &Topology, pods: &mut [Pod], ip_family: IpFamily) -> Result<(bool, Option<NetNs>)> {
+    let mut summary = Vec::new();
+    for family in ip_family.probed() {
+        let (endpoints, targets) = endpoints(topo, pods, family);
+        let probes = probe_all(topo, pods, &endpoints, &targets);
+        println!("\n{} ping + HTTP matrix:\n{}", family.label(), matrix::render(&endpoints, &probes));
+        summary.push((family, probes.iter().filter(|p| p.ok()).count(), probes.len()));
+    }
+    let matrix_ok = summary.iter().all(|(_, ok, n)| ok == n);
+    for (family, ok, n) in &summary {
+        println!("{} {}: {ok}/{n} pairs answer ping and HTTP", if ok == n { '✔' } else { '✘' }, family.label());
+    }
+    if let Some(note) = ip_family.scope_note() {
+        println!("\n{note}");
+    }
+    if !ip_family.has_ipv4() {
+        return Ok((matrix_ok, None));
+    }
     let (services_ok, external) = sandbox_services::demo(topo, pods)?;
     let policy_ok = crate::sandbox_policy::demo(topo, pods)?;
-    Ok((probes.iter().all(Probe::ok) && services_ok && policy_ok, external))
+    Ok((matrix_ok && services_ok && policy_ok, Some(external)))
 }
 
 /// `--keep`: leaves everything up and says how to poke at it and tear it
@@ -171,7 +200,7 @@ fn keep(
     topo: Topology,
     pods: Vec<Pod>,
     node_servers: Vec<ChildGuard>,
-    mut external: NetNs,
+    external: Option<NetNs>,
     agents: Vec<Agent>,
 ) -> Result<()> {
     let prefix = topo.prefix().clone();
@@ -182,7 +211,9 @@ fn keep(
     for s in node_servers {
         s.forget();
     }
-    external.disown();
+    if let Some(mut external) = external {
+        external.disown();
+    }
     for a in agents {
         a.keep();
     }
@@ -192,7 +223,13 @@ fn keep(
 }
 
 /// Tears everything down, outside in.
-fn tear_down(topo: Topology, pods: Vec<Pod>, node_servers: Vec<ChildGuard>, external: NetNs, agents: Vec<Agent>) {
+fn tear_down(
+    topo: Topology,
+    pods: Vec<Pod>,
+    node_servers: Vec<ChildGuard>,
+    external: Option<NetNs>,
+    agents: Vec<Agent>,
+) {
     drop(external);
     drop(pods);
     drop(node_servers);
@@ -215,8 +252,29 @@ fn source_note(agent: &Agent, node: &weir_testbed::Node) -> String {
     }
 }
 
+/// Each node's addresses and pod CIDRs, of the families its Node object
+/// names (an IPv6-only node's eth0 keeps an IPv4 address nothing uses).
 fn node_list(topo: &Topology) -> String {
-    topo.nodes().iter().map(|n| format!("{} {} podCIDR {}", n.name, n.ip, n.pod_cidr)).collect::<Vec<_>>().join(", ")
+    topo.nodes()
+        .iter()
+        .map(|n| match (n.families, n.ip6, &n.pod_cidr_v6) {
+            (Families::Ipv4, _, _) | (_, None, _) | (_, _, None) => {
+                format!("{} {} podCIDR {}", n.name, n.ip, n.pod_cidr)
+            }
+            (Families::DualStack, Some(ip6), Some(cidr6)) => {
+                format!("{} {} {ip6} podCIDRs {} {cidr6}", n.name, n.ip, n.pod_cidr)
+            }
+            (Families::Ipv6, Some(ip6), Some(cidr6)) => format!("{} {ip6} podCIDR {cidr6}", n.name),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A pod's addresses: IPv4, IPv6 or both.
+fn pod_addresses(pod: &Pod) -> String {
+    let v4 = (!pod.ip.is_unspecified()).then(|| pod.ip.to_string());
+    let v6 = pod.ipv6.map(|ip| ip.to_string());
+    [v4, v6].into_iter().flatten().collect::<Vec<_>>().join(" ")
 }
 
 /// busybox httpd in the node namespace, so "pod -> node" has HTTP too.
@@ -231,22 +289,33 @@ fn node_body(node: &str) -> String {
     format!("node {node}\n")
 }
 
-/// Where each endpoint is probed: its IP and the body its server answers.
+/// Where each endpoint is probed: its address of the family probed (none
+/// when it has none: every probe of it then fails) and the body its server
+/// answers.
 struct Target {
-    ip: Ipv4Addr,
+    ip: Option<IpAddr>,
+    family: Family,
     body: String,
 }
 
-fn endpoints(topo: &Topology, pods: &[Pod]) -> (Vec<Endpoint>, Vec<Target>) {
+fn endpoints(topo: &Topology, pods: &[Pod], family: Family) -> (Vec<Endpoint>, Vec<Target>) {
     let mut eps = Vec::new();
     let mut targets = Vec::new();
     for p in pods {
         eps.push(Endpoint { label: format!("{}/{}", p.node, p.name), node: p.node.clone(), kind: Kind::Pod });
-        targets.push(Target { ip: p.ip, body: p.http_body() });
+        let ip = match family {
+            Family::V4 => (!p.ip.is_unspecified()).then_some(IpAddr::V4(p.ip)),
+            Family::V6 => p.ipv6.map(IpAddr::V6),
+        };
+        targets.push(Target { ip, family, body: p.http_body() });
     }
     for n in topo.nodes() {
         eps.push(Endpoint { label: n.name.clone(), node: n.name.clone(), kind: Kind::Node });
-        targets.push(Target { ip: n.ip, body: node_body(&n.name) });
+        let ip = match family {
+            Family::V4 => Some(IpAddr::V4(n.ip)),
+            Family::V6 => n.ip6.map(IpAddr::V6),
+        };
+        targets.push(Target { ip, family, body: node_body(&n.name) });
     }
     (eps, targets)
 }
@@ -272,8 +341,12 @@ fn probe_all(topo: &Topology, pods: &[Pod], endpoints: &[Endpoint], targets: &[T
 }
 
 fn probe(ns: &NetNs, from: usize, to: usize, target: &Target) -> Probe {
-    let ping = ns.ping(target.ip).map_err(|e| format!("{e:#}"));
-    let http = ns.curl(&format!("http://{}:{HTTP_PORT}/", target.ip)).map_err(|e| format!("{e:#}")).and_then(|body| {
+    let Some(ip) = target.ip else {
+        let missing = format!("no {} address", target.family.label());
+        return Probe { from, to, ping: Err(missing.clone()), http: Err(missing) };
+    };
+    let ping = ns.ping_ip(ip).map_err(|e| format!("{e:#}"));
+    let http = ns.curl(&sandbox_family::url(ip, HTTP_PORT)).map_err(|e| format!("{e:#}")).and_then(|body| {
         if body == target.body { Ok(()) } else { Err(format!("answered {body:?}, expected {:?}", target.body)) }
     });
     Probe { from, to, ping, http }
@@ -284,8 +357,23 @@ fn print_poke_help(topo: &Topology, pods: &[Pod], agents: &[Agent]) {
     let n1 = &topo.nodes()[0];
     println!("  {} ip route                      # node n1's routes", n1.netns.nsenter());
     if let (Some(a), Some(b)) = (pods.first(), pods.last()) {
-        println!("  {} ping -c1 {}        # {}/{} -> {}/{}", a.netns.nsenter(), b.ip, a.node, a.name, b.node, b.name);
-        println!("  {} curl -s {}", a.netns.nsenter(), b.url());
+        if !b.ip.is_unspecified() {
+            println!(
+                "  {} ping -c1 {}        # {}/{} -> {}/{}",
+                a.netns.nsenter(),
+                b.ip,
+                a.node,
+                a.name,
+                b.node,
+                b.name
+            );
+            println!("  {} curl -s {}", a.netns.nsenter(), b.url());
+        }
+        if let Some(b6) = b.ipv6 {
+            println!("  {} ping -6 -c1 {b6}   # over IPv6", a.netns.nsenter());
+            // Quoted: the brackets are shell glob characters.
+            println!("  {} curl -s '{}'", a.netns.nsenter(), sandbox_family::url(b6.into(), HTTP_PORT));
+        }
     }
     println!("  {} bpftool net show              # weir_from_pod on each pod veth", n1.netns.nsenter());
     println!("  conflist: {}", n1.conflist_path().display());

@@ -4,13 +4,16 @@
 //! node still reaches it (kubelet probes). Then one refused connection is
 //! shown twice: as it happened (`weir-agent observe`, the agent's flow log)
 //! and as the live maps explain it (`weir-agent inspect verdict`); and the
-//! policy is removed again.
+//! policy is removed again. In a dual-stack run it also shows the db pod's
+//! IPv6 dropped while the policy selects it (policy over IPv6 is not built
+//! yet: `sandbox_policy_v6`).
 
 use std::{
     thread,
     time::{Duration, Instant},
 };
 
+use crate::sandbox_policy_v6;
 use anyhow::{Context, Result};
 use weir_testbed::{
     Node, Pod, Topology, bins, manifest::network_policy_yaml, pod::HTTP_PORT, policy_cluster::inspect_verdict,
@@ -61,9 +64,16 @@ pub fn demo(topo: &Topology, pods: &mut [Pod]) -> Result<bool> {
     }
     let outsider = pods.iter().position(|p| p.node == "n1" && p.name == "b").context("pod n1/b")?;
     ok &= explain(topo, &pods[outsider], &pods[db], &url);
+    let dual = pods[db].ipv6.is_some();
+    if dual {
+        ok &= sandbox_policy_v6::dropped_under_policy(topo, &pods[web], &pods[db]);
+    }
     topo.remove_manifest(POLICY_FILE)?;
     pods[db].set_labels([])?;
     pods[web].set_labels([])?;
+    if dual {
+        ok &= sandbox_policy_v6::back_after_policy(&pods[web], &pods[db]);
+    }
     Ok(ok)
 }
 

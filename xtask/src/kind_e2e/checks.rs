@@ -1,5 +1,5 @@
-//! The checks on the cluster: pod to pod, Services (ClusterIP, DNS,
-//! NodePort), then NetworkPolicy. Every check is tried and collected; a
+//! The checks on the cluster: pod to pod (over IPv6 too on a dual-stack
+//! cluster), Services (ClusterIP, DNS, NodePort), then NetworkPolicy. Every check is tried and collected; a
 //! setup step among them (applying a policy) failing stops the run.
 
 use std::{
@@ -12,7 +12,7 @@ use std::{
 use anyhow::{Result, bail};
 use weir_testbed::exec;
 
-use super::{HTTP_PORT, NAMESPACE, SETTLE, SHORT, Steps, cluster::Cluster, objects, setup::OnCluster};
+use super::{HTTP_PORT, NAMESPACE, SETTLE, SHORT, Steps, cluster::Cluster, family, objects, setup::OnCluster};
 
 /// Pods on two nodes reach each other, the ClusterIP reaches both
 /// backends (by address and by DNS name), the NodePort answers from other
@@ -51,6 +51,23 @@ fn pod_to_pod(cluster: &Cluster, on: &OnCluster, checks: &mut Vec<Check>) {
     checks.push(Check::new(&format!("HTTP client -> web-b {web_b}:{HTTP_PORT} (across nodes)"), || {
         eventually(SETTLE, || expect_body(cluster.http_get("client", web_b, HTTP_PORT), "web-b"))
     }));
+    if let Some((web_a6, web_b6)) = &on.ipv6 {
+        pod_to_pod_v6(cluster, web_a6, web_b6, checks);
+    }
+}
+
+/// A dual-stack cluster: the same paths over IPv6 (client's own IPv6
+/// address is the source, as the kernel picks the family of the target).
+fn pod_to_pod_v6(cluster: &Cluster, web_a6: &str, web_b6: &str, checks: &mut Vec<Check>) {
+    for (target, addr, path) in [("web-b", web_b6, "across nodes"), ("web-a", web_a6, "same node")] {
+        checks.push(Check::new(&format!("IPv6: ping client -> {target} {addr} ({path})"), || {
+            eventually(SETTLE, || cluster.exec_in("client", &["ping", "-6", "-c", "3", "-W", "2", addr]))
+        }));
+        let host = family::url_host(addr);
+        checks.push(Check::new(&format!("IPv6: HTTP client -> {target} {host}:{HTTP_PORT} ({path})"), || {
+            eventually(SETTLE, || expect_body(cluster.http_get("client", &host, HTTP_PORT), target))
+        }));
+    }
 }
 
 /// The ClusterIP, asked until both backends have answered or SETTLE
@@ -130,6 +147,16 @@ pub fn network_policy(cluster: &Cluster, on: &OnCluster, steps: &mut Steps, chec
     checks.push(Check::new("pod without role=client stays blocked: other -> web-a (across nodes)", || {
         still_blocked(|| cluster.http_get("other", web_a, HTTP_PORT))
     }));
+    if let Some((_, web_b6)) = &on.ipv6 {
+        // NetworkPolicy over IPv6 is not built yet: the datapath drops all
+        // IPv6 of a pod a policy selects (ipv6-under-policy), even from a
+        // peer the policy admits over IPv4. Never open over IPv6.
+        let host = family::url_host(web_b6);
+        checks.push(Check::new(
+            &format!("IPv6 under policy (not supported yet): client -> web-b {host} dropped, never open"),
+            || still_blocked(|| cluster.http_get("client", &host, HTTP_PORT)),
+        ));
+    }
     Ok(())
 }
 

@@ -1,5 +1,5 @@
 //! The cluster's life: the images it needs, creating it from
-//! manifests/kind-config.yaml, loading the images into its nodes, bpffs on
+//! manifests/kind-config.yaml (or its dual-stack variant), loading the images into its nodes, bpffs on
 //! every node, and deleting it (or keeping it, `--keep`).
 
 use std::{path::Path, process::Command};
@@ -7,7 +7,7 @@ use std::{path::Path, process::Command};
 use anyhow::{Result, bail};
 use weir_testbed::{bins, exec};
 
-use super::{KindE2eArgs, SHORT, Steps, WEIR_IMAGE, cluster::Cluster, must};
+use super::{KindE2eArgs, SHORT, Steps, WEIR_IMAGE, cluster::Cluster, family::IpFamily, must};
 
 /// The weir image archive (built, or the existing one with `--no-build`)
 /// and the test pod image in the local docker.
@@ -40,8 +40,9 @@ pub fn prepare_images(args: &KindE2eArgs, steps: &mut Steps) -> Result<()> {
 }
 
 /// Creates the cluster; refuses when one of that name exists.
-pub fn create(cluster: &Cluster, root: &Path, steps: &mut Steps) -> Result<()> {
-    steps.next(&format!("create kind cluster {:?} from manifests/kind-config.yaml", cluster.name));
+pub fn create(cluster: &Cluster, root: &Path, family: IpFamily, steps: &mut Steps) -> Result<()> {
+    let config = family.kind_config();
+    steps.next(&format!("create kind cluster {:?} from {config}", cluster.name));
     let existing = exec::run(Command::new("kind").args(["get", "clusters"]), SHORT)?;
     if existing.lines().any(|l| l.trim() == cluster.name) {
         bail!(
@@ -50,11 +51,7 @@ pub fn create(cluster: &Cluster, root: &Path, steps: &mut Steps) -> Result<()> {
             cluster.name
         );
     }
-    must(
-        Command::new("kind")
-            .args(["create", "cluster", "--name", &cluster.name, "--config"])
-            .arg(root.join("manifests/kind-config.yaml")),
-    )?;
+    must(Command::new("kind").args(["create", "cluster", "--name", &cluster.name, "--config"]).arg(root.join(config)))?;
     println!("    (if this run is interrupted: `kind delete cluster --name {}`)", cluster.name);
     Ok(())
 }

@@ -9,7 +9,9 @@
 //! ClusterIP Service (by address and by DNS name), a NodePort from other
 //! nodes, and NetworkPolicy (default-deny ingress blocks, an allow policy
 //! opens for the pods it names only). The cluster is deleted at the end
-//! unless `--keep`.
+//! unless `--keep`. `--ip-family dual` creates a dual-stack cluster from
+//! manifests/kind-config-dual.yaml and checks pod to pod over IPv6 too
+//! (`family`).
 //!
 //! Test pods run `busybox` (docker.io/library/busybox, about 2 MB: `sh`,
 //! `httpd`, `wget`, `ping`). It is pulled on this machine and loaded into the
@@ -26,6 +28,7 @@
 
 mod checks;
 mod cluster;
+mod family;
 mod lifecycle;
 mod objects;
 mod prerequisites;
@@ -72,10 +75,15 @@ pub struct KindE2eArgs {
     /// Image of the test pods: needs sh, httpd, wget and ping (busybox).
     #[arg(long, default_value = TEST_IMAGE)]
     test_image: String,
+    /// The cluster's families: `dual` is kind's `ipFamily: dual`
+    /// (manifests/kind-config-dual.yaml) with pod-to-pod checks over IPv6
+    /// too; Services and NetworkPolicy are checked over IPv4 either way.
+    #[arg(long, value_enum, default_value_t)]
+    ip_family: family::IpFamily,
 }
 
 pub fn run(args: KindE2eArgs) -> Result<ExitCode> {
-    if !prerequisites::met() {
+    if !prerequisites::met(&rerun_command(&args)) {
         return Ok(ExitCode::from(2));
     }
 
@@ -83,7 +91,7 @@ pub fn run(args: KindE2eArgs) -> Result<ExitCode> {
     let cluster = Cluster { name: args.name.clone() };
     let mut steps = Steps::default();
     lifecycle::prepare_images(&args, &mut steps)?;
-    lifecycle::create(&cluster, &root, &mut steps)?;
+    lifecycle::create(&cluster, &root, args.ip_family, &mut steps)?;
 
     let outcome = on_cluster(&cluster, &args, &root, &mut steps);
     let failed = report::failed(&outcome);
@@ -100,13 +108,21 @@ pub fn run(args: KindE2eArgs) -> Result<ExitCode> {
 fn on_cluster(cluster: &Cluster, args: &KindE2eArgs, root: &Path, steps: &mut Steps) -> Result<Vec<Check>> {
     lifecycle::load_images(cluster, &args.test_image, steps)?;
     lifecycle::mount_bpffs(cluster, steps)?;
-    setup::install_weir(cluster, root, steps)?;
-    let on = setup::test_objects(cluster, &args.test_image, steps)?;
+    setup::install_weir(cluster, root, args.ip_family, steps)?;
+    let on = setup::test_objects(cluster, &args.test_image, args.ip_family, steps)?;
     let mut checks = Vec::new();
     steps.next("connectivity checks");
     checks::connectivity(cluster, &on, &mut checks)?;
     checks::network_policy(cluster, &on, steps, &mut checks)?;
     Ok(checks)
+}
+
+/// The command to run again once the prerequisites are met.
+fn rerun_command(args: &KindE2eArgs) -> String {
+    match args.ip_family {
+        family::IpFamily::Ipv4 => "cargo xtask kind-e2e".to_string(),
+        f => format!("cargo xtask kind-e2e --ip-family {}", f.flag()),
+    }
 }
 
 #[derive(Default)]

@@ -6,9 +6,9 @@ use std::{process::Command, time::Duration};
 use weir_testbed::exec;
 
 /// Checks and prints the prerequisites (on stderr when one is unmet);
-/// whether all are met.
-pub fn met() -> bool {
-    let (report, ok) = prerequisites_report(&check_prerequisites(find_in_path, docker_info));
+/// whether all are met. `rerun` is the command to run again once they are.
+pub fn met(rerun: &str) -> bool {
+    let (report, ok) = prerequisites_report(&check_prerequisites(find_in_path, docker_info), rerun);
     if ok {
         print!("{report}");
     } else {
@@ -79,7 +79,7 @@ pub fn check_prerequisites(
 
 /// The table printed before anything runs; with unmet prerequisites it says
 /// what to install and that nothing was tested.
-pub fn prerequisites_report(states: &[PrereqState]) -> (String, bool) {
+pub fn prerequisites_report(states: &[PrereqState], rerun: &str) -> (String, bool) {
     let mut out = String::from("kind-e2e: prerequisites\n");
     let mut unmet = Vec::new();
     for (p, state) in states {
@@ -96,7 +96,7 @@ pub fn prerequisites_report(states: &[PrereqState]) -> (String, bool) {
         return (out, true);
     }
     out.push_str(&format!(
-        "\nkind-e2e: NOTHING WAS TESTED. Missing: {}. Install what is listed above and run `cargo xtask kind-e2e` again.\n",
+        "\nkind-e2e: NOTHING WAS TESTED. Missing: {}. Install what is listed above and run `{rerun}` again.\n",
         unmet.join(", ")
     ));
     (out, false)
@@ -141,7 +141,7 @@ mod tests {
         let states =
             check_prerequisites(found(&["docker", "kind", "kubectl"]), || Ok("reachable (server 27.0)".into()));
         assert!(states.iter().all(|(_, s)| s.is_ok()), "{states:?}");
-        let (text, ok) = prerequisites_report(&states);
+        let (text, ok) = prerequisites_report(&states, "cargo xtask kind-e2e");
         assert!(ok);
         assert!(!text.contains("NOTHING"), "{text}");
     }
@@ -156,9 +156,10 @@ mod tests {
         assert!(!asked.get(), "no docker client: the daemon cannot be asked");
         let unmet: Vec<Prereq> = states.iter().filter(|(_, s)| s.is_err()).map(|(p, _)| *p).collect();
         assert_eq!(unmet, [Prereq::Docker, Prereq::DockerDaemon, Prereq::Kind]);
-        let (text, ok) = prerequisites_report(&states);
+        let (text, ok) = prerequisites_report(&states, "cargo xtask kind-e2e --ip-family dual");
         assert!(!ok);
         assert!(text.contains("NOTHING WAS TESTED"), "{text}");
+        assert!(text.contains("run `cargo xtask kind-e2e --ip-family dual` again"), "{text}");
         assert!(text.contains("Missing: docker, docker daemon, kind."), "{text}");
         assert!(text.contains("go install sigs.k8s.io/kind"), "{text}");
         assert!(text.contains("ok       kubectl"), "{text}");
@@ -169,7 +170,7 @@ mod tests {
         let states = check_prerequisites(found(&["docker", "kind", "kubectl"]), || {
             Err("`docker info` failed: Cannot connect to the Docker daemon".into())
         });
-        let (text, ok) = prerequisites_report(&states);
+        let (text, ok) = prerequisites_report(&states, "cargo xtask kind-e2e");
         assert!(!ok);
         assert!(text.contains("MISSING  docker daemon"), "{text}");
         assert!(text.contains("Cannot connect to the Docker daemon"), "{text}");

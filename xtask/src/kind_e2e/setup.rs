@@ -9,18 +9,27 @@ use anyhow::{Context, Result, bail};
 use super::{
     NAMESPACE, Steps,
     cluster::{Cluster, Nodes, Pods},
+    family::{self, IpFamily},
     must, objects,
 };
 
-/// Applies manifests/weir.yaml with the API server's address, then waits
-/// for the DaemonSet, every node and CoreDNS.
-pub fn install_weir(cluster: &Cluster, root: &Path, steps: &mut Steps) -> Result<()> {
+/// Applies manifests/weir.yaml with the API server's address and the kind
+/// config's pod subnets as the cluster CIDR, then waits for the DaemonSet,
+/// every node and CoreDNS.
+pub fn install_weir(cluster: &Cluster, root: &Path, ip_family: IpFamily, steps: &mut Steps) -> Result<()> {
     // Without kube-proxy nothing serves the `kubernetes` ClusterIP before
     // weir runs: the agent gets the API server's own address, as the
     // README's kind section shows (the control-plane node, port 6443).
     let api_host = format!("{}-control-plane", cluster.name);
-    steps.next(&format!("kubectl apply -f manifests/weir.yaml (k8s-service-host {api_host}, k8s-service-port 6443)"));
+    // The agent's cluster CIDR is the cluster's pod subnet, one per family.
+    let config = std::fs::read_to_string(root.join(ip_family.kind_config()))
+        .with_context(|| format!("reading {}", ip_family.kind_config()))?;
+    let cidrs = family::pod_subnet(&config)?;
+    steps.next(&format!(
+        "kubectl apply -f manifests/weir.yaml (k8s-service-host {api_host}, k8s-service-port 6443, cluster-cidr {cidrs})"
+    ));
     let manifest = std::fs::read_to_string(root.join("manifests/weir.yaml")).context("reading manifests/weir.yaml")?;
+    let manifest = family::with_cluster_cidr(&manifest, &cidrs)?;
     let applied = root.join("target").join(format!("weir-{}.yaml", cluster.name));
     std::fs::write(&applied, with_api_server(&manifest, &api_host, 6443)?)
         .with_context(|| format!("writing {}", applied.display()))?;
@@ -46,12 +55,14 @@ pub struct OnCluster {
     pub web_b: String,
     /// What web-a and web-b answer.
     pub web_bodies: BTreeSet<String>,
+    /// web-a's and web-b's IPv6 addresses on a dual-stack cluster.
+    pub ipv6: Option<(String, String)>,
 }
 
 /// The test namespace (manifests/e2e/): web-a and client on the first
 /// worker, web-b and other on the second, the Services; waits until the
 /// pods are Ready and reads their addresses and the Services'.
-pub fn test_objects(cluster: &Cluster, image: &str, steps: &mut Steps) -> Result<OnCluster> {
+pub fn test_objects(cluster: &Cluster, image: &str, ip_family: IpFamily, steps: &mut Steps) -> Result<OnCluster> {
     let nodes = Nodes::read(cluster)?;
     println!(
         "    workers {} ({}) and {} ({}); control plane {} ({})",
@@ -79,14 +90,18 @@ pub fn test_objects(cluster: &Cluster, image: &str, steps: &mut Steps) -> Result
         ["nodePort"]
         .as_u64()
         .context("Service web-nodeport has no nodePort")?;
-    for (name, (ip, node)) in &pods.0 {
-        println!("    pod {name}: {ip} on {node}");
+    for (name, pod) in &pods.0 {
+        println!("    pod {name}: {} on {}", pod.ips.join(" "), pod.node);
     }
     println!("    Service web: {cluster_ip}:80; web-nodeport: nodePort {node_port}");
     let web_a = pods.ip("web-a")?;
     let web_b = pods.ip("web-b")?;
     let web_bodies: BTreeSet<String> = ["web-a".to_string(), "web-b".to_string()].into();
-    Ok(OnCluster { nodes, pods, cluster_ip, node_port, web_a, web_b, web_bodies })
+    let ipv6 = match ip_family {
+        IpFamily::Ipv4 => None,
+        IpFamily::Dual => Some((pods.ip6("web-a")?, pods.ip6("web-b")?)),
+    };
+    Ok(OnCluster { nodes, pods, cluster_ip, node_port, web_a, web_b, web_bodies, ipv6 })
 }
 
 /// The manifest with the ConfigMap's API server address filled in.
