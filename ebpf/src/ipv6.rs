@@ -3,7 +3,12 @@
 //! so far: IPv6 of a pod no policy selects goes on untouched, while a pod
 //! under policy (or whose policy is not in place yet) gets no IPv6 at all,
 //! so a policy is never bypassed over the other family. Neighbour discovery
-//! always passes: without it the pod cannot even reach its gateway.
+//! always passes: without it the pod cannot even reach its gateway. So does
+//! whatever is addressed within the link (link-local unicast, link- and
+//! interface-local multicast): the host never forwards it, so it cannot
+//! carry traffic between pods, and every pod's kernel sends some (MLD
+//! reports, router solicitations) on an IPv4-only node too; dropped, it
+//! was a stream of drops that filled the flow log's rate limit.
 use aya_ebpf::programs::TcContext;
 use network_types::eth::EthHdr;
 use weir_common::{DropReason, EndpointInfo};
@@ -14,6 +19,8 @@ const ETH_P_IPV6: u16 = 0x86DD_u16.to_be();
 /// Offset of the IPv6 next-header field, and of what follows the fixed
 /// 40-byte header.
 const NEXT_HEADER_OFF: usize = EthHdr::LEN + 6;
+/// Offset of the destination address's first two bytes.
+const DST_OFF: usize = EthHdr::LEN + 24;
 const L4_OFF: usize = EthHdr::LEN + 40;
 const IPPROTO_ICMPV6: u8 = 58;
 /// ICMPv6 router solicitation ..= redirect (RFC 4861).
@@ -36,6 +43,10 @@ pub fn judge(
         return Ok(());
     }
     let next_header = ctx.load::<u8>(NEXT_HEADER_OFF).map_err(|_| DropReason::Malformed)?;
+    let dst = ctx.load::<[u8; 2]>(DST_OFF).map_err(|_| DropReason::Malformed)?;
+    if within_link(dst) {
+        return Ok(());
+    }
     if next_header == IPPROTO_ICMPV6 && ctx.load::<u8>(L4_OFF).is_ok_and(|icmp_type| NDP_TYPES.contains(&icmp_type)) {
         return Ok(());
     }
@@ -53,4 +64,11 @@ pub fn judge(
         return Err(DropReason::Ipv6UnderPolicy);
     }
     Ok(())
+}
+
+/// Whether a destination (its first two bytes) stays on the link:
+/// fe80::/10, or multicast (ff00::/8) of interface- or link-local scope.
+#[inline(always)]
+fn within_link(dst: [u8; 2]) -> bool {
+    (dst[0] == 0xfe && dst[1] & 0xc0 == 0x80) || (dst[0] == 0xff && matches!(dst[1] & 0x0f, 1 | 2))
 }

@@ -119,3 +119,26 @@ fn ipv6_fails_closed_while_pending_and_without_an_endpoint() {
     // (A truncated IPv6 header, which the programs drop as malformed, cannot
     // be run here: BPF_PROG_TEST_RUN refuses one before the program runs.)
 }
+
+#[test]
+#[ignore = "privileged: needs root and bpffs; `cargo xtask test` runs it as root"]
+fn ipv6_within_the_link_passes_under_policy_and_nothing_routed_does() {
+    const HOP_BY_HOP: u8 = 0;
+    const MLD_ALL_ROUTERS: [u8; 16] = [0xff, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x16];
+    const POD_LINK_LOCAL: [u8; 16] = [0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 5];
+    const HOST_LINK_LOCAL: [u8; 16] = [0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+    const SITE_MULTICAST: [u8; 16] = [0xff, 0x05, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x16];
+    let mut t = TestDatapath::load();
+    endpoint(&mut t, EndpointInfo::FLAGS_ENFORCED);
+    // What a pod's kernel sends on its own: an MLD report (behind a
+    // hop-by-hop header) to a link-local group, link-local unicast.
+    assert_eq!(from_pod(&t, &packet(HOP_BY_HOP, 0, POD_LINK_LOCAL, MLD_ALL_ROUTERS)), TC_ACT_OK);
+    assert_eq!(from_pod(&t, &udp(POD_LINK_LOCAL, HOST_LINK_LOCAL)), TC_ACT_OK);
+    assert_eq!(to_pod(&t, &icmp(ECHO_REQUEST, HOST_LINK_LOCAL, POD_LINK_LOCAL)), TC_ACT_OK);
+    assert_eq!(t.count(DropReason::Ipv6UnderPolicy), 0);
+    // A wider multicast scope, or a routed address from a link-local
+    // source, is judged as any IPv6.
+    assert_eq!(from_pod(&t, &packet(HOP_BY_HOP, 0, POD_LINK_LOCAL, SITE_MULTICAST)), TC_ACT_SHOT);
+    assert_eq!(from_pod(&t, &udp(POD_LINK_LOCAL, PEER)), TC_ACT_SHOT);
+    assert_eq!(t.count(DropReason::Ipv6UnderPolicy), 2);
+}
