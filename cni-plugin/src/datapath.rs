@@ -5,7 +5,7 @@
 
 use std::{
     fs, io,
-    net::Ipv4Addr,
+    net::{Ipv4Addr, Ipv6Addr},
     os::fd::AsFd,
     path::{Path, PathBuf},
 };
@@ -48,7 +48,11 @@ impl Pins {
     }
 
     pub fn endpoints_map(&self) -> PathBuf {
-        self.root.join(pin::MAPS_DIR).join(pin::MAP_ENDPOINTS)
+        self.map_path(pin::MAP_ENDPOINTS)
+    }
+
+    pub fn map_path(&self, name: &str) -> PathBuf {
+        self.root.join(pin::MAPS_DIR).join(name)
     }
 
     pub fn program(&self, name: &str) -> PathBuf {
@@ -92,9 +96,11 @@ impl Pins {
     }
 }
 
-/// The pinned `WEIR_ENDPOINTS` hash map.
+/// The pinned `WEIR_ENDPOINTS` hash map, and beside it `WEIR_ENDPOINTS6`
+/// (a pod's IPv6 address) where the agent has created it.
 pub struct EndpointMap {
     map: HashMap<MapData, EndpointKey, EndpointInfo>,
+    ipv6: Option<HashMap<MapData, EndpointKey, [u8; 16]>>,
 }
 
 impl EndpointMap {
@@ -104,7 +110,46 @@ impl EndpointMap {
         let data = MapData::from_pin(&path).map_err(|e| DatapathError::new(op(), e))?;
         let map = Map::from_map_data(data).map_err(|e| DatapathError::new(op(), e))?;
         let map = HashMap::try_from(map).map_err(|e| DatapathError::new(op(), e))?;
-        Ok(Self { map })
+        // An agent older than the map has no IPv6 source check to feed.
+        let path6 = pins.map_path(pin::MAP_ENDPOINTS6);
+        let ipv6 = if path6.exists() {
+            let op = || format!("open endpoint map {}", path6.display());
+            let data = MapData::from_pin(&path6).map_err(|e| DatapathError::new(op(), e))?;
+            let map = Map::from_map_data(data).map_err(|e| DatapathError::new(op(), e))?;
+            Some(HashMap::try_from(map).map_err(|e| DatapathError::new(op(), e))?)
+        } else {
+            None
+        };
+        Ok(Self { map, ipv6 })
+    }
+
+    /// Records the IPv6 address the pod behind `ifindex` may send from, or
+    /// that it has none (an earlier pod on the same ifindex may have left
+    /// its own). Written before the pod's entry in `WEIR_ENDPOINTS`, which
+    /// lets its packets through.
+    pub fn set_ipv6(&mut self, ifindex: u32, ip: Option<Ipv6Addr>) -> Result<(), DatapathError> {
+        let Some(map) = &mut self.ipv6 else { return Ok(()) };
+        let key = EndpointKey { ifindex };
+        match ip {
+            Some(ip) => map
+                .insert(key, ip.octets(), 0)
+                .map_err(|e| DatapathError::new(format!("insert endpoint ifindex {ifindex} -> {ip}"), e)),
+            None => match map.remove(&key) {
+                Ok(()) => Ok(()),
+                Err(e) if is_missing(&e) => Ok(()),
+                Err(e) => Err(DatapathError::new(format!("remove IPv6 of endpoint ifindex {ifindex}"), e)),
+            },
+        }
+    }
+
+    /// The IPv6 address recorded for `ifindex` (None: none, or no map).
+    pub fn ipv6(&self, ifindex: u32) -> Result<Option<Ipv6Addr>, DatapathError> {
+        let Some(map) = &self.ipv6 else { return Ok(None) };
+        match map.get(&EndpointKey { ifindex }, 0) {
+            Ok(octets) => Ok(Some(Ipv6Addr::from(octets))),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(DatapathError::new(format!("look up IPv6 of endpoint ifindex {ifindex}"), e)),
+        }
     }
 
     /// `policy_pending`: the pod passes nothing but ARP until the agent has
@@ -125,11 +170,13 @@ impl EndpointMap {
         }
     }
 
-    /// Removes the entry of `ifindex`; `Ok(false)` when there was none.
+    /// Removes the entry of `ifindex` (and its IPv6 address); `Ok(false)`
+    /// when there was none.
     pub fn remove(&mut self, ifindex: u32) -> Result<bool, DatapathError> {
+        self.set_ipv6(ifindex, None)?;
         match self.map.remove(&EndpointKey { ifindex }) {
             Ok(()) => Ok(true),
-            Err(aya::maps::MapError::KeyNotFound) => Ok(false),
+            Err(e) if is_missing(&e) => Ok(false),
             Err(e) => Err(DatapathError::new(format!("remove endpoint ifindex {ifindex}"), e)),
         }
     }
@@ -154,6 +201,16 @@ impl EndpointMap {
             self.remove(*ifindex)?;
         }
         Ok(stale.len())
+    }
+}
+
+/// A lookup or delete of a key the map does not hold: aya reports a
+/// lookup's as `KeyNotFound` but a delete's as the syscall's ENOENT.
+fn is_missing(e: &aya::maps::MapError) -> bool {
+    match e {
+        aya::maps::MapError::KeyNotFound => true,
+        aya::maps::MapError::SyscallError(e) => e.io_error.kind() == io::ErrorKind::NotFound,
+        _ => false,
     }
 }
 

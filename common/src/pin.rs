@@ -13,6 +13,11 @@ pub const LINKS_DIR: &str = "links";
 
 /// Map names: the same string is the map's symbol in the kernel crate.
 pub const MAP_ENDPOINTS: &str = "WEIR_ENDPOINTS";
+/// Endpoint ifindex -> the pod's IPv6 address (16 bytes), for pods that
+/// have one: the source a pod may send IPv6 from. Kept beside
+/// `WEIR_ENDPOINTS` rather than in its value so that a node's pinned
+/// endpoint map keeps its layout across upgrades.
+pub const MAP_ENDPOINTS6: &str = "WEIR_ENDPOINTS6";
 pub const MAP_DROPS: &str = "WEIR_DROPS";
 pub const MAP_SVC: &str = "WEIR_SVC";
 pub const MAP_BACKENDS: &str = "WEIR_BACKENDS";

@@ -31,7 +31,7 @@ fn try_handle(ctx: &TcContext, seen: &mut Flow) -> Result<i32, DropReason> {
     // a pod under no policy (see `ipv6`).
     let Some(flow) = packet::parse(ctx)? else {
         let ep = || endpoint::by_ifindex(packet::ifindex(ctx));
-        ipv6::judge(ctx, ep, Some(DropReason::UnknownEndpoint), seen)?;
+        ipv6::judge(ctx, ep, Some(DropReason::UnknownEndpoint), Some(packet::ifindex(ctx)), seen)?;
         return Ok(counters::pass(TC_OK));
     };
     *seen = flow;

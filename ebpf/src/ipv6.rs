@@ -13,7 +13,7 @@ use aya_ebpf::programs::TcContext;
 use network_types::eth::EthHdr;
 use weir_common::{DropReason, EndpointInfo};
 
-use crate::{packet::Flow, policy};
+use crate::{endpoint, packet::Flow, policy};
 
 const ETH_P_IPV6: u16 = 0x86DD_u16.to_be();
 /// Offset of the IPv6 next-header field, and of what follows the fixed
@@ -21,6 +21,7 @@ const ETH_P_IPV6: u16 = 0x86DD_u16.to_be();
 const NEXT_HEADER_OFF: usize = EthHdr::LEN + 6;
 /// Offset of the destination address's first two bytes.
 const DST_OFF: usize = EthHdr::LEN + 24;
+const SRC_OFF: usize = EthHdr::LEN + 8;
 const L4_OFF: usize = EthHdr::LEN + 40;
 const IPPROTO_ICMPV6: u8 = 58;
 /// ICMPv6 router solicitation ..= redirect (RFC 4861).
@@ -29,13 +30,16 @@ const NDP_TYPES: core::ops::RangeInclusive<u8> = 133..=137;
 /// Judges a packet `packet::parse` found not to be IPv4 (`Ok`: it passes),
 /// for the endpoint `ep` behind the veth (`None`: no entry). `missing` is the drop for an
 /// IPv6 packet of a veth with no entry (`None`: pass it, as the ingress
-/// side does for IPv4). `seen` gets the transport protocol of a dropped
-/// packet, for the flow log.
+/// side does for IPv4). `sent_by`: the veth's ifindex when the packet
+/// leaves the pod, whose source must then be the pod's own IPv6 address
+/// (as its IPv4 source is checked). `seen` gets the transport protocol of
+/// a dropped packet, for the flow log.
 #[inline(always)]
 pub fn judge(
     ctx: &TcContext,
     ep: impl FnOnce() -> Option<EndpointInfo>,
     missing: Option<DropReason>,
+    sent_by: Option<u32>,
     seen: &mut Flow,
 ) -> Result<(), DropReason> {
     let ether_type = ctx.load::<EthHdr>(0).map_err(|_| DropReason::Malformed)?.ether_type;
@@ -59,6 +63,16 @@ pub fn judge(
     };
     if ep.flags & EndpointInfo::FLAG_POLICY_PENDING != 0 {
         return Err(DropReason::PolicyPending);
+    }
+    // A pod without an IPv6 address has no IPv6 source of its own beyond
+    // the link (the host has no rp_filter for IPv6).
+    if let Some(ifindex) = sent_by
+        && ep.flags & EndpointInfo::FLAG_VERIFY_SOURCE != 0
+    {
+        let src = ctx.load::<[u8; 16]>(SRC_OFF).map_err(|_| DropReason::Malformed)?;
+        if endpoint::ipv6_of(ifindex) != Some(src) {
+            return Err(DropReason::SourceSpoofed);
+        }
     }
     if policy::active(&ep) {
         return Err(DropReason::Ipv6UnderPolicy);

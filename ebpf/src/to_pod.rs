@@ -24,7 +24,7 @@ fn try_handle(ctx: &TcContext, seen: &mut Flow) -> Result<i32, DropReason> {
     let Some(flow) = packet::parse(ctx)? else {
         // IPv6 reaches only a pod under no policy (see `ipv6`).
         let ep = || endpoint::by_ifindex(packet::ifindex(ctx));
-        ipv6::judge(ctx, ep, None, seen)?;
+        ipv6::judge(ctx, ep, None, None, seen)?;
         return Ok(TC_OK);
     };
     *seen = flow;

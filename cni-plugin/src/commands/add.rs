@@ -61,6 +61,13 @@ impl PodAddr {
 /// The pod's IPv4 address as the endpoint map and the policy hand-off carry
 /// it; `0.0.0.0` for an IPv6-only pod (the map has no IPv6 field yet: such a
 /// pod's IPv4, which it has none of, fails the source check).
+fn endpoint_ipv6(addrs: &[PodAddr]) -> Option<Ipv6Addr> {
+    addrs.iter().find_map(|a| match a.ip {
+        IpAddr::V6(v6) => Some(v6),
+        IpAddr::V4(_) => None,
+    })
+}
+
 fn endpoint_ipv4(addrs: &[PodAddr]) -> Ipv4Addr {
     addrs
         .iter()
@@ -234,8 +241,10 @@ impl Setup<'_> {
 
         if let Some(pins) = self.pins {
             let mut endpoints = EndpointMap::open(pins)?;
-            endpoints.insert(host_link.index, endpoint_ipv4(addrs), self.policy_pending)?;
+            // Recorded first: a failed ADD removes the IPv6 address too.
             teardown.endpoint = Some(host_link.index);
+            endpoints.set_ipv6(host_link.index, endpoint_ipv6(addrs))?;
+            endpoints.insert(host_link.index, endpoint_ipv4(addrs), self.policy_pending)?;
             log::step("endpoint entry");
             datapath::attach_programs(pins, host, &host_link)?;
             log::step("attach programs");

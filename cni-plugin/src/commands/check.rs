@@ -1,7 +1,9 @@
 //! CHECK: is the attachment still as ADD left it? Every problem found is
 //! reported, not just the first, so an operator sees the whole picture.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use weir_common::pin;
 
 use crate::{
     attachment::Attachment,
@@ -118,7 +120,11 @@ pub fn check(conf: &NetConf, attachment: &Attachment, netns: &Netns, prev: &Prev
         });
         // An IPv6-only pod's entry holds 0.0.0.0 (see ADD).
         let want = if conf.ipv4().is_some() { pod_ipv4 } else { Some(Ipv4Addr::UNSPECIFIED) };
-        check_datapath(&pins, &host_name, host_link.as_ref(), want, &mut problems);
+        let pod_ipv6 = pod_ips.iter().find_map(|ip| match ip {
+            IpAddr::V6(v6) => Some(*v6),
+            IpAddr::V4(_) => None,
+        });
+        check_datapath(&pins, &host_name, host_link.as_ref(), (want, pod_ipv6), &mut problems);
     }
 
     if problems.is_empty() { Ok(()) } else { Err(CniError::CheckFailed { attachment: attachment.clone(), problems }) }
@@ -194,10 +200,23 @@ fn check_datapath(
     pins: &Pins,
     host_name: &str,
     host_link: Option<&Link>,
-    pod_ip: Option<Ipv4Addr>,
+    (pod_ip, pod_ipv6): (Option<Ipv4Addr>, Option<Ipv6Addr>),
     problems: &mut Vec<String>,
 ) {
     let Some(link) = host_link else { return };
+    // The IPv6 source the datapath lets the pod send from (where the
+    // agent's programs check it).
+    if pins.map_path(pin::MAP_ENDPOINTS6).exists() {
+        match EndpointMap::open(pins).and_then(|m| m.ipv6(link.index)) {
+            Ok(have) if have == pod_ipv6 => {}
+            Ok(have) => problems.push(format!(
+                "IPv6 endpoint entry of {host_name} holds {}, not {}",
+                have.map_or("nothing".to_string(), |a| a.to_string()),
+                pod_ipv6.map_or("nothing".to_string(), |a| a.to_string())
+            )),
+            Err(e) => problems.push(e.to_string()),
+        }
+    }
     match EndpointMap::open(pins).and_then(|m| m.get(link.index)) {
         Ok(Some(info)) => {
             let ip = Ipv4Addr::from(info.ipv4_octets());

@@ -47,7 +47,9 @@ fn icmp(icmp_type: u8, src: [u8; 16], dst: [u8; 16]) -> Vec<u8> {
     packet(ICMPV6, icmp_type, src, dst)
 }
 
+/// The pod (IPv4 and `POD`) on the test's veth, as weir-cni's ADD leaves it.
 fn endpoint(t: &mut TestDatapath, flags: u32) {
+    set_ipv6(t, Some(POD));
     t.dp.endpoints()
         .unwrap()
         .insert(
@@ -56,6 +58,15 @@ fn endpoint(t: &mut TestDatapath, flags: u32) {
             0,
         )
         .unwrap();
+}
+
+fn set_ipv6(t: &mut TestDatapath, ip: Option<[u8; 16]>) {
+    let map = t.dp.ebpf_mut().map_mut(pin::MAP_ENDPOINTS6).unwrap();
+    let mut map: aya::maps::HashMap<_, EndpointKey, [u8; 16]> = aya::maps::HashMap::try_from(map).unwrap();
+    match ip {
+        Some(ip) => map.insert(EndpointKey { ifindex: LOOPBACK }, ip, 0).unwrap(),
+        None => map.remove(&EndpointKey { ifindex: LOOPBACK }).unwrap(),
+    }
 }
 
 fn from_pod(t: &TestDatapath, p: &[u8]) -> u32 {
@@ -136,9 +147,30 @@ fn ipv6_within_the_link_passes_under_policy_and_nothing_routed_does() {
     assert_eq!(from_pod(&t, &udp(POD_LINK_LOCAL, HOST_LINK_LOCAL)), TC_ACT_OK);
     assert_eq!(to_pod(&t, &icmp(ECHO_REQUEST, HOST_LINK_LOCAL, POD_LINK_LOCAL)), TC_ACT_OK);
     assert_eq!(t.count(DropReason::Ipv6UnderPolicy), 0);
-    // A wider multicast scope, or a routed address from a link-local
-    // source, is judged as any IPv6.
-    assert_eq!(from_pod(&t, &packet(HOP_BY_HOP, 0, POD_LINK_LOCAL, SITE_MULTICAST)), TC_ACT_SHOT);
+    // A wider multicast scope is judged as any IPv6; a routed address
+    // from a link-local source is not the pod's own source.
+    assert_eq!(from_pod(&t, &packet(HOP_BY_HOP, 0, POD, SITE_MULTICAST)), TC_ACT_SHOT);
+    assert_eq!(t.count(DropReason::Ipv6UnderPolicy), 1);
     assert_eq!(from_pod(&t, &udp(POD_LINK_LOCAL, PEER)), TC_ACT_SHOT);
-    assert_eq!(t.count(DropReason::Ipv6UnderPolicy), 2);
+    assert_eq!(t.count(DropReason::SourceSpoofed), 1);
+}
+
+#[test]
+#[ignore = "privileged: needs root and bpffs; `cargo xtask test` runs it as root"]
+fn a_pod_sends_ipv6_from_its_own_address_only() {
+    const OTHER_POD: [u8; 16] = [0xfd, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 6];
+    let mut t = TestDatapath::load();
+    endpoint(&mut t, 0);
+    assert_eq!(from_pod(&t, &udp(POD, PEER)), TC_ACT_OK);
+    // Another pod's address as source: dropped, as a spoofed IPv4 source is.
+    assert_eq!(from_pod(&t, &udp(OTHER_POD, PEER)), TC_ACT_SHOT);
+    assert_eq!(t.count(DropReason::SourceSpoofed), 1);
+    // Replies to it are not the pod's to check.
+    assert_eq!(to_pod(&t, &udp(PEER, POD)), TC_ACT_OK);
+    // A pod with no IPv6 address (an IPv4-only node) sends none beyond
+    // the link.
+    set_ipv6(&mut t, None);
+    assert_eq!(from_pod(&t, &udp(POD, PEER)), TC_ACT_SHOT);
+    assert_eq!(t.count(DropReason::SourceSpoofed), 2);
+    assert_eq!(from_pod(&t, &icmp(NEIGHBOUR_SOLICITATION, POD, PEER)), TC_ACT_OK);
 }
