@@ -200,14 +200,33 @@ fn check_datapath(
     pins: &Pins,
     host_name: &str,
     host_link: Option<&Link>,
-    (pod_ip, pod_ipv6): (Option<Ipv4Addr>, Option<Ipv6Addr>),
+    pod_addrs: (Option<Ipv4Addr>, Option<Ipv6Addr>),
     problems: &mut Vec<String>,
 ) {
     let Some(link) = host_link else { return };
+    match EndpointMap::open(pins) {
+        Ok(map) => check_endpoint_entries(&map, pins, host_name, link, pod_addrs, problems),
+        Err(e) => problems.push(e.to_string()),
+    }
+    match NetlinkSocket::open() {
+        Ok(mut host) => problems.extend(datapath::check_programs(pins, &mut host, link)),
+        Err(e) => problems.push(e.to_string()),
+    }
+}
+
+/// The pod's entries in the endpoint maps hold its addresses.
+fn check_endpoint_entries(
+    map: &EndpointMap,
+    pins: &Pins,
+    host_name: &str,
+    link: &Link,
+    (pod_ip, pod_ipv6): (Option<Ipv4Addr>, Option<Ipv6Addr>),
+    problems: &mut Vec<String>,
+) {
     // The IPv6 source the datapath lets the pod send from (where the
     // agent's programs check it).
     if pins.map_path(pin::MAP_ENDPOINTS6).exists() {
-        match EndpointMap::open(pins).and_then(|m| m.ipv6(link.index)) {
+        match map.ipv6(link.index) {
             Ok(have) if have == pod_ipv6 => {}
             Ok(have) => problems.push(format!(
                 "IPv6 endpoint entry of {host_name} holds {}, not {}",
@@ -217,7 +236,7 @@ fn check_datapath(
             Err(e) => problems.push(e.to_string()),
         }
     }
-    match EndpointMap::open(pins).and_then(|m| m.get(link.index)) {
+    match map.get(link.index) {
         Ok(Some(info)) => {
             let ip = Ipv4Addr::from(info.ipv4_octets());
             if pod_ip.is_some_and(|want| want != ip) {
@@ -229,10 +248,6 @@ fn check_datapath(
             pins.endpoints_map().display(),
             link.index
         )),
-        Err(e) => problems.push(e.to_string()),
-    }
-    match NetlinkSocket::open() {
-        Ok(mut host) => problems.extend(datapath::check_programs(pins, &mut host, link)),
         Err(e) => problems.push(e.to_string()),
     }
 }

@@ -62,32 +62,28 @@ impl<S: Store> FamilyIpam<S> {
     /// Releases what `owner` holds in every family; every family is tried
     /// even when one fails (the first error is returned).
     pub fn release(&self, owner: &Attachment) -> Result<Vec<IpAddr>, IpamError> {
-        let mut released = Vec::new();
-        let mut first_error = None;
-        for a in &self.allocators {
-            match a.release(owner) {
-                Ok(ips) => released.extend(ips),
-                Err(e) => {
-                    first_error.get_or_insert(e);
-                }
-            }
-        }
-        first_error.map_or(Ok(released), Err)
+        self.in_every_family(|a| a.release(owner))
     }
 
     /// GC: releases, in every family, whatever is not held by `keep`.
     pub fn release_all_except(&self, keep: &HashSet<Attachment>) -> Result<Vec<Reservation>, IpamError> {
-        let mut released = Vec::new();
+        self.in_every_family(|a| a.release_all_except(keep))
+    }
+
+    /// `op` on every family's allocator, all of them even when one fails
+    /// (the first error is returned).
+    fn in_every_family<T>(&self, op: impl Fn(&Allocator<S>) -> Result<Vec<T>, IpamError>) -> Result<Vec<T>, IpamError> {
+        let mut out = Vec::new();
         let mut first_error = None;
         for a in &self.allocators {
-            match a.release_all_except(keep) {
-                Ok(r) => released.extend(r),
+            match op(a) {
+                Ok(items) => out.extend(items),
                 Err(e) => {
                     first_error.get_or_insert(e);
                 }
             }
         }
-        first_error.map_or(Ok(released), Err)
+        first_error.map_or(Ok(out), Err)
     }
 }
 

@@ -6,7 +6,7 @@ use weir_common::{DropReason, EndpointInfo, EndpointKey, pin};
 
 use crate::datapath::tests::{
     harness::{LOOPBACK, TC_ACT_OK, TestDatapath},
-    lb::run,
+    lb::{from_pod, to_pod},
 };
 
 const TC_ACT_SHOT: u32 = 2;
@@ -67,14 +67,6 @@ fn set_ipv6(t: &mut TestDatapath, ip: Option<[u8; 16]>) {
         Some(ip) => map.insert(EndpointKey { ifindex: LOOPBACK }, ip, 0).unwrap(),
         None => map.remove(&EndpointKey { ifindex: LOOPBACK }).unwrap(),
     }
-}
-
-fn from_pod(t: &TestDatapath, p: &[u8]) -> u32 {
-    run(t, pin::PROG_FROM_POD, p).0
-}
-
-fn to_pod(t: &TestDatapath, p: &[u8]) -> u32 {
-    run(t, pin::PROG_TO_POD, p).0
 }
 
 #[test]

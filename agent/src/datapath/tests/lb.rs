@@ -141,6 +141,16 @@ pub fn run(t: &TestDatapath, prog: &str, packet: &[u8]) -> (u32, Vec<u8>) {
     (out.retval, out.packet)
 }
 
+/// `weir_from_pod`'s verdict on `p`.
+pub fn from_pod(t: &TestDatapath, p: &[u8]) -> u32 {
+    run(t, pin::PROG_FROM_POD, p).0
+}
+
+/// `weir_to_pod`'s verdict on `p`.
+pub fn to_pod(t: &TestDatapath, p: &[u8]) -> u32 {
+    run(t, pin::PROG_TO_POD, p).0
+}
+
 #[test]
 #[ignore = "privileged: needs root and bpffs; `cargo xtask test` runs it as root"]
 fn cluster_ip_dnat_and_reverse_nat_for_tcp_and_udp() {

@@ -6,7 +6,7 @@ use std::net::Ipv4Addr;
 
 use ipnetwork::Ipv4Network;
 use weir_common::{
-    DropReason, EndpointInfo, EndpointKey, pin,
+    DropReason, EndpointInfo, EndpointKey,
     policy::{DIR_EGRESS, DIR_INGRESS, IDENTITY_ANY, PolicyKey},
 };
 
@@ -14,7 +14,7 @@ use crate::datapath::{
     policy::maps::PolicyMaps as _,
     policy::stats,
     tests::harness::{LOOPBACK, TC_ACT_OK, TestDatapath},
-    tests::lb::{packet, packet_with_flags, run},
+    tests::lb::{from_pod, packet, packet_with_flags, to_pod},
 };
 
 const TC_ACT_SHOT: u32 = 2;
@@ -45,14 +45,6 @@ fn identities(t: &mut TestDatapath) {
 fn rule(t: &mut TestDatapath, dir: u8, identity: u32, proto: u8, port: u16, prefix: u32, slot: u32) {
     let key = PolicyKey { ifindex: LOOPBACK, identity, dir, proto, port: port.to_be() };
     t.dp.set_rule((prefix, key), slot).unwrap();
-}
-
-fn from_pod(t: &TestDatapath, p: &[u8]) -> u32 {
-    run(t, pin::PROG_FROM_POD, p).0
-}
-
-fn to_pod(t: &TestDatapath, p: &[u8]) -> u32 {
-    run(t, pin::PROG_TO_POD, p).0
 }
 
 #[test]
