@@ -119,6 +119,29 @@ pub struct Report {
 /// The agent child, killed when dropped.
 struct AgentChild(Child);
 
+impl AgentChild {
+    /// Polls `ready` every 10 ms until it holds; an error when the agent
+    /// exits first or `args.ready_timeout` (from `start`) passes.
+    async fn until<F: std::future::Future<Output = bool>>(
+        &mut self,
+        start: Instant,
+        args: &Args,
+        what: &str,
+        mut ready: impl FnMut() -> F,
+    ) -> anyhow::Result<()> {
+        while !ready().await {
+            if let Some(status) = self.0.try_wait()? {
+                bail!("the agent exited before {what} ({status}); see {}", args.agent_log.display());
+            }
+            if start.elapsed() > Duration::from_secs(args.ready_timeout) {
+                bail!("no {what} after {} s; see {}", args.ready_timeout, args.agent_log.display());
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Ok(())
+    }
+}
+
 impl Drop for AgentChild {
     fn drop(&mut self) {
         // SIGTERM first: the agent leaves its pins for the next run but
@@ -341,31 +364,11 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
         .with_context(|| format!("start {program}"))?;
     let mut agent = AgentChild(child);
     let pid = agent.0.id();
-    loop {
-        if ready_pid(&args.ready_file) == Some(u64::from(pid)) {
-            break;
-        }
-        if let Some(status) = agent.0.try_wait()? {
-            bail!("the agent exited before it was ready ({status}); see {}", args.agent_log.display());
-        }
-        if start.elapsed() > Duration::from_secs(args.ready_timeout) {
-            bail!("the agent was not ready after {} s; see {}", args.ready_timeout, args.agent_log.display());
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    agent
+        .until(start, &args, "its ready marker", || async { ready_pid(&args.ready_file) == Some(u64::from(pid)) })
+        .await?;
     report.node_ready_s = start.elapsed().as_secs_f64();
-    loop {
-        if readyz(args.status_port).await {
-            break;
-        }
-        if let Some(status) = agent.0.try_wait()? {
-            bail!("the agent exited before it was ready ({status}); see {}", args.agent_log.display());
-        }
-        if start.elapsed() > Duration::from_secs(args.ready_timeout) {
-            bail!("/readyz did not answer 200 within {} s; see {}", args.ready_timeout, args.agent_log.display());
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    agent.until(start, &args, "/readyz answering 200", || readyz(args.status_port)).await?;
     report.ready_s = start.elapsed().as_secs_f64();
     (report.rss_ready_mib, report.rss_peak_ready_mib) = rss(pid);
     report.list_bytes = Resource::ALL.iter().map(|r| (r.kind().to_string(), shared.sent_bytes(*r))).collect();
