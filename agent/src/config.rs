@@ -40,10 +40,10 @@ pub enum Command {
         run_dir: PathBuf,
         /// `verdict`: the client address.
         #[arg(long)]
-        from: Option<std::net::Ipv4Addr>,
+        from: Option<std::net::IpAddr>,
         /// `verdict`: the server address (a pod, after Service translation).
         #[arg(long)]
-        to: Option<std::net::Ipv4Addr>,
+        to: Option<std::net::IpAddr>,
         /// `verdict`: destination port and protocol, e.g. 80/tcp.
         #[arg(long, default_value = "80/tcp")]
         port: String,

@@ -33,9 +33,10 @@ pub enum DropReason {
     /// A NetworkPolicy isolates the source pod for egress and no rule
     /// allows the flow.
     PolicyEgress = 11,
-    /// IPv6 to or from a pod a NetworkPolicy selects: policy is enforced
-    /// for IPv4 only so far, so such a pod's IPv6 is dropped (fail closed)
-    /// rather than let through unjudged. Neighbour discovery still passes.
+    /// Weir before IPv6 NetworkPolicy dropped all IPv6 of a pod a policy
+    /// selected. No longer produced (IPv6 is judged by the policy like
+    /// IPv4); kept so that the reasons keep their numbers and the pinned
+    /// counters their size across an upgrade.
     Ipv6UnderPolicy = 12,
 }
 
@@ -99,7 +100,7 @@ impl DropReason {
                 "a NetworkPolicy isolates the source pod for egress and no rule allows this flow"
             }
             DropReason::Ipv6UnderPolicy => {
-                "IPv6 under NetworkPolicy not supported yet: a NetworkPolicy selects the pod and weir enforces policy for IPv4 only, so the pod's IPv6 is dropped (neighbour discovery passes)"
+                "IPv6 of a pod under NetworkPolicy, dropped by a weir older than IPv6 policy (no longer produced)"
             }
         }
     }

@@ -30,6 +30,9 @@ pub const MAP_NODE: &str = "WEIR_NODE";
 pub const MAP_IPCACHE: &str = "WEIR_IPCACHE";
 pub const MAP_POLICY: &str = "WEIR_POLICY";
 pub const MAP_POLICY_CT: &str = "WEIR_POLICY_CT";
+/// The IPv6 ipcache and policy conntrack (the policy map is shared).
+pub const MAP_IPCACHE6: &str = "WEIR_IPCACHE6";
+pub const MAP_POLICY_CT6: &str = "WEIR_POLICY_CT6";
 pub const MAP_POLICY_HITS: &str = "WEIR_POL_HITS";
 pub const MAP_EP_POLICY_STATS: &str = "WEIR_EP_POLSTAT";
 /// Flow events (`flow.rs`): the ring buffer, its per-CPU rate limit (the

@@ -24,6 +24,16 @@ pub struct IpcacheKey {
     pub addr: u32,
 }
 
+/// Data of an IPv6 ipcache key (`WEIR_IPCACHE6`): an IPv6 prefix, as in
+/// the packet. The value is the same `IpcacheEntry`: identities are shared
+/// by both families (a pod's addresses of both are one identity unless
+/// ipBlocks set them apart).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Ipcache6Key {
+    pub addr: [u8; 16],
+}
+
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct IpcacheEntry {
@@ -75,6 +85,12 @@ pub const MAX_POLICY_ENTRIES: u32 = 262_144;
 pub const MAX_IPCACHE_ENTRIES: u32 = 524_288;
 /// Capacity of the policy conntrack (LRU): flows allowed at an endpoint.
 pub const MAX_POLICY_CT_ENTRIES: u32 = 262_144;
+/// Capacity of the IPv6 ipcache (LPM, allocated as used).
+pub const MAX_IPCACHE6_ENTRIES: u32 = 524_288;
+/// Capacity of the IPv6 policy conntrack (LRU, allocated up front: a
+/// quarter of IPv4's, ~6 MiB of kernel memory on every node, IPv4-only
+/// ones too).
+pub const MAX_POLICY_CT6_ENTRIES: u32 = 65_536;
 
 /// A flow as one endpoint saw it allowed: `ifindex` is the endpoint, the
 /// tuple is the packet that created the entry. A packet matching it as is
@@ -85,6 +101,19 @@ pub struct PolicyCtKey {
     pub ifindex: u32,
     pub saddr: u32,
     pub daddr: u32,
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+
+/// `PolicyCtKey` for IPv6 flows (`WEIR_POLICY_CT6`), same value.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PolicyCt6Key {
+    pub ifindex: u32,
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
     pub sport: u16,
     pub dport: u16,
     pub proto: u8,
@@ -121,6 +150,8 @@ pub struct EndpointPolicyStats {
 
 const _: () = assert!(core::mem::size_of::<IpcacheKey>() == 4);
 const _: () = assert!(core::mem::size_of::<IpcacheEntry>() == 4);
+const _: () = assert!(core::mem::size_of::<Ipcache6Key>() == 16);
+const _: () = assert!(core::mem::size_of::<PolicyCt6Key>() == 44);
 const _: () = assert!(core::mem::size_of::<PolicyKey>() == 12);
 const _: () = assert!(core::mem::size_of::<PolicyEntry>() == 4);
 const _: () = assert!(core::mem::size_of::<PolicyCtKey>() == 20);
@@ -132,6 +163,8 @@ mod pod_impls {
     use super::*;
     unsafe impl aya::Pod for IpcacheKey {}
     unsafe impl aya::Pod for IpcacheEntry {}
+    unsafe impl aya::Pod for Ipcache6Key {}
+    unsafe impl aya::Pod for PolicyCt6Key {}
     unsafe impl aya::Pod for PolicyKey {}
     unsafe impl aya::Pod for PolicyEntry {}
     unsafe impl aya::Pod for PolicyCtKey {}

@@ -56,6 +56,7 @@ fn pod(j: usize, app: usize) -> PodInfo {
         namespace: ns,
         labels: labels(&[("app", format!("app-{app}")), ("tier", ["fe", "be", "db"][j % 3].to_string())]).into(),
         ip: Some(pod_ip(j)),
+        ip6: None,
         node: Some(if j < LOCAL { NODE.into() } else { format!("node-{}", j % 9) }),
         named_ports: vec![("http".into(), Protocol::Tcp, 8080)].into(),
     }

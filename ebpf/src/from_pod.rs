@@ -3,8 +3,8 @@
 //! packet (the policy sees the real backend).
 //!
 //! Fails closed: a veth with no endpoint entry passes nothing but ARP (and
-//! IPv6 neighbour discovery), so the program can be attached before
-//! anything else is ready.
+//! IPv6 neighbour discovery and link-local traffic), so the program can be
+//! attached before anything else is ready.
 use aya_ebpf::programs::TcContext;
 use weir_common::{DropReason, EndpointInfo, flow::FLOW_DIR_EGRESS, policy::DIR_EGRESS};
 
@@ -27,11 +27,12 @@ pub fn handle(ctx: &TcContext) -> i32 {
 
 #[inline(always)]
 fn try_handle(ctx: &TcContext, seen: &mut Flow) -> Result<i32, DropReason> {
-    // ARP must flow for the pod to find its gateway; IPv6 passes only for
-    // a pod under no policy (see `ipv6`).
+    // ARP must flow for the pod to find its gateway; IPv6 meets the same
+    // source check and policy as IPv4 (see `ipv6`).
     let Some(flow) = packet::parse(ctx)? else {
-        let ep = || endpoint::by_ifindex(packet::ifindex(ctx));
-        ipv6::judge(ctx, ep, Some(DropReason::UnknownEndpoint), Some(packet::ifindex(ctx)), seen)?;
+        let ifindex = packet::ifindex(ctx);
+        let ep = || endpoint::by_ifindex(ifindex);
+        ipv6::judge(ctx, ifindex, ep, Some(DropReason::UnknownEndpoint), true, seen)?;
         return Ok(counters::pass(TC_OK));
     };
     *seen = flow;

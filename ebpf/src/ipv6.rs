@@ -1,60 +1,211 @@
-//! IPv6 at a pod's host veth. Pods get IPv6 addresses (dual-stack and
-//! IPv6-only nodes), but Service translation and NetworkPolicy are IPv4-only
-//! so far: IPv6 of a pod no policy selects goes on untouched, while a pod
-//! under policy (or whose policy is not in place yet) gets no IPv6 at all,
-//! so a policy is never bypassed over the other family. Neighbour discovery
-//! always passes: without it the pod cannot even reach its gateway. So does
-//! whatever is addressed within the link (link-local unicast, link- and
-//! interface-local multicast): the host never forwards it, so it cannot
-//! carry traffic between pods, and every pod's kernel sends some (MLD
-//! reports, router solicitations) on an IPv4-only node too; dropped, it
-//! was a stream of drops that filled the flow log's rate limit.
-use aya_ebpf::programs::TcContext;
+//! IPv6 at a pod's host veth: the source check and NetworkPolicy, as for
+//! IPv4 (Service translation for IPv6 happens at connect time, in the
+//! socket hooks). Neighbour discovery always passes: without it the pod
+//! cannot even reach its gateway. So does whatever is addressed within the
+//! link (link-local unicast, link- and interface-local multicast): the
+//! host never forwards it, so it cannot carry traffic between pods, and
+//! every pod's kernel sends some (MLD reports, router solicitations). So
+//! does an ICMPv6 Packet Too Big: IPv6 routers never fragment, so a path
+//! MTU is found only from these, and one dropped stalls a connection.
+use aya_ebpf::{macros::map, maps::LruHashMap, programs::TcContext};
 use network_types::eth::EthHdr;
-use weir_common::{DropReason, EndpointInfo};
+use weir_common::{
+    DropReason, EndpointInfo,
+    lb::{MAX_FRAG_ENTRIES, PROTO_SCTP, PROTO_TCP, PROTO_UDP},
+    policy::{DIR_EGRESS, DIR_INGRESS},
+};
 
 use crate::{endpoint, packet::Flow, policy};
 
 const ETH_P_IPV6: u16 = 0x86DD_u16.to_be();
-/// Offset of the IPv6 next-header field, and of what follows the fixed
-/// 40-byte header.
-const NEXT_HEADER_OFF: usize = EthHdr::LEN + 6;
-/// Offset of the destination address's first two bytes.
-const DST_OFF: usize = EthHdr::LEN + 24;
-const SRC_OFF: usize = EthHdr::LEN + 8;
-const L4_OFF: usize = EthHdr::LEN + 40;
+const IP6_OFF: usize = EthHdr::LEN;
+const IP6_HDR_LEN: usize = 40;
 const IPPROTO_ICMPV6: u8 = 58;
 /// ICMPv6 router solicitation ..= redirect (RFC 4861).
 const NDP_TYPES: core::ops::RangeInclusive<u8> = 133..=137;
+const ICMPV6_PACKET_TOO_BIG: u8 = 2;
+const ICMPV6_ECHO_REQUEST: u8 = 128;
+const ICMPV6_ECHO_REPLY: u8 = 129;
+/// Extension headers walked to find the transport header (RFC 8200): at
+/// most this many (a packet with more is judged on the header it stops at).
+const MAX_EXT_HEADERS: usize = 4;
+const NEXTHDR_HOP: u8 = 0;
+const NEXTHDR_ROUTING: u8 = 43;
+const NEXTHDR_FRAGMENT: u8 = 44;
+const NEXTHDR_AUTH: u8 = 51;
+const NEXTHDR_DEST: u8 = 60;
+
+/// The Ethernet and fixed IPv6 headers, read with one helper call.
+#[repr(C)]
+struct Headers {
+    eth: EthHdr,
+    ver_tc_flow: [u8; 4],
+    payload_len: [u8; 2],
+    next_header: u8,
+    hop_limit: u8,
+    src: [u8; 16],
+    dst: [u8; 16],
+}
+
+/// An IPv6 packet's addresses, and ports for TCP, UDP and SCTP (a later
+/// fragment has the ports of its datagram's first fragment, when this hook
+/// saw it). Ports in network byte order.
+#[derive(Clone, Copy)]
+pub struct Flow6 {
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    pub sport: u16,
+    pub dport: u16,
+    /// The transport protocol (the header after any extension headers).
+    pub proto: u8,
+    pub tcp_flags: u8,
+    /// The ICMPv6 type, for ICMPv6.
+    pub icmp_type: u8,
+}
+
+/// A fragmented datagram: (source, destination, fragment ID, protocol).
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct FragKey {
+    saddr: [u8; 16],
+    daddr: [u8; 16],
+    id: u32,
+    proto: u8,
+    _pad: [u8; 3],
+}
+
+/// The ports of fragmented IPv6 datagrams, from their first fragment, for
+/// the ones that follow (as `packet::WEIR_FRAGS` for IPv4): a policy
+/// judging a later fragment by protocol alone would drop it, or pass it
+/// where the first was denied. Not pinned.
+#[map]
+static WEIR_FRAGS6: LruHashMap<FragKey, [u16; 2]> = LruHashMap::with_max_entries(MAX_FRAG_ENTRIES, 0);
+
+/// The first bytes of a TCP header: ports, sequence and acknowledgement
+/// numbers, data offset, flags.
+#[repr(C)]
+struct TcpStart {
+    ports: [u16; 2],
+    _seq_ack: [u8; 8],
+    _data_off: u8,
+    flags: u8,
+}
+
+/// `Ok(None)`: not IPv6.
+#[inline(always)]
+pub fn parse(ctx: &TcContext) -> Result<Option<Flow6>, DropReason> {
+    let Ok(h) = ctx.load::<Headers>(0) else {
+        let ether_type = ctx.load::<EthHdr>(0).map_err(|_| DropReason::Malformed)?.ether_type;
+        return if ether_type == ETH_P_IPV6 { Err(DropReason::Malformed) } else { Ok(None) };
+    };
+    if h.eth.ether_type != ETH_P_IPV6 {
+        return Ok(None);
+    }
+    if h.ver_tc_flow[0] >> 4 != 6 {
+        return Err(DropReason::Malformed);
+    }
+    let mut flow =
+        Flow6 { saddr: h.src, daddr: h.dst, sport: 0, dport: 0, proto: h.next_header, tcp_flags: 0, icmp_type: 0 };
+    let mut off = IP6_OFF + IP6_HDR_LEN;
+    // (fragment ID, whether this is a later fragment), once one is seen.
+    let mut fragment: Option<(u32, bool)> = None;
+    for _ in 0..MAX_EXT_HEADERS {
+        let len = match flow.proto {
+            NEXTHDR_HOP | NEXTHDR_ROUTING | NEXTHDR_DEST => {
+                let hdr = ctx.load::<[u8; 2]>(off).map_err(|_| DropReason::Malformed)?;
+                flow.proto = hdr[0];
+                (usize::from(hdr[1]) + 1) * 8
+            }
+            NEXTHDR_AUTH => {
+                let hdr = ctx.load::<[u8; 2]>(off).map_err(|_| DropReason::Malformed)?;
+                flow.proto = hdr[0];
+                (usize::from(hdr[1]) + 2) * 4
+            }
+            NEXTHDR_FRAGMENT => {
+                let hdr = ctx.load::<[u8; 8]>(off).map_err(|_| DropReason::Malformed)?;
+                flow.proto = hdr[0];
+                let offset = u16::from_be_bytes([hdr[2], hdr[3]]) >> 3;
+                fragment = Some((u32::from_ne_bytes([hdr[4], hdr[5], hdr[6], hdr[7]]), offset != 0));
+                8
+            }
+            _ => break,
+        };
+        off += len;
+    }
+    if !matches!(flow.proto, PROTO_TCP | PROTO_UDP | PROTO_SCTP | IPPROTO_ICMPV6) {
+        return Ok(Some(flow));
+    }
+    let key =
+        fragment.map(|(id, _)| FragKey { saddr: flow.saddr, daddr: flow.daddr, id, proto: flow.proto, _pad: [0; 3] });
+    if let (Some(key), Some((_, true))) = (&key, fragment) {
+        // A later fragment: no transport header.
+        // Safety: copied out at once.
+        if let Some(ports) = unsafe { WEIR_FRAGS6.get(key) }.copied() {
+            flow.sport = ports[0];
+            flow.dport = ports[1];
+        }
+        return Ok(Some(flow));
+    }
+    if flow.proto == IPPROTO_ICMPV6 {
+        let icmp = ctx.load::<[u8; 6]>(off).map_err(|_| DropReason::Malformed)?;
+        flow.icmp_type = icmp[0];
+        // An echo's identifier stands in for the ports (as in netfilter's
+        // conntrack): the request's as source, the reply's as destination,
+        // so a reply matches its request reversed, and each ping session
+        // is a flow of its own, judged by the policy in force when it began.
+        let id = u16::from_ne_bytes([icmp[4], icmp[5]]);
+        match flow.icmp_type {
+            ICMPV6_ECHO_REQUEST => flow.sport = id,
+            ICMPV6_ECHO_REPLY => flow.dport = id,
+            _ => {}
+        }
+        return Ok(Some(flow));
+    }
+    let ports = if flow.proto == PROTO_TCP {
+        let tcp = ctx.load::<TcpStart>(off).map_err(|_| DropReason::Malformed)?;
+        flow.tcp_flags = tcp.flags;
+        tcp.ports
+    } else {
+        ctx.load::<[u16; 2]>(off).map_err(|_| DropReason::Malformed)?
+    };
+    flow.sport = ports[0];
+    flow.dport = ports[1];
+    if let Some(key) = &key {
+        // An LRU map evicts instead of failing; a lost entry costs only
+        // this datagram.
+        let _ = WEIR_FRAGS6.insert(key, &ports, 0);
+    }
+    Ok(Some(flow))
+}
 
 /// Judges a packet `packet::parse` found not to be IPv4 (`Ok`: it passes),
-/// for the endpoint `ep` behind the veth (`None`: no entry). `missing` is the drop for an
-/// IPv6 packet of a veth with no entry (`None`: pass it, as the ingress
-/// side does for IPv4). `sent_by`: the veth's ifindex when the packet
-/// leaves the pod, whose source must then be the pod's own IPv6 address
-/// (as its IPv4 source is checked). `seen` gets the transport protocol of
-/// a dropped packet, for the flow log.
+/// for the endpoint `ep` behind the veth `ifindex` (`None`: no entry).
+/// `missing` is the drop for an IPv6 packet of a veth with no entry
+/// (`None`: pass it, as the ingress side does for IPv4). `leaving`: the
+/// packet leaves the pod (tc ingress of its veth), whose source must then
+/// be the pod's own IPv6 address (as its IPv4 source is checked), and the
+/// pod's egress policy applies; otherwise its ingress policy. `seen` gets
+/// the transport protocol of a dropped packet, for the flow log.
 #[inline(always)]
 pub fn judge(
     ctx: &TcContext,
+    ifindex: u32,
     ep: impl FnOnce() -> Option<EndpointInfo>,
     missing: Option<DropReason>,
-    sent_by: Option<u32>,
+    leaving: bool,
     seen: &mut Flow,
 ) -> Result<(), DropReason> {
-    let ether_type = ctx.load::<EthHdr>(0).map_err(|_| DropReason::Malformed)?.ether_type;
-    if ether_type != ETH_P_IPV6 {
+    let Some(flow) = parse(ctx)? else { return Ok(()) };
+    if within_link([flow.daddr[0], flow.daddr[1]]) {
         return Ok(());
     }
-    let next_header = ctx.load::<u8>(NEXT_HEADER_OFF).map_err(|_| DropReason::Malformed)?;
-    let dst = ctx.load::<[u8; 2]>(DST_OFF).map_err(|_| DropReason::Malformed)?;
-    if within_link(dst) {
+    if flow.proto == IPPROTO_ICMPV6 && (NDP_TYPES.contains(&flow.icmp_type) || flow.icmp_type == ICMPV6_PACKET_TOO_BIG)
+    {
         return Ok(());
     }
-    if next_header == IPPROTO_ICMPV6 && ctx.load::<u8>(L4_OFF).is_ok_and(|icmp_type| NDP_TYPES.contains(&icmp_type)) {
-        return Ok(());
-    }
-    seen.proto = next_header;
+    seen.proto = flow.proto;
+    seen.sport = flow.sport;
+    seen.dport = flow.dport;
     let Some(ep) = ep() else {
         return match missing {
             Some(reason) => Err(reason),
@@ -66,16 +217,12 @@ pub fn judge(
     }
     // A pod without an IPv6 address has no IPv6 source of its own beyond
     // the link (the host has no rp_filter for IPv6).
-    if let Some(ifindex) = sent_by
-        && ep.flags & EndpointInfo::FLAG_VERIFY_SOURCE != 0
-    {
-        let src = ctx.load::<[u8; 16]>(SRC_OFF).map_err(|_| DropReason::Malformed)?;
-        if endpoint::ipv6_of(ifindex) != Some(src) {
-            return Err(DropReason::SourceSpoofed);
-        }
+    if leaving && ep.flags & EndpointInfo::FLAG_VERIFY_SOURCE != 0 && endpoint::ipv6_of(ifindex) != Some(flow.saddr) {
+        return Err(DropReason::SourceSpoofed);
     }
-    if policy::active(&ep) {
-        return Err(DropReason::Ipv6UnderPolicy);
+    let dir = if leaving { DIR_EGRESS } else { DIR_INGRESS };
+    if policy::active(&ep) && !policy::tracked(ifindex, &flow) {
+        return policy::check_new(ifindex, &ep, dir, &flow, &flow);
     }
     Ok(())
 }

@@ -17,15 +17,16 @@ use weir_common::{
     lb::PROTO_TCP,
     pin::MAX_ENDPOINTS,
     policy::{
-        DIR_EGRESS, DIR_INGRESS, EndpointPolicyStats, IDENTITY_ANY, IDENTITY_WORLD, IpcacheEntry, IpcacheKey,
-        MAX_IPCACHE_ENTRIES, MAX_POLICY_CT_ENTRIES, MAX_POLICY_ENTRIES, MAX_POLICY_SLOTS, PolicyCtEntry, PolicyCtKey,
-        PolicyEntry, PolicyKey,
+        DIR_EGRESS, DIR_INGRESS, EndpointPolicyStats, IDENTITY_ANY, IDENTITY_WORLD, Ipcache6Key, IpcacheEntry,
+        IpcacheKey, MAX_IPCACHE_ENTRIES, MAX_IPCACHE6_ENTRIES, MAX_POLICY_CT_ENTRIES, MAX_POLICY_CT6_ENTRIES,
+        MAX_POLICY_ENTRIES, MAX_POLICY_SLOTS, PolicyCt6Key, PolicyCtEntry, PolicyCtKey, PolicyEntry, PolicyKey,
     },
 };
 
 use crate::{
     conntrack::now_secs,
     flow,
+    ipv6::Flow6,
     packet::{Flow, TCP_ACK, TCP_SYN},
 };
 
@@ -33,10 +34,101 @@ use crate::{
 static WEIR_IPCACHE: LpmTrie<IpcacheKey, IpcacheEntry> = LpmTrie::pinned(MAX_IPCACHE_ENTRIES, 0);
 
 #[map]
+static WEIR_IPCACHE6: LpmTrie<Ipcache6Key, IpcacheEntry> = LpmTrie::pinned(MAX_IPCACHE6_ENTRIES, 0);
+
+#[map]
 static WEIR_POLICY: LpmTrie<PolicyKey, PolicyEntry> = LpmTrie::pinned(MAX_POLICY_ENTRIES, 0);
 
 #[map]
 static WEIR_POLICY_CT: LruHashMap<PolicyCtKey, PolicyCtEntry> = LruHashMap::pinned(MAX_POLICY_CT_ENTRIES, 0);
+
+#[map]
+static WEIR_POLICY_CT6: LruHashMap<PolicyCt6Key, PolicyCtEntry> = LruHashMap::pinned(MAX_POLICY_CT6_ENTRIES, 0);
+
+/// What the policy needs of a packet, whatever its family: its tuple, the
+/// family's ipcache and policy conntrack, and the flow log.
+pub trait Tuple {
+    type CtKey;
+    fn proto(&self) -> u8;
+    fn dport(&self) -> u16;
+    fn tcp_flags(&self) -> u8;
+    /// The policy conntrack key of this packet at `ifindex`, as it is or
+    /// with its ends swapped.
+    fn ct_key(&self, ifindex: u32, reversed: bool) -> Self::CtKey;
+    fn ct_get(key: &Self::CtKey) -> Option<PolicyCtEntry>;
+    fn ct_put(key: &Self::CtKey, entry: &PolicyCtEntry);
+    /// The ipcache identity of the peer: the source for ingress, the
+    /// destination for egress.
+    fn peer_identity(&self, dir: u8) -> u32;
+    /// A new flow passed (see `flow::allowed`).
+    fn report_allowed(&self, flow_dir: u8, ifindex: u32, slot: u32);
+}
+
+impl Tuple for Flow {
+    type CtKey = PolicyCtKey;
+    fn proto(&self) -> u8 {
+        self.proto
+    }
+    fn dport(&self) -> u16 {
+        self.dport
+    }
+    fn tcp_flags(&self) -> u8 {
+        self.tcp_flags
+    }
+    fn ct_key(&self, ifindex: u32, reversed: bool) -> PolicyCtKey {
+        let f = self;
+        let (saddr, daddr, sport, dport) =
+            if reversed { (f.daddr, f.saddr, f.dport, f.sport) } else { (f.saddr, f.daddr, f.sport, f.dport) };
+        PolicyCtKey { ifindex, saddr, daddr, sport, dport, proto: f.proto, _pad: [0; 3] }
+    }
+    fn ct_get(key: &PolicyCtKey) -> Option<PolicyCtEntry> {
+        // Safety: copied out at once.
+        unsafe { WEIR_POLICY_CT.get(key) }.copied()
+    }
+    fn ct_put(key: &PolicyCtKey, entry: &PolicyCtEntry) {
+        let _ = WEIR_POLICY_CT.insert(key, entry, 0);
+    }
+    fn peer_identity(&self, dir: u8) -> u32 {
+        let addr = if dir == DIR_INGRESS { self.saddr } else { self.daddr };
+        WEIR_IPCACHE.get(Key::new(32, IpcacheKey { addr })).map_or(IDENTITY_WORLD, |e| e.identity)
+    }
+    fn report_allowed(&self, flow_dir: u8, ifindex: u32, slot: u32) {
+        flow::allowed(self, flow_dir, ifindex, slot);
+    }
+}
+
+impl Tuple for Flow6 {
+    type CtKey = PolicyCt6Key;
+    fn proto(&self) -> u8 {
+        self.proto
+    }
+    fn dport(&self) -> u16 {
+        self.dport
+    }
+    fn tcp_flags(&self) -> u8 {
+        self.tcp_flags
+    }
+    fn ct_key(&self, ifindex: u32, reversed: bool) -> PolicyCt6Key {
+        let f = self;
+        let (saddr, daddr, sport, dport) =
+            if reversed { (f.daddr, f.saddr, f.dport, f.sport) } else { (f.saddr, f.daddr, f.sport, f.dport) };
+        PolicyCt6Key { ifindex, saddr, daddr, sport, dport, proto: f.proto, _pad: [0; 3] }
+    }
+    fn ct_get(key: &PolicyCt6Key) -> Option<PolicyCtEntry> {
+        // Safety: copied out at once.
+        unsafe { WEIR_POLICY_CT6.get(key) }.copied()
+    }
+    fn ct_put(key: &PolicyCt6Key, entry: &PolicyCtEntry) {
+        let _ = WEIR_POLICY_CT6.insert(key, entry, 0);
+    }
+    fn peer_identity(&self, dir: u8) -> u32 {
+        let addr = if dir == DIR_INGRESS { self.saddr } else { self.daddr };
+        WEIR_IPCACHE6.get(Key::new(128, Ipcache6Key { addr })).map_or(IDENTITY_WORLD, |e| e.identity)
+    }
+    /// The flow log's events carry IPv4 addresses only so far: IPv6 flows
+    /// are counted (per endpoint and policy slot), not logged.
+    fn report_allowed(&self, _flow_dir: u8, _ifindex: u32, _slot: u32) {}
+}
 
 /// Allowed new flows per policy slot.
 #[map]
@@ -51,38 +143,28 @@ pub fn active(ep: &EndpointInfo) -> bool {
     ep.flags & EndpointInfo::FLAGS_ENFORCED != 0
 }
 
-#[inline(always)]
-fn ct_key(ifindex: u32, saddr: u32, daddr: u32, sport: u16, dport: u16, proto: u8) -> PolicyCtKey {
-    PolicyCtKey { ifindex, saddr, daddr, sport, dport, proto, _pad: [0; 3] }
-}
-
 /// Is this packet part of a flow the endpoint already allowed (either
 /// direction)? A TCP SYN without ACK opens a new connection and is always
 /// checked, so a reused tuple never rides on an old verdict.
 #[inline(always)]
-pub fn tracked(ifindex: u32, flow: &Flow) -> bool {
-    if flow.proto == PROTO_TCP && flow.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
+pub fn tracked<T: Tuple>(ifindex: u32, flow: &T) -> bool {
+    if flow.proto() == PROTO_TCP && flow.tcp_flags() & (TCP_SYN | TCP_ACK) == TCP_SYN {
         return false;
     }
     let now = now_secs();
-    let forward = ct_key(ifindex, flow.saddr, flow.daddr, flow.sport, flow.dport, flow.proto);
-    if alive(&forward, flow.proto, now) {
-        return true;
-    }
-    let reply = ct_key(ifindex, flow.daddr, flow.saddr, flow.dport, flow.sport, flow.proto);
-    alive(&reply, flow.proto, now)
+    alive::<T>(&flow.ct_key(ifindex, false), flow.proto(), now)
+        || alive::<T>(&flow.ct_key(ifindex, true), flow.proto(), now)
 }
 
 #[inline(always)]
-fn alive(key: &PolicyCtKey, proto: u8, now: u32) -> bool {
-    // Safety: copied out at once.
-    let Some(entry) = (unsafe { WEIR_POLICY_CT.get(key) }).copied() else { return false };
+fn alive<T: Tuple>(key: &T::CtKey, proto: u8, now: u32) -> bool {
+    let Some(entry) = T::ct_get(key) else { return false };
     let idle = if proto == PROTO_TCP { PolicyCtEntry::TCP_IDLE_SECS } else { PolicyCtEntry::OTHER_IDLE_SECS };
     if now.wrapping_sub(entry.last_seen) > idle {
         return false;
     }
     if entry.last_seen != now {
-        let _ = WEIR_POLICY_CT.insert(key, &PolicyCtEntry { last_seen: now, ..entry }, 0);
+        T::ct_put(key, &PolicyCtEntry { last_seen: now, ..entry });
     }
     true
 }
@@ -93,17 +175,17 @@ fn alive(key: &PolicyCtKey, proto: u8, now: u32) -> bool {
 /// packet to report; endpoints under policy report every new flow from
 /// `check_new`.
 #[inline(always)]
-pub fn report_unenforced(ifindex: u32, ep: &EndpointInfo, flow_dir: u8, flow: &Flow) {
-    if !active(ep) && flow.proto == PROTO_TCP && flow.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
-        flow::allowed(flow, flow_dir, ifindex, 0);
+pub fn report_unenforced<T: Tuple>(ifindex: u32, ep: &EndpointInfo, flow_dir: u8, flow: &T) {
+    if !active(ep) && flow.proto() == PROTO_TCP && flow.tcp_flags() & (TCP_SYN | TCP_ACK) == TCP_SYN {
+        flow.report_allowed(flow_dir, ifindex, 0);
     }
 }
 
-/// The policy slot that allows `peer` on this flow at the endpoint, if any.
+/// The policy slot that allows the flow's peer at the endpoint, if any.
 #[inline(always)]
-fn lookup(ifindex: u32, dir: u8, peer: u32, flow: &Flow) -> Option<u32> {
-    let identity = WEIR_IPCACHE.get(Key::new(32, IpcacheKey { addr: peer })).map_or(IDENTITY_WORLD, |e| e.identity);
-    let key = PolicyKey { ifindex, identity, dir, proto: flow.proto, port: flow.dport };
+fn lookup<T: Tuple>(ifindex: u32, dir: u8, flow: &T) -> Option<u32> {
+    let identity = flow.peer_identity(dir);
+    let key = PolicyKey { ifindex, identity, dir, proto: flow.proto(), port: flow.dport() };
     if let Some(hit) = WEIR_POLICY.get(Key::new(PolicyKey::PREFIX_FULL, key)) {
         return Some(hit.policy_slot);
     }
@@ -119,15 +201,18 @@ fn lookup(ifindex: u32, dir: u8, peer: u32, flow: &Flow) -> Option<u32> {
 /// with the slot that allowed it, 0 if none is enforced in `dir`); a denial
 /// is counted and returned as the drop reason.
 #[inline(always)]
-pub fn check_new(ifindex: u32, ep: &EndpointInfo, dir: u8, seen: &Flow, tracked_as: &Flow) -> Result<(), DropReason> {
-    let (enforced_bit, peer) = if dir == DIR_INGRESS {
-        (EndpointInfo::FLAG_INGRESS_ENFORCED, seen.saddr)
-    } else {
-        (EndpointInfo::FLAG_EGRESS_ENFORCED, seen.daddr)
-    };
+pub fn check_new<T: Tuple>(
+    ifindex: u32,
+    ep: &EndpointInfo,
+    dir: u8,
+    seen: &T,
+    tracked_as: &T,
+) -> Result<(), DropReason> {
+    let enforced_bit =
+        if dir == DIR_INGRESS { EndpointInfo::FLAG_INGRESS_ENFORCED } else { EndpointInfo::FLAG_EGRESS_ENFORCED };
     let enforced = ep.flags & enforced_bit != 0;
     let slot = if enforced {
-        let Some(slot) = lookup(ifindex, dir, peer, seen) else {
+        let Some(slot) = lookup(ifindex, dir, seen) else {
             count_endpoint(ifindex, dir, false);
             return Err(if dir == DIR_EGRESS { DropReason::PolicyEgress } else { DropReason::PolicyIngress });
         };
@@ -142,11 +227,9 @@ pub fn check_new(ifindex: u32, ep: &EndpointInfo, dir: u8, seen: &Flow, tracked_
         // other direction's check.
         u32::MAX
     };
-    let f = tracked_as;
-    let key = ct_key(ifindex, f.saddr, f.daddr, f.sport, f.dport, f.proto);
-    let _ = WEIR_POLICY_CT.insert(&key, &PolicyCtEntry { last_seen: now_secs(), policy_slot: slot }, 0);
+    T::ct_put(&tracked_as.ct_key(ifindex, false), &PolicyCtEntry { last_seen: now_secs(), policy_slot: slot });
     let flow_dir = if dir == DIR_INGRESS { FLOW_DIR_INGRESS } else { FLOW_DIR_EGRESS };
-    flow::allowed(seen, flow_dir, ifindex, if enforced { slot } else { 0 });
+    seen.report_allowed(flow_dir, ifindex, if enforced { slot } else { 0 });
     Ok(())
 }
 

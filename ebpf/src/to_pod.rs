@@ -22,9 +22,10 @@ pub fn handle(ctx: &TcContext) -> i32 {
 #[inline(always)]
 fn try_handle(ctx: &TcContext, seen: &mut Flow) -> Result<i32, DropReason> {
     let Some(flow) = packet::parse(ctx)? else {
-        // IPv6 reaches only a pod under no policy (see `ipv6`).
-        let ep = || endpoint::by_ifindex(packet::ifindex(ctx));
-        ipv6::judge(ctx, ep, None, None, seen)?;
+        // IPv6 meets the pod's ingress policy (see `ipv6`).
+        let ifindex = packet::ifindex(ctx);
+        let ep = || endpoint::by_ifindex(ifindex);
+        ipv6::judge(ctx, ifindex, ep, None, false, seen)?;
         return Ok(TC_OK);
     };
     *seen = flow;

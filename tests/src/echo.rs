@@ -77,6 +77,17 @@ for port in ports:
     s.bind(("0.0.0.0", port)); s.listen(512)
     u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind((udp_addr, port))
     threads += [threading.Thread(target=tcp, args=(s,), daemon=True), threading.Thread(target=udp, args=(u,), daemon=True)]
+    if udp_addr == "0.0.0.0":
+        # IPv6 too, on sockets of its own (an IPv4 peer keeps its plain
+        # address); where the namespace has no IPv6, IPv4 only.
+        try:
+            s6 = socket.socket(socket.AF_INET6); s6.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s6.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1); s6.bind(("::", port)); s6.listen(512)
+            u6 = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+            u6.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1); u6.bind(("::", port))
+            threads += [threading.Thread(target=tcp, args=(s6,), daemon=True), threading.Thread(target=udp, args=(u6,), daemon=True)]
+        except OSError:
+            pass
 for t in threads: t.start()
 print("ready", label.decode(), flush=True)
 threading.Event().wait()

@@ -17,7 +17,7 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     fmt::Write as _,
     marker::PhantomData,
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr},
     thread,
     time::{Duration, Instant},
 };
@@ -28,10 +28,11 @@ use serde_json::Value;
 use crate::{
     Agent, NetNs, Node, Pod, Topology, echo,
     exec::Output,
-    manifest::{self, PodObject, PodStatus, SvcPort},
+    manifest::{self, PodObject, SvcPort},
     probe::{self, Outcome, Probe, Prober, Proto, SourcePorts},
     process::ChildGuard,
     tools,
+    topology::Families,
 };
 pub const NAMESPACES: [&str; 3] = ["x", "y", "z"];
 pub const POD_NAMES: [&str; 3] = ["a", "b", "c"];
@@ -195,9 +196,9 @@ impl Scenario {
 /// Answers what the NetworkPolicies allow, built from the very manifests
 /// the agents read.
 pub trait PolicyOracle: Sized {
-    /// From manifests (multi-document strings allowed) and the nodes'
-    /// addresses.
-    fn from_docs(docs: &[String], nodes: BTreeMap<String, Ipv4Addr>) -> Result<Self, String>;
+    /// From manifests (multi-document strings allowed), the nodes'
+    /// addresses (of both families), and the family probes go over.
+    fn from_docs(docs: &[String], nodes: BTreeMap<String, Vec<IpAddr>>, ipv6: bool) -> Result<Self, String>;
 
     /// Pod to pod (through a Service: to its backend, `direct` false).
     fn allowed(&self, src: &str, dst: &str, proto: Proto, port: u16, direct: bool) -> bool;
@@ -241,7 +242,7 @@ impl Cell {
 #[derive(Clone, Debug)]
 struct Target {
     label: String,
-    ip: Ipv4Addr,
+    ip: IpAddr,
     /// The pod whose server answers (and whose policy applies).
     backend: String,
     direct: bool,
@@ -311,6 +312,8 @@ pub struct Cluster<O> {
     /// Expected matrix of the last step checked.
     last_expected: Option<Matrix>,
     pub stats: Stats,
+    /// Probes go to the pods' IPv6 addresses (a dual-stack cluster).
+    ipv6: bool,
     oracle: PhantomData<O>,
 }
 
@@ -326,11 +329,22 @@ pub struct Stats {
 
 impl<O: PolicyOracle> Cluster<O> {
     /// Two nodes with agents, the baseline Namespaces written, nine pods
-    /// with servers and probers.
+    /// with servers and probers; probes over IPv4.
     pub fn new(label: &str) -> Self {
+        Self::build(label, false)
+    }
+
+    /// `new`, dual-stack, with probes over IPv6 (the Service column is
+    /// IPv4's: scenarios with the Service are for `new`).
+    pub fn new_ipv6(label: &str) -> Self {
+        Self::build(label, true)
+    }
+
+    fn build(label: &str, ipv6: bool) -> Self {
         crate::privileged(&[tools::IP, tools::PYTHON3, tools::PORTMAP, tools::BPFTOOL]);
         let t0 = Instant::now();
-        let topo = Topology::builder(label).nodes(2).build().unwrap();
+        let families = if ipv6 { Families::DualStack } else { Families::Ipv4 };
+        let topo = Topology::builder(label).nodes(2).families(families).build().unwrap();
         let agents = topo.start_agents().unwrap();
         eprintln!("netpol: topology and agents up in {:.1?}", t0.elapsed());
         let base = State::baseline();
@@ -353,6 +367,7 @@ impl<O: PolicyOracle> Cluster<O> {
             ports: SourcePorts::new(),
             last_expected: None,
             stats: Stats::default(),
+            ipv6,
             oracle: PhantomData,
         }
     }
@@ -395,8 +410,13 @@ impl<O: PolicyOracle> Cluster<O> {
         (servers, probers)
     }
 
-    pub fn ips(&self) -> BTreeMap<String, Ipv4Addr> {
-        pod_keys().into_iter().zip(&self.pods).map(|(k, p)| (k, p.ip)).collect()
+    /// Each pod's address of the family probed.
+    pub fn ips(&self) -> BTreeMap<String, IpAddr> {
+        pod_keys().into_iter().zip(&self.pods).map(|(k, p)| (k, self.addr_of(p))).collect()
+    }
+
+    fn addr_of(&self, pod: &Pod) -> IpAddr {
+        if self.ipv6 { pod.ipv6.expect("a dual-stack pod").into() } else { pod.ip.into() }
     }
 
     pub fn pod(&self, key: &str) -> &Pod {
@@ -404,8 +424,13 @@ impl<O: PolicyOracle> Cluster<O> {
         &self.pods[i]
     }
 
-    pub fn node_addrs(&self) -> BTreeMap<String, Ipv4Addr> {
-        self.topo.nodes().iter().map(|n| (n.name.clone(), n.ip)).collect()
+    /// Every node's addresses (both families in a dual-stack cluster).
+    pub fn node_addrs(&self) -> BTreeMap<String, Vec<IpAddr>> {
+        self.topo
+            .nodes()
+            .iter()
+            .map(|n| (n.name.clone(), std::iter::once(n.ip.into()).chain(n.ip6.map(IpAddr::V6)).collect()))
+            .collect()
     }
 
     /// Makes the manifest directory say `state`: only what changed is
@@ -479,7 +504,7 @@ impl<O: PolicyOracle> Cluster<O> {
     fn oracle(&self) -> O {
         let mut docs: Vec<String> = self.written.values().cloned().collect();
         docs.extend(self.pods.iter().map(|p| p.manifest_yaml().expect("every pod has an object")));
-        O::from_docs(&docs, self.node_addrs()).unwrap()
+        O::from_docs(&docs, self.node_addrs(), self.ipv6).unwrap()
     }
 
     /// The oracle over what the manifest directory would hold in `state`
@@ -487,11 +512,11 @@ impl<O: PolicyOracle> Cluster<O> {
     fn oracle_for(&self, state: &State) -> O {
         let mut docs: Vec<String> = NAMESPACES.iter().map(|ns| state.namespace_yaml(ns)).collect();
         for (key, pod) in pod_keys().iter().zip(&self.pods) {
-            let status = PodStatus { pod_ip: pod.ip, host_ip: self.topo.node(&pod.node).ip };
-            docs.push(pod_object(key, &state.pods[key]).yaml(&pod.node, Some(status)));
+            let ips = std::iter::once(pod.ip.into()).chain(pod.ipv6.map(IpAddr::V6)).collect();
+            docs.push(pod_object(key, &state.pods[key]).yaml_ips(&pod.node, Some((self.topo.node(&pod.node).ip, ips))));
         }
         docs.extend(state.policy_docs().into_values());
-        O::from_docs(&docs, self.node_addrs()).unwrap()
+        O::from_docs(&docs, self.node_addrs(), self.ipv6).unwrap()
     }
 
     fn targets(&self) -> Vec<Target> {
@@ -501,10 +526,11 @@ impl<O: PolicyOracle> Cluster<O> {
     fn targets_for(&self, state: &State) -> Vec<Target> {
         let mut t: Vec<Target> = pod_keys()
             .into_iter()
-            .map(|k| Target { label: k.clone(), ip: self.pod(&k).ip, backend: k, direct: true })
+            .map(|k| Target { label: k.clone(), ip: self.addr_of(self.pod(&k)), backend: k, direct: true })
             .collect();
         if state.service {
-            t.push(Target { label: "svc".into(), ip: VIP, backend: SVC_BACKEND.into(), direct: false });
+            assert!(!self.ipv6, "the Service column is IPv4's");
+            t.push(Target { label: "svc".into(), ip: VIP.into(), backend: SVC_BACKEND.into(), direct: false });
         }
         t
     }
@@ -729,7 +755,8 @@ impl<O: PolicyOracle> Cluster<O> {
         for node in BTreeSet::from([from.node.clone(), to.node.clone()]) {
             let node = self.topo.node(&node);
             let p = format!("{port}/{}", proto.as_str());
-            let out = inspect_verdict(node, from.ip, to.ip, &p, true).map_err(|e| e.to_string())?;
+            let out =
+                inspect_verdict(node, self.addr_of(from), self.addr_of(to), &p, true).map_err(|e| e.to_string())?;
             if !out.success() {
                 return Err(format!("{what}: inspect verdict failed: {}", out.stderr_str().trim()));
             }
@@ -782,7 +809,7 @@ impl<O: PolicyOracle> Cluster<O> {
 /// `weir-agent inspect verdict --from <from> --to <to> --port <port>` (with
 /// `--json` if asked) in `node`'s namespace, against its pinned maps and
 /// run directory, as an operator would run it on that node.
-pub fn inspect_verdict(node: &Node, from: Ipv4Addr, to: Ipv4Addr, port: &str, json: bool) -> AnyResult<Output> {
+pub fn inspect_verdict(node: &Node, from: IpAddr, to: IpAddr, port: &str, json: bool) -> AnyResult<Output> {
     let agent = crate::bins::weir_agent()?.display().to_string();
     let (pins, run) = (node.pin_dir.display().to_string(), node.dirs.run.display().to_string());
     let (f, t) = (from.to_string(), to.to_string());

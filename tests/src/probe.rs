@@ -15,7 +15,7 @@ use std::{
     collections::BTreeMap,
     fmt,
     io::{Read, Write},
-    net::Ipv4Addr,
+    net::IpAddr,
     os::fd::AsRawFd,
     process::{ChildStdin, ChildStdout, Stdio},
     time::{Duration, Instant},
@@ -36,9 +36,10 @@ def one(out, i, spec, timeout):
     proto, host, port, sport = spec.split(",")
     s = None
     try:
-        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM)
+        v6 = ":" in host
+        s = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        s.bind(("0.0.0.0", int(sport)))
+        s.bind(("::" if v6 else "0.0.0.0", int(sport)))
         s.settimeout(timeout)
         msg = b"probe %d" % i
         if proto == "tcp":
@@ -102,7 +103,8 @@ impl fmt::Display for Proto {
 /// One probe from a client namespace.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Probe {
-    pub dst: Ipv4Addr,
+    /// IPv4 or IPv6: the probe's socket is of the same family.
+    pub dst: IpAddr,
     pub port: u16,
     pub proto: Proto,
     /// The client's source port; 0 lets the kernel choose.

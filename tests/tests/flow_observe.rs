@@ -124,9 +124,9 @@ fn denied_allowed_and_translated_flows_are_observed_with_names() {
     // Until the policy and the Service are in place: 80 and the Service
     // answer, 81 does not.
     let probes = [
-        Probe { dst: b.ip, port: 80, proto: Proto::Tcp, src_port: 0 },
-        Probe { dst: b.ip, port: 81, proto: Proto::Tcp, src_port: 0 },
-        Probe { dst: VIP, port: 80, proto: Proto::Tcp, src_port: 0 },
+        Probe { dst: b.ip.into(), port: 80, proto: Proto::Tcp, src_port: 0 },
+        Probe { dst: b.ip.into(), port: 81, proto: Proto::Tcp, src_port: 0 },
+        Probe { dst: VIP.into(), port: 80, proto: Proto::Tcp, src_port: 0 },
     ];
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {

@@ -24,7 +24,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     fmt::Write as _,
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr},
     path::Path,
     sync::{
         Mutex,
@@ -38,7 +38,7 @@ use k8s_openapi::api::{core::v1::Namespace, networking::v1::NetworkPolicy};
 use serde_json::{Value, json};
 use weir_agent::model::{
     policy::{
-        evaluate::{Peer, PolicyView, evaluate},
+        evaluate::{Family, Peer, PolicyView, evaluate},
         types::{NamespaceInfo, NetworkPolicyInfo, PodInfo},
     },
     service::Protocol,
@@ -49,7 +49,7 @@ use weir_testbed::{
     Agent, NetNs, Node, Pod, Topology,
     cni::Conflist,
     echo,
-    manifest::{self, PodObject, PodStatus},
+    manifest::{self, PodObject},
     policy_cluster::{
         Cluster as Harness, NAMESPACES, PORTS, PROBE_TIMEOUT, PROTOS, PolicyOracle, Scenario, State, deadline, labels,
         pod_keys, pod_object,
@@ -60,6 +60,7 @@ use weir_testbed::{
 };
 
 const CLUSTER_CIDR: &str = weir_testbed::topology::CLUSTER_CIDR;
+const CLUSTER_CIDR_V6: &str = weir_testbed::topology::CLUSTER_CIDR_V6;
 
 /// The privileged tests share the 2-core machine badly: one at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -84,9 +85,12 @@ fn deny_ingress() -> Value {
     json!({"podSelector": {}})
 }
 
-/// The scenarios, for a cluster whose pods have `ips` (`ns/pod` -> IP).
-fn scenarios(ips: &BTreeMap<String, Ipv4Addr>) -> Vec<Scenario> {
-    let ip = |k: &str| ips[k];
+/// The scenarios, for a cluster whose pods have `ips` (`ns/pod` -> IP, of
+/// the family probed: the ipBlocks are of that family).
+fn scenarios(ips: &BTreeMap<String, IpAddr>) -> Vec<Scenario> {
+    let v6 = ips.values().any(IpAddr::is_ipv6);
+    let cluster_cidr = if v6 { CLUSTER_CIDR_V6 } else { CLUSTER_CIDR };
+    let host = |k: &str| format!("{}/{}", ips[k], if v6 { 128 } else { 32 });
     vec![
         Scenario::one("no-policy", "nothing isolated: every pod reaches every pod", |_| {}),
         Scenario::one(
@@ -232,22 +236,22 @@ fn scenarios(ips: &BTreeMap<String, Ipv4Addr>) -> Vec<Scenario> {
         }),
         Scenario::one(
             "ingress-ipblock-cluster-except-y/b",
-            "x/a accepts the cluster CIDR except y/b's /32",
+            "x/a accepts the cluster CIDR except y/b's own address",
             |s| {
                 s.policy(
                     "x",
                     "a-ipblock",
                     json!({"podSelector": pod_is("a"), "ingress": [{"from": [{"ipBlock":
-                        {"cidr": CLUSTER_CIDR, "except": [format!("{}/32", ip("y/b"))]}}]}]}),
+                        {"cidr": cluster_cidr, "except": [host("y/b")]}}]}]}),
                 )
             },
         ),
-        Scenario::one("egress-ipblock-cluster-except-z/c", "x sends to the cluster CIDR except z/c's /32", |s| {
+        Scenario::one("egress-ipblock-cluster-except-z/c", "x sends to the cluster CIDR except z/c's own address", |s| {
             s.policy(
                 "x",
                 "egress-ipblock",
                 json!({"podSelector": {}, "policyTypes": ["Egress"], "egress": [{"to": [{"ipBlock":
-                    {"cidr": CLUSTER_CIDR, "except": [format!("{}/32", ip("z/c"))]}}]}]}),
+                    {"cidr": cluster_cidr, "except": [host("z/c")]}}]}]}),
             )
         }),
         Scenario::one("egress-to-namespace-y-only", "x sends only to namespace y", |s| {
@@ -397,16 +401,18 @@ struct Oracle {
     pods: BTreeMap<String, PodInfo>,
     namespaces: BTreeMap<String, NamespaceInfo>,
     policies: Vec<NetworkPolicyInfo>,
-    nodes: BTreeMap<String, Ipv4Addr>,
+    nodes: BTreeMap<String, Vec<IpAddr>>,
+    /// What connections are made over.
+    family: Family,
 }
 
 impl Oracle {
     /// From manifests (multi-document strings allowed), as the API would
     /// have them; kinds other than Pod, Namespace and NetworkPolicy are
     /// skipped.
-    fn new(docs: &[String], nodes: BTreeMap<String, Ipv4Addr>) -> Result<Self, String> {
+    fn new(docs: &[String], nodes: BTreeMap<String, Vec<IpAddr>>, family: Family) -> Result<Self, String> {
         use serde::Deserialize;
-        let mut o = Oracle { pods: BTreeMap::new(), namespaces: BTreeMap::new(), policies: Vec::new(), nodes };
+        let mut o = Oracle { pods: BTreeMap::new(), namespaces: BTreeMap::new(), policies: Vec::new(), nodes, family };
         for text in docs {
             for doc in serde_yaml::Deserializer::from_str(text) {
                 o.add(serde_yaml::Value::deserialize(doc).map_err(|e| format!("{e}: {text}"))?, text)?;
@@ -458,16 +464,19 @@ impl Oracle {
         if direct && src == dst {
             return true;
         }
-        evaluate(&self.view(), Peer::Pod(self.pod(src)), Peer::Pod(self.pod(dst)), Self::protocol(proto), port).allowed
+        let (src, dst) = (Peer::Pod(self.pod(src)), Peer::Pod(self.pod(dst)));
+        evaluate(&self.view(), self.family, src, dst, Self::protocol(proto), port).allowed
     }
 
     /// From an address that is not a pod (a node) to a pod.
-    fn allowed_from_address(&self, src: Ipv4Addr, dst: &str, proto: Proto, port: u16) -> bool {
-        evaluate(&self.view(), Peer::Address(src), Peer::Pod(self.pod(dst)), Self::protocol(proto), port).allowed
+    fn allowed_from_address(&self, src: IpAddr, dst: &str, proto: Proto, port: u16) -> bool {
+        let dst = Peer::Pod(self.pod(dst));
+        evaluate(&self.view(), Family::of(src), Peer::Address(src), dst, Self::protocol(proto), port).allowed
     }
 
     fn reason(&self, src: &str, dst: &str, proto: Proto, port: u16) -> String {
-        let d = evaluate(&self.view(), Peer::Pod(self.pod(src)), Peer::Pod(self.pod(dst)), Self::protocol(proto), port);
+        let (src, dst) = (Peer::Pod(self.pod(src)), Peer::Pod(self.pod(dst)));
+        let d = evaluate(&self.view(), self.family, src, dst, Self::protocol(proto), port);
         let mut parts = Vec::new();
         if let Some(e) = d.egress {
             parts.push(format!("egress: {}", e.reason));
@@ -480,8 +489,8 @@ impl Oracle {
 }
 
 impl PolicyOracle for Oracle {
-    fn from_docs(docs: &[String], nodes: BTreeMap<String, Ipv4Addr>) -> Result<Self, String> {
-        Oracle::new(docs, nodes)
+    fn from_docs(docs: &[String], nodes: BTreeMap<String, Vec<IpAddr>>, ipv6: bool) -> Result<Self, String> {
+        Oracle::new(docs, nodes, if ipv6 { Family::Ipv6 } else { Family::Ipv4 })
     }
 
     fn allowed(&self, src: &str, dst: &str, proto: Proto, port: u16, direct: bool) -> bool {
@@ -507,24 +516,54 @@ fn selected(name: &str) -> bool {
 #[ignore = "privileged: needs root and bpffs (network namespaces, weir-cni, weir-agent)"]
 fn network_policy_truth_tables() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    truth_tables(Cluster::new("netpol"), |_| true);
+}
+
+/// The scenarios run over IPv6 too: ipBlocks, pod and namespace
+/// selectors, ports and protocols, both directions.
+const IPV6_SCENARIOS: [&str; 13] = [
+    "deny-ingress-x",
+    "deny-egress-x",
+    "allow-from-namespace-y",
+    "allow-from-y/b-one-peer",
+    "allow-from-pods-in-a-b",
+    "ingress-tcp-80-only",
+    "ingress-named-port-serve-81-tcp",
+    "ingress-udp-only",
+    "ingress-tcp-port-range-80-81",
+    "ingress-ipblock-cluster-except-y/b",
+    "egress-ipblock-cluster-except-z/c",
+    "egress-to-namespace-y-tcp-81",
+    "pod-label-change",
+];
+
+/// The truth tables over IPv6: a dual-stack cluster, every probe to a
+/// pod's IPv6 address, the ipBlocks of IPv6 (`IPV6_SCENARIOS`).
+#[test]
+#[ignore = "privileged: needs root and bpffs (network namespaces, weir-cni, weir-agent)"]
+fn network_policy_truth_tables_over_ipv6() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    truth_tables(Cluster::new_ipv6("netpol6"), |name| IPV6_SCENARIOS.contains(&name));
+}
+
+/// Runs every scenario `chosen` (and `selected`) on `cluster`; fails at
+/// the end with the list of failed steps.
+fn truth_tables(mut cluster: Cluster, chosen: impl Fn(&str) -> bool) {
     let t0 = Instant::now();
-    let mut cluster = Cluster::new("netpol");
-    let setup = t0.elapsed();
     let all = scenarios(&cluster.ips());
     let mut failed = Vec::new();
     let mut ran = 0;
-    for scenario in all.iter().filter(|s| selected(&s.name)) {
+    for scenario in all.iter().filter(|s| chosen(&s.name) && selected(&s.name)) {
         ran += 1;
         failed.extend(cluster.run(scenario));
     }
     let s = &cluster.stats;
     eprintln!(
-        "netpol: {ran} scenarios, {} probe rounds ({} probes), mean round {:.2?}, slowest {:.2?}; setup {:.1?}, total {:.1?}",
+        "netpol: {ran} scenarios, {} probe rounds ({} probes), mean round {:.2?}, slowest {:.2?}; total {:.1?}",
         s.rounds,
         s.probes,
         s.round_time / s.rounds.max(1) as u32,
         s.slowest_round,
-        setup,
         t0.elapsed()
     );
     assert!(ran > 0, "WEIR_NETPOL_SCENARIOS selects no scenario");
@@ -616,7 +655,8 @@ fn restart_agents_while_denied_probes(cluster: &Cluster, old_agents: Vec<Agent>)
             let mut tries = 0;
             let mut ports = SourcePorts::new();
             while !stop.load(Ordering::Relaxed) {
-                let probes = [Probe { dst: server_ip, port: 80, proto: Proto::Tcp, src_port: ports.next("z/a") }];
+                let probes =
+                    [Probe { dst: server_ip.into(), port: 80, proto: Proto::Tcp, src_port: ports.next("z/a") }];
                 if let Ok(out) = probe::run(&denied.netns, &probes, Duration::from_millis(300)) {
                     tries += 1;
                     leaks += out.iter().filter(|o| matches!(o, Outcome::Answered(_))).count();
@@ -725,8 +765,9 @@ fn pods_start_isolated_and_their_own_node_reaches_them() {
     // (per the oracle), and neither does y/client.
     let pod_docs = [new.manifest_yaml().unwrap(), old.manifest_yaml().unwrap(), client.manifest_yaml().unwrap()];
     let all_docs: Vec<String> = docs.values().cloned().chain(pod_docs).collect();
-    let nodes: BTreeMap<String, Ipv4Addr> = topo.nodes().iter().map(|n| (n.name.clone(), n.ip)).collect();
-    let oracle = Oracle::new(&all_docs, nodes).unwrap();
+    let nodes: BTreeMap<String, Vec<IpAddr>> =
+        topo.nodes().iter().map(|n| (n.name.clone(), vec![n.ip.into()])).collect();
+    let oracle = Oracle::new(&all_docs, nodes, Family::Ipv4).unwrap();
     nodes_reach_as_the_oracle_says(&topo, &oracle, &client, &new, &old, &mut ports, &mut failures);
     // 4. A pod whose Pod object the agent does not know stays isolated
     // (both ways, although no policy selects it) until the object appears.
@@ -746,7 +787,7 @@ fn serve(topo: &Topology, pod: &Pod, label: &str) -> ChildGuard {
 fn tcp_udp(ports: &mut SourcePorts, ns: &str, dst: Ipv4Addr, from_port: bool) -> Vec<Probe> {
     PROTOS
         .iter()
-        .map(|&proto| Probe { dst, port: 80, proto, src_port: if from_port { ports.next(ns) } else { 0 } })
+        .map(|&proto| Probe { dst: dst.into(), port: 80, proto, src_port: if from_port { ports.next(ns) } else { 0 } })
         .collect()
 }
 
@@ -834,7 +875,8 @@ fn nodes_reach_as_the_oracle_says(
     for node in [topo.node("n1"), topo.node("n2")] {
         for pod in ["x/new", "x/old"] {
             let ip = if pod == "x/new" { new.ip } else { old.ip };
-            let want: Vec<bool> = PROTOS.iter().map(|&p| oracle.allowed_from_address(node.ip, pod, p, 80)).collect();
+            let want: Vec<bool> =
+                PROTOS.iter().map(|&p| oracle.allowed_from_address(node.ip.into(), pod, p, 80)).collect();
             let (ok, out) = converge(&node.netns, || tcp_udp(ports, &node.name, ip, false), &want);
             eprintln!("netpol: node {} -> {pod}: expected {want:?}, {}", node.name, if ok { "ok" } else { "MISMATCH" });
             if !ok {
@@ -895,33 +937,42 @@ fn unknown_pod_isolated_until_published(
 // Without privileges: the scenarios themselves.
 
 /// Nine pods on two nodes at made-up addresses.
-fn paper_cluster() -> (BTreeMap<String, Ipv4Addr>, BTreeMap<String, Ipv4Addr>) {
-    let ips = pod_keys()
-        .into_iter()
-        .enumerate()
-        .map(|(i, k)| (k, Ipv4Addr::new(10, 244, (i % 2 + 1) as u8, (i + 2) as u8)))
+/// Nine dual-stack pods on two nodes at made-up addresses: the pods'
+/// addresses of `family`, and every node's.
+fn paper_cluster(family: Family) -> (BTreeMap<String, IpAddr>, BTreeMap<String, Vec<IpAddr>>) {
+    let ips = pod_keys().into_iter().enumerate().map(|(i, k)| (k, paper_pod(i, family))).collect();
+    let nodes = (0..2u8)
+        .map(|n| {
+            let v6: std::net::Ipv6Addr = format!("fd00:172:30::{}", 11 + n).parse().unwrap();
+            (format!("n{}", n + 1), vec![Ipv4Addr::new(172, 30, 0, 11 + n).into(), v6.into()])
+        })
         .collect();
-    let nodes = BTreeMap::from([
-        ("n1".to_string(), Ipv4Addr::new(172, 30, 0, 11)),
-        ("n2".to_string(), Ipv4Addr::new(172, 30, 0, 12)),
-    ]);
     (ips, nodes)
 }
 
-fn paper_docs(state: &State, ips: &BTreeMap<String, Ipv4Addr>) -> Vec<String> {
+/// Pod `i`'s address of `family`.
+fn paper_pod(i: usize, family: Family) -> IpAddr {
+    match family {
+        Family::Ipv4 => Ipv4Addr::new(10, 244, (i % 2 + 1) as u8, (i + 2) as u8).into(),
+        Family::Ipv6 => format!("fd00:10:244:{}::{}", i % 2 + 1, i + 2).parse::<std::net::Ipv6Addr>().unwrap().into(),
+    }
+}
+
+fn paper_docs(state: &State) -> Vec<String> {
     let mut docs: Vec<String> = NAMESPACES.iter().map(|ns| state.namespace_yaml(ns)).collect();
     for (i, key) in pod_keys().iter().enumerate() {
         let node = if i % 2 == 0 { "n1" } else { "n2" };
         let host_ip = Ipv4Addr::new(172, 30, 0, 11 + (i % 2) as u8);
-        docs.push(pod_object(key, &state.pods[key]).yaml(node, Some(PodStatus { pod_ip: ips[key], host_ip })));
+        let ips = vec![paper_pod(i, Family::Ipv4), paper_pod(i, Family::Ipv6)];
+        docs.push(pod_object(key, &state.pods[key]).yaml_ips(node, Some((host_ip, ips))));
     }
     docs.extend(state.policy_docs().into_values());
     docs
 }
 
-/// The 9x9 pod matrices a state expects, as text.
-fn paper_matrix(state: &State, ips: &BTreeMap<String, Ipv4Addr>, nodes: &BTreeMap<String, Ipv4Addr>) -> String {
-    let oracle = Oracle::new(&paper_docs(state, ips), nodes.clone()).unwrap();
+/// The 9x9 pod matrices a state expects over `family`, as text.
+fn paper_matrix(state: &State, nodes: &BTreeMap<String, Vec<IpAddr>>, family: Family) -> String {
+    let oracle = Oracle::new(&paper_docs(state), nodes.clone(), family).unwrap();
     let mut out = String::new();
     for port in PORTS {
         for proto in PROTOS {
@@ -941,20 +992,30 @@ fn paper_matrix(state: &State, ips: &BTreeMap<String, Ipv4Addr>, nodes: &BTreeMa
 /// enough scenarios.
 #[test]
 fn scenarios_are_valid_and_every_step_changes_the_expectation() {
-    let (ips, nodes) = paper_cluster();
+    for family in [Family::Ipv4, Family::Ipv6] {
+        scenarios_valid_over(family);
+    }
+}
+
+fn scenarios_valid_over(family: Family) {
+    let (ips, nodes) = paper_cluster(family);
     let all = scenarios(&ips);
+    for name in IPV6_SCENARIOS {
+        let s = all.iter().find(|s| s.name == name).unwrap_or_else(|| panic!("no scenario {name}"));
+        assert!(s.steps.iter().all(|step| !step.state.service), "{name} has the IPv4 Service column");
+    }
     let steps: usize = all.iter().map(|s| s.steps.len()).sum();
     assert!(all.len() >= 30, "only {} scenarios", all.len());
     let mut names = BTreeSet::new();
     let mut unique_docs = BTreeSet::new();
-    let baseline = paper_matrix(&State::baseline(), &ips, &nodes);
+    let baseline = paper_matrix(&State::baseline(), &nodes, family);
     let mut policy_scenarios_all_allowed = Vec::new();
     for s in &all {
         assert!(names.insert(s.name.clone()), "two scenarios named {}", s.name);
         let mut previous = baseline.clone();
         for (i, step) in s.steps.iter().enumerate() {
-            unique_docs.extend(paper_docs(&step.state, &ips));
-            let m = paper_matrix(&step.state, &ips, &nodes);
+            unique_docs.extend(paper_docs(&step.state));
+            let m = paper_matrix(&step.state, &nodes, family);
             if i > 0 {
                 assert_ne!(m, previous, "{} / {} expects what the step before expected", s.name, step.name);
             }
@@ -965,7 +1026,7 @@ fn scenarios_are_valid_and_every_step_changes_the_expectation() {
         }
     }
     eprintln!(
-        "{} scenarios, {steps} steps; with policies yet all allowed: {policy_scenarios_all_allowed:?}",
+        "{family:?}: {} scenarios, {steps} steps; with policies yet all allowed: {policy_scenarios_all_allowed:?}",
         all.len()
     );
     assert!(

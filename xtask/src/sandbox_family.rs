@@ -62,13 +62,12 @@ impl IpFamily {
         match self {
             IpFamily::Ipv4 => None,
             IpFamily::Dual => Some(
-                "Services and NetworkPolicy over IPv6 are not supported yet (issue #12): the Service and policy \
-                 demos below run over IPv4; under a policy the datapath drops the selected pod's IPv6 \
-                 (ipv6-under-policy), shown at the end of the policy demo.",
+                "Services over IPv6 are not shown yet (issue #12): the Service demo runs over IPv4; the policy \
+                 demo runs over IPv4, then shows the same policy deciding over IPv6.",
             ),
             IpFamily::Ipv6 => Some(
-                "IPv6-only run: the ping/HTTP matrix only. Services and NetworkPolicy over IPv6 are not supported \
-                 yet (issue #12), and their demos need IPv4 (run with --ip-family dual or ipv4 to see them).",
+                "IPv6-only run: the ping/HTTP matrix only. The Service and policy demos need IPv4 \
+                 (run with --ip-family dual or ipv4 to see them; dual shows the policy over IPv6 too).",
             ),
         }
     }
@@ -112,7 +111,7 @@ mod tests {
         assert_eq!(IpFamily::Ipv6.probed(), [Family::V6]);
         assert!(IpFamily::Dual.has_ipv4() && !IpFamily::Ipv6.has_ipv4());
         assert!(IpFamily::Ipv4.scope_note().is_none());
-        assert!(IpFamily::Dual.scope_note().unwrap().contains("not supported yet"));
+        assert!(IpFamily::Dual.scope_note().unwrap().contains("same policy deciding over IPv6"));
         assert!(IpFamily::Ipv6.scope_note().unwrap().contains("ping/HTTP matrix only"));
     }
 

@@ -4,9 +4,8 @@
 //! node still reaches it (kubelet probes). Then one refused connection is
 //! shown twice: as it happened (`weir-agent observe`, the agent's flow log)
 //! and as the live maps explain it (`weir-agent inspect verdict`); and the
-//! policy is removed again. In a dual-stack run it also shows the db pod's
-//! IPv6 dropped while the policy selects it (policy over IPv6 is not built
-//! yet: `sandbox_policy_v6`).
+//! policy is removed again. In a dual-stack run it also shows the same
+//! policy deciding over IPv6 (`sandbox_policy_v6`).
 
 use std::{
     thread,
@@ -66,13 +65,13 @@ pub fn demo(topo: &Topology, pods: &mut [Pod]) -> Result<bool> {
     ok &= explain(topo, &pods[outsider], &pods[db], &url);
     let dual = pods[db].ipv6.is_some();
     if dual {
-        ok &= sandbox_policy_v6::dropped_under_policy(topo, &pods[web], &pods[db]);
+        ok &= sandbox_policy_v6::same_over_ipv6(topo, &pods[web], &pods[outsider], &pods[db]);
     }
     topo.remove_manifest(POLICY_FILE)?;
     pods[db].set_labels([])?;
     pods[web].set_labels([])?;
     if dual {
-        ok &= sandbox_policy_v6::back_after_policy(&pods[web], &pods[db]);
+        ok &= sandbox_policy_v6::back_after_policy(&pods[outsider], &pods[db]);
     }
     Ok(ok)
 }
@@ -136,7 +135,7 @@ fn explain(topo: &Topology, from: &Pod, to: &Pod, url: &str) -> bool {
 
     let (f, t) = (from.ip.to_string(), to.ip.to_string());
     println!("\nwhat would happen (weir-agent inspect verdict --from {f} --to {t} --port 80/tcp on {}):", to.node);
-    match inspect_verdict(node, from.ip, to.ip, "80/tcp", false) {
+    match inspect_verdict(node, from.ip.into(), to.ip.into(), "80/tcp", false) {
         Ok(out) if out.success() => print!("{}", out.stdout_str()),
         Ok(out) => println!("  (inspect failed: {})", out.stderr_str().trim()),
         Err(e) => println!("  (inspect failed: {e:#})"),

@@ -1,8 +1,9 @@
-//! IPv6 in the sandbox's NetworkPolicy demo (dual-stack runs). Policy over
-//! IPv6 is not built yet: the datapath fails closed and drops all IPv6 of a
-//! pod a policy selects (reason `ipv6-under-policy`, counted in `inspect
-//! drops`). The demo shows that drop, from the pod the policy admits over
-//! IPv4, and IPv6 coming back once no policy selects the pod.
+//! IPv6 in the sandbox's NetworkPolicy demo (dual-stack runs): the same
+//! policy decides over IPv6 as over IPv4. The pod it admits gets the db
+//! pod's page at its IPv6 address, a pod it does not admit is refused
+//! (the drop counted as `policy-denied-ingress` on the db pod's node), and
+//! `inspect verdict` answers for the IPv6 pair; once no policy selects the
+//! pod, its IPv6 answers everyone again.
 
 use std::{
     thread,
@@ -10,56 +11,69 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use weir_testbed::{Pod, Topology, bins};
+use weir_testbed::{Pod, Topology, bins, pod::HTTP_PORT, policy_cluster::inspect_verdict};
 
-const REASON: &str = "ipv6-under-policy";
+const REASON: &str = "policy-denied-ingress";
 
-/// While the policy selects `to`: `from` (admitted over IPv4) pings `to`
-/// over IPv6. True when the ping fails and the nodes count more
-/// `ipv6-under-policy` drops than before.
-pub fn dropped_under_policy(topo: &Topology, from: &Pod, to: &Pod) -> bool {
-    let Some(to6) = to.ipv6 else {
-        println!("✘ pod {}/{} has no IPv6 address", to.node, to.name);
+fn url6(pod: &Pod) -> Option<String> {
+    pod.ipv6.map(|ip| format!("http://[{ip}]:{HTTP_PORT}/"))
+}
+
+/// While the policy selects `db`: `web` (admitted) gets its page over
+/// IPv6, `outsider` (not admitted) is refused and the refusal is counted;
+/// `inspect verdict` on `db`'s node says so for the IPv6 pair.
+pub fn same_over_ipv6(topo: &Topology, web: &Pod, outsider: &Pod, db: &Pod) -> bool {
+    let (Some(url), Some(db6), Some(out6)) = (url6(db), db.ipv6, outsider.ipv6) else {
+        println!("✘ the pods have no IPv6 addresses");
         return false;
     };
-    let before = drops(topo);
+    let before = drops(topo, &db.node);
     // The policy has reached the datapath (the IPv4 table above settled);
     // a short retry covers the IPv6 side of the same update.
     let deadline = Instant::now() + Duration::from_secs(5);
-    let refused = loop {
-        let refused = from.ping_ip(to6.into()).is_err();
-        if refused || Instant::now() > deadline {
-            break refused;
+    let (admitted, refused) = loop {
+        let seen = (web.curl(&url).is_ok(), outsider.curl(&url).is_err());
+        if seen == (true, true) || Instant::now() > deadline {
+            break seen;
         }
         thread::sleep(Duration::from_millis(200));
     };
-    let after = drops(topo);
+    let after = drops(topo, &db.node);
     let counted = matches!((&before, &after), (Ok(b), Ok(a)) if a > b);
     let count = match (&before, &after) {
-        (Ok(b), Ok(a)) => format!("{REASON} drops on the nodes: {b} -> {a}"),
+        (Ok(b), Ok(a)) => format!("{REASON} drops on {}: {b} -> {a}", db.node),
         (Err(e), _) | (_, Err(e)) => format!("inspect drops failed: {e:#}"),
     };
-    let ok = refused && counted;
-    println!(
-        "\n{} IPv6 under the policy: pod {}/{} (allowed over IPv4) pings {}/{} at {to6}: {}; {count}{}",
-        if ok { '✔' } else { '✘' },
-        from.node,
-        from.name,
-        to.node,
-        to.name,
-        if refused { "dropped" } else { "ANSWERED" },
-        if ok { "" } else { "   <-- WRONG: expected a drop counted as ipv6-under-policy" }
-    );
-    ok
+    let word = |b: bool| if b { "as expected" } else { "   <-- WRONG" };
+    println!("\nThe same policy over IPv6 (db pod {}/{} at {db6}):", db.node, db.name);
+    println!("  {}/{} (role=web) gets the page: {}", web.node, web.name, word(admitted));
+    println!("  {}/{} is refused: {}; {count}", outsider.node, outsider.name, word(refused && counted));
+    let node = topo.node(&db.node);
+    println!("\nweir-agent inspect verdict --from {out6} --to {db6} --port 80/tcp (on {}):", db.node);
+    let verdict_denied = match inspect_verdict(node, out6.into(), db6.into(), "80/tcp", false) {
+        Ok(out) if out.success() => {
+            print!("{}", out.stdout_str());
+            out.stdout_str().contains("DENIED")
+        }
+        Ok(out) => {
+            println!("  (inspect failed: {})", out.stderr_str().trim());
+            false
+        }
+        Err(e) => {
+            println!("  (inspect failed: {e:#})");
+            false
+        }
+    };
+    admitted && refused && counted && verdict_denied
 }
 
-/// Once no policy selects `to`: its IPv6 answers again (up to 10 s for the
-/// agents to see the change).
-pub fn back_after_policy(from: &Pod, to: &Pod) -> bool {
-    let Some(to6) = to.ipv6 else { return false };
+/// Once no policy selects `db`: `outsider` gets its page over IPv6 again
+/// (up to 10 s for the agents to see the change).
+pub fn back_after_policy(outsider: &Pod, db: &Pod) -> bool {
+    let Some(url) = url6(db) else { return false };
     let deadline = Instant::now() + Duration::from_secs(10);
     let ok = loop {
-        if from.ping_ip(to6.into()).is_ok() {
+        if outsider.curl(&url).is_ok() {
             break true;
         }
         if Instant::now() > deadline {
@@ -70,26 +84,23 @@ pub fn back_after_policy(from: &Pod, to: &Pod) -> bool {
     println!(
         "{} policy removed: {}/{} -> {}/{} over IPv6 {}",
         if ok { '✔' } else { '✘' },
-        from.node,
-        from.name,
-        to.node,
-        to.name,
-        if ok { "answers again" } else { "STILL DROPPED" }
+        outsider.node,
+        outsider.name,
+        db.node,
+        db.name,
+        if ok { "answers again" } else { "STILL REFUSED" }
     );
     ok
 }
 
-/// `ipv6-under-policy` packets counted on all nodes (`weir-agent inspect
-/// drops --json`, in each node's namespace, against its pinned maps).
-fn drops(topo: &Topology) -> Result<u64> {
+/// `policy-denied-ingress` packets counted on `node` (`weir-agent inspect drops
+/// --json` in its namespace, against its pinned maps).
+fn drops(topo: &Topology, node: &str) -> Result<u64> {
     let agent = bins::weir_agent()?.display().to_string();
-    let mut total = 0;
-    for node in topo.nodes() {
-        let pins = node.pin_dir.display().to_string();
-        let json = node.netns.run(&[&agent, "inspect", "drops", "--bpf-pin-dir", &pins, "--json"])?;
-        total += count_of(&json, REASON).with_context(|| format!("inspect drops on {}", node.name))?;
-    }
-    Ok(total)
+    let node = topo.node(node);
+    let pins = node.pin_dir.display().to_string();
+    let json = node.netns.run(&[&agent, "inspect", "drops", "--bpf-pin-dir", &pins, "--json"])?;
+    count_of(&json, REASON).with_context(|| format!("inspect drops on {}", node.name))
 }
 
 /// The packets of `reason` in `inspect drops --json` output (0 when absent).
@@ -105,8 +116,9 @@ mod tests {
 
     #[test]
     fn counts_the_reason_only() {
-        let json = r#"[{"verdict":"policy-denied","packets":7},{"verdict":"ipv6-under-policy","packets":3,"meaning":"IPv6 under NetworkPolicy not supported yet"}]"#;
-        assert_eq!(count_of(json, REASON).unwrap(), 3);
+        let json =
+            r#"[{"verdict":"policy-denied-ingress","packets":7},{"verdict":"policy-denied-egress","packets":3}]"#;
+        assert_eq!(count_of(json, REASON).unwrap(), 7);
         assert_eq!(count_of("[]", REASON).unwrap(), 0);
         assert!(count_of("{}", REASON).is_err());
     }

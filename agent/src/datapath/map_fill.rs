@@ -29,7 +29,7 @@ const MAX_BATCH: usize = 1 << 16;
 
 /// The maps whose fill level matters (hash and LPM maps an operator may
 /// outgrow).
-pub const MAPS: [&str; 12] = [
+pub const MAPS: [&str; 14] = [
     pin::MAP_ENDPOINTS,
     pin::MAP_SVC,
     pin::MAP_BACKENDS,
@@ -42,6 +42,8 @@ pub const MAPS: [&str; 12] = [
     pin::MAP_POLICY,
     pin::MAP_POLICY_CT,
     pin::MAP_EP_POLICY_STATS,
+    pin::MAP_IPCACHE6,
+    pin::MAP_POLICY_CT6,
 ];
 
 /// How entries are counted.

@@ -291,6 +291,7 @@ mod tests {
             namespace: "x".into(),
             labels: Default::default(),
             ip: None,
+            ip6: None,
             node: None,
             named_ports: vec![].into(),
         };

@@ -1,5 +1,5 @@
 //! The node's own addresses.
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use netlink_packet_core::{NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload};
 use netlink_packet_route::{
@@ -9,15 +9,16 @@ use netlink_packet_route::{
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 use tracing::warn;
 
-/// Every IPv4 address of the node's own namespace: traffic from these is
-/// the pod's own node (kubelet probes), which always reaches it.
+/// Every address (IPv4 and IPv6) of the node's own namespace: traffic
+/// from these is the pod's own node (kubelet probes), which always reaches
+/// it.
 ///
 /// Asked on every policy pass, including the one each new pod's hand-off
-/// waits for, so it dumps IPv4 addresses only: `getifaddrs` also dumps
-/// every link with its statistics, which on a node with a hundred pod veths
-/// was the largest part of that pass.
-pub fn ipv4() -> Vec<Ipv4Addr> {
-    match dump_ipv4() {
+/// waits for, so it dumps addresses only: `getifaddrs` also dumps every
+/// link with its statistics, which on a node with a hundred pod veths was
+/// the largest part of that pass.
+pub fn all() -> Vec<IpAddr> {
+    match dump() {
         Ok(mut out) => {
             out.sort();
             out.dedup();
@@ -30,12 +31,12 @@ pub fn ipv4() -> Vec<Ipv4Addr> {
     }
 }
 
-fn dump_ipv4() -> std::io::Result<Vec<Ipv4Addr>> {
+fn dump() -> std::io::Result<Vec<IpAddr>> {
     let mut socket = Socket::new(NETLINK_ROUTE)?;
     socket.bind_auto()?;
     socket.connect(&SocketAddr::new(0, 0))?;
     let mut msg = AddressMessage::default();
-    msg.header.family = AddressFamily::Inet;
+    msg.header.family = AddressFamily::Unspec;
     let mut header = NetlinkHeader::default();
     header.flags = NLM_F_REQUEST | NLM_F_DUMP;
     header.sequence_number = 1;
@@ -57,10 +58,17 @@ fn dump_ipv4() -> std::io::Result<Vec<Ipv4Addr>> {
                 NetlinkPayload::Done(_) => return Ok(out),
                 NetlinkPayload::Error(e) => return Err(e.to_io()),
                 NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewAddress(addr)) => {
-                    out.extend(addr.attributes.iter().find_map(|a| match a {
-                        AddressAttribute::Local(std::net::IpAddr::V4(ip)) => Some(*ip),
+                    // IPv4 has `Local`; IPv6 only `Address` (a point-to-point
+                    // IPv4 address has both: `Address` is then the peer's).
+                    let local = addr.attributes.iter().find_map(|a| match a {
+                        AddressAttribute::Local(ip) => Some(*ip),
                         _ => None,
-                    }));
+                    });
+                    let address = addr.attributes.iter().find_map(|a| match a {
+                        AddressAttribute::Address(ip) => Some(*ip),
+                        _ => None,
+                    });
+                    out.extend(local.or(address));
                 }
                 _ => {}
             }
@@ -79,13 +87,18 @@ mod tests {
     /// The same set `getifaddrs` reports (the agent's former source).
     #[test]
     fn matches_getifaddrs() {
-        let mut want: Vec<Ipv4Addr> = nix::ifaddrs::getifaddrs()
+        let mut want: Vec<IpAddr> = nix::ifaddrs::getifaddrs()
             .unwrap()
-            .filter_map(|a| a.address.and_then(|s| s.as_sockaddr_in().map(|sin| sin.ip())))
+            .filter_map(|a| {
+                let s = a.address?;
+                s.as_sockaddr_in()
+                    .map(|sin| IpAddr::V4(sin.ip()))
+                    .or_else(|| s.as_sockaddr_in6().map(|sin6| IpAddr::V6(sin6.ip())))
+            })
             .collect();
         want.sort();
         want.dedup();
-        assert_eq!(ipv4(), want);
-        assert!(ipv4().contains(&Ipv4Addr::LOCALHOST));
+        assert_eq!(all(), want);
+        assert!(all().contains(&IpAddr::from(std::net::Ipv4Addr::LOCALHOST)));
     }
 }

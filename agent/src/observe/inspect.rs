@@ -169,8 +169,8 @@ pub enum What {
 /// Arguments of `inspect policy` and `inspect verdict`.
 pub struct PolicyQuery {
     pub run_dir: std::path::PathBuf,
-    pub from: Option<Ipv4Addr>,
-    pub to: Option<Ipv4Addr>,
+    pub from: Option<std::net::IpAddr>,
+    pub to: Option<std::net::IpAddr>,
     pub port: String,
 }
 

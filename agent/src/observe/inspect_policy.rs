@@ -2,14 +2,18 @@
 //! datapath holds it, from the pinned maps (looked up by the model's
 //! [`simulate`], the same lookups the kernel does), with names from the
 //! agent's `policy-names.json`.
-use std::{collections::BTreeMap, net::Ipv4Addr, path::Path};
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    path::Path,
+};
 
 use anyhow::{Context as _, bail};
 use aya::maps::{HashMap, LpmTrie, MapData, lpm_trie::Key};
 use serde::Serialize;
 use weir_common::{
     EndpointInfo, EndpointKey, pin,
-    policy::{IDENTITY_WORLD, IpcacheEntry, IpcacheKey, POLICY_SLOT_OWN_NODE, PolicyEntry, PolicyKey},
+    policy::{IDENTITY_WORLD, Ipcache6Key, IpcacheEntry, IpcacheKey, POLICY_SLOT_OWN_NODE, PolicyEntry, PolicyKey},
 };
 
 use crate::{
@@ -26,7 +30,9 @@ use crate::{
 
 struct Live {
     endpoints: BTreeMap<u32, EndpointInfo>,
+    endpoints6: BTreeMap<u32, Ipv6Addr>,
     ipcache: LpmTrie<MapData, IpcacheKey, IpcacheEntry>,
+    ipcache6: LpmTrie<MapData, Ipcache6Key, IpcacheEntry>,
     rules: LpmTrie<MapData, PolicyKey, PolicyEntry>,
     names: Names,
 }
@@ -63,17 +69,25 @@ impl Live {
     fn open(pin_dir: &Path, run_dir: &Path) -> anyhow::Result<Self> {
         let eps: HashMap<MapData, EndpointKey, EndpointInfo> = pinned::open(pin_dir, pin::MAP_ENDPOINTS)?;
         let endpoints = eps.iter().map(|kv| kv.map(|(k, v)| (k.ifindex, v))).collect::<Result<_, _>>()?;
+        let eps6: HashMap<MapData, EndpointKey, [u8; 16]> = pinned::open(pin_dir, pin::MAP_ENDPOINTS6)?;
+        let endpoints6 =
+            eps6.iter().map(|kv| kv.map(|(k, v)| (k.ifindex, Ipv6Addr::from(v)))).collect::<Result<_, _>>()?;
         let ipcache = pinned::open(pin_dir, pin::MAP_IPCACHE)?;
+        let ipcache6 = pinned::open(pin_dir, pin::MAP_IPCACHE6)?;
         let rules = pinned::open(pin_dir, pin::MAP_POLICY)?;
         let names = match std::fs::read(run_dir.join(NAMES_FILE)) {
             Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_default(),
             Err(_) => Names::default(),
         };
-        Ok(Self { endpoints, ipcache, rules, names })
+        Ok(Self { endpoints, endpoints6, ipcache, ipcache6, rules, names })
     }
 
-    fn endpoint_of(&self, ip: Ipv4Addr) -> Option<(u32, EndpointInfo)> {
-        self.endpoints.iter().find(|(_, e)| e.ipv4_octets() == ip.octets()).map(|(i, e)| (*i, *e))
+    fn endpoint_of(&self, ip: IpAddr) -> Option<(u32, EndpointInfo)> {
+        let ifindex = match ip {
+            IpAddr::V4(ip) => self.endpoints.iter().find(|(_, e)| e.ipv4_octets() == ip.octets()).map(|(i, _)| *i),
+            IpAddr::V6(ip) => self.endpoints6.iter().find(|(_, a)| **a == ip).map(|(i, _)| *i),
+        }?;
+        Some((ifindex, *self.endpoints.get(&ifindex)?))
     }
 }
 
@@ -84,11 +98,13 @@ impl PolicyMaps for Live {
         self.endpoints.get(&ifindex).map_or(0, |e| e.flags)
     }
 
-    fn ipcache(&self, addr: Ipv4Addr) -> Option<u32> {
-        self.ipcache
-            .get(&Key::new(32, IpcacheKey { addr: u32::from_ne_bytes(addr.octets()) }), 0)
-            .ok()
-            .map(|e| e.identity)
+    fn ipcache(&self, addr: IpAddr) -> Option<u32> {
+        match addr {
+            IpAddr::V4(a) => self.ipcache.get(&Key::new(32, IpcacheKey { addr: u32::from_ne_bytes(a.octets()) }), 0),
+            IpAddr::V6(a) => self.ipcache6.get(&Key::new(128, Ipcache6Key { addr: a.octets() }), 0),
+        }
+        .ok()
+        .map(|e| e.identity)
     }
 
     fn policy(&self, key: PolicyKey) -> Option<u32> {
@@ -109,8 +125,8 @@ pub struct Side {
 
 #[derive(Serialize)]
 pub struct VerdictReport {
-    pub from: Ipv4Addr,
-    pub to: Ipv4Addr,
+    pub from: IpAddr,
+    pub to: IpAddr,
     pub port: u16,
     pub protocol: String,
     pub allowed: bool,
@@ -130,13 +146,10 @@ pub fn parse_port(s: &str) -> anyhow::Result<(u16, Protocol)> {
     Ok((port, proto))
 }
 
-pub fn verdict(
-    pin_dir: &Path,
-    run_dir: &Path,
-    from: Ipv4Addr,
-    to: Ipv4Addr,
-    port: &str,
-) -> anyhow::Result<VerdictReport> {
+pub fn verdict(pin_dir: &Path, run_dir: &Path, from: IpAddr, to: IpAddr, port: &str) -> anyhow::Result<VerdictReport> {
+    if from.is_ipv4() != to.is_ipv4() {
+        bail!("{from} and {to} are of different families: a flow is IPv4 or IPv6");
+    }
     let (port, proto) = parse_port(port)?;
     let live = Live::open(pin_dir, run_dir)?;
     let mut checks = Vec::new();
@@ -170,7 +183,9 @@ pub fn verdict(
 #[derive(Serialize)]
 pub struct EndpointRow {
     pub ifindex: u32,
+    /// `0.0.0.0` for an IPv6-only pod.
     pub ip: Ipv4Addr,
+    pub ip6: Option<Ipv6Addr>,
     pub pod: Option<String>,
     pub state: Vec<&'static str>,
     pub rules: usize,
@@ -220,6 +235,7 @@ pub fn report(pin_dir: &Path, run_dir: &Path) -> anyhow::Result<PolicyReport> {
             EndpointRow {
                 ifindex: *ifindex,
                 ip: Ipv4Addr::from(ep.ipv4_octets()),
+                ip6: live.endpoints6.get(ifindex).copied(),
                 pod: live.names.pod(*ifindex),
                 state,
                 rules: per_ep.get(ifindex).copied().unwrap_or(0),
@@ -244,10 +260,12 @@ pub fn print_report(r: &PolicyReport) {
         "IFINDEX", "IP", "POD", "STATE", "RULES", "INGRESS ALLOW/DENY", "EGRESS ALLOW/DENY"
     );
     for e in &r.endpoints {
+        let v4 = (!e.ip.is_unspecified()).then(|| e.ip.to_string());
+        let ips: Vec<String> = v4.into_iter().chain(e.ip6.map(|a| a.to_string())).collect();
         println!(
             "{:<8} {:<16} {:<28} {:<34} {:>6} {:>21} {:>21}",
             e.ifindex,
-            e.ip.to_string(),
+            ips.join(","),
             e.pod.as_deref().unwrap_or("-"),
             e.state.join(","),
             e.rules,

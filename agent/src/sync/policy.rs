@@ -9,7 +9,7 @@
 //! open, so until then new pods simply stay pending.
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr},
     time::Instant,
 };
 
@@ -33,14 +33,14 @@ use super::{
     names::{Names, NamesFile},
 };
 
-/// This node's pods by their status address (pods bind to endpoints by
+/// This node's pods by their status addresses (pods bind to endpoints by
 /// address when no hand-off named them), kept up to date from the pods
 /// that changed instead of a walk over every pod of the cluster per pass.
 #[derive(Debug, Default)]
 struct LocalPods {
     /// None: rebuild from the index.
-    by_ip: Option<BTreeMap<Ipv4Addr, BTreeSet<String>>>,
-    ip_of: BTreeMap<String, Ipv4Addr>,
+    by_ip: Option<BTreeMap<IpAddr, BTreeSet<String>>>,
+    ips_of: BTreeMap<String, Vec<IpAddr>>,
 }
 
 impl LocalPods {
@@ -48,32 +48,36 @@ impl LocalPods {
         let keys: Vec<&str> = match (changed, self.by_ip.is_some()) {
             (Some(changed), true) => changed.iter().map(String::as_str).collect(),
             _ => {
-                *self = Self { by_ip: Some(BTreeMap::new()), ip_of: BTreeMap::new() };
+                *self = Self { by_ip: Some(BTreeMap::new()), ips_of: BTreeMap::new() };
                 index.pods.iter().map(|p| &*p.key).collect()
             }
         };
         let by_ip = self.by_ip.get_or_insert_default();
         for key in keys {
-            if let Some(ip) = self.ip_of.remove(key)
-                && let Some(set) = by_ip.get_mut(&ip)
-            {
-                set.remove(key);
-                if set.is_empty() {
-                    by_ip.remove(&ip);
+            for ip in self.ips_of.remove(key).unwrap_or_default() {
+                if let Some(set) = by_ip.get_mut(&ip) {
+                    set.remove(key);
+                    if set.is_empty() {
+                        by_ip.remove(&ip);
+                    }
                 }
             }
             if let Some(pod) = index.pods.get(key)
                 && pod.node.as_deref() == Some(node)
-                && let Some(ip) = pod.ip
             {
-                by_ip.entry(ip).or_default().insert(key.to_string());
-                self.ip_of.insert(key.to_string(), ip);
+                let ips: Vec<IpAddr> = pod.addrs().collect();
+                for ip in &ips {
+                    by_ip.entry(*ip).or_default().insert(key.to_string());
+                }
+                if !ips.is_empty() {
+                    self.ips_of.insert(key.to_string(), ips);
+                }
             }
         }
     }
 
     /// The pod at `ip` (two claiming it: the last by key).
-    fn at(&self, ip: Ipv4Addr) -> Option<&str> {
+    fn at(&self, ip: IpAddr) -> Option<&str> {
         self.by_ip.as_ref()?.get(&ip)?.last().map(String::as_str)
     }
 }
@@ -212,10 +216,10 @@ impl PolicySync {
             return;
         }
         self.dirty = false;
-        let endpoints = match maps.local_endpoints() {
+        let (endpoints, endpoints6) = match maps.local_endpoints().and_then(|e| Ok((e, maps.local_endpoints6()?))) {
             Ok(e) => e,
             Err(e) => {
-                error!(error = %e, "cannot read the endpoint map; policy not updated");
+                error!(error = %e, "cannot read the endpoint maps; policy not updated");
                 self.dirty = true;
                 return;
             }
@@ -226,18 +230,25 @@ impl PolicySync {
             .iter()
             .map(|(ifindex, ep)| {
                 let ip = Ipv4Addr::from(ep.ipv4_octets());
-                let pod = self.handoffs.pod_of(*ifindex).or_else(|| self.local_pods.at(ip)).map(str::to_string);
+                let ip6 = endpoints6.get(ifindex).copied();
+                let at = |ip: IpAddr| self.local_pods.at(ip);
+                let pod = self
+                    .handoffs
+                    .pod_of(*ifindex)
+                    .or_else(|| at(ip.into()).filter(|_| !ip.is_unspecified()))
+                    .or_else(|| ip6.and_then(|ip6| at(ip6.into())))
+                    .map(str::to_string);
                 // An IPv6-only pod (no IPv4 in its entry) this agent cannot
                 // name: not announced since it started, not in the names a
-                // previous agent left. A policy may select it: isolated
-                // rather than open.
+                // previous agent left, no Pod at its address. A policy may
+                // select it: isolated rather than open.
                 let unknown_ipv6_only = ip.is_unspecified() && pod.is_none();
                 let pending = ep.flags & EndpointInfo::FLAG_POLICY_PENDING != 0 || unknown_ipv6_only;
-                LocalEndpoint { ifindex: *ifindex, ip, pod, pending }
+                LocalEndpoint { ifindex: *ifindex, ip, ip6, pod, pending }
             })
             .collect();
         self.endpoint_pods = local.iter().filter_map(|e| Some((e.ifindex, e.pod.clone()?))).collect();
-        let host_addrs = crate::node::host_addrs::ipv4();
+        let host_addrs = crate::node::host_addrs::all();
         let input = CompileInput {
             pods: index.pods.map(),
             namespaces: index.namespaces.map(),
@@ -356,6 +367,7 @@ mod tests {
             namespace: key.split_once('/').unwrap().0.into(),
             labels: labels(kv).into(),
             ip: Some(Ipv4Addr::from(ip)),
+            ip6: None,
             node: Some(node.into()),
             named_ports: vec![].into(),
         }

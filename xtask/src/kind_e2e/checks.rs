@@ -147,15 +147,15 @@ pub fn network_policy(cluster: &Cluster, on: &OnCluster, steps: &mut Steps, chec
     checks.push(Check::new("pod without role=client stays blocked: other -> web-a (across nodes)", || {
         still_blocked(|| cluster.http_get("other", web_a, HTTP_PORT))
     }));
-    if let Some((_, web_b6)) = &on.ipv6 {
-        // NetworkPolicy over IPv6 is not built yet: the datapath drops all
-        // IPv6 of a pod a policy selects (ipv6-under-policy), even from a
-        // peer the policy admits over IPv4. Never open over IPv6.
-        let host = family::url_host(web_b6);
-        checks.push(Check::new(
-            &format!("IPv6 under policy (not supported yet): client -> web-b {host} dropped, never open"),
-            || still_blocked(|| cluster.http_get("client", &host, HTTP_PORT)),
-        ));
+    if let Some((web_a6, web_b6)) = &on.ipv6 {
+        // The same policy over IPv6: client admitted, other not.
+        let (a6, b6) = (family::url_host(web_a6), family::url_host(web_b6));
+        checks.push(Check::new(&format!("over IPv6 too: client -> web-b {b6} (across nodes)"), || {
+            eventually(SETTLE, || expect_body(cluster.http_get("client", &b6, HTTP_PORT), "web-b"))
+        }));
+        checks.push(Check::new(&format!("over IPv6 too: other -> web-a {a6} stays blocked"), || {
+            still_blocked(|| cluster.http_get("other", &a6, HTTP_PORT))
+        }));
     }
     Ok(())
 }

@@ -1,10 +1,10 @@
 //! `--ip-family`: the kind cluster's families. `dual` creates it from
 //! manifests/kind-config-dual.yaml (kind's `networking.ipFamily: dual`),
 //! gives the agent both pod subnets as its cluster CIDR, and adds IPv6
-//! pod-to-pod checks. Services and NetworkPolicy stay IPv4 (IPv4 is the
-//! primary family, so Services get IPv4 ClusterIPs): weir serves neither
-//! over IPv6 yet (issue #12). No `ipv6`: an IPv6-only cluster's Services,
-//! the `kubernetes` one and CoreDNS's included, would be IPv6.
+//! pod-to-pod checks and the NetworkPolicy checks over IPv6. Services stay
+//! IPv4 (IPv4 is the primary family, so Services get IPv4 ClusterIPs). No
+//! `ipv6`: an IPv6-only cluster's Services, the `kubernetes` one and
+//! CoreDNS's included, would be IPv6.
 
 use std::net::IpAddr;
 

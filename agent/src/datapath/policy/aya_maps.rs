@@ -1,11 +1,14 @@
 //! `PolicyMaps` over the real pinned maps.
-use std::{collections::BTreeMap, net::Ipv4Addr};
+use std::{
+    collections::BTreeMap,
+    net::{Ipv4Addr, Ipv6Addr},
+};
 
 use aya::maps::{HashMap, LpmTrie, MapData, PerCpuHashMap, lpm_trie::Key};
-use ipnetwork::Ipv4Network;
+use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 use weir_common::{
     EndpointInfo, EndpointKey, pin,
-    policy::{EndpointPolicyStats, IpcacheEntry, IpcacheKey, PolicyEntry, PolicyKey},
+    policy::{EndpointPolicyStats, Ipcache6Key, IpcacheEntry, IpcacheKey, PolicyEntry, PolicyKey},
 };
 
 use crate::datapath::{
@@ -21,12 +24,23 @@ fn ipcache_key(net: Ipv4Network) -> Key<IpcacheKey> {
     Key::new(u32::from(net.prefix()), IpcacheKey { addr: u32::from_ne_bytes(net.network().octets()) })
 }
 
+fn ipcache6_key(net: Ipv6Network) -> Key<Ipcache6Key> {
+    Key::new(u32::from(net.prefix()), Ipcache6Key { addr: net.network().octets() })
+}
+
+fn ipcache_name(net: IpNetwork) -> &'static str {
+    if net.is_ipv4() { pin::MAP_IPCACHE } else { pin::MAP_IPCACHE6 }
+}
+
 impl Datapath {
     fn rules_mut(&mut self) -> Result<LpmTrie<&mut MapData, PolicyKey, PolicyEntry>, MapError> {
         self.map_as_mut(pin::MAP_POLICY)
     }
     fn ipcache_mut(&mut self) -> Result<LpmTrie<&mut MapData, IpcacheKey, IpcacheEntry>, MapError> {
         self.map_as_mut(pin::MAP_IPCACHE)
+    }
+    fn ipcache6_mut(&mut self) -> Result<LpmTrie<&mut MapData, Ipcache6Key, IpcacheEntry>, MapError> {
+        self.map_as_mut(pin::MAP_IPCACHE6)
     }
 }
 
@@ -40,18 +54,28 @@ impl PolicyMaps for Datapath {
         tolerate_missing(self.rules_mut()?.remove(&Key::new(key.0, key.1)))
             .map_err(MapError::aya("delete", pin::MAP_POLICY))
     }
-    fn set_identity(&mut self, net: Ipv4Network, identity: u32) -> Result<(), MapError> {
-        self.ipcache_mut()?
-            .insert(&ipcache_key(net), IpcacheEntry { identity }, 0)
-            .map_err(MapError::aya("insert", pin::MAP_IPCACHE))
+    fn set_identity(&mut self, net: IpNetwork, identity: u32) -> Result<(), MapError> {
+        let entry = IpcacheEntry { identity };
+        match net {
+            IpNetwork::V4(net) => self.ipcache_mut()?.insert(&ipcache_key(net), entry, 0),
+            IpNetwork::V6(net) => self.ipcache6_mut()?.insert(&ipcache6_key(net), entry, 0),
+        }
+        .map_err(MapError::aya("insert", ipcache_name(net)))
     }
-    fn delete_identity(&mut self, net: Ipv4Network) -> Result<(), MapError> {
-        tolerate_missing(self.ipcache_mut()?.remove(&ipcache_key(net)))
-            .map_err(MapError::aya("delete", pin::MAP_IPCACHE))
+    fn delete_identity(&mut self, net: IpNetwork) -> Result<(), MapError> {
+        tolerate_missing(match net {
+            IpNetwork::V4(net) => self.ipcache_mut()?.remove(&ipcache_key(net)),
+            IpNetwork::V6(net) => self.ipcache6_mut()?.remove(&ipcache6_key(net)),
+        })
+        .map_err(MapError::aya("delete", ipcache_name(net)))
     }
     fn local_endpoints(&self) -> Result<BTreeMap<u32, EndpointInfo>, MapError> {
         let eps: Vec<(EndpointKey, EndpointInfo)> = self.hash_dump(pin::MAP_ENDPOINTS)?;
         Ok(eps.into_iter().map(|(k, v)| (k.ifindex, v)).collect())
+    }
+    fn local_endpoints6(&self) -> Result<BTreeMap<u32, Ipv6Addr>, MapError> {
+        let eps: Vec<(EndpointKey, [u8; 16])> = self.hash_dump(pin::MAP_ENDPOINTS6)?;
+        Ok(eps.into_iter().map(|(k, v)| (k.ifindex, Ipv6Addr::from(v))).collect())
     }
     fn set_endpoint_policy_flags(&mut self, ifindex: u32, ip: Ipv4Addr, flags: u32) -> Result<bool, MapError> {
         let name = pin::MAP_ENDPOINTS;
@@ -103,7 +127,16 @@ impl PolicyMaps for Datapath {
             let (k, v) = kv.map_err(MapError::aya("dump", name))?;
             let prefix = k.prefix_len().min(32) as u8;
             if let Ok(net) = Ipv4Network::new(Ipv4Addr::from(k.data().addr.to_ne_bytes()), prefix) {
-                d.ipcache.insert(net, v.identity);
+                d.ipcache.insert(net.into(), v.identity);
+            }
+        }
+        let name = pin::MAP_IPCACHE6;
+        let ipcache: LpmTrie<_, Ipcache6Key, IpcacheEntry> = self.map_as(name)?;
+        for kv in ipcache.iter() {
+            let (k, v) = kv.map_err(MapError::aya("dump", name))?;
+            let prefix = k.prefix_len().min(128) as u8;
+            if let Ok(net) = Ipv6Network::new(Ipv6Addr::from(k.data().addr), prefix) {
+                d.ipcache.insert(net.into(), v.identity);
             }
         }
         Ok(d)

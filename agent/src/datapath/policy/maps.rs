@@ -1,8 +1,11 @@
 //! Access to the NetworkPolicy maps behind a trait, so the programmer's
 //! write order can be tested against a fake (failing writes on demand).
-use std::{collections::BTreeMap, net::Ipv4Addr};
+use std::{
+    collections::BTreeMap,
+    net::{Ipv4Addr, Ipv6Addr},
+};
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::IpNetwork;
 use weir_common::{EndpointInfo, policy::PolicyKey};
 
 use crate::datapath::MapError;
@@ -18,16 +21,20 @@ pub type RuleKey = (u32, PolicyKey);
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PolicyDump {
     pub rules: BTreeMap<RuleKey, u32>,
-    pub ipcache: BTreeMap<Ipv4Network, u32>,
+    /// Both ipcaches (IPv4 and IPv6 prefixes).
+    pub ipcache: BTreeMap<IpNetwork, u32>,
 }
 
 pub trait PolicyMaps {
     fn set_rule(&mut self, key: RuleKey, slot: u32) -> Result<(), MapError>;
     fn delete_rule(&mut self, key: RuleKey) -> Result<(), MapError>;
-    fn set_identity(&mut self, net: Ipv4Network, identity: u32) -> Result<(), MapError>;
-    fn delete_identity(&mut self, net: Ipv4Network) -> Result<(), MapError>;
+    /// In the ipcache of `net`'s family.
+    fn set_identity(&mut self, net: IpNetwork, identity: u32) -> Result<(), MapError>;
+    fn delete_identity(&mut self, net: IpNetwork) -> Result<(), MapError>;
     /// The local endpoints weir-cni wrote: ifindex -> entry.
     fn local_endpoints(&self) -> Result<BTreeMap<u32, EndpointInfo>, MapError>;
+    /// Their IPv6 addresses (`WEIR_ENDPOINTS6`): ifindex -> address.
+    fn local_endpoints6(&self) -> Result<BTreeMap<u32, Ipv6Addr>, MapError>;
     /// Replaces the policy bits of an existing endpoint entry (never
     /// creates one: a pod deleted meanwhile stays deleted). `Ok(false)` when
     /// the entry is gone or holds another address (the interface index was
@@ -47,6 +54,7 @@ pub trait PolicyMaps {
 pub struct FakePolicyMaps {
     pub maps: PolicyDump,
     pub endpoints: BTreeMap<u32, EndpointInfo>,
+    pub endpoints6: BTreeMap<u32, Ipv6Addr>,
     /// Every write and delete that went through, in order (for order and
     /// "touches nothing else" checks).
     pub log: Vec<String>,
@@ -67,20 +75,23 @@ impl PolicyMaps for FakePolicyMaps {
         self.maps.rules.remove(&key);
         Ok(())
     }
-    fn set_identity(&mut self, net: Ipv4Network, identity: u32) -> Result<(), MapError> {
-        self.faults.write("insert", pin::MAP_IPCACHE)?;
+    fn set_identity(&mut self, net: IpNetwork, identity: u32) -> Result<(), MapError> {
+        self.faults.write("insert", if net.is_ipv4() { pin::MAP_IPCACHE } else { pin::MAP_IPCACHE6 })?;
         self.log.push(format!("ip+ {net} {identity}"));
         self.maps.ipcache.insert(net, identity);
         Ok(())
     }
-    fn delete_identity(&mut self, net: Ipv4Network) -> Result<(), MapError> {
-        self.faults.write("delete", pin::MAP_IPCACHE)?;
+    fn delete_identity(&mut self, net: IpNetwork) -> Result<(), MapError> {
+        self.faults.write("delete", if net.is_ipv4() { pin::MAP_IPCACHE } else { pin::MAP_IPCACHE6 })?;
         self.log.push(format!("ip- {net}"));
         self.maps.ipcache.remove(&net);
         Ok(())
     }
     fn local_endpoints(&self) -> Result<BTreeMap<u32, EndpointInfo>, MapError> {
         Ok(self.endpoints.clone())
+    }
+    fn local_endpoints6(&self) -> Result<BTreeMap<u32, Ipv6Addr>, MapError> {
+        Ok(self.endpoints6.clone())
     }
     fn set_endpoint_policy_flags(&mut self, ifindex: u32, ip: Ipv4Addr, flags: u32) -> Result<bool, MapError> {
         self.faults.write("update", pin::MAP_ENDPOINTS)?;

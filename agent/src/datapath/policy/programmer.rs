@@ -16,7 +16,7 @@
 //! everything it would have been replaced by is in place.
 use std::collections::BTreeMap;
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::IpNetwork;
 use weir_common::EndpointInfo;
 
 use crate::{
@@ -30,7 +30,7 @@ use crate::{
 /// The maps' desired contents (from the policy compiler).
 pub struct PolicyTarget<'a> {
     pub rules: &'a BTreeMap<RuleKey, u32>,
-    pub ipcache: &'a BTreeMap<Ipv4Network, u32>,
+    pub ipcache: &'a BTreeMap<IpNetwork, u32>,
     /// ifindex -> policy bits (`EndpointInfo::FLAGS_POLICY`). Endpoints
     /// not listed keep "pending" if they have it and lose the other bits.
     pub endpoint_flags: &'a BTreeMap<u32, u32>,
@@ -221,7 +221,7 @@ mod tests {
 
     struct Target {
         rules: BTreeMap<RuleKey, u32>,
-        ipcache: BTreeMap<Ipv4Network, u32>,
+        ipcache: BTreeMap<IpNetwork, u32>,
         flags: BTreeMap<u32, u32>,
         delta: IpcacheDelta,
     }
@@ -237,7 +237,7 @@ mod tests {
         }
     }
 
-    fn net(s: &str) -> Ipv4Network {
+    fn net(s: &str) -> IpNetwork {
         s.parse().unwrap()
     }
 

@@ -5,7 +5,6 @@
 use std::net::Ipv4Addr;
 
 use aya::maps::{MapData, PerCpuArray, PerCpuValues, RingBuf};
-use ipnetwork::Ipv4Network;
 use weir_common::{
     DropReason, EndpointInfo, EndpointKey,
     flow::{FLOW_DIR_EGRESS, FLOW_DIR_INGRESS, FlowEvent, FlowRate, FlowVerdict},
@@ -234,7 +233,7 @@ fn policy_drops_are_reported_with_their_direction() {
 fn a_new_flow_allowed_by_policy_is_reported_once_with_its_slot() {
     let mut f = Flows::on();
     endpoint(&mut f.t, EndpointInfo::FLAG_EGRESS_ENFORCED);
-    f.t.dp.set_identity("10.244.2.7/32".parse::<Ipv4Network>().unwrap(), 300).unwrap();
+    f.t.dp.set_identity("10.244.2.7/32".parse::<ipnetwork::IpNetwork>().unwrap(), 300).unwrap();
     let key = PolicyKey { ifindex: LOOPBACK, identity: 300, dir: DIR_EGRESS, proto: TCP, port: 443u16.to_be() };
     f.t.dp.set_rule((PolicyKey::PREFIX_FULL, key), 7).unwrap();
 

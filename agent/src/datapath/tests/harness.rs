@@ -156,6 +156,8 @@ fn fill_levels_count_entries_and_show_capacity() {
         (pin::MAP_POLICY, policy::MAX_POLICY_ENTRIES),
         (pin::MAP_POLICY_CT, policy::MAX_POLICY_CT_ENTRIES),
         (pin::MAP_EP_POLICY_STATS, pin::MAX_ENDPOINTS),
+        (pin::MAP_IPCACHE6, policy::MAX_IPCACHE6_ENTRIES),
+        (pin::MAP_POLICY_CT6, policy::MAX_POLICY_CT6_ENTRIES),
     ];
     let caps: Vec<_> = fill.iter().map(|(m, _, cap)| (*m, *cap)).collect();
     assert_eq!(caps, named);

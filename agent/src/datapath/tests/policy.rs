@@ -4,7 +4,6 @@
 //! the Service backend.
 use std::net::Ipv4Addr;
 
-use ipnetwork::Ipv4Network;
 use weir_common::{
     DropReason, EndpointInfo, EndpointKey,
     policy::{DIR_EGRESS, DIR_INGRESS, IDENTITY_ANY, PolicyKey},
@@ -38,7 +37,7 @@ fn endpoint(t: &mut TestDatapath, flags: u32) {
 
 fn identities(t: &mut TestDatapath) {
     for (addr, id) in [("0.0.0.0/0", ID_WORLD), ("10.244.2.7/32", ID_FRIEND), ("10.244.2.8/32", ID_STRANGER)] {
-        t.dp.set_identity(addr.parse::<Ipv4Network>().unwrap(), id).unwrap();
+        t.dp.set_identity(addr.parse::<ipnetwork::IpNetwork>().unwrap(), id).unwrap();
     }
 }
 

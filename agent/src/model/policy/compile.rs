@@ -18,11 +18,11 @@
 //! [`simulate`]: super::simulate::simulate
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     sync::Arc,
 };
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::IpNetwork;
 use weir_common::{
     EndpointInfo,
     policy::{IDENTITY_ANY, IDENTITY_FIRST_DYNAMIC, IDENTITY_WORLD, MAX_POLICY_SLOTS, POLICY_SLOT_OWN_NODE},
@@ -30,7 +30,7 @@ use weir_common::{
 
 use super::{
     evaluate::Direction,
-    identity::{Blocks, IdentityKey, Subject, prefix_of},
+    identity::{Blocks, IdentityKey, Subject, host_prefix, prefix_of},
     keys::{PortMatch, RuleKey, any_proto_entry, port_entry},
     numbering::Numbering,
     types::{NamedPort, NamespaceInfo, NetworkPolicyInfo, PodInfo, PolicyRule},
@@ -41,8 +41,10 @@ use super::{
 pub struct LocalEndpoint {
     /// The host-side veth.
     pub ifindex: u32,
-    /// Authoritative for the pod's address: the Pod's status may lag.
+    /// Authoritative for the pod's addresses: the Pod's status may lag.
+    /// Unspecified: the pod has no IPv4 address (an IPv6-only node).
     pub ip: Ipv4Addr,
+    pub ip6: Option<Ipv6Addr>,
     /// `namespace/name` of the pod (weir-cni knows it from CNI_ARGS);
     /// `None`: not a Kubernetes pod.
     pub pod: Option<String>,
@@ -52,6 +54,14 @@ pub struct LocalEndpoint {
     pub pending: bool,
 }
 
+impl LocalEndpoint {
+    /// The endpoint's addresses, IPv4 first.
+    pub fn addrs(&self) -> impl Iterator<Item = IpAddr> + '_ {
+        let v4 = (!self.ip.is_unspecified()).then_some(IpAddr::V4(self.ip));
+        v4.into_iter().chain(self.ip6.map(IpAddr::V6))
+    }
+}
+
 /// The cluster as far as policy goes, keyed by `namespace/name` (pods,
 /// policies) or name (namespaces).
 #[derive(Clone, Copy, Debug)]
@@ -59,8 +69,8 @@ pub struct CompileInput<'a> {
     pub pods: &'a BTreeMap<String, PodInfo>,
     pub namespaces: &'a BTreeMap<String, NamespaceInfo>,
     pub policies: &'a BTreeMap<String, NetworkPolicyInfo>,
-    /// This node's own addresses.
-    pub host_addrs: &'a [Ipv4Addr],
+    /// This node's own addresses (both families).
+    pub host_addrs: &'a [IpAddr],
     pub endpoints: &'a [LocalEndpoint],
 }
 
@@ -71,7 +81,7 @@ pub struct DesiredPolicy {
     /// Address prefix -> identity; shared with the compiler, which updates
     /// it in place after pod changes (whoever still holds the previous
     /// compile's makes it copy the whole map).
-    pub ipcache: Arc<BTreeMap<Ipv4Network, u32>>,
+    pub ipcache: Arc<BTreeMap<IpNetwork, u32>>,
     /// (prefix length, key) -> the slot of the policy that allows it (the
     /// lowest when several do; `POLICY_SLOT_OWN_NODE` for the node's own
     /// access). Keys have every bit past the prefix length cleared.
@@ -107,7 +117,7 @@ pub struct IpcacheDelta {
     pub version: u64,
     /// (the previous version, the prefixes that changed since), or None
     /// when anything may have changed (a compile from scratch).
-    pub since: Option<(u64, Vec<Ipv4Network>)>,
+    pub since: Option<(u64, Vec<IpNetwork>)>,
 }
 
 /// Compiles policies, keeping identity numbers and policy slots stable
@@ -152,7 +162,7 @@ impl PolicyCompiler {
     /// The pod's number from the last compile, if `pod` in `block` still
     /// has it: asked of the numbering (the cache holds the number only; a
     /// copy of every pod and its key cost 1.2 KB per pod of the cluster).
-    fn known_identity(&self, known: Option<u32>, pod: &PodInfo, block: Option<Ipv4Network>) -> Option<u32> {
+    fn known_identity(&self, known: Option<u32>, pod: &PodInfo, block: Option<IpNetwork>) -> Option<u32> {
         let id = known?;
         self.identities.key(id).is_some_and(|k| k.block == block && k.is_of(pod)).then_some(id)
     }
@@ -583,52 +593,54 @@ enum Holder<'a> {
     /// A pod, in the most specific ipBlock prefix around its address.
     Pod {
         pod: &'a PodInfo,
-        block: Option<Ipv4Network>,
+        block: Option<IpNetwork>,
     },
     Other(IdentityKey),
 }
 
-/// The ipcache by holder: every ipBlock prefix and `0.0.0.0/0` as
+/// The ipcache by holder: every ipBlock prefix, `0.0.0.0/0` and `::/0` as
 /// addresses, then pods (this node's first, by endpoint address), then this
-/// node's addresses over anything else at the same /32 (host-network pods
+/// node's addresses over anything else at the same /32 or /128 (host-network pods
 /// have the node's address, and are the node's traffic).
 fn ipcache_holders<'a>(
     input: &CompileInput<'a>,
     endpoints: &[LocalEndpoint],
     blocks: &Blocks,
-) -> BTreeMap<Ipv4Network, Holder<'a>> {
+) -> BTreeMap<IpNetwork, Holder<'a>> {
     let mut out = BTreeMap::new();
-    let everything = prefix_of(Ipv4Addr::UNSPECIFIED, 0);
-    out.insert(everything, Holder::Other(IdentityKey::address(blocks.most_specific(everything))));
+    // One per family, each in the blocks of its own family only.
+    for everything in [prefix_of(Ipv4Addr::UNSPECIFIED, 0), prefix_of(Ipv6Addr::UNSPECIFIED, 0)] {
+        out.insert(everything, Holder::Other(IdentityKey::address(blocks.most_specific(everything))));
+    }
     for b in blocks.iter() {
         out.insert(b, Holder::Other(IdentityKey::address(Some(b))));
     }
     // Address -> pod. Two pods at one address (a stale status): the local
     // endpoint's pod, else the first by key.
-    let mut pods: BTreeMap<Ipv4Addr, &PodInfo> = BTreeMap::new();
+    let mut pods: BTreeMap<IpAddr, &PodInfo> = BTreeMap::new();
     let mut local_pods = BTreeSet::new();
     for ep in endpoints {
         if let Some(pod) = ep.pod.as_ref().and_then(|k| input.pods.get(k)) {
-            pods.entry(ep.ip).or_insert(pod);
+            for ip in ep.addrs() {
+                pods.entry(ip).or_insert(pod);
+            }
             local_pods.insert(&*pod.key);
         }
     }
     for pod in input.pods.values() {
-        // A local pod's status address is not trusted over its endpoint's.
-        if let Some(ip) = pod.ip
-            && !local_pods.contains(&*pod.key)
-        {
-            pods.entry(ip).or_insert(pod);
+        // A local pod's status addresses are not trusted over its
+        // endpoint's.
+        if !local_pods.contains(&*pod.key) {
+            for ip in pod.addrs() {
+                pods.entry(ip).or_insert(pod);
+            }
         }
     }
     for (ip, pod) in pods {
-        out.insert(prefix_of(ip, 32), Holder::Pod { pod, block: blocks.of_addr(ip) });
+        out.insert(host_prefix(ip), Holder::Pod { pod, block: blocks.of_addr(ip) });
     }
     for ip in input.host_addrs {
-        out.insert(
-            prefix_of(*ip, 32),
-            Holder::Other(IdentityKey { subject: Subject::Host, block: blocks.of_addr(*ip) }),
-        );
+        out.insert(host_prefix(*ip), Holder::Other(IdentityKey { subject: Subject::Host, block: blocks.of_addr(*ip) }));
     }
     out
 }

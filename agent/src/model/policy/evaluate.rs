@@ -1,7 +1,7 @@
 //! The upstream decision for one connection: the source pod's egress
 //! policies and the destination pod's ingress policies must both allow it.
 //! A pod no policy selects (in that direction) is not isolated.
-use std::{collections::BTreeMap, net::Ipv4Addr};
+use std::{collections::BTreeMap, net::IpAddr};
 
 use super::types::{NamespaceInfo, NetworkPolicyInfo, PodInfo, PolicyPeer, PolicyPort, PolicyRule, PortRef};
 use crate::model::service::Protocol;
@@ -12,19 +12,34 @@ pub enum Direction {
     Egress,
 }
 
+/// The address family a connection is made over.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    Ipv4,
+    Ipv6,
+}
+
+impl Family {
+    pub fn of(addr: IpAddr) -> Self {
+        if addr.is_ipv4() { Family::Ipv4 } else { Family::Ipv6 }
+    }
+}
+
 /// One end of a connection.
 #[derive(Clone, Copy, Debug)]
 pub enum Peer<'a> {
+    /// A pod, at its address of the connection's family.
     Pod(&'a PodInfo),
     /// Not a pod: a node, or outside the cluster.
-    Address(Ipv4Addr),
+    Address(IpAddr),
 }
 
 impl Peer<'_> {
-    fn addr(&self) -> Option<Ipv4Addr> {
-        match self {
-            Peer::Pod(p) => p.ip,
-            Peer::Address(a) => Some(*a),
+    fn addr(&self, family: Family) -> Option<IpAddr> {
+        match (self, family) {
+            (Peer::Pod(p), Family::Ipv4) => p.ip.map(IpAddr::V4),
+            (Peer::Pod(p), Family::Ipv6) => p.ip6.map(IpAddr::V6),
+            (Peer::Address(a), _) => Some(*a),
         }
     }
 }
@@ -53,22 +68,40 @@ pub struct Decision {
 pub struct PolicyView<'a> {
     pub policies: &'a [NetworkPolicyInfo],
     pub namespaces: &'a BTreeMap<String, NamespaceInfo>,
-    /// Node name -> its address: a pod's own node always reaches it
+    /// Node name -> its addresses: a pod's own node always reaches it
     /// (kubelet probes).
-    pub node_addrs: &'a BTreeMap<String, Ipv4Addr>,
+    pub node_addrs: &'a BTreeMap<String, Vec<IpAddr>>,
 }
 
-pub fn evaluate(view: &PolicyView<'_>, src: Peer<'_>, dst: Peer<'_>, proto: Protocol, port: u16) -> Decision {
+/// The decision on a connection from `src` to `dst` over `family` (an
+/// `Address` peer is of that family).
+pub fn evaluate(
+    view: &PolicyView<'_>,
+    family: Family,
+    src: Peer<'_>,
+    dst: Peer<'_>,
+    proto: Protocol,
+    port: u16,
+) -> Decision {
+    let conn = Connection { family, proto, port };
     let egress = match src {
-        Peer::Pod(pod) => Some(direction(view, pod, Direction::Egress, dst, dst, proto, port)),
+        Peer::Pod(pod) => Some(direction(view, pod, Direction::Egress, dst, dst, conn)),
         Peer::Address(_) => None,
     };
     let ingress = match dst {
-        Peer::Pod(pod) => Some(direction(view, pod, Direction::Ingress, src, dst, proto, port)),
+        Peer::Pod(pod) => Some(direction(view, pod, Direction::Ingress, src, dst, conn)),
         Peer::Address(_) => None,
     };
     let allowed = egress.as_ref().is_none_or(|v| v.allowed) && ingress.as_ref().is_none_or(|v| v.allowed);
     Decision { allowed, egress, ingress }
+}
+
+/// What a connection is made over, besides its ends.
+#[derive(Clone, Copy)]
+struct Connection {
+    family: Family,
+    proto: Protocol,
+    port: u16,
 }
 
 /// Does `pod` accept (ingress) or send (egress) this connection with `peer`?
@@ -79,8 +112,7 @@ fn direction(
     dir: Direction,
     peer: Peer<'_>,
     port_owner: Peer<'_>,
-    proto: Protocol,
-    port: u16,
+    conn: Connection,
 ) -> Verdict {
     let selecting: Vec<&NetworkPolicyInfo> = view
         .policies
@@ -93,8 +125,8 @@ fn direction(
         .collect();
     let names = |ps: &[&NetworkPolicyInfo]| ps.iter().map(|p| p.key.clone()).collect::<Vec<_>>();
     if dir == Direction::Ingress
-        && let (Some(node), Some(addr)) = (&pod.node, peer.addr())
-        && view.node_addrs.get(node) == Some(&addr)
+        && let (Some(node), Some(addr)) = (&pod.node, peer.addr(conn.family))
+        && view.node_addrs.get(node).is_some_and(|addrs| addrs.contains(&addr))
         && !matches!(peer, Peer::Pod(_))
     {
         return Verdict {
@@ -120,7 +152,7 @@ fn direction(
                 Direction::Ingress => &p.ingress,
                 Direction::Egress => &p.egress,
             };
-            rules.iter().any(|r| rule_allows(view, p, r, peer, port_owner, proto, port))
+            rules.iter().any(|r| rule_allows(view, p, r, peer, port_owner, conn))
         })
         .collect();
     let allowed = !allowed_by.is_empty();
@@ -138,18 +170,25 @@ fn rule_allows(
     rule: &PolicyRule,
     peer: Peer<'_>,
     port_owner: Peer<'_>,
-    proto: Protocol,
-    port: u16,
+    conn: Connection,
 ) -> bool {
-    let peer_ok = rule.peers.is_empty() || rule.peers.iter().any(|p| peer_matches(view, policy, p, peer));
-    let port_ok = rule.ports.is_empty() || rule.ports.iter().any(|p| port_matches(p, port_owner, proto, port));
+    let peer_ok = rule.peers.is_empty() || rule.peers.iter().any(|p| peer_matches(view, policy, p, peer, conn.family));
+    let port_ok =
+        rule.ports.is_empty() || rule.ports.iter().any(|p| port_matches(p, port_owner, conn.proto, conn.port));
     peer_ok && port_ok
 }
 
-fn peer_matches(view: &PolicyView<'_>, policy: &NetworkPolicyInfo, spec: &PolicyPeer, peer: Peer<'_>) -> bool {
+fn peer_matches(
+    view: &PolicyView<'_>,
+    policy: &NetworkPolicyInfo,
+    spec: &PolicyPeer,
+    peer: Peer<'_>,
+    family: Family,
+) -> bool {
     match spec {
+        // (`contains` is false across families.)
         PolicyPeer::IpBlock { cidr, except } => {
-            peer.addr().is_some_and(|a| cidr.contains(a) && !except.iter().any(|e| e.contains(a)))
+            peer.addr(family).is_some_and(|a| cidr.contains(a) && !except.iter().any(|e| e.contains(a)))
         }
         PolicyPeer::Pods { namespaces, pods } => {
             let Peer::Pod(pod) = peer else { return false };

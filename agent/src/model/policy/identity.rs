@@ -6,9 +6,13 @@
 //! Two addresses share an identity exactly when every rule of every policy
 //! treats them alike: same subject (the same pod labels, namespace and named
 //! ports; this node; or anything else) and the same ipBlock membership.
-use std::{collections::BTreeMap, net::Ipv4Addr, sync::Arc};
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    sync::Arc,
+};
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 
 use super::{
     selector::Labels,
@@ -37,17 +41,17 @@ pub struct IdentityKey {
     /// disjoint, so the prefixes containing an address form a chain and
     /// this one stands for the whole membership: every ipBlock prefix that
     /// contains it.
-    pub block: Option<Ipv4Network>,
+    pub block: Option<IpNetwork>,
 }
 
 impl IdentityKey {
     /// The key of an address or prefix with no pod and no host behind it.
     /// With no ipBlock around it this is the reserved `world`.
-    pub fn address(block: Option<Ipv4Network>) -> Self {
+    pub fn address(block: Option<IpNetwork>) -> Self {
         Self { subject: Subject::Address, block }
     }
 
-    pub fn pod(pod: &PodInfo, block: Option<Ipv4Network>) -> Self {
+    pub fn pod(pod: &PodInfo, block: Option<IpNetwork>) -> Self {
         // The converter hands them out sorted; other sources may not.
         let named_ports = if pod.named_ports.is_sorted_by(|a, b| a < b) {
             pod.named_ports.clone()
@@ -148,12 +152,17 @@ impl IdentityKey {
     }
 }
 
-/// Every prefix (cidr and except) of every ipBlock of every policy.
+/// Every prefix (cidr and except) of every ipBlock of every policy, of
+/// both families. Prefixes of one family never contain an address of the
+/// other: an IPv4 block never admits IPv6 traffic, nor the reverse.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Blocks {
-    prefixes: std::collections::BTreeSet<Ipv4Network>,
-    /// Bit n set: some prefix is a /n (a lookup tries only those lengths).
-    lengths: u64,
+    prefixes: std::collections::BTreeSet<IpNetwork>,
+    /// Bit n set: some IPv4 prefix is a /n (a lookup tries only those
+    /// lengths).
+    lengths4: u64,
+    /// The same for IPv6 (/0 to /128).
+    lengths6: [u64; 3],
 }
 
 impl Blocks {
@@ -169,40 +178,70 @@ impl Blocks {
                 }
             }
         }
-        let lengths = prefixes.iter().fold(0, |bits, p| bits | 1 << p.prefix());
-        Self { prefixes, lengths }
+        let (mut lengths4, mut lengths6) = (0u64, [0u64; 3]);
+        for p in &prefixes {
+            let len = usize::from(p.prefix());
+            match p {
+                IpNetwork::V4(_) => lengths4 |= 1 << len,
+                IpNetwork::V6(_) => lengths6[len / 64] |= 1 << (len % 64),
+            }
+        }
+        Self { prefixes, lengths4, lengths6 }
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = Ipv4Network> + '_ {
+    pub fn iter(&self) -> impl Iterator<Item = IpNetwork> + '_ {
         self.prefixes.iter().copied()
     }
 
-    /// The longest block prefix containing `net` (`net` itself included).
-    pub fn most_specific(&self, net: Ipv4Network) -> Option<Ipv4Network> {
+    fn has_length(&self, v4: bool, len: u8) -> bool {
+        let len = usize::from(len);
+        if v4 { self.lengths4 & 1 << len != 0 } else { self.lengths6[len / 64] & 1 << (len % 64) != 0 }
+    }
+
+    /// The longest block prefix containing `net` (`net` itself included),
+    /// of `net`'s family.
+    pub fn most_specific(&self, net: IpNetwork) -> Option<IpNetwork> {
         (0..=net.prefix())
             .rev()
-            .filter(|len| self.lengths & 1 << len != 0)
+            .filter(|len| self.has_length(net.is_ipv4(), *len))
             .map(|len| prefix_of(net.network(), len))
             .find(|p| self.prefixes.contains(p))
     }
 
-    pub fn of_addr(&self, addr: Ipv4Addr) -> Option<Ipv4Network> {
-        self.most_specific(prefix_of(addr, 32))
+    pub fn of_addr(&self, addr: IpAddr) -> Option<IpNetwork> {
+        self.most_specific(host_prefix(addr))
     }
 }
 
-/// `addr/len` with the host bits cleared.
-pub fn prefix_of(addr: Ipv4Addr, len: u8) -> Ipv4Network {
-    let mask = if len == 0 { 0 } else { u32::MAX << (32 - u32::from(len.min(32))) };
-    Ipv4Network::new(Ipv4Addr::from(u32::from(addr) & mask), len.min(32)).expect("prefix length at most 32")
+/// `addr/len` with the host bits cleared (`len` at most the family's
+/// length).
+pub fn prefix_of(addr: impl Into<IpAddr>, len: u8) -> IpNetwork {
+    match addr.into() {
+        IpAddr::V4(a) => {
+            let len = len.min(32);
+            let mask = if len == 0 { 0 } else { u32::MAX << (32 - u32::from(len)) };
+            IpNetwork::V4(Ipv4Network::new(Ipv4Addr::from(u32::from(a) & mask), len).expect("length at most 32"))
+        }
+        IpAddr::V6(a) => {
+            let len = len.min(128);
+            let mask = if len == 0 { 0 } else { u128::MAX << (128 - u32::from(len)) };
+            IpNetwork::V6(Ipv6Network::new(Ipv6Addr::from(u128::from(a) & mask), len).expect("length at most 128"))
+        }
+    }
+}
+
+/// The address as a prefix of its own (/32, /128).
+pub fn host_prefix(addr: impl Into<IpAddr>) -> IpNetwork {
+    let addr = addr.into();
+    prefix_of(addr, if addr.is_ipv4() { 32 } else { 128 })
 }
 
 /// The prefix with its host bits cleared (`10.0.0.1/8` is `10.0.0.0/8`).
-pub fn canonical(net: Ipv4Network) -> Ipv4Network {
+pub fn canonical(net: IpNetwork) -> IpNetwork {
     prefix_of(net.ip(), net.prefix())
 }
 
-/// Does `outer` contain all of `inner`?
-pub fn covers(outer: Ipv4Network, inner: Ipv4Network) -> bool {
-    outer.prefix() <= inner.prefix() && outer.contains(inner.network())
+/// Does `outer` contain all of `inner`? (Never across families.)
+pub fn covers(outer: IpNetwork, inner: IpNetwork) -> bool {
+    outer.is_ipv4() == inner.is_ipv4() && outer.prefix() <= inner.prefix() && outer.contains(inner.network())
 }

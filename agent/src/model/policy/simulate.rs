@@ -2,7 +2,7 @@
 //! same order, on any [`PolicyMaps`]. One copy in user space: the tests
 //! feed it a [`DesiredPolicy`] (held to the evaluator), `inspect verdict`
 //! feeds it the pinned maps.
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use weir_common::{
     EndpointInfo,
@@ -22,8 +22,9 @@ use crate::model::service::Protocol;
 pub trait PolicyMaps {
     /// The endpoint's flags (0: no such endpoint).
     fn endpoint_flags(&self, ifindex: u32) -> u32;
-    /// The ipcache: the identity of the longest prefix containing `addr`.
-    fn ipcache(&self, addr: Ipv4Addr) -> Option<u32>;
+    /// The ipcache of `addr`'s family: the identity of the longest prefix
+    /// containing `addr`.
+    fn ipcache(&self, addr: IpAddr) -> Option<u32>;
     /// The policy map: the slot of the longest entry matching the full
     /// `key` (port in network byte order).
     fn policy(&self, key: PolicyKey) -> Option<u32>;
@@ -48,8 +49,9 @@ impl PolicyMaps for DesiredPolicy {
         self.endpoint_flags.get(&ifindex).copied().unwrap_or(0)
     }
 
-    fn ipcache(&self, addr: Ipv4Addr) -> Option<u32> {
-        (0..=32).rev().find_map(|len| self.ipcache.get(&prefix_of(addr, len)).copied())
+    fn ipcache(&self, addr: IpAddr) -> Option<u32> {
+        let bits = if addr.is_ipv4() { 32 } else { 128 };
+        (0..=bits).rev().find_map(|len| self.ipcache.get(&prefix_of(addr, len)).copied())
     }
 
     /// Entries never cut into the endpoint, identity or direction, so only
@@ -64,13 +66,13 @@ impl PolicyMaps for DesiredPolicy {
 impl DesiredPolicy {
     /// The ipcache lookup: the longest prefix containing `addr`, `world`
     /// on a miss.
-    pub fn identity_of(&self, addr: Ipv4Addr) -> u32 {
-        identity_of(self, addr)
+    pub fn identity_of(&self, addr: impl Into<IpAddr>) -> u32 {
+        identity_of(self, addr.into())
     }
 }
 
 /// The ipcache lookup: `world` on a miss.
-pub fn identity_of<M: PolicyMaps + ?Sized>(maps: &M, addr: Ipv4Addr) -> u32 {
+pub fn identity_of<M: PolicyMaps + ?Sized>(maps: &M, addr: IpAddr) -> u32 {
     maps.ipcache(addr).unwrap_or(IDENTITY_WORLD)
 }
 
@@ -93,12 +95,12 @@ pub fn simulate<M: PolicyMaps + ?Sized>(
     maps: &M,
     ifindex: u32,
     dir: Direction,
-    peer: Ipv4Addr,
+    peer: impl Into<IpAddr>,
     proto: Protocol,
     port: u16,
 ) -> Simulated {
     let flags = maps.endpoint_flags(ifindex);
-    let identity = identity_of(maps, peer);
+    let identity = identity_of(maps, peer.into());
     if flags & EndpointInfo::FLAG_POLICY_PENDING != 0 {
         return Simulated { enforced: true, pending: true, allowed: false, identity, slot: None };
     }

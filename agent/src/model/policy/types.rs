@@ -1,8 +1,11 @@
 //! What the policy model needs to know about Pods, Namespaces and
 //! NetworkPolicies.
-use std::{net::Ipv4Addr, sync::Arc};
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    sync::Arc,
+};
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::IpNetwork;
 
 use super::selector::{LabelSelector, Labels};
 use crate::model::service::Protocol;
@@ -14,10 +17,19 @@ pub struct PodInfo {
     pub namespace: String,
     /// Shared by the pods that have the same (`model::intern`).
     pub labels: Arc<Labels>,
+    /// The pod's address of each family (`status.podIPs`).
     pub ip: Option<Ipv4Addr>,
+    pub ip6: Option<Ipv6Addr>,
     pub node: Option<String>,
     /// Named container ports: (name, protocol, port). Shared as `labels`.
     pub named_ports: Arc<Vec<NamedPort>>,
+}
+
+impl PodInfo {
+    /// The pod's addresses, IPv4 first.
+    pub fn addrs(&self) -> impl Iterator<Item = IpAddr> + '_ {
+        self.ip.map(IpAddr::V4).into_iter().chain(self.ip6.map(IpAddr::V6))
+    }
 }
 
 /// A named container port: (name, protocol, port).
@@ -48,14 +60,9 @@ pub struct PolicyPort {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PolicyPeer {
     /// `podSelector` and/or `namespaceSelector` (None: not given).
-    Pods {
-        namespaces: Option<LabelSelector>,
-        pods: Option<LabelSelector>,
-    },
-    IpBlock {
-        cidr: Ipv4Network,
-        except: Vec<Ipv4Network>,
-    },
+    Pods { namespaces: Option<LabelSelector>, pods: Option<LabelSelector> },
+    /// Of either family; an `except` is of the `cidr`'s.
+    IpBlock { cidr: IpNetwork, except: Vec<IpNetwork> },
 }
 
 /// One ingress or egress rule. Empty `peers`: every peer; empty `ports`:

@@ -272,6 +272,7 @@ mod tests {
             namespace: key.split_once('/').unwrap().0.into(),
             labels: labels(&[("app", app)]).into(),
             ip: Some(Ipv4Addr::from(ip)),
+            ip6: None,
             node: None,
             named_ports: vec![].into(),
         }

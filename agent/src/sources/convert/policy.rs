@@ -2,9 +2,11 @@
 //! What cannot be expressed is reported with the object's name; a policy
 //! with an unusable part is never read more permissively than written.
 use std::{
-    net::Ipv4Addr,
+    net::IpAddr,
     sync::{Arc, LazyLock},
 };
+
+use ipnetwork::IpNetwork;
 
 use k8s_openapi::{
     api::{
@@ -56,13 +58,17 @@ fn pod_labels(meta: &meta::ObjectMeta) -> Arc<Labels> {
 pub fn pod(pod: &PodView) -> PodInfo {
     let namespace = pod.metadata.namespace.clone().unwrap_or_else(|| "default".into());
     let status = pod.status.as_ref();
-    let ip = status
-        .and_then(|s| s.pod_ips.clone())
-        .unwrap_or_default()
-        .into_iter()
-        .map(|p| p.ip)
-        .chain(status.and_then(|s| s.pod_ip.clone()))
-        .find_map(|ip| ip.parse::<Ipv4Addr>().ok());
+    // The first address of each family (podIPs, then podIP for servers
+    // that fill in only that).
+    let (mut ip, mut ip6) = (None, None);
+    let pod_ips = status.and_then(|s| s.pod_ips.as_deref()).unwrap_or_default().iter().map(|p| &p.ip);
+    for raw in pod_ips.chain(status.and_then(|s| s.pod_ip.as_ref())) {
+        match raw.parse::<IpAddr>() {
+            Ok(IpAddr::V4(a)) => _ = ip.get_or_insert(a),
+            Ok(IpAddr::V6(a)) => _ = ip6.get_or_insert(a),
+            Err(_) => {}
+        }
+    }
     let spec = pod.spec.as_ref();
     let mut named_ports: Vec<NamedPort> = spec
         .map(|s| s.containers.iter().flat_map(|c| c.ports.clone().unwrap_or_default()).collect::<Vec<_>>())
@@ -82,6 +88,7 @@ pub fn pod(pod: &PodView) -> PodInfo {
         namespace,
         labels: pod_labels(&pod.metadata),
         ip,
+        ip6,
         node: spec.and_then(|s| s.node_name.clone()),
         named_ports: POD_PORTS.intern(named_ports),
     }
@@ -110,17 +117,20 @@ fn peer(p: &NetworkPolicyPeer) -> Result<PolicyPeer, String> {
         if p.pod_selector.is_some() || p.namespace_selector.is_some() {
             return Err("a peer with ipBlock may not have selectors".into());
         }
-        if block.cidr.contains(':') {
-            return Err(format!("ipBlock {} is IPv6; weir is IPv4-only", block.cidr));
-        }
-        let cidr = block.cidr.parse().map_err(|_| format!("ipBlock cidr {:?} is not a CIDR", block.cidr))?;
+        let cidr: IpNetwork = block.cidr.parse().map_err(|_| format!("ipBlock cidr {:?} is not a CIDR", block.cidr))?;
         let except = block
             .except
-            .clone()
+            .as_deref()
             .unwrap_or_default()
             .iter()
-            .filter(|e| !e.contains(':'))
-            .map(|e| e.parse().map_err(|_| format!("ipBlock except {e:?} is not a CIDR")))
+            .map(|e| {
+                let net: IpNetwork = e.parse().map_err(|_| format!("ipBlock except {e:?} is not a CIDR"))?;
+                // The API server refuses these; another source might not.
+                if net.is_ipv4() != cidr.is_ipv4() {
+                    return Err(format!("ipBlock except {e} is not of the family of its cidr {}", block.cidr));
+                }
+                Ok(net)
+            })
             .collect::<Result<_, _>>()?;
         return Ok(PolicyPeer::IpBlock { cidr, except });
     }
@@ -276,7 +286,8 @@ mod tests {
                 {"from": [
                     {"namespaceSelector": {"matchExpressions": [{"key": "ns", "operator": "In", "values": ["y"]}]},
                      "podSelector": {"matchLabels": {"pod": "b"}}},
-                    {"ipBlock": {"cidr": "10.0.0.0/8", "except": ["10.1.0.0/16", "fd00::/8"]}}
+                    {"ipBlock": {"cidr": "10.0.0.0/8", "except": ["10.1.0.0/16"]}},
+                    {"ipBlock": {"cidr": "fd00::/8", "except": ["fd00:1::/32"]}}
                  ],
                  "ports": [{"port": 80}, {"protocol": "UDP", "port": "dns"}, {"port": 8000, "endPort": 8080}]},
                 {}
@@ -287,6 +298,9 @@ mod tests {
         let r = &p.ingress[0];
         assert!(matches!(&r.peers[0], PolicyPeer::Pods { namespaces: Some(_), pods: Some(_) }));
         assert!(matches!(&r.peers[1], PolicyPeer::IpBlock { except, .. } if except.len() == 1));
+        assert!(
+            matches!(&r.peers[2], PolicyPeer::IpBlock { cidr, except } if cidr.is_ipv6() && except[0].prefix() == 32)
+        );
         assert_eq!(r.ports[0], PolicyPort { protocol: Protocol::Tcp, port: Some(PortRef::Number(80)), end_port: None });
         assert_eq!(r.ports[1].port, Some(PortRef::Name("dns".into())));
         assert_eq!(r.ports[2].end_port, Some(8080));
@@ -301,6 +315,7 @@ mod tests {
             json!({"podSelector": {}, "ingress": [{"ports": [{"port": 90, "endPort": 80}]}]}),
             json!({"podSelector": {}, "ingress": [{"ports": [{"port": "http", "endPort": 80}]}]}),
             json!({"podSelector": {}, "ingress": [{"from": [{"ipBlock": {"cidr": "nonsense"}}]}]}),
+            json!({"podSelector": {}, "ingress": [{"from": [{"ipBlock": {"cidr": "10.0.0.0/8", "except": ["fd00::/8"]}}]}]}),
             json!({"podSelector": {}, "ingress": [{"ports": [{"protocol": "ICMP"}]}]}),
         ] {
             assert!(network_policy(&np(spec.clone())).is_err(), "{spec}");
@@ -361,6 +376,7 @@ mod tests {
             namespace: ns.into(),
             labels: Arc::new(labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()),
             ip: None,
+            ip6: None,
             node: None,
             named_ports: vec![].into(),
         };
@@ -387,7 +403,8 @@ mod tests {
         .unwrap();
         let info = pod(&p);
         assert_eq!(&*info.key, "x/a");
-        assert_eq!(info.ip, Some(Ipv4Addr::new(10, 244, 1, 5)));
+        assert_eq!(info.ip, Some(std::net::Ipv4Addr::new(10, 244, 1, 5)));
+        assert_eq!(info.ip6, Some("fd00::1".parse().unwrap()));
         assert_eq!(info.node.as_deref(), Some("n1"));
         assert_eq!(
             *info.named_ports,

@@ -2,17 +2,22 @@
 //! evaluator: random clusters and policies, every local endpoint, every
 //! peer, a few ports and every protocol, both directions. A compile that
 //! reuses the previous one's work against one from scratch, through random
-//! changes. And the size and time of a large input.
+//! changes. And the size and time of a large input. Pods, nodes and
+//! ipBlocks are of both families (some pods have no IPv6), and every peer
+//! is checked over each family both ends have.
 use std::{
     collections::{BTreeMap, BTreeSet},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     time::Instant,
 };
+
+use ipnetwork::IpNetwork;
 
 use super::*;
 use crate::model::{
     policy::{
         build::sel,
-        evaluate::{Peer, PolicyView, Verdict, evaluate},
+        evaluate::{Family, Peer, PolicyView, Verdict, evaluate},
         selector::{LabelSelector, Requirement, labels},
         simulate::simulate,
         types::{PolicyPeer, PolicyPort, PortRef},
@@ -46,6 +51,19 @@ impl Rng {
 
 const HOST: Ipv4Addr = Ipv4Addr::new(172, 30, 0, 11);
 const REMOTE_NODE: Ipv4Addr = Ipv4Addr::new(172, 30, 0, 12);
+const HOST6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0xac, 0x1e, 0, 0, 0, 0, 11);
+const REMOTE_NODE6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0xac, 0x1e, 0, 0, 0, 0, 12);
+
+/// This node's addresses.
+fn hosts() -> Vec<IpAddr> {
+    vec![HOST.into(), HOST6.into()]
+}
+
+/// A pod address's IPv6 twin: 10.244.a.b is fd00:a:f4:a::b.
+fn v6_of(ip: Ipv4Addr) -> Ipv6Addr {
+    let [_, _, a, b] = ip.octets();
+    Ipv6Addr::new(0xfd00, 10, 244, a.into(), 0, 0, 0, b.into())
+}
 const PROTOS: [Protocol; 3] = [Protocol::Tcp, Protocol::Udp, Protocol::Sctp];
 const PORTS: [u16; 5] = [79, 80, 81, 1000, 65535];
 const NAMED: [(&str, Protocol, u16); 6] = [
@@ -65,7 +83,7 @@ struct Case {
     namespaces: BTreeMap<String, NamespaceInfo>,
     policies: BTreeMap<String, NetworkPolicyInfo>,
     endpoints: Vec<LocalEndpoint>,
-    addresses: Vec<Ipv4Addr>,
+    addresses: Vec<IpAddr>,
 }
 
 fn gen_selector(rng: &mut Rng, keys: &[(&str, &[&str])]) -> LabelSelector {
@@ -89,26 +107,32 @@ fn gen_selector(rng: &mut Rng, keys: &[(&str, &[&str])]) -> LabelSelector {
 const POD_KEYS: &[(&str, &[&str])] = &[("pod", &["a", "b", "c"]), ("app", &["web", "db"])];
 const NS_KEYS: &[(&str, &[&str])] = &[("ns", &["x", "y", "z"]), ("team", &["red", "blue"])];
 
-fn gen_block(rng: &mut Rng, anchors: &[Ipv4Addr]) -> PolicyPeer {
-    let (cidr, except_anchor) = match rng.below(8) {
+fn gen_block(rng: &mut Rng, anchors: &[IpAddr]) -> PolicyPeer {
+    let (cidr, except_anchor): (IpNetwork, Option<IpAddr>) = match rng.below(12) {
         0 => ("0.0.0.0/0".parse().unwrap(), None),
-        1 => ("172.30.0.0/24".parse().unwrap(), Some(HOST)),
+        1 => ("172.30.0.0/24".parse().unwrap(), Some(HOST.into())),
         2 => ("10.244.0.0/16".parse().unwrap(), None),
+        3 => ("::/0".parse().unwrap(), None),
+        4 => ("fd00:ac:1e::/64".parse().unwrap(), Some(HOST6.into())),
+        5 => ("fd00:a:f4::/48".parse().unwrap(), None),
         _ => {
             let a = rng.pick(anchors);
             // Host bits left set on purpose: only the prefix counts.
-            (Ipv4Network::new(a, 20 + rng.below(13) as u8).unwrap(), None)
+            let len = if a.is_ipv4() { 20 + rng.below(13) } else { 116 + rng.below(13) };
+            (IpNetwork::new(a, len as u8).unwrap(), None)
         }
     };
+    let bits = if cidr.is_ipv4() { 32 } else { 128 };
+    let anchors: Vec<IpAddr> = anchors.iter().copied().filter(|a| a.is_ipv4() == cidr.is_ipv4()).collect();
     let mut except = Vec::new();
     for _ in 0..rng.below(3) {
         let a = match except_anchor {
             Some(a) if rng.chance(50) => a,
-            _ => rng.pick(anchors),
+            _ => rng.pick(&anchors),
         };
         // Mostly inside the cidr (as upstream validation wants), not always.
-        let len = (cidr.prefix() as usize + rng.below(33 - cidr.prefix() as usize)).max(8) as u8;
-        let e = Ipv4Network::new(a, len).unwrap();
+        let len = (cidr.prefix() as usize + rng.below(bits + 1 - cidr.prefix() as usize)).max(8) as u8;
+        let e = IpNetwork::new(a, len).unwrap();
         if rng.chance(85) && !cidr.contains(a) {
             continue;
         }
@@ -117,7 +141,7 @@ fn gen_block(rng: &mut Rng, anchors: &[Ipv4Addr]) -> PolicyPeer {
     PolicyPeer::IpBlock { cidr, except }
 }
 
-fn gen_rule(rng: &mut Rng, anchors: &[Ipv4Addr]) -> PolicyRule {
+fn gen_rule(rng: &mut Rng, anchors: &[IpAddr]) -> PolicyRule {
     let mut rule = PolicyRule::default();
     if !rng.chance(30) {
         for _ in 0..1 + rng.below(2) {
@@ -155,7 +179,7 @@ fn gen_case(rng: &mut Rng) -> Case {
     let namespaces = gen_namespaces(rng);
     let PodSet { pods, eval_pods, endpoints, used } = gen_pods(rng);
     let mut anchors = used;
-    anchors.push(Ipv4Addr::new(10, 244, 1, 200));
+    anchors.extend([IpAddr::from(Ipv4Addr::new(10, 244, 1, 200)), v6_of(Ipv4Addr::new(10, 244, 1, 200)).into()]);
     let policies: BTreeMap<_, _> =
         (0..1 + rng.below(4)).map(|i| gen_policy(rng, i, &anchors)).map(|p| (p.key.clone(), p)).collect();
     let addresses = peer_addresses(&policies, &eval_pods);
@@ -181,7 +205,7 @@ struct PodSet {
     pods: BTreeMap<String, PodInfo>,
     eval_pods: BTreeMap<String, PodInfo>,
     endpoints: Vec<LocalEndpoint>,
-    used: Vec<Ipv4Addr>,
+    used: Vec<IpAddr>,
 }
 
 fn gen_pods(rng: &mut Rng) -> PodSet {
@@ -189,7 +213,7 @@ fn gen_pods(rng: &mut Rng) -> PodSet {
         pods: BTreeMap::new(),
         eval_pods: BTreeMap::new(),
         endpoints: Vec::new(),
-        used: vec![HOST, REMOTE_NODE],
+        used: vec![HOST.into(), REMOTE_NODE.into(), HOST6.into(), REMOTE_NODE6.into()],
     };
     // "w" has pods but no Namespace object: no namespaceSelector matches.
     let pod_namespaces = if rng.chance(20) { vec!["x", "y", "z", "w"] } else { vec!["x", "y", "z"] };
@@ -205,11 +229,14 @@ fn gen_pods(rng: &mut Rng) -> PodSet {
 fn gen_pod(rng: &mut Rng, ns: &str, i: usize, out: &mut PodSet) {
     let ip = loop {
         let ip = Ipv4Addr::new(10, 244, rng.below(2) as u8, rng.below(64) as u8);
-        if !out.used.contains(&ip) {
+        if !out.used.contains(&ip.into()) {
             break ip;
         }
     };
-    out.used.push(ip);
+    out.used.push(ip.into());
+    // Most pods are dual-stack.
+    let ip6 = rng.chance(70).then(|| v6_of(ip));
+    out.used.extend(ip6.map(IpAddr::V6));
     let mut l = labels(&[("pod", rng.pick(&["a", "b", "c"]))]);
     if rng.chance(40) {
         l.insert("app".into(), rng.pick(&["web", "db"]).into());
@@ -223,6 +250,7 @@ fn gen_pod(rng: &mut Rng, ns: &str, i: usize, out: &mut PodSet) {
         namespace: ns.into(),
         labels: l.into(),
         ip: Some(ip),
+        ip6,
         node: Some(if is_local { "n1" } else { "n2" }.into()),
         named_ports: named_ports.into(),
     };
@@ -232,6 +260,7 @@ fn gen_pod(rng: &mut Rng, ns: &str, i: usize, out: &mut PodSet) {
         out.endpoints.push(LocalEndpoint {
             ifindex: 100 + out.endpoints.len() as u32,
             ip,
+            ip6,
             pod: Some(key.clone()),
             pending: rng.chance(50),
         });
@@ -239,12 +268,15 @@ fn gen_pod(rng: &mut Rng, ns: &str, i: usize, out: &mut PodSet) {
         if rng.chance(30) {
             compiled.ip = None;
         }
+        if rng.chance(30) {
+            compiled.ip6 = None;
+        }
     }
     out.pods.insert(key, compiled);
 }
 
 /// Policy `np{i}` in a random namespace, ipBlocks around `anchors`.
-fn gen_policy(rng: &mut Rng, i: usize, anchors: &[Ipv4Addr]) -> NetworkPolicyInfo {
+fn gen_policy(rng: &mut Rng, i: usize, anchors: &[IpAddr]) -> NetworkPolicyInfo {
     let ns = rng.pick(&["x", "y", "z"]);
     let key = format!("{ns}/np{i}");
     let (ingress_enabled, egress_enabled) = rng.pick(&[(true, false), (false, true), (true, true)]);
@@ -262,26 +294,38 @@ fn gen_policy(rng: &mut Rng, i: usize, anchors: &[Ipv4Addr]) -> NetworkPolicyInf
 fn peer_addresses(
     policies: &BTreeMap<String, NetworkPolicyInfo>,
     eval_pods: &BTreeMap<String, PodInfo>,
-) -> Vec<Ipv4Addr> {
-    let mut addresses = vec![
-        HOST,
-        REMOTE_NODE,
-        Ipv4Addr::new(8, 8, 8, 8),
-        Ipv4Addr::new(10, 244, 1, 200),
-        Ipv4Addr::new(192, 168, 0, 1),
+) -> Vec<IpAddr> {
+    let mut addresses: Vec<IpAddr> = vec![
+        HOST.into(),
+        REMOTE_NODE.into(),
+        Ipv4Addr::new(8, 8, 8, 8).into(),
+        Ipv4Addr::new(10, 244, 1, 200).into(),
+        Ipv4Addr::new(192, 168, 0, 1).into(),
+        HOST6.into(),
+        REMOTE_NODE6.into(),
+        "2001:db8::1".parse().unwrap(),
+        v6_of(Ipv4Addr::new(10, 244, 1, 200)).into(),
     ];
     for p in policies.values() {
         for rule in p.ingress.iter().chain(&p.egress) {
             for peer in &rule.peers {
                 if let PolicyPeer::IpBlock { cidr, except } = peer {
                     for net in std::iter::once(cidr).chain(except) {
-                        addresses.extend([net.network(), net.broadcast()]);
+                        let last = match net {
+                            IpNetwork::V4(n) => n.broadcast().into(),
+                            IpNetwork::V6(n) => {
+                                let host_bits = 128 - u32::from(n.prefix());
+                                let mask = u128::MAX.checked_shr(128 - host_bits).filter(|_| host_bits > 0);
+                                Ipv6Addr::from(u128::from(n.network()) | mask.unwrap_or(0)).into()
+                            }
+                        };
+                        addresses.extend([net.network(), last]);
                     }
                 }
             }
         }
     }
-    addresses.retain(|a| !eval_pods.values().any(|p| p.ip == Some(*a)));
+    addresses.retain(|a| !eval_pods.values().any(|p| p.addrs().any(|b| b == *a)));
     addresses.sort();
     addresses.dedup();
     addresses
@@ -302,36 +346,48 @@ fn check(seed: u64, case: &Case, compiler: &mut PolicyCompiler, counts: &mut Cou
         pods: &case.pods,
         namespaces: &case.namespaces,
         policies: &case.policies,
-        host_addrs: &[HOST],
+        host_addrs: &hosts(),
         endpoints: &case.endpoints,
     };
     let desired = compiler.compile(&input);
     assert_eq!(compiler.compile(&input), desired, "seed {seed}: a second compile differs");
     let policies: Vec<NetworkPolicyInfo> = case.policies.values().cloned().collect();
-    let nodes = BTreeMap::from([("n1".to_string(), HOST), ("n2".to_string(), REMOTE_NODE)]);
+    let nodes = BTreeMap::from([
+        ("n1".to_string(), hosts()),
+        ("n2".to_string(), vec![REMOTE_NODE.into(), REMOTE_NODE6.into()]),
+    ]);
     let view = PolicyView { policies: &policies, namespaces: &case.namespaces, node_addrs: &nodes };
-    let peers: Vec<(Peer<'_>, Ipv4Addr, String)> = case
+    // Each peer at each of its addresses.
+    let peers: Vec<(Peer<'_>, IpAddr, String)> = case
         .eval_pods
         .values()
-        .map(|p| (Peer::Pod(p), p.ip.unwrap(), p.key.to_string()))
+        .flat_map(|p| p.addrs().map(move |a| (Peer::Pod(p), a, p.key.to_string())))
         .chain(case.addresses.iter().map(|a| (Peer::Address(*a), *a, a.to_string())))
         .collect();
     for ep in &case.endpoints {
         let pod = &case.eval_pods[ep.pod.as_ref().unwrap()];
-        for (peer, peer_ip, peer_name) in &peers {
+        // Over the families the endpoint has.
+        for (peer, peer_ip, peer_name) in
+            peers.iter().filter(|(_, a, _)| pod.addrs().any(|b| b.is_ipv4() == a.is_ipv4()))
+        {
+            let family = Family::of(*peer_ip);
             for proto in PROTOS {
                 for port in PORTS {
                     for dir in [Direction::Ingress, Direction::Egress] {
                         let expected: Verdict = match dir {
-                            Direction::Ingress => evaluate(&view, *peer, Peer::Pod(pod), proto, port).ingress.unwrap(),
-                            Direction::Egress => evaluate(&view, Peer::Pod(pod), *peer, proto, port).egress.unwrap(),
+                            Direction::Ingress => {
+                                evaluate(&view, family, *peer, Peer::Pod(pod), proto, port).ingress.unwrap()
+                            }
+                            Direction::Egress => {
+                                evaluate(&view, family, Peer::Pod(pod), *peer, proto, port).egress.unwrap()
+                            }
                         };
                         let got = simulate(&desired, ep.ifindex, dir, *peer_ip, proto, port);
                         // The slot names a policy that allows it; from the
                         // node, that may also be a selecting policy whose
                         // rule matches the node (a longer prefix than the
                         // node's own entry).
-                        let from_node = dir == Direction::Ingress && *peer_ip == HOST;
+                        let from_node = dir == Direction::Ingress && hosts().contains(peer_ip);
                         let slot_ok = match got.slot {
                             None => true,
                             Some(POLICY_SLOT_OWN_NODE) => from_node,
@@ -393,7 +449,7 @@ fn compiled_maps_agree_with_the_evaluator() {
 
 /// One change of the kind the agent sees, taking the new objects from
 /// another random cluster (whose keys mostly overlap this one's).
-fn change(rng: &mut Rng, case: &mut Case, hosts: &mut Vec<Ipv4Addr>) {
+fn change(rng: &mut Rng, case: &mut Case, hosts: &mut Vec<IpAddr>) {
     let other = gen_case(rng);
     let pick_key = |rng: &mut Rng, a: &BTreeMap<String, PodInfo>, b: &BTreeMap<String, PodInfo>| {
         let keys: Vec<&String> = a.keys().chain(b.keys()).collect();
@@ -446,10 +502,11 @@ fn change(rng: &mut Rng, case: &mut Case, hosts: &mut Vec<Ipv4Addr>) {
                 }
             }
             _ => {
-                *hosts = vec![HOST];
+                *hosts = self::hosts();
                 if rng.chance(50) {
-                    hosts.extend(case.pods.values().find_map(|p| p.ip));
+                    hosts.extend(case.pods.values().find_map(|p| p.addrs().last()));
                 }
+                hosts.sort();
             }
         },
     }
@@ -461,7 +518,7 @@ fn compiles_reusing_earlier_work_equal_compiles_from_scratch() {
     for seed in 0..seeds {
         let mut rng = Rng::new(seed);
         let mut case = gen_case(&mut rng);
-        let mut hosts = vec![HOST];
+        let mut hosts = self::hosts();
         let mut compiler = PolicyCompiler::new();
         let mut before: Option<BTreeMap<String, PodInfo>> = None;
         let mut last_ipcache = None;
@@ -487,7 +544,7 @@ fn compiles_reusing_earlier_work_equal_compiles_from_scratch() {
             // ipcache is everything that did.
             if let (Some((since, nets)), Some((version, previous))) = (&desired.ipcache_delta.since, &last_ipcache) {
                 assert_eq!(since, version, "seed {seed}, step {step}: a delta since the previous compile");
-                let previous: &BTreeMap<Ipv4Network, u32> = previous;
+                let previous: &BTreeMap<IpNetwork, u32> = previous;
                 let differing = previous
                     .keys()
                     .chain(desired.ipcache.keys())
@@ -545,10 +602,11 @@ fn large_pod(i: u32) -> (PodInfo, Option<LocalEndpoint>) {
         namespace: ns,
         labels: labels(&[("app", &app)]).into(),
         ip: Some(ip),
+        ip6: None,
         node: Some(if local { "n1" } else { "n2" }.into()),
         named_ports: vec![("http".into(), Protocol::Tcp, 8080)].into(),
     };
-    let endpoint = local.then(|| LocalEndpoint { ifindex: 1000 + i, ip, pod: Some(key), pending: false });
+    let endpoint = local.then(|| LocalEndpoint { ifindex: 1000 + i, ip, ip6: None, pod: Some(key), pending: false });
     (pod, endpoint)
 }
 
@@ -595,7 +653,7 @@ fn a_thousand_policies_over_a_thousand_pods_stay_small() {
         pods: &pods,
         namespaces: &namespaces,
         policies: &policies,
-        host_addrs: &[HOST],
+        host_addrs: &hosts(),
         endpoints: &endpoints,
     };
     let mut compiler = PolicyCompiler::new();

@@ -13,16 +13,16 @@
 //! (tested against it in `agreement`).
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     sync::Arc,
 };
 
 use super::{LocalEndpoint, PolicyCompiler};
 use crate::model::policy::{
-    identity::{Blocks, IdentityKey, prefix_of},
+    identity::{Blocks, IdentityKey, host_prefix},
     types::PodInfo,
 };
-use ipnetwork::Ipv4Network;
+use ipnetwork::IpNetwork;
 
 /// What the last compile's ipcache was derived from.
 #[derive(Clone, Debug, Default)]
@@ -30,16 +30,38 @@ pub(super) struct IpcacheState {
     /// Set by a full compile; the state below describes its input.
     valid: bool,
     blocks: Blocks,
-    hosts: Vec<Ipv4Addr>,
+    hosts: Vec<IpAddr>,
     endpoints: Vec<LocalEndpoint>,
-    /// Pods not bound to a local endpoint, by their status address.
-    claims: HashMap<Ipv4Addr, Claimants>,
-    claimed: HashMap<Arc<str>, Ipv4Addr>,
-    ipcache: Arc<BTreeMap<Ipv4Network, u32>>,
+    /// Pods not bound to a local endpoint, by their status addresses.
+    claims: HashMap<IpAddr, Claimants>,
+    claimed: HashMap<Arc<str>, Claim>,
+    ipcache: Arc<BTreeMap<IpNetwork, u32>>,
     /// Identity -> how many ipcache entries hold it.
     users: HashMap<u32, u32>,
     /// Identity -> what it is (`DesiredPolicy::identities`).
     described: BTreeMap<u32, String>,
+}
+
+/// The status addresses a pod claims (an address per family: smaller
+/// than a list, at one per pod of the cluster).
+#[derive(Clone, Copy, Debug, Default)]
+struct Claim {
+    v4: Option<Ipv4Addr>,
+    v6: Option<Ipv6Addr>,
+}
+
+impl Claim {
+    fn of(pod: &PodInfo) -> Self {
+        Self { v4: pod.ip, v6: pod.ip6 }
+    }
+
+    fn addrs(self) -> impl Iterator<Item = IpAddr> {
+        self.v4.map(IpAddr::V4).into_iter().chain(self.v6.map(IpAddr::V6))
+    }
+
+    fn is_empty(self) -> bool {
+        self.v4.is_none() && self.v6.is_none()
+    }
 }
 
 /// The pods claiming one address, in key order (the first one known
@@ -71,21 +93,22 @@ impl IpcacheState {
     /// After a full compile: its input and output, for the next update.
     pub(super) fn rebuild(
         input_pods: &BTreeMap<String, PodInfo>,
-        hosts: &[Ipv4Addr],
+        hosts: &[IpAddr],
         endpoints: &[LocalEndpoint],
         blocks: &Blocks,
-        ipcache: &Arc<BTreeMap<Ipv4Network, u32>>,
+        ipcache: &Arc<BTreeMap<IpNetwork, u32>>,
         described: &BTreeMap<u32, String>,
     ) -> Self {
         let local = bound(endpoints);
-        let mut claims: HashMap<Ipv4Addr, Claimants> = HashMap::new();
+        let mut claims: HashMap<IpAddr, Claimants> = HashMap::new();
         let mut claimed = HashMap::with_capacity(input_pods.len());
         for pod in input_pods.values() {
-            if let Some(ip) = pod.ip
-                && !local.contains(&*pod.key)
-            {
-                claims.entry(ip).or_default().insert(&pod.key);
-                claimed.insert(pod.key.clone(), ip);
+            let claim = Claim::of(pod);
+            if !claim.is_empty() && !local.contains(&*pod.key) {
+                for ip in claim.addrs() {
+                    claims.entry(ip).or_default().insert(&pod.key);
+                }
+                claimed.insert(pod.key.clone(), claim);
             }
         }
         let mut users: HashMap<u32, u32> = HashMap::new();
@@ -106,7 +129,7 @@ impl IpcacheState {
     }
 
     /// Whether an update from this state gives what a full compile would.
-    pub(super) fn usable(&self, blocks: &Blocks, hosts: &[Ipv4Addr]) -> bool {
+    pub(super) fn usable(&self, blocks: &Blocks, hosts: &[IpAddr]) -> bool {
         self.valid && self.blocks == *blocks && self.hosts == hosts
     }
 }
@@ -122,22 +145,22 @@ impl PolicyCompiler {
         pods: &BTreeMap<String, PodInfo>,
         endpoints: &[LocalEndpoint],
         changed: &BTreeSet<String>,
-        ipcache: &mut Arc<BTreeMap<Ipv4Network, u32>>,
+        ipcache: &mut Arc<BTreeMap<IpNetwork, u32>>,
         described: &mut BTreeMap<u32, String>,
-    ) -> (BTreeSet<u32>, Vec<Ipv4Network>) {
+    ) -> (BTreeSet<u32>, Vec<IpNetwork>) {
         let mut state = std::mem::take(&mut self.cache.ipcache);
         let new_bound = bound(endpoints);
-        let mut affected: BTreeSet<Ipv4Addr> = BTreeSet::new();
+        let mut affected: BTreeSet<IpAddr> = BTreeSet::new();
         let mut keys: BTreeSet<&str> = changed.iter().map(String::as_str).collect();
         if state.endpoints != endpoints {
             // Few: every address of every local endpoint, before and after.
-            affected.extend(state.endpoints.iter().chain(endpoints).map(|e| e.ip));
+            affected.extend(state.endpoints.iter().chain(endpoints).flat_map(LocalEndpoint::addrs));
             // Pods bound or unbound: their status address counts or not.
             let old_bound = bound(&state.endpoints);
             keys.extend(old_bound.symmetric_difference(&new_bound).copied());
         }
         for key in &keys {
-            if let Some(ip) = state.claimed.remove(*key) {
+            for ip in state.claimed.remove(*key).into_iter().flat_map(Claim::addrs) {
                 if let Some(set) = state.claims.get_mut(&ip) {
                     set.remove(key);
                     if set.0.is_empty() {
@@ -148,13 +171,14 @@ impl PolicyCompiler {
             }
             match pods.get(*key) {
                 Some(pod) => {
-                    if let Some(ip) = pod.ip {
-                        if !new_bound.contains(key) {
+                    let claim = Claim::of(pod);
+                    if !claim.is_empty() && !new_bound.contains(key) {
+                        for ip in claim.addrs() {
                             state.claims.entry(ip).or_default().insert(&pod.key);
-                            state.claimed.insert(pod.key.clone(), ip);
                         }
-                        affected.insert(ip);
+                        state.claimed.insert(pod.key.clone(), claim);
                     }
+                    affected.extend(claim.addrs());
                 }
                 None => {
                     self.cache.pods.remove(*key);
@@ -162,7 +186,12 @@ impl PolicyCompiler {
             }
             // A local pod holds its endpoints' addresses (before and after).
             affected.extend(
-                state.endpoints.iter().chain(endpoints).filter(|e| e.pod.as_deref() == Some(*key)).map(|e| e.ip),
+                state
+                    .endpoints
+                    .iter()
+                    .chain(endpoints)
+                    .filter(|e| e.pod.as_deref() == Some(*key))
+                    .flat_map(LocalEndpoint::addrs),
             );
         }
 
@@ -174,15 +203,16 @@ impl PolicyCompiler {
                 // This node's address: the host identity, whoever claims it.
                 continue;
             }
-            let net = prefix_of(addr, 32);
+            let net = host_prefix(addr);
             let holder = endpoints
                 .iter()
-                .filter(|e| e.ip == addr)
+                .filter(|e| e.addrs().any(|a| a == addr))
                 .find_map(|e| e.pod.as_ref().and_then(|k| pods.get(k)))
                 .or_else(|| state.claims.get(&addr).and_then(|keys| keys.0.iter().find_map(|k| pods.get(&**k))));
             let new_id = match holder {
                 Some(pod) => Some(self.pod_identity(pod, blocks.of_addr(addr))),
-                // A /32 ipBlock prefix holds the address when no pod does.
+                // A /32 (/128) ipBlock prefix holds the address when no pod
+                // does.
                 None if blocks.iter().any(|b| b == net) => {
                     Some(self.identities.assign(&IdentityKey::address(Some(net))))
                 }
@@ -245,7 +275,7 @@ impl PolicyCompiler {
 
     /// A pod's identity at an address in `block`: the last compile's when
     /// the pod is as it was and its number still stands for it.
-    fn pod_identity(&mut self, pod: &PodInfo, block: Option<Ipv4Network>) -> u32 {
+    fn pod_identity(&mut self, pod: &PodInfo, block: Option<IpNetwork>) -> u32 {
         if let Some(id) = self.known_identity(self.cache.pods.get(&pod.key).copied(), pod, block) {
             return id;
         }

@@ -30,7 +30,7 @@ struct World {
     namespaces: BTreeMap<String, NamespaceInfo>,
     policies: BTreeMap<String, NetworkPolicyInfo>,
     endpoints: Vec<LocalEndpoint>,
-    hosts: Vec<Ipv4Addr>,
+    hosts: Vec<IpAddr>,
 }
 
 impl World {
@@ -40,7 +40,7 @@ impl World {
             namespaces: BTreeMap::new(),
             policies: BTreeMap::new(),
             endpoints: vec![],
-            hosts: vec![HOST],
+            hosts: vec![HOST.into()],
         };
         for ns in ["x", "y"] {
             w.namespaces.insert(ns.into(), NamespaceInfo { name: ns.into(), labels: labels(&[("ns", ns)]) });
@@ -61,6 +61,7 @@ impl World {
                 namespace: ns.into(),
                 labels: labels(&[("pod", name)]).into(),
                 ip: Some(addr),
+                ip6: None,
                 node: Some(node.into()),
                 named_ports: vec![("http".into(), Protocol::Tcp, 80), ("dns".into(), Protocol::Udp, 53)].into(),
             },
@@ -89,14 +90,21 @@ impl World {
 }
 
 fn local(ifindex: u32, addr: Ipv4Addr, pod: &str) -> LocalEndpoint {
-    LocalEndpoint { ifindex, ip: addr, pod: Some(pod.into()), pending: true }
+    LocalEndpoint { ifindex, ip: addr, ip6: None, pod: Some(pod.into()), pending: true }
 }
 
 fn port(proto: Protocol, p: PortRef, end_port: Option<u16>) -> PolicyPort {
     PolicyPort { protocol: proto, port: Some(p), end_port }
 }
 
-fn allowed(d: &DesiredPolicy, ifindex: u32, dir: Direction, peer: Ipv4Addr, proto: Protocol, port: u16) -> bool {
+fn allowed(
+    d: &DesiredPolicy,
+    ifindex: u32,
+    dir: Direction,
+    peer: impl Into<IpAddr>,
+    proto: Protocol,
+    port: u16,
+) -> bool {
     simulate(d, ifindex, dir, peer, proto, port).allowed
 }
 
@@ -224,8 +232,8 @@ fn slots_are_stable_and_reused_late() {
 fn pending_endpoints_stay_isolated_until_their_pod_is_known() {
     let mut w = World::new();
     w.endpoints.push(local(4, ip(4), "x/late"));
-    w.endpoints.push(LocalEndpoint { ifindex: 5, ip: ip(5), pod: None, pending: false });
-    w.endpoints.push(LocalEndpoint { ifindex: 6, ip: ip(6), pod: None, pending: true });
+    w.endpoints.push(LocalEndpoint { ifindex: 5, ip: ip(5), ip6: None, pod: None, pending: false });
+    w.endpoints.push(LocalEndpoint { ifindex: 6, ip: ip(6), ip6: None, pod: None, pending: true });
     let mut c = PolicyCompiler::new();
     let d = w.compile(&mut c);
     assert_eq!(d.endpoint_flags[&4], EndpointInfo::FLAG_POLICY_PENDING);

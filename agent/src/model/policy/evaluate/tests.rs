@@ -1,6 +1,9 @@
 //! Scenarios in the style of the upstream NetworkPolicy e2e truth tables:
 //! namespaces x, y, z; pods a, b, c in each; ports 80 and 81.
-use std::collections::BTreeMap;
+use std::{
+    collections::BTreeMap,
+    net::{Ipv4Addr, Ipv6Addr},
+};
 
 use super::*;
 use crate::model::policy::{
@@ -12,8 +15,10 @@ use crate::model::policy::{
 struct World {
     pods: Vec<PodInfo>,
     namespaces: BTreeMap<String, NamespaceInfo>,
-    nodes: BTreeMap<String, Ipv4Addr>,
+    nodes: BTreeMap<String, Vec<IpAddr>>,
     policies: Vec<NetworkPolicyInfo>,
+    /// What connections are made over (every pod has both families).
+    family: Family,
 }
 
 fn world() -> World {
@@ -27,6 +32,7 @@ fn world() -> World {
                 namespace: ns.to_string(),
                 labels: labels(&[("pod", p)]).into(),
                 ip: Some(Ipv4Addr::new(10, 244, 1, (n * 10 + i + 2) as u8)),
+                ip6: Some(Ipv6Addr::new(0xfd00, 10, 244, 1, 0, 0, 0, (n * 10 + i + 2) as u16)),
                 node: Some("n1".into()),
                 named_ports: vec![
                     ("serve-80-tcp".to_string(), Protocol::Tcp, 80),
@@ -39,8 +45,12 @@ fn world() -> World {
     World {
         pods,
         namespaces,
-        nodes: BTreeMap::from([("n1".to_string(), Ipv4Addr::new(172, 30, 0, 11))]),
+        nodes: BTreeMap::from([(
+            "n1".to_string(),
+            vec![Ipv4Addr::new(172, 30, 0, 11).into(), Ipv6Addr::new(0xfd00, 172, 30, 0, 0, 0, 0, 11).into()],
+        )]),
         policies: vec![],
+        family: Family::Ipv4,
     }
 }
 
@@ -50,7 +60,7 @@ impl World {
     }
     fn allowed(&self, src: &str, dst: &str, proto: Protocol, port: u16) -> bool {
         let view = PolicyView { policies: &self.policies, namespaces: &self.namespaces, node_addrs: &self.nodes };
-        evaluate(&view, Peer::Pod(self.pod(src)), Peer::Pod(self.pod(dst)), proto, port).allowed
+        evaluate(&view, self.family, Peer::Pod(self.pod(src)), Peer::Pod(self.pod(dst)), proto, port).allowed
     }
     /// The 9x9 matrix for one port, as rows of '.' (allowed) and 'X'.
     fn matrix(&self, proto: Protocol, port: u16) -> Vec<String> {
@@ -151,6 +161,58 @@ fn ip_block_with_except() {
     assert!(!w.allowed("y/a", "x/a", Protocol::Tcp, 80));
     assert!(!w.allowed("y/b", "x/a", Protocol::Tcp, 80));
     assert!(w.allowed("y/c", "x/a", Protocol::Tcp, 80));
+    // An IPv4 block admits nothing over IPv6.
+    w.family = Family::Ipv6;
+    assert!(!w.allowed("y/c", "x/a", Protocol::Tcp, 80));
+}
+
+#[test]
+fn ip_blocks_of_each_family_admit_that_family_only() {
+    let mut w = world();
+    w.policies.push(policy(
+        "x/cidr6",
+        sel(&[("pod", "a")]),
+        Some(vec![PolicyRule {
+            peers: vec![ip_block("fd00:a:f4:1::/64", &["fd00:a:f4:1::c/127"]), ip_block("0.0.0.0/0", &[])],
+            ports: vec![],
+        }]),
+        None,
+    ));
+    w.family = Family::Ipv6;
+    // y/a is fd00:a:f4:1::c, y/b ::d: excepted; y/c ::e allowed.
+    assert!(!w.allowed("y/a", "x/a", Protocol::Tcp, 80));
+    assert!(!w.allowed("y/b", "x/a", Protocol::Tcp, 80));
+    assert!(w.allowed("y/c", "x/a", Protocol::Tcp, 80));
+    // 0.0.0.0/0 is every IPv4 address, and no IPv6 one.
+    w.policies[0].ingress[0].peers.remove(0);
+    assert!(!w.allowed("y/c", "x/a", Protocol::Tcp, 80));
+    w.family = Family::Ipv4;
+    assert!(w.allowed("y/c", "x/a", Protocol::Tcp, 80));
+}
+
+/// Pod selectors, namespace selectors and ports decide alike over both
+/// families (the upstream truth tables, over IPv6).
+#[test]
+fn selectors_and_ports_decide_alike_over_ipv6() {
+    let mut w = world();
+    w.policies.push(policy(
+        "x/from-y-b",
+        LabelSelector::default(),
+        Some(vec![PolicyRule {
+            peers: vec![PolicyPeer::Pods { namespaces: Some(sel(&[("ns", "y")])), pods: Some(sel(&[("pod", "b")])) }],
+            ports: vec![tcp(80)],
+        }]),
+        None,
+    ));
+    w.policies.push(policy("z/deny-egress", sel(&[("pod", "c")]), None, Some(vec![])));
+    let v4 = [w.matrix(Protocol::Tcp, 80), w.matrix(Protocol::Tcp, 81)];
+    w.family = Family::Ipv6;
+    let v6 = [w.matrix(Protocol::Tcp, 80), w.matrix(Protocol::Tcp, 81)];
+    assert_eq!(v4, v6);
+    assert_eq!(v6[0][4], ".........", "y/b reaches x on 80");
+    assert_eq!(v6[1][4], "XXX......", "but not on 81");
+    assert_eq!(v6[0][0], "XXX......", "x/a does not reach x");
+    assert_eq!(v6[0][8], "XXXXXXXXX", "z/c sends nothing");
 }
 
 #[test]
@@ -231,11 +293,12 @@ fn the_pods_own_node_always_reaches_it_and_verdicts_name_the_policies() {
     let mut w = world();
     w.policies.push(policy("x/deny", LabelSelector::default(), Some(vec![]), None));
     let view = PolicyView { policies: &w.policies, namespaces: &w.namespaces, node_addrs: &w.nodes };
-    let from_node =
-        evaluate(&view, Peer::Address(Ipv4Addr::new(172, 30, 0, 11)), Peer::Pod(w.pod("x/a")), Protocol::Tcp, 8080);
-    assert!(from_node.allowed);
-    let from_outside =
-        evaluate(&view, Peer::Address(Ipv4Addr::new(192, 0, 2, 1)), Peer::Pod(w.pod("x/a")), Protocol::Tcp, 80);
+    let from = |family, addr: IpAddr, port| {
+        evaluate(&view, family, Peer::Address(addr), Peer::Pod(w.pod("x/a")), Protocol::Tcp, port)
+    };
+    assert!(from(Family::Ipv4, Ipv4Addr::new(172, 30, 0, 11).into(), 8080).allowed);
+    assert!(from(Family::Ipv6, "fd00:ac:1e::b".parse().unwrap(), 8080).allowed, "the node's IPv6 address");
+    let from_outside = from(Family::Ipv4, Ipv4Addr::new(192, 0, 2, 1).into(), 80);
     assert!(!from_outside.allowed);
     let v = from_outside.ingress.unwrap();
     assert_eq!(v.selecting, ["x/deny"]);
