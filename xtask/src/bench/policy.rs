@@ -1,8 +1,8 @@
 //! `cargo xtask bench policy`: what NetworkPolicy costs.
 //!
 //! Data path: new-connection rate (connect, one request, close) from a
-//! client pod to a server pod by pod IP, with 0, 100 and 1,000
-//! NetworkPolicies in the cluster. With policies, the server is isolated
+//! client pod to a server pod by pod IP, over IPv4 and over IPv6 (the node
+//! is dual-stack), with 0, 100 and 1,000 NetworkPolicies in the cluster. With policies, the server is isolated
 //! for ingress and every new connection takes the policy lookups (ipcache,
 //! policy LPM, conntrack insert); one of the policies lets the client in,
 //! the others select the server too with rules for other peers and ports
@@ -40,7 +40,7 @@ use std::{
     ffi::OsString,
     fmt::Write as _,
     fs,
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4},
     path::Path,
     thread,
     time::{Duration, Instant},
@@ -54,6 +54,7 @@ use weir_testbed::{
     manifest::{PodObject, documents, namespace_yaml, network_policy_yaml},
     netns::NetNs,
     tools,
+    topology::Families,
 };
 
 use super::services::{EchoParams, Load, LoadParams, Paused, cpu_percent, loadavg, release_bins, run_load, spawn_echo};
@@ -121,7 +122,7 @@ pub fn run(args: PolicyBenchArgs) -> Result<()> {
     weir_testbed::check_prerequisites(&[tools::IP, tools::BPFTOOL, tools::SYSCTL])?;
     println!("bench policy: release binaries from {}; load average {}", release.display(), loadavg());
 
-    let topo = Topology::builder("bench-policy").nodes(1).build()?;
+    let topo = Topology::builder("bench-policy").nodes(1).families(Families::DualStack).build()?;
     let control = (!args.common.no_control_plane).then(|| control_plane(&topo, &release, &args));
     let data = if args.common.no_data_path { None } else { Some(data_path(&topo, &xtask, &args)?) };
     if let Some(d) = &data {
@@ -137,8 +138,27 @@ pub fn run(args: PolicyBenchArgs) -> Result<()> {
 
 // ---------------------------------------------------------------- data path
 
+/// The family a cell's connections are made over.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Over {
+    Ipv4,
+    Ipv6,
+}
+
+impl Over {
+    const BOTH: [Over; 2] = [Over::Ipv4, Over::Ipv6];
+
+    fn name(self) -> &'static str {
+        match self {
+            Over::Ipv4 => "IPv4",
+            Over::Ipv6 => "IPv6",
+        }
+    }
+}
+
 struct DataPath {
-    cells: BTreeMap<usize, std::result::Result<Load, String>>,
+    /// Per (policies, family).
+    cells: BTreeMap<(usize, Over), std::result::Result<Load, String>>,
     /// Per size: (policy map entries, identities) as the agent reported.
     maps: BTreeMap<usize, (u64, u64)>,
     /// Per size: the agent's CPU (% of a core) over 1 s once enforced.
@@ -194,13 +214,11 @@ fn remote_pods() -> Vec<String> {
     (0..REMOTE_PODS)
         .map(|j| {
             let ip = Ipv4Addr::new(10, 250, (j / 250) as u8, (j % 250 + 1) as u8);
+            let ip6 = Ipv6Addr::new(0xfd00, 10, 250, 0, 0, 0, 0, j as u16 + 1);
             let obj = PodObject::new(&format!("peer-{}", j % 10), &format!("peer-{j}"))
                 .label("app", &format!("app-{}", j % 40))
                 .label("tier", ["fe", "be", "db"][j % 3]);
-            obj.yaml(
-                "remote-node",
-                Some(weir_testbed::manifest::PodStatus { pod_ip: ip, host_ip: Ipv4Addr::new(192, 168, 99, 1) }),
-            )
+            obj.yaml_ips("remote-node", Some((Ipv4Addr::new(192, 168, 99, 1), vec![ip.into(), ip6.into()])))
         })
         .collect()
 }
@@ -255,7 +273,7 @@ fn metrics(node: &NetNs) -> Result<BTreeMap<String, f64>> {
         .collect())
 }
 
-fn reaches(client: &NetNs, target: SocketAddrV4) -> Result<bool> {
+fn reaches(client: &NetNs, target: SocketAddr) -> Result<bool> {
     let script = format!(
         "import socket\ntry:\n  socket.create_connection(('{}', {}), timeout=0.5).close(); print('yes')\nexcept Exception: print('no')",
         target.ip(),
@@ -264,12 +282,13 @@ fn reaches(client: &NetNs, target: SocketAddrV4) -> Result<bool> {
     Ok(client.run(&["python3", "-c", &script])?.trim() == "yes")
 }
 
-/// Writes the policy set for `size` and waits until the agent enforces it.
+/// Writes the policy set for `size` and waits until the agent enforces it
+/// (over both families, when `server` has both).
 fn apply(
     topo: &Topology,
     node: &NetNs,
     outsider: &NetNs,
-    server: SocketAddrV4,
+    server: &[SocketAddr],
     size: usize,
 ) -> Result<(Duration, (u64, u64))> {
     let mut docs = namespaces();
@@ -282,7 +301,15 @@ fn apply(
         let m = metrics(node).unwrap_or_default();
         let policies = m.get("weir_network_policies").copied().unwrap_or(-1.0);
         let pending = m.get("weir_policy_pending_pods").copied().unwrap_or(-1.0);
-        if policies == size as f64 && pending == 0.0 && reaches(outsider, server)? == (size == 0) {
+        let enforced = || -> Result<bool> {
+            for s in server {
+                if reaches(outsider, *s)? != (size == 0) {
+                    return Ok(false);
+                }
+            }
+            Ok(true)
+        };
+        if policies == size as f64 && pending == 0.0 && enforced()? {
             let entries = m.get("weir_policy_map_entries").copied().unwrap_or(0.0) as u64;
             let ids = m.get("weir_policy_identities").copied().unwrap_or(0.0) as u64;
             return Ok((start.elapsed(), (entries, ids)));
@@ -311,42 +338,58 @@ fn data_path(topo: &Topology, xtask: &Path, args: &PolicyBenchArgs) -> Result<Da
     let echo = EchoParams { port: SERVER_PORT, cpu: args.common.server_cpu, threads: 1, nice: args.common.nice };
     let _server = spawn_echo(node, &server, xtask_s, "n1/server", &echo)?;
     let target = SocketAddrV4::new(server.ip, SERVER_PORT);
-    println!("n1: agent pid {}, server {target}, client {}, outsider {}", agent.pid(), client.ip, outsider.ip);
+    let target6 = SocketAddr::new(IpAddr::V6(server.ipv6.context("the server pod has no IPv6")?), SERVER_PORT);
+    let targets = [SocketAddr::V4(target), target6];
+    println!(
+        "n1: agent pid {}, server {target} and {target6}, client {}, outsider {}",
+        agent.pid(),
+        client.ip,
+        outsider.ip
+    );
     // TIME_WAIT on the client side would run out of ports at these rates.
     let _ = node.netns.run(&["sysctl", "-q", "-w", "net.ipv4.tcp_tw_reuse=1"]);
 
-    let mut cells: BTreeMap<usize, std::result::Result<Load, String>> = BTreeMap::new();
+    let mut cells: BTreeMap<(usize, Over), std::result::Result<Load, String>> = BTreeMap::new();
     let mut maps = BTreeMap::new();
     let mut idle_cpu = BTreeMap::new();
     let slice = args.common.secs / args.common.rounds as f64;
     for round in 0..args.common.rounds {
         for &size in &args.sizes {
-            if matches!(cells.get(&size), Some(Err(_))) {
+            if Over::BOTH.iter().all(|o| matches!(cells.get(&(size, *o)), Some(Err(_)))) {
                 continue;
             }
-            let (took, m) = apply(topo, &node.netns, &outsider.netns, target, size)?;
+            let (took, m) = apply(topo, &node.netns, &outsider.netns, &targets, size)?;
             maps.insert(size, m);
             if round == 0 {
                 idle_cpu.insert(size, cpu_percent(agent.pid(), Duration::from_secs(1)));
             }
-            let paused = Paused::new(agent.pid());
-            let params = LoadParams {
-                secs: slice,
-                warmup: if round == 0 { args.warmup * 2.0 } else { args.warmup },
-                streams: 1,
-                cpu: args.common.client_cpu,
-                nice: args.common.nice,
-            };
-            let cell = run_load(xtask, &client.netns, &[target], None, &params);
-            drop(paused);
-            let slot = cells.entry(size).or_insert_with(|| Ok(Load::default()));
-            match cell {
-                Ok(l) => {
-                    if let Ok(acc) = slot {
-                        acc.merge(l);
-                    }
+            // Both families under the same policy set, the order
+            // alternating by round (a drift in load hits both alike).
+            let order = if round % 2 == 0 { Over::BOTH } else { [Over::Ipv6, Over::Ipv4] };
+            for over in order {
+                if matches!(cells.get(&(size, over)), Some(Err(_))) {
+                    continue;
                 }
-                Err(e) => *slot = Err(format!("{e:#}")),
+                let paused = Paused::new(agent.pid());
+                let params = LoadParams {
+                    secs: slice,
+                    warmup: if round == 0 { args.warmup * 2.0 } else { args.warmup },
+                    streams: 1,
+                    cpu: args.common.client_cpu,
+                    nice: args.common.nice,
+                };
+                let to = targets[over as usize];
+                let cell = run_load(xtask, &client.netns, &[to], None, &params);
+                drop(paused);
+                let slot = cells.entry((size, over)).or_insert_with(|| Ok(Load::default()));
+                match cell {
+                    Ok(l) => {
+                        if let Ok(acc) = slot {
+                            acc.merge(l);
+                        }
+                    }
+                    Err(e) => *slot = Err(format!("{e:#}")),
+                }
             }
             if round == 0 {
                 println!("  {size:>5} policies enforced {took:?} after the manifest was written");
@@ -369,7 +412,7 @@ fn data_path(topo: &Topology, xtask: &Path, args: &PolicyBenchArgs) -> Result<Da
         client: &client.netns,
     };
     if args.flow_rounds > 0 || args.flood_secs > 0.0 {
-        apply(topo, &node.netns, &outsider.netns, target, size)?;
+        apply(topo, &node.netns, &outsider.netns, &[target.into()], size)?;
     }
     let flows = (args.flow_rounds > 0).then(|| flow_compare(&mut bed, args, size).map_err(|e| format!("{e:#}")));
     let flood = (args.flood_secs > 0.0).then(|| {
@@ -438,7 +481,7 @@ impl Bed<'_> {
         let mut agent = spawned?;
         agent.wait_ready(Agent::ready_timeout())?;
         self.agent = Some(agent);
-        apply(self.topo, &self.node.netns, self.outsider, self.target, size)?;
+        apply(self.topo, &self.node.netns, self.outsider, &[self.target.into()], size)?;
         ensure!(
             self.flow_events_on()? == on,
             "the restarted agent has flow events {} (wanted {})",
@@ -500,7 +543,7 @@ fn flow_compare(bed: &mut Bed, args: &PolicyBenchArgs, size: usize) -> Result<Fl
                 nice: args.common.nice,
             };
             let (t0, start) = (cpu_ticks(pid), Instant::now());
-            let cell = run_load(bed.xtask, bed.client, &[bed.target], None, &params);
+            let cell = run_load(bed.xtask, bed.client, &[bed.target.into()], None, &params);
             let cpu = cores(t0, cpu_ticks(pid), start.elapsed());
             let (slot, cpus) = if on { (&mut fc.on, &mut fc.cpu_on) } else { (&mut fc.off, &mut fc.cpu_off) };
             cpus.extend(cpu.map(|c| c * 100.0));
@@ -589,48 +632,54 @@ fn flood(bed: &Bed, server: &Pod, args: &PolicyBenchArgs, size: usize) -> Result
 }
 
 fn print_data_path(args: &PolicyBenchArgs, d: &DataPath) {
-    let base = d.cells.get(&0).and_then(|c| c.as_ref().ok()).map(Load::rate);
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "\nNew connections to a pod by IP (one client, connect + request + close), {} s per cell in {} rounds:",
+        "\nNew connections to a pod by IP (one client, connect + request + close), {} s per cell in {} rounds, \
+         each family against its own no-policy rate:",
         args.common.secs, args.common.rounds
     );
     let _ = writeln!(
         out,
-        "| policies | conn/s | ratio to 0 | spread | p50 us | p99 us | map entries | identities | agent idle CPU |"
+        "| over | policies | conn/s | ratio to 0 | spread | p50 us | p99 us | map entries | identities | agent idle CPU |"
     );
-    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|");
-    for &size in &args.sizes {
-        let (entries, ids) = d.maps.get(&size).copied().unwrap_or_default();
-        match d.cells.get(&size) {
-            Some(Ok(l)) => {
-                let (p50, p99) = l.latency_us();
-                let ratio = base.map(|b| l.rate() / b);
-                let cpu = d.idle_cpu.get(&size).copied().flatten();
-                let _ = writeln!(
-                    out,
-                    "| {size} | {:.0} | {} | {} | {p50:.0} | {p99:.0} | {entries} | {ids} | {} |",
-                    l.rate(),
-                    ratio.map_or("-".into(), |r| format!("{r:.2}")),
-                    l.spread().map_or("-".into(), |s| format!("±{:.0}%", s * 100.0)),
-                    cpu.map_or("-".into(), |c| format!("{c:.1}%")),
-                );
+    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|");
+    let largest = args.sizes.iter().copied().max().unwrap_or(0);
+    let mut goals = Vec::new();
+    for over in Over::BOTH {
+        let base = d.cells.get(&(0, over)).and_then(|c| c.as_ref().ok()).map(Load::rate);
+        for &size in &args.sizes {
+            let (entries, ids) = d.maps.get(&size).copied().unwrap_or_default();
+            let name = over.name();
+            match d.cells.get(&(size, over)) {
+                Some(Ok(l)) => {
+                    let (p50, p99) = l.latency_us();
+                    let ratio = base.map(|b| l.rate() / b);
+                    let cpu = d.idle_cpu.get(&size).copied().flatten();
+                    let _ = writeln!(
+                        out,
+                        "| {name} | {size} | {:.0} | {} | {} | {p50:.0} | {p99:.0} | {entries} | {ids} | {} |",
+                        l.rate(),
+                        ratio.map_or("-".into(), |r| format!("{r:.2}")),
+                        l.spread().map_or("-".into(), |s| format!("±{:.0}%", s * 100.0)),
+                        cpu.map_or("-".into(), |c| format!("{c:.1}%")),
+                    );
+                }
+                Some(Err(e)) => {
+                    let _ = writeln!(out, "| {name} | {size} | failed: {e} | | | | | | | |");
+                }
+                None => {}
             }
-            Some(Err(e)) => {
-                let _ = writeln!(out, "| {size} | failed: {e} | | | | | | | |");
-            }
-            None => {}
+        }
+        if let (Some(b), Some(Ok(l))) = (base, d.cells.get(&(largest, over))) {
+            goals.push(format!("{} {:.2}, {}", over.name(), l.rate() / b, verdict(l.rate() / b >= GOAL_RATIO)));
         }
     }
-    if let (Some(b), Some(Ok(l))) = (base, d.cells.get(args.sizes.iter().max().unwrap_or(&0))) {
-        let r = l.rate() / b;
+    if !goals.is_empty() {
         let _ = writeln!(
             out,
-            "Goal: at least {GOAL_RATIO} of the no-policy rate at {} policies: {:.2}, {}.",
-            args.sizes.iter().max().unwrap_or(&0),
-            r,
-            if r >= GOAL_RATIO { "met" } else { "NOT met" }
+            "Goal: at least {GOAL_RATIO} of the no-policy rate at {largest} policies: {}.",
+            goals.join("; ")
         );
     }
     print!("{out}");

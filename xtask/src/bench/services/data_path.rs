@@ -410,7 +410,7 @@ fn probe(netns: &NetNs, target: SocketAddrV4, timeout: Duration) -> Result<()> {
             let deadline = Instant::now() + timeout;
             let mut buf = [0u8; 256];
             loop {
-                match exchange(target, Duration::from_millis(500), &mut buf) {
+                match exchange(target.into(), Duration::from_millis(500), &mut buf) {
                     Ok(_) => return Ok(()),
                     Err(e) if Instant::now() > deadline => {
                         return Err(e).with_context(|| format!("{target} from {}", netns.name()));
@@ -437,5 +437,6 @@ fn measure(
     let warmup = if first { args.warmup } else { args.warmup / 10.0 };
     let params =
         LoadParams { secs, warmup, streams: args.streams, cpu: args.common.client_cpu, nice: args.common.nice };
-    run_load(xtask, client, targets, cgroup, &params)
+    let targets: Vec<std::net::SocketAddr> = targets.iter().map(|t| (*t).into()).collect();
+    run_load(xtask, client, &targets, cgroup, &params)
 }

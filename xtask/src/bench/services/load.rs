@@ -5,7 +5,7 @@
 use std::{
     collections::BTreeMap,
     fs,
-    net::SocketAddrV4,
+    net::SocketAddr,
     path::Path,
     thread,
     time::{Duration, Instant},
@@ -136,12 +136,12 @@ pub(in crate::bench) struct LoadParams {
 pub(in crate::bench) fn run_load(
     xtask: &Path,
     client: &NetNs,
-    targets: &[SocketAddrV4],
+    targets: &[SocketAddr],
     cgroup: Option<&Path>,
     p: &LoadParams,
 ) -> Result<Load> {
     let mut cmd = client.command(xtask)?;
-    let targets: Vec<String> = targets.iter().map(SocketAddrV4::to_string).collect();
+    let targets: Vec<String> = targets.iter().map(SocketAddr::to_string).collect();
     cmd.args(["bench", "services-load", "--target"])
         .arg(targets.join(","))
         .args(["--secs", &p.secs.to_string(), "--warmup", &p.warmup.to_string()])

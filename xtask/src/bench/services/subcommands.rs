@@ -6,7 +6,7 @@ use std::{
     collections::BTreeMap,
     fs,
     io::{self, Read, Write},
-    net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream},
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream},
     os::fd::{FromRawFd, OwnedFd},
     path::PathBuf,
     sync::{
@@ -26,10 +26,10 @@ use super::REQUEST;
 /// `bench services-load` (hidden): the load generator of one cell.
 #[derive(Args)]
 pub struct LoadArgs {
-    /// Where to connect; several (comma-separated) are taken in turn, one
-    /// per connection.
+    /// Where to connect (IPv4 or `[IPv6]:port`); several (comma-separated)
+    /// are taken in turn, one per connection.
     #[arg(long, value_delimiter = ',', required = true)]
-    target: Vec<SocketAddrV4>,
+    target: Vec<SocketAddr>,
     #[arg(long)]
     secs: f64,
     #[arg(long)]
@@ -87,20 +87,43 @@ fn pin_to_cpu(cpu: usize) -> Result<()> {
 
 /// A blocking TCP connect with send and receive timeouts set before it (one
 /// setsockopt each: no non-blocking connect + poll dance per connection).
-fn connect(target: SocketAddrV4, timeout: Duration) -> io::Result<TcpStream> {
+fn connect(target: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
     let tv = libc::timeval {
         tv_sec: timeout.as_secs() as libc::time_t,
         tv_usec: timeout.subsec_micros() as libc::suseconds_t,
     };
-    let addr = libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: target.port().to_be(),
-        sin_addr: libc::in_addr { s_addr: u32::from(*target.ip()).to_be() },
-        sin_zero: [0; 8],
+    // SAFETY: all-zero is a valid sockaddr_storage; the family's own
+    // struct is written into it below.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let (family, len) = match target {
+        SocketAddr::V4(t) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: t.port().to_be(),
+                sin_addr: libc::in_addr { s_addr: u32::from(*t.ip()).to_be() },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: sockaddr_storage is larger than and aligned for
+            // sockaddr_in.
+            unsafe { std::ptr::write((&mut storage as *mut libc::sockaddr_storage).cast(), sin) };
+            (libc::AF_INET, std::mem::size_of::<libc::sockaddr_in>())
+        }
+        SocketAddr::V6(t) => {
+            let sin6 = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                sin6_port: t.port().to_be(),
+                sin6_flowinfo: 0,
+                sin6_addr: libc::in6_addr { s6_addr: t.ip().octets() },
+                sin6_scope_id: t.scope_id(),
+            };
+            // SAFETY: as above, for sockaddr_in6.
+            unsafe { std::ptr::write((&mut storage as *mut libc::sockaddr_storage).cast(), sin6) };
+            (libc::AF_INET6, std::mem::size_of::<libc::sockaddr_in6>())
+        }
     };
     // SAFETY: plain socket syscalls on a descriptor this function owns.
     unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        let fd = libc::socket(family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
         if fd < 0 {
             return Err(io::Error::last_os_error());
         }
@@ -117,11 +140,7 @@ fn connect(target: SocketAddrV4, timeout: Duration) -> io::Result<TcpStream> {
                 return Err(io::Error::last_os_error());
             }
         }
-        let rc = libc::connect(
-            fd,
-            (&addr as *const libc::sockaddr_in).cast(),
-            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
-        );
+        let rc = libc::connect(fd, (&storage as *const libc::sockaddr_storage).cast(), len as libc::socklen_t);
         if rc != 0 {
             let e = io::Error::last_os_error();
             // A blocking connect that hit SO_SNDTIMEO.
@@ -136,7 +155,7 @@ fn connect(target: SocketAddrV4, timeout: Duration) -> io::Result<TcpStream> {
 
 /// connect, request, reply, close: the latency to the reply's first byte and
 /// the reply's length in `buf` (read to EOF: the server closes first).
-pub(super) fn exchange(target: SocketAddrV4, timeout: Duration, buf: &mut [u8]) -> io::Result<(Duration, usize)> {
+pub(super) fn exchange(target: SocketAddr, timeout: Duration, buf: &mut [u8]) -> io::Result<(Duration, usize)> {
     let start = Instant::now();
     let mut s = connect(target, timeout)?;
     s.write_all(REQUEST)?;
@@ -165,7 +184,7 @@ struct StreamOut {
     backends: Vec<(Vec<u8>, u64)>,
 }
 
-fn stream(targets: &[SocketAddrV4], stop: &AtomicBool, keep: bool) -> StreamOut {
+fn stream(targets: &[SocketAddr], stop: &AtomicBool, keep: bool) -> StreamOut {
     let mut out = StreamOut { samples: Vec::with_capacity(if keep { 1 << 17 } else { 0 }), ..Default::default() };
     let mut buf = [0u8; 256];
     let mut next = 0;
@@ -196,7 +215,7 @@ fn stream(targets: &[SocketAddrV4], stop: &AtomicBool, keep: bool) -> StreamOut 
 }
 
 /// `streams` threads for `secs`; their outputs and the wall time.
-fn phase(targets: &[SocketAddrV4], streams: usize, secs: f64, keep: bool) -> (Vec<StreamOut>, Duration) {
+fn phase(targets: &[SocketAddr], streams: usize, secs: f64, keep: bool) -> (Vec<StreamOut>, Duration) {
     let stop = Arc::new(AtomicBool::new(false));
     let start = Instant::now();
     let outs = thread::scope(|s| {
@@ -250,8 +269,11 @@ pub fn load(args: LoadArgs) -> Result<()> {
 /// TIME_WAIT lands here and not on the client's ephemeral ports).
 pub fn echo(args: EchoArgs) -> Result<()> {
     pin(args.cpu, args.nice)?;
-    let listener =
-        TcpListener::bind((Ipv4Addr::UNSPECIFIED, args.port)).with_context(|| format!("bind :{}", args.port))?;
+    // Both families on one socket (`[::]` takes IPv4 too, as v4-mapped);
+    // IPv4 alone where the kernel has no IPv6.
+    let listener = TcpListener::bind((Ipv6Addr::UNSPECIFIED, args.port))
+        .or_else(|_| TcpListener::bind((Ipv4Addr::UNSPECIFIED, args.port)))
+        .with_context(|| format!("bind :{}", args.port))?;
     println!("listening: {} on :{}", args.label, args.port);
     io::stdout().flush()?;
     let label = Arc::new(args.label.into_bytes());
