@@ -36,7 +36,7 @@ pub fn del(conf: &NetConf, attachment: &Attachment) -> Result<(), CniError> {
     }
     log::step("unpin links");
 
-    let ipam = super::ipam(conf);
+    let ipam = super::ipam_all(conf);
     let ips = reserved_ips(&ipam, attachment, &mut problems);
     log::step("ipam lookup");
 

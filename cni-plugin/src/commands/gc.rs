@@ -22,7 +22,7 @@ pub fn gc(conf: &NetConf, keep: &HashSet<Attachment>) -> Result<(), CniError> {
     let pins = conf.bpf_pin_dir.as_deref().map(Pins::new);
 
     // Reservations.
-    let released = match super::ipam(conf).and_then(|a| Ok(a.release_all_except(keep)?)) {
+    let released = match super::ipam_all(conf).and_then(|a| Ok(a.release_all_except(keep)?)) {
         Ok(released) => released,
         Err(e) => {
             problems.push(e.to_string());

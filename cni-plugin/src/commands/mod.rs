@@ -33,7 +33,13 @@ pub fn run(request: Request) -> Result<Option<Value>, CniError> {
 }
 
 /// The allocators of every configured family, over this network's on-disk
-/// stores.
+/// stores (ADD).
 fn ipam(conf: &NetConf) -> Result<FamilyIpam<DiskStore>, CniError> {
     Ok(FamilyIpam::open(&conf.ipam_dir(), &conf.ranges)?)
+}
+
+/// `ipam`, with the stores of families the configuration dropped that
+/// still hold reservations (DEL, GC).
+fn ipam_all(conf: &NetConf) -> Result<FamilyIpam<DiskStore>, CniError> {
+    Ok(FamilyIpam::open_all(&conf.ipam_dir(), &conf.ranges)?)
 }

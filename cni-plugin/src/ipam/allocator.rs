@@ -111,7 +111,6 @@ impl<S: Store> Allocator<S> {
         Self { range, store }
     }
 
-    #[cfg(test)]
     pub fn store(&self) -> &S {
         &self.store
     }
@@ -164,33 +163,20 @@ impl<S: Store> Allocator<S> {
     }
 
     /// The address `owner` holds, if any.
+    /// (Tests; `FamilyIpam` calls the store functions below for every
+    /// family, configured or retired.)
+    #[cfg(test)]
     pub fn lookup(&self, owner: &Attachment) -> Result<Option<IpAddr>, IpamError> {
-        self.store.locked(|store| match store.held_by(owner)? {
-            Some(ip) => Ok(Some(ip)),
-            // Not indexed (a record from before the index): read them all.
-            None => Ok(store.reservations()?.into_iter().find(|r| r.owner.as_ref() == Some(owner)).map(|r| r.ip)),
-        })
+        lookup_owner(&self.store, owner)
     }
 
     /// Releases whatever `owner` holds; returns the released addresses
     /// (empty when it held none, which is fine for an idempotent DEL).
+    /// (Tests; `FamilyIpam` calls the store functions below for every
+    /// family, configured or retired.)
+    #[cfg(test)]
     pub fn release(&self, owner: &Attachment) -> Result<Vec<IpAddr>, IpamError> {
-        let released = self.store.locked(|store| {
-            if let Some(ip) = store.held_by(owner)? {
-                store.release(ip)?;
-                return Ok(vec![ip]);
-            }
-            let mut released = Vec::new();
-            for r in store.reservations()? {
-                if r.owner.as_ref() == Some(owner) {
-                    store.release(r.ip)?;
-                    released.push(r.ip);
-                }
-            }
-            Ok(released)
-        })?;
-        self.store.persist()?;
-        Ok(released)
+        release_owner(&self.store, owner)
     }
 
     /// Releases `ip` if `owner` still holds it.
@@ -204,20 +190,62 @@ impl<S: Store> Allocator<S> {
 
     /// GC: releases every reservation whose owner is not in `keep`
     /// (unreadable records included). Returns what was released.
+    /// (Tests; `FamilyIpam` calls the store functions below for every
+    /// family, configured or retired.)
+    #[cfg(test)]
     pub fn release_all_except(&self, keep: &HashSet<Attachment>) -> Result<Vec<Reservation>, IpamError> {
-        let released = self.store.locked(|store| {
-            let mut released = Vec::new();
-            for r in store.reservations()? {
-                if !r.owner.as_ref().is_some_and(|o| keep.contains(o)) {
-                    store.release(r.ip)?;
-                    released.push(r);
-                }
-            }
-            Ok(released)
-        })?;
-        self.store.persist()?;
-        Ok(released)
+        release_all_except(&self.store, keep)
     }
+}
+
+// DEL and GC need no range: they also run on the store of a family the
+// configuration no longer has (`FamilyIpam::open_all`).
+
+/// The address `owner` holds in `store`, if any.
+pub fn lookup_owner<S: Store>(store: &S, owner: &Attachment) -> Result<Option<IpAddr>, IpamError> {
+    store.locked(|store| match store.held_by(owner)? {
+        Some(ip) => Ok(Some(ip)),
+        // Not indexed (a record from before the index): read them all.
+        None => Ok(store.reservations()?.into_iter().find(|r| r.owner.as_ref() == Some(owner)).map(|r| r.ip)),
+    })
+}
+
+/// Releases whatever `owner` holds in `store`; returns the released
+/// addresses.
+pub fn release_owner<S: Store>(store: &S, owner: &Attachment) -> Result<Vec<IpAddr>, IpamError> {
+    let released = store.locked(|store| {
+        if let Some(ip) = store.held_by(owner)? {
+            store.release(ip)?;
+            return Ok(vec![ip]);
+        }
+        let mut released = Vec::new();
+        for r in store.reservations()? {
+            if r.owner.as_ref() == Some(owner) {
+                store.release(r.ip)?;
+                released.push(r.ip);
+            }
+        }
+        Ok(released)
+    })?;
+    store.persist()?;
+    Ok(released)
+}
+
+/// Releases every reservation in `store` whose owner is not in `keep`
+/// (unreadable records included). Returns what was released.
+pub fn release_all_except<S: Store>(store: &S, keep: &HashSet<Attachment>) -> Result<Vec<Reservation>, IpamError> {
+    let released = store.locked(|store| {
+        let mut released = Vec::new();
+        for r in store.reservations()? {
+            if !r.owner.as_ref().is_some_and(|o| keep.contains(o)) {
+                store.release(r.ip)?;
+                released.push(r);
+            }
+        }
+        Ok(released)
+    })?;
+    store.persist()?;
+    Ok(released)
 }
 
 /// An address reserved by a still-running ADD. Dropped without `keep`, it

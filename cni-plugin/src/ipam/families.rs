@@ -5,7 +5,10 @@
 
 use std::{collections::HashSet, net::IpAddr, path::Path};
 
-use super::{Allocator, DiskStore, IpamError, PodRange, Reservation, Store, allocator::Lease};
+use super::{
+    Allocator, DiskStore, IpamError, PodRange, Reservation, Store,
+    allocator::{self, Lease},
+};
 use crate::{attachment::Attachment, config::FamilyRanges};
 
 /// The IPv6 store's directory, inside the network's (IPv4) one.
@@ -14,6 +17,11 @@ pub const IPV6_DIR: &str = "ipv6";
 /// One allocator per family, IPv4 first.
 pub struct FamilyIpam<S> {
     allocators: Vec<Allocator<S>>,
+    /// The stores of families the configuration no longer has (a node
+    /// whose podCIDRs lost IPv6) that still hold reservations: DEL and GC
+    /// release from them too, so the pods that got those addresses leak
+    /// nothing.
+    retired: Vec<S>,
 }
 
 impl FamilyIpam<DiskStore> {
@@ -27,14 +35,40 @@ impl FamilyIpam<DiskStore> {
                 Ok(Allocator::new(PodRange::new(r.pod), DiskStore::open(&store_dir)?))
             })
             .collect::<Result<_, IpamError>>()?;
-        Ok(Self { allocators })
+        Ok(Self { allocators, retired: Vec::new() })
     }
+
+    /// `open`, with the stores of unconfigured families that hold
+    /// reservations (for DEL and GC). Costs a `stat` on a
+    /// node configured for both families, one directory listing on one
+    /// configured for IPv6 only.
+    pub fn open_all(dir: &Path, ranges: &[FamilyRanges]) -> Result<Self, IpamError> {
+        let mut ipam = Self::open(dir, ranges)?;
+        for ipv6 in [false, true] {
+            if ranges.iter().any(|r| r.is_ipv6() == ipv6) {
+                continue;
+            }
+            let store_dir = if ipv6 { dir.join(IPV6_DIR) } else { dir.to_owned() };
+            if holds_records(&store_dir, ipv6) {
+                ipam.retired.push(DiskStore::open(&store_dir)?);
+            }
+        }
+        Ok(ipam)
+    }
+}
+
+/// Whether `dir` holds a reservation record of the family.
+fn holds_records(dir: &Path, ipv6: bool) -> bool {
+    let Ok(entries) = std::fs::read_dir(dir) else { return false };
+    entries
+        .filter_map(Result::ok)
+        .any(|e| e.file_name().to_str().and_then(|n| n.parse::<IpAddr>().ok()).is_some_and(|ip| ip.is_ipv6() == ipv6))
 }
 
 impl<S: Store> FamilyIpam<S> {
     #[cfg(test)]
     pub fn new(allocators: Vec<Allocator<S>>) -> Self {
-        Self { allocators }
+        Self { allocators, retired: Vec::new() }
     }
 
     /// An address of every family for `owner`, as guards that give them
@@ -50,32 +84,39 @@ impl<S: Store> FamilyIpam<S> {
         self.allocators.iter().try_for_each(Allocator::persist)
     }
 
-    /// The addresses `owner` holds, family by family (IPv4 first).
+    /// The addresses `owner` holds, family by family (IPv4 first; then
+    /// those of retired families).
     pub fn lookup(&self, owner: &Attachment) -> Result<Vec<IpAddr>, IpamError> {
         let mut held = Vec::new();
-        for a in &self.allocators {
-            held.extend(a.lookup(owner)?);
+        for store in self.stores() {
+            held.extend(allocator::lookup_owner(store, owner)?);
         }
         Ok(held)
     }
 
-    /// Releases what `owner` holds in every family; every family is tried
-    /// even when one fails (the first error is returned).
+    /// Releases what `owner` holds in every family (retired ones too);
+    /// every family is tried even when one fails (the first error is
+    /// returned).
     pub fn release(&self, owner: &Attachment) -> Result<Vec<IpAddr>, IpamError> {
-        self.in_every_family(|a| a.release(owner))
+        self.in_every_family(|store| allocator::release_owner(store, owner))
     }
 
-    /// GC: releases, in every family, whatever is not held by `keep`.
+    /// GC: releases, in every family (retired ones too), whatever is not
+    /// held by `keep`.
     pub fn release_all_except(&self, keep: &HashSet<Attachment>) -> Result<Vec<Reservation>, IpamError> {
-        self.in_every_family(|a| a.release_all_except(keep))
+        self.in_every_family(|store| allocator::release_all_except(store, keep))
     }
 
-    /// `op` on every family's allocator, all of them even when one fails
-    /// (the first error is returned).
-    fn in_every_family<T>(&self, op: impl Fn(&Allocator<S>) -> Result<Vec<T>, IpamError>) -> Result<Vec<T>, IpamError> {
+    fn stores(&self) -> impl Iterator<Item = &S> {
+        self.allocators.iter().map(Allocator::store).chain(&self.retired)
+    }
+
+    /// `op` on every family's store, all of them even when one fails (the
+    /// first error is returned).
+    fn in_every_family<T>(&self, op: impl Fn(&S) -> Result<Vec<T>, IpamError>) -> Result<Vec<T>, IpamError> {
         let mut out = Vec::new();
         let mut first_error = None;
-        for a in &self.allocators {
+        for a in self.stores() {
             match op(a) {
                 Ok(items) => out.extend(items),
                 Err(e) => {
@@ -202,6 +243,37 @@ mod tests {
         let v6_only = FamilyIpam::open(tmp.path(), &ranges[1..]).unwrap();
         assert_eq!(v6_only.release(&owner(0)).unwrap(), ips(&["fd00:10:244:1::2"]));
         assert_eq!(again.release(&owner(0)).unwrap(), ips(&["10.244.1.2"]));
+    }
+
+    #[test]
+    fn a_family_dropped_from_the_configuration_is_still_released() {
+        let tmp = tempfile::tempdir().unwrap();
+        let range = |p: &str, c: &str| FamilyRanges { pod: p.parse().unwrap(), cluster: c.parse().unwrap() };
+        let both = [range("10.244.1.0/24", "10.244.0.0/16"), range("fd00:10:244:1::/64", "fd00:10:244::/56")];
+        let f = FamilyIpam::open(tmp.path(), &both).unwrap();
+        for i in 0..3 {
+            f.lease(&owner(i)).unwrap().keep();
+        }
+        f.persist().unwrap();
+        // The node's configuration loses IPv6: DEL and GC still find the
+        // pods' IPv6 addresses; ADD's allocators are IPv4's alone.
+        let v4 = FamilyIpam::open_all(tmp.path(), &both[..1]).unwrap();
+        assert_eq!(v4.allocators.len(), 1);
+        assert_eq!(v4.lookup(&owner(0)).unwrap(), ips(&["10.244.1.2", "fd00:10:244:1::2"]));
+        assert_eq!(v4.release(&owner(0)).unwrap(), ips(&["10.244.1.2", "fd00:10:244:1::2"]));
+        let keep: HashSet<_> = [owner(1)].into_iter().collect();
+        assert_eq!(v4.release_all_except(&keep).unwrap().len(), 2);
+        let left: Vec<_> = std::fs::read_dir(tmp.path().join(IPV6_DIR))
+            .unwrap()
+            .filter_map(|e| e.unwrap().file_name().to_str()?.parse::<IpAddr>().ok())
+            .collect();
+        assert_eq!(left, ips(&["fd00:10:244:1::3"]));
+        // And the reverse: an IPv6-only configuration releases IPv4.
+        let v6 = FamilyIpam::open_all(tmp.path(), &both[1..]).unwrap();
+        assert_eq!(v6.release(&owner(1)).unwrap(), ips(&["fd00:10:244:1::3", "10.244.1.3"]));
+        // Nothing left: no retired store is opened (no directory made).
+        let again = FamilyIpam::open_all(tmp.path(), &both[..1]).unwrap();
+        assert!(again.retired.is_empty());
     }
 
     #[test]
