@@ -37,17 +37,19 @@ pub const FLOW_DIR_INGRESS: u8 = 1;
 pub const FLOW_DIR_EGRESS: u8 = 2;
 
 /// One ring buffer record. Addresses are network order bytes as on the
-/// wire, ports host order (0 for protocols without ports).
+/// wire, 16 bytes each: an IPv4 address (`family` 4) in the first four.
+/// Ports host order (0 for protocols without ports).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowEvent {
     /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC) when the event was made.
     pub timestamp_ns: u64,
-    pub saddr: [u8; 4],
-    pub daddr: [u8; 4],
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
     pub sport: u16,
     pub dport: u16,
-    /// IP protocol number.
+    /// IP protocol number (IPv6: the transport header's, past any
+    /// extension headers).
     pub protocol: u8,
     /// `FlowVerdict`.
     pub verdict: u8,
@@ -59,13 +61,45 @@ pub struct FlowEvent {
     pub ifindex: u32,
     /// The policy slot that allowed the flow (0: none enforced).
     pub policy_slot: u32,
-    /// For `Translated`: the backend chosen.
-    pub xlate_addr: [u8; 4],
+    /// For `Translated`: the backend chosen (of the flow's family).
+    pub xlate_addr: [u8; 16],
     pub xlate_port: u16,
-    pub _pad: u16,
+    /// `FAMILY_IPV4` or `FAMILY_IPV6`.
+    pub family: u8,
+    pub _pad: [u8; 5],
 }
 
-const _: () = assert!(core::mem::size_of::<FlowEvent>() == 40);
+pub const FAMILY_IPV4: u8 = 4;
+pub const FAMILY_IPV6: u8 = 6;
+
+impl FlowEvent {
+    /// An IPv4 address in an event's 16 bytes.
+    pub const fn v4(addr: [u8; 4]) -> [u8; 16] {
+        [addr[0], addr[1], addr[2], addr[3], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+    }
+}
+
+#[cfg(feature = "user")]
+impl FlowEvent {
+    fn addr(&self, bytes: [u8; 16]) -> core::net::IpAddr {
+        if self.family == FAMILY_IPV6 {
+            core::net::Ipv6Addr::from(bytes).into()
+        } else {
+            core::net::Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]).into()
+        }
+    }
+    pub fn source(&self) -> core::net::IpAddr {
+        self.addr(self.saddr)
+    }
+    pub fn destination(&self) -> core::net::IpAddr {
+        self.addr(self.daddr)
+    }
+    pub fn backend(&self) -> core::net::IpAddr {
+        self.addr(self.xlate_addr)
+    }
+}
+
+const _: () = assert!(core::mem::size_of::<FlowEvent>() == 80);
 
 /// Per-CPU token bucket of the flow events (`WEIR_FLOW_RATE`, one entry):
 /// refilled at `rate_per_sec`, at most `burst` tokens.
@@ -84,8 +118,10 @@ pub struct FlowRate {
 
 const _: () = assert!(core::mem::size_of::<FlowRate>() == 32);
 
-/// Ring buffer size: a power of two pages; 256 KiB holds 5,000 events, a
-/// few seconds of a flood at the default rate, while the agent drains it.
+/// Ring buffer size: a power of two pages; 256 KiB holds 2,900 events
+/// (80 bytes and the ring's 8-byte header each), a quarter second of a
+/// flood at the default rate on two CPUs; the agent drains it every 100 ms,
+/// and at once when it is a quarter full.
 pub const FLOWS_RING_BYTES: u32 = 256 * 1024;
 /// Default events per second per CPU, and burst.
 pub const FLOW_RATE_DEFAULT_PER_SEC: u64 = 5_000;

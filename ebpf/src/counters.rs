@@ -9,7 +9,7 @@ use aya_ebpf::{
 use weir_common::DropReason;
 
 use crate::{
-    flow,
+    flow::{self, EventTuple},
     packet::{self, Flow},
 };
 
@@ -38,7 +38,7 @@ pub fn pass(action: i32) -> i32 {
 /// interface, is dropped for `reason` (or answered in its place, as a
 /// Service without backends is): counted, and told to the flow log.
 #[inline(always)]
-pub fn dropped(ctx: &TcContext, reason: DropReason, flow: &Flow, dir: u8) {
+pub fn dropped(ctx: &TcContext, reason: DropReason, flow: &impl EventTuple, dir: u8) {
     count(reason);
     flow::dropped(flow, reason, dir, packet::ifindex(ctx));
 }
@@ -47,7 +47,7 @@ pub fn dropped(ctx: &TcContext, reason: DropReason, flow: &Flow, dir: u8) {
 /// and reported with `flow`, the packet as far as the program had read it
 /// (`Flow::NONE` if not even its addresses), going `dir`.
 #[inline(always)]
-pub fn finish(ctx: &TcContext, result: Result<i32, DropReason>, flow: &Flow, dir: u8) -> i32 {
+pub fn finish(ctx: &TcContext, result: Result<i32, DropReason>, flow: &impl EventTuple, dir: u8) -> i32 {
     match result {
         Ok(action) => action,
         Err(reason) => {

@@ -11,11 +11,17 @@ use aya_ebpf::{macros::map, maps::LruHashMap, programs::TcContext};
 use network_types::eth::EthHdr;
 use weir_common::{
     DropReason, EndpointInfo,
+    flow::{FLOW_DIR_EGRESS, FLOW_DIR_INGRESS},
     lb::{MAX_FRAG_ENTRIES, PROTO_SCTP, PROTO_TCP, PROTO_UDP},
     policy::{DIR_EGRESS, DIR_INGRESS},
 };
 
-use crate::{endpoint, packet::Flow, policy};
+use crate::{
+    counters::{self, TC_OK},
+    endpoint,
+    packet::{self, Flow},
+    policy,
+};
 
 const ETH_P_IPV6: u16 = 0x86DD_u16.to_be();
 const IP6_OFF: usize = EthHdr::LEN;
@@ -61,6 +67,18 @@ pub struct Flow6 {
     pub tcp_flags: u8,
     /// The ICMPv6 type, for ICMPv6.
     pub icmp_type: u8,
+}
+
+impl Flow6 {
+    /// No IPv6 packet read (an `Option` would copy its undefined payload
+    /// around, which the verifier refuses to read).
+    pub const NONE: Flow6 =
+        Flow6 { saddr: [0; 16], daddr: [0; 16], sport: 0, dport: 0, proto: 0, tcp_flags: 0, icmp_type: 0 };
+
+    #[inline(always)]
+    pub fn is_none(&self) -> bool {
+        self.saddr == [0; 16] && self.daddr == [0; 16]
+    }
 }
 
 /// A fragmented datagram: (source, destination, fragment ID, protocol).
@@ -178,6 +196,41 @@ pub fn parse(ctx: &TcContext) -> Result<Option<Flow6>, DropReason> {
     Ok(Some(flow))
 }
 
+/// Whether the kernel took the frame for IPv6 (`skb->protocol`, from the
+/// Ethernet header: a field read, no helper call on every packet).
+#[inline(always)]
+pub fn is_ipv6(ctx: &TcContext) -> bool {
+    // Safety: reading a plain u32 field of the kernel's __sk_buff.
+    unsafe { (*ctx.skb.skb).protocol == u32::from(ETH_P_IPV6) }
+}
+
+/// For the IPv4 path, which gets every frame `is_ipv6` does not claim:
+/// one whose Ethernet header says IPv6 all the same is not passed on
+/// unjudged.
+#[inline(always)]
+pub fn refuse_unjudged(ctx: &TcContext) -> Result<(), DropReason> {
+    let ether_type = ctx.load::<EthHdr>(0).map_err(|_| DropReason::Malformed)?.ether_type;
+    if ether_type == ETH_P_IPV6 { Err(DropReason::Malformed) } else { Ok(()) }
+}
+
+/// An IPv6 packet through a pod's program, start to finish (`from_pod`
+/// and `to_pod` hand IPv6 over at once, so that its state is not on the
+/// IPv4 path's stack): judged, counted, and told to the flow log. See
+/// `judge` for `missing` and `leaving`.
+#[inline(always)]
+pub fn at_pod(ctx: &TcContext, missing: Option<DropReason>, leaving: bool) -> i32 {
+    let ifindex = packet::ifindex(ctx);
+    let mut seen = Flow6::NONE;
+    let result = judge(ctx, ifindex, || endpoint::by_ifindex(ifindex), missing, leaving, &mut seen);
+    let dir = if leaving { FLOW_DIR_EGRESS } else { FLOW_DIR_INGRESS };
+    let result = result.map(|()| if leaving { counters::pass(TC_OK) } else { TC_OK });
+    if seen.is_none() {
+        counters::finish(ctx, result, &Flow::NONE, dir)
+    } else {
+        counters::finish(ctx, result, &seen, dir)
+    }
+}
+
 /// Judges a packet `packet::parse` found not to be IPv4 (`Ok`: it passes),
 /// for the endpoint `ep` behind the veth `ifindex` (`None`: no entry).
 /// `missing` is the drop for an IPv6 packet of a veth with no entry
@@ -185,7 +238,7 @@ pub fn parse(ctx: &TcContext) -> Result<Option<Flow6>, DropReason> {
 /// packet leaves the pod (tc ingress of its veth), whose source must then
 /// be the pod's own IPv6 address (as its IPv4 source is checked), and the
 /// pod's egress policy applies; otherwise its ingress policy. `seen` gets
-/// the transport protocol of a dropped packet, for the flow log.
+/// the packet once parsed, for the flow log.
 #[inline(always)]
 pub fn judge(
     ctx: &TcContext,
@@ -193,9 +246,10 @@ pub fn judge(
     ep: impl FnOnce() -> Option<EndpointInfo>,
     missing: Option<DropReason>,
     leaving: bool,
-    seen: &mut Flow,
+    seen: &mut Flow6,
 ) -> Result<(), DropReason> {
     let Some(flow) = parse(ctx)? else { return Ok(()) };
+    *seen = flow;
     if within_link([flow.daddr[0], flow.daddr[1]]) {
         return Ok(());
     }
@@ -203,9 +257,6 @@ pub fn judge(
     {
         return Ok(());
     }
-    seen.proto = flow.proto;
-    seen.sport = flow.sport;
-    seen.dport = flow.dport;
     let Some(ep) = ep() else {
         return match missing {
             Some(reason) => Err(reason),

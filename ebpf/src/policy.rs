@@ -125,9 +125,9 @@ impl Tuple for Flow6 {
         let addr = if dir == DIR_INGRESS { self.saddr } else { self.daddr };
         WEIR_IPCACHE6.get(Key::new(128, Ipcache6Key { addr })).map_or(IDENTITY_WORLD, |e| e.identity)
     }
-    /// The flow log's events carry IPv4 addresses only so far: IPv6 flows
-    /// are counted (per endpoint and policy slot), not logged.
-    fn report_allowed(&self, _flow_dir: u8, _ifindex: u32, _slot: u32) {}
+    fn report_allowed(&self, flow_dir: u8, ifindex: u32, slot: u32) {
+        flow::allowed(self, flow_dir, ifindex, slot);
+    }
 }
 
 /// Allowed new flows per policy slot.

@@ -13,6 +13,18 @@ use crate::{
 };
 
 pub fn handle(ctx: &TcContext) -> i32 {
+    if ipv6::is_ipv6(ctx) { handle_ipv6(ctx) } else { handle_ipv4(ctx) }
+}
+
+// Each family in a function of its own, as in `from_pod`.
+#[inline(never)]
+fn handle_ipv6(ctx: &TcContext) -> i32 {
+    // IPv6 meets the pod's ingress policy (see `ipv6`).
+    ipv6::at_pod(ctx, None, false)
+}
+
+#[inline(never)]
+fn handle_ipv4(ctx: &TcContext) -> i32 {
     // What a drop reports: the packet as far as it was read.
     let mut seen = Flow::NONE;
     let result = try_handle(ctx, &mut seen);
@@ -22,10 +34,7 @@ pub fn handle(ctx: &TcContext) -> i32 {
 #[inline(always)]
 fn try_handle(ctx: &TcContext, seen: &mut Flow) -> Result<i32, DropReason> {
     let Some(flow) = packet::parse(ctx)? else {
-        // IPv6 meets the pod's ingress policy (see `ipv6`).
-        let ifindex = packet::ifindex(ctx);
-        let ep = || endpoint::by_ifindex(ifindex);
-        ipv6::judge(ctx, ifindex, ep, None, false, seen)?;
+        ipv6::refuse_unjudged(ctx)?;
         return Ok(TC_OK);
     };
     *seen = flow;

@@ -150,9 +150,15 @@ fn what(e: &FlowEvent) -> (Option<FlowVerdict>, u8, u8, u32) {
     (FlowVerdict::from_u8(e.verdict), e.reason, e.direction, e.ifindex)
 }
 
-/// (saddr, sport, daddr, dport, protocol) of an event.
+/// (saddr, sport, daddr, dport, protocol) of an IPv4 event (an event of
+/// no packet read has family 4 too: a drop before parsing).
 fn tuple(e: &FlowEvent) -> ([u8; 4], u16, [u8; 4], u16, u8) {
-    (e.saddr, e.sport, e.daddr, e.dport, e.protocol)
+    assert_eq!(e.family, weir_common::flow::FAMILY_IPV4, "{e:?}");
+    let v4 = |a: [u8; 16]| {
+        assert_eq!(a[4..], [0; 12], "{e:?}");
+        [a[0], a[1], a[2], a[3]]
+    };
+    (v4(e.saddr), e.sport, v4(e.daddr), e.dport, e.protocol)
 }
 
 fn dropped(reason: DropReason, dir: u8) -> (Option<FlowVerdict>, u8, u8, u32) {
@@ -176,7 +182,7 @@ fn unknown_endpoint_spoofed_source_and_malformed_drops_are_reported() {
     let e = f.one();
     assert_eq!(what(&e), dropped(DropReason::UnknownEndpoint, FLOW_DIR_EGRESS));
     assert_eq!(tuple(&e), (POD, 40000, FRIEND, 53, UDP));
-    assert_eq!((e.policy_slot, e.xlate_addr, e.xlate_port), (0, [0; 4], 0));
+    assert_eq!((e.policy_slot, e.xlate_addr, e.xlate_port), (0, [0; 16], 0));
     assert_ne!(e.timestamp_ns, 0);
 
     endpoint(&mut f.t, 0);
@@ -242,7 +248,7 @@ fn a_new_flow_allowed_by_policy_is_reported_once_with_its_slot() {
     assert_eq!(what(&e), (Some(FlowVerdict::Allowed), 0, FLOW_DIR_EGRESS, LOOPBACK));
     assert_eq!(tuple(&e), (POD, 40000, FRIEND, 443, TCP));
     assert_eq!(e.policy_slot, 7);
-    assert_eq!((e.xlate_addr, e.xlate_port), ([0; 4], 0));
+    assert_eq!((e.xlate_addr, e.xlate_port), ([0; 16], 0));
 
     // The rest of the flow, both ways, rides on the policy conntrack.
     assert_eq!(f.pod_gets(&packet_with_flags(TCP, FRIEND, 443, POD, 40000, SYN | ACK)), TC_ACT_OK);
@@ -305,8 +311,8 @@ fn a_new_service_flow_is_reported_translated_once_with_its_backend() {
     let e = events[0];
     assert_eq!(what(&e), (Some(FlowVerdict::Translated), 0, FLOW_DIR_EGRESS, LOOPBACK));
     assert_eq!(tuple(&e), (POD, 40000, VIP, 80, TCP), "the frontend, as the client asked");
-    assert_eq!((e.xlate_addr, e.xlate_port), (p.dst, p.dport), "the backend the packet went to");
-    assert_eq!((e.xlate_addr, e.xlate_port), (FRIEND, 8080));
+    assert_eq!((e.xlate_addr, e.xlate_port), (FlowEvent::v4(p.dst), p.dport), "the backend the packet went to");
+    assert_eq!((e.xlate_addr, e.xlate_port), (FlowEvent::v4(FRIEND), 8080));
     assert_eq!(e.policy_slot, 0);
 
     // Later packets of the flow, and its replies: nothing.
@@ -338,7 +344,7 @@ fn node_port_flows_and_drops_are_reported_inbound() {
     let e = f.one();
     assert_eq!(what(&e), (Some(FlowVerdict::Translated), 0, FLOW_DIR_INGRESS, LOOPBACK));
     assert_eq!(tuple(&e), (CLIENT, 50000, NODE, 30080, TCP));
-    assert_eq!((e.xlate_addr, e.xlate_port), (POD, 8080));
+    assert_eq!((e.xlate_addr, e.xlate_port), (FlowEvent::v4(POD), 8080));
     let (rc, _) = run(&f.t, pin::PROG_FROM_NETDEV, &packet_with_flags(TCP, CLIENT, 50000, NODE, 30080, ACK));
     assert_eq!(rc, TC_ACT_OK);
     f.none();
@@ -392,4 +398,29 @@ fn a_flood_is_held_to_the_burst_and_the_rest_counted_lost() {
     assert_eq!(lost[cpu], 7, "{lost:?}");
     assert_eq!(lost.iter().sum::<u64>(), 7, "{lost:?}");
     assert_eq!(f.t.count(DropReason::UnknownEndpoint), 10, "the rate limits events, not drops");
+}
+
+/// IPv6 flows are told with their IPv6 addresses (family 6): a new flow
+/// the policy allows, and one it drops.
+#[test]
+#[ignore = "privileged: needs root and bpffs; `cargo xtask test` runs it as root"]
+fn ipv6_flows_are_reported_with_their_addresses() {
+    use super::ipv6::{self, ID_FRIEND, PEER, POD, STRANGER, SYN, TCP as TCP6};
+    let mut f = Flows::on();
+    ipv6::endpoint(&mut f.t, EndpointInfo::FLAG_INGRESS_ENFORCED);
+    ipv6::identities(&mut f.t);
+    ipv6::rule(&mut f.t, weir_common::policy::DIR_INGRESS, ID_FRIEND, TCP6, 80, 7);
+    assert_eq!(f.pod_gets(&ipv6::tcp(PEER, 40000, POD, 80, SYN)), TC_ACT_OK);
+    let e = f.one();
+    assert_eq!(FlowVerdict::from_u8(e.verdict), Some(FlowVerdict::Allowed));
+    assert_eq!((e.family, e.saddr, e.daddr), (weir_common::flow::FAMILY_IPV6, PEER, POD));
+    assert_eq!((e.sport, e.dport, e.protocol, e.policy_slot), (40000, 80, TCP, 7));
+    assert_eq!(e.source(), std::net::IpAddr::from(PEER));
+    assert_eq!(f.pod_gets(&ipv6::tcp(STRANGER, 40001, POD, 80, SYN)), TC_ACT_SHOT);
+    let e = f.one();
+    assert_eq!(what(&e), dropped(DropReason::PolicyIngress, FLOW_DIR_INGRESS));
+    assert_eq!(
+        (e.family, e.saddr, e.daddr, e.sport, e.dport),
+        (weir_common::flow::FAMILY_IPV6, STRANGER, POD, 40001, 80)
+    );
 }

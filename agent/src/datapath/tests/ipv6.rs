@@ -17,21 +17,21 @@ use crate::datapath::{
 
 const TC_ACT_SHOT: u32 = 2;
 const POD_V4: [u8; 4] = [10, 244, 1, 5];
-const POD: [u8; 16] = [0xfd, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 5];
-const PEER: [u8; 16] = [0xfd, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 7];
-const STRANGER: [u8; 16] = [0xfd, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 8];
+pub(super) const POD: [u8; 16] = [0xfd, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 5];
+pub(super) const PEER: [u8; 16] = [0xfd, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 7];
+pub(super) const STRANGER: [u8; 16] = [0xfd, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 8];
 /// In no ipCache entry but `::/0`.
 const OUTSIDE: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
-const ID_FRIEND: u32 = 300;
+pub(super) const ID_FRIEND: u32 = 300;
 const ID_STRANGER: u32 = 301;
 const ID_WORLD: u32 = 256;
-const TCP: u8 = 6;
+pub(super) const TCP: u8 = 6;
 const UDP: u8 = 17;
 const ICMPV6: u8 = 58;
 const HOP_BY_HOP: u8 = 0;
 const FRAGMENT: u8 = 44;
 const DEST_OPTS: u8 = 60;
-const SYN: u8 = 0x02;
+pub(super) const SYN: u8 = 0x02;
 const ACK: u8 = 0x10;
 const PACKET_TOO_BIG: u8 = 2;
 const ECHO_REQUEST: u8 = 128;
@@ -76,7 +76,7 @@ fn udp(src: [u8; 16], dst: [u8; 16]) -> Vec<u8> {
     packet(UDP, 0, src, 12345, dst, 53)
 }
 
-fn tcp(src: [u8; 16], sport: u16, dst: [u8; 16], dport: u16, flags: u8) -> Vec<u8> {
+pub(super) fn tcp(src: [u8; 16], sport: u16, dst: [u8; 16], dport: u16, flags: u8) -> Vec<u8> {
     packet(TCP, flags, src, sport, dst, dport)
 }
 
@@ -133,7 +133,7 @@ fn grow_payload(p: &mut [u8], by: usize) {
 
 /// The ipcache of both families: `PEER` a friend, `STRANGER` not,
 /// everything else `world` (an identity of its own here).
-fn identities(t: &mut TestDatapath) {
+pub(super) fn identities(t: &mut TestDatapath) {
     for (net, id) in [
         ("0.0.0.0/0", ID_WORLD),
         ("::/0", ID_WORLD),
@@ -144,13 +144,13 @@ fn identities(t: &mut TestDatapath) {
     }
 }
 
-fn rule(t: &mut TestDatapath, dir: u8, identity: u32, proto: u8, port: u16, slot: u32) {
+pub(super) fn rule(t: &mut TestDatapath, dir: u8, identity: u32, proto: u8, port: u16, slot: u32) {
     let key = PolicyKey { ifindex: LOOPBACK, identity, dir, proto, port: port.to_be() };
     t.dp.set_rule((PolicyKey::PREFIX_FULL, key), slot).unwrap();
 }
 
 /// The pod (IPv4 and `POD`) on the test's veth, as weir-cni's ADD leaves it.
-fn endpoint(t: &mut TestDatapath, flags: u32) {
+pub(super) fn endpoint(t: &mut TestDatapath, flags: u32) {
     set_ipv6(t, Some(POD));
     t.dp.endpoints()
         .unwrap()

@@ -1,6 +1,6 @@
 //! A flow as the agent shows it: the datapath's record with names, a wall
 //! clock time, and words for the numbers.
-use std::{net::Ipv4Addr, sync::Arc};
+use std::{net::IpAddr, sync::Arc};
 
 use serde::{Deserialize, Serialize};
 use weir_common::{
@@ -11,7 +11,7 @@ use weir_common::{
 /// One end of a flow: the address and what it belongs to, when known.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Peer {
-    pub ip: Ipv4Addr,
+    pub ip: IpAddr,
     /// 0 for protocols without ports.
     #[serde(default)]
     pub port: u16,
@@ -25,8 +25,8 @@ pub struct Peer {
 }
 
 impl Peer {
-    pub fn new(ip: Ipv4Addr, port: u16) -> Self {
-        Self { ip, port, namespace: None, pod: None, node: None }
+    pub fn new(ip: impl Into<IpAddr>, port: u16) -> Self {
+        Self { ip: ip.into(), port, namespace: None, pod: None, node: None }
     }
 
     /// Names the peer after a pod (`namespace/name`).
@@ -47,9 +47,14 @@ impl Peer {
         }
     }
 
-    /// `ip:port`, or the address alone without a port.
+    /// `ip:port` (`[ip]:port` for IPv6), or the address alone without a
+    /// port.
     pub fn address(&self) -> String {
-        if self.port == 0 { self.ip.to_string() } else { format!("{}:{}", self.ip, self.port) }
+        match (self.port, self.ip) {
+            (0, ip) => ip.to_string(),
+            (port, IpAddr::V6(ip)) => format!("[{ip}]:{port}"),
+            (port, ip) => format!("{ip}:{port}"),
+        }
     }
 
     /// `name address`, or the address alone.
@@ -132,12 +137,14 @@ pub fn protocol_name(p: u8) -> String {
         1 => "ICMP".into(),
         6 => "TCP".into(),
         17 => "UDP".into(),
+        58 => "ICMPv6".into(),
         132 => "SCTP".into(),
         n => n.to_string(),
     }
 }
 
-/// The ring buffer record in `bytes`, if it is one.
+/// The ring buffer record in `bytes`, if it is one (a record of an older
+/// datapath, left in the ring across an upgrade, is not: it is shorter).
 pub fn parse_event(bytes: &[u8]) -> Option<FlowEvent> {
     if bytes.len() < std::mem::size_of::<FlowEvent>() {
         return None;
@@ -266,7 +273,14 @@ mod tests {
 
     #[test]
     fn records_parse_from_bytes() {
-        let ev = FlowEvent { timestamp_ns: 7, saddr: [10, 0, 0, 1], dport: 80, verdict: 1, ..Default::default() };
+        let ev = FlowEvent {
+            timestamp_ns: 7,
+            saddr: FlowEvent::v4([10, 0, 0, 1]),
+            dport: 80,
+            verdict: 1,
+            family: weir_common::flow::FAMILY_IPV4,
+            ..Default::default()
+        };
         // Safety: reading the bytes of a plain struct.
         let bytes = unsafe {
             std::slice::from_raw_parts((&ev as *const FlowEvent).cast::<u8>(), std::mem::size_of::<FlowEvent>())

@@ -3,7 +3,7 @@
 //! flow from the table it holds, without locks or recomputation per flow.
 use std::{
     collections::{BTreeMap, HashMap},
-    net::Ipv4Addr,
+    net::IpAddr,
     sync::Arc,
 };
 
@@ -22,13 +22,13 @@ type Isolating = (Arc<[String]>, Arc<[String]>);
 pub struct NameTable {
     pub node: String,
     /// Pod address -> `namespace/name` (pods of every node), shared.
-    pods_by_ip: Arc<HashMap<Ipv4Addr, Arc<str>>>,
+    pods_by_ip: Arc<HashMap<IpAddr, Arc<str>>>,
     /// Local endpoint (host veth ifindex) -> `namespace/name`.
     endpoints: BTreeMap<u32, String>,
     /// Node address -> node name.
-    nodes_by_ip: HashMap<Ipv4Addr, String>,
+    nodes_by_ip: HashMap<IpAddr, String>,
     /// (frontend address, port, protocol) -> Service `namespace/name`.
-    frontends: HashMap<(Ipv4Addr, u16, u8), String>,
+    frontends: HashMap<(IpAddr, u16, u8), String>,
     /// (nodePort, protocol) -> Service.
     node_ports: HashMap<(u16, u8), String>,
     /// Policy slot -> policy `namespace/name`.
@@ -45,7 +45,7 @@ pub struct NameTable {
 /// built from it (until it changes again). Copying every pod's name into
 /// each table was most of the agent's CPU under pod churn at 15,000 pods.
 #[derive(Clone, Debug, Default)]
-pub struct PodAddresses(Arc<HashMap<Ipv4Addr, Arc<str>>>);
+pub struct PodAddresses(Arc<HashMap<IpAddr, Arc<str>>>);
 
 impl PodAddresses {
     pub fn of(index: &ClusterIndex) -> Self {
@@ -56,20 +56,22 @@ impl PodAddresses {
         out
     }
 
-    /// A pod came, went or changed. Two pods claiming one address (a stale
-    /// status): the one that claimed it last.
+    /// A pod came, went or changed (its addresses of both families). Two
+    /// pods claiming one address (a stale status): the one that claimed it
+    /// last.
     pub fn change(&mut self, old: Option<&PodInfo>, new: Option<&PodInfo>) {
         let map = Arc::make_mut(&mut self.0);
-        if let Some(old) = old
-            && let Some(ip) = old.ip
-            && map.get(&ip).is_some_and(|k| **k == *old.key)
-        {
-            map.remove(&ip);
+        if let Some(old) = old {
+            for ip in old.addrs() {
+                if map.get(&ip).is_some_and(|k| **k == *old.key) {
+                    map.remove(&ip);
+                }
+            }
         }
-        if let Some(new) = new
-            && let Some(ip) = new.ip
-        {
-            map.insert(ip, new.key.clone());
+        if let Some(new) = new {
+            for ip in new.addrs() {
+                map.insert(ip, new.key.clone());
+            }
         }
     }
 }
@@ -94,7 +96,13 @@ impl NameTable {
         slots: BTreeMap<u32, String>,
         endpoints: BTreeMap<u32, String>,
     ) -> Self {
-        let nodes_by_ip: HashMap<_, _> = index.nodes().filter_map(|n| Some((n.internal_ip?, n.name.clone()))).collect();
+        let nodes_by_ip: HashMap<_, _> = index
+            .nodes()
+            .flat_map(|n| {
+                let v4 = n.internal_ip.map(IpAddr::V4);
+                v4.into_iter().chain(n.internal_ip_v6.map(IpAddr::V6)).map(|ip| (ip, n.name.clone()))
+            })
+            .collect();
         let pods_by_ip = pods.0.clone();
         let mut frontends = HashMap::new();
         let mut node_ports = HashMap::new();
@@ -102,7 +110,7 @@ impl NameTable {
             for port in &svc.ports {
                 let proto = port.protocol.number();
                 for ip in svc.cluster_ips.iter().chain(&svc.external_ips).chain(&svc.lb_ingress_ips) {
-                    frontends.insert((*ip, port.port, proto), svc.key.clone());
+                    frontends.insert((IpAddr::from(*ip), port.port, proto), svc.key.clone());
                 }
                 if let Some(np) = port.node_port {
                     node_ports.insert((np, proto), svc.key.clone());
@@ -163,7 +171,7 @@ impl NameTable {
     }
 
     /// `ip:port`, named by address.
-    fn peer(&self, ip: Ipv4Addr, port: u16) -> Peer {
+    fn peer(&self, ip: IpAddr, port: u16) -> Peer {
         // A host-network pod has its node's address: that names the node.
         let pod = if self.nodes_by_ip.contains_key(&ip) { None } else { self.pods_by_ip.get(&ip) };
         let mut peer = Peer::new(ip, port).with_pod(pod.map(|p| &**p));
@@ -175,7 +183,7 @@ impl NameTable {
 
     /// The local endpoint's peer: named by its interface when the datapath
     /// saw the packet on a pod's veth, else by address.
-    fn local_peer(&self, ip: Ipv4Addr, port: u16, ifindex: u32) -> Peer {
+    fn local_peer(&self, ip: IpAddr, port: u16, ifindex: u32) -> Peer {
         match self.endpoints.get(&ifindex) {
             Some(pod) => Peer::new(ip, port).with_pod(Some(pod)),
             None => self.peer(ip, port),
@@ -183,13 +191,13 @@ impl NameTable {
     }
 
     /// The Service of a translated frontend.
-    fn service(&self, addr: Ipv4Addr, port: u16, proto: u8) -> Option<String> {
+    fn service(&self, addr: IpAddr, port: u16, proto: u8) -> Option<String> {
         self.frontends.get(&(addr, port, proto)).or_else(|| self.node_ports.get(&(port, proto))).cloned()
     }
 
     /// The flow of `ev`, named.
     pub fn enrich(&self, ev: &FlowEvent, clock: &Clock) -> Flow {
-        let (saddr, daddr) = (Ipv4Addr::from(ev.saddr), Ipv4Addr::from(ev.daddr));
+        let (saddr, daddr) = (ev.source(), ev.destination());
         let verdict = FlowVerdict::from_u8(ev.verdict);
         let translated = verdict == Some(FlowVerdict::Translated);
         let source = match ev.direction {
@@ -202,7 +210,7 @@ impl NameTable {
             _ => self.peer(daddr, ev.dport),
         };
         let (service, backend) = if translated {
-            (self.service(daddr, ev.dport, ev.protocol), Some(self.peer(Ipv4Addr::from(ev.xlate_addr), ev.xlate_port)))
+            (self.service(daddr, ev.dport, ev.protocol), Some(self.peer(ev.backend(), ev.xlate_port)))
         } else {
             (None, None)
         };
@@ -255,6 +263,8 @@ impl NameTable {
 mod tests {
     use weir_common::flow::FLOW_DIR_UNKNOWN;
 
+    use std::net::Ipv4Addr;
+
     use super::*;
     use crate::model::{
         NodeInfo,
@@ -285,10 +295,12 @@ mod tests {
             pod_cidr: None,
             internal_ip: Some(Ipv4Addr::new(172, 18, 0, 2)),
             pod_cidr_v6: None,
-            internal_ip_v6: None,
+            internal_ip_v6: Some("fd00:172:18::2".parse().unwrap()),
         }]));
+        let mut a = pod("x/a", [10, 244, 1, 5], "a");
+        a.ip6 = Some("fd00:10:244:1::5".parse().unwrap());
         idx.pods.change(Change::Relisted(vec![
-            pod("x/a", [10, 244, 1, 5], "a"),
+            a,
             pod("y/b", [10, 244, 2, 7], "web"),
             pod("kube-system/agent", [172, 18, 0, 2], "agent"),
         ]));
@@ -321,8 +333,9 @@ mod tests {
     fn event(verdict: FlowVerdict, direction: u8) -> FlowEvent {
         FlowEvent {
             timestamp_ns: 2_000,
-            saddr: [10, 244, 1, 5],
-            daddr: [10, 244, 2, 7],
+            saddr: FlowEvent::v4([10, 244, 1, 5]),
+            daddr: FlowEvent::v4([10, 244, 2, 7]),
+            family: weir_common::flow::FAMILY_IPV4,
             sport: 40000,
             dport: 80,
             protocol: 6,
@@ -334,6 +347,24 @@ mod tests {
     }
 
     const CLOCK: Clock = Clock::from_pair(1_000, 1_796_509_474_000_000_000);
+
+    #[test]
+    fn ipv6_flows_are_named_by_the_pods_and_nodes_ipv6_addresses() {
+        let v6 = |s: &str| s.parse::<std::net::Ipv6Addr>().unwrap().octets();
+        let mut ev = event(FlowVerdict::Dropped, FLOW_DIR_INGRESS);
+        (ev.family, ev.saddr, ev.daddr) = (weir_common::flow::FAMILY_IPV6, v6("fd00:10:244:1::5"), v6("fd00::9"));
+        ev.reason = DropReason::PolicyIngress as u8;
+        let f = table().enrich(&ev, &CLOCK);
+        assert_eq!(f.source.name().as_deref(), Some("x/a"));
+        assert_eq!(f.source.address(), "[fd00:10:244:1::5]:40000");
+        // The local end by its interface, as for IPv4.
+        assert_eq!(f.destination.name().as_deref(), Some("y/b"));
+        ev.saddr = v6("fd00:172:18::2");
+        assert_eq!(table().enrich(&ev, &CLOCK).source.name().as_deref(), Some("node/n1"));
+        // An address nobody has is not named.
+        ev.saddr = v6("2001:db8::1");
+        assert_eq!(table().enrich(&ev, &CLOCK).source.name(), None);
+    }
 
     #[test]
     fn a_policy_drop_names_both_pods_and_the_isolating_policy() {
@@ -367,7 +398,7 @@ mod tests {
         let mut ev = event(FlowVerdict::Allowed, FLOW_DIR_INGRESS);
         ev.policy_slot = 3;
         // The address is unknown, the interface is y/b's.
-        ev.daddr = [10, 244, 2, 99];
+        ev.daddr = FlowEvent::v4([10, 244, 2, 99]);
         let f = table().enrich(&ev, &CLOCK);
         assert_eq!(*f.policies, ["y/allow-web"]);
         assert_eq!(f.destination.name().as_deref(), Some("y/b"));
@@ -384,8 +415,8 @@ mod tests {
     fn a_translated_flow_names_the_service_and_the_backend() {
         let mut ev = event(FlowVerdict::Translated, FLOW_DIR_EGRESS);
         ev.ifindex = 20;
-        ev.daddr = [10, 96, 0, 10];
-        ev.xlate_addr = [10, 244, 2, 7];
+        ev.daddr = FlowEvent::v4([10, 96, 0, 10]);
+        ev.xlate_addr = FlowEvent::v4([10, 244, 2, 7]);
         ev.xlate_port = 8080;
         let f = table().enrich(&ev, &CLOCK);
         assert_eq!(f.service.as_deref(), Some("y/web"));
@@ -398,8 +429,8 @@ mod tests {
         // NodePort, on the uplink: any node address, the nodePort.
         ev.direction = FLOW_DIR_INGRESS;
         ev.ifindex = 2;
-        ev.saddr = [192, 168, 1, 1];
-        ev.daddr = [172, 18, 0, 2];
+        ev.saddr = FlowEvent::v4([192, 168, 1, 1]);
+        ev.daddr = FlowEvent::v4([172, 18, 0, 2]);
         ev.dport = 30080;
         let f = table().enrich(&ev, &CLOCK);
         assert_eq!(f.service.as_deref(), Some("y/web"));
@@ -410,7 +441,7 @@ mod tests {
     #[test]
     fn node_addresses_name_the_node_not_host_network_pods() {
         let mut ev = event(FlowVerdict::Dropped, FLOW_DIR_UNKNOWN);
-        ev.saddr = [172, 18, 0, 2];
+        ev.saddr = FlowEvent::v4([172, 18, 0, 2]);
         ev.protocol = 1;
         ev.sport = 0;
         ev.reason = DropReason::SourceSpoofed as u8;
