@@ -2,6 +2,7 @@
 //! No I/O and no Kubernetes types here; sources convert API objects into the
 //! domain types below, and the node/datapath layers apply what this computes.
 
+pub mod by_family;
 pub mod cni_conf;
 pub mod index;
 pub mod intern;

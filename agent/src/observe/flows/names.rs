@@ -7,6 +7,7 @@ use std::{
     sync::Arc,
 };
 
+use crate::model::by_family::ByFamily;
 use weir_common::{
     DropReason,
     flow::{FLOW_DIR_EGRESS, FLOW_DIR_INGRESS, FlowEvent, FlowVerdict},
@@ -22,7 +23,7 @@ type Isolating = (Arc<[String]>, Arc<[String]>);
 pub struct NameTable {
     pub node: String,
     /// Pod address -> `namespace/name` (pods of every node), shared.
-    pods_by_ip: Arc<HashMap<IpAddr, Arc<str>>>,
+    pods_by_ip: Arc<ByFamily<Arc<str>>>,
     /// Local endpoint (host veth ifindex) -> `namespace/name`.
     endpoints: BTreeMap<u32, String>,
     /// Node address -> node name.
@@ -45,7 +46,7 @@ pub struct NameTable {
 /// built from it (until it changes again). Copying every pod's name into
 /// each table was most of the agent's CPU under pod churn at 15,000 pods.
 #[derive(Clone, Debug, Default)]
-pub struct PodAddresses(Arc<HashMap<IpAddr, Arc<str>>>);
+pub struct PodAddresses(Arc<ByFamily<Arc<str>>>);
 
 impl PodAddresses {
     pub fn of(index: &ClusterIndex) -> Self {

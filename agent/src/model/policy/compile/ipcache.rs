@@ -18,9 +18,12 @@ use std::{
 };
 
 use super::{LocalEndpoint, PolicyCompiler};
-use crate::model::policy::{
-    identity::{Blocks, IdentityKey, host_prefix},
-    types::PodInfo,
+use crate::model::{
+    by_family::ByFamily,
+    policy::{
+        identity::{Blocks, IdentityKey, host_prefix},
+        types::PodInfo,
+    },
 };
 use ipnetwork::IpNetwork;
 
@@ -32,9 +35,8 @@ pub(super) struct IpcacheState {
     blocks: Blocks,
     hosts: Vec<IpAddr>,
     endpoints: Vec<LocalEndpoint>,
-    /// Pods not bound to a local endpoint, by their status addresses.
-    claims: HashMap<IpAddr, Claimants>,
-    claimed: HashMap<Arc<str>, Claim>,
+    /// Pods not bound to a local endpoint and their status addresses.
+    claims: Claims,
     ipcache: Arc<BTreeMap<IpNetwork, u32>>,
     /// Identity -> how many ipcache entries hold it.
     users: HashMap<u32, u32>,
@@ -42,8 +44,7 @@ pub(super) struct IpcacheState {
     described: BTreeMap<u32, String>,
 }
 
-/// The status addresses a pod claims (an address per family: smaller
-/// than a list, at one per pod of the cluster).
+/// The status addresses a pod claims, an address per family.
 #[derive(Clone, Copy, Debug, Default)]
 struct Claim {
     v4: Option<Ipv4Addr>,
@@ -61,6 +62,52 @@ impl Claim {
 
     fn is_empty(self) -> bool {
         self.v4.is_none() && self.v6.is_none()
+    }
+}
+
+/// Which pods claim which addresses, both ways, each family apart (most
+/// clusters have one).
+#[derive(Clone, Debug, Default)]
+struct Claims {
+    by_addr: ByFamily<Claimants>,
+    v4: HashMap<Arc<str>, Ipv4Addr>,
+    v6: HashMap<Arc<str>, Ipv6Addr>,
+}
+
+impl Claims {
+    fn with_capacity(pods: usize) -> Self {
+        Self { by_addr: ByFamily::with_capacity(pods), v4: HashMap::with_capacity(pods), v6: HashMap::new() }
+    }
+
+    fn record(&mut self, key: &Arc<str>, claim: Claim) {
+        for ip in claim.addrs() {
+            self.by_addr.get_or_default(ip).insert(key);
+        }
+        if let Some(a) = claim.v4 {
+            self.v4.insert(key.clone(), a);
+        }
+        if let Some(a) = claim.v6 {
+            self.v6.insert(key.clone(), a);
+        }
+    }
+
+    /// Forgets what `key` claimed; returns it.
+    fn drop(&mut self, key: &str) -> Claim {
+        let claim = Claim { v4: self.v4.remove(key), v6: self.v6.remove(key) };
+        for ip in claim.addrs() {
+            if let Some(set) = self.by_addr.get_mut(&ip) {
+                set.remove(key);
+                if set.0.is_empty() {
+                    self.by_addr.remove(&ip);
+                }
+            }
+        }
+        claim
+    }
+
+    /// The pods claiming `ip`, in key order.
+    fn at(&self, ip: &IpAddr) -> &[Arc<str>] {
+        self.by_addr.get(ip).map_or(&[], |c| &c.0)
     }
 }
 
@@ -100,32 +147,27 @@ impl IpcacheState {
         described: &BTreeMap<u32, String>,
     ) -> Self {
         let local = bound(endpoints);
-        let mut claims: HashMap<IpAddr, Claimants> = HashMap::new();
-        let mut claimed = HashMap::with_capacity(input_pods.len());
-        for pod in input_pods.values() {
-            let claim = Claim::of(pod);
-            if !claim.is_empty() && !local.contains(&*pod.key) {
-                for ip in claim.addrs() {
-                    claims.entry(ip).or_default().insert(&pod.key);
-                }
-                claimed.insert(pod.key.clone(), claim);
-            }
-        }
         let mut users: HashMap<u32, u32> = HashMap::new();
         for id in ipcache.values() {
             *users.entry(*id).or_default() += 1;
         }
-        Self {
+        let mut state = Self {
             valid: true,
             blocks: blocks.clone(),
             hosts: hosts.to_vec(),
             endpoints: endpoints.to_vec(),
-            claims,
-            claimed,
+            claims: Claims::with_capacity(input_pods.len()),
             ipcache: ipcache.clone(),
             users,
             described: described.clone(),
+        };
+        for pod in input_pods.values() {
+            let claim = Claim::of(pod);
+            if !claim.is_empty() && !local.contains(&*pod.key) {
+                state.claims.record(&pod.key, claim);
+            }
         }
+        state
     }
 
     /// Whether an update from this state gives what a full compile would.
@@ -160,23 +202,12 @@ impl PolicyCompiler {
             keys.extend(old_bound.symmetric_difference(&new_bound).copied());
         }
         for key in &keys {
-            for ip in state.claimed.remove(*key).into_iter().flat_map(Claim::addrs) {
-                if let Some(set) = state.claims.get_mut(&ip) {
-                    set.remove(key);
-                    if set.0.is_empty() {
-                        state.claims.remove(&ip);
-                    }
-                }
-                affected.insert(ip);
-            }
+            affected.extend(state.claims.drop(key).addrs());
             match pods.get(*key) {
                 Some(pod) => {
                     let claim = Claim::of(pod);
                     if !claim.is_empty() && !new_bound.contains(key) {
-                        for ip in claim.addrs() {
-                            state.claims.entry(ip).or_default().insert(&pod.key);
-                        }
-                        state.claimed.insert(pod.key.clone(), claim);
+                        state.claims.record(&pod.key, claim);
                     }
                     affected.extend(claim.addrs());
                 }
@@ -208,7 +239,7 @@ impl PolicyCompiler {
                 .iter()
                 .filter(|e| e.addrs().any(|a| a == addr))
                 .find_map(|e| e.pod.as_ref().and_then(|k| pods.get(k)))
-                .or_else(|| state.claims.get(&addr).and_then(|keys| keys.0.iter().find_map(|k| pods.get(&**k))));
+                .or_else(|| state.claims.at(&addr).iter().find_map(|k| pods.get(&**k)));
             let new_id = match holder {
                 Some(pod) => Some(self.pod_identity(pod, blocks.of_addr(addr))),
                 // A /32 (/128) ipBlock prefix holds the address when no pod
