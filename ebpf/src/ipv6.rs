@@ -19,7 +19,7 @@ use weir_common::{
 use crate::{
     counters::{self, TC_OK},
     endpoint,
-    packet::{self, Flow},
+    packet::{self, Flow, TcpStart},
     policy,
 };
 
@@ -98,16 +98,6 @@ struct FragKey {
 /// where the first was denied. Not pinned.
 #[map]
 static WEIR_FRAGS6: LruHashMap<FragKey, [u16; 2]> = LruHashMap::with_max_entries(MAX_FRAG_ENTRIES, 0);
-
-/// The first bytes of a TCP header: ports, sequence and acknowledgement
-/// numbers, data offset, flags.
-#[repr(C)]
-struct TcpStart {
-    ports: [u16; 2],
-    _seq_ack: [u8; 8],
-    _data_off: u8,
-    flags: u8,
-}
 
 /// `Ok(None)`: not IPv6.
 #[inline(always)]

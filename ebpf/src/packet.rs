@@ -121,11 +121,11 @@ struct Headers {
 /// The first 14 bytes of a TCP header: ports, sequence and acknowledgement
 /// numbers, data offset, flags (one read for ports and flags).
 #[repr(C)]
-struct TcpStart {
-    ports: [u16; 2],
+pub struct TcpStart {
+    pub ports: [u16; 2],
     _seq_ack: [u8; 8],
     _data_off: u8,
-    flags: u8,
+    pub flags: u8,
 }
 
 /// `Ok(None)`: not IPv4.

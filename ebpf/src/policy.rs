@@ -64,71 +64,47 @@ pub trait Tuple {
     fn report_allowed(&self, flow_dir: u8, ifindex: u32, slot: u32);
 }
 
-impl Tuple for Flow {
-    type CtKey = PolicyCtKey;
-    fn proto(&self) -> u8 {
-        self.proto
-    }
-    fn dport(&self) -> u16 {
-        self.dport
-    }
-    fn tcp_flags(&self) -> u8 {
-        self.tcp_flags
-    }
-    fn ct_key(&self, ifindex: u32, reversed: bool) -> PolicyCtKey {
-        let f = self;
-        let (saddr, daddr, sport, dport) =
-            if reversed { (f.daddr, f.saddr, f.dport, f.sport) } else { (f.saddr, f.daddr, f.sport, f.dport) };
-        PolicyCtKey { ifindex, saddr, daddr, sport, dport, proto: f.proto, _pad: [0; 3] }
-    }
-    fn ct_get(key: &PolicyCtKey) -> Option<PolicyCtEntry> {
-        // Safety: copied out at once.
-        unsafe { WEIR_POLICY_CT.get(key) }.copied()
-    }
-    fn ct_put(key: &PolicyCtKey, entry: &PolicyCtEntry) {
-        let _ = WEIR_POLICY_CT.insert(key, entry, 0);
-    }
-    fn peer_identity(&self, dir: u8) -> u32 {
-        let addr = if dir == DIR_INGRESS { self.saddr } else { self.daddr };
-        WEIR_IPCACHE.get(Key::new(32, IpcacheKey { addr })).map_or(IDENTITY_WORLD, |e| e.identity)
-    }
-    fn report_allowed(&self, flow_dir: u8, ifindex: u32, slot: u32) {
-        flow::allowed(self, flow_dir, ifindex, slot);
-    }
+/// The `Tuple` of a family's flow: its conntrack key type and map, its
+/// ipcache and the ipcache key of an address.
+macro_rules! tuple_of_family {
+    ($flow:ty, $ct_key:ident, $ct:ident, $ipcache:ident, $bits:expr, $ipcache_key:expr) => {
+        impl Tuple for $flow {
+            type CtKey = $ct_key;
+            fn proto(&self) -> u8 {
+                self.proto
+            }
+            fn dport(&self) -> u16 {
+                self.dport
+            }
+            fn tcp_flags(&self) -> u8 {
+                self.tcp_flags
+            }
+            fn ct_key(&self, ifindex: u32, reversed: bool) -> $ct_key {
+                let f = self;
+                let (saddr, daddr, sport, dport) =
+                    if reversed { (f.daddr, f.saddr, f.dport, f.sport) } else { (f.saddr, f.daddr, f.sport, f.dport) };
+                $ct_key { ifindex, saddr, daddr, sport, dport, proto: f.proto, _pad: [0; 3] }
+            }
+            fn ct_get(key: &$ct_key) -> Option<PolicyCtEntry> {
+                // Safety: copied out at once.
+                unsafe { $ct.get(key) }.copied()
+            }
+            fn ct_put(key: &$ct_key, entry: &PolicyCtEntry) {
+                let _ = $ct.insert(key, entry, 0);
+            }
+            fn peer_identity(&self, dir: u8) -> u32 {
+                let addr = if dir == DIR_INGRESS { self.saddr } else { self.daddr };
+                $ipcache.get(Key::new($bits, $ipcache_key(addr))).map_or(IDENTITY_WORLD, |e| e.identity)
+            }
+            fn report_allowed(&self, flow_dir: u8, ifindex: u32, slot: u32) {
+                flow::allowed(self, flow_dir, ifindex, slot);
+            }
+        }
+    };
 }
 
-impl Tuple for Flow6 {
-    type CtKey = PolicyCt6Key;
-    fn proto(&self) -> u8 {
-        self.proto
-    }
-    fn dport(&self) -> u16 {
-        self.dport
-    }
-    fn tcp_flags(&self) -> u8 {
-        self.tcp_flags
-    }
-    fn ct_key(&self, ifindex: u32, reversed: bool) -> PolicyCt6Key {
-        let f = self;
-        let (saddr, daddr, sport, dport) =
-            if reversed { (f.daddr, f.saddr, f.dport, f.sport) } else { (f.saddr, f.daddr, f.sport, f.dport) };
-        PolicyCt6Key { ifindex, saddr, daddr, sport, dport, proto: f.proto, _pad: [0; 3] }
-    }
-    fn ct_get(key: &PolicyCt6Key) -> Option<PolicyCtEntry> {
-        // Safety: copied out at once.
-        unsafe { WEIR_POLICY_CT6.get(key) }.copied()
-    }
-    fn ct_put(key: &PolicyCt6Key, entry: &PolicyCtEntry) {
-        let _ = WEIR_POLICY_CT6.insert(key, entry, 0);
-    }
-    fn peer_identity(&self, dir: u8) -> u32 {
-        let addr = if dir == DIR_INGRESS { self.saddr } else { self.daddr };
-        WEIR_IPCACHE6.get(Key::new(128, Ipcache6Key { addr })).map_or(IDENTITY_WORLD, |e| e.identity)
-    }
-    fn report_allowed(&self, flow_dir: u8, ifindex: u32, slot: u32) {
-        flow::allowed(self, flow_dir, ifindex, slot);
-    }
-}
+tuple_of_family!(Flow, PolicyCtKey, WEIR_POLICY_CT, WEIR_IPCACHE, 32, |addr| IpcacheKey { addr });
+tuple_of_family!(Flow6, PolicyCt6Key, WEIR_POLICY_CT6, WEIR_IPCACHE6, 128, |addr| Ipcache6Key { addr });
 
 /// Allowed new flows per policy slot.
 #[map]
