@@ -144,13 +144,13 @@ fn explain(topo: &Topology, from: &Pod, to: &Pod, url: &str) -> bool {
 }
 
 /// `namespace/name` of the pod's Pod object, as the flow log names it.
-fn k8s_name(pod: &Pod) -> Option<String> {
+pub(crate) fn k8s_name(pod: &Pod) -> Option<String> {
     pod.object.as_ref().map(|o| format!("{}/{}", o.namespace, o.name))
 }
 
 /// `weir-agent observe <args>` in the node's namespace, against its agent's
 /// run dir: its stdout.
-fn observe(node: &Node, args: &[&str]) -> Result<String> {
+pub(crate) fn observe(node: &Node, args: &[&str]) -> Result<String> {
     let agent = bins::weir_agent()?.display().to_string();
     let run = node.dirs.run.display().to_string();
     let mut argv = vec![agent.as_str(), "observe", "--run-dir", run.as_str()];

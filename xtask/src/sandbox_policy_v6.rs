@@ -13,6 +13,8 @@ use std::{
 use anyhow::{Context, Result};
 use weir_testbed::{Pod, Topology, bins, pod::HTTP_PORT, policy_cluster::inspect_verdict};
 
+use crate::sandbox_policy::{k8s_name, observe};
+
 const REASON: &str = "policy-denied-ingress";
 
 fn url6(pod: &Pod) -> Option<String> {
@@ -49,6 +51,7 @@ pub fn same_over_ipv6(topo: &Topology, web: &Pod, outsider: &Pod, db: &Pod) -> b
     println!("  {}/{} (role=web) gets the page: {}", web.node, web.name, word(admitted));
     println!("  {}/{} is refused: {}; {count}", outsider.node, outsider.name, word(refused && counted));
     let node = topo.node(&db.node);
+    let logged = logged_over_ipv6(topo, outsider, db);
     println!("\nweir-agent inspect verdict --from {out6} --to {db6} --port 80/tcp (on {}):", db.node);
     let verdict_denied = match inspect_verdict(node, out6.into(), db6.into(), "80/tcp", false) {
         Ok(out) if out.success() => {
@@ -64,7 +67,31 @@ pub fn same_over_ipv6(topo: &Topology, web: &Pod, outsider: &Pod, db: &Pod) -> b
             false
         }
     };
-    admitted && refused && counted && verdict_denied
+    admitted && refused && counted && logged && verdict_denied
+}
+
+/// The refusal in the flow log, with the pods' IPv6 addresses.
+fn logged_over_ipv6(topo: &Topology, outsider: &Pod, db: &Pod) -> bool {
+    let (Some(dst), Some(out6)) = (k8s_name(db), outsider.ipv6) else { return false };
+    let args = ["--last", "50", "--verdict", "dropped", "--pod", dst.as_str()];
+    let needle = format!("[{out6}]:");
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let (out, seen) = loop {
+        let out = observe(topo.node(&db.node), &args);
+        let line = out.as_ref().ok().and_then(|o| {
+            o.lines().rev().find(|l| l.contains(&needle) && l.contains("DROPPED policy-denied")).map(str::to_string)
+        });
+        if line.is_some() || Instant::now() > deadline {
+            break (out, line);
+        }
+        thread::sleep(Duration::from_millis(200));
+    };
+    match (&seen, out) {
+        (Some(line), _) => println!("  in the flow log: {line}"),
+        (None, Ok(_)) => println!("  <-- WRONG: no policy drop from {out6} in the flow log"),
+        (None, Err(e)) => println!("  <-- WRONG: observe failed: {e:#}"),
+    }
+    seen.is_some()
 }
 
 /// Once no policy selects `db`: `outsider` gets its page over IPv6 again

@@ -283,7 +283,8 @@ pub fn print_report(r: &PolicyReport) {
 }
 
 pub fn print_verdict(v: &VerdictReport) {
-    println!("{} -> {}:{}/{}: {}", v.from, v.to, v.port, v.protocol, if v.allowed { "ALLOWED" } else { "DENIED" });
+    let to = std::net::SocketAddr::new(v.to, v.port);
+    println!("{} -> {to}/{}: {}", v.from, v.protocol, if v.allowed { "ALLOWED" } else { "DENIED" });
     for c in &v.checks {
         let why = match (&c.allowed_by, c.pending, c.enforced) {
             (_, true, _) => "DENIED: the pod's policy is not in place yet (pending)".to_string(),
