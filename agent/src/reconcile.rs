@@ -155,9 +155,16 @@ impl Reconciler {
         }
         if self.services.needs_work(&self.index) {
             let me = self.index.node(&self.config.plan.node_name);
+            let cidrs = self.config.plan.cluster_cidrs;
+            // NodePorts listen on the node's InternalIP of each family.
+            let addrs = me.map(|n| {
+                let v4 = n.internal_ip.map(std::net::IpAddr::V4);
+                v4.into_iter().chain(n.internal_ip_v6.map(std::net::IpAddr::V6)).collect()
+            });
             let node = lb::LbNode {
                 name: self.config.plan.node_name.clone(),
-                addrs: me.and_then(|n| n.internal_ip).into_iter().collect(),
+                addrs: addrs.unwrap_or_default(),
+                families: cidrs.families(),
             };
             self.services.reconcile(&self.index, &node, &mut self.datapath).await;
         }

@@ -26,6 +26,13 @@ pub const MAP_CT: &str = "WEIR_CT";
 pub const MAP_AFFINITY: &str = "WEIR_AFFINITY";
 pub const MAP_SRC_RANGES: &str = "WEIR_SRC_RANGE";
 pub const MAP_NODE: &str = "WEIR_NODE";
+/// The IPv6 Service maps (`common/src/lb.rs`): same layout as the IPv4
+/// ones, IDs from the same spaces.
+pub const MAP_SVC6: &str = "WEIR_SVC6";
+pub const MAP_BACKENDS6: &str = "WEIR_BACKENDS6";
+pub const MAP_REVNAT6: &str = "WEIR_REVNAT6";
+pub const MAP_AFFINITY6: &str = "WEIR_AFFINITY6";
+pub const MAP_SRC_RANGES6: &str = "WEIR_SRC_RANGE6";
 /// NetworkPolicy (names stay under the kernel's 15 characters).
 pub const MAP_IPCACHE: &str = "WEIR_IPCACHE";
 pub const MAP_POLICY: &str = "WEIR_POLICY";
@@ -48,6 +55,7 @@ pub const PROG_SOCK_SENDMSG4: &str = "weir_sock_sendmsg4";
 pub const PROG_SOCK_RECVMSG4: &str = "weir_sock_recvmsg4";
 pub const PROG_SOCK_GETPEERNAME4: &str = "weir_sock_getpeername4";
 pub const MAP_SOCK_REVNAT: &str = "WEIR_SOCK_REV";
+pub const MAP_SOCK_REVNAT6: &str = "WEIR_SOCK_REV6";
 
 /// tc ingress of the node's uplink (the interface holding its InternalIP).
 pub const PROG_FROM_NETDEV: &str = "weir_from_netdev";

@@ -8,7 +8,7 @@
 use std::{
     collections::BTreeMap,
     io::Write as _,
-    net::{Ipv4Addr, TcpListener, UdpSocket},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, TcpListener, UdpSocket},
     path::PathBuf,
     process::Command,
 };
@@ -45,14 +45,14 @@ impl Drop for TestCgroup {
 
 fn frontend(proto: Protocol, port: u16, backends: &[u16]) -> (Frontend, FrontendState) {
     (
-        Frontend { addr: Ipv4Addr::new(10, 96, 0, 10), port, proto, scope: Scope::Default },
+        Frontend { addr: Ipv4Addr::new(10, 96, 0, 10).into(), port, proto, scope: Scope::Default },
         FrontendState {
             service: "ns/web".into(),
             kind: FrontendKind::ClusterIp,
             backends: backends
                 .iter()
                 .map(|p| BackendRef {
-                    addr: BackendAddr { addr: Ipv4Addr::LOCALHOST, port: *p, proto },
+                    addr: BackendAddr { addr: Ipv4Addr::LOCALHOST.into(), port: *p, proto },
                     local: true,
                     terminating: false,
                 })
@@ -134,4 +134,50 @@ fn sockets_in_the_cgroup_reach_services_and_see_the_service_address() {
     // bare rejecting verdict would give.
     assert!(stdout.contains("empty refused 111\n"), "{stdout}");
     assert!(stdout.contains("empty udp refused 111\n"), "{stdout}");
+}
+
+/// A frontend of any family with backends on loopback of its family.
+fn frontend_at(addr: IpAddr, proto: Protocol, port: u16, backends: &[u16], affinity: u32) -> (Frontend, FrontendState) {
+    let backend_addr = if addr.is_ipv6() { IpAddr::from(Ipv6Addr::LOCALHOST) } else { Ipv4Addr::LOCALHOST.into() };
+    let (fe, mut state) = frontend(proto, port, backends);
+    for b in &mut state.backends {
+        b.addr.addr = backend_addr;
+    }
+    state.affinity_timeout = affinity;
+    (Frontend { addr, ..fe }, state)
+}
+
+/// The IPv6 maps round-trip through the real pinned maps: what the
+/// programmer wrote is read back by a restarted agent (`dump`, `restore`)
+/// with every ID kept and nothing rewritten, source ranges included.
+#[test]
+#[ignore = "privileged: needs root and bpffs; `cargo xtask test` runs it as root"]
+fn ipv6_service_maps_survive_a_restart() {
+    let mut t = TestDatapath::load();
+    let vip6: IpAddr = "2001:db8::7".parse().unwrap();
+    let (fe6, mut st6) = frontend_at(vip6, Protocol::Tcp, 443, &[8443, 8444], 0);
+    st6.kind = FrontendKind::LoadBalancer;
+    st6.source_ranges = vec!["2001:db8:1::/48".parse().unwrap()];
+    let want: BTreeMap<_, _> =
+        [(fe6, st6), frontend_at(Ipv4Addr::new(10, 96, 0, 10).into(), Protocol::Tcp, 80, &[8080], 0)]
+            .into_iter()
+            .collect();
+    let maps: &mut dyn LbMaps = &mut t.dp;
+    let report = LbProgrammer::default().apply(&want, true, maps);
+    assert!(report.errors.is_empty(), "{report:?}");
+    let dump = maps.dump().unwrap();
+    assert_eq!((dump.services6.len(), dump.backends6.len(), dump.rev_nats6.len()), (3, 2, 1));
+    assert_eq!((dump.services.len(), dump.backends.len(), dump.rev_nats.len()), (2, 1, 1));
+    let ranges: Vec<String> = dump.source_ranges.values().flatten().map(|r| r.to_string()).collect();
+    assert_eq!(ranges, ["2001:db8:1::/48"]);
+
+    let mut restarted = LbProgrammer::restore(&dump);
+    let report = restarted.apply(&want, true, maps);
+    assert_eq!(report, Default::default(), "a restart rewrites nothing");
+    assert_eq!(maps.dump().unwrap(), dump);
+    // And pruning removes the IPv6 entries, ranges included.
+    let report = restarted.apply(&BTreeMap::new(), true, maps);
+    assert!(report.errors.is_empty(), "{report:?}");
+    let empty = maps.dump().unwrap();
+    assert_eq!(empty, Default::default());
 }
