@@ -55,6 +55,10 @@ pub const PROG_SOCK_SENDMSG4: &str = "weir_sock_sendmsg4";
 pub const PROG_SOCK_RECVMSG4: &str = "weir_sock_recvmsg4";
 pub const PROG_SOCK_GETPEERNAME4: &str = "weir_sock_getpeername4";
 pub const MAP_SOCK_REVNAT: &str = "WEIR_SOCK_REV";
+pub const PROG_SOCK_CONNECT6: &str = "weir_sock_connect6";
+pub const PROG_SOCK_SENDMSG6: &str = "weir_sock_sendmsg6";
+pub const PROG_SOCK_RECVMSG6: &str = "weir_sock_recvmsg6";
+pub const PROG_SOCK_GETPEERNAME6: &str = "weir_sock_getpeername6";
 pub const MAP_SOCK_REVNAT6: &str = "WEIR_SOCK_REV6";
 
 /// tc ingress of the node's uplink (the interface holding its InternalIP).

@@ -74,6 +74,31 @@ pub fn weir_sock_getpeername4(ctx: SockAddrContext) -> i32 {
     sock_lb::reverse(&ctx)
 }
 
+/// connect() from an IPv6 socket in the node's cgroup (IPv4-mapped
+/// destinations included).
+#[cgroup_sock_addr(connect6)]
+pub fn weir_sock_connect6(ctx: SockAddrContext) -> i32 {
+    sock_lb::translate6(&ctx)
+}
+
+/// sendmsg() on an unconnected IPv6 UDP socket.
+#[cgroup_sock_addr(sendmsg6)]
+pub fn weir_sock_sendmsg6(ctx: SockAddrContext) -> i32 {
+    sock_lb::translate6(&ctx)
+}
+
+/// recvmsg() on an IPv6 UDP socket: the reply's source becomes the Service.
+#[cgroup_sock_addr(recvmsg6)]
+pub fn weir_sock_recvmsg6(ctx: SockAddrContext) -> i32 {
+    sock_lb::reverse6(&ctx)
+}
+
+/// getpeername() on an IPv6 socket: the peer is the Service.
+#[cgroup_sock_addr(getpeername6)]
+pub fn weir_sock_getpeername6(ctx: SockAddrContext) -> i32 {
+    sock_lb::reverse6(&ctx)
+}
+
 #[cfg(not(test))]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {

@@ -4,7 +4,8 @@
 //! - `netdev`: packets entering through the uplink (NodePorts, external
 //!   and load-balancer IPs: DNAT, SNAT to remote backends, their replies);
 //! - `reverse`: replies of translated flows get their frontend back;
-//! - `v6`: the IPv6 maps.
+//! - `v6`: the IPv6 maps, frontend lookup and backend choice (connect-time
+//!   balancing only, so far: IPv6 packets are not translated per packet).
 //!
 //! Shared here: the Service maps, frontend lookup (slot 0), backend choice
 //! (conntrack, then affinity, then a random slot), and whether a flow is over.

@@ -31,7 +31,11 @@ impl TestCgroup {
             .find(|f| f.get(2) == Some(&"cgroup2"))
             .map(|f| PathBuf::from(f[1]))
             .expect("no cgroup v2 mount: the socket load-balancing test needs one");
-        let dir = root.join(format!("weir-unit-sock-{}", std::process::id()));
+        // One per test: tests run in parallel in one process, and a cgroup
+        // shared by two would run both tests' programs on each client.
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = root.join(format!("weir-unit-sock-{}-{n}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         Self(dir)
     }
@@ -145,6 +149,107 @@ fn frontend_at(addr: IpAddr, proto: Protocol, port: u16, backends: &[u16], affin
     }
     state.affinity_timeout = affinity;
     (Frontend { addr, ..fe }, state)
+}
+
+/// Accepts TCP connections forever, greeting each with `greeting` (the
+/// thread ends with the test process).
+fn greeter(listener: TcpListener, greeting: &'static [u8]) {
+    std::thread::spawn(move || {
+        for mut c in listener.incoming().flatten() {
+            let _ = c.write_all(greeting);
+        }
+    });
+}
+
+const CLIENT6: &str = r#"
+import os, socket, sys
+open(sys.argv[1] + "/cgroup.procs", "w").write(str(os.getpid()))
+s = socket.create_connection(("fd00:10:96::a", 80), timeout=3)
+print("tcp", s.recv(5).decode(), s.getpeername()[:2])
+u = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+u.settimeout(3)
+u.sendto(b"ping", ("fd00:10:96::a", 53))
+data, src = u.recvfrom(16)
+print("udp", data.decode(), src[:2])
+try:
+    socket.create_connection(("fd00:10:96::a", 81), timeout=3)
+    print("empty connected")
+except OSError as e:
+    print("empty refused", e.errno)
+try:
+    u.sendto(b"ping", ("fd00:10:96::a", 81))
+    print("empty udp sent")
+except OSError as e:
+    print("empty udp refused", e.errno)
+m = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+m.settimeout(3)
+m.connect(("::ffff:10.96.0.10", 80))
+print("mapped", m.recv(5).decode(), m.getpeername()[:2])
+seen = set()
+for _ in range(12):
+    a = socket.create_connection(("fd00:10:96::a", 90), timeout=3)
+    seen.add(a.recv(2).decode())
+print("affinity", sorted(seen))
+"#;
+
+/// connect6/sendmsg6/recvmsg6/getpeername6 with the IPv4 hooks' semantics:
+/// an IPv6 ClusterIP reached over TCP and UDP shows the Service address,
+/// one without endpoints refuses at once (ECONNREFUSED), ClientIP affinity
+/// keeps a client on one backend, and a dual-stack socket reaching an IPv4
+/// Service through an IPv4-mapped address is balanced by the IPv4 maps.
+#[test]
+#[ignore = "privileged: needs root, bpffs and cgroup v2; `cargo xtask test` runs it as root"]
+fn ipv6_sockets_in_the_cgroup_reach_services_and_see_the_service_address() {
+    let mut t = TestDatapath::load();
+    let cg = TestCgroup::new();
+    t.dp.attach_socket_lb(&cg.0).unwrap();
+
+    let tcp = TcpListener::bind("[::1]:0").unwrap();
+    let udp = UdpSocket::bind("[::1]:0").unwrap();
+    let tcp4 = TcpListener::bind("127.0.0.1:0").unwrap();
+    let (one, two) = (TcpListener::bind("[::1]:0").unwrap(), TcpListener::bind("[::1]:0").unwrap());
+    let port = |l: &TcpListener| l.local_addr().unwrap().port();
+    let vip6: IpAddr = "fd00:10:96::a".parse().unwrap();
+    let vip4: IpAddr = Ipv4Addr::new(10, 96, 0, 10).into();
+    let want: BTreeMap<_, _> = [
+        frontend_at(vip6, Protocol::Tcp, 80, &[port(&tcp)], 0),
+        frontend_at(vip6, Protocol::Udp, 53, &[udp.local_addr().unwrap().port()], 0),
+        frontend_at(vip6, Protocol::Tcp, 81, &[], 0),
+        frontend_at(vip6, Protocol::Udp, 81, &[], 0),
+        frontend_at(vip6, Protocol::Tcp, 90, &[port(&one), port(&two)], 600),
+        frontend_at(vip4, Protocol::Tcp, 80, &[port(&tcp4)], 0),
+    ]
+    .into_iter()
+    .collect();
+    let maps: &mut dyn LbMaps = &mut t.dp;
+    let report = LbProgrammer::default().apply(&want, true, maps);
+    assert!(report.errors.is_empty(), "{report:?}");
+
+    greeter(tcp, b"hello");
+    greeter(tcp4, b"hell4");
+    greeter(one, b"b1");
+    greeter(two, b"b2");
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 16];
+        while let Ok((_, from)) = udp.recv_from(&mut buf) {
+            let _ = udp.send_to(b"pong", from);
+        }
+    });
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(CLIENT6)
+        .arg(&cg.0)
+        .output()
+        .expect("python3 (cargo xtask setup installs it)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "client failed: {stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("tcp hello ('fd00:10:96::a', 80)"), "{stdout}");
+    assert!(stdout.contains("udp pong ('fd00:10:96::a', 53)"), "{stdout}");
+    assert!(stdout.contains("empty refused 111\n"), "{stdout}");
+    assert!(stdout.contains("empty udp refused 111\n"), "{stdout}");
+    assert!(stdout.contains("mapped hell4 ('::ffff:10.96.0.10', 80)"), "{stdout}");
+    // Twelve connections, one backend of two: by chance 1 in 2,048.
+    assert!(stdout.contains("affinity ['b1']") || stdout.contains("affinity ['b2']"), "{stdout}");
 }
 
 /// The IPv6 maps round-trip through the real pinned maps: what the
