@@ -358,6 +358,36 @@ pub struct SockRevKey6 {
     pub _pad: [u8; 6],
 }
 
+/// `WEIR_CT6`: an IPv6 connection in one direction (as `CtKey`); the
+/// value is a `CtEntry` (its NAT fields unused: the IPv6 per-packet path
+/// translates pod clients' destinations only).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct CtKey6 {
+    pub saddr: Ip6,
+    pub daddr: Ip6,
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    /// `CT_DIR_*`.
+    pub dir: u8,
+    pub _pad: [u8; 2],
+}
+
+impl CtKey6 {
+    /// `saddr:sport -> daddr:dport` in the original direction.
+    pub const fn original(saddr: Ip6, sport: u16, daddr: Ip6, dport: u16, proto: u8) -> Self {
+        Self { saddr, daddr, sport, dport, proto, dir: CT_DIR_ORIGINAL, _pad: [0; 2] }
+    }
+
+    /// `saddr:sport -> daddr:dport` in the reply direction (backend to
+    /// client).
+    pub const fn reply(saddr: Ip6, sport: u16, daddr: Ip6, dport: u16, proto: u8) -> Self {
+        Self { saddr, daddr, sport, dport, proto, dir: CT_DIR_REPLY, _pad: [0; 2] }
+    }
+}
+
+const _: () = assert!(core::mem::size_of::<CtKey6>() == 40);
 const _: () = assert!(core::mem::size_of::<ServiceKey6>() == 24);
 const _: () = assert!(core::mem::size_of::<Backend6>() == 20);
 const _: () = assert!(core::mem::size_of::<RevNat6>() == 20);
@@ -385,6 +415,7 @@ mod pod_impls {
     unsafe impl aya::Pod for SourceRangeKey6 {}
     unsafe impl aya::Pod for AffinityKey6 {}
     unsafe impl aya::Pod for SockRevKey6 {}
+    unsafe impl aya::Pod for CtKey6 {}
 }
 
 #[cfg(test)]

@@ -33,6 +33,17 @@ pub const MAP_BACKENDS6: &str = "WEIR_BACKENDS6";
 pub const MAP_REVNAT6: &str = "WEIR_REVNAT6";
 pub const MAP_AFFINITY6: &str = "WEIR_AFFINITY6";
 pub const MAP_SRC_RANGES6: &str = "WEIR_SRC_RANGE6";
+pub const MAP_CT6: &str = "WEIR_CT6";
+/// The IPv6 per-packet Service path: `weir_from_pod` and `weir_to_pod`
+/// hand an IPv6 packet that passed their checks to these programs by tail
+/// call (a fresh stack: the IPv6 keys do not fit beside the IPv4 path's
+/// frame), through this program array, which the agent fills at load.
+pub const MAP_TAIL6: &str = "WEIR_TAIL6";
+pub const PROG_FROM_POD6: &str = "weir_from_pod6";
+pub const PROG_TO_POD6: &str = "weir_to_pod6";
+/// Slots of `WEIR_TAIL6`.
+pub const TAIL_FROM_POD6: u32 = 0;
+pub const TAIL_TO_POD6: u32 = 1;
 /// NetworkPolicy (names stay under the kernel's 15 characters).
 pub const MAP_IPCACHE: &str = "WEIR_IPCACHE";
 pub const MAP_POLICY: &str = "WEIR_POLICY";

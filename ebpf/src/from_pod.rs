@@ -32,7 +32,7 @@ fn try_handle(ctx: &TcContext, seen: &mut Flow) -> Result<i32, DropReason> {
     let Some(flow) = packet::parse(ctx)? else {
         let ep = || endpoint::by_ifindex(packet::ifindex(ctx));
         ipv6::judge(ctx, ep, Some(DropReason::UnknownEndpoint), Some(packet::ifindex(ctx)), seen)?;
-        return Ok(counters::pass(TC_OK));
+        return Ok(crate::lb::tc6::to_services_from_pod(ctx));
     };
     *seen = flow;
     let ifindex = packet::ifindex(ctx);

@@ -50,6 +50,18 @@ pub fn weir_to_pod(ctx: TcContext) -> i32 {
     to_pod::handle(&ctx)
 }
 
+/// IPv6 Services for a pod's packet, tail-called by `weir_from_pod`.
+#[classifier]
+pub fn weir_from_pod6(ctx: TcContext) -> i32 {
+    lb::tc6::from_pod_program(&ctx)
+}
+
+/// Replies of IPv6 Service flows to a pod, tail-called by `weir_to_pod`.
+#[classifier]
+pub fn weir_to_pod6(ctx: TcContext) -> i32 {
+    lb::tc6::to_pod_program(&ctx)
+}
+
 /// connect() from a socket in the node's cgroup.
 #[cgroup_sock_addr(connect4)]
 pub fn weir_sock_connect4(ctx: SockAddrContext) -> i32 {

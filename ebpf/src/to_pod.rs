@@ -25,7 +25,7 @@ fn try_handle(ctx: &TcContext, seen: &mut Flow) -> Result<i32, DropReason> {
         // IPv6 reaches only a pod under no policy (see `ipv6`).
         let ep = || endpoint::by_ifindex(packet::ifindex(ctx));
         ipv6::judge(ctx, ep, None, None, seen)?;
-        return Ok(TC_OK);
+        return Ok(crate::lb::tc6::to_services_to_pod(ctx));
     };
     *seen = flow;
     // On egress, the device the packet leaves by: the pod's host veth.

@@ -190,3 +190,79 @@ fn ipv6_cluster_ip_through_connect_time_balancing() {
     assert!(!shown.contains(&stray6.to_string()), "the IPv4-only Service has an IPv6 frontend:\n{shown}");
     drop(agents);
 }
+
+/// The per-packet path: agents without connect-time balancing, so a pod's
+/// IPv6 packets to a Service are translated at its veth (weir_from_pod6,
+/// reversed by weir_to_pod6): TCP and UDP to an IPv6 ClusterIP reach
+/// backends on both nodes with every reply from the Service address, and a
+/// TCP connect to an IPv6 Service without endpoints is refused at once by
+/// the in-kernel ICMPv6 port unreachable.
+#[test]
+fn ipv6_cluster_ip_through_the_per_packet_path() {
+    weir_testbed::privileged(&[tools::IP, tools::PYTHON3, tools::PORTMAP]);
+    let topo = Topology::builder("svc_ipv6_tc").nodes(2).families(Families::DualStack).build().unwrap();
+    let _agents = topo.start_agents().unwrap();
+    let (n1, n2) = (topo.node("n1"), topo.node("n2"));
+    let (c1, c2) = (n1.agent_conflist().unwrap(), n2.agent_conflist().unwrap());
+    let client = Pod::create(n1, "client", &c1).unwrap();
+    let b1 = Pod::create(n1, "b", &c1).unwrap();
+    let b2 = Pod::create(n2, "b", &c2).unwrap();
+    let _servers: Vec<ChildGuard> = [(n1, &b1), (n2, &b2)]
+        .iter()
+        .map(|(node, pod)| {
+            let log = node.dirs.logs.join("echo-b.log");
+            echo::serve_dual_stack(&pod.netns, &format!("{}/b", node.name), PORT, &log).unwrap()
+        })
+        .collect();
+    let both6 = [(b1.ipv6.unwrap(), b1.node.as_str()), (b2.ipv6.unwrap(), b2.node.as_str())];
+    let vip6: Ipv6Addr = "fd00:10:96::10".parse().unwrap();
+    let empty6: Ipv6Addr = "fd00:10:96::30".parse().unwrap();
+    topo.write_manifest(
+        "svc-ipv6.yaml",
+        &[
+            service_yaml_families("echo6", &[vip6.into()], &["IPv6"], "SingleStack", &ports()),
+            endpoint_slice_yaml6("echo6", &SLICE_PORTS, &both6),
+            service_yaml_families("empty6", &[empty6.into()], &["IPv6"], "SingleStack", &ports()),
+            endpoint_slice_yaml6("empty6", &SLICE_PORTS, &[]),
+        ],
+    )
+    .unwrap();
+
+    let ns = &client.netns;
+    let mut last = None;
+    for _ in 0..60 {
+        match echo::ask_ip_from(ns, None, "tcp", vip6.into(), PORT, "hello") {
+            Ok(_) => {
+                last = None;
+                break;
+            }
+            Err(e) => last = Some(e),
+        }
+        thread::sleep(Duration::from_millis(250));
+    }
+    assert!(last.is_none(), "tcp [{vip6}]:{PORT} never answered: {:#}", last.unwrap());
+    let mut answers = Vec::new();
+    for proto in ["tcp", "udp"] {
+        for _ in 0..12 {
+            answers.push(echo::ask_ip_from(ns, None, proto, vip6.into(), PORT, "x").unwrap());
+        }
+    }
+    assert!(answers.iter().all(|a| a.peer == IpAddr::from(vip6)), "replies not from the Service: {answers:?}");
+    let servers: BTreeSet<&str> = answers.iter().map(|a| a.server.as_str()).collect();
+    assert_eq!(servers, BTreeSet::from(["n1/b", "n2/b"]), "{answers:?}");
+
+    // No endpoints: the connect is refused by the ICMPv6 error at once (an
+    // unconnected UDP socket hears nothing of ICMP, so TCP only).
+    let mut last = String::new();
+    for _ in 0..40 {
+        match echo::ask_ip_from(ns, None, "tcp", empty6.into(), PORT, "e") {
+            Ok(a) => panic!("an IPv6 Service without endpoints answered: {a:?}"),
+            Err(e) => last = format!("{e:#}"),
+        }
+        if last.contains(ECONNREFUSED) {
+            break;
+        }
+        thread::sleep(Duration::from_millis(250));
+    }
+    assert!(last.contains(ECONNREFUSED), "TCP connect to [{empty6}]: want ECONNREFUSED, got: {last}");
+}

@@ -29,7 +29,7 @@ const MAX_BATCH: usize = 1 << 16;
 
 /// The maps whose fill level matters (hash and LPM maps an operator may
 /// outgrow).
-pub const MAPS: [&str; 18] = [
+pub const MAPS: [&str; 19] = [
     pin::MAP_ENDPOINTS,
     pin::MAP_SVC,
     pin::MAP_BACKENDS,
@@ -44,6 +44,7 @@ pub const MAPS: [&str; 18] = [
     pin::MAP_AFFINITY6,
     pin::MAP_SRC_RANGES6,
     pin::MAP_SOCK_REVNAT6,
+    pin::MAP_CT6,
     pin::MAP_IPCACHE,
     pin::MAP_POLICY,
     pin::MAP_POLICY_CT,

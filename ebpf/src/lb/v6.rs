@@ -41,6 +41,12 @@ pub fn backend(id: u32) -> Option<Backend6> {
     unsafe { WEIR_BACKENDS6.get(&id) }.copied()
 }
 
+#[inline(always)]
+pub fn rev_nat(id: u16) -> Option<RevNat6> {
+    // Safety: copied out at once.
+    unsafe { WEIR_REVNAT6.get(&id) }.copied()
+}
+
 /// Pods and sockets are internal clients: an `externalTrafficPolicy: Local`
 /// frontend sends them to every backend (its internal scope).
 #[inline(always)]
@@ -70,6 +76,12 @@ pub fn choose(key: &ServiceKey6, svc: &ServiceValue, client: &Ip6, now: u32) -> 
             let _ = WEIR_AFFINITY6.insert(&aff_key, &AffinityValue { backend_id: a.backend_id, last_seen: now }, 0);
             return Some((a.backend_id, b));
         }
+    }
+    // Checked here, not only by callers: where this is not inlined, the
+    // compiler cannot see their check, and a division by zero would be a
+    // panic path, which the verifier refuses.
+    if svc.count == 0 {
+        return None;
     }
     // Safety: helper without arguments.
     let slot = (unsafe { bpf_get_prandom_u32() } % svc.count as u32) as u16 + 1;
