@@ -96,9 +96,10 @@ pub fn endpoint_slice_yaml(service: &str, ports: &[(&str, &str, u16)], endpoints
     lines.join("\n") + "\n"
 }
 
-/// A ClusterIP Service with `cluster_ips` (the first is the primary),
-/// `ipFamilies` as given and `ipFamilyPolicy` `policy` (SingleStack,
-/// PreferDualStack, RequireDualStack): a dual-stack or IPv6 Service.
+/// A Service with `cluster_ips` (the first is the primary), `ipFamilies`
+/// as given and `ipFamilyPolicy` `policy` (SingleStack, PreferDualStack,
+/// RequireDualStack): a dual-stack or IPv6 Service; a NodePort Service if
+/// a port has a node port.
 pub fn service_yaml_families(
     name: &str,
     cluster_ips: &[IpAddr],
@@ -115,7 +116,7 @@ pub fn service_yaml_families(
         format!("  name: {name}"),
         "  namespace: default".into(),
         "spec:".into(),
-        "  type: ClusterIP".into(),
+        format!("  type: {}", if ports.iter().any(|p| p.node_port.is_some()) { "NodePort" } else { "ClusterIP" }),
         format!("  clusterIP: {:?}", cluster_ips[0].to_string()),
         format!("  clusterIPs: [{}]", ips.join(", ")),
         format!("  ipFamilies: [{}]", families.join(", ")),
@@ -127,6 +128,9 @@ pub fn service_yaml_families(
         lines.push(format!("    protocol: {}", p.protocol));
         lines.push(format!("    port: {}", p.port));
         lines.push(format!("    targetPort: {}", p.target_port));
+        if let Some(np) = p.node_port {
+            lines.push(format!("    nodePort: {np}"));
+        }
     }
     lines.join("\n") + "\n"
 }

@@ -1,7 +1,8 @@
 //! Services over IPv6 on a dual-stack two-node cluster in namespaces
 //! (issue #12): a pod's sockets reach an IPv6 ClusterIP over TCP and UDP
 //! through connect-time balancing (connect6/sendmsg6/recvmsg6), its replies
-//! seen from the Service address, backends on both nodes; a dual-stack
+//! seen from the Service address, backends on both nodes; a node's own
+//! processes reach the NodePort on its IPv6 InternalIP; a dual-stack
 //! Service answers on both of its cluster IPs; an IPv6 Service without
 //! endpoints refuses at once; an IPv4 single-stack Service is never served
 //! over IPv6, even with an IPv6 address it should not have. ULA addresses,
@@ -38,6 +39,14 @@ fn ports() -> [SvcPort; 2] {
     ]
 }
 
+const NODE_PORT: u16 = 30096;
+
+/// `ports()`, TCP on a node port too.
+fn node_port_ports() -> [SvcPort; 2] {
+    let [tcp, udp] = ports();
+    [SvcPort { node_port: Some(NODE_PORT), ..tcp }, udp]
+}
+
 const SLICE_PORTS: [(&str, &str, u16); 2] = [("tcp", "TCP", PORT), ("udp", "UDP", PORT)];
 
 /// Asks until the agent has programmed the Service (it polls the manifest
@@ -55,7 +64,7 @@ fn first_answer(ns: &NetNs, cgroup: &Path, proto: &str, host: IpAddr) -> AnswerI
 }
 
 #[test]
-fn ipv6_cluster_ip_through_connect_time_balancing() {
+fn ipv6_cluster_ip_and_node_port_through_connect_time_balancing() {
     weir_testbed::privileged(&[tools::IP, tools::PYTHON3, tools::PORTMAP]);
     let topo = Topology::builder("svc_ipv6").nodes(2).families(Families::DualStack).build().unwrap();
     // A socket-LB cgroup per node: one shared by both agents would run
@@ -106,7 +115,7 @@ fn ipv6_cluster_ip_through_connect_time_balancing() {
     topo.write_manifest(
         "svc-ipv6.yaml",
         &[
-            service_yaml_families("echo6", &[vip6.into()], &["IPv6"], "SingleStack", &ports()),
+            service_yaml_families("echo6", &[vip6.into()], &["IPv6"], "SingleStack", &node_port_ports()),
             endpoint_slice_yaml6("echo6", &SLICE_PORTS, &both6),
             service_yaml_families(
                 "dual",
@@ -175,6 +184,25 @@ fn ipv6_cluster_ip_through_connect_time_balancing() {
     for proto in ["tcp", "udp"] {
         let r = echo::ask_ip_from(ns, Some(cg), proto, stray6.into(), PORT, "s");
         assert!(r.is_err(), "{proto} to the IPv4-only Service's stray [{stray6}] answered: {r:?}");
+    }
+
+    // The NodePort on each node's IPv6 InternalIP, from a process on that
+    // node (in its agent's cgroup), seen from the address it asked.
+    for (node, cg) in topo.nodes().iter().zip(&cgroups) {
+        let addr = IpAddr::from(node.ip6.expect("a dual-stack node has an IPv6 InternalIP"));
+        let mut last = None;
+        for _ in 0..40 {
+            match echo::ask_ip_from(&node.netns, Some(cg), "tcp", addr, NODE_PORT, "n") {
+                Ok(a) => {
+                    assert_eq!(a.peer, addr, "{}: {a:?}", node.name);
+                    last = None;
+                    break;
+                }
+                Err(e) => last = Some(e),
+            }
+            thread::sleep(Duration::from_millis(250));
+        }
+        assert!(last.is_none(), "[{addr}]:{NODE_PORT} from {} never answered: {:#}", node.name, last.unwrap());
     }
 
     // inspect shows the IPv6 frontends with their IPv6 backends, and none
