@@ -229,7 +229,7 @@ fn ipv6_cluster_ip_and_node_port_through_connect_time_balancing() {
 fn ipv6_cluster_ip_through_the_per_packet_path() {
     weir_testbed::privileged(&[tools::IP, tools::PYTHON3, tools::PORTMAP]);
     let topo = Topology::builder("svc_ipv6_tc").nodes(2).families(Families::DualStack).build().unwrap();
-    let _agents = topo.start_agents().unwrap();
+    let mut agents = topo.start_agents().unwrap();
     let (n1, n2) = (topo.node("n1"), topo.node("n2"));
     let (c1, c2) = (n1.agent_conflist().unwrap(), n2.agent_conflist().unwrap());
     let client = Pod::create(n1, "client", &c1).unwrap();
@@ -293,4 +293,56 @@ fn ipv6_cluster_ip_through_the_per_packet_path() {
         thread::sleep(Duration::from_millis(250));
     }
     assert!(last.contains(ECONNREFUSED), "TCP connect to [{empty6}]: want ECONNREFUSED, got: {last}");
+
+    // An established IPv6 connection keeps its backend across a restart of
+    // the client node's agent (the conntrack and tail-call maps are pinned;
+    // the new agent's programs take over the pod's filters).
+    let dir = n1.dirs.root.clone();
+    let (connected, go, out) = (dir.join("connected6"), dir.join("go6"), dir.join("client6.out"));
+    let args = [vip6.to_string(), PORT.to_string(), path(&connected), path(&go)];
+    let mut long =
+        ns.spawn(&["python3", "-c", LONG_CLIENT6, &args[0], &args[1], &args[2], &args[3]], &[], &out, false).unwrap();
+    for _ in 0..100 {
+        if connected.exists() {
+            break;
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    assert!(connected.exists(), "client never connected: {}", std::fs::read_to_string(&out).unwrap_or_default());
+    let index = agents.iter().position(|a| a.node() == "n1").unwrap();
+    agents.remove(index).stop();
+    let mut agent = topo.start_agent("n1").unwrap();
+    agent.wait_ready(Agent::ready_timeout()).unwrap();
+    agents.push(agent);
+    std::fs::write(&go, "go").unwrap();
+    let mut status = None;
+    for _ in 0..200 {
+        status = long.try_wait();
+        if status.is_some() {
+            break;
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    let text = std::fs::read_to_string(&out).unwrap_or_default();
+    assert!(status.is_some_and(|s| s.success()), "client failed or hung after the restart: {text}");
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    assert_eq!(lines[0], lines[1], "the connection changed backend across the restart");
 }
+
+fn path(p: &Path) -> String {
+    p.to_str().unwrap().to_string()
+}
+
+/// Connects to `[vip]:port`, asks once, says so in the `connected` file,
+/// waits for the `go` file, asks again on the same connection; prints the
+/// server of each answer.
+const LONG_CLIENT6: &str = r#"
+import os, socket, sys, time
+host, port, connected, go = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+s = socket.create_connection((host, port), timeout=5)
+s.sendall(b"one\n"); print(s.recv(4096).decode().split()[0], flush=True)
+open(connected, "w").write("1")
+while not os.path.exists(go): time.sleep(0.05)
+s.sendall(b"two\n"); print(s.recv(4096).decode().split()[0], flush=True)
+"#;
