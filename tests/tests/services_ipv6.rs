@@ -279,6 +279,12 @@ fn ipv6_cluster_ip_through_the_per_packet_path() {
     let servers: BTreeSet<&str> = answers.iter().map(|a| a.server.as_str()).collect();
     assert_eq!(servers, BTreeSet::from(["n1/b", "n2/b"]), "{answers:?}");
 
+    // inspect conntrack shows the IPv6 flows with their frontend.
+    let agent_bin = weir_testbed::bins::weir_agent().unwrap();
+    let pin_dir = n1.pin_dir.to_str().unwrap();
+    let shown = n1.netns.run(&[agent_bin.to_str().unwrap(), "inspect", "conntrack", "--bpf-pin-dir", pin_dir]).unwrap();
+    assert!(shown.contains(&format!("[{vip6}]:{PORT}")), "no IPv6 flow in inspect conntrack:\n{shown}");
+
     // No endpoints: the connect is refused by the ICMPv6 error at once (an
     // unconnected UDP socket hears nothing of ICMP, so TCP only).
     let mut last = String::new();

@@ -10,8 +10,8 @@ use aya::maps::HashMap;
 use serde::Serialize;
 use weir_common::{
     lb::{
-        Backend, Backend6, CT_DIR_REPLY, CtEntry, CtKey, RevNat, SCOPE_INTERNAL, ServiceKey, ServiceKey6, ServiceValue,
-        ip6_octets,
+        Backend, Backend6, CT_DIR_REPLY, CtEntry, CtKey, CtKey6, RevNat, RevNat6, SCOPE_INTERNAL, ServiceKey,
+        ServiceKey6, ServiceValue, ip6_octets,
     },
     pin,
 };
@@ -175,8 +175,38 @@ fn conntrack(pin_dir: &Path) -> anyhow::Result<Vec<ConntrackRow>> {
             flags,
         });
     }
+    conntrack6(pin_dir, &mut rows)?;
     rows.sort_by(|a, b| (&a.source, &a.destination).cmp(&(&b.source, &b.destination)));
     Ok(rows)
+}
+
+/// The IPv6 flows translated per packet (`WEIR_CT6`), as rows like IPv4's.
+fn conntrack6(pin_dir: &Path, rows: &mut Vec<ConntrackRow>) -> anyhow::Result<()> {
+    let ct: HashMap<_, CtKey6, CtEntry> = pinned::open(pin_dir, pin::MAP_CT6)?;
+    let backends: HashMap<_, u32, Backend6> = pinned::open(pin_dir, pin::MAP_BACKENDS6)?;
+    let rev: HashMap<_, u16, RevNat6> = pinned::open(pin_dir, pin::MAP_REVNAT6)?;
+    let at = |addr, port: u16| SocketAddr::new(Ipv6Addr::from(ip6_octets(addr)).into(), u16::from_be(port)).to_string();
+    for kv in ct.iter() {
+        let (k, v) = kv?;
+        let backend = match backends.get(&v.backend_id, 0) {
+            Ok(b) => at(b.addr, b.port),
+            Err(_) => format!("#{} (gone)", v.backend_id),
+        };
+        let frontend = match rev.get(&v.rev_nat_id, 0) {
+            Ok(r) => at(r.addr, r.port),
+            Err(_) => format!("#{} (gone)", v.rev_nat_id),
+        };
+        rows.push(ConntrackRow {
+            direction: if k.dir == CT_DIR_REPLY { "reply" } else { "original" },
+            protocol: proto(k.proto),
+            source: at(k.saddr, k.sport),
+            destination: at(k.daddr, k.dport),
+            backend,
+            frontend,
+            flags: Vec::new(),
+        });
+    }
+    Ok(())
 }
 
 #[derive(Serialize)]
