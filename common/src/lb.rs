@@ -387,6 +387,18 @@ impl CtKey6 {
     }
 }
 
+/// `WEIR_NODE6` (an array of one, written by the agent): what the IPv6
+/// per-packet path needs of its node.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct NodeConfig6 {
+    /// The first address of the node's IPv6 pod CIDR (every pod's IPv6
+    /// gateway): the source of hairpinned IPv6 flows. All zero: not set
+    /// (no hairpin).
+    pub gateway: Ip6,
+}
+
+const _: () = assert!(core::mem::size_of::<NodeConfig6>() == 16);
 const _: () = assert!(core::mem::size_of::<CtKey6>() == 40);
 const _: () = assert!(core::mem::size_of::<ServiceKey6>() == 24);
 const _: () = assert!(core::mem::size_of::<Backend6>() == 20);
@@ -416,6 +428,7 @@ mod pod_impls {
     unsafe impl aya::Pod for AffinityKey6 {}
     unsafe impl aya::Pod for SockRevKey6 {}
     unsafe impl aya::Pod for CtKey6 {}
+    unsafe impl aya::Pod for NodeConfig6 {}
 }
 
 #[cfg(test)]

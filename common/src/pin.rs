@@ -34,6 +34,8 @@ pub const MAP_REVNAT6: &str = "WEIR_REVNAT6";
 pub const MAP_AFFINITY6: &str = "WEIR_AFFINITY6";
 pub const MAP_SRC_RANGES6: &str = "WEIR_SRC_RANGE6";
 pub const MAP_CT6: &str = "WEIR_CT6";
+/// `NodeConfig6`: the node's IPv6 pod gateway, for hairpin.
+pub const MAP_NODE6: &str = "WEIR_NODE6";
 /// The IPv6 per-packet Service path: `weir_from_pod` and `weir_to_pod`
 /// hand an IPv6 packet that passed their checks to these programs by tail
 /// call (a fresh stack: the IPv6 keys do not fit beside the IPv4 path's

@@ -222,7 +222,8 @@ fn ipv6_cluster_ip_and_node_port_through_connect_time_balancing() {
 /// The per-packet path: agents without connect-time balancing, so a pod's
 /// IPv6 packets to a Service are translated at its veth (weir_from_pod6,
 /// reversed by weir_to_pod6): TCP and UDP to an IPv6 ClusterIP reach
-/// backends on both nodes with every reply from the Service address, and a
+/// backends on both nodes with every reply from the Service address, a
+/// backend reaches itself through its Service (hairpin), and a
 /// TCP connect to an IPv6 Service without endpoints is refused at once by
 /// the in-kernel ICMPv6 port unreachable.
 #[test]
@@ -278,6 +279,14 @@ fn ipv6_cluster_ip_through_the_per_packet_path() {
     assert!(answers.iter().all(|a| a.peer == IpAddr::from(vip6)), "replies not from the Service: {answers:?}");
     let servers: BTreeSet<&str> = answers.iter().map(|a| a.server.as_str()).collect();
     assert_eq!(servers, BTreeSet::from(["n1/b", "n2/b"]), "{answers:?}");
+
+    // Hairpin: a backend reaches itself through its Service (it answers
+    // the pod gateway the request came from; the reply comes from the
+    // Service). 16 tries over two backends: itself but for 1 in 65,536.
+    let own: Vec<AnswerIp> =
+        (0..16).map(|_| echo::ask_ip_from(&b1.netns, None, "tcp", vip6.into(), PORT, "h").unwrap()).collect();
+    assert!(own.iter().all(|a| a.peer == IpAddr::from(vip6)), "replies not from the Service: {own:?}");
+    assert!(own.iter().any(|a| a.server == "n1/b"), "n1/b never reached itself through its Service: {own:?}");
 
     // inspect conntrack shows the IPv6 flows with their frontend.
     let agent_bin = weir_testbed::bins::weir_agent().unwrap();

@@ -15,22 +15,28 @@
 //! checks (`to_services_*`): the IPv6 keys do not fit in the stack the
 //! IPv4 path leaves.
 //!
+//! A pod that is its own backend is hairpinned: its source becomes the
+//! node's IPv6 pod gateway (`WEIR_NODE6`) and the packet goes back out of
+//! its veth; its reply to the gateway is turned back into one from the
+//! frontend the same way.
+//!
 //! Not covered (left untranslated): extension headers (fragments
-//! included), a pod reaching itself through its Service (hairpin needs a
-//! source rewrite to an IPv6 gateway address the node map does not hold),
-//! and flows entering through the uplink (NodePort, external IPs).
+//! included), and flows entering through the uplink (NodePort, external
+//! IPs).
 use core::ptr::write_volatile;
 
 use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_SHOT},
     macros::map,
-    maps::{LruHashMap, ProgramArray},
+    maps::{Array, LruHashMap, ProgramArray},
     programs::TcContext,
 };
 use network_types::eth::EthHdr;
 use weir_common::{
     DropReason,
-    lb::{Backend6, CtEntry, CtKey6, Ip6, MAX_CT_ENTRIES, PROTO_TCP, PROTO_UDP, ServiceKey6, ServiceValue},
+    lb::{
+        Backend6, CtEntry, CtKey6, Ip6, MAX_CT_ENTRIES, NodeConfig6, PROTO_TCP, PROTO_UDP, ServiceKey6, ServiceValue,
+    },
     pin::{TAIL_FROM_POD6, TAIL_TO_POD6},
 };
 
@@ -38,7 +44,7 @@ use super::{reject6, v6};
 use crate::{
     conntrack,
     counters::{self, TC_OK},
-    packet::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
+    packet::{self, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
 };
 
 const ETH_P_IPV6: u16 = 0x86DD_u16.to_be();
@@ -51,6 +57,9 @@ pub const L4_OFF: usize = IP6_OFF + 40;
 
 #[map]
 static WEIR_CT6: LruHashMap<CtKey6, CtEntry> = LruHashMap::pinned(MAX_CT_ENTRIES, 0);
+/// The node's IPv6 pod gateway (`NodeConfig6`), written by the agent.
+#[map]
+static WEIR_NODE6: Array<NodeConfig6> = Array::pinned(1, 0);
 /// `weir_from_pod6` and `weir_to_pod6`, filled by the agent.
 #[map]
 static WEIR_TAIL6: ProgramArray = ProgramArray::pinned(2, 0);
@@ -147,21 +156,57 @@ fn lookup(key: &CtKey6) -> Option<CtEntry> {
 #[inline(always)]
 pub fn from_pod(ctx: &TcContext) -> Result<i32, DropReason> {
     let Some(flow) = parse(ctx) else { return Ok(counters::pass(TC_OK)) };
+    if gateway().is_some_and(|gw| gw == flow.daddr) {
+        return hairpin_reply(ctx, &flow);
+    }
     let Some((key, svc)) = frontend(&flow) else {
         return Ok(counters::pass(TC_OK));
     };
     let now = conntrack::now_secs();
-    if svc.count != 0 && continue_flow(ctx, &flow, now)? {
-        return Ok(counters::pass(TC_OK));
+    if svc.count != 0 {
+        match continue_flow(ctx, &flow, now)? {
+            CONTINUED => return Ok(counters::pass(TC_OK)),
+            HAIRPINNED => return Ok(counters::pass(packet::back_out(ctx, packet::ifindex(ctx)))),
+            _ => {}
+        }
     }
     let chosen = if svc.count == 0 { None } else { choose(&key, &svc, &flow, now) };
     let Some((backend_id, b)) = chosen else {
         counters::count(DropReason::NoBackend);
         return Ok(reject6::port_unreachable(ctx, &flow));
     };
-    record(&flow, backend_id, &b, svc.rev_nat_id, now);
+    // A pod that is its own backend: its source becomes the pod gateway (a
+    // pod drops packets that claim its own address as source), and the
+    // packet goes straight back out of its veth.
+    let hairpin = if b.addr == flow.saddr { gateway() } else { None };
+    let mut flags = CtEntry::FLAG_POD_CLIENT;
+    if flow.tcp_flags & TCP_RST != 0 {
+        flags |= CtEntry::FLAG_RESET;
+    }
+    let reply_to = match &hairpin {
+        Some(gw) => {
+            flags |= CtEntry::FLAG_HAIRPIN;
+            gw
+        }
+        None => &flow.saddr,
+    };
+    record(&flow, &b, backend_id, u32::from(svc.rev_nat_id) | u32::from(flags) << 16, reply_to);
     dnat(ctx, &flow, &b.addr, b.port)?;
+    if let Some(gw) = hairpin {
+        snat(ctx, &flow, &gw, flow.sport)?;
+        return Ok(counters::pass(packet::back_out(ctx, packet::ifindex(ctx))));
+    }
     Ok(counters::pass(TC_OK))
+}
+
+/// What `continue_flow` did.
+const NEW: u8 = 0;
+const CONTINUED: u8 = 1;
+const HAIRPINNED: u8 = 2;
+
+#[inline(always)]
+fn gateway() -> Option<Ip6> {
+    WEIR_NODE6.get(0).map(|n| n.gateway).filter(|gw| *gw != [0; 4])
 }
 
 #[inline(never)]
@@ -174,36 +219,71 @@ fn choose(key: &ServiceKey6, svc: &ServiceValue, flow: &Flow6, now: u32) -> Opti
     v6::choose(key, svc, &flow.saddr, now)
 }
 
-/// A live flow keeps its backend while it exists (`Ok(true)`: translated);
-/// a SYN on a closing flow's tuple is a new connection (as for IPv4).
+/// A live flow keeps its backend while it exists, hairpinned as it was; a
+/// SYN on a closing flow's tuple is a new connection (as for IPv4).
 #[inline(never)]
-fn continue_flow(ctx: &TcContext, flow: &Flow6, now: u32) -> Result<bool, DropReason> {
+fn continue_flow(ctx: &TcContext, flow: &Flow6, now: u32) -> Result<u8, DropReason> {
     let original = CtKey6::original(flow.saddr, flow.sport, flow.daddr, flow.dport, flow.proto);
-    let Some(ct) = lookup(&original) else { return Ok(false) };
+    let Some(ct) = lookup(&original) else { return Ok(NEW) };
     if ct.is_over(now) || (ct.flags & CtEntry::FLAG_CLOSING != 0 && flow.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN) {
-        return Ok(false);
+        return Ok(NEW);
     }
-    let Some(b) = v6::backend(ct.backend_id) else { return Ok(false) };
+    let Some(b) = v6::backend(ct.backend_id) else { return Ok(NEW) };
+    let gw = if ct.flags & CtEntry::FLAG_HAIRPIN != 0 {
+        match gateway() {
+            Some(gw) => Some(gw),
+            None => return Ok(NEW),
+        }
+    } else {
+        None
+    };
     observe_client(&original, &ct, flow, now);
     dnat(ctx, flow, &b.addr, b.port)?;
-    Ok(true)
+    if let Some(gw) = gw {
+        snat(ctx, flow, &gw, flow.sport)?;
+        return Ok(HAIRPINNED);
+    }
+    Ok(CONTINUED)
 }
 
 /// A new flow's entries: the original direction keeps its backend, the
-/// reply direction finds the frontend.
+/// reply direction (backend to `reply_to`, the client or, hairpinned, the
+/// gateway) finds the frontend. `rev_and_flags`: the rev-NAT ID in the low
+/// half, the entry's flags in the high half (five arguments at most).
 #[inline(never)]
-fn record(flow: &Flow6, backend_id: u32, b: &Backend6, rev_nat_id: u16, now: u32) {
-    let mut entry =
-        CtEntry { backend_id, rev_nat_id, flags: CtEntry::FLAG_POD_CLIENT, created: now, ..Default::default() };
-    if flow.tcp_flags & TCP_RST != 0 {
-        entry.flags |= CtEntry::FLAG_RESET;
-    }
+fn record(flow: &Flow6, b: &Backend6, backend_id: u32, rev_and_flags: u32, reply_to: &Ip6) {
+    let entry = CtEntry {
+        backend_id,
+        rev_nat_id: rev_and_flags as u16,
+        flags: (rev_and_flags >> 16) as u16,
+        created: conntrack::now_secs(),
+        ..Default::default()
+    };
     let original = CtKey6::original(flow.saddr, flow.sport, flow.daddr, flow.dport, flow.proto);
-    let reply = CtKey6::reply(b.addr, b.port, flow.saddr, flow.sport, flow.proto);
+    let reply = CtKey6::reply(b.addr, b.port, *reply_to, flow.sport, flow.proto);
     // An LRU map evicts rather than fails when full; a failed insert only
     // costs the flow its stickiness.
     let _ = WEIR_CT6.insert(&original, &entry, 0);
     let _ = WEIR_CT6.insert(&reply, &entry, 0);
+}
+
+/// A pod answering itself through its Service (to the gateway the request
+/// came from): the reply goes back out of its veth from the frontend.
+#[inline(never)]
+fn hairpin_reply(ctx: &TcContext, flow: &Flow6) -> Result<i32, DropReason> {
+    let reply = CtKey6::reply(flow.saddr, flow.sport, flow.daddr, flow.dport, flow.proto);
+    let Some(ct) = lookup(&reply).filter(|ct| ct.flags & CtEntry::FLAG_HAIRPIN != 0) else {
+        return Ok(counters::pass(TC_OK));
+    };
+    let Some(rn) = v6::rev_nat(ct.rev_nat_id) else { return Ok(counters::pass(TC_OK)) };
+    let original = CtKey6::original(flow.saddr, flow.dport, rn.addr, rn.port, flow.proto);
+    if !lookup(&original).is_some_and(|o| !o.is_over(conntrack::now_secs())) {
+        return Ok(counters::pass(TC_OK));
+    }
+    // The destination back to the pod, then the source to the frontend.
+    dnat(ctx, flow, &flow.saddr, flow.dport)?;
+    snat(ctx, flow, &rn.addr, rn.port)?;
+    Ok(counters::pass(packet::back_out(ctx, packet::ifindex(ctx))))
 }
 
 /// A packet entering a pod: a reply of a flow `from_pod` translated gets

@@ -5,8 +5,8 @@ use aya::maps::{Array, LpmTrie, lpm_trie::Key};
 use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 use weir_common::{
     lb::{
-        Backend, Backend6, NodeConfig, RevNat, RevNat6, ServiceKey, ServiceKey6, ServiceValue, SourceRangeKey,
-        SourceRangeKey6, ip6_from_octets, ip6_octets,
+        Backend, Backend6, NodeConfig, NodeConfig6, RevNat, RevNat6, ServiceKey, ServiceKey6, ServiceValue,
+        SourceRangeKey, SourceRangeKey6, ip6_from_octets, ip6_octets,
     },
     pin,
 };
@@ -109,6 +109,11 @@ impl LbMaps for Datapath {
             _pad: 0,
         };
         arr.set(0, cfg, 0).map_err(MapError::aya("set", name))
+    }
+    fn set_node_gateway6(&mut self, gateway: Ipv6Addr) -> Result<(), MapError> {
+        let name = pin::MAP_NODE6;
+        let mut arr: Array<_, NodeConfig6> = self.map_as_mut(name)?;
+        arr.set(0, NodeConfig6 { gateway: ip6_from_octets(gateway.octets()) }, 0).map_err(MapError::aya("set", name))
     }
     fn dump(&self) -> Result<LbDump, MapError> {
         let mut d = LbDump::default();

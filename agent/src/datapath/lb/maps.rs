@@ -2,7 +2,7 @@
 //! tested against a fake (failing writes on demand) as Cilium tests its LBMaps.
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::Ipv4Addr,
+    net::{Ipv4Addr, Ipv6Addr},
 };
 
 use ipnetwork::IpNetwork;
@@ -90,6 +90,9 @@ pub trait LbMaps {
     /// The address the uplink program SNATs remote-backend flows to, and the
     /// pod gateway address hairpinned flows are SNATed to.
     fn set_node_addrs(&mut self, node: Ipv4Addr, gateway: Ipv4Addr, uplink_ifindex: u32) -> Result<(), MapError>;
+    /// The node's IPv6 pod gateway (the first address of its IPv6 pod
+    /// CIDR): the source of hairpinned IPv6 flows.
+    fn set_node_gateway6(&mut self, gateway: Ipv6Addr) -> Result<(), MapError>;
     fn dump(&self) -> Result<LbDump, MapError>;
 }
 
@@ -103,6 +106,7 @@ pub struct FakeLbMaps {
     /// unrelated changes touch nothing.
     pub ops: usize,
     pub node_addrs: Option<(Ipv4Addr, Ipv4Addr)>,
+    pub gateway6: Option<Ipv6Addr>,
     pub faults: Faults,
 }
 
@@ -222,6 +226,11 @@ impl LbMaps for FakeLbMaps {
     fn set_node_addrs(&mut self, node: Ipv4Addr, gateway: Ipv4Addr, _uplink_ifindex: u32) -> Result<(), MapError> {
         self.write("set", pin::MAP_NODE)?;
         self.node_addrs = Some((node, gateway));
+        Ok(())
+    }
+    fn set_node_gateway6(&mut self, gateway: Ipv6Addr) -> Result<(), MapError> {
+        self.write("set", pin::MAP_NODE6)?;
+        self.gateway6 = Some(gateway);
         Ok(())
     }
     fn dump(&self) -> Result<LbDump, MapError> {

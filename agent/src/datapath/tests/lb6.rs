@@ -214,3 +214,31 @@ fn ipv6_service_without_backends_answers_icmpv6_port_unreachable() {
         assert_eq!(t.count(DropReason::NoBackend), 1);
     }
 }
+
+/// A pod that is its own backend reaches itself through its IPv6 Service:
+/// the request comes back out of its veth from the pod gateway, the reply
+/// it sends the gateway comes back from the Service, checksums right.
+#[test]
+#[ignore = "privileged: needs root and bpffs; `cargo xtask test` runs it as root"]
+fn ipv6_hairpin_pod_reaches_itself_through_its_service() {
+    for (proto, num) in [(Protocol::Tcp, TCP), (Protocol::Udp, UDP)] {
+        let mut t = TestDatapath::load();
+        client_endpoint(&mut t);
+        program(&mut t, proto, &[client()]);
+        let gateway = ip("fd00:10:244:1::1");
+        let maps: &mut dyn LbMaps = &mut t.dp;
+        maps.set_node_gateway6(Ipv6Addr::from(gateway)).unwrap();
+
+        let (rc, out) = run(&t, pin::PROG_FROM_POD, &packet(num, client(), 40000, vip(), 80, SYN));
+        assert_eq!(rc, TC_ACT_REDIRECT, "{proto:?}: back out of the pod's veth");
+        assert_eq!(parse(&out), (gateway, 40000, client(), 8080), "{proto:?}: request from the gateway");
+
+        let (rc, out) = run(&t, pin::PROG_FROM_POD, &packet(num, client(), 8080, gateway, 40000, SYN | ACK));
+        assert_eq!(rc, TC_ACT_REDIRECT);
+        assert_eq!(parse(&out), (vip(), 80, client(), 40000), "{proto:?}: reply from the Service");
+
+        let (rc, out) = run(&t, pin::PROG_FROM_POD, &packet(num, client(), 40000, vip(), 80, ACK));
+        assert_eq!(rc, TC_ACT_REDIRECT);
+        assert_eq!(parse(&out), (gateway, 40000, client(), 8080), "{proto:?}: the flow stays hairpinned");
+    }
+}
