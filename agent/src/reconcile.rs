@@ -155,9 +155,16 @@ impl Reconciler {
         }
         if self.services.needs_work(&self.index) {
             let me = self.index.node(&self.config.plan.node_name);
+            let cidrs = self.config.plan.cluster_cidrs;
+            // NodePorts listen on the node's InternalIP of each family.
+            let addrs = me.map(|n| {
+                let v4 = n.internal_ip.map(std::net::IpAddr::V4);
+                v4.into_iter().chain(n.internal_ip_v6.map(std::net::IpAddr::V6)).collect()
+            });
             let node = lb::LbNode {
                 name: self.config.plan.node_name.clone(),
-                addrs: me.and_then(|n| n.internal_ip).into_iter().collect(),
+                addrs: addrs.unwrap_or_default(),
+                families: cidrs.families(),
             };
             self.services.reconcile(&self.index, &node, &mut self.datapath).await;
         }
@@ -222,6 +229,20 @@ impl Reconciler {
         true
     }
 
+    /// The IPv6 pod gateway, for hairpinned IPv6 Service flows (a node
+    /// without an IPv6 pod CIDR has none to write).
+    fn reconcile_gateway6(&mut self, plan: &NodePlan) -> bool {
+        let Some(cidr) = plan.pod_cidr_v6 else { return true };
+        let gateway = std::net::Ipv6Addr::from(u128::from(cidr.network()) + 1);
+        match self.datapath.set_node_gateway6(gateway) {
+            Ok(()) => true,
+            Err(e) => {
+                error!(error = %e, "cannot set the IPv6 pod gateway for hairpinned Service flows");
+                false
+            }
+        }
+    }
+
     async fn reconcile_node(&mut self, plan: &NodePlan) {
         let mut ok = true;
         if let Some(conflist) = &plan.conflist {
@@ -237,6 +258,7 @@ impl Reconciler {
         }
 
         ok &= self.reconcile_uplink(plan).await;
+        ok &= self.reconcile_gateway6(plan);
         let prune = self.index.nodes.synced();
         match self.routes.sync(&plan.peer_routes, prune).await {
             Ok(stats) if stats != Default::default() => {

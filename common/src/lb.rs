@@ -10,6 +10,13 @@
 //!
 //! Addresses are in network byte order, ports in network byte order, as they
 //! sit in packets.
+//!
+//! IPv6 has its own maps with the same layout (`WEIR_SVC6`, `WEIR_BACKENDS6`,
+//! `WEIR_REVNAT6`, `WEIR_AFFINITY6`, `WEIR_SRC_RANGE6`, `WEIR_SOCK_REV6`),
+//! as Cilium keeps `lb4_*` and `lb6_*` apart: the IPv4 maps keep their layout
+//! on nodes that upgrade, and an IPv4 lookup never pays for 16-byte keys.
+//! Backend IDs and rev-NAT IDs come from one ID space for both families, so
+//! an ID names one backend (one frontend) whichever map holds it.
 
 // Map capacities (`max_entries`): the kernel crate's `#[map]` definitions
 // and the agent read them from here.
@@ -259,6 +266,147 @@ const _: () = assert!(core::mem::size_of::<NodeConfig>() == 16);
 const _: () = assert!(core::mem::size_of::<AffinityKey>() == 8);
 const _: () = assert!(core::mem::size_of::<AffinityValue>() == 8);
 
+/// An IPv6 address as four 32-bit words, each holding 4 bytes of the address
+/// in network order (what `bpf_sock_addr.user_ip6[]` holds and what a
+/// program reads from a packet 4 bytes at a time).
+pub type Ip6 = [u32; 4];
+
+/// The words of an IPv6 address given as its 16 bytes.
+pub const fn ip6_from_octets(o: [u8; 16]) -> Ip6 {
+    [
+        u32::from_ne_bytes([o[0], o[1], o[2], o[3]]),
+        u32::from_ne_bytes([o[4], o[5], o[6], o[7]]),
+        u32::from_ne_bytes([o[8], o[9], o[10], o[11]]),
+        u32::from_ne_bytes([o[12], o[13], o[14], o[15]]),
+    ]
+}
+
+/// The 16 bytes of an IPv6 address given as words.
+pub const fn ip6_octets(w: Ip6) -> [u8; 16] {
+    let (a, b, c, d) = (w[0].to_ne_bytes(), w[1].to_ne_bytes(), w[2].to_ne_bytes(), w[3].to_ne_bytes());
+    [a[0], a[1], a[2], a[3], b[0], b[1], b[2], b[3], c[0], c[1], c[2], c[3], d[0], d[1], d[2], d[3]]
+}
+
+/// `WEIR_SVC6`: `ServiceKey` for an IPv6 frontend; the value is a
+/// `ServiceValue`, slots as for IPv4.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServiceKey6 {
+    pub addr: Ip6,
+    pub port: u16,
+    pub slot: u16,
+    pub proto: u8,
+    pub scope: u8,
+    pub _pad: [u8; 2],
+}
+
+impl ServiceKey6 {
+    pub const fn new(addr: Ip6, port: u16, proto: u8, scope: u8, slot: u16) -> Self {
+        Self { addr, port, slot, proto, scope, _pad: [0; 2] }
+    }
+    pub const fn with_slot(mut self, slot: u16) -> Self {
+        self.slot = slot;
+        self
+    }
+}
+
+/// `WEIR_BACKENDS6`: backend ID -> IPv6 backend (flags as `Backend`'s).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Backend6 {
+    pub addr: Ip6,
+    pub port: u16,
+    pub proto: u8,
+    pub flags: u8,
+}
+
+/// `WEIR_REVNAT6`: rev-NAT ID -> the IPv6 frontend.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct RevNat6 {
+    pub addr: Ip6,
+    pub port: u16,
+    pub _pad: u16,
+}
+
+/// `WEIR_SRC_RANGE6`: LPM key of (rev-NAT ID, client IPv6 address);
+/// `prefixlen` counts the 32 bits of the ID and padding plus the range's.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SourceRangeKey6 {
+    pub rev_nat_id: u16,
+    pub _pad: u16,
+    pub addr: Ip6,
+}
+
+/// `WEIR_AFFINITY6`: (IPv6 client, rev-NAT ID) -> `AffinityValue`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct AffinityKey6 {
+    pub client: Ip6,
+    pub rev_nat_id: u16,
+    pub _pad: u16,
+}
+
+/// `WEIR_SOCK_REV6`: (socket cookie, IPv6 backend) -> `RevNat6`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SockRevKey6 {
+    pub cookie: u64,
+    pub addr: Ip6,
+    pub port: u16,
+    pub _pad: [u8; 6],
+}
+
+/// `WEIR_CT6`: an IPv6 connection in one direction (as `CtKey`); the
+/// value is a `CtEntry` (its NAT fields unused: the IPv6 per-packet path
+/// translates pod clients' destinations only).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct CtKey6 {
+    pub saddr: Ip6,
+    pub daddr: Ip6,
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    /// `CT_DIR_*`.
+    pub dir: u8,
+    pub _pad: [u8; 2],
+}
+
+impl CtKey6 {
+    /// `saddr:sport -> daddr:dport` in the original direction.
+    pub const fn original(saddr: Ip6, sport: u16, daddr: Ip6, dport: u16, proto: u8) -> Self {
+        Self { saddr, daddr, sport, dport, proto, dir: CT_DIR_ORIGINAL, _pad: [0; 2] }
+    }
+
+    /// `saddr:sport -> daddr:dport` in the reply direction (backend to
+    /// client).
+    pub const fn reply(saddr: Ip6, sport: u16, daddr: Ip6, dport: u16, proto: u8) -> Self {
+        Self { saddr, daddr, sport, dport, proto, dir: CT_DIR_REPLY, _pad: [0; 2] }
+    }
+}
+
+/// `WEIR_NODE6` (an array of one, written by the agent): what the IPv6
+/// per-packet path needs of its node.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct NodeConfig6 {
+    /// The first address of the node's IPv6 pod CIDR (every pod's IPv6
+    /// gateway): the source of hairpinned IPv6 flows. All zero: not set
+    /// (no hairpin).
+    pub gateway: Ip6,
+}
+
+const _: () = assert!(core::mem::size_of::<NodeConfig6>() == 16);
+const _: () = assert!(core::mem::size_of::<CtKey6>() == 40);
+const _: () = assert!(core::mem::size_of::<ServiceKey6>() == 24);
+const _: () = assert!(core::mem::size_of::<Backend6>() == 20);
+const _: () = assert!(core::mem::size_of::<RevNat6>() == 20);
+const _: () = assert!(core::mem::size_of::<SourceRangeKey6>() == 20);
+const _: () = assert!(core::mem::size_of::<AffinityKey6>() == 20);
+const _: () = assert!(core::mem::size_of::<SockRevKey6>() == 32);
+
 #[cfg(feature = "user")]
 mod pod_impls {
     use super::*;
@@ -273,4 +421,27 @@ mod pod_impls {
     unsafe impl aya::Pod for SourceRangeKey {}
     unsafe impl aya::Pod for SockRevKey {}
     unsafe impl aya::Pod for NodeConfig {}
+    unsafe impl aya::Pod for ServiceKey6 {}
+    unsafe impl aya::Pod for Backend6 {}
+    unsafe impl aya::Pod for RevNat6 {}
+    unsafe impl aya::Pod for SourceRangeKey6 {}
+    unsafe impl aya::Pod for AffinityKey6 {}
+    unsafe impl aya::Pod for SockRevKey6 {}
+    unsafe impl aya::Pod for CtKey6 {}
+    unsafe impl aya::Pod for NodeConfig6 {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ip6_words_keep_network_order_in_memory() {
+        let o = [0xfd, 0, 0, 0x10, 0, 0x96, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x0a];
+        let w = ip6_from_octets(o);
+        // In memory the words are the address's bytes in order, as the
+        // kernel's user_ip6[] and a packet's header hold them.
+        assert_eq!(w[0].to_ne_bytes(), [0xfd, 0, 0, 0x10]);
+        assert_eq!(ip6_octets(w), o);
+    }
 }

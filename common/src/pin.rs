@@ -26,6 +26,30 @@ pub const MAP_CT: &str = "WEIR_CT";
 pub const MAP_AFFINITY: &str = "WEIR_AFFINITY";
 pub const MAP_SRC_RANGES: &str = "WEIR_SRC_RANGE";
 pub const MAP_NODE: &str = "WEIR_NODE";
+/// The IPv6 Service maps (`common/src/lb.rs`): same layout as the IPv4
+/// ones, IDs from the same spaces.
+pub const MAP_SVC6: &str = "WEIR_SVC6";
+pub const MAP_BACKENDS6: &str = "WEIR_BACKENDS6";
+pub const MAP_REVNAT6: &str = "WEIR_REVNAT6";
+pub const MAP_AFFINITY6: &str = "WEIR_AFFINITY6";
+pub const MAP_SRC_RANGES6: &str = "WEIR_SRC_RANGE6";
+pub const MAP_CT6: &str = "WEIR_CT6";
+/// `NodeConfig6`: the node's IPv6 pod gateway, for hairpin.
+pub const MAP_NODE6: &str = "WEIR_NODE6";
+/// The IPv6 per-packet Service path: `weir_from_pod` and `weir_to_pod`
+/// hand an IPv6 packet that passed their checks to these programs by tail
+/// call (a fresh stack: the IPv6 keys do not fit beside the IPv4 path's
+/// frame), through this program array, which the agent fills at load.
+pub const MAP_TAIL6: &str = "WEIR_TAIL6";
+pub const PROG_FROM_POD6: &str = "weir_from_pod6";
+pub const PROG_TO_POD6: &str = "weir_to_pod6";
+/// The egress policy of an IPv6 packet `weir_from_pod6` translated (or
+/// found not to be a Service's), tail-called from it.
+pub const PROG_EGRESS6: &str = "weir_egress6";
+/// Slots of `WEIR_TAIL6`.
+pub const TAIL_FROM_POD6: u32 = 0;
+pub const TAIL_TO_POD6: u32 = 1;
+pub const TAIL_EGRESS6: u32 = 2;
 /// NetworkPolicy (names stay under the kernel's 15 characters).
 pub const MAP_IPCACHE: &str = "WEIR_IPCACHE";
 pub const MAP_POLICY: &str = "WEIR_POLICY";
@@ -51,6 +75,11 @@ pub const PROG_SOCK_SENDMSG4: &str = "weir_sock_sendmsg4";
 pub const PROG_SOCK_RECVMSG4: &str = "weir_sock_recvmsg4";
 pub const PROG_SOCK_GETPEERNAME4: &str = "weir_sock_getpeername4";
 pub const MAP_SOCK_REVNAT: &str = "WEIR_SOCK_REV";
+pub const PROG_SOCK_CONNECT6: &str = "weir_sock_connect6";
+pub const PROG_SOCK_SENDMSG6: &str = "weir_sock_sendmsg6";
+pub const PROG_SOCK_RECVMSG6: &str = "weir_sock_recvmsg6";
+pub const PROG_SOCK_GETPEERNAME6: &str = "weir_sock_getpeername6";
+pub const MAP_SOCK_REVNAT6: &str = "WEIR_SOCK_REV6";
 
 /// tc ingress of the node's uplink (the interface holding its InternalIP).
 pub const PROG_FROM_NETDEV: &str = "weir_from_netdev";

@@ -16,7 +16,7 @@ use weir_agent::{
         ClusterIndex,
         index::Change,
         lb::LbNode,
-        service::{EndpointSliceInfo, Protocol, ServiceInfo, ServicePort, SliceEndpoint, SlicePort},
+        service::{EndpointSliceInfo, Family, Protocol, ServiceInfo, ServicePort, SliceEndpoint, SlicePort},
     },
     sync::services::ServiceSync,
 };
@@ -36,7 +36,7 @@ pub struct Report {
 
 fn service(i: u32) -> ServiceInfo {
     let ip = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 96, 0, 1)) + i);
-    let mut svc = ServiceInfo::cluster_ip(&format!("bench/svc-{i}"), ip);
+    let mut svc = ServiceInfo::cluster_ip(&format!("bench/svc-{i}"), ip.into());
     svc.ports.push(ServicePort { name: "http".into(), port: 80, protocol: Protocol::Tcp, node_port: None });
     svc
 }
@@ -46,6 +46,7 @@ fn slice(i: u32, endpoints: u32, generation: u32) -> EndpointSliceInfo {
     EndpointSliceInfo {
         key: format!("bench/svc-{i}-abcde"),
         service: format!("bench/svc-{i}"),
+        family: Family::Ipv4,
         ports: vec![SlicePort { name: "http".into(), port: 8080, protocol: Protocol::Tcp }],
         endpoints: (0..endpoints)
             .map(|k| {
@@ -56,7 +57,7 @@ fn slice(i: u32, endpoints: u32, generation: u32) -> EndpointSliceInfo {
                     Ipv4Addr::from(base + k)
                 };
                 SliceEndpoint {
-                    addresses: vec![addr],
+                    addresses: vec![addr.into()],
                     ready: true,
                     serving: true,
                     terminating: false,
@@ -65,6 +66,7 @@ fn slice(i: u32, endpoints: u32, generation: u32) -> EndpointSliceInfo {
             })
             .collect(),
         trigger_time: None,
+        problems: vec![],
     }
 }
 
@@ -100,7 +102,7 @@ pub async fn run(services: u32, endpoints: u32, changes: u32) -> anyhow::Result<
     let mut datapath = Datapath::load(&dir.0).context("loading the datapath (root and bpffs needed)")?;
     let mut sync = ServiceSync::new(LbProgrammer::default());
     let mut index = ClusterIndex::default();
-    let node = LbNode { name: "bench-node".into(), addrs: vec![] };
+    let node = LbNode { name: "bench-node".into(), addrs: vec![], families: [Family::Ipv4].into() };
 
     let all_services: Vec<_> = (0..services).map(service).collect();
     let all_slices: Vec<_> = (0..services).map(|i| slice(i, endpoints, 0)).collect();

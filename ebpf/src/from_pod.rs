@@ -14,20 +14,16 @@ use crate::{
     lb::{pod, reverse},
     node,
     packet::{self, Flow},
-    policy, reject,
+    pod6, policy, reject,
 };
 
 pub fn handle(ctx: &TcContext) -> i32 {
-    if ipv6::is_ipv6(ctx) { handle_ipv6(ctx) } else { handle_ipv4(ctx) }
+    if ipv6::is_ipv6(ctx) { pod6::from_pod(ctx) } else { handle_ipv4(ctx) }
 }
 
-// Each family in a function of its own: inlined together, their state
-// outgrew the 512 bytes of stack a program has.
-#[inline(never)]
-fn handle_ipv6(ctx: &TcContext) -> i32 {
-    ipv6::at_pod(ctx, Some(DropReason::UnknownEndpoint), true)
-}
-
+// IPv4 in a function of its own, IPv6 in `pod6`'s: inlined together, their
+// state outgrew the 512 bytes of stack a program has (and `pod6` makes its
+// tail call from this first frame, which must stay small).
 #[inline(never)]
 fn handle_ipv4(ctx: &TcContext) -> i32 {
     // What a drop reports: the packet as far as it was read, and as the

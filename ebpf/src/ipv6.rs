@@ -203,54 +203,78 @@ pub fn refuse_unjudged(ctx: &TcContext) -> Result<(), DropReason> {
     if ether_type == ETH_P_IPV6 { Err(DropReason::Malformed) } else { Ok(()) }
 }
 
-/// An IPv6 packet through a pod's program, start to finish (`from_pod`
-/// and `to_pod` hand IPv6 over at once, so that its state is not on the
-/// IPv4 path's stack): judged, counted, and told to the flow log. See
-/// `judge` for `missing` and `leaving`.
+/// The tc verdict for `result` (pass as counted by the caller), a drop
+/// counted and told to the flow log with `seen` (the packet as read, if
+/// it was), going `dir`.
+#[inline(always)]
+pub fn finish(ctx: &TcContext, result: Result<i32, DropReason>, seen: &Flow6, dir: u8) -> i32 {
+    if seen.is_none() {
+        counters::finish(ctx, result, &Flow::NONE, dir)
+    } else {
+        counters::finish(ctx, result, seen, dir)
+    }
+}
+
+/// A pod program's IPv6 packet judged by the policy alone, untranslated
+/// (see `pod6` for when), counted and reported. See `screen` for `missing`
+/// and `leaving`.
 #[inline(always)]
 pub fn at_pod(ctx: &TcContext, missing: Option<DropReason>, leaving: bool) -> i32 {
     let ifindex = packet::ifindex(ctx);
     let mut seen = Flow6::NONE;
-    let result = judge(ctx, ifindex, || endpoint::by_ifindex(ifindex), missing, leaving, &mut seen);
+    let result = judge(ctx, ifindex, missing, leaving, &mut seen);
     let dir = if leaving { FLOW_DIR_EGRESS } else { FLOW_DIR_INGRESS };
     let result = result.map(|()| if leaving { counters::pass(TC_OK) } else { TC_OK });
-    if seen.is_none() {
-        counters::finish(ctx, result, &Flow::NONE, dir)
-    } else {
-        counters::finish(ctx, result, &seen, dir)
-    }
+    finish(ctx, result, &seen, dir)
 }
 
-/// Judges a packet `packet::parse` found not to be IPv4 (`Ok`: it passes),
-/// for the endpoint `ep` behind the veth `ifindex` (`None`: no entry).
-/// `missing` is the drop for an IPv6 packet of a veth with no entry
-/// (`None`: pass it, as the ingress side does for IPv4). `leaving`: the
-/// packet leaves the pod (tc ingress of its veth), whose source must then
-/// be the pod's own IPv6 address (as its IPv4 source is checked), and the
-/// pod's egress policy applies; otherwise its ingress policy. `seen` gets
-/// the packet once parsed, for the flow log.
+/// `screen`, then the pod's policy on the packet as it is.
 #[inline(always)]
-pub fn judge(
+fn judge(
     ctx: &TcContext,
     ifindex: u32,
-    ep: impl FnOnce() -> Option<EndpointInfo>,
     missing: Option<DropReason>,
     leaving: bool,
     seen: &mut Flow6,
 ) -> Result<(), DropReason> {
-    let Some(flow) = parse(ctx)? else { return Ok(()) };
+    let Some(ep) = screen(ctx, ifindex, missing, leaving, seen)? else { return Ok(()) };
+    let dir = if leaving { DIR_EGRESS } else { DIR_INGRESS };
+    if policy::active(&ep) && !policy::tracked(ifindex, seen) {
+        return policy::check_new(ifindex, &ep, dir, seen, seen);
+    }
+    Ok(())
+}
+
+/// What is decided of an IPv6 packet at a pod's veth (`ifindex`) before
+/// Service translation and policy: `Ok(None)`, it passes as it is (not
+/// IPv6, within the link, neighbour discovery, Packet Too Big, a veth with
+/// no endpoint entry when `missing` is `None`); `Err`, it is dropped (no
+/// entry and `missing` says why; policy pending; a spoofed source);
+/// `Ok(Some(ep))`, it goes on for the endpoint `ep`. `leaving`: the packet
+/// leaves the pod (tc ingress of its veth), whose source must then be the
+/// pod's own IPv6 address, as its IPv4 source is checked. `seen` gets the
+/// packet once parsed, for the flow log.
+#[inline(always)]
+pub fn screen(
+    ctx: &TcContext,
+    ifindex: u32,
+    missing: Option<DropReason>,
+    leaving: bool,
+    seen: &mut Flow6,
+) -> Result<Option<EndpointInfo>, DropReason> {
+    let Some(flow) = parse(ctx)? else { return Ok(None) };
     *seen = flow;
     if within_link([flow.daddr[0], flow.daddr[1]]) {
-        return Ok(());
+        return Ok(None);
     }
     if flow.proto == IPPROTO_ICMPV6 && (NDP_TYPES.contains(&flow.icmp_type) || flow.icmp_type == ICMPV6_PACKET_TOO_BIG)
     {
-        return Ok(());
+        return Ok(None);
     }
-    let Some(ep) = ep() else {
+    let Some(ep) = endpoint::by_ifindex(ifindex) else {
         return match missing {
             Some(reason) => Err(reason),
-            None => Ok(()),
+            None => Ok(None),
         };
     };
     if ep.flags & EndpointInfo::FLAG_POLICY_PENDING != 0 {
@@ -261,11 +285,7 @@ pub fn judge(
     if leaving && ep.flags & EndpointInfo::FLAG_VERIFY_SOURCE != 0 && endpoint::ipv6_of(ifindex) != Some(flow.saddr) {
         return Err(DropReason::SourceSpoofed);
     }
-    let dir = if leaving { DIR_EGRESS } else { DIR_INGRESS };
-    if policy::active(&ep) && !policy::tracked(ifindex, &flow) {
-        return policy::check_new(ifindex, &ep, dir, &flow, &flow);
-    }
-    Ok(())
+    Ok(Some(ep))
 }
 
 /// Whether a destination (its first two bytes) stays on the link:

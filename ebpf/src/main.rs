@@ -15,6 +15,7 @@ mod lb;
 mod nat;
 mod node;
 mod packet;
+mod pod6;
 mod policy;
 mod reject;
 mod sock_lb;
@@ -50,6 +51,27 @@ pub fn weir_to_pod(ctx: TcContext) -> i32 {
     to_pod::handle(&ctx)
 }
 
+/// IPv6 Services and egress policy for a pod's packet, tail-called by
+/// `weir_from_pod` (see `pod6`).
+#[classifier]
+pub fn weir_from_pod6(ctx: TcContext) -> i32 {
+    pod6::from_pod6(&ctx)
+}
+
+/// The egress policy of a pod's IPv6 packet, tail-called by
+/// `weir_from_pod6` once the Service translation is done (see `pod6`).
+#[classifier]
+pub fn weir_egress6(ctx: TcContext) -> i32 {
+    pod6::egress6(&ctx)
+}
+
+/// Replies of IPv6 Service flows to a pod, and its ingress policy,
+/// tail-called by `weir_to_pod`.
+#[classifier]
+pub fn weir_to_pod6(ctx: TcContext) -> i32 {
+    pod6::to_pod6(&ctx)
+}
+
 /// connect() from a socket in the node's cgroup.
 #[cgroup_sock_addr(connect4)]
 pub fn weir_sock_connect4(ctx: SockAddrContext) -> i32 {
@@ -72,6 +94,31 @@ pub fn weir_sock_recvmsg4(ctx: SockAddrContext) -> i32 {
 #[cgroup_sock_addr(getpeername4)]
 pub fn weir_sock_getpeername4(ctx: SockAddrContext) -> i32 {
     sock_lb::reverse(&ctx)
+}
+
+/// connect() from an IPv6 socket in the node's cgroup (IPv4-mapped
+/// destinations included).
+#[cgroup_sock_addr(connect6)]
+pub fn weir_sock_connect6(ctx: SockAddrContext) -> i32 {
+    sock_lb::translate6(&ctx)
+}
+
+/// sendmsg() on an unconnected IPv6 UDP socket.
+#[cgroup_sock_addr(sendmsg6)]
+pub fn weir_sock_sendmsg6(ctx: SockAddrContext) -> i32 {
+    sock_lb::translate6(&ctx)
+}
+
+/// recvmsg() on an IPv6 UDP socket: the reply's source becomes the Service.
+#[cgroup_sock_addr(recvmsg6)]
+pub fn weir_sock_recvmsg6(ctx: SockAddrContext) -> i32 {
+    sock_lb::reverse6(&ctx)
+}
+
+/// getpeername() on an IPv6 socket: the peer is the Service.
+#[cgroup_sock_addr(getpeername6)]
+pub fn weir_sock_getpeername6(ctx: SockAddrContext) -> i32 {
+    sock_lb::reverse6(&ctx)
 }
 
 #[cfg(not(test))]

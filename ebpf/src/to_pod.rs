@@ -9,20 +9,14 @@ use crate::{
     endpoint, ipv6,
     lb::reverse,
     packet::{self, Flow},
-    policy,
+    pod6, policy,
 };
 
 pub fn handle(ctx: &TcContext) -> i32 {
-    if ipv6::is_ipv6(ctx) { handle_ipv6(ctx) } else { handle_ipv4(ctx) }
+    if ipv6::is_ipv6(ctx) { pod6::to_pod(ctx) } else { handle_ipv4(ctx) }
 }
 
-// Each family in a function of its own, as in `from_pod`.
-#[inline(never)]
-fn handle_ipv6(ctx: &TcContext) -> i32 {
-    // IPv6 meets the pod's ingress policy (see `ipv6`).
-    ipv6::at_pod(ctx, None, false)
-}
-
+// IPv4 in a function of its own, IPv6 in `pod6`'s, as in `from_pod`.
 #[inline(never)]
 fn handle_ipv4(ctx: &TcContext) -> i32 {
     // What a drop reports: the packet as far as it was read.

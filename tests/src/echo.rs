@@ -1,19 +1,28 @@
 //! TCP and UDP echo servers that name themselves, and one-shot clients: the
 //! Service tests ask "which backend answered, over which protocol".
 
-use std::{net::Ipv4Addr, path::Path, thread, time::Duration};
+use std::{
+    net::{IpAddr, Ipv4Addr},
+    path::Path,
+    thread,
+    time::Duration,
+};
 
 use anyhow::{Result, bail};
 
 use crate::{NetNs, process::ChildGuard};
 
-/// Answers every TCP line and UDP datagram with `<label> <what came>`.
+/// Answers every TCP line and UDP datagram with `<label> <what came>`, on
+/// `0.0.0.0`, or on the address given third (`::` serves both families:
+/// a fresh namespace has `bindv6only` off).
 const SERVER: &str = r#"
 import socket, sys, threading
 label, port = sys.argv[1].encode(), int(sys.argv[2])
+host = sys.argv[3] if len(sys.argv) > 3 else "0.0.0.0"
+fam = socket.AF_INET6 if ":" in host else socket.AF_INET
 def tcp():
-    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind(("0.0.0.0", port)); s.listen(64)
+    s = socket.socket(fam); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((host, port)); s.listen(64)
     def serve(c):
         with c:
             while True:
@@ -23,7 +32,7 @@ def tcp():
     while True:
         c, _ = s.accept(); threading.Thread(target=serve, args=(c,), daemon=True).start()
 def udp():
-    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind(("0.0.0.0", port))
+    u = socket.socket(fam, socket.SOCK_DGRAM); u.bind((host, port))
     while True:
         d, a = u.recvfrom(4096); u.sendto(label + b" " + d, a)
 threading.Thread(target=udp, daemon=True).start()
@@ -42,7 +51,8 @@ if proto == "tcp":
     s = socket.create_connection((host, port), timeout=3); s.sendall(msg)
     print(s.recv(4096).decode(), s.getpeername()[0])
 else:
-    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.settimeout(3); u.sendto(msg, (host, port))
+    fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+    u = socket.socket(fam, socket.SOCK_DGRAM); u.settimeout(3); u.sendto(msg, (host, port))
     d, a = u.recvfrom(4096); print(d.decode(), a[0])
 "#;
 
@@ -162,8 +172,17 @@ fn start_multi(
 
 /// Starts the echo server on `port` (TCP and UDP) and waits until it answers.
 pub fn serve(netns: &NetNs, label: &str, port: u16, log: &Path, detached: bool) -> Result<ChildGuard> {
+    serve_on(netns, label, port, log, detached, "0.0.0.0")
+}
+
+/// Like `serve`, over IPv4 and IPv6 (bound to `::`).
+pub fn serve_dual_stack(netns: &NetNs, label: &str, port: u16, log: &Path) -> Result<ChildGuard> {
+    serve_on(netns, label, port, log, false, "::")
+}
+
+fn serve_on(netns: &NetNs, label: &str, port: u16, log: &Path, detached: bool, bind: &str) -> Result<ChildGuard> {
     let port_s = port.to_string();
-    let mut guard = netns.spawn(&["python3", "-c", SERVER, label, &port_s], &[], log, detached)?;
+    let mut guard = netns.spawn(&["python3", "-c", SERVER, label, &port_s, bind], &[], log, detached)?;
     for _ in 0..100 {
         if let Some(status) = guard.try_wait() {
             bail!("echo server in {} exited at once ({status}); see {}", netns.name(), log.display());
@@ -199,6 +218,39 @@ pub fn ask_from(
     port: u16,
     msg: &str,
 ) -> Result<Answer> {
+    let (server, peer) = ask_raw(netns, cgroup, proto, &host.to_string(), port, msg)?;
+    Ok(Answer { server, peer: peer.parse()? })
+}
+
+/// An answer over either family.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AnswerIp {
+    pub server: String,
+    pub peer: IpAddr,
+}
+
+/// `ask_from` to an address of either family.
+pub fn ask_ip_from(
+    netns: &NetNs,
+    cgroup: Option<&Path>,
+    proto: &str,
+    host: IpAddr,
+    port: u16,
+    msg: &str,
+) -> Result<AnswerIp> {
+    let (server, peer) = ask_raw(netns, cgroup, proto, &host.to_string(), port, msg)?;
+    Ok(AnswerIp { server, peer: peer.parse()? })
+}
+
+/// (server label, peer address as the client's socket saw it).
+fn ask_raw(
+    netns: &NetNs,
+    cgroup: Option<&Path>,
+    proto: &str,
+    host: &str,
+    port: u16,
+    msg: &str,
+) -> Result<(String, String)> {
     let (host, port) = (host.to_string(), port.to_string());
     let mut args = vec!["python3", "-c", CLIENT, proto, &host, &port, msg];
     let cg = cgroup.map(|c| c.to_string_lossy().into_owned());
@@ -219,5 +271,5 @@ pub fn ask_from(
     let (Some(server), Some(_echo), Some(peer)) = (words.next(), words.next(), words.next()) else {
         bail!("unexpected echo answer {text:?}");
     };
-    Ok(Answer { server: server.to_string(), peer: peer.parse()? })
+    Ok((server.to_string(), peer.to_string()))
 }

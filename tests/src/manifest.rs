@@ -1,6 +1,9 @@
 //! The Kubernetes objects the agents read from their manifest directory.
 
-use std::{collections::BTreeMap, net::Ipv4Addr};
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
 
 /// One Node object as YAML: name, podCIDR, InternalIP.
 pub fn node_yaml(name: &str, pod_cidr: &str, internal_ip: Ipv4Addr) -> String {
@@ -91,6 +94,61 @@ pub fn endpoint_slice_yaml(service: &str, ports: &[(&str, &str, u16)], endpoints
         lines.push("  conditions: {ready: true}".into());
     }
     lines.join("\n") + "\n"
+}
+
+/// A Service with `cluster_ips` (the first is the primary), `ipFamilies`
+/// as given and `ipFamilyPolicy` `policy` (SingleStack, PreferDualStack,
+/// RequireDualStack): a dual-stack or IPv6 Service; a NodePort Service if
+/// a port has a node port.
+pub fn service_yaml_families(
+    name: &str,
+    cluster_ips: &[IpAddr],
+    families: &[&str],
+    policy: &str,
+    ports: &[SvcPort],
+) -> String {
+    let ips: Vec<String> = cluster_ips.iter().map(|ip| format!("{:?}", ip.to_string())).collect();
+    let families: Vec<String> = families.iter().map(|f| format!("{f:?}")).collect();
+    let mut lines = vec![
+        "apiVersion: v1".to_string(),
+        "kind: Service".into(),
+        "metadata:".into(),
+        format!("  name: {name}"),
+        "  namespace: default".into(),
+        "spec:".into(),
+        format!("  type: {}", if ports.iter().any(|p| p.node_port.is_some()) { "NodePort" } else { "ClusterIP" }),
+        format!("  clusterIP: {:?}", cluster_ips[0].to_string()),
+        format!("  clusterIPs: [{}]", ips.join(", ")),
+        format!("  ipFamilies: [{}]", families.join(", ")),
+        format!("  ipFamilyPolicy: {policy}"),
+        "  ports:".into(),
+    ];
+    for p in ports {
+        lines.push(format!("  - name: {}", p.name));
+        lines.push(format!("    protocol: {}", p.protocol));
+        lines.push(format!("    port: {}", p.port));
+        lines.push(format!("    targetPort: {}", p.target_port));
+        if let Some(np) = p.node_port {
+            lines.push(format!("    nodePort: {np}"));
+        }
+    }
+    lines.join("\n") + "\n"
+}
+
+/// An EndpointSlice of `addressType` IPv6 (named `<service>-slice-v6`)
+/// with ready endpoints (address, node) serving `ports`.
+pub fn endpoint_slice_yaml6(service: &str, ports: &[(&str, &str, u16)], endpoints: &[(Ipv6Addr, &str)]) -> String {
+    let v4 = endpoint_slice_yaml(service, ports, &[]);
+    let mut doc = v4
+        .replace(&format!("name: {service}-slice\n"), &format!("name: {service}-slice-v6\n"))
+        .replace("addressType: IPv4\n", "addressType: IPv6\n");
+    if !endpoints.is_empty() {
+        doc = doc.replace("endpoints: []\n", "endpoints:\n");
+        for (ip, node) in endpoints {
+            doc.push_str(&format!("- addresses: [\"{ip}\"]\n  nodeName: {node}\n  conditions: {{ready: true}}\n"));
+        }
+    }
+    doc
 }
 
 /// A YAML scalar that reads back as exactly `s`, whatever it holds

@@ -6,8 +6,9 @@
 //!
 //! `--ip-family` picks the cluster's families (`dual` by default: ULA IPv6
 //! pod CIDRs and InternalIPs beside IPv4, inside the sandbox's namespaces
-//! only). The matrix runs once per family; the Service and policy demos are
-//! IPv4 only, as Services and policy over IPv6 are not built yet.
+//! only). The matrix runs once per family; the Service demo is IPv4's (the
+//! namespace tests cover IPv6 Services), the policy demo ends with the same
+//! policy over IPv6.
 //!
 //! `--source` picks what the agents read: the manifest directory (`dir`),
 //! kube-rs watches against a fake API server per node (`weir-dev
@@ -53,8 +54,8 @@ pub struct SandboxArgs {
     #[arg(long, value_enum, default_value_t = SandboxSource::Mixed)]
     source: SandboxSource,
     /// The cluster's address families: IPv4 and IPv6 pod CIDRs on every
-    /// node (`dual`), or one family. Services and NetworkPolicy are shown
-    /// over IPv4 only (not supported over IPv6 yet).
+    /// node (`dual`), or one family. The Service demo runs over IPv4; the
+    /// policy demo over IPv4, then IPv6.
     #[arg(long, value_enum, default_value_t = IpFamily::Dual)]
     ip_family: IpFamily,
 }

@@ -62,7 +62,7 @@ impl IpFamily {
         match self {
             IpFamily::Ipv4 => None,
             IpFamily::Dual => Some(
-                "Services over IPv6 are not shown yet (issue #12): the Service demo runs over IPv4; the policy \
+                "The Service demo runs over IPv4 (IPv6 Services: tests/tests/services_ipv6.rs); the policy \
                  demo runs over IPv4, then shows the same policy deciding over IPv6.",
             ),
             IpFamily::Ipv6 => Some(

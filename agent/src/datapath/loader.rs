@@ -2,7 +2,7 @@ use std::path::{Path, PathBuf};
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{MapData, PerCpuArray},
+    maps::{MapData, PerCpuArray, ProgramArray},
     programs::SchedClassifier,
 };
 use tracing::info;
@@ -58,6 +58,7 @@ impl Datapath {
         dp.pin_classifier(pin::PROG_TO_POD)?;
         dp.pin_classifier(pin::PROG_FROM_NETDEV)?;
         dp.pin_classifier(pin::PROG_TO_NETDEV)?;
+        dp.fill_tail_calls()?;
         info!(pin_dir = %pin_dir.display(), "datapath loaded and pinned");
         Ok(dp)
     }
@@ -84,6 +85,46 @@ impl Datapath {
             path: path.clone(),
             reason: e.to_string(),
         })?;
+        Ok(())
+    }
+}
+
+impl Datapath {
+    /// Loads the IPv6 Service programs and puts them in `WEIR_TAIL6`, where
+    /// the pod programs tail-call them; until then an IPv6 packet to a
+    /// Service goes on untranslated. Overwrites what a previous agent put
+    /// there: pods still on its programs reach these through the same
+    /// pinned array.
+    fn fill_tail_calls(&mut self) -> Result<(), DatapathError> {
+        let mut fds = Vec::new();
+        // The egress step first: once `weir_from_pod6` is reachable, so is
+        // the policy it hands its packets to.
+        let programs = [
+            (pin::TAIL_EGRESS6, pin::PROG_EGRESS6),
+            (pin::TAIL_TO_POD6, pin::PROG_TO_POD6),
+            (pin::TAIL_FROM_POD6, pin::PROG_FROM_POD6),
+        ];
+        for (slot, name) in programs {
+            let prog: &mut SchedClassifier = self
+                .ebpf
+                .program_mut(name)
+                .ok_or(DatapathError::MissingProgram { name })?
+                .try_into()
+                .map_err(|source| DatapathError::Program { name, source })?;
+            prog.load().map_err(|source| DatapathError::Program { name, source })?;
+            let fd = prog.fd().map_err(|source| DatapathError::Program { name, source })?;
+            fds.push((slot, fd.try_clone().map_err(|e| DatapathError::Program { name, source: e.into() })?));
+        }
+        let name = pin::MAP_TAIL6;
+        let map = self
+            .ebpf
+            .map_mut(name)
+            .ok_or(DatapathError::Map { name, source: aya::maps::MapError::InvalidName { name: name.into() } })?;
+        let mut array: ProgramArray<_> =
+            ProgramArray::try_from(map).map_err(|source| DatapathError::Map { name, source })?;
+        for (slot, fd) in &fds {
+            array.set(*slot, fd, 0).map_err(|source| DatapathError::Map { name, source })?;
+        }
         Ok(())
     }
 }

@@ -29,7 +29,7 @@ const MAX_BATCH: usize = 1 << 16;
 
 /// The maps whose fill level matters (hash and LPM maps an operator may
 /// outgrow).
-pub const MAPS: [&str; 14] = [
+pub const MAPS: [&str; 21] = [
     pin::MAP_ENDPOINTS,
     pin::MAP_SVC,
     pin::MAP_BACKENDS,
@@ -38,6 +38,13 @@ pub const MAPS: [&str; 14] = [
     pin::MAP_AFFINITY,
     pin::MAP_SRC_RANGES,
     pin::MAP_SOCK_REVNAT,
+    pin::MAP_SVC6,
+    pin::MAP_BACKENDS6,
+    pin::MAP_REVNAT6,
+    pin::MAP_AFFINITY6,
+    pin::MAP_SRC_RANGES6,
+    pin::MAP_SOCK_REVNAT6,
+    pin::MAP_CT6,
     pin::MAP_IPCACHE,
     pin::MAP_POLICY,
     pin::MAP_POLICY_CT,

@@ -7,6 +7,7 @@ mod flows;
 mod harness;
 mod ipv6;
 mod lb;
+mod lb6;
 mod netdev;
 mod policy;
 mod socket;

@@ -3,14 +3,14 @@
 //! kube-proxy's rules for traffic policies and endpoint conditions.
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::Ipv4Addr,
+    net::{IpAddr, SocketAddr},
 };
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::IpNetwork;
 
 use super::{
     plan::Problem,
-    service::{EndpointSliceInfo, ObjectKey, Protocol, ServiceInfo, ServicePort, ServiceType},
+    service::{EndpointSliceInfo, Family, ObjectKey, Protocol, ServiceInfo, ServicePort, ServiceType},
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -25,7 +25,7 @@ pub enum Scope {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Frontend {
-    pub addr: Ipv4Addr,
+    pub addr: IpAddr,
     pub port: u16,
     pub proto: Protocol,
     pub scope: Scope,
@@ -41,7 +41,8 @@ pub enum FrontendKind {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct BackendAddr {
-    pub addr: Ipv4Addr,
+    /// Of the frontend's family.
+    pub addr: IpAddr,
     pub port: u16,
     pub proto: Protocol,
 }
@@ -61,18 +62,23 @@ pub struct FrontendState {
     pub backends: Vec<BackendRef>,
     /// sessionAffinity ClientIP timeout in seconds; 0 when off.
     pub affinity_timeout: u32,
-    /// Empty: no restriction.
-    pub source_ranges: Vec<Ipv4Network>,
+    /// Empty: no restriction. Of the frontend's family only.
+    pub source_ranges: Vec<IpNetwork>,
     /// externalTrafficPolicy: Local on an external frontend.
     pub local_only: bool,
 }
 
-/// What the node itself contributes: which endpoints are local, and the
-/// addresses NodePorts listen on.
+/// What the node itself contributes: which endpoints are local, the
+/// addresses NodePorts listen on, and the families the cluster has.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LbNode {
     pub name: String,
-    pub addrs: Vec<Ipv4Addr>,
+    /// Of both families: a NodePort listens on those of the family of
+    /// each of its frontends.
+    pub addrs: Vec<IpAddr>,
+    /// The families of the cluster CIDRs (`--cluster-cidr`): a Service's
+    /// cluster IP of another family is reported and skipped.
+    pub families: BTreeSet<Family>,
 }
 
 /// The whole plan at once: the reference `DesiredLb` is tested against.
@@ -99,12 +105,76 @@ pub fn plan_service(svc: &ServiceInfo, svc_slices: &[&EndpointSliceInfo], node: 
     let mut out = ServicePlan::default();
     let problem = |message: String| Problem { object: format!("Service/{}", svc.key), message };
     out.problems.extend(svc.problems.iter().cloned().map(problem));
+    for slice in svc_slices {
+        out.problems.extend(
+            slice
+                .problems
+                .iter()
+                .map(|m| Problem { object: format!("EndpointSlice/{}", slice.key), message: m.clone() }),
+        );
+    }
     if svc.type_ == ServiceType::ExternalName || svc.headless {
         return out;
     }
-    let mut local_endpoints: BTreeSet<Ipv4Addr> = BTreeSet::new();
+    // One plan per family the Service has a cluster IP of, as kube-proxy
+    // runs one proxier per family: each takes the Service only with a
+    // cluster IP of its own family, and of every other address list only
+    // that family's entries.
+    let mut served: Vec<Family> = Vec::new();
+    for ip in &svc.cluster_ips {
+        let family = Family::of(ip);
+        if node.families.contains(&family) {
+            served.push(family);
+        } else {
+            out.problems.push(problem(format!(
+                "cluster IP {ip} is {}, a family this cluster has no cluster CIDR of; its {} frontends skipped",
+                family.name(),
+                family.name()
+            )));
+        }
+    }
+    // An external IP no family of the Service serves would be silently
+    // unreachable (kube-proxy skips it): say so. Load-balancer ingress IPs
+    // of another family are left quietly, as kube-proxy does: a proxying
+    // load balancer may bridge families.
+    for ip in svc.external_ips.iter().filter(|ip| !svc.cluster_ips.iter().any(|c| Family::of(c) == Family::of(ip))) {
+        out.problems.push(problem(format!(
+            "externalIP {ip} is {}, but the Service has no {} cluster IP; skipped",
+            Family::of(ip).name(),
+            Family::of(ip).name()
+        )));
+    }
+    // The health check counts ready local endpoints by address (kube-proxy's
+    // LocalReadyEndpoints), per family: a dual-stack pod is one endpoint.
+    let mut local_endpoints: BTreeSet<IpAddr> = BTreeSet::new();
+    for family in served {
+        plan_family(svc, svc_slices, node, family, &mut out, &mut local_endpoints);
+    }
+    if svc.external_traffic_local
+        && let Some(port) = svc.health_check_node_port
+    {
+        let per_family = |f: Family| local_endpoints.iter().filter(|a| Family::of(a) == f).count();
+        out.health_check = Some((port, per_family(Family::Ipv4).max(per_family(Family::Ipv6))));
+    }
+    out
+}
+
+/// The frontends of one family of the Service.
+fn plan_family(
+    svc: &ServiceInfo,
+    svc_slices: &[&EndpointSliceInfo],
+    node: &LbNode,
+    family: Family,
+    out: &mut ServicePlan,
+    local_endpoints: &mut BTreeSet<IpAddr>,
+) {
+    let problem = |message: String| Problem { object: format!("Service/{}", svc.key), message };
+    let of_family = |ip: &&IpAddr| Family::of(ip) == family;
+    let slices: Vec<&EndpointSliceInfo> = svc_slices.iter().copied().filter(|s| s.family == family).collect();
+    let source_ranges: Vec<IpNetwork> =
+        svc.lb_source_ranges.iter().copied().filter(|r| Family::of(&r.ip()) == family).collect();
     for sp in &svc.ports {
-        let candidates = candidates(sp, svc_slices, &node.name);
+        let candidates = candidates(sp, &slices, &node.name);
         if let Some(bad) = sctp_remap(sp, &candidates) {
             out.problems.push(problem(format!(
                 "SCTP port {} targets port {bad}: weir cannot rewrite SCTP ports (its CRC32c covers them); set targetPort to {}; port skipped",
@@ -114,13 +184,12 @@ pub fn plan_service(svc: &ServiceInfo, svc_slices: &[&EndpointSliceInfo], node: 
         }
         let all = usable(&candidates, false);
         let local = usable(&candidates, true);
-        // The health check counts ready local endpoints only, by address
-        // (kube-proxy's LocalReadyEndpoints): a node whose only endpoints
-        // are terminating answers 503 so load balancers drain it, while
-        // traffic that still arrives goes on to those endpoints (KEP-1669).
+        // A node whose only endpoints are terminating answers 503 so load
+        // balancers drain it, while traffic that still arrives goes on to
+        // those endpoints (KEP-1669).
         local_endpoints.extend(candidates.iter().filter(|c| c.local && c.ready).map(|c| c.backend.addr));
         let affinity_timeout = svc.affinity_timeout.unwrap_or(0);
-        let state = |kind, backends: &Vec<BackendRef>, local_only, source_ranges: &[Ipv4Network]| FrontendState {
+        let state = |kind, backends: &Vec<BackendRef>, local_only, source_ranges: &[IpNetwork]| FrontendState {
             service: svc.key.clone(),
             kind,
             backends: backends.clone(),
@@ -130,7 +199,7 @@ pub fn plan_service(svc: &ServiceInfo, svc_slices: &[&EndpointSliceInfo], node: 
         };
 
         let cluster_backends = if svc.internal_traffic_local { &local } else { &all };
-        for &ip in &svc.cluster_ips {
+        for &ip in svc.cluster_ips.iter().filter(of_family) {
             out.frontends.push((
                 fe(ip, sp.port, sp.protocol, Scope::Default),
                 state(FrontendKind::ClusterIp, cluster_backends, false, &[]),
@@ -139,18 +208,21 @@ pub fn plan_service(svc: &ServiceInfo, svc_slices: &[&EndpointSliceInfo], node: 
 
         // External frontends: NodePorts on every node address, external
         // IPs, load-balancer ingress IPs.
-        let mut external: Vec<(Ipv4Addr, u16, FrontendKind, &[Ipv4Network])> = Vec::new();
+        let mut external: Vec<(IpAddr, u16, FrontendKind, &[IpNetwork])> = Vec::new();
         if matches!(svc.type_, ServiceType::NodePort | ServiceType::LoadBalancer)
             && let Some(np) = sp.node_port
         {
-            external.extend(node.addrs.iter().map(|&a| (a, np, FrontendKind::NodePort, &[][..])));
+            external.extend(node.addrs.iter().filter(of_family).map(|&a| (a, np, FrontendKind::NodePort, &[][..])));
         }
-        external.extend(svc.external_ips.iter().map(|&a| (a, sp.port, FrontendKind::ExternalIp, &[][..])));
+        external.extend(
+            svc.external_ips.iter().filter(of_family).map(|&a| (a, sp.port, FrontendKind::ExternalIp, &[][..])),
+        );
         if svc.type_ == ServiceType::LoadBalancer {
             external.extend(
                 svc.lb_ingress_ips
                     .iter()
-                    .map(|&a| (a, sp.port, FrontendKind::LoadBalancer, svc.lb_source_ranges.as_slice())),
+                    .filter(of_family)
+                    .map(|&a| (a, sp.port, FrontendKind::LoadBalancer, source_ranges.as_slice())),
             );
         }
         for (addr, port, kind, ranges) in external {
@@ -162,12 +234,6 @@ pub fn plan_service(svc: &ServiceInfo, svc_slices: &[&EndpointSliceInfo], node: 
             }
         }
     }
-    if svc.external_traffic_local
-        && let Some(port) = svc.health_check_node_port
-    {
-        out.health_check = Some((port, local_endpoints.len()));
-    }
-    out
 }
 
 /// The whole plan at once: the reference `DesiredLb` is tested against.
@@ -286,15 +352,14 @@ fn conflict(service: &str, frontend: &Frontend, owner: &str) -> Problem {
     Problem {
         object: format!("Service/{service}"),
         message: format!(
-            "{}:{}/{} is already used by Service/{owner}; skipped",
-            frontend.addr,
-            frontend.port,
+            "{}/{} is already used by Service/{owner}; skipped",
+            SocketAddr::new(frontend.addr, frontend.port),
             frontend.proto.name()
         ),
     }
 }
 
-fn fe(addr: Ipv4Addr, port: u16, proto: Protocol, scope: Scope) -> Frontend {
+fn fe(addr: IpAddr, port: u16, proto: Protocol, scope: Scope) -> Frontend {
     Frontend { addr, port, proto, scope }
 }
 

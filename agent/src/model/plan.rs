@@ -23,6 +23,14 @@ pub struct ClusterCidrs {
     pub v6: Option<Ipv6Network>,
 }
 
+impl ClusterCidrs {
+    /// The families the cluster has: those it has a CIDR of.
+    pub fn families(&self) -> std::collections::BTreeSet<super::service::Family> {
+        use super::service::Family;
+        self.v4.map(|_| Family::Ipv4).into_iter().chain(self.v6.map(|_| Family::Ipv6)).collect()
+    }
+}
+
 impl FromStr for ClusterCidrs {
     type Err = String;
 

@@ -1,7 +1,7 @@
 //! Services and EndpointSlices as the load balancer needs them.
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::IpNetwork;
 
 /// `namespace/name`.
 pub type ObjectKey = String;
@@ -40,6 +40,39 @@ impl Protocol {
     }
 }
 
+/// An IP family, as Services (`ipFamilies`) and EndpointSlices
+/// (`addressType`) name them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Family {
+    Ipv4,
+    Ipv6,
+}
+
+impl Family {
+    pub const fn of(ip: &IpAddr) -> Self {
+        match ip {
+            IpAddr::V4(_) => Family::Ipv4,
+            IpAddr::V6(_) => Family::Ipv6,
+        }
+    }
+
+    /// The API's name (`ipFamilies`, `addressType`).
+    pub const fn name(self) -> &'static str {
+        match self {
+            Family::Ipv4 => "IPv4",
+            Family::Ipv6 => "IPv6",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "IPv4" => Some(Family::Ipv4),
+            "IPv6" => Some(Family::Ipv6),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ServiceType {
     ClusterIp,
@@ -63,14 +96,20 @@ pub struct ServicePort {
 pub struct ServiceInfo {
     pub key: ObjectKey,
     pub type_: ServiceType,
-    /// IPv4 cluster IPs; empty for headless Services.
-    pub cluster_ips: Vec<Ipv4Addr>,
+    /// Cluster IPs, at most one per family (`spec.clusterIPs`, checked
+    /// against `spec.ipFamilies`); empty for headless Services. The
+    /// Service is served in the families it has a cluster IP of, as
+    /// kube-proxy serves it (one proxier per family, each taking the
+    /// Service only if it has a cluster IP of its family).
+    pub cluster_ips: Vec<IpAddr>,
     pub headless: bool,
     pub ports: Vec<ServicePort>,
-    pub external_ips: Vec<Ipv4Addr>,
-    /// `status.loadBalancer.ingress[].ip`.
-    pub lb_ingress_ips: Vec<Ipv4Addr>,
-    pub lb_source_ranges: Vec<Ipv4Network>,
+    /// Of both families: each family's frontends take their own.
+    pub external_ips: Vec<IpAddr>,
+    /// `status.loadBalancer.ingress[].ip`, of both families.
+    pub lb_ingress_ips: Vec<IpAddr>,
+    /// Of both families: each applies to the frontends of its own.
+    pub lb_source_ranges: Vec<IpNetwork>,
     /// `sessionAffinity: ClientIP` timeout in seconds.
     pub affinity_timeout: Option<u32>,
     pub external_traffic_local: bool,
@@ -83,7 +122,7 @@ pub struct ServiceInfo {
 
 impl ServiceInfo {
     /// A plain ClusterIP Service with no ports yet.
-    pub fn cluster_ip(key: &str, ip: Ipv4Addr) -> Self {
+    pub fn cluster_ip(key: &str, ip: IpAddr) -> Self {
         ServiceInfo {
             key: key.into(),
             type_: ServiceType::ClusterIp,
@@ -111,7 +150,8 @@ pub struct SlicePort {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SliceEndpoint {
-    pub addresses: Vec<Ipv4Addr>,
+    /// Of the slice's family only (the converter drops the others).
+    pub addresses: Vec<IpAddr>,
     /// Conditions with the API's defaults applied (ready: nil means true;
     /// serving: nil means ready; terminating: nil means false).
     pub ready: bool,
@@ -125,6 +165,8 @@ pub struct EndpointSliceInfo {
     pub key: ObjectKey,
     /// `namespace/<kubernetes.io/service-name label>`.
     pub service: ObjectKey,
+    /// `addressType`: its endpoints serve the frontends of this family.
+    pub family: Family,
     pub ports: Vec<SlicePort>,
     pub endpoints: Vec<SliceEndpoint>,
     /// When the change that made this version happened (the
@@ -132,6 +174,9 @@ pub struct EndpointSliceInfo {
     /// EndpointSlice controller sets): the start of the network
     /// programming latency.
     pub trigger_time: Option<std::time::SystemTime>,
+    /// What the converter could not use (an address not of the slice's
+    /// family, ...), reported with the slice's name.
+    pub problems: Vec<String>,
 }
 
 #[cfg(test)]
@@ -160,14 +205,28 @@ pub mod build {
         }
     }
 
+    /// An IPv4 slice (`slice6` for IPv6).
     pub fn slice(key: &str, service: &str) -> EndpointSliceInfo {
         EndpointSliceInfo {
             key: key.into(),
             service: service.into(),
+            family: Family::Ipv4,
             ports: vec![],
             endpoints: vec![],
             trigger_time: None,
+            problems: vec![],
         }
+    }
+
+    pub fn slice6(key: &str, service: &str) -> EndpointSliceInfo {
+        EndpointSliceInfo { family: Family::Ipv6, ..slice(key, service) }
+    }
+
+    /// A dual-stack Service: cluster IPs of both families.
+    pub fn service_dual(key: &str, v4: &str, v6: &str) -> ServiceInfo {
+        let mut svc = service(key, v4);
+        svc.cluster_ips.push(v6.parse().unwrap());
+        svc
     }
 
     impl EndpointSliceInfo {

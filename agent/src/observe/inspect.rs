@@ -1,12 +1,18 @@
 //! Read-only views of the datapath for operators, straight from the pinned
 //! maps and the routing table (they work while the agent is down).
-use std::{net::Ipv4Addr, path::Path};
+use std::{
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr},
+    path::Path,
+};
 
 use anyhow::Context as _;
 use aya::maps::HashMap;
 use serde::Serialize;
 use weir_common::{
-    lb::{Backend, CT_DIR_REPLY, CtEntry, CtKey, RevNat, SCOPE_INTERNAL, ServiceKey, ServiceValue},
+    lb::{
+        Backend, Backend6, CT_DIR_REPLY, CtEntry, CtKey, CtKey6, RevNat, RevNat6, SCOPE_INTERNAL, ServiceKey,
+        ServiceKey6, ServiceValue, ip6_octets,
+    },
     pin,
 };
 
@@ -38,29 +44,68 @@ struct ServiceRow {
     backends: Vec<String>,
 }
 
+/// A slot of either family's Service map, with its frontend as an address.
+struct Slot {
+    frontend: SocketAddr,
+    proto: u8,
+    scope: u8,
+    slot: u16,
+    value: ServiceValue,
+}
+
+/// Both families' Service maps, one list (IPv4 first): the IPv6 ones hold
+/// the frontends of dual-stack and IPv6 Services.
 fn services(pin_dir: &Path) -> anyhow::Result<Vec<ServiceRow>> {
     let svc: HashMap<_, ServiceKey, ServiceValue> = pinned::open(pin_dir, pin::MAP_SVC)?;
+    let svc6: HashMap<_, ServiceKey6, ServiceValue> = pinned::open(pin_dir, pin::MAP_SVC6)?;
     let backends: HashMap<_, u32, Backend> = pinned::open(pin_dir, pin::MAP_BACKENDS)?;
-    let mut entries: Vec<(ServiceKey, ServiceValue)> = svc.iter().collect::<Result<_, _>>()?;
-    entries.sort_by_key(|(k, _)| (ip(k.addr), u16::from_be(k.port), k.proto, k.scope, k.slot));
-    let lookup = |k: &ServiceKey| entries.iter().find(|(e, _)| e == k).map(|(_, v)| *v);
+    let backends6: HashMap<_, u32, Backend6> = pinned::open(pin_dir, pin::MAP_BACKENDS6)?;
+    let mut entries: Vec<Slot> = Vec::new();
+    for e in svc.iter() {
+        let (k, value) = e?;
+        let frontend = SocketAddr::new(ip(k.addr).into(), u16::from_be(k.port));
+        entries.push(Slot { frontend, proto: k.proto, scope: k.scope, slot: k.slot, value });
+    }
+    for e in svc6.iter() {
+        let (k, value) = e?;
+        let frontend = SocketAddr::new(Ipv6Addr::from(ip6_octets(k.addr)).into(), u16::from_be(k.port));
+        entries.push(Slot { frontend, proto: k.proto, scope: k.scope, slot: k.slot, value });
+    }
+    entries.sort_by_key(|e| (e.frontend.is_ipv6(), e.frontend, e.proto, e.scope, e.slot));
+    // (address, port, flags) of a backend ID, from the map of its family.
+    let backend = |id: u32, v6: bool| -> Option<(SocketAddr, u8)> {
+        if v6 {
+            let b = backends6.get(&id, 0).ok()?;
+            Some((SocketAddr::new(Ipv6Addr::from(ip6_octets(b.addr)).into(), u16::from_be(b.port)), b.flags))
+        } else {
+            let b = backends.get(&id, 0).ok()?;
+            Some((SocketAddr::new(ip(b.addr).into(), u16::from_be(b.port)), b.flags))
+        }
+    };
+    let lookup = |head: &Slot, slot: u16| {
+        entries
+            .iter()
+            .find(|e| e.frontend == head.frontend && e.proto == head.proto && e.scope == head.scope && e.slot == slot)
+            .map(|e| e.value)
+    };
     let mut rows = Vec::new();
-    for (k, v) in entries.iter().filter(|(k, _)| k.slot == 0) {
+    for head in entries.iter().filter(|e| e.slot == 0) {
+        let v = head.value;
         let mut list = Vec::new();
         for slot in 1..=v.count {
-            let line = match lookup(&k.with_slot(slot)).map(|s| (s.backend_id, backends.get(&s.backend_id, 0))) {
-                Some((id, Ok(b))) => {
-                    let mut s = format!("{}:{}", ip(b.addr), u16::from_be(b.port));
-                    if b.flags & Backend::FLAG_LOCAL != 0 {
+            let line = match lookup(head, slot).map(|s| (s.backend_id, backend(s.backend_id, head.frontend.is_ipv6())))
+            {
+                Some((_, Some((addr, flags)))) => {
+                    let mut s = addr.to_string();
+                    if flags & Backend::FLAG_LOCAL != 0 {
                         s.push_str(" (local)");
                     }
-                    if b.flags & Backend::FLAG_TERMINATING != 0 {
+                    if flags & Backend::FLAG_TERMINATING != 0 {
                         s.push_str(" (terminating)");
                     }
-                    let _ = id;
                     s
                 }
-                Some((id, Err(_))) => format!("backend #{id} missing"),
+                Some((id, None)) => format!("backend #{id} missing"),
                 None => format!("slot {slot} missing"),
             };
             list.push(line);
@@ -76,9 +121,9 @@ fn services(pin_dir: &Path) -> anyhow::Result<Vec<ServiceRow>> {
             flags.push("source-ranges");
         }
         rows.push(ServiceRow {
-            frontend: format!("{}:{}", ip(k.addr), u16::from_be(k.port)),
-            protocol: proto(k.proto),
-            scope: if k.scope == SCOPE_INTERNAL { "internal" } else { "default" },
+            frontend: head.frontend.to_string(),
+            protocol: proto(head.proto),
+            scope: if head.scope == SCOPE_INTERNAL { "internal" } else { "default" },
             flags,
             affinity_timeout: v.affinity_timeout,
             backends: list,
@@ -130,8 +175,38 @@ fn conntrack(pin_dir: &Path) -> anyhow::Result<Vec<ConntrackRow>> {
             flags,
         });
     }
+    conntrack6(pin_dir, &mut rows)?;
     rows.sort_by(|a, b| (&a.source, &a.destination).cmp(&(&b.source, &b.destination)));
     Ok(rows)
+}
+
+/// The IPv6 flows translated per packet (`WEIR_CT6`), as rows like IPv4's.
+fn conntrack6(pin_dir: &Path, rows: &mut Vec<ConntrackRow>) -> anyhow::Result<()> {
+    let ct: HashMap<_, CtKey6, CtEntry> = pinned::open(pin_dir, pin::MAP_CT6)?;
+    let backends: HashMap<_, u32, Backend6> = pinned::open(pin_dir, pin::MAP_BACKENDS6)?;
+    let rev: HashMap<_, u16, RevNat6> = pinned::open(pin_dir, pin::MAP_REVNAT6)?;
+    let at = |addr, port: u16| SocketAddr::new(Ipv6Addr::from(ip6_octets(addr)).into(), u16::from_be(port)).to_string();
+    for kv in ct.iter() {
+        let (k, v) = kv?;
+        let backend = match backends.get(&v.backend_id, 0) {
+            Ok(b) => at(b.addr, b.port),
+            Err(_) => format!("#{} (gone)", v.backend_id),
+        };
+        let frontend = match rev.get(&v.rev_nat_id, 0) {
+            Ok(r) => at(r.addr, r.port),
+            Err(_) => format!("#{} (gone)", v.rev_nat_id),
+        };
+        rows.push(ConntrackRow {
+            direction: if k.dir == CT_DIR_REPLY { "reply" } else { "original" },
+            protocol: proto(k.proto),
+            source: at(k.saddr, k.sport),
+            destination: at(k.daddr, k.dport),
+            backend,
+            frontend,
+            flags: Vec::new(),
+        });
+    }
+    Ok(())
 }
 
 #[derive(Serialize)]
@@ -203,14 +278,15 @@ fn show<T: Serialize + ?Sized>(json: bool, value: &T, table: impl FnOnce(&T)) ->
 }
 
 fn print_services(rows: &[ServiceRow]) {
-    println!("{:<22} {:<5} {:<9} {:<24} BACKENDS", "FRONTEND", "PROTO", "SCOPE", "FLAGS");
+    // Wide enough for an IPv6 frontend (`[fd00:10:96::a]:443`).
+    println!("{:<30} {:<5} {:<9} {:<24} BACKENDS", "FRONTEND", "PROTO", "SCOPE", "FLAGS");
     for r in rows {
         let mut flags = r.flags.join(",");
         if r.affinity_timeout > 0 {
             flags = format!("{flags}{}affinity={}s", if flags.is_empty() { "" } else { "," }, r.affinity_timeout);
         }
         let backends = if r.backends.is_empty() { "(none: rejected)".to_string() } else { r.backends.join(", ") };
-        println!("{:<22} {:<5} {:<9} {:<24} {backends}", r.frontend, r.protocol, r.scope, flags);
+        println!("{:<30} {:<5} {:<9} {:<24} {backends}", r.frontend, r.protocol, r.scope, flags);
     }
 }
 

@@ -3,7 +3,10 @@
 //! - `pod`: packets from pods (DNAT, hairpin);
 //! - `netdev`: packets entering through the uplink (NodePorts, external
 //!   and load-balancer IPs: DNAT, SNAT to remote backends, their replies);
-//! - `reverse`: replies of translated flows get their frontend back.
+//! - `reverse`: replies of translated flows get their frontend back;
+//! - `v6`: the IPv6 maps, frontend lookup and backend choice;
+//! - `tc6`, `reject6`: the per-packet path of IPv6 pod clients (DNAT,
+//!   reverse NAT, ICMPv6 port unreachable).
 //!
 //! Shared here: the Service maps, frontend lookup (slot 0), backend choice
 //! (conntrack, then affinity, then a random slot), and whether a flow is over.
@@ -28,8 +31,11 @@ use crate::{
 
 pub mod netdev;
 pub mod pod;
+pub mod reject6;
 pub mod reverse;
 pub mod socket;
+pub mod tc6;
+pub mod v6;
 
 #[map]
 static WEIR_SVC: HashMap<ServiceKey, ServiceValue> = HashMap::pinned(MAX_SVC_ENTRIES, 0);

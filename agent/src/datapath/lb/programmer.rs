@@ -5,22 +5,30 @@
 //! shrinks, slot 0 first, then the extra slots; backends go once nothing
 //! points at them. A failed write leaves the frontend marked dirty, and the
 //! next pass rewrites it whole.
+//!
+//! Both families go through here: each frontend to its family's maps, with
+//! backend IDs and rev-NAT IDs drawn from one space for both, so an ID
+//! always names one thing and restoring after a restart needs no family
+//! bookkeeping beyond which map an entry was found in.
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::IpNetwork;
 
-use weir_common::lb::{Backend, RevNat, SCOPE_EXTERNAL, SCOPE_INTERNAL, ServiceKey, ServiceValue};
+use weir_common::lb::{
+    Backend, Backend6, RevNat, RevNat6, SCOPE_EXTERNAL, SCOPE_INTERNAL, ServiceKey, ServiceKey6, ServiceValue,
+    ip6_from_octets, ip6_octets,
+};
 
 use crate::datapath::{
     MapError,
-    lb::maps::{LbDump, LbMaps},
+    lb::maps::{BackendEntry, LbDump, LbMaps, RevNatEntry, SvcKey},
 };
 use crate::model::{
     lb::{BackendAddr, BackendRef, Frontend, FrontendKind, FrontendState, Scope},
-    service::Protocol,
+    service::{Family, Protocol},
 };
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -35,14 +43,14 @@ struct Programmed {
 
 #[derive(Debug, Default)]
 pub struct LbProgrammer {
-    backend_ids: BTreeMap<BackendAddr, (u32, Backend)>,
+    backend_ids: BTreeMap<BackendAddr, (u32, BackendEntry)>,
     next_backend_id: u32,
-    rev_nat_ids: BTreeMap<(Ipv4Addr, u16), u16>,
+    rev_nat_ids: BTreeMap<(IpAddr, u16), u16>,
     next_rev_nat_id: u16,
     /// Keyed by the slot-0 key.
-    programmed: BTreeMap<ServiceKey, Programmed>,
-    /// loadBalancerSourceRanges in the LPM map, per rev-NAT ID.
-    ranges: BTreeMap<u16, BTreeSet<Ipv4Network>>,
+    programmed: BTreeMap<SvcKey, Programmed>,
+    /// loadBalancerSourceRanges in the LPM maps, per rev-NAT ID.
+    ranges: BTreeMap<u16, BTreeSet<IpNetwork>>,
 }
 
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -54,15 +62,19 @@ pub struct ApplyReport {
     pub errors: Vec<MapError>,
 }
 
-pub fn service_key(fe: &Frontend) -> ServiceKey {
+pub fn service_key(fe: &Frontend) -> SvcKey {
     let scope = match fe.scope {
         Scope::Default => SCOPE_EXTERNAL,
         Scope::Internal => SCOPE_INTERNAL,
     };
-    ServiceKey::new(u32::from_ne_bytes(fe.addr.octets()), fe.port.to_be(), fe.proto.number(), scope, 0)
+    let (port, proto) = (fe.port.to_be(), fe.proto.number());
+    match fe.addr {
+        IpAddr::V4(a) => SvcKey::V4(ServiceKey::new(u32::from_ne_bytes(a.octets()), port, proto, scope, 0)),
+        IpAddr::V6(a) => SvcKey::V6(ServiceKey6::new(ip6_from_octets(a.octets()), port, proto, scope, 0)),
+    }
 }
 
-fn backend_value(b: &BackendRef) -> Backend {
+fn backend_value(b: &BackendRef) -> BackendEntry {
     let mut flags = 0;
     if b.local {
         flags |= Backend::FLAG_LOCAL;
@@ -70,22 +82,32 @@ fn backend_value(b: &BackendRef) -> Backend {
     if b.terminating {
         flags |= Backend::FLAG_TERMINATING;
     }
-    Backend {
-        addr: u32::from_ne_bytes(b.addr.addr.octets()),
-        port: b.addr.port.to_be(),
-        proto: b.addr.proto.number(),
-        flags,
+    let (port, proto) = (b.addr.port.to_be(), b.addr.proto.number());
+    match b.addr.addr {
+        IpAddr::V4(a) => BackendEntry::V4(Backend { addr: u32::from_ne_bytes(a.octets()), port, proto, flags }),
+        IpAddr::V6(a) => BackendEntry::V6(Backend6 { addr: ip6_from_octets(a.octets()), port, proto, flags }),
     }
 }
 
-fn backend_addr(b: &Backend) -> Option<BackendAddr> {
-    let proto = match b.proto {
-        weir_common::lb::PROTO_TCP => Protocol::Tcp,
-        weir_common::lb::PROTO_UDP => Protocol::Udp,
-        weir_common::lb::PROTO_SCTP => Protocol::Sctp,
-        _ => return None,
+fn protocol(number: u8) -> Option<Protocol> {
+    match number {
+        weir_common::lb::PROTO_TCP => Some(Protocol::Tcp),
+        weir_common::lb::PROTO_UDP => Some(Protocol::Udp),
+        weir_common::lb::PROTO_SCTP => Some(Protocol::Sctp),
+        _ => None,
+    }
+}
+
+fn backend_addr(b: &BackendEntry) -> Option<BackendAddr> {
+    let (addr, port, proto) = match b {
+        BackendEntry::V4(b) => (IpAddr::from(Ipv4Addr::from(b.addr.to_ne_bytes())), b.port, b.proto),
+        BackendEntry::V6(b) => (IpAddr::from(Ipv6Addr::from(ip6_octets(b.addr))), b.port, b.proto),
     };
-    Some(BackendAddr { addr: Ipv4Addr::from(b.addr.to_ne_bytes()), port: u16::from_be(b.port), proto })
+    Some(BackendAddr { addr, port: u16::from_be(port), proto: protocol(proto)? })
+}
+
+fn family(addr: &IpAddr) -> Family {
+    Family::of(addr)
 }
 
 impl LbProgrammer {
@@ -94,20 +116,26 @@ impl LbProgrammer {
     /// and rewrites nothing that is already right.
     pub fn restore(dump: &LbDump) -> Self {
         let mut p = LbProgrammer::default();
-        for (&id, b) in &dump.backends {
-            if let Some(addr) = backend_addr(b) {
-                p.backend_ids.insert(addr, (id, *b));
+        let backends = dump.backends.iter().map(|(&id, b)| (id, BackendEntry::V4(*b)));
+        for (id, b) in backends.chain(dump.backends6.iter().map(|(&id, b)| (id, BackendEntry::V6(*b)))) {
+            if let Some(addr) = backend_addr(&b) {
+                p.backend_ids.insert(addr, (id, b));
             }
             p.next_backend_id = p.next_backend_id.max(id);
         }
-        for (&id, r) in &dump.rev_nats {
-            p.rev_nat_ids.insert((Ipv4Addr::from(r.addr.to_ne_bytes()), u16::from_be(r.port)), id);
+        let rev_nats =
+            dump.rev_nats.iter().map(|(&id, r)| (id, IpAddr::from(Ipv4Addr::from(r.addr.to_ne_bytes())), r.port));
+        let rev_nats6 =
+            dump.rev_nats6.iter().map(|(&id, r)| (id, IpAddr::from(Ipv6Addr::from(ip6_octets(r.addr))), r.port));
+        for (id, addr, port) in rev_nats.chain(rev_nats6) {
+            p.rev_nat_ids.insert((addr, u16::from_be(port)), id);
             p.next_rev_nat_id = p.next_rev_nat_id.max(id);
         }
         p.ranges = dump.source_ranges.clone();
-        let mut groups: BTreeMap<ServiceKey, BTreeMap<u16, ServiceValue>> = BTreeMap::new();
-        for (k, v) in &dump.services {
-            groups.entry(k.with_slot(0)).or_default().insert(k.slot, *v);
+        let mut groups: BTreeMap<SvcKey, BTreeMap<u16, ServiceValue>> = BTreeMap::new();
+        let services = dump.services.iter().map(|(k, v)| (SvcKey::V4(*k), v));
+        for (k, v) in services.chain(dump.services6.iter().map(|(k, v)| (SvcKey::V6(*k), v))) {
+            groups.entry(k.with_slot(0)).or_default().insert(k.slot(), *v);
         }
         for (key0, slots) in groups {
             let head = slots.get(&0).copied();
@@ -127,7 +155,7 @@ impl LbProgrammer {
         maps: &mut dyn LbMaps,
     ) -> ApplyReport {
         let mut report = ApplyReport::default();
-        let mut wanted_ranges: BTreeMap<(Ipv4Addr, u16), BTreeSet<Ipv4Network>> = BTreeMap::new();
+        let mut wanted_ranges: BTreeMap<(IpAddr, u16), BTreeSet<IpNetwork>> = BTreeMap::new();
         for (fe, state) in desired {
             wanted_ranges.entry((fe.addr, fe.port)).or_default().extend(state.source_ranges.iter().copied());
         }
@@ -138,8 +166,8 @@ impl LbProgrammer {
             }
         }
         if prune {
-            let wanted: std::collections::BTreeSet<ServiceKey> = desired.keys().map(service_key).collect();
-            let stale: Vec<ServiceKey> = self.programmed.keys().filter(|k| !wanted.contains(k)).copied().collect();
+            let wanted: BTreeSet<SvcKey> = desired.keys().map(service_key).collect();
+            let stale: Vec<SvcKey> = self.programmed.keys().filter(|k| !wanted.contains(k)).copied().collect();
             for key0 in stale {
                 match self.delete_frontend(key0, maps) {
                     Ok(()) => report.frontends_deleted += 1,
@@ -150,7 +178,7 @@ impl LbProgrammer {
         }
         // Ranges go after the flags that use them: a frontend whose flag
         // write failed keeps filtering (fails closed) rather than opening.
-        let wanted_by_id: BTreeMap<u16, &BTreeSet<Ipv4Network>> =
+        let wanted_by_id: BTreeMap<u16, &BTreeSet<IpNetwork>> =
             wanted_ranges.iter().filter_map(|(k, set)| self.rev_nat_ids.get(k).map(|id| (*id, set))).collect();
         let empty = BTreeSet::new();
         for (id, have) in self.ranges.clone() {
@@ -181,11 +209,11 @@ impl LbProgrammer {
         maps: &mut dyn LbMaps,
     ) -> ApplyReport {
         let mut report = ApplyReport::default();
-        let mut touched_ranges: BTreeMap<u16, BTreeSet<Ipv4Network>> = BTreeMap::new();
+        let mut touched_ranges: BTreeMap<u16, BTreeSet<IpNetwork>> = BTreeMap::new();
         for fe in changed {
             let result = match desired.get(fe) {
                 Some(state) => {
-                    let ranges: BTreeSet<Ipv4Network> = state.source_ranges.iter().copied().collect();
+                    let ranges: BTreeSet<IpNetwork> = state.source_ranges.iter().copied().collect();
                     let r = self.apply_frontend(fe, state, &ranges, maps, &mut report);
                     if let Some(id) = self.rev_nat_ids.get(&(fe.addr, fe.port)) {
                         touched_ranges.entry(*id).or_default().extend(ranges);
@@ -231,7 +259,7 @@ impl LbProgrammer {
         &mut self,
         fe: &Frontend,
         state: &FrontendState,
-        ranges: &BTreeSet<Ipv4Network>,
+        ranges: &BTreeSet<IpNetwork>,
         maps: &mut dyn LbMaps,
         report: &mut ApplyReport,
     ) -> Result<(), MapError> {
@@ -306,7 +334,7 @@ impl LbProgrammer {
         Ok(())
     }
 
-    fn delete_frontend(&mut self, key0: ServiceKey, maps: &mut dyn LbMaps) -> Result<(), MapError> {
+    fn delete_frontend(&mut self, key0: SvcKey, maps: &mut dyn LbMaps) -> Result<(), MapError> {
         let Some(p) = self.programmed.get_mut(&key0) else { return Ok(()) };
         p.clean = false;
         // Slot 0 first: the datapath stops matching before slots vanish.
@@ -346,7 +374,7 @@ impl LbProgrammer {
         }
     }
 
-    fn ensure_rev_nat(&mut self, addr: Ipv4Addr, port: u16, maps: &mut dyn LbMaps) -> Result<u16, MapError> {
+    fn ensure_rev_nat(&mut self, addr: IpAddr, port: u16, maps: &mut dyn LbMaps) -> Result<u16, MapError> {
         if let Some(&id) = self.rev_nat_ids.get(&(addr, port)) {
             return Ok(id);
         }
@@ -358,7 +386,15 @@ impl LbProgrammer {
                 break;
             }
         }
-        maps.set_rev_nat(id, RevNat { addr: u32::from_ne_bytes(addr.octets()), port: port.to_be(), _pad: 0 })?;
+        let entry = match addr {
+            IpAddr::V4(a) => {
+                RevNatEntry::V4(RevNat { addr: u32::from_ne_bytes(a.octets()), port: port.to_be(), _pad: 0 })
+            }
+            IpAddr::V6(a) => {
+                RevNatEntry::V6(RevNat6 { addr: ip6_from_octets(a.octets()), port: port.to_be(), _pad: 0 })
+            }
+        };
+        maps.set_rev_nat(id, entry)?;
         self.next_rev_nat_id = id;
         self.rev_nat_ids.insert((addr, port), id);
         Ok(id)
@@ -375,7 +411,7 @@ impl LbProgrammer {
             .map(|(a, (id, _))| (*a, *id))
             .collect();
         for (addr, id) in unused {
-            match maps.delete_backend(id) {
+            match maps.delete_backend(id, family(&addr.addr)) {
                 Ok(()) => {
                     self.backend_ids.remove(&addr);
                     report.backends_deleted += 1;
@@ -384,10 +420,10 @@ impl LbProgrammer {
             }
         }
         let used_rev: std::collections::BTreeSet<u16> = self.programmed.values().map(|p| p.value.rev_nat_id).collect();
-        let unused: Vec<((Ipv4Addr, u16), u16)> =
+        let unused: Vec<((IpAddr, u16), u16)> =
             self.rev_nat_ids.iter().filter(|(_, id)| !used_rev.contains(id)).map(|(k, id)| (*k, *id)).collect();
         for (k, id) in unused {
-            match maps.delete_rev_nat(id) {
+            match maps.delete_rev_nat(id, family(&k.0)) {
                 Ok(()) => {
                     self.rev_nat_ids.remove(&k);
                 }

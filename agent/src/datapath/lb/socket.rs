@@ -9,8 +9,16 @@ use weir_common::pin;
 
 use crate::datapath::Datapath;
 
-const PROGRAMS: [&str; 4] =
-    [pin::PROG_SOCK_CONNECT4, pin::PROG_SOCK_SENDMSG4, pin::PROG_SOCK_RECVMSG4, pin::PROG_SOCK_GETPEERNAME4];
+const PROGRAMS: [&str; 8] = [
+    pin::PROG_SOCK_CONNECT4,
+    pin::PROG_SOCK_SENDMSG4,
+    pin::PROG_SOCK_RECVMSG4,
+    pin::PROG_SOCK_GETPEERNAME4,
+    pin::PROG_SOCK_CONNECT6,
+    pin::PROG_SOCK_SENDMSG6,
+    pin::PROG_SOCK_RECVMSG6,
+    pin::PROG_SOCK_GETPEERNAME6,
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum SocketLbError {

@@ -123,14 +123,14 @@ fn endpoint(t: &mut TestDatapath, flags: u32) {
 
 /// A Service frontend with these backends (local to the node or not).
 fn service(t: &mut TestDatapath, addr: [u8; 4], port: u16, kind: FrontendKind, backends: &[([u8; 4], bool)]) {
-    let fe = Frontend { addr: Ipv4Addr::from(addr), port, proto: Protocol::Tcp, scope: Scope::Default };
+    let fe = Frontend { addr: Ipv4Addr::from(addr).into(), port, proto: Protocol::Tcp, scope: Scope::Default };
     let state = FrontendState {
         service: "ns/web".into(),
         kind,
         backends: backends
             .iter()
             .map(|(a, local)| BackendRef {
-                addr: BackendAddr { addr: Ipv4Addr::from(*a), port: 8080, proto: Protocol::Tcp },
+                addr: BackendAddr { addr: Ipv4Addr::from(*a).into(), port: 8080, proto: Protocol::Tcp },
                 local: *local,
                 terminating: false,
             })

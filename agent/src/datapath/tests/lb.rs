@@ -114,14 +114,14 @@ fn program(t: &mut TestDatapath, proto: Protocol, backends: &[([u8; 4], u16)], a
 }
 
 fn apply(t: &mut TestDatapath, p: &mut LbProgrammer, proto: Protocol, backends: &[([u8; 4], u16)], affinity: u32) {
-    let fe = Frontend { addr: Ipv4Addr::from(VIP), port: 80, proto, scope: Scope::Default };
+    let fe = Frontend { addr: Ipv4Addr::from(VIP).into(), port: 80, proto, scope: Scope::Default };
     let state = FrontendState {
         service: "ns/web".into(),
         kind: FrontendKind::ClusterIp,
         backends: backends
             .iter()
             .map(|(a, port)| BackendRef {
-                addr: BackendAddr { addr: Ipv4Addr::from(*a), port: *port, proto },
+                addr: BackendAddr { addr: Ipv4Addr::from(*a).into(), port: *port, proto },
                 local: false,
                 terminating: false,
             })

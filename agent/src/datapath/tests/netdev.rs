@@ -38,7 +38,12 @@ fn program(t: &mut TestDatapath, fes: &[Fe]) {
         .iter()
         .map(|f| {
             (
-                Frontend { addr: Ipv4Addr::from(f.addr), port: f.port, proto: Protocol::Tcp, scope: Scope::Default },
+                Frontend {
+                    addr: Ipv4Addr::from(f.addr).into(),
+                    port: f.port,
+                    proto: Protocol::Tcp,
+                    scope: Scope::Default,
+                },
                 FrontendState {
                     service: "ns/web".into(),
                     kind: f.kind,
@@ -46,7 +51,7 @@ fn program(t: &mut TestDatapath, fes: &[Fe]) {
                         .backends
                         .iter()
                         .map(|(a, local)| BackendRef {
-                            addr: BackendAddr { addr: Ipv4Addr::from(*a), port: 8080, proto: Protocol::Tcp },
+                            addr: BackendAddr { addr: Ipv4Addr::from(*a).into(), port: 8080, proto: Protocol::Tcp },
                             local: *local,
                             terminating: false,
                         })

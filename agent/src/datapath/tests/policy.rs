@@ -156,12 +156,12 @@ fn egress_is_judged_on_the_service_backend() {
     identities(&mut t);
     let mut lb = LbProgrammer::default();
     let program = |t: &mut TestDatapath, lb: &mut LbProgrammer, backend: [u8; 4]| {
-        let fe = Frontend { addr: Ipv4Addr::from(vip), port: 80, proto: Protocol::Tcp, scope: Scope::Default };
+        let fe = Frontend { addr: Ipv4Addr::from(vip).into(), port: 80, proto: Protocol::Tcp, scope: Scope::Default };
         let state = FrontendState {
             service: "ns/web".into(),
             kind: FrontendKind::ClusterIp,
             backends: vec![BackendRef {
-                addr: BackendAddr { addr: Ipv4Addr::from(backend), port: 8080, proto: Protocol::Tcp },
+                addr: BackendAddr { addr: Ipv4Addr::from(backend).into(), port: 8080, proto: Protocol::Tcp },
                 local: false,
                 terminating: false,
             }],

@@ -1,9 +1,16 @@
 //! Table tests: Service + EndpointSlices -> frontends and backends.
-use super::*;
-use crate::model::service::build::{service, slice};
+use std::net::SocketAddr;
 
+use super::*;
+use crate::model::service::build::{service, service_dual, slice, slice6};
+
+/// A dual-stack node (the Services below choose their families).
 fn node() -> LbNode {
-    LbNode { name: "n1".into(), addrs: vec!["172.30.0.11".parse().unwrap()] }
+    LbNode {
+        name: "n1".into(),
+        addrs: vec!["172.30.0.11".parse().unwrap(), "fd00:172:30::11".parse().unwrap()],
+        families: [Family::Ipv4, Family::Ipv6].into(),
+    }
 }
 
 fn run(services: &[ServiceInfo], slices: &[EndpointSliceInfo]) -> LbPlan {
@@ -40,9 +47,10 @@ fn table(p: &LbPlan) -> Vec<String> {
     p.frontends
         .iter()
         .map(|(f, s)| {
-            let backends: Vec<String> = s.backends.iter().map(|b| format!("{}:{}", b.addr.addr, b.addr.port)).collect();
+            let backends: Vec<String> =
+                s.backends.iter().map(|b| SocketAddr::new(b.addr.addr, b.addr.port).to_string()).collect();
             let scope = if f.scope == Scope::Internal { "[int]" } else { "" };
-            format!("{}:{}/{}{} -> [{}]", f.addr, f.port, f.proto.name(), scope, backends.join(" "))
+            format!("{}/{}{} -> [{}]", SocketAddr::new(f.addr, f.port), f.proto.name(), scope, backends.join(" "))
         })
         .collect()
 }
@@ -291,4 +299,140 @@ fn incremental_plan_matches_full_plan() {
     step(&mut desired, &services, &slices, &["ns/h"]);
     assert!(desired.health_checks().is_empty());
     assert!(desired.frontends.values().any(|s| s.service == "ns/c" && s.kind == FrontendKind::ExternalIp));
+}
+
+/// ns/web's IPv6 slice: the IPv6 addresses of `web_slice`'s pods.
+fn web_slice6(port: u16) -> EndpointSliceInfo {
+    slice6("ns/web-v6", "ns/web")
+        .port("", port, Protocol::Tcp)
+        .ready("fd00:10:244:1::5", "n1")
+        .ready("fd00:10:244:2::7", "n2")
+}
+
+/// A dual-stack Service gets frontends of both families, each with the
+/// endpoints of its family's slices (kube-proxy: one proxier per family).
+#[test]
+fn dual_stack_service_gets_frontends_of_both_families() {
+    let svc = service_dual("ns/web", "10.96.0.10", "fd00:10:96::a").port("", 80, Protocol::Tcp);
+    let p = run(&[svc], &[web_slice(8080), web_slice6(8080)]);
+    assert_eq!(
+        table(&p),
+        [
+            "10.96.0.10:80/TCP -> [10.244.1.5:8080 10.244.2.7:8080]",
+            "[fd00:10:96::a]:80/TCP -> [[fd00:10:244:1::5]:8080 [fd00:10:244:2::7]:8080]",
+        ]
+    );
+    assert!(p.problems.is_empty(), "{:?}", p.problems);
+}
+
+/// A single-stack Service takes its own family's slices only, whatever
+/// slices exist: an IPv6 slice never feeds an IPv4 frontend, nor the
+/// reverse.
+#[test]
+fn single_stack_services_take_their_family_of_slices_only() {
+    let v4 = service("ns/web", "10.96.0.10").port("", 80, Protocol::Tcp);
+    let p = run(&[v4], &[web_slice(8080), web_slice6(8080)]);
+    assert_eq!(table(&p), ["10.96.0.10:80/TCP -> [10.244.1.5:8080 10.244.2.7:8080]"]);
+
+    let v6 = service("ns/web", "fd00:10:96::a").port("", 80, Protocol::Tcp);
+    let p = run(std::slice::from_ref(&v6), &[web_slice(8080), web_slice6(8080)]);
+    assert_eq!(table(&p), ["[fd00:10:96::a]:80/TCP -> [[fd00:10:244:1::5]:8080 [fd00:10:244:2::7]:8080]"]);
+    // With only an IPv4 slice, the IPv6 Service has no endpoint (rejects).
+    let p = run(&[v6], &[web_slice(8080)]);
+    assert_eq!(table(&p), ["[fd00:10:96::a]:80/TCP -> []"]);
+}
+
+/// A family the cluster has no cluster CIDR of: reported, its frontends
+/// skipped, the other family served.
+#[test]
+fn a_family_the_cluster_lacks_is_reported_and_skipped() {
+    let v4_cluster = LbNode { families: [Family::Ipv4].into(), ..node() };
+    let dual = service_dual("ns/web", "10.96.0.10", "fd00:10:96::a").port("", 80, Protocol::Tcp);
+    let v6 = service("ns/v6", "fd00:10:96::b").port("", 80, Protocol::Tcp);
+    let slices = [web_slice(8080), web_slice6(8080)];
+    let p = plan([&dual, &v6], &by_service(&slices), &v4_cluster);
+    assert_eq!(table(&p), ["10.96.0.10:80/TCP -> [10.244.1.5:8080 10.244.2.7:8080]"]);
+    let problems: Vec<_> = p.problems.iter().map(|p| format!("{}: {}", p.object, p.message)).collect();
+    assert_eq!(
+        problems,
+        [
+            "Service/ns/web: cluster IP fd00:10:96::a is IPv6, a family this cluster has no cluster CIDR of; its IPv6 frontends skipped",
+            "Service/ns/v6: cluster IP fd00:10:96::b is IPv6, a family this cluster has no cluster CIDR of; its IPv6 frontends skipped",
+        ]
+    );
+    // The IPv6-only cluster, the other way round.
+    let v6_cluster = LbNode { families: [Family::Ipv6].into(), ..node() };
+    let p = plan([&dual], &by_service(&slices), &v6_cluster);
+    assert_eq!(table(&p), ["[fd00:10:96::a]:80/TCP -> [[fd00:10:244:1::5]:8080 [fd00:10:244:2::7]:8080]"]);
+    assert_eq!(p.problems.len(), 1, "{:?}", p.problems);
+}
+
+/// NodePorts on the node's address of each family the Service has;
+/// external IPs, load-balancer IPs and source ranges each to the frontends
+/// of their own family.
+#[test]
+fn external_frontends_of_a_dual_stack_service_per_family() {
+    let mut svc = service_dual("ns/web", "10.96.0.10", "fd00:10:96::a").node_port("", 80, 30080);
+    svc.type_ = ServiceType::LoadBalancer;
+    svc.external_ips = vec!["192.0.2.10".parse().unwrap(), "2001:db8::10".parse().unwrap()];
+    svc.lb_ingress_ips = vec!["198.51.100.7".parse().unwrap(), "2001:db8::7".parse().unwrap()];
+    svc.lb_source_ranges = vec!["203.0.113.0/24".parse().unwrap(), "2001:db8:1::/48".parse().unwrap()];
+    let p = run(&[svc], &[web_slice(8080), web_slice6(8080)]);
+    let fronts: Vec<String> = p
+        .frontends
+        .iter()
+        .map(|(f, s)| {
+            let ranges: Vec<String> = s.source_ranges.iter().map(|r| r.to_string()).collect();
+            format!("{} {:?} {}", SocketAddr::new(f.addr, f.port), s.kind, ranges.join(","))
+        })
+        .collect();
+    assert_eq!(
+        fronts,
+        [
+            "10.96.0.10:80 ClusterIp ",
+            "172.30.0.11:30080 NodePort ",
+            "192.0.2.10:80 ExternalIp ",
+            "198.51.100.7:80 LoadBalancer 203.0.113.0/24",
+            "[2001:db8::7]:80 LoadBalancer 2001:db8:1::/48",
+            "[2001:db8::10]:80 ExternalIp ",
+            "[fd00:10:96::a]:80 ClusterIp ",
+            "[fd00:172:30::11]:30080 NodePort ",
+        ]
+    );
+    // Every IPv6 frontend has the IPv6 endpoints, every IPv4 one the IPv4.
+    for (f, s) in &p.frontends {
+        assert!(s.backends.iter().all(|b| b.addr.addr.is_ipv6() == f.addr.is_ipv6()), "{f:?}");
+        assert_eq!(s.backends.len(), 2);
+    }
+}
+
+/// Bad input: an external IP of a family the Service has no cluster IP of
+/// (kube-proxy skips it silently), and a slice's address of the wrong
+/// family (the converter skips it): both reported.
+#[test]
+fn external_ip_of_an_unserved_family_and_slice_problems_are_reported() {
+    let mut svc = service("ns/web", "10.96.0.10").port("", 80, Protocol::Tcp);
+    svc.external_ips = vec!["2001:db8::10".parse().unwrap()];
+    let mut bad = web_slice6(8080);
+    bad.problems.push("endpoint address \"10.244.1.9\" is not an IPv6 address (addressType); skipped".into());
+    let p = run(&[svc], &[web_slice(8080), bad]);
+    assert_eq!(table(&p), ["10.96.0.10:80/TCP -> [10.244.1.5:8080 10.244.2.7:8080]"]);
+    let problems: Vec<_> = p.problems.iter().map(|p| format!("{}: {}", p.object, p.message)).collect();
+    assert_eq!(
+        problems,
+        [
+            "EndpointSlice/ns/web-v6: endpoint address \"10.244.1.9\" is not an IPv6 address (addressType); skipped",
+            "Service/ns/web: externalIP 2001:db8::10 is IPv6, but the Service has no IPv6 cluster IP; skipped",
+        ]
+    );
+}
+
+/// A dual-stack pod is one local endpoint for the health check, not two.
+#[test]
+fn health_check_counts_a_dual_stack_endpoint_once() {
+    let mut svc = service_dual("ns/web", "10.96.0.10", "fd00:10:96::a").node_port("", 80, 30080);
+    svc.external_traffic_local = true;
+    svc.health_check_node_port = Some(32000);
+    let p = run(&[svc], &[web_slice(8080), web_slice6(8080)]);
+    assert_eq!(p.health_checks[&32000], ("ns/web".to_string(), 1));
 }

@@ -111,7 +111,7 @@ impl NameTable {
             for port in &svc.ports {
                 let proto = port.protocol.number();
                 for ip in svc.cluster_ips.iter().chain(&svc.external_ips).chain(&svc.lb_ingress_ips) {
-                    frontends.insert((IpAddr::from(*ip), port.port, proto), svc.key.clone());
+                    frontends.insert((*ip, port.port, proto), svc.key.clone());
                 }
                 if let Some(np) = port.node_port {
                     node_ports.insert((np, proto), svc.key.clone());
@@ -305,7 +305,7 @@ mod tests {
             pod("y/b", [10, 244, 2, 7], "web"),
             pod("kube-system/agent", [172, 18, 0, 2], "agent"),
         ]));
-        let mut svc = ServiceInfo::cluster_ip("y/web", Ipv4Addr::new(10, 96, 0, 10));
+        let mut svc = ServiceInfo::cluster_ip("y/web", Ipv4Addr::new(10, 96, 0, 10).into());
         svc.type_ = ServiceType::NodePort;
         svc.ports =
             vec![ServicePort { name: String::new(), port: 80, protocol: Protocol::Tcp, node_port: Some(30080) }];

@@ -1,7 +1,7 @@
 //! Kubernetes API objects -> model types.
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::IpNetwork;
 use k8s_openapi::api::{
     core::v1::{Node, Service, ServiceSpec},
     discovery::v1::EndpointSlice,
@@ -14,7 +14,7 @@ pub mod policy;
 use crate::model::{
     NodeInfo,
     policy::types::PodInfo,
-    service::{EndpointSliceInfo, Protocol, ServiceInfo, ServicePort, ServiceType, SliceEndpoint, SlicePort},
+    service::{EndpointSliceInfo, Family, Protocol, ServiceInfo, ServicePort, ServiceType, SliceEndpoint, SlicePort},
 };
 use crate::sources::pod_view::PodView;
 pub use policy::{namespace, network_policy_or_deny};
@@ -70,10 +70,10 @@ pub fn service(svc: &Service) -> Option<ServiceInfo> {
     let mut problems = Vec::new();
     let spec = svc.spec.clone().unwrap_or_default();
     let type_ = service_type(spec.type_.as_deref(), &mut problems);
-    let (cluster_ips, headless) = cluster_ips(&spec);
+    let (cluster_ips, headless) = cluster_ips(&spec, &mut problems);
     let ports = service_ports(spec.ports.clone().unwrap_or_default(), &mut problems);
-    let external_ips = ipv4_list(spec.external_ips.clone(), "externalIP", &mut problems);
-    let lb_ingress_ips = ipv4_list(lb_ingress_addresses(svc), "load-balancer ingress IP", &mut problems);
+    let external_ips = ip_list(spec.external_ips.clone(), "externalIP", &mut problems);
+    let lb_ingress_ips = ip_list(lb_ingress_addresses(svc), "load-balancer ingress IP", &mut problems);
     let lb_source_ranges = source_ranges(spec.load_balancer_source_ranges.clone(), &mut problems);
     let external = matches!(type_, ServiceType::NodePort | ServiceType::LoadBalancer) || !external_ips.is_empty();
     Some(ServiceInfo {
@@ -107,19 +107,51 @@ fn service_type(raw: Option<&str>, problems: &mut Vec<String>) -> ServiceType {
     }
 }
 
-/// The IPv4 cluster IPs (from `clusterIPs` and `clusterIP`, each once) and
-/// whether the Service is headless (`None`).
-fn cluster_ips(spec: &ServiceSpec) -> (Vec<Ipv4Addr>, bool) {
-    let raw_ips: Vec<String> =
-        spec.cluster_ips.clone().unwrap_or_default().into_iter().chain(spec.cluster_ip.clone()).collect();
+/// The cluster IPs (from `clusterIPs`, else `clusterIP`), at most one per
+/// family, and whether the Service is headless (`None`).
+///
+/// `ipFamilies[i]` names the family of `clusterIPs[i]` (the API server
+/// keeps them in step); an address of the other family there is reported
+/// and skipped, never served as the family it claims. `ipFamilyPolicy:
+/// SingleStack` keeps the primary (first) cluster IP only. Which families
+/// the cluster has is the plan's to check (`model::lb`).
+fn cluster_ips(spec: &ServiceSpec, problems: &mut Vec<String>) -> (Vec<IpAddr>, bool) {
+    let raw_ips: Vec<String> = match spec.cluster_ips.clone().filter(|ips| !ips.is_empty()) {
+        Some(ips) => ips,
+        None => spec.cluster_ip.clone().into_iter().collect(),
+    };
     let headless = raw_ips.iter().any(|ip| ip == "None");
-    let mut cluster_ips: Vec<Ipv4Addr> = Vec::new();
-    for ip in raw_ips.iter().filter(|ip| *ip != "None" && !ip.is_empty()) {
-        if let Ok(v4) = ip.parse::<Ipv4Addr>()
-            && !cluster_ips.contains(&v4)
+    if headless {
+        return (Vec::new(), true);
+    }
+    let families = spec.ip_families.clone().unwrap_or_default();
+    let single_stack = spec.ip_family_policy.as_deref() == Some("SingleStack");
+    let mut cluster_ips: Vec<IpAddr> = Vec::new();
+    for (i, raw) in raw_ips.iter().enumerate().filter(|(_, ip)| !ip.is_empty()) {
+        let Ok(ip) = raw.parse::<IpAddr>() else {
+            problems.push(format!("clusterIP {raw:?} is not an IP address; skipped"));
+            continue;
+        };
+        let family = Family::of(&ip);
+        if let Some(named) = families.get(i)
+            && Family::parse(named) != Some(family)
         {
-            cluster_ips.push(v4);
+            problems
+                .push(format!("clusterIPs[{i}] {ip} is {} but ipFamilies[{i}] is {named:?}; skipped", family.name()));
+            continue;
         }
+        if cluster_ips.contains(&ip) {
+            continue;
+        }
+        if cluster_ips.iter().any(|c| Family::of(c) == family) {
+            problems.push(format!("clusterIPs has a second {} address {ip}; skipped", family.name()));
+            continue;
+        }
+        if single_stack && !cluster_ips.is_empty() {
+            problems.push(format!("ipFamilyPolicy is SingleStack: secondary clusterIP {ip} skipped"));
+            continue;
+        }
+        cluster_ips.push(ip);
     }
     (cluster_ips, headless)
 }
@@ -153,14 +185,14 @@ fn service_port(sp: k8s_openapi::api::core::v1::ServicePort, problems: &mut Vec<
     Some(ServicePort { name, port: p, protocol, node_port })
 }
 
-/// The IPv4 addresses of a list of `what`; IPv6 ones are skipped quietly
-/// (weir is IPv4-only), anything else with a problem.
-fn ipv4_list(list: Option<Vec<String>>, what: &str, problems: &mut Vec<String>) -> Vec<Ipv4Addr> {
+/// The addresses of a list of `what`, of both families (each family's
+/// frontends take their own); anything else is skipped with a problem.
+fn ip_list(list: Option<Vec<String>>, what: &str, problems: &mut Vec<String>) -> Vec<IpAddr> {
     let mut out = Vec::new();
     for raw in list.unwrap_or_default() {
-        match raw.parse::<Ipv4Addr>() {
-            Ok(ip) => out.push(ip),
-            Err(_) if raw.contains(':') => {} // IPv6: weir is IPv4-only
+        match raw.trim().parse::<IpAddr>() {
+            Ok(ip) if !out.contains(&ip) => out.push(ip),
+            Ok(_) => {}
             Err(_) => problems.push(format!("{what} {raw:?} is not an IP address; skipped")),
         }
     }
@@ -177,13 +209,13 @@ fn lb_ingress_addresses(svc: &Service) -> Option<Vec<String>> {
         .map(|ing| ing.iter().filter_map(|i| i.ip.clone()).collect())
 }
 
-/// `loadBalancerSourceRanges`: IPv4 CIDRs; IPv6 ones skipped quietly.
-fn source_ranges(list: Option<Vec<String>>, problems: &mut Vec<String>) -> Vec<Ipv4Network> {
+/// `loadBalancerSourceRanges`: CIDRs of both families (trimmed: the API's
+/// validation lets padding through, as kube-proxy notes).
+fn source_ranges(list: Option<Vec<String>>, problems: &mut Vec<String>) -> Vec<IpNetwork> {
     let mut ranges = Vec::new();
     for raw in list.unwrap_or_default() {
-        match raw.trim().parse() {
+        match raw.trim().parse::<IpNetwork>() {
             Ok(net) => ranges.push(net),
-            Err(_) if raw.contains(':') => {}
             Err(_) => problems.push(format!("loadBalancerSourceRanges entry {raw:?} is not a CIDR; skipped")),
         }
     }
@@ -204,12 +236,16 @@ fn affinity_timeout(spec: &ServiceSpec) -> Option<u32> {
     })
 }
 
-/// `None` for slices weir does not use (IPv6 or FQDN, not owned by a
-/// Service, or of a Service the default proxy leaves alone).
+/// `None` for slices weir does not use (FQDN, not owned by a Service, or of
+/// a Service the default proxy leaves alone). An IPv4 slice feeds the IPv4
+/// frontends, an IPv6 slice the IPv6 ones; an address not of the slice's
+/// `addressType` is reported and skipped.
 pub fn endpoint_slice(slice: &EndpointSlice) -> Option<EndpointSliceInfo> {
-    if slice.address_type != "IPv4" || !is_proxied(&slice.metadata) {
+    let family = Family::parse(&slice.address_type)?;
+    if !is_proxied(&slice.metadata) {
         return None;
     }
+    let mut problems = Vec::new();
     let namespace = slice.metadata.namespace.as_deref().unwrap_or("default");
     let service = slice.metadata.labels.as_ref()?.get(SERVICE_NAME_LABEL)?;
     let ports = slice
@@ -232,8 +268,18 @@ pub fn endpoint_slice(slice: &EndpointSlice) -> Option<EndpointSliceInfo> {
         .map(|ep| {
             let c = ep.conditions.clone().unwrap_or_default();
             let ready = c.ready.unwrap_or(true);
+            let mut addresses = Vec::new();
+            for raw in &ep.addresses {
+                match raw.parse::<IpAddr>() {
+                    Ok(ip) if Family::of(&ip) == family => addresses.push(ip),
+                    _ => problems.push(format!(
+                        "endpoint address {raw:?} is not an {} address (addressType); skipped",
+                        family.name()
+                    )),
+                }
+            }
             SliceEndpoint {
-                addresses: ep.addresses.iter().filter_map(|a| a.parse().ok()).collect(),
+                addresses,
                 ready,
                 serving: c.serving.unwrap_or(ready),
                 terminating: c.terminating.unwrap_or(false),
@@ -251,9 +297,11 @@ pub fn endpoint_slice(slice: &EndpointSlice) -> Option<EndpointSliceInfo> {
     Some(EndpointSliceInfo {
         key: key(&slice.metadata),
         service: format!("{namespace}/{service}"),
+        family,
         ports,
         endpoints,
         trigger_time,
+        problems,
     })
 }
 
@@ -366,17 +414,105 @@ mod tests {
         let info = service(&s).unwrap();
         assert_eq!(info.key, "shop/web");
         assert_eq!(info.type_, ServiceType::LoadBalancer);
-        assert_eq!(info.cluster_ips, ["10.96.0.10".parse::<Ipv4Addr>().unwrap()]);
+        assert_eq!(info.cluster_ips, ["10.96.0.10".parse::<IpAddr>().unwrap(), "fd00::10".parse().unwrap()]);
         assert_eq!(info.ports.len(), 2);
         assert_eq!(info.ports[0].node_port, Some(30080));
         assert_eq!(info.ports[1].protocol, Protocol::Udp);
         assert_eq!(info.external_ips.len(), 1);
-        assert_eq!(info.lb_ingress_ips, ["198.51.100.7".parse::<Ipv4Addr>().unwrap()]);
+        assert_eq!(info.lb_ingress_ips, ["198.51.100.7".parse::<IpAddr>().unwrap()]);
         assert_eq!(info.lb_source_ranges.len(), 1);
         assert_eq!(info.affinity_timeout, Some(10_800));
         assert!(info.external_traffic_local);
         assert_eq!(info.health_check_node_port, Some(32000));
         assert_eq!(info.problems.len(), 3, "{:?}", info.problems);
+    }
+
+    fn service_spec(spec: serde_json::Value) -> ServiceInfo {
+        let s: Service = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web", "namespace": "x"},
+            "spec": spec,
+        }))
+        .unwrap();
+        service(&s).unwrap()
+    }
+
+    fn ips(list: &[&str]) -> Vec<IpAddr> {
+        list.iter().map(|ip| ip.parse().unwrap()).collect()
+    }
+
+    /// `clusterIPs` of both families, as a dual-stack Service has them
+    /// (either primary), and every address list of both families.
+    #[test]
+    fn dual_stack_service_keeps_both_families() {
+        let info = service_spec(serde_json::json!({
+            "type": "LoadBalancer",
+            "clusterIP": "fd00:10:96::a", "clusterIPs": ["fd00:10:96::a", "10.96.0.10"],
+            "ipFamilies": ["IPv6", "IPv4"], "ipFamilyPolicy": "RequireDualStack",
+            "ports": [{"port": 80}],
+            "externalIPs": ["192.0.2.1", "2001:db8::1"],
+            "loadBalancerSourceRanges": [" 203.0.113.0/24", "2001:db8:1::/48"]
+        }));
+        assert_eq!(info.cluster_ips, ips(&["fd00:10:96::a", "10.96.0.10"]));
+        assert_eq!(info.external_ips, ips(&["192.0.2.1", "2001:db8::1"]));
+        assert_eq!(
+            info.lb_source_ranges,
+            ["203.0.113.0/24".parse::<IpNetwork>().unwrap(), "2001:db8:1::/48".parse().unwrap()]
+        );
+        assert!(info.problems.is_empty(), "{:?}", info.problems);
+        // An IPv6-only Service.
+        let info = service_spec(serde_json::json!({
+            "clusterIP": "fd00:10:96::b", "clusterIPs": ["fd00:10:96::b"], "ipFamilies": ["IPv6"],
+            "ports": [{"port": 80}]
+        }));
+        assert_eq!(info.cluster_ips, ips(&["fd00:10:96::b"]));
+    }
+
+    /// Bad input: an address of the other family where `ipFamilies` names
+    /// one, two of one family, a secondary IP on a SingleStack Service:
+    /// each reported and skipped, never served as the family it claims.
+    #[test]
+    fn cluster_ips_of_the_wrong_family_are_reported_and_skipped() {
+        let info = service_spec(serde_json::json!({
+            "clusterIPs": ["10.96.0.10", "10.96.0.11"], "ipFamilies": ["IPv4", "IPv6"], "ports": [{"port": 80}]
+        }));
+        assert_eq!(info.cluster_ips, ips(&["10.96.0.10"]));
+        assert_eq!(info.problems, ["clusterIPs[1] 10.96.0.11 is IPv4 but ipFamilies[1] is \"IPv6\"; skipped"]);
+
+        let info = service_spec(serde_json::json!({
+            "clusterIPs": ["fd00::a"], "ipFamilies": ["IPv4"], "ports": [{"port": 80}]
+        }));
+        assert!(info.cluster_ips.is_empty());
+        assert_eq!(info.problems.len(), 1, "{:?}", info.problems);
+
+        let info = service_spec(serde_json::json!({
+            "clusterIPs": ["10.96.0.10", "10.96.0.11", "bogus"], "ports": [{"port": 80}]
+        }));
+        assert_eq!(info.cluster_ips, ips(&["10.96.0.10"]));
+        assert_eq!(info.problems.len(), 2, "{:?}", info.problems);
+
+        let info = service_spec(serde_json::json!({
+            "clusterIPs": ["10.96.0.10", "fd00::a"], "ipFamilyPolicy": "SingleStack", "ports": [{"port": 80}]
+        }));
+        assert_eq!(info.cluster_ips, ips(&["10.96.0.10"]));
+        assert_eq!(info.problems.len(), 1, "{:?}", info.problems);
+    }
+
+    /// An IPv6 slice is read as IPv6 (it feeds the IPv6 frontends); an
+    /// address of the other family in a slice is reported and skipped.
+    #[test]
+    fn endpoint_slices_carry_their_family() {
+        let es: EndpointSlice = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web-v6", "namespace": "x", "labels": {SERVICE_NAME_LABEL: "web"}},
+            "addressType": "IPv6",
+            "ports": [{"port": 8080}],
+            "endpoints": [{"addresses": ["fd00:10:244:1::5"]}, {"addresses": ["10.244.1.5"]}]
+        }))
+        .unwrap();
+        let info = endpoint_slice(&es).unwrap();
+        assert_eq!(info.family, Family::Ipv6);
+        assert_eq!(info.endpoints[0].addresses, ips(&["fd00:10:244:1::5"]));
+        assert!(info.endpoints[1].addresses.is_empty());
+        assert_eq!(info.problems, ["endpoint address \"10.244.1.5\" is not an IPv6 address (addressType); skipped"]);
     }
 
     #[test]
@@ -446,9 +582,9 @@ mod tests {
         assert!(e[0].ready && e[0].serving && !e[0].terminating);
         assert!(!e[1].ready && e[1].serving && e[1].terminating);
 
-        let mut v6 = es.clone();
-        v6.address_type = "IPv6".into();
-        assert!(endpoint_slice(&v6).is_none());
+        let mut fqdn = es.clone();
+        fqdn.address_type = "FQDN".into();
+        assert!(endpoint_slice(&fqdn).is_none());
         let mut orphan = es;
         orphan.metadata.labels = None;
         assert!(endpoint_slice(&orphan).is_none());
@@ -468,7 +604,7 @@ mod tests {
             serde_json::from_value(v).unwrap()
         };
         let running = pod(&p(serde_json::json!({}))).unwrap();
-        assert_eq!((&*running.key, running.ip), ("x/a", Some(Ipv4Addr::new(10, 244, 1, 5))));
+        assert_eq!((&*running.key, running.ip), ("x/a", Some(std::net::Ipv4Addr::new(10, 244, 1, 5))));
         // Pending, no address yet: known by name already.
         let pending = pod(&p(serde_json::json!({"status": {"phase": "Pending", "podIP": null}}))).unwrap();
         assert_eq!(pending.ip, None);

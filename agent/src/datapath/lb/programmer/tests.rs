@@ -28,8 +28,17 @@ fn desired(entries: &[(Frontend, FrontendState)]) -> BTreeMap<Frontend, Frontend
     entries.iter().cloned().collect()
 }
 
-/// Every slot 0 with count c has slots 1..=c pointing at existing backends,
-/// and its rev-NAT entry exists. This must hold after every single write.
+/// The IPv4 map key of an IPv4 frontend.
+fn key4(f: &Frontend) -> ServiceKey {
+    match service_key(f) {
+        SvcKey::V4(k) => k,
+        SvcKey::V6(k) => panic!("{k:?} is IPv6"),
+    }
+}
+
+/// Every slot 0 with count c has slots 1..=c pointing at existing backends
+/// of its family, and its rev-NAT entry exists in its family's map. This
+/// must hold after every single write.
 fn check_consistent(d: &LbDump) -> Result<(), String> {
     for (k, v) in d.services.iter().filter(|(k, _)| k.slot == 0) {
         for s in 1..=v.count {
@@ -42,23 +51,42 @@ fn check_consistent(d: &LbDump) -> Result<(), String> {
             return Err(format!("{k:?}: rev-NAT {} missing", v.rev_nat_id));
         }
     }
+    for (k, v) in d.services6.iter().filter(|(k, _)| k.slot == 0) {
+        for s in 1..=v.count {
+            let slot = d.services6.get(&k.with_slot(s)).ok_or(format!("{k:?}: slot {s} of {} missing", v.count))?;
+            if !d.backends6.contains_key(&slot.backend_id) {
+                return Err(format!("{k:?}: slot {s} points at missing IPv6 backend {}", slot.backend_id));
+            }
+        }
+        if !d.rev_nats6.contains_key(&v.rev_nat_id) {
+            return Err(format!("{k:?}: IPv6 rev-NAT {} missing", v.rev_nat_id));
+        }
+    }
     Ok(())
 }
 
-/// Frontend -> backend addresses, independent of IDs.
-fn resolve(d: &LbDump) -> BTreeMap<(u32, u16), Vec<(u32, u16)>> {
-    d.services
-        .iter()
-        .filter(|(k, _)| k.slot == 0)
-        .map(|(k, v)| {
-            let mut bs: Vec<_> = (1..=v.count)
-                .map(|s| d.backends[&d.services[&k.with_slot(s)].backend_id])
-                .map(|b| (b.addr, b.port))
-                .collect();
-            bs.sort();
-            ((k.addr, k.port), bs)
-        })
-        .collect()
+/// Frontend -> backend addresses of both families, independent of IDs.
+fn resolve(d: &LbDump) -> BTreeMap<(IpAddr, u16), Vec<(IpAddr, u16)>> {
+    let v4 = |a: u32| IpAddr::from(Ipv4Addr::from(a.to_ne_bytes()));
+    let v6 = |a| IpAddr::from(Ipv6Addr::from(ip6_octets(a)));
+    let mut out = BTreeMap::new();
+    for (k, v) in d.services.iter().filter(|(k, _)| k.slot == 0) {
+        let mut bs: Vec<_> = (1..=v.count)
+            .map(|s| d.backends[&d.services[&k.with_slot(s)].backend_id])
+            .map(|b| (v4(b.addr), b.port))
+            .collect();
+        bs.sort();
+        out.insert((v4(k.addr), k.port), bs);
+    }
+    for (k, v) in d.services6.iter().filter(|(k, _)| k.slot == 0) {
+        let mut bs: Vec<_> = (1..=v.count)
+            .map(|s| d.backends6[&d.services6[&k.with_slot(s)].backend_id])
+            .map(|b| (v6(b.addr), b.port))
+            .collect();
+        bs.sort();
+        out.insert((v6(k.addr), k.port), bs);
+    }
+    out
 }
 
 #[test]
@@ -70,7 +98,7 @@ fn programs_slots_backends_and_rev_nat() {
     assert!(r.errors.is_empty());
     assert_eq!((r.frontends_written, r.backends_written), (1, 2));
     check_consistent(&maps.maps).unwrap();
-    let key0 = service_key(&fe("10.96.0.10", 80));
+    let key0 = key4(&fe("10.96.0.10", 80));
     assert_eq!(maps.maps.services[&key0].count, 2);
     assert_eq!(key0.port, 80u16.to_be());
     assert_eq!(maps.maps.rev_nats.len(), 1);
@@ -163,12 +191,12 @@ fn restore_keeps_ids_and_rewrites_nothing() {
 fn restore_cleans_up_half_written_state() {
     let mut maps = FakeLbMaps::default();
     // A slot 0 claiming 2 backends with only one slot, and an orphan slot.
-    let k = service_key(&fe("10.96.0.10", 80));
+    let k = key4(&fe("10.96.0.10", 80));
     maps.maps.backends.insert(1, Backend { addr: 1, port: 80u16.to_be(), proto: 6, flags: 0 });
     maps.maps.rev_nats.insert(1, RevNat { addr: k.addr, port: k.port, _pad: 0 });
     maps.maps.services.insert(k, ServiceValue { count: 2, rev_nat_id: 1, ..Default::default() });
     maps.maps.services.insert(k.with_slot(1), ServiceValue { backend_id: 1, rev_nat_id: 1, ..Default::default() });
-    let orphan = service_key(&fe("10.96.0.99", 99)).with_slot(3);
+    let orphan = key4(&fe("10.96.0.99", 99)).with_slot(3);
     maps.maps.services.insert(orphan, ServiceValue { backend_id: 1, ..Default::default() });
 
     let mut p = LbProgrammer::restore(&maps.dump().unwrap());
@@ -250,4 +278,110 @@ fn apply_changed_touches_only_the_changed_frontends() {
     let mut reference = FakeLbMaps::default();
     LbProgrammer::default().apply(&want, true, &mut reference);
     assert_eq!(resolve(&maps.maps), resolve(&reference.maps));
+}
+
+/// A dual-stack Service: its IPv4 frontend in the IPv4 maps, its IPv6 one
+/// in the IPv6 maps, with IDs from one space (no ID in both maps).
+#[test]
+fn each_family_goes_to_its_own_maps_with_ids_from_one_space() {
+    let mut maps = FakeLbMaps::default();
+    let mut p = LbProgrammer::default();
+    let mut ranged = state("ns/a", &[("fd00:10:244:1::5", 8080)]);
+    ranged.source_ranges = vec!["2001:db8::/32".parse().unwrap()];
+    let want = desired(&[
+        (fe("10.96.0.10", 80), state("ns/a", &[("10.244.1.5", 8080), ("10.244.2.7", 8080)])),
+        (fe("fd00:10:96::a", 80), state("ns/a", &[("fd00:10:244:1::5", 8080), ("fd00:10:244:2::7", 8080)])),
+        (fe("2001:db8:ffff::1", 80), ranged),
+    ]);
+    let r = p.apply(&want, true, &mut maps);
+    assert!(r.errors.is_empty(), "{r:?}");
+    check_consistent(&maps.maps).unwrap();
+    let d = &maps.maps;
+    assert_eq!((d.services.len(), d.backends.len(), d.rev_nats.len()), (3, 2, 1));
+    assert_eq!((d.services6.len(), d.backends6.len(), d.rev_nats6.len()), (5, 2, 2));
+    assert!(d.backends.keys().all(|id| !d.backends6.contains_key(id)), "backend IDs shared across families");
+    assert!(d.rev_nats.keys().all(|id| !d.rev_nats6.contains_key(id)), "rev-NAT IDs shared across families");
+    let key6 = match service_key(&fe("fd00:10:96::a", 80)) {
+        SvcKey::V6(k) => k,
+        k => panic!("{k:?}"),
+    };
+    assert_eq!(ip6_octets(key6.addr), "fd00:10:96::a".parse::<Ipv6Addr>().unwrap().octets());
+    let rn = d.rev_nats6[&d.services6[&key6].rev_nat_id];
+    assert_eq!((ip6_octets(rn.addr), rn.port), (ip6_octets(key6.addr), 80u16.to_be()));
+    let ranges: Vec<_> = d.source_ranges.values().flatten().map(|r| r.to_string()).collect();
+    assert_eq!(ranges, ["2001:db8::/32"]);
+    assert_eq!(
+        resolve(d)[&("fd00:10:96::a".parse().unwrap(), 80u16.to_be())],
+        [
+            ("fd00:10:244:1::5".parse().unwrap(), 8080u16.to_be()),
+            ("fd00:10:244:2::7".parse().unwrap(), 8080u16.to_be())
+        ]
+    );
+
+    // A restart keeps every ID of both families and rewrites nothing.
+    let snapshot = maps.maps.clone();
+    let mut restarted = LbProgrammer::restore(&maps.dump().unwrap());
+    let before = maps.ops;
+    assert_eq!(restarted.apply(&want, true, &mut maps), ApplyReport::default());
+    assert_eq!((maps.ops, &maps.maps), (before, &snapshot));
+
+    // And the IPv6 frontends go when no longer wanted, IPv4 untouched.
+    let v4_only = desired(&[want.first_key_value().map(|(k, v)| (*k, v.clone())).unwrap()]);
+    let r = restarted.apply(&v4_only, true, &mut maps);
+    assert!(r.errors.is_empty(), "{r:?}");
+    let d = &maps.maps;
+    assert_eq!((d.services6.len(), d.backends6.len(), d.rev_nats6.len(), d.source_ranges.len()), (0, 0, 0, 0));
+    assert_eq!((d.services.len(), d.backends.len(), d.rev_nats.len()), (3, 2, 1));
+}
+
+/// As `every_fault_leaves_consistent_maps_and_recovers`, over frontends of
+/// both families changing at once.
+#[test]
+fn every_fault_in_a_dual_stack_change_leaves_consistent_maps_and_recovers() {
+    let first = desired(&[
+        (fe("10.96.0.10", 80), state("ns/a", &[("10.244.1.5", 80), ("10.244.1.6", 80)])),
+        (fe("fd00:10:96::a", 80), state("ns/a", &[("fd00::5", 80), ("fd00::6", 80), ("fd00::7", 80)])),
+        (fe("fd00:10:96::b", 80), state("ns/b", &[("fd00::8", 80)])),
+    ]);
+    let second = desired(&[
+        (fe("10.96.0.10", 80), state("ns/a", &[("10.244.1.6", 80)])),
+        (fe("fd00:10:96::a", 80), state("ns/a", &[("fd00::6", 80)])),
+        (fe("fd00:10:96::c", 80), state("ns/c", &[("fd00::9", 80), ("fd00::6", 80)])),
+    ]);
+    let mut reference = FakeLbMaps::default();
+    let mut rp = LbProgrammer::default();
+    rp.apply(&first, true, &mut reference);
+    rp.apply(&second, true, &mut reference);
+    let expected = resolve(&reference.maps);
+
+    let mut faults_injected = 0;
+    for fail_at in 0..100 {
+        let mut maps = FakeLbMaps::default();
+        let mut p = LbProgrammer::default();
+        p.apply(&first, true, &mut maps);
+        maps.faults.set(FailPlan::FromNth(fail_at));
+        let r = p.apply(&second, true, &mut maps);
+        check_consistent(&maps.maps).unwrap_or_else(|e| panic!("fail_at {fail_at}: {e}"));
+        let failed = !r.errors.is_empty();
+        faults_injected += usize::from(failed);
+        maps.faults.set(FailPlan::Never);
+        let r = p.apply(&second, true, &mut maps);
+        assert!(r.errors.is_empty());
+        check_consistent(&maps.maps).unwrap();
+        assert_eq!(resolve(&maps.maps), expected, "fail_at {fail_at}");
+        assert_eq!(maps.maps.backends6.len(), reference.maps.backends6.len(), "fail_at {fail_at}: leaked backends");
+        assert_eq!(maps.maps.rev_nats6.len(), reference.maps.rev_nats6.len(), "fail_at {fail_at}: leaked rev-NAT");
+        if !failed {
+            break;
+        }
+    }
+    assert!(faults_injected >= 10, "only {faults_injected} fault positions exercised");
+
+    // Every write to one IPv6 map failing: IPv4 is still programmed.
+    let mut maps = FakeLbMaps::default();
+    maps.faults.set(FailPlan::Map(weir_common::pin::MAP_SVC6));
+    let r = LbProgrammer::default().apply(&second, true, &mut maps);
+    assert!(!r.errors.is_empty());
+    check_consistent(&maps.maps).unwrap();
+    assert_eq!(maps.maps.services.len(), 2);
 }

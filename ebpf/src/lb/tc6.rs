@@ -1,0 +1,395 @@
+//! The per-packet Service path for IPv6 pod clients (tc on the pod's host
+//! veth): a new flow to an IPv6 frontend gets a backend and is DNATed to
+//! it, later packets keep it through `WEIR_CT6`, and replies get the
+//! frontend back as they enter the client's veth (after the node's
+//! netfilter saw them untranslated, as for IPv4). A frontend without a
+//! usable backend answers ICMPv6 port unreachable (`reject6`).
+//!
+//! IPv6 has no header checksum: only the transport checksum changes, and
+//! it covers the addresses through the pseudo-header (updated word by
+//! word with `BPF_F_PSEUDO_HDR`). A UDP checksum is mandatory over IPv6:
+//! a result of 0 is written as 0xffff (`BPF_F_MARK_MANGLED_0`).
+//!
+//! These run in programs of their own (`weir_from_pod6`, `weir_to_pod6`,
+//! see `pod6`), tail-called from the pod programs once an IPv6 packet
+//! passed their checks: the IPv6 keys do not fit in the stack the checks
+//! leave.
+//!
+//! A pod that is its own backend is hairpinned: its source becomes the
+//! node's IPv6 pod gateway (`WEIR_NODE6`) and the packet goes back out of
+//! its veth; its reply to the gateway is turned back into one from the
+//! frontend the same way.
+//!
+//! Not covered (left untranslated): extension headers (fragments
+//! included), and flows entering through the uplink (NodePort, external
+//! IPs).
+use core::ptr::write_volatile;
+
+use aya_ebpf::{
+    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
+    macros::map,
+    maps::{Array, LruHashMap, ProgramArray},
+    programs::TcContext,
+};
+use network_types::eth::EthHdr;
+use weir_common::{
+    DropReason,
+    lb::{
+        Backend6, CtEntry, CtKey6, Ip6, MAX_CT_ENTRIES, NodeConfig6, PROTO_TCP, PROTO_UDP, ServiceKey6, ServiceValue,
+    },
+    pin::{TAIL_EGRESS6, TAIL_FROM_POD6, TAIL_TO_POD6},
+};
+
+use super::{reject6, v6};
+use crate::{
+    conntrack,
+    counters::TC_OK,
+    packet::{self, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
+};
+
+const ETH_P_IPV6: u16 = 0x86DD_u16.to_be();
+pub const IP6_OFF: usize = EthHdr::LEN;
+const SRC_OFF: usize = IP6_OFF + 8;
+const DST_OFF: usize = IP6_OFF + 24;
+/// What follows the fixed header; only TCP and UDP directly after it are
+/// translated.
+pub const L4_OFF: usize = IP6_OFF + 40;
+
+#[map]
+static WEIR_CT6: LruHashMap<CtKey6, CtEntry> = LruHashMap::pinned(MAX_CT_ENTRIES, 0);
+/// The node's IPv6 pod gateway (`NodeConfig6`), written by the agent.
+#[map]
+static WEIR_NODE6: Array<NodeConfig6> = Array::pinned(1, 0);
+/// `weir_from_pod6` and `weir_to_pod6`, filled by the agent.
+#[map]
+static WEIR_TAIL6: ProgramArray = ProgramArray::pinned(3, 0);
+
+/// On to `weir_from_pod6`. Returns only if that slot is empty (an agent
+/// that has not filled it yet).
+#[inline(always)]
+pub fn tail_from_pod(ctx: &TcContext) {
+    // Safety: a tail call with the program's own context.
+    let _ = unsafe { WEIR_TAIL6.tail_call(ctx, TAIL_FROM_POD6) };
+}
+
+/// On to `weir_egress6`, as `tail_from_pod`.
+#[inline(always)]
+pub fn tail_egress(ctx: &TcContext) {
+    // Safety: as above.
+    let _ = unsafe { WEIR_TAIL6.tail_call(ctx, TAIL_EGRESS6) };
+}
+
+/// On to `weir_to_pod6`, as `tail_from_pod`.
+#[inline(always)]
+pub fn tail_to_pod(ctx: &TcContext) {
+    // Safety: as above.
+    let _ = unsafe { WEIR_TAIL6.tail_call(ctx, TAIL_TO_POD6) };
+}
+
+/// What `from_pod` did with a packet.
+pub const NOT_SERVICE: u8 = 0;
+/// Translated to a backend (a new flow, a continued one, a hairpin).
+pub const TRANSLATED: u8 = 1;
+/// A hairpinned reply of the pod to itself, turned back into one from the
+/// frontend: a reply, not a new flow.
+pub const REPLY: u8 = 2;
+/// No backend: answered with ICMPv6 port unreachable.
+pub const REJECTED: u8 = 3;
+
+/// The fixed IPv6 header.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Ip6Hdr {
+    _vtcfl: [u8; 4],
+    _payload_len: [u8; 2],
+    next_header: u8,
+    _hop_limit: u8,
+    src: Ip6,
+    dst: Ip6,
+}
+
+/// An IPv6 TCP or UDP packet, addresses and ports in network order.
+#[derive(Clone, Copy)]
+pub struct Flow6 {
+    pub saddr: Ip6,
+    pub daddr: Ip6,
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    pub tcp_flags: u8,
+}
+
+/// The packet, if it is IPv6 carrying TCP or UDP right after the fixed
+/// header.
+#[inline(always)]
+fn parse(ctx: &TcContext) -> Option<Flow6> {
+    if ctx.load::<EthHdr>(0).ok()?.ether_type != ETH_P_IPV6 {
+        return None;
+    }
+    let ip = ctx.load::<Ip6Hdr>(IP6_OFF).ok()?;
+    let proto = ip.next_header;
+    if !matches!(proto, PROTO_TCP | PROTO_UDP) {
+        return None;
+    }
+    let ports = ctx.load::<[u16; 2]>(L4_OFF).ok()?;
+    let tcp_flags = if proto == PROTO_TCP { ctx.load::<u8>(L4_OFF + 13).ok()? } else { 0 };
+    Some(Flow6 { saddr: ip.src, daddr: ip.dst, sport: ports[0], dport: ports[1], proto, tcp_flags })
+}
+
+#[inline(always)]
+fn lookup(key: &CtKey6) -> Option<CtEntry> {
+    // Safety: copied out at once.
+    unsafe { WEIR_CT6.get(key) }.copied()
+}
+
+/// A packet leaving a pod: an IPv6 Service flow is translated. `Ok`: what
+/// was done (`NOT_SERVICE` ...) and the tc verdict (uncounted).
+//
+// The work is split into functions that are not inlined, each with its own
+// small frame, called one after the other (the stack limit is for the
+// deepest chain of frames).
+#[inline(always)]
+pub fn from_pod(ctx: &TcContext) -> Result<(u8, i32), DropReason> {
+    let Some(flow) = parse(ctx) else { return Ok((NOT_SERVICE, TC_OK)) };
+    // The packet as sent, for the egress policy judged after (`pod6`).
+    crate::pod6::stash_sent(
+        &flow.saddr,
+        &flow.daddr,
+        flow.sport,
+        flow.dport,
+        flow.proto as u16 | (flow.tcp_flags as u16) << 8,
+    );
+    if gateway().is_some_and(|gw| gw == flow.daddr) {
+        return hairpin_reply(ctx, &flow);
+    }
+    let Some((key, svc)) = frontend(&flow) else {
+        return Ok((NOT_SERVICE, TC_OK));
+    };
+    let now = conntrack::now_secs();
+    if svc.count != 0 {
+        match continue_flow(ctx, &flow, now)? {
+            CONTINUED => return Ok((TRANSLATED, TC_OK)),
+            HAIRPINNED => return Ok((TRANSLATED, packet::back_out(ctx, packet::ifindex(ctx)))),
+            _ => {}
+        }
+    }
+    let chosen = if svc.count == 0 { None } else { choose(&key, &svc, &flow, now) };
+    let Some((backend_id, b)) = chosen else {
+        return Ok((REJECTED, reject6::port_unreachable(ctx, &flow)));
+    };
+    // A pod that is its own backend: its source becomes the pod gateway (a
+    // pod drops packets that claim its own address as source), and the
+    // packet goes straight back out of its veth.
+    let hairpin = if b.addr == flow.saddr { gateway() } else { None };
+    let mut flags = CtEntry::FLAG_POD_CLIENT;
+    if flow.tcp_flags & TCP_RST != 0 {
+        flags |= CtEntry::FLAG_RESET;
+    }
+    let reply_to = match &hairpin {
+        Some(gw) => {
+            flags |= CtEntry::FLAG_HAIRPIN;
+            gw
+        }
+        None => &flow.saddr,
+    };
+    record(&flow, &b, backend_id, u32::from(svc.rev_nat_id) | u32::from(flags) << 16, reply_to);
+    dnat(ctx, &flow, &b.addr, b.port)?;
+    if let Some(gw) = hairpin {
+        snat(ctx, &flow, &gw, flow.sport)?;
+        return Ok((TRANSLATED, packet::back_out(ctx, packet::ifindex(ctx))));
+    }
+    Ok((TRANSLATED, TC_OK))
+}
+
+/// What `continue_flow` did.
+const NEW: u8 = 0;
+const CONTINUED: u8 = 1;
+const HAIRPINNED: u8 = 2;
+
+#[inline(always)]
+fn gateway() -> Option<Ip6> {
+    WEIR_NODE6.get(0).map(|n| n.gateway).filter(|gw| *gw != [0; 4])
+}
+
+#[inline(never)]
+fn frontend(flow: &Flow6) -> Option<(ServiceKey6, ServiceValue)> {
+    v6::internal_frontend(&flow.daddr, flow.dport, flow.proto)
+}
+
+#[inline(never)]
+fn choose(key: &ServiceKey6, svc: &ServiceValue, flow: &Flow6, now: u32) -> Option<(u32, Backend6)> {
+    v6::choose(key, svc, &flow.saddr, now)
+}
+
+/// A live flow keeps its backend while it exists, hairpinned as it was; a
+/// SYN on a closing flow's tuple is a new connection (as for IPv4).
+#[inline(never)]
+fn continue_flow(ctx: &TcContext, flow: &Flow6, now: u32) -> Result<u8, DropReason> {
+    let original = CtKey6::original(flow.saddr, flow.sport, flow.daddr, flow.dport, flow.proto);
+    let Some(ct) = lookup(&original) else { return Ok(NEW) };
+    if ct.is_over(now) || (ct.flags & CtEntry::FLAG_CLOSING != 0 && flow.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN) {
+        return Ok(NEW);
+    }
+    let Some(b) = v6::backend(ct.backend_id) else { return Ok(NEW) };
+    let gw = if ct.flags & CtEntry::FLAG_HAIRPIN != 0 {
+        match gateway() {
+            Some(gw) => Some(gw),
+            None => return Ok(NEW),
+        }
+    } else {
+        None
+    };
+    observe_client(&original, &ct, flow, now);
+    dnat(ctx, flow, &b.addr, b.port)?;
+    if let Some(gw) = gw {
+        snat(ctx, flow, &gw, flow.sport)?;
+        return Ok(HAIRPINNED);
+    }
+    Ok(CONTINUED)
+}
+
+/// A new flow's entries: the original direction keeps its backend, the
+/// reply direction (backend to `reply_to`, the client or, hairpinned, the
+/// gateway) finds the frontend. `rev_and_flags`: the rev-NAT ID in the low
+/// half, the entry's flags in the high half (five arguments at most).
+#[inline(never)]
+fn record(flow: &Flow6, b: &Backend6, backend_id: u32, rev_and_flags: u32, reply_to: &Ip6) {
+    let entry = CtEntry {
+        backend_id,
+        rev_nat_id: rev_and_flags as u16,
+        flags: (rev_and_flags >> 16) as u16,
+        created: conntrack::now_secs(),
+        ..Default::default()
+    };
+    let original = CtKey6::original(flow.saddr, flow.sport, flow.daddr, flow.dport, flow.proto);
+    let reply = CtKey6::reply(b.addr, b.port, *reply_to, flow.sport, flow.proto);
+    // An LRU map evicts rather than fails when full; a failed insert only
+    // costs the flow its stickiness.
+    let _ = WEIR_CT6.insert(&original, &entry, 0);
+    let _ = WEIR_CT6.insert(&reply, &entry, 0);
+}
+
+/// A pod answering itself through its Service (to the gateway the request
+/// came from): the reply goes back out of its veth from the frontend.
+#[inline(never)]
+fn hairpin_reply(ctx: &TcContext, flow: &Flow6) -> Result<(u8, i32), DropReason> {
+    let reply = CtKey6::reply(flow.saddr, flow.sport, flow.daddr, flow.dport, flow.proto);
+    let Some(ct) = lookup(&reply).filter(|ct| ct.flags & CtEntry::FLAG_HAIRPIN != 0) else {
+        return Ok((NOT_SERVICE, TC_OK));
+    };
+    let Some(rn) = v6::rev_nat(ct.rev_nat_id) else { return Ok((NOT_SERVICE, TC_OK)) };
+    let original = CtKey6::original(flow.saddr, flow.dport, rn.addr, rn.port, flow.proto);
+    if !lookup(&original).is_some_and(|o| !o.is_over(conntrack::now_secs())) {
+        return Ok((NOT_SERVICE, TC_OK));
+    }
+    // The destination back to the pod, then the source to the frontend.
+    dnat(ctx, flow, &flow.saddr, flow.dport)?;
+    snat(ctx, flow, &rn.addr, rn.port)?;
+    Ok((REPLY, packet::back_out(ctx, packet::ifindex(ctx))))
+}
+
+/// A packet entering a pod: a reply of a flow `from_pod` translated gets
+/// the frontend back as its source, while the flow lives. `Ok`: whether it
+/// was such a reply.
+#[inline(always)]
+pub fn to_pod(ctx: &TcContext) -> Result<bool, DropReason> {
+    let Some(flow) = parse(ctx) else { return Ok(false) };
+    let reply = CtKey6::reply(flow.saddr, flow.sport, flow.daddr, flow.dport, flow.proto);
+    let Some(ct) = lookup(&reply) else { return Ok(false) };
+    let Some(rn) = v6::rev_nat(ct.rev_nat_id) else { return Ok(false) };
+    // A reply entry translates only while its flow's original entry lives:
+    // a later connection reusing the tuple is never rewritten.
+    let original = CtKey6::original(flow.daddr, flow.dport, rn.addr, rn.port, flow.proto);
+    let now = conntrack::now_secs();
+    match lookup(&original) {
+        Some(o) if !o.is_over(now) => {
+            // A half-closed flow: the grace counts from the last reply.
+            if o.flags & CtEntry::FLAG_CLOSING != 0
+                && o.created != now
+                && let Some(ct) = WEIR_CT6.get_ptr_mut(&original)
+            {
+                // Safety: as in `observe_client`.
+                unsafe { write_volatile(&raw mut (*ct).created, now) };
+            }
+        }
+        _ => return Ok(false),
+    }
+    snat(ctx, &flow, &rn.addr, rn.port)?;
+    Ok(true)
+}
+
+/// The client's FIN marks the flow closing, its RST ends it (as
+/// `conntrack::observe_client` does for IPv4: in place, the time first).
+#[inline(always)]
+fn observe_client(key: &CtKey6, entry: &CtEntry, flow: &Flow6, now: u32) {
+    let mark = if flow.tcp_flags & TCP_RST != 0 {
+        CtEntry::FLAG_RESET
+    } else if flow.tcp_flags & TCP_FIN != 0 {
+        CtEntry::FLAG_CLOSING
+    } else {
+        return;
+    };
+    if let Some(ct) = WEIR_CT6.get_ptr_mut(key) {
+        // Safety: a pointer into the map's value, written field by field.
+        unsafe {
+            write_volatile(&raw mut (*ct).created, now);
+            write_volatile(&raw mut (*ct).flags, entry.flags | mark);
+        }
+    }
+}
+
+/// Client -> frontend becomes client -> backend.
+#[inline(always)]
+fn dnat(ctx: &TcContext, flow: &Flow6, addr: &Ip6, port: u16) -> Result<(), DropReason> {
+    // The destination as the egress policy judges it (`pod6`).
+    crate::pod6::stash_translated(addr, port);
+    let offs = Offsets { addr: DST_OFF as u8, port: (L4_OFF + 2) as u8, proto: flow.proto, _pad: 0 };
+    rewrite(ctx, &flow.daddr, addr, offs.packed(), u32::from(flow.dport) | u32::from(port) << 16)
+}
+
+/// Backend -> client becomes frontend -> client.
+#[inline(always)]
+fn snat(ctx: &TcContext, flow: &Flow6, addr: &Ip6, port: u16) -> Result<(), DropReason> {
+    let offs = Offsets { addr: SRC_OFF as u8, port: L4_OFF as u8, proto: flow.proto, _pad: 0 };
+    rewrite(ctx, &flow.saddr, addr, offs.packed(), u32::from(flow.sport) | u32::from(port) << 16)
+}
+
+/// Where `rewrite` writes, packed into one argument (a BPF function takes
+/// five at most, and a struct passed by reference would take stack).
+struct Offsets {
+    addr: u8,
+    port: u8,
+    proto: u8,
+    _pad: u8,
+}
+
+impl Offsets {
+    const fn packed(&self) -> u32 {
+        self.addr as u32 | (self.port as u32) << 8 | (self.proto as u32) << 16
+    }
+}
+
+/// The address at `offs`' address offset from `old` to `new`, the port at
+/// its port offset from the low half of `ports` to the high half, and the
+/// transport checksum updated for both (the address through the
+/// pseudo-header, a word at a time).
+// Not inlined: one small frame shared by both directions.
+#[inline(never)]
+fn rewrite(ctx: &TcContext, old: &Ip6, new: &Ip6, offs: u32, ports: u32) -> Result<(), DropReason> {
+    let fail = |_| DropReason::RewriteFailed;
+    let (addr_off, port_off, proto) = ((offs & 0xff) as usize, ((offs >> 8) & 0xff) as usize, (offs >> 16) as u8);
+    let (old_port, new_port) = (ports as u16, (ports >> 16) as u16);
+    let (csum_off, mangled) =
+        if proto == PROTO_TCP { (L4_OFF + 16, 0) } else { (L4_OFF + 6, BPF_F_MARK_MANGLED_0 as u64) };
+    let pseudo = BPF_F_PSEUDO_HDR as u64 | mangled | 4;
+    for i in 0..4 {
+        if old[i] != new[i] {
+            ctx.l4_csum_replace(csum_off, old[i] as u64, new[i] as u64, pseudo).map_err(fail)?;
+        }
+    }
+    if old_port != new_port {
+        ctx.l4_csum_replace(csum_off, old_port as u64, new_port as u64, mangled | 2).map_err(fail)?;
+    }
+    ctx.store(addr_off, new, 0).map_err(fail)?;
+    ctx.store(port_off, &new_port, 0).map_err(fail)
+}
