@@ -5,7 +5,7 @@
 use std::{
     collections::BTreeMap,
     fs, io,
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{IpAddr, Ipv4Addr, SocketAddr},
     os::fd::AsRawFd,
     path::{Path, PathBuf},
     thread,
@@ -21,7 +21,7 @@ use super::{
     Cell, Column, ENDPOINTS, MANIFEST, SVC_PORT, ServicesBenchArgs, TARGET_PORT,
     host::{Paused, cpu_percent, rss_mib},
     load::{EchoParams, Load, LoadParams, run_load, spawn_echo},
-    manifests::{iptables_rules, load_iptables, weir_manifest},
+    manifests::{iptables_rules, load_iptables, v6_of, weir_manifest},
     subcommands::exchange,
 };
 
@@ -112,7 +112,7 @@ pub(super) fn data_path(topo: &Topology, xtask: &Path, args: &ServicesBenchArgs)
     for (index, &size) in args.sizes.iter().enumerate() {
         let vip = Ipv4Addr::new(10, 96, 1, 10 + index as u8);
         println!("\n== {size} Services (measured: {vip}:{SVC_PORT}, its iptables rule last)");
-        let weir_clients = Clients::new(&weir, index, &["cd", "ct", "cs"])?;
+        let weir_clients = Clients::new(&weir, index, &["cd", "ct", "cs", "6d", "6t", "6s"])?;
         let ipt_clients = Clients::new(&ipt, index, &["cd", "ci"])?;
         let weir_ready = program_weir(topo, &agent, size, vip, &weir.backends, weir_clients.get("ct"));
         let ipt_ready = program_iptables(topo, ipt_node, size, vip, &ipt.backends, ipt_clients.get("ci"));
@@ -188,8 +188,10 @@ fn program_weir(
 ) -> Result<Duration> {
     let start = Instant::now();
     topo.write_manifest(MANIFEST, &weir_manifest(size, vip, backends))?;
-    let ready =
-        probe(&client.netns, SocketAddrV4::new(vip, SVC_PORT), Duration::from_secs(120)).map(|()| start.elapsed());
+    // Both families' ClusterIPs.
+    let ready = probe(&client.netns, (vip, SVC_PORT).into(), Duration::from_secs(120))
+        .and_then(|()| probe(&client.netns, (v6_of(vip), SVC_PORT).into(), Duration::from_secs(60)))
+        .map(|()| start.elapsed());
     match &ready {
         Ok(t) => println!("weir: manifest with {size} Services answered after {:.2} s", t.as_secs_f64()),
         Err(e) => println!("weir: ClusterIP never answered: {e:#}\n{}", agent.log_tail(20)),
@@ -208,7 +210,7 @@ fn program_iptables(
     client: &Pod,
 ) -> Result<Duration> {
     let ready = load_iptables(topo, node, size, vip, backends).and_then(|t| {
-        probe(&client.netns, SocketAddrV4::new(vip, SVC_PORT), Duration::from_secs(30))?;
+        probe(&client.netns, (vip, SVC_PORT).into(), Duration::from_secs(30))?;
         Ok(t)
     });
     match &ready {
@@ -263,13 +265,17 @@ impl SizeRun<'_> {
     fn cell(&self, col: Column, round: usize) -> Cell {
         let (client, node, targets, cg) = self.path(col);
         match (col, &self.weir_ready, &self.ipt_ready, self.socket_lb) {
-            (Column::WeirTc | Column::WeirSock, Err(e), _, _) => Err(format!("not programmed: {e:#}")),
+            (Column::WeirTc | Column::WeirSock | Column::WeirTc6 | Column::WeirSock6, Err(e), _, _) => {
+                Err(format!("not programmed: {e:#}"))
+            }
             (Column::Iptables, _, Err(e), _) => Err(format!("not programmed: {e:#}")),
-            (Column::WeirSock, _, _, Err(e)) => Err(e.clone()),
+            (Column::WeirSock | Column::WeirSock6, _, _, Err(e)) => Err(e.clone()),
             _ => measure(self.xtask, &client.netns, &targets, cg, round == 0, self.args)
                 .map(|mut l| {
                     if round + 1 == self.args.common.rounds {
-                        l.conntrack = conntrack_from(node, client.ip);
+                        let from =
+                            if targets[0].is_ipv6() { client.ipv6.map(IpAddr::V6) } else { Some(client.ip.into()) };
+                        l.conntrack = from.and_then(|ip| conntrack_from(node, ip));
                     }
                     l
                 })
@@ -283,16 +289,26 @@ impl SizeRun<'_> {
     /// over: one backend alone would compare a path that wakes one hot echo
     /// server and piles all TIME_WAITs in one namespace with one that
     /// spreads over four.
-    fn path(&self, col: Column) -> (&Pod, &Node, Vec<SocketAddrV4>, Option<&Path>) {
+    fn path(&self, col: Column) -> (&Pod, &Node, Vec<SocketAddr>, Option<&Path>) {
         let (weir_node, ipt_node) = (self.weir.node, self.ipt.node);
-        let vip = vec![SocketAddrV4::new(self.vip, SVC_PORT)];
-        let pod_ips = |side: &Side| side.backends.iter().map(|b| SocketAddrV4::new(b.ip, TARGET_PORT)).collect();
+        let vip = vec![SocketAddr::new(self.vip.into(), SVC_PORT)];
+        let vip6 = vec![SocketAddr::new(v6_of(self.vip).into(), SVC_PORT)];
+        let pod_ips = |side: &Side| side.backends.iter().map(|b| SocketAddr::new(b.ip.into(), TARGET_PORT)).collect();
+        let pod_ips6 = |side: &Side| {
+            side.backends
+                .iter()
+                .map(|b| SocketAddr::new(b.ipv6.expect("a dual-stack backend").into(), TARGET_PORT))
+                .collect()
+        };
         match col {
             Column::Direct => (self.weir_clients.get("cd"), weir_node, pod_ips(self.weir), None),
             Column::WeirTc => (self.weir_clients.get("ct"), weir_node, vip, None),
             Column::WeirSock => (self.weir_clients.get("cs"), weir_node, vip, Some(self.cgroup)),
             Column::DirectIpt => (self.ipt_clients.get("cd"), ipt_node, pod_ips(self.ipt), None),
             Column::Iptables => (self.ipt_clients.get("ci"), ipt_node, vip, None),
+            Column::Direct6 => (self.weir_clients.get("6d"), weir_node, pod_ips6(self.weir), None),
+            Column::WeirTc6 => (self.weir_clients.get("6t"), weir_node, vip6, None),
+            Column::WeirSock6 => (self.weir_clients.get("6s"), weir_node, vip6, Some(self.cgroup)),
         }
     }
 }
@@ -349,11 +365,13 @@ fn check_socket_lb(cgroup: &Path) -> std::result::Result<(), String> {
     )
     .map_err(|e| format!("bpftool cgroup show: {e:#}"))?;
     let text = out.stdout_str();
-    if text.contains("connect4") || text.contains("inet4_connect") {
+    if (text.contains("connect4") || text.contains("inet4_connect"))
+        && (text.contains("connect6") || text.contains("inet6_connect"))
+    {
         Ok(())
     } else {
         Err(format!(
-            "not measured: the agent attached no connect4 program to {} (bpftool: {:?})",
+            "not measured: the agent attached no connect4 and connect6 programs to {} (bpftool: {:?})",
             cgroup.display(),
             text.trim()
         ))
@@ -380,9 +398,9 @@ fn detect_ipvs(netns: &NetNs) -> String {
 }
 
 /// TCP entries whose original source is `client` in the node's table.
-fn conntrack_from(node: &Node, client: Ipv4Addr) -> Option<usize> {
+fn conntrack_from(node: &Node, client: IpAddr) -> Option<usize> {
     let mut cmd = node.netns.command("conntrack").ok()?;
-    cmd.args(["-L", "-p", "tcp", "-s", &client.to_string()]);
+    cmd.args(["-L", "-f", if client.is_ipv6() { "ipv6" } else { "ipv4" }, "-p", "tcp", "-s", &client.to_string()]);
     let out = exec::output(&mut cmd, None, Duration::from_secs(60)).ok()?;
     Some(out.stdout_str().lines().filter(|l| l.starts_with("tcp")).count())
 }
@@ -399,7 +417,7 @@ fn conntrack_states(node: &Node) -> Option<(usize, usize)> {
 }
 
 /// Tries one exchange from `netns` until it works or `timeout` passes.
-fn probe(netns: &NetNs, target: SocketAddrV4, timeout: Duration) -> Result<()> {
+fn probe(netns: &NetNs, target: SocketAddr, timeout: Duration) -> Result<()> {
     let ns = fs::File::open(netns.path()).with_context(|| format!("open {}", netns.path().display()))?;
     thread::scope(|s| {
         s.spawn(|| -> Result<()> {
@@ -410,7 +428,7 @@ fn probe(netns: &NetNs, target: SocketAddrV4, timeout: Duration) -> Result<()> {
             let deadline = Instant::now() + timeout;
             let mut buf = [0u8; 256];
             loop {
-                match exchange(target.into(), Duration::from_millis(500), &mut buf) {
+                match exchange(target, Duration::from_millis(500), &mut buf) {
                     Ok(_) => return Ok(()),
                     Err(e) if Instant::now() > deadline => {
                         return Err(e).with_context(|| format!("{target} from {}", netns.name()));
@@ -428,7 +446,7 @@ fn probe(netns: &NetNs, target: SocketAddrV4, timeout: Duration) -> Result<()> {
 fn measure(
     xtask: &Path,
     client: &NetNs,
-    targets: &[SocketAddrV4],
+    targets: &[SocketAddr],
     cgroup: Option<&Path>,
     first: bool,
     args: &ServicesBenchArgs,
@@ -437,6 +455,5 @@ fn measure(
     let warmup = if first { args.warmup } else { args.warmup / 10.0 };
     let params =
         LoadParams { secs, warmup, streams: args.streams, cpu: args.common.client_cpu, nice: args.common.nice };
-    let targets: Vec<std::net::SocketAddr> = targets.iter().map(|t| (*t).into()).collect();
-    run_load(xtask, client, &targets, cgroup, &params)
+    run_load(xtask, client, targets, cgroup, &params)
 }

@@ -5,14 +5,14 @@
 use std::{
     fmt::Write as _,
     fs,
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result, ensure};
 use weir_testbed::{
     Node, Pod, Topology, exec,
-    manifest::{SvcPort, endpoint_slice_yaml, service_yaml},
+    manifest::{SvcPort, endpoint_slice_yaml, endpoint_slice_yaml6, service_yaml_families},
 };
 
 use super::{ENDPOINTS, SVC_PORT, TARGET_PORT};
@@ -27,21 +27,32 @@ fn other_endpoint(i: usize, k: usize) -> Ipv4Addr {
     Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 245, 0, 1)) + (i * ENDPOINTS + k) as u32)
 }
 
+/// The IPv6 twins (every Service is dual-stack, so both families' maps
+/// hold as many).
+pub(super) fn v6_of(a: Ipv4Addr) -> Ipv6Addr {
+    let [_, b, c, d] = a.octets();
+    Ipv6Addr::new(0xfd00, 0xbe, 0, 0, 0, b.into(), c.into(), d.into())
+}
+
 pub(super) fn weir_manifest(size: usize, vip: Ipv4Addr, backends: &[Pod]) -> Vec<String> {
     let port = [SvcPort { name: "http", protocol: "TCP", port: SVC_PORT, target_port: TARGET_PORT, node_port: None }];
     let slice_ports = [("http", "TCP", TARGET_PORT)];
-    let mut docs = Vec::with_capacity(2 * size);
+    let mut docs = Vec::with_capacity(3 * size);
+    let mut service = |name: &str, vip: Ipv4Addr, eps: Vec<(Ipv4Addr, Ipv6Addr)>| {
+        let ips: [IpAddr; 2] = [vip.into(), v6_of(vip).into()];
+        docs.push(service_yaml_families(name, &ips, &["IPv4", "IPv6"], "RequireDualStack", &port));
+        let v4: Vec<(Ipv4Addr, &str)> = eps.iter().map(|(a, _)| (*a, "n1")).collect();
+        let v6: Vec<(Ipv6Addr, &str)> = eps.iter().map(|(_, a)| (*a, "n1")).collect();
+        docs.push(endpoint_slice_yaml(name, &slice_ports, &v4));
+        docs.push(endpoint_slice_yaml6(name, &slice_ports, &v6));
+    };
     for i in 0..size - 1 {
-        let name = format!("s{i}");
-        let eps: Vec<(Ipv4Addr, &str)> = (0..ENDPOINTS).map(|k| (other_endpoint(i, k), "n1")).collect();
-        docs.push(service_yaml(&name, other_vip(i), &port, false));
-        docs.push(endpoint_slice_yaml(&name, &slice_ports, &eps));
+        let eps = (0..ENDPOINTS).map(|k| other_endpoint(i, k)).map(|a| (a, v6_of(a))).collect();
+        service(&format!("s{i}"), other_vip(i), eps);
     }
     // Last in the file, so when it answers the whole file was applied.
-    let name = format!("measured-{size}");
-    let eps: Vec<(Ipv4Addr, &str)> = backends.iter().map(|p| (p.ip, "n1")).collect();
-    docs.push(service_yaml(&name, vip, &port, false));
-    docs.push(endpoint_slice_yaml(&name, &slice_ports, &eps));
+    let eps = backends.iter().map(|p| (p.ip, p.ipv6.expect("a dual-stack backend"))).collect();
+    service(&format!("measured-{size}"), vip, eps);
     docs
 }
 

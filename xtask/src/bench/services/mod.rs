@@ -18,6 +18,10 @@
 //!   Service's rule last.
 //! - The measured Service has a VIP of its own per size; the other Services
 //!   have distinct VIPs and endpoint addresses that are never contacted.
+//!   On n1 every Service is dual-stack (an IPv6 ClusterIP and an IPv6
+//!   EndpointSlice beside the IPv4 ones), and the three weir columns are
+//!   measured over IPv6 too, against direct over IPv6 (`direct6`, `weir
+//!   tc6`, `weir sock6`); kube-proxy's chains stay IPv4.
 //!   Four backend pods per node run the echo server; every (size, column)
 //!   gets a fresh client pod.
 //! - conntrack: an `-m conntrack` rule in each node namespace's FORWARD chain
@@ -110,10 +114,24 @@ enum Column {
     /// KUBE-SERVICES is walked too).
     DirectIpt,
     Iptables,
+    /// The same three over IPv6 (the weir node is dual-stack, every
+    /// Service too).
+    Direct6,
+    WeirTc6,
+    WeirSock6,
 }
 
 impl Column {
-    const ALL: [Column; 5] = [Column::Direct, Column::WeirTc, Column::WeirSock, Column::DirectIpt, Column::Iptables];
+    const ALL: [Column; 8] = [
+        Column::Direct,
+        Column::WeirTc,
+        Column::WeirSock,
+        Column::DirectIpt,
+        Column::Iptables,
+        Column::Direct6,
+        Column::WeirTc6,
+        Column::WeirSock6,
+    ];
 
     fn label(self) -> &'static str {
         match self {
@@ -122,6 +140,9 @@ impl Column {
             Column::WeirSock => "weir sock",
             Column::DirectIpt => "direct@ipt",
             Column::Iptables => "iptables",
+            Column::Direct6 => "direct6",
+            Column::WeirTc6 => "weir tc6",
+            Column::WeirSock6 => "weir sock6",
         }
     }
 }
@@ -142,7 +163,8 @@ pub fn run(args: ServicesBenchArgs) -> Result<()> {
     weir_testbed::check_prerequisites(&[tools::IP, tools::IPTABLES, tools::CONNTRACK, tools::BPFTOOL, tools::SYSCTL])?;
 
     println!("bench services: release binaries from {}; load average {}", release.display(), loadavg());
-    let topo = Topology::builder("bench-services").nodes(2).build()?;
+    let topo =
+        Topology::builder("bench-services").nodes(2).families(weir_testbed::topology::Families::DualStack).build()?;
 
     let control = if args.common.no_control_plane { None } else { Some(control_plane(&topo, &release, &args)) };
     let data = if args.common.no_data_path { None } else { Some(data_path(&topo, &xtask, &args)?) };

@@ -15,6 +15,7 @@ pub(super) fn print_data_path(args: &ServicesBenchArgs, d: &DataPath) {
     print_setup(args, d);
     print_rates(args, d);
     print_latencies(args, d);
+    print_rates_v6(args, d);
     print_checks(args, d);
     print_failures(d);
     print_goals(args, d);
@@ -97,6 +98,42 @@ fn print_rates(args: &ServicesBenchArgs, d: &DataPath) {
             ratio(r[&Column::Iptables], r[&Column::Direct]),
             ratio(r[&Column::WeirSock], r[&Column::Iptables]),
             ratio(r[&Column::WeirTc], r[&Column::Iptables]),
+        );
+    }
+}
+
+/// The IPv6 columns: the rates, each path against direct over IPv6.
+fn print_rates_v6(args: &ServicesBenchArgs, d: &DataPath) {
+    let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
+        _ => "-".into(),
+    };
+    let num = |x: Option<f64>| x.map_or_else(|| "FAILED".into(), |x| format!("{x:.0}"));
+    println!("\nOver IPv6 (the same node, every Service dual-stack): new connections per second, p50 / p99 us");
+    println!(
+        "{:>8} {:>8} {:>9} {:>10} | {:>7} {:>8} | {:>13} {:>13} {:>13}",
+        "services", "direct6", "weir tc6", "weir sock6", "tc/dir", "sock/dir", "direct6", "weir tc6", "weir sock6"
+    );
+    for &size in &args.sizes {
+        let r = |c: Column| rate(d, size, c);
+        let lat = |c: Column| match d.cells.get(&(size, c)) {
+            Some(Ok(l)) => {
+                let (p50, p99) = l.latency_us();
+                format!("{p50:.0} / {p99:.0}")
+            }
+            _ => "FAILED".into(),
+        };
+        println!(
+            "{:>8} {:>8} {:>9} {:>10} | {:>7} {:>8} | {:>13} {:>13} {:>13}",
+            size,
+            num(r(Column::Direct6)),
+            num(r(Column::WeirTc6)),
+            num(r(Column::WeirSock6)),
+            ratio(r(Column::WeirTc6), r(Column::Direct6)),
+            ratio(r(Column::WeirSock6), r(Column::Direct6)),
+            lat(Column::Direct6),
+            lat(Column::WeirTc6),
+            lat(Column::WeirSock6),
         );
     }
 }
@@ -201,6 +238,16 @@ fn print_failures(d: &DataPath) {
 fn print_goals(args: &ServicesBenchArgs, d: &DataPath) {
     let rate = |size: usize, p: Column| rate(d, size, p);
     println!("\nGoals (new-connection rate)");
+    for (p, name) in [(Column::WeirSock6, "weir socket LB"), (Column::WeirTc6, "weir per-packet tc")] {
+        let ratios: Vec<Option<f64>> =
+            args.sizes.iter().map(|&s| rate(s, p).zip(rate(s, Column::Direct6)).map(|(a, b)| a / b)).collect();
+        let met = ratios.iter().all(|r| r.is_some_and(|r| r >= GOAL_DIRECT_RATIO));
+        println!(
+            "  IPv6 ClusterIP >= {GOAL_DIRECT_RATIO} x direct over IPv6 at every size, {name}: {} -> {}",
+            fmt_ratios(&ratios),
+            verdict(met)
+        );
+    }
     for (p, name) in [(Column::WeirSock, "weir socket LB"), (Column::WeirTc, "weir per-packet tc")] {
         let ratios: Vec<Option<f64>> =
             args.sizes.iter().map(|&s| rate(s, p).zip(rate(s, Column::Direct)).map(|(a, b)| a / b)).collect();
