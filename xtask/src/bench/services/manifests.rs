@@ -193,8 +193,11 @@ mod tests {
         let last = other_endpoint(MAX_SERVICES - 2, ENDPOINTS - 1);
         assert!(last.octets()[..2] == [10, 245], "{last}");
         assert_eq!(other_vip(MAX_SERVICES - 2).octets()[..2], [10, 100]);
+        // Three per Service: the dual-stack Service, a slice per family.
         let docs = weir_manifest(3, Ipv4Addr::new(10, 96, 1, 10), &[]);
-        assert_eq!(docs.len(), 6);
-        assert!(docs[4].contains("clusterIP: 10.96.1.10"));
+        assert_eq!(docs.len(), 9);
+        assert!(docs[6].contains("clusterIP: \"10.96.1.10\""), "{}", docs[6]);
+        assert!(docs[6].contains(&format!("\"{}\"", v6_of(Ipv4Addr::new(10, 96, 1, 10)))), "{}", docs[6]);
+        assert!(docs[7].contains("addressType: IPv4") && docs[8].contains("addressType: IPv6"));
     }
 }
