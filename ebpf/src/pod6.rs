@@ -14,6 +14,7 @@ use aya_ebpf::{bindings::TC_ACT_SHOT, macros::map, maps::PerCpuArray, programs::
 use weir_common::{
     DropReason, EndpointInfo,
     flow::{FLOW_DIR_EGRESS, FLOW_DIR_INGRESS},
+    lb::PROTO_TCP,
     policy::{DIR_EGRESS, DIR_INGRESS},
 };
 
@@ -22,7 +23,8 @@ use crate::{
     endpoint,
     ipv6::{self, Flow6},
     lb::tc6,
-    packet, policy,
+    packet::{self, TCP_ACK, TCP_SYN},
+    policy,
 };
 
 /// `screen_*`'s answer when the packet goes on (no tc action is this).
@@ -161,6 +163,19 @@ pub fn from_pod6(ctx: &TcContext) -> i32 {
     unsafe {
         (*st).outcome = outcome;
         (*st).action = action;
+    }
+    // A pod under no policy has nothing for `weir_egress6` to do but tell
+    // the flow log of a new TCP connection: every other packet goes on
+    // here, without a second tail call.
+    // Safety: as in `stash_sent`.
+    let (sent_valid, proto, flags) = unsafe { ((*st).sent_valid, (*st).sent.proto, (*st).sent.tcp_flags) };
+    let opens = proto == PROTO_TCP && flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+    if outcome != tc6::REJECTED
+        && sent_valid
+        && !opens
+        && endpoint::by_ifindex(packet::ifindex(ctx)).is_some_and(|ep| !policy::active(&ep))
+    {
+        return counters::pass(action);
     }
     tc6::tail_egress(ctx);
     fail_closed(ctx, action)
