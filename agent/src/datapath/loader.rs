@@ -67,14 +67,8 @@ impl Datapath {
     /// temp name, rename over the old pin), so a concurrent CNI ADD always
     /// finds a program. Pods attached earlier keep the program they have.
     fn pin_classifier(&mut self, name: &'static str) -> Result<(), DatapathError> {
-        let prog: &mut SchedClassifier = self
-            .ebpf
-            .program_mut(name)
-            .ok_or(DatapathError::MissingProgram { name })?
-            .try_into()
-            .map_err(|source| DatapathError::Program { name, source })?;
-        prog.load().map_err(|source| DatapathError::Program { name, source })?;
         let dir = self.pin_dir.join(pin::PROGS_DIR);
+        let prog = self.load_classifier(name)?;
         // bpffs refuses names with dots (reserved by the kernel).
         let tmp = dir.join(format!("{name}_new"));
         let path = dir.join(name);
@@ -87,14 +81,26 @@ impl Datapath {
         })?;
         Ok(())
     }
+
+    /// The tc program `name` of the object, loaded into the kernel.
+    fn load_classifier(&mut self, name: &'static str) -> Result<&mut SchedClassifier, DatapathError> {
+        let prog: &mut SchedClassifier = self
+            .ebpf
+            .program_mut(name)
+            .ok_or(DatapathError::MissingProgram { name })?
+            .try_into()
+            .map_err(|source| DatapathError::Program { name, source })?;
+        prog.load().map_err(|source| DatapathError::Program { name, source })?;
+        Ok(prog)
+    }
 }
 
 impl Datapath {
-    /// Loads the IPv6 Service programs and puts them in `WEIR_TAIL6`, where
-    /// the pod programs tail-call them; until then an IPv6 packet to a
-    /// Service goes on untranslated. Overwrites what a previous agent put
-    /// there: pods still on its programs reach these through the same
-    /// pinned array.
+    /// Loads the IPv6 programs the pod programs tail-call (`ebpf/src/pod6.rs`:
+    /// Service translation, then policy) and puts them in `WEIR_TAIL6`;
+    /// until then a pod's IPv6 is judged by its policy untranslated.
+    /// Overwrites what a previous agent put there: pods still on its
+    /// programs reach these through the same pinned array.
     fn fill_tail_calls(&mut self) -> Result<(), DatapathError> {
         let mut fds = Vec::new();
         // The egress step first: once `weir_from_pod6` is reachable, so is
@@ -105,13 +111,7 @@ impl Datapath {
             (pin::TAIL_FROM_POD6, pin::PROG_FROM_POD6),
         ];
         for (slot, name) in programs {
-            let prog: &mut SchedClassifier = self
-                .ebpf
-                .program_mut(name)
-                .ok_or(DatapathError::MissingProgram { name })?
-                .try_into()
-                .map_err(|source| DatapathError::Program { name, source })?;
-            prog.load().map_err(|source| DatapathError::Program { name, source })?;
+            let prog = self.load_classifier(name)?;
             let fd = prog.fd().map_err(|source| DatapathError::Program { name, source })?;
             fds.push((slot, fd.try_clone().map_err(|e| DatapathError::Program { name, source: e.into() })?));
         }
