@@ -33,6 +33,9 @@ pub const MAX_AFFINITY_ENTRIES: u32 = 65_536;
 pub const MAX_SRC_RANGE_ENTRIES: u32 = 65_536;
 /// `WEIR_CT` (LRU): two entries per translated flow.
 pub const MAX_CT_ENTRIES: u32 = 262_144;
+/// `WEIR_LOCAL_FLOWS`: TCP connections between pods of one node that go
+/// straight from veth to veth (an evicted one goes the kernel's way).
+pub const MAX_LOCAL_FLOWS: u32 = 131_072;
 /// `WEIR_SOCK_REV` (LRU): one per socket translated at connect time.
 pub const MAX_SOCK_REV_ENTRIES: u32 = 262_144;
 /// `WEIR_NODE`: an array of one `NodeConfig`.

@@ -23,6 +23,8 @@ pub const MAP_SVC: &str = "WEIR_SVC";
 pub const MAP_BACKENDS: &str = "WEIR_BACKENDS";
 pub const MAP_REVNAT: &str = "WEIR_REVNAT";
 pub const MAP_CT: &str = "WEIR_CT";
+/// TCP connections between pods of one node that go from veth to veth.
+pub const MAP_LOCAL_FLOWS: &str = "WEIR_LOCAL_FLOWS";
 pub const MAP_AFFINITY: &str = "WEIR_AFFINITY";
 pub const MAP_SRC_RANGES: &str = "WEIR_SRC_RANGE";
 pub const MAP_NODE: &str = "WEIR_NODE";

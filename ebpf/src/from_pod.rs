@@ -5,36 +5,50 @@
 //! Fails closed: a veth with no endpoint entry passes nothing but ARP (and
 //! IPv6 neighbour discovery and link-local traffic), so the program can be
 //! attached before anything else is ready.
-use aya_ebpf::programs::TcContext;
+use aya_ebpf::{bindings::TC_ACT_SHOT, programs::TcContext};
 use weir_common::{DropReason, EndpointInfo, flow::FLOW_DIR_EGRESS, policy::DIR_EGRESS};
 
 use crate::{
     counters::{self, TC_OK},
     endpoint, ipv6,
     lb::{pod, reverse},
-    node,
+    local, node,
     packet::{self, Flow},
     pod6, policy, reject,
 };
 
 pub fn handle(ctx: &TcContext) -> i32 {
-    if ipv6::is_ipv6(ctx) { pod6::from_pod(ctx) } else { handle_ipv4(ctx) }
+    if ipv6::is_ipv6(ctx) {
+        return pod6::from_pod(ctx);
+    }
+    let mut next = local::Next::NONE;
+    match handle_ipv4(ctx, &mut next) {
+        // After `handle_ipv4` returned, not inside it: its frame and the
+        // delivery's together outgrew the 512 bytes of stack.
+        local::DELIVER => match local::deliver(ctx, &next) {
+            local::Delivery::Kernel => counters::pass(TC_OK),
+            local::Delivery::Sent(action) => counters::pass(action),
+            local::Delivery::Dropped => TC_ACT_SHOT as i32,
+        },
+        action => action,
+    }
 }
 
 // IPv4 in a function of its own, IPv6 in `pod6`'s: inlined together, their
 // state outgrew the 512 bytes of stack a program has (and `pod6` makes its
-// tail call from this first frame, which must stay small).
+// tail call from this first frame, which must stay small). `local::DELIVER`
+// leaves the packet to `local::deliver`, as `next` says.
 #[inline(never)]
-fn handle_ipv4(ctx: &TcContext) -> i32 {
+fn handle_ipv4(ctx: &TcContext, next: &mut local::Next) -> i32 {
     // What a drop reports: the packet as far as it was read, and as the
     // policy judged it.
     let mut seen = Flow::NONE;
-    let result = try_handle(ctx, &mut seen);
+    let result = try_handle(ctx, &mut seen, next);
     counters::finish(ctx, result, &seen, FLOW_DIR_EGRESS)
 }
 
 #[inline(always)]
-fn try_handle(ctx: &TcContext, seen: &mut Flow) -> Result<i32, DropReason> {
+fn try_handle(ctx: &TcContext, seen: &mut Flow, next: &mut local::Next) -> Result<i32, DropReason> {
     // ARP must flow for the pod to find its gateway (IPv6 went to `ipv6`).
     let Some(flow) = packet::parse(ctx)? else {
         ipv6::refuse_unjudged(ctx)?;
@@ -54,21 +68,32 @@ fn try_handle(ctx: &TcContext, seen: &mut Flow) -> Result<i32, DropReason> {
     // translated (it is never a reply `from_backend` reverses: `pod::lookup`
     // says why). Otherwise a backend pod answering a translated flow: the
     // client sees the frontend. (A reply: its flow passed this pod's
-    // ingress check.)
-    let outcome = match pod::lookup(ctx, &flow)? {
+    // ingress check.) `local`: whether it may go straight to a local pod.
+    let mut local = local::Kind::NO;
+    let mut direct = false;
+    let outcome = match pod::lookup(ctx, &flow, &mut local)? {
         pod::Lookup::Continued(outcome) => outcome,
         lookup => match reverse::from_backend(ctx, &flow)? {
             reverse::FromBackend::NotReply => match lookup {
-                pod::Lookup::New { key, svc } => pod::start(ctx, &flow, &key, &svc)?,
-                _ => pod::Outcome::NotService,
+                pod::Lookup::New { key, svc } => pod::start(ctx, &flow, &key, &svc, &mut local)?,
+                _ => {
+                    direct = true;
+                    pod::Outcome::NotService
+                }
             },
             // Going to a pod, not to a Service.
-            reverse::FromBackend::ToPodClient => pod::Outcome::NotService,
+            reverse::FromBackend::ToPodClient { frontend_addr, frontend_port } => {
+                local = local::Kind::service_reply(frontend_addr, frontend_port);
+                pod::Outcome::NotService
+            }
             reverse::FromBackend::Reversed => return Ok(counters::pass(TC_OK)),
             reverse::FromBackend::Hairpin => return Ok(counters::pass(packet::back_out(ctx, ifindex))),
             reverse::FromBackend::ToUplink => return Ok(counters::pass(packet::out_via(node::uplink_ifindex()))),
         },
     };
+    if direct {
+        local = local::kind_of_direct(&flow);
+    }
     let translated = !matches!(outcome, pod::Outcome::NotService);
     if check_policy && !matches!(outcome, pod::Outcome::NoBackend { .. }) {
         // Judge the packet as it now is: a translated one goes to a backend.
@@ -80,6 +105,10 @@ fn try_handle(ctx: &TcContext, seen: &mut Flow) -> Result<i32, DropReason> {
         policy::report_unenforced(ifindex, &ep, FLOW_DIR_EGRESS, &flow);
     }
     match outcome {
+        pod::Outcome::NotService | pod::Outcome::Translated if local.may() => {
+            *next = local::Next { flow, kind: local };
+            Ok(local::DELIVER)
+        }
         pod::Outcome::NotService | pod::Outcome::Translated => Ok(counters::pass(TC_OK)),
         pod::Outcome::Hairpin => Ok(counters::pass(packet::back_out(ctx, ifindex))),
         pod::Outcome::NoBackend { frontend_addr } => {

@@ -12,6 +12,7 @@ mod from_netdev;
 mod from_pod;
 mod ipv6;
 mod lb;
+mod local;
 mod nat;
 mod node;
 mod packet;

@@ -15,6 +15,7 @@ use weir_common::{
 
 pub const ETH_P_IP: u16 = 0x0800_u16.to_be();
 pub const IP_OFF: usize = EthHdr::LEN;
+pub const IP_TTL_OFF: usize = IP_OFF + 8;
 pub const IP_CSUM_OFF: usize = IP_OFF + 10;
 pub const IP_SRC_OFF: usize = IP_OFF + 12;
 pub const IP_DST_OFF: usize = IP_OFF + 16;
@@ -63,12 +64,25 @@ pub struct Flow {
     pub tcp_flags: u8,
     /// The IP header checksum as it was read (as stored: network order).
     pub ip_csum: u16,
+    pub ttl: u8,
+    /// A fragment of a larger datagram (first or later).
+    pub fragment: bool,
 }
 
 impl Flow {
     /// No packet read yet: what a drop before parsing reports.
-    pub const NONE: Flow =
-        Flow { saddr: 0, daddr: 0, sport: 0, dport: 0, proto: 0, l4_off: 0, tcp_flags: 0, ip_csum: 0 };
+    pub const NONE: Flow = Flow {
+        saddr: 0,
+        daddr: 0,
+        sport: 0,
+        dport: 0,
+        proto: 0,
+        l4_off: 0,
+        tcp_flags: 0,
+        ip_csum: 0,
+        ttl: 0,
+        fragment: false,
+    };
 }
 
 pub const TCP_FIN: u8 = 0x01;
@@ -154,6 +168,8 @@ pub fn parse(ctx: &TcContext) -> Result<Option<Flow>, DropReason> {
         l4_off: 0,
         tcp_flags: 0,
         ip_csum: u16::from_ne_bytes(ip.check),
+        ttl: ip.ttl,
+        fragment: false,
     };
     if !matches!(flow.proto, PROTO_TCP | PROTO_UDP | PROTO_SCTP) {
         return Ok(Some(flow));
@@ -163,6 +179,7 @@ pub fn parse(ctx: &TcContext) -> Result<Option<Flow>, DropReason> {
     let frags = u16::from_be_bytes(ip.frags);
     let frag_off = frags & FRAG_OFFSET_MASK;
     let fragmented = frag_off != 0 || frags & MORE_FRAGMENTS != 0;
+    flow.fragment = fragmented;
     let key =
         FragKey { saddr: flow.saddr, daddr: flow.daddr, id: u16::from_ne_bytes(ip.id), proto: flow.proto, _pad: 0 };
     if frag_off != 0 {

@@ -29,12 +29,13 @@ const MAX_BATCH: usize = 1 << 16;
 
 /// The maps whose fill level matters (hash and LPM maps an operator may
 /// outgrow).
-pub const MAPS: [&str; 21] = [
+pub const MAPS: [&str; 22] = [
     pin::MAP_ENDPOINTS,
     pin::MAP_SVC,
     pin::MAP_BACKENDS,
     pin::MAP_REVNAT,
     pin::MAP_CT,
+    pin::MAP_LOCAL_FLOWS,
     pin::MAP_AFFINITY,
     pin::MAP_SRC_RANGES,
     pin::MAP_SOCK_REVNAT,

@@ -80,11 +80,22 @@ fn internal_frontend(flow: &Flow) -> Option<(ServiceKey, ServiceValue)> {
     Some((key, svc))
 }
 
+/// A live flow's packet as `continue_flow` sent it on: its flags and the
+/// backend it now goes to (network order).
+#[derive(Clone, Copy)]
+pub struct Continued {
+    pub flags: u16,
+    pub addr: u32,
+    pub port: u16,
+    /// The backend is a pod on this node (`Backend::FLAG_LOCAL`).
+    pub local: bool,
+}
+
 /// An existing, live flow keeps its backend while that backend exists:
 /// DNAT to it, plus the source translation the flow was given (hairpin,
-/// SNAT to the node). Returns the flow's flags, or None for a new flow.
+/// SNAT to the node). None for a new flow.
 #[inline(always)]
-fn continue_flow(ctx: &TcContext, flow: &Flow, ct_key: &CtKey, now: u32) -> Result<Option<u16>, DropReason> {
+fn continue_flow(ctx: &TcContext, flow: &Flow, ct_key: &CtKey, now: u32) -> Result<Option<Continued>, DropReason> {
     let Some(ct) = conntrack::lookup(ct_key) else { return Ok(None) };
     if ct.is_over(now) || reopens(flow, &ct) {
         return Ok(None);
@@ -96,7 +107,7 @@ fn continue_flow(ctx: &TcContext, flow: &Flow, ct_key: &CtKey, now: u32) -> Resu
     } else {
         nat::dnat(ctx, flow, b.addr, b.port)?;
     }
-    Ok(Some(ct.flags))
+    Ok(Some(Continued { flags: ct.flags, addr: b.addr, port: b.port, local: b.flags & Backend::FLAG_LOCAL != 0 }))
 }
 
 /// A SYN on the tuple of a closing flow: the client reused its port within

@@ -68,8 +68,8 @@ pub fn translate(ctx: &TcContext, flow: &Flow) -> Result<Outcome, DropReason> {
 
     let ct_key = conntrack::original_key(flow);
     let now = conntrack::now_secs();
-    if let Some(flags) = continue_flow(ctx, flow, &ct_key, now)? {
-        return Ok(if flags & CtEntry::FLAG_SNAT != 0 { Outcome::TranslatedToUplink } else { Outcome::Translated });
+    if let Some(c) = continue_flow(ctx, flow, &ct_key, now)? {
+        return Ok(if c.flags & CtEntry::FLAG_SNAT != 0 { Outcome::TranslatedToUplink } else { Outcome::Translated });
     }
 
     let (backend_id, b) = choose(&key, &svc, flow, now).ok_or(DropReason::NoBackend)?;

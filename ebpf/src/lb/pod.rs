@@ -10,7 +10,7 @@ use weir_common::{
 
 use super::{choose, continue_flow, internal_frontend};
 use crate::{
-    conntrack, flow, nat, node,
+    conntrack, flow, local, nat, node,
     packet::{self, Flow},
 };
 
@@ -46,7 +46,7 @@ pub enum Lookup {
 /// whose address and port are a Service frontend's). That lookup missed on
 /// every packet a pod sent to a Service: a cold conntrack bucket each.
 #[inline(always)]
-pub fn lookup(ctx: &TcContext, flow: &Flow) -> Result<Lookup, DropReason> {
+pub fn lookup(ctx: &TcContext, flow: &Flow, local: &mut local::Kind) -> Result<Lookup, DropReason> {
     if !flow.has_ports() {
         return Ok(Lookup::NotService);
     }
@@ -54,9 +54,16 @@ pub fn lookup(ctx: &TcContext, flow: &Flow) -> Result<Lookup, DropReason> {
         return Ok(Lookup::NotService);
     };
     if svc.count != 0
-        && let Some(flags) = continue_flow(ctx, flow, &conntrack::original_key(flow), conntrack::now_secs())?
+        && let Some(c) = continue_flow(ctx, flow, &conntrack::original_key(flow), conntrack::now_secs())?
     {
-        let outcome = if flags & CtEntry::FLAG_HAIRPIN != 0 { Outcome::Hairpin } else { Outcome::Translated };
+        let outcome = if c.flags & CtEntry::FLAG_HAIRPIN != 0 {
+            Outcome::Hairpin
+        } else {
+            if c.local {
+                *local = local::Kind::service(c.addr, c.port);
+            }
+            Outcome::Translated
+        };
         return Ok(Lookup::Continued(outcome));
     }
     Ok(Lookup::New { key, svc })
@@ -65,7 +72,13 @@ pub fn lookup(ctx: &TcContext, flow: &Flow) -> Result<Lookup, DropReason> {
 /// A new flow to the frontend `key`: a backend chosen, DNAT (and hairpin)
 /// and conntrack entries; or, without backends, `NoBackend`.
 #[inline(always)]
-pub fn start(ctx: &TcContext, flow: &Flow, key: &ServiceKey, svc: &ServiceValue) -> Result<Outcome, DropReason> {
+pub fn start(
+    ctx: &TcContext,
+    flow: &Flow,
+    key: &ServiceKey,
+    svc: &ServiceValue,
+    local: &mut local::Kind,
+) -> Result<Outcome, DropReason> {
     if svc.count == 0 {
         return Ok(Outcome::NoBackend { frontend_addr: flow.daddr });
     }
@@ -80,7 +93,12 @@ pub fn start(ctx: &TcContext, flow: &Flow, key: &ServiceKey, svc: &ServiceValue)
         let entry = CtEntry { flags: CtEntry::FLAG_POD_CLIENT, ..entry };
         conntrack::create(&ct_key, &conntrack::reply_key(&b, flow.saddr, flow.sport, flow.proto), &entry);
         nat::dnat(ctx, flow, b.addr, b.port)?;
-        Outcome::Translated
+        {
+            if b.flags & Backend::FLAG_LOCAL != 0 {
+                *local = local::Kind::service(b.addr, b.port);
+            }
+            Outcome::Translated
+        }
     };
     // A new flow (later packets take `continue_flow` above).
     flow::translated(flow, FLOW_DIR_EGRESS, packet::ifindex(ctx), b.addr, b.port);

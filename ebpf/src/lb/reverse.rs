@@ -14,9 +14,14 @@ use crate::{conntrack, nat, node, packet::Flow};
 pub enum FromBackend {
     /// Not a reply this hook reverses.
     NotReply,
-    /// A reply to a pod client, reversed as it enters the client's veth:
-    /// on its way as it is (and, going to a pod, never to a Service).
-    ToPodClient,
+    /// A reply to a pod client of a live flow from the frontend at this
+    /// address and port: reversed as it enters the client's veth, unless it
+    /// is delivered straight to the client (`local::deliver` reverses it
+    /// then). Going to a pod, never to a Service.
+    ToPodClient {
+        frontend_addr: u32,
+        frontend_port: u16,
+    },
     Reversed,
     /// Reversed to come from a node address (a NodePort reply): out of
     /// the uplink, past the routing input check (`node::uplink_ifindex`).
@@ -49,8 +54,8 @@ struct Reply {
 enum Found {
     /// Not a reply of a live translated flow that the hook reverses.
     No,
-    /// A reply of a pod client's flow, at a hook that leaves it alone.
-    PodClient,
+    /// A reply of a pod client's live flow, leaving its backend.
+    PodClient(Reply),
     Reply(Reply),
 }
 
@@ -60,7 +65,12 @@ enum Found {
 pub fn from_backend(ctx: &TcContext, flow: &Flow) -> Result<FromBackend, DropReason> {
     let reply = match find(flow, Hook::FromBackend) {
         Found::No => return Ok(FromBackend::NotReply),
-        Found::PodClient => return Ok(FromBackend::ToPodClient),
+        Found::PodClient(reply) => {
+            return Ok(FromBackend::ToPodClient {
+                frontend_addr: reply.frontend.addr,
+                frontend_port: reply.frontend.port,
+            });
+        }
         Found::Reply(reply) => reply,
     };
     if rewrite(ctx, flow, &reply)? {
@@ -107,10 +117,8 @@ fn find(flow: &Flow, hook: Hook) -> Found {
     // hairpinned flow never leaves the node.
     let pod_client = ct.flags & CtEntry::FLAG_POD_CLIENT != 0;
     let hairpin = ct.flags & CtEntry::FLAG_HAIRPIN != 0;
-    match hook {
-        Hook::FromBackend if pod_client => return Found::PodClient,
-        Hook::FromHost if pod_client || hairpin => return Found::No,
-        _ => {}
+    if hook == Hook::FromHost && (pod_client || hairpin) {
+        return Found::No;
     }
     let Some(frontend) = rev_nat(ct.rev_nat_id) else { return Found::No };
     // Only while the flow lives: a later connection that reuses the tuple
@@ -120,7 +128,8 @@ fn find(flow: &Flow, hook: Hook) -> Found {
         conntrack::remove(&conntrack::as_reply(flow));
         return Found::No;
     }
-    Found::Reply(Reply { ct, frontend })
+    let reply = Reply { ct, frontend };
+    if hook == Hook::FromBackend && pod_client { Found::PodClient(reply) } else { Found::Reply(reply) }
 }
 
 /// Puts the frontend back as the source; a hairpinned flow's reply also

@@ -23,7 +23,7 @@ pub enum Outcome<A> {
 /// time).
 #[inline(always)]
 pub fn translate(daddr: u32, dport: u16, proto: u8) -> Outcome<u32> {
-    let flow = Flow { saddr: node::addr(), daddr, sport: 0, dport, proto, l4_off: 0, tcp_flags: 0, ip_csum: 0 };
+    let flow = Flow { saddr: node::addr(), daddr, sport: 0, dport, proto, ..Flow::NONE };
     let Some((key, svc)) = internal_frontend(&flow) else {
         return Outcome::NotService;
     };

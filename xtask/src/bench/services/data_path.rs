@@ -243,7 +243,7 @@ impl SizeRun<'_> {
     fn rounds(&self) -> BTreeMap<Column, Cell> {
         let mut sums: BTreeMap<Column, Cell> = BTreeMap::new();
         for round in 0..self.args.common.rounds {
-            for col in Column::ALL {
+            for col in Column::chosen(self.args) {
                 if matches!(sums.get(&col), Some(Err(_))) {
                     continue;
                 }

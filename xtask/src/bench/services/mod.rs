@@ -99,12 +99,16 @@ pub struct ServicesBenchArgs {
     /// manifest-dir source burns CPU on every poll at 10,000 Services).
     #[arg(long)]
     agent_running: bool,
+    /// Only these columns (e.g. `direct,weir-tc` to profile one path
+    /// against its baseline); ratios need both of their columns.
+    #[arg(long, value_delimiter = ',', value_enum)]
+    columns: Vec<Column>,
     #[command(flatten)]
     metrics: super::metrics::MetricsArgs,
 }
 
 /// The paths measured at every size.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
 enum Column {
     /// The backends' pod IPs on the weir node, in turn: the limit.
     Direct,
@@ -132,6 +136,11 @@ impl Column {
         Column::WeirTc6,
         Column::WeirSock6,
     ];
+
+    /// The columns `args` asks for (all of them by default).
+    fn chosen(args: &ServicesBenchArgs) -> impl Iterator<Item = Column> + '_ {
+        Self::ALL.into_iter().filter(|c| args.columns.is_empty() || args.columns.contains(c))
+    }
 
     fn label(self) -> &'static str {
         match self {
