@@ -31,7 +31,7 @@ use weir_common::{
 
 use crate::{
     counters, endpoint, flow, nat,
-    packet::{self, Flow, IP_CSUM_OFF, IP_OFF, IP_TTL_OFF, TCP_ACK, TCP_SYN},
+    packet::{self, Flow, IP_OFF, IP_TTL_OFF, TCP_ACK, TCP_SYN},
     policy,
 };
 
@@ -199,7 +199,7 @@ fn send(ctx: &TcContext, flow: &Flow, kind: &Kind) -> Result<Option<i64>, DropRe
         // shortcut.
         let _ = WEIR_LOCAL_FLOWS.insert(&key(flow), &0, 0);
     }
-    hop(ctx, flow.ttl, &peer.macs)?;
+    hop(ctx, flow, csum_after(flow, kind), &peer.macs)?;
     // Safety: plain helper call.
     Ok(Some(unsafe { bpf_redirect_peer(peer.ifindex, 0) }))
 }
@@ -250,17 +250,32 @@ fn peer(ctx: &TcContext, flow: &Flow, daddr: u32) -> Option<Peer> {
 }
 
 /// What the router hop does to the packet: the hop's MAC addresses, and the
-/// TTL one less (with the IP checksum).
+/// TTL one less. `csum` is the IP header checksum the packet has now (as
+/// stored); TTL, protocol and the new checksum are one 4-byte store (an L3
+/// checksum helper and a store of the TTL would be two calls).
 #[inline(always)]
-fn hop(ctx: &TcContext, ttl: u8, macs: &[u8; 12]) -> Result<(), DropReason> {
+fn hop(ctx: &TcContext, flow: &Flow, csum: u16, macs: &[u8; 12]) -> Result<(), DropReason> {
     let fail = |_| DropReason::RewriteFailed;
     ctx.store(0, macs, 0).map_err(fail)?;
-    // TTL and protocol share a 16-bit word of the checksum; the protocol
-    // does not change, so the TTL byte alone is its difference.
-    let old = u16::from_ne_bytes([ttl, 0]);
-    let new = u16::from_ne_bytes([ttl - 1, 0]);
-    ctx.l3_csum_replace(IP_CSUM_OFF, old as u64, new as u64, 2).map_err(fail)?;
-    ctx.store(IP_TTL_OFF, &(ttl - 1), 0).map_err(fail)
+    let ttl = flow.ttl - 1;
+    let (old, new) = (u16::from_ne_bytes([flow.ttl, flow.proto]), u16::from_ne_bytes([ttl, flow.proto]));
+    let sum = (!csum as u32 & 0xffff) + (!old as u32 & 0xffff) + new as u32;
+    let check = !nat::csum_fold(sum);
+    let mut word = [ttl, flow.proto, 0, 0];
+    word[2..].copy_from_slice(&check.to_ne_bytes());
+    ctx.store(IP_TTL_OFF, &word, 0).map_err(fail)
+}
+
+/// The IP checksum of a packet `flow` described before it was rewritten
+/// (as `kind` rewrites it: one address changed), as `nat` left it.
+#[inline(always)]
+fn csum_after(flow: &Flow, kind: &Kind) -> u16 {
+    let (old, new) = match kind.how {
+        SERVICE => (flow.daddr, kind.addr),
+        SERVICE_REPLY => (flow.saddr, kind.addr),
+        _ => return flow.ip_csum,
+    };
+    !nat::csum_fold(nat::csum_add4(!flow.ip_csum as u32 & 0xffff, old, new))
 }
 
 /// A connection's key in `WEIR_LOCAL_FLOWS`, the same from either end.

@@ -48,12 +48,12 @@ pub fn both(ctx: &TcContext, flow: &Flow, dst: (u32, u16), src: (u32, u16)) -> R
 /// (as stored) for a 32-bit field changing from `old` to `new` (as
 /// stored): byte order does not matter to the arithmetic.
 #[inline(always)]
-fn csum_add4(sum: u32, old: u32, new: u32) -> u32 {
+pub fn csum_add4(sum: u32, old: u32, new: u32) -> u32 {
     sum + (!old & 0xffff) + (!old >> 16) + (new & 0xffff) + (new >> 16)
 }
 
 #[inline(always)]
-fn csum_fold(sum: u32) -> u16 {
+pub fn csum_fold(sum: u32) -> u16 {
     let sum = (sum & 0xffff) + (sum >> 16);
     let sum = (sum & 0xffff) + (sum >> 16);
     sum as u16
