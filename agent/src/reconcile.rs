@@ -196,9 +196,10 @@ impl Reconciler {
         let Some(addr) = self.index.node(&self.config.plan.node_name).and_then(|n| n.internal_ip) else {
             return true;
         };
-        let Some(gateway) = plan.pod_cidr.and_then(|c| c.nth(1)) else {
+        let Some(pod_cidr) = plan.pod_cidr else {
             return true;
         };
+        let gateway = crate::datapath::lb::maps::pod_gateway(pod_cidr);
         if self.uplink.as_ref().is_some_and(|(a, g, _)| *a == addr && *g == gateway) {
             return true;
         }
@@ -216,7 +217,7 @@ impl Reconciler {
                 return false;
             }
         };
-        if let Err(e) = self.datapath.set_node_addrs(addr, gateway, ifindex) {
+        if let Err(e) = self.datapath.set_node_addrs(addr, pod_cidr, ifindex) {
             error!(error = %e, "cannot set the node address for NodePort SNAT");
             return false;
         }

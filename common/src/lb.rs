@@ -228,7 +228,10 @@ pub struct NodeConfig {
     /// handed to it directly (the routing input check would drop them as
     /// martians: their source is local).
     pub uplink_ifindex: u32,
-    pub _pad: u32,
+    /// The pod CIDR's netmask (network order): a destination outside it is
+    /// no pod of this node. 0 from an agent that did not write it: any
+    /// destination may be.
+    pub pod_mask: u32,
 }
 
 #[repr(C)]

@@ -30,7 +30,7 @@ use weir_common::{
 };
 
 use crate::{
-    counters, endpoint, flow, nat,
+    counters, endpoint, flow, nat, node,
     packet::{self, Flow, IP_OFF, IP_TTL_OFF, TCP_ACK, TCP_SYN},
     policy,
 };
@@ -99,7 +99,8 @@ struct Peer {
 /// Service flow's: a SYN, or a packet of a recorded connection.
 #[inline(always)]
 pub fn kind_of_direct(flow: &Flow) -> Kind {
-    if flow.proto != PROTO_TCP || flow.l4_off == 0 {
+    // Not to a pod of this node: spare the lookup (and the SYN's FIB lookup).
+    if flow.proto != PROTO_TCP || flow.l4_off == 0 || !node::may_be_local_pod(flow.daddr) {
         return Kind::NO;
     }
     if flow.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN {

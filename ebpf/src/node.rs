@@ -25,6 +25,13 @@ pub fn gateway() -> u32 {
     read(|n| n.gateway_addr)
 }
 
+/// Whether `addr` (network order) may be a pod of this node: inside its pod
+/// CIDR, or anywhere while the agent has not said where that is.
+#[inline(always)]
+pub fn may_be_local_pod(addr: u32) -> bool {
+    WEIR_NODE.get(0).is_none_or(|n| n.pod_mask == 0 || addr & n.pod_mask == n.gateway_addr & n.pod_mask)
+}
+
 /// The interface that carries node-address traffic out.
 #[inline(always)]
 pub fn uplink_ifindex() -> u32 {

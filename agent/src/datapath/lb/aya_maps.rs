@@ -13,7 +13,7 @@ use weir_common::{
 
 use crate::datapath::{
     Datapath, MapError,
-    lb::maps::{BackendEntry, LbDump, LbMaps, RevNatEntry, SvcKey},
+    lb::maps::{BackendEntry, LbDump, LbMaps, RevNatEntry, SvcKey, pod_gateway},
     object_maps::tolerate_missing,
 };
 use crate::model::service::Family;
@@ -99,14 +99,14 @@ impl LbMaps for Datapath {
             }
         }
     }
-    fn set_node_addrs(&mut self, node: Ipv4Addr, gateway: Ipv4Addr, uplink_ifindex: u32) -> Result<(), MapError> {
+    fn set_node_addrs(&mut self, node: Ipv4Addr, pod_cidr: Ipv4Network, uplink_ifindex: u32) -> Result<(), MapError> {
         let name = pin::MAP_NODE;
         let mut arr: Array<_, NodeConfig> = self.map_as_mut(name)?;
         let cfg = NodeConfig {
             node_addr: u32::from_ne_bytes(node.octets()),
-            gateway_addr: u32::from_ne_bytes(gateway.octets()),
+            gateway_addr: u32::from_ne_bytes(pod_gateway(pod_cidr).octets()),
             uplink_ifindex,
-            _pad: 0,
+            pod_mask: u32::from_ne_bytes(pod_cidr.mask().octets()),
         };
         arr.set(0, cfg, 0).map_err(MapError::aya("set", name))
     }

@@ -5,7 +5,7 @@ use std::{
     net::{Ipv4Addr, Ipv6Addr},
 };
 
-use ipnetwork::IpNetwork;
+use ipnetwork::{IpNetwork, Ipv4Network};
 use weir_common::lb::{Backend, Backend6, RevNat, RevNat6, ServiceKey, ServiceKey6, ServiceValue};
 
 use crate::model::service::Family;
@@ -89,11 +89,18 @@ pub trait LbMaps {
     fn delete_source_range(&mut self, rev_nat_id: u16, range: IpNetwork) -> Result<(), MapError>;
     /// The address the uplink program SNATs remote-backend flows to, and the
     /// pod gateway address hairpinned flows are SNATed to.
-    fn set_node_addrs(&mut self, node: Ipv4Addr, gateway: Ipv4Addr, uplink_ifindex: u32) -> Result<(), MapError>;
+    /// The node's address, its pod CIDR (the first address is every pod's
+    /// gateway) and its uplink.
+    fn set_node_addrs(&mut self, node: Ipv4Addr, pod_cidr: Ipv4Network, uplink_ifindex: u32) -> Result<(), MapError>;
     /// The node's IPv6 pod gateway (the first address of its IPv6 pod
     /// CIDR): the source of hairpinned IPv6 flows.
     fn set_node_gateway6(&mut self, gateway: Ipv6Addr) -> Result<(), MapError>;
     fn dump(&self) -> Result<LbDump, MapError>;
+}
+
+/// Every pod's gateway: the first address of the pod CIDR.
+pub fn pod_gateway(pod_cidr: Ipv4Network) -> Ipv4Addr {
+    pod_cidr.nth(1).unwrap_or(pod_cidr.network())
 }
 
 /// In-memory maps: the reference the programmer is tested against, with
@@ -223,9 +230,9 @@ impl LbMaps for FakeLbMaps {
         }
         Ok(())
     }
-    fn set_node_addrs(&mut self, node: Ipv4Addr, gateway: Ipv4Addr, _uplink_ifindex: u32) -> Result<(), MapError> {
+    fn set_node_addrs(&mut self, node: Ipv4Addr, pod_cidr: Ipv4Network, _uplink_ifindex: u32) -> Result<(), MapError> {
         self.write("set", pin::MAP_NODE)?;
-        self.node_addrs = Some((node, gateway));
+        self.node_addrs = Some((node, pod_gateway(pod_cidr)));
         Ok(())
     }
     fn set_node_gateway6(&mut self, gateway: Ipv6Addr) -> Result<(), MapError> {

@@ -140,7 +140,7 @@ fn service(t: &mut TestDatapath, addr: [u8; 4], port: u16, kind: FrontendKind, b
         local_only: false,
     };
     let maps: &mut dyn LbMaps = &mut t.dp;
-    maps.set_node_addrs(Ipv4Addr::from(NODE), Ipv4Addr::new(10, 244, 1, 1), 1).unwrap();
+    maps.set_node_addrs(Ipv4Addr::from(NODE), "10.244.1.0/24".parse().unwrap(), 1).unwrap();
     let report = LbProgrammer::default().apply(&[(fe, state)].into_iter().collect(), true, maps);
     assert!(report.errors.is_empty(), "{:?}", report.errors);
 }

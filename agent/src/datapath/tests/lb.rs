@@ -258,7 +258,7 @@ fn hairpin_pod_reaches_itself_through_its_service() {
     let gateway = [10, 244, 1, 1];
     {
         let maps: &mut dyn LbMaps = &mut t.dp;
-        maps.set_node_addrs(Ipv4Addr::new(172, 30, 0, 11), Ipv4Addr::from(gateway), 1).unwrap();
+        maps.set_node_addrs(Ipv4Addr::new(172, 30, 0, 11), "10.244.1.0/24".parse().unwrap(), 1).unwrap();
     }
     program(&mut t, Protocol::Tcp, &[(CLIENT, 8080)], 0);
 

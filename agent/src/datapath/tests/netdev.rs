@@ -64,7 +64,7 @@ fn program(t: &mut TestDatapath, fes: &[Fe]) {
         })
         .collect();
     let maps: &mut dyn LbMaps = &mut t.dp;
-    maps.set_node_addrs(Ipv4Addr::from(NODE), Ipv4Addr::new(10, 244, 1, 1), 1).unwrap();
+    maps.set_node_addrs(Ipv4Addr::from(NODE), "10.244.1.0/24".parse().unwrap(), 1).unwrap();
     let report = LbProgrammer::default().apply(&want, true, maps);
     assert!(report.errors.is_empty(), "{:?}", report.errors);
 }
