@@ -429,6 +429,8 @@ mod pod_impls {
     unsafe impl aya::Pod for SockRevKey6 {}
     unsafe impl aya::Pod for CtKey6 {}
     unsafe impl aya::Pod for NodeConfig6 {}
+    unsafe impl aya::Pod for Uplink6 {}
+    unsafe impl aya::Pod for Nat6 {}
 }
 
 #[cfg(test)]
@@ -445,3 +447,36 @@ mod tests {
         assert_eq!(ip6_octets(w), o);
     }
 }
+
+/// `WEIR_UPLINK6` (an array of one, written by the agent): what the IPv6
+/// uplink path needs of its node. Its own map rather than more fields in
+/// `NodeConfig6`, so that a node's pinned `WEIR_NODE6` keeps its layout.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Uplink6 {
+    /// The node's IPv6 InternalIP: the source of flows SNATed to a remote
+    /// backend, and what tells a NodePort reply (to be sent out of the
+    /// uplink) from one of an external or load-balancer IP. All zero: not
+    /// set (no SNAT: flows to remote backends are dropped).
+    pub node_addr: Ip6,
+    /// The interface holding it, which packets whose source became a node
+    /// address are handed to.
+    pub ifindex: u32,
+    pub _pad: u32,
+}
+
+/// `WEIR_SNAT6` (LRU, as big as `WEIR_CT6`): for an IPv6 flow SNATed to a
+/// remote backend, keyed by its reply-direction `CtKey6`, the client's
+/// address and port to put back on replies (`CtEntry::nat_addr` has room
+/// for an IPv4 address only, and growing every `WEIR_CT6` entry for the
+/// few SNATed flows would cost every pod client's flow too).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Nat6 {
+    pub addr: Ip6,
+    pub port: u16,
+    pub _pad: u16,
+}
+
+const _: () = assert!(core::mem::size_of::<Uplink6>() == 24);
+const _: () = assert!(core::mem::size_of::<Nat6>() == 20);

@@ -20,13 +20,17 @@
 //! its veth; its reply to the gateway is turned back into one from the
 //! frontend the same way.
 //!
+//! A packet of no Service flow may be a local backend's reply to a client
+//! that came in through the uplink: `netdev6::reply_of_local` gives it its
+//! frontend back. The uplink's own path is `netdev6`, which shares this
+//! conntrack and these rewrites.
+//!
 //! Not covered (left untranslated): extension headers (fragments
-//! included), and flows entering through the uplink (NodePort, external
-//! IPs).
+//! included).
 use core::ptr::write_volatile;
 
 use aya_ebpf::{
-    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
+    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_SHOT},
     macros::map,
     maps::{Array, LruHashMap, ProgramArray},
     programs::TcContext,
@@ -122,7 +126,7 @@ pub struct Flow6 {
 /// The packet, if it is IPv6 carrying TCP or UDP right after the fixed
 /// header.
 #[inline(always)]
-fn parse(ctx: &TcContext) -> Option<Flow6> {
+pub(crate) fn parse(ctx: &TcContext) -> Option<Flow6> {
     if ctx.load::<EthHdr>(0).ok()?.ether_type != ETH_P_IPV6 {
         return None;
     }
@@ -137,9 +141,31 @@ fn parse(ctx: &TcContext) -> Option<Flow6> {
 }
 
 #[inline(always)]
-fn lookup(key: &CtKey6) -> Option<CtEntry> {
+pub(crate) fn lookup(key: &CtKey6) -> Option<CtEntry> {
     // Safety: copied out at once.
     unsafe { WEIR_CT6.get(key) }.copied()
+}
+
+/// Writes a flow's entry (the uplink path's too: one conntrack for every
+/// IPv6 Service flow). An LRU map evicts rather than fails when full; a
+/// failed insert only costs the flow its stickiness.
+#[inline(always)]
+pub(crate) fn insert(key: &CtKey6, entry: &CtEntry) {
+    let _ = WEIR_CT6.insert(key, entry, 0);
+}
+
+/// Restarts a closing flow's grace period (in place, as `to_pod` does).
+#[inline(always)]
+pub(crate) fn refresh(key: &CtKey6, now: u32) {
+    if let Some(ct) = WEIR_CT6.get_ptr_mut(key) {
+        // Safety: as in `observe_client`.
+        unsafe { write_volatile(&raw mut (*ct).created, now) };
+    }
+}
+
+#[inline(always)]
+pub(crate) fn remove(key: &CtKey6) {
+    let _ = WEIR_CT6.remove(key);
 }
 
 /// A packet leaving a pod: an IPv6 Service flow is translated. `Ok`: what
@@ -163,7 +189,13 @@ pub fn from_pod(ctx: &TcContext) -> Result<(u8, i32), DropReason> {
         return hairpin_reply(ctx, &flow);
     }
     let Some((key, svc)) = frontend(&flow) else {
-        return Ok((NOT_SERVICE, TC_OK));
+        // A local backend answering a client that came in through the
+        // uplink (`netdev6`).
+        return match crate::netdev6::reply_of_local(ctx, &flow) {
+            crate::netdev6::NOT_REPLY => Ok((NOT_SERVICE, TC_OK)),
+            action if action == TC_ACT_SHOT as i32 => Err(DropReason::RewriteFailed),
+            action => Ok((REPLY, action)),
+        };
     };
     let now = conntrack::now_secs();
     if svc.count != 0 {
@@ -321,7 +353,7 @@ pub fn to_pod(ctx: &TcContext) -> Result<bool, DropReason> {
 /// The client's FIN marks the flow closing, its RST ends it (as
 /// `conntrack::observe_client` does for IPv4: in place, the time first).
 #[inline(always)]
-fn observe_client(key: &CtKey6, entry: &CtEntry, flow: &Flow6, now: u32) {
+pub(crate) fn observe_client(key: &CtKey6, entry: &CtEntry, flow: &Flow6, now: u32) {
     let mark = if flow.tcp_flags & TCP_RST != 0 {
         CtEntry::FLAG_RESET
     } else if flow.tcp_flags & TCP_FIN != 0 {
@@ -343,6 +375,13 @@ fn observe_client(key: &CtKey6, entry: &CtEntry, flow: &Flow6, now: u32) {
 fn dnat(ctx: &TcContext, flow: &Flow6, addr: &Ip6, port: u16) -> Result<(), DropReason> {
     // The destination as the egress policy judges it (`pod6`).
     crate::pod6::stash_translated(addr, port);
+    rewrite_dst(ctx, flow, addr, port)
+}
+
+/// The destination becomes `addr`, `port` (no policy stash: for the
+/// uplink path).
+#[inline(always)]
+pub(crate) fn rewrite_dst(ctx: &TcContext, flow: &Flow6, addr: &Ip6, port: u16) -> Result<(), DropReason> {
     let offs = Offsets { addr: DST_OFF as u8, port: (L4_OFF + 2) as u8, proto: flow.proto, _pad: 0 };
     rewrite(ctx, &flow.daddr, addr, offs.packed(), u32::from(flow.dport) | u32::from(port) << 16)
 }
@@ -350,6 +389,12 @@ fn dnat(ctx: &TcContext, flow: &Flow6, addr: &Ip6, port: u16) -> Result<(), Drop
 /// Backend -> client becomes frontend -> client.
 #[inline(always)]
 fn snat(ctx: &TcContext, flow: &Flow6, addr: &Ip6, port: u16) -> Result<(), DropReason> {
+    rewrite_src(ctx, flow, addr, port)
+}
+
+/// The source becomes `addr`, `port`.
+#[inline(always)]
+pub(crate) fn rewrite_src(ctx: &TcContext, flow: &Flow6, addr: &Ip6, port: u16) -> Result<(), DropReason> {
     let offs = Offsets { addr: SRC_OFF as u8, port: L4_OFF as u8, proto: flow.proto, _pad: 0 };
     rewrite(ctx, &flow.saddr, addr, offs.packed(), u32::from(flow.sport) | u32::from(port) << 16)
 }
