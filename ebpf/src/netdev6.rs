@@ -20,9 +20,13 @@
 //! stack, and the IPv4 path keeps its code as it was, paying one field
 //! read for the family. Flows share `WEIR_CT6` with the pod path; a SNATed
 //! flow's client (16 bytes, more than `CtEntry` holds) is in `WEIR_SNAT6`.
-//! Only TCP and UDP right after the fixed header are translated (as in
-//! `lb::tc6`): fragments and extension headers go to the node's stack as
-//! they are.
+//! TCP and UDP right after the fixed header are translated, and so are
+//! fragments of their datagrams (the later ones by the ports of their
+//! first, `tc6::parse_frags`, as the IPv4 path does); other extension
+//! headers go to the node's stack as they are. A local pod backend's
+//! fragmented reply is not parsed on the pod path (`tc6::parse`): it is
+//! routed as it is and reversed on the uplink's egress, as a hostNetwork
+//! backend's is.
 use aya_ebpf::{
     bindings::TC_ACT_SHOT,
     helpers::bpf_get_prandom_u32,
@@ -34,8 +38,8 @@ use weir_common::{
     DropReason,
     flow::{FLOW_DIR_EGRESS, FLOW_DIR_INGRESS},
     lb::{
-        Backend, CtEntry, CtKey6, Ip6, MAX_CT_ENTRIES, Nat6, RevNat6, SCOPE_EXTERNAL, ServiceKey6, ServiceValue,
-        Uplink6, ip6_octets,
+        Backend, Backend6, CtEntry, CtKey6, Ip6, MAX_CT_ENTRIES, Nat6, RevNat6, SCOPE_EXTERNAL, ServiceKey6,
+        ServiceValue, Uplink6, ip6_octets,
     },
     pin::{NETDEV6_FROM, NETDEV6_TO},
 };
@@ -111,7 +115,10 @@ impl EventTuple for Flow6 {
 #[inline(always)]
 pub fn from_netdev(ctx: &TcContext) -> i32 {
     // Not TCP or UDP right after the fixed header: the node's stack decides.
-    let Some(flow) = tc6::parse(ctx) else { return TC_OK };
+    let mut flow = Flow6::NONE;
+    if !tc6::parse_frags(ctx, &mut flow) {
+        return TC_OK;
+    }
     match try_from_netdev(ctx, &flow) {
         Ok(action) => action,
         Err(reason) => {
@@ -142,6 +149,12 @@ fn try_from_netdev(ctx: &TcContext, flow: &Flow6) -> Result<i32, DropReason> {
             return Err(DropReason::NoLocalBackend);
         }
         counters::dropped(ctx, DropReason::NoBackend, flow, FLOW_DIR_INGRESS);
+        // A fragment is dropped unanswered, as IPv4 does (`reject6`'s quote
+        // would end at the fragment header, without the ports the client's
+        // kernel finds its socket by).
+        if usize::from(flow.l4_off) != tc6::L4_OFF {
+            return Ok(TC_ACT_SHOT as i32);
+        }
         return Ok(reject6::port_unreachable(ctx, flow));
     }
     let now = conntrack::now_secs();
@@ -234,25 +247,42 @@ fn new_flow(ctx: &TcContext, flow: &Flow6, svc: &ServiceValue, now: u32) -> Resu
     let key = ServiceKey6::new(flow.daddr, flow.dport, flow.proto, SCOPE_EXTERNAL, 0);
     let (backend_id, b) = v6::choose(&key, svc, &flow.saddr, now).ok_or(DropReason::NoBackend)?;
     let entry = CtEntry { backend_id, rev_nat_id: svc.rev_nat_id, created: now, ..CtEntry::default() };
-    let original = CtKey6::original(flow.saddr, flow.sport, flow.daddr, flow.dport, flow.proto);
     // Local backends (always, under externalTrafficPolicy: Local) see the
     // client's address, and their replies pass this node anyway.
     if b.flags & Backend::FLAG_LOCAL != 0 || svc.flags & ServiceValue::FLAG_LOCAL_ONLY != 0 {
-        tc6::insert(&CtKey6::reply(b.addr, b.port, flow.saddr, flow.sport, flow.proto), &entry);
-        tc6::insert(&original, &entry);
-        tc6::rewrite_dst(ctx, flow, &b.addr, b.port)?;
-        return Ok(LOCAL);
+        return to_local(ctx, flow, &b, &entry);
     }
-    // A remote backend: the node's address as the source, so the reply
-    // comes back here.
+    to_remote(ctx, flow, &b, &entry)
+}
+
+// `to_local` and `to_remote` in frames of their own, beside `new_flow`'s
+// rather than inside it: the deepest chain of frames must stay under the
+// 512 bytes of stack.
+
+#[inline(never)]
+fn to_local(ctx: &TcContext, flow: &Flow6, b: &Backend6, entry: &CtEntry) -> Result<u8, DropReason> {
+    tc6::insert(&CtKey6::reply(b.addr, b.port, flow.saddr, flow.sport, flow.proto), entry);
+    tc6::insert(&CtKey6::original(flow.saddr, flow.sport, flow.daddr, flow.dport, flow.proto), entry);
+    tc6::rewrite_dst(ctx, flow, &b.addr, b.port)?;
+    Ok(LOCAL)
+}
+
+/// A remote backend: the node's address as the source, so the reply comes
+/// back here.
+#[inline(never)]
+fn to_remote(ctx: &TcContext, flow: &Flow6, b: &Backend6, entry: &CtEntry) -> Result<u8, DropReason> {
     let node = node_addr().ok_or(DropReason::SnatExhausted)?;
     let port = snat_port(flow, &node, &b.addr, b.port).ok_or(DropReason::SnatExhausted)?;
     let reply = CtKey6::reply(b.addr, b.port, node, port, flow.proto);
     // The client first, then the reply entry that leads to it, then the
     // original: a reply never finds an entry without its client.
     let _ = WEIR_SNAT6.insert(&reply, &Nat6 { addr: flow.saddr, port: flow.sport, _pad: 0 }, 0);
-    tc6::insert(&reply, &CtEntry { flags: CtEntry::FLAG_SNAT, nat_port: flow.sport, ..entry });
-    tc6::insert(&original, &CtEntry { flags: CtEntry::FLAG_SNAT, nat_port: port, ..entry });
+    let mut e = *entry;
+    e.flags = CtEntry::FLAG_SNAT;
+    e.nat_port = flow.sport;
+    tc6::insert(&reply, &e);
+    e.nat_port = port;
+    tc6::insert(&CtKey6::original(flow.saddr, flow.sport, flow.daddr, flow.dport, flow.proto), &e);
     tc6::rewrite_dst(ctx, flow, &b.addr, b.port)?;
     tc6::rewrite_src(ctx, flow, &node, port)?;
     Ok(SNATED)
@@ -260,8 +290,9 @@ fn new_flow(ctx: &TcContext, flow: &Flow6, svc: &ServiceValue, now: u32) -> Resu
 
 /// The source port for a flow SNATed to `node`: the client's own port
 /// unless another client already holds that reply tuple, else a few
-/// random ones.
-#[inline(always)]
+/// random ones. Its own frame (the keys it tries are not on the chain of
+/// frames that rewrites the packet).
+#[inline(never)]
 fn snat_port(flow: &Flow6, node: &Ip6, backend: &Ip6, backend_port: u16) -> Option<u16> {
     let mut i = 0;
     while i < SNAT_TRIES {
@@ -285,7 +316,10 @@ fn snat_port(flow: &Flow6, node: &Ip6, backend: &Ip6, backend_port: u16) -> Opti
 /// and the source stays a node address).
 #[inline(always)]
 pub fn to_netdev(ctx: &TcContext) -> i32 {
-    let Some(flow) = tc6::parse(ctx) else { return TC_OK };
+    let mut flow = Flow6::NONE;
+    if !tc6::parse_frags(ctx, &mut flow) {
+        return TC_OK;
+    }
     match reply_of_host(ctx, &flow) {
         Ok(true) => counters::pass(TC_OK),
         Ok(false) => TC_OK,

@@ -9,7 +9,7 @@
 //!   address over TCP and UDP, landing on the local backend (DNAT) and the
 //!   remote one (SNAT to the node, the reply reversed as it comes back),
 //!   every answer from the address it asked; a pod of the other node
-//!   does too;
+//!   does too; large UDP requests and replies (fragmented) as well;
 //! - the same for backends on the nodes' own network stacks (hostNetwork
 //!   endpoints: the endpoint address is the node's IPv6 address), whose
 //!   replies are reversed on the uplink's egress;
@@ -200,6 +200,14 @@ fn ipv6_node_port_external_and_load_balancer_ips_from_outside() {
         reaches(&ext, addr.into(), NODE_PORT, &pods);
     }
     reaches(&client.netns, ip2.into(), NODE_PORT, &pods);
+    // Large UDP requests and replies (2,000 bytes: fragmented both ways),
+    // to the local backend and through SNAT to the remote one.
+    let large = "l".repeat(2000);
+    let answers: Vec<AnswerIp> =
+        (0..TRIES).map(|_| echo::ask_ip_from(&ext, None, "udp", ip1.into(), NODE_PORT, &large).unwrap()).collect();
+    assert!(answers.iter().all(|a| a.peer == IpAddr::from(ip1)), "large UDP: {answers:?}");
+    let servers: BTreeSet<&str> = answers.iter().map(|a| a.server.as_str()).collect();
+    assert_eq!(servers, pods.into_iter().collect(), "large UDP to [{ip1}]:{NODE_PORT}");
     // Backends on the nodes' own stacks.
     for addr in [ip1, ip2] {
         reaches(&ext, addr.into(), HOST_NODE_PORT, &["n1/host", "n2/host"]);

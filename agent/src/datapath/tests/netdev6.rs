@@ -247,3 +247,63 @@ fn ipv6_node_port_to_a_host_network_backend_is_reversed_on_the_uplink_egress() {
         }
     }
 }
+
+/// A 32-byte UDP datagram (valid checksum) in two fragments of 16 bytes
+/// each: the first with the UDP header, the second at offset 16.
+fn fragments(src: [u8; 16], sport: u16, dst: [u8; 16], dport: u16, id: u32) -> [Vec<u8>; 2] {
+    let mut udp = Vec::new();
+    udp.extend_from_slice(&sport.to_be_bytes());
+    udp.extend_from_slice(&dport.to_be_bytes());
+    udp.extend_from_slice(&32u16.to_be_bytes());
+    udp.extend_from_slice(&[0, 0]);
+    udp.extend_from_slice(b"a large request, in two parts");
+    udp.truncate(32);
+    let c = l4_csum(&src, &dst, UDP, &udp);
+    udp[6..8].copy_from_slice(&c.to_be_bytes());
+    [(0u16, true, &udp[..16]), (16, false, &udp[16..])].map(|(offset, more, part)| {
+        let mut p = vec![0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2, 0x86, 0xdd, 0x60, 0, 0, 0];
+        p.extend_from_slice(&((8 + part.len()) as u16).to_be_bytes());
+        p.extend_from_slice(&[44, 64]);
+        p.extend_from_slice(&src);
+        p.extend_from_slice(&dst);
+        p.extend_from_slice(&[UDP, 0]);
+        p.extend_from_slice(&(offset | u16::from(more)).to_be_bytes());
+        p.extend_from_slice(&id.to_be_bytes());
+        p.extend_from_slice(part);
+        p
+    })
+}
+
+/// The two fragments put back together: (source, source port,
+/// destination, destination port), after checking that both carry the
+/// same addresses and the datagram's checksum is right.
+fn reassemble(f: &[Vec<u8>; 2]) -> ([u8; 16], u16, [u8; 16], u16) {
+    let addrs = |p: &[u8]| -> ([u8; 16], [u8; 16]) { (p[22..38].try_into().unwrap(), p[38..54].try_into().unwrap()) };
+    assert_eq!(addrs(&f[0]), addrs(&f[1]), "fragments translated apart");
+    let (src, dst) = addrs(&f[0]);
+    let udp: Vec<u8> = [&f[0][62..], &f[1][62..]].concat();
+    assert_eq!(l4_csum(&src, &dst, UDP, &udp), 0, "bad checksum of the reassembled datagram");
+    (src, u16::from_be_bytes([udp[0], udp[1]]), dst, u16::from_be_bytes([udp[2], udp[3]]))
+}
+
+/// A fragmented UDP request to a NodePort whose backend is remote: every
+/// fragment is SNATed alike (the later one by the ports its first
+/// recorded), and the backend's fragmented reply is reversed alike, the
+/// datagram's checksum right both ways.
+#[test]
+#[ignore = "privileged: needs root and bpffs; `cargo xtask test` runs it as root"]
+fn ipv6_fragmented_udp_through_a_node_port_is_translated_fragment_by_fragment() {
+    let mut t = TestDatapath::load();
+    program(&mut t, Protocol::Udp, &[node_port(30081, vec![(remote_pod(), false)])]);
+    let run_all = |t: &TestDatapath, f: [Vec<u8>; 2]| {
+        f.map(|p| {
+            let (rc, out) = run(t, pin::PROG_FROM_NETDEV, &p);
+            assert_eq!(rc, TC_ACT_REDIRECT, "back out of the uplink");
+            out
+        })
+    };
+    let request = run_all(&t, fragments(client(), 50000, node(), 30081, 7));
+    assert_eq!(reassemble(&request), (node(), 50000, remote_pod(), 8080), "request not SNATed");
+    let reply = run_all(&t, fragments(remote_pod(), 8080, node(), 50000, 9));
+    assert_eq!(reassemble(&reply), (node(), 30081, client(), 50000), "reply not reversed");
+}
