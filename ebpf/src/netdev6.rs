@@ -252,12 +252,20 @@ fn new_flow(ctx: &TcContext, flow: &Flow6, svc: &ServiceValue, now: u32) -> Resu
     if b.flags & Backend::FLAG_LOCAL != 0 || svc.flags & ServiceValue::FLAG_LOCAL_ONLY != 0 {
         return to_local(ctx, flow, &b, &entry);
     }
-    to_remote(ctx, flow, &b, &entry)
+    // A remote backend: the node's address as the source, so the reply
+    // comes back here.
+    let node = node_addr().ok_or(DropReason::SnatExhausted)?;
+    let port = snat_port(flow, &node, &b.addr, b.port).ok_or(DropReason::SnatExhausted)?;
+    record_snat(flow, &b, &entry, &node, port);
+    tc6::rewrite_dst(ctx, flow, &b.addr, b.port)?;
+    tc6::rewrite_src(ctx, flow, &node, port)?;
+    Ok(SNATED)
 }
 
-// `to_local` and `to_remote` in frames of their own, beside `new_flow`'s
-// rather than inside it: the deepest chain of frames must stay under the
-// 512 bytes of stack.
+// `to_local`, `snat_port` and `record_snat` in frames of their own, each
+// called from `new_flow` in turn (not nested, and not around the
+// rewrites): the deepest chain of frames must stay well under the 512
+// bytes of stack.
 
 #[inline(never)]
 fn to_local(ctx: &TcContext, flow: &Flow6, b: &Backend6, entry: &CtEntry) -> Result<u8, DropReason> {
@@ -267,15 +275,12 @@ fn to_local(ctx: &TcContext, flow: &Flow6, b: &Backend6, entry: &CtEntry) -> Res
     Ok(LOCAL)
 }
 
-/// A remote backend: the node's address as the source, so the reply comes
-/// back here.
+/// The entries of a flow SNATed to `node`:`port`: the client first, then
+/// the reply entry that leads to it, then the original, so a reply never
+/// finds an entry without its client.
 #[inline(never)]
-fn to_remote(ctx: &TcContext, flow: &Flow6, b: &Backend6, entry: &CtEntry) -> Result<u8, DropReason> {
-    let node = node_addr().ok_or(DropReason::SnatExhausted)?;
-    let port = snat_port(flow, &node, &b.addr, b.port).ok_or(DropReason::SnatExhausted)?;
-    let reply = CtKey6::reply(b.addr, b.port, node, port, flow.proto);
-    // The client first, then the reply entry that leads to it, then the
-    // original: a reply never finds an entry without its client.
+fn record_snat(flow: &Flow6, b: &Backend6, entry: &CtEntry, node: &Ip6, port: u16) {
+    let reply = CtKey6::reply(b.addr, b.port, *node, port, flow.proto);
     let _ = WEIR_SNAT6.insert(&reply, &Nat6 { addr: flow.saddr, port: flow.sport, _pad: 0 }, 0);
     let mut e = *entry;
     e.flags = CtEntry::FLAG_SNAT;
@@ -283,15 +288,11 @@ fn to_remote(ctx: &TcContext, flow: &Flow6, b: &Backend6, entry: &CtEntry) -> Re
     tc6::insert(&reply, &e);
     e.nat_port = port;
     tc6::insert(&CtKey6::original(flow.saddr, flow.sport, flow.daddr, flow.dport, flow.proto), &e);
-    tc6::rewrite_dst(ctx, flow, &b.addr, b.port)?;
-    tc6::rewrite_src(ctx, flow, &node, port)?;
-    Ok(SNATED)
 }
 
 /// The source port for a flow SNATed to `node`: the client's own port
 /// unless another client already holds that reply tuple, else a few
-/// random ones. Its own frame (the keys it tries are not on the chain of
-/// frames that rewrites the packet).
+/// random ones.
 #[inline(never)]
 fn snat_port(flow: &Flow6, node: &Ip6, backend: &Ip6, backend_port: u16) -> Option<u16> {
     let mut i = 0;
