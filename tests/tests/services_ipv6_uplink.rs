@@ -19,7 +19,9 @@
 //! - `externalTrafficPolicy: Local`: the local endpoint sees the client's
 //!   own address; a node without one drops the traffic;
 //! - a Service without endpoints refuses a TCP connect at once (ICMPv6 port
-//!   unreachable), not after a timeout.
+//!   unreachable), not after a timeout;
+//! - on IPv6-only nodes, the NodePort from outside (the uplink found by the
+//!   node's IPv6 InternalIP alone).
 //!
 //! ULA and documentation addresses, inside the test's namespaces only.
 
@@ -259,6 +261,42 @@ fn ipv6_node_port_external_and_load_balancer_ips_from_outside() {
     let shown = n1.netns.run(&[agent_bin.to_str().unwrap(), "inspect", "conntrack", "--bpf-pin-dir", pin_dir]).unwrap();
     let snat = shown.lines().any(|l| l.contains(&format!("[{ext_ip}]:")) && l.contains("snat"));
     assert!(snat, "no SNATed flow of [{ext_ip}] in inspect conntrack:\n{shown}");
+    drop(servers);
+    drop(agents);
+}
+
+/// IPv6-only nodes: the uplink programs are attached for the node's IPv6
+/// InternalIP alone (there is no IPv4 one to find the uplink by), and the
+/// NodePort on each node's address reaches the backends of both nodes.
+#[test]
+fn ipv6_only_nodes_serve_their_node_ports_from_outside() {
+    weir_testbed::privileged(&[tools::IP, tools::PYTHON3, tools::PORTMAP]);
+    let topo = Topology::builder("svc6_uplink_only").nodes(2).families(Families::Ipv6).build().unwrap();
+    let agents = topo.start_agents().unwrap();
+    let (n1, n2) = (topo.node("n1"), topo.node("n2"));
+    let (c1, c2) = (n1.agent_conflist().unwrap(), n2.agent_conflist().unwrap());
+    let b1 = Pod::create(n1, "b", &c1).unwrap();
+    let b2 = Pod::create(n2, "b", &c2).unwrap();
+    let servers: Vec<ChildGuard> = [(n1, &b1), (n2, &b2)]
+        .iter()
+        .map(|(node, pod)| {
+            let log = node.dirs.logs.join("echo-b.log");
+            echo::serve_dual_stack(&pod.netns, &format!("{}/b", node.name), PORT, &log).unwrap()
+        })
+        .collect();
+    let (ext, _) = external_host6(&topo, "ext", 100, &[]);
+    let pods6 = [(b1.ipv6.unwrap(), "n1"), (b2.ipv6.unwrap(), "n2")];
+    topo.write_manifest(
+        "svc-ipv6-only.yaml",
+        &[
+            service6("web6", "NodePort", "fd00:10:96::50", PORT, NODE_PORT, "", ""),
+            endpoint_slice_yaml6("web6", &[("tcp", "TCP", PORT), ("udp", "UDP", PORT)], &pods6),
+        ],
+    )
+    .unwrap();
+    for node in [n1, n2] {
+        reaches(&ext, node.ip6.unwrap().into(), NODE_PORT, &["n1/b", "n2/b"]);
+    }
     drop(servers);
     drop(agents);
 }
