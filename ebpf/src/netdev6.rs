@@ -114,7 +114,8 @@ impl EventTuple for Flow6 {
 /// `weir_from_netdev6`.
 #[inline(always)]
 pub fn from_netdev(ctx: &TcContext) -> i32 {
-    // Not TCP or UDP right after the fixed header: the node's stack decides.
+    // Not TCP or UDP (right after the fixed header, or in a fragment): the
+    // node's stack decides.
     let mut flow = Flow6::NONE;
     if !tc6::parse_frags(ctx, &mut flow) {
         return TC_OK;
