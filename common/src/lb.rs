@@ -359,8 +359,10 @@ pub struct SockRevKey6 {
 }
 
 /// `WEIR_CT6`: an IPv6 connection in one direction (as `CtKey`); the
-/// value is a `CtEntry` (its NAT fields unused: the IPv6 per-packet path
-/// translates pod clients' destinations only).
+/// value is a `CtEntry`. Of its NAT fields only `nat_port` is used, by
+/// flows SNATed to a remote backend through the uplink: the SNAT port in
+/// the original entry, the client's port in the reply entry (the client's
+/// address is in `WEIR_SNAT6`, the node's in `WEIR_UPLINK6`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct CtKey6 {
