@@ -30,6 +30,9 @@ pub struct Reconciler {
     peer_routes: usize,
     /// The uplink the NodePort program is attached to, and the address.
     uplink: Option<(std::net::Ipv4Addr, std::net::Ipv4Addr, String)>,
+    /// The node's IPv6 address written for the IPv6 uplink path, and the
+    /// interface holding it.
+    uplink6: Option<(std::net::Ipv6Addr, String)>,
     /// Problems already reported, so each is logged once while it lasts.
     reported: BTreeSet<(String, String)>,
     ready: bool,
@@ -59,6 +62,7 @@ impl Reconciler {
             status,
             peer_routes: 0,
             uplink: None,
+            uplink6: None,
             reported: BTreeSet::new(),
             ready: false,
             programming: crate::observe::status::ProgrammingClock::new(std::time::SystemTime::now()),
@@ -203,7 +207,7 @@ impl Reconciler {
         if self.uplink.as_ref().is_some_and(|(a, g, _)| *a == addr && *g == gateway) {
             return true;
         }
-        let ifname = match crate::datapath::uplink::interface_with(addr).await {
+        let ifname = match crate::datapath::uplink::interface_with(addr.into()).await {
             Ok(n) => n,
             Err(e) => {
                 error!(error = %e, "NodePort datapath not attached");
@@ -227,6 +231,45 @@ impl Reconciler {
         }
         info!(%addr, %ifname, "NodePort datapath attached to the uplink");
         self.uplink = Some((addr, gateway, ifname));
+        true
+    }
+
+    /// IPv6 NodePorts (and SNAT to remote backends over IPv6) need the
+    /// node's IPv6 InternalIP and the interface holding it, with the uplink
+    /// programs attached there: on a dual-stack node, as a rule, the IPv4
+    /// uplink (attached once); on an IPv6-only node, the only one.
+    async fn reconcile_uplink6(&mut self) -> bool {
+        let Some(addr) = self.index.node(&self.config.plan.node_name).and_then(|n| n.internal_ip_v6) else {
+            return true;
+        };
+        if self.uplink6.as_ref().is_some_and(|(a, _)| *a == addr) {
+            return true;
+        }
+        let ifname = match crate::datapath::uplink::interface_with(addr.into()).await {
+            Ok(n) => n,
+            Err(e) => {
+                error!(error = %e, "IPv6 NodePort datapath not attached");
+                return false;
+            }
+        };
+        let ifindex = match nix::net::if_::if_nametoindex(ifname.as_str()) {
+            Ok(i) => i,
+            Err(e) => {
+                error!(error = %e, %ifname, "cannot read the IPv6 uplink's ifindex");
+                return false;
+            }
+        };
+        if let Err(e) = self.datapath.set_uplink6(addr, ifindex) {
+            error!(error = %e, "cannot set the node's IPv6 address for NodePort SNAT");
+            return false;
+        }
+        let attached = self.uplink.as_ref().is_some_and(|(_, _, n)| *n == ifname);
+        if !attached && let Err(e) = self.datapath.attach_uplink(&ifname) {
+            error!(error = %e, "IPv6 NodePort datapath not attached");
+            return false;
+        }
+        info!(%addr, %ifname, "IPv6 NodePort datapath set on the uplink");
+        self.uplink6 = Some((addr, ifname));
         true
     }
 
@@ -259,6 +302,7 @@ impl Reconciler {
         }
 
         ok &= self.reconcile_uplink(plan).await;
+        ok &= self.reconcile_uplink6().await;
         ok &= self.reconcile_gateway6(plan);
         let prune = self.index.nodes.synced();
         match self.routes.sync(&plan.peer_routes, prune).await {

@@ -365,8 +365,10 @@ pub struct SockRevKey6 {
 }
 
 /// `WEIR_CT6`: an IPv6 connection in one direction (as `CtKey`); the
-/// value is a `CtEntry` (its NAT fields unused: the IPv6 per-packet path
-/// translates pod clients' destinations only).
+/// value is a `CtEntry`. Of its NAT fields only `nat_port` is used, by
+/// flows SNATed to a remote backend through the uplink: the SNAT port in
+/// the original entry, the client's port in the reply entry (the client's
+/// address is in `WEIR_SNAT6`, the node's in `WEIR_UPLINK6`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct CtKey6 {
@@ -435,6 +437,8 @@ mod pod_impls {
     unsafe impl aya::Pod for SockRevKey6 {}
     unsafe impl aya::Pod for CtKey6 {}
     unsafe impl aya::Pod for NodeConfig6 {}
+    unsafe impl aya::Pod for Uplink6 {}
+    unsafe impl aya::Pod for Nat6 {}
 }
 
 #[cfg(test)]
@@ -451,3 +455,36 @@ mod tests {
         assert_eq!(ip6_octets(w), o);
     }
 }
+
+/// `WEIR_UPLINK6` (an array of one, written by the agent): what the IPv6
+/// uplink path needs of its node. Its own map rather than more fields in
+/// `NodeConfig6`, so that a node's pinned `WEIR_NODE6` keeps its layout.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Uplink6 {
+    /// The node's IPv6 InternalIP: the source of flows SNATed to a remote
+    /// backend, and what tells a NodePort reply (to be sent out of the
+    /// uplink) from one of an external or load-balancer IP. All zero: not
+    /// set (no SNAT: flows to remote backends are dropped).
+    pub node_addr: Ip6,
+    /// The interface holding it, which packets whose source became a node
+    /// address are handed to.
+    pub ifindex: u32,
+    pub _pad: u32,
+}
+
+/// `WEIR_SNAT6` (LRU, as big as `WEIR_CT6`): for an IPv6 flow SNATed to a
+/// remote backend, keyed by its reply-direction `CtKey6`, the client's
+/// address and port to put back on replies (`CtEntry::nat_addr` has room
+/// for an IPv4 address only, and growing every `WEIR_CT6` entry for the
+/// few SNATed flows would cost every pod client's flow too).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Nat6 {
+    pub addr: Ip6,
+    pub port: u16,
+    pub _pad: u16,
+}
+
+const _: () = assert!(core::mem::size_of::<Uplink6>() == 24);
+const _: () = assert!(core::mem::size_of::<Nat6>() == 20);

@@ -52,6 +52,21 @@ pub const PROG_EGRESS6: &str = "weir_egress6";
 pub const TAIL_FROM_POD6: u32 = 0;
 pub const TAIL_TO_POD6: u32 = 1;
 pub const TAIL_EGRESS6: u32 = 2;
+/// The IPv6 uplink path (NodePort, external and load-balancer IPs from
+/// outside): `weir_from_netdev` and `weir_to_netdev` hand an IPv6 packet to
+/// these programs by tail call through this array (the agent fills it at
+/// load), as the pod programs do through `WEIR_TAIL6`.
+pub const MAP_NETDEV6: &str = "WEIR_NETDEV6";
+pub const PROG_FROM_NETDEV6: &str = "weir_from_netdev6";
+pub const PROG_TO_NETDEV6: &str = "weir_to_netdev6";
+/// Slots of `WEIR_NETDEV6`.
+pub const NETDEV6_FROM: u32 = 0;
+pub const NETDEV6_TO: u32 = 1;
+/// `Uplink6`: the node's IPv6 address (the SNAT source) and its uplink.
+pub const MAP_UPLINK6: &str = "WEIR_UPLINK6";
+/// The clients of IPv6 flows SNATed to a remote backend (`Nat6`, keyed
+/// by the flow's reply-direction `CtKey6`).
+pub const MAP_SNAT6: &str = "WEIR_SNAT6";
 /// NetworkPolicy (names stay under the kernel's 15 characters).
 pub const MAP_IPCACHE: &str = "WEIR_IPCACHE";
 pub const MAP_POLICY: &str = "WEIR_POLICY";

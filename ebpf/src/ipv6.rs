@@ -84,7 +84,7 @@ impl Flow6 {
 /// A fragmented datagram: (source, destination, fragment ID, protocol).
 #[repr(C)]
 #[derive(Clone, Copy)]
-struct FragKey {
+pub struct FragKey {
     saddr: [u8; 16],
     daddr: [u8; 16],
     id: u32,
@@ -98,6 +98,33 @@ struct FragKey {
 /// where the first was denied. Not pinned.
 #[map]
 static WEIR_FRAGS6: LruHashMap<FragKey, [u16; 2]> = LruHashMap::with_max_entries(MAX_FRAG_ENTRIES, 0);
+
+/// The key of a fragmented datagram whose addresses are held as words
+/// (`lb::tc6`'s), as `parse` keys it.
+#[inline(always)]
+pub fn frag_key(saddr: &[u32; 4], daddr: &[u32; 4], id: u32, proto: u8) -> FragKey {
+    // Safety: plain data, the same 16 bytes either way.
+    let (saddr, daddr) = unsafe {
+        (core::mem::transmute::<[u32; 4], [u8; 16]>(*saddr), core::mem::transmute::<[u32; 4], [u8; 16]>(*daddr))
+    };
+    FragKey { saddr, daddr, id, proto, _pad: [0; 3] }
+}
+
+/// The ports a fragmented datagram's first fragment recorded (see
+/// `WEIR_FRAGS6`), for one of its later fragments.
+#[inline(always)]
+pub fn frag_ports(key: &FragKey) -> Option<[u16; 2]> {
+    // Safety: copied out at once.
+    unsafe { WEIR_FRAGS6.get(key) }.copied()
+}
+
+/// Records a first fragment's ports for the fragments that follow.
+#[inline(always)]
+pub fn record_frag(key: &FragKey, ports: &[u16; 2]) {
+    // An LRU map evicts instead of failing; a lost entry costs only this
+    // datagram.
+    let _ = WEIR_FRAGS6.insert(key, ports, 0);
+}
 
 /// `Ok(None)`: not IPv6.
 #[inline(always)]

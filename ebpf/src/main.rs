@@ -14,6 +14,7 @@ mod ipv6;
 mod lb;
 mod local;
 mod nat;
+mod netdev6;
 mod node;
 mod packet;
 mod pod6;
@@ -44,6 +45,19 @@ pub fn weir_from_netdev(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn weir_to_netdev(ctx: TcContext) -> i32 {
     to_netdev::handle(&ctx)
+}
+
+/// IPv6 through the uplink's tc ingress, tail-called by `weir_from_netdev`
+/// (see `netdev6`).
+#[classifier]
+pub fn weir_from_netdev6(ctx: TcContext) -> i32 {
+    netdev6::from_netdev(&ctx)
+}
+
+/// IPv6 through the uplink's tc egress, tail-called by `weir_to_netdev`.
+#[classifier]
+pub fn weir_to_netdev6(ctx: TcContext) -> i32 {
+    netdev6::to_netdev(&ctx)
 }
 
 /// tc egress of a pod's host-side veth: every packet the pod receives.

@@ -98,11 +98,11 @@ impl Datapath {
 impl Datapath {
     /// Loads the IPv6 programs the pod programs tail-call (`ebpf/src/pod6.rs`:
     /// Service translation, then policy) and puts them in `WEIR_TAIL6`;
-    /// until then a pod's IPv6 is judged by its policy untranslated.
+    /// until then a pod's IPv6 is judged by its policy untranslated. The
+    /// same for the uplink programs' IPv6 path, in `WEIR_NETDEV6`.
     /// Overwrites what a previous agent put there: pods still on its
     /// programs reach these through the same pinned array.
     fn fill_tail_calls(&mut self) -> Result<(), DatapathError> {
-        let mut fds = Vec::new();
         // The egress step first: once `weir_from_pod6` is reachable, so is
         // the policy it hands its packets to.
         let programs = [
@@ -110,12 +110,27 @@ impl Datapath {
             (pin::TAIL_TO_POD6, pin::PROG_TO_POD6),
             (pin::TAIL_FROM_POD6, pin::PROG_FROM_POD6),
         ];
-        for (slot, name) in programs {
-            let prog = self.load_classifier(name)?;
-            let fd = prog.fd().map_err(|source| DatapathError::Program { name, source })?;
-            fds.push((slot, fd.try_clone().map_err(|e| DatapathError::Program { name, source: e.into() })?));
+        self.fill_program_array(pin::MAP_TAIL6, &programs)?;
+        // The uplink's IPv6 path (`ebpf/src/netdev6.rs`): until filled, an
+        // IPv6 packet through the uplink goes to the node's stack as it is.
+        let uplink = [(pin::NETDEV6_TO, pin::PROG_TO_NETDEV6), (pin::NETDEV6_FROM, pin::PROG_FROM_NETDEV6)];
+        self.fill_program_array(pin::MAP_NETDEV6, &uplink)
+    }
+
+    /// Loads each (slot, program) and puts it in the program array `name`,
+    /// in the order given.
+    fn fill_program_array(
+        &mut self,
+        name: &'static str,
+        programs: &[(u32, &'static str)],
+    ) -> Result<(), DatapathError> {
+        let mut fds = Vec::new();
+        for &(slot, prog_name) in programs {
+            let prog = self.load_classifier(prog_name)?;
+            let fd = prog.fd().map_err(|source| DatapathError::Program { name: prog_name, source })?;
+            let fd = fd.try_clone().map_err(|e| DatapathError::Program { name: prog_name, source: e.into() })?;
+            fds.push((slot, fd));
         }
-        let name = pin::MAP_TAIL6;
         let map = self
             .ebpf
             .map_mut(name)

@@ -29,7 +29,7 @@ const MAX_BATCH: usize = 1 << 16;
 
 /// The maps whose fill level matters (hash and LPM maps an operator may
 /// outgrow).
-pub const MAPS: [&str; 22] = [
+pub const MAPS: [&str; 23] = [
     pin::MAP_ENDPOINTS,
     pin::MAP_SVC,
     pin::MAP_BACKENDS,
@@ -46,6 +46,7 @@ pub const MAPS: [&str; 22] = [
     pin::MAP_SRC_RANGES6,
     pin::MAP_SOCK_REVNAT6,
     pin::MAP_CT6,
+    pin::MAP_SNAT6,
     pin::MAP_IPCACHE,
     pin::MAP_POLICY,
     pin::MAP_POLICY_CT,

@@ -9,5 +9,6 @@ mod ipv6;
 mod lb;
 mod lb6;
 mod netdev;
+mod netdev6;
 mod policy;
 mod socket;

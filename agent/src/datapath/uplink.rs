@@ -2,7 +2,7 @@
 //! external IP and load-balancer traffic, so `weir_from_netdev` sits on its
 //! tc ingress, and `weir_to_netdev` on its tc egress for the replies of
 //! backends on the node's own stack.
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use aya::programs::{SchedClassifier, TcAttachType, links::FdLink};
 use futures::TryStreamExt as _;
@@ -14,22 +14,26 @@ use super::Datapath;
 #[derive(Debug, thiserror::Error)]
 pub enum UplinkError {
     #[error("no interface holds the node address {addr}")]
-    NotFound { addr: Ipv4Addr },
+    NotFound { addr: IpAddr },
     #[error("netlink: {reason}")]
     Netlink { reason: String },
     #[error("attaching {prog} to {ifname}: {reason}")]
     Attach { prog: &'static str, ifname: String, reason: String },
 }
 
-/// The name of the interface that has `addr`.
-pub async fn interface_with(addr: Ipv4Addr) -> Result<String, UplinkError> {
+/// The name of the interface that has `addr` (either family).
+pub async fn interface_with(addr: IpAddr) -> Result<String, UplinkError> {
     let nl = |e: &dyn std::fmt::Display| UplinkError::Netlink { reason: e.to_string() };
     let (conn, handle, _) = rtnetlink::new_connection().map_err(|e| nl(&e))?;
     let task = tokio::spawn(conn);
     let mut index = None;
     let mut addrs = handle.address().get().execute();
     while let Some(msg) = addrs.try_next().await.map_err(|e| nl(&e))? {
-        if msg.attributes.iter().any(|a| matches!(a, AddressAttribute::Local(ip) | AddressAttribute::Address(ip) if *ip == std::net::IpAddr::V4(addr))) {
+        if msg
+            .attributes
+            .iter()
+            .any(|a| matches!(a, AddressAttribute::Local(ip) | AddressAttribute::Address(ip) if *ip == addr))
+        {
             index = Some(msg.header.index);
             break;
         }

@@ -196,6 +196,14 @@ fn conntrack6(pin_dir: &Path, rows: &mut Vec<ConntrackRow>) -> anyhow::Result<()
             Ok(r) => at(r.addr, r.port),
             Err(_) => format!("#{} (gone)", v.rev_nat_id),
         };
+        let mut flags = Vec::new();
+        if v.flags & CtEntry::FLAG_SNAT != 0 {
+            // Through the uplink to a remote backend, SNATed to the node.
+            flags.push("snat");
+        }
+        if v.flags & CtEntry::FLAG_HAIRPIN != 0 {
+            flags.push("hairpin");
+        }
         rows.push(ConntrackRow {
             direction: if k.dir == CT_DIR_REPLY { "reply" } else { "original" },
             protocol: proto(k.proto),
@@ -203,7 +211,7 @@ fn conntrack6(pin_dir: &Path, rows: &mut Vec<ConntrackRow>) -> anyhow::Result<()
             destination: at(k.daddr, k.dport),
             backend,
             frontend,
-            flags: Vec::new(),
+            flags,
         });
     }
     Ok(())

@@ -20,13 +20,17 @@
 //! its veth; its reply to the gateway is turned back into one from the
 //! frontend the same way.
 //!
-//! Not covered (left untranslated): extension headers (fragments
-//! included), and flows entering through the uplink (NodePort, external
-//! IPs).
+//! A packet of no Service flow may be a local backend's reply to a client
+//! that came in through the uplink: `netdev6::reply_of_local` gives it its
+//! frontend back. The uplink's own path is `netdev6`, which shares this
+//! conntrack and these rewrites.
+//!
+//! Not covered for pod clients (left untranslated): extension headers,
+//! fragments included (the uplink path, `parse_frags`, takes fragments).
 use core::ptr::write_volatile;
 
 use aya_ebpf::{
-    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
+    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_SHOT},
     macros::map,
     maps::{Array, LruHashMap, ProgramArray},
     programs::TcContext,
@@ -117,12 +121,25 @@ pub struct Flow6 {
     pub dport: u16,
     pub proto: u8,
     pub tcp_flags: u8,
+    /// Where the transport header starts (`L4_OFF`, or after a fragment
+    /// header); 0 for a later fragment, which has none (its ports are its
+    /// first fragment's).
+    pub l4_off: u8,
 }
+
+impl Flow6 {
+    /// Nothing read yet.
+    pub const NONE: Flow6 =
+        Flow6 { saddr: [0; 4], daddr: [0; 4], sport: 0, dport: 0, proto: 0, tcp_flags: 0, l4_off: 0 };
+}
+
+const NEXTHDR_FRAGMENT: u8 = 44;
+const FRAG_HDR_LEN: usize = 8;
 
 /// The packet, if it is IPv6 carrying TCP or UDP right after the fixed
 /// header.
 #[inline(always)]
-fn parse(ctx: &TcContext) -> Option<Flow6> {
+pub(crate) fn parse(ctx: &TcContext) -> Option<Flow6> {
     if ctx.load::<EthHdr>(0).ok()?.ether_type != ETH_P_IPV6 {
         return None;
     }
@@ -133,13 +150,96 @@ fn parse(ctx: &TcContext) -> Option<Flow6> {
     }
     let ports = ctx.load::<[u16; 2]>(L4_OFF).ok()?;
     let tcp_flags = if proto == PROTO_TCP { ctx.load::<u8>(L4_OFF + 13).ok()? } else { 0 };
-    Some(Flow6 { saddr: ip.src, daddr: ip.dst, sport: ports[0], dport: ports[1], proto, tcp_flags })
+    let l4_off = L4_OFF as u8;
+    Some(Flow6 { saddr: ip.src, daddr: ip.dst, sport: ports[0], dport: ports[1], proto, tcp_flags, l4_off })
+}
+
+/// `parse`, and fragments of a TCP or UDP datagram (a fragment header
+/// right after the fixed one): the first carries the ports, which later
+/// ones get from it (`ipv6::frag_ports`), as the IPv4 path does. For the
+/// uplink, where a large UDP request or reply to a NodePort arrives
+/// fragmented and every fragment must be translated alike. Into `flow`
+/// (an `Option` would copy its undefined payload, which the verifier
+/// refuses); whether it is one.
+#[inline(always)]
+pub(crate) fn parse_frags(ctx: &TcContext, flow: &mut Flow6) -> bool {
+    let Ok(eth) = ctx.load::<EthHdr>(0) else { return false };
+    if eth.ether_type != ETH_P_IPV6 {
+        return false;
+    }
+    let Ok(ip) = ctx.load::<Ip6Hdr>(IP6_OFF) else { return false };
+    (flow.saddr, flow.daddr, flow.proto, flow.tcp_flags) = (ip.src, ip.dst, ip.next_header, 0);
+    if ip.next_header == NEXTHDR_FRAGMENT {
+        return fragment(ctx, flow);
+    }
+    if !matches!(ip.next_header, PROTO_TCP | PROTO_UDP) {
+        return false;
+    }
+    let Ok(ports) = ctx.load::<[u16; 2]>(L4_OFF) else { return false };
+    if ip.next_header == PROTO_TCP {
+        let Ok(flags) = ctx.load::<u8>(L4_OFF + 13) else { return false };
+        flow.tcp_flags = flags;
+    }
+    (flow.sport, flow.dport, flow.l4_off) = (ports[0], ports[1], L4_OFF as u8);
+    true
+}
+
+/// A fragment of a TCP or UDP datagram: `flow` (its addresses read) gets
+/// the protocol, the ports and where the transport header is (0 for a
+/// later fragment). Whether it is one. Its own frame: the fragment key
+/// stays off the uplink programs' first frame.
+#[inline(never)]
+fn fragment(ctx: &TcContext, flow: &mut Flow6) -> bool {
+    let Ok(frag) = ctx.load::<[u8; FRAG_HDR_LEN]>(L4_OFF) else { return false };
+    let proto = frag[0];
+    if !matches!(proto, PROTO_TCP | PROTO_UDP) {
+        return false;
+    }
+    flow.proto = proto;
+    let id = u32::from_ne_bytes([frag[4], frag[5], frag[6], frag[7]]);
+    let key = crate::ipv6::frag_key(&flow.saddr, &flow.daddr, id, proto);
+    if u16::from_be_bytes([frag[2], frag[3]]) >> 3 != 0 {
+        let Some(ports) = crate::ipv6::frag_ports(&key) else { return false };
+        (flow.sport, flow.dport, flow.l4_off) = (ports[0], ports[1], 0);
+        return true;
+    }
+    let l4_off = L4_OFF + FRAG_HDR_LEN;
+    let Ok(ports) = ctx.load::<[u16; 2]>(l4_off) else { return false };
+    if proto == PROTO_TCP {
+        let Ok(flags) = ctx.load::<u8>(l4_off + 13) else { return false };
+        flow.tcp_flags = flags;
+    }
+    crate::ipv6::record_frag(&key, &ports);
+    (flow.sport, flow.dport, flow.l4_off) = (ports[0], ports[1], l4_off as u8);
+    true
 }
 
 #[inline(always)]
-fn lookup(key: &CtKey6) -> Option<CtEntry> {
+pub(crate) fn lookup(key: &CtKey6) -> Option<CtEntry> {
     // Safety: copied out at once.
     unsafe { WEIR_CT6.get(key) }.copied()
+}
+
+/// Writes a flow's entry (the uplink path's too: one conntrack for every
+/// IPv6 Service flow). An LRU map evicts rather than fails when full; a
+/// failed insert only costs the flow its stickiness.
+#[inline(always)]
+pub(crate) fn insert(key: &CtKey6, entry: &CtEntry) {
+    let _ = WEIR_CT6.insert(key, entry, 0);
+}
+
+/// Restarts a closing flow's grace period (in place, as `to_pod` does).
+#[inline(always)]
+pub(crate) fn refresh(key: &CtKey6, now: u32) {
+    if let Some(ct) = WEIR_CT6.get_ptr_mut(key) {
+        // Safety: as in `observe_client`.
+        unsafe { write_volatile(&raw mut (*ct).created, now) };
+    }
+}
+
+#[inline(always)]
+pub(crate) fn remove(key: &CtKey6) {
+    let _ = WEIR_CT6.remove(key);
 }
 
 /// A packet leaving a pod: an IPv6 Service flow is translated. `Ok`: what
@@ -163,7 +263,13 @@ pub fn from_pod(ctx: &TcContext) -> Result<(u8, i32), DropReason> {
         return hairpin_reply(ctx, &flow);
     }
     let Some((key, svc)) = frontend(&flow) else {
-        return Ok((NOT_SERVICE, TC_OK));
+        // A local backend answering a client that came in through the
+        // uplink (`netdev6`).
+        return match crate::netdev6::reply_of_local(ctx, &flow) {
+            crate::netdev6::NOT_REPLY => Ok((NOT_SERVICE, TC_OK)),
+            action if action == TC_ACT_SHOT as i32 => Err(DropReason::RewriteFailed),
+            action => Ok((REPLY, action)),
+        };
     };
     let now = conntrack::now_secs();
     if svc.count != 0 {
@@ -321,7 +427,7 @@ pub fn to_pod(ctx: &TcContext) -> Result<bool, DropReason> {
 /// The client's FIN marks the flow closing, its RST ends it (as
 /// `conntrack::observe_client` does for IPv4: in place, the time first).
 #[inline(always)]
-fn observe_client(key: &CtKey6, entry: &CtEntry, flow: &Flow6, now: u32) {
+pub(crate) fn observe_client(key: &CtKey6, entry: &CtEntry, flow: &Flow6, now: u32) {
     let mark = if flow.tcp_flags & TCP_RST != 0 {
         CtEntry::FLAG_RESET
     } else if flow.tcp_flags & TCP_FIN != 0 {
@@ -392,4 +498,49 @@ fn rewrite(ctx: &TcContext, old: &Ip6, new: &Ip6, offs: u32, ports: u32) -> Resu
     }
     ctx.store(addr_off, new, 0).map_err(fail)?;
     ctx.store(port_off, &new_port, 0).map_err(fail)
+}
+
+/// The destination becomes `addr`, `port`, at the flow's own transport
+/// offset (the uplink path: a fragment header may come first, or a later
+/// fragment have no transport header), without the policy stash.
+#[inline(always)]
+pub(crate) fn rewrite_dst(ctx: &TcContext, flow: &Flow6, addr: &Ip6, port: u16) -> Result<(), DropReason> {
+    let offs = DST_OFF as u32 | 2 << 8 | u32::from(flow.proto) << 16 | u32::from(flow.l4_off) << 24;
+    rewrite_at(ctx, &flow.daddr, addr, offs, u32::from(flow.dport) | u32::from(port) << 16)
+}
+
+/// The source becomes `addr`, `port`, as `rewrite_dst`.
+#[inline(always)]
+pub(crate) fn rewrite_src(ctx: &TcContext, flow: &Flow6, addr: &Ip6, port: u16) -> Result<(), DropReason> {
+    let offs = SRC_OFF as u32 | u32::from(flow.proto) << 16 | u32::from(flow.l4_off) << 24;
+    rewrite_at(ctx, &flow.saddr, addr, offs, u32::from(flow.sport) | u32::from(port) << 16)
+}
+
+/// `rewrite` for a transport header at any offset: `offs` packs the
+/// address offset, the port's offset in the transport header (0 or 2),
+/// the protocol and the transport header's offset (`Flow6::l4_off`). A
+/// later fragment (offset 0) has neither port nor checksum (its datagram's
+/// checksum is in the first fragment): only its address changes. Its own
+/// function, so the pod path's frames stay as they were.
+#[inline(never)]
+fn rewrite_at(ctx: &TcContext, old: &Ip6, new: &Ip6, offs: u32, ports: u32) -> Result<(), DropReason> {
+    let fail = |_| DropReason::RewriteFailed;
+    let (addr_off, port_rel, proto) = ((offs & 0xff) as usize, ((offs >> 8) & 0xff) as usize, (offs >> 16) as u8);
+    let l4 = (offs >> 24) as usize;
+    if l4 == 0 {
+        return ctx.store(addr_off, new, 0).map_err(fail);
+    }
+    let (old_port, new_port) = (ports as u16, (ports >> 16) as u16);
+    let (csum_off, mangled) = if proto == PROTO_TCP { (l4 + 16, 0) } else { (l4 + 6, BPF_F_MARK_MANGLED_0 as u64) };
+    let pseudo = BPF_F_PSEUDO_HDR as u64 | mangled | 4;
+    for i in 0..4 {
+        if old[i] != new[i] {
+            ctx.l4_csum_replace(csum_off, old[i] as u64, new[i] as u64, pseudo).map_err(fail)?;
+        }
+    }
+    if old_port != new_port {
+        ctx.l4_csum_replace(csum_off, old_port as u64, new_port as u64, mangled | 2).map_err(fail)?;
+    }
+    ctx.store(addr_off, new, 0).map_err(fail)?;
+    ctx.store(l4 + port_rel, &new_port, 0).map_err(fail)
 }

@@ -7,7 +7,7 @@ use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     helpers::bpf_get_prandom_u32,
     macros::map,
-    maps::{HashMap, LpmTrie, LruHashMap},
+    maps::{HashMap, LpmTrie, LruHashMap, lpm_trie::Key},
 };
 use weir_common::lb::{
     AffinityKey6, AffinityValue, Backend6, Ip6, MAX_AFFINITY_ENTRIES, MAX_BACKENDS, MAX_REVNAT_ENTRIES,
@@ -30,9 +30,19 @@ pub(super) static WEIR_SOCK_REV6: LruHashMap<SockRevKey6, RevNat6> = LruHashMap:
 static WEIR_SRC_RANGE6: LpmTrie<SourceRangeKey6, u8> = LpmTrie::pinned(MAX_SRC_RANGE_ENTRIES, BPF_F_NO_PREALLOC);
 
 #[inline(always)]
-fn service(key: &ServiceKey6) -> Option<ServiceValue> {
+pub(crate) fn service(key: &ServiceKey6) -> Option<ServiceValue> {
     // Safety: copied out at once.
     unsafe { WEIR_SVC6.get(key) }.copied()
+}
+
+/// Whether `client` is inside the loadBalancerSourceRanges of the frontend
+/// `rev_nat_id` (the agent writes them only for frontends with
+/// `FLAG_SOURCE_RANGES`).
+#[inline(always)]
+pub fn source_allowed(rev_nat_id: u16, client: &Ip6) -> bool {
+    // The ID and padding (32 bits), then the whole address.
+    let probe = Key::new(32 + 128, SourceRangeKey6 { rev_nat_id, _pad: 0, addr: *client });
+    WEIR_SRC_RANGE6.get(&probe).is_some()
 }
 
 #[inline(always)]

@@ -6,7 +6,7 @@ use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 use weir_common::{
     lb::{
         Backend, Backend6, NodeConfig, NodeConfig6, RevNat, RevNat6, ServiceKey, ServiceKey6, ServiceValue,
-        SourceRangeKey, SourceRangeKey6, ip6_from_octets, ip6_octets,
+        SourceRangeKey, SourceRangeKey6, Uplink6, ip6_from_octets, ip6_octets,
     },
     pin,
 };
@@ -114,6 +114,12 @@ impl LbMaps for Datapath {
         let name = pin::MAP_NODE6;
         let mut arr: Array<_, NodeConfig6> = self.map_as_mut(name)?;
         arr.set(0, NodeConfig6 { gateway: ip6_from_octets(gateway.octets()) }, 0).map_err(MapError::aya("set", name))
+    }
+    fn set_uplink6(&mut self, node: Ipv6Addr, uplink_ifindex: u32) -> Result<(), MapError> {
+        let name = pin::MAP_UPLINK6;
+        let mut arr: Array<_, Uplink6> = self.map_as_mut(name)?;
+        let cfg = Uplink6 { node_addr: ip6_from_octets(node.octets()), ifindex: uplink_ifindex, _pad: 0 };
+        arr.set(0, cfg, 0).map_err(MapError::aya("set", name))
     }
     fn dump(&self) -> Result<LbDump, MapError> {
         let mut d = LbDump::default();

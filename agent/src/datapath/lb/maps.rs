@@ -95,6 +95,10 @@ pub trait LbMaps {
     /// The node's IPv6 pod gateway (the first address of its IPv6 pod
     /// CIDR): the source of hairpinned IPv6 flows.
     fn set_node_gateway6(&mut self, gateway: Ipv6Addr) -> Result<(), MapError>;
+    /// The node's IPv6 address (the source of IPv6 flows SNATed to remote
+    /// backends, and the NodePort address whose replies go straight out)
+    /// and the uplink holding it.
+    fn set_uplink6(&mut self, node: Ipv6Addr, uplink_ifindex: u32) -> Result<(), MapError>;
     fn dump(&self) -> Result<LbDump, MapError>;
 }
 
@@ -114,6 +118,7 @@ pub struct FakeLbMaps {
     pub ops: usize,
     pub node_addrs: Option<(Ipv4Addr, Ipv4Addr)>,
     pub gateway6: Option<Ipv6Addr>,
+    pub uplink6: Option<(Ipv6Addr, u32)>,
     pub faults: Faults,
 }
 
@@ -238,6 +243,11 @@ impl LbMaps for FakeLbMaps {
     fn set_node_gateway6(&mut self, gateway: Ipv6Addr) -> Result<(), MapError> {
         self.write("set", pin::MAP_NODE6)?;
         self.gateway6 = Some(gateway);
+        Ok(())
+    }
+    fn set_uplink6(&mut self, node: Ipv6Addr, uplink_ifindex: u32) -> Result<(), MapError> {
+        self.write("set", pin::MAP_UPLINK6)?;
+        self.uplink6 = Some((node, uplink_ifindex));
         Ok(())
     }
     fn dump(&self) -> Result<LbDump, MapError> {

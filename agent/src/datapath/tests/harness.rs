@@ -160,6 +160,7 @@ fn fill_levels_count_entries_and_show_capacity() {
         (pin::MAP_SRC_RANGES6, lb::MAX_SRC_RANGE_ENTRIES),
         (pin::MAP_SOCK_REVNAT6, lb::MAX_SOCK_REV_ENTRIES),
         (pin::MAP_CT6, lb::MAX_CT_ENTRIES),
+        (pin::MAP_SNAT6, lb::MAX_CT_ENTRIES),
         (pin::MAP_IPCACHE, policy::MAX_IPCACHE_ENTRIES),
         (pin::MAP_POLICY, policy::MAX_POLICY_ENTRIES),
         (pin::MAP_POLICY_CT, policy::MAX_POLICY_CT_ENTRIES),

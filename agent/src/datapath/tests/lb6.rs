@@ -32,7 +32,7 @@ const SYN: u8 = 0x02;
 const ACK: u8 = 0x10;
 const RST: u8 = 0x04;
 
-fn ip(s: &str) -> [u8; 16] {
+pub(super) fn ip(s: &str) -> [u8; 16] {
     s.parse::<Ipv6Addr>().unwrap().octets()
 }
 
@@ -57,7 +57,7 @@ fn sum(data: &[u8]) -> u32 {
 
 /// The transport checksum over the IPv6 pseudo-header and `l4` (with its
 /// checksum field as it is): 0 when `l4`'s checksum is right.
-fn l4_csum(src: &[u8; 16], dst: &[u8; 16], next_header: u8, l4: &[u8]) -> u16 {
+pub(super) fn l4_csum(src: &[u8; 16], dst: &[u8; 16], next_header: u8, l4: &[u8]) -> u16 {
     let mut s = sum(src) + sum(dst) + l4.len() as u32 + next_header as u32 + sum(l4);
     while s >> 16 != 0 {
         s = (s & 0xffff) + (s >> 16);
@@ -67,7 +67,7 @@ fn l4_csum(src: &[u8; 16], dst: &[u8; 16], next_header: u8, l4: &[u8]) -> u16 {
 
 /// Ethernet + IPv6 + TCP (with `flags`) or UDP (a 4-byte payload), with a
 /// valid checksum.
-fn packet(proto: u8, src: [u8; 16], sport: u16, dst: [u8; 16], dport: u16, flags: u8) -> Vec<u8> {
+pub(super) fn packet(proto: u8, src: [u8; 16], sport: u16, dst: [u8; 16], dport: u16, flags: u8) -> Vec<u8> {
     let mut l4 = Vec::new();
     l4.extend_from_slice(&sport.to_be_bytes());
     l4.extend_from_slice(&dport.to_be_bytes());
@@ -92,7 +92,7 @@ fn packet(proto: u8, src: [u8; 16], sport: u16, dst: [u8; 16], dport: u16, flags
 
 /// (source, source port, destination, destination port) of an IPv6
 /// packet, after checking its transport checksum.
-fn parse(p: &[u8]) -> ([u8; 16], u16, [u8; 16], u16) {
+pub(super) fn parse(p: &[u8]) -> ([u8; 16], u16, [u8; 16], u16) {
     assert_eq!(&p[12..14], &[0x86, 0xdd], "not IPv6");
     let len = u16::from_be_bytes([p[18], p[19]]) as usize;
     let src: [u8; 16] = p[22..38].try_into().unwrap();
