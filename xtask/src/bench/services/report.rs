@@ -22,6 +22,16 @@ pub(super) fn print_data_path(args: &ServicesBenchArgs, d: &DataPath) {
 }
 
 /// The connection rate of one cell, if it was measured.
+/// A rate as the tables show it: "-" for a column not asked for
+/// (`--columns`), FAILED for one that could not be measured.
+fn rate_text(d: &DataPath, size: usize, col: Column) -> String {
+    match d.cells.get(&(size, col)) {
+        None => "-".into(),
+        Some(Err(_)) => "FAILED".into(),
+        Some(Ok(l)) => format!("{:.0}", l.rate()),
+    }
+}
+
 fn rate(d: &DataPath, size: usize, col: Column) -> Option<f64> {
     d.cells.get(&(size, col)).and_then(|c| c.as_ref().ok()).map(Load::rate)
 }
@@ -63,7 +73,6 @@ fn print_rates(args: &ServicesBenchArgs, d: &DataPath) {
         (Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
         _ => "-".into(),
     };
-    let num = |x: Option<f64>| x.map_or_else(|| "FAILED".into(), |x| format!("{x:.0}"));
     let ipvs_cell = ipvs_cell(d);
 
     println!("\nNew connections per second (higher is better)");
@@ -87,11 +96,11 @@ fn print_rates(args: &ServicesBenchArgs, d: &DataPath) {
         println!(
             "{:>8} {:>8} {:>8} {:>9} {:>10} {:>8}  {:<25} | {:>7} {:>8} {:>8} {:>8} {:>8}",
             size,
-            num(r[&Column::Direct]),
-            num(r[&Column::WeirTc]),
-            num(r[&Column::WeirSock]),
-            num(r[&Column::DirectIpt]),
-            num(r[&Column::Iptables]),
+            rate_text(d, size, Column::Direct),
+            rate_text(d, size, Column::WeirTc),
+            rate_text(d, size, Column::WeirSock),
+            rate_text(d, size, Column::DirectIpt),
+            rate_text(d, size, Column::Iptables),
             ipvs_cell,
             ratio(r[&Column::WeirTc], r[&Column::Direct]),
             ratio(r[&Column::WeirSock], r[&Column::Direct]),
@@ -108,7 +117,6 @@ fn print_rates_v6(args: &ServicesBenchArgs, d: &DataPath) {
         (Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
         _ => "-".into(),
     };
-    let num = |x: Option<f64>| x.map_or_else(|| "FAILED".into(), |x| format!("{x:.0}"));
     println!("\nOver IPv6 (the same node, every Service dual-stack): new connections per second, p50 / p99 us");
     println!(
         "{:>8} {:>8} {:>9} {:>10} | {:>7} {:>8} | {:>13} {:>13} {:>13}",
@@ -121,14 +129,15 @@ fn print_rates_v6(args: &ServicesBenchArgs, d: &DataPath) {
                 let (p50, p99) = l.latency_us();
                 format!("{p50:.0} / {p99:.0}")
             }
-            _ => "FAILED".into(),
+            Some(Err(_)) => "FAILED".into(),
+            None => "-".into(),
         };
         println!(
             "{:>8} {:>8} {:>9} {:>10} | {:>7} {:>8} | {:>13} {:>13} {:>13}",
             size,
-            num(r(Column::Direct6)),
-            num(r(Column::WeirTc6)),
-            num(r(Column::WeirSock6)),
+            rate_text(d, size, Column::Direct6),
+            rate_text(d, size, Column::WeirTc6),
+            rate_text(d, size, Column::WeirSock6),
             ratio(r(Column::WeirTc6), r(Column::Direct6)),
             ratio(r(Column::WeirSock6), r(Column::Direct6)),
             lat(Column::Direct6),
@@ -152,7 +161,8 @@ fn print_latencies(args: &ServicesBenchArgs, d: &DataPath) {
                 let (p50, p99) = l.latency_us();
                 format!("{p50:.0} / {p99:.0}")
             }
-            _ => "FAILED".into(),
+            Some(Err(_)) => "FAILED".into(),
+            None => "-".into(),
         };
         println!(
             "{:>8} {:>15} {:>15} {:>15} {:>15} {:>15}  {:<25}",
