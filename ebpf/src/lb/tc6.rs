@@ -6,8 +6,8 @@
 //! usable backend answers ICMPv6 port unreachable (`reject6`).
 //!
 //! IPv6 has no header checksum: only the transport checksum changes, and
-//! it covers the addresses through the pseudo-header (updated word by
-//! word with `BPF_F_PSEUDO_HDR`). A UDP checksum is mandatory over IPv6:
+//! it covers the addresses through the pseudo-header (updated by the
+//! address's whole difference, with `BPF_F_PSEUDO_HDR`). A UDP checksum is mandatory over IPv6:
 //! a result of 0 is written as 0xffff (`BPF_F_MARK_MANGLED_0`).
 //!
 //! These run in programs of their own (`weir_from_pod6`, `weir_to_pod6`,
@@ -478,7 +478,7 @@ impl Offsets {
 /// The address at `offs`' address offset from `old` to `new`, the port at
 /// its port offset from the low half of `ports` to the high half, and the
 /// transport checksum updated for both (the address through the
-/// pseudo-header, a word at a time).
+/// pseudo-header, `addr_csum`).
 // Not inlined: one small frame shared by both directions.
 #[inline(never)]
 fn rewrite(ctx: &TcContext, old: &Ip6, new: &Ip6, offs: u32, ports: u32) -> Result<(), DropReason> {
@@ -487,17 +487,27 @@ fn rewrite(ctx: &TcContext, old: &Ip6, new: &Ip6, offs: u32, ports: u32) -> Resu
     let (old_port, new_port) = (ports as u16, (ports >> 16) as u16);
     let (csum_off, mangled) =
         if proto == PROTO_TCP { (L4_OFF + 16, 0) } else { (L4_OFF + 6, BPF_F_MARK_MANGLED_0 as u64) };
-    let pseudo = BPF_F_PSEUDO_HDR as u64 | mangled | 4;
-    for i in 0..4 {
-        if old[i] != new[i] {
-            ctx.l4_csum_replace(csum_off, old[i] as u64, new[i] as u64, pseudo).map_err(fail)?;
-        }
-    }
+    addr_csum(ctx, csum_off, old, new, mangled)?;
     if old_port != new_port {
         ctx.l4_csum_replace(csum_off, old_port as u64, new_port as u64, mangled | 2).map_err(fail)?;
     }
     ctx.store(addr_off, new, 0).map_err(fail)?;
     ctx.store(port_off, &new_port, 0).map_err(fail)
+}
+
+/// The transport checksum at `csum_off` updated for an address of the
+/// pseudo-header changing from `old` to `new`: the difference summed here
+/// and applied in one helper call (size 0: `to` is a checksum difference),
+/// where a call per 32-bit word took up to four.
+#[inline(always)]
+fn addr_csum(ctx: &TcContext, csum_off: usize, old: &Ip6, new: &Ip6, mangled: u64) -> Result<(), DropReason> {
+    let mut sum: u64 = 0;
+    for i in 0..4 {
+        sum += u64::from(!old[i]) + u64::from(new[i]);
+    }
+    let sum = (sum & 0xffff_ffff) + (sum >> 32);
+    let diff = (sum & 0xffff_ffff) + (sum >> 32);
+    ctx.l4_csum_replace(csum_off, 0, diff, BPF_F_PSEUDO_HDR as u64 | mangled).map_err(|_| DropReason::RewriteFailed)
 }
 
 /// The destination becomes `addr`, `port`, at the flow's own transport
@@ -532,12 +542,7 @@ fn rewrite_at(ctx: &TcContext, old: &Ip6, new: &Ip6, offs: u32, ports: u32) -> R
     }
     let (old_port, new_port) = (ports as u16, (ports >> 16) as u16);
     let (csum_off, mangled) = if proto == PROTO_TCP { (l4 + 16, 0) } else { (l4 + 6, BPF_F_MARK_MANGLED_0 as u64) };
-    let pseudo = BPF_F_PSEUDO_HDR as u64 | mangled | 4;
-    for i in 0..4 {
-        if old[i] != new[i] {
-            ctx.l4_csum_replace(csum_off, old[i] as u64, new[i] as u64, pseudo).map_err(fail)?;
-        }
-    }
+    addr_csum(ctx, csum_off, old, new, mangled)?;
     if old_port != new_port {
         ctx.l4_csum_replace(csum_off, old_port as u64, new_port as u64, mangled | 2).map_err(fail)?;
     }

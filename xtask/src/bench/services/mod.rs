@@ -103,6 +103,9 @@ pub struct ServicesBenchArgs {
     /// against its baseline); ratios need both of their columns.
     #[arg(long, value_delimiter = ',', value_enum)]
     columns: Vec<Column>,
+    /// Print every slice's rate per cell (where the spread comes from).
+    #[arg(long)]
+    slices: bool,
     #[command(flatten)]
     metrics: super::metrics::MetricsArgs,
 }

@@ -200,6 +200,14 @@ fn print_checks(args: &ServicesBenchArgs, d: &DataPath) {
             };
         }
         println!("{line}");
+        if args.slices {
+            for p in Column::ALL {
+                if let Some(Ok(l)) = d.cells.get(&(size, p)) {
+                    let rates: Vec<String> = l.slice_rates.iter().map(|r| format!("{r:.0}")).collect();
+                    println!("{:>8}  {:>10} slices: {}", "", p.label(), rates.join(" "));
+                }
+            }
+        }
         if let Some((weir, ipt)) = d.programming.get(&size) {
             let t = |x: &Option<Duration>| x.map_or("-".into(), |d| format!("{:.2} s", d.as_secs_f64()));
             let idle = d.agent_idle_cpu.get(&size).copied().flatten();
