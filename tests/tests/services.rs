@@ -547,6 +547,20 @@ fn forwarded(node: &Node, rules: &[&[&str]], traffic: impl FnOnce()) -> Vec<u64>
         .collect()
 }
 
+/// The TTL of the reply to one UDP datagram sent from `ns` to `host:port`.
+fn reply_ttl(ns: &NetNs, host: Ipv4Addr, port: u16) -> u8 {
+    // IP_RECVTTL = 12, IP_TTL = 2 (Linux).
+    const SCRIPT: &str = "import socket, sys\n\
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+        s.setsockopt(socket.IPPROTO_IP, 12, 1)\n\
+        s.settimeout(5)\n\
+        s.sendto(b'ttl', (sys.argv[1], int(sys.argv[2])))\n\
+        data, anc, flags, addr = s.recvmsg(4096, socket.CMSG_SPACE(4))\n\
+        print([int.from_bytes(d[:4], sys.byteorder) for (l, t, d) in anc if l == socket.IPPROTO_IP and t == 2][0])\n";
+    let out = ns.run(&["python3", "-c", SCRIPT, &host.to_string(), &port.to_string()]).unwrap();
+    out.trim().parse().unwrap_or_else(|e| panic!("TTL from {out:?}: {e}"))
+}
+
 /// Between pods of one node, the flows weir owns (a Service flow to a local
 /// backend and its replies, a TCP connection weir saw open) go from veth to
 /// veth (bpf_redirect_peer) past the host's routing and netfilter, while
@@ -586,6 +600,9 @@ fn local_flows_go_from_veth_to_veth_past_the_host() {
         let large = echo::ask(&a.netns, "udp", VIP, ECHO_PORT, &"f".repeat(3000)).unwrap();
         assert_eq!((large.server.as_str(), large.peer), ("n1/b", VIP));
     });
+    // One router hop, as the host's way gives: the TTL a reply through the
+    // Service arrives with (the echo server sends with 64).
+    assert_eq!(reply_ttl(&a.netns, VIP, ECHO_PORT), 63, "a reply sent from veth to veth must lose one TTL");
     // 40 connections are some 400 packets on the host's way.
     assert!(
         counts[0] + counts[1] < 10,
