@@ -32,6 +32,18 @@ fn rate_text(d: &DataPath, size: usize, col: Column) -> String {
     }
 }
 
+/// p50 / p99 as the tables show them, "-" and FAILED as in `rate_text`.
+fn latency_text(d: &DataPath, size: usize, col: Column) -> String {
+    match d.cells.get(&(size, col)) {
+        None => "-".into(),
+        Some(Err(_)) => "FAILED".into(),
+        Some(Ok(l)) => {
+            let (p50, p99) = l.latency_us();
+            format!("{p50:.0} / {p99:.0}")
+        }
+    }
+}
+
 fn rate(d: &DataPath, size: usize, col: Column) -> Option<f64> {
     d.cells.get(&(size, col)).and_then(|c| c.as_ref().ok()).map(Load::rate)
 }
@@ -124,14 +136,7 @@ fn print_rates_v6(args: &ServicesBenchArgs, d: &DataPath) {
     );
     for &size in &args.sizes {
         let r = |c: Column| rate(d, size, c);
-        let lat = |c: Column| match d.cells.get(&(size, c)) {
-            Some(Ok(l)) => {
-                let (p50, p99) = l.latency_us();
-                format!("{p50:.0} / {p99:.0}")
-            }
-            Some(Err(_)) => "FAILED".into(),
-            None => "-".into(),
-        };
+        let lat = |c: Column| latency_text(d, size, c);
         println!(
             "{:>8} {:>8} {:>9} {:>10} | {:>7} {:>8} | {:>13} {:>13} {:>13}",
             size,
@@ -156,14 +161,7 @@ fn print_latencies(args: &ServicesBenchArgs, d: &DataPath) {
         "services", "direct", "weir tc", "weir sock", "direct@ipt", "iptables", "IPVS"
     );
     for &size in &args.sizes {
-        let lat = |p: Column| match d.cells.get(&(size, p)) {
-            Some(Ok(l)) => {
-                let (p50, p99) = l.latency_us();
-                format!("{p50:.0} / {p99:.0}")
-            }
-            Some(Err(_)) => "FAILED".into(),
-            None => "-".into(),
-        };
+        let lat = |c: Column| latency_text(d, size, c);
         println!(
             "{:>8} {:>15} {:>15} {:>15} {:>15} {:>15}  {:<25}",
             size,
