@@ -2,7 +2,7 @@
 //! its backend, the reply direction finds its way back to the frontend.
 use core::ptr::write_volatile;
 
-use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::map, maps::LruHashMap};
+use aya_ebpf::{helpers::bpf_ktime_get_coarse_ns, macros::map, maps::LruHashMap};
 use weir_common::lb::{Backend, CtEntry, CtKey, MAX_CT_ENTRIES};
 
 use crate::packet::{Flow, TCP_FIN, TCP_RST};
@@ -10,10 +10,15 @@ use crate::packet::{Flow, TCP_FIN, TCP_RST};
 #[map]
 static WEIR_CT: LruHashMap<CtKey, CtEntry> = LruHashMap::pinned(MAX_CT_ENTRIES, 0);
 
+/// Monotonic seconds. The coarse clock (the last tick's time) serves
+/// timeouts counted in seconds, and costs a read where the precise one
+/// reads the clock source on every packet of every translated flow (a
+/// paravirtual clock on a VM: the largest single cost of a reply's path
+/// after the map lookups).
 #[inline(always)]
 pub fn now_secs() -> u32 {
     // Safety: helper without arguments.
-    (unsafe { bpf_ktime_get_ns() } / 1_000_000_000) as u32
+    (unsafe { bpf_ktime_get_coarse_ns() } / 1_000_000_000) as u32
 }
 
 /// The key of a client packet, in the original direction.

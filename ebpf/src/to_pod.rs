@@ -34,24 +34,25 @@ fn try_handle(ctx: &TcContext, seen: &mut Flow) -> Result<i32, DropReason> {
     *seen = flow;
     // On egress, the device the packet leaves by: the pod's host veth.
     let ifindex = packet::ifindex(ctx);
-    let ep = endpoint::by_ifindex(ifindex);
-    if ep.is_some_and(|ep| ep.flags & EndpointInfo::FLAG_POLICY_PENDING != 0) {
+    // An endpoint's entry or none, never an `Option` whose payload is
+    // undefined when empty: LLVM kept that payload in a register across the
+    // reply lookup and spilled it, a read the verifier refuses.
+    let found = endpoint::by_ifindex(ifindex);
+    let known = found.is_some();
+    let ep = found.unwrap_or(EndpointInfo::new([0; 4], 0));
+    if ep.flags & EndpointInfo::FLAG_POLICY_PENDING != 0 {
         return Err(DropReason::PolicyPending);
     }
     // New flows of a pod under policy (judged after any reply translation).
-    let judge = ep.filter(|ep| policy::active(ep) && !policy::tracked(ifindex, &flow));
+    let judge = known && policy::active(&ep) && !policy::tracked(ifindex, &flow);
     // A hairpin reply never comes this way (from_pod sends it back out
     // directly), so any reversal here is a plain one.
     let reversed = reverse::to_client(ctx, &flow)?;
     // (A reversed packet is a reply of a Service flow this pod opened,
     // which its egress check already saw.)
-    if let Some(ep) = judge
-        && !reversed
-    {
+    if judge && !reversed {
         policy::check_new(ifindex, &ep, DIR_INGRESS, &flow, &flow)?;
-    } else if let Some(ep) = ep
-        && !reversed
-    {
+    } else if known && !reversed {
         policy::report_unenforced(ifindex, &ep, FLOW_DIR_INGRESS, &flow);
     }
     Ok(TC_OK)
