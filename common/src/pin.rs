@@ -25,6 +25,8 @@ pub const MAP_REVNAT: &str = "WEIR_REVNAT";
 pub const MAP_CT: &str = "WEIR_CT";
 /// TCP connections between pods of one node that go from veth to veth.
 pub const MAP_LOCAL_FLOWS: &str = "WEIR_LOCAL_FLOWS";
+/// The same for IPv6.
+pub const MAP_LOCAL_FLOWS6: &str = "WEIR_LOCAL_FLOWS6";
 pub const MAP_AFFINITY: &str = "WEIR_AFFINITY";
 pub const MAP_SRC_RANGES: &str = "WEIR_SRC_RANGE";
 pub const MAP_NODE: &str = "WEIR_NODE";
@@ -62,6 +64,13 @@ pub const PROG_TO_NETDEV6: &str = "weir_to_netdev6";
 /// Slots of `WEIR_NETDEV6`.
 pub const NETDEV6_FROM: u32 = 0;
 pub const NETDEV6_TO: u32 = 1;
+/// Veth-to-veth delivery of a pod's IPv6 packet (`ebpf/src/local6.rs`),
+/// tail-called by `weir_from_pod6` for a packet it lets go without a
+/// policy check (a fresh stack: its own frames are full), through this
+/// one-slot array. Empty: those packets go the kernel's way.
+pub const MAP_DELIVER6: &str = "WEIR_DELIVER6";
+pub const PROG_DELIVER6: &str = "weir_deliver6";
+pub const DELIVER6_SLOT: u32 = 0;
 /// `Uplink6`: the node's IPv6 address (the SNAT source) and its uplink.
 pub const MAP_UPLINK6: &str = "WEIR_UPLINK6";
 /// The clients of IPv6 flows SNATed to a remote backend (`Nat6`, keyed

@@ -89,10 +89,10 @@ impl Kind {
 
 /// The pod a packet goes to: its host veth and the MAC addresses of the hop
 /// (the host veth's own, the pod's), as the kernel would route it.
-struct Peer {
-    ifindex: u32,
-    ep: EndpointInfo,
-    macs: [u8; 12],
+pub(crate) struct Peer {
+    pub ifindex: u32,
+    pub ep: EndpointInfo,
+    pub macs: [u8; 12],
 }
 
 /// What may go straight to its destination, for a packet that is no
@@ -206,9 +206,9 @@ fn send(ctx: &TcContext, flow: &Flow, kind: &Kind) -> Result<Option<i64>, DropRe
 }
 
 /// What `to_pod` does at the destination's veth, for a packet that will not
-/// pass there.
+/// pass there (IPv6's too: `local6`).
 #[inline(always)]
-fn at_peer(peer: &Peer, flow: &Flow, reversed: bool) -> Result<(), DropReason> {
+pub(crate) fn at_peer<T: policy::Tuple>(peer: &Peer, flow: &T, reversed: bool) -> Result<(), DropReason> {
     if peer.ep.flags & EndpointInfo::FLAG_POLICY_PENDING != 0 {
         return Err(DropReason::PolicyPending);
     }
@@ -240,7 +240,17 @@ fn peer(ctx: &TcContext, flow: &Flow, daddr: u32) -> Option<Peer> {
     // tot_len 0: the kernel checks the skb against the egress MTU.
     // Safety: `params` is a valid, writable bpf_fib_lookup of that size.
     let rc = unsafe { fib_lookup(ctx.skb.skb.cast(), &mut params, core::mem::size_of::<bpf_fib_lookup>() as i32, 0) };
-    if rc != i64::from(BPF_FIB_LKUP_RET_SUCCESS) || params.ifindex == ingress {
+    if rc != i64::from(BPF_FIB_LKUP_RET_SUCCESS) {
+        return None;
+    }
+    found_peer(ingress, &params)
+}
+
+/// The weir pod a successful FIB lookup from `ingress` found, if it is one
+/// other than the sender's.
+#[inline(always)]
+pub(crate) fn found_peer(ingress: u32, params: &bpf_fib_lookup) -> Option<Peer> {
+    if params.ifindex == ingress {
         return None;
     }
     let ep = endpoint::by_ifindex(params.ifindex)?;

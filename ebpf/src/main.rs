@@ -13,6 +13,7 @@ mod from_pod;
 mod ipv6;
 mod lb;
 mod local;
+mod local6;
 mod nat;
 mod netdev6;
 mod node;
@@ -71,6 +72,13 @@ pub fn weir_to_pod(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn weir_from_pod6(ctx: TcContext) -> i32 {
     pod6::from_pod6(&ctx)
+}
+
+/// A pod's IPv6 packet `weir_from_pod6` let go, straight into its
+/// destination pod if it may (`local6`), tail-called by it.
+#[classifier]
+pub fn weir_deliver6(ctx: TcContext) -> i32 {
+    pod6::deliver6(&ctx)
 }
 
 /// The egress policy of a pod's IPv6 packet, tail-called by

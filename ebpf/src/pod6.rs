@@ -23,6 +23,7 @@ use crate::{
     endpoint,
     ipv6::{self, Flow6},
     lb::tc6,
+    local6,
     packet::{self, TCP_ACK, TCP_SYN},
     policy,
 };
@@ -92,13 +93,15 @@ fn screen(ctx: &TcContext, missing: Option<DropReason>, leaving: bool) -> i32 {
 pub struct Stash {
     /// The packet as the pod sent it, when `lb::tc6` read it (TCP or UDP
     /// right after the fixed header).
-    sent: Flow6,
-    sent_valid: bool,
-    /// The backend it was sent to, when translated.
-    backend: [u8; 16],
-    backend_port: u16,
+    pub(crate) sent: Flow6,
+    pub(crate) sent_valid: bool,
+    /// The backend it was sent to, when translated, and whether that is a
+    /// pod of this node (`local6` may deliver to it).
+    pub(crate) backend: [u8; 16],
+    pub(crate) backend_port: u16,
+    pub(crate) backend_local: bool,
     /// `tc6::NOT_SERVICE` ...
-    outcome: u8,
+    pub(crate) outcome: u8,
     /// The verdict so far.
     action: i32,
 }
@@ -127,14 +130,39 @@ pub fn stash_sent(saddr: &[u32; 4], daddr: &[u32; 4], sport: u16, dport: u16, pr
 }
 
 /// The backend a packet was translated to (called by `lb::tc6` as it
-/// rewrites it).
+/// rewrites it), and whether it is a pod of this node.
 #[inline(always)]
-pub fn stash_translated(addr: &[u32; 4], port: u16) {
+pub fn stash_translated(addr: &[u32; 4], port: u16, local: bool) {
     let Some(st) = WEIR_STASH6.get_ptr_mut(0) else { return };
     // Safety: as in `stash_sent`.
     unsafe {
         (*st).backend = core::mem::transmute::<[u32; 4], [u8; 16]>(*addr);
         (*st).backend_port = port;
+        (*st).backend_local = local;
+    }
+}
+
+/// `weir_deliver6`: the packet `weir_from_pod6` let go with the verdict it
+/// stashed, straight into its destination pod if it may.
+#[inline(always)]
+pub fn deliver6(ctx: &TcContext) -> i32 {
+    pass_on(ctx, WEIR_STASH6.get(0).map_or(TC_OK, |st| st.action))
+}
+
+/// What this packet's run stashed so far (this CPU's entry).
+#[inline(always)]
+pub(crate) fn stashed() -> Option<&'static Stash> {
+    WEIR_STASH6.get(0)
+}
+
+/// The packet goes on with `action`, straight into its destination pod
+/// if `local6` may send it there, counted as passed (or dropped there).
+#[inline(always)]
+fn pass_on(ctx: &TcContext, action: i32) -> i32 {
+    match local6::deliver(ctx, action) {
+        local6::KERNEL => counters::pass(action),
+        local6::DROPPED => TC_ACT_SHOT as i32,
+        sent => counters::pass(sent),
     }
 }
 
@@ -145,7 +173,10 @@ pub fn stash_translated(addr: &[u32; 4], port: u16) {
 pub fn from_pod6(ctx: &TcContext) -> i32 {
     if let Some(st) = WEIR_STASH6.get_ptr_mut(0) {
         // Safety: as in `stash_sent`.
-        unsafe { (*st).sent_valid = false };
+        unsafe {
+            (*st).sent_valid = false;
+            (*st).backend_local = false;
+        }
     }
     let (outcome, action) = match tc6::from_pod(ctx) {
         Ok(done) => done,
@@ -175,6 +206,9 @@ pub fn from_pod6(ctx: &TcContext) -> i32 {
         && !opens
         && endpoint::by_ifindex(packet::ifindex(ctx)).is_some_and(|ep| !policy::active(&ep))
     {
+        // On to `weir_deliver6` (this program's frames leave no room for
+        // the delivery); with its slot empty, the kernel's way.
+        local6::tail_deliver(ctx);
         return counters::pass(action);
     }
     tc6::tail_egress(ctx);
@@ -200,8 +234,25 @@ fn fail_closed(ctx: &TcContext, action: i32) -> i32 {
 /// log.
 #[inline(always)]
 pub fn egress6(ctx: &TcContext) -> i32 {
+    match judged_egress(ctx) {
+        // Delivered from this first frame, once the policy's are gone.
+        PASSED => pass_on(ctx, WEIR_STASH6.get(0).map_or(TC_OK, |st| st.action)),
+        action => action,
+    }
+}
+
+/// `judged_egress`' answer for a packet that passed (no tc action is this).
+const PASSED: i32 = i32::MIN;
+
+/// `PASSED`, or the verdict on a packet that did not pass (counted and
+/// reported).
+#[inline(never)]
+fn judged_egress(ctx: &TcContext) -> i32 {
     let mut seen = Flow6::NONE;
     let result = egress6_judged(ctx, &mut seen);
+    if let Ok(PASSED) = result {
+        return PASSED;
+    }
     ipv6::finish(ctx, result, &seen, FLOW_DIR_EGRESS)
 }
 
@@ -226,7 +277,7 @@ fn egress6_judged(ctx: &TcContext, seen: &mut Flow6) -> Result<i32, DropReason> 
     }
     let judged = *seen;
     egress(ctx, &st.sent, &judged)?;
-    Ok(counters::pass(st.action))
+    Ok(PASSED)
 }
 
 /// The packet, read into `into` (its own frame: the parser's buffers are

@@ -345,6 +345,106 @@ fn ipv6_cluster_ip_through_the_per_packet_path() {
     assert_eq!(lines[0], lines[1], "the connection changed backend across the restart");
 }
 
+/// Between pods of one node, the IPv6 flows weir owns (a Service flow to a
+/// local backend and its replies, a TCP connection weir saw open) go from
+/// veth to veth (bpf_redirect_peer) past the host's routing and netfilter,
+/// while the pods see what routing would give them (the Service's address,
+/// one hop less); direct UDP, which weir does not track, still takes the
+/// host's way.
+#[test]
+fn ipv6_local_flows_go_from_veth_to_veth_past_the_host() {
+    weir_testbed::privileged(&[tools::IP, tools::PYTHON3, tools::IPTABLES, tools::PORTMAP]);
+    let topo = Topology::builder("svc_ipv6_local").nodes(1).families(Families::DualStack).build().unwrap();
+    let _agents = topo.start_agents().unwrap();
+    let n1 = topo.node("n1");
+    let conflist = n1.agent_conflist().unwrap();
+    let (a, b) = (Pod::create(n1, "a", &conflist).unwrap(), Pod::create(n1, "b", &conflist).unwrap());
+    let _server = echo::serve_dual_stack(&b.netns, "n1/b", PORT, &n1.dirs.logs.join("echo-b.log")).unwrap();
+    let (a6, b6) = (a.ipv6.unwrap(), b.ipv6.unwrap());
+    let vip6: Ipv6Addr = "fd00:10:96::10".parse().unwrap();
+    topo.write_manifest(
+        "svc-ipv6-local.yaml",
+        &[
+            service_yaml_families("echo6", &[vip6.into()], &["IPv6"], "SingleStack", &ports()),
+            endpoint_slice_yaml6("echo6", &SLICE_PORTS, &[(b6, "n1")]),
+        ],
+    )
+    .unwrap();
+    // Until the Service answers; and the host's neighbour entries for both
+    // pods, which the shortcut needs (until then the kernel forwards and
+    // resolves them).
+    let mut last = None;
+    for _ in 0..60 {
+        match echo::ask_ip_from(&a.netns, None, "tcp", vip6.into(), PORT, "hello") {
+            Ok(_) => {
+                last = None;
+                break;
+            }
+            Err(e) => last = Some(e),
+        }
+        thread::sleep(Duration::from_millis(250));
+    }
+    assert!(last.is_none(), "tcp [{vip6}]:{PORT} never answered: {:#}", last.unwrap());
+    echo::ask_ip_from(&a.netns, None, "tcp", b6.into(), PORT, "hello").unwrap();
+
+    let (ab, ba) = (
+        ["-s", &format!("{a6}/128"), "-d", &format!("{b6}/128")],
+        ["-s", &format!("{b6}/128"), "-d", &format!("{a6}/128")],
+    );
+    let rules: [Vec<&str>; 3] = [
+        [&["-p", "tcp"][..], &ab[..]].concat(),
+        [&["-p", "tcp"][..], &ba[..]].concat(),
+        [&["-p", "udp"][..], &ab[..]].concat(),
+    ];
+    for rule in rules.iter().rev() {
+        let mut args = vec!["ip6tables", "-w", "-I", "FORWARD", "1"];
+        args.extend_from_slice(rule);
+        n1.netns.run(&args).unwrap();
+    }
+    n1.netns.run(&["ip6tables", "-w", "-Z", "FORWARD"]).unwrap();
+    for _ in 0..20 {
+        let direct = echo::ask_ip_from(&a.netns, None, "tcp", b6.into(), PORT, "d").unwrap();
+        assert_eq!((direct.server.as_str(), direct.peer), ("n1/b", IpAddr::from(b6)));
+        let via = echo::ask_ip_from(&a.netns, None, "tcp", vip6.into(), PORT, "s").unwrap();
+        assert_eq!((via.server.as_str(), via.peer), ("n1/b", IpAddr::from(vip6)), "the client must see the Service");
+    }
+    for _ in 0..10 {
+        let udp = echo::ask_ip_from(&a.netns, None, "udp", b6.into(), PORT, "u").unwrap();
+        assert_eq!(udp.server, "n1/b");
+        let via = echo::ask_ip_from(&a.netns, None, "udp", vip6.into(), PORT, "v").unwrap();
+        assert_eq!((via.server.as_str(), via.peer), ("n1/b", IpAddr::from(vip6)));
+    }
+    let listing = n1.netns.run(&["ip6tables", "-w", "-L", "FORWARD", "-v", "-x", "-n"]).unwrap();
+    // Rows after the two header lines, in rule order: packets first.
+    let counts: Vec<u64> =
+        listing.lines().skip(2).take(3).map(|row| row.split_whitespace().next().unwrap().parse().unwrap()).collect();
+    // 40 connections are some 400 packets on the host's way.
+    assert!(
+        counts[0] + counts[1] < 10,
+        "TCP between n1/a and n1/b over IPv6, direct and through the Service, crossed the host's FORWARD chain: \
+         {} packets a->b, {} b->a",
+        counts[0],
+        counts[1]
+    );
+    assert!(counts[2] >= 10, "direct UDP should take the host's way (the counting rules work): {} packets", counts[2]);
+    // One router hop, as the host's way gives: the hop limit a reply
+    // through the Service arrives with (the echo server sends with 64).
+    let out = a.netns.run(&["python3", "-c", REPLY_HOP_LIMIT, &vip6.to_string(), &PORT.to_string()]).unwrap();
+    assert_eq!(out.trim(), "63", "a reply sent from veth to veth must lose one hop");
+}
+
+/// The hop limit of the reply to one UDP datagram sent to `[host]:port`
+/// (IPV6_RECVHOPLIMIT = 51, IPV6_HOPLIMIT = 52 on Linux).
+const REPLY_HOP_LIMIT: &str = r#"
+import socket, sys
+s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+s.setsockopt(socket.IPPROTO_IPV6, 51, 1)
+s.settimeout(5)
+s.sendto(b"hop", (sys.argv[1], int(sys.argv[2])))
+data, anc, flags, addr = s.recvmsg(4096, socket.CMSG_SPACE(4))
+print([int.from_bytes(d[:4], sys.byteorder) for (l, t, d) in anc if l == socket.IPPROTO_IPV6 and t == 52][0])
+"#;
+
 fn path(p: &Path) -> String {
     p.to_str().unwrap().to_string()
 }

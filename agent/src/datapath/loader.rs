@@ -114,7 +114,11 @@ impl Datapath {
         // The uplink's IPv6 path (`ebpf/src/netdev6.rs`): until filled, an
         // IPv6 packet through the uplink goes to the node's stack as it is.
         let uplink = [(pin::NETDEV6_TO, pin::PROG_TO_NETDEV6), (pin::NETDEV6_FROM, pin::PROG_FROM_NETDEV6)];
-        self.fill_program_array(pin::MAP_NETDEV6, &uplink)
+        self.fill_program_array(pin::MAP_NETDEV6, &uplink)?;
+        // Veth-to-veth delivery of what `weir_from_pod6` lets go unjudged
+        // (`ebpf/src/local6.rs`): until filled, those packets go the
+        // kernel's way.
+        self.fill_program_array(pin::MAP_DELIVER6, &[(pin::DELIVER6_SLOT, pin::PROG_DELIVER6)])
     }
 
     /// Loads each (slot, program) and puts it in the program array `name`,

@@ -29,13 +29,14 @@ const MAX_BATCH: usize = 1 << 16;
 
 /// The maps whose fill level matters (hash and LPM maps an operator may
 /// outgrow).
-pub const MAPS: [&str; 23] = [
+pub const MAPS: [&str; 24] = [
     pin::MAP_ENDPOINTS,
     pin::MAP_SVC,
     pin::MAP_BACKENDS,
     pin::MAP_REVNAT,
     pin::MAP_CT,
     pin::MAP_LOCAL_FLOWS,
+    pin::MAP_LOCAL_FLOWS6,
     pin::MAP_AFFINITY,
     pin::MAP_SRC_RANGES,
     pin::MAP_SOCK_REVNAT,

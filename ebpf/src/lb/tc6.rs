@@ -39,7 +39,8 @@ use network_types::eth::EthHdr;
 use weir_common::{
     DropReason,
     lb::{
-        Backend6, CtEntry, CtKey6, Ip6, MAX_CT_ENTRIES, NodeConfig6, PROTO_TCP, PROTO_UDP, ServiceKey6, ServiceValue,
+        Backend, Backend6, CtEntry, CtKey6, Ip6, MAX_CT_ENTRIES, NodeConfig6, PROTO_TCP, PROTO_UDP, ServiceKey6,
+        ServiceValue,
     },
     pin::{TAIL_EGRESS6, TAIL_FROM_POD6, TAIL_TO_POD6},
 };
@@ -299,7 +300,7 @@ pub fn from_pod(ctx: &TcContext) -> Result<(u8, i32), DropReason> {
         None => &flow.saddr,
     };
     record(&flow, &b, backend_id, u32::from(svc.rev_nat_id) | u32::from(flags) << 16, reply_to);
-    dnat(ctx, &flow, &b.addr, b.port)?;
+    dnat(ctx, &flow, &b.addr, b.port, b.flags & Backend::FLAG_LOCAL != 0)?;
     if let Some(gw) = hairpin {
         snat(ctx, &flow, &gw, flow.sport)?;
         return Ok((TRANSLATED, packet::back_out(ctx, packet::ifindex(ctx))));
@@ -346,7 +347,7 @@ fn continue_flow(ctx: &TcContext, flow: &Flow6, now: u32) -> Result<u8, DropReas
         None
     };
     observe_client(&original, &ct, flow, now);
-    dnat(ctx, flow, &b.addr, b.port)?;
+    dnat(ctx, flow, &b.addr, b.port, b.flags & Backend::FLAG_LOCAL != 0)?;
     if let Some(gw) = gw {
         snat(ctx, flow, &gw, flow.sport)?;
         return Ok(HAIRPINNED);
@@ -389,7 +390,7 @@ fn hairpin_reply(ctx: &TcContext, flow: &Flow6) -> Result<(u8, i32), DropReason>
         return Ok((NOT_SERVICE, TC_OK));
     }
     // The destination back to the pod, then the source to the frontend.
-    dnat(ctx, flow, &flow.saddr, flow.dport)?;
+    dnat(ctx, flow, &flow.saddr, flow.dport, false)?;
     snat(ctx, flow, &rn.addr, rn.port)?;
     Ok((REPLY, packet::back_out(ctx, packet::ifindex(ctx))))
 }
@@ -444,11 +445,13 @@ pub(crate) fn observe_client(key: &CtKey6, entry: &CtEntry, flow: &Flow6, now: u
     }
 }
 
-/// Client -> frontend becomes client -> backend.
+/// Client -> frontend becomes client -> backend (`local`: a pod of this
+/// node).
 #[inline(always)]
-fn dnat(ctx: &TcContext, flow: &Flow6, addr: &Ip6, port: u16) -> Result<(), DropReason> {
-    // The destination as the egress policy judges it (`pod6`).
-    crate::pod6::stash_translated(addr, port);
+fn dnat(ctx: &TcContext, flow: &Flow6, addr: &Ip6, port: u16, local: bool) -> Result<(), DropReason> {
+    // The destination as the egress policy judges it, and where `local6`
+    // may deliver it (`pod6`).
+    crate::pod6::stash_translated(addr, port, local);
     let offs = Offsets { addr: DST_OFF as u8, port: (L4_OFF + 2) as u8, proto: flow.proto, _pad: 0 };
     rewrite(ctx, &flow.daddr, addr, offs.packed(), u32::from(flow.dport) | u32::from(port) << 16)
 }

@@ -150,6 +150,7 @@ fn fill_levels_count_entries_and_show_capacity() {
         (pin::MAP_REVNAT, lb::MAX_REVNAT_ENTRIES),
         (pin::MAP_CT, lb::MAX_CT_ENTRIES),
         (pin::MAP_LOCAL_FLOWS, lb::MAX_LOCAL_FLOWS),
+        (pin::MAP_LOCAL_FLOWS6, lb::MAX_LOCAL_FLOWS),
         (pin::MAP_AFFINITY, lb::MAX_AFFINITY_ENTRIES),
         (pin::MAP_SRC_RANGES, lb::MAX_SRC_RANGE_ENTRIES),
         (pin::MAP_SOCK_REVNAT, lb::MAX_SOCK_REV_ENTRIES),
