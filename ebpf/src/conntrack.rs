@@ -46,13 +46,17 @@ pub fn lookup(key: &CtKey) -> Option<CtEntry> {
     unsafe { WEIR_CT.get(key) }.copied()
 }
 
-/// A client packet of a tracked flow: FIN or RST mark the flow as ending.
+/// A client packet of a tracked flow: FIN or RST mark the flow as ending,
+/// in its original entry (`key`) and its reply entry (`reply`). The reply
+/// entry's mark is what sends a reply to the original entry to learn
+/// whether the flow is over (`lb::flow_is_over`): until the client ends
+/// the flow, a reply needs no second lookup.
 ///
 /// Entries change in place, as `refresh` does: an insert over an existing
 /// key replaces its element, which in an LRU map takes a free node and
 /// frees the old one (the LRU lists' locks), on a path every flow takes.
 #[inline(always)]
-pub fn observe_client(key: &CtKey, entry: &CtEntry, flow: &Flow, now: u32) {
+pub fn observe_client(key: &CtKey, reply: &CtKey, entry: &CtEntry, flow: &Flow, now: u32) {
     let mark = if flow.tcp_flags & TCP_RST != 0 {
         CtEntry::FLAG_RESET
     } else if flow.tcp_flags & TCP_FIN != 0 && entry.flags & CtEntry::FLAG_CLOSING == 0 {
@@ -60,13 +64,16 @@ pub fn observe_client(key: &CtKey, entry: &CtEntry, flow: &Flow, now: u32) {
     } else {
         return;
     };
-    let Some(ct) = WEIR_CT.get_ptr_mut(key) else { return };
-    // Safety: the map's value for `key`, live while this program runs.
-    // The time first, then the flag that makes it count, each one store
-    // (a reader on another CPU sees a closing flow with its new time).
-    unsafe {
-        write_volatile(&raw mut (*ct).created, now);
-        write_volatile(&raw mut (*ct).flags, entry.flags | mark);
+    for key in [key, reply] {
+        let Some(ct) = WEIR_CT.get_ptr_mut(key) else { continue };
+        // Safety: the map's value for `key`, live while this program runs.
+        // The time first, then the flag that makes it count, each one
+        // store (a reader on another CPU sees a closing flow with its new
+        // time). Both entries were written with the same flags.
+        unsafe {
+            write_volatile(&raw mut (*ct).created, now);
+            write_volatile(&raw mut (*ct).flags, entry.flags | mark);
+        }
     }
 }
 

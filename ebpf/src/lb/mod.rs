@@ -26,7 +26,7 @@ use weir_common::{
 
 use crate::{
     conntrack, nat,
-    packet::{Flow, TCP_ACK, TCP_SYN},
+    packet::{Flow, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
 };
 
 pub mod netdev;
@@ -101,7 +101,17 @@ fn continue_flow(ctx: &TcContext, flow: &Flow, ct_key: &CtKey, now: u32) -> Resu
         return Ok(None);
     }
     let Some(b) = backend(ct.backend_id) else { return Ok(None) };
-    conntrack::observe_client(ct_key, &ct, flow, now);
+    if flow.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
+        // The reply entry: the backend answers the client, or the address
+        // and port its source was translated to.
+        let client = if ct.flags & (CtEntry::FLAG_HAIRPIN | CtEntry::FLAG_SNAT) != 0 {
+            (ct.nat_addr, ct.nat_port)
+        } else {
+            (flow.saddr, flow.sport)
+        };
+        let reply = conntrack::reply_key(&b, client.0, client.1, flow.proto);
+        conntrack::observe_client(ct_key, &reply, &ct, flow, now);
+    }
     if ct.flags & (CtEntry::FLAG_HAIRPIN | CtEntry::FLAG_SNAT) != 0 {
         nat::both(ctx, flow, (b.addr, b.port), (ct.nat_addr, ct.nat_port))?;
     } else {

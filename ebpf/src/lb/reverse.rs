@@ -122,9 +122,13 @@ fn find(flow: &Flow, hook: Hook) -> Found {
     }
     let Some(frontend) = rev_nat(ct.rev_nat_id) else { return Found::No };
     // Only while the flow lives: a later connection that reuses the tuple
-    // (a direct one to the same backend, say) must not be rewritten.
+    // (a direct one to the same backend, say) must not be rewritten. The
+    // client's FIN or RST marks this entry too (`conntrack::observe_client`):
+    // until then the flow lives, without a lookup of its original entry.
     let (client, client_port) = if hairpin { (ct.nat_addr, ct.nat_port) } else { (flow.daddr, flow.dport) };
-    if flow_is_over(client, client_port, &frontend, flow.proto) {
+    if ct.flags & (CtEntry::FLAG_CLOSING | CtEntry::FLAG_RESET) != 0
+        && flow_is_over(client, client_port, &frontend, flow.proto)
+    {
         conntrack::remove(&conntrack::as_reply(flow));
         return Found::No;
     }
