@@ -250,17 +250,21 @@ fn new_flow(ctx: &TcContext, flow: &Flow6, svc: &ServiceValue, now: u32) -> Resu
     let entry = CtEntry { backend_id, rev_nat_id: svc.rev_nat_id, created: now, ..CtEntry::default() };
     // Local backends (always, under externalTrafficPolicy: Local) see the
     // client's address, and their replies pass this node anyway.
-    if b.flags & Backend::FLAG_LOCAL != 0 || svc.flags & ServiceValue::FLAG_LOCAL_ONLY != 0 {
-        return to_local(ctx, flow, &b, &entry);
-    }
-    // A remote backend: the node's address as the source, so the reply
-    // comes back here.
-    let node = node_addr().ok_or(DropReason::SnatExhausted)?;
-    let port = snat_port(flow, &node, &b.addr, b.port).ok_or(DropReason::SnatExhausted)?;
-    record_snat(flow, &b, &entry, &node, port);
-    tc6::rewrite_dst(ctx, flow, &b.addr, b.port)?;
-    tc6::rewrite_src(ctx, flow, &node, port)?;
-    Ok(SNATED)
+    let done = if b.flags & Backend::FLAG_LOCAL != 0 || svc.flags & ServiceValue::FLAG_LOCAL_ONLY != 0 {
+        to_local(ctx, flow, &b, &entry)?
+    } else {
+        // A remote backend: the node's address as the source, so the reply
+        // comes back here.
+        let node = node_addr().ok_or(DropReason::SnatExhausted)?;
+        let port = snat_port(flow, &node, &b.addr, b.port).ok_or(DropReason::SnatExhausted)?;
+        record_snat(flow, &b, &entry, &node, port);
+        tc6::rewrite_dst(ctx, flow, &b.addr, b.port)?;
+        tc6::rewrite_src(ctx, flow, &node, port)?;
+        SNATED
+    };
+    // A new flow (later packets take `continue_flow`).
+    tc6::tell_translated(ctx, flow, FLOW_DIR_INGRESS, &b);
+    Ok(done)
 }
 
 // `to_local`, `snat_port` and `record_snat` in frames of their own, each

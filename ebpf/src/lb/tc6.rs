@@ -38,6 +38,7 @@ use aya_ebpf::{
 use network_types::eth::EthHdr;
 use weir_common::{
     DropReason,
+    flow::FLOW_DIR_EGRESS,
     lb::{
         Backend6, CtEntry, CtKey6, Ip6, MAX_CT_ENTRIES, NodeConfig6, PROTO_TCP, PROTO_UDP, ServiceKey6, ServiceValue,
     },
@@ -300,6 +301,8 @@ pub fn from_pod(ctx: &TcContext) -> Result<(u8, i32), DropReason> {
     };
     record(&flow, &b, backend_id, u32::from(svc.rev_nat_id) | u32::from(flags) << 16, reply_to);
     dnat(ctx, &flow, &b.addr, b.port)?;
+    // A new flow (later packets take `continue_flow` above).
+    tell_translated(ctx, &flow, FLOW_DIR_EGRESS, &b);
     if let Some(gw) = hairpin {
         snat(ctx, &flow, &gw, flow.sport)?;
         return Ok((TRANSLATED, packet::back_out(ctx, packet::ifindex(ctx))));
@@ -373,6 +376,15 @@ fn record(flow: &Flow6, b: &Backend6, backend_id: u32, rev_and_flags: u32, reply
     // costs the flow its stickiness.
     let _ = WEIR_CT6.insert(&original, &entry, 0);
     let _ = WEIR_CT6.insert(&reply, &entry, 0);
+}
+
+/// The flow log's event of a new flow sent to the backend `b` (as
+/// `lb::pod` and `lb::netdev` tell IPv4's), going `dir`. Its own frame:
+/// the event is written straight into the ring, and the callers' frames
+/// stay as they were.
+#[inline(never)]
+pub(crate) fn tell_translated(ctx: &TcContext, flow: &Flow6, dir: u8, b: &Backend6) {
+    crate::flow::translated6(flow, dir, packet::ifindex(ctx), &b.addr, b.port);
 }
 
 /// A pod answering itself through its Service (to the gateway the request

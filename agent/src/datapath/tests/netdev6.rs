@@ -38,22 +38,22 @@ const SYN: u8 = 0x02;
 const ACK: u8 = 0x10;
 const RST: u8 = 0x04;
 
-fn node() -> [u8; 16] {
+pub(super) fn node() -> [u8; 16] {
     ip("fd00:172:30::11")
 }
-fn client() -> [u8; 16] {
+pub(super) fn client() -> [u8; 16] {
     ip("fd00:172:30::100")
 }
-fn local_pod() -> [u8; 16] {
+pub(super) fn local_pod() -> [u8; 16] {
     ip("fd00:10:244:1::5")
 }
-fn remote_pod() -> [u8; 16] {
+pub(super) fn remote_pod() -> [u8; 16] {
     ip("fd00:10:244:2::7")
 }
 
 /// An IPv6 frontend: address, port, kind, backends (address, local) on
 /// port 8080, source ranges, `externalTrafficPolicy: Local`.
-struct Fe {
+pub(super) struct Fe {
     addr: [u8; 16],
     port: u16,
     kind: FrontendKind,
@@ -62,13 +62,13 @@ struct Fe {
     local_only: bool,
 }
 
-fn node_port(port: u16, backends: Vec<([u8; 16], bool)>) -> Fe {
+pub(super) fn node_port(port: u16, backends: Vec<([u8; 16], bool)>) -> Fe {
     Fe { addr: node(), port, kind: FrontendKind::NodePort, backends, ranges: vec![], local_only: false }
 }
 
 /// Programs `fes` for `proto`, with the node's IPv6 address and uplink
 /// (ifindex 1) written as the agent does.
-fn program(t: &mut TestDatapath, proto: Protocol, fes: &[Fe]) {
+pub(super) fn program(t: &mut TestDatapath, proto: Protocol, fes: &[Fe]) {
     let want: BTreeMap<Frontend, FrontendState> = fes
         .iter()
         .map(|f| {
