@@ -20,7 +20,7 @@
 //! stack, and the IPv4 path keeps its code as it was, paying one field
 //! read for the family. Flows share `WEIR_CT6` with the pod path; a SNATed
 //! flow's client (16 bytes, more than `CtEntry` holds) is in `WEIR_SNAT6`.
-//! TCP and UDP right after the fixed header are translated, and so are
+//! TCP, UDP and SCTP right after the fixed header are translated, and so are
 //! fragments of their datagrams (the later ones by the ports of their
 //! first, `tc6::parse_frags`, as the IPv4 path does); other extension
 //! headers go to the node's stack as they are. A local pod backend's
@@ -114,7 +114,7 @@ impl EventTuple for Flow6 {
 /// `weir_from_netdev6`.
 #[inline(always)]
 pub fn from_netdev(ctx: &TcContext) -> i32 {
-    // Not TCP or UDP (right after the fixed header, or in a fragment): the
+    // Not TCP, UDP or SCTP (right after the fixed header, or in a fragment): the
     // node's stack decides.
     let mut flow = Flow6::NONE;
     if !tc6::parse_frags(ctx, &mut flow) {

@@ -90,7 +90,7 @@ fn screen(ctx: &TcContext, missing: Option<DropReason>, leaving: bool) -> i32 {
 /// same CPU, in the same packet's run).
 #[derive(Clone, Copy)]
 pub struct Stash {
-    /// The packet as the pod sent it, when `lb::tc6` read it (TCP or UDP
+    /// The packet as the pod sent it, when `lb::tc6` read it (TCP, UDP or SCTP
     /// right after the fixed header).
     sent: Flow6,
     sent_valid: bool,
@@ -209,7 +209,7 @@ pub fn egress6(ctx: &TcContext) -> i32 {
 fn egress6_judged(ctx: &TcContext, seen: &mut Flow6) -> Result<i32, DropReason> {
     // Copied out at once (this CPU's entry).
     let mut st = *WEIR_STASH6.get(0).ok_or(DropReason::Malformed)?;
-    // Not read by `tc6` (not TCP or UDP right after the fixed header): not
+    // Not read by `tc6` (not TCP, UDP or SCTP right after the fixed header): not
     // translated either, so the packet is as it was sent.
     if !st.sent_valid {
         parse_into(ctx, &mut st.sent)?;

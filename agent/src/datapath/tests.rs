@@ -11,4 +11,5 @@ mod lb6;
 mod netdev;
 mod netdev6;
 mod policy;
+mod sctp6;
 mod socket;

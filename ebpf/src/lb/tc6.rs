@@ -8,7 +8,10 @@
 //! IPv6 has no header checksum: only the transport checksum changes, and
 //! it covers the addresses through the pseudo-header (updated by the
 //! address's whole difference, with `BPF_F_PSEUDO_HDR`). A UDP checksum is mandatory over IPv6:
-//! a result of 0 is written as 0xffff (`BPF_F_MARK_MANGLED_0`).
+//! a result of 0 is written as 0xffff (`BPF_F_MARK_MANGLED_0`). SCTP is
+//! translated as over IPv4: its CRC32c covers no pseudo-header and the
+//! agent never remaps an SCTP port, so only the addresses change and no
+//! checksum is touched.
 //!
 //! These run in programs of their own (`weir_from_pod6`, `weir_to_pod6`,
 //! see `pod6`), tail-called from the pod programs once an IPv6 packet
@@ -40,7 +43,8 @@ use weir_common::{
     DropReason,
     flow::FLOW_DIR_EGRESS,
     lb::{
-        Backend6, CtEntry, CtKey6, Ip6, MAX_CT_ENTRIES, NodeConfig6, PROTO_TCP, PROTO_UDP, ServiceKey6, ServiceValue,
+        Backend6, CtEntry, CtKey6, Ip6, MAX_CT_ENTRIES, NodeConfig6, PROTO_SCTP, PROTO_TCP, PROTO_UDP, ServiceKey6,
+        ServiceValue,
     },
     pin::{TAIL_EGRESS6, TAIL_FROM_POD6, TAIL_TO_POD6},
 };
@@ -56,8 +60,8 @@ const ETH_P_IPV6: u16 = 0x86DD_u16.to_be();
 pub const IP6_OFF: usize = EthHdr::LEN;
 const SRC_OFF: usize = IP6_OFF + 8;
 const DST_OFF: usize = IP6_OFF + 24;
-/// What follows the fixed header; only TCP and UDP directly after it are
-/// translated.
+/// What follows the fixed header; only TCP, UDP and SCTP directly after
+/// it are translated.
 pub const L4_OFF: usize = IP6_OFF + 40;
 
 #[map]
@@ -113,7 +117,7 @@ struct Ip6Hdr {
     dst: Ip6,
 }
 
-/// An IPv6 TCP or UDP packet, addresses and ports in network order.
+/// An IPv6 TCP, UDP or SCTP packet, addresses and ports in network order.
 #[derive(Clone, Copy)]
 pub struct Flow6 {
     pub saddr: Ip6,
@@ -137,8 +141,8 @@ impl Flow6 {
 const NEXTHDR_FRAGMENT: u8 = 44;
 const FRAG_HDR_LEN: usize = 8;
 
-/// The packet, if it is IPv6 carrying TCP or UDP right after the fixed
-/// header.
+/// The packet, if it is IPv6 carrying TCP, UDP or SCTP right after the
+/// fixed header.
 #[inline(always)]
 pub(crate) fn parse(ctx: &TcContext) -> Option<Flow6> {
     if ctx.load::<EthHdr>(0).ok()?.ether_type != ETH_P_IPV6 {
@@ -146,7 +150,7 @@ pub(crate) fn parse(ctx: &TcContext) -> Option<Flow6> {
     }
     let ip = ctx.load::<Ip6Hdr>(IP6_OFF).ok()?;
     let proto = ip.next_header;
-    if !matches!(proto, PROTO_TCP | PROTO_UDP) {
+    if !matches!(proto, PROTO_TCP | PROTO_UDP | PROTO_SCTP) {
         return None;
     }
     let ports = ctx.load::<[u16; 2]>(L4_OFF).ok()?;
@@ -155,7 +159,7 @@ pub(crate) fn parse(ctx: &TcContext) -> Option<Flow6> {
     Some(Flow6 { saddr: ip.src, daddr: ip.dst, sport: ports[0], dport: ports[1], proto, tcp_flags, l4_off })
 }
 
-/// `parse`, and fragments of a TCP or UDP datagram (a fragment header
+/// `parse`, and fragments of a TCP, UDP or SCTP datagram (a fragment header
 /// right after the fixed one): the first carries the ports, which later
 /// ones get from it (`ipv6::frag_ports`), as the IPv4 path does. For the
 /// uplink, where a large UDP request or reply to a NodePort arrives
@@ -173,7 +177,7 @@ pub(crate) fn parse_frags(ctx: &TcContext, flow: &mut Flow6) -> bool {
     if ip.next_header == NEXTHDR_FRAGMENT {
         return fragment(ctx, flow);
     }
-    if !matches!(ip.next_header, PROTO_TCP | PROTO_UDP) {
+    if !matches!(ip.next_header, PROTO_TCP | PROTO_UDP | PROTO_SCTP) {
         return false;
     }
     let Ok(ports) = ctx.load::<[u16; 2]>(L4_OFF) else { return false };
@@ -185,7 +189,7 @@ pub(crate) fn parse_frags(ctx: &TcContext, flow: &mut Flow6) -> bool {
     true
 }
 
-/// A fragment of a TCP or UDP datagram: `flow` (its addresses read) gets
+/// A fragment of a TCP, UDP or SCTP datagram: `flow` (its addresses read) gets
 /// the protocol, the ports and where the transport header is (0 for a
 /// later fragment). Whether it is one. Its own frame: the fragment key
 /// stays off the uplink programs' first frame.
@@ -193,7 +197,7 @@ pub(crate) fn parse_frags(ctx: &TcContext, flow: &mut Flow6) -> bool {
 fn fragment(ctx: &TcContext, flow: &mut Flow6) -> bool {
     let Ok(frag) = ctx.load::<[u8; FRAG_HDR_LEN]>(L4_OFF) else { return false };
     let proto = frag[0];
-    if !matches!(proto, PROTO_TCP | PROTO_UDP) {
+    if !matches!(proto, PROTO_TCP | PROTO_UDP | PROTO_SCTP) {
         return false;
     }
     flow.proto = proto;
@@ -497,11 +501,15 @@ fn rewrite(ctx: &TcContext, old: &Ip6, new: &Ip6, offs: u32, ports: u32) -> Resu
     let fail = |_| DropReason::RewriteFailed;
     let (addr_off, port_off, proto) = ((offs & 0xff) as usize, ((offs >> 8) & 0xff) as usize, (offs >> 16) as u8);
     let (old_port, new_port) = (ports as u16, (ports >> 16) as u16);
-    let (csum_off, mangled) =
-        if proto == PROTO_TCP { (L4_OFF + 16, 0) } else { (L4_OFF + 6, BPF_F_MARK_MANGLED_0 as u64) };
-    addr_csum(ctx, csum_off, old, new, mangled)?;
-    if old_port != new_port {
-        ctx.l4_csum_replace(csum_off, old_port as u64, new_port as u64, mangled | 2).map_err(fail)?;
+    // SCTP's CRC32c covers no pseudo-header, and its ports never change
+    // (the agent refuses SCTP port remapping): nothing to update.
+    if proto != PROTO_SCTP {
+        let (csum_off, mangled) =
+            if proto == PROTO_TCP { (L4_OFF + 16, 0) } else { (L4_OFF + 6, BPF_F_MARK_MANGLED_0 as u64) };
+        addr_csum(ctx, csum_off, old, new, mangled)?;
+        if old_port != new_port {
+            ctx.l4_csum_replace(csum_off, old_port as u64, new_port as u64, mangled | 2).map_err(fail)?;
+        }
     }
     ctx.store(addr_off, new, 0).map_err(fail)?;
     ctx.store(port_off, &new_port, 0).map_err(fail)
@@ -553,10 +561,13 @@ fn rewrite_at(ctx: &TcContext, old: &Ip6, new: &Ip6, offs: u32, ports: u32) -> R
         return ctx.store(addr_off, new, 0).map_err(fail);
     }
     let (old_port, new_port) = (ports as u16, (ports >> 16) as u16);
-    let (csum_off, mangled) = if proto == PROTO_TCP { (l4 + 16, 0) } else { (l4 + 6, BPF_F_MARK_MANGLED_0 as u64) };
-    addr_csum(ctx, csum_off, old, new, mangled)?;
-    if old_port != new_port {
-        ctx.l4_csum_replace(csum_off, old_port as u64, new_port as u64, mangled | 2).map_err(fail)?;
+    // SCTP: as in `rewrite`.
+    if proto != PROTO_SCTP {
+        let (csum_off, mangled) = if proto == PROTO_TCP { (l4 + 16, 0) } else { (l4 + 6, BPF_F_MARK_MANGLED_0 as u64) };
+        addr_csum(ctx, csum_off, old, new, mangled)?;
+        if old_port != new_port {
+            ctx.l4_csum_replace(csum_off, old_port as u64, new_port as u64, mangled | 2).map_err(fail)?;
+        }
     }
     ctx.store(addr_off, new, 0).map_err(fail)?;
     ctx.store(l4 + port_rel, &new_port, 0).map_err(fail)
