@@ -3,6 +3,7 @@
 //! concern; `harness` builds a private pinned datapath and the packets.
 //! Privileged (root + bpffs): `cargo xtask test` runs them with
 //! `--include-ignored` when it is root.
+mod ext6;
 mod flows;
 mod harness;
 mod ipv6;

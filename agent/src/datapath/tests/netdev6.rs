@@ -250,7 +250,7 @@ fn ipv6_node_port_to_a_host_network_backend_is_reversed_on_the_uplink_egress() {
 
 /// A 32-byte UDP datagram (valid checksum) in two fragments of 16 bytes
 /// each: the first with the UDP header, the second at offset 16.
-fn fragments(src: [u8; 16], sport: u16, dst: [u8; 16], dport: u16, id: u32) -> [Vec<u8>; 2] {
+pub(super) fn fragments(src: [u8; 16], sport: u16, dst: [u8; 16], dport: u16, id: u32) -> [Vec<u8>; 2] {
     let mut udp = Vec::new();
     udp.extend_from_slice(&sport.to_be_bytes());
     udp.extend_from_slice(&dport.to_be_bytes());
@@ -277,7 +277,7 @@ fn fragments(src: [u8; 16], sport: u16, dst: [u8; 16], dport: u16, id: u32) -> [
 /// The two fragments put back together: (source, source port,
 /// destination, destination port), after checking that both carry the
 /// same addresses and the datagram's checksum is right.
-fn reassemble(f: &[Vec<u8>; 2]) -> ([u8; 16], u16, [u8; 16], u16) {
+pub(super) fn reassemble(f: &[Vec<u8>; 2]) -> ([u8; 16], u16, [u8; 16], u16) {
     let addrs = |p: &[u8]| -> ([u8; 16], [u8; 16]) { (p[22..38].try_into().unwrap(), p[38..54].try_into().unwrap()) };
     assert_eq!(addrs(&f[0]), addrs(&f[1]), "fragments translated apart");
     let (src, dst) = addrs(&f[0]);

@@ -84,7 +84,7 @@ fn parse(p: &[u8], sent: &[u8], ports: (u16, u16)) -> ([u8; 16], [u8; 16]) {
 
 /// One SCTP frontend `addr:PORT` of `kind` over `backends` (address,
 /// local) on `PORT`, with the node's IPv6 uplink written.
-fn program(t: &mut TestDatapath, addr: [u8; 16], kind: FrontendKind, backends: &[([u8; 16], bool)]) {
+pub(super) fn program(t: &mut TestDatapath, addr: [u8; 16], kind: FrontendKind, backends: &[([u8; 16], bool)]) {
     let proto = Protocol::Sctp;
     let fe = Frontend { addr: IpAddr::from(addr), port: PORT, proto, scope: Scope::Default };
     let state = FrontendState {
