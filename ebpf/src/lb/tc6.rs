@@ -10,8 +10,9 @@
 //! address's whole difference, with `BPF_F_PSEUDO_HDR`). A UDP checksum is mandatory over IPv6:
 //! a result of 0 is written as 0xffff (`BPF_F_MARK_MANGLED_0`). SCTP is
 //! translated as over IPv4: its CRC32c covers no pseudo-header and the
-//! agent never remaps an SCTP port, so only the addresses change and no
-//! checksum is touched.
+//! agent refuses an SCTP port with another target port, so only the
+//! addresses change and no checksum is touched (a NodePort's port does
+//! change: a gap of both families, see docs/design.md).
 //!
 //! These run in programs of their own (`weir_from_pod6`, `weir_to_pod6`,
 //! see `pod6`), tail-called from the pod programs once an IPv6 packet
@@ -426,8 +427,8 @@ fn rewrite(ctx: &TcContext, old: &Ip6, new: &Ip6, offs: u32, ports: u32) -> Resu
     }
     let port_off = if addr_off == DST_OFF { l4 + 2 } else { l4 };
     let (old_port, new_port) = (ports as u16, (ports >> 16) as u16);
-    // SCTP's CRC32c covers no pseudo-header, and its ports never change
-    // (the agent refuses SCTP port remapping): nothing to update.
+    // SCTP's CRC32c covers no pseudo-header, and the agent refuses SCTP
+    // port remapping: nothing to update (see the module's doc).
     if proto != PROTO_SCTP {
         let (csum_off, mangled) = if proto == PROTO_TCP { (l4 + 16, 0) } else { (l4 + 6, BPF_F_MARK_MANGLED_0 as u64) };
         addr_csum(ctx, csum_off, old, new, mangled)?;
