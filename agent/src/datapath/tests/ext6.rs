@@ -170,3 +170,23 @@ fn ipv6_node_port_packets_behind_extension_headers_are_translated() {
     let (_, out) = run(&t, pin::PROG_FROM_NETDEV, &reply);
     assert_eq!(parse(&out, &[DEST_OPTS]), (node(), 30081, client(), 50000), "reply not reversed");
 }
+
+/// A local pod backend's fragmented reply to a NodePort client is
+/// reversed fragment by fragment as it leaves the pod.
+#[test]
+#[ignore = "privileged: needs root and bpffs; `cargo xtask test` runs it as root"]
+fn ipv6_fragmented_reply_of_a_local_backend_is_reversed_as_it_leaves_the_pod() {
+    use netdev6::{client, local_pod, node, node_port};
+    const TC_ACT_REDIRECT: u32 = 7;
+    let mut t = TestDatapath::load();
+    lb6::client_endpoint(&mut t);
+    netdev6::program(&mut t, Protocol::Udp, &[node_port(30080, vec![(local_pod(), true)])]);
+    let request = netdev6::fragments(client(), 50000, node(), 30080, 7).map(|p| run(&t, pin::PROG_FROM_NETDEV, &p).1);
+    assert_eq!(netdev6::reassemble(&request), (client(), 50000, local_pod(), 8080));
+    let reply = netdev6::fragments(local_pod(), 8080, client(), 50000, 9).map(|p| {
+        let (rc, out) = run(&t, pin::PROG_FROM_POD, &p);
+        assert_eq!(rc, TC_ACT_REDIRECT, "from the node's address: straight to the uplink");
+        out
+    });
+    assert_eq!(netdev6::reassemble(&reply), (node(), 30080, client(), 50000), "reply not from the NodePort");
+}
