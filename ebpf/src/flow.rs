@@ -16,6 +16,7 @@ use aya_ebpf::{
 use weir_common::{
     DropReason,
     flow::{FAMILY_IPV4, FAMILY_IPV6, FLOWS_RING_BYTES, FlowEvent, FlowRate, FlowVerdict},
+    lb::Ip6,
 };
 
 use crate::{ipv6::Flow6, packet::Flow};
@@ -99,14 +100,14 @@ const MAX_NS_PER_TOKEN: u64 = 1 << 43;
 /// on the interface `ifindex`.
 #[inline(always)]
 pub fn dropped(flow: &impl EventTuple, reason: DropReason, dir: u8, ifindex: u32) {
-    emit(flow, tag(FlowVerdict::Dropped, reason as u8, dir), ifindex, 0, (0, 0));
+    emit(flow, tag(FlowVerdict::Dropped, reason as u8, dir), ifindex, 0, (0u32, 0u16));
 }
 
 /// A new flow passed the policy check; `slot` is the policy slot that
 /// allowed it (0: the endpoint enforces nothing in direction `dir`).
 #[inline(always)]
 pub fn allowed(flow: &impl EventTuple, dir: u8, ifindex: u32, slot: u32) {
-    emit(flow, tag(FlowVerdict::Allowed, 0, dir), ifindex, slot, (0, 0));
+    emit(flow, tag(FlowVerdict::Allowed, 0, dir), ifindex, slot, (0u32, 0u16));
 }
 
 /// A new flow to the Service frontend `flow.daddr:flow.dport` was sent to
@@ -114,6 +115,51 @@ pub fn allowed(flow: &impl EventTuple, dir: u8, ifindex: u32, slot: u32) {
 #[inline(always)]
 pub fn translated(flow: &Flow, dir: u8, ifindex: u32, addr: u32, port: u16) {
     emit(flow, tag(FlowVerdict::Translated, 0, dir), ifindex, 0, (addr, port));
+}
+
+/// `translated` for an IPv6 flow (`lb::tc6`'s): the backend's 16 bytes.
+#[inline(always)]
+pub fn translated6(flow: &impl EventTuple, dir: u8, ifindex: u32, addr: &Ip6, port: u16) {
+    emit(flow, tag(FlowVerdict::Translated, 0, dir), ifindex, 0, (addr, port));
+}
+
+/// The backend a `Translated` event names, of either family: written
+/// into the event's 16 bytes, and its port (network order).
+pub trait Xlate {
+    /// # Safety
+    /// `to` is valid for writes.
+    unsafe fn write_addr(&self, to: *mut [u8; 16]);
+    fn port(&self) -> u16;
+}
+
+impl Xlate for (u32, u16) {
+    #[inline(always)]
+    unsafe fn write_addr(&self, to: *mut [u8; 16]) {
+        // Safety: as the caller promises.
+        unsafe { write_v4(to, self.0) }
+    }
+    #[inline(always)]
+    fn port(&self) -> u16 {
+        self.1
+    }
+}
+
+impl Xlate for (&Ip6, u16) {
+    #[inline(always)]
+    unsafe fn write_addr(&self, to: *mut [u8; 16]) {
+        // Safety: as the caller promises; 16 bytes are four u32s, and the
+        // words hold the address's bytes in order.
+        unsafe {
+            let to = to.cast::<u32>();
+            for i in 0..4 {
+                to.add(i).write_unaligned(self.0[i]);
+            }
+        }
+    }
+    #[inline(always)]
+    fn port(&self) -> u16 {
+        self.1
+    }
 }
 
 #[inline(always)]
@@ -161,10 +207,10 @@ fn count_lost() {
 // the verifier walked it once per path reaching a call, and could not prune
 // the caller's paths after it: weir_from_pod went from 38k to 87k verified
 // instructions (6.18), against 40k inlined. `tag` is verdict | reason << 8 |
-// direction << 16, `xlate` the backend's IPv4 address and port (network
-// order; only IPv4 flows are translated here).
+// direction << 16, `xlate` the backend's address and port (network order;
+// of the flow's family, zero for other verdicts).
 #[inline(always)]
-fn emit(flow: &impl EventTuple, tag: u32, ifindex: u32, policy_slot: u32, xlate: (u32, u16)) {
+fn emit(flow: &impl EventTuple, tag: u32, ifindex: u32, policy_slot: u32, xlate: impl Xlate) {
     // Safety: helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     match take_token(now) {
@@ -192,8 +238,8 @@ fn emit(flow: &impl EventTuple, tag: u32, ifindex: u32, policy_slot: u32, xlate:
         (*ev).direction = (tag >> 16) as u8;
         (*ev).ifindex = ifindex;
         (*ev).policy_slot = policy_slot;
-        write_v4(&raw mut (*ev).xlate_addr, xlate.0);
-        (*ev).xlate_port = u16::from_be(xlate.1);
+        xlate.write_addr(&raw mut (*ev).xlate_addr);
+        (*ev).xlate_port = u16::from_be(xlate.port());
         (*ev)._pad = [0; 5];
     }
     // Waking the agent for every event costs a context switch per new

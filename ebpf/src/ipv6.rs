@@ -1,6 +1,6 @@
 //! IPv6 at a pod's host veth: the source check and NetworkPolicy, as for
-//! IPv4 (Service translation for IPv6 happens at connect time, in the
-//! socket hooks). Neighbour discovery always passes: without it the pod
+//! IPv4 (IPv6 Service translation is the socket hooks' and `lb::tc6`'s,
+//! whose parser, `lb::parse6`, walks the same headers). Neighbour discovery always passes: without it the pod
 //! cannot even reach its gateway. So does whatever is addressed within the
 //! link (link-local unicast, link- and interface-local multicast): the
 //! host never forwards it, so it cannot carry traffic between pods, and

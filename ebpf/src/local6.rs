@@ -31,7 +31,7 @@ use weir_common::{
 use crate::{
     conntrack, counters,
     ipv6::Flow6,
-    lb::{tc6, v6},
+    lb::{parse6, tc6, v6},
     local::{self, Peer},
     packet::{self, TCP_ACK, TCP_SYN},
     pod6::{self, Stash},
@@ -54,7 +54,8 @@ pub fn tail_deliver(ctx: &TcContext) {
 }
 
 const AF_INET6: u8 = 10;
-const HOP_LIMIT_OFF: usize = tc6::IP6_OFF + 7;
+const NEXT_HEADER_OFF: usize = parse6::IP6_OFF + 6;
+const HOP_LIMIT_OFF: usize = parse6::IP6_OFF + 7;
 
 /// Why a packet may go straight on, as `local::Kind` (a plain struct, every
 /// field written).
@@ -177,8 +178,11 @@ fn pod_client_reply(sent: &Flow6) -> Kind {
 /// no pod of this node (or the kernel must see it), else the tc action.
 #[inline(always)]
 fn send(ctx: &TcContext, sent: &Flow6, kind: &Kind) -> Result<i32, DropReason> {
-    let Ok(hop_limit) = ctx.load::<u8>(HOP_LIMIT_OFF) else { return Ok(KERNEL) };
-    if hop_limit <= 1 {
+    // Extension headers (fragments among them) go the kernel's way, as IP
+    // options and fragments do for IPv4: the transport header must follow
+    // the fixed one.
+    let Ok([next_header, hop_limit]) = ctx.load::<[u8; 2]>(NEXT_HEADER_OFF) else { return Ok(KERNEL) };
+    if next_header != sent.proto || hop_limit <= 1 {
         return Ok(KERNEL);
     }
     let mut arriving = *sent;
@@ -224,14 +228,14 @@ fn at_peer(peer: &Peer, arriving: &Flow6, reversed: bool) -> bool {
 /// A reply to a pod client gets the frontend `kind` names as its source.
 #[inline(never)]
 fn reverse(ctx: &TcContext, sent: &Flow6, kind: &Kind) -> Result<(), DropReason> {
-    let flow = tc6::Flow6 {
+    let flow = parse6::Flow6 {
         saddr: ip6(&sent.saddr),
         daddr: ip6(&sent.daddr),
         sport: sent.sport,
         dport: sent.dport,
         proto: sent.proto,
         tcp_flags: sent.tcp_flags,
-        l4_off: tc6::L4_OFF as u8,
+        l4_off: parse6::L4_OFF as u16,
     };
     tc6::rewrite_src(ctx, &flow, &kind.addr, kind.port)
 }

@@ -20,13 +20,10 @@
 //! stack, and the IPv4 path keeps its code as it was, paying one field
 //! read for the family. Flows share `WEIR_CT6` with the pod path; a SNATed
 //! flow's client (16 bytes, more than `CtEntry` holds) is in `WEIR_SNAT6`.
-//! TCP and UDP right after the fixed header are translated, and so are
-//! fragments of their datagrams (the later ones by the ports of their
-//! first, `tc6::parse_frags`, as the IPv4 path does); other extension
-//! headers go to the node's stack as they are. A local pod backend's
-//! fragmented reply is not parsed on the pod path (`tc6::parse`): it is
-//! routed as it is and reversed on the uplink's egress, as a hostNetwork
-//! backend's is.
+//! TCP, UDP and SCTP are translated behind the extension headers
+//! `lb::parse6` walks, and so are fragments of their datagrams (the later
+//! ones by the ports of their first, as the IPv4 path does); what it does
+//! not walk goes to the node's stack as it is.
 use aya_ebpf::{
     bindings::TC_ACT_SHOT,
     helpers::bpf_get_prandom_u32,
@@ -114,10 +111,10 @@ impl EventTuple for Flow6 {
 /// `weir_from_netdev6`.
 #[inline(always)]
 pub fn from_netdev(ctx: &TcContext) -> i32 {
-    // Not TCP or UDP (right after the fixed header, or in a fragment): the
-    // node's stack decides.
+    // Not TCP, UDP or SCTP (as `lb::parse6` finds them): the node's stack
+    // decides.
     let mut flow = Flow6::NONE;
-    if !tc6::parse_frags(ctx, &mut flow) {
+    if !tc6::parse(ctx, &mut flow) {
         return TC_OK;
     }
     match try_from_netdev(ctx, &flow) {
@@ -150,9 +147,9 @@ fn try_from_netdev(ctx: &TcContext, flow: &Flow6) -> Result<i32, DropReason> {
             return Err(DropReason::NoLocalBackend);
         }
         counters::dropped(ctx, DropReason::NoBackend, flow, FLOW_DIR_INGRESS);
-        // A fragment is dropped unanswered, as IPv4 does (`reject6`'s quote
-        // would end at the fragment header, without the ports the client's
-        // kernel finds its socket by).
+        // A fragment, or a packet behind extension headers, is dropped
+        // unanswered, as IPv4 does a fragment (`reject6`'s quote would end
+        // before the ports the client's kernel finds its socket by).
         if usize::from(flow.l4_off) != tc6::L4_OFF {
             return Ok(TC_ACT_SHOT as i32);
         }
@@ -250,17 +247,21 @@ fn new_flow(ctx: &TcContext, flow: &Flow6, svc: &ServiceValue, now: u32) -> Resu
     let entry = CtEntry { backend_id, rev_nat_id: svc.rev_nat_id, created: now, ..CtEntry::default() };
     // Local backends (always, under externalTrafficPolicy: Local) see the
     // client's address, and their replies pass this node anyway.
-    if b.flags & Backend::FLAG_LOCAL != 0 || svc.flags & ServiceValue::FLAG_LOCAL_ONLY != 0 {
-        return to_local(ctx, flow, &b, &entry);
-    }
-    // A remote backend: the node's address as the source, so the reply
-    // comes back here.
-    let node = node_addr().ok_or(DropReason::SnatExhausted)?;
-    let port = snat_port(flow, &node, &b.addr, b.port).ok_or(DropReason::SnatExhausted)?;
-    record_snat(flow, &b, &entry, &node, port);
-    tc6::rewrite_dst(ctx, flow, &b.addr, b.port)?;
-    tc6::rewrite_src(ctx, flow, &node, port)?;
-    Ok(SNATED)
+    let done = if b.flags & Backend::FLAG_LOCAL != 0 || svc.flags & ServiceValue::FLAG_LOCAL_ONLY != 0 {
+        to_local(ctx, flow, &b, &entry)?
+    } else {
+        // A remote backend: the node's address as the source, so the reply
+        // comes back here.
+        let node = node_addr().ok_or(DropReason::SnatExhausted)?;
+        let port = snat_port(flow, &node, &b.addr, b.port).ok_or(DropReason::SnatExhausted)?;
+        record_snat(flow, &b, &entry, &node, port);
+        tc6::rewrite_dst(ctx, flow, &b.addr, b.port)?;
+        tc6::rewrite_src(ctx, flow, &node, port)?;
+        SNATED
+    };
+    // A new flow (later packets take `continue_flow`).
+    tc6::tell_translated(ctx, flow, FLOW_DIR_INGRESS, &b);
+    Ok(done)
 }
 
 // `to_local`, `snat_port` and `record_snat` in frames of their own, each
@@ -319,7 +320,7 @@ fn snat_port(flow: &Flow6, node: &Ip6, backend: &Ip6, backend_port: u16) -> Opti
 #[inline(always)]
 pub fn to_netdev(ctx: &TcContext) -> i32 {
     let mut flow = Flow6::NONE;
-    if !tc6::parse_frags(ctx, &mut flow) {
+    if !tc6::parse(ctx, &mut flow) {
         return TC_OK;
     }
     match reply_of_host(ctx, &flow) {

@@ -91,8 +91,8 @@ fn screen(ctx: &TcContext, missing: Option<DropReason>, leaving: bool) -> i32 {
 /// same CPU, in the same packet's run).
 #[derive(Clone, Copy)]
 pub struct Stash {
-    /// The packet as the pod sent it, when `lb::tc6` read it (TCP or UDP
-    /// right after the fixed header).
+    /// The packet as the pod sent it, when `lb::tc6` read it (TCP, UDP or
+    /// SCTP, as `lb::parse6` finds them).
     pub(crate) sent: Flow6,
     pub(crate) sent_valid: bool,
     /// The backend it was sent to, when translated, and whether that is a
@@ -260,8 +260,8 @@ fn judged_egress(ctx: &TcContext) -> i32 {
 fn egress6_judged(ctx: &TcContext, seen: &mut Flow6) -> Result<i32, DropReason> {
     // Copied out at once (this CPU's entry).
     let mut st = *WEIR_STASH6.get(0).ok_or(DropReason::Malformed)?;
-    // Not read by `tc6` (not TCP or UDP right after the fixed header): not
-    // translated either, so the packet is as it was sent.
+    // Not read by `tc6` (not TCP, UDP or SCTP as `lb::parse6` finds them):
+    // not translated either, so the packet is as it was sent.
     if !st.sent_valid {
         parse_into(ctx, &mut st.sent)?;
     }

@@ -1,12 +1,13 @@
 //! Flow events end to end (issue #13): one node with its agent, pods x/a
 //! and y/b, a NetworkPolicy in y letting x/a reach y/b on TCP 80 only, and
-//! a ClusterIP Service over y/b. x/a connects to y/b on 80 (allowed), on 81
-//! (denied) and to the Service; `weir-agent observe`, run as an operator
-//! runs it on the node (in its namespace, against its run dir), shows all
-//! three with pod, policy and Service names.
+//! a ClusterIP Service over y/b, and an IPv6 one (the node is dual-stack).
+//! x/a connects to y/b on 80 (allowed), on 81 (denied) and to both
+//! Services (IPv6 translated per packet by `lb::tc6`); `weir-agent
+//! observe`, run as an operator runs it on the node (in its namespace,
+//! against its run dir), shows them all with pod, policy and Service names.
 
 use std::{
-    net::Ipv4Addr,
+    net::{Ipv4Addr, Ipv6Addr},
     thread,
     time::{Duration, Instant},
 };
@@ -18,9 +19,11 @@ use weir_testbed::{
     policy_cluster::labels,
     probe::{Outcome, Probe, Prober, Proto},
     tools,
+    topology::Families,
 };
 
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 90);
+const VIP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x10, 0x96, 0, 0, 0, 0, 0x90);
 const POLICY: &str = "allow-a-80";
 const LOG_MAX_BYTES: u64 = 8192;
 
@@ -64,6 +67,7 @@ struct Seen {
     allowed: Option<Value>,
     denied: Option<Value>,
     translated: Option<Value>,
+    translated6: Option<Value>,
 }
 
 fn find(flows: &[Value], b: Ipv4Addr) -> Seen {
@@ -82,6 +86,7 @@ fn find(flows: &[Value], b: Ipv4Addr) -> Seen {
             }
             Some("dropped") if dst["ip"] == b.as_str() && dst["port"] == 81 => seen.denied = Some(f.clone()),
             Some("translated") if dst["ip"] == VIP.to_string().as_str() => seen.translated = Some(f.clone()),
+            Some("translated") if dst["ip"] == VIP6.to_string().as_str() => seen.translated6 = Some(f.clone()),
             _ => {}
         }
     }
@@ -91,7 +96,7 @@ fn find(flows: &[Value], b: Ipv4Addr) -> Seen {
 #[test]
 fn denied_allowed_and_translated_flows_are_observed_with_names() {
     weir_testbed::privileged(&[tools::IP, tools::PYTHON3, tools::CURL]);
-    let topo = Topology::builder("flow_observe").nodes(1).build().unwrap();
+    let topo = Topology::builder("flow_observe").nodes(1).families(Families::DualStack).build().unwrap();
     let node = topo.node("n1");
     // The flow log, as the ConfigMap's flow-log turns it on, small enough
     // to rotate during the test (the agent keeps the environment).
@@ -114,10 +119,13 @@ fn denied_allowed_and_translated_flows_are_observed_with_names() {
     let mut prober = Prober::start(&a.netns).unwrap();
 
     topo.write_manifest("netpol.yaml", &[manifest::network_policy_yaml("y", POLICY, POLICY_SPEC)]).unwrap();
+    let b6 = b.ipv6.expect("a dual-stack pod has IPv6");
     let ports = [SvcPort { name: "http", protocol: "TCP", port: 80, target_port: 80, node_port: None }];
     let svc = [
         manifest::service_yaml("web", VIP, &ports, false),
         manifest::endpoint_slice_yaml("web", &[("http", "TCP", 80)], &[(b.ip, node.name.as_str())]),
+        manifest::service_yaml_families("web6", &[VIP6.into()], &["IPv6"], "SingleStack", &ports),
+        manifest::endpoint_slice_yaml6("web6", &[("http", "TCP", 80)], &[(b6, node.name.as_str())]),
     ];
     topo.write_manifest("svc_web.yaml", &svc).unwrap();
 
@@ -127,13 +135,15 @@ fn denied_allowed_and_translated_flows_are_observed_with_names() {
         Probe { dst: b.ip.into(), port: 80, proto: Proto::Tcp, src_port: 0 },
         Probe { dst: b.ip.into(), port: 81, proto: Proto::Tcp, src_port: 0 },
         Probe { dst: VIP.into(), port: 80, proto: Proto::Tcp, src_port: 0 },
+        Probe { dst: VIP6.into(), port: 80, proto: Proto::Tcp, src_port: 0 },
     ];
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let out = prober.run(&probes, Duration::from_secs(1)).unwrap();
         let want = matches!(&out[0], Outcome::Answered(by) if by == "y/b")
             && matches!(out[1], Outcome::Blocked(_))
-            && matches!(&out[2], Outcome::Answered(by) if by == "y/b");
+            && matches!(&out[2], Outcome::Answered(by) if by == "y/b")
+            && matches!(&out[3], Outcome::Answered(by) if by == "y/b");
         if want {
             break;
         }
@@ -151,7 +161,7 @@ fn denied_allowed_and_translated_flows_are_observed_with_names() {
     let seen = loop {
         let all = flows(node);
         let seen = find(&all, b.ip);
-        if seen.allowed.is_some() && seen.denied.is_some() && seen.translated.is_some() {
+        if seen.allowed.is_some() && seen.denied.is_some() && seen.translated.is_some() && seen.translated6.is_some() {
             break seen;
         }
         assert!(
@@ -178,6 +188,17 @@ fn denied_allowed_and_translated_flows_are_observed_with_names() {
     assert_eq!(translated["service"], "default/web", "{translated}");
     assert_eq!(pod_of(&translated["backend"]), "y/b", "{translated}");
     assert_eq!(translated["backend"]["port"], 80, "{translated}");
+
+    // The IPv6 Service's, named alike, with the backend's IPv6 address.
+    let translated6 = seen.translated6.unwrap();
+    assert_eq!(translated6["service"], "default/web6", "{translated6}");
+    assert_eq!(pod_of(&translated6["backend"]), "y/b", "{translated6}");
+    assert_eq!(translated6["backend"]["ip"], b6.to_string().as_str(), "{translated6}");
+    assert_eq!(translated6["backend"]["port"], 80, "{translated6}");
+    assert_eq!(translated6["direction"], "egress", "{translated6}");
+    let by_service6 = observe(node, &["--service", "default/web6", "--last", "100"]);
+    let want = format!("-> service default/web6 [{VIP6}]:80 => y/b [{b6}]:80 TCP TRANSLATED");
+    assert!(by_service6.lines().any(|l| l.contains("x/a [") && l.contains(&want)), "{want} not in\n{by_service6}");
 
     // Filters, and the readable form.
     let dropped = observe(node, &["--verdict", "dropped", "--pod", "y/b", "--port", "81", "--last", "100"]);

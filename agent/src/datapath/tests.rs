@@ -3,6 +3,7 @@
 //! concern; `harness` builds a private pinned datapath and the packets.
 //! Privileged (root + bpffs): `cargo xtask test` runs them with
 //! `--include-ignored` when it is root.
+mod ext6;
 mod flows;
 mod harness;
 mod ipv6;
@@ -11,4 +12,5 @@ mod lb6;
 mod netdev;
 mod netdev6;
 mod policy;
+mod sctp6;
 mod socket;

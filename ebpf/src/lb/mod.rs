@@ -5,6 +5,8 @@
 //!   and load-balancer IPs: DNAT, SNAT to remote backends, their replies);
 //! - `reverse`: replies of translated flows get their frontend back;
 //! - `v6`: the IPv6 maps, frontend lookup and backend choice;
+//! - `parse6`: what the IPv6 paths read of a packet (past extension
+//!   headers, fragments);
 //! - `tc6`, `reject6`: the per-packet path of IPv6 pod clients (DNAT,
 //!   reverse NAT, ICMPv6 port unreachable).
 //!
@@ -30,6 +32,7 @@ use crate::{
 };
 
 pub mod netdev;
+pub mod parse6;
 pub mod pod;
 pub mod reject6;
 pub mod reverse;

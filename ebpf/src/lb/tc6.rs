@@ -8,7 +8,11 @@
 //! IPv6 has no header checksum: only the transport checksum changes, and
 //! it covers the addresses through the pseudo-header (updated by the
 //! address's whole difference, with `BPF_F_PSEUDO_HDR`). A UDP checksum is mandatory over IPv6:
-//! a result of 0 is written as 0xffff (`BPF_F_MARK_MANGLED_0`).
+//! a result of 0 is written as 0xffff (`BPF_F_MARK_MANGLED_0`). SCTP is
+//! translated as over IPv4: its CRC32c covers no pseudo-header and the
+//! agent refuses an SCTP port with another target port, so only the
+//! addresses change and no checksum is touched (a NodePort's port does
+//! change: a gap of both families, see docs/design.md).
 //!
 //! These run in programs of their own (`weir_from_pod6`, `weir_to_pod6`,
 //! see `pod6`), tail-called from the pod programs once an IPv6 packet
@@ -25,8 +29,15 @@
 //! frontend back. The uplink's own path is `netdev6`, which shares this
 //! conntrack and these rewrites.
 //!
-//! Not covered for pod clients (left untranslated): extension headers,
-//! fragments included (the uplink path, `parse_frags`, takes fragments).
+//! TCP, UDP and SCTP are found behind hop-by-hop, destination options, a
+//! routing header with no segments left and a fragment header, up to four
+//! (`parse6`, both paths' parser): every rewrite is at the transport
+//! header's own offset, and a later fragment, which has none, gets its
+//! addresses rewritten by the ports its first fragment recorded. Left
+//! untranslated: a routing header with segments left, the authentication
+//! header, more than four headers. Without a backend, such a packet is
+//! dropped unanswered (the ICMPv6 error's quote would end before the
+//! ports).
 use core::ptr::write_volatile;
 
 use aya_ebpf::{
@@ -35,11 +46,11 @@ use aya_ebpf::{
     maps::{Array, LruHashMap, ProgramArray},
     programs::TcContext,
 };
-use network_types::eth::EthHdr;
 use weir_common::{
     DropReason,
+    flow::FLOW_DIR_EGRESS,
     lb::{
-        Backend, Backend6, CtEntry, CtKey6, Ip6, MAX_CT_ENTRIES, NodeConfig6, PROTO_TCP, PROTO_UDP, ServiceKey6,
+        Backend, Backend6, CtEntry, CtKey6, Ip6, MAX_CT_ENTRIES, NodeConfig6, PROTO_SCTP, PROTO_TCP, ServiceKey6,
         ServiceValue,
     },
     pin::{TAIL_EGRESS6, TAIL_FROM_POD6, TAIL_TO_POD6},
@@ -52,13 +63,11 @@ use crate::{
     packet::{self, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
 };
 
-const ETH_P_IPV6: u16 = 0x86DD_u16.to_be();
-pub const IP6_OFF: usize = EthHdr::LEN;
+pub(crate) use super::parse6::parse;
+pub use super::parse6::{Flow6, IP6_OFF, L4_OFF};
+
 const SRC_OFF: usize = IP6_OFF + 8;
 const DST_OFF: usize = IP6_OFF + 24;
-/// What follows the fixed header; only TCP and UDP directly after it are
-/// translated.
-pub const L4_OFF: usize = IP6_OFF + 40;
 
 #[map]
 static WEIR_CT6: LruHashMap<CtKey6, CtEntry> = LruHashMap::pinned(MAX_CT_ENTRIES, 0);
@@ -98,122 +107,9 @@ pub const TRANSLATED: u8 = 1;
 /// A hairpinned reply of the pod to itself, turned back into one from the
 /// frontend: a reply, not a new flow.
 pub const REPLY: u8 = 2;
-/// No backend: answered with ICMPv6 port unreachable.
+/// No backend: answered with ICMPv6 port unreachable (dropped, behind
+/// extension headers).
 pub const REJECTED: u8 = 3;
-
-/// The fixed IPv6 header.
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct Ip6Hdr {
-    _vtcfl: [u8; 4],
-    _payload_len: [u8; 2],
-    next_header: u8,
-    _hop_limit: u8,
-    src: Ip6,
-    dst: Ip6,
-}
-
-/// An IPv6 TCP or UDP packet, addresses and ports in network order.
-#[derive(Clone, Copy)]
-pub struct Flow6 {
-    pub saddr: Ip6,
-    pub daddr: Ip6,
-    pub sport: u16,
-    pub dport: u16,
-    pub proto: u8,
-    pub tcp_flags: u8,
-    /// Where the transport header starts (`L4_OFF`, or after a fragment
-    /// header); 0 for a later fragment, which has none (its ports are its
-    /// first fragment's).
-    pub l4_off: u8,
-}
-
-impl Flow6 {
-    /// Nothing read yet.
-    pub const NONE: Flow6 =
-        Flow6 { saddr: [0; 4], daddr: [0; 4], sport: 0, dport: 0, proto: 0, tcp_flags: 0, l4_off: 0 };
-}
-
-const NEXTHDR_FRAGMENT: u8 = 44;
-const FRAG_HDR_LEN: usize = 8;
-
-/// The packet, if it is IPv6 carrying TCP or UDP right after the fixed
-/// header.
-#[inline(always)]
-pub(crate) fn parse(ctx: &TcContext) -> Option<Flow6> {
-    if ctx.load::<EthHdr>(0).ok()?.ether_type != ETH_P_IPV6 {
-        return None;
-    }
-    let ip = ctx.load::<Ip6Hdr>(IP6_OFF).ok()?;
-    let proto = ip.next_header;
-    if !matches!(proto, PROTO_TCP | PROTO_UDP) {
-        return None;
-    }
-    let ports = ctx.load::<[u16; 2]>(L4_OFF).ok()?;
-    let tcp_flags = if proto == PROTO_TCP { ctx.load::<u8>(L4_OFF + 13).ok()? } else { 0 };
-    let l4_off = L4_OFF as u8;
-    Some(Flow6 { saddr: ip.src, daddr: ip.dst, sport: ports[0], dport: ports[1], proto, tcp_flags, l4_off })
-}
-
-/// `parse`, and fragments of a TCP or UDP datagram (a fragment header
-/// right after the fixed one): the first carries the ports, which later
-/// ones get from it (`ipv6::frag_ports`), as the IPv4 path does. For the
-/// uplink, where a large UDP request or reply to a NodePort arrives
-/// fragmented and every fragment must be translated alike. Into `flow`
-/// (an `Option` would copy its undefined payload, which the verifier
-/// refuses); whether it is one.
-#[inline(always)]
-pub(crate) fn parse_frags(ctx: &TcContext, flow: &mut Flow6) -> bool {
-    let Ok(eth) = ctx.load::<EthHdr>(0) else { return false };
-    if eth.ether_type != ETH_P_IPV6 {
-        return false;
-    }
-    let Ok(ip) = ctx.load::<Ip6Hdr>(IP6_OFF) else { return false };
-    (flow.saddr, flow.daddr, flow.proto, flow.tcp_flags) = (ip.src, ip.dst, ip.next_header, 0);
-    if ip.next_header == NEXTHDR_FRAGMENT {
-        return fragment(ctx, flow);
-    }
-    if !matches!(ip.next_header, PROTO_TCP | PROTO_UDP) {
-        return false;
-    }
-    let Ok(ports) = ctx.load::<[u16; 2]>(L4_OFF) else { return false };
-    if ip.next_header == PROTO_TCP {
-        let Ok(flags) = ctx.load::<u8>(L4_OFF + 13) else { return false };
-        flow.tcp_flags = flags;
-    }
-    (flow.sport, flow.dport, flow.l4_off) = (ports[0], ports[1], L4_OFF as u8);
-    true
-}
-
-/// A fragment of a TCP or UDP datagram: `flow` (its addresses read) gets
-/// the protocol, the ports and where the transport header is (0 for a
-/// later fragment). Whether it is one. Its own frame: the fragment key
-/// stays off the uplink programs' first frame.
-#[inline(never)]
-fn fragment(ctx: &TcContext, flow: &mut Flow6) -> bool {
-    let Ok(frag) = ctx.load::<[u8; FRAG_HDR_LEN]>(L4_OFF) else { return false };
-    let proto = frag[0];
-    if !matches!(proto, PROTO_TCP | PROTO_UDP) {
-        return false;
-    }
-    flow.proto = proto;
-    let id = u32::from_ne_bytes([frag[4], frag[5], frag[6], frag[7]]);
-    let key = crate::ipv6::frag_key(&flow.saddr, &flow.daddr, id, proto);
-    if u16::from_be_bytes([frag[2], frag[3]]) >> 3 != 0 {
-        let Some(ports) = crate::ipv6::frag_ports(&key) else { return false };
-        (flow.sport, flow.dport, flow.l4_off) = (ports[0], ports[1], 0);
-        return true;
-    }
-    let l4_off = L4_OFF + FRAG_HDR_LEN;
-    let Ok(ports) = ctx.load::<[u16; 2]>(l4_off) else { return false };
-    if proto == PROTO_TCP {
-        let Ok(flags) = ctx.load::<u8>(l4_off + 13) else { return false };
-        flow.tcp_flags = flags;
-    }
-    crate::ipv6::record_frag(&key, &ports);
-    (flow.sport, flow.dport, flow.l4_off) = (ports[0], ports[1], l4_off as u8);
-    true
-}
 
 #[inline(always)]
 pub(crate) fn lookup(key: &CtKey6) -> Option<CtEntry> {
@@ -251,7 +147,10 @@ pub(crate) fn remove(key: &CtKey6) {
 // deepest chain of frames).
 #[inline(always)]
 pub fn from_pod(ctx: &TcContext) -> Result<(u8, i32), DropReason> {
-    let Some(flow) = parse(ctx) else { return Ok((NOT_SERVICE, TC_OK)) };
+    let mut flow = Flow6::NONE;
+    if !parse(ctx, &mut flow) {
+        return Ok((NOT_SERVICE, TC_OK));
+    }
     // The packet as sent, for the egress policy judged after (`pod6`).
     crate::pod6::stash_sent(
         &flow.saddr,
@@ -282,6 +181,12 @@ pub fn from_pod(ctx: &TcContext) -> Result<(u8, i32), DropReason> {
     }
     let chosen = if svc.count == 0 { None } else { choose(&key, &svc, &flow, now) };
     let Some((backend_id, b)) = chosen else {
+        // Behind extension headers (or a fragment), the error's quote
+        // would end before the ports the client's kernel finds its socket
+        // by: dropped unanswered, as the uplink does.
+        if usize::from(flow.l4_off) != L4_OFF {
+            return Ok((REJECTED, TC_ACT_SHOT as i32));
+        }
         return Ok((REJECTED, reject6::port_unreachable(ctx, &flow)));
     };
     // A pod that is its own backend: its source becomes the pod gateway (a
@@ -301,6 +206,8 @@ pub fn from_pod(ctx: &TcContext) -> Result<(u8, i32), DropReason> {
     };
     record(&flow, &b, backend_id, u32::from(svc.rev_nat_id) | u32::from(flags) << 16, reply_to);
     dnat(ctx, &flow, &b.addr, b.port, b.flags & Backend::FLAG_LOCAL != 0)?;
+    // A new flow (later packets take `continue_flow` above).
+    tell_translated(ctx, &flow, FLOW_DIR_EGRESS, &b);
     if let Some(gw) = hairpin {
         snat(ctx, &flow, &gw, flow.sport)?;
         return Ok((TRANSLATED, packet::back_out(ctx, packet::ifindex(ctx))));
@@ -376,6 +283,15 @@ fn record(flow: &Flow6, b: &Backend6, backend_id: u32, rev_and_flags: u32, reply
     let _ = WEIR_CT6.insert(&reply, &entry, 0);
 }
 
+/// The flow log's event of a new flow sent to the backend `b` (as
+/// `lb::pod` and `lb::netdev` tell IPv4's), going `dir`. Its own frame:
+/// the event is written straight into the ring, and the callers' frames
+/// stay as they were.
+#[inline(never)]
+pub(crate) fn tell_translated(ctx: &TcContext, flow: &Flow6, dir: u8, b: &Backend6) {
+    crate::flow::translated6(flow, dir, packet::ifindex(ctx), &b.addr, b.port);
+}
+
 /// A pod answering itself through its Service (to the gateway the request
 /// came from): the reply goes back out of its veth from the frontend.
 #[inline(never)]
@@ -400,7 +316,10 @@ fn hairpin_reply(ctx: &TcContext, flow: &Flow6) -> Result<(u8, i32), DropReason>
 /// was such a reply.
 #[inline(always)]
 pub fn to_pod(ctx: &TcContext) -> Result<bool, DropReason> {
-    let Some(flow) = parse(ctx) else { return Ok(false) };
+    let mut flow = Flow6::NONE;
+    if !parse(ctx, &mut flow) {
+        return Ok(false);
+    }
     let reply = CtKey6::reply(flow.saddr, flow.sport, flow.daddr, flow.dport, flow.proto);
     let Some(ct) = lookup(&reply) else { return Ok(false) };
     let Some(rn) = v6::rev_nat(ct.rev_nat_id) else { return Ok(false) };
@@ -452,50 +371,13 @@ fn dnat(ctx: &TcContext, flow: &Flow6, addr: &Ip6, port: u16, local: bool) -> Re
     // The destination as the egress policy judges it, and where `local6`
     // may deliver it (`pod6`).
     crate::pod6::stash_translated(addr, port, local);
-    let offs = Offsets { addr: DST_OFF as u8, port: (L4_OFF + 2) as u8, proto: flow.proto, _pad: 0 };
-    rewrite(ctx, &flow.daddr, addr, offs.packed(), u32::from(flow.dport) | u32::from(port) << 16)
+    rewrite_dst(ctx, flow, addr, port)
 }
 
 /// Backend -> client becomes frontend -> client.
 #[inline(always)]
 fn snat(ctx: &TcContext, flow: &Flow6, addr: &Ip6, port: u16) -> Result<(), DropReason> {
-    let offs = Offsets { addr: SRC_OFF as u8, port: L4_OFF as u8, proto: flow.proto, _pad: 0 };
-    rewrite(ctx, &flow.saddr, addr, offs.packed(), u32::from(flow.sport) | u32::from(port) << 16)
-}
-
-/// Where `rewrite` writes, packed into one argument (a BPF function takes
-/// five at most, and a struct passed by reference would take stack).
-struct Offsets {
-    addr: u8,
-    port: u8,
-    proto: u8,
-    _pad: u8,
-}
-
-impl Offsets {
-    const fn packed(&self) -> u32 {
-        self.addr as u32 | (self.port as u32) << 8 | (self.proto as u32) << 16
-    }
-}
-
-/// The address at `offs`' address offset from `old` to `new`, the port at
-/// its port offset from the low half of `ports` to the high half, and the
-/// transport checksum updated for both (the address through the
-/// pseudo-header, `addr_csum`).
-// Not inlined: one small frame shared by both directions.
-#[inline(never)]
-fn rewrite(ctx: &TcContext, old: &Ip6, new: &Ip6, offs: u32, ports: u32) -> Result<(), DropReason> {
-    let fail = |_| DropReason::RewriteFailed;
-    let (addr_off, port_off, proto) = ((offs & 0xff) as usize, ((offs >> 8) & 0xff) as usize, (offs >> 16) as u8);
-    let (old_port, new_port) = (ports as u16, (ports >> 16) as u16);
-    let (csum_off, mangled) =
-        if proto == PROTO_TCP { (L4_OFF + 16, 0) } else { (L4_OFF + 6, BPF_F_MARK_MANGLED_0 as u64) };
-    addr_csum(ctx, csum_off, old, new, mangled)?;
-    if old_port != new_port {
-        ctx.l4_csum_replace(csum_off, old_port as u64, new_port as u64, mangled | 2).map_err(fail)?;
-    }
-    ctx.store(addr_off, new, 0).map_err(fail)?;
-    ctx.store(port_off, &new_port, 0).map_err(fail)
+    rewrite_src(ctx, flow, addr, port)
 }
 
 /// The transport checksum at `csum_off` updated for an address of the
@@ -514,41 +396,49 @@ fn addr_csum(ctx: &TcContext, csum_off: usize, old: &Ip6, new: &Ip6, mangled: u6
 }
 
 /// The destination becomes `addr`, `port`, at the flow's own transport
-/// offset (the uplink path: a fragment header may come first, or a later
-/// fragment have no transport header), without the policy stash.
+/// offset (past extension headers; a later fragment has no transport
+/// header), without the policy stash.
 #[inline(always)]
 pub(crate) fn rewrite_dst(ctx: &TcContext, flow: &Flow6, addr: &Ip6, port: u16) -> Result<(), DropReason> {
-    let offs = DST_OFF as u32 | 2 << 8 | u32::from(flow.proto) << 16 | u32::from(flow.l4_off) << 24;
-    rewrite_at(ctx, &flow.daddr, addr, offs, u32::from(flow.dport) | u32::from(port) << 16)
+    let offs = u32::from(flow.l4_off) | (DST_OFF as u32) << 16 | u32::from(flow.proto) << 24;
+    rewrite(ctx, &flow.daddr, addr, offs, u32::from(flow.dport) | u32::from(port) << 16)
 }
 
 /// The source becomes `addr`, `port`, as `rewrite_dst`.
 #[inline(always)]
 pub(crate) fn rewrite_src(ctx: &TcContext, flow: &Flow6, addr: &Ip6, port: u16) -> Result<(), DropReason> {
-    let offs = SRC_OFF as u32 | u32::from(flow.proto) << 16 | u32::from(flow.l4_off) << 24;
-    rewrite_at(ctx, &flow.saddr, addr, offs, u32::from(flow.sport) | u32::from(port) << 16)
+    let offs = u32::from(flow.l4_off) | (SRC_OFF as u32) << 16 | u32::from(flow.proto) << 24;
+    rewrite(ctx, &flow.saddr, addr, offs, u32::from(flow.sport) | u32::from(port) << 16)
 }
 
-/// `rewrite` for a transport header at any offset: `offs` packs the
-/// address offset, the port's offset in the transport header (0 or 2),
-/// the protocol and the transport header's offset (`Flow6::l4_off`). A
-/// later fragment (offset 0) has neither port nor checksum (its datagram's
-/// checksum is in the first fragment): only its address changes. Its own
-/// function, so the pod path's frames stay as they were.
+/// The address at the destination's or the source's offset from `old` to
+/// `new`, its port from the low half of `ports` to the high half, and the
+/// transport checksum updated for both (the address through the
+/// pseudo-header, `addr_csum`). `offs` packs the transport header's offset
+/// (`Flow6::l4_off`, low half), the address's offset and the protocol (one
+/// argument: a BPF function takes five at most, and a struct passed by
+/// reference would take stack). A later fragment (offset 0) has neither
+/// port nor checksum (its datagram's checksum is in the first fragment):
+/// only its address changes.
+// Not inlined: one small frame shared by every caller.
 #[inline(never)]
-fn rewrite_at(ctx: &TcContext, old: &Ip6, new: &Ip6, offs: u32, ports: u32) -> Result<(), DropReason> {
+fn rewrite(ctx: &TcContext, old: &Ip6, new: &Ip6, offs: u32, ports: u32) -> Result<(), DropReason> {
     let fail = |_| DropReason::RewriteFailed;
-    let (addr_off, port_rel, proto) = ((offs & 0xff) as usize, ((offs >> 8) & 0xff) as usize, (offs >> 16) as u8);
-    let l4 = (offs >> 24) as usize;
+    let (l4, addr_off, proto) = ((offs & 0xffff) as usize, ((offs >> 16) & 0xff) as usize, (offs >> 24) as u8);
     if l4 == 0 {
         return ctx.store(addr_off, new, 0).map_err(fail);
     }
+    let port_off = if addr_off == DST_OFF { l4 + 2 } else { l4 };
     let (old_port, new_port) = (ports as u16, (ports >> 16) as u16);
-    let (csum_off, mangled) = if proto == PROTO_TCP { (l4 + 16, 0) } else { (l4 + 6, BPF_F_MARK_MANGLED_0 as u64) };
-    addr_csum(ctx, csum_off, old, new, mangled)?;
-    if old_port != new_port {
-        ctx.l4_csum_replace(csum_off, old_port as u64, new_port as u64, mangled | 2).map_err(fail)?;
+    // SCTP's CRC32c covers no pseudo-header, and the agent refuses SCTP
+    // port remapping: nothing to update (see the module's doc).
+    if proto != PROTO_SCTP {
+        let (csum_off, mangled) = if proto == PROTO_TCP { (l4 + 16, 0) } else { (l4 + 6, BPF_F_MARK_MANGLED_0 as u64) };
+        addr_csum(ctx, csum_off, old, new, mangled)?;
+        if old_port != new_port {
+            ctx.l4_csum_replace(csum_off, old_port as u64, new_port as u64, mangled | 2).map_err(fail)?;
+        }
     }
     ctx.store(addr_off, new, 0).map_err(fail)?;
-    ctx.store(l4 + port_rel, &new_port, 0).map_err(fail)
+    ctx.store(port_off, &new_port, 0).map_err(fail)
 }

@@ -424,3 +424,64 @@ fn ipv6_flows_are_reported_with_their_addresses() {
         (weir_common::flow::FAMILY_IPV6, STRANGER, POD, 40001, 80)
     );
 }
+
+/// (saddr, sport, daddr, dport, protocol) of an IPv6 event.
+fn tuple6(e: &FlowEvent) -> ([u8; 16], u16, [u8; 16], u16, u8) {
+    assert_eq!(e.family, weir_common::flow::FAMILY_IPV6, "{e:?}");
+    (e.saddr, e.sport, e.daddr, e.dport, e.protocol)
+}
+
+/// A new IPv6 Service flow of a pod client (`lb::tc6`) is reported
+/// translated once, as IPv4's: the frontend as asked, the backend's 16
+/// bytes and port; later packets and replies are not.
+#[test]
+#[ignore = "privileged: needs root and bpffs; `cargo xtask test` runs it as root"]
+fn a_new_ipv6_service_flow_of_a_pod_is_reported_translated_once() {
+    use super::lb6::{self, backend, client, vip};
+    for (proto, num) in [(Protocol::Tcp, TCP), (Protocol::Udp, UDP)] {
+        let mut f = Flows::on();
+        lb6::client_endpoint(&mut f.t);
+        lb6::program(&mut f.t, proto, &[backend()]);
+
+        let (rc, out) = run(&f.t, pin::PROG_FROM_POD, &lb6::packet(num, client(), 40000, vip(), 80, SYN));
+        assert_eq!(rc, TC_ACT_OK);
+        let p = lb6::parse(&out);
+        let events: Vec<_> = f.events().into_iter().filter(|e| e.verdict == FlowVerdict::Translated as u8).collect();
+        assert_eq!(events.len(), 1, "{proto:?}: {events:#?}");
+        let e = events[0];
+        assert_eq!(what(&e), (Some(FlowVerdict::Translated), 0, FLOW_DIR_EGRESS, LOOPBACK), "{proto:?}");
+        assert_eq!(tuple6(&e), (client(), 40000, vip(), 80, num), "the frontend, as the client asked");
+        assert_eq!((e.xlate_addr, e.xlate_port), (p.2, p.3), "{proto:?}: the backend the packet went to");
+        assert_eq!((e.xlate_addr, e.xlate_port), (backend(), 8080));
+        assert_eq!(e.backend(), std::net::IpAddr::from(backend()));
+        assert_eq!(e.policy_slot, 0);
+
+        assert_eq!(f.pod_sends(&lb6::packet(num, client(), 40000, vip(), 80, ACK)), TC_ACT_OK);
+        assert_eq!(f.pod_gets(&lb6::packet(num, backend(), 8080, client(), 40000, SYN | ACK)), TC_ACT_OK);
+        f.none();
+    }
+}
+
+/// A new IPv6 flow through the uplink (`netdev6`) is reported translated
+/// inbound, to a local backend and to a remote one (SNATed), once each.
+#[test]
+#[ignore = "privileged: needs root and bpffs; `cargo xtask test` runs it as root"]
+fn ipv6_node_port_flows_are_reported_translated_inbound() {
+    use super::netdev6::{self, client, local_pod, node, node_port, remote_pod};
+    let mut f = Flows::on();
+    netdev6::program(
+        &mut f.t,
+        Protocol::Tcp,
+        &[node_port(30080, vec![(local_pod(), true)]), node_port(30081, vec![(remote_pod(), false)])],
+    );
+    for (port, backend) in [(30080, local_pod()), (30081, remote_pod())] {
+        let (_, out) = run(&f.t, pin::PROG_FROM_NETDEV, &super::lb6::packet(TCP, client(), 50000, node(), port, SYN));
+        assert_eq!(super::lb6::parse(&out).2, backend);
+        let e = f.one();
+        assert_eq!(what(&e), (Some(FlowVerdict::Translated), 0, FLOW_DIR_INGRESS, LOOPBACK));
+        assert_eq!(tuple6(&e), (client(), 50000, node(), port, TCP));
+        assert_eq!((e.xlate_addr, e.xlate_port), (backend, 8080));
+        run(&f.t, pin::PROG_FROM_NETDEV, &super::lb6::packet(TCP, client(), 50000, node(), port, ACK));
+        f.none();
+    }
+}

@@ -36,13 +36,13 @@ pub(super) fn ip(s: &str) -> [u8; 16] {
     s.parse::<Ipv6Addr>().unwrap().octets()
 }
 
-fn client() -> [u8; 16] {
+pub(super) fn client() -> [u8; 16] {
     ip("fd00:10:244:1::5")
 }
-fn vip() -> [u8; 16] {
+pub(super) fn vip() -> [u8; 16] {
     ip("fd00:10:96::a")
 }
-fn backend() -> [u8; 16] {
+pub(super) fn backend() -> [u8; 16] {
     ip("fd00:10:244:2::7")
 }
 
@@ -106,7 +106,7 @@ pub(super) fn parse(p: &[u8]) -> ([u8; 16], u16, [u8; 16], u16) {
 }
 
 /// The client pod on the test's veth (IPv4 and IPv6), under no policy.
-fn client_endpoint(t: &mut TestDatapath) {
+pub(super) fn client_endpoint(t: &mut TestDatapath) {
     let map = t.dp.ebpf_mut().map_mut(pin::MAP_ENDPOINTS6).unwrap();
     let mut map: aya::maps::HashMap<_, EndpointKey, [u8; 16]> = aya::maps::HashMap::try_from(map).unwrap();
     map.insert(EndpointKey { ifindex: LOOPBACK }, client(), 0).unwrap();
@@ -121,7 +121,7 @@ fn client_endpoint(t: &mut TestDatapath) {
 }
 
 /// The IPv6 frontend `[vip]:80` of `proto` over `backends` (port 8080).
-fn program(t: &mut TestDatapath, proto: Protocol, backends: &[[u8; 16]]) {
+pub(super) fn program(t: &mut TestDatapath, proto: Protocol, backends: &[[u8; 16]]) {
     let fe = Frontend { addr: IpAddr::from(vip()), port: 80, proto, scope: Scope::Default };
     let state = FrontendState {
         service: "ns/web".into(),

@@ -38,22 +38,22 @@ const SYN: u8 = 0x02;
 const ACK: u8 = 0x10;
 const RST: u8 = 0x04;
 
-fn node() -> [u8; 16] {
+pub(super) fn node() -> [u8; 16] {
     ip("fd00:172:30::11")
 }
-fn client() -> [u8; 16] {
+pub(super) fn client() -> [u8; 16] {
     ip("fd00:172:30::100")
 }
-fn local_pod() -> [u8; 16] {
+pub(super) fn local_pod() -> [u8; 16] {
     ip("fd00:10:244:1::5")
 }
-fn remote_pod() -> [u8; 16] {
+pub(super) fn remote_pod() -> [u8; 16] {
     ip("fd00:10:244:2::7")
 }
 
 /// An IPv6 frontend: address, port, kind, backends (address, local) on
 /// port 8080, source ranges, `externalTrafficPolicy: Local`.
-struct Fe {
+pub(super) struct Fe {
     addr: [u8; 16],
     port: u16,
     kind: FrontendKind,
@@ -62,13 +62,13 @@ struct Fe {
     local_only: bool,
 }
 
-fn node_port(port: u16, backends: Vec<([u8; 16], bool)>) -> Fe {
+pub(super) fn node_port(port: u16, backends: Vec<([u8; 16], bool)>) -> Fe {
     Fe { addr: node(), port, kind: FrontendKind::NodePort, backends, ranges: vec![], local_only: false }
 }
 
 /// Programs `fes` for `proto`, with the node's IPv6 address and uplink
 /// (ifindex 1) written as the agent does.
-fn program(t: &mut TestDatapath, proto: Protocol, fes: &[Fe]) {
+pub(super) fn program(t: &mut TestDatapath, proto: Protocol, fes: &[Fe]) {
     let want: BTreeMap<Frontend, FrontendState> = fes
         .iter()
         .map(|f| {
@@ -250,7 +250,7 @@ fn ipv6_node_port_to_a_host_network_backend_is_reversed_on_the_uplink_egress() {
 
 /// A 32-byte UDP datagram (valid checksum) in two fragments of 16 bytes
 /// each: the first with the UDP header, the second at offset 16.
-fn fragments(src: [u8; 16], sport: u16, dst: [u8; 16], dport: u16, id: u32) -> [Vec<u8>; 2] {
+pub(super) fn fragments(src: [u8; 16], sport: u16, dst: [u8; 16], dport: u16, id: u32) -> [Vec<u8>; 2] {
     let mut udp = Vec::new();
     udp.extend_from_slice(&sport.to_be_bytes());
     udp.extend_from_slice(&dport.to_be_bytes());
@@ -277,7 +277,7 @@ fn fragments(src: [u8; 16], sport: u16, dst: [u8; 16], dport: u16, id: u32) -> [
 /// The two fragments put back together: (source, source port,
 /// destination, destination port), after checking that both carry the
 /// same addresses and the datagram's checksum is right.
-fn reassemble(f: &[Vec<u8>; 2]) -> ([u8; 16], u16, [u8; 16], u16) {
+pub(super) fn reassemble(f: &[Vec<u8>; 2]) -> ([u8; 16], u16, [u8; 16], u16) {
     let addrs = |p: &[u8]| -> ([u8; 16], [u8; 16]) { (p[22..38].try_into().unwrap(), p[38..54].try_into().unwrap()) };
     assert_eq!(addrs(&f[0]), addrs(&f[1]), "fragments translated apart");
     let (src, dst) = addrs(&f[0]);

@@ -300,12 +300,11 @@ mod tests {
         }]));
         let mut a = pod("x/a", [10, 244, 1, 5], "a");
         a.ip6 = Some("fd00:10:244:1::5".parse().unwrap());
-        idx.pods.change(Change::Relisted(vec![
-            a,
-            pod("y/b", [10, 244, 2, 7], "web"),
-            pod("kube-system/agent", [172, 18, 0, 2], "agent"),
-        ]));
+        let mut b = pod("y/b", [10, 244, 2, 7], "web");
+        b.ip6 = Some("fd00:10:244:2::7".parse().unwrap());
+        idx.pods.change(Change::Relisted(vec![a, b, pod("kube-system/agent", [172, 18, 0, 2], "agent")]));
         let mut svc = ServiceInfo::cluster_ip("y/web", Ipv4Addr::new(10, 96, 0, 10).into());
+        svc.cluster_ips.push("fd00:10:96::a".parse().unwrap());
         svc.type_ = ServiceType::NodePort;
         svc.ports =
             vec![ServicePort { name: String::new(), port: 80, protocol: Protocol::Tcp, node_port: Some(30080) }];
@@ -436,6 +435,32 @@ mod tests {
         let f = table().enrich(&ev, &CLOCK);
         assert_eq!(f.service.as_deref(), Some("y/web"));
         assert_eq!(f.destination.node.as_deref(), None, "the frontend is not named");
+        assert_eq!(f.source.name(), None);
+    }
+
+    /// An IPv6 translation (`lb::tc6`, `netdev6`) reads as an IPv4 one:
+    /// the client pod, the Service by its IPv6 frontend, the backend pod by
+    /// its IPv6 address.
+    #[test]
+    fn an_ipv6_translated_flow_names_the_service_and_the_backend() {
+        let v6 = |s: &str| s.parse::<std::net::Ipv6Addr>().unwrap().octets();
+        let mut ev = event(FlowVerdict::Translated, FLOW_DIR_EGRESS);
+        ev.family = weir_common::flow::FAMILY_IPV6;
+        (ev.ifindex, ev.saddr, ev.daddr) = (20, v6("fd00:10:244:1::5"), v6("fd00:10:96::a"));
+        (ev.xlate_addr, ev.xlate_port) = (v6("fd00:10:244:2::7"), 8080);
+        let f = table().enrich(&ev, &CLOCK);
+        assert_eq!(f.service.as_deref(), Some("y/web"));
+        assert_eq!(f.backend.as_ref().and_then(Peer::name).as_deref(), Some("y/b"));
+        assert_eq!(
+            f.line(),
+            "22:24:34.000 x/a [fd00:10:244:1::5]:40000 -> service y/web [fd00:10:96::a]:80 => y/b [fd00:10:244:2::7]:8080 TCP TRANSLATED"
+        );
+        // Through the uplink: a NodePort on the node's IPv6 address.
+        (ev.direction, ev.ifindex) = (FLOW_DIR_INGRESS, 2);
+        (ev.saddr, ev.daddr, ev.dport) = (v6("2001:db8::1"), v6("fd00:172:18::2"), 30080);
+        let f = table().enrich(&ev, &CLOCK);
+        assert_eq!(f.service.as_deref(), Some("y/web"));
+        assert_eq!(f.backend.as_ref().and_then(Peer::name).as_deref(), Some("y/b"));
         assert_eq!(f.source.name(), None);
     }
 
