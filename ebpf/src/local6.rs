@@ -161,6 +161,9 @@ fn pod_client_reply(sent: &Flow6) -> Kind {
     let Some(rn) = v6::rev_nat(ct.rev_nat_id) else { return none };
     // Only while the flow lives (its original entry), as at the client's
     // veth; a half-closed flow's grace counts from its last reply.
+    if tc6::lives_past(&ct) {
+        return Kind { how: SERVICE_REPLY, addr: rn.addr, port: rn.port };
+    }
     let original = CtKey6::original(daddr, sent.dport, rn.addr, rn.port, sent.proto);
     let now = conntrack::now_secs();
     match tc6::lookup(&original) {

@@ -87,6 +87,15 @@ pub fn tail_to_netdev(ctx: &TcContext) {
 
 /// The node's IPv6 address, once the agent wrote it.
 #[inline(always)]
+/// A SNATed flow's reply goes to the node's address at `port`: `reply`'s
+/// destination becomes that.
+#[inline(always)]
+pub(crate) fn snat_client(reply: &mut CtKey6, port: u16) {
+    if let Some(u) = WEIR_UPLINK6.get(0) {
+        (reply.daddr, reply.dport) = (u.node_addr, port);
+    }
+}
+
 fn node_addr() -> Option<Ip6> {
     let u: &Uplink6 = WEIR_UPLINK6.get(0)?;
     if u.node_addr == [0; 4] { None } else { Some(u.node_addr) }
@@ -229,7 +238,7 @@ fn continue_flow(ctx: &TcContext, flow: &Flow6, now: u32) -> Result<u8, DropReas
     } else {
         None
     };
-    tc6::observe_client(&original, &ct, flow, now);
+    tc6::observe_client(&original, &ct, flow, &b);
     tc6::rewrite_dst(ctx, flow, &b.addr, b.port)?;
     if let Some(node) = snat {
         tc6::rewrite_src(ctx, flow, &node, ct.nat_port)?;
@@ -352,7 +361,7 @@ fn uplink_reply(flow: &Flow6) -> Option<RevNat6> {
         return None;
     }
     let rn = v6::rev_nat(ct.rev_nat_id)?;
-    if !lives(&flow.daddr, flow.dport, &rn, flow.proto) {
+    if !tc6::lives_past(&ct) && !lives(&flow.daddr, flow.dport, &rn, flow.proto) {
         tc6::remove(&reply);
         return None;
     }

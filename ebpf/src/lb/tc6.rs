@@ -43,15 +43,15 @@ use core::ptr::write_volatile;
 use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_SHOT},
     macros::map,
-    maps::{Array, LruHashMap, ProgramArray},
+    maps::{Array, LruHashMap, PerCpuArray, ProgramArray},
     programs::TcContext,
 };
 use weir_common::{
     DropReason,
     flow::FLOW_DIR_EGRESS,
     lb::{
-        Backend, Backend6, CtEntry, CtKey6, Ip6, MAX_CT_ENTRIES, NodeConfig6, PROTO_SCTP, PROTO_TCP, ServiceKey6,
-        ServiceValue,
+        Backend, Backend6, CT_DIR_REPLY, CtEntry, CtKey6, Ip6, MAX_CT_ENTRIES, NodeConfig6, PROTO_SCTP, PROTO_TCP,
+        ServiceKey6, ServiceValue,
     },
     pin::{TAIL_EGRESS6, TAIL_FROM_POD6, TAIL_TO_POD6},
 };
@@ -74,6 +74,10 @@ static WEIR_CT6: LruHashMap<CtKey6, CtEntry> = LruHashMap::pinned(MAX_CT_ENTRIES
 /// The node's IPv6 pod gateway (`NodeConfig6`), written by the agent.
 #[map]
 static WEIR_NODE6: Array<NodeConfig6> = Array::pinned(1, 0);
+/// Scratch space for `observe_client`'s reply key (per CPU, one packet's
+/// run at a time).
+#[map]
+static WEIR_REPLY_KEY6: PerCpuArray<CtKey6> = PerCpuArray::with_max_entries(1, 0);
 /// `weir_from_pod6` and `weir_to_pod6`, filled by the agent.
 #[map]
 static WEIR_TAIL6: ProgramArray = ProgramArray::pinned(3, 0);
@@ -253,7 +257,9 @@ fn continue_flow(ctx: &TcContext, flow: &Flow6, now: u32) -> Result<u8, DropReas
     } else {
         None
     };
-    observe_client(&original, &ct, flow, now);
+    // The reply entry: the backend answers the client, or the gateway it
+    // was hairpinned from.
+    observe_client(&original, &ct, flow, &b);
     dnat(ctx, flow, &b.addr, b.port, b.flags & Backend::FLAG_LOCAL != 0)?;
     if let Some(gw) = gw {
         snat(ctx, flow, &gw, flow.sport)?;
@@ -325,6 +331,10 @@ pub fn to_pod(ctx: &TcContext) -> Result<bool, DropReason> {
     let Some(rn) = v6::rev_nat(ct.rev_nat_id) else { return Ok(false) };
     // A reply entry translates only while its flow's original entry lives:
     // a later connection reusing the tuple is never rewritten.
+    if lives_past(&ct) {
+        snat(ctx, &flow, &rn.addr, rn.port)?;
+        return Ok(true);
+    }
     let original = CtKey6::original(flow.daddr, flow.dport, rn.addr, rn.port, flow.proto);
     let now = conntrack::now_secs();
     match lookup(&original) {
@@ -345,9 +355,16 @@ pub fn to_pod(ctx: &TcContext) -> Result<bool, DropReason> {
 }
 
 /// The client's FIN marks the flow closing, its RST ends it (as
-/// `conntrack::observe_client` does for IPv4: in place, the time first).
-#[inline(always)]
-pub(crate) fn observe_client(key: &CtKey6, entry: &CtEntry, flow: &Flow6, now: u32) {
+/// `conntrack::observe_client` does for IPv4: in place, the time first),
+/// in its original entry (`key`) and in its reply entry (from backend `b`
+/// to the client, or to the address and port it was translated to: the
+/// pod gateway, hairpinned; the node, SNATed): until the reply entry is
+/// marked, a reply needs no lookup of the original entry to know its flow
+/// lives (`lives_past`).
+// The reply key is built in a per-CPU scratch entry, not on this frame:
+// the translation's frames leave no stack for it.
+#[inline(never)]
+pub(crate) fn observe_client(key: &CtKey6, entry: &CtEntry, flow: &Flow6, b: &Backend6) {
     let mark = if flow.tcp_flags & TCP_RST != 0 {
         CtEntry::FLAG_RESET
     } else if flow.tcp_flags & TCP_FIN != 0 {
@@ -355,13 +372,41 @@ pub(crate) fn observe_client(key: &CtKey6, entry: &CtEntry, flow: &Flow6, now: u
     } else {
         return;
     };
+    let now = conntrack::now_secs();
+    mark_entry(key, entry.flags | mark, now);
+    let Some(reply) = WEIR_REPLY_KEY6.get_ptr_mut(0) else { return };
+    // Safety: this CPU's entry; nothing else runs on it meanwhile.
+    let reply = unsafe { &mut *reply };
+    // Field by field: a key built whole first takes stack.
+    (reply.saddr, reply.sport, reply.proto, reply.dir, reply._pad) = (b.addr, b.port, flow.proto, CT_DIR_REPLY, [0; 2]);
+    (reply.daddr, reply.dport) = (flow.saddr, flow.sport);
+    if entry.flags & CtEntry::FLAG_HAIRPIN != 0
+        && let Some(node) = WEIR_NODE6.get(0)
+    {
+        reply.daddr = node.gateway;
+    } else if entry.flags & CtEntry::FLAG_SNAT != 0 {
+        crate::netdev6::snat_client(reply, entry.nat_port);
+    }
+    mark_entry(reply, entry.flags | mark, now);
+}
+
+#[inline(always)]
+fn mark_entry(key: &CtKey6, flags: u16, now: u32) {
     if let Some(ct) = WEIR_CT6.get_ptr_mut(key) {
-        // Safety: a pointer into the map's value, written field by field.
+        // Safety: a pointer into the map's value, written field by field:
+        // the time first, then the flag that makes it count.
         unsafe {
             write_volatile(&raw mut (*ct).created, now);
-            write_volatile(&raw mut (*ct).flags, entry.flags | mark);
+            write_volatile(&raw mut (*ct).flags, flags);
         }
     }
+}
+
+/// Whether a reply entry `ct`'s flow lives without asking its original
+/// entry: nothing marked it ending (`observe_client`).
+#[inline(always)]
+pub(crate) fn lives_past(ct: &CtEntry) -> bool {
+    ct.flags & (CtEntry::FLAG_CLOSING | CtEntry::FLAG_RESET) == 0
 }
 
 /// Client -> frontend becomes client -> backend (`local`: a pod of this
