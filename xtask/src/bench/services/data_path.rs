@@ -238,12 +238,14 @@ struct SizeRun<'a> {
 }
 
 impl SizeRun<'_> {
-    /// Every column in turn, `--rounds` times; a column that failed once is
-    /// not measured again.
+    /// Every column in turn, `--rounds` times, each round starting one
+    /// column later (`round_order`); a column that failed once is not
+    /// measured again.
     fn rounds(&self) -> BTreeMap<Column, Cell> {
         let mut sums: BTreeMap<Column, Cell> = BTreeMap::new();
+        let columns: Vec<Column> = Column::chosen(self.args).collect();
         for round in 0..self.args.common.rounds {
-            for col in Column::chosen(self.args) {
+            for col in round_order(&columns, round) {
                 if matches!(sums.get(&col), Some(Err(_))) {
                     continue;
                 }
@@ -311,6 +313,16 @@ impl SizeRun<'_> {
             Column::WeirSock6 => (self.weir_clients.get("6s"), weir_node, vip6, Some(self.cgroup)),
         }
     }
+}
+
+/// The columns of round `round`: the list turned by one column a round,
+/// so no column always runs first (right after the previous round's last
+/// one) or always right after the same neighbour: this machine drifts
+/// between two speeds, and a fixed order gave one column's slices the
+/// same place in every drift.
+fn round_order(columns: &[Column], round: usize) -> impl Iterator<Item = Column> + '_ {
+    let start = if columns.is_empty() { 0 } else { round % columns.len() };
+    columns[start..].iter().chain(&columns[..start]).copied()
 }
 
 /// One column's line once its rounds are done.
@@ -456,4 +468,20 @@ fn measure(
     let params =
         LoadParams { secs, warmup, streams: args.streams, cpu: args.common.client_cpu, nice: args.common.nice };
     run_load(xtask, client, targets, cgroup, &params)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_round_starts_one_column_later() {
+        let columns = [Column::Direct, Column::WeirTc, Column::WeirSock];
+        let order = |round| round_order(&columns, round).collect::<Vec<_>>();
+        assert_eq!(order(0), columns);
+        assert_eq!(order(1), [Column::WeirTc, Column::WeirSock, Column::Direct]);
+        assert_eq!(order(2), [Column::WeirSock, Column::Direct, Column::WeirTc]);
+        assert_eq!(order(3), columns);
+        assert_eq!(round_order(&[], 5).count(), 0);
+    }
 }

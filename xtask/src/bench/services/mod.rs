@@ -35,7 +35,8 @@
 //! backend pods pinned to another, both reniced. One connection: socket,
 //! connect, 5-byte request, reply, the server closes, the client closes.
 //! Each cell gets `--secs` of traffic in `--rounds` slices interleaved with
-//! the other columns, so changing machine load hits all columns alike.
+//! the other columns, each round starting one column later, so changing
+//! machine load hits all columns alike.
 //! Latency is from socket() to the reply's first byte.
 
 mod control_plane;
