@@ -56,18 +56,19 @@ pub struct Kind {
     port: u16,
 }
 
+// Why (`Kind::how`), for IPv6 too (`local6`).
 /// It may not.
-const NO: u8 = 0;
+pub(crate) const NO: u8 = 0;
 /// A Service flow's packet, DNATed to the local backend `addr:port`.
-const SERVICE: u8 = 1;
+pub(crate) const SERVICE: u8 = 1;
 /// A reply to a local pod client of a Service flow, still to be reversed
 /// to come from the frontend `addr:port`.
-const SERVICE_REPLY: u8 = 2;
+pub(crate) const SERVICE_REPLY: u8 = 2;
 /// A pure TCP SYN: a connection opens (recorded if its destination is a
 /// local pod).
-const OPEN: u8 = 3;
+pub(crate) const OPEN: u8 = 3;
 /// A packet of a recorded connection between local pods.
-const RECORDED: u8 = 4;
+pub(crate) const RECORDED: u8 = 4;
 
 impl Kind {
     pub const NO: Kind = Kind { how: NO, addr: 0, port: 0 };

@@ -32,7 +32,7 @@ use crate::{
     conntrack, counters,
     ipv6::Flow6,
     lb::{parse6, tc6, v6},
-    local::{self, Peer},
+    local::{self, NO, OPEN, Peer, RECORDED, SERVICE, SERVICE_REPLY},
     packet::{self, TCP_ACK, TCP_SYN},
     pod6::{self, Stash},
 };
@@ -65,16 +65,6 @@ struct Kind {
     addr: Ip6,
     port: u16,
 }
-
-const NO: u8 = 0;
-/// To the local backend `addr:port` (DNATed already).
-const SERVICE: u8 = 1;
-/// A reply to a pod client, to come from the frontend `addr:port`.
-const SERVICE_REPLY: u8 = 2;
-/// A pure TCP SYN.
-const OPEN: u8 = 3;
-/// A packet of a recorded connection.
-const RECORDED: u8 = 4;
 
 /// `deliver`'s answer when the packet goes the kernel's way (no tc action
 /// is this), and when it was dropped at its destination (counted and

@@ -258,18 +258,7 @@ fn ipv6_cluster_ip_through_the_per_packet_path() {
     .unwrap();
 
     let ns = &client.netns;
-    let mut last = None;
-    for _ in 0..60 {
-        match echo::ask_ip_from(ns, None, "tcp", vip6.into(), PORT, "hello") {
-            Ok(_) => {
-                last = None;
-                break;
-            }
-            Err(e) => last = Some(e),
-        }
-        thread::sleep(Duration::from_millis(250));
-    }
-    assert!(last.is_none(), "tcp [{vip6}]:{PORT} never answered: {:#}", last.unwrap());
+    answered_per_packet(ns, vip6);
     let mut answers = Vec::new();
     for proto in ["tcp", "udp"] {
         for _ in 0..12 {
@@ -373,18 +362,7 @@ fn ipv6_local_flows_go_from_veth_to_veth_past_the_host() {
     // Until the Service answers; and the host's neighbour entries for both
     // pods, which the shortcut needs (until then the kernel forwards and
     // resolves them).
-    let mut last = None;
-    for _ in 0..60 {
-        match echo::ask_ip_from(&a.netns, None, "tcp", vip6.into(), PORT, "hello") {
-            Ok(_) => {
-                last = None;
-                break;
-            }
-            Err(e) => last = Some(e),
-        }
-        thread::sleep(Duration::from_millis(250));
-    }
-    assert!(last.is_none(), "tcp [{vip6}]:{PORT} never answered: {:#}", last.unwrap());
+    answered_per_packet(&a.netns, vip6);
     echo::ask_ip_from(&a.netns, None, "tcp", b6.into(), PORT, "hello").unwrap();
 
     let (ab, ba) = (
@@ -444,6 +422,20 @@ s.sendto(b"hop", (sys.argv[1], int(sys.argv[2])))
 data, anc, flags, addr = s.recvmsg(4096, socket.CMSG_SPACE(4))
 print([int.from_bytes(d[:4], sys.byteorder) for (l, t, d) in anc if l == socket.IPPROTO_IPV6 and t == 52][0])
 "#;
+
+/// Asks over TCP (the per-packet path: no socket-LB cgroup) until the
+/// agent has programmed the Service.
+fn answered_per_packet(ns: &NetNs, vip6: Ipv6Addr) {
+    let mut last = None;
+    for _ in 0..60 {
+        match echo::ask_ip_from(ns, None, "tcp", vip6.into(), PORT, "hello") {
+            Ok(_) => return,
+            Err(e) => last = Some(e),
+        }
+        thread::sleep(Duration::from_millis(250));
+    }
+    panic!("tcp [{vip6}]:{PORT} never answered: {:#}", last.unwrap());
+}
 
 fn path(p: &Path) -> String {
     p.to_str().unwrap().to_string()
