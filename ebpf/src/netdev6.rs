@@ -85,8 +85,6 @@ pub fn tail_to_netdev(ctx: &TcContext) {
     let _ = unsafe { WEIR_NETDEV6.tail_call(ctx, NETDEV6_TO) };
 }
 
-/// The node's IPv6 address, once the agent wrote it.
-#[inline(always)]
 /// A SNATed flow's reply goes to the node's address at `port`: `reply`'s
 /// destination becomes that.
 #[inline(always)]
@@ -96,6 +94,8 @@ pub(crate) fn snat_client(reply: &mut CtKey6, port: u16) {
     }
 }
 
+/// The node's IPv6 address, once the agent wrote it.
+#[inline(always)]
 fn node_addr() -> Option<Ip6> {
     let u: &Uplink6 = WEIR_UPLINK6.get(0)?;
     if u.node_addr == [0; 4] { None } else { Some(u.node_addr) }
