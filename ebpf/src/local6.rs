@@ -131,21 +131,23 @@ fn kind_from(st: &Stash) -> Kind {
                     return Kind { how: RECORDED, ..none };
                 }
             }
-            pod_client_reply(sent)
+            if !st.reply_found {
+                return none;
+            }
+            pod_client_reply(sent, &st.reply)
         }
         _ => none,
     }
 }
 
-/// A reply of a live Service flow to a pod client: it gets its frontend
-/// back as its source (as `lb::tc6::to_pod` does at the client's veth).
+/// A reply of a live Service flow to a pod client, `ct` its reply entry
+/// (`lb::tc6` found it): it gets its frontend back as its source (as
+/// `lb::tc6::to_pod` does at the client's veth).
 #[inline(always)]
-fn pod_client_reply(sent: &Flow6) -> Kind {
+fn pod_client_reply(sent: &Flow6, ct: &CtEntry) -> Kind {
     let none = Kind { how: NO, addr: [0; 4], port: 0 };
-    let (saddr, daddr) = (ip6(&sent.saddr), ip6(&sent.daddr));
-    let reply = CtKey6::reply(saddr, sent.sport, daddr, sent.dport, sent.proto);
-    let Some(ct) = tc6::lookup(&reply) else { return none };
-    if ct.flags & CtEntry::FLAG_POD_CLIENT == 0 || ct.flags & (CtEntry::FLAG_HAIRPIN | CtEntry::FLAG_SNAT) != 0 {
+    let daddr = ip6(&sent.daddr);
+    if ct.flags & (CtEntry::FLAG_HAIRPIN | CtEntry::FLAG_SNAT) != 0 {
         return none;
     }
     let Some(rn) = v6::rev_nat(ct.rev_nat_id) else { return none };

@@ -358,6 +358,10 @@ fn uplink_reply(flow: &Flow6) -> Option<RevNat6> {
     let reply = CtKey6::reply(flow.saddr, flow.sport, flow.daddr, flow.dport, flow.proto);
     let ct = tc6::lookup(&reply)?;
     if ct.flags & (CtEntry::FLAG_POD_CLIENT | CtEntry::FLAG_SNAT | CtEntry::FLAG_HAIRPIN) != 0 {
+        // A pod client's reply: `local6` may deliver it, with this entry.
+        if ct.flags & CtEntry::FLAG_POD_CLIENT != 0 {
+            crate::pod6::stash_reply(&ct);
+        }
         return None;
     }
     let rn = v6::rev_nat(ct.rev_nat_id)?;

@@ -14,7 +14,7 @@ use aya_ebpf::{bindings::TC_ACT_SHOT, macros::map, maps::PerCpuArray, programs::
 use weir_common::{
     DropReason, EndpointInfo,
     flow::{FLOW_DIR_EGRESS, FLOW_DIR_INGRESS},
-    lb::PROTO_TCP,
+    lb::{CtEntry, PROTO_TCP},
     policy::{DIR_EGRESS, DIR_INGRESS},
 };
 
@@ -100,6 +100,10 @@ pub struct Stash {
     pub(crate) backend: [u8; 16],
     pub(crate) backend_port: u16,
     pub(crate) backend_local: bool,
+    /// The reply entry of a pod client's Service flow this packet belongs
+    /// to, when `lb::tc6` found one (its uplink check looks it up).
+    pub(crate) reply: CtEntry,
+    pub(crate) reply_found: bool,
     /// `tc6::NOT_SERVICE` ...
     pub(crate) outcome: u8,
     /// The verdict so far.
@@ -149,6 +153,17 @@ pub fn deliver6(ctx: &TcContext) -> i32 {
     pass_on(ctx, WEIR_STASH6.get(0).map_or(TC_OK, |st| st.action))
 }
 
+/// The reply entry of a pod client's Service flow the packet belongs to.
+#[inline(always)]
+pub fn stash_reply(ct: &CtEntry) {
+    let Some(st) = WEIR_STASH6.get_ptr_mut(0) else { return };
+    // Safety: as in `stash_sent`.
+    unsafe {
+        (*st).reply = *ct;
+        (*st).reply_found = true;
+    }
+}
+
 /// What this packet's run stashed so far (this CPU's entry).
 #[inline(always)]
 pub(crate) fn stashed() -> Option<&'static Stash> {
@@ -176,6 +191,7 @@ pub fn from_pod6(ctx: &TcContext) -> i32 {
         unsafe {
             (*st).sent_valid = false;
             (*st).backend_local = false;
+            (*st).reply_found = false;
         }
     }
     let (outcome, action) = match tc6::from_pod(ctx) {
