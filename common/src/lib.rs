@@ -6,6 +6,7 @@
 //! value, and a silently inserted padding byte would make lookups miss.
 #![no_std]
 
+pub mod crc32c;
 pub mod endpoint;
 pub mod flow;
 pub mod lb;

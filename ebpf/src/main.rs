@@ -21,6 +21,7 @@ mod packet;
 mod pod6;
 mod policy;
 mod reject;
+mod sctp;
 mod sock_lb;
 mod to_netdev;
 mod to_pod;

@@ -12,9 +12,15 @@ use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
     programs::TcContext,
 };
-use weir_common::{DropReason, lb::PROTO_UDP};
+use weir_common::{
+    DropReason,
+    lb::{PROTO_SCTP, PROTO_UDP},
+};
 
-use crate::packet::{Flow, IP_CSUM_OFF, IP_DST_OFF, IP_OFF, IP_SRC_OFF};
+use crate::{
+    packet::{Flow, IP_CSUM_OFF, IP_DST_OFF, IP_OFF, IP_SRC_OFF},
+    sctp,
+};
 
 /// Where the packet goes: its new source and destination, network order.
 #[derive(Clone, Copy)]
@@ -28,20 +34,33 @@ struct Target {
 /// Client -> frontend becomes client -> backend.
 #[inline(always)]
 pub fn dnat(ctx: &TcContext, flow: &Flow, addr: u32, port: u16) -> Result<(), DropReason> {
-    rewrite(ctx, flow, &Target { saddr: flow.saddr, sport: flow.sport, daddr: addr, dport: port })
+    translate(ctx, flow, &Target { saddr: flow.saddr, sport: flow.sport, daddr: addr, dport: port })
 }
 
 /// Backend -> client becomes frontend -> client.
 #[inline(always)]
 pub fn snat(ctx: &TcContext, flow: &Flow, addr: u32, port: u16) -> Result<(), DropReason> {
-    rewrite(ctx, flow, &Target { saddr: addr, sport: port, daddr: flow.daddr, dport: flow.dport })
+    translate(ctx, flow, &Target { saddr: addr, sport: port, daddr: flow.daddr, dport: flow.dport })
 }
 
 /// Both at once: the destination becomes `dst`, the source `src`
 /// (address, port).
 #[inline(always)]
 pub fn both(ctx: &TcContext, flow: &Flow, dst: (u32, u16), src: (u32, u16)) -> Result<(), DropReason> {
-    rewrite(ctx, flow, &Target { saddr: src.0, sport: src.1, daddr: dst.0, dport: dst.1 })
+    translate(ctx, flow, &Target { saddr: src.0, sport: src.1, daddr: dst.0, dport: dst.1 })
+}
+
+/// The rewrite, and SCTP's CRC32c for changed ports. The CRC is updated
+/// from here rather than inside `rewrite`: a call from there would be one
+/// frame too deep for the pod program's stack.
+#[inline(always)]
+fn translate(ctx: &TcContext, flow: &Flow, to: &Target) -> Result<(), DropReason> {
+    rewrite(ctx, flow, to)?;
+    if flow.proto == PROTO_SCTP && flow.l4_off != 0 && !flow.fragment {
+        let xor = sctp::port_xor((flow.sport, flow.dport), (to.sport, to.dport));
+        sctp::ports_changed(ctx, flow.l4_off, xor, false)?;
+    }
+    Ok(())
 }
 
 /// RFC 1624 incremental update of a one's complement checksum `check`

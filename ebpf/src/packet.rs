@@ -99,8 +99,8 @@ impl Flow {
     }
 
     /// Offset of the transport checksum, for protocols with a pseudo-header
-    /// checksum (SCTP's CRC32c covers neither addresses nor, here, changed
-    /// ports: the agent refuses SCTP port remapping). None without a
+    /// checksum (SCTP's CRC32c covers no addresses, and changed ports
+    /// update it in `sctp`). None without a
     /// transport header (a later fragment: the first one carries the
     /// datagram's checksum).
     pub fn l4_csum_off(&self) -> Option<usize> {

@@ -12,5 +12,6 @@ mod lb6;
 mod netdev;
 mod netdev6;
 mod policy;
+mod sctp;
 mod sctp6;
 mod socket;

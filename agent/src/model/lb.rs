@@ -168,20 +168,12 @@ fn plan_family(
     out: &mut ServicePlan,
     local_endpoints: &mut BTreeSet<IpAddr>,
 ) {
-    let problem = |message: String| Problem { object: format!("Service/{}", svc.key), message };
     let of_family = |ip: &&IpAddr| Family::of(ip) == family;
     let slices: Vec<&EndpointSliceInfo> = svc_slices.iter().copied().filter(|s| s.family == family).collect();
     let source_ranges: Vec<IpNetwork> =
         svc.lb_source_ranges.iter().copied().filter(|r| Family::of(&r.ip()) == family).collect();
     for sp in &svc.ports {
         let candidates = candidates(sp, &slices, &node.name);
-        if let Some(bad) = sctp_remap(sp, &candidates) {
-            out.problems.push(problem(format!(
-                "SCTP port {} targets port {bad}: weir cannot rewrite SCTP ports (its CRC32c covers them); set targetPort to {}; port skipped",
-                sp.port, sp.port
-            )));
-            continue;
-        }
         let all = usable(&candidates, false);
         let local = usable(&candidates, true);
         // A node whose only endpoints are terminating answers 503 so load
@@ -425,13 +417,6 @@ fn usable(candidates: &[Candidate], local_only: bool) -> Vec<BackendRef> {
     let ready: Vec<_> = pool.clone().filter(|c| c.ready).collect();
     let chosen = if ready.is_empty() { pool.filter(|c| c.serving && c.terminating).collect() } else { ready };
     chosen.into_iter().map(|c| BackendRef { addr: c.backend, local: c.local, terminating: !c.ready }).collect()
-}
-
-fn sctp_remap(sp: &ServicePort, candidates: &[Candidate]) -> Option<u16> {
-    if sp.protocol != Protocol::Sctp {
-        return None;
-    }
-    candidates.iter().map(|c| c.backend.port).find(|&p| p != sp.port)
 }
 
 #[cfg(test)]

@@ -9,10 +9,8 @@
 //! it covers the addresses through the pseudo-header (updated by the
 //! address's whole difference, with `BPF_F_PSEUDO_HDR`). A UDP checksum is mandatory over IPv6:
 //! a result of 0 is written as 0xffff (`BPF_F_MARK_MANGLED_0`). SCTP is
-//! translated as over IPv4: its CRC32c covers no pseudo-header and the
-//! agent refuses an SCTP port with another target port, so only the
-//! addresses change and no checksum is touched (a NodePort's port does
-//! change: a gap of both families, see docs/design.md).
+//! translated as over IPv4: its CRC32c covers no pseudo-header, so only a
+//! changed port updates it (`sctp`).
 //!
 //! These run in programs of their own (`weir_from_pod6`, `weir_to_pod6`,
 //! see `pod6`), tail-called from the pod programs once an IPv6 packet
@@ -51,7 +49,7 @@ use weir_common::{
     flow::FLOW_DIR_EGRESS,
     lb::{
         Backend, Backend6, CT_DIR_REPLY, CtEntry, CtKey6, Ip6, MAX_CT_ENTRIES, NodeConfig6, PROTO_SCTP, PROTO_TCP,
-        ServiceKey6, ServiceValue,
+        RevNat6, ServiceKey6, ServiceValue,
     },
     pin::{TAIL_EGRESS6, TAIL_FROM_POD6, TAIL_TO_POD6},
 };
@@ -61,6 +59,7 @@ use crate::{
     conntrack,
     counters::TC_OK,
     packet::{self, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
+    sctp,
 };
 
 pub(crate) use super::parse6::parse;
@@ -307,14 +306,22 @@ fn hairpin_reply(ctx: &TcContext, flow: &Flow6) -> Result<(u8, i32), DropReason>
         return Ok((NOT_SERVICE, TC_OK));
     };
     let Some(rn) = v6::rev_nat(ct.rev_nat_id) else { return Ok((NOT_SERVICE, TC_OK)) };
-    let original = CtKey6::original(flow.saddr, flow.dport, rn.addr, rn.port, flow.proto);
-    if !lookup(&original).is_some_and(|o| !o.is_over(conntrack::now_secs())) {
+    if !hairpin_lives(flow, &rn) {
         return Ok((NOT_SERVICE, TC_OK));
     }
     // The destination back to the pod, then the source to the frontend.
     dnat(ctx, flow, &flow.saddr, flow.dport, false)?;
     snat(ctx, flow, &rn.addr, rn.port)?;
     Ok((REPLY, packet::back_out(ctx, packet::ifindex(ctx))))
+}
+
+/// Whether the hairpinned flow a reply `flow` of the frontend `rn` belongs
+/// to lives. Its own frame: the key stays off `hairpin_reply`'s, under
+/// which the rewrites run.
+#[inline(never)]
+fn hairpin_lives(flow: &Flow6, rn: &RevNat6) -> bool {
+    let original = CtKey6::original(flow.saddr, flow.dport, rn.addr, rn.port, flow.proto);
+    lookup(&original).is_some_and(|o| !o.is_over(conntrack::now_secs()))
 }
 
 /// A packet entering a pod: a reply of a flow `from_pod` translated gets
@@ -475,14 +482,20 @@ fn rewrite(ctx: &TcContext, old: &Ip6, new: &Ip6, offs: u32, ports: u32) -> Resu
     }
     let port_off = if addr_off == DST_OFF { l4 + 2 } else { l4 };
     let (old_port, new_port) = (ports as u16, (ports >> 16) as u16);
-    // SCTP's CRC32c covers no pseudo-header, and the agent refuses SCTP
-    // port remapping: nothing to update (see the module's doc).
     if proto != PROTO_SCTP {
         let (csum_off, mangled) = if proto == PROTO_TCP { (l4 + 16, 0) } else { (l4 + 6, BPF_F_MARK_MANGLED_0 as u64) };
         addr_csum(ctx, csum_off, old, new, mangled)?;
         if old_port != new_port {
             ctx.l4_csum_replace(csum_off, old_port as u64, new_port as u64, mangled | 2).map_err(fail)?;
         }
+    } else if old_port != new_port {
+        // SCTP's CRC32c covers no pseudo-header: only a port changes it.
+        let xor = if addr_off == DST_OFF {
+            sctp::port_xor((0, old_port), (0, new_port))
+        } else {
+            sctp::port_xor((old_port, 0), (new_port, 0))
+        };
+        sctp::ports_changed(ctx, l4, xor, true)?;
     }
     ctx.store(addr_off, new, 0).map_err(fail)?;
     ctx.store(port_off, &new_port, 0).map_err(fail)

@@ -1,8 +1,8 @@
 //! SCTP over IPv6 Services, per packet (`lb::tc6`, `netdev6`), on crafted
-//! SCTP packets: as over IPv4, only the addresses change (SCTP's CRC32c
-//! covers no pseudo-header, and the agent refuses SCTP port remapping), so
-//! the SCTP packet itself, checksum included, must come out byte for byte
-//! as it went in. A pod client's ClusterIP flow (DNAT, conntrack, reply
+//! SCTP packets whose ports stay as they are: only the addresses change
+//! (SCTP's CRC32c covers no pseudo-header), so the SCTP packet itself,
+//! checksum included, must come out byte for byte as it went in. Changed
+//! ports, over both families, are `sctp.rs`'s. A pod client's ClusterIP flow (DNAT, conntrack, reply
 //! reversal, ICMPv6 port unreachable without backends), and uplink
 //! clients of an externalIP with a local and a remote backend.
 use std::{
@@ -36,7 +36,7 @@ const ETH_AND_IP6: usize = 14 + 40;
 
 /// CRC32c (Castagnoli, reflected), as SCTP computes it over its packet
 /// with the checksum field zero.
-fn crc32c(data: &[u8]) -> u32 {
+pub(super) fn crc32c(data: &[u8]) -> u32 {
     let mut crc = !0u32;
     for b in data {
         crc ^= u32::from(*b);
