@@ -13,5 +13,4 @@ mod netdev;
 mod netdev6;
 mod policy;
 mod sctp;
-mod sctp6;
 mod socket;

@@ -5,13 +5,16 @@
 //! are translated at the real transport offset both ways, a fragmented
 //! datagram fragment by fragment; a routing header with segments left is
 //! left alone, and without backends such a packet is dropped unanswered.
+use std::net::IpAddr;
+
 use weir_common::{DropReason, pin};
 
 use crate::datapath::tests::{
     harness::{TC_ACT_OK, TestDatapath},
     lb::run,
     lb6::{self, backend, client, l4_csum, vip},
-    netdev6, sctp6,
+    netdev6,
+    sctp::{self, Crc},
 };
 use crate::model::{lb::FrontendKind, service::Protocol};
 
@@ -94,16 +97,22 @@ fn ipv6_service_packets_behind_extension_headers_are_translated_at_their_transpo
         }
     }
 
-    // SCTP behind a hop-by-hop header: the addresses only, the SCTP packet
-    // as it was.
+    // SCTP behind a hop-by-hop header, to another target port: the CRC32c
+    // updated for the SCTP packet past the header, both ways.
+    let (vip, backend) = (IpAddr::from(vip()), IpAddr::from(backend()));
     let mut t = TestDatapath::load();
-    lb6::client_endpoint(&mut t);
-    sctp6::program(&mut t, vip(), FrontendKind::ClusterIp, &[(backend(), false)]);
-    let sent = with_ext(&[HOP_BY_HOP], 0, sctp6::packet(client(), 40000, vip(), 3868, 7));
+    sctp::program(&mut t, &[(vip, sctp::PORT, FrontendKind::ClusterIp, vec![(backend, false)])], sctp::TARGET);
+    let pod = IpAddr::from(client());
+    let sent = with_ext(&[HOP_BY_HOP], 0, sctp::packet(pod, 40000, vip, sctp::PORT, 7, Crc::Valid, 0));
     let (rc, out) = run(&t, pin::PROG_FROM_POD, &sent);
     assert_eq!(rc, TC_ACT_OK);
-    assert_eq!(parse(&out, &[HOP_BY_HOP]), (client(), 40000, backend(), 3868), "SCTP: not DNATed");
-    assert_eq!(&out[ETH_AND_IP6..], &sent[ETH_AND_IP6..], "SCTP: more than the addresses changed");
+    parse(&out, &[HOP_BY_HOP]);
+    assert_eq!(sctp::parse_past(&out, &sent, 8), (pod, 40000, backend, sctp::TARGET), "SCTP: not DNATed");
+    let reply = with_ext(&[HOP_BY_HOP], 0, sctp::packet(backend, sctp::TARGET, pod, 40000, 9, Crc::Valid, 0));
+    let (rc, out) = run(&t, pin::PROG_TO_POD, &reply);
+    assert_eq!(rc, TC_ACT_OK);
+    parse(&out, &[HOP_BY_HOP]);
+    assert_eq!(sctp::parse_past(&out, &reply, 8), (vip, sctp::PORT, pod, 40000), "SCTP: reply not reversed");
 }
 
 /// A routing header with segments left: the destination is a waypoint
