@@ -14,7 +14,8 @@ use aya_ebpf::programs::TcContext;
 use network_types::eth::EthHdr;
 use weir_common::lb::{Ip6, PROTO_SCTP, PROTO_TCP, PROTO_UDP};
 
-const ETH_P_IPV6: u16 = 0x86DD_u16.to_be();
+use crate::packet::TcpStart;
+
 pub const IP6_OFF: usize = EthHdr::LEN;
 /// Right after the fixed header: where the transport header of a packet
 /// without extension headers is.
@@ -30,7 +31,7 @@ const FRAG_HDR_LEN: usize = 8;
 #[repr(C)]
 #[derive(Clone, Copy)]
 struct Ip6Hdr {
-    _vtcfl: [u8; 4],
+    vtcfl: [u8; 4],
     _payload_len: [u8; 2],
     next_header: u8,
     _hop_limit: u8,
@@ -68,11 +69,16 @@ impl Flow6 {
 /// refuses). Its own frame: the walk's state stays off the callers'.
 #[inline(never)]
 pub(crate) fn parse(ctx: &TcContext, flow: &mut Flow6) -> bool {
-    let Ok(eth) = ctx.load::<EthHdr>(0) else { return false };
-    if eth.ether_type != ETH_P_IPV6 {
+    // The frame's type as the kernel took it (`skb->protocol`, a field
+    // read), not a helper call for the Ethernet header: each call here is
+    // paid on every packet of every IPv6 Service flow, twice.
+    if !crate::ipv6::is_ipv6(ctx) {
         return false;
     }
     let Ok(ip) = ctx.load::<Ip6Hdr>(IP6_OFF) else { return false };
+    if ip.vtcfl[0] >> 4 != 6 {
+        return false;
+    }
     (flow.saddr, flow.daddr, flow.tcp_flags) = (ip.src, ip.dst, 0);
     let mut proto = ip.next_header;
     let mut off = L4_OFF;
@@ -107,11 +113,15 @@ pub(crate) fn parse(ctx: &TcContext, flow: &mut Flow6) -> bool {
     if !matches!(proto, PROTO_TCP | PROTO_UDP | PROTO_SCTP) {
         return false;
     }
-    let Ok(ports) = ctx.load::<[u16; 2]>(off) else { return false };
-    if proto == PROTO_TCP {
-        let Ok(flags) = ctx.load::<u8>(off + 13) else { return false };
-        flow.tcp_flags = flags;
-    }
+    // Ports and, for TCP, flags with one call.
+    let ports = if proto == PROTO_TCP {
+        let Ok(tcp) = ctx.load::<TcpStart>(off) else { return false };
+        flow.tcp_flags = tcp.flags;
+        tcp.ports
+    } else {
+        let Ok(ports) = ctx.load::<[u16; 2]>(off) else { return false };
+        ports
+    };
     (flow.proto, flow.sport, flow.dport, flow.l4_off) = (proto, ports[0], ports[1], off as u16);
     if fragmented {
         first_fragment(flow, frag_id);
