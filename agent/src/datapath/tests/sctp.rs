@@ -8,6 +8,13 @@
 //! be updated (`ebpf/src/sctp.rs`), as kube-proxy's NAT does; a CRC the
 //! kernel left to the device (field 0) must stay 0. Without backends: ICMP
 //! or ICMPv6 port unreachable, quoting the ports and verification tag.
+//!
+//! Upstream's `[Feature:SCTPConnectivity]` tests in
+//! `test/e2e/network/networking.go` ("should function for pod-Service:
+//! sctp", "... node-Service: sctp") dial a ClusterIP on port 95 whose
+//! endpoints listen on 8082 (`e2enetwork.ClusterSCTPPort`,
+//! `EndpointSCTPPort`), then its NodePort: both change the port, and the
+//! ports here are theirs.
 use std::{
     collections::BTreeMap,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
@@ -31,11 +38,11 @@ use crate::model::{
 
 const TC_ACT_REDIRECT: u32 = 7;
 const SCTP: u8 = 132;
-/// Diameter's port: the Service's port, and its pods' where they are one.
-pub(super) const PORT: u16 = 3868;
+/// The Service's port, and its pods' where they are one.
+pub(super) const PORT: u16 = 95;
 /// The pods' port where it differs.
-pub(super) const TARGET: u16 = 3869;
-const NODE_PORT: u16 = 30868;
+pub(super) const TARGET: u16 = 8082;
+const NODE_PORT: u16 = 30095;
 
 /// One family's addresses. The pod on the test's veth is both the client
 /// of ClusterIP flows and the local backend of NodePort ones.
